@@ -1,0 +1,202 @@
+"""The ``openrft`` command line: flags -> validated config -> jobs. No ML logic lives here.
+
+Sub-commands shaped like the managed service's CLI::
+
+    openrft rftj create [flags]        (alias: reinforcement-fine-tuning-job)
+    openrft rftj list | get ID | cancel ID | resume ID | ...
+    openrft quickstart
+
+Other modules add their own sub-commands through :data:`COMMAND_MODULES`: each
+exposes ``register(subparsers)`` and keeps heavy imports (torch, transformers)
+inside the functions it runs, so ``openrft --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from openrft import config as C
+from openrft.errors import ConfigError, OpenRFTError
+
+RFTJ_ALIASES = ("rftj", "reinforcement-fine-tuning-job")
+# Modules that add top-level sub-commands (rollout, serve, evaluate, data, ...).
+COMMAND_MODULES = (
+    "openrft.rollout.cli",
+    "openrft.evaluators.cli",
+    "openrft.jobs.cli",
+)
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+# ----------------------------------------------------------------------------- job flags
+
+
+def add_job_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field, grouped like the config; help text = the field description."""
+    for group_name, model in C.GROUPS.items():
+        group = parser.add_argument_group(f"{group_name} parameters", model.__doc__)
+        for name, info in model.model_fields.items():
+            extra = info.json_schema_extra or {}
+            flags = [C.flag_name(name), *extra.get("flags", [])]
+            default = info.default
+            shown = "unset" if default is None else default
+            help_text = info.description or ""
+            if extra.get("valid"):
+                help_text += f" Valid: {extra['valid']}."
+            kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
+            if info.annotation is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+                help_text += f" Default: {'on' if default else 'off'}."
+            else:
+                kwargs["metavar"] = (
+                    name.split("_")[-1].upper() if name != "response_candidates_count" else "N"
+                )
+                help_text += f" Default: {shown}."
+                if name == "eval_auto_carveout":
+                    kwargs.update(nargs="?", const="0.1")
+            group.add_argument(*flags, help=help_text.replace("%", "%%"), **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[C.JobConfig, dict[str, str]]:
+    flag_values = {name: getattr(args, name) for name in C.FIELD_GROUP if hasattr(args, name)}
+    file_values = C.load_job_file(args.config) if getattr(args, "config", None) else {}
+    return C.build_config(file_values, flag_values)
+
+
+def print_resolved(cfg: C.JobConfig, sources: dict[str, str], out=sys.stdout) -> None:
+    """Every parameter with its value and where it came from (default, config file, flag)."""
+    masked = cfg.to_dict()
+    rows = []
+    for group in C.GROUPS:
+        for name, value in masked[group].items():
+            rows.append(
+                (group, C.flag_name(name)[2:], "unset" if value is None else str(value), sources[name])
+            )
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    print(f"{'group':<{width[0]}}  {'parameter':<{width[1]}}  {'value':<{width[2]}}  source", file=out)
+    for group, name, value, source in rows:
+        print(f"{group:<{width[0]}}  {name:<{width[1]}}  {value:<{width[2]}}  {source}", file=out)
+
+
+def warn(lines: Sequence[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    cfg, sources = config_from_args(args)
+    warn(C.advise(cfg))
+    if args.dry_run:
+        print_resolved(cfg, sources)
+        return 0
+    run_job = _optional("openrft.jobs.runner", "create_and_run")
+    if run_job is None:
+        print_resolved(cfg, sources)
+        print("\nThe configuration is valid; training is not yet available in this build.")
+        return 0
+    return run_job(cfg, args)
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    quickstart = _optional("openrft.train.quickstart", "main")
+    if quickstart is None:
+        cfg, sources = C.build_config({}, {"dataset": "arithmetic", "evaluator": "arithmetic"})
+        print("openrft quickstart: the embedded default model on the built-in arithmetic task.\n")
+        print_resolved(cfg, sources)
+        print("\nThe configuration is valid; training is not yet available in this build.")
+        return 0
+    return quickstart(args)
+
+
+def cmd_not_yet(args: argparse.Namespace) -> int:
+    print(f"openrft rftj {args.rftj_command}: not yet available in this build.", file=sys.stderr)
+    return 1
+
+
+def _optional(module: str, attr: str) -> Any:
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            return None
+        raise
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="openrft",
+        description="Self-hosted reinforcement fine-tuning (GRPO, DAPO, GSPO-token) of language models with LoRA.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    rftj = sub.add_parser(
+        RFTJ_ALIASES[0],
+        aliases=list(RFTJ_ALIASES[1:]),
+        help="Create and manage reinforcement fine-tuning jobs.",
+    )
+    rftj_sub = rftj.add_subparsers(dest="rftj_command", metavar="ACTION")
+    rftj_sub.required = True
+    create = rftj_sub.add_parser("create", help="Validate and run a reinforcement fine-tuning job.")
+    create.add_argument(
+        "--config",
+        metavar="FILE",
+        help="Job file (.yaml/.json) whose keys mirror the flags; flags override it.",
+    )
+    create.add_argument("--dry-run", action="store_true", help="Validate, print the resolved job and exit.")
+    add_job_flags(create)
+    create.set_defaults(handler=cmd_create)
+    for action, text in (
+        ("list", "List jobs."),
+        ("get", "Show one job."),
+        ("cancel", "Cancel a running job."),
+        ("resume", "Resume a job from its last checkpoint."),
+    ):
+        p = rftj_sub.add_parser(action, help=text)
+        if action != "list":
+            p.add_argument("job_id", metavar="ID")
+        p.set_defaults(handler=cmd_not_yet)
+
+    quick = sub.add_parser("quickstart", help="Train the embedded model on the built-in arithmetic task.")
+    quick.set_defaults(handler=cmd_quickstart)
+
+    for module in COMMAND_MODULES:
+        register = _optional(module, "register")
+        if register is not None:
+            register(sub, rftj_sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(handler(args) or 0)
+    except OpenRFTError as exc:
+        print(exc.message, file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = ["main", "build_parser", "add_job_flags", "config_from_args", "ConfigError"]
+
+if __name__ == "__main__":
+    sys.exit(main())

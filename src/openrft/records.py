@@ -1,0 +1,106 @@
+"""Typed records passed between the stages of a job: rollout -> scoring -> training.
+
+The interfaces between stages are deliberately narrow: a rollout engine (local,
+HTTP endpoint, a Ray actor or vLLM) only has to turn :class:`Prompt` objects and
+:class:`SamplingParams` into :class:`Completion` records; an evaluator only has to
+turn a prompt and its completions into :class:`Score` records. Everything here is
+plain data (frozen dataclasses of Python scalars and tuples) so it pickles cheaply
+across processes and machines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample: the reference service's rollout parameters.
+
+    Order of application (as in vLLM): logits / temperature, then top-k (0 = off),
+    then top-p (1.0 = off).
+    """
+
+    n: int = 8
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 40
+    max_tokens: int = 2048
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One dataset row ready for sampling.
+
+    ``messages`` are the chat messages to render with the model's chat template
+    (trailing assistant messages already removed); ``row`` is the whole original
+    row (``ground_truth`` and any other fields) handed to the evaluator.
+    """
+
+    prompt_id: str
+    messages: tuple[dict[str, Any], ...]
+    row: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def ground_truth(self) -> Any:
+        return self.row.get("ground_truth")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled candidate for one prompt.
+
+    ``logprobs[t]`` is log pi(completion_token_ids[t] | prefix) under the sampling
+    policy's temperature-scaled distribution (logits / T, before top-k/top-p
+    truncation), recorded while sampling: these are the trainer's "old" log-probs.
+    """
+
+    prompt_id: str
+    candidate_index: int
+    prompt_token_ids: tuple[int, ...]
+    completion_token_ids: tuple[int, ...]
+    text: str
+    logprobs: tuple[float, ...]
+    finish_reason: FinishReason
+    policy_version: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.completion_token_ids)
+
+
+@dataclass(frozen=True)
+class Score:
+    """An evaluator's verdict on one completion.
+
+    Invalid scores (``is_valid=False``: the evaluator raised, timed out, or said so)
+    are excluded from group statistics and receive advantage 0.
+    """
+
+    score: float
+    is_valid: bool = True
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class ScoredGroup:
+    """All K candidates of one prompt with their scores (same order)."""
+
+    prompt: Prompt
+    completions: tuple[Completion, ...]
+    scores: tuple[Score, ...]
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """Anything that samples completions: local transformers, an HTTP endpoint, vLLM, a Ray actor."""
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        """Return, for each prompt in order, ``params.n`` completions (candidate_index 0..n-1)."""
+        ...
