@@ -68,8 +68,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[C.JobConfig, dict[str, s
     return C.build_config(file_values, flag_values)
 
 
-def print_resolved(cfg: C.JobConfig, sources: dict[str, str], out=sys.stdout) -> None:
+def print_resolved(cfg: C.JobConfig, sources: dict[str, str], out=None) -> None:
     """Every parameter with its value and where it came from (default, config file, flag)."""
+    out = out or sys.stdout
     masked = cfg.to_dict()
     rows = []
     for group in C.GROUPS:

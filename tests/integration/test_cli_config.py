@@ -1,0 +1,108 @@
+"""`openrft rftj create` validation from the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from openrft.cli import main
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_dry_run_prints_reference_defaults_with_sources(capsys):
+    code, out, err = _run(capsys, "rftj", "create", "--dry-run")
+    assert code == 0 and err == ""
+    rows = {line.split()[1]: line.split()[2:] for line in out.splitlines()[1:]}
+    expected = {
+        "epochs": "1",
+        "learning-rate": "0.0001",
+        "lora-rank": "8",
+        "batch-size": "32768",
+        "rl-loss-method": "grpo",
+        "rl-kl-beta": "0.0",
+        "temperature": "0.7",
+        "top-p": "1.0",
+        "top-k": "40",
+        "response-candidates-count": "8",
+        "max-output-tokens": "2048",
+        "chunk-size": "200",
+        "base-model": "smollm2-135m-instruct",
+    }
+    for name, value in expected.items():
+        assert rows[name] == [value, "default"], name
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--n", "1"], "--response-candidates-count / --n: 1 is not valid; expected a whole number >= 2"),
+        (["--lora-rank", "12"], "--lora-rank: 12 is not valid; expected one of 4, 8, 16, 32"),
+        (["--epochs", "1.5"], "--epochs: 1.5 is not valid; expected a whole number from 1 to 10"),
+        (["--temperature", "0"], "--temperature: 0 is not valid; expected a number from 0.1 to 2.0"),
+        (["--top-k", "101"], "--top-k: 101 is not valid; expected a whole number from 0 to 100"),
+        (
+            ["--max-output-tokens", "8"],
+            "--max-output-tokens: 8 is not valid; expected a whole number from 16 to 16384",
+        ),
+        (
+            ["--rl-loss-method", "dapo", "--rl-kl-beta", "0.1"],
+            "loss_config.kl_beta must be 0/unset when method is DAPO",
+        ),
+        (
+            ["--rl-loss-method", "gspo-token", "--rl-kl-beta", "0.1"],
+            "loss_config.kl_beta must be 0/unset when method is GSPO_TOKEN",
+        ),
+    ],
+)
+def test_bad_values_fail_with_one_line(capsys, argv, fragment):
+    code, out, err = _run(capsys, "rftj", "create", "--dry-run", *argv)
+    assert code == 2
+    assert out == ""
+    assert err.strip() == fragment
+
+
+def test_flags_override_config_file_and_sources_shown(capsys, tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("learning-rate: 2.0e-4\ntemperature: 0.9\n")
+    code, out, _ = _run(
+        capsys,
+        "reinforcement-fine-tuning-job",
+        "create",
+        "--config",
+        str(job),
+        "--temperature",
+        "1.1",
+        "--dry-run",
+    )
+    assert code == 0
+    rows = {line.split()[1]: line.split()[2:] for line in out.splitlines()[1:]}
+    assert rows["learning-rate"] == ["0.0002", "config", "file"]
+    assert rows["temperature"] == ["1.1", "flag"]
+
+
+def test_advice_is_printed_but_never_blocks(capsys):
+    code, _, err = _run(capsys, "rftj", "create", "--dry-run", "--lora-rank", "32", "--top-k", "80")
+    assert code == 0
+    assert "warning: --lora-rank 32" in err and "warning: --top-k 80" in err
+
+
+def test_help_comes_from_field_descriptions():
+    from openrft.config import RolloutConfig
+
+    result = subprocess.run(
+        [sys.executable, "-m", "openrft.cli", "rftj", "create", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    text = " ".join(result.stdout.split())
+    description = " ".join(RolloutConfig.model_fields["top_k"].description.split())
+    assert description in text
+    assert "--response-candidates-count N, --n N" in text

@@ -1,0 +1,217 @@
+"""The job configuration: every parameter's default, range edges, one step past each edge, wrong types."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from openrft import config as C
+from openrft.errors import ConfigError
+
+# (field, default, valid values incl. both edges, invalid values incl. one past each edge and wrong types)
+TABLE = [
+    ("epochs", 1, [1, 10, "3"], [0, 11, 1.5, "1.5", "abc", True]),
+    ("learning_rate", 1e-4, [1e-5, 5e-4, "1e-4"], [9.9e-6, 5.1e-4, "fast", True]),
+    ("learning_rate_warmup_steps", 0, [0, 1000], [-1, 2.5, "x"]),
+    ("lora_rank", 8, [4, 8, 16, 32, "16"], [2, 12, 64, 8.5, "eight", False]),
+    ("lora_alpha", None, [1, 64], [0, -3, "a"]),
+    ("max_context_length", None, [4096, 2049], [31, 0, "long"]),
+    ("batch_size", 32768, [1, 32768, "32k", "64k", "64K"], [0, -5, "32 kb", 1.5, True]),
+    ("batch_size_samples", None, [1, 64], [0, "many"]),
+    ("micro_batch_tokens", 4096, [64, 8192], [63, "x"]),
+    ("gradient_accumulation_steps", 1, [1, 8], [0, 1.5]),
+    ("optimizer_weight_decay", 0.01, [0, 0.1], [-0.01, "heavy"]),
+    ("max_grad_norm", 1.0, [0, 10], [-1]),
+    ("chunk_size", 200, [-1, 1, 5000], [0, -2, 1.5]),
+    ("seed", 42, [0, 2**31], [-1, "s"]),
+    ("checkpoint_every", 10, [1], [0]),
+    ("eval_every", 10, [0, 5], [-1]),
+    ("job_id", None, ["my-job_1", "a"], ["", "bad id", "-x", "a" * 65]),
+    ("rl_loss_method", "grpo", ["grpo", "dapo", "gspo-token", "GSPO_TOKEN", "DAPO"], ["ppo", "", 1]),
+    ("rl_kl_beta", 0.0, [0, 0.05, 1.0], [-0.001, "big"]),
+    ("length_norm", False, [True, False], ["maybe"]),
+    ("dynamic_sampling", False, [True], ["x"]),
+    ("max_sampling_rounds", 3, [1, 10], [0]),
+    ("overlong_penalty", False, [True], ["x"]),
+    ("overlong_buffer", None, [1, 512], [0]),
+    ("overlong_penalty_factor", 1.0, [0, 2.5], [-1]),
+    ("temperature", 0.7, [0.1, 2.0, "1.0"], [0, 0.09, 2.01, -1, "hot", True]),
+    ("top_p", 1.0, [0, 1, 0.9], [-0.01, 1.01, "all"]),
+    ("top_k", 40, [0, 100, 50], [-1, 101, 4.5, "k"]),
+    ("response_candidates_count", 8, [2, 16, 64, "8"], [1, 0, 2.5, "eight", True]),
+    ("max_output_tokens", 2048, [16, 16384], [15, 16385, 8, "x"]),
+    ("max_concurrent_rollouts", None, [1, 512], [0, "x"]),
+    ("max_concurrent_evaluations", None, [1, 64], [0, -1]),
+    ("rollout_engine", "local", ["local", "vllm"], ["gpu", 3]),
+    ("evaluator_timeout", 60.0, [0.5, 600], [0, -1]),
+    ("eval_auto_carveout", None, [0.01, 0.5, "0.1"], [0, 0.51, 1, "some"]),
+    ("skip_bad_rows", False, [True], ["x"]),
+    ("wandb", False, [True], ["x"]),
+]
+
+
+def _build(**flags):
+    return C.build_config({}, flags)[0]
+
+
+def test_table_covers_every_numeric_and_choice_field():
+    covered = {row[0] for row in TABLE}
+    free_text = {
+        "base_model",
+        "warm_start_from",
+        "output_model",
+        "dataset",
+        "evaluator",
+        "evaluation_dataset",
+        "endpoint_url",
+        "wandb_project",
+        "wandb_entity",
+        "wandb_api_key",
+        "wandb_run_id",
+    }
+    assert set(C.FIELD_GROUP) == covered | free_text
+
+
+@pytest.mark.parametrize(("name", "default"), [(row[0], row[1]) for row in TABLE])
+def test_defaults(name, default):
+    assert _build().flat()[name] == default
+
+
+@pytest.mark.parametrize(("name", "value"), [(row[0], v) for row in TABLE for v in row[2]])
+def test_valid_values_accepted(name, value):
+    cfg = _build(**{name: value})
+    assert cfg.flat()[name] is not None
+
+
+@pytest.mark.parametrize(("name", "value"), [(row[0], v) for row in TABLE for v in row[3]])
+def test_invalid_values_rejected_with_one_clear_line(name, value):
+    with pytest.raises(ConfigError) as info:
+        _build(**{name: value})
+    message = str(info.value)
+    assert message.count("\n") == 0
+    assert message.startswith(C.flag_name(name))
+    valid = C.field_info(name).json_schema_extra["valid"] if C.field_info(name).json_schema_extra else None
+    if valid:
+        assert valid in message
+    assert "pydantic" not in message and "Traceback" not in message
+    assert info.value.field == name
+
+
+def test_reference_defaults_exactly():
+    cfg = _build()
+    assert cfg.training.base_model == "smollm2-135m-instruct"
+    assert (cfg.training.epochs, cfg.training.learning_rate, cfg.training.lora_rank) == (1, 1e-4, 8)
+    assert cfg.training.batch_size == 32 * 1024
+    assert cfg.training.chunk_size == 200
+    assert (cfg.loss.rl_loss_method, cfg.loss.rl_kl_beta, cfg.loss.length_norm) == ("grpo", 0.0, False)
+    r = cfg.rollout
+    assert (r.temperature, r.top_p, r.top_k, r.response_candidates_count, r.max_output_tokens) == (
+        0.7,
+        1.0,
+        40,
+        8,
+        2048,
+    )
+    assert r.max_concurrent_rollouts is None and r.max_concurrent_evaluations is None
+
+
+def test_batch_size_token_forms():
+    assert _build(batch_size="32k").training.batch_size == 32768
+    assert _build(batch_size="64k").training.batch_size == 65536
+    assert _build(batch_size="1m").training.batch_size == 1024 * 1024
+    assert _build(batch_size=5000).training.batch_size == 5000
+
+
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [
+        ("dapo", "loss_config.kl_beta must be 0/unset when method is DAPO"),
+        ("gspo-token", "loss_config.kl_beta must be 0/unset when method is GSPO_TOKEN"),
+    ],
+)
+def test_kl_beta_rejected_word_for_word(method, message):
+    with pytest.raises(ConfigError) as info:
+        _build(rl_loss_method=method, rl_kl_beta=0.01)
+    assert str(info.value) == message
+    # zero / unset is fine for those methods, and any beta is fine for grpo
+    assert _build(rl_loss_method=method, rl_kl_beta=0).loss.rl_kl_beta == 0
+    assert _build(rl_loss_method="grpo", rl_kl_beta=0.05).loss.rl_kl_beta == 0.05
+
+
+def test_method_names_normalised():
+    assert _build(rl_loss_method="GSPO_TOKEN").loss.rl_loss_method == "gspo-token"
+
+
+def test_warm_start_excludes_explicit_base_model():
+    assert _build(warm_start_from="adapter/").training.warm_start_from == "adapter/"
+    with pytest.raises(ConfigError, match="mutually exclusive"):
+        _build(warm_start_from="adapter/", base_model="other")
+
+
+def test_output_tokens_must_fit_context():
+    with pytest.raises(ConfigError, match="--max-context-length"):
+        _build(max_context_length=1024, max_output_tokens=2048)
+    assert _build(max_context_length=4096, max_output_tokens=2048).training.max_context_length == 4096
+
+
+def test_endpoint_engine_needs_url():
+    with pytest.raises(ConfigError, match="--endpoint-url"):
+        _build(rollout_engine="endpoint")
+    assert _build(rollout_engine="endpoint", endpoint_url="http://x/v1").rollout.endpoint_url
+
+
+def test_sources_and_file_precedence(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("learning-rate: 2.0e-4\nrollout:\n  temperature: 0.9\n  n: 4\nepochs: 2\n")
+    file_values = C.load_job_file(job)
+    cfg, sources = C.build_config(file_values, {"epochs": "3"})
+    assert cfg.training.learning_rate == 2e-4 and sources["learning_rate"] == "config file"
+    assert cfg.rollout.temperature == 0.9 and cfg.rollout.response_candidates_count == 4
+    assert cfg.training.epochs == 3 and sources["epochs"] == "flag"
+    assert sources["top_k"] == "default"
+
+
+def test_json_job_file_and_unknown_key(tmp_path):
+    good = tmp_path / "job.json"
+    good.write_text(json.dumps({"lora_rank": 16, "rl-loss-method": "dapo"}))
+    cfg, _ = C.build_config(C.load_job_file(good), {})
+    assert cfg.training.lora_rank == 16 and cfg.loss.rl_loss_method == "dapo"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lerning-rate: 1e-4\n")
+    with pytest.raises(ConfigError, match="did you mean learning-rate"):
+        C.load_job_file(bad)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        C.load_job_file(broken)
+    with pytest.raises(ConfigError, match="no such job file"):
+        C.load_job_file(tmp_path / "missing.yaml")
+
+
+def test_api_key_is_masked():
+    cfg = _build(wandb=True, wandb_api_key="secret-key")
+    assert "secret-key" not in json.dumps(cfg.to_dict())
+    assert cfg.to_dict(reveal_secrets=True)["wandb"]["wandb_api_key"] == "secret-key"
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        ({"learning_rate": 4e-4}, "--learning-rate"),
+        ({"learning_rate": 2e-5}, "--learning-rate"),
+        ({"temperature": 0.1}, "near-greedy"),
+        ({"top_k": 60}, "--top-k 60"),
+        ({"response_candidates_count": 48}, "memory"),
+        ({"lora_rank": 32}, "--lora-rank 32"),
+        ({"epochs": 2}, "overfitting"),
+    ],
+)
+def test_advice(flags, fragment):
+    notes = C.advise(_build(**flags))
+    assert len(notes) == 1 and fragment in notes[0]
+
+
+def test_defaults_give_no_advice():
+    assert C.advise(_build()) == []
+    assert C.advise(_build(learning_rate=2e-4, temperature=0.2, top_k=50, response_candidates_count=32)) == []
