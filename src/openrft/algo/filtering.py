@@ -1,0 +1,128 @@
+"""Zero-variance filtering at the two levels the reference service describes.
+
+1. **Group level.** A group whose valid scores are all equal (or that has fewer than 2 valid
+   scores) carries no learning signal: every advantage is 0. It is dropped from the batch and
+   *not* replaced by new prompts (see :mod:`openrft.algo.dapo` for the opt-in alternative,
+   dynamic sampling).
+2. **Chunk level.** The trainer cuts the kept sequences into micro-batches ("chunks"). A chunk
+   in which every sequence has advantage exactly 0 (e.g. only the invalid or tied candidates of
+   a group ended up together) is dropped as well. Note that for grpo such a chunk would still
+   have contributed its KL term; dropping it is what the reference does. Compute the step's loss
+   denominator (:func:`openrft.algo.losses.step_denominator`) over the kept chunks.
+
+The counts are returned so that the trainer can log ``filter/zero_variance_groups``,
+``filter/zero_advantage_chunks`` and the effective batch (:class:`FilterStats`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from openrft.records import ScoredGroup
+
+ZERO_ADVANTAGE_ATOL = 1e-12
+
+
+def is_zero_variance(
+    scores_K: Sequence[float] | Any, valid_K: Sequence[bool] | Any | None = None, atol: float = 1e-9
+) -> bool:
+    """True when a group carries no signal: < 2 valid (finite) scores, or max - min <= ``atol``.
+
+    Uses the same notion of validity as :func:`openrft.algo.advantages.group_advantages`.
+    """
+    scores = [float(s) if s is not None else math.nan for s in scores_K]
+    valid = [True] * len(scores) if valid_K is None else [bool(v) for v in valid_K]
+    if len(valid) != len(scores):
+        raise ValueError(f"is_zero_variance: {len(valid)} validity flags for {len(scores)} scores")
+    kept = [s for s, ok in zip(scores, valid, strict=True) if ok and math.isfinite(s)]
+    return len(kept) < 2 or max(kept) - min(kept) <= atol
+
+
+def group_has_variance(group: ScoredGroup, atol: float = 1e-9) -> bool:
+    """True when a :class:`ScoredGroup` has a learning signal (not zero-variance)."""
+    return not is_zero_variance([s.score for s in group.scores], [s.is_valid for s in group.scores], atol)
+
+
+@dataclass(frozen=True)
+class GroupPartition:
+    """Indices of the groups kept and dropped by zero-variance filtering (input order)."""
+
+    kept: tuple[int, ...]
+    dropped: tuple[int, ...]
+
+    @property
+    def n_kept(self) -> int:
+        return len(self.kept)
+
+    @property
+    def n_dropped(self) -> int:
+        return len(self.dropped)
+
+
+def partition_groups(
+    scores_GK: Sequence[Sequence[float]],
+    valid_GK: Sequence[Sequence[bool] | None] | None = None,
+    atol: float = 1e-9,
+) -> GroupPartition:
+    """Split G groups into kept (has variance) and dropped (zero variance) indices."""
+    valids = valid_GK if valid_GK is not None else [None] * len(scores_GK)
+    if len(valids) != len(scores_GK):
+        raise ValueError(f"partition_groups: {len(valids)} validity lists for {len(scores_GK)} groups")
+    kept: list[int] = []
+    dropped: list[int] = []
+    for g, (scores, valid) in enumerate(zip(scores_GK, valids, strict=True)):
+        (dropped if is_zero_variance(scores, valid, atol) else kept).append(g)
+    return GroupPartition(tuple(kept), tuple(dropped))
+
+
+def filter_scored_groups(
+    groups: Sequence[ScoredGroup], atol: float = 1e-9
+) -> tuple[list[ScoredGroup], list[ScoredGroup]]:
+    """``(kept, dropped)`` :class:`ScoredGroup` lists; dropped groups are not replaced."""
+    part = partition_groups(
+        [[s.score for s in g.scores] for g in groups], [[s.is_valid for s in g.scores] for g in groups], atol
+    )
+    return [groups[i] for i in part.kept], [groups[i] for i in part.dropped]
+
+
+def drop_zero_advantage_chunks(
+    chunks: Sequence[Sequence[int]], advantages: Sequence[float] | Any
+) -> tuple[list[list[int]], int]:
+    """Drop training chunks whose sequences all have advantage 0 (``|A| < 1e-12``).
+
+    ``chunks`` is the ordered list of micro-batches, each a list of sequence indices into
+    ``advantages`` (a list or a 1-D tensor, one value per sequence). Returns the kept chunks (in
+    order) and the number dropped. An empty chunk has no signal and is dropped (and counted).
+    """
+    kept: list[list[int]] = []
+    dropped = 0
+    for chunk in chunks:
+        if any(abs(float(advantages[i])) >= ZERO_ADVANTAGE_ATOL for i in chunk):
+            kept.append(list(chunk))
+        else:
+            dropped += 1
+    return kept, dropped
+
+
+@dataclass
+class FilterStats:
+    """What filtering removed from one training step, and what was actually trained on."""
+
+    zero_variance_groups: int = 0
+    zero_advantage_chunks: int = 0
+    groups_kept: int = 0
+    effective_sequences: int = 0
+    effective_tokens: int = 0
+
+    def as_metrics(self) -> dict[str, float]:
+        """Namespaced metrics for the trainer's log."""
+        return {
+            "filter/zero_variance_groups": float(self.zero_variance_groups),
+            "filter/zero_advantage_chunks": float(self.zero_advantage_chunks),
+            "filter/groups_kept": float(self.groups_kept),
+            "filter/effective_sequences": float(self.effective_sequences),
+            "filter/effective_tokens": float(self.effective_tokens),
+        }

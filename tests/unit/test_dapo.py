@@ -1,0 +1,125 @@
+"""DAPO extras: soft overlong penalty and dynamic sampling with a fake sampler."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from openrft.algo.dapo import (
+    apply_overlong_penalty,
+    default_overlong_buffer,
+    dynamic_sampling,
+    overlong_penalties,
+    overlong_penalty,
+)
+from openrft.errors import ConfigError
+from openrft.records import Completion, Prompt, Score, ScoredGroup
+
+
+def test_overlong_penalty_values():
+    # max 100, buffer 20: free up to 80, then linear to -factor at 100, -factor beyond
+    assert overlong_penalty(10, 100, 20) == 0.0
+    assert overlong_penalty(80, 100, 20) == 0.0
+    assert overlong_penalty(85, 100, 20) == pytest.approx(-0.25)
+    assert overlong_penalty(90, 100, 20) == pytest.approx(-0.5)
+    assert overlong_penalty(100, 100, 20) == pytest.approx(-1.0)
+    assert overlong_penalty(130, 100, 20) == pytest.approx(-1.0)
+    assert overlong_penalty(90, 100, 20, factor=0.4) == pytest.approx(-0.2)
+    assert str(overlong_penalty(90, 100, 20, factor=0.0)) == "0.0"  # no -0.0
+    assert overlong_penalty(1, 1, 1) == -1.0  # buffer == max: every token is in the buffer
+
+
+def test_overlong_penalties_vectorised_matches_scalar():
+    lengths = list(range(0, 140, 3))
+    vec = overlong_penalties(lengths, 100, 20, factor=0.5)
+    assert vec.dtype == torch.float32 and vec.shape == (len(lengths),)
+    assert vec.tolist() == pytest.approx([overlong_penalty(n, 100, 20, 0.5) for n in lengths], abs=1e-7)
+    assert overlong_penalties(torch.tensor([85, 100]), 100, 20).tolist() == pytest.approx([-0.25, -1.0])
+
+
+def test_overlong_bad_settings():
+    with pytest.raises(ConfigError, match="--overlong-buffer"):
+        overlong_penalty(10, 100, 0)
+    with pytest.raises(ConfigError, match="--overlong-buffer"):
+        overlong_penalties([10], 100, 101)
+    with pytest.raises(ConfigError, match="factor"):
+        overlong_penalty(10, 100, 20, factor=-1)
+    assert default_overlong_buffer(2048) == 512 and default_overlong_buffer(2) == 1
+
+
+def _group(pid, scores, lengths, valid=None):
+    valid = valid or [True] * len(scores)
+    prompt = Prompt(pid, ({"role": "user", "content": pid},))
+    comps = tuple(
+        Completion(pid, i, (1,), tuple(range(n)), "x", (-0.1,) * n, "stop") for i, n in enumerate(lengths)
+    )
+    return ScoredGroup(prompt, comps, tuple(Score(s, is_valid=v) for s, v in zip(scores, valid, strict=True)))
+
+
+def test_apply_overlong_penalty_to_scored_groups():
+    group = _group("p", [1.0, 1.0, 0.5], [10, 90, 100], valid=[True, True, False])
+    (out,) = apply_overlong_penalty([group], max_tokens=100, buffer=20)
+    assert [s.score for s in out.scores] == pytest.approx([1.0, 0.5, 0.5])
+    assert out.scores[1].metrics["overlong_penalty"] == pytest.approx(-0.5)
+    assert out.scores[2] is group.scores[2]  # invalid score untouched
+    assert group.scores[1].score == 1.0  # input not mutated
+
+
+class FakeSampler:
+    """Prompts are integers; a prompt's group has variance when the prompt is not a multiple of 3."""
+
+    def __init__(self, total=1000):
+        self.next, self.total, self.draws = 0, total, []
+
+    def draw(self, n):
+        prompts = list(range(self.next, min(self.next + n, self.total)))
+        self.next += len(prompts)
+        self.draws.append(n)
+        return prompts
+
+    @staticmethod
+    def sample_and_score(prompts):
+        return [{"prompt": p, "scores": [0.0, 0.0] if p % 3 == 0 else [0.0, 1.0]} for p in prompts]
+
+
+def has_var(group):
+    return len(set(group["scores"])) > 1
+
+
+def test_dynamic_sampling_reaches_target():
+    s = FakeSampler()
+    kept, stats = dynamic_sampling(6, s.draw, s.sample_and_score, max_rounds=5, has_variance=has_var)
+    # round 1: 0..5 -> keep 1,2,4,5 (0,3 dropped); round 2: 2 missing -> 6,7 -> keep 7; round 3: 8 -> keep
+    assert [g["prompt"] for g in kept] == [1, 2, 4, 5, 7, 8]
+    assert s.draws == [6, 2, 1]
+    assert (stats.rounds, stats.extra_rounds, stats.groups_sampled, stats.groups_dropped) == (3, 2, 9, 3)
+    assert stats.groups_kept == 6 and not stats.exhausted
+    assert stats.as_metrics()["sampling/extra_rounds"] == 2.0
+
+
+def test_dynamic_sampling_respects_round_cap_and_exhaustion():
+    s = FakeSampler()
+    kept, stats = dynamic_sampling(6, s.draw, s.sample_and_score, max_rounds=1, has_variance=has_var)
+    assert [g["prompt"] for g in kept] == [1, 2, 4, 5, 7]  # short of the target after 1 extra round
+    assert stats.rounds == 2 and stats.groups_dropped == 3
+    s = FakeSampler(total=4)
+    kept, stats = dynamic_sampling(6, s.draw, s.sample_and_score, max_rounds=5, has_variance=has_var)
+    assert [g["prompt"] for g in kept] == [1, 2] and stats.exhausted and stats.rounds == 1
+    kept, stats = dynamic_sampling(0, s.draw, s.sample_and_score, max_rounds=5, has_variance=has_var)
+    assert kept == [] and stats.rounds == 0
+
+
+def test_dynamic_sampling_truncates_surplus_and_reads_scored_groups():
+    def draw(n):
+        return [f"p{i}" for i in range(n + 2)]  # hands out more than asked
+
+    def sample(prompts):
+        return [_group(p, [0.0, 1.0] if i != 1 else [1.0, 1.0], [5, 5]) for i, p in enumerate(prompts)]
+
+    kept, stats = dynamic_sampling(3, draw, sample, max_rounds=2)  # default has_variance: ScoredGroup
+    assert [g.prompt.prompt_id for g in kept] == ["p0", "p2", "p3"]
+    assert stats.groups_surplus == 1 and stats.groups_dropped == 1 and stats.groups_kept == 3
+    with pytest.raises(TypeError, match="has_variance"):
+        dynamic_sampling(1, lambda n: [0], lambda ps: [{"x": 1}], max_rounds=0)
+    with pytest.raises(ValueError):
+        dynamic_sampling(-1, draw, sample, max_rounds=0)
