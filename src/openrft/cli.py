@@ -155,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Job file (.yaml/.json) whose keys mirror the flags; flags override it.",
     )
     create.add_argument("--dry-run", action="store_true", help="Validate, print the resolved job and exit.")
+    create.add_argument("--quiet", action="store_true", help="No progress bar.")
+    create.add_argument(
+        "--resume-from", metavar="ID_OR_DIR", help="Continue an earlier job from its last checkpoint."
+    )
     add_job_flags(create)
     create.set_defaults(handler=cmd_create)
     for action, text in (

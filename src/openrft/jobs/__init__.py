@@ -1,0 +1,1 @@
+"""Jobs: ids, folders and running a job in the foreground."""

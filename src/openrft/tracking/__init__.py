@@ -1,0 +1,1 @@
+"""Metrics sinks, progress bar and plots."""

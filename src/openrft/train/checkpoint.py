@@ -1,0 +1,168 @@
+"""Resumable checkpoints, written so that a crash at any moment leaves the last good one intact.
+
+A checkpoint is a directory ``checkpoints/step-NNNNNN/`` holding the adapter (PEFT
+format), the optimizer and scheduler state, the RNG states and ``state.json`` (the
+loop's position: epoch, round, step counters and the not-yet-trained remainder of
+the current round). It is built under a temporary name and renamed into place, then
+``checkpoints/LATEST`` is atomically replaced to point at it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from openrft.errors import JobError
+from openrft.records import Completion
+from openrft.train.batching import TrainSequence
+
+KEEP_LAST = 2
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same directory and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_directory(target: Path) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``target`` in one rename when the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        old = target.with_name(f".{target.name}.old")
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- loop state
+
+
+@dataclasses.dataclass
+class LoopState:
+    """Everything the loop needs to continue exactly where it stopped."""
+
+    epoch: int = 0
+    cursor: int = 0  # prompts of this epoch's order already sampled
+    round_index: int = 0  # rounds sampled since the job started
+    step: int = 0  # training steps done
+    optimizer_step: int = 0  # optimizer updates done (= policy version)
+    pending: list[list[TrainSequence]] = dataclasses.field(default_factory=list)  # steps left in this round
+    round_metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # of the round being trained
+    epoch_groups_with_signal: int = 0
+    epoch_groups_total: int = 0
+    skipped_zero_variance_groups: int = 0  # from rounds that were filtered away entirely
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["pending"] = [[_sequence_to_json(s) for s in step] for step in self.pending]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LoopState:
+        data = dict(data)
+        data["pending"] = [[_sequence_from_json(s) for s in step] for step in data.get("pending", [])]
+        return cls(**data)
+
+
+def _sequence_to_json(seq: TrainSequence) -> dict[str, Any]:
+    return {
+        "completion": dataclasses.asdict(seq.completion),
+        "advantage": seq.advantage,
+        "group_index": seq.group_index,
+    }
+
+
+def _sequence_from_json(data: dict[str, Any]) -> TrainSequence:
+    c = dict(data["completion"])
+    for key in ("prompt_token_ids", "completion_token_ids", "logprobs"):
+        c[key] = tuple(c[key])
+    return TrainSequence(Completion(**c), data["advantage"], data["group_index"])
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def save_checkpoint(root: Path, state: LoopState, peft_model, optimizer, scheduler) -> Path:
+    """Write ``root/step-NNNNNN`` atomically, point LATEST at it, keep the last few."""
+    from openrft.train.policy import save_adapter
+
+    target = root / f"step-{state.optimizer_step:06d}"
+    with atomic_directory(target) as tmp:
+        save_adapter(peft_model, tmp / "adapter")
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt"
+        )
+        torch.save(_rng_state(), tmp / "rng.pt")
+        atomic_write_text(tmp / "state.json", json.dumps(state.to_json()))
+    atomic_write_text(root / "LATEST", target.name + "\n")
+    for old in sorted(root.glob("step-*"))[:-KEEP_LAST]:
+        if old.name != target.name:
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The directory LATEST points at, if it is complete; else the newest complete one."""
+    pointer = root / "LATEST"
+    if pointer.is_file():
+        candidate = root / pointer.read_text().strip()
+        if (candidate / "state.json").is_file():
+            return candidate
+    complete = [p for p in sorted(root.glob("step-*")) if (p / "state.json").is_file()]
+    return complete[-1] if complete else None
+
+
+def load_checkpoint(path: Path, peft_model, optimizer, scheduler) -> LoopState:
+    """Restore adapter weights, optimizer, scheduler and RNG states; return the loop state."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from openrft.train.policy import TRAINABLE
+
+    weights = path / "adapter" / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise JobError(f"checkpoint {path} is incomplete (no adapter weights)")
+    set_peft_model_state_dict(peft_model, load_file(str(weights)), adapter_name=TRAINABLE)
+    optim = torch.load(path / "optim.pt", weights_only=False)
+    optimizer.load_state_dict(optim["optimizer"])
+    scheduler.load_state_dict(optim["scheduler"])
+    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    return LoopState.from_json(json.loads((path / "state.json").read_text()))
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
