@@ -117,11 +117,6 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return quickstart(args)
 
 
-def cmd_not_yet(args: argparse.Namespace) -> int:
-    print(f"openrft rftj {args.rftj_command}: not yet available in this build.", file=sys.stderr)
-    return 1
-
-
 def _optional(module: str, attr: str) -> Any:
     try:
         return getattr(importlib.import_module(module), attr)
@@ -161,16 +156,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_job_flags(create)
     create.set_defaults(handler=cmd_create)
-    for action, text in (
-        ("list", "List jobs."),
-        ("get", "Show one job."),
-        ("cancel", "Cancel a running job."),
-        ("resume", "Resume a job from its last checkpoint."),
-    ):
-        p = rftj_sub.add_parser(action, help=text)
-        if action != "list":
-            p.add_argument("job_id", metavar="ID")
-        p.set_defaults(handler=cmd_not_yet)
 
     quick = sub.add_parser("quickstart", help="Train the embedded model on the built-in arithmetic task.")
     quick.set_defaults(handler=cmd_quickstart)
