@@ -1,0 +1,289 @@
+"""JSONL prompt files: reading, row validation with line numbers, atomic writing.
+
+A prompt file has one JSON object per line in the evaluation-row shape::
+
+    {"messages": [{"role": "system", "content": "..."}, {"role": "user", "content": "..."}],
+     "ground_truth": 42, "any_other_field": "kept and passed to the evaluator"}
+
+Rows in the GSM8K format (``{"question", "answer"}``) are adapted on the fly.
+Blank lines are ignored. Trailing assistant messages are reference answers: they
+stay in ``Prompt.row`` but are not part of ``Prompt.messages``.
+
+Every malformed row is reported with its line number; one :class:`DataError`
+summarises them (the first few and a count). With ``skip_bad_rows`` a minority of
+bad rows is skipped and counted instead; a file that is mostly broken always fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from openrft.data.tasks import gsm8k
+from openrft.errors import DataError
+from openrft.records import Prompt
+
+ROLES = ("system", "user", "assistant")
+MAX_BAD_FRACTION = 0.5  # more bad rows than this fails even with skip_bad_rows
+SHOWN_BAD_ROWS = 5
+ID_FIELDS = ("id", "row_id", "prompt_id")
+
+CountTokens = Callable[[Sequence[dict[str, Any]]], int]
+Adapter = Callable[[list[dict[str, Any]]], Sequence[Any]]
+
+
+class PromptSet(list):
+    """A list of :class:`Prompt` plus what loading it skipped.
+
+    ``skipped`` is the number of malformed rows left out (only non-zero with
+    ``skip_bad_rows=True``); ``bad_rows`` holds ``(line_number, reason)`` for each;
+    ``source`` names where the prompts came from.
+    """
+
+    def __init__(
+        self,
+        prompts: Iterable[Prompt] = (),
+        *,
+        source: str = "",
+        bad_rows: Sequence[tuple[int, str]] = (),
+    ):
+        super().__init__(prompts)
+        self.source = source
+        self.bad_rows = list(bad_rows)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.bad_rows)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[tuple[int, Any | str]]:
+    """``(line_number, parsed object)`` for each non-blank line; unparsable lines give
+    ``(line_number, BadLine(reason))`` instead of raising."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"dataset file not found: {p}") from None
+    except OSError as exc:
+        raise DataError(f"cannot read dataset file {p}: {exc.strerror or exc}") from None
+    out: list[tuple[int, Any]] = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append((number, json.loads(line.decode("utf-8"))))
+        except UnicodeDecodeError:
+            out.append((number, BadLine("not valid UTF-8 text")))
+        except json.JSONDecodeError as exc:
+            out.append((number, BadLine(f"invalid JSON ({exc.msg} at column {exc.colno})")))
+    return out
+
+
+class BadLine(str):
+    """The reason a line could not be parsed (kept apart from valid JSON strings)."""
+
+
+def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> Path:
+    """Write rows as JSONL atomically (temporary file in the same folder, then rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def content_text(content: Any) -> str:
+    """Message content as text: a string, or the text parts of a multi-part content."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not (isinstance(part, dict) and isinstance(part.get("text"), str)):
+                raise ValueError("only text content parts ({'type': 'text', 'text': ...}) are supported")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise ValueError(f"content must be a string, not {type(content).__name__}")
+
+
+def normalize_row(obj: Any) -> dict[str, Any]:
+    """Check one parsed row and return it in the evaluation-row shape (raises ValueError)."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"a row must be a JSON object, not {type(obj).__name__}")
+    if "messages" not in obj and gsm8k.is_gsm8k_row(obj):
+        obj = gsm8k.adapt_row(obj)
+    if "messages" not in obj:
+        raise ValueError("missing 'messages' (a list of {'role', 'content'} objects)")
+    messages = obj["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ValueError(f"messages[{i}] must be an object with 'role' and 'content'")
+        role = message.get("role")
+        if role not in ROLES:
+            raise ValueError(f"messages[{i}] has role {role!r}; allowed roles are {', '.join(ROLES)}")
+        try:
+            content_text(message.get("content"))
+        except ValueError as exc:
+            raise ValueError(f"messages[{i}]: {exc}") from None
+    return obj
+
+
+def prompt_messages(messages: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """The messages to sample from: trailing assistant messages dropped, content as text."""
+    end = len(messages)
+    while end and messages[end - 1]["role"] == "assistant":
+        end -= 1
+    kept = tuple({"role": m["role"], "content": content_text(m["content"])} for m in messages[:end])
+    if not kept or kept[-1]["role"] != "user":
+        raise ValueError(
+            "the prompt must end with a user message (after dropping trailing assistant messages)"
+        )
+    if not any(m["content"].strip() for m in kept if m["role"] == "user"):
+        raise ValueError("empty prompt: every user message is blank")
+    return kept
+
+
+def row_id(row: dict[str, Any]) -> str | None:
+    """The row's own id: ``input_metadata.row_id``, else ``id``/``row_id``/``prompt_id``."""
+    meta = row.get("input_metadata")
+    if isinstance(meta, dict) and meta.get("row_id") not in (None, ""):
+        return str(meta["row_id"])
+    for name in ID_FIELDS:
+        if row.get(name) not in (None, "") and isinstance(row[name], str | int):
+            return str(row[name])
+    return None
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def prompts_from_rows(
+    numbered_rows: Sequence[tuple[int, Any]],
+    *,
+    source: str,
+    count_tokens: CountTokens | None = None,
+    max_prompt_tokens: int | None = None,
+    skip_bad_rows: bool = False,
+    unit: str = "line",
+) -> PromptSet:
+    """Validate ``(number, row)`` pairs into prompts; raise one summary on bad rows."""
+    prompts: list[Prompt] = []
+    bad: list[tuple[int, str]] = []
+    seen_ids: dict[str, int] = {}
+    for number, obj in numbered_rows:
+        try:
+            if isinstance(obj, BadLine):
+                raise ValueError(str(obj))
+            row = normalize_row(obj)
+            messages = prompt_messages(row["messages"])
+            if count_tokens is not None and max_prompt_tokens is not None:
+                n_tokens = int(count_tokens(messages))
+                if n_tokens > max_prompt_tokens:
+                    raise ValueError(
+                        f"prompt is {n_tokens} tokens, longer than the {max_prompt_tokens} allowed "
+                        "(max_context_length - max_output_tokens)"
+                    )
+            pid = row_id(row) or str(number)
+            if pid in seen_ids:
+                raise ValueError(f"duplicate id {pid!r} (first used on {unit} {seen_ids[pid]})")
+        except ValueError as exc:
+            bad.append((number, str(exc)))
+            continue
+        seen_ids[pid] = number
+        prompts.append(Prompt(prompt_id=pid, messages=messages, row=row))
+    total = len(numbered_rows)
+    if total == 0:
+        raise DataError(f"{source}: the dataset has no rows", hint="each line must hold one JSON object")
+    if bad and (not skip_bad_rows or len(bad) > MAX_BAD_FRACTION * total or not prompts):
+        raise DataError(
+            _summary(source, bad, total, unit, skip_bad_rows), hint=_hint(bad, total, skip_bad_rows)
+        )
+    return PromptSet(prompts, source=source, bad_rows=bad)
+
+
+def _summary(source: str, bad: list[tuple[int, str]], total: int, unit: str, skipping: bool) -> str:
+    head = f"{source}: {len(bad)} of {total} rows are malformed"
+    if skipping:
+        head += f" (more than {MAX_BAD_FRACTION:.0%}: the file is mostly broken)"
+    lines = [head + ":"]
+    lines += [f"  {unit} {number}: {reason}" for number, reason in bad[:SHOWN_BAD_ROWS]]
+    if len(bad) > SHOWN_BAD_ROWS:
+        lines.append(f"  ... and {len(bad) - SHOWN_BAD_ROWS} more")
+    return "\n".join(lines)
+
+
+def _hint(bad: list[tuple[int, str]], total: int, skipping: bool) -> str:
+    if not skipping and len(bad) <= MAX_BAD_FRACTION * total:
+        return "fix these rows, or pass --skip-bad-rows to leave them out (they are counted)"
+    return 'each line must be {"messages": [{"role": "user", "content": "..."}], "ground_truth": ...}'
+
+
+def load_jsonl_prompts(
+    path: str | os.PathLike[str],
+    *,
+    count_tokens: CountTokens | None = None,
+    max_prompt_tokens: int | None = None,
+    skip_bad_rows: bool = False,
+    adapter: Adapter | None = None,
+) -> PromptSet:
+    """Read and validate a JSONL prompt file (see the module docstring)."""
+    numbered = read_jsonl(path)
+    unit = "line"
+    if adapter is not None:
+        numbered, unit = _apply_adapter(numbered, adapter, str(path))
+    return prompts_from_rows(
+        numbered,
+        source=str(path),
+        count_tokens=count_tokens,
+        max_prompt_tokens=max_prompt_tokens,
+        skip_bad_rows=skip_bad_rows,
+        unit=unit,
+    )
+
+
+def _apply_adapter(
+    numbered: list[tuple[int, Any]], adapter: Adapter, source: str
+) -> tuple[list[tuple[int, Any]], str]:
+    """Run an evaluator's ``dataset_adapter`` on the parsed rows (unparsable lines stay bad)."""
+    good = [(n, obj) for n, obj in numbered if not isinstance(obj, BadLine)]
+    broken = [(n, obj) for n, obj in numbered if isinstance(obj, BadLine)]
+    try:
+        adapted = list(adapter([obj for _, obj in good]))
+    except Exception as exc:
+        raise DataError(
+            f"{source}: the evaluator's dataset_adapter failed: {type(exc).__name__}: {exc}"
+        ) from None
+    rows = [_as_plain_row(r) for r in adapted]
+    if len(rows) == len(good):
+        return broken + [(n, r) for (n, _), r in zip(good, rows, strict=True)], "line"
+    return [(i, r) for i, r in enumerate(rows, start=1)], "adapted row"
+
+
+def _as_plain_row(row: Any) -> Any:
+    """An EvaluationRow (openrft's or eval-protocol's) -> a JSON-like dict; dicts unchanged."""
+    dump = getattr(row, "model_dump", None)
+    if dump is None:
+        return row
+    data = dump(mode="json", exclude_none=True)
+    for volatile in ("created_at", "pid", "rollout_status", "execution_metadata", "eval_metadata"):
+        data.pop(volatile, None)
+    return data

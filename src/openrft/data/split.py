@@ -1,0 +1,50 @@
+"""Deterministic splits and orders: the evaluation carve-out and the per-epoch shuffle."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from typing import TypeVar
+
+from openrft.errors import DataError
+from openrft.records import Prompt
+
+P = TypeVar("P", bound=Prompt)
+
+
+def _key(seed: int, text: str) -> bytes:
+    return hashlib.sha256(f"{seed}\x00{text}".encode()).digest()
+
+
+def split_carveout(prompts: Sequence[P], fraction: float, seed: int) -> tuple[list[P], list[P]]:
+    """Hold out ``round(fraction * N)`` prompts (at least 1, leaving at least 1) for evaluation.
+
+    Each prompt is ranked by a hash of ``(seed, prompt_id)`` and the lowest ranks are
+    held out, so the split depends only on the seed and the ids: it is the same on
+    every run and does not change for a row when other rows are added or removed
+    (beyond the size of the hold-out). Both parts keep the input order.
+    """
+    if not 0 < fraction < 1:
+        raise DataError(f"eval carve-out fraction must be between 0 and 1, not {fraction}")
+    if len(prompts) < 2:
+        raise DataError(
+            f"cannot carve an evaluation set out of {len(prompts)} prompt(s)",
+            hint="use more training rows or pass --evaluation-dataset",
+        )
+    n_eval = min(len(prompts) - 1, max(1, round(fraction * len(prompts))))
+    ranked = sorted(range(len(prompts)), key=lambda i: _key(seed, prompts[i].prompt_id))
+    held = set(ranked[:n_eval])
+    train = [p for i, p in enumerate(prompts) if i not in held]
+    evaluation = [p for i, p in enumerate(prompts) if i in held]
+    return train, evaluation
+
+
+def epoch_order(num_prompts: int, epoch: int, seed: int) -> list[int]:
+    """A permutation of ``range(num_prompts)`` for one epoch: new each epoch, the same for the same (seed, epoch)."""
+    if num_prompts < 0 or epoch < 0:
+        raise ValueError("num_prompts and epoch must be >= 0")
+    order = list(range(num_prompts))
+    rng = random.Random(int.from_bytes(_key(seed, f"epoch:{epoch}")[:8], "big"))
+    rng.shuffle(order)
+    return order

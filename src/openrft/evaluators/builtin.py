@@ -1,0 +1,114 @@
+"""Built-in evaluators: ``arithmetic`` and ``gsm8k``.
+
+Both give graded scores in [0, 1] rather than only 0/1, so that a group of
+candidates usually differs and carries a learning signal even before the model
+gets answers right.
+
+``arithmetic`` (weights are keyword arguments of :func:`score_arithmetic`):
+
+====================================================  =================
+the response uses ``<answer>...</answer>`` exactly once  + ``format_weight`` (0.2)
+the last number inside the (last) tags is correct        + ``correct_weight`` (0.8)
+not correct in tags, but the last number in the text is  + ``partial_weight`` (0.1)
+====================================================  =================
+
+``gsm8k``: + ``format_weight`` (0.1) when the answer is marked (``<answer>`` tags
+or ``####``), + ``correct_weight`` (0.9) when the extracted final number is right.
+
+Each score carries 0/1 metrics, among them ``correct_in_tags`` (arithmetic) and
+``correct`` (gsm8k): the strict accuracy a report should quote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from openrft.data.tasks.gsm8k import ANSWER_TAG_RE, extract_answer, last_number, numbers_equal
+from openrft.evaluators.loader import Evaluator
+from openrft.evaluators.protocol import EvaluateResult
+
+
+def score_arithmetic(
+    completion: str,
+    ground_truth: Any = None,
+    *,
+    format_weight: float = 0.2,
+    correct_weight: float = 0.8,
+    partial_weight: float = 0.1,
+) -> EvaluateResult:
+    """Graded score of an arithmetic answer (see the module docstring)."""
+    lowered = completion.lower()
+    tags = ANSWER_TAG_RE.findall(completion)
+    well_formed = len(tags) == 1 and lowered.count("<answer>") == 1 and lowered.count("</answer>") == 1
+    correct_in_tags = bool(tags) and numbers_equal(last_number(tags[-1]), ground_truth)
+    last_correct = numbers_equal(last_number(completion), ground_truth)
+    score = format_weight * well_formed + correct_weight * correct_in_tags
+    if not correct_in_tags and last_correct:
+        score += partial_weight
+    if correct_in_tags:
+        reason = "correct answer in <answer> tags" + ("" if well_formed else " (tags used more than once)")
+    elif tags:
+        reason = "wrong number in <answer> tags" + (", but the last number is right" if last_correct else "")
+    elif last_correct:
+        reason = "right number, but not inside <answer></answer> tags"
+    else:
+        reason = "no correct answer"
+    return EvaluateResult(
+        score=score,
+        reason=reason,
+        metrics={
+            "format": float(well_formed),
+            "correct_in_tags": float(correct_in_tags),
+            "last_number_correct": float(last_correct),
+        },
+    )
+
+
+def score_gsm8k(
+    completion: str,
+    ground_truth: Any = None,
+    *,
+    format_weight: float = 0.1,
+    correct_weight: float = 0.9,
+) -> EvaluateResult:
+    """Graded score of a GSM8K answer: the final number (tags, else ``####``, else the last number)."""
+    number, where = extract_answer(completion)
+    correct = numbers_equal(number, ground_truth)
+    marked = where in ("tags", "hashes")
+    score = format_weight * marked + correct_weight * correct
+    verdict = "correct" if correct else "wrong"
+    reason = f"{verdict}: found {number} ({where}), expected {ground_truth}" if number else "no number found"
+    return EvaluateResult(
+        score=score,
+        reason=reason,
+        metrics={
+            "correct": float(correct),
+            "format": float(marked),
+            "correct_in_tags": float(correct and where == "tags"),
+        },
+    )
+
+
+def _plain(name: str, scorer: Callable[..., EvaluateResult], weights: dict[str, float]) -> Evaluator:
+    def evaluate(completion: str, ground_truth: Any = None) -> EvaluateResult:
+        return scorer(completion, ground_truth, **weights)
+
+    evaluate.__name__ = name
+    return Evaluator(name=name, fn=evaluate, kind="plain", run_inline=True, source="built-in")
+
+
+def arithmetic_evaluator(**weights: float) -> Evaluator:
+    """The ``arithmetic`` evaluator; ``weights`` override :func:`score_arithmetic`'s keyword arguments."""
+    return _plain("arithmetic", score_arithmetic, weights)
+
+
+def gsm8k_evaluator(**weights: float) -> Evaluator:
+    """The ``gsm8k`` evaluator; ``weights`` override :func:`score_gsm8k`'s keyword arguments."""
+    return _plain("gsm8k", score_gsm8k, weights)
+
+
+BUILTINS: dict[str, Callable[[], Evaluator]] = {
+    "arithmetic": arithmetic_evaluator,
+    "gsm8k": gsm8k_evaluator,
+}

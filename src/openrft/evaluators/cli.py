@@ -1,0 +1,221 @@
+"""Sub-commands ``openrft evaluate`` (score given responses, no model) and ``openrft data`` (write datasets).
+
+``openrft evaluate --dataset FILE --evaluator SPEC --responses FILE`` checks an
+evaluator before any training. The responses file is JSONL, one response a line::
+
+    {"prompt_id": "12", "response": "... <answer>42</answer>"}
+
+``prompt_id`` is the prompt's id: the row's own ``id`` (or ``input_metadata.row_id``)
+when it has one, else its line number in the dataset file (``"1"`` for the first
+line). ``text`` or ``completion`` may stand for ``response``. Several responses for
+one prompt form one group (what a groupwise evaluator receives). Without
+``--responses``, each dataset row that ends with an assistant message is scored
+with that message as the response.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+RESPONSE_KEYS = ("response", "text", "completion")
+
+
+def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
+    """Add ``evaluate`` and ``data`` to the top-level command parser."""
+    ev = subparsers.add_parser(
+        "evaluate",
+        help="Score given responses with an evaluator (no model): check an evaluator before training.",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ev.add_argument(
+        "--dataset", metavar="FILE", help="Prompt JSONL (default: the evaluator's input_dataset)."
+    )
+    ev.add_argument(
+        "--evaluator",
+        metavar="SPEC",
+        help="path/to/file.py::function, module:function, or a built-in (arithmetic, gsm8k).",
+    )
+    ev.add_argument("--responses", metavar="FILE", help="Responses JSONL (see above).")
+    ev.add_argument("--timeout", type=float, default=60.0, help="Seconds per evaluator call (default 60).")
+    ev.add_argument("--max-concurrency", type=int, help="Parallel evaluator calls (default: the header's).")
+    ev.add_argument("--skip-bad-rows", action="store_true", help="Skip (and count) malformed dataset rows.")
+    ev.add_argument("--output", metavar="FILE", help="Also write one JSON line per score to FILE.")
+    ev.add_argument("--quiet", action="store_true", help="Print only the summary.")
+    ev.set_defaults(handler=cmd_evaluate)
+
+    data = subparsers.add_parser("data", help="Write built-in task datasets as JSONL.")
+    tasks = data.add_subparsers(dest="data_task", metavar="TASK")
+    tasks.required = True
+    ar = tasks.add_parser("arithmetic", help="Generated arithmetic problems (answers in <answer> tags).")
+    ar.add_argument("--out", metavar="FILE", required=True, help="Output JSONL path.")
+    ar.add_argument("--count", type=int, default=500, help="Number of problems (default 500).")
+    ar.add_argument("--seed", type=int, default=0, help="Generator seed (default 0).")
+    ar.add_argument("--digits", type=int, default=1, help="Digits per operand (default 1).")
+    ar.add_argument("--ops", default="+", help="Operations to draw from, e.g. '+-*' (default '+').")
+    ar.add_argument(
+        "--few-shot", type=int, default=0, help="Worked example exchanges before each question (default 0)."
+    )
+    ar.set_defaults(handler=cmd_data_arithmetic)
+    gs = tasks.add_parser("gsm8k", help="Convert a GSM8K {question, answer} JSONL into evaluation rows.")
+    gs.add_argument("--input", metavar="FILE", required=True, help="GSM8K JSONL file.")
+    gs.add_argument("--out", metavar="FILE", required=True, help="Output JSONL path.")
+    gs.add_argument("--limit", type=int, help="Keep only the first N rows.")
+    gs.add_argument("--skip-bad-rows", action="store_true", help="Skip (and count) malformed rows.")
+    gs.set_defaults(handler=cmd_data_gsm8k)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def cmd_data_arithmetic(args: argparse.Namespace) -> int:
+    from openrft.data import write_jsonl
+    from openrft.data.tasks.arithmetic import ArithmeticTask, generate_rows
+
+    task = ArithmeticTask(count=args.count, digits=args.digits, ops=args.ops, few_shot=args.few_shot)
+    rows = generate_rows(task, seed=args.seed)
+    path = write_jsonl(args.out, rows)
+    print(f"wrote {len(rows)} arithmetic problems to {path}")
+    return 0
+
+
+def cmd_data_gsm8k(args: argparse.Namespace) -> int:
+    from openrft.data import load_prompts, write_jsonl
+
+    prompts = load_prompts(args.input, skip_bad_rows=args.skip_bad_rows, limit=args.limit)
+    path = write_jsonl(args.out, (p.row for p in prompts))
+    skipped = f" ({prompts.skipped} malformed rows skipped)" if prompts.skipped else ""
+    print(f"wrote {len(prompts)} GSM8K rows to {path}{skipped}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from openrft.data import load_prompts, write_jsonl
+    from openrft.errors import DataError
+    from openrft.evaluators.loader import load_evaluator
+    from openrft.evaluators.runner import check_invalid_rate, score_groups, summarize
+
+    evaluator = load_evaluator(args.evaluator, dataset=args.dataset)
+    dataset = args.dataset or evaluator.input_dataset
+    if dataset is None:
+        raise DataError("no --dataset given and the evaluator names no input_dataset")
+    prompts = load_prompts(dataset, skip_bad_rows=args.skip_bad_rows, adapter=evaluator.dataset_adapter)
+    groups = _groups_from_responses(prompts, args.responses) if args.responses else _groups_from_rows(prompts)
+    scores = score_groups(evaluator, groups, max_concurrency=args.max_concurrency, timeout=args.timeout)
+    records = [
+        {
+            "prompt_id": prompt.prompt_id,
+            "candidate_index": completion.candidate_index,
+            "score": score.score,
+            "is_valid": score.is_valid,
+            "reason": score.reason,
+            "metrics": score.metrics,
+        }
+        for (prompt, completions), group_scores in zip(groups, scores, strict=True)
+        for completion, score in zip(completions, group_scores, strict=True)
+    ]
+    if not args.quiet:
+        _print_table(records)
+    stats = summarize(scores)
+    print(
+        f"\n{evaluator.name} ({evaluator.mode}): {len(records)} responses for {len(groups)} prompts; "
+        f"mean score {stats.get('reward/mean', float('nan')):.4f}, "
+        f"invalid {int(stats['reward/invalid_count'])} ({stats['reward/invalid_frac']:.1%})"
+    )
+    if prompts.skipped:
+        print(f"{prompts.skipped} malformed dataset rows were skipped")
+    for key, value in stats.items():
+        if key.startswith("reward/metric/"):
+            print(f"  {key[len('reward/metric/') :]}: {value:.4f}")
+    if args.output:
+        print(f"scores written to {write_jsonl(args.output, records)}")
+    check_invalid_rate(scores)
+    return 0
+
+
+def _print_table(records: list[dict[str, Any]]) -> None:
+    width = max(9, *(len(r["prompt_id"]) for r in records))
+    print(f"{'prompt_id':<{width}}  cand  score   valid  reason")
+    for r in records:
+        valid = "yes" if r["is_valid"] else "NO"
+        reason = " ".join(str(r["reason"]).split())
+        print(
+            f"{r['prompt_id']:<{width}}  {r['candidate_index']:>4}  {r['score']:6.3f}  {valid:<5}  {reason}"
+        )
+    sys.stdout.flush()
+
+
+def _completion(prompt_id: str, index: int, text: str) -> Any:
+    from openrft.records import Completion
+
+    return Completion(
+        prompt_id=prompt_id,
+        candidate_index=index,
+        prompt_token_ids=(),
+        completion_token_ids=(),
+        text=text,
+        logprobs=(),
+        finish_reason="stop",
+    )
+
+
+def _groups_from_rows(prompts: Any) -> list[tuple[Any, list[Any]]]:
+    """Rows that end with an assistant message: that message is the response."""
+    from openrft.data.jsonl import content_text
+    from openrft.errors import DataError
+
+    groups = []
+    for prompt in prompts:
+        last = prompt.row["messages"][-1]
+        if last["role"] == "assistant":
+            groups.append((prompt, [_completion(prompt.prompt_id, 0, content_text(last["content"]))]))
+    if not groups:
+        raise DataError(
+            "no responses to score: no --responses file, and no dataset row ends with an assistant message",
+            hint='pass --responses FILE with lines {"prompt_id": "1", "response": "..."}',
+        )
+    return groups
+
+
+def _groups_from_responses(prompts: Any, path: str) -> list[tuple[Any, list[Any]]]:
+    from openrft.data.jsonl import BadLine, read_jsonl
+    from openrft.errors import DataError
+
+    by_id = {p.prompt_id: p for p in prompts}
+    texts: dict[str, list[str]] = {}
+    bad: list[str] = []
+    for number, obj in read_jsonl(path):
+        problem = _response_problem(obj, by_id) if not isinstance(obj, BadLine) else str(obj)
+        if problem:
+            bad.append(f"  line {number}: {problem}")
+            continue
+        text = next(obj[k] for k in RESPONSE_KEYS if isinstance(obj.get(k), str))
+        texts.setdefault(str(obj["prompt_id"]), []).append(text)
+    if bad:
+        more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise DataError(
+            f"{path}: {len(bad)} malformed response rows:\n" + "\n".join(bad[:5]) + more,
+            hint='each line must be {"prompt_id": "<id in the dataset>", "response": "<text>"}',
+        )
+    if not texts:
+        raise DataError(f"{path}: no responses")
+    return [
+        (by_id[pid], [_completion(pid, i, t) for i, t in enumerate(items)]) for pid, items in texts.items()
+    ]
+
+
+def _response_problem(obj: Any, by_id: dict[str, Any]) -> str | None:
+    if not isinstance(obj, dict):
+        return "a response row must be a JSON object"
+    if "prompt_id" not in obj:
+        return "missing 'prompt_id'"
+    if not any(isinstance(obj.get(k), str) for k in RESPONSE_KEYS):
+        return "missing 'response' (the response text)"
+    if str(obj["prompt_id"]) not in by_id:
+        return f"prompt_id {obj['prompt_id']!r} is not in the dataset"
+    return None

@@ -1,0 +1,314 @@
+"""Find and load an evaluator from a ``--evaluator`` spec.
+
+Specs:
+
+- ``path/to/file.py::function``: a function in a Python file;
+- ``path/to/file.py``: the file's only evaluator (an error names the candidates
+  when there are several);
+- ``package.module:function``: a function in an importable module;
+- a built-in name: ``arithmetic`` or ``gsm8k``.
+
+Three kinds of function are recognised, in this order:
+
+1. decorated with openrft's :func:`~openrft.evaluators.protocol.evaluation_test`;
+2. decorated with ``eval_protocol.pytest.evaluation_test`` (needs the optional
+   ``eval-protocol`` package; the function is called with eval-protocol's own
+   ``EvaluationRow`` objects);
+3. a plain function ``def reward(completion: str, **row_fields) -> float``.
+
+In a file without ``::function``, only decorated functions count when there are
+any; otherwise public functions of the file whose first parameter is named
+``completion`` do. Every failure (missing file, syntax error, import error,
+missing function, wrong signature) is an :class:`EvaluatorError` naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+from openrft.errors import EvaluatorError, OpenRFTError
+from openrft.evaluators.protocol import (
+    HEADER_ATTR,
+    MODES,
+    EvaluationRow,
+    EvaluatorHeader,
+    check_row_signature,
+)
+
+Kind = Literal["row", "plain"]
+PLAIN_FIRST_PARAMS = ("completion",)
+EP_HINT = "install the optional extra: pip install 'openrft[eval-protocol]'"
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """A loaded evaluator, whatever form it was written in.
+
+    ``kind="row"``: ``fn`` takes an ``EvaluationRow`` (pointwise) or a list of them
+    (groupwise) of class ``row_cls``; ``call_by_keyword`` passes it as ``row=``/
+    ``rows=`` (eval-protocol's convention). ``kind="plain"``: ``fn(completion_text,
+    **row_fields)``. ``run_inline`` marks fast built-ins called without a worker
+    thread. The header values are ``None`` when the evaluator does not set them.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    mode: Literal["pointwise", "groupwise"] = "pointwise"
+    kind: Kind = "row"
+    max_concurrent_rollouts: int | None = None
+    max_concurrent_evaluations: int | None = None
+    input_dataset: str | None = None
+    dataset_adapter: Callable[[list[dict[str, Any]]], Any] | None = None
+    row_cls: type = EvaluationRow
+    call_by_keyword: bool = False
+    run_inline: bool = False
+    source: str = ""
+
+    @property
+    def is_async(self) -> bool:
+        call = type(self.fn).__call__ if not inspect.isroutine(self.fn) else None
+        return inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(call)
+
+
+# ----------------------------------------------------------------------------- public
+
+
+def load_evaluator(spec: str | None, *, dataset: str | None = None) -> Evaluator:
+    """Load ``spec`` (see the module docstring); ``None`` = the default evaluator for ``dataset``."""
+    from openrft.evaluators import builtin
+
+    if spec is None or not spec.strip():
+        spec = default_evaluator_name(dataset)
+    spec = spec.strip()
+    if spec in builtin.BUILTINS:
+        return builtin.BUILTINS[spec]()
+    if "::" in spec or spec.endswith(".py"):
+        path_text, _, name = spec.partition("::")
+        path = Path(path_text)
+        module = import_file(path)
+        return _from_module(module, name or None, origin=str(path), base_dir=path.resolve().parent)
+    if ":" in spec:
+        module_name, _, name = spec.rpartition(":")
+        module = _import_module(module_name)
+        return _from_module(module, name, origin=module_name, base_dir=Path.cwd())
+    raise EvaluatorError(
+        f"unknown evaluator {spec!r}",
+        hint=f"use path/to/file.py::function, package.module:function, or a built-in ({', '.join(builtin.BUILTINS)})",
+    )
+
+
+def default_evaluator_name(dataset: str | None) -> str:
+    """The built-in evaluator for a dataset: its rows' ``task`` field, or the built-in task name."""
+    from openrft.data import is_builtin, read_jsonl
+    from openrft.evaluators import builtin
+
+    if dataset is None or is_builtin(dataset):
+        return "arithmetic"
+    if Path(dataset).is_file():
+        for _, row in read_jsonl(dataset)[:1]:
+            if isinstance(row, dict):
+                task = row.get("task") or ("gsm8k" if {"question", "answer"} <= row.keys() else None)
+                if task in builtin.BUILTINS:
+                    return task
+    raise EvaluatorError(
+        f"no evaluator given, and the dataset {dataset} is not a built-in task",
+        hint="pass --evaluator path/to/file.py::function (or module:function)",
+    )
+
+
+def as_evaluator(obj: Any, name: str, *, origin: str = "", base_dir: Path | None = None) -> Evaluator:
+    """Wrap one object found in a module (decorated function, plain function, or Evaluator)."""
+    if isinstance(obj, Evaluator):
+        return obj
+    if hasattr(obj, "__ep_params__"):
+        return _from_eval_protocol(obj, name, origin, base_dir)
+    header = getattr(obj, HEADER_ATTR, None)
+    if isinstance(header, EvaluatorHeader):
+        check_row_signature(obj, header.mode, name)
+        return Evaluator(
+            name=name,
+            fn=obj,
+            mode=header.mode,
+            max_concurrent_rollouts=header.max_concurrent_rollouts,
+            max_concurrent_evaluations=header.max_concurrent_evaluations,
+            input_dataset=_resolve_dataset(header.input_dataset, base_dir),
+            dataset_adapter=header.dataset_adapter,
+            source=origin,
+        )
+    if callable(obj) and not isinstance(obj, type):
+        _check_plain_signature(obj, name)
+        return Evaluator(name=name, fn=obj, kind="plain", source=origin)
+    raise EvaluatorError(f"{origin}: {name!r} is not a function (it is a {type(obj).__name__})")
+
+
+# ----------------------------------------------------------------------------- importing
+
+
+def import_file(path: Path) -> ModuleType:
+    """Execute a Python file as a fresh module; its folder is put on sys.path for sibling imports."""
+    if not path.is_file():
+        raise EvaluatorError(f"evaluator file not found: {path}")
+    resolved = path.resolve()
+    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
+    module_name = f"_openrft_evaluator_{resolved.stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, resolved)
+    if spec is None or spec.loader is None:
+        raise EvaluatorError(f"cannot load {path} as a Python file")
+    module = importlib.util.module_from_spec(spec)
+    folder = str(resolved.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as exc:
+        sys.modules.pop(module_name, None)
+        if not isinstance(exc, Exception):
+            raise
+        raise _import_error(exc, str(path), resolved) from None
+    return module
+
+
+def _import_module(module_name: str) -> ModuleType:
+    try:
+        return importlib.import_module(module_name)
+    except Exception as exc:
+        raise _import_error(exc, module_name, None) from None
+
+
+def _import_error(exc: Exception, origin: str, resolved: Path | None) -> EvaluatorError:
+    if isinstance(exc, SyntaxError) and not isinstance(exc, OpenRFTError):
+        where = f"{exc.filename or origin}:{exc.lineno}" if exc.lineno else origin
+        return EvaluatorError(f"{where}: syntax error in the evaluator: {exc.msg}")
+    if isinstance(exc, OpenRFTError):
+        return EvaluatorError(f"{origin}: {exc.message}", hint=exc.hint)
+    hint = None
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == "eval_protocol":
+        hint = EP_HINT
+    line = ""
+    if resolved is not None:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == resolved]
+        if frames:
+            line = f" (line {frames[-1].lineno})"
+    return EvaluatorError(
+        f"importing the evaluator {origin} failed{line}: {type(exc).__name__}: {exc}", hint=hint
+    )
+
+
+# ----------------------------------------------------------------------------- picking
+
+
+def _from_module(module: ModuleType, name: str | None, *, origin: str, base_dir: Path) -> Evaluator:
+    if name:
+        if not hasattr(module, name):
+            found = ", ".join(sorted(_candidates(module))) or "none"
+            raise EvaluatorError(
+                f"{origin} has no function {name!r} (evaluators found there: {found})",
+            )
+        return as_evaluator(getattr(module, name), name, origin=origin, base_dir=base_dir)
+    candidates = _candidates(module)
+    if not candidates:
+        raise EvaluatorError(
+            f"no evaluator found in {origin}",
+            hint="decorate a function with @evaluation_test(...) or define "
+            "def reward(completion: str, **row_fields) -> float",
+        )
+    if len(candidates) > 1:
+        names = ", ".join(sorted(candidates))
+        raise EvaluatorError(
+            f"{origin} has {len(candidates)} evaluators ({names}): name one",
+            hint=f"e.g. --evaluator {origin}::{sorted(candidates)[0]}",
+        )
+    (only,) = candidates.items()
+    return as_evaluator(only[1], only[0], origin=origin, base_dir=base_dir)
+
+
+def _candidates(module: ModuleType) -> dict[str, Any]:
+    """Decorated evaluators in the module; if none, its public ``f(completion, ...)`` functions."""
+    decorated: dict[str, Any] = {}
+    seen: set[int] = set()
+    for attr, obj in vars(module).items():
+        if attr.startswith("_") or id(obj) in seen:
+            continue
+        if hasattr(obj, "__ep_params__") or isinstance(getattr(obj, HEADER_ATTR, None), EvaluatorHeader):
+            decorated[attr] = obj
+            seen.add(id(obj))
+    if decorated:
+        return decorated
+    plain = {}
+    for attr, obj in vars(module).items():
+        if attr.startswith("_") or not inspect.isfunction(obj) or obj.__module__ != module.__name__:
+            continue
+        params = list(inspect.signature(obj).parameters)
+        if params and params[0] in PLAIN_FIRST_PARAMS:
+            plain[attr] = obj
+    return plain
+
+
+def _check_plain_signature(fn: Callable[..., Any], name: str) -> None:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError) as exc:
+        raise EvaluatorError(f"evaluator {name!r} has no readable signature: {exc}") from None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    later_positional_only = [p for p in params[1:] if p.kind is p.POSITIONAL_ONLY and p.default is p.empty]
+    if not params or params[0].kind not in kinds or later_positional_only:
+        raise EvaluatorError(
+            f"evaluator {name!r} has the wrong signature {name}{inspect.signature(fn)}",
+            hint="a plain evaluator is def reward(completion: str, **row_fields) -> float; "
+            "or decorate a row evaluator with @evaluation_test(mode='pointwise')",
+        )
+
+
+def _from_eval_protocol(obj: Any, name: str, origin: str, base_dir: Path | None) -> Evaluator:
+    """A function decorated with eval-protocol's own ``@evaluation_test``."""
+    try:
+        from eval_protocol.models import EvaluationRow as EPRow
+        from eval_protocol.pytest.default_dataset_adapter import default_dataset_adapter
+    except ImportError:
+        raise EvaluatorError(
+            f"{origin}: {name!r} uses eval-protocol, which is not installed", hint=EP_HINT
+        ) from None
+    params = obj.__ep_params__
+    mode = str(getattr(params, "mode", "pointwise"))
+    if mode not in MODES:
+        raise EvaluatorError(
+            f"{origin}: {name!r} uses mode={mode!r}; openrft runs 'pointwise' and 'groupwise' evaluators"
+        )
+    fn = getattr(obj, "_origin_func", None)
+    if fn is None:
+        raise EvaluatorError(f"{origin}: cannot find the function inside eval-protocol's wrapper of {name!r}")
+    datasets = getattr(params, "input_dataset", None)
+    if isinstance(datasets, str):
+        datasets = [datasets]
+    adapter = getattr(params, "dataset_adapter", None)
+    return Evaluator(
+        name=name,
+        fn=fn,
+        mode=mode,  # type: ignore[arg-type]
+        max_concurrent_rollouts=getattr(params, "max_concurrent_rollouts", None),
+        max_concurrent_evaluations=getattr(params, "max_concurrent_evaluations", None),
+        input_dataset=_resolve_dataset(datasets[0] if datasets else None, base_dir),
+        dataset_adapter=None if adapter is default_dataset_adapter else adapter,
+        row_cls=EPRow,
+        call_by_keyword=True,
+        source=origin,
+    )
+
+
+def _resolve_dataset(dataset: str | None, base_dir: Path | None) -> str | None:
+    """A relative ``input_dataset`` is taken from the working folder, else next to the evaluator file."""
+    if dataset is None or base_dir is None or Path(dataset).is_absolute() or Path(dataset).exists():
+        return dataset
+    beside = base_dir / dataset
+    return str(beside) if beside.exists() else dataset

@@ -1,0 +1,305 @@
+"""Scoring completions with an evaluator, with failures contained.
+
+:func:`score_groups` runs the evaluator on every ``(prompt, completions)`` group:
+one call per completion (pointwise) or per group (groupwise), at most
+``max_concurrency`` at a time, each limited to ``timeout`` seconds. Async
+evaluators run on the event loop; sync ones each in a daemon worker thread (so a
+hung evaluator can be abandoned at its timeout and never blocks the process from
+exiting; it may still use a CPU until it returns). An exception, a timeout or an
+unusable return value gives ``Score(0.0, is_valid=False, reason=...)`` and the
+other calls go on. :func:`check_invalid_rate` then fails the step when too many
+scores are invalid.
+
+The evaluator sees the prompt's messages followed by an assistant message holding
+the completion text, plus the row's ``ground_truth`` and every other field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import inspect
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from openrft.errors import EvaluatorError
+from openrft.evaluators.loader import Evaluator
+from openrft.records import Completion, Prompt, Score
+
+log = logging.getLogger("openrft.evaluators")
+DEFAULT_CONCURRENCY = 8
+# Row fields that map onto EvaluationRow fields (or must not be overridden by dataset columns).
+ROW_FIELDS = {"messages", "ground_truth", "input_metadata", "tools", "execution_metadata"}
+DROPPED_FIELDS = {"evaluation_result", "rollout_status", "created_at", "eval_metadata", "pid"}
+
+Group = tuple[Prompt, Sequence[Completion]]
+
+
+# ----------------------------------------------------------------------------- public
+
+
+def score_groups(
+    evaluator: Evaluator,
+    groups: Sequence[Group],
+    *,
+    max_concurrency: int | None = None,
+    timeout: float = 60.0,
+) -> list[list[Score]]:
+    """Scores for each group's completions, in order (see the module docstring).
+
+    ``max_concurrency`` None uses the evaluator header's ``max_concurrent_evaluations``,
+    else 8. Safe to call from inside a running event loop (it then runs in a helper thread).
+    """
+    coro = ascore_groups(evaluator, groups, max_concurrency=max_concurrency, timeout=timeout)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def ascore_groups(
+    evaluator: Evaluator,
+    groups: Sequence[Group],
+    *,
+    max_concurrency: int | None = None,
+    timeout: float = 60.0,
+) -> list[list[Score]]:
+    """The async form of :func:`score_groups`."""
+    if timeout <= 0:
+        raise EvaluatorError(f"the evaluator timeout must be > 0 seconds, not {timeout}")
+    limit = max_concurrency or evaluator.max_concurrent_evaluations or DEFAULT_CONCURRENCY
+    semaphore = asyncio.Semaphore(limit)
+    if evaluator.mode == "groupwise":
+        jobs = [_score_group(evaluator, p, cs, semaphore, timeout) for p, cs in groups]
+        return list(await asyncio.gather(*jobs))
+    jobs = [_score_one(evaluator, p, c, semaphore, timeout) for p, cs in groups for c in cs]
+    flat = iter(await asyncio.gather(*jobs))
+    return [[next(flat) for _ in cs] for _, cs in groups]
+
+
+def check_invalid_rate(
+    scores: Sequence[Score] | Sequence[Sequence[Score]], max_fraction: float = 0.5
+) -> None:
+    """Raise EvaluatorError, with one example reason, when more than ``max_fraction`` of the scores are invalid."""
+    flat = _flatten(scores)
+    invalid = [s for s in flat if not s.is_valid]
+    if flat and len(invalid) > max_fraction * len(flat):
+        example = next((s.reason for s in invalid if s.reason), "no reason given")
+        raise EvaluatorError(
+            f"{len(invalid)} of {len(flat)} evaluator scores are invalid (more than {max_fraction:.0%}); "
+            f"one example: {example}",
+            hint="check the evaluator on a few responses with `openrft evaluate --dataset FILE "
+            "--evaluator SPEC --responses FILE`; raise --evaluator-timeout if calls time out",
+        )
+
+
+def summarize(scores: Sequence[Score] | Sequence[Sequence[Score]]) -> dict[str, float]:
+    """Namespaced statistics: ``reward/mean`` and ``reward/std`` over valid scores,
+    ``reward/invalid_count`` and ``reward/invalid_frac``, and ``reward/metric/<name>`` means."""
+    flat = _flatten(scores)
+    valid = [s.score for s in flat if s.is_valid]
+    out: dict[str, float] = {
+        "reward/count": float(len(flat)),
+        "reward/invalid_count": float(len(flat) - len(valid)),
+        "reward/invalid_frac": (len(flat) - len(valid)) / len(flat) if flat else 0.0,
+    }
+    if valid:
+        mean = sum(valid) / len(valid)
+        out["reward/mean"] = mean
+        out["reward/std"] = math.sqrt(sum((v - mean) ** 2 for v in valid) / len(valid))
+    totals: dict[str, list[float]] = {}
+    for s in flat:
+        if s.is_valid:
+            for key, value in s.metrics.items():
+                totals.setdefault(key, []).append(value)
+    for key, values in sorted(totals.items()):
+        out[f"reward/metric/{key}"] = sum(values) / len(values)
+    return out
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+def build_row(evaluator: Evaluator, prompt: Prompt, completion: Completion) -> Any:
+    """The evaluation row the evaluator sees: prompt messages + the completion as an assistant message."""
+    row = prompt.row
+    extras = {k: v for k, v in row.items() if k not in ROW_FIELDS | DROPPED_FIELDS}
+    metadata = dict(row.get("input_metadata") or {}) if isinstance(row.get("input_metadata"), dict) else {}
+    metadata.setdefault("row_id", prompt.prompt_id)
+    messages = [dict(m) for m in prompt.messages]
+    messages.append({"role": "assistant", "content": completion.text})
+    return evaluator.row_cls(
+        messages=messages,
+        ground_truth=row.get("ground_truth"),
+        tools=row.get("tools"),
+        input_metadata=metadata,
+        execution_metadata={
+            "rollout_id": f"{prompt.prompt_id}/{completion.candidate_index}",
+            "finish_reason": completion.finish_reason,
+        },
+        **extras,
+    )
+
+
+def plain_kwargs(fn: Callable[..., Any], prompt: Prompt) -> dict[str, Any]:
+    """Row fields for a plain ``f(completion, **row_fields)``: all of them if it takes ``**kwargs``,
+    else only the parameters it names. ``messages`` are the prompt's messages."""
+    fields = {**prompt.row, "messages": [dict(m) for m in prompt.messages], "prompt_id": prompt.prompt_id}
+    params = list(inspect.signature(fn).parameters.values())
+    fields.pop(params[0].name, None)
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return fields
+    names = {p.name for p in params[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in fields.items() if k in names}
+
+
+# ----------------------------------------------------------------------------- calls
+
+
+async def _score_one(
+    ev: Evaluator, prompt: Prompt, completion: Completion, sem: asyncio.Semaphore, timeout: float
+) -> Score:
+    async with sem:
+        try:
+            if ev.kind == "plain":
+                result = await _call(ev, timeout, completion.text, **plain_kwargs(ev.fn, prompt))
+                return to_score(result)
+            row = build_row(ev, prompt, completion)
+            result = await (_call(ev, timeout, row=row) if ev.call_by_keyword else _call(ev, timeout, row))
+            return to_score(row if result is None else result)
+        except Exception as exc:
+            return _invalid(exc, timeout, ev, prompt.prompt_id)
+
+
+async def _score_group(
+    ev: Evaluator, prompt: Prompt, completions: Sequence[Completion], sem: asyncio.Semaphore, timeout: float
+) -> list[Score]:
+    async with sem:
+        try:
+            rows = [build_row(ev, prompt, c) for c in completions]
+            result = await (_call(ev, timeout, rows=rows) if ev.call_by_keyword else _call(ev, timeout, rows))
+        except Exception as exc:
+            return [_invalid(exc, timeout, ev, prompt.prompt_id)] * len(completions)
+    if result is None:
+        result = rows
+    if not isinstance(result, list | tuple) or len(result) != len(completions):
+        got = f"{len(result)} rows" if isinstance(result, list | tuple) else type(result).__name__
+        reason = f"groupwise evaluator returned {got} for {len(completions)} completions"
+        return [Score(0.0, is_valid=False, reason=reason)] * len(completions)
+    scores = []
+    for item in result:
+        try:
+            scores.append(to_score(item))
+        except Exception as exc:
+            scores.append(_invalid(exc, timeout, ev, prompt.prompt_id))
+    return scores
+
+
+async def _call(ev: Evaluator, timeout: float, *args: Any, **kwargs: Any) -> Any:
+    """Call the evaluator within ``timeout`` seconds (async: on the loop; sync: in a daemon thread)."""
+    start = time.monotonic()
+    if ev.is_async:
+        return await asyncio.wait_for(ev.fn(*args, **kwargs), timeout)
+    if ev.run_inline:
+        result = ev.fn(*args, **kwargs)
+    else:
+        result = await asyncio.wait_for(_in_thread(ev.fn, args, kwargs), timeout)
+    if inspect.isawaitable(result):
+        result = await asyncio.wait_for(result, max(1e-3, timeout - (time.monotonic() - start)))
+    return result
+
+
+def _in_thread(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> asyncio.Future:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            (future.set_result if ok else future.set_exception)(value)
+
+    def target() -> None:
+        try:
+            value, ok = fn(*args, **kwargs), True
+        except BaseException as exc:
+            value, ok = exc, False
+        # RuntimeError: the loop is gone, the call was abandoned after its timeout.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, ok, value)
+
+    threading.Thread(target=target, name="openrft-evaluator", daemon=True).start()
+    return future
+
+
+def _invalid(exc: BaseException, timeout: float, ev: Evaluator, prompt_id: str) -> Score:
+    if isinstance(exc, TimeoutError):
+        reason = f"timeout after {timeout:g}s"
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
+    log.debug("evaluator %s on prompt %s: %s", ev.name, prompt_id, reason)
+    return Score(0.0, is_valid=False, reason=reason)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def to_score(result: Any) -> Score:
+    """An evaluator's return value -> Score.
+
+    Accepted: an EvaluationRow (its ``evaluation_result``), an EvaluateResult, a
+    number, a ``(score, reason)`` tuple, or a dict with ``score`` (and optionally
+    ``reason``, ``is_score_valid``, ``metrics``).
+    """
+    if hasattr(result, "evaluation_result") and hasattr(result, "messages"):
+        if result.evaluation_result is None:
+            return Score(0.0, is_valid=False, reason="the evaluator set no evaluation_result on the row")
+        result = result.evaluation_result
+    if isinstance(result, bool | int | float):
+        return _checked(float(result), True, "", {})
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], bool | int | float):
+        return _checked(float(result[0]), True, str(result[1]), {})
+    if isinstance(result, dict) and "score" in result:
+        reason = result.get("reason") or result.get("error") or ""
+        valid = bool(result.get("is_score_valid", True))
+        return _checked(_number(result["score"]), valid, str(reason), _metrics(result.get("metrics")))
+    if hasattr(result, "score") and hasattr(result, "is_score_valid"):
+        reason = result.reason or getattr(result, "error", None) or ""
+        return _checked(_number(result.score), bool(result.is_score_valid), reason, _metrics(result.metrics))
+    raise TypeError(f"evaluator returned {type(result).__name__}, not a score, row or EvaluateResult")
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"score must be a number, not {type(value).__name__}")
+    return float(value)
+
+
+def _checked(score: float, valid: bool, reason: str, metrics: dict[str, float]) -> Score:
+    if not math.isfinite(score):
+        return Score(0.0, is_valid=False, reason=f"score is {score}", metrics=metrics)
+    return Score(score, is_valid=valid, reason=reason, metrics=metrics)
+
+
+def _metrics(metrics: Any) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in (metrics or {}).items():
+        raw = value.get("score") if isinstance(value, dict) else getattr(value, "score", value)
+        if isinstance(raw, bool | int | float) and math.isfinite(float(raw)):
+            out[str(key)] = float(raw)
+    return out
+
+
+def _flatten(scores: Sequence[Any]) -> list[Score]:
+    flat: list[Score] = []
+    for item in scores:
+        if isinstance(item, Score):
+            flat.append(item)
+        else:
+            flat.extend(item)
+    return flat

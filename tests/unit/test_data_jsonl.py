@@ -1,0 +1,182 @@
+"""JSONL prompt loading: row validation with line numbers, skipping, ids, atomic writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from openrft.data import PromptSet, load_prompts, write_jsonl
+from openrft.errors import DataError
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+
+
+def user(text: str) -> dict:
+    return {"messages": [{"role": "user", "content": text}], "ground_truth": text.upper()}
+
+
+def write_lines(path: Path, lines: list) -> Path:
+    path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+    return path
+
+
+def test_fixture_rows_load_with_ids_fields_and_reference_answers_dropped():
+    prompts = load_prompts(str(FIXTURES / "tiny_rows.jsonl"))
+    assert isinstance(prompts, PromptSet) and prompts.skipped == 0
+    assert [p.prompt_id for p in prompts] == ["cap-france", "cap-peru", "two-plus"]
+    peru = prompts[1]
+    # The trailing assistant message is a reference answer: kept in the row, not in the prompt.
+    assert peru.messages == ({"role": "user", "content": "Capital of Peru?"},)
+    assert peru.row["messages"][-1] == {"role": "assistant", "content": "Lima"}
+    assert peru.ground_truth == "Lima" and peru.row["topic"] == "geography"
+    assert prompts[0].messages[0] == {"role": "system", "content": "Answer with one word."}
+
+
+def test_prompt_id_is_line_number_without_own_id_and_blank_lines_are_ignored(tmp_path):
+    path = write_lines(tmp_path / "d.jsonl", [user("a"), "", "   ", user("b")])
+    prompts = load_prompts(str(path))
+    assert [p.prompt_id for p in prompts] == ["1", "4"]
+
+
+def test_input_metadata_row_id_is_used_as_prompt_id(tmp_path):
+    row = {**user("a"), "input_metadata": {"row_id": "r-7"}}
+    prompts = load_prompts(str(write_lines(tmp_path / "d.jsonl", [row])))
+    assert prompts[0].prompt_id == "r-7"
+
+
+def test_text_content_parts_are_joined():
+    row = {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]}
+        ]
+    }
+    from openrft.data.jsonl import prompts_from_rows
+
+    prompts = prompts_from_rows([(1, row)], source="x")
+    assert prompts[0].messages == ({"role": "user", "content": "Hi there"},)
+
+
+def test_bad_rows_are_reported_with_line_numbers_in_one_summary(tmp_path):
+    lines = [
+        user("fine 1"),
+        "{not json",
+        {"ground_truth": 3},
+        {"messages": [{"role": "robot", "content": "x"}]},
+        {"messages": [{"role": "user", "content": "   "}]},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"}]},
+        {"messages": []},
+        "[1, 2]",
+        user("fine 2"),
+        user("fine 3"),
+        user("fine 4"),
+        user("fine 5"),
+        user("fine 6"),
+        user("fine 7"),
+        user("fine 8"),
+        user("fine 9"),
+    ]
+    path = write_lines(tmp_path / "d.jsonl", lines)
+    with pytest.raises(DataError) as info:
+        load_prompts(str(path))
+    message = str(info.value)
+    assert message.startswith(f"{path}: 7 of 16 rows are malformed:")
+    assert "line 2: invalid JSON" in message
+    assert "line 3: missing 'messages'" in message
+    assert "line 4: messages[0] has role 'robot'" in message
+    assert "line 5: empty prompt" in message
+    assert "line 6: the prompt must end with a user message" in message
+    # Only the first five are listed, then a count of the rest.
+    assert "line 7" not in message and "... and 2 more" in message
+    assert "--skip-bad-rows" in info.value.hint
+    assert "Traceback" not in message
+
+
+def test_skip_bad_rows_counts_what_it_skipped(tmp_path):
+    lines = [user(f"q{i}") for i in range(8)] + ["oops", {"messages": "nope"}]
+    prompts = load_prompts(str(write_lines(tmp_path / "d.jsonl", lines)), skip_bad_rows=True)
+    assert len(prompts) == 8
+    assert prompts.skipped == 2
+    assert [n for n, _ in prompts.bad_rows] == [9, 10]
+    assert "must be a non-empty list" in prompts.bad_rows[1][1]
+
+
+def test_mostly_broken_file_fails_even_with_skip(tmp_path):
+    lines = [user("q1"), user("q2"), "x", "y", "z"]
+    with pytest.raises(DataError, match=r"3 of 5 rows are malformed \(more than 50%"):
+        load_prompts(str(write_lines(tmp_path / "d.jsonl", lines)), skip_bad_rows=True)
+
+
+def test_too_long_prompts_are_bad_rows(tmp_path):
+    lines = [user("short"), user("a much longer question here")]
+    words = lambda messages: sum(len(m["content"].split()) for m in messages)  # noqa: E731
+    path = write_lines(tmp_path / "d.jsonl", lines)
+    with pytest.raises(DataError, match="line 2: prompt is 5 tokens, longer than the 3 allowed"):
+        load_prompts(str(path), count_tokens=words, max_prompt_tokens=3)
+    assert len(load_prompts(str(path), count_tokens=words, max_prompt_tokens=5)) == 2
+
+
+def test_duplicate_ids_are_bad_rows(tmp_path):
+    lines = [{**user("a"), "id": "x"}, {**user("b"), "id": "x"}, {**user("c"), "id": "y"}]
+    prompts = load_prompts(str(write_lines(tmp_path / "d.jsonl", lines)), skip_bad_rows=True)
+    assert [p.prompt_id for p in prompts] == ["x", "y"]
+    assert prompts.bad_rows == [(2, "duplicate id 'x' (first used on line 1)")]
+
+
+def test_missing_empty_and_non_utf8_files(tmp_path):
+    with pytest.raises(DataError, match="dataset file not found"):
+        load_prompts(str(tmp_path / "nope.jsonl"))
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(DataError, match="has no rows"):
+        load_prompts(str(tmp_path / "empty.jsonl"))
+    good = json.dumps(user("fine")).encode()
+    (tmp_path / "latin.jsonl").write_bytes(good + b"\n" + b'{"x": "caf\xe9"}\n' + good + b"\n")
+    prompts = load_prompts(str(tmp_path / "latin.jsonl"), skip_bad_rows=True)
+    assert prompts.bad_rows == [(2, "not valid UTF-8 text")]
+
+
+def test_limit_keeps_the_first_prompts(tmp_path):
+    path = write_lines(tmp_path / "d.jsonl", [user(f"q{i}") for i in range(5)])
+    prompts = load_prompts(str(path), limit=2)
+    assert [p.prompt_id for p in prompts] == ["1", "2"]
+    with pytest.raises(DataError):
+        load_prompts(str(path), limit=0)
+
+
+def test_gsm8k_name_without_file_explains(tmp_path):
+    with pytest.raises(DataError, match="not shipped"):
+        load_prompts("gsm8k")
+
+
+def test_adapter_converts_custom_rows(tmp_path):
+    path = write_lines(tmp_path / "d.jsonl", [{"q": "one?", "a": 1}, "broken", {"q": "two?", "a": 2}])
+
+    def adapter(rows):
+        return [{"messages": [{"role": "user", "content": r["q"]}], "ground_truth": r["a"]} for r in rows]
+
+    prompts = load_prompts(str(path), adapter=adapter, skip_bad_rows=True)
+    assert [(p.prompt_id, p.ground_truth) for p in prompts] == [("1", 1), ("3", 2)]
+    assert prompts.bad_rows[0][0] == 2
+
+    def failing(rows):
+        raise KeyError("q")
+
+    with pytest.raises(DataError, match="dataset_adapter failed: KeyError"):
+        load_prompts(str(path), adapter=failing, skip_bad_rows=True)
+
+
+def test_write_jsonl_is_atomic_and_round_trips(tmp_path):
+    target = tmp_path / "sub" / "out.jsonl"
+    write_jsonl(target, [{"a": 1}, {"b": "é"}])
+    assert [json.loads(x) for x in target.read_text(encoding="utf-8").splitlines()] == [{"a": 1}, {"b": "é"}]
+
+    def exploding():
+        yield {"a": 2}
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(target, exploding())
+    # The old file is untouched and no temporary file is left behind.
+    assert target.read_text(encoding="utf-8").count("\n") == 2
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.jsonl"]
