@@ -1,0 +1,126 @@
+"""A training step: micro-batching does not change the gradient; batching plans respect budgets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from openrft.records import Completion
+from openrft.train.batching import TrainSequence, collate, plan_micro_batches, plan_steps
+from openrft.train.logprobs import sequence_logprobs
+from openrft.train.policy import attach_lora, reference_policy
+from openrft.train.step import LossSettings, accumulate_gradients, plan_step
+
+
+def _sequences(model, tokenizer, lengths, advantages, temperature=0.7, seed=0):
+    """Completions of random tokens whose old log-probs are the model's own (as a rollout records them)."""
+    gen = torch.Generator().manual_seed(seed)
+    seqs = []
+    for i, (length, adv) in enumerate(zip(lengths, advantages, strict=True)):
+        prompt = torch.randint(10, 1000, (3 + i % 3,), generator=gen).tolist()
+        comp = torch.randint(10, 1000, (length,), generator=gen).tolist()
+        ids = torch.tensor([prompt + comp])
+        mask = torch.tensor([[0] * len(prompt) + [1] * length])
+        with torch.no_grad():
+            logp = sequence_logprobs(model, ids, torch.ones_like(ids), mask, temperature)[0, len(prompt) :]
+        completion = Completion(f"p{i}", 0, tuple(prompt), tuple(comp), "", tuple(logp.tolist()), "length")
+        seqs.append(TrainSequence(completion, adv, i))
+    return seqs
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+
+
+@pytest.mark.parametrize(
+    ("method", "length_norm"), [("grpo", False), ("dapo", False), ("gspo-token", False), ("dapo", True)]
+)
+def test_micro_batches_give_the_whole_step_gradient(tiny_model, method, length_norm):
+    model, tokenizer = tiny_model
+    model = attach_lora(model, rank=4, seed=0)
+    with torch.no_grad():  # move the adapter off zero so the step is not trivially on the reference
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    settings = LossSettings(method, 0.0, length_norm, 0.7)
+    seqs = _sequences(model, tokenizer, [5, 9, 2, 7, 4, 6], [1.0, -0.5, 0.3, -1.2, 0.8, 0.0])
+    results = {}
+    for budget in (10_000, 24):
+        batches, dropped = plan_step(seqs, budget, tokenizer.pad_token_id)
+        model.zero_grad(set_to_none=True)
+        metrics = accumulate_gradients(model, batches, settings)
+        results[budget] = (len(batches), metrics["loss/step"], _grads(model))
+    (n_whole, loss_whole, g_whole), (n_micro, loss_micro, g_micro) = results[10_000], results[24]
+    assert n_whole == 1 and n_micro >= 3
+    assert loss_micro == pytest.approx(loss_whole, abs=1e-6)
+    for name, grad in g_whole.items():
+        torch.testing.assert_close(g_micro[name], grad, atol=1e-5, rtol=1e-3)
+
+
+def test_first_update_ratio_is_one(tiny_model):
+    model, tokenizer = tiny_model
+    model = attach_lora(model, rank=4, seed=0)
+    seqs = _sequences(model, tokenizer, [6, 3, 8], [1.0, -1.0, 0.5])
+    batches, _ = plan_step(seqs, 10_000, tokenizer.pad_token_id)
+    metrics = accumulate_gradients(model, batches, LossSettings("grpo", 0.0, False, 0.7))
+    assert metrics["ratio/mean"] == pytest.approx(1.0, abs=1e-4)
+    assert metrics["ratio/min"] == pytest.approx(1.0, abs=1e-4) and metrics["ratio/max"] == pytest.approx(
+        1.0, abs=1e-4
+    )
+    assert metrics["kl/mean"] == pytest.approx(0.0, abs=1e-6)  # fresh adapter == reference
+
+
+def test_reference_policy_is_the_base_model(tiny_model):
+    model, tokenizer = tiny_model
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    mask = torch.tensor([[0, 0, 1, 1, 1]])
+    with torch.no_grad():
+        base = sequence_logprobs(model, ids, torch.ones_like(ids), mask)
+    peft_model = attach_lora(model, rank=4, seed=0)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+        moved = sequence_logprobs(peft_model, ids, torch.ones_like(ids), mask)
+        with reference_policy(peft_model):
+            ref = sequence_logprobs(peft_model, ids, torch.ones_like(ids), mask)
+    assert not torch.allclose(moved, base)
+    torch.testing.assert_close(ref, base)
+
+
+def test_zero_advantage_micro_batches_are_dropped():
+    seqs = [_seq(6, adv) for adv in (0.0, 0.0, 1.0, -1.0)]
+    batches, dropped = plan_step(seqs, 12, pad_token_id=0)  # equal lengths: pairs [0, 1], [2, 3]
+    assert dropped == 1 and len(batches) == 1
+    assert batches[0].advantages_B.tolist() == [1.0, -1.0]
+
+
+def _seq(n_tokens, adv=1.0):
+    c = Completion("p", 0, (1,) * (n_tokens - 2), (2, 3), "", (0.0, 0.0), "stop")
+    return TrainSequence(c, adv, 0)
+
+
+def test_plan_steps_token_budget_and_sample_cap():
+    seqs = [_seq(n) for n in (100, 200, 300, 400, 50)]
+    assert plan_steps(seqs, 500) == [[0, 1], [2], [3, 4]]
+    assert plan_steps(seqs, 10_000, batch_samples=2) == [[0, 1], [2, 3], [4]]
+    assert plan_steps([_seq(900)], 500) == [[0]]  # an over-long sequence trains alone
+    for step in plan_steps(seqs, 600):
+        assert sum(seqs[i].num_tokens for i in step) <= 600 or len(step) == 1
+
+
+def test_micro_batches_bound_padded_tokens():
+    lengths = [10, 50, 20, 45, 5, 30]
+    groups = plan_micro_batches(lengths, range(6), 100)
+    assert sorted(i for g in groups for i in g) == list(range(6))
+    for group in groups:
+        assert len(group) * max(lengths[i] for i in group) <= 100 or len(group) == 1
+
+
+def test_collate_aligns_old_logprobs_with_completion_tokens():
+    c = Completion("p", 0, (7, 8, 9), (10, 11), "", (-0.5, -1.5), "stop")
+    batch = collate([TrainSequence(c, 1.0, 0), _seq(3)], pad_token_id=0)
+    assert batch.input_ids_BL[0].tolist() == [7, 8, 9, 10, 11]
+    assert batch.completion_mask_BL[0].tolist() == [0, 0, 0, 1, 1]
+    assert batch.old_logprobs_BL[0].tolist() == [0, 0, 0, -0.5, -1.5]
+    assert batch.attention_mask_BL[1].tolist() == [1, 1, 1, 0, 0]
