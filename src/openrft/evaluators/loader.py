@@ -28,6 +28,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -48,6 +49,9 @@ from openrft.evaluators.protocol import (
 Kind = Literal["row", "plain"]
 PLAIN_FIRST_PARAMS = ("completion",)
 EP_HINT = "install the optional extra: pip install 'openrft[eval-protocol]'"
+# eval-protocol imports litellm, which otherwise fetches a price list from the internet at
+# import time (and, offline, retries in a background thread that can deadlock the import).
+OFFLINE_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,7 @@ def import_file(path: Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise EvaluatorError(f"cannot load {path} as a Python file")
     module = importlib.util.module_from_spec(spec)
+    _offline_env()
     folder = str(resolved.parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
@@ -180,10 +185,16 @@ def import_file(path: Path) -> ModuleType:
 
 
 def _import_module(module_name: str) -> ModuleType:
+    _offline_env()
     try:
         return importlib.import_module(module_name)
     except Exception as exc:
         raise _import_error(exc, module_name, None) from None
+
+
+def _offline_env() -> None:
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 def _import_error(exc: Exception, origin: str, resolved: Path | None) -> EvaluatorError:

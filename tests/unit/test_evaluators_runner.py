@@ -1,0 +1,263 @@
+"""score_groups: both modes, sync and async, concurrency, timeouts and exceptions contained."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from openrft.errors import EvaluatorError
+from openrft.evaluators import check_invalid_rate, load_evaluator, score_groups, summarize, to_score
+from openrft.evaluators.loader import Evaluator, as_evaluator
+from openrft.evaluators.protocol import EvaluateResult, EvaluationRow, evaluation_test
+from openrft.records import Completion, Prompt, Score
+
+EVALS = Path(__file__).parent.parent / "fixtures" / "evaluators"
+
+
+def prompt(pid: str, truth, **fields) -> Prompt:
+    messages = ({"role": "system", "content": "sys"}, {"role": "user", "content": f"question {pid}"})
+    return Prompt(
+        prompt_id=pid, messages=messages, row={"messages": list(messages), "ground_truth": truth, **fields}
+    )
+
+
+def completions(pid: str, *texts: str) -> list[Completion]:
+    return [
+        Completion(
+            prompt_id=pid,
+            candidate_index=i,
+            prompt_token_ids=(1, 2),
+            completion_token_ids=(3,),
+            text=t,
+            logprobs=(-0.5,),
+            finish_reason="stop" if i % 2 == 0 else "length",
+        )
+        for i, t in enumerate(texts)
+    ]
+
+
+def test_pointwise_row_evaluator_sees_prompt_completion_and_fields():
+    seen = []
+
+    @evaluation_test(mode="pointwise")
+    def judge(row: EvaluationRow) -> EvaluationRow:
+        seen.append(row)
+        ok = row.last_assistant_message().content == str(row.ground_truth)
+        row.evaluation_result = EvaluateResult(score=float(ok), reason=row.colour, metrics={"ok": ok})
+        return row
+
+    ev = as_evaluator(judge, "judge")
+    groups = [
+        (prompt("a", 4, colour="red"), completions("a", "4", "5")),
+        (prompt("b", 1, colour="blue"), completions("b", "1")),
+    ]
+    scores = score_groups(ev, groups, max_concurrency=2, timeout=5)
+    assert scores == [[Score(1.0, reason="red"), Score(0.0, reason="red")], [Score(1.0, reason="blue")]]
+    assert scores[0][0].metrics == {"ok": 1.0}
+    row = next(r for r in seen if r.input_metadata.row_id == "a" and r.messages[-1].content == "5")
+    assert [m.role for m in row.messages] == ["system", "user", "assistant"]
+    assert row.messages[1].content == "question a" and row.ground_truth == 4
+    assert row.execution_metadata.rollout_id == "a/1" and row.execution_metadata.finish_reason == "length"
+
+
+def test_row_evaluator_may_mutate_in_place_and_return_none():
+    @evaluation_test()
+    def judge(row: EvaluationRow) -> None:
+        row.evaluation_result = EvaluateResult(score=0.25, is_score_valid=False, reason="unsure")
+
+    [[score]] = score_groups(
+        as_evaluator(judge, "judge"), [(prompt("a", 1), completions("a", "x"))], timeout=5
+    )
+    assert score == Score(0.25, is_valid=False, reason="unsure")
+
+
+def test_fixture_files_pointwise_groupwise_async_and_plain():
+    groups = [
+        (prompt("p", "Paris", topic="geo"), completions("p", "Paris", "It is paris!", "Lyon")),
+        (prompt("q", "4", topic="sums"), completions("q", "4", "<answer>4</answer>")),
+    ]
+    exact = score_groups(load_evaluator(str(EVALS / "own_pointwise.py")), groups, timeout=5)
+    assert [[s.score for s in g] for g in exact] == [[1.0, 0.5, 0.0], [1.0, 0.5]]
+    assert exact[0][1].reason == "contains (geo)"
+    assert exact[0][1].metrics == {"exact": 0.0, "contains": 1.0}
+
+    shortest = score_groups(load_evaluator(str(EVALS / "own_groupwise.py")), groups, timeout=5)
+    # Case-sensitive there: "It is paris!" does not contain "Paris".
+    assert [[s.score for s in g] for g in shortest] == [[1.0, 0.0, 0.0], [1.0, 0.5]]
+    assert shortest[1][0].reason == "2 candidates"
+
+    plain = score_groups(load_evaluator(str(EVALS / "plain_reward.py")), groups, timeout=5)
+    assert [[s.score for s in g] for g in plain] == [[1.0, 1.0, 0.0], [1.0, 1.0]]
+    pair = score_groups(load_evaluator(f"{EVALS / 'two_plain.py'}::match_reward"), groups, timeout=5)
+    assert pair[0][2] == Score(0.0, reason="no match") and pair[1][1] == Score(1.0, reason="match")
+
+
+def test_plain_function_gets_row_fields_by_name_or_all_with_kwargs():
+    got = {}
+
+    def named(completion, ground_truth, messages):
+        got["named"] = (completion, ground_truth, [m["role"] for m in messages])
+        return 1
+
+    def catch_all(completion, **fields):
+        got["all"] = sorted(fields)
+        return 0.5
+
+    group = [(prompt("a", 7, colour="red"), completions("a", "seven"))]
+    assert score_groups(as_evaluator(named, "named"), group, timeout=5) == [[Score(1.0)]]
+    assert got["named"] == ("seven", 7, ["system", "user"])
+    score_groups(as_evaluator(catch_all, "catch_all"), group, timeout=5)
+    assert got["all"] == ["colour", "ground_truth", "messages", "prompt_id"]
+
+
+def test_async_pointwise_and_concurrency_limit():
+    active = 0
+    peak = 0
+
+    async def slow(completion: str, **_):
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.02)
+        active -= 1
+        return len(completion)
+
+    groups = [(prompt(str(i), None), completions(str(i), "ab", "abc")) for i in range(5)]
+    scores = score_groups(as_evaluator(slow, "slow"), groups, max_concurrency=3, timeout=5)
+    assert [[s.score for s in g] for g in scores] == [[2.0, 3.0]] * 5
+    assert peak == 3
+
+
+def test_sync_calls_run_in_threads_up_to_the_limit():
+    lock = threading.Lock()
+    active = 0
+    peak = 0
+
+    def slow(completion: str) -> float:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.03)
+        with lock:
+            active -= 1
+        return 1.0
+
+    groups = [(prompt(str(i), None), completions(str(i), "x", "y")) for i in range(4)]
+    scores = score_groups(as_evaluator(slow, "slow"), groups, max_concurrency=2, timeout=5)
+    assert all(s == Score(1.0) for g in scores for s in g)
+    assert peak == 2
+
+
+def test_header_concurrency_is_the_default_limit():
+    active = 0
+    peak = 0
+
+    @evaluation_test(max_concurrent_evaluations=1)
+    async def one_at_a_time(row: EvaluationRow) -> EvaluationRow:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.01)
+        active -= 1
+        row.evaluation_result = EvaluateResult(score=1.0)
+        return row
+
+    groups = [(prompt("a", None), completions("a", "x", "y", "z"))]
+    score_groups(as_evaluator(one_at_a_time, "one"), groups, timeout=5)
+    assert peak == 1
+
+
+def test_exceptions_and_timeouts_become_invalid_scores_and_the_rest_goes_on():
+    release = threading.Event()
+
+    def flaky(completion: str) -> float:
+        if completion == "boom":
+            raise ValueError("cannot parse 'boom'")
+        if completion == "hang":
+            release.wait(30)
+            return 1.0
+        return 0.75
+
+    groups = [(prompt("a", None), completions("a", "fine", "boom", "hang", "fine"))]
+    try:
+        [scores] = score_groups(as_evaluator(flaky, "flaky"), groups, max_concurrency=4, timeout=0.3)
+    finally:
+        release.set()
+    assert scores[0] == Score(0.75) and scores[3] == Score(0.75)
+    assert scores[1] == Score(0.0, is_valid=False, reason="ValueError: cannot parse 'boom'")
+    assert scores[2] == Score(0.0, is_valid=False, reason="timeout after 0.3s")
+
+
+def test_async_timeout_and_groupwise_failures():
+    @evaluation_test(mode="groupwise")
+    async def stuck(rows: list[EvaluationRow]) -> list[EvaluationRow]:
+        if rows[0].ground_truth == "slow":
+            await asyncio.sleep(30)
+        if rows[0].ground_truth == "short":
+            return rows[:1]
+        raise KeyError("missing")
+
+    groups = [
+        (prompt("s", "slow"), completions("s", "a", "b")),
+        (prompt("t", "short"), completions("t", "a", "b")),
+        (prompt("k", "key"), completions("k", "a")),
+    ]
+    scores = score_groups(as_evaluator(stuck, "stuck"), groups, timeout=0.2)
+    assert scores[0] == [Score(0.0, is_valid=False, reason="timeout after 0.2s")] * 2
+    assert scores[1][0].reason == "groupwise evaluator returned 1 rows for 2 completions"
+    assert scores[2] == [Score(0.0, is_valid=False, reason="KeyError: 'missing'")]
+
+
+def test_unusable_results_are_invalid():
+    def bad(completion: str):
+        return {"nan": float("nan"), "text": "high", "none": None, "row": EvaluationRow()}[completion]
+
+    [scores] = score_groups(
+        as_evaluator(bad, "bad"), [(prompt("a", 0), completions("a", "nan", "text", "none", "row"))]
+    )
+    assert scores[0] == Score(0.0, is_valid=False, reason="score is nan")
+    assert scores[1].reason == "TypeError: evaluator returned str, not a score, row or EvaluateResult"
+    assert scores[2].reason == "TypeError: evaluator returned NoneType, not a score, row or EvaluateResult"
+    assert scores[3].reason == "the evaluator set no evaluation_result on the row"
+    assert not any(s.is_valid for s in scores)
+
+
+def test_to_score_accepts_the_documented_shapes():
+    assert to_score(True) == Score(1.0)
+    assert to_score((0.5, "half")) == Score(0.5, reason="half")
+    assert to_score(
+        {"score": 0.2, "is_score_valid": False, "error": "x", "metrics": {"m": {"score": 1}}}
+    ) == Score(0.2, is_valid=False, reason="x")
+    assert to_score({"score": 0.2, "metrics": {"m": {"score": 1}}}).metrics == {"m": 1.0}
+    result = EvaluateResult(score=0.9, reason="good", metrics={"a": 0.5})
+    assert to_score(result) == Score(0.9, reason="good") and to_score(result).metrics == {"a": 0.5}
+
+
+def test_score_groups_works_inside_a_running_event_loop():
+    ev = Evaluator(name="len", fn=lambda completion: len(completion), kind="plain")
+
+    async def main():
+        return score_groups(ev, [(prompt("a", None), completions("a", "abc"))], timeout=5)
+
+    assert asyncio.run(main()) == [[Score(3.0)]]
+
+
+def test_check_invalid_rate_and_summary():
+    ok, bad = Score(1.0, metrics={"m": 1.0}), Score(0.0, is_valid=False, reason="ValueError: nope")
+    check_invalid_rate([[ok, bad], [ok, bad]])  # exactly half: allowed
+    with pytest.raises(
+        EvaluatorError, match=r"3 of 5 evaluator scores are invalid .* one example: ValueError: nope"
+    ):
+        check_invalid_rate([ok, bad, bad, bad, Score(0.5)])
+    check_invalid_rate([])
+    stats = summarize([[ok, bad], [Score(0.0, metrics={"m": 0.0})]])
+    assert stats["reward/count"] == 3 and stats["reward/invalid_count"] == 1
+    assert math.isclose(stats["reward/invalid_frac"], 1 / 3)
+    assert stats["reward/mean"] == 0.5 and stats["reward/std"] == 0.5
+    assert stats["reward/metric/m"] == 0.5
