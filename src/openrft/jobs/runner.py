@@ -1,15 +1,37 @@
-"""Run a validated job in the foreground: pick its id and folder, train, report where the outputs are."""
+"""Run jobs through the store: PENDING -> VALIDATING -> RUNNING -> a final state, every step recorded.
+
+``openrft rftj create`` records a PENDING job and then either runs it in this
+process (with the progress bar) or, with ``--detach``, starts
+``python -m openrft.jobs.worker ID`` in its own session with its output in the
+job folder's ``job.log`` and prints the id at once. ``openrft rftj resume ID``
+puts a FAILED (or, forced, CANCELLED) job back to PENDING and runs it the same way,
+continuing from its last checkpoint.
+
+Stopping: ``openrft rftj cancel ID`` sets a flag in the store; the training loop
+polls it at step boundaries, writes a checkpoint and ends CANCELLED. SIGTERM to a
+worker and a first Ctrl-C in the foreground do the same; a second Ctrl-C aborts.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
+import signal
+import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from openrft.config import JobConfig
-from openrft.errors import JobError
+from openrft.config import FIELD_GROUP, JobConfig, build_config, load_job_file
+from openrft.errors import JobError, OpenRFTError
+from openrft.jobs.states import OUTCOME_STATES, JobState
+from openrft.jobs.store import JobRecord, JobStore, config_values
+
+ERROR_LOG = "error.log"
 
 
 def jobs_root() -> Path:
@@ -22,23 +44,332 @@ def new_job_id() -> str:
     return time.strftime("rftj-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
-def create_and_run(cfg: JobConfig, args: argparse.Namespace) -> int:
-    """``openrft rftj create``: a new job folder (or --resume-from an existing one), then train."""
-    from openrft.train.job import run_training
+# ----------------------------------------------------------------------------- entry points
 
-    resume_from = getattr(args, "resume_from", None)
-    if resume_from:
-        job_dir = Path(resume_from) if Path(resume_from).is_dir() else jobs_root() / resume_from
-        if not (job_dir / "checkpoints").is_dir():
-            raise JobError(f"--resume-from {resume_from}: no checkpoints found in {job_dir}")
+
+def create_and_run(cfg: JobConfig, args: argparse.Namespace) -> int:
+    """``openrft rftj create``: record the job, then run it here or in a detached worker."""
+    store = JobStore()
+    detach, quiet = bool(getattr(args, "detach", False)), bool(getattr(args, "quiet", False))
+    if getattr(args, "resume_from", None):
+        record = resume_from(store, cfg, args)
     else:
         job_id = cfg.training.job_id or new_job_id()
-        job_dir = jobs_root() / job_id
-        if (job_dir / "job.json").exists():
-            raise JobError(f"job {job_id} already exists", hint="choose another --job-id or resume it")
-    print(f"job {job_dir.name}: {job_dir}", file=sys.stderr)
-    outcome = run_training(cfg, job_dir, resume=bool(resume_from), quiet=getattr(args, "quiet", False))
-    print(f"job {job_dir.name} {outcome.status.upper()} after {outcome.state.step} steps", file=sys.stderr)
-    if outcome.message:
-        print(outcome.message, file=sys.stderr)
+        job_dir = store.job_dir(job_id)
+        if not store.exists(job_id) and (job_dir / "job.json").exists():
+            raise JobError(
+                f"job folder {job_dir} already exists but is not in the job store",
+                hint="choose another --job-id, or continue it with --resume-from " + str(job_dir),
+            )
+        record = store.create(job_id, cfg, detached=detach)
+    return start(store, record, detach=detach, quiet=quiet)
+
+
+def resume_job(job_id: str, *, force: bool = False, detach: bool = False, quiet: bool = False) -> int:
+    """``openrft rftj resume ID``: continue a FAILED (or, forced, CANCELLED) job from its checkpoint."""
+    store = JobStore()
+    record = store.prepare_resume(job_id, force=force)
+    return start(store, record, detach=detach, quiet=quiet)
+
+
+def start(store: JobStore, record: JobRecord, *, detach: bool, quiet: bool) -> int:
+    if record.resume and not _has_checkpoint(record.job_dir):
+        print(f"job {record.id}: no checkpoint yet, so it starts from the beginning", file=sys.stderr)
+    if detach:
+        pid = spawn_worker(store, record)
+        print(record.id)
+        print(
+            f"job {record.id} running in the background (pid {pid})\n"
+            f"  log:    {record.log_path}\n"
+            f"  status: openrft rftj get {record.id}\n"
+            f"  stop:   openrft rftj cancel {record.id}",
+            file=sys.stderr,
+        )
+        return 0
+    print(f"job {record.id}: {record.job_dir}", file=sys.stderr)
+    with graceful_interrupt() as interrupted:
+        final = run_job(store, record.id, quiet=quiet, local_stop=interrupted)
+    print(f"job {final.id} {final.state} after {final.steps} steps", file=sys.stderr)
+    if final.message:
+        print(final.message, file=sys.stderr)
+    if final.output_dir:
+        print(f"outputs: {final.output_dir}", file=sys.stderr)
     return 0
+
+
+def resume_from(store: JobStore, cfg: JobConfig, args: argparse.Namespace) -> JobRecord:
+    """``create --resume-from ID_OR_DIR``: the earlier job continues, with any flags given now applied."""
+    target = str(args.resume_from)
+    record = _find(store, target)
+    if record is None:
+        job_dir = Path(target).expanduser()
+        if not (job_dir / "checkpoints").is_dir():
+            raise JobError(
+                f"--resume-from {target}: neither a job id in the store nor a job folder with checkpoints",
+                hint="see the jobs with: openrft rftj list",
+            )
+        job_id = cfg.training.job_id or job_dir.name
+        record = store.create(job_id, cfg, job_dir=job_dir.resolve(), resume=True, detached=args.detach)
+        return record
+    file_values = load_job_file(args.config) if getattr(args, "config", None) else {}
+    flag_values = {name: getattr(args, name) for name in FIELD_GROUP if hasattr(args, name)}
+    base = {**record.given, **store.secrets(record.id)}
+    merged, _ = build_config({**base, **file_values}, flag_values)
+    changed = _changed(record.flat_config(), config_values(merged)[0])
+    if changed:
+        store.update_config(record.id, merged)
+        print(f"job {record.id}: continuing with changed {', '.join(changed)}", file=sys.stderr)
+    return store.prepare_resume(record.id, force=True)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+class StopFlag:
+    """``should_stop`` for the loop: a cancel request in the store, or a local signal."""
+
+    def __init__(self, store: JobStore, job_id: str, local: list[bool] | None = None):
+        self.store, self.job_id, self.local = store, job_id, local if local is not None else [False]
+
+    def __call__(self) -> bool:
+        return self.local[0] or self.store.cancel_requested(self.job_id)
+
+
+def run_job(
+    store: JobStore,
+    job_id: str,
+    *,
+    quiet: bool = False,
+    log_steps: bool = False,
+    local_stop: list[bool] | None = None,
+) -> JobRecord:
+    """Validate and train job ``job_id`` in this process; return its final record.
+
+    Errors are recorded as FAILED and re-raised (anything that is not an
+    :class:`OpenRFTError` as a :class:`JobError`, its traceback kept in the job
+    folder's ``error.log``).
+    """
+    record = store.get(job_id, check_process=False)
+    if record.pid != os.getpid():
+        store.set_process(job_id, os.getpid())
+    stop = StopFlag(store, job_id, local_stop)
+    sinks: list[Any] = []
+    try:
+        store.transition(job_id, JobState.VALIDATING)
+        cfg = rebuild_config(store, record)
+        if not stop():
+            validate(cfg)
+        if stop():
+            return store.transition(job_id, JobState.CANCELLED, "cancelled before training started")
+        store.transition(job_id, JobState.RUNNING)
+        sinks = make_sinks(store, record, cfg, log_steps=log_steps)
+        from openrft.train import job as train_job
+
+        outcome = train_job.run_training(
+            cfg, record.job_dir, resume=record.resume, quiet=quiet, should_stop=stop, extra_sinks=sinks
+        )
+        store.record_progress(job_id, outcome.state.step, None)
+        store.set_output(job_id, output_dir(cfg, record.job_dir))
+        return store.transition(job_id, OUTCOME_STATES[outcome.status], outcome.message or None)
+    except OpenRFTError as exc:
+        _finish(store, job_id, JobState.FAILED, exc.message)
+        raise
+    except KeyboardInterrupt:
+        _finish(store, job_id, JobState.CANCELLED, "interrupted")
+        raise
+    except Exception as exc:
+        log = record.job_dir / ERROR_LOG
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(traceback.format_exc())
+        message = f"{type(exc).__name__}: {exc}"
+        _finish(store, job_id, JobState.FAILED, message)
+        raise JobError(f"job {job_id} failed: {message}", hint=f"the traceback is in {log}") from None
+    finally:
+        for sink in sinks:
+            sink.close()
+
+
+def _finish(store: JobStore, job_id: str, state: JobState, message: str) -> None:
+    """Record a final state unless the job already has one (e.g. a cancel reached it first)."""
+    try:
+        if store.get(job_id, check_process=False).state.is_active:
+            store.transition(job_id, state, message)
+    except JobError:
+        pass
+
+
+def rebuild_config(store: JobStore, record: JobRecord) -> JobConfig:
+    """The job's config from the values its user set (and its stored secrets)."""
+    cfg, _ = build_config({}, {**record.given, **store.secrets(record.id)})
+    changed = _changed(record.flat_config(), config_values(cfg)[0])
+    if changed:
+        print(
+            f"warning: this openrft version resolves {', '.join(changed)} differently from when job "
+            f"{record.id} was created",
+            file=sys.stderr,
+        )
+    return cfg
+
+
+def validate(cfg: JobConfig) -> None:
+    """Cheap checks before any model is loaded: evaluator, datasets, base model or adapter."""
+    from openrft.data import load_prompts
+    from openrft.evaluators import load_evaluator
+    from openrft.models import resolve_model_dir
+
+    evaluator = load_evaluator(cfg.data.evaluator, dataset=cfg.data.dataset)
+    source = cfg.data.dataset or evaluator.input_dataset or "arithmetic"
+    adapter = getattr(evaluator, "dataset_adapter", None)
+    load_prompts(source, seed=cfg.training.seed, adapter=adapter, skip_bad_rows=cfg.data.skip_bad_rows)
+    if cfg.data.evaluation_dataset:
+        load_prompts(
+            cfg.data.evaluation_dataset, seed=cfg.training.seed + 1, skip_bad_rows=cfg.data.skip_bad_rows
+        )
+    if cfg.training.warm_start_from:
+        if not (Path(cfg.training.warm_start_from) / "adapter_config.json").is_file():
+            raise JobError(
+                f"--warm-start-from {cfg.training.warm_start_from}: no adapter_config.json there",
+                hint="give the folder of a PEFT LoRA adapter, e.g. an earlier job's output folder",
+            )
+    else:
+        resolve_model_dir(cfg.training.base_model)
+
+
+def make_sinks(store: JobStore, record: JobRecord, cfg: JobConfig, *, log_steps: bool) -> list[Any]:
+    sinks: list[Any] = [StoreSink(store, record.id)]
+    if log_steps:
+        sinks.append(PrintSink())
+    if cfg.wandb.wandb:
+        from openrft.tracking.wandb_sink import WandbSink
+
+        sinks.append(WandbSink.start(cfg, job_id=record.id, job_dir=record.job_dir))
+    return sinks
+
+
+def output_dir(cfg: JobConfig, job_dir: Path) -> Path:
+    return Path(cfg.training.output_model) if cfg.training.output_model else job_dir / "output"
+
+
+class StoreSink:
+    """Keeps the job's step count and latest reward in the store (for ``rftj list``)."""
+
+    def __init__(self, store: JobStore, job_id: str):
+        self.store, self.job_id = store, job_id
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if step > 0:
+            self.store.record_progress(self.job_id, step, metrics.get("reward/mean"))
+
+    def log_rollouts(self, step: int, rows: Sequence[dict[str, Any]]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class PrintSink:
+    """One plain line per step, for a detached job's log (no progress bar there)."""
+
+    KEYS = (("reward/mean", "reward"), ("eval/reward", "eval"), ("loss/policy", "loss"), ("kl/mean", "kl"))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        parts = [f"{label} {metrics[key]:.4f}" for key, label in self.KEYS if metrics.get(key) is not None]
+        print(time.strftime("%H:%M:%S"), f"step {step}", "  ".join(parts), flush=True)
+
+    def log_rollouts(self, step: int, rows: Sequence[dict[str, Any]]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def worker_command(job_id: str) -> list[str]:
+    return [sys.executable, "-m", "openrft.jobs.worker", job_id]
+
+
+def spawn_worker(store: JobStore, record: JobRecord) -> int:
+    """Start the job in a background process of its own session; its output goes to job.log."""
+    record.job_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OPENRFT_HOME": str(store.root), "PYTHONUNBUFFERED": "1"}
+    with open(record.log_path, "ab") as log:
+        proc = subprocess.Popen(
+            worker_command(record.id),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
+    store.set_process(record.id, proc.pid)
+    return proc.pid
+
+
+class graceful_interrupt:
+    """First Ctrl-C: stop at the next step boundary (with a checkpoint); a second one aborts."""
+
+    def __init__(self) -> None:
+        self.flag = [False]
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.flag[0]:
+            raise KeyboardInterrupt
+        self.flag[0] = True
+        print(
+            "\nstopping at the next step boundary (a checkpoint is written); Ctrl-C again to abort",
+            file=sys.stderr,
+        )
+
+    def __enter__(self) -> list[bool]:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self.flag
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _find(store: JobStore, target: str) -> JobRecord | None:
+    if store.exists(target):
+        return store.get(target)
+    path = Path(target).expanduser()
+    if path.is_dir():
+        resolved = path.resolve()
+        for record in store.list():
+            if record.job_dir.resolve() == resolved:
+                return record
+    return None
+
+
+def _has_checkpoint(job_dir: Path) -> bool:
+    return any((job_dir / "checkpoints").glob("step-*/state.json"))
+
+
+def _changed(before: dict[str, Any], after_nested: dict[str, Any]) -> list[str]:
+    after = {name: value for group in after_nested.values() for name, value in group.items()}
+    return [name.replace("_", "-") for name in after if before.get(name) != after[name]]
+
+
+__all__ = [
+    "create_and_run",
+    "resume_job",
+    "run_job",
+    "spawn_worker",
+    "worker_command",
+    "rebuild_config",
+    "validate",
+    "jobs_root",
+    "new_job_id",
+    "StopFlag",
+    "StoreSink",
+    "PrintSink",
+]

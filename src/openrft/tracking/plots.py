@@ -1,9 +1,21 @@
-"""Reward curves from ``metrics.jsonl`` files, drawn headless with matplotlib."""
+"""Training curves from ``metrics.jsonl`` files, drawn headless with matplotlib.
+
+* :func:`plot_reward_curve`: one job's reward (mean +- std band) and eval reward; the
+  trainer writes it into every job's output folder.
+* :func:`plot_jobs`: one or more jobs overlaid, one colour per job, in panels for
+  reward (solid: training, dashed: eval), policy loss, KL, clip fractions (solid:
+  low side, dotted: high side) and the fraction of zero-variance groups. This is the
+  picture behind ``openrft rftj plot`` and ``openrft rftj compare``.
+
+Every image is written to a temporary file and renamed into place.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from openrft.tracking.sinks import read_jsonl
@@ -12,6 +24,15 @@ from openrft.tracking.sinks import read_jsonl
 def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
     points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
     return [p[0] for p in points], [p[1] for p in points]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _save(fig, out: Path) -> None:
@@ -27,11 +48,7 @@ def _save(fig, out: Path) -> None:
 
 def plot_reward_curve(metrics_path: Path, out: Path, title: str = "") -> Path:
     """Training reward (mean, and the band mean +- std) and eval reward against step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = read_jsonl(Path(metrics_path))
     fig, ax = plt.subplots(figsize=(7, 4))
     steps, mean = _series(rows, "reward/mean")
@@ -53,3 +70,79 @@ def plot_reward_curve(metrics_path: Path, out: Path, title: str = "") -> Path:
     _save(fig, Path(out))
     plt.close(fig)
     return Path(out)
+
+
+# ----------------------------------------------------------------------------- several jobs
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One subplot: metric keys drawn with their line styles."""
+
+    title: str
+    ylabel: str
+    lines: tuple[tuple[str, str, str], ...]  # (metric key, line style, what the style means)
+
+
+PANELS = (
+    Panel("reward", "mean reward", (("reward/mean", "-", "train"), ("eval/reward", "--", "eval"))),
+    Panel("policy loss", "loss/policy", (("loss/policy", "-", ""),)),
+    Panel("KL to the reference", "kl/mean", (("kl/mean", "-", ""),)),
+    Panel(
+        "clipped tokens",
+        "fraction",
+        (("clip/low_frac", "-", "low side"), ("clip/high_frac", ":", "high side")),
+    ),
+    Panel("zero-variance groups", "fraction of groups", (("filter/zero_variance_frac", "-", ""),)),
+)
+
+
+def plot_jobs(runs: Sequence[tuple[str, Path]], out: Path, title: str = "") -> Path:
+    """Overlay the curves of ``runs`` (``(label, metrics.jsonl path)``) in one figure at ``out``."""
+    if not runs:
+        raise ValueError("plot_jobs needs at least one run")
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
+
+    data = [(label, read_jsonl(Path(path))) for label, path in runs]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    flat_axes = list(axes.flat)
+    for ax, panel in zip(flat_axes, PANELS, strict=False):
+        drawn = 0
+        for index, (_, rows) in enumerate(data):
+            color = colors[index % len(colors)]
+            for key, style, _meaning in panel.lines:
+                steps, values = _series(rows, key)
+                if steps:
+                    marker = "o" if len(steps) <= 25 else None
+                    ax.plot(steps, values, linestyle=style, color=color, marker=marker, markersize=3)
+                    drawn += 1
+        ax.set_title(panel.title)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(panel.ylabel)
+        ax.grid(alpha=0.3)
+        if not drawn:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
+        if any(meaning for _, _, meaning in panel.lines):
+            handles = [
+                Line2D([], [], color="black", linestyle=style, label=meaning)
+                for _, style, meaning in panel.lines
+            ]
+            ax.legend(handles=handles, loc="best", fontsize="small")
+    legend_ax = flat_axes[len(PANELS)]
+    legend_ax.axis("off")
+    handles = [
+        Line2D([], [], color=colors[i % len(colors)], linewidth=3, label=label)
+        for i, (label, _) in enumerate(data)
+    ]
+    legend_ax.legend(handles=handles, loc="center", title="jobs", frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, Path(out))
+    plt.close(fig)
+    return Path(out)
+
+
+__all__ = ["plot_reward_curve", "plot_jobs", "PANELS"]

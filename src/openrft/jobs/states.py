@@ -1,0 +1,67 @@
+"""Job states, as the managed service shows them, and the transitions allowed between them.
+
+::
+
+    PENDING ──> VALIDATING ──> RUNNING ──> COMPLETED
+       │            │             ├──────> EARLY_STOPPED   (no learning signal left)
+       │            │             ├──────> CANCELLED       (stopped at a step boundary, checkpointed)
+       └────────────┴─────────────┴──────> FAILED          (an error, or the process died)
+
+A FAILED job may be resumed (back to PENDING); a CANCELLED one only when forced,
+because the reference service does not resume cancelled jobs. COMPLETED and
+EARLY_STOPPED jobs have nothing left to continue.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobState(StrEnum):
+    PENDING = "PENDING"
+    VALIDATING = "VALIDATING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    EARLY_STOPPED = "EARLY_STOPPED"
+
+    @property
+    def is_active(self) -> bool:
+        """A process is (or should be) working on the job."""
+        return self in ACTIVE
+
+    @property
+    def is_terminal(self) -> bool:
+        return not self.is_active
+
+
+ACTIVE = frozenset({JobState.PENDING, JobState.VALIDATING, JobState.RUNNING})
+
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.VALIDATING, JobState.FAILED, JobState.CANCELLED}),
+    JobState.VALIDATING: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset(
+        {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.EARLY_STOPPED}
+    ),
+    JobState.FAILED: frozenset({JobState.PENDING}),
+    JobState.CANCELLED: frozenset({JobState.PENDING}),  # resume --force only
+    JobState.COMPLETED: frozenset(),
+    JobState.EARLY_STOPPED: frozenset(),
+}
+
+# Loop outcome status (openrft.train.loop.Outcome.status) -> final state.
+OUTCOME_STATES = {
+    "completed": JobState.COMPLETED,
+    "cancelled": JobState.CANCELLED,
+    "early_stopped": JobState.EARLY_STOPPED,
+}
+
+DIED_MESSAGE = "process exited unexpectedly"
+
+
+def can_transition(current: JobState, new: JobState) -> bool:
+    return new in TRANSITIONS[current]
+
+
+__all__ = ["JobState", "ACTIVE", "TRANSITIONS", "OUTCOME_STATES", "DIED_MESSAGE", "can_transition"]
