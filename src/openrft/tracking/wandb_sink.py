@@ -189,6 +189,11 @@ class WandbSink:
             return
         self._closed = True
         self.run.finish()
+        # finish() may return before W&B's service process has written the run file;
+        # teardown waits for it (one job = one run per process, so nothing else is cut short).
+        import wandb
+
+        wandb.teardown()
 
 
 __all__ = ["WandbSink", "choose_mode", "find_api_key", "import_wandb", "ROLLOUT_TABLE_EVERY"]
