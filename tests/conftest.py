@@ -15,11 +15,14 @@ os.environ.setdefault("OPENRFT_HOME", str(REPO / ".openrft-test-home"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# Idle OpenMP threads sleep instead of spinning: when several test processes share the two
+# cores, spinning threads make every small op wait (a tiny-model forward pass became 10x slower).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("OPENRFT_TEST_THREADS", "2")))
 
 
 @pytest.fixture(scope="session")

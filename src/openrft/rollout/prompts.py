@@ -1,0 +1,48 @@
+"""Chat messages -> prompt token ids, with the model's own chat template."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from openrft.errors import DataError
+
+
+def check_messages(messages: Sequence[Any], prompt_id: str = "?") -> list[dict[str, Any]]:
+    """Validate chat messages: a non-empty list of {"role": str, "content": str} dicts."""
+    if not messages:
+        raise DataError(f"prompt {prompt_id}: no messages to render")
+    checked = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise DataError(f"prompt {prompt_id}: message {i} must be a dict with a string 'role'")
+        if not isinstance(message.get("content"), str):
+            raise DataError(f"prompt {prompt_id}: message {i} ('{message['role']}') needs string 'content'")
+        checked.append(dict(message))
+    return checked
+
+
+def render_messages(tokenizer: Any, messages: Sequence[Any], prompt_id: str = "?") -> str:
+    """The prompt text: the chat template with the assistant turn opened.
+
+    A tokenizer without a chat template (a base model) gets the message contents joined
+    by blank lines.
+    """
+    checked = check_messages(messages, prompt_id)
+    if not getattr(tokenizer, "chat_template", None):
+        return "\n\n".join(m["content"] for m in checked)
+    return tokenizer.apply_chat_template(checked, add_generation_prompt=True, tokenize=False)
+
+
+def encode_messages(tokenizer: Any, messages: Sequence[Any], prompt_id: str = "?") -> list[int]:
+    """Token ids of the rendered prompt.
+
+    A chat template already writes its special tokens; plain text gets the tokenizer's
+    usual ones (e.g. BOS).
+    """
+    text = render_messages(tokenizer, messages, prompt_id)
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    ids = tokenizer(text, add_special_tokens=not has_template)["input_ids"]
+    if not ids:
+        raise DataError(f"prompt {prompt_id}: renders to no tokens")
+    return list(ids)

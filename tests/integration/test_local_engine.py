@@ -1,0 +1,218 @@
+"""The local engine on a tiny random Llama with the real tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from openrft.errors import RolloutError
+from openrft.records import Completion, Prompt, RolloutEngine, SamplingParams
+from openrft.rollout.local import LocalEngine
+from openrft.rollout.sampling import Truncation
+
+
+def make_prompts(count: int = 3) -> list[Prompt]:
+    questions = [
+        "What is 3 + 4?",
+        "Add 12 and 30.",
+        "Compute 7 * 6, then explain the steps in detail please.",
+    ]
+    return [
+        Prompt(f"q{i}", ({"role": "user", "content": questions[i % len(questions)] + " " * (i // 3)},))
+        for i in range(count)
+    ]
+
+
+def teacher_forced(model, completion: Completion, temperature: float) -> torch.Tensor:
+    """log_softmax(logits / T) of each completion token, from one forward pass over the whole sequence."""
+    ids = list(completion.prompt_token_ids) + list(completion.completion_token_ids)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].float()
+    start = len(completion.prompt_token_ids) - 1
+    scaled = torch.log_softmax(logits[start:-1] / (temperature or 1.0), dim=-1)
+    return scaled.gather(1, torch.tensor(completion.completion_token_ids)[:, None]).squeeze(1)
+
+
+def tokens_of(groups: list[list[Completion]]) -> list[list[tuple[int, ...]]]:
+    return [[c.completion_token_ids for c in group] for group in groups]
+
+
+def test_records_shape_and_chat_template(tiny_model):
+    model, tokenizer = tiny_model
+    engine = LocalEngine(model, tokenizer, policy_version=3)
+    assert isinstance(engine, RolloutEngine)
+    prompts = make_prompts(2)
+    groups = engine.generate(prompts, SamplingParams(n=3, max_tokens=6, seed=0))
+    assert [[c.candidate_index for c in g] for g in groups] == [[0, 1, 2], [0, 1, 2]]
+    expected_prompt = tokenizer.apply_chat_template(
+        list(prompts[1].messages), add_generation_prompt=True, tokenize=False
+    )
+    for prompt, group in zip(prompts, groups, strict=True):
+        for c in group:
+            assert c.prompt_id == prompt.prompt_id and c.policy_version == 3
+            assert len(c.logprobs) == len(c.completion_token_ids) <= 6
+            assert all(lp <= 0 for lp in c.logprobs)
+    assert tokenizer.decode(groups[1][0].prompt_token_ids) == expected_prompt
+    assert engine.generate([], SamplingParams(n=2)) == []
+
+
+def test_max_tokens_is_respected_and_reported(tiny_model):
+    model, tokenizer = tiny_model
+    engine = LocalEngine(model, tokenizer, stop_token_ids=[tokenizer.pad_token_id])
+    for max_tokens in (1, 5, 17):
+        groups = engine.generate(make_prompts(2), SamplingParams(n=2, max_tokens=max_tokens, seed=1))
+        for c in (c for g in groups for c in g):
+            assert len(c.completion_token_ids) <= max_tokens
+            if c.finish_reason == "length":
+                assert len(c.completion_token_ids) == max_tokens
+                assert c.text == tokenizer.decode(list(c.completion_token_ids), skip_special_tokens=True)
+
+
+def test_end_token_stops_and_is_kept_with_its_logprob(tiny_model):
+    model, tokenizer = tiny_model
+    stops = list(range(0, len(tokenizer), 4))  # a quarter of the vocabulary ends a response
+    engine = LocalEngine(model, tokenizer, stop_token_ids=stops)
+    groups = engine.generate(
+        make_prompts(3), SamplingParams(n=4, max_tokens=30, temperature=1.0, top_k=0, seed=2)
+    )
+    completions = [c for g in groups for c in g]
+    stopped = [c for c in completions if c.finish_reason == "stop"]
+    assert len(stopped) >= 10 and len({len(c.completion_token_ids) for c in stopped}) > 1
+    for c in completions:
+        ends = [t % 4 == 0 for t in c.completion_token_ids]
+        assert not any(ends[:-1])  # generation halts at the first end token
+        assert ends[-1] == (c.finish_reason == "stop")
+        assert len(c.logprobs) == len(c.completion_token_ids)
+    for c in stopped:
+        assert c.text == tokenizer.decode(list(c.completion_token_ids[:-1]), skip_special_tokens=True)
+
+
+def test_default_end_token_is_the_chat_end_of_turn(tiny_model):
+    model, tokenizer = tiny_model
+    assert LocalEngine(model, tokenizer).stop_token_ids == (tokenizer.convert_tokens_to_ids("<|im_end|>"),)
+
+
+@pytest.mark.parametrize(
+    "how", [Truncation(0.0), Truncation(0.8, top_k=1), Truncation(1.5, top_k=1, top_p=0.3)]
+)
+def test_top_k_one_and_temperature_zero_equal_greedy_generate(tiny_model, how):
+    model, tokenizer = tiny_model
+    engine = LocalEngine(model, tokenizer, stop_token_ids=[tokenizer.eos_token_id])
+    prompts = make_prompts(3)
+    params = SamplingParams(n=2, temperature=how.temperature, top_k=how.top_k, top_p=how.top_p, max_tokens=12)
+    groups = engine.generate(prompts, params)
+    for prompt, group in zip(prompts, groups, strict=True):
+        ids = torch.tensor([engine.encode(prompt)])
+        with torch.no_grad():
+            reference = model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False
+            )
+        greedy = tuple(reference[0, ids.shape[1] :].tolist())
+        assert [c.completion_token_ids for c in group] == [greedy, greedy]
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"), [(1.0, 0, 1.0), (0.7, 40, 1.0), (1.3, 0, 0.9), (0.5, 5, 0.8)]
+)
+def test_logprobs_match_a_teacher_forced_pass(tiny_model, temperature, top_k, top_p):
+    model, tokenizer = tiny_model
+    engine = LocalEngine(model, tokenizer, max_concurrent_rollouts=5)  # forces continuous batching
+    params = SamplingParams(n=3, temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=20, seed=4)
+    for c in (c for g in engine.generate(make_prompts(4), params) for c in g):
+        reference = teacher_forced(model, c, temperature)
+        assert (torch.tensor(c.logprobs) - reference).abs().max() <= 1e-4
+
+
+def test_sampled_tokens_survive_truncation(tiny_model):
+    model, tokenizer = tiny_model
+    engine = LocalEngine(model, tokenizer)
+    for top_k, top_p in ((3, 1.0), (0, 0.5), (10, 0.3)):
+        params = SamplingParams(n=4, temperature=1.0, top_k=top_k, top_p=top_p, max_tokens=8, seed=5)
+        for c in (c for g in engine.generate(make_prompts(2), params) for c in g):
+            ids = list(c.prompt_token_ids) + list(c.completion_token_ids)
+            with torch.no_grad():
+                logits = model(torch.tensor([ids])).logits[0, len(c.prompt_token_ids) - 1 : -1]
+            for step, token in enumerate(c.completion_token_ids):
+                probs = torch.softmax(logits[step], -1)
+                order = torch.argsort(probs, descending=True)
+                rank = int((order == token).nonzero())
+                if top_k:
+                    assert rank < top_k
+                kept = probs[order[: top_k or None]]
+                kept = kept / kept.sum()
+                assert float(kept[:rank].sum()) < top_p + 1e-5
+
+
+def test_fixed_seed_is_deterministic_and_batch_independent(tiny_model):
+    model, tokenizer = tiny_model
+    prompts = make_prompts(4)
+    params = SamplingParams(n=3, temperature=1.0, top_k=20, top_p=0.95, max_tokens=10, seed=11)
+    stops = list(range(0, len(tokenizer), 5))  # uneven lengths exercise dropping and refilling rows
+    runs = []
+    for concurrency in (1, 4, 64):
+        engine = LocalEngine(model, tokenizer, max_concurrent_rollouts=concurrency, stop_token_ids=stops)
+        runs.append(engine.generate(prompts, params))
+    assert tokens_of(runs[0]) == tokens_of(runs[1]) == tokens_of(runs[2])
+    lp = [torch.tensor([x for g in run for c in g for x in c.logprobs]) for run in runs]
+    assert torch.allclose(lp[0], lp[2], atol=1e-5)
+    engine = LocalEngine(model, tokenizer, stop_token_ids=stops)
+    # the same prompt alone, or behind others, samples the same candidates
+    alone = engine.generate([prompts[2]], params)
+    reordered = engine.generate(prompts[::-1], params)
+    assert tokens_of(alone)[0] == tokens_of(runs[0])[2] == tokens_of(reordered)[1]
+    other_seed = engine.generate(prompts, SamplingParams(**{**params.__dict__, "seed": 12}))
+    assert tokens_of(other_seed) != tokens_of(runs[0])
+    # candidates of one prompt differ from each other
+    assert len(set(tokens_of(runs[0])[0])) == 3
+
+
+def test_unseeded_calls_differ(tiny_model):
+    model, tokenizer = tiny_model
+    engine = LocalEngine(model, tokenizer)
+    params = SamplingParams(n=2, temperature=1.0, top_k=0, max_tokens=8)
+    assert tokens_of(engine.generate(make_prompts(1), params)) != tokens_of(
+        engine.generate(make_prompts(1), params)
+    )
+
+
+def test_more_candidates_than_concurrency(tiny_model):
+    model, tokenizer = tiny_model
+    params = SamplingParams(n=5, max_tokens=6, seed=3)
+    small = LocalEngine(model, tokenizer, max_concurrent_rollouts=2).generate(make_prompts(2), params)
+    large = LocalEngine(model, tokenizer, max_concurrent_rollouts=32).generate(make_prompts(2), params)
+    assert [len(g) for g in small] == [5, 5]
+    assert tokens_of(small) == tokens_of(large)
+
+
+def test_samples_from_a_live_peft_model_and_restores_its_mode(tiny_model):
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = tiny_model
+    prompts, params = make_prompts(2), SamplingParams(n=2, temperature=1.0, top_k=0, max_tokens=10, seed=6)
+    base = LocalEngine(model, tokenizer).generate(prompts, params)
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False
+    )
+    peft_model = get_peft_model(model, config)
+    peft_model.train()
+    engine = LocalEngine(peft_model, tokenizer)
+    adapted = engine.generate(prompts, params)
+    assert tokens_of(adapted) != tokens_of(base)
+    for c in (c for g in adapted for c in g):
+        assert (torch.tensor(c.logprobs) - teacher_forced(peft_model, c, 1.0)).abs().max() <= 1e-4
+    assert peft_model.training and all(m.training for m in peft_model.modules())
+    with peft_model.disable_adapter():  # same object, adapter off: back to the base model's samples
+        assert tokens_of(engine.generate(prompts, params)) == tokens_of(base)
+
+
+def test_context_window_limits(tiny_model):
+    from openrft.testing import tiny_model as build
+
+    model, tokenizer = build(max_position_embeddings=48)
+    engine = LocalEngine(model, tokenizer, stop_token_ids=[tokenizer.pad_token_id])
+    prompt_length = len(engine.encode(make_prompts(1)[0]))
+    groups = engine.generate(make_prompts(1), SamplingParams(n=1, max_tokens=100, seed=0))
+    assert len(groups[0][0].completion_token_ids) == 48 - prompt_length
+    long = Prompt("long", ({"role": "user", "content": "word " * 60},))
+    with pytest.raises(RolloutError, match="context"):
+        engine.generate([long], SamplingParams(n=1, max_tokens=4))
