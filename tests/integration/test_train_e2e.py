@@ -1,0 +1,135 @@
+"""End-to-end RFT jobs on a tiny random model through the command line: every loss method, filtering,
+outputs that load with peft, and exact resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from openrft.cli import main
+from openrft.tracking.sinks import read_jsonl
+
+FIXTURES = Path(__file__).parent / "train_fixtures" / "evaluators.py"
+
+
+def _flags(model_dir, tmp_path, method="grpo", evaluator="spread", *extra):
+    return [
+        "--base-model", str(model_dir), "--dataset", "arithmetic:count=6", "--evaluator", f"{FIXTURES}::{evaluator}",
+        "--rl-loss-method", method, "--n", "4", "--max-output-tokens", "16", "--chunk-size", "2",
+        "--batch-size", "160", "--micro-batch-tokens", "128", "--eval-auto-carveout", "0.34", "--eval-every", "2",
+        "--checkpoint-every", "2", "--temperature", "1.0", "--learning-rate", "5e-4", "--seed", "3", "--quiet",
+        "--output-model", str(tmp_path / "out"), *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["grpo", "dapo", "gspo-token"])
+def test_each_method_trains_and_writes_outputs(tiny_model_dir, tmp_path, method, capsys):
+    code = main(["rftj", "create", *_flags(tiny_model_dir, tmp_path, method)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    out = tmp_path / "out"
+    rows = read_jsonl(out / "metrics.jsonl")
+    steps = [r for r in rows if "loss/policy" in r]
+    assert len(steps) >= 2
+    for key in ("reward/mean", "loss/policy", "kl/mean", "clip/low_frac", "clip/high_frac", "ratio/mean",
+                "filter/zero_variance_groups", "batch/tokens", "time/rollout_s", "lr"):  # fmt: skip
+        assert key in steps[0], key
+    assert all(r["batch/tokens"] <= 160 or r["batch/sequences"] == 1 for r in steps)
+    assert [r for r in rows if "eval/reward" in r][0]["step"] == 0  # evaluated before training
+    assert (steps[0]["kl/mean"] > 0) == (method == "grpo") or steps[0]["kl/mean"] == 0.0
+    assert (out / "reward_curve.png").stat().st_size > 1000
+    assert json.loads((out / "job.json").read_text())["loss"]["rl_loss_method"] == method
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tuned = PeftModel.from_pretrained(base, out)
+    lora_b = [p for n, p in tuned.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # the adapter moved
+
+
+def test_zero_variance_groups_are_filtered_and_counted(tiny_model_dir, tmp_path):
+    assert main(["rftj", "create", *_flags(tiny_model_dir, tmp_path, "dapo", "half_constant")]) == 0
+    rows = [r for r in read_jsonl(tmp_path / "out" / "metrics.jsonl") if "loss/policy" in r]
+    assert sum(r["filter/zero_variance_groups"] for r in rows) > 0
+    assert all(r["filter/zero_variance_groups"] <= r["filter/groups"] for r in rows)
+
+
+def test_constant_evaluator_stops_early(tiny_model_dir, tmp_path, capsys):
+    assert main(["rftj", "create", *_flags(tiny_model_dir, tmp_path, "dapo", "constant")]) == 0
+    err = capsys.readouterr().err
+    assert "EARLY_STOPPED" in err and "--temperature" in err
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from openrft.config import build_config
+    from openrft.train.job import run_training
+    flags, job_dir, kill_at = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    cfg, _ = build_config({}, __import__("json").loads(flags))
+    def maybe_die():
+        lines = (job_dir / "metrics.jsonl").read_text().splitlines() if (job_dir / "metrics.jsonl").exists() else []
+        if kill_at and sum('"loss/policy"' in l for l in lines) >= kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return False
+    run_training(cfg, job_dir, resume=sys.argv[4] == "resume", quiet=True, should_stop=maybe_die)
+    """
+)
+
+
+def test_killed_job_resumes_to_the_same_result(tiny_model_dir, tmp_path):
+    flags = dict(
+        base_model=str(tiny_model_dir), dataset="arithmetic:count=8", evaluator=f"{FIXTURES}::spread",
+        rl_loss_method="grpo", response_candidates_count=4, max_output_tokens=16, chunk_size=2, batch_size=100,
+        micro_batch_tokens=128, checkpoint_every=2, eval_every=0, temperature=1.0, learning_rate=5e-4, seed=5,
+    )  # fmt: skip
+    script = tmp_path / "job.py"
+    script.write_text(KILL_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+
+    def run(job_dir, kill_at, mode):
+        return subprocess.run(
+            [sys.executable, str(script), json.dumps(flags), str(job_dir), str(kill_at), mode], env=env,
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    whole = run(tmp_path / "whole", 0, "fresh")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = run(tmp_path / "killed", 3, "fresh")  # dies after step 3; the last checkpoint is step 2
+    assert killed.returncode == -signal.SIGKILL
+    assert (tmp_path / "killed" / "checkpoints" / "LATEST").read_text().strip() == "step-000002"
+    resumed = run(tmp_path / "killed", 0, "resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    def load(job):
+        from safetensors.torch import load_file
+
+        return load_file(str(tmp_path / job / "output" / "adapter_model.safetensors"))
+
+    a, b = load("whole"), load("killed")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if not k.startswith(("time/", "throughput/"))} for r in rows]  # noqa: E731
+
+    ra, rb = (
+        strip(read_jsonl(tmp_path / "whole" / "metrics.jsonl")),
+        strip(read_jsonl(tmp_path / "killed" / "metrics.jsonl")),
+    )
+    assert [r["step"] for r in ra] == [r["step"] for r in rb]
+    for x, y in zip(ra, rb, strict=True):
+        assert x.keys() == y.keys()
+        for k in x:
+            assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-6), k
