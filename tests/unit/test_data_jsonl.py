@@ -117,6 +117,21 @@ def test_too_long_prompts_are_bad_rows(tmp_path):
     assert len(load_prompts(str(path), count_tokens=words, max_prompt_tokens=5)) == 2
 
 
+def test_a_chat_template_error_is_a_bad_row(tmp_path):
+    def no_system(messages):
+        if messages[0]["role"] == "system":
+            raise RuntimeError("System role not supported")
+        return 3
+
+    system_row = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]}
+    path = write_lines(tmp_path / "d.jsonl", [user("a"), system_row, user("b")])
+    prompts = load_prompts(str(path), count_tokens=no_system, max_prompt_tokens=10, skip_bad_rows=True)
+    assert len(prompts) == 2
+    assert prompts.bad_rows == [
+        (2, "the chat template cannot render this prompt: RuntimeError: System role not supported")
+    ]
+
+
 def test_duplicate_ids_are_bad_rows(tmp_path):
     lines = [{**user("a"), "id": "x"}, {**user("b"), "id": "x"}, {**user("c"), "id": "y"}]
     prompts = load_prompts(str(write_lines(tmp_path / "d.jsonl", lines)), skip_bad_rows=True)

@@ -196,7 +196,7 @@ def prompts_from_rows(
             row = normalize_row(obj)
             messages = prompt_messages(row["messages"])
             if count_tokens is not None and max_prompt_tokens is not None:
-                n_tokens = int(count_tokens(messages))
+                n_tokens = _count(count_tokens, messages)
                 if n_tokens > max_prompt_tokens:
                     raise ValueError(
                         f"prompt is {n_tokens} tokens, longer than the {max_prompt_tokens} allowed "
@@ -218,6 +218,16 @@ def prompts_from_rows(
             _summary(source, bad, total, unit, skip_bad_rows), hint=_hint(bad, total, skip_bad_rows)
         )
     return PromptSet(prompts, source=source, bad_rows=bad)
+
+
+def _count(count_tokens: CountTokens, messages: tuple[dict[str, Any], ...]) -> int:
+    """The trainer's token count; a chat template that rejects the row makes it a bad row."""
+    try:
+        return int(count_tokens(messages))
+    except Exception as exc:
+        raise ValueError(
+            f"the chat template cannot render this prompt: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def _summary(source: str, bad: list[tuple[int, str]], total: int, unit: str, skipping: bool) -> str:

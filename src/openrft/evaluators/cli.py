@@ -1,16 +1,6 @@
 """Sub-commands ``openrft evaluate`` (score given responses, no model) and ``openrft data`` (write datasets).
 
-``openrft evaluate --dataset FILE --evaluator SPEC --responses FILE`` checks an
-evaluator before any training. The responses file is JSONL, one response a line::
-
-    {"prompt_id": "12", "response": "... <answer>42</answer>"}
-
-``prompt_id`` is the prompt's id: the row's own ``id`` (or ``input_metadata.row_id``)
-when it has one, else its line number in the dataset file (``"1"`` for the first
-line). ``text`` or ``completion`` may stand for ``response``. Several responses for
-one prompt form one group (what a groupwise evaluator receives). Without
-``--responses``, each dataset row that ends with an assistant message is scored
-with that message as the response.
+The responses format is in :data:`EVALUATE_HELP`.
 """
 
 from __future__ import annotations
@@ -20,6 +10,23 @@ import sys
 from typing import Any
 
 RESPONSE_KEYS = ("response", "text", "completion")
+EVALUATE_HELP = """\
+Score responses with an evaluator, without a model: check an evaluator before training.
+
+The responses file (--responses) is JSONL, one response a line:
+
+    {"prompt_id": "12", "response": "... <answer>42</answer>"}
+
+prompt_id is the prompt's id in the dataset: the row's own "id" (or
+input_metadata.row_id) when it has one, else its line number in the dataset file
+("1" for the first line). "text" or "completion" may stand for "response".
+Several responses for one prompt form one group (what a groupwise evaluator
+receives). Without --responses, each dataset row that ends with an assistant
+message is scored with that message as the response.
+
+Prints one line per response (score, validity, reason) and a summary; exits with
+code 4 when more than half of the scores are invalid, as a training job would.
+"""
 
 
 def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
@@ -27,11 +34,13 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     ev = subparsers.add_parser(
         "evaluate",
         help="Score given responses with an evaluator (no model): check an evaluator before training.",
-        description=__doc__.split("\n\n", 1)[1],
+        description=EVALUATE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ev.add_argument(
-        "--dataset", metavar="FILE", help="Prompt JSONL (default: the evaluator's input_dataset)."
+        "--dataset",
+        metavar="FILE",
+        help="Prompt JSONL or a built-in task (default: the evaluator's input_dataset).",
     )
     ev.add_argument(
         "--evaluator",
