@@ -438,3 +438,22 @@ def test_wandb_flag_logs_the_job_to_an_offline_run(fake, home, model_dir, capsys
     for text in (b"reward/mean", b"loss/policy", b"train/step", b"rft-tests", b'"learning_rate":0.0001'):
         assert text in data, text
     assert list((run_dir / "files" / "media" / "table" / "rollouts").glob("samples_*.table.json"))
+
+
+def test_resume_from_a_folder_outside_the_store(fake, home, model_dir, capsys, tmp_path):
+    folder = tmp_path / "old-job"
+    (folder / "checkpoints" / "step-000002").mkdir(parents=True)
+    (folder / "checkpoints" / "step-000002" / "state.json").write_text("{}")
+    (folder / "checkpoints" / "LATEST").write_text("step-000002\n")
+    code, _, _ = create(capsys, model_dir, "--resume-from", str(folder))
+    assert code == 0
+    record = JobStore().get("old-job")
+    assert record.job_dir == folder and record.state is S.COMPLETED and record.resume
+    calls = [json.loads(line) for line in (folder / "fake_calls.jsonl").read_text().splitlines()]
+    assert [(c["resume"], c["start"]) for c in calls] == [(True, 2)]
+    assert main(["rftj", "delete", "old-job"]) == 0
+    assert (
+        "its folder" in capsys.readouterr().out and folder.is_dir()
+    )  # never deletes a folder it does not own
+    assert main(["rftj", "create", "--resume-from", str(tmp_path / "nothing")]) == 7
+    assert "neither a job id in the store nor a job folder" in capsys.readouterr().err

@@ -229,8 +229,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    record = _store().delete(args.job_id)
-    print(f"deleted job {record.id} and {record.job_dir}")
+    store = _store()
+    record = store.delete(args.job_id)
+    if store.owns_folder(record):
+        print(f"deleted job {record.id} and {record.job_dir}")
+    else:
+        print(f"deleted job {record.id} from the store; its folder {record.job_dir} was kept")
     if record.output_dir and not str(record.output_dir).startswith(str(record.job_dir)):
         print(f"its outputs in {record.output_dir} were kept", file=sys.stderr)
     return 0

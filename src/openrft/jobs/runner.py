@@ -154,14 +154,24 @@ def run_job(
         store.set_process(job_id, os.getpid())
     stop = StopFlag(store, job_id, local_stop)
     sinks: list[Any] = []
+
+    def say(text: str) -> None:
+        if log_steps:
+            print(time.strftime("%H:%M:%S"), text, flush=True)
+
     try:
         store.transition(job_id, JobState.VALIDATING)
+        say("VALIDATING: evaluator, datasets, base model")
         cfg = rebuild_config(store, record)
         if not stop():
             validate(cfg)
         if stop():
             return store.transition(job_id, JobState.CANCELLED, "cancelled before training started")
         store.transition(job_id, JobState.RUNNING)
+        say(
+            "RUNNING: loading the model, then training"
+            + (" from the last checkpoint" if record.resume else "")
+        )
         sinks = make_sinks(store, record, cfg, log_steps=log_steps)
         from openrft.train import job as train_job
 
@@ -293,7 +303,13 @@ def worker_command(job_id: str) -> list[str]:
 def spawn_worker(store: JobStore, record: JobRecord) -> int:
     """Start the job in a background process of its own session; its output goes to job.log."""
     record.job_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OPENRFT_HOME": str(store.root), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "OPENRFT_HOME": str(store.root),
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # the log gets one line per step instead
+        "TQDM_DISABLE": "1",
+    }
     with open(record.log_path, "ab") as log:
         proc = subprocess.Popen(
             worker_command(record.id),

@@ -454,7 +454,7 @@ class JobStore:
         return self.transition(job_id, JobState.PENDING, f"resumed from {state}")
 
     def delete(self, job_id: str) -> JobRecord:
-        """Remove the job's record and folder (``JobError`` while it is running)."""
+        """Remove the job's record and its folder under the store (``JobError`` while it is running)."""
         record = self.get(job_id)
         if record.state.is_active:
             raise JobError(
@@ -464,9 +464,13 @@ class JobStore:
         with self._write() as db:
             db.execute("DELETE FROM transitions WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-        if record.job_dir.is_dir():
+        if record.job_dir.is_dir() and self.owns_folder(record):
             shutil.rmtree(record.job_dir, ignore_errors=True)
         return record
+
+    def owns_folder(self, record: JobRecord) -> bool:
+        """Whether the job's folder is the store's own (a folder elsewhere is never deleted)."""
+        return record.job_dir.resolve().parent == self.jobs_dir.resolve()
 
     # ---- internals
 
