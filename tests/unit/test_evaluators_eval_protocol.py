@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+# litellm (imported by eval-protocol) would otherwise try to download a price list at import.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 pytest.importorskip("eval_protocol", reason="the optional eval-protocol extra is not installed")
 
 from openrft.data import load_prompts  # noqa: E402
