@@ -49,8 +49,15 @@ def run_variant(variant: str, sequences: int, tokens: int, micro_batch_tokens: i
     else:
         seqs = [
             TrainSequence(
-                Completion(str(i), 0, tuple(ids[i, :prompt_len].tolist()), tuple(ids[i, prompt_len:].tolist()), "",
-                           tuple(old[i].tolist()), "length"),
+                Completion(
+                    str(i),
+                    0,
+                    tuple(ids[i, :prompt_len].tolist()),
+                    tuple(ids[i, prompt_len:].tolist()),
+                    "",
+                    tuple(old[i].tolist()),
+                    "length",
+                ),
                 float(adv[i]),
                 i,
             )
@@ -64,20 +71,34 @@ def run_variant(variant: str, sequences: int, tokens: int, micro_batch_tokens: i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sequences", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=160)
     parser.add_argument("--micro-batch-tokens", type=int, default=4096)
     parser.add_argument("--variant", choices=["naive", "openrft"], help=argparse.SUPPRESS)
-    parser.add_argument("--skip-naive", action="store_true", help="only run openrft (the naive path needs ~21 GB)")
+    parser.add_argument(
+        "--skip-naive", action="store_true", help="only run openrft (the naive path needs ~21 GB)"
+    )
     args = parser.parse_args()
     if args.variant:
         print(json.dumps(run_variant(args.variant, args.sequences, args.tokens, args.micro_batch_tokens)))
         return
     results = {}
     for variant in ("openrft",) if args.skip_naive else ("openrft", "naive"):
-        cmd = [sys.executable, __file__, "--variant", variant, "--sequences", str(args.sequences),
-               "--tokens", str(args.tokens), "--micro-batch-tokens", str(args.micro_batch_tokens)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--variant",
+            variant,
+            "--sequences",
+            str(args.sequences),
+            "--tokens",
+            str(args.tokens),
+            "--micro-batch-tokens",
+            str(args.micro_batch_tokens),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             print(f"{variant}: failed (exit {out.returncode}); last lines:\n{out.stderr[-800:]}")
@@ -88,7 +109,9 @@ def main() -> None:
         print(f"  {name:8s} peak RSS {r['peak_rss_gb']:6.2f} GB   step {r['step_s']:6.2f} s")
     if len(results) == 2:
         o, n = results["openrft"], results["naive"]
-        print(f"  ratio openrft/naive: memory {o['peak_rss_gb'] / n['peak_rss_gb']:.3f}  time {o['step_s'] / n['step_s']:.3f}")
+        print(
+            f"  ratio openrft/naive: memory {o['peak_rss_gb'] / n['peak_rss_gb']:.3f}  time {o['step_s'] / n['step_s']:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from openrft.records import Completion
-from openrft.train.batching import TrainSequence, collate, plan_micro_batches, plan_steps
+from openrft.train.batching import TrainSequence, collate, padded_cost, plan_micro_batches, plan_steps
 from openrft.train.logprobs import sequence_logprobs
 from openrft.train.policy import attach_lora, reference_policy
-from openrft.train.step import LossSettings, accumulate_gradients, plan_step
+from openrft.train.step import LossSettings, accumulate_gradients, batch_logprobs, plan_step
 
 
 def _sequences(model, tokenizer, lengths, advantages, temperature=0.7, seed=0):
@@ -90,9 +92,9 @@ def test_reference_policy_is_the_base_model(tiny_model):
 
 def test_zero_advantage_micro_batches_are_dropped():
     seqs = [_seq(6, adv) for adv in (0.0, 0.0, 1.0, -1.0)]
-    batches, dropped = plan_step(seqs, 12, pad_token_id=0)  # equal lengths: pairs [0, 1], [2, 3]
+    batches, dropped = plan_step(seqs, 9, pad_token_id=0)  # shared prompt 4 + 2 rows x 2 = 8: pairs
     assert dropped == 1 and len(batches) == 1
-    assert batches[0].advantages_B.tolist() == [1.0, -1.0]
+    assert batches[0].advantages_R.tolist() == [1.0, -1.0]
 
 
 def _seq(n_tokens, adv=1.0):
@@ -109,18 +111,63 @@ def test_plan_steps_token_budget_and_sample_cap():
         assert sum(seqs[i].num_tokens for i in step) <= 600 or len(step) == 1
 
 
-def test_micro_batches_bound_padded_tokens():
-    lengths = [10, 50, 20, 45, 5, 30]
-    groups = plan_micro_batches(lengths, range(6), 100)
-    assert sorted(i for g in groups for i in g) == list(range(6))
+def test_micro_batches_bound_padded_tokens_and_keep_groups_together():
+    def seq(prompt, n):
+        return TrainSequence(Completion("p", 0, prompt, (5,) * n, "", (0.0,) * n, "stop"), 1.0, 0)
+
+    seqs = [seq((1, 2, 3), 4), seq((7, 8), 9), seq((1, 2, 3), 6), seq((7, 8), 2), seq((1, 2, 3), 5)]
+    groups = plan_micro_batches(seqs, 24)
+    assert sorted(i for g in groups for i in g) == list(range(5))
     for group in groups:
-        assert len(group) * max(lengths[i] for i in group) <= 100 or len(group) == 1
+        assert padded_cost([seqs[i] for i in group]) <= 24 or len(group) == 1
+    assert [0, 2, 4] in [sorted(g) for g in groups]  # one prompt, one forward: 3 + 3 x 6 = 21 tokens
 
 
-def test_collate_aligns_old_logprobs_with_completion_tokens():
-    c = Completion("p", 0, (7, 8, 9), (10, 11), "", (-0.5, -1.5), "stop")
-    batch = collate([TrainSequence(c, 1.0, 0), _seq(3)], pad_token_id=0)
-    assert batch.input_ids_BL[0].tolist() == [7, 8, 9, 10, 11]
-    assert batch.completion_mask_BL[0].tolist() == [0, 0, 0, 1, 1]
-    assert batch.old_logprobs_BL[0].tolist() == [0, 0, 0, -0.5, -1.5]
-    assert batch.attention_mask_BL[1].tolist() == [1, 1, 1, 0, 0]
+def test_collate_shares_prompts_and_aligns_old_logprobs():
+    a = Completion("p", 0, (7, 8, 9), (10, 11), "", (-0.5, -1.5), "stop")
+    b = Completion("p", 1, (7, 8, 9), (12,), "", (-0.25,), "stop")
+    c = Completion("q", 0, (4, 5), (13, 14), "", (-1.0, -2.0), "length")
+    batch = collate([TrainSequence(x, 1.0, 0) for x in (a, b, c)], pad_token_id=0)
+    assert batch.prompt_ids_GP.tolist() == [[7, 8, 9], [0, 4, 5]]  # each prompt once, left-padded
+    assert batch.prompt_mask_GP.tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert batch.row_group_R.tolist() == [0, 0, 1]
+    assert batch.completion_ids_RC.tolist() == [[10, 11], [12, 0], [13, 14]]
+    assert batch.completion_mask_RC.tolist() == [[1, 1], [1, 0], [1, 1]]
+    assert batch.old_logprobs_RC.tolist() == [[-0.5, -1.5], [-0.25, 0.0], [-1.0, -2.0]]
+    assert batch.num_tokens == 5 + 4 + 4
+
+
+def test_shared_prompt_logprobs_equal_full_sequence_logprobs(tiny_model):
+    model, tokenizer = tiny_model
+    model = attach_lora(model, rank=4, seed=0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    seqs = _sequences(model, tokenizer, [5, 3, 7, 2], [1.0, -1.0, 0.5, 0.2])
+    seqs = [
+        seqs[0],
+        TrainSequence(
+            replace(seqs[1].completion, prompt_token_ids=seqs[0].completion.prompt_token_ids), 1.0, 0
+        ),
+        *seqs[2:],
+    ]
+    batch = collate(seqs, tokenizer.pad_token_id)
+    assert batch.prompt_ids_GP.shape[0] == 3  # two rows share a prompt
+    shared = batch_logprobs(model, batch, 0.7)
+    shared.sum().backward()
+    g_shared = _grads(model)
+    model.zero_grad(set_to_none=True)
+    total = 0
+    for r, s in enumerate(seqs):
+        c = s.completion
+        ids = torch.tensor([c.prompt_token_ids + c.completion_token_ids])
+        mask = torch.tensor([[0] * len(c.prompt_token_ids) + [1] * len(c.completion_token_ids)])
+        full = sequence_logprobs(model, ids, torch.ones_like(ids), mask, 0.7)[0, len(c.prompt_token_ids) :]
+        n = len(c.completion_token_ids)
+        torch.testing.assert_close(shared[r, :n].detach(), full.detach(), atol=1e-4, rtol=1e-5)
+        assert shared[r, n:].abs().sum() == 0
+        total = total + full.sum()
+    total.backward()
+    for name, grad in _grads(model).items():
+        torch.testing.assert_close(g_shared[name], grad, atol=1e-4, rtol=1e-4)

@@ -2,10 +2,12 @@
 
 A training *step* consumes at most ``batch_size`` tokens (prompt + completion of the
 sequences in it, padding not counted) and at most ``batch_size_samples`` sequences.
-A step is run as one or more *micro-batches*, each a right-padded tensor batch whose
-padded size (rows x longest row) stays within ``micro_batch_tokens``; sequences are
-sorted by length inside a step so little padding is spent. Micro-batching never
-changes the maths: the loss is normalised by the whole step's denominator.
+A step is run as one or more *micro-batches*. Inside a micro-batch the candidates of
+one prompt share a single forward pass over that prompt: prompts are stacked once
+(left-padded, ``[G, P]``), their key/value cache is gathered for each completion row,
+and only the completions (right-padded, ``[R, C]``) are run per row. The padded size
+``G x P + R x C`` stays within ``micro_batch_tokens``. Micro-batching never changes
+the maths: the loss is normalised by the whole step's denominator.
 """
 
 from __future__ import annotations
@@ -33,15 +35,17 @@ class TrainSequence:
 
 @dataclass
 class MicroBatch:
-    """Right-padded tensors for one forward/backward pass; every [B, L] aligned with input_ids."""
+    """Tensors for one forward/backward pass: G shared prompts, R completion rows."""
 
-    input_ids_BL: torch.Tensor
-    attention_mask_BL: torch.Tensor
-    completion_mask_BL: torch.Tensor  # 1 on completion tokens (the loss mask)
-    old_logprobs_BL: torch.Tensor  # rollout-time log-probs at completion positions, 0 elsewhere
-    advantages_B: torch.Tensor
+    prompt_ids_GP: torch.Tensor  # left-padded prompts
+    prompt_mask_GP: torch.Tensor  # 1 on real prompt tokens
+    row_group_R: torch.Tensor  # index of the prompt each completion row continues
+    completion_ids_RC: torch.Tensor  # right-padded completions
+    completion_mask_RC: torch.Tensor  # 1 on real completion tokens (the loss mask)
+    old_logprobs_RC: torch.Tensor  # rollout-time log-probs, 0 on padding
+    advantages_R: torch.Tensor
     num_sequences: int
-    num_tokens: int  # real (unpadded) tokens
+    num_tokens: int  # real (unpadded) prompt + completion tokens, prompts counted once per row
 
 
 def plan_steps(
@@ -68,16 +72,32 @@ def plan_steps(
     return steps
 
 
-def plan_micro_batches(
-    lengths: Sequence[int], indices: Sequence[int], micro_batch_tokens: int
-) -> list[list[int]]:
-    """Group ``indices`` (sorted longest first) so each group's rows x max-length <= micro_batch_tokens."""
-    order = sorted(indices, key=lambda i: -lengths[i])
+def padded_cost(sequences: Sequence[TrainSequence]) -> int:
+    """Padded tokens a micro-batch of these sequences runs: G x longest prompt + R x longest completion."""
+    prompts = {s.completion.prompt_token_ids for s in sequences}
+    longest_prompt = max(len(p) for p in prompts)
+    longest_completion = max(len(s.completion.completion_token_ids) for s in sequences)
+    return len(prompts) * longest_prompt + len(sequences) * longest_completion
+
+
+def plan_micro_batches(sequences: Sequence[TrainSequence], micro_batch_tokens: int) -> list[list[int]]:
+    """Group sequence indices so each group's padded cost stays <= micro_batch_tokens.
+
+    Candidates of the same prompt are kept together where the budget allows (they share
+    the prompt's forward pass), longest completions first so padding stays small.
+    """
+    order = sorted(
+        range(len(sequences)),
+        key=lambda i: (
+            len(sequences[i].completion.prompt_token_ids),
+            sequences[i].completion.prompt_token_ids,
+            -len(sequences[i].completion.completion_token_ids),
+        ),
+    )
     groups: list[list[int]] = []
     current: list[int] = []
     for index in order:
-        longest = lengths[current[0]] if current else lengths[index]
-        if current and (len(current) + 1) * longest > micro_batch_tokens:
+        if current and padded_cost([sequences[i] for i in [*current, index]]) > micro_batch_tokens:
             groups.append(current)
             current = []
         current.append(index)
@@ -87,21 +107,34 @@ def plan_micro_batches(
 
 
 def collate(sequences: Sequence[TrainSequence], pad_token_id: int) -> MicroBatch:
-    """Right-pad prompt+completion ids; old log-probs sit at the positions of the tokens they score."""
-    length = max(seq.num_tokens for seq in sequences)
-    batch = len(sequences)
-    input_ids = torch.full((batch, length), pad_token_id, dtype=torch.long)
-    attention = torch.zeros((batch, length), dtype=torch.long)
-    completion = torch.zeros((batch, length), dtype=torch.float32)
-    old = torch.zeros((batch, length), dtype=torch.float32)
-    for row, seq in enumerate(sequences):
+    """Stack each distinct prompt once (left-padded) and every completion (right-padded)."""
+    prompts: dict[tuple[int, ...], int] = {}
+    for seq in sequences:
+        prompts.setdefault(seq.completion.prompt_token_ids, len(prompts))
+    longest_prompt = max(len(p) for p in prompts)
+    prompt_ids = torch.full((len(prompts), longest_prompt), pad_token_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(prompts), longest_prompt), dtype=torch.long)
+    for ids, g in prompts.items():
+        prompt_ids[g, longest_prompt - len(ids) :] = torch.tensor(ids)
+        prompt_mask[g, longest_prompt - len(ids) :] = 1
+    rows, longest = len(sequences), max(len(s.completion.completion_token_ids) for s in sequences)
+    completion_ids = torch.full((rows, longest), pad_token_id, dtype=torch.long)
+    completion_mask = torch.zeros((rows, longest), dtype=torch.float32)
+    old = torch.zeros((rows, longest), dtype=torch.float32)
+    for r, seq in enumerate(sequences):
         c = seq.completion
-        prompt_len, total = len(c.prompt_token_ids), c.num_tokens
-        input_ids[row, :total] = torch.tensor(c.prompt_token_ids + c.completion_token_ids)
-        attention[row, :total] = 1
-        completion[row, prompt_len:total] = 1.0
-        old[row, prompt_len:total] = torch.tensor(c.logprobs, dtype=torch.float32)
-    advantages = torch.tensor([seq.advantage for seq in sequences], dtype=torch.float32)
+        n = len(c.completion_token_ids)
+        completion_ids[r, :n] = torch.tensor(c.completion_token_ids)
+        completion_mask[r, :n] = 1.0
+        old[r, :n] = torch.tensor(c.logprobs, dtype=torch.float32)
     return MicroBatch(
-        input_ids, attention, completion, old, advantages, batch, int(sum(s.num_tokens for s in sequences))
+        prompt_ids_GP=prompt_ids,
+        prompt_mask_GP=prompt_mask,
+        row_group_R=torch.tensor([prompts[s.completion.prompt_token_ids] for s in sequences]),
+        completion_ids_RC=completion_ids,
+        completion_mask_RC=completion_mask,
+        old_logprobs_RC=old,
+        advantages_R=torch.tensor([s.advantage for s in sequences], dtype=torch.float32),
+        num_sequences=rows,
+        num_tokens=int(sum(s.num_tokens for s in sequences)),
     )

@@ -80,9 +80,10 @@ def build_policy(cfg: JobConfig):
 def load_data(cfg: JobConfig, tokenizer, context_length: int, evaluator) -> tuple[list[Prompt], list[Prompt]]:
     """Training prompts and evaluation prompts (a separate file, a seeded carve-out, or none)."""
     from openrft.data import load_prompts, split_carveout
+    from openrft.rollout.prompts import encode_messages
 
     def count_tokens(messages) -> int:
-        return len(tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True))
+        return len(encode_messages(tokenizer, messages))
 
     max_prompt = context_length - cfg.rollout.max_output_tokens
     source = cfg.data.dataset or evaluator.input_dataset or "arithmetic"

@@ -113,3 +113,52 @@ def sequence_logprobs(
     logp_N = token_logprobs(hidden_NH, weight_VH, targets_N, temperature, chunk)
     logp_BL = torch.zeros(input_ids_BL.shape, dtype=torch.float32, device=input_ids_BL.device)
     return logp_BL.index_put((rows_N, cols_N), logp_N)
+
+
+def completion_logprobs(
+    model: torch.nn.Module,
+    prompt_ids_GP: torch.Tensor,
+    prompt_mask_GP: torch.Tensor,
+    row_group_R: torch.Tensor,
+    completion_ids_RC: torch.Tensor,
+    completion_mask_RC: torch.Tensor,
+    temperature: float = 1.0,
+    chunk: int = DEFAULT_CHUNK,
+) -> torch.Tensor:
+    """Log-probs ``[R, C]`` (float32, 0 on padding) of completions that share prompts.
+
+    Each of the G (left-padded) prompts runs once; its key/value cache is gathered for the
+    completion rows that continue it (``row_group_R``), so gradients reach the adapter
+    through the prompt positions exactly as in a full-sequence forward, at 1/K the prompt
+    cost for K candidates. Completion token t is predicted by the hidden state before it:
+    the prompt's last position for t = 0, completion position t - 1 after that.
+    """
+    from transformers.cache_utils import DynamicCache
+
+    body, weight_VH = decoder_and_head(model)
+    prompt_pos_GP = (prompt_mask_GP.cumsum(-1) - 1).clamp(min=0)
+    prompt_out = body(
+        input_ids=prompt_ids_GP, attention_mask=prompt_mask_GP, position_ids=prompt_pos_GP,
+        cache=DynamicCache(), use_cache=True,
+    )  # fmt: skip
+    rows_cache = DynamicCache(
+        ddp_cache_data=[
+            (layer.keys[row_group_R], layer.values[row_group_R]) for layer in prompt_out.cache.layers
+        ]
+    )
+    completion_mask_RC = completion_mask_RC.to(prompt_mask_GP.dtype)
+    attention_RL = torch.cat([prompt_mask_GP[row_group_R], completion_mask_RC], dim=1)
+    start_R = prompt_mask_GP.sum(-1)[row_group_R]
+    positions_RC = start_R[:, None] + torch.arange(completion_ids_RC.shape[1])[None, :]
+    hidden_RCH = body(
+        input_ids=completion_ids_RC, attention_mask=attention_RL, position_ids=positions_RC,
+        cache=rows_cache, use_cache=True,
+    ).last_hidden_state  # fmt: skip
+    last_prompt_R1H = prompt_out.last_hidden_state[row_group_R, -1:]
+    predictors_RCH = torch.cat([last_prompt_R1H, hidden_RCH[:, :-1]], dim=1)
+    rows_N, cols_N = completion_mask_RC.bool().nonzero(as_tuple=True)
+    logp_N = token_logprobs(
+        predictors_RCH[rows_N, cols_N], weight_VH, completion_ids_RC[rows_N, cols_N], temperature, chunk
+    )
+    logp_RC = torch.zeros(completion_ids_RC.shape, dtype=torch.float32, device=completion_ids_RC.device)
+    return logp_RC.index_put((rows_N, cols_N), logp_N)

@@ -16,7 +16,7 @@ import torch
 from openrft.algo.filtering import drop_zero_advantage_chunks
 from openrft.algo.losses import aggregation_mode, kl_coefficient, policy_loss, step_denominator
 from openrft.train.batching import MicroBatch, TrainSequence, collate, plan_micro_batches
-from openrft.train.logprobs import sequence_logprobs
+from openrft.train.logprobs import completion_logprobs
 from openrft.train.policy import reference_policy
 
 # metrics combined across micro-batches by min / max instead of a weighted mean
@@ -40,8 +40,7 @@ def plan_step(
     sequences: Sequence[TrainSequence], micro_batch_tokens: int, pad_token_id: int
 ) -> tuple[list[MicroBatch], int]:
     """Length-bucket a step into micro-batches and drop the ones with no advantage signal."""
-    lengths = [s.num_tokens for s in sequences]
-    chunks = plan_micro_batches(lengths, range(len(sequences)), micro_batch_tokens)
+    chunks = plan_micro_batches(sequences, micro_batch_tokens)
     chunks, dropped = drop_zero_advantage_chunks(chunks, [s.advantage for s in sequences])
     return [collate([sequences[i] for i in chunk], pad_token_id) for chunk in chunks], dropped
 
@@ -51,32 +50,24 @@ def accumulate_gradients(
 ) -> dict[str, float]:
     """Backpropagate the step's loss (times ``scale``) through every micro-batch; return its metrics."""
     mode = aggregation_mode(settings.method, settings.length_norm)
-    denominator = step_denominator(mode, [b.completion_mask_BL for b in batches])
+    denominator = step_denominator(mode, [b.completion_mask_RC for b in batches])
     kl_beta = settings.kl_beta or None
     needs_ref = settings.kl_coef > 0
     parts: list[dict[str, float]] = []
     step_loss = 0.0
     for batch in batches:
-        ref_BL = None
+        ref_RC = None
         if needs_ref:
             with torch.no_grad(), reference_policy(model):
-                ref_BL = sequence_logprobs(
-                    model,
-                    batch.input_ids_BL,
-                    batch.attention_mask_BL,
-                    batch.completion_mask_BL,
-                    settings.temperature,
-                )
-        logp_BL = sequence_logprobs(
-            model, batch.input_ids_BL, batch.attention_mask_BL, batch.completion_mask_BL, settings.temperature
-        )
+                ref_RC = batch_logprobs(model, batch, settings.temperature)
+        logp_RC = batch_logprobs(model, batch, settings.temperature)
         loss, metrics = policy_loss(
             settings.method,
-            logp_BL,
-            batch.old_logprobs_BL,
-            batch.advantages_B,
-            batch.completion_mask_BL,
-            ref_logprobs=ref_BL,
+            logp_RC,
+            batch.old_logprobs_RC,
+            batch.advantages_R,
+            batch.completion_mask_RC,
+            ref_logprobs=ref_RC,
             kl_beta=kl_beta,
             length_norm=settings.length_norm,
             denominator=denominator,
@@ -87,6 +78,14 @@ def accumulate_gradients(
     combined = combine_metrics(parts, weight_key="tokens" if mode == "token-mean" else "sequences")
     combined["loss/step"] = step_loss
     return combined
+
+
+def batch_logprobs(model: torch.nn.Module, batch: MicroBatch, temperature: float) -> torch.Tensor:
+    """``[R, C]`` log-probs of a micro-batch's completions under ``model`` at ``temperature``."""
+    return completion_logprobs(
+        model, batch.prompt_ids_GP, batch.prompt_mask_GP, batch.row_group_R, batch.completion_ids_RC,
+        batch.completion_mask_RC, temperature,
+    )  # fmt: skip
 
 
 def combine_metrics(parts: Sequence[dict[str, float]], weight_key: str = "tokens") -> dict[str, float]:
