@@ -457,3 +457,12 @@ def test_resume_from_a_folder_outside_the_store(fake, home, model_dir, capsys, t
     )  # never deletes a folder it does not own
     assert main(["rftj", "create", "--resume-from", str(tmp_path / "nothing")]) == 7
     assert "neither a job id in the store nor a job folder" in capsys.readouterr().err
+
+
+def test_wandb_without_the_extra_fails_validation_with_a_hint(fake, home, model_dir, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
+    code, _, err = create(capsys, model_dir, "--job-id", "a", "--wandb")
+    assert code == 2 and "pip install 'openrft[wandb]'" in err
+    record = JobStore().get("a")
+    assert [t.state for t in record.transitions] == [S.PENDING, S.VALIDATING, S.FAILED]
+    assert record.message == "--wandb needs the optional W&B extra, which is not installed"

@@ -222,7 +222,7 @@ def rebuild_config(store: JobStore, record: JobRecord) -> JobConfig:
 
 
 def validate(cfg: JobConfig) -> None:
-    """Cheap checks before any model is loaded: evaluator, datasets, base model or adapter."""
+    """Cheap checks before any model is loaded: evaluator, datasets, base model or adapter, W&B."""
     from openrft.data import load_prompts
     from openrft.evaluators import load_evaluator
     from openrft.models import resolve_model_dir
@@ -243,6 +243,10 @@ def validate(cfg: JobConfig) -> None:
             )
     else:
         resolve_model_dir(cfg.training.base_model)
+    if cfg.wandb.wandb:
+        from openrft.tracking.wandb_sink import import_wandb
+
+        import_wandb()
 
 
 def make_sinks(store: JobStore, record: JobRecord, cfg: JobConfig, *, log_steps: bool) -> list[Any]:
