@@ -248,6 +248,15 @@ def test_score_groups_works_inside_a_running_event_loop():
     assert asyncio.run(main()) == [[Score(3.0)]]
 
 
+def test_bad_limits_are_clear_errors():
+    ev = Evaluator(name="one", fn=lambda completion: 1.0, kind="plain")
+    group = [(prompt("a", None), completions("a", "x"))]
+    with pytest.raises(EvaluatorError, match="timeout must be > 0"):
+        score_groups(ev, group, timeout=0)
+    with pytest.raises(EvaluatorError, match="must be >= 1, not -2"):
+        score_groups(ev, group, max_concurrency=-2)
+
+
 def test_check_invalid_rate_and_summary():
     ok, bad = Score(1.0, metrics={"m": 1.0}), Score(0.0, is_valid=False, reason="ValueError: nope")
     check_invalid_rate([[ok, bad], [ok, bad]])  # exactly half: allowed

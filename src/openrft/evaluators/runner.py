@@ -75,6 +75,8 @@ async def ascore_groups(
     if timeout <= 0:
         raise EvaluatorError(f"the evaluator timeout must be > 0 seconds, not {timeout}")
     limit = max_concurrency or evaluator.max_concurrent_evaluations or DEFAULT_CONCURRENCY
+    if limit < 1:
+        raise EvaluatorError(f"max concurrent evaluations must be >= 1, not {limit}")
     semaphore = asyncio.Semaphore(limit)
     if evaluator.mode == "groupwise":
         jobs = [_score_group(evaluator, p, cs, semaphore, timeout) for p, cs in groups]
