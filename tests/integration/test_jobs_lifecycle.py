@@ -466,3 +466,18 @@ def test_wandb_without_the_extra_fails_validation_with_a_hint(fake, home, model_
     record = JobStore().get("a")
     assert [t.state for t in record.transitions] == [S.PENDING, S.VALIDATING, S.FAILED]
     assert record.message == "--wandb needs the optional W&B extra, which is not installed"
+
+
+def test_output_piped_into_a_closed_reader_ends_quietly(fake, home, model_dir, capsys):
+    import subprocess
+
+    for n in range(40):
+        JobStore().create(f"job-{n:02d}", runner.build_config({}, {"base_model": str(model_dir)})[0])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openrft.cli", "rftj", "list", "-o", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # like `| head -0`
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and b"Traceback" not in err and b"BrokenPipe" not in err

@@ -6,10 +6,12 @@ Registered by :mod:`openrft.cli`; only the handlers import anything heavy.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +28,17 @@ def register(subparsers: argparse._SubParsersAction, rftj: argparse._SubParsersA
 
     p = rftj.add_parser("list", help="List jobs: id, state, base model, method, steps, last reward, age.")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table", help="Output format.")
-    p.set_defaults(handler=cmd_list)
+    p.set_defaults(handler=pipe_safe(cmd_list))
 
     p = rftj.add_parser("get", help="Show a job: state history, latest metrics, outputs, configuration.")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="Output format.")
-    p.set_defaults(handler=cmd_get)
+    p.set_defaults(handler=pipe_safe(cmd_get))
 
     p = rftj.add_parser("cancel", help="Stop a job at its next step boundary (it writes a checkpoint).")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--wait", action="store_true", help="Wait until the job has stopped.")
-    p.set_defaults(handler=cmd_cancel)
+    p.set_defaults(handler=pipe_safe(cmd_cancel))
 
     p = rftj.add_parser("resume", help="Continue a failed job from its last checkpoint.")
     p.add_argument("job_id", metavar="ID")
@@ -47,21 +49,21 @@ def register(subparsers: argparse._SubParsersAction, rftj: argparse._SubParsersA
 
     p = rftj.add_parser("delete", help="Delete a finished job's record and folder.")
     p.add_argument("job_id", metavar="ID")
-    p.set_defaults(handler=cmd_delete)
+    p.set_defaults(handler=pipe_safe(cmd_delete))
 
     p = rftj.add_parser(
         "plot", help="Plot reward, loss, KL, clip and zero-variance curves of jobs, overlaid."
     )
     p.add_argument("job_ids", metavar="ID", nargs="+", help="Job ids (or job folders).")
     p.add_argument("--out", metavar="FILE.png", required=True, help="Where to write the image.")
-    p.set_defaults(handler=cmd_plot)
+    p.set_defaults(handler=pipe_safe(cmd_plot))
 
     p = rftj.add_parser(
         "compare", help="Show the parameters that differ between jobs, their rewards, and plot them."
     )
     p.add_argument("job_ids", metavar="ID", nargs="+", help="Two or more job ids (or job folders).")
     p.add_argument("--out", metavar="FILE.png", help="Where to write the plot (default: compare-A-B.png).")
-    p.set_defaults(handler=cmd_compare)
+    p.set_defaults(handler=pipe_safe(cmd_compare))
 
     p = rftj.add_parser("rollouts", help="Show sampled prompts, completions, scores and reasons of a job.")
     p.add_argument("job_id", metavar="ID")
@@ -71,10 +73,27 @@ def register(subparsers: argparse._SubParsersAction, rftj: argparse._SubParsersA
     order.add_argument("--best", action="store_true", help="Highest scores first.")
     p.add_argument("--limit", type=int, default=10, help="How many to show (default 10).")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="Output format.")
-    p.set_defaults(handler=cmd_rollouts)
+    p.set_defaults(handler=pipe_safe(cmd_rollouts))
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def pipe_safe(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Output piped into ``head`` or ``grep -q`` ends quietly instead of with a BrokenPipeError."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            code = handler(args)
+            sys.stdout.flush()
+            return code
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # nothing left to flush at exit
+            return 0
+
+    return run
 
 
 def _store():
