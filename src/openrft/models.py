@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -253,7 +254,9 @@ def load_model(name: str, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def load_adapter(model: Any, adapter_dir: str | Path, *, trainable: bool = False) -> Any:
+def load_adapter(
+    model: Any, adapter_dir: str | Path, *, trainable: bool = False, adapter_name: str = "default"
+) -> Any:
     """Wrap ``model`` with the PEFT (LoRA) adapter saved in ``adapter_dir``."""
     from peft import PeftModel
 
@@ -264,9 +267,19 @@ def load_adapter(model: Any, adapter_dir: str | Path, *, trainable: bool = False
             hint="pass a directory written by PEFT's save_pretrained (adapter_config.json + adapter weights)",
         )
     try:
-        return PeftModel.from_pretrained(model, path, is_trainable=trainable)
+        return PeftModel.from_pretrained(model, path, is_trainable=trainable, adapter_name=adapter_name)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ModelError(f"cannot load the adapter in {path} onto the base model: {exc}") from None
+
+
+def adapter_base_model(adapter_dir: str | Path) -> str | None:
+    """The base model an adapter was trained on (``base_model_name_or_path`` in its config), if recorded."""
+    path = Path(adapter_dir).expanduser() / "adapter_config.json"
+    try:
+        value = json.loads(path.read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
 
 
 def end_token_ids(tokenizer: Any, model: Any = None) -> tuple[int, ...]:
@@ -297,5 +310,6 @@ __all__ = [
     "prepare_tokenizer",
     "load_model",
     "load_adapter",
+    "adapter_base_model",
     "end_token_ids",
 ]

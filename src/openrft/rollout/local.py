@@ -169,8 +169,23 @@ class LocalEngine:
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
         """For each prompt in order, ``params.n`` completions (candidate_index 0..n-1)."""
+        encoded = [(p.prompt_id, self.encode(p)) for p in prompts]
+        return self.generate_from_ids(encoded, params)
+
+    def generate_from_ids(
+        self,
+        prompts: Sequence[tuple[str, Sequence[int]]],
+        params: SamplingParams,
+        *,
+        stop_token_ids: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        """Like :meth:`generate` for prompts already tokenized: ``(prompt_id, token_ids)`` pairs.
+
+        ``stop_token_ids`` replaces the engine's end tokens for this call.
+        """
         check_params(params)
-        run = _Run(self, list(prompts), params)
+        stops = tuple(stop_token_ids) if stop_token_ids else self.stop_token_ids
+        run = _Run(self, [p for p, _ in prompts], [list(ids) for _, ids in prompts], params, stops)
         with self._sampling_mode():
             return run.execute()
 
@@ -225,19 +240,26 @@ def _check_supported(config: Any) -> None:
 class _Run:
     """One ``generate`` call: admission, prefill, decoding steps and collection."""
 
-    def __init__(self, engine: LocalEngine, prompts: list[Prompt], params: SamplingParams):
-        self.engine, self.prompts, self.params = engine, prompts, params
+    def __init__(
+        self,
+        engine: LocalEngine,
+        names: list[str],
+        prompt_ids: list[list[int]],
+        params: SamplingParams,
+        stop_token_ids: tuple[int, ...],
+    ):
+        self.engine, self.names, self.params = engine, names, params
         self.how = Truncation.from_params(params)
         self.seed = params.seed if params.seed is not None else secrets.randbits(63)
         self.version = engine.policy_version
-        self.prompt_ids = [engine.encode(p) for p in prompts]
-        self.limits = [self._limit(p, ids) for p, ids in zip(prompts, self.prompt_ids, strict=True)]
-        self.stop_ids = torch.tensor(engine.stop_token_ids)
-        self.results: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
+        self.prompt_ids = prompt_ids
+        self.limits = [self._limit(name, ids) for name, ids in zip(names, prompt_ids, strict=True)]
+        self.stop_ids = torch.tensor(stop_token_ids)
+        self.results: list[list[Completion | None]] = [[None] * params.n for _ in names]
         chunk = engine.max_concurrent_rollouts
         self.queue: deque[_Work] = deque(
             _Work(i, list(range(params.n))[lo : lo + chunk])
-            for i in range(len(prompts))
+            for i in range(len(names))
             for lo in range(0, params.n, chunk)
         )
         self.rows: _Rows | None = None
@@ -245,11 +267,13 @@ class _Run:
         self.length = 0
         self.cache: Cache | None = None
 
-    def _limit(self, prompt: Prompt, ids: list[int]) -> int:
+    def _limit(self, name: str, ids: list[int]) -> int:
+        if not ids:
+            raise RolloutError(f"prompt {name} has no tokens")
         room = self.engine._max_positions - len(ids)
         if room < 1:
             raise RolloutError(
-                f"prompt {prompt.prompt_id} has {len(ids)} tokens: no room left in the model's "
+                f"prompt {name} has {len(ids)} tokens: no room left in the model's "
                 f"{self.engine._max_positions}-token context"
             )
         return min(self.params.max_tokens, room)
@@ -316,9 +340,7 @@ class _Run:
         width = max(limits)
         uniforms_RT = torch.stack(
             [
-                torch.nn.functional.pad(
-                    row_uniforms(self.seed, self.prompts[p].prompt_id, c, n), (0, width - n)
-                )
+                torch.nn.functional.pad(row_uniforms(self.seed, self.names[p], c, n), (0, width - n))
                 for (p, c), n in zip(owners, limits, strict=True)
             ]
         )
@@ -431,7 +453,7 @@ class _Run:
             stopped = bool(rows.stopped_B[i])
             text_ids = token_ids[:-1] if stopped else token_ids
             self.results[prompt_index][candidate] = Completion(
-                prompt_id=self.prompts[prompt_index].prompt_id,
+                prompt_id=self.names[prompt_index],
                 candidate_index=candidate,
                 prompt_token_ids=tuple(self.prompt_ids[prompt_index]),
                 completion_token_ids=tuple(token_ids),

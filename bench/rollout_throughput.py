@@ -1,0 +1,146 @@
+"""Rollout throughput: openrft's LocalEngine against plain ``model.generate``, in one run.
+
+Both sample the same model (the embedded SmolLM2-135M-Instruct by default) on the same
+chat prompts with the same n, temperature, top-k, top-p and max output tokens, keeping
+the same number of sequences in flight (``--concurrency``; ``generate`` gets
+``concurrency / n`` prompts per call with ``num_return_sequences=n``). Throughput counts
+the useful completion tokens, up to and including the end-of-turn token, per second
+of wall time. The two are run alternately ``--repeats`` times; medians are reported.
+
+    .venv/bin/python bench/rollout_throughput.py                      # arithmetic prompts
+    .venv/bin/python bench/rollout_throughput.py --gsm8k /path/to/gsm8k/train.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import time
+
+import torch
+
+from openrft.models import EMBEDDED_MODEL, end_token_ids, load_model
+from openrft.records import Prompt, SamplingParams
+from openrft.rollout.local import LocalEngine
+
+
+def arithmetic_prompts(count: int, seed: int) -> list[Prompt]:
+    rng = random.Random(seed)
+    prompts = []
+    for i in range(count):
+        a, b = rng.randint(2, 99), rng.randint(2, 99)
+        op = rng.choice(["+", "-", "*"])
+        messages = ({"role": "user", "content": f"What is {a} {op} {b}? Give the answer as a number."},)
+        prompts.append(Prompt(f"arith-{i}", messages))
+    return prompts
+
+
+def gsm8k_prompts(path: str, count: int, seed: int) -> list[Prompt]:
+    with open(path) as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    rng = random.Random(seed)
+    picked = rng.sample(rows, count)
+    return [
+        Prompt(f"gsm8k-{i}", ({"role": "user", "content": row["question"]},)) for i, row in enumerate(picked)
+    ]
+
+
+def run_openrft(model, tokenizer, prompts, params, concurrency) -> tuple[int, float]:
+    engine = LocalEngine(model, tokenizer, max_concurrent_rollouts=concurrency)
+    start = time.perf_counter()
+    groups = engine.generate(prompts, params)
+    elapsed = time.perf_counter() - start
+    return sum(len(c.completion_token_ids) for g in groups for c in g), elapsed
+
+
+def run_generate(model, tokenizer, prompts, params, concurrency) -> tuple[int, float]:
+    """``model.generate`` over batches of ``concurrency // n`` prompts (left padding)."""
+    stops = list(end_token_ids(tokenizer, model))
+    per_call = max(1, concurrency // params.n)
+    tokenizer.padding_side = "left"
+    tokens = 0
+    start = time.perf_counter()
+    for lo in range(0, len(prompts), per_call):
+        texts = [
+            tokenizer.apply_chat_template(list(p.messages), add_generation_prompt=True, tokenize=False)
+            for p in prompts[lo : lo + per_call]
+        ]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(
+                **batch,
+                do_sample=True,
+                temperature=params.temperature,
+                top_k=params.top_k,
+                top_p=params.top_p,
+                max_new_tokens=params.max_tokens,
+                num_return_sequences=params.n,
+                eos_token_id=stops,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        new = out[:, batch["input_ids"].shape[1] :]
+        for row in new.tolist():
+            ends = [i for i, t in enumerate(row) if t in stops]
+            tokens += ends[0] + 1 if ends else len(row)
+    return tokens, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default=EMBEDDED_MODEL)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--gsm8k", metavar="JSONL", help="use GSM8K questions from this file")
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-k", type=int, default=40)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--concurrency", type=int, default=32, help="sequences in flight (both sides)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model, tokenizer = load_model(args.model)
+    prompts = (
+        gsm8k_prompts(args.gsm8k, args.prompts, args.seed)
+        if args.gsm8k
+        else arithmetic_prompts(args.prompts, args.seed)
+    )
+    params = SamplingParams(
+        n=args.n,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+    )
+    print(
+        f"model={args.model} prompts={len(prompts)} ({'gsm8k' if args.gsm8k else 'arithmetic'}) n={args.n} "
+        f"T={args.temperature} top_k={args.top_k} top_p={args.top_p} max_tokens={args.max_tokens} "
+        f"concurrency={args.concurrency} threads={torch.get_num_threads()} "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+    )
+    rates: dict[str, list[float]] = {"openrft": [], "generate": []}
+    for repeat in range(args.repeats):
+        for name, fn in (("openrft", run_openrft), ("generate", run_generate)):
+            tokens, seconds = fn(model, tokenizer, prompts, params, args.concurrency)
+            rates[name].append(tokens / seconds)
+            print(
+                f"  [{repeat + 1}] {name:8s} {tokens:6d} tokens in {seconds:7.1f} s = {tokens / seconds:7.1f} tok/s"
+            )
+    ours, theirs = statistics.median(rates["openrft"]), statistics.median(rates["generate"])
+    print(f"openrft LocalEngine : {ours:8.1f} tokens/s")
+    print(f"model.generate      : {theirs:8.1f} tokens/s")
+    print(f"ratio               : {ours / theirs:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()

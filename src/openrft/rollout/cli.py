@@ -1,0 +1,166 @@
+"""Sub-commands ``openrft rollout`` (sample a few completions) and ``openrft serve`` (OpenAI-compatible server).
+
+Sampling flags are validated with the job config's own ranges (:class:`openrft.config.RolloutConfig`),
+so ``openrft rollout --temperature 5`` fails exactly as ``openrft rftj create --temperature 5`` does.
+Heavy imports happen inside the command functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from openrft import config as C
+
+ROLLOUT_DEFAULTS = {"response_candidates_count": 4, "max_output_tokens": 256}
+
+
+def _help(name: str, default: Any = None) -> str:
+    info = C.field_info(name)
+    extra = info.json_schema_extra or {}
+    text = info.description or ""
+    if extra.get("valid"):
+        text += f" Valid: {extra['valid']}."
+    shown = default if default is not None else info.default
+    return (text + f" Default: {shown}.").replace("%", "%%")
+
+
+def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
+    """Add ``rollout`` and ``serve`` to the top-level command parser."""
+    ro = subparsers.add_parser(
+        "rollout",
+        help="Sample completions for a prompt from a base model (and optional LoRA adapter).",
+        description="Sample N completions for one prompt with the local engine and print them "
+        "with their finish reasons.",
+    )
+    ro.add_argument(
+        "--prompt", required=True, action="append", help="User message (repeat for more prompts)."
+    )
+    ro.add_argument("--system", metavar="TEXT", help="System message placed before each prompt.")
+    _model_flags(ro)
+    ro.add_argument(
+        "--n", "--response-candidates-count", dest="response_candidates_count", type=int, metavar="N",
+        default=ROLLOUT_DEFAULTS["response_candidates_count"],
+        help=_help("response_candidates_count", ROLLOUT_DEFAULTS["response_candidates_count"]),
+    )  # fmt: skip
+    ro.add_argument(
+        "--max-output-tokens", dest="max_output_tokens", type=int, metavar="TOKENS",
+        default=ROLLOUT_DEFAULTS["max_output_tokens"],
+        help=_help("max_output_tokens", ROLLOUT_DEFAULTS["max_output_tokens"]),
+    )  # fmt: skip
+    for name, kind in (("temperature", float), ("top_p", float), ("top_k", int)):
+        ro.add_argument(
+            C.flag_name(name), dest=name, type=kind, default=argparse.SUPPRESS, metavar=name.split("_")[-1].upper(),
+            help=_help(name),
+        )  # fmt: skip
+    ro.add_argument("--seed", type=int, help="Sampling seed (default: random).")
+    ro.add_argument(
+        "--json", action="store_true", help="Print one JSON record per completion instead of text."
+    )
+    ro.set_defaults(handler=cmd_rollout)
+
+    sv = subparsers.add_parser(
+        "serve",
+        help="Serve a base model (and optional LoRA adapter) as an OpenAI-compatible completions API.",
+        description="Expose the local engine over HTTP (/v1/models, /v1/completions, "
+        "/v1/load_lora_adapter) for --rollout-engine endpoint or any OpenAI-style client.",
+    )
+    _model_flags(sv)
+    sv.add_argument("--host", default="127.0.0.1", help="Interface to listen on (default 127.0.0.1).")
+    sv.add_argument("--port", type=int, default=8000, help="Port to listen on (default 8000).")
+    sv.add_argument("--served-model-name", help="Model name clients send (default: --base-model).")
+    sv.set_defaults(handler=cmd_serve)
+
+
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base-model", metavar="MODEL", default=None, help=_help("base_model"))
+    parser.add_argument(
+        "--adapter", metavar="DIR", help="LoRA adapter directory (PEFT format) applied to the model."
+    )
+    parser.add_argument(
+        "--max-concurrent-rollouts", dest="max_concurrent_rollouts", type=int, default=argparse.SUPPRESS,
+        metavar="N", help="Sequences decoded together (throughput only). Valid: a whole number >= 1. Default: 32.",
+    )  # fmt: skip
+
+
+def _validated(args: argparse.Namespace) -> C.RolloutConfig:
+    """The sampling flags checked against the job config's ranges (ConfigError on bad values)."""
+    names = ("temperature", "top_p", "top_k", "response_candidates_count", "max_output_tokens")
+    values = {
+        name: getattr(args, name) for name in (*names, "max_concurrent_rollouts") if hasattr(args, name)
+    }
+    cfg, _ = C.build_config({}, values)
+    return cfg.rollout
+
+
+def _engine(args: argparse.Namespace, rollout: C.RolloutConfig | None):
+    from transformers.utils import logging as hf_logging
+
+    from openrft.models import adapter_base_model, load_adapter, load_model
+    from openrft.rollout.local import LocalEngine
+
+    hf_logging.disable_progress_bar()
+    base = (
+        args.base_model
+        or (adapter_base_model(args.adapter) if args.adapter else None)
+        or C.DEFAULT_BASE_MODEL
+    )
+    model, tokenizer = load_model(base)
+    if args.adapter:
+        model = load_adapter(model, args.adapter)
+    concurrency = rollout.max_concurrent_rollouts if rollout else None
+    return base, LocalEngine(model, tokenizer, max_concurrent_rollouts=concurrency)
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from openrft.records import Prompt, SamplingParams
+
+    rollout = _validated(args)
+    base, engine = _engine(args, rollout)
+    prompts = []
+    for i, text in enumerate(args.prompt):
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": text}
+        ]
+        prompts.append(Prompt(str(i), tuple(messages)))
+    params = SamplingParams(
+        n=rollout.response_candidates_count,
+        temperature=rollout.temperature,
+        top_p=rollout.top_p,
+        top_k=rollout.top_k,
+        max_tokens=rollout.max_output_tokens,
+        seed=args.seed,
+    )
+    groups = engine.generate(prompts, params)
+    for prompt, group in zip(prompts, groups, strict=True):
+        if not args.json:
+            print(f"=== prompt {prompt.prompt_id}: {prompt.messages[-1]['content']}")
+        for c in group:
+            if args.json:
+                print(json.dumps(asdict(c)))
+                continue
+            mean = sum(c.logprobs) / max(1, len(c.logprobs))
+            print(
+                f"--- candidate {c.candidate_index}  finish={c.finish_reason}  "
+                f"tokens={len(c.completion_token_ids)}  mean_logprob={mean:.3f}"
+            )
+            print(c.text)
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from openrft.rollout.server import serve
+
+    rollout = _validated(args)
+    base, engine = _engine(args, rollout)
+    name = args.served_model_name or base
+    print(f"openrft serve: {name} on http://{args.host}:{args.port}/v1", file=sys.stderr)
+    serve(engine, name, args.host, args.port, base_adapter="default" if args.adapter else None)
+    return 0
+
+
+__all__ = ["register", "cmd_rollout", "cmd_serve"]

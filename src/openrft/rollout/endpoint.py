@@ -1,0 +1,285 @@
+"""The endpoint engine: sample from an OpenAI-compatible completions server (vLLM, ``openrft serve``).
+
+Each candidate is one ``POST {base_url}/completions`` request whose prompt is the token
+ids rendered locally with the model's chat template (so prompt token ids are exactly the
+trainer's). What the engine relies on from the server:
+
+* ``prompt`` given as a list of token ids (vLLM, ``openrft serve``);
+* ``logprobs: 1`` with ``return_tokens_as_token_ids: true``: the sampled tokens come back
+  as ``"token_id:<id>"`` strings next to their log-probs; ``return_token_ids: true`` (newer
+  vLLM) is used instead when the server returns ``choices[i].token_ids``;
+* ``top_k`` (``-1`` = off), ``seed`` and ``stop_token_ids`` as extra body fields;
+* ``finish_reason`` ``"stop"`` or ``"length"``; on ``"stop"`` at an end token that token is
+  the last completion token (vLLM and ``openrft serve`` include it).
+
+Log-probs are whatever the server reports. ``openrft serve`` reports
+``log_softmax(logits / T)`` before truncation, like the local engine. vLLM reports raw
+(``T = 1``) log-probs by default and temperature-scaled *and truncated* ones with
+``--logprobs-mode processed_logprobs``; see ``docs/vllm.md`` for which to choose.
+
+Requests in flight are bounded by ``max_concurrent_rollouts`` (an asyncio semaphore).
+429 and 5xx answers, timeouts and connection errors are retried with exponential
+backoff; after ``retries`` retries the call fails with :class:`RolloutError`, so a dead
+server is reported after a bounded time (about ``backoff * 2**retries`` seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from openrft.errors import RolloutError
+from openrft.models import end_token_ids
+from openrft.records import Completion, Prompt, SamplingParams
+from openrft.rollout.prompts import encode_messages
+from openrft.rollout.sampling import check_params, row_seed
+
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def api_root(base_url: str) -> str:
+    """``http://host:8000``, ``.../`` or ``.../v1`` -> ``http://host:8000/v1``."""
+    url = base_url.rstrip("/")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+class EndpointEngine:
+    """A :class:`~openrft.records.RolloutEngine` backed by an OpenAI-compatible HTTP server.
+
+    ``tokenizer`` renders prompts (it must be the served model's tokenizer);
+    ``model_name`` is the served model (or LoRA adapter) name. ``transport`` replaces
+    the network (an ``httpx.AsyncBaseTransport``, for tests).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        tokenizer: Any,
+        model_name: str,
+        *,
+        max_concurrent_rollouts: int = 32,
+        timeout: float = 600.0,
+        connect_timeout: float = 5.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        stop_token_ids: Sequence[int] | None = None,
+        api_key: str | None = None,
+        policy_version: int = 0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        if max_concurrent_rollouts < 1:
+            raise RolloutError(f"max_concurrent_rollouts must be >= 1 (got {max_concurrent_rollouts})")
+        self.base_url = api_root(base_url)
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.max_concurrent_rollouts = max_concurrent_rollouts
+        self.timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
+        self.stop_token_ids = tuple(stop_token_ids or end_token_ids(tokenizer))
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.policy_version = policy_version
+        self.transport = transport
+
+    # ------------------------------------------------------------------------- sampling
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        """For each prompt in order, ``params.n`` completions (candidate_index 0..n-1)."""
+        return _run_sync(self.agenerate(prompts, params))
+
+    async def agenerate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        check_params(params)
+        encoded = [encode_messages(self.tokenizer, p.messages, p.prompt_id) for p in prompts]
+        version, model = self.policy_version, self.model_name
+        semaphore = asyncio.Semaphore(self.max_concurrent_rollouts)
+        async with self._client() as client:
+
+            async def one(prompt: Prompt, ids: list[int], candidate: int) -> Completion:
+                body = self._body(ids, params, model, prompt.prompt_id, candidate)
+                async with semaphore:
+                    data = await self._post(client, "/completions", body)
+                return self._completion(data, prompt.prompt_id, candidate, ids, version)
+
+            tasks = [
+                [asyncio.ensure_future(one(p, ids, c)) for c in range(params.n)]
+                for p, ids in zip(prompts, encoded, strict=True)
+            ]
+            flat = [t for group in tasks for t in group]
+            try:
+                await asyncio.gather(*flat)
+            except BaseException:
+                for task in flat:
+                    task.cancel()
+                await asyncio.gather(*flat, return_exceptions=True)
+                raise
+        return [[t.result() for t in group] for group in tasks]
+
+    def _body(
+        self, ids: list[int], params: SamplingParams, model: str, prompt_id: str, candidate: int
+    ) -> dict:
+        body: dict[str, Any] = {
+            "model": model,
+            "prompt": ids,
+            "n": 1,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "top_k": params.top_k if params.top_k > 0 else -1,
+            "logprobs": 1,
+            "return_tokens_as_token_ids": True,
+            "return_token_ids": True,
+            "stop_token_ids": list(self.stop_token_ids),
+            "skip_special_tokens": True,
+        }
+        if params.seed is not None:
+            body["seed"] = row_seed(params.seed, prompt_id, candidate) & 0x7FFFFFFF
+        return body
+
+    def _completion(
+        self, data: dict, prompt_id: str, candidate: int, ids: list[int], version: int
+    ) -> Completion:
+        try:
+            choice = data["choices"][0]
+            logprobs = choice["logprobs"]
+            values = [float(v) for v in logprobs["token_logprobs"]]
+            token_ids = choice.get("token_ids") or [_token_id(t) for t in logprobs["tokens"]]
+            reason = choice["finish_reason"]
+            text = choice["text"]
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise RolloutError(
+                f"unexpected completion response from {self.base_url} ({type(exc).__name__}: {exc})",
+                hint="the server must return per-token logprobs (vLLM: logprobs=1, return_tokens_as_token_ids)",
+            ) from None
+        if reason not in ("stop", "length") or len(token_ids) != len(values):
+            raise RolloutError(
+                f"bad completion from {self.base_url}: finish_reason={reason!r}, "
+                f"{len(token_ids)} tokens but {len(values)} log-probs"
+            )
+        return Completion(
+            prompt_id=prompt_id,
+            candidate_index=candidate,
+            prompt_token_ids=tuple(ids),
+            completion_token_ids=tuple(int(t) for t in token_ids),
+            text=text,
+            logprobs=tuple(values),
+            finish_reason=reason,
+            policy_version=version,
+        )
+
+    # ------------------------------------------------------------------------- adapters
+
+    def load_adapter(self, path: str, name: str) -> None:
+        """Ask the server to load the LoRA adapter saved at ``path`` as ``name``; later requests use it.
+
+        vLLM needs ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` and ``--enable-lora``; ``path``
+        must be readable by the server process (shared disk or the same machine).
+        """
+        _run_sync(self._admin("/load_lora_adapter", {"lora_name": name, "lora_path": str(path)}))
+        self.model_name = name
+
+    def unload_adapter(self, name: str) -> None:
+        """Free a previously loaded adapter on the server."""
+        _run_sync(self._admin("/unload_lora_adapter", {"lora_name": name}))
+
+    async def _admin(self, path: str, body: dict) -> None:
+        async with self._client() as client:
+            await self._post(client, path, body)
+
+    def list_models(self) -> list[str]:
+        """Model (and adapter) names the server offers."""
+
+        async def fetch() -> list[str]:
+            async with self._client() as client:
+                data = await self._request(client, "GET", "/models", None)
+            return [m["id"] for m in data.get("data", [])]
+
+        return _run_sync(fetch())
+
+    # ------------------------------------------------------------------------- HTTP
+
+    def _client(self) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=self.max_concurrent_rollouts + 2)
+        return httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=self.timeout,
+            headers=self.headers,
+            limits=limits,
+            transport=self.transport,
+        )
+
+    async def _post(self, client: httpx.AsyncClient, path: str, body: dict) -> dict:
+        return await self._request(client, "POST", path, body)
+
+    async def _request(self, client: httpx.AsyncClient, method: str, path: str, body: dict | None) -> dict:
+        """One call with retries on 429/5xx, timeouts and connection errors."""
+        url = self.base_url + path
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = await client.request(method, path, json=body)
+            except httpx.TransportError as exc:
+                if last:
+                    raise RolloutError(
+                        f"cannot reach the inference endpoint {url} after {attempt + 1} attempts: "
+                        f"{type(exc).__name__}: {exc}",
+                        hint="check that the server is running and --endpoint-url is right",
+                    ) from None
+                await asyncio.sleep(self._delay(attempt, None))
+                continue
+            if response.status_code < 400:
+                try:
+                    return response.json()
+                except ValueError:
+                    raise RolloutError(f"{url} answered with something that is not JSON") from None
+            if response.status_code not in RETRY_STATUS or last:
+                raise RolloutError(
+                    f"{url} answered HTTP {response.status_code}"
+                    + (f" after {attempt + 1} attempts" if attempt else "")
+                    + f": {_error_message(response)}"
+                )
+            await asyncio.sleep(self._delay(attempt, response.headers.get("retry-after")))
+        raise AssertionError("unreachable")
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after:
+            try:
+                return min(float(retry_after), self.max_backoff)
+            except ValueError:
+                pass
+        delay = min(self.backoff * 2**attempt, self.max_backoff)
+        return delay * (0.75 + 0.5 * random.random())
+
+
+def _token_id(token: str) -> int:
+    if isinstance(token, str) and token.startswith("token_id:"):
+        return int(token.split(":", 1)[1])
+    raise ValueError(f"token {token!r} is not in 'token_id:<id>' form (send return_tokens_as_token_ids)")
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:300] or response.reason_phrase
+    error = data.get("error", data) if isinstance(data, dict) else data
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("detail") or error)[:300]
+    return str(error)[:300]
+
+
+def _run_sync(coroutine: Any) -> Any:
+    """Run a coroutine to completion, also from code that is already inside an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+__all__ = ["EndpointEngine", "api_root"]

@@ -1,0 +1,355 @@
+"""``openrft serve``: the local engine behind a small OpenAI-compatible HTTP API.
+
+Endpoints (the subset of vLLM's API that :class:`~openrft.rollout.endpoint.EndpointEngine`
+uses, so the endpoint path can be exercised without a GPU):
+
+* ``GET  /v1/models``
+* ``POST /v1/completions``: ``prompt`` as text, token ids, or a list of either; ``n``,
+  ``max_tokens``, ``temperature``, ``top_p``, ``top_k`` (-1 or 0 = off), ``seed``,
+  ``logprobs``, ``stop_token_ids``, ``return_tokens_as_token_ids``, ``return_token_ids``.
+  Log-probs are ``log_softmax(logits / T)`` of the sampled tokens, before truncation.
+* ``POST /v1/load_lora_adapter`` ``{lora_name, lora_path}`` and ``/v1/unload_lora_adapter``.
+
+Requests that arrive together with the same sampling settings are decoded in one batch.
+A request's seed fixes its output whatever else shares the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from openrft.errors import OpenRFTError
+from openrft.records import Completion, SamplingParams
+
+BATCH_WINDOW_S = 0.01
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    prompt: str | list[int] | list[str] | list[list[int]]
+    n: int = Field(1, ge=1, le=256)
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, ge=0.0, le=1.0)
+    top_k: int = Field(-1, ge=-1)
+    logprobs: int | None = Field(None, ge=0)
+    seed: int | None = None
+    stop_token_ids: list[int] | None = None
+    return_tokens_as_token_ids: bool = False
+    return_token_ids: bool = False
+    stream: bool = False
+
+
+class AdapterRequest(BaseModel):
+    lora_name: str = Field(min_length=1)
+    lora_path: str | None = None
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class _Pending:
+    key: tuple
+    prompts: list[tuple[str, list[int]]]
+    future: asyncio.Future = field(repr=False)
+
+
+class ModelHost:
+    """The served model: base weights plus named LoRA adapters, one generation at a time.
+
+    ``base_adapter`` names the adapter (given at start-up) that is part of ``model_name``.
+    """
+
+    def __init__(self, engine: Any, model_name: str, base_adapter: str | None = None):
+        self.engine, self.model_name, self.base_adapter = engine, model_name, base_adapter
+        self.adapters: dict[str, str] = {}
+        self.lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        return [self.model_name, *self.adapters]
+
+    @contextlib.contextmanager
+    def selected(self, name: str) -> Iterator[None]:
+        model = self.engine.model
+        if name != self.model_name:
+            model.set_adapter(name)
+            yield
+        elif self.base_adapter is not None:
+            model.set_adapter(self.base_adapter)
+            yield
+        elif _is_peft(model):
+            with model.disable_adapter():
+                yield
+        else:
+            yield
+
+    def generate(self, key: tuple, prompts: list[tuple[str, list[int]]]) -> list[list[Completion]]:
+        name, n, temperature, top_p, top_k, max_tokens, stops = key
+        params = SamplingParams(
+            n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=0
+        )
+        with self.lock, self.selected(name):
+            return self.engine.generate_from_ids(prompts, params, stop_token_ids=stops)
+
+    def load_adapter(self, name: str, path: str) -> None:
+        from openrft.models import load_adapter
+
+        with self.lock:
+            model = self.engine.model
+            if name in self.names() or name == self.base_adapter:
+                raise _HTTPError(400, f"a model or adapter named '{name}' is already loaded")
+            try:
+                if _is_peft(model):
+                    model.load_adapter(path, adapter_name=name)
+                else:
+                    self.engine.model = load_adapter(model, path, adapter_name=name)
+            except OpenRFTError as exc:
+                raise _HTTPError(400, exc.message) from None
+            except (OSError, ValueError, RuntimeError, KeyError) as exc:
+                raise _HTTPError(400, f"cannot load adapter from {path}: {exc}") from None
+            self.adapters[name] = path
+
+    def unload_adapter(self, name: str) -> None:
+        with self.lock:
+            if name not in self.adapters:
+                raise _HTTPError(404, f"no adapter named '{name}' is loaded")
+            self.engine.model.delete_adapter(name)
+            del self.adapters[name]
+
+
+def _is_peft(model: Any) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
+
+class _Batcher:
+    """Collects requests for a few milliseconds and decodes those with equal settings together."""
+
+    def __init__(self, host: ModelHost, window: float):
+        self.host, self.window = host, window
+        self.pending: list[_Pending] = []
+        self.worker: asyncio.Task | None = None
+
+    async def submit(self, key: tuple, prompts: list[tuple[str, list[int]]]) -> list[list[Completion]]:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append(_Pending(key, prompts, future))
+        if self.worker is None or self.worker.done():
+            self.worker = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self.pending:
+            await asyncio.sleep(self.window)
+            batch, self.pending = self.pending, []
+            groups: dict[tuple, list[_Pending]] = {}
+            for item in batch:
+                groups.setdefault(item.key, []).append(item)
+            for key, items in groups.items():
+                prompts = [p for item in items for p in item.prompts]
+                try:
+                    results = await asyncio.to_thread(self.host.generate, key, prompts)
+                except Exception as exc:  # handed to each waiting request
+                    for item in items:
+                        if not item.future.done():
+                            item.future.set_exception(exc)
+                    continue
+                offset = 0
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_result(results[offset : offset + len(item.prompts)])
+                    offset += len(item.prompts)
+
+
+def create_app(
+    engine: Any, model_name: str, *, base_adapter: str | None = None, batch_window: float = BATCH_WINDOW_S
+) -> FastAPI:
+    """The FastAPI application serving ``engine`` (a LocalEngine) as ``model_name``."""
+    host = ModelHost(engine, model_name, base_adapter)
+    batcher = _Batcher(host, batch_window)
+    app = FastAPI(title="openrft serve")
+    app.state.host = host
+
+    @app.exception_handler(_HTTPError)
+    async def _http_error(request: Request, exc: _HTTPError) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return _error(400, f"invalid request: {where}: {first.get('msg', 'bad value')}")
+
+    @app.exception_handler(OpenRFTError)
+    async def _openrft_error(request: Request, exc: OpenRFTError) -> JSONResponse:
+        return _error(400, exc.message)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {
+            "object": "list",
+            "data": [{"id": name, "object": "model", "owned_by": "openrft"} for name in host.names()],
+        }
+
+    @app.post("/v1/completions")
+    async def completions(request: CompletionRequest) -> dict:
+        name = request.model or model_name
+        if name not in host.names():
+            raise _HTTPError(404, f"the model '{name}' does not exist (served: {', '.join(host.names())})")
+        if request.stream:
+            raise _HTTPError(400, "streaming is not supported by openrft serve")
+        token_lists = _prompt_token_ids(engine.tokenizer, request.prompt)
+        seed = request.seed if request.seed is not None else secrets.randbits(62)
+        stops = tuple(sorted(set(engine.stop_token_ids) | set(request.stop_token_ids or ())))
+        key = (
+            name,
+            request.n,
+            request.temperature,
+            request.top_p,
+            max(request.top_k, 0),
+            request.max_tokens,
+            stops,
+        )
+        groups = await batcher.submit(key, [(f"seed:{seed}", ids) for ids in token_lists])
+        choices = [
+            _choice(engine.tokenizer, c, i * request.n + c.candidate_index, request)
+            for i, group in enumerate(groups)
+            for c in group
+        ]
+        prompt_tokens = sum(len(ids) * request.n for ids in token_lists)
+        completion_tokens = sum(len(c.completion_token_ids) for g in groups for c in g)
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": name,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(request: AdapterRequest) -> JSONResponse:
+        if not request.lora_path:
+            raise _HTTPError(400, "lora_path is required")
+        await asyncio.to_thread(host.load_adapter, request.lora_name, request.lora_path)
+        return JSONResponse({"status": "ok", "message": f"adapter '{request.lora_name}' loaded"})
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(request: AdapterRequest) -> JSONResponse:
+        await asyncio.to_thread(host.unload_adapter, request.lora_name)
+        return JSONResponse({"status": "ok", "message": f"adapter '{request.lora_name}' unloaded"})
+
+    return app
+
+
+def _prompt_token_ids(tokenizer: Any, prompt: Any) -> list[list[int]]:
+    if isinstance(prompt, str):
+        prompts: list[Any] = [prompt]
+    elif prompt and all(isinstance(t, int) for t in prompt):
+        prompts = [prompt]
+    else:
+        prompts = list(prompt)
+    if not prompts:
+        raise _HTTPError(400, "prompt is empty")
+    token_lists = []
+    for item in prompts:
+        ids = tokenizer(item)["input_ids"] if isinstance(item, str) else list(item)
+        if not ids:
+            raise _HTTPError(400, "a prompt has no tokens")
+        if any(not 0 <= t < len(tokenizer) for t in ids):
+            raise _HTTPError(400, f"prompt token ids must be in [0, {len(tokenizer)})")
+        token_lists.append(ids)
+    return token_lists
+
+
+def _choice(tokenizer: Any, completion: Completion, index: int, request: CompletionRequest) -> dict:
+    ids = list(completion.completion_token_ids)
+    choice: dict[str, Any] = {
+        "index": index,
+        "text": completion.text,
+        "finish_reason": completion.finish_reason,
+        "logprobs": None,
+    }
+    if request.logprobs is not None:
+        tokens = [
+            f"token_id:{t}" if request.return_tokens_as_token_ids else tokenizer.decode([t]) for t in ids
+        ]
+        choice["logprobs"] = {
+            "tokens": tokens,
+            "token_logprobs": list(completion.logprobs),
+            "top_logprobs": None,
+            "text_offset": None,
+        }
+    if request.return_token_ids:
+        choice["token_ids"] = ids
+        choice["prompt_token_ids"] = list(completion.prompt_token_ids)
+    return choice
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    kind = {400: "BadRequestError", 404: "NotFoundError"}.get(status, "InternalServerError")
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+class BackgroundServer:
+    """Run an ASGI app with uvicorn in a daemon thread on a free localhost port (tests, tools)."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0):
+        import uvicorn
+
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> BackgroundServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the background server did not start")
+            time.sleep(0.01)
+        return self
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}/v1"
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def serve(engine: Any, model_name: str, host: str, port: int, *, base_adapter: str | None = None) -> None:
+    """Serve until interrupted (the ``openrft serve`` command)."""
+    import uvicorn
+
+    app = create_app(engine, model_name, base_adapter=base_adapter)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+__all__ = ["create_app", "BackgroundServer", "ModelHost", "serve"]

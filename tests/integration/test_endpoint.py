@@ -1,0 +1,244 @@
+"""The endpoint engine against `openrft serve` (real HTTP) and against scripted fake servers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import httpx
+import pytest
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from openrft.errors import RolloutError
+from openrft.records import Prompt, RolloutEngine, SamplingParams
+from openrft.rollout.endpoint import EndpointEngine, api_root
+from openrft.rollout.local import LocalEngine
+from openrft.rollout.server import BackgroundServer, create_app
+
+PROMPTS = [
+    Prompt("a", ({"role": "user", "content": "What is 3 + 4?"},)),
+    Prompt("b", ({"role": "user", "content": "Name a colour."},)),
+]
+
+
+def teacher_forced(model, completion, temperature):
+    ids = list(completion.prompt_token_ids) + list(completion.completion_token_ids)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].float()
+    start = len(completion.prompt_token_ids) - 1
+    scaled = torch.log_softmax(logits[start:-1] / temperature, dim=-1)
+    return scaled.gather(1, torch.tensor(completion.completion_token_ids)[:, None]).squeeze(1)
+
+
+@pytest.fixture
+def served(tiny_model):
+    model, tokenizer = tiny_model
+    stops = list(range(0, len(tokenizer), 12))  # uneven lengths, some "stop" finishes
+    engine = LocalEngine(model, tokenizer, stop_token_ids=stops)
+    with BackgroundServer(create_app(engine, "tiny")) as server:
+        yield server.url, model, tokenizer, stops
+
+
+def test_endpoint_engine_against_openrft_serve(served):
+    url, model, tokenizer, stops = served
+    engine = EndpointEngine(
+        url, tokenizer, "tiny", max_concurrent_rollouts=4, stop_token_ids=stops, policy_version=7
+    )
+    assert isinstance(engine, RolloutEngine)
+    params = SamplingParams(n=3, temperature=0.8, top_k=30, top_p=0.95, max_tokens=12, seed=5)
+    groups = engine.generate(PROMPTS, params)
+    local = LocalEngine(model, tokenizer)
+    assert [[c.candidate_index for c in g] for g in groups] == [[0, 1, 2], [0, 1, 2]]
+    reasons = set()
+    for prompt, group in zip(PROMPTS, groups, strict=True):
+        for c in group:
+            assert c.prompt_id == prompt.prompt_id and c.policy_version == 7
+            assert list(c.prompt_token_ids) == local.encode(prompt)
+            assert 1 <= len(c.completion_token_ids) <= 12 and len(c.logprobs) == len(c.completion_token_ids)
+            assert (torch.tensor(c.logprobs) - teacher_forced(model, c, 0.8)).abs().max() <= 1e-4
+            assert (c.completion_token_ids[-1] in stops) == (c.finish_reason == "stop")
+            reasons.add(c.finish_reason)
+            body = c.completion_token_ids[:-1] if c.finish_reason == "stop" else c.completion_token_ids
+            assert c.text == tokenizer.decode(list(body), skip_special_tokens=True)
+    assert reasons == {"stop", "length"}
+    # the per-candidate seeds make the result reproducible whatever the request interleaving
+    serial = EndpointEngine(url, tokenizer, "tiny", max_concurrent_rollouts=1, stop_token_ids=stops)
+    again = serial.generate(PROMPTS, params)
+    assert [[c.completion_token_ids for c in g] for g in again] == [
+        [c.completion_token_ids for c in g] for g in groups
+    ]
+
+
+def test_serve_api_surface(served):
+    url, _, tokenizer, _ = served
+    with httpx.Client(base_url=url) as client:
+        assert [m["id"] for m in client.get("/models").json()["data"]] == ["tiny"]
+        answer = client.post(
+            "/completions", json={"prompt": ["Hello", "Bye"], "n": 2, "max_tokens": 3, "seed": 1}
+        )
+        assert answer.status_code == 200
+        body = answer.json()
+        assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
+        assert body["choices"][0]["logprobs"] is None
+        assert body["usage"]["prompt_tokens"] == 2 * (
+            len(tokenizer("Hello").input_ids) + len(tokenizer("Bye").input_ids)
+        )
+        wrong = client.post("/completions", json={"prompt": [1, 2], "model": "nope"})
+        assert wrong.status_code == 404 and "nope" in wrong.json()["error"]["message"]
+        invalid = client.post("/completions", json={"prompt": [1, 2], "temperature": -1})
+        assert invalid.status_code == 400 and "temperature" in invalid.json()["error"]["message"]
+        out_of_vocab = client.post("/completions", json={"prompt": [10**9]})
+        assert out_of_vocab.status_code == 400
+
+
+def test_runtime_lora_loading(served, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    url, model, tokenizer, stops = served
+    adapter = get_peft_model(
+        model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    adapter.save_pretrained(tmp_path / "step-1")
+    adapter.unload()  # the served base model stays as it was
+    engine = EndpointEngine(url, tokenizer, "tiny", stop_token_ids=stops)
+    params = SamplingParams(n=2, temperature=1.0, top_k=0, max_tokens=8, seed=3)
+    before = engine.generate(PROMPTS, params)
+    engine.load_adapter(tmp_path / "step-1", "policy-1")
+    assert engine.model_name == "policy-1"
+    assert engine.list_models() == ["tiny", "policy-1"]
+    after = engine.generate(PROMPTS, params)
+    assert [[c.completion_token_ids for c in g] for g in after] != [
+        [c.completion_token_ids for c in g] for g in before
+    ]
+    from openrft.models import load_adapter
+    from openrft.testing import tiny_model as build
+
+    fresh, _ = build(seed=0)
+    peft_model = load_adapter(fresh, tmp_path / "step-1")
+    for c in (c for g in after for c in g):
+        assert (torch.tensor(c.logprobs) - teacher_forced(peft_model, c, 1.0)).abs().max() <= 1e-4
+    engine.model_name = "tiny"  # the base model is still served unchanged
+    base_again = engine.generate(PROMPTS, params)
+    assert [[c.completion_token_ids for c in g] for g in base_again] == [
+        [c.completion_token_ids for c in g] for g in before
+    ]
+    with pytest.raises(RolloutError, match="HTTP 400"):
+        engine.load_adapter(tmp_path / "missing", "policy-2")
+
+
+# ----------------------------------------------------------------------------- fake servers
+
+
+def fake_choice(tokens: int = 3) -> dict:
+    return {
+        "index": 0,
+        "text": "abc",
+        "finish_reason": "length",
+        "logprobs": {
+            "tokens": [f"token_id:{10 + i}" for i in range(tokens)],
+            "token_logprobs": [-0.5] * tokens,
+        },
+    }
+
+
+class FakeServer:
+    """Scripted answers: a list of status codes to return before succeeding; counts calls in flight."""
+
+    def __init__(self, failures: list[int] | None = None, delay: float = 0.0, headers: dict | None = None):
+        self.failures, self.delay, self.headers = list(failures or []), delay, headers or {}
+        self.calls = self.in_flight = self.peak = 0
+        self.bodies: list[dict] = []
+        self.app = FastAPI()
+        self.app.post("/v1/completions")(self.completions)
+
+    async def completions(self, request: Request) -> JSONResponse:
+        self.calls += 1
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            self.bodies.append(await request.json())
+            await asyncio.sleep(self.delay)
+            if self.failures:
+                status = self.failures.pop(0)
+                return JSONResponse(
+                    {"error": {"message": f"scripted {status}"}}, status, headers=self.headers
+                )
+            return JSONResponse({"choices": [fake_choice()]})
+        finally:
+            self.in_flight -= 1
+
+    def engine(self, tokenizer, **kwargs) -> EndpointEngine:
+        transport = httpx.ASGITransport(app=self.app)
+        kwargs = {"backoff": 0.01, "transport": transport, **kwargs}
+        return EndpointEngine("http://fake", tokenizer, "m", **kwargs)
+
+
+def test_requests_in_flight_are_bounded(tokenizer):
+    fake = FakeServer(delay=0.02)
+    engine = fake.engine(tokenizer, max_concurrent_rollouts=3)
+    groups = engine.generate(PROMPTS * 2, SamplingParams(n=4, max_tokens=3, seed=0, top_k=0))
+    assert fake.calls == 16 and fake.peak == 3
+    assert [len(g) for g in groups] == [4, 4, 4, 4]
+    c = groups[0][0]
+    assert c.completion_token_ids == (10, 11, 12) and c.logprobs == (-0.5, -0.5, -0.5)
+    body = fake.bodies[0]
+    assert body["prompt"] == list(c.prompt_token_ids) and body["top_k"] == -1 and body["logprobs"] == 1
+    assert body["return_tokens_as_token_ids"] is True and body["max_tokens"] == 3
+    seeds = {b["seed"] for b in fake.bodies}
+    assert len(seeds) == 8  # one seed per (prompt id, candidate); the repeated prompts reuse theirs
+
+
+def test_retries_transient_failures(tokenizer):
+    fake = FakeServer(failures=[503, 503])
+    groups = fake.engine(tokenizer).generate(PROMPTS[:1], SamplingParams(n=1, max_tokens=3))
+    assert fake.calls == 3 and groups[0][0].completion_token_ids == (10, 11, 12)
+    limited = FakeServer(failures=[429], headers={"Retry-After": "0.05"})
+    start = time.monotonic()
+    limited.engine(tokenizer).generate(PROMPTS[:1], SamplingParams(n=1, max_tokens=3))
+    assert limited.calls == 2 and time.monotonic() - start >= 0.05
+
+
+def test_gives_up_after_the_retry_budget(tokenizer):
+    fake = FakeServer(failures=[500] * 10)
+    with pytest.raises(RolloutError, match="HTTP 500 after 3 attempts: scripted 500"):
+        fake.engine(tokenizer, retries=2).generate(PROMPTS[:1], SamplingParams(n=1, max_tokens=3))
+    assert fake.calls == 3
+
+
+def test_client_errors_are_not_retried(tokenizer):
+    fake = FakeServer(failures=[400])
+    with pytest.raises(RolloutError, match="HTTP 400: scripted 400"):
+        fake.engine(tokenizer).generate(PROMPTS[:1], SamplingParams(n=1, max_tokens=3))
+    assert fake.calls == 1
+
+
+def test_dead_server_fails_fast_with_a_clear_error(tokenizer):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    engine = EndpointEngine(f"http://127.0.0.1:{port}", tokenizer, "m", retries=2, backoff=0.05)
+    start = time.monotonic()
+    with pytest.raises(RolloutError, match="cannot reach the inference endpoint") as info:
+        engine.generate(PROMPTS, SamplingParams(n=2, max_tokens=3))
+    assert time.monotonic() - start < 5
+    assert "running" in info.value.hint
+
+
+def test_malformed_answers_are_reported(tokenizer):
+    fake = FakeServer()
+
+    async def no_logprobs(request: Request) -> JSONResponse:
+        return JSONResponse({"choices": [{"text": "x", "finish_reason": "length"}]})
+
+    fake.app.router.routes.clear()
+    fake.app.post("/v1/completions")(no_logprobs)
+    with pytest.raises(RolloutError, match="logprobs"):
+        fake.engine(tokenizer).generate(PROMPTS[:1], SamplingParams(n=1, max_tokens=3))
+
+
+def test_api_root_normalisation():
+    assert api_root("http://h:8000") == "http://h:8000/v1"
+    assert api_root("http://h:8000/v1/") == "http://h:8000/v1"

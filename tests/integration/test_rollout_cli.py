@@ -1,0 +1,73 @@
+"""`openrft rollout` and `openrft serve` command lines on a tiny model directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from openrft.cli import build_parser, main
+
+
+def test_rollout_prints_candidates_with_finish_reasons(tiny_model_dir, capsys):
+    argv = ["rollout", "--base-model", str(tiny_model_dir), "--prompt", "What is 3 + 4?", "--n", "3"]
+    assert main([*argv, "--max-output-tokens", "16", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("=== prompt 0: What is 3 + 4?")
+    headers = [line for line in out.splitlines() if line.startswith("--- candidate")]
+    assert [h.split()[2] for h in headers] == ["0", "1", "2"]
+    assert all("finish=stop" in h or "finish=length  tokens=16" in h for h in headers)
+
+
+def test_rollout_json_records_are_reproducible(tiny_model_dir, capsys):
+    argv = ["rollout", "--base-model", str(tiny_model_dir), "--prompt", "Hi", "--prompt", "Bye", "--json"]
+    argv += ["--n", "2", "--max-output-tokens", "16", "--seed", "3", "--temperature", "1.2", "--top-k", "0"]
+    assert main(argv) == 0
+    first = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main(argv) == 0
+    second = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert first == second
+    assert [(r["prompt_id"], r["candidate_index"]) for r in first] == [("0", 0), ("0", 1), ("1", 0), ("1", 1)]
+    assert all(len(r["logprobs"]) == len(r["completion_token_ids"]) <= 16 for r in first)
+
+
+def test_rollout_with_an_adapter_changes_the_samples(tiny_model_dir, tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+
+    from openrft.testing import tiny_model
+
+    model, _ = tiny_model(seed=0)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    peft_model.save_pretrained(tmp_path / "adapter")
+    argv = ["rollout", "--base-model", str(tiny_model_dir), "--prompt", "Hi", "--json", "--seed", "0"]
+    assert main([*argv, "--n", "2", "--max-output-tokens", "16"]) == 0
+    base = capsys.readouterr().out
+    assert main([*argv, "--n", "2", "--max-output-tokens", "16", "--adapter", str(tmp_path / "adapter")]) == 0
+    assert capsys.readouterr().out != base
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--temperature", "5"], "--temperature: 5.0 is not valid; expected a number from 0.1 to 2.0"),
+        (["--top-k", "101"], "--top-k"),
+        (["--n", "1"], "--response-candidates-count / --n: 1 is not valid"),
+        (["--max-output-tokens", "8"], "--max-output-tokens"),
+    ],
+)
+def test_rollout_rejects_out_of_range_flags(tiny_model_dir, capsys, flags, message):
+    assert main(["rollout", "--base-model", str(tiny_model_dir), "--prompt", "x", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_model_is_a_clean_error(capsys, tmp_path):
+    assert main(["rollout", "--base-model", str(tmp_path / "nothing-here"), "--prompt", "x"]) == 5
+    err = capsys.readouterr().err
+    assert "base model not found" in err and "hint:" in err
+
+
+def test_serve_flags_parse():
+    args = build_parser().parse_args(["serve", "--base-model", "m", "--port", "9001", "--adapter", "a"])
+    assert (args.base_model, args.port, args.adapter, args.host) == ("m", 9001, "a", "127.0.0.1")
