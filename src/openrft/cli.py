@@ -107,13 +107,8 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    quickstart = _optional("openrft.train.quickstart", "main")
-    if quickstart is None:
-        cfg, sources = C.build_config({}, {"dataset": "arithmetic", "evaluator": "arithmetic"})
-        print("openrft quickstart: the embedded default model on the built-in arithmetic task.\n")
-        print_resolved(cfg, sources)
-        print("\nThe configuration is valid; training is not yet available in this build.")
-        return 0
+    from openrft.train.quickstart import main as quickstart
+
     return quickstart(args)
 
 
@@ -158,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(handler=cmd_create)
 
     quick = sub.add_parser("quickstart", help="Train the embedded model on the built-in arithmetic task.")
+    quick.add_argument("--rounds", type=int, help="Rollout rounds to train (default: a 2-core budget).")
+    quick.add_argument("--quiet", action="store_true", help="No progress bar.")
     quick.set_defaults(handler=cmd_quickstart)
 
     for module in COMMAND_MODULES:

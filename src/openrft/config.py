@@ -154,6 +154,13 @@ class TrainingConfig(_Group):
         ge=0,
     )
 
+    eval_candidates: int = _field(
+        1,
+        "Responses sampled per evaluation prompt (at the rollout temperature, with a fixed seed).",
+        valid="a whole number >= 1",
+        ge=1,
+    )
+
     @field_validator("batch_size", mode="before")
     @classmethod
     def _parse_token_count(cls, value: Any) -> Any:

@@ -27,6 +27,7 @@ TABLE = [
     ("seed", 42, [0, 2**31], [-1, "s"]),
     ("checkpoint_every", 10, [1], [0]),
     ("eval_every", 10, [0, 5], [-1]),
+    ("eval_candidates", 1, [1, 8], [0, "x"]),
     ("job_id", None, ["my-job_1", "a"], ["", "bad id", "-x", "a" * 65]),
     ("rl_loss_method", "grpo", ["grpo", "dapo", "gspo-token", "GSPO_TOKEN", "DAPO"], ["ppo", "", 1]),
     ("rl_kl_beta", 0.0, [0, 0.05, 1.0], [-0.001, "big"]),

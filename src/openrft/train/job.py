@@ -152,7 +152,6 @@ def run_training(
     quiet: bool = False,
     should_stop: Callable[[], bool] = lambda: False,
     extra_sinks: Sequence[MetricsSink] = (),
-    eval_candidates: int = 1,
 ) -> Outcome:
     """Prepare everything, continue from the last checkpoint if asked, train, write outputs."""
     from openrft.evaluators import load_evaluator
@@ -191,7 +190,7 @@ def run_training(
         checkpoint_dir=paths.checkpoints,
         progress=progress,
         should_stop=should_stop,
-        eval_candidates=eval_candidates,
+        eval_candidates=cfg.training.eval_candidates,
     )
     try:
         outcome = train(ctx, state)
