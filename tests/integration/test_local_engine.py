@@ -216,3 +216,22 @@ def test_context_window_limits(tiny_model):
     long = Prompt("long", ({"role": "user", "content": "word " * 60},))
     with pytest.raises(RolloutError, match="context"):
         engine.generate([long], SamplingParams(n=1, max_tokens=4))
+
+
+@pytest.mark.embedded
+def test_embedded_model_quick_rollout():
+    from openrft.models import EMBEDDED_MODEL, load_model
+
+    model, tokenizer = load_model(EMBEDDED_MODEL)
+    engine = LocalEngine(model, tokenizer)
+    prompt = Prompt("sum", ({"role": "user", "content": "What is 3 + 4?"},))
+    greedy = engine.generate([prompt], SamplingParams(n=2, top_k=1, max_tokens=16))[0]
+    assert greedy[0].completion_token_ids == greedy[1].completion_token_ids
+    assert "7" in greedy[0].text
+    sampled = engine.generate(
+        [prompt], SamplingParams(n=2, temperature=0.7, top_k=40, max_tokens=16, seed=0)
+    )[0]
+    for c in sampled:
+        assert (torch.tensor(c.logprobs) - teacher_forced(model, c, 0.7)).abs().max() <= 1e-4
+        if c.finish_reason == "stop":
+            assert tokenizer.convert_ids_to_tokens(c.completion_token_ids[-1]) == "<|im_end|>"

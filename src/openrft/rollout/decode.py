@@ -1,0 +1,341 @@
+"""The decoding loop behind :class:`~openrft.rollout.local.LocalEngine` (one ``_Run`` per call).
+
+Rows (one per candidate being decoded) share a right-aligned KV cache: row ``b`` holds its
+prompt and generated tokens in columns ``start_B[b] .. length - 1``; columns to the left
+are padding that the attention mask hides. A prompt is prefilled once; its keys, values
+and last-position logits wait in a stash until every candidate has been admitted, so
+candidates can join the batch a few at a time as slots free up, with no second prefill.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections import deque
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+from openrft.errors import RolloutError
+from openrft.records import Completion, SamplingParams
+from openrft.rollout.sampling import Truncation, row_uniforms, sample_tokens
+
+if TYPE_CHECKING:
+    from openrft.rollout.local import LocalEngine
+
+COMPACT_FRACTION = 0.25  # with nothing waiting, rebuild once this share of the rows has finished
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values)
+
+
+class _BufferLayer(DynamicLayer):
+    """One layer's cache in preallocated buffers ``[B, H, capacity, D]``; appends write in place."""
+
+    def __init__(self, keys_BHCD: torch.Tensor, values_BHCD: torch.Tensor, length: int):
+        super().__init__()
+        self.keys, self.values = keys_BHCD, values_BHCD
+        self.length = length
+        self.device = keys_BHCD.device
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        end = self.length + key_states.shape[-2]
+        self.keys[:, :, self.length : end] = key_states
+        self.values[:, :, self.length : end] = value_states
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+
+@dataclass
+class _Stash:
+    """A prefilled prompt waiting for its candidates to be admitted."""
+
+    kv: KV  # per layer, [H, P, D] each
+    logits_V: torch.Tensor  # next-token logits after the prompt
+    waiting: int  # candidates not yet admitted
+
+
+@dataclass
+class _Rows:
+    """Per-row state of the sequences being decoded; every tensor has one row per sequence."""
+
+    owners: list[tuple[int, int]]  # (prompt index, candidate index) of each row
+    start_B: torch.Tensor  # first cache column of this row's prompt
+    last_B: torch.Tensor  # the token to feed next
+    count_B: torch.Tensor  # tokens generated so far
+    limit_B: torch.Tensor  # tokens this row may generate
+    done_B: torch.Tensor  # bool: finished, waiting to be dropped
+    stopped_B: torch.Tensor  # bool: ended with an end token
+    tokens_BT: torch.Tensor  # generated token ids
+    logprobs_BT: torch.Tensor  # their fp32 log-probs
+    uniforms_BT: torch.Tensor  # fp64 uniforms of each row's private stream
+
+    def take(self, index_B: torch.Tensor) -> _Rows:
+        tensors = {f.name: getattr(self, f.name).index_select(0, index_B) for f in fields(self)[1:]}
+        return _Rows(owners=[self.owners[i] for i in index_B.tolist()], **tensors)
+
+    @staticmethod
+    def concat(parts: list[_Rows]) -> _Rows:
+        width = max(p.tokens_BT.shape[1] for p in parts)
+
+        def widen(t: torch.Tensor) -> torch.Tensor:
+            return t if t.dim() == 1 else torch.nn.functional.pad(t, (0, width - t.shape[1]))
+
+        tensors = {f.name: torch.cat([widen(getattr(p, f.name)) for p in parts]) for f in fields(_Rows)[1:]}
+        return _Rows(owners=[o for p in parts for o in p.owners], **tensors)
+
+
+class Run:
+    """One ``generate`` call: admission, prefill, decoding steps and collection of records."""
+
+    def __init__(
+        self,
+        engine: LocalEngine,
+        names: list[str],
+        prompt_ids: list[list[int]],
+        params: SamplingParams,
+        stop_token_ids: tuple[int, ...],
+    ):
+        self.engine, self.names, self.prompt_ids, self.params = engine, names, prompt_ids, params
+        self.how = Truncation.from_params(params)
+        self.seed = params.seed if params.seed is not None else secrets.randbits(63)
+        self.version = engine.policy_version
+        self.limits = [self._limit(name, ids) for name, ids in zip(names, prompt_ids, strict=True)]
+        self.stop_ids = torch.tensor(stop_token_ids)
+        self.results: list[list[Completion | None]] = [[None] * params.n for _ in names]
+        self.queue: deque[tuple[int, int]] = deque((p, c) for p in range(len(names)) for c in range(params.n))
+        self.stash: dict[int, _Stash] = {}
+        capacity = engine.max_concurrent_rollouts
+        # Admitting costs one copy of the cache; waiting leaves slots idle. sqrt balances the two.
+        self.admit_at = max(1, min(params.n, round(math.sqrt(capacity / 3))))
+        self.rows: _Rows | None = None
+        self.kv: KV = []
+        self.length = 0
+        self.cache: Cache | None = None
+
+    def _limit(self, name: str, ids: list[int]) -> int:
+        if not ids:
+            raise RolloutError(f"prompt {name} has no tokens")
+        room = self.engine.max_positions - len(ids)
+        if room < 1:
+            raise RolloutError(
+                f"prompt {name} has {len(ids)} tokens: no room left in the model's "
+                f"{self.engine.max_positions}-token context"
+            )
+        return min(self.params.max_tokens, room)
+
+    def execute(self) -> list[list[Completion]]:
+        while self.queue or self._active():
+            self._schedule()
+            if self._active():
+                self._step()
+        if self.rows is not None:
+            self._collect(self.rows, self.rows.done_B)
+        return [[c for c in group if c is not None] for group in self.results]
+
+    def _active(self) -> int:
+        return 0 if self.rows is None else int((~self.rows.done_B).sum())
+
+    # ------------------------------------------------------------------------- scheduling
+
+    def _schedule(self) -> None:
+        """Admit waiting candidates when enough slots are free; drop finished rows when worthwhile."""
+        free = self.engine.max_concurrent_rollouts - self._active()
+        if self.queue and free >= min(self.admit_at, len(self.queue)):
+            admitted = [self.queue.popleft() for _ in range(min(free, len(self.queue)))]
+            self._prefill_missing(sorted({p for p, _ in admitted}))
+            self._rebuild(self._new_rows(admitted))
+            return
+        finished = 0 if self.rows is None else int(self.rows.done_B.sum())
+        if finished and finished >= COMPACT_FRACTION * len(self.rows.owners):
+            self._rebuild(None)
+
+    def _prefill_missing(self, prompts: list[int]) -> None:
+        """Prefill the prompts not stashed yet, several per forward pass within the token budget."""
+        todo = [p for p in prompts if p not in self.stash]
+        group: list[int] = []
+        for p in todo:
+            widest = max([len(self.prompt_ids[q]) for q in group] + [len(self.prompt_ids[p])])
+            if group and widest * (len(group) + 1) > self.engine.prefill_tokens:
+                self._prefill(group)
+                group = []
+            group.append(p)
+        if group:
+            self._prefill(group)
+
+    def _prefill(self, prompts: list[int]) -> None:
+        engine = self.engine
+        ids = [self.prompt_ids[p] for p in prompts]
+        length = max(len(x) for x in ids)
+        pad_P = torch.tensor([length - len(x) for x in ids])
+        input_ids_PL = torch.tensor([[engine.pad_id] * (length - len(x)) + x for x in ids])
+        columns_L = torch.arange(length)
+        valid_PL = columns_L[None, :] >= pad_P[:, None]
+        causal_LL = columns_L[:, None] >= columns_L[None, :]
+        # Padding queries attend to themselves so no softmax row is empty (no NaN in the cache).
+        allowed_P1LL = ((causal_LL[None] & valid_PL[:, None, :]) | torch.eye(length, dtype=torch.bool))[
+            :, None
+        ]
+        positions_PL = (columns_L[None, :] - pad_P[:, None]).clamp_(min=0)
+        cache = DynamicCache()
+        logits_PV = engine.forward(input_ids_PL, engine.mask(allowed_P1LL), positions_PL, cache)
+        for i, p in enumerate(prompts):
+            pad = int(pad_P[i])
+            kv = [(layer.keys[i, :, pad:], layer.values[i, :, pad:]) for layer in cache.layers]
+            self.stash[p] = _Stash(kv=kv, logits_V=logits_PV[i], waiting=self.params.n)
+
+    def _new_rows(self, admitted: list[tuple[int, int]]) -> _Rows:
+        """Rows for admitted candidates, their first token already sampled from the stashed logits."""
+        limits = [self.limits[p] for p, _ in admitted]
+        width = max(limits)
+        uniforms_RT = torch.stack(
+            [
+                torch.nn.functional.pad(row_uniforms(self.seed, self.names[p], c, n), (0, width - n))
+                for (p, c), n in zip(admitted, limits, strict=True)
+            ]
+        )
+        logits_RV = torch.stack([self.stash[p].logits_V for p, _ in admitted])
+        tokens_R, logprobs_R = sample_tokens(logits_RV, uniforms_RT[:, 0], self.how)
+        rows = len(admitted)
+        tokens_RT = torch.zeros(rows, width, dtype=torch.long)
+        logprobs_RT = torch.zeros(rows, width, dtype=torch.float32)
+        tokens_RT[:, 0], logprobs_RT[:, 0] = tokens_R, logprobs_R
+        count_R, limit_R = torch.ones(rows, dtype=torch.long), torch.tensor(limits)
+        stopped_R = torch.isin(tokens_R, self.stop_ids)
+        prompt_lengths_R = torch.tensor([len(self.prompt_ids[p]) for p, _ in admitted])
+        return _Rows(
+            owners=admitted,
+            start_B=-prompt_lengths_R,  # relative to the end of the prompt until placed in the cache
+            last_B=tokens_R,
+            count_B=count_R,
+            limit_B=limit_R,
+            done_B=stopped_R | (count_R >= limit_R),
+            stopped_B=stopped_R,
+            tokens_BT=tokens_RT,
+            logprobs_BT=logprobs_RT,
+            uniforms_BT=uniforms_RT,
+        )
+
+    # ------------------------------------------------------------------------- batch rebuild
+
+    def _rebuild(self, fresh: _Rows | None) -> None:
+        """New cache buffers with the unfinished old rows and the admitted new ones; trims padding."""
+        kept, trim, keep_B = None, 0, None
+        if self.rows is not None:
+            self._collect(self.rows, self.rows.done_B)
+            keep_B = torch.nonzero(~self.rows.done_B).squeeze(1)
+            if len(keep_B):
+                kept = self.rows.take(keep_B)
+                trim = int(kept.start_B.min())
+        if fresh is not None:
+            for p, _ in fresh.owners:
+                self.stash[p].waiting -= 1
+            self._collect(fresh, fresh.done_B)
+            fresh = fresh.take(torch.nonzero(~fresh.done_B).squeeze(1))
+            fresh = fresh if fresh.owners else None
+        old_length = self.length - trim if kept is not None else 0
+        length = max(old_length, int(-fresh.start_B.min()) if fresh is not None else 0)
+        parts = [r for r in (kept, fresh) if r is not None]
+        if not parts:
+            self.rows, self.kv, self.length, self.cache = None, [], 0, None
+            self._drop_stashes()
+            return
+        capacity = length + max(int((r.limit_B - r.count_B).max()) for r in parts)
+        new_kv = self._allocate(parts, capacity)
+        shift = length - old_length
+        for (keys, values), (k_old, v_old) in zip(new_kv, self.kv if kept is not None else [], strict=False):
+            n_old = len(kept.owners)
+            keys[:n_old, :, :shift] = 0
+            values[:n_old, :, :shift] = 0
+            keys[:n_old, :, shift:length] = k_old.index_select(0, keep_B)[:, :, trim : self.length]
+            values[:n_old, :, shift:length] = v_old.index_select(0, keep_B)[:, :, trim : self.length]
+        if kept is not None:
+            kept.start_B += shift - trim
+        if fresh is not None:
+            self._place_fresh(new_kv, fresh, row0=len(kept.owners) if kept is not None else 0, length=length)
+        self.rows = _Rows.concat(parts)
+        self.kv, self.length = new_kv, length
+        self.cache = Cache(layers=[_BufferLayer(k, v, length) for k, v in new_kv])
+        self._drop_stashes()
+
+    def _allocate(self, parts: list[_Rows], capacity: int) -> KV:
+        sample = next(iter(self.stash.values())).kv if self.stash else [(k[0], v[0]) for k, v in self.kv]
+        total = sum(len(r.owners) for r in parts)
+        return [
+            (
+                torch.empty((total, k.shape[0], capacity, k.shape[-1]), dtype=k.dtype),
+                torch.empty((total, v.shape[0], capacity, v.shape[-1]), dtype=v.dtype),
+            )
+            for k, v in sample
+        ]
+
+    def _place_fresh(self, new_kv: KV, fresh: _Rows, row0: int, length: int) -> None:
+        """Copy each new row's stashed prompt into its slot, right-aligned to ``length``."""
+        for j, (p, _) in enumerate(fresh.owners):
+            row, stash = row0 + j, self.stash[p]
+            start = length - stash.kv[0][0].shape[1]
+            for (keys, values), (k, v) in zip(new_kv, stash.kv, strict=True):
+                keys[row, :, :start] = 0
+                values[row, :, :start] = 0
+                keys[row, :, start:length] = k
+                values[row, :, start:length] = v
+        fresh.start_B += length
+
+    def _drop_stashes(self) -> None:
+        for p in [p for p, s in self.stash.items() if s.waiting == 0]:
+            del self.stash[p]
+
+    # ------------------------------------------------------------------------- decoding
+
+    def _step(self) -> None:
+        """Feed every row its last token, sample the next one, mark the rows that finish."""
+        rows, engine = self.rows, self.engine
+        assert rows is not None and self.cache is not None
+        allowed_B111L = (torch.arange(self.length + 1)[None, :] >= rows.start_B[:, None])[:, None, None, :]
+        positions_B1 = (self.length - rows.start_B)[:, None]
+        logits_BV = engine.forward(rows.last_B[:, None], engine.mask(allowed_B111L), positions_B1, self.cache)
+        self.length += 1
+        active_B = ~rows.done_B
+        column_B = rows.count_B.clamp(max=rows.uniforms_BT.shape[1] - 1)
+        uniforms_B = rows.uniforms_BT.gather(1, column_B[:, None]).squeeze(1)
+        tokens_B, logprobs_B = sample_tokens(logits_BV, uniforms_B, self.how)
+        index_A = torch.nonzero(active_B).squeeze(1)
+        rows.tokens_BT[index_A, column_B[index_A]] = tokens_B[index_A]
+        rows.logprobs_BT[index_A, column_B[index_A]] = logprobs_B[index_A]
+        rows.last_B = torch.where(active_B, tokens_B, rows.last_B)
+        rows.count_B += active_B.long()
+        stopped_B = active_B & torch.isin(tokens_B, self.stop_ids)
+        rows.stopped_B |= stopped_B
+        rows.done_B |= stopped_B | (rows.count_B >= rows.limit_B)
+
+    def _collect(self, rows: _Rows, finished_B: torch.Tensor) -> None:
+        """Turn finished rows into Completion records (each row is collected exactly once)."""
+        tokenizer = self.engine.tokenizer
+        for i in torch.nonzero(finished_B).squeeze(1).tolist():
+            prompt_index, candidate = rows.owners[i]
+            if self.results[prompt_index][candidate] is not None:
+                continue
+            count = int(rows.count_B[i])
+            token_ids = rows.tokens_BT[i, :count].tolist()
+            stopped = bool(rows.stopped_B[i])
+            self.results[prompt_index][candidate] = Completion(
+                prompt_id=self.names[prompt_index],
+                candidate_index=candidate,
+                prompt_token_ids=tuple(self.prompt_ids[prompt_index]),
+                completion_token_ids=tuple(token_ids),
+                text=tokenizer.decode(token_ids[:-1] if stopped else token_ids, skip_special_tokens=True),
+                logprobs=tuple(rows.logprobs_BT[i, :count].tolist()),
+                finish_reason="stop" if stopped else "length",
+                policy_version=self.version,
+            )
+
+
+__all__ = ["Run", "COMPACT_FRACTION"]
