@@ -71,3 +71,23 @@ def test_missing_model_is_a_clean_error(capsys, tmp_path):
 def test_serve_flags_parse():
     args = build_parser().parse_args(["serve", "--base-model", "m", "--port", "9001", "--adapter", "a"])
     assert (args.base_model, args.port, args.adapter, args.host) == ("m", 9001, "a", "127.0.0.1")
+
+
+def test_serve_loads_the_model_and_hands_it_to_the_server(tiny_model_dir, monkeypatch):
+    seen = {}
+
+    def fake_serve(engine, name, host, port, *, base_adapter=None):
+        seen.update(engine=engine, name=name, host=host, port=port, base_adapter=base_adapter)
+
+    monkeypatch.setattr("openrft.rollout.server.serve", fake_serve)
+    assert (
+        main(["serve", "--base-model", str(tiny_model_dir), "--port", "9002", "--served-model-name", "tiny"])
+        == 0
+    )
+    assert (seen["name"], seen["host"], seen["port"], seen["base_adapter"]) == (
+        "tiny",
+        "127.0.0.1",
+        9002,
+        None,
+    )
+    assert seen["engine"].model.config.num_hidden_layers == 2
