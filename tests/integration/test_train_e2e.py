@@ -133,3 +133,26 @@ def test_killed_job_resumes_to_the_same_result(tiny_model_dir, tmp_path):
         assert x.keys() == y.keys()
         for k in x:
             assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-6), k
+
+
+def test_warm_start_continues_from_an_adapter_with_it_as_reference(tiny_model_dir, tmp_path):
+    first = tmp_path / "first"
+    assert main(["rftj", "create", *_flags(tiny_model_dir, first, "dapo")]) == 0
+    adapter = first / "out"
+    second = tmp_path / "second"
+    flags = _flags(
+        tiny_model_dir, second, "grpo", "spread", "--warm-start-from", str(adapter), "--rl-kl-beta", "0.05"
+    )
+    i = flags.index("--base-model")
+    del flags[i : i + 2]  # the adapter names its base model
+    assert main(["rftj", "create", *flags]) == 0
+    rows = [r for r in read_jsonl(second / "out" / "metrics.jsonl") if "loss/policy" in r]
+    # the reference policy is the warm-start adapter: KL starts at exactly 0, then moves
+    assert rows[0]["kl/mean"] == pytest.approx(0.0, abs=1e-6)
+    assert rows[0]["kl/coef"] == 0.05
+    assert max(r["kl/mean"] for r in rows) > 0
+    from safetensors.torch import load_file
+
+    a = load_file(str(adapter / "adapter_model.safetensors"))
+    b = load_file(str(second / "out" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,10 @@ def load_data(cfg: JobConfig, tokenizer, context_length: int, evaluator) -> tupl
         count_tokens=count_tokens, max_prompt_tokens=max_prompt, skip_bad_rows=cfg.data.skip_bad_rows
     )
     adapter = getattr(evaluator, "dataset_adapter", None)
-    train_prompts = list(load_prompts(source, seed=cfg.training.seed, adapter=adapter, **options))
+    loaded = load_prompts(source, seed=cfg.training.seed, adapter=adapter, **options)
+    if loaded.skipped:
+        print(f"warning: --dataset {source}: skipped {loaded.skipped} malformed rows", file=sys.stderr)
+    train_prompts = list(loaded)
     eval_prompts: list[Prompt] = []
     if cfg.data.evaluation_dataset:
         eval_prompts = list(load_prompts(cfg.data.evaluation_dataset, seed=cfg.training.seed + 1, **options))
