@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import Any
 
 from openrft import config as C
+from openrft.rollout import DEFAULT_MAX_CONCURRENT
 
 ROLLOUT_DEFAULTS = {"response_candidates_count": 4, "max_output_tokens": 256}
 
@@ -82,7 +83,7 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-concurrent-rollouts", dest="max_concurrent_rollouts", type=int, default=argparse.SUPPRESS,
-        metavar="N", help="Sequences decoded together (throughput only). Valid: a whole number >= 1. Default: 32.",
+        metavar="N", help=f"Sequences decoded together (throughput only). Valid: a whole number >= 1. Default: {DEFAULT_MAX_CONCURRENT}.",
     )  # fmt: skip
 
 

@@ -40,18 +40,18 @@ import torch
 from openrft.errors import RolloutError
 from openrft.models import end_token_ids
 from openrft.records import Completion, Prompt, SamplingParams
+from openrft.rollout import DEFAULT_MAX_CONCURRENT
 from openrft.rollout.decode import Run
 from openrft.rollout.prompts import encode_messages
 from openrft.rollout.sampling import check_params
 
-DEFAULT_MAX_CONCURRENT = 32
 PREFILL_TOKENS = 2048  # padded prompt tokens per prefill forward pass
 
 
 class LocalEngine:
     """Sample completions in-process from ``model`` (a transformers causal LM or a PEFT wrapper).
 
-    ``max_concurrent_rollouts`` bounds the sequences decoded together (default 32);
+    ``max_concurrent_rollouts`` bounds the sequences decoded together (default 64);
     ``stop_token_ids`` overrides the tokens that end a response (default: EOS and the
     chat template's end-of-turn token). ``policy_version`` is stamped on every
     completion; the trainer bumps it after each optimizer step.
