@@ -293,6 +293,20 @@ class RolloutConfig(_Group):
         None,
         "Base URL of an OpenAI-compatible server for --rollout-engine endpoint (e.g. http://host:8000/v1).",
     )
+    ray_address: str | None = _field(
+        None,
+        "Run rollouts and evaluator calls on a Ray cluster: 'auto', 'local' (start one here) or "
+        "ray://host:port. Unset = everything in this process.",
+    )
+    rollout_workers: int = _field(
+        2, "Rollout actors on the Ray cluster (with --ray-address).", valid="a whole number >= 1", ge=1
+    )
+    max_staleness: int = _field(
+        0,
+        "Policy versions a rollout may lag behind the trainer (0 = every round samples the latest adapter).",
+        valid="a whole number >= 0",
+        ge=0,
+    )
     evaluator_timeout: float = _field(
         60.0, "Seconds one evaluator call may take before it is scored invalid.", valid="a number > 0", gt=0
     )
