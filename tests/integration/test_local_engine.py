@@ -235,3 +235,22 @@ def test_embedded_model_quick_rollout():
         assert (torch.tensor(c.logprobs) - teacher_forced(model, c, 0.7)).abs().max() <= 1e-4
         if c.finish_reason == "stop":
             assert tokenizer.convert_ids_to_tokens(c.completion_token_ids[-1]) == "<|im_end|>"
+
+
+def test_rows_in_flight_stay_within_the_bound(tiny_model):
+    model, tokenizer = tiny_model
+    engine = LocalEngine(
+        model, tokenizer, max_concurrent_rollouts=5, stop_token_ids=list(range(0, len(tokenizer), 7))
+    )
+    batch_sizes, prefill_prompts = [], []
+    forward = engine.forward
+
+    def recording(input_ids, *args):
+        (batch_sizes if input_ids.shape[1] == 1 else prefill_prompts).append(input_ids.shape[0])
+        return forward(input_ids, *args)
+
+    engine.forward = recording
+    groups = engine.generate(make_prompts(4), SamplingParams(n=3, max_tokens=12, seed=8))
+    assert [len(g) for g in groups] == [3, 3, 3, 3]
+    assert max(batch_sizes) == 5
+    assert sum(prefill_prompts) == 4  # one prefill per prompt, although candidates joined at different times

@@ -255,8 +255,8 @@ class Run:
             n_old = len(kept.owners)
             keys[:n_old, :, :shift] = 0
             values[:n_old, :, :shift] = 0
-            keys[:n_old, :, shift:length] = k_old.index_select(0, keep_B)[:, :, trim : self.length]
-            values[:n_old, :, shift:length] = v_old.index_select(0, keep_B)[:, :, trim : self.length]
+            keys[:n_old, :, shift:length] = k_old[:, :, trim : self.length].index_select(0, keep_B)
+            values[:n_old, :, shift:length] = v_old[:, :, trim : self.length].index_select(0, keep_B)
         if kept is not None:
             kept.start_B += shift - trim
         if fresh is not None:
