@@ -254,3 +254,23 @@ def test_rows_in_flight_stay_within_the_bound(tiny_model):
     assert [len(g) for g in groups] == [3, 3, 3, 3]
     assert max(batch_sizes) == 5
     assert sum(prefill_prompts) == 4  # one prefill per prompt, although candidates joined at different times
+
+
+def test_eager_attention_gives_the_same_samples(tiny_model):
+    from openrft.testing import tiny_model as build
+
+    model, tokenizer = tiny_model
+    eager, _ = build(seed=0)
+    eager.set_attn_implementation("eager")
+    assert eager.config._attn_implementation == "eager"
+    params = SamplingParams(n=2, temperature=1.0, top_k=0, max_tokens=8, seed=9)
+    stops = list(range(0, len(tokenizer), 5))
+    with_sdpa = LocalEngine(model, tokenizer, max_concurrent_rollouts=3, stop_token_ids=stops).generate(
+        make_prompts(3), params
+    )
+    with_eager = LocalEngine(eager, tokenizer, max_concurrent_rollouts=3, stop_token_ids=stops).generate(
+        make_prompts(3), params
+    )
+    assert tokens_of(with_sdpa) == tokens_of(with_eager)
+    for c in (c for g in with_eager for c in g):
+        assert (torch.tensor(c.logprobs) - teacher_forced(eager, c, 1.0)).abs().max() <= 1e-4
