@@ -283,7 +283,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         summaries.append(
             summarize_run(label, path, state=state, wall_s=wall_time(record) if record else None)
         )
-    text, warnings = format_comparison([label for label, _, _ in runs], configs, summaries)
+    text, warnings = format_comparison([label for label, _, _ in runs], configs, summaries, config_defaults())
     print(text)
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
@@ -293,6 +293,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = plot_jobs([(label, path) for label, path, _ in runs], Path(args.out or default))
     print(f"\nplot: {out}")
     return 0
+
+
+def config_defaults() -> dict[str, Any]:
+    """Every parameter's default in this openrft version, JSON-ready (as stored configs hold them)."""
+    from openrft.config import JobConfig
+
+    return {
+        name: value for group in JobConfig().model_dump(mode="json").values() for name, value in group.items()
+    }
 
 
 def _folder_config(job_dir: Path) -> dict[str, Any]:

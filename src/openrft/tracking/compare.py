@@ -67,16 +67,22 @@ def summarize_run(
     )
 
 
-def differing_parameters(configs: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+def differing_parameters(
+    configs: Sequence[dict[str, Any]], defaults: dict[str, Any] | None = None
+) -> dict[str, list[Any]]:
     """``{parameter: [value per job]}`` for every compared parameter whose values are not all equal.
 
-    ``configs`` are flat ``{field_name: value}`` dicts (a missing field counts as unset).
+    ``configs`` are flat ``{field_name: value}`` dicts. A field missing from a config
+    (a job made by an openrft version without that parameter) takes its value from
+    ``defaults``, or counts as unset.
     """
+    defaults = defaults or {}
+    filled = [{**defaults, **cfg} for cfg in configs]
     names = sorted({name for cfg in configs for name in cfg} - NOT_COMPARED)
     return {
-        name: [cfg.get(name) for cfg in configs]
+        name: [cfg.get(name) for cfg in filled]
         for name in names
-        if any(cfg.get(name) != configs[0].get(name) for cfg in configs[1:])
+        if any(cfg.get(name) != filled[0].get(name) for cfg in filled[1:])
     }
 
 
@@ -103,10 +109,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def format_comparison(
-    labels: Sequence[str], configs: Sequence[dict[str, Any]], summaries: Sequence[RunSummary]
+    labels: Sequence[str],
+    configs: Sequence[dict[str, Any]],
+    summaries: Sequence[RunSummary],
+    defaults: dict[str, Any] | None = None,
 ) -> tuple[str, list[str]]:
     """The comparison as text, and the warnings (printed separately)."""
-    differing = differing_parameters(configs)
+    differing = differing_parameters(configs, defaults)
     warnings = []
     lines: list[str] = []
     if not differing:

@@ -103,6 +103,7 @@ def plot_jobs(runs: Sequence[tuple[str, Path]], out: Path, title: str = "") -> P
         raise ValueError("plot_jobs needs at least one run")
     plt = _pyplot()
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     data = [(label, read_jsonl(Path(path))) for label, path in runs]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -119,6 +120,7 @@ def plot_jobs(runs: Sequence[tuple[str, Path]], out: Path, title: str = "") -> P
                     ax.plot(steps, values, linestyle=style, color=color, marker=marker, markersize=3)
                     drawn += 1
         ax.set_title(panel.title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         ax.set_xlabel("training step")
         ax.set_ylabel(panel.ylabel)
         ax.grid(alpha=0.3)

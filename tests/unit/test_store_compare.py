@@ -1,0 +1,66 @@
+"""Comparing stored jobs: exactly the differing parameters, and hand-computed reward summaries."""
+
+from __future__ import annotations
+
+import json
+
+from openrft.tracking.compare import differing_parameters, format_comparison, summarize_run
+
+
+def test_only_differing_learning_parameters_are_named():
+    a = {"learning_rate": 1e-4, "temperature": 0.7, "job_id": "a", "output_model": "/x", "wandb_project": "p"}
+    b = {"learning_rate": 2e-4, "temperature": 0.7, "job_id": "b", "output_model": "/y", "wandb_project": "q"}
+    assert differing_parameters([a, b]) == {"learning_rate": [1e-4, 2e-4]}
+    c = {**b, "temperature": 1.0}
+    assert differing_parameters([a, b, c]) == {
+        "learning_rate": [1e-4, 2e-4, 2e-4],
+        "temperature": [0.7, 0.7, 1.0],
+    }
+    assert differing_parameters([a, dict(a)]) == {}
+
+
+def test_a_parameter_missing_from_an_older_job_takes_its_default():
+    old = {"learning_rate": 1e-4}
+    new = {"learning_rate": 1e-4, "eval_candidates": 1}
+    assert differing_parameters([old, new], {"eval_candidates": 1}) == {}
+    assert differing_parameters([old, new]) == {"eval_candidates": [None, 1]}
+    assert differing_parameters([old, {**new, "eval_candidates": 4}], {"eval_candidates": 1}) == {
+        "eval_candidates": [1, 4]
+    }
+
+
+def write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_summary_final_and_best(tmp_path):
+    rows = [
+        {"step": 0, "eval/reward": 0.2},
+        {"step": 1, "reward/mean": 0.3},
+        {"step": 2, "reward/mean": 0.6, "eval/reward": 0.5},
+        {"step": 3, "reward/mean": 0.4, "eval/reward": None},
+        {"step": 4, "reward/mean": 0.5, "eval/reward": 0.45},
+    ]
+    s = summarize_run("a", write(tmp_path / "m.jsonl", rows), state="COMPLETED", wall_s=75.0)
+    assert (s.steps, s.final_reward, s.best_reward, s.best_reward_step) == (4, 0.5, 0.6, 2)
+    assert (s.final_eval, s.best_eval) == (0.45, 0.5)
+    empty = summarize_run("b", tmp_path / "missing.jsonl")
+    assert (empty.steps, empty.final_reward, empty.best_reward) == (0, None, None)
+    text, warnings = format_comparison(["a", "b"], [{"seed": 1}, {"seed": 2}], [s, empty])
+    assert warnings == []
+    lines = text.splitlines()
+    assert lines[:3] == ["Parameters that differ:", "  parameter  a  b", "  seed       1  2"]
+    assert lines[-2].split() == [
+        "a",
+        "COMPLETED",
+        "4",
+        "0.500",
+        "0.600",
+        "(step",
+        "2)",
+        "0.450",
+        "0.500",
+        "1m15s",
+    ]
+    assert lines[-1].split() == ["b", "-", "0", "-", "-", "-", "-", "-"]
