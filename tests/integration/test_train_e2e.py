@@ -156,3 +156,32 @@ def test_warm_start_continues_from_an_adapter_with_it_as_reference(tiny_model_di
     a = load_file(str(adapter / "adapter_model.safetensors"))
     b = load_file(str(second / "out" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_through_an_endpoint_syncs_the_adapter_each_step(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from openrft.models import load_tokenizer
+    from openrft.rollout.local import LocalEngine
+    from openrft.rollout.server import BackgroundServer, create_app
+
+    served_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    served = LocalEngine(served_model, load_tokenizer(str(tiny_model_dir)))
+    with BackgroundServer(create_app(served, str(tiny_model_dir))) as server:
+        flags = _flags(
+            tiny_model_dir,
+            tmp_path,
+            "dapo",
+            "spread",
+            "--rollout-engine",
+            "endpoint",
+            "--endpoint-url",
+            server.url,
+        )
+        flags[flags.index("--batch-size") + 1] = "100000"  # one step per round: every step starts on-policy
+        assert main(["rftj", "create", *flags]) == 0
+    rows = [r for r in read_jsonl(tmp_path / "out" / "metrics.jsonl") if "loss/policy" in r]
+    assert len(rows) == 2  # 4 training prompts, rounds of 2
+    # the server sampled with the adapter the trainer had just produced, so each step starts at ratio 1
+    for row in rows:
+        assert row["ratio/mean"] == pytest.approx(1.0, abs=1e-3), row["step"]

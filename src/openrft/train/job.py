@@ -12,6 +12,7 @@ Job folder (``$OPENRFT_HOME/jobs/<id>/`` unless given)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -128,13 +129,56 @@ def make_scorer(
     return score
 
 
-def make_engine(cfg: JobConfig, model, tokenizer, evaluator):
+def make_engine(cfg: JobConfig, model, tokenizer, evaluator, job_dir: Path):
+    """The rollout engine and the hook that hands it each new policy version.
+
+    local: samples from the live adapter in this process, nothing to sync. endpoint: an
+    OpenAI-compatible server (vLLM with runtime LoRA loading); after each optimizer step the
+    adapter is saved under ``job_dir/adapters/`` and loaded on the server under a new name.
+    With ``--ray-address`` the rollouts run on Ray actors (:mod:`openrft.distributed`).
+    """
+    concurrency = cfg.rollout.max_concurrent_rollouts or evaluator.max_concurrent_rollouts
+    if cfg.rollout.ray_address:
+        from openrft.distributed import ray_engine
+
+        return ray_engine(cfg, model, tokenizer, concurrency)
+    if cfg.rollout.rollout_engine == "endpoint":
+        from openrft.rollout import EndpointEngine
+
+        engine = EndpointEngine(
+            cfg.rollout.endpoint_url,
+            tokenizer,
+            base_model_name(cfg),
+            max_concurrent_rollouts=concurrency or 32,
+        )
+        return engine, _endpoint_sync(engine, model, job_dir)
+    if cfg.rollout.rollout_engine == "vllm":
+        from openrft.rollout.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine(base_model_name(cfg), tokenizer, max_concurrent_rollouts=concurrency)
+        return engine, _endpoint_sync(engine, model, job_dir)
     from openrft.rollout import LocalEngine
 
-    concurrency = cfg.rollout.max_concurrent_rollouts or evaluator.max_concurrent_rollouts
-    if cfg.rollout.rollout_engine != "local":
-        raise ConfigError(f"--rollout-engine {cfg.rollout.rollout_engine} is not available for training yet")
-    return LocalEngine(model, tokenizer, max_concurrent_rollouts=concurrency)
+    return LocalEngine(model, tokenizer, max_concurrent_rollouts=concurrency), lambda version: None
+
+
+def _endpoint_sync(engine, model, job_dir: Path) -> Callable[[int], None]:
+    """Save the adapter of each policy version and make the engine sample with it."""
+    previous: list[str] = []
+
+    def sync(version: int) -> None:
+        name = f"{job_dir.name}-v{version:06d}"
+        path = job_dir / "adapters" / name
+        with atomic_directory(path) as tmp:
+            P.save_adapter(model, tmp)
+        engine.load_adapter(str(path), name)
+        for old in previous:
+            with contextlib.suppress(Exception):
+                engine.unload_adapter(old)
+            shutil.rmtree(job_dir / "adapters" / old, ignore_errors=True)
+        previous[:] = [name]
+
+    return sync
 
 
 def make_optimizer(cfg: JobConfig, model):
@@ -176,8 +220,9 @@ def run_training(
         jsonl.truncate_after(state.step)
     elif paths.metrics.exists():
         jsonl.truncate_after(-1)
-    engine = make_engine(cfg, model, tokenizer, evaluator)
+    engine, sync_policy = make_engine(cfg, model, tokenizer, evaluator, job_dir)
     engine.policy_version = state.optimizer_step
+    sync_policy(state.optimizer_step)
     total_rounds = cfg.training.epochs * rounds_per_epoch(len(train_prompts), cfg.training.chunk_size)
     progress = ProgressBar(total_rounds, enabled=not quiet)
     ctx = TrainContext(
@@ -193,6 +238,7 @@ def run_training(
         sink=MultiSink(jsonl, *extra_sinks),
         checkpoint_dir=paths.checkpoints,
         progress=progress,
+        on_policy_update=sync_policy,
         should_stop=should_stop,
         eval_candidates=cfg.training.eval_candidates,
     )
