@@ -481,3 +481,22 @@ def test_output_piped_into_a_closed_reader_ends_quietly(fake, home, model_dir, c
     proc.stdout.close()  # like `| head -0`
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and b"Traceback" not in err and b"BrokenPipe" not in err
+
+
+def test_resuming_a_job_stored_before_a_parameter_existed(fake, home, model_dir, capsys, monkeypatch):
+    import sqlite3
+
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    create(capsys, model_dir, "--job-id", "a")
+    store = JobStore()
+    config = store.get("a").config
+    del config["training"]["seed"]  # as if "seed" were added after the job was created
+    with sqlite3.connect(store.db_path) as db:
+        db.execute("UPDATE jobs SET config_json = ? WHERE id = 'a'", (json.dumps(config),))
+    assert main(["rftj", "resume", "a", "--quiet"]) == 0
+    assert "resolves" not in capsys.readouterr().err  # no false "changed" warning
+    config["training"]["learning_rate"] = 3e-4  # a stored value this version resolves differently
+    with sqlite3.connect(store.db_path) as db:
+        db.execute("UPDATE jobs SET config_json = ?, state = 'FAILED' WHERE id = 'a'", (json.dumps(config),))
+    assert main(["rftj", "resume", "a", "--quiet"]) == 0
+    assert "warning: this openrft version resolves learning-rate differently" in capsys.readouterr().err

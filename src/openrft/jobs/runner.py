@@ -376,7 +376,7 @@ def _has_checkpoint(job_dir: Path) -> bool:
 
 def _changed(before: dict[str, Any], after_nested: dict[str, Any]) -> list[str]:
     after = {name: value for group in after_nested.values() for name, value in group.items()}
-    return [name.replace("_", "-") for name in after if before.get(name) != after[name]]
+    return [name.replace("_", "-") for name in after if name in before and before[name] != after[name]]
 
 
 __all__ = [
