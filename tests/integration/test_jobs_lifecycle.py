@@ -189,6 +189,7 @@ def test_foreground_job_goes_through_every_state_to_completed(fake, home, model_
     main(["rftj", "get", "a", "-o", "json"])
     got = json.loads(capsys.readouterr().out)
     assert got["state"] == "COMPLETED" and got["latest_metrics"]["step"] == 4
+    assert got["latest_metrics"]["eval/reward"] == got["latest_metrics"]["reward/mean"] == 1.0
     assert [t["state"] for t in got["transitions"]] == ["PENDING", "VALIDATING", "RUNNING", "COMPLETED"]
     assert got["config"]["training"]["base_model"] == str(model_dir)
 
@@ -381,7 +382,7 @@ def test_rollouts_command_orders_and_filters(fake, home, model_dir, capsys):
     assert [(r["step"], r["score"]) for r in rows] == [(4, 0.0), (4, 1 / 3)]
     main(["rftj", "rollouts", "a", "--step", "2", "--best", "--limit", "1"])
     text = capsys.readouterr().out
-    assert "1 rollouts of step 2 (best first)" in text
+    assert "1 rollout of step 2 (best first)" in text
     assert "What is 2 + 3?" in text and "<answer>5</answer>" in text and "candidate 3" in text
     assert main(["rftj", "rollouts", "a", "--step", "9"]) == 7
     assert "no rollouts for step 9" in capsys.readouterr().err

@@ -187,7 +187,11 @@ def cmd_get(args: argparse.Namespace) -> int:
 
     record = _store().get(args.job_id)
     metrics = read_jsonl(record.metrics_path)
-    latest = metrics[-1] if metrics else {}
+    last_step = metrics[-1].get("step") if metrics else None
+    latest: dict[str, Any] = {}
+    for row in metrics:  # the last step's training line and the evaluation logged after it
+        if row.get("step") == last_step:
+            latest.update({k: v for k, v in row.items() if v is not None})
     if args.output == "json":
         print(
             json.dumps({**record.to_json(), "wall_s": wall_time(record), "latest_metrics": latest}, indent=2)
@@ -339,7 +343,8 @@ def cmd_rollouts(args: argparse.Namespace) -> int:
         print(json.dumps(picked, indent=2))
         return 0
     order = "worst first" if args.worst else "best first" if args.best else "in sampling order"
-    print(f"job {record.id}: {len(picked)} rollouts of step {step} ({order})\n")
+    noun = "rollout" if len(picked) == 1 else "rollouts"
+    print(f"job {record.id}: {len(picked)} {noun} of step {step} ({order})\n")
     for r in picked:
         score = r.get("score")
         valid = "" if r.get("valid", True) else "  INVALID"
