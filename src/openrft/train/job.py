@@ -114,6 +114,10 @@ def make_scorer(
 ) -> Callable[[Sequence[Prompt], list[list[Completion]]], list[list[Score]]]:
     from openrft.evaluators import check_invalid_rate, score_groups
 
+    if cfg.rollout.ray_address:  # evaluator calls as Ray tasks (same contract)
+        from openrft.distributed import ray_scorer
+
+        return ray_scorer(cfg, evaluator)
     concurrency = cfg.rollout.max_concurrent_evaluations or evaluator.max_concurrent_evaluations
 
     def score(prompts: Sequence[Prompt], completions: list[list[Completion]]) -> list[list[Score]]:

@@ -1,0 +1,381 @@
+"""The Ray rollout engine: prompts fanned out to rollout actors, the adapter shipped as a snapshot.
+
+:class:`RayEngine` is a :class:`~openrft.records.RolloutEngine` that lives in the trainer's
+process. A call to :meth:`RayEngine.generate`:
+
+1. renders the prompts to token ids (the trainer's tokenizer, so prompt tokens are exactly
+   the trainer's);
+2. makes sure an adapter snapshot recent enough exists: when the last one is more than
+   ``max_staleness`` versions behind ``policy_version``, the live adapter's tensors (PEFT's
+   ``get_peft_model_state_dict``: megabytes, never the base weights) are put into the
+   object store once, tagged with the version;
+3. cuts the prompts into chunks and keeps ``calls_per_worker`` chunks queued on each live
+   actor, handing the next chunk to whichever actor returns first. Each call carries a
+   handle to the snapshot and the oldest version it may sample with; an actor whose
+   adapter is older (a fresh or restarted one, or after a step) loads the snapshot first;
+4. collects the completions in prompt order and checks that each one's ``policy_version``
+   is at least ``policy_version - max_staleness``.
+
+A chunk whose actor dies (process crash, node loss, ``ray.kill``) is put back at the front
+of the queue and sampled again by whichever actor is free, the restarted one included, so
+no prompt is lost; only a chunk's successful return is kept, so none is returned twice.
+An actor that fails more than ``max_restarts`` times is retired; when none is left the
+call fails with :class:`RolloutError`. An exception raised by the engine inside an actor
+(bad input, a model error) is raised here as is.
+
+Sampling is seeded per ``(seed, prompt_id, candidate_index)``, so the completions do not
+depend on which actor samples which prompt: they match an in-process engine's up to float
+rounding of the forward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from openrft.errors import ConfigError, OpenRFTError, RolloutError
+from openrft.records import Completion, Prompt, SamplingParams
+from openrft.rollout.prompts import encode_messages
+from openrft.rollout.sampling import check_params
+
+from .cluster import check_capacity, connect, require_ray
+from .worker import TRAINABLE, AdapterSnapshot, RolloutWorker, WorkerSpec
+
+DEFAULT_MAX_RESTARTS = 3
+CHUNKS_PER_WORKER = 4  # a call is cut into about this many chunks per actor, for balance
+CALLS_PER_WORKER = 2  # chunks queued on one actor at a time, so it never waits for the next
+START_TIMEOUT_S = 900.0  # model loading (vLLM on a large model takes minutes)
+
+Items = Sequence[tuple[str, Sequence[int]]]
+
+
+class RayEngine:
+    """Rollouts on ``workers`` Ray actors built from ``spec``, sampling with ``model``'s adapter.
+
+    ``model`` is the trainer's live PEFT model (read, never changed); ``policy_version`` is
+    set by the training loop after each optimizer step. ``actor_options`` are Ray actor
+    options (resources); ``prompts_per_call`` fixes the chunk size (default: about
+    ``CHUNKS_PER_WORKER`` chunks per actor per call).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        spec: WorkerSpec,
+        *,
+        workers: int,
+        max_staleness: int = 0,
+        max_restarts: int = DEFAULT_MAX_RESTARTS,
+        prompts_per_call: int | None = None,
+        actor_options: dict[str, Any] | None = None,
+        start_timeout: float = START_TIMEOUT_S,
+    ):
+        if workers < 1 or max_staleness < 0 or max_restarts < 0:
+            raise ConfigError(f"invalid Ray engine settings: {workers=}, {max_staleness=}, {max_restarts=}")
+        self.ray = require_ray()
+        self.model, self.tokenizer, self.spec = model, tokenizer, spec
+        self.policy_version = 0
+        self.max_staleness, self.max_restarts = max_staleness, max_restarts
+        self.prompts_per_call = prompts_per_call
+        self.actor_failures = 0  # deaths observed (each one restarts the actor)
+        self.requeued_prompts = 0
+        self.snapshots = 0  # adapter snapshots put into the object store
+        self.adapter_bytes = 0  # size of the last snapshot
+        self._snapshot: AdapterSnapshot | None = None
+        options = {"max_restarts": max_restarts, "max_task_retries": 0, **(actor_options or {})}
+        actor_cls = self.ray.remote(RolloutWorker).options(**options)
+        self.workers = [actor_cls.remote(spec) for _ in range(workers)]
+        self._alive = [True] * workers
+        self._incarnation = [0] * workers  # deaths seen per actor
+        self._probes: dict[int, Any] = {}  # actor -> a call that returns once it has restarted
+        self._finalizer = weakref.finalize(self, _kill_actors, self.ray, list(self.workers))
+        self._wait_until_started(start_timeout)
+
+    # ------------------------------------------------------------------------- public
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        """For each prompt in order, ``params.n`` completions (candidate_index 0..n-1)."""
+        items = [(p.prompt_id, encode_messages(self.tokenizer, p.messages, p.prompt_id)) for p in prompts]
+        return self.generate_from_ids(items, params)
+
+    def generate_from_ids(self, items: Items, params: SamplingParams) -> list[list[Completion]]:
+        """Like :meth:`generate` for prompts already tokenized: ``(prompt_id, token_ids)`` pairs."""
+        check_params(params)
+        if not items:
+            return []
+        snapshot = self.snapshot()
+        min_version = self.policy_version - self.max_staleness
+        live = max(1, sum(self._alive))
+        size = self.prompts_per_call or max(1, math.ceil(len(items) / (live * CHUNKS_PER_WORKER)))
+        dispatch = _Dispatch(self, items, params, size, snapshot, min_version)
+        return dispatch.run()
+
+    def sync_policy(self, version: int) -> None:
+        """The training loop's hook after each optimizer step: later calls sample version ``version``.
+
+        The snapshot itself is taken at the next :meth:`generate` (several optimizer steps
+        may happen between two rounds; only the adapter sampled with is shipped).
+        """
+        self.policy_version = version
+
+    def snapshot(self) -> AdapterSnapshot:
+        """The adapter snapshot actors load: taken now when the last is too old for ``max_staleness``."""
+        if self._snapshot is None or self._snapshot.version < self.policy_version - self.max_staleness:
+            from peft import get_peft_model_state_dict
+
+            state = get_peft_model_state_dict(self.model, adapter_name=TRAINABLE)
+            state = {key: value.detach().to("cpu", copy=True).contiguous() for key, value in state.items()}
+            self.adapter_bytes = sum(t.numel() * t.element_size() for t in state.values())
+            self._snapshot = AdapterSnapshot(self.policy_version, self.ray.put(state))
+            self.snapshots += 1
+        return self._snapshot
+
+    def worker_info(self) -> list[dict[str, Any]]:
+        """Each live actor's process id, adapter version and restart flag."""
+        live = [w for w, alive in zip(self.workers, self._alive, strict=True) if alive]
+        return self.ray.get([w.info.options(max_task_retries=-1).remote() for w in live])
+
+    def available(self, index: int) -> bool:
+        """Whether actor ``index`` takes work now (alive and not restarting)."""
+        return self._alive[index] and index not in self._probes
+
+    def close(self) -> None:
+        """Stop the rollout actors (the cluster itself keeps running)."""
+        self._finalizer()
+
+    # ------------------------------------------------------------------------- internals
+
+    def _wait_until_started(self, timeout: float) -> None:
+        ray = self.ray
+        try:
+            ray.get([w.info.remote() for w in self.workers], timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise RolloutError(
+                f"the {len(self.workers)} rollout actors did not start within {timeout:g} s",
+                hint="check that the cluster has free resources (`ray status`) and that every node "
+                "can load the base model",
+            ) from None
+        except ray.exceptions.RayError as exc:
+            self.close()
+            raise _actor_error(exc, "a rollout actor failed to start") from None
+
+    def actor_failed(self, index: int, incarnation: int, exc: Exception) -> None:
+        """A call sent to incarnation ``incarnation`` of actor ``index`` failed: the actor died.
+
+        Counted once per incarnation (its other queued calls fail too). Until the restarted
+        actor answers a probe it gets no work; after ``max_restarts`` deaths it is retired.
+        """
+        if incarnation != self._incarnation[index] or not self._alive[index]:
+            return
+        self._incarnation[index] += 1
+        self.actor_failures += 1
+        if self._incarnation[index] > self.max_restarts:
+            self._retire(index, exc)
+        else:  # Ray retries the probe while the actor restarts; it fails once the actor is dead for good
+            self._probes[index] = self.workers[index].info.options(max_task_retries=-1).remote()
+
+    def probe_returned(self, index: int) -> None:
+        ref = self._probes.pop(index)
+        try:
+            self.ray.get(ref)
+        except self.ray.exceptions.RayError as exc:
+            self._retire(index, exc)
+
+    def _retire(self, index: int, exc: Exception) -> None:
+        self._alive[index] = False
+        self._probes.pop(index, None)
+        if not any(self._alive):
+            raise _actor_error(
+                exc, f"every rollout actor died (each was restarted up to {self.max_restarts} times)"
+            )
+
+
+class _Dispatch:
+    """One :meth:`RayEngine.generate_from_ids` call: chunks queued on actors, failures re-queued."""
+
+    def __init__(
+        self,
+        engine: RayEngine,
+        items: Items,
+        params: SamplingParams,
+        size: int,
+        snapshot: AdapterSnapshot,
+        min_version: int,
+    ):
+        self.engine, self.items, self.params, self.size = engine, items, params, size
+        self.snapshot, self.min_version = snapshot, min_version
+        self.pending: deque[int] = deque(range(0, len(items), size))  # chunk start indices
+        self.in_flight: dict[Any, tuple[int, int, int]] = {}  # ref -> (actor, incarnation, start)
+        self.queued = [0] * len(engine.workers)
+        self.results: list[list[Completion] | None] = [None] * len(items)
+
+    def run(self) -> list[list[Completion]]:
+        ray = self.engine.ray
+        try:
+            while self.pending or self.in_flight:
+                self._submit()
+                probes = {ref: actor for actor, ref in self.engine._probes.items()}
+                (ref,), _ = ray.wait([*self.in_flight, *probes], num_returns=1)
+                if ref in probes:
+                    self.engine.probe_returned(probes[ref])
+                else:
+                    self._collect(ref)
+        except BaseException:
+            for ref in self.in_flight:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)
+            raise
+        return [groups for groups in self.results if groups is not None]
+
+    def _submit(self) -> None:
+        engine = self.engine
+        while self.pending:
+            live = [
+                i
+                for i in range(len(engine.workers))
+                if engine.available(i) and self.queued[i] < CALLS_PER_WORKER
+            ]
+            if not live:
+                return
+            actor = min(live, key=lambda i: self.queued[i])
+            start = self.pending.popleft()
+            chunk = [(pid, list(ids)) for pid, ids in self.items[start : start + self.size]]
+            ref = engine.workers[actor].generate.remote(chunk, self.params, self.snapshot, self.min_version)
+            self.in_flight[ref] = (actor, engine._incarnation[actor], start)
+            self.queued[actor] += 1
+
+    def _collect(self, ref: Any) -> None:
+        ray, engine = self.engine.ray, self.engine
+        actor, incarnation, start = self.in_flight.pop(ref)
+        self.queued[actor] -= 1
+        chunk = self.items[start : start + self.size]
+        try:
+            groups = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:  # the engine raised inside the actor
+            raise _actor_error(exc, "sampling failed on a rollout actor") from None
+        except ray.exceptions.RayError as exc:  # the actor died or became unreachable
+            engine.requeued_prompts += len(chunk)
+            self.pending.appendleft(start)
+            engine.actor_failed(actor, incarnation, exc)
+            return
+        self._check(groups, chunk)
+        self.results[start : start + len(chunk)] = groups
+
+    def _check(self, groups: list[list[Completion]], chunk: Items) -> None:
+        if [g[0].prompt_id if g else None for g in groups] != [pid for pid, _ in chunk]:
+            raise RolloutError("a rollout actor returned completions for the wrong prompts")
+        for group in groups:
+            for completion in group:
+                if completion.policy_version < self.min_version:
+                    raise RolloutError(
+                        f"a rollout of prompt {completion.prompt_id} used policy version "
+                        f"{completion.policy_version}, older than the {self.min_version} allowed "
+                        f"(policy version {self.engine.policy_version}, --max-staleness {self.engine.max_staleness})"
+                    )
+
+
+def _actor_error(exc: Exception, what: str) -> OpenRFTError:
+    """An openrft error raised inside an actor as itself; anything else as a RolloutError."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, OpenRFTError):
+        return cause
+    text = str(cause if cause is not None else exc).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return RolloutError(f"{what}: {lines[-1] if lines else type(exc).__name__}")
+
+
+def _kill_actors(ray: Any, actors: list[Any]) -> None:
+    if not ray.is_initialized():
+        return
+    for actor in actors:
+        with contextlib.suppress(Exception):
+            ray.kill(actor, no_restart=True)
+
+
+# ----------------------------------------------------------------------------- from a job config
+
+
+def ray_engine(cfg: Any, model: Any, tokenizer: Any, concurrency: int | None) -> tuple[RayEngine, Callable]:
+    """The job's rollout engine on the Ray cluster at ``--ray-address``, and its policy-sync hook.
+
+    ``concurrency`` (``--max-concurrent-rollouts`` or the evaluator's) bounds the sequences
+    in flight over all actors together: each of the ``--rollout-workers`` actors gets an
+    equal share (and there are never more actors than sequences allowed).
+    """
+    from openrft.models import end_token_ids
+    from openrft.train.job import base_model_name
+
+    r = cfg.rollout
+    if r.rollout_engine == "endpoint":
+        raise ConfigError(
+            "--ray-address runs the rollouts on Ray actors, but --rollout-engine endpoint samples on a server",
+            field="ray_address",
+            hint="use --rollout-engine local (CPU actors) or vllm (GPU actors) with --ray-address",
+        )
+    workers, per_worker = plan_workers(r.rollout_workers, concurrency)
+    ray = connect(r.ray_address, num_cpus=workers)
+    resources = _actor_resources(ray, r.rollout_engine, workers)
+    check_capacity(ray, workers, {k: v for k, v in resources.items() if v})
+    spec = WorkerSpec(
+        base_model=_portable_model_name(base_model_name(cfg)),
+        lora_config=model.peft_config[TRAINABLE],
+        engine=r.rollout_engine,
+        max_concurrent_rollouts=per_worker,
+        stop_token_ids=end_token_ids(tokenizer, model),
+        torch_threads=int(resources["CPU"]) if r.rollout_engine == "local" else None,
+    )
+    engine = RayEngine(
+        model,
+        tokenizer,
+        spec,
+        workers=workers,
+        max_staleness=r.max_staleness,
+        actor_options={"num_cpus": resources["CPU"], "num_gpus": resources["GPU"]},
+    )
+    return engine, engine.sync_policy
+
+
+def plan_workers(workers: int, concurrency: int | None) -> tuple[int, int | None]:
+    """``(actors, sequences in flight per actor)`` so that all actors together stay within ``concurrency``.
+
+    Unset ``concurrency`` leaves each actor its engine's default.
+    """
+    if not concurrency:
+        return workers, None
+    workers = min(workers, concurrency)
+    return workers, concurrency // workers
+
+
+def _actor_resources(ray: Any, engine: str, workers: int) -> dict[str, float]:
+    """CPU actors share the cluster's cores (at least one each, at most one node's worth); vLLM takes a GPU."""
+    if engine == "vllm":
+        return {"CPU": 1.0, "GPU": 1.0}
+    largest_node = max(
+        (n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0
+    )
+    total = ray.cluster_resources().get("CPU", 1.0)
+    return {"CPU": float(max(1, min(int(total // workers), int(largest_node)))), "GPU": 0.0}
+
+
+def _portable_model_name(name: str) -> str:
+    """A model directory given relative to this process's folder, made absolute for the workers."""
+    from pathlib import Path
+
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
+
+
+__all__ = [
+    "RayEngine",
+    "ray_engine",
+    "plan_workers",
+    "CHUNKS_PER_WORKER",
+    "CALLS_PER_WORKER",
+    "DEFAULT_MAX_RESTARTS",
+]

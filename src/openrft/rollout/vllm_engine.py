@@ -1,0 +1,244 @@
+"""The vLLM engine: sample in-process with ``vllm.LLM`` on a GPU, the trained adapter as a LoRA request.
+
+Install with ``pip install 'openrft[vllm]'`` on a machine with an NVIDIA GPU; ``vllm`` is
+imported only when an engine is built, and its absence is a :class:`RolloutError` that
+says so.
+
+How openrft's sampling settings map onto vLLM (one :class:`vllm.SamplingParams` per
+candidate, ``n=1``, so every candidate has its own random stream):
+
+==================  =====================================================================
+openrft             vLLM
+==================  =====================================================================
+``temperature``     ``temperature`` (0 = greedy)
+``top_p``           ``top_p`` (1.0 = off)
+``top_k``           ``top_k``; 0 (off) becomes -1, vLLM's "off" in every version
+``max_tokens``      ``max_tokens``
+``seed``            ``seed`` = a hash of (seed, prompt id, candidate index), as the endpoint
+                    engine sends; ``None`` stays ``None``
+``n``               ``n`` separate requests (candidate_index 0..n-1); the prompt's KV is
+                    shared through vLLM's prefix cache
+end tokens          ``stop_token_ids`` (EOS and the chat template's end-of-turn token)
+log-probs           ``logprobs=1``: the log-prob of each sampled token is read from the
+                    entry for that token
+==================  =====================================================================
+
+Prompts are rendered with openrft's own tokenizer and sent as token ids, and the completion
+text is decoded by the same tokenizer, exactly as the local engine does (the end token is
+kept as the last completion token and left out of the text). ``max_concurrent_rollouts``
+becomes vLLM's ``max_num_seqs``.
+
+Which log-probs vLLM reports depends on its ``logprobs_mode``; this engine asks for
+``processed_logprobs`` (after temperature scaling and top-k/top-p truncation), see
+``docs/vllm.md`` for how that relates to the trainer's own log-probs.
+
+Adapters: :meth:`VLLMEngine.load_adapter` registers a PEFT adapter directory as a new
+``LoRARequest`` (a new integer id each time, so vLLM never serves a cached older adapter
+under a reused id) and later requests use it; :meth:`VLLMEngine.unload_adapter` frees it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Any
+
+from openrft.errors import RolloutError
+from openrft.models import end_token_ids, resolve_model_dir
+from openrft.records import Completion, Prompt, SamplingParams
+from openrft.rollout.prompts import encode_messages
+from openrft.rollout.sampling import check_params, row_seed
+
+INSTALL_HINT = "install the optional extra on a GPU machine: pip install 'openrft[vllm]'"
+
+
+def import_vllm() -> tuple[Any, Any]:
+    """``(vllm, LoRARequest)``, or a :class:`RolloutError` when vLLM is not installed."""
+    try:
+        vllm = importlib.import_module("vllm")
+        lora_request = importlib.import_module("vllm.lora.request").LoRARequest
+    except ImportError as exc:
+        raise RolloutError(
+            f"--rollout-engine vllm needs the 'vllm' package, which cannot be imported ({exc})",
+            hint=INSTALL_HINT,
+        ) from None
+    return vllm, lora_request
+
+
+class VLLMEngine:
+    """A :class:`~openrft.records.RolloutEngine` backed by an in-process ``vllm.LLM`` with LoRA enabled.
+
+    ``model_name`` is the base model (a name openrft resolves, or a model directory);
+    ``tokenizer`` renders prompts and decodes completions. ``llm_options`` go to
+    ``vllm.LLM`` unchanged (``gpu_memory_utilization``, ``max_model_len``, ...).
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        tokenizer: Any,
+        *,
+        max_concurrent_rollouts: int | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        policy_version: int = 0,
+        max_lora_rank: int = 32,
+        max_loras: int = 2,
+        dtype: str = "auto",
+        logprobs_mode: str | None = "processed_logprobs",
+        **llm_options: Any,
+    ):
+        if max_concurrent_rollouts is not None and max_concurrent_rollouts < 1:
+            raise RolloutError(f"max_concurrent_rollouts must be >= 1 (got {max_concurrent_rollouts})")
+        self.vllm, self._lora_request_cls = import_vllm()
+        self.tokenizer = tokenizer
+        self.stop_token_ids = tuple(stop_token_ids or end_token_ids(tokenizer))
+        self.policy_version = policy_version
+        self.model_dir = str(resolve_model_dir(model_name))
+        options: dict[str, Any] = {
+            "model": self.model_dir,
+            "enable_lora": True,
+            "max_lora_rank": max_lora_rank,
+            "max_loras": max_loras,
+            "dtype": dtype,
+            **llm_options,
+        }
+        if max_concurrent_rollouts is not None:
+            options["max_num_seqs"] = max_concurrent_rollouts
+        if logprobs_mode is not None:
+            options["logprobs_mode"] = logprobs_mode
+        self.llm = self._build_llm(options)
+        self.adapters: dict[str, Any] = {}  # name -> LoRARequest
+        self.current: Any = None  # the LoRARequest sampled from (None = the base model)
+        self._next_id = 0
+
+    def _build_llm(self, options: dict[str, Any]) -> Any:
+        try:
+            return self.vllm.LLM(**options)
+        except TypeError as exc:
+            if "logprobs_mode" not in str(exc):
+                raise RolloutError(f"cannot start vLLM for {self.model_dir}: {exc}") from None
+            options.pop("logprobs_mode")  # an older vLLM: its only mode is raw log-probs
+            return self.vllm.LLM(**options)
+
+    # ------------------------------------------------------------------------- sampling
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        """For each prompt in order, ``params.n`` completions (candidate_index 0..n-1)."""
+        encoded = [(p.prompt_id, encode_messages(self.tokenizer, p.messages, p.prompt_id)) for p in prompts]
+        return self.generate_from_ids(encoded, params)
+
+    def generate_from_ids(
+        self,
+        prompts: Sequence[tuple[str, Sequence[int]]],
+        params: SamplingParams,
+        *,
+        stop_token_ids: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        """Like :meth:`generate` for prompts already tokenized: ``(prompt_id, token_ids)`` pairs."""
+        check_params(params)
+        stops = tuple(stop_token_ids) if stop_token_ids else self.stop_token_ids
+        requests, settings = [], []
+        for prompt_id, ids in prompts:
+            for candidate in range(params.n):
+                requests.append({"prompt_token_ids": list(ids)})
+                settings.append(self.sampling_params(params, prompt_id, candidate, stops))
+        version = self.policy_version
+        try:
+            outputs = self.llm.generate(
+                requests, sampling_params=settings, lora_request=self.current, use_tqdm=False
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise RolloutError(f"vLLM failed to sample: {exc}") from None
+        if len(outputs) != len(requests):
+            raise RolloutError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
+        flat = iter(outputs)
+        return [
+            [self._completion(next(flat), prompt_id, ids, c, stops, version) for c in range(params.n)]
+            for prompt_id, ids in prompts
+        ]
+
+    def sampling_params(
+        self, params: SamplingParams, prompt_id: str, candidate: int, stops: Sequence[int]
+    ) -> Any:
+        """The ``vllm.SamplingParams`` of one candidate (see the module docstring)."""
+        seed = None if params.seed is None else row_seed(params.seed, prompt_id, candidate) & 0x7FFFFFFF
+        return self.vllm.SamplingParams(
+            n=1,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k if params.top_k > 0 else -1,
+            max_tokens=params.max_tokens,
+            seed=seed,
+            stop_token_ids=list(stops),
+            logprobs=1,
+            detokenize=False,
+        )
+
+    def _completion(
+        self,
+        output: Any,
+        prompt_id: str,
+        ids: Sequence[int],
+        candidate: int,
+        stops: Sequence[int],
+        version: int,
+    ) -> Completion:
+        sample = output.outputs[0]
+        token_ids = [int(t) for t in sample.token_ids]
+        reason = sample.finish_reason
+        if reason not in ("stop", "length"):
+            raise RolloutError(f"vLLM ended a completion of prompt {prompt_id} with finish_reason={reason!r}")
+        if sample.logprobs is None or len(sample.logprobs) != len(token_ids):
+            got = "no" if sample.logprobs is None else len(sample.logprobs)
+            raise RolloutError(
+                f"vLLM returned {got} log-probs for {len(token_ids)} tokens of prompt {prompt_id}"
+            )
+        logprobs = tuple(
+            _logprob(step, token) for step, token in zip(sample.logprobs, token_ids, strict=True)
+        )
+        stopped = reason == "stop" and bool(token_ids) and token_ids[-1] in stops
+        text = self.tokenizer.decode(token_ids[:-1] if stopped else token_ids, skip_special_tokens=True)
+        return Completion(
+            prompt_id=prompt_id,
+            candidate_index=candidate,
+            prompt_token_ids=tuple(ids),
+            completion_token_ids=tuple(token_ids),
+            text=text,
+            logprobs=logprobs,
+            finish_reason=reason,
+            policy_version=version,
+        )
+
+    # ------------------------------------------------------------------------- adapters
+
+    def load_adapter(self, path: str, name: str) -> None:
+        """Register the PEFT adapter saved at ``path`` as ``name``; later requests sample with it."""
+        self._next_id += 1
+        request = self._lora_request_cls(name, self._next_id, str(path))
+        try:
+            self.llm.llm_engine.add_lora(request)  # load now, so a bad adapter fails here
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise RolloutError(f"vLLM cannot load the adapter {path}: {exc}") from None
+        self.adapters[name] = request
+        self.current = request
+
+    def unload_adapter(self, name: str) -> None:
+        """Free a previously loaded adapter (sampling falls back to the base model if it was current)."""
+        request = self.adapters.pop(name, None)
+        if request is None:
+            return
+        self.llm.llm_engine.remove_lora(request.lora_int_id)
+        if self.current is request:
+            self.current = None
+
+
+def _logprob(step: Any, token_id: int) -> float:
+    """The sampled token's log-prob from one position's ``{token_id: Logprob}`` entry."""
+    try:
+        entry = step[token_id]
+    except (KeyError, IndexError, TypeError):
+        raise RolloutError(f"vLLM returned no log-prob for the sampled token {token_id}") from None
+    return float(getattr(entry, "logprob", entry))
+
+
+__all__ = ["VLLMEngine", "import_vllm", "INSTALL_HINT"]
