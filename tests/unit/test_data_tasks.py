@@ -16,7 +16,7 @@ GSM8K_TRAIN = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" 
 if not GSM8K_TRAIN.exists():
     GSM8K_TRAIN = Path("/work/shared/data/gsm8k/train.jsonl")
 
-QUESTION_RE = re.compile(r"What is (\d+) ([+\-*]) (\d+)\?")
+QUESTION_RE = re.compile(r"What is (\d+) ([+\-*]) (\d+)\? Put the answer in <answer><\/answer> tags\.")
 
 
 def test_arithmetic_rows_are_seeded_and_answers_right():

@@ -30,7 +30,7 @@ QUICKSTART_FLAGS: dict[str, object] = {
     "learning_rate": 4e-4,
     "lora_rank": 16,
     "response_candidates_count": 8,
-    "temperature": 1.0,
+    "temperature": 0.7,
     "top_k": 40,
     "max_output_tokens": 48,
     "chunk_size": 8,

@@ -24,10 +24,9 @@ from typing import Any
 from openrft.errors import DataError
 
 OPS = ("+", "-", "*")
-SYSTEM_PROMPT = (
-    "You are a careful calculator. Work out the answer, then write the final number "
-    "inside <answer></answer> tags, for example <answer>42</answer>."
-)
+# The format instruction is in both turns: SmolLM2-135M follows it in ~9% of samples this way
+# (0-3% with the instruction in only one of them), enough for RL to pick the format up quickly.
+SYSTEM_PROMPT = "Always give the final answer inside <answer></answer> tags, like <answer>42</answer>."
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ def draw_problem(rng: random.Random, digits: int, ops: str) -> tuple[int, str, i
 
 
 def question(a: int, op: str, b: int) -> str:
-    return f"What is {a} {op} {b}?"
+    return f"What is {a} {op} {b}? Put the answer in <answer></answer> tags."
 
 
 def worked_answer(a: int, op: str, b: int, answer: int) -> str:
