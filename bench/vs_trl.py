@@ -193,6 +193,8 @@ def run_child(cmd: list[str], folder: Path, threads: int, timeout: float) -> dic
                 timeout=timeout, cwd=HERE.parent,
             )  # fmt: skip
             code: int | str = proc.returncode
+            if proc.returncode == -9:
+                code = "killed by SIGKILL (out of memory? see --skip-trl-gc-off, --trl-micro-batch)"
         except subprocess.TimeoutExpired:
             code = f"timed out after {timeout:g} s"
     wall = time.perf_counter() - start
@@ -325,6 +327,9 @@ def fmt(value: Any, pattern: str) -> str:
 
 def print_table(summaries: dict[str, dict[str, Any] | None]) -> None:
     labels = [label for label, s in summaries.items() if s is not None]
+    if not labels:
+        print("  no run finished")
+        return
     trl_labels = [label for label in labels if label.startswith("TRL")]
     has_openrft = "openrft" in labels
     head = ["", *labels, *([f"openrft/{t}" for t in trl_labels] if has_openrft else [])]
@@ -397,7 +402,9 @@ def print_failures(runs: dict[str, list[dict[str, Any]]], keep: bool) -> None:
 
 
 def print_notes(summaries: dict[str, dict[str, Any] | None]) -> None:
-    n = next((s["path_params"] for s in summaries.values() if s), 0)
+    if not any(summaries.values()):
+        return
+    n = next(s["path_params"] for s in summaries.values() if s)
     print(
         "  Training FLOPs = 6 x N x tokens run through the model (unpadded), N = all base parameters but the\n"
         f"  embedding matrix, plus LoRA (N = {n:,}). openrft runs each prompt once per group and skips groups\n"
