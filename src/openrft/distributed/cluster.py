@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any
 
 from openrft.errors import ConfigError
 
 INSTALL_HINT = "install the optional extra: pip install 'openrft[ray]'"
+CONNECT_TIMEOUT_S = 5.0
 
 
 def require_ray() -> Any:
@@ -52,8 +54,10 @@ def connect(address: str, *, num_cpus: int | None = None) -> Any:
     else:
         options["address"] = address
     try:
+        if address != "local":
+            _check_reachable(ray, address)
         ray.init(**options)
-    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:  # ConnectionError and TimeoutError included
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
             f"--ray-address {address}: cannot connect to a Ray cluster ({first})",
@@ -62,6 +66,23 @@ def connect(address: str, *, num_cpus: int | None = None) -> Any:
             "to run Ray on this machine only",
         ) from None
     return ray
+
+
+def _check_reachable(ray: Any, address: str) -> None:
+    """Fail within seconds when nothing listens at the address (``ray.init`` would retry for minutes)."""
+    target = address.removeprefix("ray://")
+    if target == "auto":
+        try:  # the address `ray start` left on this machine (raises ConnectionError when there is none)
+            target = ray._private.services.canonicalize_bootstrap_address(target) or ""
+        except ConnectionError:
+            raise
+        except Exception:  # a Ray version without this helper: let ray.init find out
+            return
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"expected host:port, not {target!r}")
+    with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+        pass
 
 
 def _require_client() -> None:

@@ -1,0 +1,255 @@
+"""The vLLM engine's mapping to and from vLLM, against a fake ``vllm`` module (no GPU needed).
+
+The fake records what the engine asks for and answers like vLLM's offline ``LLM``: one
+``RequestOutput`` per request, each with one ``CompletionOutput`` holding token ids, per-position
+``{token_id: Logprob}`` dicts (the sampled token plus a decoy), and a finish reason.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from openrft.errors import RolloutError
+from openrft.models import end_token_ids
+from openrft.records import Prompt, SamplingParams
+from openrft.rollout.prompts import encode_messages
+from openrft.rollout.sampling import row_seed
+from openrft.rollout.vllm_engine import VLLMEngine
+
+FIRST_TOKEN = 300  # completion tokens are FIRST_TOKEN + seed % 7, then +1, +2, ...
+
+
+@dataclass
+class Logprob:
+    logprob: float
+    rank: int = 1
+
+
+@dataclass
+class CompletionOutput:
+    token_ids: list[int]
+    logprobs: list[dict[int, Logprob]] | None
+    finish_reason: str
+    text: str = "(vLLM's text, unused)"
+
+
+@dataclass
+class RequestOutput:
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+
+
+@dataclass
+class FakeSamplingParams:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 16
+    seed: int | None = None
+    stop_token_ids: list[int] = field(default_factory=list)
+    logprobs: int | None = None
+    detokenize: bool = True
+
+
+@dataclass(frozen=True)
+class FakeLoRARequest:
+    lora_name: str
+    lora_int_id: int
+    lora_path: str
+
+
+class FakeEngineCore:
+    def __init__(self):
+        self.added: list[FakeLoRARequest] = []
+        self.removed: list[int] = []
+
+    def add_lora(self, request):
+        self.added.append(request)
+        return True
+
+    def remove_lora(self, lora_id):
+        self.removed.append(lora_id)
+        return True
+
+
+class FakeLLM:
+    """Answers each request with ``stop_after`` tokens then the stop token, or ``max_tokens`` tokens."""
+
+    instances: list[FakeLLM] = []
+    reject: set[str] = set()  # engine options this "vLLM version" does not know
+
+    def __init__(self, **options):
+        unknown = self.reject & set(options)
+        if unknown:
+            raise TypeError(f"__init__() got an unexpected keyword argument '{sorted(unknown)[0]}'")
+        self.options = options
+        self.llm_engine = FakeEngineCore()
+        self.calls: list[dict[str, Any]] = []
+        self.stop_after = 3
+        self.finish_reason: str | None = None
+        self.drop_logprob = False
+        FakeLLM.instances.append(self)
+
+    def generate(self, prompts, sampling_params=None, lora_request=None, use_tqdm=True):
+        self.calls.append(
+            {"prompts": prompts, "params": sampling_params, "lora": lora_request, "tqdm": use_tqdm}
+        )
+        return [self._answer(p["prompt_token_ids"], s) for p, s in zip(prompts, sampling_params, strict=True)]
+
+    def _answer(self, prompt_ids, params):
+        first = FIRST_TOKEN + (params.seed or 0) % 7
+        length = min(self.stop_after, params.max_tokens)
+        tokens = [first + i for i in range(length)]
+        reason = "length"
+        if length < params.max_tokens:
+            tokens.append(params.stop_token_ids[0])
+            reason = "stop"
+        logprobs = [{t: Logprob(-0.25 * (i + 1)), 7: Logprob(-9.0, rank=2)} for i, t in enumerate(tokens)]
+        if self.drop_logprob:
+            logprobs = logprobs[:-1]
+        return RequestOutput(
+            list(prompt_ids), [CompletionOutput(tokens, logprobs, self.finish_reason or reason)]
+        )
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    vllm = types.ModuleType("vllm")
+    vllm.LLM = FakeLLM
+    vllm.SamplingParams = FakeSamplingParams
+    lora = types.ModuleType("vllm.lora")
+    request = types.ModuleType("vllm.lora.request")
+    request.LoRARequest = FakeLoRARequest
+    for name, module in {"vllm": vllm, "vllm.lora": lora, "vllm.lora.request": request}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    FakeLLM.instances, FakeLLM.reject = [], set()
+    return vllm
+
+
+def _prompts(count: int = 2) -> list[Prompt]:
+    return [Prompt(f"q{i}", ({"role": "user", "content": f"What is {i} + 1?"},)) for i in range(count)]
+
+
+def test_sampling_parameters_map_one_to_one(fake_vllm, tiny_model_dir, tokenizer):
+    engine = VLLMEngine(str(tiny_model_dir), tokenizer, max_concurrent_rollouts=12, max_lora_rank=16)
+    llm = FakeLLM.instances[0]
+    assert llm.options["model"] == str(tiny_model_dir) and llm.options["enable_lora"] is True
+    assert llm.options["max_num_seqs"] == 12 and llm.options["max_lora_rank"] == 16
+    assert llm.options["logprobs_mode"] == "processed_logprobs"
+
+    params = SamplingParams(n=3, temperature=0.9, top_p=0.8, top_k=0, max_tokens=20, seed=5)
+    engine.generate(_prompts(2), params)
+    call = llm.calls[0]
+    assert call["tqdm"] is False and call["lora"] is None  # no adapter loaded yet: the base model
+    assert len(call["prompts"]) == 6  # one request per candidate
+    assert call["prompts"][3]["prompt_token_ids"] == encode_messages(tokenizer, _prompts(2)[1].messages)
+    stops = list(end_token_ids(tokenizer))
+    for index, sent in enumerate(call["params"]):
+        prompt_id, candidate = f"q{index // 3}", index % 3
+        assert sent.n == 1 and sent.temperature == 0.9 and sent.top_p == 0.8 and sent.max_tokens == 20
+        assert sent.top_k == -1  # openrft's 0 (off) is vLLM's -1 (off)
+        assert sent.seed == row_seed(5, prompt_id, candidate) & 0x7FFFFFFF
+        assert sent.stop_token_ids == stops and sent.logprobs == 1 and sent.detokenize is False
+    assert len({s.seed for s in call["params"]}) == 6  # every candidate its own random stream
+
+    engine.generate(_prompts(1), SamplingParams(n=1, top_k=40, seed=None))
+    assert llm.calls[1]["params"][0].top_k == 40 and llm.calls[1]["params"][0].seed is None
+
+
+def test_completions_carry_the_sampled_tokens_log_probs_and_version(fake_vllm, tiny_model_dir, tokenizer):
+    engine = VLLMEngine(str(tiny_model_dir), tokenizer, policy_version=4)
+    stop = engine.stop_token_ids[0]
+    groups = engine.generate(_prompts(2), SamplingParams(n=2, max_tokens=8, seed=1))
+    assert [[(c.prompt_id, c.candidate_index) for c in g] for g in groups] == [
+        [("q0", 0), ("q0", 1)],
+        [("q1", 0), ("q1", 1)],
+    ]
+    first = groups[1][1]
+    start = FIRST_TOKEN + (row_seed(1, "q1", 1) & 0x7FFFFFFF) % 7
+    assert first.completion_token_ids == (start, start + 1, start + 2, stop)  # the end token is kept
+    assert first.logprobs == (-0.25, -0.5, -0.75, -1.0)  # the sampled token's entry, never the decoy's
+    assert first.finish_reason == "stop" and first.policy_version == 4
+    assert first.text == tokenizer.decode([start, start + 1, start + 2], skip_special_tokens=True)
+    assert first.prompt_token_ids == tuple(encode_messages(tokenizer, _prompts(2)[1].messages))
+
+    truncated = engine.generate(_prompts(1), SamplingParams(n=1, max_tokens=2, seed=1))[0][0]
+    assert truncated.finish_reason == "length" and len(truncated.completion_token_ids) == 2
+    assert truncated.text == tokenizer.decode(list(truncated.completion_token_ids), skip_special_tokens=True)
+    assert engine.generate([], SamplingParams(n=2)) == []
+
+
+def test_adapters_are_new_lora_requests_and_can_be_unloaded(fake_vllm, tiny_model_dir, tokenizer, tmp_path):
+    engine = VLLMEngine(str(tiny_model_dir), tokenizer)
+    llm = FakeLLM.instances[0]
+    engine.load_adapter(str(tmp_path / "v1"), "policy-v1")
+    engine.load_adapter(str(tmp_path / "v2"), "policy-v2")
+    assert [(r.lora_name, r.lora_int_id, r.lora_path) for r in llm.llm_engine.added] == [
+        ("policy-v1", 1, str(tmp_path / "v1")),
+        ("policy-v2", 2, str(tmp_path / "v2")),
+    ]
+    engine.generate(_prompts(1), SamplingParams(n=1, max_tokens=4))
+    assert llm.calls[-1]["lora"].lora_name == "policy-v2"
+    engine.unload_adapter("policy-v1")
+    assert llm.llm_engine.removed == [1] and engine.current.lora_name == "policy-v2"
+    engine.unload_adapter("policy-v2")
+    engine.unload_adapter("never-loaded")  # nothing to do
+    assert llm.llm_engine.removed == [1, 2] and engine.current is None
+
+
+def test_bad_answers_from_vllm_are_rollout_errors(fake_vllm, tiny_model_dir, tokenizer):
+    engine = VLLMEngine(str(tiny_model_dir), tokenizer)
+    llm = FakeLLM.instances[0]
+    llm.drop_logprob = True
+    with pytest.raises(RolloutError, match="log-probs for 4 tokens"):
+        engine.generate(_prompts(1), SamplingParams(n=1, max_tokens=8))
+    llm.drop_logprob, llm.finish_reason = False, "abort"
+    with pytest.raises(RolloutError, match="finish_reason='abort'"):
+        engine.generate(_prompts(1), SamplingParams(n=1, max_tokens=8))
+    with pytest.raises(RolloutError, match="max_concurrent_rollouts"):
+        VLLMEngine(str(tiny_model_dir), tokenizer, max_concurrent_rollouts=0)
+
+
+def test_an_older_vllm_without_logprobs_mode_still_starts(fake_vllm, tiny_model_dir, tokenizer):
+    FakeLLM.reject = {"logprobs_mode"}
+    VLLMEngine(str(tiny_model_dir), tokenizer)
+    assert "logprobs_mode" not in FakeLLM.instances[-1].options
+
+
+def test_without_vllm_the_error_says_how_to_install_it(monkeypatch, tiny_model_dir, tokenizer):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
+    with pytest.raises(RolloutError) as caught:
+        VLLMEngine(str(tiny_model_dir), tokenizer)
+    assert "vllm" in caught.value.message and "openrft[vllm]" in caught.value.hint
+
+
+def test_a_rollout_worker_hands_each_adapter_to_vllm_as_a_peft_directory(fake_vllm, tiny_model_dir):
+    """The Ray rollout actor's vLLM path, without Ray: snapshot tensors -> PEFT folder -> LoRARequest."""
+    import torch
+    from peft import LoraConfig
+
+    from openrft.distributed.worker import AdapterSnapshot, RolloutWorker, WorkerSpec
+
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    worker = RolloutWorker(WorkerSpec(base_model=str(tiny_model_dir), lora_config=config, engine="vllm"))
+    llm = FakeLLM.instances[-1]
+    assert llm.options["max_lora_rank"] == 8 and worker.info()["version"] == -1
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    for version in (1, 2):
+        assert worker.load(AdapterSnapshot(version, {key: torch.full((4, 32), float(version))})) == version
+    first, second = llm.llm_engine.added
+    assert (first.lora_name, second.lora_name) == ("policy-v000001", "policy-v000002")
+    assert llm.llm_engine.removed == [first.lora_int_id]  # the older adapter is freed
+    from safetensors.torch import load_file
+
+    saved = load_file(f"{second.lora_path}/adapter_model.safetensors")
+    assert torch.equal(saved[key], torch.full((4, 32), 2.0))
+    assert json.loads(Path(second.lora_path, "adapter_config.json").read_text())["r"] == 4
+    assert not Path(first.lora_path).exists()
