@@ -9,8 +9,8 @@ process. A call to :meth:`RayEngine.generate`:
    ``max_staleness`` versions behind ``policy_version``, the live adapter's tensors (PEFT's
    ``get_peft_model_state_dict``: megabytes, never the base weights) are put into the
    object store once, tagged with the version;
-3. cuts the prompts into chunks and keeps ``calls_per_worker`` chunks queued on each live
-   actor, handing the next chunk to whichever actor returns first. Each call carries a
+3. cuts the prompts into chunks (:func:`chunk_size`) and keeps ``CALLS_PER_WORKER`` chunks
+   queued on each live actor, handing the next chunk to whichever actor returns first. Each call carries a
    handle to the snapshot and the oldest version it may sample with; an actor whose
    adapter is older (a fresh or restarted one, or after a step) loads the snapshot first;
 4. collects the completions in prompt order and checks that each one's ``policy_version``
@@ -39,6 +39,7 @@ from typing import Any
 
 from openrft.errors import ConfigError, OpenRFTError, RolloutError
 from openrft.records import Completion, Prompt, SamplingParams
+from openrft.rollout import DEFAULT_MAX_CONCURRENT
 from openrft.rollout.prompts import encode_messages
 from openrft.rollout.sampling import check_params
 
@@ -46,7 +47,8 @@ from .cluster import check_capacity, connect, require_ray
 from .worker import TRAINABLE, AdapterSnapshot, RolloutWorker, WorkerSpec
 
 DEFAULT_MAX_RESTARTS = 3
-CHUNKS_PER_WORKER = 4  # a call is cut into about this many chunks per actor, for balance
+CHUNKS_PER_WORKER = 4  # a call is cut into about this many chunks per actor, for balance...
+BATCHES_PER_CHUNK = 2  # ...as long as a chunk holds this many of an actor's batches
 CALLS_PER_WORKER = 2  # chunks queued on one actor at a time, so it never waits for the next
 START_TIMEOUT_S = 900.0  # model loading (vLLM on a large model takes minutes)
 
@@ -59,7 +61,7 @@ class RayEngine:
     ``model`` is the trainer's live PEFT model (read, never changed); ``policy_version`` is
     set by the training loop after each optimizer step. ``actor_options`` are Ray actor
     options (resources); ``prompts_per_call`` fixes the chunk size (default: about
-    ``CHUNKS_PER_WORKER`` chunks per actor per call).
+    ``CHUNKS_PER_WORKER`` chunks per actor per call, see :func:`chunk_size`).
     """
 
     def __init__(
@@ -110,8 +112,12 @@ class RayEngine:
             return []
         snapshot = self.snapshot()
         min_version = self.policy_version - self.max_staleness
-        live = max(1, sum(self._alive))
-        size = self.prompts_per_call or max(1, math.ceil(len(items) / (live * CHUNKS_PER_WORKER)))
+        size = self.prompts_per_call or chunk_size(
+            len(items),
+            params.n,
+            sum(self._alive),
+            self.spec.max_concurrent_rollouts or DEFAULT_MAX_CONCURRENT,
+        )
         dispatch = _Dispatch(self, items, params, size, snapshot, min_version)
         return dispatch.run()
 
@@ -194,6 +200,17 @@ class RayEngine:
             raise _actor_error(
                 exc, f"every rollout actor died (each was restarted up to {self.max_restarts} times)"
             )
+
+
+def chunk_size(prompts: int, n: int, actors: int, in_flight: int) -> int:
+    """Prompts per actor call: small enough that every actor gets work and a slow one can be
+    helped (about ``CHUNKS_PER_WORKER`` chunks each), big enough that a call keeps the actor's
+    batch full (``BATCHES_PER_CHUNK`` times its ``in_flight`` sequences), since a call's last
+    sequences decode in an emptying batch."""
+    actors = max(1, actors)
+    balance = math.ceil(prompts / (actors * CHUNKS_PER_WORKER))
+    fill = math.ceil(BATCHES_PER_CHUNK * in_flight / max(1, n))
+    return max(1, min(max(balance, fill), math.ceil(prompts / actors)))
 
 
 class _Dispatch:
@@ -373,6 +390,7 @@ def _portable_model_name(name: str) -> str:
 
 __all__ = [
     "RayEngine",
+    "chunk_size",
     "ray_engine",
     "plan_workers",
     "CHUNKS_PER_WORKER",

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from openrft.errors import OpenRFTError
 from openrft.records import Completion, SamplingParams
 
 NO_ADAPTER = -1  # the version of a worker that has not loaded an adapter yet
@@ -61,7 +62,11 @@ class RolloutWorker:
             torch.set_num_threads(spec.torch_threads)
         self._adapter_dir = Path(tempfile.mkdtemp(prefix="openrft-adapter-"))
         self._loaded: list[str] = []
-        self.engine = self._build_engine()
+        self._startup_error: OpenRFTError | None = None
+        try:
+            self.engine = self._build_engine()
+        except OpenRFTError as exc:  # kept, and raised by every call: the driver shows it as is
+            self.engine, self._startup_error = None, exc
 
     def _build_engine(self) -> Any:
         spec = self.spec
@@ -96,6 +101,8 @@ class RolloutWorker:
 
     def info(self) -> dict[str, Any]:
         """Process id, adapter version and whether this incarnation is a restart."""
+        if self._startup_error is not None:
+            raise self._startup_error
         return {"pid": os.getpid(), "version": self.version, "restarted": self.restarted}
 
     def generate(
@@ -107,6 +114,8 @@ class RolloutWorker:
     ) -> list[list[Completion]]:
         """Sample ``params.n`` candidates per ``(prompt_id, token_ids)``, first loading ``adapter``
         when this actor's adapter is older than ``min_version``."""
+        if self._startup_error is not None:
+            raise self._startup_error
         if self.version < min_version:
             self.load(adapter)
         if self._crash_next_call:
