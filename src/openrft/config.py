@@ -295,8 +295,8 @@ class RolloutConfig(_Group):
     )
     ray_address: str | None = _field(
         None,
-        "Run rollouts and evaluator calls on a Ray cluster: 'auto', 'local' (start one here) or "
-        "ray://host:port. Unset = everything in this process.",
+        "Run rollouts and evaluator calls on a Ray cluster: 'auto', HOST:PORT, ray://HOST:PORT or "
+        "'local' (start a private one here). Unset = everything in this process.",
     )
     rollout_workers: int = _field(
         2, "Rollout actors on the Ray cluster (with --ray-address).", valid="a whole number >= 1", ge=1

@@ -247,6 +247,10 @@ def validate(cfg: JobConfig) -> None:
         from openrft.tracking.wandb_sink import import_wandb
 
         import_wandb()
+    if cfg.rollout.ray_address:
+        from openrft.distributed import require_ray
+
+        require_ray()
 
 
 def make_sinks(store: JobStore, record: JobRecord, cfg: JobConfig, *, log_steps: bool) -> list[Any]:

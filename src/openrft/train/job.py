@@ -251,6 +251,7 @@ def run_training(
     finally:
         progress.close()
         ctx.sink.close()
+        getattr(engine, "close", lambda: None)()  # e.g. Ray actors
     write_outputs(cfg, model, paths)
     return outcome
 
