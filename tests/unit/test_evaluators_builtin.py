@@ -35,10 +35,10 @@ def completion(text: str, index: int = 0) -> Completion:
         ("<answer> 7 </answer>", 1.0, 1, 1),
         ("<answer>3 + 4 = 7</answer>", 1.0, 1, 1),  # the last number inside the tags counts
         ("<answer>8</answer>", 0.2, 0, 1),  # format only
-        ("The answer is 7.", 0.0, 0, 0),  # right last number, no tags: no credit by default
-        ("<answer>8</answer> no wait, 7", 0.2, 0, 1),  # format only
+        ("The answer is 7.", 0.1, 0, 0),  # partial: right last number, no tags
+        ("<answer>8</answer> no wait, 7", 0.3, 0, 1),  # format + partial
         ("<answer>7</answer><answer>7</answer>", 0.8, 1, 0),  # correct but the tags twice
-        ("<answer>7", 0.0, 0, 0),  # unclosed tag: no format credit
+        ("<answer>7", 0.1, 0, 0),  # unclosed tag: no format credit, last number right
         ("I do not know", 0.0, 0, 0),
         ("", 0.0, 0, 0),
     ],
@@ -54,8 +54,7 @@ def test_arithmetic_graded_scores(text, score, correct_in_tags, fmt):
 def test_arithmetic_weights_are_keyword_arguments():
     result = score_arithmetic("<answer>8</answer>", 7, format_weight=0.5, correct_weight=0.5)
     assert result.score == 0.5
-    assert score_arithmetic("it is 7", 7).score == 0.0
-    assert score_arithmetic("it is 7", 7, partial_weight=0.1).score == pytest.approx(0.1)
+    assert score_arithmetic("it is 7", 7, partial_weight=0.0).score == 0.0
     custom = arithmetic_evaluator(format_weight=0.0, correct_weight=1.0)
     prompt = load_prompts("arithmetic", seed=1, limit=1)[0]
     answer = prompt.ground_truth
@@ -74,7 +73,7 @@ def test_arithmetic_evaluator_on_generated_prompts_spreads_scores():
         texts = [f"<answer>{truth}</answer>", f"so {truth}", f"<answer>{truth + 1}</answer>", "no idea"]
         groups.append((p, [completion(t, i) for i, t in enumerate(texts)]))
     scores = score_groups(evaluator, groups)
-    assert all([s.score for s in g] == pytest.approx([1.0, 0.0, 0.2, 0.0]) for g in scores)
+    assert all([s.score for s in g] == pytest.approx([1.0, 0.1, 0.2, 0.0]) for g in scores)
     assert all(s.reason for g in scores for s in g)
 
 
@@ -113,6 +112,6 @@ def test_empty_answer_tags_are_not_the_format():
     from openrft.evaluators.builtin import score_arithmetic
 
     echoed = score_arithmetic("To put 0 + 4 in <answer></answer> tags, add them: 4", 4)
-    assert echoed.metrics["format"].score == 0.0 and echoed.score == 0.0
+    assert echoed.metrics["format"].score == 0.0 and echoed.score == pytest.approx(0.1)
     good = score_arithmetic("0 + 4 = 4. <answer>4</answer>", 4)
     assert good.metrics["format"].score == 1.0 and good.score == pytest.approx(1.0)

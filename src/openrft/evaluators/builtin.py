@@ -9,13 +9,8 @@ gets answers right.
 ====================================================  =================
 one ``<answer>N</answer>`` pair, with a number inside   + ``format_weight`` (0.2)
 the last number inside the (last) tags is correct        + ``correct_weight`` (0.8)
-not correct in tags, but the last number in the text is  + ``partial_weight`` (0, off)
+not correct in tags, but the last number in the text is  + ``partial_weight`` (0.1)
 ====================================================  =================
-
-The partial credit is off by default: on SmolLM2-135M it made a bare number (right about half
-the time, so worth ~0.05 on average) a better bet than exploring the rare tagged answers, and RL
-collapsed onto one-word replies. With it off, only tagged answers score, and the ~9% the base
-model writes are enough signal.
 
 ``gsm8k``: + ``format_weight`` (0.1) when the answer is marked (``<answer>`` tags
 or ``####``), + ``correct_weight`` (0.9) when the extracted final number is right.
@@ -40,7 +35,7 @@ def score_arithmetic(
     *,
     format_weight: float = 0.2,
     correct_weight: float = 0.8,
-    partial_weight: float = 0.0,
+    partial_weight: float = 0.1,
 ) -> EvaluateResult:
     """Graded score of an arithmetic answer (see the module docstring)."""
     lowered = completion.lower()
