@@ -33,7 +33,7 @@ QUICKSTART_FLAGS: dict[str, object] = {
     "temperature": 0.7,
     "top_k": 40,
     "max_output_tokens": 48,
-    "chunk_size": 4,
+    "chunk_size": 8,
     "batch_size": 8192,
     "micro_batch_tokens": 2048,
     "eval_every": 10,
@@ -41,7 +41,7 @@ QUICKSTART_FLAGS: dict[str, object] = {
     "checkpoint_every": 10,
     "seed": 7,
 }
-QUICKSTART_ROUNDS = 40
+QUICKSTART_ROUNDS = 30
 STRICT_METRIC = "eval/correct_in_tags"
 
 
