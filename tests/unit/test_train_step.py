@@ -171,3 +171,14 @@ def test_shared_prompt_logprobs_equal_full_sequence_logprobs(tiny_model):
     total.backward()
     for name, grad in _grads(model).items():
         torch.testing.assert_close(g_shared[name], grad, atol=1e-4, rtol=1e-4)
+
+
+def test_micro_batches_sort_by_length_when_that_pads_less():
+    def seq(prompt, n):
+        return TrainSequence(Completion("p", 0, prompt, (5,) * n, "", (0.0,) * n, "stop"), 1.0, 0)
+
+    # two prompts, each with one long and three short candidates: grouping by prompt pads
+    # every short row to the long one; sorting by length pads almost nothing
+    seqs = [seq((1, 2), n) for n in (40, 2, 2, 2)] + [seq((3, 4), n) for n in (40, 2, 2, 2)]
+    groups = plan_micro_batches(seqs, 90)
+    assert sorted(map(sorted, groups)) == [[0, 4], [1, 2, 3, 5, 6, 7]]

@@ -83,17 +83,27 @@ def padded_cost(sequences: Sequence[TrainSequence]) -> int:
 def plan_micro_batches(sequences: Sequence[TrainSequence], micro_batch_tokens: int) -> list[list[int]]:
     """Group sequence indices so each group's padded cost stays <= micro_batch_tokens.
 
-    Candidates of the same prompt are kept together where the budget allows (they share
-    the prompt's forward pass), longest completions first so padding stays small.
+    Two greedy plans are made and the cheaper one (fewer padded tokens in total) is kept:
+    candidates of a prompt kept together (they share the prompt's forward pass), or all
+    sequences sorted by completion length (less completion padding, prompts repeated).
     """
-    order = sorted(
-        range(len(sequences)),
-        key=lambda i: (
-            len(sequences[i].completion.prompt_token_ids),
-            sequences[i].completion.prompt_token_ids,
-            -len(sequences[i].completion.completion_token_ids),
-        ),
-    )
+
+    def prompt_of(i: int) -> tuple[int, ...]:
+        return sequences[i].completion.prompt_token_ids
+
+    def length_of(i: int) -> int:
+        return len(sequences[i].completion.completion_token_ids)
+
+    by_prompt = sorted(range(len(sequences)), key=lambda i: (len(prompt_of(i)), prompt_of(i), -length_of(i)))
+    by_length = sorted(range(len(sequences)), key=lambda i: (-length_of(i), len(prompt_of(i)), prompt_of(i)))
+    plans = [_fill(sequences, order, micro_batch_tokens) for order in (by_prompt, by_length)]
+    return min(plans, key=lambda plan: sum(padded_cost([sequences[i] for i in group]) for group in plan))
+
+
+def _fill(
+    sequences: Sequence[TrainSequence], order: Sequence[int], micro_batch_tokens: int
+) -> list[list[int]]:
+    """Greedily cut ``order`` into groups whose padded cost stays within the budget."""
     groups: list[list[int]] = []
     current: list[int] = []
     for index in order:

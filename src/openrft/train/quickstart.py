@@ -27,21 +27,21 @@ QUICKSTART_FLAGS: dict[str, object] = {
     "evaluator": "arithmetic",
     "eval_auto_carveout": 0.1,
     "rl_loss_method": "dapo",
-    "learning_rate": 4e-4,
+    "learning_rate": 5e-4,
     "lora_rank": 16,
     "response_candidates_count": 8,
     "temperature": 0.7,
     "top_k": 40,
-    "max_output_tokens": 48,
+    "max_output_tokens": 40,
     "chunk_size": 8,
     "batch_size": 8192,
     "micro_batch_tokens": 2048,
-    "eval_every": 10,
+    "eval_every": 6,
     "eval_candidates": 4,
-    "checkpoint_every": 10,
+    "checkpoint_every": 6,
     "seed": 7,
 }
-QUICKSTART_ROUNDS = 30
+QUICKSTART_ROUNDS = 18
 STRICT_METRIC = "eval/correct_in_tags"
 
 
