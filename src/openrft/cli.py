@@ -54,6 +54,9 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
             if info.annotation is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
                 help_text += f" Default: {'on' if default else 'off'}."
+            elif info.annotation == tuple[str, ...]:
+                kwargs.update(action="append", metavar="TEXT")
+                help_text += " Default: none."
             else:
                 kwargs["metavar"] = (
                     name.split("_")[-1].upper() if name != "response_candidates_count" else "N"

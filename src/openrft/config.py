@@ -271,6 +271,23 @@ class RolloutConfig(_Group):
     max_output_tokens: int = _field(
         2048, "Longest response in tokens.", valid="a whole number from 16 to 16384", ge=16, le=16384
     )
+    stop: tuple[str, ...] = _field(
+        (),
+        "Text that ends a response as soon as it appears (kept in the response), e.g. '</answer>'. "
+        "Repeat the flag for several; the model's end-of-turn token always ends a response.",
+        valid="up to 8 non-empty strings",
+        max_length=8,
+    )
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_strings(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list | tuple) and any(not isinstance(v, str) or not v for v in value):
+            raise ValueError("every stop string must be non-empty text")
+        return value
+
     max_concurrent_rollouts: int | None = _field(
         None,
         "Sequences sampled in parallel (throughput only); unset = the evaluator header's value.",

@@ -31,6 +31,7 @@ class SamplingParams:
     top_k: int = 40
     max_tokens: int = 2048
     seed: int | None = None
+    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,25 @@ def test_serve_api_surface(served):
         assert out_of_vocab.status_code == 400
 
 
+def test_stop_strings_through_the_endpoint(served):
+    url, model, tokenizer, stops = served
+    params = SamplingParams(n=3, temperature=1.0, top_k=50, max_tokens=12, seed=9)
+    free = EndpointEngine(url, tokenizer, "tiny", stop_token_ids=stops).generate(PROMPTS, params)
+    sample = next(c for c in free[0] if len(c.completion_token_ids) >= 4 and c.finish_reason == "length")
+    stop = tokenizer.decode(list(sample.completion_token_ids[1:3]))
+    assert stop.strip()
+    engine = EndpointEngine(url, tokenizer, "tiny", stop_token_ids=stops)
+    cut = engine.generate(PROMPTS, SamplingParams(**{**params.__dict__, "stop": (stop,)}))
+    first = cut[0][sample.candidate_index]
+    assert first.finish_reason == "stop" and first.text.endswith(stop)
+    assert sample.completion_token_ids[: len(first.completion_token_ids)] == first.completion_token_ids
+    # plain OpenAI semantics when the client does not ask to keep the stop string
+    with httpx.Client(base_url=url) as client:
+        body = engine._body(list(first.prompt_token_ids), params, "tiny", "a", sample.candidate_index)
+        answer = client.post("/completions", json={**body, "stop": stop}).json()
+    assert answer["choices"][0]["text"] == first.text[: -len(stop)]
+
+
 def test_runtime_lora_loading(served, tmp_path):
     from peft import LoraConfig, get_peft_model
 

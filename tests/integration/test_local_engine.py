@@ -274,3 +274,27 @@ def test_eager_attention_gives_the_same_samples(tiny_model):
     assert tokens_of(with_sdpa) == tokens_of(with_eager)
     for c in (c for g in with_eager for c in g):
         assert (torch.tensor(c.logprobs) - teacher_forced(eager, c, 1.0)).abs().max() <= 1e-4
+
+
+def test_stop_strings_end_a_response_and_stay_in_its_text(tiny_model):
+    model, tokenizer = tiny_model
+    engine = LocalEngine(model, tokenizer, stop_token_ids=[tokenizer.eos_token_id])
+    params = SamplingParams(n=4, temperature=1.0, top_k=50, max_tokens=12, seed=3)
+    free = engine.generate(make_prompts(2), params)
+    # stop on text that a seeded sample spells somewhere after its second token
+    sample = free[0][1]
+    stop = tokenizer.decode(list(sample.completion_token_ids[1:4]))
+    assert stop.strip(), "the tiny model should spell visible text"
+    cut = engine.generate(make_prompts(2), SamplingParams(**{**params.__dict__, "stop": (stop,)}))
+    for before_group, after_group in zip(free, cut, strict=True):
+        for before, after in zip(before_group, after_group, strict=True):
+            ids = after.completion_token_ids
+            assert before.completion_token_ids[: len(ids)] == ids  # same stream, cut earlier
+            text = tokenizer.decode(list(ids))
+            if after.finish_reason == "stop" and stop in text:
+                assert after.text.endswith(stop) and after.text.count(stop) == 1
+                assert stop not in tokenizer.decode(list(ids[:-1]))  # ended at the first match
+            else:
+                assert stop not in text and after.completion_token_ids == before.completion_token_ids
+    hit = cut[0][1]
+    assert hit.finish_reason == "stop" and len(hit.completion_token_ids) <= 4 and hit.text.endswith(stop)

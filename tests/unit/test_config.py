@@ -73,6 +73,7 @@ def test_table_covers_every_numeric_and_choice_field():
         "wandb_entity",
         "wandb_api_key",
         "wandb_run_id",
+        "stop",  # tested in test_stop_strings
     }
     assert set(C.FIELD_GROUP) == covered | free_text
 
@@ -219,3 +220,15 @@ def test_advice(flags, fragment):
 def test_defaults_give_no_advice():
     assert C.advise(_build()) == []
     assert C.advise(_build(learning_rate=2e-4, temperature=0.2, top_k=50, response_candidates_count=32)) == []
+
+
+def test_stop_strings():
+    cfg, _ = C.build_config({"stop": ["</answer>"]}, {})
+    assert cfg.rollout.stop == ("</answer>",)
+    cfg, sources = C.build_config({}, {"stop": "END"})
+    assert cfg.rollout.stop == ("END",) and sources["stop"] == "flag"
+    assert C.build_config({}, {})[0].rollout.stop == ()
+    for bad in ([""], ["a"] * 9, [3]):
+        with pytest.raises(ConfigError) as err:
+            C.build_config({}, {"stop": bad})
+        assert str(err.value).startswith("--stop")

@@ -106,3 +106,12 @@ def test_gsm8k_evaluator_on_real_rows():
     for group in scores:
         assert [s.score for s in group] == pytest.approx([1.0, 1.0, 0.1])
         assert [s.metrics["correct"] for s in group] == [1.0, 1.0, 0.0]
+
+
+def test_empty_answer_tags_are_not_the_format():
+    from openrft.evaluators.builtin import score_arithmetic
+
+    echoed = score_arithmetic("To put 0 + 4 in <answer></answer> tags, add them: 4", 4)
+    assert echoed.metrics["format"].score == 0.0 and echoed.score == pytest.approx(0.1)
+    good = score_arithmetic("0 + 4 = 4. <answer>4</answer>", 4)
+    assert good.metrics["format"].score == 1.0 and good.score == pytest.approx(1.0)

@@ -55,6 +55,8 @@ class FakeSamplingParams:
     max_tokens: int = 16
     seed: int | None = None
     stop_token_ids: list[int] = field(default_factory=list)
+    stop: str | list[str] | None = None
+    include_stop_str_in_output: bool = False
     logprobs: int | None = None
     detokenize: bool = True
 
@@ -158,10 +160,14 @@ def test_sampling_parameters_map_one_to_one(fake_vllm, tiny_model_dir, tokenizer
         assert sent.top_k == -1  # openrft's 0 (off) is vLLM's -1 (off)
         assert sent.seed == row_seed(5, prompt_id, candidate) & 0x7FFFFFFF
         assert sent.stop_token_ids == stops and sent.logprobs == 1 and sent.detokenize is False
+        assert sent.stop is None
     assert len({s.seed for s in call["params"]}) == 6  # every candidate its own random stream
+    engine.generate(_prompts(1), SamplingParams(n=1, max_tokens=20, stop=("</answer>",)))
+    sent = llm.calls[-1]["params"][0]
+    assert sent.stop == ["</answer>"] and sent.include_stop_str_in_output and sent.detokenize
 
     engine.generate(_prompts(1), SamplingParams(n=1, top_k=40, seed=None))
-    assert llm.calls[1]["params"][0].top_k == 40 and llm.calls[1]["params"][0].seed is None
+    assert llm.calls[2]["params"][0].top_k == 40 and llm.calls[2]["params"][0].seed is None
 
 
 def test_completions_carry_the_sampled_tokens_log_probs_and_version(fake_vllm, tiny_model_dir, tokenizer):

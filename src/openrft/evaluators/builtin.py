@@ -7,7 +7,7 @@ gets answers right.
 ``arithmetic`` (weights are keyword arguments of :func:`score_arithmetic`):
 
 ====================================================  =================
-the response uses ``<answer>...</answer>`` exactly once  + ``format_weight`` (0.2)
+one ``<answer>N</answer>`` pair, with a number inside   + ``format_weight`` (0.2)
 the last number inside the (last) tags is correct        + ``correct_weight`` (0.8)
 not correct in tags, but the last number in the text is  + ``partial_weight`` (0.1)
 ====================================================  =================
@@ -40,7 +40,13 @@ def score_arithmetic(
     """Graded score of an arithmetic answer (see the module docstring)."""
     lowered = completion.lower()
     tags = ANSWER_TAG_RE.findall(completion)
-    well_formed = len(tags) == 1 and lowered.count("<answer>") == 1 and lowered.count("</answer>") == 1
+    # exactly one pair of tags, and a number inside it: empty tags (an echoed instruction) do not count
+    well_formed = (
+        len(tags) == 1
+        and lowered.count("<answer>") == 1
+        and lowered.count("</answer>") == 1
+        and last_number(tags[0]) is not None
+    )
     correct_in_tags = bool(tags) and numbers_equal(last_number(tags[-1]), ground_truth)
     last_correct = numbers_equal(last_number(completion), ground_truth)
     score = format_weight * well_formed + correct_weight * correct_in_tags

@@ -57,6 +57,9 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
             C.flag_name(name), dest=name, type=kind, default=argparse.SUPPRESS, metavar=name.split("_")[-1].upper(),
             help=_help(name),
         )  # fmt: skip
+    ro.add_argument(
+        "--stop", dest="stop", action="append", metavar="TEXT", default=argparse.SUPPRESS, help=_help("stop")
+    )
     ro.add_argument("--seed", type=int, help="Sampling seed (default: random).")
     ro.add_argument(
         "--json", action="store_true", help="Print one JSON record per completion instead of text."
@@ -89,7 +92,7 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
 
 def _validated(args: argparse.Namespace) -> C.RolloutConfig:
     """The sampling flags checked against the job config's ranges (ConfigError on bad values)."""
-    names = ("temperature", "top_p", "top_k", "response_candidates_count", "max_output_tokens")
+    names = ("temperature", "top_p", "top_k", "response_candidates_count", "max_output_tokens", "stop")
     values = {
         name: getattr(args, name) for name in (*names, "max_concurrent_rollouts") if hasattr(args, name)
     }
@@ -134,6 +137,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         top_k=rollout.top_k,
         max_tokens=rollout.max_output_tokens,
         seed=args.seed,
+        stop=rollout.stop,
     )
     groups = engine.generate(prompts, params)
     for prompt, group in zip(prompts, groups, strict=True):

@@ -20,7 +20,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from openrft.errors import RolloutError
 from openrft.records import Completion, SamplingParams
-from openrft.rollout.sampling import Truncation, row_uniforms, sample_tokens
+from openrft.rollout.sampling import Truncation, cut_at_stop, row_uniforms, sample_tokens
 
 if TYPE_CHECKING:
     from openrft.rollout.local import LocalEngine
@@ -110,6 +110,9 @@ class Run:
         self.version = engine.policy_version
         self.limits = [self._limit(name, ids) for name, ids in zip(names, prompt_ids, strict=True)]
         self.stop_ids = torch.tensor(stop_token_ids)
+        self.stop_id_set = set(stop_token_ids)
+        # enough trailing tokens to spell any stop string (a token decodes to >= 1 character)
+        self.stop_window = max((len(text) for text in params.stop), default=0) + 2
         self.results: list[list[Completion | None]] = [[None] * params.n for _ in names]
         self.queue: deque[tuple[int, int]] = deque((p, c) for p in range(len(names)) for c in range(params.n))
         self.stash: dict[int, _Stash] = {}
@@ -313,8 +316,20 @@ class Run:
         rows.last_B = torch.where(active_B, tokens_B, rows.last_B)
         rows.count_B += active_B.long()
         stopped_B = active_B & torch.isin(tokens_B, self.stop_ids)
+        if self.params.stop:
+            stopped_B |= active_B & self._spelled_stop(rows, active_B & ~stopped_B)
         rows.stopped_B |= stopped_B
         rows.done_B |= stopped_B | (rows.count_B >= rows.limit_B)
+
+    def _spelled_stop(self, rows: _Rows, check_B: torch.Tensor) -> torch.Tensor:
+        """Rows whose latest tokens complete one of the stop strings (checked once per new token)."""
+        hit_B = torch.zeros_like(check_B)
+        decode = self.engine.tokenizer.decode
+        for i in torch.nonzero(check_B).squeeze(1).tolist():
+            count = int(rows.count_B[i])
+            tail = decode(rows.tokens_BT[i, max(0, count - self.stop_window) : count].tolist())
+            hit_B[i] = any(text in tail for text in self.params.stop)
+        return hit_B
 
     def _collect(self, rows: _Rows, finished_B: torch.Tensor) -> None:
         """Turn finished rows into Completion records (each row is collected exactly once)."""
@@ -326,12 +341,14 @@ class Run:
             count = int(rows.count_B[i])
             token_ids = rows.tokens_BT[i, :count].tolist()
             stopped = bool(rows.stopped_B[i])
+            at_end_token = stopped and token_ids[-1] in self.stop_id_set
+            text = tokenizer.decode(token_ids[:-1] if at_end_token else token_ids, skip_special_tokens=True)
             self.results[prompt_index][candidate] = Completion(
                 prompt_id=self.names[prompt_index],
                 candidate_index=candidate,
                 prompt_token_ids=tuple(self.prompt_ids[prompt_index]),
                 completion_token_ids=tuple(token_ids),
-                text=tokenizer.decode(token_ids[:-1] if stopped else token_ids, skip_special_tokens=True),
+                text=cut_at_stop(text, self.params.stop)[0] if stopped else text,
                 logprobs=tuple(rows.logprobs_BT[i, :count].tolist()),
                 finish_reason="stop" if stopped else "length",
                 policy_version=self.version,

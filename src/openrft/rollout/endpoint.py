@@ -8,7 +8,8 @@ trainer's). What the engine relies on from the server:
 * ``logprobs: 1`` with ``return_tokens_as_token_ids: true``: the sampled tokens come back
   as ``"token_id:<id>"`` strings next to their log-probs; ``return_token_ids: true`` (newer
   vLLM) is used instead when the server returns ``choices[i].token_ids``;
-* ``top_k`` (``-1`` = off), ``seed`` and ``stop_token_ids`` as extra body fields;
+* ``top_k`` (``-1`` = off), ``seed`` and ``stop_token_ids`` as extra body fields, and
+  ``stop`` strings with ``include_stop_str_in_output: true`` when the job sets any;
 * ``finish_reason`` ``"stop"`` or ``"length"``; on ``"stop"`` at an end token that token is
   the last completion token (vLLM and ``openrft serve`` include it).
 
@@ -136,6 +137,8 @@ class EndpointEngine:
             "stop_token_ids": list(self.stop_token_ids),
             "skip_special_tokens": True,
         }
+        if params.stop:  # vLLM and openrft serve keep the matched string with this flag
+            body.update(stop=list(params.stop), include_stop_str_in_output=True)
         if params.seed is not None:
             body["seed"] = row_seed(params.seed, prompt_id, candidate) & 0x7FFFFFFF
         return body

@@ -47,8 +47,16 @@ def check_params(params: SamplingParams) -> None:
         problems.append(f"top_p must be in [0, 1], 1 = off (got {params.top_p})")
     if params.max_tokens < 1:
         problems.append(f"max_tokens must be >= 1 (got {params.max_tokens})")
+    if any(not s for s in params.stop):
+        problems.append("stop strings must be non-empty")
     if problems:
         raise ConfigError("invalid sampling parameters: " + "; ".join(problems))
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """``text`` up to and including the earliest stop string in it, and whether one was found."""
+    ends = [i + len(s) for s in stop if (i := text.find(s)) >= 0]
+    return (text[: min(ends)], True) if ends else (text, False)
 
 
 def row_seed(seed: int, prompt_id: str, candidate_index: int) -> int:

@@ -50,6 +50,8 @@ class CompletionRequest(BaseModel):
     logprobs: int | None = Field(None, ge=0)
     seed: int | None = None
     stop_token_ids: list[int] | None = None
+    stop: str | list[str] | None = None
+    include_stop_str_in_output: bool = False
     return_tokens_as_token_ids: bool = False
     return_token_ids: bool = False
     stream: bool = False
@@ -103,10 +105,11 @@ class ModelHost:
             yield
 
     def generate(self, key: tuple, prompts: list[tuple[str, list[int]]]) -> list[list[Completion]]:
-        name, n, temperature, top_p, top_k, max_tokens, stops = key
+        name, n, temperature, top_p, top_k, max_tokens, stops, stop_strings = key
         params = SamplingParams(
-            n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=0
-        )
+            n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=0,
+            stop=stop_strings,
+        )  # fmt: skip
         with self.lock, self.selected(name):
             return self.engine.generate_from_ids(prompts, params, stop_token_ids=stops)
 
@@ -226,6 +229,7 @@ def create_app(
             max(request.top_k, 0),
             request.max_tokens,
             stops,
+            _stop_strings(request),
         )
         groups = await batcher.submit(key, [(f"seed:{seed}", ids) for ids in token_lists])
         choices = [
@@ -283,11 +287,22 @@ def _prompt_token_ids(tokenizer: Any, prompt: Any) -> list[list[int]]:
     return token_lists
 
 
+def _stop_strings(request: CompletionRequest) -> tuple[str, ...]:
+    stop = [request.stop] if isinstance(request.stop, str) else request.stop or []
+    if any(not s for s in stop):
+        raise _HTTPError(400, "stop strings must be non-empty")
+    return tuple(stop)
+
+
 def _choice(tokenizer: Any, completion: Completion, index: int, request: CompletionRequest) -> dict:
     ids = list(completion.completion_token_ids)
+    text = completion.text
+    stop = _stop_strings(request)
+    if stop and not request.include_stop_str_in_output and any(text.endswith(s) for s in stop):
+        text = text[: -len(next(s for s in stop if text.endswith(s)))]  # OpenAI leaves the stop string out
     choice: dict[str, Any] = {
         "index": index,
-        "text": completion.text,
+        "text": text,
         "finish_reason": completion.finish_reason,
         "logprobs": None,
     }

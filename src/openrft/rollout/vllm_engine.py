@@ -47,7 +47,7 @@ from openrft.errors import RolloutError
 from openrft.models import end_token_ids, resolve_model_dir
 from openrft.records import Completion, Prompt, SamplingParams
 from openrft.rollout.prompts import encode_messages
-from openrft.rollout.sampling import check_params, row_seed
+from openrft.rollout.sampling import check_params, cut_at_stop, row_seed
 
 INSTALL_HINT = "install the optional extra on a GPU machine: pip install 'openrft[vllm]'"
 
@@ -153,7 +153,10 @@ class VLLMEngine:
             raise RolloutError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
         flat = iter(outputs)
         return [
-            [self._completion(next(flat), prompt_id, ids, c, stops, version) for c in range(params.n)]
+            [
+                self._completion(next(flat), prompt_id, ids, c, stops, version, params.stop)
+                for c in range(params.n)
+            ]
             for prompt_id, ids in prompts
         ]
 
@@ -170,8 +173,10 @@ class VLLMEngine:
             max_tokens=params.max_tokens,
             seed=seed,
             stop_token_ids=list(stops),
+            stop=list(params.stop) or None,
+            include_stop_str_in_output=True,
             logprobs=1,
-            detokenize=False,
+            detokenize=bool(params.stop),  # vLLM matches stop strings on the detokenized text
         )
 
     def _completion(
@@ -182,6 +187,7 @@ class VLLMEngine:
         candidate: int,
         stops: Sequence[int],
         version: int,
+        stop_strings: tuple[str, ...] = (),
     ) -> Completion:
         sample = output.outputs[0]
         token_ids = [int(t) for t in sample.token_ids]
@@ -198,6 +204,8 @@ class VLLMEngine:
         )
         stopped = reason == "stop" and bool(token_ids) and token_ids[-1] in stops
         text = self.tokenizer.decode(token_ids[:-1] if stopped else token_ids, skip_special_tokens=True)
+        if reason == "stop":
+            text = cut_at_stop(text, stop_strings)[0]
         return Completion(
             prompt_id=prompt_id,
             candidate_index=candidate,

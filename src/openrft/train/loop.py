@@ -137,6 +137,7 @@ def sampling_params(cfg: JobConfig, seed: int | None = None, n: int | None = Non
         top_k=r.top_k,
         max_tokens=r.max_output_tokens,
         seed=seed,
+        stop=r.stop,
     )
 
 

@@ -33,6 +33,7 @@ QUICKSTART_FLAGS: dict[str, object] = {
     "temperature": 0.7,
     "top_k": 40,
     "max_output_tokens": 40,
+    "stop": ["</answer>"],
     "chunk_size": 8,
     "batch_size": 8192,
     "micro_batch_tokens": 2048,
