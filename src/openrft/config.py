@@ -346,7 +346,8 @@ class DataConfig(_Group):
     evaluator: str | None = _field(
         None,
         "Scoring function: path/to/file.py::function, module:function, or a built-in "
-        "('arithmetic', 'gsm8k'). Default: the dataset's built-in evaluator.",
+        "('arithmetic', 'gsm8k'; weights as options, e.g. 'arithmetic:partial_weight=0'). "
+        "Default: the dataset's built-in evaluator.",
     )
     evaluation_dataset: str | None = _field(None, "JSONL prompts scored periodically, never trained on.")
     eval_auto_carveout: float | None = _field(

@@ -115,3 +115,17 @@ def test_empty_answer_tags_are_not_the_format():
     assert echoed.metrics["format"].score == 0.0 and echoed.score == pytest.approx(0.1)
     good = score_arithmetic("0 + 4 = 4. <answer>4</answer>", 4)
     assert good.metrics["format"].score == 1.0 and good.score == pytest.approx(1.0)
+
+
+def test_builtin_weights_as_spec_options():
+    from openrft.errors import EvaluatorError
+    from openrft.evaluators.loader import load_evaluator
+
+    strict = load_evaluator("arithmetic:partial_weight=0, format_weight=0.3")
+    assert strict.fn("3 + 4 = 7", 7).score == 0.0
+    assert strict.fn("<answer>8</answer>", 7).score == pytest.approx(0.3)
+    assert load_evaluator("arithmetic").fn("3 + 4 = 7", 7).score == pytest.approx(0.1)
+    with pytest.raises(EvaluatorError, match="unknown option 'speed'"):
+        load_evaluator("arithmetic:speed=1")
+    with pytest.raises(EvaluatorError, match="must be a number"):
+        load_evaluator("gsm8k:format_weight=high")

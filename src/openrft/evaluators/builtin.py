@@ -15,16 +15,22 @@ not correct in tags, but the last number in the text is  + ``partial_weight`` (0
 ``gsm8k``: + ``format_weight`` (0.1) when the answer is marked (``<answer>`` tags
 or ``####``), + ``correct_weight`` (0.9) when the extracted final number is right.
 
+Options after the name override the weights: ``--evaluator arithmetic:partial_weight=0``
+(what the quickstart uses: with partial credit, answering with a bare number is a local
+optimum that a small model can settle in before it finds the tags).
+
 Each score carries 0/1 metrics, among them ``correct_in_tags`` (arithmetic) and
 ``correct`` (gsm8k): the strict accuracy a report should quote.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 from openrft.data.tasks.gsm8k import ANSWER_TAG_RE, extract_answer, last_number, numbers_equal
+from openrft.errors import EvaluatorError
 from openrft.evaluators.loader import Evaluator
 from openrft.evaluators.protocol import EvaluateResult
 
@@ -114,7 +120,28 @@ def gsm8k_evaluator(**weights: float) -> Evaluator:
     return _plain("gsm8k", score_gsm8k, weights)
 
 
-BUILTINS: dict[str, Callable[[], Evaluator]] = {
+def parse_weights(name: str, options: str) -> dict[str, float]:
+    """``"partial_weight=0,format_weight=0.3"`` -> keyword weights of the built-in ``name``'s scorer."""
+    scorer = {"arithmetic": score_arithmetic, "gsm8k": score_gsm8k}[name]
+    allowed = [p.name for p in inspect.signature(scorer).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    weights: dict[str, float] = {}
+    for item in options.split(","):
+        key, _, value = (part.strip() for part in item.partition("="))
+        if key not in allowed:
+            raise EvaluatorError(
+                f"unknown option {key!r} for the built-in evaluator {name!r}",
+                hint=f"options: {', '.join(allowed)} (e.g. {name}:{allowed[-1]}=0)",
+            )
+        try:
+            weights[key] = float(value)
+        except ValueError:
+            raise EvaluatorError(
+                f"option {key} of evaluator {name!r} must be a number, got {value!r}"
+            ) from None
+    return weights
+
+
+BUILTINS: dict[str, Callable[..., Evaluator]] = {
     "arithmetic": arithmetic_evaluator,
     "gsm8k": gsm8k_evaluator,
 }

@@ -6,7 +6,8 @@ Specs:
 - ``path/to/file.py``: the file's only evaluator (an error names the candidates
   when there are several);
 - ``package.module:function``: a function in an importable module;
-- a built-in name: ``arithmetic`` or ``gsm8k``.
+- a built-in name: ``arithmetic`` or ``gsm8k``, optionally with weights
+  (``arithmetic:partial_weight=0,format_weight=0.3``).
 
 Three kinds of function are recognised, in this order:
 
@@ -96,6 +97,9 @@ def load_evaluator(spec: str | None, *, dataset: str | None = None) -> Evaluator
     spec = spec.strip()
     if spec in builtin.BUILTINS:
         return builtin.BUILTINS[spec]()
+    name, _, options = spec.partition(":")
+    if name in builtin.BUILTINS and "=" in options:
+        return builtin.BUILTINS[name](**builtin.parse_weights(name, options))
     if "::" in spec or spec.endswith(".py"):
         path_text, _, name = spec.partition("::")
         path = Path(path_text)

@@ -1,9 +1,13 @@
 """``openrft quickstart``: teach the embedded SmolLM2-135M-Instruct the arithmetic task on a laptop CPU.
 
 The job trains a LoRA adapter on single-digit additions whose prompt asks for the
-answer inside ``<answer></answer>`` tags. The base model rarely uses the tags, so the
-graded evaluator (format + correctness + partial credit) gives almost every group a
-spread of scores and the policy learns the format and the sums within minutes.
+answer inside ``<answer></answer>`` tags. The base model gets the sum right about half
+the time but puts a number inside the tags in only ~3% of samples. Scores are graded:
+0.2 for one ``<answer>N</answer>`` pair with a number in it, +0.8 when that number is
+right; a bare right number earns nothing (with partial credit for it the policy settles on
+bare numbers before it discovers the tags). Responses stop at ``</answer>``, so nothing
+is sampled or trained after the answer. Measured on 2 cores: the held-out rate climbs from
+~0% to ~90% in 12 rounds.
 
 Before training and at the end, the same held-out prompts (a seeded carve-out of the
 generated problems, never trained on) are sampled with the same settings; the printed
@@ -24,7 +28,7 @@ from openrft.tracking.sinks import read_jsonl
 # optimizer step per round, an aggressive-but-in-range learning rate and DAPO's clip-higher.
 QUICKSTART_FLAGS: dict[str, object] = {
     "dataset": "arithmetic:digits=1,ops=+,count=600",
-    "evaluator": "arithmetic",
+    "evaluator": "arithmetic:partial_weight=0",
     "eval_auto_carveout": 0.1,
     "rl_loss_method": "dapo",
     "learning_rate": 5e-4,
