@@ -18,6 +18,7 @@ import contextlib
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -174,6 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # process wants the same cores (25 ms instead of 1.3 ms measured here); sleeping waiters
     # cost little on an idle machine. Set before torch is imported; the environment wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # peft still calls a transformers property that warns on every adapter load; not the user's concern
+    warnings.filterwarnings(
+        "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
