@@ -40,7 +40,6 @@ QUICKSTART_FLAGS: dict[str, object] = {
     "stop": ["</answer>"],
     "chunk_size": 8,
     "batch_size": 8192,
-    "micro_batch_tokens": 2048,
     "eval_every": 6,
     "eval_candidates": 4,
     "checkpoint_every": 6,
