@@ -7,7 +7,7 @@ each in its own subprocess so peak RSS is measured separately:
 * naive:   model(ids).logits -> log_softmax over the whole vocabulary -> gather, one batch
 * openrft: decoder hidden states -> chunked LM-head log-probs, length-bucketed micro-batches
 
-    python bench/train_step_memory.py [--sequences 32] [--tokens 160] [--micro-batch-tokens 512]
+    python bench/train_step_memory.py [--sequences 32] [--tokens 160] [--micro-batch-tokens 256]
 
 Prints peak RSS (GB) and step seconds for both, and the openrft/naive ratios.
 """
@@ -76,7 +76,7 @@ def main() -> None:
     )
     parser.add_argument("--sequences", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=160)
-    parser.add_argument("--micro-batch-tokens", type=int, default=512)
+    parser.add_argument("--micro-batch-tokens", type=int, default=256)
     parser.add_argument("--variant", choices=["naive", "openrft"], help=argparse.SUPPRESS)
     parser.add_argument(
         "--skip-naive", action="store_true", help="only run openrft (the naive path needs ~21 GB)"

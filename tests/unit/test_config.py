@@ -19,7 +19,7 @@ TABLE = [
     ("max_context_length", None, [4096, 2049], [31, 0, "long"]),
     ("batch_size", 32768, [1, 32768, "32k", "64k", "64K"], [0, -5, "32 kb", 1.5, True]),
     ("batch_size_samples", None, [1, 64], [0, "many"]),
-    ("micro_batch_tokens", 512, [64, 8192], [63, "x"]),
+    ("micro_batch_tokens", 256, [64, 8192], [63, "x"]),
     ("gradient_accumulation_steps", 1, [1, 8], [0, 1.5]),
     ("optimizer_weight_decay", 0.01, [0, 0.1], [-0.01, "heavy"]),
     ("max_grad_norm", 1.0, [0, 10], [-1]),
