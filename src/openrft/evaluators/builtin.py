@@ -102,6 +102,9 @@ def score_gsm8k(
     )
 
 
+SCORERS: dict[str, Callable[..., EvaluateResult]] = {"arithmetic": score_arithmetic, "gsm8k": score_gsm8k}
+
+
 def _plain(name: str, scorer: Callable[..., EvaluateResult], weights: dict[str, float]) -> Evaluator:
     def evaluate(completion: str, ground_truth: Any = None) -> EvaluateResult:
         return scorer(completion, ground_truth, **weights)
@@ -112,17 +115,17 @@ def _plain(name: str, scorer: Callable[..., EvaluateResult], weights: dict[str, 
 
 def arithmetic_evaluator(**weights: float) -> Evaluator:
     """The ``arithmetic`` evaluator; ``weights`` override :func:`score_arithmetic`'s keyword arguments."""
-    return _plain("arithmetic", score_arithmetic, weights)
+    return _plain("arithmetic", SCORERS["arithmetic"], weights)
 
 
 def gsm8k_evaluator(**weights: float) -> Evaluator:
     """The ``gsm8k`` evaluator; ``weights`` override :func:`score_gsm8k`'s keyword arguments."""
-    return _plain("gsm8k", score_gsm8k, weights)
+    return _plain("gsm8k", SCORERS["gsm8k"], weights)
 
 
 def parse_weights(name: str, options: str) -> dict[str, float]:
     """``"partial_weight=0,format_weight=0.3"`` -> keyword weights of the built-in ``name``'s scorer."""
-    scorer = {"arithmetic": score_arithmetic, "gsm8k": score_gsm8k}[name]
+    scorer = SCORERS[name]
     allowed = [p.name for p in inspect.signature(scorer).parameters.values() if p.kind is p.KEYWORD_ONLY]
     weights: dict[str, float] = {}
     for item in options.split(","):

@@ -317,7 +317,7 @@ class Run:
         rows.count_B += active_B.long()
         stopped_B = active_B & torch.isin(tokens_B, self.stop_ids)
         if self.params.stop:
-            stopped_B |= active_B & self._spelled_stop(rows, active_B & ~stopped_B)
+            stopped_B |= self._spelled_stop(rows, active_B & ~stopped_B)
         rows.stopped_B |= stopped_B
         rows.done_B |= stopped_B | (rows.count_B >= rows.limit_B)
 
@@ -348,7 +348,7 @@ class Run:
                 candidate_index=candidate,
                 prompt_token_ids=tuple(self.prompt_ids[prompt_index]),
                 completion_token_ids=tuple(token_ids),
-                text=cut_at_stop(text, self.params.stop)[0] if stopped else text,
+                text=cut_at_stop(text, self.params.stop) if stopped else text,
                 logprobs=tuple(rows.logprobs_BT[i, :count].tolist()),
                 finish_reason="stop" if stopped else "length",
                 policy_version=self.version,

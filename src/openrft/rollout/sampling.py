@@ -53,10 +53,10 @@ def check_params(params: SamplingParams) -> None:
         raise ConfigError("invalid sampling parameters: " + "; ".join(problems))
 
 
-def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
-    """``text`` up to and including the earliest stop string in it, and whether one was found."""
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """``text`` up to and including the earliest stop string in it (all of it when there is none)."""
     ends = [i + len(s) for s in stop if (i := text.find(s)) >= 0]
-    return (text[: min(ends)], True) if ends else (text, False)
+    return text[: min(ends)] if ends else text
 
 
 def row_seed(seed: int, prompt_id: str, candidate_index: int) -> int:

@@ -221,6 +221,7 @@ def create_app(
         token_lists = _prompt_token_ids(engine.tokenizer, request.prompt)
         seed = request.seed if request.seed is not None else secrets.randbits(62)
         stops = tuple(sorted(set(engine.stop_token_ids) | set(request.stop_token_ids or ())))
+        stop_strings = _stop_strings(request)
         key = (
             name,
             request.n,
@@ -229,11 +230,11 @@ def create_app(
             max(request.top_k, 0),
             request.max_tokens,
             stops,
-            _stop_strings(request),
+            stop_strings,
         )
         groups = await batcher.submit(key, [(f"seed:{seed}", ids) for ids in token_lists])
         choices = [
-            _choice(engine.tokenizer, c, i * request.n + c.candidate_index, request)
+            _choice(engine.tokenizer, c, i * request.n + c.candidate_index, request, stop_strings)
             for i, group in enumerate(groups)
             for c in group
         ]
@@ -294,12 +295,13 @@ def _stop_strings(request: CompletionRequest) -> tuple[str, ...]:
     return tuple(stop)
 
 
-def _choice(tokenizer: Any, completion: Completion, index: int, request: CompletionRequest) -> dict:
+def _choice(
+    tokenizer: Any, completion: Completion, index: int, request: CompletionRequest, stop: tuple[str, ...]
+) -> dict:
     ids = list(completion.completion_token_ids)
     text = completion.text
-    stop = _stop_strings(request)
-    if stop and not request.include_stop_str_in_output and any(text.endswith(s) for s in stop):
-        text = text[: -len(next(s for s in stop if text.endswith(s)))]  # OpenAI leaves the stop string out
+    if not request.include_stop_str_in_output:  # OpenAI leaves the matched stop string out
+        text = next((text[: -len(s)] for s in stop if text.endswith(s)), text)
     choice: dict[str, Any] = {
         "index": index,
         "text": text,

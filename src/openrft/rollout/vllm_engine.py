@@ -205,7 +205,7 @@ class VLLMEngine:
         stopped = reason == "stop" and bool(token_ids) and token_ids[-1] in stops
         text = self.tokenizer.decode(token_ids[:-1] if stopped else token_ids, skip_special_tokens=True)
         if reason == "stop":
-            text = cut_at_stop(text, stop_strings)[0]
+            text = cut_at_stop(text, stop_strings)
         return Completion(
             prompt_id=prompt_id,
             candidate_index=candidate,

@@ -24,8 +24,9 @@ from typing import Any
 from openrft.errors import DataError
 
 OPS = ("+", "-", "*")
-# The format instruction is in both turns: SmolLM2-135M follows it in ~9% of samples this way
-# (0-3% with the instruction in only one of them), enough for RL to pick the format up quickly.
+# The format instruction is in both turns. SmolLM2-135M (T 0.7, top-k 40, 24 prompts x 8, stopping at
+# </answer>) then puts a number inside the tags in 2.6% of samples; with the instruction in the
+# system turn only, 0%. Rare, but every round has a few, and RL picks the format up within 5 rounds.
 SYSTEM_PROMPT = "Always give the final answer inside <answer></answer> tags, like <answer>42</answer>."
 
 
