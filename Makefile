@@ -28,8 +28,9 @@ quickstart: setup
 	$(BIN)/openrft quickstart
 
 lint: setup-dev
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/lint-imports
 
 test: setup-dev lint
 	$(BIN)/python -m pytest -q

@@ -25,12 +25,12 @@ import time
 def run_variant(variant: str, sequences: int, tokens: int, micro_batch_tokens: int) -> dict:
     import torch
 
-    from openrft.algo.losses import policy_loss
+    from openrft.algo.losses import resolve_loss
     from openrft.models import load_model
     from openrft.records import Completion
     from openrft.train.batching import TrainSequence
     from openrft.train.policy import attach_lora
-    from openrft.train.step import LossSettings, accumulate_gradients, plan_step
+    from openrft.train.step import StepLoss, accumulate_gradients, plan_step
 
     torch.manual_seed(0)
     model, tokenizer = load_model("smollm2-135m-instruct")
@@ -44,7 +44,8 @@ def run_variant(variant: str, sequences: int, tokens: int, micro_batch_tokens: i
     if variant == "naive":
         logits = model(input_ids=ids).logits[:, prompt_len - 1 : -1]  # [B, T, V]
         logp = torch.log_softmax(logits / 0.7, dim=-1).gather(-1, ids[:, prompt_len:, None]).squeeze(-1)
-        loss, _ = policy_loss("dapo", logp, old, adv, torch.ones_like(old))
+        dapo_loss, dapo = resolve_loss("dapo")
+        loss, _ = dapo_loss(logp, old, adv, torch.ones_like(old), dapo)
         loss.backward()
     else:
         seqs = [
@@ -64,7 +65,7 @@ def run_variant(variant: str, sequences: int, tokens: int, micro_batch_tokens: i
             for i in range(sequences)
         ]
         batches, _ = plan_step(seqs, micro_batch_tokens, tokenizer.pad_token_id)
-        accumulate_gradients(model, batches, LossSettings("dapo", 0.0, False, 0.7))
+        accumulate_gradients(model, batches, StepLoss(*resolve_loss("dapo"), 0.7))
     seconds = time.perf_counter() - start
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     return {"variant": variant, "peak_rss_gb": peak_gb, "step_s": seconds}

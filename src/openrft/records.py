@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length"]
@@ -100,8 +101,24 @@ class ScoredGroup:
 
 @runtime_checkable
 class RolloutEngine(Protocol):
-    """Anything that samples completions: local transformers, an HTTP endpoint, vLLM, a Ray actor."""
+    """Anything that samples completions: local transformers, an HTTP endpoint, vLLM, Ray actors.
+
+    The trainer talks to an engine through two calls: :meth:`generate`, and :meth:`set_policy`
+    after every optimizer update. Engines that sample the trainer's live model in this process
+    (local, Ray snapshots of it) set ``needs_adapter_files = False``; engines that load the
+    adapter from disk (an inference server, vLLM) set it True and get the adapter's folder.
+    """
+
+    needs_adapter_files: bool
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
         """Return, for each prompt in order, ``params.n`` completions (candidate_index 0..n-1)."""
+        ...
+
+    def set_policy(self, version: int, adapter: Path | None = None) -> None:
+        """Sample with policy ``version`` from now on (stamped on every completion as ``policy_version``).
+
+        ``adapter`` is the folder of that version's LoRA adapter (PEFT format), given only to
+        engines with ``needs_adapter_files``.
+        """
         ...

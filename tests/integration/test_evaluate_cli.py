@@ -152,7 +152,7 @@ def test_help_lists_commands_and_the_cli_module_imports_little():
     )
     assert "evaluate" in result.stdout and "data" in result.stdout
     modules = subprocess.run(
-        [sys.executable, "-c", "import sys, openrft.evaluators.cli; print('asyncio' in sys.modules)"],
+        [sys.executable, "-c", "import sys, openrft.cli.evaluate; print('asyncio' in sys.modules)"],
         capture_output=True,
         text=True,
         check=True,

@@ -31,6 +31,8 @@ FAKE_TRAINER = r'''
 import json, os, subprocess, sys, time, types
 from pathlib import Path
 
+from openrft.train.job import prepare  # the real checks run; only training is replaced
+
 
 def _append(path, record):
     with open(path, "a") as handle:
@@ -48,8 +50,8 @@ def _outcome(status, step, message=""):
     return types.SimpleNamespace(status=status, message=message, state=types.SimpleNamespace(step=step))
 
 
-def run_training(cfg, job_dir, *, resume=False, quiet=False, should_stop=lambda: False, extra_sinks=(),
-                 eval_candidates=1):
+def run_training(prepared, job_dir, *, resume=False, quiet=False, should_stop=lambda: False, extra_sinks=()):
+    cfg = prepared.cfg
     env = os.environ
     mode, steps = env.get("FAKE_MODE", "ok"), int(env.get("FAKE_STEPS", "4"))
     delay, cancel_at = float(env.get("FAKE_DELAY", "0")), int(env.get("FAKE_CANCEL_AT", "0"))
@@ -98,6 +100,7 @@ def run_training(cfg, job_dir, *, resume=False, quiet=False, should_stop=lambda:
 def install():
     module = types.ModuleType("openrft.train.job")
     module.run_training = run_training
+    module.prepare = prepare
     import openrft.train
     sys.modules["openrft.train.job"] = module
     openrft.train.job = module
@@ -224,7 +227,8 @@ def test_errors_and_early_stop_are_recorded(
 
 def test_validation_failure_never_starts_training(fake, home, model_dir, capsys):
     code, _, err = create(capsys, model_dir, "--job-id", "a", "--evaluator", "no_such_module_xyz:score")
-    assert code == 4
+    assert code == 2  # a bad input is a configuration error, named by its flag
+    assert "\n--evaluator: importing the evaluator no_such_module_xyz failed" in err
     record = JobStore().get("a")
     assert states(record) == [S.PENDING, S.VALIDATING, S.FAILED]
     assert "no_such_module_xyz" in record.message
@@ -232,8 +236,8 @@ def test_validation_failure_never_starts_training(fake, home, model_dir, capsys)
 
 
 def test_missing_base_model_fails_validation(fake, home, tmp_path, capsys):
-    code, _, _ = create(capsys, tmp_path / "nowhere", "--job-id", "a")
-    assert code == 5
+    code, _, err = create(capsys, tmp_path / "nowhere", "--job-id", "a")
+    assert code == 2 and "\n--base-model: base model not found" in err
     assert JobStore().get("a").state is S.FAILED
 
 

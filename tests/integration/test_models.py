@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from openrft import models
+from openrft import models, paths
 from openrft.errors import ModelError
 from openrft.testing import tiny_model
 
@@ -77,13 +77,13 @@ def test_bad_adapter_directory(tiny_model, tmp_path):
 
 def test_openrft_home_follows_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("OPENRFT_HOME", str(tmp_path))
-    assert models.openrft_home() == tmp_path
+    assert paths.openrft_home() == tmp_path
     assert models.embedded_model_dir() == tmp_path / "models" / "smollm2-135m-instruct"
 
 
-def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
+def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "model"
-    with pytest.raises(RuntimeError), models._atomic_dir(target) as tmp:
+    with pytest.raises(RuntimeError), paths.atomic_directory(target) as tmp:
         (tmp / "partial").write_text("x")
         raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []

@@ -112,7 +112,7 @@ def _assert_same(ray_groups: list[list[Completion]], local_groups: list[list[Com
 def _bump(engine: RayEngine, model, seed: int) -> int:
     """A training step: new adapter weights, next policy version."""
     _perturb(model, seed)
-    engine.sync_policy(engine.policy_version + 1)
+    engine.set_policy(engine.policy_version + 1)
     return engine.policy_version
 
 
@@ -137,7 +137,7 @@ def test_a_job_on_two_ray_actors_trains_like_the_in_process_job_even_when_one_di
 ):
     from safetensors.torch import load_file
 
-    from openrft.train.job import run_training
+    from openrft.train.job import prepare, run_training
 
     rounds: list[dict] = []  # one per generate call: what the trainer asked for and what came back
     original = RayEngine.generate_from_ids
@@ -163,8 +163,8 @@ def test_a_job_on_two_ray_actors_trains_like_the_in_process_job_even_when_one_di
     local_cfg, _ = build_config({}, _job_values(tiny_model_dir))
     ray_cfg, _ = build_config({}, _job_values(tiny_model_dir, ray_address="local", rollout_workers=2))
     with one_thread():  # the trainer's arithmetic is the same in both jobs; so is the actors' sampling
-        local = run_training(local_cfg, tmp_path / "local", quiet=True)
-        distributed = run_training(ray_cfg, tmp_path / "ray", quiet=True)
+        local = run_training(prepare(local_cfg), tmp_path / "local", quiet=True)
+        distributed = run_training(prepare(ray_cfg), tmp_path / "ray", quiet=True)
 
     assert local.status == distributed.status == "completed"
     local_rows = read_jsonl(tmp_path / "local" / "metrics.jsonl")
@@ -195,17 +195,13 @@ def test_a_job_on_two_ray_actors_trains_like_the_in_process_job_even_when_one_di
     assert math.isclose(ray.available_resources().get("CPU", 0), 2)
 
 
-def test_the_endpoint_engine_is_refused_with_ray(cluster, tiny_model_dir, policy):
-    from openrft.distributed import ray_engine
-
-    model, tokenizer = policy
-    cfg, _ = build_config(
-        {},
-        {"base_model": str(tiny_model_dir), "ray_address": "local", "rollout_engine": "endpoint",
-         "endpoint_url": "http://localhost:1/v1"},
-    )  # fmt: skip
-    with pytest.raises(ConfigError, match="rollout-engine"):
-        ray_engine(cfg, model, tokenizer, None)
+def test_the_endpoint_engine_is_refused_with_ray(tiny_model_dir):
+    with pytest.raises(ConfigError, match="rollout-engine"):  # at job creation, before any model loads
+        build_config(
+            {},
+            {"base_model": str(tiny_model_dir), "ray_address": "local", "rollout_engine": "endpoint",
+             "endpoint_url": "http://localhost:1/v1"},
+        )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- evaluation

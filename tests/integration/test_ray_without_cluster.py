@@ -39,18 +39,22 @@ def test_chunks_keep_actors_busy_and_balanced(prompts, n, actors, in_flight, exp
 def test_without_ray_a_job_with_an_address_says_how_to_install_it(monkeypatch, tiny_model):
     from openrft.distributed import ray_engine, ray_scorer
     from openrft.evaluators import load_evaluator
-    from openrft.train.job import make_scorer
+    from openrft.train.setup import make_scorer
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    cfg, _ = build_config({}, {"ray_address": "local"})
+    settings = build_config({}, {"ray_address": "local"})[0].settings()
     model, tokenizer = tiny_model
     evaluator = load_evaluator("arithmetic")
-    for build in (lambda: ray_engine(cfg, model, tokenizer, None), lambda: ray_scorer(cfg, evaluator)):
+    builds = (
+        lambda: ray_engine(settings.engine.ray, "local", model, tokenizer, "tiny", None),
+        lambda: ray_scorer("local", evaluator, max_concurrent_evaluations=None, timeout=5.0),
+    )
+    for build in builds:
         with pytest.raises(ConfigError) as caught:
             build()
         assert caught.value.field == "ray_address" and "openrft[ray]" in caught.value.hint
     with pytest.raises(ConfigError, match="needs the 'ray' package"):
-        make_scorer(cfg, evaluator)  # the job's scorer goes through Ray when an address is set
+        make_scorer(settings.engine, evaluator)  # the job's scorer goes through Ray when an address is set
 
 
 def test_an_unreachable_cluster_is_a_config_error():

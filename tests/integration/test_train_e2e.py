@@ -74,7 +74,7 @@ KILL_SCRIPT = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     from openrft.config import build_config
-    from openrft.train.job import run_training
+    from openrft.train.job import prepare, run_training
     flags, job_dir, kill_at = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     cfg, _ = build_config({}, __import__("json").loads(flags))
     def maybe_die():
@@ -82,7 +82,7 @@ KILL_SCRIPT = textwrap.dedent(
         if kill_at and sum('"loss/policy"' in l for l in lines) >= kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         return False
-    run_training(cfg, job_dir, resume=sys.argv[4] == "resume", quiet=True, should_stop=maybe_die)
+    run_training(prepare(cfg), job_dir, resume=sys.argv[4] == "resume", quiet=True, should_stop=maybe_die)
     """
 )
 

@@ -14,7 +14,8 @@ import pytest
 wandb = pytest.importorskip("wandb")
 
 from openrft.config import build_config  # noqa: E402
-from openrft.tracking.wandb_sink import WandbSink, choose_mode  # noqa: E402
+from openrft.jobs.runner import start_wandb  # noqa: E402
+from openrft.tracking.wandb_sink import choose_mode  # noqa: E402
 
 BLOCK = 32768
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
@@ -99,7 +100,7 @@ def test_offline_run_holds_config_metrics_and_rollout_tables(offline_env, tmp_pa
         {}, {"wandb": True, "wandb_project": "rft-tests", "learning_rate": 2e-4, "wandb_api_key": None}
     )[0]
     job_dir = tmp_path / "job"
-    sink = WandbSink.start(cfg, job_id="job-1", job_dir=job_dir, rollout_every=2, probe=lambda url: True)
+    sink = start_wandb(cfg, job_id="job-1", job_dir=job_dir, rollout_every=2, probe=lambda url: True)
     err = capsys.readouterr().err
     assert sink.run_dir.parent == job_dir / "wandb" and sink.run_dir.name.startswith("offline-run-")
     assert f"W&B: offline run (no W&B API key) at {sink.run_dir}" in err and "wandb sync" in err
@@ -143,7 +144,7 @@ def test_offline_run_holds_config_metrics_and_rollout_tables(offline_env, tmp_pa
 
 def test_api_key_is_never_logged_and_unreachable_server_means_offline(offline_env, tmp_path, capsys):
     cfg = build_config({}, {"wandb": True, "wandb_api_key": "sk-very-secret"})[0]
-    sink = WandbSink.start(cfg, job_id="job-2", job_dir=tmp_path / "job", probe=lambda url: False)
+    sink = start_wandb(cfg, job_id="job-2", job_dir=tmp_path / "job", probe=lambda url: False)
     sink.log(1, {"reward/mean": 0.5})
     sink.close()
     assert "api.wandb.ai cannot be reached" in capsys.readouterr().err

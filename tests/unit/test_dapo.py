@@ -10,10 +10,12 @@ from openrft.algo.dapo import (
     default_overlong_buffer,
     dynamic_sampling,
     overlong_penalties,
-    overlong_penalty,
 )
-from openrft.errors import ConfigError
 from openrft.records import Completion, Prompt, Score, ScoredGroup
+
+
+def overlong_penalty(length, max_tokens, buffer, factor=1.0):
+    return float(overlong_penalties([length], max_tokens, buffer, factor)[0])
 
 
 def test_overlong_penalty_values():
@@ -26,23 +28,29 @@ def test_overlong_penalty_values():
     assert overlong_penalty(130, 100, 20) == pytest.approx(-1.0)
     assert overlong_penalty(90, 100, 20, factor=0.4) == pytest.approx(-0.2)
     assert str(overlong_penalty(90, 100, 20, factor=0.0)) == "0.0"  # no -0.0
+    # the formula of DAPO section 3.4, written out
+    for n in range(0, 130, 7):
+        expected = 0.0 if n <= 80 else (-1.0 if n > 100 else (80 - n) / 20)
+        assert overlong_penalty(n, 100, 20) == pytest.approx(expected, abs=1e-6)
     assert overlong_penalty(1, 1, 1) == -1.0  # buffer == max: every token is in the buffer
 
 
-def test_overlong_penalties_vectorised_matches_scalar():
+def test_overlong_penalties_vectorised():
     lengths = list(range(0, 140, 3))
     vec = overlong_penalties(lengths, 100, 20, factor=0.5)
     assert vec.dtype == torch.float32 and vec.shape == (len(lengths),)
-    assert vec.tolist() == pytest.approx([overlong_penalty(n, 100, 20, 0.5) for n in lengths], abs=1e-7)
+    assert vec.tolist() == pytest.approx(
+        [0.5 * min(0.0, max(-1.0, (80 - n) / 20)) for n in lengths], abs=1e-7
+    )
     assert overlong_penalties(torch.tensor([85, 100]), 100, 20).tolist() == pytest.approx([-0.25, -1.0])
 
 
 def test_overlong_bad_settings():
-    with pytest.raises(ConfigError, match="--overlong-buffer"):
+    with pytest.raises(ValueError, match="buffer"):
         overlong_penalty(10, 100, 0)
-    with pytest.raises(ConfigError, match="--overlong-buffer"):
+    with pytest.raises(ValueError, match="buffer"):
         overlong_penalties([10], 100, 101)
-    with pytest.raises(ConfigError, match="factor"):
+    with pytest.raises(ValueError, match="factor"):
         overlong_penalty(10, 100, 20, factor=-1)
     assert default_overlong_buffer(2048) == 512 and default_overlong_buffer(2) == 1
 

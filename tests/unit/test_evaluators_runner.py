@@ -12,7 +12,8 @@ import pytest
 
 from openrft.errors import EvaluatorError
 from openrft.evaluators import check_invalid_rate, load_evaluator, score_groups, summarize, to_score
-from openrft.evaluators.loader import Evaluator, as_evaluator
+from openrft.evaluators.base import Evaluator
+from openrft.evaluators.loader import as_evaluator
 from openrft.evaluators.protocol import EvaluateResult, EvaluationRow, evaluation_test
 from openrft.records import Completion, Prompt, Score
 
@@ -269,4 +270,8 @@ def test_check_invalid_rate_and_summary():
     assert stats["reward/count"] == 3 and stats["reward/invalid_count"] == 1
     assert math.isclose(stats["reward/invalid_frac"], 1 / 3)
     assert stats["reward/mean"] == 0.5 and stats["reward/std"] == 0.5
-    assert stats["reward/metric/m"] == 0.5
+    assert stats["reward/m"] == 0.5
+    assert (stats["reward/min"], stats["reward/max"]) == (0.0, 1.0)
+    evaluation = summarize([Score(0.25, metrics={"m": 1.0})], prefix="eval")
+    assert evaluation["eval/mean"] == 0.25 and evaluation["eval/m"] == 1.0
+    assert summarize([bad])["reward/mean"] == 0.0 and summarize([bad])["reward/invalid_frac"] == 1.0

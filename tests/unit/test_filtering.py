@@ -1,4 +1,4 @@
-"""Zero-variance filtering: groups and training chunks."""
+"""Zero-variance filtering: groups and micro-batches."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import torch
 
 from openrft.algo.advantages import group_advantages
 from openrft.algo.filtering import (
-    FilterStats,
-    drop_zero_advantage_chunks,
+    drop_zero_advantage_micro_batches,
     filter_scored_groups,
     group_has_variance,
     is_zero_variance,
@@ -70,26 +69,12 @@ def test_filter_scored_groups_drops_without_replacing():
     assert group_has_variance(groups[0]) and not group_has_variance(groups[1])
 
 
-def test_drop_zero_advantage_chunks():
-    # 6 sequences: a group split across chunks; sequences 2, 3 and 5 have advantage 0
+def test_drop_zero_advantage_micro_batches():
+    # 6 sequences: a group split across micro-batches; sequences 2, 3 and 5 have advantage 0
     advantages = torch.tensor([0.8, -0.8, 0.0, 0.0, 1e-13, 0.0])
-    chunks = [[0, 1], [2, 3], [4, 5], [1, 2], []]
-    kept, dropped = drop_zero_advantage_chunks(chunks, advantages)
+    micro_batches = [[0, 1], [2, 3], [4, 5], [1, 2], []]
+    kept, dropped = drop_zero_advantage_micro_batches(micro_batches, advantages)
     assert kept == [[0, 1], [1, 2]]
-    assert dropped == 3  # [2, 3], [4, 5] (|1e-13| < 1e-12), and the empty chunk
-    kept, dropped = drop_zero_advantage_chunks([[0], [1]], [0.5, -0.5])
+    assert dropped == 3  # [2, 3], [4, 5] (|1e-13| < 1e-12), and the empty one
+    kept, dropped = drop_zero_advantage_micro_batches([[0], [1]], [0.5, -0.5])
     assert kept == [[0], [1]] and dropped == 0
-
-
-def test_filter_stats_metrics():
-    stats = FilterStats(
-        zero_variance_groups=3, zero_advantage_chunks=1, groups_kept=5, effective_sequences=38
-    )
-    stats.effective_tokens = 1234
-    assert stats.as_metrics() == {
-        "filter/zero_variance_groups": 3.0,
-        "filter/zero_advantage_chunks": 1.0,
-        "filter/groups_kept": 5.0,
-        "filter/effective_sequences": 38.0,
-        "filter/effective_tokens": 1234.0,
-    }

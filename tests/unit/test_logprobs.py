@@ -1,4 +1,4 @@
-"""Chunked sampled-token log-probs equal the naive full-vocabulary computation, values and gradients."""
+"""Blockwise sampled-token log-probs equal the naive full-vocabulary computation, values and gradients."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from openrft.train.logprobs import sequence_logprobs, token_logprobs
+from openrft.train.logprobs import token_logprobs
+from oracles import sequence_logprobs
 
 
 def _llama(vocab=97, seed=0):
@@ -24,14 +25,14 @@ def _llama(vocab=97, seed=0):
     return LlamaForCausalLM(cfg).float()
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 1000])
+@pytest.mark.parametrize("block", [1, 3, 1000])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_token_logprobs_match_naive_values_and_grads(chunk, temperature):
+def test_token_logprobs_match_naive_values_and_grads(block, temperature):
     torch.manual_seed(1)
     hidden = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 11, (7,))
-    ours = token_logprobs(hidden, weight, targets, temperature, chunk)
+    ours = token_logprobs(hidden, weight, targets, temperature, block)
     naive = torch.log_softmax(hidden @ weight.T / temperature, -1).gather(1, targets[:, None]).squeeze(1)
     torch.testing.assert_close(ours.double(), naive, atol=1e-6, rtol=0)
     upstream = torch.randn(7, dtype=torch.float64)
@@ -46,7 +47,7 @@ def test_sequence_logprobs_match_model_logits_with_padding():
     ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 0, 0]])
     attn = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
     comp = torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 0, 0]])
-    logp = sequence_logprobs(model, ids, attn, comp, temperature=0.7, chunk=2)
+    logp = sequence_logprobs(model, ids, attn, comp, temperature=0.7, block=2)
     with torch.no_grad():
         ref_all = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits / 0.7, -1)
     for b in range(2):

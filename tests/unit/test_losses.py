@@ -9,17 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from openrft.config import KL_BETA_ERRORS
-from openrft.errors import ConfigError
-from openrft.losses import (
+from openrft.algo.losses import (
     LOSS_METHODS,
+    KLBetaNotSupported,
+    LossSpec,
     aggregate,
-    aggregation_mode,
     gspo_token_ratio,
-    kl_coefficient,
     policy_loss,
+    register_loss,
+    resolve_loss,
     step_denominator,
 )
+from openrft.config import ConfigError, build_config
 
 CLIPS = {"grpo": (0.2, 0.2), "dapo": (0.2, 0.28), "gspo-token": (3e-4, 4e-4)}
 KL_DEFAULT = {"grpo": 0.001, "dapo": 0.0, "gspo-token": 0.0}
@@ -62,10 +63,13 @@ def reference_loss(method, lp, old, adv, mask, ref=None, beta=None, length_norm=
     return loss, grad
 
 
-def run(method, lp, old, adv, mask, ref=None, **kw):
+def run(method, lp, old, adv, mask, ref=None, kl_beta=None, length_norm=False, denominator=None):
     lp_t = torch.tensor(lp, dtype=torch.float64, requires_grad=True)
     t = lambda x: None if x is None else torch.tensor(x, dtype=torch.float64)  # noqa: E731
-    loss, metrics = policy_loss(method, lp_t, t(old), t(adv), torch.tensor(mask), ref_logprobs=t(ref), **kw)
+    fn, spec = resolve_loss(method, kl_beta or 0.0, length_norm)
+    loss, metrics = fn(
+        lp_t, t(old), t(adv), torch.tensor(mask), spec, ref_logprobs_BT=t(ref), denominator=denominator
+    )
     (grad,) = torch.autograd.grad(loss, lp_t)
     return loss.item(), grad.numpy(), metrics
 
@@ -85,31 +89,58 @@ def random_batch(seed=0, lengths=(5, 3, 1, 0), T=5, spread=0.3):
 
 
 def test_method_table_matches_reference_guide():
-    def row(m):
-        return (m.name, m.clip_low, m.clip_high, m.kl_coef, m.ratio_level, m.aggregation)
+    def row(name):
+        spec = LOSS_METHODS[name].defaults
+        return (spec.method, spec.clip_low, spec.clip_high, spec.kl_coef, spec.aggregation)
 
-    g, d = LOSS_METHODS["grpo"], LOSS_METHODS["dapo"]
-    assert row(g) == ("grpo", 0.2, 0.2, 0.001, "token", "token-mean")
-    assert row(d) == ("dapo", 0.2, 0.28, 0.0, "token", "token-mean")
-    assert row(LOSS_METHODS["gspo-token"]) == (
-        "gspo-token",
-        3e-4,
-        4e-4,
-        0.0,
-        "sequence",
-        "seq-mean-token-mean",
-    )
+    assert row("grpo") == ("grpo", 0.2, 0.2, 0.001, "token-mean")
+    assert row("dapo") == ("dapo", 0.2, 0.28, 0.0, "token-mean")
+    assert row("gspo-token") == ("gspo-token", 3e-4, 4e-4, 0.0, "seq-mean-token-mean")
+    d = LOSS_METHODS["dapo"].defaults
     assert (d.ratio_low, d.ratio_high) == pytest.approx((0.8, 1.28))
     assert set(LOSS_METHODS) == {"grpo", "dapo", "gspo-token"}
+    assert [m.tunable_kl for m in LOSS_METHODS.values()] == [True, False, False]
     with pytest.raises(dataclasses.FrozenInstanceError):
-        g.clip_low = 0.5  # type: ignore[misc]
+        d.clip_low = 0.5  # type: ignore[misc]
 
 
-def test_aggregation_mode_and_length_norm():
-    assert aggregation_mode("grpo") == "token-mean"
-    assert aggregation_mode("dapo") == "token-mean"
-    assert aggregation_mode("gspo-token") == "seq-mean-token-mean"
-    assert aggregation_mode("grpo", length_norm=True) == "seq-mean-token-mean"
+def test_each_method_is_one_documented_function():
+    for name, entry in LOSS_METHODS.items():
+        doc = entry.fn.__doc__ or ""
+        assert "arXiv" in doc and "l_it" in doc, name  # the paper and the formula
+    assert LOSS_METHODS["gspo-token"].fn.__name__ == "gspo_token_loss"
+
+
+def test_resolve_loss_aggregation_and_length_norm():
+    assert resolve_loss("grpo")[1].aggregation == "token-mean"
+    assert resolve_loss("dapo")[1].aggregation == "token-mean"
+    assert resolve_loss("gspo-token")[1].aggregation == "seq-mean-token-mean"
+    assert resolve_loss("grpo", length_norm=True)[1].aggregation == "seq-mean-token-mean"
+    assert resolve_loss("dapo", length_norm=True)[0] is LOSS_METHODS["dapo"].fn
+
+
+def test_a_fourth_method_is_one_registered_function():
+    name = "test-unclipped"
+
+    @register_loss(name, clip_low=10.0, clip_high=10.0)
+    def unclipped(
+        logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, spec, *, ref_logprobs_BT=None, denominator=None
+    ):
+        return policy_loss(LossSpec("dapo", spec.clip_low, spec.clip_high), logprobs_BT, old_logprobs_BT,
+                           advantages_B, mask_BT, denominator=denominator)  # fmt: skip
+
+    try:
+        fn, spec = resolve_loss(name)
+        assert fn is unclipped and spec.clip_high == 10.0
+        cfg, _ = build_config({}, {"rl_loss_method": name})
+        assert cfg.loss.rl_loss_method == name
+        lp = torch.tensor([[0.0, 0.0]], requires_grad=True)
+        loss, m = fn(lp, torch.tensor([[-1.0, -1.0]]), torch.tensor([1.0]), torch.ones(1, 2), spec)
+        assert loss.item() == pytest.approx(-math.e) and m["clip/frac"] == 0.0
+        with pytest.raises(ValueError, match="already registered"):
+            register_loss(name, clip_low=0.1, clip_high=0.1)(unclipped)
+    finally:
+        del LOSS_METHODS[name]
 
 
 # ----------------------------------------------------------------------------- hand-computed
@@ -331,7 +362,7 @@ def test_micro_batches_with_step_denominator_sum_to_the_whole_step(method, lengt
     if method == "gspo-token":
         old = lp + np.random.default_rng(5).normal(0, 2e-4, lp.shape)
     whole_loss, whole_grad, _ = run(method, lp, old, adv, mask, ref=ref, length_norm=length_norm)
-    mode = aggregation_mode(method, length_norm)
+    mode = resolve_loss(method, length_norm=length_norm)[1].aggregation
     halves = [slice(0, 3), slice(3, 6)]
     denom = step_denominator(mode, [torch.tensor(mask[s]) for s in halves])
     assert denom == (15.0 if mode == "token-mean" else 5.0)
@@ -365,26 +396,27 @@ def test_grpo_kl_coefficient_default_and_override():
         assert m["kl/mean"] == pytest.approx(k3)
         assert m["loss/kl"] == pytest.approx(coef * k3)
     assert base[2]["kl/mean"] == pytest.approx(k3) and base[2]["loss/kl"] == 0.0
-    assert kl_coefficient("grpo", None) == 0.001
-    assert kl_coefficient("grpo", 0.05) == 0.05
+    assert resolve_loss("grpo", 0.0)[1].kl_coef == 0.001
+    assert resolve_loss("grpo", 0.05)[1].kl_coef == 0.05
 
 
 @pytest.mark.parametrize("method", ["dapo", "gspo-token"])
 def test_non_zero_kl_beta_rejected_with_reference_message(method):
+    with pytest.raises(KLBetaNotSupported):
+        resolve_loss(method, 0.01)
+    # the job configuration turns the algorithm's ValueError into the reference's message
     with pytest.raises(ConfigError) as info:
-        policy_loss(
-            method, torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2), kl_beta=0.01
-        )
-    assert str(info.value) == KL_BETA_ERRORS[method]
+        build_config({}, {"rl_loss_method": method, "rl_kl_beta": 0.01})
     expected = "DAPO" if method == "dapo" else "GSPO_TOKEN"
     assert str(info.value) == f"loss_config.kl_beta must be 0/unset when method is {expected}"
-    assert kl_coefficient(method, None) == 0.0 and kl_coefficient(method, 0) == 0.0
+    assert resolve_loss(method, 0.0)[1].kl_coef == 0.0
 
 
 def test_grpo_without_reference_logprobs_is_an_error():
+    z = torch.zeros(1, 2)
     with pytest.raises(ValueError, match="ref_logprobs"):
-        policy_loss("grpo", torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2))
-    _, m = policy_loss("dapo", torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2))
+        policy_loss(resolve_loss("grpo")[1], z, z, torch.ones(1), torch.ones(1, 2))
+    _, m = policy_loss(resolve_loss("dapo")[1], z, z, torch.ones(1), torch.ones(1, 2))
     assert m["kl/mean"] == 0.0
 
 
@@ -393,20 +425,23 @@ def test_grpo_without_reference_logprobs_is_an_error():
 
 def test_bad_inputs_raise_clear_errors():
     z = torch.zeros(2, 3)
-    with pytest.raises(ConfigError, match="unknown loss method"):
-        policy_loss("ppo", z, z, torch.ones(2), z)
+    dapo = resolve_loss("dapo")[1]
+    with pytest.raises(ValueError, match="unknown loss method"):
+        resolve_loss("ppo")
     with pytest.raises(ValueError, match="advantages"):
-        policy_loss("dapo", z, z, torch.ones(3), z)
+        policy_loss(dapo, z, z, torch.ones(3), z)
     with pytest.raises(ValueError, match="mask"):
-        policy_loss("dapo", z, z, torch.ones(2), torch.ones(2, 4))
-    with pytest.raises(ConfigError, match="kl-beta"):
-        kl_coefficient("grpo", -0.1)
+        policy_loss(dapo, z, z, torch.ones(2), torch.ones(2, 4))
+    for beta in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="kl_beta"):
+            resolve_loss("grpo", beta)
 
 
 def test_low_precision_inputs_and_huge_log_ratios_stay_finite():
     lp = torch.tensor([[-1.0, -2.0]], dtype=torch.bfloat16, requires_grad=True)
     old = torch.tensor([[-101.0, 60.0]], dtype=torch.bfloat16)
-    loss, m = policy_loss("grpo", lp, old, torch.tensor([-1.0]), torch.ones(1, 2), ref_logprobs=old)
+    grpo = resolve_loss("grpo")[1]
+    loss, m = policy_loss(grpo, lp, old, torch.tensor([-1.0]), torch.ones(1, 2), ref_logprobs_BT=old)
     (grad,) = torch.autograd.grad(loss, lp)
     assert loss.dtype == torch.float32
     assert math.isfinite(loss.item()) and torch.isfinite(grad.float()).all()

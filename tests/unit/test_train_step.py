@@ -7,11 +7,12 @@ from dataclasses import replace
 import pytest
 import torch
 
+from openrft.algo.losses import resolve_loss
 from openrft.records import Completion
 from openrft.train.batching import TrainSequence, collate, padded_cost, plan_micro_batches, plan_steps
-from openrft.train.logprobs import sequence_logprobs
 from openrft.train.policy import attach_lora, reference_policy
-from openrft.train.step import LossSettings, accumulate_gradients, batch_logprobs, plan_step
+from openrft.train.step import StepLoss, accumulate_gradients, batch_logprobs, plan_step
+from oracles import sequence_logprobs
 
 
 def _sequences(model, tokenizer, lengths, advantages, temperature=0.7, seed=0):
@@ -44,7 +45,7 @@ def test_micro_batches_give_the_whole_step_gradient(tiny_model, method, length_n
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05)
-    settings = LossSettings(method, 0.0, length_norm, 0.7)
+    settings = StepLoss(*resolve_loss(method, 0.0, length_norm), 0.7)
     seqs = _sequences(model, tokenizer, [5, 9, 2, 7, 4, 6], [1.0, -0.5, 0.3, -1.2, 0.8, 0.0])
     results = {}
     for budget in (10_000, 24):
@@ -64,7 +65,7 @@ def test_first_update_ratio_is_one(tiny_model):
     model = attach_lora(model, rank=4, seed=0)
     seqs = _sequences(model, tokenizer, [6, 3, 8], [1.0, -1.0, 0.5])
     batches, _ = plan_step(seqs, 10_000, tokenizer.pad_token_id)
-    metrics = accumulate_gradients(model, batches, LossSettings("grpo", 0.0, False, 0.7))
+    metrics = accumulate_gradients(model, batches, StepLoss(*resolve_loss("grpo"), 0.7))
     assert metrics["ratio/mean"] == pytest.approx(1.0, abs=1e-4)
     assert metrics["ratio/min"] == pytest.approx(1.0, abs=1e-4) and metrics["ratio/max"] == pytest.approx(
         1.0, abs=1e-4

@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 import torch
 
 from openrft.algo.filtering import group_has_variance
-from openrft.errors import ConfigError
 from openrft.records import ScoredGroup
 
 G = TypeVar("G")
@@ -41,35 +40,19 @@ def default_overlong_buffer(max_tokens: int) -> int:
 
 def _check_overlong(max_tokens: int, buffer: int, factor: float) -> None:
     if max_tokens < 1:
-        raise ConfigError(
-            f"--max-output-tokens: {max_tokens} is not valid; expected a whole number >= 1",
-            field="max_output_tokens",
-        )
+        raise ValueError(f"overlong penalty: max_tokens must be >= 1, got {max_tokens}")
     if not 1 <= buffer <= max_tokens:
-        raise ConfigError(
-            f"--overlong-buffer: {buffer} is not valid; expected a whole number from 1 to "
-            f"--max-output-tokens ({max_tokens})",
-            field="overlong_buffer",
+        raise ValueError(
+            f"overlong penalty: buffer must be from 1 to max_tokens ({max_tokens}), got {buffer}"
         )
-    if factor < 0:
-        raise ConfigError(
-            f"--overlong-penalty-factor: {factor} is not valid; expected a number >= 0",
-            field="overlong_penalty_factor",
-        )
-
-
-def overlong_penalty(length: int, max_tokens: int, buffer: int, factor: float = 1.0) -> float:
-    """DAPO soft overlong penalty of one response of ``length`` tokens (<= 0; see module doc)."""
-    _check_overlong(max_tokens, buffer, factor)
-    expected = max_tokens - buffer
-    fraction = min(0.0, max(-1.0, (expected - length) / buffer))
-    return factor * fraction + 0.0  # + 0.0 turns -0.0 into 0.0
+    if not 0 <= factor < float("inf"):
+        raise ValueError(f"overlong penalty: factor must be a finite number >= 0, got {factor}")
 
 
 def overlong_penalties(
     lengths_N: Sequence[int] | torch.Tensor, max_tokens: int, buffer: int, factor: float = 1.0
 ) -> torch.Tensor:
-    """Vectorised :func:`overlong_penalty`: float32 ``[N]`` penalties for ``[N]`` lengths."""
+    """DAPO soft overlong penalties (<= 0, see the module doc): float32 ``[N]`` for ``[N]`` lengths."""
     _check_overlong(max_tokens, buffer, factor)
     lengths = torch.as_tensor(lengths_N, dtype=torch.float64)  # [N]
     fraction = ((max_tokens - buffer - lengths) / buffer).clamp(-1.0, 0.0)

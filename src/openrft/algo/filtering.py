@@ -4,14 +4,14 @@
    scores) carries no learning signal: every advantage is 0. It is dropped from the batch and
    *not* replaced by new prompts (see :mod:`openrft.algo.dapo` for the opt-in alternative,
    dynamic sampling).
-2. **Chunk level.** The trainer cuts the kept sequences into micro-batches ("chunks"). A chunk
+2. **Micro-batch level.** The trainer cuts the kept sequences into micro-batches. A micro-batch
    in which every sequence has advantage exactly 0 (e.g. only the invalid or tied candidates of
-   a group ended up together) is dropped as well. Note that for grpo such a chunk would still
-   have contributed its KL term; dropping it is what the reference does. Compute the step's loss
-   denominator (:func:`openrft.algo.losses.step_denominator`) over the kept chunks.
+   a group ended up together) is dropped as well. Note that for grpo such a micro-batch would
+   still have contributed its KL term; dropping it is what the reference does. Compute the
+   step's loss denominator (:func:`openrft.algo.losses.step_denominator`) over the kept ones.
 
 The counts are returned so that the trainer can log ``filter/zero_variance_groups``,
-``filter/zero_advantage_chunks`` and the effective batch (:class:`FilterStats`).
+``filter/zero_advantage_micro_batches`` and the effective batch.
 """
 
 from __future__ import annotations
@@ -88,41 +88,20 @@ def filter_scored_groups(
     return [groups[i] for i in part.kept], [groups[i] for i in part.dropped]
 
 
-def drop_zero_advantage_chunks(
-    chunks: Sequence[Sequence[int]], advantages: Sequence[float] | Any
+def drop_zero_advantage_micro_batches(
+    micro_batches: Sequence[Sequence[int]], advantages: Sequence[float] | Any
 ) -> tuple[list[list[int]], int]:
-    """Drop training chunks whose sequences all have advantage 0 (``|A| < 1e-12``).
+    """Drop micro-batches whose sequences all have advantage 0 (``|A| < 1e-12``).
 
-    ``chunks`` is the ordered list of micro-batches, each a list of sequence indices into
-    ``advantages`` (a list or a 1-D tensor, one value per sequence). Returns the kept chunks (in
-    order) and the number dropped. An empty chunk has no signal and is dropped (and counted).
+    ``micro_batches`` is the ordered list of micro-batches, each a list of sequence indices into
+    ``advantages`` (a list or a 1-D tensor, one value per sequence). Returns the kept ones (in
+    order) and the number dropped. An empty micro-batch has no signal and is dropped (and counted).
     """
     kept: list[list[int]] = []
     dropped = 0
-    for chunk in chunks:
-        if any(abs(float(advantages[i])) >= ZERO_ADVANTAGE_ATOL for i in chunk):
-            kept.append(list(chunk))
+    for batch in micro_batches:
+        if any(abs(float(advantages[i])) >= ZERO_ADVANTAGE_ATOL for i in batch):
+            kept.append(list(batch))
         else:
             dropped += 1
     return kept, dropped
-
-
-@dataclass
-class FilterStats:
-    """What filtering removed from one training step, and what was actually trained on."""
-
-    zero_variance_groups: int = 0
-    zero_advantage_chunks: int = 0
-    groups_kept: int = 0
-    effective_sequences: int = 0
-    effective_tokens: int = 0
-
-    def as_metrics(self) -> dict[str, float]:
-        """Namespaced metrics for the trainer's log."""
-        return {
-            "filter/zero_variance_groups": float(self.zero_variance_groups),
-            "filter/zero_advantage_chunks": float(self.zero_advantage_chunks),
-            "filter/groups_kept": float(self.groups_kept),
-            "filter/effective_sequences": float(self.effective_sequences),
-            "filter/effective_tokens": float(self.effective_tokens),
-        }

@@ -1,59 +1,60 @@
-"""Policy-gradient losses: GRPO, DAPO and GSPO-token as data plus small tensor functions.
+"""Policy-gradient losses: a registry of small pure functions, one per method.
 
-A loss is built from three independent pieces, in the spirit of verl's ``core_algos``:
+Every method is one function registered by name with :func:`register_loss`, sharing one
+signature::
 
-1. an importance **ratio** per token (token level for GRPO/DAPO, sequence level broadcast to
-   tokens for GSPO-token),
-2. a **per-token objective**: the clipped surrogate ``-min(r*A, clip(r)*A)`` plus, for GRPO, a
-   KL penalty,
-3. one **aggregation** that reduces the ``[B, T]`` per-token loss to a scalar
-   (``token-mean`` or ``seq-mean-token-mean``).
+    fn(logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, spec, *, ref_logprobs_BT=None,
+       denominator=None) -> (loss, metrics)
 
-The methods differ only in data (clip range, KL coefficient, ratio level, aggregation), held in
-:data:`LOSS_METHODS` and keyed by the command-line names.
+``spec`` is the method's :class:`LossSpec` (clip range, KL coefficient, aggregation), a small
+frozen record resolved once per job by :func:`resolve_loss`; the function reads nothing else.
+Adding a method is adding one registered function. The methods share three pieces, in the
+spirit of verl's ``core_algos``:
 
-Numerics: log-ratios are computed in (at least) float32, and every log-ratio is clamped to
-``[-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP]`` (+-20) before ``exp``. The clamp only matters for a
-policy that is wildly off the behaviour policy (ratio beyond e^20 ~ 5e8); there its gradient
-is zero instead of inf/NaN. Padding positions (``mask == 0``) are replaced by zeros before any
-arithmetic, so an ``inf``/``NaN`` stored in padding never reaches the loss or the gradients.
+1. an importance **ratio** per token (:func:`token_ratio`, or :func:`gspo_token_ratio` for a
+   sequence-level ratio broadcast to tokens),
+2. a **per-token objective**: the clipped surrogate (:func:`clipped_surrogate`) plus, when the
+   spec has a KL coefficient, ``beta * k3`` (:func:`k3_kl`),
+3. one **aggregation** (:func:`aggregate`) that reduces the ``[B, T]`` per-token loss to a scalar:
+   ``token-mean`` or ``seq-mean-token-mean``.
 
-Shapes: ``B`` sequences, ``T`` completion positions (right padding is conventional but any
-mask pattern works).
+Numerics: log-ratios are computed in (at least) float32 and clamped to ``+-LOG_RATIO_CLAMP``
+(20) before ``exp``; the clamp only matters for a policy wildly off the behaviour policy (ratio
+beyond e^20), where the gradient becomes zero instead of inf/NaN. Padding positions
+(``mask == 0``) are replaced by zeros before any arithmetic, so an ``inf``/``NaN`` stored in
+padding never reaches the loss or its gradients.
+
+Errors are ``ValueError``; the job configuration turns them into flag-named messages.
+Shapes: ``B`` sequences, ``T`` completion positions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a function needs it: the job configuration reads
+    import torch  # this registry, and the command line must not wait for torch to load
 
-from openrft.config import KL_BETA_ERRORS
-from openrft.errors import ConfigError
-
-RatioLevel = Literal["token", "sequence"]
 Aggregation = Literal["token-mean", "seq-mean-token-mean"]
 AGGREGATIONS: tuple[str, ...] = ("token-mean", "seq-mean-token-mean")
 LOG_RATIO_CLAMP = 20.0
 
 
 @dataclass(frozen=True)
-class LossMethod:
-    """One policy loss as data.
+class LossSpec:
+    """The parameters of one policy loss, resolved for a job.
 
-    The ratio is clipped to ``[1 - clip_low, 1 + clip_high]``; ``kl_coef`` is the default weight
-    of the k3 KL penalty (0 = no KL term); ``ratio_level`` says whether the importance ratio is
-    per token or per sequence; ``aggregation`` is the default reduction of the per-token loss.
+    The ratio is clipped to ``[1 - clip_low, 1 + clip_high]``; ``kl_coef`` weighs the k3 KL
+    penalty to the reference policy (0 = none); ``aggregation`` reduces the per-token loss.
     """
 
-    name: str
+    method: str
     clip_low: float
     clip_high: float
-    kl_coef: float
-    ratio_level: RatioLevel
-    aggregation: Aggregation
+    kl_coef: float = 0.0
+    aggregation: Aggregation = "token-mean"
 
     @property
     def ratio_low(self) -> float:
@@ -64,133 +65,180 @@ class LossMethod:
         return 1.0 + self.clip_high
 
 
-LOSS_METHODS: dict[str, LossMethod] = {
-    # GRPO, arXiv 2402.03300: symmetric clip, small k3 KL to the reference policy.
-    "grpo": LossMethod("grpo", 0.2, 0.2, 0.001, "token", "token-mean"),
-    # DAPO, arXiv 2503.14476: "clip-higher" (asymmetric clip), no KL.
-    "dapo": LossMethod("dapo", 0.2, 0.28, 0.0, "token", "token-mean"),
-    # GSPO-token, arXiv 2507.18071: sequence-level ratio, very tight clip, no KL.
-    "gspo-token": LossMethod("gspo-token", 3e-4, 4e-4, 0.0, "sequence", "seq-mean-token-mean"),
-}
+class LossFn(Protocol):
+    def __call__(
+        self,
+        logprobs_BT: torch.Tensor,
+        old_logprobs_BT: torch.Tensor,
+        advantages_B: torch.Tensor,
+        mask_BT: torch.Tensor,
+        spec: LossSpec,
+        *,
+        ref_logprobs_BT: torch.Tensor | None = None,
+        denominator: float | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
-def get_method(method: str | LossMethod) -> LossMethod:
-    """The :class:`LossMethod` for a CLI name (or the method itself)."""
-    if isinstance(method, LossMethod):
-        return method
-    try:
-        return LOSS_METHODS[method]
-    except (KeyError, TypeError):
-        raise ConfigError(
-            f"unknown loss method {method!r}; expected one of {', '.join(LOSS_METHODS)}",
-            field="rl_loss_method",
-        ) from None
+@dataclass(frozen=True)
+class LossMethod:
+    """A registered method: its loss function, its default spec, and whether KL is tunable."""
+
+    name: str
+    fn: LossFn
+    defaults: LossSpec
+    tunable_kl: bool
 
 
-def kl_coefficient(method: str | LossMethod, kl_beta: float | None = None) -> float:
-    """The KL coefficient a method uses.
+LOSS_METHODS: dict[str, LossMethod] = {}
 
-    grpo: ``kl_beta`` when it is > 0, else the method's default 0.001. dapo and gspo-token run
-    without KL: ``kl_beta`` must be None or 0, otherwise :class:`ConfigError` is raised with the
-    reference service's message (``openrft.config.KL_BETA_ERRORS``).
+
+class KLBetaNotSupported(ValueError):
+    """A non-zero KL coefficient was asked of a method that runs without KL."""
+
+    def __init__(self, method: str):
+        super().__init__(f"the {method} loss has no KL term; kl_beta must be 0")
+        self.method = method
+
+
+def register_loss(
+    name: str,
+    *,
+    clip_low: float,
+    clip_high: float,
+    kl_coef: float = 0.0,
+    aggregation: Aggregation = "token-mean",
+    tunable_kl: bool = False,
+) -> Callable[[LossFn], LossFn]:
+    """Register ``fn`` as loss method ``name`` with its default parameters."""
+
+    def register(fn: LossFn) -> LossFn:
+        if name in LOSS_METHODS:
+            raise ValueError(f"loss method {name!r} is already registered")
+        spec = LossSpec(name, clip_low, clip_high, kl_coef, aggregation)
+        LOSS_METHODS[name] = LossMethod(name, fn, spec, tunable_kl)
+        return fn
+
+    return register
+
+
+def resolve_loss(method: str, kl_beta: float = 0.0, length_norm: bool = False) -> tuple[LossFn, LossSpec]:
+    """The function and spec of ``method`` for a job.
+
+    ``kl_beta`` > 0 overrides the KL coefficient of a method whose KL is tunable (grpo) and
+    raises :class:`KLBetaNotSupported` for the others; 0 keeps the method's default.
+    ``length_norm`` switches the aggregation to ``seq-mean-token-mean``.
     """
-    spec = get_method(method)
-    beta = 0.0 if kl_beta is None else float(kl_beta)
-    if beta < 0 or beta != beta:
-        raise ConfigError(f"--rl-kl-beta: {kl_beta} is not valid; expected a number >= 0", field="rl_kl_beta")
-    if beta == 0:
-        return spec.kl_coef
-    if spec.name in KL_BETA_ERRORS:
-        raise ConfigError(KL_BETA_ERRORS[spec.name], field="rl_kl_beta")
-    return beta
+    if method not in LOSS_METHODS:
+        raise ValueError(f"unknown loss method {method!r}; expected one of {', '.join(LOSS_METHODS)}")
+    entry = LOSS_METHODS[method]
+    beta = float(kl_beta or 0.0)
+    if not beta >= 0 or beta == float("inf"):
+        raise ValueError(f"kl_beta must be a finite number >= 0, got {kl_beta}")
+    spec = entry.defaults
+    if beta > 0:
+        if not entry.tunable_kl:
+            raise KLBetaNotSupported(method)
+        spec = replace(spec, kl_coef=beta)
+    if length_norm:
+        spec = replace(spec, aggregation="seq-mean-token-mean")
+    return entry.fn, spec
 
 
-def aggregation_mode(method: str | LossMethod, length_norm: bool = False) -> str:
-    """The aggregation a loss uses: ``seq-mean-token-mean`` when ``length_norm``, else the method's."""
-    return "seq-mean-token-mean" if length_norm else get_method(method).aggregation
+def policy_loss(
+    spec: LossSpec,
+    logprobs_BT: torch.Tensor,
+    old_logprobs_BT: torch.Tensor,
+    advantages_B: torch.Tensor,
+    mask_BT: torch.Tensor,
+    *,
+    ref_logprobs_BT: torch.Tensor | None = None,
+    denominator: float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Call the registered function of ``spec.method`` (a convenience for one-off calls)."""
+    return LOSS_METHODS[spec.method].fn(
+        logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, spec,
+        ref_logprobs_BT=ref_logprobs_BT, denominator=denominator,
+    )  # fmt: skip
 
 
-def step_denominator(mode: str, mask_BT: torch.Tensor | Sequence[torch.Tensor]) -> float:
-    """The denominator ``D`` of :func:`aggregate` for a whole training step.
+# ----------------------------------------------------------------------------- the methods
 
-    ``mask_BT`` is the step's mask, or the list of its micro-batches' masks (their ``T`` may
-    differ). token-mean: the number of valid tokens; seq-mean-token-mean: the number of
-    sequences with at least one valid token. Passing this ``D`` to every micro-batch's
-    :func:`policy_loss` makes the micro-batch losses (and gradients) sum to the whole step's.
+
+@register_loss("grpo", clip_low=0.2, clip_high=0.2, kl_coef=0.001, tunable_kl=True)
+def grpo_loss(
+    logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, spec, *, ref_logprobs_BT=None, denominator=None
+):
+    """GRPO (Shao et al. 2024, DeepSeekMath, arXiv 2402.03300): token ratio, symmetric clip, k3 KL.
+
+    r_it = exp(logp_it - old_it)
+    l_it = -min(r_it A_i, clip(r_it, 1 - 0.2, 1 + 0.2) A_i) + beta * k3(logp_it, ref_it)
+    loss = token-mean over valid tokens,   beta = 0.001 unless kl_beta overrides it
     """
-    _check_mode(mode)
-    masks = [mask_BT] if isinstance(mask_BT, torch.Tensor) else list(mask_BT)
-    total = 0.0
-    for mask in masks:
-        valid_BT = mask.detach() != 0
-        if mode == "token-mean":
-            total += float(valid_BT.sum())
-        else:
-            total += float(valid_BT.any(dim=-1).sum())
-    return total
+    x = _Inputs.of(logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, ref_logprobs_BT)
+    ratio_BT = token_ratio(x.logp_BT, x.old_BT)
+    pg_BT = clipped_surrogate(ratio_BT, x.adv_B, spec.clip_low, spec.clip_high)
+    return _finish(spec, x, ratio_BT, pg_BT, denominator)
 
 
-def aggregate(
-    per_token_BT: torch.Tensor, mask_BT: torch.Tensor, mode: str, denominator: float | None = None
-) -> torch.Tensor:
-    """Reduce a per-token loss ``[B, T]`` to a scalar over the valid tokens of ``mask_BT``.
+@register_loss("dapo", clip_low=0.2, clip_high=0.28)
+def dapo_loss(
+    logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, spec, *, ref_logprobs_BT=None, denominator=None
+):
+    """DAPO (Yu et al. 2025, arXiv 2503.14476): token ratio, "clip-higher", no KL, token-mean.
 
-    token-mean:          sum_{i,t} m_it * l_it / D,  D = denominator or sum_{i,t} m_it
-    seq-mean-token-mean: sum_i (sum_t m_it * l_it / n_i) / D,  n_i = sum_t m_it,
-                         D = denominator or #{i : n_i >= 1}
-
-    A sequence without valid tokens contributes exactly 0 (no NaN, in values or gradients); with
-    no valid token at all the result is 0. ``denominator`` lets a trainer split one step into
-    micro-batches: see :func:`step_denominator`.
+    r_it = exp(logp_it - old_it)
+    l_it = -min(r_it A_i, clip(r_it, 1 - 0.2, 1 + 0.28) A_i)
+    loss = sum_it m_it l_it / sum_it m_it      (every token of the step weighs the same)
     """
-    _check_mode(mode)
-    if per_token_BT.shape != mask_BT.shape or per_token_BT.dim() != 2:
-        raise ValueError(
-            f"aggregate: per_token {tuple(per_token_BT.shape)} and mask {tuple(mask_BT.shape)} must both be [B, T]"
-        )
-    valid_BT = mask_BT != 0
-    masked_BT = torch.where(valid_BT, per_token_BT, torch.zeros_like(per_token_BT))
-    if mode == "token-mean":
-        total = masked_BT.sum()
-        count = float(valid_BT.sum())
-    else:
-        n_B = valid_BT.sum(dim=-1)  # [B]
-        per_seq_B = masked_BT.sum(dim=-1) / n_B.clamp(min=1).to(masked_BT.dtype)
-        total = per_seq_B.sum()
-        count = float((n_B > 0).sum())
-    if denominator is None or float(denominator) <= 0:
-        if denominator is not None and count > 0:
-            raise ValueError(f"aggregate: denominator must be > 0 when tokens are valid, got {denominator}")
-        d = max(count, 1.0)  # nothing valid: the sum is 0 and so is the result
-    else:
-        d = float(denominator)
-    return total / d
+    x = _Inputs.of(logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, ref_logprobs_BT)
+    ratio_BT = token_ratio(x.logp_BT, x.old_BT)
+    pg_BT = clipped_surrogate(ratio_BT, x.adv_B, spec.clip_low, spec.clip_high)
+    return _finish(spec, x, ratio_BT, pg_BT, denominator)
+
+
+@register_loss("gspo-token", clip_low=3e-4, clip_high=4e-4, aggregation="seq-mean-token-mean")
+def gspo_token_loss(
+    logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, spec, *, ref_logprobs_BT=None, denominator=None
+):
+    """GSPO-token (Zheng et al. 2025, arXiv 2507.18071): sequence ratio broadcast to tokens, no KL.
+
+    s_i   = exp((1/|y_i|) sum_t m_it (logp_it - old_it))
+    s_it  = sg[s_i] * exp(logp_it - sg[logp_it])      (value s_i, gradient s_i per token)
+    l_it  = -min(s_it A_i, clip(s_it, 1 - 3e-4, 1 + 4e-4) A_i)
+    loss  = seq-mean-token-mean:  (1/B) sum_i (1/|y_i|) sum_t m_it l_it
+    """
+    x = _Inputs.of(logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, ref_logprobs_BT)
+    ratio_BT = gspo_token_ratio(x.logp_BT, x.old_BT, x.valid_BT)
+    pg_BT = clipped_surrogate(ratio_BT, x.adv_B, spec.clip_low, spec.clip_high)
+    return _finish(spec, x, ratio_BT, pg_BT, denominator)
+
+
+# ----------------------------------------------------------------------------- the pieces
 
 
 def token_ratio(logprobs_BT: torch.Tensor, old_logprobs_BT: torch.Tensor) -> torch.Tensor:
-    """Per-token importance ratio r_t = exp(clamp(logp_t - old_t, +-20)), ``[B, T]`` (GRPO, DAPO)."""
+    """Per-token importance ratio r_t = exp(clamp(logp_t - old_t, +-20)), ``[B, T]``."""
     log_ratio_BT = (logprobs_BT - old_logprobs_BT).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    return torch.exp(log_ratio_BT)
+    return log_ratio_BT.exp()
 
 
 def gspo_token_ratio(
     logprobs_BT: torch.Tensor, old_logprobs_BT: torch.Tensor, mask_BT: torch.Tensor
 ) -> torch.Tensor:
-    """GSPO-token ratio (arXiv 2507.18071, eq. for GSPO-token), ``[B, T]``.
+    """GSPO-token ratio ``[B, T]``: the sequence ratio in value, a per-token gradient.
 
     s_i   = exp( (1/|y_i|) * sum_t m_it (logp_it - old_it) )     (clamped to +-20 in log space)
     s_i,t = sg[s_i] * exp(logp_it - sg[logp_it])
 
-    In value s_i,t == s_i for every token; in gradient d s_i,t / d logp_it = s_i, so each token
-    gets its own gradient while the sequence shares one ratio. ``sg`` is ``detach``.
-    Expects padding already zeroed (as :func:`policy_loss` does).
+    d s_i,t / d logp_it = s_i, so each token gets its own gradient while the sequence shares one
+    ratio. ``sg`` is ``detach``. Expects padding already zeroed.
     """
     valid_BT = mask_BT != 0
-    n_B = valid_BT.sum(dim=-1).clamp(min=1).to(logprobs_BT.dtype)  # [B]
-    diff_BT = torch.where(valid_BT, logprobs_BT - old_logprobs_BT, torch.zeros_like(logprobs_BT))
-    log_s_B = (diff_BT.sum(dim=-1) / n_B).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B]
+    n_B = valid_BT.sum(dim=-1).clamp(min=1).to(logprobs_BT.dtype)
+    diff_BT = (logprobs_BT - old_logprobs_BT).where(valid_BT, logprobs_BT.new_zeros(()))
+    log_s_B = (diff_BT.sum(dim=-1) / n_B).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     log_s_BT = log_s_B.detach().unsqueeze(-1) + (logprobs_BT - logprobs_BT.detach())
-    return torch.exp(log_s_BT)
+    return log_s_BT.exp()
 
 
 def clipped_surrogate(
@@ -205,98 +253,136 @@ def clipped_surrogate(
     adv_B1 = advantages_B.unsqueeze(-1)
     unclipped_BT = ratio_BT * adv_B1
     clipped_BT = ratio_BT.clamp(1.0 - clip_low, 1.0 + clip_high) * adv_B1
-    return -torch.minimum(unclipped_BT, clipped_BT)
+    return -unclipped_BT.minimum(clipped_BT)
 
 
 def k3_kl(logprobs_BT: torch.Tensor, ref_logprobs_BT: torch.Tensor) -> torch.Tensor:
-    """k3 estimator of KL(pi || pi_ref) per token, ``[B, T]`` (Schulman; used by GRPO, 2402.03300).
+    """k3 estimator of KL(pi || pi_ref) per token ``[B, T]`` (Schulman 2020; used by GRPO).
 
-    d = clamp(ref - logp, +-20);  k3 = exp(d) - d - 1  (>= 0, unbiased, low variance; verl's low_var_kl)
+    d = clamp(ref - logp, +-20);  k3 = exp(d) - d - 1   (>= 0, unbiased, low variance)
     """
     d_BT = (ref_logprobs_BT - logprobs_BT).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    return torch.exp(d_BT) - d_BT - 1.0
+    return d_BT.exp() - d_BT - 1.0
 
 
-def policy_loss(
-    method: str | LossMethod,
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    ref_logprobs: torch.Tensor | None = None,
-    kl_beta: float | None = None,
-    length_norm: bool = False,
-    denominator: float | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The policy-gradient loss of one (micro-)batch and its metrics.
+def step_denominator(aggregation: str, mask_BT: torch.Tensor | Sequence[torch.Tensor]) -> float:
+    """The denominator ``D`` of :func:`aggregate` for a whole training step.
 
-    Args:
-        method: ``"grpo"`` | ``"dapo"`` | ``"gspo-token"`` (or a :class:`LossMethod`).
-        logprobs: ``[B, T]`` current-policy log-probs of the sampled tokens (carries the graph).
-        old_logprobs: ``[B, T]`` behaviour-policy log-probs recorded at rollout time.
-        advantages: ``[B]`` one advantage per sequence.
-        mask: ``[B, T]`` 1 for completion tokens that count, 0 for padding.
-        ref_logprobs: ``[B, T]`` reference-policy log-probs; required when the KL coefficient is
-            > 0 (grpo), otherwise only used for the ``kl/mean`` metric.
-        kl_beta: None or 0 = the method's KL coefficient; > 0 overrides it (grpo only, see
-            :func:`kl_coefficient`).
-        length_norm: aggregate with seq-mean-token-mean whatever the method.
-        denominator: the whole step's denominator (see :func:`step_denominator`) when the step is
-            split into micro-batches; None = this batch's own.
-
-    Per token:  l_it = -min(r_it A_i, clip(r_it, 1-eps_low, 1+eps_high) A_i) + beta * k3_it
-    where r_it is :func:`token_ratio` (grpo, dapo) or :func:`gspo_token_ratio` (gspo-token); the
-    loss is ``aggregate(l, mask, mode, denominator)``.
-
-    Metrics (python floats, over this call's valid tokens, detached): ``loss/policy``,
-    ``loss/kl``, ``loss/total`` (aggregated with this call's own denominator, so they are
-    comparable across calls; the returned tensor alone uses ``denominator``), ``kl/mean`` (mean
-    k3, whenever ``ref_logprobs`` is given, else 0), ``kl/coef``, ``clip/low_frac`` (r < 1-eps_low
-    with A < 0), ``clip/high_frac`` (r > 1+eps_high with A > 0), ``clip/frac``, ``ratio/mean``,
-    ``ratio/min``, ``ratio/max``, and the counts ``tokens`` and ``sequences`` for weighting
-    metrics across micro-batches.
+    ``mask_BT`` is the step's mask or the list of its micro-batches' masks (their ``T`` may
+    differ). token-mean: the number of valid tokens; seq-mean-token-mean: the number of
+    sequences with at least one valid token. Passing this ``D`` to every micro-batch's loss
+    makes the micro-batch losses (and gradients) sum to the whole step's.
     """
-    spec = get_method(method)
-    beta = kl_coefficient(spec, kl_beta)
-    mode = aggregation_mode(spec, length_norm)
-    _check_shapes(logprobs, old_logprobs, advantages, mask, ref_logprobs)
-    if beta > 0 and ref_logprobs is None:
-        raise ValueError(f"policy_loss: {spec.name} uses a KL penalty ({beta:g}) and needs ref_logprobs")
+    _check_aggregation(aggregation)
+    masks = list(mask_BT) if isinstance(mask_BT, list | tuple) else [mask_BT]
+    total = 0.0
+    for mask in masks:
+        valid_BT = mask.detach() != 0
+        total += float(valid_BT.sum() if aggregation == "token-mean" else valid_BT.any(dim=-1).sum())
+    return total
 
-    dtype = torch.promote_types(logprobs.dtype, torch.float32)
-    valid_BT = mask != 0
-    zeros_BT = torch.zeros(logprobs.shape, dtype=dtype, device=logprobs.device)
-    logp_BT = torch.where(valid_BT, logprobs.to(dtype), zeros_BT)
-    old_BT = torch.where(valid_BT, old_logprobs.detach().to(dtype), zeros_BT)
-    adv_B = advantages.detach().to(dtype=dtype, device=logprobs.device)
 
-    if spec.ratio_level == "sequence":
-        ratio_BT = gspo_token_ratio(logp_BT, old_BT, valid_BT)
+def aggregate(
+    per_token_BT: torch.Tensor, mask_BT: torch.Tensor, aggregation: str, denominator: float | None = None
+) -> torch.Tensor:
+    """Reduce a per-token loss ``[B, T]`` to a scalar over the valid tokens of ``mask_BT``.
+
+    token-mean:          sum_{i,t} m_it * l_it / D,  D = denominator or sum_{i,t} m_it
+    seq-mean-token-mean: sum_i (sum_t m_it * l_it / n_i) / D,  n_i = sum_t m_it,
+                         D = denominator or #{i : n_i >= 1}
+
+    A sequence without valid tokens contributes exactly 0 (no NaN in values or gradients);
+    with no valid token at all the result is 0.
+    """
+    _check_aggregation(aggregation)
+    if per_token_BT.shape != mask_BT.shape or per_token_BT.dim() != 2:
+        raise ValueError(
+            f"aggregate: per_token {tuple(per_token_BT.shape)} and mask {tuple(mask_BT.shape)} must both be [B, T]"
+        )
+    valid_BT = mask_BT != 0
+    masked_BT = per_token_BT.where(valid_BT, per_token_BT.new_zeros(()))
+    if aggregation == "token-mean":
+        total = masked_BT.sum()
+        count = float(valid_BT.sum())
     else:
-        ratio_BT = token_ratio(logp_BT, old_BT)
-    pg_BT = clipped_surrogate(ratio_BT, adv_B, spec.clip_low, spec.clip_high)
-    per_token_BT = pg_BT
-    kl_BT = None
-    if ref_logprobs is not None:
-        ref_BT = torch.where(valid_BT, ref_logprobs.detach().to(dtype), zeros_BT)
-        kl_BT = k3_kl(logp_BT if beta > 0 else logp_BT.detach(), ref_BT)
-        if beta > 0:
-            per_token_BT = pg_BT + beta * kl_BT
-    loss = aggregate(per_token_BT, valid_BT, mode, denominator)
-    metrics = _metrics(spec, mode, beta, valid_BT, ratio_BT, adv_B, pg_BT, kl_BT)
-    return loss, metrics
+        n_B = valid_BT.sum(dim=-1)
+        per_seq_B = masked_BT.sum(dim=-1) / n_B.clamp(min=1).to(masked_BT.dtype)
+        total = per_seq_B.sum()
+        count = float((n_B > 0).sum())
+    if denominator is None or float(denominator) <= 0:
+        if denominator is not None and count > 0:
+            raise ValueError(f"aggregate: denominator must be > 0 when tokens are valid, got {denominator}")
+        d = max(count, 1.0)  # nothing valid: the sum is 0 and so is the result
+    else:
+        d = float(denominator)
+    return total / d
 
 
-@torch.no_grad()
-def _metrics(
-    spec: LossMethod,
-    mode: str,
-    beta: float,
+# ----------------------------------------------------------------------------- shared plumbing
+
+
+class _Inputs(NamedTuple):
+    """A loss's inputs in (at least) float32, padding zeroed, old/ref/advantages detached."""
+
+    logp_BT: torch.Tensor
+    old_BT: torch.Tensor
+    adv_B: torch.Tensor
+    valid_BT: torch.Tensor
+    ref_BT: torch.Tensor | None
+
+    @classmethod
+    def of(cls, logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, ref_logprobs_BT) -> _Inputs:
+        import torch
+
+        _check_shapes(logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, ref_logprobs_BT)
+        dtype = torch.promote_types(logprobs_BT.dtype, torch.float32)
+        valid_BT = mask_BT != 0
+        zeros_BT = torch.zeros(logprobs_BT.shape, dtype=dtype, device=logprobs_BT.device)
+
+        def clean(t: torch.Tensor) -> torch.Tensor:
+            return torch.where(valid_BT, t.to(dtype), zeros_BT)
+
+        ref_BT = None if ref_logprobs_BT is None else clean(ref_logprobs_BT.detach())
+        adv_B = advantages_B.detach().to(dtype=dtype, device=logprobs_BT.device)
+        return cls(clean(logprobs_BT), clean(old_logprobs_BT.detach()), adv_B, valid_BT, ref_BT)
+
+
+def _finish(
+    spec: LossSpec, x: _Inputs, ratio_BT: torch.Tensor, pg_BT: torch.Tensor, denominator: float | None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Add the KL term when the spec has one, aggregate, and measure."""
+    if spec.kl_coef > 0 and x.ref_BT is None:
+        raise ValueError(f"{spec.method} uses a KL penalty ({spec.kl_coef:g}) and needs ref_logprobs_BT")
+    per_token_BT, kl_BT = pg_BT, None
+    if x.ref_BT is not None:
+        kl_BT = k3_kl(x.logp_BT if spec.kl_coef > 0 else x.logp_BT.detach(), x.ref_BT)
+        if spec.kl_coef > 0:
+            per_token_BT = pg_BT + spec.kl_coef * kl_BT
+    loss = aggregate(per_token_BT, x.valid_BT, spec.aggregation, denominator)
+    return loss, loss_metrics(spec, x.valid_BT, ratio_BT, x.adv_B, pg_BT, kl_BT)
+
+
+def loss_metrics(
+    spec: LossSpec,
     valid_BT: torch.Tensor,
     ratio_BT: torch.Tensor,
     adv_B: torch.Tensor,
     pg_BT: torch.Tensor,
     kl_BT: torch.Tensor | None,
+) -> dict[str, float]:
+    """``loss/*``, ``kl/*``, ``clip/*``, ``ratio/*`` over this call's valid tokens, plus counts.
+
+    ``loss/*`` use this call's own denominator (comparable across calls); ``tokens`` and
+    ``sequences`` weigh metrics across micro-batches.
+    """
+    import torch
+
+    with torch.no_grad():
+        return _loss_metrics(spec, valid_BT, ratio_BT, adv_B, pg_BT, kl_BT)
+
+
+def _loss_metrics(
+    spec: LossSpec, valid_BT: Any, ratio_BT: Any, adv_B: Any, pg_BT: Any, kl_BT: Any
 ) -> dict[str, float]:
     tokens = float(valid_BT.sum())
     n_tok = max(tokens, 1.0)
@@ -304,15 +390,17 @@ def _metrics(
     low_BT = valid_BT & (ratio_BT < spec.ratio_low) & (adv_BT < 0)
     high_BT = valid_BT & (ratio_BT > spec.ratio_high) & (adv_BT > 0)
     valid_ratios = ratio_BT[valid_BT]
-    policy = float(aggregate(pg_BT.detach(), valid_BT, mode))
-    kl_mean = float(torch.where(valid_BT, kl_BT, 0).sum()) / n_tok if kl_BT is not None else 0.0
-    kl_loss = beta * float(aggregate(kl_BT, valid_BT, mode)) if (kl_BT is not None and beta > 0) else 0.0
+    policy = float(aggregate(pg_BT.detach(), valid_BT, spec.aggregation))
+    kl_mean = float(kl_BT.where(valid_BT, kl_BT.new_zeros(())).sum()) / n_tok if kl_BT is not None else 0.0
+    kl_loss = 0.0
+    if kl_BT is not None and spec.kl_coef > 0:
+        kl_loss = spec.kl_coef * float(aggregate(kl_BT, valid_BT, spec.aggregation))
     return {
         "loss/policy": policy,
         "loss/kl": kl_loss,
         "loss/total": policy + kl_loss,
         "kl/mean": kl_mean,
-        "kl/coef": beta,
+        "kl/coef": spec.kl_coef,
         "clip/low_frac": float(low_BT.sum()) / n_tok,
         "clip/high_frac": float(high_BT.sum()) / n_tok,
         "clip/frac": float(low_BT.sum() + high_BT.sum()) / n_tok,
@@ -324,29 +412,23 @@ def _metrics(
     }
 
 
-def _check_mode(mode: str) -> None:
-    if mode not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {mode!r}; expected one of {', '.join(AGGREGATIONS)}")
+def _check_aggregation(aggregation: str) -> None:
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {', '.join(AGGREGATIONS)}")
 
 
-def _check_shapes(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    ref_logprobs: torch.Tensor | None,
-) -> None:
+def _check_shapes(logprobs, old_logprobs, advantages, mask, ref_logprobs) -> None:
     if logprobs.dim() != 2:
-        raise ValueError(f"policy_loss: logprobs must be [B, T], got shape {tuple(logprobs.shape)}")
+        raise ValueError(f"policy loss: logprobs must be [B, T], got shape {tuple(logprobs.shape)}")
     named = {"old_logprobs": old_logprobs, "mask": mask}
     if ref_logprobs is not None:
         named["ref_logprobs"] = ref_logprobs
     for name, tensor in named.items():
         if tensor.shape != logprobs.shape:
             raise ValueError(
-                f"policy_loss: {name} has shape {tuple(tensor.shape)}, expected {tuple(logprobs.shape)} like logprobs"
+                f"policy loss: {name} has shape {tuple(tensor.shape)}, expected {tuple(logprobs.shape)} like logprobs"
             )
     if advantages.shape != logprobs.shape[:1]:
         raise ValueError(
-            f"policy_loss: advantages must be [B] = [{logprobs.shape[0]}], got {tuple(advantages.shape)}"
+            f"policy loss: advantages must be [B] = [{logprobs.shape[0]}], got {tuple(advantages.shape)}"
         )

@@ -19,6 +19,7 @@ from openrft.data.jsonl import (
     Adapter,
     CountTokens,
     PromptSet,
+    check_prompt_lengths,
     load_jsonl_prompts,
     prompts_from_rows,
     read_jsonl,
@@ -82,13 +83,17 @@ def load_prompts(
             adapter=adapter,
         )
     if limit is not None and len(prompts) > limit:
-        prompts = PromptSet(prompts[:limit], source=prompts.source, bad_rows=prompts.bad_rows)
+        prompts = PromptSet(
+            prompts[:limit], source=prompts.source, bad_rows=prompts.bad_rows,
+            numbers=prompts.numbers[:limit], unit=prompts.unit,
+        )  # fmt: skip
     return prompts
 
 
 __all__ = [
     "BUILTIN_TASKS",
     "PromptSet",
+    "check_prompt_lengths",
     "epoch_order",
     "is_builtin",
     "load_prompts",

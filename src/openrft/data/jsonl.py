@@ -41,7 +41,8 @@ class PromptSet(list):
 
     ``skipped`` is the number of malformed rows left out (only non-zero with
     ``skip_bad_rows=True``); ``bad_rows`` holds ``(line_number, reason)`` for each;
-    ``source`` names where the prompts came from.
+    ``source`` names where the prompts came from; ``numbers`` holds each prompt's line (or
+    row) number, ``unit`` what that number counts.
     """
 
     def __init__(
@@ -50,10 +51,14 @@ class PromptSet(list):
         *,
         source: str = "",
         bad_rows: Sequence[tuple[int, str]] = (),
+        numbers: Sequence[int] | None = None,
+        unit: str = "line",
     ):
         super().__init__(prompts)
         self.source = source
         self.bad_rows = list(bad_rows)
+        self.numbers = list(numbers) if numbers is not None else list(range(1, len(self) + 1))
+        self.unit = unit
 
     @property
     def skipped(self) -> int:
@@ -185,8 +190,13 @@ def prompts_from_rows(
     skip_bad_rows: bool = False,
     unit: str = "line",
 ) -> PromptSet:
-    """Validate ``(number, row)`` pairs into prompts; raise one summary on bad rows."""
+    """Validate ``(number, row)`` pairs into prompts; raise one summary on bad rows.
+
+    With ``count_tokens`` and ``max_prompt_tokens`` the lengths are checked too
+    (:func:`check_prompt_lengths`).
+    """
     prompts: list[Prompt] = []
+    numbers: list[int] = []
     bad: list[tuple[int, str]] = []
     seen_ids: dict[str, int] = {}
     for number, obj in numbered_rows:
@@ -195,13 +205,6 @@ def prompts_from_rows(
                 raise ValueError(str(obj))
             row = normalize_row(obj)
             messages = prompt_messages(row["messages"])
-            if count_tokens is not None and max_prompt_tokens is not None:
-                n_tokens = _count(count_tokens, messages)
-                if n_tokens > max_prompt_tokens:
-                    raise ValueError(
-                        f"prompt is {n_tokens} tokens, longer than the {max_prompt_tokens} allowed "
-                        "(max_context_length - max_output_tokens)"
-                    )
             pid = row_id(row) or str(number)
             if pid in seen_ids:
                 raise ValueError(f"duplicate id {pid!r} (first used on {unit} {seen_ids[pid]})")
@@ -210,14 +213,53 @@ def prompts_from_rows(
             continue
         seen_ids[pid] = number
         prompts.append(Prompt(prompt_id=pid, messages=messages, row=row))
+        numbers.append(number)
     total = len(numbered_rows)
     if total == 0:
         raise DataError(f"{source}: the dataset has no rows", hint="each line must hold one JSON object")
-    if bad and (not skip_bad_rows or len(bad) > MAX_BAD_FRACTION * total or not prompts):
-        raise DataError(
-            _summary(source, bad, total, unit, skip_bad_rows), hint=_hint(bad, total, skip_bad_rows)
-        )
-    return PromptSet(prompts, source=source, bad_rows=bad)
+    _raise_if_too_bad(source, bad, total, unit, skip_bad_rows, any_left=bool(prompts))
+    loaded = PromptSet(prompts, source=source, bad_rows=bad, numbers=numbers, unit=unit)
+    if count_tokens is not None and max_prompt_tokens is not None:
+        return check_prompt_lengths(loaded, count_tokens, max_prompt_tokens, skip_bad_rows=skip_bad_rows)
+    return loaded
+
+
+def check_prompt_lengths(
+    prompts: PromptSet, count_tokens: CountTokens, max_prompt_tokens: int, *, skip_bad_rows: bool = False
+) -> PromptSet:
+    """Make prompts longer than ``max_prompt_tokens`` (``count_tokens(messages)``) bad rows.
+
+    Bad rows raise one summary (with the rows found malformed earlier), or with
+    ``skip_bad_rows`` are left out and counted, as when loading.
+    """
+    kept: list[Prompt] = []
+    numbers: list[int] = []
+    bad = list(prompts.bad_rows)
+    for number, prompt in zip(prompts.numbers, prompts, strict=True):
+        try:
+            n_tokens = _count(count_tokens, prompt.messages)
+            if n_tokens > max_prompt_tokens:
+                raise ValueError(
+                    f"prompt is {n_tokens} tokens, longer than the {max_prompt_tokens} allowed "
+                    "(max_context_length - max_output_tokens)"
+                )
+        except ValueError as exc:
+            bad.append((number, str(exc)))
+            continue
+        kept.append(prompt)
+        numbers.append(number)
+    if len(bad) > len(prompts.bad_rows):
+        bad.sort()
+        total = len(prompts) + len(prompts.bad_rows)
+        _raise_if_too_bad(prompts.source, bad, total, prompts.unit, skip_bad_rows, any_left=bool(kept))
+    return PromptSet(kept, source=prompts.source, bad_rows=bad, numbers=numbers, unit=prompts.unit)
+
+
+def _raise_if_too_bad(
+    source: str, bad: list[tuple[int, str]], total: int, unit: str, skipping: bool, *, any_left: bool
+) -> None:
+    if bad and (not skipping or len(bad) > MAX_BAD_FRACTION * total or not any_left):
+        raise DataError(_summary(source, bad, total, unit, skipping), hint=_hint(bad, total, skipping))
 
 
 def _count(count_tokens: CountTokens, messages: tuple[dict[str, Any], ...]) -> int:

@@ -34,7 +34,7 @@ import contextlib
 import math
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from openrft.errors import ConfigError, OpenRFTError, RolloutError
@@ -42,6 +42,7 @@ from openrft.records import Completion, Prompt, SamplingParams
 from openrft.rollout import DEFAULT_MAX_CONCURRENT
 from openrft.rollout.prompts import encode_messages
 from openrft.rollout.sampling import check_params
+from openrft.settings import RaySettings
 
 from .cluster import check_capacity, connect, require_ray
 from .worker import TRAINABLE, AdapterSnapshot, RolloutWorker, WorkerSpec
@@ -80,6 +81,7 @@ class RayEngine:
         if workers < 1 or max_staleness < 0 or max_restarts < 0:
             raise ConfigError(f"invalid Ray engine settings: {workers=}, {max_staleness=}, {max_restarts=}")
         self.ray = require_ray()
+        self.needs_adapter_files = False  # actors load snapshots of the live model's adapter
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
         self.policy_version = 0
         self.max_staleness, self.max_restarts = max_staleness, max_restarts
@@ -121,8 +123,8 @@ class RayEngine:
         dispatch = _Dispatch(self, items, params, size, snapshot, min_version)
         return dispatch.run()
 
-    def sync_policy(self, version: int) -> None:
-        """The training loop's hook after each optimizer step: later calls sample version ``version``.
+    def set_policy(self, version: int, adapter: Any = None) -> None:
+        """After an optimizer step: later calls sample version ``version`` of the live model.
 
         The snapshot itself is taken at the next :meth:`generate` (several optimizer steps
         may happen between two rounds; only the adapter sampled with is shipped).
@@ -315,47 +317,41 @@ def _kill_actors(ray: Any, actors: list[Any]) -> None:
             ray.kill(actor, no_restart=True)
 
 
-# ----------------------------------------------------------------------------- from a job config
+# ----------------------------------------------------------------------------- from a job's settings
 
 
-def ray_engine(cfg: Any, model: Any, tokenizer: Any, concurrency: int | None) -> tuple[RayEngine, Callable]:
-    """The job's rollout engine on the Ray cluster at ``--ray-address``, and its policy-sync hook.
+def ray_engine(
+    settings: RaySettings, kind: str, model: Any, tokenizer: Any, base_model: str, concurrency: int | None
+) -> RayEngine:
+    """The job's rollout engine on the Ray cluster at ``settings.address``.
 
     ``concurrency`` (``--max-concurrent-rollouts`` or the evaluator's) bounds the sequences
-    in flight over all actors together: each of the ``--rollout-workers`` actors gets an
-    equal share (and there are never more actors than sequences allowed).
+    in flight over all actors together: each of the ``settings.workers`` actors gets an
+    equal share (and there are never more actors than sequences allowed). ``kind`` is the
+    engine each actor runs (``local`` or ``vllm``).
     """
     from openrft.models import end_token_ids
-    from openrft.train.job import base_model_name
 
-    r = cfg.rollout
-    if r.rollout_engine == "endpoint":
-        raise ConfigError(
-            "--ray-address runs the rollouts on Ray actors, but --rollout-engine endpoint samples on a server",
-            field="ray_address",
-            hint="use --rollout-engine local (CPU actors) or vllm (GPU actors) with --ray-address",
-        )
-    workers, per_worker = plan_workers(r.rollout_workers, concurrency)
-    ray = connect(r.ray_address, num_cpus=workers)
-    resources = _actor_resources(ray, r.rollout_engine, workers)
+    workers, per_worker = plan_workers(settings.workers, concurrency)
+    ray = connect(settings.address, num_cpus=workers)
+    resources = _actor_resources(ray, kind, workers)
     check_capacity(ray, workers, {k: v for k, v in resources.items() if v})
     spec = WorkerSpec(
-        base_model=_portable_model_name(base_model_name(cfg)),
+        base_model=_portable_model_name(base_model),
         lora_config=model.peft_config[TRAINABLE],
-        engine=r.rollout_engine,
+        engine=kind,
         max_concurrent_rollouts=per_worker,
         stop_token_ids=end_token_ids(tokenizer, model),
-        torch_threads=int(resources["CPU"]) if r.rollout_engine == "local" else None,
+        torch_threads=int(resources["CPU"]) if kind == "local" else None,
     )
-    engine = RayEngine(
+    return RayEngine(
         model,
         tokenizer,
         spec,
         workers=workers,
-        max_staleness=r.max_staleness,
+        max_staleness=settings.max_staleness,
         actor_options={"num_cpus": resources["CPU"], "num_gpus": resources["GPU"]},
     )
-    return engine, engine.sync_policy
 
 
 def plan_workers(workers: int, concurrency: int | None) -> tuple[int, int | None]:

@@ -191,9 +191,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def ray_scorer(
-    cfg: Any, evaluator: Any
+    address: str, evaluator: Any, *, max_concurrent_evaluations: int | None, timeout: float
 ) -> Callable[[Sequence[Prompt], list[list[Completion]]], list[list[Score]]]:
-    """The job's scoring function with the evaluator on the Ray cluster at ``--ray-address``.
+    """The job's scoring function with the evaluator on the Ray cluster at ``address``.
 
     Same contract as the in-process scorer: ``score(prompts, completions) -> scores``, failing
     the step (EvaluatorError) when more than half the scores are invalid.
@@ -201,13 +201,9 @@ def ray_scorer(
     from openrft.evaluators import check_invalid_rate
     from openrft.evaluators.runner import DEFAULT_CONCURRENCY
 
-    ray = connect(cfg.rollout.ray_address)
-    limit = (
-        cfg.rollout.max_concurrent_evaluations or evaluator.max_concurrent_evaluations or DEFAULT_CONCURRENCY
-    )
-    scorer = RayScorer(
-        evaluator, max_concurrent_evaluations=limit, timeout=cfg.rollout.evaluator_timeout, ray=ray
-    )
+    ray = connect(address)
+    limit = max_concurrent_evaluations or DEFAULT_CONCURRENCY
+    scorer = RayScorer(evaluator, max_concurrent_evaluations=limit, timeout=timeout, ray=ray)
 
     def score(prompts: Sequence[Prompt], completions: list[list[Completion]]) -> list[list[Score]]:
         scores = scorer.score_groups(list(zip(prompts, completions, strict=True)))

@@ -17,7 +17,7 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "Evaluator": "openrft.evaluators.loader",
+    "Evaluator": "openrft.evaluators.base",
     "load_evaluator": "openrft.evaluators.loader",
     "default_evaluator_name": "openrft.evaluators.loader",
     "score_groups": "openrft.evaluators.runner",

@@ -31,7 +31,7 @@ from typing import Any
 
 from openrft.data.tasks.gsm8k import ANSWER_TAG_RE, extract_answer, last_number, numbers_equal
 from openrft.errors import EvaluatorError
-from openrft.evaluators.loader import Evaluator
+from openrft.evaluators.base import Evaluator
 from openrft.evaluators.protocol import EvaluateResult
 
 

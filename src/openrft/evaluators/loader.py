@@ -33,21 +33,15 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any
 
 from openrft.errors import EvaluatorError, OpenRFTError
-from openrft.evaluators.protocol import (
-    HEADER_ATTR,
-    MODES,
-    EvaluationRow,
-    EvaluatorHeader,
-    check_row_signature,
-)
+from openrft.evaluators import builtin
+from openrft.evaluators.base import Evaluator
+from openrft.evaluators.protocol import HEADER_ATTR, MODES, EvaluatorHeader, check_row_signature
 
-Kind = Literal["row", "plain"]
 PLAIN_FIRST_PARAMS = ("completion",)
 EP_HINT = "install the optional extra: pip install 'openrft[eval-protocol]'"
 # eval-protocol imports litellm, which otherwise fetches a price list from the internet at
@@ -55,43 +49,11 @@ EP_HINT = "install the optional extra: pip install 'openrft[eval-protocol]'"
 OFFLINE_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
 
 
-@dataclass(frozen=True)
-class Evaluator:
-    """A loaded evaluator, whatever form it was written in.
-
-    ``kind="row"``: ``fn`` takes an ``EvaluationRow`` (pointwise) or a list of them
-    (groupwise) of class ``row_cls``; ``call_by_keyword`` passes it as ``row=``/
-    ``rows=`` (eval-protocol's convention). ``kind="plain"``: ``fn(completion_text,
-    **row_fields)``. ``run_inline`` marks fast built-ins called without a worker
-    thread. The header values are ``None`` when the evaluator does not set them.
-    """
-
-    name: str
-    fn: Callable[..., Any]
-    mode: Literal["pointwise", "groupwise"] = "pointwise"
-    kind: Kind = "row"
-    max_concurrent_rollouts: int | None = None
-    max_concurrent_evaluations: int | None = None
-    input_dataset: str | None = None
-    dataset_adapter: Callable[[list[dict[str, Any]]], Any] | None = None
-    row_cls: type = EvaluationRow
-    call_by_keyword: bool = False
-    run_inline: bool = False
-    source: str = ""
-
-    @property
-    def is_async(self) -> bool:
-        call = type(self.fn).__call__ if not inspect.isroutine(self.fn) else None
-        return inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(call)
-
-
 # ----------------------------------------------------------------------------- public
 
 
 def load_evaluator(spec: str | None, *, dataset: str | None = None) -> Evaluator:
     """Load ``spec`` (see the module docstring); ``None`` = the default evaluator for ``dataset``."""
-    from openrft.evaluators import builtin
-
     if spec is None or not spec.strip():
         spec = default_evaluator_name(dataset)
     spec = spec.strip()
@@ -118,7 +80,6 @@ def load_evaluator(spec: str | None, *, dataset: str | None = None) -> Evaluator
 def default_evaluator_name(dataset: str | None) -> str:
     """The built-in evaluator for a dataset: its rows' ``task`` field, or the built-in task name."""
     from openrft.data import is_builtin, read_jsonl
-    from openrft.evaluators import builtin
 
     if dataset is None or is_builtin(dataset):
         return "arithmetic"

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from openrft.errors import EvaluatorError
-from openrft.evaluators.loader import Evaluator
+from openrft.evaluators.base import Evaluator
 from openrft.records import Completion, Prompt, Score
 
 log = logging.getLogger("openrft.evaluators")
@@ -102,27 +102,37 @@ def check_invalid_rate(
         )
 
 
-def summarize(scores: Sequence[Score] | Sequence[Sequence[Score]]) -> dict[str, float]:
-    """Namespaced statistics: ``reward/mean`` and ``reward/std`` over valid scores,
-    ``reward/invalid_count`` and ``reward/invalid_frac``, and ``reward/metric/<name>`` means."""
+SUMMARY_STATS = ("count", "invalid_count", "invalid_frac", "mean", "std", "min", "max")
+
+
+def summarize(
+    scores: Sequence[Score] | Sequence[Sequence[Score]], prefix: str = "reward"
+) -> dict[str, float]:
+    """The one score summary, used by training rounds, evaluations and ``openrft evaluate``.
+
+    ``<prefix>/count``, ``/invalid_count`` and ``/invalid_frac`` over all scores; ``/mean``,
+    ``/std`` (population), ``/min`` and ``/max`` over the valid ones (0 when none is valid); and
+    ``<prefix>/<name>``, the mean of each metric the evaluator reported on valid scores.
+    """
     flat = _flatten(scores)
     valid = [s.score for s in flat if s.is_valid]
+    mean = sum(valid) / len(valid) if valid else 0.0
     out: dict[str, float] = {
-        "reward/count": float(len(flat)),
-        "reward/invalid_count": float(len(flat) - len(valid)),
-        "reward/invalid_frac": (len(flat) - len(valid)) / len(flat) if flat else 0.0,
+        f"{prefix}/count": float(len(flat)),
+        f"{prefix}/invalid_count": float(len(flat) - len(valid)),
+        f"{prefix}/invalid_frac": (len(flat) - len(valid)) / len(flat) if flat else 0.0,
+        f"{prefix}/mean": mean,
+        f"{prefix}/std": math.sqrt(sum((v - mean) ** 2 for v in valid) / len(valid)) if valid else 0.0,
+        f"{prefix}/min": min(valid, default=0.0),
+        f"{prefix}/max": max(valid, default=0.0),
     }
-    if valid:
-        mean = sum(valid) / len(valid)
-        out["reward/mean"] = mean
-        out["reward/std"] = math.sqrt(sum((v - mean) ** 2 for v in valid) / len(valid))
     totals: dict[str, list[float]] = {}
     for s in flat:
         if s.is_valid:
             for key, value in s.metrics.items():
-                totals.setdefault(key, []).append(value)
+                totals.setdefault(key, []).append(float(value))
     for key, values in sorted(totals.items()):
-        out[f"reward/metric/{key}"] = sum(values) / len(values)
+        out.setdefault(f"{prefix}/{key}", sum(values) / len(values))
     return out
 
 

@@ -14,7 +14,6 @@ worker and a first Ctrl-C in the foreground do the same; a second Ctrl-C aborts.
 
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
 import signal
@@ -26,18 +25,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from openrft.config import FIELD_GROUP, JobConfig, build_config, load_job_file
+from openrft.config import JobConfig, build_config, load_job_file
 from openrft.errors import JobError, OpenRFTError
 from openrft.jobs.states import OUTCOME_STATES, JobState
 from openrft.jobs.store import JobRecord, JobStore, config_values
+from openrft.paths import output_dir
 
 ERROR_LOG = "error.log"
-
-
-def jobs_root() -> Path:
-    from openrft.models import openrft_home
-
-    return openrft_home() / "jobs"
 
 
 def new_job_id() -> str:
@@ -47,12 +41,23 @@ def new_job_id() -> str:
 # ----------------------------------------------------------------------------- entry points
 
 
-def create_and_run(cfg: JobConfig, args: argparse.Namespace) -> int:
-    """``openrft rftj create``: record the job, then run it here or in a detached worker."""
+def create_and_run(
+    cfg: JobConfig,
+    *,
+    detach: bool = False,
+    quiet: bool = False,
+    resume_from: str | None = None,
+    config_file: str | None = None,
+    flag_values: dict[str, Any] | None = None,
+) -> int:
+    """``openrft rftj create``: record the job, then run it here or in a detached worker.
+
+    ``resume_from`` (a job id or folder) continues an earlier job with ``config_file`` and
+    ``flag_values`` (the values set on this command line) applied to its configuration.
+    """
     store = JobStore()
-    detach, quiet = bool(getattr(args, "detach", False)), bool(getattr(args, "quiet", False))
-    if getattr(args, "resume_from", None):
-        record = resume_from(store, cfg, args)
+    if resume_from:
+        record = _resume_from(store, cfg, resume_from, config_file, flag_values or {}, detach)
     else:
         job_id = cfg.training.job_id or new_job_id()
         job_dir = store.job_dir(job_id)
@@ -97,9 +102,15 @@ def start(store: JobStore, record: JobRecord, *, detach: bool, quiet: bool) -> i
     return 0
 
 
-def resume_from(store: JobStore, cfg: JobConfig, args: argparse.Namespace) -> JobRecord:
+def _resume_from(
+    store: JobStore,
+    cfg: JobConfig,
+    target: str,
+    config_file: str | None,
+    flag_values: dict[str, Any],
+    detach: bool,
+) -> JobRecord:
     """``create --resume-from ID_OR_DIR``: the earlier job continues, with any flags given now applied."""
-    target = str(args.resume_from)
     record = _find(store, target)
     if record is None:
         job_dir = Path(target).expanduser()
@@ -109,10 +120,8 @@ def resume_from(store: JobStore, cfg: JobConfig, args: argparse.Namespace) -> Jo
                 hint="see the jobs with: openrft rftj list",
             )
         job_id = cfg.training.job_id or job_dir.name
-        record = store.create(job_id, cfg, job_dir=job_dir.resolve(), resume=True, detached=args.detach)
-        return record
-    file_values = load_job_file(args.config) if getattr(args, "config", None) else {}
-    flag_values = {name: getattr(args, name) for name in FIELD_GROUP if hasattr(args, name)}
+        return store.create(job_id, cfg, job_dir=job_dir.resolve(), resume=True, detached=detach)
+    file_values = load_job_file(config_file) if config_file else {}
     base = {**record.given, **store.secrets(record.id)}
     merged, _ = build_config({**base, **file_values}, flag_values)
     changed = _changed(record.flat_config(), config_values(merged)[0])
@@ -163,9 +172,8 @@ def run_job(
         store.transition(job_id, JobState.VALIDATING)
         say("VALIDATING: evaluator, datasets, base model")
         cfg = rebuild_config(store, record)
-        if not stop():
-            validate(cfg)
-        if stop():
+        prepared = None if stop() else validate(cfg)
+        if prepared is None or stop():
             return store.transition(job_id, JobState.CANCELLED, "cancelled before training started")
         store.transition(job_id, JobState.RUNNING)
         say(
@@ -173,13 +181,13 @@ def run_job(
             + (" from the last checkpoint" if record.resume else "")
         )
         sinks = make_sinks(store, record, cfg, log_steps=log_steps)
-        from openrft.train import job as train_job
+        from openrft.train.job import run_training
 
-        outcome = train_job.run_training(
-            cfg, record.job_dir, resume=record.resume, quiet=quiet, should_stop=stop, extra_sinks=sinks
+        outcome = run_training(
+            prepared, record.job_dir, resume=record.resume, quiet=quiet, should_stop=stop, extra_sinks=sinks
         )
         store.record_progress(job_id, outcome.state.step, None)
-        store.set_output(job_id, output_dir(cfg, record.job_dir))
+        store.set_output(job_id, output_dir(record.job_dir, cfg.training.output_model))
         return store.transition(job_id, OUTCOME_STATES[outcome.status], outcome.message or None)
     except OpenRFTError as exc:
         _finish(store, job_id, JobState.FAILED, exc.message)
@@ -221,36 +229,11 @@ def rebuild_config(store: JobStore, record: JobRecord) -> JobConfig:
     return cfg
 
 
-def validate(cfg: JobConfig) -> None:
-    """Cheap checks before any model is loaded: evaluator, datasets, base model or adapter, W&B."""
-    from openrft.data import load_prompts
-    from openrft.evaluators import load_evaluator
-    from openrft.models import resolve_model_dir
+def validate(cfg: JobConfig):
+    """Every check possible before a model loads (``--dry-run`` runs the same); the prepared job."""
+    from openrft.train.job import prepare
 
-    evaluator = load_evaluator(cfg.data.evaluator, dataset=cfg.data.dataset)
-    source = cfg.data.dataset or evaluator.input_dataset or "arithmetic"
-    adapter = getattr(evaluator, "dataset_adapter", None)
-    load_prompts(source, seed=cfg.training.seed, adapter=adapter, skip_bad_rows=cfg.data.skip_bad_rows)
-    if cfg.data.evaluation_dataset:
-        load_prompts(
-            cfg.data.evaluation_dataset, seed=cfg.training.seed + 1, skip_bad_rows=cfg.data.skip_bad_rows
-        )
-    if cfg.training.warm_start_from:
-        if not (Path(cfg.training.warm_start_from) / "adapter_config.json").is_file():
-            raise JobError(
-                f"--warm-start-from {cfg.training.warm_start_from}: no adapter_config.json there",
-                hint="give the folder of a PEFT LoRA adapter, e.g. an earlier job's output folder",
-            )
-    else:
-        resolve_model_dir(cfg.training.base_model)
-    if cfg.wandb.wandb:
-        from openrft.tracking.wandb_sink import import_wandb
-
-        import_wandb()
-    if cfg.rollout.ray_address:
-        from openrft.distributed import require_ray
-
-        require_ray()
+    return prepare(cfg)
 
 
 def make_sinks(store: JobStore, record: JobRecord, cfg: JobConfig, *, log_steps: bool) -> list[Any]:
@@ -258,14 +241,25 @@ def make_sinks(store: JobStore, record: JobRecord, cfg: JobConfig, *, log_steps:
     if log_steps:
         sinks.append(PrintSink())
     if cfg.wandb.wandb:
-        from openrft.tracking.wandb_sink import WandbSink
-
-        sinks.append(WandbSink.start(cfg, job_id=record.id, job_dir=record.job_dir))
+        sinks.append(start_wandb(cfg, job_id=record.id, job_dir=record.job_dir))
     return sinks
 
 
-def output_dir(cfg: JobConfig, job_dir: Path) -> Path:
-    return Path(cfg.training.output_model) if cfg.training.output_model else job_dir / "output"
+def start_wandb(cfg: JobConfig, *, job_id: str, job_dir: Path, **options: Any):
+    """The job's W&B sink, configured from its W&B parameters (``options`` go to ``WandbSink.start``)."""
+    from openrft.tracking.wandb_sink import WandbSink
+
+    w = cfg.wandb
+    return WandbSink.start(
+        job_id=job_id,
+        job_dir=job_dir,
+        config=cfg.to_dict(),
+        project=w.wandb_project,
+        entity=w.wandb_entity,
+        api_key=w.wandb_api_key.get_secret_value() if w.wandb_api_key else None,
+        run_id=w.wandb_run_id,
+        **options,
+    )
 
 
 class StoreSink:
@@ -391,7 +385,6 @@ __all__ = [
     "worker_command",
     "rebuild_config",
     "validate",
-    "jobs_root",
     "new_job_id",
     "StopFlag",
     "StoreSink",

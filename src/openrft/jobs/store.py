@@ -33,6 +33,7 @@ from typing import Any
 
 from openrft.errors import JobError
 from openrft.jobs.states import DIED_MESSAGE, JobState, can_transition
+from openrft.paths import openrft_home
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -204,8 +205,6 @@ class JobStore:
 
     def __init__(self, root: Path | None = None, *, timeout: float = 30.0):
         if root is None:
-            from openrft.models import openrft_home
-
             root = openrft_home()
         self.root = Path(root)
         self.db_path = self.root / "jobs.db"

@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 import secrets
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
@@ -22,12 +23,25 @@ from openrft.errors import RolloutError
 from openrft.records import Completion, SamplingParams
 from openrft.rollout.sampling import Truncation, cut_at_stop, row_uniforms, sample_tokens
 
-if TYPE_CHECKING:
-    from openrft.rollout.local import LocalEngine
-
 COMPACT_FRACTION = 0.25  # with nothing waiting, rebuild once this share of the rows has finished
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values)
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """What a :class:`Run` needs from the engine that starts it (taken afresh for every call)."""
+
+    # (input_ids, attention_mask, position_ids, cache) -> the last position's logits [B, V]
+    forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Cache], torch.Tensor]
+    # a boolean "may attend" tensor [B, 1, Q, K] -> the attention mask the model takes
+    mask: Callable[[torch.Tensor], torch.Tensor]
+    tokenizer: Any  # its ``decode`` turns completion tokens into text
+    pad_id: int  # token id filling the padding columns of a prefill
+    max_positions: int  # the model's context length
+    max_concurrent_rollouts: int  # rows decoded together at most
+    prefill_tokens: int  # padded prompt tokens per prefill forward pass
+    policy_version: int  # stamped on every completion
 
 
 class _BufferLayer(DynamicLayer):
@@ -98,16 +112,16 @@ class Run:
 
     def __init__(
         self,
-        engine: LocalEngine,
+        settings: DecodeSettings,
         names: list[str],
         prompt_ids: list[list[int]],
         params: SamplingParams,
         stop_token_ids: tuple[int, ...],
     ):
-        self.engine, self.names, self.prompt_ids, self.params = engine, names, prompt_ids, params
+        self.settings, self.names, self.prompt_ids, self.params = settings, names, prompt_ids, params
         self.how = Truncation.from_params(params)
         self.seed = params.seed if params.seed is not None else secrets.randbits(63)
-        self.version = engine.policy_version
+        self.version = settings.policy_version
         self.limits = [self._limit(name, ids) for name, ids in zip(names, prompt_ids, strict=True)]
         self.stop_ids = torch.tensor(stop_token_ids)
         self.stop_id_set = set(stop_token_ids)
@@ -116,7 +130,7 @@ class Run:
         self.results: list[list[Completion | None]] = [[None] * params.n for _ in names]
         self.queue: deque[tuple[int, int]] = deque((p, c) for p in range(len(names)) for c in range(params.n))
         self.stash: dict[int, _Stash] = {}
-        capacity = engine.max_concurrent_rollouts
+        capacity = settings.max_concurrent_rollouts
         # Admitting costs one copy of the cache; waiting leaves slots idle. sqrt balances the two.
         self.admit_at = max(1, min(params.n, round(math.sqrt(capacity / 3))))
         self.rows: _Rows | None = None
@@ -127,11 +141,11 @@ class Run:
     def _limit(self, name: str, ids: list[int]) -> int:
         if not ids:
             raise RolloutError(f"prompt {name} has no tokens")
-        room = self.engine.max_positions - len(ids)
+        room = self.settings.max_positions - len(ids)
         if room < 1:
             raise RolloutError(
                 f"prompt {name} has {len(ids)} tokens: no room left in the model's "
-                f"{self.engine.max_positions}-token context"
+                f"{self.settings.max_positions}-token context"
             )
         return min(self.params.max_tokens, room)
 
@@ -151,7 +165,7 @@ class Run:
 
     def _schedule(self) -> None:
         """Admit waiting candidates when enough slots are free; drop finished rows when worthwhile."""
-        free = self.engine.max_concurrent_rollouts - self._active()
+        free = self.settings.max_concurrent_rollouts - self._active()
         if self.queue and free >= min(self.admit_at, len(self.queue)):
             admitted = [self.queue.popleft() for _ in range(min(free, len(self.queue)))]
             self._prefill_missing(sorted({p for p, _ in admitted}))
@@ -167,7 +181,7 @@ class Run:
         group: list[int] = []
         for p in todo:
             widest = max([len(self.prompt_ids[q]) for q in group] + [len(self.prompt_ids[p])])
-            if group and widest * (len(group) + 1) > self.engine.prefill_tokens:
+            if group and widest * (len(group) + 1) > self.settings.prefill_tokens:
                 self._prefill(group)
                 group = []
             group.append(p)
@@ -175,11 +189,11 @@ class Run:
             self._prefill(group)
 
     def _prefill(self, prompts: list[int]) -> None:
-        engine = self.engine
+        settings = self.settings
         ids = [self.prompt_ids[p] for p in prompts]
         length = max(len(x) for x in ids)
         pad_P = torch.tensor([length - len(x) for x in ids])
-        input_ids_PL = torch.tensor([[engine.pad_id] * (length - len(x)) + x for x in ids])
+        input_ids_PL = torch.tensor([[settings.pad_id] * (length - len(x)) + x for x in ids])
         columns_L = torch.arange(length)
         valid_PL = columns_L[None, :] >= pad_P[:, None]
         causal_LL = columns_L[:, None] >= columns_L[None, :]
@@ -189,7 +203,7 @@ class Run:
         ]
         positions_PL = (columns_L[None, :] - pad_P[:, None]).clamp_(min=0)
         cache = DynamicCache()
-        logits_PV = engine.forward(input_ids_PL, engine.mask(allowed_P1LL), positions_PL, cache)
+        logits_PV = settings.forward(input_ids_PL, settings.mask(allowed_P1LL), positions_PL, cache)
         for i, p in enumerate(prompts):
             pad = int(pad_P[i])
             kv = [(layer.keys[i, :, pad:], layer.values[i, :, pad:]) for layer in cache.layers]
@@ -300,11 +314,13 @@ class Run:
 
     def _step(self) -> None:
         """Feed every row its last token, sample the next one, mark the rows that finish."""
-        rows, engine = self.rows, self.engine
+        rows, settings = self.rows, self.settings
         assert rows is not None and self.cache is not None
         allowed_B111L = (torch.arange(self.length + 1)[None, :] >= rows.start_B[:, None])[:, None, None, :]
         positions_B1 = (self.length - rows.start_B)[:, None]
-        logits_BV = engine.forward(rows.last_B[:, None], engine.mask(allowed_B111L), positions_B1, self.cache)
+        logits_BV = settings.forward(
+            rows.last_B[:, None], settings.mask(allowed_B111L), positions_B1, self.cache
+        )
         self.length += 1
         active_B = ~rows.done_B
         column_B = rows.count_B.clamp(max=rows.uniforms_BT.shape[1] - 1)
@@ -324,7 +340,7 @@ class Run:
     def _spelled_stop(self, rows: _Rows, check_B: torch.Tensor) -> torch.Tensor:
         """Rows whose latest tokens complete one of the stop strings (checked once per new token)."""
         hit_B = torch.zeros_like(check_B)
-        decode = self.engine.tokenizer.decode
+        decode = self.settings.tokenizer.decode
         for i in torch.nonzero(check_B).squeeze(1).tolist():
             count = int(rows.count_B[i])
             tail = decode(rows.tokens_BT[i, max(0, count - self.stop_window) : count].tolist())
@@ -333,7 +349,7 @@ class Run:
 
     def _collect(self, rows: _Rows, finished_B: torch.Tensor) -> None:
         """Turn finished rows into Completion records (each row is collected exactly once)."""
-        tokenizer = self.engine.tokenizer
+        tokenizer = self.settings.tokenizer
         for i in torch.nonzero(finished_B).squeeze(1).tolist():
             prompt_index, candidate = rows.owners[i]
             if self.results[prompt_index][candidate] is not None:
@@ -355,4 +371,4 @@ class Run:
             )
 
 
-__all__ = ["Run", "COMPACT_FRACTION"]
+__all__ = ["Run", "DecodeSettings", "COMPACT_FRACTION"]

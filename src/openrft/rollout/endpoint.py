@@ -37,6 +37,7 @@ import httpx
 from openrft.errors import RolloutError
 from openrft.models import end_token_ids
 from openrft.records import Completion, Prompt, SamplingParams
+from openrft.rollout.adapters import LoadsAdapterFiles
 from openrft.rollout.prompts import encode_messages
 from openrft.rollout.sampling import check_params, row_seed
 
@@ -49,7 +50,7 @@ def api_root(base_url: str) -> str:
     return url if url.endswith("/v1") else url + "/v1"
 
 
-class EndpointEngine:
+class EndpointEngine(LoadsAdapterFiles):
     """A :class:`~openrft.records.RolloutEngine` backed by an OpenAI-compatible HTTP server.
 
     ``tokenizer`` renders prompts (it must be the served model's tokenizer);

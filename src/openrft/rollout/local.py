@@ -41,7 +41,7 @@ from openrft.errors import RolloutError
 from openrft.models import end_token_ids
 from openrft.records import Completion, Prompt, SamplingParams
 from openrft.rollout import DEFAULT_MAX_CONCURRENT
-from openrft.rollout.decode import Run
+from openrft.rollout.decode import DecodeSettings, Run
 from openrft.rollout.prompts import encode_messages
 from openrft.rollout.sampling import check_params
 
@@ -54,8 +54,10 @@ class LocalEngine:
     ``max_concurrent_rollouts`` bounds the sequences decoded together (default 64);
     ``stop_token_ids`` overrides the tokens that end a response (default: EOS and the
     chat template's end-of-turn token). ``policy_version`` is stamped on every
-    completion; the trainer bumps it after each optimizer step.
+    completion; the trainer moves it with :meth:`set_policy` after each optimizer step.
     """
+
+    needs_adapter_files = False  # samples the trainer's live model
 
     def __init__(
         self,
@@ -86,6 +88,10 @@ class LocalEngine:
         """Prompt token ids: the chat messages rendered with the model's chat template."""
         return encode_messages(self.tokenizer, prompt.messages, prompt.prompt_id)
 
+    def set_policy(self, version: int, adapter: Any = None) -> None:
+        """The live model now holds policy ``version`` (nothing to load: it is the same model)."""
+        self.policy_version = version
+
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
         """For each prompt in order, ``params.n`` completions (candidate_index 0..n-1)."""
         encoded = [(p.prompt_id, self.encode(p)) for p in prompts]
@@ -104,11 +110,25 @@ class LocalEngine:
         """
         check_params(params)
         stops = tuple(stop_token_ids) if stop_token_ids else self.stop_token_ids
-        run = Run(self, [p for p, _ in prompts], [list(ids) for _, ids in prompts], params, stops)
+        names, prompt_ids = [name for name, _ in prompts], [list(ids) for _, ids in prompts]
+        run = Run(self._decode_settings(), names, prompt_ids, params, stops)
         with self._sampling_mode():
             return run.execute()
 
     # ------------------------------------------------------------------------- helpers
+
+    def _decode_settings(self) -> DecodeSettings:
+        """This engine's current settings for one decoding run (read at each call, like ``policy_version``)."""
+        return DecodeSettings(
+            forward=self.forward,
+            mask=self.mask,
+            tokenizer=self.tokenizer,
+            pad_id=self.pad_id,
+            max_positions=self.max_positions,
+            max_concurrent_rollouts=self.max_concurrent_rollouts,
+            prefill_tokens=self.prefill_tokens,
+            policy_version=self.policy_version,
+        )
 
     @contextlib.contextmanager
     def _sampling_mode(self) -> Iterator[None]:

@@ -189,20 +189,7 @@ def create_app(
     batcher = _Batcher(host, batch_window)
     app = FastAPI(title="openrft serve")
     app.state.host = host
-
-    @app.exception_handler(_HTTPError)
-    async def _http_error(request: Request, exc: _HTTPError) -> JSONResponse:
-        return _error(exc.status, exc.message)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return _error(400, f"invalid request: {where}: {first.get('msg', 'bad value')}")
-
-    @app.exception_handler(OpenRFTError)
-    async def _openrft_error(request: Request, exc: OpenRFTError) -> JSONResponse:
-        return _error(400, exc.message)
+    _install_error_handlers(app)
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -266,6 +253,24 @@ def create_app(
         return JSONResponse({"status": "ok", "message": f"adapter '{request.lora_name}' unloaded"})
 
     return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Errors as OpenAI-shaped JSON bodies: ours with their status, bad requests and user errors as 400."""
+
+    @app.exception_handler(_HTTPError)
+    async def _http_error(request: Request, exc: _HTTPError) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return _error(400, f"invalid request: {where}: {first.get('msg', 'bad value')}")
+
+    @app.exception_handler(OpenRFTError)
+    async def _openrft_error(request: Request, exc: OpenRFTError) -> JSONResponse:
+        return _error(400, exc.message)
 
 
 def _prompt_token_ids(tokenizer: Any, prompt: Any) -> list[list[int]]:

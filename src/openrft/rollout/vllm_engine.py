@@ -46,6 +46,7 @@ from typing import Any
 from openrft.errors import RolloutError
 from openrft.models import end_token_ids, resolve_model_dir
 from openrft.records import Completion, Prompt, SamplingParams
+from openrft.rollout.adapters import LoadsAdapterFiles
 from openrft.rollout.prompts import encode_messages
 from openrft.rollout.sampling import check_params, cut_at_stop, row_seed
 
@@ -65,7 +66,7 @@ def import_vllm() -> tuple[Any, Any]:
     return vllm, lora_request
 
 
-class VLLMEngine:
+class VLLMEngine(LoadsAdapterFiles):
     """A :class:`~openrft.records.RolloutEngine` backed by an in-process ``vllm.LLM`` with LoRA enabled.
 
     ``model_name`` is the base model (a name openrft resolves, or a model directory);

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from openrft.train.checkpoint import atomic_write_text
+from openrft.paths import atomic_write_text
 
 
 class MetricsSink(Protocol):
@@ -23,19 +23,6 @@ class MetricsSink(Protocol):
     def log_rollouts(self, step: int, rows: Sequence[dict[str, Any]]) -> None: ...
 
     def close(self) -> None: ...
-
-
-class NullSink:
-    """Accepts everything, keeps nothing."""
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        pass
-
-    def log_rollouts(self, step: int, rows: Sequence[dict[str, Any]]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class MultiSink:

@@ -98,28 +98,35 @@ class WandbSink:
     @classmethod
     def start(
         cls,
-        cfg,
         *,
         job_id: str,
         job_dir: Path,
+        config: dict[str, Any],
+        project: str | None = None,
+        entity: str | None = None,
+        api_key: str | None = None,
+        run_id: str | None = None,
         rollout_every: int = ROLLOUT_TABLE_EVERY,
         probe=reachable,
         out=None,
     ) -> WandbSink:
-        """Open (or continue) the job's W&B run, online when possible, else offline."""
+        """Open (or continue) the job's W&B run, online when possible, else offline.
+
+        ``config`` is the job's configuration as logged (secrets masked); ``api_key`` None
+        looks for ``WANDB_API_KEY`` and ``~/.netrc``; ``run_id`` None uses the job id.
+        """
         wandb = import_wandb()
         out = out or sys.stderr
-        w = cfg.wandb
-        api_key = find_api_key(w.wandb_api_key.get_secret_value() if w.wandb_api_key else None)
+        api_key = find_api_key(api_key)
         mode, why = choose_mode(api_key, probe=probe)
         job_dir.mkdir(parents=True, exist_ok=True)
         options = dict(
-            project=w.wandb_project or DEFAULT_PROJECT,
-            entity=w.wandb_entity,
-            id=w.wandb_run_id or job_id,
+            project=project or DEFAULT_PROJECT,
+            entity=entity,
+            id=run_id or job_id,
             name=job_id,
             dir=str(job_dir),
-            config={"job_id": job_id, **cfg.to_dict()},
+            config={"job_id": job_id, **config},
             resume="allow",
             reinit="create_new",
         )

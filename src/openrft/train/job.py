@@ -1,4 +1,9 @@
-"""Set up an RFT job from its validated config, run the loop, and write the outputs.
+"""A job from its validated configuration: check its inputs, build its parts, train, write the outputs.
+
+This is the one module below :mod:`openrft.jobs` that reads a :class:`~openrft.config.JobConfig`:
+:func:`prepare` checks everything knowable without loading a model and resolves the typed
+settings (:mod:`openrft.settings`) the rest of the job receives; :func:`run_training` loads
+the model, builds the engine and the scorer from those settings and runs the loop.
 
 Job folder (``$OPENRFT_HOME/jobs/<id>/`` unless given)::
 
@@ -6,198 +11,135 @@ Job folder (``$OPENRFT_HOME/jobs/<id>/`` unless given)::
     metrics.jsonl     one line per training step (and the evaluations at start and end)
     rollouts.jsonl    sampled prompts, completions, scores and reasons
     checkpoints/      resumable checkpoints (the last two), LATEST points at the newest
+    adapters/         the adapter an inference server samples with (endpoint and vllm engines)
     output/           the final adapter (PEFT format), job.json, metrics.jsonl, reward_curve.png
                       (or --output-model DIR)
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
-import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from openrft.config import JobConfig
-from openrft.errors import ConfigError
-from openrft.records import Completion, Prompt, Score
+from openrft.data import PromptSet, check_prompt_lengths, load_prompts, split_carveout
+from openrft.errors import ConfigError, OpenRFTError
+from openrft.paths import atomic_write_text, output_dir
+from openrft.records import Prompt
+from openrft.settings import JobSettings
 from openrft.tracking.progress import ProgressBar
 from openrft.tracking.sinks import JsonlSink, MetricsSink, MultiSink
-from openrft.train import policy as P
-from openrft.train.checkpoint import (
-    LoopState,
-    atomic_directory,
-    atomic_write_text,
-    latest_checkpoint,
-    load_checkpoint,
-)
-from openrft.train.loop import Outcome, TrainContext, rounds_per_epoch, train
+from openrft.train import setup
+from openrft.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint
+from openrft.train.loop import Outcome, TrainContext, train
 
 
-@dataclass
-class JobPaths:
-    root: Path
+@dataclass(frozen=True)
+class PreparedJob:
+    """A job whose inputs were checked: its settings, evaluator and prompts, loaded once."""
 
-    @property
-    def config(self) -> Path:
-        return self.root / "job.json"
+    cfg: JobConfig
+    settings: JobSettings  # concurrency already resolved with the evaluator's defaults
+    evaluator: Any
+    dataset: PromptSet
+    evaluation_dataset: PromptSet | None
+    carveout: float | None
 
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    def output(self, cfg: JobConfig) -> Path:
-        return Path(cfg.training.output_model) if cfg.training.output_model else self.root / "output"
-
-
-def base_model_name(cfg: JobConfig) -> str:
-    if cfg.training.warm_start_from:
-        return P.adapter_base_model(cfg.training.warm_start_from)
-    return cfg.training.base_model
+    def split(self, dataset: PromptSet) -> tuple[list[Prompt], list[Prompt]]:
+        """Training and evaluation prompts (a separate file, a seeded carve-out, or none)."""
+        if self.evaluation_dataset is not None:
+            return list(dataset), list(self.evaluation_dataset)
+        if self.carveout:
+            return split_carveout(dataset, self.carveout, self.settings.schedule.seed)
+        return list(dataset), []
 
 
-def build_policy(cfg: JobConfig):
-    """Load the base model and wrap it with a fresh or warm-start LoRA adapter."""
-    from openrft.algo.losses import kl_coefficient
-    from openrft.models import load_model
-
-    torch.manual_seed(cfg.training.seed)
-    model, tokenizer = load_model(base_model_name(cfg))
-    if cfg.training.warm_start_from:
-        needs_ref = kl_coefficient(cfg.loss.rl_loss_method, cfg.loss.rl_kl_beta) > 0
-        model = P.load_adapter(model, cfg.training.warm_start_from, with_reference=needs_ref)
-    else:
-        model = P.attach_lora(model, cfg.training.lora_rank, cfg.training.lora_alpha, seed=cfg.training.seed)
-    return model, tokenizer
+@contextmanager
+def _input(flag: str) -> Iterator[None]:
+    """Report a problem with an input as a configuration error naming its flag (exit code 2)."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except OpenRFTError as exc:
+        message = exc.message if exc.message.startswith("--") else f"{flag}: {exc.message}"
+        raise ConfigError(message, field=flag[2:].replace("-", "_"), hint=exc.hint) from None
 
 
-def load_data(cfg: JobConfig, tokenizer, context_length: int, evaluator) -> tuple[list[Prompt], list[Prompt]]:
-    """Training prompts and evaluation prompts (a separate file, a seeded carve-out, or none)."""
-    from openrft.data import load_prompts, split_carveout
-    from openrft.rollout.prompts import encode_messages
+def prepare(cfg: JobConfig) -> PreparedJob:
+    """Check every input a job needs before any model loads, and resolve its settings.
 
-    def count_tokens(messages) -> int:
-        return len(encode_messages(tokenizer, messages))
-
-    max_prompt = context_length - cfg.rollout.max_output_tokens
-    source = cfg.data.dataset or evaluator.input_dataset or "arithmetic"
-    options = dict(
-        count_tokens=count_tokens, max_prompt_tokens=max_prompt, skip_bad_rows=cfg.data.skip_bad_rows
-    )
-    adapter = getattr(evaluator, "dataset_adapter", None)
-    loaded = load_prompts(source, seed=cfg.training.seed, adapter=adapter, **options)
-    if loaded.skipped:
-        print(f"warning: --dataset {source}: skipped {loaded.skipped} malformed rows", file=sys.stderr)
-    train_prompts = list(loaded)
-    eval_prompts: list[Prompt] = []
-    if cfg.data.evaluation_dataset:
-        eval_prompts = list(load_prompts(cfg.data.evaluation_dataset, seed=cfg.training.seed + 1, **options))
-    elif cfg.data.eval_auto_carveout:
-        train_prompts, eval_prompts = split_carveout(
-            train_prompts, cfg.data.eval_auto_carveout, cfg.training.seed
-        )
-    if not train_prompts:
-        raise ConfigError(f"--dataset {source}: no training prompts left")
-    return train_prompts, eval_prompts
-
-
-def make_scorer(
-    cfg: JobConfig, evaluator
-) -> Callable[[Sequence[Prompt], list[list[Completion]]], list[list[Score]]]:
-    from openrft.evaluators import check_invalid_rate, score_groups
-
-    if cfg.rollout.ray_address:  # evaluator calls as Ray tasks (same contract)
-        from openrft.distributed import ray_scorer
-
-        return ray_scorer(cfg, evaluator)
-    concurrency = cfg.rollout.max_concurrent_evaluations or evaluator.max_concurrent_evaluations
-
-    def score(prompts: Sequence[Prompt], completions: list[list[Completion]]) -> list[list[Score]]:
-        scores = score_groups(
-            evaluator,
-            list(zip(prompts, completions, strict=True)),
-            max_concurrency=concurrency,
-            timeout=cfg.rollout.evaluator_timeout,
-        )
-        check_invalid_rate([s for group in scores for s in group])
-        return scores
-
-    return score
-
-
-def make_engine(cfg: JobConfig, model, tokenizer, evaluator, job_dir: Path):
-    """The rollout engine and the hook that hands it each new policy version.
-
-    local: samples from the live adapter in this process, nothing to sync. endpoint: an
-    OpenAI-compatible server (vLLM with runtime LoRA loading); after each optimizer step the
-    adapter is saved under ``job_dir/adapters/`` and loaded on the server under a new name.
-    With ``--ray-address`` the rollouts run on Ray actors (:mod:`openrft.distributed`).
+    The evaluator (file, function, signature, imports), the training and evaluation datasets
+    (file, JSON, rows), the carve-out, the base model or warm-start adapter, and the optional
+    packages the job asks for (W&B, Ray). Any problem is a :class:`ConfigError` naming its flag.
     """
-    concurrency = cfg.rollout.max_concurrent_rollouts or evaluator.max_concurrent_rollouts
-    if cfg.rollout.ray_address:
-        from openrft.distributed import ray_engine
+    from openrft.evaluators import load_evaluator
+    from openrft.models import resolve_model_dir
 
-        return ray_engine(cfg, model, tokenizer, concurrency)
-    if cfg.rollout.rollout_engine == "endpoint":
-        from openrft.rollout import EndpointEngine
-
-        engine = EndpointEngine(
-            cfg.rollout.endpoint_url,
-            tokenizer,
-            base_model_name(cfg),
-            max_concurrent_rollouts=concurrency or 32,
+    settings = cfg.settings()
+    seed, d = settings.schedule.seed, cfg.data
+    with _input("--evaluator"):
+        evaluator = load_evaluator(d.evaluator, dataset=d.dataset)
+    source = d.dataset or evaluator.input_dataset or "arithmetic"
+    with _input("--dataset"):
+        dataset = load_prompts(
+            source, seed=seed, adapter=evaluator.dataset_adapter, skip_bad_rows=d.skip_bad_rows
         )
-        return engine, _endpoint_sync(engine, model, job_dir)
-    if cfg.rollout.rollout_engine == "vllm":
-        from openrft.rollout.vllm_engine import VLLMEngine
-
-        engine = VLLMEngine(base_model_name(cfg), tokenizer, max_concurrent_rollouts=concurrency)
-        return engine, _endpoint_sync(engine, model, job_dir)
-    from openrft.rollout import LocalEngine
-
-    return LocalEngine(model, tokenizer, max_concurrent_rollouts=concurrency), lambda version: None
-
-
-def _endpoint_sync(engine, model, job_dir: Path) -> Callable[[int], None]:
-    """Save the adapter of each policy version and make the engine sample with it."""
-    previous: list[str] = []
-
-    def sync(version: int) -> None:
-        name = f"{job_dir.name}-v{version:06d}"
-        path = job_dir / "adapters" / name
-        with atomic_directory(path) as tmp:
-            P.save_adapter(model, tmp)
-        engine.load_adapter(str(path), name)
-        for old in previous:
-            with contextlib.suppress(Exception):
-                engine.unload_adapter(old)
-            shutil.rmtree(job_dir / "adapters" / old, ignore_errors=True)
-        previous[:] = [name]
-
-    return sync
+    evaluation = None
+    if d.evaluation_dataset:
+        with _input("--evaluation-dataset"):
+            evaluation = load_prompts(d.evaluation_dataset, seed=seed + 1, skip_bad_rows=d.skip_bad_rows)
+    prepared = PreparedJob(cfg, _with_evaluator_defaults(settings, evaluator), evaluator, dataset, evaluation,
+                           d.eval_auto_carveout)  # fmt: skip
+    with _input("--eval-auto-carveout"):
+        prepared.split(dataset)
+    m = settings.model
+    if m.warm_start_from:
+        if not (Path(m.warm_start_from) / "adapter_config.json").is_file():
+            raise ConfigError(
+                f"--warm-start-from {m.warm_start_from}: no adapter_config.json there",
+                field="warm_start_from",
+                hint="give the folder of a PEFT LoRA adapter, e.g. an earlier job's output folder",
+            )
+    else:
+        with _input("--base-model"):
+            resolve_model_dir(m.base_model)
+    _require_extras(cfg)
+    return prepared
 
 
-def make_optimizer(cfg: JobConfig, model):
-    t = cfg.training
-    params = P.trainable_parameters(model)
-    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.optimizer_weight_decay)
-    warmup = t.learning_rate_warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)) if warmup else 1.0
+def _with_evaluator_defaults(settings: JobSettings, evaluator: Any) -> JobSettings:
+    """Concurrency the flags leave unset comes from the evaluator's header."""
+    e = settings.engine
+    engine = dataclasses.replace(
+        e,
+        max_concurrent_rollouts=e.max_concurrent_rollouts or evaluator.max_concurrent_rollouts,
+        max_concurrent_evaluations=e.max_concurrent_evaluations or evaluator.max_concurrent_evaluations,
     )
-    return optimizer, scheduler
+    return dataclasses.replace(settings, engine=engine)
+
+
+def _require_extras(cfg: JobConfig) -> None:
+    if cfg.wandb.wandb:
+        from openrft.tracking.wandb_sink import import_wandb
+
+        with _input("--wandb"):
+            import_wandb()
+    if cfg.rollout.ray_address:
+        from openrft.distributed import require_ray
+
+        with _input("--ray-address"):
+            require_ray()
 
 
 def run_training(
-    cfg: JobConfig,
+    prepared: PreparedJob,
     job_dir: Path,
     *,
     resume: bool = False,
@@ -205,46 +147,42 @@ def run_training(
     should_stop: Callable[[], bool] = lambda: False,
     extra_sinks: Sequence[MetricsSink] = (),
 ) -> Outcome:
-    """Prepare everything, continue from the last checkpoint if asked, train, write outputs."""
-    from openrft.evaluators import load_evaluator
-
-    paths = JobPaths(job_dir)
+    """Load the model, continue from the last checkpoint if asked, train, write the outputs."""
+    cfg, settings = prepared.cfg, prepared.settings
     job_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(paths.config, json.dumps(cfg.to_dict(), indent=2))
-    evaluator = load_evaluator(cfg.data.evaluator, dataset=cfg.data.dataset)
-    model, tokenizer = build_policy(cfg)
-    context = cfg.training.max_context_length or getattr(model.config, "max_position_embeddings", 4096)
-    train_prompts, eval_prompts = load_data(cfg, tokenizer, context, evaluator)
-    optimizer, scheduler = make_optimizer(cfg, model)
+    atomic_write_text(job_dir / "job.json", json.dumps(cfg.to_dict(), indent=2))
+    model, tokenizer = setup.build_policy(settings.model, settings.loss, settings.schedule.seed)
+    train_prompts, eval_prompts = _prompts_that_fit(prepared, model, tokenizer)
+    optimizer, scheduler = setup.make_optimizer(settings.optimizer, model)
     jsonl = JsonlSink(job_dir)
     state = LoopState()
-    checkpoint = latest_checkpoint(paths.checkpoints) if resume else None
+    checkpoint = latest_checkpoint(job_dir / "checkpoints") if resume else None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
         jsonl.truncate_after(state.step)
-    elif paths.metrics.exists():
+    elif jsonl.metrics_path.exists():
         jsonl.truncate_after(-1)
-    engine, sync_policy = make_engine(cfg, model, tokenizer, evaluator, job_dir)
-    engine.policy_version = state.optimizer_step
-    sync_policy(state.optimizer_step)
-    total_rounds = cfg.training.epochs * rounds_per_epoch(len(train_prompts), cfg.training.chunk_size)
-    progress = ProgressBar(total_rounds, enabled=not quiet)
+    base_model = setup.base_model_name(settings.model)
+    engine, needs_files = setup.make_engine(settings.engine, model, tokenizer, base_model)
+    publish = setup.policy_publisher(engine, model, job_dir / "adapters" if needs_files else None)
+    publish(state.optimizer_step)
+    rounds = settings.schedule.rounds_per_epoch(len(train_prompts))
+    progress = ProgressBar(settings.schedule.epochs * rounds, enabled=not quiet)
     ctx = TrainContext(
-        cfg=cfg,
+        settings=settings,
         model=model,
         pad_token_id=tokenizer.pad_token_id,
         engine=engine,
-        score=make_scorer(cfg, evaluator),
+        score=setup.make_scorer(settings.engine, prepared.evaluator),
         train_prompts=train_prompts,
         eval_prompts=eval_prompts,
         optimizer=optimizer,
         scheduler=scheduler,
         sink=MultiSink(jsonl, *extra_sinks),
-        checkpoint_dir=paths.checkpoints,
+        checkpoint_dir=job_dir / "checkpoints",
         progress=progress,
-        on_policy_update=sync_policy,
+        publish_policy=publish,
         should_stop=should_stop,
-        eval_candidates=cfg.training.eval_candidates,
     )
     try:
         outcome = train(ctx, state)
@@ -252,19 +190,31 @@ def run_training(
         progress.close()
         ctx.sink.close()
         getattr(engine, "close", lambda: None)()  # e.g. Ray actors
-    write_outputs(cfg, model, paths)
+    setup.write_outputs(model, job_dir, output_dir(job_dir, cfg.training.output_model))
     return outcome
 
 
-def write_outputs(cfg: JobConfig, model, paths: JobPaths) -> Path:
-    """The final adapter, config, metrics and reward curve, replacing the output folder atomically."""
-    from openrft.tracking.plots import plot_reward_curve
+def _prompts_that_fit(prepared: PreparedJob, model: Any, tokenizer: Any) -> tuple[list[Prompt], list[Prompt]]:
+    """Drop (with --skip-bad-rows) or refuse prompts too long for the context, then split."""
+    from openrft.rollout.prompts import encode_messages
 
-    target = paths.output(cfg)
-    with atomic_directory(target) as tmp:
-        P.save_adapter(model, tmp)
-        shutil.copy(paths.config, tmp / "job.json")
-        if paths.metrics.exists():
-            shutil.copy(paths.metrics, tmp / "metrics.jsonl")
-            plot_reward_curve(paths.metrics, tmp / "reward_curve.png", title=paths.root.name)
-    return target
+    settings = prepared.settings
+    context = settings.model.max_context_length or getattr(model.config, "max_position_embeddings", 4096)
+    max_prompt = context - settings.sampling.max_tokens
+    skip = prepared.cfg.data.skip_bad_rows
+
+    def count_tokens(messages) -> int:
+        return len(encode_messages(tokenizer, messages))
+
+    dataset = check_prompt_lengths(prepared.dataset, count_tokens, max_prompt, skip_bad_rows=skip)
+    if dataset.skipped:
+        print(
+            f"warning: --dataset {dataset.source}: skipped {dataset.skipped} malformed rows", file=sys.stderr
+        )
+    evaluation = prepared.evaluation_dataset
+    if evaluation is not None:
+        evaluation = check_prompt_lengths(evaluation, count_tokens, max_prompt, skip_bad_rows=skip)
+    train_prompts, eval_prompts = dataclasses.replace(prepared, evaluation_dataset=evaluation).split(dataset)
+    if not train_prompts:
+        raise ConfigError(f"--dataset {dataset.source}: no training prompts left")
+    return train_prompts, eval_prompts

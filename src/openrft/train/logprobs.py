@@ -4,9 +4,9 @@ The naive way (``model(ids).logits.log_softmax(-1).gather(...)``) keeps several
 ``B x L x V`` float tensors alive for backward: for SmolLM2 (V = 49152) and a
 32 x 160-token step that is ~1 GB each and ~21 GB peak. Here the decoder body
 produces hidden states, only the completion positions are kept, and the frozen
-LM head is applied in chunks of positions inside a custom autograd function that
+LM head is applied to blocks of positions inside a custom autograd function that
 saves just the hidden states and one log-sum-exp per position; backward recomputes
-each chunk's logits. Peak extra memory is O(chunk x V) whatever the batch.
+each block's logits. Peak extra memory is O(block x V) whatever the batch.
 
 For position n with hidden state h_n, target token y_n and temperature T:
 
@@ -18,24 +18,24 @@ from __future__ import annotations
 
 import torch
 
-DEFAULT_CHUNK = 512
+DEFAULT_HEAD_BLOCK = 512
 
 
-class _ChunkedTokenLogProb(torch.autograd.Function):
-    """logp_N = log_softmax(hidden_NH @ weight_VH.T / T)[n, targets_N[n]], computed chunk by chunk."""
+class _BlockwiseTokenLogProb(torch.autograd.Function):
+    """logp_N = log_softmax(hidden_NH @ weight_VH.T / T)[n, targets_N[n]], computed block by block."""
 
     @staticmethod
-    def forward(ctx, hidden_NH, weight_VH, targets_N, inv_temperature: float, chunk: int):
+    def forward(ctx, hidden_NH, weight_VH, targets_N, inv_temperature: float, block: int):
         logp_N = hidden_NH.new_empty(hidden_NH.shape[0], dtype=torch.float32)
         lse_N = hidden_NH.new_empty(hidden_NH.shape[0], dtype=torch.float32)
-        for start in range(0, hidden_NH.shape[0], chunk):
-            stop = start + chunk
+        for start in range(0, hidden_NH.shape[0], block):
+            stop = start + block
             logits_CV = (hidden_NH[start:stop] @ weight_VH.T).float() * inv_temperature
             lse_C = torch.logsumexp(logits_CV, dim=-1)
             logp_N[start:stop] = logits_CV.gather(1, targets_N[start:stop, None]).squeeze(1) - lse_C
             lse_N[start:stop] = lse_C
         ctx.save_for_backward(hidden_NH, weight_VH, targets_N, lse_N)
-        ctx.inv_temperature, ctx.chunk = inv_temperature, chunk
+        ctx.inv_temperature, ctx.block = inv_temperature, block
         return logp_N
 
     @staticmethod
@@ -44,8 +44,8 @@ class _ChunkedTokenLogProb(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden_NH) if need_h else None
         grad_w = torch.zeros_like(weight_VH) if need_w else None
-        for start in range(0, hidden_NH.shape[0], ctx.chunk):
-            stop = start + ctx.chunk
+        for start in range(0, hidden_NH.shape[0], ctx.block):
+            stop = start + ctx.block
             h_CH = hidden_NH[start:stop]
             logits_CV = (h_CH @ weight_VH.T).float() * ctx.inv_temperature
             # d logp / d logits = onehot(y) - softmax(logits), scaled by the incoming gradient
@@ -65,12 +65,12 @@ def token_logprobs(
     weight_VH: torch.Tensor,
     targets_N: torch.Tensor,
     temperature: float = 1.0,
-    chunk: int = DEFAULT_CHUNK,
+    block: int = DEFAULT_HEAD_BLOCK,
 ) -> torch.Tensor:
     """Log-prob of each target under softmax(hidden @ weight.T / temperature); returns float32 [N]."""
     if hidden_NH.shape[0] == 0:
         return hidden_NH.new_zeros(0, dtype=torch.float32)
-    return _ChunkedTokenLogProb.apply(hidden_NH, weight_VH, targets_N, 1.0 / temperature, chunk)
+    return _BlockwiseTokenLogProb.apply(hidden_NH, weight_VH, targets_N, 1.0 / temperature, block)
 
 
 def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -83,36 +83,8 @@ def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.Ten
     body = getattr(base, base.base_model_prefix, None)
     head = base.get_output_embeddings()
     if body is None or head is None or getattr(base.config, "final_logit_softcapping", None):
-        raise NotImplementedError(f"unsupported architecture for chunked log-probs: {type(base).__name__}")
+        raise NotImplementedError(f"unsupported architecture for blockwise log-probs: {type(base).__name__}")
     return body, head.weight
-
-
-def sequence_logprobs(
-    model: torch.nn.Module,
-    input_ids_BL: torch.Tensor,
-    attention_mask_BL: torch.Tensor,
-    completion_mask_BL: torch.Tensor,
-    temperature: float = 1.0,
-    chunk: int = DEFAULT_CHUNK,
-) -> torch.Tensor:
-    """Log-probs of every token where ``completion_mask_BL`` is 1, given everything before it.
-
-    Returns ``logp_BL`` (float32) aligned with ``input_ids_BL``: position l holds
-    log p(input_ids[l] | input_ids[:l]) where completion_mask is 1, and 0 elsewhere.
-    Sequences are right-padded; the first token of a row is never a target.
-    """
-    body, weight_VH = decoder_and_head(model)
-    hidden_BLH = body(
-        input_ids=input_ids_BL, attention_mask=attention_mask_BL, use_cache=False
-    ).last_hidden_state
-    target_mask_BL = completion_mask_BL.bool().clone()
-    target_mask_BL[:, 0] = False
-    rows_N, cols_N = target_mask_BL.nonzero(as_tuple=True)
-    hidden_NH = hidden_BLH[rows_N, cols_N - 1]  # the state *before* each target predicts it
-    targets_N = input_ids_BL[rows_N, cols_N]
-    logp_N = token_logprobs(hidden_NH, weight_VH, targets_N, temperature, chunk)
-    logp_BL = torch.zeros(input_ids_BL.shape, dtype=torch.float32, device=input_ids_BL.device)
-    return logp_BL.index_put((rows_N, cols_N), logp_N)
 
 
 def completion_logprobs(
@@ -123,7 +95,7 @@ def completion_logprobs(
     completion_ids_RC: torch.Tensor,
     completion_mask_RC: torch.Tensor,
     temperature: float = 1.0,
-    chunk: int = DEFAULT_CHUNK,
+    block: int = DEFAULT_HEAD_BLOCK,
 ) -> torch.Tensor:
     """Log-probs ``[R, C]`` (float32, 0 on padding) of completions that share prompts.
 
@@ -158,7 +130,7 @@ def completion_logprobs(
     predictors_RCH = torch.cat([last_prompt_R1H, hidden_RCH[:, :-1]], dim=1)
     rows_N, cols_N = completion_mask_RC.bool().nonzero(as_tuple=True)
     logp_N = token_logprobs(
-        predictors_RCH[rows_N, cols_N], weight_VH, completion_ids_RC[rows_N, cols_N], temperature, chunk
+        predictors_RCH[rows_N, cols_N], weight_VH, completion_ids_RC[rows_N, cols_N], temperature, block
     )
     logp_RC = torch.zeros(completion_ids_RC.shape, dtype=torch.float32, device=completion_ids_RC.device)
     return logp_RC.index_put((rows_N, cols_N), logp_N)

@@ -27,15 +27,15 @@ from typing import Literal
 
 import torch
 
-from openrft.config import JobConfig
 from openrft.data import epoch_order
-from openrft.records import Prompt, RolloutEngine, SamplingParams
+from openrft.records import Prompt, RolloutEngine
+from openrft.settings import JobSettings
 from openrft.tracking.progress import ProgressBar
 from openrft.tracking.sinks import MetricsSink
 from openrft.train.batching import TrainSequence, plan_steps
 from openrft.train.checkpoint import LoopState, save_checkpoint
-from openrft.train.rounds import RoundSettings, Scorer, evaluate, run_round
-from openrft.train.step import LossSettings, accumulate_gradients, clip_and_step, plan_step, training_mode
+from openrft.train.rounds import Scorer, evaluate, run_round
+from openrft.train.step import StepLoss, accumulate_gradients, clip_and_step, plan_step, training_mode
 
 EARLY_STOP_MESSAGE = (
     "every candidate of every prompt in epoch {epoch} received the same score, so there is no learning "
@@ -49,7 +49,7 @@ MAX_ROLLOUT_ROWS_PER_ROUND = 128
 class TrainContext:
     """Everything the loop works with, built by :mod:`openrft.train.job`."""
 
-    cfg: JobConfig
+    settings: JobSettings
     model: torch.nn.Module  # peft model: base + trainable LoRA adapter
     pad_token_id: int
     engine: RolloutEngine
@@ -61,9 +61,8 @@ class TrainContext:
     sink: MetricsSink
     checkpoint_dir: Path
     progress: ProgressBar
-    on_policy_update: Callable[[int], None] = lambda version: None  # e.g. push the adapter to vLLM
+    publish_policy: Callable[[int], None]  # hands policy version N to the engine (engine.set_policy)
     should_stop: Callable[[], bool] = lambda: False  # a cancel request, checked at step boundaries
-    eval_candidates: int = 1
     last_metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -79,40 +78,33 @@ def round_seed(seed: int, round_index: int) -> int:
     return (seed * 1_000_003 + round_index * 7_919) % (2**31)
 
 
-def rounds_per_epoch(num_prompts: int, chunk_size: int) -> int:
-    chunk = num_prompts if chunk_size == -1 or chunk_size * 2 > num_prompts else chunk_size
-    return max(1, -(-num_prompts // max(1, chunk)))
-
-
 def train(ctx: TrainContext, state: LoopState) -> Outcome:
-    cfg, t = ctx.cfg, ctx.cfg.training
-    rollout_params = sampling_params(cfg)
-    loss_settings = LossSettings(
-        cfg.loss.rl_loss_method, cfg.loss.rl_kl_beta, cfg.loss.length_norm, cfg.rollout.temperature
-    )
+    schedule = ctx.settings.schedule
+    accumulation = ctx.settings.batching.accumulation_steps
+    loss = StepLoss(ctx.settings.loss_fn, ctx.settings.loss, ctx.settings.sampling.temperature)
     n_prompts = len(ctx.train_prompts)
-    chunk = n_prompts if t.chunk_size == -1 or t.chunk_size * 2 > n_prompts else t.chunk_size
-    per_epoch = rounds_per_epoch(n_prompts, t.chunk_size)
+    per_round = schedule.prompts_per_round(n_prompts)
+    per_epoch = schedule.rounds_per_epoch(n_prompts)
 
     if state.step == 0:
         log_eval(ctx, state)
-    while state.epoch < t.epochs:
-        order = epoch_order(n_prompts, state.epoch, t.seed)
+    while state.epoch < schedule.epochs:
+        order = epoch_order(n_prompts, state.epoch, schedule.seed)
         while state.pending or state.cursor < n_prompts:
             # ---- a new round: sample, score, advantages, filter, plan steps
             if not state.pending:
-                start_round(ctx, state, order, chunk, rollout_params)
+                start_round(ctx, state, order, per_round)
                 if not state.pending:
                     continue
             # ---- one training step
-            step_metrics = train_step(ctx, state, loss_settings)
+            step_metrics = train_step(ctx, state, loss)
             ctx.progress.update(
-                rounds_done=state.epoch * per_epoch + -(-state.cursor // chunk),
+                rounds_done=state.epoch * per_epoch + -(-state.cursor // per_round),
                 step=state.step,
                 epoch=state.epoch,
                 metrics=step_metrics,
             )
-            if ctx.should_stop() and at_update_boundary(state, t.gradient_accumulation_steps):
+            if ctx.should_stop() and at_update_boundary(state, accumulation):
                 save_checkpoint(ctx.checkpoint_dir, state, ctx.model, ctx.optimizer, ctx.scheduler)
                 return Outcome("cancelled", state, f"cancelled at step {state.step}")
         if state.epoch_groups_total and not state.epoch_groups_with_signal:
@@ -128,46 +120,26 @@ def train(ctx: TrainContext, state: LoopState) -> Outcome:
     return Outcome("completed", state)
 
 
-def sampling_params(cfg: JobConfig, seed: int | None = None, n: int | None = None) -> SamplingParams:
-    r = cfg.rollout
-    return SamplingParams(
-        n=n or r.response_candidates_count,
-        temperature=r.temperature,
-        top_p=r.top_p,
-        top_k=r.top_k,
-        max_tokens=r.max_output_tokens,
-        seed=seed,
-        stop=r.stop,
-    )
-
-
-def start_round(
-    ctx: TrainContext, state: LoopState, order: list[int], chunk: int, params: SamplingParams
-) -> None:
-    """Sample and score the next chunk of prompts; queue its token-budget steps in ``state.pending``."""
-    cfg, t = ctx.cfg, ctx.cfg.training
+def start_round(ctx: TrainContext, state: LoopState, order: list[int], per_round: int) -> None:
+    """Sample and score the next ``--chunk-size`` prompts; queue the round's steps in ``state.pending``."""
+    settings = ctx.settings
 
     def draw(n: int) -> list[Prompt]:  # the next n prompts of this epoch's order
         picked = [ctx.train_prompts[i] for i in order[state.cursor : state.cursor + n]]
         state.cursor += len(picked)
         return picked
 
-    prompts = draw(chunk)
-    settings = RoundSettings(
-        params=dataclasses.replace(params, seed=round_seed(t.seed, state.round_index)),
-        overlong_buffer=(cfg.loss.overlong_buffer or max(1, cfg.rollout.max_output_tokens // 4))
-        if cfg.loss.overlong_penalty
-        else None,
-        overlong_factor=cfg.loss.overlong_penalty_factor,
-        dynamic_sampling_rounds=cfg.loss.max_sampling_rounds if cfg.loss.dynamic_sampling else None,
+    prompts = draw(per_round)
+    params = dataclasses.replace(
+        settings.sampling, seed=round_seed(settings.schedule.seed, state.round_index)
     )
-    result = run_round(ctx.engine, ctx.score, prompts, settings, draw_more=draw)
+    result = run_round(ctx.engine, ctx.score, prompts, params, settings.rounds, draw_more=draw)
     state.round_index += 1
     groups_kept = len({s.group_index for s in result.sequences})
     state.epoch_groups_total += len(result.groups)
     state.epoch_groups_with_signal += groups_kept
     rollout_rows(ctx, state, result.groups)
-    steps = plan_steps(result.sequences, t.batch_size, t.batch_size_samples)
+    steps = plan_steps(result.sequences, settings.batching.step_tokens, settings.batching.step_sequences)
     state.pending = [[result.sequences[i] for i in step] for step in steps]
     if not state.pending:  # every group filtered: count them on the next step that trains
         state.skipped_zero_variance_groups += len(result.groups)
@@ -197,20 +169,18 @@ def rollout_rows(ctx: TrainContext, state: LoopState, groups) -> None:
     ctx.sink.log_rollouts(state.step + 1, rows[:MAX_ROLLOUT_ROWS_PER_ROUND])
 
 
-def train_step(ctx: TrainContext, state: LoopState, loss_settings: LossSettings) -> dict[str, float]:
+def train_step(ctx: TrainContext, state: LoopState, loss: StepLoss) -> dict[str, float]:
     """Gradients of the next pending step; an optimizer update when accumulation is complete."""
-    t = ctx.cfg.training
+    batching, schedule = ctx.settings.batching, ctx.settings.schedule
     sequences: list[TrainSequence] = state.pending.pop(0)
     start = time.perf_counter()
-    batches, dropped_chunks = plan_step(sequences, t.micro_batch_tokens, ctx.pad_token_id)
+    batches, dropped = plan_step(sequences, batching.micro_batch_tokens, ctx.pad_token_id)
     metrics: dict[str, float] = {}
     if batches:
         with training_mode(ctx.model):
-            metrics = accumulate_gradients(
-                ctx.model, batches, loss_settings, scale=1.0 / t.gradient_accumulation_steps
-            )
+            metrics = accumulate_gradients(ctx.model, batches, loss, scale=1.0 / batching.accumulation_steps)
     state.step += 1
-    updated = at_update_boundary(state, t.gradient_accumulation_steps)
+    updated = at_update_boundary(state, batching.accumulation_steps)
     if updated:
         metrics.update(optimizer_update(ctx, state))
     elapsed = time.perf_counter() - start
@@ -218,7 +188,7 @@ def train_step(ctx: TrainContext, state: LoopState, loss_settings: LossSettings)
     metrics.update(
         {
             **state.round_metrics,
-            "filter/zero_advantage_chunks": float(dropped_chunks),
+            "filter/zero_advantage_micro_batches": float(dropped),
             "batch/sequences": float(sum(b.num_sequences for b in batches)),
             "batch/tokens": float(trained_tokens),
             "batch/micro_batches": float(len(batches)),
@@ -231,7 +201,7 @@ def train_step(ctx: TrainContext, state: LoopState, loss_settings: LossSettings)
         }
     )
     metrics.setdefault("lr", ctx.optimizer.param_groups[0]["lr"])
-    if updated and t.eval_every and state.optimizer_step % t.eval_every == 0:
+    if updated and schedule.eval_every and state.optimizer_step % schedule.eval_every == 0:
         metrics.update(run_eval(ctx))
     ctx.sink.log(state.step, metrics)
     ctx.last_metrics = metrics
@@ -244,25 +214,28 @@ def at_update_boundary(state: LoopState, accumulation: int) -> bool:
 
 def optimizer_update(ctx: TrainContext, state: LoopState) -> dict[str, float]:
     params = [p for p in ctx.model.parameters() if p.requires_grad]
-    metrics = clip_and_step(params, ctx.optimizer, ctx.scheduler, ctx.cfg.training.max_grad_norm)
+    metrics = clip_and_step(params, ctx.optimizer, ctx.scheduler, ctx.settings.batching.max_grad_norm)
     state.optimizer_step += 1
-    ctx.engine.policy_version = state.optimizer_step
-    ctx.on_policy_update(state.optimizer_step)
-    if state.optimizer_step % ctx.cfg.training.checkpoint_every == 0:
+    ctx.publish_policy(state.optimizer_step)
+    if state.optimizer_step % ctx.settings.schedule.checkpoint_every == 0:
         save_checkpoint(ctx.checkpoint_dir, state, ctx.model, ctx.optimizer, ctx.scheduler)
     return metrics
 
 
 def flush_gradients(ctx: TrainContext, state: LoopState) -> None:
     """Apply gradients still accumulating when the data runs out."""
-    if not at_update_boundary(state, ctx.cfg.training.gradient_accumulation_steps):
-        state.step += (-state.step) % ctx.cfg.training.gradient_accumulation_steps
+    accumulation = ctx.settings.batching.accumulation_steps
+    if not at_update_boundary(state, accumulation):
+        state.step += (-state.step) % accumulation
         optimizer_update(ctx, state)
         ctx.last_metrics.pop("eval/reward", None)  # the policy changed after the last evaluation
 
 
 def run_eval(ctx: TrainContext) -> dict[str, float]:
-    params = sampling_params(ctx.cfg, seed=ctx.cfg.training.seed + 104_729, n=ctx.eval_candidates)
+    schedule = ctx.settings.schedule
+    params = dataclasses.replace(
+        ctx.settings.sampling, seed=schedule.seed + 104_729, n=schedule.eval_candidates
+    )
     start = time.perf_counter()
     metrics = evaluate(ctx.engine, ctx.score, ctx.eval_prompts, params)
     if metrics:

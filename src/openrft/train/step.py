@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from openrft.algo.filtering import drop_zero_advantage_chunks
-from openrft.algo.losses import aggregation_mode, kl_coefficient, policy_loss, step_denominator
+from openrft.algo.filtering import drop_zero_advantage_micro_batches
+from openrft.algo.losses import LossFn, LossSpec, step_denominator
 from openrft.train.batching import MicroBatch, TrainSequence, collate, plan_micro_batches
 from openrft.train.logprobs import completion_logprobs
 from openrft.train.policy import reference_policy
@@ -25,57 +25,50 @@ _COUNT_KEYS = {"tokens", "sequences"}
 
 
 @dataclass(frozen=True)
-class LossSettings:
-    method: str
-    kl_beta: float
-    length_norm: bool
-    temperature: float  # rollout temperature: log-probs are of logits / T, as sampled
+class StepLoss:
+    """The job's loss, resolved once: its function, its spec, and the rollout temperature.
 
-    @property
-    def kl_coef(self) -> float:
-        return kl_coefficient(self.method, self.kl_beta)
+    Log-probabilities are of logits / temperature, as they were sampled.
+    """
+
+    fn: LossFn
+    spec: LossSpec
+    temperature: float
 
 
 def plan_step(
     sequences: Sequence[TrainSequence], micro_batch_tokens: int, pad_token_id: int
 ) -> tuple[list[MicroBatch], int]:
     """Length-bucket a step into micro-batches and drop the ones with no advantage signal."""
-    chunks = plan_micro_batches(sequences, micro_batch_tokens)
-    chunks, dropped = drop_zero_advantage_chunks(chunks, [s.advantage for s in sequences])
-    return [collate([sequences[i] for i in chunk], pad_token_id) for chunk in chunks], dropped
+    planned = plan_micro_batches(sequences, micro_batch_tokens)
+    kept, dropped = drop_zero_advantage_micro_batches(planned, [s.advantage for s in sequences])
+    return [collate([sequences[i] for i in batch], pad_token_id) for batch in kept], dropped
 
 
 def accumulate_gradients(
-    model: torch.nn.Module, batches: Sequence[MicroBatch], settings: LossSettings, scale: float = 1.0
+    model: torch.nn.Module, batches: Sequence[MicroBatch], loss: StepLoss, scale: float = 1.0
 ) -> dict[str, float]:
     """Backpropagate the step's loss (times ``scale``) through every micro-batch; return its metrics."""
-    mode = aggregation_mode(settings.method, settings.length_norm)
-    denominator = step_denominator(mode, [b.completion_mask_RC for b in batches])
-    kl_beta = settings.kl_beta or None
-    needs_ref = settings.kl_coef > 0
+    spec = loss.spec
+    denominator = step_denominator(spec.aggregation, [b.completion_mask_RC for b in batches])
     parts: list[dict[str, float]] = []
     step_loss = 0.0
     for batch in batches:
         ref_RC = None
-        if needs_ref:
+        if spec.kl_coef > 0:
             with torch.no_grad(), reference_policy(model):
-                ref_RC = batch_logprobs(model, batch, settings.temperature)
-        logp_RC = batch_logprobs(model, batch, settings.temperature)
-        loss, metrics = policy_loss(
-            settings.method,
-            logp_RC,
-            batch.old_logprobs_RC,
-            batch.advantages_R,
-            batch.completion_mask_RC,
-            ref_logprobs=ref_RC,
-            kl_beta=kl_beta,
-            length_norm=settings.length_norm,
-            denominator=denominator,
-        )
-        (loss * scale).backward()
-        step_loss += float(loss.detach())
+                ref_RC = batch_logprobs(model, batch, loss.temperature)
+        logp_RC = batch_logprobs(model, batch, loss.temperature)
+        value, metrics = loss.fn(
+            logp_RC, batch.old_logprobs_RC, batch.advantages_R, batch.completion_mask_RC, spec,
+            ref_logprobs_BT=ref_RC, denominator=denominator,
+        )  # fmt: skip
+        (value * scale).backward()
+        step_loss += float(value.detach())
         parts.append(metrics)
-    combined = combine_metrics(parts, weight_key="tokens" if mode == "token-mean" else "sequences")
+    combined = combine_metrics(
+        parts, weight_key="tokens" if spec.aggregation == "token-mean" else "sequences"
+    )
     combined["loss/step"] = step_loss
     return combined
 

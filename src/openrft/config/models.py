@@ -10,33 +10,42 @@ job files use the flag names) while the code reads ``cfg.rollout.temperature``.
 
 from __future__ import annotations
 
-import difflib
-import json
 import re
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from openrft.errors import ConfigError
+from openrft.algo.losses import LOSS_METHODS, KLBetaNotSupported, resolve_loss
+from openrft.records import SamplingParams
+from openrft.settings import (
+    BatchSettings,
+    EngineSettings,
+    JobSettings,
+    ModelSettings,
+    OptimizerSettings,
+    RaySettings,
+    RoundSettings,
+    ScheduleSettings,
+)
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
-LOSS_METHOD_NAMES = ("grpo", "dapo", "gspo-token")
 LORA_RANKS = (4, 8, 16, 32)
-# The error texts the reference service prints, reproduced word for word.
-KL_BETA_ERRORS = {
-    "dapo": "loss_config.kl_beta must be 0/unset when method is DAPO",
-    "gspo-token": "loss_config.kl_beta must be 0/unset when method is GSPO_TOKEN",
-}
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds both accept this range
+
+
+def kl_beta_message(method: str) -> str:
+    """The reference service's message for a KL coefficient on a method without KL, word for word."""
+    return f"loss_config.kl_beta must be 0/unset when method is {method.upper().replace('-', '_')}"
+
+
+KL_BETA_ERRORS = {name: kl_beta_message(name) for name, m in LOSS_METHODS.items() if not m.tunable_kl}
 
 
 def _field(
@@ -57,7 +66,7 @@ def parse_token_count(value: Any) -> Any:
 
 
 class _Group(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -140,7 +149,11 @@ class TrainingConfig(_Group):
         valid="-1 or a whole number >= 1",
     )
     seed: int = _field(
-        42, "Seed for sampling, data order and initialisation.", valid="a whole number >= 0", ge=0
+        42,
+        "Seed for sampling, data order and initialisation.",
+        valid=f"a whole number from 0 to {SEED_MAX}",
+        ge=0,
+        le=SEED_MAX,
     )
     checkpoint_every: int = _field(
         10,
@@ -185,11 +198,11 @@ class TrainingConfig(_Group):
 class LossConfig(_Group):
     """Which policy-gradient objective to optimise."""
 
-    rl_loss_method: Literal["grpo", "dapo", "gspo-token"] = _field(
+    rl_loss_method: str = _field(
         "grpo",
         "Policy loss: grpo (clip 0.8-1.2, KL 0.001, token-mean), dapo (clip 0.8-1.28, no KL, "
         "token-mean) or gspo-token (sequence ratio, clip 1-3e-4..1+4e-4, no KL, seq-mean-token-mean).",
-        valid="one of grpo, dapo, gspo-token",
+        valid="one of " + ", ".join(LOSS_METHODS),
     )
     rl_kl_beta: float = _field(
         0.0,
@@ -235,10 +248,19 @@ class LossConfig(_Group):
             return value.strip().lower().replace("_", "-")
         return value
 
+    @field_validator("rl_loss_method")
+    @classmethod
+    def _registered_method(cls, value: str) -> str:
+        if value not in LOSS_METHODS:
+            raise ValueError("not a registered loss method")
+        return value
+
     @model_validator(mode="after")
-    def _kl_only_for_grpo(self) -> LossConfig:
-        if self.rl_loss_method in KL_BETA_ERRORS and self.rl_kl_beta != 0:
-            raise ValueError(KL_BETA_ERRORS[self.rl_loss_method])
+    def _kl_only_where_tunable(self) -> LossConfig:
+        try:
+            resolve_loss(self.rl_loss_method, self.rl_kl_beta, self.length_norm)
+        except KLBetaNotSupported:
+            raise ValueError(kl_beta_message(self.rl_loss_method)) from None
         return self
 
 
@@ -330,9 +352,14 @@ class RolloutConfig(_Group):
     )
 
     @model_validator(mode="after")
-    def _endpoint_needs_url(self) -> RolloutConfig:
+    def _engine_combinations(self) -> RolloutConfig:
         if self.rollout_engine == "endpoint" and not self.endpoint_url:
             raise ValueError("--rollout-engine endpoint needs --endpoint-url (e.g. http://localhost:8000/v1)")
+        if self.ray_address and self.rollout_engine == "endpoint":
+            raise ValueError(
+                "--ray-address runs the rollouts on Ray actors, but --rollout-engine endpoint samples on a "
+                "server: use --rollout-engine local (CPU actors) or vllm (GPU actors) with --ray-address"
+            )
         return self
 
 
@@ -359,6 +386,15 @@ class DataConfig(_Group):
         le=0.5,
     )
     skip_bad_rows: bool = _field(False, "Skip (and count) malformed dataset rows instead of failing.")
+
+    @model_validator(mode="after")
+    def _one_evaluation_set(self) -> DataConfig:
+        if self.evaluation_dataset and self.eval_auto_carveout is not None:
+            raise ValueError(
+                "--eval-auto-carveout and --evaluation-dataset are mutually exclusive: the evaluation set is "
+                "either held out of the training prompts or given as its own file"
+            )
+        return self
 
 
 class WandbConfig(_Group):
@@ -404,7 +440,64 @@ class JobConfig(BaseModel):
                 f"--max-output-tokens ({r.max_output_tokens}) must be smaller than --max-context-length "
                 f"({t.max_context_length}) to leave room for the prompt"
             )
+        buffer = self.loss.overlong_buffer
+        if self.loss.overlong_penalty and buffer is not None and buffer > r.max_output_tokens:
+            raise ValueError(
+                f"--overlong-buffer ({buffer}) must not exceed --max-output-tokens ({r.max_output_tokens}): "
+                "the buffer is the last part of the allowed response length"
+            )
         return self
+
+    def settings(self) -> JobSettings:
+        """The typed settings every stage of the job receives (see :mod:`openrft.settings`)."""
+        from openrft.algo.dapo import default_overlong_buffer  # imports torch: only when a job runs
+
+        t, lo, r = self.training, self.loss, self.rollout
+        loss_fn, loss_spec = resolve_loss(lo.rl_loss_method, lo.rl_kl_beta, lo.length_norm)
+        ray = RaySettings(r.ray_address, r.rollout_workers, r.max_staleness) if r.ray_address else None
+        return JobSettings(
+            model=ModelSettings(
+                t.base_model, t.warm_start_from, t.lora_rank, t.lora_alpha, t.max_context_length
+            ),
+            loss_fn=loss_fn,
+            loss=loss_spec,
+            sampling=SamplingParams(
+                n=r.response_candidates_count,
+                temperature=r.temperature,
+                top_p=r.top_p,
+                top_k=r.top_k,
+                max_tokens=r.max_output_tokens,
+                stop=r.stop,
+            ),  # fmt: skip
+            batching=BatchSettings(
+                t.batch_size,
+                t.batch_size_samples,
+                t.micro_batch_tokens,
+                t.gradient_accumulation_steps,
+                t.max_grad_norm,
+            ),  # fmt: skip
+            optimizer=OptimizerSettings(
+                t.learning_rate, t.optimizer_weight_decay, t.learning_rate_warmup_steps
+            ),
+            schedule=ScheduleSettings(
+                t.epochs, t.chunk_size, t.seed, t.eval_every, t.eval_candidates, t.checkpoint_every
+            ),
+            rounds=RoundSettings(
+                overlong_buffer=(lo.overlong_buffer or default_overlong_buffer(r.max_output_tokens))
+                if lo.overlong_penalty
+                else None,
+                overlong_factor=lo.overlong_penalty_factor,
+                dynamic_sampling_rounds=lo.max_sampling_rounds if lo.dynamic_sampling else None,
+            ),
+            engine=EngineSettings(
+                r.rollout_engine,
+                r.endpoint_url,
+                r.max_concurrent_rollouts,
+                r.max_concurrent_evaluations,
+                r.evaluator_timeout,
+                ray,
+            ),  # fmt: skip
+        )
 
     def flat(self) -> dict[str, Any]:
         """Every parameter by field name (secrets stay SecretStr)."""
@@ -418,145 +511,3 @@ class JobConfig(BaseModel):
         elif reveal_secrets and self.wandb.wandb_api_key is not None:
             data["wandb"]["wandb_api_key"] = self.wandb.wandb_api_key.get_secret_value()
         return data
-
-
-# ----------------------------------------------------------------------------- building
-
-
-def flag_name(field_name: str) -> str:
-    return "--" + field_name.replace("_", "-")
-
-
-def field_info(name: str):
-    return GROUPS[FIELD_GROUP[name]].model_fields[name]
-
-
-def normalise_key(key: str) -> str:
-    """Job-file and flag keys: 'learning-rate', '--learning-rate' and 'learning_rate' are the same."""
-    key = key.strip().lstrip("-").replace("-", "_")
-    return {"n": "response_candidates_count"}.get(key, key)
-
-
-def load_job_file(path: str | Path) -> dict[str, Any]:
-    """Read a .yaml/.yml/.json job file into {field_name: value}; sections named after groups are flattened."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--config: no such job file: {path}", field="config")
-    try:
-        text = path.read_text()
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"--config: cannot parse {path}: {first}", field="config") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f"--config: {path} must hold a mapping of parameter names to values", field="config"
-        )
-    flat: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in GROUPS and isinstance(value, dict):
-            flat.update({normalise_key(k): v for k, v in value.items()})
-        else:
-            flat[normalise_key(str(key))] = value
-    for key in flat:
-        if key not in FIELD_GROUP:
-            close = difflib.get_close_matches(key, list(FIELD_GROUP), n=1)
-            hint = f" (did you mean {flag_name(close[0])[2:]}?)" if close else ""
-            raise ConfigError(
-                f"--config: unknown parameter '{key.replace('_', '-')}' in {path}{hint}", field=key
-            )
-    return flat
-
-
-def build_config(
-    file_values: dict[str, Any] | None = None, flag_values: dict[str, Any] | None = None
-) -> tuple[JobConfig, dict[str, str]]:
-    """Merge defaults < job file < flags, validate, and report where each value came from.
-
-    Returns the config and ``{field_name: "default" | "config file" | "flag"}``.
-    Raises :class:`ConfigError` with one line per rejected value.
-    """
-    file_values, flag_values = dict(file_values or {}), dict(flag_values or {})
-    merged = {**file_values, **flag_values}
-    sources = {
-        name: "flag" if name in flag_values else "config file" if name in file_values else "default"
-        for name in FIELD_GROUP
-    }
-    nested: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
-    for name, value in merged.items():
-        if name not in FIELD_GROUP:
-            raise ConfigError(f"unknown parameter {flag_name(name)}", field=name)
-        nested[FIELD_GROUP[name]][name] = value
-    try:
-        return JobConfig(**nested), sources
-    except ValidationError as exc:
-        raise ConfigError(_explain(exc, merged), field=_first_field(exc)) from None
-
-
-def _first_field(exc: ValidationError) -> str | None:
-    for err in exc.errors():
-        if len(err["loc"]) >= 2:
-            return str(err["loc"][1])
-    return None
-
-
-def _explain(exc: ValidationError, given: dict[str, Any]) -> str:
-    """One line per pydantic error: the flag, the value given and what is accepted."""
-    lines: list[str] = []
-    for err in exc.errors():
-        loc = [str(part) for part in err["loc"]]
-        name = loc[1] if len(loc) >= 2 and loc[1] in FIELD_GROUP else None
-        if err["type"] == "value_error" and name is None:  # a cross-field rule: its message is the line
-            lines.append(str(err["ctx"]["error"]))
-            continue
-        if name is None:
-            lines.append(err["msg"])
-            continue
-        extra = field_info(name).json_schema_extra or {}
-        valid = extra.get("valid") or _type_words(field_info(name).annotation)
-        value = given.get(name, err.get("input"))
-        shown = value if isinstance(value, str) and value.strip() else repr(value)
-        flags = " / ".join([flag_name(name), *extra.get("flags", [])])
-        lines.append(f"{flags}: {shown} is not valid; expected {valid}")
-    return "\n".join(dict.fromkeys(lines))
-
-
-def _type_words(annotation: Any) -> str:
-    return {bool: "true or false", str: "a string"}.get(annotation, "a value of the right type")
-
-
-# ----------------------------------------------------------------------------- advice
-
-
-def advise(cfg: JobConfig) -> list[str]:
-    """Warnings from the reference's tuning guidance; they never block a job."""
-    t, r = cfg.training, cfg.rollout
-    notes = []
-    if not 0.5e-4 <= t.learning_rate <= 2e-4:
-        notes.append(
-            f"--learning-rate {t.learning_rate:g} is more than 2x away from the default 1e-4; "
-            "large changes often make training unstable or slow"
-        )
-    if r.temperature <= 0.1:
-        notes.append(
-            f"--temperature {r.temperature:g} is near-greedy: candidates barely differ, which risks mode collapse "
-            "and zero-variance groups"
-        )
-    if r.top_k > 50:
-        notes.append(f"--top-k {r.top_k} is above 50, which slows sampling for little gain")
-    if r.response_candidates_count > 32:
-        notes.append(
-            f"--response-candidates-count {r.response_candidates_count} is above 32: expect memory pressure "
-            "in rollouts and training"
-        )
-    if t.lora_rank == 32:
-        notes.append(
-            "--lora-rank 32 needs noticeably more memory and compute and is more prone to overfitting"
-        )
-    if t.epochs > 1:
-        notes.append(
-            f"--epochs {t.epochs}: more than one pass over the prompts risks overfitting; watch eval reward"
-        )
-    return notes

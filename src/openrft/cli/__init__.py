@@ -28,9 +28,9 @@ from openrft.errors import ConfigError, OpenRFTError
 RFTJ_ALIASES = ("rftj", "reinforcement-fine-tuning-job")
 # Modules that add top-level sub-commands (rollout, serve, evaluate, data, ...).
 COMMAND_MODULES = (
-    "openrft.rollout.cli",
-    "openrft.evaluators.cli",
-    "openrft.jobs.cli",
+    "openrft.cli.rollout",
+    "openrft.cli.evaluate",
+    "openrft.cli.jobs",
 )
 
 Handler = Callable[[argparse.Namespace], int | None]
@@ -69,9 +69,8 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[C.JobConfig, dict[str, str]]:
-    flag_values = {name: getattr(args, name) for name in C.FIELD_GROUP if hasattr(args, name)}
     file_values = C.load_job_file(args.config) if getattr(args, "config", None) else {}
-    return C.build_config(file_values, flag_values)
+    return C.build_config(file_values, flag_values(args))
 
 
 def print_resolved(cfg: C.JobConfig, sources: dict[str, str], out=None) -> None:
@@ -98,24 +97,35 @@ def warn(lines: Sequence[str]) -> None:
 # ----------------------------------------------------------------------------- commands
 
 
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The job parameters set on this command line (unset flags are absent)."""
+    return {name: getattr(args, name) for name in C.FIELD_GROUP if hasattr(args, name)}
+
+
 def cmd_create(args: argparse.Namespace) -> int:
+    from openrft.jobs import runner
+
     cfg, sources = config_from_args(args)
     warn(C.advise(cfg))
     if args.dry_run:
+        if not args.resume_from:
+            runner.validate(cfg)  # datasets, evaluator, model: everything short of loading it
         print_resolved(cfg, sources)
         return 0
-    run_job = _optional("openrft.jobs.runner", "create_and_run")
-    if run_job is None:
-        print_resolved(cfg, sources)
-        print("\nThe configuration is valid; training is not yet available in this build.")
-        return 0
-    return run_job(cfg, args)
+    return runner.create_and_run(
+        cfg,
+        detach=bool(getattr(args, "detach", False)),
+        quiet=args.quiet,
+        resume_from=args.resume_from,
+        config_file=args.config,
+        flag_values=flag_values(args),
+    )
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from openrft.train.quickstart import main as quickstart
+    from openrft.jobs.quickstart import main as quickstart
 
-    return quickstart(args)
+    return quickstart(rounds=args.rounds, quiet=args.quiet)
 
 
 def _optional(module: str, attr: str) -> Any:
@@ -202,6 +212,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["main", "build_parser", "add_job_flags", "config_from_args", "ConfigError"]
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,12 +16,12 @@ generated problems, never trained on) are sampled with the same settings; the pr
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 from openrft.config import JobConfig, build_config
+from openrft.paths import jobs_root
 from openrft.tracking.sinks import read_jsonl
 
 # Settings chosen for 2 CPU cores: short answers, small rounds (close to on-policy), one
@@ -53,10 +53,10 @@ def quickstart_config(overrides: dict[str, object] | None = None) -> JobConfig:
     return build_config({}, {**QUICKSTART_FLAGS, **(overrides or {})})[0]
 
 
-def main(args: argparse.Namespace) -> int:
-    from openrft.jobs.runner import create_and_run, jobs_root, new_job_id
+def main(*, rounds: int | None = None, quiet: bool = False) -> int:
+    from openrft.jobs.runner import create_and_run, new_job_id
 
-    rounds = getattr(args, "rounds", None) or QUICKSTART_ROUNDS
+    rounds = rounds or QUICKSTART_ROUNDS
     chunk = int(QUICKSTART_FLAGS["chunk_size"])
     held_out = 1 / (1 - float(QUICKSTART_FLAGS["eval_auto_carveout"]))
     count = int(rounds * chunk * held_out) + 1
@@ -69,9 +69,7 @@ def main(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     start = time.perf_counter()
-    code = create_and_run(
-        cfg, argparse.Namespace(quiet=getattr(args, "quiet", False), detach=False, resume_from=None)
-    )
+    code = create_and_run(cfg, quiet=quiet)
     if code == 0:
         report(jobs_root() / job_id, time.perf_counter() - start)
     return code

@@ -107,7 +107,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from openrft.data import load_prompts, write_jsonl
     from openrft.errors import DataError
     from openrft.evaluators.loader import load_evaluator
-    from openrft.evaluators.runner import check_invalid_rate, score_groups, summarize
+    from openrft.evaluators.runner import SUMMARY_STATS, check_invalid_rate, score_groups, summarize
 
     evaluator = load_evaluator(args.evaluator, dataset=args.dataset)
     dataset = args.dataset or evaluator.input_dataset
@@ -139,8 +139,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if prompts.skipped:
         print(f"{prompts.skipped} malformed dataset rows were skipped")
     for key, value in stats.items():
-        if key.startswith("reward/metric/"):
-            print(f"  {key[len('reward/metric/') :]}: {value:.4f}")
+        name = key.removeprefix("reward/")
+        if name not in SUMMARY_STATS:  # the evaluator's own metrics
+            print(f"  {name}: {value:.4f}")
     if args.output:
         print(f"scores written to {write_jsonl(args.output, records)}")
     check_invalid_rate(scores)

@@ -1,0 +1,53 @@
+"""The job configuration: validated pydantic models (:mod:`.models`) and how they are built (:mod:`.build`).
+
+Every field's ``description`` is its ``--help`` text; :meth:`JobConfig.settings` resolves a
+validated job into the typed settings the lower layers receive (:mod:`openrft.settings`).
+"""
+
+from openrft.config.build import (
+    advise,
+    build_config,
+    field_info,
+    flag_name,
+    load_job_file,
+    normalise_key,
+)
+from openrft.config.models import (
+    DEFAULT_BASE_MODEL,
+    FIELD_GROUP,
+    GROUPS,
+    KL_BETA_ERRORS,
+    LORA_RANKS,
+    DataConfig,
+    JobConfig,
+    LossConfig,
+    RolloutConfig,
+    TrainingConfig,
+    WandbConfig,
+    kl_beta_message,
+    parse_token_count,
+)
+from openrft.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_BASE_MODEL",
+    "FIELD_GROUP",
+    "GROUPS",
+    "KL_BETA_ERRORS",
+    "LORA_RANKS",
+    "ConfigError",
+    "DataConfig",
+    "JobConfig",
+    "LossConfig",
+    "RolloutConfig",
+    "TrainingConfig",
+    "WandbConfig",
+    "advise",
+    "build_config",
+    "field_info",
+    "flag_name",
+    "kl_beta_message",
+    "load_job_file",
+    "normalise_key",
+    "parse_token_count",
+]

@@ -1,0 +1,49 @@
+"""The :class:`Evaluator` record: a loaded evaluator, whatever form it was written in.
+
+Its own module so that both the loader and the built-in evaluators can use it
+(``builtin`` -> ``base`` <- ``loader`` -> ``builtin``) without importing each other.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from openrft.evaluators.protocol import EvaluationRow
+
+Kind = Literal["row", "plain"]
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """A loaded evaluator, whatever form it was written in.
+
+    ``kind="row"``: ``fn`` takes an ``EvaluationRow`` (pointwise) or a list of them
+    (groupwise) of class ``row_cls``; ``call_by_keyword`` passes it as ``row=``/
+    ``rows=`` (eval-protocol's convention). ``kind="plain"``: ``fn(completion_text,
+    **row_fields)``. ``run_inline`` marks fast built-ins called without a worker
+    thread. The header values are ``None`` when the evaluator does not set them.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    mode: Literal["pointwise", "groupwise"] = "pointwise"
+    kind: Kind = "row"
+    max_concurrent_rollouts: int | None = None
+    max_concurrent_evaluations: int | None = None
+    input_dataset: str | None = None
+    dataset_adapter: Callable[[list[dict[str, Any]]], Any] | None = None
+    row_cls: type = EvaluationRow
+    call_by_keyword: bool = False
+    run_inline: bool = False
+    source: str = ""
+
+    @property
+    def is_async(self) -> bool:
+        call = type(self.fn).__call__ if not inspect.isroutine(self.fn) else None
+        return inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(call)
+
+
+__all__ = ["Evaluator", "Kind"]

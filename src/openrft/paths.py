@@ -1,0 +1,69 @@
+"""Where openrft keeps its files, and how it writes them so that a crash never leaves half a file.
+
+``$OPENRFT_HOME`` (default ``~/.openrft``) holds the converted embedded model, the job store
+(``jobs.db``) and one folder per job (``jobs/<id>/``). Every file or folder a user may rely on
+is written under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def openrft_home() -> Path:
+    """openrft's cache and state directory: ``$OPENRFT_HOME``, default ``~/.openrft``."""
+    return Path(os.environ.get("OPENRFT_HOME") or Path.home() / ".openrft").expanduser()
+
+
+def jobs_root(home: Path | None = None) -> Path:
+    """The folder holding one sub-folder per job."""
+    return (home or openrft_home()) / "jobs"
+
+
+def output_dir(job_dir: Path, output_model: str | None) -> Path:
+    """Where a job's final adapter and outputs go: ``--output-model`` or ``<job folder>/output``."""
+    return Path(output_model) if output_model else job_dir / "output"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same directory and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_directory(target: Path) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``target`` in one rename when the block succeeds.
+
+    On failure nothing at ``target`` changes and the temporary directory is removed.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        tmp.chmod(0o755)
+        old = target.with_name(f".{target.name}.old")
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+__all__ = ["atomic_directory", "atomic_write_text", "jobs_root", "openrft_home", "output_dir"]

@@ -1,0 +1,147 @@
+"""The parts of a job, built from its settings: policy, optimizer, rollout engine, scorer, outputs.
+
+Nothing here reads the job configuration; :mod:`openrft.train.job` passes each builder the
+settings record it needs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from openrft.algo.losses import LossSpec
+from openrft.paths import atomic_directory
+from openrft.records import Completion, Prompt, RolloutEngine, Score
+from openrft.settings import EngineSettings, ModelSettings, OptimizerSettings
+from openrft.train import policy as P
+
+
+def base_model_name(model: ModelSettings) -> str:
+    """The base model: the warm-start adapter's own, or ``--base-model``."""
+    if model.warm_start_from:
+        return P.adapter_base_model(model.warm_start_from)
+    return model.base_model
+
+
+def build_policy(model: ModelSettings, loss: LossSpec, seed: int) -> tuple[Any, Any]:
+    """Load the base model and wrap it with a fresh (seeded) or warm-start LoRA adapter."""
+    from openrft.models import load_model
+
+    torch.manual_seed(seed)
+    base, tokenizer = load_model(base_model_name(model))
+    if model.warm_start_from:
+        # a KL penalty needs the reference policy: the warm-start adapter, frozen
+        return P.load_adapter(base, model.warm_start_from, with_reference=loss.kl_coef > 0), tokenizer
+    return P.attach_lora(base, model.lora_rank, model.lora_alpha, seed=seed), tokenizer
+
+
+def make_optimizer(settings: OptimizerSettings, model: Any):
+    """AdamW over the adapter's weights, with a linear warm-up of ``warmup_steps`` updates."""
+    params = P.trainable_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    warmup = settings.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)) if warmup else 1.0
+    )
+    return optimizer, scheduler
+
+
+def make_engine(
+    settings: EngineSettings, model: Any, tokenizer: Any, base_model: str
+) -> tuple[RolloutEngine, bool]:
+    """The rollout engine, and whether it loads each policy's adapter from disk.
+
+    local: samples the live adapter in this process. endpoint: an OpenAI-compatible server
+    (vLLM or ``openrft serve`` with runtime LoRA loading). vllm: vLLM in this process.
+    With a Ray address the rollouts run on Ray actors (:mod:`openrft.distributed`).
+    """
+    concurrency = settings.max_concurrent_rollouts
+    if settings.ray is not None:
+        from openrft.distributed import ray_engine
+
+        engine: RolloutEngine = ray_engine(
+            settings.ray, settings.kind, model, tokenizer, base_model, concurrency
+        )
+    elif settings.kind == "endpoint":
+        from openrft.rollout import EndpointEngine
+
+        engine = EndpointEngine(
+            settings.endpoint_url, tokenizer, base_model, max_concurrent_rollouts=concurrency or 32
+        )
+    elif settings.kind == "vllm":
+        from openrft.rollout.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine(base_model, tokenizer, max_concurrent_rollouts=concurrency)
+    else:
+        from openrft.rollout import LocalEngine
+
+        engine = LocalEngine(model, tokenizer, max_concurrent_rollouts=concurrency)
+    return engine, engine.needs_adapter_files
+
+
+def policy_publisher(engine: RolloutEngine, model: Any, adapters_dir: Path | None) -> Callable[[int], None]:
+    """``publish(version)``: hand policy ``version`` to the engine (the one channel for it).
+
+    For an engine that loads adapters from disk, the live adapter is saved first under
+    ``adapters_dir/<job>-vNNNNNN`` (atomically) and the previous version's folder removed.
+    """
+    previous: list[Path] = []
+
+    def publish(version: int) -> None:
+        if adapters_dir is None:
+            engine.set_policy(version)
+            return
+        path = adapters_dir / f"{adapters_dir.parent.name}-v{version:06d}"
+        with atomic_directory(path) as tmp:
+            P.save_adapter(model, tmp)
+        engine.set_policy(version, path)
+        for old in previous:
+            if old != path:
+                shutil.rmtree(old, ignore_errors=True)
+        previous[:] = [path]
+
+    return publish
+
+
+def make_scorer(
+    settings: EngineSettings, evaluator: Any
+) -> Callable[[Sequence[Prompt], list[list[Completion]]], list[list[Score]]]:
+    """``score(prompts, completions) -> scores``, failing the step when most scores are invalid."""
+    from openrft.evaluators import check_invalid_rate, score_groups
+
+    if settings.ray is not None:  # evaluator calls as Ray tasks (same contract)
+        from openrft.distributed import ray_scorer
+
+        return ray_scorer(
+            settings.ray.address, evaluator,
+            max_concurrent_evaluations=settings.max_concurrent_evaluations, timeout=settings.evaluator_timeout,
+        )  # fmt: skip
+
+    def score(prompts: Sequence[Prompt], completions: list[list[Completion]]) -> list[list[Score]]:
+        scores = score_groups(
+            evaluator,
+            list(zip(prompts, completions, strict=True)),
+            max_concurrency=settings.max_concurrent_evaluations,
+            timeout=settings.evaluator_timeout,
+        )
+        check_invalid_rate([s for group in scores for s in group])
+        return scores
+
+    return score
+
+
+def write_outputs(model: Any, job_dir: Path, target: Path) -> Path:
+    """The final adapter, config, metrics and reward curve, replacing ``target`` atomically."""
+    from openrft.tracking.plots import plot_reward_curve
+
+    with atomic_directory(target) as tmp:
+        P.save_adapter(model, tmp)
+        shutil.copy(job_dir / "job.json", tmp / "job.json")
+        if (job_dir / "metrics.jsonl").exists():
+            shutil.copy(job_dir / "metrics.jsonl", tmp / "metrics.jsonl")
+            plot_reward_curve(job_dir / "metrics.jsonl", tmp / "reward_curve.png", title=job_dir.name)
+    return target
