@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from openrft.config import build_config
-from openrft.distributed.engine import chunk_size, plan_workers
+from openrft.distributed.engine import parcel_size, plan_workers
 from openrft.errors import ConfigError
 
 
@@ -26,14 +26,14 @@ def test_actors_share_the_in_flight_bound(workers, concurrency, expected):
     ("prompts", "n", "actors", "in_flight", "expected"),
     [
         (8, 4, 1, 32, 8),  # one actor: the whole call, its batch stays full
-        (8, 4, 2, 16, 4),  # every actor gets work before any gets a second chunk
-        (200, 8, 2, 32, 25),  # a big round: about 4 chunks per actor
+        (8, 4, 2, 16, 4),  # every actor gets work before any gets a second parcel
+        (200, 8, 2, 32, 25),  # a big round: about 4 parcels per actor
         (40, 8, 2, 32, 8),  # ... but each holds 2 batches' worth of sequences
         (3, 8, 4, 64, 1),
     ],
 )
-def test_chunks_keep_actors_busy_and_balanced(prompts, n, actors, in_flight, expected):
-    assert chunk_size(prompts, n, actors, in_flight) == expected
+def test_parcels_keep_actors_busy_and_balanced(prompts, n, actors, in_flight, expected):
+    assert parcel_size(prompts, n, actors, in_flight) == expected
 
 
 def test_without_ray_a_job_with_an_address_says_how_to_install_it(monkeypatch, tiny_model):

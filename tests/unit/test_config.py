@@ -21,22 +21,22 @@ TABLE = [
     ("batch_size_samples", None, [1, 64], [0, "many"]),
     ("micro_batch_tokens", 256, [64, 8192], [63, "x"]),
     ("gradient_accumulation_steps", 1, [1, 8], [0, 1.5]),
-    ("optimizer_weight_decay", 0.01, [0, 0.1], [-0.01, "heavy"]),
-    ("max_grad_norm", 1.0, [0, 10], [-1]),
+    ("optimizer_weight_decay", 0.01, [0, 0.1], [-0.01, "heavy", "inf", float("nan")]),
+    ("max_grad_norm", 1.0, [0, 10], [-1, float("inf")]),
     ("chunk_size", 200, [-1, 1, 5000], [0, -2, 1.5]),
-    ("seed", 42, [0, 2**31], [-1, "s"]),
+    ("seed", 42, [0, 2**31, 2**32 - 1], [-1, "s", 2**32, 10**30]),
     ("checkpoint_every", 10, [1], [0]),
     ("eval_every", 10, [0, 5], [-1]),
     ("eval_candidates", 1, [1, 8], [0, "x"]),
     ("job_id", None, ["my-job_1", "a"], ["", "bad id", "-x", "a" * 65]),
     ("rl_loss_method", "grpo", ["grpo", "dapo", "gspo-token", "GSPO_TOKEN", "DAPO"], ["ppo", "", 1]),
-    ("rl_kl_beta", 0.0, [0, 0.05, 1.0], [-0.001, "big"]),
+    ("rl_kl_beta", 0.0, [0, 0.05, 1.0], [-0.001, "big", "inf", float("nan")]),
     ("length_norm", False, [True, False], ["maybe"]),
     ("dynamic_sampling", False, [True], ["x"]),
     ("max_sampling_rounds", 3, [1, 10], [0]),
     ("overlong_penalty", False, [True], ["x"]),
     ("overlong_buffer", None, [1, 512], [0]),
-    ("overlong_penalty_factor", 1.0, [0, 2.5], [-1]),
+    ("overlong_penalty_factor", 1.0, [0, 2.5], [-1, float("inf")]),
     ("temperature", 0.7, [0.1, 2.0, "1.0"], [0, 0.09, 2.01, -1, "hot", True]),
     ("top_p", 1.0, [0, 1, 0.9], [-0.01, 1.01, "all"]),
     ("top_k", 40, [0, 100, 50], [-1, 101, 4.5, "k"]),
@@ -45,7 +45,7 @@ TABLE = [
     ("max_concurrent_rollouts", None, [1, 512], [0, "x"]),
     ("max_concurrent_evaluations", None, [1, 64], [0, -1]),
     ("rollout_engine", "local", ["local", "vllm"], ["gpu", 3]),
-    ("evaluator_timeout", 60.0, [0.5, 600], [0, -1]),
+    ("evaluator_timeout", 60.0, [0.5, 600], [0, -1, float("inf"), "nan"]),
     ("rollout_workers", 2, [1, 64], [0, "x"]),
     ("max_staleness", 0, [0, 3], [-1]),
     ("eval_auto_carveout", None, [0.01, 0.5, "0.1"], [0, 0.51, 1, "some"]),
@@ -85,8 +85,16 @@ def test_defaults(name, default):
 
 @pytest.mark.parametrize(("name", "value"), [(row[0], v) for row in TABLE for v in row[2]])
 def test_valid_values_accepted(name, value):
-    cfg = _build(**{name: value})
-    assert cfg.flat()[name] is not None
+    got = _build(**{name: value}).flat()[name]
+    if name == "batch_size":
+        expected = C.parse_token_count(value)  # "32k" -> 32768
+    elif name == "rl_loss_method":
+        expected = value.lower().replace("_", "-")  # "GSPO_TOKEN" -> "gspo-token"
+    elif isinstance(got, bool | str):
+        expected = value
+    else:
+        expected = float(value)  # "3" -> 3, "1e-4" -> 0.0001
+    assert got == expected and type(got) is type(_build().flat()[name] or got)
 
 
 @pytest.mark.parametrize(("name", "value"), [(row[0], v) for row in TABLE for v in row[3]])

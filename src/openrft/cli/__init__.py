@@ -182,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     # OpenMP threads that spin while waiting make every small matmul crawl as soon as another
-    # process wants the same cores (25 ms instead of 1.3 ms measured here); sleeping waiters
-    # cost little on an idle machine. Set before torch is imported; the environment wins.
+    # process wants the same cores, and sleeping waiters cost little on an idle machine
+    # (docs/benchmarks.md, "defaults"). Set before torch is imported; the environment wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # peft still calls a transformers property that warns on every adapter load; not the user's concern
     warnings.filterwarnings(

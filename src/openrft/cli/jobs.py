@@ -301,21 +301,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def config_defaults() -> dict[str, Any]:
     """Every parameter's default in this openrft version, JSON-ready (as stored configs hold them)."""
-    from openrft.config import JobConfig
+    from openrft.config import JobConfig, flatten
 
-    return {
-        name: value for group in JobConfig().model_dump(mode="json").values() for name, value in group.items()
-    }
+    return flatten(JobConfig().model_dump(mode="json"))
 
 
 def _folder_config(job_dir: Path) -> dict[str, Any]:
     path = job_dir / "job.json"
     if not path.is_file():
         return {}
-    nested = json.loads(path.read_text())
-    return {
-        name: value for group in nested.values() if isinstance(group, dict) for name, value in group.items()
-    }
+    from openrft.config import flatten
+
+    return flatten(json.loads(path.read_text()))
 
 
 def cmd_rollouts(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from openrft.config.models import (
     RolloutConfig,
     TrainingConfig,
     WandbConfig,
+    flatten,
     kl_beta_message,
     parse_token_count,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "build_config",
     "field_info",
     "flag_name",
+    "flatten",
     "kl_beta_message",
     "load_job_file",
     "normalise_key",

@@ -131,7 +131,7 @@ class TrainingConfig(_Group):
     micro_batch_tokens: int = _field(
         256,
         "Memory knob: padded tokens per forward/backward micro-batch. Does not change the maths. "
-        "Small is not slower on CPU (measured 256 to 4096); raise it on a GPU.",
+        "Small is not slower on CPU; raise it on a GPU.",
         valid="a whole number >= 64",
         ge=64,
     )
@@ -417,6 +417,13 @@ GROUPS: dict[str, type[_Group]] = {
 FIELD_GROUP: dict[str, str] = {name: group for group, model in GROUPS.items() for name in model.model_fields}
 
 
+def flatten(nested: dict[str, Any]) -> dict[str, Any]:
+    """``{group: {field: value}}`` (a job.json, a stored config) -> ``{field: value}``; field names are unique."""
+    return {
+        name: value for group in nested.values() if isinstance(group, dict) for name, value in group.items()
+    }
+
+
 class JobConfig(BaseModel):
     """A whole job: one model per parameter group."""
 
@@ -500,8 +507,8 @@ class JobConfig(BaseModel):
         )
 
     def flat(self) -> dict[str, Any]:
-        """Every parameter by field name (secrets stay SecretStr)."""
-        return {name: getattr(getattr(self, group), name) for name, group in FIELD_GROUP.items()}
+        """Every parameter by field name, typed (secrets stay SecretStr)."""
+        return flatten({group: dict(getattr(self, group)) for group in GROUPS})
 
     def to_dict(self, *, reveal_secrets: bool = False) -> dict[str, Any]:
         """JSON-ready nested dict (secrets masked unless asked)."""

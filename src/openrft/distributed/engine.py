@@ -9,16 +9,16 @@ process. A call to :meth:`RayEngine.generate`:
    ``max_staleness`` versions behind ``policy_version``, the live adapter's tensors (PEFT's
    ``get_peft_model_state_dict``: megabytes, never the base weights) are put into the
    object store once, tagged with the version;
-3. cuts the prompts into chunks (:func:`chunk_size`) and keeps ``CALLS_PER_WORKER`` chunks
-   queued on each live actor, handing the next chunk to whichever actor returns first. Each call carries a
+3. cuts the prompts into parcels (:func:`parcel_size`) and keeps ``CALLS_PER_WORKER`` parcels
+   queued on each live actor, handing the next parcel to whichever actor returns first. Each call carries a
    handle to the snapshot and the oldest version it may sample with; an actor whose
    adapter is older (a fresh or restarted one, or after a step) loads the snapshot first;
 4. collects the completions in prompt order and checks that each one's ``policy_version``
    is at least ``policy_version - max_staleness``.
 
-A chunk whose actor dies (process crash, node loss, ``ray.kill``) is put back at the front
+A parcel whose actor dies (process crash, node loss, ``ray.kill``) is put back at the front
 of the queue and sampled again by whichever actor is free, the restarted one included, so
-no prompt is lost; only a chunk's successful return is kept, so none is returned twice.
+no prompt is lost; only a parcel's successful return is kept, so none is returned twice.
 An actor that fails more than ``max_restarts`` times is retired; when none is left the
 call fails with :class:`RolloutError`. An exception raised by the engine inside an actor
 (bad input, a model error) is raised here as is.
@@ -48,9 +48,9 @@ from .cluster import check_capacity, connect, require_ray
 from .worker import TRAINABLE, AdapterSnapshot, RolloutWorker, WorkerSpec
 
 DEFAULT_MAX_RESTARTS = 3
-CHUNKS_PER_WORKER = 4  # a call is cut into about this many chunks per actor, for balance...
-BATCHES_PER_CHUNK = 2  # ...as long as a chunk holds this many of an actor's batches
-CALLS_PER_WORKER = 2  # chunks queued on one actor at a time, so it never waits for the next
+PARCELS_PER_WORKER = 4  # a call is cut into about this many parcels per actor, for balance...
+BATCHES_PER_PARCEL = 2  # ...as long as a parcel holds this many of an actor's batches
+CALLS_PER_WORKER = 2  # parcels queued on one actor at a time, so it never waits for the next
 START_TIMEOUT_S = 900.0  # model loading (vLLM on a large model takes minutes)
 
 Items = Sequence[tuple[str, Sequence[int]]]
@@ -61,8 +61,8 @@ class RayEngine:
 
     ``model`` is the trainer's live PEFT model (read, never changed); ``policy_version`` is
     set by the training loop after each optimizer step. ``actor_options`` are Ray actor
-    options (resources); ``prompts_per_call`` fixes the chunk size (default: about
-    ``CHUNKS_PER_WORKER`` chunks per actor per call, see :func:`chunk_size`).
+    options (resources); ``prompts_per_call`` fixes the parcel size (default: about
+    ``PARCELS_PER_WORKER`` parcels per actor per call, see :func:`parcel_size`).
     """
 
     def __init__(
@@ -114,7 +114,7 @@ class RayEngine:
             return []
         snapshot = self.snapshot()
         min_version = self.policy_version - self.max_staleness
-        size = self.prompts_per_call or chunk_size(
+        size = self.prompts_per_call or parcel_size(
             len(items),
             params.n,
             sum(self._alive),
@@ -204,19 +204,19 @@ class RayEngine:
             )
 
 
-def chunk_size(prompts: int, n: int, actors: int, in_flight: int) -> int:
+def parcel_size(prompts: int, n: int, actors: int, in_flight: int) -> int:
     """Prompts per actor call: small enough that every actor gets work and a slow one can be
-    helped (about ``CHUNKS_PER_WORKER`` chunks each), big enough that a call keeps the actor's
-    batch full (``BATCHES_PER_CHUNK`` times its ``in_flight`` sequences), since a call's last
+    helped (about ``PARCELS_PER_WORKER`` parcels each), big enough that a call keeps the actor's
+    batch full (``BATCHES_PER_PARCEL`` times its ``in_flight`` sequences), since a call's last
     sequences decode in an emptying batch."""
     actors = max(1, actors)
-    balance = math.ceil(prompts / (actors * CHUNKS_PER_WORKER))
-    fill = math.ceil(BATCHES_PER_CHUNK * in_flight / max(1, n))
+    balance = math.ceil(prompts / (actors * PARCELS_PER_WORKER))
+    fill = math.ceil(BATCHES_PER_PARCEL * in_flight / max(1, n))
     return max(1, min(max(balance, fill), math.ceil(prompts / actors)))
 
 
 class _Dispatch:
-    """One :meth:`RayEngine.generate_from_ids` call: chunks queued on actors, failures re-queued."""
+    """One :meth:`RayEngine.generate_from_ids` call: parcels queued on actors, failures re-queued."""
 
     def __init__(
         self,
@@ -229,7 +229,7 @@ class _Dispatch:
     ):
         self.engine, self.items, self.params, self.size = engine, items, params, size
         self.snapshot, self.min_version = snapshot, min_version
-        self.pending: deque[int] = deque(range(0, len(items), size))  # chunk start indices
+        self.pending: deque[int] = deque(range(0, len(items), size))  # parcel start indices
         self.in_flight: dict[Any, tuple[int, int, int]] = {}  # ref -> (actor, incarnation, start)
         self.queued = [0] * len(engine.workers)
         self.results: list[list[Completion] | None] = [None] * len(items)
@@ -264,8 +264,8 @@ class _Dispatch:
                 return
             actor = min(live, key=lambda i: self.queued[i])
             start = self.pending.popleft()
-            chunk = [(pid, list(ids)) for pid, ids in self.items[start : start + self.size]]
-            ref = engine.workers[actor].generate.remote(chunk, self.params, self.snapshot, self.min_version)
+            parcel = [(pid, list(ids)) for pid, ids in self.items[start : start + self.size]]
+            ref = engine.workers[actor].generate.remote(parcel, self.params, self.snapshot, self.min_version)
             self.in_flight[ref] = (actor, engine._incarnation[actor], start)
             self.queued[actor] += 1
 
@@ -273,21 +273,21 @@ class _Dispatch:
         ray, engine = self.engine.ray, self.engine
         actor, incarnation, start = self.in_flight.pop(ref)
         self.queued[actor] -= 1
-        chunk = self.items[start : start + self.size]
+        parcel = self.items[start : start + self.size]
         try:
             groups = ray.get(ref)
         except ray.exceptions.RayTaskError as exc:  # the engine raised inside the actor
             raise _actor_error(exc, "sampling failed on a rollout actor") from None
         except ray.exceptions.RayError as exc:  # the actor died or became unreachable
-            engine.requeued_prompts += len(chunk)
+            engine.requeued_prompts += len(parcel)
             self.pending.appendleft(start)
             engine.actor_failed(actor, incarnation, exc)
             return
-        self._check(groups, chunk)
-        self.results[start : start + len(chunk)] = groups
+        self._check(groups, parcel)
+        self.results[start : start + len(parcel)] = groups
 
-    def _check(self, groups: list[list[Completion]], chunk: Items) -> None:
-        if [g[0].prompt_id if g else None for g in groups] != [pid for pid, _ in chunk]:
+    def _check(self, groups: list[list[Completion]], parcel: Items) -> None:
+        if [g[0].prompt_id if g else None for g in groups] != [pid for pid, _ in parcel]:
             raise RolloutError("a rollout actor returned completions for the wrong prompts")
         for group in groups:
             for completion in group:
@@ -386,10 +386,10 @@ def _portable_model_name(name: str) -> str:
 
 __all__ = [
     "RayEngine",
-    "chunk_size",
+    "parcel_size",
     "ray_engine",
     "plan_workers",
-    "CHUNKS_PER_WORKER",
+    "PARCELS_PER_WORKER",
     "CALLS_PER_WORKER",
     "DEFAULT_MAX_RESTARTS",
 ]

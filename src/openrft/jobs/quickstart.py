@@ -1,13 +1,13 @@
 """``openrft quickstart``: teach the embedded SmolLM2-135M-Instruct the arithmetic task on a laptop CPU.
 
 The job trains a LoRA adapter on single-digit additions whose prompt asks for the
-answer inside ``<answer></answer>`` tags. The base model gets the sum right about half
-the time but puts a number inside the tags in only ~3% of samples. Scores are graded:
+answer inside ``<answer></answer>`` tags. The base model often gets the sum right
+but rarely puts a number inside the tags. Scores are graded:
 0.2 for one ``<answer>N</answer>`` pair with a number in it, +0.8 when that number is
 right; a bare right number earns nothing (with partial credit for it the policy settles on
 bare numbers before it discovers the tags). Responses stop at ``</answer>``, so nothing
-is sampled or trained after the answer. Measured on 2 cores: the held-out rate climbs from
-~0% to ~90% in 12 rounds.
+is sampled or trained after the answer (the measured before/after rates are in
+docs/benchmarks.md).
 
 Before training and at the end, the same held-out prompts (a seeded carve-out of the
 generated problems, never trained on) are sampled with the same settings; the printed

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from openrft.config import JobConfig, build_config, load_job_file
+from openrft.config import JobConfig, build_config, flatten, load_job_file
 from openrft.errors import JobError, OpenRFTError
 from openrft.jobs.states import OUTCOME_STATES, JobState
 from openrft.jobs.store import JobRecord, JobStore, config_values
@@ -373,7 +373,7 @@ def _has_checkpoint(job_dir: Path) -> bool:
 
 
 def _changed(before: dict[str, Any], after_nested: dict[str, Any]) -> list[str]:
-    after = {name: value for group in after_nested.values() for name, value in group.items()}
+    after = flatten(after_nested)
     return [name.replace("_", "-") for name in after if name in before and before[name] != after[name]]
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openrft.config import flatten
 from openrft.errors import JobError
 from openrft.jobs.states import DIED_MESSAGE, JobState, can_transition
 from openrft.paths import openrft_home
@@ -114,7 +115,7 @@ class JobRecord:
 
     def flat_config(self) -> dict[str, Any]:
         """``{field_name: value}`` over all groups."""
-        return {name: value for group in self.config.values() for name, value in group.items()}
+        return flatten(self.config)
 
     def to_json(self) -> dict[str, Any]:
         return {

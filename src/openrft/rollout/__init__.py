@@ -14,9 +14,7 @@ from typing import Any
 
 __all__ = ["LocalEngine", "EndpointEngine", "encode_messages", "DEFAULT_MAX_CONCURRENT"]
 
-# Sequences decoded together when max_concurrent_rollouts is unset. On 2 CPU cores a step of
-# 64 rows costs about 1.4x a step of 32 rows, so 64 gives ~1.4x the tokens per second; the
-# KV cache of 64 rows of the embedded model is ~3 MB per generated token position.
+# Sequences decoded together when max_concurrent_rollouts is unset (docs/benchmarks.md, "defaults").
 DEFAULT_MAX_CONCURRENT = 64
 
 

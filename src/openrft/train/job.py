@@ -136,6 +136,11 @@ def _require_extras(cfg: JobConfig) -> None:
 
         with _input("--ray-address"):
             require_ray()
+    elif cfg.rollout.rollout_engine == "vllm":  # with Ray, vLLM runs on the actors' nodes instead
+        from openrft.rollout.vllm_engine import import_vllm
+
+        with _input("--rollout-engine"):
+            import_vllm()
 
 
 def run_training(

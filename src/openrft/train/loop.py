@@ -12,7 +12,7 @@
 
 Only the first step of a round is exactly on-policy; later steps of the same round
 are corrected by the clipped importance ratio against the recorded old log-probs.
-A dataset smaller than two chunks is sampled in a single round per epoch.
+A dataset holding fewer than two rounds of --chunk-size prompts is sampled in one round per epoch.
 If a whole epoch produces no group with score variance, the job stops early.
 """
 
@@ -35,7 +35,7 @@ from openrft.tracking.sinks import MetricsSink
 from openrft.train.batching import TrainSequence, plan_steps
 from openrft.train.checkpoint import LoopState, save_checkpoint
 from openrft.train.rounds import Scorer, evaluate, run_round
-from openrft.train.step import StepLoss, accumulate_gradients, clip_and_step, plan_step, training_mode
+from openrft.train.step import StepLoss, accumulate_gradients, clip_gradients, plan_step, training_mode
 
 EARLY_STOP_MESSAGE = (
     "every candidate of every prompt in epoch {epoch} received the same score, so there is no learning "
@@ -213,8 +213,15 @@ def at_update_boundary(state: LoopState, accumulation: int) -> bool:
 
 
 def optimizer_update(ctx: TrainContext, state: LoopState) -> dict[str, float]:
+    """Clip, AdamW step, schedule, then hand the new policy version to the engine."""
     params = [p for p in ctx.model.parameters() if p.requires_grad]
-    metrics = clip_and_step(params, ctx.optimizer, ctx.scheduler, ctx.settings.batching.max_grad_norm)
+    metrics = {
+        "grad/norm": clip_gradients(params, ctx.settings.batching.max_grad_norm),
+        "lr": ctx.optimizer.param_groups[0]["lr"],
+    }
+    ctx.optimizer.step()
+    ctx.scheduler.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
     state.optimizer_step += 1
     ctx.publish_policy(state.optimizer_step)
     if state.optimizer_step % ctx.settings.schedule.checkpoint_every == 0:

@@ -101,20 +101,12 @@ def combine_metrics(parts: Sequence[dict[str, float]], weight_key: str = "tokens
     return out
 
 
-def clip_and_step(
-    params: Sequence[torch.nn.Parameter], optimizer, scheduler, max_grad_norm: float
-) -> dict[str, float]:
-    """Clip the gradient norm, take one optimizer step, advance the schedule, zero the gradients."""
+def clip_gradients(params: Sequence[torch.nn.Parameter], max_grad_norm: float) -> float:
+    """Clip the gradients' global norm to ``max_grad_norm`` (0 = no clipping); the norm before clipping."""
     if max_grad_norm > 0:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
-    else:
-        grads = [p.grad.norm() for p in params if p.grad is not None]
-        grad_norm = float(torch.stack(grads).norm()) if grads else 0.0
-    lr = optimizer.param_groups[0]["lr"]
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return {"grad/norm": grad_norm, "lr": lr}
+        return float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    grads = [p.grad.norm() for p in params if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else 0.0
 
 
 @contextlib.contextmanager

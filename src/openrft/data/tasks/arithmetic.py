@@ -24,9 +24,8 @@ from typing import Any
 from openrft.errors import DataError
 
 OPS = ("+", "-", "*")
-# The format instruction is in both turns. SmolLM2-135M (T 0.7, top-k 40, 24 prompts x 8, stopping at
-# </answer>) then puts a number inside the tags in 2.6% of samples; with the instruction in the
-# system turn only, 0%. Rare, but every round has a few, and RL picks the format up within 5 rounds.
+# The format instruction is in both turns: with it in the system turn only, the embedded model almost
+# never uses the tags, and RL has nothing to reinforce (measurements: docs/benchmarks.md, "defaults").
 SYSTEM_PROMPT = "Always give the final answer inside <answer></answer> tags, like <answer>42</answer>."
 
 

@@ -1,0 +1,108 @@
+"""`rftj create --dry-run` refuses, before any model loads, every job that would fail for a knowable reason.
+
+Each case: exit code 2, a first line that names the flag and the problem, no traceback, nothing
+recorded in the job store and no file of the user's changed.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from openrft.cli import main
+
+EVALUATOR = "def score(completion, ground_truth=None, **row):\n    return 1.0\n"
+
+
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENRFT_HOME", str(tmp_path / "home"))
+    (tmp_path / "good.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "2+2?"}], "ground_truth": 4}\n'
+        '{"messages": [{"role": "user", "content": "3+3?"}], "ground_truth": 6}\n'
+    )
+    (tmp_path / "broken.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "2+2?"}], "ground_truth": 4}\nthis is not json\n'
+    )
+    (tmp_path / "ev.py").write_text(EVALUATOR)
+    (tmp_path / "raises.py").write_text("raise RuntimeError('import-time failure')\n")
+    return tmp_path
+
+
+def dry_run(capsys, model_dir, *flags):
+    code = main(["rftj", "create", "--dry-run", "--base-model", str(model_dir), *flags])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+CASES = [
+    # (flags, the start of the first line of the error)
+    (
+        ["--ray-address", "local", "--rollout-engine", "endpoint", "--endpoint-url", "http://127.0.0.1:9/v1"],
+        "--ray-address runs the rollouts on Ray actors, but --rollout-engine endpoint",
+    ),
+    (
+        ["--overlong-penalty", "--overlong-buffer", "64", "--max-output-tokens", "32"],
+        "--overlong-buffer (64) must not exceed --max-output-tokens (32)",
+    ),
+    (["--dataset", "{d}/missing.jsonl", "--evaluator", "{d}/ev.py::score"], "--dataset: "),
+    (
+        ["--dataset", "{d}/broken.jsonl", "--evaluator", "{d}/ev.py::score"],
+        "--dataset: {d}/broken.jsonl: 1 of 2 rows are malformed",
+    ),
+    (["--dataset", "{d}/good.jsonl"], "--evaluator: no evaluator given"),
+    (["--dataset", "{d}/good.jsonl", "--evaluator", "{d}/ev.py::no_such_function"], "--evaluator: "),
+    (["--dataset", "{d}/good.jsonl", "--evaluator", "{d}/raises.py::score"], "--evaluator: "),
+    (["--dataset", "{d}/good.jsonl", "--evaluator", "{d}/nowhere.py::score"], "--evaluator: "),
+    (
+        [
+            "--dataset",
+            "{d}/good.jsonl",
+            "--evaluator",
+            "{d}/ev.py::score",
+            "--evaluation-dataset",
+            "{d}/broken.jsonl",
+        ],
+        "--evaluation-dataset: ",
+    ),
+    (
+        [
+            "--dataset",
+            "{d}/good.jsonl",
+            "--evaluation-dataset",
+            "{d}/good.jsonl",
+            "--eval-auto-carveout",
+            "0.2",
+        ],
+        "--eval-auto-carveout and --evaluation-dataset are mutually exclusive",
+    ),
+    (
+        ["--rl-loss-method", "dapo", "--rl-kl-beta", "0.01"],
+        "loss_config.kl_beta must be 0/unset when method is DAPO",
+    ),
+    (["--warm-start-from", "{d}"], "--warm-start-from and --base-model are mutually exclusive"),
+    (["--rollout-engine", "vllm"], "--rollout-engine vllm needs the 'vllm' package"),
+]
+
+
+@pytest.mark.parametrize(("flags", "first_line"), CASES)
+def test_dry_run_refuses_with_one_clear_line(files, tiny_model_dir, capsys, flags, first_line):
+    before = {p: p.read_bytes() for p in files.iterdir() if p.is_file()}
+    code, out, err = dry_run(capsys, tiny_model_dir, *[f.format(d=files) for f in flags])
+    assert code == 2, err
+    assert err.splitlines()[0].startswith(first_line.format(d=files)), err
+    assert "Traceback" not in err and out == ""
+    assert {p: p.read_bytes() for p in files.iterdir() if p.is_file()} == before
+    assert not (files / "home" / "jobs").exists()  # nothing was recorded
+
+
+def test_missing_base_model_is_refused(files, capsys):
+    code, _, err = dry_run(capsys, files / "no-model-here", "--dataset", str(files / "good.jsonl"), "--evaluator",
+                           f"{files}/ev.py::score")  # fmt: skip
+    assert code == 2 and err.startswith("--base-model: ") and "Traceback" not in err
+
+
+def test_a_good_job_prints_every_parameter(files, tiny_model_dir, capsys):
+    code, out, err = dry_run(capsys, tiny_model_dir, "--dataset", str(files / "good.jsonl"), "--evaluator",
+                             f"{files}/ev.py::score", "--eval-auto-carveout", "0.5")  # fmt: skip
+    assert code == 0, err
+    assert "rl-loss-method" in out and "flag" in out and not (files / "home" / "jobs").exists()
