@@ -84,6 +84,15 @@ def resolve_model_dir(name: str) -> Path:
     return _from_hf_cache(name)
 
 
+def check_model_available(name: str) -> None:
+    """Raise :class:`ModelError` unless model ``name`` can be loaded here, without loading or converting it."""
+    if name in EMBEDDED:
+        if not (embedded_model_dir(name) / "config.json").is_file():
+            _embedded_folder(name)  # the package that ships it is installed
+        return
+    resolve_model_dir(name)
+
+
 def _from_hf_cache(name: str) -> Path:
     hint = (
         f"'{name}' is neither '{EMBEDDED_MODEL}' (the embedded model), a local directory, nor a hub id in "

@@ -56,6 +56,7 @@ class ScheduleSettings:
     eval_every: int
     eval_candidates: int
     checkpoint_every: int
+    deterministic: bool = False  # one intra-op thread, deterministic algorithms: bit-exact reruns
 
     def prompts_per_round(self, num_prompts: int) -> int:
         """The round size: ``--chunk-size``, or every prompt when it is -1 or the set is under two rounds."""

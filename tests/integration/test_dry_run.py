@@ -25,6 +25,8 @@ def files(tmp_path, monkeypatch):
     )
     (tmp_path / "ev.py").write_text(EVALUATOR)
     (tmp_path / "raises.py").write_text("raise RuntimeError('import-time failure')\n")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's own file")
     return tmp_path
 
 
@@ -81,17 +83,47 @@ CASES = [
     ),
     (["--warm-start-from", "{d}"], "--warm-start-from and --base-model are mutually exclusive"),
     (["--rollout-engine", "vllm"], "--rollout-engine vllm needs the 'vllm' package"),
+    # nothing a user made is replaced by the outputs, and an unwritable output fails now, not after training
+    (
+        [
+            "--dataset",
+            "{d}/good.jsonl",
+            "--evaluator",
+            "{d}/ev.py::score",
+            "--output-model",
+            "{d}/good.jsonl",
+        ],
+        "--output-model {d}/good.jsonl: this is an input of the job",
+    ),
+    (
+        ["--dataset", "{d}/good.jsonl", "--evaluator", "{d}/ev.py::score", "--output-model", "{d}"],
+        "--output-model {d}: this is an input of the job",
+    ),
+    (
+        ["--dataset", "{d}/good.jsonl", "--evaluator", "{d}/ev.py::score", "--output-model", "{d}/mine"],
+        "--output-model {d}/mine: the folder exists and is not an openrft output folder",
+    ),
+    (
+        ["--dataset", "{d}/good.jsonl", "--evaluator", "{d}/ev.py::score", "--output-model", "{d}/ev.py/out"],
+        "--output-model {d}/ev.py/out: {d}/ev.py is not a writable folder",
+    ),
+    (
+        ["--seed", str(10**30)],
+        "--seed: 1000000000000000000000000000000 is not valid; expected a whole number from 0",
+    ),
+    (["--rl-kl-beta", "inf"], "--rl-kl-beta: inf is not valid"),
+    (["--optimizer-weight-decay", "nan"], "--optimizer-weight-decay: nan is not valid"),
 ]
 
 
 @pytest.mark.parametrize(("flags", "first_line"), CASES)
 def test_dry_run_refuses_with_one_clear_line(files, tiny_model_dir, capsys, flags, first_line):
-    before = {p: p.read_bytes() for p in files.iterdir() if p.is_file()}
+    before = {p: p.read_bytes() for p in files.rglob("*") if p.is_file()}
     code, out, err = dry_run(capsys, tiny_model_dir, *[f.format(d=files) for f in flags])
     assert code == 2, err
     assert err.splitlines()[0].startswith(first_line.format(d=files)), err
     assert "Traceback" not in err and out == ""
-    assert {p: p.read_bytes() for p in files.iterdir() if p.is_file()} == before
+    assert {p: p.read_bytes() for p in files.rglob("*") if p.is_file()} == before
     assert not (files / "home" / "jobs").exists()  # nothing was recorded
 
 
@@ -99,6 +131,18 @@ def test_missing_base_model_is_refused(files, capsys):
     code, _, err = dry_run(capsys, files / "no-model-here", "--dataset", str(files / "good.jsonl"), "--evaluator",
                            f"{files}/ev.py::score")  # fmt: skip
     assert code == 2 and err.startswith("--base-model: ") and "Traceback" not in err
+
+
+def test_an_earlier_output_folder_or_an_empty_one_is_accepted(files, tiny_model_dir, capsys):
+    earlier = files / "earlier"
+    earlier.mkdir()
+    (earlier / "adapter_config.json").write_text("{}")
+    (earlier / "job.json").write_text("{}")
+    (files / "empty").mkdir()
+    for out in (earlier, files / "empty", files / "new" / "deeper"):
+        code, _, err = dry_run(capsys, tiny_model_dir, "--dataset", str(files / "good.jsonl"), "--evaluator",
+                               f"{files}/ev.py::score", "--output-model", str(out))  # fmt: skip
+        assert code == 0, err
 
 
 def test_a_good_job_prints_every_parameter(files, tiny_model_dir, capsys):

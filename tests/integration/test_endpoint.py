@@ -92,6 +92,24 @@ def test_serve_api_surface(served):
         assert invalid.status_code == 400 and "temperature" in invalid.json()["error"]["message"]
         out_of_vocab = client.post("/completions", json={"prompt": [10**9]})
         assert out_of_vocab.status_code == 400
+        infinite = client.post(
+            "/completions", content=b'{"prompt": [1, 2], "temperature": Infinity}',
+            headers={"content-type": "application/json"},
+        )  # fmt: skip
+        assert infinite.status_code == 400 and "temperature" in infinite.json()["error"]["message"]
+        negative = client.post("/completions", json={"prompt": [1, 2], "stop_token_ids": [-5]})
+        assert negative.status_code == 400 and "stop_token_ids" in negative.json()["error"]["message"]
+
+
+def test_serve_refuses_a_corrupt_adapter_with_a_400(served, tmp_path):
+    url, *_ = served
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4, "target_modules": ["q_proj"]}')
+    (broken / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    with httpx.Client(base_url=url) as client:
+        answer = client.post("/load_lora_adapter", json={"lora_name": "x", "lora_path": str(broken)})
+    assert answer.status_code == 400 and str(broken) in answer.json()["error"]["message"]
 
 
 def test_stop_strings_through_the_endpoint(served):

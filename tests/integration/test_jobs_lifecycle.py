@@ -228,17 +228,14 @@ def test_errors_and_early_stop_are_recorded(
 def test_validation_failure_never_starts_training(fake, home, model_dir, capsys):
     code, _, err = create(capsys, model_dir, "--job-id", "a", "--evaluator", "no_such_module_xyz:score")
     assert code == 2  # a bad input is a configuration error, named by its flag
-    assert "\n--evaluator: importing the evaluator no_such_module_xyz failed" in err
-    record = JobStore().get("a")
-    assert states(record) == [S.PENDING, S.VALIDATING, S.FAILED]
-    assert "no_such_module_xyz" in record.message
-    assert not (record.job_dir / "fake_calls.jsonl").exists()
+    assert err.startswith("--evaluator: importing the evaluator no_such_module_xyz failed")
+    assert not JobStore().exists("a") and not (home / "jobs" / "a").exists()  # refused jobs leave no trace
 
 
 def test_missing_base_model_fails_validation(fake, home, tmp_path, capsys):
     code, _, err = create(capsys, tmp_path / "nowhere", "--job-id", "a")
-    assert code == 2 and "\n--base-model: base model not found" in err
-    assert JobStore().get("a").state is S.FAILED
+    assert code == 2 and err.startswith("--base-model: base model not found")
+    assert not JobStore().exists("a")
 
 
 def test_cancel_from_another_process_stops_at_the_step_boundary(fake, home, model_dir, capsys, monkeypatch):
@@ -468,9 +465,8 @@ def test_wandb_without_the_extra_fails_validation_with_a_hint(fake, home, model_
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
     code, _, err = create(capsys, model_dir, "--job-id", "a", "--wandb")
     assert code == 2 and "pip install 'openrft[wandb]'" in err
-    record = JobStore().get("a")
-    assert [t.state for t in record.transitions] == [S.PENDING, S.VALIDATING, S.FAILED]
-    assert record.message == "--wandb needs the optional W&B extra, which is not installed"
+    assert err.startswith("--wandb needs the optional W&B extra, which is not installed")
+    assert not JobStore().exists("a")  # refused at creation: nothing recorded
 
 
 def test_output_piped_into_a_closed_reader_ends_quietly(fake, home, model_dir, capsys):
@@ -505,3 +501,11 @@ def test_resuming_a_job_stored_before_a_parameter_existed(fake, home, model_dir,
         db.execute("UPDATE jobs SET config_json = ?, state = 'FAILED' WHERE id = 'a'", (json.dumps(config),))
     assert main(["rftj", "resume", "a", "--quiet"]) == 0
     assert "warning: this openrft version resolves learning-rate differently" in capsys.readouterr().err
+
+
+def test_detach_validates_before_it_detaches(fake, home, model_dir, capsys, tmp_path):
+    code, out, err = create(
+        capsys, model_dir, "--job-id", "a", "--detach", "--dataset", str(tmp_path / "none.jsonl")
+    )
+    assert code == 2 and out == "" and err.startswith("--")  # no job id printed, no worker started
+    assert not JobStore().exists("a") and not (home / "jobs" / "a").exists()

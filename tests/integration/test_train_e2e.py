@@ -190,3 +190,83 @@ def test_training_through_an_endpoint_syncs_the_adapter_each_step(tiny_model_dir
     # the server sampled with the adapter the trainer had just produced, so each step starts at ratio 1
     for row in rows:
         assert row["ratio/mean"] == pytest.approx(1.0, abs=1e-3), row["step"]
+
+
+CHECKPOINT_KILL_SCRIPT = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    from pathlib import Path
+    import openrft.train.checkpoint as C
+    import openrft.train.loop as L
+    from openrft.config import build_config
+    from openrft.train.job import prepare, run_training
+    flags, job_dir, when, nth, mode = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+    calls = [0]
+    save, write = L.save_checkpoint, C.atomic_write_text
+    def counted_save(*args, **kwargs):
+        calls[0] += 1
+        out = save(*args, **kwargs)
+        if when == "after" and calls[0] == nth:
+            os.kill(os.getpid(), signal.SIGKILL)  # the checkpoint is complete, LATEST points at it
+        return out
+    def dying_write(path, text):
+        if when == "during" and calls[0] == nth and path.name == "state.json":
+            os.kill(os.getpid(), signal.SIGKILL)  # the adapter and optimizer are written, in a .tmp folder
+        return write(path, text)
+    L.save_checkpoint, C.atomic_write_text = counted_save, dying_write
+    cfg, _ = build_config({}, json.loads(flags))
+    run_training(prepare(cfg), job_dir, resume=mode == "resume", quiet=True)
+    (job_dir / "saves").write_text(str(calls[0]))
+    """
+)
+
+
+@pytest.mark.parametrize("when", ["after", "during"])
+def test_kill_at_a_checkpoint_resumes_with_every_line_once_and_the_same_adapter(
+    tiny_model_dir, tmp_path, when
+):
+    flags = dict(
+        base_model=str(tiny_model_dir), dataset="arithmetic:count=9", evaluator=f"{FIXTURES}::spread",
+        rl_loss_method="grpo", response_candidates_count=4, max_output_tokens=16, chunk_size=2, batch_size=100,
+        micro_batch_tokens=128, checkpoint_every=2, eval_every=0, eval_auto_carveout=0.2, temperature=1.0,
+        learning_rate=5e-4, seed=5, deterministic=True,
+    )  # fmt: skip
+    script = tmp_path / "job.py"
+    script.write_text(CHECKPOINT_KILL_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+
+    def run(job_dir, nth, mode):
+        return subprocess.run(
+            [sys.executable, str(script), json.dumps(flags), str(job_dir), when, str(nth), mode], env=env,
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    whole = run(tmp_path / "whole", 0, "fresh")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    saves = int((tmp_path / "whole" / "saves").read_text())
+    assert saves >= 3  # periodic checkpoints and the final one
+    for nth in (1, saves):  # the first periodic checkpoint, and the final one (after the last evaluation)
+        job = tmp_path / f"killed-{nth}"
+        killed = run(job, nth, "fresh")
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        if when == "during":
+            assert list((job / "checkpoints").glob(".step-*.tmp"))  # half-written, under its temporary name
+        resumed = run(job, 0, "resume")
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert not list((job / "checkpoints").glob(".step-*"))  # leftovers removed on resume
+        whole_rows = (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
+        rows = (job / "metrics.jsonl").read_text().splitlines()
+
+        def strip(lines):
+            return [{k: v for k, v in json.loads(x).items() if not k.startswith(("time/", "throughput/"))}
+                    for x in lines]  # fmt: skip
+
+        assert strip(rows) == strip(whole_rows)  # every step and evaluation exactly once, same values
+        steps = [r["step"] for r in strip(rows) if "loss/policy" in r]
+        assert steps == list(range(1, len(steps) + 1))
+        assert sum("eval/reward" in r and "loss/policy" not in r for r in strip(rows)) == 2  # start and end
+        from safetensors.torch import load_file
+
+        a = load_file(str(tmp_path / "whole" / "output" / "adapter_model.safetensors"))
+        b = load_file(str(job / "output" / "adapter_model.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-exact

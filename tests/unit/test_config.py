@@ -50,6 +50,7 @@ TABLE = [
     ("max_staleness", 0, [0, 3], [-1]),
     ("eval_auto_carveout", None, [0.01, 0.5, "0.1"], [0, 0.51, 1, "some"]),
     ("skip_bad_rows", False, [True], ["x"]),
+    ("deterministic", False, [True], ["x"]),
     ("wandb", False, [True], ["x"]),
 ]
 

@@ -168,6 +168,12 @@ class TrainingConfig(_Group):
         ge=0,
     )
 
+    deterministic: bool = _field(
+        False,
+        "Bit-exact reruns and resumes: one intra-op thread and deterministic algorithms (slower). "
+        "Without it, runs with the same seed agree to float rounding only.",
+    )
+
     eval_candidates: int = _field(
         1,
         "Responses sampled per evaluation prompt (at the rollout temperature, with a fixed seed).",
@@ -487,7 +493,13 @@ class JobConfig(BaseModel):
                 t.learning_rate, t.optimizer_weight_decay, t.learning_rate_warmup_steps
             ),
             schedule=ScheduleSettings(
-                t.epochs, t.chunk_size, t.seed, t.eval_every, t.eval_candidates, t.checkpoint_every
+                t.epochs,
+                t.chunk_size,
+                t.seed,
+                t.eval_every,
+                t.eval_candidates,
+                t.checkpoint_every,
+                t.deterministic,
             ),
             rounds=RoundSettings(
                 overlong_buffer=(lo.overlong_buffer or default_overlong_buffer(r.max_output_tokens))

@@ -292,9 +292,16 @@ def _number(value: Any) -> float:
     return float(value)
 
 
+MAX_ABS_SCORE = 1e12  # larger scores overflow the group statistics: such a score is invalid
+
+
 def _checked(score: float, valid: bool, reason: str, metrics: dict[str, float]) -> Score:
     if not math.isfinite(score):
         return Score(0.0, is_valid=False, reason=f"score is {score}", metrics=metrics)
+    if abs(score) > MAX_ABS_SCORE:
+        return Score(
+            0.0, is_valid=False, reason=f"score {score:g} is beyond +-{MAX_ABS_SCORE:g}", metrics=metrics
+        )
     return Score(score, is_valid=valid, reason=reason, metrics=metrics)
 
 

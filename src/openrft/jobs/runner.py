@@ -50,12 +50,15 @@ def create_and_run(
     config_file: str | None = None,
     flag_values: dict[str, Any] | None = None,
 ) -> int:
-    """``openrft rftj create``: record the job, then run it here or in a detached worker.
+    """``openrft rftj create``: check the job, record it, then run it here or in a detached worker.
 
+    A new job is validated before anything is recorded or detached: a refused job leaves no
+    record and no folder, and ``--detach`` never reports success for a job that cannot start.
     ``resume_from`` (a job id or folder) continues an earlier job with ``config_file`` and
     ``flag_values`` (the values set on this command line) applied to its configuration.
     """
     store = JobStore()
+    prepared = None
     if resume_from:
         record = _resume_from(store, cfg, resume_from, config_file, flag_values or {}, detach)
     else:
@@ -66,8 +69,14 @@ def create_and_run(
                 f"job folder {job_dir} already exists but is not in the job store",
                 hint="choose another --job-id, or continue it with --resume-from " + str(job_dir),
             )
+        if store.exists(job_id):
+            raise JobError(
+                f"job {job_id} already exists",
+                hint="choose another --job-id, resume it (openrft rftj resume ID) or delete it",
+            )
+        prepared = validate(cfg)
         record = store.create(job_id, cfg, detached=detach)
-    return start(store, record, detach=detach, quiet=quiet)
+    return start(store, record, detach=detach, quiet=quiet, prepared=prepared)
 
 
 def resume_job(job_id: str, *, force: bool = False, detach: bool = False, quiet: bool = False) -> int:
@@ -77,7 +86,7 @@ def resume_job(job_id: str, *, force: bool = False, detach: bool = False, quiet:
     return start(store, record, detach=detach, quiet=quiet)
 
 
-def start(store: JobStore, record: JobRecord, *, detach: bool, quiet: bool) -> int:
+def start(store: JobStore, record: JobRecord, *, detach: bool, quiet: bool, prepared: Any = None) -> int:
     if record.resume and not _has_checkpoint(record.job_dir):
         print(f"job {record.id}: no checkpoint yet, so it starts from the beginning", file=sys.stderr)
     if detach:
@@ -93,7 +102,7 @@ def start(store: JobStore, record: JobRecord, *, detach: bool, quiet: bool) -> i
         return 0
     print(f"job {record.id}: {record.job_dir}", file=sys.stderr)
     with graceful_interrupt() as interrupted:
-        final = run_job(store, record.id, quiet=quiet, local_stop=interrupted)
+        final = run_job(store, record.id, quiet=quiet, local_stop=interrupted, prepared=prepared)
     print(f"job {final.id} {final.state} after {final.steps} steps", file=sys.stderr)
     if final.message:
         print(final.message, file=sys.stderr)
@@ -151,8 +160,9 @@ def run_job(
     quiet: bool = False,
     log_steps: bool = False,
     local_stop: list[bool] | None = None,
+    prepared: Any = None,
 ) -> JobRecord:
-    """Validate and train job ``job_id`` in this process; return its final record.
+    """Validate (unless ``prepared`` already is) and train job ``job_id`` here; return its final record.
 
     Errors are recorded as FAILED and re-raised (anything that is not an
     :class:`OpenRFTError` as a :class:`JobError`, its traceback kept in the job
@@ -171,8 +181,9 @@ def run_job(
     try:
         store.transition(job_id, JobState.VALIDATING)
         say("VALIDATING: evaluator, datasets, base model")
-        cfg = rebuild_config(store, record)
-        prepared = None if stop() else validate(cfg)
+        cfg = prepared.cfg if prepared is not None else rebuild_config(store, record)
+        if prepared is None and not stop():
+            prepared = validate(cfg)
         if prepared is None or stop():
             return store.transition(job_id, JobState.CANCELLED, "cancelled before training started")
         store.transition(job_id, JobState.RUNNING)

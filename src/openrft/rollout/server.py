@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,7 +38,7 @@ BATCH_WINDOW_S = 0.01
 
 
 class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # "temperature": Infinity is a 400
 
     model: str | None = None
     prompt: str | list[int] | list[str] | list[list[int]]
@@ -49,7 +49,7 @@ class CompletionRequest(BaseModel):
     top_k: int = Field(-1, ge=-1)
     logprobs: int | None = Field(None, ge=0)
     seed: int | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
     stop: str | list[str] | None = None
     include_stop_str_in_output: bool = False
     return_tokens_as_token_ids: bool = False
@@ -127,8 +127,9 @@ class ModelHost:
                     self.engine.model = load_adapter(model, path, adapter_name=name)
             except OpenRFTError as exc:
                 raise _HTTPError(400, exc.message) from None
-            except (OSError, ValueError, RuntimeError, KeyError) as exc:
-                raise _HTTPError(400, f"cannot load adapter from {path}: {exc}") from None
+            except Exception as exc:  # a corrupt file raises safetensors' and peft's own errors too
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise _HTTPError(400, f"cannot load adapter from {path}: {first}") from None
             self.adapters[name] = path
 
     def unload_adapter(self, name: str) -> None:

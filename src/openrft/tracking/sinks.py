@@ -43,6 +43,13 @@ class MultiSink:
         for sink in self.sinks:
             sink.close()
 
+    def position(self) -> dict[str, int]:
+        """The position of the first sink that keeps one (the job's JSONL files)."""
+        for sink in self.sinks:
+            if hasattr(sink, "position"):
+                return sink.position()
+        return {}
+
 
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
@@ -53,36 +60,68 @@ def _clean(value: Any) -> Any:
 class JsonlSink:
     """``metrics.jsonl`` (one line per step) and ``rollouts.jsonl`` in a job folder.
 
-    Each line is flushed and fsynced, so a killed job loses at most the line being written;
-    :meth:`truncate_after` drops lines past a checkpoint when a job resumes.
+    Each line is flushed and fsynced, so a killed job loses at most the line being written.
+    :meth:`position` counts the complete lines of each file; a checkpoint records it, and a
+    resumed job :meth:`truncate_to` it, so that every step appears exactly once however the
+    job was stopped.
     """
 
     def __init__(self, directory: Path):
         directory.mkdir(parents=True, exist_ok=True)
         self.metrics_path = directory / "metrics.jsonl"
         self.rollouts_path = directory / "rollouts.jsonl"
+        self._paths = {"metrics": self.metrics_path, "rollouts": self.rollouts_path}
+        self._lines = {name: len(_complete_lines(path)) for name, path in self._paths.items()}
 
-    def _append(self, path: Path, record: dict[str, Any]) -> None:
-        with open(path, "a") as handle:
+    def _append(self, name: str, record: dict[str, Any]) -> None:
+        with open(self._paths[name], "a") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+        self._lines[name] += 1
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        self._append(self.metrics_path, {"step": step, **{k: _clean(v) for k, v in metrics.items()}})
+        self._append("metrics", {"step": step, **{k: _clean(v) for k, v in metrics.items()}})
 
     def log_rollouts(self, step: int, rows: Sequence[dict[str, Any]]) -> None:
         for row in rows:
-            self._append(self.rollouts_path, {"step": step, **row})
+            self._append("rollouts", {"step": step, **row})
+
+    def position(self) -> dict[str, int]:
+        """Complete lines written so far, per file."""
+        return dict(self._lines)
+
+    def truncate_to(self, position: dict[str, int]) -> None:
+        """Keep exactly the first ``position[name]`` complete lines of each file (a torn line goes too)."""
+        for name, path in self._paths.items():
+            lines = _complete_lines(path)
+            keep = lines[: position.get(name, 0)]
+            if path.is_file() and (len(keep) != len(lines) or _torn(path)):
+                atomic_write_text(path, "".join(keep))
+            self._lines[name] = len(keep)
 
     def truncate_after(self, step: int) -> None:
-        for path in (self.metrics_path, self.rollouts_path):
+        """Keep the lines of steps <= ``step`` (for checkpoints written before positions were recorded)."""
+        for name, path in self._paths.items():
             if path.is_file():
                 kept = [line for line in read_jsonl(path) if line.get("step", 0) <= step]
                 atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+                self._lines[name] = len(kept)
 
     def close(self) -> None:
         pass
+
+
+def _complete_lines(path: Path) -> list[str]:
+    """The newline-terminated lines of a file (a last line torn by a crash is left out)."""
+    if not path.is_file():
+        return []
+    return [line for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
+
+
+def _torn(path: Path) -> bool:
+    text = path.read_text()
+    return bool(text) and not text.endswith("\n")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

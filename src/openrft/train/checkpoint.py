@@ -44,6 +44,9 @@ class LoopState:
     epoch_groups_with_signal: int = 0
     epoch_groups_total: int = 0
     skipped_zero_variance_groups: int = 0  # from rounds that were filtered away entirely
+    outcome: str = ""  # "completed" or "early_stopped" once the job has ended (its last checkpoint)
+    nonfinite_in_a_row: int = 0  # consecutive updates skipped for a non-finite loss or gradient
+    log_position: dict[str, int] = dataclasses.field(default_factory=dict)  # lines logged when saved
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -95,7 +98,12 @@ def save_checkpoint(root: Path, state: LoopState, peft_model, optimizer, schedul
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The directory LATEST points at, if it is complete; else the newest complete one."""
+    """The directory LATEST points at, if it is complete; else the newest complete one.
+
+    Folders left half-written by a kill (``.step-*.tmp``, ``.step-*.old``) are removed.
+    """
+    for partial in [*root.glob(".step-*.tmp"), *root.glob(".step-*.old")]:
+        shutil.rmtree(partial, ignore_errors=True)
     pointer = root / "LATEST"
     if pointer.is_file():
         candidate = root / pointer.read_text().strip()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -80,7 +81,7 @@ def prepare(cfg: JobConfig) -> PreparedJob:
     packages the job asks for (W&B, Ray). Any problem is a :class:`ConfigError` naming its flag.
     """
     from openrft.evaluators import load_evaluator
-    from openrft.models import resolve_model_dir
+    from openrft.models import check_model_available
 
     settings = cfg.settings()
     seed, d = settings.schedule.seed, cfg.data
@@ -109,9 +110,49 @@ def prepare(cfg: JobConfig) -> PreparedJob:
             )
     else:
         with _input("--base-model"):
-            resolve_model_dir(m.base_model)
+            check_model_available(m.base_model)
     _require_extras(cfg)
+    if cfg.training.output_model:
+        check_output_folder(Path(cfg.training.output_model), job_inputs(cfg, source))
     return prepared
+
+
+def job_inputs(cfg: JobConfig, dataset: str) -> list[Path]:
+    """The files and folders a job reads: its outputs must never replace one of them."""
+    t, d = cfg.training, cfg.data
+    named = [
+        dataset,
+        d.evaluation_dataset,
+        t.warm_start_from,
+        t.base_model,
+        (d.evaluator or "").split("::")[0],
+    ]
+    return [Path(p).expanduser().resolve() for p in named if p and Path(p).expanduser().exists()]
+
+
+def check_output_folder(target: Path, inputs: Sequence[Path]) -> None:
+    """Refuse an ``--output-model`` that would replace something the user made, or cannot be written.
+
+    Accepted: a folder that does not exist yet (in a writable place), an empty folder, or an
+    earlier openrft output folder (it holds ``adapter_config.json`` and ``job.json``).
+    """
+    target = target.expanduser().resolve()
+    flag = f"--output-model {target}"
+    for path in inputs:
+        if path == target or target in path.parents:
+            raise ConfigError(f"{flag}: this is an input of the job ({path}); choose another folder",
+                              field="output_model")  # fmt: skip
+    if target.is_file() or (target.exists() and not target.is_dir()):
+        raise ConfigError(f"{flag}: a file is there; give a folder for the adapter", field="output_model")
+    earlier_output = (target / "adapter_config.json").is_file() and (target / "job.json").is_file()
+    if target.is_dir() and any(target.iterdir()) and not earlier_output:
+        raise ConfigError(
+            f"{flag}: the folder exists and is not an openrft output folder; nothing in it is replaced",
+            field="output_model", hint="give a new or empty folder",
+        )  # fmt: skip
+    parent = next(p for p in [target, *target.parents] if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag}: {parent} is not a writable folder", field="output_model")
 
 
 def _with_evaluator_defaults(settings: JobSettings, evaluator: Any) -> JobSettings:
@@ -154,6 +195,8 @@ def run_training(
 ) -> Outcome:
     """Load the model, continue from the last checkpoint if asked, train, write the outputs."""
     cfg, settings = prepared.cfg, prepared.settings
+    if settings.schedule.deterministic:
+        setup.make_deterministic()
     job_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(job_dir / "job.json", json.dumps(cfg.to_dict(), indent=2))
     model, tokenizer = setup.build_policy(settings.model, settings.loss, settings.schedule.seed)
@@ -164,7 +207,10 @@ def run_training(
     checkpoint = latest_checkpoint(job_dir / "checkpoints") if resume else None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
-        jsonl.truncate_after(state.step)
+        if state.log_position:
+            jsonl.truncate_to(state.log_position)  # exactly the lines written before it was saved
+        else:
+            jsonl.truncate_after(state.step)
     elif jsonl.metrics_path.exists():
         jsonl.truncate_after(-1)
     base_model = setup.base_model_name(settings.model)

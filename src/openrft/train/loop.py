@@ -19,6 +19,7 @@ If a whole epoch produces no group with score variance, the job stops early.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from typing import Literal
 import torch
 
 from openrft.data import epoch_order
+from openrft.errors import JobError
 from openrft.records import Prompt, RolloutEngine
 from openrft.settings import JobSettings
 from openrft.tracking.progress import ProgressBar
@@ -43,6 +45,12 @@ EARLY_STOP_MESSAGE = (
     "that returns a range of scores rather than only 0 and 1."
 )
 MAX_ROLLOUT_ROWS_PER_ROUND = 128
+MAX_NONFINITE_IN_A_ROW = 3
+NONFINITE_MESSAGE = (
+    "training diverged: the loss or its gradient was not finite in {n} updates in a row (the last at step "
+    "{step}); no update with a non-finite value was applied. Try a lower --learning-rate, and check that the "
+    "evaluator's scores are of a sensible size."
+)
 
 
 @dataclass
@@ -86,6 +94,8 @@ def train(ctx: TrainContext, state: LoopState) -> Outcome:
     per_round = schedule.prompts_per_round(n_prompts)
     per_epoch = schedule.rounds_per_epoch(n_prompts)
 
+    if state.outcome:  # resumed from the checkpoint written as the job ended: nothing is left to do
+        return finished(state, state.outcome)
     if state.step == 0:
         log_eval(ctx, state)
     while state.epoch < schedule.epochs:
@@ -105,19 +115,26 @@ def train(ctx: TrainContext, state: LoopState) -> Outcome:
                 metrics=step_metrics,
             )
             if ctx.should_stop() and at_update_boundary(state, accumulation):
-                save_checkpoint(ctx.checkpoint_dir, state, ctx.model, ctx.optimizer, ctx.scheduler)
+                checkpoint(ctx, state)
                 return Outcome("cancelled", state, f"cancelled at step {state.step}")
         if state.epoch_groups_total and not state.epoch_groups_with_signal:
             flush_gradients(ctx, state)
-            save_checkpoint(ctx.checkpoint_dir, state, ctx.model, ctx.optimizer, ctx.scheduler)
-            return Outcome("early_stopped", state, EARLY_STOP_MESSAGE.format(epoch=state.epoch + 1))
+            state.outcome = "early_stopped"
+            checkpoint(ctx, state)
+            return finished(state, state.outcome)
         state.epoch, state.cursor = state.epoch + 1, 0
         state.epoch_groups_total = state.epoch_groups_with_signal = 0
 
     flush_gradients(ctx, state)
     log_eval(ctx, state, final=True)
-    save_checkpoint(ctx.checkpoint_dir, state, ctx.model, ctx.optimizer, ctx.scheduler)
-    return Outcome("completed", state)
+    state.outcome = "completed"
+    checkpoint(ctx, state)
+    return finished(state, state.outcome)
+
+
+def finished(state: LoopState, status: str) -> Outcome:
+    message = EARLY_STOP_MESSAGE.format(epoch=state.epoch + 1) if status == "early_stopped" else ""
+    return Outcome(status, state, message)
 
 
 def start_round(ctx: TrainContext, state: LoopState, order: list[int], per_round: int) -> None:
@@ -205,6 +222,8 @@ def train_step(ctx: TrainContext, state: LoopState, loss: StepLoss) -> dict[str,
         metrics.update(run_eval(ctx))
     ctx.sink.log(state.step, metrics)
     ctx.last_metrics = metrics
+    if updated and state.optimizer_step % schedule.checkpoint_every == 0:
+        checkpoint(ctx, state)
     return metrics
 
 
@@ -213,20 +232,39 @@ def at_update_boundary(state: LoopState, accumulation: int) -> bool:
 
 
 def optimizer_update(ctx: TrainContext, state: LoopState) -> dict[str, float]:
-    """Clip, AdamW step, schedule, then hand the new policy version to the engine."""
+    """Clip, AdamW step, schedule, then hand the new policy version to the engine.
+
+    A non-finite gradient (from a non-finite loss) is never applied: the update is skipped and
+    counted (``loss/nonfinite_skipped``); after ``MAX_NONFINITE_IN_A_ROW`` in a row the job fails.
+    """
     params = [p for p in ctx.model.parameters() if p.requires_grad]
+    grad_norm = clip_gradients(params, ctx.settings.batching.max_grad_norm)
+    if not math.isfinite(grad_norm):
+        ctx.optimizer.zero_grad(set_to_none=True)
+        state.nonfinite_in_a_row += 1
+        if state.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+            raise JobError(NONFINITE_MESSAGE.format(n=state.nonfinite_in_a_row, step=state.step))
+        return {"loss/nonfinite_skipped": 1.0}
+    state.nonfinite_in_a_row = 0
     metrics = {
-        "grad/norm": clip_gradients(params, ctx.settings.batching.max_grad_norm),
+        "grad/norm": grad_norm,
         "lr": ctx.optimizer.param_groups[0]["lr"],
+        "loss/nonfinite_skipped": 0.0,
     }
     ctx.optimizer.step()
     ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     state.optimizer_step += 1
     ctx.publish_policy(state.optimizer_step)
-    if state.optimizer_step % ctx.settings.schedule.checkpoint_every == 0:
-        save_checkpoint(ctx.checkpoint_dir, state, ctx.model, ctx.optimizer, ctx.scheduler)
     return metrics
+
+
+def checkpoint(ctx: TrainContext, state: LoopState) -> None:
+    """Save the loop's state with the position of its logs: written after the step's metrics line,
+    so a resume from it neither loses nor repeats a line."""
+    position = getattr(ctx.sink, "position", None)
+    state.log_position = position() if position else {}
+    save_checkpoint(ctx.checkpoint_dir, state, ctx.model, ctx.optimizer, ctx.scheduler)
 
 
 def flush_gradients(ctx: TrainContext, state: LoopState) -> None:

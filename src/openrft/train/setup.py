@@ -14,10 +14,21 @@ from typing import Any
 import torch
 
 from openrft.algo.losses import LossSpec
+from openrft.errors import JobError
 from openrft.paths import atomic_directory
 from openrft.records import Completion, Prompt, RolloutEngine, Score
 from openrft.settings import EngineSettings, ModelSettings, OptimizerSettings
 from openrft.train import policy as P
+
+
+def make_deterministic() -> None:
+    """One intra-op thread and deterministic kernels: the same seed gives the same bits, resumed or not.
+
+    With several threads, reductions are split differently from run to run and results agree to
+    float rounding only (about 1e-6 relative on the adapter after a step).
+    """
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
 
 
 def base_model_name(model: ModelSettings) -> str:
@@ -135,8 +146,18 @@ def make_scorer(
 
 
 def write_outputs(model: Any, job_dir: Path, target: Path) -> Path:
-    """The final adapter, config, metrics and reward curve, replacing ``target`` atomically."""
+    """The final adapter, config, metrics and reward curve, replacing ``target`` atomically.
+
+    An adapter holding a non-finite value is never written (the loop never applies such an update,
+    so this is a last guard).
+    """
     from openrft.tracking.plots import plot_reward_curve
+
+    bad = [name for name, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    if bad:
+        raise JobError(
+            f"the trained adapter has non-finite weights ({bad[0]} and {len(bad) - 1} more); not written"
+        )
 
     with atomic_directory(target) as tmp:
         P.save_adapter(model, tmp)
