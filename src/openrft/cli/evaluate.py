@@ -29,6 +29,28 @@ code 4 when more than half of the scores are invalid, as a training job would.
 """
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not valid; expected a whole number >= 1")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not valid; expected a finite number of seconds > 0")
+    return value
+
+
 def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     """Add ``evaluate`` and ``data`` to the top-level command parser."""
     ev = subparsers.add_parser(
@@ -48,8 +70,12 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
         help="path/to/file.py::function, module:function, or a built-in (arithmetic, gsm8k).",
     )
     ev.add_argument("--responses", metavar="FILE", help="Responses JSONL (see above).")
-    ev.add_argument("--timeout", type=float, default=60.0, help="Seconds per evaluator call (default 60).")
-    ev.add_argument("--max-concurrency", type=int, help="Parallel evaluator calls (default: the header's).")
+    ev.add_argument(
+        "--timeout", type=positive_seconds, default=60.0, help="Seconds per evaluator call (default 60)."
+    )
+    ev.add_argument(
+        "--max-concurrency", type=positive_int, help="Parallel evaluator calls (default: the header's)."
+    )
     ev.add_argument("--skip-bad-rows", action="store_true", help="Skip (and count) malformed dataset rows.")
     ev.add_argument("--output", metavar="FILE", help="Also write one JSON line per score to FILE.")
     ev.add_argument("--quiet", action="store_true", help="Print only the summary.")
@@ -60,7 +86,7 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     tasks.required = True
     ar = tasks.add_parser("arithmetic", help="Generated arithmetic problems (answers in <answer> tags).")
     ar.add_argument("--out", metavar="FILE", required=True, help="Output JSONL path.")
-    ar.add_argument("--count", type=int, default=500, help="Number of problems (default 500).")
+    ar.add_argument("--count", type=positive_int, default=500, help="Number of problems (default 500).")
     ar.add_argument("--seed", type=int, default=0, help="Generator seed (default 0).")
     ar.add_argument("--digits", type=int, default=1, help="Digits per operand (default 1).")
     ar.add_argument("--ops", default="+", help="Operations to draw from, e.g. '+-*' (default '+').")
@@ -71,7 +97,7 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     gs = tasks.add_parser("gsm8k", help="Convert a GSM8K {question, answer} JSONL into evaluation rows.")
     gs.add_argument("--input", metavar="FILE", required=True, help="GSM8K JSONL file.")
     gs.add_argument("--out", metavar="FILE", required=True, help="Output JSONL path.")
-    gs.add_argument("--limit", type=int, help="Keep only the first N rows.")
+    gs.add_argument("--limit", type=positive_int, help="Keep only the first N rows.")
     gs.add_argument("--skip-bad-rows", action="store_true", help="Skip (and count) malformed rows.")
     gs.set_defaults(handler=cmd_data_gsm8k)
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from openrft.cli.evaluate import positive_int
 from openrft.errors import JobError
 
 
@@ -71,12 +72,30 @@ def register(subparsers: argparse._SubParsersAction, rftj: argparse._SubParsersA
     order = p.add_mutually_exclusive_group()
     order.add_argument("--worst", action="store_true", help="Lowest scores first.")
     order.add_argument("--best", action="store_true", help="Highest scores first.")
-    p.add_argument("--limit", type=int, default=10, help="How many to show (default 10).")
+    p.add_argument("--limit", type=positive_int, default=10, help="How many to show (default 10).")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="Output format.")
     p.set_defaults(handler=pipe_safe(cmd_rollouts))
 
+    p = rftj.add_parser(
+        "repair",
+        help="Rebuild a damaged job store (jobs.db) from the job folders; the damaged file is kept as a backup.",
+    )
+    p.set_defaults(handler=cmd_repair)
+
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    from openrft.jobs.repair import repair
+
+    report = repair()
+    if report.backup:
+        print(f"the old job store was moved to {report.backup}")
+    print(f"restored {len(report.restored)} jobs from their folders")
+    for folder, why in report.skipped:
+        print(f"  skipped {folder}: {why}")
+    return 0
 
 
 def pipe_safe(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -40,7 +40,9 @@ def load_job_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--config: no such job file: {path}", field="config")
     try:
         text = path.read_text()
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        raw = (
+            json.loads(text, object_pairs_hook=_no_duplicates) if path.suffix == ".json" else _load_yaml(text)
+        )
     except (OSError, ValueError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"--config: cannot parse {path}: {first}", field="config") from None
@@ -64,6 +66,33 @@ def load_job_file(path: str | Path) -> dict[str, Any]:
                 f"--config: unknown parameter '{key.replace('_', '-')}' in {path}{hint}", field=key
             )
     return flat
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (the second would silently win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"the key {twice[0]!r} is given twice")
+    return dict(pairs)
 
 
 def build_config(

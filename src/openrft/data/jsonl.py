@@ -88,6 +88,8 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[tuple[int, Any | str]]:
             out.append((number, BadLine("not valid UTF-8 text")))
         except json.JSONDecodeError as exc:
             out.append((number, BadLine(f"invalid JSON ({exc.msg} at column {exc.colno})")))
+        except RecursionError:
+            out.append((number, BadLine("JSON nested too deeply")))
     return out
 
 

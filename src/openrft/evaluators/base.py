@@ -24,7 +24,8 @@ class Evaluator:
     (groupwise) of class ``row_cls``; ``call_by_keyword`` passes it as ``row=``/
     ``rows=`` (eval-protocol's convention). ``kind="plain"``: ``fn(completion_text,
     **row_fields)``. ``run_inline`` marks fast built-ins called without a worker
-    thread. The header values are ``None`` when the evaluator does not set them.
+    thread. The header values are ``None`` when the evaluator does not set them. ``spec`` and
+    ``spec_dataset`` let a worker process load the same evaluator again.
     """
 
     name: str
@@ -39,6 +40,8 @@ class Evaluator:
     call_by_keyword: bool = False
     run_inline: bool = False
     source: str = ""
+    spec: str = ""  # what it was loaded from (load_evaluator's arguments): to load it again elsewhere
+    spec_dataset: str | None = None
 
     @property
     def is_async(self) -> bool:

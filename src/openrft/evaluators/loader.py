@@ -25,6 +25,7 @@ missing function, wrong signature) is an :class:`EvaluatorError` naming the file
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -53,7 +54,18 @@ OFFLINE_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
 
 
 def load_evaluator(spec: str | None, *, dataset: str | None = None) -> Evaluator:
-    """Load ``spec`` (see the module docstring); ``None`` = the default evaluator for ``dataset``."""
+    """Load ``spec`` (see the module docstring); ``None`` = the default evaluator for ``dataset``.
+
+    The result remembers how to load it again (``spec``, with a file's path made absolute).
+    """
+    evaluator = _load(spec, dataset)
+    if spec and ("::" in spec or spec.strip().endswith(".py")):
+        path_text, sep, name = spec.strip().partition("::")
+        spec = str(Path(path_text).expanduser().resolve()) + sep + name
+    return dataclasses.replace(evaluator, spec=spec or "", spec_dataset=dataset)
+
+
+def _load(spec: str | None, dataset: str | None) -> Evaluator:
     if spec is None or not spec.strip():
         spec = default_evaluator_name(dataset)
     spec = spec.strip()

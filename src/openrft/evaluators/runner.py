@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import copy
 import inspect
 import logging
 import math
@@ -140,12 +141,16 @@ def summarize(
 
 
 def build_row(evaluator: Evaluator, prompt: Prompt, completion: Completion) -> Any:
-    """The evaluation row the evaluator sees: prompt messages + the completion as an assistant message."""
-    row = prompt.row
+    """The evaluation row the evaluator sees: prompt messages + the completion as an assistant message.
+
+    Built from a copy of the dataset row, so an evaluator that changes it changes nothing for the
+    next completion of the same prompt.
+    """
+    row = copy.deepcopy(prompt.row)
     extras = {k: v for k, v in row.items() if k not in ROW_FIELDS | DROPPED_FIELDS}
     metadata = dict(row.get("input_metadata") or {}) if isinstance(row.get("input_metadata"), dict) else {}
     metadata.setdefault("row_id", prompt.prompt_id)
-    messages = [dict(m) for m in prompt.messages]
+    messages = copy.deepcopy(list(prompt.messages))
     messages.append({"role": "assistant", "content": completion.text})
     return evaluator.row_cls(
         messages=messages,
@@ -163,13 +168,24 @@ def build_row(evaluator: Evaluator, prompt: Prompt, completion: Completion) -> A
 def plain_kwargs(fn: Callable[..., Any], prompt: Prompt) -> dict[str, Any]:
     """Row fields for a plain ``f(completion, **row_fields)``: all of them if it takes ``**kwargs``,
     else only the parameters it names. ``messages`` are the prompt's messages."""
-    fields = {**prompt.row, "messages": [dict(m) for m in prompt.messages], "prompt_id": prompt.prompt_id}
+    fields = {**copy.deepcopy(prompt.row), "messages": copy.deepcopy(list(prompt.messages))}
+    fields["prompt_id"] = prompt.prompt_id
     params = list(inspect.signature(fn).parameters.values())
     fields.pop(params[0].name, None)
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return fields
     names = {p.name for p in params[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     return {k: v for k, v in fields.items() if k in names}
+
+
+def missing_fields(evaluator: Evaluator, prompt: Prompt) -> list[str]:
+    """Required parameters of a plain evaluator that ``prompt``'s row cannot fill (checked before training)."""
+    if evaluator.kind != "plain":
+        return []
+    params = list(inspect.signature(evaluator.fn).parameters.values())[1:]
+    available = {*prompt.row, "messages", "prompt_id"}
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in params if p.kind in kinds and p.default is p.empty and p.name not in available]
 
 
 # ----------------------------------------------------------------------------- calls

@@ -33,6 +33,7 @@ from typing import Any
 
 from openrft.config import flatten
 from openrft.errors import JobError
+from openrft.jobs.processes import process_alive, process_start_time
 from openrft.jobs.states import DIED_MESSAGE, JobState, can_transition
 from openrft.paths import openrft_home
 
@@ -141,40 +142,28 @@ class JobRecord:
         }
 
 
-# ----------------------------------------------------------------------------- processes
-
-
-def process_start_time(pid: int) -> float | None:
-    """When process ``pid`` started (seconds since the epoch), or None if there is no such process."""
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return None
-    except psutil.AccessDenied:
-        return 0.0
-
-
-def process_alive(pid: int | None, started: float | None) -> bool:
-    """True while ``pid`` is running and is the same process that was recorded (not a reused pid)."""
-    import psutil
-
-    if not pid:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        # a different start time means the pid now belongs to another process
-        return not (started and abs(proc.create_time() - started) > 1.0)
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return False
-    except psutil.AccessDenied:
-        return True
-
-
 # ----------------------------------------------------------------------------- config values
+
+
+def store_error(db_path: Path, exc: sqlite3.Error) -> JobError:
+    """One line for a database problem: what is wrong with which file, and what to do."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "readonly" in text or "read-only" in text:
+        return JobError(
+            f"the job store {db_path} is read-only ({text})", hint="make it writable, or set OPENRFT_HOME"
+        )
+    if "locked" in text or "busy" in text:
+        return JobError(
+            f"the job store {db_path} is busy ({text})", hint="another openrft command holds it; retry"
+        )
+    if isinstance(exc, sqlite3.OperationalError) and "unable to open" in text:
+        return JobError(
+            f"the job store {db_path} cannot be opened ({text})", hint="check that it is a file you can write"
+        )
+    return JobError(
+        f"the job store {db_path} is damaged ({text})",
+        hint="`openrft rftj repair` rebuilds it from the job folders and keeps the damaged file as a backup",
+    )
 
 
 def config_values(cfg) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
@@ -214,7 +203,24 @@ class JobStore:
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
         self._db_pid = 0
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JobError(
+                f"OPENRFT_HOME {self.root} cannot be used: {exc.strerror or exc}",
+                hint="set OPENRFT_HOME to a writable folder (default ~/.openrft)",
+            ) from None
+        if not self.root.is_dir() or not os.access(self.root, os.W_OK | os.X_OK):
+            raise JobError(
+                f"OPENRFT_HOME {self.root} is not a writable folder",
+                hint="set OPENRFT_HOME to a writable folder (default ~/.openrft)",
+            )
+        lost = not self.db_path.exists() or (self.db_path.is_file() and self.db_path.stat().st_size == 0)
+        if lost and self.jobs_dir.is_dir() and any(self.jobs_dir.glob("*/job.json")):
+            raise JobError(  # opening it would show no jobs at all
+                f"the job store {self.db_path} is missing or empty, but job folders exist in {self.jobs_dir}",
+                hint="`openrft rftj repair` rebuilds it from the job folders and keeps the empty file as a backup",
+            )
         with self._connect() as db:
             if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 db.execute("PRAGMA journal_mode=WAL")
@@ -224,16 +230,23 @@ class JobStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        """This process's connection (kept open: closing the last one checkpoints the WAL, slowly)."""
+        """This process's connection (kept open: closing the last one checkpoints the WAL, slowly).
+
+        A damaged, unreadable or read-only database raises one :class:`JobError` saying what to do.
+        """
         with self._lock:
-            if self._db is None or self._db_pid != os.getpid():
-                self._db = sqlite3.connect(
-                    self.db_path, timeout=self.timeout, isolation_level=None, check_same_thread=False
-                )
-                self._db.row_factory = sqlite3.Row
-                self._db.execute("PRAGMA synchronous=NORMAL")
-                self._db_pid = os.getpid()
-            yield self._db
+            try:
+                if self._db is None or self._db_pid != os.getpid():
+                    self._db = sqlite3.connect(
+                        self.db_path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+                    )
+                    self._db.row_factory = sqlite3.Row
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+                    self._db_pid = os.getpid()
+                yield self._db
+            except sqlite3.Error as exc:
+                self._db = None
+                raise store_error(self.db_path, exc) from None
 
     def close(self) -> None:
         with self._lock:

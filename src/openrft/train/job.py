@@ -92,6 +92,8 @@ def prepare(cfg: JobConfig) -> PreparedJob:
         dataset = load_prompts(
             source, seed=seed, adapter=evaluator.dataset_adapter, skip_bad_rows=d.skip_bad_rows
         )
+    _check_evaluator_fits(evaluator, dataset)
+    _check_round_fits(settings, len(dataset))
     evaluation = None
     if d.evaluation_dataset:
         with _input("--evaluation-dataset"):
@@ -102,12 +104,7 @@ def prepare(cfg: JobConfig) -> PreparedJob:
         prepared.split(dataset)
     m = settings.model
     if m.warm_start_from:
-        if not (Path(m.warm_start_from) / "adapter_config.json").is_file():
-            raise ConfigError(
-                f"--warm-start-from {m.warm_start_from}: no adapter_config.json there",
-                field="warm_start_from",
-                hint="give the folder of a PEFT LoRA adapter, e.g. an earlier job's output folder",
-            )
+        check_adapter_folder(Path(m.warm_start_from))
     else:
         with _input("--base-model"):
             check_model_available(m.base_model)
@@ -153,6 +150,67 @@ def check_output_folder(target: Path, inputs: Sequence[Path]) -> None:
     parent = next(p for p in [target, *target.parents] if p.exists())
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag}: {parent} is not a writable folder", field="output_model")
+
+
+def check_adapter_folder(folder: Path) -> None:
+    """A warm-start adapter must be a readable PEFT folder: its config parses, its weights open."""
+    flag = f"--warm-start-from {folder}"
+    hint = "give the folder of a PEFT LoRA adapter, e.g. an earlier job's output folder"
+    config = folder / "adapter_config.json"
+    if not config.is_file():
+        raise ConfigError(f"{flag}: no adapter_config.json there", field="warm_start_from", hint=hint)
+    weights = folder / "adapter_model.safetensors"
+    for path, read in (
+        (config, lambda: json.loads(config.read_text())),
+        (weights, lambda: _open_weights(weights)),
+    ):
+        try:
+            read()
+        except Exception as exc:  # JSON, I/O and safetensors' own errors
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"{flag}: {path.name} cannot be read: {first}", field="warm_start_from",
+                              hint=hint) from None  # fmt: skip
+
+
+def _open_weights(path: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        handle.keys()
+
+
+def _check_evaluator_fits(evaluator: Any, dataset: PromptSet) -> None:
+    from openrft.evaluators.runner import missing_fields
+
+    missing = missing_fields(evaluator, dataset[0]) if dataset else []
+    if missing:
+        raise ConfigError(
+            f"--evaluator: {evaluator.name}() needs {', '.join(missing)}, which the rows of "
+            f"{dataset.source} do not have",
+            field="evaluator",
+            hint="give those parameters defaults, take **row_fields, or add the fields to the dataset",
+        )
+
+
+BYTES_PER_SAMPLED_TOKEN = 64  # a token id, its log-prob and the Python objects around them
+
+
+def _check_round_fits(settings: JobSettings, num_prompts: int) -> None:
+    """Refuse a round whose samples alone cannot fit in this machine's memory, with the numbers."""
+    import psutil
+
+    prompts = settings.schedule.prompts_per_round(num_prompts)
+    n, tokens = settings.sampling.n, settings.sampling.max_tokens
+    needed = prompts * n * tokens * BYTES_PER_SAMPLED_TOKEN
+    total = psutil.virtual_memory().total
+    if needed > total:
+        raise ConfigError(
+            f"--response-candidates-count {n}: a round of {prompts} prompts x {n} responses of up to {tokens} "
+            f"tokens needs about {needed / 2**30:,.0f} GiB to hold its samples, more than this machine's "
+            f"{total / 2**30:,.0f} GiB",
+            field="response_candidates_count",
+            hint="lower --response-candidates-count, --chunk-size or --max-output-tokens",
+        )
 
 
 def _with_evaluator_defaults(settings: JobSettings, evaluator: Any) -> JobSettings:
@@ -217,6 +275,7 @@ def run_training(
     engine, needs_files = setup.make_engine(settings.engine, model, tokenizer, base_model)
     publish = setup.policy_publisher(engine, model, job_dir / "adapters" if needs_files else None)
     publish(state.optimizer_step)
+    scorer = setup.make_scorer(settings.engine, prepared.evaluator)
     rounds = settings.schedule.rounds_per_epoch(len(train_prompts))
     progress = ProgressBar(settings.schedule.epochs * rounds, enabled=not quiet)
     ctx = TrainContext(
@@ -224,7 +283,7 @@ def run_training(
         model=model,
         pad_token_id=tokenizer.pad_token_id,
         engine=engine,
-        score=setup.make_scorer(settings.engine, prepared.evaluator),
+        score=scorer,
         train_prompts=train_prompts,
         eval_prompts=eval_prompts,
         optimizer=optimizer,
@@ -241,6 +300,7 @@ def run_training(
         progress.close()
         ctx.sink.close()
         getattr(engine, "close", lambda: None)()  # e.g. Ray actors
+        getattr(scorer, "close", lambda: None)()  # the evaluator's worker processes
     setup.write_outputs(model, job_dir, output_dir(job_dir, cfg.training.output_model))
     return outcome
 

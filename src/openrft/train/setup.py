@@ -121,8 +121,14 @@ def policy_publisher(engine: RolloutEngine, model: Any, adapters_dir: Path | Non
 def make_scorer(
     settings: EngineSettings, evaluator: Any
 ) -> Callable[[Sequence[Prompt], list[list[Completion]]], list[list[Score]]]:
-    """``score(prompts, completions) -> scores``, failing the step when most scores are invalid."""
+    """``score(prompts, completions) -> scores``, failing the step when most scores are invalid.
+
+    A user's evaluator runs in worker processes (:mod:`openrft.evaluators.isolation`): a hang
+    or a crash scores one call invalid. openrft's built-ins run in this process. ``score.close()``
+    stops the workers.
+    """
     from openrft.evaluators import check_invalid_rate, score_groups
+    from openrft.evaluators.runner import DEFAULT_CONCURRENCY
 
     if settings.ray is not None:  # evaluator calls as Ray tasks (same contract)
         from openrft.distributed import ray_scorer
@@ -131,17 +137,26 @@ def make_scorer(
             settings.ray.address, evaluator,
             max_concurrent_evaluations=settings.max_concurrent_evaluations, timeout=settings.evaluator_timeout,
         )  # fmt: skip
+    pool = None
+    if not evaluator.run_inline:
+        from openrft.evaluators.isolation import EvaluatorPool
+
+        workers = settings.max_concurrent_evaluations or DEFAULT_CONCURRENCY
+        pool = EvaluatorPool(evaluator, workers=workers, timeout=settings.evaluator_timeout)
 
     def score(prompts: Sequence[Prompt], completions: list[list[Completion]]) -> list[list[Score]]:
-        scores = score_groups(
-            evaluator,
-            list(zip(prompts, completions, strict=True)),
-            max_concurrency=settings.max_concurrent_evaluations,
-            timeout=settings.evaluator_timeout,
-        )
+        groups = list(zip(prompts, completions, strict=True))
+        if pool is not None:
+            scores = pool.score_groups(groups)
+        else:
+            scores = score_groups(
+                evaluator, groups, max_concurrency=settings.max_concurrent_evaluations,
+                timeout=settings.evaluator_timeout,
+            )  # fmt: skip
         check_invalid_rate([s for group in scores for s in group])
         return scores
 
+    score.close = pool.close if pool is not None else lambda: None  # type: ignore[attr-defined]
     return score
 
 

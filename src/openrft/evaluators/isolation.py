@@ -1,0 +1,242 @@
+"""User evaluators in worker processes: a hang, a crash or an exit scores one call invalid, never the job.
+
+:class:`EvaluatorPool` keeps up to ``workers`` processes (fresh interpreters, never forks of a
+job that holds a model and torch threads), each loading the evaluator once from the spec it was
+loaded from and then running one call at a time. A call is a pointwise completion or a groupwise group;
+it is pickled to the worker, so every call gets its own copy of the row. The parent enforces
+a hard deadline: a worker that has not answered ``timeout + GRACE_S`` seconds after it got a
+call (an ``async def`` that blocks, an infinite loop) is killed and replaced, and the call
+scores ``Score(0.0, is_valid=False, reason="timeout after Ns")``. A worker that dies
+(``os._exit``, a segfault, the OOM killer) scores its call invalid with the exit code and is
+replaced; ``sys.exit`` and ``KeyboardInterrupt`` raised by an evaluator are caught in the
+worker like any exception. The job goes on in every case (the invalid-rate check still applies).
+
+The in-process path (:func:`openrft.evaluators.runner.score_groups`) is kept for openrft's own
+built-in evaluators (``run_inline``): they are pure functions of the text, and a process
+round trip would cost more than the call (see ``docs/benchmarks.md``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from openrft.errors import EvaluatorError
+from openrft.evaluators.base import Evaluator
+from openrft.records import Completion, Prompt, Score
+
+GRACE_S = 2.0  # beyond the evaluator timeout, before a silent worker is killed
+START_TIMEOUT_S = 120.0  # a worker imports the evaluator's module (and whatever it imports)
+
+Group = tuple[Prompt, Sequence[Completion]]
+
+
+def _worker_main(conn: Connection, spec: str, dataset: str | None, timeout: float) -> None:
+    """A worker process: load the evaluator, then score one call at a time until told to stop."""
+    from openrft.evaluators.loader import load_evaluator
+    from openrft.evaluators.runner import score_groups
+
+    try:
+        evaluator = dataclasses.replace(load_evaluator(spec, dataset=dataset), run_inline=True)
+    except BaseException as exc:  # reported to the parent as the reason of every call
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        if message is None:
+            return
+        try:
+            scores = score_groups(evaluator, [message], max_concurrency=1, timeout=timeout)[0]
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt: this call's problem only
+            reason = f"{type(exc).__name__}: {exc}"
+            scores = [Score(0.0, is_valid=False, reason=reason)] * (
+                len(message[1]) if evaluator.mode == "groupwise" else 1
+            )
+        conn.send(("scores", scores))
+
+
+@dataclasses.dataclass
+class _Worker:
+    process: subprocess.Popen
+    conn: Connection
+
+
+class EvaluatorPool:
+    """Score with ``evaluator`` in up to ``workers`` processes (see the module docstring)."""
+
+    def __init__(self, evaluator: Evaluator, *, workers: int, timeout: float):
+        if not evaluator.spec:
+            raise EvaluatorError(
+                f"evaluator {evaluator.name} cannot be reloaded in a worker process (no spec)"
+            )
+        if workers < 1 or not timeout > 0:
+            raise EvaluatorError(f"invalid evaluator pool settings: {workers=}, {timeout=}")
+        self.evaluator, self.size, self.timeout = evaluator, workers, timeout
+        self._start_error = ""
+        self._idle: list[_Worker] = []
+        self._all: list[_Worker] = []
+        self.replaced = 0  # workers killed (timeout) or found dead, and replaced
+
+    # ------------------------------------------------------------------------- public
+
+    def score_groups(self, groups: Sequence[Group]) -> list[list[Score]]:
+        """Scores for each group's completions, in order; same contract as the in-process runner."""
+        groupwise = self.evaluator.mode == "groupwise"
+        calls = [(g, None) for g in range(len(groups))] if groupwise else [
+            (g, c) for g, (_, cs) in enumerate(groups) for c in range(len(cs))
+        ]  # fmt: skip
+        results: dict[tuple[int, int | None], list[Score]] = {}
+        self._grow(min(self.size, len(calls)))
+        pending = deque(calls)
+        busy: dict[Connection, tuple[_Worker, tuple[int, int | None], float]] = {}
+        while pending or busy:
+            while pending and (self._idle or len(self._all) < self.size):
+                key = pending.popleft()
+                worker = self._idle.pop() if self._idle else self._start()
+                if worker is None:  # the evaluator cannot even be loaded in a worker
+                    results[key] = self._invalid(groups, key, self._start_error)
+                    continue
+                prompt, completions = groups[key[0]]
+                worker.conn.send((prompt, list(completions) if key[1] is None else [completions[key[1]]]))
+                busy[worker.conn] = (worker, key, time.monotonic() + self.timeout + GRACE_S)
+            if busy:
+                self._collect(groups, busy, results)
+        return [
+            results[(g, None)] if groupwise else [results[(g, c)][0] for c in range(len(cs))]
+            for g, (_, cs) in enumerate(groups)
+        ]
+
+    def close(self) -> None:
+        """Stop every worker."""
+        for worker in self._all:
+            with contextlib.suppress(OSError, ValueError):
+                worker.conn.send(None)
+        for worker in self._all:
+            try:
+                worker.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait(timeout=2)
+            worker.conn.close()
+        self._all, self._idle = [], []
+
+    def __enter__(self) -> EvaluatorPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------- internals
+
+    def _collect(self, groups, busy, results) -> None:
+        """Wait for the first answer or deadline; settle what finished, kill what overran."""
+        soonest = min(deadline for _, _, deadline in busy.values())
+        for conn in wait(list(busy), timeout=max(0.0, soonest - time.monotonic())):
+            worker, key, _ = busy.pop(conn)
+            try:
+                kind, payload = conn.recv()
+            except (EOFError, OSError):
+                code = _exit_code(worker.process)
+                results[key] = self._invalid(
+                    groups, key, f"the evaluator's process exited (exit code {code})"
+                )
+                self._retire(worker)
+                continue
+            results[key] = payload
+            self._idle.append(worker)
+        now = time.monotonic()
+        for conn in [c for c, (_, _, deadline) in busy.items() if deadline <= now]:
+            worker, key, _ = busy.pop(conn)
+            results[key] = self._invalid(groups, key, f"timeout after {self.timeout:g}s")
+            self._retire(worker)
+
+    def _grow(self, count: int) -> None:
+        """Start workers until ``count`` are alive, all at once (each loads the evaluator)."""
+        started = [self._spawn() for _ in range(count - len(self._all))]
+        for worker in started:
+            if self._ready(worker):
+                self._all.append(worker)
+                self._idle.append(worker)
+
+    def _start(self) -> _Worker | None:
+        """One more worker (after one was retired); None when the evaluator cannot be loaded."""
+        worker = self._spawn()
+        if not self._ready(worker):
+            return None
+        self._all.append(worker)
+        return worker
+
+    def _spawn(self) -> _Worker:
+        ours, theirs = socket.socketpair()
+        ev = self.evaluator
+        args = json.dumps([theirs.fileno(), ev.spec, ev.spec_dataset, self.timeout])
+        process = subprocess.Popen(
+            [sys.executable, "-m", "openrft.evaluators.isolation", args], pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        theirs.close()
+        return _Worker(process, Connection(ours.detach()))
+
+    def _ready(self, worker: _Worker) -> bool:
+        """Wait for a new worker's first word: ready, or why the evaluator cannot be loaded."""
+        if not worker.conn.poll(START_TIMEOUT_S):
+            kind, payload = (
+                "error",
+                f"the evaluator's worker process did not start within {START_TIMEOUT_S:g}s",
+            )
+        else:
+            try:
+                kind, payload = worker.conn.recv()
+            except (EOFError, OSError):
+                kind, payload = (
+                    "error",
+                    f"the evaluator's worker exited (exit code {_exit_code(worker.process)})",
+                )
+        if kind != "ready":
+            self._start_error = payload
+            self._kill(worker)
+        return kind == "ready"
+
+    def _retire(self, worker: _Worker) -> None:
+        self._kill(worker)
+        self._all.remove(worker)
+        self.replaced += 1
+
+    @staticmethod
+    def _kill(worker: _Worker) -> None:
+        if worker.process.poll() is None:
+            worker.process.kill()
+        worker.process.wait(timeout=5)
+        worker.conn.close()
+
+    def _invalid(self, groups, key, reason: str) -> list[Score]:
+        count = len(groups[key[0]][1]) if key[1] is None else 1
+        return [Score(0.0, is_valid=False, reason=reason)] * count
+
+
+def _exit_code(process: subprocess.Popen) -> int | None:
+    try:
+        return process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+__all__ = ["EvaluatorPool", "GRACE_S"]
+
+if __name__ == "__main__":  # a worker: python -m openrft.evaluators.isolation '[fd, spec, dataset, timeout]'
+    fd, spec, dataset, timeout = json.loads(sys.argv[1])
+    _worker_main(Connection(fd), spec, dataset, timeout)

@@ -1,0 +1,87 @@
+"""Rebuild the job store from the job folders: ``openrft rftj repair``.
+
+Every job folder holds its resolved configuration (``job.json``), its metrics and, once it
+ended well, its output; the SQLite store is an index over them. When ``jobs.db`` is damaged
+(truncated, garbage, emptied: every store command then says so and points here), :func:`repair` moves it aside as ``jobs.db.broken-<time>`` (with
+its ``-wal``/``-shm`` files) and records every folder again: a folder with an output adapter
+as COMPLETED, any other as FAILED, so that ``openrft rftj resume`` can continue it from its
+last checkpoint. Nothing in the job folders is changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from openrft.config import build_config, flatten
+from openrft.errors import OpenRFTError
+from openrft.jobs.states import JobState
+from openrft.jobs.store import JobStore
+from openrft.paths import openrft_home, output_dir
+from openrft.tracking.sinks import read_jsonl
+
+RESTORED = "restored by `openrft rftj repair` from its folder"
+
+
+@dataclass
+class RepairReport:
+    backup: Path | None = None
+    restored: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (folder, why)
+
+
+def repair(root: Path | None = None) -> RepairReport:
+    """Move the damaged store aside and rebuild it from the job folders under ``root``."""
+    root = Path(root or openrft_home())
+    db = root / "jobs.db"
+    backup = None
+    if db.exists():
+        backup = db.with_name(f"jobs.db.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):
+            part = db.with_name(db.name + suffix)
+            if part.exists():
+                os.replace(part, backup.with_name(backup.name + suffix))
+    report = rebuild(JobStore(root))
+    report.backup = backup
+    return report
+
+
+def rebuild(store: JobStore) -> RepairReport:
+    """Record every job folder that the (empty) ``store`` does not know yet."""
+    report = RepairReport()
+    folders = sorted(p.parent for p in store.jobs_dir.glob("*/job.json")) if store.jobs_dir.is_dir() else []
+    for folder in folders:
+        if store.exists(folder.name):
+            continue
+        try:
+            _restore(store, folder)
+            report.restored.append(folder.name)
+        except (OpenRFTError, OSError, ValueError, KeyError, TypeError) as exc:
+            report.skipped.append((folder.name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+    return report
+
+
+def _restore(store: JobStore, folder: Path) -> None:
+    values = flatten(json.loads((folder / "job.json").read_text()))
+    values.pop("wandb_api_key", None)  # stored masked; the secret itself is in the folder's secrets.json
+    cfg, _ = build_config({}, {k: v for k, v in values.items() if v is not None})
+    record = store.create(folder.name, cfg, job_dir=folder)
+    out = output_dir(folder, cfg.training.output_model)
+    metrics = read_jsonl(folder / "metrics.jsonl")
+    trained = [m for m in metrics if "loss/policy" in m]
+    if trained:
+        store.record_progress(record.id, int(trained[-1]["step"]), trained[-1].get("reward/mean"))
+    if (out / "adapter_config.json").is_file():
+        store.set_output(record.id, out)
+        for state in (JobState.VALIDATING, JobState.RUNNING, JobState.COMPLETED):
+            store.transition(record.id, state, RESTORED)
+    else:
+        store.transition(
+            record.id, JobState.FAILED, RESTORED + "; it had not finished (resume it to continue)"
+        )
+
+
+__all__ = ["RepairReport", "rebuild", "repair"]

@@ -1,0 +1,113 @@
+"""User evaluators run in worker processes: hangs, exits and crashes score one call invalid, never the job."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from openrft.cli import main
+from openrft.evaluators import load_evaluator
+from openrft.evaluators.isolation import GRACE_S, EvaluatorPool
+from openrft.records import Completion, Prompt
+from openrft.tracking.sinks import read_jsonl
+
+EVALUATORS = """
+import asyncio, os, sys, time
+
+def good(completion, **row):
+    return len(completion) / 10
+
+async def blocks(completion, **row):
+    time.sleep(60)  # blocks the event loop: only killing the process stops it
+    return 1.0
+
+def exits(completion, **row):
+    sys.exit(3)
+
+def interrupts(completion, **row):
+    raise KeyboardInterrupt
+
+def dies_on_b(completion, **row):
+    if completion == "b":
+        os._exit(9)
+    return 1.0
+
+def mutates(completion, ground_truth=None, **row):
+    ground_truth["seen"] = ground_truth.get("seen", 0) + 1
+    return float(ground_truth["seen"])
+
+def sometimes_dies(completion, **row):
+    if sum(map(ord, completion)) % 7 == 0:
+        os._exit(1)
+    letters = [c for c in completion.lower() if c.isalpha()]
+    return sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0
+"""
+PROMPT = Prompt("p", ({"role": "user", "content": "x"},), row={"ground_truth": {"n": 1}})
+COMPLETIONS = [
+    Completion("p", i, (1,), (2,), text, (-0.1,), "stop") for i, text in enumerate(["a", "b", "cc"])
+]
+
+
+@pytest.fixture
+def evaluators(tmp_path):
+    path = tmp_path / "evs.py"
+    path.write_text(EVALUATORS)
+    return path
+
+
+def score(evaluators, name, timeout=2.0):
+    with EvaluatorPool(load_evaluator(f"{evaluators}::{name}"), workers=2, timeout=timeout) as pool:
+        return pool.score_groups([(PROMPT, COMPLETIONS)])[0], pool.replaced
+
+
+def test_scores_come_back_in_order(evaluators):
+    scores, replaced = score(evaluators, "good")
+    assert [s.score for s in scores] == [0.1, 0.1, 0.2] and all(s.is_valid for s in scores) and replaced == 0
+
+
+def test_a_blocking_async_evaluator_is_killed_at_its_timeout(evaluators):
+    start = time.monotonic()
+    scores, replaced = score(evaluators, "blocks", timeout=1.0)
+    assert [s.reason for s in scores] == ["timeout after 1s"] * 3 and not any(s.is_valid for s in scores)
+    assert replaced == 3 and time.monotonic() - start < 3 * (1.0 + GRACE_S) + 10
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"), [("exits", "SystemExit: 3"), ("interrupts", "KeyboardInterrupt: ")]
+)
+def test_exit_and_interrupt_are_one_invalid_call(evaluators, name, reason):
+    scores, replaced = score(evaluators, name)
+    assert [s.reason for s in scores] == [reason] * 3 and replaced == 0
+
+
+def test_a_dying_worker_scores_its_call_invalid_and_is_replaced(evaluators):
+    scores, replaced = score(evaluators, "dies_on_b")
+    assert [s.is_valid for s in scores] == [True, False, True] and replaced == 1
+    assert scores[1].reason == "the evaluator's process exited (exit code 9)"
+
+
+def test_each_call_gets_its_own_copy_of_the_row(evaluators):
+    scores, _ = score(evaluators, "mutates")
+    assert [s.score for s in scores] == [1.0, 1.0, 1.0] and PROMPT.row == {"ground_truth": {"n": 1}}
+
+
+def test_an_evaluator_that_cannot_load_in_a_worker_scores_invalid(evaluators, tmp_path):
+    evaluator = load_evaluator(f"{evaluators}::good")
+    evaluators.write_text("raise ImportError('gone')\n")  # the file changed after validation
+    with EvaluatorPool(evaluator, workers=1, timeout=2.0) as pool:
+        scores = pool.score_groups([(PROMPT, COMPLETIONS)])[0]
+    assert not any(s.is_valid for s in scores) and "gone" in scores[0].reason
+
+
+def test_a_job_whose_evaluator_sometimes_dies_completes(evaluators, tiny_model_dir, tmp_path, capsys):
+    code = main([
+        "rftj", "create", "--base-model", str(tiny_model_dir), "--dataset", "arithmetic:count=4",
+        "--evaluator", f"{evaluators}::sometimes_dies", "--n", "4", "--max-output-tokens", "16", "--chunk-size", "2",
+        "--max-concurrent-evaluations", "2", "--quiet", "--output-model", str(tmp_path / "out"),
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "COMPLETED" in err and "Traceback" not in err
+    rows = [r for r in read_jsonl(tmp_path / "out" / "metrics.jsonl") if "reward/invalid_frac" in r]
+    assert rows and all(0.0 <= r["reward/invalid_frac"] <= 0.5 for r in rows)
