@@ -133,3 +133,42 @@ def test_the_three_methods_give_different_gradients_for_the_same_batch(tokenizer
     for a, b in [("grpo", "dapo"), ("grpo", "gspo-token"), ("dapo", "gspo-token")]:
         assert not torch.allclose(grads[a], grads[b], rtol=1e-3, atol=1e-9), (a, b)
     assert all(g.abs().sum() > 0 for g in grads.values())
+
+
+def test_non_finite_updates_are_skipped_counted_and_stop_the_job_when_they_persist(
+    tokenizer, tmp_path, monkeypatch
+):
+    import openrft.train.loop as loop
+    from openrft.errors import JobError
+
+    poisoned: set[int] = {2, 5, 6, 7}  # training steps whose gradient is NaN
+    real = loop.accumulate_gradients
+    calls = [0]
+
+    def poisoning(model, batches, loss, scale=1.0):
+        calls[0] += 1
+        metrics = real(model, batches, loss, scale)
+        if calls[0] in poisoned:
+            for p in trainable_parameters(model):
+                p.grad.fill_(float("nan"))
+        return metrics
+
+    monkeypatch.setattr(loop, "accumulate_gradients", poisoning)
+    torch.manual_seed(0)
+    model, prompts, targets = _policy_and_task(tokenizer)
+    engine = LocalEngine(model, tokenizer)
+    settings = _settings("dapo")
+    optimizer, scheduler = make_optimizer(settings.optimizer, model)
+    sink = ListSink()
+    ctx = TrainContext(
+        settings=settings, model=model, pad_token_id=tokenizer.pad_token_id, engine=engine,
+        score=_score(targets), train_prompts=prompts, eval_prompts=[], optimizer=optimizer,
+        scheduler=scheduler, sink=sink, checkpoint_dir=tmp_path / "checkpoints",
+        progress=ProgressBar(0, enabled=False), publish_policy=engine.set_policy,
+    )  # fmt: skip
+    with pytest.raises(JobError, match="not finite in 3 updates in a row"):
+        train(ctx, LoopState())
+    skipped = [line["loss/nonfinite_skipped"] for line in sink.lines if "loss/nonfinite_skipped" in line]
+    assert skipped == [0.0, 1.0, 0.0, 0.0, 1.0, 1.0]  # step 7's failure ended the job before its line
+    assert all(torch.isfinite(p).all() for p in trainable_parameters(model))  # nothing non-finite applied
+    assert engine.policy_version == 3  # the three good updates only

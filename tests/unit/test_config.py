@@ -6,53 +6,9 @@ import json
 
 import pytest
 
+from config_table import TABLE  # noqa: E402  (shared with the fuzz test)
 from openrft import config as C
 from openrft.errors import ConfigError
-
-# (field, default, valid values incl. both edges, invalid values incl. one past each edge and wrong types)
-TABLE = [
-    ("epochs", 1, [1, 10, "3"], [0, 11, 1.5, "1.5", "abc", True]),
-    ("learning_rate", 1e-4, [1e-5, 5e-4, "1e-4"], [9.9e-6, 5.1e-4, "fast", True]),
-    ("learning_rate_warmup_steps", 0, [0, 1000], [-1, 2.5, "x"]),
-    ("lora_rank", 8, [4, 8, 16, 32, "16"], [2, 12, 64, 8.5, "eight", False]),
-    ("lora_alpha", None, [1, 64], [0, -3, "a"]),
-    ("max_context_length", None, [4096, 2049], [31, 0, "long"]),
-    ("batch_size", 32768, [1, 32768, "32k", "64k", "64K"], [0, -5, "32 kb", 1.5, True]),
-    ("batch_size_samples", None, [1, 64], [0, "many"]),
-    ("micro_batch_tokens", 256, [64, 8192], [63, "x"]),
-    ("gradient_accumulation_steps", 1, [1, 8], [0, 1.5]),
-    ("optimizer_weight_decay", 0.01, [0, 0.1], [-0.01, "heavy", "inf", float("nan")]),
-    ("max_grad_norm", 1.0, [0, 10], [-1, float("inf")]),
-    ("chunk_size", 200, [-1, 1, 5000], [0, -2, 1.5]),
-    ("seed", 42, [0, 2**31, 2**32 - 1], [-1, "s", 2**32, 10**30]),
-    ("checkpoint_every", 10, [1], [0]),
-    ("eval_every", 10, [0, 5], [-1]),
-    ("eval_candidates", 1, [1, 8], [0, "x"]),
-    ("job_id", None, ["my-job_1", "a"], ["", "bad id", "-x", "a" * 65]),
-    ("rl_loss_method", "grpo", ["grpo", "dapo", "gspo-token", "GSPO_TOKEN", "DAPO"], ["ppo", "", 1]),
-    ("rl_kl_beta", 0.0, [0, 0.05, 1.0], [-0.001, "big", "inf", float("nan")]),
-    ("length_norm", False, [True, False], ["maybe"]),
-    ("dynamic_sampling", False, [True], ["x"]),
-    ("max_sampling_rounds", 3, [1, 10], [0]),
-    ("overlong_penalty", False, [True], ["x"]),
-    ("overlong_buffer", None, [1, 512], [0]),
-    ("overlong_penalty_factor", 1.0, [0, 2.5], [-1, float("inf")]),
-    ("temperature", 0.7, [0.1, 2.0, "1.0"], [0, 0.09, 2.01, -1, "hot", True]),
-    ("top_p", 1.0, [0, 1, 0.9], [-0.01, 1.01, "all"]),
-    ("top_k", 40, [0, 100, 50], [-1, 101, 4.5, "k"]),
-    ("response_candidates_count", 8, [2, 16, 64, "8"], [1, 0, 2.5, "eight", True]),
-    ("max_output_tokens", 2048, [16, 16384], [15, 16385, 8, "x"]),
-    ("max_concurrent_rollouts", None, [1, 512], [0, "x"]),
-    ("max_concurrent_evaluations", None, [1, 64], [0, -1]),
-    ("rollout_engine", "local", ["local", "vllm"], ["gpu", 3]),
-    ("evaluator_timeout", 60.0, [0.5, 600], [0, -1, float("inf"), "nan"]),
-    ("rollout_workers", 2, [1, 64], [0, "x"]),
-    ("max_staleness", 0, [0, 3], [-1]),
-    ("eval_auto_carveout", None, [0.01, 0.5, "0.1"], [0, 0.51, 1, "some"]),
-    ("skip_bad_rows", False, [True], ["x"]),
-    ("deterministic", False, [True], ["x"]),
-    ("wandb", False, [True], ["x"]),
-]
 
 
 def _build(**flags):

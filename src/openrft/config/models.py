@@ -222,8 +222,8 @@ class LossConfig(_Group):
     )
     dynamic_sampling: bool = _field(
         False,
-        "DAPO dynamic sampling (opt-in): sample further prompts until the round holds as many "
-        "non-zero-variance groups as it has prompts.",
+        "DAPO dynamic sampling (opt-in, with any --rl-loss-method): sample further prompts until the "
+        "round holds as many non-zero-variance groups as it has prompts.",
     )
     max_sampling_rounds: int = _field(
         3,
@@ -232,7 +232,9 @@ class LossConfig(_Group):
         ge=1,
     )
     overlong_penalty: bool = _field(
-        False, "DAPO soft overlong penalty (opt-in): linearly penalise responses that enter the final buffer."
+        False,
+        "DAPO soft overlong penalty (opt-in, with any --rl-loss-method): linearly penalise responses that "
+        "enter the final buffer.",
     )
     overlong_buffer: int | None = _field(
         None,

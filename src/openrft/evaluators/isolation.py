@@ -13,7 +13,7 @@ worker like any exception. The job goes on in every case (the invalid-rate check
 
 The in-process path (:func:`openrft.evaluators.runner.score_groups`) is kept for openrft's own
 built-in evaluators (``run_inline``): they are pure functions of the text, and a process
-round trip would cost more than the call (see ``docs/benchmarks.md``).
+round trip would cost more than the call (measured in ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations

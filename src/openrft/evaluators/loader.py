@@ -155,6 +155,10 @@ def import_file(path: Path) -> ModuleType:
         spec.loader.exec_module(module)
     except BaseException as exc:
         sys.modules.pop(module_name, None)
+        if isinstance(exc, SystemExit):  # the file ended the interpreter while being imported
+            raise EvaluatorError(
+                f"importing the evaluator {path} failed: it called sys.exit({exc.code!r})"
+            ) from None
         if not isinstance(exc, Exception):
             raise
         raise _import_error(exc, str(path), resolved) from None

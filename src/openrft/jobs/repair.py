@@ -44,7 +44,7 @@ def repair(root: Path | None = None) -> RepairReport:
             part = db.with_name(db.name + suffix)
             if part.exists():
                 os.replace(part, backup.with_name(backup.name + suffix))
-    report = rebuild(JobStore(root))
+    report = rebuild(JobStore(root, rebuilding=True))
     report.backup = backup
     return report
 

@@ -193,7 +193,7 @@ def config_values(cfg) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
 class JobStore:
     """Job records in SQLite plus a folder per job (``root`` defaults to ``$OPENRFT_HOME``)."""
 
-    def __init__(self, root: Path | None = None, *, timeout: float = 30.0):
+    def __init__(self, root: Path | None = None, *, timeout: float = 30.0, rebuilding: bool = False):
         if root is None:
             root = openrft_home()
         self.root = Path(root)
@@ -216,7 +216,7 @@ class JobStore:
                 hint="set OPENRFT_HOME to a writable folder (default ~/.openrft)",
             )
         lost = not self.db_path.exists() or (self.db_path.is_file() and self.db_path.stat().st_size == 0)
-        if lost and self.jobs_dir.is_dir() and any(self.jobs_dir.glob("*/job.json")):
+        if lost and not rebuilding and self.jobs_dir.is_dir() and any(self.jobs_dir.glob("*/job.json")):
             raise JobError(  # opening it would show no jobs at all
                 f"the job store {self.db_path} is missing or empty, but job folders exist in {self.jobs_dir}",
                 hint="`openrft rftj repair` rebuilds it from the job folders and keeps the empty file as a backup",
