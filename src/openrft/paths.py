@@ -7,6 +7,7 @@ is written under a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -30,10 +31,26 @@ def output_dir(job_dir: Path, output_model: str | None) -> Path:
     return Path(output_model) if output_model else job_dir / "output"
 
 
+def make_parent(path: Path) -> None:
+    """Create ``path``'s folder; a file standing where a folder must be is named in the error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"cannot be written ({blocker} is a file)", str(path)
+        ) from None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same directory and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "a folder is there; give a file name", str(path))
+    make_parent(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # name the file the user gave, not the temporary one
+        raise OSError(exc.errno, f"cannot be written ({exc.strerror})", str(path)) from None
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)

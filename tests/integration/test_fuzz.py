@@ -53,6 +53,9 @@ def user(tmp_path, monkeypatch):
                                     b"\x00\xff\xfe garbage\n")  # fmt: skip
     (folder / "mine").mkdir()
     (folder / "mine" / "notes.txt").write_text("the user's own file")
+    (folder / "run").mkdir()  # a job folder to plot
+    (folder / "run" / "metrics.jsonl").write_text('{"step": 1, "reward/mean": 0.5}\n')
+    (folder / "responses.jsonl").write_text('{"prompt_id": "1", "completion": "4"}\n')
     return folder
 
 
@@ -218,6 +221,22 @@ OTHER_CASES = [
     (["rftj", "rollouts", "a", "--limit", "-5"], "--limit"),
     (["rftj", "get", "no-such-job"], "no job with id"),
     (["rftj", "plot", "no-such-job", "--out", "{u}/plot.png"], "no-such-job"),
+    (["rftj", "plot", "{u}/run", "--out", "{u}/mine"], "{u}/mine: a folder is there"),
+    (["rftj", "plot", "{u}/run", "--out", "{u}/ev.py/plot.png"], "{u}/ev.py/plot.png: cannot be written"),
+    (
+        [
+            "evaluate",
+            "--dataset",
+            "{u}/good.jsonl",
+            "--evaluator",
+            EVAL,
+            "--responses",
+            "{u}/responses.jsonl",
+            "--output",
+            "{u}/mine",
+        ],
+        "{u}/mine: a folder is there",
+    ),
 ]
 
 
@@ -225,5 +244,5 @@ OTHER_CASES = [
 def test_other_commands_refuse_bad_arguments(user, capsys, argv, first):
     before = snapshot(user)
     code, _, err = run(capsys, [a.format(u=user) for a in argv])
-    assert_refused(code, err, first)
+    assert_refused(code, err, first.format(u=user))
     assert snapshot(user) == before
