@@ -42,5 +42,10 @@ TABLE = [
     ("eval_auto_carveout", None, [0.01, 0.5, "0.1"], [0, 0.51, 1, "some"]),
     ("skip_bad_rows", False, [True], ["x"]),
     ("deterministic", False, [True], ["x"]),
+    ("device", "auto", ["auto", "cpu", "cuda", "cuda:1"], ["gpu", "cuda:", "cuda:x", "CPU", 1]),
+    ("dtype", "auto", ["auto", "float32", "bfloat16"], ["fp16", "float16", "bf16", 16]),
+    ("gradient_checkpointing", False, [True], ["x"]),
+    ("rollout_is_cap", 2.0, [0, 1, 2.0, 10], [0.5, -1, "inf", "nan", "big"]),
+    ("vllm_gpu_memory_utilization", 0.3, [0.05, 0.95], [0, 0.96, -0.1, "half"]),
     ("wandb", False, [True], ["x"]),
 ]

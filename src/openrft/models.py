@@ -223,20 +223,45 @@ def prepare_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def load_model(name: str, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
-    """Load base model ``name`` for causal LM (eval mode, fp32 by default) and its tokenizer."""
+def resolve_device(device: str, dtype: str) -> tuple[str, str]:
+    """``(device, dtype)`` with ``auto`` resolved; a CUDA device this machine lacks is a ModelError.
+
+    auto device: the first CUDA device when there is one, else the CPU. auto dtype: bfloat16 on
+    CUDA, float32 on the CPU.
+    """
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            found = f"{count} CUDA device{'s' if count != 1 else ''}" if count else "no CUDA device"
+            raise ModelError(
+                f"{device} is not available: this machine has {found} (torch {torch.__version__})",
+                hint="use --device cpu, or install a CUDA build of torch on a machine with a GPU",
+            )
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return device, dtype
+
+
+def load_model(name: str, dtype: torch.dtype | str | None = None, device: str = "cpu") -> tuple[Any, Any]:
+    """Load base model ``name`` for causal LM (eval mode, fp32 by default, on ``device``) and its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model_dir = resolve_model_dir(name)
     tokenizer = load_tokenizer(name)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     try:
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=dtype or torch.float32, local_files_only=True
         )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load base model {name} from {model_dir}: {exc}") from None
-    model.eval()
+    model.to(device).eval()
     return model, tokenizer
 
 

@@ -26,6 +26,9 @@ class ModelSettings:
     lora_rank: int
     lora_alpha: int | None
     max_context_length: int | None
+    device: str = "cpu"  # "auto" until the job's inputs are checked: then cpu, cuda or cuda:N
+    dtype: str = "float32"  # of the base weights: "auto" until checked, then float32 or bfloat16
+    gradient_checkpointing: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,11 +73,12 @@ class ScheduleSettings:
 
 @dataclass(frozen=True)
 class RoundSettings:
-    """DAPO's opt-in extras applied to each round (None = off)."""
+    """What is done to each round's samples: DAPO's opt-in extras (None = off), the mismatch correction."""
 
     overlong_buffer: int | None = None
     overlong_factor: float = 1.0
     dynamic_sampling_rounds: int | None = None
+    rollout_is_cap: float = 2.0  # truncated importance weights for another engine's samples (0 = off)
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ class EngineSettings:
     max_concurrent_evaluations: int | None
     evaluator_timeout: float
     ray: RaySettings | None
+    vllm_gpu_memory_utilization: float = 0.3
 
 
 @dataclass(frozen=True)

@@ -145,9 +145,9 @@ def test_non_finite_updates_are_skipped_counted_and_stop_the_job_when_they_persi
     real = loop.accumulate_gradients
     calls = [0]
 
-    def poisoning(model, batches, loss, scale=1.0):
+    def poisoning(model, batches, loss, scale=1.0, **options):
         calls[0] += 1
-        metrics = real(model, batches, loss, scale)
+        metrics = real(model, batches, loss, scale, **options)
         if calls[0] in poisoned:
             for p in trainable_parameters(model):
                 p.grad.fill_(float("nan"))

@@ -4,6 +4,7 @@ outputs that load with peft, and exact resume after a kill."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -50,6 +51,12 @@ def test_each_method_trains_and_writes_outputs(tiny_model_dir, tmp_path, method,
         assert max(r["kl/mean"] for r in steps[1:]) > 0 and max(r["loss/kl"] for r in steps[1:]) > 0
     else:  # no KL term, and no reference pass
         assert all(r["kl/coef"] == 0.0 and r["loss/kl"] == 0.0 and r["kl/mean"] == 0.0 for r in steps)
+    # the local engine samples this very model in float32: sampler and trainer agree (mismatch ~0)
+    measured = [r for r in steps if "mismatch/kl" in r]
+    assert measured and all(
+        r["mismatch/kl"] < 1e-6 and r["mismatch/is_truncated_frac"] == 0.0 for r in measured
+    )
+    assert all(r["mismatch/is_weight_mean"] == pytest.approx(1.0, abs=1e-3) for r in measured)
     assert (out / "reward_curve.png").stat().st_size > 1000
     assert json.loads((out / "job.json").read_text())["loss"]["rl_loss_method"] == method
     from peft import PeftModel
@@ -190,6 +197,10 @@ def test_training_through_an_endpoint_syncs_the_adapter_each_step(tiny_model_dir
     # the server sampled with the adapter the trainer had just produced, so each step starts at ratio 1
     for row in rows:
         assert row["ratio/mean"] == pytest.approx(1.0, abs=1e-3), row["step"]
+        # another engine sampled: the trainer recomputed the old log-probs and measured the difference
+        assert 0.0 <= row["mismatch/kl"] < 1e-3 and row["mismatch/is_weight_mean"] == pytest.approx(
+            1.0, abs=0.05
+        )
 
 
 CHECKPOINT_KILL_SCRIPT = textwrap.dedent(
@@ -270,3 +281,55 @@ def test_kill_at_a_checkpoint_resumes_with_every_line_once_and_the_same_adapter(
         a = load_file(str(tmp_path / "whole" / "output" / "adapter_model.safetensors"))
         b = load_file(str(job / "output" / "adapter_model.safetensors"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-exact
+
+
+def test_a_bfloat16_job_on_the_cpu_trains_a_float32_adapter(tiny_model_dir, tmp_path, capsys):
+    flags = _flags(tiny_model_dir, tmp_path, "grpo", "spread", "--dtype", "bfloat16", "--device", "cpu")
+    assert main(["rftj", "create", *flags]) == 0, capsys.readouterr().err
+    rows = [r for r in read_jsonl(tmp_path / "out" / "metrics.jsonl") if "loss/policy" in r]
+    assert rows and all(
+        math.isfinite(r["loss/policy"]) and math.isfinite(r["grad/norm"]) for r in rows if "grad/norm" in r
+    )
+    measured = [r["mismatch/kl"] for r in rows if "mismatch/kl" in r]
+    assert measured and max(measured) < 1e-2  # bf16 sampler and trainer: the same forward, small rounding
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
+    assert all(t.dtype == torch.float32 for t in adapter.values())
+    assert json.loads((tmp_path / "out" / "job.json").read_text())["training"]["dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, dtype):
+    from openrft.algo.losses import resolve_loss
+    from openrft.models import load_model
+    from openrft.records import Completion
+    from openrft.train.batching import TrainSequence, collate
+    from openrft.train.policy import attach_lora, keep_adapter_float32, trainable_parameters
+    from openrft.train.step import StepLoss, accumulate_gradients
+
+    sequences = [
+        TrainSequence(Completion(str(p), c, tuple(range(5 + p, 12 + 2 * p)), tuple(range(30 + c, 36 + 3 * c)), "",
+                                 (-1.0,) * (6 + 3 * c - c), "length"), (-1.0) ** c * (c + 1), p)
+        for p in range(2) for c in range(3)
+    ]  # fmt: skip
+    grads = {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        base, tokenizer = load_model(str(tiny_model_dir), dtype=dtype)
+        model = attach_lora(base, rank=4, seed=0)
+        keep_adapter_float32(model)
+        for p in trainable_parameters(model):  # a moved adapter, so that every gradient is non-trivial
+            p.data.normal_(0, 0.05)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        batch = collate(sequences, tokenizer.pad_token_id)
+        loss = StepLoss(*resolve_loss("grpo"), 0.7, full_sequences=checkpointing)
+        accumulate_gradients(model, [batch], loss)
+        grads[checkpointing] = torch.cat([p.grad.flatten() for p in trainable_parameters(model)])
+    tolerance = 1e-5 if dtype == torch.float32 else 5e-2
+    assert grads[False].abs().sum() > 0
+    torch.testing.assert_close(
+        grads[True], grads[False], rtol=tolerance, atol=tolerance * grads[False].abs().max()
+    )

@@ -4,7 +4,7 @@ Every method is one function registered by name with :func:`register_loss`, shar
 signature::
 
     fn(logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, spec, *, ref_logprobs_BT=None,
-       denominator=None) -> (loss, metrics)
+       weights_BT=None, denominator=None) -> (loss, metrics)
 
 ``spec`` is the method's :class:`LossSpec` (clip range, KL coefficient, aggregation), a small
 frozen record resolved once per job by :func:`resolve_loss`; the function reads nothing else.
@@ -75,6 +75,7 @@ class LossFn(Protocol):
         spec: LossSpec,
         *,
         ref_logprobs_BT: torch.Tensor | None = None,
+        weights_BT: torch.Tensor | None = None,
         denominator: float | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
@@ -152,12 +153,13 @@ def policy_loss(
     mask_BT: torch.Tensor,
     *,
     ref_logprobs_BT: torch.Tensor | None = None,
+    weights_BT: torch.Tensor | None = None,
     denominator: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Call the registered function of ``spec.method`` (a convenience for one-off calls)."""
     return LOSS_METHODS[spec.method].fn(
         logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, spec,
-        ref_logprobs_BT=ref_logprobs_BT, denominator=denominator,
+        ref_logprobs_BT=ref_logprobs_BT, weights_BT=weights_BT, denominator=denominator,
     )  # fmt: skip
 
 
@@ -166,7 +168,15 @@ def policy_loss(
 
 @register_loss("grpo", clip_low=0.2, clip_high=0.2, kl_coef=0.001, tunable_kl=True)
 def grpo_loss(
-    logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, spec, *, ref_logprobs_BT=None, denominator=None
+    logprobs_BT,
+    old_logprobs_BT,
+    advantages_B,
+    mask_BT,
+    spec,
+    *,
+    ref_logprobs_BT=None,
+    weights_BT=None,
+    denominator=None,
 ):
     """GRPO (Shao et al. 2024, DeepSeekMath, arXiv 2402.03300): token ratio, symmetric clip, k3 KL.
 
@@ -174,7 +184,7 @@ def grpo_loss(
     l_it = -min(r_it A_i, clip(r_it, 1 - 0.2, 1 + 0.2) A_i) + beta * k3(logp_it, ref_it)
     loss = token-mean over valid tokens,   beta = 0.001 unless kl_beta overrides it
     """
-    x = _Inputs.of(logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, ref_logprobs_BT)
+    x = _Inputs.of(logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, ref_logprobs_BT, weights_BT)
     ratio_BT = token_ratio(x.logp_BT, x.old_BT)
     pg_BT = clipped_surrogate(ratio_BT, x.adv_B, spec.clip_low, spec.clip_high)
     return _finish(spec, x, ratio_BT, pg_BT, denominator)
@@ -182,7 +192,15 @@ def grpo_loss(
 
 @register_loss("dapo", clip_low=0.2, clip_high=0.28)
 def dapo_loss(
-    logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, spec, *, ref_logprobs_BT=None, denominator=None
+    logprobs_BT,
+    old_logprobs_BT,
+    advantages_B,
+    mask_BT,
+    spec,
+    *,
+    ref_logprobs_BT=None,
+    weights_BT=None,
+    denominator=None,
 ):
     """DAPO (Yu et al. 2025, arXiv 2503.14476): token ratio, "clip-higher", no KL, token-mean.
 
@@ -190,7 +208,7 @@ def dapo_loss(
     l_it = -min(r_it A_i, clip(r_it, 1 - 0.2, 1 + 0.28) A_i)
     loss = sum_it m_it l_it / sum_it m_it      (every token of the step weighs the same)
     """
-    x = _Inputs.of(logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, ref_logprobs_BT)
+    x = _Inputs.of(logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, ref_logprobs_BT, weights_BT)
     ratio_BT = token_ratio(x.logp_BT, x.old_BT)
     pg_BT = clipped_surrogate(ratio_BT, x.adv_B, spec.clip_low, spec.clip_high)
     return _finish(spec, x, ratio_BT, pg_BT, denominator)
@@ -198,7 +216,15 @@ def dapo_loss(
 
 @register_loss("gspo-token", clip_low=3e-4, clip_high=4e-4, aggregation="seq-mean-token-mean")
 def gspo_token_loss(
-    logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, spec, *, ref_logprobs_BT=None, denominator=None
+    logprobs_BT,
+    old_logprobs_BT,
+    advantages_B,
+    mask_BT,
+    spec,
+    *,
+    ref_logprobs_BT=None,
+    weights_BT=None,
+    denominator=None,
 ):
     """GSPO-token (Zheng et al. 2025, arXiv 2507.18071): sequence ratio broadcast to tokens, no KL.
 
@@ -207,7 +233,7 @@ def gspo_token_loss(
     l_it  = -min(s_it A_i, clip(s_it, 1 - 3e-4, 1 + 4e-4) A_i)
     loss  = seq-mean-token-mean:  (1/B) sum_i (1/|y_i|) sum_t m_it l_it
     """
-    x = _Inputs.of(logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, ref_logprobs_BT)
+    x = _Inputs.of(logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, ref_logprobs_BT, weights_BT)
     ratio_BT = gspo_token_ratio(x.logp_BT, x.old_BT, x.valid_BT)
     pg_BT = clipped_surrogate(ratio_BT, x.adv_B, spec.clip_low, spec.clip_high)
     return _finish(spec, x, ratio_BT, pg_BT, denominator)
@@ -329,12 +355,15 @@ class _Inputs(NamedTuple):
     adv_B: torch.Tensor
     valid_BT: torch.Tensor
     ref_BT: torch.Tensor | None
+    weights_BT: torch.Tensor | None
 
     @classmethod
-    def of(cls, logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, ref_logprobs_BT) -> _Inputs:
+    def of(
+        cls, logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, ref_logprobs_BT, weights_BT=None
+    ) -> _Inputs:
         import torch
 
-        _check_shapes(logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, ref_logprobs_BT)
+        _check_shapes(logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, ref_logprobs_BT, weights_BT)
         dtype = torch.promote_types(logprobs_BT.dtype, torch.float32)
         valid_BT = mask_BT != 0
         zeros_BT = torch.zeros(logprobs_BT.shape, dtype=dtype, device=logprobs_BT.device)
@@ -343,8 +372,9 @@ class _Inputs(NamedTuple):
             return torch.where(valid_BT, t.to(dtype), zeros_BT)
 
         ref_BT = None if ref_logprobs_BT is None else clean(ref_logprobs_BT.detach())
+        weights = None if weights_BT is None else clean(weights_BT.detach())
         adv_B = advantages_B.detach().to(dtype=dtype, device=logprobs_BT.device)
-        return cls(clean(logprobs_BT), clean(old_logprobs_BT.detach()), adv_B, valid_BT, ref_BT)
+        return cls(clean(logprobs_BT), clean(old_logprobs_BT.detach()), adv_B, valid_BT, ref_BT, weights)
 
 
 def _finish(
@@ -358,6 +388,8 @@ def _finish(
         kl_BT = k3_kl(x.logp_BT if spec.kl_coef > 0 else x.logp_BT.detach(), x.ref_BT)
         if spec.kl_coef > 0:
             per_token_BT = pg_BT + spec.kl_coef * kl_BT
+    if x.weights_BT is not None:  # truncated importance weights for a sampler that is not the trainer
+        per_token_BT = per_token_BT * x.weights_BT
     loss = aggregate(per_token_BT, x.valid_BT, spec.aggregation, denominator)
     return loss, loss_metrics(spec, x.valid_BT, ratio_BT, x.adv_B, pg_BT, kl_BT)
 
@@ -417,12 +449,14 @@ def _check_aggregation(aggregation: str) -> None:
         raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {', '.join(AGGREGATIONS)}")
 
 
-def _check_shapes(logprobs, old_logprobs, advantages, mask, ref_logprobs) -> None:
+def _check_shapes(logprobs, old_logprobs, advantages, mask, ref_logprobs, weights=None) -> None:
     if logprobs.dim() != 2:
         raise ValueError(f"policy loss: logprobs must be [B, T], got shape {tuple(logprobs.shape)}")
     named = {"old_logprobs": old_logprobs, "mask": mask}
     if ref_logprobs is not None:
         named["ref_logprobs"] = ref_logprobs
+    if weights is not None:
+        named["weights"] = weights
     for name, tensor in named.items():
         if tensor.shape != logprobs.shape:
             raise ValueError(

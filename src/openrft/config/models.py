@@ -168,6 +168,24 @@ class TrainingConfig(_Group):
         ge=0,
     )
 
+    device: str = _field(
+        "auto",
+        "Where the model trains and samples: auto (the first CUDA device when there is one, else the CPU), "
+        "cpu, cuda or cuda:N.",
+        valid="auto, cpu, cuda or cuda:N",
+        pattern=r"^(auto|cpu|cuda|cuda:\d+)$",
+    )
+    dtype: Literal["auto", "float32", "bfloat16"] = _field(
+        "auto",
+        "Precision of the base weights: auto (bfloat16 on CUDA, float32 on the CPU), float32 or bfloat16. "
+        "The LoRA weights, the optimizer state, log-probabilities and the loss stay float32.",
+        valid="one of auto, float32, bfloat16",
+    )
+    gradient_checkpointing: bool = _field(
+        False,
+        "Recompute activations in the backward pass instead of keeping them: less memory for long "
+        "sequences and large models, about a third more compute.",
+    )
     deterministic: bool = _field(
         False,
         "Bit-exact reruns and resumes: one intra-op thread and deterministic algorithms (slower). "
@@ -231,6 +249,13 @@ class LossConfig(_Group):
         valid="a whole number >= 1",
         ge=1,
     )
+    rollout_is_cap: float = _field(
+        2.0,
+        "Sampler/trainer mismatch correction: when responses are sampled by another engine (vLLM, an "
+        "endpoint) the trainer recomputes their log-probs and weights each token by min(p_trainer / "
+        "p_sampler, CAP) (truncated importance sampling). 0 turns the correction off.",
+        valid="0 or a number >= 1",
+    )
     overlong_penalty: bool = _field(
         False,
         "DAPO soft overlong penalty (opt-in, with any --rl-loss-method): linearly penalise responses that "
@@ -254,6 +279,13 @@ class LossConfig(_Group):
     def _normalise_method(cls, value: Any) -> Any:
         if isinstance(value, str):
             return value.strip().lower().replace("_", "-")
+        return value
+
+    @field_validator("rollout_is_cap")
+    @classmethod
+    def _cap(cls, value: float) -> float:
+        if value != 0 and value < 1:
+            raise ValueError("a cap below 1 would down-weight tokens the sampler and trainer agree on")
         return value
 
     @field_validator("rl_loss_method")
@@ -354,6 +386,14 @@ class RolloutConfig(_Group):
         "Policy versions a rollout may lag behind the trainer (0 = every round samples the latest adapter).",
         valid="a whole number >= 0",
         ge=0,
+    )
+    vllm_gpu_memory_utilization: float = _field(
+        0.3,
+        "With --rollout-engine vllm on the trainer's GPU: the share of the GPU's memory vLLM may use "
+        "(weights and KV cache); the trainer keeps the rest.",
+        valid="a number greater than 0 and at most 0.95",
+        gt=0,
+        le=0.95,
     )
     evaluator_timeout: float = _field(
         60.0, "Seconds one evaluator call may take before it is scored invalid.", valid="a number > 0", gt=0
@@ -472,8 +512,15 @@ class JobConfig(BaseModel):
         ray = RaySettings(r.ray_address, r.rollout_workers, r.max_staleness) if r.ray_address else None
         return JobSettings(
             model=ModelSettings(
-                t.base_model, t.warm_start_from, t.lora_rank, t.lora_alpha, t.max_context_length
-            ),
+                t.base_model,
+                t.warm_start_from,
+                t.lora_rank,
+                t.lora_alpha,
+                t.max_context_length,
+                t.device,
+                t.dtype,
+                t.gradient_checkpointing,
+            ),  # fmt: skip
             loss_fn=loss_fn,
             loss=loss_spec,
             sampling=SamplingParams(
@@ -509,6 +556,7 @@ class JobConfig(BaseModel):
                 else None,
                 overlong_factor=lo.overlong_penalty_factor,
                 dynamic_sampling_rounds=lo.max_sampling_rounds if lo.dynamic_sampling else None,
+                rollout_is_cap=lo.rollout_is_cap,
             ),
             engine=EngineSettings(
                 r.rollout_engine,
@@ -517,6 +565,7 @@ class JobConfig(BaseModel):
                 r.max_concurrent_evaluations,
                 r.evaluator_timeout,
                 ray,
+                r.vllm_gpu_memory_utilization,
             ),  # fmt: skip
         )
 

@@ -27,6 +27,8 @@ class TrainSequence:
     completion: Completion
     advantage: float
     group_index: int
+    old_logprobs: tuple[float, ...] | None = None  # the trainer's, when the sampler is another engine
+    is_weights: tuple[float, ...] | None = None  # truncated importance weights per token (idem)
 
     @property
     def num_tokens(self) -> int:
@@ -42,10 +44,22 @@ class MicroBatch:
     row_group_R: torch.Tensor  # index of the prompt each completion row continues
     completion_ids_RC: torch.Tensor  # right-padded completions
     completion_mask_RC: torch.Tensor  # 1 on real completion tokens (the loss mask)
-    old_logprobs_RC: torch.Tensor  # rollout-time log-probs, 0 on padding
+    old_logprobs_RC: torch.Tensor  # the behaviour policy's (the trainer's when recomputed), 0 on padding
     advantages_R: torch.Tensor
     num_sequences: int
     num_tokens: int  # real (unpadded) prompt + completion tokens, prompts counted once per row
+    sampler_logprobs_RC: torch.Tensor | None = None  # as the sampler recorded them
+    is_weights_RC: torch.Tensor | None = None  # per-token loss weights (None: all 1)
+
+    def to(self, device: torch.device | str) -> MicroBatch:
+        """The same micro-batch with its tensors on ``device`` (itself when they are there already)."""
+        if self.completion_ids_RC.device == torch.device(device):
+            return self
+        moved = {
+            name: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+            for name, value in vars(self).items()
+        }
+        return MicroBatch(**moved)
 
 
 def plan_steps(
@@ -131,12 +145,18 @@ def collate(sequences: Sequence[TrainSequence], pad_token_id: int) -> MicroBatch
     completion_ids = torch.full((rows, longest), pad_token_id, dtype=torch.long)
     completion_mask = torch.zeros((rows, longest), dtype=torch.float32)
     old = torch.zeros((rows, longest), dtype=torch.float32)
+    sampler = torch.zeros((rows, longest), dtype=torch.float32)
+    weighted = any(s.is_weights is not None for s in sequences)
+    weights = torch.ones((rows, longest), dtype=torch.float32)
     for r, seq in enumerate(sequences):
         c = seq.completion
         n = len(c.completion_token_ids)
         completion_ids[r, :n] = torch.tensor(c.completion_token_ids)
         completion_mask[r, :n] = 1.0
-        old[r, :n] = torch.tensor(c.logprobs, dtype=torch.float32)
+        sampler[r, :n] = torch.tensor(c.logprobs, dtype=torch.float32)
+        old[r, :n] = torch.tensor(seq.old_logprobs or c.logprobs, dtype=torch.float32)
+        if seq.is_weights is not None:
+            weights[r, :n] = torch.tensor(seq.is_weights, dtype=torch.float32)
     return MicroBatch(
         prompt_ids_GP=prompt_ids,
         prompt_mask_GP=prompt_mask,
@@ -147,4 +167,6 @@ def collate(sequences: Sequence[TrainSequence], pad_token_id: int) -> MicroBatch
         advantages_R=torch.tensor([s.advantage for s in sequences], dtype=torch.float32),
         num_sequences=rows,
         num_tokens=int(sum(s.num_tokens for s in sequences)),
+        sampler_logprobs_RC=sampler,
+        is_weights_RC=weights if weighted else None,
     )

@@ -44,6 +44,7 @@ class LoopState:
     epoch_groups_with_signal: int = 0
     epoch_groups_total: int = 0
     skipped_zero_variance_groups: int = 0  # from rounds that were filtered away entirely
+    measure_mismatch: bool = False  # the next step is the round's first: measure the sampler against it
     outcome: str = ""  # "completed" or "early_stopped" once the job has ended (its last checkpoint)
     nonfinite_in_a_row: int = 0  # consecutive updates skipped for a non-finite loss or gradient
     log_position: dict[str, int] = dataclasses.field(default_factory=dict)  # lines logged when saved
@@ -65,6 +66,8 @@ def _sequence_to_json(seq: TrainSequence) -> dict[str, Any]:
         "completion": dataclasses.asdict(seq.completion),
         "advantage": seq.advantage,
         "group_index": seq.group_index,
+        "old_logprobs": seq.old_logprobs,
+        "is_weights": seq.is_weights,
     }
 
 
@@ -72,7 +75,8 @@ def _sequence_from_json(data: dict[str, Any]) -> TrainSequence:
     c = dict(data["completion"])
     for key in ("prompt_token_ids", "completion_token_ids", "logprobs"):
         c[key] = tuple(c[key])
-    return TrainSequence(Completion(**c), data["advantage"], data["group_index"])
+    optional = {k: tuple(data[k]) for k in ("old_logprobs", "is_weights") if data.get(k) is not None}
+    return TrainSequence(Completion(**c), data["advantage"], data["group_index"], **optional)
 
 
 # ----------------------------------------------------------------------------- save / load

@@ -81,9 +81,14 @@ def prepare(cfg: JobConfig) -> PreparedJob:
     packages the job asks for (W&B, Ray). Any problem is a :class:`ConfigError` naming its flag.
     """
     from openrft.evaluators import load_evaluator
-    from openrft.models import check_model_available
+    from openrft.models import check_model_available, resolve_device
 
     settings = cfg.settings()
+    with _input("--device"):
+        device, dtype = resolve_device(settings.model.device, settings.model.dtype)
+    settings = dataclasses.replace(
+        settings, model=dataclasses.replace(settings.model, device=device, dtype=dtype)
+    )
     seed, d = settings.schedule.seed, cfg.data
     with _input("--evaluator"):
         evaluator = load_evaluator(d.evaluator, dataset=d.dataset)
@@ -293,6 +298,7 @@ def run_training(
         progress=progress,
         publish_policy=publish,
         should_stop=should_stop,
+        sampler_is_trainer=getattr(engine, "model", None) is model,
     )
     try:
         outcome = train(ctx, state)

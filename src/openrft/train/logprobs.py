@@ -121,13 +121,44 @@ def completion_logprobs(
     completion_mask_RC = completion_mask_RC.to(prompt_mask_GP.dtype)
     attention_RL = torch.cat([prompt_mask_GP[row_group_R], completion_mask_RC], dim=1)
     start_R = prompt_mask_GP.sum(-1)[row_group_R]
-    positions_RC = start_R[:, None] + torch.arange(completion_ids_RC.shape[1])[None, :]
+    positions_RC = start_R[:, None] + torch.arange(completion_ids_RC.shape[1], device=start_R.device)[None, :]
     hidden_RCH = body(
         input_ids=completion_ids_RC, attention_mask=attention_RL, position_ids=positions_RC,
         cache=rows_cache, use_cache=True,
     ).last_hidden_state  # fmt: skip
     last_prompt_R1H = prompt_out.last_hidden_state[row_group_R, -1:]
     predictors_RCH = torch.cat([last_prompt_R1H, hidden_RCH[:, :-1]], dim=1)
+    rows_N, cols_N = completion_mask_RC.bool().nonzero(as_tuple=True)
+    logp_N = token_logprobs(
+        predictors_RCH[rows_N, cols_N], weight_VH, completion_ids_RC[rows_N, cols_N], temperature, block
+    )
+    logp_RC = torch.zeros(completion_ids_RC.shape, dtype=torch.float32, device=completion_ids_RC.device)
+    return logp_RC.index_put((rows_N, cols_N), logp_N)
+
+
+def full_sequence_logprobs(
+    model: torch.nn.Module,
+    prompt_ids_GP: torch.Tensor,
+    prompt_mask_GP: torch.Tensor,
+    row_group_R: torch.Tensor,
+    completion_ids_RC: torch.Tensor,
+    completion_mask_RC: torch.Tensor,
+    temperature: float = 1.0,
+    block: int = DEFAULT_HEAD_BLOCK,
+) -> torch.Tensor:
+    """The same ``[R, C]`` log-probs as :func:`completion_logprobs`, one forward pass per row.
+
+    Each row is its prompt (left-padded) followed by its completion (right-padded), run without a
+    key/value cache: the form gradient checkpointing needs (it drops caches while it recomputes),
+    at the price of running each prompt once per candidate.
+    """
+    body, weight_VH = decoder_and_head(model)
+    ids_RL = torch.cat([prompt_ids_GP[row_group_R], completion_ids_RC], dim=1)
+    mask_RL = torch.cat([prompt_mask_GP[row_group_R], completion_mask_RC.to(prompt_mask_GP.dtype)], dim=1)
+    positions_RL = (mask_RL.cumsum(-1) - 1).clamp(min=0)
+    hidden_RLH = body(input_ids=ids_RL, attention_mask=mask_RL, position_ids=positions_RL, use_cache=False)
+    prompt_len = prompt_ids_GP.shape[1]
+    predictors_RCH = hidden_RLH.last_hidden_state[:, prompt_len - 1 : -1]  # the state before each token
     rows_N, cols_N = completion_mask_RC.bool().nonzero(as_tuple=True)
     logp_N = token_logprobs(
         predictors_RCH[rows_N, cols_N], weight_VH, completion_ids_RC[rows_N, cols_N], temperature, block

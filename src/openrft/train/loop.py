@@ -36,8 +36,16 @@ from openrft.tracking.progress import ProgressBar
 from openrft.tracking.sinks import MetricsSink
 from openrft.train.batching import TrainSequence, plan_steps
 from openrft.train.checkpoint import LoopState, save_checkpoint
+from openrft.train.mismatch import recompute_old_logprobs
 from openrft.train.rounds import Scorer, evaluate, run_round
-from openrft.train.step import StepLoss, accumulate_gradients, clip_gradients, plan_step, training_mode
+from openrft.train.step import (
+    StepLoss,
+    accumulate_gradients,
+    batch_logprobs,
+    clip_gradients,
+    plan_step,
+    training_mode,
+)
 
 EARLY_STOP_MESSAGE = (
     "every candidate of every prompt in epoch {epoch} received the same score, so there is no learning "
@@ -70,6 +78,7 @@ class TrainContext:
     checkpoint_dir: Path
     progress: ProgressBar
     publish_policy: Callable[[int], None]  # hands policy version N to the engine (engine.set_policy)
+    sampler_is_trainer: bool = True  # the engine samples this very model (else: recompute, correct)
     should_stop: Callable[[], bool] = lambda: False  # a cancel request, checked at step boundaries
     last_metrics: dict[str, float] = field(default_factory=dict)
 
@@ -89,7 +98,10 @@ def round_seed(seed: int, round_index: int) -> int:
 def train(ctx: TrainContext, state: LoopState) -> Outcome:
     schedule = ctx.settings.schedule
     accumulation = ctx.settings.batching.accumulation_steps
-    loss = StepLoss(ctx.settings.loss_fn, ctx.settings.loss, ctx.settings.sampling.temperature)
+    loss = StepLoss(
+        ctx.settings.loss_fn, ctx.settings.loss, ctx.settings.sampling.temperature,
+        full_sequences=ctx.settings.model.gradient_checkpointing, is_cap=ctx.settings.rounds.rollout_is_cap,
+    )  # fmt: skip
     n_prompts = len(ctx.train_prompts)
     per_round = schedule.prompts_per_round(n_prompts)
     per_epoch = schedule.rounds_per_epoch(n_prompts)
@@ -103,7 +115,7 @@ def train(ctx: TrainContext, state: LoopState) -> Outcome:
         while state.pending or state.cursor < n_prompts:
             # ---- a new round: sample, score, advantages, filter, plan steps
             if not state.pending:
-                start_round(ctx, state, order, per_round)
+                start_round(ctx, state, order, per_round, loss)
                 if not state.pending:
                     continue
             # ---- one training step
@@ -137,7 +149,9 @@ def finished(state: LoopState, status: str) -> Outcome:
     return Outcome(status, state, message)
 
 
-def start_round(ctx: TrainContext, state: LoopState, order: list[int], per_round: int) -> None:
+def start_round(
+    ctx: TrainContext, state: LoopState, order: list[int], per_round: int, loss: StepLoss
+) -> None:
     """Sample and score the next ``--chunk-size`` prompts; queue the round's steps in ``state.pending``."""
     settings = ctx.settings
 
@@ -156,12 +170,22 @@ def start_round(ctx: TrainContext, state: LoopState, order: list[int], per_round
     state.epoch_groups_total += len(result.groups)
     state.epoch_groups_with_signal += groups_kept
     rollout_rows(ctx, state, result.groups)
-    steps = plan_steps(result.sequences, settings.batching.step_tokens, settings.batching.step_sequences)
-    state.pending = [[result.sequences[i] for i in step] for step in steps]
+    sequences, mismatch = result.sequences, {}
+    if ctx.sampler_is_trainer:  # measured on the round's first step, from its own forward pass
+        state.measure_mismatch = True
+    elif sequences:  # another engine sampled: the trainer's old log-probs, and the correction weights
+        sequences, mismatch = recompute_old_logprobs(
+            ctx.model, sequences,
+            lambda model, batch: batch_logprobs(model, batch, loss.temperature, loss.full_sequences),
+            micro_batch_tokens=settings.batching.micro_batch_tokens, pad_token_id=ctx.pad_token_id,
+            cap=settings.rounds.rollout_is_cap,
+        )  # fmt: skip
+    steps = plan_steps(sequences, settings.batching.step_tokens, settings.batching.step_sequences)
+    state.pending = [[sequences[i] for i in step] for step in steps]
     if not state.pending:  # every group filtered: count them on the next step that trains
         state.skipped_zero_variance_groups += len(result.groups)
         return
-    state.round_metrics = {**result.metrics, "round": float(state.round_index)}
+    state.round_metrics = {**result.metrics, **mismatch, "round": float(state.round_index)}
     state.round_metrics["filter/zero_variance_groups"] += state.skipped_zero_variance_groups
     state.skipped_zero_variance_groups = 0
 
@@ -195,7 +219,13 @@ def train_step(ctx: TrainContext, state: LoopState, loss: StepLoss) -> dict[str,
     metrics: dict[str, float] = {}
     if batches:
         with training_mode(ctx.model):
-            metrics = accumulate_gradients(ctx.model, batches, loss, scale=1.0 / batching.accumulation_steps)
+            metrics = accumulate_gradients(
+                ctx.model, batches, loss, scale=1.0 / batching.accumulation_steps,
+                measure_mismatch=state.measure_mismatch,
+            )  # fmt: skip
+        if state.measure_mismatch:  # the round's measurement, repeated on its later steps' lines
+            state.round_metrics.update({k: v for k, v in metrics.items() if k.startswith("mismatch/")})
+            state.measure_mismatch = False
     state.step += 1
     updated = at_update_boundary(state, batching.accumulation_steps)
     if updated:

@@ -104,6 +104,13 @@ def _mark_trainable(peft_model) -> None:
             param.requires_grad_(f".{TRAINABLE}." in name)
 
 
+def keep_adapter_float32(peft_model) -> None:
+    """Cast the adapter's weights to float32 (peft may keep them in the base layers' dtype)."""
+    for name, param in peft_model.named_parameters():
+        if "lora_" in name and param.dtype != torch.float32:
+            param.data = param.data.float()
+
+
 def trainable_parameters(peft_model) -> list[torch.nn.Parameter]:
     return [p for p in peft_model.parameters() if p.requires_grad]
 

@@ -43,11 +43,16 @@ def build_policy(model: ModelSettings, loss: LossSpec, seed: int) -> tuple[Any, 
     from openrft.models import load_model
 
     torch.manual_seed(seed)
-    base, tokenizer = load_model(base_model_name(model))
+    base, tokenizer = load_model(base_model_name(model), dtype=model.dtype, device=model.device)
     if model.warm_start_from:
         # a KL penalty needs the reference policy: the warm-start adapter, frozen
-        return P.load_adapter(base, model.warm_start_from, with_reference=loss.kl_coef > 0), tokenizer
-    return P.attach_lora(base, model.lora_rank, model.lora_alpha, seed=seed), tokenizer
+        policy = P.load_adapter(base, model.warm_start_from, with_reference=loss.kl_coef > 0)
+    else:
+        policy = P.attach_lora(base, model.lora_rank, model.lora_alpha, seed=seed)
+    P.keep_adapter_float32(policy)  # LoRA weights and their optimizer state stay fp32 over bf16 weights
+    if model.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return policy, tokenizer
 
 
 def make_optimizer(settings: OptimizerSettings, model: Any):

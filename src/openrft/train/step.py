@@ -16,7 +16,8 @@ import torch
 from openrft.algo.filtering import drop_zero_advantage_micro_batches
 from openrft.algo.losses import LossFn, LossSpec, step_denominator
 from openrft.train.batching import MicroBatch, TrainSequence, collate, plan_micro_batches
-from openrft.train.logprobs import completion_logprobs
+from openrft.train.logprobs import completion_logprobs, full_sequence_logprobs
+from openrft.train.mismatch import mismatch_metrics
 from openrft.train.policy import reference_policy
 
 # metrics combined across micro-batches by min / max instead of a weighted mean
@@ -34,6 +35,8 @@ class StepLoss:
     fn: LossFn
     spec: LossSpec
     temperature: float
+    full_sequences: bool = False  # one forward per row, no shared-prompt cache (gradient checkpointing)
+    is_cap: float = 2.0  # --rollout-is-cap, for the mismatch metrics
 
 
 def plan_step(
@@ -46,23 +49,36 @@ def plan_step(
 
 
 def accumulate_gradients(
-    model: torch.nn.Module, batches: Sequence[MicroBatch], loss: StepLoss, scale: float = 1.0
+    model: torch.nn.Module,
+    batches: Sequence[MicroBatch],
+    loss: StepLoss,
+    scale: float = 1.0,
+    measure_mismatch: bool = False,
 ) -> dict[str, float]:
-    """Backpropagate the step's loss (times ``scale``) through every micro-batch; return its metrics."""
+    """Backpropagate the step's loss (times ``scale``) through every micro-batch; return its metrics.
+
+    ``measure_mismatch``: the policy has not changed since these completions were sampled, so this
+    forward pass also measures the sampler against the trainer (``mismatch/*``).
+    """
     spec = loss.spec
     denominator = step_denominator(spec.aggregation, [b.completion_mask_RC for b in batches])
     parts: list[dict[str, float]] = []
     step_loss = 0.0
+    device = next(model.parameters()).device
     for batch in batches:
+        batch = batch.to(device)
         ref_RC = None
         if spec.kl_coef > 0:
             with torch.no_grad(), reference_policy(model):
-                ref_RC = batch_logprobs(model, batch, loss.temperature)
-        logp_RC = batch_logprobs(model, batch, loss.temperature)
+                ref_RC = batch_logprobs(model, batch, loss.temperature, loss.full_sequences)
+        logp_RC = batch_logprobs(model, batch, loss.temperature, loss.full_sequences)
         value, metrics = loss.fn(
             logp_RC, batch.old_logprobs_RC, batch.advantages_R, batch.completion_mask_RC, spec,
-            ref_logprobs_BT=ref_RC, denominator=denominator,
+            ref_logprobs_BT=ref_RC, weights_BT=batch.is_weights_RC, denominator=denominator,
         )  # fmt: skip
+        if measure_mismatch:
+            metrics.update(mismatch_metrics(logp_RC.detach(), batch.sampler_logprobs_RC, batch.completion_mask_RC,
+                                            loss.is_cap))  # fmt: skip
         (value * scale).backward()
         step_loss += float(value.detach())
         parts.append(metrics)
@@ -73,9 +89,12 @@ def accumulate_gradients(
     return combined
 
 
-def batch_logprobs(model: torch.nn.Module, batch: MicroBatch, temperature: float) -> torch.Tensor:
+def batch_logprobs(
+    model: torch.nn.Module, batch: MicroBatch, temperature: float, full_sequences: bool = False
+) -> torch.Tensor:
     """``[R, C]`` log-probs of a micro-batch's completions under ``model`` at ``temperature``."""
-    return completion_logprobs(
+    compute = full_sequence_logprobs if full_sequences else completion_logprobs
+    return compute(
         model, batch.prompt_ids_GP, batch.prompt_mask_GP, batch.row_group_R, batch.completion_ids_RC,
         batch.completion_mask_RC, temperature,
     )  # fmt: skip
