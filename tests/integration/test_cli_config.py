@@ -19,7 +19,8 @@ def _run(capsys, *argv):
 def test_dry_run_prints_reference_defaults_with_sources(capsys):
     code, out, err = _run(capsys, "rftj", "create", "--dry-run")
     assert code == 0 and err == ""
-    rows = {line.split()[1]: line.split()[2:] for line in out.splitlines()[1:]}
+    table = out.split("\n\n")[0]  # the parameters; the memory estimate follows a blank line
+    rows = {line.split()[1]: line.split()[2:] for line in table.splitlines()[1:]}
     expected = {
         "epochs": "1",
         "learning-rate": "0.0001",
@@ -82,7 +83,8 @@ def test_flags_override_config_file_and_sources_shown(capsys, tmp_path):
         "--dry-run",
     )
     assert code == 0
-    rows = {line.split()[1]: line.split()[2:] for line in out.splitlines()[1:]}
+    table = out.split("\n\n")[0]  # the parameters; the memory estimate follows a blank line
+    rows = {line.split()[1]: line.split()[2:] for line in table.splitlines()[1:]}
     assert rows["learning-rate"] == ["0.0002", "config", "file"]
     assert rows["temperature"] == ["1.1", "flag"]
 

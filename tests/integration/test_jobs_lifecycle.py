@@ -127,7 +127,10 @@ def home(tmp_path, monkeypatch):
 def model_dir(tmp_path):
     path = tmp_path / "model"
     path.mkdir()
-    (path / "config.json").write_text("{}")
+    (path / "config.json").write_text(
+        '{"model_type": "llama", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,'
+        ' "intermediate_size": 32, "vocab_size": 128}'
+    )  # a config only: the stand-in trainer never loads weights
     return path
 
 

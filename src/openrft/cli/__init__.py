@@ -108,9 +108,10 @@ def cmd_create(args: argparse.Namespace) -> int:
     cfg, sources = config_from_args(args)
     warn(C.advise(cfg))
     if args.dry_run:
-        if not args.resume_from:
-            runner.validate(cfg)  # datasets, evaluator, model: everything short of loading it
+        prepared = None if args.resume_from else runner.validate(cfg)  # everything short of loading the model
         print_resolved(cfg, sources)
+        if prepared is not None and prepared.memory is not None:
+            print("\n" + "\n".join(prepared.memory.lines()))
         return 0
     return runner.create_and_run(
         cfg,

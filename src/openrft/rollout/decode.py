@@ -42,6 +42,7 @@ class DecodeSettings:
     max_concurrent_rollouts: int  # rows decoded together at most
     prefill_tokens: int  # padded prompt tokens per prefill forward pass
     policy_version: int  # stamped on every completion
+    device: torch.device = torch.device("cpu")  # the model's: every tensor of the loop lives there
 
 
 class _BufferLayer(DynamicLayer):
@@ -123,7 +124,8 @@ class Run:
         self.seed = params.seed if params.seed is not None else secrets.randbits(63)
         self.version = settings.policy_version
         self.limits = [self._limit(name, ids) for name, ids in zip(names, prompt_ids, strict=True)]
-        self.stop_ids = torch.tensor(stop_token_ids)
+        self.device = settings.device
+        self.stop_ids = torch.tensor(stop_token_ids, device=self.device)
         self.stop_id_set = set(stop_token_ids)
         # enough trailing tokens to spell any stop string (a token decodes to >= 1 character)
         self.stop_window = max((len(text) for text in params.stop), default=0) + 2
@@ -192,15 +194,16 @@ class Run:
         settings = self.settings
         ids = [self.prompt_ids[p] for p in prompts]
         length = max(len(x) for x in ids)
-        pad_P = torch.tensor([length - len(x) for x in ids])
-        input_ids_PL = torch.tensor([[settings.pad_id] * (length - len(x)) + x for x in ids])
-        columns_L = torch.arange(length)
+        device = self.device
+        pad_P = torch.tensor([length - len(x) for x in ids], device=device)
+        input_ids_PL = torch.tensor([[settings.pad_id] * (length - len(x)) + x for x in ids], device=device)
+        columns_L = torch.arange(length, device=device)
         valid_PL = columns_L[None, :] >= pad_P[:, None]
         causal_LL = columns_L[:, None] >= columns_L[None, :]
         # Padding queries attend to themselves so no softmax row is empty (no NaN in the cache).
-        allowed_P1LL = ((causal_LL[None] & valid_PL[:, None, :]) | torch.eye(length, dtype=torch.bool))[
-            :, None
-        ]
+        allowed_P1LL = (
+            (causal_LL[None] & valid_PL[:, None, :]) | torch.eye(length, dtype=torch.bool, device=device)
+        )[:, None]
         positions_PL = (columns_L[None, :] - pad_P[:, None]).clamp_(min=0)
         cache = DynamicCache()
         logits_PV = settings.forward(input_ids_PL, settings.mask(allowed_P1LL), positions_PL, cache)
@@ -218,16 +221,20 @@ class Run:
                 torch.nn.functional.pad(row_uniforms(self.seed, self.names[p], c, n), (0, width - n))
                 for (p, c), n in zip(admitted, limits, strict=True)
             ]
-        )
+        ).to(self.device)  # drawn on the CPU: the same numbers on every device
         logits_RV = torch.stack([self.stash[p].logits_V for p, _ in admitted])
         tokens_R, logprobs_R = sample_tokens(logits_RV, uniforms_RT[:, 0], self.how)
         rows = len(admitted)
-        tokens_RT = torch.zeros(rows, width, dtype=torch.long)
-        logprobs_RT = torch.zeros(rows, width, dtype=torch.float32)
+        device = self.device
+        tokens_RT = torch.zeros(rows, width, dtype=torch.long, device=device)
+        logprobs_RT = torch.zeros(rows, width, dtype=torch.float32, device=device)
         tokens_RT[:, 0], logprobs_RT[:, 0] = tokens_R, logprobs_R
-        count_R, limit_R = torch.ones(rows, dtype=torch.long), torch.tensor(limits)
+        count_R, limit_R = (
+            torch.ones(rows, dtype=torch.long, device=device),
+            torch.tensor(limits, device=device),
+        )
         stopped_R = torch.isin(tokens_R, self.stop_ids)
-        prompt_lengths_R = torch.tensor([len(self.prompt_ids[p]) for p, _ in admitted])
+        prompt_lengths_R = torch.tensor([len(self.prompt_ids[p]) for p, _ in admitted], device=device)
         return _Rows(
             owners=admitted,
             start_B=-prompt_lengths_R,  # relative to the end of the prompt until placed in the cache
@@ -288,8 +295,8 @@ class Run:
         total = sum(len(r.owners) for r in parts)
         return [
             (
-                torch.empty((total, k.shape[0], capacity, k.shape[-1]), dtype=k.dtype),
-                torch.empty((total, v.shape[0], capacity, v.shape[-1]), dtype=v.dtype),
+                torch.empty((total, k.shape[0], capacity, k.shape[-1]), dtype=k.dtype, device=k.device),
+                torch.empty((total, v.shape[0], capacity, v.shape[-1]), dtype=v.dtype, device=v.device),
             )
             for k, v in sample
         ]
@@ -316,7 +323,8 @@ class Run:
         """Feed every row its last token, sample the next one, mark the rows that finish."""
         rows, settings = self.rows, self.settings
         assert rows is not None and self.cache is not None
-        allowed_B111L = (torch.arange(self.length + 1)[None, :] >= rows.start_B[:, None])[:, None, None, :]
+        columns_L = torch.arange(self.length + 1, device=self.device)
+        allowed_B111L = (columns_L[None, :] >= rows.start_B[:, None])[:, None, None, :]
         positions_B1 = (self.length - rows.start_B)[:, None]
         logits_BV = settings.forward(
             rows.last_B[:, None], settings.mask(allowed_B111L), positions_B1, self.cache

@@ -128,6 +128,7 @@ class LocalEngine:
             max_concurrent_rollouts=self.max_concurrent_rollouts,
             prefill_tokens=self.prefill_tokens,
             policy_version=self.policy_version,
+            device=next(self.model.parameters()).device,
         )
 
     @contextlib.contextmanager
@@ -157,7 +158,8 @@ class LocalEngine:
         """A 4-D attention mask from a boolean "may attend" tensor ``[B, 1, Q, K]``."""
         if getattr(self.model.config, "_attn_implementation", "sdpa") == "eager":
             dtype = next(self.model.parameters()).dtype
-            return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+            zeros = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+            return zeros.masked_fill_(~allowed, torch.finfo(dtype).min)
         return allowed
 
 

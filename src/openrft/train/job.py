@@ -51,6 +51,7 @@ class PreparedJob:
     dataset: PromptSet
     evaluation_dataset: PromptSet | None
     carveout: float | None
+    memory: Any = None  # the MemoryEstimate printed by --dry-run
 
     def split(self, dataset: PromptSet) -> tuple[list[Prompt], list[Prompt]]:
         """Training and evaluation prompts (a separate file, a seeded carve-out, or none)."""
@@ -116,7 +117,28 @@ def prepare(cfg: JobConfig) -> PreparedJob:
     _require_extras(cfg)
     if cfg.training.output_model:
         check_output_folder(Path(cfg.training.output_model), job_inputs(cfg, source))
-    return prepared
+    return dataclasses.replace(prepared, memory=check_memory(prepared.settings))
+
+
+def check_memory(settings: JobSettings):
+    """The job's memory estimate; on CUDA, a job that cannot fit on the device is refused with the numbers."""
+    from openrft.models import load_config
+    from openrft.train.memory import device_memory, estimate_memory
+
+    with _input("--base-model"):
+        estimate = estimate_memory(load_config(setup.base_model_name(settings.model)), settings)
+    available = device_memory(settings.model.device)
+    if available is not None and estimate.total > available:
+        raise ConfigError(
+            f"--device {settings.model.device}: the job needs about {estimate.total / 2**30:.1f} GiB, more than "
+            f"the device's {available / 2**30:.1f} GiB ("
+            + "; ".join(line.strip() for line in estimate.lines()[1:-2])
+            + ")",
+            field="device",
+            hint="lower --micro-batch-tokens, --max-concurrent-rollouts or --max-context-length, turn on "
+            "--gradient-checkpointing, or use a smaller model",
+        )
+    return estimate
 
 
 def job_inputs(cfg: JobConfig, dataset: str) -> list[Path]:

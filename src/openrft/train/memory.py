@@ -1,0 +1,133 @@
+"""How much memory a job needs, estimated from the model's config before any weight is loaded.
+
+    peak = weights + adapter + runtime + max(activations (or checkpointed activations), rollout KV cache)
+
+(a round samples, then trains: the rollouts' KV cache is freed before the training activations exist)
+
+* **weights**: every base parameter in ``--dtype`` (counted on a ``meta``-device copy of the model).
+* **adapter**: the LoRA weights in float32 with their gradients and AdamW's two moments (16 bytes
+  per adapter parameter), rank ``--lora-rank`` on every linear layer of the blocks.
+* **activations** of the largest micro-batch, ``T = max(--micro-batch-tokens, context)`` tokens:
+  per token and layer ``b * (6h + 2 n_kv d + 4i)`` bytes kept for the backward pass (the inputs of
+  the attention and MLP projections, the attention output, the SwiGLU intermediates; ``b`` bytes
+  per element, ``h`` hidden, ``i`` MLP width, ``n_kv d`` the key/value width), plus the blockwise
+  LM head's float32 logits. With ``--gradient-checkpointing``: each layer's input only, plus one
+  layer's full activations (recomputed in the backward pass).
+* **KV cache** of the rollouts: ``--max-concurrent-rollouts`` sequences (64 when unset) of
+  ``context`` tokens, ``2 * layers * n_kv * d`` elements each.
+* **runtime**: on the CPU, what this process already holds (Python, torch, transformers).
+
+``context`` is ``--max-context-length``, else ``--max-output-tokens`` + 512 prompt tokens. The
+measured error is in ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from openrft.settings import JobSettings
+
+GiB = 2**30
+ASSUMED_PROMPT_TOKENS = 512
+LM_HEAD_BLOCK = 512  # positions whose logits the blockwise LM head holds at once
+DEFAULT_IN_FLIGHT = 64
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: int
+    adapter: int
+    activations: int
+    activations_checkpointed: int
+    kv_cache: int
+    runtime: int
+    checkpointing: bool
+    device: str
+
+    @property
+    def training(self) -> int:
+        return self.activations_checkpointed if self.checkpointing else self.activations
+
+    @property
+    def total(self) -> int:
+        """The peak: rollouts and training take turns, so the larger of the two counts."""
+        return self.weights + self.adapter + self.runtime + max(self.training, self.kv_cache)
+
+    def lines(self) -> list[str]:
+        """A small table for ``--dry-run``."""
+        rows = [
+            ("base weights", self.weights),
+            ("LoRA weights, gradients, AdamW state", self.adapter),
+            (f"activations{' (checkpointed)' if self.checkpointing else ''}", self.training),
+            ("rollout KV cache", self.kv_cache),
+        ]
+        if self.runtime:
+            rows.append(("Python, torch and libraries", self.runtime))
+        out = [f"memory estimate on {self.device}:"]
+        out += [f"  {name:<40} {size / GiB:8.2f} GiB" for name, size in rows]
+        out.append(f"  {'peak (rollouts and training take turns)':<40} {self.total / GiB:8.2f} GiB")
+        other = self.activations if self.checkpointing else self.activations_checkpointed
+        state = "without" if self.checkpointing else "with"
+        out.append(f"  (activations {state} --gradient-checkpointing: {other / GiB:.2f} GiB)")
+        return out
+
+
+def estimate_memory(config: Any, settings: JobSettings) -> MemoryEstimate:
+    """The estimate for a job on a model of ``config`` (a transformers config)."""
+    import psutil
+
+    m, b = settings.model, 2 if settings.model.dtype == "bfloat16" else 4
+    base_params, adapter_params = _parameter_counts(config, m.lora_rank)
+    h, layers = config.hidden_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    mlp = getattr(config, "intermediate_size", None) or 4 * h
+    context = m.max_context_length or settings.sampling.max_tokens + ASSUMED_PROMPT_TOKENS
+    tokens = max(settings.batching.micro_batch_tokens, context)
+    per_token_layer = b * (6 * h + 2 * kv_heads * head_dim + 4 * mlp)
+    head = 2 * LM_HEAD_BLOCK * config.vocab_size * 4  # a block of float32 logits and their exponentials
+    in_flight = settings.engine.max_concurrent_rollouts or DEFAULT_IN_FLIGHT
+    return MemoryEstimate(
+        weights=base_params * b,
+        adapter=adapter_params * 16,
+        activations=tokens * layers * per_token_layer + head,
+        activations_checkpointed=tokens * layers * h * b + tokens * per_token_layer + head,
+        kv_cache=in_flight * context * 2 * layers * kv_heads * head_dim * b,
+        runtime=psutil.Process().memory_info().rss if m.device == "cpu" else 0,
+        checkpointing=m.gradient_checkpointing,
+        device=m.device,
+    )
+
+
+def _parameter_counts(config: Any, rank: int) -> tuple[int, int]:
+    """``(base parameters, LoRA parameters)`` from a model built on the ``meta`` device (no memory)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from openrft.train.policy import lora_target_modules
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    base = sum(p.numel() for p in model.parameters())
+    targets = set(lora_target_modules(model))
+    head = model.get_output_embeddings()
+    adapter = sum(
+        rank * (module.in_features + module.out_features)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not head and name.rsplit(".", 1)[-1] in targets
+    )
+    return base, adapter
+
+
+def device_memory(device: str) -> int | None:
+    """Total memory of a CUDA device in bytes (None on the CPU)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.get_device_properties(int(device.partition(":")[2] or 0)).total_memory
+
+
+__all__ = ["MemoryEstimate", "device_memory", "estimate_memory"]

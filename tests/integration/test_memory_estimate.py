@@ -1,0 +1,82 @@
+"""The memory estimate of `--dry-run` against the measured peak RSS of real (tiny) CPU jobs of two sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from openrft.cli import main
+
+PROBE = textwrap.dedent(
+    """
+    import json, resource, sys
+    from pathlib import Path
+    from openrft.config import build_config
+    from openrft.train.job import prepare, run_training
+    flags, job_dir = json.loads(sys.argv[1]), Path(sys.argv[2])
+    prepared = prepare(build_config({}, flags)[0])
+    run_training(prepared, job_dir, quiet=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"estimate": prepared.memory.total, "peak": peak}))
+    """
+)
+
+
+@pytest.mark.parametrize("hidden", [256, 1024])
+def test_the_estimate_is_within_30_percent_of_the_measured_peak(tmp_path, tokenizer, hidden):
+    from openrft.testing import write_tiny_model_dir
+
+    model = write_tiny_model_dir(tmp_path / "model", seed=0, hidden_size=hidden, intermediate_size=3 * hidden,
+                                 num_layers=4, num_heads=8, num_kv_heads=4, tokenizer=tokenizer)  # fmt: skip
+    flags = dict(
+        base_model=str(model), dataset="arithmetic:count=16", evaluator="arithmetic", response_candidates_count=8,
+        max_output_tokens=64, max_context_length=160, chunk_size=8, max_concurrent_rollouts=64,
+        micro_batch_tokens=256, eval_every=0,
+    )  # fmt: skip
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    done = subprocess.run([sys.executable, str(script), json.dumps(flags), str(tmp_path / "job")], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    assert 0.7 <= measured["peak"] / measured["estimate"] <= 1.3, measured
+
+
+def test_dry_run_prints_the_estimate(tiny_model_dir, capsys):
+    assert (
+        main(["rftj", "create", "--dry-run", "--base-model", str(tiny_model_dir), "--gradient-checkpointing"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "memory estimate on cpu:" in out and "activations (checkpointed)" in out and "peak" in out
+
+
+def test_a_job_too_large_for_the_cuda_device_is_refused_with_the_numbers(tiny_model_dir, monkeypatch):
+    import dataclasses
+
+    import openrft.train.memory as memory
+    from openrft.config import build_config
+    from openrft.errors import ConfigError
+    from openrft.train.job import check_memory
+
+    settings = build_config({}, {"base_model": str(tiny_model_dir)})[0].settings()
+    settings = dataclasses.replace(
+        settings, model=dataclasses.replace(settings.model, device="cuda:0", dtype="bfloat16")
+    )
+    monkeypatch.setattr(memory, "device_memory", lambda device: 2**20)  # a 1 MiB "GPU"
+    with pytest.raises(ConfigError) as refused:
+        check_memory(settings)
+    assert refused.value.message.startswith("--device cuda:0: the job needs about")
+    assert (
+        "more than the device's 0.0 GiB" in refused.value.message
+        and "gradient-checkpointing" in refused.value.hint
+    )
+    monkeypatch.setattr(memory, "device_memory", lambda device: 2**40)
+    assert check_memory(settings).runtime == 0  # on a GPU the process's own memory is not the device's
