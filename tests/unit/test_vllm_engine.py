@@ -72,13 +72,16 @@ class FakeEngineCore:
     def __init__(self):
         self.added: list[FakeLoRARequest] = []
         self.removed: list[int] = []
+        self.events: list[str] = []
 
     def add_lora(self, request):
         self.added.append(request)
+        self.events.append(f"add_lora({request.lora_name})")
         return True
 
     def remove_lora(self, lora_id):
         self.removed.append(lora_id)
+        self.events.append(f"remove_lora({lora_id})")
         return True
 
 
@@ -98,9 +101,18 @@ class FakeLLM:
         self.stop_after = 3
         self.finish_reason: str | None = None
         self.drop_logprob = False
+        self.events: list[str] = []  # sleep, wake_up, generate, add_lora, remove_lora in order
+        self.llm_engine.events = self.events
         FakeLLM.instances.append(self)
 
+    def sleep(self, level=1):
+        self.events.append(f"sleep({level})")
+
+    def wake_up(self, tags=None):
+        self.events.append("wake_up")
+
     def generate(self, prompts, sampling_params=None, lora_request=None, use_tqdm=True):
+        self.events.append(f"generate({lora_request.lora_name if lora_request else 'base'})")
         self.calls.append(
             {"prompts": prompts, "params": sampling_params, "lora": lora_request, "tqdm": use_tqdm}
         )
@@ -259,3 +271,37 @@ def test_a_rollout_worker_hands_each_adapter_to_vllm_as_a_peft_directory(fake_vl
     assert torch.equal(saved[key], torch.full((4, 32), 2.0))
     assert json.loads(Path(second.lora_path, "adapter_config.json").read_text())["r"] == 4
     assert not Path(first.lora_path).exists()
+
+
+def test_colocated_vllm_sleeps_while_the_trainer_steps_and_syncs_adapters_on_waking(
+    fake_vllm, tiny_model_dir, tokenizer, tmp_path
+):
+    engine = VLLMEngine(str(tiny_model_dir), tokenizer, colocate=True, gpu_memory_utilization=0.3)
+    llm = FakeLLM.instances[0]
+    assert llm.options["enable_sleep_mode"] is True and llm.options["gpu_memory_utilization"] == 0.3
+    params = SamplingParams(n=2, max_tokens=4, seed=1)
+    engine.set_policy(0, tmp_path / "job-v000000")  # before any round: loaded at once (awake)
+    engine.generate(_prompts(1), params)  # round 1
+    engine.set_policy(1, tmp_path / "job-v000001")  # two optimizer steps while vLLM sleeps:
+    engine.set_policy(2, tmp_path / "job-v000002")  # nothing touches the GPU until the next round
+    assert llm.events[-1] == "sleep(1)" and engine.asleep
+    engine.generate(_prompts(1), params)  # round 2: wake, register only the newest adapter, free the old
+    first_id = llm.llm_engine.added[0].lora_int_id
+    assert llm.events == [
+        "add_lora(job-v000000)", "generate(job-v000000)", "sleep(1)",
+        "wake_up", "add_lora(job-v000002)", f"remove_lora({first_id})", "generate(job-v000002)", "sleep(1)",
+    ]  # fmt: skip
+    assert engine.policy_version == 2 and list(engine.adapters) == ["job-v000002"]
+    groups = engine.generate(_prompts(1), params)
+    assert all(c.policy_version == 2 for c in groups[0])
+
+
+def test_a_single_gpu_job_builds_a_colocated_engine(fake_vllm, tiny_model_dir, tokenizer):
+    from openrft.config import build_config
+    from openrft.train.setup import make_engine
+
+    cfg = build_config({}, {"base_model": str(tiny_model_dir), "rollout_engine": "vllm",
+                            "vllm_gpu_memory_utilization": 0.45})[0]  # fmt: skip
+    engine, needs_files = make_engine(cfg.settings().engine, None, tokenizer, str(tiny_model_dir))
+    llm = FakeLLM.instances[-1]
+    assert needs_files and engine.colocate and llm.options["gpu_memory_utilization"] == 0.45

@@ -35,12 +35,20 @@ Which log-probs vLLM reports depends on its ``logprobs_mode``; this engine asks 
 Adapters: :meth:`VLLMEngine.load_adapter` registers a PEFT adapter directory as a new
 ``LoRARequest`` (a new integer id each time, so vLLM never serves a cached older adapter
 under a reused id) and later requests use it; :meth:`VLLMEngine.unload_adapter` frees it.
+
+Colocated (``colocate=True``, what a single-GPU job without Ray uses): vLLM shares the trainer's
+GPU within ``gpu_memory_utilization`` and is started with sleep mode. After each ``generate``
+it sleeps (``LLM.sleep(level=1)``: its KV cache is freed and its weights move to CPU memory) so
+the trainer has the GPU to itself; the next ``generate`` wakes it (``LLM.wake_up()``). A new
+policy's adapter given while it sleeps is registered on waking, before sampling, so nothing
+is loaded onto the GPU during a training step. Only the adapter travels, never merged weights.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from openrft.errors import RolloutError
@@ -86,6 +94,7 @@ class VLLMEngine(LoadsAdapterFiles):
         max_loras: int = 2,
         dtype: str = "auto",
         logprobs_mode: str | None = "processed_logprobs",
+        colocate: bool = False,
         **llm_options: Any,
     ):
         if max_concurrent_rollouts is not None and max_concurrent_rollouts < 1:
@@ -107,10 +116,14 @@ class VLLMEngine(LoadsAdapterFiles):
             options["max_num_seqs"] = max_concurrent_rollouts
         if logprobs_mode is not None:
             options["logprobs_mode"] = logprobs_mode
+        if colocate:
+            options["enable_sleep_mode"] = True
+        self.colocate, self.asleep = colocate, False
         self.llm = self._build_llm(options)
         self.adapters: dict[str, Any] = {}  # name -> LoRARequest
         self.current: Any = None  # the LoRARequest sampled from (None = the base model)
         self._next_id = 0
+        self._pending: tuple[str, str] | None = None  # (path, name) of an adapter to register on waking
 
     def _build_llm(self, options: dict[str, Any]) -> Any:
         try:
@@ -137,6 +150,7 @@ class VLLMEngine(LoadsAdapterFiles):
     ) -> list[list[Completion]]:
         """Like :meth:`generate` for prompts already tokenized: ``(prompt_id, token_ids)`` pairs."""
         check_params(params)
+        self.wake()
         stops = tuple(stop_token_ids) if stop_token_ids else self.stop_token_ids
         requests, settings = [], []
         for prompt_id, ids in prompts:
@@ -150,6 +164,8 @@ class VLLMEngine(LoadsAdapterFiles):
             )
         except (ValueError, RuntimeError) as exc:
             raise RolloutError(f"vLLM failed to sample: {exc}") from None
+        finally:
+            self.sleep()
         if len(outputs) != len(requests):
             raise RolloutError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
         flat = iter(outputs)
@@ -218,10 +234,45 @@ class VLLMEngine(LoadsAdapterFiles):
             policy_version=version,
         )
 
+    # ------------------------------------------------------------------------- colocation
+
+    def sleep(self) -> None:
+        """Colocated: free vLLM's KV cache and move its weights off the GPU until the next round."""
+        if self.colocate and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def wake(self) -> None:
+        """Colocated: take the GPU back, then register the adapter of the newest policy (only it stays)."""
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+        if self._pending is not None:
+            path, name = self._pending
+            self._pending = None
+            self._register(path, name)
+            for old in [n for n in self.adapters if n != name]:
+                self.unload_adapter(old)
+
+    def set_policy(self, version: int, adapter: Any = None) -> None:
+        """Sample with policy ``version`` from now on; colocated and asleep, its adapter loads on waking."""
+        if not self.asleep:
+            super().set_policy(version, adapter)
+            return
+        if adapter is None:
+            raise RolloutError("VLLMEngine samples with an adapter loaded from disk: give its folder")
+        name = Path(adapter).name
+        self._pending, self._policy_adapter = (str(adapter), name), name
+        self.policy_version = version
+
     # ------------------------------------------------------------------------- adapters
 
     def load_adapter(self, path: str, name: str) -> None:
         """Register the PEFT adapter saved at ``path`` as ``name``; later requests sample with it."""
+        self.wake()
+        self._register(path, name)
+
+    def _register(self, path: str, name: str) -> None:
         self._next_id += 1
         request = self._lora_request_cls(name, self._next_id, str(path))
         try:

@@ -71,8 +71,9 @@ def make_engine(
 ) -> tuple[RolloutEngine, bool]:
     """The rollout engine, and whether it loads each policy's adapter from disk.
 
-    local: samples the live adapter in this process. endpoint: an OpenAI-compatible server
-    (vLLM or ``openrft serve`` with runtime LoRA loading). vllm: vLLM in this process.
+    local: samples the live adapter in this process, on its device. endpoint: an OpenAI-compatible
+    server (vLLM or ``openrft serve`` with runtime LoRA loading). vllm: vLLM in this process on the
+    trainer's GPU (colocated, sleeping while the trainer steps).
     With a Ray address the rollouts run on Ray actors (:mod:`openrft.distributed`).
     """
     concurrency = settings.max_concurrent_rollouts
@@ -91,7 +92,10 @@ def make_engine(
     elif settings.kind == "vllm":
         from openrft.rollout.vllm_engine import VLLMEngine
 
-        engine = VLLMEngine(base_model, tokenizer, max_concurrent_rollouts=concurrency)
+        engine = VLLMEngine(  # on the trainer's GPU, asleep while the trainer steps
+            base_model, tokenizer, max_concurrent_rollouts=concurrency, colocate=True,
+            gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+        )  # fmt: skip
     else:
         from openrft.rollout import LocalEngine
 
