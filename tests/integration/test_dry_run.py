@@ -83,6 +83,8 @@ CASES = [
     ),
     (["--warm-start-from", "{d}"], "--warm-start-from and --base-model are mutually exclusive"),
     (["--rollout-engine", "vllm"], "--rollout-engine vllm needs the 'vllm' package"),
+    (["--device", "cuda"], "--device: cuda is not available: this machine has no CUDA device"),
+    (["--device", "cuda:3", "--dtype", "bfloat16"], "--device: cuda:3 is not available"),
     # nothing a user made is replaced by the outputs, and an unwritable output fails now, not after training
     (
         [
@@ -125,6 +127,18 @@ def test_dry_run_refuses_with_one_clear_line(files, tiny_model_dir, capsys, flag
     assert "Traceback" not in err and out == ""
     assert {p: p.read_bytes() for p in files.rglob("*") if p.is_file()} == before
     assert not (files / "home" / "jobs").exists()  # nothing was recorded
+
+
+def test_a_folder_that_is_not_a_model_is_refused(files, capsys):
+    (files / "not-a-model").mkdir()
+    (files / "not-a-model" / "config.json").write_text("{}")
+    for folder, first in (
+        (files / "mine", "has no config.json"),
+        (files / "not-a-model", "cannot read the config"),
+    ):
+        code, _, err = dry_run(capsys, folder, "--dataset", str(files / "good.jsonl"), "--evaluator",
+                               f"{files}/ev.py::score")  # fmt: skip
+        assert code == 2 and err.startswith("--base-model: ") and first in err.splitlines()[0], err
 
 
 def test_missing_base_model_is_refused(files, capsys):

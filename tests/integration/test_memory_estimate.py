@@ -15,14 +15,16 @@ from openrft.cli import main
 
 PROBE = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys
     from pathlib import Path
     from openrft.config import build_config
     from openrft.train.job import prepare, run_training
     flags, job_dir = json.loads(sys.argv[1]), Path(sys.argv[2])
     prepared = prepare(build_config({}, flags)[0])
     run_training(prepared, job_dir, quiet=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # this process's own high-water mark (getrusage's ru_maxrss would include the parent's before exec)
+    status = Path("/proc/self/status").read_text().splitlines()
+    peak = int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) * 1024
     print(json.dumps({"estimate": prepared.memory.total, "peak": peak}))
     """
 )

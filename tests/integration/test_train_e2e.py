@@ -305,7 +305,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, dtype):
     from openrft.models import load_model
     from openrft.records import Completion
     from openrft.train.batching import TrainSequence, collate
-    from openrft.train.policy import attach_lora, keep_adapter_float32, trainable_parameters
+    from openrft.train.policy import (
+        attach_lora,
+        enable_checkpointing,
+        keep_adapter_float32,
+        trainable_parameters,
+    )
     from openrft.train.step import StepLoss, accumulate_gradients
 
     sequences = [
@@ -322,7 +327,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, dtype):
         for p in trainable_parameters(model):  # a moved adapter, so that every gradient is non-trivial
             p.data.normal_(0, 0.05)
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(model)
         model.train()
         batch = collate(sequences, tokenizer.pad_token_id)
         loss = StepLoss(*resolve_loss("grpo"), 0.7, full_sequences=checkpointing)

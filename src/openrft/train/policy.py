@@ -111,6 +111,16 @@ def keep_adapter_float32(peft_model) -> None:
             param.data = param.data.float()
 
 
+def enable_checkpointing(peft_model) -> None:
+    """Recompute each decoder layer in the backward pass (non-reentrant: LoRA inputs need no grad hooks)."""
+    base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
+    enable = getattr(base, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # transformers before 5
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def trainable_parameters(peft_model) -> list[torch.nn.Parameter]:
     return [p for p in peft_model.parameters() if p.requires_grad]
 

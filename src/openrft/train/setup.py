@@ -51,7 +51,7 @@ def build_policy(model: ModelSettings, loss: LossSpec, seed: int) -> tuple[Any, 
         policy = P.attach_lora(base, model.lora_rank, model.lora_alpha, seed=seed)
     P.keep_adapter_float32(policy)  # LoRA weights and their optimizer state stay fp32 over bf16 weights
     if model.gradient_checkpointing:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        P.enable_checkpointing(policy)
     return policy, tokenizer
 
 

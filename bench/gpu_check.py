@@ -1,0 +1,206 @@
+"""One GPU run of openrft's GPU path on Qwen2.5-shaped models with random weights (no network, no vLLM).
+
+    PYTHONPATH=src python bench/gpu_check.py                 # 0.5B, 1.5B and 7B shapes on cuda, ~8 min on an H200
+    PYTHONPATH=src python bench/gpu_check.py --tiny --device cpu   # the same code on a toy shape, seconds
+
+Needs only torch, transformers and peft. Per size it prints:
+
+* rollouts: the local engine against ``model.generate`` on the same GPU, n=8 candidates per prompt,
+  completion tokens per second of each and their ratio;
+* one RFT step (the trainer's micro-batched LoRA policy-gradient step): time, trained tokens per
+  second, and MFU against the bf16 matmul peak this script measures first (model FLOPs counted as
+  4 x parameters per token: forward plus input gradients, the base being frozen);
+* peak GPU memory of the step against openrft's memory estimate for the same job;
+* for the 7B shape, the step with gradient checkpointing too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+SHAPES = {  # Qwen2.5 configs (hidden, layers, heads, kv heads, MLP width), vocabulary 151,936, tied for 0.5B/1.5B
+    "0.5B": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                 intermediate_size=4864, tie_word_embeddings=True),
+    "1.5B": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                 intermediate_size=8960, tie_word_embeddings=True),
+    "7B": dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+               intermediate_size=18944, tie_word_embeddings=False),
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=128, tie_word_embeddings=True),
+}  # fmt: skip
+
+
+class Tokenizer:
+    """Just what the engine needs from a tokenizer when prompts arrive as token ids."""
+
+    def __init__(self, vocab: int):
+        self.pad_token_id, self.eos_token_id, self.vocab = 0, vocab - 1, vocab
+        self.chat_template = None
+
+    def decode(self, ids, skip_special_tokens=True):
+        return ""
+
+    def __len__(self) -> int:
+        return self.vocab
+
+
+def build(shape: str, device: str, dtype: torch.dtype):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    vocab = 151_936 if shape != "tiny" else 1024
+    config = Qwen2Config(vocab_size=vocab, max_position_embeddings=4096, **SHAPES[shape])
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2ForCausalLM(config).to(dtype)
+    return model.eval(), config
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: str, dtype: torch.dtype) -> float:
+    """Measured dense matmul FLOP/s in ``dtype``."""
+    n = 8192 if device.startswith("cuda") else 512
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    start, reps = time.perf_counter(), 20
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def rollouts(model, tokenizer, device: str, prompts: int, n: int, tokens: int) -> tuple[float, float]:
+    """Completion tokens/s: openrft's local engine, then ``model.generate``, same prompts and lengths."""
+    from openrft.records import SamplingParams
+    from openrft.rollout.local import LocalEngine
+
+    ids = [[int(t) for t in torch.randint(1, len(tokenizer) - 1, (64,))] for _ in range(prompts)]
+    engine = LocalEngine(
+        model, tokenizer, max_concurrent_rollouts=prompts * n, stop_token_ids=[len(tokenizer) - 1]
+    )
+    params = SamplingParams(n=n, temperature=1.0, top_k=0, max_tokens=tokens, seed=1)
+    engine.generate_from_ids([(str(i), p) for i, p in enumerate(ids[:1])], params)  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    out = engine.generate_from_ids([(str(i), p) for i, p in enumerate(ids)], params)
+    sync(device)
+    ours = sum(len(c.completion_token_ids) for g in out for c in g) / (time.perf_counter() - start)
+    batch = torch.tensor(ids, device=device)
+    with torch.no_grad():
+        sync(device)
+        start = time.perf_counter()
+        generated = model.generate(batch, attention_mask=torch.ones_like(batch), do_sample=True, top_k=0,
+                                   num_return_sequences=n, max_new_tokens=tokens, min_new_tokens=tokens,
+                                   pad_token_id=0)  # fmt: skip
+        sync(device)
+    theirs = (generated.shape[1] - batch.shape[1]) * generated.shape[0] / (time.perf_counter() - start)
+    return ours, theirs
+
+
+def rft_step(model, config, device: str, checkpointing: bool, prompts: int, n: int, tokens: int) -> dict:
+    """One LoRA GRPO step over ``prompts x n`` sampled-like sequences; time, tokens/s, peak memory."""
+    from openrft.algo.losses import resolve_loss
+    from openrft.records import Completion
+    from openrft.train.batching import TrainSequence
+    from openrft.train.policy import (
+        attach_lora,
+        enable_checkpointing,
+        keep_adapter_float32,
+        trainable_parameters,
+    )
+    from openrft.train.step import StepLoss, accumulate_gradients, plan_step
+
+    policy = attach_lora(model, rank=16, seed=0)
+    keep_adapter_float32(policy)
+    if checkpointing:
+        enable_checkpointing(policy)
+    sequences = []
+    for p in range(prompts):
+        prompt = tuple(int(t) for t in torch.randint(1, config.vocab_size - 1, (128,)))
+        for c in range(n):
+            completion = tuple(int(t) for t in torch.randint(1, config.vocab_size - 1, (tokens,)))
+            sequences.append(TrainSequence(Completion(str(p), c, prompt, completion, "", (-2.0,) * tokens, "length"),
+                                           float(c % 2) - 0.5, p))  # fmt: skip
+    budget = 16384 if device.startswith("cuda") else 512
+    batches, _ = plan_step(sequences, budget, 0)
+    loss = StepLoss(*resolve_loss("grpo"), 1.0, full_sequences=checkpointing)
+    optimizer = torch.optim.AdamW(trainable_parameters(policy), lr=1e-5)
+    policy.train()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    sync(device)
+    start = time.perf_counter()
+    accumulate_gradients(policy, batches, loss)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    sync(device)
+    seconds = time.perf_counter() - start
+    trained = sum(b.num_tokens for b in batches)
+    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else 0
+    params = sum(p.numel() for p in policy.parameters())
+    policy.unload()  # the base model again, for the next measurement
+    return {"seconds": seconds, "tokens": trained, "flops": 4 * params * trained / seconds, "peak": peak,
+            "budget": budget}  # fmt: skip
+
+
+def estimate(config, device: str, prompts: int, n: int, tokens: int, budget: int, checkpointing: bool) -> int:
+    from openrft.config import build_config
+    from openrft.train.memory import estimate_memory
+
+    values = {"max_output_tokens": max(16, tokens), "max_context_length": 128 + max(16, tokens) + 1,
+              "micro_batch_tokens": budget, "max_concurrent_rollouts": prompts * n,
+              "gradient_checkpointing": checkpointing, "lora_rank": 16}  # fmt: skip
+    settings = build_config({}, values)[0].settings()
+    import dataclasses
+
+    model = dataclasses.replace(settings.model, device=device, dtype="bfloat16")
+    return estimate_memory(config, dataclasses.replace(settings, model=model)).total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="a toy shape only (to check the script on a CPU)")
+    parser.add_argument("--sizes", nargs="*", default=["0.5B", "1.5B", "7B"])
+    args = parser.parse_args()
+    device, dtype = args.device, torch.bfloat16
+    sizes = ["tiny"] if args.tiny else args.sizes
+    peak = matmul_peak(device, dtype)
+    print(f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}), "
+          f"measured bf16 matmul peak {peak / 1e12:.1f} TFLOP/s")  # fmt: skip
+    prompts, n, tokens = (8, 8, 256) if not args.tiny else (2, 8, 16)
+    for size in sizes:
+        start = time.perf_counter()
+        model, config = build(size, device, dtype)
+        tokenizer = Tokenizer(config.vocab_size)
+        ours, theirs = rollouts(model, tokenizer, device, prompts, n, tokens)
+        print(f"[{size}] rollouts, {prompts} prompts x n={n}, {tokens} tokens: local engine {ours:,.0f} tok/s, "
+              f"model.generate {theirs:,.0f} tok/s, ratio {ours / theirs:.2f}x")  # fmt: skip
+        for checkpointing in [False, True] if size in ("7B", "tiny") else [False]:
+            step = rft_step(model, config, device, checkpointing, prompts, n, tokens)
+            guess = estimate(config, device, prompts, n, tokens, step["budget"], checkpointing)
+            memory = (
+                f"peak GPU memory {step['peak'] / 2**30:.1f} GiB vs estimate {guess / 2**30:.1f} GiB "
+                f"({step['peak'] / guess:.2f}x)"
+                if step["peak"]
+                else f"estimate {guess / 2**30:.2f} GiB"
+            )
+            print(f"[{size}] RFT step{' (gradient checkpointing)' if checkpointing else ''}: "
+                  f"{step['seconds']:.2f} s, {step['tokens'] / step['seconds']:,.0f} trained tok/s, "
+                  f"MFU {step['flops'] / peak:.1%}; {memory}")  # fmt: skip
+        del model
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        print(f"[{size}] done in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

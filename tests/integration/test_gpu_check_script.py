@@ -1,0 +1,20 @@
+"""bench/gpu_check.py, the script a GPU session runs once, works: its toy shape on the CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_gpu_check_runs_its_toy_shape_on_the_cpu():
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--tiny", "--device", "cpu"],
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "measured bf16 matmul peak" in out and "[tiny] rollouts" in out and "ratio" in out
+    assert "[tiny] RFT step:" in out and "[tiny] RFT step (gradient checkpointing):" in out and "MFU" in out
