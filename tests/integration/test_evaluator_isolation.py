@@ -111,3 +111,16 @@ def test_a_job_whose_evaluator_sometimes_dies_completes(evaluators, tiny_model_d
     assert "COMPLETED" in err and "Traceback" not in err
     rows = [r for r in read_jsonl(tmp_path / "out" / "metrics.jsonl") if "reward/invalid_frac" in r]
     assert rows and all(0.0 <= r["reward/invalid_frac"] <= 0.5 for r in rows)
+
+
+def test_openrft_evaluate_contains_the_evaluator_too(evaluators, tmp_path, capsys):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(f'{{"messages": [{{"role": "user", "content": "q{i}"}}], "ground_truth": 1}}\n'
+                            for i in range(3)))  # fmt: skip
+    responses = tmp_path / "responses.jsonl"
+    responses.write_text('{"prompt_id": "1", "completion": "a"}\n{"prompt_id": "2", "completion": "b"}\n'
+                         '{"prompt_id": "3", "completion": "cc"}\n')  # fmt: skip
+    code = main(["evaluate", "--dataset", str(data), "--evaluator", f"{evaluators}::dies_on_b",
+                 "--responses", str(responses)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "invalid 1 (33.3%)" in out and "exit code 9" in out

@@ -132,8 +132,9 @@ def cmd_data_gsm8k(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from openrft.data import load_prompts, write_jsonl
     from openrft.errors import DataError
+    from openrft.evaluators.isolation import score_contained
     from openrft.evaluators.loader import load_evaluator
-    from openrft.evaluators.runner import SUMMARY_STATS, check_invalid_rate, score_groups, summarize
+    from openrft.evaluators.runner import SUMMARY_STATS, check_invalid_rate, summarize
 
     evaluator = load_evaluator(args.evaluator, dataset=args.dataset)
     dataset = args.dataset or evaluator.input_dataset
@@ -141,7 +142,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise DataError("no --dataset given and the evaluator names no input_dataset")
     prompts = load_prompts(dataset, skip_bad_rows=args.skip_bad_rows, adapter=evaluator.dataset_adapter)
     groups = _groups_from_responses(prompts, args.responses) if args.responses else _groups_from_rows(prompts)
-    scores = score_groups(evaluator, groups, max_concurrency=args.max_concurrency, timeout=args.timeout)
+    scores = score_contained(evaluator, groups, max_concurrency=args.max_concurrency, timeout=args.timeout)
     records = [
         {
             "prompt_id": prompt.prompt_id,

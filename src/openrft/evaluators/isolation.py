@@ -228,6 +228,20 @@ class EvaluatorPool:
         return [Score(0.0, is_valid=False, reason=reason)] * count
 
 
+def score_contained(
+    evaluator: Evaluator, groups: Sequence[Group], *, max_concurrency: int | None, timeout: float
+) -> list[list[Score]]:
+    """One batch of scores with the same containment as a job: a user's evaluator in worker processes,
+    a built-in in this process (for ``openrft evaluate`` and other one-off scoring)."""
+    from openrft.evaluators.runner import DEFAULT_CONCURRENCY, score_groups
+
+    if evaluator.run_inline or not evaluator.spec:
+        return score_groups(evaluator, groups, max_concurrency=max_concurrency, timeout=timeout)
+    workers = max_concurrency or evaluator.max_concurrent_evaluations or DEFAULT_CONCURRENCY
+    with EvaluatorPool(evaluator, workers=min(workers, max(1, len(groups))), timeout=timeout) as pool:
+        return pool.score_groups(groups)
+
+
 def _exit_code(process: subprocess.Popen) -> int | None:
     try:
         return process.wait(timeout=5)
@@ -235,7 +249,7 @@ def _exit_code(process: subprocess.Popen) -> int | None:
         return None
 
 
-__all__ = ["EvaluatorPool", "GRACE_S"]
+__all__ = ["EvaluatorPool", "GRACE_S", "score_contained"]
 
 if __name__ == "__main__":  # a worker: python -m openrft.evaluators.isolation '[fd, spec, dataset, timeout]'
     fd, spec, dataset, timeout = json.loads(sys.argv[1])
