@@ -320,7 +320,7 @@ def run_training(
         progress=progress,
         publish_policy=publish,
         should_stop=should_stop,
-        sampler_is_trainer=getattr(engine, "model", None) is model,
+        sampler_is_trainer=setup.samples_this_model(engine, model),
     )
     try:
         outcome = train(ctx, state)

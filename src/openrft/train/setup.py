@@ -103,6 +103,15 @@ def make_engine(
     return engine, engine.needs_adapter_files
 
 
+def samples_this_model(engine: RolloutEngine, model: Any) -> bool:
+    """Whether ``engine`` samples the trainer's own model in this process (else its log-probs are
+    recomputed and corrected, see :mod:`openrft.train.mismatch`): the local engine does; Ray actors,
+    vLLM and servers hold copies."""
+    from openrft.rollout.local import LocalEngine
+
+    return isinstance(engine, LocalEngine) and engine.model is model
+
+
 def policy_publisher(engine: RolloutEngine, model: Any, adapters_dir: Path | None) -> Callable[[int], None]:
     """``publish(version)``: hand policy ``version`` to the engine (the one channel for it).
 
