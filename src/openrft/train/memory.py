@@ -15,6 +15,8 @@
   layer's full activations (recomputed in the backward pass).
 * **KV cache** of the rollouts: ``--max-concurrent-rollouts`` sequences (64 when unset) of
   ``context`` tokens, ``2 * layers * n_kv * d`` elements each.
+* **sampling copy**: on the CPU the local engine samples from a copy of the weights with the adapter
+  merged in (:mod:`openrft.rollout.merged`): the base weights once more.
 * **runtime**: on the CPU, what this process already holds (Python, torch, transformers).
 
 ``context`` is ``--max-context-length``, else ``--max-output-tokens`` + 512 prompt tokens. The
@@ -37,6 +39,7 @@ DEFAULT_IN_FLIGHT = 64
 @dataclass(frozen=True)
 class MemoryEstimate:
     weights: int
+    sampling_copy: int
     adapter: int
     activations: int
     activations_checkpointed: int
@@ -52,12 +55,19 @@ class MemoryEstimate:
     @property
     def total(self) -> int:
         """The peak: rollouts and training take turns, so the larger of the two counts."""
-        return self.weights + self.adapter + self.runtime + max(self.training, self.kv_cache)
+        return (
+            self.weights
+            + self.sampling_copy
+            + self.adapter
+            + self.runtime
+            + max(self.training, self.kv_cache)
+        )
 
     def lines(self) -> list[str]:
         """A small table for ``--dry-run``."""
         rows = [
             ("base weights", self.weights),
+            *([("merged copy for sampling", self.sampling_copy)] if self.sampling_copy else []),
             ("LoRA weights, gradients, AdamW state", self.adapter),
             (f"activations{' (checkpointed)' if self.checkpointing else ''}", self.training),
             ("rollout KV cache", self.kv_cache),
@@ -91,6 +101,9 @@ def estimate_memory(config: Any, settings: JobSettings) -> MemoryEstimate:
     in_flight = settings.engine.max_concurrent_rollouts or DEFAULT_IN_FLIGHT
     return MemoryEstimate(
         weights=base_params * b,
+        sampling_copy=base_params * b
+        if m.device == "cpu" and settings.engine.kind == "local" and not settings.engine.ray
+        else 0,
         adapter=adapter_params * 16,
         activations=tokens * layers * per_token_layer + head,
         activations_checkpointed=tokens * layers * h * b + tokens * per_token_layer + head,
