@@ -33,3 +33,13 @@ def sequence_logprobs(
     logp_N = token_logprobs(hidden_NH, weight_VH, targets_N, temperature, block)
     logp_BL = torch.zeros(input_ids_BL.shape, dtype=torch.float32, device=input_ids_BL.device)
     return logp_BL.index_put((rows_N, cols_N), logp_N)
+
+
+def teacher_forced(model, completion, temperature):
+    """A completion's log-probs by one plain forward pass over prompt + completion, at ``temperature``."""
+    ids = list(completion.prompt_token_ids) + list(completion.completion_token_ids)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].float()
+    start = len(completion.prompt_token_ids) - 1
+    scaled = torch.log_softmax(logits[start:-1] / temperature, dim=-1)
+    return scaled.gather(1, torch.tensor(completion.completion_token_ids)[:, None]).squeeze(1)

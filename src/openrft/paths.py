@@ -42,15 +42,24 @@ def make_parent(path: Path) -> None:
         ) from None
 
 
+def temporary_beside(target: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """``(fd, path)`` of a new temporary file in ``target``'s folder, to be renamed onto ``target``.
+
+    Errors name ``target`` (the path the user gave), never the temporary file: a folder standing
+    at ``target``, a file where its folder must be, or a folder that cannot be written.
+    """
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "a folder is there; give a file name", str(target))
+    make_parent(target)
+    try:
+        return tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot be written ({exc.strerror})", str(target)) from None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same directory and an atomic rename."""
-    if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "a folder is there; give a file name", str(path))
-    make_parent(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:  # name the file the user gave, not the temporary one
-        raise OSError(exc.errno, f"cannot be written ({exc.strerror})", str(path)) from None
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
@@ -83,4 +92,7 @@ def atomic_directory(target: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["atomic_directory", "atomic_write_text", "jobs_root", "openrft_home", "output_dir"]
+__all__ = [
+    "atomic_directory", "atomic_write_text", "jobs_root", "make_parent", "openrft_home", "output_dir",
+    "temporary_beside",
+]  # fmt: skip

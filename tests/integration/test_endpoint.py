@@ -17,20 +17,12 @@ from openrft.records import Prompt, RolloutEngine, SamplingParams
 from openrft.rollout.endpoint import EndpointEngine, api_root
 from openrft.rollout.local import LocalEngine
 from openrft.rollout.server import BackgroundServer, create_app
+from oracles import teacher_forced
 
 PROMPTS = [
     Prompt("a", ({"role": "user", "content": "What is 3 + 4?"},)),
     Prompt("b", ({"role": "user", "content": "Name a colour."},)),
 ]
-
-
-def teacher_forced(model, completion, temperature):
-    ids = list(completion.prompt_token_ids) + list(completion.completion_token_ids)
-    with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0].float()
-    start = len(completion.prompt_token_ids) - 1
-    scaled = torch.log_softmax(logits[start:-1] / temperature, dim=-1)
-    return scaled.gather(1, torch.tensor(completion.completion_token_ids)[:, None]).squeeze(1)
 
 
 @pytest.fixture

@@ -7,20 +7,12 @@ import torch
 from openrft.records import Prompt, SamplingParams
 from openrft.rollout.local import LocalEngine
 from openrft.train.policy import attach_lora, trainable_parameters
+from oracles import teacher_forced
 
 PROMPTS = [
     Prompt("a", ({"role": "user", "content": "What is 3 + 4?"},)),
     Prompt("b", ({"role": "user", "content": "Hi"},)),
 ]
-
-
-def teacher_forced(model, completion, temperature):
-    ids = list(completion.prompt_token_ids) + list(completion.completion_token_ids)
-    with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0].float()
-    start = len(completion.prompt_token_ids) - 1
-    scaled = torch.log_softmax(logits[start:-1] / temperature, dim=-1)
-    return scaled.gather(1, torch.tensor(completion.completion_token_ids)[:, None]).squeeze(1)
 
 
 def test_merged_copy_samples_the_live_adapter_and_follows_each_new_policy(tiny_model):

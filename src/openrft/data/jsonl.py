@@ -16,17 +16,15 @@ bad rows is skipped and counted instead; a file that is mostly broken always fai
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from openrft.data.tasks import gsm8k
 from openrft.errors import DataError
-from openrft.paths import make_parent
+from openrft.paths import temporary_beside
 from openrft.records import Prompt
 
 ROLES = ("system", "user", "assistant")
@@ -102,13 +100,7 @@ class BadLine(str):
 def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> Path:
     """Write rows as JSONL atomically (temporary file in the same folder, then rename)."""
     target = Path(path)
-    if target.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "a folder is there; give a file name", str(target))
-    make_parent(target)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as exc:  # name the file the user gave, not the temporary one
-        raise OSError(exc.errno, f"cannot be written ({exc.strerror})", str(target)) from None
+    fd, tmp = temporary_beside(target)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             for row in rows:

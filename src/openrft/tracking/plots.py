@@ -12,14 +12,12 @@ Every image is written to a temporary file and renamed into place.
 
 from __future__ import annotations
 
-import errno
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from openrft.paths import make_parent
+from openrft.paths import temporary_beside
 from openrft.tracking.sinks import read_jsonl
 
 
@@ -38,13 +36,7 @@ def _pyplot():
 
 
 def _save(fig, out: Path) -> None:
-    if out.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "a folder is there; give a file name", str(out))
-    make_parent(out)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    except OSError as exc:  # name the file the user gave, not the temporary one
-        raise OSError(exc.errno, f"cannot be written ({exc.strerror})", str(out)) from None
+    fd, tmp = temporary_beside(out, suffix=".png")
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")

@@ -128,12 +128,9 @@ def completion_logprobs(
     ).last_hidden_state  # fmt: skip
     last_prompt_R1H = prompt_out.last_hidden_state[row_group_R, -1:]
     predictors_RCH = torch.cat([last_prompt_R1H, hidden_RCH[:, :-1]], dim=1)
-    rows_N, cols_N = completion_mask_RC.bool().nonzero(as_tuple=True)
-    logp_N = token_logprobs(
-        predictors_RCH[rows_N, cols_N], weight_VH, completion_ids_RC[rows_N, cols_N], temperature, block
+    return _completion_positions(
+        predictors_RCH, weight_VH, completion_ids_RC, completion_mask_RC, temperature, block
     )
-    logp_RC = torch.zeros(completion_ids_RC.shape, dtype=torch.float32, device=completion_ids_RC.device)
-    return logp_RC.index_put((rows_N, cols_N), logp_N)
 
 
 def full_sequence_logprobs(
@@ -159,6 +156,15 @@ def full_sequence_logprobs(
     hidden_RLH = body(input_ids=ids_RL, attention_mask=mask_RL, position_ids=positions_RL, use_cache=False)
     prompt_len = prompt_ids_GP.shape[1]
     predictors_RCH = hidden_RLH.last_hidden_state[:, prompt_len - 1 : -1]  # the state before each token
+    return _completion_positions(
+        predictors_RCH, weight_VH, completion_ids_RC, completion_mask_RC, temperature, block
+    )
+
+
+def _completion_positions(
+    predictors_RCH, weight_VH, completion_ids_RC, completion_mask_RC, temperature, block
+):
+    """``[R, C]`` log-probs (float32, 0 on padding) from the hidden state before each completion token."""
     rows_N, cols_N = completion_mask_RC.bool().nonzero(as_tuple=True)
     logp_N = token_logprobs(
         predictors_RCH[rows_N, cols_N], weight_VH, completion_ids_RC[rows_N, cols_N], temperature, block
