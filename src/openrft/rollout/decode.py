@@ -24,6 +24,7 @@ from openrft.records import Completion, SamplingParams
 from openrft.rollout.sampling import Truncation, cut_at_stop, row_uniforms, sample_tokens
 
 COMPACT_FRACTION = 0.25  # with nothing waiting, rebuild once this share of the rows has finished
+GROW_COLUMNS = 64  # cache columns allocated ahead of the current length (grown by a rebuild when used up)
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values)
 
@@ -138,6 +139,7 @@ class Run:
         self.rows: _Rows | None = None
         self.kv: KV = []
         self.length = 0
+        self.capacity = 0
         self.cache: Cache | None = None
 
     def _limit(self, name: str, ids: list[int]) -> int:
@@ -155,6 +157,8 @@ class Run:
         while self.queue or self._active():
             self._schedule()
             if self._active():
+                if self.length == self.capacity:  # the cache is full: move the rows to larger buffers
+                    self._rebuild(None)
                 self._step()
         if self.rows is not None:
             self._collect(self.rows, self.rows.done_B)
@@ -269,10 +273,12 @@ class Run:
         length = max(old_length, int(-fresh.start_B.min()) if fresh is not None else 0)
         parts = [r for r in (kept, fresh) if r is not None]
         if not parts:
-            self.rows, self.kv, self.length, self.cache = None, [], 0, None
+            self.rows, self.kv, self.length, self.capacity, self.cache = None, [], 0, 0, None
             self._drop_stashes()
             return
-        capacity = length + max(int((r.limit_B - r.count_B).max()) for r in parts)
+        # Room for the longest response still possible, but at most GROW_COLUMNS ahead: most rows end
+        # long before their limit, and fresh pages cost time to allocate as well as memory.
+        capacity = length + min(GROW_COLUMNS, max(int((r.limit_B - r.count_B).max()) for r in parts))
         new_kv = self._allocate(parts, capacity)
         shift = length - old_length
         for (keys, values), (k_old, v_old) in zip(new_kv, self.kv if kept is not None else [], strict=False):
@@ -286,7 +292,7 @@ class Run:
         if fresh is not None:
             self._place_fresh(new_kv, fresh, row0=len(kept.owners) if kept is not None else 0, length=length)
         self.rows = _Rows.concat(parts)
-        self.kv, self.length = new_kv, length
+        self.kv, self.length, self.capacity = new_kv, length, capacity
         self.cache = Cache(layers=[_BufferLayer(k, v, length) for k, v in new_kv])
         self._drop_stashes()
 

@@ -24,8 +24,9 @@ How a call to :meth:`LocalEngine.generate` spends its time, and why:
   within ~1e-7 of a boundary).
 
 The engine samples from the model object it is given (a live ``peft.PeftModel`` during
-training, no weight copy; or, with ``merge_adapter``, from a plain copy with the adapter merged,
-refreshed at each new policy version: see :mod:`openrft.rollout.merged`), in eval mode under ``torch.no_grad()``, and restores every
+training, no weight copy; or, with ``inference_copy``, from a copy with the adapter merged and, on a
+CPU, the weights prepacked for oneDNN, refreshed at each new policy version: see
+:mod:`openrft.rollout.inference_copy`), in eval mode under ``torch.no_grad()``, and restores every
 module's train/eval mode afterwards. It needs full-attention layers and the ``sdpa`` or
 ``eager`` attention implementation (the CPU defaults).
 """
@@ -43,7 +44,7 @@ from openrft.models import end_token_ids
 from openrft.records import Completion, Prompt, SamplingParams
 from openrft.rollout import DEFAULT_MAX_CONCURRENT
 from openrft.rollout.decode import DecodeSettings, Run
-from openrft.rollout.merged import MergedCopy, is_peft
+from openrft.rollout.inference_copy import InferenceCopy
 from openrft.rollout.prompts import encode_messages
 from openrft.rollout.sampling import check_params
 
@@ -57,6 +58,8 @@ class LocalEngine:
     ``stop_token_ids`` overrides the tokens that end a response (default: EOS and the
     chat template's end-of-turn token). ``policy_version`` is stamped on every
     completion; the trainer moves it with :meth:`set_policy` after each optimizer step.
+    ``inference_copy`` samples from an :class:`~openrft.rollout.inference_copy.InferenceCopy` of
+    the model (adapter merged, weights prepacked on a CPU): faster, for one more copy of the weights.
     """
 
     needs_adapter_files = False  # samples the trainer's live model
@@ -70,7 +73,7 @@ class LocalEngine:
         stop_token_ids: Sequence[int] | None = None,
         prefill_tokens: int = PREFILL_TOKENS,
         policy_version: int = 0,
-        merge_adapter: bool = False,
+        inference_copy: bool = False,
     ):
         if max_concurrent_rollouts is not None and max_concurrent_rollouts < 1:
             raise RolloutError(f"max_concurrent_rollouts must be >= 1 (got {max_concurrent_rollouts})")
@@ -84,8 +87,7 @@ class LocalEngine:
         self.max_positions = getattr(config, "max_position_embeddings", None) or 1 << 30
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_token_ids[0]
         _check_supported(config)
-        # merge_adapter: sample a plain copy with the adapter merged (refreshed on set_policy), not via peft
-        self.merged = MergedCopy(model) if merge_adapter and is_peft(model) else None
+        self.copy = InferenceCopy(model) if inference_copy else None
 
     # ------------------------------------------------------------------------- public
 
@@ -118,8 +120,8 @@ class LocalEngine:
         names, prompt_ids = [name for name, _ in prompts], [list(ids) for _, ids in prompts]
         run = Run(self._decode_settings(), names, prompt_ids, params, stops)
         with self._sampling_mode():
-            if self.merged is not None:
-                self.merged.refresh(self.policy_version)
+            if self.copy is not None:
+                self.copy.refresh(self.policy_version)
             return run.execute()
 
     # ------------------------------------------------------------------------- helpers
@@ -150,8 +152,8 @@ class LocalEngine:
                 module.training = training
 
     def forward(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
-        """Run the model (its merged copy, with ``merge_adapter``); return the last position's logits ``[B, V]``."""
-        model = self.merged.model if self.merged is not None else self.model
+        """Run the model (or its inference copy); return the last position's logits ``[B, V]``."""
+        model = self.copy.model if self.copy is not None else self.model
         out = model(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -16,7 +16,8 @@
 * **KV cache** of the rollouts: ``--max-concurrent-rollouts`` sequences (64 when unset) of
   ``context`` tokens, ``2 * layers * n_kv * d`` elements each.
 * **sampling copy**: on the CPU the local engine samples from a copy of the weights with the adapter
-  merged in (:mod:`openrft.rollout.merged`): the base weights once more.
+  merged in and the linear weights prepacked (:mod:`openrft.rollout.inference_copy`): the base weights
+  once more.
 * **runtime**: on the CPU, what this process already holds (Python, torch, transformers).
 
 ``context`` is ``--max-context-length``, else ``--max-output-tokens`` + 512 prompt tokens. The
@@ -67,7 +68,7 @@ class MemoryEstimate:
         """A small table for ``--dry-run``."""
         rows = [
             ("base weights", self.weights),
-            *([("merged copy for sampling", self.sampling_copy)] if self.sampling_copy else []),
+            *([("inference copy for sampling", self.sampling_copy)] if self.sampling_copy else []),
             ("LoRA weights, gradients, AdamW state", self.adapter),
             (f"activations{' (checkpointed)' if self.checkpointing else ''}", self.training),
             ("rollout KV cache", self.kv_cache),
@@ -101,7 +102,7 @@ def estimate_memory(config: Any, settings: JobSettings) -> MemoryEstimate:
     in_flight = settings.engine.max_concurrent_rollouts or DEFAULT_IN_FLIGHT
     return MemoryEstimate(
         weights=base_params * b,
-        sampling_copy=base_params * b
+        sampling_copy=_sampling_copy_params(config, base_params) * b
         if m.device == "cpu" and settings.engine.kind == "local" and not settings.engine.ray
         else 0,
         adapter=adapter_params * 16,
@@ -112,6 +113,12 @@ def estimate_memory(config: Any, settings: JobSettings) -> MemoryEstimate:
         checkpointing=m.gradient_checkpointing,
         device=m.device,
     )
+
+
+def _sampling_copy_params(config: Any, base_params: int) -> int:
+    """The inference copy's parameters: the base ones, plus a tied LM head's own prepacked weight."""
+    tied = getattr(config, "tie_word_embeddings", False)
+    return base_params + (config.vocab_size * config.hidden_size if tied else 0)
 
 
 def _parameter_counts(config: Any, rank: int) -> tuple[int, int]:

@@ -99,10 +99,10 @@ def make_engine(
     else:
         from openrft.rollout import LocalEngine
 
-        # on a CPU the adapter is merged into a sampling copy (1.2-1.5x faster steps, one more copy of the
-        # weights); on a GPU the copy would cost device memory, so the engine samples through peft
+        # on a CPU the engine samples an inference copy (adapter merged, weights prepacked: faster decoding
+        # steps for one more copy of the weights); on a GPU the copy would cost device memory
         on_cpu = next(model.parameters()).device.type == "cpu"
-        engine = LocalEngine(model, tokenizer, max_concurrent_rollouts=concurrency, merge_adapter=on_cpu)
+        engine = LocalEngine(model, tokenizer, max_concurrent_rollouts=concurrency, inference_copy=on_cpu)
     return engine, engine.needs_adapter_files
 
 

@@ -1,10 +1,11 @@
-"""Sampling from a merged copy of the adapter: the same distribution as sampling through peft."""
+"""Sampling from an inference copy (adapter merged, weights prepacked): the same distribution as the model."""
 
 from __future__ import annotations
 
 import torch
 
 from openrft.records import Prompt, SamplingParams
+from openrft.rollout.inference_copy import PackedLinear
 from openrft.rollout.local import LocalEngine
 from openrft.train.policy import attach_lora, trainable_parameters
 from oracles import teacher_forced
@@ -20,7 +21,7 @@ def test_merged_copy_samples_the_live_adapter_and_follows_each_new_policy(tiny_m
     policy = attach_lora(model, rank=4, seed=0)
     for p in trainable_parameters(policy):
         p.data.normal_(0, 0.05)
-    merged = LocalEngine(policy, tokenizer, merge_adapter=True)
+    merged = LocalEngine(policy, tokenizer, inference_copy=True)
     through_peft = LocalEngine(policy, tokenizer)
     params = SamplingParams(n=4, temperature=0.8, top_k=40, max_tokens=10, seed=3)
     for version in (1, 2):
@@ -39,8 +40,35 @@ def test_merged_copy_samples_the_live_adapter_and_follows_each_new_policy(tiny_m
         assert same / total >= 0.9
         for p in trainable_parameters(policy):  # an optimizer step: the next version differs
             p.data.add_(torch.randn_like(p) * 0.05)
-    assert merged.merged.version == 2
+    assert merged.copy.version == 2
     base = {n: p.clone() for n, p in policy.named_parameters() if "lora_" not in n}
     merged.set_policy(3)
     merged.generate(PROMPTS[:1], params)
     assert all(torch.equal(base[n], p) for n, p in policy.named_parameters() if "lora_" not in n)  # untouched
+
+
+def test_packed_linear_multiplies_like_the_plain_layer():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 40, bias=True)
+    packed = PackedLinear(linear)
+    for shape in ((1, 48), (7, 48), (3, 5, 48)):
+        x = torch.randn(*shape)
+        assert (packed(x) - linear(x)).abs().max() <= 1e-5
+    packed.load(linear.weight * 2)  # a new policy: repacked from the new weights
+    x = torch.randn(4, 48)
+    assert (packed(x) - torch.nn.functional.linear(x, linear.weight * 2, linear.bias)).abs().max() <= 1e-5
+
+
+def test_inference_copy_of_a_plain_model_prepacks_every_linear_and_keeps_the_log_probs(tiny_model):
+    model, tokenizer = tiny_model
+    engine = LocalEngine(model, tokenizer, inference_copy=True)
+    assert engine.copy.prepacked  # fp32 on a CPU with oneDNN (every CI machine)
+    copied = list(engine.copy.model.modules())
+    assert not any(type(m) is torch.nn.Linear for m in copied)
+    assert sum(isinstance(m, PackedLinear) for m in copied) == sum(
+        type(m) is torch.nn.Linear for m in model.modules()
+    )  # the model itself keeps its plain layers
+    params = SamplingParams(n=3, temperature=1.0, max_tokens=12, seed=5)
+    for group in engine.generate(PROMPTS, params):
+        for c in group:
+            assert (torch.tensor(c.logprobs) - teacher_forced(model, c, 1.0)).abs().max() <= 1e-4
