@@ -72,7 +72,7 @@ def run_openrft_live(model, tokenizer, prompts, params, concurrency) -> tuple[in
     return run_openrft(model, tokenizer, prompts, params, concurrency, copy=False)
 
 
-def matmul_peak(threads: int) -> float:
+def matmul_peak() -> float:
     """fp32 FLOP/s of a 2048^3 product: the better of torch's default mm and oneDNN with a prepacked weight."""
     a, w = torch.randn(2048, 2048), torch.randn(2048, 2048)
     packed = torch.ops.mkldnn._reorder_linear_weight(w) if torch.backends.mkldnn.is_available() else None
@@ -169,7 +169,7 @@ def main() -> None:
         f"concurrency={args.concurrency} threads={torch.get_num_threads()} "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
     )
-    peak, per_token = matmul_peak(args.threads), flops_per_token(model)
+    peak, per_token = matmul_peak(), flops_per_token(model)
     limit = peak / per_token
     print(
         f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s, {per_token / 1e6:.0f} MFLOP per token: "

@@ -102,7 +102,7 @@ def estimate_memory(config: Any, settings: JobSettings) -> MemoryEstimate:
     in_flight = settings.engine.max_concurrent_rollouts or DEFAULT_IN_FLIGHT
     return MemoryEstimate(
         weights=base_params * b,
-        sampling_copy=_sampling_copy_params(config, base_params) * b
+        sampling_copy=_sampling_copy_params(config, base_params, prepacked=b == 4) * b
         if m.device == "cpu" and settings.engine.kind == "local" and not settings.engine.ray
         else 0,
         adapter=adapter_params * 16,
@@ -115,9 +115,10 @@ def estimate_memory(config: Any, settings: JobSettings) -> MemoryEstimate:
     )
 
 
-def _sampling_copy_params(config: Any, base_params: int) -> int:
-    """The inference copy's parameters: the base ones, plus a tied LM head's own prepacked weight."""
-    tied = getattr(config, "tie_word_embeddings", False)
+def _sampling_copy_params(config: Any, base_params: int, *, prepacked: bool) -> int:
+    """The inference copy's parameters: the base ones, plus a tied LM head's own weight when the copy
+    is prepacked (fp32 on a CPU: the packed head no longer shares the embedding's storage)."""
+    tied = prepacked and getattr(config, "tie_word_embeddings", False)
     return base_params + (config.vocab_size * config.hidden_size if tied else 0)
 
 
