@@ -91,21 +91,25 @@ class StepRecorder:
 
 def _instrument(recorder: StepRecorder, captured: dict[str, Any]) -> None:
     """Wrap the loop's round start, sampling and policy construction (observation only)."""
-    import openrft.train.job as job
     import openrft.train.loop as loop
     import openrft.train.rounds as rounds
+    import openrft.train.setup as setup
 
     for module, name in [
         (loop, "start_round"),
         (loop, "plan_step"),
         (rounds, "sample_and_score"),
-        (job, "build_policy"),
+        (setup, "build_policy"),
     ]:
         if not callable(getattr(module, name, None)):
             raise RuntimeError(
                 f"{module.__name__}.{name} is gone: openrft's loop changed, update bench/_vs_trl_openrft.py"
             )
-    start_round, sample_and_score, build_policy = loop.start_round, rounds.sample_and_score, job.build_policy
+    start_round, sample_and_score, build_policy = (
+        loop.start_round,
+        rounds.sample_and_score,
+        setup.build_policy,
+    )
     plan_step = loop.plan_step
 
     def timed_start_round(*args, **kwargs):
@@ -130,14 +134,14 @@ def _instrument(recorder: StepRecorder, captured: dict[str, Any]) -> None:
         recorder.planned(batches)
         return batches, dropped
 
-    def capturing_build_policy(cfg):
-        model, tokenizer = build_policy(cfg)
+    def capturing_build_policy(*args, **kwargs):
+        model, tokenizer = build_policy(*args, **kwargs)
         captured["model"] = model
         return model, tokenizer
 
     loop.start_round = timed_start_round
     rounds.sample_and_score = timed_sample_and_score
-    job.build_policy = capturing_build_policy
+    setup.build_policy = capturing_build_policy
     loop.plan_step = counting_plan_step
 
 
