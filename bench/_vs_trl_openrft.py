@@ -19,6 +19,7 @@ Timing, observed without changing behaviour:
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from typing import Any
@@ -111,13 +112,14 @@ def _instrument(recorder: StepRecorder, captured: dict[str, Any]) -> None:
         setup.build_policy,
     )
     plan_step = loop.plan_step
+    signature = inspect.signature(sample_and_score)
 
     def timed_start_round(*args, **kwargs):
         recorder.round_started()
         return start_round(*args, **kwargs)
 
     def timed_sample_and_score(*args, **kwargs):
-        timings = kwargs["timings"] if "timings" in kwargs else args[4]  # the round's timing dict
+        timings = signature.bind(*args, **kwargs).arguments["timings"]  # the round's timing dict
         before = dict(timings)
         groups = sample_and_score(*args, **kwargs)
         if recorder.first_prompt_ids is None:
@@ -174,14 +176,16 @@ def openrft_flags(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
 
 def main(spec: dict[str, Any]) -> dict[str, Any]:
     from openrft.config import build_config
-    from openrft.train.job import run_training
+    from openrft.train.job import prepare, run_training
 
     job_dir = Path(spec["work_dir"]) / "job"
     cfg, _ = build_config({}, openrft_flags(spec, job_dir))
     recorder = StepRecorder(spec["steps"])
     captured: dict[str, Any] = {}
     _instrument(recorder, captured)
-    outcome = run_training(cfg, job_dir, quiet=True, should_stop=recorder.done, extra_sinks=[recorder])
+    outcome = run_training(
+        prepare(cfg), job_dir, quiet=True, should_stop=recorder.done, extra_sinks=[recorder]
+    )
     model = captured["model"]
     path, lora = path_parameters(model)
     notes = []
