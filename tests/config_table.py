@@ -47,5 +47,8 @@ TABLE = [
     ("gradient_checkpointing", False, [True], ["x"]),
     ("rollout_is_cap", 2.0, [0, 1, 2.0, 10], [0.5, -1, "inf", "nan", "big"]),
     ("vllm_gpu_memory_utilization", 0.3, [0.05, 0.95], [0, 0.96, -0.1, "half"]),
+    ("max_turns", 8, [1, 64, "4"], [0, 65, 2.5, "x", True]),
+    ("tool_timeout", 30.0, [0.5, 600], [0, -1, float("inf"), "nan"]),
+    ("agent_timeout", 600.0, [1, 3600], [0, -1, float("inf")]),
     ("wandb", False, [True], ["x"]),
 ]

@@ -70,10 +70,27 @@ class Completion:
     logprobs: tuple[float, ...]
     finish_reason: FinishReason
     policy_version: int = 0
+    # Agent rollouts (several model calls, see openrft.rollout.trajectories):
+    completion_mask: tuple[int, ...] = ()  # 1 = sampled by the model, 0 = a tool's or user's turn; () = all 1
+    continuations: tuple[Completion, ...] = ()  # further sequences of the same trajectory
+    conversation: tuple[dict[str, Any], ...] = field(default=(), hash=False, compare=False)  # as returned
+    agent_metrics: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
+    error: str = ""  # the agent failed: scored invalid, never trained on
 
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.completion_token_ids)
+
+    @property
+    def sequences(self) -> tuple[Completion, ...]:
+        """Every training sequence of this candidate: itself, then its continuations."""
+        return (self, *self.continuations)
+
+    @property
+    def sampled_tokens(self) -> int:
+        """Tokens the model sampled, over all sequences (environment turns not counted)."""
+        return sum(sum(c.completion_mask) if c.completion_mask else len(c.completion_token_ids)
+                   for c in self.sequences)  # fmt: skip
 
 
 @dataclass(frozen=True)

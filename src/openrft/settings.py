@@ -102,6 +102,18 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
+class AgentSettings:
+    """Multi-turn rollouts: the user's agent (``path.py::fn``) or the built-in tool loop's tools."""
+
+    agent: str | None
+    tools: str | None
+    mcp_server: str | None
+    max_turns: int = 8
+    tool_timeout: float = 30.0
+    agent_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
 class JobSettings:
     """Everything a job's stages need, resolved from one validated configuration."""
 
@@ -114,9 +126,11 @@ class JobSettings:
     schedule: ScheduleSettings
     rounds: RoundSettings
     engine: EngineSettings
+    agent: AgentSettings | None = None  # None: one sampled response per candidate
 
 
 __all__ = [
+    "AgentSettings",
     "BatchSettings",
     "EngineKind",
     "EngineSettings",

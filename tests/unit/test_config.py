@@ -31,6 +31,9 @@ def test_table_covers_every_numeric_and_choice_field():
         "wandb_api_key",
         "wandb_run_id",
         "stop",  # tested in test_stop_strings
+        "agent",  # paths and commands: tests/integration/test_agents.py
+        "tools",
+        "mcp_server",
     }
     assert set(C.FIELD_GROUP) == covered | free_text
 

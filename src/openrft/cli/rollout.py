@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from openrft import config as C
@@ -162,9 +163,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     rollout = _validated(args)
     base, engine = _engine(args, rollout)
-    name = args.served_model_name or base
-    print(f"openrft serve: {name} on http://{args.host}:{args.port}/v1", file=sys.stderr)
-    serve(engine, name, args.host, args.port, base_adapter="default" if args.adapter else None)
+    short = Path(str(base).rstrip("/")).name or str(base)
+    if args.adapter:  # policy = base + adapter, under the adapter's name; the base under its own
+        name = args.served_model_name or Path(str(args.adapter).rstrip("/")).name
+        names = {"base_adapter": "default", "aliases": ["policy"], "base_name": short}
+    else:
+        name = args.served_model_name or short
+        names = {"aliases": ["policy", str(base)]}
+    served = ", ".join(dict.fromkeys([name, *names["aliases"], *([short] if args.adapter else [])]))
+    print(f"openrft serve: {served} on http://{args.host}:{args.port}/v1", file=sys.stderr)
+    serve(engine, name, args.host, args.port, **names)
     return 0
 
 

@@ -10,7 +10,6 @@ job files use the flag names) while the code reads ``cfg.rollout.temperature``.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import (
@@ -23,8 +22,11 @@ from pydantic import (
 )
 
 from openrft.algo.losses import LOSS_METHODS, KLBetaNotSupported, resolve_loss
+from openrft.config.agent import AgentConfig
+from openrft.config.fields import Group, field, parse_token_count
 from openrft.records import SamplingParams
 from openrft.settings import (
+    AgentSettings,
     BatchSettings,
     EngineSettings,
     JobSettings,
@@ -48,151 +50,121 @@ def kl_beta_message(method: str) -> str:
 KL_BETA_ERRORS = {name: kl_beta_message(name) for name, m in LOSS_METHODS.items() if not m.tunable_kl}
 
 
-def _field(
-    default: Any, description: str, *, valid: str | None = None, flags: tuple[str, ...] = (), **kw: Any
-):
-    """A pydantic Field carrying the CLI metadata: accepted-values note and extra flag aliases."""
-    extra = {"valid": valid, "flags": list(flags)}
-    return Field(default, description=description, json_schema_extra=extra, **kw)
-
-
-def parse_token_count(value: Any) -> Any:
-    """'32k' -> 32768, '1m' -> 1048576; anything else is left for normal validation."""
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)\s*", value)
-        if match:
-            return int(match.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[match.group(2).lower()]
-    return value
-
-
-class _Group(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_numbers(cls, value: Any, info: Any) -> Any:
-        # pydantic's lax mode would read True as 1; a boolean is never a valid number here.
-        annotation = cls.model_fields[info.field_name].annotation
-        if isinstance(value, bool) and annotation not in (bool, bool | None):
-            raise ValueError("expected a number, not a boolean")
-        return value
-
-
-class TrainingConfig(_Group):
+class TrainingConfig(Group):
     """How the model learns."""
 
-    base_model: str = _field(
+    base_model: str = field(
         DEFAULT_BASE_MODEL,
         "Base model: 'smollm2-135m-instruct' (embedded, the default), a local Hugging Face model "
         "directory, or a hub id already in the local Hugging Face cache. Nothing is downloaded.",
     )
-    warm_start_from: str | None = _field(
+    warm_start_from: str | None = field(
         None,
         "Start from an existing LoRA adapter directory (PEFT format) instead of a fresh adapter; its "
         "base model is used. Cannot be combined with an explicit --base-model.",
     )
-    output_model: str | None = _field(
+    output_model: str | None = field(
         None, "Directory for the trained adapter and job outputs (default: the job's folder)."
     )
-    job_id: str | None = _field(
+    job_id: str | None = field(
         None,
         "Job id (letters, digits, '-', '_'; default: generated).",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$",
         valid="1-64 letters, digits, '-' or '_', starting with a letter or digit",
     )
-    epochs: int = _field(
+    epochs: int = field(
         1, "Passes over the training prompts.", valid="a whole number from 1 to 10", ge=1, le=10
     )
-    learning_rate: float = _field(
+    learning_rate: float = field(
         1e-4, "AdamW step size for the LoRA weights.", valid="a number from 1e-5 to 5e-4", ge=1e-5, le=5e-4
     )
-    learning_rate_warmup_steps: int = _field(
+    learning_rate_warmup_steps: int = field(
         0, "Optimizer steps of linear learning-rate warm-up from 0.", valid="a whole number >= 0", ge=0
     )
-    lora_rank: int = _field(8, "Rank of the LoRA adapter (trainable capacity).", valid="one of 4, 8, 16, 32")
-    lora_alpha: int | None = _field(
+    lora_rank: int = field(8, "Rank of the LoRA adapter (trainable capacity).", valid="one of 4, 8, 16, 32")
+    lora_alpha: int | None = field(
         None, "LoRA scaling numerator alpha (default: 2 x rank).", valid="a whole number >= 1", ge=1
     )
-    max_context_length: int | None = _field(
+    max_context_length: int | None = field(
         None,
         "Longest prompt + response in tokens (default: the model's context window).",
         valid="a whole number >= 32",
         ge=32,
     )
-    batch_size: int = _field(
+    batch_size: int = field(
         32768,
         "Tokens (prompt + response) consumed per training step; '32k' and '64k' forms are accepted.",
         valid="a whole number of tokens >= 1 (e.g. 32768 or 32k)",
         ge=1,
     )
-    batch_size_samples: int | None = _field(
+    batch_size_samples: int | None = field(
         None, "Optional cap on sequences per training step.", valid="a whole number >= 1", ge=1
     )
-    micro_batch_tokens: int = _field(
+    micro_batch_tokens: int = field(
         256,
         "Memory knob: padded tokens per forward/backward micro-batch. Does not change the maths. "
         "Small is not slower on CPU; raise it on a GPU.",
         valid="a whole number >= 64",
         ge=64,
     )
-    gradient_accumulation_steps: int = _field(
+    gradient_accumulation_steps: int = field(
         1,
         "Training steps whose gradients are summed before one optimizer update.",
         valid="a whole number >= 1",
         ge=1,
     )
-    optimizer_weight_decay: float = _field(0.01, "AdamW weight decay.", valid="a number >= 0", ge=0)
-    max_grad_norm: float = _field(1.0, "Gradient clipping norm (0 = off).", valid="a number >= 0", ge=0)
-    chunk_size: int = _field(
+    optimizer_weight_decay: float = field(0.01, "AdamW weight decay.", valid="a number >= 0", ge=0)
+    max_grad_norm: float = field(1.0, "Gradient clipping norm (0 = off).", valid="a number >= 0", ge=0)
+    chunk_size: int = field(
         200,
         "Prompts per rollout round (dataset chunking); -1 = the whole dataset in one round.",
         valid="-1 or a whole number >= 1",
     )
-    seed: int = _field(
+    seed: int = field(
         42,
         "Seed for sampling, data order and initialisation.",
         valid=f"a whole number from 0 to {SEED_MAX}",
         ge=0,
         le=SEED_MAX,
     )
-    checkpoint_every: int = _field(
+    checkpoint_every: int = field(
         10,
         "Save a resumable checkpoint every N optimizer steps (and at the end).",
         valid="a whole number >= 1",
         ge=1,
     )
-    eval_every: int = _field(
+    eval_every: int = field(
         10,
         "Score the evaluation set every N optimizer steps (and at start and end); 0 = start and end only.",
         valid="a whole number >= 0",
         ge=0,
     )
 
-    device: str = _field(
+    device: str = field(
         "auto",
         "Where the model trains and samples: auto (the first CUDA device when there is one, else the CPU), "
         "cpu, cuda or cuda:N.",
         valid="auto, cpu, cuda or cuda:N",
         pattern=r"^(auto|cpu|cuda|cuda:\d+)$",
     )
-    dtype: Literal["auto", "float32", "bfloat16"] = _field(
+    dtype: Literal["auto", "float32", "bfloat16"] = field(
         "auto",
         "Precision of the base weights: auto (bfloat16 on CUDA, float32 on the CPU), float32 or bfloat16. "
         "The LoRA weights, the optimizer state, log-probabilities and the loss stay float32.",
         valid="one of auto, float32, bfloat16",
     )
-    gradient_checkpointing: bool = _field(
+    gradient_checkpointing: bool = field(
         False,
         "Recompute activations in the backward pass instead of keeping them: less memory for long "
         "sequences and large models, about a third more compute.",
     )
-    deterministic: bool = _field(
+    deterministic: bool = field(
         False,
         "Bit-exact reruns and resumes: one intra-op thread and deterministic algorithms (slower). "
         "Without it, runs with the same seed agree to float rounding only.",
     )
 
-    eval_candidates: int = _field(
+    eval_candidates: int = field(
         1,
         "Responses sampled per evaluation prompt (at the rollout temperature, with a fixed seed).",
         valid="a whole number >= 1",
@@ -219,55 +191,55 @@ class TrainingConfig(_Group):
         return value
 
 
-class LossConfig(_Group):
+class LossConfig(Group):
     """Which policy-gradient objective to optimise."""
 
-    rl_loss_method: str = _field(
+    rl_loss_method: str = field(
         "grpo",
         "Policy loss: grpo (clip 0.8-1.2, KL 0.001, token-mean), dapo (clip 0.8-1.28, no KL, "
         "token-mean) or gspo-token (sequence ratio, clip 1-3e-4..1+4e-4, no KL, seq-mean-token-mean).",
         valid="one of " + ", ".join(LOSS_METHODS),
     )
-    rl_kl_beta: float = _field(
+    rl_kl_beta: float = field(
         0.0,
         "KL penalty coefficient for grpo; 0 = the method's default (0.001). Rejected for dapo and gspo-token.",
         valid="a number >= 0",
         ge=0,
     )
-    length_norm: bool = _field(
+    length_norm: bool = field(
         False,
         "Normalise each response's loss by its own length (seq-mean-token-mean aggregation) whatever the method.",
     )
-    dynamic_sampling: bool = _field(
+    dynamic_sampling: bool = field(
         False,
         "DAPO dynamic sampling (opt-in, with any --rl-loss-method): sample further prompts until the "
         "round holds as many non-zero-variance groups as it has prompts.",
     )
-    max_sampling_rounds: int = _field(
+    max_sampling_rounds: int = field(
         3,
         "Cap on extra sampling rounds per round with --dynamic-sampling.",
         valid="a whole number >= 1",
         ge=1,
     )
-    rollout_is_cap: float = _field(
+    rollout_is_cap: float = field(
         2.0,
         "Sampler/trainer mismatch correction: when responses are sampled by another engine (vLLM, an "
         "endpoint) the trainer recomputes their log-probs and weights each token by min(p_trainer / "
         "p_sampler, CAP) (truncated importance sampling). 0 turns the correction off.",
         valid="0 or a number >= 1",
     )
-    overlong_penalty: bool = _field(
+    overlong_penalty: bool = field(
         False,
         "DAPO soft overlong penalty (opt-in, with any --rl-loss-method): linearly penalise responses that "
         "enter the final buffer.",
     )
-    overlong_buffer: int | None = _field(
+    overlong_buffer: int | None = field(
         None,
         "Length of the overlong penalty buffer in tokens (default: a quarter of --max-output-tokens).",
         valid="a whole number >= 1",
         ge=1,
     )
-    overlong_penalty_factor: float = _field(
+    overlong_penalty_factor: float = field(
         1.0,
         "Largest penalty subtracted from a response that hits the length limit.",
         valid="a number >= 0",
@@ -304,37 +276,37 @@ class LossConfig(_Group):
         return self
 
 
-class RolloutConfig(_Group):
+class RolloutConfig(Group):
     """How responses are sampled during training."""
 
-    temperature: float = _field(
+    temperature: float = field(
         0.7,
         "Sampling temperature (must be > 0; near-greedy sampling starves RL of exploration).",
         valid="a number from 0.1 to 2.0",
         ge=0.1,
         le=2.0,
     )
-    top_p: float = _field(
+    top_p: float = field(
         1.0, "Nucleus sampling mass; 1.0 = off.", valid="a number from 0 to 1", ge=0.0, le=1.0
     )
-    top_k: int = _field(
+    top_k: int = field(
         40,
         "Sample among the k most likely tokens; 0 = off.",
         valid="a whole number from 0 to 100",
         ge=0,
         le=100,
     )
-    response_candidates_count: int = _field(
+    response_candidates_count: int = field(
         8,
         "Responses sampled per prompt (the group compared to compute advantages).",
         valid="a whole number >= 2",
         flags=("--n",),
         ge=2,
     )
-    max_output_tokens: int = _field(
+    max_output_tokens: int = field(
         2048, "Longest response in tokens.", valid="a whole number from 16 to 16384", ge=16, le=16384
     )
-    stop: tuple[str, ...] = _field(
+    stop: tuple[str, ...] = field(
         (),
         "Text that ends a response as soon as it appears (kept in the response), e.g. '</answer>'. "
         "Repeat the flag for several; the model's end-of-turn token always ends a response.",
@@ -351,43 +323,43 @@ class RolloutConfig(_Group):
             raise ValueError("every stop string must be non-empty text")
         return value
 
-    max_concurrent_rollouts: int | None = _field(
+    max_concurrent_rollouts: int | None = field(
         None,
         "Sequences sampled in parallel (throughput only); unset = the evaluator header's value.",
         valid="a whole number >= 1",
         ge=1,
     )
-    max_concurrent_evaluations: int | None = _field(
+    max_concurrent_evaluations: int | None = field(
         None,
         "Evaluator calls run in parallel; unset = the evaluator header's value.",
         valid="a whole number >= 1",
         ge=1,
     )
-    rollout_engine: Literal["local", "endpoint", "vllm"] = _field(
+    rollout_engine: Literal["local", "endpoint", "vllm"] = field(
         "local",
         "Where responses are sampled: local (in-process transformers), endpoint (an OpenAI-compatible "
         "server, see --endpoint-url) or vllm (in-process vLLM, GPU only).",
         valid="one of local, endpoint, vllm",
     )
-    endpoint_url: str | None = _field(
+    endpoint_url: str | None = field(
         None,
         "Base URL of an OpenAI-compatible server for --rollout-engine endpoint (e.g. http://host:8000/v1).",
     )
-    ray_address: str | None = _field(
+    ray_address: str | None = field(
         None,
         "Run rollouts and evaluator calls on a Ray cluster: 'auto', HOST:PORT, ray://HOST:PORT or "
         "'local' (start a private one here). Unset = everything in this process.",
     )
-    rollout_workers: int = _field(
+    rollout_workers: int = field(
         2, "Rollout actors on the Ray cluster (with --ray-address).", valid="a whole number >= 1", ge=1
     )
-    max_staleness: int = _field(
+    max_staleness: int = field(
         0,
         "Policy versions a rollout may lag behind the trainer (0 = every round samples the latest adapter).",
         valid="a whole number >= 0",
         ge=0,
     )
-    vllm_gpu_memory_utilization: float = _field(
+    vllm_gpu_memory_utilization: float = field(
         0.3,
         "With --rollout-engine vllm on the trainer's GPU: the share of the GPU's memory vLLM may use "
         "(weights and KV cache); the trainer keeps the rest.",
@@ -395,7 +367,7 @@ class RolloutConfig(_Group):
         gt=0,
         le=0.95,
     )
-    evaluator_timeout: float = _field(
+    evaluator_timeout: float = field(
         60.0, "Seconds one evaluator call may take before it is scored invalid.", valid="a number > 0", gt=0
     )
 
@@ -411,29 +383,29 @@ class RolloutConfig(_Group):
         return self
 
 
-class DataConfig(_Group):
+class DataConfig(Group):
     """What to train on and how it is scored."""
 
-    dataset: str | None = _field(
+    dataset: str | None = field(
         None,
         "Training prompts: a JSONL file of {messages, ground_truth} rows, or a built-in task "
         "('arithmetic'). Default: the evaluator's input_dataset, else 'arithmetic'.",
     )
-    evaluator: str | None = _field(
+    evaluator: str | None = field(
         None,
         "Scoring function: path/to/file.py::function, module:function, or a built-in "
         "('arithmetic', 'gsm8k'; weights as options, e.g. 'arithmetic:partial_weight=0'). "
         "Default: the dataset's built-in evaluator.",
     )
-    evaluation_dataset: str | None = _field(None, "JSONL prompts scored periodically, never trained on.")
-    eval_auto_carveout: float | None = _field(
+    evaluation_dataset: str | None = field(None, "JSONL prompts scored periodically, never trained on.")
+    eval_auto_carveout: float | None = field(
         None,
         "Hold out this fraction of the training prompts (seeded) as the evaluation set.",
         valid="a fraction greater than 0 and at most 0.5",
         gt=0,
         le=0.5,
     )
-    skip_bad_rows: bool = _field(False, "Skip (and count) malformed dataset rows instead of failing.")
+    skip_bad_rows: bool = field(False, "Skip (and count) malformed dataset rows instead of failing.")
 
     @model_validator(mode="after")
     def _one_evaluation_set(self) -> DataConfig:
@@ -445,22 +417,23 @@ class DataConfig(_Group):
         return self
 
 
-class WandbConfig(_Group):
+class WandbConfig(Group):
     """Weights & Biases tracking (optional extra)."""
 
-    wandb: bool = _field(False, "Log the job to Weights & Biases (offline when no API key or network).")
-    wandb_project: str | None = _field(None, "W&B project (default: openrft).")
-    wandb_entity: str | None = _field(None, "W&B entity (team or user).")
-    wandb_api_key: SecretStr | None = _field(None, "W&B API key (default: WANDB_API_KEY or offline mode).")
-    wandb_run_id: str | None = _field(None, "W&B run id, to resume logging into an existing run.")
+    wandb: bool = field(False, "Log the job to Weights & Biases (offline when no API key or network).")
+    wandb_project: str | None = field(None, "W&B project (default: openrft).")
+    wandb_entity: str | None = field(None, "W&B entity (team or user).")
+    wandb_api_key: SecretStr | None = field(None, "W&B API key (default: WANDB_API_KEY or offline mode).")
+    wandb_run_id: str | None = field(None, "W&B run id, to resume logging into an existing run.")
 
 
-GROUPS: dict[str, type[_Group]] = {
+GROUPS: dict[str, type[Group]] = {
     "training": TrainingConfig,
     "loss": LossConfig,
     "rollout": RolloutConfig,
     "data": DataConfig,
     "wandb": WandbConfig,
+    "agent": AgentConfig,
 }
 FIELD_GROUP: dict[str, str] = {name: group for group, model in GROUPS.items() for name in model.model_fields}
 
@@ -482,6 +455,7 @@ class JobConfig(BaseModel):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
 
     @model_validator(mode="after")
     def _cross_group_rules(self) -> JobConfig:
@@ -507,7 +481,7 @@ class JobConfig(BaseModel):
         """The typed settings every stage of the job receives (see :mod:`openrft.settings`)."""
         from openrft.algo.dapo import default_overlong_buffer  # imports torch: only when a job runs
 
-        t, lo, r = self.training, self.loss, self.rollout
+        t, lo, r, a = self.training, self.loss, self.rollout, self.agent
         loss_fn, loss_spec = resolve_loss(lo.rl_loss_method, lo.rl_kl_beta, lo.length_norm)
         ray = RaySettings(r.ray_address, r.rollout_workers, r.max_staleness) if r.ray_address else None
         return JobSettings(
@@ -558,6 +532,9 @@ class JobConfig(BaseModel):
                 dynamic_sampling_rounds=lo.max_sampling_rounds if lo.dynamic_sampling else None,
                 rollout_is_cap=lo.rollout_is_cap,
             ),
+            agent=AgentSettings(a.agent, a.tools, a.mcp_server, a.max_turns, a.tool_timeout, a.agent_timeout)
+            if a.enabled
+            else None,
             engine=EngineSettings(
                 r.rollout_engine,
                 r.endpoint_url,

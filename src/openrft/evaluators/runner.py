@@ -11,7 +11,8 @@ other calls go on. :func:`check_invalid_rate` then fails the step when too many
 scores are invalid.
 
 The evaluator sees the prompt's messages followed by an assistant message holding
-the completion text, plus the row's ``ground_truth`` and every other field.
+the completion text (for an agent's run: the whole conversation it returned), plus the
+row's ``ground_truth`` and every other field.
 """
 
 from __future__ import annotations
@@ -150,8 +151,11 @@ def build_row(evaluator: Evaluator, prompt: Prompt, completion: Completion) -> A
     extras = {k: v for k, v in row.items() if k not in ROW_FIELDS | DROPPED_FIELDS}
     metadata = dict(row.get("input_metadata") or {}) if isinstance(row.get("input_metadata"), dict) else {}
     metadata.setdefault("row_id", prompt.prompt_id)
-    messages = copy.deepcopy(list(prompt.messages))
-    messages.append({"role": "assistant", "content": completion.text})
+    if completion.conversation:  # an agent's run: the whole conversation it returned
+        messages = copy.deepcopy(list(completion.conversation))
+    else:
+        messages = copy.deepcopy(list(prompt.messages))
+        messages.append({"role": "assistant", "content": completion.text})
     return evaluator.row_cls(
         messages=messages,
         ground_truth=row.get("ground_truth"),

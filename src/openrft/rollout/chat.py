@@ -166,7 +166,11 @@ def _normalise(messages: Sequence[Any]) -> list[dict[str, Any]]:
         raise DataError("no messages to render")
     out = []
     for i, message in enumerate(messages):
-        m = message.model_dump(exclude_none=True) if hasattr(message, "model_dump") else copy.deepcopy(message)
+        m = (
+            message.model_dump(exclude_none=True)
+            if hasattr(message, "model_dump")
+            else copy.deepcopy(message)
+        )
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise DataError(f"message {i} must be an object with a string 'role'")
         content = m.get("content")

@@ -1,9 +1,11 @@
 """``openrft serve``: the local engine behind a small OpenAI-compatible HTTP API.
 
-Endpoints (the subset of vLLM's API that :class:`~openrft.rollout.endpoint.EndpointEngine`
-uses, so the endpoint path can be exercised without a GPU):
+Endpoints (chat completions, and the subset of vLLM's API that
+:class:`~openrft.rollout.endpoint.EndpointEngine` uses, so the endpoint path can be exercised
+without a GPU):
 
 * ``GET  /v1/models``
+* ``POST /v1/chat/completions``: see :mod:`openrft.rollout.chat_api` (tools, tool calls, stream).
 * ``POST /v1/completions``: ``prompt`` as text, token ids, or a list of either; ``n``,
   ``max_tokens``, ``temperature``, ``top_p``, ``top_k`` (-1 or 0 = off), ``seed``,
   ``logprobs``, ``stop_token_ids``, ``return_tokens_as_token_ids``, ``return_token_ids``.
@@ -22,7 +24,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -33,6 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from openrft.errors import OpenRFTError
 from openrft.records import Completion, SamplingParams
+from openrft.rollout.chat_api import HTTPError, add_chat_routes
+from openrft.rollout.trajectories import RolloutRecorder
 
 BATCH_WINDOW_S = 0.01
 
@@ -62,10 +66,7 @@ class AdapterRequest(BaseModel):
     lora_path: str | None = None
 
 
-class _HTTPError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
+_HTTPError = HTTPError
 
 
 @dataclass
@@ -78,24 +79,50 @@ class _Pending:
 class ModelHost:
     """The served model: base weights plus named LoRA adapters, one generation at a time.
 
-    ``base_adapter`` names the adapter (given at start-up) that is part of ``model_name``.
+    ``model_name`` is the default model: the base, or base + ``base_adapter`` (an adapter given
+    at start-up). ``aliases`` are other names for it (``policy``, the base model's path);
+    ``base_name`` serves the base without any adapter. ``fixed`` serves whatever the engine
+    samples now (a job's policy, any engine with ``generate_from_ids``): no adapter switching.
     """
 
-    def __init__(self, engine: Any, model_name: str, base_adapter: str | None = None):
+    def __init__(
+        self,
+        engine: Any,
+        model_name: str,
+        base_adapter: str | None = None,
+        *,
+        aliases: Sequence[str] = (),
+        base_name: str | None = None,
+        fixed: bool = False,
+    ):
         self.engine, self.model_name, self.base_adapter = engine, model_name, base_adapter
+        self.aliases = [a for a in dict.fromkeys(aliases) if a != model_name]
+        self.base_name = base_name if base_name not in (None, model_name, *self.aliases) else None
+        self.fixed = fixed
         self.adapters: dict[str, str] = {}
         self.lock = threading.Lock()
 
     def names(self) -> list[str]:
-        return [self.model_name, *self.adapters]
+        extra = [self.base_name] if self.base_name else []
+        return [self.model_name, *self.aliases, *extra, *self.adapters]
+
+    def resolve(self, name: str | None) -> str:
+        """The served name a request's ``model`` means (an alias -> the default model); 404 if none."""
+        if name is None or name in self.aliases:
+            return self.model_name
+        if name not in self.names():
+            raise _HTTPError(404, f"the model '{name}' does not exist (served: {', '.join(self.names())})")
+        return name
 
     @contextlib.contextmanager
     def selected(self, name: str) -> Iterator[None]:
-        model = self.engine.model
-        if name != self.model_name:
+        model = getattr(self.engine, "model", None)
+        if self.fixed:
+            yield
+        elif name in self.adapters:
             model.set_adapter(name)
             yield
-        elif self.base_adapter is not None:
+        elif name == self.model_name and self.base_adapter is not None:
             model.set_adapter(self.base_adapter)
             yield
         elif _is_peft(model):
@@ -110,8 +137,9 @@ class ModelHost:
             n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=0,
             stop=stop_strings,
         )  # fmt: skip
+        extra = {} if set(stops) == set(self.engine.stop_token_ids) else {"stop_token_ids": stops}
         with self.lock, self.selected(name):
-            return self.engine.generate_from_ids(prompts, params, stop_token_ids=stops)
+            return self.engine.generate_from_ids(prompts, params, **extra)
 
     def load_adapter(self, name: str, path: str) -> None:
         from openrft.models import load_adapter
@@ -183,14 +211,26 @@ class _Batcher:
 
 
 def create_app(
-    engine: Any, model_name: str, *, base_adapter: str | None = None, batch_window: float = BATCH_WINDOW_S
+    engine: Any,
+    model_name: str,
+    *,
+    base_adapter: str | None = None,
+    aliases: Sequence[str] = (),
+    base_name: str | None = None,
+    recorder: RolloutRecorder | None = None,
+    fixed: bool = False,
+    batch_window: float = BATCH_WINDOW_S,
 ) -> FastAPI:
-    """The FastAPI application serving ``engine`` (a LocalEngine) as ``model_name``."""
-    host = ModelHost(engine, model_name, base_adapter)
+    """The FastAPI application serving ``engine`` as ``model_name`` (see :class:`ModelHost`).
+
+    ``recorder`` makes it a job's policy server: chat calls naming a rollout are recorded.
+    """
+    host = ModelHost(engine, model_name, base_adapter, aliases=aliases, base_name=base_name, fixed=fixed)
     batcher = _Batcher(host, batch_window)
     app = FastAPI(title="openrft serve")
     app.state.host = host
     _install_error_handlers(app)
+    add_chat_routes(app, host, batcher, recorder)
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -201,9 +241,7 @@ def create_app(
 
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest) -> dict:
-        name = request.model or model_name
-        if name not in host.names():
-            raise _HTTPError(404, f"the model '{name}' does not exist (served: {', '.join(host.names())})")
+        name = host.resolve(request.model)
         if request.stream:
             raise _HTTPError(400, "streaming is not supported by openrft serve")
         token_lists = _prompt_token_ids(engine.tokenizer, request.prompt)
@@ -241,6 +279,13 @@ def create_app(
             },
         }
 
+    _add_adapter_routes(app, host)
+    return app
+
+
+def _add_adapter_routes(app: FastAPI, host: ModelHost) -> None:
+    """vLLM's runtime LoRA endpoints: ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter``."""
+
     @app.post("/v1/load_lora_adapter")
     async def load_lora_adapter(request: AdapterRequest) -> JSONResponse:
         if not request.lora_path:
@@ -252,8 +297,6 @@ def create_app(
     async def unload_lora_adapter(request: AdapterRequest) -> JSONResponse:
         await asyncio.to_thread(host.unload_adapter, request.lora_name)
         return JSONResponse({"status": "ok", "message": f"adapter '{request.lora_name}' unloaded"})
-
-    return app
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -367,11 +410,11 @@ class BackgroundServer:
         self.thread.join(timeout=10)
 
 
-def serve(engine: Any, model_name: str, host: str, port: int, *, base_adapter: str | None = None) -> None:
-    """Serve until interrupted (the ``openrft serve`` command)."""
+def serve(engine: Any, model_name: str, host: str, port: int, **names: Any) -> None:
+    """Serve until interrupted (the ``openrft serve`` command); ``names`` as for :func:`create_app`."""
     import uvicorn
 
-    app = create_app(engine, model_name, base_adapter=base_adapter)
+    app = create_app(engine, model_name, **names)
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 

@@ -43,12 +43,13 @@ class MicroBatch:
     prompt_mask_GP: torch.Tensor  # 1 on real prompt tokens
     row_group_R: torch.Tensor  # index of the prompt each completion row continues
     completion_ids_RC: torch.Tensor  # right-padded completions
-    completion_mask_RC: torch.Tensor  # 1 on real completion tokens (the loss mask)
+    completion_mask_RC: torch.Tensor  # 1 on sampled completion tokens (the loss mask; 0 on tool/user turns)
     old_logprobs_RC: torch.Tensor  # the behaviour policy's (the trainer's when recomputed), 0 on padding
     advantages_R: torch.Tensor
     num_sequences: int
     num_tokens: int  # real (unpadded) prompt + completion tokens, prompts counted once per row
     sampler_logprobs_RC: torch.Tensor | None = None  # as the sampler recorded them
+    attention_mask_RC: torch.Tensor | None = None  # 1 on every real completion token (None: the loss mask)
     is_weights_RC: torch.Tensor | None = None  # per-token loss weights (None: all 1)
 
     def to(self, device: torch.device | str) -> MicroBatch:
@@ -144,6 +145,7 @@ def collate(sequences: Sequence[TrainSequence], pad_token_id: int) -> MicroBatch
     rows, longest = len(sequences), max(len(s.completion.completion_token_ids) for s in sequences)
     completion_ids = torch.full((rows, longest), pad_token_id, dtype=torch.long)
     completion_mask = torch.zeros((rows, longest), dtype=torch.float32)
+    attention_mask = torch.zeros((rows, longest), dtype=torch.float32)
     old = torch.zeros((rows, longest), dtype=torch.float32)
     sampler = torch.zeros((rows, longest), dtype=torch.float32)
     weighted = any(s.is_weights is not None for s in sequences)
@@ -152,7 +154,10 @@ def collate(sequences: Sequence[TrainSequence], pad_token_id: int) -> MicroBatch
         c = seq.completion
         n = len(c.completion_token_ids)
         completion_ids[r, :n] = torch.tensor(c.completion_token_ids)
-        completion_mask[r, :n] = 1.0
+        completion_mask[r, :n] = (
+            torch.tensor(c.completion_mask, dtype=torch.float32) if c.completion_mask else 1.0
+        )
+        attention_mask[r, :n] = 1.0
         sampler[r, :n] = torch.tensor(c.logprobs, dtype=torch.float32)
         old[r, :n] = torch.tensor(seq.old_logprobs or c.logprobs, dtype=torch.float32)
         if seq.is_weights is not None:
@@ -168,5 +173,6 @@ def collate(sequences: Sequence[TrainSequence], pad_token_id: int) -> MicroBatch
         num_sequences=rows,
         num_tokens=int(sum(s.num_tokens for s in sequences)),
         sampler_logprobs_RC=sampler,
+        attention_mask_RC=attention_mask if any(s.completion.completion_mask for s in sequences) else None,
         is_weights_RC=weights if weighted else None,
     )

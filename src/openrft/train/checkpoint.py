@@ -71,12 +71,19 @@ def _sequence_to_json(seq: TrainSequence) -> dict[str, Any]:
     }
 
 
+def _completion_from_json(data: dict[str, Any]) -> Completion:
+    c = dict(data)
+    for key in ("prompt_token_ids", "completion_token_ids", "logprobs", "completion_mask", "conversation"):
+        c[key] = tuple(c.get(key) or ())
+    c["continuations"] = tuple(_completion_from_json(x) for x in c.get("continuations") or ())
+    return Completion(**c)
+
+
 def _sequence_from_json(data: dict[str, Any]) -> TrainSequence:
-    c = dict(data["completion"])
-    for key in ("prompt_token_ids", "completion_token_ids", "logprobs"):
-        c[key] = tuple(c[key])
     optional = {k: tuple(data[k]) for k in ("old_logprobs", "is_weights") if data.get(k) is not None}
-    return TrainSequence(Completion(**c), data["advantage"], data["group_index"], **optional)
+    return TrainSequence(
+        _completion_from_json(data["completion"]), data["advantage"], data["group_index"], **optional
+    )
 
 
 # ----------------------------------------------------------------------------- save / load

@@ -115,6 +115,9 @@ def prepare(cfg: JobConfig) -> PreparedJob:
         with _input("--base-model"):
             check_model_available(m.base_model)
     _require_extras(cfg)
+    if settings.agent is not None:
+        with _input("--agent" if settings.agent.agent else "--tools"):
+            setup.agent_of(settings.agent)  # the file, the function, the tools' schemas
     if cfg.training.output_model:
         check_output_folder(Path(cfg.training.output_model), job_inputs(cfg, source))
     return dataclasses.replace(prepared, memory=check_memory(prepared.settings))
@@ -300,6 +303,11 @@ def run_training(
         jsonl.truncate_after(-1)
     base_model = setup.base_model_name(settings.model)
     engine, needs_files = setup.make_engine(settings.engine, model, tokenizer, base_model)
+    if settings.agent is not None:
+        context = settings.model.max_context_length or getattr(model.config, "max_position_embeddings", 4096)
+        engine = setup.with_agent(
+            engine, settings.agent, settings.engine.max_concurrent_rollouts, context, base_model
+        )
     publish = setup.policy_publisher(engine, model, job_dir / "adapters" if needs_files else None)
     publish(state.optimizer_step)
     scorer = setup.make_scorer(settings.engine, prepared.evaluator)

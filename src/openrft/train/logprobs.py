@@ -96,8 +96,13 @@ def completion_logprobs(
     completion_mask_RC: torch.Tensor,
     temperature: float = 1.0,
     block: int = DEFAULT_HEAD_BLOCK,
+    *,
+    attention_mask_RC: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Log-probs ``[R, C]`` (float32, 0 on padding) of completions that share prompts.
+    """Log-probs ``[R, C]`` (float32, 0 off ``completion_mask_RC``) of completions that share prompts.
+
+    ``attention_mask_RC`` marks the completion tokens the model sees (default: the completion
+    mask); an agent's tool and user turns are seen but not scored.
 
     Each of the G (left-padded) prompts runs once; its key/value cache is gathered for the
     completion rows that continue it (``row_group_R``), so gradients reach the adapter
@@ -118,8 +123,8 @@ def completion_logprobs(
             (layer.keys[row_group_R], layer.values[row_group_R]) for layer in prompt_out.cache.layers
         ]
     )
-    completion_mask_RC = completion_mask_RC.to(prompt_mask_GP.dtype)
-    attention_RL = torch.cat([prompt_mask_GP[row_group_R], completion_mask_RC], dim=1)
+    seen_RC = completion_mask_RC if attention_mask_RC is None else attention_mask_RC
+    attention_RL = torch.cat([prompt_mask_GP[row_group_R], seen_RC.to(prompt_mask_GP.dtype)], dim=1)
     start_R = prompt_mask_GP.sum(-1)[row_group_R]
     positions_RC = start_R[:, None] + torch.arange(completion_ids_RC.shape[1], device=start_R.device)[None, :]
     hidden_RCH = body(
@@ -142,6 +147,8 @@ def full_sequence_logprobs(
     completion_mask_RC: torch.Tensor,
     temperature: float = 1.0,
     block: int = DEFAULT_HEAD_BLOCK,
+    *,
+    attention_mask_RC: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The same ``[R, C]`` log-probs as :func:`completion_logprobs`, one forward pass per row.
 
@@ -151,7 +158,8 @@ def full_sequence_logprobs(
     """
     body, weight_VH = decoder_and_head(model)
     ids_RL = torch.cat([prompt_ids_GP[row_group_R], completion_ids_RC], dim=1)
-    mask_RL = torch.cat([prompt_mask_GP[row_group_R], completion_mask_RC.to(prompt_mask_GP.dtype)], dim=1)
+    seen_RC = completion_mask_RC if attention_mask_RC is None else attention_mask_RC
+    mask_RL = torch.cat([prompt_mask_GP[row_group_R], seen_RC.to(prompt_mask_GP.dtype)], dim=1)
     positions_RL = (mask_RL.cumsum(-1) - 1).clamp(min=0)
     hidden_RLH = body(input_ids=ids_RL, attention_mask=mask_RL, position_ids=positions_RL, use_cache=False)
     prompt_len = prompt_ids_GP.shape[1]

@@ -6,6 +6,7 @@ the round's metrics. Nothing here touches gradients.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -84,9 +85,14 @@ def run_round(
         kept, _ = filter_scored_groups(sample(prompts))
     advantages = scored_group_advantages(kept)
     sequences = [
-        TrainSequence(completion, float(adv), group_index)
+        TrainSequence(
+            dataclasses.replace(sequence, continuations=(), conversation=()), float(adv), group_index
+        )
         for group_index, (group, adv_K) in enumerate(zip(kept, advantages, strict=True))
         for completion, adv in zip(group.completions, adv_K.tolist(), strict=True)
+        if not completion.error  # a failed agent run: scored invalid, nothing to train on
+        for sequence in completion.sequences
+        if sequence.completion_token_ids
     ]
     metrics = {**round_metrics(sampled, len(kept)), **timings, **extra_metrics}
     return RoundResult(sampled, sequences, metrics)
@@ -94,9 +100,10 @@ def run_round(
 
 def round_metrics(groups: Sequence[ScoredGroup], groups_kept: int) -> dict[str, float]:
     """reward/* (the score summary), completion/*, filter/zero_variance_*, rollout/* of a round."""
-    lengths = [len(c.completion_token_ids) for g in groups for c in g.completions]
+    lengths = [c.sampled_tokens for g in groups for c in g.completions]
     truncated = [c.finish_reason == "length" for g in groups for c in g.completions]
     return {
+        **agent_metrics([c for g in groups for c in g.completions]),
         **summarize([g.scores for g in groups], prefix="reward"),
         "completion/mean_len": sum(lengths) / max(1, len(lengths)),
         "completion/max_len": float(max(lengths, default=0)),
@@ -106,6 +113,17 @@ def round_metrics(groups: Sequence[ScoredGroup], groups_kept: int) -> dict[str, 
         "filter/groups": float(len(groups)),
         "rollout/completion_tokens": float(sum(lengths)),
     }
+
+
+def agent_metrics(completions: Sequence) -> dict[str, float]:
+    """agent/* means over the round's agent rollouts (none when no completion came from an agent)."""
+    runs = [c.agent_metrics for c in completions if c.agent_metrics]
+    if not runs:
+        return {}
+    names = sorted({name for run in runs for name in run})
+    out = {f"agent/{name}": sum(run.get(name, 0.0) for run in runs) / len(runs) for name in names}
+    out["agent/failed_frac"] = sum(bool(c.error) for c in completions) / len(completions)
+    return out
 
 
 def evaluate(

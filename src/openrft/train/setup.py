@@ -17,7 +17,7 @@ from openrft.algo.losses import LossSpec
 from openrft.errors import JobError
 from openrft.paths import atomic_directory
 from openrft.records import Completion, Prompt, RolloutEngine, Score
-from openrft.settings import EngineSettings, ModelSettings, OptimizerSettings
+from openrft.settings import AgentSettings, EngineSettings, ModelSettings, OptimizerSettings
 from openrft.train import policy as P
 
 
@@ -106,12 +106,41 @@ def make_engine(
     return engine, engine.needs_adapter_files
 
 
+def agent_of(settings: AgentSettings) -> Any:
+    """The agent function a job runs: the user's (``--agent``) or the built-in tool loop's."""
+    from openrft.rollout.agents import Agent, load_agent
+
+    if settings.agent:
+        return load_agent(settings.agent)
+    from openrft.rollout.tools import builtin_agent, combine, mcp_tools, python_tools
+
+    toolsets = ([python_tools(settings.tools)] if settings.tools else []) + (
+        [mcp_tools(settings.mcp_server)] if settings.mcp_server else []
+    )
+    fn = builtin_agent(combine(toolsets), settings.max_turns, settings.tool_timeout)
+    return Agent(fn, True, "built-in tool loop")
+
+
+def with_agent(
+    engine: RolloutEngine, settings: AgentSettings, concurrency: int | None, max_context: int, base_model: str
+) -> RolloutEngine:
+    """``engine`` wrapped so that each candidate is an agent run against it (exact tokens recorded)."""
+    from openrft.rollout.agents import AgentEngine
+
+    short = Path(str(base_model).rstrip("/")).name
+    return AgentEngine(
+        engine, agent_of(settings), max_concurrent=concurrency or 32, agent_timeout=settings.agent_timeout,
+        max_context=max_context, served_names=[short],
+    )  # fmt: skip
+
+
 def samples_this_model(engine: RolloutEngine, model: Any) -> bool:
     """Whether ``engine`` samples the trainer's own model in this process (else its log-probs are
     recomputed and corrected, see :mod:`openrft.train.mismatch`): the local engine does; Ray actors,
     vLLM and servers hold copies."""
     from openrft.rollout.local import LocalEngine
 
+    engine = getattr(engine, "inner", engine)  # an agent engine samples through the one it wraps
     return isinstance(engine, LocalEngine) and engine.model is model
 
 
@@ -174,6 +203,13 @@ def make_scorer(
                 evaluator, groups, max_concurrency=settings.max_concurrent_evaluations,
                 timeout=settings.evaluator_timeout,
             )  # fmt: skip
+        scores = [
+            [
+                Score(0.0, is_valid=False, reason=c.error) if c.error else s
+                for c, s in zip(cs, ss, strict=True)
+            ]
+            for cs, ss in zip(completions, scores, strict=True)
+        ]
         check_invalid_rate([s for group in scores for s in group])
         return scores
 

@@ -96,7 +96,7 @@ def batch_logprobs(
     compute = full_sequence_logprobs if full_sequences else completion_logprobs
     return compute(
         model, batch.prompt_ids_GP, batch.prompt_mask_GP, batch.row_group_R, batch.completion_ids_RC,
-        batch.completion_mask_RC, temperature,
+        batch.completion_mask_RC, temperature, attention_mask_RC=batch.attention_mask_RC,
     )  # fmt: skip
 
 

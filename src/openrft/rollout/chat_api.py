@@ -1,0 +1,260 @@
+"""``POST /v1/chat/completions`` for ``openrft serve`` and for a job's policy server.
+
+The conversation is rendered with the model's chat template, tools included
+(:mod:`openrft.rollout.chat`), and tool calls are read back out of the completion in the
+format that template uses and returned OpenAI-shaped (``finish_reason: "tool_calls"``).
+``stream: true`` answers with server-sent events once the completion is done.
+
+A request that names a rollout (the ``X-OpenRFT-Rollout`` header, set by the client a job
+gives an agent) is a training call: the job's sampling parameters replace the request's,
+``n`` must be 1, the trajectory's tokens are bounded by the job's context length, and the
+exact tokens are recorded (:mod:`openrft.rollout.trajectories`).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from openrft.records import Completion
+from openrft.rollout.chat import ParsedReply, encode_chat, render_chat, tool_format
+from openrft.rollout.trajectories import ROLLOUT_HEADER, CallRecord, RolloutRecorder, continues, joining_text
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    model: str | None = None
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, ge=0.0, le=1.0)
+    top_k: int = Field(-1, ge=-1)
+    n: int = Field(1, ge=1, le=256)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    return_token_ids: bool = False  # vLLM's extension: prompt and completion token ids in the answer
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def add_chat_routes(app: FastAPI, host: Any, batcher: Any, recorder: RolloutRecorder | None = None) -> None:
+    """Register ``/v1/chat/completions`` on ``app`` (``host``/``batcher`` from :mod:`openrft.rollout.server`)."""
+    engine = host.engine
+    fmt = tool_format("hermes")
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(request: ChatRequest, http: Request) -> Any:
+        name = host.resolve(request.model)
+        rollout_id = http.headers.get(ROLLOUT_HEADER)
+        if rollout_id is not None and (recorder is None or recorder.log(rollout_id) is None):
+            raise HTTPError(404, f"no open rollout '{rollout_id}'")
+        tools = None if request.tool_choice == "none" else request.tools
+        _check_tool_choice(request)
+        prompt_ids = _prompt_ids(engine.tokenizer, request.messages, tools, fmt, recorder, rollout_id)
+        key, seed_name, budget = _sampling(request, name, engine, recorder, rollout_id, len(prompt_ids))
+        groups = await batcher.submit(key, [(seed_name, prompt_ids)])
+        completions = groups[0]
+        replies = [fmt.parse(c.text) if tools else ParsedReply(c.text) for c in completions]
+        if rollout_id is not None:
+            c, reply = completions[0], replies[0]
+            cut_by_context = budget is not None and budget < recorder.params.max_tokens  # type: ignore[union-attr]
+            if cut_by_context and c.finish_reason == "length" and len(c.completion_token_ids) == budget:
+                recorder.mark_truncated(rollout_id)  # type: ignore[union-attr]
+            recorder.record(rollout_id, _call(request.messages, reply.message(), c))  # type: ignore[union-attr]
+        body = _response(engine.tokenizer, name, request, completions, replies)
+        if request.stream:
+            return StreamingResponse(_events(body, request), media_type="text/event-stream")
+        return body
+
+
+def _check_tool_choice(request: ChatRequest) -> None:
+    choice = request.tool_choice
+    if choice in (None, "auto", "none"):
+        return
+    raise HTTPError(
+        400,
+        f"tool_choice {json.dumps(choice)} is not supported: use 'auto' (the model decides) or 'none'",
+    )
+
+
+def _prompt_ids(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    fmt: Any,
+    recorder: RolloutRecorder | None,
+    rollout_id: str | None,
+) -> list[int]:
+    """The prompt's token ids; a rollout's call that continues its last one reuses its exact tokens."""
+    log = recorder.log(rollout_id) if recorder is not None and rollout_id is not None else None
+    previous = log.calls[-1] if log is not None and log.calls else None
+    if previous is not None and continues(previous, messages):
+        k = len(previous.messages) + 1
+        head = render_chat(tokenizer, messages[:k], tools, fmt, generation_prompt=False)
+        full = render_chat(tokenizer, messages, tools, fmt)
+        if full.startswith(head):
+            sampled = tokenizer.decode(list(previous.completion_token_ids), skip_special_tokens=False)
+            tail = joining_text(sampled, _turn_end(tokenizer)) + full[len(head) :]
+            new_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+            return [*previous.prompt_token_ids, *previous.completion_token_ids, *new_ids]
+    try:
+        return encode_chat(tokenizer, messages, tools, fmt)
+    except Exception as exc:  # a malformed message: the client's mistake
+        raise HTTPError(400, f"invalid messages: {exc}") from None
+
+
+def _turn_end(tokenizer: Any) -> str:
+    """What the chat template writes after an assistant message's content (e.g. ``<|im_end|>\\n``)."""
+    cached = getattr(tokenizer, "_openrft_turn_end", None)
+    if cached is None:
+        marker = "\x1fOPENRFT\x1f"
+        text = render_chat(
+            tokenizer, [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}],
+            generation_prompt=False,
+        )  # fmt: skip
+        cached = text[text.rindex(marker) + len(marker) :] if marker in text else ""
+        tokenizer._openrft_turn_end = cached
+    return cached
+
+
+def _sampling(
+    request: ChatRequest,
+    name: str,
+    engine: Any,
+    recorder: RolloutRecorder | None,
+    rollout_id: str | None,
+    prompt_len: int,
+) -> tuple[tuple, str, int | None]:
+    """The batcher key, the seed name of the one prompt, and the token budget a rollout call had."""
+    stops = tuple(sorted(set(engine.stop_token_ids)))
+    stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+    if any(not s for s in stop):
+        raise HTTPError(400, "stop strings must be non-empty")
+    limit = getattr(engine, "max_positions", 1 << 30)
+    if rollout_id is None:
+        seed = request.seed if request.seed is not None else secrets.randbits(62)
+        max_tokens = request.max_completion_tokens or request.max_tokens or max(16, limit - prompt_len)
+        key = (name, request.n, request.temperature, request.top_p, max(request.top_k, 0),
+               min(max_tokens, max(1, limit - prompt_len)), stops, tuple(stop))  # fmt: skip
+        return key, f"seed:{seed}", None
+    assert recorder is not None and recorder.params is not None
+    if request.n != 1:
+        raise HTTPError(400, "n > 1 is refused for a training rollout: each rollout is one conversation")
+    p = recorder.params
+    context = min(recorder.max_context or limit, limit)
+    budget = min(p.max_tokens, context - prompt_len)
+    if budget < 1:
+        recorder.mark_truncated(rollout_id)
+        raise HTTPError(
+            400,
+            f"the rollout's context budget is used up: the conversation is {prompt_len} tokens, the job "
+            f"allows {context} (--max-context-length)",
+        )
+    calls = len(recorder.log(rollout_id).calls)  # type: ignore[union-attr]
+    key = (name, 1, p.temperature, p.top_p, p.top_k, budget, stops, tuple(p.stop))
+    return key, f"{rollout_id}/{calls}", budget
+
+
+def _call(messages: list[dict[str, Any]], reply: dict[str, Any], c: Completion) -> CallRecord:
+    return CallRecord(
+        messages=tuple(messages),
+        reply=reply,
+        text=c.text,
+        prompt_token_ids=tuple(c.prompt_token_ids),
+        completion_token_ids=tuple(c.completion_token_ids),
+        logprobs=tuple(c.logprobs),
+        finish_reason=c.finish_reason,
+        policy_version=c.policy_version,
+    )
+
+
+def _response(
+    tokenizer: Any, name: str, request: ChatRequest, completions: list[Completion], replies: list[Any]
+) -> dict[str, Any]:
+    choices = []
+    for index, (c, reply) in enumerate(zip(completions, replies, strict=True)):
+        finish = "tool_calls" if reply.tool_calls else c.finish_reason
+        choice: dict[str, Any] = {"index": index, "message": reply.message(), "finish_reason": finish,
+                                  "logprobs": None}  # fmt: skip
+        if request.logprobs:
+            choice["logprobs"] = {
+                "content": [
+                    {
+                        "token": tokenizer.decode([t]),
+                        "logprob": lp,
+                        "bytes": list(tokenizer.decode([t]).encode()),
+                        "top_logprobs": [],
+                    }  # fmt: skip
+                    for t, lp in zip(c.completion_token_ids, c.logprobs, strict=True)
+                ]
+            }
+        if request.return_token_ids:
+            choice["token_ids"] = list(c.completion_token_ids)
+            choice["prompt_token_ids"] = list(c.prompt_token_ids)
+        choices.append(choice)
+    prompt_tokens = len(completions[0].prompt_token_ids) if completions else 0
+    completion_tokens = sum(len(c.completion_token_ids) for c in completions)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": name,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def _events(body: dict[str, Any], request: ChatRequest) -> Iterator[str]:
+    """The finished answer as OpenAI's chunk stream: role, content, tool calls, finish, [usage], [DONE]."""
+    base = {
+        "id": body["id"],
+        "object": "chat.completion.chunk",
+        "created": body["created"],
+        "model": body["model"],
+    }
+
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> str:
+        data = {
+            **base,
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
+        }
+        return f"data: {json.dumps(data)}\n\n"
+
+    for choice in body["choices"]:
+        i, message = choice["index"], choice["message"]
+        yield chunk(i, {"role": "assistant", "content": ""})
+        if message.get("content"):
+            yield chunk(i, {"content": message["content"]}, logprobs=choice["logprobs"])
+        for n, call in enumerate(message.get("tool_calls") or []):
+            yield chunk(i, {"tool_calls": [{"index": n, **call}]})
+        yield chunk(i, {}, choice["finish_reason"])
+    if (request.stream_options or {}).get("include_usage"):
+        yield f"data: {json.dumps({**base, 'choices': [], 'usage': body['usage']})}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+__all__ = ["ChatRequest", "HTTPError", "add_chat_routes"]

@@ -1,0 +1,200 @@
+"""Agents: chat completions with the openai SDK, agent rollouts on exact tokens, failures, a job round."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import openai
+import pytest
+import torch
+
+from openrft.records import Completion, Prompt, SamplingParams
+from openrft.rollout.agents import Agent, AgentEngine
+from openrft.rollout.local import LocalEngine
+from openrft.rollout.server import BackgroundServer, create_app
+from openrft.train.batching import TrainSequence, collate
+from openrft.train.logprobs import completion_logprobs
+
+EXAMPLE_AGENT = Path(__file__).resolve().parents[2] / "examples" / "agents" / "retry_agent.py"
+TOOLS = [{"type": "function", "function": {"name": "calculator", "description": "Evaluate arithmetic.",
+          "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}}]  # fmt: skip
+
+
+class ScriptedEngine:
+    """An engine whose every completion is the given text (tool-call parsing without a model)."""
+
+    def __init__(self, tokenizer, text: str):
+        self.tokenizer, self.text = tokenizer, text
+        self.stop_token_ids = (tokenizer.eos_token_id,)
+
+    def generate_from_ids(self, prompts, params, **_):
+        ids = (*self.tokenizer(self.text, add_special_tokens=False)["input_ids"], self.tokenizer.eos_token_id)
+        return [[Completion(name, k, tuple(p), ids, self.text, (-0.5,) * len(ids), "stop") for k in range(params.n)]
+                for name, p in prompts]  # fmt: skip
+
+
+def test_serve_answers_the_openai_sdk_with_and_without_tools(tiny_model, tokenizer):
+    model, _ = tiny_model
+    app = create_app(LocalEngine(model, tokenizer), "tiny", aliases=["policy", "/models/tiny"])
+    with BackgroundServer(app) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["tiny", "policy", "/models/tiny"]
+        messages = [{"role": "user", "content": "Hello"}]
+        plain = client.chat.completions.create(model="policy", messages=messages, max_tokens=6, seed=1,
+                                               logprobs=True)  # fmt: skip
+        (choice,) = plain.choices
+        assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
+        assert plain.usage.completion_tokens == len(choice.logprobs.content) <= 6
+        again = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, seed=1)
+        assert again.choices[0].message.content == choice.message.content  # a seed fixes the answer
+        with_tools = client.chat.completions.create(model="tiny", messages=messages, tools=TOOLS, max_tokens=6,
+                                                    n=2)  # fmt: skip
+        assert len(with_tools.choices) == 2
+        chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, seed=1,
+                                                     stream=True))  # fmt: skip
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert (
+            streamed == choice.message.content and chunks[-1].choices[0].finish_reason == choice.finish_reason
+        )
+        with pytest.raises(openai.NotFoundError, match="does not exist"):
+            client.chat.completions.create(model="other", messages=messages, max_tokens=4)
+        with pytest.raises(openai.BadRequestError, match="tool_choice"):
+            client.chat.completions.create(
+                model="tiny", messages=messages, tools=TOOLS, tool_choice="required"
+            )
+
+
+def test_tool_calls_come_back_openai_shaped_in_the_sdk_and_streamed(tokenizer):
+    text = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "17*23"}}\n</tool_call>'
+    with BackgroundServer(create_app(ScriptedEngine(tokenizer, text), "policy")) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        messages = [{"role": "user", "content": "What is 17*23?"}]
+        answer = client.chat.completions.create(model="policy", messages=messages, tools=TOOLS)
+        (choice,) = answer.choices
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        (call,) = choice.message.tool_calls
+        assert call.function.name == "calculator" and json.loads(call.function.arguments) == {
+            "expression": "17*23"
+        }
+        chunks = list(
+            client.chat.completions.create(model="policy", messages=messages, tools=TOOLS, stream=True)
+        )
+        calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+        assert [tc.function.name for tc in calls] == ["calculator"]
+        no_tools = client.chat.completions.create(model="policy", messages=messages)
+        assert no_tools.choices[0].message.tool_calls is None  # without tools the text is the answer
+
+
+def _two_turn_agent(row, client):
+    """Ask, then tell the model to try again: two calls, the second continuing the first."""
+    messages = [m.model_dump(exclude_none=True) for m in row.messages]
+    for _ in range(2):
+        reply = client.chat.completions.create(
+            model="policy", messages=messages, max_tokens=3, temperature=0.0
+        )
+        messages.append(reply.choices[0].message.model_dump(exclude_none=True))
+        messages.append({"role": "user", "content": "Try again."})
+    row.messages = messages[:-1]
+    return row
+
+
+def _prompts():
+    return [
+        Prompt(f"p{i}", ({"role": "user", "content": f"Say {i}"},), {"ground_truth": i}) for i in range(2)
+    ]
+
+
+def test_agent_rollouts_train_on_exactly_the_sampled_tokens(tiny_model, tokenizer):
+    model, _ = tiny_model
+    inner = LocalEngine(model, tokenizer)
+    engine = AgentEngine(inner, Agent(_two_turn_agent, False, "test"), max_context=512)
+    params = SamplingParams(n=2, temperature=1.0, top_k=0, max_tokens=10, seed=5)
+    try:
+        groups = engine.generate(_prompts(), params)
+        again = engine.generate(_prompts()[:1], params)
+    finally:
+        engine.close()
+    assert [len(g) for g in groups] == [2, 2]
+    recorded = []
+    for group in groups:
+        for c in group:
+            assert not c.error and not c.continuations and c.agent_metrics["turns"] == 2
+            assert 0 in c.completion_mask and c.sampled_tokens == sum(c.completion_mask)
+            assert [m["role"] for m in c.conversation] == ["user", "assistant", "user", "assistant"]
+            recorded.append(c)
+    # same seed, same rollout ids: the same tokens (sampling is a pure function of seed and rollout)
+    assert again[0][0].completion_token_ids == groups[0][0].completion_token_ids
+    # the trainer's log-probs of the multi-turn sequences equal the recorded ones on every sampled token
+    batch = collate([TrainSequence(c, 1.0, 0) for c in recorded], tokenizer.pad_token_id)
+    with torch.no_grad():
+        logp_RC = completion_logprobs(
+            model, batch.prompt_ids_GP, batch.prompt_mask_GP, batch.row_group_R, batch.completion_ids_RC,
+            batch.completion_mask_RC, 1.0, attention_mask_RC=batch.attention_mask_RC,
+        )  # fmt: skip
+    mask_RC = batch.completion_mask_RC.bool()
+    assert torch.allclose(logp_RC[mask_RC], batch.sampler_logprobs_RC[mask_RC], atol=1e-4)
+    assert (logp_RC[~mask_RC] == 0).all()
+
+
+def test_agents_that_fail_are_marked_and_the_rest_go_on(tiny_model, tokenizer):
+    model, _ = tiny_model
+
+    def flaky(row, client):
+        if row.ground_truth == 0:
+            raise ValueError("tool crashed")
+        return _two_turn_agent(row, client)
+
+    async def slow(row, client):
+        import asyncio
+
+        await asyncio.sleep(30)
+
+    def silent(row, client):
+        return row
+
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=4, seed=1)
+    cases = [(Agent(flaky, False, "t"), "ValueError: tool crashed"), (Agent(slow, True, "t"), "--agent-timeout"),
+             (Agent(silent, False, "t"), "no call")]  # fmt: skip
+    for agent, reason in cases:
+        engine = AgentEngine(LocalEngine(model, tokenizer), agent, agent_timeout=1.0)
+        start = time.monotonic()
+        try:
+            groups = engine.generate(_prompts(), params)
+        finally:
+            engine.close()
+        assert time.monotonic() - start < 20
+        assert all(reason in c.error for c in groups[0])
+        if agent.fn is flaky:
+            assert all(not c.error and c.completion_token_ids for c in groups[1])
+
+
+def test_the_context_budget_ends_a_rollout_as_truncated(tiny_model, tokenizer):
+    model, _ = tiny_model
+    engine = AgentEngine(LocalEngine(model, tokenizer), Agent(_two_turn_agent, False, "t"), max_context=48)
+    try:
+        (group,) = engine.generate(
+            _prompts()[:1], SamplingParams(n=1, temperature=1.0, max_tokens=12, seed=2)
+        )
+    finally:
+        engine.close()
+    (c,) = group
+    assert c.agent_metrics["truncated"] == 1.0 and "context budget" in c.error
+
+
+def test_a_job_with_the_example_openai_agent_trains_a_round(tiny_model_dir, tmp_path, capsys):
+    from openrft.cli import main
+    from openrft.tracking.sinks import read_jsonl
+
+    fixtures = Path(__file__).parent / "train_fixtures" / "evaluators.py"
+    code = main([
+        "rftj", "create", "--base-model", str(tiny_model_dir), "--dataset", "arithmetic:count=4",
+        "--evaluator", f"{fixtures}::spread", "--agent", f"{EXAMPLE_AGENT}::agent", "--n", "2",
+        "--max-output-tokens", "16", "--chunk-size", "2", "--epochs", "1", "--temperature", "1.0", "--seed", "3",
+        "--quiet", "--output-model", str(tmp_path / "out"),
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    steps = [r for r in read_jsonl(tmp_path / "out" / "metrics.jsonl") if "loss/policy" in r]
+    assert steps and steps[0]["agent/turns"] >= 1 and "agent/tool_calls" in steps[0]
+    assert steps[0]["mismatch/kl"] < 1e-6  # the agent's tokens are the trainer's tokens

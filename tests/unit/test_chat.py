@@ -1,0 +1,117 @@
+"""Chat rendering with tools, Hermes tool-call parsing, and merging a rollout's calls into sequences."""
+
+from __future__ import annotations
+
+import json
+
+from openrft.rollout.chat import HermesFormat, render_chat, template_takes_tools
+from openrft.rollout.trajectories import (
+    CallRecord,
+    RolloutLog,
+    continues,
+    joining_text,
+    trajectory_completion,
+)
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "calculator",
+            "description": "Evaluate an arithmetic expression.",
+            "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}},
+        },
+    }
+]
+
+
+def test_hermes_parses_calls_and_keeps_unreadable_ones_visible():
+    fmt = HermesFormat()
+    reply = fmt.parse('Let me compute.\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "17*23"}}\n'
+                      '</tool_call>')  # fmt: skip
+    assert reply.content == "Let me compute."
+    (call,) = reply.tool_calls
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"]["name"] == "calculator"
+    assert json.loads(call["function"]["arguments"]) == {"expression": "17*23"}
+    assert reply.message()["tool_calls"] == [call]
+
+    two = fmt.parse(
+        '<tool_call>{"name": "a", "arguments": {}}</tool_call><tool_call>{"name": "b"}</tool_call>'
+    )
+    assert [c["function"]["name"] for c in two.tool_calls] == ["a", "b"] and two.content is None
+
+    broken = fmt.parse('<tool_call>{"name": "calculator", "arguments": {"expression": </tool_call>')
+    assert broken.tool_calls == [] and "<tool_call>" in broken.content and len(broken.malformed) == 1
+    plain = fmt.parse("The answer is 4.")
+    assert plain.content == "The answer is 4." and not plain.tool_calls and not plain.malformed
+
+
+def test_a_template_without_tools_gets_them_in_the_system_message_and_hermes_turns(tokenizer):
+    assert not template_takes_tools(tokenizer)  # SmolLM2's template knows nothing of tools
+    messages = [
+        {"role": "user", "content": "What is 17*23?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "calculator", "arguments": '{"expression": "17*23"}'}}
+        ]},
+        {"role": "tool", "tool_call_id": "c1", "content": "391"},
+    ]  # fmt: skip
+    text = render_chat(tokenizer, messages, TOOLS)
+    assert text.startswith("<|im_start|>system\n# Tools") and '"name": "calculator"' in text
+    assert (
+        '<|im_start|>assistant\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "17*23"}}\n'
+        in text
+    )
+    assert "<|im_start|>user\n<tool_response>\n391\n</tool_response><|im_end|>" in text
+    assert text.endswith("<|im_start|>assistant\n")
+    # without tools the conversation renders exactly as the template does
+    plain = [{"role": "user", "content": "hi"}]
+    assert render_chat(tokenizer, plain) == tokenizer.apply_chat_template(plain, add_generation_prompt=True,
+                                                                          tokenize=False)  # fmt: skip
+
+
+def _call(messages, reply, prompt, completion, finish="stop"):
+    return CallRecord(tuple(messages), reply, "", tuple(prompt), tuple(completion),
+                      tuple(-0.1 * (i + 1) for i in range(len(completion))), finish, 0)  # fmt: skip
+
+
+def test_calls_that_continue_each_other_merge_with_the_turns_between_masked_out():
+    first = _call(
+        [{"role": "user", "content": "q"}], {"role": "assistant", "content": "a"}, [1, 2, 3], [4, 5]
+    )
+    second = _call([], {"role": "assistant", "content": "b"}, [1, 2, 3, 4, 5, 6, 7], [8])
+    fresh = _call([], {"role": "assistant", "content": "c"}, [1, 9], [10, 11], "length")
+    log = RolloutLog(calls=[first, second, fresh])
+    c = trajectory_completion("p", 2, log, "c")
+    assert c.prompt_token_ids == (1, 2, 3) and c.completion_token_ids == (4, 5, 6, 7, 8)
+    assert c.completion_mask == (1, 1, 0, 0, 1)
+    assert c.logprobs == (-0.1, -0.2, 0.0, 0.0, -0.1)
+    (rest,) = c.continuations
+    assert (
+        rest.prompt_token_ids == (1, 9)
+        and rest.completion_token_ids == (10, 11)
+        and rest.completion_mask == ()
+    )
+    assert c.sampled_tokens == 5 and len(c.sequences) == 2 and c.candidate_index == 2
+    empty = trajectory_completion("p", 0, RolloutLog())
+    assert empty.completion_token_ids == () and empty.sampled_tokens == 0
+
+
+def test_a_call_continues_the_last_only_after_its_exact_reply():
+    asked = [{"role": "user", "content": "q"}]
+    reply = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "x", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]}  # fmt: skip
+    record = _call(asked, reply, [1], [2])
+    echoed = {**reply, "content": "", "refusal": None}  # as the openai SDK sends it back
+    tool = {"role": "tool", "tool_call_id": "x", "content": "2"}
+    assert continues(record, [*asked, echoed, tool])
+    assert not continues(record, [*asked, echoed])  # nothing new
+    assert not continues(record, [{"role": "user", "content": "other"}, echoed, tool])
+    changed = {**reply, "tool_calls": [{"id": "x", "function": {"name": "f", "arguments": '{"a": 2}'}}]}
+    assert not continues(record, [*asked, changed, tool])
+
+
+def test_joining_text_adds_only_what_the_model_did_not_write():
+    assert joining_text("answer<|im_end|>", "<|im_end|>\n") == "\n"
+    assert joining_text("cut off mid", "<|im_end|>\n") == "<|im_end|>\n"
+    assert joining_text("x<|im_", "<|im_end|>\n") == "end|>\n"
