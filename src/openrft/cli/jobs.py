@@ -366,13 +366,31 @@ def cmd_rollouts(args: argparse.Namespace) -> int:
         valid = "" if r.get("valid", True) else "  INVALID"
         print(f"--- prompt {r.get('prompt_id')}  score {score if score is None else f'{score:.3f}'}{valid}")
         print(f"prompt:     {_clip(r.get('prompt', ''))}")
-        print(f"completion: {_clip(r.get('completion', ''))}")
+        if r.get("conversation"):  # an agent's run: every turn after the prompt
+            for m in r["conversation"][r.get("prompt_messages", 0) :]:
+                print(f"{_turn_label(m) + ':':<11} {_clip(_turn_text(m))}")
+        else:
+            print(f"completion: {_clip(r.get('completion', ''))}")
         if r.get("reason"):
             print(f"reason:     {_clip(str(r['reason']))}")
         if r.get("finish_reason"):
             print(f"finished:   {r['finish_reason']}")
         print()
     return 0
+
+
+def _turn_label(message: dict) -> str:
+    role = str(message.get("role", "?"))
+    return f"tool {message['name']}" if role == "tool" and message.get("name") else role
+
+
+def _turn_text(message: dict) -> str:
+    text = message.get("content") or ""
+    text = text if isinstance(text, str) else json.dumps(text)
+    for call in message.get("tool_calls") or []:
+        function = call.get("function", {})
+        text += f"{' ' if text else ''}[calls {function.get('name')}({function.get('arguments', '')})]"
+    return text
 
 
 def _clip(text: str, limit: int = 400) -> str:

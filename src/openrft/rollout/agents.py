@@ -96,7 +96,7 @@ class AgentEngine:
         inner: Any,
         agent: Agent,
         *,
-        max_concurrent: int = 32,
+        max_concurrent: int = 64,
         agent_timeout: float = DEFAULT_AGENT_TIMEOUT,
         max_context: int | None = None,
         served_names: Sequence[str] = (),
@@ -108,6 +108,7 @@ class AgentEngine:
         self.needs_adapter_files = getattr(inner, "needs_adapter_files", False)
         self.tokenizer = inner.tokenizer
         self._server: Any = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     # the trainer reaches the model through the inner engine (samples_this_model, memory, ...)
     @property
@@ -129,6 +130,9 @@ class AgentEngine:
         return self._server.url
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
         if self._server is not None:
             self._server.__exit__(None, None, None)
             self._server = None
@@ -193,7 +197,9 @@ class AgentEngine:
                                timeout=timeout) as client:  # fmt: skip
                 return self.agent.fn(row, client)
 
-        return await asyncio.to_thread(context.run, run)
+        if self._pool is None:  # one thread per concurrent run: calls arrive together and batch together
+            self._pool = concurrent.futures.ThreadPoolExecutor(self.max_concurrent, "openrft-agent")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, context.run, run)
 
 
 def _row_fields(prompt: Prompt) -> dict[str, Any]:

@@ -205,6 +205,16 @@ def rollout_rows(ctx: TrainContext, state: LoopState, groups) -> None:
                     "valid": s.is_valid,
                     "reason": s.reason,
                     "finish_reason": c.finish_reason,
+                    **(
+                        {
+                            "conversation": list(c.conversation),
+                            "prompt_messages": len(g.prompt.messages),
+                            "agent": c.agent_metrics,
+                            "error": c.error,
+                        }
+                        if c.conversation or c.error
+                        else {}
+                    ),  # fmt: skip
                 }
             )
     ctx.sink.log_rollouts(state.step + 1, rows[:MAX_ROLLOUT_ROWS_PER_ROUND])

@@ -125,11 +125,12 @@ def with_agent(
     engine: RolloutEngine, settings: AgentSettings, concurrency: int | None, max_context: int, base_model: str
 ) -> RolloutEngine:
     """``engine`` wrapped so that each candidate is an agent run against it (exact tokens recorded)."""
+    from openrft.rollout import DEFAULT_MAX_CONCURRENT
     from openrft.rollout.agents import AgentEngine
 
     short = Path(str(base_model).rstrip("/")).name
     return AgentEngine(
-        engine, agent_of(settings), max_concurrent=concurrency or 32, agent_timeout=settings.agent_timeout,
+        engine, agent_of(settings), max_concurrent=concurrency or DEFAULT_MAX_CONCURRENT, agent_timeout=settings.agent_timeout,
         max_context=max_context, served_names=[short],
     )  # fmt: skip
 

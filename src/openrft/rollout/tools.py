@@ -1,0 +1,571 @@
+"""Tools for agent rollouts, and the built-in agent that lets the policy call them.
+
+A :class:`Toolset` offers tools: ``schemas()`` in the OpenAI ``tools`` format, ``await call(name,
+arguments)`` returning the result as text, and ``async with`` around a run for tools that need a
+session. Every failure of a call (unknown name, arguments that do not fit, the tool's own
+exception) is one :class:`ToolError` whose message can go back to the model as it is.
+
+:func:`python_tools` offers the public functions defined in a ``.py`` file; their schemas come
+from the signature (annotations -> JSON types, no default -> required) and the docstring (first
+paragraph, Google-style ``Args:``). :func:`mcp_tools` connects to an MCP server through the
+``mcp`` SDK, over streamable HTTP for an ``http(s)://`` URL, else over stdio to the command given.
+:func:`combine` joins toolsets whose names do not clash; :func:`load_tools` reads ``--tools``.
+
+:func:`tool_loop` is the agent for users without agent code: ask the policy, run its tool calls,
+feed the results back, until a reply calls nothing or ``max_turns`` replies were made. Failed
+and unreadable calls become messages the model can react to, and count as ``tool_errors``.
+:func:`builtin_agent` wraps it as ``agent(row, client)`` with a session per run (an MCP session
+belongs to the task that opened it, so concurrent runs cannot share one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import copy
+import importlib.util
+import inspect
+import itertools
+import json
+import re
+import shlex
+import sys
+import threading
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from openrft.errors import ConfigError
+from openrft.rollout.agents import POLICY_MODEL, count
+
+MCP_STARTUP_TIMEOUT = 60.0  # seconds for an MCP server to start and list its tools
+MALFORMED_CALL_HINT = (
+    "Your tool call could not be parsed. Write each call as valid JSON inside tags, exactly like:\n"
+    '<tool_call>\n{"name": "<function-name>", "arguments": {"<parameter>": <value>}}\n</tool_call>'
+)
+
+
+class ToolError(Exception):
+    """A tool call failed; the message says why, in words meant for the model and the user."""
+
+
+class Toolset:
+    """Tools a model can call. Subclasses provide :meth:`schemas` and :meth:`call`."""
+
+    def schemas(self) -> list[dict[str, Any]]:
+        """The tools in the OpenAI ``tools`` format (``{"type": "function", "function": ...}``)."""
+        raise NotImplementedError
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> str:
+        """Run tool ``name`` with ``arguments`` and return its result as text, or raise ToolError."""
+        raise NotImplementedError
+
+    def names(self) -> list[str]:
+        return [s["function"]["name"] for s in self.schemas()]
+
+    def clone(self) -> Toolset:
+        """A copy with no open session, safe to enter alongside this one (stateless sets: itself)."""
+        return self
+
+    async def __aenter__(self) -> Toolset:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        return None
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+
+
+# ----------------------------------------------------------------------------- Python functions
+
+
+def _type_schema(annotation: Any) -> dict[str, Any]:
+    """JSON schema of a type annotation; ``{}`` (any value) for what has no JSON equivalent."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return {}
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        kinds = {type(a) for a in args}
+        simple = {str: "string", int: "integer", float: "number", bool: "boolean"}
+        return {"type": simple[kinds.pop()], "enum": list(args)} if len(kinds) == 1 and kinds <= simple.keys() \
+            else {"enum": list(args)}  # fmt: skip
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        return (
+            _type_schema(options[0]) if len(options) == 1 else {"anyOf": [_type_schema(a) for a in options]}
+        )
+    base = origin or annotation
+    if base in (list, tuple, set, frozenset, Sequence):
+        fixed_tuple = base is tuple and not (len(args) == 2 and args[1] is Ellipsis)
+        items = _type_schema(args[0]) if args and not fixed_tuple else {}
+        return {"type": "array", "items": items} if items else {"type": "array"}
+    names = {str: "string", bool: "boolean", int: "integer", float: "number", dict: "object"}
+    return {"type": names[base]} if base in names else {}
+
+
+_SECTION = re.compile(r"(Args|Arguments|Parameters|Returns?|Yields?|Raises|Examples?|Notes?):")
+_PARAM = re.compile(r"\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)")
+
+
+def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
+    """(description, {parameter: description}): the first paragraph, and the ``Args:`` entries."""
+    lines = inspect.cleandoc(doc).splitlines() if doc else []
+    head = itertools.takewhile(lambda line: line.strip() and not _SECTION.fullmatch(line.strip()), lines)
+    params: dict[str, str] = {}
+    in_args, current, current_indent = False, None, 0
+    for line in lines:
+        indent, text = len(line) - len(line.lstrip()), line.strip()
+        if not text:
+            continue
+        if indent == 0:  # a section header, or prose: only an Args-like header opens the list
+            in_args, current = bool(re.fullmatch(r"(Args|Arguments|Parameters):", text)), None
+            continue
+        match = _PARAM.fullmatch(text)
+        if in_args and match and (current is None or indent <= current_indent):
+            current, current_indent = match.group(1), indent
+            params[current] = match.group(2)
+        elif in_args and current is not None:  # a continuation line of the current entry
+            params[current] = f"{params[current]} {text}".strip()
+    return " ".join(" ".join(head).split()), params
+
+
+def function_schema(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The OpenAI tool schema of a Python function (see the module docstring)."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # an annotation that cannot be resolved: describe that parameter as "any"
+        hints = {}
+    description, documented = _parse_docstring(inspect.getdoc(fn) or "")
+    properties: dict[str, Any] = {}
+    required = []
+    for name, param in inspect.signature(fn).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        prop = _type_schema(hints.get(name, param.annotation))
+        if name in documented:
+            prop = {**prop, "description": documented[name]}
+        if param.default is param.empty:
+            required.append(name)
+        properties[name] = prop
+    parameters: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        parameters["required"] = required
+    function = {"name": fn.__name__, "description": description or fn.__name__, "parameters": parameters}
+    return {"type": "function", "function": function}
+
+
+@dataclass
+class _PythonTool:
+    fn: Callable[..., Any]
+    signature: inspect.Signature
+    adapters: dict[str, Any]  # parameter -> pydantic TypeAdapter of its annotation
+    schema: dict[str, Any]
+
+
+def _python_tool(fn: Callable[..., Any]) -> _PythonTool:
+    from pydantic import TypeAdapter
+
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        hints = {}
+    signature, adapters = inspect.signature(fn), {}
+    for name, param in signature.parameters.items():
+        if name in hints and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            with contextlib.suppress(Exception):  # a type pydantic cannot check is passed on as given
+                adapters[name] = TypeAdapter(hints[name])
+    return _PythonTool(fn, signature, adapters, function_schema(fn))
+
+
+class PythonToolset(Toolset):
+    """The public functions of one Python file (:func:`python_tools`)."""
+
+    def __init__(self, functions: dict[str, Callable[..., Any]]):
+        self.tools = {name: _python_tool(fn) for name, fn in functions.items()}
+
+    def schemas(self) -> list[dict[str, Any]]:
+        return [copy.deepcopy(t.schema) for t in self.tools.values()]  # callers may edit their copy
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> str:
+        tool = self.tools.get(name)
+        if tool is None:
+            raise ToolError(f"unknown tool '{name}' (available: {', '.join(self.tools)})")
+        kwargs = _checked_arguments(tool, name, arguments)
+        try:
+            if inspect.iscoroutinefunction(tool.fn):
+                result = await tool.fn(**kwargs)
+            else:
+                result = await _in_daemon_thread(tool.fn, kwargs)
+        except Exception as exc:
+            raise ToolError(f"{name} raised {type(exc).__name__}: {exc}") from exc
+        return _as_text(result)
+
+
+def _in_daemon_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> asyncio.Future[Any]:
+    """``fn(**kwargs)`` in a thread of its own that nothing waits for once the caller gives up.
+
+    (``asyncio.to_thread`` would do, but a tool that never returns would then hold up the
+    shutdown of the event loop, and with it the whole rollout, after its call timed out.)
+    """
+    loop, context = asyncio.get_running_loop(), contextvars.copy_context()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if not future.done():
+            future.set_exception(error) if error is not None else future.set_result(value)
+
+    def work() -> None:
+        try:
+            value, error = context.run(fn, **kwargs), None
+        except Exception as exc:
+            value, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=work, name=f"tool-{getattr(fn, '__name__', 'fn')}", daemon=True).start()
+    return future
+
+
+def _checked_arguments(tool: _PythonTool, name: str, arguments: Any) -> dict[str, Any]:
+    """The arguments bound to the tool's signature and converted to its annotated types."""
+    from pydantic import ValidationError
+
+    if not isinstance(arguments, dict):
+        raise ToolError(f"bad arguments for {name}: expected a JSON object, got {type(arguments).__name__}")
+    try:
+        bound = tool.signature.bind(**arguments)
+    except TypeError as exc:
+        raise ToolError(f"bad arguments for {name}: {exc}") from None
+    out = dict(bound.arguments)
+    for key, value in bound.arguments.items():
+        if key not in tool.adapters:
+            continue
+        try:
+            out[key] = tool.adapters[key].validate_python(value)
+        except ValidationError as exc:
+            problem = exc.errors()[0]["msg"] if exc.errors() else str(exc)
+            raise ToolError(f"bad arguments for {name}: '{key}': {problem} (got {value!r})") from None
+    return out
+
+
+def python_tools(path: str | Path) -> PythonToolset:
+    """The public functions defined in the Python file ``path``, as tools; ConfigError naming --tools."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"--tools: no such file: {file}")
+    module_name = f"openrft_tools_{abs(hash(str(file.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"--tools: cannot import {file} (is it a .py file?)")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise ConfigError(f"--tools: importing {file} failed: {type(exc).__name__}: {exc}") from None
+    functions = {
+        name: obj
+        for name, obj in vars(module).items()
+        if not name.startswith("_") and inspect.isfunction(obj) and obj.__module__ == module_name
+    }
+    if not functions:
+        raise ConfigError(f"--tools: {file} defines no public functions to offer as tools")
+    return PythonToolset(functions)
+
+
+# ----------------------------------------------------------------------------- MCP servers
+
+
+class McpToolset(Toolset):
+    """The tools of one MCP server (:func:`mcp_tools`); usable only inside ``async with``."""
+
+    def __init__(self, server: str):
+        self.server = server
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._session: Any = None
+        self._schemas: list[dict[str, Any]] = []
+
+    def clone(self) -> McpToolset:
+        return McpToolset(self.server)
+
+    def schemas(self) -> list[dict[str, Any]]:
+        if self._session is None:
+            raise ToolError(f"the MCP server '{self.server}' is not connected (use 'async with')")
+        return copy.deepcopy(self._schemas)
+
+    async def __aenter__(self) -> McpToolset:
+        if self._stack is not None:
+            raise ToolError(f"the MCP session to '{self.server}' is already open (use clone())")
+        from mcp import ClientSession
+
+        try:
+            async with contextlib.AsyncExitStack() as stack:  # unwinds whatever was opened on failure
+                read, write = await stack.enter_async_context(_transport(self.server))
+                session = await stack.enter_async_context(ClientSession(read, write))
+                async with asyncio.timeout(MCP_STARTUP_TIMEOUT):
+                    await session.initialize()
+                    self._schemas = await _list_tool_schemas(session)
+                self._stack, self._session = stack.pop_all(), session
+        except Exception as exc:
+            why = (
+                f"no answer in {MCP_STARTUP_TIMEOUT:g} s" if isinstance(exc, TimeoutError) else _describe(exc)
+            )
+            raise ConfigError(f"--tools: cannot use the MCP server '{self.server}': {why}") from None
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        stack, self._stack, self._session = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> str:
+        known = [s["function"]["name"] for s in self.schemas()]
+        if name not in known:
+            raise ToolError(f"unknown tool '{name}' (available: {', '.join(known)})")
+        from mcp import McpError
+
+        try:
+            result = await self._session.call_tool(name, arguments)
+        except McpError as exc:
+            raise ToolError(f"{name} failed: {exc}") from None
+        texts = [block.text for block in result.content if getattr(block, "type", "") == "text"]
+        text = "\n".join(texts)
+        if not texts and result.structuredContent is not None:
+            text = _as_text(result.structuredContent)
+        if result.isError:
+            raise ToolError(f"{name} failed: {text or 'the server reported an error'}")
+        return text
+
+
+@contextlib.asynccontextmanager
+async def _transport(server: str) -> Any:
+    """(read, write) streams to the server: streamable HTTP for a URL, else a stdio subprocess."""
+    if server.startswith(("http://", "https://")):
+        from mcp.client.streamable_http import streamable_http_client  # streamablehttp_client's new name
+
+        async with streamable_http_client(server) as (read, write, _):
+            yield read, write
+        return
+    from mcp import StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    argv = shlex.split(server)
+    params = StdioServerParameters(command=argv[0], args=argv[1:])
+    async with stdio_client(params) as (read, write):
+        yield read, write
+
+
+async def _list_tool_schemas(session: Any) -> list[dict[str, Any]]:
+    from mcp.types import PaginatedRequestParams
+
+    schemas, cursor = [], None
+    while True:
+        page = await session.list_tools(params=PaginatedRequestParams(cursor=cursor) if cursor else None)
+        for tool in page.tools:
+            function = {"name": tool.name, "description": tool.description or tool.name,
+                        "parameters": dict(tool.inputSchema or {"type": "object", "properties": {}})}  # fmt: skip
+            schemas.append({"type": "function", "function": function})
+        cursor = page.nextCursor
+        if not cursor:
+            return schemas
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an exception, looking inside the exception groups anyio raises."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {str(exc).strip() or 'no details'}".splitlines()[0]
+
+
+def mcp_tools(server: str) -> McpToolset:
+    """The tools of the MCP server at an ``http(s)://`` URL, or started by a stdio command line."""
+    try:
+        if not shlex.split(server or ""):
+            raise ValueError("it is empty")
+    except ValueError as exc:
+        raise ConfigError(f"--tools: '{server}' is not an MCP server URL or command line: {exc}") from None
+    return McpToolset(server.strip())
+
+
+# ----------------------------------------------------------------------------- several toolsets
+
+
+class CombinedToolset(Toolset):
+    """Several toolsets offered as one; each call goes to the set that owns the name."""
+
+    def __init__(self, parts: Sequence[Toolset]):
+        self.parts = list(parts)
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    def clone(self) -> CombinedToolset:
+        return CombinedToolset([p.clone() for p in self.parts])
+
+    def schemas(self) -> list[dict[str, Any]]:
+        return [s for part in self.parts for s in part.schemas()]
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> str:
+        owner = next((p for p in self.parts if name in p.names()), None)
+        if owner is None:
+            raise ToolError(f"unknown tool '{name}' (available: {', '.join(self.names())})")
+        return await owner.call(name, arguments)
+
+    async def __aenter__(self) -> CombinedToolset:
+        async with contextlib.AsyncExitStack() as stack:
+            for part in self.parts:
+                await stack.enter_async_context(part)
+            _refuse_duplicates(self.parts)  # MCP names are known only now
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+
+def _refuse_duplicates(parts: Sequence[Toolset]) -> None:
+    seen: set[str] = set()
+    for part in parts:
+        try:
+            names = part.names()
+        except ToolError:  # an MCP server not connected yet: its names are checked on entry
+            continue
+        for name in names:
+            if name in seen:
+                raise ConfigError(
+                    f"--tools: two toolsets offer a tool named '{name}'; tool names must be unique"
+                )
+            seen.add(name)
+
+
+def combine(toolsets: Sequence[Toolset]) -> Toolset:
+    """One toolset of several; ConfigError when two share a tool name (MCP names: checked on entry)."""
+    parts = list(toolsets)
+    if not parts:
+        raise ConfigError("--tools: no toolsets given")
+    _refuse_duplicates(parts)
+    return parts[0] if len(parts) == 1 else CombinedToolset(parts)
+
+
+def load_tools(specs: str | Sequence[str]) -> Toolset:
+    """``--tools`` values: a ``.py`` file path, an ``http(s)://`` MCP URL, or an MCP stdio command."""
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    is_file = [s.strip().endswith(".py") and len(s.split()) == 1 and "://" not in s for s in specs]
+    return combine(
+        [python_tools(s.strip()) if f else mcp_tools(s) for s, f in zip(specs, is_file, strict=True)]
+    )
+
+
+# ----------------------------------------------------------------------------- the built-in agent
+
+
+async def tool_loop(
+    row: Any,
+    client: Any,
+    *,
+    tools: Toolset,
+    max_turns: int = 8,
+    tool_timeout: float = 30.0,
+    model: str = POLICY_MODEL,
+) -> Any:
+    """Let the model call ``tools`` for up to ``max_turns`` replies; the row with the conversation.
+
+    The loop stops at a reply with no tool call, or after ``max_turns`` model calls (the tool
+    calls of that last reply are then left unrun: the model would never see their results).
+    """
+    messages = [
+        m.model_dump(exclude_none=True) if hasattr(m, "model_dump") else dict(m) for m in row.messages
+    ]
+    schemas = list(row.tools or []) or tools.schemas()
+    extra = {"tools": schemas} if schemas else {}
+    for turn in range(max_turns):
+        response = await client.chat.completions.create(model=model, messages=messages, **extra)
+        reply = _assistant_message(response.choices[0].message)
+        messages.append(reply)
+        calls = reply.get("tool_calls") or []
+        malformed = not calls and "<tool_call>" in (reply.get("content") or "")
+        if malformed:
+            count("tool_errors")
+        if (not calls and not malformed) or turn == max_turns - 1:
+            break
+        if malformed:
+            messages.append({"role": "user", "content": MALFORMED_CALL_HINT})
+        for call in calls:
+            messages.append(await _run_call(call, tools, tool_timeout))
+    return _with_messages(row, messages)
+
+
+def _assistant_message(message: Any) -> dict[str, Any]:
+    """A reply as a plain OpenAI assistant message (role, content, tool_calls when there are any)."""
+    content = message.content
+    out: dict[str, Any] = {"role": "assistant", "content": content}
+    calls = [c.model_dump(exclude_none=True) if hasattr(c, "model_dump") else dict(c)
+             for c in (message.tool_calls or [])]  # fmt: skip
+    if calls:
+        out["tool_calls"] = calls
+    return out
+
+
+async def _run_call(call: dict[str, Any], tools: Toolset, timeout: float) -> dict[str, Any]:
+    """One tool call run into a ``tool`` message; failures become an ``error: ...`` result."""
+    function = call.get("function") or {}
+    name = function.get("name") or ""
+    result = {"role": "tool", "tool_call_id": call.get("id", ""), "name": name}
+    try:
+        if call.get("type", "function") != "function" or not name:
+            raise ToolError(f"unsupported tool call of type '{call.get('type')}'; call a function by name")
+        try:
+            arguments = json.loads(function.get("arguments") or "{}")
+        except ValueError as exc:
+            raise ToolError(f"the arguments of {name} are not valid JSON ({exc})") from None
+        if not isinstance(arguments, dict):
+            raise ToolError(f"the arguments of {name} must be a JSON object, not {type(arguments).__name__}")
+        content = await asyncio.wait_for(tools.call(name, arguments), timeout)
+    except TimeoutError:
+        count("tool_errors")
+        content = f"error: {name} did not finish within {timeout:g} s"
+    except ToolError as exc:
+        count("tool_errors")
+        content = f"error: {exc}"
+    return {**result, "content": content}
+
+
+def _with_messages(row: Any, messages: list[dict[str, Any]]) -> Any:
+    """The row with its messages replaced (assigning plain dicts would skip the validation)."""
+    from openrft.evaluators.protocol import Message
+
+    row.messages = [Message.model_validate(m) for m in messages]
+    return row
+
+
+def builtin_agent(tools: Toolset, max_turns: int = 8, tool_timeout: float = 30.0) -> Callable[..., Any]:
+    """``async def agent(row, client)`` running :func:`tool_loop` in a session of its own per run."""
+
+    async def agent(row: Any, client: Any) -> Any:
+        async with tools.clone() as live:
+            return await tool_loop(row, client, tools=live, max_turns=max_turns, tool_timeout=tool_timeout)
+
+    return agent
+
+
+__all__ = [
+    "CombinedToolset",
+    "McpToolset",
+    "PythonToolset",
+    "ToolError",
+    "Toolset",
+    "builtin_agent",
+    "combine",
+    "function_schema",
+    "load_tools",
+    "mcp_tools",
+    "python_tools",
+    "tool_loop",
+]
