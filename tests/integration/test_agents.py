@@ -198,3 +198,28 @@ def test_a_job_with_the_example_openai_agent_trains_a_round(tiny_model_dir, tmp_
     steps = [r for r in read_jsonl(tmp_path / "out" / "metrics.jsonl") if "loss/policy" in r]
     assert steps and steps[0]["agent/turns"] >= 1 and "agent/tool_calls" in steps[0]
     assert steps[0]["mismatch/kl"] < 1e-6  # the agent's tokens are the trainer's tokens
+
+
+def test_agents_run_against_an_endpoint_engine_too(tiny_model, tokenizer):
+    from openrft.rollout.endpoint import EndpointEngine
+
+    model, _ = tiny_model
+    with BackgroundServer(create_app(LocalEngine(model, tokenizer), "tiny")) as server:
+        inner = EndpointEngine(server.url, tokenizer, "tiny")
+        engine = AgentEngine(inner, Agent(_two_turn_agent, False, "test"), max_context=512)
+        try:
+            (group,) = engine.generate(
+                _prompts()[:1], SamplingParams(n=2, temperature=1.0, max_tokens=8, seed=4)
+            )
+        finally:
+            engine.close()
+    for c in group:
+        assert not c.error and c.agent_metrics["turns"] == 2 and 0 in c.completion_mask
+    batch = collate([TrainSequence(c, 1.0, 0) for c in group], tokenizer.pad_token_id)
+    with torch.no_grad():
+        logp_RC = completion_logprobs(
+            model, batch.prompt_ids_GP, batch.prompt_mask_GP, batch.row_group_R, batch.completion_ids_RC,
+            batch.completion_mask_RC, 1.0, attention_mask_RC=batch.attention_mask_RC,
+        )  # fmt: skip
+    mask_RC = batch.completion_mask_RC.bool()
+    assert torch.allclose(logp_RC[mask_RC], batch.sampler_logprobs_RC[mask_RC], atol=1e-4)

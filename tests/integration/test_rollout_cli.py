@@ -76,8 +76,9 @@ def test_serve_flags_parse():
 def test_serve_loads_the_model_and_hands_it_to_the_server(tiny_model_dir, monkeypatch):
     seen = {}
 
-    def fake_serve(engine, name, host, port, *, base_adapter=None):
+    def fake_serve(engine, name, host, port, *, base_adapter=None, aliases=(), base_name=None):
         seen.update(engine=engine, name=name, host=host, port=port, base_adapter=base_adapter)
+        seen.update(aliases=list(aliases), base_name=base_name)
 
     monkeypatch.setattr("openrft.rollout.server.serve", fake_serve)
     assert (
@@ -90,4 +91,5 @@ def test_serve_loads_the_model_and_hands_it_to_the_server(tiny_model_dir, monkey
         9002,
         None,
     )
+    assert seen["aliases"] == ["policy", str(tiny_model_dir)] and seen["base_name"] is None
     assert seen["engine"].model.config.num_hidden_layers == 2

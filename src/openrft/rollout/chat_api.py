@@ -172,7 +172,7 @@ def _sampling(
         )
     calls = len(recorder.log(rollout_id).calls)  # type: ignore[union-attr]
     key = (name, 1, p.temperature, p.top_p, p.top_k, budget, stops, tuple(p.stop))
-    return key, f"{rollout_id}/{calls}", budget
+    return key, f"{p.seed}:{rollout_id}/{calls}", budget  # the round's seed, the rollout, the call
 
 
 def _call(messages: list[dict[str, Any]], reply: dict[str, Any], c: Completion) -> CallRecord:

@@ -95,21 +95,42 @@ class EndpointEngine(LoadsAdapterFiles):
         return _run_sync(self.agenerate(prompts, params))
 
     async def agenerate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        encoded = [(p.prompt_id, encode_messages(self.tokenizer, p.messages, p.prompt_id)) for p in prompts]
+        return await self.agenerate_from_ids(encoded, params)
+
+    def generate_from_ids(
+        self,
+        prompts: Sequence[tuple[str, Sequence[int]]],
+        params: SamplingParams,
+        *,
+        stop_token_ids: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        """Like :meth:`generate` for prompts already tokenized: ``(prompt_id, token_ids)`` pairs
+        (an agent's calls, rendered by the job's policy server)."""
+        return _run_sync(self.agenerate_from_ids(prompts, params, stop_token_ids=stop_token_ids))
+
+    async def agenerate_from_ids(
+        self,
+        prompts: Sequence[tuple[str, Sequence[int]]],
+        params: SamplingParams,
+        *,
+        stop_token_ids: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
         check_params(params)
-        encoded = [encode_messages(self.tokenizer, p.messages, p.prompt_id) for p in prompts]
         version, model = self.policy_version, self.model_name
+        stops = list(stop_token_ids or self.stop_token_ids)
         semaphore = asyncio.Semaphore(self.max_concurrent_rollouts)
         async with self._client() as client:
 
-            async def one(prompt: Prompt, ids: list[int], candidate: int) -> Completion:
-                body = self._body(ids, params, model, prompt.prompt_id, candidate)
+            async def one(prompt_id: str, ids: list[int], candidate: int) -> Completion:
+                body = {**self._body(ids, params, model, prompt_id, candidate), "stop_token_ids": stops}
                 async with semaphore:
                     data = await self._post(client, "/completions", body)
-                return self._completion(data, prompt.prompt_id, candidate, ids, version)
+                return self._completion(data, prompt_id, candidate, ids, version)
 
             tasks = [
-                [asyncio.ensure_future(one(p, ids, c)) for c in range(params.n)]
-                for p, ids in zip(prompts, encoded, strict=True)
+                [asyncio.ensure_future(one(name, list(ids), c)) for c in range(params.n)]
+                for name, ids in prompts
             ]
             flat = [t for group in tasks for t in group]
             try:
