@@ -15,6 +15,7 @@ os.environ.setdefault("OPENRFT_HOME", str(REPO / ".openrft-test-home"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm (eval-protocol) stays offline
 # Idle OpenMP threads sleep instead of spinning: when several test processes share the two
 # cores, spinning threads make every small op wait (a tiny-model forward pass became 10x slower).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

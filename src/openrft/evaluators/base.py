@@ -8,12 +8,30 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from openrft.evaluators.protocol import EvaluationRow
 
 Kind = Literal["row", "plain"]
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """How an eval-protocol file rolls out its rows: its rollout processor and that processor's
+    settings (``mcp_config_path`` already resolved to a file). openrft runs the processor once per
+    candidate, its model calls pointed at the policy being trained (:mod:`openrft.rollout.ep_rollouts`).
+    """
+
+    processor: Any
+    mcp_config_path: str | None = None
+    steps: int = 30
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    completion_params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return type(self.processor).__name__
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,7 @@ class Evaluator:
     source: str = ""
     spec: str = ""  # what it was loaded from (load_evaluator's arguments): to load it again elsewhere
     spec_dataset: str | None = None
+    rollout: RolloutSpec | None = None  # an eval-protocol rollout processor other than single-turn
 
     @property
     def is_async(self) -> bool:
@@ -49,4 +68,4 @@ class Evaluator:
         return inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(call)
 
 
-__all__ = ["Evaluator", "Kind"]
+__all__ = ["Evaluator", "Kind", "RolloutSpec"]

@@ -40,7 +40,7 @@ from typing import Any
 
 from openrft.errors import EvaluatorError, OpenRFTError
 from openrft.evaluators import builtin
-from openrft.evaluators.base import Evaluator
+from openrft.evaluators.base import Evaluator, RolloutSpec
 from openrft.evaluators.protocol import HEADER_ATTR, MODES, EvaluatorHeader, check_row_signature
 
 PLAIN_FIRST_PARAMS = ("completion",)
@@ -285,6 +285,7 @@ def _from_eval_protocol(obj: Any, name: str, origin: str, base_dir: Path | None)
         datasets = [datasets]
     adapter = getattr(params, "dataset_adapter", None)
     return Evaluator(
+        rollout=_rollout_spec(params, name, origin, base_dir),
         name=name,
         fn=fn,
         mode=mode,  # type: ignore[arg-type]
@@ -295,6 +296,33 @@ def _from_eval_protocol(obj: Any, name: str, origin: str, base_dir: Path | None)
         row_cls=EPRow,
         call_by_keyword=True,
         source=origin,
+    )
+
+
+# Processors whose rollout is one sampled reply to the row's messages: openrft's own sampling
+# does exactly that (with the job's parameters), so these need no agent run.
+SINGLE_TURN_PROCESSORS = ("NoOpRolloutProcessor", "SingleTurnRolloutProcessor")
+
+
+def _rollout_spec(params: Any, name: str, origin: str, base_dir: Path | None) -> RolloutSpec | None:
+    """The file's rollout processor, when its rollouts are more than one sampled reply."""
+    processor = getattr(params, "rollout_processor", None)
+    if processor is None or type(processor).__name__ in SINGLE_TURN_PROCESSORS:
+        return None
+    config = getattr(params, "mcp_config_path", None)
+    if config:
+        config = _resolve_dataset(str(config), base_dir)
+        if not Path(config).is_file():
+            raise EvaluatorError(f"{origin}: {name!r} names mcp_config_path={config!r}, which is not a file")
+    completion = getattr(params, "completion_params", None)
+    if isinstance(completion, list):
+        completion = next((c for c in completion if isinstance(c, dict)), None)
+    return RolloutSpec(
+        processor=processor,
+        mcp_config_path=config or None,
+        steps=int(getattr(params, "steps", 30) or 30),
+        kwargs=dict(getattr(params, "rollout_processor_kwargs", None) or {}),
+        completion_params=dict(completion or {}),
     )
 
 

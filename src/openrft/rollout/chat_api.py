@@ -26,7 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from openrft.records import Completion
 from openrft.rollout.chat import ParsedReply, encode_chat, render_chat, tool_format
-from openrft.rollout.trajectories import ROLLOUT_HEADER, CallRecord, RolloutRecorder, continues, joining_text
+from openrft.rollout.trajectories import (
+    ROLLOUT_HEADER,
+    CallRecord,
+    RolloutRecorder,
+    continues,
+    joining_text,
+    split_rollout_model,
+)
 
 
 class ChatRequest(BaseModel):
@@ -64,8 +71,9 @@ def add_chat_routes(app: FastAPI, host: Any, batcher: Any, recorder: RolloutReco
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: ChatRequest, http: Request) -> Any:
-        name = host.resolve(request.model)
-        rollout_id = http.headers.get(ROLLOUT_HEADER)
+        model, rollout_id = split_rollout_model(request.model)
+        name = host.resolve(model)
+        rollout_id = http.headers.get(ROLLOUT_HEADER) or rollout_id
         if rollout_id is not None and (recorder is None or recorder.log(rollout_id) is None):
             raise HTTPError(404, f"no open rollout '{rollout_id}'")
         tools = None if request.tool_choice == "none" else request.tools

@@ -1,7 +1,8 @@
 """Exact tokens of agent rollouts: every model call recorded, then turned into training sequences.
 
 The policy server records each chat completion served to a rollout (the client the agent
-was given names the rollout in the ``X-OpenRFT-Rollout`` header): the prompt token ids as
+was given names the rollout in the ``X-OpenRFT-Rollout`` header, or in the model name,
+``policy@<rollout id>``, for clients that pass nothing else): the prompt token ids as
 rendered, the sampled token ids and their log-probs. Nothing is ever re-tokenised from the
 final messages.
 
@@ -26,6 +27,18 @@ from typing import Any
 from openrft.records import Completion, SamplingParams
 
 ROLLOUT_HEADER = "X-OpenRFT-Rollout"
+# For clients that can pass nothing but a model name (litellm inside eval-protocol's agent):
+# "policy@<rollout id>" names the policy and the rollout at once.
+ROLLOUT_MODEL_SEP = "@"
+
+
+def split_rollout_model(model: str | None) -> tuple[str | None, str | None]:
+    """``"policy@p3#1"`` -> ``("policy", "p3#1")``; any other name -> ``(name, None)``."""
+    if model and ROLLOUT_MODEL_SEP in model:
+        name, rollout_id = model.split(ROLLOUT_MODEL_SEP, 1)
+        if name and rollout_id:
+            return name, rollout_id
+    return model, None
 
 
 @dataclass(frozen=True)
@@ -197,11 +210,13 @@ def _replace(completion: Completion, **changes: Any) -> Completion:
 
 __all__ = [
     "ROLLOUT_HEADER",
+    "ROLLOUT_MODEL_SEP",
     "CallRecord",
     "RolloutLog",
     "RolloutRecorder",
     "continues",
     "joining_text",
     "message_key",
+    "split_rollout_model",
     "trajectory_completion",
 ]

@@ -30,7 +30,7 @@ from typing import Any
 
 from openrft.config import JobConfig
 from openrft.data import PromptSet, check_prompt_lengths, load_prompts, split_carveout
-from openrft.errors import ConfigError, OpenRFTError
+from openrft.errors import ConfigError, EvaluatorError, OpenRFTError
 from openrft.paths import atomic_write_text, output_dir
 from openrft.records import Prompt
 from openrft.settings import JobSettings
@@ -118,6 +118,8 @@ def prepare(cfg: JobConfig) -> PreparedJob:
     if settings.agent is not None:
         with _input("--agent" if settings.agent.agent else "--tools"):
             setup.agent_of(settings.agent)  # the file, the function, the tools' schemas
+    elif prepared.evaluator.rollout is not None:
+        _require_eval_protocol_rollouts(prepared.evaluator)
     if cfg.training.output_model:
         check_output_folder(Path(cfg.training.output_model), job_inputs(cfg, source))
     return dataclasses.replace(prepared, memory=check_memory(prepared.settings))
@@ -272,6 +274,20 @@ def _require_extras(cfg: JobConfig) -> None:
             import_vllm()
 
 
+def _require_eval_protocol_rollouts(evaluator: Any) -> None:
+    """The evaluator file's rollout processor can run here (litellm routes its calls to the policy)."""
+    spec = evaluator.rollout
+    with _input("--evaluator"):
+        if not callable(spec.processor):
+            raise EvaluatorError(f"{evaluator.source}: rollout_processor {spec.name} is not callable")
+        try:
+            import litellm  # noqa: F401  (eval-protocol's processors call the model through it)
+        except ImportError:
+            raise EvaluatorError(
+                f"{evaluator.source}: {spec.name} needs litellm, which is not installed"
+            ) from None
+
+
 def run_training(
     prepared: PreparedJob,
     job_dir: Path,
@@ -303,11 +319,12 @@ def run_training(
         jsonl.truncate_after(-1)
     base_model = setup.base_model_name(settings.model)
     engine, needs_files = setup.make_engine(settings.engine, model, tokenizer, base_model)
-    if settings.agent is not None:
+    if settings.agent is not None or prepared.evaluator.rollout is not None:
         context = settings.model.max_context_length or getattr(model.config, "max_position_embeddings", 4096)
         engine = setup.with_agent(
-            engine, settings.agent, settings.engine.max_concurrent_rollouts, context, base_model
-        )
+            engine, settings.agent, settings.engine.max_concurrent_rollouts, context, base_model,
+            prepared.evaluator,
+        )  # fmt: skip
     publish = setup.policy_publisher(engine, model, job_dir / "adapters" if needs_files else None)
     publish(state.optimizer_step)
     scorer = setup.make_scorer(settings.engine, prepared.evaluator)

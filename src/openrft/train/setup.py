@@ -106,10 +106,15 @@ def make_engine(
     return engine, engine.needs_adapter_files
 
 
-def agent_of(settings: AgentSettings) -> Any:
-    """The agent function a job runs: the user's (``--agent``) or the built-in tool loop's."""
+def agent_of(settings: AgentSettings | None, evaluator: Any = None) -> Any:
+    """The agent a job runs: the user's (``--agent``), the built-in tool loop's (``--tools``,
+    ``--mcp-server``) or, with neither, the eval-protocol rollout processor of the evaluator file."""
     from openrft.rollout.agents import Agent, load_agent
 
+    if settings is None or not (settings.agent or settings.tools or settings.mcp_server):
+        from openrft.rollout.ep_rollouts import processor_agent
+
+        return processor_agent(evaluator.rollout)
     if settings.agent:
         return load_agent(settings.agent)
     from openrft.rollout.tools import builtin_agent, combine, mcp_tools, python_tools
@@ -122,15 +127,21 @@ def agent_of(settings: AgentSettings) -> Any:
 
 
 def with_agent(
-    engine: RolloutEngine, settings: AgentSettings, concurrency: int | None, max_context: int, base_model: str
+    engine: RolloutEngine,
+    settings: AgentSettings | None,
+    concurrency: int | None,
+    max_context: int,
+    base_model: str,
+    evaluator: Any = None,
 ) -> RolloutEngine:
     """``engine`` wrapped so that each candidate is an agent run against it (exact tokens recorded)."""
     from openrft.rollout import DEFAULT_MAX_CONCURRENT
-    from openrft.rollout.agents import AgentEngine
+    from openrft.rollout.agents import DEFAULT_AGENT_TIMEOUT, AgentEngine
 
     short = Path(str(base_model).rstrip("/")).name
     return AgentEngine(
-        engine, agent_of(settings), max_concurrent=concurrency or DEFAULT_MAX_CONCURRENT, agent_timeout=settings.agent_timeout,
+        engine, agent_of(settings, evaluator), max_concurrent=concurrency or DEFAULT_MAX_CONCURRENT,
+        agent_timeout=settings.agent_timeout if settings is not None else DEFAULT_AGENT_TIMEOUT,
         max_context=max_context, served_names=[short],
     )  # fmt: skip
 
