@@ -126,7 +126,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from openrft.jobs.quickstart import main as quickstart
 
-    return quickstart(rounds=args.rounds, quiet=args.quiet)
+    return quickstart(rounds=args.rounds, quiet=args.quiet, task=args.task)
 
 
 def _optional(module: str, attr: str) -> Any:
@@ -169,7 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_flags(create)
     create.set_defaults(handler=cmd_create)
 
-    quick = sub.add_parser("quickstart", help="Train the embedded model on the built-in arithmetic task.")
+    quick = sub.add_parser("quickstart", help="Train the embedded model on a built-in task.")
+    quick.add_argument(
+        "--task",
+        choices=("arithmetic", "calculator"),
+        default="arithmetic",
+        help="arithmetic: answers in tags (default); calculator: multi-turn, with a calculator tool.",
+    )
     quick.add_argument("--rounds", type=int, help="Rollout rounds to train (default: a 2-core budget).")
     quick.add_argument("--quiet", action="store_true", help="No progress bar.")
     quick.set_defaults(handler=cmd_quickstart)

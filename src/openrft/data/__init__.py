@@ -10,7 +10,8 @@ The trainer's entry points::
 
 ``source`` is a JSONL path (see :mod:`openrft.data.jsonl` for the row format; GSM8K
 rows are adapted automatically) or a built-in task: ``arithmetic`` (optionally with
-options, ``arithmetic:digits=2,ops=+-,count=200,few_shot=1``).
+options, ``arithmetic:digits=2,ops=+-,count=200,few_shot=1``) or ``calculator`` (a multi-turn
+task with a tool, ``calculator:count=200``).
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from openrft.data.jsonl import (
     write_jsonl,
 )
 from openrft.data.split import epoch_order, split_carveout
-from openrft.data.tasks import arithmetic
+from openrft.data.tasks import arithmetic, calculator
 from openrft.errors import DataError
 
-BUILTIN_TASKS = ("arithmetic",)
+BUILTIN_TASKS = ("arithmetic", "calculator")
 
 
 def is_builtin(source: str) -> bool:
@@ -59,8 +60,10 @@ def load_prompts(
     if limit is not None and limit < 1:
         raise DataError(f"limit must be >= 1, not {limit}")
     if is_builtin(source):
-        task = arithmetic.parse_source(source)
-        rows = arithmetic.generate_rows(task, seed=seed)
+        if source.partition(":")[0] == "calculator":
+            rows = calculator.generate_rows(calculator.parse_source(source), seed=seed)
+        else:
+            rows = arithmetic.generate_rows(arithmetic.parse_source(source), seed=seed)
         prompts = prompts_from_rows(
             list(enumerate(rows, start=1)),
             source=source,

@@ -107,8 +107,22 @@ class RayEngine:
         items = [(p.prompt_id, encode_messages(self.tokenizer, p.messages, p.prompt_id)) for p in prompts]
         return self.generate_from_ids(items, params)
 
-    def generate_from_ids(self, items: Items, params: SamplingParams) -> list[list[Completion]]:
-        """Like :meth:`generate` for prompts already tokenized: ``(prompt_id, token_ids)`` pairs."""
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """The token ids that end a response on every actor."""
+        from openrft.models import end_token_ids
+
+        return tuple(self.spec.stop_token_ids) or end_token_ids(self.tokenizer, self.model)
+
+    def generate_from_ids(
+        self, items: Items, params: SamplingParams, *, stop_token_ids: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
+        """Like :meth:`generate` for prompts already tokenized: ``(prompt_id, token_ids)`` pairs (an
+        agent's calls, rendered by the job's policy server). The actors stop at their own end tokens."""
+        if stop_token_ids is not None and set(stop_token_ids) != set(self.stop_token_ids):
+            raise ConfigError(
+                "Ray actors stop at the model's end tokens; other stop token ids are not supported"
+            )
         check_params(params)
         if not items:
             return []

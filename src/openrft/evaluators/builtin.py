@@ -1,4 +1,4 @@
-"""Built-in evaluators: ``arithmetic`` and ``gsm8k``.
+"""Built-in evaluators: ``arithmetic``, ``gsm8k`` and ``calculator``.
 
 Both give graded scores in [0, 1] rather than only 0/1, so that a group of
 candidates usually differs and carries a learning signal even before the model
@@ -19,6 +19,9 @@ Options after the name override the weights: ``--evaluator arithmetic:partial_we
 (what the quickstart uses: with partial credit, answering with a bare number is a local
 optimum that a small model can settle in before it finds the tags).
 
+``calculator`` (the multi-turn task with a tool) scores the conversation: 0.5 for a successful
+tool call, 0.5 for the right number in tags in the last reply.
+
 Each score carries 0/1 metrics, among them ``correct_in_tags`` (arithmetic) and
 ``correct`` (gsm8k): the strict accuracy a report should quote.
 """
@@ -32,7 +35,7 @@ from typing import Any
 from openrft.data.tasks.gsm8k import ANSWER_TAG_RE, extract_answer, last_number, numbers_equal
 from openrft.errors import EvaluatorError
 from openrft.evaluators.base import Evaluator
-from openrft.evaluators.protocol import EvaluateResult
+from openrft.evaluators.protocol import EvaluateResult, EvaluationRow
 
 
 def score_arithmetic(
@@ -105,6 +108,30 @@ def score_gsm8k(
 SCORERS: dict[str, Callable[..., EvaluateResult]] = {"arithmetic": score_arithmetic, "gsm8k": score_gsm8k}
 
 
+def score_calculator(row: EvaluationRow) -> EvaluationRow:
+    """The ``calculator`` task's conversation: 0.5 when a tool call succeeded (a tool message that is
+    not an error), + 0.5 when the last reply has the right number inside ``<answer>`` tags."""
+    called = any(m.role == "tool" and not str(m.content or "").startswith("error") for m in row.messages)
+    last = row.messages[-1] if row.messages else None
+    text = str(last.content or "") if last is not None and last.role == "assistant" else ""
+    tags = ANSWER_TAG_RE.findall(text)
+    correct = bool(tags) and numbers_equal(last_number(tags[-1]), row.ground_truth)
+    reason = ("called the calculator" if called else "no successful tool call") + (
+        ", right answer in <answer> tags" if correct else ", no right answer in <answer> tags"
+    )
+    row.evaluation_result = EvaluateResult(
+        score=0.5 * called + 0.5 * correct,
+        reason=reason,
+        metrics={"tool_called": float(called), "correct_in_tags": float(correct)},
+    )
+    return row
+
+
+def calculator_evaluator() -> Evaluator:
+    """The ``calculator`` evaluator: scores the whole conversation (:func:`score_calculator`)."""
+    return Evaluator(name="calculator", fn=score_calculator, run_inline=True, source="built-in")
+
+
 def _plain(name: str, scorer: Callable[..., EvaluateResult], weights: dict[str, float]) -> Evaluator:
     def evaluate(completion: str, ground_truth: Any = None) -> EvaluateResult:
         return scorer(completion, ground_truth, **weights)
@@ -146,5 +173,6 @@ def parse_weights(name: str, options: str) -> dict[str, float]:
 
 BUILTINS: dict[str, Callable[..., Evaluator]] = {
     "arithmetic": arithmetic_evaluator,
+    "calculator": calculator_evaluator,
     "gsm8k": gsm8k_evaluator,
 }

@@ -94,7 +94,7 @@ def default_evaluator_name(dataset: str | None) -> str:
     from openrft.data import is_builtin, read_jsonl
 
     if dataset is None or is_builtin(dataset):
-        return "arithmetic"
+        return dataset.partition(":")[0] if dataset else "arithmetic"
     if Path(dataset).is_file():
         for _, row in read_jsonl(dataset)[:1]:
             if isinstance(row, dict):

@@ -12,6 +12,11 @@ docs/benchmarks.md).
 Before training and at the end, the same held-out prompts (a seeded carve-out of the
 generated problems, never trained on) are sampled with the same settings; the printed
 "correct answer inside <answer> tags" rates compare the base model with the adapter.
+
+``--task calculator`` runs the multi-turn variant: products of 2-digit numbers, which the model
+solves by calling a calculator tool (the built-in tool loop, ``--tools``) and answering with its
+result; each candidate is a conversation of up to two model calls, trained on exactly the tokens
+sampled (see docs/agents.md).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 from pathlib import Path
 
 from openrft.config import JobConfig, build_config
+from openrft.data.tasks import calculator_tools
 from openrft.paths import jobs_root
 from openrft.tracking.sinks import read_jsonl
 
@@ -47,25 +53,52 @@ QUICKSTART_FLAGS: dict[str, object] = {
 }
 QUICKSTART_ROUNDS = 18
 STRICT_METRIC = "eval/correct_in_tags"
+TOOL_METRIC = "eval/tool_called"
+CALCULATOR_TOOLS = Path(calculator_tools.__file__)
+# The multi-turn task: a tool call then an answer (two model calls at most), stopped at the end of
+# either; the rest as above (measurements: docs/benchmarks.md, "the multi-turn quickstart").
+CALCULATOR_FLAGS: dict[str, object] = {
+    **QUICKSTART_FLAGS,
+    "dataset": "calculator",
+    "evaluator": "calculator",
+    "tools": str(CALCULATOR_TOOLS),
+    "max_turns": 2,
+    "max_output_tokens": 48,
+    "stop": ["</answer>", "</tool_call>"],
+    "batch_size": 16384,
+    "eval_every": 4,
+    "checkpoint_every": 4,
+}
+CALCULATOR_ROUNDS = 12
+TASKS = {
+    "arithmetic": (QUICKSTART_FLAGS, QUICKSTART_ROUNDS, "digits=1,ops=+,"),
+    "calculator": (CALCULATOR_FLAGS, CALCULATOR_ROUNDS, ""),
+}
+INTROS = {
+    "arithmetic": "learns single-digit addition with the answer in\n<answer></answer> tags",
+    "calculator": "learns to call a calculator tool for 2-digit products\nand to answer with its result "
+    "in <answer></answer> tags (multi-turn, built-in tool loop)",
+}
 
 
-def quickstart_config(overrides: dict[str, object] | None = None) -> JobConfig:
-    return build_config({}, {**QUICKSTART_FLAGS, **(overrides or {})})[0]
+def quickstart_config(overrides: dict[str, object] | None = None, task: str = "arithmetic") -> JobConfig:
+    return build_config({}, {**TASKS[task][0], **(overrides or {})})[0]
 
 
-def main(*, rounds: int | None = None, quiet: bool = False) -> int:
+def main(*, rounds: int | None = None, quiet: bool = False, task: str = "arithmetic") -> int:
     from openrft.jobs.runner import create_and_run, new_job_id
 
-    rounds = rounds or QUICKSTART_ROUNDS
-    chunk = int(QUICKSTART_FLAGS["chunk_size"])
-    held_out = 1 / (1 - float(QUICKSTART_FLAGS["eval_auto_carveout"]))
+    flags, default_rounds, options = TASKS[task]
+    rounds = rounds or default_rounds
+    chunk = int(flags["chunk_size"])  # type: ignore[call-overload]
+    held_out = 1 / (1 - float(flags["eval_auto_carveout"]))  # type: ignore[arg-type]
     count = int(rounds * chunk * held_out) + 1
     job_id = new_job_id().replace("rftj-", "quickstart-")
-    cfg = quickstart_config({"dataset": f"arithmetic:digits=1,ops=+,count={count}", "job_id": job_id})
+    cfg = quickstart_config({"dataset": f"{task}:{options}count={count}", "job_id": job_id}, task)
     print(
-        "openrft quickstart: SmolLM2-135M-Instruct (embedded) learns single-digit addition with the answer in\n"
-        f"<answer></answer> tags: {rounds} rounds of {chunk} prompts x {cfg.rollout.response_candidates_count} "
-        f"candidates, {cfg.loss.rl_loss_method}, LoRA rank {cfg.training.lora_rank}.\n",
+        f"openrft quickstart: SmolLM2-135M-Instruct (embedded) {INTROS[task]}: {rounds} rounds of {chunk} "
+        f"prompts x {cfg.rollout.response_candidates_count} candidates, {cfg.loss.rl_loss_method}, LoRA rank "
+        f"{cfg.training.lora_rank}.\n",
         file=sys.stderr,
     )
     start = time.perf_counter()
@@ -88,6 +121,10 @@ def report(job_dir: Path | None, seconds: float) -> None:
     print(
         f"  correct answer inside <answer> tags: base {before[STRICT_METRIC]:6.1%}  ->  trained {after[STRICT_METRIC]:6.1%}"
     )
+    if before.get(TOOL_METRIC) is not None:
+        print(
+            f"  called the calculator successfully:  base {before[TOOL_METRIC]:6.1%}  ->  trained {after[TOOL_METRIC]:6.1%}"
+        )
     print(
         f"  mean reward:                         base {before['eval/reward']:6.3f}  ->  trained {after['eval/reward']:6.3f}"
     )

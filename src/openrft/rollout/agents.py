@@ -129,14 +129,15 @@ class AgentEngine:
             self._server = BackgroundServer(app).__enter__()
         return self._server.url
 
-    def close(self) -> None:
+    def close(self, *, inner: bool = True) -> None:
+        """Stop the policy server and the agents' threads (and the wrapped engine unless ``inner=False``)."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
         if self._server is not None:
             self._server.__exit__(None, None, None)
             self._server = None
-        if hasattr(self.inner, "close"):
+        if inner and hasattr(self.inner, "close"):
             self.inner.close()
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
