@@ -256,6 +256,34 @@ def test_rows_in_flight_stay_within_the_bound(tiny_model):
     assert sum(prefill_prompts) == 4  # one prefill per prompt, although candidates joined at different times
 
 
+def test_prompts_with_the_same_tokens_share_one_prefill(tiny_model):
+    """An agent's candidates each send the same first request: one prefill, their own samples."""
+    model, tokenizer = tiny_model
+    engine = LocalEngine(model, tokenizer, max_concurrent_rollouts=6)
+    prefill_prompts = []
+    forward = engine.forward
+
+    def recording(input_ids, *args):
+        if input_ids.shape[1] > 1:
+            prefill_prompts.append(input_ids.shape[0])
+        return forward(input_ids, *args)
+
+    engine.forward = recording
+    ids = engine.encode(make_prompts(1)[0])
+    other = engine.encode(make_prompts(2)[1])
+    items = [("a#0", ids), ("a#1", ids), ("b", other), ("a#2", ids), ("a#3", ids), ("a#4", ids)]
+    params = SamplingParams(n=1, temperature=1.0, top_k=0, max_tokens=8, seed=5)
+    groups = engine.generate_from_ids(items, params)
+    assert sum(prefill_prompts) == 2  # a's tokens once, b's once
+    samples = [g[0].completion_token_ids for g in groups]
+    assert len({samples[i] for i in (0, 1, 3, 4, 5)}) > 1  # each name keeps its own random stream
+    engine.forward = forward
+    for (name, tokens), (got,) in zip(items, groups, strict=True):  # and the same samples one at a time
+        (alone,) = engine.generate_from_ids([(name, tokens)], params)[0]
+        assert alone.completion_token_ids == got.completion_token_ids
+        assert max(abs(a - b) for a, b in zip(alone.logprobs, got.logprobs, strict=True)) < 1e-4
+
+
 def test_eager_attention_gives_the_same_samples(tiny_model):
     from openrft.testing import tiny_model as build
 

@@ -93,3 +93,37 @@ def test_serve_loads_the_model_and_hands_it_to_the_server(tiny_model_dir, monkey
     )
     assert seen["aliases"] == ["policy", str(tiny_model_dir)] and seen["base_name"] is None
     assert seen["engine"].model.config.num_hidden_layers == 2
+
+
+def test_serve_with_an_adapter_answers_chat_completions_under_short_names(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """What `openrft serve --adapter DIR` serves, asked with the openai SDK (the server in a thread)."""
+    import openai
+    from peft import LoraConfig, get_peft_model
+
+    from openrft.rollout.server import BackgroundServer, create_app
+    from openrft.testing import tiny_model
+
+    model, _ = tiny_model(seed=0)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(tmp_path / "my-adapter")
+    answers = {}
+
+    def serve_in_thread(engine, name, host, port, **names):
+        with BackgroundServer(create_app(engine, name, **names)) as server:
+            client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+            answers["models"] = [m.id for m in client.models.list().data]
+            ask = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "seed": 3}
+            tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+            for model_name in ("my-adapter", "policy", tiny_model_dir.name):
+                reply = client.chat.completions.create(model=model_name, **ask)
+                answers[model_name] = reply.choices[0].message.content
+            answers["tools"] = client.chat.completions.create(model="policy", tools=tools, **ask).choices[0]
+
+    monkeypatch.setattr("openrft.rollout.server.serve", serve_in_thread)
+    argv = ["serve", "--base-model", str(tiny_model_dir), "--adapter", str(tmp_path / "my-adapter")]
+    assert main(argv) == 0
+    assert answers["models"][:2] == ["my-adapter", "policy"] and tiny_model_dir.name in answers["models"]
+    assert answers["my-adapter"] == answers["policy"] != answers[tiny_model_dir.name]  # the base is the base
+    assert answers["tools"].message.role == "assistant"

@@ -22,7 +22,9 @@ The decorator does not change the function: it only records the header
 (``mode``, concurrency limits, default dataset, dataset adapter) on it for
 :func:`openrft.evaluators.load_evaluator`. Header parameters of eval-protocol that
 concern its own test runner (``completion_params``, ``rollout_processor``,
-``num_runs``, ``passed_threshold``, ...) are accepted and kept, but unused.
+``num_runs``, ``passed_threshold``, ...) are accepted and kept, but unused here; the rollout
+processor of a file decorated with eval-protocol's own ``evaluation_test`` does run (each
+candidate through it, against the policy: docs/agents.md).
 """
 
 from __future__ import annotations

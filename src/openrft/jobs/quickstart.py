@@ -65,11 +65,12 @@ CALCULATOR_FLAGS: dict[str, object] = {
     "max_turns": 2,
     "max_output_tokens": 48,
     "stop": ["</answer>", "</tool_call>"],
-    "batch_size": 16384,
+    "batch_size": 32768,  # one optimizer step per round
+    "micro_batch_tokens": 1024,  # a candidate group shares its ~300-token prompt in one micro-batch
     "eval_every": 4,
     "checkpoint_every": 4,
 }
-CALCULATOR_ROUNDS = 12
+CALCULATOR_ROUNDS = 8
 TASKS = {
     "arithmetic": (QUICKSTART_FLAGS, QUICKSTART_ROUNDS, "digits=1,ops=+,"),
     "calculator": (CALCULATOR_FLAGS, CALCULATOR_ROUNDS, ""),

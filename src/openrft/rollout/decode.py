@@ -182,8 +182,31 @@ class Run:
             self._rebuild(None)
 
     def _prefill_missing(self, prompts: list[int]) -> None:
-        """Prefill the prompts not stashed yet, several per forward pass within the token budget."""
-        todo = [p for p in prompts if p not in self.stash]
+        """Prefill the prompts not stashed yet, several per forward pass within the token budget.
+
+        Prompts with the same token ids (an agent's candidates each send the row's messages on
+        their own) are prefilled once: the others share that stash's keys, values and logits.
+        """
+        missing = [p for p in prompts if p not in self.stash]
+        firsts: dict[tuple[int, ...], int] = {}
+        self._prefill_unique(
+            [
+                p
+                for p in missing
+                if self._twin(p) is None and firsts.setdefault(tuple(self.prompt_ids[p]), p) == p
+            ]
+        )
+        for p in missing:
+            if p not in self.stash:  # its twin was stashed before, or just now
+                twin = self.stash[self._twin(p)]  # type: ignore[index]
+                self.stash[p] = _Stash(kv=twin.kv, logits_V=twin.logits_V, waiting=self.params.n)
+
+    def _twin(self, p: int) -> int | None:
+        """A stashed prompt other than ``p`` with the same token ids."""
+        ids = self.prompt_ids[p]
+        return next((q for q in self.stash if q != p and self.prompt_ids[q] == ids), None)
+
+    def _prefill_unique(self, todo: list[int]) -> None:
         group: list[int] = []
         for p in todo:
             widest = max([len(self.prompt_ids[q]) for q in group] + [len(self.prompt_ids[p])])
