@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
 from openrft.cli import main
+from openrft.paths import jobs_root
 from openrft.tracking.sinks import read_jsonl
 
 FIXTURES = Path(__file__).parent / "train_fixtures" / "evaluators.py"
@@ -17,14 +19,16 @@ CALCULATOR_TOOLS = (
 )
 
 
-def _run(model_dir: Path, out: Path, *flags: str) -> list[dict]:
+def _run(model_dir: Path, out: Path, *flags: str) -> tuple[list[dict], Path]:
+    job_id = f"agent-job-{uuid.uuid4().hex[:12]}"
     code = main([
-        "rftj", "create", "--base-model", str(model_dir), "--dataset", "arithmetic:count=4",
+        "rftj", "create", "--job-id", job_id,
+        "--base-model", str(model_dir), "--dataset", "arithmetic:count=4",
         "--evaluator", f"{FIXTURES}::spread", "--n", "2", "--max-output-tokens", "16", "--chunk-size", "2",
         "--epochs", "1", "--temperature", "1.0", "--seed", "3", "--quiet", "--output-model", str(out), *flags,
     ])  # fmt: skip
     assert code == 0
-    return [r for r in read_jsonl(out / "metrics.jsonl") if "loss/policy" in r]
+    return [r for r in read_jsonl(out / "metrics.jsonl") if "loss/policy" in r], jobs_root() / job_id
 
 
 @pytest.mark.parametrize(
@@ -36,13 +40,13 @@ def _run(model_dir: Path, out: Path, *flags: str) -> list[dict]:
     ids=["python-tools", "mcp-server"],
 )
 def test_a_job_with_a_tool_loop_trains_its_rounds(tiny_model_dir, tmp_path, flags):
-    steps = _run(tiny_model_dir, tmp_path / "out", *flags)
+    steps, job_dir = _run(tiny_model_dir, tmp_path / "out", *flags)
     assert len(steps) == 2  # 4 prompts, 2 per round
     for step in steps:
         assert 1 <= step["agent/turns"] <= int(flags[flags.index("--max-turns") + 1])
         assert step["agent/failed_frac"] == 0 and "agent/tool_calls" in step and "agent/tool_errors" in step
         assert step["mismatch/kl"] < 1e-6  # trained on the tokens the conversation sampled
-    rollouts = read_jsonl(tmp_path / "out" / "rollouts.jsonl")
+    rollouts = read_jsonl(job_dir / "rollouts.jsonl")
     assert rollouts and all(r["conversation"][-1]["role"] == "assistant" for r in rollouts)
 
 

@@ -60,6 +60,7 @@ CALCULATOR_TOOLS = Path(calculator_tools.__file__)
 CALCULATOR_FLAGS: dict[str, object] = {
     **QUICKSTART_FLAGS,
     "dataset": "calculator",
+    "eval_auto_carveout": 0.2,  # 16 held-out prompts for 8 rounds
     "evaluator": "calculator",
     "tools": str(CALCULATOR_TOOLS),
     "max_turns": 2,
