@@ -305,3 +305,33 @@ def test_a_single_gpu_job_builds_a_colocated_engine(fake_vllm, tiny_model_dir, t
     engine, needs_files = make_engine(cfg.settings().engine, None, tokenizer, str(tiny_model_dir))
     llm = FakeLLM.instances[-1]
     assert needs_files and engine.colocate and llm.options["gpu_memory_utilization"] == 0.45
+
+
+def test_agent_calls_reach_vllm_as_the_recorded_token_ids(fake_vllm, tiny_model_dir, tokenizer):
+    """An agent over the vLLM engine: its second call is sent as the first call's prompt + sampled
+    tokens + the new turn's tokens (token in, token out), and both calls are trained as one sequence."""
+    from openrft.rollout.agents import Agent, AgentEngine
+
+    def two_turns(row, client):
+        messages = [m.model_dump(exclude_none=True) for m in row.messages]
+        for _ in range(2):
+            reply = client.chat.completions.create(model="policy", messages=messages)
+            messages += [{"role": "assistant", "content": reply.choices[0].message.content or ""},
+                         {"role": "user", "content": "Again."}]  # fmt: skip
+        row.messages = messages[:-1]
+        return row
+
+    engine = AgentEngine(VLLMEngine(str(tiny_model_dir), tokenizer), Agent(two_turns, False, "t"), max_context=512)
+    try:
+        (group,) = engine.generate(_prompts(1), SamplingParams(n=2, max_tokens=6, seed=3))
+    finally:
+        engine.close()
+    sent = [p["prompt_token_ids"] for call in FakeLLM.instances[0].calls for p in call["prompts"]]
+    assert len(sent) == 4  # two conversations, two calls each
+    for c in group:
+        assert not c.error and c.agent_metrics["turns"] == 2 and not c.continuations
+        full = c.prompt_token_ids + c.completion_token_ids
+        assert list(c.prompt_token_ids) in sent  # the first call: the rendered row
+        # the second call: exactly the first prompt, the sampled tokens and the new turn, as one prefix
+        assert any(len(s) > len(c.prompt_token_ids) and tuple(s) == full[: len(s)] for s in sent)
+        assert 0 < c.completion_mask.index(0) and c.completion_mask[-1] == 1
