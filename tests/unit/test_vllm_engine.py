@@ -334,4 +334,4 @@ def test_agent_calls_reach_vllm_as_the_recorded_token_ids(fake_vllm, tiny_model_
         assert list(c.prompt_token_ids) in sent  # the first call: the rendered row
         # the second call: exactly the first prompt, the sampled tokens and the new turn, as one prefix
         assert any(len(s) > len(c.prompt_token_ids) and tuple(s) == full[: len(s)] for s in sent)
-        assert 0 < c.completion_mask.index(0) and c.completion_mask[-1] == 1
+        assert c.completion_mask.index(0) > 0 and c.completion_mask[-1] == 1
