@@ -321,7 +321,9 @@ def test_agent_calls_reach_vllm_as_the_recorded_token_ids(fake_vllm, tiny_model_
         row.messages = messages[:-1]
         return row
 
-    engine = AgentEngine(VLLMEngine(str(tiny_model_dir), tokenizer), Agent(two_turns, False, "t"), max_context=512)
+    engine = AgentEngine(
+        VLLMEngine(str(tiny_model_dir), tokenizer), Agent(two_turns, False, "t"), max_context=512
+    )
     try:
         (group,) = engine.generate(_prompts(1), SamplingParams(n=2, max_tokens=6, seed=3))
     finally:
