@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from openrft.records import Prompt, SamplingParams
-from openrft.rollout.inference_copy import PackedLinear
+from openrft.rollout.inference_copy import InferenceCopy, PackedLinear, prepack_pays
 from openrft.rollout.local import LocalEngine
 from openrft.train.policy import attach_lora, trainable_parameters
 from oracles import teacher_forced
@@ -61,7 +61,7 @@ def test_packed_linear_multiplies_like_the_plain_layer():
 
 def test_inference_copy_of_a_plain_model_prepacks_every_linear_and_keeps_the_log_probs(tiny_model):
     model, tokenizer = tiny_model
-    engine = LocalEngine(model, tokenizer, inference_copy=True)
+    engine = LocalEngine(model, tokenizer, inference_copy=True, prepack=True)
     assert engine.copy.prepacked  # fp32 on a CPU with oneDNN (every CI machine)
     copied = list(engine.copy.model.modules())
     assert not any(type(m) is torch.nn.Linear for m in copied)
@@ -72,3 +72,16 @@ def test_inference_copy_of_a_plain_model_prepacks_every_linear_and_keeps_the_log
     for group in engine.generate(PROMPTS, params):
         for c in group:
             assert (torch.tensor(c.logprobs) - teacher_forced(model, c, 1.0)).abs().max() <= 1e-4
+
+
+def test_the_copy_prepacks_only_where_packed_layers_measure_faster(tiny_model, monkeypatch):
+    from openrft.rollout import inference_copy
+
+    model, _ = tiny_model
+    plain = InferenceCopy(model, prepack=False)
+    assert not plain.prepacked and not any(isinstance(m, PackedLinear) for m in plain.model.modules())
+    monkeypatch.setattr(inference_copy, "PREPACK_MARGIN", 0.0)  # packed would have to take no time
+    assert not prepack_pays(model) and not InferenceCopy(model).prepacked
+    monkeypatch.setattr(inference_copy, "PREPACK_MARGIN", float("inf"))  # any packed time is enough
+    assert prepack_pays(model) and InferenceCopy(model).prepacked
+    assert all(type(m) is torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear))

@@ -10,9 +10,12 @@ Two costs of decoding on a CPU that a trainer's model cannot avoid, and a copy c
   repacks its weight into the BLAS kernel's layout at every call. The copy stores each linear
   weight once in oneDNN's blocked layout (``torch.ops.mkldnn._reorder_linear_weight``, the same
   prepacking ``torch.compile`` applies to frozen CPU weights) and multiplies with
-  ``torch.ops.mkldnn._linear_pointwise``: 1.3-2.5x faster per decoding step on 2 cores
+  ``torch.ops.mkldnn._linear_pointwise``: 1.3-2.5x faster per decoding step on 2 AMD EPYC cores
   (``docs/benchmarks.md``), with fp32 accumulation (results differ from the plain layer by float
-  rounding only).
+  rounding only). Where the BLAS library already streams weights well (MKL on an Intel Xeon with
+  AVX-512, measured no faster packed), packing only costs time: unless told, the copy times one pass
+  over its linear layers both ways at decoding batch sizes and keeps the packed layers only when
+  they are clearly faster (:func:`prepack_pays`).
 
 The trainer's model is never modified: merging and unmerging it in place would drift its base
 weights by float rounding. The price is one more copy of the weights in memory.
@@ -21,6 +24,7 @@ weights by float rounding. The price is one more copy of the weights in memory.
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import torch
@@ -62,11 +66,12 @@ class InferenceCopy:
     """A plain copy of ``model`` for sampling, kept in step with it by :meth:`refresh`.
 
     For a ``peft`` model the copy has adapter ``adapter`` merged; on a CPU in fp32 its linear
-    layers are :class:`PackedLinear`. ``refresh(version)`` recomputes the adapted weights when the
+    layers are :class:`PackedLinear` when ``prepack`` is true, or, when it is ``None``, when
+    :func:`prepack_pays` finds them faster on this machine. ``refresh(version)`` recomputes the adapted weights when the
     policy version changed since the last call (a plain model's weights are taken once).
     """
 
-    def __init__(self, model: Any, adapter: str = "default"):
+    def __init__(self, model: Any, adapter: str = "default", *, prepack: bool | None = None):
         self.source, self.adapter, self.version = model, adapter, None
         with torch.no_grad():
             self.model = (
@@ -75,7 +80,9 @@ class InferenceCopy:
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         weight = next(self.model.parameters())
-        self.prepacked = can_prepack(weight.dtype, weight.device)
+        self.prepacked = bool(prepack) and can_prepack(weight.dtype, weight.device)
+        if prepack is None and can_prepack(weight.dtype, weight.device):
+            self.prepacked = prepack_pays(self.model)
         if self.prepacked:
             _prepack_linears(self.model)
         prefix = "base_model.model."
@@ -100,6 +107,34 @@ class InferenceCopy:
         self.version = version
 
 
+DECODE_ROWS = (1, 16, 64)  # batch sizes a decoding step sees, from a round's tail to full width
+PREPACK_MARGIN = 0.9  # packed layers must take at most this share of the plain layers' time
+
+
+@torch.no_grad()
+def prepack_pays(model: torch.nn.Module, rows: tuple[int, ...] = DECODE_ROWS, repeats: int = 2) -> bool:
+    """Whether prepacked linears run a decoding step's matmuls clearly faster than plain ones here.
+
+    Times one pass over every linear layer of ``model`` in order (so the weights stream from memory
+    as in a real step) at each of ``rows``, plain and packed alternately, best of ``repeats``; the
+    packed copies exist only during the measurement. About a second for the embedded model.
+    """
+    plain = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    if not plain:
+        return False
+    packed = [PackedLinear(m) for m in plain]
+    inputs = {r: [torch.randn(r, m.in_features, dtype=m.weight.dtype) for m in plain] for r in rows}
+    best = {"plain": float("inf"), "packed": float("inf")}
+    for _ in range(repeats):
+        for name, layers in (("plain", plain), ("packed", packed)):
+            start = time.perf_counter()
+            for r in rows:
+                for layer, x_NI in zip(layers, inputs[r]):
+                    layer(x_NI)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best["packed"] <= PREPACK_MARGIN * best["plain"]
+
+
 def _prepack_linears(model: torch.nn.Module) -> None:
     """Replace every ``torch.nn.Linear`` of ``model`` by a :class:`PackedLinear` (the plain weight is freed)."""
     for parent in list(model.modules()):
@@ -112,4 +147,4 @@ def is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
 
 
-__all__ = ["InferenceCopy", "PackedLinear", "can_prepack", "is_peft"]
+__all__ = ["InferenceCopy", "PackedLinear", "can_prepack", "is_peft", "prepack_pays"]

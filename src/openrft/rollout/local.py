@@ -59,7 +59,8 @@ class LocalEngine:
     chat template's end-of-turn token). ``policy_version`` is stamped on every
     completion; the trainer moves it with :meth:`set_policy` after each optimizer step.
     ``inference_copy`` samples from an :class:`~openrft.rollout.inference_copy.InferenceCopy` of
-    the model (adapter merged, weights prepacked on a CPU): faster, for one more copy of the weights.
+    the model (adapter merged, weights prepacked on a CPU where that is faster; ``prepack`` forces
+    it on or off): faster, for one more copy of the weights.
     """
 
     needs_adapter_files = False  # samples the trainer's live model
@@ -74,6 +75,7 @@ class LocalEngine:
         prefill_tokens: int = PREFILL_TOKENS,
         policy_version: int = 0,
         inference_copy: bool = False,
+        prepack: bool | None = None,
     ):
         if max_concurrent_rollouts is not None and max_concurrent_rollouts < 1:
             raise RolloutError(f"max_concurrent_rollouts must be >= 1 (got {max_concurrent_rollouts})")
@@ -87,7 +89,7 @@ class LocalEngine:
         self.max_positions = getattr(config, "max_position_embeddings", None) or 1 << 30
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_token_ids[0]
         _check_supported(config)
-        self.copy = InferenceCopy(model) if inference_copy else None
+        self.copy = InferenceCopy(model, prepack=prepack) if inference_copy else None
 
     # ------------------------------------------------------------------------- public
 
