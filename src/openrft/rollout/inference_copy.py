@@ -129,7 +129,7 @@ def prepack_pays(model: torch.nn.Module, rows: tuple[int, ...] = DECODE_ROWS, re
         for name, layers in (("plain", plain), ("packed", packed)):
             start = time.perf_counter()
             for r in rows:
-                for layer, x_NI in zip(layers, inputs[r]):
+                for layer, x_NI in zip(layers, inputs[r], strict=True):
                     layer(x_NI)
             best[name] = min(best[name], time.perf_counter() - start)
     return best["packed"] <= PREPACK_MARGIN * best["plain"]
