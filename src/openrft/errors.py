@@ -8,6 +8,7 @@ turns these into a single clean line and an exit code instead of a traceback::
     ├── DataError                 3   a dataset file is unreadable or malformed
     ├── EvaluatorError            4   an evaluator cannot be loaded, or fails too often
     ├── ModelError                5   a base model / adapter cannot be found or loaded
+    │   └── ExportError               an adapter cannot be exported in the format asked for
     ├── RolloutError              6   the rollout engine or an inference endpoint failed
     └── JobError                  7   a job id is unknown, or an operation is not allowed
         └── EarlyStopped              the job ended early on purpose (not a failure)
@@ -56,6 +57,10 @@ class ModelError(OpenRFTError):
     """A base model, tokenizer or adapter cannot be found or loaded."""
 
     exit_code = 5
+
+
+class ExportError(ModelError):
+    """An adapter cannot be exported as asked (e.g. GGUF for an architecture it does not cover)."""
 
 
 class RolloutError(OpenRFTError):

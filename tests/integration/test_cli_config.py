@@ -18,7 +18,10 @@ def _run(capsys, *argv):
 
 def test_dry_run_prints_reference_defaults_with_sources(capsys):
     code, out, err = _run(capsys, "rftj", "create", "--dry-run")
-    assert code == 0 and err == ""
+    # the only warning defaults may give: 2048-token responses sampled on a small CPU are slow
+    assert code == 0 and all(
+        line.startswith("warning: --max-output-tokens 2048 on a CPU") for line in err.splitlines()
+    )
     table = out.split("\n\n")[0]  # the parameters; the memory estimate follows a blank line
     rows = {line.split()[1]: line.split()[2:] for line in table.splitlines()[1:]}
     expected = {

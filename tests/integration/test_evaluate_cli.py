@@ -158,3 +158,68 @@ def test_help_lists_commands_and_the_cli_module_imports_little():
         check=True,
     )
     assert modules.stdout.strip() == "False"
+
+
+def test_evaluate_reference_field_reads_a_gsm8k_answer(capsys, tmp_path):
+    """Rows in the messages shape keep GSM8K's worked solution in 'answer' and have no ground_truth."""
+    data = tmp_path / "gsm.jsonl"
+    rows = [
+        {
+            "id": "a",
+            "messages": [{"role": "user", "content": "Cost?"}],
+            "answer": "10 x 100 = 1000\n#### 1,000",
+        },
+        {"id": "b", "messages": [{"role": "user", "content": "Count?"}], "answer": "#### 7"},
+        {"id": "c", "messages": [{"role": "user", "content": "Other?"}], "answer": 12},
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    responses = tmp_path / "responses.jsonl"
+    texts = {"a": "<answer>1000</answer>", "b": "<answer>7</answer>", "c": "<answer>12</answer>"}
+    responses.write_text(
+        "".join(json.dumps({"prompt_id": k, "response": v}) + "\n" for k, v in texts.items())
+    )
+    argv = ["evaluate", "--dataset", data, "--evaluator", "gsm8k", "--responses", responses]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "mean score 0.1000" in out  # no ground truth: only the format is rewarded
+    code, out, err = run(capsys, *argv, "--reference-field", "answer")
+    assert code == 0, err
+    assert "mean score 1.0000" in out and "  correct: 1.0000" in out
+    rows.append({"id": "d", "messages": [{"role": "user", "content": "None?"}]})
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = run(capsys, *argv, "--reference-field", "answer")
+    assert code == 3 and "line 4: no reference answer in field 'answer' (--reference-field)" in err
+    code, out, err = run(capsys, *argv, "--reference-field", "answer", "--skip-bad-rows")
+    assert code == 0, err
+    assert "mean score 1.0000" in out and "1 malformed dataset rows were skipped" in out
+
+
+def test_evaluate_skip_bad_rows_also_skips_bad_response_lines(capsys, tmp_path):
+    responses = tmp_path / "r.jsonl"
+    responses.write_text(
+        '{"prompt_id": "cap-france", "response": "Paris"}\n'
+        '{"prompt_id": "nope", "response": "x"}\n'
+        "not json\n"
+        '{"prompt_id": "cap-france", "text": "Lyon"}\n'
+        '{"prompt_id": "two-plus", "response": "<answer>4</answer>"}\n'
+        '{"prompt_id": "two-plus", "response": "4"}\n'
+    )
+    argv = ["evaluate", "--dataset", FIXTURES / "tiny_rows.jsonl", "--evaluator", EVALS / "own_pointwise.py"]
+    code, _, err = run(capsys, *argv, "--responses", responses)
+    assert code == 3 and "2 malformed response rows" in err and "--skip-bad-rows" in err
+    code, out, err = run(capsys, *argv, "--responses", responses, "--skip-bad-rows")
+    assert code == 0, err
+    assert [r[:2] for r in table(out)] == [
+        ["cap-france", "0"],
+        ["cap-france", "1"],
+        ["two-plus", "0"],
+        ["two-plus", "1"],
+    ]
+    assert "4 responses for 2 prompts" in out
+    assert "2 malformed response rows were skipped:" in out
+    assert "line 2: prompt_id 'nope' is not in the dataset" in out and "line 3: invalid JSON" in out
+    responses.write_text(
+        '{"prompt_id": "cap-france", "response": "Paris"}\n{"prompt_id": "nope"}\nnot json\n'
+    )
+    code, _, err = run(capsys, *argv, "--responses", responses, "--skip-bad-rows")
+    assert code == 3 and "2 malformed response rows (too many to skip: more than half of the file)" in err

@@ -74,14 +74,21 @@ def test_inference_copy_of_a_plain_model_prepacks_every_linear_and_keeps_the_log
             assert (torch.tensor(c.logprobs) - teacher_forced(model, c, 1.0)).abs().max() <= 1e-4
 
 
-def test_the_copy_prepacks_only_where_packed_layers_measure_faster(tiny_model, monkeypatch):
+def test_the_copy_prepacks_only_where_packed_layers_measure_faster(tiny_model, monkeypatch, tmp_path):
     from openrft.rollout import inference_copy
 
     model, _ = tiny_model
+    monkeypatch.setenv("OPENRFT_HOME", str(tmp_path))
+    cache = tmp_path / "cache" / "prepack.json"
     plain = InferenceCopy(model, prepack=False)
     assert not plain.prepacked and not any(isinstance(m, PackedLinear) for m in plain.model.modules())
     monkeypatch.setattr(inference_copy, "PREPACK_MARGIN", 0.0)  # packed would have to take no time
     assert not prepack_pays(model) and not InferenceCopy(model).prepacked
     monkeypatch.setattr(inference_copy, "PREPACK_MARGIN", float("inf"))  # any packed time is enough
-    assert prepack_pays(model) and InferenceCopy(model).prepacked
+    assert prepack_pays(model)
+    assert not InferenceCopy(
+        model
+    ).prepacked  # this machine's answer was kept: every job makes the same choice
+    cache.unlink()
+    assert InferenceCopy(model).prepacked and cache.is_file()
     assert all(type(m) is torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear))

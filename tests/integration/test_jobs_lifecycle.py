@@ -50,7 +50,7 @@ def _outcome(status, step, message=""):
     return types.SimpleNamespace(status=status, message=message, state=types.SimpleNamespace(step=step))
 
 
-def run_training(prepared, job_dir, *, resume=False, quiet=False, should_stop=lambda: False, extra_sinks=()):
+def run_training(prepared, job_dir, *, resume=False, quiet=False, lines=False, should_stop=lambda: False, extra_sinks=()):
     cfg = prepared.cfg
     env = os.environ
     mode, steps = env.get("FAKE_MODE", "ok"), int(env.get("FAKE_STEPS", "4"))
@@ -405,8 +405,14 @@ def test_compare_names_exactly_the_differing_parameter_and_plots(fake, home, mod
     assert lines[start + 3] == ""
     assert "warning" not in err
     results = {line.split()[0]: line.split() for line in lines[lines.index("Results:") + 2 :] if line.strip()}
-    assert results["base"][1:5] == ["COMPLETED", "4", "1.000", "1.000"]
-    assert results["fast"][1:5] == ["COMPLETED", "4", "1.000", "1.000"]
+    assert results["base"][1:6] == [
+        "COMPLETED",
+        "4",
+        "0",
+        "1.000",
+        "1.000",
+    ]  # the fake trainer logs no rounds
+    assert results["fast"][1:6] == ["COMPLETED", "4", "0", "1.000", "1.000"]
     assert out_png.stat().st_size > 10_000 and out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

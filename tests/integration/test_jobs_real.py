@@ -79,4 +79,7 @@ def test_real_detached_job_cancels_at_a_step_boundary_with_a_checkpoint(home, fl
     assert state["step"] == record.steps and state["cursor"] < 40  # stopped early, where it was
     logged = [r["step"] for r in read_jsonl(record.metrics_path) if "loss/policy" in r]
     assert logged[-1] == record.steps
-    assert f"step {record.steps}" in record.log_path.read_text()
+    log = record.log_path.read_text()
+    assert f"step {record.steps}" in log
+    assert "round 1/20: sampling 2 prompts x 2 candidates" in log  # a line as each round starts sampling
+    assert f"outputs: {record.output_dir}" in log and "Warning" not in log

@@ -127,3 +127,39 @@ def test_serve_with_an_adapter_answers_chat_completions_under_short_names(
     assert answers["models"][:2] == ["my-adapter", "policy"] and tiny_model_dir.name in answers["models"]
     assert answers["my-adapter"] == answers["policy"] != answers[tiny_model_dir.name]  # the base is the base
     assert answers["tools"].message.role == "assistant"
+
+
+def test_rollout_system_prompt_is_in_the_prompt_tokens(tiny_model_dir, tokenizer, capsys):
+    argv = ["rollout", "--base-model", str(tiny_model_dir), "--prompt", "What is 3 + 4?", "--json"]
+    argv += ["--n", "2", "--max-output-tokens", "16", "--seed", "0"]
+    system = "Always give the final answer inside <answer></answer> tags."
+    assert main([*argv, "--system", system]) == 0
+    record = json.loads(capsys.readouterr().out.splitlines()[0])
+    prompt = tokenizer.decode(record["prompt_token_ids"])
+    assert system in prompt and prompt.index(system) < prompt.index("What is 3 + 4?")
+
+
+def test_serve_system_prompt_opens_chat_requests_without_one(tiny_model_dir, monkeypatch):
+    """`openrft serve --system TEXT`: a chat request without a system message gets TEXT; one with its own keeps it."""
+    import httpx
+
+    from openrft.rollout.server import BackgroundServer, create_app
+    from openrft.testing import embedded_tokenizer
+
+    prompts = {}
+
+    def serve_in_thread(engine, name, host, port, **names):
+        with BackgroundServer(create_app(engine, name, **names)) as server:
+            for key, messages in {
+                "plain": [{"role": "user", "content": "Hi"}],
+                "own": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}],
+            }.items():
+                body = {"messages": messages, "max_tokens": 4, "seed": 1, "return_token_ids": True}
+                reply = httpx.post(f"{server.url}/chat/completions", json=body, timeout=60).json()
+                prompts[key] = embedded_tokenizer().decode(reply["choices"][0]["prompt_token_ids"])
+
+    monkeypatch.setattr("openrft.rollout.server.serve", serve_in_thread)
+    argv = ["serve", "--base-model", str(tiny_model_dir), "--system", "Answer in <answer></answer> tags."]
+    assert main(argv) == 0
+    assert "Answer in <answer></answer> tags." in prompts["plain"]
+    assert "Be terse." in prompts["own"] and "<answer>" not in prompts["own"]

@@ -37,14 +37,16 @@ def write(path, rows):
 def test_summary_final_and_best(tmp_path):
     rows = [
         {"step": 0, "eval/reward": 0.2},
-        {"step": 1, "reward/mean": 0.3},
-        {"step": 2, "reward/mean": 0.6, "eval/reward": 0.5},
+        {"step": 1, "reward/mean": 0.3, "round": 1},
+        {"step": 1, "reward/mean": 0.2, "round": 2, "filter/round_skipped": 1.0},  # trained nothing
+        {"step": 2, "reward/mean": 0.6, "eval/reward": 0.5, "round": 3},
         {"step": 3, "reward/mean": 0.4, "eval/reward": None},
         {"step": 4, "reward/mean": 0.5, "eval/reward": 0.45},
     ]
     s = summarize_run("a", write(tmp_path / "m.jsonl", rows), state="COMPLETED", wall_s=75.0)
     assert (s.steps, s.final_reward, s.best_reward, s.best_reward_step) == (4, 0.5, 0.6, 2)
     assert (s.final_eval, s.best_eval) == (0.45, 0.5)
+    assert (s.rounds, s.rounds_untrained) == (3, 1)
     empty = summarize_run("b", tmp_path / "missing.jsonl")
     assert (empty.steps, empty.final_reward, empty.best_reward) == (0, None, None)
     text, warnings = format_comparison(["a", "b"], [{"seed": 1}, {"seed": 2}], [s, empty])
@@ -55,6 +57,10 @@ def test_summary_final_and_best(tmp_path):
         "a",
         "COMPLETED",
         "4",
+        "3",
+        "(1",
+        "no",
+        "update)",
         "0.500",
         "0.600",
         "(step",
@@ -63,4 +69,4 @@ def test_summary_final_and_best(tmp_path):
         "0.500",
         "1m15s",
     ]
-    assert lines[-1].split() == ["b", "-", "0", "-", "-", "-", "-", "-"]
+    assert lines[-1].split() == ["b", "-", "0", "0", "-", "-", "-", "-", "-"]

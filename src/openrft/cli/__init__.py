@@ -18,11 +18,11 @@ import contextlib
 import importlib
 import os
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from openrft import config as C
+from openrft.console import quiet_known_warnings
 from openrft.errors import ConfigError, OpenRFTError
 
 RFTJ_ALIASES = ("rftj", "reinforcement-fine-tuning-job")
@@ -30,7 +30,10 @@ RFTJ_ALIASES = ("rftj", "reinforcement-fine-tuning-job")
 COMMAND_MODULES = (
     "openrft.cli.rollout",
     "openrft.cli.evaluate",
+    "openrft.cli.eval_models",
     "openrft.cli.jobs",
+    "openrft.cli.preflight",
+    "openrft.cli.export",
 )
 
 Handler = Callable[[argparse.Namespace], int | None]
@@ -62,7 +65,8 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
                 kwargs["metavar"] = (
                     name.split("_")[-1].upper() if name != "response_candidates_count" else "N"
                 )
-                help_text += f" Default: {shown}."
+                if "default" not in (info.description or "").lower():  # else the description says it
+                    help_text += f" Default: {shown}."
                 if name == "eval_auto_carveout":
                     kwargs.update(nargs="?", const="0.1")
             group.add_argument(*flags, help=help_text.replace("%", "%%"), **kwargs)
@@ -109,6 +113,10 @@ def cmd_create(args: argparse.Namespace) -> int:
     warn(C.advise(cfg))
     if args.dry_run:
         prepared = None if args.resume_from else runner.validate(cfg)  # everything short of loading the model
+        if prepared is not None:
+            from openrft.cli.preflight import dry_run_warnings
+
+            warn(dry_run_warnings(prepared))  # the preflight's checks that need no sampling
         print_resolved(cfg, sources)
         if prepared is not None and prepared.memory is not None:
             print("\n" + "\n".join(prepared.memory.lines()))
@@ -192,10 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # process wants the same cores, and sleeping waiters cost little on an idle machine
     # (docs/benchmarks.md, "defaults"). Set before torch is imported; the environment wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    # peft still calls a transformers property that warns on every adapter load; not the user's concern
-    warnings.filterwarnings(
-        "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
-    )
+    quiet_known_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)

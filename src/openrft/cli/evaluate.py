@@ -76,7 +76,17 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     ev.add_argument(
         "--max-concurrency", type=positive_int, help="Parallel evaluator calls (default: the header's)."
     )
-    ev.add_argument("--skip-bad-rows", action="store_true", help="Skip (and count) malformed dataset rows.")
+    ev.add_argument(
+        "--skip-bad-rows",
+        action="store_true",
+        help="Skip (and count) malformed dataset rows and malformed lines of the responses file.",
+    )
+    ev.add_argument(
+        "--reference-field",
+        metavar="NAME",
+        help="Take each row's ground truth from this row field (a GSM8K-style 'answer': the number "
+        "after its last '####').",
+    )
     ev.add_argument("--output", metavar="FILE", help="Also write one JSON line per score to FILE.")
     ev.add_argument("--quiet", action="store_true", help="Print only the summary.")
     ev.set_defaults(handler=cmd_evaluate)
@@ -141,7 +151,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if dataset is None:
         raise DataError("no --dataset given and the evaluator names no input_dataset")
     prompts = load_prompts(dataset, skip_bad_rows=args.skip_bad_rows, adapter=evaluator.dataset_adapter)
-    groups = _groups_from_responses(prompts, args.responses) if args.responses else _groups_from_rows(prompts)
+    if args.reference_field:
+        from openrft.data.reference import with_reference_field
+
+        prompts = with_reference_field(prompts, args.reference_field, skip_bad_rows=args.skip_bad_rows)
+    skipped: list[str] = []
+    if args.responses:
+        groups = _groups_from_responses(prompts, args.responses, skip=args.skip_bad_rows, skipped=skipped)
+    else:
+        groups = _groups_from_rows(prompts)
     scores = score_contained(evaluator, groups, max_concurrency=args.max_concurrency, timeout=args.timeout)
     records = [
         {
@@ -165,6 +183,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if prompts.skipped:
         print(f"{prompts.skipped} malformed dataset rows were skipped")
+    if skipped:
+        print(f"{len(skipped)} malformed response rows were skipped:")
+        print("\n".join(skipped[:5]) + (f"\n  ... and {len(skipped) - 5} more" if len(skipped) > 5 else ""))
     for key, value in stats.items():
         name = key.removeprefix("reward/")
         if name not in SUMMARY_STATS:  # the evaluator's own metrics
@@ -219,8 +240,12 @@ def _groups_from_rows(prompts: Any) -> list[tuple[Any, list[Any]]]:
     return groups
 
 
-def _groups_from_responses(prompts: Any, path: str) -> list[tuple[Any, list[Any]]]:
-    from openrft.data.jsonl import BadLine, read_jsonl
+def _groups_from_responses(
+    prompts: Any, path: str, *, skip: bool = False, skipped: list[str] | None = None
+) -> list[tuple[Any, list[Any]]]:
+    """Responses grouped by prompt. With ``skip``, malformed lines are left out and described in
+    ``skipped`` (unless more than half of the file is malformed: then it fails, as a dataset does)."""
+    from openrft.data.jsonl import MAX_BAD_FRACTION, BadLine, read_jsonl
     from openrft.errors import DataError
 
     by_id = {p.prompt_id: p for p in prompts}
@@ -233,11 +258,23 @@ def _groups_from_responses(prompts: Any, path: str) -> list[tuple[Any, list[Any]
             continue
         text = next(obj[k] for k in RESPONSE_KEYS if isinstance(obj.get(k), str))
         texts.setdefault(str(obj["prompt_id"]), []).append(text)
+    total = len(bad) + sum(len(items) for items in texts.values())
+    if bad and skip and texts and len(bad) <= MAX_BAD_FRACTION * total:
+        if skipped is not None:
+            skipped.extend(bad)
+        bad = []
     if bad:
         more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise DataError(
-            f"{path}: {len(bad)} malformed response rows:\n" + "\n".join(bad[:5]) + more,
-            hint='each line must be {"prompt_id": "<id in the dataset>", "response": "<text>"}',
+            f"{path}: {len(bad)} malformed response rows"
+            + (" (too many to skip: more than half of the file)" if skip else "")
+            + ":\n"
+            + "\n".join(bad[:5])
+            + more,
+            hint=(
+                'each line must be {"prompt_id": "<id in the dataset>", "response": "<text>"}'
+                + ("; --skip-bad-rows skips a minority of bad lines" if not skip else "")
+            ),
         )
     if not texts:
         raise DataError(f"{path}: no responses")

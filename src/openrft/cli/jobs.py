@@ -188,7 +188,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     rows = [
         [
             r.id,
-            str(r.state),
+            r.shown_state,
             r.base_model or "-",
             r.method or "-",
             str(r.steps),
@@ -216,7 +216,7 @@ def cmd_get(args: argparse.Namespace) -> int:
             json.dumps({**record.to_json(), "wall_s": wall_time(record), "latest_metrics": latest}, indent=2)
         )
         return 0
-    out = [f"id:          {record.id}", f"state:       {record.state}"]
+    out = [f"id:          {record.id}", f"state:       {record.shown_state}"]
     if record.message:
         out.append(f"message:     {record.message}")
     if record.cancel_requested and record.state.is_active:
@@ -225,6 +225,7 @@ def cmd_get(args: argparse.Namespace) -> int:
         f"base model:  {record.base_model}",
         f"method:      {record.method}",
         f"steps:       {record.steps}",
+        f"rounds:      {rounds_line(metrics)}",
         f"last reward: {'-' if record.last_reward is None else f'{record.last_reward:.4f}'}",
         f"created:     {_stamp(record.created_at)} ({age(time.time() - record.created_at)} ago)",
         f"wall time:   {age(wall_time(record))}",
@@ -250,6 +251,15 @@ def cmd_get(args: argparse.Namespace) -> int:
             out.append(f"  {group:<9} {name.replace('_', '-'):<28} {shown}")
     print("\n".join(out))
     return 0
+
+
+def rounds_line(metrics: list[dict[str, Any]]) -> str:
+    """Rollout rounds sampled so far, and how many of them trained nothing."""
+    rounds = len({r["round"] for r in metrics if r.get("round") is not None})
+    untrained = sum(1 for r in metrics if r.get("filter/round_skipped"))
+    if not untrained:
+        return str(rounds)
+    return f"{rounds} ({untrained} trained nothing: every group's candidates scored alike)"
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

@@ -27,7 +27,9 @@ def _help(name: str, default: Any = None) -> str:
     if extra.get("valid"):
         text += f" Valid: {extra['valid']}."
     shown = default if default is not None else info.default
-    return (text + f" Default: {shown}.").replace("%", "%%")
+    if "default" not in (info.description or "").lower():  # else the description says it
+        text += f" Default: {shown}."
+    return text.replace("%", "%%")
 
 
 def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
@@ -41,7 +43,7 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     ro.add_argument(
         "--prompt", required=True, action="append", help="User message (repeat for more prompts)."
     )
-    ro.add_argument("--system", metavar="TEXT", help="System message placed before each prompt.")
+    _system_flag(ro)
     _model_flags(ro)
     ro.add_argument(
         "--n", "--response-candidates-count", dest="response_candidates_count", type=int, metavar="N",
@@ -77,7 +79,17 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     sv.add_argument("--host", default="127.0.0.1", help="Interface to listen on (default 127.0.0.1).")
     sv.add_argument("--port", type=int, default=8000, help="Port to listen on (default 8000).")
     sv.add_argument("--served-model-name", help="Model name clients send (default: --base-model).")
+    _system_flag(sv)
     sv.set_defaults(handler=cmd_serve)
+
+
+def _system_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--system",
+        metavar="TEXT",
+        help="System message placed before the messages of each prompt or chat request that has none "
+        "(the built-in tasks' prompts carry their own: see docs/eval.md). Default: none.",
+    )
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
@@ -122,15 +134,14 @@ def _engine(args: argparse.Namespace, rollout: C.RolloutConfig | None):
 
 def cmd_rollout(args: argparse.Namespace) -> int:
     from openrft.records import Prompt, SamplingParams
+    from openrft.rollout.prompts import with_system
 
     rollout = _validated(args)
     base, engine = _engine(args, rollout)
-    prompts = []
-    for i, text in enumerate(args.prompt):
-        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-            {"role": "user", "content": text}
-        ]
-        prompts.append(Prompt(str(i), tuple(messages)))
+    prompts = [
+        Prompt(str(i), tuple(with_system([{"role": "user", "content": text}], args.system)))
+        for i, text in enumerate(args.prompt)
+    ]
     params = SamplingParams(
         n=rollout.response_candidates_count,
         temperature=rollout.temperature,
@@ -170,6 +181,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         name = args.served_model_name or short
         names = {"aliases": ["policy", str(base)]}
+    if args.system:
+        names["system_prompt"] = args.system
     served = ", ".join(dict.fromkeys([name, *names["aliases"], *([short] if args.adapter else [])]))
     print(f"openrft serve: {served} on http://{args.host}:{args.port}/v1", file=sys.stderr)
     serve(engine, name, args.host, args.port, **names)

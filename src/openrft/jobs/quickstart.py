@@ -131,3 +131,5 @@ def report(job_dir: Path | None, seconds: float) -> None:
         f"  mean reward:                         base {before['eval/reward']:6.3f}  ->  trained {after['eval/reward']:6.3f}"
     )
     print(f"  wall time {seconds / 60:.1f} min; outputs in {job_dir / 'output'} (reward_curve.png)")
+    if before.get(TOOL_METRIC) is None:  # single-turn: `openrft eval` samples it the same way
+        print(f"  on fresh prompts: openrft eval --dataset arithmetic --job {job_dir.name} --base --limit 64")

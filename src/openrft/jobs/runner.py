@@ -27,6 +27,7 @@ from typing import Any
 
 from openrft.config import JobConfig, build_config, flatten, load_job_file
 from openrft.errors import JobError, OpenRFTError
+from openrft.jobs.snapshot import absolute_paths, resumed_values, write_snapshot
 from openrft.jobs.states import OUTCOME_STATES, JobState
 from openrft.jobs.store import JobRecord, JobStore, config_values
 from openrft.paths import output_dir
@@ -74,8 +75,10 @@ def create_and_run(
                 f"job {job_id} already exists",
                 hint="choose another --job-id, resume it (openrft rftj resume ID) or delete it",
             )
+        cfg = with_absolute_paths(cfg)
         prepared = validate(cfg)
         record = store.create(job_id, cfg, detached=detach)
+        write_snapshot(record.job_dir, config_values(cfg)[1])
     return start(store, record, detach=detach, quiet=quiet, prepared=prepared)
 
 
@@ -129,10 +132,11 @@ def _resume_from(
                 hint="see the jobs with: openrft rftj list",
             )
         job_id = cfg.training.job_id or job_dir.name
+        cfg = with_absolute_paths(cfg)
         return store.create(job_id, cfg, job_dir=job_dir.resolve(), resume=True, detached=detach)
-    file_values = load_job_file(config_file) if config_file else {}
+    file_values = absolute_paths(load_job_file(config_file) if config_file else {}, Path.cwd())
     base = {**record.given, **store.secrets(record.id)}
-    merged, _ = build_config({**base, **file_values}, flag_values)
+    merged, _ = build_config({**base, **file_values}, absolute_paths(flag_values, Path.cwd()))
     changed = _changed(record.flat_config(), config_values(merged)[0])
     if changed:
         store.update_config(record.id, merged)
@@ -169,6 +173,7 @@ def run_job(
     folder's ``error.log``).
     """
     record = store.get(job_id, check_process=False)
+    log_steps = log_steps or (not quiet and not _is_terminal(sys.stderr))  # plain lines where no bar shows
     if record.pid != os.getpid():
         store.set_process(job_id, os.getpid())
     stop = StopFlag(store, job_id, local_stop)
@@ -176,7 +181,7 @@ def run_job(
 
     def say(text: str) -> None:
         if log_steps:
-            print(time.strftime("%H:%M:%S"), text, flush=True)
+            print(time.strftime("%H:%M:%S"), text, file=sys.stderr, flush=True)
 
     try:
         store.transition(job_id, JobState.VALIDATING)
@@ -195,8 +200,9 @@ def run_job(
         from openrft.train.job import run_training
 
         outcome = run_training(
-            prepared, record.job_dir, resume=record.resume, quiet=quiet, should_stop=stop, extra_sinks=sinks
-        )
+            prepared, record.job_dir, resume=record.resume, quiet=quiet or log_steps, lines=log_steps,
+            should_stop=stop, extra_sinks=sinks,
+        )  # fmt: skip
         store.record_progress(job_id, outcome.state.step, None)
         store.set_output(job_id, output_dir(record.job_dir, cfg.training.output_model))
         return store.transition(job_id, OUTCOME_STATES[outcome.status], outcome.message or None)
@@ -228,8 +234,12 @@ def _finish(store: JobStore, job_id: str, state: JobState, message: str) -> None
 
 
 def rebuild_config(store: JobStore, record: JobRecord) -> JobConfig:
-    """The job's config from the values its user set (and its stored secrets)."""
-    cfg, _ = build_config({}, {**record.given, **store.secrets(record.id)})
+    """The job's config from the values its user set (and its stored secrets); code files changed or
+    removed since the job was created are replaced by the job's snapshot of them."""
+    given = resumed_values(
+        record.job_dir, record.given, lambda text: print(f"warning: {text}", file=sys.stderr)
+    )
+    cfg, _ = build_config({}, {**given, **store.secrets(record.id)})
     changed = _changed(record.flat_config(), config_values(cfg)[0])
     if changed:
         print(
@@ -238,6 +248,16 @@ def rebuild_config(store: JobStore, record: JobRecord) -> JobConfig:
             file=sys.stderr,
         )
     return cfg
+
+
+def with_absolute_paths(cfg: JobConfig) -> JobConfig:
+    """``cfg`` with every relative path to an existing file or folder made absolute (see
+    :mod:`openrft.jobs.snapshot`): the stored job then resolves the same files from any directory."""
+    _, given, secrets = config_values(cfg)
+    absolute = absolute_paths(given, Path.cwd())
+    if absolute == given:
+        return cfg
+    return build_config({}, {**absolute, **secrets})[0]
 
 
 def validate(cfg: JobConfig):
@@ -274,14 +294,16 @@ def start_wandb(cfg: JobConfig, *, job_id: str, job_dir: Path, **options: Any):
 
 
 class StoreSink:
-    """Keeps the job's step count and latest reward in the store (for ``rftj list``)."""
+    """Keeps the job's step count and latest training reward in the store (for ``rftj list``), from
+    every line with either: a round that trained nothing still has a reward."""
 
     def __init__(self, store: JobStore, job_id: str):
         self.store, self.job_id = store, job_id
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        if step > 0:
-            self.store.record_progress(self.job_id, step, metrics.get("reward/mean"))
+        reward = metrics.get("reward/mean")
+        if step > 0 or reward is not None:
+            self.store.record_progress(self.job_id, step, reward)
 
     def log_rollouts(self, step: int, rows: Sequence[dict[str, Any]]) -> None:
         pass
@@ -291,13 +313,25 @@ class StoreSink:
 
 
 class PrintSink:
-    """One plain line per step, for a detached job's log (no progress bar there)."""
+    """One plain line per step, per evaluation and per round that trained nothing, on stderr: for a
+    detached job's log or output piped to a file (no progress bar there)."""
 
     KEYS = (("reward/mean", "reward"), ("eval/reward", "eval"), ("loss/policy", "loss"), ("kl/mean", "kl"))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         parts = [f"{label} {metrics[key]:.4f}" for key, label in self.KEYS if metrics.get(key) is not None]
-        print(time.strftime("%H:%M:%S"), f"step {step}", "  ".join(parts), flush=True)
+        if metrics.get("completion/truncated_frac") is not None:
+            parts.append(f"truncated {100 * metrics['completion/truncated_frac']:.0f}%")
+        if metrics.get("filter/groups") is not None:
+            parts.append(
+                f"zero-variance groups {metrics.get('filter/zero_variance_groups', 0):.0f}"
+                f"/{metrics['filter/groups']:.0f}"
+            )
+        if metrics.get("filter/round_skipped"):
+            head = f"round {metrics.get('round', 0):.0f}: no update (every group's candidates scored alike)"
+        else:
+            head = f"step {step}"
+        print(time.strftime("%H:%M:%S"), head, "  ".join(parts), file=sys.stderr, flush=True)
 
     def log_rollouts(self, step: int, rows: Sequence[dict[str, Any]]) -> None:
         pass
@@ -365,6 +399,13 @@ class graceful_interrupt:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _find(store: JobStore, target: str) -> JobRecord | None:

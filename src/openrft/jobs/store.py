@@ -103,6 +103,11 @@ class JobRecord:
     transitions: tuple[Transition, ...] = field(default=())
 
     @property
+    def shown_state(self) -> str:
+        """The state as ``list`` and ``get`` show it: CANCELLING while a cancel request is pending."""
+        return "CANCELLING" if self.cancel_requested and self.state.is_active else str(self.state)
+
+    @property
     def log_path(self) -> Path:
         return self.job_dir / LOG_FILE
 
@@ -122,6 +127,7 @@ class JobRecord:
         return {
             "id": self.id,
             "state": str(self.state),
+            "shown_state": self.shown_state,
             "message": self.message,
             "created_at": self.created_at,
             "updated_at": self.updated_at,

@@ -11,10 +11,12 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from openrft.console import quiet_known_warnings
 from openrft.errors import OpenRFTError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_known_warnings()  # a job's log shows what concerns the job
     from openrft.jobs.runner import run_job
     from openrft.jobs.store import JobStore
 
@@ -42,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"job {job_id} {final.state} after {final.steps} steps", flush=True)
     if final.message:
         print(final.message, flush=True)
+    if final.output_dir:
+        print(f"outputs: {final.output_dir}", flush=True)
     return 0
 
 

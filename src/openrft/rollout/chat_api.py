@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from openrft.records import Completion
 from openrft.rollout.chat import ParsedReply, encode_chat, render_chat, tool_format
+from openrft.rollout.prompts import with_system
 from openrft.rollout.trajectories import (
     ROLLOUT_HEADER,
     CallRecord,
@@ -64,8 +65,17 @@ class HTTPError(Exception):
         self.status, self.message = status, message
 
 
-def add_chat_routes(app: FastAPI, host: Any, batcher: Any, recorder: RolloutRecorder | None = None) -> None:
-    """Register ``/v1/chat/completions`` on ``app`` (``host``/``batcher`` from :mod:`openrft.rollout.server`)."""
+def add_chat_routes(
+    app: FastAPI,
+    host: Any,
+    batcher: Any,
+    recorder: RolloutRecorder | None = None,
+    system_prompt: str | None = None,
+) -> None:
+    """Register ``/v1/chat/completions`` on ``app`` (``host``/``batcher`` from :mod:`openrft.rollout.server`).
+
+    ``system_prompt`` is placed before the messages of every request that brings no system message.
+    """
     engine = host.engine
     fmt = tool_format("hermes")
 
@@ -78,6 +88,7 @@ def add_chat_routes(app: FastAPI, host: Any, batcher: Any, recorder: RolloutReco
             raise HTTPError(404, f"no open rollout '{rollout_id}'")
         tools = None if request.tool_choice == "none" else request.tools
         _check_tool_choice(request)
+        request.messages = with_system(request.messages, system_prompt)
         prompt_ids = _prompt_ids(engine.tokenizer, request.messages, tools, fmt, recorder, rollout_id)
         key, seed_name, budget = _sampling(request, name, engine, recorder, rollout_id, len(prompt_ids))
         groups = await batcher.submit(key, [(seed_name, prompt_ids)])

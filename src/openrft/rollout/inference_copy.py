@@ -15,7 +15,10 @@ Two costs of decoding on a CPU that a trainer's model cannot avoid, and a copy c
   rounding only). Where the BLAS library already streams weights well (MKL on an Intel Xeon with
   AVX-512, measured no faster packed), packing only costs time: unless told, the copy times one pass
   over its linear layers both ways at decoding batch sizes and keeps the packed layers only when
-  they are clearly faster (:func:`prepack_pays`).
+  they are clearly faster (:func:`prepack_pays`). The answer is kept per machine (CPU, torch
+  version, threads, layer shapes) in ``$OPENRFT_HOME/cache/prepack.json``, so that every later job
+  there makes the same choice: packed and plain layers round differently, and a seeded job must
+  sample the same tokens each time it runs.
 
 The trainer's model is never modified: merging and unmerging it in place would drift its base
 weights by float rounding. The price is one more copy of the weights in memory.
@@ -23,11 +26,17 @@ weights by float rounding. The price is one more copy of the weights in memory.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
+import json
+import platform
 import time
 from typing import Any
 
 import torch
+
+from openrft.paths import atomic_write_text, openrft_home
 
 
 def can_prepack(dtype: torch.dtype, device: torch.device) -> bool:
@@ -82,7 +91,7 @@ class InferenceCopy:
         weight = next(self.model.parameters())
         self.prepacked = bool(prepack) and can_prepack(weight.dtype, weight.device)
         if prepack is None and can_prepack(weight.dtype, weight.device):
-            self.prepacked = prepack_pays(self.model)
+            self.prepacked = prepack_pays_here(self.model)
         if self.prepacked:
             _prepack_linears(self.model)
         prefix = "base_model.model."
@@ -133,6 +142,32 @@ def prepack_pays(model: torch.nn.Module, rows: tuple[int, ...] = DECODE_ROWS, re
                     layer(x_NI)
             best[name] = min(best[name], time.perf_counter() - start)
     return best["packed"] <= PREPACK_MARGIN * best["plain"]
+
+
+def prepack_pays_here(model: torch.nn.Module) -> bool:
+    """:func:`prepack_pays`, measured once per machine and model shape and then read from the cache."""
+    shapes = sorted({(m.in_features, m.out_features) for m in model.modules() if type(m) is torch.nn.Linear})
+    key = hashlib.sha256(
+        json.dumps([_cpu_name(), torch.__version__, torch.get_num_threads(), shapes]).encode()
+    ).hexdigest()[:16]
+    path = openrft_home() / "cache" / "prepack.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = prepack_pays(model)
+        with contextlib.suppress(OSError):  # a read-only home: measured again next time
+            atomic_write_text(path, json.dumps(known, indent=1))
+    return bool(known[key])
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor()
 
 
 def _prepack_linears(model: torch.nn.Module) -> None:

@@ -46,3 +46,11 @@ def encode_messages(tokenizer: Any, messages: Sequence[Any], prompt_id: str = "?
     if not ids:
         raise DataError(f"prompt {prompt_id}: renders to no tokens")
     return list(ids)
+
+
+def with_system(messages: Sequence[Any], system: str | None) -> list[Any]:
+    """``messages`` with a system message ``system`` in front, unless they already open with one."""
+    out = list(messages)
+    if not system or any(isinstance(m, dict) and m.get("role") == "system" for m in out):
+        return out
+    return [{"role": "system", "content": system}, *out]

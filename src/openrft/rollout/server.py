@@ -220,17 +220,19 @@ def create_app(
     recorder: RolloutRecorder | None = None,
     fixed: bool = False,
     batch_window: float = BATCH_WINDOW_S,
+    system_prompt: str | None = None,
 ) -> FastAPI:
     """The FastAPI application serving ``engine`` as ``model_name`` (see :class:`ModelHost`).
 
     ``recorder`` makes it a job's policy server: chat calls naming a rollout are recorded.
+    ``system_prompt`` opens every chat request that has no system message of its own.
     """
     host = ModelHost(engine, model_name, base_adapter, aliases=aliases, base_name=base_name, fixed=fixed)
     batcher = _Batcher(host, batch_window)
     app = FastAPI(title="openrft serve")
     app.state.host = host
     _install_error_handlers(app)
-    add_chat_routes(app, host, batcher, recorder)
+    add_chat_routes(app, host, batcher, recorder, system_prompt)
 
     @app.get("/v1/models")
     async def models() -> dict:

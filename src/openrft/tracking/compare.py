@@ -37,6 +37,8 @@ class RunSummary:
     final_eval: float | None
     best_eval: float | None
     wall_s: float | None
+    rounds: int = 0  # rollout rounds sampled
+    rounds_untrained: int = 0  # of which every group was filtered (no update)
 
 
 def _values(rows: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
@@ -64,6 +66,8 @@ def summarize_run(
         final_eval=evals[-1][1] if evals else None,
         best_eval=max(v for _, v in evals) if evals else None,
         wall_s=wall_s,
+        rounds=len({r["round"] for r in rows if r.get("round") is not None}),
+        rounds_untrained=sum(1 for r in rows if r.get("filter/round_skipped")),
     )
 
 
@@ -139,6 +143,7 @@ def format_comparison(
             s.label,
             s.state or "-",
             str(s.steps),
+            f"{s.rounds} ({s.rounds_untrained} no update)" if s.rounds_untrained else str(s.rounds),
             _num(s.final_reward),
             f"{_num(s.best_reward)} (step {s.best_reward_step})" if s.best_reward is not None else "-",
             _num(s.final_eval),
@@ -147,7 +152,17 @@ def format_comparison(
         ]
         for s in summaries
     ]
-    header = ["job", "state", "steps", "final reward", "best reward", "final eval", "best eval", "wall time"]
+    header = [
+        "job",
+        "state",
+        "steps",
+        "rounds",
+        "final reward",
+        "best reward",
+        "final eval",
+        "best eval",
+        "wall time",
+    ]
     lines += ["  " + line for line in _table(header, rows)]
     return "\n".join(lines), warnings
 

@@ -46,29 +46,46 @@ def _save(fig, out: Path) -> None:
 
 
 def plot_reward_curve(metrics_path: Path, out: Path, title: str = "") -> Path:
-    """Training reward (mean, and the band mean +- std) and eval reward against step."""
+    """Training reward (mean, and the band mean +- std kept within the scores' min and max) and eval
+    reward against step. Rounds that trained nothing sit at the step they followed, marked with x."""
     plt = _pyplot()
-    rows = read_jsonl(Path(metrics_path))
+    from matplotlib.ticker import MaxNLocator
+
+    rows = [r for r in read_jsonl(Path(metrics_path)) if r.get("step") is not None]
     fig, ax = plt.subplots(figsize=(7, 4))
-    steps, mean = _series(rows, "reward/mean")
-    if steps:
-        std = dict(zip(*_series(rows, "reward/std"), strict=False))
-        low = [m - std.get(s, 0.0) for s, m in zip(steps, mean, strict=True)]
-        high = [m + std.get(s, 0.0) for s, m in zip(steps, mean, strict=True)]
+    trained = [r for r in rows if r.get("reward/mean") is not None]
+    if trained:
+        steps = [r["step"] for r in trained]
+        mean = [r["reward/mean"] for r in trained]
+        low, high = zip(*(_band(r) for r in trained), strict=True)
         ax.fill_between(steps, low, high, alpha=0.15, color="tab:blue", linewidth=0)
         ax.plot(steps, mean, color="tab:blue", label="train reward (mean)")
+        skipped = [r for r in trained if r.get("filter/round_skipped")]
+        if skipped:
+            ax.plot(
+                [r["step"] for r in skipped], [r["reward/mean"] for r in skipped], "x", color="tab:red",
+                label="round with no update (scores all alike)",
+            )  # fmt: skip
     eval_steps, eval_reward = _series(rows, "eval/reward")
     if eval_steps:
         ax.plot(eval_steps, eval_reward, "o-", color="tab:orange", label="eval reward")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_xlabel("training step")
     ax.set_ylabel("reward")
     ax.set_title(f"reward curve {title}".strip())
     ax.grid(alpha=0.3)
-    if steps or eval_steps:
+    if trained or eval_steps:
         ax.legend(loc="best")
     _save(fig, Path(out))
     plt.close(fig)
     return Path(out)
+
+
+def _band(row: dict) -> tuple[float, float]:
+    """mean -/+ std, clipped to the round's lowest and highest score (a band never leaves the data)."""
+    mean, std = row["reward/mean"], row.get("reward/std") or 0.0
+    low, high = row.get("reward/min", mean - std), row.get("reward/max", mean + std)
+    return max(mean - std, low), min(mean + std, high)
 
 
 # ----------------------------------------------------------------------------- several jobs
@@ -94,6 +111,16 @@ PANELS = (
     ),
     Panel("zero-variance groups", "fraction of groups", (("filter/zero_variance_frac", "-", ""),)),
 )
+
+
+def legend_styles(panel: Panel, runs: Sequence[list[dict]]) -> list[tuple[str, str]]:
+    """``(line style, meaning)`` of the panel's lines that some run has data for (no "eval" entry
+    when no job evaluated)."""
+    return [
+        (style, meaning)
+        for key, style, meaning in panel.lines
+        if meaning and any(_series(rows, key)[0] for rows in runs)
+    ]
 
 
 def plot_jobs(runs: Sequence[tuple[str, Path]], out: Path, title: str = "") -> Path:
@@ -125,10 +152,10 @@ def plot_jobs(runs: Sequence[tuple[str, Path]], out: Path, title: str = "") -> P
         ax.grid(alpha=0.3)
         if not drawn:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
-        if any(meaning for _, _, meaning in panel.lines):
+        shown = legend_styles(panel, [rows for _, rows in data])
+        if shown:
             handles = [
-                Line2D([], [], color="black", linestyle=style, label=meaning)
-                for _, style, meaning in panel.lines
+                Line2D([], [], color="black", linestyle=style, label=meaning) for style, meaning in shown
             ]
             ax.legend(handles=handles, loc="best", fontsize="small")
     legend_ax = flat_axes[len(PANELS)]
@@ -146,4 +173,4 @@ def plot_jobs(runs: Sequence[tuple[str, Path]], out: Path, title: str = "") -> P
     return Path(out)
 
 
-__all__ = ["plot_reward_curve", "plot_jobs", "PANELS"]
+__all__ = ["plot_reward_curve", "plot_jobs", "legend_styles", "PANELS"]

@@ -1,15 +1,21 @@
-"""The terminal progress bar of a job: rounds done, ETA, and the latest step's headline numbers."""
+"""A job's progress: a terminal bar (rounds done, ETA, the latest step's headline numbers), or, where
+no terminal shows it (a detached job's log, output piped to a file), a plain line as each round starts.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 
 
 class ProgressBar:
     """A rich progress bar over rollout rounds (the unit whose total is known up front)."""
 
-    def __init__(self, total_rounds: int, *, enabled: bool = True, description: str = "training"):
-        self.enabled = enabled and total_rounds > 0
+    def __init__(
+        self, total_rounds: int, *, enabled: bool = True, description: str = "training", lines: bool = False
+    ):
+        self.enabled = enabled and total_rounds > 0 and not lines
+        self.lines, self.total_rounds = lines, total_rounds
         self._progress = None
         if not self.enabled:
             return
@@ -29,6 +35,16 @@ class ProgressBar:
         self._progress.start()
         self._task = self._progress.add_task(description, total=total_rounds, status="starting")
 
+    def round_started(self, number: int, prompts: int, candidates: int) -> None:
+        """Round ``number`` (1-based, over the whole job) starts sampling: a line in plain mode."""
+        if self.lines:
+            print(
+                time.strftime("%H:%M:%S"),
+                f"round {number}/{self.total_rounds}: sampling {prompts} prompts x {candidates} candidates",
+                file=sys.stderr,
+                flush=True,
+            )
+
     def update(self, *, rounds_done: int, step: int, epoch: int, metrics: dict[str, float]) -> None:
         if self._progress is None:
             return
@@ -37,6 +53,8 @@ class ProgressBar:
             parts.append(f"reward {metrics['reward/mean']:.3f}")
         if "eval/reward" in metrics:
             parts.append(f"eval {metrics['eval/reward']:.3f}")
+        if metrics.get("completion/truncated_frac"):
+            parts.append(f"cut off {100 * metrics['completion/truncated_frac']:.0f}%")
         if "filter/zero_variance_frac" in metrics:
             parts.append(f"filtered {100 * metrics['filter/zero_variance_frac']:.0f}%")
         if "throughput/rollout_tokens_per_s" in metrics:

@@ -43,9 +43,11 @@ class LoopState:
     round_metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # of the round being trained
     epoch_groups_with_signal: int = 0
     epoch_groups_total: int = 0
-    skipped_zero_variance_groups: int = 0  # from rounds that were filtered away entirely
+    epoch_completions: int = 0  # candidates sampled this epoch
+    epoch_truncated: int = 0  # of which cut off at --max-output-tokens
     measure_mismatch: bool = False  # the next step is the round's first: measure the sampler against it
     outcome: str = ""  # "completed" or "early_stopped" once the job has ended (its last checkpoint)
+    outcome_truncated: float = 0.0  # share of the last epoch's candidates cut off, when it stopped early
     nonfinite_in_a_row: int = 0  # consecutive updates skipped for a non-finite loss or gradient
     log_position: dict[str, int] = dataclasses.field(default_factory=dict)  # lines logged when saved
 
@@ -56,7 +58,8 @@ class LoopState:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LoopState:
-        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}  # fields of older versions are dropped
         data["pending"] = [[_sequence_from_json(s) for s in step] for step in data.get("pending", [])]
         return cls(**data)
 

@@ -294,10 +294,14 @@ def run_training(
     *,
     resume: bool = False,
     quiet: bool = False,
+    lines: bool = False,
     should_stop: Callable[[], bool] = lambda: False,
     extra_sinks: Sequence[MetricsSink] = (),
 ) -> Outcome:
-    """Load the model, continue from the last checkpoint if asked, train, write the outputs."""
+    """Load the model, continue from the last checkpoint if asked, train, write the outputs.
+
+    ``quiet``: no progress bar; ``lines``: a plain line on stderr as each round starts instead.
+    """
     cfg, settings = prepared.cfg, prepared.settings
     if settings.schedule.deterministic:
         setup.make_deterministic()
@@ -317,19 +321,12 @@ def run_training(
             jsonl.truncate_after(state.step)
     elif jsonl.metrics_path.exists():
         jsonl.truncate_after(-1)
-    base_model = setup.base_model_name(settings.model)
-    engine, needs_files = setup.make_engine(settings.engine, model, tokenizer, base_model)
-    if settings.agent is not None or prepared.evaluator.rollout is not None:
-        context = settings.model.max_context_length or getattr(model.config, "max_position_embeddings", 4096)
-        engine = setup.with_agent(
-            engine, settings.agent, settings.engine.max_concurrent_rollouts, context, base_model,
-            prepared.evaluator,
-        )  # fmt: skip
+    engine, needs_files = build_engine(prepared, model, tokenizer)
     publish = setup.policy_publisher(engine, model, job_dir / "adapters" if needs_files else None)
     publish(state.optimizer_step)
     scorer = setup.make_scorer(settings.engine, prepared.evaluator)
     rounds = settings.schedule.rounds_per_epoch(len(train_prompts))
-    progress = ProgressBar(settings.schedule.epochs * rounds, enabled=not quiet)
+    progress = ProgressBar(settings.schedule.epochs * rounds, enabled=not quiet, lines=lines)
     ctx = TrainContext(
         settings=settings,
         model=model,
@@ -354,8 +351,28 @@ def run_training(
         ctx.sink.close()
         getattr(engine, "close", lambda: None)()  # e.g. Ray actors
         getattr(scorer, "close", lambda: None)()  # the evaluator's worker processes
-    setup.write_outputs(model, job_dir, output_dir(job_dir, cfg.training.output_model))
+    setup.write_outputs(model, job_dir, output_dir(job_dir, cfg.training.output_model), tokenizer)
     return outcome
+
+
+def build_engine(prepared: PreparedJob, model: Any, tokenizer: Any) -> tuple[Any, bool]:
+    """The job's rollout engine (wrapped for agent runs when it has an agent), and whether it loads
+    adapters from disk."""
+    settings = prepared.settings
+    base_model = setup.base_model_name(settings.model)
+    engine, needs_files = setup.make_engine(settings.engine, model, tokenizer, base_model)
+    if settings.agent is not None or prepared.evaluator.rollout is not None:
+        context = settings.model.max_context_length or getattr(model.config, "max_position_embeddings", 4096)
+        engine = setup.with_agent(
+            engine, settings.agent, settings.engine.max_concurrent_rollouts, context, base_model,
+            prepared.evaluator,
+        )  # fmt: skip
+    return engine, needs_files
+
+
+def prompts_that_fit(prepared: PreparedJob, model: Any, tokenizer: Any) -> tuple[list[Prompt], list[Prompt]]:
+    """Training and evaluation prompts, over-long ones dropped (``--skip-bad-rows``) or refused."""
+    return _prompts_that_fit(prepared, model, tokenizer)
 
 
 def _prompts_that_fit(prepared: PreparedJob, model: Any, tokenizer: Any) -> tuple[list[Prompt], list[Prompt]]:

@@ -52,6 +52,14 @@ EARLY_STOP_MESSAGE = (
     "signal. Try a higher --temperature (e.g. 0.8-1.0), more --response-candidates-count, or an evaluator "
     "that returns a range of scores rather than only 0 and 1."
 )
+TRUNCATED_STOP_MESSAGE = (
+    "every candidate of every prompt in epoch {epoch} received the same score, so there is no learning "
+    "signal, and {pct:.0f}% of the responses were cut off at --max-output-tokens before they ended: most "
+    "likely they never reached an answer to score. Raise --max-output-tokens (or ask for shorter answers) "
+    "first; if that is not it, try a higher --temperature, more --response-candidates-count, or an "
+    "evaluator that returns a range of scores."
+)
+TRUNCATION_BLAME = 0.5  # the share of cut-off responses above which the early stop names truncation
 MAX_ROLLOUT_ROWS_PER_ROUND = 128
 MAX_NONFINITE_IN_A_ROW = 3
 NONFINITE_MESSAGE = (
@@ -113,10 +121,18 @@ def train(ctx: TrainContext, state: LoopState) -> Outcome:
     while state.epoch < schedule.epochs:
         order = epoch_order(n_prompts, state.epoch, schedule.seed)
         while state.pending or state.cursor < n_prompts:
+            # ---- a cancel request: honoured between rounds and between steps, on an update boundary
+            if ctx.should_stop() and at_update_boundary(state, accumulation):
+                checkpoint(ctx, state)
+                return Outcome("cancelled", state, f"cancelled at step {state.step}")
             # ---- a new round: sample, score, advantages, filter, plan steps
             if not state.pending:
-                start_round(ctx, state, order, per_round, loss)
-                if not state.pending:
+                round_metrics = start_round(ctx, state, order, per_round, loss)
+                rounds_done = state.epoch * per_epoch + -(-state.cursor // per_round)
+                if not state.pending:  # every group filtered: the round is logged, nothing trains
+                    ctx.progress.update(
+                        rounds_done=rounds_done, step=state.step, epoch=state.epoch, metrics=round_metrics
+                    )
                     continue
             # ---- one training step
             step_metrics = train_step(ctx, state, loss)
@@ -126,16 +142,15 @@ def train(ctx: TrainContext, state: LoopState) -> Outcome:
                 epoch=state.epoch,
                 metrics=step_metrics,
             )
-            if ctx.should_stop() and at_update_boundary(state, accumulation):
-                checkpoint(ctx, state)
-                return Outcome("cancelled", state, f"cancelled at step {state.step}")
         if state.epoch_groups_total and not state.epoch_groups_with_signal:
             flush_gradients(ctx, state)
             state.outcome = "early_stopped"
+            state.outcome_truncated = truncated_frac(state)
             checkpoint(ctx, state)
             return finished(state, state.outcome)
         state.epoch, state.cursor = state.epoch + 1, 0
         state.epoch_groups_total = state.epoch_groups_with_signal = 0
+        state.epoch_completions = state.epoch_truncated = 0
 
     flush_gradients(ctx, state)
     log_eval(ctx, state, final=True)
@@ -145,14 +160,29 @@ def train(ctx: TrainContext, state: LoopState) -> Outcome:
 
 
 def finished(state: LoopState, status: str) -> Outcome:
-    message = EARLY_STOP_MESSAGE.format(epoch=state.epoch + 1) if status == "early_stopped" else ""
-    return Outcome(status, state, message)
+    return Outcome(status, state, early_stop_message(state) if status == "early_stopped" else "")
+
+
+def truncated_frac(state: LoopState) -> float:
+    """Share of this epoch's candidates cut off at --max-output-tokens."""
+    return state.epoch_truncated / max(1, state.epoch_completions)
+
+
+def early_stop_message(state: LoopState) -> str:
+    """Why the job stopped: truncation when most answers were cut off, else too little spread in scores."""
+    truncated = state.outcome_truncated
+    if truncated >= TRUNCATION_BLAME:
+        return TRUNCATED_STOP_MESSAGE.format(epoch=state.epoch + 1, pct=100 * truncated)
+    return EARLY_STOP_MESSAGE.format(epoch=state.epoch + 1)
 
 
 def start_round(
     ctx: TrainContext, state: LoopState, order: list[int], per_round: int, loss: StepLoss
-) -> None:
-    """Sample and score the next ``--chunk-size`` prompts; queue the round's steps in ``state.pending``."""
+) -> dict[str, float]:
+    """Sample and score the next ``--chunk-size`` prompts; queue the round's steps in ``state.pending``.
+
+    Returns the round's metrics; a round that trains nothing (every group filtered) logs them itself.
+    """
     settings = ctx.settings
 
     def draw(n: int) -> list[Prompt]:  # the next n prompts of this epoch's order
@@ -161,15 +191,22 @@ def start_round(
         return picked
 
     prompts = draw(per_round)
+    ctx.progress.round_started(state.round_index + 1, len(prompts), settings.sampling.n)
     params = dataclasses.replace(
         settings.sampling, seed=round_seed(settings.schedule.seed, state.round_index)
     )
-    result = run_round(ctx.engine, ctx.score, prompts, params, settings.rounds, draw_more=draw)
+
+    def draw_more(n: int) -> list[Prompt]:  # DAPO's extra sampling batches stop at a cancel request
+        return [] if ctx.should_stop() else draw(n)  # (the round keeps what it has; the loop then stops)
+
+    result = run_round(ctx.engine, ctx.score, prompts, params, settings.rounds, draw_more=draw_more)
     state.round_index += 1
     groups_kept = len({s.group_index for s in result.sequences})
     state.epoch_groups_total += len(result.groups)
     state.epoch_groups_with_signal += groups_kept
-    rollout_rows(ctx, state, result.groups)
+    completions = [c for g in result.groups for c in g.completions]
+    state.epoch_completions += len(completions)
+    state.epoch_truncated += sum(c.finish_reason == "length" for c in completions)
     sequences, mismatch = result.sequences, {}
     if ctx.sampler_is_trainer:  # measured on the round's first step, from its own forward pass
         state.measure_mismatch = True
@@ -182,22 +219,39 @@ def start_round(
         )  # fmt: skip
     steps = plan_steps(sequences, settings.batching.step_tokens, settings.batching.step_sequences)
     state.pending = [[sequences[i] for i in step] for step in steps]
-    if not state.pending:  # every group filtered: count them on the next step that trains
-        state.skipped_zero_variance_groups += len(result.groups)
-        return
-    state.round_metrics = {**result.metrics, **mismatch, "round": float(state.round_index)}
-    state.round_metrics["filter/zero_variance_groups"] += state.skipped_zero_variance_groups
-    state.skipped_zero_variance_groups = 0
+    metrics = {**result.metrics, **mismatch, "round": float(state.round_index)}
+    # rollouts are labelled with the step that trains them, or, when none does, the step they followed
+    step = state.step + 1 if state.pending else state.step
+    rollout_rows(ctx, step, state.round_index, result.groups, trained=bool(state.pending))
+    if state.pending:
+        state.round_metrics = metrics
+        return metrics
+    # every group filtered: the round's own line, so that its rewards and counters are not lost
+    metrics.update(
+        {
+            "filter/round_skipped": 1.0,
+            "epoch": epoch_progress(state, len(ctx.train_prompts)),
+            "optimizer_step": float(state.optimizer_step),
+        }
+    )
+    ctx.sink.log(state.step, metrics)
+    return metrics
 
 
-def rollout_rows(ctx: TrainContext, state: LoopState, groups) -> None:
+def epoch_progress(state: LoopState, n_prompts: int) -> float:
+    """Epochs done so far, fractional: 0.5 halfway through the first, 1.0 when it is finished."""
+    return state.epoch + state.cursor / max(1, n_prompts)
+
+
+def rollout_rows(ctx: TrainContext, step: int, round_index: int, groups, *, trained: bool) -> None:
     rows = []
     for g in groups:
         prompt = next((m["content"] for m in reversed(g.prompt.messages) if m.get("role") == "user"), "")
         for c, s in zip(g.completions, g.scores, strict=True):
             rows.append(
                 {
-                    "round": state.round_index,
+                    "round": round_index,
+                    "trained": trained,
                     "prompt_id": g.prompt.prompt_id,
                     "prompt": prompt,
                     "completion": c.text,
@@ -217,7 +271,7 @@ def rollout_rows(ctx: TrainContext, state: LoopState, groups) -> None:
                     ),  # fmt: skip
                 }
             )
-    ctx.sink.log_rollouts(state.step + 1, rows[:MAX_ROLLOUT_ROWS_PER_ROUND])
+    ctx.sink.log_rollouts(step, rows[:MAX_ROLLOUT_ROWS_PER_ROUND])
 
 
 def train_step(ctx: TrainContext, state: LoopState, loss: StepLoss) -> dict[str, float]:
@@ -253,7 +307,7 @@ def train_step(ctx: TrainContext, state: LoopState, loss: StepLoss) -> dict[str,
             "throughput/tokens_per_s": trained_tokens / elapsed if elapsed > 0 else 0.0,
             "throughput/rollout_tokens_per_s": state.round_metrics.get("rollout/completion_tokens", 0.0)
             / max(1e-9, state.round_metrics.get("time/rollout_s", 0.0)),
-            "epoch": float(state.epoch),
+            "epoch": epoch_progress(state, len(ctx.train_prompts)),
             "optimizer_step": float(state.optimizer_step),
         }
     )
@@ -334,6 +388,11 @@ def log_eval(ctx: TrainContext, state: LoopState, final: bool = False) -> None:
         return  # no evaluation set, or the last step already evaluated this exact policy
     metrics = run_eval(ctx)
     ctx.sink.log(
-        state.step, {**metrics, "epoch": float(state.epoch), "optimizer_step": float(state.optimizer_step)}
+        state.step,
+        {
+            **metrics,
+            "epoch": epoch_progress(state, len(ctx.train_prompts)),
+            "optimizer_step": float(state.optimizer_step),
+        },
     )
     ctx.last_metrics = {**ctx.last_metrics, **metrics}

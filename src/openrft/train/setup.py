@@ -181,9 +181,10 @@ def policy_publisher(engine: RolloutEngine, model: Any, adapters_dir: Path | Non
 
 
 def make_scorer(
-    settings: EngineSettings, evaluator: Any
+    settings: EngineSettings, evaluator: Any, *, check_invalid: bool = True
 ) -> Callable[[Sequence[Prompt], list[list[Completion]]], list[list[Score]]]:
-    """``score(prompts, completions) -> scores``, failing the step when most scores are invalid.
+    """``score(prompts, completions) -> scores``, failing the step when most scores are invalid
+    (unless ``check_invalid`` is False: the preflight reports the rate instead).
 
     A user's evaluator runs in worker processes (:mod:`openrft.evaluators.isolation`): a hang
     or a crash scores one call invalid. openrft's built-ins run in this process. ``score.close()``
@@ -222,20 +223,23 @@ def make_scorer(
             ]
             for cs, ss in zip(completions, scores, strict=True)
         ]
-        check_invalid_rate([s for group in scores for s in group])
+        if check_invalid:
+            check_invalid_rate([s for group in scores for s in group])
         return scores
 
     score.close = pool.close if pool is not None else lambda: None  # type: ignore[attr-defined]
     return score
 
 
-def write_outputs(model: Any, job_dir: Path, target: Path) -> Path:
-    """The final adapter, config, metrics and reward curve, replacing ``target`` atomically.
+def write_outputs(model: Any, job_dir: Path, target: Path, tokenizer: Any = None) -> Path:
+    """The final adapter, its tokenizer, config, metrics, reward curve and model card (README.md),
+    replacing ``target`` atomically.
 
     An adapter holding a non-finite value is never written (the loop never applies such an update,
     so this is a last guard).
     """
     from openrft.tracking.plots import plot_reward_curve
+    from openrft.train.model_card import write_model_card
 
     bad = [name for name, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
     if bad:
@@ -249,4 +253,7 @@ def write_outputs(model: Any, job_dir: Path, target: Path) -> Path:
         if (job_dir / "metrics.jsonl").exists():
             shutil.copy(job_dir / "metrics.jsonl", tmp / "metrics.jsonl")
             plot_reward_curve(job_dir / "metrics.jsonl", tmp / "reward_curve.png", title=job_dir.name)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_model_card(tmp, target)  # replaces the empty template PEFT writes
     return target

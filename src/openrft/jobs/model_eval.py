@@ -1,0 +1,284 @@
+"""``openrft eval``: sample a base model and trained adapters on the same prompts and score them.
+
+Each model (the base model, an adapter folder, or a finished job's output adapter) is loaded in
+turn, sampled with the local engine and scored with the evaluator exactly as a job's rollout round
+does it (:func:`openrft.train.rounds.sample_and_score`, the same score summary and completion
+statistics as a training step's metrics). Every model gets the same prompts, the same sampling
+settings and the same seed, so candidate ``i`` of a prompt draws the same random numbers for every
+model: differences come from the weights.
+
+pass@k is the unbiased estimator of Chen et al. (2021): with ``n`` samples of a prompt of which
+``c`` pass, ``pass@k = 1 - C(n - c, k) / C(n, k)``, averaged over the prompts. A sample passes
+when its score is valid and at least ``threshold`` (1.0 by default: a full score), or, with
+``metric``, when that metric of the evaluator (``correct_in_tags``, ``correct``) is at least
+``threshold``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from openrft.errors import JobError
+from openrft.evaluators.runner import SUMMARY_STATS
+from openrft.records import Prompt, SamplingParams, Score, ScoredGroup
+
+# The rollout parameters a job's stored configuration lends to an evaluation.
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_output_tokens", "stop", "response_candidates_count")
+
+
+@dataclass(frozen=True)
+class EvalModel:
+    """One model to evaluate: a base model, with an adapter folder or not."""
+
+    label: str
+    base_model: str
+    adapter: Path | None = None
+
+    def describe(self) -> str:
+        return f"{self.base_model} + adapter {self.adapter}" if self.adapter else self.base_model
+
+
+@dataclass(frozen=True)
+class JobSource:
+    """What an evaluation takes from a finished job: its adapter, base model, sampling and evaluator."""
+
+    job_id: str
+    adapter: Path
+    base_model: str
+    sampling: dict[str, Any]
+    evaluator: str | None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PassRule:
+    """When a sample counts as passed (see the module docstring)."""
+
+    threshold: float = 1.0
+    metric: str | None = None
+
+    def passed(self, score: Score) -> bool:
+        if not score.is_valid:
+            return False
+        value = score.metrics.get(self.metric) if self.metric else score.score
+        return value is not None and value >= self.threshold
+
+    def describe(self) -> str:
+        return f"{self.metric or 'score'} >= {self.threshold:g}"
+
+
+@dataclass
+class ModelResult:
+    model: EvalModel
+    groups: list[ScoredGroup]
+    metrics: dict[str, float]
+
+
+# ----------------------------------------------------------------------------- jobs
+
+
+def job_source(job_id: str, store: Any = None) -> JobSource:
+    """A finished job's output adapter and the settings it sampled with (``JobError`` if it has none)."""
+    from openrft.jobs.store import JobStore
+    from openrft.models import adapter_base_model
+
+    record = (store or JobStore()).get(job_id)
+    adapter = record.output_dir or record.job_dir / "output"
+    if not (adapter / "adapter_config.json").is_file():
+        raise JobError(
+            f"--job {job_id}: the job ({record.state}) has no trained adapter in {adapter}",
+            hint="evaluate a COMPLETED job (openrft rftj list), or pass --adapter DIR",
+        )
+    config = record.config
+    rollout, training = config.get("rollout", {}), config.get("training", {})
+    sampling = {name: rollout[name] for name in SAMPLING_FIELDS if rollout.get(name) is not None}
+    if training.get("warm_start_from"):
+        base = adapter_base_model(adapter) or training.get("base_model")
+    else:
+        base = training.get("base_model") or adapter_base_model(adapter)
+    agent = config.get("agent", {})
+    warnings = ()
+    if agent.get("agent") or agent.get("tools") or agent.get("mcp_server"):
+        warnings = (
+            f"job {job_id} sampled multi-turn conversations with tools; openrft eval samples one "
+            "response per prompt, without tools",
+        )
+    return JobSource(job_id, adapter, str(base), sampling, config.get("data", {}).get("evaluator"), warnings)
+
+
+# ----------------------------------------------------------------------------- pass@k
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k of one prompt: ``n`` samples, ``c`` of them passed, ``k <= n``."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n (n={n}, c={c}, k={k})")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def pass_ks(n: int) -> list[int]:
+    """The k reported for ``n`` samples per prompt: 1 and n."""
+    return sorted({1, n})
+
+
+def pass_rates(groups: Sequence[ScoredGroup], rule: PassRule, ks: Sequence[int]) -> dict[str, float]:
+    """``pass@k`` for each k, averaged over the groups (prompts)."""
+    out: dict[str, float] = {}
+    for k in ks:
+        values = [
+            pass_at_k(len(g.scores), sum(rule.passed(s) for s in g.scores), k)
+            for g in groups
+            if len(g.scores) >= k
+        ]
+        out[f"pass@{k}"] = sum(values) / len(values) if values else 0.0
+    return out
+
+
+# ----------------------------------------------------------------------------- sampling and scoring
+
+
+def load_engine(model: EvalModel, *, max_concurrent_rollouts: int | None = None) -> Any:
+    """The local engine on the model (and adapter), on the best device (a CUDA GPU when there is one)."""
+    from transformers.utils import logging as hf_logging
+
+    from openrft.models import load_adapter, load_model, resolve_device
+    from openrft.rollout.local import LocalEngine
+
+    hf_logging.disable_progress_bar()
+    device, dtype = resolve_device("auto", "auto")
+    weights, tokenizer = load_model(model.base_model, dtype=dtype, device=device)
+    if model.adapter is not None:
+        weights = load_adapter(weights, model.adapter)
+    on_cpu = device == "cpu"  # as in a job: on a CPU, sample an inference copy (adapter merged)
+    return LocalEngine(
+        weights, tokenizer, max_concurrent_rollouts=max_concurrent_rollouts, inference_copy=on_cpu
+    )
+
+
+def scorer(
+    evaluator: Any, *, max_concurrency: int | None, timeout: float
+) -> Callable[..., list[list[Score]]]:
+    """``score(prompts, completions)`` with a job's containment (a user's evaluator in worker processes)."""
+    from openrft.evaluators.isolation import score_contained
+
+    def score(prompts: Sequence[Prompt], completions: list[list[Any]]) -> list[list[Score]]:
+        groups = list(zip(prompts, completions, strict=True))
+        return score_contained(evaluator, groups, max_concurrency=max_concurrency, timeout=timeout)
+
+    return score
+
+
+def evaluate_model(
+    model: EvalModel,
+    prompts: Sequence[Prompt],
+    params: SamplingParams,
+    score: Callable[..., list[list[Score]]],
+    rule: PassRule,
+    *,
+    max_concurrent_rollouts: int | None = None,
+    load: Callable[..., Any] = load_engine,
+) -> ModelResult:
+    """Sample ``params.n`` responses per prompt from ``model``, score them, and summarise."""
+    from openrft.settings import RoundSettings
+    from openrft.train.rounds import round_metrics, sample_and_score
+
+    start = time.perf_counter()
+    engine = load(model, max_concurrent_rollouts=max_concurrent_rollouts)
+    timings: dict[str, float] = {}
+    groups = sample_and_score(engine, score, prompts, params, RoundSettings(), timings)
+    stats = round_metrics(groups, len(groups))
+    metrics = {
+        "mean reward": stats["reward/mean"],
+        **pass_rates(groups, rule, pass_ks(params.n)),
+        "truncated": stats["completion/truncated_frac"],
+        "mean response tokens": stats["completion/mean_len"],
+        "invalid scores": stats["reward/invalid_frac"],
+    }
+    for key, value in stats.items():
+        name = key.removeprefix("reward/")
+        if key.startswith("reward/") and name not in SUMMARY_STATS:
+            metrics[f"{name} (mean)"] = value
+    metrics["seconds"] = time.perf_counter() - start
+    return ModelResult(model, groups, metrics)
+
+
+def sample_records(result: ModelResult, rule: PassRule) -> list[dict[str, Any]]:
+    """One JSON-ready record per sample (for ``--output``)."""
+    return [
+        {
+            "model": result.model.label,
+            "prompt_id": group.prompt.prompt_id,
+            "candidate_index": c.candidate_index,
+            "response": c.text,
+            "finish_reason": c.finish_reason,
+            "response_tokens": c.sampled_tokens,
+            "score": s.score,
+            "is_valid": s.is_valid,
+            "passed": rule.passed(s),
+            "reason": s.reason,
+            "metrics": s.metrics,
+        }
+        for group in result.groups
+        for c, s in zip(group.completions, group.scores, strict=True)
+    ]
+
+
+# ----------------------------------------------------------------------------- the table
+
+PERCENT_ROWS = ("truncated", "invalid scores")
+
+
+def format_table(results: Sequence[ModelResult]) -> str:
+    """Models side by side: one column per model, one row per metric."""
+    names = list(dict.fromkeys(name for r in results for name in r.metrics))
+    rows = [["model", *(r.model.label for r in results)]]
+    for name in names:
+        cells = [_cell(name, r.metrics.get(name)) for r in results]
+        rows.append([name, *cells])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        first = f"{row[0]:<{widths[0]}}"
+        lines.append("  ".join([first, *(f"{c:>{w}}" for c, w in zip(row[1:], widths[1:], strict=True))]))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(name: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if name.startswith("pass@") or name in PERCENT_ROWS:
+        return f"{value:.1%}"
+    if name == "seconds":
+        return f"{value:.1f}"
+    if name == "mean response tokens":
+        return f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def progress(text: str) -> None:
+    print(f"openrft eval: {text}", file=sys.stderr, flush=True)
+
+
+__all__ = [
+    "EvalModel",
+    "JobSource",
+    "ModelResult",
+    "PassRule",
+    "SAMPLING_FIELDS",
+    "evaluate_model",
+    "format_table",
+    "job_source",
+    "pass_at_k",
+    "pass_ks",
+    "pass_rates",
+    "sample_records",
+    "scorer",
+]

@@ -1,0 +1,135 @@
+"""What a job needs from the user's files, kept so that it can be resumed from anywhere.
+
+A job is created with paths as the user typed them, relative to where they stood. Two things make
+those fragile: a resume from another directory, and files edited or removed after the job started.
+So, at creation:
+
+* every value that names an existing local file or folder (dataset, evaluation dataset, evaluator,
+  tools, agent, warm-start adapter, base-model folder, output folder, and the files named on an MCP
+  server's stdio command line) is stored as an absolute path;
+* ``snapshot/manifest.json`` in the job folder records a SHA-256 of each dataset file and of each
+  code file (evaluator, tools, agent), and ``snapshot/code/`` keeps a copy of each code file.
+
+On a resume, :func:`resumed_values` compares the files with the manifest: a dataset that changed
+is used as it is now, with a warning (its rows decide which prompts the remaining rounds sample);
+a code file that changed or disappeared is replaced by its snapshot copy, with a warning, so the job
+keeps scoring with the code it started with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from openrft.data import is_builtin
+from openrft.models import EMBEDDED
+from openrft.paths import atomic_write_text
+
+PATH_FIELDS = (
+    "dataset",
+    "evaluation_dataset",
+    "evaluator",
+    "tools",
+    "agent",
+    "warm_start_from",
+    "output_model",
+)
+CODE_FIELDS = ("evaluator", "tools", "agent")
+DATASET_FIELDS = ("dataset", "evaluation_dataset")
+SNAPSHOT_DIR = "snapshot"
+
+
+def absolute_paths(values: dict[str, Any], cwd: Path) -> dict[str, Any]:
+    """``values`` (flat config values) with every relative path that exists under ``cwd`` made absolute."""
+    out = dict(values)
+    for name in PATH_FIELDS:
+        value = out.get(name)
+        if isinstance(value, str) and value and not (name in DATASET_FIELDS and is_builtin(value)):
+            out[name] = _absolute(value, cwd)
+    base = out.get("base_model")
+    if isinstance(base, str) and base not in EMBEDDED:
+        out["base_model"] = _absolute(base, cwd)
+    command = out.get("mcp_server")
+    if isinstance(command, str) and command and "://" not in command:
+        out["mcp_server"] = shlex.join(_absolute(part, cwd) for part in shlex.split(command))
+    return out
+
+
+def _absolute(value: str, cwd: Path) -> str:
+    """``path`` or ``path::name`` with the path made absolute when it exists relative to ``cwd``."""
+    path_text, sep, rest = value.partition("::")
+    path = Path(path_text).expanduser()
+    if path.is_absolute() or not (cwd / path).exists():
+        return value
+    return str((cwd / path).resolve()) + sep + rest
+
+
+def code_path(value: str | None) -> Path | None:
+    """The local Python file a code value names (``file.py`` or ``file.py::fn``), if any."""
+    if not value:
+        return None
+    path = Path(value.partition("::")[0]).expanduser()
+    return path if path.suffix == ".py" and path.is_file() else None
+
+
+def write_snapshot(job_dir: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """Record hashes of the job's dataset and code files and copy its code files into the job folder."""
+    root = job_dir / SNAPSHOT_DIR
+    manifest: dict[str, Any] = {"datasets": {}, "code": {}}
+    for name in DATASET_FIELDS:
+        value = values.get(name)
+        path = Path(value).expanduser() if isinstance(value, str) and not is_builtin(value) else None
+        if path is not None and path.is_file():
+            manifest["datasets"][name] = {"path": str(path), "sha256": sha256(path)}
+    for name in CODE_FIELDS:
+        path = code_path(values.get(name))
+        if path is None:
+            continue
+        copy = root / "code" / name / path.name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, copy)
+        manifest["code"][name] = {"path": str(path), "sha256": sha256(path), "copy": str(copy)}
+    if manifest["datasets"] or manifest["code"]:
+        atomic_write_text(root / "manifest.json", json.dumps(manifest, indent=2))
+    return manifest
+
+
+def resumed_values(job_dir: Path, values: dict[str, Any], warn: Callable[[str], None]) -> dict[str, Any]:
+    """``values`` for a resume: code files that changed or vanished replaced by their snapshot copies."""
+    path = job_dir / SNAPSHOT_DIR / "manifest.json"
+    if not path.is_file():
+        return values
+    manifest = json.loads(path.read_text())
+    out = dict(values)
+    for entry in manifest.get("datasets", {}).values():
+        current = Path(entry["path"])
+        if current.is_file() and sha256(current) != entry["sha256"]:
+            warn(f"{current} changed since the job started; the rounds left sample from it as it is now")
+    for name, entry in manifest.get("code", {}).items():
+        original, copy = Path(entry["path"]), Path(entry["copy"])
+        value = out.get(name)
+        if not isinstance(value, str) or not copy.is_file():
+            continue
+        if original.is_file() and sha256(original) == entry["sha256"]:
+            continue
+        what = "changed" if original.is_file() else "is gone"
+        warn(f"{original} {what} since the job started; the job goes on with its copy from then, {copy}")
+        _, sep, rest = value.partition("::")
+        out[name] = str(copy) + sep + rest
+    return out
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+__all__ = ["absolute_paths", "write_snapshot", "resumed_values", "code_path", "sha256"]

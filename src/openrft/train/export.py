@@ -1,0 +1,208 @@
+"""Turn a trained LoRA adapter into a standalone model, for inference without peft or openrft.
+
+* ``merged``: the base model with the adapter folded into its weights (peft's
+  ``merge_and_unload``), saved as a Hugging Face model folder (safetensors, config, tokenizer,
+  chat template, generation config) that ``AutoModelForCausalLM.from_pretrained`` and
+  ``vllm serve`` load directly.
+* ``gguf``: the same merged weights as one GGUF file for llama.cpp and Ollama
+  (:mod:`openrft.train.gguf_export`), with an Ollama ``Modelfile`` beside it
+  (:mod:`openrft.train.ollama`).
+
+The base model is found from the adapter folder: the ``job.json`` openrft writes next to it
+names it as the job did (e.g. ``smollm2-135m-instruct``), and PEFT's ``adapter_config.json``
+records the folder it was loaded from.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from openrft.errors import ModelError
+from openrft.models import (
+    EMBEDDED,
+    adapter_base_model,
+    check_model_available,
+    load_adapter,
+    load_config,
+    load_model,
+    load_tokenizer,
+    prepare_tokenizer,
+)
+from openrft.paths import atomic_directory, atomic_write_text
+from openrft.train.gguf_export import (
+    PRE_TOKENIZERS,
+    READABLE,
+    GgufSummary,
+    check_supported,
+    check_tokenizer,
+    write_gguf,
+)
+from openrft.train.ollama import render_modelfile
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class ExportResult:
+    base_model: str
+    merged: Path | None = None
+    gguf: GgufSummary | None = None
+    modelfile: Path | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _job_config(adapter_dir: Path) -> dict[str, Any]:
+    try:
+        value = json.loads((adapter_dir / "job.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def find_base_model(adapter_dir: Path, override: str | None = None) -> str:
+    """The base model of the adapter in ``adapter_dir`` that is available here.
+
+    Tried in order: ``override``; the job's ``base_model`` (job.json); the folder PEFT recorded
+    (adapter_config.json), or the embedded model's short name when that folder was its
+    converted copy on another machine. The first candidate's error is raised when none loads.
+    """
+    if override:
+        check_model_available(override)
+        return override
+    candidates = []
+    job_base = _job_config(adapter_dir).get("training", {}).get("base_model")
+    if isinstance(job_base, str) and job_base:
+        candidates.append(job_base)
+    recorded = adapter_base_model(adapter_dir)
+    if recorded:
+        candidates.append(recorded)
+        if Path(recorded).name in EMBEDDED:
+            candidates.append(Path(recorded).name)
+    if not candidates:
+        raise ModelError(
+            f"the adapter in {adapter_dir} does not say which base model it was trained on",
+            hint="pass --base-model NAME_OR_DIR",
+        )
+    first_error: ModelError | None = None
+    for name in dict.fromkeys(candidates):
+        try:
+            check_model_available(name)
+            return name
+        except ModelError as exc:
+            first_error = first_error or exc
+    assert first_error is not None
+    raise first_error
+
+
+def check_adapter_dir(adapter_dir: Path) -> Path:
+    adapter_dir = Path(adapter_dir).expanduser()
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelError(
+            f"{adapter_dir} is not a LoRA adapter folder (no adapter_config.json)",
+            hint="pass a job id (openrft rftj list) or the output folder of a job",
+        )
+    return adapter_dir
+
+
+def merge_adapter(adapter_dir: Path, base_model: str) -> tuple[Any, Any]:
+    """``(model, tokenizer)``: the base model in float32 with the adapter merged into its weights.
+
+    The tokenizer is the one saved with the adapter (the one training used), else the base model's.
+    """
+    import torch
+
+    model, tokenizer = load_model(base_model, dtype=torch.float32)
+    peft_model = load_adapter(model, adapter_dir)
+    merged = peft_model.merge_and_unload()
+    merged.eval()
+    if (adapter_dir / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(adapter_dir, local_files_only=True))
+    return merged, tokenizer
+
+
+def _save_dtype(config: Any, dtype: str) -> Any:
+    import torch
+
+    if dtype == "auto":
+        stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        if isinstance(stored, torch.dtype):
+            return stored
+        dtype = stored if isinstance(stored, str) and stored in DTYPES[1:] else "float32"
+    return getattr(torch, dtype)
+
+
+def save_merged(model: Any, tokenizer: Any, out: Path, dtype: str = "auto") -> Path:
+    """Save the merged ``model`` and ``tokenizer`` as a model folder at ``out`` (replaced atomically)."""
+    save_as = _save_dtype(model.config, dtype)
+    with atomic_directory(Path(out)) as tmp:
+        model.to(save_as)
+        try:
+            model.save_pretrained(tmp)
+        finally:
+            model.float()  # back to float32 for anything written after
+        tokenizer.save_pretrained(tmp)
+        for path in tmp.iterdir():  # transformers writes the weights 0600; vLLM may run as another user
+            if path.is_file():
+                path.chmod(READABLE)
+    return Path(out)
+
+
+def job_stop_strings(adapter_dir: Path) -> list[str]:
+    stops = _job_config(adapter_dir).get("rollout", {}).get("stop") or []
+    return [s for s in stops if isinstance(s, str) and s]
+
+
+def export_adapter(
+    adapter_dir: Path,
+    *,
+    merged: Path | None = None,
+    gguf: Path | None = None,
+    base_model: str | None = None,
+    dtype: str = "auto",
+    gguf_type: str = "f16",
+) -> ExportResult:
+    """Merge the adapter in ``adapter_dir`` into its base model and write the forms asked for."""
+    adapter_dir = check_adapter_dir(adapter_dir)
+    base = find_base_model(adapter_dir, base_model)
+    if gguf is not None:
+        check_supported(load_config(base))  # before the merge: fail fast on an unsupported model
+        check_tokenizer(load_tokenizer(base))
+    result = ExportResult(base_model=base)
+    start = time.perf_counter()
+    model, tokenizer = merge_adapter(adapter_dir, base)
+    result.seconds["merge"] = time.perf_counter() - start
+    if gguf is not None:
+        start = time.perf_counter()
+        gguf = Path(gguf).expanduser()
+        name = _job_config(adapter_dir).get("training", {}).get("job_id") or gguf.stem
+        result.gguf = write_gguf(
+            model,
+            tokenizer,
+            gguf,
+            out_type=gguf_type,
+            name=str(name),
+            pre=PRE_TOKENIZERS.get(base, "default"),
+        )
+        result.modelfile = gguf.parent / "Modelfile"
+        atomic_write_text(
+            result.modelfile, render_modelfile(gguf.name, tokenizer, job_stop_strings(adapter_dir))
+        )
+        result.modelfile.chmod(READABLE)
+        result.seconds["gguf"] = time.perf_counter() - start
+    if merged is not None:
+        start = time.perf_counter()
+        result.merged = save_merged(model, tokenizer, Path(merged).expanduser(), dtype)
+        result.seconds["merged"] = time.perf_counter() - start
+    return result
+
+
+__all__ = [
+    "DTYPES", "ExportResult", "check_adapter_dir", "export_adapter", "find_base_model", "merge_adapter",
+    "save_merged",
+]  # fmt: skip

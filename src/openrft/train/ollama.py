@@ -1,0 +1,128 @@
+"""The Ollama ``Modelfile`` written next to an exported GGUF file.
+
+Ollama renders prompts with Go templates, not the Jinja chat templates of Hugging Face
+tokenizers, so the TEMPLATE is chosen by recognising the chat format's markers (ChatML,
+Llama 3, Gemma). A default system prompt that the Jinja template inserts when a
+conversation has none (SmolLM2 does) becomes a SYSTEM line, so Ollama prompts the model the
+way training did. Stop parameters: the tokens that end an assistant turn, and the job's own
+``--stop`` strings (training never saw text after them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from openrft.models import END_OF_TURN_TOKENS
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    name: str
+    marker: str  # a string only this format's Jinja template contains
+    system_open: str  # text before a system message's content
+    system_close: str  # text after it
+    template: str  # the Go template for Ollama
+
+
+_CHATML = """{{- if .System }}<|im_start|>system
+{{ .System }}<|im_end|>
+{{ end }}
+{{- range .Messages }}{{ if ne .Role "system" }}<|im_start|>{{ .Role }}
+{{ .Content }}<|im_end|>
+{{ end }}{{ end }}<|im_start|>assistant
+"""
+
+_LLAMA3 = """{{- if .System }}<|start_header_id|>system<|end_header_id|>
+
+{{ .System }}<|eot_id|>
+{{- end }}
+{{- range .Messages }}{{ if ne .Role "system" }}<|start_header_id|>{{ .Role }}<|end_header_id|>
+
+{{ .Content }}<|eot_id|>
+{{- end }}{{ end }}<|start_header_id|>assistant<|end_header_id|>
+
+"""
+
+_GEMMA = """{{- range $i, $m := .Messages }}{{ if ne $m.Role "system" }}<start_of_turn>
+{{- if eq $m.Role "assistant" }}model{{ else }}{{ $m.Role }}{{ end }}
+{{ if and $.System (eq $i 1) }}{{ $.System }}
+
+{{ end }}{{ $m.Content }}<end_of_turn>
+{{ end }}{{ end }}<start_of_turn>model
+"""
+
+FORMATS = (
+    ChatFormat("chatml", "<|im_start|>", "<|im_start|>system\n", "<|im_end|>", _CHATML),
+    ChatFormat(
+        "llama3",
+        "<|start_header_id|>",
+        "<|start_header_id|>system<|end_header_id|>\n\n",
+        "<|eot_id|>",
+        _LLAMA3,
+    ),
+    ChatFormat("gemma", "<start_of_turn>", "", "", _GEMMA),
+)
+
+
+def chat_format(tokenizer: Any) -> ChatFormat | None:
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    return next((f for f in FORMATS if f.marker in template), None)
+
+
+def default_system_prompt(tokenizer: Any, fmt: ChatFormat) -> str | None:
+    """The system message the chat template adds to a conversation that has none, if any."""
+    if not fmt.system_open:
+        return None
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hello"}], tokenize=False, add_generation_prompt=True
+        )
+    except Exception:  # a template that needs more than a plain user turn: no default to copy
+        return None
+    start = text.find(fmt.system_open)
+    if start < 0:
+        return None
+    start += len(fmt.system_open)
+    end = text.find(fmt.system_close, start)
+    return text[start:end] if end > start else None
+
+
+def stop_strings(tokenizer: Any, extra: Sequence[str] = ()) -> list[str]:
+    """End-of-turn tokens the chat template uses, the EOS token, then ``extra``, without repeats."""
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    vocab = tokenizer.get_vocab()
+    found = [t for t in END_OF_TURN_TOKENS if t in template and t in vocab]
+    if tokenizer.eos_token:
+        found.append(tokenizer.eos_token)
+    return list(dict.fromkeys([*found, *extra]))
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def render_modelfile(gguf_name: str, tokenizer: Any, stops: Sequence[str] = ()) -> str:
+    """The Modelfile text for ``./gguf_name`` (a file in the same folder)."""
+    fmt = chat_format(tokenizer)
+    lines = [
+        "# Ollama model definition written by `openrft export`.",
+        "# Create and run it: ollama create my-model -f Modelfile && ollama run my-model",
+        f"FROM ./{gguf_name}",
+        "",
+    ]
+    if fmt is None:
+        lines += [
+            "# The chat format was not recognised: Ollama falls back on the chat template stored in the GGUF file.",
+        ]
+    else:
+        lines += [f'TEMPLATE """{fmt.template}"""', ""]
+        system = default_system_prompt(tokenizer, fmt)
+        if system:
+            lines += [f'SYSTEM """{system}"""', ""]
+    lines += [f"PARAMETER stop {_quote(stop)}" for stop in stop_strings(tokenizer, stops)]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["chat_format", "default_system_prompt", "render_modelfile", "stop_strings"]

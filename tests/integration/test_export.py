@@ -1,0 +1,295 @@
+"""``openrft export``: a trained adapter merged into its base model, as a model folder and as GGUF,
+and the model card written next to a job's adapter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from openrft.cli import main
+from openrft.errors import ExportError
+from openrft.train.export import export_adapter, find_base_model
+from openrft.train.gguf_export import check_supported, check_tokenizer, permute_rotary
+
+LAYERS = 2
+
+
+def _peft_model(base_dir: Path, seed: int = 1):
+    """The tiny base model with a LoRA adapter on every projection, B weights random (non-zero)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=targets, task_type="CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, tiny_model_dir):
+    """``(adapter folder, PEFT model)``: an adapter saved the way PEFT saves it (it names the base folder)."""
+    model = _peft_model(tiny_model_dir)
+    folder = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(folder)
+    return folder, model
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory, adapter):
+    """The adapter exported with both --merged and --gguf (f32, so the GGUF weights are exact)."""
+    out = tmp_path_factory.mktemp("export")
+    result = export_adapter(adapter[0], merged=out / "merged", gguf=out / "tiny.gguf", gguf_type="f32")
+    return result
+
+
+IDS = torch.tensor([[1, 17, 300, 4200, 9, 2, 77, 5]])
+
+
+def test_merged_model_matches_the_peft_model(adapter, merged, tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, peft_model = adapter
+    folder = merged.merged
+    assert merged.base_model == str(tiny_model_dir)
+    assert (folder / "model.safetensors").is_file() and not (folder / "adapter_config.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()  # no peft involved
+    with torch.no_grad():
+        expected, got = peft_model(IDS).logits, model(IDS).logits
+        plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)(IDS).logits
+    assert (expected - plain).abs().max() > 1e-2  # the adapter changes the model ...
+    assert (got - expected).abs().max() < 1e-4  # ... and the merged weights carry that change
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert "<|im_start|>" in tokenizer.chat_template
+    assert {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= {
+        p.name for p in folder.iterdir()
+    }
+
+
+def test_gguf_holds_every_tensor_under_llama_cpp_names(merged):
+    import gguf
+
+    reader = gguf.GGUFReader(merged.gguf.path)
+    names = {t.name for t in reader.tensors}
+    per_layer = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
+                 "ffn_down"]  # fmt: skip
+    expected = {"token_embd.weight", "output_norm.weight"} | {
+        f"blk.{i}.{n}.weight" for i in range(LAYERS) for n in per_layer
+    }
+    assert names == expected  # tied embeddings: no separate output.weight
+    assert len(reader.tensors) == merged.gguf.tensors == 2 + 9 * LAYERS
+    shapes = {t.name: tuple(int(x) for x in t.shape) for t in reader.tensors}  # ggml order: reversed
+    assert shapes["token_embd.weight"] == (32, 49152)
+    assert shapes["blk.0.attn_q.weight"] == (32, 32) and shapes["blk.0.attn_k.weight"] == (32, 16)
+    assert shapes["blk.1.ffn_down.weight"] == (64, 32) and shapes["output_norm.weight"] == (32,)
+    assert all(t.tensor_type == gguf.GGMLQuantizationType.F32 for t in reader.tensors)
+
+
+def test_gguf_metadata_describes_the_model_and_tokenizer(merged, tokenizer):
+    import gguf
+
+    reader = gguf.GGUFReader(merged.gguf.path)
+
+    def value(key):
+        return reader.fields[key].contents()
+
+    assert value("general.architecture") == "llama"
+    assert value("llama.block_count") == LAYERS
+    assert value("llama.embedding_length") == 32 and value("llama.feed_forward_length") == 64
+    assert value("llama.attention.head_count") == 4 and value("llama.attention.head_count_kv") == 2
+    assert value("llama.context_length") == 4096 and value("llama.vocab_size") == 49152
+    assert value("llama.rope.dimension_count") == 8
+    assert value("llama.rope.freq_base") == pytest.approx(10000.0)
+    assert value("llama.attention.layer_norm_rms_epsilon") == pytest.approx(1e-6)
+    assert value("tokenizer.ggml.model") == "gpt2"
+    tokens = value("tokenizer.ggml.tokens")
+    assert len(tokens) == 49152 and tokens[tokenizer.eos_token_id] == tokenizer.eos_token
+    types = value("tokenizer.ggml.token_type")
+    assert types[0] == gguf.TokenType.CONTROL and types[100] == gguf.TokenType.NORMAL
+    assert len(value("tokenizer.ggml.merges")) > 40000
+    assert value("tokenizer.ggml.eos_token_id") == tokenizer.eos_token_id
+    assert value("tokenizer.ggml.bos_token_id") == tokenizer.bos_token_id
+    assert value("tokenizer.chat_template") == tokenizer.chat_template
+
+
+def test_gguf_weights_round_trip_to_the_merged_model(merged):
+    """Read back by the GGUF reader openrft's embedded-model conversion uses (transformers'), which
+    undoes the q/k permutation: the weights and logits are the merged model's."""
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(merged.merged, dtype=torch.float32).eval()
+    path = merged.gguf.path
+    back = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    expected, got = model.state_dict(), back.state_dict()
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.allclose(expected[key], got[key], atol=1e-6), key
+    with torch.no_grad():
+        assert (model(IDS).logits - back(IDS).logits).abs().max() < 1e-4
+    # and the file holds the rotary permutation llama.cpp expects
+    q = next(t for t in gguf.GGUFReader(path).tensors if t.name == "blk.0.attn_q.weight")
+    permuted = permute_rotary(expected["model.layers.0.self_attn.q_proj.weight"], 4, 4).numpy()
+    assert np.array_equal(np.asarray(q.data).reshape(permuted.shape), permuted)
+
+
+def test_modelfile_for_ollama(merged):
+    text = merged.modelfile.read_text()
+    assert merged.modelfile == merged.gguf.path.parent / "Modelfile"
+    assert "FROM ./tiny.gguf\n" in text
+    assert 'TEMPLATE """' in text and "<|im_start|>{{ .Role }}" in text and "<|im_start|>assistant" in text
+    assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in text  # the template's default
+    assert 'PARAMETER stop "<|im_end|>"' in text
+
+
+def test_f16_gguf_is_half_the_size(adapter, merged, tmp_path):
+    import gguf
+
+    result = export_adapter(adapter[0], gguf=tmp_path / "half.gguf")
+    reader = gguf.GGUFReader(result.gguf.path)
+    kinds = {t.name: t.tensor_type for t in reader.tensors}
+    assert kinds["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.F16
+    assert kinds["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32  # norms stay float32
+
+    def weight_bytes(path):
+        return sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors)
+
+    assert weight_bytes(result.gguf.path) < 0.6 * weight_bytes(merged.gguf.path)
+
+
+def test_unsupported_architecture_is_one_clear_error(tmp_path, tokenizer, capsys):
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    base_dir = tmp_path / "gpt2"
+    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=len(tokenizer), n_positions=64)
+    GPT2LMHeadModel(config).save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    model = get_peft_model(
+        GPT2LMHeadModel.from_pretrained(base_dir), LoraConfig(r=2, target_modules=["c_attn"])
+    )
+    model.save_pretrained(tmp_path / "adapter")
+    with pytest.raises(ExportError, match="GPT2LMHeadModel"):
+        export_adapter(tmp_path / "adapter", gguf=tmp_path / "x.gguf")
+    code = main(["export", str(tmp_path / "adapter"), "--gguf", str(tmp_path / "x.gguf")])
+    err = capsys.readouterr().err
+    assert code == ExportError.exit_code == 5
+    assert "cannot write GPT2LMHeadModel (model_type 'gpt2') as GGUF" in err
+    assert "Traceback" not in err and not (tmp_path / "x.gguf").exists()
+    with pytest.raises(ExportError, match="model_type 'mamba'"):
+        check_supported(SimpleNamespace(model_type="mamba", architectures=None))
+
+
+def test_sentencepiece_style_tokenizers_are_refused(tokenizer):
+    check_tokenizer(tokenizer)  # the embedded model's byte-level BPE is fine
+    for model in ({"type": "Unigram"}, {"type": "BPE", "byte_fallback": True}):  # T5-like, Llama 2-like
+        spec = json.dumps(
+            {"model": model, "decoder": {"type": "Sequence", "decoders": [{"type": "ByteFallback"}]}}
+        )
+        fake = SimpleNamespace(backend_tokenizer=SimpleNamespace(to_str=lambda spec=spec: spec))
+        with pytest.raises(ExportError, match="only GPT-2 style byte-level BPE"):
+            check_tokenizer(fake)
+
+
+def test_nothing_to_export_and_missing_targets(tmp_path, capsys):
+    assert main(["export", str(tmp_path)]) == 2
+    assert "nothing to export" in capsys.readouterr().err
+    assert main(["export", "no-such-job", "--merged", str(tmp_path / "m")]) == 7
+    assert "no job with id 'no-such-job'" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--merged", str(tmp_path / "m")]) == 5
+    assert "not a LoRA adapter folder" in capsys.readouterr().err
+
+
+def test_base_model_comes_from_the_job_or_the_adapter(adapter, tmp_path, tiny_model_dir):
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (folder / name).write_bytes((adapter[0] / name).read_bytes())
+    assert find_base_model(folder) == str(tiny_model_dir)  # adapter_config.json
+    (folder / "job.json").write_text(json.dumps({"training": {"base_model": "/gone/elsewhere"}}))
+    assert find_base_model(folder) == str(tiny_model_dir)  # job.json's base is not here: the next one
+
+
+# ----------------------------------------------------------------------------- a real job
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENRFT_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_a_job_writes_a_model_card_and_its_tokenizer_then_exports_by_id(
+    home, tiny_model_dir, tmp_path, capsys
+):
+    from openrft.jobs.store import JobStore
+
+    evaluator = tmp_path / "letters.py"
+    evaluator.write_text(
+        "def letters(completion: str, **row) -> float:\n"
+        "    return sum(c.isalpha() for c in completion) / len(completion) if completion else 0.0\n"
+    )
+    code = main([
+        "rftj", "create", "--job-id", "card", "--base-model", str(tiny_model_dir),
+        "--dataset", "arithmetic:count=4", "--evaluator", f"{evaluator}::letters", "--n", "2",
+        "--max-output-tokens", "16", "--chunk-size", "2", "--batch-size", "2k", "--micro-batch-tokens", "128",
+        "--temperature", "1.0", "--rl-loss-method", "dapo", "--lora-rank", "4", "--quiet",
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    out = JobStore().get("card").output_dir
+    card = (out / "README.md").read_text()
+    assert str(tiny_model_dir) in card and "DAPO" in card
+    assert "| LoRA rank / alpha | 4 / 8 |" in card and "| candidates per prompt (n) | 2 |" in card
+    assert "final mean reward" in card and "More Information Needed" not in card
+    assert (
+        f"--lora-modules card={out.resolve()}" in card
+        and f"openrft serve --base-model {tiny_model_dir}" in card
+    )
+    assert {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= {
+        p.name for p in out.iterdir()
+    }
+    capsys.readouterr()
+    assert main(["export", "card", "--merged", str(tmp_path / "m"), "--gguf", str(tmp_path / "m.gguf")]) == 0
+    printed = capsys.readouterr().out
+    assert "20 tensors" in printed and (tmp_path / "m" / "config.json").is_file()
+    assert (tmp_path / "Modelfile").is_file()
+
+
+def test_llama3_rotary_scaling_becomes_llama_cpp_rope_factors(tmp_path, tokenizer):
+    """Llama 3.1-style scaling is written as llama.cpp's ``rope_freqs`` tensor: the default rotary
+    frequencies divided by it are the ones transformers computes."""
+    import gguf
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from openrft.train.gguf_export import write_gguf
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=131072, rope_parameters=rope,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    summary = write_gguf(LlamaForCausalLM(config).eval(), tokenizer, tmp_path / "l3.gguf", out_type="f32")
+    reader = gguf.GGUFReader(summary.path)
+    tensors = {t.name: t for t in reader.tensors}
+    # embeddings, final norm, untied head, rope_freqs
+    assert "output.weight" in tensors and summary.tensors == 4 + 9
+    factors = torch.tensor(np.asarray(tensors["rope_freqs.weight"].data))
+    plain = 1.0 / (500000.0 ** (torch.arange(0, 8, 2, dtype=torch.float32) / 8))
+    expected, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    assert torch.allclose(plain / factors, expected, rtol=1e-5)
+    assert reader.fields["llama.rope.freq_base"].contents() == pytest.approx(500000.0)
+    yarn = LlamaConfig(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0})
+    with pytest.raises(ExportError, match="'yarn' rotary scaling"):
+        check_supported(yarn)
