@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 NODEPS = $(shell $(PYTHON) -c "import tomllib;print(' '.join(tomllib.load(open('pyproject.toml','rb'))['tool']['openrft']['no-deps']))")
 
-.PHONY: quickstart test setup setup-dev lint clean
+.PHONY: quickstart test setup setup-dev lint clean vendor browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,37 @@ $(VENV)/.setup-dev: $(VENV)/.setup
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-setup: $(VENV)/.setup
-setup-dev: $(VENV)/.setup-dev
+setup: $(VENV)/.setup vendor
+setup-dev: $(VENV)/.setup-dev vendor browser
+
+# The dashboard's front-end libraries come from the npm registry when the project is built: never
+# committed, never fetched by a page at run time. Each entry: package@version=sha256 of the registry
+# tarball:files taken from its package/ folder. A wrong checksum stops the build; without npm the
+# dashboard still runs, without live charts.
+DASHBOARD_VENDOR := src/openrft/server/dashboard/static/vendor
+VENDOR_JS := htmx.org@2.0.11=165a2655073e9e6e55e307a7c74e8ebcdb76afb7701f9c16cfd106a13add408e:dist/htmx.min.js \
+	uplot@1.6.32=4b8a8191e425658e3ea8c8c1314b0fc679c861ee3a1af2b20c7b16ba50b5133d:dist/uPlot.iife.min.js,dist/uPlot.min.css
+
+vendor:
+	@if [ "$$(cat $(DASHBOARD_VENDOR)/.pins 2>/dev/null)" = "$(VENDOR_JS)" ]; then exit 0; fi; \
+	if ! command -v npm >/dev/null; then echo "make vendor: npm not found; the dashboard will have no live charts"; exit 0; fi; \
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; mkdir -p $(DASHBOARD_VENDOR); \
+	for item in $(VENDOR_JS); do \
+	  spec=$${item%%=*}; rest=$${item#*=}; sum=$${rest%%:*}; files=$${rest#*:}; \
+	  tgz=$$(cd "$$tmp" && npm pack --silent "$$spec" | tail -n 1); \
+	  echo "$$sum  $$tmp/$$tgz" | sha256sum --check --quiet - || { echo "make vendor: $$spec does not match its pinned sha256"; exit 1; }; \
+	  for f in $$(echo "$$files" | tr , ' '); do \
+	    tar -xzf "$$tmp/$$tgz" -C "$$tmp" "package/$$f"; cp "$$tmp/package/$$f" $(DASHBOARD_VENDOR)/; \
+	  done; \
+	done; \
+	echo "$(VENDOR_JS)" > $(DASHBOARD_VENDOR)/.pins; echo "vendored $(VENDOR_JS)" | tr ' ' '\n' | sed 's/=.*//'
+
+# The browser tests drive Debian's Chromium through its chromedriver (nothing downloaded by the tests).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "make browser: as root, apt-get install chromium chromium-driver (the browser tests skip without them)"; fi
 
 quickstart: setup
 	$(BIN)/openrft quickstart

@@ -25,6 +25,8 @@ def test_table_covers_every_numeric_and_choice_field():
         "evaluator",
         "evaluation_dataset",
         "endpoint_url",
+        "grader_endpoint",
+        "grader_model",
         "ray_address",
         "wandb_project",
         "wandb_entity",

@@ -34,6 +34,8 @@ COMMAND_MODULES = (
     "openrft.cli.jobs",
     "openrft.cli.preflight",
     "openrft.cli.export",
+    "openrft.cli.server",
+    "openrft.cli.remote",  # after openrft.cli.jobs: adds --server to the job commands it registers
 )
 
 Handler = Callable[[argparse.Namespace], int | None]

@@ -67,7 +67,16 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     ev.add_argument(
         "--evaluator",
         metavar="SPEC",
-        help="path/to/file.py::function, module:function, or a built-in (arithmetic, gsm8k).",
+        help="path/to/file.py::function, module:function, a built-in (arithmetic, gsm8k), or an OpenAI "
+        "grader spec (grader.json, grader.yaml or inline JSON).",
+    )
+    ev.add_argument(
+        "--grader-endpoint",
+        metavar="URL",
+        help="OpenAI-compatible server for score_model/label_model graders (API key from OPENAI_API_KEY).",
+    )
+    ev.add_argument(
+        "--grader-model", metavar="NAME", help="Model for model graders instead of the one their spec names."
     )
     ev.add_argument("--responses", metavar="FILE", help="Responses JSONL (see above).")
     ev.add_argument(
@@ -146,11 +155,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from openrft.evaluators.loader import load_evaluator
     from openrft.evaluators.runner import SUMMARY_STATS, check_invalid_rate, summarize
 
-    evaluator = load_evaluator(args.evaluator, dataset=args.dataset)
+    evaluator = load_evaluator(
+        args.evaluator,
+        dataset=args.dataset,
+        grader_endpoint=args.grader_endpoint,
+        grader_model=args.grader_model,
+    )
     dataset = args.dataset or evaluator.input_dataset
     if dataset is None:
         raise DataError("no --dataset given and the evaluator names no input_dataset")
     prompts = load_prompts(dataset, skip_bad_rows=args.skip_bad_rows, adapter=evaluator.dataset_adapter)
+    if evaluator.check_row is not None:  # a grader spec's templates, against the first rows
+        for prompt in list(prompts)[:3]:
+            evaluator.check_row(prompt.row, f"row {prompt.prompt_id} of {dataset}")
     if args.reference_field:
         from openrft.data.reference import with_reference_field
 

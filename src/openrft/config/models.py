@@ -394,8 +394,17 @@ class DataConfig(Group):
     evaluator: str | None = field(
         None,
         "Scoring function: path/to/file.py::function, module:function, or a built-in "
-        "('arithmetic', 'gsm8k'; weights as options, e.g. 'arithmetic:partial_weight=0'). "
-        "Default: the dataset's built-in evaluator.",
+        "('arithmetic', 'gsm8k'; weights as options, e.g. 'arithmetic:partial_weight=0'), or an OpenAI "
+        "grader spec (grader.json, grader.yaml or inline JSON). Default: the dataset's built-in evaluator.",
+    )
+    grader_endpoint: str | None = field(
+        None,
+        "Base URL of an OpenAI-compatible server for the score_model and label_model graders of an "
+        "OpenAI grader spec (and the cosine metric's embeddings), e.g. http://localhost:8000/v1; the API "
+        "key is read from OPENAI_API_KEY.",
+    )
+    grader_model: str | None = field(
+        None, "Model asked by score_model/label_model graders instead of the one their spec names."
     )
     evaluation_dataset: str | None = field(None, "JSONL prompts scored periodically, never trained on.")
     eval_auto_carveout: float | None = field(

@@ -61,6 +61,9 @@ class Evaluator:
     spec: str = ""  # what it was loaded from (load_evaluator's arguments): to load it again elsewhere
     spec_dataset: str | None = None
     rollout: RolloutSpec | None = None  # an eval-protocol rollout processor other than single-turn
+    env: dict[str, str] = field(default_factory=dict, compare=False)  # set in its worker processes
+    # Checks one dataset row (and where it is, for the message) before training; raises EvaluatorError.
+    check_row: Callable[[dict[str, Any], str], None] | None = field(default=None, compare=False)
 
     @property
     def is_async(self) -> bool:

@@ -186,7 +186,7 @@ class EvaluatorPool:
         args = json.dumps([theirs.fileno(), ev.spec, ev.spec_dataset, self.timeout])
         process = subprocess.Popen(
             [sys.executable, "-m", "openrft.evaluators.isolation", args], pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdin=subprocess.DEVNULL, env={**os.environ, **ev.env, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
         theirs.close()
         return _Worker(process, Connection(ours.detach()))

@@ -8,6 +8,8 @@ Specs:
 - ``package.module:function``: a function in an importable module;
 - a built-in name: ``arithmetic`` or ``gsm8k``, optionally with weights
   (``arithmetic:partial_weight=0,format_weight=0.3``).
+- an OpenAI grader spec: inline JSON (``{"type": "string_check", ...}``) or a ``.json``,
+  ``.yaml`` or ``.yml`` file holding one (:mod:`openrft.evaluators.graders`).
 
 Three kinds of function are recognised, in this order:
 
@@ -53,11 +55,26 @@ OFFLINE_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
 # ----------------------------------------------------------------------------- public
 
 
-def load_evaluator(spec: str | None, *, dataset: str | None = None) -> Evaluator:
+def load_evaluator(
+    spec: str | None,
+    *,
+    dataset: str | None = None,
+    grader_endpoint: str | None = None,
+    grader_model: str | None = None,
+) -> Evaluator:
     """Load ``spec`` (see the module docstring); ``None`` = the default evaluator for ``dataset``.
 
+    An OpenAI grader spec (inline JSON, or a .json/.yaml/.yml file) is loaded by
+    :mod:`openrft.evaluators.graders`; ``grader_endpoint``/``grader_model`` serve its model graders.
     The result remembers how to load it again (``spec``, with a file's path made absolute).
     """
+    from openrft.evaluators.graders import load_grader, looks_like_grader
+
+    if spec and looks_like_grader(spec):
+        evaluator = load_grader(spec, endpoint=grader_endpoint, model=grader_model)
+        text = spec.strip()
+        spec = text if text.startswith("{") else str(Path(text).expanduser().resolve())
+        return dataclasses.replace(evaluator, spec=spec, spec_dataset=dataset)
     evaluator = _load(spec, dataset)
     if spec and ("::" in spec or spec.strip().endswith(".py")):
         path_text, sep, name = spec.strip().partition("::")

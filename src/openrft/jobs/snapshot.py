@@ -41,6 +41,7 @@ PATH_FIELDS = (
 )
 CODE_FIELDS = ("evaluator", "tools", "agent")
 DATASET_FIELDS = ("dataset", "evaluation_dataset")
+CODE_SUFFIXES = (".py", ".json", ".yaml", ".yml")  # Python code, or an OpenAI grader spec
 SNAPSHOT_DIR = "snapshot"
 
 
@@ -70,11 +71,11 @@ def _absolute(value: str, cwd: Path) -> str:
 
 
 def code_path(value: str | None) -> Path | None:
-    """The local Python file a code value names (``file.py`` or ``file.py::fn``), if any."""
+    """The local code file a value names (``file.py``, ``file.py::fn``, a grader ``.json``/``.yaml``)."""
     if not value:
         return None
     path = Path(value.partition("::")[0]).expanduser()
-    return path if path.suffix == ".py" and path.is_file() else None
+    return path if path.suffix in CODE_SUFFIXES and path.is_file() else None
 
 
 def write_snapshot(job_dir: Path, values: dict[str, Any]) -> dict[str, Any]:

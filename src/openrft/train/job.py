@@ -92,7 +92,9 @@ def prepare(cfg: JobConfig) -> PreparedJob:
     )
     seed, d = settings.schedule.seed, cfg.data
     with _input("--evaluator"):
-        evaluator = load_evaluator(d.evaluator, dataset=d.dataset)
+        evaluator = load_evaluator(
+            d.evaluator, dataset=d.dataset, grader_endpoint=d.grader_endpoint, grader_model=d.grader_model
+        )
     source = d.dataset or evaluator.input_dataset or "arithmetic"
     with _input("--dataset"):
         dataset = load_prompts(
@@ -214,6 +216,10 @@ def _open_weights(path: Path) -> None:
 def _check_evaluator_fits(evaluator: Any, dataset: PromptSet) -> None:
     from openrft.evaluators.runner import missing_fields
 
+    if evaluator.check_row is not None:  # a grader spec's templates, against the first rows
+        for prompt in list(dataset)[:3]:
+            with _input("--evaluator"):
+                evaluator.check_row(prompt.row, f"row {prompt.prompt_id} of {dataset.source}")
     missing = missing_fields(evaluator, dataset[0]) if dataset else []
     if missing:
         raise ConfigError(

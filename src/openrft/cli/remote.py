@@ -1,0 +1,256 @@
+"""``openrft rftj create|list|get|cancel|resume|delete --server URL``: the same commands, through a server.
+
+With ``--server`` (or ``OPENRFT_SERVER``) the command talks to ``openrft server`` (or anything that
+speaks the managed service's job API) instead of the local store; the key comes from
+``OPENRFT_API_KEY`` and the account from ``OPENRFT_ACCOUNT`` (default ``local``). The job's flags
+are validated here first, exactly as locally, then sent in the service's camelCase body.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+from openrft.errors import JobError
+
+COMMANDS = ("create", "list", "get", "cancel", "resume", "delete")
+ACTIVE = {"JOB_STATE_PENDING", "JOB_STATE_VALIDATING", "JOB_STATE_RUNNING", "JOB_STATE_CANCELLING"}
+
+
+def register(subparsers: argparse._SubParsersAction, rftj: argparse._SubParsersAction) -> None:
+    """Add ``--server`` to the job commands; a command given one runs through :class:`Remote`."""
+    for name in COMMANDS:
+        parser = rftj.choices[name]
+        parser.add_argument(
+            "--server",
+            metavar="URL",
+            default=None,
+            help="Run the command through an openrft server (default: $OPENRFT_SERVER; key: $OPENRFT_API_KEY).",
+        )
+        local = parser.get_default("handler")
+        parser.set_defaults(handler=_either(local, HANDLERS[name]))
+
+
+def _either(local, remote):
+    def handler(args: argparse.Namespace) -> int:
+        url = getattr(args, "server", None) or os.environ.get("OPENRFT_SERVER")
+        if not url:
+            return local(args)
+        return remote(Remote(url), args)
+
+    return handler
+
+
+class Remote:
+    """A small client for the job API (httpx), raising :class:`JobError` with the server's message."""
+
+    def __init__(self, url: str, api_key: str | None = None, account: str | None = None):
+        import httpx
+
+        self.url = url.rstrip("/")
+        self.account = account or os.environ.get("OPENRFT_ACCOUNT") or "local"
+        key = api_key or os.environ.get("OPENRFT_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=120.0)
+
+    def path(self, job_id: str = "", action: str = "") -> str:
+        base = f"/v1/accounts/{self.account}/reinforcementFineTuningJobs"
+        return base + (f"/{job_id}" if job_id else "") + (f":{action}" if action else "")
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise JobError(
+                f"cannot reach the server {self.url}: {exc}", hint="is `openrft server` running?"
+            ) from None
+        if response.is_success:
+            return response.json() if response.content else {}
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text.strip() or response.reason_phrase
+        raise JobError(f"server: {message} (HTTP {response.status_code})")
+
+    def jobs(self) -> list[dict[str, Any]]:
+        out, token = [], ""
+        while True:
+            page = self.call(
+                "GET", self.path(), params={"pageSize": 200, "pageToken": token, "orderBy": "createTime desc"}
+            )
+            out += page.get("reinforcementFineTuningJobs") or []
+            token = page.get("nextPageToken") or ""
+            if not token:
+                return out
+
+
+# ----------------------------------------------------------------------------- flat values -> body
+
+
+def request_body(values: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Validated flat values (as ``rftj create`` builds them) -> (camelCase body, job id)."""
+    from openrft.config import flag_name
+    from openrft.server.wire import METHODS, wire_path
+
+    body: dict[str, Any] = {}
+    job_id = values.pop("job_id", None)
+    for name, value in values.items():
+        path = wire_path(name)
+        if path is None:
+            raise JobError(f"{flag_name(name)} cannot be sent to a server; the job API has no field for it")
+        if name == "stop":
+            value = json.dumps({"stop": list(value)})
+        elif name == "rl_loss_method":
+            value = next(k for k, v in METHODS.items() if v == value and k != "METHOD_UNSPECIFIED")
+        *parents, leaf = path.split(".")
+        target = body
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return body, job_id
+
+
+def _values(args: argparse.Namespace) -> dict[str, Any]:
+    from openrft.cli import config_from_args
+    from openrft.jobs.store import config_values
+
+    cfg, _ = config_from_args(args)  # the same checks and messages as a local create
+    _, given, secrets = config_values(cfg)
+    return {**given, **secrets}
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def remote_create(remote: Remote, args: argparse.Namespace) -> int:
+    if getattr(args, "dry_run", False) or getattr(args, "resume_from", None):
+        raise JobError("--dry-run and --resume-from work on the local store only, not with --server")
+    body, job_id = request_body(_values(args))
+    params = {"reinforcementFineTuningJobId": job_id} if job_id else {}
+    job = remote.call("POST", remote.path(), json=body, params=params)
+    job_id = job["name"].rsplit("/", 1)[-1]
+    print(job_id)
+    print(
+        f"job {job_id} {short(job['state'])} on {remote.url}\n"
+        f"  status: openrft rftj get {job_id} --server {remote.url}\n"
+        f"  stop:   openrft rftj cancel {job_id} --server {remote.url}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def remote_list(remote: Remote, args: argparse.Namespace) -> int:
+    from openrft.cli.jobs import _table, age
+
+    jobs = remote.jobs()
+    if args.output == "json":
+        print(json.dumps(jobs, indent=2))
+        return 0
+    if not jobs:
+        print(f"no jobs on {remote.url} yet: start one with `openrft rftj create --server {remote.url}`")
+        return 0
+    rows = []
+    for job in jobs:
+        progress = job.get("jobProgress") or {}
+        reward = progress.get("lastReward")
+        rows.append([
+            job["name"].rsplit("/", 1)[-1], short(job.get("state", "")), base_model(job),
+            (job.get("lossConfig") or {}).get("method", "-").lower().replace("_", "-"),
+            str(progress.get("steps", 0)), "-" if reward is None else f"{reward:.3f}",
+            age(time.time() - seconds(job.get("createTime"))),
+        ])  # fmt: skip
+    print(_table(["ID", "STATE", "BASE MODEL", "METHOD", "STEPS", "LAST REWARD", "AGE"], rows))
+    return 0
+
+
+def remote_get(remote: Remote, args: argparse.Namespace) -> int:
+    job = remote.call("GET", remote.path(args.job_id))
+    if args.output == "json":
+        print(json.dumps(job, indent=2))
+        return 0
+    progress, status = job.get("jobProgress") or {}, job.get("status") or {}
+    reward = progress.get("lastReward")
+    out = [f"id:          {job['name'].rsplit('/', 1)[-1]}", f"state:       {short(job.get('state', ''))}"]
+    if status.get("message"):
+        out.append(f"message:     {status['message']}")
+    out += [
+        f"base model:  {base_model(job)}",
+        f"method:      {(job.get('lossConfig') or {}).get('method', '-')}",
+        f"steps:       {progress.get('steps', 0)}",
+        f"progress:    {progress.get('percent', 0)}% (epoch {progress.get('epoch', 0)})",
+        f"last reward: {'-' if reward is None else f'{reward:.4f}'}",
+        f"created:     {job.get('createTime')}",
+        f"completed:   {job.get('completedTime') or '-'}",
+        f"dataset:     {job.get('dataset')}",
+        f"evaluator:   {job.get('evaluator') or '-'}",
+        f"outputs:     {job.get('outputModelPath') or '-'}",
+        "",
+        "configuration:",
+    ]
+    for section in ("trainingConfig", "inferenceParameters", "lossConfig", "wandbConfig"):
+        for key, value in (job.get(section) or {}).items():
+            out.append(f"  {section:<20} {key:<26} {value}")
+    print("\n".join(out))
+    return 0
+
+
+def remote_cancel(remote: Remote, args: argparse.Namespace) -> int:
+    remote.call("POST", remote.path(args.job_id, "cancel"), json={})
+    print(f"job {args.job_id}: cancel requested; it stops at the next step boundary and writes a checkpoint")
+    if args.wait:
+        job = remote.call("GET", remote.path(args.job_id))
+        while job.get("state") in ACTIVE:
+            time.sleep(0.5)
+            job = remote.call("GET", remote.path(args.job_id))
+        message = (job.get("status") or {}).get("message")
+        print(f"job {args.job_id} {short(job['state'])}{': ' + message if message else ''}")
+    return 0
+
+
+def remote_resume(remote: Remote, args: argparse.Namespace) -> int:
+    job = remote.call("POST", remote.path(args.job_id, "resume"), json={"force": bool(args.force)})
+    print(f"job {args.job_id} {short(job['state'])} on {remote.url}: it continues from its last checkpoint")
+    return 0
+
+
+def remote_delete(remote: Remote, args: argparse.Namespace) -> int:
+    remote.call("DELETE", remote.path(args.job_id))
+    print(f"deleted job {args.job_id} on {remote.url}")
+    return 0
+
+
+HANDLERS = {
+    "create": remote_create,
+    "list": remote_list,
+    "get": remote_get,
+    "cancel": remote_cancel,
+    "resume": remote_resume,
+    "delete": remote_delete,
+}
+
+
+def short(state: str) -> str:
+    return state.removeprefix("JOB_STATE_")
+
+
+def base_model(job: dict[str, Any]) -> str:
+    training = job.get("trainingConfig") or {}
+    if training.get("warmStartFrom"):
+        return f"adapter:{training['warmStartFrom']}"
+    return training.get("baseModel") or "-"
+
+
+def seconds(stamp: str | None) -> float:
+    if not stamp:
+        return time.time()
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+__all__ = ["register", "Remote", "request_body"]

@@ -1,0 +1,67 @@
+"""``openrft server``: the managed service's job API (and the dashboard) on this machine, with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from openrft.cli.evaluate import positive_int
+
+
+def register(subparsers: argparse._SubParsersAction, rftj: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "server",
+        help="Serve the reinforcement-fine-tuning job API (SDK-compatible) and the dashboard.",
+        description="Serve the job API the managed service's SDK talks to, queueing jobs on this machine. "
+        "It listens on 127.0.0.1 unless --host says otherwise; any other address needs an API key.",
+    )
+    p.add_argument("--host", default=None, help="Address to listen on (default: 127.0.0.1).")
+    p.add_argument("--port", type=positive_int, default=None, help="Port (default: 8321).")
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="A key clients must send as 'Authorization: Bearer KEY' (repeatable; also OPENRFT_API_KEYS, "
+        "comma-separated). Required unless the server listens on loopback only.",
+    )
+    p.add_argument(
+        "--max-running-jobs",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="Jobs run at once; the rest wait PENDING (default: 1).",
+    )
+    p.add_argument(
+        "--allow-local-paths",
+        action="store_true",
+        help="Let requests name files and folders on this machine (base model directories, evaluator and "
+        "dataset files, MCP commands). Off by default: it lets any caller read and run local code.",
+    )
+    p.set_defaults(handler=cmd_server)
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from openrft.server.app import create_app
+    from openrft.server.settings import DEFAULT_HOST, DEFAULT_PORT, ServerSettings, keys_from_env
+
+    settings = ServerSettings(
+        host=args.host or DEFAULT_HOST,
+        port=args.port or DEFAULT_PORT,
+        api_keys=tuple(dict.fromkeys([*args.api_key, *keys_from_env()])),
+        max_running_jobs=args.max_running_jobs,
+        allow_local_paths=args.allow_local_paths,
+        home=Path(os.environ["OPENRFT_HOME"]) if os.environ.get("OPENRFT_HOME") else None,
+    )
+    app = create_app(settings)  # refuses a public bind without a key (ConfigError, exit code 2)
+    auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API key (loopback only)"
+    print(f"openrft server on http://{settings.host}:{settings.port} ({auth}); "
+          f"jobs in {app.state.job_store.root}")  # fmt: skip
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    return 0
+
+
+__all__ = ["register"]

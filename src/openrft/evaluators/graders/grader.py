@@ -1,0 +1,245 @@
+"""Turning a checked grader spec into something that scores one response.
+
+:func:`build` returns a :class:`Grader`: called with the dataset row (``item``) and the ``sample``
+namespace, it returns a :class:`Grade` (the score, a reason, and for a multi grader each
+sub-grader's score as a metric). :meth:`Grader.check_item` renders every template of the spec
+against a dataset row before training, so a missing field is found at ``--dry-run`` time.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import sys
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+from openrft.errors import EvaluatorError
+from openrft.evaluators.graders import model as model_graders
+from openrft.evaluators.graders import text as text_graders
+from openrft.evaluators.graders.formula import Formula
+from openrft.evaluators.graders.spec import (
+    GraderSpec,
+    LabelModel,
+    Multi,
+    Python,
+    ScoreModel,
+    StringCheck,
+    TextSimilarity,
+)  # fmt: skip
+from openrft.evaluators.graders.templates import AnySample, MissingField, check_syntax, render
+
+
+@dataclass
+class Grade:
+    score: float
+    reason: str = ""
+    valid: bool = True
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Grader:
+    """One grader of a spec; subclasses implement :meth:`grade`."""
+
+    def __init__(self, spec: GraderSpec, label: str):
+        self.spec, self.label = spec, label
+
+    def templates(self) -> list[str]:
+        return []
+
+    def grade(self, item: dict[str, Any], sample: Any) -> Grade:
+        raise NotImplementedError
+
+    @property
+    def contained(self) -> bool:
+        """Whether it must run in a worker process (user code, network calls), not in the job's process."""
+        return False
+
+    def check_item(self, item: dict[str, Any], where: str) -> None:
+        """Render every template against ``item`` (a dataset row); a missing field is an error naming it."""
+        for template in self.templates():
+            try:
+                render(template, item, AnySample())
+            except MissingField as exc:
+                raise EvaluatorError(
+                    f"{self.label}: the template {template!r} refers to {exc.field!r}, which {where} does not have",
+                    hint="add the field to every dataset row, or change the grader's template",
+                ) from None
+
+
+class StringCheckGrader(Grader):
+    spec: StringCheck
+
+    def templates(self) -> list[str]:
+        return [self.spec.input, self.spec.reference]
+
+    def grade(self, item: dict[str, Any], sample: Any) -> Grade:
+        text, reference = render(self.spec.input, item, sample), render(self.spec.reference, item, sample)
+        score = text_graders.string_check(self.spec.operation, text, reference)
+        verdict = "holds" if score else "fails"
+        return Grade(score, f"{self.spec.operation} {verdict}: {_short(text)} vs {_short(reference)}")
+
+
+class TextSimilarityGrader(Grader):
+    spec: TextSimilarity
+
+    def __init__(self, spec: TextSimilarity, label: str, endpoint: model_graders.Endpoint):
+        super().__init__(spec, label)
+        self.endpoint = endpoint
+        if spec.evaluation_metric == "cosine" and not endpoint.url:
+            raise EvaluatorError(
+                f"{label}: the cosine metric needs an embedding endpoint",
+                hint="pass --grader-endpoint URL (an OpenAI-compatible server with /v1/embeddings)",
+            )
+
+    @property
+    def contained(self) -> bool:
+        return self.spec.evaluation_metric == "cosine"
+
+    def templates(self) -> list[str]:
+        return [self.spec.input, self.spec.reference]
+
+    def grade(self, item: dict[str, Any], sample: Any) -> Grade:
+        text, reference = render(self.spec.input, item, sample), render(self.spec.reference, item, sample)
+        embed = self.endpoint.embed if self.spec.evaluation_metric == "cosine" else None
+        score = text_graders.similarity(self.spec.evaluation_metric, text, reference, embed=embed)
+        return Grade(score, f"{self.spec.evaluation_metric} {score:.4f}")
+
+
+class ModelGrader(Grader):
+    spec: ScoreModel | LabelModel
+
+    def __init__(self, spec: ScoreModel | LabelModel, label: str, endpoint: model_graders.Endpoint):
+        super().__init__(spec, label)
+        self.endpoint = endpoint
+        if not endpoint.url:
+            raise EvaluatorError(
+                f"{label}: a {spec.type} grader needs a model endpoint",
+                hint="pass --grader-endpoint URL (an OpenAI-compatible server, e.g. `openrft serve`); "
+                "the API key is read from OPENAI_API_KEY",
+            )
+
+    @property
+    def contained(self) -> bool:
+        return True
+
+    def templates(self) -> list[str]:
+        return [t for message in self.spec.input for t in message.texts()]
+
+    def grade(self, item: dict[str, Any], sample: Any) -> Grade:
+        answer = self.endpoint.chat(self.spec, model_graders.prompt(self.spec, item, sample))
+        try:
+            if isinstance(self.spec, ScoreModel):
+                score = model_graders.parse_score(answer, self.spec)
+                return Grade(score, f"grader model's score {score:g}")
+            label = model_graders.parse_label(answer, self.spec)
+        except model_graders.UnparseableAnswer as exc:
+            return Grade(0.0, f"{self.label}: {exc.message}", valid=False)
+        passed = label in self.spec.passing_labels
+        return Grade(float(passed), f"label {label!r} ({'passing' if passed else 'not passing'})")
+
+
+class PythonGrader(Grader):
+    """``grade(sample, item) -> float`` from the spec's source, run in a worker process."""
+
+    spec: Python
+
+    def __init__(self, spec: Python, label: str):
+        super().__init__(spec, label)
+        try:
+            tree = ast.parse(spec.source, filename=f"<{label}>")
+        except SyntaxError as exc:
+            raise EvaluatorError(f"{label}: syntax error in source, line {exc.lineno}: {exc.msg}") from None
+        if not any(
+            isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == "grade" for n in tree.body
+        ):
+            raise EvaluatorError(f"{label}: the source defines no function grade(sample, item)")
+        self._fn: Any = None
+
+    @property
+    def contained(self) -> bool:
+        return True
+
+    def _function(self) -> Any:
+        if self._fn is None:  # executed on first use: in the worker process, never in the job's
+            module = types.ModuleType("_openrft_python_grader")
+            sys.modules.setdefault(module.__name__, module)
+            exec(compile(self.spec.source, f"<{self.label}>", "exec"), module.__dict__)  # noqa: S102
+            self._fn = module.__dict__["grade"]
+        return self._fn
+
+    def grade(self, item: dict[str, Any], sample: Any) -> Grade:
+        result = self._function()(dict(sample), item)
+        if isinstance(result, bool) or not isinstance(result, int | float):
+            raise EvaluatorError(f"{self.label}: grade() returned {type(result).__name__}, not a number")
+        return Grade(float(result), f"grade() returned {float(result):g}")
+
+
+class MultiGrader(Grader):
+    spec: Multi
+
+    def __init__(self, spec: Multi, label: str, endpoint: model_graders.Endpoint):
+        super().__init__(spec, label)
+        self.graders = {
+            name: _leaf(sub, f"{label}, sub-grader {name!r}", endpoint) for name, sub in spec.graders.items()
+        }
+        try:
+            self.formula = Formula(spec.calculate_output, self.graders)
+        except EvaluatorError as exc:
+            raise EvaluatorError(f"{label}: {exc.message}") from None
+
+    @property
+    def contained(self) -> bool:
+        return any(g.contained for g in self.graders.values())
+
+    def templates(self) -> list[str]:
+        return [t for g in self.graders.values() for t in g.templates()]
+
+    def check_item(self, item: dict[str, Any], where: str) -> None:
+        for grader in self.graders.values():
+            grader.check_item(item, where)
+
+    def grade(self, item: dict[str, Any], sample: Any) -> Grade:
+        grades = {name: g.grade(item, sample) for name, g in self.graders.items()}
+        metrics = {name: g.score for name, g in grades.items()}
+        invalid = [f"{name}: {g.reason}" for name, g in grades.items() if not g.valid]
+        if invalid:
+            return Grade(0.0, "; ".join(invalid), valid=False, metrics=metrics)
+        score = self.formula(metrics)
+        parts = ", ".join(f"{name}={value:g}" for name, value in metrics.items())
+        valid = math.isfinite(score)
+        return Grade(
+            score if valid else 0.0, f"{self.spec.calculate_output} with {parts} = {score:g}", valid, metrics
+        )
+
+
+def build(spec: GraderSpec, label: str, endpoint: model_graders.Endpoint) -> Grader:
+    """The grader for a checked spec; templates are checked for syntax here."""
+    grader = MultiGrader(spec, label, endpoint) if isinstance(spec, Multi) else _leaf(spec, label, endpoint)
+    for template in grader.templates():
+        try:
+            check_syntax(template)
+        except EvaluatorError as exc:
+            raise EvaluatorError(f"{label}: {exc.message}") from None
+    return grader
+
+
+def _leaf(spec: GraderSpec, label: str, endpoint: model_graders.Endpoint) -> Grader:
+    if isinstance(spec, StringCheck):
+        return StringCheckGrader(spec, label)
+    if isinstance(spec, TextSimilarity):
+        return TextSimilarityGrader(spec, label, endpoint)
+    if isinstance(spec, ScoreModel | LabelModel):
+        return ModelGrader(spec, label, endpoint)
+    if isinstance(spec, Python):
+        return PythonGrader(spec, label)
+    raise EvaluatorError(f"{label}: a {spec.type} grader cannot be nested here")
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+__all__ = ["Grade", "Grader", "build"]

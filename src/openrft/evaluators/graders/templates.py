@@ -1,0 +1,144 @@
+"""Grader templates: ``{{ item.field }}`` and ``{{ sample.output_text }}`` rendered with Jinja2.
+
+Templates run in Jinja2's sandboxed environment (no access to Python internals). Two namespaces
+exist, as in OpenAI's graders: ``item`` (the dataset row) and ``sample`` (the response being
+graded: ``output_text``, ``output_json`` when the response is a JSON object, ``output_tools``,
+the tool calls it made). A reference to something that is not there is an error, never an empty
+string: :class:`MissingField` names the field. Objects and lists render as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError
+from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment
+
+from openrft.errors import EvaluatorError
+
+TOOL_CALL_RE = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+
+
+class MissingField(EvaluatorError):
+    """A template refers to a field the item or the sample does not have."""
+
+    def __init__(self, field: str, template: str):
+        super().__init__(f"template {template!r} refers to {field!r}, which is not there")
+        self.field = field
+
+
+class _Undefined(StrictUndefined):
+    """Undefined that remembers the missing name, so the error can name the field."""
+
+    def _fail_with_undefined_error(self, *args: Any, **kwargs: Any) -> Any:
+        raise UndefinedError(f"\0{self._undefined_name}")
+
+    __str__ = __iter__ = __len__ = __eq__ = __bool__ = __hash__ = _fail_with_undefined_error  # type: ignore[assignment]
+
+
+def _finalize(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+class _Environment(SandboxedEnvironment):
+    """Dots into a JSON object read its fields (``item.items`` is the row's "items" field, never the
+    dict method), as the JSON-path-like syntax of OpenAI's templates means."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, dict):
+            return obj[attribute] if attribute in obj else self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+
+@lru_cache(maxsize=1)
+def _environment() -> SandboxedEnvironment:
+    return _Environment(
+        undefined=_Undefined, finalize=_finalize, autoescape=False, keep_trailing_newline=True
+    )
+
+
+@lru_cache(maxsize=512)
+def _compile(template: str) -> Any:
+    try:
+        return _environment().from_string(template)
+    except TemplateSyntaxError as exc:
+        raise EvaluatorError(
+            f"template {template!r} is not valid: {exc.message} (line {exc.lineno})"
+        ) from None
+
+
+def check_syntax(template: str) -> None:
+    """Raise :class:`EvaluatorError` when ``template`` does not parse."""
+    _compile(template)
+
+
+def render(template: str, item: dict[str, Any], sample: Any) -> str:
+    """``template`` with the ``item`` and ``sample`` namespaces filled in."""
+    compiled = _compile(template)
+    try:
+        return compiled.render(item=item, sample=sample)
+    except UndefinedError as exc:
+        text = str(exc)
+        name = text[1:] if text.startswith("\0") else text
+        raise MissingField(name, template) from None
+    except SecurityError as exc:
+        raise EvaluatorError(f"template {template!r} is not allowed: {exc}") from None
+
+
+def sample_of(text: str, tool_calls: list[Any] | None = None) -> dict[str, Any]:
+    """The ``sample`` namespace for one response: its text, its JSON (if it is one), its tool calls."""
+    try:
+        output_json = json.loads(text)
+    except (ValueError, TypeError):
+        output_json = None
+    return {
+        "output_text": text,
+        "output_json": output_json if isinstance(output_json, dict | list) else None,
+        "output_tools": tool_calls if tool_calls is not None else tool_calls_in(text),
+    }
+
+
+def tool_calls_in(text: str) -> list[dict[str, Any]]:
+    """Tool calls written as ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (the chat
+    templates of the open models openrft trains), in OpenAI's shape: ``function.name`` and
+    ``function.arguments`` (a JSON string)."""
+    calls = []
+    for body in TOOL_CALL_RE.findall(text):
+        try:
+            call = json.loads(body)
+        except ValueError:
+            continue
+        if isinstance(call, dict) and isinstance(call.get("name"), str):
+            arguments = call.get("arguments", {})
+            if not isinstance(arguments, str):
+                arguments = json.dumps(arguments)
+            calls.append({"type": "function", "function": {"name": call["name"], "arguments": arguments}})
+    return calls
+
+
+class AnySample:
+    """A stand-in for ``sample`` when checking templates before any response exists: every field
+    of it is there (the response's fields are only known once it is sampled)."""
+
+    def __getattr__(self, name: str) -> AnySample:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self
+
+    def __getitem__(self, key: Any) -> AnySample:
+        return self
+
+    def __str__(self) -> str:
+        return ""
+
+    def __iter__(self):
+        return iter(())
+
+
+__all__ = ["AnySample", "MissingField", "check_syntax", "render", "sample_of", "tool_calls_in"]

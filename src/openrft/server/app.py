@@ -1,0 +1,81 @@
+"""The FastAPI application behind ``openrft server``: the job API, datasets and evaluators, the dashboard.
+
+Errors leave in the managed service's shape (:class:`~openrft.server.errors.ApiError`); a request
+FastAPI itself cannot read (a malformed query parameter, say) is a 400 naming the parameter.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from openrft.jobs.store import JobStore
+from openrft.server import dashboard, jobs_api, resources_api
+from openrft.server.auth import BearerAuth
+from openrft.server.errors import ApiError
+from openrft.server.queue import JobQueue
+from openrft.server.settings import ServerSettings
+
+
+def create_app(settings: ServerSettings | None = None) -> FastAPI:
+    """The application for ``settings`` (checked first: a public bind needs an API key).
+
+    ``app.state`` holds ``settings``, ``job_store`` and, once started, ``job_queue``.
+    """
+    settings = settings or ServerSettings()
+    settings.check()
+    store = JobStore(settings.home)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        queue = None
+        if settings.run_queue:
+            queue = JobQueue(store, max_running=settings.max_running_jobs, interval=settings.poll_interval)
+            queue.start()
+            app.state.job_queue = queue
+        try:
+            yield
+        finally:
+            if queue is not None:
+                queue.stop()
+
+    app = FastAPI(title="openrft", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    app.state.job_store = store
+    app.state.job_queue = None
+    app.add_middleware(BearerAuth, keys=settings.api_keys)
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.include_router(jobs_api.router)
+    resources_api.configure_resources(app, home=settings.home)
+    app.include_router(resources_api.router)
+    dashboard.install(app)
+    return app
+
+
+async def api_error(request: Request, exc: Any) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status_code)
+
+
+async def validation_error(request: Request, exc: Any) -> JSONResponse:
+    """FastAPI's 422 -> the service's 400, naming the parameter that could not be read."""
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
+    error = ApiError(400, f"{where}: {first.get('msg', 'invalid value')}")
+    return JSONResponse(error.body(), status_code=400)
+
+
+async def http_error(request: Request, exc: Any) -> JSONResponse:
+    """Starlette's own errors (unknown path, wrong method) in the service's shape."""
+    message = {404: f"no such resource: {request.url.path}", 405: f"{request.method} is not allowed here"}
+    error = ApiError(exc.status_code, message.get(exc.status_code, str(exc.detail)))
+    return JSONResponse(error.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+__all__ = ["create_app", "ServerSettings"]

@@ -1,0 +1,82 @@
+"""Bearer-key authentication for every request, in the managed service's error shape.
+
+With keys configured, a request must carry ``Authorization: Bearer <key>`` with one of them;
+without keys (allowed only on a loopback bind, see :class:`ServerSettings.check`) nothing is checked.
+A browser cannot send that header, so the dashboard's login page (``/login``) exchanges a key for an
+HttpOnly, SameSite=Strict cookie (:data:`COOKIE`) that is accepted instead; a page request without
+either is redirected to the login page, an API request gets the 401.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+
+from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from openrft.server.errors import ApiError
+from openrft.server.uploads import is_signed_upload
+
+
+def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The token of an ``Authorization: Bearer ...`` header, if there is one."""
+    for name, value in headers:
+        if name.lower() == b"authorization":
+            scheme, _, token = value.decode("latin-1").strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+COOKIE = "openrft_key"
+OPEN_PATHS = ("/login", "/dashboard/static/")  # reachable without a key: the login page and its styles
+
+
+def cookie_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The dashboard's key cookie, if the request carries it."""
+    for name, value in headers:
+        if name.lower() == b"cookie":
+            for part in value.decode("latin-1").split(";"):
+                key, _, token = part.strip().partition("=")
+                if key == COOKIE and token:
+                    return token
+    return None
+
+
+def authorized(token: str | None, keys: Iterable[str]) -> bool:
+    """Whether ``token`` is one of ``keys`` (compared in constant time)."""
+    if token is None:
+        return False
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(token.encode(), key.encode())
+    return found
+
+
+class BearerAuth:
+    """ASGI middleware: a 401 ``UNAUTHENTICATED`` error for any HTTP request without a valid key."""
+
+    def __init__(self, app: ASGIApp, keys: tuple[str, ...]):
+        self.app, self.keys = app, keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or is_signed_upload(scope):  # token checked by its route
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers", [])
+        token = bearer_token(headers)
+        path = scope.get("path", "")
+        if authorized(token or cookie_token(headers), self.keys) or path.startswith(OPEN_PATHS):
+            await self.app(scope, receive, send)
+            return
+        if token is None and not path.startswith("/v1/") and scope.get("method") == "GET":
+            await RedirectResponse(f"/login?next={path}", status_code=303)(scope, receive, send)
+            return
+        why = "missing API key" if token is None else "invalid API key"
+        error = ApiError(401, f"{why}: send the header 'Authorization: Bearer <key>'")
+        response = JSONResponse(error.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        await response(scope, receive, send)
+
+
+__all__ = ["BearerAuth", "authorized", "bearer_token", "cookie_token", "COOKIE", "OPEN_PATHS"]

@@ -1,0 +1,298 @@
+"""What the dashboard shows, read straight from the job store and the job folders.
+
+Nothing here renders HTML: each function returns plain dicts and lists that the templates and the
+JSON endpoints use as they are. Metrics come from ``metrics.jsonl`` and rollouts from
+``rollouts.jsonl`` (both read with :func:`openrft.tracking.sinks.read_jsonl`, which skips a torn
+last line), so a page shows a running job's latest step without the job's process being asked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from openrft.jobs.states import JobState
+from openrft.jobs.store import JobRecord, JobStore
+from openrft.models import EMBEDDED, embedded_model_dir
+from openrft.tracking.compare import differing_parameters, summarize_run
+from openrft.tracking.plots import PANELS
+from openrft.tracking.sinks import read_jsonl
+
+STATES = [str(s) for s in JobState] + ["CANCELLING"]
+# Keys the job page and the compare page draw: every line of the plots' panels.
+CHART_KEYS = tuple(dict.fromkeys(key for panel in PANELS for key, _, _ in panel.lines))
+TAIL_BYTES = 16384  # enough for the last line of metrics.jsonl
+
+
+def age(seconds: float) -> str:
+    """``42s``, ``5m``, ``3h``, ``2d``: as ``openrft rftj list`` shows it."""
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def stamp(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def last_metrics(path: Path) -> dict[str, Any]:
+    """The last complete line of a ``metrics.jsonl`` (read from the end of the file, not all of it)."""
+    if not path.is_file():
+        return {}
+    with open(path, "rb") as handle:
+        handle.seek(0, 2)
+        size = handle.tell()
+        handle.seek(max(0, size - TAIL_BYTES))
+        tail = handle.read().decode("utf-8", errors="replace")
+    for line in reversed(tail.splitlines()):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            return row
+    return {}
+
+
+def progress(record: JobRecord, latest: dict[str, Any]) -> float | None:
+    """Share of the job's planned epochs done, 0..1 (None before the first step is logged)."""
+    if record.state is JobState.COMPLETED:
+        return 1.0
+    epochs = record.flat_config().get("epochs") or 1
+    done = latest.get("epoch")
+    if not isinstance(done, int | float) or not math.isfinite(done):
+        return None
+    return max(0.0, min(1.0, float(done) / float(epochs)))
+
+
+def job_row(record: JobRecord, now: float) -> dict[str, Any]:
+    """One line of the job list."""
+    latest = last_metrics(record.metrics_path)
+    share = progress(record, latest)
+    return {
+        "id": record.id,
+        "state": record.shown_state,
+        "message": record.message or "",
+        "base_model": record.base_model or "-",
+        "method": record.method or "-",
+        "steps": record.steps,
+        "progress": share,
+        "progress_text": "-" if share is None else f"{100 * share:.0f}%",
+        "last_reward": "-" if record.last_reward is None else f"{record.last_reward:.3f}",
+        "age": age(now - record.created_at),
+        "created": stamp(record.created_at),
+        "active": record.state.is_active,
+    }
+
+
+def job_rows(store: JobStore, state: str | None = None) -> list[dict[str, Any]]:
+    """The job list, newest first, optionally only the jobs shown in ``state``."""
+    now = time.time()
+    rows = [job_row(record, now) for record in store.list()]
+    if state:
+        rows = [row for row in rows if row["state"] == state]
+    return rows
+
+
+# ----------------------------------------------------------------------------- one job
+
+
+def metric_points(path: Path, since: int = 0) -> dict[str, Any]:
+    """The chart series of ``metrics.jsonl`` from line ``since`` on: ``{"next": n, "points": [...]}``.
+
+    Each point is ``{"step": s, key: value, ...}`` with only the chart keys the line has. A client
+    polls with ``since`` = the ``next`` it was last given and appends what comes back.
+    """
+    rows = read_jsonl(path)
+    points = []
+    for row in rows[max(0, since) :]:
+        if row.get("step") is None:
+            continue
+        values = {k: row[k] for k in CHART_KEYS if _finite(row.get(k))}
+        if values:
+            points.append({"step": row["step"], **values})
+    return {"next": len(rows), "points": points}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def panels() -> list[dict[str, Any]]:
+    """The plots' panels (:data:`openrft.tracking.plots.PANELS`) for the browser's charts."""
+    return [
+        {
+            "title": panel.title,
+            "ylabel": panel.ylabel,
+            "lines": [{"key": key, "style": style, "label": meaning} for key, style, meaning in panel.lines],
+        }
+        for panel in PANELS
+    ]
+
+
+def parameters(record: JobRecord) -> list[dict[str, Any]]:
+    """The resolved parameters by group, flag-named, with whether the user set each one."""
+    rows = []
+    for group, values in record.config.items():
+        for name, value in values.items():
+            rows.append(
+                {
+                    "group": group,
+                    "flag": "--" + name.replace("_", "-"),
+                    "value": "unset" if value is None else value,
+                    "given": name in record.given,
+                }
+            )
+    return rows
+
+
+def history(record: JobRecord) -> list[dict[str, Any]]:
+    return [
+        {"at": stamp(t.at), "state": str(t.state), "message": t.message or ""} for t in record.transitions
+    ]
+
+
+def adapter_usage(record: JobRecord) -> dict[str, Any] | None:
+    """Where the trained adapter is and the three ways to load it (None until the job has written it)."""
+    folder = record.output_dir
+    if folder is None or not (folder / "adapter_config.json").is_file():
+        return None
+    training = record.config.get("training", {})
+    base_model = str(training.get("base_model") or record.base_model or "")
+    base_path = str(embedded_model_dir(base_model)) if base_model in EMBEDDED else base_model
+    rank = max(int(training.get("lora_rank") or 8), 8)
+    adapter = str(folder)
+    return {
+        "folder": adapter,
+        "peft": (
+            "from peft import PeftModel\n"
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f'base = AutoModelForCausalLM.from_pretrained("{base_path}")\n'
+            f'model = PeftModel.from_pretrained(base, "{adapter}")\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{adapter}")'
+        ),
+        "vllm": (
+            f"vllm serve {base_path} --enable-lora --max-lora-rank {rank} --lora-modules {record.id}={adapter}"
+        ),
+        "openrft": f"openrft serve --base-model {base_model} --adapter {adapter}",
+    }
+
+
+# ----------------------------------------------------------------------------- rollouts
+
+
+def rollout_steps(record: JobRecord) -> list[int]:
+    return sorted({int(r.get("step", 0)) for r in read_jsonl(record.rollouts_path)})
+
+
+def rollouts(record: JobRecord, step: int | None = None, order: str = "best") -> dict[str, Any]:
+    """The rollouts of one step (default: the latest), best or worst first, each with its turns."""
+    rows = read_jsonl(record.rollouts_path)
+    steps = sorted({int(r.get("step", 0)) for r in rows})
+    if not steps:
+        return {"steps": [], "step": None, "order": order, "items": []}
+    if step not in steps:
+        step = steps[-1]
+    picked = [r for r in rows if int(r.get("step", 0)) == step]
+    if order in ("best", "worst"):
+        picked.sort(
+            key=lambda r: r["score"] if _finite(r.get("score")) else float("-inf"), reverse=order == "best"
+        )
+    return {"steps": steps, "step": step, "order": order, "items": [_rollout(r) for r in picked]}
+
+
+def _rollout(row: dict[str, Any]) -> dict[str, Any]:
+    score = row.get("score")
+    turns = []
+    if row.get("conversation"):  # an agent's run: every turn after the prompt
+        for message in row["conversation"][row.get("prompt_messages", 0) :]:
+            turns.append({"role": _turn_label(message), "text": _turn_text(message)})
+    return {
+        "prompt_id": row.get("prompt_id"),
+        "score": f"{score:.3f}" if _finite(score) else "-",
+        "valid": row.get("valid", True),
+        "prompt": str(row.get("prompt", "")),
+        "completion": str(row.get("completion", "")),
+        "turns": turns,
+        "reason": "" if row.get("reason") is None else str(row["reason"]),
+        "finish_reason": row.get("finish_reason") or "",
+        "error": row.get("error") or "",
+        "trained": row.get("trained", True),
+    }
+
+
+def _turn_label(message: dict) -> str:
+    role = str(message.get("role", "?"))
+    return f"tool {message['name']}" if role == "tool" and message.get("name") else role
+
+
+def _turn_text(message: dict) -> str:
+    text = message.get("content") or ""
+    text = text if isinstance(text, str) else json.dumps(text)
+    for call in message.get("tool_calls") or []:
+        function = call.get("function", {})
+        text += f"{' ' if text else ''}[calls {function.get('name')}({function.get('arguments', '')})]"
+    return text
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def comparison(records: list[JobRecord], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The parameters that differ between the jobs, what each job reached, and a warning when more
+    than one parameter differs (then no single change explains the difference)."""
+    differing = differing_parameters([r.flat_config() for r in records], defaults)
+    summaries = [summarize_run(r.id, r.metrics_path, state=r.shown_state) for r in records]
+    warning = None
+    if len(differing) > 1:
+        names = ", ".join("--" + n.replace("_", "-") for n in differing)
+        warning = (
+            f"{len(differing)} parameters differ ({names}): change one parameter at a time to know "
+            "which change made the difference"
+        )
+    return {
+        "ids": [r.id for r in records],
+        "differing": [
+            {"flag": "--" + name.replace("_", "-"), "values": ["unset" if v is None else v for v in values]}
+            for name, values in differing.items()
+        ],
+        "summaries": [_summary(s) for s in summaries],
+        "warning": warning,
+    }
+
+
+def _summary(summary) -> dict[str, Any]:
+    def num(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    best = "-"
+    if summary.best_reward is not None:
+        best = f"{summary.best_reward:.3f} (step {summary.best_reward_step})"
+    return {
+        "label": summary.label,
+        "state": summary.state or "-",
+        "steps": summary.steps,
+        "final_reward": num(summary.final_reward),
+        "best_reward": best,
+        "final_eval": num(summary.final_eval),
+        "best_eval": num(summary.best_eval),
+    }
+
+
+__all__ = [
+    "CHART_KEYS",
+    "STATES",
+    "adapter_usage",
+    "comparison",
+    "history",
+    "job_rows",
+    "metric_points",
+    "panels",
+    "parameters",
+    "rollouts",
+]

@@ -1,0 +1,60 @@
+"""The dashboard's login: a server with API keys lets a browser in with a key kept in a cookie.
+
+``GET /login`` shows a one-field form; ``POST /login`` checks the key against the server's keys and
+sets :data:`openrft.server.auth.COOKIE` (HttpOnly, SameSite=Strict, so other sites cannot send it);
+``POST /logout`` clears it. Without keys configured there is nothing to log in to.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import RedirectResponse, Response
+
+from openrft.server.auth import COOKIE, authorized
+
+router = APIRouter(include_in_schema=False)
+
+
+def safe_next(target: str | None) -> str:
+    """A local path to go back to after logging in (never another site)."""
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    return target
+
+
+def server_keys(request: Request) -> tuple[str, ...]:
+    settings = getattr(request.app.state, "settings", None)
+    return tuple(getattr(settings, "api_keys", ()) or ())
+
+
+@router.get("/login", name="login")
+async def login_form(request: Request, next: str = "/") -> Response:
+    from openrft.server.dashboard.pages import render
+
+    return render(request, "login.html", next=safe_next(next), keys=bool(server_keys(request)))
+
+
+@router.post("/login")
+async def login(request: Request, key: str = Form(""), next: str = Form("/")) -> Response:
+    from openrft.server.dashboard.pages import render
+
+    keys = server_keys(request)
+    if keys and not authorized(key.strip(), keys):
+        return render(
+            request, "login.html", status_code=401, next=safe_next(next), keys=True,
+            error="That key is not one of this server's API keys.",
+        )  # fmt: skip
+    response = RedirectResponse(safe_next(next), status_code=303)
+    if keys:
+        response.set_cookie(COOKIE, key.strip(), httponly=True, samesite="strict", path="/")
+    return response
+
+
+@router.post("/logout")
+async def logout() -> Response:
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+__all__ = ["router", "safe_next"]

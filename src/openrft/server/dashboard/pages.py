@@ -1,0 +1,244 @@
+"""The dashboard's routes: server-rendered pages, the HTML pieces htmx swaps in, and the JSON the
+charts poll.
+
+::
+
+    GET  /                          job list (?state=RUNNING filters)
+    GET  /dashboard/jobs-table      the list's rows alone (refreshed every few seconds)
+    GET  /jobs/{id}                 one job: curves, parameters, history, rollouts, adapter, cancel
+    GET  /jobs/{id}/metrics.json    chart points from line ?since=N of metrics.jsonl
+    GET  /jobs/{id}/rollouts        the rollouts browser alone (?step=&order=best|worst|sampled)
+    POST /jobs/{id}/cancel          request a cancel, back to the job page
+    GET  /compare?ids=A&ids=B       parameters that differ, results, curves overlaid
+    GET  /create, POST /create      the create form, checked like ``openrft rftj create``
+
+The job store is opened from ``app.state.job_store`` when the application set one, else from
+``$OPENRFT_HOME``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+
+from openrft.errors import JobError, OpenRFTError
+from openrft.jobs.store import JobStore
+from openrft.server.dashboard import data, forms
+from openrft.server.errors import ApiError
+
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+VENDOR_FILES = ("htmx.min.js", "uPlot.iife.min.js", "uPlot.min.css")
+POLL_SECONDS = 3
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+
+def vendored() -> bool:
+    """Whether ``make vendor`` has put the front-end libraries in place (else: no live charts)."""
+    return all((STATIC / "vendor" / name).is_file() for name in VENDOR_FILES)
+
+
+def job_store(request: Request) -> JobStore:
+    store = getattr(request.app.state, "job_store", None)
+    if store is None:
+        store = JobStore()
+        request.app.state.job_store = store
+    return store
+
+
+def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    context.setdefault("vendored", vendored())
+    context.setdefault("poll_seconds", POLL_SECONDS)
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def cross_site(request: Request) -> bool:
+    """Whether a form was posted from another site (browsers name the page's origin on every POST):
+    such a request could start or cancel jobs on the user's behalf, so it is refused."""
+    origin = request.headers.get("origin")
+    if not origin or origin == "null":
+        return origin == "null"
+    return urlsplit(origin).netloc != request.headers.get("host", "")
+
+
+def refused(request: Request) -> HTMLResponse:
+    return render(
+        request, "error.html", status_code=403, message="a form posted from another site is refused"
+    )
+
+
+def chart_config(request: Request, job_ids: list[str]) -> dict[str, Any]:
+    """What dashboard.js needs: each job's metrics URL, the panels, and how often to poll."""
+    jobs = [{"id": i, "metrics": str(request.url_for("job_metrics", job_id=i).path)} for i in job_ids]
+    return {"jobs": jobs, "panels": data.panels(), "poll": POLL_SECONDS}
+
+
+def not_found(request: Request, message: str) -> HTMLResponse:
+    return render(request, "error.html", status_code=404, message=message)
+
+
+# ----------------------------------------------------------------------------- job list
+
+
+@router.get("/", response_class=HTMLResponse)
+def job_list(request: Request, state: str = "") -> HTMLResponse:
+    state = state if state in data.STATES else ""
+    rows = data.job_rows(job_store(request), state or None)
+    return render(request, "jobs.html", rows=rows, state=state, states=data.STATES)
+
+
+@router.get("/dashboard/jobs-table", response_class=HTMLResponse)
+def job_table(request: Request, state: str = "") -> HTMLResponse:
+    state = state if state in data.STATES else ""
+    rows = data.job_rows(job_store(request), state or None)
+    return render(request, "jobs_table.html", rows=rows, state=state)
+
+
+# ----------------------------------------------------------------------------- one job
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(request: Request, job_id: str, step: int | None = None, order: str = "best") -> HTMLResponse:
+    store = job_store(request)
+    try:
+        record = store.get(job_id)
+    except JobError as exc:
+        return not_found(request, str(exc))
+    return render(
+        request,
+        "job.html",
+        job=record,
+        row=data.job_row(record, time.time()),
+        created=data.stamp(record.created_at),
+        parameters=data.parameters(record),
+        history=data.history(record),
+        adapter=data.adapter_usage(record),
+        browser=data.rollouts(record, step, _order(order)),
+        charts=chart_config(request, [record.id]),
+        cancelled=request.query_params.get("cancel"),
+    )
+
+
+@router.get("/jobs/{job_id}/metrics.json")
+def job_metrics(request: Request, job_id: str, since: int = 0) -> JSONResponse:
+    try:
+        record = job_store(request).get(job_id)
+    except JobError as exc:
+        return JSONResponse(ApiError(404, str(exc)).body(), status_code=404)
+    body = data.metric_points(record.metrics_path, since)
+    body.update(state=record.shown_state, active=record.state.is_active, steps=record.steps)
+    return JSONResponse(body)
+
+
+@router.get("/jobs/{job_id}/rollouts", response_class=HTMLResponse)
+def job_rollouts(request: Request, job_id: str, step: int | None = None, order: str = "best") -> HTMLResponse:
+    try:
+        record = job_store(request).get(job_id)
+    except JobError as exc:
+        return not_found(request, str(exc))
+    return render(request, "rollouts.html", job=record, browser=data.rollouts(record, step, _order(order)))
+
+
+def _order(order: str) -> str:
+    return order if order in ("best", "worst", "sampled") else "best"
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=None)
+def cancel(request: Request, job_id: str) -> Response:
+    """Ask the job to stop at its next step boundary (as ``openrft rftj cancel``)."""
+    if cross_site(request):
+        return refused(request)
+    try:
+        job_store(request).request_cancel(job_id)
+        outcome = "requested"
+        wake_queue(request)
+    except JobError as exc:
+        outcome = str(exc)
+    url = request.url_for("job_page", job_id=job_id).include_query_params(cancel=outcome)
+    return RedirectResponse(str(url), status_code=303)
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare(request: Request, ids: list[str] = Query(default=[])) -> HTMLResponse:
+    store = job_store(request)
+    wanted = list(dict.fromkeys(i for part in ids for i in part.split(",") if i.strip()))
+    records, missing = [], []
+    for job_id in wanted:
+        try:
+            records.append(store.get(job_id.strip()))
+        except JobError:
+            missing.append(job_id)
+    result = data.comparison(records, config_defaults()) if len(records) >= 2 else None
+    return render(
+        request,
+        "compare.html",
+        rows=data.job_rows(store),
+        chosen=[r.id for r in records],
+        missing=missing,
+        result=result,
+        charts=chart_config(request, [r.id for r in records]),
+    )
+
+
+def config_defaults() -> dict[str, Any]:
+    """Every parameter's default, as stored configs hold them (a job from an older openrft lacks some)."""
+    from openrft.config import JobConfig, flatten
+
+    return flatten(JobConfig().model_dump(mode="json"))
+
+
+# ----------------------------------------------------------------------------- create
+
+
+@router.get("/create", response_class=HTMLResponse)
+def create_form(request: Request) -> HTMLResponse:
+    return render(request, "create.html", fields=forms.FIELDS, result=forms.FormResult({}))
+
+
+@router.post("/create", response_class=HTMLResponse, response_model=None)
+async def create_job(request: Request) -> HTMLResponse | RedirectResponse:
+    if cross_site(request):
+        return refused(request)
+    store = job_store(request)
+    settings = getattr(request.app.state, "settings", None)
+    policy = forms.Policy(store.root, bool(getattr(settings, "allow_local_paths", False)))
+    form = await request.form()
+    result = forms.validate({k: v for k, v in form.items() if isinstance(v, str)}, policy)
+    if result.ok:
+        try:
+            record = await run_in_threadpool(_submit, store, result)
+        except (OpenRFTError, ApiError, ValueError) as exc:
+            forms.submission_error(result, exc)
+        else:
+            wake_queue(request)
+            return RedirectResponse(str(request.url_for("job_page", job_id=record.id)), status_code=303)
+    return render(request, "create.html", status_code=400, fields=forms.FIELDS, result=result)
+
+
+def _submit(store: JobStore, result: forms.FormResult):
+    """Record the job PENDING for the server's queue (:func:`openrft.server.jobs_api.submit_job`)."""
+    from openrft.server.jobs_api import submit_job
+
+    return submit_job(store, result.config, job_id=result.config.training.job_id, meta=result.meta)
+
+
+def wake_queue(request: Request) -> None:
+    """Tell the server's queue (when it runs one) to look at the store now rather than at its next poll."""
+    queue = getattr(request.app.state, "job_queue", None)
+    if queue is not None:
+        queue.wake()
+
+
+__all__ = ["router", "templates", "vendored", "STATIC"]

@@ -1,0 +1,89 @@
+// openrft dashboard: live curves. The page embeds its chart set-up as JSON (#chart-config); each job's
+// metrics are polled from its metrics.json endpoint (?since=N returns only the lines added after the
+// N-th) and the new points are appended to the uPlot charts, without reloading the page.
+(function () {
+  "use strict";
+  var COLORS = ["#2563eb", "#ea580c", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#ca8a04", "#db2777"];
+  var DASHES = { "-": [], "--": [6, 4], ":": [2, 3] };
+
+  function seriesOf(panel, jobs) {
+    var out = [];
+    jobs.forEach(function (job, j) {
+      panel.lines.forEach(function (line, l) {
+        var label = jobs.length > 1 ? job.id + (line.label ? " " + line.label : "") : line.label || line.key;
+        out.push({
+          job: job.id, key: line.key, label: label, dash: DASHES[line.style] || [],
+          color: COLORS[(jobs.length > 1 ? j : l) % COLORS.length],
+        });
+      });
+    });
+    return out;
+  }
+
+  function Chart(panel, figure, jobs) {
+    this.figure = figure;
+    this.series = seriesOf(panel, jobs);
+    this.rows = new Map(); // step -> values, one per series
+    var width = Math.max(300, figure.clientWidth - 16);
+    this.plot = new uPlot({
+      width: width, height: 210,
+      scales: { x: { time: false } },
+      axes: [{ label: "training step" }, { label: panel.ylabel, size: 60 }],
+      series: [{ label: "step" }].concat(this.series.map(function (s) {
+        return { label: s.label, stroke: s.color, dash: s.dash, spanGaps: true, width: 1.5, points: { size: 4 } };
+      })),
+    }, [[]].concat(this.series.map(function () { return []; })), figure.querySelector(".plot"));
+  }
+
+  Chart.prototype.add = function (job, points) {
+    var self = this, changed = false;
+    points.forEach(function (point) {
+      self.series.forEach(function (s, i) {
+        if (s.job !== job || point[s.key] === undefined) return;
+        if (!self.rows.has(point.step)) self.rows.set(point.step, self.series.map(function () { return null; }));
+        self.rows.get(point.step)[i] = point[s.key];
+        changed = true;
+      });
+    });
+    if (!changed) return;
+    var steps = Array.from(this.rows.keys()).sort(function (a, b) { return a - b; });
+    var data = [steps].concat(this.series.map(function (_, i) {
+      return steps.map(function (step) { return self.rows.get(step)[i]; });
+    }));
+    this.plot.setData(data);
+    this.figure.dataset.points = String(steps.length);
+    this.figure.classList.add("has-data");
+  };
+
+  function poll(job, since, charts, seconds, single) {
+    fetch(job.metrics + "?since=" + since, { headers: { Accept: "application/json" } })
+      .then(function (response) { return response.ok ? response.json() : Promise.reject(response.status); })
+      .then(function (body) {
+        charts.forEach(function (chart) { chart.add(job.id, body.points); });
+        if (single) {
+          var state = document.getElementById("job-state"), steps = document.getElementById("job-steps");
+          if (state && body.state) { state.textContent = body.state; state.className = "state state-" + body.state.toLowerCase(); }
+          if (steps && body.steps !== undefined) steps.textContent = String(body.steps);
+        }
+        if (body.active) setTimeout(function () { poll(job, body.next, charts, seconds, single); }, seconds * 1000);
+      })
+      .catch(function () { setTimeout(function () { poll(job, since, charts, seconds, single); }, seconds * 3000); });
+  }
+
+  function start() {
+    var element = document.getElementById("chart-config");
+    if (!element || typeof uPlot === "undefined") return;
+    var config = JSON.parse(element.textContent);
+    if (!config.jobs.length) return;
+    var figures = document.querySelectorAll("figure.chart");
+    var charts = config.panels.map(function (panel, i) { return new Chart(panel, figures[i], config.jobs); });
+    window.openrftCharts = charts;
+    config.jobs.forEach(function (job) { poll(job, 0, charts, config.poll, config.jobs.length === 1); });
+    window.addEventListener("resize", function () {
+      charts.forEach(function (c) { c.plot.setSize({ width: Math.max(300, c.figure.clientWidth - 16), height: 210 }); });
+    });
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();

@@ -1,0 +1,303 @@
+"""The managed service's reinforcement-fine-tuning-job endpoints, over openrft's job store and queue.
+
+::
+
+    POST   /v1/accounts/{account}/reinforcementFineTuningJobs[?reinforcementFineTuningJobId=ID]
+    GET    /v1/accounts/{account}/reinforcementFineTuningJobs[?pageSize&pageToken&filter&orderBy]
+    GET    /v1/accounts/{account}/reinforcementFineTuningJobs/{id}
+    DELETE /v1/accounts/{account}/reinforcementFineTuningJobs/{id}
+    POST   /v1/accounts/{account}/reinforcementFineTuningJobs/{id}:cancel
+    POST   /v1/accounts/{account}/reinforcementFineTuningJobs/{id}:resume
+
+The store is shared with the command line: every job in it is listed, whatever account the URL names.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from openrft.config import JobConfig
+from openrft.errors import JobError, OpenRFTError
+from openrft.jobs.runner import new_job_id, validate, with_absolute_paths
+from openrft.jobs.snapshot import write_snapshot
+from openrft.jobs.store import JobRecord, JobStore, config_values
+from openrft.server import wire
+from openrft.server.errors import ApiError
+
+router = APIRouter()
+BASE = "/v1/accounts/{account}/reinforcementFineTuningJobs"
+MAX_PAGE = 200
+DEFAULT_PAGE = 50
+ORDER_FIELDS = {"createTime", "completedTime", "name", "state", "displayName"}
+
+
+# ----------------------------------------------------------------------------- for the other modules
+
+
+def submit_job(
+    store: JobStore, cfg: JobConfig, job_id: str | None = None, *, meta: dict[str, Any] | None = None
+) -> JobRecord:
+    """Check a job like ``openrft rftj create`` and queue it (PENDING, owned by this server).
+
+    Nothing is recorded when a check fails: ``ApiError`` 400 with the check's message, 409 when the
+    id is taken. The server's queue starts the job when a slot is free.
+    """
+    job_id = job_id or cfg.training.job_id or new_job_id()
+    taken = store.exists(job_id) or (store.job_dir(job_id) / "job.json").exists()
+    if taken:
+        raise ApiError(409, f"job {job_id} already exists")
+    cfg = with_absolute_paths(cfg)
+    try:
+        validate(cfg)
+    except OpenRFTError as exc:
+        raise ApiError(400, exc.message + (f" (hint: {exc.hint})" if exc.hint else "")) from None
+    try:
+        record = store.create(job_id, cfg, pid=os.getpid(), detached=True)
+    except JobError as exc:
+        raise ApiError(409, exc.message) from None
+    write_snapshot(record.job_dir, config_values(cfg)[1])
+    wire.write_meta(record.job_dir, {"account": "", "refs": {}, **(meta or {})})
+    return record
+
+
+def _store(request: Request) -> JobStore:
+    return request.app.state.job_store
+
+
+def _wake(request: Request) -> None:
+    queue = getattr(request.app.state, "job_queue", None)
+    if queue is not None:
+        queue.wake()
+
+
+def _get(store: JobStore, job_id: str) -> JobRecord:
+    try:
+        return store.get(job_id)
+    except JobError as exc:
+        if store.exists(job_id):
+            raise ApiError(500, exc.message) from None
+        raise ApiError(404, f"reinforcement fine-tuning job {job_id!r} not found") from None
+
+
+def _context(request: Request, account: str) -> wire.WireContext:
+    from openrft.server import resources_api
+
+    settings = request.app.state.settings
+    return wire.WireContext(
+        account=account,
+        home=_store(request).root,
+        allow_local_paths=settings.allow_local_paths,
+        dataset_path=getattr(resources_api, "dataset_path", None),
+        evaluator_spec=getattr(resources_api, "evaluator_spec", None),
+    )
+
+
+# ----------------------------------------------------------------------------- routes
+
+
+@router.post(BASE)
+async def create_job(request: Request, account: str) -> dict[str, Any]:
+    job_id = request.query_params.get("reinforcementFineTuningJobId") or None
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "the request body is not valid JSON") from None
+    ctx = _context(request, account)
+    record = await run_in_threadpool(_create, _store(request), body, ctx, job_id)
+    _wake(request)
+    return wire.job_object(record, account)
+
+
+def _create(store: JobStore, body: Any, ctx: wire.WireContext, job_id: str | None) -> JobRecord:
+    translated = wire.body_to_values(body, ctx)
+    values = dict(translated.values)
+    if job_id is not None:
+        values["job_id"] = job_id
+    cfg = wire.build(values)
+    return submit_job(store, cfg, job_id, meta=translated.meta)
+
+
+@router.get(BASE + "/{job_id}")
+def get_job(request: Request, account: str, job_id: str) -> dict[str, Any]:
+    return wire.job_object(_get(_store(request), job_id), account)
+
+
+@router.get(BASE)
+def list_jobs(
+    request: Request,
+    account: str,
+    page_size: int = Query(DEFAULT_PAGE, alias="pageSize"),
+    page_token: str = Query("", alias="pageToken"),
+    filter_: str = Query("", alias="filter"),
+    order_by: str = Query("", alias="orderBy"),
+) -> dict[str, Any]:
+    if page_size < 0:
+        raise ApiError(400, f"pageSize: {page_size} is not valid; expected a whole number >= 0")
+    size = min(page_size or DEFAULT_PAGE, MAX_PAGE)
+    jobs = [wire.job_object(r, account) for r in _store(request).list()]
+    jobs = [j for j in jobs if matches(j, parse_filter(filter_))]
+    jobs = ordered(jobs, order_by)
+    query_key = hashlib.sha256(f"{filter_}\n{order_by}".encode()).hexdigest()[:12]
+    start = read_token(page_token, query_key)
+    page = jobs[start : start + size]
+    more = start + size < len(jobs)
+    return {
+        "reinforcementFineTuningJobs": page,
+        "nextPageToken": make_token(start + size, query_key) if more else "",
+        "totalSize": len(jobs),
+    }
+
+
+@router.delete(BASE + "/{job_id}")
+def delete_job(request: Request, account: str, job_id: str) -> dict[str, Any]:
+    store = _store(request)
+    record = _get(store, job_id)
+    if record.state.is_active:
+        raise ApiError(
+            400,
+            f"job {job_id} is {record.shown_state}; cancel it first and delete it once it has stopped",
+            "FAILED_PRECONDITION",
+        )
+    try:
+        store.delete(job_id)
+    except JobError as exc:
+        raise ApiError(400, exc.message, "FAILED_PRECONDITION") from None
+    return {}
+
+
+@router.post(BASE + "/{job_id}:cancel")
+def cancel_job(request: Request, account: str, job_id: str) -> dict[str, Any]:
+    store = _store(request)
+    record = _get(store, job_id)
+    if not record.state.is_active:
+        raise ApiError(
+            400, f"job {job_id} is {record.state}; only queued or running jobs can be cancelled",
+            "FAILED_PRECONDITION",
+        )  # fmt: skip
+    try:
+        store.request_cancel(job_id)
+    except JobError as exc:
+        raise ApiError(400, exc.message, "FAILED_PRECONDITION") from None
+    _wake(request)
+    return {}
+
+
+@router.post(BASE + "/{job_id}:resume")
+async def resume_job(request: Request, account: str, job_id: str) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        raise ApiError(400, "the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    unknown = sorted(set(body) - {"force"})
+    if unknown:
+        raise ApiError(400, f"{unknown[0]}: unknown field; a resume request accepts only 'force'")
+    if not isinstance(body.get("force", False), bool):
+        raise ApiError(400, f"force: expected true or false, got {body['force']!r}")
+    store = _store(request)
+    _get(store, job_id)
+    try:
+        record = store.prepare_resume(job_id, force=body.get("force", False), pid=os.getpid())
+    except JobError as exc:
+        hint = ' (send {"force": true} to resume it anyway)' if "cancelled jobs" in exc.message else ""
+        raise ApiError(400, exc.message + hint, "FAILED_PRECONDITION") from None
+    if not (record.job_dir / wire.SERVER_FILE).is_file():
+        wire.write_meta(record.job_dir, {"account": account, "refs": {}})
+    _wake(request)
+    return wire.job_object(record, account)
+
+
+# ----------------------------------------------------------------------------- listing helpers
+
+
+def parse_filter(text: str) -> list[tuple[str, str, str]]:
+    """``state=JOB_STATE_RUNNING AND lossConfig.method!="DAPO"`` -> ``[(field, op, value), ...]``."""
+    terms = []
+    for part in _split_and(text):
+        for op in ("!=", "="):
+            field, sep, value = part.partition(op)
+            if sep:
+                terms.append((field.strip(), op, value.strip().strip('"').strip("'")))
+                break
+        else:
+            raise ApiError(400, f"filter: cannot read {part!r}; expected FIELD=VALUE terms joined by AND")
+    return terms
+
+
+def _split_and(text: str) -> list[str]:
+    words, parts, current = text.split(), [], []
+    for word in words:
+        if word.upper() == "AND":
+            parts.append(" ".join(current))
+            current = []
+        else:
+            current.append(word)
+    if current or parts:
+        parts.append(" ".join(current))
+    if any(not p for p in parts):
+        raise ApiError(400, f"filter: cannot read {text!r}; expected FIELD=VALUE terms joined by AND")
+    return parts
+
+
+def _lookup(job: dict[str, Any], field: str) -> Any:
+    value: Any = job
+    for part in field.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def matches(job: dict[str, Any], terms: list[tuple[str, str, str]]) -> bool:
+    for field, op, wanted in terms:
+        if field.split(".")[0] not in job:
+            raise ApiError(400, f"filter: unknown field {field!r}")
+        value = _lookup(job, field)
+        shown = "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        if (shown == wanted) != (op == "="):
+            return False
+    return True
+
+
+def ordered(jobs: list[dict[str, Any]], order_by: str) -> list[dict[str, Any]]:
+    """Sorted by ``orderBy`` ("createTime desc,name"); by name when none is given."""
+    keys = [k.strip() for k in order_by.split(",") if k.strip()] or ["name"]
+    for key in reversed(keys):
+        field, _, direction = key.partition(" ")
+        direction = direction.strip().lower() or "asc"
+        if field not in ORDER_FIELDS or direction not in ("asc", "desc"):
+            raise ApiError(
+                400, f"orderBy: cannot order by {key!r}; fields: {', '.join(sorted(ORDER_FIELDS))}, "
+                "each optionally followed by ' desc'",
+            )  # fmt: skip
+        jobs = sorted(jobs, key=lambda j, f=field: str(_lookup(j, f) or ""), reverse=direction == "desc")
+    return jobs
+
+
+def make_token(offset: int, query_key: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"o": offset, "q": query_key}).encode()).decode()
+
+
+def read_token(token: str, query_key: str) -> int:
+    if not token:
+        return 0
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        offset, key = int(data["o"]), data["q"]
+    except (ValueError, KeyError, TypeError):
+        raise ApiError(400, "pageToken: not a token this server returned") from None
+    if key != query_key or offset < 0:
+        raise ApiError(400, "pageToken: filter and orderBy must match the call that returned the token")
+    return offset
+
+
+__all__ = ["router", "submit_job", "parse_filter", "matches", "ordered"]

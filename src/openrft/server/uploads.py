@@ -1,0 +1,256 @@
+"""What the resource API needs to take files from remote clients safely.
+
+- :class:`UploadLimits`: the server's size limits (a dataset file, an evaluator archive, what the
+  archive may unpack to, how many members it may hold), from ``OPENRFT_SERVER_*`` variables or set
+  on ``app.state.upload_limits``;
+- :func:`check_id`: resource and account ids are one path segment of letters, digits, ``-`` and
+  ``_``, so that they can name folders;
+- :func:`save_stream` and :func:`limited_receive`: a request body written to a temporary file, cut off
+  with a 413 as soon as it passes its limit (nothing is kept);
+- :func:`extract_archive`: a ``.tar.gz`` unpacked into one folder, refusing absolute paths, ``..``,
+  links, devices and archives larger than the limits, and leaving nothing behind when it refuses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from openrft.errors import ConfigError
+from openrft.server.errors import ApiError
+
+MB = 1024 * 1024
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+SIGNED_UPLOAD = ":signedUpload"  # the custom method of the URLs getUploadEndpoint hands out
+
+
+def is_signed_upload(scope: MutableMapping[str, Any]) -> bool:
+    """A PUT to a signed upload URL: it carries its own token (checked by its route), not an API key,
+    as a storage service's signed URL would."""
+    return (
+        scope.get("type") == "http"
+        and scope.get("method") == "PUT"
+        and str(scope.get("path", "")).endswith(SIGNED_UPLOAD)
+        and b"token=" in scope.get("query_string", b"")
+    )
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """Size limits for uploads, in bytes (and a member count for archives)."""
+
+    max_dataset_bytes: int = 100 * MB
+    max_archive_bytes: int = 50 * MB
+    max_extracted_bytes: int = 200 * MB
+    max_archive_members: int = 5000
+
+    @classmethod
+    def from_env(cls, env: MutableMapping[str, str] | None = None) -> UploadLimits:
+        """Limits from ``OPENRFT_SERVER_MAX_DATASET_MB``, ``..._ARCHIVE_MB``, ``..._EXTRACTED_MB`` and
+        ``OPENRFT_SERVER_MAX_ARCHIVE_MEMBERS``; unset ones keep their defaults."""
+        env = os.environ if env is None else env
+        values: dict[str, int] = {}
+        for field, var, scale in (
+            ("max_dataset_bytes", "OPENRFT_SERVER_MAX_DATASET_MB", MB),
+            ("max_archive_bytes", "OPENRFT_SERVER_MAX_ARCHIVE_MB", MB),
+            ("max_extracted_bytes", "OPENRFT_SERVER_MAX_EXTRACTED_MB", MB),
+            ("max_archive_members", "OPENRFT_SERVER_MAX_ARCHIVE_MEMBERS", 1),
+        ):
+            text = env.get(var, "").strip()
+            if not text:
+                continue
+            try:
+                number = float(text)
+            except ValueError:
+                raise ConfigError(f"{var}={text!r} is not a number") from None
+            if number <= 0:
+                raise ConfigError(f"{var} must be > 0, not {text}")
+            values[field] = int(number * scale)
+        return cls(**values)
+
+
+def check_id(value: str, what: str) -> str:
+    """``value`` if it is a valid id (one path segment), else a 400 naming ``what``."""
+    if not isinstance(value, str) or not ID_RE.fullmatch(value):
+        raise ApiError(
+            400,
+            f"invalid {what} {value!r}: use 1-63 letters, digits, '-' or '_', starting with a letter or digit",
+        )
+    return value
+
+
+def now_rfc3339() -> str:
+    """The current time as the service writes timestamps (``2026-01-02T03:04:05.678901Z``)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def human_size(n: int) -> str:
+    return f"{n / MB:.1f} MB" if n >= MB else f"{n} bytes"
+
+
+def too_large(what: str, limit: int) -> ApiError:
+    return ApiError(413, f"{what} is larger than the server's limit of {human_size(limit)}")
+
+
+# ----------------------------------------------------------------------------- request bodies
+
+
+async def save_stream(chunks: AsyncIterator[bytes], target: Path, limit: int, what: str) -> int:
+    """Write ``chunks`` to ``target`` (via a temporary file beside it); 413 past ``limit`` bytes.
+
+    Returns the number of bytes written. On any failure nothing is left at ``target``'s folder.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise too_large(what, limit)
+                handle.write(chunk)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return size
+
+
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+
+
+def limited_receive(receive: Receive, limit: int, what: str) -> Receive:
+    """An ASGI ``receive`` that raises a 413 once the request body passes ``limit`` bytes
+    (multipart bodies are parsed from it, so an oversized upload is never spooled in full)."""
+    seen = 0
+
+    async def wrapped() -> MutableMapping[str, Any]:
+        nonlocal seen
+        message = await receive()
+        if message.get("type") == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise too_large(what, limit)
+        return message
+
+    return wrapped
+
+
+def check_declared_size(
+    filename_to_size: Any, limit: int, what: str, suffixes: tuple[str, ...]
+) -> tuple[str, int]:
+    """The one ``(file name, size)`` of a ``getUploadEndpoint`` body's ``filenameToSize``."""
+    if not isinstance(filename_to_size, dict) or len(filename_to_size) != 1:
+        raise ApiError(400, "filenameToSize must map exactly one file name to its size in bytes")
+    ((name, size_text),) = filename_to_size.items()
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise ApiError(400, f"filenameToSize: {name!r} is not a plain file name")
+    if not name.lower().endswith(suffixes):
+        raise ApiError(400, f"filenameToSize: {name!r} must end with {' or '.join(suffixes)}")
+    try:
+        size = int(str(size_text))
+    except ValueError:
+        raise ApiError(
+            400, f"filenameToSize[{name!r}] must be a whole number of bytes, not {size_text!r}"
+        ) from None
+    if size < 0:
+        raise ApiError(400, f"filenameToSize[{name!r}] must be >= 0, not {size}")
+    if size > limit:
+        raise too_large(f"{what} {name!r} ({human_size(size)})", limit)
+    return name, size
+
+
+# ----------------------------------------------------------------------------- archives
+
+
+class ArchiveError(Exception):
+    """An archive that is refused: its message says which member and why."""
+
+
+def check_member_name(name: str) -> str:
+    """``name`` if it is a relative path that stays inside its folder, else an :class:`ArchiveError`."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if not name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        raise ArchiveError(f"member {name!r} has an absolute path")
+    if ".." in parts:
+        raise ArchiveError(f"member {name!r} points outside the archive ('..')")
+    return name
+
+
+def write_files(files: dict[str, str], dest: Path, limits: UploadLimits) -> None:
+    """Write inline source files (``{relative name: text}``) into the new folder ``dest``, with the
+    archive rules: names stay inside ``dest``, within the member and size limits."""
+    try:
+        if not files:
+            raise ArchiveError("no files given")
+        if len(files) > limits.max_archive_members:
+            raise ArchiveError(f"more than {limits.max_archive_members} files")
+        total = 0
+        for name, text in files.items():
+            data = str(text).encode()
+            total += len(data)
+            if total > limits.max_extracted_bytes:
+                raise ArchiveError(f"the files hold more than {human_size(limits.max_extracted_bytes)}")
+            path = dest / check_member_name(name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
+def check_members(archive: tarfile.TarFile, limits: UploadLimits) -> list[tarfile.TarInfo]:
+    """The archive's members if every one is a plain file or folder inside the archive, within limits."""
+    members: list[tarfile.TarInfo] = []
+    total = 0
+    for member in archive:
+        members.append(member)
+        if len(members) > limits.max_archive_members:
+            raise ArchiveError(f"the archive holds more than {limits.max_archive_members} members")
+        name = check_member_name(member.name)
+        if member.issym() or member.islnk():
+            raise ArchiveError(f"member {name!r} is a link; only plain files and folders are accepted")
+        if not (member.isfile() or member.isdir()):
+            raise ArchiveError(f"member {name!r} is a device, pipe or other special file")
+        total += max(member.size, 0)
+        if total > limits.max_extracted_bytes:
+            raise ArchiveError(f"the archive unpacks to more than {human_size(limits.max_extracted_bytes)}")
+    if not any(m.isfile() for m in members):
+        raise ArchiveError("the archive holds no files")
+    return members
+
+
+def extract_archive(archive_path: Path, dest: Path, limits: UploadLimits) -> None:
+    """Unpack the ``.tar.gz`` at ``archive_path`` into the empty folder ``dest``.
+
+    Every member is checked first (:func:`check_members`); tarfile's ``data`` filter checks again
+    while extracting. Raises :class:`ArchiveError`, after which ``dest`` is removed.
+    """
+    try:
+        with tarfile.open(archive_path, "r:gz") as archive:
+            members = check_members(archive, limits)
+            archive.extractall(dest, members=members, filter="data")
+    except ArchiveError:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise ArchiveError(f"not a valid .tar.gz archive: {exc}") from None
+    with contextlib.suppress(OSError):
+        dest.chmod(0o755)
+
+
+__all__ = [
+    "ID_RE", "SIGNED_UPLOAD", "ArchiveError", "UploadLimits", "check_declared_size", "check_id",
+    "check_member_name", "extract_archive", "is_signed_upload", "write_files", "limited_receive", "now_rfc3339", "save_stream", "too_large",
+]  # fmt: skip

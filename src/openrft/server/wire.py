@@ -1,0 +1,515 @@
+"""The managed service's job objects on the wire (camelCase JSON) <-> openrft's configuration and records.
+
+A create request's body is checked field by field (unknown or unsupported fields, wrong JSON
+types, methods openrft does not implement, paths on this machine) and turned into the flat
+``{field_name: value}`` that :func:`openrft.config.build_config` validates, exactly as for
+``openrft rftj create``. :func:`job_object` renders a stored job back in the service's shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from openrft import config as C
+from openrft.jobs.states import DIED_MESSAGE, JobState
+from openrft.jobs.store import JobRecord
+from openrft.server.errors import ApiError
+
+# section -> {wire name: JobConfig field}
+TRAINING = {
+    "baseModel": "base_model",
+    "warmStartFrom": "warm_start_from",
+    "outputModel": "output_model",
+    "epochs": "epochs",
+    "learningRate": "learning_rate",
+    "loraRank": "lora_rank",
+    "batchSize": "batch_size",
+    "batchSizeSamples": "batch_size_samples",
+    "maxContextLength": "max_context_length",
+    "gradientAccumulationSteps": "gradient_accumulation_steps",
+    "learningRateWarmupSteps": "learning_rate_warmup_steps",
+    "optimizerWeightDecay": "optimizer_weight_decay",
+}
+INFERENCE = {
+    "maxOutputTokens": "max_output_tokens",
+    "temperature": "temperature",
+    "topP": "top_p",
+    "topK": "top_k",
+    "responseCandidatesCount": "response_candidates_count",
+}
+WANDB = {
+    "enabled": "wandb",
+    "project": "wandb_project",
+    "entity": "wandb_entity",
+    "apiKey": "wandb_api_key",
+    "runId": "wandb_run_id",
+}
+TOP = {
+    "chunkSize": "chunk_size",
+    "maxConcurrentRollouts": "max_concurrent_rollouts",
+    "maxConcurrentEvaluations": "max_concurrent_evaluations",
+}
+SECTIONS = {"trainingConfig": TRAINING, "inferenceParameters": INFERENCE, "wandbConfig": WANDB}
+METHODS = {"METHOD_UNSPECIFIED": "grpo", "GRPO": "grpo", "DAPO": "dapo", "GSPO_TOKEN": "gspo-token"}
+SPECIAL = ("dataset", "evaluator", "evaluationDataset", "evalAutoCarveout", "mcpServer", "nodeCount",
+           "displayName", "lossConfig", "openrftOptions")  # fmt: skip
+# openrft parameters the service's body has no field for, accepted under "openrftOptions" (flag names
+# with underscores). Only plain numbers and switches: nothing here names a file, a command or a host.
+OPTIONS = frozenset({
+    "seed", "micro_batch_tokens", "checkpoint_every", "eval_every", "eval_candidates", "lora_alpha",
+    "max_grad_norm", "length_norm", "dynamic_sampling", "max_sampling_rounds", "overlong_penalty",
+    "overlong_buffer", "overlong_penalty_factor", "rollout_is_cap", "skip_bad_rows", "evaluator_timeout",
+    "device", "dtype", "gradient_checkpointing", "deterministic",
+})  # fmt: skip
+EXTRA_BODY_KEYS = {"stop": "stop"}
+SERVER_FILE = "server.json"  # in the job folder: how the server was asked for the job
+RESOURCE_NAME = re.compile(r"accounts/[A-Za-z0-9_\-]+/[A-Za-z]+/(?!\.+$)[A-Za-z0-9_.\-]+")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+# The service's names for the job fields it reports; anything else in a body is refused.
+OUTPUT_ONLY = frozenset(
+    {"name", "state", "status", "createTime", "completedTime", "jobProgress", "createdBy"}
+)
+
+
+@dataclass(frozen=True)
+class WireContext:
+    """What translating a body needs: the account in the URL, the store's folder, the path policy,
+    and how to resolve dataset / evaluator resource names (from :mod:`openrft.server.resources_api`)."""
+
+    account: str
+    home: Path
+    allow_local_paths: bool = False
+    dataset_path: Callable[[str, str], str] | None = None
+    evaluator_spec: Callable[[str, str], str] | None = None
+
+
+@dataclass(frozen=True)
+class Translated:
+    """A body as openrft values: ``values`` for build_config, ``meta`` kept in the job's server.json."""
+
+    values: dict[str, Any]
+    meta: dict[str, Any]
+
+
+def bad(path: str, message: str) -> ApiError:
+    return ApiError(400, f"{path}: {message}")
+
+
+# ----------------------------------------------------------------------------- body -> values
+
+
+def body_to_values(body: Any, ctx: WireContext) -> Translated:
+    """A create request's JSON body -> flat JobConfig values (``ApiError`` 400 naming the field)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object (a reinforcement fine-tuning job)")
+    values: dict[str, Any] = {}
+    meta: dict[str, Any] = {"account": ctx.account, "refs": {}}
+    for key, value in body.items():
+        if key in SECTIONS:
+            values.update(_section(key, value, SECTIONS[key]))
+        elif key in TOP:
+            values[TOP[key]] = _typed(key, value, TOP[key])
+        elif key not in SPECIAL:
+            raise _unknown(key)
+    if "lossConfig" in body:
+        values.update(_loss(body["lossConfig"]))
+    if "openrftOptions" in body:
+        values.update(_options(body["openrftOptions"]))
+    _references(body, ctx, values, meta)
+    _training_paths(values, ctx, meta)
+    if "extraBody" in (body.get("inferenceParameters") or {}):
+        values.update(_extra_body(body["inferenceParameters"]["extraBody"]))
+    if "evalAutoCarveout" in body:
+        carve = body["evalAutoCarveout"]
+        if isinstance(carve, bool):
+            if carve:
+                values["eval_auto_carveout"] = 0.1
+        elif isinstance(carve, int | float):
+            values["eval_auto_carveout"] = carve  # openrft also takes the fraction itself
+        else:
+            raise bad("evalAutoCarveout", f"expected true or false, got {carve!r}")
+    if "nodeCount" in body:
+        nodes = body["nodeCount"]
+        if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes != 1:
+            raise bad("nodeCount", f"{nodes!r} is not supported: openrft trains on one node (1)")
+    if "displayName" in body:
+        meta["displayName"] = _string("displayName", body["displayName"])
+    if "mcpServer" in body:
+        values["mcp_server"] = _mcp_server(body["mcpServer"], ctx)
+    return Translated(values, meta)
+
+
+def _unknown(key: str) -> ApiError:
+    if key in OUTPUT_ONLY:
+        return bad(key, "is set by the server and cannot be given in a request")
+    return bad(key, "unknown or unsupported field; openrft does not implement it")
+
+
+def _section(name: str, value: Any, fields: dict[str, str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise bad(name, f"expected an object, got {_kind(value)}")
+    out = {}
+    for key, item in value.items():
+        if name == "inferenceParameters" and key == "extraBody":
+            continue
+        if key not in fields:
+            raise bad(f"{name}.{key}", "unknown or unsupported field; openrft does not implement it")
+        out[fields[key]] = _typed(f"{name}.{key}", item, fields[key])
+    return out
+
+
+def _typed(path: str, value: Any, name: str) -> Any:
+    """``value`` if its JSON type suits field ``name`` (numbers are never booleans or strings)."""
+    annotation = str(C.field_info(name).annotation)
+    if value is None:
+        return value
+    if annotation.startswith(("<class 'bool'>", "bool")):
+        ok = isinstance(value, bool)
+    elif annotation.startswith(("<class 'int'>", "int")):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation.startswith(("<class 'float'>", "float")):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise bad(path, f"expected {_expected(annotation)}, got {_kind(value)} {value!r}")
+    return value
+
+
+def _expected(annotation: str) -> str:
+    for word, text in (("bool", "true or false"), ("int", "a whole number"), ("float", "a number")):
+        if word in annotation:
+            return text
+    return "a string"
+
+
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(value), "null")  # fmt: skip
+
+
+def _string(path: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise bad(path, f"expected a string, got {_kind(value)} {value!r}")
+    return value
+
+
+def _loss(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise bad("lossConfig", f"expected an object, got {_kind(value)}")
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if key == "method":
+            method = _string("lossConfig.method", item)
+            if method not in METHODS:
+                raise bad(
+                    "lossConfig.method",
+                    f"{method} is not implemented by openrft; use GRPO, DAPO or GSPO_TOKEN",
+                )
+            out["rl_loss_method"] = METHODS[method]
+        elif key == "klBeta":
+            out["rl_kl_beta"] = _typed("lossConfig.klBeta", item, "rl_kl_beta")
+        else:
+            raise bad(f"lossConfig.{key}", "unknown or unsupported field; openrft does not implement it")
+    return out
+
+
+def _options(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise bad("openrftOptions", f"expected an object, got {_kind(value)}")
+    out = {}
+    for key, item in value.items():
+        name = C.normalise_key(key)
+        if name not in OPTIONS:
+            raise bad(f"openrftOptions.{key}", "not a parameter a request may set")
+        out[name] = _typed(f"openrftOptions.{key}", item, name)
+    return out
+
+
+def _extra_body(value: Any) -> dict[str, Any]:
+    text = _string("inferenceParameters.extraBody", value)
+    try:
+        extra = json.loads(text) if text.strip() else {}
+    except ValueError:
+        raise bad("inferenceParameters.extraBody", "is not valid JSON") from None
+    if not isinstance(extra, dict):
+        raise bad("inferenceParameters.extraBody", "must hold a JSON object")
+    for key in extra:
+        if key not in EXTRA_BODY_KEYS:
+            raise bad(f"inferenceParameters.extraBody.{key}", "unsupported; openrft accepts only 'stop'")
+    return {EXTRA_BODY_KEYS[k]: v for k, v in extra.items()}
+
+
+def is_local_path(value: str) -> bool:
+    """Whether ``value`` names a file or folder on this machine rather than a model or resource name."""
+    if RESOURCE_NAME.fullmatch(value):
+        return False
+    if value.startswith(("/", ".", "~", "\\")) or "::" in value or value.count("/") > 1:
+        return True
+    return bool(value) and Path(value).expanduser().exists()
+
+
+def _references(body: dict[str, Any], ctx: WireContext, values: dict[str, Any], meta: dict) -> None:
+    """``dataset``, ``evaluator`` and ``evaluationDataset``: resource names or built-ins -> openrft values."""
+    if "dataset" not in body or body["dataset"] in (None, ""):
+        raise bad("dataset", "is required: a dataset name (accounts/ACCOUNT/datasets/ID) or a built-in task")
+    for key, field_name, kind in (
+        ("dataset", "dataset", "dataset"),
+        ("evaluationDataset", "evaluation_dataset", "dataset"),
+        ("evaluator", "evaluator", "evaluator"),
+    ):
+        if key in body and body[key] not in (None, ""):
+            ref = _string(key, body[key])
+            values[field_name] = resolve_reference(key, ref, kind, ctx)
+            meta["refs"][key] = ref
+
+
+def resolve_reference(key: str, ref: str, kind: str, ctx: WireContext) -> str:
+    """A dataset or evaluator as a request names it -> what JobConfig accepts, or a 400."""
+    from openrft.data import is_builtin
+    from openrft.evaluators.builtin import BUILTINS
+
+    builtin = is_builtin(ref) if kind == "dataset" else ref.partition(":")[0] in BUILTINS
+    if builtin:
+        return ref
+    if ctx.allow_local_paths and is_local_path(ref):
+        return ref
+    resolve = ctx.dataset_path if kind == "dataset" else ctx.evaluator_spec
+    if is_local_path(ref):
+        raise bad(key, f"{ref} is a path on the server; name a registered {kind} or a built-in")
+    if resolve is not None:  # an uploaded resource (accounts/A/datasets/ID, or its bare ID)
+        try:
+            return resolve(ctx.account, ref)
+        except ApiError as exc:
+            raise bad(key, exc.message.removeprefix(f"{kind}: ")) from None
+    raise bad(key, f"unknown {kind} {ref!r}; name a registered {kind} (accounts/ACCOUNT/{kind}s/ID) "
+                   "or a built-in")  # fmt: skip
+
+
+def _training_paths(values: dict[str, Any], ctx: WireContext, meta: dict) -> None:
+    """baseModel / warmStartFrom may name a server path only when allowed; outputModel is a model name."""
+    for key, name in (("baseModel", "base_model"), ("warmStartFrom", "warm_start_from")):
+        value = values.get(name)
+        if key == "warmStartFrom" and value and RESOURCE_NAME.fullmatch(value):
+            meta["refs"]["warmStartFrom"] = value
+            values[name] = warm_start_adapter(value, ctx)
+            continue
+        if value and is_local_path(value) and not ctx.allow_local_paths:
+            raise bad(f"trainingConfig.{key}", f"{value} is a path on the server, which this server does "
+                      "not accept (start it with --allow-local-paths)")  # fmt: skip
+    output = values.get("output_model")
+    if output:
+        meta["refs"]["outputModel"] = output
+        if ctx.allow_local_paths and is_local_path(output):
+            return
+        if not MODEL_NAME.fullmatch(output):
+            raise bad("trainingConfig.outputModel", f"{output!r} is not a model name (letters, digits, "
+                      "'.', '-', '_')")  # fmt: skip
+        values["output_model"] = str(ctx.home / "models" / output)
+
+
+def warm_start_adapter(ref: str, ctx: WireContext) -> str:
+    """``accounts/A/models/NAME`` (an outputModel of this server) or ``accounts/A/reinforcementFineTuningJobs/ID``
+    (that job's trained adapter) -> the adapter's folder."""
+    kind, _, name = ref.removeprefix(f"accounts/{ctx.account}/").partition("/")
+    folder: Path | None = None
+    if kind == "models" and MODEL_NAME.fullmatch(name):
+        folder = ctx.home / "models" / name
+    elif kind == "reinforcementFineTuningJobs" and MODEL_NAME.fullmatch(name):
+        from openrft.jobs.store import JobStore
+
+        store = JobStore(ctx.home)
+        folder = store.get(name).output_dir if store.exists(name) else None
+    if folder is None or not (folder / "adapter_config.json").is_file():
+        raise bad("trainingConfig.warmStartFrom", f"{ref!r} is not a trained adapter on this server; name "
+                  f"accounts/{ctx.account}/models/NAME or accounts/{ctx.account}/reinforcementFineTuningJobs/ID")  # fmt: skip
+    return str(folder)
+
+
+def _mcp_server(value: Any, ctx: WireContext) -> str:
+    text = _string("mcpServer", value)
+    if not text.startswith(("http://", "https://")) and not ctx.allow_local_paths:
+        raise bad("mcpServer", "must be an http(s) URL; a command line runs only with --allow-local-paths")
+    return text
+
+
+def wire_path(name: str) -> str | None:
+    """The request field that sets JobConfig field ``name`` (None when the body has none)."""
+    for section, fields in SECTIONS.items():
+        for wire, field_name in fields.items():
+            if field_name == name:
+                return f"{section}.{wire}"
+    special = {"dataset": "dataset", "evaluator": "evaluator", "evaluation_dataset": "evaluationDataset",
+               "eval_auto_carveout": "evalAutoCarveout", "mcp_server": "mcpServer", "stop": "inferenceParameters.extraBody",
+               "rl_loss_method": "lossConfig.method", "rl_kl_beta": "lossConfig.klBeta"}  # fmt: skip
+    top = {field_name: wire for wire, field_name in TOP.items()}
+    if name in special or name in top:
+        return special.get(name) or top[name]
+    return f"openrftOptions.{name}" if name in OPTIONS else None
+
+
+def build(values: dict[str, Any]) -> C.JobConfig:
+    """Validate like ``openrft rftj create``; a refusal is a 400 with the same message, its flags
+    renamed to the request's fields (cross-field messages, such as the klBeta one, stay word for word)."""
+    try:
+        return C.build_config({}, values)[0]
+    except C.ConfigError as exc:
+        raise ApiError(400, rename_flags(exc.message)) from None
+
+
+def rename_flags(message: str) -> str:
+    lines = []
+    for line in message.splitlines():
+        match = re.match(r"^(--[a-z0-9-]+)((?: / --[a-z0-9-]+)*): ", line)
+        path = wire_path(match.group(1)[2:].replace("-", "_")) if match else None
+        lines.append(f"{path}: {line[match.end() :]}" if match and path else line)
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- record -> job object
+
+
+def job_name(account: str, job_id: str) -> str:
+    return f"accounts/{account}/reinforcementFineTuningJobs/{job_id}"
+
+
+def rfc3339(at: float | None) -> str | None:
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def wire_state(record: JobRecord) -> str:
+    return "JOB_STATE_" + record.shown_state
+
+
+def status_of(record: JobRecord) -> dict[str, str]:
+    """``{code, message}`` with the gRPC code name for the job's state."""
+    state = record.state
+    if state is JobState.FAILED:
+        code = "ABORTED" if record.message == DIED_MESSAGE else "INTERNAL"
+    elif state is JobState.CANCELLED:
+        code = "CANCELLED"
+    else:
+        code = "OK"
+    message = record.message or ("cancel requested" if record.shown_state == "CANCELLING" else "")
+    return {"code": code, "message": message}
+
+
+def read_meta(record: JobRecord) -> dict[str, Any]:
+    path = record.job_dir / SERVER_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_meta(job_dir: Path, meta: dict[str, Any]) -> None:
+    tmp = job_dir / f".{SERVER_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(job_dir / SERVER_FILE)
+
+
+def job_object(record: JobRecord, account: str) -> dict[str, Any]:
+    """A stored job in the service's shape: name, state, status, times, progress and its configuration."""
+    flat = record.flat_config()
+    meta = read_meta(record)
+    refs = meta.get("refs", {})
+    obj: dict[str, Any] = {"name": job_name(account, record.id)}
+    if meta.get("displayName"):
+        obj["displayName"] = meta["displayName"]
+    obj.update({
+        "state": wire_state(record),
+        "status": status_of(record),
+        "createTime": rfc3339(record.created_at),
+        "completedTime": rfc3339(completed_at(record)),
+        "dataset": refs.get("dataset") or flat.get("dataset") or "",
+        "evaluator": refs.get("evaluator") or flat.get("evaluator") or "",
+    })  # fmt: skip
+    if flat.get("evaluation_dataset"):
+        obj["evaluationDataset"] = refs.get("evaluationDataset") or flat["evaluation_dataset"]
+    obj["evalAutoCarveout"] = flat.get("eval_auto_carveout") is not None
+    obj.update(_echo(flat, refs, record))
+    obj["jobProgress"] = job_progress(record, flat)
+    obj["outputModelPath"] = str(record.output_dir) if record.output_dir else None
+    return obj
+
+
+def _echo(flat: dict[str, Any], refs: dict[str, Any], record: JobRecord) -> dict[str, Any]:
+    """The configuration in the request's camelCase nesting."""
+    out: dict[str, Any] = {}
+    for section, fields in SECTIONS.items():
+        out[section] = {wire: flat.get(name) for wire, name in fields.items() if flat.get(name) is not None}
+    out["wandbConfig"].pop("apiKey", None)
+    out["trainingConfig"]["outputModel"] = refs.get("outputModel") or flat.get("output_model") or record.id
+    if refs.get("warmStartFrom"):
+        out["trainingConfig"]["warmStartFrom"] = refs["warmStartFrom"]
+    if flat.get("stop"):
+        out["inferenceParameters"]["extraBody"] = json.dumps({"stop": list(flat["stop"])})
+    method = str(flat.get("rl_loss_method", "grpo")).upper().replace("-", "_")
+    out["lossConfig"] = {"method": method}
+    if flat.get("rl_kl_beta"):
+        out["lossConfig"]["klBeta"] = flat["rl_kl_beta"]
+    out.update({wire: flat.get(name) for wire, name in TOP.items() if flat.get(name) is not None})
+    if flat.get("mcp_server"):
+        out["mcpServer"] = flat["mcp_server"]
+    out["nodeCount"] = 1
+    return out
+
+
+def completed_at(record: JobRecord) -> float | None:
+    if record.state.is_active:
+        return None
+    ends = [t.at for t in record.transitions if t.state is record.state]
+    return ends[-1] if ends else record.updated_at
+
+
+def job_progress(record: JobRecord, flat: dict[str, Any]) -> dict[str, Any]:
+    """Percent and epoch from the job's metrics.jsonl; tokens and prompts summed over its rounds."""
+    from openrft.tracking.sinks import read_jsonl
+
+    rows = read_jsonl(record.metrics_path)
+    epochs = max(1, int(flat.get("epochs") or 1))
+    done = max((float(r["epoch"]) for r in rows if isinstance(r.get("epoch"), int | float)), default=0.0)
+    if record.state in (JobState.COMPLETED, JobState.EARLY_STOPPED):
+        done = float(epochs) if record.state is JobState.COMPLETED else done
+    rounds: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        if row.get("round") is not None:
+            rounds.setdefault(row["round"], row)
+    trained = sum(float(r.get("batch/tokens") or 0) for r in rows)
+    return {
+        "percent": int(min(100.0, 100.0 * done / epochs)),
+        "epoch": min(epochs - 1, int(done)),
+        "inputTokens": int(trained),
+        "outputTokens": int(sum(float(r.get("rollout/completion_tokens") or 0) for r in rounds.values())),
+        "totalProcessedRequests": int(sum(float(r.get("filter/groups") or 0) for r in rounds.values())),
+        "steps": record.steps,
+        "lastReward": record.last_reward,
+        "updateTime": rfc3339(record.updated_at or time.time()),
+    }
+
+
+__all__ = [
+    "WireContext",
+    "Translated",
+    "body_to_values",
+    "job_object",
+    "job_name",
+    "resolve_reference",
+    "read_meta",
+    "write_meta",
+    "is_local_path",
+    "build",
+    "wire_path",
+    "rfc3339",
+    "SERVER_FILE",
+]

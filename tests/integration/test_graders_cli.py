@@ -1,0 +1,95 @@
+"""OpenAI grader specs through the command line: ``openrft evaluate --evaluator grader.json``, the
+``--dry-run`` check of template fields, and a tiny training job scored by a multi grader whose
+sub-grader scores are logged as ``reward/<name>``."""
+
+from __future__ import annotations
+
+import json
+
+from openrft.cli import main
+from openrft.tracking.sinks import read_jsonl
+
+ROWS = [  # OpenAI RFT rows: messages plus any item fields
+    {"messages": [{"role": "user", "content": "What is the capital of France?"},
+                  {"role": "assistant", "content": "Paris"}], "reference_answer": "Paris"},
+    {"messages": [{"role": "user", "content": "What is the capital of Italy?"},
+                  {"role": "assistant", "content": "It is Rome."}], "reference_answer": "Rome"},
+    {"messages": [{"role": "user", "content": "What is the capital of Spain?"},
+                  {"role": "assistant", "content": "Lisbon"}], "reference_answer": "Madrid"},
+]  # fmt: skip
+STRING_CHECK = {"type": "string_check", "name": "capital", "operation": "ilike",
+                "input": "{{ sample.output_text }}", "reference": "{{ item.reference_answer }}"}  # fmt: skip
+MULTI = {
+    "type": "multi",
+    "name": "capital and closeness",
+    "graders": {
+        "contains": {**STRING_CHECK, "name": "contains"},
+        "closeness": {"type": "text_similarity", "name": "closeness", "evaluation_metric": "fuzzy_match",
+                      "input": "{{ sample.output_text }}", "reference": "{{ item.reference_answer }}"},
+    },
+    "calculate_output": "0.7 * contains + 0.3 * closeness",
+}  # fmt: skip
+
+
+def _write(tmp_path, rows=ROWS, grader=STRING_CHECK):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = tmp_path / "grader.json"
+    spec.write_text(json.dumps(grader))
+    return data, spec
+
+
+def test_evaluate_scores_rows_with_a_grader_file(tmp_path, capsys):
+    data, spec = _write(tmp_path)
+    out = tmp_path / "scores.jsonl"
+    assert main(["evaluate", "--dataset", str(data), "--evaluator", str(spec), "--output", str(out)]) == 0
+    assert [r["score"] for r in read_jsonl(out)] == [1.0, 1.0, 0.0]
+    assert "mean score 0.6667" in capsys.readouterr().out
+
+
+def test_evaluate_inline_multi_grader_prints_sub_grader_metrics(tmp_path, capsys):
+    data, _ = _write(tmp_path)
+    assert main(["evaluate", "--dataset", str(data), "--evaluator", json.dumps(MULTI), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "  contains: 0.6667" in text and "  closeness:" in text
+
+
+def test_evaluate_refuses_a_missing_template_field_in_one_line(tmp_path, capsys):
+    data, spec = _write(tmp_path, grader={**STRING_CHECK, "reference": "{{ item.answer }}"})
+    assert main(["evaluate", "--dataset", str(data), "--evaluator", str(spec)]) == 4
+    err = capsys.readouterr().err
+    assert "string_check grader 'capital'" in err and "'answer'" in err and "row 1 of" in err
+
+
+def test_dry_run_names_the_grader_and_the_missing_field(tmp_path, capsys):
+    data, spec = _write(tmp_path, grader={**MULTI, "graders": {**MULTI["graders"], "contains": {
+        **STRING_CHECK, "name": "contains", "reference": "{{ item.answer }}"}}})  # fmt: skip
+    code = main(["rftj", "create", "--dataset", str(data), "--evaluator", str(spec), "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert (
+        "--evaluator: multi grader 'capital and closeness', sub-grader 'contains'" in err
+        and "'answer'" in err
+    )
+
+
+def test_dry_run_refuses_a_bad_formula(tmp_path, capsys):
+    data, spec = _write(tmp_path, grader={**MULTI, "calculate_output": "contains + secret"})
+    assert main(["rftj", "create", "--dataset", str(data), "--evaluator", str(spec), "--dry-run"]) == 2
+    assert "uses 'secret', which is not a sub-grader" in capsys.readouterr().err
+
+
+def test_tiny_job_trains_with_a_grader_and_logs_sub_grader_rewards(tiny_model_dir, tmp_path, capsys):
+    rows = [{"messages": r["messages"][:1], "reference_answer": r["reference_answer"]} for r in ROWS] * 2
+    data, spec = _write(tmp_path, rows=rows, grader=MULTI)
+    out = tmp_path / "out"
+    code = main([
+        "rftj", "create", "--base-model", str(tiny_model_dir), "--dataset", str(data), "--evaluator", str(spec),
+        "--rl-loss-method", "dapo", "--n", "4", "--max-output-tokens", "16", "--chunk-size", "3",
+        "--batch-size", "160", "--micro-batch-tokens", "128", "--temperature", "1.0", "--seed", "3", "--quiet",
+        "--output-model", str(out),
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    steps = [r for r in read_jsonl(out / "metrics.jsonl") if "loss/policy" in r]
+    assert steps and all("reward/contains" in r and "reward/closeness" in r for r in steps)
+    assert all(0.0 <= r["reward/closeness"] <= 1.0 for r in steps)

@@ -1,0 +1,328 @@
+"""``openrft server`` driven by the managed service's own SDK (fireworks-ai): a real server on loopback,
+real worker processes training a tiny random model, and the CLI's ``--server`` mode."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from openrft.cli import main
+from openrft.errors import ConfigError, JobError
+from openrft.jobs.states import DIED_MESSAGE, JobState
+from openrft.jobs.store import JobStore
+from openrft.server.app import create_app
+from openrft.server.settings import ServerSettings
+from openrft.server.wire import write_meta
+
+fireworks = pytest.importorskip("fireworks", reason="the fireworks-ai SDK (dev extra) is not installed")
+pytest.importorskip("openrft.rollout", reason="the rollout engine is not available")
+
+EVALUATOR = '''
+def letters(completion: str, **row) -> float:
+    """Graded on any text (a random model writes gibberish): the share of letters among characters."""
+    return sum(c.isalpha() for c in completion) / len(completion) if completion else 0.0
+'''
+ACTIVE = {"JOB_STATE_PENDING", "JOB_STATE_VALIDATING", "JOB_STATE_RUNNING", "JOB_STATE_CANCELLING"}
+
+
+class Served:
+    """A uvicorn server in a thread, on a free loopback port, and an SDK client for it."""
+
+    def __init__(self, settings: ServerSettings):
+        import uvicorn
+
+        self.app = create_app(settings)
+        self.store: JobStore = self.app.state.job_store
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host=settings.host, port=settings.port,
+                                                   log_level="warning"))  # fmt: skip
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline and self.thread.is_alive(), "the server did not start"
+            time.sleep(0.05)
+        self.url = f"http://{settings.host}:{settings.port}"
+
+    def client(self, key: str = "any") -> fireworks.Fireworks:
+        return fireworks.Fireworks(base_url=self.url, api_key=key, account_id="acme", max_retries=0)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def serve(tmp_path):
+    started: list[Served] = []
+
+    def start(**options) -> Served:
+        options.setdefault("home", tmp_path / "home")
+        options.setdefault("poll_interval", 0.2)
+        served = Served(ServerSettings(host="127.0.0.1", port=free_port(), **options))
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.stop()
+    for record in JobStore(tmp_path / "home").list():  # no worker outlives the test
+        if record.state.is_active and record.pid and record.pid != os.getpid():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record.pid, 9)
+
+
+@pytest.fixture
+def job(tiny_model_dir, tmp_path):
+    """SDK arguments for a tiny real job with ``count`` prompts (2 per round, 2 candidates of 16 tokens)."""
+    evaluator = tmp_path / "letters.py"
+    evaluator.write_text(EVALUATOR)
+
+    def make(count: int, **extra) -> dict:
+        return {
+            "dataset": f"arithmetic:count={count}",
+            "evaluator": f"{evaluator}::letters",
+            "training_config": {"base_model": str(tiny_model_dir), "batch_size": 120},
+            "inference_parameters": {
+                "response_candidates_count": 2,
+                "max_output_tokens": 16,
+                "temperature": 1.0,
+            },
+            "chunk_size": 2,
+            "extra_body": {"openrftOptions": {"micro_batch_tokens": 128, "checkpoint_every": 1}},
+            **extra,
+        }
+
+    return make
+
+
+def wait(jobs, job_id: str, until, timeout: float = 120.0):
+    deadline = time.time() + timeout
+    while True:
+        got = jobs.get(job_id)
+        if until(got):
+            return got
+        assert time.time() < deadline, got
+        time.sleep(0.2)
+
+
+# ----------------------------------------------------------------------------- refusals and auth
+
+
+REFUSED = [
+    ({"training_config": {"epochs": "three"}}, "trainingConfig.epochs: expected a whole number"),
+    ({"loss_config": {"method": "DPO"}}, "lossConfig.method: DPO is not implemented by openrft"),
+    ({"dataset": ""}, "dataset: is required"),
+    ({"extra_body": {"fooBar": 1}}, "fooBar: unknown or unsupported field"),
+    ({"loss_config": {"method": "DAPO", "kl_beta": 0.1}}, "loss_config.kl_beta must be 0/unset when method is DAPO"),
+    ({"inference_parameters": {"temperature": 5.0}}, "inferenceParameters.temperature: 5.0 is not valid"),
+    ({"node_count": 2}, "nodeCount: 2 is not supported"),
+    ({"dataset": "/etc/hosts"}, "dataset: /etc/hosts is a path on the server"),
+    ({"evaluator": "letters.py::letters"}, "evaluator: letters.py::letters is a path on the server"),
+    ({"training_config": {"base_model": "/tmp"}}, "trainingConfig.baseModel: /tmp is a path on the server"),
+    ({"dataset": "accounts/acme/datasets/nope"}, "dataset:"),
+    ({"evaluator": "gsm8k", "dataset": "arithmetic:count=0"}, "count"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("change", "message"), REFUSED, ids=[m[:28] for _, m in REFUSED])
+def test_bad_bodies_are_refused_with_a_clear_message_and_nothing_is_written(serve, change, message):
+    served = serve()
+    args = {"dataset": "arithmetic:count=8", "evaluator": "arithmetic", **change}
+    with pytest.raises(fireworks.BadRequestError) as caught:
+        served.client().reinforcement_fine_tuning_jobs.create(**args)
+    error = caught.value.body["error"]
+    assert caught.value.status_code == 400 and error["status"] == "INVALID_ARGUMENT"
+    assert message in error["message"], error
+    if "kl_beta" in message:
+        assert error["message"] == message  # word for word, as `rftj create` says it
+    assert served.store.list() == [] and not any(served.store.jobs_dir.glob("*"))
+
+
+def test_api_keys_are_required_once_configured_and_a_public_bind_needs_one(serve, monkeypatch):
+    served = serve(api_keys=("s3cret", "other"))
+    with pytest.raises(fireworks.AuthenticationError) as caught:
+        served.client("wrong").reinforcement_fine_tuning_jobs.list()
+    assert caught.value.status_code == 401
+    assert caught.value.body["error"] == {
+        "code": 401,
+        "message": "invalid API key: send the header 'Authorization: Bearer <key>'",
+        "status": "UNAUTHENTICATED",
+    }
+    missing = httpx.get(served.url + "/v1/accounts/acme/reinforcementFineTuningJobs")  # no header at all
+    assert missing.status_code == 401 and missing.json()["error"]["message"].startswith("missing API key")
+    assert list(served.client("other").reinforcement_fine_tuning_jobs.list()) == []
+    with pytest.raises(fireworks.NotFoundError):
+        served.client("s3cret").reinforcement_fine_tuning_jobs.get("missing")
+    open_server = serve()  # no keys on loopback: anything goes
+    assert list(open_server.client("whatever").reinforcement_fine_tuning_jobs.list()) == []
+
+    with pytest.raises(ConfigError, match="reachable from other machines"):
+        ServerSettings(host="0.0.0.0").check()
+    ServerSettings(host="0.0.0.0", api_keys=("k",)).check()
+    monkeypatch.delenv("OPENRFT_API_KEYS", raising=False)
+    assert main(["server", "--host", "0.0.0.0", "--port", "1"]) == 2
+
+
+# ----------------------------------------------------------------------------- real jobs
+
+
+def test_jobs_queue_run_cancel_resume_and_delete_through_the_sdk(serve, job):
+    served = serve(allow_local_paths=True)
+    jobs = served.client().reinforcement_fine_tuning_jobs
+    short = jobs.create(reinforcement_fine_tuning_job_id="short", display_name="first", **job(4))
+    assert short.name == "accounts/acme/reinforcementFineTuningJobs/short" and short.display_name == "first"
+    assert short.state == "JOB_STATE_PENDING" and short.training_config.batch_size == 120
+    long = jobs.create(reinforcement_fine_tuning_job_id="long", **job(40, loss_config={"method": "DAPO"}))
+    assert long.loss_config.method == "DAPO" and long.inference_parameters.response_candidates_count == 2
+    with pytest.raises(fireworks.ConflictError):
+        jobs.create(reinforcement_fine_tuning_job_id="long", **job(4))
+
+    first = jobs.list(page_size=1, order_by="createTime")
+    assert [j.name.rsplit("/", 1)[-1] for j in first.reinforcement_fine_tuning_jobs] == ["short"]
+    assert first.next_page_token
+    assert [j.name.rsplit("/", 1)[-1] for j in jobs.list(page_size=1, order_by="createTime desc")] == [
+        "long",
+        "short",
+    ]
+    assert [j.state for j in jobs.list(filter='name="accounts/acme/reinforcementFineTuningJobs/long"')] == [
+        "JOB_STATE_PENDING"  # one job at a time: the second waits while the first runs
+    ]
+
+    done = wait(jobs, "short", lambda j: j.state not in ACTIVE)
+    assert done.state == "JOB_STATE_COMPLETED" and done.status.code == "OK", done
+    assert done.job_progress.percent == 100 and done.job_progress.output_tokens > 0
+    assert done.completed_time is not None and done.completed_time >= done.create_time
+    assert (Path(done.model_extra["outputModelPath"]) / "adapter_config.json").is_file()
+
+    ref = "accounts/acme/reinforcementFineTuningJobs/short"  # its adapter, as a warm start
+    warm = jobs.create(
+        reinforcement_fine_tuning_job_id="warm", **job(4, training_config={"warm_start_from": ref})
+    )
+    assert warm.training_config.warm_start_from == ref and warm.state == "JOB_STATE_PENDING"
+    assert served.store.get("warm").flat_config()["warm_start_from"] == done.model_extra["outputModelPath"]
+    jobs.cancel("warm", body={})  # still queued behind "long": it never starts
+    warm = wait(jobs, "warm", lambda j: j.state not in ACTIVE)
+    assert warm.state == "JOB_STATE_CANCELLED" and warm.status.message == "cancelled before it started"
+
+    wait(jobs, "long", lambda j: (j.job_progress.model_extra or {}).get("steps", 0) >= 1)
+    jobs.cancel("long", body={})
+    assert jobs.get("long").state in ("JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED")
+    cancelled = wait(jobs, "long", lambda j: j.state not in ACTIVE)
+    assert cancelled.state == "JOB_STATE_CANCELLED" and cancelled.status.code == "CANCELLED"
+    assert [j.name for j in jobs.list(filter="state=JOB_STATE_CANCELLED")] == [cancelled.name, warm.name]
+
+    with pytest.raises(fireworks.BadRequestError, match="cancelled jobs are not resumed"):
+        jobs.resume("long", body={})
+    assert jobs.resume("long", body={"force": True}).state == "JOB_STATE_PENDING"
+    wait(jobs, "long", lambda j: j.state == "JOB_STATE_RUNNING")
+    with pytest.raises(fireworks.BadRequestError, match="cancel it first"):
+        jobs.delete("long")
+    jobs.cancel("long", body={})
+    assert wait(jobs, "long", lambda j: j.state not in ACTIVE).state == "JOB_STATE_CANCELLED"
+    assert "resumed from CANCELLED" in [t.message for t in served.store.get("long").transitions]
+
+    for job_id in ("short", "long", "warm"):
+        jobs.delete(job_id)
+        with pytest.raises(fireworks.NotFoundError):
+            jobs.get(job_id)
+    assert served.store.list() == [] and not served.store.job_dir("short").exists()
+
+
+def test_queued_jobs_survive_a_restart_and_the_cli_drives_the_server(
+    serve, job, tiny_model_dir, tmp_path, capsys
+):
+    from openrft.config import build_config
+
+    store = JobStore(tmp_path / "home")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid is dead: the job looks like one a stopped server had queued
+    cfg, _ = build_config({}, {"base_model": str(tiny_model_dir), "dataset": "arithmetic:count=4",
+                               "evaluator": "arithmetic", "response_candidates_count": 2, "max_output_tokens": 16,
+                               "chunk_size": 2, "batch_size": 120})  # fmt: skip
+    store.create("left", cfg, pid=gone.pid, detached=True)
+    write_meta(store.job_dir("left"), {"account": "acme", "refs": {}})
+    assert store.get("left").message == DIED_MESSAGE  # what a restart finds
+
+    served = serve(allow_local_paths=True)
+    jobs = served.client().reinforcement_fine_tuning_jobs
+    done = wait(jobs, "left", lambda j: j.state not in ACTIVE)  # the queue took it back at start-up
+    assert done.state in ("JOB_STATE_COMPLETED", "JOB_STATE_EARLY_STOPPED"), done
+    assert [t.state for t in store.get("left").transitions][-3:-1] == [JobState.VALIDATING, JobState.RUNNING]
+
+    url = ["--server", served.url]
+    flags = ["--base-model", str(tiny_model_dir), "--dataset", "arithmetic:count=4", "--n", "2",
+             "--max-output-tokens", "16", "--chunk-size", "2", "--batch-size", "120", "--seed", "7"]  # fmt: skip
+    assert main(["rftj", "create", "--job-id", "cli", *flags, *url]) == 0
+    assert capsys.readouterr().out == "cli\n"
+    assert store.get("cli").config["training"]["seed"] == 7
+    assert main(["rftj", "list", *url]) == 0
+    table = capsys.readouterr().out
+    assert "cli" in table and "left" in table and "grpo" in table
+    assert main(["rftj", "cancel", "cli", "--wait", *url]) == 0
+    assert "job cli CANCELLED" in capsys.readouterr().out
+    assert main(["rftj", "get", "cli", *url]) == 0
+    assert "state:       CANCELLED" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "rftj",
+                "create",
+                "--dataset",
+                "arithmetic",
+                "--rl-loss-method",
+                "dapo",
+                "--rl-kl-beta",
+                "0.1",
+                *url,
+            ]
+        )
+        == 2
+    )
+    assert "loss_config.kl_beta must be 0/unset when method is DAPO" in capsys.readouterr().err
+    assert main(["rftj", "create", "--dataset", "/etc/hosts", "--tools", "t.py", *url]) == JobError.exit_code
+    assert "--tools cannot be sent to a server" in capsys.readouterr().err
+    assert main(["rftj", "delete", "cli", *url]) == 0 and not store.exists("cli")
+    assert main(["rftj", "get", "cli", *url]) == JobError.exit_code
+    assert "not found" in capsys.readouterr().err
+
+
+def test_a_job_names_an_uploaded_dataset_and_the_echo_keeps_its_name(serve):
+    served = serve(run_queue=False)  # the job stays queued: only its record is checked
+    client = served.client()
+    rows = b'{"messages": [{"role": "user", "content": "What is 2 + 2?"}], "ground_truth": 4}\n' * 6
+    client.datasets.create(dataset_id="sums", dataset={"format": "CHAT"})
+    client.datasets.upload("sums", file=("sums.jsonl", rows))
+    job = client.reinforcement_fine_tuning_jobs.create(
+        dataset="accounts/acme/datasets/sums", evaluator="arithmetic", chunk_size=3,
+        training_config={"output_model": "sums-adapter"}, eval_auto_carveout=True,
+        inference_parameters={"extra_body": '{"stop": ["</answer>"]}'},
+    )  # fmt: skip
+    assert job.dataset == "accounts/acme/datasets/sums" and job.eval_auto_carveout is True
+    assert job.training_config.output_model == "sums-adapter"
+    assert job.inference_parameters.extra_body == '{"stop": ["</answer>"]}'
+    flat = served.store.get(job.name.rsplit("/", 1)[-1]).flat_config()
+    assert Path(flat["dataset"]).is_file() and flat["stop"] == ["</answer>"]
+    assert flat["output_model"] == str(served.store.root / "models" / "sums-adapter")
+    assert flat["eval_auto_carveout"] == 0.1
+    with pytest.raises(fireworks.BadRequestError, match="evaluationDataset: .*not found"):
+        client.reinforcement_fine_tuning_jobs.create(
+            dataset="sums", evaluator="arithmetic", evaluation_dataset="accounts/acme/datasets/nope"
+        )
+    with pytest.raises(fireworks.BadRequestError, match="pageToken"):
+        client.reinforcement_fine_tuning_jobs.list(page_token="bogus")
+    with pytest.raises(fireworks.BadRequestError, match="orderBy"):
+        client.reinforcement_fine_tuning_jobs.list(order_by="rewards desc")

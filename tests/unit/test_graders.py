@@ -1,0 +1,508 @@
+"""OpenAI grader specs (openrft.evaluators.graders): every grader type with the example of OpenAI's
+graders guide, scored on hand-checked responses, and the malformed specs each refused in one line.
+
+The model graders talk to a stub OpenAI-compatible server started here (FastAPI in a thread) that
+answers from a script: canned texts, or an HTTP status to fail with.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+import time
+from collections import deque
+
+import pytest
+
+from openrft.errors import EvaluatorError
+from openrft.evaluators.graders import load_grader
+from openrft.evaluators.graders.formula import Formula
+from openrft.evaluators.loader import load_evaluator
+from openrft.evaluators.runner import score_groups, summarize
+from openrft.records import Completion, Prompt
+
+# ----------------------------------------------------------------------------- the guide's examples
+
+STRING_CHECK = {
+    "type": "string_check",
+    "name": "Example string check grader",
+    "input": "{{ sample.output_text }}",
+    "reference": "{{ item.label }}",
+    "operation": "eq",
+}
+TEXT_SIMILARITY = {
+    "type": "text_similarity",
+    "name": "Example text similarity grader",
+    "input": "{{ sample.output_text }}",
+    "reference": "{{ item.label }}",
+    "evaluation_metric": "fuzzy_match",
+}
+SCORE_MODEL = {
+    "type": "score_model",
+    "name": "Example score model grader",
+    "input": [
+        {
+            "role": "user",
+            "content": "Score how close the reference answer is to the model answer. Score 1.0 if they are "
+            "the same and 0.0 if they are different. Return just a floating point score\n\n"
+            "Reference answer: {{ item.label }}\n\nModel answer: {{ sample.output_text }}",
+        }
+    ],
+    "model": "o4-mini-2025-04-16",
+    "range": [0, 1],
+    "sampling_params": {
+        "temperature": 1,
+        "top_p": 1,
+        "seed": 42,
+        "max_completions_tokens": 2048,
+        "reasoning_effort": "medium",
+    },  # fmt: skip
+}
+LABEL_MODEL = {
+    "name": "First label grader",
+    "type": "label_model",
+    "model": "gpt-4o-2024-08-06",
+    "input": [
+        {"type": "message", "role": "system", "content": {"type": "input_text",
+         "text": "Classify the sentiment of the following statement as one of positive, neutral, or negative"}},
+        {"type": "message", "role": "user", "content": {"type": "input_text", "text": "Statement: {{ item.response }}"}},
+    ],
+    "passing_labels": ["positive"],
+    "labels": ["positive", "neutral", "negative"],
+}  # fmt: skip
+PYTHON_SOURCE = """\
+from rapidfuzz import fuzz, utils
+
+def grade(sample, item) -> float:
+    output_text = sample["output_text"]
+    reference_answer = item["reference_answer"]
+    return fuzz.WRatio(output_text, reference_answer, processor=utils.default_process) / 100.0
+"""
+ROME_VS_PARIS = 2 / 9  # rapidfuzz ratio of "rome" and "paris": 1 common character, 2 * 1 / (4 + 5)
+PYTHON = {
+    "type": "python",
+    "name": "Example python grader",
+    "source": PYTHON_SOURCE,
+    "image_tag": "2025-05-08",
+}
+MULTI = {
+    "type": "multi",
+    "name": "tool call grader",
+    "graders": {
+        "name": {"name": "name", "type": "string_check", "input": "{{ sample.output_tools[0].function.name }}",
+                 "reference": "{{ item.name }}", "operation": "eq"},
+        "arguments": {"name": "arguments", "type": "string_check",
+                      "input": "{{ sample.output_tools[0].function.arguments }}",
+                      "reference": "{{ item.arguments }}", "operation": "eq"},
+    },
+    "calculate_output": "0.5 * name + 0.5 * arguments",
+}  # fmt: skip
+
+
+def grade(spec: dict, text: str, **row) -> dict:
+    return load_grader(json.dumps(spec)).fn(text, **row)
+
+
+# ----------------------------------------------------------------------------- string_check
+
+
+@pytest.mark.parametrize(
+    ("operation", "text", "reference", "expected"),
+    [
+        ("eq", "Paris", "Paris", 1.0), ("eq", "paris", "Paris", 0.0),
+        ("ne", "Rome", "Paris", 1.0), ("ne", "Paris", "Paris", 0.0),
+        ("like", "The capital is Paris.", "Paris", 1.0), ("like", "the capital is paris.", "Paris", 0.0),
+        ("ilike", "the capital is PARIS.", "paris", 1.0), ("ilike", "Rome", "paris", 0.0),
+    ],
+)  # fmt: skip
+def test_string_check_operations(operation, text, reference, expected):
+    spec = {**STRING_CHECK, "operation": operation}
+    result = grade(spec, text, label=reference, messages=[])
+    assert result["score"] == expected and result["is_score_valid"]
+
+
+def test_string_check_documented_example_and_numbers_render_as_text():
+    assert grade(STRING_CHECK, "42", label=42)["score"] == 1.0
+    assert grade(STRING_CHECK, "41", label=42)["score"] == 0.0
+
+
+# ----------------------------------------------------------------------------- text_similarity
+
+
+def similarity(metric: str, text: str, reference: str) -> float:
+    return grade({**TEXT_SIMILARITY, "evaluation_metric": metric}, text, label=reference)["score"]
+
+
+def test_text_similarity_documented_example_fuzzy_match():
+    assert similarity("fuzzy_match", "Paris", "paris") == 1.0  # default processing lowercases
+    assert similarity("fuzzy_match", "hello", "hallo") == pytest.approx(0.8)  # 1 edit in 10 chars
+
+
+def test_text_similarity_identical_text_scores_one_with_every_local_metric():
+    text = "the cat sat on the mat"
+    for metric in (
+        "fuzzy_match",
+        "bleu",
+        "gleu",
+        "rouge_1",
+        "rouge_2",
+        "rouge_3",
+        "rouge_4",
+        "rouge_5",
+        "rouge_l",
+    ):
+        assert similarity(metric, text, text) == pytest.approx(1.0), metric
+
+
+def test_text_similarity_hand_checked_values():
+    # rouge_1: 3 of 3 candidate words in the 4-word reference: P=1, R=3/4, F=6/7
+    assert similarity("rouge_1", "the cat sat", "the cat sat down") == pytest.approx(6 / 7)
+    # rouge_2: bigrams "the cat", "cat sat" both in the reference's 3: P=1, R=2/3, F=0.8
+    assert similarity("rouge_2", "the cat sat", "the cat sat down") == pytest.approx(0.8)
+    assert similarity("rouge_5", "the cat sat", "the cat sat down") == 0.0  # no 5-grams
+    assert similarity("rouge_l", "the cat sat", "the cat sat down") == pytest.approx(6 / 7)
+    # gleu: min(precision, recall) over 1-4-grams: 6 of 9 candidate n-grams, 6 of 9 reference ones
+    assert similarity("gleu", "the cat sat", "the cat sat") == 1.0
+    assert similarity("bleu", "completely different words here", "the cat sat on the mat") == 0.0
+
+
+def test_meteor_uses_wordnet_synonyms():
+    # identical 6 words: one chunk, penalty 0.5 * (1/6)^3
+    assert similarity("meteor", "the cat sat on the mat", "the cat sat on the mat") == pytest.approx(
+        1 - 0.5 / 216
+    )
+    # "car" and "auto" share a WordNet synset: 3 matches in one chunk, penalty 0.5 * (1/3)^3
+    assert similarity("meteor", "a red car", "a red auto") == pytest.approx(1 - 0.5 / 27)
+
+
+def test_cosine_needs_an_embedding_endpoint():
+    with pytest.raises(EvaluatorError, match="cosine metric needs an embedding endpoint"):
+        load_grader(json.dumps({**TEXT_SIMILARITY, "evaluation_metric": "cosine"}))
+
+
+# ----------------------------------------------------------------------------- python
+
+
+def test_python_documented_example():
+    result = grade(PYTHON, "Paris", reference_answer="paris")
+    assert result["score"] == 1.0
+    evaluator = load_grader(json.dumps(PYTHON))
+    assert not evaluator.run_inline  # user code: scored in the evaluator worker processes
+
+
+def test_python_grader_runs_contained_in_a_worker(tmp_path):
+    path = tmp_path / "grader.json"
+    path.write_text(json.dumps(PYTHON))
+    evaluator = load_evaluator(str(path))
+    assert evaluator.spec == str(path.resolve())
+    from openrft.evaluators.isolation import score_contained
+
+    prompt = Prompt("1", [{"role": "user", "content": "capital of France?"}], {"reference_answer": "Paris"})
+    scores = score_contained(evaluator, [(prompt, [completion("Paris"), completion("Rome", 1)])],
+                             max_concurrency=1, timeout=30)  # fmt: skip
+    assert [s.score for s in scores[0]] == [1.0, pytest.approx(ROME_VS_PARIS)]
+
+
+def test_python_grader_that_hangs_times_out_and_one_that_raises_is_invalid(tmp_path):
+    from openrft.evaluators.isolation import score_contained
+
+    hang = {
+        "type": "python",
+        "name": "hang",
+        "source": "import time\ndef grade(sample, item):\n    time.sleep(60)\n",
+    }
+    bad = {"type": "python", "name": "bad", "source": "def grade(sample, item):\n    return 'x'\n"}
+    prompt = Prompt("1", [{"role": "user", "content": "q"}], {})
+    for spec, reason in ((hang, "timeout"), (bad, "not a number")):
+        evaluator = load_evaluator(json.dumps(spec))
+        (score,) = score_contained(evaluator, [(prompt, [completion("a")])], max_concurrency=1, timeout=1)[0]
+        assert not score.is_valid and reason in score.reason
+
+
+def completion(text: str, index: int = 0) -> Completion:
+    return Completion("1", index, (), (), text, (), "stop")
+
+
+# ----------------------------------------------------------------------------- multi
+
+
+def test_multi_documented_example_and_metrics():
+    call = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+    wrong = '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>'
+    row = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    assert grade(MULTI, call, **row)["score"] == 1.0
+    result = grade(MULTI, wrong, **row)
+    assert result["score"] == 0.5 and result["metrics"] == {"name": 1.0, "arguments": 0.0}
+    # no tool call at all: the template refers to output_tools[0], which is not there
+    prompt = Prompt("1", [{"role": "user", "content": "weather?"}], row)
+    scores = score_groups(
+        load_grader(json.dumps(MULTI)), [(prompt, [completion(call), completion("no call", 1)])]
+    )
+    assert scores[0][0].score == 1.0 and not scores[0][1].is_valid
+    stats = summarize(scores)
+    assert stats["reward/name"] == 1.0 and stats["reward/arguments"] == 1.0
+
+
+def test_multi_accepts_a_single_sub_grader_as_the_sdk_types_it():
+    spec = {
+        "type": "multi",
+        "name": "one",
+        "graders": {**STRING_CHECK, "name": "exact"},
+        "calculate_output": "exact",
+    }
+    assert grade(spec, "a", label="a")["metrics"] == {"exact": 1.0}
+
+
+def test_formula_functions_and_power():
+    formula = Formula("min(a, b) + max(a, b) ^ 2 + abs(-a) + floor(1.5) + ceil(0.2) + exp(0) + sqrt(4) + log(1)",
+                      ["a", "b"])  # fmt: skip
+    assert formula({"a": 0.5, "b": 1.0}) == pytest.approx(0.5 + 1 + 0.5 + 1 + 1 + 1 + 2 + 0)
+    assert Formula("a ** 2", ["a"])({"a": 3}) == 9
+    with pytest.raises(EvaluatorError, match="math domain error"):
+        Formula("sqrt(a)", ["a"])({"a": -1})
+
+
+@pytest.mark.parametrize(
+    ("formula", "message"),
+    [
+        ("0.5 * name + 0.5 * nope", "uses 'nope', which is not a sub-grader"),
+        ("__import__('os').system('true')", "a call of something other than a named function"),
+        ("__import__('os')", "calls __import__(), which is not allowed"),
+        ("name.__class__", "attribute 'name.__class__', which is not allowed"),
+        ("name if name else 0", "ifexp"),
+        ("[name][0]", "not allowed"),
+        ("lambda: 1", "not allowed"),
+        ("'a' * 3", "the constant 'a'"),
+        ("name < 1", "not allowed"),
+        ("round(name)", "calls round(), which is not allowed"),
+        ("name +", "is not a valid formula"),
+    ],
+)
+def test_formula_refuses_unknown_names_and_disallowed_constructs(formula, message):
+    spec = {**MULTI, "calculate_output": formula}
+    with pytest.raises(EvaluatorError) as info:
+        load_grader(json.dumps(spec))
+    text = str(info.value)
+    assert message in text and "\n" not in text and text.startswith("multi grader 'tool call grader'")
+
+
+# ----------------------------------------------------------------------------- malformed specs
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({**STRING_CHECK, "type": "regex_check"}, "unknown grader type 'regex_check'"),
+        ({"name": "untyped", "input": "x"}, "grader 'untyped': no 'type' field"),
+        (
+            {**STRING_CHECK, "operation": "contains"},
+            "operation: Input should be 'eq', 'ne', 'like' or 'ilike'",
+        ),
+        ({**TEXT_SIMILARITY, "evaluation_metric": "rouge_9"}, "evaluation_metric"),
+        ({k: v for k, v in STRING_CHECK.items() if k != "reference"}, "missing field 'reference'"),
+        ({**STRING_CHECK, "referense": "x"}, "unknown field 'referense'"),
+        ({**STRING_CHECK, "input": "{{ sample.output_text"}, "is not valid"),
+        ({**LABEL_MODEL, "passing_labels": ["great"]}, "passing_labels ['great'] are not among the labels"),
+        ({**SCORE_MODEL, "range": [1, 0]}, "low < high"),
+        ({**PYTHON, "source": "def grade(sample, item):\n  return (\n"}, "syntax error in source"),
+        ({**PYTHON, "source": "def score(sample, item):\n    return 1\n"}, "defines no function grade"),
+        (
+            {**MULTI, "graders": {"a": {**STRING_CHECK, "type": "nope"}}},
+            "sub-grader 'a': unknown grader type",
+        ),
+        ({**MULTI, "graders": {"a": MULTI}}, "they do not nest"),
+    ],
+)
+def test_malformed_specs_are_refused_in_one_line(spec, message):
+    with pytest.raises(EvaluatorError) as info:
+        load_grader(json.dumps(spec), endpoint="http://127.0.0.1:9/v1")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_spec_files_yaml_and_unreadable(tmp_path):
+    import yaml
+
+    path = tmp_path / "grader.yaml"
+    path.write_text(yaml.safe_dump(STRING_CHECK))
+    assert load_evaluator(str(path)).fn("a", label="a")["score"] == 1.0
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(EvaluatorError, match="not valid JSON"):
+        load_evaluator(str(bad))
+    with pytest.raises(EvaluatorError, match="grader file not found"):
+        load_evaluator(str(tmp_path / "missing.json"))
+    with pytest.raises(EvaluatorError, match="not valid JSON"):
+        load_evaluator('{"type": "string_check",')
+
+
+def test_missing_template_field_named_at_check_time_and_scoring_time():
+    evaluator = load_grader(json.dumps(STRING_CHECK))
+    with pytest.raises(EvaluatorError) as info:
+        evaluator.check_row({"messages": [], "answer": "x"}, "row 1 of data.jsonl")
+    text = str(info.value)
+    assert "'Example string check grader'" in text and "'label'" in text and "row 1 of data.jsonl" in text
+    evaluator.check_row({"label": "x"}, "row 1")  # sample fields are not known yet: never refused
+    result = score_groups(
+        evaluator, [(Prompt("1", [{"role": "user", "content": "q"}], {}), [completion("a")])]
+    )
+    assert not result[0][0].is_valid and "'label'" in result[0][0].reason
+
+
+def test_templates_are_sandboxed_and_read_fields_before_methods():
+    spec = {**STRING_CHECK, "input": "{{ item.items }}", "reference": "{{ sample.output_json.answer }}"}
+    assert grade(spec, '{"answer": "7"}', items="7")["score"] == 1.0
+    unsafe = {**STRING_CHECK, "input": "{{ sample.output_text.__class__.__mro__ }}"}
+    with pytest.raises(EvaluatorError, match="is not allowed: access to attribute '__class__'"):
+        grade(unsafe, "x", label="x")  # the sandbox refuses Python internals
+
+
+# ----------------------------------------------------------------------------- model graders
+
+
+class StubServer:
+    """An OpenAI-compatible stub: each chat request takes the next scripted answer (text, or an int
+    HTTP status to fail with); embeddings are a fixed table."""
+
+    def __init__(self):
+        import uvicorn
+        from fastapi import FastAPI
+        from fastapi.responses import JSONResponse
+
+        self.script: deque = deque()
+        self.requests: list[dict] = []
+        app = FastAPI()
+
+        @app.post("/v1/chat/completions")
+        async def chat(body: dict):
+            self.requests.append(body)
+            answer = self.script.popleft() if self.script else "no script left"
+            if isinstance(answer, int):
+                return JSONResponse({"error": {"message": "scripted failure"}}, status_code=answer)
+            return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": answer}}]}  # fmt: skip
+
+        @app.post("/v1/embeddings")
+        async def embeddings(body: dict):
+            table = {"cat": [1.0, 0.0], "kitten": [0.6, 0.8], "car": [0.0, 1.0]}
+            data = [
+                {"object": "embedding", "index": i, "embedding": table[t]}
+                for i, t in enumerate(body["input"])
+            ]
+            return {"object": "list", "data": data, "model": body["model"]}
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="critical")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> StubServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def stub():
+    with StubServer() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _fast_retries(monkeypatch):
+    monkeypatch.setenv("OPENRFT_GRADER_TIMEOUT", "10")
+    monkeypatch.setenv("OPENRFT_GRADER_RETRIES", "2")
+
+
+def test_score_model_documented_example(stub):
+    stub.script.extend(['{"result": 0.75}', "0.25", "I would say 1.0"])
+    evaluator = load_grader(json.dumps(SCORE_MODEL), endpoint=stub.url)
+    scores = [evaluator.fn("Paris", label="Paris")["score"] for _ in range(3)]
+    assert scores == [0.75, 0.25, 1.0]
+    request = stub.requests[-1]
+    assert (
+        request["model"] == "o4-mini-2025-04-16" and request["seed"] == 42 and request["max_tokens"] == 2048
+    )
+    assert "Reference answer: Paris\n\nModel answer: Paris" in request["messages"][0]["content"]
+    assert request["messages"][-1]["role"] == "system" and '"result"' in request["messages"][-1]["content"]
+
+
+def test_score_model_unparseable_or_out_of_range_answer_is_invalid(stub):
+    stub.script.extend(["I cannot decide", '{"result": 7}'])
+    evaluator = load_grader(json.dumps(SCORE_MODEL), endpoint=stub.url)
+    first, second = evaluator.fn("a", label="b"), evaluator.fn("a", label="b")
+    assert not first["is_score_valid"] and "has no score" in first["reason"]
+    assert not second["is_score_valid"] and "outside the range [0, 1]" in second["reason"]
+    ranged = load_grader(json.dumps({**SCORE_MODEL, "range": [0, 10]}), endpoint=stub.url)
+    stub.script.append('{"result": 7}')
+    assert ranged.fn("a", label="b")["score"] == 7.0
+
+
+def test_model_grader_retries_after_a_500(stub):
+    stub.script.extend([500, '{"result": 1}'])
+    before = len(stub.requests)
+    result = load_grader(json.dumps(SCORE_MODEL), endpoint=stub.url).fn("a", label="a")
+    assert result["score"] == 1.0 and len(stub.requests) - before == 2
+
+
+def test_model_grader_gives_up_after_its_retries(stub):
+    stub.script.extend([503, 503, 503])
+    prompt = Prompt("1", [{"role": "user", "content": "q"}], {"label": "a"})
+    (score,) = score_groups(
+        load_grader(json.dumps(SCORE_MODEL), endpoint=stub.url), [(prompt, [completion("a")])]
+    )[0]
+    assert not score.is_valid and "InternalServerError" in score.reason
+
+
+def test_label_model_documented_example(stub):
+    stub.script.extend(['{"result": "positive"}', "neutral", "Negative.", "ecstatic"])
+    evaluator = load_grader(json.dumps(LABEL_MODEL), endpoint=stub.url, model="local-judge")
+    results = [evaluator.fn("", response="I love it") for _ in range(4)]
+    assert [r["score"] for r in results[:3]] == [1.0, 0.0, 0.0]
+    assert not results[3]["is_score_valid"] and "not one of the labels" in results[3]["reason"]
+    request = stub.requests[-1]
+    assert request["model"] == "local-judge"  # --grader-model replaces the spec's model
+    assert request["messages"][1] == {"role": "user", "content": "Statement: I love it"}
+
+
+def test_model_graders_need_an_endpoint():
+    with pytest.raises(EvaluatorError, match="needs a model endpoint"):
+        load_grader(json.dumps(SCORE_MODEL))
+
+
+def test_cosine_with_embedding_endpoint(stub):
+    spec = {**TEXT_SIMILARITY, "evaluation_metric": "cosine"}
+    evaluator = load_grader(json.dumps(spec), endpoint=stub.url)
+    assert evaluator.fn("cat", label="kitten")["score"] == pytest.approx(0.6)
+    assert evaluator.fn("cat", label="car")["score"] == pytest.approx(0.0)
+
+
+def test_multi_with_a_model_sub_grader_in_workers(stub, tmp_path):
+    """The endpoint reaches the worker processes that score model graders."""
+    from openrft.evaluators.isolation import score_contained
+
+    spec = {"type": "multi", "name": "mix", "calculate_output": "(exact + judge) / 2",
+            "graders": {"exact": {**STRING_CHECK, "name": "exact"}, "judge": {**SCORE_MODEL, "name": "judge"}}}  # fmt: skip
+    evaluator = load_evaluator(json.dumps(spec), grader_endpoint=stub.url)
+    assert not evaluator.run_inline and evaluator.env["OPENRFT_GRADER_ENDPOINT"] == stub.url
+    stub.script.append('{"result": 0.5}')
+    prompt = Prompt("1", [{"role": "user", "content": "q"}], {"label": "Paris"})
+    (score,) = score_contained(evaluator, [(prompt, [completion("Paris")])], max_concurrency=1, timeout=30)[0]
+    assert (
+        score.is_valid and math.isclose(score.score, 0.75) and score.metrics == {"exact": 1.0, "judge": 0.5}
+    )

@@ -1,0 +1,114 @@
+"""The job API's pure helpers: request bodies -> values, renamed messages, filters, ordering, page tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from openrft.server.errors import ApiError
+from openrft.server.jobs_api import make_token, matches, ordered, parse_filter, read_token
+from openrft.server.settings import is_loopback
+from openrft.server.wire import WireContext, body_to_values, build, is_local_path, rename_flags
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    return WireContext(account="acme", home=tmp_path)
+
+
+def test_a_full_body_maps_onto_the_flat_values_of_rftj_create(ctx):
+    body = {
+        "dataset": "arithmetic:count=8", "evaluator": "arithmetic:partial_weight=0",
+        "trainingConfig": {"epochs": 2, "learningRate": 2e-4, "loraRank": 16, "batchSize": 4096,
+                           "gradientAccumulationSteps": 2, "optimizerWeightDecay": 0.0},
+        "inferenceParameters": {"temperature": 1.0, "topK": 0, "responseCandidatesCount": 4,
+                                "extraBody": '{"stop": ["</answer>"]}'},
+        "lossConfig": {"method": "GSPO_TOKEN"}, "chunkSize": -1, "nodeCount": 1,
+        "wandbConfig": {"enabled": False}, "openrftOptions": {"seed": 3, "length-norm": True},
+    }  # fmt: skip
+    values = body_to_values(body, ctx).values
+    assert values == {
+        "epochs": 2, "learning_rate": 2e-4, "lora_rank": 16, "batch_size": 4096, "gradient_accumulation_steps": 2,
+        "optimizer_weight_decay": 0.0, "temperature": 1.0, "top_k": 0, "response_candidates_count": 4,
+        "wandb": False, "chunk_size": -1, "rl_loss_method": "gspo-token", "seed": 3, "length_norm": True,
+        "dataset": "arithmetic:count=8", "evaluator": "arithmetic:partial_weight=0", "stop": ["</answer>"],
+    }  # fmt: skip
+    assert build(values).loss.rl_loss_method == "gspo-token"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ([], "must be a JSON object"),
+        ({"dataset": "arithmetic", "trainingConfig": 3}, "trainingConfig: expected an object"),
+        ({"dataset": "arithmetic", "trainingConfig": {"region": "US_IOWA_1"}}, "trainingConfig.region: unknown"),
+        ({"dataset": "arithmetic", "trainingConfig": {"loraRank": True}}, "loraRank: expected a whole number"),
+        ({"dataset": "arithmetic", "lossConfig": {"method": "ORPO"}}, "ORPO is not implemented"),
+        ({"dataset": "arithmetic", "lossConfig": {"dpo": {}}}, "lossConfig.dpo: unknown"),
+        ({"dataset": "arithmetic", "inferenceParameters": {"extraBody": "{"}}, "extraBody: is not valid JSON"),
+        ({"dataset": "arithmetic", "inferenceParameters": {"extraBody": '{"seed": 1}'}}, "extraBody.seed"),
+        ({"dataset": "arithmetic", "openrftOptions": {"tools": "x.py"}}, "openrftOptions.tools: not a parameter"),
+        ({"dataset": "arithmetic", "mcpServer": "rm -rf /"}, "mcpServer: must be an http(s) URL"),
+        ({"dataset": "arithmetic", "awsS3Config": {}}, "awsS3Config: unknown or unsupported"),
+        ({"dataset": "arithmetic", "state": "JOB_STATE_RUNNING"}, "state: is set by the server"),
+        ({"dataset": "arithmetic", "evalAutoCarveout": "yes"}, "evalAutoCarveout: expected true or false"),
+        ({"dataset": "arithmetic", "trainingConfig": {"outputModel": "../x"}}, "outputModel: '../x' is not"),
+        ({"dataset": "gsm8k.jsonl"}, "dataset: unknown dataset 'gsm8k.jsonl'"),
+        ({"dataset": "arithmetic", "trainingConfig": {"warmStartFrom": "accounts/acme/models/gone"}},
+         "warmStartFrom: 'accounts/acme/models/gone' is not a trained adapter"),
+    ],
+)  # fmt: skip
+def test_bodies_openrft_cannot_honour_are_refused_naming_the_field(ctx, body, message):
+    with pytest.raises(ApiError) as caught:
+        body_to_values(body, ctx)
+    assert caught.value.status_code == 400 and message in caught.value.message
+
+
+def test_config_messages_name_the_request_field_except_cross_field_rules():
+    assert rename_flags(
+        "--response-candidates-count / --n: 1 is not valid; expected a whole number >= 2"
+    ) == ("inferenceParameters.responseCandidatesCount: 1 is not valid; expected a whole number >= 2")
+    assert (
+        rename_flags("--micro-batch-tokens: 3 is not valid")
+        == "openrftOptions.micro_batch_tokens: 3 is not valid"
+    )
+    assert rename_flags("--ray-address: x") == "--ray-address: x"  # no request field sets it
+    with pytest.raises(ApiError) as caught:
+        build({"rl_loss_method": "gspo-token", "rl_kl_beta": 0.5})
+    assert caught.value.message == "loss_config.kl_beta must be 0/unset when method is GSPO_TOKEN"
+
+
+def test_local_paths_are_told_apart_from_names(tmp_path):
+    assert is_local_path("/etc/hosts") and is_local_path("./x") and is_local_path("f.py::fn")
+    assert is_local_path(str(tmp_path)) and is_local_path("a/b/c")
+    assert not is_local_path("accounts/acme/datasets/sums") and not is_local_path("HuggingFaceTB/SmolLM2")
+    assert is_local_path("accounts/acme/datasets/../x")
+
+
+def test_filters_orders_and_page_tokens():
+    jobs = [{"name": "b", "state": "JOB_STATE_RUNNING", "createTime": "2"},
+            {"name": "a", "state": "JOB_STATE_PENDING", "createTime": "3"}]  # fmt: skip
+    assert [j["name"] for j in jobs if matches(j, parse_filter('state="JOB_STATE_RUNNING"'))] == ["b"]
+    assert [j["name"] for j in jobs if matches(j, parse_filter("state!=JOB_STATE_RUNNING and name=a"))] == [
+        "a"
+    ]
+    assert [j["name"] for j in ordered(jobs, "")] == ["a", "b"]
+    assert [j["name"] for j in ordered(jobs, "createTime desc")] == ["a", "b"]
+    assert [j["name"] for j in ordered(jobs, "createTime")] == ["b", "a"]
+    for bad_filter in ("state", "state=X AND", "reward=1"):
+        with pytest.raises(ApiError, match="filter"):
+            [matches(j, parse_filter(bad_filter)) for j in jobs]
+    with pytest.raises(ApiError, match="orderBy"):
+        ordered(jobs, "createTime sideways")
+    assert read_token(make_token(5, "q"), "q") == 5 and read_token("", "q") == 0
+    with pytest.raises(ApiError, match="must match"):
+        read_token(make_token(5, "q"), "other")
+
+
+def test_loopback_addresses():
+    assert (
+        is_loopback("127.0.0.1")
+        and is_loopback("::1")
+        and is_loopback("localhost")
+        and is_loopback("127.1.2.3")
+    )
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("myhost")
