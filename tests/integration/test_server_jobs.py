@@ -205,6 +205,7 @@ def test_jobs_queue_run_cancel_resume_and_delete_through_the_sdk(serve, job):
     done = wait(jobs, "short", lambda j: j.state not in ACTIVE)
     assert done.state == "JOB_STATE_COMPLETED" and done.status.code == "OK", done
     assert done.job_progress.percent == 100 and done.job_progress.output_tokens > 0
+    assert done.job_progress.epoch == 1  # a finished one-epoch job, 1-based
     assert done.completed_time is not None and done.completed_time >= done.create_time
     assert (Path(done.model_extra["outputModelPath"]) / "adapter_config.json").is_file()
 

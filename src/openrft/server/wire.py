@@ -473,7 +473,8 @@ def completed_at(record: JobRecord) -> float | None:
 
 
 def job_progress(record: JobRecord, flat: dict[str, Any]) -> dict[str, Any]:
-    """Percent and epoch from the job's metrics.jsonl; tokens and prompts summed over its rounds."""
+    """Percent and epoch (1-based: a finished one-epoch job reports 1, never 0) from the job's
+    metrics.jsonl; tokens and prompts summed over its rounds."""
     from openrft.tracking.sinks import read_jsonl
 
     rows = read_jsonl(record.metrics_path)
@@ -488,7 +489,7 @@ def job_progress(record: JobRecord, flat: dict[str, Any]) -> dict[str, Any]:
     trained = sum(float(r.get("batch/tokens") or 0) for r in rows)
     return {
         "percent": int(min(100.0, 100.0 * done / epochs)),
-        "epoch": min(epochs - 1, int(done)),
+        "epoch": min(epochs, int(done) + 1),  # the epoch under way (1-based); the last one once finished
         "inputTokens": int(trained),
         "outputTokens": int(sum(float(r.get("rollout/completion_tokens") or 0) for r in rounds.values())),
         "totalProcessedRequests": int(sum(float(r.get("filter/groups") or 0) for r in rounds.values())),
