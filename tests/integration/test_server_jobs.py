@@ -327,3 +327,58 @@ def test_a_job_names_an_uploaded_dataset_and_the_echo_keeps_its_name(serve):
         client.reinforcement_fine_tuning_jobs.list(page_token="bogus")
     with pytest.raises(fireworks.BadRequestError, match="orderBy"):
         client.reinforcement_fine_tuning_jobs.list(order_by="rewards desc")
+
+
+UPLOADED_EVALUATOR = b'''
+def evaluate(completion: str, ground_truth=None, **row) -> dict:
+    """The share of letters, with a reason that shows this uploaded file did the scoring."""
+    share = sum(c.isalpha() for c in completion) / len(completion) if completion else 0.0
+    return {"score": share, "reason": f"uploaded evaluator, truth {ground_truth}"}
+'''
+
+
+def test_a_job_trains_on_an_uploaded_dataset_scored_by_an_uploaded_evaluator(serve, tiny_model_dir):
+    import io
+    import tarfile
+
+    served = serve(allow_local_paths=True)  # only for the tiny model's folder
+    client = served.client()
+    rows = b"".join(
+        b'{"messages": [{"role": "user", "content": "Say %d."}], "ground_truth": %d}\n' % (i, i)
+        for i in range(4)
+    )
+    client.datasets.create(dataset_id="says", dataset={"format": "CHAT"})
+    client.datasets.upload("says", file=("says.jsonl", rows))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        info = tarfile.TarInfo("main.py")
+        info.size = len(UPLOADED_EVALUATOR)
+        archive.addfile(info, io.BytesIO(UPLOADED_EVALUATOR))
+    packed = buffer.getvalue()
+    client.evaluators.create(evaluator_id="letters", evaluator={"entry_point": "main.py::evaluate"})
+    endpoint = client.evaluators.get_upload_endpoint(
+        "letters", filename_to_size={"e.tar.gz": str(len(packed))}
+    )
+    put = httpx.put(endpoint.filename_to_signed_urls["e.tar.gz"], content=packed)
+    assert put.status_code == 200, put.text
+    client.evaluators.validate_upload("letters", body={})
+    wait(client.evaluators, "letters", lambda e: e.state in ("ACTIVE", "BUILD_FAILED"), timeout=60)
+    jobs = client.reinforcement_fine_tuning_jobs
+    jobs.create(
+        reinforcement_fine_tuning_job_id="uploaded", dataset="accounts/acme/datasets/says",
+        evaluator="accounts/acme/evaluators/letters",
+        training_config={"base_model": str(tiny_model_dir), "batch_size": 120},
+        inference_parameters={"response_candidates_count": 2, "max_output_tokens": 16, "temperature": 1.0},
+        chunk_size=2, extra_body={"openrftOptions": {"micro_batch_tokens": 128}},
+    )  # fmt: skip
+    done = wait(jobs, "uploaded", lambda j: j.state not in ACTIVE)
+    assert done.state == "JOB_STATE_COMPLETED", done
+    from openrft.tracking.sinks import read_jsonl
+
+    record = served.store.get("uploaded")
+    rollouts = read_jsonl(record.rollouts_path)
+    assert len(rollouts) == 4 * 2 and all(
+        r["reason"].startswith("uploaded evaluator, truth ") for r in rollouts
+    )
+    assert {r["prompt"] for r in rollouts} == {f"Say {i}." for i in range(4)}
+    assert record.steps >= 1
