@@ -93,3 +93,30 @@ def test_tiny_job_trains_with_a_grader_and_logs_sub_grader_rewards(tiny_model_di
     steps = [r for r in read_jsonl(out / "metrics.jsonl") if "loss/policy" in r]
     assert steps and all("reward/contains" in r and "reward/closeness" in r for r in steps)
     assert all(0.0 <= r["reward/closeness"] <= 1.0 for r in steps)
+
+
+def test_the_readme_example_grader_scores_its_rows_and_passes_the_dry_run(tmp_path, capsys):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "openai-rft"
+    rows = read_jsonl(example / "rows.jsonl")
+    assert len(rows) == 48
+    answered = tmp_path / "answered.jsonl"  # the first rows, answered right, wrong and in a sentence
+    answers = [rows[0]["reference_answer"], "0", f"The answer is {rows[2]['reference_answer']}."]
+    answered.write_text(
+        "".join(
+            json.dumps({**row, "messages": [*row["messages"], {"role": "assistant", "content": a}]}) + "\n"
+            for row, a in zip(rows, answers, strict=False)
+        )
+    )
+    out = tmp_path / "scores.jsonl"
+    grader = str(example / "grader.json")
+    assert main(["evaluate", "--dataset", str(answered), "--evaluator", grader, "--output", str(out)]) == 0
+    assert [r["score"] for r in read_jsonl(out)] == [1.0, 0.0, 1.0]
+    capsys.readouterr()
+    flags = ["--rl-loss-method", "dapo", "--n", "8", "--temperature", "1.0", "--max-output-tokens", "16",
+             "--chunk-size", "8", "--epochs", "2", "--learning-rate", "5e-4", "--eval-auto-carveout", "0.25",
+             "--eval-every", "4"]  # fmt: skip
+    code = main(["rftj", "create", "--dataset", str(example / "rows.jsonl"), "--evaluator", grader, *flags,
+                 "--dry-run"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
