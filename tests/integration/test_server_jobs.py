@@ -382,3 +382,37 @@ def test_a_job_trains_on_an_uploaded_dataset_scored_by_an_uploaded_evaluator(ser
     )
     assert {r["prompt"] for r in rollouts} == {f"Say {i}." for i in range(4)}
     assert record.steps >= 1
+
+
+def test_the_cli_uploads_local_dataset_and_evaluator_files_to_the_server(
+    serve, tiny_model_dir, tmp_path, capsys
+):
+    served = serve(allow_local_paths=True)  # only for the tiny model's folder
+    data = tmp_path / "my data.jsonl"
+    data.write_text(
+        "".join(f'{{"messages": [{{"role": "user", "content": "Say {i}."}}]}}\n' for i in range(4))
+    )
+    scorer = tmp_path / "letters.py"
+    scorer.write_text(EVALUATOR)
+    grader = tmp_path / "grader.json"
+    grader.write_text('{"type": "string_check", "name": "has a", "operation": "ilike", '
+                      '"input": "{{ sample.output_text }}", "reference": "a"}')  # fmt: skip
+    url = ["--server", served.url]
+    flags = ["--base-model", str(tiny_model_dir), "--dataset", str(data), "--n", "2", "--max-output-tokens", "16",
+             "--chunk-size", "2", "--batch-size", "120", "--temperature", "1.0"]  # fmt: skip
+    assert main(["rftj", "create", "--job-id", "up", *flags, "--evaluator", f"{scorer}::letters", *url]) == 0
+    err = capsys.readouterr().err
+    assert "as accounts/local/datasets/my-data-" in err and "as accounts/local/evaluators/letters-" in err
+    assert main(["rftj", "create", "--job-id", "graded", *flags, "--evaluator", str(grader), *url]) == 0
+    assert "uploaded" not in capsys.readouterr().err  # the same dataset file is not uploaded twice
+    jobs = served.client().reinforcement_fine_tuning_jobs
+    for job_id in ("up", "graded"):
+        done = wait(jobs, job_id, lambda j: j.state not in ACTIVE)
+        assert done.state in ("JOB_STATE_COMPLETED", "JOB_STATE_EARLY_STOPPED"), done
+        given = served.store.get(job_id).given
+        assert Path(given["dataset"]).is_relative_to(
+            served.store.root
+        )  # the server's copy, not the client's path
+    assert (
+        served.store.get("graded").given["evaluator"].lstrip().startswith("{")
+    )  # the grader travelled inline

@@ -9,11 +9,16 @@ are validated here first, exactly as locally, then sent in the service's camelCa
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import os
+import re
 import sys
+import tarfile
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from openrft.errors import JobError
@@ -129,10 +134,99 @@ def _values(args: argparse.Namespace) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- commands
 
 
+def upload_local_files(remote: Remote, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with local dataset and evaluator files replaced by resources uploaded to the server.
+
+    A server never reads its clients' paths, so ``--dataset data.jsonl`` and ``--evaluator
+    my_eval.py::fn`` are uploaded as the service's tools do (a dataset: create + ``:upload``; an
+    evaluator: create + ``:getUploadEndpoint`` + PUT of a tar.gz + ``:validateUpload``, then wait
+    until it is built). Ids carry a hash of the content, so the same file is uploaded once.
+    """
+    out = dict(values)
+    for field in ("dataset", "evaluation_dataset"):
+        value = out.get(field)
+        if isinstance(value, str) and Path(value).expanduser().is_file():
+            out[field] = upload_dataset(remote, Path(value).expanduser())
+    value = out.get("evaluator")
+    if isinstance(value, str):
+        path_text, _, function = value.partition("::")
+        path = Path(path_text).expanduser()
+        if path.suffix == ".py" and path.is_file():
+            out["evaluator"] = upload_evaluator(remote, path, function)
+        elif path.suffix in (".json", ".yaml", ".yml") and path.is_file():
+            out["evaluator"] = path.read_text()  # a grader spec travels inline
+    return out
+
+
+def resource_id(path: Path, data: bytes) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", path.stem).strip("-_")[:40] or "file"
+    return f"{stem}-{hashlib.sha256(data).hexdigest()[:10]}"
+
+
+def upload_dataset(remote: Remote, path: Path) -> str:
+    data = path.read_bytes()
+    dataset_id = resource_id(path, data)
+    base = f"/v1/accounts/{remote.account}/datasets"
+    existing = remote.call("GET", base, params={"pageSize": 200}).get("datasets") or []
+    name = f"accounts/{remote.account}/datasets/{dataset_id}"
+    if not any(d.get("name") == name and d.get("state") == "READY" for d in existing):
+        if not any(d.get("name") == name for d in existing):
+            remote.call("POST", base, json={"datasetId": dataset_id, "dataset": {"format": "CHAT"}})
+        remote.call("POST", f"{base}/{dataset_id}:upload", files={"file": (path.name, data)})
+        print(f"uploaded {path} as {name}", file=sys.stderr)
+    return name
+
+
+def upload_evaluator(remote: Remote, path: Path, function: str) -> str:
+    import httpx
+
+    data = path.read_bytes()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        info = tarfile.TarInfo(path.name)
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    packed = buffer.getvalue()
+    evaluator_id = resource_id(path, data + function.encode())
+    base = f"/v1/accounts/{remote.account}/evaluators"
+    name = f"accounts/{remote.account}/evaluators/{evaluator_id}"
+    try:
+        if remote.call("GET", f"{base}/{evaluator_id}").get("state") == "ACTIVE":
+            return name
+    except JobError:
+        entry = path.name + (f"::{function}" if function else "")
+        body = {"evaluatorId": evaluator_id, "evaluator": {"displayName": path.name, "entryPoint": entry}}
+        remote.call("POST", f"/v1/accounts/{remote.account}/evaluatorsV2", json=body)
+    urls = remote.call(
+        "POST",
+        f"{base}/{evaluator_id}:getUploadEndpoint",
+        json={"filenameToSize": {"code.tar.gz": str(len(packed))}},
+    )["filenameToSignedUrls"]
+    put = httpx.put(urls["code.tar.gz"], content=packed, headers={"Content-Type": "application/octet-stream"})
+    if not put.is_success:
+        raise JobError(f"server: uploading {path} failed (HTTP {put.status_code}): {put.text.strip()[:200]}")
+    remote.call("POST", f"{base}/{evaluator_id}:validateUpload", json={})
+    deadline = time.time() + 180
+    while (got := remote.call("GET", f"{base}/{evaluator_id}")).get("state") not in (
+        "ACTIVE",
+        "BUILD_FAILED",
+    ):
+        if time.time() > deadline:
+            raise JobError(f"server: evaluator {name} was not built within 3 minutes")
+        time.sleep(0.5)
+    if got["state"] != "ACTIVE":
+        message = (got.get("status") or {}).get("message", "")
+        raise JobError(f"server: the evaluator {path} did not build: {message}")
+    print(f"uploaded {path} as {name}", file=sys.stderr)
+    return name
+
+
 def remote_create(remote: Remote, args: argparse.Namespace) -> int:
     if getattr(args, "dry_run", False) or getattr(args, "resume_from", None):
         raise JobError("--dry-run and --resume-from work on the local store only, not with --server")
-    body, job_id = request_body(_values(args))
+    values = _values(args)
+    request_body(dict(values))  # fields the API has no place for are refused before anything is uploaded
+    body, job_id = request_body(upload_local_files(remote, values))
     params = {"reinforcementFineTuningJobId": job_id} if job_id else {}
     job = remote.call("POST", remote.path(), json=body, params=params)
     job_id = job["name"].rsplit("/", 1)[-1]

@@ -278,7 +278,7 @@ def resolve_reference(key: str, ref: str, kind: str, ctx: WireContext) -> str:
     from openrft.evaluators.builtin import BUILTINS
 
     builtin = is_builtin(ref) if kind == "dataset" else ref.partition(":")[0] in BUILTINS
-    if builtin:
+    if builtin or (kind == "evaluator" and ref.lstrip().startswith("{")):  # or an inline grader spec
         return ref
     if ctx.allow_local_paths and is_local_path(ref):
         return ref
