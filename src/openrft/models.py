@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import importlib.util
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,12 @@ def _from_hf_cache(name: str) -> Path:
         f"the local Hugging Face cache; fetch it beforehand (e.g. `hf download {name}`) or pass a "
         "directory that holds the model"
     )
+    if re.fullmatch(r"accounts/[^/]+/models/[^/]+", name):  # the managed service's model names
+        hint = (
+            f"'{name}' names a model of the managed service; openrft runs Hugging Face models: give the "
+            f"hub id of a model in the local Hugging Face cache (e.g. Qwen/Qwen2.5-7B-Instruct, fetched "
+            f"beforehand with `hf download`), a local model directory, or '{EMBEDDED_MODEL}'"
+        )
     if name.count("/") != 1 or name.startswith(("/", ".", "~")):
         raise ModelError(f"base model not found: {name}", hint=hint)
     from huggingface_hub import snapshot_download

@@ -135,6 +135,9 @@ REFUSED = [
     ({"training_config": {"base_model": "/tmp"}}, "trainingConfig.baseModel: /tmp is a path on the server"),
     ({"dataset": "accounts/acme/datasets/nope"}, "dataset:"),
     ({"evaluator": "gsm8k", "dataset": "arithmetic:count=0"}, "count"),
+    ({"training_config": {"base_model": "accounts/fireworks/models/qwen2p5-7b-instruct"}},
+     "trainingConfig.baseModel: base model not found: accounts/fireworks/models/qwen2p5-7b-instruct (hint: "
+     "'accounts/fireworks/models/qwen2p5-7b-instruct' names a model of the managed service"),
 ]  # fmt: skip
 
 

@@ -57,7 +57,8 @@ def submit_job(
     try:
         validate(cfg)
     except OpenRFTError as exc:
-        raise ApiError(400, exc.message + (f" (hint: {exc.hint})" if exc.hint else "")) from None
+        message = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
+        raise ApiError(400, wire.rename_flags(message)) from None  # the body's field names, not the flags
     try:
         record = store.create(job_id, cfg, pid=os.getpid(), detached=True)
     except JobError as exc:
