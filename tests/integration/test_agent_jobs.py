@@ -59,3 +59,19 @@ def test_the_calculator_task_is_a_builtin_dataset_and_evaluator(tiny_model_dir, 
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "calculator:count=4" in out.out
+
+
+def test_eval_of_a_tool_job_runs_its_tool_loop_for_every_model(tiny_model_dir, tmp_path, capsys):
+    _, job_dir = _run(tiny_model_dir, tmp_path / "out", "--tools", str(CALCULATOR_TOOLS), "--max-turns", "2")
+    out = tmp_path / "samples.jsonl"
+    code = main([
+        "eval", "--dataset", "arithmetic:count=3", "--evaluator", f"{FIXTURES}::spread", "--job", job_dir.name,
+        "--base", "--n", "2", "--output", str(out),
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"each response is a conversation run as in job {job_dir.name}" in err
+    records = read_jsonl(out)
+    assert {r["model"] for r in records} == {"base", job_dir.name} and len(records) == 2 * 3 * 2
+    for r in records:  # the base model too: both sides of the comparison run the job's tool loop
+        assert r["conversation"][-1]["role"] == "assistant" and r["agent"]["turns"] >= 1

@@ -127,9 +127,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from openrft.jobs import model_eval as M
 
     models, jobs = _models(args)
-    for job in jobs:
-        for line in job.warnings:
-            print(f"warning: {line}", file=sys.stderr)
     params, concurrency = _sampling(args, jobs)
     evaluator_spec = args.evaluator or next((j.evaluator for j in jobs if j.evaluator), None)
     evaluator = load_evaluator(evaluator_spec, dataset=args.dataset)
@@ -151,11 +148,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         + (f", stop {list(params.stop)}" if params.stop else "")
         + f", seed {params.seed}; evaluator {evaluator_spec or evaluator.name}"
     )
+    agent_job = next((j for j in jobs if j.agent is not None), None)  # every model runs its tool loop
+    if agent_job is not None:
+        M.progress(f"each response is a conversation run as in job {agent_job.job_id} (its tools or agent)")
     results = []
     for model in models:
         M.progress(f"{model.label}: {model.describe()}")
         results.append(
-            M.evaluate_model(model, prompts, params, score, rule, max_concurrent_rollouts=concurrency)
+            M.evaluate_model(
+                model, prompts, params, score, rule, max_concurrent_rollouts=concurrency, job=agent_job
+            )
         )
     print(f"{args.dataset}: {len(prompts)} prompts x {params.n} samples; pass = {rule.describe()}")
     if prompts.skipped:

@@ -53,7 +53,8 @@ class JobSource:
     base_model: str
     sampling: dict[str, Any]
     evaluator: str | None
-    warnings: tuple[str, ...] = ()
+    agent: Any = None  # AgentSettings of a job that sampled conversations with tools or an agent
+    max_context: int | None = None  # its --max-context-length, the bound of each conversation
 
 
 @dataclass(frozen=True)
@@ -102,14 +103,24 @@ def job_source(job_id: str, store: Any = None) -> JobSource:
         base = adapter_base_model(adapter) or training.get("base_model")
     else:
         base = training.get("base_model") or adapter_base_model(adapter)
-    agent = config.get("agent", {})
-    warnings = ()
-    if agent.get("agent") or agent.get("tools") or agent.get("mcp_server"):
-        warnings = (
-            f"job {job_id} sampled multi-turn conversations with tools; openrft eval samples one "
-            "response per prompt, without tools",
-        )
-    return JobSource(job_id, adapter, str(base), sampling, config.get("data", {}).get("evaluator"), warnings)
+    return JobSource(
+        job_id, adapter, str(base), sampling, config.get("data", {}).get("evaluator"),
+        agent=agent_settings(config.get("agent", {})), max_context=training.get("max_context_length"),
+    )  # fmt: skip
+
+
+def agent_settings(group: dict[str, Any]) -> Any:
+    """A job's stored ``agent`` parameters as :class:`~openrft.settings.AgentSettings` (None: single-turn)."""
+    from openrft.settings import AgentSettings
+
+    if not (group.get("agent") or group.get("tools") or group.get("mcp_server")):
+        return None
+    defaults = AgentSettings(None, None, None)
+    return AgentSettings(
+        group.get("agent"), group.get("tools"), group.get("mcp_server"),
+        group.get("max_turns") or defaults.max_turns, group.get("tool_timeout") or defaults.tool_timeout,
+        group.get("agent_timeout") or defaults.agent_timeout,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- pass@k
@@ -145,8 +156,16 @@ def pass_rates(groups: Sequence[ScoredGroup], rule: PassRule, ks: Sequence[int])
 # ----------------------------------------------------------------------------- sampling and scoring
 
 
-def load_engine(model: EvalModel, *, max_concurrent_rollouts: int | None = None) -> Any:
-    """The local engine on the model (and adapter), on the best device (a CUDA GPU when there is one)."""
+def load_engine(
+    model: EvalModel,
+    *,
+    max_concurrent_rollouts: int | None = None,
+    agent: Any = None,
+    max_context: int | None = None,
+) -> Any:
+    """The local engine on the model (and adapter), on the best device (a CUDA GPU when there is one);
+    with ``agent`` (a job's :class:`~openrft.settings.AgentSettings`), each response is a whole
+    conversation run by the job's agent or tool loop against it, as in the job."""
     from transformers.utils import logging as hf_logging
 
     from openrft.models import load_adapter, load_model, resolve_device
@@ -158,9 +177,15 @@ def load_engine(model: EvalModel, *, max_concurrent_rollouts: int | None = None)
     if model.adapter is not None:
         weights = load_adapter(weights, model.adapter)
     on_cpu = device == "cpu"  # as in a job: on a CPU, sample an inference copy (adapter merged)
-    return LocalEngine(
+    engine = LocalEngine(
         weights, tokenizer, max_concurrent_rollouts=max_concurrent_rollouts, inference_copy=on_cpu
     )
+    if agent is None:
+        return engine
+    from openrft.train.setup import with_agent
+
+    context = max_context or getattr(weights.config, "max_position_embeddings", 4096)
+    return with_agent(engine, agent, max_concurrent_rollouts, context, model.base_model)
 
 
 def scorer(
@@ -185,13 +210,16 @@ def evaluate_model(
     *,
     max_concurrent_rollouts: int | None = None,
     load: Callable[..., Any] = load_engine,
+    job: JobSource | None = None,
 ) -> ModelResult:
-    """Sample ``params.n`` responses per prompt from ``model``, score them, and summarise."""
+    """Sample ``params.n`` responses per prompt from ``model``, score them, and summarise; ``job``
+    lends its agent or tool loop (a multi-turn job's responses are whole conversations)."""
     from openrft.settings import RoundSettings
     from openrft.train.rounds import round_metrics, sample_and_score
 
     start = time.perf_counter()
-    engine = load(model, max_concurrent_rollouts=max_concurrent_rollouts)
+    options = {"agent": job.agent, "max_context": job.max_context} if job is not None and job.agent else {}
+    engine = load(model, max_concurrent_rollouts=max_concurrent_rollouts, **options)
     timings: dict[str, float] = {}
     groups = sample_and_score(engine, score, prompts, params, RoundSettings(), timings)
     stats = round_metrics(groups, len(groups))
@@ -225,6 +253,7 @@ def sample_records(result: ModelResult, rule: PassRule) -> list[dict[str, Any]]:
             "passed": rule.passed(s),
             "reason": s.reason,
             "metrics": s.metrics,
+            **({"conversation": list(c.conversation), "agent": c.agent_metrics} if c.conversation else {}),
         }
         for group in result.groups
         for c, s in zip(group.completions, group.scores, strict=True)
