@@ -293,3 +293,38 @@ def test_llama3_rotary_scaling_becomes_llama_cpp_rope_factors(tmp_path, tokenize
     yarn = LlamaConfig(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0})
     with pytest.raises(ExportError, match="'yarn' rotary scaling"):
         check_supported(yarn)
+
+
+def test_qwen2_is_written_with_its_biases_and_unpermuted_rotary_weights(tmp_path, tokenizer):
+    """A Qwen2 model (the 0.5B/1.5B shape: tied embeddings, q/k/v biases, grouped KV heads) round-trips
+    through transformers' GGUF reader to the same logits; its pre-tokenizer is llama.cpp's "qwen2"."""
+    import gguf
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from openrft.train.gguf_export import write_gguf
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+        rope_theta=1e6,
+    )  # fmt: skip
+    model = Qwen2ForCausalLM(config).eval()
+    for name, param in model.named_parameters():  # non-zero biases, so that they are checked too
+        if name.endswith("bias"):
+            param.data.normal_()
+    path = tmp_path / "qwen.gguf"
+    summary = write_gguf(model, tokenizer, path, out_type="f32")
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["general.architecture"].contents() == "qwen2"
+    assert reader.fields["tokenizer.ggml.pre"].contents() == "qwen2"
+    names = {t.name for t in reader.tensors}
+    assert {"blk.0.attn_q.bias", "blk.1.attn_v.bias"} <= names and "output.weight" not in names
+    assert summary.tensors == 2 + 2 * 12  # embeddings, final norm; per block 7 weights, 3 biases, 2 norms
+    back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32).eval()
+    expected, got = model.state_dict(), back.state_dict()
+    for key in expected:
+        if key != "lm_head.weight":
+            assert torch.allclose(expected[key], got[key], atol=1e-6), key
+    with torch.no_grad():
+        assert (model(IDS).logits - back(IDS).logits).abs().max() < 1e-4

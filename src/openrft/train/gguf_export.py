@@ -1,10 +1,12 @@
-"""Write a merged Llama-family model as one GGUF file for llama.cpp and Ollama.
+"""Write a merged Llama-family or Qwen2 model as one GGUF file for llama.cpp and Ollama.
 
 The layout follows llama.cpp's own converter (``convert_hf_to_gguf.py``), with the ``gguf``
 package doing the writing: tensor names come from gguf's tensor name map for
-``MODEL_ARCH.LLAMA``; the query and key projections are permuted into the interleaved
-rotary layout llama.cpp expects (the inverse of what the GGUF reader in transformers undoes
-when :mod:`openrft.models` converts the embedded model); 1-D tensors (norms) stay float32;
+``MODEL_ARCH.LLAMA`` (or ``QWEN2``, whose q/k/v biases it names too); Llama's query and key
+projections are permuted into the interleaved rotary layout llama.cpp expects (the inverse of
+what the GGUF reader in transformers undoes when :mod:`openrft.models` converts the embedded
+model), Qwen2's stay as they are (llama.cpp runs it with NeoX-style rotary); 1-D tensors (norms,
+biases) stay float32;
 the tokenizer is written as a GPT-2 style BPE vocabulary with its merges, token types,
 special token ids and chat template.
 
@@ -28,8 +30,10 @@ import numpy as np
 from openrft.errors import ExportError
 from openrft.paths import temporary_beside
 
-# model types written as gguf's MODEL_ARCH.LLAMA (llama.cpp's converter treats Mistral as Llama too)
-ARCHITECTURES = ("llama", "mistral")
+# model type -> gguf's MODEL_ARCH name (llama.cpp's converter treats Mistral as Llama too); Llama's
+# q/k weights are permuted into llama.cpp's interleaved rotary layout, Qwen2's (NeoX rotary) are not
+GGUF_ARCHS = {"llama": "LLAMA", "mistral": "LLAMA", "qwen2": "QWEN2"}
+ARCHITECTURES = tuple(GGUF_ARCHS)
 # --gguf-type -> (tensor type of 2-D weights, general.file_type)
 OUT_TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
              "q8_0": ("Q8_0", "MOSTLY_Q8_0")}  # fmt: skip
@@ -52,12 +56,14 @@ def check_supported(config: Any) -> None:
     if model_type not in ARCHITECTURES:
         archs = ", ".join(getattr(config, "architectures", None) or [str(model_type)])
         raise ExportError(
-            f"cannot write {archs} (model_type {model_type!r}) as GGUF: only Llama-family models "
+            f"cannot write {archs} (model_type {model_type!r}) as GGUF: only Llama-family and Qwen2 models "
             f"({', '.join(sorted(ARCHITECTURES))}) are supported",
             hint="export with --merged only, and convert that folder with llama.cpp's convert_hf_to_gguf.py",
         )
     if getattr(config, "sliding_window", None) and model_type == "mistral":
         raise ExportError("cannot write a Mistral model with sliding-window attention as GGUF")
+    if model_type == "qwen2" and getattr(config, "use_sliding_window", False):
+        raise ExportError("cannot write a Qwen2 model with sliding-window attention as GGUF")
     rope_type = _rope(config)[1].get("rope_type", "default")
     if rope_type not in ("default", "linear", "llama3"):
         raise ExportError(f"cannot write a model with {rope_type!r} rotary scaling as GGUF")
@@ -209,7 +215,9 @@ def _named_tensors(model: Any) -> Iterator[tuple[str, Any]]:
     import gguf
 
     config = model.config
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, int(config.num_hidden_layers))
+    arch = gguf_arch(config)
+    name_map = gguf.get_tensor_name_map(arch, int(config.num_hidden_layers))
+    permute = arch == gguf.MODEL_ARCH.LLAMA
     n_head = int(config.num_attention_heads)
     n_kv = int(getattr(config, "num_key_value_heads", None) or n_head)
     tied = bool(getattr(config, "tie_word_embeddings", False))
@@ -221,14 +229,21 @@ def _named_tensors(model: Any) -> Iterator[tuple[str, Any]]:
         name = name_map.get_name(key, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise ExportError(
-                f"cannot write tensor {key!r} as GGUF: llama.cpp's Llama layout has no place for it"
+                f"cannot write tensor {key!r} as GGUF: llama.cpp's {arch.name.title()} layout has no place for it"
             )
         data = tensor.detach().float()
-        if key.endswith(("q_proj.weight", "q_proj.bias")):
+        if permute and key.endswith(("q_proj.weight", "q_proj.bias")):
             data = permute_rotary(data, n_head, n_head)
-        elif key.endswith(("k_proj.weight", "k_proj.bias")):
+        elif permute and key.endswith(("k_proj.weight", "k_proj.bias")):
             data = permute_rotary(data, n_head, n_kv)
         yield name, data
+
+
+def gguf_arch(config: Any) -> Any:
+    """gguf's ``MODEL_ARCH`` a model with ``config`` is written as."""
+    import gguf
+
+    return gguf.MODEL_ARCH[GGUF_ARCHS[config.model_type]]
 
 
 def _tensor_type(shape: tuple[int, ...], wanted: Any) -> Any:
@@ -259,7 +274,7 @@ def _add_tensor_info(writer: Any, name: str, shape: tuple[int, ...], qtype: Any)
 def write_gguf(
     model: Any, tokenizer: Any, path: Path, *, out_type: str = "f16", name: str = "", pre: str = "default"
 ) -> GgufSummary:
-    """Write ``model`` (a merged Llama-family causal LM) and ``tokenizer`` to the GGUF file ``path``."""
+    """Write ``model`` (a merged Llama-family or Qwen2 causal LM) and ``tokenizer`` to the GGUF file ``path``."""
     import gguf
 
     check_supported(model.config)
@@ -269,7 +284,9 @@ def write_gguf(
     file_type = gguf.LlamaFileType[OUT_TYPES[out_type][1]]
     fd, tmp = temporary_beside(path, suffix=".gguf.tmp")
     os.close(fd)
-    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf_arch(model.config)])
+    if pre == "default" and model.config.model_type == "qwen2":
+        pre = "qwen2"  # llama.cpp's pre-tokenizer of the Qwen2 family
     try:
         _hyperparameters(writer, model.config, file_type, name or path.stem)
         _vocab(writer, tokenizer, int(model.config.vocab_size), pre)
@@ -293,5 +310,5 @@ def write_gguf(
 
 
 __all__ = [
-    "ARCHITECTURES", "OUT_TYPES", "PRE_TOKENIZERS", "GgufSummary", "check_supported", "check_tokenizer", "write_gguf",
+    "ARCHITECTURES", "GGUF_ARCHS", "OUT_TYPES", "gguf_arch", "PRE_TOKENIZERS", "GgufSummary", "check_supported", "check_tokenizer", "write_gguf",
 ]  # fmt: skip
