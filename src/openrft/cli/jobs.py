@@ -17,6 +17,7 @@ from typing import Any
 
 from openrft.cli.evaluate import positive_int
 from openrft.errors import JobError
+from openrft.tracking.turns import turn_label, turn_text
 
 
 def register(subparsers: argparse._SubParsersAction, rftj: argparse._SubParsersAction) -> None:
@@ -378,7 +379,7 @@ def cmd_rollouts(args: argparse.Namespace) -> int:
         print(f"prompt:     {_clip(r.get('prompt', ''))}")
         if r.get("conversation"):  # an agent's run: every turn after the prompt
             for m in r["conversation"][r.get("prompt_messages", 0) :]:
-                print(f"{_turn_label(m) + ':':<11} {_clip(_turn_text(m))}")
+                print(f"{turn_label(m) + ':':<11} {_clip(turn_text(m))}")
         else:
             print(f"completion: {_clip(r.get('completion', ''))}")
         if r.get("reason"):
@@ -387,20 +388,6 @@ def cmd_rollouts(args: argparse.Namespace) -> int:
             print(f"finished:   {r['finish_reason']}")
         print()
     return 0
-
-
-def _turn_label(message: dict) -> str:
-    role = str(message.get("role", "?"))
-    return f"tool {message['name']}" if role == "tool" and message.get("name") else role
-
-
-def _turn_text(message: dict) -> str:
-    text = message.get("content") or ""
-    text = text if isinstance(text, str) else json.dumps(text)
-    for call in message.get("tool_calls") or []:
-        function = call.get("function", {})
-        text += f"{' ' if text else ''}[calls {function.get('name')}({function.get('arguments', '')})]"
-    return text
 
 
 def _clip(text: str, limit: int = 400) -> str:

@@ -167,13 +167,14 @@ def upload_dataset(remote: Remote, path: Path) -> str:
     data = path.read_bytes()
     dataset_id = resource_id(path, data)
     base = f"/v1/accounts/{remote.account}/datasets"
-    existing = remote.call("GET", base, params={"pageSize": 200}).get("datasets") or []
     name = f"accounts/{remote.account}/datasets/{dataset_id}"
-    if not any(d.get("name") == name and d.get("state") == "READY" for d in existing):
-        if not any(d.get("name") == name for d in existing):
-            remote.call("POST", base, json={"datasetId": dataset_id, "dataset": {"format": "CHAT"}})
-        remote.call("POST", f"{base}/{dataset_id}:upload", files={"file": (path.name, data)})
-        print(f"uploaded {path} as {name}", file=sys.stderr)
+    try:
+        if remote.call("GET", f"{base}/{dataset_id}").get("state") == "READY":
+            return name  # this very file, uploaded before
+    except JobError:  # not there yet
+        remote.call("POST", base, json={"datasetId": dataset_id, "dataset": {"format": "CHAT"}})
+    remote.call("POST", f"{base}/{dataset_id}:upload", files={"file": (path.name, data)})
+    print(f"uploaded {path} as {name}", file=sys.stderr)
     return name
 
 

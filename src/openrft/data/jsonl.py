@@ -233,21 +233,33 @@ def check_prompt_lengths(
     Bad rows raise one summary (with the rows found malformed earlier), or with
     ``skip_bad_rows`` are left out and counted, as when loading.
     """
+
+    def check(prompt: Prompt) -> Prompt:
+        n_tokens = _count(count_tokens, prompt.messages)
+        if n_tokens > max_prompt_tokens:
+            raise ValueError(
+                f"prompt is {n_tokens} tokens, longer than the {max_prompt_tokens} allowed "
+                "(max_context_length - max_output_tokens)"
+            )
+        return prompt
+
+    return map_prompts(prompts, check, skip_bad_rows=skip_bad_rows)
+
+
+def map_prompts(
+    prompts: PromptSet, fn: Callable[[Prompt], Prompt], *, skip_bad_rows: bool = False
+) -> PromptSet:
+    """``fn`` applied to every prompt; a prompt for which it raises ``ValueError`` becomes a bad row
+    (its message the reason), with the same summary, limits and ``skip_bad_rows`` as loading."""
     kept: list[Prompt] = []
     numbers: list[int] = []
     bad = list(prompts.bad_rows)
     for number, prompt in zip(prompts.numbers, prompts, strict=True):
         try:
-            n_tokens = _count(count_tokens, prompt.messages)
-            if n_tokens > max_prompt_tokens:
-                raise ValueError(
-                    f"prompt is {n_tokens} tokens, longer than the {max_prompt_tokens} allowed "
-                    "(max_context_length - max_output_tokens)"
-                )
+            kept.append(fn(prompt))
         except ValueError as exc:
             bad.append((number, str(exc)))
             continue
-        kept.append(prompt)
         numbers.append(number)
     if len(bad) > len(prompts.bad_rows):
         bad.sort()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from openrft.data.jsonl import PromptSet, _raise_if_too_bad
+from openrft.data.jsonl import PromptSet, map_prompts
 from openrft.data.tasks import gsm8k
 from openrft.records import Prompt
 
@@ -31,22 +31,15 @@ def reference_value(row: dict[str, Any], name: str) -> Any:
 
 def with_reference_field(prompts: PromptSet, name: str, *, skip_bad_rows: bool = False) -> PromptSet:
     """``prompts`` with each row's ``ground_truth`` replaced by :func:`reference_value` of field ``name``."""
-    kept: list[Prompt] = []
-    numbers: list[int] = []
-    bad = list(prompts.bad_rows)
-    for number, prompt in zip(prompts.numbers, prompts, strict=True):
-        try:
-            truth = reference_value(prompt.row, name)
-        except ValueError as exc:
-            bad.append((number, str(exc)))
-            continue
-        kept.append(Prompt(prompt.prompt_id, prompt.messages, {**prompt.row, "ground_truth": truth}))
-        numbers.append(number)
-    if len(bad) > len(prompts.bad_rows):
-        bad.sort()
-        total = len(prompts) + len(prompts.bad_rows)
-        _raise_if_too_bad(prompts.source, bad, total, prompts.unit, skip_bad_rows, any_left=bool(kept))
-    return PromptSet(kept, source=prompts.source, bad_rows=bad, numbers=numbers, unit=prompts.unit)
+
+    def refer(prompt: Prompt) -> Prompt:
+        return Prompt(
+            prompt.prompt_id,
+            prompt.messages,
+            {**prompt.row, "ground_truth": reference_value(prompt.row, name)},
+        )
+
+    return map_prompts(prompts, refer, skip_bad_rows=skip_bad_rows)
 
 
 __all__ = ["reference_value", "with_reference_field"]

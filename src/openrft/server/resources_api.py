@@ -282,16 +282,24 @@ async def upload_dataset(account: str, dataset_id: str, request: Request) -> dic
             "purpose": "fine-tune", "dataset": store.public(meta)}  # fmt: skip
 
 
+async def _upload_endpoint(
+    request: Request, kind: str, account: str, resource_id: str, limit: int, what: str
+) -> dict[str, Any]:
+    """``:getUploadEndpoint``: a one-time signed URL on this server for the file the body declares."""
+    body = await json_body(request)
+    suffixes = DATASET_SUFFIXES if kind == "datasets" else ARCHIVE_SUFFIXES
+    name, size = check_declared_size(body.get("filenameToSize"), limit, what, suffixes)
+    token = store.new_upload_token(kind, account, resource_id, name, size)
+    return {"filenameToSignedUrls": {name: signed_url(request, kind, account, resource_id, token)}}
+
+
 @router.post(A + "/datasets/{dataset_id}:getUploadEndpoint")
 async def dataset_upload_endpoint(account: str, dataset_id: str, request: Request) -> dict[str, Any]:
     meta = store.require_meta("datasets", account, dataset_id)
     if meta.get("state") == "READY":
         raise ApiError(412, f"dataset {meta['name']} is already uploaded: delete it or create another")
-    body = await json_body(request)
-    name, size = check_declared_size(body.get("filenameToSize"), upload_limits(request).max_dataset_bytes,
-                                     "the dataset file", DATASET_SUFFIXES)  # fmt: skip
-    token = store.new_upload_token("datasets", account, dataset_id, name, size)
-    return {"filenameToSignedUrls": {name: signed_url(request, "datasets", account, dataset_id, token)}}
+    limit = upload_limits(request).max_dataset_bytes
+    return await _upload_endpoint(request, "datasets", account, dataset_id, limit, "the dataset file")
 
 
 @router.put(A + "/datasets/{dataset_id}" + SIGNED_UPLOAD)
@@ -418,11 +426,10 @@ async def evaluator_upload_endpoint(account: str, evaluator_id: str, request: Re
     meta = store.require_meta("evaluators", account, evaluator_id)
     if meta.get("state") == "BUILDING":
         raise ApiError(409, f"evaluator {meta['name']} is being built: wait for ACTIVE or BUILD_FAILED")
-    body = await json_body(request)
-    name, size = check_declared_size(body.get("filenameToSize"), upload_limits(request).max_archive_bytes,
-                                     "the evaluator archive", ARCHIVE_SUFFIXES)  # fmt: skip
-    token = store.new_upload_token("evaluators", account, evaluator_id, name, size)
-    return {"filenameToSignedUrls": {name: signed_url(request, "evaluators", account, evaluator_id, token)}}
+    limit = upload_limits(request).max_archive_bytes
+    return await _upload_endpoint(
+        request, "evaluators", account, evaluator_id, limit, "the evaluator archive"
+    )
 
 
 @router.put(A + "/evaluators/{evaluator_id}" + SIGNED_UPLOAD)

@@ -47,7 +47,6 @@ class LoopState:
     epoch_truncated: int = 0  # of which cut off at --max-output-tokens
     measure_mismatch: bool = False  # the next step is the round's first: measure the sampler against it
     outcome: str = ""  # "completed" or "early_stopped" once the job has ended (its last checkpoint)
-    outcome_truncated: float = 0.0  # share of the last epoch's candidates cut off, when it stopped early
     nonfinite_in_a_row: int = 0  # consecutive updates skipped for a non-finite loss or gradient
     log_position: dict[str, int] = dataclasses.field(default_factory=dict)  # lines logged when saved
 

@@ -127,25 +127,19 @@ def train(ctx: TrainContext, state: LoopState) -> Outcome:
                 return Outcome("cancelled", state, f"cancelled at step {state.step}")
             # ---- a new round: sample, score, advantages, filter, plan steps
             if not state.pending:
-                round_metrics = start_round(ctx, state, order, per_round, loss)
-                rounds_done = state.epoch * per_epoch + -(-state.cursor // per_round)
-                if not state.pending:  # every group filtered: the round is logged, nothing trains
-                    ctx.progress.update(
-                        rounds_done=rounds_done, step=state.step, epoch=state.epoch, metrics=round_metrics
-                    )
-                    continue
-            # ---- one training step
-            step_metrics = train_step(ctx, state, loss)
+                metrics = start_round(ctx, state, order, per_round, loss)
+            # ---- one training step (none when every group of the round was filtered: it is logged)
+            if state.pending:
+                metrics = train_step(ctx, state, loss)
             ctx.progress.update(
                 rounds_done=state.epoch * per_epoch + -(-state.cursor // per_round),
                 step=state.step,
                 epoch=state.epoch,
-                metrics=step_metrics,
+                metrics=metrics,
             )
         if state.epoch_groups_total and not state.epoch_groups_with_signal:
             flush_gradients(ctx, state)
-            state.outcome = "early_stopped"
-            state.outcome_truncated = truncated_frac(state)
+            state.outcome = "early_stopped"  # the epoch's counters stay in the checkpoint, for its message
             checkpoint(ctx, state)
             return finished(state, state.outcome)
         state.epoch, state.cursor = state.epoch + 1, 0
@@ -163,14 +157,9 @@ def finished(state: LoopState, status: str) -> Outcome:
     return Outcome(status, state, early_stop_message(state) if status == "early_stopped" else "")
 
 
-def truncated_frac(state: LoopState) -> float:
-    """Share of this epoch's candidates cut off at --max-output-tokens."""
-    return state.epoch_truncated / max(1, state.epoch_completions)
-
-
 def early_stop_message(state: LoopState) -> str:
     """Why the job stopped: truncation when most answers were cut off, else too little spread in scores."""
-    truncated = state.outcome_truncated
+    truncated = state.epoch_truncated / max(1, state.epoch_completions)
     if truncated >= TRUNCATION_BLAME:
         return TRUNCATED_STOP_MESSAGE.format(epoch=state.epoch + 1, pct=100 * truncated)
     return EARLY_STOP_MESSAGE.format(epoch=state.epoch + 1)

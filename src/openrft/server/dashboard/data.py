@@ -20,6 +20,7 @@ from openrft.models import EMBEDDED, embedded_model_dir
 from openrft.tracking.compare import differing_parameters, summarize_run
 from openrft.tracking.plots import PANELS
 from openrft.tracking.sinks import read_jsonl
+from openrft.tracking.turns import turn_label, turn_text
 
 STATES = [str(s) for s in JobState] + ["CANCELLING"]
 # Keys the job page and the compare page draw: every line of the plots' panels.
@@ -211,7 +212,7 @@ def _rollout(row: dict[str, Any]) -> dict[str, Any]:
     turns = []
     if row.get("conversation"):  # an agent's run: every turn after the prompt
         for message in row["conversation"][row.get("prompt_messages", 0) :]:
-            turns.append({"role": _turn_label(message), "text": _turn_text(message)})
+            turns.append({"role": turn_label(message), "text": turn_text(message)})
     return {
         "prompt_id": row.get("prompt_id"),
         "score": f"{score:.3f}" if _finite(score) else "-",
@@ -224,20 +225,6 @@ def _rollout(row: dict[str, Any]) -> dict[str, Any]:
         "error": row.get("error") or "",
         "trained": row.get("trained", True),
     }
-
-
-def _turn_label(message: dict) -> str:
-    role = str(message.get("role", "?"))
-    return f"tool {message['name']}" if role == "tool" and message.get("name") else role
-
-
-def _turn_text(message: dict) -> str:
-    text = message.get("content") or ""
-    text = text if isinstance(text, str) else json.dumps(text)
-    for call in message.get("tool_calls") or []:
-        function = call.get("function", {})
-        text += f"{' ' if text else ''}[calls {function.get('name')}({function.get('arguments', '')})]"
-    return text
 
 
 # ----------------------------------------------------------------------------- compare
