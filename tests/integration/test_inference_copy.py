@@ -82,9 +82,15 @@ def test_the_copy_prepacks_only_where_packed_layers_measure_faster(tiny_model, m
     cache = tmp_path / "cache" / "prepack.json"
     plain = InferenceCopy(model, prepack=False)
     assert not plain.prepacked and not any(isinstance(m, PackedLinear) for m in plain.model.modules())
-    monkeypatch.setattr(inference_copy, "PREPACK_MARGIN", 0.0)  # packed would have to take no time
+    plain_s, packed_s = inference_copy.time_linear_passes(model, rows=(1, 4), repeats=1)
+    assert set(plain_s) == set(packed_s) == {1, 4} and all(
+        t > 0 for t in [*plain_s.values(), *packed_s.values()]
+    )
+    slower = {1: 2.0, 16: 1.0, 64: 1.0}
+    monkeypatch.setattr(inference_copy, "time_linear_passes", lambda m: ({1: 1.0, 16: 2.0, 64: 4.0}, slower))
     assert not prepack_pays(model) and not InferenceCopy(model).prepacked
-    monkeypatch.setattr(inference_copy, "PREPACK_MARGIN", float("inf"))  # any packed time is enough
+    faster = {1: 0.5, 16: 1.5, 64: 3.5}
+    monkeypatch.setattr(inference_copy, "time_linear_passes", lambda m: ({1: 1.0, 16: 2.0, 64: 4.0}, faster))
     assert prepack_pays(model)
     assert not InferenceCopy(
         model
@@ -92,3 +98,13 @@ def test_the_copy_prepacks_only_where_packed_layers_measure_faster(tiny_model, m
     cache.unlink()
     assert InferenceCopy(model).prepacked and cache.is_file()
     assert all(type(m) is torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_packed_layers_must_win_overall_and_lose_at_no_batch_size():
+    from openrft.rollout.inference_copy import packed_wins
+
+    plain = {1: 10.0, 16: 20.0, 64: 40.0}
+    assert packed_wins(plain, {1: 5.0, 16: 15.0, 64: 30.0})  # the AMD machine: faster everywhere
+    assert not packed_wins(plain, {1: 13.0, 16: 14.0, 64: 30.0})  # 0.81x in all, but slower at 1 row
+    assert not packed_wins(plain, {1: 9.9, 16: 19.9, 64: 39.9})  # no slower, but not clearly faster
+    assert packed_wins(plain, {1: 9.0, 16: 18.0, 64: 36.0}, margin=0.9)

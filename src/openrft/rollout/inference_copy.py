@@ -15,7 +15,7 @@ Two costs of decoding on a CPU that a trainer's model cannot avoid, and a copy c
   rounding only). Where the BLAS library already streams weights well (MKL on an Intel Xeon with
   AVX-512, measured no faster packed), packing only costs time: unless told, the copy times one pass
   over its linear layers both ways at decoding batch sizes and keeps the packed layers only when
-  they are clearly faster (:func:`prepack_pays`). The answer is kept per machine (CPU, torch
+  they are clearly faster overall and slower at no batch size (:func:`packed_wins`). The answer is kept per machine (CPU, torch
   version, threads, layer shapes) in ``$OPENRFT_HOME/cache/prepack.json``, so that every later job
   there makes the same choice: packed and plain layers round differently, and a seeded job must
   sample the same tokens each time it runs.
@@ -117,38 +117,66 @@ class InferenceCopy:
 
 
 DECODE_ROWS = (1, 16, 64)  # batch sizes a decoding step sees, from a round's tail to full width
-PREPACK_MARGIN = 0.9  # packed layers must take at most this share of the plain layers' time
+PREPACK_MARGIN = 0.9  # packed layers must take at most this share of the plain layers' time in all
+PREPACK_REPEATS = 3  # timed passes each way, alternating (the best counts)
 
 
-@torch.no_grad()
-def prepack_pays(model: torch.nn.Module, rows: tuple[int, ...] = DECODE_ROWS, repeats: int = 2) -> bool:
-    """Whether prepacked linears run a decoding step's matmuls clearly faster than plain ones here.
+def packed_wins(
+    plain_s: dict[int, float], packed_s: dict[int, float], margin: float = PREPACK_MARGIN
+) -> bool:
+    """The rule :func:`prepack_pays` applies to its timings (seconds per pass, by rows).
 
-    Times one pass over every linear layer of ``model`` in order (so the weights stream from memory
-    as in a real step) at each of ``rows``, plain and packed alternately, best of ``repeats``; the
-    packed copies exist only during the measurement. About a second for the embedded model.
+    Packed layers must be clearly faster over all batch sizes together (at most ``margin`` of the
+    plain time) and no slower at any one of them: a round's tail decodes a row or two for many
+    steps, so a layout that wins at 64 rows and loses at 1 is not a win. Requiring both makes a
+    single noisy pass (another process taking a core) unlikely to flip the answer, which is then
+    kept for good.
+    """
+    return sum(packed_s.values()) <= margin * sum(plain_s.values()) and all(
+        packed_s[r] <= plain_s[r] for r in plain_s
+    )
+
+
+def time_linear_passes(
+    model: torch.nn.Module, rows: tuple[int, ...] = DECODE_ROWS, repeats: int = PREPACK_REPEATS
+) -> tuple[dict[int, float], dict[int, float]]:
+    """Seconds for one pass over every linear layer of ``model``, plain and packed, at each of ``rows``.
+
+    The layers run in order, so the weights stream from memory as in a real decoding step; plain
+    and packed passes alternate, and the best of ``repeats`` is kept. The packed copies exist only
+    during the measurement. About a second for the embedded model.
     """
     plain = [m for m in model.modules() if type(m) is torch.nn.Linear]
-    if not plain:
-        return False
     packed = [PackedLinear(m) for m in plain]
     inputs = {r: [torch.randn(r, m.in_features, dtype=m.weight.dtype) for m in plain] for r in rows}
-    best = {"plain": float("inf"), "packed": float("inf")}
-    for _ in range(repeats):
-        for name, layers in (("plain", plain), ("packed", packed)):
-            start = time.perf_counter()
+    best: dict[str, dict[int, float]] = {"plain": dict.fromkeys(rows, float("inf")), "packed": {}}
+    best["packed"] = dict(best["plain"])
+    with torch.no_grad():
+        for _ in range(repeats):
             for r in rows:
-                for layer, x_NI in zip(layers, inputs[r], strict=True):
-                    layer(x_NI)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best["packed"] <= PREPACK_MARGIN * best["plain"]
+                for name, layers in (("plain", plain), ("packed", packed)):
+                    start = time.perf_counter()
+                    for layer, x_NI in zip(layers, inputs[r], strict=True):
+                        layer(x_NI)
+                    best[name][r] = min(best[name][r], time.perf_counter() - start)
+    return best["plain"], best["packed"]
+
+
+def prepack_pays(model: torch.nn.Module) -> bool:
+    """Whether prepacked linears run a decoding step's matmuls clearly faster than plain ones here."""
+    if not any(type(m) is torch.nn.Linear for m in model.modules()):
+        return False
+    return packed_wins(*time_linear_passes(model))
+
+
+PREPACK_RULE = 2  # part of the cache key: answers kept under an older rule are measured again
 
 
 def prepack_pays_here(model: torch.nn.Module) -> bool:
     """:func:`prepack_pays`, measured once per machine and model shape and then read from the cache."""
     shapes = sorted({(m.in_features, m.out_features) for m in model.modules() if type(m) is torch.nn.Linear})
     key = hashlib.sha256(
-        json.dumps([_cpu_name(), torch.__version__, torch.get_num_threads(), shapes]).encode()
+        json.dumps([PREPACK_RULE, _cpu_name(), torch.__version__, torch.get_num_threads(), shapes]).encode()
     ).hexdigest()[:16]
     path = openrft_home() / "cache" / "prepack.json"
     try:
@@ -182,4 +210,4 @@ def is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
 
 
-__all__ = ["InferenceCopy", "PackedLinear", "can_prepack", "is_peft", "prepack_pays"]
+__all__ = ["InferenceCopy", "PackedLinear", "can_prepack", "is_peft", "packed_wins", "prepack_pays"]
