@@ -330,3 +330,42 @@ def test_stop_strings_end_a_response_and_stay_in_its_text(tiny_model):
                 assert stop not in text and after.completion_token_ids == before.completion_token_ids
     hit = cut[0][1]
     assert hit.finish_reason == "stop" and len(hit.completion_token_ids) <= 4 and hit.text.endswith(stop)
+
+
+def test_stop_strings_checked_only_after_tokens_that_can_end_them(tiny_model):
+    """The token-id prefilter skips the decoded-tail check without changing a single result."""
+    from openrft.rollout.sampling import stop_string_enders
+
+    model, tokenizer = tiny_model
+    vocab = model.get_output_embeddings().weight.shape[0]
+    enders_V = stop_string_enders(tokenizer, ("</answer>",), vocab)
+    assert enders_V is not None and 0 < int(enders_V.sum()) < vocab // 20
+    gt = tokenizer.convert_tokens_to_ids(">")
+    assert enders_V[gt] and not enders_V[tokenizer.convert_tokens_to_ids("answer")]
+    cut_short = next(i for i in range(len(tokenizer)) if "\ufffd" in tokenizer.decode([i]))
+    assert enders_V[cut_short]  # part of a multi-byte character: may complete one in context
+    assert stop_string_enders(tokenizer, ("done", "\n"), vocab) is None  # whitespace: no filter
+
+    free = LocalEngine(model, tokenizer, stop_token_ids=[tokenizer.eos_token_id]).generate(
+        make_prompts(3), SamplingParams(n=4, temperature=1.0, max_tokens=16, seed=11)
+    )
+    # stops spelled by the samples themselves, ending in a visible character, often multi-byte
+    stops = tuple(
+        text
+        for c in (free[0][0], free[1][2], free[2][3])
+        if (text := tokenizer.decode(list(c.completion_token_ids[2:4]))).strip() and not text[-1].isspace()
+    )
+    assert stops
+    params = SamplingParams(n=4, temperature=1.0, max_tokens=16, seed=11, stop=stops)
+    filtered = LocalEngine(model, tokenizer, stop_token_ids=[tokenizer.eos_token_id])
+    unfiltered = LocalEngine(model, tokenizer, stop_token_ids=[tokenizer.eos_token_id])
+    unfiltered.stop_enders = lambda stops: None
+    assert filtered.stop_enders(stops) is not None
+    with_filter, without = (
+        filtered.generate(make_prompts(3), params),
+        unfiltered.generate(make_prompts(3), params),
+    )
+    assert [[(c.completion_token_ids, c.text, c.finish_reason) for c in g] for g in with_filter] == [
+        [(c.completion_token_ids, c.text, c.finish_reason) for c in g] for g in without
+    ]
+    assert any(c.finish_reason == "stop" for g in with_filter for c in g)

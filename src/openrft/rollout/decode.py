@@ -43,6 +43,8 @@ class DecodeSettings:
     max_concurrent_rollouts: int  # rows decoded together at most
     prefill_tokens: int  # padded prompt tokens per prefill forward pass
     policy_version: int  # stamped on every completion
+    # stop strings -> the [V] bool mask of tokens that can complete one (None: any token can)
+    stop_enders: Callable[[tuple[str, ...]], torch.Tensor | None] = lambda stops: None
     device: torch.device = torch.device("cpu")  # the model's: every tensor of the loop lives there
 
 
@@ -130,6 +132,8 @@ class Run:
         self.stop_id_set = set(stop_token_ids)
         # enough trailing tokens to spell any stop string (a token decodes to >= 1 character)
         self.stop_window = max((len(text) for text in params.stop), default=0) + 2
+        enders_V = settings.stop_enders(params.stop) if params.stop else None
+        self.stop_enders_V = None if enders_V is None else enders_V.to(self.device)
         self.results: list[list[Completion | None]] = [[None] * params.n for _ in names]
         self.queue: deque[tuple[int, int]] = deque((p, c) for p in range(len(names)) for c in range(params.n))
         self.stash: dict[int, _Stash] = {}
@@ -370,7 +374,10 @@ class Run:
         rows.count_B += active_B.long()
         stopped_B = active_B & torch.isin(tokens_B, self.stop_ids)
         if self.params.stop:
-            stopped_B |= self._spelled_stop(rows, active_B & ~stopped_B)
+            check_B = active_B & ~stopped_B
+            if self.stop_enders_V is not None:  # only a token holding a stop's last character can end one
+                check_B &= self.stop_enders_V[tokens_B]
+            stopped_B |= self._spelled_stop(rows, check_B)
         rows.stopped_B |= stopped_B
         rows.done_B |= stopped_B | (rows.count_B >= rows.limit_B)
 

@@ -46,7 +46,7 @@ from openrft.rollout import DEFAULT_MAX_CONCURRENT
 from openrft.rollout.decode import DecodeSettings, Run
 from openrft.rollout.inference_copy import InferenceCopy
 from openrft.rollout.prompts import encode_messages
-from openrft.rollout.sampling import check_params
+from openrft.rollout.sampling import check_params, stop_string_enders
 
 PREFILL_TOKENS = 2048  # padded prompt tokens per prefill forward pass
 
@@ -90,6 +90,7 @@ class LocalEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_token_ids[0]
         _check_supported(config)
         self.copy = InferenceCopy(model, prepack=prepack) if inference_copy else None
+        self._stop_enders: dict[tuple[str, ...], torch.Tensor | None] = {}
 
     # ------------------------------------------------------------------------- public
 
@@ -139,8 +140,16 @@ class LocalEngine:
             max_concurrent_rollouts=self.max_concurrent_rollouts,
             prefill_tokens=self.prefill_tokens,
             policy_version=self.policy_version,
+            stop_enders=self.stop_enders,
             device=next(self.model.parameters()).device,
         )
+
+    def stop_enders(self, stops: tuple[str, ...]) -> torch.Tensor | None:
+        """The tokens that can complete one of ``stops`` (worked out once per set of stop strings)."""
+        if stops not in self._stop_enders:
+            vocab_size = self.model.get_output_embeddings().weight.shape[0]
+            self._stop_enders[stops] = stop_string_enders(self.tokenizer, stops, vocab_size)
+        return self._stop_enders[stops]
 
     @contextlib.contextmanager
     def _sampling_mode(self) -> Iterator[None]:

@@ -59,6 +59,28 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
     return text[: min(ends)] if ends else text
 
 
+def stop_string_enders(tokenizer, stops: tuple[str, ...], vocab_size: int) -> torch.Tensor | None:
+    """``[V]`` bool: the tokens that can complete one of ``stops``, or ``None`` when any token can.
+
+    A stop string first appears when the token holding its last character is sampled, so only
+    tokens whose text contains one of those last characters need the (per-row, Python) check
+    of the decoded tail. A token whose text alone is cut short (``\ufffd``: part of a multi-byte
+    character) may complete a character in context and stays a candidate, as do ids past the
+    tokenizer's vocabulary. Tokenizers may drop or tidy spaces when a token is decoded alone, so a
+    stop string ending in whitespace disables the filter.
+    """
+    last_chars = {text[-1] for text in stops if text}
+    if not last_chars or any(char.isspace() for char in last_chars):
+        return None
+    known = min(vocab_size, len(tokenizer))
+    texts = tokenizer.batch_decode([[i] for i in range(known)])
+    enders_V = torch.ones(vocab_size, dtype=torch.bool)
+    enders_V[:known] = torch.tensor(
+        ["\ufffd" in text or any(c in text for c in last_chars) for text in texts]
+    )
+    return enders_V
+
+
 def row_seed(seed: int, prompt_id: str, candidate_index: int) -> int:
     """A 63-bit seed for one candidate, a pure function of (seed, prompt id, candidate index)."""
     digest = hashlib.blake2b(f"{seed}\x1f{prompt_id}\x1f{candidate_index}".encode(), digest_size=8).digest()
