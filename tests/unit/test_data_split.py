@@ -58,3 +58,19 @@ def test_epoch_order_is_a_permutation_reshuffled_each_epoch():
     assert epoch_order(50, 1, seed=42) == orders[1]
     assert epoch_order(50, 1, seed=43) != orders[1]
     assert epoch_order(0, 0, seed=1) == []
+
+
+def test_quickstart_datasets_leave_whole_rounds_after_the_carve_out():
+    """A quickstart of R rounds of C prompts asks for exactly the rows that leave R*C to train on."""
+    from openrft.jobs.quickstart import dataset_rows
+
+    for train in range(1, 200):
+        for fraction in (0.05, 0.1, 0.2, 0.33):
+            rows = dataset_rows(train, fraction)
+            prompts = [type("P", (), {"prompt_id": f"row-{i}"})() for i in range(rows)]
+            assert len(split_carveout(prompts, fraction, seed=7)[0]) == train
+            assert rows == train + 1 or len(split_carveout(prompts[:-1], fraction, seed=7)[0]) < train
+    assert (dataset_rows(18 * 8, 0.1), dataset_rows(8 * 8, 0.2)) == (
+        160,
+        80,
+    )  # 161 and 81 gave a 1-prompt round

@@ -93,8 +93,7 @@ def main(*, rounds: int | None = None, quiet: bool = False, task: str = "arithme
     flags, default_rounds, options = TASKS[task]
     rounds = rounds or default_rounds
     chunk = int(flags["chunk_size"])  # type: ignore[call-overload]
-    held_out = 1 / (1 - float(flags["eval_auto_carveout"]))  # type: ignore[arg-type]
-    count = int(rounds * chunk * held_out) + 1
+    count = dataset_rows(rounds * chunk, float(flags["eval_auto_carveout"]))  # type: ignore[arg-type]
     job_id = new_job_id().replace("rftj-", "quickstart-")
     cfg = quickstart_config({"dataset": f"{task}:{options}count={count}", "job_id": job_id}, task)
     print(
@@ -108,6 +107,14 @@ def main(*, rounds: int | None = None, quiet: bool = False, task: str = "arithme
     if code == 0:
         report(jobs_root() / job_id, time.perf_counter() - start)
     return code
+
+
+def dataset_rows(train: int, carveout: float) -> int:
+    """The fewest rows whose carve-out (:func:`~openrft.data.split.split_carveout`) leaves ``train`` to train on."""
+    rows = train + 1
+    while rows - min(rows - 1, max(1, round(carveout * rows))) < train:
+        rows += 1
+    return rows
 
 
 def report(job_dir: Path | None, seconds: float) -> None:
