@@ -335,15 +335,25 @@ class Run:
         ]
 
     def _place_fresh(self, new_kv: KV, fresh: _Rows, row0: int, length: int) -> None:
-        """Copy each new row's stashed prompt into its slot, right-aligned to ``length``."""
-        for j, (p, _) in enumerate(fresh.owners):
-            row, stash = row0 + j, self.stash[p]
-            start = length - stash.kv[0][0].shape[1]
-            for (keys, values), (k, v) in zip(new_kv, stash.kv, strict=True):
-                keys[row, :, :start] = 0
-                values[row, :, :start] = 0
-                keys[row, :, start:length] = k
-                values[row, :, start:length] = v
+        """Copy each new row's stashed prompt into its slot, right-aligned to ``length``.
+
+        The candidates of one prompt share its stash, so each layer gathers the distinct prompts
+        into one zero-padded block and copies it to all the new rows at once.
+        """
+        prompts = list(dict.fromkeys(p for p, _ in fresh.owners))
+        slot_of = {p: u for u, p in enumerate(prompts)}
+        slot_R = torch.tensor([slot_of[p] for p, _ in fresh.owners], device=self.device)
+        widest = max(self.stash[p].kv[0][0].shape[1] for p in prompts)
+        rows = slice(row0, row0 + len(fresh.owners))
+        for layer, buffers in enumerate(new_kv):
+            for which, buffer_BHCD in enumerate(buffers):
+                heads, dim = buffer_BHCD.shape[1], buffer_BHCD.shape[3]
+                block_UHWD = buffer_BHCD.new_zeros((len(prompts), heads, widest, dim))
+                for u, p in enumerate(prompts):
+                    part_HPD = self.stash[p].kv[layer][which]
+                    block_UHWD[u, :, widest - part_HPD.shape[1] :] = part_HPD
+                buffer_BHCD[rows, :, : length - widest] = 0
+                buffer_BHCD[rows, :, length - widest : length] = block_UHWD.index_select(0, slot_R)
         fresh.start_B += length
 
     def _drop_stashes(self) -> None:

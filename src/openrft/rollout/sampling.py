@@ -134,4 +134,4 @@ def sample_tokens(
     return token_ids_B, logprobs_BV.gather(-1, token_ids_B[:, None]).squeeze(-1)
 
 
-__all__ = ["Truncation", "check_params", "row_seed", "row_uniforms", "sample_tokens"]
+__all__ = ["Truncation", "check_params", "row_seed", "row_uniforms", "sample_tokens", "stop_string_enders"]
