@@ -11,7 +11,10 @@ Needs only torch, transformers and peft. Per size it prints:
   second, and MFU against the bf16 matmul peak this script measures first (model FLOPs counted as
   4 x parameters per token: forward plus input gradients, the base being frozen);
 * peak GPU memory of the step against openrft's memory estimate for the same job;
-* for the 7B shape, the step with gradient checkpointing too.
+* for the 7B shape, the step with gradient checkpointing too;
+* one decoding step (the model's forward over a KV cache, as the local engine calls it) at 1 row and
+  at prompts x n rows: its time, the bytes it must read (weights and cache), and that rate as a share
+  of the device's memory bandwidth, measured first by a large copy.
 """
 
 from __future__ import annotations
@@ -75,6 +78,60 @@ def matmul_peak(device: str, dtype: torch.dtype) -> float:
         a @ b
     sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def copy_bandwidth(device: str) -> float:
+    """Measured memory bandwidth in bytes/s: a large device-to-device copy reads and writes every byte."""
+    source = torch.empty(
+        (1 << 28) if device.startswith("cuda") else (1 << 24), dtype=torch.float32, device=device
+    )
+    target = torch.empty_like(source)
+    for _ in range(3):
+        target.copy_(source)
+    sync(device)
+    start, reps = time.perf_counter(), 20
+    for _ in range(reps):
+        target.copy_(source)
+    sync(device)
+    return 2 * source.nbytes * reps / (time.perf_counter() - start)
+
+
+def decode_step(model, config, device: str, rows: int, context: int) -> tuple[float, int]:
+    """Seconds of one decoding step of ``rows`` sequences over ``context`` cached positions, and its bytes.
+
+    The bytes are what the step must read at least: every weight but the input embedding (read only
+    where tied to the LM head, which reads it whole) and the keys and values of the cache.
+    """
+    ids_RC = torch.randint(1, config.vocab_size - 1, (rows, context), device=device)
+    with torch.no_grad():
+        cache = model(ids_RC, use_cache=True).past_key_values
+        step_R1 = ids_RC[:, -1:]
+        for _ in range(3):
+            model(step_R1, cache=cache, use_cache=True)
+            cache.crop(-1)  # back to `context` positions
+        sync(device)
+        start, reps = time.perf_counter(), 10
+        for _ in range(reps):
+            model(step_R1, cache=cache, use_cache=True, logits_to_keep=1)
+            cache.crop(-1)  # back to `context` positions
+        sync(device)
+    seconds = (time.perf_counter() - start) / reps
+    assert cache.get_seq_length() == context, "the cache was not cropped back after each step"
+    embedding = model.get_input_embeddings().weight
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    if not config.tie_word_embeddings:
+        weights -= embedding.numel() * embedding.element_size()
+    head_dim = config.hidden_size // config.num_attention_heads
+    kv = (
+        2
+        * config.num_hidden_layers
+        * rows
+        * config.num_key_value_heads
+        * context
+        * head_dim
+        * embedding.element_size()
+    )
+    return seconds, weights + kv
 
 
 def rollouts(model, tokenizer, device: str, prompts: int, n: int, tokens: int) -> tuple[float, float]:
@@ -173,9 +230,9 @@ def main() -> None:
     args = parser.parse_args()
     device, dtype = args.device, torch.bfloat16
     sizes = ["tiny"] if args.tiny else args.sizes
-    peak = matmul_peak(device, dtype)
+    peak, bandwidth = matmul_peak(device, dtype), copy_bandwidth(device)
     print(f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}), "
-          f"measured bf16 matmul peak {peak / 1e12:.1f} TFLOP/s")  # fmt: skip
+          f"measured bf16 matmul peak {peak / 1e12:.1f} TFLOP/s, copy bandwidth {bandwidth / 1e9:,.0f} GB/s")  # fmt: skip
     prompts, n, tokens = (8, 8, 256) if not args.tiny else (2, 8, 16)
     for size in sizes:
         start = time.perf_counter()
@@ -184,6 +241,11 @@ def main() -> None:
         ours, theirs = rollouts(model, tokenizer, device, prompts, n, tokens)
         print(f"[{size}] rollouts, {prompts} prompts x n={n}, {tokens} tokens: local engine {ours:,.0f} tok/s, "
               f"model.generate {theirs:,.0f} tok/s, ratio {ours / theirs:.2f}x")  # fmt: skip
+        for rows in (1, prompts * n):
+            seconds, read = decode_step(model, config, device, rows, 64 + tokens)
+            print(f"[{size}] decode step, {rows} rows x {64 + tokens} cached: {seconds * 1e3:.2f} ms, reads "
+                  f"{read / 1e6:,.0f} MB: {read / seconds / 1e9:,.0f} GB/s, {read / seconds / bandwidth:.1%} "
+                  f"of the copy bandwidth")  # fmt: skip
         for checkpointing in [False, True] if size in ("7B", "tiny") else [False]:
             step = rft_step(model, config, device, checkpointing, prompts, n, tokens)
             guess = estimate(config, device, prompts, n, tokens, step["budget"], checkpointing)

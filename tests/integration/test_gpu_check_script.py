@@ -17,4 +17,9 @@ def test_gpu_check_runs_its_toy_shape_on_the_cpu():
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     assert "measured bf16 matmul peak" in out and "[tiny] rollouts" in out and "ratio" in out
+    assert (
+        "copy bandwidth" in out
+        and "[tiny] decode step, 1 rows" in out
+        and "[tiny] decode step, 16 rows" in out
+    )
     assert "[tiny] RFT step:" in out and "[tiny] RFT step (gradient checkpointing):" in out and "MFU" in out
