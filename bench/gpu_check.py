@@ -106,22 +106,20 @@ def decode_step(model, config, device: str, rows: int, context: int) -> tuple[fl
     with torch.no_grad():
         cache = model(ids_RC, use_cache=True).past_key_values
         step_R1 = ids_RC[:, -1:]
-        for _ in range(3):
-            model(step_R1, cache=cache, use_cache=True)
-            cache.crop(-1)  # back to `context` positions
-        sync(device)
-        start, reps = time.perf_counter(), 10
-        for _ in range(reps):
-            model(step_R1, cache=cache, use_cache=True, logits_to_keep=1)
-            cache.crop(-1)  # back to `context` positions
-        sync(device)
+        for reps in (3, 10):  # warm-up, then timed
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(reps):
+                model(step_R1, cache=cache, use_cache=True, logits_to_keep=1)
+                cache.crop(-1)  # back to `context` positions
+            sync(device)
     seconds = (time.perf_counter() - start) / reps
     assert cache.get_seq_length() == context, "the cache was not cropped back after each step"
     embedding = model.get_input_embeddings().weight
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     if not config.tie_word_embeddings:
         weights -= embedding.numel() * embedding.element_size()
-    head_dim = config.hidden_size // config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv = (
         2
         * config.num_hidden_layers

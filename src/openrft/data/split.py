@@ -17,6 +17,11 @@ def _key(seed: int, text: str) -> bytes:
     return hashlib.sha256(f"{seed}\x00{text}".encode()).digest()
 
 
+def carveout_size(rows: int, fraction: float) -> int:
+    """How many of ``rows`` prompts :func:`split_carveout` holds out: ``round(fraction * rows)``, at least 1, leaving 1."""
+    return min(rows - 1, max(1, round(fraction * rows)))
+
+
 def split_carveout(prompts: Sequence[P], fraction: float, seed: int) -> tuple[list[P], list[P]]:
     """Hold out ``round(fraction * N)`` prompts (at least 1, leaving at least 1) for evaluation.
 
@@ -32,7 +37,7 @@ def split_carveout(prompts: Sequence[P], fraction: float, seed: int) -> tuple[li
             f"cannot carve an evaluation set out of {len(prompts)} prompt(s)",
             hint="use more training rows or pass --evaluation-dataset",
         )
-    n_eval = min(len(prompts) - 1, max(1, round(fraction * len(prompts))))
+    n_eval = carveout_size(len(prompts), fraction)
     ranked = sorted(range(len(prompts)), key=lambda i: _key(seed, prompts[i].prompt_id))
     held = set(ranked[:n_eval])
     train = [p for i, p in enumerate(prompts) if i not in held]

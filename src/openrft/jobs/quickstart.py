@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from openrft.config import JobConfig, build_config
+from openrft.data.split import carveout_size
 from openrft.data.tasks import calculator_tools
 from openrft.paths import jobs_root
 from openrft.tracking.sinks import read_jsonl
@@ -117,7 +118,7 @@ def main(*, rounds: int | None = None, quiet: bool = False, task: str = "arithme
 def dataset_rows(train: int, carveout: float) -> int:
     """The fewest rows whose carve-out (:func:`~openrft.data.split.split_carveout`) leaves ``train`` to train on."""
     rows = train + 1
-    while rows - min(rows - 1, max(1, round(carveout * rows))) < train:
+    while rows - carveout_size(rows, carveout) < train:
         rows += 1
     return rows
 

@@ -149,8 +149,7 @@ def time_linear_passes(
     plain = [m for m in model.modules() if type(m) is torch.nn.Linear]
     packed = [PackedLinear(m) for m in plain]
     inputs = {r: [torch.randn(r, m.in_features, dtype=m.weight.dtype) for m in plain] for r in rows}
-    best: dict[str, dict[int, float]] = {"plain": dict.fromkeys(rows, float("inf")), "packed": {}}
-    best["packed"] = dict(best["plain"])
+    best = {name: dict.fromkeys(rows, float("inf")) for name in ("plain", "packed")}
     with torch.no_grad():
         for _ in range(repeats):
             for r in rows:
