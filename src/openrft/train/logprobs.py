@@ -22,17 +22,25 @@ DEFAULT_HEAD_BLOCK = 512
 
 
 class _BlockwiseTokenLogProb(torch.autograd.Function):
-    """logp_N = log_softmax(hidden_NH @ weight_VH.T / T)[n, targets_N[n]], computed block by block."""
+    """logp_N = log_softmax(hidden_NH @ weight_VH.T / T)[n, targets_N[n]], computed block by block.
+
+    Every block's logits go into one scratch buffer and are turned into probabilities in place, so
+    a call allocates a single ``[block, V]`` tensor: every pass over ``block x V`` floats and every
+    fresh allocation of that size (page faults on first touch) is a large share of a CPU step.
+    """
 
     @staticmethod
     def forward(ctx, hidden_NH, weight_VH, targets_N, inv_temperature: float, block: int):
         logp_N = hidden_NH.new_empty(hidden_NH.shape[0], dtype=torch.float32)
         lse_N = hidden_NH.new_empty(hidden_NH.shape[0], dtype=torch.float32)
+        scratch = _Scratch(hidden_NH, weight_VH, block)
         for start in range(0, hidden_NH.shape[0], block):
             stop = start + block
-            logits_CV = (hidden_NH[start:stop] @ weight_VH.T).float() * inv_temperature
-            lse_C = torch.logsumexp(logits_CV, dim=-1)
-            logp_N[start:stop] = logits_CV.gather(1, targets_N[start:stop, None]).squeeze(1) - lse_C
+            logits_CV = scratch.logits(hidden_NH[start:stop], inv_temperature)
+            target_C = logits_CV.gather(1, targets_N[start:stop, None]).squeeze(1)
+            max_C = logits_CV.amax(dim=-1)
+            lse_C = logits_CV.sub_(max_C[:, None]).exp_().sum(dim=-1).log_().add_(max_C)
+            logp_N[start:stop] = target_C - lse_C
             lse_N[start:stop] = lse_C
         ctx.save_for_backward(hidden_NH, weight_VH, targets_N, lse_N)
         ctx.inv_temperature, ctx.block = inv_temperature, block
@@ -44,20 +52,42 @@ class _BlockwiseTokenLogProb(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden_NH) if need_h else None
         grad_w = torch.zeros_like(weight_VH) if need_w else None
+        scratch = _Scratch(hidden_NH, weight_VH, ctx.block)
         for start in range(0, hidden_NH.shape[0], ctx.block):
             stop = start + ctx.block
             h_CH = hidden_NH[start:stop]
-            logits_CV = (h_CH @ weight_VH.T).float() * ctx.inv_temperature
-            # d logp / d logits = onehot(y) - softmax(logits), scaled by the incoming gradient
-            g_CV = torch.exp(logits_CV - lse_N[start:stop, None]).mul_(-grad_N[start:stop, None])
+            # d logp / d (h W^T) = (onehot(y) - softmax(logits)) / T, times the incoming gradient
+            scale_C = grad_N[start:stop] * ctx.inv_temperature
+            g_CV = scratch.logits(h_CH, ctx.inv_temperature).sub_(lse_N[start:stop, None]).exp_()
+            g_CV.mul_(-scale_C[:, None])
             rows = torch.arange(g_CV.shape[0], device=g_CV.device)
-            g_CV[rows, targets_N[start:stop]] += grad_N[start:stop]
-            g_CV = g_CV.to(weight_VH.dtype).mul_(ctx.inv_temperature)
+            g_CV[rows, targets_N[start:stop]] += scale_C
+            g_CV = g_CV.to(weight_VH.dtype)
             if need_h:
                 grad_h[start:stop] = g_CV @ weight_VH
             if need_w:
                 grad_w += g_CV.T @ h_CH
         return grad_h, grad_w, None, None, None
+
+
+class _Scratch:
+    """One reusable ``[block, V]`` buffer for the logits of a block (float32, or the weight's wider type)."""
+
+    def __init__(self, hidden_NH: torch.Tensor, weight_VH: torch.Tensor, block: int):
+        self.weight_VH = weight_VH
+        self.wide = weight_VH.dtype in (torch.float32, torch.float64) and hidden_NH.dtype == weight_VH.dtype
+        rows = min(block, hidden_NH.shape[0])
+        dtype = weight_VH.dtype if self.wide else torch.float32
+        self.buffer_BV = hidden_NH.new_empty((rows, weight_VH.shape[0]), dtype=dtype)
+
+    def logits(self, h_CH: torch.Tensor, inv_temperature: float) -> torch.Tensor:
+        """``h_CH @ W.T / T`` in the buffer (a narrower type is multiplied first, then widened)."""
+        out_CV = self.buffer_BV[: h_CH.shape[0]]
+        if self.wide:  # scaling the few hidden states instead of the many logits: one pass fewer
+            h_CH = h_CH if inv_temperature == 1.0 else h_CH * inv_temperature
+            return torch.mm(h_CH, self.weight_VH.T, out=out_CV)
+        out_CV.copy_(h_CH @ self.weight_VH.T)
+        return out_CV if inv_temperature == 1.0 else out_CV.mul_(inv_temperature)
 
 
 def token_logprobs(
