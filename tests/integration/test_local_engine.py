@@ -369,3 +369,32 @@ def test_stop_strings_checked_only_after_tokens_that_can_end_them(tiny_model):
         [(c.completion_token_ids, c.text, c.finish_reason) for c in g] for g in without
     ]
     assert any(c.finish_reason == "stop" for g in with_filter for c in g)
+
+
+def test_rebuilding_in_place_samples_what_new_buffers_sample(tiny_model, monkeypatch):
+    """Admitting rows into free slots and filling finished rows' slots moves no other row's cache."""
+    from openrft.rollout import decode
+
+    model, tokenizer = tiny_model
+    params = SamplingParams(n=3, temperature=1.0, top_k=20, max_tokens=16, seed=5)
+    stops = list(range(0, len(tokenizer), 6))  # uneven lengths: rows finish while others go on
+
+    def run() -> list[list[Completion]]:
+        engine = LocalEngine(model, tokenizer, max_concurrent_rollouts=6, stop_token_ids=stops)
+        return engine.generate(make_prompts(6), params)
+
+    in_place: list[bool] = []
+    spied = decode.Run._rebuild_in_place
+
+    def spy(self, kept_B, fresh):
+        in_place.append(fresh is not None)
+        return spied(self, kept_B, fresh)
+
+    monkeypatch.setattr(decode.Run, "_rebuild_in_place", spy)
+    reused = run()
+    assert True in in_place and False in in_place  # admissions and compactions both stayed in place
+    monkeypatch.setattr(decode.Run, "_fits", lambda self, kept_B, fresh: False)
+    fresh_buffers = run()
+    assert tokens_of(reused) == tokens_of(fresh_buffers)
+    lp = [torch.tensor([x for g in r for c in g for x in c.logprobs]) for r in (reused, fresh_buffers)]
+    assert torch.allclose(lp[0], lp[1], atol=1e-5)

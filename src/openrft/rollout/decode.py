@@ -25,6 +25,7 @@ from openrft.rollout.sampling import Truncation, cut_at_stop, row_uniforms, samp
 
 COMPACT_FRACTION = 0.25  # with nothing waiting, rebuild once this share of the rows has finished
 GROW_COLUMNS = 64  # cache columns allocated ahead of the current length (grown by a rebuild when used up)
+TRIM_FRACTION = 0.25  # a rebuild keeps the buffers unless this share of the columns is padding no row needs
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values)
 
@@ -282,54 +283,105 @@ class Run:
     # ------------------------------------------------------------------------- batch rebuild
 
     def _rebuild(self, fresh: _Rows | None) -> None:
-        """New cache buffers with the unfinished old rows and the admitted new ones; trims padding."""
-        kept, trim, keep_B = None, 0, None
+        """Drop the finished rows and admit ``fresh`` ones: in the current buffers when they fit, else anew."""
+        kept_B = None  # buffer rows of the unfinished rows
         if self.rows is not None:
             self._collect(self.rows, self.rows.done_B)
-            keep_B = torch.nonzero(~self.rows.done_B).squeeze(1)
-            if len(keep_B):
-                kept = self.rows.take(keep_B)
-                trim = int(kept.start_B.min())
+            kept_B = torch.nonzero(~self.rows.done_B).squeeze(1)
+            kept_B = kept_B if len(kept_B) else None
         if fresh is not None:
             for p, _ in fresh.owners:
                 self.stash[p].waiting -= 1
             self._collect(fresh, fresh.done_B)
             fresh = fresh.take(torch.nonzero(~fresh.done_B).squeeze(1))
             fresh = fresh if fresh.owners else None
+        if kept_B is not None and self._fits(kept_B, fresh):
+            self._rebuild_in_place(kept_B, fresh)
+        else:
+            self._rebuild_anew(kept_B, fresh)
+        self._drop_stashes()
+
+    def _fits(self, kept_B: torch.Tensor, fresh: _Rows | None) -> bool:
+        """Whether the current buffers can hold the kept and fresh rows without moving every row.
+
+        They must have a free column for the next step and enough rows; every fresh prompt must fit
+        left of the current length (the rows are right-aligned); and the padding columns no kept row
+        needs any more must stay under ``TRIM_FRACTION`` of the length (only a new buffer trims them).
+        """
+        rows = len(kept_B) + (len(fresh.owners) if fresh is not None else 0)
+        trim = int(self.rows.start_B.index_select(0, kept_B).min())
+        return (
+            self.length < self.capacity
+            and rows <= self.kv[0][0].shape[0]
+            and (fresh is None or int(-fresh.start_B.min()) <= self.length)
+            and trim <= TRIM_FRACTION * self.length
+        )
+
+    def _rebuild_in_place(self, kept_B: torch.Tensor, fresh: _Rows | None) -> None:
+        """Fill the finished rows' slots with the last kept rows, then put the fresh rows after them.
+
+        Only the rows that move are copied (one gather per layer), instead of the whole cache.
+        """
+        kept_count = len(kept_B)
+        order_B = torch.arange(kept_count, device=self.device)
+        is_kept_B = torch.zeros(self.kv[0][0].shape[0], dtype=torch.bool, device=self.device)
+        is_kept_B[kept_B] = True
+        holes_H = torch.nonzero(~is_kept_B[:kept_count]).squeeze(1)
+        if len(holes_H):
+            movers_H = kept_B[kept_B >= kept_count]
+            order_B[holes_H] = movers_H
+            for buffers in self.kv:
+                for buffer_BHCD in buffers:
+                    buffer_BHCD[holes_H, :, : self.length] = buffer_BHCD[movers_H, :, : self.length]
+        parts = [self.rows.take(order_B)]
+        if fresh is not None:
+            self._place_fresh(self.kv, fresh, row0=kept_count, length=self.length)
+            parts.append(fresh)
+        self._use(_Rows.concat(parts), self.kv, self.length, self.capacity)
+
+    def _rebuild_anew(self, kept_B: torch.Tensor | None, fresh: _Rows | None) -> None:
+        """New cache buffers with the kept rows and the fresh ones; trims the padding no row needs."""
+        kept, trim = None, 0
+        if kept_B is not None:
+            kept = self.rows.take(kept_B)
+            trim = int(kept.start_B.min())
         old_length = self.length - trim if kept is not None else 0
         length = max(old_length, int(-fresh.start_B.min()) if fresh is not None else 0)
         parts = [r for r in (kept, fresh) if r is not None]
         if not parts:
             self.rows, self.kv, self.length, self.capacity, self.cache = None, [], 0, 0, None
-            self._drop_stashes()
             return
         # Room for the longest response still possible, but at most GROW_COLUMNS ahead: most rows end
         # long before their limit, and fresh pages cost time to allocate as well as memory.
         capacity = length + min(GROW_COLUMNS, max(int((r.limit_B - r.count_B).max()) for r in parts))
-        new_kv = self._allocate(parts, capacity)
+        total = sum(len(r.owners) for r in parts)
+        # rows for the candidates still queued too, so that admitting them later reuses these buffers
+        new_kv = self._allocate(min(self.settings.max_concurrent_rollouts, total + len(self.queue)), capacity)
         shift = length - old_length
         for (keys, values), (k_old, v_old) in zip(new_kv, self.kv if kept is not None else [], strict=False):
             n_old = len(kept.owners)
             keys[:n_old, :, :shift] = 0
             values[:n_old, :, :shift] = 0
-            keys[:n_old, :, shift:length] = k_old[:, :, trim : self.length].index_select(0, keep_B)
-            values[:n_old, :, shift:length] = v_old[:, :, trim : self.length].index_select(0, keep_B)
+            keys[:n_old, :, shift:length] = k_old[:, :, trim : self.length].index_select(0, kept_B)
+            values[:n_old, :, shift:length] = v_old[:, :, trim : self.length].index_select(0, kept_B)
         if kept is not None:
             kept.start_B += shift - trim
         if fresh is not None:
             self._place_fresh(new_kv, fresh, row0=len(kept.owners) if kept is not None else 0, length=length)
-        self.rows = _Rows.concat(parts)
-        self.kv, self.length, self.capacity = new_kv, length, capacity
-        self.cache = Cache(layers=[_BufferLayer(k, v, length) for k, v in new_kv])
-        self._drop_stashes()
+        self._use(_Rows.concat(parts), new_kv, length, capacity)
 
-    def _allocate(self, parts: list[_Rows], capacity: int) -> KV:
+    def _use(self, rows: _Rows, kv: KV, length: int, capacity: int) -> None:
+        """Decode ``rows`` from now on: the first ``len(rows.owners)`` rows of the buffers ``kv``."""
+        count = len(rows.owners)
+        self.rows, self.kv, self.length, self.capacity = rows, kv, length, capacity
+        self.cache = Cache(layers=[_BufferLayer(k[:count], v[:count], length) for k, v in kv])
+
+    def _allocate(self, rows: int, capacity: int) -> KV:
         sample = next(iter(self.stash.values())).kv if self.stash else [(k[0], v[0]) for k, v in self.kv]
-        total = sum(len(r.owners) for r in parts)
         return [
             (
-                torch.empty((total, k.shape[0], capacity, k.shape[-1]), dtype=k.dtype, device=k.device),
-                torch.empty((total, v.shape[0], capacity, v.shape[-1]), dtype=v.dtype, device=v.device),
+                torch.empty((rows, k.shape[0], capacity, k.shape[-1]), dtype=k.dtype, device=k.device),
+                torch.empty((rows, v.shape[0], capacity, v.shape[-1]), dtype=v.dtype, device=v.device),
             )
             for k, v in sample
         ]

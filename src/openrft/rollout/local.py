@@ -14,8 +14,12 @@ How a call to :meth:`LocalEngine.generate` spends its time, and why:
   a row ends (end-of-turn token or length limit) it stops being useful; as soon as a
   few slots are free (about ``sqrt(max_concurrent_rollouts / 3)``, balancing the copy a
   rebuild costs against idle slots), or a quarter of the batch has ended and nothing is
-  waiting, the batch is rebuilt without the finished rows, waiting candidates are
-  admitted, and padding columns no remaining row needs are trimmed off.
+  waiting, the batch is rebuilt without the finished rows and waiting candidates are
+  admitted. A rebuild works in the same buffers when it can: the last rows move into the
+  finished rows' slots and new rows go into free ones, so only those rows are copied. New
+  buffers (every row copied) are made only to add columns, to fit a prompt longer than
+  the current width, or to trim padding columns no remaining row needs once they are a
+  quarter of the width.
 * **Batch-independent randomness.** Each candidate owns a random stream seeded from
   ``(seed, prompt_id, candidate_index)`` and samples by inverse CDF (see
   :mod:`openrft.rollout.sampling`), so its tokens do not depend on which other rows
