@@ -15,6 +15,9 @@ Needs only torch, transformers and peft. Per size it prints:
 * one decoding step (the model's forward over a KV cache, as the local engine calls it) at 1 row and
   at prompts x n rows: its time, the bytes it must read (weights and cache), and that rate as a share
   of the device's memory bandwidth, measured first by a large copy.
+* for the ``--compiled-sizes`` (default 0.5B), the same step over a static cache, eager and under
+  ``torch.compile(mode="reduce-overhead")`` (CUDA graphs on a GPU), and how long compiling took: whether
+  a compiled engine step would pay on this device.
 """
 
 from __future__ import annotations
@@ -132,6 +135,60 @@ def decode_step(model, config, device: str, rows: int, context: int) -> tuple[fl
     return seconds, weights + kv
 
 
+def compiled_decode_step(model, config, device: str, rows: int, context: int) -> tuple[float, float, float]:
+    """One decoding step over a static cache, eager and compiled: (eager s, compiled s, compile s).
+
+    What a compiled engine step would run: transformers' ``StaticCache`` (fixed shapes, the write
+    position a tensor), the forward under ``torch.compile(mode="reduce-overhead")``, which captures
+    it as a CUDA graph on a GPU. Each step writes the same cache column, so every call sees the
+    same shapes and one compilation serves them all (the cache is rewound in place between calls).
+    """
+    from transformers import StaticCache
+
+    ids_RC = torch.randint(1, config.vocab_size - 1, (rows, context), device=device)
+    cache = StaticCache(config=config, max_cache_len=context + 1)
+    position_11 = torch.tensor([[context]], device=device)
+    step_R1 = ids_RC[:, -1:].clone()
+
+    def step():
+        return model(step_R1, cache=cache, position_ids=position_11, use_cache=True, logits_to_keep=1).logits
+
+    def rewind() -> None:  # the cache back to `context` positions, in place (its address stays fixed)
+        for layer in cache.layers:
+            layer.cumulative_length.fill_(context)
+
+    def timed(fn, reps: int = 10) -> float:
+        rewind()
+        fn()
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(reps):
+            rewind()
+            fn()
+        sync(device)
+        return (time.perf_counter() - start) / reps
+
+    with torch.no_grad():
+        model(ids_RC, cache=cache, use_cache=True)
+        eager = timed(step)
+        compiled_step = torch.compile(step, mode="reduce-overhead")
+        sync(device)
+        start = time.perf_counter()
+        rewind()
+        reference = step().clone()
+        rewind()
+        first = compiled_step().clone()
+        for _ in range(2):  # CUDA graphs are recorded on a later call than the first
+            rewind()
+            compiled_step()
+        sync(device)
+        compile_seconds = time.perf_counter() - start
+        compiled = timed(compiled_step)
+    error = (first.float() - reference.float()).abs().max().item()
+    assert error < 0.5, f"the compiled step's logits differ from the eager step's by {error}"
+    return eager, compiled, compile_seconds
+
+
 def rollouts(model, tokenizer, device: str, prompts: int, n: int, tokens: int) -> tuple[float, float]:
     """Completion tokens/s: openrft's local engine, then ``model.generate``, same prompts and lengths."""
     from openrft.records import SamplingParams
@@ -225,6 +282,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="a toy shape only (to check the script on a CPU)")
     parser.add_argument("--sizes", nargs="*", default=["0.5B", "1.5B", "7B"])
+    parser.add_argument("--compiled-sizes", nargs="*", default=["0.5B"],
+                        help="sizes whose decoding step is also timed compiled (needs a C++ compiler on a CPU)")  # fmt: skip
     args = parser.parse_args()
     device, dtype = args.device, torch.bfloat16
     sizes = ["tiny"] if args.tiny else args.sizes
@@ -244,6 +303,10 @@ def main() -> None:
             print(f"[{size}] decode step, {rows} rows x {64 + tokens} cached: {seconds * 1e3:.2f} ms, reads "
                   f"{read / 1e6:,.0f} MB: {read / seconds / 1e9:,.0f} GB/s, {read / seconds / bandwidth:.1%} "
                   f"of the copy bandwidth")  # fmt: skip
+        for rows in (1, prompts * n) if size in args.compiled_sizes else ():
+            eager, compiled, compiling = compiled_decode_step(model, config, device, rows, 64 + tokens)
+            print(f"[{size}] decode step over a static cache, {rows} rows: eager {eager * 1e3:.2f} ms, compiled "
+                  f"{compiled * 1e3:.2f} ms ({eager / compiled:.2f}x), compiling took {compiling:.0f} s")  # fmt: skip
         for checkpointing in [False, True] if size in ("7B", "tiny") else [False]:
             step = rft_step(model, config, device, checkpointing, prompts, n, tokens)
             guess = estimate(config, device, prompts, n, tokens, step["budget"], checkpointing)
