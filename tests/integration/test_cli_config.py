@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -111,3 +112,18 @@ def test_help_comes_from_field_descriptions():
     description = " ".join(RolloutConfig.model_fields["top_k"].description.split())
     assert description in text
     assert "--response-candidates-count N, --n N" in text
+
+
+def test_command_line_sets_a_short_openmp_spin_unless_the_environment_chose(capsys, monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    main([])
+    assert os.environ["GOMP_SPINCOUNT"] == "10000"
+    monkeypatch.setenv("GOMP_SPINCOUNT", "500")
+    main([])
+    assert os.environ["GOMP_SPINCOUNT"] == "500"
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    main([])
+    assert "GOMP_SPINCOUNT" not in os.environ
+    capsys.readouterr()

@@ -198,10 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # OpenMP threads that spin while waiting make every small matmul crawl as soon as another
-    # process wants the same cores, and sleeping waiters cost little on an idle machine
-    # (docs/benchmarks.md, "defaults"). Set before torch is imported; the environment wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # How idle OpenMP threads wait between parallel regions (docs/benchmarks.md, "defaults"):
+    # sleeping (OMP_WAIT_POLICY=PASSIVE) pays a wake-up at every region, 1.6x the training time of a
+    # whole job on 2 cores; spinning without bound makes small ops crawl when more threads than
+    # cores compete. libgomp's short spin (GOMP_SPINCOUNT 10000, well under a millisecond) keeps
+    # the first and halves the second. Set before torch is imported; the environment wins.
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "10000")
     quiet_known_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
