@@ -1,6 +1,7 @@
 """One GPU run of openrft's GPU path on Qwen2.5-shaped models with random weights (no network, no vLLM).
 
     PYTHONPATH=src python bench/gpu_check.py                 # 0.5B, 1.5B and 7B shapes on cuda, ~8 min on an H200
+                                                             # plus two compilations of the 0.5B step
     PYTHONPATH=src python bench/gpu_check.py --tiny --device cpu   # the same code on a toy shape, seconds
 
 Needs only torch, transformers and peft. Per size it prints:
@@ -23,6 +24,7 @@ Needs only torch, transformers and peft. Per size it prints:
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -285,6 +287,8 @@ def main() -> None:
     parser.add_argument("--compiled-sizes", nargs="*", default=["0.5B"],
                         help="sizes whose decoding step is also timed compiled (needs a C++ compiler on a CPU)")  # fmt: skip
     args = parser.parse_args()
+    # every line out at once: a run cut short by its time limit keeps what it measured
+    sys.stdout.reconfigure(line_buffering=True)
     device, dtype = args.device, torch.bfloat16
     sizes = ["tiny"] if args.tiny else args.sizes
     peak, bandwidth = matmul_peak(device, dtype), copy_bandwidth(device)
