@@ -173,11 +173,11 @@ def compiled_decode_step(model, config, device: str, rows: int, context: int) ->
     with torch.no_grad():
         model(ids_RC, cache=cache, use_cache=True)
         eager = timed(step)
+        rewind()
+        reference = step().clone()
         compiled_step = torch.compile(step, mode="reduce-overhead")
         sync(device)
         start = time.perf_counter()
-        rewind()
-        reference = step().clone()
         rewind()
         first = compiled_step().clone()
         for _ in range(2):  # CUDA graphs are recorded on a later call than the first

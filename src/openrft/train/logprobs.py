@@ -25,8 +25,8 @@ class _BlockwiseTokenLogProb(torch.autograd.Function):
     """logp_N = log_softmax(hidden_NH @ weight_VH.T / T)[n, targets_N[n]], computed block by block.
 
     Every block's logits go into one scratch buffer and are turned into probabilities in place, so
-    a call allocates a single ``[block, V]`` tensor: every pass over ``block x V`` floats and every
-    fresh allocation of that size (page faults on first touch) is a large share of a CPU step.
+    in fp32 a call allocates a single ``[block, V]`` tensor: every pass over ``block x V`` floats and
+    every fresh allocation of that size (page faults on first touch) is a large share of a CPU step.
     """
 
     @staticmethod
@@ -81,7 +81,7 @@ class _Scratch:
         self.buffer_BV = hidden_NH.new_empty((rows, weight_VH.shape[0]), dtype=dtype)
 
     def logits(self, h_CH: torch.Tensor, inv_temperature: float) -> torch.Tensor:
-        """``h_CH @ W.T / T`` in the buffer (a narrower type is multiplied first, then widened)."""
+        """``h_CH @ W.T / T`` in the buffer (with a narrower weight type: the product, widened, then / T)."""
         out_CV = self.buffer_BV[: h_CH.shape[0]]
         if self.wide:  # scaling the few hidden states instead of the many logits: one pass fewer
             h_CH = h_CH if inv_temperature == 1.0 else h_CH * inv_temperature
