@@ -46,12 +46,16 @@ vendor:
 	done; \
 	echo "$(VENDOR_JS)" > $(DASHBOARD_VENDOR)/.pins; echo "vendored $(VENDOR_JS)" | tr ' ' '\n' | sed 's/=.*//'
 
-# The browser tests drive Debian's Chromium through its chromedriver (nothing downloaded by the tests).
+# Debian packages some tests use: Chromium and its chromedriver for the browser tests (nothing is
+# downloaded by the tests), g++ for torch.compile on a CPU (the compiled decoding step's tests).
 browser:
-	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi; \
+	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	command -v g++ >/dev/null || missing="$$missing g++"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
-	else echo "make browser: as root, apt-get install chromium chromium-driver (the browser tests skip without them)"; fi
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "make browser: as root, apt-get install$$missing (the tests that need them skip)"; fi
 
 quickstart: setup
 	$(BIN)/openrft quickstart

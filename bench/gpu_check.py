@@ -1,13 +1,15 @@
 """One GPU run of openrft's GPU path on Qwen2.5-shaped models with random weights (no network, no vLLM).
 
-    PYTHONPATH=src python bench/gpu_check.py                 # 0.5B, 1.5B and 7B shapes on cuda, ~8 min on an H200
-                                                             # plus two compilations of the 0.5B step
+    PYTHONPATH=src python bench/gpu_check.py                 # 0.5B, 1.5B and 7B shapes on cuda, ~100 s
+                                                             # each on an H200, then ~2 min compiling
+    PYTHONPATH=src python bench/gpu_check.py --sizes 0.5B 1.5B --rollouts-only --compiled-sizes   # ~4 min
     PYTHONPATH=src python bench/gpu_check.py --tiny --device cpu   # the same code on a toy shape, seconds
 
 Needs only torch, transformers and peft. Per size it prints:
 
-* rollouts: the local engine against ``model.generate`` on the same GPU, n=8 candidates per prompt,
-  completion tokens per second of each and their ratio;
+* rollouts: the local engine, with its eager and its compiled decoding step (and how long the compiled
+  engine's first call took, compiling included), against ``model.generate`` on the same GPU, n=8
+  candidates per prompt: completion tokens per second of each and the ratios;
 * one RFT step (the trainer's micro-batched LoRA policy-gradient step): time, trained tokens per
   second, and MFU against the bf16 matmul peak this script measures first (model FLOPs counted as
   4 x parameters per token: forward plus input gradients, the base being frozen);
@@ -191,22 +193,37 @@ def compiled_decode_step(model, config, device: str, rows: int, context: int) ->
     return eager, compiled, compile_seconds
 
 
-def rollouts(model, tokenizer, device: str, prompts: int, n: int, tokens: int) -> tuple[float, float]:
-    """Completion tokens/s: openrft's local engine, then ``model.generate``, same prompts and lengths."""
+def engine_rate(
+    model, tokenizer, device: str, ids: list, n: int, tokens: int, compiled: bool
+) -> tuple[float, float]:
+    """Completion tokens/s of openrft's local engine (eager or compiled step), and its warm-up call's seconds.
+
+    The warm-up call samples one prompt; with ``compiled`` it also compiles the step (CUDA graphs).
+    """
     from openrft.records import SamplingParams
     from openrft.rollout.local import LocalEngine
 
-    ids = [[int(t) for t in torch.randint(1, len(tokenizer) - 1, (64,))] for _ in range(prompts)]
-    engine = LocalEngine(
-        model, tokenizer, max_concurrent_rollouts=prompts * n, stop_token_ids=[len(tokenizer) - 1]
-    )
+    engine = LocalEngine(model, tokenizer, max_concurrent_rollouts=len(ids) * n, stop_token_ids=[len(tokenizer) - 1],
+                         compile_step=compiled, compile_after=0.0)  # fmt: skip
     params = SamplingParams(n=n, temperature=1.0, top_k=0, max_tokens=tokens, seed=1)
-    engine.generate_from_ids([(str(i), p) for i, p in enumerate(ids[:1])], params)  # warm-up
+    start = time.perf_counter()
+    engine.generate_from_ids([(str(i), p) for i, p in enumerate(ids[:1])], params)
     sync(device)
+    warm_up = time.perf_counter() - start
     start = time.perf_counter()
     out = engine.generate_from_ids([(str(i), p) for i, p in enumerate(ids)], params)
     sync(device)
-    ours = sum(len(c.completion_token_ids) for g in out for c in g) / (time.perf_counter() - start)
+    assert not compiled or engine.slots is not None and engine.slots.compiled, "the step was not compiled"
+    return sum(len(c.completion_token_ids) for g in out for c in g) / (time.perf_counter() - start), warm_up
+
+
+def rollouts(
+    model, tokenizer, device: str, prompts: int, n: int, tokens: int
+) -> tuple[float, float, float, float]:
+    """Completion tokens/s: the local engine eager, compiled (and its warm-up with compiling), ``model.generate``."""
+    ids = [[int(t) for t in torch.randint(1, len(tokenizer) - 1, (64,))] for _ in range(prompts)]
+    ours, _ = engine_rate(model, tokenizer, device, ids, n, tokens, compiled=False)
+    compiled, compiling = engine_rate(model, tokenizer, device, ids, n, tokens, compiled=True)
     batch = torch.tensor(ids, device=device)
     with torch.no_grad():
         sync(device)
@@ -216,10 +233,12 @@ def rollouts(model, tokenizer, device: str, prompts: int, n: int, tokens: int) -
                                    pad_token_id=0)  # fmt: skip
         sync(device)
     theirs = (generated.shape[1] - batch.shape[1]) * generated.shape[0] / (time.perf_counter() - start)
-    return ours, theirs
+    return ours, compiled, compiling, theirs
 
 
-def rft_step(model, config, device: str, checkpointing: bool, prompts: int, n: int, tokens: int) -> dict:
+def rft_step(
+    model, config, device: str, checkpointing: bool, prompts: int, n: int, tokens: int, budget: int
+) -> dict:
     """One LoRA GRPO step over ``prompts x n`` sampled-like sequences; time, tokens/s, peak memory."""
     from openrft.algo.losses import resolve_loss
     from openrft.records import Completion
@@ -243,7 +262,6 @@ def rft_step(model, config, device: str, checkpointing: bool, prompts: int, n: i
             completion = tuple(int(t) for t in torch.randint(1, config.vocab_size - 1, (tokens,)))
             sequences.append(TrainSequence(Completion(str(p), c, prompt, completion, "", (-2.0,) * tokens, "length"),
                                            float(c % 2) - 0.5, p))  # fmt: skip
-    budget = 16384 if device.startswith("cuda") else 512
     batches, _ = plan_step(sequences, budget, 0)
     loss = StepLoss(*resolve_loss("grpo"), 1.0, full_sequences=checkpointing)
     optimizer = torch.optim.AdamW(trainable_parameters(policy), lr=1e-5)
@@ -261,17 +279,23 @@ def rft_step(model, config, device: str, checkpointing: bool, prompts: int, n: i
     peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else 0
     params = sum(p.numel() for p in policy.parameters())
     policy.unload()  # the base model again, for the next measurement
-    return {"seconds": seconds, "tokens": trained, "flops": 4 * params * trained / seconds, "peak": peak,
-            "budget": budget}  # fmt: skip
+    return {"seconds": seconds, "tokens": trained, "flops": 4 * params * trained / seconds, "peak": peak}
 
 
 def estimate(config, device: str, prompts: int, n: int, tokens: int, budget: int, checkpointing: bool) -> int:
+    """openrft's memory estimate for the job :func:`rft_step` runs."""
     from openrft.config import build_config
     from openrft.train.memory import estimate_memory
 
-    values = {"max_output_tokens": max(16, tokens), "max_context_length": 128 + max(16, tokens) + 1,
-              "micro_batch_tokens": budget, "max_concurrent_rollouts": prompts * n,
-              "gradient_checkpointing": checkpointing, "lora_rank": 16}  # fmt: skip
+    values = {
+        "max_output_tokens": max(16, tokens),
+        "max_context_length": 128 + max(16, tokens) + 1,
+        "micro_batch_tokens": budget,
+        "max_concurrent_rollouts": prompts * n,
+        "gradient_checkpointing": checkpointing,
+        "lora_rank": 16,
+        "compile": False,
+    }  # fmt: skip  (the measured step holds no compiled sampling buffers)
     settings = build_config({}, values)[0].settings()
     import dataclasses
 
@@ -286,6 +310,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="*", default=["0.5B", "1.5B", "7B"])
     parser.add_argument("--compiled-sizes", nargs="*", default=["0.5B"],
                         help="sizes whose decoding step is also timed compiled (needs a C++ compiler on a CPU)")  # fmt: skip
+    parser.add_argument("--rollouts-only", action="store_true", help="per size, the rollout rates only")
     args = parser.parse_args()
     # every line out at once: a run cut short by its time limit keeps what it measured
     sys.stdout.reconfigure(line_buffering=True)
@@ -299,21 +324,25 @@ def main() -> None:
         start = time.perf_counter()
         model, config = build(size, device, dtype)
         tokenizer = Tokenizer(config.vocab_size)
-        ours, theirs = rollouts(model, tokenizer, device, prompts, n, tokens)
+        ours, compiled, compiling, theirs = rollouts(model, tokenizer, device, prompts, n, tokens)
         print(f"[{size}] rollouts, {prompts} prompts x n={n}, {tokens} tokens: local engine {ours:,.0f} tok/s, "
-              f"model.generate {theirs:,.0f} tok/s, ratio {ours / theirs:.2f}x")  # fmt: skip
+              f"compiled step {compiled:,.0f} tok/s (its first call, compiling, {compiling:.0f} s), "
+              f"model.generate {theirs:,.0f} tok/s; ratios {ours / theirs:.2f}x and {compiled / theirs:.2f}x")  # fmt: skip
+        if args.rollouts_only:
+            continue
         for rows in (1, prompts * n):
             seconds, read = decode_step(model, config, device, rows, 64 + tokens)
             print(f"[{size}] decode step, {rows} rows x {64 + tokens} cached: {seconds * 1e3:.2f} ms, reads "
                   f"{read / 1e6:,.0f} MB: {read / seconds / 1e9:,.0f} GB/s, {read / seconds / bandwidth:.1%} "
                   f"of the copy bandwidth")  # fmt: skip
-        for rows in (1, prompts * n) if size in args.compiled_sizes else ():
-            eager, compiled, compiling = compiled_decode_step(model, config, device, rows, 64 + tokens)
-            print(f"[{size}] decode step over a static cache, {rows} rows: eager {eager * 1e3:.2f} ms, compiled "
-                  f"{compiled * 1e3:.2f} ms ({eager / compiled:.2f}x), compiling took {compiling:.0f} s")  # fmt: skip
         for checkpointing in [False, True] if size in ("7B", "tiny") else [False]:
-            step = rft_step(model, config, device, checkpointing, prompts, n, tokens)
-            guess = estimate(config, device, prompts, n, tokens, step["budget"], checkpointing)
+            budget = 16384 if device.startswith("cuda") else 512
+            guess = estimate(config, device, prompts, n, tokens, budget, checkpointing)
+            if device.startswith("cuda") and guess > torch.cuda.get_device_properties(0).total_memory:
+                print(f"[{size}] RFT step{' (gradient checkpointing)' if checkpointing else ''}: skipped, the "
+                      f"estimate {guess / 2**30:.1f} GiB exceeds the device (a job would be refused)")  # fmt: skip
+                continue
+            step = rft_step(model, config, device, checkpointing, prompts, n, tokens, budget)
             memory = (
                 f"peak GPU memory {step['peak'] / 2**30:.1f} GiB vs estimate {guess / 2**30:.1f} GiB "
                 f"({step['peak'] / guess:.2f}x)"
@@ -327,6 +356,14 @@ def main() -> None:
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
         print(f"[{size}] done in {time.perf_counter() - start:.0f} s", flush=True)
+    # compiling last: its time is the least predictable, and a run cut short keeps every plain measurement
+    for size in ["tiny"] if args.tiny and args.compiled_sizes else args.compiled_sizes:
+        model, config = build(size, device, dtype)
+        for rows in (1, prompts * n):
+            eager, compiled, compiling = compiled_decode_step(model, config, device, rows, 64 + tokens)
+            print(f"[{size}] decode step over a static cache, {rows} rows: eager {eager * 1e3:.2f} ms, compiled "
+                  f"{compiled * 1e3:.2f} ms ({eager / compiled:.2f}x), compiling took {compiling:.0f} s")  # fmt: skip
+        del model
 
 
 if __name__ == "__main__":

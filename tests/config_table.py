@@ -42,6 +42,7 @@ TABLE = [
     ("eval_auto_carveout", None, [0.01, 0.5, "0.1"], [0, 0.51, 1, "some"]),
     ("skip_bad_rows", False, [True], ["x"]),
     ("deterministic", False, [True], ["x"]),
+    ("compile", True, [False], ["x"]),
     ("device", "auto", ["auto", "cpu", "cuda", "cuda:1"], ["gpu", "cuda:", "cuda:x", "CPU", 1]),
     ("dtype", "auto", ["auto", "float32", "bfloat16"], ["fp16", "float16", "bf16", 16]),
     ("gradient_checkpointing", False, [True], ["x"]),

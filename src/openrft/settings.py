@@ -99,6 +99,7 @@ class EngineSettings:
     evaluator_timeout: float
     ray: RaySettings | None
     vllm_gpu_memory_utilization: float = 0.3
+    compile: bool = True  # the local engine's decoding step, on a GPU
 
 
 @dataclass(frozen=True)

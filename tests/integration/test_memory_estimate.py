@@ -79,6 +79,41 @@ def test_a_job_too_large_for_the_cuda_device_is_refused_with_the_numbers(tiny_mo
     assert (
         "more than the device's 0.0 GiB" in refused.value.message
         and "gradient-checkpointing" in refused.value.hint
+        and "compiled sampling step's buffers" in refused.value.message
+        and "--no-compile" in refused.value.hint
     )
     monkeypatch.setattr(memory, "device_memory", lambda device: 2**40)
     assert check_memory(settings).runtime == 0  # on a GPU the process's own memory is not the device's
+
+
+def test_gpu_terms_of_the_estimate():
+    """On a GPU: the float32 adapter's float32 input copies (bfloat16 base), and the compiled step's buffers."""
+    import dataclasses
+
+    from transformers import Qwen2Config
+
+    from openrft.config import build_config
+    from openrft.train.memory import estimate_memory
+
+    config = Qwen2Config(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=96, max_position_embeddings=4096)  # fmt: skip
+
+    def estimate(device: str, dtype: str, **flags):
+        values = {"max_output_tokens": 200, "max_context_length": 300, "micro_batch_tokens": 1024, **flags}
+        settings = build_config({}, values)[0].settings()
+        model = dataclasses.replace(settings.model, device=device, dtype=dtype)
+        return estimate_memory(config, dataclasses.replace(settings, model=model))
+
+    tokens, layers, h, kv, mlp = 1024, 2, 64, 2 * 16, 96
+    fp32 = estimate("cuda", "float32")
+    bf16 = estimate("cuda", "bfloat16")
+    assert fp32.activations - 2 * 512 * 1000 * 4 == tokens * layers * 4 * (6 * h + 2 * kv + 4 * mlp)
+    # q, k, v, o, gate and up read h wide inputs, down reads the MLP width: 4 bytes each in float32
+    assert bf16.activations - 2 * 512 * 1000 * 4 == tokens * layers * (
+        2 * (6 * h + 2 * kv + 4 * mlp) + 4 * (6 * h + mlp)
+    )
+    # 64 slots, 300 columns rounded up to 512, keys and values of 2 layers, 2 bytes
+    assert bf16.compiled_buffers == 64 * 512 * 2 * layers * kv * 2
+    assert estimate("cuda", "bfloat16", compile=False).compiled_buffers == 0
+    assert estimate("cpu", "float32").compiled_buffers == 0
+    assert bf16.total - estimate("cuda", "bfloat16", compile=False).total == bf16.compiled_buffers

@@ -341,6 +341,12 @@ class RolloutConfig(Group):
         "server, see --endpoint-url) or vllm (in-process vLLM, GPU only).",
         valid="one of local, endpoint, vllm",
     )
+    compile: bool = field(
+        True,
+        "With the local engine on a GPU: compile the decoding step (torch.compile, CUDA graphs) once eager "
+        "sampling has taken a minute, about what compiling costs; then each step runs several times faster. "
+        "--no-compile keeps every step eager. Not used on a CPU.",
+    )
     endpoint_url: str | None = field(
         None,
         "Base URL of an OpenAI-compatible server for --rollout-engine endpoint (e.g. http://host:8000/v1).",
@@ -552,6 +558,7 @@ class JobConfig(BaseModel):
                 r.evaluator_timeout,
                 ray,
                 r.vllm_gpu_memory_utilization,
+                r.compile,
             ),  # fmt: skip
         )
 

@@ -146,6 +146,7 @@ class Run:
         self.length = 0
         self.capacity = 0
         self.cache: Cache | None = None
+        self.steps = 0  # decoding steps run
 
     def _limit(self, name: str, ids: list[int]) -> int:
         if not ids:
@@ -162,12 +163,15 @@ class Run:
         while self.queue or self._active():
             self._schedule()
             if self._active():
-                if self.length == self.capacity:  # the cache is full: move the rows to larger buffers
+                if self._needs_room():  # the cache is full: move the rows to larger buffers
                     self._rebuild(None)
                 self._step()
         if self.rows is not None:
             self._collect(self.rows, self.rows.done_B)
         return [[c for c in group if c is not None] for group in self.results]
+
+    def _needs_room(self) -> bool:
+        return self.length == self.capacity
 
     def _active(self) -> int:
         return 0 if self.rows is None else int((~self.rows.done_B).sum())
@@ -416,6 +420,10 @@ class Run:
 
     def _step(self) -> None:
         """Feed every row its last token, sample the next one, mark the rows that finish."""
+        self._advance(self._forward_rows())
+
+    def _forward_rows(self) -> torch.Tensor:
+        """One forward pass over every row's last token: the next-token logits ``[B, V]``."""
         rows, settings = self.rows, self.settings
         assert rows is not None and self.cache is not None
         columns_L = torch.arange(self.length + 1, device=self.device)
@@ -425,6 +433,13 @@ class Run:
             rows.last_B[:, None], settings.mask(allowed_B111L), positions_B1, self.cache
         )
         self.length += 1
+        return logits_BV
+
+    def _advance(self, logits_BV: torch.Tensor) -> None:
+        """Sample each row's next token from ``logits_BV``, record it, mark the rows that finish."""
+        rows = self.rows
+        assert rows is not None
+        self.steps += 1
         active_B = ~rows.done_B
         column_B = rows.count_B.clamp(max=rows.uniforms_BT.shape[1] - 1)
         uniforms_B = rows.uniforms_BT.gather(1, column_B[:, None]).squeeze(1)
@@ -477,4 +492,4 @@ class Run:
             )
 
 
-__all__ = ["Run", "DecodeSettings", "COMPACT_FRACTION"]
+__all__ = ["Run", "DecodeSettings", "COMPACT_FRACTION", "KV"]

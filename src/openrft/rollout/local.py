@@ -27,6 +27,13 @@ How a call to :meth:`LocalEngine.generate` spends its time, and why:
   float rounding in the forward pass, which can flip a token only when a uniform lands
   within ~1e-7 of a boundary).
 
+* **A compiled step on a GPU.** There an eager decoding step is bound by launching kernels (on an H200,
+  ~32 ms per step of a Qwen2.5-0.5B shape at 1 row as at 64). Once the engine has spent
+  :data:`COMPILE_AFTER` seconds sampling eagerly (about what compiling costs, so a short job never
+  pays for it), it decodes over fixed-shape slot buffers instead (:mod:`openrft.rollout.slots`) with
+  the step compiled into CUDA graphs: 11.7x ``model.generate`` at 0.5B, 8.6x at 1.5B. It falls back
+  to eager steps if compiling fails, or for a call whose buffers would not fit in memory.
+
 The engine samples from the model object it is given (a live ``peft.PeftModel`` during
 training, no weight copy; or, with ``inference_copy``, from a copy with the adapter merged and, on a
 CPU, the weights prepacked for oneDNN, refreshed at each new policy version: see
@@ -38,9 +45,13 @@ module's train/eval mode afterwards. It needs full-attention layers and the ``sd
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import psutil
 import torch
 
 from openrft.errors import RolloutError
@@ -51,8 +62,15 @@ from openrft.rollout.decode import DecodeSettings, Run
 from openrft.rollout.inference_copy import InferenceCopy
 from openrft.rollout.prompts import encode_messages
 from openrft.rollout.sampling import check_params, stop_string_enders
+from openrft.rollout.slots import SlotBuffers, SlotRun
 
 PREFILL_TOKENS = 2048  # padded prompt tokens per prefill forward pass
+# Seconds of eager sampling before the decoding step is compiled: about what one compilation costs on a
+# GPU (40-62 s for a Qwen2.5-0.5B shape on an H200), so a job pays for compiling only once sampling has
+# already cost as much, and a short job never does (at worst a job spends twice the best choice's time).
+COMPILE_AFTER = 60.0
+SLOT_MEMORY_SHARE = 0.5  # of the free device memory, the most a compiled step's buffers may take
+log = logging.getLogger(__name__)
 
 
 class LocalEngine:
@@ -65,6 +83,10 @@ class LocalEngine:
     ``inference_copy`` samples from an :class:`~openrft.rollout.inference_copy.InferenceCopy` of
     the model (adapter merged, weights prepacked on a CPU where that is faster; ``prepack`` forces
     it on or off): faster, for one more copy of the weights.
+
+    ``compile_step`` compiles the decoding step over fixed-shape buffers (:mod:`openrft.rollout.slots`,
+    CUDA graphs on a GPU); ``None`` = on a CUDA device only. It starts once the engine has spent
+    ``compile_after`` seconds sampling eagerly (0 = from the first call).
     """
 
     needs_adapter_files = False  # samples the trainer's live model
@@ -80,6 +102,8 @@ class LocalEngine:
         policy_version: int = 0,
         inference_copy: bool = False,
         prepack: bool | None = None,
+        compile_step: bool | None = None,
+        compile_after: float = COMPILE_AFTER,
     ):
         if max_concurrent_rollouts is not None and max_concurrent_rollouts < 1:
             raise RolloutError(f"max_concurrent_rollouts must be >= 1 (got {max_concurrent_rollouts})")
@@ -95,6 +119,13 @@ class LocalEngine:
         _check_supported(config)
         self.copy = InferenceCopy(model, prepack=prepack) if inference_copy else None
         self._stop_enders: dict[tuple[str, ...], torch.Tensor | None] = {}
+        self.compile_step, self.compile_after = compile_step, compile_after
+        self.eager_seconds = 0.0  # spent in eager sampling calls so far
+        # The compiled step's buffers, kept between calls (also while the trainer steps: the memory estimate
+        # counts them). They only grow: a call that needs more columns replaces them with wider ones, so
+        # calls of varying widths (an agent's turns) recompile a few times, not at every change.
+        self.slots: SlotBuffers | None = None
+        self._lock = threading.Lock()  # one compiled run at a time: they share the buffers
 
     # ------------------------------------------------------------------------- public
 
@@ -125,11 +156,26 @@ class LocalEngine:
         check_params(params)
         stops = tuple(stop_token_ids) if stop_token_ids else self.stop_token_ids
         names, prompt_ids = [name for name, _ in prompts], [list(ids) for _, ids in prompts]
-        run = Run(self._decode_settings(), names, prompt_ids, params, stops)
-        with self._sampling_mode():
+        settings = self._decode_settings()
+        compiled = self.compiling()
+        run = SlotRun(settings, names, prompt_ids, params, stops, self._buffers_for) if compiled else None
+        if run is None or not self._slots_fit(run.columns):
+            compiled, run = False, Run(settings, names, prompt_ids, params, stops)
+        start = time.perf_counter()
+        with self._lock if compiled else contextlib.nullcontext(), self._sampling_mode():
             if self.copy is not None:
                 self.copy.refresh(self.policy_version)
-            return run.execute()
+            groups = run.execute()
+        if not compiled:
+            self.eager_seconds += time.perf_counter() - start
+        return groups
+
+    def compiling(self) -> bool:
+        """Whether the next call decodes with the compiled step."""
+        wanted = self.compile_step
+        if wanted is None:
+            wanted = next(self.model.parameters()).device.type == "cuda"
+        return wanted and self.eager_seconds >= self.compile_after
 
     # ------------------------------------------------------------------------- helpers
 
@@ -147,6 +193,49 @@ class LocalEngine:
             stop_enders=self.stop_enders,
             device=next(self.model.parameters()).device,
         )
+
+    def _slots_fit(self, columns: int) -> bool:
+        """Whether the compiled step's buffers ``columns`` wide exist or would take at most
+        :data:`SLOT_MEMORY_SHARE` of the free memory (a KV cache for every slot, whole width)."""
+        if self.slots is not None and self.slots.columns >= columns:
+            return True
+        config = self.model.config
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        weight = next(self.model.parameters())
+        need = 2 * config.num_hidden_layers * self.max_concurrent_rollouts * kv_heads * columns * head_dim
+        need *= weight.element_size()
+        if weight.device.type == "cuda":
+            device = weight.device
+            free = torch.cuda.mem_get_info(device)[0]
+            free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        else:
+            free = psutil.virtual_memory().available
+        if need <= SLOT_MEMORY_SHARE * free:
+            return True
+        log.warning("the compiled decoding step would need %.1f GiB of buffers for %d columns (%.1f GiB free): "
+                    "this call decodes eagerly", need / 2**30, columns, free / 2**30)  # fmt: skip
+        return False
+
+    def _buffers_for(self, columns: int, sample_kv: list) -> SlotBuffers:
+        """The compiled step's buffers, at least ``columns`` wide (made or widened on first need)."""
+        keys_HPD = sample_kv[0][0]
+        current = self.slots
+        if (
+            current is None
+            or current.columns < columns
+            or len(current.kv) != len(sample_kv)
+            or current.kv[0][0].shape[1::2] != keys_HPD.shape[::2]
+            or current.kv[0][0].dtype != keys_HPD.dtype
+            or current.device != keys_HPD.device
+        ):
+            width = max(columns, current.columns if current is not None else 0)
+            self.slots = None  # the old buffers go before the new ones are allocated
+            self.slots = SlotBuffers(
+                self.forward, self.mask, sample_kv, self.max_concurrent_rollouts, width, True
+            )
+        return self.slots
 
     def stop_enders(self, stops: tuple[str, ...]) -> torch.Tensor | None:
         """The tokens that can complete one of ``stops`` (worked out once per set of stop strings)."""

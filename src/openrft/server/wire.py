@@ -67,7 +67,7 @@ OPTIONS = frozenset({
     "seed", "micro_batch_tokens", "checkpoint_every", "eval_every", "eval_candidates", "lora_alpha",
     "max_grad_norm", "length_norm", "dynamic_sampling", "max_sampling_rounds", "overlong_penalty",
     "overlong_buffer", "overlong_penalty_factor", "rollout_is_cap", "skip_bad_rows", "evaluator_timeout",
-    "device", "dtype", "gradient_checkpointing", "deterministic",
+    "device", "dtype", "gradient_checkpointing", "deterministic", "compile",
 })  # fmt: skip
 EXTRA_BODY_KEYS = {"stop": "stop"}
 SERVER_FILE = "server.json"  # in the job folder: how the server was asked for the job

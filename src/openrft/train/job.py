@@ -143,7 +143,9 @@ def check_memory(settings: JobSettings):
             + ")",
             field="device",
             hint="lower --micro-batch-tokens, --max-concurrent-rollouts or --max-context-length, turn on "
-            "--gradient-checkpointing, or use a smaller model",
+            "--gradient-checkpointing"
+            + (", sample with --no-compile" if estimate.compiled_buffers else "")
+            + ", or use a smaller model",
         )
     return estimate
 

@@ -1,6 +1,7 @@
 """How much memory a job needs, estimated from the model's config before any weight is loaded.
 
-    peak = weights + adapter + runtime + max(activations (or checkpointed activations), rollout KV cache)
+    peak = weights + adapter + runtime + compiled step's buffers
+           + max(activations (or checkpointed activations), rollout KV cache)
 
 (a round samples, then trains: the rollouts' KV cache is freed before the training activations exist)
 
@@ -11,10 +12,17 @@
   per token and layer ``b * (6h + 2 n_kv d + 4i)`` bytes kept for the backward pass (the inputs of
   the attention and MLP projections, the attention output, the SwiGLU intermediates; ``b`` bytes
   per element, ``h`` hidden, ``i`` MLP width, ``n_kv d`` the key/value width), plus the blockwise
-  LM head's float32 logits. With ``--gradient-checkpointing``: each layer's input only, plus one
-  layer's full activations (recomputed in the backward pass).
+  LM head's float32 logits. With bfloat16 weights, also each adapted projection's input cast to
+  float32 for the float32 adapter (peft casts it per module and the adapter's backward keeps it:
+  ``4 * (6h + i)`` bytes per token and layer on a Llama/Qwen block, as much again as the rest on a
+  Qwen2.5 shape; without it the estimate was 1.65-1.69x under the peaks measured on an H200).
+  With ``--gradient-checkpointing``: each layer's input only, plus one layer's full activations
+  (recomputed in the backward pass).
 * **KV cache** of the rollouts: ``--max-concurrent-rollouts`` sequences (64 when unset) of
   ``context`` tokens, ``2 * layers * n_kv * d`` elements each.
+* **compiled step's buffers**: on a GPU the local engine's compiled decoding step
+  (:mod:`openrft.rollout.slots`) keeps a KV cache for every in-flight slot, ``context`` rounded up
+  to a power of two wide, allocated between rounds too (while the trainer steps).
 * **sampling copy**: on the CPU the local engine samples from a copy of the weights with the adapter
   merged in and the linear weights prepacked (:mod:`openrft.rollout.inference_copy`): the base weights
   once more.
@@ -29,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from openrft.rollout.slots import bucket_columns
 from openrft.settings import JobSettings
 
 GiB = 2**30
@@ -45,6 +54,7 @@ class MemoryEstimate:
     activations: int
     activations_checkpointed: int
     kv_cache: int
+    compiled_buffers: int
     runtime: int
     checkpointing: bool
     device: str
@@ -61,6 +71,7 @@ class MemoryEstimate:
             + self.sampling_copy
             + self.adapter
             + self.runtime
+            + self.compiled_buffers
             + max(self.training, self.kv_cache)
         )
 
@@ -72,6 +83,7 @@ class MemoryEstimate:
             ("LoRA weights, gradients, AdamW state", self.adapter),
             (f"activations{' (checkpointed)' if self.checkpointing else ''}", self.training),
             ("rollout KV cache", self.kv_cache),
+            *([("compiled sampling step's buffers", self.compiled_buffers)] if self.compiled_buffers else []),
         ]
         if self.runtime:
             rows.append(("Python, torch and libraries", self.runtime))
@@ -89,7 +101,7 @@ def estimate_memory(config: Any, settings: JobSettings) -> MemoryEstimate:
     import psutil
 
     m, b = settings.model, 2 if settings.model.dtype == "bfloat16" else 4
-    base_params, adapter_params = _parameter_counts(config, m.lora_rank)
+    base_params, adapter_params, adapted_inputs = _parameter_counts(config, m.lora_rank)
     h, layers = config.hidden_size, config.num_hidden_layers
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -98,6 +110,8 @@ def estimate_memory(config: Any, settings: JobSettings) -> MemoryEstimate:
     context = m.max_context_length or settings.sampling.max_tokens + ASSUMED_PROMPT_TOKENS
     tokens = max(settings.batching.micro_batch_tokens, context)
     per_token_layer = b * (6 * h + 2 * kv_heads * head_dim + 4 * mlp)
+    if b != 4:  # the float32 adapter's own float32 copies of its inputs
+        per_token_layer += 4 * adapted_inputs // layers
     head = 2 * LM_HEAD_BLOCK * config.vocab_size * 4  # a block of float32 logits and their exponentials
     in_flight = settings.engine.max_concurrent_rollouts or DEFAULT_IN_FLIGHT
     return MemoryEstimate(
@@ -109,6 +123,12 @@ def estimate_memory(config: Any, settings: JobSettings) -> MemoryEstimate:
         activations=tokens * layers * per_token_layer + head,
         activations_checkpointed=tokens * layers * h * b + tokens * per_token_layer + head,
         kv_cache=in_flight * context * 2 * layers * kv_heads * head_dim * b,
+        compiled_buffers=in_flight * bucket_columns(context) * 2 * layers * kv_heads * head_dim * b
+        if m.device != "cpu"
+        and settings.engine.kind == "local"
+        and settings.engine.compile
+        and not settings.engine.ray
+        else 0,
         runtime=psutil.Process().memory_info().rss if m.device == "cpu" else 0,
         checkpointing=m.gradient_checkpointing,
         device=m.device,
@@ -122,8 +142,9 @@ def _sampling_copy_params(config: Any, base_params: int, *, prepacked: bool) -> 
     return base_params + (config.vocab_size * config.hidden_size if tied else 0)
 
 
-def _parameter_counts(config: Any, rank: int) -> tuple[int, int]:
-    """``(base parameters, LoRA parameters)`` from a model built on the ``meta`` device (no memory)."""
+def _parameter_counts(config: Any, rank: int) -> tuple[int, int, int]:
+    """``(base parameters, LoRA parameters, summed input width of the adapted linears)`` from a model
+    built on the ``meta`` device (no memory)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -134,12 +155,13 @@ def _parameter_counts(config: Any, rank: int) -> tuple[int, int]:
     base = sum(p.numel() for p in model.parameters())
     targets = set(lora_target_modules(model))
     head = model.get_output_embeddings()
-    adapter = sum(
-        rank * (module.in_features + module.out_features)
+    adapted = [
+        module
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) and module is not head and name.rsplit(".", 1)[-1] in targets
-    )
-    return base, adapter
+    ]
+    adapter = sum(rank * (module.in_features + module.out_features) for module in adapted)
+    return base, adapter, sum(module.in_features for module in adapted)
 
 
 def device_memory(device: str) -> int | None:
