@@ -153,3 +153,33 @@ def test_no_compile_flag_keeps_the_job_engine_eager(tiny_model):
         settings = build_config({}, flags)[0].settings()
         engine, _ = make_engine(settings.engine, model, tokenizer, "tiny")
         assert engine.compile_step is wanted
+
+
+@needs_compiler
+def test_a_job_sampled_by_the_compiled_step_trains_the_eager_jobs_adapter(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """A whole job (rounds, training between them, evaluations) with every call compiled, against eager."""
+    from safetensors.torch import load_file
+    from test_train_e2e import _flags
+
+    from openrft.cli import main
+    from openrft.tracking.sinks import read_jsonl
+
+    def job(name: str) -> tuple[list, dict]:
+        out = tmp_path / name
+        assert main(["rftj", "create", *_flags(tiny_model_dir, out, "dapo")]) == 0
+        rewards = [
+            row["reward/mean"] for row in read_jsonl(out / "out" / "metrics.jsonl") if "reward/mean" in row
+        ]
+        return rewards, load_file(out / "out" / "adapter_model.safetensors")
+
+    eager_rewards, eager_adapter = job("eager")
+    compiled_engines: list[LocalEngine] = []
+    monkeypatch.setattr(LocalEngine, "compiling", lambda self: compiled_engines.append(self) or True)
+    rewards, adapter = job("compiled")
+    assert compiled_engines and all(e.slots is not None and e.slots.compiled for e in compiled_engines)
+    assert rewards == pytest.approx(eager_rewards, abs=1e-6) and len(rewards) >= 3
+    assert adapter.keys() == eager_adapter.keys()
+    for name, weight in adapter.items():
+        assert torch.allclose(weight, eager_adapter[name], atol=1e-5), name

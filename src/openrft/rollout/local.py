@@ -200,6 +200,7 @@ class LocalEngine:
         if self.slots is not None and self.slots.columns >= columns:
             return True
         config = self.model.config
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
