@@ -118,6 +118,28 @@ def test_a_failed_compilation_falls_back_to_eager_steps(tiny_model, monkeypatch,
     assert engine.slots is not None and not engine.slots.compiled
 
 
+@needs_compiler
+def test_past_the_recompile_limit_the_step_says_so_and_runs_eagerly(tiny_model, monkeypatch, caplog):
+    """torch would run a variant past its limit uncompiled without a word: the step must notice."""
+    from openrft.rollout import slots
+
+    model, tokenizer = tiny_model
+    torch._dynamo.reset()
+    monkeypatch.setattr(slots, "RECOMPILE_LIMIT", 1)
+    engine = engine_of(model, tokenizer, compile_step=True, compile_after=0)
+    expected = engine_of(model, tokenizer, compile_step=False)
+    params = [SamplingParams(n=2, temperature=1.0, top_k=0, max_tokens=m, seed=1) for m in (8, 200)]
+    assert tokens_of(engine.generate(make_prompts(1), params[0])) == tokens_of(
+        expected.generate(make_prompts(1), params[0])
+    )
+    assert engine.slots.compiled and "failed" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="openrft.rollout.slots"):
+        wider = engine.generate(make_prompts(1), params[1])  # new buffers: a second variant
+    assert "compiling the decoding step failed" in caplog.text and not engine.slots.compiled
+    assert tokens_of(wider) == tokens_of(expected.generate(make_prompts(1), params[1]))
+    torch._dynamo.reset()
+
+
 def test_buffers_that_would_not_fit_leave_the_call_eager(tiny_model, monkeypatch, caplog):
     model, tokenizer = tiny_model
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
@@ -127,6 +149,20 @@ def test_buffers_that_would_not_fit_leave_the_call_eager(tiny_model, monkeypatch
         engine.generate(make_prompts(2), PARAMS)
     assert "this call decodes eagerly" in caplog.text
     assert engine.slots is None and engine.eager_seconds > 0
+
+
+def test_an_allocation_that_fails_leaves_the_call_eager(tiny_model, monkeypatch, caplog):
+    model, tokenizer = tiny_model
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(local, "SlotBuffers", out_of_memory)
+    engine = engine_of(model, tokenizer, compile_step=True, compile_after=0)
+    expected = engine_of(model, tokenizer, compile_step=False).generate(make_prompts(2), PARAMS)
+    with caplog.at_level(logging.WARNING, logger="openrft.rollout.local"):
+        assert tokens_of(engine.generate(make_prompts(2), PARAMS)) == tokens_of(expected)
+    assert "this call decodes eagerly" in caplog.text and engine.slots is None
 
 
 def test_the_buffers_only_grow(tiny_model, monkeypatch):

@@ -32,7 +32,8 @@ How a call to :meth:`LocalEngine.generate` spends its time, and why:
   :data:`COMPILE_AFTER` seconds sampling eagerly (about what compiling costs, so a short job never
   pays for it), it decodes over fixed-shape slot buffers instead (:mod:`openrft.rollout.slots`) with
   the step compiled into CUDA graphs: 11.7x ``model.generate`` at 0.5B, 8.6x at 1.5B. It falls back
-  to eager steps if compiling fails, or for a call whose buffers would not fit in memory.
+  to eager steps if compiling fails or torch would stop compiling new variants (widths, adapters), and
+  for a call whose buffers would not fit in memory.
 
 The engine samples from the model object it is given (a live ``peft.PeftModel`` during
 training, no weight copy; or, with ``inference_copy``, from a copy with the adapter merged and, on a
@@ -62,7 +63,7 @@ from openrft.rollout.decode import DecodeSettings, Run
 from openrft.rollout.inference_copy import InferenceCopy
 from openrft.rollout.prompts import encode_messages
 from openrft.rollout.sampling import check_params, stop_string_enders
-from openrft.rollout.slots import SlotBuffers, SlotRun
+from openrft.rollout.slots import SlotBuffers, SlotRun, SlotShape
 
 PREFILL_TOKENS = 2048  # padded prompt tokens per prefill forward pass
 # Seconds of eager sampling before the decoding step is compiled: about what one compilation costs on a
@@ -157,10 +158,14 @@ class LocalEngine:
         stops = tuple(stop_token_ids) if stop_token_ids else self.stop_token_ids
         names, prompt_ids = [name for name, _ in prompts], [list(ids) for _, ids in prompts]
         settings = self._decode_settings()
-        compiled = self.compiling()
-        run = SlotRun(settings, names, prompt_ids, params, stops, self._buffers_for) if compiled else None
-        if run is None or not self._slots_fit(run.columns):
-            compiled, run = False, Run(settings, names, prompt_ids, params, stops)
+        run: Run | None = None
+        if self.compiling():
+            run = SlotRun(settings, names, prompt_ids, params, stops)
+            run.buffers = self._slot_buffers(run.columns)
+            run = run if run.buffers is not None else None
+        compiled = run is not None
+        if run is None:
+            run = Run(settings, names, prompt_ids, params, stops)
         start = time.perf_counter()
         with self._lock if compiled else contextlib.nullcontext(), self._sampling_mode():
             if self.copy is not None:
@@ -194,49 +199,39 @@ class LocalEngine:
             device=next(self.model.parameters()).device,
         )
 
-    def _slots_fit(self, columns: int) -> bool:
-        """Whether the compiled step's buffers ``columns`` wide exist or would take at most
-        :data:`SLOT_MEMORY_SHARE` of the free memory (a KV cache for every slot, whole width)."""
-        if self.slots is not None and self.slots.columns >= columns:
-            return True
+    def _slot_buffers(self, columns: int) -> SlotBuffers | None:
+        """The compiled step's buffers, at least ``columns`` wide: the current ones, or new ones (made, or
+        widened, when they fit in :data:`SLOT_MEMORY_SHARE` of the free memory; else ``None``: eager)."""
         config = self.model.config
         config = config.get_text_config() if hasattr(config, "get_text_config") else config
         heads = config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        kv_heads = getattr(config, "num_key_value_heads", None) or heads
         weight = next(self.model.parameters())
-        need = 2 * config.num_hidden_layers * self.max_concurrent_rollouts * kv_heads * columns * head_dim
-        need *= weight.element_size()
-        if weight.device.type == "cuda":
-            device = weight.device
-            free = torch.cuda.mem_get_info(device)[0]
-            free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        else:
-            free = psutil.virtual_memory().available
+        shape = SlotShape(
+            layers=config.num_hidden_layers,
+            kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            dtype=weight.dtype,
+            device=weight.device,
+        )
+        current = self.slots if self.slots is not None and self.slots.shape == shape else None
+        if current is not None and current.columns >= columns:
+            return current
+        width = max(columns, current.columns if current is not None else 0)
+        need = shape.nbytes(self.max_concurrent_rollouts, width)
+        held = self.slots.shape.nbytes(self.slots.count, self.slots.columns) if self.slots is not None else 0
+        free = held + _free_memory(shape.device)  # the buffers held now go before the new ones are made
         if need <= SLOT_MEMORY_SHARE * free:
-            return True
+            self.slots = None
+            try:
+                self.slots = SlotBuffers(
+                    self.forward, self.mask, shape, self.max_concurrent_rollouts, width, True
+                )
+                return self.slots
+            except torch.OutOfMemoryError:
+                pass
         log.warning("the compiled decoding step would need %.1f GiB of buffers for %d columns (%.1f GiB free): "
-                    "this call decodes eagerly", need / 2**30, columns, free / 2**30)  # fmt: skip
-        return False
-
-    def _buffers_for(self, columns: int, sample_kv: list) -> SlotBuffers:
-        """The compiled step's buffers, at least ``columns`` wide (made or widened on first need)."""
-        keys_HPD = sample_kv[0][0]
-        current = self.slots
-        if (
-            current is None
-            or current.columns < columns
-            or len(current.kv) != len(sample_kv)
-            or current.kv[0][0].shape[1::2] != keys_HPD.shape[::2]
-            or current.kv[0][0].dtype != keys_HPD.dtype
-            or current.device != keys_HPD.device
-        ):
-            width = max(columns, current.columns if current is not None else 0)
-            self.slots = None  # the old buffers go before the new ones are allocated
-            self.slots = SlotBuffers(
-                self.forward, self.mask, sample_kv, self.max_concurrent_rollouts, width, True
-            )
-        return self.slots
+                    "this call decodes eagerly", need / 2**30, width, free / 2**30)  # fmt: skip
+        return None
 
     def stop_enders(self, stops: tuple[str, ...]) -> torch.Tensor | None:
         """The tokens that can complete one of ``stops`` (worked out once per set of stop strings)."""
@@ -276,6 +271,14 @@ class LocalEngine:
             zeros = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
             return zeros.masked_fill_(~allowed, torch.finfo(dtype).min)
         return allowed
+
+
+def _free_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on ``device`` (on a GPU, counting what torch holds unused)."""
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return psutil.virtual_memory().available
 
 
 def _check_supported(config: Any) -> None:

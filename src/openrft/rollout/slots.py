@@ -22,17 +22,29 @@ run's own, so the sampled tokens, log-probs, finish reasons and seeds semantics 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from openrft.errors import RolloutError
 from openrft.rollout.decode import KV, Run, _Rows
 
 log = logging.getLogger(__name__)
 
 MIN_COLUMNS = 128  # the narrowest buffers (columns are a power of two at least this)
+# Compiled variants of the step torch may make (widths x adapter states x models); past it torch would
+# silently run new ones uncompiled, so the step is told instead and falls back with a warning.
+RECOMPILE_LIMIT = 64
+
+
+def _recompile_limits() -> contextlib.AbstractContextManager:
+    settings = {"recompile_limit": RECOMPILE_LIMIT, "fail_on_recompile_limit_hit": True}
+    known = {k: v for k, v in settings.items() if hasattr(torch._dynamo.config, k)}
+    return torch._dynamo.config.patch(**known)
 
 
 def bucket_columns(needed: int) -> int:
@@ -63,32 +75,47 @@ class _SlotLayer(DynamicLayer):
         return self.keys.shape[2], 0
 
 
+@dataclass(frozen=True)
+class SlotShape:
+    """What the buffers of one model hold: ``layers`` x (keys, values) of ``[slots, kv_heads, columns, head_dim]``."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    device: torch.device
+
+    def nbytes(self, slots: int, columns: int) -> int:
+        element = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.layers * slots * self.kv_heads * columns * self.head_dim * element
+
+
 class SlotBuffers:
     """The fixed-shape state of a compiled decoding step: caches, inputs, and the step itself.
 
     ``forward(input_ids, attention_mask, position_ids, cache) -> logits [S, V]`` and ``mask`` are the
     engine's. With ``compile`` the step runs under ``torch.compile(mode="reduce-overhead")``; if compiling
-    fails, it logs why and runs eagerly from then on.
+    fails, or torch would stop compiling new variants (:data:`RECOMPILE_LIMIT` of them: widths, adapters),
+    it logs why and runs eagerly from then on.
     """
 
     def __init__(
-        self, forward: Callable, mask: Callable, sample_kv: KV, slots: int, columns: int, compile: bool
+        self, forward: Callable, mask: Callable, shape: SlotShape, slots: int, columns: int, compile: bool
     ):
-        keys_HPD = sample_kv[0][0]
-        device, dtype = keys_HPD.device, keys_HPD.dtype
-        self.count, self.columns, self.device = slots, columns, device
+        self.shape, self.count, self.columns, self.device = shape, slots, columns, shape.device
+        size = (slots, shape.kv_heads, columns, shape.head_dim)
         # zeros, not empty: a masked column's weight is exactly 0, but 0 * NaN would still be NaN
         self.kv: KV = [
             (
-                torch.zeros((slots, k.shape[0], columns, k.shape[-1]), dtype=dtype, device=device),
-                torch.zeros((slots, v.shape[0], columns, v.shape[-1]), dtype=dtype, device=device),
+                torch.zeros(size, dtype=shape.dtype, device=self.device),
+                torch.zeros(size, dtype=shape.dtype, device=self.device),
             )
-            for k, v in sample_kv
+            for _ in range(shape.layers)
         ]
-        self.tokens_S1 = torch.zeros((slots, 1), dtype=torch.long, device=device)
-        self.column_S = torch.zeros(slots, dtype=torch.long, device=device)
-        self.allowed_S11C = torch.zeros((slots, 1, 1, columns), dtype=torch.bool, device=device)
-        self.columns_C = torch.arange(columns, device=device)
+        self.tokens_S1 = torch.zeros((slots, 1), dtype=torch.long, device=self.device)
+        self.column_S = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.allowed_S11C = torch.zeros((slots, 1, 1, columns), dtype=torch.bool, device=self.device)
+        self.columns_C = torch.arange(columns, device=self.device)
         self.cache = Cache(layers=[_SlotLayer(k, v, self.column_S) for k, v in self.kv])
         self._forward, self._mask = forward, mask
         self.compiled = compile
@@ -114,6 +141,12 @@ class SlotBuffers:
         index_of = {id(kv): u for u, kv in enumerate(distinct)}
         unique_R = torch.tensor([index_of[id(kv)] for kv in prompt_kv], device=self.device)
         widest = max(kv[0][0].shape[1] for kv in distinct)
+        keys_HPD = distinct[0][0][0]
+        if len(distinct[0]) != len(self.kv) or keys_HPD.shape[::2] != self.kv[0][0].shape[1::2]:
+            raise RolloutError(
+                f"the model's cache ({len(distinct[0])} layers of {tuple(keys_HPD.shape[::2])} heads x dims) does "
+                f"not match the compiled step's buffers ({self.shape}); sample with --no-compile"
+            )
         for layer, buffers in enumerate(self.kv):
             for which, buffer_SHCD in enumerate(buffers):
                 heads, dim = buffer_SHCD.shape[1], buffer_SHCD.shape[3]
@@ -133,7 +166,8 @@ class SlotBuffers:
         if self.compiled:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are no longer read
         try:
-            logits_SV = self._run()
+            with _recompile_limits() if self.compiled else contextlib.nullcontext():
+                logits_SV = self._run()
         except Exception as error:  # noqa: BLE001 - any compiler failure: decode eagerly instead
             if not self.compiled:
                 raise
@@ -148,14 +182,14 @@ class SlotBuffers:
 class SlotRun(Run):
     """A :class:`~openrft.rollout.decode.Run` whose rows live in fixed slots of :class:`SlotBuffers`.
 
-    ``buffers_for(columns, sample_kv)`` returns the engine's buffers for a width (made on first use).
+    ``columns`` is the width the call needs; the engine sets ``buffers`` (at least that wide) before
+    :meth:`execute`.
     """
 
-    def __init__(self, settings, names, prompt_ids, params, stop_token_ids, buffers_for):
+    def __init__(self, settings, names, prompt_ids, params, stop_token_ids):
         super().__init__(settings, names, prompt_ids, params, stop_token_ids)
         widths = [len(ids) + limit for ids, limit in zip(prompt_ids, self.limits, strict=True)]
         self.columns = bucket_columns(max(widths, default=1))
-        self.buffers_for = buffers_for
         self.buffers: SlotBuffers | None = None
         self.slot_B = torch.zeros(0, dtype=torch.long, device=self.device)  # each row's slot
 
@@ -187,8 +221,7 @@ class SlotRun(Run):
     def _place(self, fresh: _Rows, taken: list[torch.Tensor]) -> torch.Tensor:
         """Free slots for the ``fresh`` rows, their prompts copied in: the slot of each row."""
         stashes = [self.stash[p].kv for p, _ in fresh.owners]
-        if self.buffers is None:
-            self.buffers = self.buffers_for(self.columns, stashes[0])
+        assert self.buffers is not None and self.buffers.columns >= self.columns
         used = set(torch.cat(taken).tolist()) if taken else set()
         free = [s for s in range(self.buffers.count) if s not in used][: len(fresh.owners)]
         slot_R = torch.tensor(free, dtype=torch.long, device=self.device)
@@ -202,4 +235,4 @@ class SlotRun(Run):
         return self.buffers.step(self.slot_B, rows.last_B, rows.count_B - rows.start_B - 1)
 
 
-__all__ = ["SlotBuffers", "SlotRun", "bucket_columns"]
+__all__ = ["SlotBuffers", "SlotRun", "SlotShape", "bucket_columns"]
