@@ -111,7 +111,7 @@ def decode_step(model, config, device: str, rows: int, context: int) -> tuple[fl
     """
     ids_RC = torch.randint(1, config.vocab_size - 1, (rows, context), device=device)
     with torch.no_grad():
-        cache = model(ids_RC, use_cache=True).past_key_values
+        cache = model(ids_RC, use_cache=True).cache
         step_R1 = ids_RC[:, -1:]
         for reps in (3, 10):  # warm-up, then timed
             sync(device)
