@@ -10,8 +10,8 @@ Needs only torch, transformers and peft. Per size it prints:
 * rollouts: the local engine, with its eager and its compiled decoding step (and how long the compiled
   engine's first call took, compiling included), against ``model.generate`` on the same GPU, n=8
   candidates per prompt: completion tokens per second of each and the ratios;
-* one RFT step (the trainer's micro-batched LoRA policy-gradient step): time, trained tokens per
-  second, and MFU against the bf16 matmul peak this script measures first (model FLOPs counted as
+* one RFT step (the trainer's micro-batched LoRA policy-gradient step), after a first untimed one:
+  time, trained tokens per second, and MFU against the bf16 matmul peak this script measures first (model FLOPs counted as
   4 x parameters per token: forward plus input gradients, the base being frozen);
 * peak GPU memory of the step against openrft's memory estimate for the same job;
 * for the 7B shape, the step with gradient checkpointing too;
@@ -266,20 +266,31 @@ def rft_step(
     loss = StepLoss(*resolve_loss("grpo"), 1.0, full_sequences=checkpointing)
     optimizer = torch.optim.AdamW(trainable_parameters(policy), lr=1e-5)
     policy.train()
+
+    def step() -> float:
+        sync(device)
+        start = time.perf_counter()
+        accumulate_gradients(policy, batches, loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        return time.perf_counter() - start
+
+    cold = step()  # the first step pays for kernel selection, the allocator's growth and lazy set-up
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    sync(device)
-    start = time.perf_counter()
-    accumulate_gradients(policy, batches, loss)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    sync(device)
-    seconds = time.perf_counter() - start
+    seconds = step()
     trained = sum(b.num_tokens for b in batches)
     peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else 0
     params = sum(p.numel() for p in policy.parameters())
     policy.unload()  # the base model again, for the next measurement
-    return {"seconds": seconds, "tokens": trained, "flops": 4 * params * trained / seconds, "peak": peak}
+    return {
+        "seconds": seconds,
+        "cold": cold,
+        "tokens": trained,
+        "flops": 4 * params * trained / seconds,
+        "peak": peak,
+    }
 
 
 def estimate(config, device: str, prompts: int, n: int, tokens: int, budget: int, checkpointing: bool) -> int:
@@ -350,7 +361,8 @@ def main() -> None:
                 else f"estimate {guess / 2**30:.2f} GiB"
             )
             print(f"[{size}] RFT step{' (gradient checkpointing)' if checkpointing else ''}: "
-                  f"{step['seconds']:.2f} s, {step['tokens'] / step['seconds']:,.0f} trained tok/s, "
+                  f"{step['seconds']:.2f} s (the first, cold: {step['cold']:.2f} s), "
+                  f"{step['tokens'] / step['seconds']:,.0f} trained tok/s, "
                   f"MFU {step['flops'] / peak:.1%}; {memory}")  # fmt: skip
         del model
         if device.startswith("cuda"):
