@@ -5,7 +5,11 @@
     PYTHONPATH=src python bench/gpu_check.py --sizes 0.5B 1.5B --rollouts-only --compiled-sizes   # ~4 min
     PYTHONPATH=src python bench/gpu_check.py --tiny --device cpu   # the same code on a toy shape, seconds
 
-Needs only torch, transformers and peft. Per size it prints:
+Needs torch, transformers, peft and what ``openrft.config`` imports (pydantic). On a GPU machine that
+lacks them or has other versions, bring the pinned ones as wheels (``pip download --no-deps`` for the
+machine's Python: pydantic, pydantic-core, annotated-types, typing-inspection, typing-extensions,
+transformers, peft; ~17 MB) and install them with ``pip install --no-deps --target DIR`` first on
+``PYTHONPATH``. Per size it prints:
 
 * rollouts: the local engine, with its eager and its compiled decoding step (and how long the compiled
   engine's first call took, compiling included), against ``model.generate`` on the same GPU, n=8
