@@ -128,3 +128,17 @@ def test_command_line_sets_a_short_openmp_spin_unless_the_environment_chose(caps
     main([])
     assert "GOMP_SPINCOUNT" not in os.environ
     capsys.readouterr()
+
+
+def test_command_line_keeps_compiled_kernels_in_the_openrft_home(capsys, monkeypatch, tmp_path):
+    from openrft.paths import openrft_home
+
+    monkeypatch.setattr(
+        os, "environ", {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    )
+    main([])
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(openrft_home() / "cache" / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    main([])
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path)
+    capsys.readouterr()

@@ -24,6 +24,7 @@ from typing import Any
 from openrft import config as C
 from openrft.console import quiet_known_warnings
 from openrft.errors import ConfigError, OpenRFTError
+from openrft.paths import openrft_home
 
 RFTJ_ALIASES = ("rftj", "reinforcement-fine-tuning-job")
 # Modules that add top-level sub-commands (rollout, serve, evaluate, data, ...).
@@ -205,6 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the first and halves the second. Set before torch is imported; the environment wins.
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+    # Kernels that torch.compile builds (the local engine's compiled step on a GPU) are kept where a
+    # later or resumed job finds them, instead of compiling again (~30-60 s a shape), and where a
+    # cleaned /tmp (inductor's default) does not take them. The environment wins.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(openrft_home() / "cache" / "inductor"))
     quiet_known_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
