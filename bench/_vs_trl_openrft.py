@@ -54,9 +54,16 @@ class StepRecorder:
         self.completion_tokens += completion_tokens
 
     def planned(self, batches) -> None:
+        from openrft.train.packing import plan_packing
+
         for b in batches:
             self.computed_tokens += int(b.prompt_mask_GP.sum() + b.completion_mask_RC.sum())
-            self.padded_tokens += b.prompt_ids_GP.numel() + b.completion_ids_RC.numel()
+            seen_RC = b.completion_mask_RC if b.attention_mask_RC is None else b.attention_mask_RC
+            rows = plan_packing(b.row_group_R, seen_RC.sum(-1).long(), b.completion_ids_RC.shape[1]).rows
+            # the rows the trainer runs: each prompt once, then its completions packed together
+            self.padded_tokens += (
+                b.prompt_ids_GP.numel() + min(rows, len(b.row_group_R)) * b.completion_ids_RC.shape[1]
+            )
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if "time/train_s" not in metrics or self.start is None:  # an evaluation line, not a step

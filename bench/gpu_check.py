@@ -266,7 +266,7 @@ def rft_step(
             completion = tuple(int(t) for t in torch.randint(1, config.vocab_size - 1, (tokens,)))
             sequences.append(TrainSequence(Completion(str(p), c, prompt, completion, "", (-2.0,) * tokens, "length"),
                                            float(c % 2) - 0.5, p))  # fmt: skip
-    batches, _ = plan_step(sequences, budget, 0)
+    batches, _ = plan_step(sequences, budget, 0, packed=not checkpointing)
     loss = StepLoss(*resolve_loss("grpo"), 1.0, full_sequences=checkpointing)
     optimizer = torch.optim.AdamW(trainable_parameters(policy), lr=1e-5)
     policy.train()

@@ -5,8 +5,9 @@ sequences in it, padding not counted) and at most ``batch_size_samples`` sequenc
 A step is run as one or more *micro-batches*. Inside a micro-batch the candidates of
 one prompt share a single forward pass over that prompt: prompts are stacked once
 (left-padded, ``[G, P]``), their key/value cache is gathered for each completion row,
-and only the completions (right-padded, ``[R, C]``) are run per row. The padded size
-``G x P + R x C`` stays within ``micro_batch_tokens``. Micro-batching never changes
+and only the completions (right-padded, ``[R, C]``) are run per row; the trainer packs the
+completions of a prompt into shared rows (``B <= R`` of them, :mod:`openrft.train.packing`). The
+padded size ``G x P + B x C`` stays within ``micro_batch_tokens``. Micro-batching never changes
 the maths: the loss is normalised by the whole step's denominator.
 """
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from openrft.records import Completion
+from openrft.train.packing import first_fit_rows
 
 
 @dataclass(frozen=True)
@@ -87,15 +89,21 @@ def plan_steps(
     return steps
 
 
-def padded_cost(sequences: Sequence[TrainSequence]) -> int:
-    """Padded tokens a micro-batch of these sequences runs: G x longest prompt + R x longest completion."""
-    prompts = {s.completion.prompt_token_ids for s in sequences}
+def padded_cost(sequences: Sequence[TrainSequence], packed: bool = True) -> int:
+    """Padded tokens a micro-batch of these sequences runs: G x longest prompt + B x longest completion,
+    B the rows its completions take once the completions of each prompt are packed together
+    (:mod:`openrft.train.packing`), or one row each when not ``packed`` (the full-sequence pass that
+    gradient checkpointing runs)."""
+    prompts = [s.completion.prompt_token_ids for s in sequences]
     longest_prompt = max(len(p) for p in prompts)
-    longest_completion = max(len(s.completion.completion_token_ids) for s in sequences)
-    return len(prompts) * longest_prompt + len(sequences) * longest_completion
+    lengths = [len(s.completion.completion_token_ids) for s in sequences]
+    rows = len(first_fit_rows(prompts, lengths, max(lengths))[2]) if packed else len(sequences)
+    return len(set(prompts)) * longest_prompt + rows * max(lengths)
 
 
-def plan_micro_batches(sequences: Sequence[TrainSequence], micro_batch_tokens: int) -> list[list[int]]:
+def plan_micro_batches(
+    sequences: Sequence[TrainSequence], micro_batch_tokens: int, packed: bool = True
+) -> list[list[int]]:
     """Group sequence indices so each group's padded cost stays <= micro_batch_tokens.
 
     Two greedy plans are made and the cheaper one (fewer padded tokens in total) is kept:
@@ -111,18 +119,20 @@ def plan_micro_batches(sequences: Sequence[TrainSequence], micro_batch_tokens: i
 
     by_prompt = sorted(range(len(sequences)), key=lambda i: (len(prompt_of(i)), prompt_of(i), -length_of(i)))
     by_length = sorted(range(len(sequences)), key=lambda i: (-length_of(i), len(prompt_of(i)), prompt_of(i)))
-    plans = [_fill(sequences, order, micro_batch_tokens) for order in (by_prompt, by_length)]
-    return min(plans, key=lambda plan: sum(padded_cost([sequences[i] for i in group]) for group in plan))
+    plans = [_fill(sequences, order, micro_batch_tokens, packed) for order in (by_prompt, by_length)]
+    return min(
+        plans, key=lambda plan: sum(padded_cost([sequences[i] for i in group], packed) for group in plan)
+    )
 
 
 def _fill(
-    sequences: Sequence[TrainSequence], order: Sequence[int], micro_batch_tokens: int
+    sequences: Sequence[TrainSequence], order: Sequence[int], micro_batch_tokens: int, packed: bool
 ) -> list[list[int]]:
     """Greedily cut ``order`` into groups whose padded cost stays within the budget."""
     groups: list[list[int]] = []
     current: list[int] = []
     for index in order:
-        if current and padded_cost([sequences[i] for i in [*current, index]]) > micro_batch_tokens:
+        if current and padded_cost([sequences[i] for i in [*current, index]], packed) > micro_batch_tokens:
             groups.append(current)
             current = []
         current.append(index)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from openrft.train.packing import pack_inputs, plan_packing
+
 DEFAULT_HEAD_BLOCK = 512
 
 
@@ -148,23 +150,51 @@ def completion_logprobs(
         input_ids=prompt_ids_GP, attention_mask=prompt_mask_GP, position_ids=prompt_pos_GP,
         cache=DynamicCache(), use_cache=True,
     )  # fmt: skip
-    rows_cache = DynamicCache(
-        ddp_cache_data=[
-            (layer.keys[row_group_R], layer.values[row_group_R]) for layer in prompt_out.cache.layers
-        ]
-    )
     seen_RC = completion_mask_RC if attention_mask_RC is None else attention_mask_RC
-    attention_RL = torch.cat([prompt_mask_GP[row_group_R], seen_RC.to(prompt_mask_GP.dtype)], dim=1)
     start_R = prompt_mask_GP.sum(-1)[row_group_R]
-    positions_RC = start_R[:, None] + torch.arange(completion_ids_RC.shape[1], device=start_R.device)[None, :]
-    hidden_RCH = body(
-        input_ids=completion_ids_RC, attention_mask=attention_RL, position_ids=positions_RC,
-        cache=rows_cache, use_cache=True,
-    ).last_hidden_state  # fmt: skip
+    packing = plan_packing(row_group_R, seen_RC.sum(-1), completion_ids_RC.shape[1])
+    if packing.rows < len(row_group_R):  # fewer rows: several completions of a prompt share one
+        ids_BC, positions_BC, allowed_B1CL = pack_inputs(
+            packing, completion_ids_RC, seen_RC, start_R, prompt_mask_GP
+        )
+        packed_cache = _rows_cache(prompt_out.cache, packing.group_B)
+        hidden_BCH = body(
+            input_ids=ids_BC, attention_mask=_attention_mask(body, allowed_B1CL), position_ids=positions_BC,
+            cache=packed_cache, use_cache=True,
+        ).last_hidden_state  # fmt: skip
+        hidden_RCH = packing.unpack(hidden_BCH)
+    else:
+        attention_RL = torch.cat([prompt_mask_GP[row_group_R], seen_RC.to(prompt_mask_GP.dtype)], dim=1)
+        positions_RC = (
+            start_R[:, None] + torch.arange(completion_ids_RC.shape[1], device=start_R.device)[None, :]
+        )
+        hidden_RCH = body(
+            input_ids=completion_ids_RC, attention_mask=attention_RL, position_ids=positions_RC,
+            cache=_rows_cache(prompt_out.cache, row_group_R), use_cache=True,
+        ).last_hidden_state  # fmt: skip
     last_prompt_R1H = prompt_out.last_hidden_state[row_group_R, -1:]
     predictors_RCH = torch.cat([last_prompt_R1H, hidden_RCH[:, :-1]], dim=1)
     return _completion_positions(
         predictors_RCH, weight_VH, completion_ids_RC, completion_mask_RC, temperature, block
+    )
+
+
+def _rows_cache(cache, group_R: torch.Tensor):
+    """A cache whose row ``r`` holds prompt ``group_R[r]``'s keys and values."""
+    from transformers.cache_utils import DynamicCache
+
+    return DynamicCache(
+        ddp_cache_data=[(layer.keys[group_R], layer.values[group_R]) for layer in cache.layers]
+    )
+
+
+def _attention_mask(body: torch.nn.Module, allowed_B1QK: torch.Tensor) -> torch.Tensor:
+    """A boolean "may attend" mask as the model's attention takes it (eager attention adds a float one)."""
+    if getattr(body.config, "_attn_implementation", "sdpa") != "eager":
+        return allowed_B1QK
+    dtype = next(body.parameters()).dtype
+    return torch.zeros(allowed_B1QK.shape, dtype=dtype, device=allowed_B1QK.device).masked_fill_(
+        ~allowed_B1QK, torch.finfo(dtype).min
     )
 
 

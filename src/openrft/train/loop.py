@@ -268,7 +268,9 @@ def train_step(ctx: TrainContext, state: LoopState, loss: StepLoss) -> dict[str,
     batching, schedule = ctx.settings.batching, ctx.settings.schedule
     sequences: list[TrainSequence] = state.pending.pop(0)
     start = time.perf_counter()
-    batches, dropped = plan_step(sequences, batching.micro_batch_tokens, ctx.pad_token_id)
+    batches, dropped = plan_step(
+        sequences, batching.micro_batch_tokens, ctx.pad_token_id, not loss.full_sequences
+    )
     metrics: dict[str, float] = {}
     if batches:
         with training_mode(ctx.model):

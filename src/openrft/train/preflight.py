@@ -154,7 +154,8 @@ def time_training(
         for seq in completion.sequences
         if seq.completion_token_ids
     ]
-    batches, _ = plan_step(sequences, settings.batching.micro_batch_tokens, pad_token_id)
+    packed = not settings.model.gradient_checkpointing
+    batches, _ = plan_step(sequences, settings.batching.micro_batch_tokens, pad_token_id, packed)
     batches = batches[: TIMED_MICRO_BATCHES + 1]
     if not batches:
         return None, "no sampled tokens to time a training pass on"

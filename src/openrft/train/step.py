@@ -40,10 +40,12 @@ class StepLoss:
 
 
 def plan_step(
-    sequences: Sequence[TrainSequence], micro_batch_tokens: int, pad_token_id: int
+    sequences: Sequence[TrainSequence], micro_batch_tokens: int, pad_token_id: int, packed: bool = True
 ) -> tuple[list[MicroBatch], int]:
-    """Length-bucket a step into micro-batches and drop the ones with no advantage signal."""
-    planned = plan_micro_batches(sequences, micro_batch_tokens)
+    """Length-bucket a step into micro-batches and drop the ones with no advantage signal.
+
+    ``packed``: the step runs with completions packed per prompt (not under gradient checkpointing)."""
+    planned = plan_micro_batches(sequences, micro_batch_tokens, packed)
     kept, dropped = drop_zero_advantage_micro_batches(planned, [s.advantage for s in sequences])
     return [collate([sequences[i] for i in batch], pad_token_id) for batch in kept], dropped
 
