@@ -140,6 +140,13 @@ def test_reused_pid_counts_as_dead(store):
     assert store.get("j1").state is S.FAILED
 
 
+def test_a_clock_step_does_not_make_a_live_job_dead(store):
+    job_in(store, S.RUNNING)
+    with sqlite3.connect(store.db_path) as db:  # our own pid, its start read before a 5-second clock step
+        db.execute("UPDATE jobs SET pid_started = pid_started - 5 WHERE id = 'j1'")
+    assert store.get("j1").state is S.RUNNING
+
+
 def test_cancel_sets_a_flag_only_for_active_jobs(store):
     job_in(store, S.RUNNING)
     assert not store.cancel_requested("j1")

@@ -15,6 +15,9 @@ def process_start_time(pid: int) -> float | None:
         return 0.0
 
 
+START_TOLERANCE = 30.0  # seconds between two readings of one process's start time
+
+
 def process_alive(pid: int | None, started: float | None) -> bool:
     """True while ``pid`` is running and is the same process that was recorded (not a reused pid)."""
     import psutil
@@ -25,8 +28,11 @@ def process_alive(pid: int | None, started: float | None) -> bool:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        # a different start time means the pid now belongs to another process
-        return not (started and abs(proc.create_time() - started) > 1.0)
+        # A different start time means the pid now belongs to another process. The two readings are
+        # wall-clock times (psutil adds the boot time, read anew each time, to the start in ticks), so a
+        # clock step between them moves one by whole seconds: a job was once marked dead mid-round that
+        # way. pids are handed out in turn, so a reused one starts minutes or more after the first.
+        return not (started and abs(proc.create_time() - started) > START_TOLERANCE)
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return False
     except psutil.AccessDenied:
