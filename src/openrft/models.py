@@ -325,6 +325,18 @@ def adapter_base_model(adapter_dir: str | Path) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def attention_mask(model: Any, allowed: torch.Tensor) -> torch.Tensor:
+    """The 4-D attention mask ``model`` takes for a boolean "may attend" tensor ``[B, 1, Q, K]``: as is
+    for sdpa, additive (0 / the dtype's minimum) for the eager implementation."""
+    import torch
+
+    if getattr(model.config, "_attn_implementation", "sdpa") != "eager":
+        return allowed
+    dtype = next(model.parameters()).dtype
+    zeros = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return zeros.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
 def end_token_ids(tokenizer: Any, model: Any = None) -> tuple[int, ...]:
     """Token ids that end a response: EOS, the chat template's end-of-turn token, and the model's EOS."""
     ids: set[int] = set()

@@ -146,7 +146,6 @@ class Run:
         self.length = 0
         self.capacity = 0
         self.cache: Cache | None = None
-        self.steps = 0  # decoding steps run
 
     def _limit(self, name: str, ids: list[int]) -> int:
         if not ids:
@@ -439,7 +438,6 @@ class Run:
         """Sample each row's next token from ``logits_BV``, record it, mark the rows that finish."""
         rows = self.rows
         assert rows is not None
-        self.steps += 1
         active_B = ~rows.done_B
         column_B = rows.count_B.clamp(max=rows.uniforms_BT.shape[1] - 1)
         uniforms_B = rows.uniforms_BT.gather(1, column_B[:, None]).squeeze(1)

@@ -56,7 +56,7 @@ import psutil
 import torch
 
 from openrft.errors import RolloutError
-from openrft.models import end_token_ids
+from openrft.models import attention_mask, end_token_ids
 from openrft.records import Completion, Prompt, SamplingParams
 from openrft.rollout import DEFAULT_MAX_CONCURRENT
 from openrft.rollout.decode import DecodeSettings, Run
@@ -266,11 +266,7 @@ class LocalEngine:
 
     def mask(self, allowed: torch.Tensor) -> torch.Tensor:
         """A 4-D attention mask from a boolean "may attend" tensor ``[B, 1, Q, K]``."""
-        if getattr(self.model.config, "_attn_implementation", "sdpa") == "eager":
-            dtype = next(self.model.parameters()).dtype
-            zeros = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-            return zeros.masked_fill_(~allowed, torch.finfo(dtype).min)
-        return allowed
+        return attention_mask(self.model, allowed)
 
 
 def _free_memory(device: torch.device) -> int:

@@ -166,8 +166,7 @@ class SlotBuffers:
         if self.compiled:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are no longer read
         try:
-            with _recompile_limits() if self.compiled else contextlib.nullcontext():
-                logits_SV = self._run()
+            logits_SV = self._run()
         except Exception as error:  # noqa: BLE001 - any compiler failure: decode eagerly instead
             if not self.compiled:
                 raise
@@ -192,6 +191,10 @@ class SlotRun(Run):
         self.columns = bucket_columns(max(widths, default=1))
         self.buffers: SlotBuffers | None = None
         self.slot_B = torch.zeros(0, dtype=torch.long, device=self.device)  # each row's slot
+
+    def execute(self):
+        with _recompile_limits():  # once per call: dynamo reads them when it meets a new variant
+            return super().execute()
 
     def _needs_room(self) -> bool:
         return False  # every slot is as wide as the longest prompt and response of the call

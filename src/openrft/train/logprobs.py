@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from openrft.models import attention_mask
 from openrft.train.packing import pack_inputs, plan_packing
 
 DEFAULT_HEAD_BLOCK = 512
@@ -159,7 +160,7 @@ def completion_logprobs(
         )
         packed_cache = _rows_cache(prompt_out.cache, packing.group_B)
         hidden_BCH = body(
-            input_ids=ids_BC, attention_mask=_attention_mask(body, allowed_B1CL), position_ids=positions_BC,
+            input_ids=ids_BC, attention_mask=attention_mask(body, allowed_B1CL), position_ids=positions_BC,
             cache=packed_cache, use_cache=True,
         ).last_hidden_state  # fmt: skip
         hidden_RCH = packing.unpack(hidden_BCH)
@@ -185,16 +186,6 @@ def _rows_cache(cache, group_R: torch.Tensor):
 
     return DynamicCache(
         ddp_cache_data=[(layer.keys[group_R], layer.values[group_R]) for layer in cache.layers]
-    )
-
-
-def _attention_mask(body: torch.nn.Module, allowed_B1QK: torch.Tensor) -> torch.Tensor:
-    """A boolean "may attend" mask as the model's attention takes it (eager attention adds a float one)."""
-    if getattr(body.config, "_attn_implementation", "sdpa") != "eager":
-        return allowed_B1QK
-    dtype = next(body.parameters()).dtype
-    return torch.zeros(allowed_B1QK.shape, dtype=dtype, device=allowed_B1QK.device).masked_fill_(
-        ~allowed_B1QK, torch.finfo(dtype).min
     )
 
 
