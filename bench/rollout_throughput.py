@@ -7,6 +7,11 @@ the same number of sequences in flight (``--concurrency``; ``generate`` gets
 the useful completion tokens, up to and including the end-of-turn token, per second
 of wall time. The two are run alternately ``--repeats`` times; medians are reported.
 
+Each rate is also printed as a share of the matmul-bound limit (the fp32 peak of a 2048^3 product
+over the FLOPs of a token's linear layers). One more live-model run then records the batch size of
+every forward pass, and the linear layers alone are timed at those sizes. That is the best any fp32
+engine could do with the same batches: no attention, no sampling, no Python.
+
     .venv/bin/python bench/rollout_throughput.py                      # arithmetic prompts
     .venv/bin/python bench/rollout_throughput.py --gsm8k /path/to/gsm8k/train.jsonl
 
@@ -34,6 +39,7 @@ import torch
 
 from openrft.models import EMBEDDED_MODEL, end_token_ids, load_model
 from openrft.records import Prompt, SamplingParams
+from openrft.rollout.inference_copy import time_linear_passes
 from openrft.rollout.local import LocalEngine
 
 
@@ -95,6 +101,46 @@ def flops_per_token(model) -> int:
     """2 x the weights every decoded token multiplies (all linear layers, the LM head included);
     attention over the cache and the prompts' prefill are left out, so the fraction below is a floor."""
     return 2 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+class StepLog:
+    """The batch sizes of a run's forward passes: decoding steps (one token per row) and prefills."""
+
+    def __init__(self, model):
+        self.decode_rows: list[int] = []  # rows of each decoding step
+        self.prefill_tokens: list[tuple[int, int]] = []  # (prompts, padded tokens) of each prefill
+        self.handle = model.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, module, args, kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is None:
+            return
+        rows, length = input_ids.shape
+        if length == 1:
+            self.decode_rows.append(rows)
+        else:
+            self.prefill_tokens.append((rows, rows * length))
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def linear_bound(model, log: StepLog, peak: float) -> tuple[float, float]:
+    """Seconds the linear layers alone need for a run's passes: ``(decoding, prefill)``.
+
+    Decoding steps are timed: one pass over every linear layer at each batch size the run used
+    (the better of plain and prepacked weights, best of three), summed over its steps. Prefills,
+    large products, are counted at the peak rate (their LM head sees only the last positions).
+    Nothing else a step does (attention over the cache, norms, sampling) is counted, so no engine
+    sampling these batch sizes in fp32 can beat this time.
+    """
+    sizes = tuple(sorted(set(log.decode_rows)))
+    plain, packed = time_linear_passes(model, rows=sizes) if sizes else ({}, {})
+    decoding = sum(min(plain[r], packed[r]) for r in log.decode_rows)
+    head = model.get_output_embeddings().weight.numel()
+    body = flops_per_token(model) // 2 - head
+    prefill = sum(2 * (tokens * body + rows * head) for rows, tokens in log.prefill_tokens) / peak
+    return decoding, prefill
 
 
 def run_generate(model, tokenizer, prompts, params, concurrency) -> tuple[int, float]:
@@ -184,7 +230,19 @@ def main() -> None:
             print(
                 f"  [{repeat + 1}] {name:8s} {tokens:6d} tokens in {seconds:7.1f} s = {tokens / seconds:7.1f} tok/s"
             )
+    log = StepLog(model)
+    tokens, seconds = run_openrft_live(model, tokenizer, prompts, params, args.concurrency)
+    log.close()
+    decoding, prefill = linear_bound(model, log, peak)
+    bound = decoding + prefill
     ours, live, theirs = (statistics.median(rates[name]) for name in ("openrft", "live", "generate"))
+    print(
+        f"the live run's passes: {len(log.decode_rows)} decoding steps "
+        f"({sum(r <= 8 for r in log.decode_rows)} of them with <= 8 rows), {len(log.prefill_tokens)} prefills; "
+        f"its linear layers alone take {decoding:.1f} s decoding + {prefill:.1f} s prefill = "
+        f"{tokens / bound:.1f} tokens/s at best, {tokens / bound / limit:.1%} of the limit "
+        f"(this run: {seconds:.1f} s, {bound / seconds:.0%} of its time)"
+    )
     print(f"openrft LocalEngine (inference copy) : {ours:8.1f} tokens/s  {ours / limit:6.1%} of the limit")
     print(f"openrft LocalEngine (live model)     : {live:8.1f} tokens/s  {live / limit:6.1%} of the limit")
     print(
