@@ -47,6 +47,29 @@ def test_merged_copy_samples_the_live_adapter_and_follows_each_new_policy(tiny_m
     assert all(torch.equal(base[n], p) for n, p in policy.named_parameters() if "lora_" not in n)  # untouched
 
 
+def test_a_bfloat16_policy_is_sampled_through_peft_not_a_merged_copy(tiny_model):
+    model, tokenizer = tiny_model
+    policy = attach_lora(model.to(torch.bfloat16), rank=4, seed=0)
+    for name, p in policy.named_parameters():
+        if "lora_B" in name:  # an update of the size a few optimizer steps make
+            p.data.normal_(0, 2e-3)
+    # the reason: merged into bfloat16 weights, most of such an update rounds away
+    layer = next(m for m in policy.modules() if hasattr(m, "get_delta_weight"))
+    weight_OI = layer.base_layer.weight
+    delta_OI = layer.get_delta_weight("default")
+    kept = (weight_OI + delta_OI.to(weight_OI.dtype)) - weight_OI
+    assert (kept.float() - delta_OI.float()).abs().sum() > 0.3 * delta_OI.float().abs().sum()
+
+    asked = LocalEngine(policy, tokenizer, inference_copy=True)
+    assert asked.copy is None
+    plain = LocalEngine(policy, tokenizer)
+    params = SamplingParams(n=3, temperature=1.0, top_k=20, max_tokens=8, seed=2)
+    a, b = asked.generate(PROMPTS, params), plain.generate(PROMPTS, params)
+    assert [[c.completion_token_ids for c in g] for g in a] == [
+        [c.completion_token_ids for c in g] for g in b
+    ]
+
+
 def test_packed_linear_multiplies_like_the_plain_layer():
     torch.manual_seed(0)
     linear = torch.nn.Linear(48, 40, bias=True)

@@ -60,7 +60,7 @@ from openrft.models import attention_mask, end_token_ids
 from openrft.records import Completion, Prompt, SamplingParams
 from openrft.rollout import DEFAULT_MAX_CONCURRENT
 from openrft.rollout.decode import DecodeSettings, Run
-from openrft.rollout.inference_copy import InferenceCopy
+from openrft.rollout.inference_copy import InferenceCopy, merges_exactly
 from openrft.rollout.prompts import encode_messages
 from openrft.rollout.sampling import check_params, stop_string_enders
 from openrft.rollout.slots import SlotBuffers, SlotRun, SlotShape
@@ -83,7 +83,8 @@ class LocalEngine:
     completion; the trainer moves it with :meth:`set_policy` after each optimizer step.
     ``inference_copy`` samples from an :class:`~openrft.rollout.inference_copy.InferenceCopy` of
     the model (adapter merged, weights prepacked on a CPU where that is faster; ``prepack`` forces
-    it on or off): faster, for one more copy of the weights.
+    it on or off): faster, for one more copy of the weights. It is ignored for bfloat16 or float16
+    weights, where merging would round the adapter's update away.
 
     ``compile_step`` compiles the decoding step over fixed-shape buffers (:mod:`openrft.rollout.slots`,
     CUDA graphs on a GPU); ``None`` = on a CUDA device only. It starts once the engine has spent
@@ -118,7 +119,11 @@ class LocalEngine:
         self.max_positions = getattr(config, "max_position_embeddings", None) or 1 << 30
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_token_ids[0]
         _check_supported(config)
-        self.copy = InferenceCopy(model, prepack=prepack) if inference_copy else None
+        # a copy only where merging keeps the adapter's update (float32 weights): a bfloat16 copy would
+        # sample an older policy than the trainer's (see openrft.rollout.inference_copy)
+        self.copy = (
+            InferenceCopy(model, prepack=prepack) if inference_copy and merges_exactly(model) else None
+        )
         self._stop_enders: dict[tuple[str, ...], torch.Tensor | None] = {}
         self.compile_step, self.compile_after = compile_step, compile_after
         self.eager_seconds = 0.0  # spent in eager sampling calls so far
