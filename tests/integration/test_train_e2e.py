@@ -283,6 +283,27 @@ def test_kill_at_a_checkpoint_resumes_with_every_line_once_and_the_same_adapter(
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-exact
 
 
+def test_a_bfloat16_job_starts_every_round_at_ratio_one_even_for_gspo(tiny_model_dir, tmp_path, capsys):
+    # in bfloat16 the engine's decoding and the trainer's pass round differently: the trainer's own
+    # old log-probs, taken in the very micro-batches each step trains, keep GSPO's tight clip range
+    # (3e-4 / 4e-4) from clipping anything before a round's first update
+    flags = _flags(tiny_model_dir, tmp_path, "gspo-token", "spread", "--dtype", "bfloat16", "--device", "cpu")
+    flags[flags.index("--micro-batch-tokens") + 1] = "64"
+    assert main(["rftj", "create", *flags]) == 0, capsys.readouterr().err
+    rows = [r for r in read_jsonl(tmp_path / "out" / "metrics.jsonl") if "loss/policy" in r]
+    firsts = {}
+    for row in rows:  # several steps per round, of several micro-batches each: the first is on-policy
+        firsts.setdefault(row["round"], row)
+    assert len(firsts) >= 2 and len(rows) > len(firsts)
+    assert max(r["batch/micro_batches"] for r in rows) >= 2
+    for row in firsts.values():
+        assert row["ratio/min"] == pytest.approx(1.0, abs=1e-6) and row["ratio/max"] == pytest.approx(
+            1.0, abs=1e-6
+        )
+        assert row["clip/frac"] == 0.0
+        assert "mismatch/kl" in row  # measured by the recomputation
+
+
 def test_a_bfloat16_job_on_the_cpu_trains_a_float32_adapter(tiny_model_dir, tmp_path, capsys):
     flags = _flags(tiny_model_dir, tmp_path, "grpo", "spread", "--dtype", "bfloat16", "--device", "cpu")
     assert main(["rftj", "create", *flags]) == 0, capsys.readouterr().err

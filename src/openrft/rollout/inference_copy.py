@@ -26,8 +26,8 @@ weights by float rounding. The price is one more copy of the weights in memory.
 Merging is only exact enough in float32 (or float64). A bfloat16 weight near 0.02 is stored to
 within ~8e-5, about the size of one entry of an adapter's update early in training, so merging into
 it rounds much of the update away: the copy would sample an older policy than the trainer's while
-its log-probs passed as the trainer's. :func:`merges_exactly` is that rule; the engine samples
-models with narrower weights through peft's own side path (:class:`~openrft.rollout.local.LocalEngine`).
+its log-probs passed as the trainer's. So the engine builds a copy only for float32 weights
+(:func:`openrft.models.full_precision`) and samples narrower ones through peft's own side path.
 """
 
 from __future__ import annotations
@@ -53,12 +53,6 @@ def can_prepack(dtype: torch.dtype, device: torch.device) -> bool:
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
     )
-
-
-def merges_exactly(model: Any) -> bool:
-    """Whether an adapter merged into ``model``'s weights keeps its update (float32 or float64 weights)."""
-    exact = (torch.float32, torch.float64)
-    return all(m.weight.dtype in exact for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
 class PackedLinear(torch.nn.Module):
@@ -221,6 +215,4 @@ def is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
 
 
-__all__ = [
-    "InferenceCopy", "PackedLinear", "can_prepack", "is_peft", "merges_exactly", "packed_wins", "prepack_pays",
-]  # fmt: skip
+__all__ = ["InferenceCopy", "PackedLinear", "can_prepack", "is_peft", "packed_wins", "prepack_pays"]

@@ -56,11 +56,11 @@ import psutil
 import torch
 
 from openrft.errors import RolloutError
-from openrft.models import attention_mask, end_token_ids
+from openrft.models import attention_mask, end_token_ids, full_precision
 from openrft.records import Completion, Prompt, SamplingParams
 from openrft.rollout import DEFAULT_MAX_CONCURRENT
 from openrft.rollout.decode import DecodeSettings, Run
-from openrft.rollout.inference_copy import InferenceCopy, merges_exactly
+from openrft.rollout.inference_copy import InferenceCopy
 from openrft.rollout.prompts import encode_messages
 from openrft.rollout.sampling import check_params, stop_string_enders
 from openrft.rollout.slots import SlotBuffers, SlotRun, SlotShape
@@ -122,7 +122,7 @@ class LocalEngine:
         # a copy only where merging keeps the adapter's update (float32 weights): a bfloat16 copy would
         # sample an older policy than the trainer's (see openrft.rollout.inference_copy)
         self.copy = (
-            InferenceCopy(model, prepack=prepack) if inference_copy and merges_exactly(model) else None
+            InferenceCopy(model, prepack=prepack) if inference_copy and full_precision(model) else None
         )
         self._stop_enders: dict[tuple[str, ...], torch.Tensor | None] = {}
         self.compile_step, self.compile_after = compile_step, compile_after

@@ -44,6 +44,7 @@ from openrft.train.step import (
     batch_logprobs,
     clip_gradients,
     plan_step,
+    step_micro_batches,
     training_mode,
 )
 
@@ -197,17 +198,18 @@ def start_round(
     state.epoch_completions += len(completions)
     state.epoch_truncated += sum(c.finish_reason == "length" for c in completions)
     sequences, mismatch = result.sequences, {}
+    steps = plan_steps(sequences, settings.batching.step_tokens, settings.batching.step_sequences)
+    state.pending = [[sequences[i] for i in step] for step in steps]
     if ctx.sampler_is_trainer:  # measured on the round's first step, from its own forward pass
         state.measure_mismatch = True
     elif sequences:  # another engine sampled: the trainer's old log-probs, and the correction weights
-        sequences, mismatch = recompute_old_logprobs(
-            ctx.model, sequences,
+        micro_batch_tokens, packed = settings.batching.micro_batch_tokens, not loss.full_sequences
+        state.pending, mismatch = recompute_old_logprobs(
+            ctx.model, state.pending,
             lambda model, batch: batch_logprobs(model, batch, loss.temperature, loss.full_sequences),
-            micro_batch_tokens=settings.batching.micro_batch_tokens, pad_token_id=ctx.pad_token_id,
-            cap=settings.rounds.rollout_is_cap,
+            lambda step: step_micro_batches(step, micro_batch_tokens, packed),
+            pad_token_id=ctx.pad_token_id, cap=settings.rounds.rollout_is_cap,
         )  # fmt: skip
-    steps = plan_steps(sequences, settings.batching.step_tokens, settings.batching.step_sequences)
-    state.pending = [[sequences[i] for i in step] for step in steps]
     metrics = {**result.metrics, **mismatch, "round": float(state.round_index)}
     # rollouts are labelled with the step that trains them, or, when none does, the step they followed
     step = state.step + 1 if state.pending else state.step

@@ -15,18 +15,19 @@ Metrics, over the round's completion tokens (``q`` the sampler, ``p`` the traine
 ``mismatch/kl`` = mean(r - 1 - log r), the k3 estimate of KL(q || p) from tokens sampled by q;
 ``mismatch/is_weight_mean`` = mean(min(r, C)); ``mismatch/is_truncated_frac`` = share with r > C.
 For the local engine in float32 (the sampler is the trainer) they are measured on the first step of
-each round, for free, and are ~0.
+each round, for free, and are ~0. In bfloat16 the local engine's KV-cache decoding rounds differently
+from the trainer's pass, so its log-probs are recomputed and corrected like another engine's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from openrft.algo.losses import LOG_RATIO_CLAMP
-from openrft.train.batching import TrainSequence, collate, plan_micro_batches
+from openrft.train.batching import MicroBatch, TrainSequence, collate
 
 
 def is_weights(
@@ -60,47 +61,55 @@ def mismatch_metrics(
 @torch.no_grad()
 def recompute_old_logprobs(
     model: torch.nn.Module,
-    sequences: Sequence[TrainSequence],
-    logprobs_fn,
+    steps: Sequence[Sequence[TrainSequence]],
+    logprobs_fn: Callable[[torch.nn.Module, MicroBatch], torch.Tensor],
+    plan: Callable[[Sequence[TrainSequence]], list[list[int]]],
     *,
-    micro_batch_tokens: int,
     pad_token_id: int,
     cap: float,
-) -> tuple[list[TrainSequence], dict[str, float]]:
-    """The trainer's old log-probs (and, with ``cap`` > 0, the truncated weights) for a round's sequences.
+) -> tuple[list[list[TrainSequence]], dict[str, float]]:
+    """The trainer's old log-probs (and, with ``cap`` > 0, the truncated weights) for a round's steps.
 
-    ``logprobs_fn(model, batch) -> [R, C]`` is the trainer's forward pass. One no-grad pass over
-    micro-batches of at most ``micro_batch_tokens`` padded tokens. Returns the sequences with
+    ``logprobs_fn(model, batch) -> [R, C]`` is the trainer's forward pass and ``plan(sequences)`` the
+    micro-batches (index groups) a training step cuts its sequences into. Each step's sequences are
+    run through the very micro-batches its training pass will use: outside float32, a sequence's
+    log-probs depend on what shares its batch (padding, packing), and old log-probs taken in other
+    company would put the first step's ratios off 1 before any update. Returns the steps with
     ``old_logprobs`` and ``is_weights`` set (left unset with ``cap`` 0: the correction is off, the
     mismatch is only measured), and the round's mismatch metrics.
     """
     device = next(model.parameters()).device
-    out: dict[int, TrainSequence] = {}
+    done: list[list[TrainSequence]] = []
     trainer_parts, sampler_parts, mask_parts = [], [], []
     was_training = model.training
     model.eval()
     try:
-        for group in plan_micro_batches(sequences, micro_batch_tokens):
-            batch = collate([sequences[i] for i in group], pad_token_id).to(device)
-            trainer_RC = logprobs_fn(model, batch).float()
-            mask_RC = batch.completion_mask_RC
-            weights_RC = is_weights(trainer_RC, batch.sampler_logprobs_RC, mask_RC, cap) if cap > 0 else None
-            for row, index in enumerate(group):
-                n = len(sequences[index].completion.completion_token_ids)
-                out[index] = dataclasses.replace(
-                    sequences[index],
-                    old_logprobs=tuple(trainer_RC[row, :n].tolist()) if cap > 0 else None,
-                    is_weights=None if weights_RC is None else tuple(weights_RC[row, :n].tolist()),
+        for sequences in steps:
+            out: dict[int, TrainSequence] = {}
+            for group in plan(sequences):
+                batch = collate([sequences[i] for i in group], pad_token_id).to(device)
+                trainer_RC = logprobs_fn(model, batch).float()
+                mask_RC = batch.completion_mask_RC
+                weights_RC = (
+                    is_weights(trainer_RC, batch.sampler_logprobs_RC, mask_RC, cap) if cap > 0 else None
                 )
-            trainer_parts.append(trainer_RC.flatten())
-            sampler_parts.append(batch.sampler_logprobs_RC.flatten())
-            mask_parts.append(mask_RC.flatten())
+                for row, index in enumerate(group):
+                    n = len(sequences[index].completion.completion_token_ids)
+                    out[index] = dataclasses.replace(
+                        sequences[index],
+                        old_logprobs=tuple(trainer_RC[row, :n].tolist()) if cap > 0 else None,
+                        is_weights=None if weights_RC is None else tuple(weights_RC[row, :n].tolist()),
+                    )
+                trainer_parts.append(trainer_RC.flatten())
+                sampler_parts.append(batch.sampler_logprobs_RC.flatten())
+                mask_parts.append(mask_RC.flatten())
+            done.append([out[i] for i in range(len(sequences))])
     finally:
         model.train(was_training)
     if not mask_parts:
-        return list(sequences), {}
+        return [list(step) for step in steps], {}
     metrics = mismatch_metrics(torch.cat(trainer_parts), torch.cat(sampler_parts), torch.cat(mask_parts), cap)
-    return [out[i] for i in range(len(sequences))], metrics
+    return done, metrics
 
 
 __all__ = ["is_weights", "mismatch_metrics", "recompute_old_logprobs"]

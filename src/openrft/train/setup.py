@@ -15,6 +15,7 @@ import torch
 
 from openrft.algo.losses import LossSpec
 from openrft.errors import JobError
+from openrft.models import full_precision
 from openrft.paths import atomic_directory
 from openrft.records import Completion, Prompt, RolloutEngine, Score
 from openrft.settings import AgentSettings, EngineSettings, ModelSettings, OptimizerSettings
@@ -148,13 +149,14 @@ def with_agent(
 
 
 def samples_this_model(engine: RolloutEngine, model: Any) -> bool:
-    """Whether ``engine`` samples the trainer's own model in this process (else its log-probs are
-    recomputed and corrected, see :mod:`openrft.train.mismatch`): the local engine does; Ray actors,
-    vLLM and servers hold copies."""
+    """Whether ``engine``'s log-probs are the trainer's own (else they are recomputed and corrected, see
+    :mod:`openrft.train.mismatch`): the local engine's are, when it samples this very model in float32.
+    In bfloat16 its KV-cache decoding and the trainer's packed pass round differently (~0.04 nats a
+    token), enough to clip GSPO's tight ratios before any update. Ray actors, vLLM and servers hold copies."""
     from openrft.rollout.local import LocalEngine
 
     engine = getattr(engine, "inner", engine)  # an agent engine samples through the one it wraps
-    return isinstance(engine, LocalEngine) and engine.model is model
+    return isinstance(engine, LocalEngine) and engine.model is model and full_precision(model)
 
 
 def policy_publisher(engine: RolloutEngine, model: Any, adapters_dir: Path | None) -> Callable[[int], None]:
