@@ -117,3 +117,6 @@ def test_gpu_terms_of_the_estimate():
     assert estimate("cuda", "bfloat16", compile=False).compiled_buffers == 0
     assert estimate("cpu", "float32").compiled_buffers == 0
     assert bf16.total - estimate("cuda", "bfloat16", compile=False).total == bf16.compiled_buffers
+    # the CPU engine's merged copy: float32 weights only (bfloat16 ones are sampled through peft)
+    assert estimate("cpu", "float32").sampling_copy > 0
+    assert estimate("cpu", "bfloat16").sampling_copy == 0

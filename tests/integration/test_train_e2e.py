@@ -283,11 +283,14 @@ def test_kill_at_a_checkpoint_resumes_with_every_line_once_and_the_same_adapter(
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-exact
 
 
-def test_a_bfloat16_job_starts_every_round_at_ratio_one_even_for_gspo(tiny_model_dir, tmp_path, capsys):
-    # in bfloat16 the engine's decoding and the trainer's pass round differently: the trainer's own
-    # old log-probs, taken in the very micro-batches each step trains, keep GSPO's tight clip range
-    # (3e-4 / 4e-4) from clipping anything before a round's first update
-    flags = _flags(tiny_model_dir, tmp_path, "gspo-token", "spread", "--dtype", "bfloat16", "--device", "cpu")
+@pytest.mark.parametrize("cap", ["2", "0"])
+def test_a_bfloat16_job_starts_every_round_at_ratio_one_even_for_gspo(tiny_model_dir, tmp_path, capsys, cap):
+    # in bfloat16 the engine's decoding and the trainer's pass round differently: the trainer's own old
+    # log-probs (with the importance weights or, cap 0, without) keep GSPO's tight clip range (3e-4 /
+    # 4e-4) from clipping anything before a round's first update. (That they are taken in each step's own
+    # micro-batches matters on real models: tests/integration/test_mismatch_recompute.py.)
+    flags = _flags(tiny_model_dir, tmp_path, "gspo-token", "spread", "--dtype", "bfloat16", "--device", "cpu",
+                   "--rollout-is-cap", cap)  # fmt: skip
     flags[flags.index("--micro-batch-tokens") + 1] = "64"
     assert main(["rftj", "create", *flags]) == 0, capsys.readouterr().err
     rows = [r for r in read_jsonl(tmp_path / "out" / "metrics.jsonl") if "loss/policy" in r]

@@ -224,8 +224,9 @@ class LossConfig(Group):
     rollout_is_cap: float = field(
         2.0,
         "Sampler/trainer mismatch correction: when responses are sampled by another engine (vLLM, an "
-        "endpoint) the trainer recomputes their log-probs and weights each token by min(p_trainer / "
-        "p_sampler, CAP) (truncated importance sampling). 0 turns the correction off.",
+        "endpoint, the local engine in bfloat16) the trainer recomputes their log-probs, takes the clipped "
+        "ratio against those and weights each token by min(p_trainer / p_sampler, CAP) (truncated "
+        "importance sampling). 0 leaves out the weights.",
         valid="0 or a number >= 1",
     )
     overlong_penalty: bool = field(

@@ -23,9 +23,9 @@
 * **compiled step's buffers**: on a GPU the local engine's compiled decoding step
   (:mod:`openrft.rollout.slots`) keeps a KV cache for every in-flight slot, ``context`` rounded up
   to a power of two wide, allocated between rounds too (while the trainer steps).
-* **sampling copy**: on the CPU the local engine samples from a copy of the weights with the adapter
-  merged in and the linear weights prepacked (:mod:`openrft.rollout.inference_copy`): the base weights
-  once more.
+* **sampling copy**: on the CPU the local engine samples from a copy of float32 weights with the
+  adapter merged in and the linear weights prepacked (:mod:`openrft.rollout.inference_copy`): the base
+  weights once more (none for bfloat16 weights, which it samples through peft).
 * **runtime**: on the CPU, what this process already holds (Python, torch, transformers).
 
 ``context`` is ``--max-context-length``, else ``--max-output-tokens`` + 512 prompt tokens. The
@@ -117,7 +117,7 @@ def estimate_memory(config: Any, settings: JobSettings) -> MemoryEstimate:
     return MemoryEstimate(
         weights=base_params * b,
         sampling_copy=_sampling_copy_params(config, base_params, prepacked=b == 4) * b
-        if m.device == "cpu" and settings.engine.kind == "local" and not settings.engine.ray
+        if m.device == "cpu" and settings.engine.kind == "local" and not settings.engine.ray and b == 4
         else 0,
         adapter=adapter_params * 16,
         activations=tokens * layers * per_token_layer + head,

@@ -9,7 +9,8 @@ old log-probs of each round with one no-grad forward pass and weighs each token'
 
 (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL training"; the
 same correction as verl's ``rollout_is`` and TRL's ``vllm_importance_sampling_correction``.)
-The clipped ratio of the loss is then taken against the trainer's old log-probs.
+The clipped ratio of the loss is then taken against the trainer's old log-probs, also with C = 0,
+which only leaves out the weights.
 
 Metrics, over the round's completion tokens (``q`` the sampler, ``p`` the trainer, ``r = p / q``):
 ``mismatch/kl`` = mean(r - 1 - log r), the k3 estimate of KL(q || p) from tokens sampled by q;
@@ -75,8 +76,8 @@ def recompute_old_logprobs(
     run through the very micro-batches its training pass will use: outside float32, a sequence's
     log-probs depend on what shares its batch (padding, packing), and old log-probs taken in other
     company would put the first step's ratios off 1 before any update. Returns the steps with
-    ``old_logprobs`` and ``is_weights`` set (left unset with ``cap`` 0: the correction is off, the
-    mismatch is only measured), and the round's mismatch metrics.
+    ``old_logprobs`` set and, with ``cap`` > 0, ``is_weights`` (``cap`` 0 leaves them unset: no
+    weighting, as verl and TRL do without their correction), and the round's mismatch metrics.
     """
     device = next(model.parameters()).device
     done: list[list[TrainSequence]] = []
@@ -97,7 +98,7 @@ def recompute_old_logprobs(
                     n = len(sequences[index].completion.completion_token_ids)
                     out[index] = dataclasses.replace(
                         sequences[index],
-                        old_logprobs=tuple(trainer_RC[row, :n].tolist()) if cap > 0 else None,
+                        old_logprobs=tuple(trainer_RC[row, :n].tolist()),
                         is_weights=None if weights_RC is None else tuple(weights_RC[row, :n].tolist()),
                     )
                 trainer_parts.append(trainer_RC.flatten())

@@ -100,8 +100,8 @@ def make_engine(
     else:
         from openrft.rollout import LocalEngine
 
-        # on a CPU the engine samples an inference copy (adapter merged, weights prepacked: faster decoding
-        # steps for one more copy of the weights); on a GPU the copy would cost device memory
+        # on a CPU the engine samples an inference copy of float32 weights (adapter merged, weights prepacked:
+        # faster decoding steps for one more copy of the weights); on a GPU the copy would cost device memory
         on_cpu = next(model.parameters()).device.type == "cpu"
         engine = LocalEngine(model, tokenizer, max_concurrent_rollouts=concurrency, inference_copy=on_cpu,
                              compile_step=None if settings.compile else False)  # fmt: skip
