@@ -87,7 +87,7 @@ def run_preflight(prepared: PreparedJob, prompts: int = DEFAULT_PROMPTS) -> Pref
     tokens_per_s, method = time_training(model, tokenizer.pad_token_id, groups, settings)
     if not setup.samples_this_model(engine, model) and tokens_per_s:
         tokens_per_s /= MISMATCH_FORWARD_FACTOR
-        method += "; divided by 4/3 for the forward pass that recomputes another engine's log-probs"
+        method += "; divided by 4/3 for the forward pass that recomputes the sampler's log-probs"
     report.timing = estimate_timing(report, groups, settings, tokens_per_s, method)
     return report
 
