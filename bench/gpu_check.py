@@ -286,15 +286,32 @@ def rft_step(
     seconds = step()
     trained = sum(b.num_tokens for b in batches)
     peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else 0
+    recompute_gap = recompute_against_training(policy, batches[0].to(device), loss)
     params = sum(p.numel() for p in policy.parameters())
     policy.unload()  # the base model again, for the next measurement
     return {
         "seconds": seconds,
         "cold": cold,
+        "recompute_gap": recompute_gap,
         "tokens": trained,
         "flops": 4 * params * trained / seconds,
         "peak": peak,
     }
+
+
+def recompute_against_training(policy, batch, loss) -> float:
+    """Largest log-prob gap between the no-grad eval pass that recomputes a round's old log-probs
+    (bfloat16 jobs, :func:`openrft.train.mismatch.recompute_old_logprobs`) and the training pass over
+    the same micro-batch: 0 means every round's first step starts at a ratio of exactly 1."""
+    from openrft.train.step import batch_logprobs, training_mode
+
+    policy.eval()
+    with torch.no_grad():
+        old_RC = batch_logprobs(policy, batch, loss.temperature, loss.full_sequences)
+    with training_mode(policy):
+        new_RC = batch_logprobs(policy, batch, loss.temperature, loss.full_sequences).detach()
+    mask_RC = batch.completion_mask_RC.bool()
+    return float((new_RC - old_RC)[mask_RC].abs().max())
 
 
 def estimate(config, device: str, prompts: int, n: int, tokens: int, budget: int, checkpointing: bool) -> int:
@@ -367,7 +384,8 @@ def main() -> None:
             print(f"[{size}] RFT step{' (gradient checkpointing)' if checkpointing else ''}: "
                   f"{step['seconds']:.2f} s (the first, cold: {step['cold']:.2f} s), "
                   f"{step['tokens'] / step['seconds']:,.0f} trained tok/s, "
-                  f"MFU {step['flops'] / peak:.1%}; {memory}")  # fmt: skip
+                  f"MFU {step['flops'] / peak:.1%}; {memory}; recomputed old log-probs vs the "
+                  f"training pass: max gap {step['recompute_gap']:.2e}")  # fmt: skip
         del model
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
