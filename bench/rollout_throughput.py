@@ -8,8 +8,8 @@ the useful completion tokens, up to and including the end-of-turn token, per sec
 of wall time. The two are run alternately ``--repeats`` times; medians are reported.
 
 Each rate is also printed as a share of the matmul-bound limit (the fp32 peak of a 2048^3 product
-over the FLOPs of a token's linear layers). One more live-model run then records the batch size of
-every forward pass, and the linear layers alone are timed at those sizes. That is the best any fp32
+over the FLOPs of a token's linear layers). The last live-model run also records the batch size of
+every forward pass, and the linear layers alone are then timed at those sizes. That is the best any fp32
 engine could do with the same batches: no attention, no sampling, no Python.
 
     .venv/bin/python bench/rollout_throughput.py                      # arithmetic prompts
@@ -225,14 +225,17 @@ def main() -> None:
     rates: dict[str, list[float]] = {name: [] for name, _ in runs}
     for repeat in range(args.repeats):
         for name, fn in runs:
+            logged = name == "live" and repeat == args.repeats - 1  # its batch sizes, for the bound below
+            log = StepLog(model) if logged else None
             tokens, seconds = fn(model, tokenizer, prompts, params, args.concurrency)
+            if log is not None:
+                log.close()
+                live_run = log, tokens, seconds
             rates[name].append(tokens / seconds)
             print(
                 f"  [{repeat + 1}] {name:8s} {tokens:6d} tokens in {seconds:7.1f} s = {tokens / seconds:7.1f} tok/s"
             )
-    log = StepLog(model)
-    tokens, seconds = run_openrft_live(model, tokenizer, prompts, params, args.concurrency)
-    log.close()
+    log, tokens, seconds = live_run
     decoding, prefill = linear_bound(model, log, peak)
     bound = decoding + prefill
     ours, live, theirs = (statistics.median(rates[name]) for name in ("openrft", "live", "generate"))

@@ -7,10 +7,10 @@ import torch
 from openrft.models import EMBEDDED_MODEL, load_model
 from openrft.records import Prompt, SamplingParams
 from openrft.rollout.local import LocalEngine
-from openrft.train.batching import TrainSequence, collate, plan_steps
+from openrft.train.batching import TrainSequence, collate, plan_micro_batches, plan_steps
 from openrft.train.mismatch import recompute_old_logprobs
 from openrft.train.policy import attach_lora, keep_adapter_float32
-from openrft.train.step import batch_logprobs, plan_step, step_micro_batches, training_mode
+from openrft.train.step import batch_logprobs, plan_step, training_mode
 
 QUESTIONS = ("What is 17 * 23?", "Name a prime number above 50.", "Write a haiku about rain.")
 
@@ -36,7 +36,7 @@ def test_old_log_probs_in_bfloat16_equal_the_training_pass_of_each_step():
 
     pad = tokenizer.pad_token_id
     done, metrics = recompute_old_logprobs(
-        policy, steps, logprobs, lambda step: step_micro_batches(step, 64), pad_token_id=pad, cap=2.0
+        policy, steps, logprobs, lambda step: plan_micro_batches(step, 64), pad_token_id=pad, cap=2.0
     )
     assert metrics["mismatch/kl"] > 0  # bfloat16 decoding and the trainer's pass do differ
     for step in done:

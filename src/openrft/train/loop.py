@@ -34,7 +34,7 @@ from openrft.records import Prompt, RolloutEngine
 from openrft.settings import JobSettings
 from openrft.tracking.progress import ProgressBar
 from openrft.tracking.sinks import MetricsSink
-from openrft.train.batching import TrainSequence, plan_steps
+from openrft.train.batching import TrainSequence, plan_micro_batches, plan_steps
 from openrft.train.checkpoint import LoopState, save_checkpoint
 from openrft.train.mismatch import recompute_old_logprobs
 from openrft.train.rounds import Scorer, evaluate, run_round
@@ -44,7 +44,6 @@ from openrft.train.step import (
     batch_logprobs,
     clip_gradients,
     plan_step,
-    step_micro_batches,
     training_mode,
 )
 
@@ -207,7 +206,7 @@ def start_round(
         state.pending, mismatch = recompute_old_logprobs(
             ctx.model, state.pending,
             lambda model, batch: batch_logprobs(model, batch, loss.temperature, loss.full_sequences),
-            lambda step: step_micro_batches(step, micro_batch_tokens, packed),
+            lambda step: plan_micro_batches(step, micro_batch_tokens, packed),
             pad_token_id=ctx.pad_token_id, cap=settings.rounds.rollout_is_cap,
         )  # fmt: skip
     metrics = {**result.metrics, **mismatch, "round": float(state.round_index)}

@@ -90,20 +90,10 @@ def recompute_old_logprobs(
             for group in plan(sequences):
                 batch = collate([sequences[i] for i in group], pad_token_id).to(device)
                 trainer_RC = logprobs_fn(model, batch).float()
-                mask_RC = batch.completion_mask_RC
-                weights_RC = (
-                    is_weights(trainer_RC, batch.sampler_logprobs_RC, mask_RC, cap) if cap > 0 else None
-                )
-                for row, index in enumerate(group):
-                    n = len(sequences[index].completion.completion_token_ids)
-                    out[index] = dataclasses.replace(
-                        sequences[index],
-                        old_logprobs=tuple(trainer_RC[row, :n].tolist()),
-                        is_weights=None if weights_RC is None else tuple(weights_RC[row, :n].tolist()),
-                    )
+                out.update(_with_old_logprobs(sequences, group, trainer_RC, batch, cap))
                 trainer_parts.append(trainer_RC.flatten())
                 sampler_parts.append(batch.sampler_logprobs_RC.flatten())
-                mask_parts.append(mask_RC.flatten())
+                mask_parts.append(batch.completion_mask_RC.flatten())
             done.append([out[i] for i in range(len(sequences))])
     finally:
         model.train(was_training)
@@ -111,6 +101,28 @@ def recompute_old_logprobs(
         return [list(step) for step in steps], {}
     metrics = mismatch_metrics(torch.cat(trainer_parts), torch.cat(sampler_parts), torch.cat(mask_parts), cap)
     return done, metrics
+
+
+def _with_old_logprobs(
+    sequences: Sequence[TrainSequence],
+    group: list[int],
+    trainer_RC: torch.Tensor,
+    batch: MicroBatch,
+    cap: float,
+) -> dict[int, TrainSequence]:
+    """The micro-batch ``group``'s sequences with the trainer's log-probs (and, ``cap`` > 0, the weights)."""
+    weights_RC = (
+        is_weights(trainer_RC, batch.sampler_logprobs_RC, batch.completion_mask_RC, cap) if cap > 0 else None
+    )
+    out = {}
+    for row, index in enumerate(group):
+        n = len(sequences[index].completion.completion_token_ids)
+        out[index] = dataclasses.replace(
+            sequences[index],
+            old_logprobs=tuple(trainer_RC[row, :n].tolist()),
+            is_weights=None if weights_RC is None else tuple(weights_RC[row, :n].tolist()),
+        )
+    return out
 
 
 __all__ = ["is_weights", "mismatch_metrics", "recompute_old_logprobs"]

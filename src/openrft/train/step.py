@@ -39,21 +39,15 @@ class StepLoss:
     is_cap: float = 2.0  # --rollout-is-cap, for the mismatch metrics
 
 
-def step_micro_batches(
-    sequences: Sequence[TrainSequence], micro_batch_tokens: int, packed: bool = True
-) -> list[list[int]]:
-    """The micro-batches (index groups) a step's training pass cuts its sequences into; the recomputation
-    of another engine's log-probs uses the same ones (:func:`openrft.train.mismatch.recompute_old_logprobs`)."""
-    return plan_micro_batches(sequences, micro_batch_tokens, packed)
-
-
 def plan_step(
     sequences: Sequence[TrainSequence], micro_batch_tokens: int, pad_token_id: int, packed: bool = True
 ) -> tuple[list[MicroBatch], int]:
     """Length-bucket a step into micro-batches and drop the ones with no advantage signal.
 
-    ``packed``: the step runs with completions packed per prompt (not under gradient checkpointing)."""
-    planned = step_micro_batches(sequences, micro_batch_tokens, packed)
+    ``packed``: the step runs with completions packed per prompt (not under gradient checkpointing).
+    The recomputation of another engine's log-probs plans the same micro-batches
+    (:func:`openrft.train.mismatch.recompute_old_logprobs`)."""
+    planned = plan_micro_batches(sequences, micro_batch_tokens, packed)
     kept, dropped = drop_zero_advantage_micro_batches(planned, [s.advantage for s in sequences])
     return [collate([sequences[i] for i in batch], pad_token_id) for batch in kept], dropped
 
