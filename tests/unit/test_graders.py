@@ -102,7 +102,7 @@ MULTI = {
 
 
 def grade(spec: dict, text: str, **row) -> dict:
-    return load_grader(json.dumps(spec)).fn(text, **row)
+    return load_grader(json.dumps(spec)).fn(text, row)
 
 
 # ----------------------------------------------------------------------------- string_check
@@ -326,7 +326,7 @@ def test_spec_files_yaml_and_unreadable(tmp_path):
 
     path = tmp_path / "grader.yaml"
     path.write_text(yaml.safe_dump(STRING_CHECK))
-    assert load_evaluator(str(path)).fn("a", label="a")["score"] == 1.0
+    assert load_evaluator(str(path)).fn("a", {"label": "a"})["score"] == 1.0
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(EvaluatorError, match="not valid JSON"):
@@ -356,6 +356,48 @@ def test_templates_are_sandboxed_and_read_fields_before_methods():
     unsafe = {**STRING_CHECK, "input": "{{ sample.output_text.__class__.__mro__ }}"}
     with pytest.raises(EvaluatorError, match="is not allowed: access to attribute '__class__'"):
         grade(unsafe, "x", label="x")  # the sandbox refuses Python internals
+
+
+def check(template: str, text: str, expected: str, **row) -> None:
+    """``template`` renders to ``expected`` for response ``text`` and dataset row ``row``."""
+    spec = {**STRING_CHECK, "input": template, "reference": expected}
+    result = grade(spec, text, **row)
+    assert result["score"] == 1.0, result["reason"]
+
+
+def test_sample_has_every_field_of_openai_sample():
+    call = '<tool_call>{"name": "weather", "arguments": {"city": "Zürich"}}</tool_call>'
+    check("{{ sample.choices[0].message.content }}|{{ sample.choices[0].finish_reason }}", "hi", "hi|stop")
+    check("{{ sample.output_audio }}", "hi", "null")
+    check("{{ sample.output_json }}|{{ sample.output_json + 1 }}", "0.5", "0.5|1.5")  # any valid JSON
+    check("{{ sample.output_json }}", "not json", "null")
+    # a tool call is shaped like message.tool_calls; the text beside it is output_text
+    check("{{ sample.output_tools[0].id }}|{{ sample.output_tools[0].function.arguments }}|{{ sample.output_text }}",
+          f"Let me look. {call}", 'call_0|{"city": "Zürich"}|Let me look.')  # fmt: skip
+    check("{{ sample.choices[0].finish_reason }}", call, "tool_calls")
+    # the guide's arguments check holds for non-ASCII arguments written as they are
+    row = {"name": "weather", "arguments": '{"city": "Zürich"}'}
+    assert grade(MULTI, call, **row)["score"] == 1.0
+
+
+def test_item_is_the_row_as_written_with_every_field():
+    row = {"messages": [{"role": "user", "content": "q"}], "completion": "C", "prompt_id": "P", "ok": True}
+    check("{{ item.completion }}|{{ item.prompt_id }}|{{ item.ok }}|{{ item.messages[0].content }}",
+          "x", "C|P|true|q", **row)  # fmt: skip
+    prompt = Prompt("row-7", [{"role": "user", "content": "q"}], row)
+    spec = {**STRING_CHECK, "input": "{{ item.completion }}-{{ item.prompt_id }}", "reference": "C-P"}
+    (score,) = score_groups(load_grader(json.dumps(spec)), [(prompt, [completion("x")])])[0]
+    assert score.is_valid and score.score == 1.0, score.reason
+
+
+def test_only_double_braces_are_placeholders():
+    text = "{#rubric} 5 {% of %} {# apples #}"
+    check(text + " {{ sample.output_text }}", "ok", text + " ok")
+
+
+def test_python_grader_may_return_numpy_numbers(tmp_path):
+    source = "import numpy as np\ndef grade(sample, item):\n    return np.float32(0.5) + np.int64(0)\n"
+    assert grade({"type": "python", "name": "np", "source": source}, "x")["score"] == 0.5
 
 
 # ----------------------------------------------------------------------------- model graders
@@ -430,33 +472,37 @@ def _fast_retries(monkeypatch):
 
 
 def test_score_model_documented_example(stub):
-    stub.script.extend(['{"result": 0.75}', "0.25", "I would say 1.0"])
+    stub.script.extend(['{"result": 0.75}', "0.25.", "I would say 1.0"])
     evaluator = load_grader(json.dumps(SCORE_MODEL), endpoint=stub.url)
-    scores = [evaluator.fn("Paris", label="Paris")["score"] for _ in range(3)]
-    assert scores == [0.75, 0.25, 1.0]
+    scores = [evaluator.fn("Paris", {"label": "Paris"})["score"] for _ in range(3)]
+    assert scores == [0.75, 0.25, 0.0]  # an answer that is not a number (or the JSON object) scores 0
     request = stub.requests[-1]
-    assert (
-        request["model"] == "o4-mini-2025-04-16" and request["seed"] == 42 and request["max_tokens"] == 2048
-    )
+    assert request["model"] == "o4-mini-2025-04-16" and request["seed"] == 42
+    # OpenAI's reasoning models refuse max_tokens; reasoning_effort goes to the spec's own model
+    assert request["max_completion_tokens"] == 2048 and "max_tokens" not in request
+    assert request["reasoning_effort"] == "medium"
     assert "Reference answer: Paris\n\nModel answer: Paris" in request["messages"][0]["content"]
     assert request["messages"][-1]["role"] == "system" and '"result"' in request["messages"][-1]["content"]
 
 
-def test_score_model_unparseable_or_out_of_range_answer_is_invalid(stub):
-    stub.script.extend(["I cannot decide", '{"result": 7}'])
+def test_score_model_answer_without_a_number_scores_zero_and_one_out_of_range_is_clipped(stub):
+    """OpenAI's rule for score_model: outputs are clipped to the range, non-numeric ones score 0."""
+    stub.script.extend(["I cannot decide", '{"result": 7}', "-0.2", "0.25 (on a scale of 0 to 1)"])
     evaluator = load_grader(json.dumps(SCORE_MODEL), endpoint=stub.url)
-    first, second = evaluator.fn("a", label="b"), evaluator.fn("a", label="b")
-    assert not first["is_score_valid"] and "has no score" in first["reason"]
-    assert not second["is_score_valid"] and "outside the range [0, 1]" in second["reason"]
+    results = [evaluator.fn("a", {"label": "b"}) for _ in range(4)]
+    assert [r["score"] for r in results] == [0.0, 1.0, 0.0, 0.0]
+    assert all(r["is_score_valid"] for r in results)
+    assert "no number in the grader model's answer, so 0" in results[0]["reason"]
+    assert "score 7 clipped to the range [0, 1]" in results[1]["reason"]
     ranged = load_grader(json.dumps({**SCORE_MODEL, "range": [0, 10]}), endpoint=stub.url)
     stub.script.append('{"result": 7}')
-    assert ranged.fn("a", label="b")["score"] == 7.0
+    assert ranged.fn("a", {"label": "b"})["score"] == 7.0
 
 
 def test_model_grader_retries_after_a_500(stub):
     stub.script.extend([500, '{"result": 1}'])
     before = len(stub.requests)
-    result = load_grader(json.dumps(SCORE_MODEL), endpoint=stub.url).fn("a", label="a")
+    result = load_grader(json.dumps(SCORE_MODEL), endpoint=stub.url).fn("a", {"label": "a"})
     assert result["score"] == 1.0 and len(stub.requests) - before == 2
 
 
@@ -472,12 +518,34 @@ def test_model_grader_gives_up_after_its_retries(stub):
 def test_label_model_documented_example(stub):
     stub.script.extend(['{"result": "positive"}', "neutral", "Negative.", "ecstatic"])
     evaluator = load_grader(json.dumps(LABEL_MODEL), endpoint=stub.url, model="local-judge")
-    results = [evaluator.fn("", response="I love it") for _ in range(4)]
+    results = [evaluator.fn("", {"response": "I love it"}) for _ in range(4)]
     assert [r["score"] for r in results[:3]] == [1.0, 0.0, 0.0]
     assert not results[3]["is_score_valid"] and "not one of the labels" in results[3]["reason"]
     request = stub.requests[-1]
     assert request["model"] == "local-judge"  # --grader-model replaces the spec's model
     assert request["messages"][1] == {"role": "user", "content": "Statement: I love it"}
+
+
+def test_model_grader_request_keeps_text_parts_and_sends_no_reasoning_effort_to_another_model(stub):
+    parts = [{"type": "input_text", "text": "Reference: {{ item.label }}."},
+             {"type": "input_text", "text": "Model answer: {{ sample.output_text }}"}]  # fmt: skip
+    spec = {**SCORE_MODEL, "input": [{"role": "developer", "content": parts}]}
+    stub.script.append('{"result": 1}')
+    load_grader(json.dumps(spec), endpoint=stub.url, model="local-judge").fn("0.9", {"label": "1.0"})
+    request = stub.requests[-1]
+    assert request["messages"][0] == {"role": "system", "content": [
+        {"type": "text", "text": "Reference: 1.0."}, {"type": "text", "text": "Model answer: 0.9"}]}  # fmt: skip
+    assert "reasoning_effort" not in request and request["max_completion_tokens"] == 2048
+
+
+def test_model_grader_refuses_image_parts_in_one_line():
+    image = {"type": "input_image", "image_url": "https://example.com/x.png"}
+    spec = {
+        **SCORE_MODEL,
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "x"}, image]}],
+    }
+    with pytest.raises(EvaluatorError, match="content parts of type 'input_image' cannot be sent"):
+        load_grader(json.dumps(spec), endpoint="http://127.0.0.1:9/v1")
 
 
 def test_model_graders_need_an_endpoint():
@@ -488,8 +556,8 @@ def test_model_graders_need_an_endpoint():
 def test_cosine_with_embedding_endpoint(stub):
     spec = {**TEXT_SIMILARITY, "evaluation_metric": "cosine"}
     evaluator = load_grader(json.dumps(spec), endpoint=stub.url)
-    assert evaluator.fn("cat", label="kitten")["score"] == pytest.approx(0.6)
-    assert evaluator.fn("cat", label="car")["score"] == pytest.approx(0.0)
+    assert evaluator.fn("cat", {"label": "kitten"})["score"] == pytest.approx(0.6)
+    assert evaluator.fn("cat", {"label": "car"})["score"] == pytest.approx(0.0)
 
 
 def test_multi_with_a_model_sub_grader_in_workers(stub, tmp_path):

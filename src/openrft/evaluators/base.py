@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from openrft.evaluators.protocol import EvaluationRow
 
-Kind = Literal["row", "plain"]
+Kind = Literal["row", "plain", "item"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ class Evaluator:
     ``kind="row"``: ``fn`` takes an ``EvaluationRow`` (pointwise) or a list of them
     (groupwise) of class ``row_cls``; ``call_by_keyword`` passes it as ``row=``/
     ``rows=`` (eval-protocol's convention). ``kind="plain"``: ``fn(completion_text,
-    **row_fields)``. ``run_inline`` marks fast built-ins called without a worker
+    **row_fields)``. ``kind="item"``: ``fn(completion_text, row)``, the dataset row as it was
+    read (an OpenAI grader's ``item``). ``run_inline`` marks fast built-ins called without a worker
     thread. The header values are ``None`` when the evaluator does not set them. ``spec`` and
     ``spec_dataset`` let a worker process load the same evaluator again.
     """

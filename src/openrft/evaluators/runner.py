@@ -203,6 +203,8 @@ async def _score_one(
             if ev.kind == "plain":
                 result = await _call(ev, timeout, completion.text, **plain_kwargs(ev.fn, prompt))
                 return to_score(result)
+            if ev.kind == "item":
+                return to_score(await _call(ev, timeout, completion.text, copy.deepcopy(prompt.row)))
             row = build_row(ev, prompt, completion)
             result = await (_call(ev, timeout, row=row) if ev.call_by_keyword else _call(ev, timeout, row))
             return to_score(row if result is None else result)

@@ -46,7 +46,7 @@ def load_grader(spec: str, *, endpoint: str | None = None, model: str | None = N
     return Evaluator(
         name=parsed.name or parsed.type,
         fn=_scorer(grader),
-        kind="plain",
+        kind="item",
         run_inline=not grader.contained,
         source=spec.strip() if not spec.strip().startswith("{") else "inline grader",
         env=env,
@@ -55,8 +55,7 @@ def load_grader(spec: str, *, endpoint: str | None = None, model: str | None = N
 
 
 def _scorer(grader: Grader) -> Any:
-    def grade(completion: str, **row: Any) -> dict[str, Any]:
-        item = {k: v for k, v in row.items() if k != "prompt_id"}
+    def grade(completion: str, item: dict[str, Any]) -> dict[str, Any]:
         try:
             result = grader.grade(item, sample_of(completion))
         except MissingField as exc:

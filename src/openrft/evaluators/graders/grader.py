@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import math
+import numbers
 import sys
 import types
 from dataclasses import dataclass, field
@@ -131,8 +132,7 @@ class ModelGrader(Grader):
         answer = self.endpoint.chat(self.spec, model_graders.prompt(self.spec, item, sample))
         try:
             if isinstance(self.spec, ScoreModel):
-                score = model_graders.parse_score(answer, self.spec)
-                return Grade(score, f"grader model's score {score:g}")
+                return Grade(*model_graders.parse_score(answer, self.spec))
             label = model_graders.parse_label(answer, self.spec)
         except model_graders.UnparseableAnswer as exc:
             return Grade(0.0, f"{self.label}: {exc.message}", valid=False)
@@ -171,7 +171,7 @@ class PythonGrader(Grader):
 
     def grade(self, item: dict[str, Any], sample: Any) -> Grade:
         result = self._function()(dict(sample), item)
-        if isinstance(result, bool) or not isinstance(result, int | float):
+        if isinstance(result, bool) or not isinstance(result, numbers.Real):  # numpy's numbers are Real
             raise EvaluatorError(f"{self.label}: grade() returned {type(result).__name__}, not a number")
         return Grade(float(result), f"grade() returned {float(result):g}")
 

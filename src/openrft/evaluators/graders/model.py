@@ -7,16 +7,23 @@ else ``OPENAI_API_KEY`` (a local server needs none), each request is limited to
 times (default 3) on connection errors, timeouts, 429 and 5xx answers. ``--grader-model`` (if set)
 replaces the model the spec names, e.g. to grade with a local model instead of an OpenAI one.
 
+The request carries the spec's ``sampling_params`` under the chat API's names (``temperature``,
+``top_p``, ``seed``, ``max_completions_tokens`` as ``max_completion_tokens``, which OpenAI's
+reasoning models require; ``reasoning_effort`` too, unless ``--grader-model`` sends the prompt to
+another model, which may not know it). A message of several text parts is sent as those parts.
 A closing system message tells the model the answer format: ``{"result": <number>}`` for
-``score_model`` (within ``range``), ``{"result": "<label>"}`` for ``label_model``. The answer is
-read as that JSON object, else as a bare number (score) or label; an answer that cannot be read,
-a score outside ``range`` or a label not among ``labels`` makes the score invalid, as any
-unusable evaluator result does.
+``score_model``, ``{"result": "<label>"}`` for ``label_model``.
+
+A score is read from that JSON object, else from an answer that is just a number. As OpenAI
+documents for ``score_model``, a score outside ``range`` is clipped to it and an answer with no
+number scores 0 (the reason says so). A label must be one of ``labels``; any other answer makes
+the score invalid, as any unusable evaluator result does.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -27,7 +34,6 @@ from openrft.errors import EvaluatorError
 from openrft.evaluators.graders.spec import LabelModel, ScoreModel
 from openrft.evaluators.graders.templates import render
 
-NUMBER_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 JSON_RE = re.compile(r"\{.*\}", re.DOTALL)
 
 
@@ -57,7 +63,7 @@ class Endpoint:
             max_retries=int(os.environ.get("OPENRFT_GRADER_RETRIES", "3")),
         )
 
-    def chat(self, spec: ScoreModel | LabelModel, messages: list[dict[str, str]]) -> str:
+    def chat(self, spec: ScoreModel | LabelModel, messages: list[dict[str, Any]]) -> str:
         params = spec.sampling_params
         extra: dict[str, Any] = {}
         if params is not None:
@@ -65,7 +71,9 @@ class Endpoint:
                 if getattr(params, key) is not None:
                     extra[key] = getattr(params, key)
             if params.max_completions_tokens is not None:
-                extra["max_tokens"] = params.max_completions_tokens
+                extra["max_completion_tokens"] = params.max_completions_tokens
+            if params.reasoning_effort is not None and not self.model:
+                extra["reasoning_effort"] = params.reasoning_effort
         try:
             reply = self.client.chat.completions.create(
                 model=self.model or spec.model, messages=messages, **extra
@@ -84,12 +92,14 @@ class Endpoint:
         return [d.embedding for d in reply.data]
 
 
-def prompt(spec: ScoreModel | LabelModel, item: dict[str, Any], sample: Any) -> list[dict[str, str]]:
+def prompt(spec: ScoreModel | LabelModel, item: dict[str, Any], sample: Any) -> list[dict[str, Any]]:
     """The grader's messages, rendered, followed by the answer-format instruction."""
     messages = []
     for message in spec.input:
         role = "system" if message.role == "developer" else message.role
-        messages.append({"role": role, "content": "".join(render(t, item, sample) for t in message.texts())})
+        texts = [render(t, item, sample) for t in message.texts()]
+        content: Any = texts[0] if len(texts) == 1 else [{"type": "text", "text": t} for t in texts]
+        messages.append({"role": role, "content": content})
     if isinstance(spec, ScoreModel):
         low, high = spec.range
         note = f'Answer with only a JSON object {{"result": <number from {low:g} to {high:g}>}}.'
@@ -101,24 +111,22 @@ def prompt(spec: ScoreModel | LabelModel, item: dict[str, Any], sample: Any) -> 
     return messages
 
 
-def parse_score(answer: str, spec: ScoreModel) -> float:
-    """The score in a grader model's answer (see the module docstring)."""
+def parse_score(answer: str, spec: ScoreModel) -> tuple[float, str]:
+    """The score in a grader model's answer and how it was read (see the module docstring)."""
     value = _result(answer)
     if value is None:
-        numbers = NUMBER_RE.findall(_strip_thinking(answer))
-        value = numbers[-1] if len(numbers) >= 1 else None
+        value = _strip_thinking(answer).strip().rstrip(".").strip("\"'` ")
     try:
-        score = float(value) if value is not None and not isinstance(value, bool) else None
+        score = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):
-        score = None
-    if score is None:
-        raise UnparseableAnswer(f"the grader model's answer has no score: {_short(answer)}")
+        score = math.nan
+    if math.isnan(score):
+        return 0.0, f"no number in the grader model's answer, so 0: {_short(answer)}"
     low, high = spec.range
     if not low <= score <= high:
-        raise UnparseableAnswer(
-            f"the grader model's score {score:g} is outside the range [{low:g}, {high:g}]"
-        )
-    return score
+        clipped = min(max(score, low), high)
+        return clipped, f"the grader model's score {score:g} clipped to the range [{low:g}, {high:g}]"
+    return score, f"grader model's score {score:g}"
 
 
 def parse_label(answer: str, spec: LabelModel) -> str:

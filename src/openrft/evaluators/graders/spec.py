@@ -3,7 +3,7 @@
 The field names follow the ``openai`` SDK's ``openai.types.graders`` models, so a grader written
 for OpenAI's fine-tuning API is accepted as it is. Unknown ``type`` values, operations and metrics
 are refused with one line naming the grader; fields OpenAI uses only on its own platform
-(``image_tag``, ``sampling_params.reasoning_effort``) are accepted and ignored where noted.
+(``image_tag``) are accepted and ignored where noted.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from openrft.errors import EvaluatorError
 
@@ -61,6 +61,18 @@ class Message(BaseModel):
     content: str | ContentPart | list[str | ContentPart]
     type: Literal["message"] | None = None
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_only(cls, content: Any) -> Any:
+        for part in content if isinstance(content, list) else [content]:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if isinstance(kind, str) and kind not in ("input_text", "output_text", "text"):
+                raise ValueError(
+                    f"content parts of type {kind!r} cannot be sent: grader prompts are text only here "
+                    "(input_text parts)"
+                )
+        return content
+
     def texts(self) -> list[str]:
         """The template strings of the content, in order."""
         parts = self.content if isinstance(self.content, list) else [self.content]
@@ -74,7 +86,7 @@ class SamplingParams(BaseModel):
     top_p: float | None = None
     seed: int | None = None
     max_completions_tokens: int | None = None
-    reasoning_effort: str | None = None  # accepted; not sent (few self-hosted servers know it)
+    reasoning_effort: str | None = None  # sent only to the spec's own model (see graders.model)
 
 
 class ScoreModel(_Spec):

@@ -1,10 +1,14 @@
 """Grader templates: ``{{ item.field }}`` and ``{{ sample.output_text }}`` rendered with Jinja2.
 
-Templates run in Jinja2's sandboxed environment (no access to Python internals). Two namespaces
-exist, as in OpenAI's graders: ``item`` (the dataset row) and ``sample`` (the response being
-graded: ``output_text``, ``output_json`` when the response is a JSON object, ``output_tools``,
-the tool calls it made). A reference to something that is not there is an error, never an empty
-string: :class:`MissingField` names the field. Objects and lists render as JSON.
+Templates run in Jinja2's sandboxed environment (no access to Python internals). Only ``{{ ... }}``
+is special, as in OpenAI's graders: Jinja's statement and comment markers (``{% %}``, ``{# #}``)
+are plain text here, so a prompt may hold a literal ``{#anchor}``. Two namespaces exist: ``item``
+(the dataset row) and ``sample`` (the response being graded, with the fields of OpenAI's sample:
+``output_text``, ``output_json`` when the response is valid JSON, ``output_tools``, the tool calls
+it made, ``choices``, the response as one chat completion choice, and ``output_audio``, always
+null here). A reference to something that is not there is an error, never an empty string:
+:class:`MissingField` names the field. Values render as JSON text (objects, lists, ``true``,
+``null``), strings and numbers as themselves.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ class _Undefined(StrictUndefined):
 
 
 def _finalize(value: Any) -> Any:
-    if isinstance(value, dict | list):
+    if isinstance(value, dict | list | bool) or value is None:
         return json.dumps(value, ensure_ascii=False)
     return value
 
@@ -59,7 +63,16 @@ class _Environment(SandboxedEnvironment):
 @lru_cache(maxsize=1)
 def _environment() -> SandboxedEnvironment:
     return _Environment(
-        undefined=_Undefined, finalize=_finalize, autoescape=False, keep_trailing_newline=True
+        undefined=_Undefined,
+        finalize=_finalize,
+        autoescape=False,
+        keep_trailing_newline=True,
+        # Only {{ }} is a placeholder: markers no grader text contains stand for Jinja's statements
+        # and comments, so "{%" and "{#" in a prompt or a reference stay as written.
+        block_start_string="\0{%",
+        block_end_string="%}\0",
+        comment_start_string="\0{#",
+        comment_end_string="#}\0",
     )
 
 
@@ -92,22 +105,38 @@ def render(template: str, item: dict[str, Any], sample: Any) -> str:
 
 
 def sample_of(text: str, tool_calls: list[Any] | None = None) -> dict[str, Any]:
-    """The ``sample`` namespace for one response: its text, its JSON (if it is one), its tool calls."""
+    """The ``sample`` namespace for one response, shaped like OpenAI's.
+
+    ``output_tools`` are the response's tool calls (read from ``<tool_call>`` blocks unless given);
+    when there are any, ``output_text`` is the text around the blocks, as a chat completion's
+    ``message.content`` is the text beside its ``tool_calls``. ``output_json`` is the response
+    parsed as JSON when it is valid JSON (else null); ``choices`` holds the response as one choice.
+    """
+    if tool_calls is None:
+        tool_calls = tool_calls_in(text)
+        if tool_calls:
+            text = TOOL_CALL_RE.sub("", text).strip()
     try:
         output_json = json.loads(text)
     except (ValueError, TypeError):
         output_json = None
+    message = {"role": "assistant", "content": text, "tool_calls": tool_calls or None}
     return {
         "output_text": text,
-        "output_json": output_json if isinstance(output_json, dict | list) else None,
-        "output_tools": tool_calls if tool_calls is not None else tool_calls_in(text),
+        "output_json": output_json,
+        "output_tools": tool_calls,
+        "output_audio": None,
+        "choices": [
+            {"index": 0, "message": message, "finish_reason": "tool_calls" if tool_calls else "stop"}
+        ],
     }
 
 
 def tool_calls_in(text: str) -> list[dict[str, Any]]:
     """Tool calls written as ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (the chat
-    templates of the open models openrft trains), in OpenAI's shape: ``function.name`` and
-    ``function.arguments`` (a JSON string)."""
+    templates of the open models openrft trains), in the shape of a chat completion's
+    ``message.tool_calls``: ``id``, ``type`` and ``function`` with ``name`` and ``arguments`` (a JSON
+    string, non-ASCII characters kept as written)."""
     calls = []
     for body in TOOL_CALL_RE.findall(text):
         try:
@@ -117,8 +146,14 @@ def tool_calls_in(text: str) -> list[dict[str, Any]]:
         if isinstance(call, dict) and isinstance(call.get("name"), str):
             arguments = call.get("arguments", {})
             if not isinstance(arguments, str):
-                arguments = json.dumps(arguments)
-            calls.append({"type": "function", "function": {"name": call["name"], "arguments": arguments}})
+                arguments = json.dumps(arguments, ensure_ascii=False)
+            calls.append(
+                {
+                    "id": f"call_{len(calls)}",
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": arguments},
+                }
+            )
     return calls
 
 
