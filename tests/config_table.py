@@ -14,7 +14,7 @@ TABLE = [
     ("gradient_accumulation_steps", 1, [1, 8], [0, 1.5]),
     ("optimizer_weight_decay", 0.01, [0, 0.1], [-0.01, "heavy", "inf", float("nan")]),
     ("max_grad_norm", 1.0, [0, 10], [-1, float("inf")]),
-    ("chunk_size", 200, [-1, 1, 5000], [0, -2, 1.5]),
+    ("chunk_size", 200, [-1, 1, 5000, 10000], [0, -2, 1.5, 10001]),
     ("seed", 42, [0, 2**31, 2**32 - 1], [-1, "s", 2**32, 10**30]),
     ("checkpoint_every", 10, [1], [0]),
     ("eval_every", 10, [0, 5], [-1]),

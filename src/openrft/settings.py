@@ -62,8 +62,9 @@ class ScheduleSettings:
     deterministic: bool = False  # one intra-op thread, deterministic algorithms: bit-exact reruns
 
     def prompts_per_round(self, num_prompts: int) -> int:
-        """The round size: ``--chunk-size``, or every prompt when it is -1 or the set is under two rounds."""
-        if self.chunk_size == -1 or self.chunk_size * 2 > num_prompts:
+        """The round size: ``--chunk-size``; every prompt when it is -1 or the set holds at most 1.5
+        rounds' worth (the service chunks a dataset only above 300 prompts at its default of 200)."""
+        if self.chunk_size == -1 or 2 * num_prompts <= 3 * self.chunk_size:
             return max(1, num_prompts)
         return self.chunk_size
 

@@ -18,6 +18,7 @@ from openrft.cli import main
 from openrft.errors import ConfigError, JobError
 from openrft.jobs.states import DIED_MESSAGE, JobState
 from openrft.jobs.store import JobStore
+from openrft.server import wire
 from openrft.server.app import create_app
 from openrft.server.settings import ServerSettings
 from openrft.server.wire import write_meta
@@ -133,7 +134,6 @@ REFUSED = [
     ({"dataset": "/etc/hosts"}, "dataset: /etc/hosts is a path on the server"),
     ({"evaluator": "letters.py::letters"}, "evaluator: letters.py::letters is a path on the server"),
     ({"training_config": {"base_model": "/tmp"}}, "trainingConfig.baseModel: /tmp is a path on the server"),
-    ({"dataset": "accounts/acme/datasets/nope"}, "dataset:"),
     ({"evaluator": "gsm8k", "dataset": "arithmetic:count=0"}, "count"),
     ({"training_config": {"base_model": "accounts/fireworks/models/qwen2p5-7b-instruct"}},
      "trainingConfig.baseModel: base model not found: accounts/fireworks/models/qwen2p5-7b-instruct (hint: "
@@ -152,6 +152,22 @@ def test_bad_bodies_are_refused_with_a_clear_message_and_nothing_is_written(serv
     assert message in error["message"], error
     if "kl_beta" in message:
         assert error["message"] == message  # word for word, as `rftj create` says it
+    assert served.store.list() == [] and not any(served.store.jobs_dir.glob("*"))
+
+
+def test_an_unknown_dataset_or_evaluator_is_a_404_and_nothing_is_written(serve):
+    served = serve()
+    for change in (
+        {"dataset": "accounts/acme/datasets/nope"},
+        {"evaluator": "accounts/acme/evaluators/nope"},
+    ):
+        args = {"dataset": "arithmetic:count=8", "evaluator": "arithmetic", **change}
+        with pytest.raises(fireworks.NotFoundError) as caught:
+            served.client().reinforcement_fine_tuning_jobs.create(**args)
+        error = caught.value.body["error"]
+        assert error["status"] == "NOT_FOUND" and error["message"].startswith(f"{next(iter(change))}: "), (
+            error
+        )
     assert served.store.list() == [] and not any(served.store.jobs_dir.glob("*"))
 
 
@@ -218,6 +234,12 @@ def test_jobs_queue_run_cancel_resume_and_delete_through_the_sdk(serve, job):
     )
     assert warm.training_config.warm_start_from == ref and warm.state == "JOB_STATE_PENDING"
     assert served.store.get("warm").flat_config()["warm_start_from"] == done.model_extra["outputModelPath"]
+    # the job reports its id as its outputModel: that name (bare or in full) is a warm start too
+    ctx = wire.WireContext(account="acme", home=served.store.root)
+    for name in ("short", "accounts/acme/models/short"):
+        assert wire.warm_start_adapter(name, ctx) == done.model_extra["outputModelPath"]
+    with pytest.raises(fireworks.ConflictError, match="outputModel: model 'short' already exists"):
+        jobs.create(**job(4, training_config={"output_model": "accounts/acme/models/short"}))
     jobs.cancel("warm", body={})  # still queued behind "long": it never starts
     warm = wait(jobs, "warm", lambda j: j.state not in ACTIVE)
     assert warm.state == "JOB_STATE_CANCELLED" and warm.status.message == "cancelled before it started"
@@ -322,7 +344,17 @@ def test_a_job_names_an_uploaded_dataset_and_the_echo_keeps_its_name(serve):
     assert Path(flat["dataset"]).is_file() and flat["stop"] == ["</answer>"]
     assert flat["output_model"] == str(served.store.root / "models" / "sums-adapter")
     assert flat["eval_auto_carveout"] == 0.1
-    with pytest.raises(fireworks.BadRequestError, match="evaluationDataset: .*not found"):
+    with pytest.raises(fireworks.ConflictError, match="model 'sums-adapter' already exists"):
+        client.reinforcement_fine_tuning_jobs.create(  # claimed by the queued job: never two writers
+            dataset="sums",
+            evaluator="arithmetic",
+            training_config={"output_model": "accounts/acme/models/sums-adapter"},
+        )
+    other = client.reinforcement_fine_tuning_jobs.create(
+        dataset="sums", evaluator="arithmetic", training_config={"output_model": "accounts/acme/models/other"}
+    )
+    assert other.training_config.output_model == "other"
+    with pytest.raises(fireworks.NotFoundError, match="evaluationDataset: .*not found"):
         client.reinforcement_fine_tuning_jobs.create(
             dataset="sums", evaluator="arithmetic", evaluation_dataset="accounts/acme/datasets/nope"
         )

@@ -202,3 +202,13 @@ def test_stop_strings():
         with pytest.raises(ConfigError) as err:
             C.build_config({}, {"stop": bad})
         assert str(err.value).startswith("--stop")
+
+
+def test_a_dataset_is_chunked_only_above_one_and_a_half_rounds():
+    """As the service does: chunkSize 200 chunks a dataset only when it holds more than 300 prompts."""
+    from openrft.settings import ScheduleSettings as Schedule
+
+    schedule = Schedule(epochs=1, chunk_size=200, seed=0, eval_every=0, eval_candidates=1, checkpoint_every=1)
+    assert [schedule.prompts_per_round(n) for n in (10, 300, 301, 1000)] == [10, 300, 200, 200]
+    whole = Schedule(epochs=1, chunk_size=-1, seed=0, eval_every=0, eval_candidates=1, checkpoint_every=1)
+    assert whole.prompts_per_round(5000) == 5000

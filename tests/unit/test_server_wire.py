@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from openrft.server.errors import ApiError
-from openrft.server.jobs_api import make_token, matches, ordered, parse_filter, read_token
+from openrft.server.filtering import ordered, select
+from openrft.server.jobs_api import JOB_FIELDS, ORDER_FIELDS, make_token, read_token
 from openrft.server.settings import is_loopback
 from openrft.server.wire import WireContext, body_to_values, build, is_local_path, rename_flags
 
@@ -85,20 +86,19 @@ def test_local_paths_are_told_apart_from_names(tmp_path):
 
 
 def test_filters_orders_and_page_tokens():
+    """The job list's filter and orderBy (cases of their own in test_server_filtering.py)."""
     jobs = [{"name": "b", "state": "JOB_STATE_RUNNING", "createTime": "2"},
             {"name": "a", "state": "JOB_STATE_PENDING", "createTime": "3"}]  # fmt: skip
-    assert [j["name"] for j in jobs if matches(j, parse_filter('state="JOB_STATE_RUNNING"'))] == ["b"]
-    assert [j["name"] for j in jobs if matches(j, parse_filter("state!=JOB_STATE_RUNNING and name=a"))] == [
-        "a"
-    ]
-    assert [j["name"] for j in ordered(jobs, "")] == ["a", "b"]
-    assert [j["name"] for j in ordered(jobs, "createTime desc")] == ["a", "b"]
-    assert [j["name"] for j in ordered(jobs, "createTime")] == ["b", "a"]
+    assert [j["name"] for j in select(jobs, 'state="JOB_STATE_RUNNING"', JOB_FIELDS)] == ["b"]
+    assert [j["name"] for j in select(jobs, "state!=JOB_STATE_RUNNING and name=a", JOB_FIELDS)] == ["a"]
+    assert [j["name"] for j in ordered(jobs, "", ORDER_FIELDS)] == ["a", "b"]
+    assert [j["name"] for j in ordered(jobs, "createTime desc", ORDER_FIELDS)] == ["a", "b"]
+    assert [j["name"] for j in ordered(jobs, "createTime", ORDER_FIELDS)] == ["b", "a"]
     for bad_filter in ("state", "state=X AND", "reward=1"):
         with pytest.raises(ApiError, match="filter"):
-            [matches(j, parse_filter(bad_filter)) for j in jobs]
+            select(jobs, bad_filter, JOB_FIELDS)
     with pytest.raises(ApiError, match="orderBy"):
-        ordered(jobs, "createTime sideways")
+        ordered(jobs, "createTime sideways", ORDER_FIELDS)
     assert read_token(make_token(5, "q"), "q") == 5 and read_token("", "q") == 0
     with pytest.raises(ApiError, match="must match"):
         read_token(make_token(5, "q"), "other")

@@ -40,6 +40,7 @@ from openrft.settings import (
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 LORA_RANKS = (4, 8, 16, 32)
 SEED_MAX = 2**32 - 1  # numpy's and torch's seeds both accept this range
+MAX_CHUNK_SIZE = 10_000  # the service's bound on chunkSize
 
 
 def kl_beta_message(method: str) -> str:
@@ -117,8 +118,9 @@ class TrainingConfig(Group):
     max_grad_norm: float = field(1.0, "Gradient clipping norm (0 = off).", valid="a number >= 0", ge=0)
     chunk_size: int = field(
         200,
-        "Prompts per rollout round (dataset chunking); -1 = the whole dataset in one round.",
-        valid="-1 or a whole number >= 1",
+        "Prompts per rollout round (dataset chunking, used when the dataset holds more than 1.5 "
+        "rounds' worth, e.g. more than 300 prompts at 200); -1 = the whole dataset in one round.",
+        valid="-1 or a whole number from 1 to 10000",
     )
     seed: int = field(
         42,
@@ -186,7 +188,7 @@ class TrainingConfig(Group):
     @field_validator("chunk_size")
     @classmethod
     def _chunk(cls, value: int) -> int:
-        if value != -1 and value < 1:
+        if value != -1 and not 1 <= value <= MAX_CHUNK_SIZE:
             raise ValueError("out of range")
         return value
 

@@ -3,7 +3,7 @@
 ::
 
     POST   /v1/accounts/{account}/reinforcementFineTuningJobs[?reinforcementFineTuningJobId=ID]
-    GET    /v1/accounts/{account}/reinforcementFineTuningJobs[?pageSize&pageToken&filter&orderBy]
+    GET    /v1/accounts/{account}/reinforcementFineTuningJobs[?pageSize&pageToken&filter&orderBy]  (filtering.py)
     GET    /v1/accounts/{account}/reinforcementFineTuningJobs/{id}
     DELETE /v1/accounts/{account}/reinforcementFineTuningJobs/{id}
     POST   /v1/accounts/{account}/reinforcementFineTuningJobs/{id}:cancel
@@ -28,7 +28,7 @@ from openrft.errors import JobError, OpenRFTError
 from openrft.jobs.runner import new_job_id, validate, with_absolute_paths
 from openrft.jobs.snapshot import write_snapshot
 from openrft.jobs.store import JobRecord, JobStore, config_values
-from openrft.server import wire
+from openrft.server import filtering, wire
 from openrft.server.errors import ApiError
 
 router = APIRouter()
@@ -36,6 +36,13 @@ BASE = "/v1/accounts/{account}/reinforcementFineTuningJobs"
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
 ORDER_FIELDS = {"createTime", "completedTime", "name", "state", "displayName"}
+# The top-level fields of a job object (filter terms may name any of them, or fields inside them).
+JOB_FIELDS = frozenset({
+    "name", "displayName", "state", "status", "createTime", "completedTime", "dataset", "evaluator",
+    "evaluationDataset", "evalAutoCarveout", "trainingConfig", "inferenceParameters", "wandbConfig",
+    "lossConfig", "chunkSize", "maxConcurrentRollouts", "maxConcurrentEvaluations", "mcpServer",
+    "nodeCount", "jobProgress", "outputModelPath",
+})  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- for the other modules
@@ -143,8 +150,7 @@ def list_jobs(
         raise ApiError(400, f"pageSize: {page_size} is not valid; expected a whole number >= 0")
     size = min(page_size or DEFAULT_PAGE, MAX_PAGE)
     jobs = [wire.job_object(r, account) for r in _store(request).list()]
-    jobs = [j for j in jobs if matches(j, parse_filter(filter_))]
-    jobs = ordered(jobs, order_by)
+    jobs = filtering.ordered(filtering.select(jobs, filter_, JOB_FIELDS), order_by, ORDER_FIELDS)
     query_key = hashlib.sha256(f"{filter_}\n{order_by}".encode()).hexdigest()[:12]
     start = read_token(page_token, query_key)
     page = jobs[start : start + size]
@@ -220,70 +226,6 @@ async def resume_job(request: Request, account: str, job_id: str) -> dict[str, A
 # ----------------------------------------------------------------------------- listing helpers
 
 
-def parse_filter(text: str) -> list[tuple[str, str, str]]:
-    """``state=JOB_STATE_RUNNING AND lossConfig.method!="DAPO"`` -> ``[(field, op, value), ...]``."""
-    terms = []
-    for part in _split_and(text):
-        for op in ("!=", "="):
-            field, sep, value = part.partition(op)
-            if sep:
-                terms.append((field.strip(), op, value.strip().strip('"').strip("'")))
-                break
-        else:
-            raise ApiError(400, f"filter: cannot read {part!r}; expected FIELD=VALUE terms joined by AND")
-    return terms
-
-
-def _split_and(text: str) -> list[str]:
-    words, parts, current = text.split(), [], []
-    for word in words:
-        if word.upper() == "AND":
-            parts.append(" ".join(current))
-            current = []
-        else:
-            current.append(word)
-    if current or parts:
-        parts.append(" ".join(current))
-    if any(not p for p in parts):
-        raise ApiError(400, f"filter: cannot read {text!r}; expected FIELD=VALUE terms joined by AND")
-    return parts
-
-
-def _lookup(job: dict[str, Any], field: str) -> Any:
-    value: Any = job
-    for part in field.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
-def matches(job: dict[str, Any], terms: list[tuple[str, str, str]]) -> bool:
-    for field, op, wanted in terms:
-        if field.split(".")[0] not in job:
-            raise ApiError(400, f"filter: unknown field {field!r}")
-        value = _lookup(job, field)
-        shown = "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-        if (shown == wanted) != (op == "="):
-            return False
-    return True
-
-
-def ordered(jobs: list[dict[str, Any]], order_by: str) -> list[dict[str, Any]]:
-    """Sorted by ``orderBy`` ("createTime desc,name"); by name when none is given."""
-    keys = [k.strip() for k in order_by.split(",") if k.strip()] or ["name"]
-    for key in reversed(keys):
-        field, _, direction = key.partition(" ")
-        direction = direction.strip().lower() or "asc"
-        if field not in ORDER_FIELDS or direction not in ("asc", "desc"):
-            raise ApiError(
-                400, f"orderBy: cannot order by {key!r}; fields: {', '.join(sorted(ORDER_FIELDS))}, "
-                "each optionally followed by ' desc'",
-            )  # fmt: skip
-        jobs = sorted(jobs, key=lambda j, f=field: str(_lookup(j, f) or ""), reverse=direction == "desc")
-    return jobs
-
-
 def make_token(offset: int, query_key: str) -> str:
     return base64.urlsafe_b64encode(json.dumps({"o": offset, "q": query_key}).encode()).decode()
 
@@ -301,4 +243,4 @@ def read_token(token: str, query_key: str) -> int:
     return offset
 
 
-__all__ = ["router", "submit_job", "parse_filter", "matches", "ordered"]
+__all__ = ["router", "submit_job", "JOB_FIELDS", "ORDER_FIELDS"]

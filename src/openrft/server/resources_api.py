@@ -27,6 +27,7 @@ from openrft.data.tasks import arithmetic, calculator
 from openrft.errors import OpenRFTError
 from openrft.evaluators.builtin import BUILTINS
 from openrft.evaluators.loader import load_evaluator
+from openrft.server import filtering
 from openrft.server import resource_store as store
 from openrft.server.errors import ApiError
 from openrft.server.uploads import (
@@ -49,6 +50,7 @@ DATASET_SUFFIXES = (".jsonl", ".json", ".txt")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and headers around the file
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 200
+COMMON_FIELDS = ("name", "displayName", "description", "state", "status", "createTime", "updateTime")
 A = "/v1/accounts/{account}"
 BUILTIN_OPTIONS = re.compile(r"[a-z0-9_]+(:[A-Za-z_]+=[-+0-9.eE]+(,[A-Za-z_]+=[-+0-9.eE]+)*)?")
 
@@ -175,10 +177,12 @@ async def json_body(request: Request) -> dict[str, Any]:
 
 
 def page(items: list[dict[str, Any]], key: str, page_size: int | None, page_token: str | None,
-         filter: str | None) -> dict[str, Any]:  # fmt: skip
-    """One page of a list answer in the service's shape: ``{key: [...], "nextPageToken": ...}``."""
-    if filter:
-        raise ApiError(400, "filter is not supported by this server: list everything and filter locally")
+         filter: str | None, order_by: str | None) -> dict[str, Any]:  # fmt: skip
+    """One page of a list answer in the service's shape: ``{key: [...], "nextPageToken": ...}``,
+    after ``filter`` and ``orderBy`` (:mod:`openrft.server.filtering`; by name when not given)."""
+    items = [store.public(m) for m in items]
+    fields = set(COMMON_FIELDS).union(*(item.keys() for item in items))
+    items = filtering.ordered(filtering.select(items, filter or "", fields), order_by or "", fields)
     size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     if size < 1:
         raise ApiError(400, f"pageSize must be >= 1, not {page_size}")
@@ -188,7 +192,7 @@ def page(items: list[dict[str, Any]], key: str, page_size: int | None, page_toke
         raise ApiError(400, f"pageToken {page_token!r} is not valid") from None
     chosen = items[start : start + size]
     more = start + size < len(items)
-    return {key: [store.public(m) for m in chosen], "nextPageToken": str(start + size) if more else "",
+    return {key: chosen, "nextPageToken": str(start + size) if more else "",
             "totalSize": len(items)}  # fmt: skip
 
 
@@ -244,8 +248,8 @@ async def create_dataset(account: str, request: Request) -> dict[str, Any]:
 
 @router.get(A + "/datasets")
 async def list_datasets(account: str, pageSize: int | None = None, pageToken: str | None = None,
-                        filter: str | None = None) -> dict[str, Any]:  # fmt: skip
-    return page(store.list_resources("datasets", account), "datasets", pageSize, pageToken, filter)
+                        filter: str | None = None, orderBy: str | None = None) -> dict[str, Any]:  # fmt: skip
+    return page(store.list_resources("datasets", account), "datasets", pageSize, pageToken, filter, orderBy)
 
 
 @router.get(A + "/datasets/{dataset_id}")
@@ -398,8 +402,10 @@ def _check_entry_point(entry: Any) -> None:
 
 @router.get(A + "/evaluators")
 async def list_evaluators(account: str, pageSize: int | None = None, pageToken: str | None = None,
-                          filter: str | None = None) -> dict[str, Any]:  # fmt: skip
-    return page(store.list_resources("evaluators", account), "evaluators", pageSize, pageToken, filter)
+                          filter: str | None = None, orderBy: str | None = None) -> dict[str, Any]:  # fmt: skip
+    return page(
+        store.list_resources("evaluators", account), "evaluators", pageSize, pageToken, filter, orderBy
+    )
 
 
 @router.get(A + "/evaluators/{evaluator_id}")

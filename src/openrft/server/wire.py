@@ -288,17 +288,25 @@ def resolve_reference(key: str, ref: str, kind: str, ctx: WireContext) -> str:
     if resolve is not None:  # an uploaded resource (accounts/A/datasets/ID, or its bare ID)
         try:
             return resolve(ctx.account, ref)
-        except ApiError as exc:
-            raise bad(key, exc.message.removeprefix(f"{kind}: ")) from None
+        except ApiError as exc:  # the status stays: 404 for an unknown one, 412 for one not ready
+            raise ApiError(exc.status_code, f"{key}: {exc.message.removeprefix(f'{kind}: ')}") from None
     raise bad(key, f"unknown {kind} {ref!r}; name a registered {kind} (accounts/ACCOUNT/{kind}s/ID) "
                    "or a built-in")  # fmt: skip
 
 
 def _training_paths(values: dict[str, Any], ctx: WireContext, meta: dict) -> None:
-    """baseModel / warmStartFrom may name a server path only when allowed; outputModel is a model name."""
+    """baseModel / warmStartFrom may name a server path only when allowed; outputModel is a model name.
+
+    A model is named ``NAME`` or ``accounts/ACCOUNT/models/NAME``; a job's trained model is its
+    ``outputModel``, the job id when none was given. warmStartFrom may name one of those (or
+    ``accounts/ACCOUNT/reinforcementFineTuningJobs/ID``); outputModel must name a model not yet taken.
+    """
     for key, name in (("baseModel", "base_model"), ("warmStartFrom", "warm_start_from")):
         value = values.get(name)
-        if key == "warmStartFrom" and value and RESOURCE_NAME.fullmatch(value):
+        named = value and (
+            RESOURCE_NAME.fullmatch(value) or (MODEL_NAME.fullmatch(value) and not is_local_path(value))
+        )
+        if key == "warmStartFrom" and named:
             meta["refs"]["warmStartFrom"] = value
             values[name] = warm_start_adapter(value, ctx)
             continue
@@ -307,30 +315,56 @@ def _training_paths(values: dict[str, Any], ctx: WireContext, meta: dict) -> Non
                       "not accept (start it with --allow-local-paths)")  # fmt: skip
     output = values.get("output_model")
     if output:
-        meta["refs"]["outputModel"] = output
         if ctx.allow_local_paths and is_local_path(output):
+            meta["refs"]["outputModel"] = output
             return
+        output = output.removeprefix(f"accounts/{ctx.account}/models/")
         if not MODEL_NAME.fullmatch(output):
-            raise bad("trainingConfig.outputModel", f"{output!r} is not a model name (letters, digits, "
-                      "'.', '-', '_')")  # fmt: skip
+            raise bad("trainingConfig.outputModel", f"{values['output_model']!r} is not a model name (letters, "
+                      f"digits, '.', '-', '_', or accounts/{ctx.account}/models/NAME)")  # fmt: skip
+        if model_folder(output, ctx) is not None:
+            raise ApiError(409, f"trainingConfig.outputModel: model {output!r} already exists on this server; "
+                           "choose another name")  # fmt: skip
+        meta["refs"]["outputModel"] = output
         values["output_model"] = str(ctx.home / "models" / output)
 
 
+def model_folder(name: str, ctx: WireContext) -> Path | None:
+    """The folder of model ``name`` on this server (trained, or being trained), or None: an outputModel
+    folder under ``home/models``, or the output of the job whose id it is when that job named none."""
+    from openrft.jobs.store import JobStore
+
+    folder = ctx.home / "models" / name
+    if folder.exists():
+        return folder
+    store = JobStore(ctx.home)
+    for record in store.list():
+        refs = read_meta(record).get("refs", {})
+        if refs.get("outputModel") == name:  # claimed by a job that has not started yet
+            return folder
+        if record.id == name and "outputModel" not in refs:
+            return Path(record.output_dir or record.job_dir / "output")
+    return None
+
+
 def warm_start_adapter(ref: str, ctx: WireContext) -> str:
-    """``accounts/A/models/NAME`` (an outputModel of this server) or ``accounts/A/reinforcementFineTuningJobs/ID``
-    (that job's trained adapter) -> the adapter's folder."""
+    """``NAME`` or ``accounts/A/models/NAME`` (a model of this server) or
+    ``accounts/A/reinforcementFineTuningJobs/ID`` (that job's trained adapter) -> the adapter's folder."""
     kind, _, name = ref.removeprefix(f"accounts/{ctx.account}/").partition("/")
+    if not name:
+        kind, name = "models", ref
     folder: Path | None = None
     if kind == "models" and MODEL_NAME.fullmatch(name):
-        folder = ctx.home / "models" / name
+        folder = model_folder(name, ctx)
     elif kind == "reinforcementFineTuningJobs" and MODEL_NAME.fullmatch(name):
         from openrft.jobs.store import JobStore
 
         store = JobStore(ctx.home)
         folder = store.get(name).output_dir if store.exists(name) else None
-    if folder is None or not (folder / "adapter_config.json").is_file():
+    if folder is None or not (Path(folder) / "adapter_config.json").is_file():
         raise bad("trainingConfig.warmStartFrom", f"{ref!r} is not a trained adapter on this server; name "
-                  f"accounts/{ctx.account}/models/NAME or accounts/{ctx.account}/reinforcementFineTuningJobs/ID")  # fmt: skip
+                  f"a model (NAME or accounts/{ctx.account}/models/NAME) or a job "
+                  f"(accounts/{ctx.account}/reinforcementFineTuningJobs/ID)")  # fmt: skip
     return str(folder)
 
 
@@ -347,7 +381,7 @@ def wire_path(name: str) -> str | None:
         for wire, field_name in fields.items():
             if field_name == name:
                 return f"{section}.{wire}"
-    special = {"dataset": "dataset", "evaluator": "evaluator", "evaluation_dataset": "evaluationDataset",
+    special = {"job_id": "reinforcementFineTuningJobId", "dataset": "dataset", "evaluator": "evaluator", "evaluation_dataset": "evaluationDataset",
                "eval_auto_carveout": "evalAutoCarveout", "mcp_server": "mcpServer", "stop": "inferenceParameters.extraBody",
                "rl_loss_method": "lossConfig.method", "rl_kl_beta": "lossConfig.klBeta"}  # fmt: skip
     top = {field_name: wire for wire, field_name in TOP.items()}
@@ -366,11 +400,15 @@ def build(values: dict[str, Any]) -> C.JobConfig:
 
 
 def rename_flags(message: str) -> str:
+    """A message from openrft's checks with each leading ``--flag`` (``--flag: ...`` or ``--flag VALUE:
+    ...``) replaced by the request field that sets it."""
     lines = []
     for line in message.splitlines():
-        match = re.match(r"^(--[a-z0-9-]+)((?: / --[a-z0-9-]+)*): ", line)
+        match = re.match(r"^(--[a-z0-9-]+)((?: / --[a-z0-9-]+)*)( [^\s:]+)?: ", line)
         path = wire_path(match.group(1)[2:].replace("-", "_")) if match else None
-        lines.append(f"{path}: {line[match.end() :]}" if match and path else line)
+        if match and path:
+            line = f"{path}{match.group(3) or ''}: {line[match.end() :]}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -401,7 +439,7 @@ def status_of(record: JobRecord) -> dict[str, str]:
     else:
         code = "OK"
     message = record.message or ("cancel requested" if record.shown_state == "CANCELLING" else "")
-    return {"code": code, "message": message}
+    return {"code": code, "message": rename_flags(message)}  # a failure at start names the body's fields
 
 
 def read_meta(record: JobRecord) -> dict[str, Any]:
