@@ -354,6 +354,10 @@ def test_a_job_names_an_uploaded_dataset_and_the_echo_keeps_its_name(serve):
         dataset="sums", evaluator="arithmetic", training_config={"output_model": "accounts/acme/models/other"}
     )
     assert other.training_config.output_model == "other"
+    with pytest.raises(fireworks.BadRequestError, match="cannot be deleted: job.* use it") as caught:
+        client.datasets.delete("sums")  # queued jobs read it: it stays until they are done
+    assert caught.value.body["error"]["status"] == "FAILED_PRECONDITION"
+    assert Path(flat["dataset"]).is_file()
     with pytest.raises(fireworks.NotFoundError, match="evaluationDataset: .*not found"):
         client.reinforcement_fine_tuning_jobs.create(
             dataset="sums", evaluator="arithmetic", evaluation_dataset="accounts/acme/datasets/nope"

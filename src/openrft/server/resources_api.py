@@ -258,9 +258,34 @@ async def get_dataset(account: str, dataset_id: str) -> dict[str, Any]:
 
 
 @router.delete(A + "/datasets/{dataset_id}")
-async def delete_dataset(account: str, dataset_id: str) -> dict[str, Any]:
+async def delete_dataset(account: str, dataset_id: str, request: Request) -> dict[str, Any]:
+    refuse_if_in_use(request, "datasets", account, dataset_id, "deleted")
     store.delete_resource("datasets", account, dataset_id)
     return {}
+
+
+def refuse_if_in_use(request: Request, kind: str, account: str, resource_id: str, what: str) -> None:
+    """A 400 FAILED_PRECONDITION when a queued or running job reads this resource's files: deleting or
+    replacing them would make the job fail, or train on what it was not created with."""
+    folder = store.resource_dir(kind, account, resource_id)
+    job_store = getattr(request.app.state, "job_store", None)
+    users = []
+    for record in job_store.list() if job_store is not None else []:
+        if not record.state.is_active:
+            continue
+        flat = record.flat_config()
+        paths = [
+            str(flat.get(k) or "").partition("::")[0] for k in ("dataset", "evaluation_dataset", "evaluator")
+        ]
+        if any(p and Path(p).is_relative_to(folder) for p in paths):
+            users.append(record.id)
+    if users:
+        raise ApiError(
+            400,
+            f"{kind[:-1]} accounts/{account}/{kind}/{resource_id} cannot be {what}: job(s) "
+            f"{', '.join(users)} use it; cancel them or wait until they finish",
+            "FAILED_PRECONDITION",
+        )
 
 
 @router.post(A + "/datasets/{dataset_id}:upload")
@@ -422,7 +447,8 @@ async def get_evaluator(account: str, evaluator_id: str) -> dict[str, Any]:
 
 
 @router.delete(A + "/evaluators/{evaluator_id}")
-async def delete_evaluator(account: str, evaluator_id: str) -> dict[str, Any]:
+async def delete_evaluator(account: str, evaluator_id: str, request: Request) -> dict[str, Any]:
+    refuse_if_in_use(request, "evaluators", account, evaluator_id, "deleted")
     store.delete_resource("evaluators", account, evaluator_id)
     return {}
 
@@ -432,6 +458,7 @@ async def evaluator_upload_endpoint(account: str, evaluator_id: str, request: Re
     meta = store.require_meta("evaluators", account, evaluator_id)
     if meta.get("state") == "BUILDING":
         raise ApiError(409, f"evaluator {meta['name']} is being built: wait for ACTIVE or BUILD_FAILED")
+    refuse_if_in_use(request, "evaluators", account, evaluator_id, "replaced")
     limit = upload_limits(request).max_archive_bytes
     return await _upload_endpoint(
         request, "evaluators", account, evaluator_id, limit, "the evaluator archive"
@@ -452,6 +479,7 @@ async def put_evaluator(account: str, evaluator_id: str, request: Request) -> Re
 
 @router.post(A + "/evaluators/{evaluator_id}:validateUpload")
 async def validate_evaluator(account: str, evaluator_id: str, request: Request) -> dict[str, Any]:
+    refuse_if_in_use(request, "evaluators", account, evaluator_id, "replaced")
     meta = await run_in_threadpool(store.start_build, account, evaluator_id, upload_limits(request))
     return store.public(meta)
 
