@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import copy
 import importlib.util
 import inspect
+import secrets
 import sys
+import threading
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +112,6 @@ class AgentEngine:
         self.needs_adapter_files = getattr(inner, "needs_adapter_files", False)
         self.tokenizer = inner.tokenizer
         self._server: Any = None
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     # the trainer reaches the model through the inner engine (samples_this_model, memory, ...)
     @property
@@ -130,10 +133,9 @@ class AgentEngine:
         return self._server.url
 
     def close(self, *, inner: bool = True) -> None:
-        """Stop the policy server and the agents' threads (and the wrapped engine unless ``inner=False``)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        """Stop the policy server (and the wrapped engine unless ``inner=False``). An agent thread still
+        running past its timeout is a daemon: it does not keep the process alive, and its calls are
+        refused (404), since its rollout is closed."""
         if self._server is not None:
             self._server.__exit__(None, None, None)
             self._server = None
@@ -144,6 +146,8 @@ class AgentEngine:
         """``params.n`` agent runs per prompt, in order; the job's ``params`` govern every model call."""
         self.recorder.params = params
         url = self.base_url
+        import openai  # noqa: F401  (imported now, not inside the first runs' --agent-timeout)
+
         coroutine = self._run_all(list(prompts), params, url)
         try:
             asyncio.get_running_loop()
@@ -162,9 +166,12 @@ class AgentEngine:
         return [[next(it) for _ in range(params.n)] for _ in prompts]
 
     async def _run_one(self, prompt: Prompt, k: int, url: str, semaphore: asyncio.Semaphore) -> Completion:
-        rollout_id = f"{prompt.prompt_id}#{k}"
+        # The id is unique to this run (a late call of a timed-out run of the same prompt in an earlier
+        # round finds its rollout closed) and ASCII (it travels in an HTTP header); the seeds of its
+        # calls are named by prompt and candidate, as in any rerun of the job.
+        rollout_id = f"{urllib.parse.quote(prompt.prompt_id, safe='')}#{k}.{secrets.token_hex(4)}"
         async with semaphore:
-            self.recorder.open(rollout_id)
+            self.recorder.open(rollout_id, seed_key=f"{prompt.prompt_id}#{k}")
             token = CURRENT_ROLLOUT.set((self.recorder, rollout_id))
             error, messages = "", list(prompt.messages)
             try:
@@ -198,9 +205,32 @@ class AgentEngine:
                                timeout=timeout) as client:  # fmt: skip
                 return self.agent.fn(row, client)
 
-        if self._pool is None:  # one thread per concurrent run: calls arrive together and batch together
-            self._pool = concurrent.futures.ThreadPoolExecutor(self.max_concurrent, "openrft-agent")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, context.run, run)
+        return await in_daemon_thread(context.run, run)
+
+
+async def in_daemon_thread(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` in a thread of its own, started now (so a timeout around it counts only its own
+    time, and runs that arrive together call the policy together). The thread is a daemon: one that
+    never returns neither holds a slot other runs wait for nor keeps the process from exiting."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def settle(outcome: str, value: Any) -> None:
+        if not future.done():  # cancelled by a timeout meanwhile
+            future.set_result(value) if outcome == "ok" else future.set_exception(value)
+
+    def target() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # noqa: BLE001  (handed to the awaiting coroutine)
+            outcome, value = "error", exc
+        else:
+            outcome, value = "ok", result
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits for it any more
+            loop.call_soon_threadsafe(settle, outcome, value)
+
+    threading.Thread(target=target, name="openrft-agent", daemon=True).start()
+    return await future
 
 
 def _row_fields(prompt: Prompt) -> dict[str, Any]:

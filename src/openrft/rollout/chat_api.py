@@ -94,6 +94,8 @@ def add_chat_routes(
         groups = await batcher.submit(key, [(seed_name, prompt_ids)])
         completions = groups[0]
         replies = [fmt.parse(c.text) if tools else ParsedReply(c.text) for c in completions]
+        if rollout_id is not None and await http.is_disconnected():
+            return {}  # the agent gave up on this call (a client timeout): it never saw the reply
         if rollout_id is not None:
             c, reply = completions[0], replies[0]
             cut_by_context = budget is not None and budget < recorder.params.max_tokens  # type: ignore[union-attr]
@@ -189,9 +191,10 @@ def _sampling(
             f"the rollout's context budget is used up: the conversation is {prompt_len} tokens, the job "
             f"allows {context} (--max-context-length)",
         )
-    calls = len(recorder.log(rollout_id).calls)  # type: ignore[union-attr]
+    call = recorder.next_call(rollout_id)  # calls made at once (asyncio.gather) each get their own
+    seed_key = recorder.log(rollout_id).seed_key  # type: ignore[union-attr]
     key = (name, 1, p.temperature, p.top_p, p.top_k, budget, stops, tuple(p.stop))
-    return key, f"{p.seed}:{rollout_id}/{calls}", budget  # the round's seed, the rollout, the call
+    return key, f"{p.seed}:{seed_key}/{call}", budget  # the round's seed, the rollout, the call
 
 
 def _call(messages: list[dict[str, Any]], reply: dict[str, Any], c: Completion) -> CallRecord:

@@ -60,6 +60,8 @@ class RolloutLog:
     calls: list[CallRecord] = field(default_factory=list)
     truncated: bool = False  # a call was refused or cut short by the context budget
     notes: dict[str, float] = field(default_factory=dict)  # counters from the built-in tool loop
+    started: int = 0  # calls begun: each call's index among the rollout's, given when it arrives
+    seed_key: str = ""  # what names the rollout in its calls' seeds (the same in every rerun of the job)
 
 
 class RolloutRecorder:
@@ -75,9 +77,11 @@ class RolloutRecorder:
         self._logs: dict[str, RolloutLog] = {}
         self._lock = threading.Lock()
 
-    def open(self, rollout_id: str) -> None:
+    def open(self, rollout_id: str, seed_key: str | None = None) -> None:
+        """Start recording rollout ``rollout_id`` (never reused); ``seed_key`` (default: the id)
+        names it in its calls' seeds, so that a rerun of the job samples the same tokens."""
         with self._lock:
-            self._logs[rollout_id] = RolloutLog()
+            self._logs[rollout_id] = RolloutLog(seed_key=seed_key if seed_key is not None else rollout_id)
 
     def close(self, rollout_id: str) -> RolloutLog:
         with self._lock:
@@ -86,6 +90,15 @@ class RolloutRecorder:
     def log(self, rollout_id: str) -> RolloutLog | None:
         with self._lock:
             return self._logs.get(rollout_id)
+
+    def next_call(self, rollout_id: str) -> int:
+        """The index of a call that has just arrived (0, 1, ...), unique even among concurrent calls."""
+        with self._lock:
+            log = self._logs.get(rollout_id)
+            if log is None:
+                return -1
+            log.started += 1
+            return log.started - 1
 
     def record(self, rollout_id: str, call: CallRecord) -> None:
         log = self.log(rollout_id)
