@@ -60,6 +60,14 @@ def test_dry_run_prints_reference_defaults_with_sources(capsys):
             ["--rl-loss-method", "dapo", "--rl-kl-beta", "0.1"],
             "loss_config.kl_beta must be 0/unset when method is DAPO",
         ),
+        # negative values in any spelling reach the flag's own check (argparse alone would take
+        # "-1e-5" or "-inf" for an unknown option and print its usage)
+        (
+            ["--learning-rate", "-1e-5"],
+            "--learning-rate: -1e-5 is not valid; expected a number from 1e-5 to 5e-4",
+        ),
+        (["--rl-kl-beta", "-1e-5"], "--rl-kl-beta: -1e-5 is not valid; expected a number >= 0"),
+        (["--temperature", "-inf"], "--temperature: -inf is not valid; expected a number from 0.1 to 2.0"),
         (
             ["--rl-loss-method", "gspo-token", "--rl-kl-beta", "0.1"],
             "loss_config.kl_beta must be 0/unset when method is GSPO_TOKEN",
@@ -91,6 +99,22 @@ def test_flags_override_config_file_and_sources_shown(capsys, tmp_path):
     rows = {line.split()[1]: line.split()[2:] for line in table.splitlines()[1:]}
     assert rows["learning-rate"] == ["0.0002", "config", "file"]
     assert rows["temperature"] == ["1.1", "flag"]
+
+
+def test_a_job_file_may_not_spell_one_parameter_twice_and_null_means_unset(capsys, tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("response_candidates_count: 16\nn: 4\n")
+    code, out, err = _run(
+        capsys, "rftj", "create", "--dataset", "arithmetic", "--config", str(job), "--dry-run"
+    )
+    assert code == 2 and out == ""
+    assert "'response_candidates_count' and 'n' in" in err and "set the same parameter" in err
+    job.write_text("rl_loss_method: dapo\nrl_kl_beta: null\n")  # "0/unset", as the guide says
+    code, out, _ = _run(
+        capsys, "rftj", "create", "--dataset", "arithmetic", "--config", str(job), "--dry-run"
+    )
+    rows = {line.split()[1]: line.split()[2:] for line in out.split("\n\n")[0].splitlines()[1:]}
+    assert code == 0 and rows["rl-kl-beta"] == ["0.0", "default"]
 
 
 def test_advice_is_printed_but_never_blocks(capsys):

@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -68,11 +69,27 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
                 kwargs["metavar"] = (
                     name.split("_")[-1].upper() if name != "response_candidates_count" else "N"
                 )
-                if "default" not in (info.description or "").lower():  # else the description says it
+                if "default:" not in (info.description or "").lower():  # else the description says it
                     help_text += f" Default: {shown}."
                 if name == "eval_auto_carveout":
                     kwargs.update(nargs="?", const="0.1")
             group.add_argument(*flags, help=help_text.replace("%", "%%"), **kwargs)
+
+
+NEGATIVE_VALUE = re.compile(r"-(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|-(?:inf|infinity|nan)", re.IGNORECASE)
+
+
+def attach_negative_values(argv: list[str]) -> list[str]:
+    """``--flag -1e-5`` -> ``--flag=-1e-5``: argparse reads only ``-1``-like words as negative numbers
+    and would take ``-1e-5`` or ``-inf`` for an unknown option, printing the usage instead of the
+    flag's own one-line refusal."""
+    out: list[str] = []
+    for word in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and NEGATIVE_VALUE.fullmatch(word):
+            out[-1] = f"{out[-1]}={word}"
+        else:
+            out.append(word)
+    return out
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[C.JobConfig, dict[str, str]]:
@@ -212,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(openrft_home() / "cache" / "inductor"))
     quiet_known_warnings()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_negative_values(list(sys.argv[1:] if argv is None else argv)))
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

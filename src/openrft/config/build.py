@@ -53,12 +53,23 @@ def load_job_file(path: str | Path) -> dict[str, Any]:
             f"--config: {path} must hold a mapping of parameter names to values", field="config"
         )
     flat: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in GROUPS and isinstance(value, dict):
-            flat.update({normalise_key(k): v for k, v in value.items()})
-        else:
-            flat[normalise_key(str(key))] = value
-    for key in flat:
+    spelled: dict[str, str] = {}
+    pairs = [
+        (str(k), v)
+        for key, value in raw.items()
+        for k, v in (value.items() if key in GROUPS and isinstance(value, dict) else [(key, value)])
+    ]
+    for written, value in pairs:
+        key = normalise_key(written)
+        if key in spelled:  # e.g. "n" and "response_candidates_count": one would silently win
+            raise ConfigError(
+                f"--config: '{spelled[key]}' and '{written}' in {path} set the same parameter; keep one",
+                field=key,
+            )
+        spelled[key] = written
+        if value is not None:  # null: unset, the parameter keeps its default
+            flat[key] = value
+    for key in spelled:
         if key not in FIELD_GROUP:
             close = difflib.get_close_matches(key, list(FIELD_GROUP), n=1)
             hint = f" (did you mean {flag_name(close[0])[2:]}?)" if close else ""
