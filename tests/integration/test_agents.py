@@ -223,3 +223,23 @@ def test_agents_run_against_an_endpoint_engine_too(tiny_model, tokenizer):
         )  # fmt: skip
     mask_RC = batch.completion_mask_RC.bool()
     assert torch.allclose(logp_RC[mask_RC], batch.sampler_logprobs_RC[mask_RC], atol=1e-4)
+
+
+def test_serve_reads_only_text_leaves_the_stop_string_out_and_gives_whole_token_bytes(tokenizer):
+    text = "二加二 😀</answer>"
+    with BackgroundServer(create_app(ScriptedEngine(tokenizer, text), "policy")) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        messages = [{"role": "user", "content": "Add."}]
+        answer = client.chat.completions.create(
+            model="policy", messages=messages, stop=["</answer>"], logprobs=True
+        )
+        (choice,) = answer.choices
+        assert choice.message.content == "二加二 😀"  # as OpenAI: the matched stop string is left out
+        joined = b"".join(bytes(t.bytes) for t in choice.logprobs.content).decode()
+        assert joined == text + tokenizer.eos_token  # a character split over tokens joins whole again
+        image = {"type": "image_url", "image_url": {"url": "https://example.com/x.png"}}
+        with pytest.raises(openai.BadRequestError, match="'image_url' content part cannot be read"):
+            client.chat.completions.create(
+                model="policy",
+                messages=[{"role": "user", "content": [{"type": "text", "text": "What is it?"}, image]}],
+            )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -46,16 +47,16 @@ def test_input_metadata_row_id_is_used_as_prompt_id(tmp_path):
     assert prompts[0].prompt_id == "r-7"
 
 
-def test_text_content_parts_are_joined():
+def test_text_content_parts_are_joined_by_newlines_as_vllm_joins_them():
     row = {
         "messages": [
-            {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]}
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]}
         ]
     }
     from openrft.data.jsonl import prompts_from_rows
 
     prompts = prompts_from_rows([(1, row)], source="x")
-    assert prompts[0].messages == ({"role": "user", "content": "Hi there"},)
+    assert prompts[0].messages == ({"role": "user", "content": "Hi\nthere"},)
 
 
 def test_bad_rows_are_reported_with_line_numbers_in_one_summary(tmp_path):
@@ -110,7 +111,7 @@ def test_mostly_broken_file_fails_even_with_skip(tmp_path):
 
 def test_too_long_prompts_are_bad_rows(tmp_path):
     lines = [user("short"), user("a much longer question here")]
-    words = lambda messages: sum(len(m["content"].split()) for m in messages)  # noqa: E731
+    words = lambda prompt: sum(len(m["content"].split()) for m in prompt.messages)  # noqa: E731
     path = write_lines(tmp_path / "d.jsonl", lines)
     with pytest.raises(DataError, match="line 2: prompt is 5 tokens, longer than the 3 allowed"):
         load_prompts(str(path), count_tokens=words, max_prompt_tokens=3)
@@ -118,8 +119,8 @@ def test_too_long_prompts_are_bad_rows(tmp_path):
 
 
 def test_a_chat_template_error_is_a_bad_row(tmp_path):
-    def no_system(messages):
-        if messages[0]["role"] == "system":
+    def no_system(prompt):
+        if prompt.messages[0]["role"] == "system":
             raise RuntimeError("System role not supported")
         return 3
 
@@ -195,3 +196,52 @@ def test_write_jsonl_is_atomic_and_round_trips(tmp_path):
     # The old file is untouched and no temporary file is left behind.
     assert target.read_text(encoding="utf-8").count("\n") == 2
     assert sorted(p.name for p in target.parent.iterdir()) == ["out.jsonl"]
+
+
+def test_openai_format_rows_load_as_written(tmp_path, tokenizer):
+    """A byte-order mark, developer messages, text parts, tool-call history and a tools column
+    (also as a JSON string), as OpenAI's chat and fine-tuning formats and common datasets write them."""
+    from openrft.rollout.prompts import encode_prompt
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Zürich"}'},
+    }
+    rows = [
+        {"messages": [{"role": "developer", "content": "Be brief."},
+                      {"role": "user", "content": [{"type": "text", "text": "Q:"}, {"type": "text", "text": "1+1?"}]}]},
+        {"messages": [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+                      {"role": "tool", "tool_call_id": "c1", "content": "18C"}], "tools": json.dumps(tools)},
+    ]  # fmt: skip
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    first, second = load_prompts(str(path))
+    assert first.messages == (
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Q:\n1+1?"},
+    )
+    assert first.row["messages"][0]["role"] == "developer"  # the row itself is kept as written
+    assert second.row["tools"] == tools and second.messages[-1]["tool_call_id"] == "c1"
+    text = tokenizer.decode(encode_prompt(tokenizer, second))
+    assert "get_weather" in text.split("Weather?")[0]  # the tools are shown before the conversation
+    assert "Zürich" in text and "18C" in text and text.endswith("<|im_start|>assistant\n")
+    assert tokenizer.decode(encode_prompt(tokenizer, first)).count("Be brief.") == 1
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ({"messages": [{"role": "user", "content": "q"}], "tools": "{not json"}, "'tools' is a string that is not JSON"),
+        ({"messages": [{"role": "user", "content": "q"}], "tools": [1]}, "'tools' must be a list of tool schemas"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+         "not 'image_url'"),
+        ({"messages": [{"role": "user", "content": "q"}, {"role": "robot", "content": "x"}]}, "has role 'robot'"),
+    ],
+)  # fmt: skip
+def test_rows_that_cannot_be_sampled_are_refused_with_the_reason(tmp_path, row, reason):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=re.escape(reason)):
+        load_prompts(str(path))

@@ -50,7 +50,7 @@ def load_prompts(
 ) -> PromptSet:
     """Load and validate prompts from a JSONL file or a built-in task.
 
-    ``count_tokens(messages) -> int`` (the chat-template token count) together with
+    ``count_tokens(prompt) -> int`` (the chat-template token count) together with
     ``max_prompt_tokens`` makes over-long prompts bad rows. Bad rows raise one
     :class:`DataError` summary, or with ``skip_bad_rows`` are left out and counted in
     the result's ``.skipped`` (a mostly broken file still fails). ``seed`` seeds

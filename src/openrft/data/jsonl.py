@@ -6,8 +6,15 @@ A prompt file has one JSON object per line in the evaluation-row shape::
      "ground_truth": 42, "any_other_field": "kept and passed to the evaluator"}
 
 Rows in the GSM8K format (``{"question", "answer"}``) are adapted on the fly.
-Blank lines are ignored. Trailing assistant messages are reference answers: they
-stay in ``Prompt.row`` but are not part of ``Prompt.messages``.
+Blank lines and a UTF-8 byte-order mark are ignored. Trailing assistant messages are
+reference answers: they stay in ``Prompt.row`` but are not part of ``Prompt.messages``.
+
+The messages are those of OpenAI's chat and fine-tuning formats: roles ``system``,
+``developer`` (sampled as a system message), ``user``, ``assistant`` and ``tool``; content a
+string or a list of text parts (joined by newlines); an assistant message may carry
+``tool_calls`` instead of content, and a ``tool`` message answers one by ``tool_call_id``. A
+``tools`` column (a list of function schemas, or that list as a JSON string) is shown to the
+model through its chat template, as an OpenAI-compatible server does.
 
 Every malformed row is reported with its line number; one :class:`DataError`
 summarises them (the first few and a count). With ``skip_bad_rows`` a minority of
@@ -27,12 +34,13 @@ from openrft.errors import DataError
 from openrft.paths import temporary_beside
 from openrft.records import Prompt
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool")
+MESSAGE_FIELDS = ("tool_calls", "tool_call_id", "name")  # kept in a prompt's messages besides role/content
 MAX_BAD_FRACTION = 0.5  # more bad rows than this fails even with skip_bad_rows
 SHOWN_BAD_ROWS = 5
 ID_FIELDS = ("id", "row_id", "prompt_id")
 
-CountTokens = Callable[[Sequence[dict[str, Any]]], int]
+CountTokens = Callable[[Prompt], int]  # the prompt's tokens as the engines render it
 Adapter = Callable[[list[dict[str, Any]]], Sequence[Any]]
 
 
@@ -79,6 +87,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[tuple[int, Any | str]]:
     except OSError as exc:
         raise DataError(f"cannot read dataset file {p}: {exc.strerror or exc}") from None
     out: list[tuple[int, Any]] = []
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark (Notepad's, Excel's "UTF-8")
     for number, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
             continue
@@ -116,16 +125,20 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> Path:
 
 
 def content_text(content: Any) -> str:
-    """Message content as text: a string, or the text parts of a multi-part content."""
+    """Message content as text: a string, or the text parts of a multi-part content joined by
+    newlines (as vLLM joins them)."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         texts = []
         for part in content:
             if not (isinstance(part, dict) and isinstance(part.get("text"), str)):
-                raise ValueError("only text content parts ({'type': 'text', 'text': ...}) are supported")
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise ValueError(
+                    f"only text content parts ({{'type': 'text', 'text': ...}}) are supported, not {kind!r}"
+                )
             texts.append(part["text"])
-        return "".join(texts)
+        return "\n".join(texts)
     raise ValueError(f"content must be a string, not {type(content).__name__}")
 
 
@@ -146,25 +159,57 @@ def normalize_row(obj: Any) -> dict[str, Any]:
         role = message.get("role")
         if role not in ROLES:
             raise ValueError(f"messages[{i}] has role {role!r}; allowed roles are {', '.join(ROLES)}")
+        calls = message.get("tool_calls")
+        if calls is not None and (role != "assistant" or not isinstance(calls, list)):
+            raise ValueError(f"messages[{i}]: 'tool_calls' must be a list, on an assistant message")
+        if calls and message.get("content") is None:
+            continue  # a tool call, no text
         try:
             content_text(message.get("content"))
         except ValueError as exc:
             raise ValueError(f"messages[{i}]: {exc}") from None
+    if "tools" in obj:
+        obj = {**obj, "tools": _tools(obj["tools"])}
     return obj
 
 
+def _tools(tools: Any) -> list[dict[str, Any]] | None:
+    """A row's ``tools``: a list of tool schemas, or that list as a JSON string (as many datasets
+    store it); null or empty is no tools."""
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools) if tools.strip() else None
+        except ValueError:
+            raise ValueError("'tools' is a string that is not JSON; give a list of tool schemas") from None
+    if tools is None or tools == []:
+        return None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise ValueError("'tools' must be a list of tool schemas ({'type': 'function', 'function': {...}})")
+    return tools
+
+
 def prompt_messages(messages: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
-    """The messages to sample from: trailing assistant messages dropped, content as text."""
+    """The messages to sample from: trailing assistant messages dropped, content as text,
+    ``developer`` as ``system``; tool calls and tool results kept."""
     end = len(messages)
     while end and messages[end - 1]["role"] == "assistant":
         end -= 1
-    kept = tuple({"role": m["role"], "content": content_text(m["content"])} for m in messages[:end])
-    if not kept or kept[-1]["role"] != "user":
+    kept = tuple(_prompt_message(m) for m in messages[:end])
+    if not kept or kept[-1]["role"] not in ("user", "tool"):
         raise ValueError(
-            "the prompt must end with a user message (after dropping trailing assistant messages)"
+            "the prompt must end with a user message, or a tool result (after dropping trailing "
+            "assistant messages)"
         )
-    if not any(m["content"].strip() for m in kept if m["role"] == "user"):
+    if not any(m["content"].strip() for m in kept if m["role"] == "user") and kept[-1]["role"] == "user":
         raise ValueError("empty prompt: every user message is blank")
+    return kept
+
+
+def _prompt_message(message: dict[str, Any]) -> dict[str, Any]:
+    role = "system" if message["role"] == "developer" else message["role"]
+    content = message.get("content")
+    kept = {"role": role, "content": "" if content is None else content_text(content)}
+    kept.update({k: message[k] for k in MESSAGE_FIELDS if message.get(k) is not None})
     return kept
 
 
@@ -228,14 +273,14 @@ def prompts_from_rows(
 def check_prompt_lengths(
     prompts: PromptSet, count_tokens: CountTokens, max_prompt_tokens: int, *, skip_bad_rows: bool = False
 ) -> PromptSet:
-    """Make prompts longer than ``max_prompt_tokens`` (``count_tokens(messages)``) bad rows.
+    """Make prompts longer than ``max_prompt_tokens`` (``count_tokens(prompt)``) bad rows.
 
     Bad rows raise one summary (with the rows found malformed earlier), or with
     ``skip_bad_rows`` are left out and counted, as when loading.
     """
 
     def check(prompt: Prompt) -> Prompt:
-        n_tokens = _count(count_tokens, prompt.messages)
+        n_tokens = _count(count_tokens, prompt)
         if n_tokens > max_prompt_tokens:
             raise ValueError(
                 f"prompt is {n_tokens} tokens, longer than the {max_prompt_tokens} allowed "
@@ -275,10 +320,10 @@ def _raise_if_too_bad(
         raise DataError(_summary(source, bad, total, unit, skipping), hint=_hint(bad, total, skipping))
 
 
-def _count(count_tokens: CountTokens, messages: tuple[dict[str, Any], ...]) -> int:
+def _count(count_tokens: CountTokens, prompt: Prompt) -> int:
     """The trainer's token count; a chat template that rejects the row makes it a bad row."""
     try:
-        return int(count_tokens(messages))
+        return int(count_tokens(prompt))
     except Exception as exc:
         raise ValueError(
             f"the chat template cannot render this prompt: {type(exc).__name__}: {exc}"

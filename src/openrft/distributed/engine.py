@@ -40,7 +40,7 @@ from typing import Any
 from openrft.errors import ConfigError, OpenRFTError, RolloutError
 from openrft.records import Completion, Prompt, SamplingParams
 from openrft.rollout import DEFAULT_MAX_CONCURRENT
-from openrft.rollout.prompts import encode_messages
+from openrft.rollout.prompts import encode_prompt
 from openrft.rollout.sampling import check_params
 from openrft.settings import RaySettings
 
@@ -104,7 +104,7 @@ class RayEngine:
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
         """For each prompt in order, ``params.n`` completions (candidate_index 0..n-1)."""
-        items = [(p.prompt_id, encode_messages(self.tokenizer, p.messages, p.prompt_id)) for p in prompts]
+        items = [(p.prompt_id, encode_prompt(self.tokenizer, p)) for p in prompts]
         return self.generate_from_ids(items, params)
 
     @property

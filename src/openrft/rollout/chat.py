@@ -161,7 +161,7 @@ def encode_chat(
 
 
 def _normalise(messages: Sequence[Any]) -> list[dict[str, Any]]:
-    """Plain dicts; ``content`` None -> ""; text parts joined; tool-call arguments as objects."""
+    """Plain dicts; ``content`` None -> ""; text parts joined (other parts refused); tool-call arguments as objects."""
     if not messages:
         raise DataError("no messages to render")
     out = []
@@ -174,8 +174,18 @@ def _normalise(messages: Sequence[Any]) -> list[dict[str, Any]]:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise DataError(f"message {i} must be an object with a string 'role'")
         content = m.get("content")
-        if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if isinstance(content, list):  # text parts, joined by newlines as vLLM joins them
+            kinds = [p.get("type") if isinstance(p, dict) else type(p).__name__ for p in content]
+            if any(not (isinstance(p, dict) and isinstance(p.get("text"), str)) for p in content):
+                other = next(
+                    k
+                    for k, p in zip(kinds, content, strict=True)
+                    if not isinstance(p, dict) or "text" not in p
+                )
+                raise DataError(
+                    f"message {i}: a {other!r} content part cannot be read; this model takes text only"
+                )
+            content = "\n".join(p["text"] for p in content)
         if content is not None and not isinstance(content, str):
             raise DataError(f"message {i} ('{m['role']}'): content must be text")
         m["content"] = content or ""

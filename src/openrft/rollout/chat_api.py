@@ -13,7 +13,9 @@ exact tokens are recorded (:mod:`openrft.rollout.trajectories`).
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import secrets
 import time
 import uuid
@@ -24,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from openrft.errors import DataError
 from openrft.records import Completion
 from openrft.rollout.chat import ParsedReply, encode_chat, render_chat, tool_format
 from openrft.rollout.prompts import with_system
@@ -93,7 +96,11 @@ def add_chat_routes(
         key, seed_name, budget = _sampling(request, name, engine, recorder, rollout_id, len(prompt_ids))
         groups = await batcher.submit(key, [(seed_name, prompt_ids)])
         completions = groups[0]
-        replies = [fmt.parse(c.text) if tools else ParsedReply(c.text) for c in completions]
+        # OpenAI leaves a matched stop string out of the content; a training rollout keeps what was
+        # sampled, which is what it trains on (the job's stop strings end in the reply, documented)
+        stops = () if rollout_id is not None else _request_stops(request)
+        texts = [next((c.text[: -len(s)] for s in stops if c.text.endswith(s)), c.text) for c in completions]
+        replies = [fmt.parse(t) if tools else ParsedReply(t) for t in texts]
         if rollout_id is not None and await http.is_disconnected():
             return {}  # the agent gave up on this call (a client timeout): it never saw the reply
         if rollout_id is not None:
@@ -127,6 +134,22 @@ def _prompt_ids(
     rollout_id: str | None,
 ) -> list[int]:
     """The prompt's token ids; a rollout's call that continues its last one reuses its exact tokens."""
+    try:
+        return _encode(tokenizer, messages, tools, fmt, recorder, rollout_id)
+    except DataError as exc:  # a malformed message (or a part this model cannot read): the client's
+        raise HTTPError(400, f"invalid messages: {exc}") from None
+    except Exception as exc:  # a chat template refusing the conversation
+        raise HTTPError(400, f"invalid messages: {type(exc).__name__}: {exc}") from None
+
+
+def _encode(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    fmt: Any,
+    recorder: RolloutRecorder | None,
+    rollout_id: str | None,
+) -> list[int]:
     log = recorder.log(rollout_id) if recorder is not None and rollout_id is not None else None
     previous = log.calls[-1] if log is not None and log.calls else None
     if previous is not None and continues(previous, messages):
@@ -138,10 +161,7 @@ def _prompt_ids(
             tail = joining_text(sampled, _turn_end(tokenizer)) + full[len(head) :]
             new_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
             return [*previous.prompt_token_ids, *previous.completion_token_ids, *new_ids]
-    try:
-        return encode_chat(tokenizer, messages, tools, fmt)
-    except Exception as exc:  # a malformed message: the client's mistake
-        raise HTTPError(400, f"invalid messages: {exc}") from None
+    return encode_chat(tokenizer, messages, tools, fmt)
 
 
 def _turn_end(tokenizer: Any) -> str:
@@ -224,7 +244,7 @@ def _response(
                     {
                         "token": tokenizer.decode([t]),
                         "logprob": lp,
-                        "bytes": list(tokenizer.decode([t]).encode()),
+                        "bytes": list(token_bytes(tokenizer, t)),
                         "top_logprobs": [],
                     }  # fmt: skip
                     for t, lp in zip(c.completion_token_ids, c.logprobs, strict=True)
@@ -248,6 +268,36 @@ def _response(
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+
+
+def _request_stops(request: ChatRequest) -> tuple[str, ...]:
+    return (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
+
+
+BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def token_bytes(tokenizer: Any, token_id: int) -> bytes:
+    """The bytes token ``token_id`` stands for, so that a client joining a reply's tokens' bytes gets
+    its UTF-8 text even where a character spans tokens (decoding one such token alone gives U+FFFD).
+    Byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM) maps bytes to printable characters; SentencePiece
+    writes a lone byte as ``<0xE4>`` and a space as ``▁``."""
+    token = tokenizer.convert_ids_to_tokens(int(token_id))
+    if not isinstance(token, str):
+        return tokenizer.decode([token_id]).encode()
+    if (match := BYTE_TOKEN.fullmatch(token)) is not None:
+        return bytes([int(match.group(1), 16)])
+    decoder = _byte_decoder()
+    if token and all(ch in decoder for ch in token):
+        return bytes(decoder[ch] for ch in token)
+    return token.replace("\u2581", " ").encode()
+
+
+@functools.cache
+def _byte_decoder() -> dict[str, int]:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {ch: b for b, ch in bytes_to_unicode().items()}
 
 
 def _events(body: dict[str, Any], request: ChatRequest) -> Iterator[str]:

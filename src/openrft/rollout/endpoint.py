@@ -38,7 +38,7 @@ from openrft.errors import RolloutError
 from openrft.models import end_token_ids
 from openrft.records import Completion, Prompt, SamplingParams
 from openrft.rollout.adapters import LoadsAdapterFiles
-from openrft.rollout.prompts import encode_messages
+from openrft.rollout.prompts import encode_prompt
 from openrft.rollout.sampling import check_params, row_seed
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -95,7 +95,7 @@ class EndpointEngine(LoadsAdapterFiles):
         return _run_sync(self.agenerate(prompts, params))
 
     async def agenerate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
-        encoded = [(p.prompt_id, encode_messages(self.tokenizer, p.messages, p.prompt_id)) for p in prompts]
+        encoded = [(p.prompt_id, encode_prompt(self.tokenizer, p)) for p in prompts]
         return await self.agenerate_from_ids(encoded, params)
 
     def generate_from_ids(

@@ -61,7 +61,7 @@ from openrft.records import Completion, Prompt, SamplingParams
 from openrft.rollout import DEFAULT_MAX_CONCURRENT
 from openrft.rollout.decode import DecodeSettings, Run
 from openrft.rollout.inference_copy import InferenceCopy
-from openrft.rollout.prompts import encode_messages
+from openrft.rollout.prompts import encode_prompt
 from openrft.rollout.sampling import check_params, stop_string_enders
 from openrft.rollout.slots import SlotBuffers, SlotRun, SlotShape
 
@@ -137,7 +137,7 @@ class LocalEngine:
 
     def encode(self, prompt: Prompt) -> list[int]:
         """Prompt token ids: the chat messages rendered with the model's chat template."""
-        return encode_messages(self.tokenizer, prompt.messages, prompt.prompt_id)
+        return encode_prompt(self.tokenizer, prompt)
 
     def set_policy(self, version: int, adapter: Any = None) -> None:
         """The live model now holds policy ``version`` (nothing to load: it is the same model)."""

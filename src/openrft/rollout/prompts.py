@@ -48,6 +48,22 @@ def encode_messages(tokenizer: Any, messages: Sequence[Any], prompt_id: str = "?
     return list(ids)
 
 
+def encode_prompt(tokenizer: Any, prompt: Any) -> list[int]:
+    """Token ids of a dataset prompt as every engine samples it.
+
+    A prompt with a ``tools`` column, or with tool calls and tool results among its messages, is
+    rendered like a chat request that carries them (:func:`openrft.rollout.chat.encode_chat`: the
+    template's own tool format, or the tools described in the system message); any other prompt by
+    :func:`encode_messages`.
+    """
+    tools = prompt.row.get("tools") if isinstance(prompt.row, dict) else None
+    if tools or any(m.get("tool_calls") or m.get("role") == "tool" for m in prompt.messages):
+        from openrft.rollout.chat import encode_chat
+
+        return encode_chat(tokenizer, list(prompt.messages), tools or None)
+    return encode_messages(tokenizer, prompt.messages, prompt.prompt_id)
+
+
 def with_system(messages: Sequence[Any], system: str | None) -> list[Any]:
     """``messages`` with a system message ``system`` in front, unless they already open with one."""
     out = list(messages)

@@ -123,7 +123,7 @@ def message_key(message: dict[str, Any]) -> tuple:
     """What makes two chat messages the same turn: role, text, tool calls (name and arguments), call id."""
     content = message.get("content")
     if isinstance(content, list):
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        content = "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
     calls = []
     for call in message.get("tool_calls") or []:
         function = call.get("function", call) if isinstance(call, dict) else {}

@@ -55,7 +55,7 @@ from openrft.errors import RolloutError
 from openrft.models import end_token_ids, resolve_model_dir
 from openrft.records import Completion, Prompt, SamplingParams
 from openrft.rollout.adapters import LoadsAdapterFiles
-from openrft.rollout.prompts import encode_messages
+from openrft.rollout.prompts import encode_prompt
 from openrft.rollout.sampling import check_params, cut_at_stop, row_seed
 
 INSTALL_HINT = "install the optional extra on a GPU machine: pip install 'openrft[vllm]'"
@@ -138,7 +138,7 @@ class VLLMEngine(LoadsAdapterFiles):
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
         """For each prompt in order, ``params.n`` completions (candidate_index 0..n-1)."""
-        encoded = [(p.prompt_id, encode_messages(self.tokenizer, p.messages, p.prompt_id)) for p in prompts]
+        encoded = [(p.prompt_id, encode_prompt(self.tokenizer, p)) for p in prompts]
         return self.generate_from_ids(encoded, params)
 
     def generate_from_ids(

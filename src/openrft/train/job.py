@@ -385,15 +385,15 @@ def prompts_that_fit(prepared: PreparedJob, model: Any, tokenizer: Any) -> tuple
 
 def _prompts_that_fit(prepared: PreparedJob, model: Any, tokenizer: Any) -> tuple[list[Prompt], list[Prompt]]:
     """Drop (with --skip-bad-rows) or refuse prompts too long for the context, then split."""
-    from openrft.rollout.prompts import encode_messages
+    from openrft.rollout.prompts import encode_prompt
 
     settings = prepared.settings
     context = settings.model.max_context_length or getattr(model.config, "max_position_embeddings", 4096)
     max_prompt = context - settings.sampling.max_tokens
     skip = prepared.cfg.data.skip_bad_rows
 
-    def count_tokens(messages) -> int:
-        return len(encode_messages(tokenizer, messages))
+    def count_tokens(prompt: Prompt) -> int:
+        return len(encode_prompt(tokenizer, prompt))
 
     dataset = check_prompt_lengths(prepared.dataset, count_tokens, max_prompt, skip_bad_rows=skip)
     if dataset.skipped:
