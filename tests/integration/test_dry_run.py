@@ -23,6 +23,11 @@ def files(tmp_path, monkeypatch):
     (tmp_path / "broken.jsonl").write_text(
         '{"messages": [{"role": "user", "content": "2+2?"}], "ground_truth": 4}\nthis is not json\n'
     )
+    long_question = "Please add these numbers: " + " + ".join(str(i) for i in range(1200)) + "?"
+    (tmp_path / "long.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "2+2?"}], "ground_truth": 4}\n'
+        f'{{"messages": [{{"role": "user", "content": "{long_question}"}}], "ground_truth": 0}}\n'
+    )
     (tmp_path / "ev.py").write_text(EVALUATOR)
     (tmp_path / "raises.py").write_text("raise RuntimeError('import-time failure')\n")
     (tmp_path / "mine").mkdir()
@@ -114,6 +119,12 @@ CASES = [
         "--seed: 1000000000000000000000000000000 is not valid; expected a whole number from 0",
     ),
     (["--rl-kl-beta", "inf"], "--rl-kl-beta: inf is not valid"),
+    # prompts are measured with the model's tokenizer before anything is recorded
+    (
+        ["--dataset", "{d}/long.jsonl", "--evaluator", "{d}/ev.py::score"],
+        "--dataset: {d}/long.jsonl: 1 of 2 rows are malformed",
+    ),
+    (["--max-output-tokens", "4096"], "--max-output-tokens: 4096 leaves no room for a prompt in the 4096-token"),
     (["--optimizer-weight-decay", "nan"], "--optimizer-weight-decay: nan is not valid"),
 ]
 

@@ -124,13 +124,14 @@ def home(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def model_dir(tmp_path):
+def model_dir(tmp_path, tokenizer):
     path = tmp_path / "model"
     path.mkdir()
     (path / "config.json").write_text(
         '{"model_type": "llama", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,'
-        ' "intermediate_size": 32, "vocab_size": 128}'
-    )  # a config only: the stand-in trainer never loads weights
+        ' "intermediate_size": 32, "vocab_size": 128, "max_position_embeddings": 4096}'
+    )  # a config and a tokenizer (the prompts are measured when a job is created), no weights:
+    tokenizer.save_pretrained(path)  # the stand-in trainer never loads them
     return path
 
 

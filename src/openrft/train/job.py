@@ -124,7 +124,45 @@ def prepare(cfg: JobConfig) -> PreparedJob:
         _require_eval_protocol_rollouts(prepared.evaluator)
     if cfg.training.output_model:
         check_output_folder(Path(cfg.training.output_model), job_inputs(cfg, source))
+    prepared = check_prompts_fit(prepared)
     return dataclasses.replace(prepared, memory=check_memory(prepared.settings))
+
+
+def check_prompts_fit(prepared: PreparedJob) -> PreparedJob:
+    """Every prompt, rendered by the model's chat template, must leave ``--max-output-tokens`` of the
+    context: checked here, before a job is recorded (and by ``--dry-run``), as the job checks it
+    again with the loaded model. Too long prompts are bad rows (skipped with --skip-bad-rows)."""
+    from openrft.models import load_config, load_tokenizer
+    from openrft.rollout.prompts import encode_prompt
+
+    settings = prepared.settings
+    name = setup.base_model_name(settings.model)
+    with _input("--base-model"):
+        config = load_config(name)
+    context = settings.model.max_context_length or getattr(config, "max_position_embeddings", 4096)
+    if settings.sampling.max_tokens >= context:
+        raise ConfigError(
+            f"--max-output-tokens: {settings.sampling.max_tokens} leaves no room for a prompt in the "
+            f"{context}-token context of {name}",
+            field="max_output_tokens",
+            hint="lower --max-output-tokens (or raise --max-context-length, up to what the model supports)",
+        )
+    with _input("--base-model"):
+        tokenizer = load_tokenizer(name)
+
+    def count(prompt: Prompt) -> int:
+        return len(encode_prompt(tokenizer, prompt))
+
+    skip = prepared.cfg.data.skip_bad_rows
+    with _input("--dataset"):
+        dataset = check_prompt_lengths(prepared.dataset, count, context - settings.sampling.max_tokens,
+                                       skip_bad_rows=skip)  # fmt: skip
+    evaluation = prepared.evaluation_dataset
+    if evaluation is not None:
+        with _input("--evaluation-dataset"):
+            evaluation = check_prompt_lengths(evaluation, count, context - settings.sampling.max_tokens,
+                                              skip_bad_rows=skip)  # fmt: skip
+    return dataclasses.replace(prepared, dataset=dataset, evaluation_dataset=evaluation)
 
 
 def check_memory(settings: JobSettings):
