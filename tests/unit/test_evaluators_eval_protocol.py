@@ -46,3 +46,35 @@ def test_eval_protocol_async_groupwise_and_ambiguous_file():
     assert [s.score for s in scores] == [0.0, 0.5, 1.0]
     with pytest.raises(Exception, match="2 evaluators"):
         load_evaluator(str(EP_FILE))
+
+
+MORE_FILE = Path(__file__).parent.parent / "fixtures" / "evaluators" / "ep_more.py"
+
+
+def test_eval_protocol_kwargs_completion_params_several_files_and_its_own_defaults(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENRFT_HOME", str(tmp_path))
+    ev = load_evaluator(f"{MORE_FILE}::with_kwargs")
+    # eval-protocol records 96 for both when the file sets neither: openrft's defaults apply then
+    assert (ev.max_concurrent_rollouts, ev.max_concurrent_evaluations) == (None, None)
+    prompts = load_prompts(ev.input_dataset, adapter=ev.dataset_adapter)  # both files, in order
+    assert [p.ground_truth for p in prompts] == ["red", "9", "9"]
+    [[hit, miss]] = score_groups(ev, [(prompts[2], [completion("9", 0), completion("8", 1)])], timeout=10)
+    assert (hit.score, miss.score) == (0.75, 0.25)  # evaluation_test_kwargs reached the function
+    assert hit.reason == "accounts/fireworks/models/some-model"  # and completion_params the row
+
+
+def test_rows_given_in_code_are_the_dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENRFT_HOME", str(tmp_path))
+    ev = load_evaluator(f"{MORE_FILE}::rows_in_code")
+    prompts = load_prompts(ev.input_dataset)
+    assert [p.messages[0]["content"] for p in prompts] == ["Capital of France?", "2+2?"]
+
+
+def test_a_reward_kit_function_gets_the_conversation_and_the_row_fields():
+    ev = load_evaluator(f"{MORE_FILE}::reward_kit_style")
+    assert ev.kind == "messages"
+    prompts = load_prompts(str(EP_FILE.parent / "ep_rows_more.jsonl"), adapter=lambda rows: [
+        {"messages": [{"role": "user", "content": r["q"]}], "ground_truth": r["a"], "q": r["q"]} for r in rows
+    ])  # fmt: skip
+    [[hit, miss]] = score_groups(ev, [(prompts[0], [completion("9", 0), completion("8", 1)])], timeout=10)
+    assert (hit.score, miss.score) == (1.0, 0.0) and hit.reason == "2 messages, What is 5 + 4?"

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from openrft.evaluators.protocol import EvaluationRow
 
-Kind = Literal["row", "plain", "item"]
+Kind = Literal["row", "plain", "item", "messages"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,10 @@ class Evaluator:
     (groupwise) of class ``row_cls``; ``call_by_keyword`` passes it as ``row=``/
     ``rows=`` (eval-protocol's convention). ``kind="plain"``: ``fn(completion_text,
     **row_fields)``. ``kind="item"``: ``fn(completion_text, row)``, the dataset row as it was
-    read (an OpenAI grader's ``item``). ``run_inline`` marks fast built-ins called without a worker
+    read (an OpenAI grader's ``item``). ``kind="messages"``: reward-kit's ``fn(messages=[...prompt, reply],
+    ground_truth=..., **other_row_fields)``. ``call_kwargs`` go with every call (eval-protocol's
+    ``evaluation_test_kwargs``); ``completion_params`` reach rows as ``input_metadata.completion_params``.
+    ``run_inline`` marks fast built-ins called without a worker
     thread. The header values are ``None`` when the evaluator does not set them. ``spec`` and
     ``spec_dataset`` let a worker process load the same evaluator again.
     """
@@ -63,6 +66,8 @@ class Evaluator:
     spec_dataset: str | None = None
     rollout: RolloutSpec | None = None  # an eval-protocol rollout processor other than single-turn
     env: dict[str, str] = field(default_factory=dict, compare=False)  # set in its worker processes
+    call_kwargs: dict[str, Any] = field(default_factory=dict, compare=False)
+    completion_params: dict[str, Any] = field(default_factory=dict, compare=False)
     # Checks one dataset row (and where it is, for the message) before training; raises EvaluatorError.
     check_row: Callable[[dict[str, Any], str], None] | None = field(default=None, compare=False)
 

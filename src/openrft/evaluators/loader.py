@@ -143,6 +143,12 @@ def as_evaluator(obj: Any, name: str, *, origin: str = "", base_dir: Path | None
             dataset_adapter=header.dataset_adapter,
             source=origin,
         )
+    if callable(obj) and not isinstance(obj, type) and _takes_messages(obj):
+        if getattr(obj, "_reward_function_mode", "pointwise") != "pointwise":
+            raise EvaluatorError(
+                f"{origin}: {name!r} is a batch @reward_function; openrft runs pointwise ones"
+            )
+        return Evaluator(name=name, fn=obj, kind="messages", source=origin)
     if callable(obj) and not isinstance(obj, type):
         _check_plain_signature(obj, name)
         return Evaluator(name=name, fn=obj, kind="plain", source=origin)
@@ -264,6 +270,18 @@ def _candidates(module: ModuleType) -> dict[str, Any]:
     return plain
 
 
+def _takes_messages(fn: Callable[..., Any]) -> bool:
+    """A reward-kit style function, ``evaluate(messages, ground_truth=None, **kwargs)`` (often under
+    ``@reward_function``): it scores the whole conversation, the response as its last message."""
+    if hasattr(fn, "_reward_function_mode"):
+        return True
+    try:
+        first = next(iter(inspect.signature(fn).parameters), None)
+    except (TypeError, ValueError):
+        return False
+    return first == "messages"
+
+
 def _check_plain_signature(fn: Callable[..., Any], name: str) -> None:
     try:
         params = list(inspect.signature(fn).parameters.values())
@@ -306,14 +324,82 @@ def _from_eval_protocol(obj: Any, name: str, origin: str, base_dir: Path | None)
         name=name,
         fn=fn,
         mode=mode,  # type: ignore[arg-type]
-        max_concurrent_rollouts=getattr(params, "max_concurrent_rollouts", None),
-        max_concurrent_evaluations=getattr(params, "max_concurrent_evaluations", None),
-        input_dataset=_resolve_dataset(datasets[0] if datasets else None, base_dir),
+        max_concurrent_rollouts=_set_by_user(params, "max_concurrent_rollouts"),
+        max_concurrent_evaluations=_set_by_user(params, "max_concurrent_evaluations"),
+        input_dataset=_joined_datasets([_resolve_dataset(d, base_dir) for d in datasets or []])
+        or _inline_rows(params),
         dataset_adapter=None if adapter is default_dataset_adapter else adapter,
         row_cls=EPRow,
         call_by_keyword=True,
         source=origin,
+        call_kwargs=_first_dict(getattr(params, "evaluation_test_kwargs", None)),
+        completion_params=_first_dict(getattr(params, "completion_params", None)),
     )
+
+
+def _set_by_user(params: Any, name: str) -> int | None:
+    """A concurrency the file set; eval-protocol records its own default (96) when the file sets none,
+    and that is no request of the user's: openrft's defaults apply then."""
+    from eval_protocol.pytest.evaluation_test import evaluation_test
+
+    value = getattr(params, name, None)
+    default = inspect.signature(evaluation_test).parameters[name].default
+    return None if value is None or value == default else int(value)
+
+
+def _first_dict(values: Any) -> dict[str, Any]:
+    """The first parameter set of a decorator argument that eval-protocol takes as a list of them."""
+    if isinstance(values, dict):
+        return dict(values)
+    return next((dict(v) for v in values or () if isinstance(v, dict)), {})
+
+
+def _inline_rows(params: Any) -> str | None:
+    """The rows a file gives in code (``input_messages``: lists of messages, or ``input_rows``:
+    EvaluationRows) as a JSONL under ``$OPENRFT_HOME/cache``, the dataset when none is named."""
+    import json
+
+    rows: list[dict[str, Any]] = []
+    for group in getattr(params, "input_messages", None) or ():
+        for messages in group or ():
+            dumped = [m.model_dump(exclude_none=True) if hasattr(m, "model_dump") else m for m in messages]
+            rows.append({"messages": dumped})
+        break  # the first parameter set, as for completion_params
+    for group in getattr(params, "input_rows", None) or ():
+        rows.extend(r.model_dump(exclude_none=True, mode="json") for r in group or ())
+        break
+    if not rows:
+        return None
+    return _cached_dataset("inline", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _cached_dataset(stem: str, text: str) -> str:
+    from openrft.paths import atomic_write_text, openrft_home
+
+    target = (
+        openrft_home()
+        / "cache"
+        / "datasets"
+        / f"{stem}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.jsonl"
+    )
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, text)
+    return str(target)
+
+
+def _joined_datasets(paths: list[str | None]) -> str | None:
+    """One dataset for an evaluator that lists several files: their rows in order, as eval-protocol
+    combines them, in one file under ``$OPENRFT_HOME/cache`` (made again when a file changes)."""
+    paths = [p for p in paths if p]
+    if len(paths) <= 1:
+        return paths[0] if paths else None
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        return missing[0]  # loading it names the file that is not there
+    texts = [Path(p).read_text(encoding="utf-8-sig") for p in paths]
+    joined = "".join(t if t.endswith("\n") or not t else t + "\n" for t in texts)
+    return _cached_dataset(f"{Path(paths[0]).stem}+{len(paths) - 1}", joined)
 
 
 # Processors whose rollout is one sampled reply to the row's messages: openrft's own sampling

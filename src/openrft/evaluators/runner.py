@@ -151,6 +151,8 @@ def build_row(evaluator: Evaluator, prompt: Prompt, completion: Completion) -> A
     extras = {k: v for k, v in row.items() if k not in ROW_FIELDS | DROPPED_FIELDS}
     metadata = dict(row.get("input_metadata") or {}) if isinstance(row.get("input_metadata"), dict) else {}
     metadata.setdefault("row_id", prompt.prompt_id)
+    if evaluator.completion_params and not metadata.get("completion_params"):  # as eval-protocol sets it
+        metadata["completion_params"] = copy.deepcopy(evaluator.completion_params)
     if completion.conversation:  # an agent's run: the whole conversation it returned
         messages = copy.deepcopy(list(completion.conversation))
     else:
@@ -167,6 +169,18 @@ def build_row(evaluator: Evaluator, prompt: Prompt, completion: Completion) -> A
         },
         **extras,
     )
+
+
+def messages_kwargs(prompt: Prompt, completion: Completion) -> dict[str, Any]:
+    """Arguments of a reward-kit function: ``messages`` (the prompt's and the response, or an agent's
+    whole conversation), ``ground_truth``, and the row's other fields as keywords."""
+    row = copy.deepcopy(prompt.row)
+    if completion.conversation:
+        messages = copy.deepcopy(list(completion.conversation))
+    else:
+        messages = [*copy.deepcopy(list(prompt.messages)), {"role": "assistant", "content": completion.text}]
+    extras = {k: v for k, v in row.items() if k not in ("messages", "ground_truth")}
+    return {**extras, "messages": messages, "ground_truth": row.get("ground_truth")}
 
 
 def plain_kwargs(fn: Callable[..., Any], prompt: Prompt) -> dict[str, Any]:
@@ -205,8 +219,15 @@ async def _score_one(
                 return to_score(result)
             if ev.kind == "item":
                 return to_score(await _call(ev, timeout, completion.text, copy.deepcopy(prompt.row)))
+            if ev.kind == "messages":
+                return to_score(await _call(ev, timeout, **messages_kwargs(prompt, completion)))
             row = build_row(ev, prompt, completion)
-            result = await (_call(ev, timeout, row=row) if ev.call_by_keyword else _call(ev, timeout, row))
+            call = (
+                _call(ev, timeout, row=row, **ev.call_kwargs)
+                if ev.call_by_keyword
+                else _call(ev, timeout, row)
+            )
+            result = await call
             return to_score(row if result is None else result)
         except Exception as exc:
             return _invalid(exc, timeout, ev, prompt.prompt_id)
@@ -218,7 +239,12 @@ async def _score_group(
     async with sem:
         try:
             rows = [build_row(ev, prompt, c) for c in completions]
-            result = await (_call(ev, timeout, rows=rows) if ev.call_by_keyword else _call(ev, timeout, rows))
+            call = (
+                _call(ev, timeout, rows=rows, **ev.call_kwargs)
+                if ev.call_by_keyword
+                else _call(ev, timeout, rows)
+            )
+            result = await call
         except Exception as exc:
             return [_invalid(exc, timeout, ev, prompt.prompt_id)] * len(completions)
     if result is None:
