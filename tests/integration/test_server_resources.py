@@ -26,7 +26,7 @@ from openrft.data import load_prompts
 from openrft.evaluators.loader import load_evaluator
 from openrft.evaluators.runner import score_groups
 from openrft.records import Completion, Prompt
-from openrft.server import resource_store
+from openrft.server import resource_store, resource_updates_api
 from openrft.server.auth import BearerAuth
 from openrft.server.errors import ApiError
 from openrft.server.resources_api import configure_resources, dataset_path, evaluator_spec, router
@@ -61,6 +61,7 @@ def last_number(text):
 
 def _app(home: Path) -> FastAPI:
     app = FastAPI()
+    app.include_router(resource_updates_api.router)  # as create_app: before the "{id}" routes
     app.include_router(router)
 
     @app.exception_handler(ApiError)
@@ -544,3 +545,40 @@ def test_uploaded_code_cannot_fake_its_own_build_check(client, server):
                       "openrft/server/evaluator_check.py": fake, "main.py": b"def broken(:\n"})  # fmt: skip
     assert _upload_evaluator(client, "faker", archive, entry_point="main.py::evaluate") is None
     assert _wait_built(client, "faker").state == "BUILD_FAILED"
+
+
+def test_updates_and_signed_downloads_through_the_sdk(client, server):
+    """datasets.update / get_download_endpoint, evaluators.update (metadata, prepare_code_upload) and
+    the source-code and build-log URLs, as the service's SDK calls them; the URLs need no API key."""
+    client.datasets.create(dataset_id="prompts", dataset={"format": "CHAT"})
+    client.datasets.upload("prompts", file=("prompts.jsonl", ROWS))
+    updated = client.datasets.update("prompts", display_name="Renamed", example_count="2")
+    assert (updated.display_name, client.datasets.get("prompts").display_name) == ("Renamed", "Renamed")
+    url = client.datasets.get_download_endpoint("prompts").filename_to_signed_urls["data.jsonl"]
+    assert httpx.get(url).content == ROWS
+    assert httpx.get(url.replace("token=", "token=1")).status_code == 403  # a forged token
+    with pytest.raises(fireworks.BadRequestError, match="externalUrl"):
+        client.datasets.update("prompts", external_url="gs://bucket/x.jsonl")
+
+    archive = _targz({"proj/main.py": EVALUATOR.encode(), "proj/helpers.py": HELPERS.encode()})
+    assert _upload_evaluator(client, "exact", archive) is None
+    assert _wait_built(client, "exact").state == "ACTIVE"
+    client.evaluators.update("exact", display_name="Exact match", description="new words")
+    got = client.evaluators.get("exact")
+    assert (got.display_name, got.description, got.state) == ("Exact match", "new words", "ACTIVE")
+    (source_url,) = client.evaluators.get_source_code_endpoint("exact").filename_to_signed_urls.values()
+    with tarfile.open(fileobj=io.BytesIO(httpx.get(source_url).content)) as tar:
+        assert "proj/main.py" in tar.getnames()
+    log = httpx.get(client.evaluators.get_build_log_endpoint("exact").build_log_signed_uri).text
+    assert "ACTIVE" in log
+
+    client.evaluators.update("exact", prepare_code_upload=True)  # new code: the upload flow again
+    assert client.evaluators.get("exact").state != "ACTIVE"
+    with pytest.raises(ApiError):
+        evaluator_spec(ACCOUNT, "exact")  # no job can start on it meanwhile
+    new = _targz({"proj/main.py": b"def evaluate(completion, **row):\n    return 0.5\n"})
+    endpoint = client.evaluators.get_upload_endpoint("exact", filename_to_size={"p.tar.gz": str(len(new))})
+    assert httpx.put(endpoint.filename_to_signed_urls["p.tar.gz"], content=new).status_code == 200
+    client.evaluators.validate_upload("exact", body={})
+    assert _wait_built(client, "exact").state == "ACTIVE"
+    assert _score(evaluator_spec(ACCOUNT, "exact"), "anything", 4) == 0.5

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from openrft.jobs.store import JobStore
-from openrft.server import dashboard, jobs_api, resources_api
+from openrft.server import dashboard, jobs_api, resource_updates_api, resources_api
 from openrft.server.auth import BearerAuth
 from openrft.server.errors import ApiError
 from openrft.server.queue import JobQueue
@@ -54,6 +54,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.add_exception_handler(HTTPException, http_error)
     app.include_router(jobs_api.router)
     resources_api.configure_resources(app, home=settings.home)
+    app.include_router(resource_updates_api.router)  # first: its ":method" paths would match "{id}"
     app.include_router(resources_api.router)
     dashboard.install(app)
     return app

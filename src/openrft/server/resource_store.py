@@ -261,6 +261,25 @@ def start_build(
     return meta
 
 
+def rebuild(account: str, evaluator_id: str) -> dict[str, Any]:
+    """Load the evaluator again from the code it already has (after its ``entryPoint`` changed)."""
+    meta = require_meta("evaluators", account, evaluator_id)
+    code = code_dir(account, evaluator_id)
+    if not code.is_dir():
+        raise ApiError(412, f"evaluator {meta['name']} has no built source to load again: upload one")
+    with _lock:
+        if (account, evaluator_id) in _building:
+            raise ApiError(409, f"evaluator {meta['name']} is already being built")
+        _building.add((account, evaluator_id))
+    unpacked = resource_dir("evaluators", account, evaluator_id) / ".unpacked"
+    shutil.rmtree(unpacked, ignore_errors=True)
+    shutil.copytree(code, unpacked, ignore=shutil.ignore_patterns("__pycache__"))
+    meta = set_state(account, evaluator_id, "BUILDING", "loading the evaluator")
+    threading.Thread(target=_build, args=(account, evaluator_id, unpacked), daemon=True,
+                     name=f"openrft-build-{evaluator_id}").start()  # fmt: skip
+    return meta
+
+
 def _build(account: str, evaluator_id: str, unpacked: Path) -> None:
     try:
         meta = require_meta("evaluators", account, evaluator_id)

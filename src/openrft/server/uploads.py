@@ -33,13 +33,20 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 SIGNED_UPLOAD = ":signedUpload"  # the custom method of the URLs getUploadEndpoint hands out
 
 
+SIGNED_DOWNLOAD = ":signedDownload"  # ... and of the URLs the download endpoints hand out
+
+
 def is_signed_upload(scope: MutableMapping[str, Any]) -> bool:
-    """A PUT to a signed upload URL: it carries its own token (checked by its route), not an API key,
-    as a storage service's signed URL would."""
+    """A PUT to a signed upload URL, or a GET of a signed download URL: it carries its own token
+    (checked by its route), not an API key, as a storage service's signed URL would."""
+    path = str(scope.get("path", ""))
+    method = scope.get("method")
     return (
         scope.get("type") == "http"
-        and scope.get("method") == "PUT"
-        and str(scope.get("path", "")).endswith(SIGNED_UPLOAD)
+        and (
+            (method == "PUT" and path.endswith(SIGNED_UPLOAD))
+            or (method == "GET" and path.endswith(SIGNED_DOWNLOAD))
+        )
         and b"token=" in scope.get("query_string", b"")
     )
 
