@@ -148,3 +148,24 @@ def test_a_call_the_client_gave_up_on_is_not_trained(tiny_model, tokenizer):
         engine.close()
     assert inner.calls >= 2 and not completion.error
     assert completion.agent_metrics["turns"] == 1
+
+
+def test_an_async_agent_that_blocks_stalls_only_its_own_run(tiny_model, tokenizer):
+    model, _ = tiny_model
+
+    async def agent(row, client):
+        if row.messages[0].content == "Say stuck":
+            time.sleep(20)  # blocking code in an async agent: its own event loop is the one blocked
+        messages = [m.model_dump(exclude_none=True) for m in row.messages]
+        reply = await client.chat.completions.create(model="policy", messages=messages, max_tokens=4)
+        row.messages = [*messages, reply.choices[0].message.model_dump(exclude_none=True)]
+        return row
+
+    engine = AgentEngine(LocalEngine(model, tokenizer), Agent(agent, True, "t"), agent_timeout=2.0)
+    start = time.monotonic()
+    try:
+        stuck, *others = run(engine, prompts("stuck", "a", "b"))
+    finally:
+        engine.close()
+    assert "--agent-timeout" in stuck.error and all(not c.error for c in others)
+    assert time.monotonic() - start < 15

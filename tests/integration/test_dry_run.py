@@ -124,7 +124,10 @@ CASES = [
         ["--dataset", "{d}/long.jsonl", "--evaluator", "{d}/ev.py::score"],
         "--dataset: {d}/long.jsonl: 1 of 2 rows are malformed",
     ),
-    (["--max-output-tokens", "4096"], "--max-output-tokens: 4096 leaves no room for a prompt in the 4096-token"),
+    (
+        ["--max-output-tokens", "4096"],
+        "--max-output-tokens: 4096 leaves no room for a prompt in the 4096-token",
+    ),
     (["--optimizer-weight-decay", "nan"], "--optimizer-weight-decay: nan is not valid"),
 ]
 

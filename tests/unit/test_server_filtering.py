@@ -7,7 +7,7 @@ import pytest
 from openrft.server.errors import ApiError
 from openrft.server.filtering import ordered, select
 
-FIELDS = {"name", "state", "displayName", "lossConfig", "chunkSize", "createTime", "evaluationDataset", "tags"}
+FIELDS = {"name", "state", "displayName", "lossConfig", "chunkSize", "createTime", "evaluationDataset", "tags"}  # fmt: skip
 JOBS = [
     {"name": "a", "state": "JOB_STATE_RUNNING", "lossConfig": {"method": "DAPO"}, "chunkSize": 200,
      "createTime": "2026-12-01T10:00:00.000Z", "displayName": "nightly-1", "tags": ["x", "y"]},

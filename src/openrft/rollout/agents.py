@@ -194,11 +194,15 @@ class AgentEngine:
         row = EvaluationRow(**_row_fields(prompt))
         headers = {ROLLOUT_HEADER: rollout_id}
         timeout = self.agent_timeout
-        if self.agent.is_async:
-            async with openai.AsyncOpenAI(base_url=url, api_key="openrft", default_headers=headers,
-                                          max_retries=0, timeout=timeout) as client:  # fmt: skip
-                return await self.agent.fn(row, client)
         context = contextvars.copy_context()
+        if self.agent.is_async:  # on an event loop of its own: blocking code in it stalls only this run
+
+            async def run_async() -> Any:
+                async with openai.AsyncOpenAI(base_url=url, api_key="openrft", default_headers=headers,
+                                              max_retries=0, timeout=timeout) as client:  # fmt: skip
+                    return await self.agent.fn(row, client)
+
+            return await in_daemon_thread(context.run, lambda: asyncio.run(run_async()))
 
         def run() -> Any:
             with openai.OpenAI(base_url=url, api_key="openrft", default_headers=headers, max_retries=0,
