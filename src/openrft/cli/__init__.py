@@ -69,7 +69,7 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
                 kwargs["metavar"] = (
                     name.split("_")[-1].upper() if name != "response_candidates_count" else "N"
                 )
-                if "default:" not in (info.description or "").lower():  # else the description says it
+                if "default" not in (info.description or "").lower():  # else the description says it
                     help_text += f" Default: {shown}."
                 if name == "eval_auto_carveout":
                     kwargs.update(nargs="?", const="0.1")

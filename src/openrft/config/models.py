@@ -204,7 +204,7 @@ class LossConfig(Group):
     )
     rl_kl_beta: float = field(
         0.0,
-        "KL penalty coefficient for grpo; 0 = the method's default (0.001). Rejected for dapo and gspo-token.",
+        "KL penalty coefficient for grpo; 0 (the default) = the method's built-in 0.001. Rejected for dapo and gspo-token.",
         valid="a number >= 0",
         ge=0,
     )
