@@ -52,9 +52,21 @@ def temporary_beside(target: Path, suffix: str = ".tmp") -> tuple[int, str]:
         raise IsADirectoryError(errno.EISDIR, "a folder is there; give a file name", str(target))
     make_parent(target)
     try:
-        return tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
     except OSError as exc:
         raise OSError(exc.errno, f"cannot be written ({exc.strerror})", str(target)) from None
+    # mkstemp makes the file 0600: give it the mode of the file it replaces, else the umask's default
+    os.fchmod(fd, target.stat().st_mode & 0o777 if target.is_file() else 0o666 & ~_UMASK)
+    return fd, tmp
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once, at import (reading it means setting it)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -243,3 +243,16 @@ def test_serve_reads_only_text_leaves_the_stop_string_out_and_gives_whole_token_
                 model="policy",
                 messages=[{"role": "user", "content": [{"type": "text", "text": "What is it?"}, image]}],
             )
+
+
+def test_parallel_tool_calls_false_leaves_one_tool_call(tokenizer):
+    call = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "%s"}}\n</tool_call>'
+    text = call % "1+1" + "\n" + call % "2+2"
+    with BackgroundServer(create_app(ScriptedEngine(tokenizer, text), "policy")) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        messages = [{"role": "user", "content": "Add twice."}]
+        both = client.chat.completions.create(model="policy", messages=messages, tools=TOOLS)
+        one = client.chat.completions.create(
+            model="policy", messages=messages, tools=TOOLS, parallel_tool_calls=False
+        )
+    assert len(both.choices[0].message.tool_calls) == 2 and len(one.choices[0].message.tool_calls) == 1

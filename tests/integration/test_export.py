@@ -219,6 +219,57 @@ def test_base_model_comes_from_the_job_or_the_adapter(adapter, tmp_path, tiny_mo
     assert find_base_model(folder) == str(tiny_model_dir)  # job.json's base is not here: the next one
 
 
+def test_a_warm_started_jobs_adapter_is_merged_onto_the_base_it_records(adapter, tmp_path, tiny_model_dir):
+    folder = tmp_path / "warm"
+    folder.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (folder / name).write_bytes((adapter[0] / name).read_bytes())
+    job = {"training": {"base_model": "smollm2-135m-instruct", "warm_start_from": "/some/adapter"}}
+    (folder / "job.json").write_text(json.dumps(job))  # base_model is only the default there
+    assert find_base_model(folder) == str(tiny_model_dir)
+
+
+def test_export_never_replaces_what_is_not_an_earlier_export(
+    adapter, merged, tmp_path, tiny_model_dir, capsys
+):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    (tmp_path / "file").write_text("a file")
+    cases = [
+        (mine, "the folder exists and is not an earlier export"),
+        (tmp_path / "file", "a file is there"),
+        (adapter[0], "an input of the export"),
+        (tiny_model_dir, "an input of the export"),
+        (adapter[0] / "sub", "an input of the export"),
+    ]
+    for out, message in cases:
+        assert main(["export", str(adapter[0]), "--merged", str(out)]) == 5
+        assert message in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep me" and (tmp_path / "file").read_text() == "a file"
+    assert (adapter[0] / "adapter_config.json").is_file() and (tiny_model_dir / "config.json").is_file()
+    earlier = merged.merged  # an earlier export is replaced, and a GGUF written inside it stays
+    assert main(["export", str(adapter[0]), "--merged", str(earlier), "--gguf", str(earlier / "m.gguf")]) == 0
+    assert (earlier / "m.gguf").is_file() and (earlier / "Modelfile").is_file()
+    assert (earlier / "config.json").is_file()
+
+
+def test_auto_dtype_keeps_the_base_models_stored_weight_type(adapter, tmp_path, tiny_model_dir):
+    from safetensors import safe_open
+
+    base = tmp_path / "bf16-base"
+    base.mkdir()
+    for path in tiny_model_dir.iterdir():
+        if path.is_file():
+            (base / path.name).write_bytes(path.read_bytes())
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16", "torch_dtype": "bfloat16"}))
+    result = export_adapter(adapter[0], merged=tmp_path / "out", base_model=str(base))
+    with safe_open(str(result.merged / "model.safetensors"), "pt") as weights:
+        dtypes = {weights.get_tensor(k).dtype for k in weights.keys()}  # noqa: SIM118 (not a dict)
+    assert dtypes == {torch.bfloat16}
+
+
 # ----------------------------------------------------------------------------- a real job
 
 

@@ -115,3 +115,15 @@ def test_joining_text_adds_only_what_the_model_did_not_write():
     assert joining_text("answer<|im_end|>", "<|im_end|>\n") == "\n"
     assert joining_text("cut off mid", "<|im_end|>\n") == "<|im_end|>\n"
     assert joining_text("x<|im_", "<|im_end|>\n") == "end|>\n"
+
+
+def test_answered_tool_call_turns_read_as_the_text_the_model_writes():
+    from openrft.rollout.chat import HermesFormat, tool_calls_text
+
+    calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"x": "Zürich"}'}}]
+    text = tool_calls_text(calls)
+    parsed = HermesFormat().parse(text)
+    assert (
+        parsed.tool_calls[0]["function"]["name"] == "f"
+        and "Zürich" in parsed.tool_calls[0]["function"]["arguments"]
+    )

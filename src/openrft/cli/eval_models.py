@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from openrft import config as C
-from openrft.cli.evaluate import positive_int, positive_seconds
+from openrft.cli.evaluate import positive_int, positive_seconds, refuse_output_over_inputs
 from openrft.cli.rollout import ROLLOUT_DEFAULTS, _help
 
 # What a job's stored configuration lends to an evaluation (openrft.jobs.model_eval.SAMPLING_FIELDS).
@@ -129,6 +129,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     models, jobs = _models(args)
     params, concurrency = _sampling(args, jobs)
     evaluator_spec = args.evaluator or next((j.evaluator for j in jobs if j.evaluator), None)
+    refuse_output_over_inputs(args.output, args.dataset, evaluator_spec)
     evaluator = load_evaluator(evaluator_spec, dataset=args.dataset)
     prompts = load_prompts(
         args.dataset, seed=args.seed, limit=args.limit, skip_bad_rows=args.skip_bad_rows,

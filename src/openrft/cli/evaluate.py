@@ -155,6 +155,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from openrft.evaluators.loader import load_evaluator
     from openrft.evaluators.runner import SUMMARY_STATS, check_invalid_rate, summarize
 
+    refuse_output_over_inputs(args.output, args.dataset, args.responses, args.evaluator)
     evaluator = load_evaluator(
         args.evaluator,
         dataset=args.dataset,
@@ -239,16 +240,35 @@ def _completion(prompt_id: str, index: int, text: str) -> Any:
     )
 
 
+def refuse_output_over_inputs(output: str | None, *inputs: str | None) -> None:
+    """``--output`` may not name a file the command reads (it would be replaced by the results)."""
+    from pathlib import Path
+
+    from openrft.errors import ConfigError
+
+    if not output:
+        return
+    target = Path(output).expanduser().resolve()
+    for given in inputs:
+        source = Path(str(given).partition("::")[0]).expanduser() if given else None
+        if source is not None and source.exists() and source.resolve() == target:
+            raise ConfigError(
+                f"--output {output}: this is an input of the command ({given}); give another file"
+            )
+
+
 def _groups_from_rows(prompts: Any) -> list[tuple[Any, list[Any]]]:
     """Rows that end with an assistant message: that message is the response."""
     from openrft.data.jsonl import content_text
     from openrft.errors import DataError
+    from openrft.rollout.chat import tool_calls_text
 
     groups = []
     for prompt in prompts:
         last = prompt.row["messages"][-1]
         if last["role"] == "assistant":
-            groups.append((prompt, [_completion(prompt.prompt_id, 0, content_text(last["content"]))]))
+            text = content_text(last.get("content") or "") + tool_calls_text(last.get("tool_calls") or [])
+            groups.append((prompt, [_completion(prompt.prompt_id, 0, text)]))
     if not groups:
         raise DataError(
             "no responses to score: no --responses file, and no dataset row ends with an assistant message",

@@ -206,6 +206,22 @@ def _arguments(text: str) -> Any:
         return text  # written back as given
 
 
+def tool_calls_text(tool_calls: Sequence[Any], fmt: ToolCallFormat | None = None) -> str:
+    """OpenAI-shaped ``tool_calls`` as the text the model writes for them (Hermes blocks by default),
+    each on a line of its own: how an answered row's tool-call turn reads as a response."""
+    fmt = fmt or TOOL_FORMATS["hermes"]
+    calls = []
+    for call in tool_calls:
+        function = call.get("function", call) if isinstance(call, dict) else {}
+        arguments = function.get("arguments", {})
+        calls.append(
+            fmt.call_text(
+                function.get("name", ""), _arguments(arguments) if isinstance(arguments, str) else arguments
+            )
+        )
+    return "".join(f"\n{c}" for c in calls)
+
+
 def _as_plain_chat(
     messages: list[dict[str, Any]], tools: Sequence[dict[str, Any]] | None, fmt: ToolCallFormat
 ) -> list[dict[str, Any]]:
@@ -238,6 +254,7 @@ def _as_plain_chat(
 
 __all__ = [
     "HermesFormat",
+    "tool_calls_text",
     "ParsedReply",
     "TOOL_FORMATS",
     "ToolCallFormat",

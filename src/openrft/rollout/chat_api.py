@@ -13,6 +13,7 @@ exact tokens are recorded (:mod:`openrft.rollout.trajectories`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -47,6 +48,7 @@ class ChatRequest(BaseModel):
     messages: list[dict[str, Any]] = Field(min_length=1)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None  # false: at most one tool call per reply (the first)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0)
@@ -101,6 +103,8 @@ def add_chat_routes(
         stops = () if rollout_id is not None else _request_stops(request)
         texts = [next((c.text[: -len(s)] for s in stops if c.text.endswith(s)), c.text) for c in completions]
         replies = [fmt.parse(t) if tools else ParsedReply(t) for t in texts]
+        if request.parallel_tool_calls is False:
+            replies = [dataclasses.replace(r, tool_calls=r.tool_calls[:1]) for r in replies]
         if rollout_id is not None and await http.is_disconnected():
             return {}  # the agent gave up on this call (a client timeout): it never saw the reply
         if rollout_id is not None:

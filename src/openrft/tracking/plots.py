@@ -36,7 +36,7 @@ def _pyplot():
 
 
 def _save(fig, out: Path) -> None:
-    fd, tmp = temporary_beside(out, suffix=".png")
+    fd, tmp = temporary_beside(out, suffix=Path(out).suffix or ".png")  # matplotlib picks the format by it
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")

@@ -13,11 +13,12 @@ says where, and ``wandb sync DIR`` uploads it later.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import netrc
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,14 +145,15 @@ class WandbSink:
                 init_timeout=60,
             )
 
-        try:
-            run = wandb.init(settings=settings(mode), **options)
-        except Exception as exc:  # W&B raises many kinds of errors when it cannot log in or connect
-            if mode != "online":
-                raise ConfigError(f"W&B could not start a {mode} run: {exc}", field="wandb") from None
-            print(f"W&B: online run failed ({exc}); logging offline instead", file=out)
-            mode, why = "offline", "the online run failed"
-            run = wandb.init(settings=settings("offline"), **options)
+        with _argv_without_secrets():  # W&B records the command line in the run's metadata
+            try:
+                run = wandb.init(settings=settings(mode), **options)
+            except Exception as exc:  # W&B raises many kinds of errors when it cannot log in or connect
+                if mode != "online":
+                    raise ConfigError(f"W&B could not start a {mode} run: {exc}", field="wandb") from None
+                print(f"W&B: online run failed ({exc}); logging offline instead", file=out)
+                mode, why = "offline", "the online run failed"
+                run = wandb.init(settings=settings("offline"), **options)
         sink = cls(run, rollout_every=rollout_every, out=out)
         if mode == "offline":
             print(
@@ -204,3 +206,27 @@ class WandbSink:
 
 
 __all__ = ["WandbSink", "choose_mode", "find_api_key", "import_wandb", "ROLLOUT_TABLE_EVERY"]
+
+
+SECRET_FLAGS = ("--wandb-api-key",)
+
+
+@contextlib.contextmanager
+def _argv_without_secrets() -> Iterator[None]:
+    """``sys.argv`` with the value of every secret flag masked, while W&B reads it."""
+    original = list(sys.argv)
+    masked, hide = [], False
+    for word in original:
+        flag = word.split("=", 1)[0]
+        if hide:
+            masked.append("***")
+        elif flag in SECRET_FLAGS and "=" in word:
+            masked.append(f"{flag}=***")
+        else:
+            masked.append(word)
+        hide = word in SECRET_FLAGS
+    sys.argv[:] = masked
+    try:
+        yield
+    finally:
+        sys.argv[:] = original

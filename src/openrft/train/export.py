@@ -31,6 +31,7 @@ from openrft.models import (
     load_model,
     load_tokenizer,
     prepare_tokenizer,
+    resolve_model_dir,
 )
 from openrft.paths import atomic_directory, atomic_write_text
 from openrft.train.gguf_export import (
@@ -66,7 +67,8 @@ def _job_config(adapter_dir: Path) -> dict[str, Any]:
 def find_base_model(adapter_dir: Path, override: str | None = None) -> str:
     """The base model of the adapter in ``adapter_dir`` that is available here.
 
-    Tried in order: ``override``; the job's ``base_model`` (job.json); the folder PEFT recorded
+    Tried in order: ``override``; the job's ``base_model`` (job.json, unless the job started from
+    another adapter: its ``base_model`` is then only the default); the folder PEFT recorded
     (adapter_config.json), or the embedded model's short name when that folder was its
     converted copy on another machine. The first candidate's error is raised when none loads.
     """
@@ -74,8 +76,10 @@ def find_base_model(adapter_dir: Path, override: str | None = None) -> str:
         check_model_available(override)
         return override
     candidates = []
-    job_base = _job_config(adapter_dir).get("training", {}).get("base_model")
-    if isinstance(job_base, str) and job_base:
+    training = _job_config(adapter_dir).get("training", {})
+    job_base = training.get("base_model")
+    # a warm-started job's base_model is only the default: the adapter records the model it trained
+    if isinstance(job_base, str) and job_base and not training.get("warm_start_from"):
         candidates.append(job_base)
     recorded = adapter_base_model(adapter_dir)
     if recorded:
@@ -127,6 +131,8 @@ def merge_adapter(adapter_dir: Path, base_model: str) -> tuple[Any, Any]:
 
 
 def _save_dtype(config: Any, dtype: str) -> Any:
+    """The weight type to save: ``dtype``, or with ``auto`` the one ``config`` (the base model's own,
+    as stored, not the loaded model's float32) records."""
     import torch
 
     if dtype == "auto":
@@ -137,10 +143,38 @@ def _save_dtype(config: Any, dtype: str) -> Any:
     return getattr(torch, dtype)
 
 
-def save_merged(model: Any, tokenizer: Any, out: Path, dtype: str = "auto") -> Path:
-    """Save the merged ``model`` and ``tokenizer`` as a model folder at ``out`` (replaced atomically)."""
-    save_as = _save_dtype(model.config, dtype)
+EXPORT_MARK = ".openrft-export"  # in a merged folder: a later export may replace the folder
+
+
+def check_export_target(out: Path, inputs: list[Path], *, folder: bool) -> None:
+    """Refuse an output that would replace something of the user's: an input of the export (the
+    adapter, the base model), anything inside one, or, for a merged folder, a file or a non-empty
+    folder that an earlier export did not write."""
+    out = Path(out).expanduser().resolve()
+    what = "--merged" if folder else "--gguf"
+    for source in inputs:
+        source = source.expanduser().resolve()
+        if out == source or source.is_relative_to(out) or out.is_relative_to(source):
+            raise ModelError(
+                f"{what} {out}: this is (or holds, or is inside) an input of the export, {source}"
+            )
+    if folder and out.is_file():
+        raise ModelError(f"{what} {out}: a file is there; give a folder to create")
+    if folder and out.is_dir() and any(out.iterdir()) and not (out / EXPORT_MARK).is_file():
+        raise ModelError(
+            f"{what} {out}: the folder exists and is not an earlier export; give a new folder",
+            hint="an export replaces only a folder that an earlier export wrote",
+        )
+    if not folder and out.is_dir():
+        raise ModelError(f"{what} {out}: a folder is there; give a file name")
+
+
+def save_merged(model: Any, tokenizer: Any, out: Path, dtype: str = "auto", config: Any = None) -> Path:
+    """Save the merged ``model`` and ``tokenizer`` as a model folder at ``out`` (replaced atomically);
+    with ``dtype="auto"`` in the weight type of ``config`` (the base model's stored config)."""
+    save_as = _save_dtype(config if config is not None else model.config, dtype)
     with atomic_directory(Path(out)) as tmp:
+        (tmp / EXPORT_MARK).write_text("written by openrft export; a later export may replace this folder\n")
         model.to(save_as)
         try:
             model.save_pretrained(tmp)
@@ -170,13 +204,21 @@ def export_adapter(
     """Merge the adapter in ``adapter_dir`` into its base model and write the forms asked for."""
     adapter_dir = check_adapter_dir(adapter_dir)
     base = find_base_model(adapter_dir, base_model)
+    inputs = [adapter_dir, resolve_model_dir(base)]
+    if merged is not None:
+        check_export_target(merged, inputs, folder=True)
     if gguf is not None:
+        check_export_target(gguf, inputs, folder=False)
         check_supported(load_config(base))  # before the merge: fail fast on an unsupported model
         check_tokenizer(load_tokenizer(base))
     result = ExportResult(base_model=base)
     start = time.perf_counter()
     model, tokenizer = merge_adapter(adapter_dir, base)
     result.seconds["merge"] = time.perf_counter() - start
+    if merged is not None:  # first: a GGUF written inside the merged folder must not be replaced
+        start = time.perf_counter()
+        result.merged = save_merged(model, tokenizer, Path(merged).expanduser(), dtype, load_config(base))
+        result.seconds["merged"] = time.perf_counter() - start
     if gguf is not None:
         start = time.perf_counter()
         gguf = Path(gguf).expanduser()
@@ -195,10 +237,6 @@ def export_adapter(
         )
         result.modelfile.chmod(READABLE)
         result.seconds["gguf"] = time.perf_counter() - start
-    if merged is not None:
-        start = time.perf_counter()
-        result.merged = save_merged(model, tokenizer, Path(merged).expanduser(), dtype)
-        result.seconds["merged"] = time.perf_counter() - start
     return result
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from openrft.algo.losses import resolve_loss
-from openrft.models import EMBEDDED, embedded_model_dir
+from openrft.models import EMBEDDED, adapter_base_model, embedded_model_dir
 from openrft.paths import atomic_write_text
 from openrft.tracking.compare import RunSummary, summarize_run
 
@@ -190,6 +190,11 @@ def write_model_card(folder: Path, final_dir: Path | None = None) -> Path:
     name first); the loading instructions name it.
     """
     cfg = json.loads((folder / "job.json").read_text())
+    training = cfg.get("training", {})
+    recorded = adapter_base_model(folder) if training.get("warm_start_from") else None
+    if recorded:  # a warm-started job's base_model is only the default; the adapter records its base
+        base = Path(recorded).name if Path(recorded).name in EMBEDDED else recorded
+        cfg = {**cfg, "training": {**training, "base_model": base}}
     metrics = folder / "metrics.jsonl"
     text = render_model_card(cfg, metrics if metrics.is_file() else None, (final_dir or folder).resolve())
     atomic_write_text(folder / "README.md", text)
