@@ -89,6 +89,10 @@ def resume_job(job_id: str, *, force: bool = False, detach: bool = False, quiet:
     return start(store, record, detach=detach, quiet=quiet)
 
 
+EXIT_CANCELLED = 9  # a foreground job cancelled from elsewhere (`rftj cancel`, the server, the dashboard)
+EXIT_INTERRUPTED = 130  # ... or by Ctrl-C here (the shell's code for SIGINT)
+
+
 def start(store: JobStore, record: JobRecord, *, detach: bool, quiet: bool, prepared: Any = None) -> int:
     if record.resume and not _has_checkpoint(record.job_dir):
         print(f"job {record.id}: no checkpoint yet, so it starts from the beginning", file=sys.stderr)
@@ -111,6 +115,8 @@ def start(store: JobStore, record: JobRecord, *, detach: bool, quiet: bool, prep
         print(final.message, file=sys.stderr)
     if final.output_dir:
         print(f"outputs: {final.output_dir}", file=sys.stderr)
+    if final.state is JobState.CANCELLED:  # not finished: `create ... && export` must not go on
+        return EXIT_INTERRUPTED if any(interrupted) else EXIT_CANCELLED
     return 0
 
 
