@@ -177,3 +177,14 @@ def test_reward_plot_band_stays_within_the_scores_and_legends_name_only_drawn_li
         ("-", "train"),
         ("--", "eval"),
     ]
+
+
+def test_a_round_failed_by_invalid_scores_keeps_its_rollouts_to_inspect(home, tiny_model_dir, capsys):
+    assert main(["rftj", "create", "--job-id", "bad", "--quiet", *flags(tiny_model_dir, "broken", 4)]) == 4
+    assert "evaluator scores are invalid" in capsys.readouterr().err
+    record = JobStore().get("bad")
+    assert record.state is JobState.FAILED
+    rows = [json.loads(line) for line in (record.job_dir / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(not r["valid"] and "the evaluator is broken" in r["reason"] for r in rows)
+    assert main(["rftj", "rollouts", "bad"]) == 0
+    assert "the evaluator is broken" in capsys.readouterr().out

@@ -24,12 +24,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Literal
 
 import torch
 
 from openrft.data import epoch_order
-from openrft.errors import JobError
+from openrft.errors import EvaluatorError, JobError
 from openrft.records import Prompt, RolloutEngine
 from openrft.settings import JobSettings
 from openrft.tracking.progress import ProgressBar
@@ -188,7 +189,14 @@ def start_round(
     def draw_more(n: int) -> list[Prompt]:  # DAPO's extra sampling batches stop at a cancel request
         return [] if ctx.should_stop() else draw(n)  # (the round keeps what it has; the loop then stops)
 
-    result = run_round(ctx.engine, ctx.score, prompts, params, settings.rounds, draw_more=draw_more)
+    try:
+        result = run_round(ctx.engine, ctx.score, prompts, params, settings.rounds, draw_more=draw_more)
+    except EvaluatorError as exc:  # too many invalid scores fail the job: its rollouts stay to inspect
+        scored = [
+            SimpleNamespace(prompt=p, completions=cs, scores=ss) for p, cs, ss in getattr(exc, "scored", [])
+        ]
+        rollout_rows(ctx, state.step + 1, state.round_index + 1, scored, trained=False)
+        raise
     state.round_index += 1
     groups_kept = len({s.group_index for s in result.sequences})
     state.epoch_groups_total += len(result.groups)

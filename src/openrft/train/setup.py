@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from openrft.algo.losses import LossSpec
-from openrft.errors import JobError
+from openrft.errors import EvaluatorError, JobError
 from openrft.models import full_precision
 from openrft.paths import atomic_directory
 from openrft.records import Completion, Prompt, RolloutEngine, Score
@@ -227,7 +227,11 @@ def make_scorer(
             for cs, ss in zip(completions, scores, strict=True)
         ]
         if check_invalid:
-            check_invalid_rate([s for group in scores for s in group])
+            try:
+                check_invalid_rate([s for group in scores for s in group])
+            except EvaluatorError as exc:  # the job fails; the round's scored rollouts go with the error
+                exc.scored = list(zip(prompts, completions, scores, strict=True))  # type: ignore[attr-defined]
+                raise
         return scores
 
     score.close = pool.close if pool is not None else lambda: None  # type: ignore[attr-defined]

@@ -16,3 +16,7 @@ def half_constant(completion: str, ground_truth=None, **row) -> float:
 
 def constant(completion: str, **row) -> float:
     return 1.0
+
+
+def broken(completion: str, **row) -> float:
+    raise ValueError("the evaluator is broken")
