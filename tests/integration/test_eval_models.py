@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -151,6 +152,9 @@ def test_eval_a_job_uses_its_adapter_and_sampling_settings(
     code, out, err = run(capsys, "eval", "--dataset", data, "--job", "tiny", "--limit", "1", "--n", "1")
     assert code == 0, err
     assert "1 prompts x 1 responses, temperature 1.3" in err and table(out)["model"] == ["tiny"]
+    Path(evaluator).unlink()  # the job's own copy of its evaluator serves, as for a resume
+    code, out, err = run(capsys, "eval", "--dataset", data, "--job", "tiny", "--limit", "1", "--n", "1")
+    assert code == 0 and "goes on with its copy" in err, err
 
 
 def test_eval_unknown_job_and_bad_flags_are_one_line(capsys):

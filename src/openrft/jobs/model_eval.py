@@ -103,8 +103,14 @@ def job_source(job_id: str, store: Any = None) -> JobSource:
         base = adapter_base_model(adapter) or training.get("base_model")
     else:
         base = training.get("base_model") or adapter_base_model(adapter)
+    evaluator = config.get("data", {}).get("evaluator")
+    if isinstance(evaluator, str):  # an evaluator file edited or removed since: the job's own copy
+        from openrft.jobs.snapshot import resumed_values
+
+        warn = lambda text: print(f"warning: {text}", file=sys.stderr)  # noqa: E731
+        evaluator = resumed_values(record.job_dir, {"evaluator": evaluator}, warn)["evaluator"]
     return JobSource(
-        job_id, adapter, str(base), sampling, config.get("data", {}).get("evaluator"),
+        job_id, adapter, str(base), sampling, evaluator,
         agent=agent_settings(config.get("agent", {})), max_context=training.get("max_context_length"),
     )  # fmt: skip
 
