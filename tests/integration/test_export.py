@@ -13,7 +13,7 @@ import torch
 
 from openrft.cli import main
 from openrft.errors import ExportError
-from openrft.train.export import export_adapter, find_base_model
+from openrft.train.export import export_adapter, find_base_model, pre_tokenizer
 from openrft.train.gguf_export import check_supported, check_tokenizer, permute_rotary
 
 LAYERS = 2
@@ -217,6 +217,16 @@ def test_base_model_comes_from_the_job_or_the_adapter(adapter, tmp_path, tiny_mo
     assert find_base_model(folder) == str(tiny_model_dir)  # adapter_config.json
     (folder / "job.json").write_text(json.dumps({"training": {"base_model": "/gone/elsewhere"}}))
     assert find_base_model(folder) == str(tiny_model_dir)  # job.json's base is not here: the next one
+
+
+def test_the_embedded_models_pre_tokenizer_is_found_by_name_or_by_its_folder(tmp_path):
+    from openrft.models import embedded_model_dir
+
+    assert pre_tokenizer("smollm2-135m-instruct") == "smollm"
+    assert (
+        pre_tokenizer(str(embedded_model_dir("smollm2-135m-instruct"))) == "smollm"
+    )  # as adapters record it
+    assert pre_tokenizer(str(tmp_path / "some-model")) == "default"
 
 
 def test_a_warm_started_jobs_adapter_is_merged_onto_the_base_it_records(adapter, tmp_path, tiny_model_dir):

@@ -187,6 +187,12 @@ def save_merged(model: Any, tokenizer: Any, out: Path, dtype: str = "auto", conf
     return Path(out)
 
 
+def pre_tokenizer(base: str) -> str:
+    """llama.cpp's pre-tokenizer name for base model ``base``: by its name, or by the folder the
+    embedded model is converted into (what an adapter's config records); else ``default``."""
+    return PRE_TOKENIZERS.get(base) or PRE_TOKENIZERS.get(Path(base).name, "default")
+
+
 def job_stop_strings(adapter_dir: Path) -> list[str]:
     stops = _job_config(adapter_dir).get("rollout", {}).get("stop") or []
     return [s for s in stops if isinstance(s, str) and s]
@@ -229,7 +235,7 @@ def export_adapter(
             gguf,
             out_type=gguf_type,
             name=str(name),
-            pre=PRE_TOKENIZERS.get(base, "default"),
+            pre=pre_tokenizer(base),
         )
         result.modelfile = gguf.parent / "Modelfile"
         atomic_write_text(
