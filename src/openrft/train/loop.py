@@ -12,7 +12,7 @@
 
 Only the first step of a round is exactly on-policy; later steps of the same round
 are corrected by the clipped importance ratio against the recorded old log-probs.
-A dataset holding fewer than two rounds of --chunk-size prompts is sampled in one round per epoch.
+A dataset holding at most one and a half rounds of --chunk-size prompts is sampled in one round per epoch.
 If a whole epoch produces no group with score variance, the job stops early.
 """
 
