@@ -29,6 +29,7 @@ class ModelSettings:
     device: str = "cpu"  # "auto" until the job's inputs are checked: then cpu, cuda or cuda:N
     dtype: str = "float32"  # of the base weights: "auto" until checked, then float32 or bfloat16
     gradient_checkpointing: bool = False
+    chat_template: str | None = None  # replaces the tokenizer's own (--chat-template)
 
 
 @dataclass(frozen=True)

@@ -188,3 +188,30 @@ def test_a_round_failed_by_invalid_scores_keeps_its_rollouts_to_inspect(home, ti
     assert len(rows) == 4 and all(not r["valid"] and "the evaluator is broken" in r["reason"] for r in rows)
     assert main(["rftj", "rollouts", "bad"]) == 0
     assert "the evaluator is broken" in capsys.readouterr().out
+
+
+def test_a_chat_template_of_the_users_renders_the_job_and_stays_with_its_adapter(
+    home, tiny_model_dir, tmp_path
+):
+    from openrft.jobs.model_eval import adapter_chat_template
+    from openrft.rollout.prompts import encode_prompt
+    from openrft.train.job import prepare
+
+    template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant] "
+    path = tmp_path / "chat.jinja"
+    path.write_text(template)
+    assert main(["rftj", "create", "--job-id", "tpl", "--quiet", "--chat-template", str(path),
+                 *flags(tiny_model_dir, "spread", 4)]) == 0  # fmt: skip
+    record = JobStore().get("tpl")
+    path.unlink()  # the job keeps the text, not the file
+    assert record.flat_config()["chat_template"] == template
+    assert adapter_chat_template(record.output_dir) == template  # saved with the adapter's tokenizer
+    from openrft.config import build_config
+    from openrft.models import load_tokenizer
+
+    cfg = build_config({}, {"chat_template": template, "base_model": str(tiny_model_dir)})[0]
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    tokenizer.chat_template = template
+    prompt = prepare(cfg).dataset[0]
+    text = tokenizer.decode(encode_prompt(tokenizer, prompt))
+    assert text.startswith("[system] ") and "\n[user] What is" in text and text.endswith("[assistant] ")

@@ -112,3 +112,14 @@ def test_loopback_addresses():
         and is_loopback("127.1.2.3")
     )
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("myhost")
+
+
+def test_a_jinja_template_travels_as_text_never_as_a_server_file(ctx, tmp_path):
+    template = "{% for m in messages %}{{ m.content }}{% endfor %}"
+    body = {"dataset": "arithmetic", "evaluator": "arithmetic", "trainingConfig": {"jinjaTemplate": template}}
+    assert body_to_values(body, ctx).values["chat_template"] == template
+    assert build(body_to_values(body, ctx).values).training.chat_template == template
+    (tmp_path / "t.jinja").write_text(template)
+    body["trainingConfig"]["jinjaTemplate"] = str(tmp_path / "t.jinja")
+    with pytest.raises(ApiError, match="jinjaTemplate: must be the template text itself"):
+        body_to_values(body, ctx)

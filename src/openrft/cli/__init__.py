@@ -104,9 +104,10 @@ def print_resolved(cfg: C.JobConfig, sources: dict[str, str], out=None) -> None:
     rows = []
     for group in C.GROUPS:
         for name, value in masked[group].items():
-            rows.append(
-                (group, C.flag_name(name)[2:], "unset" if value is None else str(value), sources[name])
-            )
+            shown = "unset" if value is None else str(value)
+            if "\n" in shown or len(shown) > 60:  # a chat template: its first characters, on one line
+                shown = repr(shown)[:57] + "..."
+            rows.append((group, C.flag_name(name)[2:], shown, sources[name]))
     width = [max(len(r[i]) for r in rows) for i in range(3)]
     print(f"{'group':<{width[0]}}  {'parameter':<{width[1]}}  {'value':<{width[2]}}  source", file=out)
     for group, name, value, source in rows:

@@ -25,6 +25,7 @@ from openrft.config.models import (
     TrainingConfig,
     WandbConfig,
     flatten,
+    is_template_text,
     kl_beta_message,
     parse_token_count,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "field_info",
     "flag_name",
     "flatten",
+    "is_template_text",
     "kl_beta_message",
     "load_job_file",
     "normalise_key",

@@ -10,6 +10,7 @@ job files use the flag names) while the code reads ``cfg.rollout.temperature``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -41,6 +42,11 @@ DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 LORA_RANKS = (4, 8, 16, 32)
 SEED_MAX = 2**32 - 1  # numpy's and torch's seeds both accept this range
 MAX_CHUNK_SIZE = 10_000  # the service's bound on chunkSize
+
+
+def is_template_text(value: str) -> bool:
+    """Whether ``value`` is Jinja template text (rather than the name of a file holding one)."""
+    return "{{" in value or "{%" in value
 
 
 def kl_beta_message(method: str) -> str:
@@ -160,6 +166,12 @@ class TrainingConfig(Group):
         "Recompute activations in the backward pass instead of keeping them: less memory for long "
         "sequences and large models, about a third more compute.",
     )
+    chat_template: str | None = field(
+        None,
+        "A Jinja chat template that renders the prompts and conversations instead of the base model's "
+        "own: a file, or the template text itself; saved with the trained adapter's tokenizer.",
+        valid="a readable template file, or template text with {% %} or {{ }}",
+    )
     deterministic: bool = field(
         False,
         "Bit-exact reruns and resumes: one intra-op thread and deterministic algorithms (slower). "
@@ -184,6 +196,20 @@ class TrainingConfig(Group):
         if value not in LORA_RANKS:
             raise ValueError("not an allowed rank")
         return value
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_text(cls, value: str | None) -> str | None:
+        """A file is read now: the job keeps the text, so it never depends on the file again."""
+        if value is None or is_template_text(value):
+            return value
+        try:
+            text = Path(value).expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            raise ValueError("no such template file") from None
+        if not is_template_text(text):
+            raise ValueError("not a Jinja template")
+        return text
 
     @field_validator("chunk_size")
     @classmethod
@@ -512,6 +538,7 @@ class JobConfig(BaseModel):
                 t.device,
                 t.dtype,
                 t.gradient_checkpointing,
+                t.chat_template,
             ),  # fmt: skip
             loss_fn=loss_fn,
             loss=loss_spec,

@@ -84,6 +84,21 @@ class ModelResult:
 # ----------------------------------------------------------------------------- jobs
 
 
+def adapter_chat_template(adapter: Path) -> str | None:
+    """The chat template saved with an adapter's tokenizer (a job's), if any."""
+    import json
+
+    for name in ("chat_template.jinja",):
+        if (Path(adapter) / name).is_file():
+            return (Path(adapter) / name).read_text(encoding="utf-8")
+    try:
+        config = json.loads((Path(adapter) / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    template = config.get("chat_template")
+    return template if isinstance(template, str) else None
+
+
 def job_source(job_id: str, store: Any = None) -> JobSource:
     """A finished job's output adapter and the settings it sampled with (``JobError`` if it has none)."""
     from openrft.jobs.store import JobStore
@@ -182,6 +197,9 @@ def load_engine(
     weights, tokenizer = load_model(model.base_model, dtype=dtype, device=device)
     if model.adapter is not None:
         weights = load_adapter(weights, model.adapter)
+        template = adapter_chat_template(model.adapter)
+        if template:  # a job trained with its own --chat-template: sample as it did
+            tokenizer.chat_template = template
     on_cpu = device == "cpu"  # as in a job: on a CPU, sample an inference copy (adapter merged)
     engine = LocalEngine(
         weights, tokenizer, max_concurrent_rollouts=max_concurrent_rollouts, inference_copy=on_cpu

@@ -37,6 +37,7 @@ TRAINING = {
     "gradientAccumulationSteps": "gradient_accumulation_steps",
     "learningRateWarmupSteps": "learning_rate_warmup_steps",
     "optimizerWeightDecay": "optimizer_weight_decay",
+    "jinjaTemplate": "chat_template",
 }
 INFERENCE = {
     "maxOutputTokens": "max_output_tokens",
@@ -313,6 +314,9 @@ def _training_paths(values: dict[str, Any], ctx: WireContext, meta: dict) -> Non
         if value and is_local_path(value) and not ctx.allow_local_paths:
             raise bad(f"trainingConfig.{key}", f"{value} is a path on the server, which this server does "
                       "not accept (start it with --allow-local-paths)")  # fmt: skip
+    template = values.get("chat_template")
+    if template and not C.is_template_text(template) and not ctx.allow_local_paths:
+        raise bad("trainingConfig.jinjaTemplate", "must be the template text itself, not a file name")
     output = values.get("output_model")
     if output:
         if ctx.allow_local_paths and is_local_path(output):

@@ -149,6 +149,15 @@ def check_prompts_fit(prepared: PreparedJob) -> PreparedJob:
         )
     with _input("--base-model"):
         tokenizer = load_tokenizer(name)
+    if settings.model.chat_template:
+        tokenizer.chat_template = settings.model.chat_template
+        try:
+            tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                          tokenize=False)  # fmt: skip
+        except Exception as exc:  # jinja2's TemplateError and whatever the template raises
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"--chat-template: the template does not render: {first}",
+                              field="chat_template") from None  # fmt: skip
 
     def count(prompt: Prompt) -> int:
         return len(encode_prompt(tokenizer, prompt))

@@ -45,6 +45,8 @@ def build_policy(model: ModelSettings, loss: LossSpec, seed: int) -> tuple[Any, 
 
     torch.manual_seed(seed)
     base, tokenizer = load_model(base_model_name(model), dtype=model.dtype, device=model.device)
+    if model.chat_template:  # every engine renders with this tokenizer; the adapter saves it
+        tokenizer.chat_template = model.chat_template
     if model.warm_start_from:
         # a KL penalty needs the reference policy: the warm-start adapter, frozen
         policy = P.load_adapter(base, model.warm_start_from, with_reference=loss.kl_coef > 0)
