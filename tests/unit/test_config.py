@@ -21,6 +21,7 @@ def test_table_covers_every_numeric_and_choice_field():
         "base_model",
         "warm_start_from",
         "output_model",
+        "chat_template",
         "dataset",
         "evaluator",
         "evaluation_dataset",
