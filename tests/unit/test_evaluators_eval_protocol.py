@@ -78,3 +78,15 @@ def test_a_reward_kit_function_gets_the_conversation_and_the_row_fields():
     ])  # fmt: skip
     [[hit, miss]] = score_groups(ev, [(prompts[0], [completion("9", 0), completion("8", 1)])], timeout=10)
     assert (hit.score, miss.score) == (1.0, 0.0) and hit.reason == "2 messages, What is 5 + 4?"
+
+
+def test_an_mcp_gym_file_gets_its_server_script_one_shared_server_and_rows_without_a_user_turn():
+    ev = load_evaluator(f"{EP_FILE.parent / 'ep_gym.py'}::gym")
+    spec = ev.rollout
+    assert spec.name == "MCPGymRolloutProcessor" and Path(spec.server_script_path).name == "gym_server.py"
+    assert Path(spec.server_script_path).is_file()  # found beside the evaluator file
+    assert spec.kwargs["server_mode"] == "shared"  # one server for the candidates openrft runs one by one
+    with pytest.raises(Exception, match="must end with a user message"):
+        load_prompts(ev.input_dataset)  # a plain job samples a reply to the user: it needs one
+    (prompt,) = load_prompts(ev.input_dataset, open_ended=True)  # the gym supplies the turns
+    assert [m["role"] for m in prompt.messages] == ["system"]

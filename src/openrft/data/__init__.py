@@ -47,6 +47,7 @@ def load_prompts(
     seed: int = 0,
     limit: int | None = None,
     adapter: Adapter | None = None,
+    open_ended: bool = False,
 ) -> PromptSet:
     """Load and validate prompts from a JSONL file or a built-in task.
 
@@ -55,7 +56,8 @@ def load_prompts(
     :class:`DataError` summary, or with ``skip_bad_rows`` are left out and counted in
     the result's ``.skipped`` (a mostly broken file still fails). ``seed`` seeds
     generated tasks; ``limit`` keeps the first N prompts; ``adapter`` is an
-    evaluator's ``dataset_adapter`` (raw rows -> evaluation rows).
+    evaluator's ``dataset_adapter`` (raw rows -> evaluation rows); ``open_ended`` rows need not end
+    with a user message (an agent or environment supplies the next turn).
     """
     if limit is not None and limit < 1:
         raise DataError(f"limit must be >= 1, not {limit}")
@@ -84,6 +86,7 @@ def load_prompts(
             max_prompt_tokens=max_prompt_tokens,
             skip_bad_rows=skip_bad_rows,
             adapter=adapter,
+            open_ended=open_ended,
         )
     if limit is not None and len(prompts) > limit:
         prompts = PromptSet(

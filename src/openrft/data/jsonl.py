@@ -188,13 +188,18 @@ def _tools(tools: Any) -> list[dict[str, Any]] | None:
     return tools
 
 
-def prompt_messages(messages: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+def prompt_messages(
+    messages: Sequence[dict[str, Any]], *, open_ended: bool = False
+) -> tuple[dict[str, Any], ...]:
     """The messages to sample from: trailing assistant messages dropped, content as text,
-    ``developer`` as ``system``; tool calls and tool results kept."""
+    ``developer`` as ``system``; tool calls and tool results kept. They must end with a user message
+    or a tool result, unless ``open_ended`` (an agent or environment supplies the next turn)."""
     end = len(messages)
     while end and messages[end - 1]["role"] == "assistant":
         end -= 1
     kept = tuple(_prompt_message(m) for m in messages[:end])
+    if open_ended and kept:
+        return kept
     if not kept or kept[-1]["role"] not in ("user", "tool"):
         raise ValueError(
             "the prompt must end with a user message, or a tool result (after dropping trailing "
@@ -235,11 +240,13 @@ def prompts_from_rows(
     max_prompt_tokens: int | None = None,
     skip_bad_rows: bool = False,
     unit: str = "line",
+    open_ended: bool = False,
 ) -> PromptSet:
     """Validate ``(number, row)`` pairs into prompts; raise one summary on bad rows.
 
     With ``count_tokens`` and ``max_prompt_tokens`` the lengths are checked too
-    (:func:`check_prompt_lengths`).
+    (:func:`check_prompt_lengths`). ``open_ended``: rows an agent or an environment carries on (an
+    MCP gym's rows hold only a system message), so they need not end with a user message.
     """
     prompts: list[Prompt] = []
     numbers: list[int] = []
@@ -250,7 +257,7 @@ def prompts_from_rows(
             if isinstance(obj, BadLine):
                 raise ValueError(str(obj))
             row = normalize_row(obj)
-            messages = prompt_messages(row["messages"])
+            messages = prompt_messages(row["messages"], open_ended=open_ended)
             pid = row_id(row) or str(number)
             if pid in seen_ids:
                 raise ValueError(f"duplicate id {pid!r} (first used on {unit} {seen_ids[pid]})")
@@ -354,6 +361,7 @@ def load_jsonl_prompts(
     max_prompt_tokens: int | None = None,
     skip_bad_rows: bool = False,
     adapter: Adapter | None = None,
+    open_ended: bool = False,
 ) -> PromptSet:
     """Read and validate a JSONL prompt file (see the module docstring)."""
     numbered = read_jsonl(path)
@@ -367,6 +375,7 @@ def load_jsonl_prompts(
         max_prompt_tokens=max_prompt_tokens,
         skip_bad_rows=skip_bad_rows,
         unit=unit,
+        open_ended=open_ended,
     )
 
 

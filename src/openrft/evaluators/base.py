@@ -25,6 +25,7 @@ class RolloutSpec:
 
     processor: Any
     mcp_config_path: str | None = None
+    server_script_path: str | None = None  # an MCP gym's server (MCPGymRolloutProcessor)
     steps: int = 30
     kwargs: dict[str, Any] = field(default_factory=dict)
     completion_params: dict[str, Any] = field(default_factory=dict)

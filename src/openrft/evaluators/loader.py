@@ -417,6 +417,11 @@ def _rollout_spec(params: Any, name: str, origin: str, base_dir: Path | None) ->
         config = _resolve_dataset(str(config), base_dir)
         if not Path(config).is_file():
             raise EvaluatorError(f"{origin}: {name!r} names mcp_config_path={config!r}, which is not a file")
+    kwargs = dict(getattr(params, "rollout_processor_kwargs", None) or {})
+    if type(processor).__name__ == "MCPGymRolloutProcessor":
+        # openrft runs the processor once per candidate: one gym server for all of them (eval-protocol's
+        # "shared" mode), not one per call on the same port
+        kwargs.setdefault("server_mode", "shared")
     completion = getattr(params, "completion_params", None)
     if isinstance(completion, list):
         completion = next((c for c in completion if isinstance(c, dict)), None)
@@ -424,8 +429,9 @@ def _rollout_spec(params: Any, name: str, origin: str, base_dir: Path | None) ->
         processor=processor,
         mcp_config_path=config or None,
         steps=int(getattr(params, "steps", 30) or 30),
-        kwargs=dict(getattr(params, "rollout_processor_kwargs", None) or {}),
+        kwargs=kwargs,
         completion_params=dict(completion or {}),
+        server_script_path=_resolve_dataset(getattr(params, "server_script_path", None), base_dir),
     )
 
 

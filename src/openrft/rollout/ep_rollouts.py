@@ -54,6 +54,7 @@ def processor_agent(spec: RolloutSpec) -> Agent:
         config = RolloutProcessorConfig(
             completion_params=params,  # type: ignore[arg-type]
             mcp_config_path=spec.mcp_config_path or "",
+            server_script_path=spec.server_script_path,
             semaphore=asyncio.Semaphore(1),
             steps=spec.steps,
             kwargs=dict(spec.kwargs),

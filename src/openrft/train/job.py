@@ -96,16 +96,20 @@ def prepare(cfg: JobConfig) -> PreparedJob:
             d.evaluator, dataset=d.dataset, grader_endpoint=d.grader_endpoint, grader_model=d.grader_model
         )
     source = d.dataset or evaluator.input_dataset or "arithmetic"
+    open_ended = settings.agent is not None or evaluator.rollout is not None  # an agent takes the next turn
     with _input("--dataset"):
         dataset = load_prompts(
-            source, seed=seed, adapter=evaluator.dataset_adapter, skip_bad_rows=d.skip_bad_rows
-        )
+            source, seed=seed, adapter=evaluator.dataset_adapter, skip_bad_rows=d.skip_bad_rows,
+            open_ended=open_ended,
+        )  # fmt: skip
     _check_evaluator_fits(evaluator, dataset)
     _check_round_fits(settings, len(dataset))
     evaluation = None
     if d.evaluation_dataset:
         with _input("--evaluation-dataset"):
-            evaluation = load_prompts(d.evaluation_dataset, seed=seed + 1, skip_bad_rows=d.skip_bad_rows)
+            evaluation = load_prompts(
+                d.evaluation_dataset, seed=seed + 1, skip_bad_rows=d.skip_bad_rows, open_ended=open_ended
+            )
     prepared = PreparedJob(cfg, _with_evaluator_defaults(settings, evaluator), evaluator, dataset, evaluation,
                            d.eval_auto_carveout)  # fmt: skip
     with _input("--eval-auto-carveout"):
