@@ -12,6 +12,7 @@ from openrft.config.build import (
     load_job_file,
     normalise_key,
 )
+from openrft.config.fields import is_template_text
 from openrft.config.models import (
     DEFAULT_BASE_MODEL,
     FIELD_GROUP,
@@ -25,7 +26,6 @@ from openrft.config.models import (
     TrainingConfig,
     WandbConfig,
     flatten,
-    is_template_text,
     kl_beta_message,
     parse_token_count,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -36,3 +37,22 @@ class Group(BaseModel):
         if isinstance(value, bool) and annotation not in (bool, bool | None):
             raise ValueError("expected a number, not a boolean")
         return value
+
+
+def is_template_text(value: str) -> bool:
+    """Whether ``value`` is Jinja template text (rather than the name of a file holding one)."""
+    return "{{" in value or "{%" in value
+
+
+def template_text(value: str) -> str:
+    """``--chat-template``'s value as template text: a file is read now, so that the job keeps the text
+    and never depends on the file again (ValueError when it is neither)."""
+    if is_template_text(value):
+        return value
+    try:
+        text = Path(value).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        raise ValueError("no such template file") from None
+    if not is_template_text(text):
+        raise ValueError("not a Jinja template")
+    return text

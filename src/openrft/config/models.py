@@ -10,7 +10,6 @@ job files use the flag names) while the code reads ``cfg.rollout.temperature``.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -24,7 +23,7 @@ from pydantic import (
 
 from openrft.algo.losses import LOSS_METHODS, KLBetaNotSupported, resolve_loss
 from openrft.config.agent import AgentConfig
-from openrft.config.fields import Group, field, parse_token_count
+from openrft.config.fields import Group, field, parse_token_count, template_text
 from openrft.records import SamplingParams
 from openrft.settings import (
     AgentSettings,
@@ -42,11 +41,6 @@ DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 LORA_RANKS = (4, 8, 16, 32)
 SEED_MAX = 2**32 - 1  # numpy's and torch's seeds both accept this range
 MAX_CHUNK_SIZE = 10_000  # the service's bound on chunkSize
-
-
-def is_template_text(value: str) -> bool:
-    """Whether ``value`` is Jinja template text (rather than the name of a file holding one)."""
-    return "{{" in value or "{%" in value
 
 
 def kl_beta_message(method: str) -> str:
@@ -200,16 +194,7 @@ class TrainingConfig(Group):
     @field_validator("chat_template")
     @classmethod
     def _template_text(cls, value: str | None) -> str | None:
-        """A file is read now: the job keeps the text, so it never depends on the file again."""
-        if value is None or is_template_text(value):
-            return value
-        try:
-            text = Path(value).expanduser().read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            raise ValueError("no such template file") from None
-        if not is_template_text(text):
-            raise ValueError("not a Jinja template")
-        return text
+        return None if value is None else template_text(value)
 
     @field_validator("chunk_size")
     @classmethod
