@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from openrft.rollout.chat import HermesFormat, render_chat, template_takes_tools
 from openrft.rollout.trajectories import (
     CallRecord,
@@ -127,3 +129,38 @@ def test_answered_tool_call_turns_read_as_the_text_the_model_writes():
         parsed.tool_calls[0]["function"]["name"] == "f"
         and "Zürich" in parsed.tool_calls[0]["function"]["arguments"]
     )
+
+
+def test_responses_input_items_become_chat_messages():
+    from openrft.rollout.chat_api import HTTPError
+    from openrft.rollout.responses_api import chat_tools, input_messages
+
+    items = [
+        {"role": "developer", "content": "Use tools."},
+        {
+            "role": "user",
+            "content": [{"type": "input_text", "text": "a"}, {"type": "input_text", "text": "b"}],
+        },
+        {"type": "reasoning", "id": "rs_1", "summary": []},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Let me see."}]},
+        {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": '{"x": 1}'},
+        {"type": "function_call", "call_id": "call_2", "name": "g", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "1"},
+    ]
+    assert input_messages(items) == [
+        {"role": "system", "content": "Use tools."},
+        {"role": "user", "content": "a\nb"},
+        {"role": "assistant", "content": "Let me see.", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}},
+            {"id": "call_2", "type": "function", "function": {"name": "g", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "1"},
+    ]  # fmt: skip
+    lone_call = input_messages([{"type": "function_call", "call_id": "c", "name": "f", "arguments": ""}])
+    assert lone_call[0]["role"] == "assistant" and lone_call[0]["content"] is None
+    assert chat_tools([{"type": "function", "name": "f", "parameters": {"type": "object"}}]) == [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    ]
+    for bad, message in [([{"type": "item_reference", "id": "x"}], "item_reference"),
+                         ([{"role": "tool", "content": "x"}], "role 'tool'"), ([], "no messages")]:  # fmt: skip
+        with pytest.raises(HTTPError, match=message):
+            input_messages(bad)

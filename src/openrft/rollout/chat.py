@@ -161,7 +161,8 @@ def encode_chat(
 
 
 def _normalise(messages: Sequence[Any]) -> list[dict[str, Any]]:
-    """Plain dicts; ``content`` None -> ""; text parts joined (other parts refused); tool-call arguments as objects."""
+    """Plain dicts; ``content`` None -> ""; text parts joined (other parts refused); ``developer`` as
+    ``system``; tool-call arguments as objects."""
     if not messages:
         raise DataError("no messages to render")
     out = []
@@ -173,6 +174,8 @@ def _normalise(messages: Sequence[Any]) -> list[dict[str, Any]]:
         )
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise DataError(f"message {i} must be an object with a string 'role'")
+        if m["role"] == "developer":  # OpenAI's name for the system message of newer models
+            m["role"] = "system"
         content = m.get("content")
         if isinstance(content, list):  # text parts, joined by newlines as vLLM joins them
             kinds = [p.get("type") if isinstance(p, dict) else type(p).__name__ for p in content]

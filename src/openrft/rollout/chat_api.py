@@ -20,7 +20,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -64,6 +64,15 @@ class ChatRequest(BaseModel):
     return_token_ids: bool = False  # vLLM's extension: prompt and completion token ids in the answer
 
 
+@dataclasses.dataclass
+class Answer:
+    """A chat request's sampled completions and the replies read out of them."""
+
+    name: str  # the model that answered
+    completions: list[Completion]
+    replies: list[ParsedReply]
+
+
 class HTTPError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -76,16 +85,18 @@ def add_chat_routes(
     batcher: Any,
     recorder: RolloutRecorder | None = None,
     system_prompt: str | None = None,
-) -> None:
-    """Register ``/v1/chat/completions`` on ``app`` (``host``/``batcher`` from :mod:`openrft.rollout.server`).
+) -> Callable[[ChatRequest, Request], Awaitable[Answer | None]]:
+    """Register ``/v1/chat/completions`` on ``app`` (``host``/``batcher`` from :mod:`openrft.rollout.server`)
+    and return the function that answers a :class:`ChatRequest` (the Responses API's too).
 
     ``system_prompt`` is placed before the messages of every request that brings no system message.
     """
     engine = host.engine
     fmt = tool_format("hermes")
 
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(request: ChatRequest, http: Request) -> Any:
+    async def complete(request: ChatRequest, http: Request) -> Answer | None:
+        """Sample ``request``'s replies (recorded when it names a rollout); None when a rollout's
+        client gave up on the call before its reply was ready."""
         model, rollout_id = split_rollout_model(request.model)
         name = host.resolve(model)
         rollout_id = http.headers.get(ROLLOUT_HEADER) or rollout_id
@@ -106,17 +117,26 @@ def add_chat_routes(
         if request.parallel_tool_calls is False:
             replies = [dataclasses.replace(r, tool_calls=r.tool_calls[:1]) for r in replies]
         if rollout_id is not None and await http.is_disconnected():
-            return {}  # the agent gave up on this call (a client timeout): it never saw the reply
+            return None  # the agent gave up on this call (a client timeout): it never saw the reply
         if rollout_id is not None:
             c, reply = completions[0], replies[0]
             cut_by_context = budget is not None and budget < recorder.params.max_tokens  # type: ignore[union-attr]
             if cut_by_context and c.finish_reason == "length" and len(c.completion_token_ids) == budget:
                 recorder.mark_truncated(rollout_id)  # type: ignore[union-attr]
             recorder.record(rollout_id, _call(request.messages, reply.message(), c))  # type: ignore[union-attr]
-        body = _response(engine.tokenizer, name, request, completions, replies)
+        return Answer(name, completions, replies)
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(request: ChatRequest, http: Request) -> Any:
+        answer = await complete(request, http)
+        if answer is None:
+            return {}
+        body = _response(engine.tokenizer, answer.name, request, answer.completions, answer.replies)
         if request.stream:
             return StreamingResponse(_events(body, request), media_type="text/event-stream")
         return body
+
+    return complete
 
 
 def _check_tool_choice(request: ChatRequest) -> None:
@@ -333,4 +353,4 @@ def _events(body: dict[str, Any], request: ChatRequest) -> Iterator[str]:
     yield "data: [DONE]\n\n"
 
 
-__all__ = ["ChatRequest", "HTTPError", "add_chat_routes"]
+__all__ = ["Answer", "ChatRequest", "HTTPError", "add_chat_routes", "token_bytes"]

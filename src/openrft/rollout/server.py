@@ -6,6 +6,8 @@ without a GPU):
 
 * ``GET  /v1/models``
 * ``POST /v1/chat/completions``: see :mod:`openrft.rollout.chat_api` (tools, tool calls, stream).
+* ``POST /v1/responses`` (and ``GET``/``DELETE /v1/responses/{id}``): OpenAI's Responses API over
+  the same path, see :mod:`openrft.rollout.responses_api`.
 * ``POST /v1/completions``: ``prompt`` as text, token ids, or a list of either; ``n``,
   ``max_tokens``, ``temperature``, ``top_p``, ``top_k`` (-1 or 0 = off), ``seed``,
   ``logprobs``, ``stop_token_ids``, ``return_tokens_as_token_ids``, ``return_token_ids``.
@@ -36,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from openrft.errors import OpenRFTError
 from openrft.records import Completion, SamplingParams
 from openrft.rollout.chat_api import HTTPError, add_chat_routes
+from openrft.rollout.responses_api import add_responses_routes
 from openrft.rollout.trajectories import RolloutRecorder
 
 BATCH_WINDOW_S = 0.01
@@ -232,7 +235,8 @@ def create_app(
     app = FastAPI(title="openrft serve")
     app.state.host = host
     _install_error_handlers(app)
-    add_chat_routes(app, host, batcher, recorder, system_prompt)
+    complete = add_chat_routes(app, host, batcher, recorder, system_prompt)
+    add_responses_routes(app, complete, engine.tokenizer)
 
     @app.get("/v1/models")
     async def models() -> dict:
