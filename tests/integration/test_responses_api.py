@@ -34,6 +34,7 @@ def test_text_answers_usage_logprobs_seeds_and_the_stream(tiny_model, tokenizer)
         (part,) = message.content
         assert part.type == "output_text" and first.output_text == part.text
         assert first.usage.output_tokens == len(part.logprobs) <= 6 and first.usage.input_tokens > 0
+        assert first.usage.input_tokens_details.model_dump() == {"cached_tokens": 0, "cache_write_tokens": 0}
         assert (first.status, first.incomplete_details.reason) == ("incomplete", "max_output_tokens") or (
             first.status == "completed" and first.usage.output_tokens < 6
         )
