@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from openrft.errors import RolloutError
 from openrft.models import end_token_ids
@@ -60,12 +61,23 @@ class FakeSamplingParams:
     logprobs: int | None = None
     detokenize: bool = True
 
+    def __post_init__(self):  # vLLM's own checks (vllm/sampling_params.py) and its normalisation
+        if not 0.0 < self.top_p <= 1.0 or self.temperature < 0.0 or self.top_k < -1:
+            raise ValueError(f"invalid sampling parameters: top_p={self.top_p}, top_k={self.top_k}")
+        self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if self.stop and not self.detokenize:
+            raise ValueError("stop strings are only supported when detokenize is True")
+
 
 @dataclass(frozen=True)
 class FakeLoRARequest:
     lora_name: str
     lora_int_id: int
     lora_path: str
+
+    def __post_init__(self):
+        if self.lora_int_id < 1:
+            raise ValueError(f"id must be > 0, got {self.lora_int_id}")
 
 
 class FakeEngineCore:
@@ -75,9 +87,11 @@ class FakeEngineCore:
         self.events: list[str] = []
 
     def add_lora(self, request):
+        if "broken" in request.lora_path:  # the multiprocess engine's way of failing: a plain Exception
+            raise Exception(f"Call to add_lora method failed: Loading lora {request.lora_name} failed")  # noqa: TRY002
         self.added.append(request)
         self.events.append(f"add_lora({request.lora_name})")
-        return True
+        return "refused" not in request.lora_path
 
     def remove_lora(self, lora_id):
         self.removed.append(lora_id)
@@ -95,6 +109,12 @@ class FakeLLM:
         unknown = self.reject & set(options)
         if unknown:
             raise TypeError(f"__init__() got an unexpected keyword argument '{sorted(unknown)[0]}'")
+        if options.get("gpu_memory_utilization", 0.9) > 0.95:  # as vLLM's start-up memory check fails
+            raise ValueError(
+                "To serve at least one request with the model's max seq len (32768), (3.5 GiB KV "
+                "cache is needed,\nwhich is larger than the available KV cache memory (0.2 GiB)."
+            )
+        self.dead = False
         self.options = options
         self.llm_engine = FakeEngineCore()
         self.calls: list[dict[str, Any]] = []
@@ -106,6 +126,8 @@ class FakeLLM:
         FakeLLM.instances.append(self)
 
     def sleep(self, level=1):
+        if self.dead:
+            raise RuntimeError("cannot send to a dead engine")
         self.events.append(f"sleep({level})")
 
     def wake_up(self, tags=None):
@@ -113,6 +135,8 @@ class FakeLLM:
 
     def generate(self, prompts, sampling_params=None, lora_request=None, use_tqdm=True):
         self.events.append(f"generate({lora_request.lora_name if lora_request else 'base'})")
+        if self.dead:
+            raise EngineDeadError("EngineCore encountered an issue. See stack trace for the root cause.")
         self.calls.append(
             {"prompts": prompts, "params": sampling_params, "lora": lora_request, "tqdm": use_tqdm}
         )
@@ -134,9 +158,14 @@ class FakeLLM:
         )
 
 
+class EngineDeadError(Exception):
+    """vLLM's (vllm/v1/engine/exceptions.py): a plain Exception, not a RuntimeError."""
+
+
 @pytest.fixture
 def fake_vllm(monkeypatch):
     vllm = types.ModuleType("vllm")
+    vllm.__version__ = "0.11.0"
     vllm.LLM = FakeLLM
     vllm.SamplingParams = FakeSamplingParams
     lora = types.ModuleType("vllm.lora")
@@ -172,7 +201,7 @@ def test_sampling_parameters_map_one_to_one(fake_vllm, tiny_model_dir, tokenizer
         assert sent.top_k == -1  # openrft's 0 (off) is vLLM's -1 (off)
         assert sent.seed == row_seed(5, prompt_id, candidate) & 0x7FFFFFFF
         assert sent.stop_token_ids == stops and sent.logprobs == 1 and sent.detokenize is False
-        assert sent.stop is None
+        assert sent.stop == []
     assert len({s.seed for s in call["params"]}) == 6  # every candidate its own random stream
     engine.generate(_prompts(1), SamplingParams(n=1, max_tokens=20, stop=("</answer>",)))
     sent = llm.calls[-1]["params"][0]
@@ -235,10 +264,34 @@ def test_bad_answers_from_vllm_are_rollout_errors(fake_vllm, tiny_model_dir, tok
         VLLMEngine(str(tiny_model_dir), tokenizer, max_concurrent_rollouts=0)
 
 
-def test_an_older_vllm_without_logprobs_mode_still_starts(fake_vllm, tiny_model_dir, tokenizer):
-    FakeLLM.reject = {"logprobs_mode"}
+@pytest.mark.parametrize("version", ["0.9.2", "0.10.1", "0.10.1.post1"])
+def test_a_vllm_whose_log_probs_leave_out_temperature_is_refused(
+    fake_vllm, tiny_model_dir, tokenizer, version
+):
+    fake_vllm.__version__ = version
+    with pytest.raises(RolloutError, match=rf"vLLM {version} is too old: openrft needs vllm>=0.10.2"):
+        VLLMEngine(str(tiny_model_dir), tokenizer)
+    fake_vllm.__version__ = "0.10.2"
     VLLMEngine(str(tiny_model_dir), tokenizer)
-    assert "logprobs_mode" not in FakeLLM.instances[-1].options
+    fake_vllm.__version__ = "0.12.1.dev45+g1234abc.cu128"
+    VLLMEngine(str(tiny_model_dir), tokenizer)
+
+
+def test_vllm_failures_are_rollout_errors_with_vllm_s_reason(fake_vllm, tiny_model_dir, tokenizer, tmp_path):
+    with pytest.raises(RolloutError, match="cannot start vLLM .*larger than the available KV cache memory"):
+        VLLMEngine(str(tiny_model_dir), tokenizer, gpu_memory_utilization=0.99)
+    engine = VLLMEngine(str(tiny_model_dir), tokenizer, colocate=True)
+    llm = FakeLLM.instances[-1]
+    with pytest.raises(RolloutError, match="failed to sample: invalid sampling parameters: top_p=0.0"):
+        engine.generate(_prompts(1), SamplingParams(n=1, top_p=0.0, max_tokens=4))
+    assert engine.asleep  # the GPU is handed back to the trainer even so
+    with pytest.raises(RolloutError, match="cannot load the adapter .*Loading lora v1 failed"):
+        engine.load_adapter(str(tmp_path / "broken"), "v1")
+    with pytest.raises(RolloutError, match="did not load the adapter"):
+        engine.load_adapter(str(tmp_path / "refused"), "v2")
+    llm.dead = True  # the engine core died: its error, not the failing sleep after it, is reported
+    with pytest.raises(RolloutError, match="EngineCore encountered an issue"):
+        engine.generate(_prompts(1), SamplingParams(n=1, max_tokens=4))
 
 
 def test_without_vllm_the_error_says_how_to_install_it(monkeypatch, tiny_model_dir, tokenizer):
@@ -302,9 +355,15 @@ def test_a_single_gpu_job_builds_a_colocated_engine(fake_vllm, tiny_model_dir, t
 
     cfg = build_config({}, {"base_model": str(tiny_model_dir), "rollout_engine": "vllm",
                             "vllm_gpu_memory_utilization": 0.45})[0]  # fmt: skip
-    engine, needs_files = make_engine(cfg.settings().engine, None, tokenizer, str(tiny_model_dir))
+    model = torch.nn.Linear(2, 2).to(torch.bfloat16)
+    model.generation_config = types.SimpleNamespace(eos_token_id=[tokenizer.eos_token_id, 7])
+    engine, needs_files = make_engine(cfg.settings().engine, model, tokenizer, str(tiny_model_dir), 900)
     llm = FakeLLM.instances[-1]
     assert needs_files and engine.colocate and llm.options["gpu_memory_utilization"] == 0.45
+    # the trainer's weight type (vLLM's "auto" samples a float32 checkpoint in float16), a KV cache for the
+    # job's longest sequence rather than the model's whole context, and the model's own end tokens
+    assert llm.options["dtype"] == "bfloat16" and llm.options["max_model_len"] == 900
+    assert 7 in engine.stop_token_ids
 
 
 def test_agent_calls_reach_vllm_as_the_recorded_token_ids(fake_vllm, tiny_model_dir, tokenizer):
@@ -337,3 +396,20 @@ def test_agent_calls_reach_vllm_as_the_recorded_token_ids(fake_vllm, tiny_model_
         # the second call: exactly the first prompt, the sampled tokens and the new turn, as one prefix
         assert any(len(s) > len(c.prompt_token_ids) and tuple(s) == full[: len(s)] for s in sent)
         assert c.completion_mask.index(0) > 0 and c.completion_mask[-1] == 1
+
+
+def test_a_job_tells_vllm_its_longest_sequence(fake_vllm, tiny_model_dir, tiny_model, tokenizer):
+    from openrft.config import build_config
+    from openrft.train.job import build_engine
+
+    model, _ = tiny_model
+    cfg = build_config(
+        {}, {"base_model": str(tiny_model_dir), "rollout_engine": "vllm", "max_output_tokens": 50}
+    )[0]
+    long_prompt = Prompt("long", ({"role": "user", "content": "one two three " * 20},))
+    prepared = types.SimpleNamespace(settings=cfg.settings(), dataset=_prompts(2), evaluation_dataset=[long_prompt],
+                                     evaluator=types.SimpleNamespace(rollout=None))  # fmt: skip
+    build_engine(prepared, model, tokenizer)
+    longest = len(encode_messages(tokenizer, long_prompt.messages))
+    assert FakeLLM.instances[-1].options["max_model_len"] == longest + 50
+    assert FakeLLM.instances[-1].options["dtype"] == "float32"

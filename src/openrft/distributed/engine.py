@@ -335,14 +335,20 @@ def _kill_actors(ray: Any, actors: list[Any]) -> None:
 
 
 def ray_engine(
-    settings: RaySettings, kind: str, model: Any, tokenizer: Any, base_model: str, concurrency: int | None
+    settings: RaySettings,
+    kind: str,
+    model: Any,
+    tokenizer: Any,
+    base_model: str,
+    concurrency: int | None,
+    vllm_options: dict[str, Any] | None = None,
 ) -> RayEngine:
     """The job's rollout engine on the Ray cluster at ``settings.address``.
 
     ``concurrency`` (``--max-concurrent-rollouts`` or the evaluator's) bounds the sequences
     in flight over all actors together: each of the ``settings.workers`` actors gets an
     equal share (and there are never more actors than sequences allowed). ``kind`` is the
-    engine each actor runs (``local`` or ``vllm``).
+    engine each actor runs (``local`` or ``vllm``); ``vllm_options`` go to each actor's ``vllm.LLM``.
     """
     from openrft.models import end_token_ids
 
@@ -357,6 +363,7 @@ def ray_engine(
         max_concurrent_rollouts=per_worker,
         stop_token_ids=end_token_ids(tokenizer, model),
         torch_threads=int(resources["CPU"]) if kind == "local" else None,
+        vllm_options=dict(vllm_options or {}) if kind == "vllm" else {},
     )
     return RayEngine(
         model,

@@ -29,12 +29,16 @@ kept as the last completion token and left out of the text). ``max_concurrent_ro
 becomes vLLM's ``max_num_seqs``.
 
 Which log-probs vLLM reports depends on its ``logprobs_mode``; this engine asks for
-``processed_logprobs`` (after temperature scaling and top-k/top-p truncation), see
-``docs/vllm.md`` for how that relates to the trainer's own log-probs.
+``processed_logprobs``: those of the distribution vLLM samples from, after temperature scaling
+and top-k/top-p truncation (renormalised over the tokens kept). That needs vLLM 0.10.2 or
+newer (0.10.0-0.10.1 left temperature out of them, older releases have no such mode): an older
+vLLM is refused rather than trained on mislabelled log-probs. See ``docs/vllm.md`` for how they
+relate to the trainer's own.
 
-Adapters: :meth:`VLLMEngine.load_adapter` registers a PEFT adapter directory as a new
-``LoRARequest`` (a new integer id each time, so vLLM never serves a cached older adapter
-under a reused id) and later requests use it; :meth:`VLLMEngine.unload_adapter` frees it.
+Adapters: :meth:`VLLMEngine.load_adapter` registers a PEFT adapter directory as a
+``LoRARequest`` and later requests use it; :meth:`VLLMEngine.unload_adapter` frees it. vLLM
+tells adapters apart by name (its prefix cache and its requests key on ``lora_name``), so each
+policy version is registered under its own folder's name (``<job>-vNNNNNN``), never a reused one.
 
 Colocated (``colocate=True``, what a single-GPU job without Ray uses): vLLM shares the trainer's
 GPU within ``gpu_memory_utilization`` and is started with sleep mode. After each ``generate``
@@ -46,12 +50,13 @@ is loaded onto the GPU during a training step. Only the adapter travels, never m
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from openrft.errors import RolloutError
+from openrft.errors import OpenRFTError, RolloutError
 from openrft.models import end_token_ids, resolve_model_dir
 from openrft.records import Completion, Prompt, SamplingParams
 from openrft.rollout.adapters import LoadsAdapterFiles
@@ -59,6 +64,7 @@ from openrft.rollout.prompts import encode_prompt
 from openrft.rollout.sampling import check_params, cut_at_stop, row_seed
 
 INSTALL_HINT = "install the optional extra on a GPU machine: pip install 'openrft[vllm]'"
+MIN_VLLM = (0, 10, 2)  # the first release whose processed log-probs include temperature
 
 
 def import_vllm() -> tuple[Any, Any]:
@@ -71,7 +77,24 @@ def import_vllm() -> tuple[Any, Any]:
             f"--rollout-engine vllm needs the 'vllm' package, which cannot be imported ({exc})",
             hint=INSTALL_HINT,
         ) from None
+    check_version(getattr(vllm, "__version__", None))
     return vllm, lora_request
+
+
+def check_version(version: str | None) -> None:
+    """Refuse a vLLM older than :data:`MIN_VLLM` (its log-probs are not the sampled distribution's)."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        release = Version(version or "").release
+    except InvalidVersion:
+        return  # a source build that does not say: its log-probs are checked when it starts
+    if release[:3] < MIN_VLLM:
+        raise RolloutError(
+            f"vLLM {version} is too old: openrft needs vllm>={'.'.join(map(str, MIN_VLLM))}, whose "
+            "log-probs are those of the distribution it samples (temperature included)",
+            hint="pip install -U 'openrft[vllm]'",
+        )
 
 
 class VLLMEngine(LoadsAdapterFiles):
@@ -128,11 +151,10 @@ class VLLMEngine(LoadsAdapterFiles):
     def _build_llm(self, options: dict[str, Any]) -> Any:
         try:
             return self.vllm.LLM(**options)
-        except TypeError as exc:
-            if "logprobs_mode" not in str(exc):
-                raise RolloutError(f"cannot start vLLM for {self.model_dir}: {exc}") from None
-            options.pop("logprobs_mode")  # an older vLLM: its only mode is raw log-probs
-            return self.vllm.LLM(**options)
+        except OpenRFTError:
+            raise
+        except Exception as exc:  # vLLM's own checks (memory, context length, arguments) raise anything
+            raise RolloutError(f"cannot start vLLM for {self.model_dir}: {_last_line(exc)}") from None
 
     # ------------------------------------------------------------------------- sampling
 
@@ -152,20 +174,20 @@ class VLLMEngine(LoadsAdapterFiles):
         check_params(params)
         self.wake()
         stops = tuple(stop_token_ids) if stop_token_ids else self.stop_token_ids
-        requests, settings = [], []
-        for prompt_id, ids in prompts:
-            for candidate in range(params.n):
-                requests.append({"prompt_token_ids": list(ids)})
-                settings.append(self.sampling_params(params, prompt_id, candidate, stops))
         version = self.policy_version
         try:
+            requests, settings = [], []
+            for prompt_id, ids in prompts:
+                for candidate in range(params.n):
+                    requests.append({"prompt_token_ids": list(ids)})
+                    settings.append(self.sampling_params(params, prompt_id, candidate, stops))
             outputs = self.llm.generate(
                 requests, sampling_params=settings, lora_request=self.current, use_tqdm=False
             )
-        except (ValueError, RuntimeError) as exc:
-            raise RolloutError(f"vLLM failed to sample: {exc}") from None
-        finally:
-            self.sleep()
+        except Exception as exc:  # vLLM's validation errors, EngineDeadError, EngineGenerateError, ...
+            self._sleep_after_failure()
+            raise RolloutError(f"vLLM failed to sample: {_last_line(exc)}") from None
+        self.sleep()
         if len(outputs) != len(requests):
             raise RolloutError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
         flat = iter(outputs)
@@ -242,9 +264,15 @@ class VLLMEngine(LoadsAdapterFiles):
             self.llm.sleep(level=1)
             self.asleep = True
 
+    def _sleep_after_failure(self) -> None:
+        """Try to give the GPU back after a failed call; a dead engine's own error is not the news."""
+        with contextlib.suppress(Exception):  # the sampling error is what the user needs to see
+            self.sleep()
+
     def wake(self) -> None:
         """Colocated: take the GPU back, then register the adapter of the newest policy (only it stays)."""
         if self.asleep:
+            _release_cached_gpu_memory()  # the trainer's freed blocks, still held by torch's allocator
             self.llm.wake_up()
             self.asleep = False
         if self._pending is not None:
@@ -276,9 +304,11 @@ class VLLMEngine(LoadsAdapterFiles):
         self._next_id += 1
         request = self._lora_request_cls(name, self._next_id, str(path))
         try:
-            self.llm.llm_engine.add_lora(request)  # load now, so a bad adapter fails here
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise RolloutError(f"vLLM cannot load the adapter {path}: {exc}") from None
+            added = self.llm.llm_engine.add_lora(request)  # load now, so a bad adapter fails here
+        except Exception as exc:  # the multiprocess engine raises a plain Exception
+            raise RolloutError(f"vLLM cannot load the adapter {path}: {_last_line(exc)}") from None
+        if added is False:
+            raise RolloutError(f"vLLM did not load the adapter {path}")
         self.adapters[name] = request
         self.current = request
 
@@ -292,6 +322,18 @@ class VLLMEngine(LoadsAdapterFiles):
             self.current = None
 
 
+def _release_cached_gpu_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
 def _logprob(step: Any, token_id: int) -> float:
     """The sampled token's log-prob from one position's ``{token_id: Logprob}`` entry."""
     try:
@@ -301,4 +343,4 @@ def _logprob(step: Any, token_id: int) -> float:
     return float(getattr(entry, "logprob", entry))
 
 
-__all__ = ["VLLMEngine", "import_vllm", "INSTALL_HINT"]
+__all__ = ["VLLMEngine", "check_version", "import_vllm", "INSTALL_HINT", "MIN_VLLM"]

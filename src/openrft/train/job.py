@@ -414,14 +414,30 @@ def run_training(
     return outcome
 
 
+def longest_prompt(prepared: PreparedJob, tokenizer: Any) -> int:
+    """The most tokens a prompt of the job (training or evaluation) renders to."""
+    from openrft.rollout.prompts import encode_prompt
+
+    prompts = [*prepared.dataset, *(prepared.evaluation_dataset or ())]
+    return max((len(encode_prompt(tokenizer, p)) for p in prompts), default=1)
+
+
 def build_engine(prepared: PreparedJob, model: Any, tokenizer: Any) -> tuple[Any, bool]:
     """The job's rollout engine (wrapped for agent runs when it has an agent), and whether it loads
     adapters from disk."""
     settings = prepared.settings
     base_model = setup.base_model_name(settings.model)
-    engine, needs_files = setup.make_engine(settings.engine, model, tokenizer, base_model)
-    if settings.agent is not None or prepared.evaluator.rollout is not None:
-        context = settings.model.max_context_length or getattr(model.config, "max_position_embeddings", 4096)
+    context = settings.model.max_context_length or getattr(model.config, "max_position_embeddings", 4096)
+    agentic = settings.agent is not None or prepared.evaluator.rollout is not None
+    longest = None
+    if settings.engine.kind == "vllm":  # vLLM sizes its KV cache for the longest sequence it is told of
+        longest = (
+            context
+            if agentic
+            else min(context, longest_prompt(prepared, tokenizer) + settings.sampling.max_tokens)
+        )
+    engine, needs_files = setup.make_engine(settings.engine, model, tokenizer, base_model, longest)
+    if agentic:
         engine = setup.with_agent(
             engine, settings.agent, settings.engine.max_concurrent_rollouts, context, base_model,
             prepared.evaluator,

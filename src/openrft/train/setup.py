@@ -15,7 +15,7 @@ import torch
 
 from openrft.algo.losses import LossSpec
 from openrft.errors import EvaluatorError, JobError
-from openrft.models import full_precision
+from openrft.models import end_token_ids, full_precision
 from openrft.paths import atomic_directory
 from openrft.records import Completion, Prompt, RolloutEngine, Score
 from openrft.settings import AgentSettings, EngineSettings, ModelSettings, OptimizerSettings
@@ -70,21 +70,24 @@ def make_optimizer(settings: OptimizerSettings, model: Any):
 
 
 def make_engine(
-    settings: EngineSettings, model: Any, tokenizer: Any, base_model: str
+    settings: EngineSettings, model: Any, tokenizer: Any, base_model: str, max_model_len: int | None = None
 ) -> tuple[RolloutEngine, bool]:
     """The rollout engine, and whether it loads each policy's adapter from disk.
 
     local: samples the live adapter in this process, on its device. endpoint: an OpenAI-compatible
     server (vLLM or ``openrft serve`` with runtime LoRA loading). vllm: vLLM in this process on the
-    trainer's GPU (colocated, sleeping while the trainer steps).
+    trainer's GPU (colocated, sleeping while the trainer steps), in the trainer's weight type, its
+    KV cache sized for ``max_model_len`` tokens (the longest prompt and response the job samples)
+    rather than the model's whole context.
     With a Ray address the rollouts run on Ray actors (:mod:`openrft.distributed`).
     """
     concurrency = settings.max_concurrent_rollouts
+    vllm_options = vllm_settings(model, max_model_len)
     if settings.ray is not None:
         from openrft.distributed import ray_engine
 
         engine: RolloutEngine = ray_engine(
-            settings.ray, settings.kind, model, tokenizer, base_model, concurrency
+            settings.ray, settings.kind, model, tokenizer, base_model, concurrency, vllm_options
         )
     elif settings.kind == "endpoint":
         from openrft.rollout import EndpointEngine
@@ -97,7 +100,8 @@ def make_engine(
 
         engine = VLLMEngine(  # on the trainer's GPU, asleep while the trainer steps
             base_model, tokenizer, max_concurrent_rollouts=concurrency, colocate=True,
-            gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+            stop_token_ids=end_token_ids(tokenizer, model),
+            gpu_memory_utilization=settings.vllm_gpu_memory_utilization, **vllm_options,
         )  # fmt: skip
     else:
         from openrft.rollout import LocalEngine
@@ -108,6 +112,15 @@ def make_engine(
         engine = LocalEngine(model, tokenizer, max_concurrent_rollouts=concurrency, inference_copy=on_cpu,
                              compile_step=None if settings.compile else False)  # fmt: skip
     return engine, engine.needs_adapter_files
+
+
+def vllm_settings(model: Any, max_model_len: int | None) -> dict[str, Any]:
+    """What vLLM is told of the job: the trainer's weight type (vLLM's "auto" would sample a float32
+    checkpoint in float16) and the longest sequence it samples."""
+    options: dict[str, Any] = {"max_model_len": max_model_len} if max_model_len else {}
+    if model is not None:
+        options["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return options
 
 
 def agent_of(settings: AgentSettings | None, evaluator: Any = None) -> Any:
