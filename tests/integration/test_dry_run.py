@@ -178,3 +178,18 @@ def test_a_good_job_prints_every_parameter(files, tiny_model_dir, capsys):
                              f"{files}/ev.py::score", "--eval-auto-carveout", "0.5")  # fmt: skip
     assert code == 0, err
     assert "rl-loss-method" in out and "flag" in out and not (files / "home" / "jobs").exists()
+
+
+def test_concurrency_from_the_evaluator_header_is_shown_as_such(files, tiny_model_dir, capsys):
+    header = (
+        "from openrft.evaluators import evaluation_test\n\n"
+        "@evaluation_test(max_concurrent_rollouts=3, max_concurrent_evaluations=5)\n"
+        "def score(completion, ground_truth=None, **row):\n    return 1.0\n"
+    )
+    (files / "header.py").write_text(header)
+    code, out, err = dry_run(capsys, tiny_model_dir, "--dataset", str(files / "good.jsonl"), "--evaluator",
+                             f"{files}/header.py::score", "--max-concurrent-evaluations", "2")  # fmt: skip
+    assert code == 0, err
+    lines = {line.split()[1]: line.split()[2:] for line in out.splitlines() if line.startswith("rollout")}
+    assert lines["max-concurrent-rollouts"] == ["3", "evaluator", "header"]
+    assert lines["max-concurrent-evaluations"] == ["2", "flag"]  # a flag wins over the header

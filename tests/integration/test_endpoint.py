@@ -64,6 +64,19 @@ def test_endpoint_engine_against_openrft_serve(served):
     ]
 
 
+def test_top_p_zero_is_sent_as_top_k_one_and_stays_greedy(served):
+    url, model, tokenizer, stops = served
+    engine = EndpointEngine(url, tokenizer, "tiny", stop_token_ids=stops)
+    params = SamplingParams(n=2, temperature=1.0, top_p=0.0, max_tokens=6, seed=1)
+    body = engine._body([1, 2], params, "tiny", "p", 0)
+    assert (body["top_p"], body["top_k"]) == (1.0, 1)  # vLLM refuses top_p=0
+    greedy = LocalEngine(model, tokenizer, stop_token_ids=stops).generate(PROMPTS, params)
+    got = engine.generate(PROMPTS, params)
+    assert [[c.completion_token_ids for c in g] for g in got] == [
+        [c.completion_token_ids for c in g] for g in greedy
+    ]
+
+
 def test_serve_api_surface(served):
     url, _, tokenizer, _ = served
     with httpx.Client(base_url=url) as client:

@@ -66,6 +66,7 @@ def test_eval_protocol_kwargs_completion_params_several_files_and_its_own_defaul
 def test_rows_given_in_code_are_the_dataset(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENRFT_HOME", str(tmp_path))
     ev = load_evaluator(f"{MORE_FILE}::rows_in_code")
+    assert (ev.max_concurrent_rollouts, ev.max_concurrent_evaluations) == (96, None)
     prompts = load_prompts(ev.input_dataset)
     assert [p.messages[0]["content"] for p in prompts] == ["Capital of France?", "2+2?"]
 

@@ -123,3 +123,19 @@ def test_a_jinja_template_travels_as_text_never_as_a_server_file(ctx, tmp_path):
     body["trainingConfig"]["jinjaTemplate"] = str(tmp_path / "t.jinja")
     with pytest.raises(ApiError, match="jinjaTemplate: must be the template text itself"):
         body_to_values(body, ctx)
+
+
+def test_the_guide_s_spellings_and_whole_floats_are_accepted(ctx):
+    for method, want in [("dapo", "dapo"), ("gspo-token", "gspo-token"), (" Grpo ", "grpo")]:
+        assert (
+            body_to_values({"dataset": "arithmetic", "lossConfig": {"method": method}}, ctx).values[
+                "rl_loss_method"
+            ]
+            == want
+        )
+    values = body_to_values(
+        {"dataset": "arithmetic", "trainingConfig": {"epochs": 2.0, "loraRank": 16.0}}, ctx
+    ).values
+    assert (values["epochs"], values["lora_rank"]) == (2, 16) and type(values["epochs"]) is int
+    with pytest.raises(ApiError, match=r"epochs: expected a whole number, got a number 2.5"):
+        body_to_values({"dataset": "arithmetic", "trainingConfig": {"epochs": 2.5}}, ctx)

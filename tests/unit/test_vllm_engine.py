@@ -282,8 +282,18 @@ def test_vllm_failures_are_rollout_errors_with_vllm_s_reason(fake_vllm, tiny_mod
         VLLMEngine(str(tiny_model_dir), tokenizer, gpu_memory_utilization=0.99)
     engine = VLLMEngine(str(tiny_model_dir), tokenizer, colocate=True)
     llm = FakeLLM.instances[-1]
-    with pytest.raises(RolloutError, match="failed to sample: invalid sampling parameters: top_p=0.0"):
-        engine.generate(_prompts(1), SamplingParams(n=1, top_p=0.0, max_tokens=4))
+    engine.generate(_prompts(1), SamplingParams(n=1, top_p=0.0, max_tokens=4))  # vLLM refuses top_p=0:
+    sent = llm.calls[-1]["params"][0]
+    assert (sent.top_p, sent.top_k) == (1.0, 1)  # openrft's top_p=0 keeps the top token: top-k 1
+    assert engine.asleep
+
+    def refuse(**_):
+        raise ValueError("invalid sampling parameters: max_tokens must be at least 1, got 0.")
+
+    fake_vllm.SamplingParams = refuse
+    with pytest.raises(RolloutError, match="failed to sample: invalid sampling parameters: max_tokens"):
+        engine.generate(_prompts(1), SamplingParams(n=1, max_tokens=4))
+    fake_vllm.SamplingParams = FakeSamplingParams
     assert engine.asleep  # the GPU is handed back to the trainer even so
     with pytest.raises(RolloutError, match="cannot load the adapter .*Loading lora v1 failed"):
         engine.load_adapter(str(tmp_path / "broken"), "v1")

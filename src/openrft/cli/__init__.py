@@ -97,17 +97,23 @@ def config_from_args(args: argparse.Namespace) -> tuple[C.JobConfig, dict[str, s
     return C.build_config(file_values, flag_values(args))
 
 
-def print_resolved(cfg: C.JobConfig, sources: dict[str, str], out=None) -> None:
-    """Every parameter with its value and where it came from (default, config file, flag)."""
+def print_resolved(
+    cfg: C.JobConfig, sources: dict[str, str], out=None, inherited: dict[str, Any] | None = None
+) -> None:
+    """Every parameter with its value and where it came from (default, config file, flag, or, for
+    ``inherited`` values of parameters left unset, the evaluator's header)."""
     out = out or sys.stdout
     masked = cfg.to_dict()
     rows = []
     for group in C.GROUPS:
         for name, value in masked[group].items():
+            source = sources[name]
+            if value is None and (inherited or {}).get(name) is not None:
+                value, source = inherited[name], "evaluator header"  # type: ignore[index]
             shown = "unset" if value is None else str(value)
             if "\n" in shown or len(shown) > 60:  # a chat template: its first characters, on one line
                 shown = repr(shown)[:57] + "..."
-            rows.append((group, C.flag_name(name)[2:], shown, sources[name]))
+            rows.append((group, C.flag_name(name)[2:], shown, source))
     width = [max(len(r[i]) for r in rows) for i in range(3)]
     print(f"{'group':<{width[0]}}  {'parameter':<{width[1]}}  {'value':<{width[2]}}  source", file=out)
     for group, name, value, source in rows:
@@ -138,7 +144,10 @@ def cmd_create(args: argparse.Namespace) -> int:
             from openrft.cli.preflight import dry_run_warnings
 
             warn(dry_run_warnings(prepared))  # the preflight's checks that need no sampling
-        print_resolved(cfg, sources)
+        engine = prepared.settings.engine if prepared is not None else None
+        print_resolved(cfg, sources, inherited={
+            name: getattr(engine, name) for name in ("max_concurrent_rollouts", "max_concurrent_evaluations")
+        } if engine is not None else None)  # fmt: skip
         if prepared is not None and prepared.memory is not None:
             print("\n" + "\n".join(prepared.memory.lines()))
         return 0

@@ -324,8 +324,8 @@ def _from_eval_protocol(obj: Any, name: str, origin: str, base_dir: Path | None)
         name=name,
         fn=fn,
         mode=mode,  # type: ignore[arg-type]
-        max_concurrent_rollouts=_set_by_user(params, "max_concurrent_rollouts"),
-        max_concurrent_evaluations=_set_by_user(params, "max_concurrent_evaluations"),
+        max_concurrent_rollouts=_set_by_user(params, "max_concurrent_rollouts", fn),
+        max_concurrent_evaluations=_set_by_user(params, "max_concurrent_evaluations", fn),
         input_dataset=_joined_datasets([_resolve_dataset(d, base_dir) for d in datasets or []])
         or _inline_rows(params),
         dataset_adapter=None if adapter is default_dataset_adapter else adapter,
@@ -337,14 +337,36 @@ def _from_eval_protocol(obj: Any, name: str, origin: str, base_dir: Path | None)
     )
 
 
-def _set_by_user(params: Any, name: str) -> int | None:
+def _set_by_user(params: Any, name: str, fn: Callable[..., Any]) -> int | None:
     """A concurrency the file set; eval-protocol records its own default (96) when the file sets none,
-    and that is no request of the user's: openrft's defaults apply then."""
+    and that is no request of the user's: openrft's defaults apply then. A 96 the decorator spells
+    out is the user's."""
     from eval_protocol.pytest.evaluation_test import evaluation_test
 
     value = getattr(params, name, None)
     default = inspect.signature(evaluation_test).parameters[name].default
-    return None if value is None or value == default else int(value)
+    if value is None or (value == default and name not in _decorator_keywords(fn)):
+        return None
+    return int(value)
+
+
+def _decorator_keywords(fn: Callable[..., Any]) -> set[str]:
+    """The keyword arguments written in ``fn``'s decorator calls, read from its source file."""
+    import ast
+
+    try:
+        tree = ast.parse(Path(inspect.getsourcefile(fn) or "").read_text(encoding="utf-8"))
+    except (OSError, TypeError, SyntaxError, ValueError):
+        return set()
+    return {
+        keyword.arg
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == fn.__name__
+        for decorator in node.decorator_list
+        if isinstance(decorator, ast.Call)
+        for keyword in decorator.keywords
+        if keyword.arg
+    }
 
 
 def _first_dict(values: Any) -> dict[str, Any]:

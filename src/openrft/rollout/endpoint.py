@@ -39,7 +39,7 @@ from openrft.models import end_token_ids
 from openrft.records import Completion, Prompt, SamplingParams
 from openrft.rollout.adapters import LoadsAdapterFiles
 from openrft.rollout.prompts import encode_prompt
-from openrft.rollout.sampling import check_params, row_seed
+from openrft.rollout.sampling import check_params, row_seed, vllm_truncation
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -145,14 +145,15 @@ class EndpointEngine(LoadsAdapterFiles):
     def _body(
         self, ids: list[int], params: SamplingParams, model: str, prompt_id: str, candidate: int
     ) -> dict:
+        top_p, top_k = vllm_truncation(params)
         body: dict[str, Any] = {
             "model": model,
             "prompt": ids,
             "n": 1,
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
-            "top_p": params.top_p,
-            "top_k": params.top_k if params.top_k > 0 else -1,
+            "top_p": top_p,
+            "top_k": top_k,
             "logprobs": 1,
             "return_tokens_as_token_ids": True,
             "return_token_ids": True,

@@ -34,6 +34,14 @@ class Truncation:
         return cls(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
 
 
+def vllm_truncation(params: SamplingParams) -> tuple[float, int]:
+    """``(top_p, top_k)`` as vLLM takes them: -1 is its "no top-k", and since it refuses ``top_p=0``
+    (its range is (0, 1]), openrft's ``top_p=0`` (keep only the most likely token) is sent as top-k 1."""
+    if params.top_p == 0.0:
+        return 1.0, 1
+    return params.top_p, params.top_k if params.top_k > 0 else -1
+
+
 def check_params(params: SamplingParams) -> None:
     """Reject sampling settings no engine can honour (the job config checks tighter ranges)."""
     problems = []
@@ -134,4 +142,12 @@ def sample_tokens(
     return token_ids_B, logprobs_BV.gather(-1, token_ids_B[:, None]).squeeze(-1)
 
 
-__all__ = ["Truncation", "check_params", "row_seed", "row_uniforms", "sample_tokens", "stop_string_enders"]
+__all__ = [
+    "vllm_truncation",
+    "Truncation",
+    "check_params",
+    "row_seed",
+    "row_uniforms",
+    "sample_tokens",
+    "stop_string_enders",
+]

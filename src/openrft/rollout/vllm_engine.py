@@ -11,7 +11,7 @@ candidate, ``n=1``, so every candidate has its own random stream):
 openrft             vLLM
 ==================  =====================================================================
 ``temperature``     ``temperature`` (0 = greedy)
-``top_p``           ``top_p`` (1.0 = off)
+``top_p``           ``top_p`` (1.0 = off; 0, vLLM refuses it, is sent as top-k 1)
 ``top_k``           ``top_k``; 0 (off) becomes -1, vLLM's "off" in every version
 ``max_tokens``      ``max_tokens``
 ``seed``            ``seed`` = a hash of (seed, prompt id, candidate index), as the endpoint
@@ -61,7 +61,7 @@ from openrft.models import end_token_ids, resolve_model_dir
 from openrft.records import Completion, Prompt, SamplingParams
 from openrft.rollout.adapters import LoadsAdapterFiles
 from openrft.rollout.prompts import encode_prompt
-from openrft.rollout.sampling import check_params, cut_at_stop, row_seed
+from openrft.rollout.sampling import check_params, cut_at_stop, row_seed, vllm_truncation
 
 INSTALL_HINT = "install the optional extra on a GPU machine: pip install 'openrft[vllm]'"
 MIN_VLLM = (0, 10, 2)  # the first release whose processed log-probs include temperature
@@ -204,11 +204,12 @@ class VLLMEngine(LoadsAdapterFiles):
     ) -> Any:
         """The ``vllm.SamplingParams`` of one candidate (see the module docstring)."""
         seed = None if params.seed is None else row_seed(params.seed, prompt_id, candidate) & 0x7FFFFFFF
+        top_p, top_k = vllm_truncation(params)
         return self.vllm.SamplingParams(
             n=1,
             temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k if params.top_k > 0 else -1,
+            top_p=top_p,
+            top_k=top_k,
             max_tokens=params.max_tokens,
             seed=seed,
             stop_token_ids=list(stops),

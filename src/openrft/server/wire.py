@@ -175,6 +175,8 @@ def _typed(path: str, value: Any, name: str) -> Any:
     if annotation.startswith(("<class 'bool'>", "bool")):
         ok = isinstance(value, bool)
     elif annotation.startswith(("<class 'int'>", "int")):
+        if isinstance(value, float) and value.is_integer():  # 2.0: JSON writers do not tell them apart
+            value = int(value)
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif annotation.startswith(("<class 'float'>", "float")):
         ok = isinstance(value, int | float) and not isinstance(value, bool)
@@ -210,12 +212,13 @@ def _loss(value: Any) -> dict[str, Any]:
     for key, item in value.items():
         if key == "method":
             method = _string("lossConfig.method", item)
-            if method not in METHODS:
+            name = method.strip().upper().replace("-", "_")  # the guide's spelling: grpo, dapo, gspo-token
+            if name not in METHODS:
                 raise bad(
                     "lossConfig.method",
                     f"{method} is not implemented by openrft; use GRPO, DAPO or GSPO_TOKEN",
                 )
-            out["rl_loss_method"] = METHODS[method]
+            out["rl_loss_method"] = METHODS[name]
         elif key == "klBeta":
             out["rl_kl_beta"] = _typed("lossConfig.klBeta", item, "rl_kl_beta")
         else:
