@@ -166,3 +166,12 @@ def test_command_line_keeps_compiled_kernels_in_the_openrft_home(capsys, monkeyp
     main([])
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path)
     capsys.readouterr()
+
+
+def test_flags_are_never_abbreviated_and_w_and_b_flags_without_wandb_are_flagged(capsys):
+    # argparse would take --wandb-api for --wandb-api-key, whose value W&B would then record unmasked
+    with pytest.raises(SystemExit) as caught:
+        main(["rftj", "create", "--dry-run", "--wandb", "--wandb-api", "sk-secret"])
+    assert caught.value.code == 2 and "unrecognized arguments: --wandb-api" in capsys.readouterr().err
+    assert main(["rftj", "create", "--dry-run", "--wandb-project", "p", "--wandb-run-id", "r"]) == 0
+    assert "warning: --wandb-project, --wandb-run-id given without --wandb" in capsys.readouterr().err

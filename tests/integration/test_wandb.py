@@ -162,3 +162,83 @@ def test_mode_choice(monkeypatch):
     assert choose_mode("k", probe=lambda url: False)[0] == "offline"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert choose_mode("k", probe=lambda url: True) == ("disabled", "WANDB_MODE is set")
+
+
+def run_end(run_dir):
+    """The run file's exit record and final summary."""
+    (run_file,) = run_dir.glob("run-*.wandb")
+    exit_code, summary = None, {}
+    for record in read_records(run_file):
+        kind = record.WhichOneof("record_type")
+        if kind == "exit":
+            exit_code = record.exit.exit_code
+        elif kind == "summary":
+            summary.update({item.key: json.loads(item.value_json) for item in record.summary.update})
+    return exit_code, summary
+
+
+def test_a_resumed_job_does_not_send_replayed_lines_and_the_run_ends_as_the_job(offline_env, tmp_path):
+    cfg = build_config({}, {"wandb": True})[0]
+    sink = start_wandb(cfg, job_id="job-3", job_dir=tmp_path / "job", rollout_every=1, probe=lambda url: True)
+    sink.skip_replayed(lines=2, through_step=3)  # the job logged steps 2 and 3 after its checkpoint at 1
+    for step in (2, 3, 4):
+        sink.log_rollouts(step, [{"prompt": "p", "completion": "c", "score": 1.0, "valid": True}])
+        sink.log(step, metrics(step))
+    sink.job_ended("FAILED")
+    sink.close()
+    history, _ = history_and_config(sink.run_dir)
+    assert [h["train/step"] for h in history if "reward/mean" in h] == [4]
+    assert [h["train/step"] for h in history if "rollouts/samples/_type" in h or "rollouts/samples" in h] == [
+        4
+    ]
+    exit_code, summary = run_end(sink.run_dir)
+    assert exit_code == 1 and summary["job/state"] == "FAILED"
+
+
+def test_w_and_b_s_own_environment_variables_apply(offline_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_PROJECT", "from-env")
+    monkeypatch.setenv("WANDB_NAME", "a readable name")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))
+    sink = start_wandb(build_config({}, {"wandb": True})[0], job_id="job-4", job_dir=tmp_path / "job",
+                       probe=lambda url: True)  # fmt: skip
+    assert (sink.run.project, sink.run.name, sink.run.id) == ("from-env", "a readable name", "job-4")
+    assert sink.run_dir.parent == tmp_path / "elsewhere" / "wandb"
+    sink.close()
+    exit_code, _ = run_end(sink.run_dir)
+    assert exit_code == 0
+
+
+def test_an_online_run_w_and_b_refuses_goes_on_offline(offline_env, tmp_path, monkeypatch, capsys):
+    import http.server
+    import threading
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def _refuse(self):
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            body = b'{"errors": [{"message": "user is not logged in"}]}'
+            self.send_response(401)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_POST = do_HEAD = _refuse
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        cfg = build_config({}, {"wandb": True, "wandb_api_key": "x" * 40})[0]
+        sink = start_wandb(cfg, job_id="job-5", job_dir=tmp_path / "job", probe=lambda url: True)
+        sink.log(1, {"reward/mean": 0.5})
+        sink.close()
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err
+    assert "online run failed" in err and "logging offline instead" in err
+    history, _ = history_and_config(sink.run_dir)
+    assert [h["reward/mean"] for h in history if "reward/mean" in h] == [0.5]

@@ -222,7 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
         register = _optional(module, "register")
         if register is not None:
             register(sub, rftj_sub)
+    _no_abbreviations(parser)
     return parser
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """Flags only as spelled: argparse would take ``--wandb-api`` for ``--wandb-api-key`` (and W&B
+    would then record the key it was not told to hide), or ``--lora`` for whichever flag it prefixes."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                _no_abbreviations(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

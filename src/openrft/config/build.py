@@ -195,4 +195,9 @@ def advise(cfg: JobConfig) -> list[str]:
         notes.append(
             f"--epochs {t.epochs}: more than one pass over the prompts risks overfitting; watch eval reward"
         )
+    w = cfg.wandb
+    unused = [flag_name(n) for n in ("wandb_project", "wandb_entity", "wandb_api_key", "wandb_run_id")
+              if getattr(w, n) is not None]  # fmt: skip
+    if unused and not w.wandb:
+        notes.append(f"{', '.join(unused)} given without --wandb: nothing is logged to W&B")
     return notes

@@ -184,6 +184,7 @@ def run_job(
         store.set_process(job_id, os.getpid())
     stop = StopFlag(store, job_id, local_stop)
     sinks: list[Any] = []
+    ended = JobState.FAILED  # unless the job reaches an outcome
 
     def say(text: str) -> None:
         if log_steps:
@@ -211,11 +212,14 @@ def run_job(
         )  # fmt: skip
         store.record_progress(job_id, outcome.state.step, None)
         store.set_output(job_id, output_dir(record.job_dir, cfg.training.output_model))
-        return store.transition(job_id, OUTCOME_STATES[outcome.status], outcome.message or None)
+        final = store.transition(job_id, OUTCOME_STATES[outcome.status], outcome.message or None)
+        ended = final.state
+        return final
     except OpenRFTError as exc:
         _finish(store, job_id, JobState.FAILED, exc.message)
         raise
     except KeyboardInterrupt:
+        ended = JobState.CANCELLED
         _finish(store, job_id, JobState.CANCELLED, "interrupted")
         raise
     except Exception as exc:
@@ -226,7 +230,8 @@ def run_job(
         _finish(store, job_id, JobState.FAILED, message)
         raise JobError(f"job {job_id} failed: {message}", hint=f"the traceback is in {log}") from None
     finally:
-        for sink in sinks:
+        for sink in sinks:  # a W&B run ends as the job did
+            getattr(sink, "job_ended", lambda _: None)(str(ended))
             sink.close()
 
 

@@ -1,9 +1,16 @@
 """Weights & Biases logging for a job (optional extra: ``pip install 'openrft[wandb]'``).
 
 The run gets the resolved configuration as its hyperparameters (the API key
-masked), every step's metrics against ``train/step`` (so a resumed job can log
-steps again without W&B dropping them), and every ``rollout_every`` steps a table
-of sampled rollouts: prompt, completion, score, validity and the evaluator's reason.
+masked), every step's metrics against ``train/step``, and every ``rollout_every`` steps
+a table of sampled rollouts: prompt, completion, score, validity and the evaluator's
+reason. A resumed job continues the same run; what it replays after its checkpoint, W&B
+already has, so those lines are not sent again (:meth:`WandbSink.skip_replayed`). The run
+ends as the job does: a failed or cancelled job's run is marked failed, its state in the
+summary (``job/state``).
+
+W&B's own environment variables apply where no flag says otherwise: ``WANDB_PROJECT``,
+``WANDB_ENTITY``, ``WANDB_RUN_ID``, ``WANDB_NAME`` (the run's display name, else the job id)
+and ``WANDB_DIR`` (else the job folder).
 
 Mode: ``WANDB_MODE`` when the user set it; otherwise online when an API key is
 known (``--wandb-api-key``, ``WANDB_API_KEY`` or ``~/.netrc``) and W&B answers,
@@ -93,6 +100,8 @@ class WandbSink:
         self.out = out or sys.stderr
         self._last_table_step: int | None = None
         self._closed = False
+        self._skip_lines, self._skip_tables_through = 0, -1
+        self._state: str | None = None
         run.define_metric("train/step")
         run.define_metric("*", step_metric="train/step")
 
@@ -121,12 +130,13 @@ class WandbSink:
         api_key = find_api_key(api_key)
         mode, why = choose_mode(api_key, probe=probe)
         job_dir.mkdir(parents=True, exist_ok=True)
+        env = os.environ
         options = dict(
-            project=project or DEFAULT_PROJECT,
+            project=project or env.get("WANDB_PROJECT") or DEFAULT_PROJECT,
             entity=entity,
-            id=run_id or job_id,
-            name=job_id,
-            dir=str(job_dir),
+            id=run_id or env.get("WANDB_RUN_ID") or job_id,
+            name=env.get("WANDB_NAME") or job_id,
+            dir=env.get("WANDB_DIR") or str(job_dir),
             config={"job_id": job_id, **config},
             resume="allow",
             reinit="create_new",
@@ -153,6 +163,7 @@ class WandbSink:
                     raise ConfigError(f"W&B could not start a {mode} run: {exc}", field="wandb") from None
                 print(f"W&B: online run failed ({exc}); logging offline instead", file=out)
                 mode, why = "offline", "the online run failed"
+                wandb.teardown()  # else W&B still holds the run id and refuses a second init with it
                 run = wandb.init(settings=settings("offline"), **options)
         sink = cls(run, rollout_every=rollout_every, out=out)
         if mode == "offline":
@@ -169,14 +180,26 @@ class WandbSink:
         """The run's local folder (``.../wandb/offline-run-...`` when offline)."""
         return Path(self.run.settings.sync_dir)
 
+    def skip_replayed(self, lines: int, through_step: int) -> None:
+        """A resumed job logs again the ``lines`` metric lines it wrote after its checkpoint (steps up
+        to ``through_step``): the run has them already, so they are not sent twice."""
+        self._skip_lines, self._skip_tables_through = max(0, lines), through_step
+
+    def job_ended(self, state: str) -> None:
+        """The job's final state (COMPLETED, FAILED, ...), for the run's exit code and summary."""
+        self._state = state
+
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self._skip_lines > 0:
+            self._skip_lines -= 1
+            return
         payload = {key: value for key, value in metrics.items() if _finite(value)}
         payload["train/step"] = step
         self.run.log(payload)
 
     def log_rollouts(self, step: int, rows: Sequence[dict[str, Any]]) -> None:
         due = self._last_table_step is None or step - self._last_table_step >= self.rollout_every
-        if not rows or not due:
+        if not rows or not due or step <= self._skip_tables_through:
             return
         import wandb
 
@@ -197,7 +220,10 @@ class WandbSink:
         if self._closed:
             return
         self._closed = True
-        self.run.finish()
+        if self._state is not None:
+            self.run.summary["job/state"] = self._state
+        failed = self._state in ("FAILED", "CANCELLED")
+        self.run.finish(exit_code=1 if failed else 0)
         # finish() may return before W&B's service process has written the run file;
         # teardown waits for it (one job = one run per process, so nothing else is cut short).
         import wandb

@@ -35,7 +35,7 @@ from openrft.paths import atomic_write_text, output_dir
 from openrft.records import Prompt
 from openrft.settings import JobSettings
 from openrft.tracking.progress import ProgressBar
-from openrft.tracking.sinks import JsonlSink, MetricsSink, MultiSink
+from openrft.tracking.sinks import JsonlSink, MetricsSink, MultiSink, read_jsonl
 from openrft.train import setup
 from openrft.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint
 from openrft.train.loop import Outcome, TrainContext, train
@@ -372,6 +372,8 @@ def run_training(
     jsonl = JsonlSink(job_dir)
     state = LoopState()
     checkpoint = latest_checkpoint(job_dir / "checkpoints") if resume else None
+    logged = jsonl.position()["metrics"]
+    last_step = _last_logged_step(jsonl.metrics_path)
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
         if state.log_position:
@@ -380,6 +382,9 @@ def run_training(
             jsonl.truncate_after(state.step)
     elif jsonl.metrics_path.exists():
         jsonl.truncate_after(-1)
+    if resume:  # what the job logged after its checkpoint is logged again: a W&B run has it already
+        for sink in extra_sinks:
+            getattr(sink, "skip_replayed", lambda *_: None)(logged - jsonl.position()["metrics"], last_step)
     engine, needs_files = build_engine(prepared, model, tokenizer)
     publish = setup.policy_publisher(engine, model, job_dir / "adapters" if needs_files else None)
     publish(state.optimizer_step)
@@ -407,11 +412,15 @@ def run_training(
         outcome = train(ctx, state)
     finally:
         progress.close()
-        ctx.sink.close()
+        jsonl.close()  # the caller's sinks are the caller's to close, once it knows how the job ended
         getattr(engine, "close", lambda: None)()  # e.g. Ray actors
         getattr(scorer, "close", lambda: None)()  # the evaluator's worker processes
     setup.write_outputs(model, job_dir, output_dir(job_dir, cfg.training.output_model), tokenizer)
     return outcome
+
+
+def _last_logged_step(path: Path) -> int:
+    return max((int(r.get("step", 0)) for r in read_jsonl(path)), default=-1) if path.is_file() else -1
 
 
 def longest_prompt(prepared: PreparedJob, tokenizer: Any) -> int:
