@@ -260,6 +260,29 @@ def test_scoring_tasks_match_in_process_scores_and_retry_a_crash_once(cluster, t
     assert all(s.is_valid and s.score == 1.0 for i, g in enumerate(scores) if i != 1 for s in g)
 
 
+def test_the_job_s_ray_scorer_follows_the_in_process_scoring_rules(cluster):
+    import dataclasses
+
+    from openrft.errors import EvaluatorError
+    from openrft.train.setup import make_scorer
+
+    settings = build_config({}, {"ray_address": "local"})[0].settings().engine
+    groups = _scored_groups(2)
+    prompts = [p for p, _ in groups]
+    failed = [[dataclasses.replace(c, error="agent crashed") if c.candidate_index == 0 else c for c in cs]
+              for _, cs in groups]  # fmt: skip
+    score = make_scorer(settings, load_evaluator(f"{FIXTURES}::spread"))
+    scores = score(prompts, failed)  # a failed rollout scores invalid, whatever the evaluator says
+    assert [(s.score, s.is_valid, s.reason) for s in scores[0]][0] == (0.0, False, "agent crashed")
+    assert all(s.is_valid for g in scores for s in g[1:])
+    broken = load_evaluator(f"{FIXTURES}::broken")
+    with pytest.raises(EvaluatorError) as caught:
+        make_scorer(settings, broken)(prompts, [cs for _, cs in groups])
+    assert len(caught.value.scored) == 2  # the failing round's rollouts go with the error
+    lenient = make_scorer(settings, broken, check_invalid=False)  # the preflight reports the rate instead
+    assert not any(s.is_valid for g in lenient(prompts, [cs for _, cs in groups]) for s in g)
+
+
 # ----------------------------------------------------------------------------- rollouts
 
 

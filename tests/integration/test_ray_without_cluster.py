@@ -64,3 +64,76 @@ def test_an_unreachable_cluster_is_a_config_error():
     with pytest.raises(ConfigError) as caught:
         connect("127.0.0.1:1")  # nothing listens there
     assert "cannot connect" in caught.value.message and "ray start --head" in caught.value.hint
+
+
+def test_a_port_that_does_not_speak_grpc_fails_at_once_naming_the_right_ports():
+    pytest.importorskip("ray")
+    import http.server
+    import threading
+    import time
+
+    from openrft.distributed.cluster import connect
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(ConfigError, match="not a Ray head's GCS port .*6379.*ray://"):
+            connect(f"127.0.0.1:{server.server_address[1]}")  # a dashboard-like HTTP/1 server
+    finally:
+        server.shutdown()
+    assert time.monotonic() - start < 10
+
+
+def test_local_is_a_private_instance_and_openrft_keeps_its_sigterm_handler(monkeypatch):
+    import signal
+    import types
+
+    from openrft.distributed.cluster import connect
+
+    calls = []
+
+    def init(**options):  # as ray.init does: it installs a SIGTERM handler that kills the process
+        calls.append(options)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=init)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # a cluster this machine belongs to
+
+    def ours(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, ours)
+    try:
+        connect("local", num_cpus=2)
+        assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert calls[0]["address"] == "local" and calls[0]["num_cpus"] >= 2
+
+
+def test_actors_are_sized_to_fit_the_nodes_and_a_busy_cluster_is_announced(capsys):
+    import types
+
+    from openrft.distributed.cluster import check_capacity
+    from openrft.distributed.engine import _actor_resources
+
+    def cluster(cpus, free):
+        nodes = [{"Alive": True, "Resources": {"CPU": float(c)}} for c in cpus]
+        return types.SimpleNamespace(nodes=lambda: nodes, cluster_resources=lambda: {"CPU": float(sum(cpus))},
+                                     available_resources=lambda: {"CPU": float(free)})  # fmt: skip
+
+    uneven = cluster([5, 2, 2], free=9)
+    assert _actor_resources(uneven, "local", 2) == {"CPU": 2.0, "GPU": 0.0}  # 4 each would fit one node only
+    check_capacity(uneven, 2, {"CPU": 2.0})
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ConfigError, match="nodes have room for 1 such workers"):
+        check_capacity(uneven, 2, {"CPU": 4.0})
+    with pytest.raises(ConfigError, match="needs 12 CPUs on the Ray cluster"):
+        check_capacity(uneven, 3, {"CPU": 4.0})
+    check_capacity(cluster([2], free=0), 2, {"CPU": 1.0})  # fits, but other work holds the CPUs now
+    assert (
+        "Ray: waiting for 2 CPUs for the rollout actors; 0 of the cluster's 2 are free now"
+        in capsys.readouterr().err
+    )

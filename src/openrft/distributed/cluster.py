@@ -1,8 +1,15 @@
 """Connecting to a Ray cluster: ``--ray-address local | auto | host:port | ray://host:port``.
 
-* ``local`` starts a Ray instance inside this process (one machine; it ends with the process).
+* ``local`` starts a private Ray instance for this process (one machine; it ends with the
+  process), even where this machine belongs to a cluster.
 * ``auto`` joins the cluster this machine belongs to (started with ``ray start --head``).
-* ``ray://host:port`` connects through the Ray Client (needs ``ray[client]``).
+* ``host:port`` joins the cluster whose head listens there (the GCS port, 6379 by default).
+* ``ray://host:port`` connects through the Ray Client (needs ``ray[client]``; port 10001).
+
+An address where nothing answers, or where something other than a gRPC server answers (the
+dashboard's 8265, a web server), fails within seconds instead of ``ray.init`` retrying for
+minutes. ``ray.init`` installs its own SIGTERM handler, which kills the process; openrft's (stop
+at the next step, checkpoint, end CANCELLED) is put back.
 
 A connection that already exists in this process (say a test's ``ray.init``) is reused
 whatever the address. Ray is imported only here and only when asked for, so openrft runs
@@ -11,9 +18,14 @@ without it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
+import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from openrft.errors import ConfigError
@@ -46,8 +58,8 @@ def connect(address: str, *, num_cpus: int | None = None) -> Any:
         return ray
     address = address.strip()
     options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
-    if address == "local":
-        options.update(num_cpus=max(os.cpu_count() or 1, num_cpus or 1), log_to_driver=False)
+    if address == "local":  # never the cluster this machine belongs to (RAY_ADDRESS, `ray start`)
+        options.update(address="local", num_cpus=max(os.cpu_count() or 1, num_cpus or 1), log_to_driver=False)
     elif address.startswith("ray://"):
         _require_client()
         options = {"address": address, "logging_level": logging.WARNING}
@@ -56,7 +68,8 @@ def connect(address: str, *, num_cpus: int | None = None) -> Any:
     try:
         if address != "local":
             _check_reachable(ray, address)
-        ray.init(**options)
+        with _keep_sigterm_handler():
+            ray.init(**options)
     except (OSError, RuntimeError, ValueError) as exc:  # ConnectionError and TimeoutError included
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
@@ -81,8 +94,43 @@ def _check_reachable(ray: Any, address: str) -> None:
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"expected host:port, not {target!r}")
-    with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
-        pass
+    with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S) as conn:
+        if not _answers_http2(conn):
+            raise ConnectionError(
+                f"{target} is not a Ray head's GCS port (it does not speak gRPC; Ray's default is 6379, "
+                "and the Ray Client's 10001 takes a ray:// address)"
+            )
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def _answers_http2(conn: socket.socket) -> bool:
+    """Whether the server on ``conn`` speaks HTTP/2 (gRPC): it answers the client preface with a
+    SETTINGS frame (type 4 in the 9-byte frame header); an HTTP/1 server answers with text or closes."""
+    try:
+        conn.sendall(HTTP2_PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # + an empty SETTINGS
+        head = b""
+        while len(head) < 9:
+            chunk = conn.recv(9 - len(head))
+            if not chunk:
+                break
+            head += chunk
+    except OSError:
+        return False
+    return len(head) == 9 and head[3] == 4
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """Put back this process's SIGTERM handler after ``ray.init`` replaced it (main thread only)."""
+    main = threading.current_thread() is threading.main_thread()
+    saved = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            signal.signal(signal.SIGTERM, saved)
 
 
 def _require_client() -> None:
@@ -103,17 +151,37 @@ def cluster_capacity(ray: Any) -> dict[str, float]:
 
 
 def check_capacity(ray: Any, workers: int, per_worker: dict[str, float]) -> None:
-    """Fail at once, naming the shortfall, when ``workers`` actors can never be placed."""
+    """Fail at once, naming the shortfall, when ``workers`` actors can never be placed: more than the
+    cluster has, or more per actor than its largest node has. When they fit but other work holds the
+    resources now, say that the job waits for them (Ray queues the actors silently)."""
     capacity = cluster_capacity(ray)
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive", True)]
+    free = ray.available_resources()
     for resource, amount in per_worker.items():
         needed = workers * amount
-        if needed > capacity.get(resource, 0.0) + 1e-9:
+        have = capacity.get(resource, 0.0)
+        gpu_hint = " (the vllm engine needs one GPU per worker)" if resource == "GPU" else ""
+        if needed > have + 1e-9:
             raise ConfigError(
                 f"--rollout-workers {workers} needs {needed:g} {resource}s on the Ray cluster "
-                f"({amount:g} per worker), which has {capacity.get(resource, 0.0):g}",
+                f"({amount:g} per worker), which has {have:g}",
                 field="rollout_workers",
-                hint="lower --rollout-workers, or add nodes to the cluster"
-                + (" (the vllm engine needs one GPU per worker)" if resource == "GPU" else ""),
+                hint="lower --rollout-workers, or add nodes to the cluster" + gpu_hint,
+            )
+        fits = sum(int((float(n.get(resource, 0.0)) + 1e-9) // amount) for n in nodes) if nodes else workers
+        if amount > 0 and fits < workers:
+            raise ConfigError(
+                f"--rollout-workers {workers}: each worker needs {amount:g} {resource}s on one node, and the "
+                f"Ray cluster's nodes have room for {fits} such workers",
+                field="rollout_workers",
+                hint="choose a --rollout-workers whose share fits the nodes, or add nodes" + gpu_hint,
+            )
+        if needed > float(free.get(resource, 0.0)) + 1e-9:
+            print(
+                f"Ray: waiting for {needed:g} {resource}s for the rollout actors; {float(free.get(resource, 0.0)):g} "
+                f"of the cluster's {have:g} are free now (other work holds the rest, see `ray status`)",
+                file=sys.stderr,
+                flush=True,
             )
 
 

@@ -214,7 +214,7 @@ class RayEngine:
         self._probes.pop(index, None)
         if not any(self._alive):
             raise _actor_error(
-                exc, f"every rollout actor died (each was restarted up to {self.max_restarts} times)"
+                exc, f"every rollout actor died or was stopped (restarts allowed: {self.max_restarts} each)"
             )
 
 
@@ -387,14 +387,16 @@ def plan_workers(workers: int, concurrency: int | None) -> tuple[int, int | None
 
 
 def _actor_resources(ray: Any, engine: str, workers: int) -> dict[str, float]:
-    """CPU actors share the cluster's cores (at least one each, at most one node's worth); vLLM takes a GPU."""
+    """CPU actors share the cluster's cores (at least one each, as many as lets every actor fit on a
+    node); vLLM takes a GPU."""
     if engine == "vllm":
         return {"CPU": 1.0, "GPU": 1.0}
-    largest_node = max(
-        (n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0
-    )
+    nodes = [float(n.get("Resources", {}).get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")] or [1.0]
     total = ray.cluster_resources().get("CPU", 1.0)
-    return {"CPU": float(max(1, min(int(total // workers), int(largest_node)))), "GPU": 0.0}
+    share = max(1, min(int(total // workers), int(max(nodes))))
+    while share > 1 and sum(int(n // share) for n in nodes) < workers:  # every actor must fit on a node
+        share -= 1
+    return {"CPU": float(share), "GPU": 0.0}
 
 
 def _portable_model_name(name: str) -> str:

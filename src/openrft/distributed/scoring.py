@@ -29,7 +29,7 @@ import hashlib
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,26 +192,15 @@ def _first_line(exc: BaseException) -> str:
 
 def ray_scorer(
     address: str, evaluator: Any, *, max_concurrent_evaluations: int | None, timeout: float
-) -> Callable[[Sequence[Prompt], list[list[Completion]]], list[list[Score]]]:
-    """The job's scoring function with the evaluator on the Ray cluster at ``address``.
-
-    Same contract as the in-process scorer: ``score(prompts, completions) -> scores``, failing
-    the step (EvaluatorError) when more than half the scores are invalid.
-    """
-    from openrft.evaluators import check_invalid_rate
+) -> RayScorer:
+    """The evaluator on the Ray cluster at ``address``: ``score_groups`` with the contract of the
+    in-process pool (the job's scoring rules around it are the same for both, see
+    :func:`openrft.train.setup.make_scorer`)."""
     from openrft.evaluators.runner import DEFAULT_CONCURRENCY
 
     ray = connect(address)
     limit = max_concurrent_evaluations or DEFAULT_CONCURRENCY
-    scorer = RayScorer(evaluator, max_concurrent_evaluations=limit, timeout=timeout, ray=ray)
-
-    def score(prompts: Sequence[Prompt], completions: list[list[Completion]]) -> list[list[Score]]:
-        scores = scorer.score_groups(list(zip(prompts, completions, strict=True)))
-        check_invalid_rate([s for group in scores for s in group])
-        return scores
-
-    score.scorer = scorer  # type: ignore[attr-defined]
-    return score
+    return RayScorer(evaluator, max_concurrent_evaluations=limit, timeout=timeout, ray=ray)
 
 
 __all__ = ["RayScorer", "pack_evaluator", "ray_scorer", "score_batch"]

@@ -60,7 +60,7 @@ class RolloutWorker:
             import torch
 
             torch.set_num_threads(spec.torch_threads)
-        self._adapter_dir = Path(tempfile.mkdtemp(prefix="openrft-adapter-"))
+        self._adapter_dir = _adapter_dir()
         self._loaded: list[str] = []
         self._startup_error: OpenRFTError | None = None
         try:
@@ -157,6 +157,29 @@ class RolloutWorker:
             self.engine.unload_adapter(old)
             shutil.rmtree(self._adapter_dir / old, ignore_errors=True)
         self._loaded = [name]
+
+
+def _adapter_dir() -> Path:
+    """This actor process's folder for adapter files (vLLM loads adapters from disk), under one
+    parent per node; folders of actor processes that are gone (``ray.kill`` runs no clean-up) are
+    removed first."""
+    parent = Path(tempfile.gettempdir()) / "openrft-adapters"
+    parent.mkdir(exist_ok=True)
+    for old in parent.iterdir():
+        pid = old.name.split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _is_restart() -> bool:

@@ -211,15 +211,15 @@ def make_scorer(
     from openrft.evaluators import check_invalid_rate, score_groups
     from openrft.evaluators.runner import DEFAULT_CONCURRENCY
 
-    if settings.ray is not None:  # evaluator calls as Ray tasks (same contract)
+    pool: Any = None
+    if settings.ray is not None:  # evaluator calls as Ray tasks (same contract as the pool's)
         from openrft.distributed import ray_scorer
 
-        return ray_scorer(
+        pool = ray_scorer(
             settings.ray.address, evaluator,
             max_concurrent_evaluations=settings.max_concurrent_evaluations, timeout=settings.evaluator_timeout,
         )  # fmt: skip
-    pool = None
-    if not evaluator.run_inline:
+    elif not evaluator.run_inline:
         from openrft.evaluators.isolation import EvaluatorPool
 
         workers = settings.max_concurrent_evaluations or DEFAULT_CONCURRENCY
@@ -249,7 +249,7 @@ def make_scorer(
                 raise
         return scores
 
-    score.close = pool.close if pool is not None else lambda: None  # type: ignore[attr-defined]
+    score.close = getattr(pool, "close", lambda: None)  # type: ignore[attr-defined]
     return score
 
 
