@@ -79,9 +79,18 @@ def test_tool_calls_round_trip_by_items_and_by_previous_response_id(tokenizer):
             kinds = [event.type for event in stream]
             final = stream.get_final_response()
         assert "response.function_call_arguments.done" in kinds and final.output[0].name == "calculator"
+        listed = client.responses.input_items.list(by_id.id)
+        assert [i.type for i in listed.data] == ["function_call_output"]
+        referenced = client.responses.create(model="policy", tools=TOOLS, input=[
+            {"role": "user", "content": "What is 17*23?"}, {"type": "item_reference", "id": first.output[0].id}, result])  # fmt: skip
+        assert referenced.usage.input_tokens == by_items.usage.input_tokens
         client.responses.delete(first.id)
-        with pytest.raises(openai.NotFoundError, match="not found"):
+        with pytest.raises(openai.BadRequestError, match="not found") as caught:
             client.responses.create(model="policy", previous_response_id=first.id, input=[result])
+        assert caught.value.body["code"] == "previous_response_not_found"
+        with pytest.raises(openai.BadRequestError, match="json_schema"):
+            client.responses.create(model="policy", input="x", text={"format": {
+                "type": "json_schema", "name": "a", "schema": {"type": "object"}}})  # fmt: skip
         with pytest.raises(openai.BadRequestError, match="only function tools"):
             client.responses.create(model="policy", input="x", tools=[{"type": "web_search"}])
         with pytest.raises(openai.BadRequestError, match="input_image"):
@@ -127,3 +136,32 @@ def test_an_agent_on_the_responses_api_trains_on_one_sequence_of_its_exact_token
         )  # fmt: skip
     mask_RC = batch.completion_mask_RC.bool()
     assert torch.allclose(logp_RC[mask_RC], batch.sampler_logprobs_RC[mask_RC], atol=1e-4)
+
+
+TWO_CALLS = CALL + "\n" + CALL.replace("17*23", "2+2")
+
+
+def test_parallel_calls_sent_back_one_output_after_each_call_rejoin_their_turn(tokenizer):
+    with BackgroundServer(create_app(ScriptedEngine(tokenizer, TWO_CALLS), "policy")) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        question = {"role": "user", "content": "What are 17*23 and 2+2?"}
+        first = client.responses.create(model="policy", input=[question], tools=TOOLS)
+        a, b = (o.model_dump() for o in first.output)
+        out = [
+            {"type": "function_call_output", "call_id": c["call_id"], "output": r}
+            for c, r in ((a, "391"), (b, "4"))
+        ]
+        grouped = client.responses.create(model="policy", input=[question, a, b, *out], tools=TOOLS)
+        interleaved = client.responses.create(
+            model="policy", input=[question, a, out[0], b, out[1]], tools=TOOLS
+        )
+        assert interleaved.usage.input_tokens == grouped.usage.input_tokens  # one assistant turn, as written
+
+
+def test_logprobs_belong_to_the_text_and_its_tokens_only(tokenizer):
+    with BackgroundServer(create_app(ScriptedEngine(tokenizer, "Sure."), "policy")) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        answer = client.responses.create(model="policy", input="Hi", include=["message.output_text.logprobs"])
+        (part,) = answer.output[0].content
+        assert "".join(lp.token for lp in part.logprobs) == "Sure."  # the end-of-turn token left out
+        assert answer.usage.output_tokens == len(part.logprobs) + 1

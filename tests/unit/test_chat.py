@@ -133,7 +133,7 @@ def test_answered_tool_call_turns_read_as_the_text_the_model_writes():
 
 def test_responses_input_items_become_chat_messages():
     from openrft.rollout.chat_api import HTTPError
-    from openrft.rollout.responses_api import chat_tools, input_messages
+    from openrft.rollout.responses_api import chat_tools, input_items, input_messages
 
     items = [
         {"role": "developer", "content": "Use tools."},
@@ -160,7 +160,10 @@ def test_responses_input_items_become_chat_messages():
     assert chat_tools([{"type": "function", "name": "f", "parameters": {"type": "object"}}]) == [
         {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     ]
-    for bad, message in [([{"type": "item_reference", "id": "x"}], "item_reference"),
-                         ([{"role": "tool", "content": "x"}], "role 'tool'"), ([], "no messages")]:  # fmt: skip
-        with pytest.raises(HTTPError, match=message):
-            input_messages(bad)
+    with pytest.raises(HTTPError, match="role 'tool'"):
+        input_messages([{"role": "tool", "content": "x"}])
+    with pytest.raises(HTTPError, match="Item with id 'x' not found"):
+        input_items([{"type": "item_reference", "id": "x"}])
+    with pytest.raises(HTTPError, match="computer_call"):
+        input_messages([{"type": "computer_call", "id": "c"}])
+    assert input_items("hi")[0]["content"] == [{"type": "input_text", "text": "hi"}]

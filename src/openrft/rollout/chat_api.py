@@ -62,6 +62,7 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     return_token_ids: bool = False  # vLLM's extension: prompt and completion token ids in the answer
+    response_format: dict[str, Any] | None = None  # only {"type": "text"}: no constrained decoding
 
 
 @dataclasses.dataclass
@@ -74,9 +75,11 @@ class Answer:
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str):
+    """An error answer: its status, message and, where OpenAI names them, its code and parameter."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.code, self.param = status, message, code, param
 
 
 def add_chat_routes(
@@ -140,6 +143,10 @@ def add_chat_routes(
 
 
 def _check_tool_choice(request: ChatRequest) -> None:
+    kind = (request.response_format or {}).get("type", "text")
+    if kind != "text":
+        raise HTTPError(400, f"response_format {kind!r} is not supported: openrft samples without constrained "
+                        "decoding (ask for JSON in the prompt and parse the text)", param="response_format")  # fmt: skip
     choice = request.tool_choice
     if choice in (None, "auto", "none"):
         return

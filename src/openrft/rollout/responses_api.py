@@ -3,10 +3,15 @@
 A request's ``instructions`` and ``input`` items (messages, ``function_call`` and
 ``function_call_output`` items) become a chat conversation; its flat function tools become chat
 tools. The reply comes back as output items: a ``message`` with ``output_text``, then a
-``function_call`` per tool call. ``previous_response_id`` continues a stored response (the server
-keeps the latest ones in memory, ``store: false`` keeps none); ``stream: true`` answers with the
-Responses event stream once the reply is done. A request naming a rollout is a training call,
-recorded exactly as a chat completion is: an agent may use either API.
+``function_call`` per tool call. ``previous_response_id`` continues a stored response, and
+``item_reference`` items name stored items (the server keeps the latest responses in memory,
+:mod:`openrft.rollout.response_store`; ``store: false`` keeps none); ``stream: true`` answers with
+the Responses event stream once the reply is done. A request naming a rollout is a training call,
+recorded exactly as a chat completion is: an agent may use either API, and tool calls it sends back
+in any order (each call followed by its output) rejoin the turn that made them.
+
+Not supported, and refused rather than ignored: structured output (``text.format`` other than
+text), server-side ``conversation`` objects, tool types other than functions.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -23,8 +27,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from openrft.rollout.chat_api import Answer, ChatRequest, HTTPError, token_bytes
+from openrft.rollout.response_store import ResponseStore, Stored
 
-STORED_RESPONSES = 4096  # responses kept for previous_response_id and GET, newest first
 LOGPROBS = "message.output_text.logprobs"
 TEXT_PARTS = ("input_text", "output_text", "text")
 
@@ -33,7 +37,7 @@ class ResponsesRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str | None = None
-    input: str | list[dict[str, Any]]
+    input: str | list[dict[str, Any]] | None = None
     instructions: str | None = None
     previous_response_id: str | None = None
     tools: list[dict[str, Any]] | None = None
@@ -48,6 +52,9 @@ class ResponsesRequest(BaseModel):
     include: list[str] | None = None
     store: bool | None = None  # OpenAI's default: stored
     metadata: dict[str, Any] | None = None
+    text: dict[str, Any] | None = None
+    truncation: str | None = None
+    conversation: Any = None
     stream: bool = False
 
 
@@ -55,17 +62,23 @@ Complete = Callable[[ChatRequest, Request], Awaitable[Answer | None]]
 
 
 def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> None:
-    """Register ``/v1/responses`` (create, retrieve, delete), answering through ``complete``."""
-    stored: OrderedDict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = OrderedDict()
+    """Register ``/v1/responses`` (create, retrieve, delete, input items), answering through ``complete``."""
+    store = ResponseStore()
 
     @app.post("/v1/responses", response_model=None)
     async def create_response(request: ResponsesRequest, http: Request) -> Any:
+        _check_supported(request)
         history: list[dict[str, Any]] = []
         if request.previous_response_id is not None:
-            if request.previous_response_id not in stored:
-                raise HTTPError(404, f"Previous response with id '{request.previous_response_id}' not found.")
-            history = list(stored[request.previous_response_id][0])
-        conversation = [*history, *input_messages(request.input)]
+            previous = store.get(request.previous_response_id)
+            if previous is None:
+                raise HTTPError(400, f"Previous response with id '{request.previous_response_id}' not found.",
+                                code="previous_response_not_found", param="previous_response_id")  # fmt: skip
+            history = list(previous.conversation)
+        items = input_items(request.input, store)
+        conversation = [*history, *input_messages(items, store)]
+        if not conversation:
+            raise HTTPError(400, "input: no messages", param="input")
         opening = [{"role": "system", "content": request.instructions}] if request.instructions else []
         chat = ChatRequest(
             model=request.model,
@@ -84,34 +97,83 @@ def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> No
             return {}  # a rollout's client gave up on the call
         body = response_body(tokenizer, request, answer)
         if request.store is not False:
-            stored[body["id"]] = ([*conversation, answer.replies[0].message()], body)
-            while len(stored) > STORED_RESPONSES:
-                stored.popitem(last=False)
+            store.put(body["id"], Stored([*conversation, answer.replies[0].message()], body, items))
         if request.stream:
             return StreamingResponse(response_events(body), media_type="text/event-stream")
         return body
 
+    def stored(response_id: str) -> Stored:
+        found = store.get(response_id)
+        if found is None:
+            raise HTTPError(404, f"Response with id '{response_id}' not found.")
+        return found
+
     @app.get("/v1/responses/{response_id}")
     async def retrieve_response(response_id: str) -> dict[str, Any]:
-        if response_id not in stored:
-            raise HTTPError(404, f"Response with id '{response_id}' not found.")
-        return stored[response_id][1]
+        return stored(response_id).body
+
+    @app.get("/v1/responses/{response_id}/input_items")
+    async def list_input_items(
+        response_id: str, order: str = "desc", limit: int = 20, after: str | None = None
+    ) -> dict[str, Any]:
+        items = list(stored(response_id).input_items)
+        if order != "asc":
+            items.reverse()
+        if after is not None:
+            ids = [item["id"] for item in items]
+            items = items[ids.index(after) + 1 :] if after in ids else []
+        page = items[: max(1, min(limit, 100))]
+        return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None, "has_more": len(items) > len(page)}  # fmt: skip
 
     @app.delete("/v1/responses/{response_id}")
     async def delete_response(response_id: str) -> dict[str, Any]:
-        if stored.pop(response_id, None) is None:
+        if not store.delete(response_id):
             raise HTTPError(404, f"Response with id '{response_id}' not found.")
         return {"id": response_id, "object": "response", "deleted": True}
+
+
+def _check_supported(request: ResponsesRequest) -> None:
+    kind = ((request.text or {}).get("format") or {}).get("type", "text")
+    if kind != "text":
+        raise HTTPError(400, f"text.format {kind!r} is not supported: openrft samples without constrained "
+                        "decoding (ask for JSON in the prompt and parse the text)", param="text.format")  # fmt: skip
+    if request.conversation is not None:
+        raise HTTPError(400, "conversation objects are not supported: send the items, or use "
+                        "previous_response_id", param="conversation")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- request -> chat
 
 
-def input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Responses input items as chat messages: a ``function_call`` joins the assistant turn before it,
-    a ``function_call_output`` is a tool message; reasoning items are left out."""
-    if isinstance(items, str):
-        return [{"role": "user", "content": items}]
+ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+
+
+def input_items(
+    given: str | list[dict[str, Any]] | None, store: ResponseStore | None = None
+) -> list[dict[str, Any]]:
+    """The request's input as items, each with an id (text is one user message); references resolved."""
+    if given is None:
+        return []
+    if isinstance(given, str):
+        given = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": given}]}]
+    items = []
+    for i, item in enumerate(given):
+        if item.get("type") == "item_reference" or (item.get("id") and set(item) <= {"id", "type"}):
+            found = store.item(item["id"]) if store is not None else None
+            if found is None:
+                raise HTTPError(400, f"Item with id '{item['id']}' not found.", param=f"input[{i}]")
+            item = found
+        kind = item.get("type", "message")
+        items.append(
+            item if item.get("id") else {**item, "id": f"{ID_PREFIX.get(kind, 'item')}_{uuid.uuid4().hex}"}
+        )
+    return items
+
+
+def input_messages(items: list[dict[str, Any]], store: ResponseStore | None = None) -> list[dict[str, Any]]:
+    """Input items as chat messages: a ``function_call`` joins the assistant turn that made it, a
+    ``function_call_output`` is a tool message; reasoning items are left out."""
     messages: list[dict[str, Any]] = []
     for i, item in enumerate(items):
         kind = item.get("type", "message")
@@ -128,9 +190,10 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "function": {"name": item.get("name"), "arguments": item.get("arguments", "")}}  # fmt: skip
             if not isinstance(call["function"]["name"], str):
                 raise HTTPError(400, f"input[{i}]: a function_call needs a name")
-            if not (messages and messages[-1]["role"] == "assistant"):
-                messages.append({"role": "assistant", "content": None})
-            messages[-1].setdefault("tool_calls", []).append(call)
+            turn = _turn_of(messages, call["id"], store)
+            if turn is None:
+                messages.append(turn := {"role": "assistant", "content": None})
+            turn.setdefault("tool_calls", []).append(call)
         elif kind == "function_call_output":
             messages.append({"role": "tool", "tool_call_id": item.get("call_id"),
                              "content": _text(item.get("output"), i)})  # fmt: skip
@@ -142,9 +205,21 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
                 f"input[{i}]: items of type {kind!r} are not supported: use messages, function_call "
                 "and function_call_output items",
             )
-    if not messages:
-        raise HTTPError(400, "input: no messages")
     return messages
+
+
+def _turn_of(messages: list[dict[str, Any]], call_id: str | None, store: ResponseStore | None) -> dict | None:
+    """The assistant message a tool call belongs to: the one just before it, or, past the tool results
+    that follow it, the one holding calls the same response made (``fc A, fco A, fc B, fco B``)."""
+    if messages and messages[-1]["role"] == "assistant":
+        return messages[-1]
+    owner = store.call_owner(call_id) if store is not None else None
+    k = len(messages) - 1
+    while owner is not None and k >= 0 and messages[k]["role"] == "tool":
+        k -= 1
+    if owner is None or k < 0 or messages[k]["role"] != "assistant" or not messages[k].get("tool_calls"):
+        return None
+    return messages[k] if store.call_owner(messages[k]["tool_calls"][0]["id"]) == owner else None  # type: ignore[union-attr]
 
 
 def _text(content: Any, index: int) -> str:
@@ -194,7 +269,10 @@ def response_body(tokenizer: Any, request: ResponsesRequest, answer: Answer) -> 
     output: list[dict[str, Any]] = []
     if reply.content or not reply.tool_calls:
         part: dict[str, Any] = {"type": "output_text", "text": reply.content or "", "annotations": []}
-        if LOGPROBS in (request.include or ()):
+        if LOGPROBS in (request.include or ()) and not reply.tool_calls:  # the text's own tokens only
+            ids, lps = list(c.completion_token_ids), list(c.logprobs)
+            if c.finish_reason == "stop" and ids and ids[-1] in set(tokenizer.all_special_ids):
+                ids, lps = ids[:-1], lps[:-1]  # the end-of-turn token is not part of the text
             part["logprobs"] = [
                 {
                     "token": tokenizer.decode([t]),
@@ -202,7 +280,7 @@ def response_body(tokenizer: Any, request: ResponsesRequest, answer: Answer) -> 
                     "bytes": list(token_bytes(tokenizer, t)),
                     "top_logprobs": [],
                 }  # fmt: skip
-                for t, lp in zip(c.completion_token_ids, c.logprobs, strict=True)
+                for t, lp in zip(ids, lps, strict=True)
             ]
         output.append({"type": "message", "id": f"msg_{uuid.uuid4().hex}", "role": "assistant",
                        "status": "incomplete" if incomplete else "completed", "content": [part]})  # fmt: skip
@@ -238,7 +316,7 @@ def response_body(tokenizer: Any, request: ResponsesRequest, answer: Answer) -> 
         "store": request.store is not False,
         "metadata": request.metadata or {},
         "text": {"format": {"type": "text"}},
-        "truncation": "disabled",
+        "truncation": request.truncation or "disabled",
         "usage": {
             "input_tokens": prompt_tokens,
             "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
@@ -290,4 +368,4 @@ def _item_events(event: Callable[..., str], index: int, item: dict[str, Any]) ->
     yield event("response.output_item.done", output_index=index, item=item)
 
 
-__all__ = ["ResponsesRequest", "add_responses_routes", "chat_tools", "input_messages"]
+__all__ = ["ResponsesRequest", "add_responses_routes", "chat_tools", "input_items", "input_messages"]

@@ -310,7 +310,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(_HTTPError)
     async def _http_error(request: Request, exc: _HTTPError) -> JSONResponse:
-        return _error(exc.status, exc.message)
+        return _error(exc.status, exc.message, code=exc.code, param=exc.param)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -379,9 +379,10 @@ def _choice(
     return choice
 
 
-def _error(status: int, message: str) -> JSONResponse:
+def _error(status: int, message: str, *, code: str | None = None, param: str | None = None) -> JSONResponse:
     kind = {400: "BadRequestError", 404: "NotFoundError"}.get(status, "InternalServerError")
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+    error = {"message": message, "type": kind, "param": param, "code": code or status}
+    return JSONResponse({"error": error}, status_code=status)
 
 
 # ----------------------------------------------------------------------------- running
