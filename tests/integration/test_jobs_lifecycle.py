@@ -519,3 +519,17 @@ def test_detach_validates_before_it_detaches(fake, home, model_dir, capsys, tmp_
     )
     assert code == 2 and out == "" and err.startswith("--")  # no job id printed, no worker started
     assert not JobStore().exists("a") and not (home / "jobs" / "a").exists()
+
+
+def test_a_foreground_job_stops_gracefully_on_sigterm_as_on_ctrl_c():
+    import signal
+
+    from openrft.jobs.runner import graceful_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with graceful_interrupt() as interrupted:
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's or `kill`'s stop: the job's clean-up must run
+        assert interrupted == [True]
+        with pytest.raises(KeyboardInterrupt):  # a second one aborts
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before

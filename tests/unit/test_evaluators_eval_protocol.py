@@ -87,7 +87,36 @@ def test_an_mcp_gym_file_gets_its_server_script_one_shared_server_and_rows_witho
     assert spec.name == "MCPGymRolloutProcessor" and Path(spec.server_script_path).name == "gym_server.py"
     assert Path(spec.server_script_path).is_file()  # found beside the evaluator file
     assert spec.kwargs["server_mode"] == "shared"  # one server for the candidates openrft runs one by one
+    assert spec.kwargs["port"] != 9700  # a free port: eval-protocol's fixed one fails a second job
+    assert Path(spec.server_script_path).is_absolute() and Path(ev.input_dataset).is_absolute()
     with pytest.raises(Exception, match="must end with a user message"):
         load_prompts(ev.input_dataset)  # a plain job samples a reply to the user: it needs one
     (prompt,) = load_prompts(ev.input_dataset, open_ended=True)  # the gym supplies the turns
     assert [m["role"] for m in prompt.messages] == ["system"]
+
+
+def test_a_processor_agent_starts_gym_servers_with_this_interpreter(monkeypatch):
+    import sys
+
+    from openrft.rollout.ep_rollouts import processor_agent
+
+    ev = load_evaluator(f"{EP_FILE.parent / 'ep_gym.py'}::gym")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # a shell without the virtual environment
+    processor_agent(ev.rollout)
+    assert os.environ["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
+
+
+def test_openrft_eval_runs_a_file_s_rollout_processor():
+    from openrft.jobs import model_eval as M
+    from openrft.records import SamplingParams
+
+    ev = load_evaluator(f"{EP_FILE.parent / 'ep_gym.py'}::gym")
+    seen = {}
+
+    def load(model, **options):
+        seen.update(options)
+        raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        M.evaluate_model(None, [], SamplingParams(n=2), None, None, load=load, processor=ev)
+    assert seen["processor"] is ev

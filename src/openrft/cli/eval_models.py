@@ -133,7 +133,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     evaluator = load_evaluator(evaluator_spec, dataset=args.dataset)
     prompts = load_prompts(
         args.dataset, seed=args.seed, limit=args.limit, skip_bad_rows=args.skip_bad_rows,
-        adapter=evaluator.dataset_adapter,
+        adapter=evaluator.dataset_adapter, open_ended=evaluator.rollout is not None,
     )  # fmt: skip
     if args.reference_field:
         from openrft.data.reference import with_reference_field
@@ -152,12 +152,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     agent_job = next((j for j in jobs if j.agent is not None), None)  # every model runs its tool loop
     if agent_job is not None:
         M.progress(f"each response is a conversation run as in job {agent_job.job_id} (its tools or agent)")
+    elif evaluator.rollout is not None:
+        M.progress(f"each response is a conversation run by {type(evaluator.rollout.processor).__name__}")
     results = []
     for model in models:
         M.progress(f"{model.label}: {model.describe()}")
         results.append(
             M.evaluate_model(
-                model, prompts, params, score, rule, max_concurrent_rollouts=concurrency, job=agent_job
+                model,
+                prompts,
+                params,
+                score,
+                rule,
+                max_concurrent_rollouts=concurrency,
+                job=agent_job,
+                processor=evaluator if evaluator.rollout is not None else None,
             )
         )
     print(f"{args.dataset}: {len(prompts)} prompts x {params.n} samples; pass = {rule.describe()}")

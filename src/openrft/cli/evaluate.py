@@ -165,7 +165,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = args.dataset or evaluator.input_dataset
     if dataset is None:
         raise DataError("no --dataset given and the evaluator names no input_dataset")
-    prompts = load_prompts(dataset, skip_bad_rows=args.skip_bad_rows, adapter=evaluator.dataset_adapter)
+    prompts = load_prompts(dataset, skip_bad_rows=args.skip_bad_rows, adapter=evaluator.dataset_adapter,
+                           open_ended=evaluator.rollout is not None)  # fmt: skip
     if evaluator.check_row is not None:  # a grader spec's templates, against the first rows
         for prompt in list(prompts)[:3]:
             evaluator.check_row(prompt.row, f"row {prompt.prompt_id} of {dataset}")

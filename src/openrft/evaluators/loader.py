@@ -444,6 +444,7 @@ def _rollout_spec(params: Any, name: str, origin: str, base_dir: Path | None) ->
         # openrft runs the processor once per candidate: one gym server for all of them (eval-protocol's
         # "shared" mode), not one per call on the same port
         kwargs.setdefault("server_mode", "shared")
+        kwargs.setdefault("port", _free_port())  # its default 9700 fails a second job, or a leftover server
     completion = getattr(params, "completion_params", None)
     if isinstance(completion, list):
         completion = next((c for c in completion if isinstance(c, dict)), None)
@@ -458,8 +459,19 @@ def _rollout_spec(params: Any, name: str, origin: str, base_dir: Path | None) ->
 
 
 def _resolve_dataset(dataset: str | None, base_dir: Path | None) -> str | None:
-    """A relative ``input_dataset`` is taken from the working folder, else next to the evaluator file."""
-    if dataset is None or base_dir is None or Path(dataset).is_absolute() or Path(dataset).exists():
+    """A relative ``input_dataset`` is taken from the working folder, else next to the evaluator file;
+    either way made absolute, so that a job resumed from another folder finds the same file."""
+    if dataset is None or Path(dataset).is_absolute():
         return dataset
-    beside = base_dir / dataset
-    return str(beside) if beside.exists() else dataset
+    if Path(dataset).exists():
+        return str(Path(dataset).resolve())
+    beside = base_dir / dataset if base_dir is not None else None
+    return str(beside.resolve()) if beside is not None and beside.exists() else dataset
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -183,10 +183,12 @@ def load_engine(
     max_concurrent_rollouts: int | None = None,
     agent: Any = None,
     max_context: int | None = None,
+    processor: Any = None,
 ) -> Any:
     """The local engine on the model (and adapter), on the best device (a CUDA GPU when there is one);
     with ``agent`` (a job's :class:`~openrft.settings.AgentSettings`), each response is a whole
-    conversation run by the job's agent or tool loop against it, as in the job."""
+    conversation run by the job's agent or tool loop against it, as in the job; with ``processor`` (an
+    evaluator whose file names a rollout processor), by that processor."""
     from transformers.utils import logging as hf_logging
 
     from openrft.models import load_adapter, load_model, resolve_device
@@ -204,12 +206,12 @@ def load_engine(
     engine = LocalEngine(
         weights, tokenizer, max_concurrent_rollouts=max_concurrent_rollouts, inference_copy=on_cpu
     )
-    if agent is None:
+    if agent is None and processor is None:
         return engine
     from openrft.train.setup import with_agent
 
     context = max_context or getattr(weights.config, "max_position_embeddings", 4096)
-    return with_agent(engine, agent, max_concurrent_rollouts, context, model.base_model)
+    return with_agent(engine, agent, max_concurrent_rollouts, context, model.base_model, processor)
 
 
 def scorer(
@@ -235,14 +237,20 @@ def evaluate_model(
     max_concurrent_rollouts: int | None = None,
     load: Callable[..., Any] = load_engine,
     job: JobSource | None = None,
+    processor: Any = None,
 ) -> ModelResult:
     """Sample ``params.n`` responses per prompt from ``model``, score them, and summarise; ``job``
-    lends its agent or tool loop (a multi-turn job's responses are whole conversations)."""
+    lends its agent or tool loop (a multi-turn job's responses are whole conversations), else an
+    eval-protocol evaluator with a rollout processor (``processor``) runs its own."""
     from openrft.settings import RoundSettings
     from openrft.train.rounds import round_metrics, sample_and_score
 
     start = time.perf_counter()
-    options = {"agent": job.agent, "max_context": job.max_context} if job is not None and job.agent else {}
+    options: dict[str, Any] = (
+        {"agent": job.agent, "max_context": job.max_context} if job is not None and job.agent else {}
+    )
+    if not options and processor is not None:
+        options = {"processor": processor}
     engine = load(model, max_concurrent_rollouts=max_concurrent_rollouts, **options)
     timings: dict[str, float] = {}
     groups = sample_and_score(engine, score, prompts, params, RoundSettings(), timings)

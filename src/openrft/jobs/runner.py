@@ -382,7 +382,8 @@ def spawn_worker(store: JobStore, record: JobRecord) -> int:
 
 
 class graceful_interrupt:
-    """First Ctrl-C: stop at the next step boundary (with a checkpoint); a second one aborts."""
+    """First Ctrl-C (or SIGTERM): stop at the next step boundary (with a checkpoint); a second one
+    aborts. Either way the job's own clean-up runs (an MCP gym's server, evaluator workers)."""
 
     def __init__(self) -> None:
         self.flag = [False]
@@ -399,14 +400,16 @@ class graceful_interrupt:
 
     def __enter__(self) -> list[bool]:
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {
+                sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)
+            }
         except ValueError:  # not the main thread
             self._previous = None
         return self.flag
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, handler in (self._previous or {}).items():
+            signal.signal(sig, handler)
 
 
 # ----------------------------------------------------------------------------- helpers

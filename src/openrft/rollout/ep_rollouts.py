@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from typing import Any
 
 from openrft.evaluators.base import RolloutSpec
@@ -39,6 +40,11 @@ def processor_agent(spec: RolloutSpec) -> Agent:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-list download at import
     for name in ("LiteLLM", "LiteLLM Router", "httpx", "eval_protocol"):  # a line per call otherwise
         logging.getLogger(name).setLevel(logging.WARNING)
+    # eval-protocol starts an MCP gym's server as `python SCRIPT`: this interpreter's, not whatever
+    # `python` a shell without the virtual environment would find first
+    bin_dir = os.path.dirname(sys.executable)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
     setup = getattr(spec.processor, "setup", None)
     if callable(setup):
         setup()
