@@ -107,6 +107,21 @@ CASES = [
         "--output-model {d}: this is an input of the job",
     ),
     (
+        [
+            "--dataset",
+            "{d}/good.jsonl",
+            "--evaluator",
+            "{d}/ev.py::score",
+            "--output-model",
+            "{d}/home/jobs/j1",
+        ],
+        "--output-model {d}/home/jobs/j1: this is openrft's own job store",
+    ),
+    (
+        ["--dataset", "{d}/good.jsonl", "--evaluator", "{d}/ev.py::score", "--output-model", "{d}/home"],
+        "--output-model {d}/home: this is openrft's own job store",
+    ),
+    (
         ["--dataset", "{d}/good.jsonl", "--evaluator", "{d}/ev.py::score", "--output-model", "{d}/mine"],
         "--output-model {d}/mine: the folder exists and is not an openrft output folder",
     ),

@@ -246,3 +246,31 @@ def test_other_commands_refuse_bad_arguments(user, capsys, argv, first):
     code, _, err = run(capsys, [a.format(u=user) for a in argv])
     assert_refused(code, err, first.format(u=user))
     assert snapshot(user) == before
+
+
+def test_repair_leaves_a_healthy_store_alone_and_never_calls_a_cancelled_job_completed(
+    user, capsys, tmp_path
+):
+    import json
+
+    home = tmp_path / "home"
+    code, _, err = run(capsys, ["rftj", "list"])  # creates a healthy, empty store
+    assert code == 0, err
+    code, _, err = run(capsys, ["rftj", "repair"])
+    assert code != 0 and "is not damaged" in err and "--force" in err
+    for name, outcome in (("cancelled", ""), ("done", "completed")):
+        folder = home / "jobs" / name
+        (folder / "output").mkdir(parents=True)
+        (folder / "output" / "adapter_config.json").write_text("{}")  # a cancelled job writes its adapter too
+        (folder / "job.json").write_text(
+            '{"training": {}, "loss": {}, "rollout": {}, "data": {}, "wandb": {}}'
+        )
+        (folder / "checkpoints" / "step-000004").mkdir(parents=True)
+        (folder / "checkpoints" / "step-000004" / "state.json").write_text(
+            json.dumps({"step": 4, "outcome": outcome})
+        )
+    code, out, err = run(capsys, ["rftj", "repair", "--force"])
+    assert code == 0 and "restored 2 jobs" in out, err
+    code, out, _ = run(capsys, ["rftj", "list"])
+    states = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:] if line.strip()}
+    assert states["cancelled"] == "FAILED" and states["done"] == "COMPLETED"  # the first can be resumed

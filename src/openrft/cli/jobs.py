@@ -81,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction, rftj: argparse._SubParsersA
         "repair",
         help="Rebuild a damaged job store (jobs.db) from the job folders; the damaged file is kept as a backup.",
     )
+    p.add_argument("--force", action="store_true", help="Rebuild even a store that is not damaged.")
     p.set_defaults(handler=cmd_repair)
 
 
@@ -90,13 +91,13 @@ def register(subparsers: argparse._SubParsersAction, rftj: argparse._SubParsersA
 def cmd_repair(args: argparse.Namespace) -> int:
     from openrft.jobs.repair import repair
 
-    report = repair()
+    report = repair(force=args.force)
     if report.backup:
         print(f"the old job store was moved to {report.backup}")
     print(f"restored {len(report.restored)} jobs from their folders")
     for folder, why in report.skipped:
         print(f"  skipped {folder}: {why}")
-    return 0
+    return 1 if report.skipped else 0
 
 
 def pipe_safe(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -3,21 +3,24 @@
 Every job folder holds its resolved configuration (``job.json``), its metrics and, once it
 ended well, its output; the SQLite store is an index over them. When ``jobs.db`` is damaged
 (truncated, garbage, emptied: every store command then says so and points here), :func:`repair` moves it aside as ``jobs.db.broken-<time>`` (with
-its ``-wal``/``-shm`` files) and records every folder again: a folder with an output adapter
-as COMPLETED, any other as FAILED, so that ``openrft rftj resume`` can continue it from its
-last checkpoint. Nothing in the job folders is changed.
+its ``-wal``/``-shm`` files) and records every folder again: a folder whose last checkpoint says
+the job ended (completed or early-stopped) and that holds its output adapter as such, any other
+as FAILED (a cancelled job writes its adapter too), so that ``openrft rftj resume`` can continue
+it from its last checkpoint. Nothing in the job folders is changed. A store that is not damaged
+(SQLite's quick check passes) is left alone unless forced: a full disk, for one, is no damage.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from openrft.config import build_config, flatten
-from openrft.errors import OpenRFTError
+from openrft.errors import JobError, OpenRFTError
 from openrft.jobs.states import JobState
 from openrft.jobs.store import JobStore
 from openrft.paths import openrft_home, output_dir
@@ -33,11 +36,16 @@ class RepairReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (folder, why)
 
 
-def repair(root: Path | None = None) -> RepairReport:
+def repair(root: Path | None = None, *, force: bool = False) -> RepairReport:
     """Move the damaged store aside and rebuild it from the job folders under ``root``."""
     root = Path(root or openrft_home())
     db = root / "jobs.db"
     backup = None
+    if db.exists() and not force and _healthy(db):
+        raise JobError(
+            f"the job store {db} is not damaged (SQLite's quick check passes); nothing was changed",
+            hint="`openrft rftj repair --force` rebuilds it anyway (job history other than the folders is lost)",
+        )
     if db.exists():
         backup = db.with_name(f"jobs.db.broken-{time.strftime('%Y%m%d-%H%M%S')}")
         for suffix in ("", "-wal", "-shm"):
@@ -47,6 +55,17 @@ def repair(root: Path | None = None) -> RepairReport:
     report = rebuild(JobStore(root, rebuilding=True))
     report.backup = backup
     return report
+
+
+def _healthy(db: Path) -> bool:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            ok = conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+            return (
+                ok and conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone() is not None
+            )
+    except sqlite3.Error:
+        return False
 
 
 def rebuild(store: JobStore) -> RepairReport:
@@ -74,7 +93,7 @@ def _restore(store: JobStore, folder: Path) -> None:
     trained = [m for m in metrics if "loss/policy" in m]
     if trained:
         store.record_progress(record.id, int(trained[-1]["step"]), trained[-1].get("reward/mean"))
-    if (out / "adapter_config.json").is_file():
+    if (out / "adapter_config.json").is_file() and _ended(folder):
         store.set_output(record.id, out)
         for state in (JobState.VALIDATING, JobState.RUNNING, JobState.COMPLETED):
             store.transition(record.id, state, RESTORED)
@@ -82,6 +101,16 @@ def _restore(store: JobStore, folder: Path) -> None:
         store.transition(
             record.id, JobState.FAILED, RESTORED + "; it had not finished (resume it to continue)"
         )
+
+
+def _ended(folder: Path) -> bool:
+    """Whether the job's last checkpoint was written as it ended (completed or early-stopped)."""
+    from openrft.train.checkpoint import latest_checkpoint
+
+    checkpoint = latest_checkpoint(folder / "checkpoints")
+    if checkpoint is None:
+        return False
+    return bool(json.loads((checkpoint / "state.json").read_text()).get("outcome"))
 
 
 __all__ = ["RepairReport", "rebuild", "repair"]

@@ -14,6 +14,7 @@ worker and a first Ctrl-C in the foreground do the same; a second Ctrl-C aborts.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import signal
@@ -224,15 +225,28 @@ def run_job(
         raise
     except Exception as exc:
         log = record.job_dir / ERROR_LOG
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(traceback.format_exc())
-        message = f"{type(exc).__name__}: {exc}"
+        message = _failure_message(exc)
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+            hint = f"the traceback is in {log}"
+        except OSError:  # a full disk or a vanished folder: the job's state still gets recorded
+            hint = "the traceback could not be written to the job folder"
         _finish(store, job_id, JobState.FAILED, message)
-        raise JobError(f"job {job_id} failed: {message}", hint=f"the traceback is in {log}") from None
+        raise JobError(f"job {job_id} failed: {message}", hint=hint) from None
     finally:
         for sink in sinks:  # a W&B run ends as the job did
             getattr(sink, "job_ended", lambda _: None)(str(ended))
             sink.close()
+
+
+def _failure_message(exc: BaseException) -> str:
+    """What went wrong, in the user's terms where the cause is the disk (torch reports a full disk as
+    an ``inline_container`` position mismatch)."""
+    chain = [exc, exc.__cause__, exc.__context__]
+    if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain) or "unexpected pos" in str(exc):
+        return f"no space left on the disk holding the job ({type(exc).__name__}: {exc}); free space and resume it"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _finish(store: JobStore, job_id: str, state: JobState, message: str) -> None:

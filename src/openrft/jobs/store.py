@@ -162,6 +162,11 @@ def store_error(db_path: Path, exc: sqlite3.Error) -> JobError:
         return JobError(
             f"the job store {db_path} is busy ({text})", hint="another openrft command holds it; retry"
         )
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in text:
+        return JobError(
+            f"the disk holding the job store {db_path} is full ({text})",
+            hint="free space there; the store itself is not damaged",
+        )
     if isinstance(exc, sqlite3.OperationalError) and "unable to open" in text:
         return JobError(
             f"the job store {db_path} cannot be opened ({text})", hint="check that it is a file you can write"

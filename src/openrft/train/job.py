@@ -226,6 +226,13 @@ def check_output_folder(target: Path, inputs: Sequence[Path]) -> None:
         if path == target or target in path.parents:
             raise ConfigError(f"{flag}: this is an input of the job ({path}); choose another folder",
                               field="output_model")  # fmt: skip
+    from openrft.paths import openrft_home
+
+    home = openrft_home().expanduser().resolve()
+    jobs = home / "jobs"
+    if target in (home, *home.parents) or target == jobs or jobs in target.parents:
+        raise ConfigError(f"{flag}: this is openrft's own job store ({jobs}), or holds it; choose a folder "
+                          "outside it", field="output_model")  # fmt: skip
     if target.is_file() or (target.exists() and not target.is_dir()):
         raise ConfigError(f"{flag}: a file is there; give a folder for the adapter", field="output_model")
     earlier_output = (target / "adapter_config.json").is_file() and (target / "job.json").is_file()
