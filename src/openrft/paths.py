@@ -8,6 +8,7 @@ is written under a temporary name and renamed into place.
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import shutil
 import tempfile
@@ -87,10 +88,13 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_directory(target: Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``target`` in one rename when the block succeeds.
 
-    On failure nothing at ``target`` changes and the temporary directory is removed.
+    On failure nothing at ``target`` changes and the temporary directory is removed. What a killed
+    writer left is put right first: its half-written folder goes, and an earlier ``target`` it had
+    moved aside (killed between the two renames) comes back.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    _recover(target)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp"))
     try:
         yield tmp
         tmp.chmod(0o755)
@@ -104,7 +108,28 @@ def atomic_directory(target: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _recover(target: Path) -> None:
+    old = target.with_name(f".{target.name}.old")
+    if old.is_dir() and not target.exists():
+        os.replace(old, target)
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        pid = leftover.name[len(target.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 __all__ = [
-    "atomic_directory", "atomic_write_text", "jobs_root", "make_parent", "openrft_home", "output_dir",
+    "atomic_directory", "atomic_write_text", "pid_alive", "jobs_root", "make_parent", "openrft_home", "output_dir",
     "temporary_beside",
 ]  # fmt: skip

@@ -56,3 +56,25 @@ def test_wandb_never_sees_the_api_key_on_the_command_line(monkeypatch):
     with _argv_without_secrets():
         assert "SECRET" not in " ".join(sys.argv) and sys.argv[-2:] == ["--n", "4"]
     assert sys.argv == argv  # restored
+
+
+def test_an_atomic_folder_write_puts_right_what_a_killed_writer_left(tmp_path):
+    import os
+    import subprocess
+
+    from openrft.paths import atomic_directory
+
+    target = tmp_path / "model"
+    old = tmp_path / ".model.old"  # killed between the two renames: the earlier output is only here
+    old.mkdir()
+    (old / "weights").write_text("earlier")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    half = tmp_path / f".model.{dead.pid}.abc.tmp"  # killed while writing
+    half.mkdir()
+    mine = tmp_path / f".model.{os.getpid()}.xyz.tmp"  # a live writer's: left alone
+    mine.mkdir()
+    with atomic_directory(target) as tmp:
+        assert (target / "weights").read_text() == "earlier" and not half.exists() and mine.exists()
+        (tmp / "weights").write_text("new")
+    assert (target / "weights").read_text() == "new" and not old.exists()

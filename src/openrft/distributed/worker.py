@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from openrft.errors import OpenRFTError
+from openrft.paths import pid_alive
 from openrft.records import Completion, SamplingParams
 
 NO_ADAPTER = -1  # the version of a worker that has not loaded an adapter yet
@@ -167,19 +168,9 @@ def _adapter_dir() -> Path:
     parent.mkdir(exist_ok=True)
     for old in parent.iterdir():
         pid = old.name.split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=parent))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _is_restart() -> bool:
