@@ -179,6 +179,18 @@ def test_resume_rules(store, state, force, error):
     assert record.transitions[-1].message == f"resumed from {state}"
 
 
+def test_a_resume_or_delete_racing_another_resume_changes_nothing(store, monkeypatch):
+    stale = job_in(store, S.FAILED)  # what both commands read before either wrote
+    store.prepare_resume("j1")
+    monkeypatch.setattr(store, "get", lambda *a, **k: stale)
+    with pytest.raises(JobError, match="became PENDING while being resumed"):
+        store.prepare_resume("j1")
+    with pytest.raises(JobError, match="is PENDING; cancel it first"):
+        store.delete("j1")
+    monkeypatch.undo()
+    assert store.get("j1").state is S.PENDING and store.get("j1").job_dir.is_dir()
+
+
 def test_progress_and_outputs(store, tmp_path):
     job_in(store, S.RUNNING)
     store.record_progress("j1", 3, 0.25)

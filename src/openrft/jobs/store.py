@@ -425,7 +425,10 @@ class JobStore:
             raise JobError(
                 f"job {job_id} is {record.state}; only PENDING, VALIDATING or RUNNING jobs can be cancelled"
             )
-        with self._write() as db:
+        with self._write() as db:  # a job that ended since the check above keeps no stray request
+            current = JobState(self._row(db, job_id)["state"])
+            if not current.is_active:
+                raise JobError(f"job {job_id} ended ({current}) before the cancel reached it")
             db.execute(
                 "UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?", (time.time(), job_id)
             )
@@ -470,12 +473,21 @@ class JobStore:
                 hint=f"pass --force to resume it anyway: openrft rftj resume {job_id} --force",
             )
         pid = os.getpid() if pid is None else pid
-        with self._write() as db:
+        now, message = time.time(), f"resumed from {state}"
+        with self._write() as db:  # checked and claimed in one transaction: two resumes never both win
+            current = JobState(self._row(db, job_id)["state"])
+            if current is not state:
+                raise JobError(f"job {job_id} became {current} while being resumed; nothing was changed")
             db.execute(
-                "UPDATE jobs SET cancel_requested = 0, resume = 1, pid = ?, pid_started = ? WHERE id = ?",
-                (pid, process_start_time(pid), job_id),
+                "UPDATE jobs SET cancel_requested = 0, resume = 1, pid = ?, pid_started = ?, state = ?, "
+                "message = ?, updated_at = ? WHERE id = ?",
+                (pid, process_start_time(pid), JobState.PENDING.value, message, now, job_id),
             )
-        return self.transition(job_id, JobState.PENDING, f"resumed from {state}")
+            db.execute(
+                "INSERT INTO transitions (job_id, state, at, message) VALUES (?,?,?,?)",
+                (job_id, JobState.PENDING.value, now, message),
+            )
+        return self.get(job_id, check_process=False)
 
     def delete(self, job_id: str) -> JobRecord:
         """Remove the job's record and its folder under the store (``JobError`` while it is running)."""
@@ -485,7 +497,12 @@ class JobStore:
                 f"job {job_id} is {record.state}; cancel it first",
                 hint=f"openrft rftj cancel {job_id}",
             )
-        with self._write() as db:
+        with self._write() as db:  # a job resumed since the check above is not deleted under it
+            current = JobState(self._row(db, job_id)["state"])
+            if current.is_active:
+                raise JobError(
+                    f"job {job_id} is {current}; cancel it first", hint=f"openrft rftj cancel {job_id}"
+                )
             db.execute("DELETE FROM transitions WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         if record.job_dir.is_dir() and self.owns_folder(record):
