@@ -533,3 +533,21 @@ def test_a_foreground_job_stops_gracefully_on_sigterm_as_on_ctrl_c():
         with pytest.raises(KeyboardInterrupt):  # a second one aborts
             os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_detached_resume_checks_the_inputs_before_going_to_the_background(
+    fake, home, model_dir, capsys, monkeypatch, tmp_path
+):
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "2+2?"}], "ground_truth": 4}\n' * 4)
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    code = main(["rftj", "create", "--base-model", str(model_dir), "--quiet", "--dataset", str(data),
+                 "--evaluator", "arithmetic", "--job-id", "a"])  # fmt: skip
+    assert code == 7
+    capsys.readouterr()
+    data.unlink()  # the dataset is hashed, not copied: the job cannot go on without it
+    assert main(["rftj", "resume", "a", "--detach"]) == 2
+    err = capsys.readouterr().err
+    assert "--dataset" in err and "running in the background" not in err
+    record = JobStore().get("a")
+    assert record.state is S.FAILED and record.transitions[-2].message == "resumed from FAILED"

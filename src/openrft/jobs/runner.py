@@ -87,6 +87,12 @@ def resume_job(job_id: str, *, force: bool = False, detach: bool = False, quiet:
     """``openrft rftj resume ID``: continue a FAILED (or, forced, CANCELLED) job from its checkpoint."""
     store = JobStore()
     record = store.prepare_resume(job_id, force=force)
+    if detach:  # inputs checked here, where the user sees the answer, not in a background worker's log
+        try:
+            validate(rebuild_config(store, record))
+        except OpenRFTError as exc:
+            _finish(store, job_id, JobState.FAILED, exc.message)
+            raise
     return start(store, record, detach=detach, quiet=quiet)
 
 
