@@ -399,14 +399,7 @@ class JobStore:
                 raise JobError(f"job {job_id} is now run by process {row['pid']}, not {expect_pid}")
             if not can_transition(current, state):
                 raise JobError(f"job {job_id} is {current}; it cannot become {state}")
-            db.execute(
-                "UPDATE jobs SET state = ?, message = ?, updated_at = ? WHERE id = ?",
-                (state.value, message, now, job_id),
-            )
-            db.execute(
-                "INSERT INTO transitions (job_id, state, at, message) VALUES (?,?,?,?)",
-                (job_id, state.value, now, message),
-            )
+            _set_state(db, job_id, state, message, now)
         return self.get(job_id, check_process=False)
 
     def set_process(self, job_id: str, pid: int) -> None:
@@ -479,25 +472,16 @@ class JobStore:
             if current is not state:
                 raise JobError(f"job {job_id} became {current} while being resumed; nothing was changed")
             db.execute(
-                "UPDATE jobs SET cancel_requested = 0, resume = 1, pid = ?, pid_started = ?, state = ?, "
-                "message = ?, updated_at = ? WHERE id = ?",
-                (pid, process_start_time(pid), JobState.PENDING.value, message, now, job_id),
+                "UPDATE jobs SET cancel_requested = 0, resume = 1, pid = ?, pid_started = ? WHERE id = ?",
+                (pid, process_start_time(pid), job_id),
             )
-            db.execute(
-                "INSERT INTO transitions (job_id, state, at, message) VALUES (?,?,?,?)",
-                (job_id, JobState.PENDING.value, now, message),
-            )
+            _set_state(db, job_id, JobState.PENDING, message, now)
         return self.get(job_id, check_process=False)
 
     def delete(self, job_id: str) -> JobRecord:
         """Remove the job's record and its folder under the store (``JobError`` while it is running)."""
-        record = self.get(job_id)
-        if record.state.is_active:
-            raise JobError(
-                f"job {job_id} is {record.state}; cancel it first",
-                hint=f"openrft rftj cancel {job_id}",
-            )
-        with self._write() as db:  # a job resumed since the check above is not deleted under it
+        record = self.get(job_id)  # (a job whose process died is FAILED from here on)
+        with self._write() as db:  # checked and deleted at once: a job resumed meanwhile is not deleted
             current = JobState(self._row(db, job_id)["state"])
             if current.is_active:
                 raise JobError(
@@ -581,6 +565,17 @@ class JobStore:
         with os.fdopen(fd, "w") as handle:
             json.dump(secrets, handle)
         os.replace(tmp, path)
+
+
+def _set_state(db: sqlite3.Connection, job_id: str, state: JobState, message: str | None, now: float) -> None:
+    db.execute(
+        "UPDATE jobs SET state = ?, message = ?, updated_at = ? WHERE id = ?",
+        (state.value, message, now, job_id),
+    )
+    db.execute(
+        "INSERT INTO transitions (job_id, state, at, message) VALUES (?,?,?,?)",
+        (job_id, state.value, now, message),
+    )
 
 
 def _base_model(resolved: dict[str, Any]) -> str:
