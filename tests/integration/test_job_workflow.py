@@ -137,6 +137,7 @@ def test_a_cancelled_job_resumes_from_another_directory_with_its_evaluator_snaps
     assert main(["rftj", "resume", "rel", "--force", "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "evaluator.py changed since the job started" in err
+    assert "resolves evaluator differently" not in err  # the copy is announced once, as what it is
     record = JobStore().get("rel")
     assert record.state is JobState.COMPLETED and record.steps >= 1, record.message
     scored = [r for r in read_jsonl(record.rollouts_path) if r["round"] == 2]

@@ -271,8 +271,9 @@ def rebuild_config(store: JobStore, record: JobRecord) -> JobConfig:
         record.job_dir, record.given, lambda text: print(f"warning: {text}", file=sys.stderr)
     )
     cfg, _ = build_config({}, {**given, **store.secrets(record.id)})
-    changed = _changed(record.flat_config(), config_values(cfg)[0])
-    if changed:
+    swapped = {name.replace("_", "-") for name in given if given[name] != record.given.get(name)}
+    changed = [name for name in _changed(record.flat_config(), config_values(cfg)[0]) if name not in swapped]
+    if changed:  # (a snapshot copy in place of a changed file was announced above, not a new resolution)
         print(
             f"warning: this openrft version resolves {', '.join(changed)} differently from when job "
             f"{record.id} was created",
