@@ -93,6 +93,20 @@ def test_tool_calls_come_back_openai_shaped_in_the_sdk_and_streamed(tokenizer):
         assert no_tools.choices[0].message.tool_calls is None  # without tools the text is the answer
 
 
+def assert_trainer_logprobs_are_the_sampled_ones(model, completions, pad_token_id):
+    """The trainer's log-probs of (multi-turn) sequences equal the recorded ones on every sampled token;
+    returns them and the sampled-token mask."""
+    batch = collate([TrainSequence(c, 1.0, 0) for c in completions], pad_token_id)
+    with torch.no_grad():
+        logp_RC = completion_logprobs(
+            model, batch.prompt_ids_GP, batch.prompt_mask_GP, batch.row_group_R, batch.completion_ids_RC,
+            batch.completion_mask_RC, 1.0, attention_mask_RC=batch.attention_mask_RC,
+        )  # fmt: skip
+    mask_RC = batch.completion_mask_RC.bool()
+    assert torch.allclose(logp_RC[mask_RC], batch.sampler_logprobs_RC[mask_RC], atol=1e-4)
+    return logp_RC, mask_RC
+
+
 def _two_turn_agent(row, client):
     """Ask, then tell the model to try again: two calls, the second continuing the first."""
     messages = [m.model_dump(exclude_none=True) for m in row.messages]
@@ -133,14 +147,7 @@ def test_agent_rollouts_train_on_exactly_the_sampled_tokens(tiny_model, tokenize
     # same seed, same rollout ids: the same tokens (sampling is a pure function of seed and rollout)
     assert again[0][0].completion_token_ids == groups[0][0].completion_token_ids
     # the trainer's log-probs of the multi-turn sequences equal the recorded ones on every sampled token
-    batch = collate([TrainSequence(c, 1.0, 0) for c in recorded], tokenizer.pad_token_id)
-    with torch.no_grad():
-        logp_RC = completion_logprobs(
-            model, batch.prompt_ids_GP, batch.prompt_mask_GP, batch.row_group_R, batch.completion_ids_RC,
-            batch.completion_mask_RC, 1.0, attention_mask_RC=batch.attention_mask_RC,
-        )  # fmt: skip
-    mask_RC = batch.completion_mask_RC.bool()
-    assert torch.allclose(logp_RC[mask_RC], batch.sampler_logprobs_RC[mask_RC], atol=1e-4)
+    logp_RC, mask_RC = assert_trainer_logprobs_are_the_sampled_ones(model, recorded, tokenizer.pad_token_id)
     assert (logp_RC[~mask_RC] == 0).all()
 
 

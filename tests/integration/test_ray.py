@@ -329,9 +329,9 @@ def test_each_round_samples_the_latest_adapter_unless_staleness_allows(engine, p
 def test_agent_rollouts_run_on_the_actors(engine, policy):
     """An agent's calls go through the job's policy server to the actors; the recorded tokens
     are what the trainer's model gives the same log-probs to."""
+    from test_agents import assert_trainer_logprobs_are_the_sampled_ones
+
     from openrft.rollout.agents import Agent, AgentEngine
-    from openrft.train.batching import TrainSequence, collate
-    from openrft.train.logprobs import completion_logprobs
 
     def two_turns(row, client):
         messages = [m.model_dump(exclude_none=True) for m in row.messages]
@@ -351,11 +351,4 @@ def test_agent_rollouts_run_on_the_actors(engine, policy):
         agents.close(inner=False)  # the module's actors stay up
     runs = [c for g in groups for c in g]
     assert all(not c.error and c.agent_metrics["turns"] == 2 and 0 in c.completion_mask for c in runs)
-    batch = collate([TrainSequence(c, 1.0, 0) for c in runs], tokenizer.pad_token_id)
-    with torch.no_grad():
-        logp_RC = completion_logprobs(
-            model, batch.prompt_ids_GP, batch.prompt_mask_GP, batch.row_group_R, batch.completion_ids_RC,
-            batch.completion_mask_RC, 1.0, attention_mask_RC=batch.attention_mask_RC,
-        )  # fmt: skip
-    mask_RC = batch.completion_mask_RC.bool()
-    assert torch.allclose(logp_RC[mask_RC], batch.sampler_logprobs_RC[mask_RC], atol=1e-4)
+    assert_trainer_logprobs_are_the_sampled_ones(model, runs, tokenizer.pad_token_id)

@@ -7,15 +7,12 @@ import json
 
 import openai
 import pytest
-import torch
-from test_agents import ScriptedEngine
+from test_agents import ScriptedEngine, assert_trainer_logprobs_are_the_sampled_ones
 
 from openrft.records import Prompt, SamplingParams
 from openrft.rollout.agents import Agent, AgentEngine
 from openrft.rollout.local import LocalEngine
 from openrft.rollout.server import BackgroundServer, create_app
-from openrft.train.batching import TrainSequence, collate
-from openrft.train.logprobs import completion_logprobs
 
 TOOLS = [{"type": "function", "name": "calculator", "description": "Evaluate arithmetic.",
           "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}]  # fmt: skip
@@ -128,14 +125,7 @@ def test_an_agent_on_the_responses_api_trains_on_one_sequence_of_its_exact_token
     for c in sequences:  # the second call continued the first: one sequence, the user's turn masked
         assert not c.error and not c.continuations and c.agent_metrics["turns"] == 2
         assert 0 in c.completion_mask and c.sampled_tokens == sum(c.completion_mask)
-    batch = collate([TrainSequence(c, 1.0, 0) for c in sequences], tokenizer.pad_token_id)
-    with torch.no_grad():
-        logp_RC = completion_logprobs(
-            model, batch.prompt_ids_GP, batch.prompt_mask_GP, batch.row_group_R, batch.completion_ids_RC,
-            batch.completion_mask_RC, 1.0, attention_mask_RC=batch.attention_mask_RC,
-        )  # fmt: skip
-    mask_RC = batch.completion_mask_RC.bool()
-    assert torch.allclose(logp_RC[mask_RC], batch.sampler_logprobs_RC[mask_RC], atol=1e-4)
+    assert_trainer_logprobs_are_the_sampled_ones(model, sequences, tokenizer.pad_token_id)
 
 
 TWO_CALLS = CALL + "\n" + CALL.replace("17*23", "2+2")

@@ -167,3 +167,16 @@ def test_responses_input_items_become_chat_messages():
     with pytest.raises(HTTPError, match="computer_call"):
         input_messages([{"type": "computer_call", "id": "c"}])
     assert input_items("hi")[0]["content"] == [{"type": "input_text", "text": "hi"}]
+
+
+def test_a_stored_item_outlives_the_responses_that_only_referenced_it():
+    from openrft.rollout.response_store import ResponseStore, Stored
+
+    store = ResponseStore()
+    call = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "f", "arguments": "{}"}
+    store.put("resp_a", Stored([], {"output": [call]}, []))
+    store.put("resp_b", Stored([], {"output": []}, [call]))  # resp_b's input referred to resp_a's call
+    store.delete("resp_b")
+    assert store.item("fc_1") is call and store.call_owner("call_1") == "resp_a"
+    store.delete("resp_a")
+    assert store.item("fc_1") is None and store.call_owner("call_1") is None

@@ -106,7 +106,7 @@ def add_chat_routes(
         if rollout_id is not None and (recorder is None or recorder.log(rollout_id) is None):
             raise HTTPError(404, f"no open rollout '{rollout_id}'")
         tools = None if request.tool_choice == "none" else request.tools
-        _check_tool_choice(request)
+        _check_supported(request)
         request.messages = with_system(request.messages, system_prompt)
         prompt_ids = _prompt_ids(engine.tokenizer, request.messages, tools, fmt, recorder, rollout_id)
         key, seed_name, budget = _sampling(request, name, engine, recorder, rollout_id, len(prompt_ids))
@@ -142,11 +142,12 @@ def add_chat_routes(
     return complete
 
 
-def _check_tool_choice(request: ChatRequest) -> None:
+def _check_supported(request: ChatRequest) -> None:
     kind = (request.response_format or {}).get("type", "text")
     if kind != "text":
-        raise HTTPError(400, f"response_format {kind!r} is not supported: openrft samples without constrained "
-                        "decoding (ask for JSON in the prompt and parse the text)", param="response_format")  # fmt: skip
+        raise HTTPError(400, f"structured output ({kind!r}) is not supported: openrft samples without "
+                        "constrained decoding (ask for JSON in the prompt and parse the text)",
+                        param="response_format")  # fmt: skip
     choice = request.tool_choice
     if choice in (None, "auto", "none"):
         return

@@ -30,7 +30,9 @@ class ResponseStore:
     def __init__(self, max_responses: int = MAX_RESPONSES, max_chars: int = MAX_CHARS):
         self.max_responses, self.max_chars = max_responses, max_chars
         self._responses: OrderedDict[str, Stored] = OrderedDict()
-        self._items: dict[str, dict[str, Any]] = {}  # item id -> item (input and output items)
+        self._items: dict[
+            str, tuple[str, dict[str, Any]]
+        ] = {}  # item id -> (the response it came with, item)
         self._call_owner: dict[str, str] = {}  # tool call id -> the response whose reply made the call
         self._chars = 0
 
@@ -38,7 +40,8 @@ class ResponseStore:
         return self._responses.get(response_id)
 
     def item(self, item_id: str) -> dict[str, Any] | None:
-        return self._items.get(item_id)
+        found = self._items.get(item_id)
+        return found[1] if found is not None else None
 
     def call_owner(self, call_id: str | None) -> str | None:
         return self._call_owner.get(call_id) if call_id else None
@@ -48,8 +51,8 @@ class ResponseStore:
         self._responses[response_id] = stored
         self._chars += stored.chars
         for item in [*stored.input_items, *stored.body["output"]]:
-            if item.get("id"):
-                self._items[item["id"]] = item
+            if item.get("id"):  # an item referenced again stays its first response's
+                self._items.setdefault(item["id"], (response_id, item))
         for item in stored.body["output"]:
             if item.get("type") == "function_call":
                 self._call_owner[item["call_id"]] = response_id
@@ -62,7 +65,7 @@ class ResponseStore:
             return False
         self._chars -= stored.chars
         for item in [*stored.input_items, *stored.body["output"]]:
-            if self._items.get(item.get("id", "")) is item:
+            if self._items.get(item.get("id", ""), ("",))[0] == response_id:
                 del self._items[item["id"]]
         for item in stored.body["output"]:
             if self._call_owner.get(item.get("call_id", "")) == response_id:

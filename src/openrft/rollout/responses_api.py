@@ -91,6 +91,7 @@ def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> No
             top_p=1.0 if request.top_p is None else request.top_p,
             top_k=request.top_k,
             seed=request.seed,
+            response_format=(request.text or {}).get("format"),  # refused there unless plain text
         )
         answer = await complete(chat, http)
         if answer is None:
@@ -134,10 +135,6 @@ def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> No
 
 
 def _check_supported(request: ResponsesRequest) -> None:
-    kind = ((request.text or {}).get("format") or {}).get("type", "text")
-    if kind != "text":
-        raise HTTPError(400, f"text.format {kind!r} is not supported: openrft samples without constrained "
-                        "decoding (ask for JSON in the prompt and parse the text)", param="text.format")  # fmt: skip
     if request.conversation is not None:
         raise HTTPError(400, "conversation objects are not supported: send the items, or use "
                         "previous_response_id", param="conversation")  # fmt: skip

@@ -380,7 +380,7 @@ def run_training(
     state = LoopState()
     checkpoint = latest_checkpoint(job_dir / "checkpoints") if resume else None
     logged = jsonl.position()["metrics"]
-    last_step = _last_logged_step(jsonl.metrics_path)
+    last_step = _last_logged_step(jsonl.metrics_path) if resume else -1  # read before it is cut back
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
         if state.log_position:
