@@ -41,7 +41,7 @@ pytestmark = pytest.mark.skipif(
 
 def metrics_line(step: int, reward: float) -> str:
     row = {
-        "step": step, "round": float(step), "epoch": step / 10, "reward/mean": reward, "loss/policy": 0.3 / step,
+        "step": step, "train/round": float(step), "train/epoch": step / 10, "reward/mean": reward, "loss/policy": 0.3 / step,
         "kl/mean": 0.001 * step, "clip/low_frac": 0.01, "clip/high_frac": 0.02,
         "filter/zero_variance_frac": 0.25,
     }  # fmt: skip

@@ -58,7 +58,7 @@ def test_rounds_that_train_nothing_are_logged_and_the_early_stop_names_truncatio
     assert "--max-output-tokens" in err
     rows = read_jsonl(record.metrics_path)
     rounds = [r for r in rows if r.get("filter/round_skipped")]
-    assert [r["round"] for r in rounds] == [1.0, 2.0, 3.0]  # every round has its line, none trained
+    assert [r["train/round"] for r in rounds] == [1.0, 2.0, 3.0]  # every round has its line, none trained
     assert all(r["reward/mean"] == 1.0 and r["completion/truncated_frac"] == 1.0 for r in rounds)
     assert all(r["filter/zero_variance_groups"] <= r["filter/groups"] for r in rows if "filter/groups" in r)
     assert record.last_reward == 1.0  # `list` and `get` show the reward of the rounds that were scored
@@ -99,7 +99,7 @@ def test_output_that_is_not_a_terminal_gets_a_line_per_round_and_step(home, tiny
     assert err.rstrip().splitlines()[-1].startswith("outputs: ")
     record = JobStore().get("lines")
     rows = read_jsonl(record.metrics_path)
-    assert rows[-1]["epoch"] == 1.0  # a completed job reports its epoch done, not epoch 0
+    assert rows[-1]["train/epoch"] == 1.0  # a completed job reports its epoch done, not epoch 0
     main(["rftj", "list"])
     assert "COMPLETED" in capsys.readouterr().out
 

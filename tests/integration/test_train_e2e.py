@@ -41,7 +41,8 @@ def test_each_method_trains_and_writes_outputs(tiny_model_dir, tmp_path, method,
     steps = [r for r in rows if "loss/policy" in r]
     assert len(steps) >= 2
     for key in ("reward/mean", "loss/policy", "kl/mean", "clip/low_frac", "clip/high_frac", "ratio/mean",
-                "filter/zero_variance_groups", "batch/tokens", "time/rollout_s", "lr"):  # fmt: skip
+                "filter/zero_variance_groups", "batch/tokens", "time/rollout_s", "train/lr", "train/epoch",
+                "train/round", "train/optimizer_step", "loss/tokens", "loss/sequences"):  # fmt: skip
         assert key in steps[0], key
     assert all(r["batch/tokens"] <= 160 or r["batch/sequences"] == 1 for r in steps)
     assert [r for r in rows if "eval/reward" in r][0]["step"] == 0  # evaluated before training
@@ -296,7 +297,7 @@ def test_a_bfloat16_job_starts_every_round_at_ratio_one_even_for_gspo(tiny_model
     rows = [r for r in read_jsonl(tmp_path / "out" / "metrics.jsonl") if "loss/policy" in r]
     firsts = {}
     for row in rows:  # several steps per round, of several micro-batches each: the first is on-policy
-        firsts.setdefault(row["round"], row)
+        firsts.setdefault(row["train/round"], row)
     assert len(firsts) >= 2 and len(rows) > len(firsts)
     assert max(r["batch/micro_batches"] for r in rows) >= 2
     for row in firsts.values():

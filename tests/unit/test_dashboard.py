@@ -23,6 +23,7 @@ def add_job(store: JobStore, job_id: str, steps: int = 3, finish: bool = False, 
     store.transition(job_id, JobState.RUNNING)
     with open(record.metrics_path, "w") as handle:
         for step in range(1, steps + 1):
+            # "epoch" as versions before the train/ namespace wrote it: progress reads it the same
             handle.write(json.dumps({"step": step, "reward/mean": step / 10, "epoch": step / 10}) + "\n")
         handle.write('{"step": 9, "reward/me')  # a line torn by a crash is skipped
     if finish:

@@ -158,7 +158,7 @@ def test_grpo_hand_computed_value_and_gradient():
     assert m["clip/high_frac"] == 0.5 and m["clip/low_frac"] == 0.0
     assert m["kl/mean"] == 0.0 and m["loss/kl"] == 0.0
     assert m["ratio/max"] == pytest.approx(1.5) and m["ratio/min"] == pytest.approx(1.1)
-    assert m["tokens"] == 2.0
+    assert m["loss/tokens"] == 2.0
 
 
 def test_negative_advantage_hand_computed():
@@ -230,7 +230,7 @@ def test_matches_loop_reference_with_unequal_lengths_and_padding_row(method, len
     assert loss == pytest.approx(ref_loss, abs=1e-12)
     np.testing.assert_allclose(grad, ref_grad, atol=1e-12)
     assert np.all(grad[3] == 0.0) and np.all(grad[np.array(mask) == 0] == 0.0)
-    assert m["tokens"] == 13.0 and m["sequences"] == 4.0
+    assert m["loss/tokens"] == 13.0 and m["loss/sequences"] == 4.0
     assert m["loss/total"] == pytest.approx(loss, abs=1e-9)
 
 
@@ -280,7 +280,7 @@ def test_all_padding_batch_is_zero_without_nan():
                 length_norm=length_norm,
             )
             assert loss == 0.0 and np.all(grad == 0.0)
-            assert m["tokens"] == 0.0 and m["ratio/mean"] == 1.0 and m["kl/mean"] == 0.0
+            assert m["loss/tokens"] == 0.0 and m["ratio/mean"] == 1.0 and m["kl/mean"] == 0.0
 
 
 # ----------------------------------------------------------------------------- gspo-token

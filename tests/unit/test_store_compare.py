@@ -37,9 +37,9 @@ def write(path, rows):
 def test_summary_final_and_best(tmp_path):
     rows = [
         {"step": 0, "eval/reward": 0.2},
-        {"step": 1, "reward/mean": 0.3, "round": 1},
-        {"step": 1, "reward/mean": 0.2, "round": 2, "filter/round_skipped": 1.0},  # trained nothing
-        {"step": 2, "reward/mean": 0.6, "eval/reward": 0.5, "round": 3},
+        {"step": 1, "reward/mean": 0.3, "train/round": 1},
+        {"step": 1, "reward/mean": 0.2, "train/round": 2, "filter/round_skipped": 1.0},  # trained nothing
+        {"step": 2, "reward/mean": 0.6, "eval/reward": 0.5, "train/round": 3},
         {"step": 3, "reward/mean": 0.4, "eval/reward": None},
         {"step": 4, "reward/mean": 0.5, "eval/reward": 0.45},
     ]
@@ -70,3 +70,17 @@ def test_summary_final_and_best(tmp_path):
         "1m15s",
     ]
     assert lines[-1].split() == ["b", "-", "0", "0", "-", "-", "-", "-", "-"]
+
+
+def test_metrics_written_before_namespaces_read_the_same(tmp_path):
+    """Older versions logged epoch, round, optimizer_step, lr, tokens and sequences at the top level."""
+    from openrft.tracking.sinks import LEGACY_METRIC_KEYS, read_metrics
+
+    legacy = {"step": 1, "reward/mean": 0.3, "epoch": 0.5, "round": 1, "optimizer_step": 1, "lr": 1e-4,
+              "tokens": 12.0, "sequences": 4.0}  # fmt: skip
+    current = {"step": 1, "reward/mean": 0.3, "train/epoch": 0.5, "train/round": 1, "train/optimizer_step": 1,
+               "train/lr": 1e-4, "loss/tokens": 12.0, "loss/sequences": 4.0}  # fmt: skip
+    path = write(tmp_path / "m.jsonl", [legacy, current])
+    assert read_metrics(path) == [current, current]
+    assert set(LEGACY_METRIC_KEYS.values()) <= set(current)
+    assert summarize_run("old", path).rounds == 1

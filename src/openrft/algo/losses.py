@@ -439,8 +439,8 @@ def _loss_metrics(
         "ratio/mean": float(valid_ratios.mean()) if tokens else 1.0,
         "ratio/min": float(valid_ratios.min()) if tokens else 1.0,
         "ratio/max": float(valid_ratios.max()) if tokens else 1.0,
-        "tokens": tokens,
-        "sequences": float(valid_BT.any(dim=-1).sum()),
+        "loss/tokens": tokens,
+        "loss/sequences": float(valid_BT.any(dim=-1).sum()),
     }
 
 

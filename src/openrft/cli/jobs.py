@@ -204,10 +204,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from openrft.tracking.sinks import read_jsonl
+    from openrft.tracking.sinks import read_metrics
 
     record = _store().get(args.job_id)
-    metrics = read_jsonl(record.metrics_path)
+    metrics = read_metrics(record.metrics_path)
     last_step = metrics[-1].get("step") if metrics else None
     latest: dict[str, Any] = {}
     for row in metrics:  # the last step's training line and the evaluation logged after it
@@ -257,7 +257,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 def rounds_line(metrics: list[dict[str, Any]]) -> str:
     """Rollout rounds sampled so far, and how many of them trained nothing."""
-    rounds = len({r["round"] for r in metrics if r.get("round") is not None})
+    rounds = len({r["train/round"] for r in metrics if r.get("train/round") is not None})
     untrained = sum(1 for r in metrics if r.get("filter/round_skipped"))
     if not untrained:
         return str(rounds)

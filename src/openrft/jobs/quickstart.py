@@ -29,7 +29,7 @@ from openrft.config import JobConfig, build_config
 from openrft.data.split import carveout_size
 from openrft.data.tasks import calculator_tools
 from openrft.paths import jobs_root
-from openrft.tracking.sinks import read_jsonl
+from openrft.tracking.sinks import read_metrics
 
 # Settings chosen for 2 CPU cores: short answers, small rounds (close to on-policy), one
 # optimizer step per round, an aggressive-but-in-range learning rate and DAPO's clip-higher.
@@ -127,7 +127,7 @@ def report(job_dir: Path | None, seconds: float) -> None:
     """Print the held-out before/after rates from the job's metrics."""
     if job_dir is None:
         return
-    evals = [r for r in read_jsonl(job_dir / "metrics.jsonl") if r.get(STRICT_METRIC) is not None]
+    evals = [r for r in read_metrics(job_dir / "metrics.jsonl") if r.get(STRICT_METRIC) is not None]
     if len(evals) < 2:
         print("not enough evaluations to compare (see metrics.jsonl)", file=sys.stderr)
         return

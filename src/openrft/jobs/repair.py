@@ -24,7 +24,7 @@ from openrft.errors import JobError, OpenRFTError
 from openrft.jobs.states import JobState
 from openrft.jobs.store import JobStore
 from openrft.paths import openrft_home, output_dir
-from openrft.tracking.sinks import read_jsonl
+from openrft.tracking.sinks import read_metrics
 
 RESTORED = "restored by `openrft rftj repair` from its folder"
 
@@ -89,7 +89,7 @@ def _restore(store: JobStore, folder: Path) -> None:
     cfg, _ = build_config({}, {k: v for k, v in values.items() if v is not None})
     record = store.create(folder.name, cfg, job_dir=folder)
     out = output_dir(folder, cfg.training.output_model)
-    metrics = read_jsonl(folder / "metrics.jsonl")
+    metrics = read_metrics(folder / "metrics.jsonl")
     trained = [m for m in metrics if "loss/policy" in m]
     if trained:
         store.record_progress(record.id, int(trained[-1]["step"]), trained[-1].get("reward/mean"))

@@ -360,7 +360,7 @@ class PrintSink:
                 f"/{metrics['filter/groups']:.0f}"
             )
         if metrics.get("filter/round_skipped"):
-            head = f"round {metrics.get('round', 0):.0f}: no update (every group's candidates scored alike)"
+            head = f"round {metrics.get('train/round', 0):.0f}: no update (every group's candidates scored alike)"
         else:
             head = f"step {step}"
         print(time.strftime("%H:%M:%S"), head, "  ".join(parts), file=sys.stderr, flush=True)

@@ -520,17 +520,18 @@ def completed_at(record: JobRecord) -> float | None:
 def job_progress(record: JobRecord, flat: dict[str, Any]) -> dict[str, Any]:
     """Percent and epoch (1-based: a finished one-epoch job reports 1, never 0) from the job's
     metrics.jsonl; tokens and prompts summed over its rounds."""
-    from openrft.tracking.sinks import read_jsonl
+    from openrft.tracking.sinks import read_metrics
 
-    rows = read_jsonl(record.metrics_path)
+    rows = read_metrics(record.metrics_path)
     epochs = max(1, int(flat.get("epochs") or 1))
-    done = max((float(r["epoch"]) for r in rows if isinstance(r.get("epoch"), int | float)), default=0.0)
+    epochs_done = [r["train/epoch"] for r in rows if isinstance(r.get("train/epoch"), int | float)]
+    done = float(max(epochs_done, default=0.0))
     if record.state in (JobState.COMPLETED, JobState.EARLY_STOPPED):
         done = float(epochs) if record.state is JobState.COMPLETED else done
     rounds: dict[Any, dict[str, Any]] = {}
     for row in rows:
-        if row.get("round") is not None:
-            rounds.setdefault(row["round"], row)
+        if row.get("train/round") is not None:
+            rounds.setdefault(row["train/round"], row)
     trained = sum(float(r.get("batch/tokens") or 0) for r in rows)
     return {
         "percent": int(min(100.0, 100.0 * done / epochs)),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openrft.tracking.sinks import read_jsonl
+from openrft.tracking.sinks import read_metrics
 
 # Fields that name or route a job rather than change what it learns.
 NOT_COMPARED = frozenset(
@@ -52,7 +52,7 @@ def _values(rows: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
 def summarize_run(
     label: str, metrics_path: Path, *, state: str = "", wall_s: float | None = None
 ) -> RunSummary:
-    rows = read_jsonl(Path(metrics_path))
+    rows = read_metrics(Path(metrics_path))
     reward = _values(rows, "reward/mean")
     evals = _values(rows, "eval/reward")
     best = max(reward, key=lambda p: p[1]) if reward else None
@@ -66,7 +66,7 @@ def summarize_run(
         final_eval=evals[-1][1] if evals else None,
         best_eval=max(v for _, v in evals) if evals else None,
         wall_s=wall_s,
-        rounds=len({r["round"] for r in rows if r.get("round") is not None}),
+        rounds=len({r["train/round"] for r in rows if r.get("train/round") is not None}),
         rounds_untrained=sum(1 for r in rows if r.get("filter/round_skipped")),
     )
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openrft.paths import temporary_beside
-from openrft.tracking.sinks import read_jsonl
+from openrft.tracking.sinks import read_metrics
 
 
 def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
@@ -51,7 +51,7 @@ def plot_reward_curve(metrics_path: Path, out: Path, title: str = "") -> Path:
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    rows = [r for r in read_jsonl(Path(metrics_path)) if r.get("step") is not None]
+    rows = [r for r in read_metrics(Path(metrics_path)) if r.get("step") is not None]
     fig, ax = plt.subplots(figsize=(7, 4))
     trained = [r for r in rows if r.get("reward/mean") is not None]
     if trained:
@@ -131,7 +131,7 @@ def plot_jobs(runs: Sequence[tuple[str, Path]], out: Path, title: str = "") -> P
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    data = [(label, read_jsonl(Path(path))) for label, path in runs]
+    data = [(label, read_metrics(Path(path))) for label, path in runs]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     flat_axes = list(axes.flat)

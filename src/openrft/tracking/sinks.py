@@ -124,6 +124,29 @@ def _torn(path: Path) -> bool:
     return bool(text) and not text.endswith("\n")
 
 
+# Keys that older versions wrote without a namespace, and their names now. Reading a metrics file
+# through read_metrics renames them, so a job made before the rename (or resumed across it) reads
+# like a new one.
+LEGACY_METRIC_KEYS = {
+    "epoch": "train/epoch",
+    "round": "train/round",
+    "optimizer_step": "train/optimizer_step",
+    "lr": "train/lr",
+    "tokens": "loss/tokens",
+    "sequences": "loss/sequences",
+}
+
+
+def current_names(row: dict[str, Any]) -> dict[str, Any]:
+    """One metrics line with any :data:`LEGACY_METRIC_KEYS` renamed."""
+    return {LEGACY_METRIC_KEYS.get(key, key): value for key, value in row.items()}
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The lines of a ``metrics.jsonl`` (torn last line skipped), keys as this version names them."""
+    return [current_names(row) for row in read_jsonl(path)]
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Read a JSONL file, ignoring a torn last line (a crash mid-write)."""
     rows = []

@@ -217,7 +217,7 @@ def start_round(
             lambda step: plan_micro_batches(step, micro_batch_tokens, packed),
             pad_token_id=ctx.pad_token_id, cap=settings.rounds.rollout_is_cap,
         )  # fmt: skip
-    metrics = {**result.metrics, **mismatch, "round": float(state.round_index)}
+    metrics = {**result.metrics, **mismatch, "train/round": float(state.round_index)}
     # rollouts are labelled with the step that trains them, or, when none does, the step they followed
     step = state.step + 1 if state.pending else state.step
     rollout_rows(ctx, step, state.round_index, result.groups, trained=bool(state.pending))
@@ -228,8 +228,8 @@ def start_round(
     metrics.update(
         {
             "filter/round_skipped": 1.0,
-            "epoch": epoch_progress(state, len(ctx.train_prompts)),
-            "optimizer_step": float(state.optimizer_step),
+            "train/epoch": epoch_progress(state, len(ctx.train_prompts)),
+            "train/optimizer_step": float(state.optimizer_step),
         }
     )
     ctx.sink.log(state.step, metrics)
@@ -307,11 +307,11 @@ def train_step(ctx: TrainContext, state: LoopState, loss: StepLoss) -> dict[str,
             "throughput/tokens_per_s": trained_tokens / elapsed if elapsed > 0 else 0.0,
             "throughput/rollout_tokens_per_s": state.round_metrics.get("rollout/completion_tokens", 0.0)
             / max(1e-9, state.round_metrics.get("time/rollout_s", 0.0)),
-            "epoch": epoch_progress(state, len(ctx.train_prompts)),
-            "optimizer_step": float(state.optimizer_step),
+            "train/epoch": epoch_progress(state, len(ctx.train_prompts)),
+            "train/optimizer_step": float(state.optimizer_step),
         }
     )
-    metrics.setdefault("lr", ctx.optimizer.param_groups[0]["lr"])
+    metrics.setdefault("train/lr", ctx.optimizer.param_groups[0]["lr"])
     if updated and schedule.eval_every and state.optimizer_step % schedule.eval_every == 0:
         metrics.update(run_eval(ctx))
     ctx.sink.log(state.step, metrics)
@@ -342,7 +342,7 @@ def optimizer_update(ctx: TrainContext, state: LoopState) -> dict[str, float]:
     state.nonfinite_in_a_row = 0
     metrics = {
         "grad/norm": grad_norm,
-        "lr": ctx.optimizer.param_groups[0]["lr"],
+        "train/lr": ctx.optimizer.param_groups[0]["lr"],
         "loss/nonfinite_skipped": 0.0,
     }
     ctx.optimizer.step()
@@ -391,8 +391,8 @@ def log_eval(ctx: TrainContext, state: LoopState, final: bool = False) -> None:
         state.step,
         {
             **metrics,
-            "epoch": epoch_progress(state, len(ctx.train_prompts)),
-            "optimizer_step": float(state.optimizer_step),
+            "train/epoch": epoch_progress(state, len(ctx.train_prompts)),
+            "train/optimizer_step": float(state.optimizer_step),
         },
     )
     ctx.last_metrics = {**ctx.last_metrics, **metrics}

@@ -22,7 +22,7 @@ from openrft.train.policy import reference_policy
 
 # metrics combined across micro-batches by min / max instead of a weighted mean
 _MIN_KEYS, _MAX_KEYS = {"ratio/min"}, {"ratio/max"}
-_COUNT_KEYS = {"tokens", "sequences"}
+_COUNT_KEYS = {"loss/tokens", "loss/sequences"}
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def accumulate_gradients(
         step_loss += float(value.detach())
         parts.append(metrics)
     combined = combine_metrics(
-        parts, weight_key="tokens" if spec.aggregation == "token-mean" else "sequences"
+        parts, weight_key="loss/tokens" if spec.aggregation == "token-mean" else "loss/sequences"
     )
     combined["loss/step"] = step_loss
     return combined
@@ -104,7 +104,7 @@ def batch_logprobs(
     )  # fmt: skip
 
 
-def combine_metrics(parts: Sequence[dict[str, float]], weight_key: str = "tokens") -> dict[str, float]:
+def combine_metrics(parts: Sequence[dict[str, float]], weight_key: str = "loss/tokens") -> dict[str, float]:
     """Weighted mean of per-micro-batch metrics (min/max for ratio extremes, sum for counts)."""
     if not parts:
         return {}

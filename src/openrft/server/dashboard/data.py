@@ -19,7 +19,7 @@ from openrft.jobs.store import JobRecord, JobStore
 from openrft.models import EMBEDDED, embedded_model_dir
 from openrft.tracking.compare import differing_parameters, summarize_run
 from openrft.tracking.plots import PANELS
-from openrft.tracking.sinks import read_jsonl
+from openrft.tracking.sinks import current_names, read_jsonl, read_metrics
 from openrft.tracking.turns import turn_label, turn_text
 
 STATES = [str(s) for s in JobState] + ["CANCELLING"]
@@ -56,7 +56,7 @@ def last_metrics(path: Path) -> dict[str, Any]:
         except ValueError:
             continue
         if isinstance(row, dict):
-            return row
+            return current_names(row)
     return {}
 
 
@@ -65,7 +65,7 @@ def progress(record: JobRecord, latest: dict[str, Any]) -> float | None:
     if record.state is JobState.COMPLETED:
         return 1.0
     epochs = record.flat_config().get("epochs") or 1
-    done = latest.get("epoch")
+    done = latest.get("train/epoch")
     if not isinstance(done, int | float) or not math.isfinite(done):
         return None
     return max(0.0, min(1.0, float(done) / float(epochs)))
@@ -109,7 +109,7 @@ def metric_points(path: Path, since: int = 0) -> dict[str, Any]:
     Each point is ``{"step": s, key: value, ...}`` with only the chart keys the line has. A client
     polls with ``since`` = the ``next`` it was last given and appends what comes back.
     """
-    rows = read_jsonl(path)
+    rows = read_metrics(path)
     points = []
     for row in rows[max(0, since) :]:
         if row.get("step") is None:
