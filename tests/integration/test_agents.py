@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import torch
@@ -25,14 +26,15 @@ TOOLS = [{"type": "function", "function": {"name": "calculator", "description": 
 class ScriptedEngine:
     """An engine whose every completion is the given text (tool-call parsing without a model)."""
 
-    def __init__(self, tokenizer, text: str):
-        self.tokenizer, self.text = tokenizer, text
+    def __init__(self, tokenizer, text: str, finish: str = "stop"):
+        self.tokenizer, self.text, self.finish = tokenizer, text, finish
         self.stop_token_ids = (tokenizer.eos_token_id,)
 
     def generate_from_ids(self, prompts, params, **_):
-        ids = (*self.tokenizer(self.text, add_special_tokens=False)["input_ids"], self.tokenizer.eos_token_id)
-        return [[Completion(name, k, tuple(p), ids, self.text, (-0.5,) * len(ids), "stop") for k in range(params.n)]
-                for name, p in prompts]  # fmt: skip
+        ids = tuple(self.tokenizer(self.text, add_special_tokens=False)["input_ids"])
+        ids += (self.tokenizer.eos_token_id,) if self.finish == "stop" else ()
+        return [[Completion(name, k, tuple(p), ids, self.text, (-0.5,) * len(ids), self.finish)
+                 for k in range(params.n)] for name, p in prompts]  # fmt: skip
 
 
 def test_serve_answers_the_openai_sdk_with_and_without_tools(tiny_model, tokenizer):
@@ -269,3 +271,73 @@ def test_parallel_tool_calls_false_leaves_one_tool_call(tokenizer):
             model="policy", messages=messages, tools=TOOLS, parallel_tool_calls=False
         )
     assert len(both.choices[0].message.tool_calls) == 2 and len(one.choices[0].message.tool_calls) == 1
+
+
+def test_a_reply_cut_at_the_token_limit_says_length_and_keeps_the_cut_call_as_text(tokenizer):
+    call = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "1+1"}}\n</tool_call>'
+    cut = '<tool_call>\n{"name": "calculator", "argum'
+    engine = ScriptedEngine(tokenizer, call + "\n" + cut, finish="length")
+    with BackgroundServer(create_app(engine, "policy")) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        messages = [{"role": "user", "content": "Add twice."}]
+        (choice,) = client.chat.completions.create(model="policy", messages=messages, tools=TOOLS).choices
+        assert choice.finish_reason == "length"  # not "tool_calls": the reply did not end
+        assert len(choice.message.tool_calls) == 1 and choice.message.content == cut
+        chunks = list(client.chat.completions.create(model="policy", messages=messages, tools=TOOLS,
+                                                     stream=True, logprobs=True))  # fmt: skip
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        "length"
+    ]
+    streamed = [
+        t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content
+    ]
+    assert len(streamed) == len(tokenizer(call + "\n" + cut, add_special_tokens=False)["input_ids"])
+
+
+def test_a_reply_of_tool_calls_only_streams_its_logprobs(tokenizer):
+    text = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "17*23"}}\n</tool_call>'
+    with BackgroundServer(create_app(ScriptedEngine(tokenizer, text), "policy")) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        kwargs = {
+            "model": "policy",
+            "messages": [{"role": "user", "content": "?"}],
+            "tools": TOOLS,
+            "logprobs": True,
+        }
+        whole = client.chat.completions.create(**kwargs).choices[0].logprobs.content
+        chunks = list(client.chat.completions.create(**kwargs, stream=True))
+    streamed = [
+        t.token for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content
+    ]
+    assert streamed == [t.token for t in whole] and len(whole) > 5
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ""
+
+
+def test_errors_and_refusals_are_shaped_as_openai_shapes_them(tokenizer):
+    with BackgroundServer(create_app(ScriptedEngine(tokenizer, "ok"), "policy")) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        model = client.models.retrieve("policy")
+        assert model.id == "policy" and isinstance(model.created, int) and model.created > 0
+        assert [m.created for m in client.models.list().data] == [model.created]
+        with pytest.raises(openai.NotFoundError) as missing:
+            client.models.retrieve("nope")
+        assert missing.value.code == "model_not_found" and missing.value.type == "invalid_request_error"
+        user = {"role": "user", "content": "hi"}
+        refused = {
+            "messages[0].role": {"messages": [{"role": "bogus", "content": "hi"}]},
+            "messages[1].tool_call_id": {"messages": [user, {"role": "tool", "content": "4"}]},
+            "temperature": {"messages": [user], "temperature": 5},
+            "top_logprobs": {"messages": [user], "top_logprobs": 3},
+            "stream_options": {"messages": [user], "stream_options": {"include_usage": True}},
+            "functions": {"messages": [user], "functions": [TOOLS[0]["function"]]},
+            "tool_choice": {"messages": [user], "tools": TOOLS, "tool_choice": "required"},
+        }
+        for param, kwargs in refused.items():
+            with pytest.raises(openai.BadRequestError) as caught:
+                client.chat.completions.create(model="policy", **kwargs)
+            error = caught.value
+            assert (error.param, error.type, error.code) == (param, "invalid_request_error", None), param
+        body = httpx.post(server.url + "/no/such/route", json={}).json()
+        assert (
+            body["error"]["type"] == "invalid_request_error" and "/no/such/route" in body["error"]["message"]
+        )

@@ -65,7 +65,9 @@ class HermesFormat:
     pattern = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 
     def parse(self, text: str) -> ParsedReply:
-        calls, malformed = [], []
+        """The calls read out of ``text``; what is not a readable call (a block cut short or holding
+        bad JSON included) stays in the content."""
+        calls, malformed, kept, end = [], [], [], 0
         for match in self.pattern.finditer(text):
             body = match.group(1).strip()
             try:
@@ -76,6 +78,8 @@ class HermesFormat:
             except (ValueError, KeyError, TypeError):
                 malformed.append(match.group(0))
                 continue
+            kept.append(text[end : match.start()])
+            end = match.end()
             calls.append(
                 {
                     "id": f"call_{uuid.uuid4().hex[:24]}",
@@ -85,7 +89,7 @@ class HermesFormat:
             )
         if not calls:  # nothing readable: the whole text is the answer (malformed calls stay visible)
             return ParsedReply(text, [], malformed)
-        content = self.pattern.sub("", text).strip()
+        content = "".join([*kept, text[end:]]).strip()
         return ParsedReply(content or None, calls, malformed)
 
     def call_text(self, name: str, arguments: dict[str, Any]) -> str:

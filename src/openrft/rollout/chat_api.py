@@ -51,7 +51,7 @@ class ChatRequest(BaseModel):
     parallel_tool_calls: bool | None = None  # false: at most one tool call per reply (the first)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, ge=0.0, le=1.0)
     top_k: int = Field(-1, ge=-1)
     n: int = Field(1, ge=1, le=256)
@@ -63,6 +63,8 @@ class ChatRequest(BaseModel):
     stream_options: dict[str, Any] | None = None
     return_token_ids: bool = False  # vLLM's extension: prompt and completion token ids in the answer
     response_format: dict[str, Any] | None = None  # only {"type": "text"}: no constrained decoding
+    functions: list[Any] | None = None  # OpenAI's deprecated form of tools: refused, never dropped
+    function_call: str | dict[str, Any] | None = None
 
 
 @dataclasses.dataclass
@@ -142,7 +144,21 @@ def add_chat_routes(
     return complete
 
 
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
 def _check_supported(request: ChatRequest) -> None:
+    """Refuse what would otherwise be ignored: parameters openrft cannot honour, and requests OpenAI
+    refuses (an unknown role, a tool result without its call's id, top_logprobs without logprobs)."""
+    _check_messages(request.messages)
+    if request.functions is not None or request.function_call is not None:
+        param = "functions" if request.functions is not None else "function_call"
+        raise HTTPError(400, f"'{param}' (deprecated by OpenAI) is not supported: describe the functions in "
+                        "'tools' and read 'tool_calls'", param=param)  # fmt: skip
+    if request.top_logprobs is not None and not request.logprobs:
+        raise HTTPError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
+    if request.stream_options is not None and not request.stream:
+        raise HTTPError(400, "stream_options is only allowed with stream set to true", param="stream_options")
     kind = (request.response_format or {}).get("type", "text")
     if kind != "text":
         raise HTTPError(400, f"structured output ({kind!r}) is not supported: openrft samples without "
@@ -154,7 +170,21 @@ def _check_supported(request: ChatRequest) -> None:
     raise HTTPError(
         400,
         f"tool_choice {json.dumps(choice)} is not supported: use 'auto' (the model decides) or 'none'",
+        param="tool_choice",
     )
+
+
+def _check_messages(messages: list[dict[str, Any]]) -> None:
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            continue  # the renderer names what is wrong with it
+        role = message.get("role")
+        if role not in ROLES:
+            raise HTTPError(400, f"messages[{i}].role {json.dumps(role)} is not one of {', '.join(ROLES)}",
+                            param=f"messages[{i}].role")  # fmt: skip
+        if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+            raise HTTPError(400, f"messages[{i}]: a 'tool' message needs the 'tool_call_id' of the call it "
+                            "answers", param=f"messages[{i}].tool_call_id")  # fmt: skip
 
 
 def _prompt_ids(
@@ -267,7 +297,8 @@ def _response(
 ) -> dict[str, Any]:
     choices = []
     for index, (c, reply) in enumerate(zip(completions, replies, strict=True)):
-        finish = "tool_calls" if reply.tool_calls else c.finish_reason
+        # cut off at the token limit is "length" even after complete calls (the reply is not whole)
+        finish = "tool_calls" if reply.tool_calls and c.finish_reason != "length" else c.finish_reason
         choice: dict[str, Any] = {"index": index, "message": reply.message(), "finish_reason": finish,
                                   "logprobs": None}  # fmt: skip
         if request.logprobs:
@@ -351,8 +382,8 @@ def _events(body: dict[str, Any], request: ChatRequest) -> Iterator[str]:
     for choice in body["choices"]:
         i, message = choice["index"], choice["message"]
         yield chunk(i, {"role": "assistant", "content": ""})
-        if message.get("content"):
-            yield chunk(i, {"content": message["content"]}, logprobs=choice["logprobs"])
+        if message.get("content") or choice["logprobs"]:  # a reply of tool calls only has log-probs too
+            yield chunk(i, {"content": message.get("content") or ""}, logprobs=choice["logprobs"])
         for n, call in enumerate(message.get("tool_calls") or []):
             yield chunk(i, {"tool_calls": [{"index": n, **call}]})
         yield chunk(i, {}, choice["finish_reason"])

@@ -34,6 +34,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from openrft.errors import OpenRFTError
 from openrft.records import Completion, SamplingParams
@@ -114,7 +115,10 @@ class ModelHost:
         if name is None or name in self.aliases:
             return self.model_name
         if name not in self.names():
-            raise _HTTPError(404, f"the model '{name}' does not exist (served: {', '.join(self.names())})")
+            raise _HTTPError(
+                404, f"the model '{name}' does not exist (served: {', '.join(self.names())})",
+                code="model_not_found", param="model",
+            )  # fmt: skip
         return name
 
     @contextlib.contextmanager
@@ -231,6 +235,7 @@ def create_app(
     ``system_prompt`` opens every chat request that has no system message of its own.
     """
     host = ModelHost(engine, model_name, base_adapter, aliases=aliases, base_name=base_name, fixed=fixed)
+    started = int(time.time())
     batcher = _Batcher(host, batch_window)
     app = FastAPI(title="openrft serve")
     app.state.host = host
@@ -238,12 +243,18 @@ def create_app(
     complete = add_chat_routes(app, host, batcher, recorder, system_prompt)
     add_responses_routes(app, complete, engine.tokenizer)
 
+    def model_object(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": started, "owned_by": "openrft"}
+
     @app.get("/v1/models")
     async def models() -> dict:
-        return {
-            "object": "list",
-            "data": [{"id": name, "object": "model", "owned_by": "openrft"} for name in host.names()],
-        }
+        return {"object": "list", "data": [model_object(name) for name in host.names()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str) -> dict:
+        if name not in host.names():
+            host.resolve(name)  # an alias or an unknown name: the same 404 a request naming it gets
+        return model_object(name)
 
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest) -> dict:
@@ -316,11 +327,18 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return _error(400, f"invalid request: {where}: {first.get('msg', 'bad value')}")
+        return _error(400, f"invalid request: {where}: {first.get('msg', 'bad value')}", param=where or None)
 
     @app.exception_handler(OpenRFTError)
     async def _openrft_error(request: Request, exc: OpenRFTError) -> JSONResponse:
         return _error(400, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _routing(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # an unknown path or method, in the same shape as every other error
+        if exc.status_code == 404:
+            return _error(404, f"no such endpoint: {request.method} {request.url.path}", code="unknown_url")
+        return _error(exc.status_code, str(exc.detail))
 
 
 def _prompt_token_ids(tokenizer: Any, prompt: Any) -> list[list[int]]:
@@ -380,8 +398,9 @@ def _choice(
 
 
 def _error(status: int, message: str, *, code: str | None = None, param: str | None = None) -> JSONResponse:
-    kind = {400: "BadRequestError", 404: "NotFoundError"}.get(status, "InternalServerError")
-    error = {"message": message, "type": kind, "param": param, "code": code or status}
+    """OpenAI's error body: ``type`` names the kind of error, ``code`` (a string or null) the case."""
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    error = {"message": message, "type": kind, "param": param, "code": code}
     return JSONResponse({"error": error}, status_code=status)
 
 
