@@ -180,3 +180,14 @@ def test_a_stored_item_outlives_the_responses_that_only_referenced_it():
     assert store.item("fc_1") is call and store.call_owner("call_1") == "resp_a"
     store.delete("resp_a")
     assert store.item("fc_1") is None and store.call_owner("call_1") is None
+
+
+def test_a_default_system_prompt_yields_to_a_system_or_developer_message():
+    from openrft.rollout.prompts import with_system
+
+    user = {"role": "user", "content": "hi"}
+    assert with_system([user], "Be brief.") == [{"role": "system", "content": "Be brief."}, user]
+    for role in ("system", "developer"):
+        own = [{"role": role, "content": "Be kind."}, user]
+        assert with_system(own, "Be brief.") == own
+    assert with_system([user], None) == [user]

@@ -65,8 +65,9 @@ def encode_prompt(tokenizer: Any, prompt: Any) -> list[int]:
 
 
 def with_system(messages: Sequence[Any], system: str | None) -> list[Any]:
-    """``messages`` with a system message ``system`` in front, unless they already open with one."""
+    """``messages`` with a system message ``system`` in front, unless they already hold one (a
+    ``developer`` message is OpenAI's newer name for it)."""
     out = list(messages)
-    if not system or any(isinstance(m, dict) and m.get("role") == "system" for m in out):
+    if not system or any(isinstance(m, dict) and m.get("role") in ("system", "developer") for m in out):
         return out
     return [{"role": "system", "content": system}, *out]
