@@ -217,6 +217,33 @@ def test_dataset_signed_url_flow(client, server):
     assert Path(dataset_path(ACCOUNT, "accounts/acct/datasets/signed")).read_bytes() == ROWS
 
 
+def test_a_dataset_uploads_in_shards_as_the_sdk_helper_sends_them(client, server):
+    """fireworks.lib.dataset_upload.upload_dataset_shards: one getUploadEndpoint for every shard, a PUT
+    each, one validateUpload; the shards are joined in their declared order."""
+    first, second = ROWS.splitlines(keepends=True)
+    second = second.rstrip(b"\n")  # a shard without its last newline still ends a row
+    client.datasets.create(dataset_id="shards", dataset={"format": "CHAT"})
+    sizes = {"part-0.jsonl": str(len(first)), "part-1.jsonl": str(len(second))}
+    urls = client.datasets.get_upload_endpoint("shards", filename_to_size=sizes).filename_to_signed_urls
+    assert sorted(urls) == sorted(sizes) and urls["part-0.jsonl"] != urls["part-1.jsonl"]
+    assert httpx.put(urls["part-1.jsonl"], content=second).status_code == 200
+    with pytest.raises(fireworks.APIStatusError, match="part-0.jsonl") as missing:
+        client.datasets.validate_upload("shards", body={})
+    assert missing.value.status_code == 412
+    assert httpx.put(urls["part-1.jsonl"], content=first).status_code == 400  # not the declared size
+    assert httpx.put(urls["part-0.jsonl"], content=first).status_code == 200
+    client.datasets.validate_upload("shards", body={})
+    dataset = client.datasets.get("shards")
+    assert dataset.state == "READY" and dataset.example_count == "2"
+    assert Path(dataset_path(ACCOUNT, "shards")).read_bytes() == ROWS
+    client.datasets.create(dataset_id="many", dataset={"format": "CHAT"})
+    with pytest.raises(fireworks.BadRequestError, match="1 to 64 file names"):
+        client.datasets.get_upload_endpoint("many", filename_to_size={f"{i}.jsonl": "1" for i in range(65)})
+    client.evaluators.create(evaluator_id="one", evaluator={"entry_point": "main.py::evaluate"})
+    with pytest.raises(fireworks.BadRequestError, match="one file name"):  # an evaluator is one archive
+        client.evaluators.get_upload_endpoint("one", filename_to_size={"a.tar.gz": "1", "b.tar.gz": "1"})
+
+
 def test_bad_row_rejected_with_its_line_and_nothing_kept(client, server):
     client.datasets.create(dataset_id="bad", dataset={})
     bad = ROWS + b'{"messages": [{"role": "robot", "content": "hi"}]}\n'
@@ -582,3 +609,52 @@ def test_updates_and_signed_downloads_through_the_sdk(client, server):
     client.evaluators.validate_upload("exact", body={})
     assert _wait_built(client, "exact").state == "ACTIVE"
     assert _score(evaluator_spec(ACCOUNT, "exact"), "anything", 4) == 0.5
+
+
+def test_the_sdk_shard_helper_uploads_to_a_server_serving_https(tmp_path):
+    """``openrft server --ssl-certfile/--ssl-keyfile``: signed URLs are https, so the SDK's own
+    ``upload_dataset_shards`` (which refuses http URLs) uploads a folder of shards."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from fireworks.lib.dataset_upload import upload_dataset_shards
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OPENRFT_HOME": str(tmp_path / "home"), "SSL_CERT_FILE": str(cert)}
+    command = [sys.executable, "-m", "openrft.cli", "server", "--port", str(port), "--api-key", KEY,
+               "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]  # fmt: skip
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        os.environ["SSL_CERT_FILE"] = str(cert)  # the SDK's and the helper's httpx clients trust it
+        client = fireworks.Fireworks(api_key=KEY, base_url=f"https://127.0.0.1:{port}", account_id=ACCOUNT)
+        deadline = time.time() + 60
+        while True:
+            try:
+                client.datasets.list()
+                break
+            except fireworks.APIConnectionError:
+                assert server.poll() is None and time.time() < deadline, server.stdout.read()
+                time.sleep(0.3)
+        shards = tmp_path / "shards"
+        shards.mkdir()
+        for i, line in enumerate(ROWS.splitlines(keepends=True)):
+            (shards / f"part-{i}.jsonl").write_bytes(line)
+        client.datasets.create(dataset_id="tls", dataset={"format": "CHAT"})
+        upload_dataset_shards(client, "tls", str(shards))
+        assert client.datasets.get("tls").state == "READY"
+        stored = tmp_path / "home" / "server" / "datasets" / ACCOUNT / "tls" / "data.jsonl"
+        assert stored.read_bytes() == ROWS
+    finally:
+        os.environ.pop("SSL_CERT_FILE", None)
+        server.terminate()  # stops within its graceful-shutdown bound though the SDK keeps a connection
+        server.wait(timeout=30)

@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction, rftj: argparse._SubParsersA
         help="Let requests name files and folders on this machine (base model directories, evaluator and "
         "dataset files, MCP commands). Off by default: it lets any caller read and run local code.",
     )
+    p.add_argument("--ssl-certfile", metavar="PEM", help="Serve HTTPS with this certificate (with --ssl-keyfile); "
+                   "signed upload URLs are then https, as the SDK's dataset_upload helper requires.")  # fmt: skip
+    p.add_argument("--ssl-keyfile", metavar="PEM", help="The certificate's private key.")
     p.set_defaults(handler=cmd_server)
 
 
@@ -58,10 +61,27 @@ def cmd_server(args: argparse.Namespace) -> int:
     )
     app = create_app(settings)  # refuses a public bind without a key (ConfigError, exit code 2)
     auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API key (loopback only)"
-    print(f"openrft server on http://{settings.host}:{settings.port} ({auth}); "
+    tls = _tls(args)
+    print(f"openrft server on {'https' if tls else 'http'}://{settings.host}:{settings.port} ({auth}); "
           f"jobs in {app.state.job_store.root}")  # fmt: skip
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    # bounded: a TLS connection a client keeps alive would otherwise hold the shutdown open
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5, **tls
+    )
     return 0
+
+
+def _tls(args: argparse.Namespace) -> dict[str, str]:
+    """uvicorn's TLS settings from --ssl-certfile / --ssl-keyfile (both or neither, readable files)."""
+    from openrft.errors import ConfigError
+
+    given = {k: v for k, v in (("ssl_certfile", args.ssl_certfile), ("ssl_keyfile", args.ssl_keyfile)) if v}
+    if len(given) == 1:
+        raise ConfigError("--ssl-certfile and --ssl-keyfile go together: give both to serve HTTPS")
+    for key, path in given.items():
+        if not Path(path).is_file():
+            raise ConfigError(f"--{key.replace('_', '-')}: no such file: {path}")
+    return given
 
 
 __all__ = ["register"]

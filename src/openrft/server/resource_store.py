@@ -135,14 +135,16 @@ def delete_resource(kind: str, account: str, resource_id: str) -> None:
 # ----------------------------------------------------------------------------- signed uploads
 
 
-def new_upload_token(kind: str, account: str, resource_id: str, filename: str, size: int) -> str:
-    """Remember one pending upload (``getUploadEndpoint``) and return the token its URL carries."""
+def new_upload_token(kind: str, account: str, resource_id: str, files: dict[str, int]) -> str:
+    """Remember one pending upload (``getUploadEndpoint``: ``{file name: size}``, replacing any earlier
+    one) and return the token its URLs carry."""
     token = secrets.token_urlsafe(24)
     with _lock:
         meta = require_meta(kind, account, resource_id)
-        meta["_upload"] = {"token": token, "filename": filename, "size": size,
-                           "expires": time.time() + UPLOAD_TOKEN_TTL_S}  # fmt: skip
+        meta["_upload"] = {"token": token, "files": files, "expires": time.time() + UPLOAD_TOKEN_TTL_S}
         write_meta(kind, meta)
+    if kind == "datasets":
+        shutil.rmtree(upload_parts_dir(account, resource_id), ignore_errors=True)
     return token
 
 
@@ -163,6 +165,31 @@ def check_upload_token(kind: str, account: str, resource_id: str, token: str) ->
 
 def dataset_file(account: str, dataset_id: str) -> Path:
     return resource_dir("datasets", account, dataset_id) / "data.jsonl"
+
+
+def upload_parts_dir(account: str, dataset_id: str) -> Path:
+    """Where the files of a signed-URL upload wait for ``validateUpload`` (one per declared file)."""
+    return resource_dir("datasets", account, dataset_id) / ".upload-parts"
+
+
+def join_upload_parts(account: str, dataset_id: str) -> tuple[Path, str]:
+    """The declared files of the pending upload joined, in their declared order, into the file
+    ``validateUpload`` checks (a part without a final newline gets one); and the name to report.
+    A 412 names the files that were not PUT."""
+    meta = require_meta("datasets", account, dataset_id)
+    files = list((meta.get("_upload") or {}).get("files") or {})
+    parts = upload_parts_dir(account, dataset_id)
+    missing = [name for name in files if not (parts / name).is_file()]
+    if not files or missing:
+        raise ApiError(412, f"dataset {meta['name']} has no uploaded file to validate: PUT "
+                       f"{', '.join(missing) or 'it'} to the signed URL")  # fmt: skip
+    joined = pending_dataset_file(account, dataset_id, private=True)
+    with open(joined, "wb") as out:
+        for name in files:
+            data = (parts / name).read_bytes()
+            out.write(data if not data or data.endswith(b"\n") else data + b"\n")
+    shutil.rmtree(parts, ignore_errors=True)
+    return joined, files[0] if len(files) == 1 else f"{len(files)} files ({', '.join(files)})"
 
 
 def pending_dataset_file(account: str, dataset_id: str, *, private: bool = False) -> Path:

@@ -11,12 +11,14 @@ A signed upload URL (``:getUploadEndpoint``) points back at this server: a ``PUT
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -35,7 +37,7 @@ from openrft.server.uploads import (
     SIGNED_UPLOAD,
     ArchiveError,
     UploadLimits,
-    check_declared_size,
+    check_declared_sizes,
     check_id,
     check_member_name,
     limited_receive,
@@ -49,6 +51,7 @@ DATASET_FORMATS = ("FORMAT_UNSPECIFIED", "CHAT", "COMPLETION", "RL")
 DATASET_SUFFIXES = (".jsonl", ".json", ".txt")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and headers around the file
+MAX_DATASET_FILES = 64  # shards one getUploadEndpoint may declare for a dataset
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 200
 COMMON_FIELDS = ("name", "displayName", "description", "state", "status", "createTime", "updateTime")
 A = "/v1/accounts/{account}"
@@ -196,9 +199,12 @@ def page(items: list[dict[str, Any]], key: str, page_size: int | None, page_toke
             "totalSize": len(items)}  # fmt: skip
 
 
-def signed_url(request: Request, kind: str, account: str, resource_id: str, token: str) -> str:
+def signed_url(request: Request, kind: str, account: str, resource_id: str, token: str, name: str) -> str:
+    """The URL one declared file is PUT to (https when the server serves TLS or sits behind a proxy
+    that says so in ``X-Forwarded-Proto``)."""
     base = str(request.base_url).rstrip("/")
-    return f"{base}/v1/accounts/{account}/{kind}/{resource_id}{SIGNED_UPLOAD}?token={token}"
+    query = urlencode({"token": token, "file": name})
+    return f"{base}/v1/accounts/{account}/{kind}/{resource_id}{SIGNED_UPLOAD}?{query}"
 
 
 async def _form_chunks(upload: UploadFile) -> AsyncIterator[bytes]:
@@ -207,14 +213,22 @@ async def _form_chunks(upload: UploadFile) -> AsyncIterator[bytes]:
 
 
 async def _receive_signed_put(request: Request, kind: str, account: str, resource_id: str,
-                              target: Path, limit: int, what: str) -> int:  # fmt: skip
-    """Store the body of a PUT to a signed URL at ``target``; its size must be the one declared."""
+                              target_for: Callable[[str], Path], limit: int, what: str) -> int:  # fmt: skip
+    """Store the body of a PUT to a signed URL at ``target_for(declared file name)``; its size must be
+    the one declared."""
     upload = store.check_upload_token(kind, account, resource_id, request.query_params.get("token", ""))
-    declared = int(upload.get("size", -1))
-    size = await save_stream(request.stream(), target, limit, what)
+    files = upload.get("files") or {}
+    name = request.query_params.get("file") or (next(iter(files)) if len(files) == 1 else "")
+    if name not in files:
+        raise ApiError(400, f"this upload URL names no declared file ({name!r}): use the URL given for it")
+    declared = int(files[name])
+    target = target_for(name)
+    incoming = target.with_name(f".{target.name}.incoming")  # a refused body leaves an earlier PUT alone
+    size = await save_stream(request.stream(), incoming, limit, what)
     if declared >= 0 and size != declared:
-        target.unlink(missing_ok=True)
+        incoming.unlink(missing_ok=True)
         raise ApiError(400, f"the upload has {size} bytes, but getUploadEndpoint was told {declared}")
+    os.replace(incoming, target)
     return size
 
 
@@ -317,9 +331,11 @@ async def _upload_endpoint(
     """``:getUploadEndpoint``: a one-time signed URL on this server for the file the body declares."""
     body = await json_body(request)
     suffixes = DATASET_SUFFIXES if kind == "datasets" else ARCHIVE_SUFFIXES
-    name, size = check_declared_size(body.get("filenameToSize"), limit, what, suffixes)
-    token = store.new_upload_token(kind, account, resource_id, name, size)
-    return {"filenameToSignedUrls": {name: signed_url(request, kind, account, resource_id, token)}}
+    max_files = MAX_DATASET_FILES if kind == "datasets" else 1  # a dataset may come in shards
+    files = check_declared_sizes(body.get("filenameToSize"), limit, what, suffixes, max_files)
+    token = store.new_upload_token(kind, account, resource_id, files)
+    return {"filenameToSignedUrls": {name: signed_url(request, kind, account, resource_id, token, name)
+                                     for name in files}}  # fmt: skip
 
 
 @router.post(A + "/datasets/{dataset_id}:getUploadEndpoint")
@@ -334,20 +350,19 @@ async def dataset_upload_endpoint(account: str, dataset_id: str, request: Reques
 @router.put(A + "/datasets/{dataset_id}" + SIGNED_UPLOAD)
 async def put_dataset(account: str, dataset_id: str, request: Request) -> Response:
     limit = upload_limits(request).max_dataset_bytes
-    target = store.pending_dataset_file(account, dataset_id)
-    await _receive_signed_put(request, "datasets", account, dataset_id, target, limit, "the dataset file")
+    parts = store.upload_parts_dir(account, dataset_id)  # each declared file under its own name
+    await _receive_signed_put(
+        request, "datasets", account, dataset_id, parts.joinpath, limit, "the dataset file"
+    )
     return Response(status_code=200)
 
 
 @router.post(A + "/datasets/{dataset_id}:validateUpload")
 async def validate_dataset(account: str, dataset_id: str) -> dict[str, Any]:
     meta = store.require_meta("datasets", account, dataset_id)
-    pending = store.pending_dataset_file(account, dataset_id)
-    if not pending.is_file():
-        raise ApiError(
-            412, f"dataset {meta['name']} has no uploaded file to validate: PUT it to the signed URL"
-        )
-    filename = (meta.get("_upload") or {}).get("filename") or "data.jsonl"
+    if meta.get("state") == "READY":
+        raise ApiError(412, f"dataset {meta['name']} is already uploaded: delete it or create another")
+    pending, filename = await run_in_threadpool(store.join_upload_parts, account, dataset_id)
     meta = await run_in_threadpool(store.accept_dataset_file, account, dataset_id, pending, filename)
     return store.public(meta)
 
@@ -470,9 +485,9 @@ async def put_evaluator(account: str, evaluator_id: str, request: Request) -> Re
     if store.require_meta("evaluators", account, evaluator_id).get("state") == "BUILDING":
         raise ApiError(409, f"evaluator accounts/{account}/evaluators/{evaluator_id} is being built")
     limit = upload_limits(request).max_archive_bytes
-    target = store.archive_file(account, evaluator_id)
+    archive = store.archive_file(account, evaluator_id)
     await _receive_signed_put(
-        request, "evaluators", account, evaluator_id, target, limit, "the evaluator archive"
+        request, "evaluators", account, evaluator_id, lambda _: archive, limit, "the evaluator archive"
     )
     return Response(status_code=200)
 

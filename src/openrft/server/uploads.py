@@ -153,13 +153,23 @@ def limited_receive(receive: Receive, limit: int, what: str) -> Receive:
     return wrapped
 
 
-def check_declared_size(
-    filename_to_size: Any, limit: int, what: str, suffixes: tuple[str, ...]
-) -> tuple[str, int]:
-    """The one ``(file name, size)`` of a ``getUploadEndpoint`` body's ``filenameToSize``."""
-    if not isinstance(filename_to_size, dict) or len(filename_to_size) != 1:
-        raise ApiError(400, "filenameToSize must map exactly one file name to its size in bytes")
-    ((name, size_text),) = filename_to_size.items()
+def check_declared_sizes(
+    filename_to_size: Any, limit: int, what: str, suffixes: tuple[str, ...], max_files: int
+) -> dict[str, int]:
+    """``{file name: size}`` of a ``getUploadEndpoint`` body's ``filenameToSize``, in its order: at
+    most ``max_files`` plain file names ending with one of ``suffixes``, ``limit`` bytes in all."""
+    if not isinstance(filename_to_size, dict) or not 1 <= len(filename_to_size) <= max_files:
+        many = "one file name" if max_files == 1 else f"1 to {max_files} file names"
+        raise ApiError(400, f"filenameToSize must map {many} to sizes in bytes")
+    sizes = {
+        name: _declared_size(name, size, limit, what, suffixes) for name, size in filename_to_size.items()
+    }
+    if sum(sizes.values()) > limit:
+        raise too_large(f"{what} ({len(sizes)} files, {human_size(sum(sizes.values()))})", limit)
+    return sizes
+
+
+def _declared_size(name: Any, size_text: Any, limit: int, what: str, suffixes: tuple[str, ...]) -> int:
     if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
         raise ApiError(400, f"filenameToSize: {name!r} is not a plain file name")
     if not name.lower().endswith(suffixes):
@@ -174,7 +184,7 @@ def check_declared_size(
         raise ApiError(400, f"filenameToSize[{name!r}] must be >= 0, not {size}")
     if size > limit:
         raise too_large(f"{what} {name!r} ({human_size(size)})", limit)
-    return name, size
+    return size
 
 
 # ----------------------------------------------------------------------------- archives
@@ -258,6 +268,6 @@ def extract_archive(archive_path: Path, dest: Path, limits: UploadLimits) -> Non
 
 
 __all__ = [
-    "ID_RE", "SIGNED_UPLOAD", "ArchiveError", "UploadLimits", "check_declared_size", "check_id",
+    "ID_RE", "SIGNED_UPLOAD", "ArchiveError", "UploadLimits", "check_declared_sizes", "check_id",
     "check_member_name", "extract_archive", "is_signed_upload", "write_files", "limited_receive", "now_rfc3339", "save_stream", "too_large",
 ]  # fmt: skip
