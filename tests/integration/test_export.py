@@ -147,7 +147,7 @@ def test_modelfile_for_ollama(merged):
     assert merged.modelfile == merged.gguf.path.parent / "Modelfile"
     assert "FROM ./tiny.gguf\n" in text
     assert 'TEMPLATE """' in text and "<|im_start|>{{ .Role }}" in text and "<|im_start|>assistant" in text
-    assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in text  # the template's default
+    assert 'SYSTEM "You are a helpful AI assistant named SmolLM' in text  # the template's default
     assert 'PARAMETER stop "<|im_end|>"' in text
 
 
@@ -389,3 +389,35 @@ def test_qwen2_is_written_with_its_biases_and_unpermuted_rotary_weights(tmp_path
             assert torch.allclose(expected[key], got[key], atol=1e-6), key
     with torch.no_grad():
         assert (model(IDS).logits - back(IDS).logits).abs().max() < 1e-4
+
+
+def _ollama_values(modelfile: str) -> list[str]:
+    """The arguments of ``PARAMETER stop`` lines as Ollama's parser reads them (parser/parser.go: a
+    value ends at a newline once it unquotes; no escapes; non-printing characters other than the
+    newline dropped)."""
+
+    def unquote(s: str) -> str | None:
+        for q in ('"""', '"'):
+            if s.startswith(q):
+                return s[len(q) : -len(q)] if len(s) >= 2 * len(q) and s.endswith(q) else None
+        return s
+
+    values, rest = [], modelfile
+    while (at := rest.find("PARAMETER stop ")) >= 0:
+        rest, buffer = rest[at + len("PARAMETER stop ") :], ""
+        for i, ch in enumerate(rest + "\n"):
+            if ch == "\n" and (value := unquote(buffer.strip())) is not None:
+                values.append(value)
+                rest = rest[i:]
+                break
+            buffer += ch if ch.isprintable() or ch == "\n" else ""
+    return values
+
+
+def test_modelfile_stop_strings_read_back_exactly_in_ollama(tokenizer):
+    from openrft.train.ollama import render_modelfile
+
+    stops = ["\n\n", 'say "done"', "C:\\end", '"quoted"', "a\tb", 'x"""y']
+    text = render_modelfile("model.gguf", tokenizer, stops)
+    assert _ollama_values(text) == ["<|im_end|>", "\n\n", 'say "done"', "C:\\end", '"quoted"']
+    assert "# stop string 'a\\tb' left out" in text and '# stop string \'x"""y\' left out' in text

@@ -99,8 +99,25 @@ def stop_strings(tokenizer: Any, extra: Sequence[str] = ()) -> list[str]:
     return list(dict.fromkeys([*found, *extra]))
 
 
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+def modelfile_quote(text: str) -> str | None:
+    """``text`` as a Modelfile argument Ollama reads back exactly, or None when it cannot be written.
+
+    Ollama's parser decodes no escapes: it strips one pair of ``"`` or ``\"\"\"`` and keeps newlines
+    inside them, and drops other non-printing characters (a tab, a carriage return). So text with
+    no ``"`` goes in ``"..."``, text with ``"`` in triple quotes, and text holding ``\"\"\"`` or a
+    character Ollama would drop is refused."""
+    if not text or any(not (ch.isprintable() or ch in "\n ") for ch in text) or '"""' in text:
+        return None
+    return f'"{text}"' if '"' not in text else f'"""{text}"""'
+
+
+def _stop_lines(stops: Sequence[str]) -> list[str]:
+    lines = []
+    for stop in stops:
+        quoted = modelfile_quote(stop)
+        lines.append(f"PARAMETER stop {quoted}" if quoted is not None else
+                     f"# stop string {stop!r} left out: a Modelfile cannot hold it exactly")  # fmt: skip
+    return lines
 
 
 def render_modelfile(gguf_name: str, tokenizer: Any, stops: Sequence[str] = ()) -> str:
@@ -119,10 +136,11 @@ def render_modelfile(gguf_name: str, tokenizer: Any, stops: Sequence[str] = ()) 
     else:
         lines += [f'TEMPLATE """{fmt.template}"""', ""]
         system = default_system_prompt(tokenizer, fmt)
-        if system:
-            lines += [f'SYSTEM """{system}"""', ""]
-    lines += [f"PARAMETER stop {_quote(stop)}" for stop in stop_strings(tokenizer, stops)]
+        quoted = modelfile_quote(system) if system else None
+        if quoted:
+            lines += [f"SYSTEM {quoted}", ""]
+    lines += _stop_lines(stop_strings(tokenizer, stops))
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["chat_format", "default_system_prompt", "render_modelfile", "stop_strings"]
+__all__ = ["chat_format", "default_system_prompt", "modelfile_quote", "render_modelfile", "stop_strings"]
