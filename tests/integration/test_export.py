@@ -3,6 +3,7 @@ and the model card written next to a job's adapter."""
 
 from __future__ import annotations
 
+import copy as copy_module
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -219,14 +220,44 @@ def test_base_model_comes_from_the_job_or_the_adapter(adapter, tmp_path, tiny_mo
     assert find_base_model(folder) == str(tiny_model_dir)  # job.json's base is not here: the next one
 
 
-def test_the_embedded_models_pre_tokenizer_is_found_by_name_or_by_its_folder(tmp_path):
+def test_the_embedded_models_pre_tokenizer_is_found_by_name_or_by_its_folder(tmp_path, tokenizer):
     from openrft.models import embedded_model_dir
 
-    assert pre_tokenizer("smollm2-135m-instruct") == "smollm"
+    assert pre_tokenizer("smollm2-135m-instruct", tokenizer) == "smollm"
     assert (
-        pre_tokenizer(str(embedded_model_dir("smollm2-135m-instruct"))) == "smollm"
+        pre_tokenizer(str(embedded_model_dir("smollm2-135m-instruct")), tokenizer) == "smollm"
     )  # as adapters record it
-    assert pre_tokenizer(str(tmp_path / "some-model")) == "default"
+    assert pre_tokenizer(str(tmp_path / "some-model"), tokenizer) == "gpt-2"  # read off its tokenizer
+
+
+def _with_pre_tokenizer(tokenizer, pre):
+    copy = copy_module.deepcopy(tokenizer)
+    copy.backend_tokenizer.pre_tokenizer = pre
+    return copy
+
+
+def test_other_models_pre_tokenizer_is_read_off_their_tokenizer(tokenizer):
+    """llama.cpp's name for each way of splitting text that it knows; any other is refused (its
+    "default" would tokenize differently from the model's tokenizer)."""
+    from tokenizers import Regex, pre_tokenizers
+
+    from openrft.train.gguf_export import _SPLIT_LLAMA3, _SPLIT_QWEN2, pre_tokenizer_name
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    split = {name: pre_tokenizers.Split(Regex(pattern), "isolated") for name, pattern in
+             (("llama-bpe", _SPLIT_LLAMA3), ("qwen2", _SPLIT_QWEN2))}  # fmt: skip
+    cases = {
+        "gpt-2": pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        "smollm": pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        ),
+        **{name: pre_tokenizers.Sequence([s, byte_level]) for name, s in split.items()},
+    }
+    for name, pre in cases.items():
+        assert pre_tokenizer_name(_with_pre_tokenizer(tokenizer, pre)) == name
+    odd = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\s+"), "isolated"), byte_level])
+    with pytest.raises(ExportError, match="no pre-tokenizer known to split text"):
+        pre_tokenizer_name(_with_pre_tokenizer(tokenizer, odd))
 
 
 def test_a_warm_started_jobs_adapter_is_merged_onto_the_base_it_records(adapter, tmp_path, tiny_model_dir):
@@ -360,9 +391,10 @@ def test_qwen2_is_written_with_its_biases_and_unpermuted_rotary_weights(tmp_path
     """A Qwen2 model (the 0.5B/1.5B shape: tied embeddings, q/k/v biases, grouped KV heads) round-trips
     through transformers' GGUF reader to the same logits; its pre-tokenizer is llama.cpp's "qwen2"."""
     import gguf
+    from tokenizers import Regex, pre_tokenizers
     from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    from openrft.train.gguf_export import write_gguf
+    from openrft.train.gguf_export import _SPLIT_QWEN2, write_gguf
 
     torch.manual_seed(0)
     config = Qwen2Config(
@@ -375,7 +407,10 @@ def test_qwen2_is_written_with_its_biases_and_unpermuted_rotary_weights(tmp_path
         if name.endswith("bias"):
             param.data.normal_()
     path = tmp_path / "qwen.gguf"
-    summary = write_gguf(model, tokenizer, path, out_type="f32")
+    qwen_split = pre_tokenizers.Split(Regex(_SPLIT_QWEN2), "isolated")
+    qwen_tokenizer = _with_pre_tokenizer(tokenizer, pre_tokenizers.Sequence(
+        [qwen_split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]))  # fmt: skip
+    summary = write_gguf(model, qwen_tokenizer, path, out_type="f32")
     reader = gguf.GGUFReader(path)
     assert reader.fields["general.architecture"].contents() == "qwen2"
     assert reader.fields["tokenizer.ggml.pre"].contents() == "qwen2"

@@ -40,6 +40,7 @@ from openrft.train.gguf_export import (
     GgufSummary,
     check_supported,
     check_tokenizer,
+    pre_tokenizer_name,
     write_gguf,
 )
 from openrft.train.ollama import render_modelfile
@@ -187,10 +188,11 @@ def save_merged(model: Any, tokenizer: Any, out: Path, dtype: str = "auto", conf
     return Path(out)
 
 
-def pre_tokenizer(base: str) -> str:
+def pre_tokenizer(base: str, tokenizer: Any) -> str:
     """llama.cpp's pre-tokenizer name for base model ``base``: by its name, or by the folder the
-    embedded model is converted into (what an adapter's config records); else ``default``."""
-    return PRE_TOKENIZERS.get(base) or PRE_TOKENIZERS.get(Path(base).name, "default")
+    embedded model is converted into (what an adapter's config records); else read off ``tokenizer``
+    (an :class:`ExportError` when llama.cpp has none that splits text the same way)."""
+    return PRE_TOKENIZERS.get(base) or PRE_TOKENIZERS.get(Path(base).name) or pre_tokenizer_name(tokenizer)
 
 
 def job_stop_strings(adapter_dir: Path) -> list[str]:
@@ -216,7 +218,7 @@ def export_adapter(
     if gguf is not None:
         check_export_target(gguf, inputs, folder=False)
         check_supported(load_config(base))  # before the merge: fail fast on an unsupported model
-        check_tokenizer(load_tokenizer(base))
+        pre_tokenizer(base, check_tokenizer(load_tokenizer(base)))  # refused before the merge
     result = ExportResult(base_model=base)
     start = time.perf_counter()
     model, tokenizer = merge_adapter(adapter_dir, base)
@@ -235,7 +237,7 @@ def export_adapter(
             gguf,
             out_type=gguf_type,
             name=str(name),
-            pre=pre_tokenizer(base),
+            pre=pre_tokenizer(base, tokenizer),
         )
         result.modelfile = gguf.parent / "Modelfile"
         atomic_write_text(

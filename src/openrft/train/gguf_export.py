@@ -38,8 +38,19 @@ ARCHITECTURES = tuple(GGUF_ARCHS)
 OUT_TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
              "q8_0": ("Q8_0", "MOSTLY_Q8_0")}  # fmt: skip
 READABLE = 0o644  # a temporary file is created 0600
-# llama.cpp's pre-tokenizer names of the models openrft knows (others get "default")
+# llama.cpp's pre-tokenizer names by model name (what llama.cpp's converter finds for them); any
+# other model's is read off its tokenizer's own pre-tokenizer (pre_tokenizer_name)
 PRE_TOKENIZERS = {"smollm2-135m-instruct": "smollm"}
+# The split patterns of Llama 3's and Qwen2's tokenizer.json, which llama.cpp's "llama-bpe" and "qwen2"
+# pre-tokenizers apply (they differ in the digits: runs of up to three against one at a time)
+_SPLIT_LLAMA3 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_SPLIT_QWEN2 = _SPLIT_LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
+_PRE_BY_STEPS: dict[tuple, str] = {
+    (("byte-level", True),): "gpt-2",  # GPT-2's own regex inside the byte-level step
+    (("digits", True), ("byte-level", True)): "smollm",  # digits one by one, then GPT-2's regex
+    (("split", _SPLIT_LLAMA3), ("byte-level", False)): "llama-bpe",
+    (("split", _SPLIT_QWEN2), ("byte-level", False)): "qwen2",
+}
 
 
 @dataclass(frozen=True)
@@ -69,8 +80,8 @@ def check_supported(config: Any) -> None:
         raise ExportError(f"cannot write a model with {rope_type!r} rotary scaling as GGUF")
 
 
-def check_tokenizer(tokenizer: Any) -> None:
-    """Raise :class:`ExportError` unless ``tokenizer`` is a GPT-2 style byte-level BPE (what ``gpt2`` means in GGUF).
+def check_tokenizer(tokenizer: Any) -> Any:
+    """``tokenizer``; an :class:`ExportError` unless it is a GPT-2 style byte-level BPE (what ``gpt2`` means in GGUF).
 
     SentencePiece-style tokenizers (Llama 2, Mistral 7B) need llama.cpp's own converter.
     """
@@ -89,6 +100,36 @@ def check_tokenizer(tokenizer: Any) -> None:
             "as GGUF: only GPT-2 style byte-level BPE tokenizers are supported",
             hint="export with --merged only, and convert that folder with llama.cpp's convert_hf_to_gguf.py",
         )
+    return tokenizer
+
+
+def pre_tokenizer_name(tokenizer: Any) -> str:
+    """llama.cpp's name for the way ``tokenizer`` splits text before BPE, read off its pre-tokenizer;
+    an :class:`ExportError` when llama.cpp has none that splits the same way (its "default" would
+    tokenize differently from training)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = (json.loads(backend.to_str()) if backend is not None else {}).get("pre_tokenizer") or {}
+    steps = spec.get("pretokenizers") or [] if spec.get("type") == "Sequence" else [spec]
+    summary = tuple(_pre_step(step) for step in steps)
+    name = _PRE_BY_STEPS.get(summary)
+    if name is None:
+        raise ExportError(
+            f"cannot write this tokenizer as GGUF: llama.cpp has no pre-tokenizer known to split text as "
+            f"it does ({' + '.join(str(s[0]) for s in summary) or 'none'})",
+            hint="export with --merged only, and convert that folder with llama.cpp's convert_hf_to_gguf.py",
+        )
+    return name
+
+
+def _pre_step(step: dict[str, Any]) -> tuple[Any, ...]:
+    kind = step.get("type")
+    if kind == "ByteLevel":
+        return ("byte-level", bool(step.get("use_regex", True)))
+    if kind == "Digits":
+        return ("digits", bool(step.get("individual_digits")))
+    if kind == "Split" and str(step.get("behavior", "")).lower() == "isolated" and not step.get("invert"):
+        return ("split", (step.get("pattern") or {}).get("Regex"))
+    return (kind or "unknown",)
 
 
 def _rope(config: Any) -> tuple[float, dict[str, Any]]:
@@ -272,9 +313,10 @@ def _add_tensor_info(writer: Any, name: str, shape: tuple[int, ...], qtype: Any)
 
 
 def write_gguf(
-    model: Any, tokenizer: Any, path: Path, *, out_type: str = "f16", name: str = "", pre: str = "default"
+    model: Any, tokenizer: Any, path: Path, *, out_type: str = "f16", name: str = "", pre: str | None = None
 ) -> GgufSummary:
-    """Write ``model`` (a merged Llama-family or Qwen2 causal LM) and ``tokenizer`` to the GGUF file ``path``."""
+    """Write ``model`` (a merged Llama-family or Qwen2 causal LM) and ``tokenizer`` to the GGUF file ``path``;
+    ``pre``: llama.cpp's pre-tokenizer name (default: :func:`pre_tokenizer_name` of ``tokenizer``)."""
     import gguf
 
     check_supported(model.config)
@@ -285,8 +327,7 @@ def write_gguf(
     fd, tmp = temporary_beside(path, suffix=".gguf.tmp")
     os.close(fd)
     writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf_arch(model.config)])
-    if pre == "default" and model.config.model_type == "qwen2":
-        pre = "qwen2"  # llama.cpp's pre-tokenizer of the Qwen2 family
+    pre = pre or pre_tokenizer_name(tokenizer)
     try:
         _hyperparameters(writer, model.config, file_type, name or path.stem)
         _vocab(writer, tokenizer, int(model.config.vocab_size), pre)
@@ -310,5 +351,5 @@ def write_gguf(
 
 
 __all__ = [
-    "ARCHITECTURES", "GGUF_ARCHS", "OUT_TYPES", "gguf_arch", "PRE_TOKENIZERS", "GgufSummary", "check_supported", "check_tokenizer", "write_gguf",
+    "ARCHITECTURES", "GGUF_ARCHS", "OUT_TYPES", "gguf_arch", "PRE_TOKENIZERS", "GgufSummary", "pre_tokenizer_name", "check_supported", "check_tokenizer", "write_gguf",
 ]  # fmt: skip
