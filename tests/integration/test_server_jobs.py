@@ -366,6 +366,11 @@ def test_a_job_names_an_uploaded_dataset_and_the_echo_keeps_its_name(serve):
         client.reinforcement_fine_tuning_jobs.list(page_token="bogus")
     with pytest.raises(fireworks.BadRequestError, match="orderBy"):
         client.reinforcement_fine_tuning_jobs.list(order_by="rewards desc")
+    with pytest.raises(fireworks.BadRequestError) as caught:  # no evaluator: named by the body's fields
+        client.reinforcement_fine_tuning_jobs.create(dataset="accounts/acme/datasets/sums", evaluator="")
+    message = caught.value.body["error"]["message"]
+    assert message.startswith("evaluator: required for dataset accounts/acme/datasets/sums")
+    assert str(served.store.root) not in message and "--" not in message
 
 
 UPLOADED_EVALUATOR = b'''
@@ -374,6 +379,22 @@ def evaluate(completion: str, ground_truth=None, **row) -> dict:
     share = sum(c.isalpha() for c in completion) / len(completion) if completion else 0.0
     return {"score": share, "reason": f"uploaded evaluator, truth {ground_truth}"}
 '''
+
+
+def test_messages_name_the_bodys_fields_and_resources_never_flags_or_server_paths():
+    from types import SimpleNamespace
+
+    from openrft.server.wire import public_message, rename_flags
+
+    assert rename_flags("--temperature: 5 is too high (hint: lower --temperature or --top-p)") == (
+        "inferenceParameters.temperature: 5 is too high (hint: lower 'inferenceParameters.temperature' or "
+        "'inferenceParameters.topP')"
+    )
+    cfg = SimpleNamespace(flat=lambda: {"dataset": "/srv/home/datasets/a/sums/data.jsonl", "evaluator": None})
+    message = "row 3 of /srv/home/datasets/a/sums/data.jsonl has no messages"
+    assert public_message(message, cfg, {"dataset": "accounts/a/datasets/sums"}) == (
+        "row 3 of accounts/a/datasets/sums has no messages"
+    )
 
 
 def test_a_job_trains_on_an_uploaded_dataset_scored_by_an_uploaded_evaluator(serve, tiny_model_dir):

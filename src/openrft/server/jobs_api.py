@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from openrft.config import JobConfig
 from openrft.errors import JobError, OpenRFTError
+from openrft.evaluators.loader import default_evaluator_name
 from openrft.jobs.runner import new_job_id, validate, with_absolute_paths
 from openrft.jobs.snapshot import write_snapshot
 from openrft.jobs.store import JobRecord, JobStore, config_values
@@ -61,11 +62,19 @@ def submit_job(
     if taken:
         raise ApiError(409, f"job {job_id} already exists")
     cfg = with_absolute_paths(cfg)
+    refs = (meta or {}).get("refs") or {}
+    if not cfg.data.evaluator:
+        try:
+            default_evaluator_name(cfg.data.dataset)
+        except OpenRFTError:
+            raise ApiError(400, f"evaluator: required for dataset {refs.get('dataset') or cfg.data.dataset}: name "
+                           "an evaluator (accounts/ACCOUNT/evaluators/ID), a built-in one or a grader; only "
+                           "the built-in tasks bring their own") from None  # fmt: skip
     try:
         validate(cfg)
     except OpenRFTError as exc:
         message = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
-        raise ApiError(400, wire.rename_flags(message)) from None  # the body's field names, not the flags
+        raise ApiError(400, wire.public_message(message, cfg, refs)) from None  # fields, not flags or paths
     try:
         record = store.create(job_id, cfg, pid=os.getpid(), detached=True)
     except JobError as exc:

@@ -408,15 +408,33 @@ def build(values: dict[str, Any]) -> C.JobConfig:
 
 def rename_flags(message: str) -> str:
     """A message from openrft's checks with each leading ``--flag`` (``--flag: ...`` or ``--flag VALUE:
-    ...``) replaced by the request field that sets it."""
+    ...``) replaced by the request field that sets it, and a flag named later in a line (a hint's) by
+    that field in quotes."""
     lines = []
     for line in message.splitlines():
         match = re.match(r"^(--[a-z0-9-]+)((?: / --[a-z0-9-]+)*)( [^\s:]+)?: ", line)
         path = wire_path(match.group(1)[2:].replace("-", "_")) if match else None
         if match and path:
             line = f"{path}{match.group(3) or ''}: {line[match.end() :]}"
-        lines.append(line)
+        lines.append(re.sub(r"(?<![\w-])--([a-z0-9-]+)", _field_in_text, line))
     return "\n".join(lines)
+
+
+def _field_in_text(match: re.Match[str]) -> str:
+    path = wire_path(match.group(1).replace("-", "_"))
+    return f"'{path}'" if path else match.group(0)
+
+
+def public_message(message: str, cfg: Any, refs: dict[str, str]) -> str:
+    """An error message for an API client: flags renamed (:func:`rename_flags`), and the server's own
+    paths of the request's datasets and evaluator shown as the names the request gave them."""
+    flat = cfg.flat()
+    for key, field in (("dataset", "dataset"), ("evaluation_dataset", "evaluationDataset"),
+                       ("evaluator", "evaluator")):  # fmt: skip
+        resolved, named = str(flat.get(key) or ""), refs.get(field)
+        if named and resolved and resolved != named:
+            message = message.replace(resolved.partition("::")[0], named)
+    return rename_flags(message)
 
 
 # ----------------------------------------------------------------------------- record -> job object
