@@ -24,7 +24,8 @@ def test_a_full_body_maps_onto_the_flat_values_of_rftj_create(ctx):
         "inferenceParameters": {"temperature": 1.0, "topK": 0, "responseCandidatesCount": 4,
                                 "extraBody": '{"stop": ["</answer>"]}'},
         "lossConfig": {"method": "GSPO_TOKEN"}, "chunkSize": -1, "nodeCount": 1,
-        "wandbConfig": {"enabled": False}, "openrftOptions": {"seed": 3, "length-norm": True},
+        "wandbConfig": {"enabled": False, "url": "https://wandb.ai/e/p/runs/r"},  # url: the server's, skipped
+        "openrftOptions": {"seed": 3, "length-norm": True},
     }  # fmt: skip
     values = body_to_values(body, ctx).values
     assert values == {
@@ -139,3 +140,22 @@ def test_the_guide_s_spellings_and_whole_floats_are_accepted(ctx):
     assert (values["epochs"], values["lora_rank"]) == (2, 16) and type(values["epochs"]) is int
     with pytest.raises(ApiError, match=r"epochs: expected a whole number, got a number 2.5"):
         body_to_values({"dataset": "arithmetic", "trainingConfig": {"epochs": 2.5}}, ctx)
+
+
+def test_the_echo_names_the_wandb_run_and_its_url():
+    from types import SimpleNamespace
+
+    from openrft.server.wire import _echo
+
+    record = SimpleNamespace(id="job1")
+    flat = {"wandb": True, "wandb_project": "p", "wandb_entity": "team", "wandb_api_key": "secret"}
+    echoed = _echo(flat, {}, record)["wandbConfig"]
+    assert echoed == {"enabled": True, "project": "p", "entity": "team", "runId": "job1",
+                      "url": "https://wandb.ai/team/p/runs/job1"}  # fmt: skip
+    no_entity = _echo({**flat, "wandb_entity": None, "wandb_run_id": "r7"}, {}, record)["wandbConfig"]
+    assert no_entity == {
+        "enabled": True,
+        "project": "p",
+        "runId": "r7",
+    }  # the key's default entity: unknown here
+    assert "runId" not in _echo({"wandb": False}, {}, record)["wandbConfig"]

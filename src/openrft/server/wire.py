@@ -159,8 +159,8 @@ def _section(name: str, value: Any, fields: dict[str, str]) -> dict[str, Any]:
         raise bad(name, f"expected an object, got {_kind(value)}")
     out = {}
     for key, item in value.items():
-        if name == "inferenceParameters" and key == "extraBody":
-            continue
+        if (name, key) in (("inferenceParameters", "extraBody"), ("wandbConfig", "url")):
+            continue  # extraBody is read on its own; url is the server's (a job object sent back holds it)
         if key not in fields:
             raise bad(f"{name}.{key}", "unknown or unsupported field; openrft does not implement it")
         out[fields[key]] = _typed(f"{name}.{key}", item, fields[key])
@@ -512,6 +512,11 @@ def _echo(flat: dict[str, Any], refs: dict[str, Any], record: JobRecord) -> dict
     for section, fields in SECTIONS.items():
         out[section] = {wire: flat.get(name) for wire, name in fields.items() if flat.get(name) is not None}
     out["wandbConfig"].pop("apiKey", None)
+    if flat.get("wandb"):
+        wandb = out["wandbConfig"]
+        wandb.setdefault("runId", record.id)  # the run is named after the job unless told otherwise
+        if wandb.get("entity") and wandb.get("project"):
+            wandb["url"] = f"https://wandb.ai/{wandb['entity']}/{wandb['project']}/runs/{wandb['runId']}"
     out["trainingConfig"]["outputModel"] = refs.get("outputModel") or flat.get("output_model") or record.id
     if refs.get("warmStartFrom"):
         out["trainingConfig"]["warmStartFrom"] = refs["warmStartFrom"]
