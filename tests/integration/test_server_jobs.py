@@ -366,6 +366,14 @@ def test_a_job_names_an_uploaded_dataset_and_the_echo_keeps_its_name(serve):
         client.reinforcement_fine_tuning_jobs.list(page_token="bogus")
     with pytest.raises(fireworks.BadRequestError, match="orderBy"):
         client.reinforcement_fine_tuning_jobs.list(order_by="rewards desc")
+    by_output = client.reinforcement_fine_tuning_jobs.list(order_by="trainingConfig.outputModel desc")
+    assert [j.training_config.output_model for j in by_output] == ["sums-adapter", "other"]
+    masked = client.reinforcement_fine_tuning_jobs.get(other.name.rsplit("/", 1)[-1], read_mask="name,state")
+    assert masked.name == other.name and masked.state and masked.dataset is None
+    listed = client.reinforcement_fine_tuning_jobs.list(read_mask="name")
+    assert {j.name for j in listed} == {job.name, other.name} and all(j.state is None for j in listed)
+    dataset = client.datasets.get("sums", read_mask="name,exampleCount")
+    assert dataset.example_count == "6" and dataset.state is None
     with pytest.raises(fireworks.BadRequestError) as caught:  # no evaluator: named by the body's fields
         client.reinforcement_fine_tuning_jobs.create(dataset="accounts/acme/datasets/sums", evaluator="")
     message = caught.value.body["error"]["message"]

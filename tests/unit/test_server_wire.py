@@ -6,7 +6,7 @@ import pytest
 
 from openrft.server.errors import ApiError
 from openrft.server.filtering import ordered, select
-from openrft.server.jobs_api import JOB_FIELDS, ORDER_FIELDS, make_token, read_token
+from openrft.server.jobs_api import JOB_FIELDS, make_token, read_token
 from openrft.server.settings import is_loopback
 from openrft.server.wire import WireContext, body_to_values, build, is_local_path, rename_flags
 
@@ -92,14 +92,21 @@ def test_filters_orders_and_page_tokens():
             {"name": "a", "state": "JOB_STATE_PENDING", "createTime": "3"}]  # fmt: skip
     assert [j["name"] for j in select(jobs, 'state="JOB_STATE_RUNNING"', JOB_FIELDS)] == ["b"]
     assert [j["name"] for j in select(jobs, "state!=JOB_STATE_RUNNING and name=a", JOB_FIELDS)] == ["a"]
-    assert [j["name"] for j in ordered(jobs, "", ORDER_FIELDS)] == ["a", "b"]
-    assert [j["name"] for j in ordered(jobs, "createTime desc", ORDER_FIELDS)] == ["a", "b"]
-    assert [j["name"] for j in ordered(jobs, "createTime", ORDER_FIELDS)] == ["b", "a"]
+    assert [j["name"] for j in ordered(jobs, "", JOB_FIELDS)] == ["a", "b"]
+    assert [j["name"] for j in ordered(jobs, "createTime desc", JOB_FIELDS)] == ["a", "b"]
+    assert [j["name"] for j in ordered(jobs, "createTime", JOB_FIELDS)] == ["b", "a"]
     for bad_filter in ("state", "state=X AND", "reward=1"):
         with pytest.raises(ApiError, match="filter"):
             select(jobs, bad_filter, JOB_FIELDS)
     with pytest.raises(ApiError, match="orderBy"):
-        ordered(jobs, "createTime sideways", ORDER_FIELDS)
+        ordered(jobs, "createTime sideways", JOB_FIELDS)
+    ranked = [
+        {"name": "x", "trainingConfig": {"loraRank": 8}},
+        {"name": "y", "trainingConfig": {"loraRank": 32}},
+    ]
+    assert [j["name"] for j in ordered(ranked, "training_config.lora_rank desc", JOB_FIELDS)] == ["y", "x"]
+    with pytest.raises(ApiError, match="orderBy"):
+        ordered(ranked, "rewards.mean", JOB_FIELDS)
     assert read_token(make_token(5, "q"), "q") == 5 and read_token("", "q") == 0
     with pytest.raises(ApiError, match="must match"):
         read_token(make_token(5, "q"), "other")
@@ -159,3 +166,17 @@ def test_the_echo_names_the_wandb_run_and_its_url():
         "runId": "r7",
     }  # the key's default entity: unknown here
     assert "runId" not in _echo({"wandb": False}, {}, record)["wandbConfig"]
+
+
+def test_a_read_mask_keeps_the_fields_it_names():
+    from openrft.server.filtering import masked
+
+    job = {"name": "j", "state": "S", "trainingConfig": {"loraRank": 8, "epochs": 2}, "dataset": "d"}
+    assert masked(job, "", JOB_FIELDS) == job and masked(job, "*", JOB_FIELDS) == job
+    assert masked(job, "name, training_config.lora_rank", JOB_FIELDS) == {
+        "name": "j",
+        "trainingConfig": {"loraRank": 8},
+    }
+    assert masked(job, "state,completedTime", JOB_FIELDS) == {"state": "S"}  # a field it lacks: left out
+    with pytest.raises(ApiError, match="readMask: unknown field 'rewards'"):
+        masked(job, "rewards", JOB_FIELDS)

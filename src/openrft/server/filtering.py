@@ -236,12 +236,13 @@ def select(items: list[dict[str, Any]], text: str, fields: Collection[str]) -> l
 
 
 def ordered(items: list[dict[str, Any]], order_by: str, fields: Collection[str], default: str = "name"):
-    """``items`` sorted by ``orderBy`` (``"createTime desc, name"``; snake_case names too)."""
+    """``items`` sorted by ``orderBy`` (``"createTime desc, name"``; snake_case names too; a subfield
+    after a ``.``, as in ``trainingConfig.loraRank desc``)."""
     keys = [k.strip() for k in (order_by or "").split(",") if k.strip()] or [default]
     for key in reversed(keys):
         name, _, direction = key.partition(" ")
         field, direction = field_name(name.strip()), direction.strip().lower() or "asc"
-        if field not in fields or direction not in ("asc", "desc"):
+        if field.split(".")[0] not in fields or direction not in ("asc", "desc"):
             raise ApiError(
                 400, f"orderBy: cannot order by {key!r}; fields: {', '.join(sorted(fields))}, "
                 "each optionally followed by ' desc'",
@@ -255,4 +256,23 @@ def _sort_key(value: Any) -> tuple[int, float, str]:
     return (0, 0.0, "") if value is None else (1, number, "") if number is not None else (2, 0.0, str(value))
 
 
-__all__ = ["field_name", "holds", "lookup", "ordered", "parse", "select"]
+def masked(obj: dict[str, Any], read_mask: str | None, fields: Collection[str]) -> dict[str, Any]:
+    """``obj`` with only the fields a ``readMask`` names (comma-separated paths, camelCase or snake_case,
+    a subfield after a ``.``; empty or ``*``: everything). A top-level field it does not have is a 400."""
+    paths = [field_name(p.strip()) for p in (read_mask or "").split(",") if p.strip()]
+    if not paths or "*" in paths:
+        return obj
+    out: dict[str, Any] = {}
+    for path in paths:
+        if path.split(".")[0] not in fields:
+            raise ApiError(400, f"readMask: unknown field {path!r}; fields: {', '.join(sorted(fields))}")
+        value, target, parts = lookup(obj, path), out, path.split(".")
+        if value is None and lookup(obj, parts[0]) is None:
+            continue
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = value
+    return out
+
+
+__all__ = ["field_name", "holds", "lookup", "masked", "ordered", "parse", "select"]

@@ -36,7 +36,6 @@ router = APIRouter()
 BASE = "/v1/accounts/{account}/reinforcementFineTuningJobs"
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
-ORDER_FIELDS = {"createTime", "completedTime", "name", "state", "displayName"}
 # The top-level fields of a job object (filter terms may name any of them, or fields inside them).
 JOB_FIELDS = frozenset({
     "name", "displayName", "state", "status", "createTime", "completedTime", "dataset", "evaluator",
@@ -142,8 +141,10 @@ def _create(store: JobStore, body: Any, ctx: wire.WireContext, job_id: str | Non
 
 
 @router.get(BASE + "/{job_id}")
-def get_job(request: Request, account: str, job_id: str) -> dict[str, Any]:
-    return wire.job_object(_get(_store(request), job_id), account)
+def get_job(
+    request: Request, account: str, job_id: str, read_mask: str = Query("", alias="readMask")
+) -> dict[str, Any]:
+    return filtering.masked(wire.job_object(_get(_store(request), job_id), account), read_mask, JOB_FIELDS)
 
 
 @router.get(BASE)
@@ -154,18 +155,19 @@ def list_jobs(
     page_token: str = Query("", alias="pageToken"),
     filter_: str = Query("", alias="filter"),
     order_by: str = Query("", alias="orderBy"),
+    read_mask: str = Query("", alias="readMask"),
 ) -> dict[str, Any]:
     if page_size < 0:
         raise ApiError(400, f"pageSize: {page_size} is not valid; expected a whole number >= 0")
     size = min(page_size or DEFAULT_PAGE, MAX_PAGE)
     jobs = [wire.job_object(r, account) for r in _store(request).list()]
-    jobs = filtering.ordered(filtering.select(jobs, filter_, JOB_FIELDS), order_by, ORDER_FIELDS)
+    jobs = filtering.ordered(filtering.select(jobs, filter_, JOB_FIELDS), order_by, JOB_FIELDS)
     query_key = hashlib.sha256(f"{filter_}\n{order_by}".encode()).hexdigest()[:12]
     start = read_token(page_token, query_key)
     page = jobs[start : start + size]
     more = start + size < len(jobs)
     return {
-        "reinforcementFineTuningJobs": page,
+        "reinforcementFineTuningJobs": [filtering.masked(job, read_mask, JOB_FIELDS) for job in page],
         "nextPageToken": make_token(start + size, query_key) if more else "",
         "totalSize": len(jobs),
     }
@@ -252,4 +254,4 @@ def read_token(token: str, query_key: str) -> int:
     return offset
 
 
-__all__ = ["router", "submit_job", "JOB_FIELDS", "ORDER_FIELDS"]
+__all__ = ["router", "submit_job", "JOB_FIELDS"]

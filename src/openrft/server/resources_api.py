@@ -179,8 +179,12 @@ async def json_body(request: Request) -> dict[str, Any]:
     return body
 
 
+def _masked(obj: dict[str, Any], read_mask: str | None) -> dict[str, Any]:
+    return filtering.masked(obj, read_mask, set(COMMON_FIELDS) | obj.keys())
+
+
 def page(items: list[dict[str, Any]], key: str, page_size: int | None, page_token: str | None,
-         filter: str | None, order_by: str | None) -> dict[str, Any]:  # fmt: skip
+         filter: str | None, order_by: str | None, read_mask: str | None = None) -> dict[str, Any]:  # fmt: skip
     """One page of a list answer in the service's shape: ``{key: [...], "nextPageToken": ...}``,
     after ``filter`` and ``orderBy`` (:mod:`openrft.server.filtering`; by name when not given)."""
     items = [store.public(m) for m in items]
@@ -195,6 +199,7 @@ def page(items: list[dict[str, Any]], key: str, page_size: int | None, page_toke
         raise ApiError(400, f"pageToken {page_token!r} is not valid") from None
     chosen = items[start : start + size]
     more = start + size < len(items)
+    chosen = [filtering.masked(item, read_mask, fields) for item in chosen]
     return {key: chosen, "nextPageToken": str(start + size) if more else "",
             "totalSize": len(items)}  # fmt: skip
 
@@ -262,13 +267,15 @@ async def create_dataset(account: str, request: Request) -> dict[str, Any]:
 
 @router.get(A + "/datasets")
 async def list_datasets(account: str, pageSize: int | None = None, pageToken: str | None = None,
-                        filter: str | None = None, orderBy: str | None = None) -> dict[str, Any]:  # fmt: skip
-    return page(store.list_resources("datasets", account), "datasets", pageSize, pageToken, filter, orderBy)
+                        filter: str | None = None, orderBy: str | None = None,
+                        readMask: str | None = None) -> dict[str, Any]:  # fmt: skip
+    return page(store.list_resources("datasets", account), "datasets", pageSize, pageToken, filter, orderBy,
+                readMask)  # fmt: skip
 
 
 @router.get(A + "/datasets/{dataset_id}")
-async def get_dataset(account: str, dataset_id: str) -> dict[str, Any]:
-    return store.public(store.require_meta("datasets", account, dataset_id))
+async def get_dataset(account: str, dataset_id: str, readMask: str | None = None) -> dict[str, Any]:
+    return _masked(store.public(store.require_meta("datasets", account, dataset_id)), readMask)
 
 
 @router.delete(A + "/datasets/{dataset_id}")
@@ -442,14 +449,18 @@ def _check_entry_point(entry: Any) -> None:
 
 @router.get(A + "/evaluators")
 async def list_evaluators(account: str, pageSize: int | None = None, pageToken: str | None = None,
-                          filter: str | None = None, orderBy: str | None = None) -> dict[str, Any]:  # fmt: skip
-    return page(
-        store.list_resources("evaluators", account), "evaluators", pageSize, pageToken, filter, orderBy
-    )
+                          filter: str | None = None, orderBy: str | None = None,
+                          readMask: str | None = None) -> dict[str, Any]:  # fmt: skip
+    return page(store.list_resources("evaluators", account), "evaluators", pageSize, pageToken, filter, orderBy,
+                readMask)  # fmt: skip
 
 
 @router.get(A + "/evaluators/{evaluator_id}")
-async def get_evaluator(account: str, evaluator_id: str) -> dict[str, Any]:
+async def get_evaluator(account: str, evaluator_id: str, readMask: str | None = None) -> dict[str, Any]:
+    return _masked(_evaluator_object(account, evaluator_id), readMask)
+
+
+def _evaluator_object(account: str, evaluator_id: str) -> dict[str, Any]:
     if evaluator_id in BUILTINS and store.read_meta("evaluators", account, evaluator_id) is None:
         return {
             "name": f"accounts/{account}/evaluators/{evaluator_id}",
