@@ -52,8 +52,8 @@ class Served:
             time.sleep(0.05)
         self.url = f"http://{settings.host}:{settings.port}"
 
-    def client(self, key: str = "any") -> fireworks.Fireworks:
-        return fireworks.Fireworks(base_url=self.url, api_key=key, account_id="acme", max_retries=0)
+    def client(self, key: str = "any", account: str = "acme") -> fireworks.Fireworks:
+        return fireworks.Fireworks(base_url=self.url, api_key=key, account_id=account, max_retries=0)
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -269,9 +269,11 @@ def test_jobs_queue_run_cancel_resume_and_delete_through_the_sdk(serve, job):
 
 
 def test_queued_jobs_survive_a_restart_and_the_cli_drives_the_server(
-    serve, job, tiny_model_dir, tmp_path, capsys
+    serve, job, tiny_model_dir, tmp_path, capsys, monkeypatch
 ):
     from openrft.config import build_config
+
+    monkeypatch.setenv("OPENRFT_ACCOUNT", "acme")  # the command line's account: the one "left" was made in
 
     store = JobStore(tmp_path / "home")
     gone = subprocess.Popen(["true"])
@@ -374,6 +376,13 @@ def test_a_job_names_an_uploaded_dataset_and_the_echo_keeps_its_name(serve):
     assert {j.name for j in listed} == {job.name, other.name} and all(j.state is None for j in listed)
     dataset = client.datasets.get("sums", read_mask="name,exampleCount")
     assert dataset.example_count == "6" and dataset.state is None
+    elsewhere = served.client(account="someone-else").reinforcement_fine_tuning_jobs
+    assert list(elsewhere.list()) == []  # an account sees its own jobs (and the command line's)
+    for call in (elsewhere.get, elsewhere.delete, lambda j: elsewhere.cancel(j, body={})):
+        with pytest.raises(fireworks.NotFoundError):
+            call(other.name.rsplit("/", 1)[-1])
+    cli = served.store.create("from-cli", wire.build({"dataset": "arithmetic", "job_id": "from-cli"}))
+    assert [j.name.rsplit("/", 1)[-1] for j in elsewhere.list()] == [cli.id]
     with pytest.raises(fireworks.BadRequestError) as caught:  # no evaluator: named by the body's fields
         client.reinforcement_fine_tuning_jobs.create(dataset="accounts/acme/datasets/sums", evaluator="")
     message = caught.value.body["error"]["message"]
@@ -473,7 +482,7 @@ def test_the_cli_uploads_local_dataset_and_evaluator_files_to_the_server(
     assert "as accounts/local/datasets/my-data-" in err and "as accounts/local/evaluators/letters-" in err
     assert main(["rftj", "create", "--job-id", "graded", *flags, "--evaluator", str(grader), *url]) == 0
     assert "uploaded" not in capsys.readouterr().err  # the same dataset file is not uploaded twice
-    jobs = served.client().reinforcement_fine_tuning_jobs
+    jobs = served.client(account="local").reinforcement_fine_tuning_jobs  # the command line's account
     for job_id in ("up", "graded"):
         done = wait(jobs, job_id, lambda j: j.state not in ACTIVE)
         assert done.state in ("JOB_STATE_COMPLETED", "JOB_STATE_EARLY_STOPPED"), done

@@ -93,13 +93,24 @@ def _wake(request: Request) -> None:
         queue.wake()
 
 
-def _get(store: JobStore, job_id: str) -> JobRecord:
+def _get(store: JobStore, job_id: str, account: str) -> JobRecord:
+    """The job, if ``account`` may see it (:func:`_visible`); a 404 otherwise."""
     try:
-        return store.get(job_id)
+        record = store.get(job_id)
     except JobError as exc:
         if store.exists(job_id):
             raise ApiError(500, exc.message) from None
-        raise ApiError(404, f"reinforcement fine-tuning job {job_id!r} not found") from None
+        record = None
+    if record is None or not _visible(record, account):
+        raise ApiError(404, f"reinforcement fine-tuning job {job_id!r} not found")
+    return record
+
+
+def _visible(record: JobRecord, account: str) -> bool:
+    """A job created through the API belongs to the account it was created under, as with the
+    service; one created on this machine's command line (no account) is seen under every account."""
+    owner = wire.read_meta(record).get("account")
+    return owner is None or owner == account
 
 
 def _context(request: Request, account: str) -> wire.WireContext:
@@ -144,7 +155,9 @@ def _create(store: JobStore, body: Any, ctx: wire.WireContext, job_id: str | Non
 def get_job(
     request: Request, account: str, job_id: str, read_mask: str = Query("", alias="readMask")
 ) -> dict[str, Any]:
-    return filtering.masked(wire.job_object(_get(_store(request), job_id), account), read_mask, JOB_FIELDS)
+    return filtering.masked(
+        wire.job_object(_get(_store(request), job_id, account), account), read_mask, JOB_FIELDS
+    )
 
 
 @router.get(BASE)
@@ -160,7 +173,7 @@ def list_jobs(
     if page_size < 0:
         raise ApiError(400, f"pageSize: {page_size} is not valid; expected a whole number >= 0")
     size = min(page_size or DEFAULT_PAGE, MAX_PAGE)
-    jobs = [wire.job_object(r, account) for r in _store(request).list()]
+    jobs = [wire.job_object(r, account) for r in _store(request).list() if _visible(r, account)]
     jobs = filtering.ordered(filtering.select(jobs, filter_, JOB_FIELDS), order_by, JOB_FIELDS)
     query_key = hashlib.sha256(f"{filter_}\n{order_by}".encode()).hexdigest()[:12]
     start = read_token(page_token, query_key)
@@ -176,7 +189,7 @@ def list_jobs(
 @router.delete(BASE + "/{job_id}")
 def delete_job(request: Request, account: str, job_id: str) -> dict[str, Any]:
     store = _store(request)
-    record = _get(store, job_id)
+    record = _get(store, job_id, account)
     if record.state.is_active:
         raise ApiError(
             400,
@@ -193,7 +206,7 @@ def delete_job(request: Request, account: str, job_id: str) -> dict[str, Any]:
 @router.post(BASE + "/{job_id}:cancel")
 def cancel_job(request: Request, account: str, job_id: str) -> dict[str, Any]:
     store = _store(request)
-    record = _get(store, job_id)
+    record = _get(store, job_id, account)
     if not record.state.is_active:
         raise ApiError(
             400, f"job {job_id} is {record.state}; only queued or running jobs can be cancelled",
@@ -222,7 +235,7 @@ async def resume_job(request: Request, account: str, job_id: str) -> dict[str, A
     if not isinstance(body.get("force", False), bool):
         raise ApiError(400, f"force: expected true or false, got {body['force']!r}")
     store = _store(request)
-    _get(store, job_id)
+    _get(store, job_id, account)
     try:
         record = store.prepare_resume(job_id, force=body.get("force", False), pid=os.getpid())
     except JobError as exc:
