@@ -257,6 +257,8 @@ def test_jobs_queue_run_cancel_resume_and_delete_through_the_sdk(serve, job):
     wait(jobs, "long", lambda j: j.state == "JOB_STATE_RUNNING")
     with pytest.raises(fireworks.BadRequestError, match="cancel it first"):
         jobs.delete("long")
+    with pytest.raises(fireworks.BadRequestError, match="is RUNNING; only a stopped job can be resumed"):
+        jobs.resume("long", body={"force": True})
     jobs.cancel("long", body={})
     assert wait(jobs, "long", lambda j: j.state not in ACTIVE).state == "JOB_STATE_CANCELLED"
     assert "resumed from CANCELLED" in [t.message for t in served.store.get("long").transitions]
@@ -356,6 +358,7 @@ def test_a_job_names_an_uploaded_dataset_and_the_echo_keeps_its_name(serve):
         dataset="sums", evaluator="arithmetic", training_config={"output_model": "accounts/acme/models/other"}
     )
     assert other.training_config.output_model == "other"
+    assert other.dataset == "accounts/acme/datasets/sums"  # a bare id comes back as the full name
     with pytest.raises(fireworks.BadRequestError, match="cannot be deleted: job.* use it") as caught:
         client.datasets.delete("sums")  # queued jobs read it: it stays until they are done
     assert caught.value.body["error"]["status"] == "FAILED_PRECONDITION"

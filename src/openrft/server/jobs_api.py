@@ -235,7 +235,9 @@ async def resume_job(request: Request, account: str, job_id: str) -> dict[str, A
     if not isinstance(body.get("force", False), bool):
         raise ApiError(400, f"force: expected true or false, got {body['force']!r}")
     store = _store(request)
-    _get(store, job_id, account)
+    if (current := _get(store, job_id, account)).state.is_active:  # the store's message names its process
+        raise ApiError(400, f"job {job_id} is {current.shown_state}; only a stopped job can be resumed",
+                       "FAILED_PRECONDITION")  # fmt: skip
     try:
         record = store.prepare_resume(job_id, force=body.get("force", False), pid=os.getpid())
     except JobError as exc:

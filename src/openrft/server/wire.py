@@ -273,7 +273,14 @@ def _references(body: dict[str, Any], ctx: WireContext, values: dict[str, Any], 
         if key in body and body[key] not in (None, ""):
             ref = _string(key, body[key])
             values[field_name] = resolve_reference(key, ref, kind, ctx)
+            if (
+                ID_ONLY.fullmatch(ref) and values[field_name] != ref
+            ):  # an uploaded one's bare id: its full name
+                ref = f"accounts/{ctx.account}/{kind}s/{ref}"
             meta["refs"][key] = ref
+
+
+ID_ONLY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 def resolve_reference(key: str, ref: str, kind: str, ctx: WireContext) -> str:
