@@ -323,16 +323,17 @@ def test_errors_and_refusals_are_shaped_as_openai_shapes_them(tokenizer):
             client.models.retrieve("nope")
         assert missing.value.code == "model_not_found" and missing.value.type == "invalid_request_error"
         user = {"role": "user", "content": "hi"}
-        refused = {
-            "messages[0].role": {"messages": [{"role": "bogus", "content": "hi"}]},
-            "messages[1].tool_call_id": {"messages": [user, {"role": "tool", "content": "4"}]},
-            "temperature": {"messages": [user], "temperature": 5},
-            "top_logprobs": {"messages": [user], "top_logprobs": 3},
-            "stream_options": {"messages": [user], "stream_options": {"include_usage": True}},
-            "functions": {"messages": [user], "functions": [TOOLS[0]["function"]]},
-            "tool_choice": {"messages": [user], "tools": TOOLS, "tool_choice": "required"},
-        }
-        for param, kwargs in refused.items():
+        refused = [
+            ("messages[0].role", {"messages": [{"role": "bogus", "content": "hi"}]}),
+            ("messages[1].tool_call_id", {"messages": [user, {"role": "tool", "content": "4"}]}),
+            ("temperature", {"messages": [user], "temperature": 5}),
+            ("top_logprobs", {"messages": [user], "top_logprobs": 3}),  # without logprobs
+            ("top_logprobs", {"messages": [user], "logprobs": True, "top_logprobs": 2}),  # not recorded
+            ("stream_options", {"messages": [user], "stream_options": {"include_usage": True}}),
+            ("functions", {"messages": [user], "functions": [TOOLS[0]["function"]]}),
+            ("tool_choice", {"messages": [user], "tools": TOOLS, "tool_choice": "required"}),
+        ]
+        for param, kwargs in refused:
             with pytest.raises(openai.BadRequestError) as caught:
                 client.chat.completions.create(model="policy", **kwargs)
             error = caught.value

@@ -157,6 +157,7 @@ def _check_supported(request: ChatRequest) -> None:
                         "'tools' and read 'tool_calls'", param=param)  # fmt: skip
     if request.top_logprobs is not None and not request.logprobs:
         raise HTTPError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
+    check_top_logprobs(request.top_logprobs)
     if request.stream_options is not None and not request.stream:
         raise HTTPError(400, "stream_options is only allowed with stream set to true", param="stream_options")
     kind = (request.response_format or {}).get("type", "text")
@@ -172,6 +173,15 @@ def _check_supported(request: ChatRequest) -> None:
         f"tool_choice {json.dumps(choice)} is not supported: use 'auto' (the model decides) or 'none'",
         param="tool_choice",
     )
+
+
+def check_top_logprobs(top_logprobs: int | None) -> None:
+    """Alternatives to each sampled token are not recorded while sampling: asking for them is a 400
+    rather than lists left empty (0 asks for none, which is what every answer holds)."""
+    if top_logprobs:
+        raise HTTPError(400, f"top_logprobs {top_logprobs} is not supported: openrft records the log-prob of "
+                        "each sampled token only (logprobs: true); send 0 or leave it out",
+                        param="top_logprobs")  # fmt: skip
 
 
 def _check_messages(messages: list[dict[str, Any]]) -> None:
@@ -392,4 +402,4 @@ def _events(body: dict[str, Any], request: ChatRequest) -> Iterator[str]:
     yield "data: [DONE]\n\n"
 
 
-__all__ = ["Answer", "ChatRequest", "HTTPError", "add_chat_routes", "token_bytes"]
+__all__ = ["Answer", "ChatRequest", "HTTPError", "add_chat_routes", "check_top_logprobs", "token_bytes"]

@@ -26,7 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from openrft.rollout.chat_api import Answer, ChatRequest, HTTPError, token_bytes
+from openrft.rollout.chat_api import Answer, ChatRequest, HTTPError, check_top_logprobs, token_bytes
 from openrft.rollout.response_store import ResponseStore, Stored
 
 LOGPROBS = "message.output_text.logprobs"
@@ -80,6 +80,7 @@ def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> No
         if not conversation:
             raise HTTPError(400, "input: no messages", param="input")
         opening = [{"role": "system", "content": request.instructions}] if request.instructions else []
+        check_top_logprobs(request.top_logprobs)
         chat = ChatRequest(
             model=request.model,
             messages=[*opening, *conversation],
