@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openrft.errors import ModelError
-from openrft.paths import atomic_directory, openrft_home
+from openrft.paths import atomic_directory, openrft_home, readable_by_all
 
 if TYPE_CHECKING:
     import torch
@@ -205,6 +205,7 @@ def _convert_embedded(name: str, target: Path) -> None:
         with atomic_directory(target) as tmp:
             plain.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+            readable_by_all(tmp)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -108,6 +108,15 @@ def atomic_directory(target: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def readable_by_all(folder: Path) -> None:
+    """Give the files under ``folder`` the mode a plain ``open`` would (0644): some writers (safetensors)
+    create theirs owner-only, and a model folder is meant to be served, by vLLM running as another
+    user for one."""
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o644)
+
+
 def _recover(target: Path) -> None:
     old = target.with_name(f".{target.name}.old")
     if old.is_dir() and not target.exists():
@@ -131,5 +140,5 @@ def pid_alive(pid: int) -> bool:
 
 __all__ = [
     "atomic_directory", "atomic_write_text", "pid_alive", "jobs_root", "make_parent", "openrft_home", "output_dir",
-    "temporary_beside",
+    "readable_by_all", "temporary_beside",
 ]  # fmt: skip

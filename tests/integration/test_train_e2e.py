@@ -46,6 +46,10 @@ def test_each_method_trains_and_writes_outputs(tiny_model_dir, tmp_path, method,
         assert key in steps[0], key
     assert all(r["batch/tokens"] <= 160 or r["batch/sequences"] == 1 for r in steps)
     assert [r for r in rows if "eval/reward" in r][0]["step"] == 0  # evaluated before training
+    modes = {f.name: f.stat().st_mode & 0o777 for f in out.iterdir() if f.is_file()}
+    assert modes["adapter_model.safetensors"] == 0o644 and set(modes.values()) == {
+        0o644
+    }  # vLLM may be another user
     if method == "grpo":  # KL 0.001 x k3 to the base model: zero while the adapter is fresh, then > 0
         assert all(r["kl/coef"] == 0.001 for r in steps)
         assert steps[0]["kl/mean"] == pytest.approx(0.0, abs=1e-7)

@@ -16,7 +16,7 @@ import torch
 from openrft.algo.losses import LossSpec
 from openrft.errors import EvaluatorError, JobError
 from openrft.models import end_token_ids, full_precision
-from openrft.paths import atomic_directory
+from openrft.paths import atomic_directory, readable_by_all
 from openrft.records import Completion, Prompt, RolloutEngine, Score
 from openrft.settings import AgentSettings, EngineSettings, ModelSettings, OptimizerSettings
 from openrft.train import policy as P
@@ -278,4 +278,5 @@ def write_outputs(model: Any, job_dir: Path, target: Path, tokenizer: Any = None
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_model_card(tmp, target)  # replaces the empty template PEFT writes
+        readable_by_all(tmp)
     return target
