@@ -456,3 +456,17 @@ def test_modelfile_stop_strings_read_back_exactly_in_ollama(tokenizer):
     text = render_modelfile("model.gguf", tokenizer, stops)
     assert _ollama_values(text) == ["<|im_end|>", "\n\n", 'say "done"', "C:\\end", '"quoted"']
     assert "# stop string 'a\\tb' left out" in text and '# stop string \'x"""y\' left out' in text
+
+
+def test_a_modelfile_that_is_not_this_exports_is_never_overwritten(tmp_path):
+    from openrft.train.export import modelfile_path
+    from openrft.train.ollama import MODELFILE_HEADER
+
+    gguf = tmp_path / "b.gguf"
+    assert modelfile_path(gguf) == tmp_path / "Modelfile"  # none there yet
+    (tmp_path / "Modelfile").write_text(MODELFILE_HEADER + "FROM ./b.gguf\n")
+    assert modelfile_path(gguf) == tmp_path / "Modelfile"  # this file's own, from an earlier export
+    (tmp_path / "Modelfile").write_text(MODELFILE_HEADER + "FROM ./a.gguf\n")
+    assert modelfile_path(gguf) == tmp_path / "b.gguf.Modelfile"  # another export's
+    (tmp_path / "Modelfile").write_text("FROM llama3.2\nPARAMETER temperature 0.2\n")
+    assert modelfile_path(gguf) == tmp_path / "b.gguf.Modelfile"  # the user's own

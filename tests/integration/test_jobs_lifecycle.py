@@ -93,6 +93,9 @@ def run_training(prepared, job_dir, *, resume=False, quiet=False, lines=False, s
             return _outcome("cancelled", step, f"cancelled at step {step}")
     if mode == "early":
         return _outcome("early_stopped", steps, "every candidate received the same score")
+    if mode == "late-cancel":  # a cancel that arrives after the last step's boundary check
+        subprocess.run([sys.executable, "-m", "openrft.cli", "rftj", "cancel", job_dir.name], check=True,
+                       capture_output=True)
     (job_dir / "output").mkdir(exist_ok=True)
     return _outcome("completed", steps)
 
@@ -252,6 +255,16 @@ def test_cancel_from_another_process_stops_at_the_step_boundary(fake, home, mode
     assert record.message == "cancelled at step 3" and record.steps == 3
     assert (record.job_dir / "checkpoints" / "LATEST").read_text().strip() == "step-000003"
     assert "job a CANCELLED after 3 steps" in err
+
+
+def test_a_cancel_during_the_last_step_says_the_job_finished_anyway(
+    fake, home, model_dir, capsys, monkeypatch
+):
+    monkeypatch.setenv("FAKE_MODE", "late-cancel")
+    code, _, _ = create(capsys, model_dir, "--job-id", "a")
+    record = JobStore().get("a")
+    assert code == 0 and record.state is S.COMPLETED and record.steps == 4
+    assert "a cancel came after the last step had begun" in record.message
 
 
 def test_failed_job_resumes_from_its_checkpoint(fake, home, model_dir, capsys, monkeypatch):

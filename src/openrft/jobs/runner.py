@@ -219,7 +219,11 @@ def run_job(
         )  # fmt: skip
         store.record_progress(job_id, outcome.state.step, None)
         store.set_output(job_id, output_dir(record.job_dir, cfg.training.output_model))
-        final = store.transition(job_id, OUTCOME_STATES[outcome.status], outcome.message or None)
+        message = outcome.message or None
+        if OUTCOME_STATES[outcome.status] is not JobState.CANCELLED and stop():  # asked during the last step
+            message = "; ".join(filter(None, [message, "a cancel came after the last step had begun: the job "
+                                              "finished and its outputs are complete"]))  # fmt: skip
+        final = store.transition(job_id, OUTCOME_STATES[outcome.status], message)
         ended = final.state
         return final
     except OpenRFTError as exc:

@@ -235,26 +235,13 @@ def create_app(
     ``system_prompt`` opens every chat request that has no system message of its own.
     """
     host = ModelHost(engine, model_name, base_adapter, aliases=aliases, base_name=base_name, fixed=fixed)
-    started = int(time.time())
     batcher = _Batcher(host, batch_window)
     app = FastAPI(title="openrft serve")
     app.state.host = host
     _install_error_handlers(app)
     complete = add_chat_routes(app, host, batcher, recorder, system_prompt)
     add_responses_routes(app, complete, engine.tokenizer)
-
-    def model_object(name: str) -> dict[str, Any]:
-        return {"id": name, "object": "model", "created": started, "owned_by": "openrft"}
-
-    @app.get("/v1/models")
-    async def models() -> dict:
-        return {"object": "list", "data": [model_object(name) for name in host.names()]}
-
-    @app.get("/v1/models/{name:path}")
-    async def model(name: str) -> dict:
-        if name not in host.names():
-            host.resolve(name)  # an alias or an unknown name: the same 404 a request naming it gets
-        return model_object(name)
+    _add_model_routes(app, host)
 
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest) -> dict:
@@ -314,6 +301,24 @@ def _add_adapter_routes(app: FastAPI, host: ModelHost) -> None:
     async def unload_lora_adapter(request: AdapterRequest) -> JSONResponse:
         await asyncio.to_thread(host.unload_adapter, request.lora_name)
         return JSONResponse({"status": "ok", "message": f"adapter '{request.lora_name}' unloaded"})
+
+
+def _add_model_routes(app: FastAPI, host: ModelHost) -> None:
+    """``GET /v1/models`` and ``GET /v1/models/{name}``, as OpenAI's model objects."""
+    started = int(time.time())
+
+    def model_object(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": started, "owned_by": "openrft"}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [model_object(name) for name in host.names()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str) -> dict:
+        if name not in host.names():
+            host.resolve(name)  # an alias or an unknown name: the same 404 a request naming it gets
+        return model_object(name)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

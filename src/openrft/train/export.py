@@ -43,7 +43,7 @@ from openrft.train.gguf_export import (
     pre_tokenizer_name,
     write_gguf,
 )
-from openrft.train.ollama import render_modelfile
+from openrft.train.ollama import MODELFILE_HEADER, render_modelfile
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -239,13 +239,27 @@ def export_adapter(
             name=str(name),
             pre=pre_tokenizer(base, tokenizer),
         )
-        result.modelfile = gguf.parent / "Modelfile"
+        result.modelfile = modelfile_path(gguf)
         atomic_write_text(
             result.modelfile, render_modelfile(gguf.name, tokenizer, job_stop_strings(adapter_dir))
         )
         result.modelfile.chmod(READABLE)
         result.seconds["gguf"] = time.perf_counter() - start
     return result
+
+
+def modelfile_path(gguf: Path) -> Path:
+    """``Modelfile`` beside the GGUF file, unless one is there that is not for this file (the user's
+    own, or another export's): then ``<gguf name>.Modelfile``, so that nothing is overwritten."""
+    plain = gguf.parent / "Modelfile"
+    if not plain.exists():
+        return plain
+    try:
+        text = plain.read_text(errors="replace")
+    except OSError:
+        text = ""
+    ours = text.startswith(MODELFILE_HEADER) and f"FROM ./{gguf.name}\n" in text
+    return plain if ours else gguf.parent / f"{gguf.name}.Modelfile"
 
 
 __all__ = [

@@ -120,11 +120,14 @@ def _stop_lines(stops: Sequence[str]) -> list[str]:
     return lines
 
 
+MODELFILE_HEADER = "# Ollama model definition written by `openrft export`.\n"
+
+
 def render_modelfile(gguf_name: str, tokenizer: Any, stops: Sequence[str] = ()) -> str:
     """The Modelfile text for ``./gguf_name`` (a file in the same folder)."""
     fmt = chat_format(tokenizer)
     lines = [
-        "# Ollama model definition written by `openrft export`.",
+        MODELFILE_HEADER.rstrip("\n"),
         "# Create and run it: ollama create my-model -f Modelfile && ollama run my-model",
         f"FROM ./{gguf_name}",
         "",
@@ -143,4 +146,11 @@ def render_modelfile(gguf_name: str, tokenizer: Any, stops: Sequence[str] = ()) 
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["chat_format", "default_system_prompt", "modelfile_quote", "render_modelfile", "stop_strings"]
+__all__ = [
+    "MODELFILE_HEADER",
+    "chat_format",
+    "default_system_prompt",
+    "modelfile_quote",
+    "render_modelfile",
+    "stop_strings",
+]
