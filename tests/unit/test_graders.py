@@ -235,14 +235,19 @@ def test_multi_documented_example_and_metrics():
     assert grade(MULTI, call, **row)["score"] == 1.0
     result = grade(MULTI, wrong, **row)
     assert result["score"] == 0.5 and result["metrics"] == {"name": 1.0, "arguments": 0.0}
-    # no tool call at all: the template refers to output_tools[0], which is not there
+    # no tool call at all: output_tools[0] is not there, which scores 0 (a valid, wrong answer: the
+    # group learns from it), while a row without the reference's field is an error
     prompt = Prompt("1", [{"role": "user", "content": "weather?"}], row)
     scores = score_groups(
         load_grader(json.dumps(MULTI)), [(prompt, [completion(call), completion("no call", 1)])]
     )
-    assert scores[0][0].score == 1.0 and not scores[0][1].is_valid
+    assert scores[0][0].score == 1.0 and (scores[0][1].score, scores[0][1].is_valid) == (0.0, True)
+    assert scores[0][1].metrics == {"name": 0.0, "arguments": 0.0}
     stats = summarize(scores)
-    assert stats["reward/name"] == 1.0 and stats["reward/arguments"] == 1.0
+    assert stats["reward/name"] == 0.5 and stats["reward/arguments"] == 0.5
+    bad_row = Prompt("2", [{"role": "user", "content": "weather?"}], {"name": "get_weather"})
+    (scored,) = score_groups(load_grader(json.dumps(MULTI)), [(bad_row, [completion(call)])])[0]
+    assert not scored.is_valid and "arguments" in scored.reason
 
 
 def test_multi_accepts_a_single_sub_grader_as_the_sdk_types_it():
@@ -262,6 +267,11 @@ def test_formula_functions_and_power():
     assert Formula("a ** 2", ["a"])({"a": 3}) == 9
     with pytest.raises(EvaluatorError, match="math domain error"):
         Formula("sqrt(a)", ["a"])({"a": -1})
+    with pytest.raises(EvaluatorError, match="not a real number"):
+        Formula("(a - 1) ^ 0.5", ["a"])({"a": 0})
+    with pytest.raises(EvaluatorError, match="calculate_output '10 \\*\\* a'"):
+        Formula("10 ** a", ["a"])({"a": 400})
+    assert Formula("log(a, 2)", ["a"])({"a": 8}) == pytest.approx(3)
 
 
 @pytest.mark.parametrize(
@@ -278,6 +288,9 @@ def test_formula_functions_and_power():
         ("name < 1", "not allowed"),
         ("round(name)", "calls round(), which is not allowed"),
         ("name +", "is not a valid formula"),
+        ("min(name)", "min() takes at least 2 arguments, not 1"),
+        ("abs(name, 1)", "abs() takes 1 argument, not 2"),
+        ("sqrt()", "sqrt() takes 1 argument, not 0"),
     ],
 )
 def test_formula_refuses_unknown_names_and_disallowed_constructs(formula, message):
@@ -574,3 +587,27 @@ def test_multi_with_a_model_sub_grader_in_workers(stub, tmp_path):
     assert (
         score.is_valid and math.isclose(score.score, 0.75) and score.metrics == {"exact": 1.0, "judge": 0.5}
     )
+
+
+def test_a_judges_result_is_its_last_json_object_with_one():
+    from openrft.evaluators.graders.model import parse_score
+    from openrft.evaluators.graders.spec import parse_grader
+
+    spec = parse_grader({"type": "score_model", "name": "s", "model": "m", "range": None,  # the SDK's dump
+                         "input": [{"role": "user", "content": "{{ sample.output_text }}"}]})  # fmt: skip
+    assert spec.range == (0.0, 1.0)
+    for answer, expected in [
+        ('The answer \\boxed{12} equals the reference. {"result": 1}', 1.0),
+        ('The set {a, b} is half right. {"result": 0.5}', 0.5),
+        ('First {"result": 0.2}, on reflection {"result": 0.9}', 0.9),
+        ('{"result": 0.7, "steps": [{"description": "x", "score": 0.1}]}', 0.7),
+        ('<think>{"result": 0}</think> 0.8', 0.8),
+    ]:
+        assert parse_score(answer, spec)[0] == expected, answer
+
+
+def test_output_text_leaves_a_reasoning_models_thoughts_out():
+    from openrft.evaluators.graders.templates import sample_of
+
+    assert sample_of("<think>7+5=12</think>\n\n12")["output_text"] == "12"
+    assert sample_of('<think>a</think>{"x": 1}')["output_json"] == {"x": 1}

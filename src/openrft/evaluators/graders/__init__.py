@@ -21,12 +21,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from openrft.errors import EvaluatorError
 from openrft.evaluators.base import Evaluator
-from openrft.evaluators.graders.grader import Grader, build
+from openrft.evaluators.graders.grader import Grader, build, graded
 from openrft.evaluators.graders.model import Endpoint
 from openrft.evaluators.graders.spec import GRADER_TYPES, looks_like_grader, parse_grader, read_spec
-from openrft.evaluators.graders.templates import MissingField, sample_of
+from openrft.evaluators.graders.templates import sample_of
 
 ENDPOINT_ENV, MODEL_ENV = "OPENRFT_GRADER_ENDPOINT", "OPENRFT_GRADER_MODEL"
 
@@ -56,10 +55,7 @@ def load_grader(spec: str, *, endpoint: str | None = None, model: str | None = N
 
 def _scorer(grader: Grader) -> Any:
     def grade(completion: str, item: dict[str, Any]) -> dict[str, Any]:
-        try:
-            result = grader.grade(item, sample_of(completion))
-        except MissingField as exc:
-            raise EvaluatorError(f"{grader.label}: {exc.message}") from None
+        result = graded(grader, item, sample_of(completion))
         return {"score": result.score, "reason": result.reason, "is_score_valid": result.valid,
                 "metrics": result.metrics}  # fmt: skip
 

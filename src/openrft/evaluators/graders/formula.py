@@ -22,6 +22,7 @@ FUNCTIONS: dict[str, Callable[..., float]] = {
     "min": min, "max": max, "abs": abs, "floor": math.floor, "ceil": math.ceil,
     "exp": math.exp, "sqrt": math.sqrt, "log": math.log,
 }  # fmt: skip
+ARITY = {"min": (2, 1 << 30), "max": (2, 1 << 30), "log": (1, 2)}  # (fewest, most); the others take one
 BINARY: dict[type, Callable[[float, float], float]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
     ast.Pow: operator.pow,
@@ -46,9 +47,11 @@ class Formula:
         """The formula's value for the sub-graders' scores ``values``."""
         try:
             result = self._eval(self.tree, values)
-        except (ArithmeticError, ValueError) as exc:  # 1/0, sqrt(-1), log(0), overflow
+            if isinstance(result, complex):  # a negative number to a fractional power
+                raise ValueError(f"the result {result} is not a real number")
+            return float(result)
+        except (ArithmeticError, ValueError, TypeError) as exc:  # 1/0, sqrt(-1), log(0), overflow
             raise EvaluatorError(f"calculate_output {self.text!r}: {exc}") from None
-        return float(result)
 
     def _check(self, node: ast.AST) -> None:
         if isinstance(node, ast.Constant) and type(node.value) in (int, float):
@@ -74,8 +77,11 @@ class Formula:
                     f"calculate_output {self.text!r} calls {node.func.id}(), which is not allowed "
                     f"(functions: {', '.join(FUNCTIONS)})"
                 )
-            if not node.args:
-                raise EvaluatorError(f"calculate_output {self.text!r}: {node.func.id}() needs an argument")
+            low, high = ARITY.get(node.func.id, (1, 1))
+            if not low <= len(node.args) <= high:
+                wanted = f"{low}" if low == high else f"at least {low}"
+                raise EvaluatorError(f"calculate_output {self.text!r}: {node.func.id}() takes {wanted} "
+                                     f"argument{'s' if high > 1 else ''}, not {len(node.args)}")  # fmt: skip
             for arg in node.args:
                 self._check(arg)
             return

@@ -201,7 +201,7 @@ class MultiGrader(Grader):
             grader.check_item(item, where)
 
     def grade(self, item: dict[str, Any], sample: Any) -> Grade:
-        grades = {name: g.grade(item, sample) for name, g in self.graders.items()}
+        grades = {name: graded(g, item, sample) for name, g in self.graders.items()}
         metrics = {name: g.score for name, g in grades.items()}
         invalid = [f"{name}: {g.reason}" for name, g in grades.items() if not g.valid]
         if invalid:
@@ -212,6 +212,17 @@ class MultiGrader(Grader):
         return Grade(
             score if valid else 0.0, f"{self.spec.calculate_output} with {parts} = {score:g}", valid, metrics
         )
+
+
+def graded(grader: Grader, item: dict[str, Any], sample: Any) -> Grade:
+    """``grader.grade(item, sample)``; a template field the response lacks (no tool call to read, no
+    JSON) scores 0, as a wrong answer does, so a group still learns from it. A field the dataset row
+    lacks is an :class:`EvaluatorError` naming it (the data is at fault, not the response)."""
+    try:
+        return grader.grade(item, sample)
+    except MissingField as exc:
+        grader.check_item(item, "the row")
+        return Grade(0.0, f"the response has no {exc.field!r} for {exc.template!r}, so 0")
 
 
 def build(spec: GraderSpec, label: str, endpoint: model_graders.Endpoint) -> Grader:

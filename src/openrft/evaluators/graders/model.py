@@ -34,8 +34,6 @@ from openrft.errors import EvaluatorError
 from openrft.evaluators.graders.spec import LabelModel, ScoreModel
 from openrft.evaluators.graders.templates import render
 
-JSON_RE = re.compile(r"\{.*\}", re.DOTALL)
-
 
 class UnparseableAnswer(EvaluatorError):
     """The grader model's answer holds no usable score or label."""
@@ -147,18 +145,20 @@ def _strip_thinking(answer: str) -> str:
 
 
 def _result(answer: str) -> Any:
-    match = JSON_RE.search(_strip_thinking(answer))
-    if not match:
-        return None
-    try:
-        obj = json.loads(match.group(0))
-    except ValueError:
-        return None
-    if isinstance(obj, dict):
-        for key in ("result", "score", "label"):
-            if key in obj:
-                return obj[key]
-    return None
+    """The ``result`` (or ``score``/``label``) of the last JSON object in the answer that has one:
+    prose around it may hold braces of its own (``\\boxed{12}``, a set ``{a, b}``, an earlier draft)."""
+    text, decoder, found = _strip_thinking(answer), json.JSONDecoder(), None
+    start = text.find("{")
+    while start >= 0:
+        try:
+            obj, end = decoder.raw_decode(text, start)
+        except ValueError:
+            start = text.find("{", start + 1)
+            continue
+        key = next((k for k in ("result", "score", "label") if k in obj), None)  # a "{" starts an object
+        found = obj[key] if key is not None else found
+        start = text.find("{", end)  # not inside it: its own "steps" may hold other keys
+    return found
 
 
 def _short(answer: str) -> str:

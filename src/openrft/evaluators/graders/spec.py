@@ -97,6 +97,11 @@ class ScoreModel(_Spec):
     sampling_params: SamplingParams | None = None
     pass_threshold: float | None = None
 
+    @field_validator("range", mode="before")
+    @classmethod
+    def _default_range(cls, value: Any) -> Any:
+        return (0.0, 1.0) if value is None else value  # the SDK's model_dump() writes "range": null
+
     @model_validator(mode="after")
     def _range_order(self) -> ScoreModel:
         if not self.range[0] < self.range[1]:

@@ -25,6 +25,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from openrft.errors import EvaluatorError
 
 TOOL_CALL_RE = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+THINK_RE = re.compile(r"<think>.*?</think>\s*", re.DOTALL)  # a reasoning model's thoughts
 
 
 class MissingField(EvaluatorError):
@@ -32,7 +33,7 @@ class MissingField(EvaluatorError):
 
     def __init__(self, field: str, template: str):
         super().__init__(f"template {template!r} refers to {field!r}, which is not there")
-        self.field = field
+        self.field, self.template = field, template
 
 
 class _Undefined(StrictUndefined):
@@ -111,7 +112,10 @@ def sample_of(text: str, tool_calls: list[Any] | None = None) -> dict[str, Any]:
     when there are any, ``output_text`` is the text around the blocks, as a chat completion's
     ``message.content`` is the text beside its ``tool_calls``. ``output_json`` is the response
     parsed as JSON when it is valid JSON (else null); ``choices`` holds the response as one choice.
+    A reasoning model's ``<think>...</think>`` blocks are left out, as OpenAI's ``output_text`` holds
+    the answer only.
     """
+    text = THINK_RE.sub("", text)
     if tool_calls is None:
         tool_calls = tool_calls_in(text)
         if tool_calls:
