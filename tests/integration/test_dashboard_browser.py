@@ -185,6 +185,13 @@ def test_the_curve_gains_a_point_without_a_reload(site, browser, shots):
         "var p = window.openrftCharts[0].plot; return [p.data[0], p.data[1]]"
     )
     assert steps == [0, 1, 2, 3, 4] and rewards[-1] == pytest.approx(0.45)
+    with open(store.get("live-run").metrics_path, "a") as handle:  # a skipped round's own line, same step
+        handle.write(json.dumps({"step": 4, "reward/mean": 0.2, "filter/round_skipped": 1.0}) + "\n")
+    wait(browser, lambda d: points(d) == "6")
+    steps, rewards = browser.execute_script(
+        "var p = window.openrftCharts[0].plot; return [p.data[0], p.data[1]]"
+    )
+    assert steps == [0, 1, 2, 3, 4, 4] and rewards[-2:] == pytest.approx([0.45, 0.2])  # both kept, in order
     for section in ("Parameters", "State history", "Adapter", "Rollouts"):
         assert browser.find_element(By.XPATH, f"//h2[normalize-space()='{section}']")
     assert browser.find_element(By.ID, "cancel").is_displayed()

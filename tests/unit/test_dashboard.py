@@ -166,6 +166,24 @@ def test_job_page_cancel_and_compare(store, client):
     compare = client.get("/compare", params=[("ids", "a"), ("ids", "b")]).text
     assert "2 parameters differ (--learning-rate, --lora-rank)" in compare
     assert client.get("/jobs/missing").status_code == 404
+    refused = client.post("/jobs/a/cancel", follow_redirects=False)  # finished: nothing to cancel
+    assert "could not be cancelled" in client.get(refused.headers["location"]).text
+    forged = client.get("/jobs/a", params={"cancel": "Session expired: log in at https://evil.example"}).text
+    assert "evil.example" not in forged  # only the page's own sentences, never text from the URL
+
+
+def test_torn_unicode_and_lines_that_are_not_objects_are_skipped(store, client):
+    add_job(store, "t")
+    record = store.get("t")
+    row = {"step": 1, "round": 1, "prompt_id": "p", "prompt": "你好", "completion": "好", "score": 1.0,
+           "valid": True, "reason": "", "finish_reason": "stop"}  # fmt: skip
+    with open(record.rollouts_path, "wb") as handle:
+        handle.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
+        handle.write(json.dumps(row, ensure_ascii=False).encode()[:-8])  # cut inside a character
+    with open(record.metrics_path, "a") as handle:
+        handle.write("\n[1, 2]\nnull\n")
+    assert client.get("/jobs/t").status_code == 200
+    assert client.get("/jobs/t/metrics.json").status_code == 200
 
 
 def test_pages_render_without_the_vendored_libraries(store, client, monkeypatch):
@@ -210,5 +228,18 @@ def test_a_server_with_keys_lets_a_browser_in_through_the_login_page(tmp_path):
         )
         assert browser.get("/").status_code == 200
         assert browser.get("/v1/accounts/a/reinforcementFineTuningJobs").status_code == 200
+        assert 'id="logout"' in browser.get("/").text
         browser.post("/logout")
         assert browser.get("/").status_code == 303
+        # logged out: each kind of request goes where it can be handled
+        page = browser.get("/", params={"state": "COMPLETED"})
+        assert page.headers["location"] == "/login?next=/%3Fstate%3DCOMPLETED"  # back to the filtered list
+        assert browser.get("/jobs/x/metrics.json").status_code == 401  # the charts' JSON: no HTML redirect
+        htmx = browser.get(
+            "/jobs/table", headers={"HX-Request": "true", "HX-Current-URL": "http://t/?state=RUNNING"}
+        )
+        assert htmx.status_code == 401 and htmx.headers["HX-Redirect"] == "/login?next=/%3Fstate%3DRUNNING"
+        posted = browser.post("/jobs/x/cancel", data={"from": "form"}, headers={"Referer": "http://t/jobs/x"})
+        assert posted.status_code == 303 and posted.headers["location"] == "/login?next=/jobs/x"
+        back = browser.post("/login", data={"key": "s3cret", "next": "/?state=COMPLETED"})
+        assert back.headers["location"] == "/?state=COMPLETED"

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
+from typing import Any
+from urllib.parse import quote, urlsplit
 
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openrft.server.errors import ApiError
@@ -70,8 +72,9 @@ class BearerAuth:
         if authorized(token or cookie_token(headers), self.keys) or path.startswith(OPEN_PATHS):
             await self.app(scope, receive, send)
             return
-        if token is None and not path.startswith("/v1/") and scope.get("method") == "GET":
-            await RedirectResponse(f"/login?next={path}", status_code=303)(scope, receive, send)
+        to_login = _to_login(scope, dict(headers)) if token is None and not path.startswith("/v1/") else None
+        if to_login is not None:
+            await to_login(scope, receive, send)
             return
         why = "missing API key" if token is None else "invalid API key"
         error = ApiError(401, f"{why}: send the header 'Authorization: Bearer <key>'")
@@ -79,4 +82,34 @@ class BearerAuth:
         await response(scope, receive, send)
 
 
-__all__ = ["BearerAuth", "authorized", "bearer_token", "cookie_token", "COOKIE", "OPEN_PATHS"]
+def server_keys(request: Any) -> tuple[str, ...]:
+    """The API keys of the server handling ``request`` (none: nothing to log in to)."""
+    settings = getattr(request.app.state, "settings", None)
+    return tuple(getattr(settings, "api_keys", ()) or ())
+
+
+def _to_login(scope: Scope, headers: dict[bytes, bytes]) -> Response | None:
+    """Where a browser without a valid cookie goes: the login form, then back to the page it was on.
+    A page is redirected; the page's own refresh (htmx) takes the whole page there (swapping the form
+    into a table would leave it empty for good); a form posted after the session ended comes back to
+    the page it was posted from. JSON endpoints and API calls get a 401 instead (None)."""
+    if headers.get(b"hx-request") == b"true":
+        back = _local(headers.get(b"hx-current-url", b"/"))
+        return Response(status_code=401, headers={"HX-Redirect": f"/login?next={quote(back, safe='/')}"})
+    if headers.get(b"content-type", b"").startswith((b"application/x-www-form", b"multipart/")):
+        back = _local(headers.get(b"referer", b"/"))
+    elif scope.get("method") == "GET" and not scope.get("path", "").endswith(".json"):
+        query = scope.get("query_string", b"").decode("latin-1")
+        back = scope.get("path", "/") + (f"?{query}" if query else "")
+    else:
+        return None
+    return RedirectResponse(f"/login?next={quote(back, safe='/')}", status_code=303)
+
+
+def _local(url: bytes) -> str:
+    """The path and query of a page's URL (what the login form may send the browser back to)."""
+    parts = urlsplit(url.decode("latin-1"))
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+__all__ = ["BearerAuth", "authorized", "bearer_token", "cookie_token", "COOKIE", "OPEN_PATHS", "server_keys"]

@@ -148,13 +148,16 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSONL file, ignoring a torn last line (a crash mid-write)."""
+    """The JSON objects of a JSONL file, one per line; a line that is not one is skipped (a line torn
+    by a crash mid-write, even in the middle of a multi-byte character)."""
     rows = []
     if not path.is_file():
         return rows
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().splitlines():
         try:
-            rows.append(json.loads(line))
-        except ValueError:
+            row = json.loads(line.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError included
             continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
-from openrft.server.auth import COOKIE, authorized
+from openrft.server.auth import COOKIE, authorized, server_keys
 
 router = APIRouter(include_in_schema=False)
 
@@ -20,11 +20,6 @@ def safe_next(target: str | None) -> str:
     if not target or not target.startswith("/") or target.startswith("//"):
         return "/"
     return target
-
-
-def server_keys(request: Request) -> tuple[str, ...]:
-    settings = getattr(request.app.state, "settings", None)
-    return tuple(getattr(settings, "api_keys", ()) or ())
 
 
 @router.get("/login", name="login")

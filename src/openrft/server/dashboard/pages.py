@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from openrft.errors import JobError, OpenRFTError
 from openrft.jobs.store import JobStore
+from openrft.server.auth import server_keys
 from openrft.server.dashboard import data, forms
 from openrft.server.errors import ApiError
 
@@ -55,8 +56,16 @@ def job_store(request: Request) -> JobStore:
     return store
 
 
+# what the job page says after its cancel button (?cancel=CODE; any other value says nothing)
+CANCEL_OUTCOMES = {
+    "requested": "requested",
+    "refused": "This job could not be cancelled: it is no longer queued or running.",
+}
+
+
 def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     context.setdefault("vendored", vendored())
+    context.setdefault("can_log_out", bool(server_keys(request)))
     context.setdefault("poll_seconds", POLL_SECONDS)
     return templates.TemplateResponse(request, name, context, status_code=status_code)
 
@@ -124,7 +133,7 @@ def job_page(request: Request, job_id: str, step: int | None = None, order: str 
         adapter=data.adapter_usage(record),
         browser=data.rollouts(record, step, _order(order)),
         charts=chart_config(request, [record.id]),
-        cancelled=request.query_params.get("cancel"),
+        cancelled=CANCEL_OUTCOMES.get(request.query_params.get("cancel", ""), ""),
     )
 
 
@@ -161,8 +170,8 @@ def cancel(request: Request, job_id: str) -> Response:
         job_store(request).request_cancel(job_id)
         outcome = "requested"
         wake_queue(request)
-    except JobError as exc:
-        outcome = str(exc)
+    except JobError:
+        outcome = "refused"  # a code, never text: the page shows its own sentence for it
     url = request.url_for("job_page", job_id=job_id).include_query_params(cancel=outcome)
     return RedirectResponse(str(url), status_code=303)
 

@@ -23,7 +23,11 @@
   function Chart(panel, figure, jobs) {
     this.figure = figure;
     this.series = seriesOf(panel, jobs);
-    this.rows = new Map(); // step -> values, one per series
+    // "step#k" -> {step, k, values}: the k-th line a job logged at that step (a round skipped by the
+    // filter, or a final evaluation, has a line of its own at the step it followed); jobs compared
+    // side by side share the rows of their k-th line at each step
+    this.rows = new Map();
+    this.seen = new Map(); // job + "@" + step -> lines of that job at that step so far
     var width = Math.max(300, figure.clientWidth - 16);
     this.plot = new uPlot({
       width: width, height: 210,
@@ -38,26 +42,35 @@
   Chart.prototype.add = function (job, points) {
     var self = this, changed = false;
     points.forEach(function (point) {
+      var seen = job + "@" + point.step, k = self.seen.get(seen) || 0, key = point.step + "#" + k;
+      self.seen.set(seen, k + 1);
       self.series.forEach(function (s, i) {
         if (s.job !== job || point[s.key] === undefined) return;
-        if (!self.rows.has(point.step)) self.rows.set(point.step, self.series.map(function () { return null; }));
-        self.rows.get(point.step)[i] = point[s.key];
+        if (!self.rows.has(key)) {
+          self.rows.set(key, { step: point.step, k: k, values: self.series.map(function () { return null; }) });
+        }
+        self.rows.get(key).values[i] = point[s.key];
         changed = true;
       });
     });
     if (!changed) return;
-    var steps = Array.from(this.rows.keys()).sort(function (a, b) { return a - b; });
-    var data = [steps].concat(this.series.map(function (_, i) {
-      return steps.map(function (step) { return self.rows.get(step)[i]; });
+    var rows = Array.from(this.rows.values()).sort(function (a, b) { return a.step - b.step || a.k - b.k; });
+    var data = [rows.map(function (row) { return row.step; })].concat(this.series.map(function (_, i) {
+      return rows.map(function (row) { return row.values[i]; });
     }));
     this.plot.setData(data);
-    this.figure.dataset.points = String(steps.length);
+    this.figure.dataset.points = String(rows.length);
     this.figure.classList.add("has-data");
   };
 
   function poll(job, since, charts, seconds, single) {
     fetch(job.metrics + "?since=" + since, { headers: { Accept: "application/json" } })
-      .then(function (response) { return response.ok ? response.json() : Promise.reject(response.status); })
+      .then(function (response) {
+        if (response.status === 401) { // logged out meanwhile: to the login form, then back here
+          window.location.assign("/login?next=" + encodeURIComponent(location.pathname + location.search));
+        }
+        return response.ok ? response.json() : Promise.reject(response.status);
+      })
       .then(function (body) {
         charts.forEach(function (chart) { chart.add(job.id, body.points); });
         if (single) {
