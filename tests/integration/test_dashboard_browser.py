@@ -249,3 +249,15 @@ def test_the_compare_page_warns_when_more_than_one_parameter_differs(site, brows
     assert folder.endswith("/jobs/base-a/output") and f"--lora-modules base-a={folder}" in browser.page_source
     assert not browser.find_elements(By.ID, "cancel")  # a finished job has nothing to cancel
     shots(browser, "job-completed")
+
+
+def test_a_job_page_open_when_the_job_ends_shows_it_ended(site, browser, shots):
+    url, store = site
+    make_job(store, "ending", None, [0.1, 0.2])
+    browser.get(url + "/jobs/ending")
+    assert browser.find_element(By.ID, "cancel").is_displayed()
+    browser.execute_script("window.stillTheSamePage = true")
+    store.transition("ending", JobState.COMPLETED)
+    wait(browser, lambda d: not d.find_elements(By.ID, "cancel"))  # reloaded: no Cancel for a finished job
+    assert browser.execute_script("return window.stillTheSamePage") is None
+    assert "COMPLETED" in browser.find_element(By.ID, "job-state").text

@@ -78,7 +78,12 @@
           if (state && body.state) { state.textContent = body.state; state.className = "state state-" + body.state.toLowerCase(); }
           if (steps && body.steps !== undefined) steps.textContent = String(body.steps);
         }
-        if (body.active) setTimeout(function () { poll(job, body.next, charts, seconds, single); }, seconds * 1000);
+        if (body.active) {
+          job.wasActive = true;
+          setTimeout(function () { poll(job, body.next, charts, seconds, single); }, seconds * 1000);
+        } else if (single && job.wasActive) {
+          window.location.reload(); // it has just ended: its buttons, rollouts and adapter change with it
+        }
       })
       .catch(function () { setTimeout(function () { poll(job, since, charts, seconds, single); }, seconds * 3000); });
   }
