@@ -549,6 +549,11 @@ def test_model_grader_request_keeps_text_parts_and_sends_no_reasoning_effort_to_
     assert request["messages"][0] == {"role": "system", "content": [
         {"type": "text", "text": "Reference: 1.0."}, {"type": "text", "text": "Model answer: 0.9"}]}  # fmt: skip
     assert "reasoning_effort" not in request and request["max_completion_tokens"] == 2048
+    for spelling in ("max_tokens", "max_completion_tokens"):  # the guide's label_model example: max_tokens
+        limited = {**SCORE_MODEL, "sampling_params": {spelling: 32}}
+        stub.script.append('{"result": 1}')
+        load_grader(json.dumps(limited), endpoint=stub.url).fn("0.9", {"label": "1.0"})
+        assert stub.requests[-1]["max_completion_tokens"] == 32, spelling
 
 
 def test_model_grader_refuses_image_parts_in_one_line():

@@ -68,8 +68,8 @@ class Endpoint:
             for key in ("temperature", "top_p", "seed"):
                 if getattr(params, key) is not None:
                     extra[key] = getattr(params, key)
-            if params.max_completions_tokens is not None:
-                extra["max_completion_tokens"] = params.max_completions_tokens
+            if params.token_limit is not None:
+                extra["max_completion_tokens"] = params.token_limit
             if params.reasoning_effort is not None and not self.model:
                 extra["reasoning_effort"] = params.reasoning_effort
         try:

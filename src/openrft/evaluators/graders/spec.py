@@ -86,7 +86,15 @@ class SamplingParams(BaseModel):
     top_p: float | None = None
     seed: int | None = None
     max_completions_tokens: int | None = None
+    max_completion_tokens: int | None = None  # the same limit as the chat API spells it
+    max_tokens: int | None = None  # as OpenAI's graders guide writes it in an example
     reasoning_effort: str | None = None  # sent only to the spec's own model (see graders.model)
+
+    @property
+    def token_limit(self) -> int | None:
+        """The answer's token limit, however the spec spells it."""
+        spellings = (self.max_completions_tokens, self.max_completion_tokens, self.max_tokens)
+        return next((n for n in spellings if n is not None), None)
 
 
 class ScoreModel(_Spec):
