@@ -38,7 +38,7 @@ def age(seconds: float) -> str:
 
 
 def stamp(at: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(at))  # the server's time zone, named
 
 
 def last_metrics(path: Path) -> dict[str, Any]:

@@ -5,6 +5,13 @@
   "use strict";
   var COLORS = ["#2563eb", "#ea580c", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#ca8a04", "#db2777"];
   var DASHES = { "-": [], "--": [6, 4], ":": [2, 3] };
+  var WHOLE_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000];
+
+  function tick(value) { // small values (a KL of 1e-4) keep their digits instead of all reading "0"
+    if (value === 0 || value === null) return value === 0 ? "0" : "";
+    var size = Math.abs(value);
+    return size < 1e-3 || size >= 1e5 ? value.toExponential(1) : String(Number(value.toPrecision(3)));
+  }
 
   function seriesOf(panel, jobs) {
     var out = [];
@@ -32,7 +39,10 @@
     this.plot = new uPlot({
       width: width, height: 210,
       scales: { x: { time: false } },
-      axes: [{ label: "training step" }, { label: panel.ylabel, size: 60 }],
+      axes: [
+        { label: "training step", incrs: WHOLE_STEPS },
+        { label: panel.ylabel, size: 60, values: function (u, ticks) { return ticks.map(tick); } },
+      ],
       series: [{ label: "step" }].concat(this.series.map(function (s) {
         return { label: s.label, stroke: s.color, dash: s.dash, spanGaps: true, width: 1.5, points: { size: 4 } };
       })),
