@@ -121,7 +121,7 @@ def test_create_page_shows_inline_errors_and_submits(store, client, monkeypatch)
     assert 'value="12"' in page.text and store.list() == []
     submitted = {}
 
-    def fake_submit(store_, cfg, job_id=None, *, meta=None):
+    def fake_submit(store_, cfg, job_id=None, *, meta=None, cli_messages=False):
         submitted.update(job_id=job_id, meta=meta, lr=cfg.training.learning_rate)
         add_job(store_, job_id)
         return store_.get(job_id)
@@ -145,7 +145,7 @@ def test_create_page_shows_inline_errors_and_submits(store, client, monkeypatch)
 def test_a_submission_error_lands_next_to_its_field(store, client, monkeypatch):
     from openrft.errors import DataError
 
-    def failing(store_, cfg, job_id=None, *, meta=None):
+    def failing(store_, cfg, job_id=None, **_):
         raise DataError("--dataset: row 3 is not JSON")
 
     import openrft.server.jobs_api as jobs_api
@@ -153,6 +153,10 @@ def test_a_submission_error_lands_next_to_its_field(store, client, monkeypatch):
     monkeypatch.setattr(jobs_api, "submit_job", failing)
     page = client.post("/create", data={"dataset": "arithmetic"})
     assert errors(page.text) == [("dataset", "--dataset: row 3 is not JSON")]
+    monkeypatch.undo()
+    page = client.post("/create", data={"dataset": "arithmetic", "base_model": "no-such-model"})
+    ((field, message),) = errors(page.text)  # as `rftj create` says it, beside the field
+    assert field == "base-model" and message.startswith("--base-model: base model not found: no-such-model")
 
 
 def test_job_page_cancel_and_compare(store, client):

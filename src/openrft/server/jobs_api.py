@@ -49,7 +49,12 @@ JOB_FIELDS = frozenset({
 
 
 def submit_job(
-    store: JobStore, cfg: JobConfig, job_id: str | None = None, *, meta: dict[str, Any] | None = None
+    store: JobStore,
+    cfg: JobConfig,
+    job_id: str | None = None,
+    *,
+    meta: dict[str, Any] | None = None,
+    cli_messages: bool = False,
 ) -> JobRecord:
     """Check a job like ``openrft rftj create`` and queue it (PENDING, owned by this server).
 
@@ -72,6 +77,8 @@ def submit_job(
     try:
         validate(cfg)
     except OpenRFTError as exc:
+        if cli_messages:  # the dashboard's form: its fields are the flags, each error goes beside its own
+            raise
         message = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
         raise ApiError(400, wire.public_message(message, cfg, refs)) from None  # fields, not flags or paths
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from openrft.config import FIELD_GROUP, build_config, field_info, normalise_key
-from openrft.errors import ConfigError, DataError, EvaluatorError
+from openrft.errors import ConfigError, DataError, EvaluatorError, ModelError
 from openrft.server import wire
 from openrft.server.errors import ApiError
 
@@ -147,6 +147,8 @@ def submission_error(result: FormResult, exc: Exception) -> None:
         name = "dataset"
     elif isinstance(exc, EvaluatorError):
         name = "evaluator"
+    elif isinstance(exc, ModelError):
+        name = "base_model"
     elif isinstance(exc, ApiError) and exc.status_code == 409:  # the id is taken
         name = "job_id"
     for line in _message(exc).splitlines():

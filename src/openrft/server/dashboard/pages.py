@@ -240,7 +240,8 @@ def _submit(store: JobStore, result: forms.FormResult):
     """Record the job PENDING for the server's queue (:func:`openrft.server.jobs_api.submit_job`)."""
     from openrft.server.jobs_api import submit_job
 
-    return submit_job(store, result.config, job_id=result.config.training.job_id, meta=result.meta)
+    return submit_job(store, result.config, job_id=result.config.training.job_id, meta=result.meta,
+                      cli_messages=True)  # fmt: skip
 
 
 def wake_queue(request: Request) -> None:
