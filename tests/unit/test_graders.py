@@ -616,3 +616,13 @@ def test_output_text_leaves_a_reasoning_models_thoughts_out():
 
     assert sample_of("<think>7+5=12</think>\n\n12")["output_text"] == "12"
     assert sample_of('<think>a</think>{"x": 1}')["output_json"] == {"x": 1}
+
+
+def test_a_pass_threshold_counts_passing_scores_as_reward_passed():
+    spec = {**TEXT_SIMILARITY, "pass_threshold": 0.8}
+    evaluator = load_grader(json.dumps(spec))
+    row = {"label": "fuzzy wuzzy had no hair"}
+    same = evaluator.fn("fuzzy wuzzy had no hair", row)
+    other = evaluator.fn("something else entirely", row)
+    assert same["metrics"]["passed"] == 1.0 and other["metrics"]["passed"] == 0.0
+    assert "passed" not in load_grader(json.dumps(TEXT_SIMILARITY)).fn("x", row)["metrics"]

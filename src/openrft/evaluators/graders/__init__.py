@@ -54,10 +54,17 @@ def load_grader(spec: str, *, endpoint: str | None = None, model: str | None = N
 
 
 def _scorer(grader: Grader) -> Any:
+    threshold = getattr(grader.spec, "pass_threshold", None)
+
     def grade(completion: str, item: dict[str, Any]) -> dict[str, Any]:
         result = graded(grader, item, sample_of(completion))
+        metrics = dict(result.metrics)
+        if (
+            threshold is not None and result.valid
+        ):  # OpenAI's evals' pass/fail: reward/passed is the pass rate
+            metrics["passed"] = float(result.score >= threshold)
         return {"score": result.score, "reason": result.reason, "is_score_valid": result.valid,
-                "metrics": result.metrics}  # fmt: skip
+                "metrics": metrics}  # fmt: skip
 
     grade.__name__ = "grade"
     return grade

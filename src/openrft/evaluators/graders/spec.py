@@ -42,7 +42,7 @@ class TextSimilarity(_Spec):
     input: str
     reference: str
     evaluation_metric: Literal[METRICS]  # type: ignore[valid-type]
-    pass_threshold: float | None = None  # accepted (OpenAI's evals use it); the score is the metric
+    pass_threshold: float | None = None  # the score is the reward; reward/passed counts scores >= it
 
 
 class ContentPart(BaseModel):
