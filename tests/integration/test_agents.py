@@ -316,6 +316,8 @@ def test_a_reply_of_tool_calls_only_streams_its_logprobs(tokenizer):
 def test_errors_and_refusals_are_shaped_as_openai_shapes_them(tokenizer):
     with BackgroundServer(create_app(ScriptedEngine(tokenizer, "ok"), "policy")) as server:
         client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        answer = client.chat.completions.create(model="policy", messages=[{"role": "user", "content": "hi"}])
+        assert answer._request_id.startswith("req_")  # the x-request-id header, as OpenAI sends it
         model = client.models.retrieve("policy")
         assert model.id == "policy" and isinstance(model.created, int) and model.created > 0
         assert [m.created for m in client.models.list().data] == [model.created]

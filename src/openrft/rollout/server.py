@@ -242,6 +242,7 @@ def create_app(
     complete = add_chat_routes(app, host, batcher, recorder, system_prompt)
     add_responses_routes(app, complete, engine.tokenizer)
     _add_model_routes(app, host)
+    _add_request_ids(app)
 
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest) -> dict:
@@ -301,6 +302,30 @@ def _add_adapter_routes(app: FastAPI, host: ModelHost) -> None:
     async def unload_lora_adapter(request: AdapterRequest) -> JSONResponse:
         await asyncio.to_thread(host.unload_adapter, request.lora_name)
         return JSONResponse({"status": "ok", "message": f"adapter '{request.lora_name}' unloaded"})
+
+
+def _add_request_ids(app: FastAPI) -> None:
+    """Every answer names itself in ``x-request-id``, as OpenAI's do (the SDK shows it as ``_request_id``).
+    A plain ASGI wrapper: it leaves streaming and the routes' disconnect checks as they are."""
+    app.add_middleware(_RequestId)
+
+
+class _RequestId:
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", f"req_{uuid.uuid4().hex}".encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 def _add_model_routes(app: FastAPI, host: ModelHost) -> None:
