@@ -176,6 +176,24 @@ def test_job_page_cancel_and_compare(store, client):
     assert "evil.example" not in forged  # only the page's own sentences, never text from the URL
 
 
+def test_a_stopped_job_is_resumed_or_deleted_from_its_page(store, client):
+    add_job(store, "f")
+    store.transition("f", JobState.FAILED, "the accelerator fell over")
+    add_job(store, "r")  # still running: neither button, and a forged post is refused
+    page = client.get("/jobs/f").text
+    assert 'id="resume"' in page and 'id="delete"' in page and 'id="cancel"' not in page
+    running = client.get("/jobs/r").text
+    assert 'id="resume"' not in running and 'id="delete"' not in running
+    refused = client.post("/jobs/r/delete", follow_redirects=False)
+    assert "could not be deleted" in client.get(refused.headers["location"]).text and store.exists("r")
+    resumed = client.post("/jobs/f/resume", follow_redirects=False)
+    assert store.get("f").state is JobState.PENDING  # queued again, from its last checkpoint
+    assert "Resumed: the job waits in the queue" in client.get(resumed.headers["location"]).text
+    store.transition("f", JobState.CANCELLED, "cancelled before it started")
+    gone = client.post("/jobs/f/delete", follow_redirects=False)
+    assert gone.status_code == 303 and gone.headers["location"].endswith("/") and not store.exists("f")
+
+
 def test_torn_unicode_and_lines_that_are_not_objects_are_skipped(store, client):
     add_job(store, "t")
     record = store.get("t")

@@ -18,6 +18,7 @@ The job store is opened from ``app.state.job_store`` when the application set on
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from openrft.jobs.store import JobStore
 from openrft.server.auth import server_keys
 from openrft.server.dashboard import data, forms
 from openrft.server.errors import ApiError
+from openrft.server.wire import SERVER_FILE, write_meta
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -60,6 +62,15 @@ def job_store(request: Request) -> JobStore:
 CANCEL_OUTCOMES = {
     "requested": "requested",
     "refused": "This job could not be cancelled: it is no longer queued or running.",
+}
+# ... and after its resume and delete buttons (?done=CODE): (kind, sentence)
+DONE_OUTCOMES = {
+    "resumed": ("note", "Resumed: the job waits in the queue and continues from its last checkpoint."),
+    "resume-refused": ("error", "This job could not be resumed: only a failed or cancelled job continues."),
+    "delete-refused": (
+        "error",
+        "This job could not be deleted: cancel it first and delete it once it has stopped.",
+    ),
 }
 
 
@@ -134,6 +145,7 @@ def job_page(request: Request, job_id: str, step: int | None = None, order: str 
         browser=data.rollouts(record, step, _order(order)),
         charts=chart_config(request, [record.id]),
         cancelled=CANCEL_OUTCOMES.get(request.query_params.get("cancel", ""), ""),
+        done=DONE_OUTCOMES.get(request.query_params.get("done", "")),
     )
 
 
@@ -173,6 +185,40 @@ def cancel(request: Request, job_id: str) -> Response:
     except JobError:
         outcome = "refused"  # a code, never text: the page shows its own sentence for it
     url = request.url_for("job_page", job_id=job_id).include_query_params(cancel=outcome)
+    return RedirectResponse(str(url), status_code=303)
+
+
+@router.post("/jobs/{job_id}/resume", response_model=None)
+def resume(request: Request, job_id: str) -> Response:
+    """Queue a stopped job again, continuing from its last checkpoint (as ``openrft rftj resume``; a
+    cancelled one after the page's confirmation, as ``--force``)."""
+    if cross_site(request):
+        return refused(request)
+    store = job_store(request)
+    try:
+        record = store.prepare_resume(job_id, force=True, pid=os.getpid())
+    except JobError:
+        return _back_to_job(request, job_id, "resume-refused")
+    if not (record.job_dir / SERVER_FILE).is_file():  # the server's queue runs it from now on
+        write_meta(record.job_dir, {"account": "local", "refs": {}})
+    wake_queue(request)
+    return _back_to_job(request, job_id, "resumed")
+
+
+@router.post("/jobs/{job_id}/delete", response_model=None)
+def delete(request: Request, job_id: str) -> Response:
+    """Remove a stopped job and its folder (as ``openrft rftj delete``)."""
+    if cross_site(request):
+        return refused(request)
+    try:
+        job_store(request).delete(job_id)
+    except JobError:
+        return _back_to_job(request, job_id, "delete-refused")
+    return RedirectResponse(str(request.url_for("job_list")), status_code=303)
+
+
+def _back_to_job(request: Request, job_id: str, outcome: str) -> RedirectResponse:
+    url = request.url_for("job_page", job_id=job_id).include_query_params(done=outcome)
     return RedirectResponse(str(url), status_code=303)
 
 
