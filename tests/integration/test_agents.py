@@ -230,14 +230,7 @@ def test_agents_run_against_an_endpoint_engine_too(tiny_model, tokenizer):
             engine.close()
     for c in group:
         assert not c.error and c.agent_metrics["turns"] == 2 and 0 in c.completion_mask
-    batch = collate([TrainSequence(c, 1.0, 0) for c in group], tokenizer.pad_token_id)
-    with torch.no_grad():
-        logp_RC = completion_logprobs(
-            model, batch.prompt_ids_GP, batch.prompt_mask_GP, batch.row_group_R, batch.completion_ids_RC,
-            batch.completion_mask_RC, 1.0, attention_mask_RC=batch.attention_mask_RC,
-        )  # fmt: skip
-    mask_RC = batch.completion_mask_RC.bool()
-    assert torch.allclose(logp_RC[mask_RC], batch.sampler_logprobs_RC[mask_RC], atol=1e-4)
+    assert_trainer_logprobs_are_the_sampled_ones(model, group, tokenizer.pad_token_id)
 
 
 def test_serve_reads_only_text_leaves_the_stop_string_out_and_gives_whole_token_bytes(tokenizer):

@@ -100,6 +100,15 @@ def _wake(request: Request) -> None:
         queue.wake()
 
 
+def requeue(store: JobStore, job_id: str, *, force: bool, account: str) -> JobRecord:
+    """Put a stopped job back in this server's queue, to continue from its last checkpoint
+    (``JobError`` when it cannot be); a job made on the command line becomes ``account``'s."""
+    record = store.prepare_resume(job_id, force=force, pid=os.getpid())
+    if not (record.job_dir / wire.SERVER_FILE).is_file():
+        wire.write_meta(record.job_dir, {"account": account, "refs": {}})
+    return record
+
+
 def _get(store: JobStore, job_id: str, account: str) -> JobRecord:
     """The job, if ``account`` may see it (:func:`_visible`); a 404 otherwise."""
     try:
@@ -246,12 +255,10 @@ async def resume_job(request: Request, account: str, job_id: str) -> dict[str, A
         raise ApiError(400, f"job {job_id} is {current.shown_state}; only a stopped job can be resumed",
                        "FAILED_PRECONDITION")  # fmt: skip
     try:
-        record = store.prepare_resume(job_id, force=body.get("force", False), pid=os.getpid())
+        record = requeue(store, job_id, force=body.get("force", False), account=account)
     except JobError as exc:
         hint = ' (send {"force": true} to resume it anyway)' if "cancelled jobs" in exc.message else ""
         raise ApiError(400, exc.message + hint, "FAILED_PRECONDITION") from None
-    if not (record.job_dir / wire.SERVER_FILE).is_file():
-        wire.write_meta(record.job_dir, {"account": account, "refs": {}})
     _wake(request)
     return wire.job_object(record, account)
 
@@ -276,4 +283,4 @@ def read_token(token: str, query_key: str) -> int:
     return offset
 
 
-__all__ = ["router", "submit_job", "JOB_FIELDS"]
+__all__ = ["router", "requeue", "submit_job", "JOB_FIELDS"]

@@ -18,7 +18,6 @@ The job store is opened from ``app.state.job_store`` when the application set on
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,6 @@ from openrft.jobs.store import JobStore
 from openrft.server.auth import server_keys
 from openrft.server.dashboard import data, forms
 from openrft.server.errors import ApiError
-from openrft.server.wire import SERVER_FILE, write_meta
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -58,13 +56,14 @@ def job_store(request: Request) -> JobStore:
     return store
 
 
-# what the job page says after its cancel button (?cancel=CODE; any other value says nothing)
-CANCEL_OUTCOMES = {
-    "requested": "requested",
-    "refused": "This job could not be cancelled: it is no longer queued or running.",
-}
-# ... and after its resume and delete buttons (?done=CODE): (kind, sentence)
+# what the job page says after one of its buttons (?done=CODE, a code and never text from the URL;
+# any other value says nothing): (kind, sentence)
 DONE_OUTCOMES = {
+    "cancel-requested": (
+        "note",
+        "Cancel requested: the job stops at its next step boundary and writes a checkpoint.",
+    ),
+    "cancel-refused": ("error", "This job could not be cancelled: it is no longer queued or running."),
     "resumed": ("note", "Resumed: the job waits in the queue and continues from its last checkpoint."),
     "resume-refused": ("error", "This job could not be resumed: only a failed or cancelled job continues."),
     "delete-refused": (
@@ -144,7 +143,6 @@ def job_page(request: Request, job_id: str, step: int | None = None, order: str 
         adapter=data.adapter_usage(record),
         browser=data.rollouts(record, step, _order(order)),
         charts=chart_config(request, [record.id]),
-        cancelled=CANCEL_OUTCOMES.get(request.query_params.get("cancel", ""), ""),
         done=DONE_OUTCOMES.get(request.query_params.get("done", "")),
     )
 
@@ -180,27 +178,24 @@ def cancel(request: Request, job_id: str) -> Response:
         return refused(request)
     try:
         job_store(request).request_cancel(job_id)
-        outcome = "requested"
-        wake_queue(request)
     except JobError:
-        outcome = "refused"  # a code, never text: the page shows its own sentence for it
-    url = request.url_for("job_page", job_id=job_id).include_query_params(cancel=outcome)
-    return RedirectResponse(str(url), status_code=303)
+        return _back_to_job(request, job_id, "cancel-refused")
+    wake_queue(request)
+    return _back_to_job(request, job_id, "cancel-requested")
 
 
 @router.post("/jobs/{job_id}/resume", response_model=None)
 def resume(request: Request, job_id: str) -> Response:
     """Queue a stopped job again, continuing from its last checkpoint (as ``openrft rftj resume``; a
     cancelled one after the page's confirmation, as ``--force``)."""
+    from openrft.server.jobs_api import requeue
+
     if cross_site(request):
         return refused(request)
-    store = job_store(request)
     try:
-        record = store.prepare_resume(job_id, force=True, pid=os.getpid())
+        requeue(job_store(request), job_id, force=True, account=forms.DEFAULT_ACCOUNT)
     except JobError:
         return _back_to_job(request, job_id, "resume-refused")
-    if not (record.job_dir / SERVER_FILE).is_file():  # the server's queue runs it from now on
-        write_meta(record.job_dir, {"account": "local", "refs": {}})
     wake_queue(request)
     return _back_to_job(request, job_id, "resumed")
 
