@@ -59,6 +59,24 @@ def test_job_list_shows_state_progress_and_filters(store, client):
     assert 'data-job="running"' in client.get("/dashboard/jobs-table", params={"state": "CANCELLING"}).text
 
 
+def test_job_list_pages_and_counts_each_state(store, client, monkeypatch):
+    monkeypatch.setattr(data, "PAGE_SIZE", 2)
+    for name in ["a", "b", "c", "d", "e"]:
+        add_job(store, name, steps=1, finish=name in "ace")
+    first = client.get("/").text
+    assert re.findall(r'data-job="(\w)"', first) == ["e", "d"]  # newest first
+    assert "Jobs 1–2 of 5" in first and 'id="older"' in first and 'id="newer"' not in first
+    counts = dict(re.findall(r'data-state="(\w*)"[^>]*>\s*\w+ <span class="count">(\d+)<', first))
+    assert counts == {"": "5", "RUNNING": "2", "COMPLETED": "3"}  # only the states that hold jobs
+    last = client.get("/", params={"state": "COMPLETED", "page": 9}).text  # past the end: the last page
+    assert re.findall(r'data-job="(\w)"', last) == ["a"] and "Jobs 3–3 of 3" in last
+    assert '/?state=COMPLETED&page=1" rel="prev"' in last.replace("&amp;", "&")
+    refresh = client.get("/dashboard/jobs-table", params={"state": "COMPLETED", "page": 2}).text
+    assert re.findall(r'data-job="(\w)"', refresh) == ["a"]
+    assert 'id="state-filter"' in refresh and 'id="pager"' in refresh  # swapped out of band
+    assert "page=2" in re.search(r'<tbody id="job-rows" hx-get="([^"]+)"', refresh).group(1)
+
+
 def test_metrics_json_returns_only_new_lines(store, client):
     add_job(store, "j", steps=3)
     body = client.get("/jobs/j/metrics.json", params={"since": 1}).json()

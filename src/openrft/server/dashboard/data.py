@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ STATES = [str(s) for s in JobState] + ["CANCELLING"]
 # Keys the job page and the compare page draw: every line of the plots' panels.
 CHART_KEYS = tuple(dict.fromkeys(key for panel in PANELS for key, _, _ in panel.lines))
 TAIL_BYTES = 16384  # enough for the last line of metrics.jsonl
+PAGE_SIZE = 50  # jobs on one page of the job list
 
 
 def age(seconds: float) -> str:
@@ -94,10 +96,32 @@ def job_row(record: JobRecord, now: float) -> dict[str, Any]:
 def job_rows(store: JobStore, state: str | None = None) -> list[dict[str, Any]]:
     """The job list, newest first, optionally only the jobs shown in ``state``."""
     now = time.time()
-    rows = [job_row(record, now) for record in store.list()]
-    if state:
-        rows = [row for row in rows if row["state"] == state]
-    return rows
+    return [job_row(record, now) for record in store.list() if not state or record.shown_state == state]
+
+
+def job_list_page(store: JobStore, state: str | None = None, page: int = 1) -> dict[str, Any]:
+    """One page of the job list, newest first: its rows, where it lies, and how many jobs each state holds.
+
+    Only the page's own jobs are read from their folders (their last metrics line), so a server with
+    hundreds of jobs answers the list, and its refresh every few seconds, at the cost of one page.
+    """
+    size = PAGE_SIZE
+    records = store.list()
+    counts = Counter(record.shown_state for record in records)
+    chosen = [record for record in records if not state or record.shown_state == state]
+    pages = max(1, math.ceil(len(chosen) / size))
+    page = min(max(1, page), pages)
+    window = chosen[(page - 1) * size : page * size]
+    now = time.time()
+    return {
+        "rows": [job_row(record, now) for record in window],
+        "page": page,
+        "pages": pages,
+        "total": len(chosen),
+        "first": (page - 1) * size + 1 if window else 0,
+        "last": (page - 1) * size + len(window),
+        "counts": {"": len(records), **{s: counts[s] for s in STATES}},
+    }
 
 
 # ----------------------------------------------------------------------------- one job
@@ -278,6 +302,7 @@ __all__ = [
     "comparison",
     "history",
     "job_rows",
+    "job_list_page",
     "metric_points",
     "panels",
     "parameters",

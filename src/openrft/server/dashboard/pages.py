@@ -109,17 +109,17 @@ def not_found(request: Request, message: str) -> HTMLResponse:
 
 
 @router.get("/", response_class=HTMLResponse)
-def job_list(request: Request, state: str = "") -> HTMLResponse:
+def job_list(request: Request, state: str = "", page: int = 1) -> HTMLResponse:
     state = state if state in data.STATES else ""
-    rows = data.job_rows(job_store(request), state or None)
-    return render(request, "jobs.html", rows=rows, state=state, states=data.STATES)
+    listing = data.job_list_page(job_store(request), state or None, page)
+    return render(request, "jobs.html", state=state, states=data.STATES, **listing)
 
 
 @router.get("/dashboard/jobs-table", response_class=HTMLResponse)
-def job_table(request: Request, state: str = "") -> HTMLResponse:
+def job_table(request: Request, state: str = "", page: int = 1) -> HTMLResponse:
     state = state if state in data.STATES else ""
-    rows = data.job_rows(job_store(request), state or None)
-    return render(request, "jobs_table.html", rows=rows, state=state)
+    listing = data.job_list_page(job_store(request), state or None, page)
+    return render(request, "jobs_refresh.html", state=state, states=data.STATES, **listing)
 
 
 # ----------------------------------------------------------------------------- one job
