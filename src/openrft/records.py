@@ -33,6 +33,7 @@ class SamplingParams:
     max_tokens: int = 2048
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    top_logprobs: int = 0  # most likely alternatives recorded at each position (API clients; 0 = none)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class Completion:
     conversation: tuple[dict[str, Any], ...] = field(default=(), hash=False, compare=False)  # as returned
     agent_metrics: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
     error: str = ""  # the agent failed: scored invalid, never trained on
+    # with SamplingParams.top_logprobs = k: per token, the k most likely (token id, log-prob), best first
+    top_logprobs: tuple[tuple[tuple[int, float], ...], ...] = field(default=(), hash=False, compare=False)
 
     @property
     def num_tokens(self) -> int:

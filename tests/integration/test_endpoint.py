@@ -284,3 +284,41 @@ def test_malformed_answers_are_reported(tokenizer):
 def test_api_root_normalisation():
     assert api_root("http://h:8000") == "http://h:8000/v1"
     assert api_root("http://h:8000/v1/") == "http://h:8000/v1"
+
+
+def test_top_logprobs_through_the_three_apis(served):
+    """Chat (``top_logprobs``), Responses (``top_logprobs`` + include) and legacy completions (``logprobs: N``,
+    vLLM's shape: the N best plus the sampled token) report the same alternatives, best first."""
+    import openai
+
+    url, model, tokenizer, stops = served
+    client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
+    user = [{"role": "user", "content": "What is 3 + 4?"}]
+    chat = client.chat.completions.create(model="tiny", messages=user, logprobs=True, top_logprobs=3,
+                                          max_tokens=6, seed=2, temperature=0.9)  # fmt: skip
+    content = chat.choices[0].logprobs.content
+    assert content and all(len(t.top_logprobs) == 3 for t in content)
+    for t in content:
+        values = [a.logprob for a in t.top_logprobs]
+        assert values == sorted(values, reverse=True) and t.logprob <= values[0] + 1e-6
+        assert all(a.bytes == list(a.token.encode()) for a in t.top_logprobs if "\ufffd" not in a.token)
+    response = client.responses.create(model="tiny", input="What is 3 + 4?", top_logprobs=2, max_output_tokens=16,
+                                       include=["message.output_text.logprobs"], extra_body={"seed": 2})  # fmt: skip
+    assert all(len(t.top_logprobs) == 2 for t in response.output[0].content[0].logprobs)
+    with httpx.Client(base_url=url) as http:
+        legacy = http.post(
+            "/completions",
+            json={
+                "prompt": "Hi",
+                "max_tokens": 5,
+                "logprobs": 2,
+                "seed": 3,
+                "return_tokens_as_token_ids": True,
+            },
+        ).json()
+        logprobs = legacy["choices"][0]["logprobs"]
+        for token, sampled, top in zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"],
+                                       strict=True):  # fmt: skip
+            assert top[token] == pytest.approx(sampled) and len(top) in (2, 3)
+        too_many = http.post("/completions", json={"prompt": "Hi", "logprobs": 21})
+        assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "logprobs"

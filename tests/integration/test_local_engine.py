@@ -419,3 +419,29 @@ def test_rebuilding_in_place_samples_what_new_buffers_sample(tiny_model, monkeyp
     assert tokens_of(reused) == tokens_of(fresh_buffers)
     lp = [torch.tensor([x for g in r for c in g for x in c.logprobs]) for r in (reused, fresh_buffers)]
     assert torch.allclose(lp[0], lp[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.7, 0.0])
+def test_top_logprobs_are_the_teacher_forced_alternatives_and_change_no_sample(tiny_model, temperature):
+    model, tokenizer = tiny_model
+    engine = LocalEngine(model, tokenizer, max_concurrent_rollouts=4)  # rows join and leave mid-run
+    plain = SamplingParams(n=3, temperature=temperature, top_k=20, max_tokens=12, seed=8)
+    wanted = SamplingParams(n=3, temperature=temperature, top_k=20, max_tokens=12, seed=8, top_logprobs=5)
+    groups = engine.generate(make_prompts(3), wanted)
+    assert tokens_of(groups) == tokens_of(engine.generate(make_prompts(3), plain))
+    for c in (c for g in groups for c in g):
+        assert len(c.top_logprobs) == len(c.completion_token_ids) and c.top_logprobs[0]
+        ids = list(c.prompt_token_ids) + list(c.completion_token_ids)
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, len(c.prompt_token_ids) - 1 : -1].float()
+        reference_TV = torch.log_softmax(logits / (temperature or 1.0), dim=-1)
+        best_T5, order_T5 = reference_TV.topk(5, dim=-1)
+        for t, top in enumerate(c.top_logprobs):
+            assert [token for token, _ in top] == order_T5[t].tolist()
+            assert max(abs(lp - float(r)) for (_, lp), r in zip(top, best_T5[t], strict=True)) <= 1e-4
+            by_token = dict(top)
+            if c.completion_token_ids[t] in by_token:  # the sampled token's own log-prob is the same number
+                assert by_token[c.completion_token_ids[t]] == pytest.approx(c.logprobs[t], abs=1e-6)
+        if temperature == 0:
+            assert [top[0][0] for top in c.top_logprobs] == list(c.completion_token_ids)  # greedy: the best
+    assert all(c.top_logprobs == () for g in engine.generate(make_prompts(1), plain) for c in g)

@@ -108,7 +108,7 @@ def add_chat_routes(
         if rollout_id is not None and (recorder is None or recorder.log(rollout_id) is None):
             raise HTTPError(404, f"no open rollout '{rollout_id}'")
         tools = None if request.tool_choice == "none" else request.tools
-        _check_supported(request)
+        _check_supported(request, engine)
         request.messages = with_system(request.messages, system_prompt)
         prompt_ids = _prompt_ids(engine.tokenizer, request.messages, tools, fmt, recorder, rollout_id)
         key, seed_name, budget = _sampling(request, name, engine, recorder, rollout_id, len(prompt_ids))
@@ -147,7 +147,7 @@ def add_chat_routes(
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
-def _check_supported(request: ChatRequest) -> None:
+def _check_supported(request: ChatRequest, engine: Any) -> None:
     """Refuse what would otherwise be ignored: parameters openrft cannot honour, and requests OpenAI
     refuses (an unknown role, a tool result without its call's id, top_logprobs without logprobs)."""
     _check_messages(request.messages)
@@ -157,7 +157,7 @@ def _check_supported(request: ChatRequest) -> None:
                         "'tools' and read 'tool_calls'", param=param)  # fmt: skip
     if request.top_logprobs is not None and not request.logprobs:
         raise HTTPError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
-    check_top_logprobs(request.top_logprobs)
+    check_top_logprobs(request.top_logprobs, engine)
     if request.stream_options is not None and not request.stream:
         raise HTTPError(400, "stream_options is only allowed with stream set to true", param="stream_options")
     kind = (request.response_format or {}).get("type", "text")
@@ -175,13 +175,33 @@ def _check_supported(request: ChatRequest) -> None:
     )
 
 
-def check_top_logprobs(top_logprobs: int | None) -> None:
-    """Alternatives to each sampled token are not recorded while sampling: asking for them is a 400
-    rather than lists left empty (0 asks for none, which is what every answer holds)."""
-    if top_logprobs:
-        raise HTTPError(400, f"top_logprobs {top_logprobs} is not supported: openrft records the log-prob of "
-                        "each sampled token only (logprobs: true); send 0 or leave it out",
-                        param="top_logprobs")  # fmt: skip
+def check_top_logprobs(top_logprobs: int | None, engine: Any) -> None:
+    """Alternatives to each sampled token come from engines that record them (the local engine's
+    ``max_top_logprobs``); asking another for them is a 400 rather than lists left empty."""
+    if top_logprobs and top_logprobs > getattr(engine, "max_top_logprobs", 0):
+        raise HTTPError(400, f"top_logprobs {top_logprobs} is not supported by this server's "
+                        f"{type(engine).__name__}: it records the log-prob of each sampled token only "
+                        "(logprobs: true); send 0 or leave it out", param="top_logprobs")  # fmt: skip
+
+
+def logprob_entries(
+    tokenizer: Any, ids: list[int], logprobs: list[float], alternatives: Any = ()
+) -> list[dict[str, Any]]:
+    """OpenAI's ``logprobs.content`` items: each token, its log-prob and bytes, and its ``top_logprobs``
+    (the completion's ``(token id, log-prob)`` alternatives at that position, best first)."""
+
+    def entry(token: int, logprob: float) -> dict[str, Any]:
+        return {
+            "token": tokenizer.decode([token]),
+            "logprob": logprob,
+            "bytes": list(token_bytes(tokenizer, token)),
+        }
+
+    alternatives = list(alternatives) or [()] * len(ids)
+    return [
+        {**entry(t, lp), "top_logprobs": [entry(a, alp) for a, alp in top]}
+        for t, lp, top in zip(ids, logprobs, alternatives[: len(ids)], strict=True)
+    ]
 
 
 def _check_messages(messages: list[dict[str, Any]]) -> None:
@@ -268,7 +288,7 @@ def _sampling(
         seed = request.seed if request.seed is not None else secrets.randbits(62)
         max_tokens = request.max_completion_tokens or request.max_tokens or max(16, limit - prompt_len)
         key = (name, request.n, request.temperature, request.top_p, max(request.top_k, 0),
-               min(max_tokens, max(1, limit - prompt_len)), stops, tuple(stop))  # fmt: skip
+               min(max_tokens, max(1, limit - prompt_len)), stops, tuple(stop), request.top_logprobs or 0)  # fmt: skip
         return key, f"seed:{seed}", None
     assert recorder is not None and recorder.params is not None
     if request.n != 1:
@@ -285,7 +305,7 @@ def _sampling(
         )
     call = recorder.next_call(rollout_id)  # calls made at once (asyncio.gather) each get their own
     seed_key = recorder.log(rollout_id).seed_key  # type: ignore[union-attr]
-    key = (name, 1, p.temperature, p.top_p, p.top_k, budget, stops, tuple(p.stop))
+    key = (name, 1, p.temperature, p.top_p, p.top_k, budget, stops, tuple(p.stop), request.top_logprobs or 0)
     return key, f"{p.seed}:{seed_key}/{call}", budget  # the round's seed, the rollout, the call
 
 
@@ -312,17 +332,8 @@ def _response(
         choice: dict[str, Any] = {"index": index, "message": reply.message(), "finish_reason": finish,
                                   "logprobs": None}  # fmt: skip
         if request.logprobs:
-            choice["logprobs"] = {
-                "content": [
-                    {
-                        "token": tokenizer.decode([t]),
-                        "logprob": lp,
-                        "bytes": list(token_bytes(tokenizer, t)),
-                        "top_logprobs": [],
-                    }  # fmt: skip
-                    for t, lp in zip(c.completion_token_ids, c.logprobs, strict=True)
-                ]
-            }
+            ids, lps = list(c.completion_token_ids), list(c.logprobs)
+            choice["logprobs"] = {"content": logprob_entries(tokenizer, ids, lps, c.top_logprobs)}
         if request.return_token_ids:
             choice["token_ids"] = list(c.completion_token_ids)
             choice["prompt_token_ids"] = list(c.prompt_token_ids)
@@ -402,4 +413,12 @@ def _events(body: dict[str, Any], request: ChatRequest) -> Iterator[str]:
     yield "data: [DONE]\n\n"
 
 
-__all__ = ["Answer", "ChatRequest", "HTTPError", "add_chat_routes", "check_top_logprobs", "token_bytes"]
+__all__ = [
+    "Answer",
+    "ChatRequest",
+    "HTTPError",
+    "add_chat_routes",
+    "check_top_logprobs",
+    "logprob_entries",
+    "token_bytes",
+]

@@ -21,7 +21,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from openrft.errors import RolloutError
 from openrft.records import Completion, SamplingParams
-from openrft.rollout.sampling import Truncation, cut_at_stop, row_uniforms, sample_tokens
+from openrft.rollout.sampling import Truncation, cut_at_stop, row_uniforms, sample_tokens, top_alternatives
 
 COMPACT_FRACTION = 0.25  # with nothing waiting, rebuild once this share of the rows has finished
 GROW_COLUMNS = 64  # cache columns allocated ahead of the current length (grown by a rebuild when used up)
@@ -96,6 +96,8 @@ class _Rows:
     tokens_BT: torch.Tensor  # generated token ids
     logprobs_BT: torch.Tensor  # their fp32 log-probs
     uniforms_BT: torch.Tensor  # fp64 uniforms of each row's private stream
+    top_ids_BTK: torch.Tensor  # the K most likely tokens at each position (K = params.top_logprobs, often 0)
+    top_logprobs_BTK: torch.Tensor  # their fp32 log-probs
 
     def take(self, index_B: torch.Tensor) -> _Rows:
         tensors = {f.name: getattr(self, f.name).index_select(0, index_B) for f in fields(self)[1:]}
@@ -105,8 +107,10 @@ class _Rows:
     def concat(parts: list[_Rows]) -> _Rows:
         width = max(p.tokens_BT.shape[1] for p in parts)
 
-        def widen(t: torch.Tensor) -> torch.Tensor:
-            return t if t.dim() == 1 else torch.nn.functional.pad(t, (0, width - t.shape[1]))
+        def widen(t: torch.Tensor) -> torch.Tensor:  # pads dimension 1 (T) to ``width``
+            if t.dim() == 1:
+                return t
+            return torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]))
 
         tensors = {f.name: torch.cat([widen(getattr(p, f.name)) for p in parts]) for f in fields(_Rows)[1:]}
         return _Rows(owners=[o for p in parts for o in p.owners], **tensors)
@@ -264,6 +268,11 @@ class Run:
         tokens_RT = torch.zeros(rows, width, dtype=torch.long, device=device)
         logprobs_RT = torch.zeros(rows, width, dtype=torch.float32, device=device)
         tokens_RT[:, 0], logprobs_RT[:, 0] = tokens_R, logprobs_R
+        top = self.params.top_logprobs
+        top_ids_RTK = torch.zeros(rows, width, top, dtype=torch.long, device=device)
+        top_logprobs_RTK = torch.zeros(rows, width, top, dtype=torch.float32, device=device)
+        if top:
+            top_ids_RTK[:, 0], top_logprobs_RTK[:, 0] = top_alternatives(logits_RV, self.how, top)
         count_R, limit_R = (
             torch.ones(rows, dtype=torch.long, device=device),
             torch.tensor(limits, device=device),
@@ -281,6 +290,8 @@ class Run:
             tokens_BT=tokens_RT,
             logprobs_BT=logprobs_RT,
             uniforms_BT=uniforms_RT,
+            top_ids_BTK=top_ids_RTK,
+            top_logprobs_BTK=top_logprobs_RTK,
         )
 
     # ------------------------------------------------------------------------- batch rebuild
@@ -445,6 +456,10 @@ class Run:
         index_A = torch.nonzero(active_B).squeeze(1)
         rows.tokens_BT[index_A, column_B[index_A]] = tokens_B[index_A]
         rows.logprobs_BT[index_A, column_B[index_A]] = logprobs_B[index_A]
+        if self.params.top_logprobs:
+            top_ids_BK, top_logprobs_BK = top_alternatives(logits_BV, self.how, self.params.top_logprobs)
+            rows.top_ids_BTK[index_A, column_B[index_A]] = top_ids_BK[index_A]
+            rows.top_logprobs_BTK[index_A, column_B[index_A]] = top_logprobs_BK[index_A]
         rows.last_B = torch.where(active_B, tokens_B, rows.last_B)
         rows.count_B += active_B.long()
         stopped_B = active_B & torch.isin(tokens_B, self.stop_ids)
@@ -487,7 +502,14 @@ class Run:
                 logprobs=tuple(rows.logprobs_BT[i, :count].tolist()),
                 finish_reason="stop" if stopped else "length",
                 policy_version=self.version,
+                top_logprobs=self._alternatives(rows, i, count),
             )
+
+    def _alternatives(self, rows: _Rows, i: int, count: int) -> tuple[tuple[tuple[int, float], ...], ...]:
+        if not self.params.top_logprobs:
+            return ()
+        ids_TK, logprobs_TK = rows.top_ids_BTK[i, :count].tolist(), rows.top_logprobs_BTK[i, :count].tolist()
+        return tuple(tuple(zip(ids, lps, strict=True)) for ids, lps in zip(ids_TK, logprobs_TK, strict=True))
 
 
 __all__ = ["Run", "DecodeSettings", "COMPACT_FRACTION", "KV"]

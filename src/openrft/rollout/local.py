@@ -62,7 +62,7 @@ from openrft.rollout import DEFAULT_MAX_CONCURRENT
 from openrft.rollout.decode import DecodeSettings, Run
 from openrft.rollout.inference_copy import InferenceCopy
 from openrft.rollout.prompts import encode_prompt
-from openrft.rollout.sampling import check_params, stop_string_enders
+from openrft.rollout.sampling import MAX_TOP_LOGPROBS, check_params, stop_string_enders
 from openrft.rollout.slots import SlotBuffers, SlotRun, SlotShape
 
 PREFILL_TOKENS = 2048  # padded prompt tokens per prefill forward pass
@@ -92,6 +92,7 @@ class LocalEngine:
     """
 
     needs_adapter_files = False  # samples the trainer's live model
+    max_top_logprobs = MAX_TOP_LOGPROBS  # alternatives per token it can record (SamplingParams.top_logprobs)
 
     def __init__(
         self,

@@ -26,7 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from openrft.rollout.chat_api import Answer, ChatRequest, HTTPError, check_top_logprobs, token_bytes
+from openrft.rollout.chat_api import Answer, ChatRequest, HTTPError, logprob_entries
 from openrft.rollout.response_store import ResponseStore, Stored
 
 LOGPROBS = "message.output_text.logprobs"
@@ -80,7 +80,6 @@ def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> No
         if not conversation:
             raise HTTPError(400, "input: no messages", param="input")
         opening = [{"role": "system", "content": request.instructions}] if request.instructions else []
-        check_top_logprobs(request.top_logprobs)
         chat = ChatRequest(
             model=request.model,
             messages=[*opening, *conversation],
@@ -92,6 +91,8 @@ def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> No
             top_p=1.0 if request.top_p is None else request.top_p,
             top_k=request.top_k,
             seed=request.seed,
+            logprobs=bool(request.top_logprobs),
+            top_logprobs=request.top_logprobs or None,
             response_format=(request.text or {}).get("format"),  # refused there unless plain text
         )
         answer = await complete(chat, http)
@@ -271,15 +272,7 @@ def response_body(tokenizer: Any, request: ResponsesRequest, answer: Answer) -> 
             ids, lps = list(c.completion_token_ids), list(c.logprobs)
             if c.finish_reason == "stop" and ids and ids[-1] in set(tokenizer.all_special_ids):
                 ids, lps = ids[:-1], lps[:-1]  # the end-of-turn token is not part of the text
-            part["logprobs"] = [
-                {
-                    "token": tokenizer.decode([t]),
-                    "logprob": lp,
-                    "bytes": list(token_bytes(tokenizer, t)),
-                    "top_logprobs": [],
-                }  # fmt: skip
-                for t, lp in zip(ids, lps, strict=True)
-            ]
+            part["logprobs"] = logprob_entries(tokenizer, ids, lps, c.top_logprobs)
         output.append({"type": "message", "id": f"msg_{uuid.uuid4().hex}", "role": "assistant",
                        "status": "incomplete" if incomplete else "completed", "content": [part]})  # fmt: skip
     for call in reply.tool_calls:

@@ -20,6 +20,8 @@ import torch
 from openrft.errors import ConfigError
 from openrft.records import SamplingParams
 
+MAX_TOP_LOGPROBS = 20  # alternatives per token at most (OpenAI's limit for top_logprobs)
+
 
 @dataclass(frozen=True)
 class Truncation:
@@ -57,6 +59,8 @@ def check_params(params: SamplingParams) -> None:
         problems.append(f"max_tokens must be >= 1 (got {params.max_tokens})")
     if any(not s for s in params.stop):
         problems.append("stop strings must be non-empty")
+    if not 0 <= params.top_logprobs <= MAX_TOP_LOGPROBS:
+        problems.append(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}] (got {params.top_logprobs})")
     if problems:
         raise ConfigError("invalid sampling parameters: " + "; ".join(problems))
 
@@ -99,6 +103,18 @@ def row_uniforms(seed: int, prompt_id: str, candidate_index: int, count: int) ->
     """The first ``count`` uniforms of one candidate's private random stream. # [count] fp64"""
     generator = torch.Generator().manual_seed(row_seed(seed, prompt_id, candidate_index))
     return torch.rand(count, generator=generator, dtype=torch.float64)
+
+
+def top_alternatives(logits_BV: torch.Tensor, how: Truncation, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` most likely next tokens of each row, best first: ``(token_ids_BK, logprobs_BK)`` (fp32).
+
+    Their log-probs are under the distribution the sampled token's is recorded from: ``logits / T``
+    before truncation, unscaled when greedy (so the sampled token's log-prob is among them when it
+    ranks in the top ``k``).
+    """
+    scale = how.temperature if how.temperature > 0 else 1.0
+    logprobs_BK, token_ids_BK = torch.topk(torch.log_softmax(logits_BV.float() / scale, dim=-1), k, dim=-1)
+    return token_ids_BK, logprobs_BK
 
 
 def sample_tokens(
@@ -149,5 +165,7 @@ __all__ = [
     "row_seed",
     "row_uniforms",
     "sample_tokens",
+    "top_alternatives",
+    "MAX_TOP_LOGPROBS",
     "stop_string_enders",
 ]

@@ -139,10 +139,10 @@ class ModelHost:
             yield
 
     def generate(self, key: tuple, prompts: list[tuple[str, list[int]]]) -> list[list[Completion]]:
-        name, n, temperature, top_p, top_k, max_tokens, stops, stop_strings = key
+        name, n, temperature, top_p, top_k, max_tokens, stops, stop_strings, top_logprobs = key
         params = SamplingParams(
             n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=0,
-            stop=stop_strings,
+            stop=stop_strings, top_logprobs=top_logprobs,
         )  # fmt: skip
         extra = {} if set(stops) == set(self.engine.stop_token_ids) else {"stop_token_ids": stops}
         with self.lock, self.selected(name):
@@ -262,6 +262,7 @@ def create_app(
             request.max_tokens,
             stops,
             stop_strings,
+            _alternatives_wanted(engine, request.logprobs),
         )
         groups = await batcher.submit(key, [(f"seed:{seed}", ids) for ids in token_lists])
         choices = [
@@ -398,6 +399,38 @@ def _stop_strings(request: CompletionRequest) -> tuple[str, ...]:
     return tuple(stop)
 
 
+def _alternatives_wanted(engine: Any, logprobs: int | None) -> int:
+    """How many alternatives per token a completions request's ``logprobs`` asks the engine to record."""
+    if not logprobs:
+        return 0
+    most = getattr(engine, "max_top_logprobs", 0)
+    if logprobs > most:
+        also = f"; {type(engine).__name__} records the sampled token's only: send 0" if not most else ""
+        raise _HTTPError(400, f"logprobs {logprobs} is more than this server returns ({most}){also}",
+                         param="logprobs")  # fmt: skip
+    return logprobs
+
+
+def _top_logprobs(
+    tokenizer: Any, completion: Completion, request: CompletionRequest
+) -> list[dict[str, float]]:
+    """The legacy API's ``top_logprobs``: per token, ``{token: log-prob}`` of the ``logprobs`` most likely
+    tokens, plus the sampled one (as vLLM does: up to ``logprobs + 1`` entries)."""
+
+    def name(token: int) -> str:
+        return f"token_id:{token}" if request.return_tokens_as_token_ids else tokenizer.decode([token])
+
+    alternatives = completion.top_logprobs or [()] * len(completion.completion_token_ids)
+    out = []
+    for token, logprob, top in zip(
+        completion.completion_token_ids, completion.logprobs, alternatives, strict=True
+    ):
+        entries = {name(t): lp for t, lp in top}
+        entries.setdefault(name(token), logprob)
+        out.append(entries)
+    return out
+
+
 def _choice(
     tokenizer: Any, completion: Completion, index: int, request: CompletionRequest, stop: tuple[str, ...]
 ) -> dict:
@@ -418,7 +451,7 @@ def _choice(
         choice["logprobs"] = {
             "tokens": tokens,
             "token_logprobs": list(completion.logprobs),
-            "top_logprobs": None,
+            "top_logprobs": _top_logprobs(tokenizer, completion, request) if request.logprobs else None,
             "text_offset": None,
         }
     if request.return_token_ids:

@@ -78,6 +78,7 @@ def _completion_from_json(data: dict[str, Any]) -> Completion:
     for key in ("prompt_token_ids", "completion_token_ids", "logprobs", "completion_mask", "conversation"):
         c[key] = tuple(c.get(key) or ())
     c["continuations"] = tuple(_completion_from_json(x) for x in c.get("continuations") or ())
+    c["top_logprobs"] = tuple(tuple(tuple(pair) for pair in top) for top in c.get("top_logprobs") or ())
     return Completion(**c)
 
 
