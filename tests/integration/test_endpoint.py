@@ -322,3 +322,23 @@ def test_top_logprobs_through_the_three_apis(served):
             assert top[token] == pytest.approx(sampled) and len(top) in (2, 3)
         too_many = http.post("/completions", json={"prompt": "Hi", "logprobs": 21})
         assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "logprobs"
+
+
+def test_completions_stream_as_the_sdk_reads_them(served):
+    import openai
+
+    url, *_ = served
+    client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
+    whole = client.completions.create(
+        model="tiny", prompt=["Hi", "Bye"], n=2, max_tokens=5, seed=4, logprobs=1
+    )
+    chunks = list(client.completions.create(model="tiny", prompt=["Hi", "Bye"], n=2, max_tokens=5, seed=4, logprobs=1,
+                                            stream=True, stream_options={"include_usage": True}))  # fmt: skip
+    for choice in whole.choices:
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == choice.index]
+        assert "".join(c.text for c in mine) == choice.text
+        assert [c.finish_reason for c in mine] == [None, choice.finish_reason]
+        assert mine[0].logprobs.token_logprobs == choice.logprobs.token_logprobs
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens and not chunks[-1].choices
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="tiny", prompt="Hi", stream_options={"include_usage": True})

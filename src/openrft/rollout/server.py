@@ -10,7 +10,8 @@ without a GPU):
   the same path, see :mod:`openrft.rollout.responses_api`.
 * ``POST /v1/completions``: ``prompt`` as text, token ids, or a list of either; ``n``,
   ``max_tokens``, ``temperature``, ``top_p``, ``top_k`` (-1 or 0 = off), ``seed``,
-  ``logprobs``, ``stop_token_ids``, ``return_tokens_as_token_ids``, ``return_token_ids``.
+  ``logprobs`` (N: the N most likely tokens too), ``stop``, ``stop_token_ids``,
+  ``return_tokens_as_token_ids``, ``return_token_ids``, ``stream`` (sent once sampled).
   Log-probs are ``log_softmax(logits / T)`` of the sampled tokens, before truncation.
 * ``POST /v1/load_lora_adapter`` ``{lora_name, lora_path}`` and ``/v1/unload_lora_adapter``.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import threading
 import time
@@ -32,7 +34,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -63,6 +65,7 @@ class CompletionRequest(BaseModel):
     return_tokens_as_token_ids: bool = False
     return_token_ids: bool = False
     stream: bool = False
+    stream_options: dict[str, Any] | None = None
 
 
 class AdapterRequest(BaseModel):
@@ -245,10 +248,12 @@ def create_app(
     _add_request_ids(app)
 
     @app.post("/v1/completions")
-    async def completions(request: CompletionRequest) -> dict:
+    async def completions(request: CompletionRequest) -> Any:
         name = host.resolve(request.model)
-        if request.stream:
-            raise _HTTPError(400, "streaming is not supported by openrft serve")
+        if request.stream_options is not None and not request.stream:
+            raise _HTTPError(
+                400, "stream_options is only allowed with stream set to true", param="stream_options"
+            )
         token_lists = _prompt_token_ids(engine.tokenizer, request.prompt)
         seed = request.seed if request.seed is not None else secrets.randbits(62)
         stops = tuple(sorted(set(engine.stop_token_ids) | set(request.stop_token_ids or ())))
@@ -272,7 +277,7 @@ def create_app(
         ]
         prompt_tokens = sum(len(ids) * request.n for ids in token_lists)
         completion_tokens = sum(len(c.completion_token_ids) for g in groups for c in g)
-        return {
+        body = {
             "id": f"cmpl-{uuid.uuid4().hex}",
             "object": "text_completion",
             "created": int(time.time()),
@@ -284,6 +289,9 @@ def create_app(
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
+        if request.stream:
+            return StreamingResponse(_completion_events(body, request), media_type="text/event-stream")
+        return body
 
     _add_adapter_routes(app, host)
     return app
@@ -397,6 +405,24 @@ def _stop_strings(request: CompletionRequest) -> tuple[str, ...]:
     if any(not s for s in stop):
         raise _HTTPError(400, "stop strings must be non-empty")
     return tuple(stop)
+
+
+def _completion_events(body: dict[str, Any], request: CompletionRequest) -> Iterator[str]:
+    """A finished completions answer as the server-sent events OpenAI and vLLM stream: each choice's text
+    (with its log-probs), then its finish reason, then [usage] and [DONE]. It is sent once sampled."""
+    base = {k: body[k] for k in ("id", "object", "created", "model")}
+    for choice in body["choices"]:
+        yield f"data: {json.dumps({**base, 'choices': [{**choice, 'finish_reason': None}]})}\n\n"
+        end = {
+            "index": choice["index"],
+            "text": "",
+            "finish_reason": choice["finish_reason"],
+            "logprobs": None,
+        }
+        yield f"data: {json.dumps({**base, 'choices': [end]})}\n\n"
+    if (request.stream_options or {}).get("include_usage"):
+        yield f"data: {json.dumps({**base, 'choices': [], 'usage': body['usage']})}\n\n"
+    yield "data: [DONE]\n\n"
 
 
 def _alternatives_wanted(engine: Any, logprobs: int | None) -> int:
