@@ -34,6 +34,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     top_logprobs: int = 0  # most likely alternatives recorded at each position (API clients; 0 = none)
+    grammar: str | None = None  # llguidance grammar every response must follow (openrft.rollout.constrained)
 
 
 @dataclass(frozen=True)

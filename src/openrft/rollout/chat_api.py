@@ -30,6 +30,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from openrft.errors import DataError
 from openrft.records import Completion
 from openrft.rollout.chat import ParsedReply, encode_chat, render_chat, tool_format
+from openrft.rollout.constrained import (
+    ConstraintError,
+    check_grammar,
+    response_format_grammar,
+    tool_call_grammar,
+)
 from openrft.rollout.prompts import with_system
 from openrft.rollout.trajectories import (
     ROLLOUT_HEADER,
@@ -62,7 +68,7 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     return_token_ids: bool = False  # vLLM's extension: prompt and completion token ids in the answer
-    response_format: dict[str, Any] | None = None  # only {"type": "text"}: no constrained decoding
+    response_format: dict[str, Any] | None = None  # text, json_object or json_schema (constrained decoding)
     functions: list[Any] | None = None  # OpenAI's deprecated form of tools: refused, never dropped
     function_call: str | dict[str, Any] | None = None
 
@@ -109,9 +115,11 @@ def add_chat_routes(
             raise HTTPError(404, f"no open rollout '{rollout_id}'")
         tools = None if request.tool_choice == "none" else request.tools
         _check_supported(request, engine)
+        grammar = _grammar(request, tools, engine)
         request.messages = with_system(request.messages, system_prompt)
         prompt_ids = _prompt_ids(engine.tokenizer, request.messages, tools, fmt, recorder, rollout_id)
         key, seed_name, budget = _sampling(request, name, engine, recorder, rollout_id, len(prompt_ids))
+        key = (*key, grammar)
         groups = await batcher.submit(key, [(seed_name, prompt_ids)])
         completions = groups[0]
         # OpenAI leaves a matched stop string out of the content; a training rollout keeps what was
@@ -160,19 +168,25 @@ def _check_supported(request: ChatRequest, engine: Any) -> None:
     check_top_logprobs(request.top_logprobs, engine)
     if request.stream_options is not None and not request.stream:
         raise HTTPError(400, "stream_options is only allowed with stream set to true", param="stream_options")
-    kind = (request.response_format or {}).get("type", "text")
-    if kind != "text":
-        raise HTTPError(400, f"structured output ({kind!r}) is not supported: openrft samples without "
-                        "constrained decoding (ask for JSON in the prompt and parse the text)",
-                        param="response_format")  # fmt: skip
-    choice = request.tool_choice
-    if choice in (None, "auto", "none"):
-        return
-    raise HTTPError(
-        400,
-        f"tool_choice {json.dumps(choice)} is not supported: use 'auto' (the model decides) or 'none'",
-        param="tool_choice",
-    )
+
+
+def _grammar(request: ChatRequest, tools: list[dict[str, Any]] | None, engine: Any) -> str | None:
+    """The grammar the request's ``tool_choice`` (a forced call) or ``response_format`` (JSON) asks for."""
+    try:
+        grammar = tool_call_grammar(tools, request.tool_choice, request.parallel_tool_calls)
+        param = "tool_choice"
+        if grammar is None:
+            grammar, param = response_format_grammar(request.response_format), "response_format"
+        if grammar is None:
+            return None
+        if not getattr(engine, "constrained_decoding", False):
+            raise ConstraintError(f"{param} needs constrained decoding, which this server's "
+                                  f"{type(engine).__name__} does not do: use 'auto' tool choice or plain "
+                                  "text, and parse the reply", param)  # fmt: skip
+        check_grammar(grammar, param)
+    except ConstraintError as error:
+        raise HTTPError(400, str(error), param=error.param) from None
+    return grammar
 
 
 def check_top_logprobs(top_logprobs: int | None, engine: Any) -> None:

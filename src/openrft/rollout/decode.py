@@ -47,6 +47,7 @@ class DecodeSettings:
     # stop strings -> the [V] bool mask of tokens that can complete one (None: any token can)
     stop_enders: Callable[[tuple[str, ...]], torch.Tensor | None] = lambda stops: None
     device: torch.device = torch.device("cpu")  # the model's: every tensor of the loop lives there
+    constraints: Any = None  # openrft.rollout.constrained.Constraints: matchers for SamplingParams.grammar
 
 
 class _BufferLayer(DynamicLayer):
@@ -140,6 +141,9 @@ class Run:
         enders_V = settings.stop_enders(params.stop) if params.stop else None
         self.stop_enders_V = None if enders_V is None else enders_V.to(self.device)
         self.results: list[list[Completion | None]] = [[None] * params.n for _ in names]
+        # with a grammar, each row's matcher (by owner), copied from one compiled at the start
+        self.grammar = settings.constraints.matcher(params.grammar) if params.grammar else None
+        self.matchers: dict[tuple[int, int], Any] = {}
         self.queue: deque[tuple[int, int]] = deque((p, c) for p in range(len(names)) for c in range(params.n))
         self.stash: dict[int, _Stash] = {}
         capacity = settings.max_concurrent_rollouts
@@ -262,7 +266,9 @@ class Run:
             ]
         ).to(self.device)  # drawn on the CPU: the same numbers on every device
         logits_RV = torch.stack([self.stash[p].logits_V for p, _ in admitted])
-        tokens_R, logprobs_R = sample_tokens(logits_RV, uniforms_RT[:, 0], self.how)
+        if self.grammar is not None:
+            self.matchers.update((owner, self.grammar.deep_copy()) for owner in admitted)
+        tokens_R, logprobs_R = self._sample(logits_RV, uniforms_RT[:, 0], admitted)
         rows = len(admitted)
         device = self.device
         tokens_RT = torch.zeros(rows, width, dtype=torch.long, device=device)
@@ -452,8 +458,8 @@ class Run:
         active_B = ~rows.done_B
         column_B = rows.count_B.clamp(max=rows.uniforms_BT.shape[1] - 1)
         uniforms_B = rows.uniforms_BT.gather(1, column_B[:, None]).squeeze(1)
-        tokens_B, logprobs_B = sample_tokens(logits_BV, uniforms_B, self.how)
         index_A = torch.nonzero(active_B).squeeze(1)
+        tokens_B, logprobs_B = self._sample(logits_BV, uniforms_B, rows.owners, index_A)
         rows.tokens_BT[index_A, column_B[index_A]] = tokens_B[index_A]
         rows.logprobs_BT[index_A, column_B[index_A]] = logprobs_B[index_A]
         if self.params.top_logprobs:
@@ -470,6 +476,31 @@ class Run:
             stopped_B |= self._spelled_stop(rows, check_B)
         rows.stopped_B |= stopped_B
         rows.done_B |= stopped_B | (rows.count_B >= rows.limit_B)
+
+    def _sample(
+        self,
+        logits_BV: torch.Tensor,
+        uniforms_B: torch.Tensor,
+        owners: list,
+        index_A: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample each row's next token; with a grammar, among the tokens the row's matcher allows (then
+        advance the matchers of rows ``index_A``, all by default). Log-probs are the model's, unmasked."""
+        if self.grammar is None:
+            return sample_tokens(logits_BV, uniforms_B, self.how)
+        matchers = [self.matchers[owner] for owner in owners]
+        allowed_BV = self.settings.constraints.allowed(matchers).to(logits_BV.device)
+        masked_BV = logits_BV.float().masked_fill(~allowed_BV, float("-inf"))
+        tokens_B, _ = sample_tokens(masked_BV, uniforms_B, self.how)
+        scale = self.how.temperature if self.how.temperature > 0 else 1.0
+        logprobs_B = (
+            torch.log_softmax(logits_BV.float() / scale, dim=-1).gather(-1, tokens_B[:, None]).squeeze(-1)
+        )
+        rows = range(len(owners)) if index_A is None else index_A.tolist()
+        tokens = tokens_B.tolist()
+        for i in rows:
+            matchers[i].consume_token(tokens[i])
+        return tokens_B, logprobs_B
 
     def _spelled_stop(self, rows: _Rows, check_B: torch.Tensor) -> torch.Tensor:
         """Rows whose latest tokens complete one of the stop strings (checked once per new token)."""

@@ -59,6 +59,7 @@ from openrft.errors import RolloutError
 from openrft.models import attention_mask, end_token_ids, full_precision
 from openrft.records import Completion, Prompt, SamplingParams
 from openrft.rollout import DEFAULT_MAX_CONCURRENT
+from openrft.rollout.constrained import Constraints
 from openrft.rollout.decode import DecodeSettings, Run
 from openrft.rollout.inference_copy import InferenceCopy
 from openrft.rollout.prompts import encode_prompt
@@ -93,6 +94,7 @@ class LocalEngine:
 
     needs_adapter_files = False  # samples the trainer's live model
     max_top_logprobs = MAX_TOP_LOGPROBS  # alternatives per token it can record (SamplingParams.top_logprobs)
+    constrained_decoding = True  # honours SamplingParams.grammar
 
     def __init__(
         self,
@@ -126,6 +128,8 @@ class LocalEngine:
             InferenceCopy(model, prepack=prepack) if inference_copy and full_precision(model) else None
         )
         self._stop_enders: dict[tuple[str, ...], torch.Tensor | None] = {}
+        vocab_size = model.get_output_embeddings().weight.shape[0]
+        self.constraints = Constraints(tokenizer, vocab_size, self.stop_token_ids)
         self.compile_step, self.compile_after = compile_step, compile_after
         self.eager_seconds = 0.0  # spent in eager sampling calls so far
         # The compiled step's buffers, kept between calls (also while the trainer steps: the memory estimate
@@ -202,6 +206,7 @@ class LocalEngine:
             prefill_tokens=self.prefill_tokens,
             policy_version=self.policy_version,
             stop_enders=self.stop_enders,
+            constraints=self.constraints,
             device=next(self.model.parameters()).device,
         )
 

@@ -10,8 +10,10 @@ the Responses event stream once the reply is done. A request naming a rollout is
 recorded exactly as a chat completion is: an agent may use either API, and tool calls it sends back
 in any order (each call followed by its output) rejoin the turn that made them.
 
-Not supported, and refused rather than ignored: structured output (``text.format`` other than
-text), server-side ``conversation`` objects, tool types other than functions.
+``text.format`` (``json_schema``, ``json_object``) and a forced ``tool_choice`` (``required``, or
+``{"type": "function", "name": ...}``) are honoured by constrained decoding, as in chat completions.
+Not supported, and refused rather than ignored: server-side ``conversation`` objects, tool types
+other than functions.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> No
             model=request.model,
             messages=[*opening, *conversation],
             tools=chat_tools(request.tools),
-            tool_choice=request.tool_choice,
+            tool_choice=chat_tool_choice(request.tool_choice),
             parallel_tool_calls=request.parallel_tool_calls,
             max_completion_tokens=request.max_output_tokens,
             temperature=1.0 if request.temperature is None else request.temperature,
@@ -93,7 +95,7 @@ def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> No
             seed=request.seed,
             logprobs=bool(request.top_logprobs),
             top_logprobs=request.top_logprobs or None,
-            response_format=(request.text or {}).get("format"),  # refused there unless plain text
+            response_format=chat_response_format((request.text or {}).get("format")),
         )
         answer = await complete(chat, http)
         if answer is None:
@@ -258,6 +260,21 @@ def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | Non
     return out
 
 
+def chat_tool_choice(choice: Any) -> Any:
+    """The Responses API's flat ``{"type": "function", "name": N}`` as chat's nested form."""
+    if isinstance(choice, dict) and choice.get("type") == "function" and "name" in choice:
+        return {"type": "function", "function": {"name": choice["name"]}}
+    return choice
+
+
+def chat_response_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The Responses API's flat ``text.format`` ``{"type": "json_schema", "name", "schema", "strict"}``
+    as chat's ``response_format`` (``{"type": "json_schema", "json_schema": {...}}``)."""
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and "json_schema" not in fmt:
+        return {"type": "json_schema", "json_schema": {k: v for k, v in fmt.items() if k != "type"}}
+    return fmt
+
+
 # ----------------------------------------------------------------------------- answer -> response
 
 
@@ -306,7 +323,7 @@ def response_body(tokenizer: Any, request: ResponsesRequest, answer: Answer) -> 
         "top_logprobs": request.top_logprobs,
         "store": request.store is not False,
         "metadata": request.metadata or {},
-        "text": {"format": {"type": "text"}},
+        "text": {"format": (request.text or {}).get("format") or {"type": "text"}},
         "truncation": request.truncation or "disabled",
         "usage": {
             "input_tokens": prompt_tokens,

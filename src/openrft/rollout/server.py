@@ -142,10 +142,10 @@ class ModelHost:
             yield
 
     def generate(self, key: tuple, prompts: list[tuple[str, list[int]]]) -> list[list[Completion]]:
-        name, n, temperature, top_p, top_k, max_tokens, stops, stop_strings, top_logprobs = key
+        name, n, temperature, top_p, top_k, max_tokens, stops, stop_strings, top_logprobs, grammar = key
         params = SamplingParams(
             n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=0,
-            stop=stop_strings, top_logprobs=top_logprobs,
+            stop=stop_strings, top_logprobs=top_logprobs, grammar=grammar,
         )  # fmt: skip
         extra = {} if set(stops) == set(self.engine.stop_token_ids) else {"stop_token_ids": stops}
         with self.lock, self.selected(name):
@@ -268,6 +268,7 @@ def create_app(
             stops,
             stop_strings,
             _alternatives_wanted(engine, request.logprobs),
+            None,  # no grammar
         )
         groups = await batcher.submit(key, [(f"seed:{seed}", ids) for ids in token_lists])
         choices = [

@@ -1,0 +1,168 @@
+"""Constrained decoding: structured output (``response_format``) and forced tool calls (``tool_choice``).
+
+A request's constraint becomes one grammar (llguidance's, the library behind vLLM's ``guidance``
+backend): a JSON schema for ``{"type": "json_schema"}``, any JSON object for ``{"type": "json_object"}``,
+and for ``tool_choice`` ``"required"`` or a named function, one or more calls in the model's tool-call
+format (``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``) whose arguments follow the
+tools' parameter schemas. The local engine keeps one matcher per row: before each token it masks the
+tokens the grammar forbids, and once the grammar is complete only an end token is allowed.
+
+What is recorded stays the engine's contract: a token's log-prob is ``log_softmax(logits / T)`` of
+the model, before the mask (as before top-k and top-p), so the trainer's recomputed log-probs agree
+with it. Sampling itself uses the masked distribution.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+# Compact, Python-style JSON (", " and ": "): what models see most, and no whitespace to loop on.
+JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ", "lenient": True}
+
+
+class ConstraintError(ValueError):
+    """A constraint that cannot be built: its message names what is wrong, ``param`` the request field."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
+def json_grammar(schema: dict[str, Any]) -> str:
+    """The grammar of JSON text that follows ``schema``."""
+    import llguidance
+
+    return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
+
+
+def response_format_grammar(response_format: dict[str, Any] | None) -> str | None:
+    """The grammar a chat request's ``response_format`` asks for (None for plain text)."""
+    kind = (response_format or {}).get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return json_grammar({"type": "object"})
+    if kind != "json_schema":
+        raise ConstraintError(f"response_format type {json.dumps(kind)} is not one of text, json_object, "
+                              "json_schema", "response_format.type")  # fmt: skip
+    spec = response_format.get("json_schema")  # type: ignore[union-attr]
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ConstraintError("response_format json_schema needs a 'json_schema' object with a 'name'",
+                              "response_format.json_schema")  # fmt: skip
+    schema = spec.get("schema", {"type": "object"})
+    if not isinstance(schema, dict):
+        raise ConstraintError("response_format json_schema.schema must be a JSON schema object",
+                              "response_format.json_schema.schema")  # fmt: skip
+    return json_grammar(schema)
+
+
+def tool_call_grammar(
+    tools: Sequence[dict[str, Any]] | None, tool_choice: Any, parallel: bool | None
+) -> str | None:
+    """The grammar of the tool calls ``tool_choice`` forces (None for ``auto``/``none``/absent).
+
+    ``"required"`` allows a call to any tool, ``{"type": "function", "function": {"name": N}}`` only to
+    N; with ``parallel`` not false, several calls may follow one another.
+    """
+    if tool_choice in (None, "auto", "none"):
+        return None
+    functions = {
+        t["function"]["name"]: t["function"]
+        for t in tools or []
+        if isinstance(t, dict)
+        and isinstance(t.get("function"), dict)
+        and isinstance(t["function"].get("name"), str)
+    }
+    if tool_choice == "required":
+        names = list(functions)
+    elif isinstance(tool_choice, dict) and isinstance((tool_choice.get("function") or {}).get("name"), str):
+        names = [tool_choice["function"]["name"]]
+    else:
+        raise ConstraintError(f"tool_choice {json.dumps(tool_choice)} is not one of 'auto', 'none', 'required' "
+                              'or {"type": "function", "function": {"name": ...}}', "tool_choice")  # fmt: skip
+    if not names:
+        raise ConstraintError("tool_choice 'required' needs at least one tool in 'tools'", "tool_choice")
+    missing = [n for n in names if n not in functions]
+    if missing:
+        raise ConstraintError(f"tool_choice names the function {json.dumps(missing[0])}, which is not in 'tools'",
+                              "tool_choice")  # fmt: skip
+    calls = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": name},
+                "arguments": functions[name].get("parameters") or {"type": "object"},
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for name in names
+    ]
+    body = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    body = {**body, "x-guidance": JSON_OPTIONS}  # the same JSON style as response_format
+    repeat = "" if parallel is False else ' ("\\n" call)*'
+    lark = (
+        f"start: call{repeat}\n"
+        f'call: "<tool_call>\\n" body "\\n</tool_call>"\n'
+        f"body: %json {json.dumps(body)}\n"
+    )
+    return lark
+
+
+def check_grammar(grammar: str, param: str) -> None:
+    """Raise :class:`ConstraintError` naming ``param`` when ``grammar`` does not compile."""
+    import llguidance
+
+    error = llguidance.LLMatcher.validate_grammar(grammar)
+    if error:
+        raise ConstraintError(f"{param}: the schema cannot be used for constrained decoding: {error}", param)
+
+
+class Constraints:
+    """Matchers for one tokenizer, and the masks they allow (built on first use: about 0.3 s)."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, end_token_ids: Sequence[int]):
+        self.tokenizer, self.vocab_size, self.end_token_ids = tokenizer, vocab_size, list(end_token_ids)
+        self._lltokenizer: Any = None
+
+    def matcher(self, grammar: str) -> Any:
+        """A fresh matcher for ``grammar`` (raises :class:`ConstraintError` if it does not compile)."""
+        import llguidance
+        import llguidance.hf
+
+        if self._lltokenizer is None:
+            self._lltokenizer = llguidance.hf.from_tokenizer(
+                self.tokenizer, n_vocab=self.vocab_size, eos_token=self.end_token_ids
+            )
+        matcher = llguidance.LLMatcher(self._lltokenizer, grammar, log_level=0)
+        if matcher.is_error():
+            raise ConstraintError(f"the constraint cannot be used: {matcher.get_error()}", "response_format")
+        return matcher
+
+    def allowed(self, matchers: Sequence[Any]) -> torch.Tensor:
+        """``[B, V]`` bool: the tokens each matcher allows next (an end token where one allows nothing)."""
+        import llguidance.torch as llt
+
+        bitmask_BW = llt.allocate_token_bitmask(len(matchers), self.vocab_size)
+        for row, matcher in enumerate(matchers):
+            llt.fill_next_token_bitmask(matcher, bitmask_BW, row)
+        bits_W32 = torch.arange(32, dtype=torch.int32)
+        allowed_BV = ((bitmask_BW[:, :, None] >> bits_W32) & 1).bool().flatten(1)[:, : self.vocab_size]
+        empty_B = ~allowed_BV.any(dim=1)
+        if empty_B.any():  # a matcher in error (never expected): let the row end instead of sampling NaN
+            allowed_BV[empty_B.nonzero().squeeze(1)[:, None], torch.tensor(self.end_token_ids)] = True
+        return allowed_BV
+
+
+__all__ = [
+    "ConstraintError",
+    "Constraints",
+    "check_grammar",
+    "json_grammar",
+    "response_format_grammar",
+    "tool_call_grammar",
+]

@@ -1,0 +1,115 @@
+"""Constrained decoding: response_format (json_schema, json_object) and forced tool calls, through the SDK."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import openai
+import pytest
+import torch
+from pydantic import BaseModel
+from test_agents import ScriptedEngine
+from test_local_engine import teacher_forced
+
+from openrft.records import Prompt, SamplingParams
+from openrft.rollout.constrained import Constraints, json_grammar, tool_call_grammar
+from openrft.rollout.local import LocalEngine
+from openrft.rollout.server import BackgroundServer, create_app
+
+TOOLS = [
+    {"type": "function", "function": {"name": "weather", "description": "The weather in a city.", "parameters": {
+        "type": "object", "properties": {"city": {"enum": ["Paris", "Rome", "Oslo"]}}, "required": ["city"],
+        "additionalProperties": False}}},
+    {"type": "function", "function": {"name": "add", "description": "Add two digits.", "parameters": {
+        "type": "object", "properties": {"a": {"enum": [1, 2, 3]}, "b": {"enum": [4, 5]}}, "required": ["a", "b"],
+        "additionalProperties": False}}},
+]  # fmt: skip
+USER = [{"role": "user", "content": "Plan a trip."}]
+
+
+class Trip(BaseModel):
+    city: Literal["Paris", "Rome", "Oslo"]
+    nights: Literal[1, 2, 3]
+    train: bool
+
+
+@pytest.fixture
+def client(tiny_model):
+    model, tokenizer = tiny_model
+    with BackgroundServer(create_app(LocalEngine(model, tokenizer), "tiny")) as server:
+        yield openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+
+
+def test_the_sdk_parses_a_json_schema_reply_and_a_seed_repeats_it(client):
+    replies = []
+    for _ in range(2):
+        answer = client.chat.completions.parse(model="tiny", messages=USER, response_format=Trip, n=3, seed=5,
+                                               max_tokens=40, temperature=1.0)  # fmt: skip
+        assert all(c.finish_reason == "stop" and isinstance(c.message.parsed, Trip) for c in answer.choices)
+        replies.append([c.message.content for c in answer.choices])
+    assert replies[0] == replies[1] and len(set(replies[0])) > 1  # seeded, and still sampled
+    assert json.loads(replies[0][0]).keys() == {"city", "nights", "train"}
+
+
+def test_forced_tool_calls_named_and_required(client):
+    named = client.chat.completions.create(model="tiny", messages=USER, tools=TOOLS, max_tokens=60, seed=1,
+                                           tool_choice={"type": "function", "function": {"name": "add"}})  # fmt: skip
+    (choice,) = named.choices
+    assert choice.finish_reason == "tool_calls"
+    for call in choice.message.tool_calls:
+        assert call.function.name == "add"
+        arguments = json.loads(call.function.arguments)
+        assert arguments["a"] in (1, 2, 3) and arguments["b"] in (4, 5)
+    single = client.chat.completions.create(model="tiny", messages=USER, tools=TOOLS, tool_choice="required",
+                                            parallel_tool_calls=False, max_tokens=60, n=4, seed=2)  # fmt: skip
+    for choice in single.choices:
+        (call,) = choice.message.tool_calls
+        assert call.function.name in ("weather", "add") and choice.finish_reason == "tool_calls"
+
+
+def test_refusals_name_the_field(client, tokenizer):
+    bad = [
+        ("tool_choice", {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+        ("tool_choice", {"tool_choice": "required"}),  # no tools
+        ("response_format.type", {"response_format": {"type": "xml"}}),
+        ("response_format.json_schema", {"response_format": {"type": "json_schema", "json_schema": {}}}),
+    ]
+    for param, kwargs in bad:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="tiny", messages=USER, **kwargs)
+        assert caught.value.param == param, param
+    with BackgroundServer(create_app(ScriptedEngine(tokenizer, "{}"), "policy")) as server:
+        other = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="constrained decoding") as caught:
+            other.chat.completions.create(
+                model="policy", messages=USER, response_format={"type": "json_object"}
+            )
+        assert caught.value.param == "response_format"
+
+
+def test_the_responses_api_takes_text_format_and_a_flat_tool_choice(client):
+    answer = client.responses.parse(
+        model="tiny", input="Plan a trip.", text_format=Trip, max_output_tokens=40
+    )
+    assert isinstance(answer.output_parsed, Trip) and answer.text.format.type == "json_schema"
+    flat = [{"type": "function", **t["function"]} for t in TOOLS]
+    forced = client.responses.create(model="tiny", input="Plan a trip.", tools=flat, max_output_tokens=60,
+                                     tool_choice={"type": "function", "name": "weather"})  # fmt: skip
+    assert [item.name for item in forced.output if item.type == "function_call"][:1] == ["weather"]
+
+
+def test_every_token_follows_the_grammar_and_log_probs_stay_the_models(tiny_model):
+    model, tokenizer = tiny_model
+    engine = LocalEngine(model, tokenizer, max_concurrent_rollouts=3)  # rows join mid-run: matchers follow
+    grammars = [json_grammar({"type": "object"}), tool_call_grammar(TOOLS, "required", None)]
+    prompts = [Prompt(f"p{i}", ({"role": "user", "content": f"Question {i}"},)) for i in range(2)]
+    checker = Constraints(tokenizer, engine.constraints.vocab_size, engine.stop_token_ids)
+    for grammar in grammars:
+        params = SamplingParams(n=3, temperature=0.9, top_k=0, max_tokens=24, seed=3, grammar=grammar)
+        for c in (c for group in engine.generate(prompts, params) for c in group):
+            tokens = list(c.completion_token_ids)
+            assert checker.matcher(grammar).validate_tokens(tokens) == len(tokens)  # every token allowed
+            assert (torch.tensor(c.logprobs) - teacher_forced(model, c, 0.9)).abs().max() <= 1e-4
+            if c.finish_reason == "stop":
+                assert tokens[-1] in engine.stop_token_ids
