@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -85,6 +86,18 @@ def test_a_dying_worker_scores_its_call_invalid_and_is_replaced(evaluators):
     scores, replaced = score(evaluators, "dies_on_b")
     assert [s.is_valid for s in scores] == [True, False, True] and replaced == 1
     assert scores[1].reason == "the evaluator's process exited (exit code 9)"
+
+
+def test_workers_dead_while_idle_are_replaced_and_ctrl_c_does_not_reach_them(evaluators):
+    with EvaluatorPool(load_evaluator(f"{evaluators}::good"), workers=2, timeout=2.0) as pool:
+        assert all(s.is_valid for s in pool.score_groups([(PROMPT, COMPLETIONS)])[0])
+        for worker in pool._all:  # Ctrl-C in a terminal signals the whole foreground process group
+            assert os.getpgid(worker.process.pid) != os.getpgid(0)
+        pool._all[0].process.kill()  # one dies between rounds (the OOM killer, a crash)
+        pool._all[0].process.wait()
+        scores = pool.score_groups([(PROMPT, COMPLETIONS)])[0]
+        assert [s.score for s in scores] == [0.1, 0.1, 0.2] and all(s.is_valid for s in scores)
+        assert pool.replaced == 1
 
 
 def test_each_call_gets_its_own_copy_of_the_row(evaluators):

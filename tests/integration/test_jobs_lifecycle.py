@@ -536,13 +536,16 @@ def test_detach_validates_before_it_detaches(fake, home, model_dir, capsys, tmp_
 
 def test_a_foreground_job_stops_gracefully_on_sigterm_as_on_ctrl_c():
     import signal
+    import threading
 
     from openrft.jobs.runner import graceful_interrupt
 
     before = signal.getsignal(signal.SIGTERM)
-    with graceful_interrupt() as interrupted:
+    recorded = threading.Event()
+    with graceful_interrupt(on_stop=recorded.set) as interrupted:
         os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's or `kill`'s stop: the job's clean-up must run
         assert interrupted == [True]
+        assert recorded.wait(5)  # the request is recorded too (off the handler): `rftj list` says CANCELLING
         with pytest.raises(KeyboardInterrupt):  # a second one aborts
             os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) is before

@@ -111,7 +111,12 @@ class EvaluatorPool:
                     results[key] = self._invalid(groups, key, self._start_error)
                     continue
                 prompt, completions = groups[key[0]]
-                worker.conn.send((prompt, list(completions) if key[1] is None else [completions[key[1]]]))
+                try:
+                    worker.conn.send((prompt, list(completions) if key[1] is None else [completions[key[1]]]))
+                except OSError:  # it died while idle (killed, crashed): replace it, the call goes again
+                    self._retire(worker)
+                    pending.appendleft(key)
+                    continue
                 busy[worker.conn] = (worker, key, time.monotonic() + self.timeout + GRACE_S)
             if busy:
                 self._collect(groups, busy, results)
@@ -184,9 +189,12 @@ class EvaluatorPool:
         ours, theirs = socket.socketpair()
         ev = self.evaluator
         args = json.dumps([theirs.fileno(), ev.spec, ev.spec_dataset, self.timeout])
+        # A session of its own: Ctrl-C in the terminal reaches the job, which stops at a step boundary,
+        # not the workers (they would die mid-round). A worker exits when the job's end of the socket closes.
         process = subprocess.Popen(
             [sys.executable, "-m", "openrft.evaluators.isolation", args], pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL, env={**os.environ, **ev.env, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
         )  # fmt: skip
         theirs.close()
         return _Worker(process, Connection(ours.detach()))

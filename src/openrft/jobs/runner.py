@@ -14,15 +14,17 @@ worker and a first Ctrl-C in the foreground do the same; a second Ctrl-C aborts.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +117,7 @@ def start(store: JobStore, record: JobRecord, *, detach: bool, quiet: bool, prep
         )
         return 0
     print(f"job {record.id}: {record.job_dir}", file=sys.stderr)
-    with graceful_interrupt() as interrupted:
+    with graceful_interrupt(on_stop=lambda: store.request_cancel(record.id)) as interrupted:
         final = run_job(store, record.id, quiet=quiet, local_stop=interrupted, prepared=prepared)
     print(f"job {final.id} {final.state} after {final.steps} steps", file=sys.stderr)
     if final.message:
@@ -408,16 +410,27 @@ def spawn_worker(store: JobStore, record: JobRecord) -> int:
 
 class graceful_interrupt:
     """First Ctrl-C (or SIGTERM): stop at the next step boundary (with a checkpoint); a second one
-    aborts. Either way the job's own clean-up runs (an MCP gym's server, evaluator workers)."""
+    aborts. Either way the job's own clean-up runs (an MCP gym's server, evaluator workers).
 
-    def __init__(self) -> None:
+    ``on_stop`` runs once, on a thread of its own (never inside the handler, which may have interrupted
+    a store write), after the first: it records the request, so ``rftj list`` shows CANCELLING.
+    """
+
+    def __init__(self, on_stop: Callable[[], Any] | None = None) -> None:
         self.flag = [False]
         self._previous: Any = None
+        self._on_stop = on_stop
+
+    def _notify(self) -> None:
+        with contextlib.suppress(Exception):  # the job may have ended meanwhile: nothing to record
+            self._on_stop()  # type: ignore[misc]
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.flag[0]:
             raise KeyboardInterrupt
         self.flag[0] = True
+        if self._on_stop is not None:
+            threading.Thread(target=self._notify, name="record-cancel", daemon=True).start()
         print(
             "\nstopping at the next step boundary (a checkpoint is written); Ctrl-C again to abort",
             file=sys.stderr,
