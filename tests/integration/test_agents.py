@@ -318,6 +318,8 @@ def test_errors_and_refusals_are_shaped_as_openai_shapes_them(tokenizer):
             ("top_logprobs", {"messages": [user], "logprobs": True, "top_logprobs": 2}),  # not recorded
             ("stream_options", {"messages": [user], "stream_options": {"include_usage": True}}),
             ("functions", {"messages": [user], "functions": [TOOLS[0]["function"]]}),
+            ("frequency_penalty", {"messages": [user], "frequency_penalty": 1.5}),  # not applied: refused
+            ("logit_bias", {"messages": [user], "logit_bias": {"9466": -100}}),
             ("tool_choice", {"messages": [user], "tools": TOOLS, "tool_choice": "required"}),
         ]
         for param, kwargs in refused:

@@ -88,6 +88,10 @@ def test_tool_calls_round_trip_by_items_and_by_previous_response_id(tokenizer):
         with pytest.raises(openai.BadRequestError, match="constrained decoding"):  # a scripted engine
             client.responses.create(model="policy", input="x", text={"format": {
                 "type": "json_schema", "name": "a", "schema": {"type": "object"}}})  # fmt: skip
+        for kwargs in ({"temperature": 3}, {"reasoning": {"effort": "high"}}):  # a 400, never a 500
+            with pytest.raises(openai.BadRequestError) as caught:
+                client.responses.create(model="policy", input="x", **kwargs)
+            assert caught.value.param == next(iter(kwargs))
         with pytest.raises(openai.BadRequestError, match="only function tools"):
             client.responses.create(model="policy", input="x", tools=[{"type": "web_search"}])
         with pytest.raises(openai.BadRequestError, match="input_image"):

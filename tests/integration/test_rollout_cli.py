@@ -163,3 +163,21 @@ def test_serve_system_prompt_opens_chat_requests_without_one(tiny_model_dir, mon
     assert main(argv) == 0
     assert "Answer in <answer></answer> tags." in prompts["plain"]
     assert "Be terse." in prompts["own"] and "<answer>" not in prompts["own"]
+
+
+def test_serve_takes_a_job_folder_and_names_the_adapter_after_the_job(tiny_model_dir, tmp_path, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    from openrft.testing import tiny_model
+
+    model, _ = tiny_model(seed=0)
+    get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(
+        tmp_path / "j7" / "output"
+    )
+    served = {}
+    monkeypatch.setattr(
+        "openrft.rollout.server.serve", lambda engine, name, *a, **names: served.update(name=name)
+    )
+    for target in (tmp_path / "j7", tmp_path / "j7" / "output"):  # the job's folder, or its adapter's
+        assert main(["serve", "--base-model", str(tiny_model_dir), "--adapter", str(target)]) == 0
+        assert served["name"] == "j7"  # not "output", which every job's adapter folder is called

@@ -13,7 +13,7 @@ from test_agents import ScriptedEngine
 from test_local_engine import teacher_forced
 
 from openrft.records import Prompt, SamplingParams
-from openrft.rollout.constrained import Constraints, json_grammar, tool_call_grammar
+from openrft.rollout.constrained import Constraints, json_grammar, request_grammar, tool_call_grammar
 from openrft.rollout.local import LocalEngine
 from openrft.rollout.server import BackgroundServer, create_app
 
@@ -66,6 +66,12 @@ def test_forced_tool_calls_named_and_required(client):
     for choice in single.choices:
         (call,) = choice.message.tool_calls
         assert call.function.name in ("weather", "add") and choice.finish_reason == "tool_calls"
+    offered = client.chat.completions.create(model="tiny", messages=USER, tools=TOOLS, parallel_tool_calls=False,
+                                             tool_choice="required", max_tokens=60, seed=2, logprobs=True)  # fmt: skip
+    tokens = "".join(t.token for t in offered.choices[0].logprobs.content)
+    assert tokens.endswith(
+        "</tool_call>"
+    )  # sampling ends at the first call: a rollout records nothing after it
 
 
 def test_refusals_name_the_field(client, tokenizer):
@@ -113,3 +119,20 @@ def test_every_token_follows_the_grammar_and_log_probs_stay_the_models(tiny_mode
             assert (torch.tensor(c.logprobs) - teacher_forced(model, c, 0.9)).abs().max() <= 1e-4
             if c.finish_reason == "stop":
                 assert tokens[-1] in engine.stop_token_ids
+
+
+def test_with_tools_offered_a_json_schema_reply_may_also_be_a_tool_call(tiny_model):
+    model, tokenizer = tiny_model
+    engine = LocalEngine(model, tokenizer)
+    grammar, param = request_grammar(TOOLS, None, None, {"type": "json_schema", "json_schema": {
+        "name": "trip", "schema": Trip.model_json_schema()}})  # fmt: skip
+    assert param == "response_format"
+    checker = Constraints(tokenizer, engine.constraints.vocab_size, engine.stop_token_ids)
+    call = tokenizer('<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 4}}\n</tool_call>')["input_ids"]
+    answer = tokenizer('{"city": "Oslo", "nights": 2, "train": false}')["input_ids"]
+    for tokens in (call, answer):  # either is allowed, whole
+        matcher = checker.matcher(grammar)
+        assert matcher.consume_tokens(tokens) and matcher.is_accepting()
+    assert request_grammar(TOOLS, "none", None, {"type": "json_object"})[0] == json_grammar(
+        {"type": "object"}
+    )

@@ -72,8 +72,10 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     sv = subparsers.add_parser(
         "serve",
         help="Serve a base model (and optional LoRA adapter) as an OpenAI-compatible completions API.",
-        description="Expose the local engine over HTTP (/v1/models, /v1/completions, "
-        "/v1/load_lora_adapter) for --rollout-engine endpoint or any OpenAI-style client.",
+        description="Expose the local engine over HTTP (/v1/chat/completions, /v1/responses, "
+        "/v1/completions, /v1/models, /v1/load_lora_adapter) for OpenAI-style clients, agents and "
+        "--rollout-engine endpoint. With --adapter, 'policy' and the adapter's name (a job's id) answer "
+        "with the adapter, the base model's own name without it.",
     )
     _model_flags(sv)
     sv.add_argument("--host", default="127.0.0.1", help="Interface to listen on (default 127.0.0.1).")
@@ -95,8 +97,9 @@ def _system_flag(parser: argparse.ArgumentParser) -> None:
 def _model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-model", metavar="MODEL", default=None, help=_help("base_model"))
     parser.add_argument(
-        "--adapter", metavar="DIR", help="LoRA adapter directory (PEFT format) applied to the model."
-    )
+        "--adapter", metavar="DIR|JOB", help="LoRA adapter applied to the model: a folder (PEFT format), "
+        "or a job id or job folder (its trained adapter)."
+    )  # fmt: skip
     parser.add_argument(
         "--max-concurrent-rollouts", dest="max_concurrent_rollouts", type=int, default=argparse.SUPPRESS,
         metavar="N", help=f"Sequences decoded together (throughput only). Valid: a whole number >= 1. Default: {DEFAULT_MAX_CONCURRENT}.",
@@ -120,6 +123,10 @@ def _engine(args: argparse.Namespace, rollout: C.RolloutConfig | None):
     from openrft.rollout.local import LocalEngine
 
     hf_logging.disable_progress_bar()
+    if args.adapter:
+        from openrft.cli.export import resolve_adapter
+
+        args.adapter = str(resolve_adapter(args.adapter))
     base = (
         args.base_model
         or (adapter_base_model(args.adapter) if args.adapter else None)
@@ -176,7 +183,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     base, engine = _engine(args, rollout)
     short = Path(str(base).rstrip("/")).name or str(base)
     if args.adapter:  # policy = base + adapter, under the adapter's name; the base under its own
-        name = args.served_model_name or Path(str(args.adapter).rstrip("/")).name
+        folder = Path(args.adapter)
+        # a job's adapter lives in its "output" folder: name it after the job instead
+        name = args.served_model_name or (folder.parent.name if folder.name == "output" else folder.name)
         names = {"base_adapter": "default", "aliases": ["policy"], "base_name": short}
     else:
         name = args.served_model_name or short

@@ -48,6 +48,7 @@ class ToolCallFormat(Protocol):
     """How a model family writes tool calls in text, and how tools are described to it."""
 
     name: str
+    call_end: str  # the text that closes one call
 
     def parse(self, text: str) -> ParsedReply: ...
 
@@ -62,6 +63,7 @@ class HermesFormat:
     """``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (Hermes, Qwen2.5, SmolLM)."""
 
     name = "hermes"
+    call_end = "</tool_call>"
     pattern = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 
     def parse(self, text: str) -> ParsedReply:

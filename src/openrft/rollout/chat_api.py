@@ -30,12 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from openrft.errors import DataError
 from openrft.records import Completion
 from openrft.rollout.chat import ParsedReply, encode_chat, render_chat, tool_format
-from openrft.rollout.constrained import (
-    ConstraintError,
-    check_grammar,
-    response_format_grammar,
-    tool_call_grammar,
-)
+from openrft.rollout.constrained import ConstraintError, check_grammar, request_grammar
 from openrft.rollout.prompts import with_system
 from openrft.rollout.trajectories import (
     ROLLOUT_HEADER,
@@ -69,6 +64,10 @@ class ChatRequest(BaseModel):
     stream_options: dict[str, Any] | None = None
     return_token_ids: bool = False  # vLLM's extension: prompt and completion token ids in the answer
     response_format: dict[str, Any] | None = None  # text, json_object or json_schema (constrained decoding)
+    frequency_penalty: float = 0.0  # the penalties, logit_bias and reasoning_effort are refused unless
+    presence_penalty: float = 0.0  # left at their defaults: the engine does not apply them
+    logit_bias: dict[str, float] | None = None
+    reasoning_effort: str | None = None
     functions: list[Any] | None = None  # OpenAI's deprecated form of tools: refused, never dropped
     function_call: str | dict[str, Any] | None = None
 
@@ -119,6 +118,8 @@ def add_chat_routes(
         request.messages = with_system(request.messages, system_prompt)
         prompt_ids = _prompt_ids(engine.tokenizer, request.messages, tools, fmt, recorder, rollout_id)
         key, seed_name, budget = _sampling(request, name, engine, recorder, rollout_id, len(prompt_ids))
+        if tools and request.parallel_tool_calls is False:  # end at the first call: nothing after it is
+            key = (*key[:7], (*key[7], fmt.call_end), *key[8:])  # sampled, so a rollout records no other
         key = (*key, grammar)
         groups = await batcher.submit(key, [(seed_name, prompt_ids)])
         completions = groups[0]
@@ -163,6 +164,10 @@ def _check_supported(request: ChatRequest, engine: Any) -> None:
         param = "functions" if request.functions is not None else "function_call"
         raise HTTPError(400, f"'{param}' (deprecated by OpenAI) is not supported: describe the functions in "
                         "'tools' and read 'tool_calls'", param=param)  # fmt: skip
+    for param in ("frequency_penalty", "presence_penalty", "logit_bias", "reasoning_effort"):
+        if getattr(request, param):
+            raise HTTPError(400, f"'{param}' is not supported: openrft samples from the model's own "
+                            "distribution (temperature, top_p, top_k only); leave it out", param=param)  # fmt: skip
     if request.top_logprobs is not None and not request.logprobs:
         raise HTTPError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
     check_top_logprobs(request.top_logprobs, engine)
@@ -173,10 +178,8 @@ def _check_supported(request: ChatRequest, engine: Any) -> None:
 def _grammar(request: ChatRequest, tools: list[dict[str, Any]] | None, engine: Any) -> str | None:
     """The grammar the request's ``tool_choice`` (a forced call) or ``response_format`` (JSON) asks for."""
     try:
-        grammar = tool_call_grammar(tools, request.tool_choice, request.parallel_tool_calls)
-        param = "tool_choice"
-        if grammar is None:
-            grammar, param = response_format_grammar(request.response_format), "response_format"
+        grammar, param = request_grammar(tools, request.tool_choice, request.parallel_tool_calls,
+                                         request.response_format)  # fmt: skip
         if grammar is None:
             return None
         if not getattr(engine, "constrained_decoding", False):

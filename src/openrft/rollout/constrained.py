@@ -41,11 +41,17 @@ def json_grammar(schema: dict[str, Any]) -> str:
 
 def response_format_grammar(response_format: dict[str, Any] | None) -> str | None:
     """The grammar a chat request's ``response_format`` asks for (None for plain text)."""
+    schema = response_format_schema(response_format)
+    return None if schema is None else json_grammar(schema)
+
+
+def response_format_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON schema a chat request's ``response_format`` asks for (None for plain text)."""
     kind = (response_format or {}).get("type", "text")
     if kind == "text":
         return None
     if kind == "json_object":
-        return json_grammar({"type": "object"})
+        return {"type": "object"}
     if kind != "json_schema":
         raise ConstraintError(f"response_format type {json.dumps(kind)} is not one of text, json_object, "
                               "json_schema", "response_format.type")  # fmt: skip
@@ -57,7 +63,29 @@ def response_format_grammar(response_format: dict[str, Any] | None) -> str | Non
     if not isinstance(schema, dict):
         raise ConstraintError("response_format json_schema.schema must be a JSON schema object",
                               "response_format.json_schema.schema")  # fmt: skip
-    return json_grammar(schema)
+    return schema
+
+
+def request_grammar(
+    tools: Sequence[dict[str, Any]] | None,
+    tool_choice: Any,
+    parallel: bool | None,
+    response_format: dict[str, Any] | None,
+) -> tuple[str | None, str]:
+    """The grammar a chat request asks for, and the field that asked: forced tool calls (``tool_choice``),
+    else JSON (``response_format``), which with tools offered may also be tool calls, as OpenAI lets the
+    model choose between calling a tool and answering in the schema."""
+    forced = tool_call_grammar(tools, tool_choice, parallel)
+    if forced is not None:
+        return forced, "tool_choice"
+    schema = response_format_schema(response_format)
+    if schema is None:
+        return None, "response_format"
+    if not tools or tool_choice == "none":
+        return json_grammar(schema), "response_format"
+    calls = tool_call_grammar(tools, "required", parallel)
+    answer = f"answer: %json {json.dumps({**schema, 'x-guidance': JSON_OPTIONS})}\n"
+    return calls.replace("start: call", "start: answer | call", 1) + answer, "response_format"
 
 
 def tool_call_grammar(
@@ -163,6 +191,8 @@ __all__ = [
     "Constraints",
     "check_grammar",
     "json_grammar",
+    "request_grammar",
     "response_format_grammar",
+    "response_format_schema",
     "tool_call_grammar",
 ]

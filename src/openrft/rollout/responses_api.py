@@ -46,9 +46,10 @@ class ResponsesRequest(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     max_output_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, ge=0.0, le=1.0)
     top_k: int = Field(-1, ge=-1)  # vLLM's extension, as in chat completions
+    reasoning: dict[str, Any] | None = None  # refused: openrft's models have no reasoning settings
     seed: int | None = None  # likewise
     top_logprobs: int | None = Field(None, ge=0, le=20)
     include: list[str] | None = None
@@ -82,6 +83,9 @@ def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> No
         if not conversation:
             raise HTTPError(400, "input: no messages", param="input")
         opening = [{"role": "system", "content": request.instructions}] if request.instructions else []
+        if request.reasoning:
+            raise HTTPError(400, "'reasoning' is not supported: the model has no reasoning settings",
+                            param="reasoning")  # fmt: skip
         chat = ChatRequest(
             model=request.model,
             messages=[*opening, *conversation],
