@@ -293,6 +293,11 @@ def test_export_never_replaces_what_is_not_an_earlier_export(
     assert main(["export", str(adapter[0]), "--merged", str(earlier), "--gguf", str(earlier / "m.gguf")]) == 0
     assert (earlier / "m.gguf").is_file() and (earlier / "Modelfile").is_file()
     assert (earlier / "config.json").is_file()
+    assert main(["export", str(adapter[0]), "--gguf", str(earlier / "m.gguf")]) == 0  # ours: replaced
+    (tmp_path / "precious.gguf").write_bytes(b"GGUF my own model")
+    assert main(["export", str(adapter[0]), "--gguf", str(tmp_path / "precious.gguf")]) == 5
+    assert "not an earlier export" in capsys.readouterr().err
+    assert (tmp_path / "precious.gguf").read_bytes() == b"GGUF my own model"
 
 
 def test_auto_dtype_keeps_the_base_models_stored_weight_type(adapter, tmp_path, tiny_model_dir):

@@ -42,6 +42,7 @@ from openrft.train.gguf_export import (
     check_tokenizer,
     pre_tokenizer_name,
     write_gguf,
+    written_by_openrft,
 )
 from openrft.train.ollama import MODELFILE_HEADER, render_modelfile
 
@@ -168,6 +169,11 @@ def check_export_target(out: Path, inputs: list[Path], *, folder: bool) -> None:
         )
     if not folder and out.is_dir():
         raise ModelError(f"{what} {out}: a folder is there; give a file name")
+    if not folder and out.exists() and not written_by_openrft(out):
+        raise ModelError(
+            f"{what} {out}: the file exists and is not an earlier export; give a new file name",
+            hint="an export replaces only a GGUF file that an earlier export wrote",
+        )
 
 
 def save_merged(model: Any, tokenizer: Any, out: Path, dtype: str = "auto", config: Any = None) -> Path:

@@ -61,6 +61,19 @@ class GgufSummary:
     out_type: str
 
 
+EXPORT_KEY = "openrft.export"  # metadata of a GGUF that openrft wrote: a later export may replace it
+
+
+def written_by_openrft(path: Path) -> bool:
+    """Whether the GGUF file at ``path`` carries :data:`EXPORT_KEY` (False for anything unreadable)."""
+    import gguf
+
+    try:
+        return gguf.GGUFReader(path).get_field(EXPORT_KEY) is not None
+    except Exception:  # noqa: BLE001 - not a GGUF, a truncated one, a directory: not ours
+        return False
+
+
 def check_supported(config: Any) -> None:
     """Raise :class:`ExportError` unless a model with ``config`` can be written as GGUF."""
     model_type = getattr(config, "model_type", None)
@@ -153,6 +166,7 @@ def _hyperparameters(writer: Any, config: Any, file_type: Any, name: str) -> Non
 
     writer.add_type("model")
     writer.add_name(name)
+    writer.add_string(EXPORT_KEY, "written by openrft export; a later export may replace this file")
     writer.add_context_length(int(config.max_position_embeddings))
     writer.add_embedding_length(int(config.hidden_size))
     writer.add_block_count(int(config.num_hidden_layers))
