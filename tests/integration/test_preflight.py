@@ -136,3 +136,15 @@ def test_an_evaluator_that_fails_is_reported_not_raised(home, tiny_model_dir, tm
     assert report["invalid_frac"] == 1.0 and "no answer here" in report["invalid_example"]
     assert report["advice"][0].startswith("fix the evaluator first: 16 of 16 scores are invalid")
     assert any("scores are invalid" in reason for reason in report["blockers"])
+
+
+def test_an_evaluator_slow_to_start_is_timed_warm(home, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """Its workers' start (a heavy import) is paid once per job, not per round: the scoring estimate
+    comes from a second, warm pass, however long the first one took."""
+    (tmp_path / "slow_start.py").write_text("import time\ntime.sleep(3)  # a heavy import\n" + VARIED)
+    monkeypatch.setattr("openrft.train.preflight.RESCORE_UNDER_S", 1.0)  # the first pass takes longer
+    code, out, err = preflight(
+        capsys, tiny_model_dir, "--evaluator", f"{tmp_path}/slow_start.py::letters", "--json"
+    )
+    report = json.loads(out)
+    assert report["timing"]["score_s"] < 1.0, report["timing"]

@@ -71,7 +71,14 @@ def run_preflight(prepared: PreparedJob, prompts: int = DEFAULT_PROMPTS) -> Pref
             setup.policy_publisher(engine, model, adapters)(0)
             groups = sample_and_score(engine, scorer, subset, params, settings.rounds, timings)
             latency = time_calls(scorer, groups, prepared.evaluator.mode)
-            if timings.get("time/score_s", 0.0) < RESCORE_UNDER_S:  # again, its worker processes started
+            calls = (
+                len(groups)
+                if prepared.evaluator.mode == "groupwise"
+                else sum(len(g.completions) for g in groups)
+            )
+            # The first pass started the worker processes (an import of eval-protocol can take 15 s):
+            # time it again when that pass was short, or when the warm calls say the second one will be
+            if min(timings.get("time/score_s", 0.0), (latency or 0.0) * calls) < RESCORE_UNDER_S:
                 start = time.perf_counter()
                 scorer([g.prompt for g in groups], [list(g.completions) for g in groups])
                 timings["time/score_s"] = time.perf_counter() - start
