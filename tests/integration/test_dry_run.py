@@ -29,6 +29,15 @@ def files(tmp_path, monkeypatch):
         f'{{"messages": [{{"role": "user", "content": "{long_question}"}}], "ground_truth": 0}}\n'
     )
     (tmp_path / "ev.py").write_text(EVALUATOR)
+    (tmp_path / "needs.py").write_text("def score(completion, solution, **row):\n    return 1.0\n")
+    (tmp_path / "third_lacks.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "2+2?"}], "ground_truth": 4, "solution": "4"}\n' * 2
+        + '{"messages": [{"role": "user", "content": "3+3?"}], "ground_truth": 6}\n'
+    )
+    (tmp_path / "no_truth.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "2+2?"}], "ground_truth": 4}\n'
+        '{"messages": [{"role": "user", "content": "3+3?"}], "ground_truth": null}\n'
+    )
     (tmp_path / "raises.py").write_text("raise RuntimeError('import-time failure')\n")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("the user's own file")
@@ -57,6 +66,14 @@ CASES = [
         "--dataset: {d}/broken.jsonl: 1 of 2 rows are malformed",
     ),
     (["--dataset", "{d}/good.jsonl"], "--evaluator: no evaluator given"),
+    (  # every row is checked, not the first one only
+        ["--dataset", "{d}/third_lacks.jsonl", "--evaluator", "{d}/needs.py::score"],
+        "--evaluator: score() needs solution, which 1 of 3 rows of {d}/third_lacks.jsonl lack (the first: line 3)",
+    ),
+    (  # a built-in evaluator compares with each row's ground_truth: rows without one are refused
+        ["--dataset", "{d}/no_truth.jsonl", "--evaluator", "gsm8k"],
+        "--evaluator: gsm8k() needs ground_truth, which 1 of 2 rows of {d}/no_truth.jsonl lack (the first: line 2)",
+    ),
     (["--dataset", "{d}/good.jsonl", "--evaluator", "{d}/ev.py::no_such_function"], "--evaluator: "),
     (["--dataset", "{d}/good.jsonl", "--evaluator", "{d}/raises.py::score"], "--evaluator: "),
     (["--dataset", "{d}/good.jsonl", "--evaluator", "{d}/nowhere.py::score"], "--evaluator: "),

@@ -71,6 +71,9 @@ class Evaluator:
     completion_params: dict[str, Any] = field(default_factory=dict, compare=False)
     # Checks one dataset row (and where it is, for the message) before training; raises EvaluatorError.
     check_row: Callable[[dict[str, Any], str], None] | None = field(default=None, compare=False)
+    required_fields: tuple[
+        str, ...
+    ] = ()  # row fields every row must hold, not null (a built-in's ground_truth)
 
     @property
     def is_async(self) -> bool:

@@ -129,7 +129,8 @@ def score_calculator(row: EvaluationRow) -> EvaluationRow:
 
 def calculator_evaluator() -> Evaluator:
     """The ``calculator`` evaluator: scores the whole conversation (:func:`score_calculator`)."""
-    return Evaluator(name="calculator", fn=score_calculator, run_inline=True, source="built-in")
+    return Evaluator(name="calculator", fn=score_calculator, run_inline=True, source="built-in",
+                     required_fields=("ground_truth",))  # fmt: skip
 
 
 def _plain(name: str, scorer: Callable[..., EvaluateResult], weights: dict[str, float]) -> Evaluator:
@@ -137,7 +138,8 @@ def _plain(name: str, scorer: Callable[..., EvaluateResult], weights: dict[str, 
         return scorer(completion, ground_truth, **weights)
 
     evaluate.__name__ = name
-    return Evaluator(name=name, fn=evaluate, kind="plain", run_inline=True, source="built-in")
+    return Evaluator(name=name, fn=evaluate, kind="plain", run_inline=True, source="built-in",
+                     required_fields=("ground_truth",))  # fmt: skip
 
 
 def arithmetic_evaluator(**weights: float) -> Evaluator:

@@ -21,6 +21,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import copy
+import functools
 import inspect
 import logging
 import math
@@ -197,13 +198,21 @@ def plain_kwargs(fn: Callable[..., Any], prompt: Prompt) -> dict[str, Any]:
 
 
 def missing_fields(evaluator: Evaluator, prompt: Prompt) -> list[str]:
-    """Required parameters of a plain evaluator that ``prompt``'s row cannot fill (checked before training)."""
+    """Fields ``prompt``'s row lacks for the evaluator (checked before training): required parameters of
+    a plain evaluator, and its ``required_fields`` (a built-in's ``ground_truth``), absent or null."""
+    missing = [f for f in evaluator.required_fields if prompt.row.get(f) is None]
     if evaluator.kind != "plain":
-        return []
-    params = list(inspect.signature(evaluator.fn).parameters.values())[1:]
+        return missing
     available = {*prompt.row, "messages", "prompt_id"}
+    return [*missing, *(name for name in required_parameters(evaluator.fn) if name not in available)]
+
+
+@functools.cache
+def required_parameters(fn: Callable[..., Any]) -> tuple[str, ...]:
+    """The parameters after the completion that a plain evaluator's call must fill (no default)."""
+    params = list(inspect.signature(fn).parameters.values())[1:]
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return [p.name for p in params if p.kind in kinds and p.default is p.empty and p.name not in available]
+    return tuple(p.name for p in params if p.kind in kinds and p.default is p.empty)
 
 
 # ----------------------------------------------------------------------------- calls

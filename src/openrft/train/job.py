@@ -280,13 +280,22 @@ def _check_evaluator_fits(evaluator: Any, dataset: PromptSet) -> None:
         for prompt in list(dataset)[:3]:
             with _input("--evaluator"):
                 evaluator.check_row(prompt.row, f"row {prompt.prompt_id} of {dataset.source}")
-    missing = missing_fields(evaluator, dataset[0]) if dataset else []
-    if missing:
+    lacking = [
+        (i, missing) for i, prompt in enumerate(dataset) if (missing := missing_fields(evaluator, prompt))
+    ]
+    if lacking:
+        first, missing = lacking[0]
+        where = (
+            f"{dataset.unit} {dataset.numbers[first]}"
+            if dataset.numbers
+            else f"row {dataset[first].prompt_id}"
+        )
+        share = "every row" if len(lacking) == len(dataset) else f"{len(lacking)} of {len(dataset)} rows"
         raise ConfigError(
-            f"--evaluator: {evaluator.name}() needs {', '.join(missing)}, which the rows of "
-            f"{dataset.source} do not have",
+            f"--evaluator: {evaluator.name}() needs {', '.join(missing)}, which {share} of {dataset.source} "
+            f"lack (the first: {where})",
             field="evaluator",
-            hint="give those parameters defaults, take **row_fields, or add the fields to the dataset",
+            hint="add the fields to those rows or drop them, give the parameters defaults, or take **row_fields",
         )
 
 
