@@ -15,13 +15,12 @@ from openai.types.chat import ChatCompletion
 from openrft.errors import ConfigError
 from openrft.evaluators.protocol import EvaluationRow, Message
 from openrft.rollout import agents
+from openrft.rollout.mcp_client import load_tools, mcp_tools
 from openrft.rollout.tools import (
     ToolError,
     Toolset,
     builtin_agent,
     combine,
-    load_tools,
-    mcp_tools,
     python_tools,
     tool_loop,
 )
@@ -151,7 +150,7 @@ def test_config_errors_name_the_flag(tmp_path):
         python_tools(write_tools(tmp_path, "x = 1 / 0\n", "broken.py"))
     with pytest.raises(ConfigError, match="--tools: .* defines no public functions"):
         python_tools(write_tools(tmp_path, "from os.path import join\ndef _private(): pass\n", "none.py"))
-    with pytest.raises(ConfigError, match="--tools"):
+    with pytest.raises(ConfigError, match="--mcp-server"):
         mcp_tools("  ")
 
 
@@ -342,7 +341,7 @@ def test_mcp_server_that_cannot_start_is_a_config_error(tmp_path):
         async with mcp_tools(f"{sys.executable} {missing}"):
             pass
 
-    with pytest.raises(ConfigError, match="--tools: cannot use the MCP server"):
+    with pytest.raises(ConfigError, match="--mcp-server: cannot use the MCP server"):
         run(asyncio.wait_for(go(), 30))
 
 
@@ -378,3 +377,45 @@ def test_mcp_streamable_http_server():
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_mcp_servers_see_the_jobs_environment_images_are_named_and_a_dead_server_fails_calls(monkeypatch):
+    monkeypatch.setenv("OPENRFT_TEST_MARK", "from-the-job")  # an API key the server needs, say
+
+    async def go():
+        async with mcp_tools(f"{sys.executable} {MCP_SERVER.with_name('mcp_edge_cases.py')}") as tools:
+            seen = await tools.call("environment", {})
+            picture = await tools.call("picture", {})
+            for name in (
+                "crash",
+                "add",
+            ):  # the call that kills it, then one to a server gone: each fails alone
+                with pytest.raises(ToolError, match=f"{name} failed"):
+                    await asyncio.wait_for(tools.call(name, {"a": 1, "b": 2} if name == "add" else {}), 20)
+            return seen, picture
+
+    seen, picture = run(asyncio.wait_for(go(), 60))
+    assert seen == "from-the-job" and picture == "[image (image/png, 4 bytes): not shown to this text model]"
+
+
+def test_a_stdio_server_dies_with_the_thread_that_started_it():
+    """What keeps an abandoned conversation's server (or a failed job's) from outliving the job."""
+    import subprocess
+    import threading
+    import time
+
+    from openrft.rollout.mcp_client import _GUARD
+
+    started = []
+
+    def conversation():
+        started.append(subprocess.Popen([sys.executable, "-S", "-c", _GUARD, "sleep", "60"]))
+        time.sleep(1)  # the conversation goes on a while, then its thread ends without closing the server
+
+    thread = threading.Thread(target=conversation)
+    thread.start()
+    thread.join()
+    deadline = time.monotonic() + 10
+    while started[0].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started[0].returncode == -9  # SIGKILL: its starting thread ended

@@ -7,9 +7,8 @@ exception) is one :class:`ToolError` whose message can go back to the model as i
 
 :func:`python_tools` offers the public functions defined in a ``.py`` file; their schemas come
 from the signature (annotations -> JSON types, no default -> required) and the docstring (first
-paragraph, Google-style ``Args:``). :func:`mcp_tools` connects to an MCP server through the
-``mcp`` SDK, over streamable HTTP for an ``http(s)://`` URL, else over stdio to the command given.
-:func:`combine` joins toolsets whose names do not clash; :func:`load_tools` reads ``--tools``.
+paragraph, Google-style ``Args:``); :mod:`openrft.rollout.mcp_client` offers an MCP server's.
+:func:`combine` joins toolsets whose names do not clash.
 
 :func:`tool_loop` is the agent for users without agent code: ask the policy, run its tool calls,
 feed the results back, until a reply calls nothing or ``max_turns`` replies were made. Failed
@@ -29,7 +28,6 @@ import inspect
 import itertools
 import json
 import re
-import shlex
 import sys
 import threading
 import types
@@ -42,7 +40,6 @@ from typing import Any
 from openrft.errors import ConfigError
 from openrft.rollout.agents import POLICY_MODEL, count
 
-MCP_STARTUP_TIMEOUT = 60.0  # seconds for an MCP server to start and list its tools
 MALFORMED_CALL_HINT = (
     "Your tool call could not be parsed. Write each call as valid JSON inside tags, exactly like:\n"
     '<tool_call>\n{"name": "<function-name>", "arguments": {"<parameter>": <value>}}\n</tool_call>'
@@ -283,117 +280,6 @@ def python_tools(path: str | Path) -> PythonToolset:
 # ----------------------------------------------------------------------------- MCP servers
 
 
-class McpToolset(Toolset):
-    """The tools of one MCP server (:func:`mcp_tools`); usable only inside ``async with``."""
-
-    def __init__(self, server: str):
-        self.server = server
-        self._stack: contextlib.AsyncExitStack | None = None
-        self._session: Any = None
-        self._schemas: list[dict[str, Any]] = []
-
-    def clone(self) -> McpToolset:
-        return McpToolset(self.server)
-
-    def schemas(self) -> list[dict[str, Any]]:
-        if self._session is None:
-            raise ToolError(f"the MCP server '{self.server}' is not connected (use 'async with')")
-        return copy.deepcopy(self._schemas)
-
-    async def __aenter__(self) -> McpToolset:
-        if self._stack is not None:
-            raise ToolError(f"the MCP session to '{self.server}' is already open (use clone())")
-        from mcp import ClientSession
-
-        try:
-            async with contextlib.AsyncExitStack() as stack:  # unwinds whatever was opened on failure
-                read, write = await stack.enter_async_context(_transport(self.server))
-                session = await stack.enter_async_context(ClientSession(read, write))
-                async with asyncio.timeout(MCP_STARTUP_TIMEOUT):
-                    await session.initialize()
-                    self._schemas = await _list_tool_schemas(session)
-                self._stack, self._session = stack.pop_all(), session
-        except Exception as exc:
-            why = (
-                f"no answer in {MCP_STARTUP_TIMEOUT:g} s" if isinstance(exc, TimeoutError) else _describe(exc)
-            )
-            raise ConfigError(f"--tools: cannot use the MCP server '{self.server}': {why}") from None
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        stack, self._stack, self._session = self._stack, None, None
-        if stack is not None:
-            await stack.aclose()
-
-    async def call(self, name: str, arguments: dict[str, Any]) -> str:
-        known = [s["function"]["name"] for s in self.schemas()]
-        if name not in known:
-            raise ToolError(f"unknown tool '{name}' (available: {', '.join(known)})")
-        from mcp import McpError
-
-        try:
-            result = await self._session.call_tool(name, arguments)
-        except McpError as exc:
-            raise ToolError(f"{name} failed: {exc}") from None
-        texts = [block.text for block in result.content if getattr(block, "type", "") == "text"]
-        text = "\n".join(texts)
-        if not texts and result.structuredContent is not None:
-            text = _as_text(result.structuredContent)
-        if result.isError:
-            raise ToolError(f"{name} failed: {text or 'the server reported an error'}")
-        return text
-
-
-@contextlib.asynccontextmanager
-async def _transport(server: str) -> Any:
-    """(read, write) streams to the server: streamable HTTP for a URL, else a stdio subprocess."""
-    if server.startswith(("http://", "https://")):
-        from mcp.client.streamable_http import streamable_http_client  # streamablehttp_client's new name
-
-        async with streamable_http_client(server) as (read, write, _):
-            yield read, write
-        return
-    from mcp import StdioServerParameters
-    from mcp.client.stdio import stdio_client
-
-    argv = shlex.split(server)
-    params = StdioServerParameters(command=argv[0], args=argv[1:])
-    async with stdio_client(params) as (read, write):
-        yield read, write
-
-
-async def _list_tool_schemas(session: Any) -> list[dict[str, Any]]:
-    from mcp.types import PaginatedRequestParams
-
-    schemas, cursor = [], None
-    while True:
-        page = await session.list_tools(params=PaginatedRequestParams(cursor=cursor) if cursor else None)
-        for tool in page.tools:
-            function = {"name": tool.name, "description": tool.description or tool.name,
-                        "parameters": dict(tool.inputSchema or {"type": "object", "properties": {}})}  # fmt: skip
-            schemas.append({"type": "function", "function": function})
-        cursor = page.nextCursor
-        if not cursor:
-            return schemas
-
-
-def _describe(exc: BaseException) -> str:
-    """One line for an exception, looking inside the exception groups anyio raises."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {str(exc).strip() or 'no details'}".splitlines()[0]
-
-
-def mcp_tools(server: str) -> McpToolset:
-    """The tools of the MCP server at an ``http(s)://`` URL, or started by a stdio command line."""
-    try:
-        if not shlex.split(server or ""):
-            raise ValueError("it is empty")
-    except ValueError as exc:
-        raise ConfigError(f"--tools: '{server}' is not an MCP server URL or command line: {exc}") from None
-    return McpToolset(server.strip())
-
-
 # ----------------------------------------------------------------------------- several toolsets
 
 
@@ -452,15 +338,6 @@ def combine(toolsets: Sequence[Toolset]) -> Toolset:
         raise ConfigError("--tools: no toolsets given")
     _refuse_duplicates(parts)
     return parts[0] if len(parts) == 1 else CombinedToolset(parts)
-
-
-def load_tools(specs: str | Sequence[str]) -> Toolset:
-    """``--tools`` values: a ``.py`` file path, an ``http(s)://`` MCP URL, or an MCP stdio command."""
-    specs = [specs] if isinstance(specs, str) else list(specs)
-    is_file = [s.strip().endswith(".py") and len(s.split()) == 1 and "://" not in s for s in specs]
-    return combine(
-        [python_tools(s.strip()) if f else mcp_tools(s) for s, f in zip(specs, is_file, strict=True)]
-    )
 
 
 # ----------------------------------------------------------------------------- the built-in agent
@@ -557,15 +434,12 @@ def builtin_agent(tools: Toolset, max_turns: int = 8, tool_timeout: float = 30.0
 
 __all__ = [
     "CombinedToolset",
-    "McpToolset",
     "PythonToolset",
     "ToolError",
     "Toolset",
     "builtin_agent",
     "combine",
     "function_schema",
-    "load_tools",
-    "mcp_tools",
     "python_tools",
     "tool_loop",
 ]

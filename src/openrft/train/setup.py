@@ -134,7 +134,8 @@ def agent_of(settings: AgentSettings | None, evaluator: Any = None) -> Any:
         return processor_agent(evaluator.rollout)
     if settings.agent:
         return load_agent(settings.agent)
-    from openrft.rollout.tools import builtin_agent, combine, mcp_tools, python_tools
+    from openrft.rollout.mcp_client import mcp_tools
+    from openrft.rollout.tools import builtin_agent, combine, python_tools
 
     toolsets = ([python_tools(settings.tools)] if settings.tools else []) + (
         [mcp_tools(settings.mcp_server)] if settings.mcp_server else []

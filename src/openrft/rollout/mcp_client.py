@@ -1,0 +1,198 @@
+"""The tools of an MCP server (``--mcp-server``), through the official ``mcp`` SDK.
+
+:func:`mcp_tools` connects over streamable HTTP for an ``http(s)://`` URL, else over stdio to the
+command given. A stdio server gets the job's environment (API keys, ``PYTHONPATH``), and on Linux it
+dies with the thread that started it: with the conversation that owns it, or with the job's process
+however that ends (a failure, a second Ctrl-C), so no server outlives a job and holds its terminal.
+A result reaches the model as text: text blocks and embedded text resources as they are, structured
+content as JSON, images, audio and links as a one-line note of what was there. A server that fails
+during a call (it crashed, its connection closed) fails that call only: the model is told, and the
+conversation goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import copy
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from openrft.errors import ConfigError
+from openrft.rollout.tools import PythonToolset, ToolError, Toolset, _as_text, combine, python_tools
+
+MCP_STARTUP_TIMEOUT = 60.0  # seconds for an MCP server to start and list its tools
+# Run before the server's own command: a SIGKILL when the thread that started it ends (PR_SET_PDEATHSIG,
+# kept across exec), then exec. Plain Python (-S: no site imports) so it adds a few milliseconds.
+_GUARD = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)\n"
+    "except (OSError, AttributeError):\n"
+    "    pass\n"
+    "if os.getppid() == 1:\n"
+    "    sys.exit(1)\n"
+    "os.execvp(sys.argv[1], sys.argv[1:])\n"
+)
+
+
+class McpToolset(Toolset):
+    """The tools of one MCP server (:func:`mcp_tools`); usable only inside ``async with``."""
+
+    def __init__(self, server: str):
+        self.server = server
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._session: Any = None
+        self._schemas: list[dict[str, Any]] = []
+
+    def clone(self) -> McpToolset:
+        return McpToolset(self.server)
+
+    def schemas(self) -> list[dict[str, Any]]:
+        if self._session is None:
+            raise ToolError(f"the MCP server '{self.server}' is not connected (use 'async with')")
+        return copy.deepcopy(self._schemas)
+
+    async def __aenter__(self) -> McpToolset:
+        if self._stack is not None:
+            raise ToolError(f"the MCP session to '{self.server}' is already open (use clone())")
+        from mcp import ClientSession
+
+        try:
+            async with contextlib.AsyncExitStack() as stack:  # unwinds whatever was opened on failure
+                read, write = await stack.enter_async_context(_transport(self.server))
+                session = await stack.enter_async_context(ClientSession(read, write))
+                async with asyncio.timeout(MCP_STARTUP_TIMEOUT):
+                    await session.initialize()
+                    self._schemas = await _list_tool_schemas(session)
+                self._stack, self._session = stack.pop_all(), session
+        except Exception as exc:
+            inner = _innermost(exc)
+            why = (
+                f"no answer in {MCP_STARTUP_TIMEOUT:g} s"
+                if isinstance(inner, TimeoutError)
+                else _describe(exc)
+            )
+            raise ConfigError(f"--mcp-server: cannot use the MCP server '{self.server}': {why}") from None
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        stack, self._stack, self._session = self._stack, None, None
+        if stack is not None:
+            with contextlib.suppress(Exception):  # a server that died already has nothing to close
+                await stack.aclose()
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> str:
+        known = [s["function"]["name"] for s in self.schemas()]
+        if name not in known:
+            raise ToolError(f"unknown tool '{name}' (available: {', '.join(known)})")
+        try:
+            result = await self._session.call_tool(name, arguments)
+        except (TimeoutError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # McpError, and a server gone: a closed stream, an HTTP failure
+            raise ToolError(f"{name} failed: {_describe(exc)}") from None
+        text = "\n".join(filter(None, (_block_text(block) for block in result.content)))
+        if not text and result.structuredContent is not None:
+            text = _as_text(result.structuredContent)
+        if result.isError:
+            raise ToolError(f"{name} failed: {text or 'the server reported an error'}")
+        return text
+
+
+def _block_text(block: Any) -> str:
+    """One content block as text: text as it is; what a text model cannot read, named in one line."""
+    kind = getattr(block, "type", "")
+    if kind == "text":
+        return block.text
+    if kind == "resource":
+        resource = block.resource
+        text = getattr(resource, "text", None)
+        return text if text is not None else f"[resource {resource.uri} ({resource.mimeType or 'binary'})]"
+    if kind in ("image", "audio"):
+        size = len(base64.b64decode(block.data))
+        return f"[{kind} ({block.mimeType}, {size} bytes): not shown to this text model]"
+    if kind == "resource_link":
+        return f"[resource link {block.uri}" + (f": {block.description}]" if block.description else "]")
+    return f"[{kind or 'unknown'} content]"
+
+
+@contextlib.asynccontextmanager
+async def _transport(server: str) -> Any:
+    """(read, write) streams to the server: streamable HTTP for a URL, else a stdio subprocess."""
+    if server.startswith(("http://", "https://")):
+        from mcp.client.streamable_http import streamable_http_client  # streamablehttp_client's new name
+
+        async with streamable_http_client(server) as (read, write, _):
+            yield read, write
+        return
+    from mcp import StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    argv = shlex.split(server)
+    guarded = ["-S", "-c", _GUARD, *argv] if sys.platform.startswith("linux") else None
+    params = StdioServerParameters(
+        command=sys.executable if guarded else argv[0], args=guarded or argv[1:], env=dict(os.environ)
+    )
+    async with stdio_client(params) as (read, write):
+        yield read, write
+
+
+async def _list_tool_schemas(session: Any) -> list[dict[str, Any]]:
+    from mcp.types import PaginatedRequestParams
+
+    schemas, cursor = [], None
+    while True:
+        page = await session.list_tools(params=PaginatedRequestParams(cursor=cursor) if cursor else None)
+        for tool in page.tools:
+            function = {"name": tool.name, "description": tool.description or tool.name,
+                        "parameters": dict(tool.inputSchema or {"type": "object", "properties": {}})}  # fmt: skip
+            schemas.append({"type": "function", "function": function})
+        cursor = page.nextCursor
+        if not cursor:
+            return schemas
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The first exception inside the exception groups anyio raises."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an exception, looking inside the exception groups anyio raises."""
+    exc = _innermost(exc)
+    details = str(exc).strip() or (
+        "the server closed the connection" if "Closed" in type(exc).__name__ else ""
+    )
+    return f"{type(exc).__name__}: {details or 'no details'}".splitlines()[0]
+
+
+def mcp_tools(server: str) -> McpToolset:
+    """The tools of the MCP server at an ``http(s)://`` URL, or started by a stdio command line."""
+    try:
+        if not shlex.split(server or ""):
+            raise ValueError("it is empty")
+    except ValueError as exc:
+        raise ConfigError(
+            f"--mcp-server: '{server}' is not an MCP server URL or command line: {exc}"
+        ) from None
+    return McpToolset(server.strip())
+
+
+def load_tools(specs: str | Sequence[str]) -> Toolset:
+    """Toolsets from specs: a ``.py`` file path, an ``http(s)://`` MCP URL, or an MCP stdio command."""
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    is_file = [s.strip().endswith(".py") and len(s.split()) == 1 and "://" not in s for s in specs]
+    parts: list[PythonToolset | McpToolset] = [
+        python_tools(s.strip()) if f else mcp_tools(s) for s, f in zip(specs, is_file, strict=True)
+    ]
+    return combine(parts)
+
+
+__all__ = ["MCP_STARTUP_TIMEOUT", "McpToolset", "load_tools", "mcp_tools"]
