@@ -31,7 +31,7 @@ def test_dry_run_prints_reference_defaults_with_sources(capsys):
         "lora-rank": "8",
         "batch-size": "32768",
         "rl-loss-method": "grpo",
-        "rl-kl-beta": "0.0",
+        "rl-kl-beta": "0.0 (grpo applies its built-in 0.001)",
         "temperature": "0.7",
         "top-p": "1.0",
         "top-k": "40",
@@ -41,7 +41,7 @@ def test_dry_run_prints_reference_defaults_with_sources(capsys):
         "base-model": "smollm2-135m-instruct",
     }
     for name, value in expected.items():
-        assert rows[name] == [value, "default"], name
+        assert rows[name] == [*value.split(), "default"], name
 
 
 @pytest.mark.parametrize(
@@ -78,7 +78,14 @@ def test_bad_values_fail_with_one_line(capsys, argv, fragment):
     code, out, err = _run(capsys, "rftj", "create", "--dry-run", *argv)
     assert code == 2
     assert out == ""
-    assert err.strip() == fragment
+    first, *rest = err.strip().splitlines()
+    assert first == fragment
+    if "kl_beta" in fragment:  # the reference's words, then which flag to change
+        assert rest == [
+            f"hint: leave --rl-kl-beta out (or 0) with --rl-loss-method {argv[1]}: only grpo takes a KL penalty"
+        ]
+    else:
+        assert rest == []
 
 
 def test_flags_override_config_file_and_sources_shown(capsys, tmp_path):

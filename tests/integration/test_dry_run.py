@@ -225,3 +225,15 @@ def test_concurrency_from_the_evaluator_header_is_shown_as_such(files, tiny_mode
     lines = {line.split()[1]: line.split()[2:] for line in out.splitlines() if line.startswith("rollout")}
     assert lines["max-concurrent-rollouts"] == ["3", "evaluator", "header"]
     assert lines["max-concurrent-evaluations"] == ["2", "flag"]  # a flag wins over the header
+    (files / "with_data.py").write_text(
+        header.replace("max_concurrent_rollouts=3", f"input_dataset='{files}/good.jsonl'")
+    )
+    code, out, err = dry_run(capsys, tiny_model_dir, "--evaluator", f"{files}/with_data.py::score")
+    assert code == 0, err
+    rows = {
+        line.split()[1]: line.split()[2:]
+        for line in out.splitlines()
+        if line.split()[:1] in (["data"], ["loss"])
+    }
+    assert rows["dataset"] == [f"{files}/good.jsonl", "evaluator", "header"]  # not "unset default"
+    assert rows["rl-kl-beta"] == ["0.0", "(grpo", "applies", "its", "built-in", "0.001)", "default"]

@@ -47,6 +47,9 @@ def test_module_colon_function(monkeypatch):
     assert (ev.name, ev.kind) == ("match_reward", "plain")
     with pytest.raises(EvaluatorError, match="importing the evaluator no_such_module_xyz failed"):
         load_evaluator("no_such_module_xyz:f")
+    with pytest.raises(EvaluatorError, match="two colons") as caught:  # file.py:function, one colon short
+        load_evaluator(f"{EVALS / 'two_plain.py'}:match_reward")
+    assert caught.value.hint == f"--evaluator {EVALS / 'two_plain.py'}::match_reward"
 
 
 def test_builtins_and_defaults(tmp_path):

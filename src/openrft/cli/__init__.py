@@ -102,6 +102,8 @@ def print_resolved(
 ) -> None:
     """Every parameter with its value and where it came from (default, config file, flag, or, for
     ``inherited`` values of parameters left unset, the evaluator's header)."""
+    from openrft.algo.losses import LOSS_METHODS
+
     out = out or sys.stdout
     masked = cfg.to_dict()
     rows = []
@@ -111,7 +113,9 @@ def print_resolved(
             if value is None and (inherited or {}).get(name) is not None:
                 value, source = inherited[name], "evaluator header"  # type: ignore[index]
             shown = "unset" if value is None else str(value)
-            if "\n" in shown or len(shown) > 60:  # a chat template: its first characters, on one line
+            if name == "rl_kl_beta" and not value and cfg.loss.rl_loss_method == "grpo":
+                shown = f"{value} (grpo applies its built-in {LOSS_METHODS['grpo'].defaults.kl_coef:g})"
+            if "\n" in shown:  # a chat template: its first characters, on one line
                 shown = repr(shown)[:57] + "..."
             rows.append((group, C.flag_name(name)[2:], shown, source))
     width = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -145,9 +149,12 @@ def cmd_create(args: argparse.Namespace) -> int:
 
             warn(dry_run_warnings(prepared))  # the preflight's checks that need no sampling
         engine = prepared.settings.engine if prepared is not None else None
-        print_resolved(cfg, sources, inherited={
+        inherited = {
             name: getattr(engine, name) for name in ("max_concurrent_rollouts", "max_concurrent_evaluations")
-        } if engine is not None else None)  # fmt: skip
+        } if engine is not None else {}  # fmt: skip
+        if prepared is not None and cfg.data.dataset is None:  # from the evaluator's input_dataset
+            inherited["dataset"] = prepared.dataset.source
+        print_resolved(cfg, sources, inherited=inherited or None)
         if prepared is not None and prepared.memory is not None:
             print("\n" + "\n".join(prepared.memory.lines()))
         return 0

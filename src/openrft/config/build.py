@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from openrft.config.models import FIELD_GROUP, GROUPS, JobConfig
+from openrft.config.models import FIELD_GROUP, GROUPS, KL_BETA_ERRORS, JobConfig
 from openrft.errors import ConfigError
 
 
@@ -128,7 +128,16 @@ def build_config(
     try:
         return JobConfig(**nested), sources
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, merged), field=_first_field(exc)) from None
+        message = _explain(exc, merged)
+        kl = next(
+            (m for m, e in KL_BETA_ERRORS.items() if e in message), None
+        )  # the reference's words, and the flag
+        hint = (
+            f"leave --rl-kl-beta out (or 0) with --rl-loss-method {kl}: only grpo takes a KL penalty"
+            if kl
+            else None
+        )
+        raise ConfigError(message, field=_first_field(exc), hint=hint) from None
 
 
 def _first_field(exc: ValidationError) -> str | None:

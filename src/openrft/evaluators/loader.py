@@ -98,6 +98,11 @@ def _load(spec: str | None, dataset: str | None) -> Evaluator:
         return _from_module(module, name or None, origin=str(path), base_dir=path.resolve().parent)
     if ":" in spec:
         module_name, _, name = spec.rpartition(":")
+        if module_name.endswith(".py") and Path(module_name).is_file():  # file.py:function, one colon short
+            raise EvaluatorError(
+                f"evaluator {spec!r}: a function in a file is named with two colons",
+                hint=f"--evaluator {module_name}::{name}",
+            )
         module = _import_module(module_name)
         return _from_module(module, name, origin=module_name, base_dir=Path.cwd())
     raise EvaluatorError(
