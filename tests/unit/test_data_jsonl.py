@@ -41,6 +41,20 @@ def test_prompt_id_is_line_number_without_own_id_and_blank_lines_are_ignored(tmp
     assert [p.prompt_id for p in prompts] == ["1", "4"]
 
 
+def test_trl_prompt_rows_load_as_chat_and_keep_their_fields(tmp_path):
+    rows = [
+        {"prompt": "What is 2 + 2?", "solution": "4"},  # TRL's standard prompt-only format
+        {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "3 + 3?"}]},
+        {"prompt": ""},
+    ]
+    with pytest.raises(DataError, match="line 3: 'prompt' must be non-empty text"):
+        load_prompts(str(write_lines(tmp_path / "d.jsonl", rows)))
+    prompts = load_prompts(str(write_lines(tmp_path / "d.jsonl", rows[:2])))
+    assert prompts[0].messages == ({"role": "user", "content": "What is 2 + 2?"},)
+    assert prompts[0].row["solution"] == "4" and prompts[0].row["prompt"] == "What is 2 + 2?"
+    assert [m["role"] for m in prompts[1].messages] == ["system", "user"]
+
+
 def test_input_metadata_row_id_is_used_as_prompt_id(tmp_path):
     row = {**user("a"), "input_metadata": {"row_id": "r-7"}}
     prompts = load_prompts(str(write_lines(tmp_path / "d.jsonl", [row])))

@@ -116,6 +116,24 @@ def test_plain_function_gets_row_fields_by_name_or_all_with_kwargs():
     assert got["all"] == ["colour", "ground_truth", "messages", "prompt_id"]
 
 
+def test_trl_reward_functions_score_a_group_with_columns_as_lists():
+    path = EVALS / "trl_rewards.py"
+    text = Prompt("t", ({"role": "user", "content": "2+2?"},), row={"prompt": "2+2?", "solution": "4"})
+    chat = Prompt("c", ({"role": "user", "content": "2+2?"},), row={"messages": [], "solution": "4"})
+    texts = ["<answer>4</answer>", "four", "<answer>5</answer>"]
+    scores = {name: score_groups(load_evaluator(f"{path}::{name}"), [(p, completions(p.prompt_id, *texts))],
+                                 timeout=5)[0] for name, p in [  # fmt: skip
+        ("format_reward", text), ("accuracy_reward", chat), ("length_only", text), ("none_for_odd", text),
+        ("wrong_count", text)]}  # fmt: skip
+    assert [s.score for s in scores["format_reward"]] == [1.0, 0.0, 1.0]
+    assert [s.score for s in scores["accuracy_reward"]] == [1.0, 0.0, 0.0]  # conversational: message lists
+    assert [s.score for s in scores["length_only"]] == [18.0, 4.0, 18.0]
+    assert [s.is_valid for s in scores["none_for_odd"]] == [True, False, True]
+    assert not any(s.is_valid for s in scores["wrong_count"]) and "one value per completion" in scores[
+        "wrong_count"][0].reason  # fmt: skip
+    assert load_evaluator(f"{path}::format_reward").mode == "groupwise"
+
+
 def test_async_pointwise_and_concurrency_limit():
     active = 0
     peak = 0

@@ -5,7 +5,9 @@ A prompt file has one JSON object per line in the evaluation-row shape::
     {"messages": [{"role": "system", "content": "..."}, {"role": "user", "content": "..."}],
      "ground_truth": 42, "any_other_field": "kept and passed to the evaluator"}
 
-Rows in the GSM8K format (``{"question", "answer"}``) are adapted on the fly.
+Rows in the GSM8K format (``{"question", "answer"}``) are adapted on the fly, and so are rows in
+TRL's prompt format: ``{"prompt": "text"}`` (one user message) or ``{"prompt": [messages]}``; the
+``prompt`` field stays in the row for the evaluator.
 Blank lines and a UTF-8 byte-order mark are ignored. Trailing assistant messages are
 reference answers: they stay in ``Prompt.row`` but are not part of ``Prompt.messages``.
 
@@ -148,8 +150,11 @@ def normalize_row(obj: Any) -> dict[str, Any]:
         raise ValueError(f"a row must be a JSON object, not {type(obj).__name__}")
     if "messages" not in obj and gsm8k.is_gsm8k_row(obj):
         obj = gsm8k.adapt_row(obj)
+    if "messages" not in obj and "prompt" in obj:
+        obj = {**obj, "messages": _trl_prompt(obj["prompt"])}
     if "messages" not in obj:
-        raise ValueError("missing 'messages' (a list of {'role', 'content'} objects)")
+        raise ValueError("missing 'messages' (a list of {'role', 'content'} objects), or a 'prompt' (text or "
+                         "such a list, as TRL's datasets have)")  # fmt: skip
     messages = obj["messages"]
     if not isinstance(messages, list) or not messages:
         raise ValueError("'messages' must be a non-empty list")
@@ -171,6 +176,15 @@ def normalize_row(obj: Any) -> dict[str, Any]:
     if "tools" in obj:
         obj = {**obj, "tools": _tools(obj["tools"])}
     return obj
+
+
+def _trl_prompt(prompt: Any) -> list[Any]:
+    """TRL's ``prompt`` column as messages: text is one user message, a list is the messages."""
+    if isinstance(prompt, str) and prompt.strip():
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list) and prompt:
+        return list(prompt)
+    raise ValueError("'prompt' must be non-empty text or a list of {'role', 'content'} messages")
 
 
 def _tools(tools: Any) -> list[dict[str, Any]] | None:

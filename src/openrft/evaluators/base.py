@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from openrft.evaluators.protocol import EvaluationRow
 
-Kind = Literal["row", "plain", "item", "messages"]
+Kind = Literal["row", "plain", "item", "messages", "trl"]
 
 
 @dataclass(frozen=True)

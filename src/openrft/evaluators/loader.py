@@ -45,7 +45,7 @@ from openrft.evaluators import builtin
 from openrft.evaluators.base import Evaluator, RolloutSpec
 from openrft.evaluators.protocol import HEADER_ATTR, MODES, EvaluatorHeader, check_row_signature
 
-PLAIN_FIRST_PARAMS = ("completion",)
+PLAIN_FIRST_PARAMS = ("completion", "completions")
 EP_HINT = "install the optional extra: pip install 'openrft[eval-protocol]'"
 # eval-protocol imports litellm, which otherwise fetches a price list from the internet at
 # import time (and, offline, retries in a background thread that can deadlock the import).
@@ -148,6 +148,9 @@ def as_evaluator(obj: Any, name: str, *, origin: str = "", base_dir: Path | None
             dataset_adapter=header.dataset_adapter,
             source=origin,
         )
+    if callable(obj) and not isinstance(obj, type) and _first_parameter(obj) == "completions":
+        # TRL's reward function: f(completions, prompts=..., **columns) -> one float (or None) per completion
+        return Evaluator(name=name, fn=obj, kind="trl", mode="groupwise", source=origin)
     if callable(obj) and not isinstance(obj, type) and _takes_messages(obj):
         if getattr(obj, "_reward_function_mode", "pointwise") != "pointwise":
             raise EvaluatorError(
@@ -273,6 +276,13 @@ def _candidates(module: ModuleType) -> dict[str, Any]:
         if params and params[0] in PLAIN_FIRST_PARAMS:
             plain[attr] = obj
     return plain
+
+
+def _first_parameter(fn: Callable[..., Any]) -> str | None:
+    try:
+        return next(iter(inspect.signature(fn).parameters), None)
+    except (TypeError, ValueError):
+        return None
 
 
 def _takes_messages(fn: Callable[..., Any]) -> bool:

@@ -184,6 +184,54 @@ def messages_kwargs(prompt: Prompt, completion: Completion) -> dict[str, Any]:
     return {**extras, "messages": messages, "ground_truth": row.get("ground_truth")}
 
 
+TRL_OWN = ("prompts", "completions", "completion_ids", "trainer_state")
+
+
+def trl_kwargs(fn: Callable[..., Any], prompt: Prompt, completions: Sequence[Completion]) -> dict[str, Any]:
+    """A TRL reward function's arguments for one group: ``completions`` (text, or ``[{"role": "assistant",
+    ...}]`` when the prompt was messages, as TRL passes them), ``prompts``, ``completion_ids``, and each
+    row field as a list with one copy per completion (only those it names, unless it takes ``**kwargs``)."""
+    n = len(completions)
+    text_prompt = prompt.row.get("prompt") if isinstance(prompt.row.get("prompt"), str) else None
+    texts = [c.text for c in completions]
+    fields: dict[str, Any] = {
+        "prompts": [
+            text_prompt if text_prompt is not None else copy.deepcopy(list(prompt.messages)) for _ in texts
+        ],
+        "completions": texts
+        if text_prompt is not None
+        else [[{"role": "assistant", "content": t}] for t in texts],
+        "completion_ids": [list(c.completion_token_ids) for c in completions],
+        "trainer_state": None,
+    }
+    fields.update(
+        {k: [copy.deepcopy(v) for _ in range(n)] for k, v in prompt.row.items() if k not in TRL_OWN}
+    )
+    params = list(inspect.signature(fn).parameters.values())
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return {k: v for k, v in fields.items() if k != "trainer_state"}
+    return {k: v for k, v in fields.items() if k in {p.name for p in params}}
+
+
+def _as_list(result: Any, count: int) -> list[Any]:
+    if not isinstance(result, list | tuple) or len(result) != count:
+        got = f"{len(result)} values" if isinstance(result, list | tuple) else type(result).__name__
+        raise EvaluatorError(
+            f"a TRL reward function must return one value per completion: got {got} for {count}"
+        )
+    return list(result)
+
+
+def _trl_score(value: Any) -> Score:
+    """One value of a TRL reward function: a number, or None (TRL: no reward for it) = invalid."""
+    if value is None:
+        return Score(0.0, is_valid=False, reason="the reward function returned None for this completion")
+    try:
+        return to_score(value)
+    except Exception as exc:  # noqa: BLE001 - a value that is no score: invalid, with why
+        return Score(0.0, is_valid=False, reason=f"{type(exc).__name__}: {exc}")
+
+
 def plain_kwargs(fn: Callable[..., Any], prompt: Prompt) -> dict[str, Any]:
     """Row fields for a plain ``f(completion, **row_fields)``: all of them if it takes ``**kwargs``,
     else only the parameters it names. ``messages`` are the prompt's messages."""
@@ -247,6 +295,9 @@ async def _score_group(
 ) -> list[Score]:
     async with sem:
         try:
+            if ev.kind == "trl":
+                result = await _call(ev, timeout, **trl_kwargs(ev.fn, prompt, completions))
+                return [_trl_score(item) for item in _as_list(result, len(completions))]
             rows = [build_row(ev, prompt, c) for c in completions]
             call = (
                 _call(ev, timeout, rows=rows, **ev.call_kwargs)
