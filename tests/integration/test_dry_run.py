@@ -6,9 +6,14 @@ recorded in the job store and no file of the user's changed.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from openrft.cli import main
+
+MCP_SERVER = Path(__file__).parent.parent / "fixtures" / "mcp_calculator.py"
 
 EVALUATOR = "def score(completion, ground_truth=None, **row):\n    return 1.0\n"
 
@@ -29,6 +34,7 @@ def files(tmp_path, monkeypatch):
         f'{{"messages": [{{"role": "user", "content": "{long_question}"}}], "ground_truth": 0}}\n'
     )
     (tmp_path / "ev.py").write_text(EVALUATOR)
+    (tmp_path / "tools.py").write_text('def add(a: int, b: int) -> int:\n    """Add."""\n    return a + b\n')
     (tmp_path / "needs.py").write_text("def score(completion, solution, **row):\n    return 1.0\n")
     (tmp_path / "third_lacks.jsonl").write_text(
         '{"messages": [{"role": "user", "content": "2+2?"}], "ground_truth": 4, "solution": "4"}\n' * 2
@@ -66,6 +72,30 @@ CASES = [
         "--dataset: {d}/broken.jsonl: 1 of 2 rows are malformed",
     ),
     (["--dataset", "{d}/good.jsonl"], "--evaluator: no evaluator given"),
+    (  # the server is started once at creation, as each conversation would start it
+        [
+            "--dataset",
+            "{d}/good.jsonl",
+            "--evaluator",
+            "{d}/ev.py::score",
+            "--mcp-server",
+            "python3 {d}/gone.py",
+        ],
+        "--mcp-server: cannot use the MCP server 'python3 {d}/gone.py'",
+    ),
+    (
+        [
+            "--dataset",
+            "{d}/good.jsonl",
+            "--evaluator",
+            "{d}/ev.py::score",
+            "--tools",
+            "{d}/tools.py",
+            "--mcp-server",
+            f"{sys.executable} {MCP_SERVER}",
+        ],
+        "--tools: two toolsets offer a tool named 'add'; tool names must be unique",
+    ),  # fmt: skip
     (  # every row is checked, not the first one only
         ["--dataset", "{d}/third_lacks.jsonl", "--evaluator", "{d}/needs.py::score"],
         "--evaluator: score() needs solution, which 1 of 3 rows of {d}/third_lacks.jsonl lack (the first: line 3)",

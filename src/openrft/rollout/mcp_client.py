@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import copy
 import os
@@ -138,8 +139,17 @@ async def _transport(server: str) -> Any:
     params = StdioServerParameters(
         command=sys.executable if guarded else argv[0], args=guarded or argv[1:], env=dict(os.environ)
     )
-    async with stdio_client(params) as (read, write):
+    async with stdio_client(params, errlog=_errlog()) as (read, write):
         yield read, write
+
+
+def _errlog() -> Any:
+    """Where a stdio server's stderr goes: ours, or nowhere when ours is no file (a captured stream)."""
+    try:
+        sys.stderr.fileno()
+        return sys.stderr
+    except (AttributeError, OSError, ValueError):
+        return open(os.devnull, "w")  # noqa: SIM115 - lives as long as the server
 
 
 async def _list_tool_schemas(session: Any) -> list[dict[str, Any]]:
@@ -185,6 +195,19 @@ def mcp_tools(server: str) -> McpToolset:
     return McpToolset(server.strip())
 
 
+def check_server(server: str, beside: Toolset | None = None) -> list[str]:
+    """Start (or reach) the MCP server once and list its tools, as a job's first conversation would:
+    a ConfigError naming ``--mcp-server`` when it cannot, or when a name clashes with ``beside``'s
+    (the ``--tools`` file). Runs on a thread of its own, so it works inside a running event loop too."""
+
+    async def names() -> list[str]:
+        async with combine([mcp_tools(server), *([beside] if beside is not None else [])]) as tools:
+            return tools.names()
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mcp-check") as pool:
+        return pool.submit(asyncio.run, names()).result()
+
+
 def load_tools(specs: str | Sequence[str]) -> Toolset:
     """Toolsets from specs: a ``.py`` file path, an ``http(s)://`` MCP URL, or an MCP stdio command."""
     specs = [specs] if isinstance(specs, str) else list(specs)
@@ -195,4 +218,4 @@ def load_tools(specs: str | Sequence[str]) -> Toolset:
     return combine(parts)
 
 
-__all__ = ["MCP_STARTUP_TIMEOUT", "McpToolset", "load_tools", "mcp_tools"]
+__all__ = ["MCP_STARTUP_TIMEOUT", "McpToolset", "check_server", "load_tools", "mcp_tools"]

@@ -124,6 +124,15 @@ def prepare(cfg: JobConfig) -> PreparedJob:
     if settings.agent is not None:
         with _input("--agent" if settings.agent.agent else "--tools"):
             setup.agent_of(settings.agent)  # the file, the function, the tools' schemas
+        if settings.agent.mcp_server and not settings.agent.agent:
+            from openrft.rollout.mcp_client import check_server
+            from openrft.rollout.tools import python_tools
+
+            with _input("--mcp-server"):  # it starts and lists its tools, and no name clashes with --tools
+                check_server(
+                    settings.agent.mcp_server,
+                    python_tools(settings.agent.tools) if settings.agent.tools else None,
+                )
     elif prepared.evaluator.rollout is not None:
         _require_eval_protocol_rollouts(prepared.evaluator)
     if cfg.training.output_model:
