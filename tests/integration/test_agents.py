@@ -64,6 +64,10 @@ def test_serve_answers_the_openai_sdk_with_and_without_tools(tiny_model, tokeniz
             client.chat.completions.create(model="other", messages=messages, max_tokens=4)
         assert client.chat.completions.create(model="tiny", messages=messages, max_tokens=2,
                                               response_format={"type": "text"}).choices  # fmt: skip
+        too_long = [{"role": "user", "content": "hi " * (model.config.max_position_embeddings + 10)}]
+        with pytest.raises(openai.BadRequestError) as caught:  # OpenAI's code for a conversation too long
+            client.chat.completions.create(model="tiny", messages=too_long)
+        assert (caught.value.code, caught.value.param) == ("context_length_exceeded", "messages")
 
 
 def test_tool_calls_come_back_openai_shaped_in_the_sdk_and_streamed(tokenizer):

@@ -95,6 +95,9 @@ def test_refusals_name_the_field(client, tokenizer):
 
 
 def test_the_responses_api_takes_text_format_and_a_flat_tool_choice(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="tiny", input="x", text={"format": {"type": "xml"}})
+    assert caught.value.param == "text.format.type"  # the Responses API's own field
     answer = client.responses.parse(
         model="tiny", input="Plan a trip.", text_format=Trip, max_output_tokens=40
     )

@@ -301,6 +301,9 @@ def _sampling(
     if any(not s for s in stop):
         raise HTTPError(400, "stop strings must be non-empty")
     limit = getattr(engine, "max_positions", 1 << 30)
+    if rollout_id is None and prompt_len >= limit:
+        raise HTTPError(400, f"the messages are {prompt_len} tokens, and this model's context holds {limit}: "
+                        "no room for a reply", code="context_length_exceeded", param="messages")  # fmt: skip
     if rollout_id is None:
         seed = request.seed if request.seed is not None else secrets.randbits(62)
         max_tokens = request.max_completion_tokens or request.max_tokens or max(16, limit - prompt_len)

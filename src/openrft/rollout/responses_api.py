@@ -101,7 +101,13 @@ def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> No
             top_logprobs=request.top_logprobs or None,
             response_format=chat_response_format((request.text or {}).get("format")),
         )
-        answer = await complete(chat, http)
+        try:
+            answer = await complete(chat, http)
+        except HTTPError as error:  # name the Responses API's own fields
+            if error.param and error.param.startswith("response_format"):
+                error.param = "text.format" + error.param[len("response_format") :]
+                error.message = error.message.replace("response_format", "text.format")
+            raise
         if answer is None:
             return {}  # a rollout's client gave up on the call
         body = response_body(tokenizer, request, answer)
