@@ -100,6 +100,10 @@ CASES = [
         ["--dataset", "{d}/third_lacks.jsonl", "--evaluator", "{d}/needs.py::score"],
         "--evaluator: score() needs solution, which 1 of 3 rows of {d}/third_lacks.jsonl lack (the first: line 3)",
     ),
+    (  # the reference taken from another field: a row without it is named
+        ["--dataset", "{d}/third_lacks.jsonl", "--evaluator", "gsm8k", "--reference-field", "solution"],
+        "--reference-field: {d}/third_lacks.jsonl: 1 of 3 rows are malformed",
+    ),
     (  # a built-in evaluator compares with each row's ground_truth: rows without one are refused
         ["--dataset", "{d}/no_truth.jsonl", "--evaluator", "gsm8k"],
         "--evaluator: gsm8k() needs ground_truth, which 1 of 2 rows of {d}/no_truth.jsonl lack (the first: line 2)",
@@ -240,6 +244,17 @@ def test_a_good_job_prints_every_parameter(files, tiny_model_dir, capsys):
                              f"{files}/ev.py::score", "--eval-auto-carveout", "0.5")  # fmt: skip
     assert code == 0, err
     assert "rl-loss-method" in out and "flag" in out and not (files / "home" / "jobs").exists()
+
+
+def test_the_reference_can_come_from_another_field(files, tiny_model_dir, capsys):
+    (files / "answers.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "2+2?"}], "answer": "2 and 2 make 4 #### 4"}\n' * 3
+    )
+    flags = ("--dataset", str(files / "answers.jsonl"), "--evaluator", "gsm8k")
+    code, _, err = dry_run(capsys, tiny_model_dir, *flags)
+    assert code == 2 and "needs ground_truth" in err  # the built-in evaluator needs a reference
+    code, out, err = dry_run(capsys, tiny_model_dir, *flags, "--reference-field", "answer")
+    assert code == 0, err
 
 
 def test_concurrency_from_the_evaluator_header_is_shown_as_such(files, tiny_model_dir, capsys):

@@ -27,6 +27,7 @@ def test_table_covers_every_numeric_and_choice_field():
         "evaluation_dataset",
         "endpoint_url",
         "grader_endpoint",
+        "reference_field",
         "grader_model",
         "ray_address",
         "wandb_project",

@@ -435,6 +435,11 @@ class DataConfig(Group):
         le=0.5,
     )
     skip_bad_rows: bool = field(False, "Skip (and count) malformed dataset rows instead of failing.")
+    reference_field: str | None = field(
+        None,
+        "Take each row's ground_truth from this field (a GSM8K solution '... #### 42' gives 42), in the "
+        "training and evaluation datasets. Default: the rows' own ground_truth.",
+    )
 
     @model_validator(mode="after")
     def _one_evaluation_set(self) -> DataConfig:

@@ -102,6 +102,8 @@ def prepare(cfg: JobConfig) -> PreparedJob:
             source, seed=seed, adapter=evaluator.dataset_adapter, skip_bad_rows=d.skip_bad_rows,
             open_ended=open_ended,
         )  # fmt: skip
+    with _input("--reference-field"):
+        dataset = _referenced(dataset, d.reference_field, d.skip_bad_rows)
     _check_evaluator_fits(evaluator, dataset)
     _check_round_fits(settings, len(dataset))
     evaluation = None
@@ -110,6 +112,8 @@ def prepare(cfg: JobConfig) -> PreparedJob:
             evaluation = load_prompts(
                 d.evaluation_dataset, seed=seed + 1, skip_bad_rows=d.skip_bad_rows, open_ended=open_ended
             )
+        with _input("--reference-field"):
+            evaluation = _referenced(evaluation, d.reference_field, d.skip_bad_rows)
     prepared = PreparedJob(cfg, _with_evaluator_defaults(settings, evaluator), evaluator, dataset, evaluation,
                            d.eval_auto_carveout)  # fmt: skip
     with _input("--eval-auto-carveout"):
@@ -280,6 +284,14 @@ def _open_weights(path: Path) -> None:
 
     with safe_open(str(path), framework="pt") as handle:
         handle.keys()
+
+
+def _referenced(prompts: PromptSet, field_name: str | None, skip_bad_rows: bool) -> PromptSet:
+    if not field_name:
+        return prompts
+    from openrft.data.reference import with_reference_field
+
+    return with_reference_field(prompts, field_name, skip_bad_rows=skip_bad_rows)
 
 
 def _check_evaluator_fits(evaluator: Any, dataset: PromptSet) -> None:
