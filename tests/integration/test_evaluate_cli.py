@@ -121,6 +121,7 @@ def test_evaluate_bad_responses_file_names_the_lines(capsys, tmp_path):
     assert code == 3
     assert "2 malformed response rows" in err
     assert "line 2: prompt_id 'nope' is not in the dataset" in err and "line 3: missing 'prompt_id'" in err
+    assert "(its ids: 'cap-france', 'cap-peru', 'two-plus')" in err  # what the dataset's ids look like
 
 
 def test_data_gsm8k_converts_and_validates(capsys, tmp_path):

@@ -329,5 +329,6 @@ def _response_problem(obj: Any, by_id: dict[str, Any]) -> str | None:
     if not any(isinstance(obj.get(k), str) for k in RESPONSE_KEYS):
         return "missing 'response' (the response text)"
     if str(obj["prompt_id"]) not in by_id:
-        return f"prompt_id {obj['prompt_id']!r} is not in the dataset"
+        some = ", ".join(repr(pid) for pid in list(by_id)[:3])
+        return f"prompt_id {obj['prompt_id']!r} is not in the dataset (its ids: {some}{', ...' if len(by_id) > 3 else ''})"
     return None
