@@ -68,6 +68,11 @@ def test_serve_answers_the_openai_sdk_with_and_without_tools(tiny_model, tokeniz
         with pytest.raises(openai.BadRequestError) as caught:  # OpenAI's code for a conversation too long
             client.chat.completions.create(model="tiny", messages=too_long)
         assert (caught.value.code, caught.value.param) == ("context_length_exceeded", "messages")
+        with pytest.raises(openai.BadRequestError) as caught:  # the Responses API names its own field
+            client.responses.create(model="tiny", input=too_long[0]["content"])
+        assert (caught.value.code, caught.value.param) == ("context_length_exceeded", "input")
+        unset = {"frequency_penalty": None, "presence_penalty": None, "logit_bias": None}  # null = not given
+        assert client.chat.completions.create(model="tiny", messages=messages, max_tokens=2, **unset).choices
 
 
 def test_tool_calls_come_back_openai_shaped_in_the_sdk_and_streamed(tokenizer):
@@ -165,9 +170,15 @@ def test_agents_that_fail_are_marked_and_the_rest_go_on(tiny_model, tokenizer):
     def silent(row, client):
         return row
 
+    async def cancelled_inside(row, client):
+        import asyncio
+
+        asyncio.current_task().cancel()  # what anyio does to the task whose MCP HTTP connection failed
+        await asyncio.sleep(1)
+
     params = SamplingParams(n=2, temperature=1.0, max_tokens=4, seed=1)
     cases = [(Agent(flaky, False, "t"), "ValueError: tool crashed"), (Agent(slow, True, "t"), "--agent-timeout"),
-             (Agent(silent, False, "t"), "no call")]  # fmt: skip
+             (Agent(silent, False, "t"), "no call"), (Agent(cancelled_inside, True, "t"), "cancelled from inside")]  # fmt: skip
     for agent, reason in cases:
         engine = AgentEngine(LocalEngine(model, tokenizer), agent, agent_timeout=1.0)
         start = time.monotonic()

@@ -102,6 +102,8 @@ def test_serve_api_surface(served):
             headers={"content-type": "application/json"},
         )  # fmt: skip
         assert infinite.status_code == 400 and "temperature" in infinite.json()["error"]["message"]
+        too_long = client.post("/completions", json={"prompt": [1] * 100_000}).json()["error"]
+        assert (too_long["code"], too_long["param"]) == ("context_length_exceeded", "prompt")
         negative = client.post("/completions", json={"prompt": [1, 2], "stop_token_ids": [-5]})
         assert negative.status_code == 400 and "stop_token_ids" in negative.json()["error"]["message"]
 

@@ -8,7 +8,7 @@ from typing import Literal
 import openai
 import pytest
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from test_agents import ScriptedEngine
 from test_local_engine import teacher_forced
 
@@ -139,3 +139,32 @@ def test_with_tools_offered_a_json_schema_reply_may_also_be_a_tool_call(tiny_mod
     assert request_grammar(TOOLS, "none", None, {"type": "json_object"})[0] == json_grammar(
         {"type": "object"}
     )
+
+
+class Pet(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # additionalProperties: false, as strict tools have it
+
+    kind: Literal["cat", "dog"]
+    legs: Literal[3, 4]
+
+
+class Owner(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pet: Pet  # pydantic writes {"$defs": {"Pet": ...}, "properties": {"pet": {"$ref": "#/$defs/Pet"}}}
+    nights: Literal[1, 2]
+
+
+def test_tool_schemas_with_definitions_are_forced_as_pydantic_writes_them(client):
+    tools = [
+        {"type": "function", "function": {"name": name, "parameters": Owner.model_json_schema()}}
+        for name in ("book", "cancel")  # two tools with the same definition names
+    ]
+    named = client.chat.completions.create(model="tiny", messages=USER, tools=tools, max_tokens=80, seed=4,
+                                           tool_choice={"type": "function", "function": {"name": "book"}})  # fmt: skip
+    (call,) = named.choices[0].message.tool_calls  # a named function is called once
+    assert call.function.name == "book" and Owner.model_validate_json(call.function.arguments)
+    either = client.chat.completions.create(model="tiny", messages=USER, tools=tools, max_tokens=80, seed=5,
+                                            tool_choice="required", parallel_tool_calls=False)  # fmt: skip
+    (call,) = either.choices[0].message.tool_calls
+    assert call.function.name in ("book", "cancel") and Owner.model_validate_json(call.function.arguments)

@@ -179,6 +179,13 @@ class AgentEngine:
                 messages = conversation_of(row)
             except TimeoutError:
                 error = f"the agent did not finish within --agent-timeout ({self.agent_timeout:g} s)"
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this run itself is being cancelled: the job is stopping
+                # cancelled from inside: anyio cancels the task whose MCP connection failed (an HTTP
+                # server gone); that run is scored invalid, the others go on
+                error = "the agent's run was cancelled from inside (an MCP server's connection failed?)"
             except Exception as exc:  # the user's code failed: this run is scored invalid
                 error = f"the agent raised {type(exc).__name__}: {str(exc).strip()[:300]}"
             finally:

@@ -64,8 +64,8 @@ class ChatRequest(BaseModel):
     stream_options: dict[str, Any] | None = None
     return_token_ids: bool = False  # vLLM's extension: prompt and completion token ids in the answer
     response_format: dict[str, Any] | None = None  # text, json_object or json_schema (constrained decoding)
-    frequency_penalty: float = 0.0  # the penalties, logit_bias and reasoning_effort are refused unless
-    presence_penalty: float = 0.0  # left at their defaults: the engine does not apply them
+    frequency_penalty: float | None = None  # the penalties, logit_bias and reasoning_effort are refused
+    presence_penalty: float | None = None  # unless left at their defaults: the engine does not apply them
     logit_bias: dict[str, float] | None = None
     reasoning_effort: str | None = None
     functions: list[Any] | None = None  # OpenAI's deprecated form of tools: refused, never dropped

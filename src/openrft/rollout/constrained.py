@@ -14,6 +14,7 @@ with it. Sampling itself uses the masked distribution.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -118,13 +119,13 @@ def tool_call_grammar(
     if missing:
         raise ConstraintError(f"tool_choice names the function {json.dumps(missing[0])}, which is not in 'tools'",
                               "tool_choice")  # fmt: skip
+    parameters, definitions = _lift_definitions(
+        {name: functions[name].get("parameters") or {"type": "object"} for name in names}
+    )
     calls = [
         {
             "type": "object",
-            "properties": {
-                "name": {"const": name},
-                "arguments": functions[name].get("parameters") or {"type": "object"},
-            },
+            "properties": {"name": {"const": name}, "arguments": parameters[name]},
             "required": ["name", "arguments"],
             "additionalProperties": False,
         }
@@ -132,13 +133,54 @@ def tool_call_grammar(
     ]
     body = calls[0] if len(calls) == 1 else {"anyOf": calls}
     body = {**body, "x-guidance": JSON_OPTIONS}  # the same JSON style as response_format
-    repeat = "" if parallel is False else ' ("\\n" call)*'
+    if definitions:
+        body["$defs"] = definitions
+    # several calls only when any tool may be called and parallel calls are allowed (a named one: once)
+    repeat = "" if parallel is False or tool_choice != "required" else ' ("\\n" call)*'
     lark = (
         f"start: call{repeat}\n"
         f'call: "<tool_call>\\n" body "\\n</tool_call>"\n'
         f"body: %json {json.dumps(body)}\n"
     )
     return lark
+
+
+def _lift_definitions(schemas: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each tool's parameter schema without its ``$defs``/``definitions``, and one table of them all.
+
+    A parameter schema is nested under ``arguments`` in the call's schema, where its references
+    (``#/$defs/Person``, as pydantic writes them) would no longer resolve; its definitions move to the
+    root of the call's schema, each named after its tool (``record__Person``), and its references follow.
+    """
+    lifted: dict[str, Any] = {}
+    table: dict[str, Any] = {}
+    for tool, schema in schemas.items():
+        schema = copy.deepcopy(schema) if isinstance(schema, dict) else {"type": "object"}
+        renames: dict[str, str] = {}
+        found: dict[str, Any] = {}
+        for key in ("$defs", "definitions"):
+            for name, definition in (schema.pop(key, None) or {}).items():
+                renames[f"#/{key}/{name}"] = f"#/$defs/{tool}__{name}"
+                found[f"{tool}__{name}"] = definition
+        lifted[tool] = _renamed_refs(schema, renames)
+        table.update({name: _renamed_refs(d, renames) for name, d in found.items()})
+    return lifted, table
+
+
+def _renamed_refs(node: Any, renames: dict[str, str]) -> Any:
+    if not renames:
+        return node
+    if isinstance(node, dict):
+        out = {k: _renamed_refs(v, renames) for k, v in node.items()}
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            head = next((old for old in renames if ref == old or ref.startswith(old + "/")), None)
+            if head is not None:
+                out["$ref"] = renames[head] + ref[len(head) :]
+        return out
+    if isinstance(node, list):
+        return [_renamed_refs(v, renames) for v in node]
+    return node
 
 
 def check_grammar(grammar: str, param: str) -> None:

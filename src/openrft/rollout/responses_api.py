@@ -101,13 +101,7 @@ def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> No
             top_logprobs=request.top_logprobs or None,
             response_format=chat_response_format((request.text or {}).get("format")),
         )
-        try:
-            answer = await complete(chat, http)
-        except HTTPError as error:  # name the Responses API's own fields
-            if error.param and error.param.startswith("response_format"):
-                error.param = "text.format" + error.param[len("response_format") :]
-                error.message = error.message.replace("response_format", "text.format")
-            raise
+        answer = await _answer(complete, chat, http)
         if answer is None:
             return {}  # a rollout's client gave up on the call
         body = response_body(tokenizer, request, answer)
@@ -268,6 +262,24 @@ def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | Non
         function = {k: tool[k] for k in ("name", "description", "parameters") if tool.get(k) is not None}
         out.append({"type": "function", "function": function})
     return out
+
+
+RESPONSES_PARAMS = {
+    "response_format": "text.format",
+    "messages": "input",
+}  # chat's field -> the Responses API's
+
+
+async def _answer(complete: Complete, chat: ChatRequest, http: Request) -> Answer | None:
+    """``complete(chat)``, its refusals naming the Responses API's own fields."""
+    try:
+        return await complete(chat, http)
+    except HTTPError as error:
+        for ours, theirs in RESPONSES_PARAMS.items():
+            if error.param and (error.param == ours or error.param.startswith(ours + ".")):
+                error.param = theirs + error.param[len(ours) :]
+                error.message = error.message.replace(ours, theirs)
+        raise
 
 
 def chat_tool_choice(choice: Any) -> Any:

@@ -255,6 +255,7 @@ def create_app(
                 400, "stream_options is only allowed with stream set to true", param="stream_options"
             )
         token_lists = _prompt_token_ids(engine.tokenizer, request.prompt)
+        _check_context(engine, token_lists)
         seed = request.seed if request.seed is not None else secrets.randbits(62)
         stops = tuple(sorted(set(engine.stop_token_ids) | set(request.stop_token_ids or ())))
         stop_strings = _stop_strings(request)
@@ -406,6 +407,15 @@ def _stop_strings(request: CompletionRequest) -> tuple[str, ...]:
     if any(not s for s in stop):
         raise _HTTPError(400, "stop strings must be non-empty")
     return tuple(stop)
+
+
+def _check_context(engine: Any, token_lists: list[list[int]]) -> None:
+    """A prompt that leaves no room for one token is refused as OpenAI and vLLM refuse it."""
+    limit = getattr(engine, "max_positions", 1 << 30)
+    longest = max((len(ids) for ids in token_lists), default=0)
+    if longest >= limit:
+        raise _HTTPError(400, f"the prompt is {longest} tokens, and this model's context holds {limit}: no room "
+                         "for a completion", code="context_length_exceeded", param="prompt")  # fmt: skip
 
 
 def _completion_events(body: dict[str, Any], request: CompletionRequest) -> Iterator[str]:

@@ -114,6 +114,7 @@ def prepare(cfg: JobConfig) -> PreparedJob:
             )
         with _input("--reference-field"):
             evaluation = _referenced(evaluation, d.reference_field, d.skip_bad_rows)
+        _check_evaluator_fits(evaluator, evaluation)  # its rows are scored too
     prepared = PreparedJob(cfg, _with_evaluator_defaults(settings, evaluator), evaluator, dataset, evaluation,
                            d.eval_auto_carveout)  # fmt: skip
     with _input("--eval-auto-carveout"):
