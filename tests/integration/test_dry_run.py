@@ -104,6 +104,10 @@ CASES = [
         ["--dataset", "{d}/third_lacks.jsonl", "--evaluator", "gsm8k", "--reference-field", "solution"],
         "--reference-field: {d}/third_lacks.jsonl: 1 of 3 rows are malformed",
     ),
+    (
+        ["--dataset", "{d}/good.jsonl", "--evaluator", "{d}/needs.py::score"],
+        "--evaluator: score() needs solution, which every row of {d}/good.jsonl lacks (the first: line 1)",
+    ),
     (  # the evaluation set is scored by the same evaluator: its rows are checked too
         ["--dataset", "{d}/good.jsonl", "--evaluation-dataset", "{d}/no_truth.jsonl", "--evaluator", "gsm8k"],
         "--evaluator: gsm8k() needs ground_truth, which 1 of 2 rows of {d}/no_truth.jsonl lack",

@@ -313,9 +313,10 @@ def _check_evaluator_fits(evaluator: Any, dataset: PromptSet) -> None:
             else f"row {dataset[first].prompt_id}"
         )
         share = "every row" if len(lacking) == len(dataset) else f"{len(lacking)} of {len(dataset)} rows"
+        verb = "lacks" if len(lacking) == len(dataset) else "lack"
         raise ConfigError(
             f"--evaluator: {evaluator.name}() needs {', '.join(missing)}, which {share} of {dataset.source} "
-            f"lack (the first: {where})",
+            f"{verb} (the first: {where})",
             field="evaluator",
             hint="add the fields to those rows or drop them, give the parameters defaults, or take **row_fields",
         )
