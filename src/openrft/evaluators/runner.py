@@ -202,15 +202,12 @@ def trl_kwargs(fn: Callable[..., Any], prompt: Prompt, completions: Sequence[Com
         if text_prompt is not None
         else [[{"role": "assistant", "content": t}] for t in texts],
         "completion_ids": [list(c.completion_token_ids) for c in completions],
-        "trainer_state": None,
+        "trainer_state": None,  # openrft has no trainer state to give, as TRL would
     }
     fields.update(
         {k: [copy.deepcopy(v) for _ in range(n)] for k, v in prompt.row.items() if k not in TRL_OWN}
     )
-    params = list(inspect.signature(fn).parameters.values())
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return {k: v for k, v in fields.items() if k != "trainer_state"}
-    return {k: v for k, v in fields.items() if k in {p.name for p in params}}
+    return _accepted(fn, fields)
 
 
 def _as_list(result: Any, count: int) -> list[Any]:
@@ -237,11 +234,16 @@ def plain_kwargs(fn: Callable[..., Any], prompt: Prompt) -> dict[str, Any]:
     else only the parameters it names. ``messages`` are the prompt's messages."""
     fields = {**copy.deepcopy(prompt.row), "messages": copy.deepcopy(list(prompt.messages))}
     fields["prompt_id"] = prompt.prompt_id
+    fields.pop(next(iter(inspect.signature(fn).parameters)), None)  # the completion is given apart
+    return _accepted(fn, fields)
+
+
+def _accepted(fn: Callable[..., Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` that ``fn`` takes by keyword: all of them with ``**kwargs``, else only those it names."""
     params = list(inspect.signature(fn).parameters.values())
-    fields.pop(params[0].name, None)
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return fields
-    names = {p.name for p in params[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     return {k: v for k, v in fields.items() if k in names}
 
 

@@ -117,9 +117,9 @@ def add_chat_routes(
         grammar = _grammar(request, tools, engine)
         request.messages = with_system(request.messages, system_prompt)
         prompt_ids = _prompt_ids(engine.tokenizer, request.messages, tools, fmt, recorder, rollout_id)
-        key, seed_name, budget = _sampling(request, name, engine, recorder, rollout_id, len(prompt_ids))
-        if tools and request.parallel_tool_calls is False:  # end at the first call: nothing after it is
-            key = (*key[:7], (*key[7], fmt.call_end), *key[8:])  # sampled, so a rollout records no other
+        # with one call allowed, sampling ends at its end: a rollout records nothing after it
+        ends = (fmt.call_end,) if tools and request.parallel_tool_calls is False else ()
+        key, seed_name, budget = _sampling(request, name, engine, recorder, rollout_id, len(prompt_ids), ends)
         key = (*key, grammar)
         groups = await batcher.submit(key, [(seed_name, prompt_ids)])
         completions = groups[0]
@@ -294,8 +294,10 @@ def _sampling(
     recorder: RolloutRecorder | None,
     rollout_id: str | None,
     prompt_len: int,
+    extra_stops: tuple[str, ...] = (),
 ) -> tuple[tuple, str, int | None]:
-    """The batcher key, the seed name of the one prompt, and the token budget a rollout call had."""
+    """The batcher key, the seed name of the one prompt, and the token budget a rollout call had
+    (``extra_stops`` end the reply besides the request's or the job's stop strings)."""
     stops = tuple(sorted(set(engine.stop_token_ids)))
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     if any(not s for s in stop):
@@ -308,7 +310,7 @@ def _sampling(
         seed = request.seed if request.seed is not None else secrets.randbits(62)
         max_tokens = request.max_completion_tokens or request.max_tokens or max(16, limit - prompt_len)
         key = (name, request.n, request.temperature, request.top_p, max(request.top_k, 0),
-               min(max_tokens, max(1, limit - prompt_len)), stops, tuple(stop), request.top_logprobs or 0)  # fmt: skip
+               min(max_tokens, max(1, limit - prompt_len)), stops, (*stop, *extra_stops), request.top_logprobs or 0)  # fmt: skip
         return key, f"seed:{seed}", None
     assert recorder is not None and recorder.params is not None
     if request.n != 1:
@@ -325,7 +327,17 @@ def _sampling(
         )
     call = recorder.next_call(rollout_id)  # calls made at once (asyncio.gather) each get their own
     seed_key = recorder.log(rollout_id).seed_key  # type: ignore[union-attr]
-    key = (name, 1, p.temperature, p.top_p, p.top_k, budget, stops, tuple(p.stop), request.top_logprobs or 0)
+    key = (
+        name,
+        1,
+        p.temperature,
+        p.top_p,
+        p.top_k,
+        budget,
+        stops,
+        (*p.stop, *extra_stops),
+        request.top_logprobs or 0,
+    )
     return key, f"{p.seed}:{seed_key}/{call}", budget  # the round's seed, the rollout, the call
 
 

@@ -40,12 +40,6 @@ def json_grammar(schema: dict[str, Any]) -> str:
     return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
 
 
-def response_format_grammar(response_format: dict[str, Any] | None) -> str | None:
-    """The grammar a chat request's ``response_format`` asks for (None for plain text)."""
-    schema = response_format_schema(response_format)
-    return None if schema is None else json_grammar(schema)
-
-
 def response_format_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
     """The JSON schema a chat request's ``response_format`` asks for (None for plain text)."""
     kind = (response_format or {}).get("type", "text")
@@ -234,7 +228,6 @@ __all__ = [
     "check_grammar",
     "json_grammar",
     "request_grammar",
-    "response_format_grammar",
     "response_format_schema",
     "tool_call_grammar",
 ]
