@@ -48,6 +48,7 @@ class ToolCallFormat(Protocol):
     """How a model family writes tool calls in text, and how tools are described to it."""
 
     name: str
+    call_start: str  # the text that opens one call
     call_end: str  # the text that closes one call
 
     def parse(self, text: str) -> ParsedReply: ...
@@ -63,6 +64,7 @@ class HermesFormat:
     """``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (Hermes, Qwen2.5, SmolLM)."""
 
     name = "hermes"
+    call_start = "<tool_call>"
     call_end = "</tool_call>"
     pattern = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 

@@ -3,7 +3,9 @@
 The conversation is rendered with the model's chat template, tools included
 (:mod:`openrft.rollout.chat`), and tool calls are read back out of the completion in the
 format that template uses and returned OpenAI-shaped (``finish_reason: "tool_calls"``).
-``stream: true`` answers with server-sent events once the completion is done.
+``stream: true`` answers with server-sent events as the reply is sampled (:mod:`openrft.rollout.streaming`):
+its text as it grows, its tool calls once read. A training call, or one asking for log-probs, is sent
+whole once sampled.
 
 A request that names a rollout (the ``X-OpenRFT-Rollout`` header, set by the client a job
 gives an agent) is a training call: the job's sampling parameters replace the request's,
@@ -13,6 +15,7 @@ exact tokens are recorded (:mod:`openrft.rollout.trajectories`).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import json
@@ -20,7 +23,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -32,6 +35,7 @@ from openrft.records import Completion
 from openrft.rollout.chat import ParsedReply, encode_chat, render_chat, tool_format
 from openrft.rollout.constrained import ConstraintError, check_grammar, request_grammar
 from openrft.rollout.prompts import with_system
+from openrft.rollout.streaming import LiveReply, TextDeltas, settle
 from openrft.rollout.trajectories import (
     ROLLOUT_HEADER,
     CallRecord,
@@ -104,9 +108,10 @@ def add_chat_routes(
     engine = host.engine
     fmt = tool_format("hermes")
 
-    async def complete(request: ChatRequest, http: Request) -> Answer | None:
+    async def complete(request: ChatRequest, http: Request, live: LiveReply | None = None) -> Answer | None:
         """Sample ``request``'s replies (recorded when it names a rollout); None when a rollout's
-        client gave up on the call before its reply was ready."""
+        client gave up on the call before its reply was ready. ``live`` (a streamed request) is started
+        and fed the tokens as they are sampled, unless the reply can only be sent whole (see ``_live``)."""
         model, rollout_id = split_rollout_model(request.model)
         name = host.resolve(model)
         rollout_id = http.headers.get(ROLLOUT_HEADER) or rollout_id
@@ -121,7 +126,10 @@ def add_chat_routes(
         ends = (fmt.call_end,) if tools and request.parallel_tool_calls is False else ()
         key, seed_name, budget = _sampling(request, name, engine, recorder, rollout_id, len(prompt_ids), ends)
         key = (*key, grammar)
-        groups = await batcher.submit(key, [(seed_name, prompt_ids)])
+        if live is not None and _live(request, engine, rollout_id):
+            live.start(name)
+        sink = live.push if live is not None and live.started.is_set() else None
+        groups = await batcher.submit(key, [(seed_name, prompt_ids)], sink)
         completions = groups[0]
         # OpenAI leaves a matched stop string out of the content; a training rollout keeps what was
         # sampled, which is what it trains on (the job's stop strings end in the reply, documented)
@@ -142,7 +150,13 @@ def add_chat_routes(
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: ChatRequest, http: Request) -> Any:
-        answer = await complete(request, http)
+        live = LiveReply() if request.stream else None
+        task = asyncio.ensure_future(complete(request, http, live))
+        if live is not None and await live.begun(task):
+            settle(task)
+            events = _live_events(live, task, request, engine.tokenizer, fmt)
+            return StreamingResponse(events, media_type="text/event-stream")
+        answer = await task
         if answer is None:
             return {}
         body = _response(engine.tokenizer, answer.name, request, answer.completions, answer.replies)
@@ -154,6 +168,13 @@ def add_chat_routes(
 
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def _live(request: ChatRequest, engine: Any, rollout_id: str | None) -> bool:
+    """Whether a streamed reply is sent as it is sampled. It is sent whole once sampled for a training
+    call (what the rollout records is the finished reply), with log-probs, and from an engine that
+    cannot report its tokens as it goes (vLLM, an endpoint)."""
+    return rollout_id is None and not request.logprobs and bool(getattr(engine, "streams_tokens", False))
 
 
 def _check_supported(request: ChatRequest, engine: Any) -> None:
@@ -443,6 +464,65 @@ def _events(body: dict[str, Any], request: ChatRequest) -> Iterator[str]:
     if (request.stream_options or {}).get("include_usage"):
         yield f"data: {json.dumps({**base, 'choices': [], 'usage': body['usage']})}\n\n"
     yield "data: [DONE]\n\n"
+
+
+async def _live_events(
+    live: LiveReply, task: asyncio.Future, request: ChatRequest, tokenizer: Any, fmt: Any
+) -> AsyncIterator[str]:
+    """OpenAI's chunk stream as the reply is sampled: each choice's role, then its text as it grows (up to
+    a tool call's opening tag), then, once done, the rest of its text, its tool calls and finish reason."""
+    base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": live.name}  # fmt: skip
+
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> str:
+        choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return f"data: {json.dumps({**base, 'choices': [choice]})}\n\n"
+
+    tools = request.tools if request.tool_choice != "none" else None
+    markers = (fmt.call_start,) if tools else ()
+    streams = [
+        TextDeltas(tokenizer, stops=_request_stops(request), markers=markers, trim=bool(tools))
+        for _ in range(request.n)
+    ]
+    for index in range(request.n):
+        yield chunk(index, {"role": "assistant", "content": ""})
+    async for step in live.steps(task):
+        for (_, candidate), text in _grouped(streams, step):
+            yield chunk(candidate, {"content": text})
+    try:
+        answer = task.result()
+    except Exception as exc:  # noqa: BLE001 - the stream has begun: the error is its last event
+        yield f"data: {json.dumps({'error': _stream_error(exc)})}\n\n"
+        return
+    body = _response(tokenizer, answer.name, request, answer.completions, answer.replies)
+    for choice in body["choices"]:
+        i, message = choice["index"], choice["message"]
+        if rest := streams[i].rest(message.get("content")):
+            yield chunk(i, {"content": rest})
+        for n, call in enumerate(message.get("tool_calls") or []):
+            yield chunk(i, {"tool_calls": [{"index": n, **call}]})
+        yield chunk(i, {}, choice["finish_reason"])
+    if (request.stream_options or {}).get("include_usage"):
+        yield f"data: {json.dumps({**base, 'choices': [], 'usage': body['usage']})}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def _grouped(
+    streams: list[TextDeltas], step: list[tuple[tuple[int, int], int]]
+) -> list[tuple[tuple[int, int], str]]:
+    """One step's tokens pushed into their choices' streams: the non-empty new texts, by owner."""
+    out = []
+    for owner, token in step:
+        if text := streams[owner[1]].push([token]):
+            out.append((owner, text))
+    return out
+
+
+def _stream_error(exc: BaseException) -> dict[str, Any]:
+    """An error object for a stream that has already begun (OpenAI sends ``{"error": {...}}``)."""
+    if isinstance(exc, HTTPError):
+        return {"message": exc.message, "type": "invalid_request_error", "param": exc.param, "code": exc.code}
+    return {"message": f"{type(exc).__name__}: {exc}", "type": "server_error", "param": None, "code": None}
 
 
 __all__ = [

@@ -154,6 +154,8 @@ class Run:
         self.length = 0
         self.capacity = 0
         self.cache: Cache | None = None
+        # told each sampled token as ``((prompt index, candidate index), token id)`` pairs, a step at a time
+        self.on_tokens: Callable[[list[tuple[tuple[int, int], int]]], None] | None = None
 
     def _limit(self, name: str, ids: list[int]) -> int:
         if not ids:
@@ -269,6 +271,7 @@ class Run:
         if self.grammar is not None:
             self.matchers.update((owner, self.grammar.deep_copy()) for owner in admitted)
         tokens_R, logprobs_R = self._sample(logits_RV, uniforms_RT[:, 0], admitted)
+        self._emit(admitted, tokens_R)
         rows = len(admitted)
         device = self.device
         tokens_RT = torch.zeros(rows, width, dtype=torch.long, device=device)
@@ -460,6 +463,7 @@ class Run:
         uniforms_B = rows.uniforms_BT.gather(1, column_B[:, None]).squeeze(1)
         index_A = torch.nonzero(active_B).squeeze(1)
         tokens_B, logprobs_B = self._sample(logits_BV, uniforms_B, rows.owners, index_A)
+        self._emit(rows.owners, tokens_B, index_A)
         rows.tokens_BT[index_A, column_B[index_A]] = tokens_B[index_A]
         rows.logprobs_BT[index_A, column_B[index_A]] = logprobs_B[index_A]
         if self.params.top_logprobs:
@@ -476,6 +480,17 @@ class Run:
             stopped_B |= self._spelled_stop(rows, check_B)
         rows.stopped_B |= stopped_B
         rows.done_B |= stopped_B | (rows.count_B >= rows.limit_B)
+
+    def _emit(
+        self, owners: list[tuple[int, int]], tokens_B: torch.Tensor, index_A: torch.Tensor | None = None
+    ) -> None:
+        """Tell ``on_tokens`` (when set: a streamed request) the tokens just sampled for ``owners``
+        (for rows ``index_A`` only, when given)."""
+        if self.on_tokens is None:
+            return
+        rows = range(len(owners)) if index_A is None else index_A.tolist()
+        tokens = tokens_B.tolist()
+        self.on_tokens([(owners[i], tokens[i]) for i in rows])
 
     def _sample(
         self,

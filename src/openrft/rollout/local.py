@@ -49,7 +49,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psutil
@@ -95,6 +95,7 @@ class LocalEngine:
     needs_adapter_files = False  # samples the trainer's live model
     max_top_logprobs = MAX_TOP_LOGPROBS  # alternatives per token it can record (SamplingParams.top_logprobs)
     constrained_decoding = True  # honours SamplingParams.grammar
+    streams_tokens = True  # generate_from_ids(on_tokens=...) reports each step's tokens
 
     def __init__(
         self,
@@ -159,10 +160,13 @@ class LocalEngine:
         params: SamplingParams,
         *,
         stop_token_ids: Sequence[int] | None = None,
+        on_tokens: Callable[[list[tuple[tuple[int, int], int]]], None] | None = None,
     ) -> list[list[Completion]]:
         """Like :meth:`generate` for prompts already tokenized: ``(prompt_id, token_ids)`` pairs.
 
-        ``stop_token_ids`` replaces the engine's end tokens for this call.
+        ``stop_token_ids`` replaces the engine's end tokens for this call. ``on_tokens``, when given, is
+        called after every decoding step (in this thread) with the tokens it sampled, as
+        ``((prompt index, candidate index), token id)`` pairs: what a streamed reply sends as it goes.
         """
         check_params(params)
         stops = tuple(stop_token_ids) if stop_token_ids else self.stop_token_ids
@@ -176,6 +180,7 @@ class LocalEngine:
         compiled = run is not None
         if run is None:
             run = Run(settings, names, prompt_ids, params, stops)
+        run.on_tokens = on_tokens
         start = time.perf_counter()
         with self._lock if compiled else contextlib.nullcontext(), self._sampling_mode():
             if self.copy is not None:

@@ -6,7 +6,8 @@ tools. The reply comes back as output items: a ``message`` with ``output_text``,
 ``function_call`` per tool call. ``previous_response_id`` continues a stored response, and
 ``item_reference`` items name stored items (the server keeps the latest responses in memory,
 :mod:`openrft.rollout.response_store`; ``store: false`` keeps none); ``stream: true`` answers with
-the Responses event stream once the reply is done. A request naming a rollout is a training call,
+the Responses event stream as the reply is sampled (whole once sampled for a training call or with
+log-probs). A request naming a rollout is a training call,
 recorded exactly as a chat completion is: an agent may use either API, and tool calls it sends back
 in any order (each call followed by its output) rejoin the turn that made them.
 
@@ -18,18 +19,21 @@ other than functions.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from openrft.rollout.chat import tool_format
 from openrft.rollout.chat_api import Answer, ChatRequest, HTTPError, logprob_entries
 from openrft.rollout.response_store import ResponseStore, Stored
+from openrft.rollout.streaming import LiveReply, TextDeltas, settle
 
 LOGPROBS = "message.output_text.logprobs"
 TEXT_PARTS = ("input_text", "output_text", "text")
@@ -61,7 +65,7 @@ class ResponsesRequest(BaseModel):
     stream: bool = False
 
 
-Complete = Callable[[ChatRequest, Request], Awaitable[Answer | None]]
+Complete = Callable[[ChatRequest, Request, LiveReply | None], Awaitable[Answer | None]]
 
 
 def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> None:
@@ -82,31 +86,29 @@ def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> No
         conversation = [*history, *input_messages(items, store)]
         if not conversation:
             raise HTTPError(400, "input: no messages", param="input")
-        opening = [{"role": "system", "content": request.instructions}] if request.instructions else []
-        if request.reasoning:
-            raise HTTPError(400, "'reasoning' is not supported: the model has no reasoning settings",
-                            param="reasoning")  # fmt: skip
-        chat = ChatRequest(
-            model=request.model,
-            messages=[*opening, *conversation],
-            tools=chat_tools(request.tools),
-            tool_choice=chat_tool_choice(request.tool_choice),
-            parallel_tool_calls=request.parallel_tool_calls,
-            max_completion_tokens=request.max_output_tokens,
-            temperature=1.0 if request.temperature is None else request.temperature,
-            top_p=1.0 if request.top_p is None else request.top_p,
-            top_k=request.top_k,
-            seed=request.seed,
-            logprobs=bool(request.top_logprobs),
-            top_logprobs=request.top_logprobs or None,
-            response_format=chat_response_format((request.text or {}).get("format")),
-        )
-        answer = await _answer(complete, chat, http)
-        if answer is None:
-            return {}  # a rollout's client gave up on the call
-        body = response_body(tokenizer, request, answer)
-        if request.store is not False:
-            store.put(body["id"], Stored([*conversation, answer.replies[0].message()], body, items))
+        chat = _chat_request(request, conversation)
+        # a stream sends the text as it is sampled, unless log-probs are asked for (then whole, once sampled)
+        live = LiveReply() if request.stream and LOGPROBS not in (request.include or ()) else None
+        ids = (f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}")
+
+        async def respond() -> dict[str, Any] | None:  # stored even when a streaming client leaves early
+            answer = await _answer(complete, chat, http, live)
+            if answer is None:
+                return None  # a rollout's client gave up on the call
+            body = response_body(tokenizer, request, answer, ids=ids)
+            if request.store is not False:
+                store.put(body["id"], Stored([*conversation, answer.replies[0].message()], body, items))
+            return body
+
+        task = asyncio.ensure_future(respond())
+        if live is not None and await live.begun(task):
+            settle(task)
+            tools = bool(chat.tools) and chat.tool_choice != "none"
+            events = live_response_events(live, task, request, tokenizer, ids, tools)
+            return StreamingResponse(events, media_type="text/event-stream")
+        body = await task
+        if body is None:
+            return {}
         if request.stream:
             return StreamingResponse(response_events(body), media_type="text/event-stream")
         return body
@@ -140,6 +142,29 @@ def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> No
         if not store.delete(response_id):
             raise HTTPError(404, f"Response with id '{response_id}' not found.")
         return {"id": response_id, "object": "response", "deleted": True}
+
+
+def _chat_request(request: ResponsesRequest, conversation: list[dict[str, Any]]) -> ChatRequest:
+    """The chat request that samples ``request``'s reply to ``conversation`` (the earlier turns included)."""
+    opening = [{"role": "system", "content": request.instructions}] if request.instructions else []
+    if request.reasoning:
+        raise HTTPError(400, "'reasoning' is not supported: the model has no reasoning settings",
+                        param="reasoning")  # fmt: skip
+    return ChatRequest(
+        model=request.model,
+        messages=[*opening, *conversation],
+        tools=chat_tools(request.tools),
+        tool_choice=chat_tool_choice(request.tool_choice),
+        parallel_tool_calls=request.parallel_tool_calls,
+        max_completion_tokens=request.max_output_tokens,
+        temperature=1.0 if request.temperature is None else request.temperature,
+        top_p=1.0 if request.top_p is None else request.top_p,
+        top_k=request.top_k,
+        seed=request.seed,
+        logprobs=bool(request.top_logprobs),
+        top_logprobs=request.top_logprobs or None,
+        response_format=chat_response_format((request.text or {}).get("format")),
+    )
 
 
 def _check_supported(request: ResponsesRequest) -> None:
@@ -270,10 +295,12 @@ RESPONSES_PARAMS = {
 }  # chat's field -> the Responses API's
 
 
-async def _answer(complete: Complete, chat: ChatRequest, http: Request) -> Answer | None:
+async def _answer(
+    complete: Complete, chat: ChatRequest, http: Request, live: LiveReply | None
+) -> Answer | None:
     """``complete(chat)``, its refusals naming the Responses API's own fields."""
     try:
-        return await complete(chat, http)
+        return await complete(chat, http, live)
     except HTTPError as error:
         for ours, theirs in RESPONSES_PARAMS.items():
             if error.param and (error.param == ours or error.param.startswith(ours + ".")):
@@ -300,8 +327,12 @@ def chat_response_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------------- answer -> response
 
 
-def response_body(tokenizer: Any, request: ResponsesRequest, answer: Answer) -> dict[str, Any]:
-    """The Responses API's ``response`` object for the first (only) completion of ``answer``."""
+def response_body(
+    tokenizer: Any, request: ResponsesRequest, answer: Answer, ids: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """The Responses API's ``response`` object for the first (only) completion of ``answer``; ``ids``:
+    the response's and its message's (a stream announces them before the reply is done)."""
+    response_id, message_id = ids or (f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}")
     c, reply = answer.completions[0], answer.replies[0]
     incomplete = c.finish_reason == "length"
     output: list[dict[str, Any]] = []
@@ -312,7 +343,7 @@ def response_body(tokenizer: Any, request: ResponsesRequest, answer: Answer) -> 
             if c.finish_reason == "stop" and ids and ids[-1] in set(tokenizer.all_special_ids):
                 ids, lps = ids[:-1], lps[:-1]  # the end-of-turn token is not part of the text
             part["logprobs"] = logprob_entries(tokenizer, ids, lps, c.top_logprobs)
-        output.append({"type": "message", "id": f"msg_{uuid.uuid4().hex}", "role": "assistant",
+        output.append({"type": "message", "id": message_id, "role": "assistant",
                        "status": "incomplete" if incomplete else "completed", "content": [part]})  # fmt: skip
     for call in reply.tool_calls:
         function = call["function"]
@@ -323,19 +354,37 @@ def response_body(tokenizer: Any, request: ResponsesRequest, answer: Answer) -> 
             "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False),
         })  # fmt: skip
     prompt_tokens, completion_tokens = len(c.prompt_token_ids), len(c.completion_token_ids)
-    now = int(time.time())
+    body = envelope(request, answer.name, response_id)
+    body.update(
+        completed_at=body["created_at"],
+        status="incomplete" if incomplete else "completed",
+        incomplete_details={"reason": "max_output_tokens"} if incomplete else None,
+        output=output,
+        usage={
+            "input_tokens": prompt_tokens,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    )
+    return body
+
+
+def envelope(request: ResponsesRequest, name: str, response_id: str) -> dict[str, Any]:
+    """A ``response`` object in progress: the request's settings, no output yet."""
     return {
-        "id": f"resp_{uuid.uuid4().hex}",
+        "id": response_id,
         "object": "response",
-        "created_at": now,
-        "completed_at": now,
-        "status": "incomplete" if incomplete else "completed",
-        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+        "created_at": int(time.time()),
+        "completed_at": None,
+        "status": "in_progress",
+        "incomplete_details": None,
         "error": None,
-        "model": answer.name,
+        "model": name,
         "instructions": request.instructions,
         "previous_response_id": request.previous_response_id,
-        "output": output,
+        "output": [],
         "tools": request.tools or [],
         "tool_choice": request.tool_choice or "auto",
         "parallel_tool_calls": request.parallel_tool_calls is not False,
@@ -347,24 +396,82 @@ def response_body(tokenizer: Any, request: ResponsesRequest, answer: Answer) -> 
         "metadata": request.metadata or {},
         "text": {"format": (request.text or {}).get("format") or {"type": "text"}},
         "truncation": request.truncation or "disabled",
-        "usage": {
-            "input_tokens": prompt_tokens,
-            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-            "output_tokens": completion_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+        "usage": None,
     }
 
 
-def response_events(body: dict[str, Any]) -> Iterator[str]:
-    """The finished response as the Responses event stream, each event named and numbered."""
+def _numbered() -> Callable[..., str]:
+    """A function writing one server-sent event of the Responses stream, numbered in order."""
     sequence = iter(range(1 << 62))
 
     def event(kind: str, **fields: Any) -> str:
         data = {"type": kind, "sequence_number": next(sequence), **fields}
         return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
+    return event
+
+
+async def live_response_events(
+    live: LiveReply,
+    task: asyncio.Future,
+    request: ResponsesRequest,
+    tokenizer: Any,
+    ids: tuple[str, str],
+    tools: bool,
+) -> AsyncIterator[str]:
+    """The Responses event stream as the reply is sampled: the message's text deltas as it grows (up to
+    a tool call's opening tag), then, once done, the rest of the text and each function call."""
+    event = _numbered()
+    pending = envelope(request, live.name, ids[0])
+    yield event("response.created", response=pending)
+    yield event("response.in_progress", response=pending)
+    at = {"item_id": ids[1], "output_index": 0}
+    stream = TextDeltas(tokenizer, markers=(tool_format().call_start,) if tools else (), trim=tools)
+    opened = False
+    async for step in live.steps(task):
+        for _, token in step:
+            if not (text := stream.push([token])):
+                continue
+            if not opened:  # the first text opens the message
+                opened = True
+                item = {
+                    "type": "message",
+                    "id": ids[1],
+                    "role": "assistant",
+                    "status": "in_progress",
+                    "content": [],
+                }
+                yield event("response.output_item.added", output_index=0, item=item)
+                yield event("response.content_part.added", **at, content_index=0,
+                            part={"type": "output_text", "text": "", "annotations": []})  # fmt: skip
+            yield event("response.output_text.delta", **at, content_index=0, delta=text, logprobs=[])
+    try:
+        body = task.result()
+    except Exception as exc:  # noqa: BLE001 - the stream has begun: the error is its last event
+        message = exc.message if isinstance(exc, HTTPError) else f"{type(exc).__name__}: {exc}"
+        yield event(
+            "error", code=getattr(exc, "code", None), message=message, param=getattr(exc, "param", None)
+        )
+        return
+    output = body["output"] if body is not None else []
+    for index, item in enumerate(output):
+        if index == 0 and item["type"] == "message" and opened:
+            (part,) = item["content"]
+            if rest := stream.rest(part["text"]):
+                yield event("response.output_text.delta", **at, content_index=0, delta=rest, logprobs=[])
+            yield event("response.output_text.done", **at, content_index=0, text=part["text"], logprobs=[])
+            yield event("response.content_part.done", **at, content_index=0, part=part)
+            yield event("response.output_item.done", output_index=0, item=item)
+        else:
+            for line in _item_events(event, index, item):
+                yield line
+    if body is not None:
+        yield event(f"response.{body['status']}", response=body)
+
+
+def response_events(body: dict[str, Any]) -> Iterator[str]:
+    """The finished response as the Responses event stream, each event named and numbered."""
+    event = _numbered()
     pending = {**body, "status": "in_progress", "output": [], "usage": None, "incomplete_details": None,
                "completed_at": None}  # fmt: skip
     yield event("response.created", response=pending)

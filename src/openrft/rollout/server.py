@@ -11,7 +11,7 @@ without a GPU):
 * ``POST /v1/completions``: ``prompt`` as text, token ids, or a list of either; ``n``,
   ``max_tokens``, ``temperature``, ``top_p``, ``top_k`` (-1 or 0 = off), ``seed``,
   ``logprobs`` (N: the N most likely tokens too), ``stop``, ``stop_token_ids``,
-  ``return_tokens_as_token_ids``, ``return_token_ids``, ``stream`` (sent once sampled).
+  ``return_tokens_as_token_ids``, ``return_token_ids``, ``stream`` (as sampled; whole with ``logprobs``).
   Log-probs are ``log_softmax(logits / T)`` of the sampled tokens, before truncation.
 * ``POST /v1/load_lora_adapter`` ``{lora_name, lora_path}`` and ``/v1/unload_lora_adapter``.
 
@@ -28,8 +28,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
@@ -40,8 +39,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from openrft.errors import OpenRFTError
 from openrft.records import Completion, SamplingParams
+from openrft.rollout.batching import Batcher, Tokens
 from openrft.rollout.chat_api import HTTPError, add_chat_routes
 from openrft.rollout.responses_api import add_responses_routes
+from openrft.rollout.streaming import LiveReply, TextDeltas, settle
 from openrft.rollout.trajectories import RolloutRecorder
 
 BATCH_WINDOW_S = 0.01
@@ -74,13 +75,6 @@ class AdapterRequest(BaseModel):
 
 
 _HTTPError = HTTPError
-
-
-@dataclass
-class _Pending:
-    key: tuple
-    prompts: list[tuple[str, list[int]]]
-    future: asyncio.Future = field(repr=False)
 
 
 class ModelHost:
@@ -141,13 +135,23 @@ class ModelHost:
         else:
             yield
 
-    def generate(self, key: tuple, prompts: list[tuple[str, list[int]]]) -> list[list[Completion]]:
+    def generate(
+        self,
+        key: tuple,
+        prompts: list[tuple[str, list[int]]],
+        on_tokens: Callable[[Tokens], None] | None = None,
+    ) -> list[list[Completion]]:
+        """Decode ``prompts`` with the settings ``key`` holds; ``on_tokens`` as the engine's (streaming)."""
         name, n, temperature, top_p, top_k, max_tokens, stops, stop_strings, top_logprobs, grammar = key
         params = SamplingParams(
             n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=0,
             stop=stop_strings, top_logprobs=top_logprobs, grammar=grammar,
         )  # fmt: skip
-        extra = {} if set(stops) == set(self.engine.stop_token_ids) else {"stop_token_ids": stops}
+        extra: dict[str, Any] = (
+            {} if set(stops) == set(self.engine.stop_token_ids) else {"stop_token_ids": stops}
+        )
+        if on_tokens is not None:
+            extra["on_tokens"] = on_tokens
         with self.lock, self.selected(name):
             return self.engine.generate_from_ids(prompts, params, **extra)
 
@@ -182,44 +186,6 @@ def _is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 
 
-class _Batcher:
-    """Collects requests for a few milliseconds and decodes those with equal settings together."""
-
-    def __init__(self, host: ModelHost, window: float):
-        self.host, self.window = host, window
-        self.pending: list[_Pending] = []
-        self.worker: asyncio.Task | None = None
-
-    async def submit(self, key: tuple, prompts: list[tuple[str, list[int]]]) -> list[list[Completion]]:
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append(_Pending(key, prompts, future))
-        if self.worker is None or self.worker.done():
-            self.worker = asyncio.create_task(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
-        while self.pending:
-            await asyncio.sleep(self.window)
-            batch, self.pending = self.pending, []
-            groups: dict[tuple, list[_Pending]] = {}
-            for item in batch:
-                groups.setdefault(item.key, []).append(item)
-            for key, items in groups.items():
-                prompts = [p for item in items for p in item.prompts]
-                try:
-                    results = await asyncio.to_thread(self.host.generate, key, prompts)
-                except Exception as exc:  # handed to each waiting request
-                    for item in items:
-                        if not item.future.done():
-                            item.future.set_exception(exc)
-                    continue
-                offset = 0
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_result(results[offset : offset + len(item.prompts)])
-                    offset += len(item.prompts)
-
-
 def create_app(
     engine: Any,
     model_name: str,
@@ -238,7 +204,7 @@ def create_app(
     ``system_prompt`` opens every chat request that has no system message of its own.
     """
     host = ModelHost(engine, model_name, base_adapter, aliases=aliases, base_name=base_name, fixed=fixed)
-    batcher = _Batcher(host, batch_window)
+    batcher = Batcher(host, batch_window)
     app = FastAPI(title="openrft serve")
     app.state.host = host
     _install_error_handlers(app)
@@ -246,6 +212,14 @@ def create_app(
     add_responses_routes(app, complete, engine.tokenizer)
     _add_model_routes(app, host)
     _add_request_ids(app)
+    _add_completions_route(app, host, batcher)
+    _add_adapter_routes(app, host)
+    return app
+
+
+def _add_completions_route(app: FastAPI, host: ModelHost, batcher: Batcher) -> None:
+    """``/v1/completions``: text or token-id prompts, ``n`` candidates each (the endpoint engine's API)."""
+    engine = host.engine
 
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest) -> Any:
@@ -271,7 +245,13 @@ def create_app(
             _alternatives_wanted(engine, request.logprobs),
             None,  # no grammar
         )
-        groups = await batcher.submit(key, [(f"seed:{seed}", ids) for ids in token_lists])
+        prompts = [(f"seed:{seed}", ids) for ids in token_lists]
+        if request.stream and not request.logprobs and getattr(engine, "streams_tokens", False):
+            task = asyncio.ensure_future(batcher.submit(key, prompts, (live := LiveReply()).push))
+            settle(task)
+            events = _live_completion_events(live, task, request, name, engine.tokenizer, stop_strings)
+            return StreamingResponse(events, media_type="text/event-stream")
+        groups = await batcher.submit(key, prompts)
         choices = [
             _choice(engine.tokenizer, c, i * request.n + c.candidate_index, request, stop_strings)
             for i, group in enumerate(groups)
@@ -294,9 +274,6 @@ def create_app(
         if request.stream:
             return StreamingResponse(_completion_events(body, request), media_type="text/event-stream")
         return body
-
-    _add_adapter_routes(app, host)
-    return app
 
 
 def _add_adapter_routes(app: FastAPI, host: ModelHost) -> None:
@@ -433,6 +410,56 @@ def _completion_events(body: dict[str, Any], request: CompletionRequest) -> Iter
         yield f"data: {json.dumps({**base, 'choices': [end]})}\n\n"
     if (request.stream_options or {}).get("include_usage"):
         yield f"data: {json.dumps({**base, 'choices': [], 'usage': body['usage']})}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+async def _live_completion_events(
+    live: LiveReply,
+    task: asyncio.Future,
+    request: CompletionRequest,
+    name: str,
+    tokenizer: Any,
+    stops: tuple[str, ...],
+) -> AsyncIterator[str]:
+    """The completions stream as it is sampled: each choice's text as it grows, then once done its rest
+    and finish reason, [usage] and [DONE]. Choice ``i * n + c`` is prompt ``i``'s candidate ``c``."""
+    base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "model": name}  # fmt: skip
+
+    def chunk(index: int, text: str, finish: str | None = None) -> str:
+        choice = {"index": index, "text": text, "finish_reason": finish, "logprobs": None}
+        return f"data: {json.dumps({**base, 'choices': [choice]})}\n\n"
+
+    kept = request.include_stop_str_in_output
+    streams: dict[int, TextDeltas] = {}
+    async for step in live.steps(task):
+        for (prompt, candidate), token in step:
+            index = prompt * request.n + candidate
+            if index not in streams:
+                streams[index] = TextDeltas(
+                    tokenizer, stops=() if kept else stops, kept_stops=stops if kept else ()
+                )
+            if text := streams[index].push([token]):
+                yield chunk(index, text)
+    try:
+        groups = task.result()
+    except Exception as exc:  # noqa: BLE001 - the stream has begun: the error is its last event
+        message = exc.message if isinstance(exc, OpenRFTError) else f"{type(exc).__name__}: {exc}"
+        yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
+        return
+    for i, group in enumerate(groups):
+        for c in group:
+            choice = _choice(tokenizer, c, i * request.n + c.candidate_index, request, stops)
+            stream = streams.get(choice["index"])
+            if rest := (stream.rest(choice["text"]) if stream else choice["text"]):
+                yield chunk(choice["index"], rest)
+            yield chunk(choice["index"], "", choice["finish_reason"])
+    if (request.stream_options or {}).get("include_usage"):
+        prompt_tokens = sum(len(c.prompt_token_ids) for g in groups for c in g)
+        completion_tokens = sum(len(c.completion_token_ids) for g in groups for c in g)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+        yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
     yield "data: [DONE]\n\n"
 
 

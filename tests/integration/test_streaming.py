@@ -1,0 +1,199 @@
+"""Streamed replies as they are sampled: the text pieces (stop strings, tool calls, split characters),
+chunks arriving before sampling ends on all three APIs, and the joined stream equal to the whole reply."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+
+import openai
+import pytest
+
+from openrft.records import Completion
+from openrft.rollout.chat import tool_format
+from openrft.rollout.local import LocalEngine
+from openrft.rollout.server import BackgroundServer, create_app
+from openrft.rollout.streaming import TextDeltas
+
+CALL = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "17*23"}}\n</tool_call>'
+TOOLS = [{"type": "function", "function": {"name": "calculator", "description": "Evaluate arithmetic.",
+          "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}}]  # fmt: skip
+
+
+def pieces(tokenizer, text: str, **kwargs) -> tuple[list[str], TextDeltas]:
+    stream = TextDeltas(tokenizer, **kwargs)
+    out = []
+    for token in tokenizer(text, add_special_tokens=False)["input_ids"]:
+        out.append(stream.push([token]))
+        assert not out[-1].endswith("\ufffd")  # never half a character
+    return out, stream
+
+
+def test_pieces_join_to_the_text_even_where_characters_span_tokens(tokenizer):
+    rng = random.Random(0)
+    alphabet = list("abc xyz\n.,!") + ["é", "ü", "漢字", "🌊", "👩‍👩‍👧", "  ", "\t"]
+    for _ in range(30):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+        got, stream = pieces(tokenizer, text)
+        assert "".join(got) + stream.rest(text) == text
+        assert "".join(got) == text  # no stop or marker: everything is sent as it comes
+
+
+def test_a_stop_string_is_never_sent_even_in_part(tokenizer):
+    text = "The answer is <answer>42</answer> and more"
+    got, stream = pieces(tokenizer, text, stops=("</answer>",))
+    sent = ""
+    for piece in got:
+        sent += piece
+        assert "</" not in sent and text.startswith(sent)
+    assert sent == "The answer is <answer>42"
+    assert stream.rest("The answer is <answer>42") == ""
+    # a partial stop that never completes is sent once it cannot become one
+    got, _ = pieces(tokenizer, "a </answ b", stops=("</answer>",))
+    assert "".join(got) == "a </answ b"
+    kept, _ = pieces(tokenizer, text, kept_stops=("</answer>",))
+    assert "".join(kept) == "The answer is <answer>42</answer>"
+
+
+def test_text_before_a_tool_call_streams_and_the_call_waits(tokenizer):
+    fmt = tool_format()
+    text = f"Let me compute that.\n{CALL}\nDone."
+    got, stream = pieces(tokenizer, text, markers=(fmt.call_start,), trim=True)
+    assert "".join(got) == "Let me compute that."  # no trailing newline: the parsed content drops it
+    reply = fmt.parse(text)
+    assert reply.tool_calls and "".join(got) + stream.rest(reply.content) == reply.content
+    bad = "Hi <tool_call>{not json"  # an unreadable call stays text: the rest brings it
+    got, stream = pieces(tokenizer, bad, markers=(fmt.call_start,), trim=True)
+    assert "".join(got) + stream.rest(fmt.parse(bad).content) == bad
+
+
+class SteppedEngine:
+    """Reports its scripted reply token by token and waits after the first until told to go on, so a
+    test sees whether the first piece reached the client while sampling was still under way."""
+
+    streams_tokens = True
+
+    def __init__(self, tokenizer, text: str, fail: bool = False):
+        self.tokenizer, self.text, self.fail = tokenizer, text, fail
+        self.stop_token_ids = (tokenizer.eos_token_id,)
+        self.go_on = threading.Event()
+
+    def generate_from_ids(self, prompts, params, on_tokens=None, **_):
+        ids = tuple(self.tokenizer(self.text, add_special_tokens=False)["input_ids"]) + (
+            self.tokenizer.eos_token_id,
+        )
+        for step, token in enumerate(ids):
+            if on_tokens is not None:
+                on_tokens([((p, k), token) for p in range(len(prompts)) for k in range(params.n)])
+            if step == 0:
+                assert self.go_on.wait(10), "the client never saw the first piece"
+            if self.fail and step == 2:
+                raise RuntimeError("the device went away")
+        return [[Completion(name, k, tuple(p), ids, self.text, (-0.5,) * len(ids), "stop")
+                 for k in range(params.n)] for name, p in prompts]  # fmt: skip
+
+
+def test_chunks_reach_the_client_while_sampling_goes_on(tokenizer):
+    engine = SteppedEngine(tokenizer, f"Sure, calling it.\n{CALL}")
+    with BackgroundServer(create_app(engine, "policy")) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        messages = [{"role": "user", "content": "What is 17*23?"}]
+        content, calls, finish = "", [], None
+        for chunk in client.chat.completions.create(
+            model="policy", messages=messages, tools=TOOLS, stream=True
+        ):
+            delta = chunk.choices[0].delta
+            if delta.content and not engine.go_on.is_set():
+                engine.go_on.set()  # the first piece came before the engine went past its first token
+            content += delta.content or ""
+            calls += delta.tool_calls or []
+            finish = chunk.choices[0].finish_reason or finish
+        assert engine.go_on.is_set() and content == "Sure, calling it." and finish == "tool_calls"
+        (call,) = calls
+        assert json.loads(call.function.arguments) == {"expression": "17*23"}
+
+        engine.go_on.clear()
+        texts = {}
+        for chunk in client.completions.create(
+            model="policy", prompt="Hi", n=2, stream=True, stop=["</tool_call>"]
+        ):
+            (choice,) = chunk.choices
+            engine.go_on.set()
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+        assert texts == {0: f"Sure, calling it.\n{CALL[: -len('</tool_call>')]}"} | {
+            1: f"Sure, calling it.\n{CALL[: -len('</tool_call>')]}"
+        }
+
+        engine.go_on.clear()
+        with client.responses.stream(model="policy", input="What is 17*23?", tools=[
+            {"type": "function", "name": "calculator", "parameters": TOOLS[0]["function"]["parameters"]}
+        ]) as events:  # fmt: skip
+            kinds = []
+            for event in events:
+                kinds.append(event.type)
+                if event.type == "response.output_text.delta":
+                    engine.go_on.set()
+            final = events.get_final_response()
+        assert engine.go_on.is_set() and final.output_text == "Sure, calling it."
+        assert [item.type for item in final.output] == ["message", "function_call"]
+        assert kinds.index("response.output_text.delta") < kinds.index(
+            "response.function_call_arguments.delta"
+        )
+        assert client.responses.retrieve(final.id).output[0].id == final.output[0].id  # stored as streamed
+
+
+def test_an_error_after_the_stream_began_reaches_the_sdk(tokenizer):
+    engine = SteppedEngine(tokenizer, "one two three four", fail=True)
+    engine.go_on.set()
+    with BackgroundServer(create_app(engine, "policy")) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        with pytest.raises(openai.APIError, match="the device went away"):
+            for _ in client.chat.completions.create(model="policy", messages=[{"role": "user", "content": "x"}],
+                                                    stream=True):  # fmt: skip
+                pass
+
+
+def test_the_joined_stream_is_the_whole_reply(tiny_model, tokenizer):
+    model, _ = tiny_model
+    with BackgroundServer(create_app(LocalEngine(model, tokenizer), "tiny")) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        for stop in (None, [" the", "."]):
+            kwargs = dict(model="tiny", messages=[{"role": "user", "content": "Tell me a story"}], max_tokens=24,
+                          seed=5, n=3, stop=stop)  # fmt: skip
+            whole = client.chat.completions.create(**kwargs)
+            joined = {}
+            for chunk in client.chat.completions.create(**kwargs, stream=True):
+                for choice in chunk.choices:
+                    joined[choice.index] = joined.get(choice.index, "") + (choice.delta.content or "")
+            assert joined == {c.index: c.message.content for c in whole.choices}
+            prompt = dict(model="tiny", prompt="Once upon a time", max_tokens=24, seed=5, n=2, stop=stop)
+            whole_text = {c.index: c.text for c in client.completions.create(**prompt).choices}
+            streamed = {}
+            for chunk in client.completions.create(**prompt, stream=True):
+                for choice in chunk.choices:
+                    streamed[choice.index] = streamed.get(choice.index, "") + choice.text
+            assert streamed == whole_text
+
+
+def test_a_batch_of_requests_each_gets_its_own_tokens():
+    import asyncio
+
+    from openrft.rollout.batching import Batcher
+
+    class Host:  # two prompts from the first request, one from the second, decoded in one call
+        def generate(self, key, prompts, on_tokens):
+            assert [name for name, _ in prompts] == ["a0", "a1", "b0"]
+            on_tokens([((0, 0), 10), ((1, 0), 11), ((2, 0), 12), ((2, 1), 13)])
+            on_tokens([((2, 0), 22)])
+            return [[f"done {name}"] for name, _ in prompts]
+
+    async def main():
+        batcher, seen = Batcher(Host(), window=0.01), {"a": [], "b": []}
+        first = batcher.submit("key", [("a0", [1]), ("a1", [1])], seen["a"].extend)
+        second = batcher.submit("key", [("b0", [1])], seen["b"].extend)
+        return await asyncio.gather(first, second), seen
+
+    (first, second), seen = asyncio.run(main())
+    assert first == [["done a0"], ["done a1"]] and second == [["done b0"]]
+    assert seen == {"a": [((0, 0), 10), ((1, 0), 11)], "b": [((0, 0), 12), ((0, 1), 13), ((0, 0), 22)]}
