@@ -150,13 +150,16 @@ def add_chat_routes(
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: ChatRequest, http: Request) -> Any:
-        live = LiveReply() if request.stream else None
-        task = asyncio.ensure_future(complete(request, http, live))
-        if live is not None and await live.begun(task):
-            settle(task)
-            events = _live_events(live, task, request, engine.tokenizer, fmt)
-            return StreamingResponse(events, media_type="text/event-stream")
-        answer = await task
+        if not request.stream:
+            answer = await complete(request, http)
+        else:
+            live = LiveReply()
+            task = asyncio.ensure_future(complete(request, http, live))
+            if await live.begun(task):  # accepted, and sent as it is sampled
+                settle(task)
+                events = _live_events(live, task, request, engine.tokenizer, fmt)
+                return StreamingResponse(events, media_type="text/event-stream")
+            answer = await task  # refused, or sent whole once sampled
         if answer is None:
             return {}
         body = _response(engine.tokenizer, answer.name, request, answer.completions, answer.replies)

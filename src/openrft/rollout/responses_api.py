@@ -100,13 +100,16 @@ def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> No
                 store.put(body["id"], Stored([*conversation, answer.replies[0].message()], body, items))
             return body
 
-        task = asyncio.ensure_future(respond())
-        if live is not None and await live.begun(task):
-            settle(task)
-            tools = bool(chat.tools) and chat.tool_choice != "none"
-            events = live_response_events(live, task, request, tokenizer, ids, tools)
-            return StreamingResponse(events, media_type="text/event-stream")
-        body = await task
+        if live is None:
+            body = await respond()
+        else:
+            task = asyncio.ensure_future(respond())
+            if await live.begun(task):  # accepted, and sent as it is sampled
+                settle(task)
+                tools = bool(chat.tools) and chat.tool_choice != "none"
+                events = live_response_events(live, task, request, tokenizer, ids, tools)
+                return StreamingResponse(events, media_type="text/event-stream")
+            body = await task  # refused, or sent whole once sampled
         if body is None:
             return {}
         if request.stream:
