@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from openrft.cli import build_parser, main
 
@@ -93,6 +94,27 @@ def test_serve_loads_the_model_and_hands_it_to_the_server(tiny_model_dir, monkey
     )
     assert seen["aliases"] == ["policy", str(tiny_model_dir)] and seen["base_name"] is None
     assert seen["engine"].model.config.num_hidden_layers == 2
+    weights = next(seen["engine"].model.parameters())
+    assert (weights.device.type, weights.dtype) == ("cpu", torch.float32)  # auto on a machine without a GPU
+    assert main(["serve", "--base-model", str(tiny_model_dir), "--dtype", "bfloat16", "--device", "cpu"]) == 0
+    assert next(seen["engine"].model.parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--device", "gpu"], "--device: gpu is not valid; expected auto, cpu, cuda or cuda:N"),
+        (["--dtype", "float16"], "--dtype: float16 is not valid; expected one of auto, float32, bfloat16"),
+    ],
+)
+def test_serve_and_rollout_refuse_a_bad_device_or_dtype(tiny_model_dir, capsys, flags, message):
+    for command in ("serve", "rollout"):
+        extra = ["--prompt", "x"] if command == "rollout" else []
+        assert main([command, "--base-model", str(tiny_model_dir), *extra, *flags]) == 2
+        assert message in capsys.readouterr().err
+    if not torch.cuda.is_available():  # a GPU this machine lacks is named before any model loads
+        assert main(["serve", "--base-model", str(tiny_model_dir), "--device", "cuda:3"]) != 0
+        assert "cuda:3 is not available" in capsys.readouterr().err
 
 
 def test_serve_with_an_adapter_answers_chat_completions_under_short_names(

@@ -104,15 +104,23 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
         "--max-concurrent-rollouts", dest="max_concurrent_rollouts", type=int, default=argparse.SUPPRESS,
         metavar="N", help=f"Sequences decoded together (throughput only). Valid: a whole number >= 1. Default: {DEFAULT_MAX_CONCURRENT}.",
     )  # fmt: skip
+    parser.add_argument("--device", default=argparse.SUPPRESS, metavar="DEVICE", help=_help("device"))
+    parser.add_argument("--dtype", default=argparse.SUPPRESS, metavar="DTYPE", help=_help("dtype"))
 
 
 def _validated(args: argparse.Namespace) -> C.RolloutConfig:
-    """The sampling flags checked against the job config's ranges (ConfigError on bad values)."""
+    """The sampling, device and dtype flags checked against the job config's ranges (ConfigError on bad
+    values); ``args.device`` and ``args.dtype`` are then resolved (auto: the GPU when there is one)."""
+    from openrft.models import resolve_device
+
     names = ("temperature", "top_p", "top_k", "response_candidates_count", "max_output_tokens", "stop")
     values = {
-        name: getattr(args, name) for name in (*names, "max_concurrent_rollouts") if hasattr(args, name)
+        name: getattr(args, name)
+        for name in (*names, "max_concurrent_rollouts", "device", "dtype")
+        if hasattr(args, name)
     }
     cfg, _ = C.build_config({}, values)
+    args.device, args.dtype = resolve_device(cfg.training.device, cfg.training.dtype)
     return cfg.rollout
 
 
@@ -132,7 +140,7 @@ def _engine(args: argparse.Namespace, rollout: C.RolloutConfig | None):
         or (adapter_base_model(args.adapter) if args.adapter else None)
         or C.DEFAULT_BASE_MODEL
     )
-    model, tokenizer = load_model(base)
+    model, tokenizer = load_model(base, dtype=args.dtype, device=args.device)
     if args.adapter:
         model = load_adapter(model, args.adapter)
     concurrency = rollout.max_concurrent_rollouts if rollout else None
