@@ -203,3 +203,17 @@ def test_serve_takes_a_job_folder_and_names_the_adapter_after_the_job(tiny_model
     for target in (tmp_path / "j7", tmp_path / "j7" / "output"):  # the job's folder, or its adapter's
         assert main(["serve", "--base-model", str(tiny_model_dir), "--adapter", str(target)]) == 0
         assert served["name"] == "j7"  # not "output", which every job's adapter folder is called
+
+
+def test_serve_api_keys_from_the_flag_and_the_environment(tiny_model_dir, monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr(
+        "openrft.rollout.server.serve", lambda engine, name, host, port, **names: seen.update(names)
+    )
+    monkeypatch.setenv("OPENRFT_API_KEYS", "env1, ,env2")
+    assert main(["serve", "--base-model", str(tiny_model_dir), "--api-key", "flag1"]) == 0
+    assert seen["api_keys"] == ["flag1", "env1", "env2"]
+    monkeypatch.delenv("OPENRFT_API_KEYS")
+    seen.clear()
+    assert main(["serve", "--base-model", str(tiny_model_dir), "--host", "0.0.0.0"]) == 0
+    assert "api_keys" not in seen and "with no API key" in capsys.readouterr().err

@@ -197,3 +197,23 @@ def test_a_batch_of_requests_each_gets_its_own_tokens():
     (first, second), seen = asyncio.run(main())
     assert first == [["done a0"], ["done a1"]] and second == [["done b0"]]
     assert seen == {"a": [((0, 0), 10), ((1, 0), 11)], "b": [((0, 0), 12), ((0, 1), 13), ((0, 0), 22)]}
+
+
+def test_serve_with_api_keys_answers_only_requests_that_send_one(tokenizer):
+    engine = SteppedEngine(tokenizer, "hello")
+    engine.go_on.set()
+    with BackgroundServer(create_app(engine, "policy", api_keys=["k1", "k2"])) as server:
+        messages = [{"role": "user", "content": "x"}]
+        for key in ("k1", "k2"):
+            client = openai.OpenAI(base_url=server.url, api_key=key, max_retries=0)
+            assert (
+                client.chat.completions.create(model="policy", messages=messages).choices[0].message.content
+            )
+        for key in ("wrong", "k"):
+            with pytest.raises(openai.AuthenticationError) as caught:
+                openai.OpenAI(base_url=server.url, api_key=key, max_retries=0).models.list()
+            assert caught.value.code == "invalid_api_key"
+        import httpx
+
+        assert httpx.get(server.url.removesuffix("/v1") + "/health").status_code == 200  # no key needed
+        assert httpx.get(server.url + "/models").status_code == 401

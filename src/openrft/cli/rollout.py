@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -81,6 +82,11 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     sv.add_argument("--host", default="127.0.0.1", help="Interface to listen on (default 127.0.0.1).")
     sv.add_argument("--port", type=int, default=8000, help="Port to listen on (default 8000).")
     sv.add_argument("--served-model-name", help="Model name clients send (default: --base-model).")
+    sv.add_argument(
+        "--api-key", action="append", default=[], metavar="KEY",
+        help="A key clients must send as 'Authorization: Bearer KEY' (the openai SDK's api_key) on /v1 routes "
+        "(repeatable; also OPENRFT_API_KEYS, comma-separated). Default: none, no check.",
+    )  # fmt: skip
     _system_flag(sv)
     sv.set_defaults(handler=cmd_serve)
 
@@ -200,6 +206,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         names = {"aliases": ["policy", str(base)]}
     if args.system:
         names["system_prompt"] = args.system
+    keys = [
+        *args.api_key,
+        *(k.strip() for k in os.environ.get("OPENRFT_API_KEYS", "").split(",") if k.strip()),
+    ]
+    if keys:
+        names["api_keys"] = list(dict.fromkeys(keys))
+    elif args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"openrft serve: listening on {args.host} with no API key: anyone who can reach it may use "
+              "the model and load adapters from this machine's files (--api-key KEY)", file=sys.stderr)  # fmt: skip
     served = ", ".join(dict.fromkeys([name, *names["aliases"], *([short] if args.adapter else [])]))
     print(f"openrft serve: {served} on http://{args.host}:{args.port}/v1", file=sys.stderr)
     serve(engine, name, args.host, args.port, **names)

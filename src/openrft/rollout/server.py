@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import secrets
 import threading
@@ -197,11 +198,13 @@ def create_app(
     fixed: bool = False,
     batch_window: float = BATCH_WINDOW_S,
     system_prompt: str | None = None,
+    api_keys: Sequence[str] = (),
 ) -> FastAPI:
     """The FastAPI application serving ``engine`` as ``model_name`` (see :class:`ModelHost`).
 
     ``recorder`` makes it a job's policy server: chat calls naming a rollout are recorded.
     ``system_prompt`` opens every chat request that has no system message of its own.
+    ``api_keys``: a ``/v1`` request must send one as ``Authorization: Bearer KEY`` (none: no check).
     """
     host = ModelHost(engine, model_name, base_adapter, aliases=aliases, base_name=base_name, fixed=fixed)
     batcher = Batcher(host, batch_window)
@@ -212,6 +215,13 @@ def create_app(
     add_responses_routes(app, complete, engine.tokenizer)
     _add_model_routes(app, host)
     _add_request_ids(app)
+    if api_keys:
+        app.add_middleware(_BearerKeys, keys=tuple(api_keys))
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:  # vLLM's liveness route (no key needed, as there)
+        return {}
+
     _add_completions_route(app, host, batcher)
     _add_adapter_routes(app, host)
     return app
@@ -314,6 +324,23 @@ class _RequestId:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class _BearerKeys:
+    """Answers a ``/v1`` request without a valid ``Authorization: Bearer KEY`` with OpenAI's 401."""
+
+    def __init__(self, app: Any, keys: tuple[str, ...]):
+        self.app, self.keys = app, tuple(k.encode() for k in keys)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            given = dict(scope.get("headers", [])).get(b"authorization", b"")
+            scheme, _, key = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not any(hmac.compare_digest(key.strip(), k) for k in self.keys):
+                response = _error(401, "Incorrect API key provided: send 'Authorization: Bearer KEY' with a key "
+                                  "given to openrft serve --api-key", code="invalid_api_key")  # fmt: skip
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def _add_model_routes(app: FastAPI, host: ModelHost) -> None:
