@@ -293,3 +293,23 @@ def test_check_invalid_rate_and_summary():
     evaluation = summarize([Score(0.25, metrics={"m": 1.0})], prefix="eval")
     assert evaluation["eval/mean"] == 0.25 and evaluation["eval/m"] == 1.0
     assert summarize([bad])["reward/mean"] == 0.0 and summarize([bad])["reward/invalid_frac"] == 1.0
+
+
+def test_verl_reward_functions_get_the_response_as_solution_str_and_reward_model_ground_truth():
+    path = EVALS / "verl_rewards.py"
+    row = {"data_source": "openai/gsm8k", "prompt": [{"role": "user", "content": "q"}], "ability": "math",
+           "reward_model": {"style": "rule", "ground_truth": "72"}, "extra_info": {"split": "train", "index": 0}}  # fmt: skip
+    verl = Prompt("v", ({"role": "user", "content": "q"},), row=row)
+    texts = ["so #### 72", "#### 71", "no answer"]
+    group = [(verl, completions("v", *texts))]
+    assert load_evaluator(str(path)).name == "compute_score"  # verl's default function name, found alone
+    for name, expected in [("compute_score", [1.0, 0.1, 0.0]), ("builtin_gsm8k", [1.0, 0.0, 0.0])]:
+        evaluator = load_evaluator(f"{path}::{name}")
+        assert evaluator.kind == "verl"
+        assert [s.score for s in score_groups(evaluator, group, timeout=5)[0]] == expected
+    details = score_groups(load_evaluator(f"{path}::with_details"), group, timeout=5)[0]
+    assert [(s.score, s.metrics) for s in details[:2]] == [(1.0, {"acc": 1.0}), (0.0, {"acc": 0.0})]
+    flat = Prompt("f", verl.messages, row={"ground_truth": "72", "extra_info": {"split": "train"},
+                                            "data_source": "openai/gsm8k"})  # fmt: skip
+    assert score_groups(load_evaluator(f"{path}::compute_score"), [(flat, completions("f", "#### 72"))],
+                        timeout=5)[0][0].score == 1.0  # fmt: skip

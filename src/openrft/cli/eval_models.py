@@ -45,7 +45,7 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     ev.add_argument(
         "--evaluator",
         metavar="SPEC",
-        help="path/to/file.py::function, module:function, or a built-in (arithmetic, gsm8k, calculator). "
+        help="path/to/file.py::function, module:function, or a built-in (arithmetic, gsm8k, math, calculator). "
         "Default: the first --job's evaluator, else the dataset's task.",
     )
     ev.add_argument("--base-model", metavar="MODEL", help=_help("base_model"))
@@ -74,7 +74,8 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     )  # fmt: skip
     ev.add_argument(
         "--reference-field", metavar="NAME",
-        help="Take each row's ground truth from this row field (a GSM8K 'answer': the number after '####').",
+        help="Take each row's ground truth from this row field, or a dotted path ('reward_model.ground_truth'); "
+        "a GSM8K solution gives the number after its last '####', a MATH solution its last \\boxed{} answer.",
     )  # fmt: skip
     ev.add_argument("--skip-bad-rows", action="store_true", help="Skip (and count) malformed dataset rows.")
     ev.add_argument("--output", metavar="FILE.jsonl", help="Write one JSON line per sample to FILE.")

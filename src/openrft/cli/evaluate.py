@@ -67,7 +67,7 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     ev.add_argument(
         "--evaluator",
         metavar="SPEC",
-        help="path/to/file.py::function, module:function, a built-in (arithmetic, gsm8k), or an OpenAI "
+        help="path/to/file.py::function, module:function, a built-in (arithmetic, gsm8k, math), or an OpenAI "
         "grader spec (grader.json, grader.yaml or inline JSON).",
     )
     ev.add_argument(
@@ -93,8 +93,8 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     ev.add_argument(
         "--reference-field",
         metavar="NAME",
-        help="Take each row's ground truth from this row field (a GSM8K-style 'answer': the number "
-        "after its last '####').",
+        help="Take each row's ground truth from this row field, or a dotted path ('reward_model.ground_truth'); "
+        "a GSM8K solution gives the number after its last '####', a MATH solution its last \\boxed{} answer.",
     )
     ev.add_argument("--output", metavar="FILE", help="Also write one JSON line per score to FILE.")
     ev.add_argument("--quiet", action="store_true", help="Print only the summary.")

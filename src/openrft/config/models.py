@@ -414,7 +414,7 @@ class DataConfig(Group):
     evaluator: str | None = field(
         None,
         "Scoring function: path/to/file.py::function, module:function, or a built-in "
-        "('arithmetic', 'gsm8k'; weights as options, e.g. 'arithmetic:partial_weight=0'), or an OpenAI "
+        "('arithmetic', 'gsm8k', 'math'; weights as options, e.g. 'arithmetic:partial_weight=0'), or an OpenAI "
         "grader spec (grader.json, grader.yaml or inline JSON). Default: the dataset's built-in evaluator.",
     )
     grader_endpoint: str | None = field(
@@ -437,8 +437,9 @@ class DataConfig(Group):
     skip_bad_rows: bool = field(False, "Skip (and count) malformed dataset rows instead of failing.")
     reference_field: str | None = field(
         None,
-        "Take each row's ground_truth from this field (a GSM8K solution '... #### 42' gives 42), in the "
-        "training and evaluation datasets. Default: the rows' own ground_truth.",
+        "Take each row's ground_truth from this field, a dotted path into nested ones too "
+        "('reward_model.ground_truth'); a GSM8K solution '... #### 42' gives 42, a MATH solution its last "
+        "\\boxed{} answer. In the training and evaluation datasets. Default: the rows' own ground_truth.",
     )
 
     @model_validator(mode="after")

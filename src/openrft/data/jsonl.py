@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from openrft.data.tasks import gsm8k
+from openrft.data.tasks import math as math_task
 from openrft.errors import DataError
 from openrft.paths import temporary_beside
 from openrft.records import Prompt
@@ -150,6 +151,8 @@ def normalize_row(obj: Any) -> dict[str, Any]:
         raise ValueError(f"a row must be a JSON object, not {type(obj).__name__}")
     if "messages" not in obj and gsm8k.is_gsm8k_row(obj):
         obj = gsm8k.adapt_row(obj)
+    if "messages" not in obj and "prompt" not in obj and math_task.is_math_row(obj):
+        obj = math_task.adapt_row(obj)
     if "messages" not in obj and "prompt" in obj:
         obj = {**obj, "messages": _trl_prompt(obj["prompt"])}
     if "messages" not in obj:

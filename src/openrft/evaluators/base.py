@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from openrft.evaluators.protocol import EvaluationRow
 
-Kind = Literal["row", "plain", "item", "messages", "trl"]
+Kind = Literal["row", "plain", "item", "messages", "trl", "verl"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,9 @@ class Evaluator:
     ``rows=`` (eval-protocol's convention). ``kind="plain"``: ``fn(completion_text,
     **row_fields)``. ``kind="item"``: ``fn(completion_text, row)``, the dataset row as it was
     read (an OpenAI grader's ``item``). ``kind="messages"``: reward-kit's ``fn(messages=[...prompt, reply],
-    ground_truth=..., **other_row_fields)``. ``call_kwargs`` go with every call (eval-protocol's
+    ground_truth=..., **other_row_fields)``. ``kind="verl"``: verl's ``compute_score(data_source, solution_str,
+    ground_truth, extra_info)``, the ground truth read from the row's ``reward_model.ground_truth`` (or its
+    ``ground_truth``). ``call_kwargs`` go with every call (eval-protocol's
     ``evaluation_test_kwargs``); ``completion_params`` reach rows as ``input_metadata.completion_params``.
     ``run_inline`` marks fast built-ins called without a worker
     thread. The header values are ``None`` when the evaluator does not set them. ``spec`` and

@@ -1,4 +1,4 @@
-"""Built-in evaluators: ``arithmetic``, ``gsm8k`` and ``calculator``.
+"""Built-in evaluators: ``arithmetic``, ``gsm8k``, ``math`` and ``calculator``.
 
 Both give graded scores in [0, 1] rather than only 0/1, so that a group of
 candidates usually differs and carries a learning signal even before the model
@@ -14,6 +14,9 @@ not correct in tags, but the last number in the text is  + ``partial_weight`` (0
 
 ``gsm8k``: + ``format_weight`` (0.1) when the answer is marked (``<answer>`` tags
 or ``####``), + ``correct_weight`` (0.9) when the extracted final number is right.
+
+``math``: + ``format_weight`` (0.1) for an answer in ``\\boxed{}`` (or ``<answer>`` tags),
++ ``correct_weight`` (0.9) when it is the reference's mathematics (math-verify).
 
 Options after the name override the weights: ``--evaluator arithmetic:partial_weight=0``
 (what the quickstart uses: with partial credit, answering with a bare number is a local
@@ -33,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from openrft.data.tasks.gsm8k import ANSWER_TAG_RE, extract_answer, last_number, numbers_equal
+from openrft.data.tasks.math import answers_equal, last_boxed
 from openrft.errors import EvaluatorError
 from openrft.evaluators.base import Evaluator
 from openrft.evaluators.protocol import EvaluateResult, EvaluationRow
@@ -105,7 +109,36 @@ def score_gsm8k(
     )
 
 
-SCORERS: dict[str, Callable[..., EvaluateResult]] = {"arithmetic": score_arithmetic, "gsm8k": score_gsm8k}
+def score_math(
+    completion: str,
+    ground_truth: Any = None,
+    *,
+    format_weight: float = 0.1,
+    correct_weight: float = 0.9,
+) -> EvaluateResult:
+    """Graded score of a MATH-style answer: the last ``\\boxed{}`` (else ``<answer>`` tags), compared as
+    mathematics with the reference (math-verify: ``\\frac{1}{2}`` = ``0.5``, equal sets and intervals)."""
+    answer, where = last_boxed(completion), "boxed"
+    if answer is None:
+        tags = ANSWER_TAG_RE.findall(completion)
+        answer, where = (tags[-1].strip() or None, "tags") if tags else (None, "none")
+    correct = answers_equal(answer, ground_truth)
+    marked = answer is not None
+    score = format_weight * marked + correct_weight * correct
+    verdict = "correct" if correct else "wrong"
+    reason = (
+        f"{verdict}: found {answer} ({where}), expected {ground_truth}" if marked else "no \\boxed{} answer"
+    )
+    return EvaluateResult(
+        score=score, reason=reason, metrics={"correct": float(correct), "format": float(marked)}
+    )
+
+
+SCORERS: dict[str, Callable[..., EvaluateResult]] = {
+    "arithmetic": score_arithmetic,
+    "gsm8k": score_gsm8k,
+    "math": score_math,
+}
 
 
 def score_calculator(row: EvaluationRow) -> EvaluationRow:
@@ -133,12 +166,14 @@ def calculator_evaluator() -> Evaluator:
                      required_fields=("ground_truth",))  # fmt: skip
 
 
-def _plain(name: str, scorer: Callable[..., EvaluateResult], weights: dict[str, float]) -> Evaluator:
+def _plain(
+    name: str, scorer: Callable[..., EvaluateResult], weights: dict[str, float], inline: bool = True
+) -> Evaluator:
     def evaluate(completion: str, ground_truth: Any = None) -> EvaluateResult:
         return scorer(completion, ground_truth, **weights)
 
     evaluate.__name__ = name
-    return Evaluator(name=name, fn=evaluate, kind="plain", run_inline=True, source="built-in",
+    return Evaluator(name=name, fn=evaluate, kind="plain", run_inline=inline, source="built-in",
                      required_fields=("ground_truth",))  # fmt: skip
 
 
@@ -150,6 +185,12 @@ def arithmetic_evaluator(**weights: float) -> Evaluator:
 def gsm8k_evaluator(**weights: float) -> Evaluator:
     """The ``gsm8k`` evaluator; ``weights`` override :func:`score_gsm8k`'s keyword arguments."""
     return _plain("gsm8k", SCORERS["gsm8k"], weights)
+
+
+def math_evaluator(**weights: float) -> Evaluator:
+    """The ``math`` evaluator; ``weights`` override :func:`score_math`'s keyword arguments. It runs in
+    worker threads, under the evaluator timeout: comparing expressions may take sympy a while."""
+    return _plain("math", SCORERS["math"], weights, inline=False)
 
 
 def parse_weights(name: str, options: str) -> dict[str, float]:
@@ -177,4 +218,5 @@ BUILTINS: dict[str, Callable[..., Evaluator]] = {
     "arithmetic": arithmetic_evaluator,
     "calculator": calculator_evaluator,
     "gsm8k": gsm8k_evaluator,
+    "math": math_evaluator,
 }

@@ -6,7 +6,7 @@ Specs:
 - ``path/to/file.py``: the file's only evaluator (an error names the candidates
   when there are several);
 - ``package.module:function``: a function in an importable module;
-- a built-in name: ``arithmetic`` or ``gsm8k``, optionally with weights
+- a built-in name: ``arithmetic``, ``gsm8k`` or ``math``, optionally with weights
   (``arithmetic:partial_weight=0,format_weight=0.3``).
 - an OpenAI grader spec: inline JSON (``{"type": "string_check", ...}``) or a ``.json``,
   ``.yaml`` or ``.yml`` file holding one (:mod:`openrft.evaluators.graders`).
@@ -17,7 +17,9 @@ Three kinds of function are recognised, in this order:
 2. decorated with ``eval_protocol.pytest.evaluation_test`` (needs the optional
    ``eval-protocol`` package; the function is called with eval-protocol's own
    ``EvaluationRow`` objects);
-3. a plain function ``def reward(completion: str, **row_fields) -> float``.
+3. a plain function ``def reward(completion: str, **row_fields) -> float``; TRL's
+   ``f(completions, **columns)``; verl's ``compute_score(data_source, solution_str, ground_truth,
+   extra_info)`` (any function with a ``solution_str`` parameter).
 
 In a file without ``::function``, only decorated functions count when there are
 any; otherwise public functions of the file whose first parameter is named
@@ -121,6 +123,7 @@ def default_evaluator_name(dataset: str | None) -> str:
         for _, row in read_jsonl(dataset)[:1]:
             if isinstance(row, dict):
                 task = row.get("task") or ("gsm8k" if {"question", "answer"} <= row.keys() else None)
+                task = task or ("math" if {"problem", "solution"} <= row.keys() else None)
                 if task in builtin.BUILTINS:
                     return task
     raise EvaluatorError(
@@ -151,6 +154,9 @@ def as_evaluator(obj: Any, name: str, *, origin: str = "", base_dir: Path | None
     if callable(obj) and not isinstance(obj, type) and _first_parameter(obj) == "completions":
         # TRL's reward function: f(completions, prompts=..., **columns) -> one float (or None) per completion
         return Evaluator(name=name, fn=obj, kind="trl", mode="groupwise", source=origin)
+    if callable(obj) and not isinstance(obj, type) and "solution_str" in _parameters(obj):
+        # verl's compute_score(data_source, solution_str, ground_truth, extra_info) -> float or {"score": ...}
+        return Evaluator(name=name, fn=obj, kind="verl", source=origin)
     if callable(obj) and not isinstance(obj, type) and _takes_messages(obj):
         if getattr(obj, "_reward_function_mode", "pointwise") != "pointwise":
             raise EvaluatorError(
@@ -273,8 +279,10 @@ def _candidates(module: ModuleType) -> dict[str, Any]:
         if attr.startswith("_") or not inspect.isfunction(obj) or obj.__module__ != module.__name__:
             continue
         params = list(inspect.signature(obj).parameters)
-        if params and params[0] in PLAIN_FIRST_PARAMS:
-            plain[attr] = obj
+        if params and (
+            params[0] in PLAIN_FIRST_PARAMS or (attr == "compute_score" and "solution_str" in params)
+        ):
+            plain[attr] = obj  # verl names its reward function compute_score
     return plain
 
 
@@ -295,6 +303,13 @@ def _takes_messages(fn: Callable[..., Any]) -> bool:
     except (TypeError, ValueError):
         return False
     return first == "messages"
+
+
+def _parameters(fn: Callable[..., Any]) -> list[str]:
+    try:
+        return list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return []
 
 
 def _check_plain_signature(fn: Callable[..., Any], name: str) -> None:

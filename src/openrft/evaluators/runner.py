@@ -247,10 +247,30 @@ def _accepted(fn: Callable[..., Any], fields: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if k in names}
 
 
+def verl_ground_truth(row: dict[str, Any]) -> Any:
+    """Where verl keeps a row's reference: ``reward_model.ground_truth`` (its data preprocessing's
+    layout), else a top-level ``ground_truth``."""
+    model = row.get("reward_model")
+    if isinstance(model, dict) and model.get("ground_truth") is not None:
+        return model["ground_truth"]
+    return row.get("ground_truth")
+
+
+def verl_kwargs(fn: Callable[..., Any], prompt: Prompt, completion: Completion) -> dict[str, Any]:
+    """The arguments verl's reward manager gives ``compute_score``, by keyword: ``data_source``,
+    ``solution_str`` (the response), ``ground_truth`` and ``extra_info``, those that ``fn`` takes."""
+    row = copy.deepcopy(prompt.row)
+    fields = {"data_source": row.get("data_source"), "solution_str": completion.text,
+              "ground_truth": verl_ground_truth(row), "extra_info": row.get("extra_info")}  # fmt: skip
+    return _accepted(fn, fields)
+
+
 def missing_fields(evaluator: Evaluator, prompt: Prompt) -> list[str]:
     """Fields ``prompt``'s row lacks for the evaluator (checked before training): required parameters of
     a plain evaluator, and its ``required_fields`` (a built-in's ``ground_truth``), absent or null."""
     missing = [f for f in evaluator.required_fields if prompt.row.get(f) is None]
+    if evaluator.kind == "verl" and verl_ground_truth(prompt.row) is None:
+        missing.append("reward_model.ground_truth")
     if evaluator.kind != "plain":
         return missing
     available = {*prompt.row, "messages", "prompt_id"}
@@ -278,6 +298,8 @@ async def _score_one(
                 return to_score(result)
             if ev.kind == "item":
                 return to_score(await _call(ev, timeout, completion.text, copy.deepcopy(prompt.row)))
+            if ev.kind == "verl":
+                return to_score(await _call(ev, timeout, **verl_kwargs(ev.fn, prompt, completion)))
             if ev.kind == "messages":
                 return to_score(await _call(ev, timeout, **messages_kwargs(prompt, completion)))
             row = build_row(ev, prompt, completion)
@@ -376,7 +398,8 @@ def to_score(result: Any) -> Score:
 
     Accepted: an EvaluationRow (its ``evaluation_result``), an EvaluateResult, a
     number, a ``(score, reason)`` tuple, or a dict with ``score`` (and optionally
-    ``reason``, ``is_score_valid``, ``metrics``).
+    ``reason``, ``is_score_valid``, ``metrics``; without ``metrics``, its other numeric
+    keys are the metrics, as verl logs a result dict's extra keys).
     """
     if hasattr(result, "evaluation_result") and hasattr(result, "messages"):
         if result.evaluation_result is None:
@@ -389,11 +412,15 @@ def to_score(result: Any) -> Score:
     if isinstance(result, dict) and "score" in result:
         reason = result.get("reason") or result.get("error") or ""
         valid = bool(result.get("is_score_valid", True))
-        return _checked(_number(result["score"]), valid, str(reason), _metrics(result.get("metrics")))
+        extra = {k: v for k, v in result.items() if k not in DICT_KEYS} if "metrics" not in result else None
+        return _checked(_number(result["score"]), valid, str(reason), _metrics(result.get("metrics", extra)))
     if hasattr(result, "score") and hasattr(result, "is_score_valid"):
         reason = result.reason or getattr(result, "error", None) or ""
         return _checked(_number(result.score), bool(result.is_score_valid), reason, _metrics(result.metrics))
     raise TypeError(f"evaluator returned {type(result).__name__}, not a score, row or EvaluateResult")
+
+
+DICT_KEYS = ("score", "reason", "error", "is_score_valid")  # a result dict's keys that are not metrics
 
 
 def _number(value: Any) -> float:

@@ -19,6 +19,7 @@ Job folder (``$OPENRFT_HOME/jobs/<id>/`` unless given)::
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import sys
@@ -298,10 +299,8 @@ def _referenced(prompts: PromptSet, field_name: str | None, skip_bad_rows: bool)
 def _check_evaluator_fits(evaluator: Any, dataset: PromptSet) -> None:
     from openrft.evaluators.runner import missing_fields
 
-    if evaluator.check_row is not None:  # a grader spec's templates, against the first rows
-        for prompt in list(dataset)[:3]:
-            with _input("--evaluator"):
-                evaluator.check_row(prompt.row, f"row {prompt.prompt_id} of {dataset.source}")
+    if evaluator.check_row is not None:  # a grader spec's templates, against every row
+        _check_grader_rows(evaluator, dataset)
     lacking = [
         (i, missing) for i, prompt in enumerate(dataset) if (missing := missing_fields(evaluator, prompt))
     ]
@@ -318,8 +317,32 @@ def _check_evaluator_fits(evaluator: Any, dataset: PromptSet) -> None:
             f"--evaluator: {evaluator.name}() needs {', '.join(missing)}, which {share} of {dataset.source} "
             f"{verb} (the first: {where})",
             field="evaluator",
-            hint="add the fields to those rows or drop them, give the parameters defaults, or take **row_fields",
+            hint=_fields_hint(evaluator),
         )
+
+
+def _fields_hint(evaluator: Any) -> str:
+    if evaluator.kind == "verl":
+        return "verl's compute_score reads each row's reward_model.ground_truth (or its ground_truth field)"
+    hint = "add the fields to those rows or drop them, or take **row_fields"
+    if evaluator.kind == "plain":  # a default would hide a signature that expects the response elsewhere
+        first = next(iter(inspect.signature(evaluator.fn).parameters))
+        hint += f"; the first parameter ({first}) receives the response, the others row fields by name"
+    return hint
+
+
+def _check_grader_rows(evaluator: Any, dataset: PromptSet) -> None:
+    """A grader's templates against every row: the first row that lacks a field, and how many do."""
+    failed = []
+    for prompt in dataset:
+        try:
+            evaluator.check_row(prompt.row, f"row {prompt.prompt_id} of {dataset.source}")
+        except OpenRFTError as exc:
+            failed.append(exc)
+    if failed:
+        count = f" ({len(failed)} of {len(dataset)} rows fail this check)" if len(dataset) > 1 else ""
+        with _input("--evaluator"):
+            raise type(failed[0])(failed[0].message + count, hint=failed[0].hint)
 
 
 BYTES_PER_SAMPLED_TOKEN = 64  # a token id, its log-prob and the Python objects around them
