@@ -290,3 +290,29 @@ def test_concurrency_from_the_evaluator_header_is_shown_as_such(files, tiny_mode
     }
     assert rows["dataset"] == [f"{files}/good.jsonl", "evaluator", "header"]  # not "unset default"
     assert rows["rl-kl-beta"] == ["0.0", "(grpo", "applies", "its", "built-in", "0.001)", "default"]
+
+
+def test_verl_rows_and_reward_functions(files, tiny_model_dir, capsys):
+    row = {"data_source": "openai/gsm8k", "prompt": [{"role": "user", "content": "2+2? Answer after ####."}],
+           "reward_model": {"style": "rule", "ground_truth": "4"}, "extra_info": {"split": "train"}}  # fmt: skip
+    lacking = {**row, "reward_model": {"style": "rule"}}
+    import json
+
+    (files / "verl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (row, row, lacking)))
+    verl = str(Path(__file__).parents[1] / "fixtures" / "evaluators" / "verl_rewards.py")
+    code, _, err = dry_run(
+        capsys, tiny_model_dir, "--dataset", str(files / "verl.jsonl"), "--evaluator", verl
+    )
+    assert code == 2 and "compute_score() needs reward_model.ground_truth, which 1 of 3 rows" in err
+    (files / "verl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (row, row)))
+    code, _, err = dry_run(
+        capsys, tiny_model_dir, "--dataset", str(files / "verl.jsonl"), "--evaluator", verl
+    )
+    assert code == 0, err
+    flags = ("--dataset", str(files / "verl.jsonl"), "--evaluator", "gsm8k", "--reference-field")
+    code, _, err = dry_run(capsys, tiny_model_dir, *flags, "reward_model")  # an object is no answer
+    assert code == 2 and "--reference-field reward_model.ground_truth" in err
+    assert dry_run(capsys, tiny_model_dir, *flags, "reward_model.ground_truth")[0] == 0
+    code, _, err = dry_run(capsys, tiny_model_dir, "--dataset", str(files / "verl.jsonl"), "--evaluator",
+                           f"{files}/needs.py::score")  # fmt: skip
+    assert code == 2 and "the first parameter (completion) receives the response" in err

@@ -73,6 +73,14 @@ def test_dry_run_names_the_grader_and_the_missing_field(tmp_path, capsys):
     )
 
 
+def test_dry_run_checks_the_templates_against_every_row(tmp_path, capsys):
+    rows = [*ROWS, *({"messages": r["messages"], "answer": r["reference_answer"]} for r in ROWS[:2])]
+    data, spec = _write(tmp_path, rows=rows)  # the 4th and 5th rows name their reference 'answer'
+    assert main(["rftj", "create", "--dataset", str(data), "--evaluator", str(spec), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "'reference_answer'" in err and "row 4 of" in err and "(2 of 5 rows fail this check)" in err
+
+
 def test_dry_run_refuses_a_bad_formula(tmp_path, capsys):
     data, spec = _write(tmp_path, grader={**MULTI, "calculate_output": "contains + secret"})
     assert main(["rftj", "create", "--dataset", str(data), "--evaluator", str(spec), "--dry-run"]) == 2
