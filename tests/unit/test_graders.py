@@ -375,7 +375,8 @@ def test_sample_has_every_field_of_openai_sample():
     call = '<tool_call>{"name": "weather", "arguments": {"city": "Zürich"}}</tool_call>'
     check("{{ sample.choices[0].message.content }}|{{ sample.choices[0].finish_reason }}", "hi", "hi|stop")
     check("{{ sample.output_audio }}", "hi", "null")
-    check("{{ sample.output_json }}|{{ sample.output_json + 1 }}", "0.5", "0.5|1.5")  # any valid JSON
+    check("{{ sample.output_json.answer + 1 }}", '{"answer": 0.5}', "1.5")  # a JSON object, as OpenAI's
+    check("{{ sample.output_json }}", "0.5", "null")  # structured output: a bare value is text
     check("{{ sample.output_json }}", "not json", "null")
     # a tool call is shaped like message.tool_calls; the text beside it is output_text
     check("{{ sample.output_tools[0].id }}|{{ sample.output_tools[0].function.arguments }}|{{ sample.output_text }}",
@@ -384,6 +385,14 @@ def test_sample_has_every_field_of_openai_sample():
     # the guide's arguments check holds for non-ASCII arguments written as they are
     row = {"name": "weather", "arguments": '{"city": "Zürich"}'}
     assert grade(MULTI, call, **row)["score"] == 1.0
+
+
+def test_a_reply_cut_at_the_token_limit_finishes_with_length():
+    spec = {**STRING_CHECK, "input": "{{ sample.choices[0].finish_reason }}", "reference": "length"}
+    cut, whole = Completion("1", 0, (), (), "half an ans", (), "length"), completion("a whole answer", 1)
+    prompt = Prompt("1", [{"role": "user", "content": "q"}], {"messages": [], "reference_answer": "x"})
+    scores = score_groups(load_grader(json.dumps(spec)), [(prompt, [cut, whole])])[0]
+    assert [s.score for s in scores] == [1.0, 0.0]
 
 
 def test_item_is_the_row_as_written_with_every_field():

@@ -43,7 +43,7 @@ class Evaluator:
     (groupwise) of class ``row_cls``; ``call_by_keyword`` passes it as ``row=``/
     ``rows=`` (eval-protocol's convention). ``kind="plain"``: ``fn(completion_text,
     **row_fields)``. ``kind="item"``: ``fn(completion_text, row)``, the dataset row as it was
-    read (an OpenAI grader's ``item``). ``kind="messages"``: reward-kit's ``fn(messages=[...prompt, reply],
+    read (an OpenAI grader's ``item``), and ``finish_reason=`` the completion's. ``kind="messages"``: reward-kit's ``fn(messages=[...prompt, reply],
     ground_truth=..., **other_row_fields)``. ``kind="verl"``: verl's ``compute_score(data_source, solution_str,
     ground_truth, extra_info)``, the ground truth read from the row's ``reward_model.ground_truth`` (or its
     ``ground_truth``). ``call_kwargs`` go with every call (eval-protocol's

@@ -296,8 +296,9 @@ async def _score_one(
             if ev.kind == "plain":
                 result = await _call(ev, timeout, completion.text, **plain_kwargs(ev.fn, prompt))
                 return to_score(result)
-            if ev.kind == "item":
-                return to_score(await _call(ev, timeout, completion.text, copy.deepcopy(prompt.row)))
+            if ev.kind == "item":  # an OpenAI grader: the row is its item, and a cut reply says so
+                item, finish = copy.deepcopy(prompt.row), completion.finish_reason
+                return to_score(await _call(ev, timeout, completion.text, item, finish_reason=finish))
             if ev.kind == "verl":
                 return to_score(await _call(ev, timeout, **verl_kwargs(ev.fn, prompt, completion)))
             if ev.kind == "messages":

@@ -56,8 +56,8 @@ def load_grader(spec: str, *, endpoint: str | None = None, model: str | None = N
 def _scorer(grader: Grader) -> Any:
     threshold = getattr(grader.spec, "pass_threshold", None)
 
-    def grade(completion: str, item: dict[str, Any]) -> dict[str, Any]:
-        result = graded(grader, item, sample_of(completion))
+    def grade(completion: str, item: dict[str, Any], finish_reason: str = "stop") -> dict[str, Any]:
+        result = graded(grader, item, sample_of(completion, finish_reason=finish_reason))
         metrics = dict(result.metrics)
         if (
             threshold is not None and result.valid

@@ -105,15 +105,17 @@ def render(template: str, item: dict[str, Any], sample: Any) -> str:
         raise EvaluatorError(f"template {template!r} is not allowed: {exc}") from None
 
 
-def sample_of(text: str, tool_calls: list[Any] | None = None) -> dict[str, Any]:
+def sample_of(text: str, tool_calls: list[Any] | None = None, finish_reason: str = "stop") -> dict[str, Any]:
     """The ``sample`` namespace for one response, shaped like OpenAI's.
 
     ``output_tools`` are the response's tool calls (read from ``<tool_call>`` blocks unless given);
     when there are any, ``output_text`` is the text around the blocks, as a chat completion's
     ``message.content`` is the text beside its ``tool_calls``. ``output_json`` is the response
-    parsed as JSON when it is valid JSON (else null); ``choices`` holds the response as one choice.
-    A reasoning model's ``<think>...</think>`` blocks are left out, as OpenAI's ``output_text`` holds
-    the answer only.
+    parsed as JSON when the whole text is one JSON object (else null): what OpenAI fills in for a
+    structured-output response, whose root is always an object, so a bare ``72`` stays text.
+    ``choices`` holds the response as one choice, its ``finish_reason`` "length" when it was cut at
+    the token limit, else "tool_calls" with calls, else "stop". A reasoning model's
+    ``<think>...</think>`` blocks are left out, as OpenAI's ``output_text`` holds the answer only.
     """
     text = THINK_RE.sub("", text)
     if tool_calls is None:
@@ -124,15 +126,16 @@ def sample_of(text: str, tool_calls: list[Any] | None = None) -> dict[str, Any]:
         output_json = json.loads(text)
     except (ValueError, TypeError):
         output_json = None
+    if not isinstance(output_json, dict):
+        output_json = None
     message = {"role": "assistant", "content": text, "tool_calls": tool_calls or None}
+    finish = "length" if finish_reason == "length" else "tool_calls" if tool_calls else "stop"
     return {
         "output_text": text,
         "output_json": output_json,
         "output_tools": tool_calls,
         "output_audio": None,
-        "choices": [
-            {"index": 0, "message": message, "finish_reason": "tool_calls" if tool_calls else "stop"}
-        ],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
     }
 
 
