@@ -413,3 +413,15 @@ def test_only_double_braces_are_placeholders():
 def test_python_grader_may_return_numpy_numbers(tmp_path):
     source = "import numpy as np\ndef grade(sample, item):\n    return np.float32(0.5) + np.int64(0)\n"
     assert grade({"type": "python", "name": "np", "source": source}, "x")["score"] == 0.5
+
+
+def test_a_python_grader_importing_a_missing_package_is_refused_when_loaded():
+    import importlib.util
+
+    if importlib.util.find_spec("sklearn") is not None:
+        pytest.skip("scikit-learn is installed here")
+    source = "import numpy\nfrom sklearn.metrics import f1_score\ndef grade(sample, item):\n    return 1.0\n"
+    with pytest.raises(EvaluatorError, match="imports sklearn, which is not installed") as caught:
+        load_grader(json.dumps({**PYTHON, "source": source}))
+    assert "pip install scikit-learn" in caught.value.hint
+    assert load_grader(json.dumps({**PYTHON, "source": "import json, rapidfuzz.fuzz\n" + PYTHON["source"]}))
