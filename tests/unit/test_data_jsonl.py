@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -259,3 +260,29 @@ def test_rows_that_cannot_be_sampled_are_refused_with_the_reason(tmp_path, row, 
     path.write_text(json.dumps(row) + "\n")
     with pytest.raises(DataError, match=re.escape(reason)):
         load_prompts(str(path))
+
+
+def test_a_json_array_and_a_parquet_table_load_as_rows(tmp_path):
+    rows = [{"data_source": "openai/gsm8k", "prompt": [{"role": "user", "content": f"{i}+1?"}],
+             "reward_model": {"style": "rule", "ground_truth": str(i + 1)}} for i in range(3)]  # fmt: skip
+    (tmp_path / "rows.json").write_text(json.dumps(rows, indent=2))
+    array = load_prompts(str(tmp_path / "rows.json"))
+    assert [p.row["reward_model"]["ground_truth"] for p in array] == ["1", "2", "3"]
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow
+
+    pq.write_table(pyarrow.Table.from_pylist([*rows, {**rows[0], "prompt": []}]), tmp_path / "rows.parquet")
+    with pytest.raises(DataError, match="row 4: 'prompt' must be non-empty"):
+        load_prompts(str(tmp_path / "rows.parquet"))
+    table = load_prompts(str(tmp_path / "rows.parquet"), skip_bad_rows=True)
+    assert [p.messages for p in table] == [p.messages for p in array] and table.unit == "row"
+    assert table[2].row["reward_model"] == {"style": "rule", "ground_truth": "3"}
+
+
+def test_a_parquet_file_without_pyarrow_says_what_to_do(tmp_path, monkeypatch):
+    (tmp_path / "train.parquet").write_bytes(b"PAR1" + b"\0" * 32 + b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(DataError, match="is a Parquet file, and reading one needs pyarrow") as caught:
+        load_prompts(str(tmp_path / "train.parquet"))
+    assert "openrft[parquet]" in caught.value.hint

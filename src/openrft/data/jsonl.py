@@ -81,7 +81,15 @@ class PromptSet(list):
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[tuple[int, Any | str]]:
     """``(line_number, parsed object)`` for each non-blank line; unparsable lines give
-    ``(line_number, BadLine(reason))`` instead of raising."""
+    ``(line_number, BadLine(reason))`` instead of raising. A JSON array or a Parquet file is read too
+    (see :func:`read_rows`), numbered by row."""
+    return read_rows(path)[0]
+
+
+def read_rows(path: str | os.PathLike[str]) -> tuple[list[tuple[int, Any | str]], str]:
+    """``(numbered rows, unit)``: JSONL numbered by ``"line"``; a file holding one JSON array of rows,
+    or a Parquet table (what Hugging Face datasets and verl's preprocessing write; needs pyarrow),
+    numbered by ``"row"``."""
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -89,8 +97,36 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[tuple[int, Any | str]]:
         raise DataError(f"dataset file not found: {p}") from None
     except OSError as exc:
         raise DataError(f"cannot read dataset file {p}: {exc.strerror or exc}") from None
-    out: list[tuple[int, Any]] = []
+    if raw.startswith(b"PAR1"):
+        return _parquet_rows(p), "row"
     raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark (Notepad's, Excel's "UTF-8")
+    if raw.lstrip().startswith(b"["):  # a JSON array of rows, rather than one row per line
+        try:
+            rows = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError):
+            rows = None
+        if isinstance(rows, list):
+            return list(enumerate(rows, start=1)), "row"
+    return _lines(raw), "line"
+
+
+def _parquet_rows(path: Path) -> list[tuple[int, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(
+            f"{path} is a Parquet file, and reading one needs pyarrow",
+            hint="pip install 'openrft[parquet]', or convert it: python -c \"import pandas as pd; "
+            f"pd.read_parquet('{path}').to_json('{path.with_suffix('.jsonl')}', orient='records', lines=True)\"",
+        ) from None
+    try:
+        return list(enumerate(pq.read_table(path).to_pylist(), start=1))
+    except Exception as exc:  # noqa: BLE001 - pyarrow's own errors for a damaged file
+        raise DataError(f"cannot read the Parquet file {path}: {exc}") from None
+
+
+def _lines(raw: bytes) -> list[tuple[int, Any]]:
+    out: list[tuple[int, Any]] = []
     for number, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
             continue
@@ -381,8 +417,7 @@ def load_jsonl_prompts(
     open_ended: bool = False,
 ) -> PromptSet:
     """Read and validate a JSONL prompt file (see the module docstring)."""
-    numbered = read_jsonl(path)
-    unit = "line"
+    numbered, unit = read_rows(path)
     if adapter is not None:
         numbered, unit = _apply_adapter(numbered, adapter, str(path))
     return prompts_from_rows(
