@@ -286,3 +286,22 @@ def test_a_parquet_file_without_pyarrow_says_what_to_do(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="is a Parquet file, and reading one needs pyarrow") as caught:
         load_prompts(str(tmp_path / "train.parquet"))
     assert "openrft[parquet]" in caught.value.hint
+
+
+def test_sharegpt_conversations_load_as_messages_and_legacy_function_calls_are_named(tmp_path):
+    rows = [{"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "2+2?"},
+                               {"from": "gpt", "value": "4"}], "id": "a"},
+            {"conversations": [{"from": "human", "value": "hi"}, {"from": "function_call", "value": "{}"}]},
+            {"messages": [{"role": "user", "content": "weather?"},
+                          {"role": "assistant", "content": None, "function_call": {"name": "w", "arguments": "{}"}},
+                          {"role": "user", "content": "and?"}]}]  # fmt: skip
+    (tmp_path / "sharegpt.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in [*rows, {**rows[0], "id": "b"}, {**rows[0], "id": "c"}])
+    )
+    with pytest.raises(DataError) as caught:
+        load_prompts(str(tmp_path / "sharegpt.jsonl"))
+    assert "line 2: conversations[1] is from 'function_call'" in caught.value.message
+    assert "line 3: messages[1] uses OpenAI's deprecated 'function_call'" in caught.value.message
+    first, *_ = load_prompts(str(tmp_path / "sharegpt.jsonl"), skip_bad_rows=True)
+    assert [(m["role"], m["content"]) for m in first.messages] == [("system", "Be brief."), ("user", "2+2?")]
+    assert first.row["id"] == "a" and first.row["messages"][-1] == {"role": "assistant", "content": "4"}

@@ -191,6 +191,8 @@ def normalize_row(obj: Any) -> dict[str, Any]:
         obj = math_task.adapt_row(obj)
     if "messages" not in obj and "prompt" in obj:
         obj = {**obj, "messages": _trl_prompt(obj["prompt"])}
+    if "messages" not in obj and isinstance(obj.get("conversations"), list):
+        obj = {**obj, "messages": _sharegpt(obj["conversations"])}
     if "messages" not in obj:
         raise ValueError("missing 'messages' (a list of {'role', 'content'} objects), or a 'prompt' (text or "
                          "such a list, as TRL's datasets have)")  # fmt: skip
@@ -208,6 +210,9 @@ def normalize_row(obj: Any) -> dict[str, Any]:
             raise ValueError(f"messages[{i}]: 'tool_calls' must be a list, on an assistant message")
         if calls and message.get("content") is None:
             continue  # a tool call, no text
+        if message.get("function_call") is not None:
+            raise ValueError(f"messages[{i}] uses OpenAI's deprecated 'function_call': write it as 'tool_calls' "
+                             "([{'id', 'type': 'function', 'function': {'name', 'arguments'}}])")  # fmt: skip
         try:
             content_text(message.get("content"))
         except ValueError as exc:
@@ -215,6 +220,26 @@ def normalize_row(obj: Any) -> dict[str, Any]:
     if "tools" in obj:
         obj = {**obj, "tools": _tools(obj["tools"])}
     return obj
+
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "model": "assistant", "bot": "assistant", "chatgpt": "assistant", "system": "system"}  # fmt: skip
+
+
+def _sharegpt(turns: list[Any]) -> list[dict[str, Any]]:
+    """ShareGPT's ``conversations`` (``[{"from": "human", "value": ...}, {"from": "gpt", ...}]``, the most
+    common chat layout on the Hugging Face Hub) as messages."""
+    messages = []
+    for i, turn in enumerate(turns):
+        if not (isinstance(turn, dict) and "from" in turn and "value" in turn):
+            raise ValueError(f"conversations[{i}] must be {{'from': ..., 'value': ...}} (ShareGPT's layout)")
+        role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
+        if role is None:
+            raise ValueError(f"conversations[{i}] is from {turn['from']!r}; openrft reads ShareGPT turns from "
+                             f"{', '.join(sorted(SHAREGPT_ROLES))}: convert tool turns to 'messages' with "
+                             "'tool_calls' and 'tool' messages")  # fmt: skip
+        messages.append({"role": role, "content": turn["value"]})
+    return messages
 
 
 def _trl_prompt(prompt: Any) -> list[Any]:
