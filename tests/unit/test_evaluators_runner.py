@@ -313,3 +313,14 @@ def test_verl_reward_functions_get_the_response_as_solution_str_and_reward_model
                                             "data_source": "openai/gsm8k"})  # fmt: skip
     assert score_groups(load_evaluator(f"{path}::compute_score"), [(flat, completions("f", "#### 72"))],
                         timeout=5)[0][0].score == 1.0  # fmt: skip
+
+
+def test_the_invalid_rate_hint_names_the_timeout_flag_only_when_calls_timed_out():
+    broken = [Score(0.0, is_valid=False, reason="ModuleNotFoundError: No module named 'scipy'")] * 3
+    with pytest.raises(EvaluatorError) as caught:
+        check_invalid_rate(broken)
+    assert "timeout" not in caught.value.hint and "openrft evaluate" in caught.value.hint
+    slow = [Score(0.0, is_valid=False, reason="timeout after 60s"), *broken[:2]]
+    with pytest.raises(EvaluatorError) as caught:
+        check_invalid_rate(slow, timeout_flag="--timeout")
+    assert caught.value.hint.startswith("1 of them timed out: raise --timeout")

@@ -150,7 +150,7 @@ def cmd_data_gsm8k(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from openrft.data import load_prompts, write_jsonl
-    from openrft.errors import DataError
+    from openrft.errors import DataError, OpenRFTError
     from openrft.evaluators.isolation import score_contained
     from openrft.evaluators.loader import load_evaluator
     from openrft.evaluators.runner import SUMMARY_STATS, check_invalid_rate, summarize
@@ -167,9 +167,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise DataError("no --dataset given and the evaluator names no input_dataset")
     prompts = load_prompts(dataset, skip_bad_rows=args.skip_bad_rows, adapter=evaluator.dataset_adapter,
                            open_ended=evaluator.rollout is not None)  # fmt: skip
-    if evaluator.check_row is not None:  # a grader spec's templates, against the first rows
-        for prompt in list(prompts)[:3]:
-            evaluator.check_row(prompt.row, f"row {prompt.prompt_id} of {dataset}")
+    if evaluator.check_row is not None:  # a grader spec's templates, against every row
+        failed = []
+        for prompt in prompts:
+            try:
+                evaluator.check_row(prompt.row, f"row {prompt.prompt_id} of {dataset}")
+            except OpenRFTError as exc:
+                failed.append(exc)
+        if failed:
+            count = f" ({len(failed)} of {len(prompts)} rows fail this check)" if len(prompts) > 1 else ""
+            raise type(failed[0])(failed[0].message + count, hint=failed[0].hint)
     if args.reference_field:
         from openrft.data.reference import with_reference_field
 
@@ -211,7 +218,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"  {name}: {value:.4f}")
     if args.output:
         print(f"scores written to {write_jsonl(args.output, records)}")
-    check_invalid_rate(scores)
+    check_invalid_rate(scores, timeout_flag="--timeout")
     return 0
 
 

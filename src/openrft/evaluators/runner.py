@@ -90,18 +90,28 @@ async def ascore_groups(
 
 
 def check_invalid_rate(
-    scores: Sequence[Score] | Sequence[Sequence[Score]], max_fraction: float = 0.5
+    scores: Sequence[Score] | Sequence[Sequence[Score]],
+    max_fraction: float = 0.5,
+    timeout_flag: str = "--evaluator-timeout",
 ) -> None:
-    """Raise EvaluatorError, with one example reason, when more than ``max_fraction`` of the scores are invalid."""
+    """Raise EvaluatorError, with one example reason, when more than ``max_fraction`` of the scores are
+    invalid; the hint names ``timeout_flag`` (the command's own) only when calls timed out."""
     flat = _flatten(scores)
     invalid = [s for s in flat if not s.is_valid]
     if flat and len(invalid) > max_fraction * len(flat):
         example = next((s.reason for s in invalid if s.reason), "no reason given")
+        timeouts = sum(s.reason.startswith("timeout after") for s in invalid)
+        hint = (
+            f"{timeouts} of them timed out: raise {timeout_flag}, or make each call faster (a model grader's "
+            "max_completions_tokens bounds how long its judge writes)"
+            if timeouts
+            else "check the evaluator on a few responses with `openrft evaluate --dataset FILE --evaluator SPEC "
+            "--responses FILE`"
+        )
         raise EvaluatorError(
             f"{len(invalid)} of {len(flat)} evaluator scores are invalid (more than {max_fraction:.0%}); "
             f"one example: {example}",
-            hint="check the evaluator on a few responses with `openrft evaluate --dataset FILE "
-            "--evaluator SPEC --responses FILE`; raise --evaluator-timeout if calls time out",
+            hint=hint,
         )
 
 
