@@ -182,7 +182,7 @@ def test_a_batch_of_requests_each_gets_its_own_tokens():
     from openrft.rollout.batching import Batcher
 
     class Host:  # two prompts from the first request, one from the second, decoded in one call
-        def generate(self, key, prompts, on_tokens):
+        def generate(self, key, prompts, on_tokens, cancelled):
             assert [name for name, _ in prompts] == ["a0", "a1", "b0"]
             on_tokens([((0, 0), 10), ((1, 0), 11), ((2, 0), 12), ((2, 1), 13)])
             on_tokens([((2, 0), 22)])
@@ -217,3 +217,94 @@ def test_serve_with_api_keys_answers_only_requests_that_send_one(tokenizer):
 
         assert httpx.get(server.url.removesuffix("/v1") + "/health").status_code == 200  # no key needed
         assert httpx.get(server.url + "/models").status_code == 401
+
+
+def test_the_engine_ends_the_rows_of_an_abandoned_prompt_and_samples_the_rest_unchanged(
+    tiny_model, tokenizer
+):
+    from openrft.records import SamplingParams
+
+    model, _ = tiny_model
+    engine = LocalEngine(model, tokenizer, stop_token_ids=[])  # no end token: every row runs to the limit
+    prompts = [("a", tokenizer("Hello there")["input_ids"]), ("b", tokenizer("Good night")["input_ids"])]
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=40, seed=3)
+    whole = engine.generate_from_ids(prompts, params)
+    asked = []
+
+    def cancelled():
+        asked.append(1)
+        return {0} if len(asked) > 5 else set()
+
+    cut = engine.generate_from_ids(prompts, params, cancelled=cancelled)
+    assert [c.completion_token_ids for c in cut[1]] == [c.completion_token_ids for c in whole[1]]
+    assert all(len(c.completion_token_ids) < 10 and c.finish_reason == "length" for c in cut[0])
+    assert [c.completion_token_ids for c in cut[0]] == [
+        c.completion_token_ids[: len(k.completion_token_ids)] for c, k in zip(whole[0], cut[0], strict=True)
+    ]  # what was sampled before the end is what the whole run sampled
+
+
+class SlowEngine:
+    """Samples one token per 20 ms for up to 10 s, stopping early when its prompt is abandoned."""
+
+    streams_tokens = aborts_requests = True
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.stop_token_ids, self.ended = (
+            tokenizer,
+            (tokenizer.eos_token_id,),
+            threading.Event(),
+        )
+
+    def generate_from_ids(self, prompts, params, on_tokens=None, cancelled=None, **_):
+        import time
+
+        ids = []
+        for _ in range(500):
+            if cancelled is not None and cancelled():
+                self.ended.set()
+                break
+            ids.append(self.tokenizer("a")["input_ids"][0])
+            if on_tokens is not None:
+                on_tokens([((0, 0), ids[-1])])
+            time.sleep(0.02)
+        return [[Completion(name, 0, tuple(p), tuple(ids), "a" * len(ids), (-0.5,) * len(ids), "length")]
+                for name, p in prompts]  # fmt: skip
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_stops_its_sampling(tokenizer, stream):
+    engine = SlowEngine(tokenizer)
+    with BackgroundServer(create_app(engine, "policy")) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0, timeout=0.5)
+        messages = [{"role": "user", "content": "go on forever"}]
+        if stream:
+            chunks = client.chat.completions.create(model="policy", messages=messages, stream=True)
+            next(chunk for chunk in chunks if chunk.choices[0].delta.content)  # sampling has begun
+            chunks.close()
+        else:
+            with pytest.raises(openai.APITimeoutError):
+                client.chat.completions.create(model="policy", messages=messages)
+        assert engine.ended.wait(5), "the server went on sampling for a client that had left"
+
+
+def test_a_request_abandoned_while_queued_is_never_decoded():
+    import asyncio
+
+    from openrft.rollout.batching import Batcher
+
+    calls = []
+
+    class Host:
+        def generate(self, key, prompts, on_tokens, cancelled):
+            calls.append([name for name, _ in prompts])
+            return [["done"] for _ in prompts]
+
+    async def main():
+        batcher = Batcher(Host(), window=0.05)
+        left = asyncio.ensure_future(batcher.submit("key", [("gone", [1])]))
+        stays = asyncio.ensure_future(batcher.submit("key", [("kept", [1])]))
+        await asyncio.sleep(0.01)
+        left.cancel()  # its client left during the batching window
+        return await stays
+
+    assert asyncio.run(main()) == [["done"]] and calls == [["kept"]]

@@ -25,7 +25,9 @@ class _Pending:
 
 class Batcher:
     """Collects requests for ``window`` seconds and decodes those with equal settings together through
-    ``host.generate(key, prompts, on_tokens)`` (``on_tokens`` only when a request in the batch streams)."""
+    ``host.generate(key, prompts, on_tokens, cancelled)`` (``on_tokens`` only when a request in the batch
+    streams). A request whose caller stopped waiting (its client left: the awaiting task was cancelled)
+    is not decoded, or, once decoding, is named by ``cancelled()`` so the engine ends its rows."""
 
     def __init__(self, host: Any, window: float):
         self.host, self.window = host, window
@@ -50,11 +52,16 @@ class Batcher:
             groups: dict[tuple, list[_Pending]] = {}
             for item in batch:
                 groups.setdefault(item.key, []).append(item)
-            for key, items in groups.items():
+            for key, waiting in groups.items():
+                items = [item for item in waiting if not item.future.done()]  # the rest were abandoned
+                if not items:
+                    continue
                 prompts = [p for item in items for p in item.prompts]
                 on_tokens = _dispatcher(items, asyncio.get_running_loop())
                 try:
-                    results = await asyncio.to_thread(self.host.generate, key, prompts, on_tokens)
+                    results = await asyncio.to_thread(
+                        self.host.generate, key, prompts, on_tokens, _abandoned(items)
+                    )
                 except Exception as exc:  # handed to each waiting request
                     for item in items:
                         if not item.future.done():
@@ -65,6 +72,20 @@ class Batcher:
                     if not item.future.done():
                         item.future.set_result(results[offset : offset + len(item.prompts)])
                     offset += len(item.prompts)
+
+
+def _abandoned(items: list[_Pending]) -> Callable[[], set[int]]:
+    """The engine's ``cancelled``: the batch's prompt indexes whose request stopped waiting. Read from the
+    decoding thread: a future's cancelled state is one attribute, set once."""
+    spans, offset = [], 0
+    for item in items:
+        spans.append((item, range(offset, offset + len(item.prompts))))
+        offset += len(item.prompts)
+
+    def cancelled() -> set[int]:
+        return {p for item, span in spans if item.future.cancelled() for p in span}
+
+    return cancelled
 
 
 def _dispatcher(items: list[_Pending], loop: asyncio.AbstractEventLoop) -> Callable[[Tokens], None] | None:

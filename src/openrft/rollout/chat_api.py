@@ -35,7 +35,7 @@ from openrft.records import Completion
 from openrft.rollout.chat import ParsedReply, encode_chat, render_chat, tool_format
 from openrft.rollout.constrained import ConstraintError, check_grammar, request_grammar
 from openrft.rollout.prompts import with_system
-from openrft.rollout.streaming import LiveReply, TextDeltas, settle
+from openrft.rollout.streaming import LiveReply, LiveStream, TextDeltas, settle, unless_disconnected
 from openrft.rollout.trajectories import (
     ROLLOUT_HEADER,
     CallRecord,
@@ -151,14 +151,14 @@ def add_chat_routes(
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: ChatRequest, http: Request) -> Any:
         if not request.stream:
-            answer = await complete(request, http)
+            answer = await unless_disconnected(http, complete(request, http))
         else:
             live = LiveReply()
             task = asyncio.ensure_future(complete(request, http, live))
             if await live.begun(task):  # accepted, and sent as it is sampled
                 settle(task)
                 events = _live_events(live, task, request, engine.tokenizer, fmt)
-                return StreamingResponse(events, media_type="text/event-stream")
+                return LiveStream(events, task)
             answer = await task  # refused, or sent whole once sampled
         if answer is None:
             return {}

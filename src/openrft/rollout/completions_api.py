@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,7 +25,7 @@ from openrft.errors import OpenRFTError
 from openrft.records import Completion
 from openrft.rollout.batching import Batcher
 from openrft.rollout.chat_api import HTTPError as _HTTPError
-from openrft.rollout.streaming import LiveReply, TextDeltas, settle
+from openrft.rollout.streaming import LiveReply, LiveStream, TextDeltas, settle, unless_disconnected
 
 
 class CompletionRequest(BaseModel):
@@ -54,7 +54,7 @@ def add_completions_route(app: FastAPI, host: Any, batcher: Batcher) -> None:
     engine = host.engine
 
     @app.post("/v1/completions")
-    async def completions(request: CompletionRequest) -> Any:
+    async def completions(request: CompletionRequest, http: Request) -> Any:
         name = host.resolve(request.model)
         if request.stream_options is not None and not request.stream:
             raise _HTTPError(
@@ -82,8 +82,8 @@ def add_completions_route(app: FastAPI, host: Any, batcher: Batcher) -> None:
             task = asyncio.ensure_future(batcher.submit(key, prompts, (live := LiveReply()).push))
             settle(task)
             events = _live_completion_events(live, task, request, name, engine.tokenizer, stop_strings)
-            return StreamingResponse(events, media_type="text/event-stream")
-        groups = await batcher.submit(key, prompts)
+            return LiveStream(events, task)
+        groups = await unless_disconnected(http, batcher.submit(key, prompts))
         choices = [
             _choice(engine.tokenizer, c, i * request.n + c.candidate_index, request, stop_strings)
             for i, group in enumerate(groups)

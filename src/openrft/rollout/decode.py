@@ -156,6 +156,9 @@ class Run:
         self.cache: Cache | None = None
         # told each sampled token as ``((prompt index, candidate index), token id)`` pairs, a step at a time
         self.on_tokens: Callable[[list[tuple[tuple[int, int], int]]], None] | None = None
+        # asked before each step: the prompts whose requests were abandoned (their rows end now)
+        self.cancelled: Callable[[], set[int]] | None = None
+        self.dropped: set[int] = set()
 
     def _limit(self, name: str, ids: list[int]) -> int:
         if not ids:
@@ -170,6 +173,8 @@ class Run:
 
     def execute(self) -> list[list[Completion]]:
         while self.queue or self._active():
+            if self.cancelled is not None:
+                self._drop(self.cancelled() - self.dropped)
             self._schedule()
             if self._active():
                 if self._needs_room():  # the cache is full: move the rows to larger buffers
@@ -178,6 +183,17 @@ class Run:
         if self.rows is not None:
             self._collect(self.rows, self.rows.done_B)
         return [[c for c in group if c is not None] for group in self.results]
+
+    def _drop(self, prompts: set[int]) -> None:
+        """End the rows of ``prompts`` (their requests were abandoned) and forget their queued candidates;
+        what they sampled so far is collected as cut off."""
+        if not prompts:
+            return
+        self.dropped |= prompts
+        self.queue = deque(owner for owner in self.queue if owner[0] not in prompts)
+        if self.rows is not None:
+            gone_B = torch.tensor([p in prompts for p, _ in self.rows.owners], device=self.device)
+            self.rows.done_B |= gone_B
 
     def _needs_room(self) -> bool:
         return self.length == self.capacity

@@ -96,6 +96,7 @@ class LocalEngine:
     max_top_logprobs = MAX_TOP_LOGPROBS  # alternatives per token it can record (SamplingParams.top_logprobs)
     constrained_decoding = True  # honours SamplingParams.grammar
     streams_tokens = True  # generate_from_ids(on_tokens=...) reports each step's tokens
+    aborts_requests = True  # generate_from_ids(cancelled=...) ends abandoned prompts' rows
 
     def __init__(
         self,
@@ -161,12 +162,15 @@ class LocalEngine:
         *,
         stop_token_ids: Sequence[int] | None = None,
         on_tokens: Callable[[list[tuple[tuple[int, int], int]]], None] | None = None,
+        cancelled: Callable[[], set[int]] | None = None,
     ) -> list[list[Completion]]:
         """Like :meth:`generate` for prompts already tokenized: ``(prompt_id, token_ids)`` pairs.
 
         ``stop_token_ids`` replaces the engine's end tokens for this call. ``on_tokens``, when given, is
         called after every decoding step (in this thread) with the tokens it sampled, as
         ``((prompt index, candidate index), token id)`` pairs: what a streamed reply sends as it goes.
+        ``cancelled``, when given, is asked before every step for the prompt indexes whose requests were
+        abandoned: their rows end there (collected as cut off), freeing their slots for the others.
         """
         check_params(params)
         stops = tuple(stop_token_ids) if stop_token_ids else self.stop_token_ids
@@ -180,7 +184,7 @@ class LocalEngine:
         compiled = run is not None
         if run is None:
             run = Run(settings, names, prompt_ids, params, stops)
-        run.on_tokens = on_tokens
+        run.on_tokens, run.cancelled = on_tokens, cancelled
         start = time.perf_counter()
         with self._lock if compiled else contextlib.nullcontext(), self._sampling_mode():
             if self.copy is not None:

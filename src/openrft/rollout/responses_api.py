@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from openrft.rollout.chat import tool_format
 from openrft.rollout.chat_api import Answer, ChatRequest, HTTPError, logprob_entries
 from openrft.rollout.response_store import ResponseStore, Stored
-from openrft.rollout.streaming import LiveReply, TextDeltas, settle
+from openrft.rollout.streaming import LiveReply, LiveStream, TextDeltas, settle, unless_disconnected
 
 LOGPROBS = "message.output_text.logprobs"
 TEXT_PARTS = ("input_text", "output_text", "text")
@@ -91,7 +91,7 @@ def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> No
         live = LiveReply() if request.stream and LOGPROBS not in (request.include or ()) else None
         ids = (f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}")
 
-        async def respond() -> dict[str, Any] | None:  # stored even when a streaming client leaves early
+        async def respond() -> dict[str, Any] | None:  # sample, then store
             answer = await _answer(complete, chat, http, live)
             if answer is None:
                 return None  # a rollout's client gave up on the call
@@ -101,14 +101,14 @@ def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> No
             return body
 
         if live is None:
-            body = await respond()
+            body = await unless_disconnected(http, respond())
         else:
             task = asyncio.ensure_future(respond())
             if await live.begun(task):  # accepted, and sent as it is sampled
                 settle(task)
                 tools = bool(chat.tools) and chat.tool_choice != "none"
                 events = live_response_events(live, task, request, tokenizer, ids, tools)
-                return StreamingResponse(events, media_type="text/event-stream")
+                return LiveStream(events, task)
             body = await task  # refused, or sent whole once sampled
         if body is None:
             return {}

@@ -39,6 +39,7 @@ from openrft.rollout.batching import Batcher, Tokens
 from openrft.rollout.chat_api import HTTPError, add_chat_routes
 from openrft.rollout.completions_api import add_completions_route
 from openrft.rollout.responses_api import add_responses_routes
+from openrft.rollout.streaming import ClientGone
 from openrft.rollout.trajectories import RolloutRecorder
 
 BATCH_WINDOW_S = 0.01
@@ -115,8 +116,10 @@ class ModelHost:
         key: tuple,
         prompts: list[tuple[str, list[int]]],
         on_tokens: Callable[[Tokens], None] | None = None,
+        cancelled: Callable[[], set[int]] | None = None,
     ) -> list[list[Completion]]:
-        """Decode ``prompts`` with the settings ``key`` holds; ``on_tokens`` as the engine's (streaming)."""
+        """Decode ``prompts`` with the settings ``key`` holds; ``on_tokens`` (streaming) and ``cancelled``
+        (abandoned requests) as the engine's, when it takes them."""
         name, n, temperature, top_p, top_k, max_tokens, stops, stop_strings, top_logprobs, grammar = key
         params = SamplingParams(
             n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=0,
@@ -127,6 +130,8 @@ class ModelHost:
         )
         if on_tokens is not None:
             extra["on_tokens"] = on_tokens
+        if cancelled is not None and getattr(self.engine, "aborts_requests", False):
+            extra["cancelled"] = cancelled
         with self.lock, self.selected(name):
             return self.engine.generate_from_ids(prompts, params, **extra)
 
@@ -292,6 +297,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OpenRFTError)
     async def _openrft_error(request: Request, exc: OpenRFTError) -> JSONResponse:
         return _error(400, exc.message)
+
+    @app.exception_handler(ClientGone)
+    async def _gone(request: Request, exc: ClientGone) -> JSONResponse:  # nobody reads it: nginx's 499
+        return _error(499, "the client closed the connection before the reply was ready")
 
     @app.exception_handler(StarletteHTTPException)
     async def _routing(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -15,6 +15,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from fastapi.responses import StreamingResponse
+
 from openrft.rollout.batching import Tokens
 
 
@@ -122,9 +124,49 @@ class LiveReply:
             yield tokens
 
 
+DISCONNECT_POLL_S = 0.25
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its reply was ready (answered 499, which nobody reads)."""
+
+
+async def unless_disconnected(http: Any, awaitable: Any) -> Any:
+    """``awaitable``'s result, or :class:`ClientGone` once the client has left: the work is cancelled
+    then, so an abandoned request stops taking decoding steps (as vLLM aborts one)."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        while True:
+            done, _ = await asyncio.wait([task], timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await http.is_disconnected():
+                task.cancel()
+                raise ClientGone()
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+
+
+class LiveStream(StreamingResponse):
+    """A server-sent event stream fed while ``task`` samples; once the response ends, however it ends (the
+    client left mid-stream included), ``task`` is cancelled if still running: sampling for it stops."""
+
+    def __init__(self, events: AsyncIterator[str], task: asyncio.Future):
+        super().__init__(events, media_type="text/event-stream")
+        self.task = task
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if not self.task.done():
+                self.task.cancel()
+
+
 def settle(task: asyncio.Future) -> None:
     """Mark ``task``'s outcome as seen: a client that left mid-stream never reads it."""
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
-__all__ = ["LiveReply", "TextDeltas", "settle"]
+__all__ = ["ClientGone", "LiveReply", "LiveStream", "TextDeltas", "settle", "unless_disconnected"]
