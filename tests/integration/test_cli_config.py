@@ -182,3 +182,16 @@ def test_flags_are_never_abbreviated_and_w_and_b_flags_without_wandb_are_flagged
     assert caught.value.code == 2 and "unrecognized arguments: --wandb-api" in capsys.readouterr().err
     assert main(["rftj", "create", "--dry-run", "--wandb-project", "p", "--wandb-run-id", "r"]) == 0
     assert "warning: --wandb-project, --wandb-run-id given without --wandb" in capsys.readouterr().err
+
+
+def test_an_openai_fine_tuning_job_body_is_recognised_and_mapped_in_the_hint(capsys, tmp_path):
+    import json
+
+    grader = {"type": "string_check", "name": "x", "operation": "eq", "input": "{{ sample.output_text }}",
+              "reference": "{{ item.answer }}"}  # fmt: skip
+    body = {"training_file": "file-abc", "model": "o4-mini", "method": {"type": "reinforcement",
+            "reinforcement": {"grader": grader, "hyperparameters": {"n_epochs": 2}}}}  # fmt: skip
+    (tmp_path / "openai_job.json").write_text(json.dumps(body))
+    assert main(["rftj", "create", "--config", str(tmp_path / "openai_job.json"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "is an OpenAI fine-tuning job body" in err and "--evaluator grader.json" in err

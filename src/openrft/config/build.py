@@ -52,6 +52,7 @@ def load_job_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"--config: {path} must hold a mapping of parameter names to values", field="config"
         )
+    _refuse_foreign_job(raw, path)
     flat: dict[str, Any] = {}
     spelled: dict[str, str] = {}
     pairs = [
@@ -77,6 +78,26 @@ def load_job_file(path: str | Path) -> dict[str, Any]:
                 f"--config: unknown parameter '{key.replace('_', '-')}' in {path}{hint}", field=key
             )
     return flat
+
+
+def _refuse_foreign_job(raw: dict[str, Any], path: Path) -> None:
+    """An OpenAI fine-tuning job body (``fine_tuning.jobs.create``'s) says what to give openrft instead."""
+    method = raw.get("method")
+    if "training_file" in raw and isinstance(method, dict):
+        settings = method.get("reinforcement")
+        grader = settings.get("grader") if isinstance(settings, dict) else None
+        raise ConfigError(
+            f"--config: {path} is an OpenAI fine-tuning job body, not an openrft job file (parameters named "
+            "as the flags)",
+            field="config",
+            hint="give the training file as --dataset FILE.jsonl (validation_file: --evaluation-dataset), "
+            + (
+                "the grader (method.reinforcement.grader, saved as grader.json) as --evaluator grader.json, "
+                if grader is not None
+                else ""
+            )
+            + "n_epochs as --epochs, and a local model as --base-model",
+        )
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
