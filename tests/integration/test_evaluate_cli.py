@@ -181,8 +181,7 @@ def test_evaluate_reference_field_reads_a_gsm8k_answer(capsys, tmp_path):
     )
     argv = ["evaluate", "--dataset", data, "--evaluator", "gsm8k", "--responses", responses]
     code, out, err = run(capsys, *argv)
-    assert code == 0, err
-    assert "mean score 0.1000" in out  # no ground truth: only the format is rewarded
+    assert code == 2 and "gsm8k() needs ground_truth, which every row" in err  # as job creation says
     code, out, err = run(capsys, *argv, "--reference-field", "answer")
     assert code == 0, err
     assert "mean score 1.0000" in out and "  correct: 1.0000" in out

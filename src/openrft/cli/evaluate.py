@@ -150,10 +150,11 @@ def cmd_data_gsm8k(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from openrft.data import load_prompts, write_jsonl
-    from openrft.errors import DataError, OpenRFTError
+    from openrft.errors import DataError
     from openrft.evaluators.isolation import score_contained
     from openrft.evaluators.loader import load_evaluator
     from openrft.evaluators.runner import SUMMARY_STATS, check_invalid_rate, summarize
+    from openrft.train.job import check_evaluator_fits
 
     refuse_output_over_inputs(args.output, args.dataset, args.responses, args.evaluator)
     evaluator = load_evaluator(
@@ -167,20 +168,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise DataError("no --dataset given and the evaluator names no input_dataset")
     prompts = load_prompts(dataset, skip_bad_rows=args.skip_bad_rows, adapter=evaluator.dataset_adapter,
                            open_ended=evaluator.rollout is not None)  # fmt: skip
-    if evaluator.check_row is not None:  # a grader spec's templates, against every row
-        failed = []
-        for prompt in prompts:
-            try:
-                evaluator.check_row(prompt.row, f"row {prompt.prompt_id} of {dataset}")
-            except OpenRFTError as exc:
-                failed.append(exc)
-        if failed:
-            count = f" ({len(failed)} of {len(prompts)} rows fail this check)" if len(prompts) > 1 else ""
-            raise type(failed[0])(failed[0].message + count, hint=failed[0].hint)
     if args.reference_field:
         from openrft.data.reference import with_reference_field
 
         prompts = with_reference_field(prompts, args.reference_field, skip_bad_rows=args.skip_bad_rows)
+    check_evaluator_fits(evaluator, prompts)  # every row holds what the evaluator reads, as at job creation
     skipped: list[str] = []
     if args.responses:
         groups = _groups_from_responses(prompts, args.responses, skip=args.skip_bad_rows, skipped=skipped)

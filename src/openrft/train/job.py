@@ -105,7 +105,7 @@ def prepare(cfg: JobConfig) -> PreparedJob:
         )  # fmt: skip
     with _input("--reference-field"):
         dataset = _referenced(dataset, d.reference_field, d.skip_bad_rows)
-    _check_evaluator_fits(evaluator, dataset)
+    check_evaluator_fits(evaluator, dataset)
     _check_round_fits(settings, len(dataset))
     evaluation = None
     if d.evaluation_dataset:
@@ -115,7 +115,7 @@ def prepare(cfg: JobConfig) -> PreparedJob:
             )
         with _input("--reference-field"):
             evaluation = _referenced(evaluation, d.reference_field, d.skip_bad_rows)
-        _check_evaluator_fits(evaluator, evaluation)  # its rows are scored too
+        check_evaluator_fits(evaluator, evaluation)  # its rows are scored too
     prepared = PreparedJob(cfg, _with_evaluator_defaults(settings, evaluator), evaluator, dataset, evaluation,
                            d.eval_auto_carveout)  # fmt: skip
     with _input("--eval-auto-carveout"):
@@ -296,7 +296,9 @@ def _referenced(prompts: PromptSet, field_name: str | None, skip_bad_rows: bool)
     return with_reference_field(prompts, field_name, skip_bad_rows=skip_bad_rows)
 
 
-def _check_evaluator_fits(evaluator: Any, dataset: PromptSet) -> None:
+def check_evaluator_fits(evaluator: Any, dataset: PromptSet) -> None:
+    """Every row holds what the evaluator reads (its parameters, a built-in's ground_truth, a grader's
+    template fields): a ConfigError naming the first row that does not, and how many do not."""
     from openrft.evaluators.runner import missing_fields
 
     if evaluator.check_row is not None:  # a grader spec's templates, against every row
