@@ -168,3 +168,36 @@ def test_tool_schemas_with_definitions_are_forced_as_pydantic_writes_them(client
                                             tool_choice="required", parallel_tool_calls=False)  # fmt: skip
     (call,) = either.choices[0].message.tool_calls
     assert call.function.name in ("book", "cancel") and Owner.model_validate_json(call.function.arguments)
+
+
+def test_objects_listing_their_properties_admit_no_others_as_on_vllm(tiny_model):
+    from openrft.rollout.constrained import closed_objects
+
+    model, tokenizer = tiny_model
+    engine = LocalEngine(model, tokenizer)
+    checker = Constraints(tokenizer, engine.constraints.vocab_size, engine.stop_token_ids)
+    smolagents_tool = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]  # fmt: skip
+    grammar = tool_call_grammar(smolagents_tool, "required", False)
+
+    def accepts(grammar: str, text: str) -> bool:
+        matcher, tokens = checker.matcher(grammar), tokenizer(text)["input_ids"]
+        return matcher.validate_tokens(tokens) == len(tokens) and matcher.consume_tokens(tokens) and \
+            matcher.is_accepting()  # fmt: skip
+
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"%s}}\n</tool_call>'
+    assert accepts(grammar, call % "") and not accepts(grammar, call % ', "type": "function"')
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "meta": {"type": "object"},
+              "pet": {"allOf": [{"properties": {"kind": {"type": "string"}}}]}}}  # fmt: skip
+    closed = closed_objects(schema)
+    assert (
+        closed["additionalProperties"] is False and "additionalProperties" not in closed["properties"]["meta"]
+    )
+    assert "additionalProperties" not in closed["properties"]["pet"]["allOf"][0]  # an allOf member stays open
+    assert closed_objects({**schema, "additionalProperties": True})["additionalProperties"] is True
+    form = request_grammar(
+        None, None, None, {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    )[0]
+    assert accepts(form, '{"name": "a", "meta": {"any": 1}}') and not accepts(
+        form, '{"name": "a", "extra": 1}'
+    )

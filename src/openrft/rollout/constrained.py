@@ -4,7 +4,8 @@ A request's constraint becomes one grammar (llguidance's, the library behind vLL
 backend): a JSON schema for ``{"type": "json_schema"}``, any JSON object for ``{"type": "json_object"}``,
 and for ``tool_choice`` ``"required"`` or a named function, one or more calls in the model's tool-call
 format (``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``) whose arguments follow the
-tools' parameter schemas. The local engine keeps one matcher per row: before each token it masks the
+tools' parameter schemas. Objects that list their properties admit no others unless the schema says so
+(:func:`closed_objects`, vLLM's default). The local engine keeps one matcher per row: before each token it masks the
 tokens the grammar forbids, and once the grammar is complete only an end token is allowed.
 
 What is recorded stays the engine's contract: a token's log-prob is ``log_softmax(logits / T)`` of
@@ -40,6 +41,38 @@ def json_grammar(schema: dict[str, Any]) -> str:
     return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
 
 
+SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
+SCHEMA_VALUES = ("items", "additionalProperties", "anyOf", "oneOf", "prefixItems", "not", "if", "then", "else",
+                 "contains", "propertyNames")  # fmt: skip
+
+
+def closed_objects(schema: Any, close: bool = True) -> Any:
+    """``schema`` with every object that lists its ``properties`` closed to other keys
+    (``additionalProperties: false`` where it says nothing), as vLLM's default backend (xgrammar, strict
+    mode) reads tool and response schemas: a client listing a tool's parameters rejects any other key
+    (smolagents does), and JSON Schema's open default let the model invent some. An object without a
+    ``properties`` list stays free-form, and so do the members of an ``allOf`` (closing one would refuse
+    the others' properties)."""
+    if isinstance(schema, list):
+        return [closed_objects(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: closed_objects(sub) for name, sub in value.items()}
+        elif key == "allOf" and isinstance(value, list):
+            out[key] = [closed_objects(sub, close=False) for sub in value]
+        elif key in SCHEMA_VALUES:
+            out[key] = closed_objects(value)
+        else:  # keywords whose values are data (const, enum, default, examples) or plain settings
+            out[key] = value
+    open_keys = ("additionalProperties", "patternProperties", "unevaluatedProperties")
+    if close and isinstance(out.get("properties"), dict) and not any(k in out for k in open_keys):
+        out["additionalProperties"] = False
+    return out
+
+
 def response_format_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
     """The JSON schema a chat request's ``response_format`` asks for (None for plain text)."""
     kind = (response_format or {}).get("type", "text")
@@ -58,7 +91,7 @@ def response_format_schema(response_format: dict[str, Any] | None) -> dict[str, 
     if not isinstance(schema, dict):
         raise ConstraintError("response_format json_schema.schema must be a JSON schema object",
                               "response_format.json_schema.schema")  # fmt: skip
-    return schema
+    return closed_objects(schema)
 
 
 def request_grammar(
@@ -114,7 +147,7 @@ def tool_call_grammar(
         raise ConstraintError(f"tool_choice names the function {json.dumps(missing[0])}, which is not in 'tools'",
                               "tool_choice")  # fmt: skip
     parameters, definitions = _lift_definitions(
-        {name: functions[name].get("parameters") or {"type": "object"} for name in names}
+        {name: closed_objects(functions[name].get("parameters") or {"type": "object"}) for name in names}
     )
     calls = [
         {
