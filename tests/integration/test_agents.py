@@ -48,6 +48,7 @@ def test_serve_answers_the_openai_sdk_with_and_without_tools(tiny_model, tokeniz
                                                logprobs=True)  # fmt: skip
         (choice,) = plain.choices
         assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
+        assert plain.model == "policy"  # the name asked for, as vLLM echoes it
         assert plain.usage.completion_tokens == len(choice.logprobs.content) <= 6
         again = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, seed=1)
         assert again.choices[0].message.content == choice.message.content  # a seed fixes the answer
@@ -68,6 +69,7 @@ def test_serve_answers_the_openai_sdk_with_and_without_tools(tiny_model, tokeniz
         with pytest.raises(openai.BadRequestError) as caught:  # OpenAI's code for a conversation too long
             client.chat.completions.create(model="tiny", messages=too_long)
         assert (caught.value.code, caught.value.param) == ("context_length_exceeded", "messages")
+        assert "This model's maximum context length is" in str(caught.value)  # what litellm matches on
         with pytest.raises(openai.BadRequestError) as caught:  # the Responses API names its own field
             client.responses.create(model="tiny", input=too_long[0]["content"])
         assert (caught.value.code, caught.value.param) == ("context_length_exceeded", "input")

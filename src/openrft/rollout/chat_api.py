@@ -127,7 +127,7 @@ def add_chat_routes(
         key, seed_name, budget = _sampling(request, name, engine, recorder, rollout_id, len(prompt_ids), ends)
         key = (*key, grammar)
         if live is not None and _live(request, engine, rollout_id):
-            live.start(name)
+            live.start(model or name)
         sink = live.push if live is not None and live.started.is_set() else None
         groups = await batcher.submit(key, [(seed_name, prompt_ids)], sink)
         completions = groups[0]
@@ -146,7 +146,7 @@ def add_chat_routes(
             if cut_by_context and c.finish_reason == "length" and len(c.completion_token_ids) == budget:
                 recorder.mark_truncated(rollout_id)  # type: ignore[union-attr]
             recorder.record(rollout_id, _call(request.messages, reply.message(), c))  # type: ignore[union-attr]
-        return Answer(name, completions, replies)
+        return Answer(model or name, completions, replies)  # the name asked for, as vLLM echoes it
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: ChatRequest, http: Request) -> Any:
@@ -171,6 +171,13 @@ def add_chat_routes(
 
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def context_exceeded(limit: int, tokens: int, where: str) -> str:
+    """OpenAI's (and vLLM's) words for a request longer than the context, which clients match on (litellm's
+    ContextWindowExceededError, and the context-window fallbacks of its router)."""
+    return (f"This model's maximum context length is {limit} tokens. However, your {where} resulted in "
+            f"{tokens} tokens, which leaves no room for a reply. Please reduce the length of the {where}.")  # fmt: skip
 
 
 def _live(request: ChatRequest, engine: Any, rollout_id: str | None) -> bool:
@@ -328,8 +335,8 @@ def _sampling(
         raise HTTPError(400, "stop strings must be non-empty")
     limit = getattr(engine, "max_positions", 1 << 30)
     if rollout_id is None and prompt_len >= limit:
-        raise HTTPError(400, f"the messages are {prompt_len} tokens, and this model's context holds {limit}: "
-                        "no room for a reply", code="context_length_exceeded", param="messages")  # fmt: skip
+        raise HTTPError(400, context_exceeded(limit, prompt_len, "messages"), code="context_length_exceeded",
+                        param="messages")  # fmt: skip
     if rollout_id is None:
         seed = request.seed if request.seed is not None else secrets.randbits(62)
         max_tokens = request.max_completion_tokens or request.max_tokens or max(16, limit - prompt_len)
@@ -346,8 +353,10 @@ def _sampling(
         recorder.mark_truncated(rollout_id)
         raise HTTPError(
             400,
-            f"the rollout's context budget is used up: the conversation is {prompt_len} tokens, the job "
-            f"allows {context} (--max-context-length)",
+            context_exceeded(context, prompt_len, "messages") + " (the rollout's context budget, "
+            "--max-context-length, is used up)",
+            code="context_length_exceeded",
+            param="messages",
         )
     call = recorder.next_call(rollout_id)  # calls made at once (asyncio.gather) each get their own
     seed_key = recorder.log(rollout_id).seed_key  # type: ignore[union-attr]
@@ -534,6 +543,7 @@ __all__ = [
     "HTTPError",
     "add_chat_routes",
     "check_top_logprobs",
+    "context_exceeded",
     "logprob_entries",
     "token_bytes",
 ]

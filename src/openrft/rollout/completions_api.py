@@ -25,6 +25,7 @@ from openrft.errors import OpenRFTError
 from openrft.records import Completion
 from openrft.rollout.batching import Batcher
 from openrft.rollout.chat_api import HTTPError as _HTTPError
+from openrft.rollout.chat_api import context_exceeded
 from openrft.rollout.streaming import LiveReply, LiveStream, TextDeltas, settle, unless_disconnected
 
 
@@ -60,6 +61,7 @@ def add_completions_route(app: FastAPI, host: Any, batcher: Batcher) -> None:
             raise _HTTPError(
                 400, "stream_options is only allowed with stream set to true", param="stream_options"
             )
+        shown = request.model or name  # the name asked for, as vLLM echoes it
         token_lists = _prompt_token_ids(engine.tokenizer, request.prompt)
         _check_context(engine, token_lists)
         seed = request.seed if request.seed is not None else secrets.randbits(62)
@@ -81,7 +83,7 @@ def add_completions_route(app: FastAPI, host: Any, batcher: Batcher) -> None:
         if request.stream and not request.logprobs and getattr(engine, "streams_tokens", False):
             task = asyncio.ensure_future(batcher.submit(key, prompts, (live := LiveReply()).push))
             settle(task)
-            events = _live_completion_events(live, task, request, name, engine.tokenizer, stop_strings)
+            events = _live_completion_events(live, task, request, shown, engine.tokenizer, stop_strings)
             return LiveStream(events, task)
         groups = await unless_disconnected(http, batcher.submit(key, prompts))
         choices = [
@@ -95,7 +97,7 @@ def add_completions_route(app: FastAPI, host: Any, batcher: Batcher) -> None:
             "id": f"cmpl-{uuid.uuid4().hex}",
             "object": "text_completion",
             "created": int(time.time()),
-            "model": name,
+            "model": shown,
             "choices": choices,
             "usage": {
                 "prompt_tokens": prompt_tokens,
@@ -140,8 +142,8 @@ def _check_context(engine: Any, token_lists: list[list[int]]) -> None:
     limit = getattr(engine, "max_positions", 1 << 30)
     longest = max((len(ids) for ids in token_lists), default=0)
     if longest >= limit:
-        raise _HTTPError(400, f"the prompt is {longest} tokens, and this model's context holds {limit}: no room "
-                         "for a completion", code="context_length_exceeded", param="prompt")  # fmt: skip
+        raise _HTTPError(400, context_exceeded(limit, longest, "prompt"), code="context_length_exceeded",
+                         param="prompt")  # fmt: skip
 
 
 def _completion_events(body: dict[str, Any], request: CompletionRequest) -> Iterator[str]:
