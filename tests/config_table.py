@@ -37,6 +37,12 @@ TABLE = [
     ("max_concurrent_evaluations", None, [1, 64], [0, -1]),
     ("rollout_engine", "local", ["local", "vllm"], ["gpu", 3]),
     ("evaluator_timeout", 60.0, [0.5, 600], [0, -1, float("inf"), "nan"]),
+    (
+        "response_format",
+        None,
+        ["json_object", '{"type": "object", "properties": {"a": {"type": "integer"}}}'],
+        ["json", "missing.json", "[1]", '{"type": "json_schema"}', 3],
+    ),
     ("rollout_workers", 2, [1, 64], [0, "x"]),
     ("max_staleness", 0, [0, 3], [-1]),
     ("eval_auto_carveout", None, [0.01, 0.5, "0.1"], [0, 0.51, 1, "some"]),

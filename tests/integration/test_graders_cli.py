@@ -128,3 +128,30 @@ def test_the_readme_example_grader_scores_its_rows_and_passes_the_dry_run(tmp_pa
     code = main(["rftj", "create", "--dataset", str(example / "rows.jsonl"), "--evaluator", grader, *flags,
                  "--dry-run"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
+
+
+def test_a_job_with_a_response_format_samples_json_that_graders_read_as_output_json(
+    tiny_model_dir, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("OPENRFT_HOME", str(tmp_path / "home"))
+    schema = {"type": "json_schema", "json_schema": {"name": "capital", "schema": {"type": "object",
+              "properties": {"city": {"enum": ["Paris", "Rome", "Madrid"]}}, "required": ["city"]}}}  # fmt: skip
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    grader = {**STRING_CHECK, "input": "{{ sample.output_json.city }}"}
+    rows = [{"messages": r["messages"][:1], "reference_answer": r["reference_answer"]} for r in ROWS] * 2
+    data, spec = _write(tmp_path, rows=rows, grader=grader)
+    out = tmp_path / "out"
+    code = main([
+        "rftj", "create", "--base-model", str(tiny_model_dir), "--dataset", str(data), "--evaluator", str(spec),
+        "--response-format", str(tmp_path / "schema.json"), "--n", "4", "--max-output-tokens", "32",
+        "--chunk-size", "6", "--epochs", "1", "--batch-size", "400", "--temperature", "1.0", "--seed", "3",
+        "--quiet", "--output-model", str(out), "--job-id", "structured",
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    rollouts = read_jsonl(tmp_path / "home" / "jobs" / "structured" / "rollouts.jsonl")
+    assert rollouts and all(
+        json.loads(r["completion"])["city"] in ("Paris", "Rome", "Madrid") for r in rollouts
+    )
+    assert all(r["valid"] for r in rollouts)  # the grader read every reply's output_json
+    rewards = [r["reward/mean"] for r in read_jsonl(out / "metrics.jsonl") if "reward/mean" in r]
+    assert rewards and all(0.0 <= r <= 1.0 for r in rewards)

@@ -201,3 +201,30 @@ def test_objects_listing_their_properties_admit_no_others_as_on_vllm(tiny_model)
     assert accepts(form, '{"name": "a", "meta": {"any": 1}}') and not accepts(
         form, '{"name": "a", "extra": 1}'
     )
+
+
+def test_a_jobs_response_format_takes_every_form_a_user_has(tmp_path):
+    from openrft.config import build_config
+    from openrft.errors import ConfigError
+    from openrft.rollout.constrained import job_response_schema
+
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+    closed = {**schema, "additionalProperties": False}
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    forms = [
+        json.dumps(schema),  # a plain JSON schema, inline
+        str(tmp_path / "schema.json"),  # or in a file
+        json.dumps({"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}),  # chat's
+        json.dumps({"type": "json_schema", "name": "a", "schema": schema}),  # the Responses API's text.format
+    ]
+    assert all(job_response_schema(form) == closed for form in forms)
+    assert job_response_schema("json_object") == {"type": "object"}
+    cfg, _ = build_config({}, {"response_format": forms[1]})
+    assert cfg.settings().sampling.grammar is not None
+    for values, message in [
+        ({"response_format": "nope.json"}, "is not 'json_object', inline JSON or a JSON file"),
+        ({"response_format": "json_object", "rollout_engine": "vllm"}, "needs --rollout-engine local"),
+        ({"response_format": "json_object", "agent": "a.py::run"}, "an agent's calls ask for their own"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            build_config({}, values)

@@ -181,10 +181,13 @@ def _explain(exc: ValidationError, given: dict[str, Any]) -> str:
             lines.append(err["msg"])
             continue
         extra = field_info(name).json_schema_extra or {}
+        flags = " / ".join([flag_name(name), *extra.get("flags", [])])
+        if err["type"] == "value_error" and not extra.get("valid"):  # a field whose check says what is wrong
+            lines.append(f"{flags}: {err['ctx']['error']}")
+            continue
         valid = extra.get("valid") or _type_words(field_info(name).annotation)
         value = given.get(name, err.get("input"))
         shown = value if isinstance(value, str) and value.strip() else repr(value)
-        flags = " / ".join([flag_name(name), *extra.get("flags", [])])
         lines.append(f"{flags}: {shown} is not valid; expected {valid}")
     return "\n".join(dict.fromkeys(lines))
 

@@ -23,6 +23,7 @@ from pydantic import (
 
 from openrft.algo.losses import LOSS_METHODS, KLBetaNotSupported, resolve_loss
 from openrft.config.agent import AgentConfig
+from openrft.config.data import DataConfig
 from openrft.config.fields import Group, field, parse_token_count, template_text
 from openrft.records import SamplingParams
 from openrft.settings import (
@@ -390,64 +391,36 @@ class RolloutConfig(Group):
     evaluator_timeout: float = field(
         60.0, "Seconds one evaluator call may take before it is scored invalid.", valid="a number > 0", gt=0
     )
+    response_format: str | None = field(
+        None,
+        "JSON every response must be (structured output, by constrained decoding with the local engine): "
+        "'json_object' for any JSON object, or a .json file (or inline JSON) holding a JSON schema or "
+        "OpenAI's response_format object. Objects that list their properties admit no others. Graders then "
+        "read the reply as sample.output_json. Default: free text.",
+    )
+
+    @field_validator("response_format")
+    @classmethod
+    def _schema(cls, value: str | None) -> str | None:
+        if value is not None:
+            from openrft.rollout.constrained import job_response_schema
+
+            job_response_schema(value)  # readable, and compiles to a grammar
+        return value
 
     @model_validator(mode="after")
     def _engine_combinations(self) -> RolloutConfig:
+        if self.response_format and self.rollout_engine != "local":
+            raise ValueError(
+                f"--response-format needs --rollout-engine local: {self.rollout_engine} sampling is not "
+                "constrained here"
+            )
         if self.rollout_engine == "endpoint" and not self.endpoint_url:
             raise ValueError("--rollout-engine endpoint needs --endpoint-url (e.g. http://localhost:8000/v1)")
         if self.ray_address and self.rollout_engine == "endpoint":
             raise ValueError(
                 "--ray-address runs the rollouts on Ray actors, but --rollout-engine endpoint samples on a "
                 "server: use --rollout-engine local (CPU actors) or vllm (GPU actors) with --ray-address"
-            )
-        return self
-
-
-class DataConfig(Group):
-    """What to train on and how it is scored."""
-
-    dataset: str | None = field(
-        None,
-        "Training prompts: a JSONL file of {messages, ground_truth} rows, or a built-in task "
-        "('arithmetic'). Default: the evaluator's input_dataset, else 'arithmetic'.",
-    )
-    evaluator: str | None = field(
-        None,
-        "Scoring function: path/to/file.py::function, module:function, or a built-in "
-        "('arithmetic', 'gsm8k', 'math'; weights as options, e.g. 'arithmetic:partial_weight=0'), or an OpenAI "
-        "grader spec (grader.json, grader.yaml or inline JSON). Default: the dataset's built-in evaluator.",
-    )
-    grader_endpoint: str | None = field(
-        None,
-        "Base URL of an OpenAI-compatible server for the score_model and label_model graders of an "
-        "OpenAI grader spec (and the cosine metric's embeddings), e.g. http://localhost:8000/v1; the API "
-        "key is read from OPENAI_API_KEY.",
-    )
-    grader_model: str | None = field(
-        None, "Model asked by score_model/label_model graders instead of the one their spec names."
-    )
-    evaluation_dataset: str | None = field(None, "JSONL prompts scored periodically, never trained on.")
-    eval_auto_carveout: float | None = field(
-        None,
-        "Hold out this fraction of the training prompts (seeded) as the evaluation set.",
-        valid="a fraction greater than 0 and at most 0.5",
-        gt=0,
-        le=0.5,
-    )
-    skip_bad_rows: bool = field(False, "Skip (and count) malformed dataset rows instead of failing.")
-    reference_field: str | None = field(
-        None,
-        "Take each row's ground_truth from this field, a dotted path into nested ones too "
-        "('reward_model.ground_truth'); a GSM8K solution '... #### 42' gives 42, a MATH solution its last "
-        "\\boxed{} answer. In the training and evaluation datasets. Default: the rows' own ground_truth.",
-    )
-
-    @model_validator(mode="after")
-    def _one_evaluation_set(self) -> DataConfig:
-        if self.evaluation_dataset and self.eval_auto_carveout is not None:
-            raise ValueError(
-                "--eval-auto-carveout and --evaluation-dataset are mutually exclusive: the evaluation set is "
-                "either held out of the training prompts or given as its own file"
             )
         return self
 
@@ -504,6 +477,11 @@ class JobConfig(BaseModel):
                 f"--max-output-tokens ({r.max_output_tokens}) must be smaller than --max-context-length "
                 f"({t.max_context_length}) to leave room for the prompt"
             )
+        if r.response_format and self.agent.enabled:
+            raise ValueError(
+                "--response-format shapes single-turn replies; an agent's calls ask for their own "
+                "(response_format in its requests)"
+            )
         buffer = self.loss.overlong_buffer
         if self.loss.overlong_penalty and buffer is not None and buffer > r.max_output_tokens:
             raise ValueError(
@@ -540,6 +518,7 @@ class JobConfig(BaseModel):
                 top_k=r.top_k,
                 max_tokens=r.max_output_tokens,
                 stop=r.stop,
+                grammar=_response_grammar(r.response_format),
             ),  # fmt: skip
             batching=BatchSettings(
                 t.batch_size,
@@ -595,3 +574,12 @@ class JobConfig(BaseModel):
         elif reveal_secrets and self.wandb.wandb_api_key is not None:
             data["wandb"]["wandb_api_key"] = self.wandb.wandb_api_key.get_secret_value()
         return data
+
+
+def _response_grammar(response_format: str | None) -> str | None:
+    """The grammar every sampled response follows, from ``--response-format`` (None: free text)."""
+    if response_format is None:
+        return None
+    from openrft.rollout.constrained import job_response_schema, json_grammar
+
+    return json_grammar(job_response_schema(response_format))

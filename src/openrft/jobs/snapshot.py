@@ -38,8 +38,9 @@ PATH_FIELDS = (
     "agent",
     "warm_start_from",
     "output_model",
+    "response_format",
 )
-CODE_FIELDS = ("evaluator", "tools", "agent")
+CODE_FIELDS = ("evaluator", "tools", "agent", "response_format")
 DATASET_FIELDS = ("dataset", "evaluation_dataset")
 CODE_SUFFIXES = (".py", ".json", ".yaml", ".yml")  # Python code, or an OpenAI grader spec
 SNAPSHOT_DIR = "snapshot"

@@ -94,6 +94,40 @@ def response_format_schema(response_format: dict[str, Any] | None) -> dict[str, 
     return closed_objects(schema)
 
 
+def job_response_schema(value: str) -> dict[str, Any]:
+    """The JSON schema a job's ``--response-format`` names (raises ValueError saying what is wrong):
+    ``json_object`` (any JSON object), or inline JSON or a ``.json`` file holding a JSON schema, OpenAI's
+    ``response_format`` object (``{"type": "json_schema", "json_schema": {"name", "schema"}}``) or the
+    Responses API's flat ``text.format`` (``{"type": "json_schema", "name", "schema"}``)."""
+    from pathlib import Path
+
+    text = value.strip()
+    if text == "json_object":
+        return {"type": "object"}
+    if not text.startswith("{"):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{value} is not 'json_object', inline JSON or a JSON file")
+        text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"invalid JSON in {value if len(value) < 80 else 'the schema'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("a JSON schema is an object")
+    if data.get("type") == "json_schema" and "json_schema" not in data:  # the Responses API's flat form
+        if not isinstance(data.get("schema"), dict):
+            raise ValueError("a json_schema response format holds its JSON schema in 'schema' (or in "
+                             "'json_schema': {'name', 'schema'})")  # fmt: skip
+        data = {"type": "json_schema", "json_schema": {"name": "response", **data}}
+    if data.get("type") in ("json_schema", "json_object") and set(data) <= {"type", "json_schema"}:
+        schema = response_format_schema(data) or {"type": "object"}  # ConstraintError is a ValueError
+    else:
+        schema = closed_objects(data)
+    check_grammar(json_grammar(schema), "--response-format")
+    return schema
+
+
 def request_grammar(
     tools: Sequence[dict[str, Any]] | None,
     tool_choice: Any,
