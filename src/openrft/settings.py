@@ -110,10 +110,16 @@ class AgentSettings:
 
     agent: str | None
     tools: str | None
-    mcp_server: str | None
+    mcp_server: tuple[str, ...] | str | None  # the servers (one as text, or none, as older records hold)
     max_turns: int = 8
     tool_timeout: float = 30.0
     agent_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        servers = self.mcp_server
+        object.__setattr__(
+            self, "mcp_server", (servers,) if isinstance(servers, str) else tuple(servers or ())
+        )
 
 
 @dataclass(frozen=True)

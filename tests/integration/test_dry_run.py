@@ -94,7 +94,8 @@ CASES = [
             "--mcp-server",
             f"{sys.executable} {MCP_SERVER}",
         ],
-        "--tools: two toolsets offer a tool named 'add'; tool names must be unique",
+        f"--mcp-server: the tool name 'add' is offered twice, by --mcp-server '{sys.executable} {MCP_SERVER}' "
+        "and by --tools {d}/tools.py; tool names must be unique",
     ),  # fmt: skip
     (  # every row is checked, not the first one only
         ["--dataset", "{d}/third_lacks.jsonl", "--evaluator", "{d}/needs.py::score"],

@@ -419,3 +419,34 @@ def test_a_stdio_server_dies_with_the_thread_that_started_it():
     while started[0].poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert started[0].returncode == -9  # SIGKILL: its starting thread ended
+
+
+def test_several_mcp_servers_offer_their_tools_together_and_a_shared_name_is_refused(tmp_path):
+    from openrft.config import build_config
+    from openrft.rollout.mcp_client import check_server
+
+    echo = tmp_path / "echo_server.py"
+    echo.write_text(
+        textwrap.dedent('''
+        from mcp.server.fastmcp import FastMCP
+
+        mcp = FastMCP("echo", log_level="WARNING")
+
+        @mcp.tool()
+        def shout(text: str) -> str:
+            """Upper-case the text."""
+            return text.upper()
+
+        mcp.run()
+    ''')
+    )
+    calculator, other = f"{sys.executable} {MCP_SERVER}", f"{sys.executable} {echo}"
+    assert sorted(check_server([calculator, other])) == ["add", "multiply", "shout"]
+    with pytest.raises(
+        ConfigError, match=r"the tool name 'add' is offered twice, by --mcp-server '.*mcp_calc"
+    ):
+        check_server([calculator, calculator])
+    cfg, _ = build_config({}, {"mcp_server": [calculator, other]})
+    assert cfg.settings().agent.mcp_server == (calculator, other)
+    cfg, _ = build_config({}, {"mcp_server": calculator})  # one, as a job file or an older record has it
+    assert cfg.settings().agent.mcp_server == (calculator,)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import model_validator
+from typing import Any
+
+from pydantic import field_validator, model_validator
 
 from openrft.config.fields import Group, field
 
@@ -20,10 +22,12 @@ class AgentConfig(Group):
         "Python file whose public functions are tools for the built-in agent loop (schemas from their "
         "signatures and docstrings); rows may also carry OpenAI 'tools' schemas.",
     )
-    mcp_server: str | None = field(
-        None,
+    mcp_server: tuple[str, ...] = field(
+        (),
         "MCP server whose tools the built-in agent loop may call: a stdio command line, or an http(s) URL "
-        "(streamable HTTP).",
+        "(streamable HTTP). Repeat the flag for several servers; no two tools may share a name.",
+        valid="up to 8 command lines or URLs",
+        max_length=8,
     )
     max_turns: int = field(
         8, "Model calls per conversation in the built-in agent loop.", valid="a whole number from 1 to 64",
@@ -37,6 +41,17 @@ class AgentConfig(Group):
         600.0, "Seconds one agent run (a whole conversation) may take before it is scored invalid.",
         valid="a number > 0", gt=0,
     )  # fmt: skip
+
+    @field_validator("mcp_server", mode="before")
+    @classmethod
+    def _servers(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        if isinstance(value, str):  # one server (what a job file or an older job record holds)
+            value = [value]
+        if isinstance(value, list | tuple) and any(not isinstance(v, str) or not v.strip() for v in value):
+            raise ValueError("every --mcp-server must be a non-empty command line or URL")
+        return value
 
     @model_validator(mode="after")
     def _one_driver(self) -> AgentConfig:

@@ -56,10 +56,19 @@ def absolute_paths(values: dict[str, Any], cwd: Path) -> dict[str, Any]:
     base = out.get("base_model")
     if isinstance(base, str) and base not in EMBEDDED:
         out["base_model"] = _absolute(base, cwd)
-    command = out.get("mcp_server")
-    if isinstance(command, str) and command and "://" not in command:
-        out["mcp_server"] = shlex.join(_absolute(part, cwd) for part in shlex.split(command))
+    servers = out.get("mcp_server")
+    if isinstance(servers, str | list | tuple) and servers:
+        listed = [servers] if isinstance(servers, str) else list(servers)
+        absolute = [_absolute_command(s, cwd) if isinstance(s, str) else s for s in listed]
+        out["mcp_server"] = absolute[0] if isinstance(servers, str) else absolute
     return out
+
+
+def _absolute_command(command: str, cwd: Path) -> str:
+    """A stdio server's command line with its relative paths made absolute (a URL as it is)."""
+    if "://" in command or not command.strip():
+        return command
+    return shlex.join(_absolute(part, cwd) for part in shlex.split(command))
 
 
 def _absolute(value: str, cwd: Path) -> str:

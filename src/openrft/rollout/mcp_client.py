@@ -46,6 +46,7 @@ class McpToolset(Toolset):
 
     def __init__(self, server: str):
         self.server = server
+        self.source = f"--mcp-server '{server}'"
         self._stack: contextlib.AsyncExitStack | None = None
         self._session: Any = None
         self._schemas: list[dict[str, Any]] = []
@@ -195,13 +196,16 @@ def mcp_tools(server: str) -> McpToolset:
     return McpToolset(server.strip())
 
 
-def check_server(server: str, beside: Toolset | None = None) -> list[str]:
-    """Start (or reach) the MCP server once and list its tools, as a job's first conversation would:
-    a ConfigError naming ``--mcp-server`` when it cannot, or when a name clashes with ``beside``'s
-    (the ``--tools`` file). Runs on a thread of its own, so it works inside a running event loop too."""
+def check_server(servers: str | Sequence[str], beside: Toolset | None = None) -> list[str]:
+    """Start (or reach) each MCP server once and list the tools, as a job's first conversation would:
+    a ConfigError naming ``--mcp-server`` when one cannot start, or when two tools share a name (between
+    the servers, or with ``beside``: the ``--tools`` file). Runs on a thread of its own, so it works
+    inside a running event loop too."""
+    servers = [servers] if isinstance(servers, str) else list(servers)
 
     async def names() -> list[str]:
-        async with combine([mcp_tools(server), *([beside] if beside is not None else [])]) as tools:
+        parts = [*(mcp_tools(server) for server in servers), *([beside] if beside is not None else [])]
+        async with combine(parts) as tools:
             return tools.names()
 
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mcp-check") as pool:

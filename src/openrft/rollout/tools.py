@@ -53,6 +53,8 @@ class ToolError(Exception):
 class Toolset:
     """Tools a model can call. Subclasses provide :meth:`schemas` and :meth:`call`."""
 
+    source = "a toolset"  # where the tools come from, for messages ("--tools tools.py")
+
     def schemas(self) -> list[dict[str, Any]]:
         """The tools in the OpenAI ``tools`` format (``{"type": "function", "function": ...}``)."""
         raise NotImplementedError
@@ -274,7 +276,9 @@ def python_tools(path: str | Path) -> PythonToolset:
     }
     if not functions:
         raise ConfigError(f"--tools: {file} defines no public functions to offer as tools")
-    return PythonToolset(functions)
+    toolset = PythonToolset(functions)
+    toolset.source = f"--tools {file}"
+    return toolset
 
 
 # ----------------------------------------------------------------------------- MCP servers
@@ -317,18 +321,19 @@ class CombinedToolset(Toolset):
 
 
 def _refuse_duplicates(parts: Sequence[Toolset]) -> None:
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # tool name -> where it comes from
     for part in parts:
         try:
             names = part.names()
         except ToolError:  # an MCP server not connected yet: its names are checked on entry
             continue
+        source = part.source
         for name in names:
             if name in seen:
-                raise ConfigError(
-                    f"--tools: two toolsets offer a tool named '{name}'; tool names must be unique"
-                )
-            seen.add(name)
+                flag = "--mcp-server" if "--mcp-server" in source + seen[name] else "--tools"
+                raise ConfigError(f"{flag}: the tool name '{name}' is offered twice, by {seen[name]} and by "
+                                  f"{source}; tool names must be unique")  # fmt: skip
+            seen[name] = source
 
 
 def combine(toolsets: Sequence[Toolset]) -> Toolset:

@@ -382,11 +382,13 @@ def warm_start_adapter(ref: str, ctx: WireContext) -> str:
     return str(folder)
 
 
-def _mcp_server(value: Any, ctx: WireContext) -> str:
-    text = _string("mcpServer", value)
-    if not text.startswith(("http://", "https://")) and not ctx.allow_local_paths:
+def _mcp_server(value: Any, ctx: WireContext) -> list[str]:
+    """``mcpServer``: one server (text) or several (a list of texts)."""
+    servers = value if isinstance(value, list) else [value]
+    texts = [_string("mcpServer", server) for server in servers]
+    if not all(t.startswith(("http://", "https://")) for t in texts) and not ctx.allow_local_paths:
         raise bad("mcpServer", "must be an http(s) URL; a command line runs only with --allow-local-paths")
-    return text
+    return texts
 
 
 def wire_path(name: str) -> str | None:
@@ -534,8 +536,11 @@ def _echo(flat: dict[str, Any], refs: dict[str, Any], record: JobRecord) -> dict
     if flat.get("rl_kl_beta"):
         out["lossConfig"]["klBeta"] = flat["rl_kl_beta"]
     out.update({wire: flat.get(name) for wire, name in TOP.items() if flat.get(name) is not None})
-    if flat.get("mcp_server"):
-        out["mcpServer"] = flat["mcp_server"]
+    servers = flat.get("mcp_server")
+    if servers:  # one server as text, as it was given; several as a list
+        out["mcpServer"] = (
+            servers if isinstance(servers, str) else servers[0] if len(servers) == 1 else list(servers)
+        )
     out["nodeCount"] = 1
     return out
 

@@ -137,9 +137,9 @@ def agent_of(settings: AgentSettings | None, evaluator: Any = None) -> Any:
     from openrft.rollout.mcp_client import mcp_tools
     from openrft.rollout.tools import builtin_agent, combine, python_tools
 
-    toolsets = ([python_tools(settings.tools)] if settings.tools else []) + (
-        [mcp_tools(settings.mcp_server)] if settings.mcp_server else []
-    )
+    toolsets = ([python_tools(settings.tools)] if settings.tools else []) + [
+        mcp_tools(server) for server in settings.mcp_server
+    ]
     fn = builtin_agent(combine(toolsets), settings.max_turns, settings.tool_timeout)
     return Agent(fn, True, "built-in tool loop")
 
