@@ -155,3 +155,10 @@ def test_a_job_with_a_response_format_samples_json_that_graders_read_as_output_j
     assert all(r["valid"] for r in rollouts)  # the grader read every reply's output_json
     rewards = [r["reward/mean"] for r in read_jsonl(out / "metrics.jsonl") if "reward/mean" in r]
     assert rewards and all(0.0 <= r <= 1.0 for r in rewards)
+
+
+def test_evaluate_refuses_a_grader_that_cannot_load_as_job_creation_does(tmp_path, capsys):
+    data, spec = _write(tmp_path, grader={**STRING_CHECK, "operation": "neq"})  # the guide's typo of 'ne'
+    for argv in (["evaluate"], ["rftj", "create", "--dry-run"]):
+        assert main([*argv, "--dataset", str(data), "--evaluator", str(spec)]) == 2
+        assert "--evaluator:" in capsys.readouterr().err

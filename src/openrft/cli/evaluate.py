@@ -25,7 +25,8 @@ receives). Without --responses, each dataset row that ends with an assistant
 message is scored with that message as the response.
 
 Prints one line per response (score, validity, reason) and a summary; exits with
-code 4 when more than half of the scores are invalid, as a training job would.
+code 4 when more than half of the scores are invalid, as a training job would, and with code 2 when the
+evaluator cannot load or the rows lack what it reads, as job creation does.
 """
 
 
@@ -150,19 +151,23 @@ def cmd_data_gsm8k(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from openrft.data import load_prompts, write_jsonl
-    from openrft.errors import DataError
+    from openrft.errors import ConfigError, DataError, EvaluatorError
     from openrft.evaluators.isolation import score_contained
     from openrft.evaluators.loader import load_evaluator
     from openrft.evaluators.runner import SUMMARY_STATS, check_invalid_rate, summarize
     from openrft.train.job import check_evaluator_fits
 
     refuse_output_over_inputs(args.output, args.dataset, args.responses, args.evaluator)
-    evaluator = load_evaluator(
-        args.evaluator,
-        dataset=args.dataset,
-        grader_endpoint=args.grader_endpoint,
-        grader_model=args.grader_model,
-    )
+    try:  # an evaluator that cannot load is bad input (exit 2), as at job creation
+        evaluator = load_evaluator(
+            args.evaluator,
+            dataset=args.dataset,
+            grader_endpoint=args.grader_endpoint,
+            grader_model=args.grader_model,
+        )
+    except EvaluatorError as exc:
+        message = exc.message if exc.message.startswith("--") else f"--evaluator: {exc.message}"
+        raise ConfigError(message, field="evaluator", hint=exc.hint) from None
     dataset = args.dataset or evaluator.input_dataset
     if dataset is None:
         raise DataError("no --dataset given and the evaluator names no input_dataset")
