@@ -236,6 +236,7 @@ def test_multi_documented_example_and_metrics():
     )
     assert scores[0][0].score == 1.0 and (scores[0][1].score, scores[0][1].is_valid) == (0.0, True)
     assert scores[0][1].metrics == {"name": 0.0, "arguments": 0.0}
+    assert "(name: the response has no" in scores[0][1].reason  # each sub-grader's own reason, too
     stats = summarize(scores)
     assert stats["reward/name"] == 0.5 and stats["reward/arguments"] == 0.5
     bad_row = Prompt("2", [{"role": "user", "content": "weather?"}], {"name": "get_weather"})

@@ -227,10 +227,10 @@ class MultiGrader(Grader):
             return Grade(0.0, "; ".join(invalid), valid=False, metrics=metrics)
         score = self.formula(metrics)
         parts = ", ".join(f"{name}={value:g}" for name, value in metrics.items())
+        why = "; ".join(f"{name}: {g.reason}" for name, g in grades.items() if g.reason)  # each sub-grader's
         valid = math.isfinite(score)
-        return Grade(
-            score if valid else 0.0, f"{self.spec.calculate_output} with {parts} = {score:g}", valid, metrics
-        )
+        reason = f"{self.spec.calculate_output} with {parts} = {score:g}" + (f" ({why})" if why else "")
+        return Grade(score if valid else 0.0, reason, valid, metrics)
 
 
 def graded(grader: Grader, item: dict[str, Any], sample: Any) -> Grade:
