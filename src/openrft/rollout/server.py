@@ -354,7 +354,8 @@ def serve(engine: Any, model_name: str, host: str, port: int, **names: Any) -> N
     import uvicorn
 
     app = create_app(engine, model_name, **names)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    # bounded: on Ctrl-C or SIGTERM, requests still sampling get 5 s, then are cancelled (their rows end)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
 
 
 __all__ = ["create_app", "BackgroundServer", "ModelHost", "serve"]
