@@ -14,6 +14,7 @@ from typing import Any
 from openrft import config as C
 from openrft.cli.evaluate import positive_int, positive_seconds, refuse_output_over_inputs
 from openrft.cli.rollout import ROLLOUT_DEFAULTS, _help
+from openrft.config.models import response_grammar
 
 # What a job's stored configuration lends to an evaluation (openrft.jobs.model_eval.SAMPLING_FIELDS).
 SAMPLING_NAMES = ("temperature", "top_p", "top_k", "max_output_tokens", "stop", "response_candidates_count")
@@ -243,6 +244,7 @@ def _sampling(args: argparse.Namespace, jobs: list[Any]) -> tuple[Any, int | Non
     params = SamplingParams(
         n=n, temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k,
         max_tokens=rollout.max_output_tokens, seed=args.seed, stop=tuple(rollout.stop),
+        grammar=response_grammar(rollout.response_format),  # the job's structured output, as it trained
     )  # fmt: skip
     return params, rollout.max_concurrent_rollouts
 

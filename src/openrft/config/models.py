@@ -518,7 +518,7 @@ class JobConfig(BaseModel):
                 top_k=r.top_k,
                 max_tokens=r.max_output_tokens,
                 stop=r.stop,
-                grammar=_response_grammar(r.response_format),
+                grammar=response_grammar(r.response_format),
             ),  # fmt: skip
             batching=BatchSettings(
                 t.batch_size,
@@ -576,7 +576,7 @@ class JobConfig(BaseModel):
         return data
 
 
-def _response_grammar(response_format: str | None) -> str | None:
+def response_grammar(response_format: str | None) -> str | None:
     """The grammar every sampled response follows, from ``--response-format`` (None: free text)."""
     if response_format is None:
         return None

@@ -29,7 +29,9 @@ from openrft.evaluators.runner import SUMMARY_STATS
 from openrft.records import Prompt, SamplingParams, Score, ScoredGroup
 
 # The rollout parameters a job's stored configuration lends to an evaluation.
-SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_output_tokens", "stop", "response_candidates_count")
+SAMPLING_FIELDS = (
+    "temperature", "top_p", "top_k", "max_output_tokens", "stop", "response_candidates_count", "response_format",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
