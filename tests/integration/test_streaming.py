@@ -308,3 +308,51 @@ def test_a_request_abandoned_while_queued_is_never_decoded():
         return await stays
 
     assert asyncio.run(main()) == [["done"]] and calls == [["kept"]]
+
+
+def test_concurrent_streamed_whole_abandoned_and_timed_out_requests_leave_the_others_exact(
+    tiny_model, tokenizer
+):
+    import asyncio
+
+    model, _ = tiny_model
+    # float64: batch-invariant; no end token: every reply runs to its limit (the timed-out one cannot finish)
+    engine = LocalEngine(model.double(), tokenizer, max_concurrent_rollouts=16, stop_token_ids=[])
+
+    def request(i: int) -> dict:
+        return {"model": "tiny", "messages": [{"role": "user", "content": f"story {i}"}], "max_tokens": 40,
+                "seed": i, "n": 1 + i % 3}  # fmt: skip
+
+    async def one(client, i: int):
+        if i % 4 == 0:
+            return [c.message.content for c in (await client.chat.completions.create(**request(i))).choices]
+        if i % 4 == 1:
+            joined: dict[int, str] = {}
+            async for chunk in await client.chat.completions.create(**request(i), stream=True):
+                for c in chunk.choices:
+                    joined[c.index] = joined.get(c.index, "") + (c.delta.content or "")
+            return [joined[k] for k in sorted(joined)]
+        if i % 4 == 2:  # leaves after three chunks
+            stream = await client.chat.completions.create(**request(i), stream=True)
+            seen = 0
+            async for _ in stream:
+                seen += 1
+                if seen == 3:
+                    break
+            await stream.close()
+            return None
+        with pytest.raises(openai.APITimeoutError):  # gives up before its reply is ready
+            await client.with_options(timeout=0.3).chat.completions.create(
+                **{**request(i), "max_tokens": 400}
+            )
+        return None
+
+    async def main(url: str):
+        client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0)
+        together = await asyncio.gather(*(one(client, i) for i in range(24)))
+        alone = [await one(client, i) if i % 4 < 2 else None for i in range(24)]
+        return together, alone
+
+    with BackgroundServer(create_app(engine, "tiny")) as server:
+        together, alone = asyncio.run(main(server.url))
+    assert together == alone and sum(r is not None for r in together) == 12
