@@ -217,3 +217,40 @@ def test_serve_api_keys_from_the_flag_and_the_environment(tiny_model_dir, monkey
     seen.clear()
     assert main(["serve", "--base-model", str(tiny_model_dir), "--host", "0.0.0.0"]) == 0
     assert "api_keys" not in seen and "with no API key" in capsys.readouterr().err
+
+
+def test_serve_lora_modules_serves_several_adapters_each_under_its_name(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    import openai
+    from peft import LoraConfig, get_peft_model
+
+    from openrft.rollout.server import BackgroundServer, create_app
+    from openrft.testing import tiny_model
+
+    for seed, name in ((1, "first"), (2, "second")):
+        model, _ = tiny_model(seed=0)
+        torch.manual_seed(seed)
+        lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        get_peft_model(model, lora).save_pretrained(tmp_path / name)
+    answers = {}
+
+    def serve_in_thread(engine, name, host, port, **names):
+        with BackgroundServer(create_app(engine, name, **names)) as server:
+            client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+            answers["models"] = [m.id for m in client.models.list().data]
+            ask = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 12, "seed": 3}
+            for model_name in ("a", "second", tiny_model_dir.name):
+                answers[model_name] = (
+                    client.chat.completions.create(model=model_name, **ask).choices[0].message.content
+                )
+
+    monkeypatch.setattr("openrft.rollout.server.serve", serve_in_thread)
+    argv = ["serve", "--base-model", str(tiny_model_dir), "--lora-modules", f"a={tmp_path / 'first'}",
+            str(tmp_path / "second")]  # fmt: skip
+    assert main(argv) == 0
+    assert {"a", "second", tiny_model_dir.name} <= set(answers["models"])
+    assert len({answers["a"], answers["second"], answers[tiny_model_dir.name]}) == 3  # three different models
+    assert (
+        main(["serve", "--base-model", str(tiny_model_dir), "--lora-modules", f"x={tmp_path / 'nope'}"]) != 0
+    )

@@ -83,6 +83,11 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     sv.add_argument("--port", type=int, default=8000, help="Port to listen on (default 8000).")
     sv.add_argument("--served-model-name", help="Model name clients send (default: --base-model).")
     sv.add_argument(
+        "--lora-modules", nargs="+", default=[], metavar="NAME=ADAPTER",
+        help="More LoRA adapters served beside the model, each under its name (vLLM's flag): NAME=FOLDER or "
+        "NAME=JOB_ID; a bare JOB_ID or folder is served under the job's id or the folder's name.",
+    )  # fmt: skip
+    sv.add_argument(
         "--api-key", action="append", default=[], metavar="KEY",
         help="A key clients must send as 'Authorization: Bearer KEY' (the openai SDK's api_key) on /v1 routes "
         "(repeatable; also OPENRFT_API_KEYS, comma-separated). Default: none, no check.",
@@ -206,6 +211,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         names = {"aliases": ["policy", str(base)]}
     if args.system:
         names["system_prompt"] = args.system
+    if args.lora_modules:
+        names["adapters"] = _lora_modules(args.lora_modules)
     keys = [
         *args.api_key,
         *(k.strip() for k in os.environ.get("OPENRFT_API_KEYS", "").split(",") if k.strip()),
@@ -219,6 +226,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"openrft serve: {served} on http://{args.host}:{args.port}/v1", file=sys.stderr)
     serve(engine, name, args.host, args.port, **names)
     return 0
+
+
+def _lora_modules(specs: list[str]) -> dict[str, str]:
+    """``--lora-modules`` as ``{name: adapter folder}``: ``NAME=FOLDER|JOB`` or a bare job id or folder."""
+    from openrft.cli.export import resolve_adapter
+    from openrft.errors import ConfigError
+
+    adapters: dict[str, str] = {}
+    for spec in specs:
+        name, sep, target = spec.partition("=")
+        target = target if sep else name
+        folder = resolve_adapter(target)
+        if not sep:  # a job's adapter lives in its "output" folder: name it after the job
+            name = folder.parent.name if folder.name == "output" else folder.name
+        if not name or name in adapters:
+            raise ConfigError(f"--lora-modules: {spec!r} needs a name of its own (NAME=ADAPTER)")
+        adapters[name] = str(folder)
+    return adapters
 
 
 __all__ = ["register", "cmd_rollout", "cmd_serve"]

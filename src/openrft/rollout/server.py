@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from openrft.errors import OpenRFTError
+from openrft.errors import ConfigError, OpenRFTError
 from openrft.records import Completion, SamplingParams
 from openrft.rollout.batching import Batcher, Tokens
 from openrft.rollout.chat_api import HTTPError, add_chat_routes
@@ -180,14 +180,21 @@ def create_app(
     batch_window: float = BATCH_WINDOW_S,
     system_prompt: str | None = None,
     api_keys: Sequence[str] = (),
+    adapters: dict[str, str] | None = None,
 ) -> FastAPI:
     """The FastAPI application serving ``engine`` as ``model_name`` (see :class:`ModelHost`).
 
     ``recorder`` makes it a job's policy server: chat calls naming a rollout are recorded.
     ``system_prompt`` opens every chat request that has no system message of its own.
     ``api_keys``: a ``/v1`` request must send one as ``Authorization: Bearer KEY`` (none: no check).
+    ``adapters``: more LoRA adapters served from the start, ``{name: folder}`` (as if loaded at run time).
     """
     host = ModelHost(engine, model_name, base_adapter, aliases=aliases, base_name=base_name, fixed=fixed)
+    for name, folder in (adapters or {}).items():
+        try:
+            host.load_adapter(name, folder)
+        except _HTTPError as exc:  # at start-up this is bad input, not a request's error
+            raise ConfigError(f"--lora-modules: {exc.message}") from None
     batcher = Batcher(host, batch_window)
     app = FastAPI(title="openrft serve")
     app.state.host = host
