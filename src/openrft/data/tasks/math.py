@@ -59,7 +59,8 @@ def adapt_row(obj: dict[str, Any], *, system_prompt: str = SYSTEM_PROMPT) -> dic
     answer = obj.get("answer")
     truth = answer.strip() if isinstance(answer, str) and answer.strip() else last_boxed(obj["solution"])
     if truth is None:
-        raise ValueError("MATH row: 'solution' has no \\boxed{} answer (and the row no 'answer')")
+        raise ValueError("MATH row: 'solution' has no \\boxed{} answer (and the row no 'answer'); a row that "
+                         "is not a MATH problem needs 'messages' or a 'prompt'")  # fmt: skip
     messages = [{"role": "user", "content": obj["problem"].strip()}]
     if system_prompt:
         messages.insert(0, {"role": "system", "content": system_prompt})
