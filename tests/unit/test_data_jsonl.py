@@ -305,3 +305,23 @@ def test_sharegpt_conversations_load_as_messages_and_legacy_function_calls_are_n
     first, *_ = load_prompts(str(tmp_path / "sharegpt.jsonl"), skip_bad_rows=True)
     assert [(m["role"], m["content"]) for m in first.messages] == [("system", "Be brief."), ("user", "2+2?")]
     assert first.row["id"] == "a" and first.row["messages"][-1] == {"role": "assistant", "content": "4"}
+
+
+def test_xlam_function_calling_rows_load_with_openai_tools_and_their_reference_calls(tmp_path):
+    tools = [{"name": "live_giveaways_by_type", "description": "Retrieve live giveaways by type.",
+              "parameters": {"type": {"description": "Giveaway type: game, loot or beta.", "type": "str",
+                                      "default": "game"}}},
+             {"name": "get_weather", "description": "The weather.",
+              "parameters": {"city": {"type": "str", "description": "City name."},
+                             "days": {"type": "List[int], optional", "description": "Days ahead."}}}]  # fmt: skip
+    answers = [{"name": "live_giveaways_by_type", "arguments": {"type": "beta"}}]
+    row = {"id": 7, "query": "Where can I find live giveaways for beta access?", "tools": json.dumps(tools),
+           "answers": json.dumps(answers)}  # fmt: skip
+    (tmp_path / "xlam.jsonl").write_text(json.dumps(row) + "\n")
+    (prompt,) = load_prompts(str(tmp_path / "xlam.jsonl"))
+    assert [dict(m) for m in prompt.messages] == [{"role": "user", "content": row["query"]}]
+    assert prompt.row["answers"] == answers and prompt.row["ground_truth"] == answers
+    weather = prompt.row["tools"][1]["function"]
+    assert weather["parameters"] == {"type": "object", "required": ["city"], "properties": {
+        "city": {"type": "string", "description": "City name."}, "days": {"type": "array", "description": "Days ahead."}}}  # fmt: skip
+    assert prompt.row["tools"][0]["function"]["parameters"]["required"] == []  # a default: not required

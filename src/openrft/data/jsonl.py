@@ -193,6 +193,8 @@ def normalize_row(obj: Any) -> dict[str, Any]:
         obj = {**obj, "messages": _trl_prompt(obj["prompt"])}
     if "messages" not in obj and isinstance(obj.get("conversations"), list):
         obj = {**obj, "messages": _sharegpt(obj["conversations"])}
+    if "messages" not in obj and isinstance(obj.get("query"), str) and {"tools", "answers"} <= obj.keys():
+        obj = _xlam(obj)
     if "messages" not in obj:
         raise ValueError("missing 'messages' (a list of {'role', 'content'} objects), or a 'prompt' (text or "
                          "such a list, as TRL's datasets have)")  # fmt: skip
@@ -240,6 +242,53 @@ def _sharegpt(turns: list[Any]) -> list[dict[str, Any]]:
                              "'tool_calls' and 'tool' messages")  # fmt: skip
         messages.append({"role": role, "content": turn["value"]})
     return messages
+
+
+XLAM_TYPES = {"str": "string", "string": "string", "int": "integer", "integer": "integer", "float": "number",
+              "number": "number", "bool": "boolean", "boolean": "boolean", "list": "array", "tuple": "array",
+              "dict": "object", "object": "object"}  # fmt: skip
+
+
+def _xlam(obj: dict[str, Any]) -> dict[str, Any]:
+    """An xLAM row (Salesforce's function-calling sets: ``query``, ``tools`` in their own parameter notation,
+    ``answers`` the reference calls, the last two often JSON strings) as a user message, OpenAI tools, and
+    the reference calls as ``answers`` and (unless the row has one) ``ground_truth``."""
+    try:
+        tools, answers = (json.loads(v) if isinstance(v, str) else v for v in (obj["tools"], obj["answers"]))
+    except ValueError:
+        raise ValueError("xLAM row: 'tools' or 'answers' is a string that is not JSON") from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) and "name" in t for t in tools):
+        raise ValueError("xLAM row: 'tools' must be a list of {'name', 'description', 'parameters'}")
+    converted = [t if t.get("type") == "function" else _xlam_tool(t) for t in tools]
+    row = {
+        **obj,
+        "messages": [{"role": "user", "content": obj["query"]}],
+        "tools": converted,
+        "answers": answers,
+    }
+    return {"ground_truth": answers, **row} if obj.get("ground_truth") is None else row
+
+
+def _xlam_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """``{"name", "description", "parameters": {"city": {"type": "str, optional", "description", "default"}}}``
+    as an OpenAI function tool with a JSON schema (a parameter with a default or ``optional`` is not required)."""
+    parameters = tool.get("parameters") or {}
+    if parameters.get("type") == "object" and isinstance(parameters.get("properties"), dict):
+        schema = parameters  # already a JSON schema
+    else:
+        properties, required = {}, []
+        for name, spec in parameters.items():
+            spec = spec if isinstance(spec, dict) else {}
+            kind = str(spec.get("type", "")).lower()
+            base = XLAM_TYPES.get(kind.split(",")[0].split("[")[0].strip())
+            properties[name] = {
+                k: v for k, v in (("type", base), ("description", spec.get("description"))) if v
+            }
+            if "optional" not in kind and "default" not in spec:
+                required.append(name)
+        schema = {"type": "object", "properties": properties, "required": required}
+    function = {"name": tool["name"], "description": str(tool.get("description") or ""), "parameters": schema}
+    return {"type": "function", "function": function}
 
 
 def _trl_prompt(prompt: Any) -> list[Any]:
