@@ -403,9 +403,9 @@ class RolloutConfig(Group):
     @classmethod
     def _schema(cls, value: str | None) -> str | None:
         if value is not None:
-            from openrft.rollout.constrained import job_response_schema
+            from openrft.rollout.constrained import job_response_grammar
 
-            job_response_schema(value)  # readable, and compiles to a grammar
+            job_response_grammar(value)  # readable, and compiles to a grammar
         return value
 
     @model_validator(mode="after")
@@ -580,6 +580,6 @@ def response_grammar(response_format: str | None) -> str | None:
     """The grammar every sampled response follows, from ``--response-format`` (None: free text)."""
     if response_format is None:
         return None
-    from openrft.rollout.constrained import job_response_schema, json_grammar
+    from openrft.rollout.constrained import job_response_grammar
 
-    return json_grammar(job_response_schema(response_format))
+    return job_response_grammar(response_format)

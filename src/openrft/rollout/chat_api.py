@@ -35,7 +35,14 @@ from openrft.records import Completion
 from openrft.rollout.chat import ParsedReply, encode_chat, render_chat, tool_format
 from openrft.rollout.constrained import ConstraintError, check_grammar, request_grammar
 from openrft.rollout.prompts import with_system
-from openrft.rollout.streaming import LiveReply, LiveStream, TextDeltas, settle, unless_disconnected
+from openrft.rollout.streaming import (
+    LiveReply,
+    LiveStream,
+    TextDeltas,
+    settle,
+    stream_error,
+    unless_disconnected,
+)
 from openrft.rollout.trajectories import (
     ROLLOUT_HEADER,
     CallRecord,
@@ -449,9 +456,16 @@ def _byte_decoder() -> dict[str, int]:
     return {ch: b for b, ch in bytes_to_unicode().items()}
 
 
-def _events(body: dict[str, Any], request: ChatRequest) -> Iterator[str]:
-    """The finished answer as OpenAI's chunk stream: role, content, tool calls, finish, [usage], [DONE]."""
-    base = {
+def _events(
+    body: dict[str, Any],
+    request: ChatRequest,
+    streams: list[TextDeltas] | None = None,
+    base: dict[str, Any] | None = None,
+) -> Iterator[str]:
+    """The finished answer as OpenAI's chunk stream: role, content, tool calls, finish, [usage], [DONE].
+    With ``streams`` (a stream sent as sampled, under ``base``), the roles and the text sent so far went
+    already: only the rest of each text follows."""
+    base = base or {
         "id": body["id"],
         "object": "chat.completion.chunk",
         "created": body["created"],
@@ -467,9 +481,12 @@ def _events(body: dict[str, Any], request: ChatRequest) -> Iterator[str]:
 
     for choice in body["choices"]:
         i, message = choice["index"], choice["message"]
-        yield chunk(i, {"role": "assistant", "content": ""})
-        if message.get("content") or choice["logprobs"]:  # a reply of tool calls only has log-probs too
-            yield chunk(i, {"content": message.get("content") or ""}, logprobs=choice["logprobs"])
+        if streams is None:
+            yield chunk(i, {"role": "assistant", "content": ""})
+            if message.get("content") or choice["logprobs"]:  # a reply of tool calls only has log-probs too
+                yield chunk(i, {"content": message.get("content") or ""}, logprobs=choice["logprobs"])
+        elif rest := streams[i].rest(message.get("content")):
+            yield chunk(i, {"content": rest})
         for n, call in enumerate(message.get("tool_calls") or []):
             yield chunk(i, {"tool_calls": [{"index": n, **call}]})
         yield chunk(i, {}, choice["finish_reason"])
@@ -504,19 +521,11 @@ async def _live_events(
     try:
         answer = task.result()
     except Exception as exc:  # noqa: BLE001 - the stream has begun: the error is its last event
-        yield f"data: {json.dumps({'error': _stream_error(exc)})}\n\n"
+        yield f"data: {json.dumps({'error': stream_error(exc)})}\n\n"
         return
     body = _response(tokenizer, answer.name, request, answer.completions, answer.replies)
-    for choice in body["choices"]:
-        i, message = choice["index"], choice["message"]
-        if rest := streams[i].rest(message.get("content")):
-            yield chunk(i, {"content": rest})
-        for n, call in enumerate(message.get("tool_calls") or []):
-            yield chunk(i, {"tool_calls": [{"index": n, **call}]})
-        yield chunk(i, {}, choice["finish_reason"])
-    if (request.stream_options or {}).get("include_usage"):
-        yield f"data: {json.dumps({**base, 'choices': [], 'usage': body['usage']})}\n\n"
-    yield "data: [DONE]\n\n"
+    for line in _events(body, request, streams, base):
+        yield line
 
 
 def _grouped(
@@ -528,13 +537,6 @@ def _grouped(
         if text := streams[owner[1]].push([token]):
             out.append((owner, text))
     return out
-
-
-def _stream_error(exc: BaseException) -> dict[str, Any]:
-    """An error object for a stream that has already begun (OpenAI sends ``{"error": {...}}``)."""
-    if isinstance(exc, HTTPError):
-        return {"message": exc.message, "type": "invalid_request_error", "param": exc.param, "code": exc.code}
-    return {"message": f"{type(exc).__name__}: {exc}", "type": "server_error", "param": None, "code": None}
 
 
 __all__ = [

@@ -21,12 +21,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from openrft.errors import OpenRFTError
 from openrft.records import Completion
 from openrft.rollout.batching import Batcher
 from openrft.rollout.chat_api import HTTPError as _HTTPError
 from openrft.rollout.chat_api import context_exceeded
-from openrft.rollout.streaming import LiveReply, LiveStream, TextDeltas, settle, unless_disconnected
+from openrft.rollout.streaming import (
+    LiveReply,
+    LiveStream,
+    TextDeltas,
+    settle,
+    stream_error,
+    unless_disconnected,
+)
 
 
 class CompletionRequest(BaseModel):
@@ -91,19 +97,13 @@ def add_completions_route(app: FastAPI, host: Any, batcher: Batcher) -> None:
             for i, group in enumerate(groups)
             for c in group
         ]
-        prompt_tokens = sum(len(ids) * request.n for ids in token_lists)
-        completion_tokens = sum(len(c.completion_token_ids) for g in groups for c in g)
         body = {
             "id": f"cmpl-{uuid.uuid4().hex}",
             "object": "text_completion",
             "created": int(time.time()),
             "model": shown,
             "choices": choices,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            "usage": _usage(groups),
         }
         if request.stream:
             return StreamingResponse(_completion_events(body, request), media_type="text/event-stream")
@@ -195,8 +195,7 @@ async def _live_completion_events(
     try:
         groups = task.result()
     except Exception as exc:  # noqa: BLE001 - the stream has begun: the error is its last event
-        message = exc.message if isinstance(exc, OpenRFTError) else f"{type(exc).__name__}: {exc}"
-        yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
+        yield f"data: {json.dumps({'error': stream_error(exc)})}\n\n"
         return
     for i, group in enumerate(groups):
         for c in group:
@@ -206,12 +205,16 @@ async def _live_completion_events(
                 yield chunk(choice["index"], rest)
             yield chunk(choice["index"], "", choice["finish_reason"])
     if (request.stream_options or {}).get("include_usage"):
-        prompt_tokens = sum(len(c.prompt_token_ids) for g in groups for c in g)
-        completion_tokens = sum(len(c.completion_token_ids) for g in groups for c in g)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
-        yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
+        yield f"data: {json.dumps({**base, 'choices': [], 'usage': _usage(groups)})}\n\n"
     yield "data: [DONE]\n\n"
+
+
+def _usage(groups: list[list[Completion]]) -> dict[str, int]:
+    """Tokens of every prompt (once per completion, as OpenAI counts ``n``) and of every completion."""
+    prompt_tokens = sum(len(c.prompt_token_ids) for g in groups for c in g)
+    completion_tokens = sum(len(c.completion_token_ids) for g in groups for c in g)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
 
 
 def _alternatives_wanted(engine: Any, logprobs: int | None) -> int:

@@ -124,8 +124,14 @@ def job_response_schema(value: str) -> dict[str, Any]:
         schema = response_format_schema(data) or {"type": "object"}  # ConstraintError is a ValueError
     else:
         schema = closed_objects(data)
-    check_grammar(json_grammar(schema), "--response-format")
     return schema
+
+
+def job_response_grammar(value: str) -> str:
+    """The grammar of ``--response-format``'s schema, checked to compile (ValueError otherwise)."""
+    grammar = json_grammar(job_response_schema(value))
+    check_grammar(grammar, "--response-format")
+    return grammar
 
 
 def request_grammar(
@@ -293,6 +299,9 @@ __all__ = [
     "ConstraintError",
     "Constraints",
     "check_grammar",
+    "closed_objects",
+    "job_response_grammar",
+    "job_response_schema",
     "json_grammar",
     "request_grammar",
     "response_format_schema",

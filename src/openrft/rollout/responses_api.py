@@ -33,7 +33,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from openrft.rollout.chat import tool_format
 from openrft.rollout.chat_api import Answer, ChatRequest, HTTPError, logprob_entries
 from openrft.rollout.response_store import ResponseStore, Stored
-from openrft.rollout.streaming import LiveReply, LiveStream, TextDeltas, settle, unless_disconnected
+from openrft.rollout.streaming import (
+    LiveReply,
+    LiveStream,
+    TextDeltas,
+    settle,
+    stream_error,
+    unless_disconnected,
+)
 
 LOGPROBS = "message.output_text.logprobs"
 TEXT_PARTS = ("input_text", "output_text", "text")
@@ -451,10 +458,8 @@ async def live_response_events(
     try:
         body = task.result()
     except Exception as exc:  # noqa: BLE001 - the stream has begun: the error is its last event
-        message = exc.message if isinstance(exc, HTTPError) else f"{type(exc).__name__}: {exc}"
-        yield event(
-            "error", code=getattr(exc, "code", None), message=message, param=getattr(exc, "param", None)
-        )
+        error = stream_error(exc)
+        yield event("error", code=error["code"], message=error["message"], param=error["param"])
         return
     output = body["output"] if body is not None else []
     for index, item in enumerate(output):

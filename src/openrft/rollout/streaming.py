@@ -164,9 +164,29 @@ class LiveStream(StreamingResponse):
                 self.task.cancel()
 
 
+def stream_error(exc: BaseException) -> dict[str, Any]:
+    """The error object that ends a stream that has already begun (OpenAI sends ``{"error": {...}}``): a
+    request's error (one with a 4xx ``status``) as it would have been answered, anything else a server error."""
+    client = getattr(exc, "status", 500) < 500
+    return {
+        "message": getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}",
+        "type": "invalid_request_error" if client else "server_error",
+        "param": getattr(exc, "param", None),
+        "code": getattr(exc, "code", None),
+    }
+
+
 def settle(task: asyncio.Future) -> None:
     """Mark ``task``'s outcome as seen: a client that left mid-stream never reads it."""
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
-__all__ = ["ClientGone", "LiveReply", "LiveStream", "TextDeltas", "settle", "unless_disconnected"]
+__all__ = [
+    "ClientGone",
+    "LiveReply",
+    "LiveStream",
+    "TextDeltas",
+    "settle",
+    "stream_error",
+    "unless_disconnected",
+]
