@@ -74,8 +74,8 @@ class SteppedEngine:
 
     streams_tokens = True
 
-    def __init__(self, tokenizer, text: str, fail: bool = False):
-        self.tokenizer, self.text, self.fail = tokenizer, text, fail
+    def __init__(self, tokenizer, text: str, fail: bool = False, wait_at: int = 0):
+        self.tokenizer, self.text, self.fail, self.wait_at = tokenizer, text, fail, wait_at
         self.stop_token_ids = (tokenizer.eos_token_id,)
         self.go_on = threading.Event()
 
@@ -86,8 +86,8 @@ class SteppedEngine:
         for step, token in enumerate(ids):
             if on_tokens is not None:
                 on_tokens([((p, k), token) for p in range(len(prompts)) for k in range(params.n)])
-            if step == 0:
-                assert self.go_on.wait(10), "the client never saw the first piece"
+            if step == self.wait_at:
+                assert self.go_on.wait(10), "the client never saw the piece it waits for"
             if self.fail and step == 2:
                 raise RuntimeError("the device went away")
         return [[Completion(name, k, tuple(p), ids, self.text, (-0.5,) * len(ids), "stop")
@@ -110,8 +110,9 @@ def test_chunks_reach_the_client_while_sampling_goes_on(tokenizer):
             calls += delta.tool_calls or []
             finish = chunk.choices[0].finish_reason or finish
         assert engine.go_on.is_set() and content == "Sure, calling it." and finish == "tool_calls"
-        (call,) = calls
-        assert json.loads(call.function.arguments) == {"expression": "17*23"}
+        assert {call.index for call in calls} == {0} and calls[0].function.name == "calculator"
+        arguments = "".join(call.function.arguments or "" for call in calls)
+        assert json.loads(arguments) == {"expression": "17*23"}
 
         engine.go_on.clear()
         texts = {}
@@ -141,6 +142,76 @@ def test_chunks_reach_the_client_while_sampling_goes_on(tokenizer):
             "response.function_call_arguments.delta"
         )
         assert client.responses.retrieve(final.id).output[0].id == final.output[0].id  # stored as streamed
+
+
+def test_tool_call_arguments_stream_as_they_are_written(tokenizer):
+    """The call's id and name come once its name is written, then its arguments grow while sampling goes
+    on; joined (here by the openai SDK's own stream helper), they are the unstreamed reply's arguments."""
+    text = ('Sure.\n<tool_call>\n{"name": "calculator",  "arguments": {"expression" :"17 * 23", '
+            '"note": "caf\\u00e9 \\"x\\"", "precise":true, "digits": [1.50, -2e3]}}\n</tool_call>')  # fmt: skip
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    wait_at = next(k for k in range(len(ids)) if '"17' in tokenizer.decode(ids[: k + 1]))
+    engine = SteppedEngine(tokenizer, text, wait_at=wait_at)
+    tools = [{**TOOLS[0], "function": {**TOOLS[0]["function"], "strict": True}}]
+    messages = [{"role": "user", "content": "What is 17*23?"}]
+    with BackgroundServer(create_app(engine, "policy")) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        seen = None
+        with client.chat.completions.stream(model="policy", messages=messages, tools=tools) as stream:
+            for event in stream:
+                kind = event.type
+                if kind == "tool_calls.function.arguments.delta" and "17" in event.arguments and seen is None:
+                    seen = event.arguments  # what the client holds while the engine waits
+                    engine.go_on.set()
+            streamed = stream.get_final_completion().choices[0]
+        whole = client.chat.completions.create(model="policy", messages=messages, tools=tools).choices[0]
+    assert seen == '{"expression": "17'  # written as json.dumps writes it, with the rest still to come
+    (call,) = streamed.message.tool_calls
+    (expected,) = whole.message.tool_calls
+    assert call.function.name == "calculator" and call.id.startswith("call_")
+    assert call.function.arguments == expected.function.arguments
+    assert json.loads(call.function.arguments) == {"expression": "17 * 23", "note": 'café "x"', "precise": True,
+                                                   "digits": [1.5, -2000.0]}  # fmt: skip
+    assert streamed.finish_reason == "tool_calls" and streamed.message.content == "Sure."
+
+
+@pytest.mark.parametrize("lead", ["Checking.\n", ""])
+def test_responses_stream_function_calls_as_they_are_written(tokenizer, lead):
+    """The Responses stream adds a function call's item once its name is written and sends its arguments
+    as they grow; the ids it announced are the stored response's, and a later turn answers the call."""
+    text = (f'{lead}<tool_call>\n{{"name": "calculator", "arguments": {{"expression": "17 * 23"}}}}\n</tool_call>'
+            "\nBack soon.")  # fmt: skip
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    engine = SteppedEngine(tokenizer, text, wait_at=next(
+        k for k in range(len(ids)) if '"17' in tokenizer.decode(ids[: k + 1])))  # fmt: skip
+    tools = [{"type": "function", "name": "calculator", "parameters": TOOLS[0]["function"]["parameters"]}]
+    with BackgroundServer(create_app(engine, "policy")) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        added, arguments, seen = {}, {}, None
+        with client.responses.stream(model="policy", input="What is 17*23?", tools=tools) as events:
+            for event in events:
+                if event.type == "response.output_item.added":
+                    added[event.output_index] = event.item
+                if event.type == "response.function_call_arguments.delta":
+                    arguments[event.output_index] = arguments.get(event.output_index, "") + event.delta
+                    if seen is None and "17" in arguments[event.output_index]:
+                        seen = arguments[event.output_index]  # what the client holds while the engine waits
+                        engine.go_on.set()
+            final = events.get_final_response()
+        kinds = [item.type for item in final.output]
+        assert kinds == (["message", "function_call"] if lead else ["function_call", "message"])
+        call = final.output[kinds.index("function_call")]
+        assert seen == '{"expression": "17' and call.arguments == '{"expression": "17 * 23"}'
+        assert added[kinds.index("function_call")].call_id == call.call_id
+        assert [item.id for item in client.responses.retrieve(final.id).output] == [
+            i.id for i in final.output
+        ]
+        message = final.output[kinds.index("message")]
+        assert message.content[0].text == tool_format().parse(text).content  # the text around the call
+        engine.go_on.set()
+        follow = client.responses.create(model="policy", previous_response_id=final.id, input=[
+            {"type": "function_call_output", "call_id": call.call_id, "output": "391"}])  # fmt: skip
+        assert follow.status == "completed"
 
 
 def test_an_error_after_the_stream_began_reaches_the_sdk(tokenizer):

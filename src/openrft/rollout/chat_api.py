@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from openrft.errors import DataError
 from openrft.records import Completion
+from openrft.rollout.call_deltas import CallDeltas
 from openrft.rollout.chat import ParsedReply, encode_chat, render_chat, tool_format
 from openrft.rollout.constrained import ConstraintError, check_grammar, request_grammar
 from openrft.rollout.prompts import with_system
@@ -461,10 +462,11 @@ def _events(
     request: ChatRequest,
     streams: list[TextDeltas] | None = None,
     base: dict[str, Any] | None = None,
+    calls_sent: list[CallDeltas] | None = None,
 ) -> Iterator[str]:
     """The finished answer as OpenAI's chunk stream: role, content, tool calls, finish, [usage], [DONE].
     With ``streams`` (a stream sent as sampled, under ``base``), the roles and the text sent so far went
-    already: only the rest of each text follows."""
+    already: only the rest of each text follows, and of each tool call what ``calls_sent`` did not send."""
     base = base or {
         "id": body["id"],
         "object": "chat.completion.chunk",
@@ -487,8 +489,12 @@ def _events(
                 yield chunk(i, {"content": message.get("content") or ""}, logprobs=choice["logprobs"])
         elif rest := streams[i].rest(message.get("content")):
             yield chunk(i, {"content": rest})
-        for n, call in enumerate(message.get("tool_calls") or []):
-            yield chunk(i, {"tool_calls": [{"index": n, **call}]})
+        calls = message.get("tool_calls") or []
+        deltas = (
+            calls_sent[i].finish(calls) if calls_sent else [{"index": n, **c} for n, c in enumerate(calls)]
+        )
+        for delta in deltas:
+            yield chunk(i, {"tool_calls": [delta]})
         yield chunk(i, {}, choice["finish_reason"])
     if (request.stream_options or {}).get("include_usage"):
         yield f"data: {json.dumps({**base, 'choices': [], 'usage': body['usage']})}\n\n"
@@ -499,7 +505,8 @@ async def _live_events(
     live: LiveReply, task: asyncio.Future, request: ChatRequest, tokenizer: Any, fmt: Any
 ) -> AsyncIterator[str]:
     """OpenAI's chunk stream as the reply is sampled: each choice's role, then its text as it grows (up to
-    a tool call's opening tag), then, once done, the rest of its text, its tool calls and finish reason."""
+    a tool call's opening tag) and its tool calls as they are written (:class:`CallDeltas`), then, once
+    done, the rest of its text and calls and its finish reason."""
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
             "created": int(time.time()), "model": live.name}  # fmt: skip
 
@@ -513,30 +520,28 @@ async def _live_events(
         TextDeltas(tokenizer, stops=_request_stops(request), markers=markers, trim=bool(tools))
         for _ in range(request.n)
     ]
+    calls = [CallDeltas(fmt.call_start, fmt.call_end) for _ in range(request.n)] if tools else None
     for index in range(request.n):
         yield chunk(index, {"role": "assistant", "content": ""})
     async for step in live.steps(task):
-        for (_, candidate), text in _grouped(streams, step):
-            yield chunk(candidate, {"content": text})
+        for candidate, text in _grouped(streams, step):
+            if text:
+                yield chunk(candidate, {"content": text})
+            for delta in calls[candidate].update(streams[candidate].text) if calls else ():
+                yield chunk(candidate, {"tool_calls": [delta]})
     try:
         answer = task.result()
     except Exception as exc:  # noqa: BLE001 - the stream has begun: the error is its last event
         yield f"data: {json.dumps({'error': stream_error(exc)})}\n\n"
         return
     body = _response(tokenizer, answer.name, request, answer.completions, answer.replies)
-    for line in _events(body, request, streams, base):
+    for line in _events(body, request, streams, base, calls):
         yield line
 
 
-def _grouped(
-    streams: list[TextDeltas], step: list[tuple[tuple[int, int], int]]
-) -> list[tuple[tuple[int, int], str]]:
-    """One step's tokens pushed into their choices' streams: the non-empty new texts, by owner."""
-    out = []
-    for owner, token in step:
-        if text := streams[owner[1]].push([token]):
-            out.append((owner, text))
-    return out
+def _grouped(streams: list[TextDeltas], step: list[tuple[tuple[int, int], int]]) -> list[tuple[int, str]]:
+    """One step's tokens pushed into their choices' streams: each choice's new text (often ""), by index."""
+    return [(owner[1], streams[owner[1]].push([token])) for owner, token in step]
 
 
 __all__ = [

@@ -21,24 +21,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from openrft.rollout.chat import tool_format
 from openrft.rollout.chat_api import Answer, ChatRequest, HTTPError, logprob_entries
 from openrft.rollout.response_store import ResponseStore, Stored
+from openrft.rollout.responses_stream import (
+    call_ids,
+    envelope,
+    live_response_events,
+    message_first,
+    response_events,
+)
 from openrft.rollout.streaming import (
     LiveReply,
     LiveStream,
-    TextDeltas,
     settle,
-    stream_error,
     unless_disconnected,
 )
 
@@ -102,6 +105,9 @@ def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> No
             answer = await _answer(complete, chat, http, live)
             if answer is None:
                 return None  # a rollout's client gave up on the call
+            if live is not None and live.started.is_set():  # the call ids a live stream announced
+                for k, call in enumerate(answer.replies[0].tool_calls):
+                    call["id"] = call_ids(ids[0], k)[1]
             body = response_body(tokenizer, request, answer, ids=ids)
             if request.store is not False:
                 store.put(body["id"], Stored([*conversation, answer.replies[0].message()], body, items))
@@ -346,6 +352,7 @@ def response_body(
     c, reply = answer.completions[0], answer.replies[0]
     incomplete = c.finish_reason == "length"
     output: list[dict[str, Any]] = []
+    message: list[dict[str, Any]] = []
     if reply.content or not reply.tool_calls:
         part: dict[str, Any] = {"type": "output_text", "text": reply.content or "", "annotations": []}
         if LOGPROBS in (request.include or ()) and not reply.tool_calls:  # the text's own tokens only
@@ -353,16 +360,18 @@ def response_body(
             if c.finish_reason == "stop" and ids and ids[-1] in set(tokenizer.all_special_ids):
                 ids, lps = ids[:-1], lps[:-1]  # the end-of-turn token is not part of the text
             part["logprobs"] = logprob_entries(tokenizer, ids, lps, c.top_logprobs)
-        output.append({"type": "message", "id": message_id, "role": "assistant",
-                       "status": "incomplete" if incomplete else "completed", "content": [part]})  # fmt: skip
-    for call in reply.tool_calls:
+        message.append({"type": "message", "id": message_id, "role": "assistant",
+                        "status": "incomplete" if incomplete else "completed", "content": [part]})  # fmt: skip
+    for k, call in enumerate(reply.tool_calls):
         function = call["function"]
         arguments = function["arguments"]
         output.append({
-            "type": "function_call", "id": f"fc_{uuid.uuid4().hex}", "call_id": call["id"],
+            "type": "function_call", "id": call_ids(response_id, k)[0], "call_id": call["id"],
             "name": function["name"], "status": "completed",
             "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False),
         })  # fmt: skip
+    # the message first when its text came first (as a stream sends them), else after the calls
+    output = [*message, *output] if message_first(c.text, bool(reply.tool_calls)) else [*output, *message]
     prompt_tokens, completion_tokens = len(c.prompt_token_ids), len(c.completion_token_ids)
     body = envelope(request, answer.name, response_id)
     body.update(
@@ -379,138 +388,6 @@ def response_body(
         },
     )
     return body
-
-
-def envelope(request: ResponsesRequest, name: str, response_id: str) -> dict[str, Any]:
-    """A ``response`` object in progress: the request's settings, no output yet."""
-    return {
-        "id": response_id,
-        "object": "response",
-        "created_at": int(time.time()),
-        "completed_at": None,
-        "status": "in_progress",
-        "incomplete_details": None,
-        "error": None,
-        "model": name,
-        "instructions": request.instructions,
-        "previous_response_id": request.previous_response_id,
-        "output": [],
-        "tools": request.tools or [],
-        "tool_choice": request.tool_choice or "auto",
-        "parallel_tool_calls": request.parallel_tool_calls is not False,
-        "max_output_tokens": request.max_output_tokens,
-        "temperature": request.temperature,
-        "top_p": request.top_p,
-        "top_logprobs": request.top_logprobs,
-        "store": request.store is not False,
-        "metadata": request.metadata or {},
-        "text": {"format": (request.text or {}).get("format") or {"type": "text"}},
-        "truncation": request.truncation or "disabled",
-        "usage": None,
-    }
-
-
-def _numbered() -> Callable[..., str]:
-    """A function writing one server-sent event of the Responses stream, numbered in order."""
-    sequence = iter(range(1 << 62))
-
-    def event(kind: str, **fields: Any) -> str:
-        data = {"type": kind, "sequence_number": next(sequence), **fields}
-        return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-    return event
-
-
-async def live_response_events(
-    live: LiveReply,
-    task: asyncio.Future,
-    request: ResponsesRequest,
-    tokenizer: Any,
-    ids: tuple[str, str],
-    tools: bool,
-) -> AsyncIterator[str]:
-    """The Responses event stream as the reply is sampled: the message's text deltas as it grows (up to
-    a tool call's opening tag), then, once done, the rest of the text and each function call."""
-    event = _numbered()
-    pending = envelope(request, live.name, ids[0])
-    yield event("response.created", response=pending)
-    yield event("response.in_progress", response=pending)
-    at = {"item_id": ids[1], "output_index": 0}
-    stream = TextDeltas(tokenizer, markers=(tool_format().call_start,) if tools else (), trim=tools)
-    opened = False
-    async for step in live.steps(task):
-        for _, token in step:
-            if not (text := stream.push([token])):
-                continue
-            if not opened:  # the first text opens the message
-                opened = True
-                item = {
-                    "type": "message",
-                    "id": ids[1],
-                    "role": "assistant",
-                    "status": "in_progress",
-                    "content": [],
-                }
-                yield event("response.output_item.added", output_index=0, item=item)
-                yield event("response.content_part.added", **at, content_index=0,
-                            part={"type": "output_text", "text": "", "annotations": []})  # fmt: skip
-            yield event("response.output_text.delta", **at, content_index=0, delta=text, logprobs=[])
-    try:
-        body = task.result()
-    except Exception as exc:  # noqa: BLE001 - the stream has begun: the error is its last event
-        error = stream_error(exc)
-        yield event("error", code=error["code"], message=error["message"], param=error["param"])
-        return
-    output = body["output"] if body is not None else []
-    for index, item in enumerate(output):
-        if index == 0 and item["type"] == "message" and opened:
-            (part,) = item["content"]
-            if rest := stream.rest(part["text"]):
-                yield event("response.output_text.delta", **at, content_index=0, delta=rest, logprobs=[])
-            yield event("response.output_text.done", **at, content_index=0, text=part["text"], logprobs=[])
-            yield event("response.content_part.done", **at, content_index=0, part=part)
-            yield event("response.output_item.done", output_index=0, item=item)
-        else:
-            for line in _item_events(event, index, item):
-                yield line
-    if body is not None:
-        yield event(f"response.{body['status']}", response=body)
-
-
-def response_events(body: dict[str, Any]) -> Iterator[str]:
-    """The finished response as the Responses event stream, each event named and numbered."""
-    event = _numbered()
-    pending = {**body, "status": "in_progress", "output": [], "usage": None, "incomplete_details": None,
-               "completed_at": None}  # fmt: skip
-    yield event("response.created", response=pending)
-    yield event("response.in_progress", response=pending)
-    for index, item in enumerate(body["output"]):
-        yield from _item_events(event, index, item)
-    yield event(f"response.{body['status']}", response=body)
-
-
-def _item_events(event: Callable[..., str], index: int, item: dict[str, Any]) -> Iterator[str]:
-    at = {"item_id": item["id"], "output_index": index}
-    if item["type"] == "function_call":
-        yield event("response.output_item.added", output_index=index,
-                    item={**item, "arguments": "", "status": "in_progress"})  # fmt: skip
-        yield event("response.function_call_arguments.delta", **at, delta=item["arguments"])
-        yield event(
-            "response.function_call_arguments.done", **at, name=item["name"], arguments=item["arguments"]
-        )
-    else:
-        (part,) = item["content"]
-        yield event("response.output_item.added", output_index=index,
-                    item={**item, "content": [], "status": "in_progress"})  # fmt: skip
-        yield event("response.content_part.added", **at, content_index=0,
-                    part={"type": "output_text", "text": "", "annotations": []})  # fmt: skip
-        logprobs = part.get("logprobs", [])
-        yield event(
-            "response.output_text.delta", **at, content_index=0, delta=part["text"], logprobs=logprobs
-        )
-        yield event("response.output_text.done", **at, content_index=0, text=part["text"], logprobs=logprobs)
-        yield event("response.content_part.done", **at, content_index=0, part=part)
-    yield event("response.output_item.done", output_index=index, item=item)
 
 
 __all__ = ["ResponsesRequest", "add_responses_routes", "chat_tools", "input_items", "input_messages"]

@@ -3,8 +3,8 @@
 
 :class:`TextDeltas` turns one choice's tokens into the text a client may see so far. It decodes
 incrementally (a character split across tokens waits for its last byte), stops at the first stop string
-or marker (a tool call's opening tag: calls are sent whole once parsed), and holds back a tail that may
-still become one, so that nothing sent is ever taken back. When the reply is done, :meth:`TextDeltas.rest`
+or marker (a tool call's opening tag: calls stream through :mod:`openrft.rollout.call_deltas`), and holds
+back a tail that may still become one, so that nothing sent is ever taken back. When the reply is done, :meth:`TextDeltas.rest`
 gives what the finished answer's text holds beyond what was sent: the streamed pieces join to the text a
 non-streamed request gets.
 """
