@@ -322,6 +322,12 @@ def test_top_logprobs_through_the_three_apis(served):
         for token, sampled, top in zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"],
                                        strict=True):  # fmt: skip
             assert top[token] == pytest.approx(sampled) and len(top) in (2, 3)
+        plain = http.post(
+            "/completions", json={"prompt": "Hi", "max_tokens": 6, "logprobs": 0, "seed": 3}
+        ).json()
+        choice = plain["choices"][0]
+        tokens, offsets = choice["logprobs"]["tokens"], choice["logprobs"]["text_offset"]
+        assert offsets == [len("".join(tokens[:k])) for k in range(len(tokens))]  # each token's place
         too_many = http.post("/completions", json={"prompt": "Hi", "logprobs": 21})
         assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "logprobs"
 

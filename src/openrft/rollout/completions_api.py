@@ -263,14 +263,15 @@ def _choice(
         "logprobs": None,
     }
     if request.logprobs is not None:
-        tokens = [
-            f"token_id:{t}" if request.return_tokens_as_token_ids else tokenizer.decode([t]) for t in ids
-        ]
+        pieces = [tokenizer.decode([t]) for t in ids]
+        offsets = [0]  # where each token's text starts in the reply's, as vLLM counts them
+        for piece in pieces[:-1]:
+            offsets.append(offsets[-1] + len(piece))
         choice["logprobs"] = {
-            "tokens": tokens,
+            "tokens": [f"token_id:{t}" for t in ids] if request.return_tokens_as_token_ids else pieces,
             "token_logprobs": list(completion.logprobs),
             "top_logprobs": _top_logprobs(tokenizer, completion, request) if request.logprobs else None,
-            "text_offset": None,
+            "text_offset": offsets[: len(ids)],
         }
     if request.return_token_ids:
         choice["token_ids"] = ids
