@@ -46,7 +46,7 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     ev.add_argument(
         "--evaluator",
         metavar="SPEC",
-        help="path/to/file.py::function, module:function, or a built-in (arithmetic, gsm8k, math, calculator). "
+        help="path/to/file.py::function, module:function, or a built-in (arithmetic, gsm8k, math, code, calculator). "
         "Default: the first --job's evaluator, else the dataset's task.",
     )
     ev.add_argument("--base-model", metavar="MODEL", help=_help("base_model"))

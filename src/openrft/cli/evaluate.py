@@ -68,7 +68,7 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     ev.add_argument(
         "--evaluator",
         metavar="SPEC",
-        help="path/to/file.py::function, module:function, a built-in (arithmetic, gsm8k, math), or an OpenAI "
+        help="path/to/file.py::function, module:function, a built-in (arithmetic, gsm8k, math, code), or an OpenAI "
         "grader spec (grader.json, grader.yaml or inline JSON).",
     )
     ev.add_argument(

@@ -18,7 +18,7 @@ class DataConfig(Group):
     evaluator: str | None = field(
         None,
         "Scoring function: path/to/file.py::function, module:function, or a built-in "
-        "('arithmetic', 'gsm8k', 'math'; weights as options, e.g. 'arithmetic:partial_weight=0'), or an OpenAI "
+        "('arithmetic', 'gsm8k', 'math', 'code'; weights as options, e.g. 'arithmetic:partial_weight=0'), or an OpenAI "
         "grader spec (grader.json, grader.yaml or inline JSON). Default: the dataset's built-in evaluator.",
     )
     grader_endpoint: str | None = field(

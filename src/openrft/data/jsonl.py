@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from openrft.data.tasks import code as code_task
 from openrft.data.tasks import gsm8k
 from openrft.data.tasks import math as math_task
 from openrft.errors import DataError
@@ -189,6 +190,8 @@ def normalize_row(obj: Any) -> dict[str, Any]:
         obj = gsm8k.adapt_row(obj)
     if "messages" not in obj and "prompt" not in obj and math_task.is_math_row(obj):
         obj = math_task.adapt_row(obj)
+    if code_task.is_code_row(obj):
+        obj = code_task.adapt_row(obj)
     if "messages" not in obj and "prompt" in obj:
         obj = {**obj, "messages": _trl_prompt(obj["prompt"])}
     if "messages" not in obj and isinstance(obj.get("conversations"), list):

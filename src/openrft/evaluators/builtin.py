@@ -31,10 +31,13 @@ Each score carries 0/1 metrics, among them ``correct_in_tags`` (arithmetic) and
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from typing import Any
 
+from openrft.data.tasks.code import extract_code, program_for, read_tests
+from openrft.data.tasks.code_run import Limits, run_tests
 from openrft.data.tasks.gsm8k import ANSWER_TAG_RE, extract_answer, last_number, numbers_equal
 from openrft.data.tasks.math import answers_equal, last_boxed
 from openrft.errors import EvaluatorError
@@ -134,8 +137,33 @@ def score_math(
     )
 
 
+def score_code(
+    completion: str,
+    ground_truth: Any = None,
+    *,
+    partial: float = 1.0,
+    timeout: float = 5.0,
+    time_limit: float = 40.0,
+    memory_mb: float = 2048.0,
+) -> EvaluateResult:
+    """The share of a programming problem's tests that the reply's Python passes, each run in a child
+    process (:mod:`openrft.data.tasks.code_run`: ``timeout`` seconds a test, ``time_limit`` the row,
+    ``memory_mb``). ``partial`` 1 scores the share passed, 0 only all or nothing, between the two mixed."""
+    tests = read_tests(ground_truth)
+    code = extract_code(completion)
+    if code is None:
+        return EvaluateResult(score=0.0, reason="no Python code in the reply",
+                              metrics={"passed": 0.0, "all_passed": 0.0, "has_code": 0.0})  # fmt: skip
+    run = run_tests(program_for(code, tests), tests, Limits(timeout, time_limit, memory_mb))
+    share, everything = run.passed / run.total, float(run.passed == run.total)
+    reason = f"passed {run.passed} of {run.total} tests" + (f"; {run.reason}" if run.reason else "")
+    return EvaluateResult(score=partial * share + (1 - partial) * everything, reason=reason,
+                          metrics={"passed": share, "all_passed": everything, "has_code": 1.0})  # fmt: skip
+
+
 SCORERS: dict[str, Callable[..., EvaluateResult]] = {
     "arithmetic": score_arithmetic,
+    "code": score_code,
     "gsm8k": score_gsm8k,
     "math": score_math,
 }
@@ -193,6 +221,21 @@ def math_evaluator(**weights: float) -> Evaluator:
     return _plain("math", SCORERS["math"], weights, inline=False)
 
 
+def code_evaluator(**options: float) -> Evaluator:
+    """The ``code`` evaluator; ``options`` override :func:`score_code`'s keyword arguments. It runs in
+    worker threads, each test in a child process; every row's tests are checked when a job is created."""
+    return dataclasses.replace(
+        _plain("code", SCORERS["code"], options, inline=False), check_row=_check_code_row
+    )
+
+
+def _check_code_row(row: dict[str, Any], where: str) -> None:
+    try:
+        read_tests(row.get("ground_truth"))
+    except ValueError as exc:
+        raise EvaluatorError(f"{where}: {exc}") from None
+
+
 def parse_weights(name: str, options: str) -> dict[str, float]:
     """``"partial_weight=0,format_weight=0.3"`` -> keyword weights of the built-in ``name``'s scorer."""
     scorer = SCORERS[name]
@@ -217,6 +260,7 @@ def parse_weights(name: str, options: str) -> dict[str, float]:
 BUILTINS: dict[str, Callable[..., Evaluator]] = {
     "arithmetic": arithmetic_evaluator,
     "calculator": calculator_evaluator,
+    "code": code_evaluator,
     "gsm8k": gsm8k_evaluator,
     "math": math_evaluator,
 }

@@ -42,6 +42,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from openrft.data.tasks.code import is_code_row
 from openrft.errors import EvaluatorError, OpenRFTError
 from openrft.evaluators import builtin
 from openrft.evaluators.base import Evaluator, RolloutSpec
@@ -124,6 +125,7 @@ def default_evaluator_name(dataset: str | None) -> str:
             if isinstance(row, dict):
                 task = row.get("task") or ("gsm8k" if {"question", "answer"} <= row.keys() else None)
                 task = task or ("math" if {"problem", "solution"} <= row.keys() else None)
+                task = task or ("code" if is_code_row(row) else None)
                 if task in builtin.BUILTINS:
                     return task
     raise EvaluatorError(
