@@ -43,6 +43,7 @@ def test_code_rows_load_with_their_tests_and_default_to_the_code_evaluator(tmp_p
     path.write_text("".join(json.dumps(r) + "\n" for r in (MBPP, HUMANEVAL, APPS, APPS_CALL)))
     prompts = load_prompts(str(path))
     assert default_evaluator_name(str(path)) == "code"
+    assert load_evaluator(None, dataset=str(path)).spec == "code"  # a worker process loads it again by name
     mbpp, humaneval, apps, call = (p.row["ground_truth"] for p in prompts)
     assert (
         mbpp["asserts"] == MBPP["test_list"] and "similar_elements((3, 4" in prompts[0].messages[1]["content"]
@@ -111,6 +112,10 @@ def test_runaway_programs_are_stopped_and_fail_only_their_tests(tmp_path):
     assert flood.passed == 0
     exits = run_tests("import sys\nsys.exit(0)\n", asserts, limits)
     assert exits.passed == 0 and "before its tests ran" in exits.reason
+    broken = run_tests("def f(:\n", asserts, limits)
+    assert broken.reason.startswith("the program exited with status 1") and "SyntaxError" in broken.reason
+    crash = run_tests("print(undefined)\n", read_tests({"inputs": [""], "outputs": ["x"]}), limits)
+    assert crash.reason == "test 1: exit status 1 (NameError: name 'undefined' is not defined)"
     time.sleep(3.5)
     assert not marker.exists()  # the program's own children went with it
     assert not [f for f in os.listdir(tmp_path) if f.startswith("openrft-code-")]

@@ -78,6 +78,8 @@ def load_evaluator(
         text = spec.strip()
         spec = text if text.startswith("{") else str(Path(text).expanduser().resolve())
         return dataclasses.replace(evaluator, spec=spec, spec_dataset=dataset)
+    if spec is None or not spec.strip():  # the dataset's built-in, named so that workers load it again
+        spec = default_evaluator_name(dataset)
     evaluator = _load(spec, dataset)
     if spec and ("::" in spec or spec.strip().endswith(".py")):
         path_text, sep, name = spec.strip().partition("::")

@@ -134,27 +134,31 @@ def _limits(limits: Limits, seconds: float) -> str:
                        "output": OUTPUT_LIMIT})  # fmt: skip
 
 
-def _child(folder: Path, program: str, argv: list[str], seconds: float, stdin: str = "") -> tuple[int, bytes]:
+def _child(
+    folder: Path, program: str, argv: list[str], seconds: float, stdin: str = ""
+) -> tuple[int, bytes, str]:
     """Run ``program`` in ``folder`` for at most ``seconds``: its exit code (-9 when killed at the time
-    limit) and standard output (cut at :data:`OUTPUT_LIMIT`)."""
+    limit), standard output (cut at :data:`OUTPUT_LIMIT`) and the last line of its standard error."""
     script = folder / "program.py"
     script.write_text(program, encoding="utf-8")
-    out_path = folder / "stdout"
+    out_path, err_path = folder / "stdout", folder / "stderr"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONHASHSEED": "0", "HOME": str(folder),
            "OMP_NUM_THREADS": "1", "LANG": "C.UTF-8"}  # fmt: skip
-    with open(out_path, "wb") as out:
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-I", str(script), *argv], cwd=folder, env=env,
-                                stdin=subprocess.PIPE, stdout=out, stderr=subprocess.DEVNULL,
-                                process_group=0)  # fmt: skip
+                                stdin=subprocess.PIPE, stdout=out, stderr=err, process_group=0)  # fmt: skip
         try:
             proc.communicate(stdin.encode("utf-8", "replace"), timeout=seconds)
         except subprocess.TimeoutExpired:
             _kill(proc)
-            return -9, b""
+            return -9, b"", ""
         finally:
             _kill(proc)
+    with open(err_path, "rb") as err:
+        err.seek(max(0, err_path.stat().st_size - 4096))
+        lines = err.read().decode("utf-8", "replace").strip().splitlines()
     with open(out_path, "rb") as out:
-        return proc.returncode, out.read(OUTPUT_LIMIT)
+        return proc.returncode, out.read(OUTPUT_LIMIT), lines[-1][:300] if lines else ""
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -173,11 +177,11 @@ def _run_harnessed(code: str, setup: str, spec: dict[str, Any], limits: Limits) 
         spec_path = folder / "tests.json"
         spec_path.write_text(json.dumps({**spec, "timeout": limits.timeout}), encoding="utf-8")
         program = f"{_PROLOGUE}\n{setup}\n{code}\n{_HARNESS}"
-        status, _ = _child(folder, program, [str(spec_path), _limits(limits, seconds)], seconds)
+        status, _, error = _child(folder, program, [str(spec_path), _limits(limits, seconds)], seconds)
         results_path = folder / "tests.json.out"
         if not results_path.exists():
             why = "timed out" if status == -9 else f"exited with status {status} before its tests ran"
-            return TestRun(0, total, f"the program {why}")
+            return TestRun(0, total, f"the program {why}" + (f" ({error})" if error else ""))
         results = json.loads(results_path.read_text(encoding="utf-8"))
     passed = sum(ok for ok, _ in results)
     failure = next((f"test {k + 1}: {why or 'failed'}" for k, (ok, why) in enumerate(results) if not ok), "")
@@ -198,12 +202,18 @@ def _run_stdio(code: str, tests: dict[str, Any], limits: Limits) -> TestRun:
                 reason = reason or f"test {k + 1}: the row's time limit ran out"
                 break
             given, expected = _text(given), _text(expected)
-            status, out = _child(folder, program, ["-", _limits(limits, seconds)], seconds, given)
+            status, out, error = _child(folder, program, ["-", _limits(limits, seconds)], seconds, given)
             ok = status == 0 and outputs_match(out.decode("utf-8", "replace"), expected)
             passed += ok
             if not ok and not reason:
-                reason = f"test {k + 1}: " + ("timed out" if status == -9 else f"exit status {status}"
-                                              if status else "wrong output")  # fmt: skip
+                why = (
+                    "wrong output"
+                    if status == 0
+                    else "timed out"
+                    if status == -9
+                    else f"exit status {status}"
+                )
+                reason = f"test {k + 1}: {why}" + (f" ({error})" if error and status not in (0, -9) else "")
     return TestRun(passed, len(cases), reason)
 
 
