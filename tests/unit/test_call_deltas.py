@@ -111,6 +111,27 @@ def test_a_call_that_cannot_be_read_as_streamed_comes_whole_at_the_end():
         ]
 
 
+def test_calls_are_announced_in_the_order_written():
+    text = ('<tool_call>{"name": "f"}</tool_call>\n<tool_call>{"name": "g", "arguments": {"x": 1}}</tool_call>'
+            '\n<tool_call>{"name": "h", "arguments": {"y": [2]}}</tool_call>')  # fmt: skip
+    live, deltas, final = stream(text, random.Random(3))
+    assert not live  # f has no arguments: it comes whole at the end, and the calls after it too
+    assert [(c["name"], c["arguments"]) for c in joined(deltas)] == [
+        ("f", "{}"),
+        ("g", '{"x": 1}'),
+        ("h", '{"y": [2]}'),
+    ]
+    live, deltas, final = stream(
+        text.replace('{"name": "f"}', '{"arguments": {}, "name": "f"}'), random.Random(4)
+    )
+    assert [d["function"]["name"] for d in live if "id" in d] == ["f", "g", "h"]
+    assert [(c["name"], c["arguments"]) for c in joined(deltas)] == [
+        ("f", "{}"),
+        ("g", '{"x": 1}'),
+        ("h", '{"y": [2]}'),
+    ]
+
+
 def test_a_partial_end_tag_is_not_read_as_json():
     fmt = tool_format()
     calls = CallDeltas(fmt.call_start, fmt.call_end)

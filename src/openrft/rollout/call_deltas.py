@@ -212,12 +212,12 @@ class CallDeltas:
         self._read(text)
         out = []
         for call in self.calls:
-            if call.json.broken:
+            if call.json.broken:  # not a call the reply will hold
                 continue
             arguments = call.json.value_text("arguments")
             if call.index is None:
                 if not self._ready(call, arguments):
-                    continue
+                    break  # calls are announced in the order written: a later one waits for this one
                 call.index, self.streamed = self.streamed, self.streamed + 1
                 header = {"name": call.name, "arguments": ""}
                 out.append({"index": call.index, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
