@@ -12,6 +12,7 @@ import glob
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,7 +94,7 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     moved aside (killed between the two renames) comes back.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    _recover(target)
+    recover_directory(target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp"))
     try:
         yield tmp
@@ -117,14 +118,64 @@ def readable_by_all(folder: Path) -> None:
             path.chmod(0o644)
 
 
-def _recover(target: Path) -> None:
+def recover_directory(target: Path) -> None:
+    """Put right what a killed :func:`atomic_directory` writer left for ``target``: an earlier ``target``
+    it had moved aside comes back, and its half-written folder goes (only once its writer is dead)."""
     old = target.with_name(f".{target.name}.old")
     if old.is_dir() and not target.exists():
         os.replace(old, target)
+    elif old.is_dir():  # killed after the new one took its place
+        shutil.rmtree(old, ignore_errors=True)
     for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
         pid = leftover.name[len(target.name) + 2 :].split(".", 1)[0]
         if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+LOCK_NAME = ".running"
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Held by the one process that trains a job folder, for as long as it runs; the system releases it
+    when that process ends, however it ends. Raises ``BlockingIOError`` when another process holds it."""
+    import fcntl
+
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # who holds it (``rftj repair`` records it)
+        yield
+    finally:
+        os.close(fd)
+
+
+def folder_in_use(folder: Path, settle: float = 2.0) -> int | None:
+    """The pid of the process holding ``folder``'s :func:`folder_lock` (a job is training in it), 0 if it
+    cannot be read; None when nobody holds it. A lock still held is asked again for up to ``settle``
+    seconds: the system releases a killed process's lock a moment after it is reported dead."""
+    deadline = time.monotonic() + settle
+    while (pid := _lock_holder(folder)) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pid
+
+
+def _lock_holder(folder: Path) -> int | None:
+    import fcntl
+
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDONLY)
+    except OSError:  # no lock file: no job ever ran here (or not one of this user's)
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        text = os.read(fd, 32).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else 0
+    finally:
+        os.close(fd)
 
 
 def pid_alive(pid: int) -> bool:
@@ -139,6 +190,6 @@ def pid_alive(pid: int) -> bool:
 
 
 __all__ = [
-    "atomic_directory", "atomic_write_text", "pid_alive", "jobs_root", "make_parent", "openrft_home", "output_dir",
-    "readable_by_all", "temporary_beside",
+    "atomic_directory", "atomic_write_text", "folder_in_use", "folder_lock", "pid_alive", "jobs_root", "make_parent", "openrft_home", "output_dir",
+    "readable_by_all", "recover_directory", "temporary_beside",
 ]  # fmt: skip

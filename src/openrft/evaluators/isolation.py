@@ -188,7 +188,7 @@ class EvaluatorPool:
     def _spawn(self) -> _Worker:
         ours, theirs = socket.socketpair()
         ev = self.evaluator
-        args = json.dumps([theirs.fileno(), ev.spec, ev.spec_dataset, self.timeout])
+        args = json.dumps([theirs.fileno(), ev.spec, ev.spec_dataset, self.timeout, os.getpid()])
         # A session of its own: Ctrl-C in the terminal reaches the job, which stops at a step boundary,
         # not the workers (they would die mid-round). A worker exits when the job's end of the socket closes.
         process = subprocess.Popen(
@@ -259,6 +259,25 @@ def _exit_code(process: subprocess.Popen) -> int | None:
 
 __all__ = ["EvaluatorPool", "GRACE_S", "score_contained"]
 
-if __name__ == "__main__":  # a worker: python -m openrft.evaluators.isolation '[fd, spec, dataset, timeout]'
-    fd, spec, dataset, timeout = json.loads(sys.argv[1])
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker once the job that started it is gone, even killed (its call may never return, and
+    nobody would read its answer): a daemon thread watches the parent's pid."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="openrft-parent-watch").start()
+
+
+PARENT_POLL_S = 1.0
+
+if (
+    __name__ == "__main__"
+):  # a worker: python -m openrft.evaluators.isolation '[fd, spec, dataset, timeout, parent]'
+    fd, spec, dataset, timeout, parent = json.loads(sys.argv[1])
+    _exit_with_parent(parent)
     _worker_main(Connection(fd), spec, dataset, timeout)

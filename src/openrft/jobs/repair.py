@@ -6,7 +6,8 @@ ended well, its output; the SQLite store is an index over them. When ``jobs.db``
 its ``-wal``/``-shm`` files) and records every folder again: a folder whose last checkpoint says
 the job ended (completed or early-stopped) and that holds its output adapter as such, any other
 as FAILED (a cancelled job writes its adapter too), so that ``openrft rftj resume`` can continue
-it from its last checkpoint. Nothing in the job folders is changed. A store that is not damaged
+it from its last checkpoint, and a folder a job is training in now as RUNNING (the job keeps recording
+itself). Nothing in the job folders is changed. A store that is not damaged
 (SQLite's quick check passes) is left alone unless forced: a full disk, for one, is no damage.
 """
 
@@ -23,7 +24,7 @@ from openrft.config import build_config, flatten
 from openrft.errors import JobError, OpenRFTError
 from openrft.jobs.states import JobState
 from openrft.jobs.store import JobStore
-from openrft.paths import openrft_home, output_dir
+from openrft.paths import folder_in_use, openrft_home, output_dir
 from openrft.tracking.sinks import read_metrics
 
 RESTORED = "restored by `openrft rftj repair` from its folder"
@@ -93,7 +94,13 @@ def _restore(store: JobStore, folder: Path) -> None:
     trained = [m for m in metrics if "loss/policy" in m]
     if trained:
         store.record_progress(record.id, int(trained[-1]["step"]), trained[-1].get("reward/mean"))
-    if (out / "adapter_config.json").is_file() and _ended(folder):
+    pid = folder_in_use(folder)
+    if pid is not None:  # its job is running: recorded so, and it carries on recording itself
+        if pid:
+            store.set_process(record.id, pid)
+        for state in (JobState.VALIDATING, JobState.RUNNING):
+            store.transition(record.id, state, RESTORED + " while its process runs")
+    elif (out / "adapter_config.json").is_file() and _ended(folder):
         store.set_output(record.id, out)
         for state in (JobState.VALIDATING, JobState.RUNNING, JobState.COMPLETED):
             store.transition(record.id, state, RESTORED)
@@ -107,7 +114,7 @@ def _ended(folder: Path) -> bool:
     """Whether the job's last checkpoint was written as it ended (completed or early-stopped)."""
     from openrft.train.checkpoint import latest_checkpoint
 
-    checkpoint = latest_checkpoint(folder / "checkpoints")
+    checkpoint = latest_checkpoint(folder / "checkpoints", tidy=False)
     if checkpoint is None:
         return False
     return bool(json.loads((checkpoint / "state.json").read_text()).get("outcome"))

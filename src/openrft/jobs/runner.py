@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import secrets
 import signal
@@ -33,7 +34,7 @@ from openrft.errors import JobError, OpenRFTError
 from openrft.jobs.snapshot import absolute_paths, resumed_values, write_snapshot
 from openrft.jobs.states import OUTCOME_STATES, JobState
 from openrft.jobs.store import JobRecord, JobStore, config_values
-from openrft.paths import output_dir
+from openrft.paths import folder_in_use, folder_lock, output_dir
 
 ERROR_LOG = "error.log"
 
@@ -91,7 +92,7 @@ def resume_job(job_id: str, *, force: bool = False, detach: bool = False, quiet:
     record = store.prepare_resume(job_id, force=force)
     if detach:  # inputs checked here, where the user sees the answer, not in a background worker's log
         try:
-            validate(rebuild_config(store, record))
+            validate(rebuild_config(store, record), record.job_dir)
         except OpenRFTError as exc:
             _finish(store, job_id, JobState.FAILED, exc.message)
             raise
@@ -146,7 +147,11 @@ def _resume_from(
                 f"--resume-from {target}: neither a job id in the store nor a job folder with checkpoints",
                 hint="see the jobs with: openrft rftj list",
             )
+        if folder_in_use(job_dir) is not None:
+            raise JobError(f"--resume-from {target}: a process is training in that folder now",
+                           hint="wait for it to end, or stop it first")  # fmt: skip
         job_id = cfg.training.job_id or job_dir.name
+        cfg = _folder_config(job_dir, config_file, flag_values) if (job_dir / "job.json").is_file() else cfg
         cfg = with_absolute_paths(cfg)
         return store.create(job_id, cfg, job_dir=job_dir.resolve(), resume=True, detached=detach)
     file_values = absolute_paths(load_job_file(config_file) if config_file else {}, Path.cwd())
@@ -157,6 +162,21 @@ def _resume_from(
         store.update_config(record.id, merged)
         print(f"job {record.id}: continuing with changed {', '.join(changed)}", file=sys.stderr)
     return store.prepare_resume(record.id, force=True)
+
+
+def _folder_config(job_dir: Path, config_file: str | None, flag_values: dict[str, Any]) -> JobConfig:
+    """A job folder's own configuration (its ``job.json``), with a job file's and this command line's
+    values applied: the folder's job continues, not one rebuilt from defaults (a folder of checkpoints
+    alone takes the command line's job)."""
+    saved = job_dir / "job.json"
+    try:
+        values = flatten(json.loads(saved.read_text()))
+    except ValueError as exc:
+        raise JobError(f"--resume-from {job_dir}: its job.json cannot be read ({exc})") from None
+    values.pop("wandb_api_key", None)  # stored masked
+    file_values = absolute_paths(load_job_file(config_file) if config_file else {}, Path.cwd())
+    base = {k: v for k, v in values.items() if v is not None}
+    return build_config({**base, **file_values}, absolute_paths(flag_values, Path.cwd()))[0]
 
 
 # ----------------------------------------------------------------------------- running
@@ -172,22 +192,35 @@ class StopFlag:
         return self.local[0] or self.store.cancel_requested(self.job_id)
 
 
-def run_job(
+def run_job(store: JobStore, job_id: str, **options: Any) -> JobRecord:
+    """Validate (unless ``prepared`` already is) and train job ``job_id`` here; return its final record.
+
+    Errors are recorded as FAILED and re-raised (anything that is not an
+    :class:`OpenRFTError` as a :class:`JobError`, its traceback kept in the job
+    folder's ``error.log``). The job folder is locked while it runs: a second process never trains it.
+    """
+    record = store.get(job_id, check_process=False)
+    record.job_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with folder_lock(record.job_dir):
+            return _run_locked(store, record, **options)
+    except BlockingIOError:
+        raise JobError(
+            f"job {job_id}: another process is training in its folder {record.job_dir}",
+            hint="wait for it to end, or stop it (openrft rftj cancel); two writers would mix their checkpoints",
+        ) from None
+
+
+def _run_locked(
     store: JobStore,
-    job_id: str,
+    record: JobRecord,
     *,
     quiet: bool = False,
     log_steps: bool = False,
     local_stop: list[bool] | None = None,
     prepared: Any = None,
 ) -> JobRecord:
-    """Validate (unless ``prepared`` already is) and train job ``job_id`` here; return its final record.
-
-    Errors are recorded as FAILED and re-raised (anything that is not an
-    :class:`OpenRFTError` as a :class:`JobError`, its traceback kept in the job
-    folder's ``error.log``).
-    """
-    record = store.get(job_id, check_process=False)
+    job_id = record.id
     log_steps = log_steps or (not quiet and not _is_terminal(sys.stderr))  # plain lines where no bar shows
     if record.pid != os.getpid():
         store.set_process(job_id, os.getpid())
@@ -204,7 +237,7 @@ def run_job(
         say("VALIDATING: evaluator, datasets, base model")
         cfg = prepared.cfg if prepared is not None else rebuild_config(store, record)
         if prepared is None and not stop():
-            prepared = validate(cfg)
+            prepared = validate(cfg, record.job_dir)
         if prepared is None or stop():
             return store.transition(job_id, JobState.CANCELLED, "cancelled before training started")
         store.transition(job_id, JobState.RUNNING)
@@ -298,11 +331,12 @@ def with_absolute_paths(cfg: JobConfig) -> JobConfig:
     return build_config({}, {**absolute, **secrets})[0]
 
 
-def validate(cfg: JobConfig):
-    """Every check possible before a model loads (``--dry-run`` runs the same); the prepared job."""
+def validate(cfg: JobConfig, job_dir: Path | None = None):
+    """Every check possible before a model loads (``--dry-run`` runs the same); the prepared job.
+    ``job_dir``: the folder of a job being resumed (its own earlier output may be replaced)."""
     from openrft.train.job import prepare
 
-    return prepare(cfg)
+    return prepare(cfg, job_dir)
 
 
 def make_sinks(store: JobStore, record: JobRecord, cfg: JobConfig, *, log_steps: bool) -> list[Any]:

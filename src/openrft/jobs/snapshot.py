@@ -51,7 +51,9 @@ def absolute_paths(values: dict[str, Any], cwd: Path) -> dict[str, Any]:
     out = dict(values)
     for name in PATH_FIELDS:
         value = out.get(name)
-        if isinstance(value, str) and value and not (name in DATASET_FIELDS and is_builtin(value)):
+        if name == "output_model" and isinstance(value, str) and value:  # made later: absolute even now
+            out[name] = str((cwd / Path(value).expanduser()).resolve())
+        elif isinstance(value, str) and value and not (name in DATASET_FIELDS and is_builtin(value)):
             out[name] = _absolute(value, cwd)
     base = out.get("base_model")
     if isinstance(base, str) and base not in EMBEDDED:

@@ -35,7 +35,7 @@ from openrft.config import flatten
 from openrft.errors import JobError
 from openrft.jobs.processes import process_alive, process_start_time
 from openrft.jobs.states import DIED_MESSAGE, JobState, can_transition
-from openrft.paths import openrft_home
+from openrft.paths import folder_in_use, openrft_home
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -465,6 +465,11 @@ class JobStore:
                 f"job {job_id} was cancelled; cancelled jobs are not resumed",
                 hint=f"pass --force to resume it anyway: openrft rftj resume {job_id} --force",
             )
+        if (
+            folder_in_use(record.job_dir) is not None
+        ):  # its store record says otherwise (a store rebuilt meanwhile)
+            raise JobError(f"job {job_id} is recorded {state}, but a process is training in its folder "
+                           f"{record.job_dir} now; nothing was changed")  # fmt: skip
         pid = os.getpid() if pid is None else pid
         now, message = time.time(), f"resumed from {state}"
         with self._write() as db:  # checked and claimed in one transaction: two resumes never both win

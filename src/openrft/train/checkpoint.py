@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from openrft.errors import JobError
-from openrft.paths import atomic_directory, atomic_write_text
+from openrft.paths import atomic_directory, atomic_write_text, recover_directory
 from openrft.records import Completion
 from openrft.train.batching import TrainSequence
 
@@ -111,13 +111,16 @@ def save_checkpoint(root: Path, state: LoopState, peft_model, optimizer, schedul
     return target
 
 
-def latest_checkpoint(root: Path) -> Path | None:
+def latest_checkpoint(root: Path, *, tidy: bool = True) -> Path | None:
     """The directory LATEST points at, if it is complete; else the newest complete one.
 
-    Folders left half-written by a kill (``.step-*.tmp``, ``.step-*.old``) are removed.
+    What a killed writer left is put right first (:func:`openrft.paths.recover_directory`): a checkpoint
+    it had moved aside to replace comes back, and its half-written folder goes once its writer is dead.
+    ``tidy=False`` looks without changing anything (``rftj repair``, on folders a job may be writing).
     """
-    for partial in [*root.glob(".step-*.tmp"), *root.glob(".step-*.old")]:
-        shutil.rmtree(partial, ignore_errors=True)
+    names = {p.name[1:].split(".", 1)[0] for p in [*root.glob(".step-*.tmp"), *root.glob(".step-*.old")]}
+    for name in sorted(names) if tidy else ():
+        recover_directory(root / name)
     pointer = root / "LATEST"
     if pointer.is_file():
         candidate = root / pointer.read_text().strip()

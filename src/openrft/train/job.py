@@ -75,8 +75,9 @@ def _input(flag: str) -> Iterator[None]:
         raise ConfigError(message, field=flag[2:].replace("-", "_"), hint=exc.hint) from None
 
 
-def prepare(cfg: JobConfig) -> PreparedJob:
-    """Check every input a job needs before any model loads, and resolve its settings.
+def prepare(cfg: JobConfig, job_dir: Path | None = None) -> PreparedJob:
+    """Check every input a job needs before any model loads, and resolve its settings (``job_dir``: the
+    folder of the job being resumed, None for a new one).
 
     The evaluator (file, function, signature, imports), the training and evaluation datasets
     (file, JSON, rows), the carve-out, the base model or warm-start adapter, and the optional
@@ -142,7 +143,7 @@ def prepare(cfg: JobConfig) -> PreparedJob:
     elif prepared.evaluator.rollout is not None:
         _require_eval_protocol_rollouts(prepared.evaluator)
     if cfg.training.output_model:
-        check_output_folder(Path(cfg.training.output_model), job_inputs(cfg, source))
+        check_output_folder(Path(cfg.training.output_model), job_inputs(cfg, source), job_dir)
     prepared = check_prompts_fit(prepared)
     return dataclasses.replace(prepared, memory=check_memory(prepared.settings))
 
@@ -229,11 +230,12 @@ def job_inputs(cfg: JobConfig, dataset: str) -> list[Path]:
     return [Path(p).expanduser().resolve() for p in named if p and Path(p).expanduser().exists()]
 
 
-def check_output_folder(target: Path, inputs: Sequence[Path]) -> None:
+def check_output_folder(target: Path, inputs: Sequence[Path], job_dir: Path | None = None) -> None:
     """Refuse an ``--output-model`` that would replace something the user made, or cannot be written.
 
     Accepted: a folder that does not exist yet (in a writable place), an empty folder, or an
-    earlier openrft output folder (it holds ``adapter_config.json`` and ``job.json``).
+    earlier openrft output folder (it holds ``adapter_config.json`` and ``job.json``) unless it is the
+    output of another job that still exists (``job_dir``: this job's folder, None for a new job).
     """
     target = target.expanduser().resolve()
     flag = f"--output-model {target}"
@@ -251,6 +253,13 @@ def check_output_folder(target: Path, inputs: Sequence[Path]) -> None:
     if target.is_file() or (target.exists() and not target.is_dir()):
         raise ConfigError(f"{flag}: a file is there; give a folder for the adapter", field="output_model")
     earlier_output = (target / "adapter_config.json").is_file() and (target / "job.json").is_file()
+    owner = output_owner(target)
+    mine = job_dir is not None and owner == job_dir.resolve()
+    if owner is not None and not mine and (owner / "job.json").is_file():
+        raise ConfigError(
+            f"{flag}: the folder holds the adapter of job {owner.name} ({owner}); nothing in it is replaced",
+            field="output_model", hint="give a new or empty folder (or delete that job first)",
+        )  # fmt: skip
     if target.is_dir() and any(target.iterdir()) and not earlier_output:
         raise ConfigError(
             f"{flag}: the folder exists and is not an openrft output folder; nothing in it is replaced",
@@ -259,6 +268,17 @@ def check_output_folder(target: Path, inputs: Sequence[Path]) -> None:
     parent = next(p for p in [target, *target.parents] if p.exists())
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag}: {parent} is not a writable folder", field="output_model")
+
+
+def output_owner(folder: Path) -> Path | None:
+    """The folder of the job that wrote the output in ``folder`` (None if unknown)."""
+    from openrft.train.setup import OWNER_FILE
+
+    try:
+        text = (folder / OWNER_FILE).read_text().strip()
+    except OSError:
+        return None
+    return Path(text) if text else None
 
 
 def check_adapter_folder(folder: Path) -> None:

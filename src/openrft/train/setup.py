@@ -21,6 +21,8 @@ from openrft.records import Completion, Prompt, RolloutEngine, Score
 from openrft.settings import AgentSettings, EngineSettings, ModelSettings, OptimizerSettings
 from openrft.train import policy as P
 
+OWNER_FILE = ".openrft-job"  # in an output folder: the folder of the job that wrote it
+
 
 def make_deterministic() -> None:
     """One intra-op thread and deterministic kernels: the same seed gives the same bits, resumed or not.
@@ -273,6 +275,7 @@ def write_outputs(model: Any, job_dir: Path, target: Path, tokenizer: Any = None
     with atomic_directory(target) as tmp:
         P.save_adapter(model, tmp)
         shutil.copy(job_dir / "job.json", tmp / "job.json")
+        (tmp / OWNER_FILE).write_text(f"{job_dir.resolve()}\n")  # whose output this is
         if (job_dir / "metrics.jsonl").exists():
             shutil.copy(job_dir / "metrics.jsonl", tmp / "metrics.jsonl")
             plot_reward_curve(job_dir / "metrics.jsonl", tmp / "reward_curve.png", title=job_dir.name)
