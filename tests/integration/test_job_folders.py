@@ -1,0 +1,137 @@
+"""One writer per job folder, and nothing of one job lost to another: the folder lock that a running job
+holds (resume, ``--resume-from`` and ``repair`` respect it), ``--resume-from`` on a folder continuing the
+folder's own job, output folders that belong to another job, checkpoints a killed writer left, and
+evaluator workers that outlive a killed job."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import test_jobs_lifecycle as lifecycle
+
+from openrft.cli import main
+from openrft.errors import ConfigError
+from openrft.jobs.states import JobState as S
+from openrft.jobs.store import JobStore
+from openrft.paths import folder_in_use, folder_lock
+from openrft.train.checkpoint import latest_checkpoint
+from openrft.train.job import check_output_folder
+
+create = lifecycle.create
+fake, home, model_dir = lifecycle.fake, lifecycle.home, lifecycle.model_dir  # the fixtures
+
+
+def test_a_folder_a_process_trains_in_is_never_given_a_second_writer(
+    fake, home, model_dir, capsys, monkeypatch
+):
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    create(capsys, model_dir, "--job-id", "j")
+    store = JobStore()
+    job_dir = store.get("j").job_dir
+    assert store.get("j").state is S.FAILED and folder_in_use(job_dir) is None
+    with folder_lock(job_dir):  # as a process training in it holds it
+        assert folder_in_use(job_dir, settle=0) == os.getpid()
+        assert main(["rftj", "resume", "j"]) != 0
+        assert "a process is training in its folder" in capsys.readouterr().err
+        assert store.get("j").state is S.FAILED  # nothing was changed
+        assert main(["rftj", "repair", "--force"]) == 0
+        record = JobStore().get("j", check_process=False)
+        assert record.state is S.RUNNING and record.pid == os.getpid()  # recorded as running, by its pid
+        monkeypatch.setenv("OPENRFT_HOME", str(job_dir.parent.parent / "another-home"))  # the folder itself
+        assert main(["rftj", "create", "--resume-from", str(job_dir), "--quiet"]) != 0
+        assert "a process is training in that folder now" in capsys.readouterr().err
+
+
+def test_resume_from_a_folder_continues_that_folders_job(
+    fake, home, model_dir, capsys, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    create(capsys, model_dir, "--job-id", "old", "--learning-rate", "3e-4", "--epochs", "2")
+    folder = JobStore().get("old").job_dir
+    monkeypatch.setenv("OPENRFT_HOME", str(tmp_path / "other-home"))
+    code = main(["rftj", "create", "--resume-from", str(folder), "--epochs", "3", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((folder / "job.json").read_text())["training"]
+    assert saved["base_model"] == str(model_dir) and saved["learning_rate"] == 3e-4  # the folder's own job
+    assert saved["epochs"] == 3  # with the flag given now
+
+
+def test_an_output_folder_of_another_job_is_refused(tmp_path):
+    owner = tmp_path / "jobs" / "a"
+    owner.mkdir(parents=True)
+    (owner / "job.json").write_text("{}")
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, text in (("adapter_config.json", "{}"), ("job.json", "{}"), (".openrft-job", f"{owner}\n")):
+        (out / name).write_text(text)
+    with pytest.raises(ConfigError, match="holds the adapter of job a"):
+        check_output_folder(out, [])
+    check_output_folder(out, [], job_dir=owner)  # its own job, resumed, may write it again
+    (owner / "job.json").unlink()  # that job is gone: the folder is an earlier output like any other
+    check_output_folder(out, [])
+
+
+def test_a_relative_output_folder_is_kept_absolute(fake, home, model_dir, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    create(capsys, model_dir, "--job-id", "rel", "--output-model", "relout")
+    config = json.loads((JobStore().get("rel").job_dir / "job.json").read_text())
+    assert config["training"]["output_model"] == str(tmp_path / "relout")
+
+
+def test_checkpoints_a_killed_writer_left_are_recovered_not_deleted(tmp_path):
+    root = tmp_path / "checkpoints"
+    (root / "step-000008").mkdir(parents=True)
+    (root / "step-000008" / "state.json").write_text("{}")
+    moved = root / ".step-000016.old"  # killed between moving the old one aside and renaming the new one
+    moved.mkdir()
+    (moved / "state.json").write_text("{}")
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    half = root / f".step-000016.{dead.stdout.strip()}.x.tmp"
+    half.mkdir()
+    (root / "LATEST").write_text("step-000016\n")
+    assert latest_checkpoint(root, tidy=False) == root / "step-000008" and moved.is_dir()  # only looked
+    assert latest_checkpoint(root) == root / "step-000016"  # the moved one came back
+    assert not moved.exists() and not half.exists()
+
+
+EVALUATOR = textwrap.dedent("""
+    import time
+
+    def slow(completion, **row):
+        time.sleep(600)
+        return 1.0
+""")
+PARENT = textwrap.dedent("""
+    import os, sys, time
+    from openrft.evaluators import load_evaluator
+    from openrft.evaluators.isolation import EvaluatorPool
+    pool = EvaluatorPool(load_evaluator(sys.argv[1]), workers=1, timeout=600)
+    pool._start()
+    print(pool._all[0].process.pid, flush=True)
+    os._exit(0)  # as a job killed with SIGKILL: no clean-up runs
+""")
+
+
+def test_evaluator_workers_end_when_their_job_is_killed(tmp_path):
+    (tmp_path / "ev.py").write_text(EVALUATOR)
+    (tmp_path / "parent.py").write_text(PARENT)
+    out = subprocess.run([sys.executable, str(tmp_path / "parent.py"), f"{tmp_path}/ev.py::slow"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    worker = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(worker, 9)
+    pytest.fail("the evaluator worker outlived its job")
