@@ -214,6 +214,31 @@ def test_responses_stream_function_calls_as_they_are_written(tokenizer, lead):
         assert follow.status == "completed"
 
 
+def test_an_announced_call_the_reply_cannot_read_is_closed_as_incomplete(tokenizer):
+    """A call streamed and then found unreadable (its outer brace missing) is closed as incomplete; the
+    SDK's stream helper reads the rest without tripping, and the chat stream's arguments never parse."""
+    text = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "1 + 2"}\n</tool_call>'
+    engine = SteppedEngine(tokenizer, text)
+    engine.go_on.set()
+    tools = [{"type": "function", "name": "calculator", "parameters": TOOLS[0]["function"]["parameters"]}]
+    with BackgroundServer(create_app(engine, "policy")) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        with client.responses.stream(model="policy", input="1 + 2?", tools=tools) as events:
+            seen = [(e.type, getattr(e, "output_index", None), getattr(getattr(e, "item", None), "status", None))
+                    for e in events]  # fmt: skip
+            final = events.get_final_response()
+        assert ("response.output_item.done", 0, "incomplete") in seen  # the announced call, closed
+        assert [item.type for item in final.output] == ["message"] and final.output_text == text
+        added = [index for kind, index, _ in seen if kind == "response.output_item.added"]
+        assert added == [0, 1]  # the message under an index of its own
+        chunks = list(client.chat.completions.create(model="policy", messages=[{"role": "user", "content": "x"}],
+                                                     tools=TOOLS, stream=True))  # fmt: skip
+        arguments = "".join(
+            c.function.arguments or "" for k in chunks for c in k.choices[0].delta.tool_calls or []
+        )
+        assert arguments == '{"expression": "1 + 2"' and chunks[-1].choices[0].finish_reason == "stop"
+
+
 def test_an_error_after_the_stream_began_reaches_the_sdk(tokenizer):
     engine = SteppedEngine(tokenizer, "one two three four", fail=True)
     engine.go_on.set()

@@ -139,3 +139,41 @@ def test_a_partial_end_tag_is_not_read_as_json():
     assert not calls.calls[0].json.broken
     calls.update('<tool_call>{"name": "f", "arguments": {"x": 1}}</tool_call>')
     assert calls.calls[0].json.expect == "end" and not calls.calls[0].json.broken
+
+
+def test_a_call_that_proves_unreadable_leaves_arguments_that_do_not_parse():
+    """The arguments' closing brace waits for the reply to be read: a call the reply does not hold
+    (its outer brace missing) never reaches a client as a runnable call."""
+    text = '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}\n</tool_call>'
+    live, deltas, final = stream(text, random.Random(5))
+    assert final == [] and joined(live)[0]["name"] == "add"
+    sent = joined(deltas)[0]["arguments"]
+    assert sent == '{"a": 2, "b": 3'
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(sent)
+
+
+def test_a_broken_call_keeps_its_index_and_the_next_one_gets_its_own():
+    fmt = tool_format()
+    text = ('<tool_call>{"name": "add", "arguments": {"a": 2,}}</tool_call>'
+            '<tool_call>{"name": "ping", "arguments": {}}</tool_call>')  # fmt: skip
+    calls = CallDeltas(fmt.call_start, fmt.call_end)
+    live = calls.update(text[: text.index("2,") + 2]) + calls.update(text)  # add announced, then broken
+    final = fmt.parse(text).tool_calls
+    assert [c["function"]["name"] for c in final] == ["ping"]
+    assert [(s.index, s.whole) for s in calls.settle(final)] == [(1, False)]  # ping was streamed as index 1
+    assert calls.unreadable() == [(0, "add", '{"a": 2, ')]
+    ping = [c for c in joined(live + calls.finish(final)) if c["name"] == "ping"]
+    assert ping and ping[0]["arguments"] == "{}"
+
+
+def test_text_before_a_stop_string_is_what_a_call_may_show(tokenizer):
+    from openrft.rollout.streaming import TextDeltas
+
+    stream = TextDeltas(tokenizer, stops=("Par",))
+    for token in tokenizer('{"city": "Pa', add_special_tokens=False)["input_ids"]:
+        stream.push([token])
+    assert stream.before_stop() == '{"city": "'  # "Pa" may still become the stop
+    for token in tokenizer("ris", add_special_tokens=False)["input_ids"]:
+        stream.push([token])
+    assert stream.before_stop() == '{"city": "'

@@ -465,11 +465,8 @@ class JobStore:
                 f"job {job_id} was cancelled; cancelled jobs are not resumed",
                 hint=f"pass --force to resume it anyway: openrft rftj resume {job_id} --force",
             )
-        if (
-            folder_in_use(record.job_dir) is not None
-        ):  # its store record says otherwise (a store rebuilt meanwhile)
-            raise JobError(f"job {job_id} is recorded {state}, but a process is training in its folder "
-                           f"{record.job_dir} now; nothing was changed")  # fmt: skip
+        if folder_in_use(record.job_dir) is not None:  # the store says otherwise (rebuilt meanwhile)
+            raise JobError(f"job {job_id} is recorded {state}, but a process is training in its folder now")
         pid = os.getpid() if pid is None else pid
         now, message = time.time(), f"resumed from {state}"
         with self._write() as db:  # checked and claimed in one transaction: two resumes never both win

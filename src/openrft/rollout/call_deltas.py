@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 _WS = " \t\n\r"
@@ -185,6 +186,16 @@ class JsonPrefix:
             self._value_done()
 
 
+@dataclass
+class Settled:
+    """A finished call's place in the stream: its ``index``, what is ``rest`` of its arguments, or
+    ``whole`` when it was not streamed (sent whole at the end)."""
+
+    index: int
+    rest: str
+    whole: bool
+
+
 class _Call:
     """One call block: its JSON, and what was sent of it (its stream index once its header went)."""
 
@@ -208,7 +219,10 @@ class CallDeltas:
 
     def update(self, text: str) -> list[dict[str, Any]]:
         """The deltas that ``text`` (the choice's text so far) adds: a header ``{"index", "id", "type",
-        "function": {"name", "arguments": ""}}`` for a call whose name was read, then its arguments."""
+        "function": {"name", "arguments": ""}}`` for a call whose name was read, then its arguments. A
+        finished arguments object keeps its closing brace until the reply is read: a call that turns out
+        unreadable (cut short, a missing brace) leaves a client arguments that do not parse, so no
+        framework runs it."""
         self._read(text)
         out = []
         for call in self.calls:
@@ -222,33 +236,54 @@ class CallDeltas:
                 header = {"name": call.name, "arguments": ""}
                 out.append({"index": call.index, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
                             "function": header})  # fmt: skip
-            if arguments and len(arguments) > call.sent:
-                out.append({"index": call.index, "function": {"arguments": arguments[call.sent :]}})
-                call.sent = len(arguments)
+            shown = len(arguments or "") - call.json.done("arguments")
+            if shown > call.sent:
+                out.append({"index": call.index, "function": {"arguments": arguments[call.sent : shown]}})  # type: ignore[index]
+                call.sent = shown
         return out
 
     def finish(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The deltas that end the stream, given the finished reply's ``calls``: the rest of each streamed
-        call's arguments, and each call that was not streamed, whole."""
+        call's arguments, and each call that was not streamed, whole (under an index of its own)."""
         out = []
-        for n, call in enumerate(calls):
-            function = call["function"]
-            rest = self.rest_of(n, function["name"], function["arguments"])
-            if rest is None:
-                out.append({"index": n, **call})
-            elif rest:
-                out.append({"index": n, "function": {"arguments": rest}})
+        for call, settled in zip(calls, self.settle(calls), strict=True):
+            if settled.whole:
+                out.append({"index": settled.index, **call})
+            elif settled.rest:
+                out.append({"index": settled.index, "function": {"arguments": settled.rest}})
         return out
 
-    def rest_of(self, n: int, name: str, arguments: str) -> str | None:
-        """What the finished reply's ``n``-th call (``name``, ``arguments``) holds beyond what was sent of
-        it; None when it was not streamed. A streamed call whose final form does not continue what was sent
-        (a duplicated key, say) gets nothing more: what a client holds cannot be taken back."""
-        mine = next((c for c in self.calls if c.index == n), None)
-        if mine is None:
-            return None
-        sent = (mine.json.value_text("arguments") or "")[: mine.sent]
-        return arguments[len(sent) :] if mine.name == name and arguments.startswith(sent) else ""
+    def settle(self, calls: list[dict[str, Any]]) -> list[Settled]:
+        """Where each of the finished reply's ``calls`` stands in the stream. The reply holds the readable
+        blocks in order; each is matched with its streamed call (what is left of its arguments), or, not
+        streamed, gets the next index after the streamed ones. A streamed call that was not readable in
+        the end keeps its index, and nothing more is sent of it (:meth:`unreadable`)."""
+        readable = [c for c in self.calls if self._readable(c)]
+        fresh, out = self.streamed, []
+        for n, call in enumerate(calls):
+            function = call["function"]
+            mine = readable[n] if n < len(readable) else None
+            if mine is None or mine.index is None:
+                out.append(Settled(fresh, "", True))
+                fresh += 1
+                continue
+            sent = (mine.json.value_text("arguments") or "")[: mine.sent]
+            goes_on = mine.name == function["name"] and function["arguments"].startswith(sent)
+            out.append(Settled(mine.index, function["arguments"][len(sent) :] if goes_on else "", False))
+        return out
+
+    def unreadable(self) -> list[tuple[int, str, str]]:
+        """The streamed calls the reply could not read: (index, name, the arguments sent)."""
+        return [(c.index, c.name or "", (c.json.value_text("arguments") or "")[: c.sent])
+                for c in self.calls if c.index is not None and not self._readable(c)]  # fmt: skip
+
+    def _readable(self, call: _Call) -> bool:
+        """Whether the reply reads ``call``'s block as a call: whole JSON, a name, arguments an object."""
+        if call.json.broken or call.json.expect != "end":
+            return False
+        arguments = call.json.value_text("arguments")
+        self._ready(call, arguments)
+        return call.name is not None and (arguments is None or arguments.startswith("{"))
 
     def _ready(self, call: _Call, arguments: str | None) -> bool:
         """Whether ``call`` may be announced: its name was read and its arguments begin as an object."""
@@ -283,4 +318,4 @@ class CallDeltas:
             return
 
 
-__all__ = ["CallDeltas", "JsonPrefix"]
+__all__ = ["CallDeltas", "JsonPrefix", "Settled"]

@@ -527,7 +527,7 @@ async def _live_events(
         for candidate, text in _grouped(streams, step):
             if text:
                 yield chunk(candidate, {"content": text})
-            for delta in calls[candidate].update(streams[candidate].text) if calls else ():
+            for delta in calls[candidate].update(streams[candidate].before_stop()) if calls else ():
                 yield chunk(candidate, {"tool_calls": [delta]})
     try:
         answer = task.result()

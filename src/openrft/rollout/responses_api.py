@@ -37,6 +37,7 @@ from openrft.rollout.responses_stream import (
     live_response_events,
     message_first,
     response_events,
+    stream_indices,
 )
 from openrft.rollout.streaming import (
     LiveReply,
@@ -105,10 +106,8 @@ def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> No
             answer = await _answer(complete, chat, http, live)
             if answer is None:
                 return None  # a rollout's client gave up on the call
-            if live is not None and live.started.is_set():  # the call ids a live stream announced
-                for k, call in enumerate(answer.replies[0].tool_calls):
-                    call["id"] = call_ids(ids[0], k)[1]
-            body = response_body(tokenizer, request, answer, ids=ids)
+            indices = _announced(answer, ids[0]) if live is not None and live.started.is_set() else None
+            body = response_body(tokenizer, request, answer, ids=ids, indices=indices)
             if request.store is not False:
                 store.put(body["id"], Stored([*conversation, answer.replies[0].message()], body, items))
             return body
@@ -254,6 +253,15 @@ def input_messages(items: list[dict[str, Any]], store: ResponseStore | None = No
     return messages
 
 
+def _announced(answer: Answer, response_id: str) -> list[int]:
+    """The reply's calls take the ids a live stream announced for them; their indices in that stream."""
+    calls = answer.replies[0].tool_calls
+    indices = stream_indices(answer.completions[0].text, calls)
+    for index, call in zip(indices, calls, strict=True):
+        call["id"] = call_ids(response_id, index)[1]
+    return indices
+
+
 def _turn_of(messages: list[dict[str, Any]], call_id: str | None, store: ResponseStore | None) -> dict | None:
     """The assistant message a tool call belongs to: the one just before it, or, past the tool results
     that follow it, the one holding calls the same response made (``fc A, fco A, fc B, fco B``)."""
@@ -344,10 +352,15 @@ def chat_response_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def response_body(
-    tokenizer: Any, request: ResponsesRequest, answer: Answer, ids: tuple[str, str] | None = None
+    tokenizer: Any,
+    request: ResponsesRequest,
+    answer: Answer,
+    ids: tuple[str, str] | None = None,
+    indices: list[int] | None = None,
 ) -> dict[str, Any]:
     """The Responses API's ``response`` object for the first (only) completion of ``answer``; ``ids``:
-    the response's and its message's (a stream announces them before the reply is done)."""
+    the response's and its message's (a stream announces them before the reply is done), ``indices``:
+    each call's index in a live stream (the function call items' ids follow them)."""
     response_id, message_id = ids or (f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}")
     c, reply = answer.completions[0], answer.replies[0]
     incomplete = c.finish_reason == "length"
@@ -366,7 +379,7 @@ def response_body(
         function = call["function"]
         arguments = function["arguments"]
         output.append({
-            "type": "function_call", "id": call_ids(response_id, k)[0], "call_id": call["id"],
+            "type": "function_call", "id": call_ids(response_id, indices[k] if indices else k)[0], "call_id": call["id"],
             "name": function["name"], "status": "completed",
             "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False),
         })  # fmt: skip

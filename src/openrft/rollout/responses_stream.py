@@ -107,9 +107,8 @@ async def live_response_events(
         error = stream_error(exc)
         yield event("error", code=error["code"], message=error["message"], param=error["param"])
         return
-    for index, item in enumerate(body["output"] if body is not None else []):
-        yield "".join(_item_end(event, index, item, stream if opened else None, calls))
     if body is not None:
+        yield "".join(_items_end(event, body, ids[0], stream if opened else None, calls))
         yield event(f"response.{body['status']}", response=body)
 
 
@@ -135,35 +134,70 @@ def _call_delta(
                     delta=arguments)  # fmt: skip
 
 
-def _item_end(
+def stream_indices(text: str, calls: list[dict[str, Any]]) -> list[int]:
+    """Each of a finished reply's tool ``calls``' index in its live stream, read from the reply's ``text``
+    as the stream read it: the stored response's ids are derived from these (:func:`call_ids`)."""
+    fmt = tool_format()
+    deltas = CallDeltas(fmt.call_start, fmt.call_end)
+    deltas.update(text)
+    return [settled.index for settled in deltas.settle(calls)]
+
+
+def _as_chat_calls(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {"function": {"name": i["name"], "arguments": i["arguments"]}}
+        for i in items
+        if i["type"] == "function_call"
+    ]
+
+
+def _items_end(
     event: Callable[..., str],
-    index: int,
-    item: dict[str, Any],
+    body: dict[str, Any],
+    response_id: str,
     text: TextDeltas | None,
     calls: CallDeltas | None,
 ) -> Iterator[str]:
-    """The events that finish ``item`` of a live stream: the rest of the streamed message (``text``) or
-    call, then its done events; an item not streamed yet comes whole."""
-    at = {"item_id": item["id"], "output_index": index}
-    if item["type"] == "message" and index == 0 and text is not None:
-        (part,) = item["content"]
-        if rest := text.rest(part["text"]):
-            yield event("response.output_text.delta", **at, content_index=0, delta=rest, logprobs=[])
-        yield event("response.output_text.done", **at, content_index=0, text=part["text"], logprobs=[])
-        yield event("response.content_part.done", **at, content_index=0, part=part)
+    """The events that finish a live stream's items: a streamed call the reply could not read is closed
+    as incomplete; then, in the response's order, the rest of the streamed message (``text``) and calls
+    and their done events, and the items not streamed yet, whole, each under an index of its own."""
+    offset = int(text is not None)  # the message opened first, at 0
+    for index, name, sent in calls.unreadable() if calls is not None else ():
+        item_id, call_id = call_ids(response_id, index)
+        item = {"type": "function_call", "id": item_id, "call_id": call_id, "name": name, "arguments": sent,
+                "status": "incomplete"}  # fmt: skip
+        yield event("response.function_call_arguments.done", item_id=item_id, output_index=offset + index,
+                    name=name, arguments=sent)  # fmt: skip
+        yield event("response.output_item.done", output_index=offset + index, item=item)
+    settled_calls = calls.settle(_as_chat_calls(body["output"])) if calls is not None else []
+    plan = iter(settled_calls)
+    # the message, when it was not streamed first, comes after every call: indices follow the items added
+    after = offset + max([calls.streamed if calls is not None else 0, *(c.index + 1 for c in settled_calls)])
+    for item in body["output"]:
+        at = {"item_id": item["id"]}
+        if item["type"] == "message" and text is not None:
+            (part,) = item["content"]
+            if rest := text.rest(part["text"]):
+                yield event("response.output_text.delta", **at, output_index=0, content_index=0, delta=rest,
+                            logprobs=[])  # fmt: skip
+            yield event("response.output_text.done", **at, output_index=0, content_index=0, text=part["text"],
+                        logprobs=[])  # fmt: skip
+            yield event("response.content_part.done", **at, output_index=0, content_index=0, part=part)
+            yield event("response.output_item.done", output_index=0, item=item)
+            continue
+        settled = next(plan, None) if item["type"] == "function_call" else None
+        if settled is None or settled.whole:
+            index = offset + settled.index if settled is not None else after
+            yield from _item_events(event, index, item)
+            continue
+        index = offset + settled.index
+        if settled.rest:
+            yield event(
+                "response.function_call_arguments.delta", **at, output_index=index, delta=settled.rest
+            )
+        yield event("response.function_call_arguments.done", **at, output_index=index, name=item["name"],
+                    arguments=item["arguments"])  # fmt: skip
         yield event("response.output_item.done", output_index=index, item=item)
-        return
-    k = index - int(text is not None)  # the call's place among the calls
-    rest = None
-    if calls is not None and item["type"] == "function_call":
-        rest = calls.rest_of(k, item["name"], item["arguments"])
-    if rest is None:
-        yield from _item_events(event, index, item)
-        return
-    if rest:
-        yield event("response.function_call_arguments.delta", **at, delta=rest)
-    yield event("response.function_call_arguments.done", **at, name=item["name"], arguments=item["arguments"])
-    yield event("response.output_item.done", output_index=index, item=item)
 
 
 def response_events(body: dict[str, Any]) -> Iterator[str]:
@@ -202,4 +236,11 @@ def _item_events(event: Callable[..., str], index: int, item: dict[str, Any]) ->
     yield event("response.output_item.done", output_index=index, item=item)
 
 
-__all__ = ["call_ids", "envelope", "live_response_events", "message_first", "response_events"]
+__all__ = [
+    "call_ids",
+    "envelope",
+    "live_response_events",
+    "message_first",
+    "response_events",
+    "stream_indices",
+]

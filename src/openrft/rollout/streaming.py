@@ -37,7 +37,7 @@ class TextDeltas:
         markers: tuple[str, ...] = (),
         trim: bool = False,
     ):
-        self.tokenizer, self.trim = tokenizer, trim
+        self.tokenizer, self.trim, self.stops = tokenizer, trim, tuple(s for s in stops if s)
         self.cuts = [(s, 0) for s in (*stops, *markers) if s] + [(s, len(s)) for s in kept_stops if s]
         self.held = [s for s in (*stops, *markers) if s]  # texts whose beginning is held back
         self.ids: list[int] = []
@@ -79,6 +79,17 @@ class TextDeltas:
         if self.trim:
             end = self.sent + len(text[self.sent : end].rstrip())
         return max(end, self.sent)
+
+    def before_stop(self) -> str:
+        """The text up to the first stop string, less a tail that may still become one: what a tool call
+        being streamed may show (the finished reply is cut there)."""
+        text = self.text
+        end = min([len(text), *(at for s in self.stops if (at := text.find(s)) >= 0)])
+        if end == len(text):
+            for s in self.stops:
+                end = min(end, next((end - k for k in range(min(len(s) - 1, end), 0, -1)
+                                     if text.endswith(s[:k], 0, end)), end))  # fmt: skip
+        return text[:end]
 
     @property
     def sent_text(self) -> str:
