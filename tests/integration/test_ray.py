@@ -224,6 +224,12 @@ def deadly(completion, prompt_id=None, **row):
     if prompt_id == "p1":
         os._exit(1)
     return 1.0
+
+
+def one_deadly(completion, prompt_id=None, **row):
+    if prompt_id == "p1" and completion == "xx":
+        os._exit(1)
+    return 1.0
 """
 
 
@@ -254,10 +260,15 @@ def test_scoring_tasks_match_in_process_scores_and_retry_a_crash_once(cluster, t
 
     deadly = RayScorer(load_evaluator(f"{source}::deadly"), max_concurrent_evaluations=4, timeout=30, ray=ray)
     scores = deadly.score_groups(groups)
-    assert deadly.task_failures == 2  # the first try, then p1's own retry
+    assert deadly.task_failures == 3  # the first try, then each of p1's two calls alone
     assert [s.is_valid for s in scores[1]] == [False, False]
     assert "failed twice" in scores[1][0].reason and scores[1][0].score == 0.0
     assert all(s.is_valid and s.score == 1.0 for i, g in enumerate(scores) if i != 1 for s in g)
+    one = RayScorer(
+        load_evaluator(f"{source}::one_deadly"), max_concurrent_evaluations=4, timeout=30, ray=ray
+    )
+    scores = one.score_groups(groups)  # only the call that kills its worker scores invalid, as in process
+    assert [s.is_valid for s in scores[1]] == [True, False] and all(s.is_valid for g in scores[:1] for s in g)
 
 
 def test_the_job_s_ray_scorer_follows_the_in_process_scoring_rules(cluster):

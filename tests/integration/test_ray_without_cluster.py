@@ -137,3 +137,26 @@ def test_actors_are_sized_to_fit_the_nodes_and_a_busy_cluster_is_announced(capsy
         "Ray: waiting for 2 CPUs for the rollout actors; 0 of the cluster's 2 are free now"
         in capsys.readouterr().err
     )
+
+
+def test_actors_never_sample_without_the_adapter_and_evaluations_use_the_current_one():
+    """--max-staleness lets actors lag behind the trainer, but never back to the bare base model (a
+    warm-start or resumed adapter is loaded), and an evaluation always samples the current adapter."""
+    from types import SimpleNamespace
+
+    from openrft.distributed.engine import RayEngine
+    from openrft.train.rounds import evaluate
+
+    assert RayEngine.oldest_version(SimpleNamespace(policy_version=0, max_staleness=2)) == 0
+    assert RayEngine.oldest_version(SimpleNamespace(policy_version=5, max_staleness=2)) == 3
+
+    class Engine:
+        max_staleness = 2
+
+        def generate(self, prompts, params):
+            self.seen = self.max_staleness
+            return [[] for _ in prompts]
+
+    engine = Engine()
+    evaluate(engine, lambda prompts, completions: [[] for _ in prompts], ["p"], None)
+    assert engine.seen == 0 and engine.max_staleness == 2

@@ -65,11 +65,19 @@ def connect(address: str, *, num_cpus: int | None = None) -> Any:
         options = {"address": address, "logging_level": logging.WARNING}
     else:
         options["address"] = address
+    if address != "local" and "RAY_AUTH_MODE" not in os.environ and _token_available():
+        os.environ["RAY_AUTH_MODE"] = "token"  # as Ray does for 'auto' only: HOST:PORT needs the token too
     try:
         if address != "local":
             _check_reachable(ray, address)
         with _keep_sigterm_handler():
             ray.init(**options)
+    except ray.exceptions.AuthenticationError as exc:
+        raise ConfigError(
+            f"--ray-address {address}: the cluster refused this machine's token ({str(exc).splitlines()[0]})",
+            field="ray_address",
+            hint="copy ~/.ray/auth_token from the head node to this machine (or set RAY_AUTH_TOKEN)",
+        ) from None
     except (OSError, RuntimeError, ValueError) as exc:  # ConnectionError and TimeoutError included
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
@@ -79,6 +87,15 @@ def connect(address: str, *, num_cpus: int | None = None) -> Any:
             "to run Ray on this machine only",
         ) from None
     return ray
+
+
+def _token_available() -> bool:
+    """Whether a Ray cluster token is at hand: ``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH`` names,
+    or ``~/.ray/auth_token`` (where ``ray start --head`` writes it)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return os.path.isfile(path)
 
 
 def _check_reachable(ray: Any, address: str) -> None:

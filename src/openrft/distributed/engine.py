@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 import weakref
 from collections import deque
 from collections.abc import Sequence
@@ -127,7 +128,7 @@ class RayEngine:
         if not items:
             return []
         snapshot = self.snapshot()
-        min_version = self.policy_version - self.max_staleness
+        min_version = self.oldest_version()
         size = self.prompts_per_call or parcel_size(
             len(items),
             params.n,
@@ -145,9 +146,14 @@ class RayEngine:
         """
         self.policy_version = version
 
+    def oldest_version(self) -> int:
+        """The oldest adapter version actors may sample with: ``max_staleness`` behind the trainer's, but
+        never none at all (-1, the bare base model: a warm-start or resumed adapter must be loaded)."""
+        return max(0, self.policy_version - self.max_staleness)
+
     def snapshot(self) -> AdapterSnapshot:
         """The adapter snapshot actors load: taken now when the last is too old for ``max_staleness``."""
-        if self._snapshot is None or self._snapshot.version < self.policy_version - self.max_staleness:
+        if self._snapshot is None or self._snapshot.version < self.oldest_version():
             from peft import get_peft_model_state_dict
 
             state = get_peft_model_state_dict(self.model, adapter_name=TRAINABLE)
@@ -175,7 +181,16 @@ class RayEngine:
     def _wait_until_started(self, timeout: float) -> None:
         ray = self.ray
         try:
-            ray.get([w.info.remote() for w in self.workers], timeout=timeout)
+            refs, deadline = [w.info.remote() for w in self.workers], time.monotonic() + timeout
+            while True:  # in short waits, so that a signal (Ctrl-C, SIGTERM) is handled meanwhile
+                _, waiting = ray.wait(
+                    refs, num_returns=len(refs), timeout=min(1.0, deadline - time.monotonic())
+                )
+                if not waiting:
+                    break
+                if time.monotonic() >= deadline:
+                    raise ray.exceptions.GetTimeoutError()
+            ray.get(refs)
         except ray.exceptions.GetTimeoutError:
             self.close()
             raise RolloutError(
@@ -218,6 +233,9 @@ class RayEngine:
             )
 
 
+RESTART_TIMEOUT_S = 300.0  # a restarting actor that no node can place for this long fails the round
+
+
 def parcel_size(prompts: int, n: int, actors: int, in_flight: int) -> int:
     """Prompts per actor call: small enough that every actor gets work and a slow one can be
     helped (about ``PARCELS_PER_WORKER`` parcels each), big enough that a call keeps the actor's
@@ -251,10 +269,15 @@ class _Dispatch:
     def run(self) -> list[list[Completion]]:
         ray = self.engine.ray
         try:
+            stalled_since = None  # when every live actor began restarting, none answering
             while self.pending or self.in_flight:
                 self._submit()
                 probes = {ref: actor for actor, ref in self.engine._probes.items()}
-                (ref,), _ = ray.wait([*self.in_flight, *probes], num_returns=1)
+                ready, _ = ray.wait([*self.in_flight, *probes], num_returns=1, timeout=1.0)  # signals get in
+                if not ready:
+                    stalled_since = self._check_stalled(stalled_since)
+                    continue
+                stalled_since, ref = None, ready[0]
                 if ref in probes:
                     self.engine.probe_returned(probes[ref])
                 else:
@@ -265,6 +288,21 @@ class _Dispatch:
                     ray.cancel(ref)
             raise
         return [groups for groups in self.results if groups is not None]
+
+    def _check_stalled(self, since: float | None) -> float | None:
+        """Fail once no live actor has come back from a restart for ``RESTART_TIMEOUT_S`` (the cluster has
+        no room to place them): the job stops with an error instead of waiting for ever."""
+        engine = self.engine
+        if self.in_flight or not engine._probes:
+            return None
+        since = since or time.monotonic()
+        if time.monotonic() - since > RESTART_TIMEOUT_S:
+            raise RolloutError(
+                f"no rollout actor came back within {RESTART_TIMEOUT_S:g} s of a restart",
+                hint="the cluster has no room to place them: check `ray status` (a lost node, CPUs held by "
+                "other work), then resume the job",
+            )
+        return since
 
     def _submit(self) -> None:
         engine = self.engine

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import hashlib
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -83,6 +84,7 @@ def score_batch(
             if folder not in sys.path and Path(folder).is_dir():
                 sys.path.insert(0, folder)
         evaluator = _EVALUATORS[digest] = pickle.loads(blob)
+        os.environ.update(getattr(evaluator, "env", None) or {})  # the evaluator's own environment
     return score_groups(evaluator, groups, max_concurrency=concurrency, timeout=timeout)
 
 
@@ -106,6 +108,7 @@ class RayScorer:
         if max_concurrent_evaluations < 1:
             raise EvaluatorError(f"max concurrent evaluations must be >= 1, not {max_concurrent_evaluations}")
         self.ray, self.limit, self.timeout = ray, max_concurrent_evaluations, timeout
+        self.pointwise = getattr(evaluator, "mode", "pointwise") != "groupwise"
         blob, self.folders = pack_evaluator(evaluator)
         self.digest = hashlib.sha1(blob).hexdigest()
         self.blob_ref = ray.put(blob)
@@ -122,11 +125,23 @@ class RayScorer:
         batches = _split(list(range(len(groups))), min(self.tasks, len(groups)))
         concurrency = max(1, self.limit // max(1, len(batches)))
         failed = self._run([(batch, concurrency) for batch in batches], groups, results)
-        retries = [([i], max(1, min(self.limit, len(groups[i][1])))) for batch, _ in failed for i in batch]
-        for batch, error in self._run(retries, groups, results):
-            for i in batch:
+        # once more, each call in a task of its own (a group's, for a groupwise evaluator): a call that
+        # crashes or hangs its worker scores only itself invalid, as in the in-process pool
+        units = [(i, j) for batch, _ in failed for i in batch
+                 for j in (range(len(groups[i][1])) if self.pointwise else [None])]  # fmt: skip
+        parts = [(groups[i][0], groups[i][1] if j is None else [groups[i][1][j]]) for i, j in units]
+        scored: list[list[Score] | None] = [None] * len(parts)
+        each = max(1, self.limit // self.tasks)  # at most `limit` calls at once, retries included
+        for batch, error in self._run([([k], each) for k in range(len(parts))], parts, scored):
+            for k in batch:
                 invalid = Score(0.0, is_valid=False, reason=f"evaluator task failed twice: {error}")
-                results[i] = [invalid] * len(groups[i][1])
+                scored[k] = [invalid] * len(parts[k][1])
+        for (i, j), part in zip(units, scored, strict=True):
+            if j is None:
+                results[i] = part
+            else:
+                results[i] = results[i] or [None] * len(groups[i][1])  # type: ignore[list-item]
+                results[i][j] = part[0]  # type: ignore[index]
         return results  # type: ignore[return-value]
 
     def _run(

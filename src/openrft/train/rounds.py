@@ -135,7 +135,14 @@ def evaluate(
     """
     if not prompts:
         return {}
-    completions = engine.generate(list(prompts), params)
+    staleness = getattr(engine, "max_staleness", 0)
+    try:  # an evaluation scores the policy as it is now, never an older snapshot (Ray's --max-staleness)
+        if staleness:
+            engine.max_staleness = 0  # type: ignore[attr-defined]
+        completions = engine.generate(list(prompts), params)
+    finally:
+        if staleness:
+            engine.max_staleness = staleness  # type: ignore[attr-defined]
     metrics = summarize(score(prompts, completions), prefix="eval")
     metrics["eval/reward"] = metrics.pop("eval/mean")
     return metrics
