@@ -137,6 +137,15 @@ def test_killed_job_resumes_to_the_same_result(tiny_model_dir, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    # a damaged newest checkpoint: the one before it is taken, to the same result
+    assert run(tmp_path / "damaged", 5, "fresh").returncode == -signal.SIGKILL
+    optim = tmp_path / "damaged" / "checkpoints" / "step-000004" / "optim.pt"
+    optim.write_bytes(optim.read_bytes()[:100])
+    resumed = run(tmp_path / "damaged", 0, "resume")
+    assert resumed.returncode == 0 and "step-000004 cannot be read" in resumed.stderr, resumed.stderr[-2000:]
+    c = load("damaged")
+    for key in a:
+        torch.testing.assert_close(a[key], c[key], atol=1e-6, rtol=1e-5)
 
     def strip(rows):
         return [{k: v for k, v in r.items() if not k.startswith(("time/", "throughput/"))} for r in rows]  # noqa: E731

@@ -148,6 +148,31 @@ def load_checkpoint(path: Path, peft_model, optimizer, scheduler) -> LoopState:
     return LoopState.from_json(json.loads((path / "state.json").read_text()))
 
 
+def load_latest(root: Path, peft_model, optimizer, scheduler) -> tuple[Path, LoopState] | None:
+    """Load the newest checkpoint under ``root`` that can be read (see :func:`load_checkpoint`); a
+    damaged one (a truncated file, a disk error) is named on stderr and the one before it is tried.
+    None when there is none; a :class:`JobError` naming each one when none can be read."""
+    import sys
+
+    newest = latest_checkpoint(root)
+    if newest is None:
+        return None
+    older = [
+        p for p in sorted(root.glob("step-*"), reverse=True) if (p / "state.json").is_file() and p != newest
+    ]
+    problems = []
+    for path in [newest, *older]:
+        try:
+            return path, load_checkpoint(path, peft_model, optimizer, scheduler)
+        except Exception as exc:  # noqa: BLE001 - any damage: the one before may still be whole
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            problems.append(f"{path.name} ({type(exc).__name__}: {first})")
+            print(f"checkpoint {path} cannot be read ({type(exc).__name__}: {first}); trying the one before",
+                  file=sys.stderr)  # fmt: skip
+    raise JobError(f"no checkpoint of the job can be read: {'; '.join(problems)}",
+                   hint="resume from the start with `openrft rftj create --config` of the same job")  # fmt: skip
+
+
 def _rng_state() -> dict[str, Any]:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 

@@ -38,7 +38,7 @@ from openrft.settings import JobSettings
 from openrft.tracking.progress import ProgressBar
 from openrft.tracking.sinks import JsonlSink, MetricsSink, MultiSink, read_jsonl
 from openrft.train import setup
-from openrft.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint
+from openrft.train.checkpoint import LoopState, load_latest
 from openrft.train.loop import Outcome, TrainContext, train
 
 
@@ -455,11 +455,11 @@ def run_training(
     optimizer, scheduler = setup.make_optimizer(settings.optimizer, model)
     jsonl = JsonlSink(job_dir)
     state = LoopState()
-    checkpoint = latest_checkpoint(job_dir / "checkpoints") if resume else None
+    loaded = load_latest(job_dir / "checkpoints", model, optimizer, scheduler) if resume else None
     logged = jsonl.position()["metrics"]
     last_step = _last_logged_step(jsonl.metrics_path) if resume else -1  # read before it is cut back
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+    if loaded is not None:
+        state = loaded[1]
         if state.log_position:
             jsonl.truncate_to(state.log_position)  # exactly the lines written before it was saved
         else:
