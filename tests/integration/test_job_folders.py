@@ -135,3 +135,36 @@ def test_evaluator_workers_end_when_their_job_is_killed(tmp_path):
         time.sleep(0.2)
     os.kill(worker, 9)
     pytest.fail("the evaluator worker outlived its job")
+
+
+def test_a_snapshot_that_cannot_be_written_leaves_no_job(
+    fake, home, model_dir, capsys, monkeypatch, tmp_path
+):
+    import errno
+
+    import openrft.jobs.snapshot as snapshot
+
+    evaluator = tmp_path / "ev.py"
+    evaluator.write_text("def score(completion, **row):\n    return 1.0\n")
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(snapshot.shutil, "copyfile", full)
+    code, _, err = create(capsys, model_dir, "--job-id", "s", "--evaluator", f"{evaluator}::score")
+    assert code != 0 and "job s was not created" in err and "no space left" in err
+    assert not JobStore().exists("s") and not (JobStore().jobs_dir / "s").exists()
+    assert not list(tmp_path.glob(".ev.py.*"))  # no half-written copy beside anything
+
+
+def test_a_damaged_snapshot_record_is_named_on_resume(fake, home, model_dir, capsys, monkeypatch, tmp_path):
+    evaluator = tmp_path / "ev.py"
+    evaluator.write_text("def score(completion, **row):\n    return 1.0\n")
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    create(capsys, model_dir, "--job-id", "d", "--evaluator", f"{evaluator}::score")
+    manifest = JobStore().get("d").job_dir / "snapshot" / "manifest.json"
+    manifest.write_text(manifest.read_text()[:20])
+    assert main(["rftj", "resume", "d", "--detach"]) != 0
+    err = capsys.readouterr().err
+    assert "manifest.json cannot be read" in err and "Traceback" not in err
+    assert JobStore().get("d").state is S.FAILED  # still resumable once the file is put right

@@ -82,8 +82,22 @@ def create_and_run(
         cfg = with_absolute_paths(cfg)
         prepared = validate(cfg)
         record = store.create(job_id, cfg, detached=detach)
-        write_snapshot(record.job_dir, config_values(cfg)[1])
+        _snapshot_or_undo(store, record, cfg)
     return start(store, record, detach=detach, quiet=quiet, prepared=prepared)
+
+
+def _snapshot_or_undo(store: JobStore, record: JobRecord, cfg: JobConfig) -> None:
+    """Write the new job's snapshot; if that fails (a full disk), the job is not created at all: no
+    record, no folder, and one line saying why."""
+    try:
+        write_snapshot(record.job_dir, config_values(cfg)[1])
+    except OSError as exc:
+        with contextlib.suppress(Exception):
+            store.transition(record.id, JobState.FAILED, "its snapshot could not be written")
+            store.delete(record.id)
+        disk = "no space left on the disk holding the job store" if exc.errno == errno.ENOSPC else str(exc)
+        raise JobError(f"job {record.id} was not created: its snapshot could not be written ({disk})",
+                       hint="free space (or set OPENRFT_HOME elsewhere) and create it again") from None  # fmt: skip
 
 
 def resume_job(job_id: str, *, force: bool = False, detach: bool = False, quiet: bool = False) -> int:
@@ -96,6 +110,10 @@ def resume_job(job_id: str, *, force: bool = False, detach: bool = False, quiet:
         except OpenRFTError as exc:
             _finish(store, job_id, JobState.FAILED, exc.message)
             raise
+        except Exception as exc:  # a damaged file in the job folder: one line, the job left resumable
+            message = _failure_message(exc)
+            _finish(store, job_id, JobState.FAILED, message)
+            raise JobError(f"job {job_id} cannot resume: {message}") from None
     return start(store, record, detach=detach, quiet=quiet)
 
 

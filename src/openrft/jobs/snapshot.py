@@ -18,8 +18,10 @@ keeps scoring with the code it started with.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shlex
 import shutil
 from collections.abc import Callable
@@ -27,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from openrft.data import is_builtin
+from openrft.errors import JobError
 from openrft.models import EMBEDDED
-from openrft.paths import atomic_write_text
+from openrft.paths import atomic_write_text, temporary_beside
 
 PATH_FIELDS = (
     "dataset",
@@ -105,11 +108,24 @@ def write_snapshot(job_dir: Path, values: dict[str, Any]) -> dict[str, Any]:
             continue
         copy = root / "code" / name / path.name
         copy.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, copy)
+        _copy_whole(path, copy)
         manifest["code"][name] = {"path": str(path), "sha256": sha256(path), "copy": str(copy)}
     if manifest["datasets"] or manifest["code"]:
         atomic_write_text(root / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
+
+
+def _copy_whole(source: Path, target: Path) -> None:
+    """``source`` copied to ``target`` whole or not at all (a full disk, a kill)."""
+    fd, tmp = temporary_beside(target)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def resumed_values(job_dir: Path, values: dict[str, Any], warn: Callable[[str], None]) -> dict[str, Any]:
@@ -117,7 +133,11 @@ def resumed_values(job_dir: Path, values: dict[str, Any], warn: Callable[[str], 
     path = job_dir / SNAPSHOT_DIR / "manifest.json"
     if not path.is_file():
         return values
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise JobError(f"the job's snapshot record {path} cannot be read ({type(exc).__name__}: {exc})",
+                       hint="restore the file, or delete it to go on with the files as they are now") from None  # fmt: skip
     out = dict(values)
     for entry in manifest.get("datasets", {}).values():
         current = Path(entry["path"])
