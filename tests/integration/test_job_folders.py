@@ -168,3 +168,32 @@ def test_a_damaged_snapshot_record_is_named_on_resume(fake, home, model_dir, cap
     err = capsys.readouterr().err
     assert "manifest.json cannot be read" in err and "Traceback" not in err
     assert JobStore().get("d").state is S.FAILED  # still resumable once the file is put right
+
+
+def test_a_full_disk_in_a_library_is_one_line(monkeypatch, capsys):
+    import openrft.cli.export as export
+
+    class SafetensorError(Exception):
+        pass
+
+    def full(args):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(export, "cmd_export", full)
+    assert main(["export", "some-job", "--merged", "out"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("no space left on the disk (SafetensorError") and "Traceback" not in err
+
+
+def test_half_written_gguf_files_of_dead_exports_are_removed(tmp_path):
+    from openrft.train.gguf_export import _remove_stale_temporaries
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = tmp_path / f".m.gguf.abc123.{dead.stdout.strip()}.gguf.tmp"
+    live = tmp_path / f".m.gguf.def456.{os.getpid()}.gguf.tmp"  # an export still writing
+    for path in (stale, live):
+        path.write_bytes(b"x")
+    _remove_stale_temporaries(tmp_path / "m.gguf")
+    assert not stale.exists() and live.exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import os
 import re
@@ -278,8 +279,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except OSError as exc:  # a path the user gave that cannot be read or written: one line, no traceback
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"{where}{exc.strerror or exc}", file=sys.stderr)
+        full = exc.errno == errno.ENOSPC or _out_of_space(exc)
+        print(f"{where}{'no space left on the disk' if full else exc.strerror or exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        if not _out_of_space(exc):
+            raise
+        print(f"no space left on the disk ({type(exc).__name__}: {str(exc).splitlines()[0]}); free space and "
+              "run it again (anything written before is left as it was)", file=sys.stderr)  # fmt: skip
+        return 1
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """A full disk reported by a library in its own words (safetensors' SafetensorError, tokenizers, gguf)."""
+    text = str(exc)
+    return (
+        "No space left on device" in text
+        or "os error 28" in text
+        or "requested and" in text
+        and "written" in text
+    )
 
 
 __all__ = ["main", "build_parser", "add_job_flags", "config_from_args", "ConfigError"]

@@ -59,6 +59,7 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
 
 def resolve_adapter(target: str) -> Path:
     """The adapter folder of a job id, a job folder, or an adapter folder."""
+    from openrft.jobs.states import JobState
     from openrft.jobs.store import JobStore
     from openrft.paths import output_dir
 
@@ -71,6 +72,9 @@ def resolve_adapter(target: str) -> Path:
                 f"job {target} has no trained adapter yet (state {record.state}; expected it in {folder})",
                 hint="export a job once it has COMPLETED, or pass an adapter folder",
             )
+        if record.state not in (JobState.COMPLETED, JobState.EARLY_STOPPED):
+            print(f"warning: job {target} is {record.state} after {record.steps} steps: its adapter is the one "
+                  "it had then, not a finished training", file=sys.stderr)  # fmt: skip
         return folder
     path = Path(target).expanduser()
     if not (path / "adapter_config.json").is_file() and (path / "output" / "adapter_config.json").is_file():

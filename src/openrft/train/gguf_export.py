@@ -16,6 +16,7 @@ model plus one tensor. The file appears under its name only once complete.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -326,6 +327,16 @@ def _add_tensor_info(writer: Any, name: str, shape: tuple[int, ...], qtype: Any)
 # ----------------------------------------------------------------------------- writing
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Half-written files an export killed before ``path`` left beside it (their writer is dead)."""
+    from openrft.paths import pid_alive
+
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.gguf.tmp"):
+        pid = stale.name.rsplit(".", 3)[-3]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
 def write_gguf(
     model: Any, tokenizer: Any, path: Path, *, out_type: str = "f16", name: str = "", pre: str | None = None
 ) -> GgufSummary:
@@ -338,7 +349,8 @@ def write_gguf(
         raise ExportError(f"unknown GGUF type {out_type!r}; expected one of {', '.join(OUT_TYPES)}")
     wanted = gguf.GGMLQuantizationType[OUT_TYPES[out_type][0]]
     file_type = gguf.LlamaFileType[OUT_TYPES[out_type][1]]
-    fd, tmp = temporary_beside(path, suffix=".gguf.tmp")
+    _remove_stale_temporaries(path)
+    fd, tmp = temporary_beside(path, suffix=f".{os.getpid()}.gguf.tmp")
     os.close(fd)
     writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf_arch(model.config)])
     pre = pre or pre_tokenizer_name(tokenizer)
