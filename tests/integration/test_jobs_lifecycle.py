@@ -317,7 +317,7 @@ def test_create_resume_from_keeps_the_stored_config_and_applies_new_flags(
 def test_existing_id_is_refused(fake, home, model_dir, capsys):
     create(capsys, model_dir, "--job-id", "a")
     code, _, err = create(capsys, model_dir, "--job-id", "a")
-    assert code == 7 and "job a already exists" in err
+    assert code == 2 and "--job-id a: job a already exists" in err
 
 
 def test_delete(fake, home, model_dir, capsys):

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from openrft.config import JobConfig, build_config, flatten, load_job_file
-from openrft.errors import JobError, OpenRFTError
+from openrft.errors import ConfigError, JobError, OpenRFTError
 from openrft.jobs.snapshot import absolute_paths, resumed_values, write_snapshot
 from openrft.jobs.states import OUTCOME_STATES, JobState
 from openrft.jobs.store import JobRecord, JobStore, config_values
@@ -40,7 +40,7 @@ ERROR_LOG = "error.log"
 
 
 def new_job_id() -> str:
-    return time.strftime("rftj-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    return time.strftime("rftj-%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -68,17 +68,19 @@ def create_and_run(
         record = _resume_from(store, cfg, resume_from, config_file, flag_values or {}, detach)
     else:
         job_id = cfg.training.job_id or new_job_id()
+        while not cfg.training.job_id and (store.exists(job_id) or store.job_dir(job_id).exists()):
+            job_id = new_job_id()  # a generated id is never one already taken
         job_dir = store.job_dir(job_id)
         if not store.exists(job_id) and (job_dir / "job.json").exists():
-            raise JobError(
-                f"job folder {job_dir} already exists but is not in the job store",
-                hint="choose another --job-id, or continue it with --resume-from " + str(job_dir),
-            )
+            raise ConfigError(
+                f"--job-id {job_id}: the job folder {job_dir} already exists but is not in the job store",
+                field="job_id", hint="choose another --job-id, or continue it with --resume-from " + str(job_dir),
+            )  # fmt: skip
         if store.exists(job_id):
-            raise JobError(
-                f"job {job_id} already exists",
+            raise ConfigError(
+                f"--job-id {job_id}: job {job_id} already exists", field="job_id",
                 hint="choose another --job-id, resume it (openrft rftj resume ID) or delete it",
-            )
+            )  # fmt: skip
         cfg = with_absolute_paths(cfg)
         prepared = validate(cfg)
         record = store.create(job_id, cfg, detached=detach)
