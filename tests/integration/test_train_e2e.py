@@ -376,3 +376,25 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, dtype):
     torch.testing.assert_close(
         grads[True], grads[False], rtol=tolerance, atol=tolerance * grads[False].abs().max()
     )
+
+
+def test_a_resume_never_logs_an_evaluation_twice(tiny_model_dir, tmp_path):
+    """A job cancelled right after its start evaluation, then resumed, logs that evaluation once; so does
+    the final one of a job resumed from the checkpoint written with its last step's evaluation."""
+    from openrft.config import build_config
+    from openrft.train.job import prepare, run_training
+
+    flags = dict(
+        base_model=str(tiny_model_dir), dataset="arithmetic:count=8", evaluator=f"{FIXTURES}::spread",
+        eval_auto_carveout=0.25, response_candidates_count=2, max_output_tokens=16, chunk_size=3, batch_size=100,
+        micro_batch_tokens=128, checkpoint_every=1, eval_every=2, temperature=1.0, seed=5,
+    )  # fmt: skip
+    prepared = prepare(build_config({}, flags)[0])
+    job = tmp_path / "job"
+    assert run_training(prepared, job, quiet=True, should_stop=lambda: True).status == "cancelled"
+    run_training(prepared, job, resume=True, quiet=True)
+    rows = read_jsonl(job / "metrics.jsonl")
+    evals = [r["step"] for r in rows if "eval/reward" in r]
+    assert evals.count(0) == 1 and len(evals) == len(set(evals)), evals
+    last = max(r["step"] for r in rows)
+    assert last in evals  # the last step was evaluated, once

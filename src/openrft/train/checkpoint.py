@@ -49,6 +49,7 @@ class LoopState:
     outcome: str = ""  # "completed" or "early_stopped" once the job has ended (its last checkpoint)
     nonfinite_in_a_row: int = 0  # consecutive updates skipped for a non-finite loss or gradient
     log_position: dict[str, int] = dataclasses.field(default_factory=dict)  # lines logged when saved
+    evaluated_version: int = -1  # the policy version (optimizer step) last evaluated and logged
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -22,7 +22,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Literal
@@ -89,7 +89,6 @@ class TrainContext:
     publish_policy: Callable[[int], None]  # hands policy version N to the engine (engine.set_policy)
     sampler_is_trainer: bool = True  # the engine samples this very model (else: recompute, correct)
     should_stop: Callable[[], bool] = lambda: False  # a cancel request, checked at step boundaries
-    last_metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -117,7 +116,7 @@ def train(ctx: TrainContext, state: LoopState) -> Outcome:
 
     if state.outcome:  # resumed from the checkpoint written as the job ended: nothing is left to do
         return finished(state, state.outcome)
-    if state.step == 0:
+    if state.step == 0 and state.evaluated_version != state.optimizer_step:  # (a resume may have logged it)
         log_eval(ctx, state)
     while state.epoch < schedule.epochs:
         order = epoch_order(n_prompts, state.epoch, schedule.seed)
@@ -314,8 +313,8 @@ def train_step(ctx: TrainContext, state: LoopState, loss: StepLoss) -> dict[str,
     metrics.setdefault("train/lr", ctx.optimizer.param_groups[0]["lr"])
     if updated and schedule.eval_every and state.optimizer_step % schedule.eval_every == 0:
         metrics.update(run_eval(ctx))
+        state.evaluated_version = state.optimizer_step
     ctx.sink.log(state.step, metrics)
-    ctx.last_metrics = metrics
     if updated and state.optimizer_step % schedule.checkpoint_every == 0:
         checkpoint(ctx, state)
     return metrics
@@ -367,7 +366,6 @@ def flush_gradients(ctx: TrainContext, state: LoopState) -> None:
     if not at_update_boundary(state, accumulation):
         state.step += (-state.step) % accumulation
         optimizer_update(ctx, state)
-        ctx.last_metrics.pop("eval/reward", None)  # the policy changed after the last evaluation
 
 
 def run_eval(ctx: TrainContext) -> dict[str, float]:
@@ -384,9 +382,10 @@ def run_eval(ctx: TrainContext) -> dict[str, float]:
 
 def log_eval(ctx: TrainContext, state: LoopState, final: bool = False) -> None:
     """Evaluation at start and end, logged as its own line (step 0 at start)."""
-    if not ctx.eval_prompts or (final and "eval/reward" in ctx.last_metrics):
-        return  # no evaluation set, or the last step already evaluated this exact policy
+    if not ctx.eval_prompts or (final and state.evaluated_version == state.optimizer_step):
+        return  # no evaluation set, or this exact policy was evaluated already (a resume knows it too)
     metrics = run_eval(ctx)
+    state.evaluated_version = state.optimizer_step
     ctx.sink.log(
         state.step,
         {
@@ -395,4 +394,3 @@ def log_eval(ctx: TrainContext, state: LoopState, final: bool = False) -> None:
             "train/optimizer_step": float(state.optimizer_step),
         },
     )
-    ctx.last_metrics = {**ctx.last_metrics, **metrics}
