@@ -283,3 +283,20 @@ def test_concurrent_writers_and_readers_in_several_processes(store, tmp_path):
         assert full.state is S.COMPLETED and (full.steps, full.last_reward) == (3, 0.3)
         assert [t.state for t in full.transitions] == [S.PENDING, S.VALIDATING, S.RUNNING, S.COMPLETED]
     assert json.loads(json.dumps(records[0].to_json()))["state"] == "COMPLETED"
+
+
+def test_a_disk_io_error_on_a_nearly_full_disk_is_called_full_not_damage(tmp_path, monkeypatch):
+    import sqlite3
+    from collections import namedtuple
+
+    import openrft.jobs.store_errors as errors
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(errors.shutil, "disk_usage", lambda _: usage(10 << 30, 10 << 30, 20 << 10))
+    error = errors.store_error(tmp_path / "jobs.db", sqlite3.OperationalError("disk I/O error"))
+    assert "is full" in error.message and "not damaged" in error.hint
+    monkeypatch.setattr(errors.shutil, "disk_usage", lambda _: usage(10 << 30, 1 << 30, 9 << 30))
+    assert (
+        "damaged"
+        in errors.store_error(tmp_path / "jobs.db", sqlite3.OperationalError("disk I/O error")).message
+    )

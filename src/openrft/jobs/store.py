@@ -35,6 +35,7 @@ from openrft.config import flatten
 from openrft.errors import JobError
 from openrft.jobs.processes import process_alive, process_start_time
 from openrft.jobs.states import DIED_MESSAGE, JobState, can_transition
+from openrft.jobs.store_errors import store_error
 from openrft.paths import folder_in_use, openrft_home
 
 SCHEMA = """
@@ -149,32 +150,6 @@ class JobRecord:
 
 
 # ----------------------------------------------------------------------------- config values
-
-
-def store_error(db_path: Path, exc: sqlite3.Error) -> JobError:
-    """One line for a database problem: what is wrong with which file, and what to do."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if "readonly" in text or "read-only" in text:
-        return JobError(
-            f"the job store {db_path} is read-only ({text})", hint="make it writable, or set OPENRFT_HOME"
-        )
-    if "locked" in text or "busy" in text:
-        return JobError(
-            f"the job store {db_path} is busy ({text})", hint="another openrft command holds it; retry"
-        )
-    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in text:
-        return JobError(
-            f"the disk holding the job store {db_path} is full ({text})",
-            hint="free space there; the store itself is not damaged",
-        )
-    if isinstance(exc, sqlite3.OperationalError) and "unable to open" in text:
-        return JobError(
-            f"the job store {db_path} cannot be opened ({text})", hint="check that it is a file you can write"
-        )
-    return JobError(
-        f"the job store {db_path} is damaged ({text})",
-        hint="`openrft rftj repair` rebuilds it from the job folders and keeps the damaged file as a backup",
-    )
 
 
 def config_values(cfg) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
