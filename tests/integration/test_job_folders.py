@@ -197,3 +197,26 @@ def test_half_written_gguf_files_of_dead_exports_are_removed(tmp_path):
         path.write_bytes(b"x")
     _remove_stale_temporaries(tmp_path / "m.gguf")
     assert not stale.exists() and live.exists()
+
+
+def test_a_dataset_that_lost_or_gained_rows_stops_a_resume(
+    fake, home, model_dir, capsys, monkeypatch, tmp_path
+):
+    rows = [
+        {"messages": [{"role": "user", "content": f"What is {i} + 1?"}], "ground_truth": i + 1}
+        for i in range(6)
+    ]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    code = main(["rftj", "create", "--base-model", str(model_dir), "--quiet", "--dataset", str(data),
+                 "--evaluator", "arithmetic", "--job-id", "g"])  # fmt: skip
+    assert code != 0 and JobStore().get("g").state is S.FAILED
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    capsys.readouterr()
+    assert main(["rftj", "resume", "g", "--quiet"]) != 0
+    assert "has 2 lines now and had 6 when the job started" in capsys.readouterr().err
+    rows[0]["ground_truth"] = 99  # the same rows, one edited: the job goes on, warned
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["rftj", "resume", "g", "--quiet"]) == 0
+    assert "changed since the job started" in capsys.readouterr().err

@@ -101,7 +101,7 @@ def write_snapshot(job_dir: Path, values: dict[str, Any]) -> dict[str, Any]:
         value = values.get(name)
         path = Path(value).expanduser() if isinstance(value, str) and not is_builtin(value) else None
         if path is not None and path.is_file():
-            manifest["datasets"][name] = {"path": str(path), "sha256": sha256(path)}
+            manifest["datasets"][name] = {"path": str(path), "sha256": sha256(path), "lines": _lines(path)}
     for name in CODE_FIELDS:
         path = code_path(values.get(name))
         if path is None:
@@ -113,6 +113,12 @@ def write_snapshot(job_dir: Path, values: dict[str, Any]) -> dict[str, Any]:
     if manifest["datasets"] or manifest["code"]:
         atomic_write_text(root / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
+
+
+def _lines(path: Path) -> int:
+    """Non-blank lines of a dataset file (its rows, for JSONL)."""
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
 
 
 def _copy_whole(source: Path, target: Path) -> None:
@@ -142,6 +148,13 @@ def resumed_values(job_dir: Path, values: dict[str, Any], warn: Callable[[str], 
     for entry in manifest.get("datasets", {}).values():
         current = Path(entry["path"])
         if current.is_file() and sha256(current) != entry["sha256"]:
+            before, now = entry.get("lines"), _lines(current)
+            if before is not None and now != before:  # the job's place in it (epoch order, cursor) is lost
+                raise JobError(
+                    f"{current} has {now} lines now and had {before} when the job started: the job cannot "
+                    "continue where it stopped",
+                    hint="restore the file, or start a new job on it from this one's output (--warm-start-from)",
+                )
             warn(f"{current} changed since the job started; the rounds left sample from it as it is now")
     for name, entry in manifest.get("code", {}).items():
         original, copy = Path(entry["path"]), Path(entry["copy"])
