@@ -160,3 +160,11 @@ def test_actors_never_sample_without_the_adapter_and_evaluations_use_the_current
     engine = Engine()
     evaluate(engine, lambda prompts, completions: [[] for _ in prompts], ["p"], None)
     assert engine.seen == 0 and engine.max_staleness == 2
+
+
+@pytest.mark.parametrize("address", ["host:26379x", "justhost", "ray://nohost"])
+def test_an_address_that_is_not_one_is_refused_at_creation(address):
+    from openrft.config import build_config
+
+    with pytest.raises(ConfigError, match="is not an address"):
+        build_config({}, {"ray_address": address})

@@ -417,6 +417,13 @@ class RolloutConfig(Group):
             )
         if self.rollout_engine == "endpoint" and not self.endpoint_url:
             raise ValueError("--rollout-engine endpoint needs --endpoint-url (e.g. http://localhost:8000/v1)")
+        address = (self.ray_address or "").strip().removeprefix("ray://")
+        host, _, port = address.rpartition(":")
+        if address and address not in ("auto", "local") and not (host and port.isdigit()):
+            raise ValueError(
+                f"--ray-address {self.ray_address!r} is not an address: use 'auto', 'local', HOST:PORT "
+                "(e.g. 10.0.0.5:6379) or ray://HOST:PORT"
+            )
         if self.ray_address and self.rollout_engine == "endpoint":
             raise ValueError(
                 "--ray-address runs the rollouts on Ray actors, but --rollout-engine endpoint samples on a "
