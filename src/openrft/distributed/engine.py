@@ -146,6 +146,18 @@ class RayEngine:
         """
         self.policy_version = version
 
+    def round_metrics(self, completions: Sequence[Completion]) -> dict[str, float]:
+        """The cluster's side of a round, logged with it: actor deaths and prompts sampled again (counts
+        since the job started), adapter snapshots sent, and how many versions the round's completions lag
+        behind the trainer (at most ``max_staleness``)."""
+        lags = [self.policy_version - c.policy_version for c in completions]
+        return {
+            "rollout/actor_failures": float(self.actor_failures),
+            "rollout/requeued_prompts": float(self.requeued_prompts),
+            "rollout/adapter_snapshots": float(self.snapshots),
+            "rollout/policy_lag_max": float(max(lags, default=0)),
+        }
+
     def oldest_version(self) -> int:
         """The oldest adapter version actors may sample with: ``max_staleness`` behind the trainer's, but
         never none at all (-1, the bare base model: a warm-start or resumed adapter must be loaded)."""

@@ -95,6 +95,8 @@ def run_round(
         if sequence.completion_token_ids
     ]
     metrics = {**round_metrics(sampled, len(kept)), **timings, **extra_metrics}
+    if hasattr(engine, "round_metrics"):  # a cluster's own (Ray: actor failures, policy lag)
+        metrics.update(engine.round_metrics([c for g in sampled for c in g.completions]))
     return RoundResult(sampled, sequences, metrics)
 
 
