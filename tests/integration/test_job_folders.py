@@ -220,3 +220,29 @@ def test_a_dataset_that_lost_or_gained_rows_stops_a_resume(
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["rftj", "resume", "g", "--quiet"]) == 0
     assert "changed since the job started" in capsys.readouterr().err
+
+
+def test_a_failure_the_store_could_not_take_is_read_from_the_folder(
+    fake, home, model_dir, capsys, monkeypatch
+):
+    from openrft.errors import JobError
+
+    real = JobStore.transition
+
+    def full(self, job_id, state, message=None):
+        if state is S.FAILED:
+            raise JobError("the disk holding the job store is full")
+        return real(self, job_id, state, message)
+
+    monkeypatch.setattr(JobStore, "transition", full)
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    create(capsys, model_dir, "--job-id", "f")
+    monkeypatch.setattr(JobStore, "transition", real)
+    store = JobStore()
+    assert store.get("f", check_process=False).state is S.RUNNING  # the store never heard
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    store.set_process("f", int(dead.stdout))
+    record = store.get("f")  # its process is gone: the reason it left in its folder
+    assert record.state is S.FAILED and "the accelerator fell over" in record.message

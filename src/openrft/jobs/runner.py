@@ -31,6 +31,7 @@ from typing import Any
 
 from openrft.config import JobConfig, build_config, flatten, load_job_file
 from openrft.errors import ConfigError, JobError, OpenRFTError
+from openrft.jobs.outcome import record_outcome, reserve_outcome
 from openrft.jobs.snapshot import absolute_paths, resumed_values, write_snapshot
 from openrft.jobs.states import OUTCOME_STATES, JobState
 from openrft.jobs.store import JobRecord, JobStore, config_values
@@ -241,6 +242,7 @@ def _run_locked(
     prepared: Any = None,
 ) -> JobRecord:
     job_id = record.id
+    reserve_outcome(record.job_dir)
     log_steps = log_steps or (not quiet and not _is_terminal(sys.stderr))  # plain lines where no bar shows
     if record.pid != os.getpid():
         store.set_process(job_id, os.getpid())
@@ -282,7 +284,7 @@ def _run_locked(
         ended = final.state
         return final
     except OpenRFTError as exc:
-        _finish(store, job_id, JobState.FAILED, exc.message)
+        _finish(store, job_id, JobState.FAILED, exc.message, record.job_dir)
         raise
     except KeyboardInterrupt:
         ended = JobState.CANCELLED
@@ -297,7 +299,7 @@ def _run_locked(
             hint = f"the traceback is in {log}"
         except OSError:  # a full disk or a vanished folder: the job's state still gets recorded
             hint = "the traceback could not be written to the job folder"
-        _finish(store, job_id, JobState.FAILED, message)
+        _finish(store, job_id, JobState.FAILED, message, record.job_dir)
         raise JobError(f"job {job_id} failed: {message}", hint=hint) from None
     finally:
         for sink in sinks:  # a W&B run ends as the job did
@@ -314,13 +316,17 @@ def _failure_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _finish(store: JobStore, job_id: str, state: JobState, message: str) -> None:
-    """Record a final state unless the job already has one (e.g. a cancel reached it first)."""
+def _finish(store: JobStore, job_id: str, state: JobState, message: str, job_dir: Path | None = None) -> None:
+    """Record a final state unless the job already has one (e.g. a cancel reached it first). When the
+    store cannot take it (a full disk), the reason is kept in ``job_dir``'s reserved room, where the
+    store finds it once it sees the process gone (not "exited unexpectedly", which a server would
+    queue again)."""
     try:
         if store.get(job_id, check_process=False).state.is_active:
             store.transition(job_id, state, message)
     except JobError:
-        pass
+        if job_dir is not None and state is JobState.FAILED:
+            record_outcome(job_dir, message)
 
 
 def rebuild_config(store: JobStore, record: JobRecord) -> JobConfig:

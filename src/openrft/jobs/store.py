@@ -33,6 +33,7 @@ from typing import Any
 
 from openrft.config import flatten
 from openrft.errors import JobError
+from openrft.jobs.outcome import read_outcome
 from openrft.jobs.processes import process_alive, process_start_time
 from openrft.jobs.states import DIED_MESSAGE, JobState, can_transition
 from openrft.jobs.store_errors import store_error
@@ -522,13 +523,14 @@ class JobStore:
             row = db.execute("SELECT state, pid FROM jobs WHERE id = ?", (record.id,)).fetchone()
             if row is None or row["state"] != record.state.value or row["pid"] != record.pid:
                 return True  # someone else changed it meanwhile: re-read
+            message = read_outcome(record.job_dir) or DIED_MESSAGE  # what it could not record itself
             db.execute(
                 "UPDATE jobs SET state = ?, message = ?, updated_at = ? WHERE id = ?",
-                (JobState.FAILED.value, DIED_MESSAGE, now, record.id),
+                (JobState.FAILED.value, message, now, record.id),
             )
             db.execute(
                 "INSERT INTO transitions (job_id, state, at, message) VALUES (?,?,?,?)",
-                (record.id, JobState.FAILED.value, now, DIED_MESSAGE),
+                (record.id, JobState.FAILED.value, now, message),
             )
         return True
 
