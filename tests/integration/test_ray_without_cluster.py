@@ -168,3 +168,12 @@ def test_an_address_that_is_not_one_is_refused_at_creation(address):
 
     with pytest.raises(ConfigError, match="is not an address"):
         build_config({}, {"ray_address": address})
+
+
+@pytest.mark.parametrize("flag", [{"rollout_workers": 3}, {"max_staleness": 1}])
+def test_ray_settings_without_a_cluster_are_refused(flag):
+    from openrft.config import build_config
+
+    with pytest.raises(ConfigError, match="applies to a Ray cluster: give --ray-address too"):
+        build_config({}, flag)
+    build_config({}, {**flag, "ray_address": "local"})  # with a cluster they are taken

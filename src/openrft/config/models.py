@@ -417,6 +417,13 @@ class RolloutConfig(Group):
             )
         if self.rollout_engine == "endpoint" and not self.endpoint_url:
             raise ValueError("--rollout-engine endpoint needs --endpoint-url (e.g. http://localhost:8000/v1)")
+        for name in ("rollout_workers", "max_staleness"):  # set to other than its default, without Ray
+            default = type(self).model_fields[name].default
+            if name in self.model_fields_set and getattr(self, name) != default and not self.ray_address:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(
+                    f"{flag} applies to a Ray cluster: give --ray-address too (or leave {flag} out)"
+                )
         address = (self.ray_address or "").strip().removeprefix("ray://")
         host, _, port = address.rpartition(":")
         if address and address not in ("auto", "local") and not (host and port.isdigit()):
