@@ -239,6 +239,28 @@ def test_an_announced_call_the_reply_cannot_read_is_closed_as_incomplete(tokeniz
         assert arguments == '{"expression": "1 + 2"' and chunks[-1].choices[0].finish_reason == "stop"
 
 
+def test_a_call_after_a_broken_one_is_stored_under_the_ids_the_stream_announced(tokenizer):
+    text = ('<tool_call>{"name": "calculator", "arguments": {"expression": 2,}}</tool_call>'
+            '<tool_call>{"name": "calculator", "arguments": {"expression": "1"}}</tool_call>')  # fmt: skip
+    engine = SteppedEngine(tokenizer, text)
+    engine.go_on.set()
+    tools = [{"type": "function", "name": "calculator", "parameters": TOOLS[0]["function"]["parameters"]}]
+    with BackgroundServer(create_app(engine, "policy")) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        with client.responses.stream(model="policy", input="1?", tools=tools) as events:
+            added = {e.output_index: e.item for e in events if e.type == "response.output_item.added"}
+            final = events.get_final_response()
+        calls = [item for item in final.output if item.type == "function_call"]
+        assert len(calls) == 1 and calls[0].arguments == '{"expression": "1"}'
+        announced = [item for item in added.values() if item.type == "function_call"]
+        assert len(announced) == 2  # the broken one was announced first
+        assert (calls[0].id, calls[0].call_id) == (announced[1].id, announced[1].call_id)
+        stored = client.responses.retrieve(final.id).output
+        assert [(i.id, i.call_id) for i in stored if i.type == "function_call"] == [
+            (c.id, c.call_id) for c in calls
+        ]
+
+
 def test_an_error_after_the_stream_began_reaches_the_sdk(tokenizer):
     engine = SteppedEngine(tokenizer, "one two three four", fail=True)
     engine.go_on.set()

@@ -106,7 +106,9 @@ def add_responses_routes(app: FastAPI, complete: Complete, tokenizer: Any) -> No
             answer = await _answer(complete, chat, http, live)
             if answer is None:
                 return None  # a rollout's client gave up on the call
-            indices = _announced(answer, ids[0]) if live is not None and live.started.is_set() else None
+            indices = (
+                _announced(answer, ids[0], tokenizer) if live is not None and live.started.is_set() else None
+            )
             body = response_body(tokenizer, request, answer, ids=ids, indices=indices)
             if request.store is not False:
                 store.put(body["id"], Stored([*conversation, answer.replies[0].message()], body, items))
@@ -253,10 +255,10 @@ def input_messages(items: list[dict[str, Any]], store: ResponseStore | None = No
     return messages
 
 
-def _announced(answer: Answer, response_id: str) -> list[int]:
+def _announced(answer: Answer, response_id: str, tokenizer: Any) -> list[int]:
     """The reply's calls take the ids a live stream announced for them; their indices in that stream."""
     calls = answer.replies[0].tool_calls
-    indices = stream_indices(answer.completions[0].text, calls)
+    indices = stream_indices(tokenizer, answer.completions[0].completion_token_ids, calls)
     for index, call in zip(indices, calls, strict=True):
         call["id"] = call_ids(response_id, index)[1]
     return indices

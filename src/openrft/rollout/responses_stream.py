@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from openrft.rollout.call_deltas import CallDeltas
@@ -134,12 +134,18 @@ def _call_delta(
                     delta=arguments)  # fmt: skip
 
 
-def stream_indices(text: str, calls: list[dict[str, Any]]) -> list[int]:
-    """Each of a finished reply's tool ``calls``' index in its live stream, read from the reply's ``text``
-    as the stream read it: the stored response's ids are derived from these (:func:`call_ids`)."""
+def stream_indices(tokenizer: Any, token_ids: Sequence[int], calls: list[dict[str, Any]]) -> list[int]:
+    """Each of a finished reply's tool ``calls``' index in its live stream, read from its ``token_ids`` one
+    at a time as the stream read them (a call is announced, or not, at the same token): the stored
+    response's ids are derived from these (:func:`call_ids`)."""
     fmt = tool_format()
-    deltas = CallDeltas(fmt.call_start, fmt.call_end)
-    deltas.update(text)
+    text, deltas = (
+        TextDeltas(tokenizer, markers=(fmt.call_start,), trim=True),
+        CallDeltas(fmt.call_start, fmt.call_end),
+    )
+    for token in token_ids:
+        text.push([token])
+        deltas.update(text.text)
     return [settled.index for settled in deltas.settle(calls)]
 
 
