@@ -40,9 +40,9 @@ def test_a_folder_a_process_trains_in_is_never_given_a_second_writer(
         assert main(["rftj", "resume", "j"]) != 0
         assert "a process is training in its folder" in capsys.readouterr().err
         assert store.get("j").state is S.FAILED  # nothing was changed
-        assert main(["rftj", "repair", "--force"]) == 0
-        record = JobStore().get("j", check_process=False)
-        assert record.state is S.RUNNING and record.pid == os.getpid()  # recorded as running, by its pid
+        assert main(["rftj", "repair", "--force"]) != 0  # it would lose what the running job records
+        assert "jobs are running in their folders (j)" in capsys.readouterr().err
+        assert store.get("j").state is S.FAILED
         monkeypatch.setenv("OPENRFT_HOME", str(job_dir.parent.parent / "another-home"))  # the folder itself
         assert main(["rftj", "create", "--resume-from", str(job_dir), "--quiet"]) != 0
         assert "a process is training in that folder now" in capsys.readouterr().err
@@ -70,7 +70,7 @@ def test_an_output_folder_of_another_job_is_refused(tmp_path):
     out.mkdir()
     for name, text in (("adapter_config.json", "{}"), ("job.json", "{}"), (".openrft-job", f"{owner}\n")):
         (out / name).write_text(text)
-    with pytest.raises(ConfigError, match="holds the adapter of job a"):
+    with pytest.raises(ConfigError, match="is the output of job a"):
         check_output_folder(out, [])
     check_output_folder(out, [], job_dir=owner)  # its own job, resumed, may write it again
     (owner / "job.json").unlink()  # that job is gone: the folder is an earlier output like any other
@@ -246,3 +246,15 @@ def test_a_failure_the_store_could_not_take_is_read_from_the_folder(
     store.set_process("f", int(dead.stdout))
     record = store.get("f")  # its process is gone: the reason it left in its folder
     assert record.state is S.FAILED and "the accelerator fell over" in record.message
+
+
+def test_an_output_folder_is_claimed_when_its_job_is_created(
+    fake, home, model_dir, capsys, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("FAKE_MODE", "crash")  # the first job stops before writing any adapter
+    out = tmp_path / "shared-out"
+    create(capsys, model_dir, "--job-id", "first", "--output-model", str(out))
+    code, _, err = create(capsys, model_dir, "--job-id", "second", "--output-model", str(out))
+    assert code == 2 and "is the output of job first" in err
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    assert main(["rftj", "resume", "first", "--quiet"]) == 0  # its own claim does not stop it

@@ -6,8 +6,8 @@ ended well, its output; the SQLite store is an index over them. When ``jobs.db``
 its ``-wal``/``-shm`` files) and records every folder again: a folder whose last checkpoint says
 the job ended (completed or early-stopped) and that holds its output adapter as such, any other
 as FAILED (a cancelled job writes its adapter too), so that ``openrft rftj resume`` can continue
-it from its last checkpoint, and a folder a job is training in now as RUNNING (the job keeps recording
-itself). Nothing in the job folders is changed. A store that is not damaged
+it from its last checkpoint. It refuses to run while a job is training in its folder (that job keeps
+writing to the store it opened). Nothing in the job folders is changed. A store that is not damaged
 (SQLite's quick check passes) is left alone unless forced: a full disk, for one, is no damage.
 """
 
@@ -46,6 +46,17 @@ def repair(root: Path | None = None, *, force: bool = False) -> RepairReport:
         raise JobError(
             f"the job store {db} is not damaged (SQLite's quick check passes); nothing was changed",
             hint="`openrft rftj repair --force` rebuilds it anyway (job history other than the folders is lost)",
+        )
+    jobs = root / "jobs"
+    running = (
+        [f.name for f in sorted(jobs.iterdir()) if f.is_dir() and folder_in_use(f, settle=0) is not None]
+        if jobs.is_dir()
+        else []
+    )
+    if running:  # they keep writing to the store they opened: the rebuilt one would lose their ends
+        raise JobError(
+            f"jobs are running in their folders ({', '.join(running)}); nothing was changed",
+            hint="repair the store once they have ended (or stop them: their processes, or Ctrl-C)",
         )
     if db.exists():
         backup = db.with_name(f"jobs.db.broken-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -86,7 +86,19 @@ def create_and_run(
         prepared = validate(cfg)
         record = store.create(job_id, cfg, detached=detach)
         _snapshot_or_undo(store, record, cfg)
+        if cfg.training.output_model:  # claimed now: a second job naming it is refused from here on
+            _claim_output(Path(cfg.training.output_model), record.job_dir)
     return start(store, record, detach=detach, quiet=quiet, prepared=prepared)
+
+
+def _claim_output(folder: Path, job_dir: Path) -> None:
+    """Mark ``folder`` (a new job's ``--output-model``) as the job's from its creation on: another job
+    naming it is refused while this one exists, before either has written an adapter."""
+    from openrft.paths import atomic_write_text
+    from openrft.train.setup import OWNER_FILE
+
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / OWNER_FILE, f"{job_dir.resolve()}\n")
 
 
 def _snapshot_or_undo(store: JobStore, record: JobRecord, cfg: JobConfig) -> None:

@@ -257,10 +257,10 @@ def check_output_folder(target: Path, inputs: Sequence[Path], job_dir: Path | No
     mine = job_dir is not None and owner == job_dir.resolve()
     if owner is not None and not mine and (owner / "job.json").is_file():
         raise ConfigError(
-            f"{flag}: the folder holds the adapter of job {owner.name} ({owner}); nothing in it is replaced",
+            f"{flag}: the folder is the output of job {owner.name} ({owner}); nothing in it is replaced",
             field="output_model", hint="give a new or empty folder (or delete that job first)",
         )  # fmt: skip
-    if target.is_dir() and any(target.iterdir()) and not earlier_output:
+    if target.is_dir() and any(p.name != ".openrft-job" for p in target.iterdir()) and not earlier_output:
         raise ConfigError(
             f"{flag}: the folder exists and is not an openrft output folder; nothing in it is replaced",
             field="output_model", hint="give a new or empty folder",
