@@ -133,6 +133,7 @@ def recover_directory(target: Path) -> None:
 
 
 LOCK_NAME = ".running"
+OWNER_FILE = ".openrft-job"  # in an output folder: the folder of the job it belongs to
 
 
 @contextmanager
@@ -191,5 +192,5 @@ def pid_alive(pid: int) -> bool:
 
 __all__ = [
     "atomic_directory", "atomic_write_text", "folder_in_use", "folder_lock", "pid_alive", "jobs_root", "make_parent", "openrft_home", "output_dir",
-    "readable_by_all", "recover_directory", "temporary_beside",
+    "OWNER_FILE", "readable_by_all", "recover_directory", "temporary_beside",
 ]  # fmt: skip

@@ -19,6 +19,8 @@ from openrft.rollout.streaming import TextDeltas
 CALL = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "17*23"}}\n</tool_call>'
 TOOLS = [{"type": "function", "function": {"name": "calculator", "description": "Evaluate arithmetic.",
           "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}}]  # fmt: skip
+# the same tool as the Responses API writes it
+FLAT_TOOLS = [{"type": "function", "name": "calculator", "parameters": TOOLS[0]["function"]["parameters"]}]
 
 
 def pieces(tokenizer, text: str, **kwargs) -> tuple[list[str], TextDeltas]:
@@ -127,9 +129,7 @@ def test_chunks_reach_the_client_while_sampling_goes_on(tokenizer):
         }
 
         engine.go_on.clear()
-        with client.responses.stream(model="policy", input="What is 17*23?", tools=[
-            {"type": "function", "name": "calculator", "parameters": TOOLS[0]["function"]["parameters"]}
-        ]) as events:  # fmt: skip
+        with client.responses.stream(model="policy", input="What is 17*23?", tools=FLAT_TOOLS) as events:
             kinds = []
             for event in events:
                 kinds.append(event.type)
@@ -184,11 +184,10 @@ def test_responses_stream_function_calls_as_they_are_written(tokenizer, lead):
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     engine = SteppedEngine(tokenizer, text, wait_at=next(
         k for k in range(len(ids)) if '"17' in tokenizer.decode(ids[: k + 1])))  # fmt: skip
-    tools = [{"type": "function", "name": "calculator", "parameters": TOOLS[0]["function"]["parameters"]}]
     with BackgroundServer(create_app(engine, "policy")) as server:
         client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
         added, arguments, seen = {}, {}, None
-        with client.responses.stream(model="policy", input="What is 17*23?", tools=tools) as events:
+        with client.responses.stream(model="policy", input="What is 17*23?", tools=FLAT_TOOLS) as events:
             for event in events:
                 if event.type == "response.output_item.added":
                     added[event.output_index] = event.item
@@ -220,10 +219,9 @@ def test_an_announced_call_the_reply_cannot_read_is_closed_as_incomplete(tokeniz
     text = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "1 + 2"}\n</tool_call>'
     engine = SteppedEngine(tokenizer, text)
     engine.go_on.set()
-    tools = [{"type": "function", "name": "calculator", "parameters": TOOLS[0]["function"]["parameters"]}]
     with BackgroundServer(create_app(engine, "policy")) as server:
         client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
-        with client.responses.stream(model="policy", input="1 + 2?", tools=tools) as events:
+        with client.responses.stream(model="policy", input="1 + 2?", tools=FLAT_TOOLS) as events:
             seen = [(e.type, getattr(e, "output_index", None), getattr(getattr(e, "item", None), "status", None))
                     for e in events]  # fmt: skip
             final = events.get_final_response()
@@ -244,10 +242,9 @@ def test_a_call_after_a_broken_one_is_stored_under_the_ids_the_stream_announced(
             '<tool_call>{"name": "calculator", "arguments": {"expression": "1"}}</tool_call>')  # fmt: skip
     engine = SteppedEngine(tokenizer, text)
     engine.go_on.set()
-    tools = [{"type": "function", "name": "calculator", "parameters": TOOLS[0]["function"]["parameters"]}]
     with BackgroundServer(create_app(engine, "policy")) as server:
         client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
-        with client.responses.stream(model="policy", input="1?", tools=tools) as events:
+        with client.responses.stream(model="policy", input="1?", tools=FLAT_TOOLS) as events:
             added = {e.output_index: e.item for e in events if e.type == "response.output_item.added"}
             final = events.get_final_response()
         calls = [item for item in final.output if item.type == "function_call"]

@@ -19,6 +19,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from openrft.config import build_config, flatten
 from openrft.errors import JobError, OpenRFTError
@@ -95,10 +96,16 @@ def rebuild(store: JobStore) -> RepairReport:
     return report
 
 
-def _restore(store: JobStore, folder: Path) -> None:
+def saved_values(folder: Path) -> dict[str, Any]:
+    """The values a job folder's ``job.json`` holds, flat and without the unset ones (and without the
+    masked W&B key: the secret itself is in the folder's secrets.json)."""
     values = flatten(json.loads((folder / "job.json").read_text()))
-    values.pop("wandb_api_key", None)  # stored masked; the secret itself is in the folder's secrets.json
-    cfg, _ = build_config({}, {k: v for k, v in values.items() if v is not None})
+    values.pop("wandb_api_key", None)
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _restore(store: JobStore, folder: Path) -> None:
+    cfg, _ = build_config({}, saved_values(folder))
     record = store.create(folder.name, cfg, job_dir=folder)
     out = output_dir(folder, cfg.training.output_model)
     metrics = read_metrics(folder / "metrics.jsonl")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import secrets
 import signal
@@ -94,8 +93,7 @@ def create_and_run(
 def _claim_output(folder: Path, job_dir: Path) -> None:
     """Mark ``folder`` (a new job's ``--output-model``) as the job's from its creation on: another job
     naming it is refused while this one exists, before either has written an adapter."""
-    from openrft.paths import atomic_write_text
-    from openrft.train.setup import OWNER_FILE
+    from openrft.paths import OWNER_FILE, atomic_write_text
 
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / OWNER_FILE, f"{job_dir.resolve()}\n")
@@ -201,14 +199,13 @@ def _folder_config(job_dir: Path, config_file: str | None, flag_values: dict[str
     """A job folder's own configuration (its ``job.json``), with a job file's and this command line's
     values applied: the folder's job continues, not one rebuilt from defaults (a folder of checkpoints
     alone takes the command line's job)."""
-    saved = job_dir / "job.json"
+    from openrft.jobs.repair import saved_values
+
     try:
-        values = flatten(json.loads(saved.read_text()))
+        base = saved_values(job_dir)
     except ValueError as exc:
         raise JobError(f"--resume-from {job_dir}: its job.json cannot be read ({exc})") from None
-    values.pop("wandb_api_key", None)  # stored masked
     file_values = absolute_paths(load_job_file(config_file) if config_file else {}, Path.cwd())
-    base = {k: v for k, v in values.items() if v is not None}
     return build_config({**base, **file_values}, absolute_paths(flag_values, Path.cwd()))[0]
 
 

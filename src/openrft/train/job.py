@@ -32,7 +32,7 @@ from typing import Any
 from openrft.config import JobConfig
 from openrft.data import PromptSet, check_prompt_lengths, load_prompts, split_carveout
 from openrft.errors import ConfigError, EvaluatorError, OpenRFTError
-from openrft.paths import atomic_write_text, output_dir
+from openrft.paths import OWNER_FILE, atomic_write_text, output_dir
 from openrft.records import Prompt
 from openrft.settings import JobSettings
 from openrft.tracking.progress import ProgressBar
@@ -260,7 +260,7 @@ def check_output_folder(target: Path, inputs: Sequence[Path], job_dir: Path | No
             f"{flag}: the folder is the output of job {owner.name} ({owner}); nothing in it is replaced",
             field="output_model", hint="give a new or empty folder (or delete that job first)",
         )  # fmt: skip
-    if target.is_dir() and any(p.name != ".openrft-job" for p in target.iterdir()) and not earlier_output:
+    if target.is_dir() and any(p.name != OWNER_FILE for p in target.iterdir()) and not earlier_output:
         raise ConfigError(
             f"{flag}: the folder exists and is not an openrft output folder; nothing in it is replaced",
             field="output_model", hint="give a new or empty folder",
@@ -272,8 +272,6 @@ def check_output_folder(target: Path, inputs: Sequence[Path], job_dir: Path | No
 
 def output_owner(folder: Path) -> Path | None:
     """The folder of the job that wrote the output in ``folder`` (None if unknown)."""
-    from openrft.train.setup import OWNER_FILE
-
     try:
         text = (folder / OWNER_FILE).read_text().strip()
     except OSError:

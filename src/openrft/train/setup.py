@@ -16,12 +16,10 @@ import torch
 from openrft.algo.losses import LossSpec
 from openrft.errors import EvaluatorError, JobError
 from openrft.models import end_token_ids, full_precision
-from openrft.paths import atomic_directory, readable_by_all
+from openrft.paths import OWNER_FILE, atomic_directory, readable_by_all
 from openrft.records import Completion, Prompt, RolloutEngine, Score
 from openrft.settings import AgentSettings, EngineSettings, ModelSettings, OptimizerSettings
 from openrft.train import policy as P
-
-OWNER_FILE = ".openrft-job"  # in an output folder: the folder of the job that wrote it
 
 
 def make_deterministic() -> None:

@@ -112,8 +112,7 @@ def run_tests(code: str, tests: dict[str, Any], limits: Limits | None = None) ->
         return _run_harnessed(code, "", {"cases": cases, "fn_name": tests["fn_name"]}, limits)
     if "check" in tests:
         call = f"{tests['check']}\ncheck({tests['entry_point']})"
-        run = _run_harnessed(code, tests.get("setup", ""), {"cases": [call]}, limits)
-        return run
+        return _run_harnessed(code, tests.get("setup", ""), {"cases": [call]}, limits)
     return _run_harnessed(code, tests.get("setup", ""), {"cases": list(tests["asserts"])}, limits)
 
 
