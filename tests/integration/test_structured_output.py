@@ -13,7 +13,13 @@ from test_agents import ScriptedEngine
 from test_local_engine import teacher_forced
 
 from openrft.records import Prompt, SamplingParams
-from openrft.rollout.constrained import Constraints, json_grammar, request_grammar, tool_call_grammar
+from openrft.rollout.constrained import (
+    Constraints,
+    json_grammar,
+    request_grammar,
+    strict_call_grammar,
+    tool_call_grammar,
+)
 from openrft.rollout.local import LocalEngine
 from openrft.rollout.server import BackgroundServer, create_app
 
@@ -26,6 +32,11 @@ TOOLS = [
         "additionalProperties": False}}},
 ]  # fmt: skip
 USER = [{"role": "user", "content": "Plan a trip."}]
+STRICT = [
+    {"type": "function", "function": {**TOOLS[0]["function"], "strict": True}},
+    {"type": "function", "function": {"name": "note", "parameters": {"type": "object", "properties": {
+        "text": {"type": "string"}}}}},  # not strict
+]  # fmt: skip
 
 
 class Trip(BaseModel):
@@ -111,7 +122,8 @@ def test_the_responses_api_takes_text_format_and_a_flat_tool_choice(client):
 def test_every_token_follows_the_grammar_and_log_probs_stay_the_models(tiny_model):
     model, tokenizer = tiny_model
     engine = LocalEngine(model, tokenizer, max_concurrent_rollouts=3)  # rows join mid-run: matchers follow
-    grammars = [json_grammar({"type": "object"}), tool_call_grammar(TOOLS, "required", None)]
+    grammars = [json_grammar({"type": "object"}), tool_call_grammar(TOOLS, "required", None),
+                strict_call_grammar(STRICT, None)]  # fmt: skip
     prompts = [Prompt(f"p{i}", ({"role": "user", "content": f"Question {i}"},)) for i in range(2)]
     checker = Constraints(tokenizer, engine.constraints.vocab_size, engine.stop_token_ids)
     for grammar in grammars:
@@ -228,3 +240,45 @@ def test_a_jobs_response_format_takes_every_form_a_user_has(tmp_path):
     ]:
         with pytest.raises(ConfigError, match=message):
             build_config({}, values)
+
+
+def test_strict_tools_hold_the_models_calls_to_their_schemas_under_auto(tiny_model, tokenizer):
+    from openrft.rollout.responses_api import chat_tools
+
+    model, _ = tiny_model
+    engine = LocalEngine(model, tokenizer)
+    checker = Constraints(tokenizer, engine.constraints.vocab_size, engine.stop_token_ids)
+    grammar = strict_call_grammar(STRICT, None)
+    assert strict_call_grammar(TOOLS, None) is None  # no strict tool: sampling is left free
+    assert request_grammar(STRICT, "auto", None, None) == request_grammar(STRICT, None, None, None) == (
+        grammar, "tools")  # fmt: skip
+    assert request_grammar(STRICT, "none", None, None)[0] is None
+
+    def accepts(grammar: str, text: str) -> bool:
+        matcher, tokens = checker.matcher(grammar), tokenizer(text)["input_ids"]
+        return matcher.validate_tokens(tokens) == len(tokens) and matcher.consume_tokens(tokens) and \
+            matcher.is_accepting()  # fmt: skip
+
+    call = '<tool_call>\n{"name": "%s", "arguments": %s}\n</tool_call>'
+    rome, note = call % ("weather", '{"city": "Rome"}'), call % ("note", '{"text": "hi", "more": [1]}')
+    for text in (
+        "Just text: < and <tool but no call.",
+        f"Sure. {rome}",
+        note,
+        f"{rome}\n{note}",
+        f"{rome} Done.",
+    ):
+        assert accepts(grammar, text), text
+    for text in (call % ("weather", '{"city": "Lima"}'), call % ("weather", '{"city": "Rome", "days": 2}'),
+                 call % ("other", "{}"), "Text <tool_call>\nnot a call", f"{rome} then <tool_call>"):  # fmt: skip
+        assert not accepts(grammar, text), text
+    single = strict_call_grammar(STRICT, False)
+    assert accepts(single, rome) and not accepts(single, f"{rome}\n{note}")
+    # the Responses API's function tools are strict unless they say otherwise, as OpenAI's are
+    flat = [{"type": "function", "name": "f"}, {"type": "function", "name": "g", "strict": False}]
+    assert [t["function"]["strict"] for t in chat_tools(flat)] == [True, False]
+    # an engine that cannot constrain sampling leaves strict tools to the model (as vLLM's server does)
+    with BackgroundServer(create_app(ScriptedEngine(tokenizer, "{}"), "policy")) as server:
+        other = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        reply = other.chat.completions.create(model="policy", messages=USER, tools=STRICT)
+        assert reply.choices[0].message.content == "{}"

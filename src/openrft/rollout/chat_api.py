@@ -222,6 +222,8 @@ def _grammar(request: ChatRequest, tools: list[dict[str, Any]] | None, engine: A
         if grammar is None:
             return None
         if not getattr(engine, "constrained_decoding", False):
+            if param == "tools":  # strict tools under "auto": honoured where sampling can be constrained,
+                return None  # as vLLM's server leaves them to the model
             raise ConstraintError(f"{param} needs constrained decoding, which this server's "
                                   f"{type(engine).__name__} does not do: use 'auto' tool choice or plain "
                                   "text, and parse the reply", param)  # fmt: skip

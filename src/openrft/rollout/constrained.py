@@ -142,13 +142,15 @@ def request_grammar(
 ) -> tuple[str | None, str]:
     """The grammar a chat request asks for, and the field that asked: forced tool calls (``tool_choice``),
     else JSON (``response_format``), which with tools offered may also be tool calls, as OpenAI lets the
-    model choose between calling a tool and answering in the schema."""
+    model choose between calling a tool and answering in the schema, else free text whose calls follow
+    the strict tools' schemas (``tools``)."""
     forced = tool_call_grammar(tools, tool_choice, parallel)
     if forced is not None:
         return forced, "tool_choice"
     schema = response_format_schema(response_format)
     if schema is None:
-        return None, "response_format"
+        strict = tool_choice != "none" and strict_call_grammar(tools, parallel)
+        return (strict, "tools") if strict else (None, "response_format")
     if not tools or tool_choice == "none":
         return json_grammar(schema), "response_format"
     calls = tool_call_grammar(tools, "required", parallel)
@@ -186,22 +188,7 @@ def tool_call_grammar(
     if missing:
         raise ConstraintError(f"tool_choice names the function {json.dumps(missing[0])}, which is not in 'tools'",
                               "tool_choice")  # fmt: skip
-    parameters, definitions = _lift_definitions(
-        {name: closed_objects(functions[name].get("parameters") or {"type": "object"}) for name in names}
-    )
-    calls = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": name}, "arguments": parameters[name]},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for name in names
-    ]
-    body = calls[0] if len(calls) == 1 else {"anyOf": calls}
-    body = {**body, "x-guidance": JSON_OPTIONS}  # the same JSON style as response_format
-    if definitions:
-        body["$defs"] = definitions
+    body = _call_body({name: functions[name].get("parameters") for name in names})
     # several calls only when any tool may be called and parallel calls are allowed (a named one: once)
     repeat = "" if parallel is False or tool_choice != "required" else ' ("\\n" call)*'
     lark = (
@@ -210,6 +197,62 @@ def tool_call_grammar(
         f"body: %json {json.dumps(body)}\n"
     )
     return lark
+
+
+def strict_call_grammar(tools: Sequence[dict[str, Any]] | None, parallel: bool | None) -> str | None:
+    """Under ``tool_choice`` ``"auto"``, the grammar that holds the model's calls to the tools' schemas
+    when a tool asks for it (``"strict": true``, as OpenAI guarantees such a call's arguments), else None.
+
+    The reply stays free text, but once it writes the call's opening tag the rest of the call is a call
+    to one of the tools: a strict tool's arguments follow its parameter schema (closed objects), another
+    tool's are any JSON object. Text may follow a call, and with ``parallel`` not false another call."""
+    functions = {
+        t["function"]["name"]: t["function"]
+        for t in tools or []
+        if isinstance(t, dict)
+        and isinstance(t.get("function"), dict)
+        and isinstance(t["function"].get("name"), str)
+    }
+    if not any(f.get("strict") is True for f in functions.values()):
+        return None
+    body = _call_body(
+        {name: f.get("parameters") if f.get("strict") is True else None for name, f in functions.items()}
+    )
+    calls = "call?" if parallel is False else "call*"
+    return (
+        "%llguidance {}\n"
+        f"start: {calls} TAIL\n"
+        'call_head[lazy]: TEXT "<tool_call>"\n'  # a lazy lexeme: text up to the first opening tag
+        'call: call_head "\\n" body "\\n</tool_call>"\n'
+        "TEXT: /(.|\\n)*/\n"
+        "TAIL: /(.|\\n)*/ & ~/(.|\\n)*<tool_call>(.|\\n)*/\n"  # no opening tag outside a call
+        f"body: %json {json.dumps(body)}\n"
+    )
+
+
+def _call_body(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema of one call's body ``{"name": ..., "arguments": {...}}`` to any of the tools named,
+    each tool's arguments following its parameter schema (closed objects; None: any JSON object)."""
+    schemas, definitions = _lift_definitions(
+        {
+            name: closed_objects(schema) if schema else {"type": "object"}
+            for name, schema in parameters.items()
+        }
+    )
+    calls = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": name}, "arguments": schemas[name]},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for name in parameters
+    ]
+    body = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    body = {**body, "x-guidance": JSON_OPTIONS}  # the same JSON style as response_format
+    if definitions:
+        body["$defs"] = definitions
+    return body
 
 
 def _lift_definitions(schemas: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -305,5 +348,6 @@ __all__ = [
     "json_grammar",
     "request_grammar",
     "response_format_schema",
+    "strict_call_grammar",
     "tool_call_grammar",
 ]
