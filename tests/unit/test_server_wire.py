@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from openrft.server.errors import ApiError
@@ -48,6 +50,8 @@ def test_a_full_body_maps_onto_the_flat_values_of_rftj_create(ctx):
         ({"dataset": "arithmetic", "lossConfig": {"dpo": {}}}, "lossConfig.dpo: unknown"),
         ({"dataset": "arithmetic", "inferenceParameters": {"extraBody": "{"}}, "extraBody: is not valid JSON"),
         ({"dataset": "arithmetic", "inferenceParameters": {"extraBody": '{"seed": 1}'}}, "extraBody.seed"),
+        ({"dataset": "arithmetic", "inferenceParameters": {"extraBody": '{"response_format": "/etc/x.json"}'}},
+         "extraBody.response_format: expected an object"),  # never a file on the server
         ({"dataset": "arithmetic", "openrftOptions": {"tools": "x.py"}}, "openrftOptions.tools: not a parameter"),
         ({"dataset": "arithmetic", "mcpServer": "rm -rf /"}, "mcpServer: must be an http(s) URL"),
         ({"dataset": "arithmetic", "awsS3Config": {}}, "awsS3Config: unknown or unsupported"),
@@ -63,6 +67,31 @@ def test_bodies_openrft_cannot_honour_are_refused_naming_the_field(ctx, body, me
     with pytest.raises(ApiError) as caught:
         body_to_values(body, ctx)
     assert caught.value.status_code == 400 and message in caught.value.message
+
+
+def test_extra_body_carries_a_response_format_to_the_job_and_back(ctx):
+    from types import SimpleNamespace
+
+    from openrft.server.job_object import _echo
+
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+    response_format = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
+    extra = json.dumps({"stop": ["}"], "response_format": response_format})
+    values = body_to_values(
+        {"dataset": "arithmetic", "inferenceParameters": {"extraBody": extra}}, ctx
+    ).values
+    assert json.loads(values["response_format"]) == response_format and values["stop"] == ["}"]
+    assert build(values).settings().sampling.grammar is not None  # sampling is held to the schema
+    echoed = _echo({"stop": ["}"], "response_format": values["response_format"]}, {}, SimpleNamespace(id="j"))
+    assert json.loads(echoed["inferenceParameters"]["extraBody"]) == json.loads(extra)
+    bad_schema = json.dumps({"response_format": {"type": "xml"}})
+    with pytest.raises(ApiError) as caught:
+        build(
+            body_to_values(
+                {"dataset": "arithmetic", "inferenceParameters": {"extraBody": bad_schema}}, ctx
+            ).values
+        )
+    assert caught.value.message.startswith("inferenceParameters.extraBody.response_format: ")
 
 
 def test_config_messages_name_the_request_field_except_cross_field_rules():
@@ -152,7 +181,7 @@ def test_the_guide_s_spellings_and_whole_floats_are_accepted(ctx):
 def test_the_echo_names_the_wandb_run_and_its_url():
     from types import SimpleNamespace
 
-    from openrft.server.wire import _echo
+    from openrft.server.job_object import _echo
 
     record = SimpleNamespace(id="job1")
     flat = {"wandb": True, "wandb_project": "p", "wandb_entity": "team", "wandb_api_key": "secret"}

@@ -129,8 +129,12 @@ def job_response_schema(value: str) -> dict[str, Any]:
 
 def job_response_grammar(value: str) -> str:
     """The grammar of ``--response-format``'s schema, checked to compile (ValueError otherwise)."""
+    import llguidance
+
     grammar = json_grammar(job_response_schema(value))
-    check_grammar(grammar, "--response-format")
+    error = llguidance.LLMatcher.validate_grammar(grammar)
+    if error:  # the caller names the flag or the request field
+        raise ValueError(f"the schema cannot be used for constrained decoding: {error}")
     return grammar
 
 

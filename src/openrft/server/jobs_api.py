@@ -31,6 +31,7 @@ from openrft.jobs.snapshot import write_snapshot
 from openrft.jobs.store import JobRecord, JobStore, config_values
 from openrft.server import filtering, wire
 from openrft.server.errors import ApiError
+from openrft.server.job_object import job_object
 
 router = APIRouter()
 BASE = "/v1/accounts/{account}/reinforcementFineTuningJobs"
@@ -155,7 +156,7 @@ async def create_job(request: Request, account: str) -> dict[str, Any]:
     ctx = _context(request, account)
     record = await run_in_threadpool(_create, _store(request), body, ctx, job_id)
     _wake(request)
-    return wire.job_object(record, account)
+    return job_object(record, account)
 
 
 def _create(store: JobStore, body: Any, ctx: wire.WireContext, job_id: str | None) -> JobRecord:
@@ -172,7 +173,7 @@ def get_job(
     request: Request, account: str, job_id: str, read_mask: str = Query("", alias="readMask")
 ) -> dict[str, Any]:
     return filtering.masked(
-        wire.job_object(_get(_store(request), job_id, account), account), read_mask, JOB_FIELDS
+        job_object(_get(_store(request), job_id, account), account), read_mask, JOB_FIELDS
     )
 
 
@@ -189,7 +190,7 @@ def list_jobs(
     if page_size < 0:
         raise ApiError(400, f"pageSize: {page_size} is not valid; expected a whole number >= 0")
     size = min(page_size or DEFAULT_PAGE, MAX_PAGE)
-    jobs = [wire.job_object(r, account) for r in _store(request).list() if _visible(r, account)]
+    jobs = [job_object(r, account) for r in _store(request).list() if _visible(r, account)]
     jobs = filtering.ordered(filtering.select(jobs, filter_, JOB_FIELDS), order_by, JOB_FIELDS)
     query_key = hashlib.sha256(f"{filter_}\n{order_by}".encode()).hexdigest()[:12]
     start = read_token(page_token, query_key)
@@ -260,7 +261,7 @@ async def resume_job(request: Request, account: str, job_id: str) -> dict[str, A
         hint = ' (send {"force": true} to resume it anyway)' if "cancelled jobs" in exc.message else ""
         raise ApiError(400, exc.message + hint, "FAILED_PRECONDITION") from None
     _wake(request)
-    return wire.job_object(record, account)
+    return job_object(record, account)
 
 
 # ----------------------------------------------------------------------------- listing helpers

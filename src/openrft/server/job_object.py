@@ -1,0 +1,137 @@
+"""A stored job in the managed service's shape (camelCase JSON): name, state, status, times, progress,
+and its configuration echoed in the request's nesting (:func:`job_object`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from openrft.jobs.states import DIED_MESSAGE, JobState
+from openrft.jobs.store import JobRecord
+from openrft.server.wire import SECTIONS, TOP, read_meta, rename_flags
+
+
+def job_name(account: str, job_id: str) -> str:
+    return f"accounts/{account}/reinforcementFineTuningJobs/{job_id}"
+
+
+def rfc3339(at: float | None) -> str | None:
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def wire_state(record: JobRecord) -> str:
+    return "JOB_STATE_" + record.shown_state
+
+
+def status_of(record: JobRecord) -> dict[str, str]:
+    """``{code, message}`` with the gRPC code name for the job's state."""
+    state = record.state
+    if state is JobState.FAILED:
+        code = "ABORTED" if record.message == DIED_MESSAGE else "INTERNAL"
+    elif state is JobState.CANCELLED:
+        code = "CANCELLED"
+    else:
+        code = "OK"
+    message = record.message or ("cancel requested" if record.shown_state == "CANCELLING" else "")
+    return {"code": code, "message": rename_flags(message)}  # a failure at start names the body's fields
+
+
+def job_object(record: JobRecord, account: str) -> dict[str, Any]:
+    """A stored job in the service's shape: name, state, status, times, progress and its configuration."""
+    flat = record.flat_config()
+    meta = read_meta(record)
+    refs = meta.get("refs", {})
+    obj: dict[str, Any] = {"name": job_name(account, record.id)}
+    if meta.get("displayName"):
+        obj["displayName"] = meta["displayName"]
+    obj.update({
+        "state": wire_state(record),
+        "status": status_of(record),
+        "createTime": rfc3339(record.created_at),
+        "completedTime": rfc3339(completed_at(record)),
+        "dataset": refs.get("dataset") or flat.get("dataset") or "",
+        "evaluator": refs.get("evaluator") or flat.get("evaluator") or "",
+    })  # fmt: skip
+    if flat.get("evaluation_dataset"):
+        obj["evaluationDataset"] = refs.get("evaluationDataset") or flat["evaluation_dataset"]
+    obj["evalAutoCarveout"] = flat.get("eval_auto_carveout") is not None
+    obj.update(_echo(flat, refs, record))
+    obj["jobProgress"] = job_progress(record, flat)
+    obj["outputModelPath"] = str(record.output_dir) if record.output_dir else None
+    return obj
+
+
+def _echo(flat: dict[str, Any], refs: dict[str, Any], record: JobRecord) -> dict[str, Any]:
+    """The configuration in the request's camelCase nesting."""
+    out: dict[str, Any] = {}
+    for section, fields in SECTIONS.items():
+        out[section] = {wire: flat.get(name) for wire, name in fields.items() if flat.get(name) is not None}
+    out["wandbConfig"].pop("apiKey", None)
+    if flat.get("wandb"):
+        wandb = out["wandbConfig"]
+        wandb.setdefault("runId", record.id)  # the run is named after the job unless told otherwise
+        if wandb.get("entity") and wandb.get("project"):
+            wandb["url"] = f"https://wandb.ai/{wandb['entity']}/{wandb['project']}/runs/{wandb['runId']}"
+    out["trainingConfig"]["outputModel"] = refs.get("outputModel") or flat.get("output_model") or record.id
+    if refs.get("warmStartFrom"):
+        out["trainingConfig"]["warmStartFrom"] = refs["warmStartFrom"]
+    extra = {"stop": list(flat.get("stop") or [])}
+    if flat.get("response_format"):  # the object it was sent as (a command line's may be a file name)
+        text = flat["response_format"]
+        extra["response_format"] = json.loads(text) if text.lstrip().startswith("{") else text
+    if any(extra.values()):
+        out["inferenceParameters"]["extraBody"] = json.dumps({k: v for k, v in extra.items() if v})
+    method = str(flat.get("rl_loss_method", "grpo")).upper().replace("-", "_")
+    out["lossConfig"] = {"method": method}
+    if flat.get("rl_kl_beta"):
+        out["lossConfig"]["klBeta"] = flat["rl_kl_beta"]
+    out.update({wire: flat.get(name) for wire, name in TOP.items() if flat.get(name) is not None})
+    servers = flat.get("mcp_server")
+    if servers:  # one server as text, as it was given; several as a list
+        out["mcpServer"] = (
+            servers if isinstance(servers, str) else servers[0] if len(servers) == 1 else list(servers)
+        )
+    out["nodeCount"] = 1
+    return out
+
+
+def completed_at(record: JobRecord) -> float | None:
+    if record.state.is_active:
+        return None
+    ends = [t.at for t in record.transitions if t.state is record.state]
+    return ends[-1] if ends else record.updated_at
+
+
+def job_progress(record: JobRecord, flat: dict[str, Any]) -> dict[str, Any]:
+    """Percent and epoch (1-based: a finished one-epoch job reports 1, never 0) from the job's
+    metrics.jsonl; tokens and prompts summed over its rounds."""
+    from openrft.tracking.sinks import read_metrics
+
+    rows = read_metrics(record.metrics_path)
+    epochs = max(1, int(flat.get("epochs") or 1))
+    epochs_done = [r["train/epoch"] for r in rows if isinstance(r.get("train/epoch"), int | float)]
+    done = float(max(epochs_done, default=0.0))
+    if record.state in (JobState.COMPLETED, JobState.EARLY_STOPPED):
+        done = float(epochs) if record.state is JobState.COMPLETED else done
+    rounds: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        if row.get("train/round") is not None:
+            rounds.setdefault(row["train/round"], row)
+    trained = sum(float(r.get("batch/tokens") or 0) for r in rows)
+    return {
+        "percent": int(min(100.0, 100.0 * done / epochs)),
+        "epoch": min(epochs, int(done) + 1),  # the epoch under way (1-based); the last one once finished
+        "inputTokens": int(trained),
+        "outputTokens": int(sum(float(r.get("rollout/completion_tokens") or 0) for r in rounds.values())),
+        "totalProcessedRequests": int(sum(float(r.get("filter/groups") or 0) for r in rounds.values())),
+        "steps": record.steps,
+        "lastReward": record.last_reward,
+        "updateTime": rfc3339(record.updated_at or time.time()),
+    }
+
+
+__all__ = ["job_name", "job_object", "rfc3339"]
