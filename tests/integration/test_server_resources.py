@@ -230,8 +230,9 @@ def test_a_dataset_uploads_in_shards_as_the_sdk_helper_sends_them(client, server
     with pytest.raises(fireworks.APIStatusError, match="part-0.jsonl") as missing:
         client.datasets.validate_upload("shards", body={})
     assert missing.value.status_code == 412
-    assert httpx.put(urls["part-1.jsonl"], content=first).status_code == 400  # not the declared size
-    assert httpx.put(urls["part-0.jsonl"], content=first).status_code == 200
+    assert httpx.put(urls["part-1.jsonl"], content=first).status_code == 403  # its URL took one upload
+    assert httpx.put(urls["part-0.jsonl"], content=second).status_code == 400  # not the declared size
+    assert httpx.put(urls["part-0.jsonl"], content=first).status_code == 200  # a refused PUT may be sent again
     client.datasets.validate_upload("shards", body={})
     dataset = client.datasets.get("shards")
     assert dataset.state == "READY" and dataset.example_count == "2"
@@ -459,10 +460,10 @@ def test_signed_upload_needs_no_api_key_but_everything_else_does(server):
     assert is_signed_upload(scope)
     assert not is_signed_upload({**scope, "method": "POST"})
     assert not is_signed_upload({**scope, "query_string": b""})
-    # without a valid token the route itself refuses it
+    # without a valid token the route itself refuses it, whether the dataset exists or not (no id probing)
     assert (
         httpx.put(f"{base}/v1/accounts/{ACCOUNT}/datasets/x:signedUpload?token=t", content=b"").status_code
-        == 404
+        == 403
     )
 
 

@@ -267,7 +267,12 @@ def test_a_server_with_keys_lets_a_browser_in_through_the_login_page(tmp_path):
             and "samesite=strict" in sent.headers["set-cookie"].lower()
         )
         assert browser.get("/").status_code == 200
-        assert browser.get("/v1/accounts/a/reinforcementFineTuningJobs").status_code == 200
+        # the cookie opens the dashboard's pages only: the API wants the key itself (a page on another
+        # port of this host is the same site to a browser, which would send it the cookie)
+        assert browser.get("/v1/accounts/a/reinforcementFineTuningJobs").status_code == 401
+        for target in ("/\\evil.example/", "/\t/evil.example"):
+            shown = browser.get("/login", params={"next": target}).text
+            assert ("evil.example" in shown) is False, target
         assert 'id="logout"' in browser.get("/").text
         browser.post("/logout")
         assert browser.get("/").status_code == 303

@@ -18,8 +18,10 @@ from openrft.jobs.store import JobStore
 from openrft.server import dashboard, jobs_api, resource_updates_api, resources_api
 from openrft.server.auth import BearerAuth
 from openrft.server.errors import ApiError
+from openrft.server.guard import RequestGuard
 from openrft.server.queue import JobQueue
 from openrft.server.settings import ServerSettings
+from openrft.server.uploads import UploadLimits
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -49,9 +51,12 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.state.job_store = store
     app.state.job_queue = None
     app.add_middleware(BearerAuth, keys=settings.api_keys)
+    limits = lambda: getattr(app.state, "upload_limits", None) or UploadLimits.from_env()  # noqa: E731
+    app.add_middleware(RequestGuard, keys=settings.api_keys, limits=limits)  # added last: runs first
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)  # anything else: a 500 in the same shape
     app.include_router(jobs_api.router)
     resources_api.configure_resources(app, home=settings.home)
     app.include_router(resource_updates_api.router)  # first: its ":method" paths would match "{id}"
@@ -77,6 +82,12 @@ async def http_error(request: Request, exc: Any) -> JSONResponse:
     message = {404: f"no such resource: {request.url.path}", 405: f"{request.method} is not allowed here"}
     error = ApiError(exc.status_code, message.get(exc.status_code, str(exc.detail)))
     return JSONResponse(error.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """An error no route expected, in the service's shape (the traceback goes to the server's log)."""
+    error = ApiError(500, f"internal error ({type(exc).__name__}): see the server's log")
+    return JSONResponse(error.body(), status_code=500)
 
 
 __all__ = ["create_app", "ServerSettings"]

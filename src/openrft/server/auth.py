@@ -69,7 +69,10 @@ class BearerAuth:
         headers = scope.get("headers", [])
         token = bearer_token(headers)
         path = scope.get("path", "")
-        if authorized(token or cookie_token(headers), self.keys) or path.startswith(OPEN_PATHS):
+        # the dashboard's cookie opens its pages only: a page of another port of this host (same site
+        # to a browser, so it sends the cookie) must not reach the API with it
+        cookie = cookie_token(headers) if not path.startswith("/v1/") else None
+        if authorized(token or cookie, self.keys) or path.startswith(OPEN_PATHS):
             await self.app(scope, receive, send)
             return
         to_login = _to_login(scope, dict(headers)) if token is None and not path.startswith("/v1/") else None

@@ -160,7 +160,10 @@ def parse(text: str, fields: Collection[str]) -> Any:
     if not text.strip():
         return None
     parser = _Parser(text, fields)
-    tree = parser.expression()
+    try:
+        tree = parser.expression()
+    except RecursionError:
+        raise ApiError(400, "filter: nested too deeply (parentheses, NOT or '-')") from None
     if parser.peek() is not None:
         raise parser.fail(f"unexpected {parser.peek()[1]!r}")  # type: ignore[index]
     return tree

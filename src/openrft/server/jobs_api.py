@@ -151,7 +151,7 @@ async def create_job(request: Request, account: str) -> dict[str, Any]:
     job_id = request.query_params.get("reinforcementFineTuningJobId") or None
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply to read
         raise ApiError(400, "the request body is not valid JSON") from None
     ctx = _context(request, account)
     record = await run_in_threadpool(_create, _store(request), body, ctx, job_id)
@@ -242,7 +242,7 @@ async def resume_job(request: Request, account: str, job_id: str) -> dict[str, A
     raw = await request.body()
     try:
         body = json.loads(raw) if raw.strip() else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ApiError(400, "the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")

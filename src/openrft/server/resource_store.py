@@ -149,8 +149,9 @@ def new_upload_token(kind: str, account: str, resource_id: str, files: dict[str,
 
 
 def check_upload_token(kind: str, account: str, resource_id: str, token: str) -> dict[str, Any]:
-    """The pending upload a signed URL's token belongs to; 403 for a wrong or expired token."""
-    meta = require_meta(kind, account, resource_id)
+    """The pending upload a signed URL's token belongs to; 403 for a wrong or expired token, and for a
+    resource that does not exist (the same answer, so that a URL without a key cannot probe for ids)."""
+    meta = read_meta(kind, account, resource_id) or {}
     upload = meta.get("_upload") or {}
     expected = str(upload.get("token") or "")
     if not expected or not secrets.compare_digest(expected, token or ""):
@@ -165,6 +166,16 @@ def check_upload_token(kind: str, account: str, resource_id: str, token: str) ->
 
 def dataset_file(account: str, dataset_id: str) -> Path:
     return resource_dir("datasets", account, dataset_id) / "data.jsonl"
+
+
+def mark_received(kind: str, account: str, resource_id: str, name: str) -> None:
+    """Record that the signed URL of the declared file ``name`` was used: it takes one upload only."""
+    with _lock:
+        meta = require_meta(kind, account, resource_id)
+        upload = meta.get("_upload") or {}
+        upload["received"] = sorted({*upload.get("received", []), name})
+        meta["_upload"] = upload
+        write_meta(kind, meta)
 
 
 def upload_parts_dir(account: str, dataset_id: str) -> Path:
@@ -282,6 +293,9 @@ def start_build(
         archive.unlink(missing_ok=True)
         set_state(account, evaluator_id, "BUILD_FAILED", f"{what} was refused: {exc}")
         raise ApiError(400, f"{what} was refused: {exc}") from None
+    except BaseException:  # a full disk, ...: the evaluator must not stay "being built" for good
+        _building.discard((account, evaluator_id))
+        raise
     meta = set_state(account, evaluator_id, "BUILDING", "loading the evaluator")
     threading.Thread(target=_build, args=(account, evaluator_id, unpacked), daemon=True,
                      name=f"openrft-build-{evaluator_id}").start()  # fmt: skip
@@ -321,15 +335,23 @@ def _build(account: str, evaluator_id: str, unpacked: Path) -> None:
             spec = str(target / Path(file_part).relative_to(unpacked.resolve())) + sep + function
             set_state(account, evaluator_id, "ACTIVE", "", _spec=spec)
         else:
-            set_state(account, evaluator_id, "BUILD_FAILED", error)
+            set_state(account, evaluator_id, "BUILD_FAILED", _in_archive(error, unpacked))
     except Exception as exc:  # an entry point that names nothing usable, a full disk, ...
         message = exc.message if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(ApiError):  # 404: deleted meanwhile
-            set_state(account, evaluator_id, "BUILD_FAILED", message)
+            set_state(account, evaluator_id, "BUILD_FAILED", _in_archive(message, unpacked))
     finally:
         shutil.rmtree(unpacked, ignore_errors=True)
         archive_file(account, evaluator_id).unlink(missing_ok=True)
         _building.discard((account, evaluator_id))
+
+
+def _in_archive(message: str, unpacked: Path) -> str:
+    """A build's message with the files named as in the archive (``main.py:1: ...``), not by where this
+    server unpacked them, and at most a few thousand characters."""
+    for folder in {str(unpacked.resolve()), str(unpacked)}:
+        message = message.replace(folder + os.sep, "").replace(folder, ".")
+    return message if len(message) <= 4000 else message[:4000] + " ..."
 
 
 def entry_spec(root: Path, entry_point: str) -> str:

@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from openrft.server import resource_store as store
 from openrft.server.errors import ApiError
 from openrft.server.resources_api import DATASET_FORMATS, A, json_body, refuse_if_in_use
-from openrft.server.uploads import SIGNED_DOWNLOAD
+from openrft.server.uploads import SIGNED_DOWNLOAD, check_texts
 
 router = APIRouter()
 
@@ -63,6 +63,7 @@ async def update_dataset(account: str, dataset_id: str, request: Request) -> dic
     )
     if "format" in body and body["format"] not in DATASET_FORMATS:
         raise ApiError(400, f"format {body['format']!r} is not one of {', '.join(DATASET_FORMATS)}")
+    check_texts(body)
     meta.update({k: body[k] for k in DATASET_UPDATES if k in body})
     meta["updateTime"] = store.now_rfc3339()
     store.write_meta("datasets", meta)
@@ -86,6 +87,7 @@ async def update_evaluator(account: str, evaluator_id: str, request: Request) ->
         refuse_if_in_use(request, "evaluators", account, evaluator_id, "changed")
         if meta.get("state") == "BUILDING":
             raise ApiError(409, f"evaluator {meta['name']} is being built: wait for ACTIVE or BUILD_FAILED")
+    check_texts(body)
     meta.update({k: body[k] for k in EVALUATOR_UPDATES if k in body})
     meta["updateTime"] = store.now_rfc3339()
     if prepare:
@@ -137,6 +139,7 @@ async def signed_download(
 ) -> Response:
     if kind not in ("datasets", "evaluators") or not _valid(token, kind, account, resource_id, file):
         raise ApiError(403, "the download URL is not valid or has expired: ask for a new one")
+    store.require_meta(kind, account, resource_id)  # deleted since the URL was given: 404
     if file == "data":
         return Response(store.dataset_file(account, resource_id).read_bytes(), media_type="application/jsonl")
     if file == "source":

@@ -40,6 +40,7 @@ from openrft.server.uploads import (
     check_declared_sizes,
     check_id,
     check_member_name,
+    check_texts,
     limited_receive,
     save_stream,
     too_large,
@@ -172,7 +173,7 @@ def _checked_builtin_evaluator(ref: str) -> str:
 async def json_body(request: Request) -> dict[str, Any]:
     try:
         body = await request.json() if await request.body() else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply to read
         raise ApiError(400, "the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
@@ -226,6 +227,8 @@ async def _receive_signed_put(request: Request, kind: str, account: str, resourc
     name = request.query_params.get("file") or (next(iter(files)) if len(files) == 1 else "")
     if name not in files:
         raise ApiError(400, f"this upload URL names no declared file ({name!r}): use the URL given for it")
+    if name in upload.get("received", []):
+        raise ApiError(403, "this upload URL was used already: call getUploadEndpoint for a new one")
     declared = int(files[name])
     target = target_for(name)
     incoming = target.with_name(f".{target.name}.incoming")  # a refused body leaves an earlier PUT alone
@@ -234,6 +237,7 @@ async def _receive_signed_put(request: Request, kind: str, account: str, resourc
         incoming.unlink(missing_ok=True)
         raise ApiError(400, f"the upload has {size} bytes, but getUploadEndpoint was told {declared}")
     os.replace(incoming, target)
+    store.mark_received(kind, account, resource_id, name)
     return size
 
 
@@ -260,6 +264,7 @@ async def create_dataset(account: str, request: Request) -> dict[str, Any]:
         for k in ("displayName", "evalProtocol", "exampleCount", "sourceJobName")
         if k in dataset
     }
+    check_texts(kept, "dataset.")
     meta = {"displayName": dataset_id, **kept, "format": fmt, "state": "UPLOADING",
             "status": {"code": "OK", "message": "waiting for the file"}}  # fmt: skip
     return store.public(store.create_resource("datasets", account, dataset_id, meta))
@@ -396,6 +401,7 @@ async def create_evaluator(account: str, request: Request) -> dict[str, Any]:
     entry = evaluator.get("entryPoint") or snippet_entry
     _check_entry_point(entry)
     kept = {k: evaluator[k] for k in EVALUATOR_FIELDS if k in evaluator}
+    check_texts(kept, "evaluator.")
     waiting = "waiting for the source archive (getUploadEndpoint, PUT, validateUpload)"
     meta = {"displayName": evaluator_id, **kept, "entryPoint": entry or "", "source": {"type": "TYPE_UPLOAD"},
             "state": "STATE_UNSPECIFIED", "status": {"code": "OK", "message": waiting}}  # fmt: skip
@@ -493,6 +499,7 @@ async def evaluator_upload_endpoint(account: str, evaluator_id: str, request: Re
 
 @router.put(A + "/evaluators/{evaluator_id}" + SIGNED_UPLOAD)
 async def put_evaluator(account: str, evaluator_id: str, request: Request) -> Response:
+    store.check_upload_token("evaluators", account, evaluator_id, request.query_params.get("token", ""))
     if store.require_meta("evaluators", account, evaluator_id).get("state") == "BUILDING":
         raise ApiError(409, f"evaluator accounts/{account}/evaluators/{evaluator_id} is being built")
     limit = upload_limits(request).max_archive_bytes

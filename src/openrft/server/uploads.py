@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import re
 import shutil
@@ -59,11 +60,12 @@ class UploadLimits:
     max_archive_bytes: int = 50 * MB
     max_extracted_bytes: int = 200 * MB
     max_archive_members: int = 5000
+    max_request_bytes: int = 16 * MB  # any other request's body (a JSON call, a form)
 
     @classmethod
     def from_env(cls, env: MutableMapping[str, str] | None = None) -> UploadLimits:
-        """Limits from ``OPENRFT_SERVER_MAX_DATASET_MB``, ``..._ARCHIVE_MB``, ``..._EXTRACTED_MB`` and
-        ``OPENRFT_SERVER_MAX_ARCHIVE_MEMBERS``; unset ones keep their defaults."""
+        """Limits from ``OPENRFT_SERVER_MAX_DATASET_MB``, ``..._ARCHIVE_MB``, ``..._EXTRACTED_MB``,
+        ``..._REQUEST_MB`` and ``OPENRFT_SERVER_MAX_ARCHIVE_MEMBERS``; unset ones keep their defaults."""
         env = os.environ if env is None else env
         values: dict[str, int] = {}
         for field, var, scale in (
@@ -71,6 +73,7 @@ class UploadLimits:
             ("max_archive_bytes", "OPENRFT_SERVER_MAX_ARCHIVE_MB", MB),
             ("max_extracted_bytes", "OPENRFT_SERVER_MAX_EXTRACTED_MB", MB),
             ("max_archive_members", "OPENRFT_SERVER_MAX_ARCHIVE_MEMBERS", 1),
+            ("max_request_bytes", "OPENRFT_SERVER_MAX_REQUEST_MB", MB),
         ):
             text = env.get(var, "").strip()
             if not text:
@@ -93,6 +96,17 @@ def check_id(value: str, what: str) -> str:
             f"invalid {what} {value!r}: use 1-63 letters, digits, '-' or '_', starting with a letter or digit",
         )
     return value
+
+
+TEXT_LIMITS = {"displayName": 1000, "description": 20000}  # characters: names shown in every list
+
+
+def check_texts(fields: dict[str, Any], where: str = "") -> None:
+    """A 400 for a ``displayName`` or ``description`` longer than :data:`TEXT_LIMITS` allows."""
+    for key, limit in TEXT_LIMITS.items():
+        value = fields.get(key)
+        if isinstance(value, str) and len(value) > limit:
+            raise ApiError(400, f"{where}{key} is {len(value)} characters long; at most {limit} are accepted")
 
 
 def now_rfc3339() -> str:
@@ -172,6 +186,8 @@ def check_declared_sizes(
 def _declared_size(name: Any, size_text: Any, limit: int, what: str, suffixes: tuple[str, ...]) -> int:
     if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
         raise ApiError(400, f"filenameToSize: {name!r} is not a plain file name")
+    if "\0" in name or len(name.encode()) > 200:
+        raise ApiError(400, f"filenameToSize: {name[:80]!r} has a NUL byte or is longer than 200 bytes")
     if not name.lower().endswith(suffixes):
         raise ApiError(400, f"filenameToSize: {name!r} must end with {' or '.join(suffixes)}")
     try:
@@ -194,13 +210,24 @@ class ArchiveError(Exception):
     """An archive that is refused: its message says which member and why."""
 
 
+MAX_NAME_BYTES, MAX_PART_BYTES = 1024, 255  # a member's path, and one of its folder or file names
+MAX_HEADER_BYTES = 1024 * 1024  # a long-name or pax header (tarfile reads one whole before the member)
+
+
 def check_member_name(name: str) -> str:
     """``name`` if it is a relative path that stays inside its folder, else an :class:`ArchiveError`."""
+    shown = repr(name[:80] + "..." if len(name) > 80 else name)
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if not name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        raise ArchiveError(f"member {name!r} has an absolute path")
+        raise ArchiveError(f"member {shown} has an absolute path")
     if ".." in parts:
-        raise ArchiveError(f"member {name!r} points outside the archive ('..')")
+        raise ArchiveError(f"member {shown} points outside the archive ('..')")
+    if (
+        "\0" in name
+        or len(name.encode()) > MAX_NAME_BYTES
+        or any(len(p.encode()) > MAX_PART_BYTES for p in parts)
+    ):
+        raise ArchiveError(f"member {shown} has a NUL byte or a name longer than a file system allows")
     return name
 
 
@@ -219,8 +246,13 @@ def write_files(files: dict[str, str], dest: Path, limits: UploadLimits) -> None
             if total > limits.max_extracted_bytes:
                 raise ArchiveError(f"the files hold more than {human_size(limits.max_extracted_bytes)}")
             path = dest / check_member_name(name)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+            if path.resolve() == dest.resolve():  # "." or "./": the folder itself
+                raise ArchiveError(f"{name!r} is not a file name")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            except OSError as exc:  # a name that is both a file and a folder ("a", "a/b.py"), ...
+                raise ArchiveError(f"file {name!r} cannot be written: {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -247,14 +279,47 @@ def check_members(archive: tarfile.TarFile, limits: UploadLimits) -> list[tarfil
     return members
 
 
+class _Bounded:
+    """The decompressed archive as tarfile reads it, refused once it goes past ``budget`` bytes or when
+    one read (a long-name or pax header, read whole) is larger than :data:`MAX_HEADER_BYTES`: a small
+    gzip can hold gigabytes, and those headers are not members, so no member count or size sees them."""
+
+    def __init__(self, raw: Any, budget: int):
+        self.raw, self.budget = raw, budget
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0 or size > MAX_HEADER_BYTES:
+            raise ArchiveError("the archive holds a header (a long name or pax record) larger than 1 MB")
+        data = self.raw.read(size)
+        self._check()
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        position = self.raw.seek(offset, whence)
+        self._check()
+        return position
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def _check(self) -> None:
+        if self.raw.tell() > self.budget:
+            raise ArchiveError(f"the archive unpacks to more than {human_size(self.budget)}")
+
+
 def extract_archive(archive_path: Path, dest: Path, limits: UploadLimits) -> None:
     """Unpack the ``.tar.gz`` at ``archive_path`` into the empty folder ``dest``.
 
     Every member is checked first (:func:`check_members`); tarfile's ``data`` filter checks again
     while extracting. Raises :class:`ArchiveError`, after which ``dest`` is removed.
     """
+    # what tarfile may decompress: the members' data, a header block per member and the padding
+    budget = limits.max_extracted_bytes + 2048 * (limits.max_archive_members + 1) + 64 * 1024
     try:
-        with tarfile.open(archive_path, "r:gz") as archive:
+        with (
+            gzip.open(archive_path, "rb") as raw,
+            tarfile.open(fileobj=_Bounded(raw, budget), mode="r:") as archive,
+        ):
             members = check_members(archive, limits)
             archive.extractall(dest, members=members, filter="data")
     except ArchiveError:
@@ -262,12 +327,13 @@ def extract_archive(archive_path: Path, dest: Path, limits: UploadLimits) -> Non
         raise
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         shutil.rmtree(dest, ignore_errors=True)
-        raise ArchiveError(f"not a valid .tar.gz archive: {exc}") from None
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)  # no server paths
+        raise ArchiveError(f"not a valid .tar.gz archive: {why[:300]}") from None
     with contextlib.suppress(OSError):
         dest.chmod(0o755)
 
 
 __all__ = [
     "ID_RE", "SIGNED_UPLOAD", "ArchiveError", "UploadLimits", "check_declared_sizes", "check_id",
-    "check_member_name", "extract_archive", "is_signed_upload", "write_files", "limited_receive", "now_rfc3339", "save_stream", "too_large",
+    "check_member_name", "check_texts", "extract_archive", "is_signed_upload", "write_files", "limited_receive", "now_rfc3339", "save_stream", "too_large",
 ]  # fmt: skip

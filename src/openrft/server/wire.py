@@ -19,6 +19,7 @@ from typing import Any
 from openrft import config as C
 from openrft.jobs.store import JobRecord
 from openrft.server.errors import ApiError
+from openrft.server.uploads import check_texts
 
 # section -> {wire name: JobConfig field}
 TRAINING = {
@@ -142,6 +143,7 @@ def body_to_values(body: Any, ctx: WireContext) -> Translated:
             raise bad("nodeCount", f"{nodes!r} is not supported: openrft trains on one node (1)")
     if "displayName" in body:
         meta["displayName"] = _string("displayName", body["displayName"])
+        check_texts(meta)
     if "mcpServer" in body:
         values["mcp_server"] = _mcp_server(body["mcpServer"], ctx)
     return Translated(values, meta)

@@ -16,8 +16,11 @@ router = APIRouter(include_in_schema=False)
 
 
 def safe_next(target: str | None) -> str:
-    """A local path to go back to after logging in (never another site)."""
+    """A local path to go back to after logging in (never another site: browsers read ``/\\host`` and
+    ``/<tab>/host`` as ``//host``, so backslashes and control characters are refused too)."""
     if not target or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    if "\\" in target or any(ord(c) < 32 or ord(c) == 127 for c in target):
         return "/"
     return target
 
