@@ -232,7 +232,9 @@ def test_a_dataset_uploads_in_shards_as_the_sdk_helper_sends_them(client, server
     assert missing.value.status_code == 412
     assert httpx.put(urls["part-1.jsonl"], content=first).status_code == 403  # its URL took one upload
     assert httpx.put(urls["part-0.jsonl"], content=second).status_code == 400  # not the declared size
-    assert httpx.put(urls["part-0.jsonl"], content=first).status_code == 200  # a refused PUT may be sent again
+    assert (
+        httpx.put(urls["part-0.jsonl"], content=first).status_code == 200
+    )  # a refused PUT may be sent again
     client.datasets.validate_upload("shards", body={})
     dataset = client.datasets.get("shards")
     assert dataset.state == "READY" and dataset.example_count == "2"
