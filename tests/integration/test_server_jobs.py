@@ -192,6 +192,9 @@ def test_api_keys_are_required_once_configured_and_a_public_bind_needs_one(serve
     with pytest.raises(ConfigError, match="reachable from other machines"):
         ServerSettings(host="0.0.0.0").check()
     ServerSettings(host="0.0.0.0", api_keys=("k",)).check()
+    for blank in ("", " ", "a b"):  # a key no request can send would lock everyone out
+        with pytest.raises(ConfigError, match="must not be empty or hold spaces"):
+            ServerSettings(host="0.0.0.0", api_keys=(blank,)).check()
     monkeypatch.delenv("OPENRFT_API_KEYS", raising=False)
     assert main(["server", "--host", "0.0.0.0", "--port", "1"]) == 2
 

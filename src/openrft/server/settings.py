@@ -39,6 +39,8 @@ class ServerSettings:
         """Refuse settings that would expose the API: a non-loopback bind without a key."""
         if self.max_running_jobs < 1:
             raise ConfigError(f"--max-running-jobs: {self.max_running_jobs} is not valid; expected >= 1")
+        if any(not key.strip() or key != key.strip() or " " in key for key in self.api_keys):
+            raise ConfigError("--api-key: a key must not be empty or hold spaces (no request could send it)")
         if not is_loopback(self.host) and not self.api_keys:
             raise ConfigError(
                 f"--host {self.host} is reachable from other machines, and no API key is set",
