@@ -158,8 +158,8 @@ def test_responses_input_items_become_chat_messages():
     lone_call = input_messages([{"type": "function_call", "call_id": "c", "name": "f", "arguments": ""}])
     assert lone_call[0]["role"] == "assistant" and lone_call[0]["content"] is None
     assert chat_tools([{"type": "function", "name": "f", "parameters": {"type": "object"}}]) == [
-        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
-    ]
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "strict": True}}
+    ]  # the Responses API's function tools are strict unless they say otherwise
     with pytest.raises(HTTPError, match="role 'tool'"):
         input_messages([{"role": "tool", "content": "x"}])
     with pytest.raises(HTTPError, match="Item with id 'x' not found"):

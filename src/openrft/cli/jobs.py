@@ -347,21 +347,18 @@ def _folder_config(job_dir: Path) -> dict[str, Any]:
 
 
 def cmd_rollouts(args: argparse.Namespace) -> int:
-    from openrft.tracking.sinks import read_jsonl
+    from openrft.tracking.jsonl_files import rollouts_of_step
 
     record = _store().get(args.job_id)
-    rows = read_jsonl(record.rollouts_path)
-    if not rows:
+    steps, step, picked = rollouts_of_step(record.rollouts_path, args.step)  # that step's lines only
+    if not steps:
         print(f"job {record.id} has no sampled rollouts yet ({record.rollouts_path})")
         return 0
-    steps = sorted({int(r.get("step", 0)) for r in rows})
-    step = args.step if args.step is not None else steps[-1]
-    if step not in steps:
+    if args.step is not None and step != args.step:
         raise JobError(
-            f"job {record.id} has no rollouts for step {step}",
+            f"job {record.id} has no rollouts for step {args.step}",
             hint=f"steps with rollouts: {', '.join(map(str, steps[-20:]))}",
         )
-    picked = [r for r in rows if int(r.get("step", 0)) == step]
     if args.worst or args.best:
         picked.sort(
             key=lambda r: r.get("score") if r.get("score") is not None else float("-inf"), reverse=args.best

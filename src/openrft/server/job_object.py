@@ -11,6 +11,8 @@ from typing import Any
 from openrft.jobs.states import DIED_MESSAGE, JobState
 from openrft.jobs.store import JobRecord
 from openrft.server.wire import SECTIONS, TOP, read_meta, rename_flags
+from openrft.tracking.jsonl_files import Folded
+from openrft.tracking.sinks import current_names
 
 
 def job_name(account: str, job_id: str) -> str:
@@ -106,28 +108,40 @@ def completed_at(record: JobRecord) -> float | None:
     return ends[-1] if ends else record.updated_at
 
 
+def _totals(totals: dict[str, Any], row: dict[str, Any], start: int, end: int) -> dict[str, Any]:
+    """One metrics line added to a job's running totals (the first line of each round counts its
+    sampling: a round's steps repeat its rollout metrics)."""
+    row = current_names(row)
+    if isinstance(row.get("train/epoch"), int | float):
+        totals["epoch"] = max(totals["epoch"], float(row["train/epoch"]))
+    totals["trained"] += float(row.get("batch/tokens") or 0)
+    if row.get("train/round") is not None and row["train/round"] not in totals["rounds"]:
+        totals["rounds"].add(row["train/round"])
+        totals["sampled"] += float(row.get("rollout/completion_tokens") or 0)
+        totals["prompts"] += float(row.get("filter/groups") or 0)
+    return totals
+
+
+# each job's totals, brought up to date with the lines its metrics.jsonl gained since the last look
+TOTALS = Folded(
+    lambda: {"epoch": 0.0, "trained": 0.0, "sampled": 0.0, "prompts": 0.0, "rounds": set()}, _totals
+)
+
+
 def job_progress(record: JobRecord, flat: dict[str, Any]) -> dict[str, Any]:
     """Percent and epoch (1-based: a finished one-epoch job reports 1, never 0) from the job's
     metrics.jsonl; tokens and prompts summed over its rounds."""
-    from openrft.tracking.sinks import read_metrics
-
-    rows = read_metrics(record.metrics_path)
+    totals = TOTALS.get(record.metrics_path)
     epochs = max(1, int(flat.get("epochs") or 1))
-    epochs_done = [r["train/epoch"] for r in rows if isinstance(r.get("train/epoch"), int | float)]
-    done = float(max(epochs_done, default=0.0))
+    done = totals["epoch"]
     if record.state in (JobState.COMPLETED, JobState.EARLY_STOPPED):
         done = float(epochs) if record.state is JobState.COMPLETED else done
-    rounds: dict[Any, dict[str, Any]] = {}
-    for row in rows:
-        if row.get("train/round") is not None:
-            rounds.setdefault(row["train/round"], row)
-    trained = sum(float(r.get("batch/tokens") or 0) for r in rows)
     return {
         "percent": int(min(100.0, 100.0 * done / epochs)),
         "epoch": min(epochs, int(done) + 1),  # the epoch under way (1-based); the last one once finished
-        "inputTokens": int(trained),
-        "outputTokens": int(sum(float(r.get("rollout/completion_tokens") or 0) for r in rounds.values())),
-        "totalProcessedRequests": int(sum(float(r.get("filter/groups") or 0) for r in rounds.values())),
+        "inputTokens": int(totals["trained"]),
+        "outputTokens": int(totals["sampled"]),
+        "totalProcessedRequests": int(totals["prompts"]),
         "steps": record.steps,
         "lastReward": record.last_reward,
         "updateTime": rfc3339(record.updated_at or time.time()),

@@ -7,7 +7,8 @@ looks at the store about once a second and:
 - ends a queued job whose cancel was requested before it started (CANCELLED);
 - starts the oldest queued jobs as ``python -m openrft.jobs.worker ID`` processes while fewer than
   ``max_running_jobs`` jobs are VALIDATING or RUNNING (jobs started by ``openrft rftj create`` on
-  the same store count too: they use the same device);
+  the same store count too: they use the same device), or have ended while their worker process has
+  not exited yet (it still holds the model's memory);
 - reaps the workers it started.
 
 Workers run in their own sessions, so they outlive a server restart. On start, the queue takes back
@@ -34,7 +35,7 @@ class JobQueue:
 
     def __init__(self, store: JobStore, *, max_running: int = 1, interval: float = 1.0):
         self.store, self.max_running, self.interval = store, max_running, interval
-        self._children: set[int] = set()
+        self._children: dict[int, str] = {}  # worker pid -> its job's id
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -81,12 +82,15 @@ class JobQueue:
                 self.store.transition(record.id, JobState.CANCELLED, "cancelled before it started")
         queued = [r for r in queued if not r.cancel_requested]
         busy = sum(1 for r in records if r.state.is_active and not self.is_queued(r))
+        # a worker whose job has ended but whose process has not (it still holds its memory and device)
+        ended = {r.id for r in records if not r.state.is_active}
+        busy += sum(1 for job_id in self._children.values() if job_id in ended)
         started = []
         for record in queued[: max(0, self.max_running - busy)]:
             current = self.store.get(record.id)
             if not self.is_queued(current) or current.cancel_requested:
                 continue
-            self._children.add(spawn_worker(self.store, current))
+            self._children[spawn_worker(self.store, current)] = current.id
             started.append(record.id)
         return started
 
@@ -109,7 +113,7 @@ class JobQueue:
             except ChildProcessError:
                 done = pid
             if done:
-                self._children.discard(pid)
+                self._children.pop(pid, None)
 
 
 __all__ = ["JobQueue"]

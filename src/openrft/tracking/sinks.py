@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from openrft.paths import atomic_write_text
+from openrft.tracking.jsonl_files import count_lines, cut_to, iter_jsonl, prefix_bytes
 
 
 class MetricsSink(Protocol):
@@ -71,7 +72,7 @@ class JsonlSink:
         self.metrics_path = directory / "metrics.jsonl"
         self.rollouts_path = directory / "rollouts.jsonl"
         self._paths = {"metrics": self.metrics_path, "rollouts": self.rollouts_path}
-        self._lines = {name: len(_complete_lines(path)) for name, path in self._paths.items()}
+        self._lines = {name: count_lines(path) for name, path in self._paths.items()}
 
     def _append(self, name: str, record: dict[str, Any]) -> None:
         with open(self._paths[name], "a") as handle:
@@ -92,36 +93,34 @@ class JsonlSink:
         return dict(self._lines)
 
     def truncate_to(self, position: dict[str, int]) -> None:
-        """Keep exactly the first ``position[name]`` complete lines of each file (a torn line goes too)."""
+        """Keep exactly the first ``position[name]`` complete lines of each file (a torn line goes too),
+        reading and copying in blocks: a long job's rollouts take hundreds of MB."""
         for name, path in self._paths.items():
-            lines = _complete_lines(path)
-            keep = lines[: position.get(name, 0)]
-            if path.is_file() and (len(keep) != len(lines) or _torn(path)):
-                atomic_write_text(path, "".join(keep))
-            self._lines[name] = len(keep)
+            if not path.is_file():
+                self._lines[name] = 0
+                continue
+            size = prefix_bytes(path, position.get(name, 0))
+            if size != path.stat().st_size:  # lines past the checkpoint, or a torn one
+                cut_to(path, size)
+            self._lines[name] = count_lines(path)
 
     def truncate_after(self, step: int) -> None:
         """Keep the lines of steps <= ``step`` (for checkpoints written before positions were recorded)."""
         for name, path in self._paths.items():
             if path.is_file():
-                kept = [line for line in read_jsonl(path) if line.get("step", 0) <= step]
-                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+                kept = [(a, b) for a, b, row in iter_jsonl(path) if row.get("step", 0) <= step]
+                with open(path, "rb") as src:  # the kept lines, copied as written
+                    text = b"".join(_span(src, a, b) for a, b in kept).decode("utf-8")
+                atomic_write_text(path, text)
                 self._lines[name] = len(kept)
 
     def close(self) -> None:
         pass
 
 
-def _complete_lines(path: Path) -> list[str]:
-    """The newline-terminated lines of a file (a last line torn by a crash is left out)."""
-    if not path.is_file():
-        return []
-    return [line for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
-
-
-def _torn(path: Path) -> bool:
-    text = path.read_text()
-    return bool(text) and not text.endswith("\n")
+def _span(handle: Any, start: int, end: int) -> bytes:
+    handle.seek(start)
+    return handle.read(end - start)
 
 
 # Keys that older versions wrote without a namespace, and their names now. Reading a metrics file

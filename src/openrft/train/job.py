@@ -35,8 +35,9 @@ from openrft.errors import ConfigError, EvaluatorError, OpenRFTError
 from openrft.paths import OWNER_FILE, atomic_write_text, output_dir
 from openrft.records import Prompt
 from openrft.settings import JobSettings
+from openrft.tracking.jsonl_files import iter_jsonl
 from openrft.tracking.progress import ProgressBar
-from openrft.tracking.sinks import JsonlSink, MetricsSink, MultiSink, read_jsonl
+from openrft.tracking.sinks import JsonlSink, MetricsSink, MultiSink
 from openrft.train import setup
 from openrft.train.checkpoint import LoopState, load_latest
 from openrft.train.loop import Outcome, TrainContext, train
@@ -502,7 +503,7 @@ def run_training(
 
 
 def _last_logged_step(path: Path) -> int:
-    return max((int(r.get("step", 0)) for r in read_jsonl(path)), default=-1) if path.is_file() else -1
+    return max((int(r.get("step", 0)) for _, _, r in iter_jsonl(path)), default=-1)  # streamed
 
 
 def longest_prompt(prepared: PreparedJob, tokenizer: Any) -> int:

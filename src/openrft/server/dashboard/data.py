@@ -2,8 +2,9 @@
 
 Nothing here renders HTML: each function returns plain dicts and lists that the templates and the
 JSON endpoints use as they are. Metrics come from ``metrics.jsonl`` and rollouts from
-``rollouts.jsonl`` (both read with :func:`openrft.tracking.sinks.read_jsonl`, which skips a torn
-last line), so a page shows a running job's latest step without the job's process being asked.
+``rollouts.jsonl`` (both read through :mod:`openrft.tracking.jsonl_files`, which skips a torn last line
+and, between calls, reads only what a file gained), so a page shows a running job's latest step without
+the job's process being asked, and a long job's history is never read whole again.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from openrft.jobs.states import JobState
 from openrft.jobs.store import JobRecord, JobStore
 from openrft.models import EMBEDDED, embedded_model_dir
 from openrft.tracking.compare import differing_parameters, summarize_run
+from openrft.tracking.jsonl_files import ROLLOUT_INDEX, Folded, rollouts_of_step
 from openrft.tracking.plots import PANELS
-from openrft.tracking.sinks import current_names, read_jsonl, read_metrics
+from openrft.tracking.sinks import current_names
 from openrft.tracking.turns import turn_label, turn_text
 
 STATES = [str(s) for s in JobState] + ["CANCELLING"]
@@ -133,15 +135,20 @@ def metric_points(path: Path, since: int = 0) -> dict[str, Any]:
     Each point is ``{"step": s, key: value, ...}`` with only the chart keys the line has. A client
     polls with ``since`` = the ``next`` it was last given and appends what comes back.
     """
-    rows = read_metrics(path)
-    points = []
-    for row in rows[max(0, since) :]:
-        if row.get("step") is None:
-            continue
-        values = {k: row[k] for k in CHART_KEYS if _finite(row.get(k))}
-        if values:
-            points.append({"step": row["step"], **values})
-    return {"next": len(rows), "points": points}
+    lines = CHART_LINES.get(path)
+    return {"next": len(lines), "points": [p for p in lines[max(0, since) :] if p is not None]}
+
+
+def _chart_point(points: list[dict[str, Any] | None], row: dict[str, Any], start: int, end: int) -> list:
+    """One metrics line's chart point (None when it has no step or no chart key)."""
+    row = current_names(row)
+    values = {k: row[k] for k in CHART_KEYS if _finite(row.get(k))} if row.get("step") is not None else {}
+    points.append({"step": row["step"], **values} if values else None)
+    return points
+
+
+# each metrics.jsonl's chart points, one entry per line, read once (a polled chart costs its new lines)
+CHART_LINES: Folded[list[dict[str, Any] | None]] = Folded(list, _chart_point, capacity=32)
 
 
 def _finite(value: Any) -> bool:
@@ -212,18 +219,15 @@ def adapter_usage(record: JobRecord) -> dict[str, Any] | None:
 
 
 def rollout_steps(record: JobRecord) -> list[int]:
-    return sorted({int(r.get("step", 0)) for r in read_jsonl(record.rollouts_path)})
+    return sorted(ROLLOUT_INDEX.get(record.rollouts_path))
 
 
 def rollouts(record: JobRecord, step: int | None = None, order: str = "best") -> dict[str, Any]:
-    """The rollouts of one step (default: the latest), best or worst first, each with its turns."""
-    rows = read_jsonl(record.rollouts_path)
-    steps = sorted({int(r.get("step", 0)) for r in rows})
+    """The rollouts of one step (default: the latest), best or worst first, each with its turns (only
+    that step's lines are read: the file holds every round's candidates)."""
+    steps, step, picked = rollouts_of_step(record.rollouts_path, step)
     if not steps:
         return {"steps": [], "step": None, "order": order, "items": []}
-    if step not in steps:
-        step = steps[-1]
-    picked = [r for r in rows if int(r.get("step", 0)) == step]
     if order in ("best", "worst"):
         picked.sort(
             key=lambda r: r["score"] if _finite(r.get("score")) else float("-inf"), reverse=order == "best"
