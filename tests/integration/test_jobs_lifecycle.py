@@ -457,9 +457,11 @@ def test_wandb_flag_logs_the_job_to_an_offline_run(fake, home, model_dir, capsys
     code, _, err = create(capsys, model_dir, "--job-id", "wb", "--wandb", "--wandb-project", "rft-tests")
     assert code == 0
     record = JobStore().get("wb")
-    (run_dir,) = (record.job_dir / "wandb").glob("offline-run-*-wb")
+    run_id = json.loads((record.job_dir / "wandb_run.json").read_text())["id"]  # the run this job opened
+    assert run_id.startswith("wb-")
+    (run_dir,) = (record.job_dir / "wandb").glob(f"offline-run-*-{run_id}")
     assert f"W&B: offline run (no W&B API key) at {run_dir}" in err
-    data = run_dir.joinpath("run-wb.wandb").read_bytes()
+    data = run_dir.joinpath(f"run-{run_id}.wandb").read_bytes()
     for text in (b"reward/mean", b"loss/policy", b"train/step", b"rft-tests", b'"learning_rate":0.0001'):
         assert text in data, text
     assert list((run_dir / "files" / "media" / "table" / "rollouts").glob("samples_*.table.json"))

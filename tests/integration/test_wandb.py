@@ -1,13 +1,12 @@
 """W&B logging in offline mode: a real offline run directory holding the config, metrics and rollout tables.
 
-The run file (``run-ID.wandb``) is read back with W&B's own protobuf records, framed
-as a LevelDB log (32 KiB blocks of ``crc32 | length | type`` chunks) after a 7-byte header.
+The run file (``run-ID.wandb``) is read back record by record (W&B's own protobuf records in its
+transaction log, :func:`openrft.tracking.wandb_sink.run_records`).
 """
 
 from __future__ import annotations
 
 import json
-import struct
 
 import pytest
 
@@ -15,40 +14,9 @@ wandb = pytest.importorskip("wandb")
 
 from openrft.config import build_config  # noqa: E402
 from openrft.jobs.runner import start_wandb  # noqa: E402
-from openrft.tracking.wandb_sink import choose_mode  # noqa: E402
+from openrft.tracking.wandb_sink import choose_mode, run_records  # noqa: E402
 
-BLOCK = 32768
-FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
-
-
-def read_records(path):
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    pos, parts = 7, b""
-    while pos + 7 <= len(data):
-        left = BLOCK - pos % BLOCK
-        if left < 7:  # block trailer too short for a chunk header: skip to the next block
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind == FULL:
-            payload = chunk
-        elif kind == FIRST:
-            parts = chunk
-            continue
-        elif kind == MIDDLE:
-            parts += chunk
-            continue
-        elif kind == LAST:
-            payload, parts = parts + chunk, b""
-        else:
-            break
-        record = pb.Record()
-        record.ParseFromString(payload)
-        yield record
+read_records = run_records  # W&B's offline run file, record by record
 
 
 def history_and_config(run_dir):
@@ -79,6 +47,11 @@ def offline_env(tmp_path, monkeypatch):
         "WANDB_DIR",
         "WANDB_RUN_ID",
         "WANDB_PROJECT",
+        "WANDB_ENTITY",
+        "WANDB_NAME",
+        "WANDB_TAGS",
+        "WANDB_RUN_GROUP",
+        "WANDB_NOTES",
     ):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "user"))  # no ~/.netrc login
@@ -123,7 +96,8 @@ def test_offline_run_holds_config_metrics_and_rollout_tables(offline_env, tmp_pa
     history, config = history_and_config(sink.run_dir)
     logged = [(h["train/step"], h["reward/mean"], h["loss/policy"]) for h in history if "reward/mean" in h]
     assert logged == [(1, 0.25, 1.0), (2, 0.5, 0.5), (3, 0.75, 1 / 3), (4, 1.0, 0.25)]
-    assert not any("kl/mean" in h or "eval/reward" in h for h in history)  # non-finite / missing dropped
+    assert all(h["kl/mean"] != h["kl/mean"] for h in history if "reward/mean" in h)  # NaN sent as NaN
+    assert not any("eval/reward" in h for h in history)  # a missing value is left out
     tables = [h for h in history if "rollouts/samples/_type" in h or "rollouts/samples" in h]
     assert [h["train/step"] for h in tables] == [1, 3]
     assert config["job_id"] == "job-1"
@@ -177,22 +151,90 @@ def run_end(run_dir):
     return exit_code, summary
 
 
-def test_a_resumed_job_does_not_send_replayed_lines_and_the_run_ends_as_the_job(offline_env, tmp_path):
-    cfg = build_config({}, {"wandb": True})[0]
-    sink = start_wandb(cfg, job_id="job-3", job_dir=tmp_path / "job", rollout_every=1, probe=lambda url: True)
-    sink.skip_replayed(lines=2, through_step=3)  # the job logged steps 2 and 3 after its checkpoint at 1
-    for step in (2, 3, 4):
-        sink.log_rollouts(step, [{"prompt": "p", "completion": "c", "score": 1.0, "valid": True}])
-        sink.log(step, metrics(step))
-    sink.job_ended("FAILED")
-    sink.close()
-    history, _ = history_and_config(sink.run_dir)
-    assert [h["train/step"] for h in history if "reward/mean" in h] == [4]
+def test_a_resumed_job_sends_what_its_run_missed_once_and_the_run_ends_as_the_job(offline_env, tmp_path):
+    from openrft.tracking.sinks import JsonlSink
+
+    cfg, job = build_config({}, {"wandb": True})[0], tmp_path / "job"
+    first = start_wandb(cfg, job_id="job-3", job_dir=job, probe=lambda url: True)
+    lines = JsonlSink(job / "logs")
+    for step in (1, 2, 3):
+        lines.log(step, metrics(step))
+        if step < 3:
+            first.log(step, metrics(step))  # step 3 never reached the run (its process was killed)
+    first.job_ended("FAILED")
+    first.close()
+    again = start_wandb(
+        cfg, job_id="job-3", job_dir=job, rollout_every=1, resuming=True, probe=lambda url: True
+    )
+    assert again.run.id == first.run.id and again.run.id.startswith("job-3-")  # the same run
+    assert again.catch_up(lines.metrics_path) == 1  # the line it missed; not the two it holds
+    for step in (2, 4):  # the job replays step 2 after its checkpoint, then goes on
+        again.log_rollouts(step, [{"prompt": "p", "completion": "c", "score": 1.0, "valid": True}])
+        again.log(step, metrics(step))
+    again.job_ended("COMPLETED")
+    again.close()
+    history, _ = history_and_config(again.run_dir)
+    assert [h["train/step"] for h in history if "reward/mean" in h] == [3, 4]
     assert [h["train/step"] for h in history if "rollouts/samples/_type" in h or "rollouts/samples" in h] == [
         4
     ]
-    exit_code, summary = run_end(sink.run_dir)
-    assert exit_code == 1 and summary["job/state"] == "FAILED"
+    assert run_end(first.run_dir)[0] == 1 and run_end(again.run_dir) == (0, {**run_end(again.run_dir)[1]})
+    assert run_end(again.run_dir)[1]["job/state"] == "COMPLETED"
+
+
+def test_an_online_run_resumes_after_the_last_step_it_holds(tmp_path):
+    from types import SimpleNamespace
+
+    from openrft.tracking.sinks import JsonlSink
+    from openrft.tracking.wandb_sink import WandbSink
+
+    logged = []
+    run = SimpleNamespace(summary={"train/step": 5}, log=logged.append, define_metric=lambda *a, **k: None)
+    sink = WandbSink(run)
+    lines = JsonlSink(tmp_path)
+    for step in range(3, 8):
+        lines.log(step, {**metrics(step), "loss/policy": float("nan") if step == 7 else 1.0})
+    assert sink.catch_up(lines.metrics_path) == 2
+    sink.log(5, metrics(5))  # replayed: the run has it
+    sink.log(8, {**metrics(8), "loss/policy": float("inf")})
+    assert [entry["train/step"] for entry in logged] == [6, 7, 8]
+    assert "loss/policy" not in logged[1]  # the file holds null for it: nothing to send
+    assert logged[2]["loss/policy"] == float("inf")  # a live non-finite value reaches W&B as it is
+
+
+def test_a_new_job_never_writes_into_an_older_jobs_run_and_a_resume_keeps_its_identity(
+    offline_env, tmp_path, monkeypatch
+):
+    cfg = build_config({}, {"wandb": True})[0]
+    ids = set()
+    for folder in ("a", "b"):  # the same job id, used again (after rftj delete, on another machine)
+        sink = start_wandb(cfg, job_id="job-5", job_dir=tmp_path / folder, probe=lambda url: True)
+        ids.add(sink.run.id)
+        sink.close()
+    assert len(ids) == 2 and all(i.startswith("job-5-") for i in ids)
+    for key, value in {"WANDB_RUN_ID": "my-run", "WANDB_NAME": "pretty", "WANDB_TAGS": "t1, t2",
+                       "WANDB_RUN_GROUP": "grp", "WANDB_PROJECT": "proj"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    sink = start_wandb(cfg, job_id="job-6", job_dir=tmp_path / "c", probe=lambda url: True)
+    sink.close()
+    for key in ("WANDB_RUN_ID", "WANDB_NAME", "WANDB_TAGS", "WANDB_RUN_GROUP", "WANDB_PROJECT"):
+        monkeypatch.delenv(key)  # resumed from another shell
+    again = start_wandb(cfg, job_id="job-6", job_dir=tmp_path / "c", resuming=True, probe=lambda url: True)
+    run = again.run
+    assert (run.id, run.name, run.project, run.group, list(run.tags)) == ("my-run", "pretty", "proj", "grp",
+                                                                           ["t1", "t2"])  # fmt: skip
+    again.close()
+
+
+def test_a_w_and_b_mode_it_would_refuse_stops_the_job_at_creation(offline_env, monkeypatch):
+    from openrft.errors import ConfigError
+    from openrft.tracking.wandb_sink import check_mode
+
+    monkeypatch.setenv("WANDB_MODE", "bogus")
+    with pytest.raises(ConfigError, match="WANDB_MODE=bogus is not a W&B mode"):
+        check_mode()
+    monkeypatch.setenv("WANDB_MODE", "online")  # forced, but nothing answers: offline at once
+    assert choose_mode("k", probe=lambda url: False)[0] == "offline"
 
 
 def test_w_and_b_s_own_environment_variables_apply(offline_env, tmp_path, monkeypatch):
@@ -201,7 +243,8 @@ def test_w_and_b_s_own_environment_variables_apply(offline_env, tmp_path, monkey
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))
     sink = start_wandb(build_config({}, {"wandb": True})[0], job_id="job-4", job_dir=tmp_path / "job",
                        probe=lambda url: True)  # fmt: skip
-    assert (sink.run.project, sink.run.name, sink.run.id) == ("from-env", "a readable name", "job-4")
+    assert (sink.run.project, sink.run.name) == ("from-env", "a readable name")
+    assert sink.run.id.startswith("job-4-")  # a new job's own run
     assert sink.run_dir.parent == tmp_path / "elsewhere" / "wandb"
     sink.close()
     exit_code, _ = run_end(sink.run_dir)

@@ -379,7 +379,7 @@ def make_sinks(store: JobStore, record: JobRecord, cfg: JobConfig, *, log_steps:
     if log_steps:
         sinks.append(PrintSink())
     if cfg.wandb.wandb:
-        sinks.append(start_wandb(cfg, job_id=record.id, job_dir=record.job_dir))
+        sinks.append(start_wandb(cfg, job_id=record.id, job_dir=record.job_dir, resuming=bool(record.resume)))
     return sinks
 
 

@@ -75,7 +75,7 @@ def _echo(flat: dict[str, Any], refs: dict[str, Any], record: JobRecord) -> dict
     out["wandbConfig"].pop("apiKey", None)
     if flat.get("wandb"):
         wandb = out["wandbConfig"]
-        wandb.setdefault("runId", record.id)  # the run is named after the job unless told otherwise
+        wandb.setdefault("runId", _run_id(record))  # the run the job's first start opened
         if wandb.get("entity") and wandb.get("project"):
             wandb["url"] = f"https://wandb.ai/{wandb['entity']}/{wandb['project']}/runs/{wandb['runId']}"
     out["trainingConfig"]["outputModel"] = refs.get("outputModel") or flat.get("output_model") or record.id
@@ -99,6 +99,14 @@ def _echo(flat: dict[str, Any], refs: dict[str, Any], record: JobRecord) -> dict
         )
     out["nodeCount"] = 1
     return out
+
+
+def _run_id(record: Any) -> str:
+    """The id of the job's W&B run (recorded in its folder once it started), else the job id."""
+    try:
+        return str(json.loads((record.job_dir / "wandb_run.json").read_text())["id"])
+    except (AttributeError, OSError, ValueError, KeyError, TypeError):
+        return record.id
 
 
 def completed_at(record: JobRecord) -> float | None:

@@ -35,7 +35,6 @@ from openrft.errors import ConfigError, EvaluatorError, OpenRFTError
 from openrft.paths import OWNER_FILE, atomic_write_text, output_dir
 from openrft.records import Prompt
 from openrft.settings import JobSettings
-from openrft.tracking.jsonl_files import iter_jsonl
 from openrft.tracking.progress import ProgressBar
 from openrft.tracking.sinks import JsonlSink, MetricsSink, MultiSink
 from openrft.train import setup
@@ -400,10 +399,11 @@ def _with_evaluator_defaults(settings: JobSettings, evaluator: Any) -> JobSettin
 
 def _require_extras(cfg: JobConfig) -> None:
     if cfg.wandb.wandb:
-        from openrft.tracking.wandb_sink import import_wandb
+        from openrft.tracking.wandb_sink import check_mode, import_wandb
 
         with _input("--wandb"):
             import_wandb()
+            check_mode()
     if cfg.rollout.ray_address:
         from openrft.distributed import require_ray
 
@@ -455,8 +455,6 @@ def run_training(
     jsonl = JsonlSink(job_dir)
     state = LoopState()
     loaded = load_latest(job_dir / "checkpoints", model, optimizer, scheduler) if resume else None
-    logged = jsonl.position()["metrics"]
-    last_step = _last_logged_step(jsonl.metrics_path) if resume else -1  # read before it is cut back
     if loaded is not None:
         state = loaded[1]
         if state.log_position:
@@ -465,9 +463,9 @@ def run_training(
             jsonl.truncate_after(state.step)
     elif jsonl.metrics_path.exists():
         jsonl.truncate_after(-1)
-    if resume:  # what the job logged after its checkpoint is logged again: a W&B run has it already
+    if resume:  # a W&B run gets the lines it missed (a killed process's last ones), then skips what it has
         for sink in extra_sinks:
-            getattr(sink, "skip_replayed", lambda *_: None)(logged - jsonl.position()["metrics"], last_step)
+            getattr(sink, "catch_up", lambda _: None)(jsonl.metrics_path)
     engine, needs_files = build_engine(prepared, model, tokenizer)
     publish = setup.policy_publisher(engine, model, job_dir / "adapters" if needs_files else None)
     publish(state.optimizer_step)
@@ -500,10 +498,6 @@ def run_training(
         getattr(scorer, "close", lambda: None)()  # the evaluator's worker processes
     setup.write_outputs(model, job_dir, output_dir(job_dir, cfg.training.output_model), tokenizer)
     return outcome
-
-
-def _last_logged_step(path: Path) -> int:
-    return max((int(r.get("step", 0)) for _, _, r in iter_jsonl(path)), default=-1)  # streamed
 
 
 def longest_prompt(prepared: PreparedJob, tokenizer: Any) -> int:
