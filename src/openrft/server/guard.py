@@ -18,6 +18,7 @@ It also caps a request's body (``max_request_bytes`` of :class:`~openrft.server.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,7 +31,7 @@ from openrft.server.settings import is_loopback
 from openrft.server.uploads import UploadLimits, is_signed_upload, limited_receive, too_large
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-OWN_LIMIT_SUFFIXES = (":upload",)  # the dataset upload (multipart) checks its own, larger limit
+OWN_LIMIT = re.compile(r"/v1/accounts/[^/]+/datasets/[^/:]+:upload")  # a multipart dataset: its own limit
 
 
 class RequestGuard:
@@ -48,7 +49,8 @@ class RequestGuard:
         if refusal is not None:
             await JSONResponse(refusal.body(), status_code=refusal.status_code)(scope, receive, send)
             return
-        if not is_signed_upload(scope) and not str(scope.get("path", "")).endswith(OWN_LIMIT_SUFFIXES):
+        own_limit = scope.get("method") == "POST" and OWN_LIMIT.fullmatch(str(scope.get("path", "")))
+        if not is_signed_upload(scope) and not own_limit:
             limit = self.limits().max_request_bytes
             declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > limit:

@@ -229,8 +229,22 @@ async def _receive_signed_put(request: Request, kind: str, account: str, resourc
         raise ApiError(400, f"this upload URL names no declared file ({name!r}): use the URL given for it")
     if name in upload.get("received", []):
         raise ApiError(403, "this upload URL was used already: call getUploadEndpoint for a new one")
-    declared = int(files[name])
-    target = target_for(name)
+    claim = (kind, account, resource_id, name)
+    if claim in _RECEIVING:  # two PUTs at once: the URL takes one upload
+        raise ApiError(409, "this upload URL is receiving an upload already")
+    _RECEIVING.add(claim)
+    try:
+        return await _store_put(request, kind, account, resource_id, name, int(files[name]), target_for(name),
+                                limit, what)  # fmt: skip
+    finally:
+        _RECEIVING.discard(claim)
+
+
+_RECEIVING: set[tuple[str, str, str, str]] = set()  # signed uploads under way (one event loop: no lock)
+
+
+async def _store_put(request: Request, kind: str, account: str, resource_id: str, name: str, declared: int,
+                     target: Path, limit: int, what: str) -> int:  # fmt: skip
     incoming = target.with_name(f".{target.name}.incoming")  # a refused body leaves an earlier PUT alone
     size = await save_stream(request.stream(), incoming, limit, what)
     if declared >= 0 and size != declared:

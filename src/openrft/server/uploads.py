@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import os
 import re
 import shutil
@@ -99,14 +100,20 @@ def check_id(value: str, what: str) -> str:
 
 
 TEXT_LIMITS = {"displayName": 1000, "description": 20000}  # characters: names shown in every list
+MAX_FIELD_JSON = 64 * 1024  # any other stored field, as JSON (inline code, "criteria", is apart)
 
 
 def check_texts(fields: dict[str, Any], where: str = "") -> None:
-    """A 400 for a ``displayName`` or ``description`` longer than :data:`TEXT_LIMITS` allows."""
-    for key, limit in TEXT_LIMITS.items():
-        value = fields.get(key)
-        if isinstance(value, str) and len(value) > limit:
+    """A 400 for a ``displayName`` or ``description`` that is not text or longer than
+    :data:`TEXT_LIMITS` allows, and for any other field (but ``criteria``) over :data:`MAX_FIELD_JSON`."""
+    for key, value in fields.items():
+        if key in TEXT_LIMITS and value is not None and not isinstance(value, str):
+            raise ApiError(400, f"{where}{key} must be a string, not {type(value).__name__}")
+        limit = TEXT_LIMITS.get(key)
+        if limit is not None and len(value or "") > limit:
             raise ApiError(400, f"{where}{key} is {len(value)} characters long; at most {limit} are accepted")
+        if limit is None and key != "criteria" and len(json.dumps(value, default=str)) > MAX_FIELD_JSON:
+            raise ApiError(400, f"{where}{key} is larger than {MAX_FIELD_JSON // 1024} KB")
 
 
 def now_rfc3339() -> str:
@@ -211,7 +218,11 @@ class ArchiveError(Exception):
 
 
 MAX_NAME_BYTES, MAX_PART_BYTES = 1024, 255  # a member's path, and one of its folder or file names
-MAX_HEADER_BYTES = 1024 * 1024  # a long-name or pax header (tarfile reads one whole before the member)
+# A long-name or pax header is read whole before its member, and Python before 3.11.10 parses pax
+# headers with a regular expression whose time grows with the square of the header (CVE-2024-6232):
+# 20 KB took 0.4 s, 150 KB 24 s, holding every request. So, while the members are listed, one such
+# header may hold 4 KB (a 1,024-byte name needs about 1.1 KB), and at most 64 of them more than a block.
+MAX_HEADER_BYTES, MAX_LARGE_HEADERS = 4096, 64
 
 
 def check_member_name(name: str) -> str:
@@ -280,16 +291,23 @@ def check_members(archive: tarfile.TarFile, limits: UploadLimits) -> list[tarfil
 
 
 class _Bounded:
-    """The decompressed archive as tarfile reads it, refused once it goes past ``budget`` bytes or when
-    one read (a long-name or pax header, read whole) is larger than :data:`MAX_HEADER_BYTES`: a small
-    gzip can hold gigabytes, and those headers are not members, so no member count or size sees them."""
+    """The decompressed archive as tarfile reads it, refused once it goes past ``budget`` bytes; and
+    while ``listing`` (the members' headers are read, their data skipped), a read larger than a block
+    is a long-name or pax header, bounded by :data:`MAX_HEADER_BYTES` and :data:`MAX_LARGE_HEADERS`.
+    A small gzip can hold gigabytes, and those headers are not members: no member count or size sees them."""
 
     def __init__(self, raw: Any, budget: int):
         self.raw, self.budget = raw, budget
+        self.listing, self.large_headers = True, 0
 
     def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0 or size > MAX_HEADER_BYTES:
-            raise ArchiveError("the archive holds a header (a long name or pax record) larger than 1 MB")
+        if size is None or size < 0 or (self.listing and size > MAX_HEADER_BYTES):
+            raise ArchiveError("the archive holds a header (a long name or pax record) larger than 4 KB")
+        if self.listing and size > tarfile.BLOCKSIZE:
+            self.large_headers += 1
+            if self.large_headers > MAX_LARGE_HEADERS:
+                raise ArchiveError(f"the archive holds more than {MAX_LARGE_HEADERS} long-name or pax headers "
+                                   "larger than a block")  # fmt: skip
         data = self.raw.read(size)
         self._check()
         return data
@@ -316,15 +334,18 @@ def extract_archive(archive_path: Path, dest: Path, limits: UploadLimits) -> Non
     # what tarfile may decompress: the members' data, a header block per member and the padding
     budget = limits.max_extracted_bytes + 2048 * (limits.max_archive_members + 1) + 64 * 1024
     try:
-        with (
-            gzip.open(archive_path, "rb") as raw,
-            tarfile.open(fileobj=_Bounded(raw, budget), mode="r:") as archive,
-        ):
-            members = check_members(archive, limits)
-            archive.extractall(dest, members=members, filter="data")
+        with gzip.open(archive_path, "rb") as raw:
+            bounded = _Bounded(raw, budget)
+            with tarfile.open(fileobj=bounded, mode="r:") as archive:
+                members = check_members(archive, limits)
+                bounded.listing = False  # now the members' data, in blocks of tarfile's own size
+                archive.extractall(dest, members=members, filter="data")
     except ArchiveError:
         shutil.rmtree(dest, ignore_errors=True)
         raise
+    except RecursionError:  # thousands of chained long-name headers: tarfile recurses once per header
+        shutil.rmtree(dest, ignore_errors=True)
+        raise ArchiveError("the archive chains too many long-name or pax headers") from None
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         shutil.rmtree(dest, ignore_errors=True)
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)  # no server paths
