@@ -127,7 +127,10 @@ def run_identity(job_id: str, job_dir: Path, project: str | None, entity: str | 
         with contextlib.suppress(OSError, ValueError):
             identity = json.loads(saved.read_text())
             if isinstance(identity, dict) and identity.get("id"):
-                return {**identity, "resume": "allow"}
+                kept = {
+                    k: identity.get(k) for k in ("id", "project", "entity", "name", "group", "tags", "notes")
+                }
+                return {**kept, "resume": "allow"}
     env = os.environ
     given = run_id or env.get("WANDB_RUN_ID")
     tags = [t.strip() for t in env.get("WANDB_TAGS", "").split(",") if t.strip()]
