@@ -155,12 +155,13 @@ def test_a_resumed_job_sends_what_its_run_missed_once_and_the_run_ends_as_the_jo
     from openrft.tracking.sinks import JsonlSink
 
     cfg, job = build_config({}, {"wandb": True})[0], tmp_path / "job"
-    first = start_wandb(cfg, job_id="job-3", job_dir=job, probe=lambda url: True)
+    first = start_wandb(cfg, job_id="job-3", job_dir=job, rollout_every=1, probe=lambda url: True)
     lines = JsonlSink(job / "logs")
     for step in (1, 2, 3):
         lines.log(step, metrics(step))
-        if step < 3:
-            first.log(step, metrics(step))  # step 3 never reached the run (its process was killed)
+        first.log_rollouts(step, [{"prompt": "p", "completion": "c", "score": 1.0, "valid": True}])
+        if step < 3:  # step 3's table reached the run, its metrics row never did (the process was killed)
+            first.log(step, metrics(step))
     first.job_ended("FAILED")
     first.close()
     again = start_wandb(
@@ -186,10 +187,10 @@ def test_an_online_run_resumes_after_the_last_step_it_holds(tmp_path):
     from types import SimpleNamespace
 
     from openrft.tracking.sinks import JsonlSink
-    from openrft.tracking.wandb_sink import WandbSink
+    from openrft.tracking.wandb_sink import METRICS_STEP, WandbSink
 
     logged = []
-    run = SimpleNamespace(summary={"train/step": 5}, log=logged.append, define_metric=lambda *a, **k: None)
+    run = SimpleNamespace(summary={METRICS_STEP: 5}, log=logged.append, define_metric=lambda *a, **k: None)
     sink = WandbSink(run)
     lines = JsonlSink(tmp_path)
     for step in range(3, 8):
@@ -217,12 +218,15 @@ def test_a_new_job_never_writes_into_an_older_jobs_run_and_a_resume_keeps_its_id
         monkeypatch.setenv(key, value)
     sink = start_wandb(cfg, job_id="job-6", job_dir=tmp_path / "c", probe=lambda url: True)
     sink.close()
-    for key in ("WANDB_RUN_ID", "WANDB_NAME", "WANDB_TAGS", "WANDB_RUN_GROUP", "WANDB_PROJECT"):
-        monkeypatch.delenv(key)  # resumed from another shell
+    for key in ("WANDB_RUN_ID", "WANDB_NAME", "WANDB_PROJECT"):
+        monkeypatch.delenv(key)  # resumed from another shell, whose other variables say otherwise
+    for key, value in {"WANDB_TAGS": "t9", "WANDB_RUN_GROUP": "g2", "WANDB_NOTES": "n2"}.items():
+        monkeypatch.setenv(key, value)
     again = start_wandb(cfg, job_id="job-6", job_dir=tmp_path / "c", resuming=True, probe=lambda url: True)
     run = again.run
     assert (run.id, run.name, run.project, run.group, list(run.tags)) == ("my-run", "pretty", "proj", "grp",
                                                                            ["t1", "t2"])  # fmt: skip
+    assert not run.notes  # none was given at creation: this shell's WANDB_NOTES does not count
     again.close()
 
 

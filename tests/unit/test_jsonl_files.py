@@ -85,3 +85,13 @@ def test_a_steps_rollouts_are_read_alone(tmp_path):
     with open(path, "a") as handle:
         handle.write(lines({"step": 9, "i": 0}))
     assert jsonl_files.rollouts_of_step(path)[1:] == (9, [{"step": 9, "i": 0}])
+
+
+def test_a_file_rewritten_under_the_same_inode_is_read_again(tmp_path):
+    path = tmp_path / "m.jsonl"
+    folded = Folded(int, lambda state, row, start, end: state + row["step"])
+    path.write_text(lines({"step": 1}, {"step": 2}))
+    assert folded.get(path) == 3
+    with open(path, "w") as handle:  # the same inode, as a freed inode number can come back after a cut
+        handle.write(lines({"step": 10}, {"step": 20}, {"step": 30}))
+    assert folded.get(path) == 60  # not 3 + 30 from a stale offset

@@ -130,17 +130,33 @@ class Folded(Generic[State]):
             except FileNotFoundError:
                 self._files.pop(path, None)
                 return self.initial()
-            identity = (stat.st_dev, stat.st_ino)
             known = self._files.pop(path, None)
-            if known is None or known[0] != identity or stat.st_size < known[1]:
-                known = (identity, 0, self.initial())
+            # the same file as last time: same device and inode (a cut makes a new file, but the system
+            # may give a freed inode number again), at least as long, and the same bytes before the offset
+            if known is None or known[0] != (stat.st_dev, stat.st_ino, _tail(path, known[1])):
+                known = ((stat.st_dev, stat.st_ino, b""), 0, self.initial())
             _, offset, state = known
             for start, end, row in iter_jsonl(path, offset):
                 state, offset = self.step(state, row, start, end), end
-            self._files[path] = (identity, offset, state)  # most recently used last
+            self._files[path] = (
+                (stat.st_dev, stat.st_ino, _tail(path, offset)),
+                offset,
+                state,
+            )  # latest last
             while len(self._files) > self.capacity:
                 self._files.pop(next(iter(self._files)))
             return state
+
+
+def _tail(path: Path, offset: int, size: int = 64) -> bytes:
+    """The ``size`` bytes before ``offset`` (fewer at the start; empty when the file is shorter)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, offset - size))
+            data = handle.read(min(size, offset))
+    except FileNotFoundError:
+        return b""
+    return data if len(data) == min(size, offset) else b"\0missing"
 
 
 def read_spans(path: Path, spans: list[tuple[int, int]]) -> list[dict[str, Any]]:

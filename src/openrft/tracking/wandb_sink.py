@@ -52,6 +52,10 @@ TABLE_COLUMNS = ("step", "prompt", "completion", "score", "valid", "reason")
 DEFAULT_PROJECT = "openrft"
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 IDENTITY_FILE = "wandb_run.json"  # in the job folder: the run a resume continues
+METRICS_STEP = "job/metrics_step"  # summary key: the last step whose metrics row was sent
+# what W&B itself reads from the environment for what a recorded identity already says
+IDENTITY_ENV = ("WANDB_RUN_ID", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_NAME", "WANDB_RUN_GROUP", "WANDB_TAGS",
+                "WANDB_NOTES")  # fmt: skip
 MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")  # what W&B's settings accept
 
 
@@ -210,7 +214,8 @@ class WandbSink:
                 init_timeout=30,
             )
 
-        with _argv_without_secrets():  # W&B records the command line in the run's metadata
+        hidden = IDENTITY_ENV if resuming else ()  # a resume: the recorded run, whatever this shell says
+        with _argv_without_secrets(), _environment_without(hidden):  # W&B records the command line
             try:
                 run = wandb.init(settings=settings(mode), **options)
             except Exception as exc:  # W&B raises many kinds of errors when it cannot log in or connect
@@ -224,7 +229,8 @@ class WandbSink:
         sink.mode = mode
         if mode != "disabled":
             kept = {k: v for k, v in identity.items() if k != "resume"}
-            atomic_write_text(job_dir / IDENTITY_FILE, json.dumps({**kept, "id": run.id}, indent=2))
+            kept.update(id=run.id, entity=kept.get("entity") or getattr(run, "entity", None) or None)
+            atomic_write_text(job_dir / IDENTITY_FILE, json.dumps(kept, indent=2))
         if mode == "disabled":
             print("W&B: disabled (WANDB_MODE=disabled); nothing is logged to it", file=out)
         elif mode == "offline":
@@ -256,8 +262,8 @@ class WandbSink:
     def held_through(self) -> float | None:
         """The last ``train/step`` the run already holds: its summary online, its earlier offline
         files (the records they hold, up to where a killed process stopped writing) offline."""
-        if self.mode == "online":
-            value = self.run.summary.get("train/step")
+        if self.mode == "online":  # set after each metrics row (tables carry train/step too)
+            value = self.run.summary.get(METRICS_STEP)
             return float(value) if _number(value) else None
         current, name = self.run_dir, f"run-{self.run.id}.wandb"
         earlier = [
@@ -273,6 +279,7 @@ class WandbSink:
         if self._held is not None and step <= self._held:  # replayed after a resume: the run has it
             return
         self.run.log({**_numbers(metrics), "train/step": step})
+        self.run.summary[METRICS_STEP] = step  # written after the row: never ahead of what the run holds
 
     def log_rollouts(self, step: int, rows: Sequence[dict[str, Any]]) -> None:
         due = self._last_table_step is None or step - self._last_table_step >= self.rollout_every
@@ -343,13 +350,15 @@ def run_records(path: Path) -> Iterator[Any]:
 
 
 def _history_steps(path: Path) -> Iterator[float]:
-    """The ``train/step`` of each history record of an offline run file."""
+    """The ``train/step`` of each metrics row of an offline run file (a rollout table's row, logged
+    before its step's metrics, carries the step too and does not count)."""
     for record in run_records(path):
-        if record.WhichOneof("record_type") == "history":
-            for item in record.history.item:
-                if (item.key or "/".join(item.nested_key)) == "train/step":
-                    with contextlib.suppress(ValueError):
-                        yield float(json.loads(item.value_json))
+        if record.WhichOneof("record_type") != "history":
+            continue
+        items = {item.key or "/".join(item.nested_key): item.value_json for item in record.history.item}
+        if "train/step" in items and not any(key.startswith("rollouts/") for key in items):
+            with contextlib.suppress(ValueError):
+                yield float(json.loads(items["train/step"]))
 
 
 __all__ = ["WandbSink", "check_mode", "choose_mode", "find_api_key", "import_wandb", "run_identity",
@@ -357,6 +366,16 @@ __all__ = ["WandbSink", "check_mode", "choose_mode", "find_api_key", "import_wan
 
 
 SECRET_FLAGS = ("--wandb-api-key",)
+
+
+@contextlib.contextmanager
+def _environment_without(names: Sequence[str]) -> Iterator[None]:
+    """``os.environ`` without ``names`` for the block."""
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 @contextlib.contextmanager
