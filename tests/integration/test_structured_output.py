@@ -282,3 +282,40 @@ def test_strict_tools_hold_the_models_calls_to_their_schemas_under_auto(tiny_mod
         other = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
         reply = other.chat.completions.create(model="policy", messages=USER, tools=STRICT)
         assert reply.choices[0].message.content == "{}"
+
+
+def test_schemas_that_refer_to_their_own_root_are_held_as_written(client, tokenizer, tiny_model):
+    from openrft.rollout.responses_api import chat_tools
+
+    tree = {
+        "type": "object",
+        "properties": {
+            "value": {"type": "integer"},
+            "children": {"type": "array", "items": {"$ref": "#"}, "maxItems": 2},
+        },
+        "required": ["value", "children"],
+    }  # recursive
+    zod = {"type": "object", "properties": {"home": {"type": "object", "properties": {"city": {"type": "string"}},
+           "required": ["city"]}, "work": {"$ref": "#/properties/home"}}, "required": ["home", "work"]}  # fmt: skip
+    tools = [{"type": "function", "function": {"name": n, "parameters": p, "strict": True}}
+             for n, p in (("chain", tree), ("addr", zod))]  # fmt: skip
+    model, _ = tiny_model
+    engine = LocalEngine(model, tokenizer)
+    checker = Constraints(tokenizer, engine.constraints.vocab_size, engine.stop_token_ids)
+    call = '<tool_call>\n{"name": "%s", "arguments": %s}\n</tool_call>'
+    for grammar in (tool_call_grammar(tools, "required", None), strict_call_grammar(tools, None)):
+        accepts = lambda text, g=grammar: checker.matcher(g).consume_tokens(tokenizer(text)["input_ids"])  # noqa: E731
+        assert accepts(call % ("chain", '{"value": 1, "children": [{"value": 2, "children": []}]}'))
+        assert not accepts(call % ("chain", '{"value": 1, "children": [{"name": "chain", "arguments": {}}]}'))
+        assert accepts(call % ("addr", '{"home": {"city": "Rome"}, "work": {"city": "Oslo"}}'))
+        assert not accepts(call % ("addr", '{"home": {"city": "Rome"}, "work": {"town": "Oslo"}}'))
+    for bad, param in (
+        ([{"type": "function", "function": {"name": "f", "parameters": "oops", "strict": True}}],
+         "tools[0].function.parameters"),
+        ([{"type": "function", "function": {"name": "f", "strict": True}},
+          {"type": "function", "function": {"name": "f"}}], "tools[1].function.name"),
+    ):  # fmt: skip
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="tiny", messages=USER, tools=bad, max_tokens=4)
+        assert caught.value.param == param
+    assert chat_tools([{"type": "function", "name": "f", "strict": None}])[0]["function"]["strict"] is True

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -148,6 +148,7 @@ def request_grammar(
     else JSON (``response_format``), which with tools offered may also be tool calls, as OpenAI lets the
     model choose between calling a tool and answering in the schema, else free text whose calls follow
     the strict tools' schemas (``tools``)."""
+    check_tools(tools)
     forced = tool_call_grammar(tools, tool_choice, parallel)
     if forced is not None:
         return forced, "tool_choice"
@@ -160,6 +161,23 @@ def request_grammar(
     calls = tool_call_grammar(tools, "required", parallel)
     answer = f"answer: %json {json.dumps({**schema, 'x-guidance': JSON_OPTIONS})}\n"
     return calls.replace("start: call", "start: answer | call", 1) + answer, "response_format"
+
+
+def check_tools(tools: Sequence[dict[str, Any]] | None) -> None:
+    """Refuse what OpenAI refuses and a grammar would silently get wrong: a function's ``parameters``
+    that are not a JSON schema object, and two functions of the same name."""
+    names: set[str] = set()
+    for index, tool in enumerate(tools or []):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict):
+            continue
+        if function.get("parameters") is not None and not isinstance(function["parameters"], dict):
+            raise ConstraintError(f"tools[{index}].function.parameters must be a JSON schema object",
+                                  f"tools[{index}].function.parameters")  # fmt: skip
+        if function.get("name") in names:
+            raise ConstraintError(f"tools: the function name {json.dumps(function['name'])} is given twice",
+                                  f"tools[{index}].function.name")  # fmt: skip
+        names.add(function.get("name"))
 
 
 def tool_call_grammar(
@@ -265,6 +283,8 @@ def _lift_definitions(schemas: dict[str, Any]) -> tuple[dict[str, Any], dict[str
     A parameter schema is nested under ``arguments`` in the call's schema, where its references
     (``#/$defs/Person``, as pydantic writes them) would no longer resolve; its definitions move to the
     root of the call's schema, each named after its tool (``record__Person``), and its references follow.
+    A schema that refers to its own root or into it (``#``, ``#/properties/home``: recursive schemas,
+    zod's default) moves there whole as ``record__``, and ``arguments`` refers to it.
     """
     lifted: dict[str, Any] = {}
     table: dict[str, Any] = {}
@@ -276,9 +296,27 @@ def _lift_definitions(schemas: dict[str, Any]) -> tuple[dict[str, Any], dict[str
             for name, definition in (schema.pop(key, None) or {}).items():
                 renames[f"#/{key}/{name}"] = f"#/$defs/{tool}__{name}"
                 found[f"{tool}__{name}"] = definition
+        if any(
+            ref == "#" or not any(ref == o or ref.startswith(o + "/") for o in renames)
+            for ref in _refs(schema)
+        ):
+            renames["#"] = f"#/$defs/{tool}__"  # after the definitions' names: they match first
+            found[f"{tool}__"], schema = schema, {"$ref": "#"}
         lifted[tool] = _renamed_refs(schema, renames)
         table.update({name: _renamed_refs(d, renames) for name, d in found.items()})
     return lifted, table
+
+
+def _refs(node: Any) -> Iterator[str]:
+    """Every local ``$ref`` (``#...``) in a schema."""
+    if isinstance(node, dict):
+        if isinstance(node.get("$ref"), str) and node["$ref"].startswith("#"):
+            yield node["$ref"]
+        for value in node.values():
+            yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
 
 
 def _renamed_refs(node: Any, renames: dict[str, str]) -> Any:
@@ -346,6 +384,7 @@ __all__ = [
     "ConstraintError",
     "Constraints",
     "check_grammar",
+    "check_tools",
     "closed_objects",
     "job_response_grammar",
     "job_response_schema",

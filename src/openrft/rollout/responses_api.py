@@ -311,7 +311,9 @@ def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | Non
             out.append(tool)
             continue
         function = {k: tool[k] for k in ("name", "description", "parameters") if tool.get(k) is not None}
-        function["strict"] = tool.get("strict", True) is True  # the Responses API's default is strict
+        function["strict"] = (
+            tool.get("strict") is not False
+        )  # the Responses API's default (null too) is strict
         out.append({"type": "function", "function": function})
     return out
 
