@@ -319,3 +319,13 @@ def test_schemas_that_refer_to_their_own_root_are_held_as_written(client, tokeni
             client.chat.completions.create(model="tiny", messages=USER, tools=bad, max_tokens=4)
         assert caught.value.param == param
     assert chat_tools([{"type": "function", "name": "f", "strict": None}])[0]["function"]["strict"] is True
+
+
+def test_a_tool_whose_schema_cannot_be_used_is_named(client):
+    good = {"type": "object", "properties": {"x": {"type": "integer"}}}
+    bad = {"type": "object", "properties": {"x": {"type": "string", "pattern": "(?<=a)b"}}}  # a lookbehind
+    tools = [{"type": "function", "function": {"name": n, "parameters": p, "strict": True}}
+             for n, p in (("fine", good), ("broken", bad))]  # fmt: skip
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="tiny", messages=USER, tools=tools, max_tokens=4)
+    assert caught.value.param == "tools[1].function.parameters" and "(broken)" in str(caught.value)

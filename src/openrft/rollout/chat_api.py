@@ -34,7 +34,7 @@ from openrft.errors import DataError
 from openrft.records import Completion
 from openrft.rollout.call_deltas import CallDeltas
 from openrft.rollout.chat import ParsedReply, encode_chat, render_chat, tool_format
-from openrft.rollout.constrained import ConstraintError, check_grammar, request_grammar
+from openrft.rollout.constrained import ConstraintError, blame_tool, check_grammar, request_grammar
 from openrft.rollout.prompts import with_system
 from openrft.rollout.streaming import (
     LiveReply,
@@ -227,7 +227,10 @@ def _grammar(request: ChatRequest, tools: list[dict[str, Any]] | None, engine: A
             raise ConstraintError(f"{param} needs constrained decoding, which this server's "
                                   f"{type(engine).__name__} does not do: use 'auto' tool choice or plain "
                                   "text, and parse the reply", param)  # fmt: skip
-        check_grammar(grammar, param)
+        try:
+            check_grammar(grammar, param)
+        except ConstraintError as error:  # the tool at fault, rather than the grammar of them all
+            raise blame_tool(tools, error) if tools else error from None
     except ConstraintError as error:
         raise HTTPError(400, str(error), param=error.param) from None
     return grammar

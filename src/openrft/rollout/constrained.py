@@ -335,6 +335,22 @@ def _renamed_refs(node: Any, renames: dict[str, str]) -> Any:
     return node
 
 
+def blame_tool(tools: Sequence[dict[str, Any]] | None, error: ConstraintError) -> ConstraintError:
+    """``error`` (a grammar over several tools that does not compile) naming the first tool whose own
+    parameters schema cannot be used, when one is at fault on its own."""
+    import llguidance
+
+    for index, tool in enumerate(tools or []):
+        name = ((tool or {}).get("function") or {}).get("name")
+        if not isinstance(name, str):
+            continue
+        problem = llguidance.LLMatcher.validate_grammar(tool_call_grammar([tool], "required", False) or "")
+        if problem:
+            return ConstraintError(f"tools[{index}] ({name}): its parameters schema cannot be used for "
+                                   f"constrained decoding: {problem}", f"tools[{index}].function.parameters")  # fmt: skip
+    return error
+
+
 def check_grammar(grammar: str, param: str) -> None:
     """Raise :class:`ConstraintError` naming ``param`` when ``grammar`` does not compile."""
     import llguidance
@@ -384,6 +400,7 @@ __all__ = [
     "ConstraintError",
     "Constraints",
     "check_grammar",
+    "blame_tool",
     "check_tools",
     "closed_objects",
     "job_response_grammar",
