@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 
 def openrft_home() -> Path:
@@ -71,18 +72,26 @@ def _umask() -> int:
 _UMASK = _umask()  # read once, at import (reading it means setting it)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and an atomic rename."""
+@contextmanager
+def atomic_replace(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """A file opened (``mode`` "w" or "wb") on a temporary file beside ``path`` that replaces ``path`` in
+    one rename, flushed to disk, when the block succeeds; on failure ``path`` is left as it was."""
     fd, tmp = temporary_beside(path)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, mode) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same directory and an atomic rename."""
+    with atomic_replace(path) as handle:
+        handle.write(text)
 
 
 @contextmanager
@@ -191,6 +200,6 @@ def pid_alive(pid: int) -> bool:
 
 
 __all__ = [
-    "atomic_directory", "atomic_write_text", "folder_in_use", "folder_lock", "pid_alive", "jobs_root", "make_parent", "openrft_home", "output_dir",
+    "atomic_directory", "atomic_replace", "atomic_write_text", "folder_in_use", "folder_lock", "pid_alive", "jobs_root", "make_parent", "openrft_home", "output_dir",
     "OWNER_FILE", "readable_by_all", "recover_directory", "temporary_beside",
 ]  # fmt: skip

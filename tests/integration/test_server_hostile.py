@@ -74,14 +74,19 @@ def test_odd_snippet_names_are_refused_and_the_evaluator_stays_deletable(server,
     assert deleted.status_code in (200, 404), deleted.text  # never "being built" for good
 
 
-def test_an_upload_url_takes_one_upload_and_reveals_nothing_without_its_token(server):
-    base, _ = server
+def _upload_url(base: str) -> str:
+    """The signed URL of ``rows.jsonl`` for a new dataset ``d``."""
     httpx.post(
         f"{base}{API}/datasets", json={"datasetId": "d", "dataset": {}}, headers=AUTH
     ).raise_for_status()
     endpoint = httpx.post(f"{base}{API}/datasets/d:getUploadEndpoint", headers=AUTH,
                           json={"filenameToSize": {"rows.jsonl": str(len(ROWS))}})  # fmt: skip
-    url = endpoint.json()["filenameToSignedUrls"]["rows.jsonl"]
+    return endpoint.json()["filenameToSignedUrls"]["rows.jsonl"]
+
+
+def test_an_upload_url_takes_one_upload_and_reveals_nothing_without_its_token(server):
+    base, _ = server
+    url = _upload_url(base)
     assert httpx.put(url, content=ROWS).status_code == 200
     again = httpx.put(url, content=ROWS)  # replayed (a proxy's log, a shell history)
     assert again.status_code == 403 and "used already" in again.json()["error"]["message"]
@@ -163,12 +168,7 @@ def test_stored_fields_are_text_of_bounded_size_and_an_upload_url_takes_one_put_
             f"{base}{API}/datasets", json={"datasetId": "t", "dataset": dataset}, headers=AUTH
         )
         assert created.status_code == 400, dataset
-    httpx.post(
-        f"{base}{API}/datasets", json={"datasetId": "d", "dataset": {}}, headers=AUTH
-    ).raise_for_status()
-    endpoint = httpx.post(f"{base}{API}/datasets/d:getUploadEndpoint", headers=AUTH,
-                          json={"filenameToSize": {"rows.jsonl": str(len(ROWS))}})  # fmt: skip
-    url = endpoint.json()["filenameToSignedUrls"]["rows.jsonl"]
+    url = _upload_url(base)
     resources_api._RECEIVING.add(("datasets", ACCOUNT, "d", "rows.jsonl"))  # another PUT under way
     try:
         assert httpx.put(url, content=ROWS).status_code == 409

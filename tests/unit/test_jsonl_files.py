@@ -9,13 +9,19 @@ import os
 import pytest
 
 from openrft.tracking import jsonl_files
-from openrft.tracking.jsonl_files import Folded, count_lines, cut_to, ends_torn, iter_jsonl, prefix_bytes
+from openrft.tracking.jsonl_files import Folded, count_lines, cut_to, iter_jsonl, prefix_bytes
 from openrft.tracking.sinks import JsonlSink
 
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
     monkeypatch.setattr(jsonl_files, "BLOCK", 7)  # lines cross block boundaries
+
+
+def ends_torn(path) -> bool:
+    """Whether ``path`` ends in a line without its newline."""
+    data = path.read_bytes()
+    return bool(data) and not data.endswith(b"\n")
 
 
 def lines(*rows: dict) -> str:

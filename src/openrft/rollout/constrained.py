@@ -190,13 +190,7 @@ def tool_call_grammar(
     """
     if tool_choice in (None, "auto", "none"):
         return None
-    functions = {
-        t["function"]["name"]: t["function"]
-        for t in tools or []
-        if isinstance(t, dict)
-        and isinstance(t.get("function"), dict)
-        and isinstance(t["function"].get("name"), str)
-    }
+    functions = _functions(tools)
     if tool_choice == "required":
         names = list(functions)
     elif isinstance(tool_choice, dict) and isinstance((tool_choice.get("function") or {}).get("name"), str):
@@ -221,6 +215,17 @@ def tool_call_grammar(
     return lark
 
 
+def _functions(tools: Sequence[dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """The ``function`` of each chat tool that names one, by its name."""
+    return {
+        t["function"]["name"]: t["function"]
+        for t in tools or []
+        if isinstance(t, dict)
+        and isinstance(t.get("function"), dict)
+        and isinstance(t["function"].get("name"), str)
+    }
+
+
 def strict_call_grammar(tools: Sequence[dict[str, Any]] | None, parallel: bool | None) -> str | None:
     """Under ``tool_choice`` ``"auto"``, the grammar that holds the model's calls to the tools' schemas
     when a tool asks for it (``"strict": true``, as OpenAI guarantees such a call's arguments), else None.
@@ -228,13 +233,7 @@ def strict_call_grammar(tools: Sequence[dict[str, Any]] | None, parallel: bool |
     The reply stays free text, but once it writes the call's opening tag the rest of the call is a call
     to one of the tools: a strict tool's arguments follow its parameter schema (closed objects), another
     tool's are any JSON object. Text may follow a call, and with ``parallel`` not false another call."""
-    functions = {
-        t["function"]["name"]: t["function"]
-        for t in tools or []
-        if isinstance(t, dict)
-        and isinstance(t.get("function"), dict)
-        and isinstance(t["function"].get("name"), str)
-    }
+    functions = _functions(tools)
     if not any(f.get("strict") is True for f in functions.values()):
         return None
     body = _call_body(

@@ -15,13 +15,12 @@ and ``metrics.jsonl`` with every step, so nothing here reads a whole file at onc
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from openrft.paths import temporary_beside
+from openrft.paths import atomic_replace
 
 BLOCK = 1 << 20
 State = TypeVar("State")
@@ -85,32 +84,11 @@ def prefix_bytes(path: Path, lines: int) -> int:
 def cut_to(path: Path, size: int) -> None:
     """Keep ``path``'s first ``size`` bytes, through a copy and an atomic rename (a crash leaves the old
     file or the new one, and readers see a new file rather than one shrinking under them)."""
-    fd, tmp = temporary_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-            left = size
-            while left > 0 and (block := src.read(min(BLOCK, left))):
-                out.write(block)
-                left -= len(block)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def ends_torn(path: Path) -> bool:
-    """Whether ``path`` ends in a line without its newline (a write cut short)."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            if handle.tell() == 0:
-                return False
-            handle.seek(-1, os.SEEK_END)
-            return handle.read(1) != b"\n"
-    except FileNotFoundError:
-        return False
+    with atomic_replace(path, "wb") as out, open(path, "rb") as src:
+        left = size
+        while left > 0 and (block := src.read(min(BLOCK, left))):
+            out.write(block)
+            left -= len(block)
 
 
 class Folded(Generic[State]):
@@ -135,14 +113,12 @@ class Folded(Generic[State]):
             # may give a freed inode number again), at least as long, and the same bytes before the offset
             if known is None or known[0] != (stat.st_dev, stat.st_ino, _tail(path, known[1])):
                 known = ((stat.st_dev, stat.st_ino, b""), 0, self.initial())
-            _, offset, state = known
+            identity, offset, state = known
             for start, end, row in iter_jsonl(path, offset):
                 state, offset = self.step(state, row, start, end), end
-            self._files[path] = (
-                (stat.st_dev, stat.st_ino, _tail(path, offset)),
-                offset,
-                state,
-            )  # latest last
+            if offset != known[1]:  # new lines: the bytes before the new offset
+                identity = (stat.st_dev, stat.st_ino, _tail(path, offset))
+            self._files[path] = (identity, offset, state)  # latest last
             while len(self._files) > self.capacity:
                 self._files.pop(next(iter(self._files)))
             return state
@@ -197,5 +173,5 @@ def rollouts_of_step(
     return steps, step, read_spans(path, index[step])
 
 
-__all__ = ["Folded", "ROLLOUT_INDEX", "count_lines", "cut_to", "ends_torn", "iter_jsonl", "prefix_bytes",
+__all__ = ["Folded", "ROLLOUT_INDEX", "count_lines", "cut_to", "iter_jsonl", "prefix_bytes",
            "read_spans", "rollouts_of_step"]  # fmt: skip

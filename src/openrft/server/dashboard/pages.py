@@ -21,7 +21,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -33,6 +32,7 @@ from openrft.jobs.store import JobStore
 from openrft.server.auth import server_keys
 from openrft.server.dashboard import data, forms
 from openrft.server.errors import ApiError
+from openrft.server.guard import cross_origin
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -83,10 +83,7 @@ def render(request: Request, name: str, status_code: int = 200, **context: Any) 
 def cross_site(request: Request) -> bool:
     """Whether a form was posted from another site (browsers name the page's origin on every POST):
     such a request could start or cancel jobs on the user's behalf, so it is refused."""
-    origin = request.headers.get("origin")
-    if not origin or origin == "null":
-        return origin == "null"
-    return urlsplit(origin).netloc != request.headers.get("host", "")
+    return cross_origin(request.headers)  # the API's own rule (openrft.server.guard)
 
 
 def refused(request: Request) -> HTMLResponse:
