@@ -334,6 +334,37 @@ def test_serve_with_api_keys_answers_only_requests_that_send_one(tokenizer):
         assert httpx.get(server.url + "/models").status_code == 401
 
 
+def test_a_keyless_serve_on_loopback_answers_only_requests_addressed_to_this_machine(tokenizer):
+    import httpx
+
+    from openrft.rollout.server import serving_app
+
+    engine = SteppedEngine(tokenizer, "hello")
+    engine.go_on.set()
+    body = {"model": "policy", "messages": [{"role": "user", "content": "x"}]}
+    with BackgroundServer(serving_app(engine, "policy", "127.0.0.1")) as server:
+        port = server.url.split(":")[-1].split("/")[0]
+        for host in ("evil.example", f"rebound.example:{port}", "192.168.1.9"):  # a rebound page's names
+            for path in ("/v1/chat/completions", "/v1/load_lora_adapter", "/health"):
+                answer = httpx.post(server.url.removesuffix("/v1") + path, json=body, headers={"Host": host})
+                assert answer.status_code == 403 and host in answer.json()["error"]["message"], (host, path)
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", "127.0.0.2", f"[::1]:{port}"):
+            answer = httpx.post(server.url + "/chat/completions", json=body, headers={"Host": host})
+            assert answer.status_code == 200, host
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)  # the SDK sends its own Host
+        assert client.chat.completions.create(**body).choices[0].message.content == "hello"
+    # a key, or a bind other machines reach, is the user's choice to answer other names: no Host check
+    for app in (
+        serving_app(engine, "policy", "127.0.0.1", api_keys=["k"]),
+        serving_app(engine, "policy", "0.0.0.0"),
+    ):
+        with BackgroundServer(app) as server:
+            answer = httpx.get(
+                server.url + "/models", headers={"Host": "gpu-box:8000", "Authorization": "Bearer k"}
+            )
+            assert answer.status_code == 200
+
+
 def test_the_engine_ends_the_rows_of_an_abandoned_prompt_and_samples_the_rest_unchanged(
     tiny_model, tokenizer
 ):

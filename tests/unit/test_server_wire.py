@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from openrft.net import is_loopback
 from openrft.server.errors import ApiError
 from openrft.server.filtering import ordered, select
 from openrft.server.jobs_api import JOB_FIELDS, make_token, read_token
-from openrft.server.settings import is_loopback
 from openrft.server.wire import WireContext, body_to_values, build, is_local_path, rename_flags
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from openrft import config as C
+from openrft.net import is_loopback
 from openrft.rollout import DEFAULT_MAX_CONCURRENT
 
 ROLLOUT_DEFAULTS = {"response_candidates_count": 4, "max_output_tokens": 256}
@@ -219,7 +220,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ]
     if keys:
         names["api_keys"] = list(dict.fromkeys(keys))
-    elif args.host not in ("127.0.0.1", "localhost", "::1"):
+    elif not is_loopback(args.host):
         print(f"openrft serve: listening on {args.host} with no API key: anyone who can reach it may use "
               "the model and load adapters from this machine's files (--api-key KEY)", file=sys.stderr)  # fmt: skip
     served = ", ".join(dict.fromkeys([name, *names["aliases"], *([short] if args.adapter else [])]))

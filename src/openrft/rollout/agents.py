@@ -127,7 +127,12 @@ class AgentEngine:
             from openrft.rollout.server import BackgroundServer, create_app
 
             app = create_app(
-                self.inner, POLICY_MODEL, aliases=self.served_names, recorder=self.recorder, fixed=True
+                self.inner,
+                POLICY_MODEL,
+                aliases=self.served_names,
+                recorder=self.recorder,
+                fixed=True,
+                local_only=True,
             )
             self._server = BackgroundServer(app).__enter__()
         return self._server.url

@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from openrft.errors import ConfigError, OpenRFTError
+from openrft.net import foreign_host, is_loopback
 from openrft.records import Completion, SamplingParams
 from openrft.rollout.batching import Batcher, Tokens
 from openrft.rollout.chat_api import HTTPError, add_chat_routes
@@ -181,6 +182,7 @@ def create_app(
     system_prompt: str | None = None,
     api_keys: Sequence[str] = (),
     adapters: dict[str, str] | None = None,
+    local_only: bool = False,
 ) -> FastAPI:
     """The FastAPI application serving ``engine`` as ``model_name`` (see :class:`ModelHost`).
 
@@ -188,6 +190,8 @@ def create_app(
     ``system_prompt`` opens every chat request that has no system message of its own.
     ``api_keys``: a ``/v1`` request must send one as ``Authorization: Bearer KEY`` (none: no check).
     ``adapters``: more LoRA adapters served from the start, ``{name: folder}`` (as if loaded at run time).
+    ``local_only``: answer only requests whose ``Host`` names this machine (a keyless server on loopback:
+    a web page that points its own name at 127.0.0.1 must not reach the model or load adapters).
     """
     host = ModelHost(engine, model_name, base_adapter, aliases=aliases, base_name=base_name, fixed=fixed)
     for name, folder in (adapters or {}).items():
@@ -205,6 +209,8 @@ def create_app(
     _add_request_ids(app)
     if api_keys:
         app.add_middleware(_BearerKeys, keys=tuple(api_keys))
+    if local_only:
+        app.add_middleware(_LocalHostOnly)
 
     @app.get("/health")
     async def health() -> dict[str, str]:  # vLLM's liveness route (no key needed, as there)
@@ -253,6 +259,21 @@ class _RequestId:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class _LocalHostOnly:
+    """Answers a request whose ``Host`` is not this machine (DNS rebinding) with a 403, ``/health`` too."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
+        if scope["type"] == "http" and foreign_host(host):
+            response = _error(403, f"this server has no API key, so it answers only requests addressed to "
+                              f"this machine (Host localhost or 127.0.0.1), not Host {host[:100]!r}")  # fmt: skip
+            return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 class _BearerKeys:
@@ -358,13 +379,20 @@ class BackgroundServer:
         self.thread.join(timeout=10)
 
 
+def serving_app(engine: Any, model_name: str, host: str, **names: Any) -> FastAPI:
+    """The app ``openrft serve`` runs on ``host``: a keyless one on loopback answers this machine's names only
+    (a web page that points its own name at 127.0.0.1 must not reach it); ``names`` as for :func:`create_app`."""
+    names.setdefault("local_only", not names.get("api_keys") and is_loopback(host))
+    return create_app(engine, model_name, **names)
+
+
 def serve(engine: Any, model_name: str, host: str, port: int, **names: Any) -> None:
     """Serve until interrupted (the ``openrft serve`` command); ``names`` as for :func:`create_app`."""
     import uvicorn
 
-    app = create_app(engine, model_name, **names)
+    app = serving_app(engine, model_name, host, **names)
     # bounded: on Ctrl-C or SIGTERM, requests still sampling get 5 s, then are cancelled (their rows end)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
 
 
-__all__ = ["create_app", "BackgroundServer", "ModelHost", "serve"]
+__all__ = ["create_app", "serving_app", "BackgroundServer", "ModelHost", "serve"]

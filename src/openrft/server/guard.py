@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from openrft.net import foreign_host
 from openrft.server.errors import ApiError
-from openrft.server.settings import is_loopback
 from openrft.server.uploads import UploadLimits, is_signed_upload, limited_receive, too_large
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -62,7 +62,7 @@ class RequestGuard:
 
     def _refusal(self, scope: Scope, headers: dict[str, str]) -> ApiError | None:
         host = headers.get("host", "")
-        if not self.keys and host and not is_loopback(_hostname(host)):
+        if not self.keys and foreign_host(host):
             return ApiError(403, f"this server has no API key, so it answers only requests addressed to this "
                             f"machine (Host localhost or 127.0.0.1), not Host {host[:100]!r}")  # fmt: skip
         if scope.get("method") in UNSAFE_METHODS and cross_origin(headers):
@@ -78,14 +78,6 @@ def cross_origin(headers: dict[str, Any]) -> bool:
     if origin:
         return origin == "null" or urlsplit(origin).netloc.lower() != headers.get("host", "").lower()
     return headers.get("sec-fetch-site") in ("cross-site", "same-site")
-
-
-def _hostname(host: str) -> str:
-    """The name or address in a ``Host`` header (``[::1]:8321`` -> ``::1``)."""
-    try:
-        return urlsplit(f"//{host}").hostname or host
-    except ValueError:
-        return host
 
 
 __all__ = ["RequestGuard", "cross_origin"]

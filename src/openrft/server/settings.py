@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from openrft.errors import ConfigError
+from openrft.net import is_loopback
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8321
@@ -48,19 +48,9 @@ class ServerSettings:
             )
 
 
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach (127.0.0.0/8, ::1, 'localhost')."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
-
-
 def keys_from_env() -> tuple[str, ...]:
     """API keys from ``OPENRFT_API_KEYS`` (comma-separated; blanks ignored)."""
     return tuple(k.strip() for k in os.environ.get(KEYS_ENV, "").split(",") if k.strip())
 
 
-__all__ = ["ServerSettings", "is_loopback", "keys_from_env", "DEFAULT_HOST", "DEFAULT_PORT", "KEYS_ENV"]
+__all__ = ["ServerSettings", "keys_from_env", "DEFAULT_HOST", "DEFAULT_PORT", "KEYS_ENV"]
