@@ -275,8 +275,9 @@ def resolve_device(device: str, dtype: str) -> tuple[str, str]:
                 f"{device} is not available: this machine has {found} (torch {torch.__version__})",
                 hint="use --device cpu, or install a CUDA build of torch on a machine with a GPU",
             )
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    if dtype == "auto":  # bfloat16 where the GPU computes in it (Ampere, compute capability 8.0, and later)
+        bf16 = device.startswith("cuda") and torch.cuda.get_device_capability(device)[0] >= 8
+        dtype = "bfloat16" if bf16 else "float32"
     return device, dtype
 
 

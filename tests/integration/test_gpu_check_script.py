@@ -26,4 +26,6 @@ def test_gpu_check_runs_its_toy_shape_on_the_cpu():
         and "[tiny] decode step, 16 rows" in out
     )
     assert ("[tiny] decode step over a static cache, 16 rows" in out and "compiled" in out) or not compiler
+    assert "[tiny] compiled engine over a LoRA model (compiled: True)" in out or not compiler
+    assert "FAILED" not in out, out
     assert "[tiny] RFT step:" in out and "[tiny] RFT step (gradient checkpointing):" in out and "MFU" in out

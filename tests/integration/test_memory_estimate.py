@@ -77,7 +77,7 @@ def test_a_job_too_large_for_the_cuda_device_is_refused_with_the_numbers(tiny_mo
         check_memory(settings)
     assert refused.value.message.startswith("--device cuda:0: the job needs about")
     assert (
-        "more than the device's 0.0 GiB" in refused.value.message
+        "more than the 0.0 GiB the device leaves a job's tensors" in refused.value.message
         and "gradient-checkpointing" in refused.value.hint
         and "compiled sampling step's buffers" in refused.value.message
         and "--no-compile" in refused.value.hint

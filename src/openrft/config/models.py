@@ -152,7 +152,8 @@ class TrainingConfig(Group):
     )
     dtype: Literal["auto", "float32", "bfloat16"] = field(
         "auto",
-        "Precision of the base weights: auto (bfloat16 on CUDA, float32 on the CPU), float32 or bfloat16. "
+        "Precision of the base weights: auto (bfloat16 on a CUDA GPU that computes in it, Ampere or later; else "
+        "float32), float32 or bfloat16. "
         "The LoRA weights, the optimizer state, log-probabilities and the loss stay float32.",
         valid="one of auto, float32, bfloat16",
     )

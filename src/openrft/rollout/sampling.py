@@ -143,11 +143,11 @@ def sample_tokens(
     probs_BK = cand_logprobs_BK.double().exp()
     if how.top_p < 1.0:
         probs_BK = probs_BK / probs_BK.sum(dim=-1, keepdim=True)  # renormalise after top-k
-        mass_before_BK = probs_BK.cumsum(dim=-1) - probs_BK
+        mass_before_BK = _cumsum(probs_BK) - probs_BK
         keep_BK = mass_before_BK < how.top_p
         keep_BK[:, 0] = True  # the most likely token always survives (top_p = 0 is greedy)
         probs_BK = probs_BK * keep_BK
-    cdf_BK = probs_BK.cumsum(dim=-1)
+    cdf_BK = _cumsum(probs_BK)
     target_B1 = uniforms_B.to(cdf_BK.dtype)[:, None] * cdf_BK[:, -1:]
     column_B = torch.searchsorted(cdf_BK, target_B1, right=True).squeeze(-1)
     column_B = column_B.clamp_(max=cdf_BK.shape[-1] - 1)
@@ -156,6 +156,14 @@ def sample_tokens(
     else:
         token_ids_B = candidates_BK.gather(-1, column_B[:, None]).squeeze(-1)
     return token_ids_B, logprobs_BV.gather(-1, token_ids_B[:, None]).squeeze(-1)
+
+
+def _cumsum(x_BK: torch.Tensor) -> torch.Tensor:
+    """Running sums along the last dimension. CUDA has no deterministic floating-point cumsum, so under
+    ``torch.use_deterministic_algorithms`` (``--deterministic``) a CUDA tensor's is taken on the CPU."""
+    if x_BK.is_cuda and torch.are_deterministic_algorithms_enabled():
+        return x_BK.cpu().cumsum(dim=-1).to(x_BK.device)
+    return x_BK.cumsum(dim=-1)
 
 
 __all__ = [

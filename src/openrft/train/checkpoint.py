@@ -142,10 +142,12 @@ def load_checkpoint(path: Path, peft_model, optimizer, scheduler) -> LoopState:
     if not weights.is_file():
         raise JobError(f"checkpoint {path} is incomplete (no adapter weights)")
     set_peft_model_state_dict(peft_model, load_file(str(weights)), adapter_name=TRAINABLE)
-    optim = torch.load(path / "optim.pt", weights_only=False)
+    # on the CPU: a GPU job's checkpoint resumes on another device or machine; load_state_dict moves the
+    # optimizer's state to its parameters' device
+    optim = torch.load(path / "optim.pt", weights_only=False, map_location="cpu")
     optimizer.load_state_dict(optim["optimizer"])
     scheduler.load_state_dict(optim["scheduler"])
-    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    _set_rng_state(torch.load(path / "rng.pt", weights_only=False, map_location="cpu"))
     return LoopState.from_json(json.loads((path / "state.json").read_text()))
 
 

@@ -205,7 +205,7 @@ def check_memory(settings: JobSettings):
     if available is not None and estimate.total > available:
         raise ConfigError(
             f"--device {settings.model.device}: the job needs about {estimate.total / 2**30:.1f} GiB, more than "
-            f"the device's {available / 2**30:.1f} GiB ("
+            f"the {available / 2**30:.1f} GiB the device leaves a job's tensors ("
             + "; ".join(line.strip() for line in estimate.lines()[1:-2])
             + ")",
             field="device",

@@ -164,13 +164,20 @@ def _parameter_counts(config: Any, rank: int) -> tuple[int, int, int]:
     return base, adapter, sum(module.in_features for module in adapted)
 
 
+CUDA_CONTEXT_BYTES = 2**29  # the CUDA context, cuBLAS' workspaces and kernels: about half a GiB
+ALLOCATOR_SHARE = 0.05  # what the caching allocator's fragmentation keeps from use, at a guess
+
+
 def device_memory(device: str) -> int | None:
-    """Total memory of a CUDA device in bytes (None on the CPU)."""
+    """Bytes of a CUDA device a job's tensors can use (None on the CPU): its total memory less the CUDA
+    context and a share for the allocator's fragmentation, neither of which the estimate counts. Not the
+    memory free now: a job checked while another one runs is not refused for the memory it will free."""
     if not device.startswith("cuda"):
         return None
     import torch
 
-    return torch.cuda.get_device_properties(int(device.partition(":")[2] or 0)).total_memory
+    total = torch.cuda.get_device_properties(int(device.partition(":")[2] or 0)).total_memory
+    return int(total * (1 - ALLOCATOR_SHARE)) - CUDA_CONTEXT_BYTES
 
 
 __all__ = ["MemoryEstimate", "device_memory", "estimate_memory"]

@@ -6,6 +6,7 @@ settings record it needs.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,8 +27,11 @@ def make_deterministic() -> None:
     """One intra-op thread and deterministic kernels: the same seed gives the same bits, resumed or not.
 
     With several threads, reductions are split differently from run to run and results agree to
-    float rounding only (about 1e-6 relative on the adapter after a step).
+    float rounding only (about 1e-6 relative on the adapter after a step). On CUDA, cuBLAS is deterministic
+    only with a fixed workspace (``CUBLAS_WORKSPACE_CONFIG``, read when its first handle is made): without
+    it PyTorch refuses the first matmul.
     """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
 
