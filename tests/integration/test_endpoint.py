@@ -173,6 +173,34 @@ def test_runtime_lora_loading(served, tmp_path):
         engine.load_adapter(tmp_path / "missing", "policy-2")
 
 
+def test_a_resumed_job_reloads_an_adapter_name_the_server_still_has(served, tmp_path):
+    """A job that stopped leaves its last adapter loaded; resumed, it saves that version again (new files,
+    same name). The server refuses a name it has (vLLM's 400 "already been loaded"): the engine unloads it
+    and loads the new files, and samples them."""
+    from peft import LoraConfig, get_peft_model
+
+    from openrft.models import load_adapter
+    from openrft.testing import tiny_model as build
+
+    url, model, tokenizer, stops = served
+    params = SamplingParams(n=2, temperature=1.0, top_k=0, max_tokens=8, seed=3)
+    for seed, engine in ((0, EndpointEngine(url, tokenizer, "tiny", stop_token_ids=stops)),
+                         (1, EndpointEngine(url, tokenizer, "tiny", stop_token_ids=stops))):  # fmt: skip
+        torch.manual_seed(seed)
+        config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        adapter = get_peft_model(model, config)
+        adapter.save_pretrained(tmp_path / f"run-{seed}")
+        adapter.unload()
+        engine.load_adapter(tmp_path / f"run-{seed}", "job-v000003")
+        sampled = engine.generate(PROMPTS[:1], params)[0]
+        fresh, _ = build(seed=0)
+        now = load_adapter(fresh, tmp_path / f"run-{seed}")
+        assert all(
+            (torch.tensor(c.logprobs) - teacher_forced(now, c, 1.0)).abs().max() <= 1e-4 for c in sampled
+        )
+    assert engine.list_models() == ["tiny", "job-v000003"]
+
+
 # ----------------------------------------------------------------------------- fake servers
 
 
@@ -189,14 +217,21 @@ def fake_choice(tokens: int = 3) -> dict:
 
 
 class FakeServer:
-    """Scripted answers: a list of status codes to return before succeeding; counts calls in flight."""
+    """Scripted answers: a list of status codes to return before succeeding; counts calls in flight.
+    ``vllm``: ``/v1/models`` lists the model as vLLM does (``owned_by``, ``max_model_len``), and a
+    request at ``top_k`` 1 gets the log-prob ``probe`` (processed log-probs: 0; raw ones: not)."""
 
-    def __init__(self, failures: list[int] | None = None, delay: float = 0.0, headers: dict | None = None):
+    def __init__(self, failures: list[int] | None = None, delay: float = 0.0, headers: dict | None = None,
+                 vllm: int | None = None, probe: float = 0.0):  # fmt: skip
         self.failures, self.delay, self.headers = list(failures or []), delay, headers or {}
         self.calls = self.in_flight = self.peak = 0
         self.bodies: list[dict] = []
+        self.probe = probe
         self.app = FastAPI()
         self.app.post("/v1/completions")(self.completions)
+        if vllm is not None:
+            card = {"id": "m", "object": "model", "owned_by": "vllm", "max_model_len": vllm}
+            self.app.get("/v1/models")(lambda: {"object": "list", "data": [card]})
 
     async def completions(self, request: Request) -> JSONResponse:
         self.calls += 1
@@ -210,7 +245,10 @@ class FakeServer:
                 return JSONResponse(
                     {"error": {"message": f"scripted {status}"}}, status, headers=self.headers
                 )
-            return JSONResponse({"choices": [fake_choice()]})
+            choice = fake_choice()
+            if self.bodies[-1]["top_k"] == 1:
+                choice["logprobs"]["token_logprobs"][0] = self.probe
+            return JSONResponse({"choices": [choice]})
         finally:
             self.in_flight -= 1
 
@@ -250,6 +288,42 @@ def test_gives_up_after_the_retry_budget(tokenizer):
     with pytest.raises(RolloutError, match="HTTP 500 after 3 attempts: scripted 500"):
         fake.engine(tokenizer, retries=2).generate(PROMPTS[:1], SamplingParams(n=1, max_tokens=3))
     assert fake.calls == 3
+
+
+def test_a_vllm_server_is_checked_for_its_log_probs_and_context_before_the_first_round(tokenizer):
+    raw = FakeServer(vllm=4096, probe=-0.6931)  # vLLM's default raw_logprobs: not 0 at top_k 1
+    with pytest.raises(RolloutError, match="before temperature scaling") as refused:
+        raw.engine(tokenizer).generate(PROMPTS[:1], SamplingParams(n=2, max_tokens=3))
+    assert "--logprobs-mode processed_logprobs" in refused.value.hint and raw.calls == 1
+    prompt_length = len(raw.bodies[0]["prompt"])
+    fake = FakeServer(vllm=prompt_length + 2)  # processed log-probs, and a context 2 tokens past the prompt
+    engine = fake.engine(tokenizer)
+    engine.generate(PROMPTS[:1], SamplingParams(n=2, max_tokens=3, top_k=0))
+    probe, *sampled = fake.bodies
+    assert probe["top_k"] == 1 and probe["temperature"] == 0.5 and probe["max_tokens"] == 1
+    assert [b["max_tokens"] for b in sampled] == [2, 2] and engine.max_model_len == prompt_length + 2
+    for body in fake.bodies:  # what vLLM would take from the model's generation_config.json otherwise
+        assert body["repetition_penalty"] == 1.0 and body["min_p"] == 0.0 and body["presence_penalty"] == 0.0
+    engine.max_model_len = 5  # a prompt that fills the context: a cut-off candidate, no request
+    (cut,) = engine.generate(PROMPTS[:1], SamplingParams(n=1, max_tokens=3))
+    assert cut[0].finish_reason == "length" and cut[0].completion_token_ids == () and fake.calls == 3
+    plain = FakeServer()  # no /v1/models (a 404): nothing checked, nothing clamped
+    plain.engine(tokenizer).generate(PROMPTS[:1], SamplingParams(n=1, max_tokens=3))
+    assert plain.calls == 1 and plain.bodies[0]["max_tokens"] == 3
+
+
+def test_an_adapter_the_server_cannot_load_is_not_retried(tokenizer):
+    fake = FakeServer()
+    calls = []
+
+    async def broken(request: Request) -> JSONResponse:  # vLLM 0.34 answers a bad adapter with a 500
+        calls.append(await request.json())
+        return JSONResponse({"error": {"message": "Invalid LoRA adapter"}}, 500)
+
+    fake.app.post("/v1/load_lora_adapter")(broken)
+    with pytest.raises(RolloutError, match="HTTP 500: Invalid LoRA adapter"):
+        fake.engine(tokenizer).load_adapter("/nowhere", "v1")
+    assert len(calls) == 1
 
 
 def test_client_errors_are_not_retried(tokenizer):

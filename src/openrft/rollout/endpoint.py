@@ -16,7 +16,15 @@ trainer's). What the engine relies on from the server:
 Log-probs are whatever the server reports. ``openrft serve`` reports
 ``log_softmax(logits / T)`` before truncation, like the local engine. vLLM reports raw
 (``T = 1``) log-probs by default and temperature-scaled *and truncated* ones with
-``--logprobs-mode processed_logprobs``; see ``docs/vllm.md`` for which to choose.
+``--logprobs-mode processed_logprobs``; see ``docs/vllm.md``. Before its first round the engine
+asks a vLLM server (``owned_by: "vllm"`` in ``/v1/models``) for one token at ``top_k: 1``: processed
+log-probs give that token exactly 0, raw ones (the default, or a vLLM before 0.10.2) do not, and the
+job is refused rather than trained on mislabelled log-probs. The same listing's ``max_model_len``
+bounds each request's ``max_tokens`` (vLLM refuses a prompt plus ``max_tokens`` beyond it).
+
+Every request sets the sampling fields vLLM would otherwise take from the model's
+``generation_config.json`` (``repetition_penalty``, ``min_p``, the penalties) to their neutral
+values: the job samples from the policy, not from a penalised distribution the trainer never sees.
 
 Requests in flight are bounded by ``max_concurrent_rollouts`` (an asyncio semaphore).
 429 and 5xx answers, timeouts and connection errors are retried with exponential
@@ -42,6 +50,16 @@ from openrft.rollout.prompts import encode_prompt
 from openrft.rollout.sampling import check_params, row_seed, vllm_truncation
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+ADMIN_RETRY_STATUS = RETRY_STATUS - {500}  # vLLM answers an adapter it cannot load with a 500: no retry
+NEUTRAL = {"repetition_penalty": 1.0, "min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
+
+
+class HTTPStatusError(RolloutError):
+    """The server answered with an error status (after any retries): ``status`` and its ``detail``."""
+
+    def __init__(self, message: str, status: int, detail: str):
+        super().__init__(message)
+        self.status, self.detail = status, detail
 
 
 def api_root(base_url: str) -> str:
@@ -87,6 +105,8 @@ class EndpointEngine(LoadsAdapterFiles):
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.policy_version = policy_version
         self.transport = transport
+        self.max_model_len: int | None = None  # the server's, once checked (vLLM lists it)
+        self._checked = False
 
     # ------------------------------------------------------------------------- sampling
 
@@ -121,9 +141,15 @@ class EndpointEngine(LoadsAdapterFiles):
         stops = list(stop_token_ids or self.stop_token_ids)
         semaphore = asyncio.Semaphore(self.max_concurrent_rollouts)
         async with self._client() as client:
+            if not self._checked and prompts:
+                await self._check_server(client, list(prompts[0][1]), model)
 
             async def one(prompt_id: str, ids: list[int], candidate: int) -> Completion:
                 body = {**self._body(ids, params, model, prompt_id, candidate), "stop_token_ids": stops}
+                if body["max_tokens"] < 1:  # the prompt fills the server's context: nothing to sample
+                    return Completion(
+                        prompt_id, candidate, tuple(ids), (), "", (), "length", policy_version=version
+                    )
                 async with semaphore:
                     data = await self._post(client, "/completions", body)
                 return self._completion(data, prompt_id, candidate, ids, version)
@@ -151,6 +177,7 @@ class EndpointEngine(LoadsAdapterFiles):
             "prompt": ids,
             "n": 1,
             "max_tokens": params.max_tokens,
+            **NEUTRAL,
             "temperature": params.temperature,
             "top_p": top_p,
             "top_k": top_k,
@@ -164,7 +191,36 @@ class EndpointEngine(LoadsAdapterFiles):
             body.update(stop=list(params.stop), include_stop_str_in_output=True)
         if params.seed is not None:
             body["seed"] = row_seed(params.seed, prompt_id, candidate) & 0x7FFFFFFF
+        if self.max_model_len is not None:
+            body["max_tokens"] = min(params.max_tokens, self.max_model_len - len(ids))
         return body
+
+    async def _check_server(self, client: httpx.AsyncClient, ids: list[int], model: str) -> None:
+        """What the server says of itself, once: a vLLM server's context length, and whether it reports
+        the log-probs the trainer compares with (temperature-scaled: ``--logprobs-mode processed_logprobs``)."""
+        try:
+            listing = await self._request(client, "GET", "/models", None)
+        except HTTPStatusError:  # a server without the listing: nothing to learn from it
+            self._checked = True
+            return
+        cards = (
+            [c for c in listing.get("data", []) if isinstance(c, dict)] if isinstance(listing, dict) else []
+        )
+        lengths = [c["max_model_len"] for c in cards if isinstance(c.get("max_model_len"), int)]
+        self.max_model_len = min(lengths) if lengths else None
+        if any(c.get("owned_by") == "vllm" for c in cards):
+            probe = {**self._body(ids[-64:], SamplingParams(n=1, temperature=0.5, top_k=1, max_tokens=1), model,
+                                  "probe", 0), "stop_token_ids": []}  # fmt: skip
+            answer = await self._post(client, "/completions", probe)
+            reported = self._completion(answer, "probe", 0, ids, 0).logprobs
+            if reported and reported[0] != 0.0:
+                raise RolloutError(
+                    f"the vLLM server at {self.base_url} reports log-probs before temperature scaling (a "
+                    f"token it had to sample at top_k 1 came back with {reported[0]:.4f}, not 0): the "
+                    "trainer's importance weights would be wrong",
+                    hint="start vllm serve (0.10.2 or newer) with --logprobs-mode processed_logprobs",
+                )
+        self._checked = True
 
     def _completion(
         self, data: dict, prompt_id: str, candidate: int, ids: list[int], version: int
@@ -205,16 +261,34 @@ class EndpointEngine(LoadsAdapterFiles):
         vLLM needs ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` and ``--enable-lora``; ``path``
         must be readable by the server process (shared disk or the same machine).
         """
-        _run_sync(self._admin("/load_lora_adapter", {"lora_name": name, "lora_path": str(path)}))
+        _run_sync(self._load(name, str(path)))
         self.model_name = name
+
+    async def _load(self, name: str, path: str) -> None:
+        """Load ``path`` as ``name``. A server that already has the name (left loaded by this job's run
+        that stopped or crashed before a resume) refuses it: it is unloaded and the new files loaded."""
+        body = {"lora_name": name, "lora_path": path}
+        async with self._client() as client:
+            try:
+                await self._request(client, "POST", "/load_lora_adapter", body, ADMIN_RETRY_STATUS)
+            except HTTPStatusError as exc:
+                if exc.status != 400 or "already" not in exc.detail.lower():
+                    raise
+                await self._request(
+                    client, "POST", "/unload_lora_adapter", {"lora_name": name}, ADMIN_RETRY_STATUS
+                )
+                await self._request(client, "POST", "/load_lora_adapter", body, ADMIN_RETRY_STATUS)
 
     def unload_adapter(self, name: str) -> None:
         """Free a previously loaded adapter on the server."""
-        _run_sync(self._admin("/unload_lora_adapter", {"lora_name": name}))
 
-    async def _admin(self, path: str, body: dict) -> None:
-        async with self._client() as client:
-            await self._post(client, path, body)
+        async def unload() -> None:
+            async with self._client() as client:
+                await self._request(
+                    client, "POST", "/unload_lora_adapter", {"lora_name": name}, ADMIN_RETRY_STATUS
+                )
+
+        _run_sync(unload())
 
     def list_models(self) -> list[str]:
         """Model (and adapter) names the server offers."""
@@ -241,8 +315,10 @@ class EndpointEngine(LoadsAdapterFiles):
     async def _post(self, client: httpx.AsyncClient, path: str, body: dict) -> dict:
         return await self._request(client, "POST", path, body)
 
-    async def _request(self, client: httpx.AsyncClient, method: str, path: str, body: dict | None) -> dict:
-        """One call with retries on 429/5xx, timeouts and connection errors."""
+    async def _request(
+        self, client: httpx.AsyncClient, method: str, path: str, body: dict | None, retry=RETRY_STATUS
+    ) -> dict:
+        """One call with retries on ``retry`` statuses (429, 5xx), timeouts and connection errors."""
         url = self.base_url + path
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
@@ -262,11 +338,14 @@ class EndpointEngine(LoadsAdapterFiles):
                     return response.json()
                 except ValueError:
                     raise RolloutError(f"{url} answered with something that is not JSON") from None
-            if response.status_code not in RETRY_STATUS or last:
-                raise RolloutError(
+            if response.status_code not in retry or last:
+                detail = _error_message(response)
+                raise HTTPStatusError(
                     f"{url} answered HTTP {response.status_code}"
                     + (f" after {attempt + 1} attempts" if attempt else "")
-                    + f": {_error_message(response)}"
+                    + f": {detail}",
+                    response.status_code,
+                    detail,
                 )
             await asyncio.sleep(self._delay(attempt, response.headers.get("retry-after")))
         raise AssertionError("unreachable")

@@ -97,6 +97,18 @@ def check_version(version: str | None) -> None:
         )
 
 
+def lora_dtype(dtype: str) -> str:
+    """The weight type vLLM can sample a LoRA model in: its LoRA kernels take float16 and bfloat16 only
+    (vLLM refuses to start with float32), so a float32 trainer's sampler runs in bfloat16, or float16 on a
+    GPU before Ampere. The trainer recomputes such a round's old log-probs (``openrft.train.mismatch``)."""
+    if dtype != "float32":
+        return dtype
+    import torch
+
+    old_gpu = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 8
+    return "float16" if old_gpu else "bfloat16"
+
+
 class VLLMEngine(LoadsAdapterFiles):
     """A :class:`~openrft.records.RolloutEngine` backed by an in-process ``vllm.LLM`` with LoRA enabled.
 
@@ -132,7 +144,7 @@ class VLLMEngine(LoadsAdapterFiles):
             "enable_lora": True,
             "max_lora_rank": max_lora_rank,
             "max_loras": max_loras,
-            "dtype": dtype,
+            "dtype": lora_dtype(dtype),
             **llm_options,
         }
         if max_concurrent_rollouts is not None:
