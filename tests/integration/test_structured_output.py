@@ -318,7 +318,64 @@ def test_schemas_that_refer_to_their_own_root_are_held_as_written(client, tokeni
         with pytest.raises(openai.BadRequestError) as caught:
             client.chat.completions.create(model="tiny", messages=USER, tools=bad, max_tokens=4)
         assert caught.value.param == param
+    text = {"type": "function", "name": "f", "parameters": {"type": "string"}}  # arguments are an object
+    chat_tool = {"type": "function", "function": {k: v for k, v in text.items() if k != "type"}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="tiny", messages=USER, max_tokens=4, tools=[chat_tool])
+    assert caught.value.param == "tools[0].function.parameters" and 'not "string"' in caught.value.message
+    with pytest.raises(openai.BadRequestError) as caught:  # Responses tools are flat, and so are its fields
+        client.responses.create(model="tiny", input="hi", tools=[text], max_output_tokens=16)
+    assert caught.value.param == "tools[0].parameters" and "function." not in caught.value.message
     assert chat_tools([{"type": "function", "name": "f", "strict": None}])[0]["function"]["strict"] is True
+
+
+def test_references_keep_their_meaning_wherever_they_are_in_a_tool_schema(tokenizer, tiny_model):
+    """References inside definitions, a root ``$id``, escaped names, and names that two tools (or
+    ``definitions`` and ``$defs``) share: each tool's references mean what they do in its own schema."""
+    item = {
+        "type": "object",
+        "properties": {"sub": {"anyOf": [{"$ref": "#"}, {"type": "null"}]}},
+        "required": ["sub"],
+    }
+    cases = {  # name: (parameters, a call that follows them, one that does not)
+        "root_in_def": ({"type": "object", "properties": {"v": {"type": "integer"}, "items": {"type": "array",
+                         "items": {"$ref": "#/$defs/Item"}, "maxItems": 1}}, "required": ["v", "items"],
+                         "$defs": {"Item": item}},
+                        '{"v": 1, "items": [{"sub": {"v": 2, "items": []}}]}',
+                        '{"v": 1, "items": [{"sub": {"name": "x", "arguments": {}}}]}'),
+        "property_in_def": ({"type": "object", "properties": {"home": {"type": "object", "properties": {"s":
+                             {"type": "string"}}, "required": ["s"]}, "others": {"type": "array", "items":
+                             {"$ref": "#/$defs/P"}, "maxItems": 1}}, "required": ["home", "others"], "$defs":
+                             {"P": {"type": "object", "properties": {"addr": {"$ref": "#/properties/home"}},
+                             "required": ["addr"]}}},
+                            '{"home": {"s": "a"}, "others": [{"addr": {"s": "b"}}]}',
+                            '{"home": {"s": "a"}, "others": [{"addr": {"t": "b"}}]}'),
+        "both_tables": ({"type": "object", "properties": {"a": {"$ref": "#/definitions/A"}, "b": {"$ref":
+                         "#/$defs/A"}}, "required": ["a", "b"], "definitions": {"A": {"type": "integer"}},
+                         "$defs": {"A": {"type": "string"}}}, '{"a": 1, "b": "x"}', '{"a": 1, "b": 1}'),
+        "a": ({"type": "object", "properties": {"x": {"$ref": "#/$defs/b__X"}}, "required": ["x"],
+               "$defs": {"b__X": {"type": "integer"}}}, '{"x": 5}', '{"x": "5"}'),
+        "a__b": ({"type": "object", "properties": {"y": {"$ref": "#/$defs/X"}}, "required": ["y"],
+                  "$defs": {"X": {"type": "string"}}}, '{"y": "5"}', '{"y": 5}'),
+        "escaped": ({"type": "object", "properties": {"a": {"$ref": "#/$defs/a~1b"}}, "required": ["a"],
+                     "$defs": {"a/b": {"type": "integer"}}}, '{"a": 3}', '{"a": "3"}'),
+        "with_id": ({"$id": "https://example.com/t", "type": "object", "properties": {"v": {"type": "integer"},
+                     "k": {"type": "array", "items": {"$ref": "#"}, "maxItems": 1}}, "required": ["v", "k"]},
+                    '{"v": 1, "k": [{"v": 2, "k": []}]}', '{"v": 1, "k": [{"name": "with_id", "arguments": {}}]}'),
+        "const_data": ({"type": "object", "properties": {"c": {"const": {"$ref": "#"}}}, "required": ["c"]},
+                       '{"c": {"$ref": "#"}}', '{"c": {"$ref": "#/$defs/tool7"}}'),
+    }  # fmt: skip
+    tools = [{"type": "function", "function": {"name": n, "parameters": p, "strict": True}}
+             for n, (p, _, _) in cases.items()]  # fmt: skip
+    model, _ = tiny_model
+    engine = LocalEngine(model, tokenizer)
+    checker = Constraints(tokenizer, engine.constraints.vocab_size, engine.stop_token_ids)
+    call = '<tool_call>\n{"name": "%s", "arguments": %s}\n</tool_call>'
+    for grammar in (tool_call_grammar(tools, "required", None), strict_call_grammar(tools, None)):
+        accepts = lambda text, g=grammar: checker.matcher(g).consume_tokens(tokenizer(text)["input_ids"])  # noqa: E731
+        for name, (_, good, bad) in cases.items():
+            assert accepts(call % (name, good)), name
+            assert not accepts(call % (name, bad)), name
 
 
 def test_a_tool_whose_schema_cannot_be_used_is_named(client):

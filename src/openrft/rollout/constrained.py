@@ -15,7 +15,6 @@ with it. Sampling itself uses the masked distribution.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -171,9 +170,14 @@ def check_tools(tools: Sequence[dict[str, Any]] | None) -> None:
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(function, dict):
             continue
-        if function.get("parameters") is not None and not isinstance(function["parameters"], dict):
+        parameters = function.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
             raise ConstraintError(f"tools[{index}].function.parameters must be a JSON schema object",
                                   f"tools[{index}].function.parameters")  # fmt: skip
+        kind = (parameters or {}).get("type", "object")
+        if kind != "object" and not (isinstance(kind, list) and "object" in kind):  # arguments are an object
+            raise ConstraintError(f"tools[{index}].function.parameters must be a JSON schema of type "
+                                  f"'object', not {json.dumps(kind)}", f"tools[{index}].function.parameters")  # fmt: skip
         if function.get("name") in names:
             raise ConstraintError(f"tools: the function name {json.dumps(function['name'])} is given twice",
                                   f"tools[{index}].function.name")  # fmt: skip
@@ -277,60 +281,57 @@ def _call_body(parameters: dict[str, Any]) -> dict[str, Any]:
 
 
 def _lift_definitions(schemas: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Each tool's parameter schema without its ``$defs``/``definitions``, and one table of them all.
+    """Each tool's parameter schema as ``arguments`` can hold it, and the definitions that go to the root.
 
-    A parameter schema is nested under ``arguments`` in the call's schema, where its references
-    (``#/$defs/Person``, as pydantic writes them) would no longer resolve; its definitions move to the
-    root of the call's schema, each named after its tool (``record__Person``), and its references follow.
-    A schema that refers to its own root or into it (``#``, ``#/properties/home``: recursive schemas,
-    zod's default) moves there whole as ``record__``, and ``arguments`` refers to it.
+    Nested under ``arguments`` in the call's schema, a parameter schema's local references (``#/$defs/X``
+    as pydantic writes them, ``#`` in recursive schemas, ``#/properties/home`` as zod writes them) would
+    point into the call's schema instead. A schema with any such reference therefore moves whole to the
+    call's ``$defs`` as ``tool<i>`` (its own definitions inside it, where they were), every reference in
+    it gains that prefix (``#/$defs/tool0/$defs/X``), and ``arguments`` refers to it: each reference still
+    means what it did in the tool's own schema, as it does where vLLM compiles each tool's schema alone.
+    A root ``$id`` goes (it would make ``#`` mean the moved schema's own root to a resolver).
     """
     lifted: dict[str, Any] = {}
     table: dict[str, Any] = {}
-    for tool, schema in schemas.items():
-        schema = copy.deepcopy(schema) if isinstance(schema, dict) else {"type": "object"}
-        renames: dict[str, str] = {}
-        found: dict[str, Any] = {}
-        for key in ("$defs", "definitions"):
-            for name, definition in (schema.pop(key, None) or {}).items():
-                renames[f"#/{key}/{name}"] = f"#/$defs/{tool}__{name}"
-                found[f"{tool}__{name}"] = definition
-        if any(
-            ref == "#" or not any(ref == o or ref.startswith(o + "/") for o in renames)
-            for ref in _refs(schema)
-        ):
-            renames["#"] = f"#/$defs/{tool}__"  # after the definitions' names: they match first
-            found[f"{tool}__"], schema = schema, {"$ref": "#"}
-        lifted[tool] = _renamed_refs(schema, renames)
-        table.update({name: _renamed_refs(d, renames) for name, d in found.items()})
+    for index, (tool, schema) in enumerate(schemas.items()):
+        schema = dict(schema) if isinstance(schema, dict) else {"type": "object"}
+        if next(_refs(schema), None) is None:
+            lifted[tool] = schema
+            continue
+        schema.pop("$id", None)
+        key = f"tool{index}"
+        table[key] = _prefixed_refs(schema, f"#/$defs/{key}")
+        lifted[tool] = {"$ref": f"#/$defs/{key}"}
     return lifted, table
 
 
+DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})  # their values are data, not schemas
+
+
 def _refs(node: Any) -> Iterator[str]:
-    """Every local ``$ref`` (``#...``) in a schema."""
+    """Every JSON-pointer ``$ref`` into the document (``#`` or ``#/...``) in a schema."""
     if isinstance(node, dict):
-        if isinstance(node.get("$ref"), str) and node["$ref"].startswith("#"):
-            yield node["$ref"]
-        for value in node.values():
-            yield from _refs(value)
+        ref = node.get("$ref")
+        if isinstance(ref, str) and (ref == "#" or ref.startswith("#/")):
+            yield ref
+        for key, value in node.items():
+            if key not in DATA_KEYWORDS:
+                yield from _refs(value)
     elif isinstance(node, list):
         for value in node:
             yield from _refs(value)
 
 
-def _renamed_refs(node: Any, renames: dict[str, str]) -> Any:
-    if not renames:
-        return node
+def _prefixed_refs(node: Any, prefix: str) -> Any:
+    """``node`` with each JSON-pointer ``$ref`` into the document moved under ``prefix``."""
     if isinstance(node, dict):
-        out = {k: _renamed_refs(v, renames) for k, v in node.items()}
+        out = {k: v if k in DATA_KEYWORDS else _prefixed_refs(v, prefix) for k, v in node.items()}
         ref = node.get("$ref")
-        if isinstance(ref, str):
-            head = next((old for old in renames if ref == old or ref.startswith(old + "/")), None)
-            if head is not None:
-                out["$ref"] = renames[head] + ref[len(head) :]
+        if isinstance(ref, str) and (ref == "#" or ref.startswith("#/")):
+            out["$ref"] = prefix + ref[1:]
         return out
     if isinstance(node, list):
-        return [_renamed_refs(v, renames) for v in node]
+        return [_prefixed_refs(v, prefix) for v in node]
     return node
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -318,6 +319,7 @@ def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | Non
     return out
 
 
+FLAT_TOOL = re.compile(r"(tools\[\d+\]\.)function\.")  # a Responses tool is flat: no "function" level
 RESPONSES_PARAMS = {
     "response_format": "text.format",
     "messages": "input",
@@ -335,6 +337,9 @@ async def _answer(
             if error.param and (error.param == ours or error.param.startswith(ours + ".")):
                 error.param = theirs + error.param[len(ours) :]
                 error.message = error.message.replace(ours, theirs)
+        if error.param and FLAT_TOOL.match(error.param):  # tools[1].function.name -> tools[1].name
+            error.message = FLAT_TOOL.sub(r"\1", error.message)
+            error.param = FLAT_TOOL.sub(r"\1", error.param)
         raise
 
 
