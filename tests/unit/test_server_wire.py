@@ -178,6 +178,30 @@ def test_the_guide_s_spellings_and_whole_floats_are_accepted(ctx):
         body_to_values({"dataset": "arithmetic", "trainingConfig": {"epochs": 2.5}}, ctx)
 
 
+def test_null_means_the_default_and_proto_names_are_taken_as_the_json_ones(ctx):
+    """proto3's JSON reading, which the service's clients rely on: ``null`` leaves a field unset (its
+    default), and a field may be spelled as in the proto (``loss_config.kl_beta``) or in JSON."""
+    nulls = {"dataset": "arithmetic", "lossConfig": {"method": "DAPO", "klBeta": None}, "displayName": None,
+             "trainingConfig": {"learningRate": None, "epochs": None, "loraRank": None, "batchSize": None},
+             "inferenceParameters": {"temperature": None, "topP": None, "topK": None, "maxOutputTokens": None,
+                                     "responseCandidatesCount": None},
+             "chunkSize": None, "maxConcurrentRollouts": None, "wandbConfig": None, "openrftOptions": {"seed": None}}  # fmt: skip
+    values = body_to_values(nulls, ctx).values
+    assert values == body_to_values({"dataset": "arithmetic", "lossConfig": {"method": "DAPO"}}, ctx).values
+    build(values)  # DAPO with kl_beta unset: accepted
+    snake = {"dataset": "arithmetic", "loss_config": {"method": "DAPO", "kl_beta": 0.1},
+             "training_config": {"learning_rate": 2e-5, "lora_rank": 16}, "chunk_size": 50}  # fmt: skip
+    values = body_to_values(snake, ctx).values
+    assert (values["learning_rate"], values["lora_rank"], values["chunk_size"]) == (2e-5, 16, 50)
+    with pytest.raises(ApiError) as caught:  # the guide's own message, whichever spelling was sent
+        build(values)
+    assert "loss_config.kl_beta must be 0/unset when method is DAPO" in caught.value.message
+    with pytest.raises(ApiError, match="trainingConfig.loraRank: given twice"):
+        body_to_values({"dataset": "arithmetic", "trainingConfig": {"loraRank": 8, "lora_rank": 16}}, ctx)
+    with pytest.raises(ApiError, match="expected a whole number, got a boolean true$"):  # JSON, not Python
+        body_to_values({"dataset": "arithmetic", "trainingConfig": {"loraRank": True}}, ctx)
+
+
 def test_the_echo_names_the_wandb_run_and_its_url():
     from types import SimpleNamespace
 

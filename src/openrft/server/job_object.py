@@ -88,9 +88,7 @@ def _echo(flat: dict[str, Any], refs: dict[str, Any], record: JobRecord) -> dict
     if any(extra.values()):
         out["inferenceParameters"]["extraBody"] = json.dumps({k: v for k, v in extra.items() if v})
     method = str(flat.get("rl_loss_method", "grpo")).upper().replace("-", "_")
-    out["lossConfig"] = {"method": method}
-    if flat.get("rl_kl_beta"):
-        out["lossConfig"]["klBeta"] = flat["rl_kl_beta"]
+    out["lossConfig"] = {"method": method, "klBeta": flat.get("rl_kl_beta") or 0.0}  # 0: the method's default
     out.update({wire: flat.get(name) for wire, name in TOP.items() if flat.get(name) is not None})
     servers = flat.get("mcp_server")
     if servers:  # one server as text, as it was given; several as a list

@@ -111,24 +111,27 @@ def body_to_values(body: Any, ctx: WireContext) -> Translated:
     """A create request's JSON body -> flat JobConfig values (``ApiError`` 400 naming the field)."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object (a reinforcement fine-tuning job)")
+    body = _wire_names(body)
     values: dict[str, Any] = {}
     meta: dict[str, Any] = {"account": ctx.account, "refs": {}}
     for key, value in body.items():
+        if value is None:  # JSON null, as proto3's JSON reads it: the field is not set (its default)
+            continue
         if key in SECTIONS:
             values.update(_section(key, value, SECTIONS[key]))
         elif key in TOP:
             values[TOP[key]] = _typed(key, value, TOP[key])
         elif key not in SPECIAL:
             raise _unknown(key)
-    if "lossConfig" in body:
+    if body.get("lossConfig") is not None:
         values.update(_loss(body["lossConfig"]))
-    if "openrftOptions" in body:
+    if body.get("openrftOptions") is not None:
         values.update(_options(body["openrftOptions"]))
     _references(body, ctx, values, meta)
     _training_paths(values, ctx, meta)
     if "extraBody" in (body.get("inferenceParameters") or {}):
         values.update(_extra_body(body["inferenceParameters"]["extraBody"]))
-    if "evalAutoCarveout" in body:
+    if body.get("evalAutoCarveout") is not None:
         carve = body["evalAutoCarveout"]
         if isinstance(carve, bool):
             if carve:
@@ -136,17 +139,42 @@ def body_to_values(body: Any, ctx: WireContext) -> Translated:
         elif isinstance(carve, int | float):
             values["eval_auto_carveout"] = carve  # openrft also takes the fraction itself
         else:
-            raise bad("evalAutoCarveout", f"expected true or false, got {carve!r}")
-    if "nodeCount" in body:
+            raise bad("evalAutoCarveout", f"expected true or false, got {json.dumps(carve)}")
+    if body.get("nodeCount") is not None:
         nodes = body["nodeCount"]
         if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes != 1:
-            raise bad("nodeCount", f"{nodes!r} is not supported: openrft trains on one node (1)")
-    if "displayName" in body:
+            raise bad("nodeCount", f"{json.dumps(nodes)} is not supported: openrft trains on one node (1)")
+    if body.get("displayName") is not None:
         meta["displayName"] = _string("displayName", body["displayName"])
         check_texts(meta)
-    if "mcpServer" in body:
+    if body.get("mcpServer") is not None:
         values["mcp_server"] = _mcp_server(body["mcpServer"], ctx)
     return Translated(values, meta)
+
+
+CAMEL_SECTIONS = ("trainingConfig", "inferenceParameters", "wandbConfig", "lossConfig")
+
+
+def _wire_names(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with its fields' proto names (``loss_config.kl_beta``, which the service's messages use
+    and its JSON reader takes) in their JSON spelling (``lossConfig.klBeta``); a field given both ways is
+    a 400."""
+
+    def camel(fields: dict[str, Any], where: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in fields.items():
+            head, *rest = key.split("_")
+            name = head + "".join(part[:1].upper() + part[1:] for part in rest)
+            if name in out:
+                raise bad(f"{where}{name}", f"given twice (as {name} and as {key})")
+            out[name] = value
+        return out
+
+    out = camel(body, "")
+    for section in CAMEL_SECTIONS:
+        if isinstance(out.get(section), dict):
+            out[section] = camel(out[section], f"{section}.")
+    return out
 
 
 def _unknown(key: str) -> ApiError:
@@ -160,7 +188,7 @@ def _section(name: str, value: Any, fields: dict[str, str]) -> dict[str, Any]:
         raise bad(name, f"expected an object, got {_kind(value)}")
     out = {}
     for key, item in value.items():
-        if (name, key) in (("inferenceParameters", "extraBody"), ("wandbConfig", "url")):
+        if (name, key) in (("inferenceParameters", "extraBody"), ("wandbConfig", "url")) or item is None:
             continue  # extraBody is read on its own; url is the server's (a job object sent back holds it)
         if key not in fields:
             raise bad(f"{name}.{key}", "unknown or unsupported field; openrft does not implement it")
@@ -184,7 +212,7 @@ def _typed(path: str, value: Any, name: str) -> Any:
     else:
         ok = isinstance(value, str)
     if not ok:
-        raise bad(path, f"expected {_expected(annotation)}, got {_kind(value)} {value!r}")
+        raise bad(path, f"expected {_expected(annotation)}, got {_kind(value)} {json.dumps(value)[:100]}")
     return value
 
 
@@ -202,7 +230,7 @@ def _kind(value: Any) -> str:
 
 def _string(path: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise bad(path, f"expected a string, got {_kind(value)} {value!r}")
+        raise bad(path, f"expected a string, got {_kind(value)} {json.dumps(value)[:100]}")
     return value
 
 
@@ -211,6 +239,8 @@ def _loss(value: Any) -> dict[str, Any]:
         raise bad("lossConfig", f"expected an object, got {_kind(value)}")
     out: dict[str, Any] = {}
     for key, item in value.items():
+        if item is None:  # not set: the default method, or the method's own KL default
+            continue
         if key == "method":
             method = _string("lossConfig.method", item)
             name = method.strip().upper().replace("-", "_")  # the guide's spelling: grpo, dapo, gspo-token
@@ -235,7 +265,8 @@ def _options(value: Any) -> dict[str, Any]:
         name = C.normalise_key(key)
         if name not in OPTIONS:
             raise bad(f"openrftOptions.{key}", "not a parameter a request may set")
-        out[name] = _typed(f"openrftOptions.{key}", item, name)
+        if item is not None:
+            out[name] = _typed(f"openrftOptions.{key}", item, name)
     return out
 
 
