@@ -37,8 +37,9 @@ relate to the trainer's own.
 
 Adapters: :meth:`VLLMEngine.load_adapter` registers a PEFT adapter directory as a
 ``LoRARequest`` and later requests use it; :meth:`VLLMEngine.unload_adapter` frees it. vLLM
-tells adapters apart by name (its prefix cache and its requests key on ``lora_name``), so each
-policy version is registered under its own folder's name (``<job>-vNNNNNN``), never a reused one.
+caches a loaded adapter by its integer id (an id it has is not read again) and keys its prefix
+cache on the id (0.11) or on the name and path (0.34), so each policy version gets a fresh id and
+its own folder's name and path (``<job>-vNNNNNN``): reusing any of them could sample an old policy.
 
 Colocated (``colocate=True``, what a single-GPU job without Ray uses): vLLM shares the trainer's
 GPU within ``gpu_memory_utilization`` and is started with sleep mode. After each ``generate``
