@@ -291,6 +291,35 @@ def test_the_joined_stream_is_the_whole_reply(tiny_model, tokenizer):
             assert streamed == whole_text
 
 
+def test_every_engine_call_of_a_batcher_runs_on_one_thread_of_its_own():
+    """A compiled step's CUDA graphs belong to the thread that recorded them: batches that follow one
+    another, and requests that overlap, are decoded on the same thread (not the event loop's)."""
+    import asyncio
+    import threading
+
+    from openrft.rollout.batching import Batcher
+
+    threads = []
+
+    class Host:
+        def generate(self, key, prompts, on_tokens, cancelled):
+            threads.append(threading.get_ident())
+            return [[name] for name, _ in prompts]
+
+    async def main():
+        import time
+
+        batcher = Batcher(Host(), window=0.001)
+        for round_ in range(6):  # one batch after another, keys that cannot share a batch, and other
+            # work on the event loop's own thread pool meanwhile (an adapter load, a tokenizer call)
+            busy = [asyncio.to_thread(time.sleep, 0.002 * k) for k in range(1, 4)]
+            await asyncio.gather(*busy, *(batcher.submit(f"k{i}", [(f"{round_}{i}", [1])]) for i in range(3)))
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert len(threads) == 18 and len(set(threads)) == 1 and threads[0] != loop_thread
+
+
 def test_a_batch_of_requests_each_gets_its_own_tokens():
     import asyncio
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import concurrent.futures
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +28,19 @@ class Batcher:
     """Collects requests for ``window`` seconds and decodes those with equal settings together through
     ``host.generate(key, prompts, on_tokens, cancelled)`` (``on_tokens`` only when a request in the batch
     streams). A request whose caller stopped waiting (its client left: the awaiting task was cancelled)
-    is not decoded, or, once decoding, is named by ``cancelled()`` so the engine ends its rows."""
+    is not decoded, or, once decoding, is named by ``cancelled()`` so the engine ends its rows.
+
+    Every engine call runs on one thread of the batcher's own: a compiled decoding step's CUDA graphs
+    belong to the thread that recorded them (PyTorch keeps one graph tree and memory pool per thread),
+    so calls spread over a pool's threads would each record, and hold, their own."""
 
     def __init__(self, host: Any, window: float):
         self.host, self.window = host, window
         self.pending: list[_Pending] = []
         self.worker: asyncio.Task | None = None
+        self.thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="openrft-decode"
+        )
 
     async def submit(
         self, key: tuple, prompts: list[tuple[str, list[int]]], sink: Callable[[Tokens], None] | None = None
@@ -59,8 +67,8 @@ class Batcher:
                 prompts = [p for item in items for p in item.prompts]
                 on_tokens = _dispatcher(items, asyncio.get_running_loop())
                 try:
-                    results = await asyncio.to_thread(
-                        self.host.generate, key, prompts, on_tokens, _abandoned(items)
+                    results = await asyncio.get_running_loop().run_in_executor(
+                        self.thread, self.host.generate, key, prompts, on_tokens, _abandoned(items)
                     )
                 except Exception as exc:  # handed to each waiting request
                     for item in items:
