@@ -7,13 +7,14 @@ transaction log, :func:`openrft.tracking.wandb_sink.run_records`).
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
 wandb = pytest.importorskip("wandb")
 
 from openrft.config import build_config  # noqa: E402
-from openrft.jobs.runner import start_wandb  # noqa: E402
+from openrft.jobs.runner import resolved_values, start_wandb  # noqa: E402
 from openrft.tracking.wandb_sink import choose_mode, run_records  # noqa: E402
 
 read_records = run_records  # W&B's offline run file, record by record
@@ -73,7 +74,9 @@ def test_offline_run_holds_config_metrics_and_rollout_tables(offline_env, tmp_pa
         {}, {"wandb": True, "wandb_project": "rft-tests", "learning_rate": 2e-4, "wandb_api_key": None}
     )[0]
     job_dir = tmp_path / "job"
-    sink = start_wandb(cfg, job_id="job-1", job_dir=job_dir, rollout_every=2, probe=lambda url: True)
+    prepared = SimpleNamespace(settings=cfg.settings())  # what the runner passes: the job's resolved settings
+    sink = start_wandb(cfg, job_id="job-1", job_dir=job_dir, rollout_every=2, probe=lambda url: True,
+                       resolved=resolved_values(prepared))  # fmt: skip
     err = capsys.readouterr().err
     assert sink.run_dir.parent == job_dir / "wandb" and sink.run_dir.name.startswith("offline-run-")
     assert f"W&B: offline run (no W&B API key) at {sink.run_dir}" in err and "wandb sync" in err
@@ -103,6 +106,9 @@ def test_offline_run_holds_config_metrics_and_rollout_tables(offline_env, tmp_pa
     assert config["job_id"] == "job-1"
     assert config["training"]["learning_rate"] == 2e-4
     assert config["wandb"]["wandb_project"] == "rft-tests"
+    # --rl-kl-beta 0 as given, and what GRPO runs with for it
+    assert config["loss"]["rl_kl_beta"] == 0 and config["resolved"]["kl_coef"] == 0.001
+    assert (config["resolved"]["clip_low"], config["resolved"]["clip_high"]) == (0.2, 0.2)
     files = (sink.run_dir / "files" / "media" / "table").glob("rollouts/samples_*.table.json")
     by_step = {t["data"][0][0]: t for t in (json.loads(f.read_text()) for f in files)}
     assert sorted(by_step) == [1, 3]

@@ -276,7 +276,7 @@ def _run_locked(
             "RUNNING: loading the model, then training"
             + (" from the last checkpoint" if record.resume else "")
         )
-        sinks = make_sinks(store, record, cfg, log_steps=log_steps)
+        sinks = make_sinks(store, record, cfg, log_steps=log_steps, resolved=resolved_values(prepared))
         from openrft.train.job import run_training
 
         outcome = run_training(
@@ -374,24 +374,49 @@ def validate(cfg: JobConfig, job_dir: Path | None = None):
     return prepare(cfg, job_dir)
 
 
-def make_sinks(store: JobStore, record: JobRecord, cfg: JobConfig, *, log_steps: bool) -> list[Any]:
+def make_sinks(
+    store: JobStore,
+    record: JobRecord,
+    cfg: JobConfig,
+    *,
+    log_steps: bool,
+    resolved: dict[str, Any] | None = None,
+) -> list[Any]:
     sinks: list[Any] = [StoreSink(store, record.id)]
     if log_steps:
         sinks.append(PrintSink())
     if cfg.wandb.wandb:
-        sinks.append(start_wandb(cfg, job_id=record.id, job_dir=record.job_dir, resuming=bool(record.resume)))
+        sinks.append(start_wandb(cfg, job_id=record.id, job_dir=record.job_dir, resuming=bool(record.resume),
+                                 resolved=resolved))  # fmt: skip
     return sinks
 
 
-def start_wandb(cfg: JobConfig, *, job_id: str, job_dir: Path, **options: Any):
-    """The job's W&B sink, configured from its W&B parameters (``options`` go to ``WandbSink.start``)."""
+def resolved_values(prepared: Any) -> dict[str, Any]:
+    """What the job runs with where its parameters leave it to a default elsewhere: the loss method's own
+    clip range and KL coefficient (``--rl-kl-beta 0`` is GRPO's 0.001), and the evaluator header's
+    concurrency. W&B shows them beside the parameters as given."""
+    settings = getattr(prepared, "settings", None)
+    if settings is None:
+        return {}
+    loss, engine = settings.loss, settings.engine
+    return {
+        "kl_coef": loss.kl_coef, "clip_low": loss.clip_low, "clip_high": loss.clip_high,
+        "aggregation": loss.aggregation, "max_concurrent_rollouts": engine.max_concurrent_rollouts,
+        "max_concurrent_evaluations": engine.max_concurrent_evaluations,
+    }  # fmt: skip
+
+
+def start_wandb(cfg: JobConfig, *, job_id: str, job_dir: Path, resolved: dict[str, Any] | None = None,
+                **options: Any):  # fmt: skip
+    """The job's W&B sink, configured from its W&B parameters (``options`` go to ``WandbSink.start``);
+    ``resolved`` (:func:`resolved_values`) joins the config as ``resolved``."""
     from openrft.tracking.wandb_sink import WandbSink
 
     w = cfg.wandb
     return WandbSink.start(
         job_id=job_id,
         job_dir=job_dir,
-        config=cfg.to_dict(),
+        config={**cfg.to_dict(), **({"resolved": resolved} if resolved else {})},
         project=w.wandb_project,
         entity=w.wandb_entity,
         api_key=w.wandb_api_key.get_secret_value() if w.wandb_api_key else None,
