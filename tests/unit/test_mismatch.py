@@ -45,3 +45,16 @@ def test_the_weighted_loss_equals_a_hand_computation():
     assert grad.flatten().tolist() == pytest.approx([-0.5 / 4, -2.0 / 4, 3.0 / 4, 2.0 / 4])
     unweighted, _ = fn(lp, lp.detach(), torch.tensor([1.0, -2.0]), torch.ones(2, 2), spec)
     assert unweighted.item() == pytest.approx((-2 + 4) / 4)
+
+
+def test_the_weights_correct_the_policy_term_and_leave_the_kl_to_the_reference_alone():
+    """grpo: per token w * pg + beta * k3 (TRL and verl), not w * (pg + beta * k3)."""
+    lp = torch.tensor([[-1.0, -0.7], [-0.5, -2.0]], requires_grad=True)
+    ref = torch.tensor([[-1.2, -0.4], [-0.9, -1.5]])
+    w = torch.tensor([[0.5, 2.0], [1.5, 1.0]])
+    adv = torch.tensor([1.0, -2.0])
+    fn, spec = resolve_loss("grpo", kl_beta=0.3)
+    loss, _ = fn(lp, lp.detach(), adv, torch.ones(2, 2), spec, ref_logprobs_BT=ref, weights_BT=w)
+    k3 = torch.exp(ref - lp.detach()) - (ref - lp.detach()) - 1
+    expected = ((-adv[:, None] * w) + 0.3 * k3).mean()  # ratio 1: pg = -A
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)

@@ -183,3 +183,65 @@ def test_micro_batches_sort_by_length_when_that_pads_less():
     seqs = [seq((1, 2), n) for n in (40, 2, 2, 2)] + [seq((3, 4), n) for n in (40, 2, 2, 2)]
     groups = plan_micro_batches(seqs, 90)
     assert sorted(map(sorted, groups)) == [[0, 4], [1, 2, 3, 5, 6, 7]]
+
+
+class _Recorder:
+    """An optimizer that keeps the gradients of each update instead of applying them."""
+
+    def __init__(self, model):
+        self.model, self.param_groups, self.updates = model, [{"lr": 1.0}], []
+
+    def step(self):
+        self.updates.append(_grads(self.model))
+
+    def zero_grad(self, set_to_none=True):
+        self.model.zero_grad(set_to_none=set_to_none)
+
+
+def _updates(model, steps, method, micro_batch_tokens, accumulation):
+    """The gradient of each optimizer update when the loop trains ``steps`` (lists of sequences)."""
+    from types import SimpleNamespace
+
+    from openrft.train.checkpoint import LoopState
+    from openrft.train.loop import flush_gradients, train_step
+
+    batching = SimpleNamespace(micro_batch_tokens=micro_batch_tokens, accumulation_steps=accumulation,
+                               max_grad_norm=0.0)  # fmt: skip
+    schedule = SimpleNamespace(eval_every=0, checkpoint_every=10**6)
+    optimizer = _Recorder(model)
+    logged = []
+    ctx = SimpleNamespace(settings=SimpleNamespace(batching=batching, schedule=schedule), model=model,
+                          pad_token_id=0, optimizer=optimizer, scheduler=SimpleNamespace(step=lambda: None),
+                          sink=SimpleNamespace(log=lambda step, m: logged.append(m)),
+                          publish_policy=lambda version: None, train_prompts=[])  # fmt: skip
+    state = LoopState(pending=[list(s) for s in steps])
+    loss = StepLoss(*resolve_loss(method), 0.7)
+    model.zero_grad(set_to_none=True)
+    while state.pending:
+        train_step(ctx, state, loss)
+    flush_gradients(ctx, state)
+    return optimizer.updates, logged
+
+
+@pytest.mark.parametrize("method", ["grpo", "dapo", "gspo-token"])
+def test_an_update_s_gradient_depends_on_its_sequences_only(tiny_model, method):
+    """Not on the memory knob (micro-batches, those of zero-advantage sequences left out included), nor
+    on how the update's sequences fall into accumulated steps: one token-mean (or sequence mean) over
+    the update, as TRL's and verl's losses are."""
+    model, tokenizer = tiny_model
+    model = attach_lora(model, rank=4, seed=0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    # two prompts' groups; a zero-advantage sequence fills a micro-batch of its own at budget 16
+    seqs = _sequences(model, tokenizer, [9, 8, 2, 2, 7, 3], [1.0, -0.5, 0.0, 0.0, -1.2, 0.6])
+    whole, _ = _updates(model, [seqs], method, 10_000, 1)
+    small, logged = _updates(model, [seqs], method, 16, 1)
+    if method != "grpo":  # no KL: a zero-advantage micro-batch has no gradient and is left out
+        assert logged[0]["filter/zero_advantage_micro_batches"] >= 1
+    split, _ = _updates(model, [seqs[:2], seqs[2:]], method, 10_000, 2)  # 2 and 4 sequences, accumulated
+    assert len(whole) == len(small) == len(split) == 1
+    for name, grad in whole[0].items():
+        torch.testing.assert_close(small[0][name], grad, atol=1e-5, rtol=1e-3)  # float rounding; the
+        torch.testing.assert_close(split[0][name], grad, atol=1e-5, rtol=1e-3)  # defects were 5-45% off

@@ -111,7 +111,7 @@ class TrainingConfig(Group):
     )
     gradient_accumulation_steps: int = field(
         1,
-        "Training steps whose gradients are summed before one optimizer update.",
+        "Training steps per optimizer update, whose loss is the mean over all their tokens, as one step's.",
         valid="a whole number >= 1",
         ge=1,
     )

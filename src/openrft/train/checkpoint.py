@@ -50,6 +50,7 @@ class LoopState:
     nonfinite_in_a_row: int = 0  # consecutive updates skipped for a non-finite loss or gradient
     log_position: dict[str, int] = dataclasses.field(default_factory=dict)  # lines logged when saved
     evaluated_version: int = -1  # the policy version (optimizer step) last evaluated and logged
+    update_denominator: float = 0.0  # loss denominator of the steps accumulated since the last update
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

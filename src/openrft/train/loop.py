@@ -45,6 +45,7 @@ from openrft.train.step import (
     batch_logprobs,
     clip_gradients,
     plan_step,
+    step_denominator_of,
     training_mode,
 )
 
@@ -277,14 +278,19 @@ def train_step(ctx: TrainContext, state: LoopState, loss: StepLoss) -> dict[str,
     sequences: list[TrainSequence] = state.pending.pop(0)
     start = time.perf_counter()
     batches, dropped = plan_step(
-        sequences, batching.micro_batch_tokens, ctx.pad_token_id, not loss.full_sequences
-    )
+        sequences, batching.micro_batch_tokens, ctx.pad_token_id, not loss.full_sequences,
+        keep_zero_advantage=loss.spec.kl_coef > 0,
+    )  # fmt: skip
+    # the loss sums over the update's tokens (or sequences): backpropagated unnormalised, it is divided by
+    # the whole update's denominator at the update (optimizer_update), however its steps were split
+    denominator = step_denominator_of(loss.spec.aggregation, sequences)
+    state.update_denominator += denominator
     metrics: dict[str, float] = {}
     if batches:
         with training_mode(ctx.model):
             metrics = accumulate_gradients(
-                ctx.model, batches, loss, scale=1.0 / batching.accumulation_steps,
-                measure_mismatch=state.measure_mismatch,
+                ctx.model, batches, loss, scale=denominator, measure_mismatch=state.measure_mismatch,
+                denominator=denominator,
             )  # fmt: skip
         if state.measure_mismatch:  # the round's measurement, repeated on its later steps' lines
             state.round_metrics.update({k: v for k, v in metrics.items() if k.startswith("mismatch/")})
@@ -325,12 +331,20 @@ def at_update_boundary(state: LoopState, accumulation: int) -> bool:
 
 
 def optimizer_update(ctx: TrainContext, state: LoopState) -> dict[str, float]:
-    """Clip, AdamW step, schedule, then hand the new policy version to the engine.
+    """Normalise, clip, AdamW step, schedule, then hand the new policy version to the engine.
 
+    The gradients accumulated since the last update are of the loss summed over its steps' tokens (or
+    sequences): divided by the update's whole denominator they are the gradient of its token-mean (or
+    sequence mean), however many steps, of whatever sizes, it took.
     A non-finite gradient (from a non-finite loss) is never applied: the update is skipped and
     counted (``loss/nonfinite_skipped``); after ``MAX_NONFINITE_IN_A_ROW`` in a row the job fails.
     """
     params = [p for p in ctx.model.parameters() if p.requires_grad]
+    denominator, state.update_denominator = state.update_denominator, 0.0
+    if denominator > 0:
+        for p in params:
+            if p.grad is not None:
+                p.grad.div_(denominator)
     grad_norm = clip_gradients(params, ctx.settings.batching.max_grad_norm)
     if not math.isfinite(grad_norm):
         ctx.optimizer.zero_grad(set_to_none=True)

@@ -1,8 +1,10 @@
 """One training step: micro-batches -> log-probs -> policy loss -> gradients.
 
 The step's loss is normalised by the whole step's denominator (valid tokens for
-token-mean, sequences for seq-mean-token-mean), so splitting it into micro-batches
-changes memory, never the gradient.
+token-mean, sequences for seq-mean-token-mean), counted over every sequence of the step,
+those of the micro-batches left out for carrying no advantage included: splitting a step
+into micro-batches changes memory, never the gradient. Under gradient accumulation the loop
+normalises by the whole update's denominator instead (:func:`step_denominator_of`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from openrft.train.policy import reference_policy
 # metrics combined across micro-batches by min / max instead of a weighted mean
 _MIN_KEYS, _MAX_KEYS = {"ratio/min"}, {"ratio/max"}
 _COUNT_KEYS = {"loss/tokens", "loss/sequences"}
+# loss/* follow the aggregation (per token or per sequence); the rest are means over tokens
+_TOKEN_MEANS = ("kl/", "clip/", "ratio/", "mismatch/")
 
 
 @dataclass(frozen=True)
@@ -40,16 +44,38 @@ class StepLoss:
 
 
 def plan_step(
-    sequences: Sequence[TrainSequence], micro_batch_tokens: int, pad_token_id: int, packed: bool = True
+    sequences: Sequence[TrainSequence],
+    micro_batch_tokens: int,
+    pad_token_id: int,
+    packed: bool = True,
+    keep_zero_advantage: bool = False,
 ) -> tuple[list[MicroBatch], int]:
-    """Length-bucket a step into micro-batches and drop the ones with no advantage signal.
+    """Length-bucket a step into micro-batches and drop the ones with no advantage signal (the chunk-level
+    zero-variance filter), unless ``keep_zero_advantage``: with a KL penalty such a micro-batch still has a
+    gradient (toward the reference). Either way the dropped sequences stay in the loss's denominator
+    (:func:`step_denominator_of`), so the filter saves compute and never changes the gradient.
 
     ``packed``: the step runs with completions packed per prompt (not under gradient checkpointing).
     The recomputation of another engine's log-probs plans the same micro-batches
     (:func:`openrft.train.mismatch.recompute_old_logprobs`)."""
     planned = plan_micro_batches(sequences, micro_batch_tokens, packed)
-    kept, dropped = drop_zero_advantage_micro_batches(planned, [s.advantage for s in sequences])
+    if keep_zero_advantage:
+        kept, dropped = [list(batch) for batch in planned], 0
+    else:
+        kept, dropped = drop_zero_advantage_micro_batches(planned, [s.advantage for s in sequences])
     return [collate([sequences[i] for i in batch], pad_token_id) for batch in kept], dropped
+
+
+def step_denominator_of(aggregation: str, sequences: Sequence[TrainSequence]) -> float:
+    """The loss denominator of a step's sequences (all of them, whether or not their micro-batch is
+    trained): valid tokens for token-mean, sequences with one for seq-mean-token-mean."""
+    counts = [
+        sum(s.completion.completion_mask)
+        if s.completion.completion_mask
+        else len(s.completion.completion_token_ids)
+        for s in sequences
+    ]
+    return float(sum(counts) if aggregation == "token-mean" else sum(1 for n in counts if n > 0))
 
 
 def accumulate_gradients(
@@ -58,14 +84,17 @@ def accumulate_gradients(
     loss: StepLoss,
     scale: float = 1.0,
     measure_mismatch: bool = False,
+    denominator: float | None = None,
 ) -> dict[str, float]:
     """Backpropagate the step's loss (times ``scale``) through every micro-batch; return its metrics.
 
-    ``measure_mismatch``: the policy has not changed since these completions were sampled, so this
-    forward pass also measures the sampler against the trainer (``mismatch/*``).
+    ``denominator``: the step's loss denominator (:func:`step_denominator_of` its sequences; default:
+    that of ``batches``). ``measure_mismatch``: the policy has not changed since these completions were
+    sampled, so this forward pass also measures the sampler against the trainer (``mismatch/*``).
     """
     spec = loss.spec
-    denominator = step_denominator(spec.aggregation, [b.completion_mask_RC for b in batches])
+    if denominator is None:
+        denominator = step_denominator(spec.aggregation, [b.completion_mask_RC for b in batches])
     parts: list[dict[str, float]] = []
     step_loss = 0.0
     device = next(model.parameters()).device
@@ -105,7 +134,8 @@ def batch_logprobs(
 
 
 def combine_metrics(parts: Sequence[dict[str, float]], weight_key: str = "loss/tokens") -> dict[str, float]:
-    """Weighted mean of per-micro-batch metrics (min/max for ratio extremes, sum for counts)."""
+    """Weighted mean of per-micro-batch metrics (min/max for ratio extremes, sum for counts): token means
+    (``kl/``, ``clip/``, ``ratio/``, ``mismatch/``) by tokens, the rest by ``weight_key``."""
     if not parts:
         return {}
     out: dict[str, float] = {}
@@ -118,7 +148,9 @@ def combine_metrics(parts: Sequence[dict[str, float]], weight_key: str = "loss/t
         elif key in _COUNT_KEYS:
             out[key] = sum(values)
         else:
-            weights = [p.get(weight_key, 1.0) for p in parts]
+            weights = [
+                p.get("loss/tokens" if key.startswith(_TOKEN_MEANS) else weight_key, 1.0) for p in parts
+            ]
             total = sum(weights) or 1.0
             out[key] = sum(v * w for v, w in zip(values, weights, strict=True)) / total
     return out
