@@ -91,6 +91,21 @@ class Completion:
         return (self, *self.continuations)
 
     @property
+    def longest_call(self) -> int:
+        """Tokens of the longest single model call: what ``--max-output-tokens`` bounds. A plain candidate
+        is one call; an agent's calls are the runs of sampled tokens between its environment's turns."""
+        longest = 0
+        for c in self.sequences:
+            if not c.completion_mask:
+                longest = max(longest, len(c.completion_token_ids))
+                continue
+            run = 0
+            for sampled in c.completion_mask:
+                run = run + 1 if sampled else 0
+                longest = max(longest, run)
+        return longest
+
+    @property
     def sampled_tokens(self) -> int:
         """Tokens the model sampled, over all sequences (environment turns not counted)."""
         return sum(sum(c.completion_mask) if c.completion_mask else len(c.completion_token_ids)

@@ -73,6 +73,21 @@ def test_apply_overlong_penalty_to_scored_groups():
     assert group.scores[1].score == 1.0  # input not mutated
 
 
+def test_an_agent_s_conversation_is_judged_by_its_longest_call():
+    """Three replies of 20 tokens between tool turns (mask 0), within --max-output-tokens 48: no penalty.
+    The conversation's 72 tokens were measured before, the maximum penalty."""
+    from dataclasses import replace
+
+    mask = (1,) * 20 + (0,) * 6 + (1,) * 20 + (0,) * 6 + (1,) * 20
+    talk = Completion("p", 0, (1,), tuple(range(72)), "x", (-0.1,) * 72, "stop", completion_mask=mask)
+    long_reply = replace(talk, candidate_index=1, completion_mask=(1,) * 44 + (0,) * 8 + (1,) * 20)
+    continued = replace(talk, candidate_index=2, continuations=(replace(talk, completion_mask=(1,) * 72),))
+    group = replace(_group("p", [1.0, 1.0, 1.0], [1, 1, 1]), completions=(talk, long_reply, continued))
+    (out,) = apply_overlong_penalty([group], max_tokens=48, buffer=16)
+    assert [c.longest_call for c in group.completions] == [20, 44, 72]
+    assert [s.score for s in out.scores] == pytest.approx([1.0, 1.0 - 12 / 16, 0.0])
+
+
 class FakeSampler:
     """Prompts are integers; a prompt's group has variance when the prompt is not a multiple of 3."""
 

@@ -62,14 +62,16 @@ def overlong_penalties(
 def apply_overlong_penalty(
     groups: Sequence[ScoredGroup], max_tokens: int, buffer: int, factor: float = 1.0
 ) -> list[ScoredGroup]:
-    """Add the overlong penalty to every valid score (by completion length in tokens).
+    """Add the overlong penalty to every valid score, by the length of the candidate's longest model call
+    in tokens (its completion; an agent's longest reply, tool results and user turns not counted:
+    ``--max-output-tokens`` bounds each call, not the conversation).
 
     Invalid scores are left alone (they get advantage 0 anyway). The penalty applied is recorded
     in each score's ``metrics["overlong_penalty"]``.
     """
     out = []
     for group in groups:
-        lengths = [len(c.completion_token_ids) for c in group.completions]
+        lengths = [c.longest_call for c in group.completions]
         penalties = overlong_penalties(lengths, max_tokens, buffer, factor).tolist()
         scores = tuple(
             replace(s, score=s.score + p, metrics={**s.metrics, "overlong_penalty": p}) if s.is_valid else s
