@@ -111,6 +111,15 @@ def test_a_call_continues_the_last_only_after_its_exact_reply():
     assert not continues(record, [{"role": "user", "content": "other"}, echoed, tool])
     changed = {**reply, "tool_calls": [{"id": "x", "function": {"name": "f", "arguments": '{"a": 2}'}}]}
     assert not continues(record, [*asked, changed, tool])
+    # the tools shown are part of the prompt: other tools (or none, with tool_choice "none") start afresh
+    from dataclasses import replace
+
+    from openrft.rollout.trajectories import tools_key
+
+    weather = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    shown = replace(record, tools=tools_key(weather))
+    assert continues(shown, [*asked, echoed, tool], weather) and not continues(shown, [*asked, echoed, tool])
+    assert not continues(record, [*asked, echoed, tool], weather)
 
 
 def test_joining_text_adds_only_what_the_model_did_not_write():
@@ -191,3 +200,30 @@ def test_a_default_system_prompt_yields_to_a_system_or_developer_message():
         own = [{"role": role, "content": "Be kind."}, user]
         assert with_system(own, "Be brief.") == own
     assert with_system([user], None) == [user]
+
+
+def test_a_reply_cut_off_inside_the_end_marker_s_text_is_closed_by_the_end_token(tokenizer):
+    """A reply cut at the token limit after "<" or "<|im" did not begin the template's <|im_end|> (one
+    special token): the next call's prompt closes the turn with that token, as the template would."""
+    from types import SimpleNamespace
+
+    from openrft.rollout.chat_api import _encode
+
+    user, again = {"role": "user", "content": "Say hi"}, {"role": "user", "content": "Again"}
+    prompt = tokenizer.apply_chat_template([user], add_generation_prompt=True, tokenize=False)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for sampled, finish in (("Hi <", "length"), ("Hi <|im", "length"), ("Hi", "stop")):
+        ids = tokenizer(sampled, add_special_tokens=False)["input_ids"] + ([end] if finish == "stop" else [])
+        previous = SimpleNamespace(messages=[user], reply={"role": "assistant", "content": sampled}, tools="",
+                                   prompt_token_ids=prompt_ids, completion_token_ids=ids)  # fmt: skip
+        recorder = SimpleNamespace(log=lambda rollout_id, p=previous: SimpleNamespace(calls=[p]))
+        messages = [user, {"role": "assistant", "content": sampled}, again]
+        encoded = _encode(tokenizer, messages, None, None, recorder, "r")
+        assert encoded[: len(prompt_ids) + len(ids)] == prompt_ids + ids  # the sampled tokens, as sampled
+        gap = encoded[len(prompt_ids) + len(ids) :]
+        if finish == "stop":  # the model wrote the end token: the gap goes on after it
+            assert end not in gap[:1]
+        else:
+            assert gap[0] == end, tokenizer.convert_ids_to_tokens(gap[:6])
+        assert tokenizer.decode(gap).endswith("Again<|im_end|>\n<|im_start|>assistant\n")

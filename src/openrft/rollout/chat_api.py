@@ -51,6 +51,7 @@ from openrft.rollout.trajectories import (
     continues,
     joining_text,
     split_rollout_model,
+    tools_key,
 )
 
 
@@ -153,7 +154,7 @@ def add_chat_routes(
             cut_by_context = budget is not None and budget < recorder.params.max_tokens  # type: ignore[union-attr]
             if cut_by_context and c.finish_reason == "length" and len(c.completion_token_ids) == budget:
                 recorder.mark_truncated(rollout_id)  # type: ignore[union-attr]
-            recorder.record(rollout_id, _call(request.messages, reply.message(), c))  # type: ignore[union-attr]
+            recorder.record(rollout_id, _call(request.messages, reply.message(), c, tools))  # type: ignore[union-attr]
         return Answer(model or name, completions, replies)  # the name asked for, as vLLM echoes it
 
     @app.post("/v1/chat/completions", response_model=None)
@@ -305,12 +306,17 @@ def _encode(
 ) -> list[int]:
     log = recorder.log(rollout_id) if recorder is not None and rollout_id is not None else None
     previous = log.calls[-1] if log is not None and log.calls else None
-    if previous is not None and continues(previous, messages):
+    if previous is not None and continues(previous, messages, tools):
         k = len(previous.messages) + 1
         head = render_chat(tokenizer, messages[:k], tools, fmt, generation_prompt=False)
         full = render_chat(tokenizer, messages, tools, fmt)
         if full.startswith(head):
-            sampled = tokenizer.decode(list(previous.completion_token_ids), skip_special_tokens=False)
+            # only an end token the model sampled ends its turn: a reply cut off after "<" or "<|im" did
+            # not begin the template's end marker, which is one special token, still to be written whole
+            special = set(tokenizer.all_special_ids)
+            ids = list(previous.completion_token_ids)
+            wrote = len(ids) - next((i for i, t in enumerate(reversed(ids)) if t not in special), len(ids))
+            sampled = tokenizer.decode(ids[wrote:], skip_special_tokens=False)
             tail = joining_text(sampled, _turn_end(tokenizer)) + full[len(head) :]
             new_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
             return [*previous.prompt_token_ids, *previous.completion_token_ids, *new_ids]
@@ -387,7 +393,7 @@ def _sampling(
     return key, f"{p.seed}:{seed_key}/{call}", budget  # the round's seed, the rollout, the call
 
 
-def _call(messages: list[dict[str, Any]], reply: dict[str, Any], c: Completion) -> CallRecord:
+def _call(messages: list[dict[str, Any]], reply: dict[str, Any], c: Completion, tools: Any) -> CallRecord:
     return CallRecord(
         messages=tuple(messages),
         reply=reply,
@@ -397,6 +403,7 @@ def _call(messages: list[dict[str, Any]], reply: dict[str, Any], c: Completion) 
         logprobs=tuple(c.logprobs),
         finish_reason=c.finish_reason,
         policy_version=c.policy_version,
+        tools=tools_key(tools),
     )
 
 

@@ -53,6 +53,12 @@ class CallRecord:
     logprobs: tuple[float, ...]
     finish_reason: str
     policy_version: int
+    tools: str = ""  # the tools the prompt showed the model (tools_key), "" for none
+
+
+def tools_key(tools: Sequence[dict[str, Any]] | None) -> str:
+    """The tools a prompt shows the model, as comparable text ("" for none)."""
+    return json.dumps(list(tools), sort_keys=True, default=str) if tools else ""
 
 
 @dataclass
@@ -135,10 +141,13 @@ def message_key(message: dict[str, Any]) -> tuple:
     return (message.get("role"), (content or "").strip(), tuple(calls), message.get("tool_call_id"))
 
 
-def continues(previous: CallRecord, messages: Sequence[dict[str, Any]]) -> bool:
-    """Whether ``messages`` are the previous call's messages, its reply, and at least one new turn."""
+def continues(
+    previous: CallRecord, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+) -> bool:
+    """Whether ``messages`` are the previous call's messages, its reply, and at least one new turn, with
+    the same tools shown (a template renders them into the prompt: other tools make it another prompt)."""
     k = len(previous.messages)
-    if len(messages) <= k + 1:
+    if len(messages) <= k + 1 or previous.tools != tools_key(tools):
         return False
     same_history = all(
         message_key(a) == message_key(b) for a, b in zip(previous.messages, messages, strict=False)
