@@ -114,6 +114,14 @@ def test_plain_function_gets_row_fields_by_name_or_all_with_kwargs():
     assert got["named"] == ("seven", 7, ["system", "user"])
     score_groups(as_evaluator(catch_all, "catch_all"), group, timeout=5)
     assert got["all"] == ["colour", "ground_truth", "messages", "prompt_id"]
+    # an agent's run: its whole conversation, tool turns included; the completion is its last reply
+    from dataclasses import replace
+
+    talk = ({"role": "user", "content": "question a"}, {"role": "assistant", "content": "", "tool_calls": []},
+            {"role": "tool", "content": "7"}, {"role": "assistant", "content": "seven"})  # fmt: skip
+    agent = [(prompt("a", 7), [replace(completions("a", "seven")[0], conversation=talk)])]
+    assert score_groups(as_evaluator(named, "named"), agent, timeout=5) == [[Score(1.0)]]
+    assert got["named"] == ("seven", 7, ["user", "assistant", "tool", "assistant"])
 
 
 def test_trl_reward_functions_score_a_group_with_columns_as_lists():

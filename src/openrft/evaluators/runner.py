@@ -239,10 +239,15 @@ def _trl_score(value: Any) -> Score:
         return Score(0.0, is_valid=False, reason=f"{type(exc).__name__}: {exc}")
 
 
-def plain_kwargs(fn: Callable[..., Any], prompt: Prompt) -> dict[str, Any]:
+def plain_kwargs(
+    fn: Callable[..., Any], prompt: Prompt, completion: Completion | None = None
+) -> dict[str, Any]:
     """Row fields for a plain ``f(completion, **row_fields)``: all of them if it takes ``**kwargs``,
-    else only the parameters it names. ``messages`` are the prompt's messages."""
-    fields = {**copy.deepcopy(prompt.row), "messages": copy.deepcopy(list(prompt.messages))}
+    else only the parameters it names. ``messages`` are the prompt's messages, or for an agent's run the
+    whole conversation it returned (the completion is then its last reply's text)."""
+    conversation = completion.conversation if completion is not None else ()
+    messages = list(conversation) if conversation else list(prompt.messages)
+    fields = {**copy.deepcopy(prompt.row), "messages": copy.deepcopy(messages)}
     fields["prompt_id"] = prompt.prompt_id
     fields.pop(next(iter(inspect.signature(fn).parameters)), None)  # the completion is given apart
     return _accepted(fn, fields)
@@ -304,7 +309,7 @@ async def _score_one(
     async with sem:
         try:
             if ev.kind == "plain":
-                result = await _call(ev, timeout, completion.text, **plain_kwargs(ev.fn, prompt))
+                result = await _call(ev, timeout, completion.text, **plain_kwargs(ev.fn, prompt, completion))
                 return to_score(result)
             if ev.kind == "item":  # an OpenAI grader: the row is its item, and a cut reply says so
                 item, finish = copy.deepcopy(prompt.row), completion.finish_reason
