@@ -332,3 +332,17 @@ def test_the_invalid_rate_hint_names_the_timeout_flag_only_when_calls_timed_out(
     with pytest.raises(EvaluatorError) as caught:
         check_invalid_rate(slow, timeout_flag="--timeout")
     assert caught.value.hint.startswith("1 of them timed out: raise --timeout")
+
+
+def test_too_many_invalid_candidates_from_failed_agent_runs_name_the_agent():
+    from dataclasses import replace
+
+    from openrft.train.setup import _blame_agent
+
+    error = EvaluatorError("4 of 4 evaluator scores are invalid (more than 50%); one example: x", hint="h")
+    runs = completions("a", "", "", "", "ok")
+    failed = [replace(c, error="agent: ValueError: no tools") for c in runs[:3]] + runs[3:]
+    blamed = _blame_agent(error, failed)
+    assert blamed.message.startswith("3 of 4 agent runs failed") and "ValueError: no tools" in blamed.message
+    assert "--max-context-length" in blamed.hint and "evaluate" not in blamed.hint
+    assert _blame_agent(error, runs) is error  # the evaluator's own invalid scores: its message stands

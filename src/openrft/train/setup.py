@@ -127,6 +127,20 @@ def vllm_settings(model: Any, max_model_len: int | None) -> dict[str, Any]:
     return options
 
 
+def _blame_agent(error: EvaluatorError, completions: Sequence[Completion]) -> EvaluatorError:
+    """``error`` (too many invalid scores), or one naming the agent when most of them are agent runs that
+    failed (an exception, a timeout, a conversation past the context): the evaluator never saw those."""
+    failed = [c.error for c in completions if c.error]
+    if 2 * len(failed) <= len(completions):
+        return error
+    return EvaluatorError(
+        f"{len(failed)} of {len(completions)} agent runs failed, so more than half the candidates are "
+        f"invalid; one example: {failed[0]}",
+        hint="run the agent on one row by hand against `openrft serve`; a conversation that outgrows "
+        "--max-context-length, or runs past --agent-timeout, fails too",
+    )
+
+
 def agent_of(settings: AgentSettings | None, evaluator: Any = None) -> Any:
     """The agent a job runs: the user's (``--agent``), the built-in tool loop's (``--tools``,
     ``--mcp-server``) or, with neither, the eval-protocol rollout processor of the evaluator file."""
@@ -250,8 +264,9 @@ def make_scorer(
             try:
                 check_invalid_rate([s for group in scores for s in group])
             except EvaluatorError as exc:  # the job fails; the round's scored rollouts go with the error
+                exc = _blame_agent(exc, [c for cs in completions for c in cs])
                 exc.scored = list(zip(prompts, completions, scores, strict=True))  # type: ignore[attr-defined]
-                raise
+                raise exc from None
         return scores
 
     score.close = getattr(pool, "close", lambda: None)  # type: ignore[attr-defined]
