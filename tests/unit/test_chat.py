@@ -227,3 +227,15 @@ def test_a_reply_cut_off_inside_the_end_marker_s_text_is_closed_by_the_end_token
         else:
             assert gap[0] == end, tokenizer.convert_ids_to_tokens(gap[:6])
         assert tokenizer.decode(gap).endswith("Again<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_an_agent_s_replies_cut_at_the_token_limit_are_counted_whichever_turn_they_were():
+    from openrft.records import Prompt
+    from openrft.rollout.agents import agent_completion
+    from openrft.rollout.trajectories import RolloutLog
+
+    user = {"role": "user", "content": "q"}
+    cut, done = {"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}
+    log = RolloutLog(calls=[_call([user], cut, [1], [2, 3], "length"), _call([user], done, [1], [4], "stop")])
+    c = agent_completion(Prompt("p", (user,)), 0, log, [user, cut, user, done], "")
+    assert c.agent_metrics["cut_turns"] == 1.0 and c.finish_reason == "stop"  # the last reply's

@@ -288,6 +288,7 @@ def agent_completion(prompt: Prompt, k: int, log: RolloutLog, messages: list[dic
         "tool_calls": float(tool_calls),
         "tool_errors": log.notes.get("tool_errors", 0.0),
         "truncated": float(log.truncated),
+        "cut_turns": float(sum(c.finish_reason == "length" for c in log.calls)),  # replies cut at the limit
         "tokens_per_turn": sum(sampled) / len(sampled) if sampled else 0.0,
         **{k: v for k, v in log.notes.items() if k != "tool_errors"},
     }
