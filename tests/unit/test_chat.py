@@ -238,4 +238,4 @@ def test_an_agent_s_replies_cut_at_the_token_limit_are_counted_whichever_turn_th
     cut, done = {"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}
     log = RolloutLog(calls=[_call([user], cut, [1], [2, 3], "length"), _call([user], done, [1], [4], "stop")])
     c = agent_completion(Prompt("p", (user,)), 0, log, [user, cut, user, done], "")
-    assert c.agent_metrics["cut_turns"] == 1.0 and c.finish_reason == "stop"  # the last reply's
+    assert c.agent_metrics["cut_turns"] == 1.0
