@@ -378,6 +378,49 @@ def test_references_keep_their_meaning_wherever_they_are_in_a_tool_schema(tokeni
             assert not accepts(call % (name, bad)), name
 
 
+def test_schemas_whose_references_never_end_are_refused_and_recursion_that_can_stop_is_not(client):
+    from openrft.rollout.constrained import ConstraintError, check_finite
+
+    endless = {
+        "root_required": {"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]},
+        "cycle": {"type": "object", "properties": {"x": {"$ref": "#/$defs/A"}}, "required": ["x"],
+                  "$defs": {"A": {"type": "object", "properties": {"b": {"$ref": "#/$defs/B"}}, "required": ["b"]},
+                            "B": {"type": "array", "items": {"$ref": "#/$defs/A"}, "minItems": 1}}},
+        "self": {"$ref": "#/$defs/S", "$defs": {"S": {"allOf": [{"$ref": "#/$defs/S"}]}}},
+        "no_way_out": {"type": "object", "properties": {"n": {"anyOf": [{"$ref": "#"}, {"$ref": "#/properties/n"}]}},
+                       "required": ["n"]},
+    }  # fmt: skip
+    finite = {
+        "tree": {"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#"}}},
+                 "required": ["children"]},  # an empty list ends it
+        "optional": {"type": "object", "properties": {"next": {"$ref": "#"}}},  # not required
+        "either": {"type": "object", "properties": {"n": {"anyOf": [{"$ref": "#"}, {"type": "null"}]}},
+                   "required": ["n"]},
+        "missing": {"type": "object", "properties": {"x": {"$ref": "#/$defs/Gone"}}, "required": ["x"]},
+        "escaped": {"type": "object", "properties": {"a": {"$ref": "#/$defs/a~1b"}}, "required": ["a"],
+                    "$defs": {"a/b": {"type": "integer"}}},
+    }  # fmt: skip
+    for name, schema in endless.items():
+        with pytest.raises(ConstraintError, match="no finite value"):
+            check_finite(schema, name)
+    for schema in finite.values():
+        check_finite(schema, "fine")
+    cycle = [{"type": "function", "function": {"name": "f", "parameters": endless["cycle"], "strict": True}}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="tiny", messages=USER, tools=cycle, max_tokens=4)
+    assert caught.value.param == "tools[0].function.parameters"
+    loose = [{"type": "function", "function": {"name": "f", "parameters": endless["cycle"]}}]  # not strict
+    with pytest.raises(openai.BadRequestError) as caught:  # forced: its schema constrains the call
+        client.chat.completions.create(
+            model="tiny", messages=USER, tools=loose, tool_choice="required", max_tokens=4
+        )
+    assert caught.value.param == "tools[0].function.parameters"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="tiny", messages=USER, max_tokens=4, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": endless["root_required"]}})  # fmt: skip
+    assert caught.value.param == "response_format.json_schema.schema"
+
+
 def test_a_tool_whose_schema_cannot_be_used_is_named(client):
     good = {"type": "object", "properties": {"x": {"type": "integer"}}}
     bad = {"type": "object", "properties": {"x": {"type": "string", "pattern": "(?<=a)b"}}}  # a lookbehind

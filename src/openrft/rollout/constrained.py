@@ -90,6 +90,7 @@ def response_format_schema(response_format: dict[str, Any] | None) -> dict[str, 
     if not isinstance(schema, dict):
         raise ConstraintError("response_format json_schema.schema must be a JSON schema object",
                               "response_format.json_schema.schema")  # fmt: skip
+    check_finite(schema, "response_format.json_schema.schema")
     return closed_objects(schema)
 
 
@@ -178,6 +179,8 @@ def check_tools(tools: Sequence[dict[str, Any]] | None) -> None:
         if kind != "object" and not (isinstance(kind, list) and "object" in kind):  # arguments are an object
             raise ConstraintError(f"tools[{index}].function.parameters must be a JSON schema of type "
                                   f"'object', not {json.dumps(kind)}", f"tools[{index}].function.parameters")  # fmt: skip
+        if function.get("strict") is True:
+            check_finite(parameters, f"tools[{index}].function.parameters")
         if function.get("name") in names:
             raise ConstraintError(f"tools: the function name {json.dumps(function['name'])} is given twice",
                                   f"tools[{index}].function.name")  # fmt: skip
@@ -208,6 +211,9 @@ def tool_call_grammar(
     if missing:
         raise ConstraintError(f"tool_choice names the function {json.dumps(missing[0])}, which is not in 'tools'",
                               "tool_choice")  # fmt: skip
+    for index, tool in enumerate(tools or []):  # forced: every schema that may be called must be finite
+        if isinstance(tool, dict) and (tool.get("function") or {}).get("name") in names:
+            check_finite(tool["function"].get("parameters"), f"tools[{index}].function.parameters")
     body = _call_body({name: functions[name].get("parameters") for name in names})
     # several calls only when any tool may be called and parallel calls are allowed (a named one: once)
     repeat = "" if parallel is False or tool_choice != "required" else ' ("\\n" call)*'
@@ -333,6 +339,72 @@ def _prefixed_refs(node: Any, prefix: str) -> Any:
     if isinstance(node, list):
         return [_prefixed_refs(v, prefix) for v in node]
     return node
+
+
+def check_finite(schema: Any, param: str) -> None:
+    """Refuse a schema whose references never end (``{"$ref": "#"}`` as a required property, two
+    definitions that require each other): no finite JSON value follows it, so a constrained reply could
+    never be complete (OpenAI refuses such schemas too). Conservative: only what surely has no value."""
+    if not isinstance(schema, dict) or next(_refs(schema), None) is None:
+        return
+    targets = {ref: _resolve(schema, ref) for ref in set(_refs(schema))}
+    finite: set[str] = set()
+    while True:  # the least fixpoint: a reference is finite once its target is with what is known so far
+        grown = {
+            ref for ref, node in targets.items() if node is not None and _has_value(node, finite, targets)
+        }
+        if grown == finite:
+            break
+        finite = grown
+    if not _has_value(schema, finite, targets):
+        raise ConstraintError(f"{param}: the schema has no finite value: its references require themselves "
+                              "without end (give the recursion a way to stop, e.g. an optional property)", param)  # fmt: skip
+
+
+def _resolve(schema: dict[str, Any], ref: str) -> Any:
+    """The node a JSON pointer ``#/a/b`` names in ``schema`` (None when there is none)."""
+    from urllib.parse import unquote
+
+    node: Any = schema
+    for part in ref[2:].split("/") if ref != "#" else []:
+        part = unquote(part).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _has_value(node: Any, finite: set[str], targets: dict[str, Any]) -> bool:
+    """Whether ``node`` surely has a finite value, given the references known to (``finite``)."""
+    if isinstance(node, bool) or not isinstance(node, dict):
+        return node is not False
+    ref = node.get("$ref")
+    if (
+        isinstance(ref, str) and targets.get(ref) is not None and ref not in finite
+    ):  # (a missing one: llguidance's)
+        return False
+    if any(not _has_value(sub, finite, targets) for sub in node.get("allOf") or []):
+        return False
+    for key in ("anyOf", "oneOf"):
+        if (
+            isinstance(node.get(key), list)
+            and node[key]
+            and not any(_has_value(s, finite, targets) for s in node[key])
+        ):
+            return False
+    properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+    for name in node.get("required") or []:
+        if name in properties and not _has_value(properties[name], finite, targets):
+            return False
+    items = node.get("items")
+    return not (
+        (node.get("minItems") or 0) >= 1
+        and isinstance(items, dict)
+        and not _has_value(items, finite, targets)
+    )
 
 
 def blame_tool(tools: Sequence[dict[str, Any]] | None, error: ConstraintError) -> ConstraintError:
