@@ -245,3 +245,16 @@ def test_an_update_s_gradient_depends_on_its_sequences_only(tiny_model, method):
     for name, grad in whole[0].items():
         torch.testing.assert_close(small[0][name], grad, atol=1e-5, rtol=1e-3)  # float rounding; the
         torch.testing.assert_close(split[0][name], grad, atol=1e-5, rtol=1e-3)  # defects were 5-45% off
+
+
+def test_lora_goes_on_every_projection_but_not_on_a_mixture_of_experts_router():
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    from openrft.train.policy import lora_target_modules
+
+    config = Qwen2MoeConfig(vocab_size=100, hidden_size=16, intermediate_size=32, moe_intermediate_size=8,
+                            shared_expert_intermediate_size=8, num_hidden_layers=1, num_attention_heads=2,
+                            num_key_value_heads=1, num_experts=4, num_experts_per_tok=2)  # fmt: skip
+    targets = lora_target_modules(Qwen2MoeForCausalLM(config))
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= set(targets)
+    assert "shared_expert_gate" not in targets and "gate" not in targets and "lm_head" not in targets
