@@ -426,3 +426,16 @@ def test_a_job_tells_vllm_its_longest_sequence(fake_vllm, tiny_model_dir, tiny_m
     assert FakeLLM.instances[-1].options["max_model_len"] == longest + 50
     # a float32 trainer: vLLM's LoRA kernels take half precision only, bfloat16 where the GPU has it
     assert FakeLLM.instances[-1].options["dtype"] == "bfloat16"
+
+
+def test_a_colocated_vllm_job_under_expandable_segments_is_refused_at_creation(fake_vllm, monkeypatch):
+    from openrft.config import build_config
+    from openrft.errors import ConfigError
+    from openrft.train.job import _require_extras
+
+    cfg = build_config({}, {"rollout_engine": "vllm"})[0]
+    _require_extras(cfg)
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128, expandable_segments:True")
+    with pytest.raises(ConfigError, match="expandable_segments") as refused:
+        _require_extras(cfg)
+    assert "unset PYTORCH_CUDA_ALLOC_CONF" in refused.value.hint

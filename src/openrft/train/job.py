@@ -414,6 +414,17 @@ def _require_extras(cfg: JobConfig) -> None:
 
         with _input("--rollout-engine"):
             import_vllm()
+        if (
+            "expandable_segments:true"
+            in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "").replace(" ", "").lower()
+        ):
+            raise ConfigError(
+                "--rollout-engine vllm: vLLM's sleep mode, which shares the trainer's GPU, does not start "
+                "under PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True",
+                field="rollout_engine",
+                hint="unset PYTORCH_CUDA_ALLOC_CONF for this job, or sample on another GPU (--ray-address) "
+                "or server (--rollout-engine endpoint)",
+            )
 
 
 def _require_eval_protocol_rollouts(evaluator: Any) -> None:
