@@ -229,9 +229,11 @@ class FakeServer:
         self.probe = probe
         self.app = FastAPI()
         self.app.post("/v1/completions")(self.completions)
-        if vllm is not None:
-            card = {"id": "m", "object": "model", "owned_by": "vllm", "max_model_len": vllm}
-            self.app.get("/v1/models")(lambda: {"object": "list", "data": [card]})
+        if vllm is not None:  # a base model, a smaller one beside it, and an adapter on the first (vLLM 0.11)
+            cards = [{"id": "base", "object": "model", "owned_by": "vllm", "max_model_len": vllm},
+                     {"id": "small", "object": "model", "owned_by": "vllm", "max_model_len": 8},
+                     {"id": "m", "object": "model", "owned_by": "vllm", "parent": "base", "max_model_len": None}]  # fmt: skip
+            self.app.get("/v1/models")(lambda: {"object": "list", "data": cards})
 
     async def completions(self, request: Request) -> JSONResponse:
         self.calls += 1
@@ -246,7 +248,9 @@ class FakeServer:
                     {"error": {"message": f"scripted {status}"}}, status, headers=self.headers
                 )
             choice = fake_choice()
-            if self.bodies[-1]["top_k"] == 1:
+            if self.bodies[-1]["top_k"] == 1 and self.probe is None:  # a probe answered with no token
+                choice["logprobs"] = {"tokens": [], "token_logprobs": []}
+            elif self.bodies[-1]["top_k"] == 1:
                 choice["logprobs"]["token_logprobs"][0] = self.probe
             return JSONResponse({"choices": [choice]})
         finally:
@@ -307,6 +311,13 @@ def test_a_vllm_server_is_checked_for_its_log_probs_and_context_before_the_first
     engine.max_model_len = 5  # a prompt that fills the context: a cut-off candidate, no request
     (cut,) = engine.generate(PROMPTS[:1], SamplingParams(n=1, max_tokens=3))
     assert cut[0].finish_reason == "length" and cut[0].completion_token_ids == () and fake.calls == 3
+    tight = FakeServer(vllm=10)  # a first prompt longer than the context: the probe still asks one token
+    tight.engine(tokenizer).generate(PROMPTS[:1], SamplingParams(n=1, max_tokens=3))
+    assert tight.calls == 1 and tight.bodies[0]["max_tokens"] == 1 and len(tight.bodies[0]["prompt"]) == 9
+    with pytest.raises(RolloutError, match="with no token"):
+        FakeServer(vllm=4096, probe=None).engine(tokenizer).generate(
+            PROMPTS[:1], SamplingParams(n=1, max_tokens=3)
+        )
     plain = FakeServer()  # no /v1/models (a 404): nothing checked, nothing clamped
     plain.engine(tokenizer).generate(PROMPTS[:1], SamplingParams(n=1, max_tokens=3))
     assert plain.calls == 1 and plain.bodies[0]["max_tokens"] == 3

@@ -362,6 +362,9 @@ def test_references_keep_their_meaning_wherever_they_are_in_a_tool_schema(tokeni
         "with_id": ({"$id": "https://example.com/t", "type": "object", "properties": {"v": {"type": "integer"},
                      "k": {"type": "array", "items": {"$ref": "#"}, "maxItems": 1}}, "required": ["v", "k"]},
                     '{"v": 1, "k": [{"v": 2, "k": []}]}', '{"v": 1, "k": [{"name": "with_id", "arguments": {}}]}'),
+        "keyword_names": ({"type": "object", "properties": {"default": {"$ref": "#/$defs/enum"}},
+                           "required": ["default"], "$defs": {"enum": {"type": "integer"}}},
+                          '{"default": 3}', '{"default": "3"}'),  # a field named like a keyword
         "const_data": ({"type": "object", "properties": {"c": {"const": {"$ref": "#"}}}, "required": ["c"]},
                        '{"c": {"$ref": "#"}}', '{"c": {"$ref": "#/$defs/tool7"}}'),
     }  # fmt: skip

@@ -342,7 +342,9 @@ def test_too_many_invalid_candidates_from_failed_agent_runs_name_the_agent():
     error = EvaluatorError("4 of 4 evaluator scores are invalid (more than 50%); one example: x", hint="h")
     runs = completions("a", "", "", "", "ok")
     failed = [replace(c, error="agent: ValueError: no tools") for c in runs[:3]] + runs[3:]
-    blamed = _blame_agent(error, failed)
-    assert blamed.message.startswith("3 of 4 agent runs failed") and "ValueError: no tools" in blamed.message
+    failed[0] = replace(failed[0], error="agent: " + "Traceback line\n" * 300)
+    blamed = _blame_agent(error, failed, 3)
+    assert blamed.message.startswith("3 of 4 agent runs failed") and len(blamed.message) < 500
     assert "--max-context-length" in blamed.hint and "evaluate" not in blamed.hint
-    assert _blame_agent(error, runs) is error  # the evaluator's own invalid scores: its message stands
+    assert _blame_agent(error, runs, 3) is error  # the evaluator's own invalid scores: its message stands
+    assert _blame_agent(error, failed[:1] + runs[1:], 3) is error  # 1 agent failure of 3 invalid

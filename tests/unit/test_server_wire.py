@@ -196,6 +196,11 @@ def test_null_means_the_default_and_proto_names_are_taken_as_the_json_ones(ctx):
     with pytest.raises(ApiError) as caught:  # the guide's own message, whichever spelling was sent
         build(values)
     assert "loss_config.kl_beta must be 0/unset when method is DAPO" in caught.value.message
+    assert "extra_body" not in body_to_values({"dataset": "arithmetic", "inferenceParameters": {"extraBody": None}},
+                                              ctx).values  # fmt: skip
+    for stray in ("lora_rank_", "lora__rank", "_lora_rank"):
+        with pytest.raises(ApiError, match=f"trainingConfig.{stray}: unknown"):
+            body_to_values({"dataset": "arithmetic", "trainingConfig": {stray: 8}}, ctx)
     with pytest.raises(ApiError, match="trainingConfig.loraRank: given twice"):
         body_to_values({"dataset": "arithmetic", "trainingConfig": {"loraRank": 8, "lora_rank": 16}}, ctx)
     with pytest.raises(ApiError, match="expected a whole number, got a boolean true$"):  # JSON, not Python

@@ -258,3 +258,15 @@ def test_lora_goes_on_every_projection_but_not_on_a_mixture_of_experts_router():
     targets = lora_target_modules(Qwen2MoeForCausalLM(config))
     assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= set(targets)
     assert "shared_expert_gate" not in targets and "gate" not in targets and "lm_head" not in targets
+
+
+def test_a_micro_batch_with_no_sampled_token_is_never_trained(tiny_model):
+    """An agent sequence whose calls sampled nothing (mask all 0) alone in a micro-batch: kept for its KL
+    term it would have no loss to backpropagate."""
+    model, tokenizer = tiny_model
+    model = attach_lora(model, rank=4, seed=0)
+    seqs = _sequences(model, tokenizer, [9, 3], [0.0, 1.0])
+    seqs[0] = replace(seqs[0], completion=replace(seqs[0].completion, completion_mask=(0,) * 9))
+    batches, dropped = plan_step(seqs, 14, tokenizer.pad_token_id, keep_zero_advantage=True)
+    assert dropped == 1 and [b.num_sequences for b in batches] == [1]
+    accumulate_gradients(model, batches, StepLoss(*resolve_loss("grpo"), 0.7))  # no error

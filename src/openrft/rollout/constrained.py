@@ -314,26 +314,32 @@ def _lift_definitions(schemas: dict[str, Any]) -> tuple[dict[str, Any], dict[str
 DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})  # their values are data, not schemas
 
 
-def _refs(node: Any) -> Iterator[str]:
-    """Every JSON-pointer ``$ref`` into the document (``#`` or ``#/...``) in a schema."""
+def _refs(node: Any, names: bool = False) -> Iterator[str]:
+    """Every JSON-pointer ``$ref`` into the document (``#`` or ``#/...``) in a schema. ``names``: ``node``
+    maps names to schemas (``properties``, ``$defs``): a key there is a name, never a keyword."""
     if isinstance(node, dict):
         ref = node.get("$ref")
-        if isinstance(ref, str) and (ref == "#" or ref.startswith("#/")):
+        if not names and isinstance(ref, str) and (ref == "#" or ref.startswith("#/")):
             yield ref
         for key, value in node.items():
-            if key not in DATA_KEYWORDS:
-                yield from _refs(value)
+            if names or key not in DATA_KEYWORDS:
+                yield from _refs(value, not names and key in SCHEMA_MAPS and isinstance(value, dict))
     elif isinstance(node, list):
         for value in node:
             yield from _refs(value)
 
 
-def _prefixed_refs(node: Any, prefix: str) -> Any:
-    """``node`` with each JSON-pointer ``$ref`` into the document moved under ``prefix``."""
+def _prefixed_refs(node: Any, prefix: str, names: bool = False) -> Any:
+    """``node`` with each JSON-pointer ``$ref`` into the document moved under ``prefix`` (``names``: as
+    for :func:`_refs`)."""
     if isinstance(node, dict):
-        out = {k: v if k in DATA_KEYWORDS else _prefixed_refs(v, prefix) for k, v in node.items()}
+        out = {
+            k: v if not names and k in DATA_KEYWORDS
+            else _prefixed_refs(v, prefix, not names and k in SCHEMA_MAPS and isinstance(v, dict))
+            for k, v in node.items()
+        }  # fmt: skip
         ref = node.get("$ref")
-        if isinstance(ref, str) and (ref == "#" or ref.startswith("#/")):
+        if not names and isinstance(ref, str) and (ref == "#" or ref.startswith("#/")):
             out["$ref"] = prefix + ref[1:]
         return out
     if isinstance(node, list):

@@ -203,17 +203,21 @@ class EndpointEngine(LoadsAdapterFiles):
         except HTTPStatusError:  # a server without the listing: nothing to learn from it
             self._checked = True
             return
-        cards = (
-            [c for c in listing.get("data", []) if isinstance(c, dict)] if isinstance(listing, dict) else []
-        )
-        lengths = [c["max_model_len"] for c in cards if isinstance(c.get("max_model_len"), int)]
-        self.max_model_len = min(lengths) if lengths else None
-        if any(c.get("owned_by") == "vllm" for c in cards):
-            probe = {**self._body(ids[-64:], SamplingParams(n=1, temperature=0.5, top_k=1, max_tokens=1), model,
-                                  "probe", 0), "stop_token_ids": []}  # fmt: skip
+        data = listing.get("data", []) if isinstance(listing, dict) else []
+        cards = {c.get("id"): c for c in data if isinstance(c, dict)}
+        card = cards.get(model, {})  # the one sampled; an adapter's card names its base model as "parent"
+        length = card.get("max_model_len") or (cards.get(card.get("parent")) or {}).get("max_model_len")
+        self.max_model_len = length if isinstance(length, int) and not isinstance(length, bool) else None
+        if card.get("owned_by") == "vllm":
+            room = 64 if self.max_model_len is None else max(1, min(64, self.max_model_len - 1))
+            probe = {**self._body(ids[-room:], SamplingParams(n=1, temperature=0.5, top_k=1, max_tokens=1), model,
+                                  "probe", 0), "stop_token_ids": [], "ignore_eos": True}  # fmt: skip
             answer = await self._post(client, "/completions", probe)
             reported = self._completion(answer, "probe", 0, ids, 0).logprobs
-            if reported and reported[0] != 0.0:
+            if not reported:
+                raise RolloutError(f"the vLLM server at {self.base_url} answered the log-prob check (one token "
+                                   "at top_k 1) with no token, so which log-probs it reports is unknown")  # fmt: skip
+            if reported[0] != 0.0:
                 raise RolloutError(
                     f"the vLLM server at {self.base_url} reports log-probs before temperature scaling (a "
                     f"token it had to sample at top_k 1 came back with {reported[0]:.4f}, not 0): the "

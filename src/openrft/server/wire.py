@@ -129,7 +129,7 @@ def body_to_values(body: Any, ctx: WireContext) -> Translated:
         values.update(_options(body["openrftOptions"]))
     _references(body, ctx, values, meta)
     _training_paths(values, ctx, meta)
-    if "extraBody" in (body.get("inferenceParameters") or {}):
+    if (body.get("inferenceParameters") or {}).get("extraBody") is not None:
         values.update(_extra_body(body["inferenceParameters"]["extraBody"]))
     if body.get("evalAutoCarveout") is not None:
         carve = body["evalAutoCarveout"]
@@ -152,6 +152,7 @@ def body_to_values(body: Any, ctx: WireContext) -> Translated:
     return Translated(values, meta)
 
 
+PROTO_NAME = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)+")
 CAMEL_SECTIONS = ("trainingConfig", "inferenceParameters", "wandbConfig", "lossConfig")
 
 
@@ -164,7 +165,8 @@ def _wire_names(body: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in fields.items():
             head, *rest = key.split("_")
-            name = head + "".join(part[:1].upper() + part[1:] for part in rest)
+            proto = PROTO_NAME.fullmatch(key) is not None  # lora_rank; not _x, x_, x__y (refused as unknown)
+            name = head + "".join(part[:1].upper() + part[1:] for part in rest) if proto else key
             if name in out:
                 raise bad(f"{where}{name}", f"given twice (as {name} and as {key})")
             out[name] = value

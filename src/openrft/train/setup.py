@@ -127,15 +127,17 @@ def vllm_settings(model: Any, max_model_len: int | None) -> dict[str, Any]:
     return options
 
 
-def _blame_agent(error: EvaluatorError, completions: Sequence[Completion]) -> EvaluatorError:
-    """``error`` (too many invalid scores), or one naming the agent when most of them are agent runs that
-    failed (an exception, a timeout, a conversation past the context): the evaluator never saw those."""
+def _blame_agent(error: EvaluatorError, completions: Sequence[Completion], invalid: int) -> EvaluatorError:
+    """``error`` (too many, ``invalid``, invalid scores), or one naming the agent when at least half of
+    them are agent runs that failed (an exception, a timeout, a conversation past the context): the
+    evaluator never saw those."""
     failed = [c.error for c in completions if c.error]
-    if 2 * len(failed) <= len(completions):
+    if not failed or 2 * len(failed) < invalid:  # most invalid scores are the evaluator's own
         return error
+    example = failed[0] if len(failed[0]) <= 300 else failed[0][:300] + "..."
     return EvaluatorError(
         f"{len(failed)} of {len(completions)} agent runs failed, so more than half the candidates are "
-        f"invalid; one example: {failed[0]}",
+        f"invalid; one example: {example}",
         hint="run the agent on one row by hand against `openrft serve`; a conversation that outgrows "
         "--max-context-length, or runs past --agent-timeout, fails too",
     )
@@ -264,7 +266,8 @@ def make_scorer(
             try:
                 check_invalid_rate([s for group in scores for s in group])
             except EvaluatorError as exc:  # the job fails; the round's scored rollouts go with the error
-                exc = _blame_agent(exc, [c for cs in completions for c in cs])
+                invalid = sum(not s.is_valid for group in scores for s in group)
+                exc = _blame_agent(exc, [c for cs in completions for c in cs], invalid)
                 exc.scored = list(zip(prompts, completions, scores, strict=True))  # type: ignore[attr-defined]
                 raise exc from None
         return scores

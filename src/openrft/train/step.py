@@ -63,7 +63,9 @@ def plan_step(
         kept, dropped = [list(batch) for batch in planned], 0
     else:
         kept, dropped = drop_zero_advantage_micro_batches(planned, [s.advantage for s in sequences])
-    return [collate([sequences[i] for i in batch], pad_token_id) for batch in kept], dropped
+    batches = [collate([sequences[i] for i in batch], pad_token_id) for batch in kept]
+    trainable = [b for b in batches if bool(b.completion_mask_RC.any())]  # no sampled token: nothing to train
+    return trainable, dropped + len(batches) - len(trainable)
 
 
 def step_denominator_of(aggregation: str, sequences: Sequence[TrainSequence]) -> float:
