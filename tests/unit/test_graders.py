@@ -198,6 +198,17 @@ def test_python_grader_runs_contained_in_a_worker(tmp_path):
     assert [s.score for s in scores[0]] == [1.0, pytest.approx(ROME_VS_PARIS)]
 
 
+def test_a_python_grader_may_return_a_bool_and_take_a_pass_threshold():
+    source = "def grade(sample, item):\n    return sample['output_text'].strip() == item['answer']\n"
+    spec = {"type": "python", "name": "same", "source": source, "pass_threshold": 0.5}
+    evaluator = load_evaluator(json.dumps(spec))
+    prompt = Prompt("1", [{"role": "user", "content": "q"}], {"answer": "Paris"})
+    from openrft.evaluators import score_groups
+
+    scores = score_groups(evaluator, [(prompt, [completion("Paris"), completion("Rome")])], timeout=5)[0]
+    assert [s.score for s in scores] == [1.0, 0.0] and all(s.is_valid for s in scores)
+
+
 def test_python_grader_that_hangs_times_out_and_one_that_raises_is_invalid(tmp_path):
     from openrft.evaluators.isolation import score_contained
 
@@ -363,6 +374,15 @@ def test_templates_are_sandboxed_and_read_fields_before_methods():
     unsafe = {**STRING_CHECK, "input": "{{ sample.output_text.__class__.__mro__ }}"}
     with pytest.raises(EvaluatorError, match="is not allowed: access to attribute '__class__'"):
         grade(unsafe, "x", label="x")  # the sandbox refuses Python internals
+
+
+def test_a_field_name_with_a_hyphen_is_read_as_one_name():
+    spec = {**STRING_CHECK, "input": "{{ sample.output_text }}", "reference": "{{ item.reference-answer }}"}
+    assert grade(spec, "Paris", **{"reference-answer": "Paris"})["score"] == 1.0
+    nested = {**STRING_CHECK, "input": "{{sample.output_json.final-answer}}", "reference": "{{ item.a.b-c }}"}
+    assert grade(nested, '{"final-answer": 3}', a={"b-c": 3})["score"] == 1.0
+    with pytest.raises(EvaluatorError, match="refers to 'other-name'"):
+        grade({**spec, "reference": "{{ item.other-name }}"}, "Paris", **{"reference-answer": "Paris"})
 
 
 def check(template: str, text: str, expected: str, **row) -> None:

@@ -97,7 +97,11 @@ def test_score_model_documented_example(stub):
     stub.script.extend(['{"result": 0.75}', "0.25.", "I would say 1.0"])
     evaluator = load_grader(json.dumps(SCORE_MODEL), endpoint=stub.url)
     scores = [evaluator.fn("Paris", {"label": "Paris"})["score"] for _ in range(3)]
-    assert scores == [0.75, 0.25, 0.0]  # an answer that is not a number (or the JSON object) scores 0
+    assert scores == [
+        0.75,
+        0.25,
+        0.0,
+    ]  # an answer that is not a number (or the JSON object): the range's low end
     request = stub.requests[-1]
     assert request["model"] == "o4-mini-2025-04-16" and request["seed"] == 42
     # OpenAI's reasoning models refuse max_tokens; reasoning_effort goes to the spec's own model
@@ -107,14 +111,17 @@ def test_score_model_documented_example(stub):
     assert request["messages"][-1]["role"] == "system" and '"result"' in request["messages"][-1]["content"]
 
 
-def test_score_model_answer_without_a_number_scores_zero_and_one_out_of_range_is_clipped(stub):
-    """OpenAI's rule for score_model: outputs are clipped to the range, non-numeric ones score 0."""
+def test_score_model_answer_without_a_number_scores_the_range_s_low_end_and_one_out_of_range_is_clipped(stub):
+    """Outputs are clipped to the range; an answer with no number gets the lowest grade the range allows."""
     stub.script.extend(["I cannot decide", '{"result": 7}', "-0.2", "0.25 (on a scale of 0 to 1)"])
     evaluator = load_grader(json.dumps(SCORE_MODEL), endpoint=stub.url)
     results = [evaluator.fn("a", {"label": "b"}) for _ in range(4)]
     assert [r["score"] for r in results] == [0.0, 1.0, 0.0, 0.0]
     assert all(r["is_score_valid"] for r in results)
-    assert "no number in the grader model's answer, so 0" in results[0]["reason"]
+    assert "no number in the grader model's answer, so the range's lowest, 0" in results[0]["reason"]
+    seven = load_grader(json.dumps({**SCORE_MODEL, "range": [1, 7]}), endpoint=stub.url)
+    stub.script.append("I would say 6 out of 7")
+    assert seven.fn("a", {"label": "b"})["score"] == 1.0  # never 0, which [1, 7] does not allow
     assert "score 7 clipped to the range [0, 1]" in results[1]["reason"]
     ranged = load_grader(json.dumps({**SCORE_MODEL, "range": [0, 10]}), endpoint=stub.url)
     stub.script.append('{"result": 7}')

@@ -173,9 +173,12 @@ class PythonGrader(Grader):
 
     def grade(self, item: dict[str, Any], sample: Any) -> Grade:
         result = self._function()(dict(sample), item)
-        if isinstance(result, bool) or not isinstance(result, numbers.Real):  # numpy's numbers are Real
+        if not isinstance(
+            result, numbers.Real
+        ):  # numpy's numbers are Real; a bool is 1 or 0, as float() reads it
             raise EvaluatorError(f"{self.label}: grade() returned {type(result).__name__}, not a number")
-        return Grade(float(result), f"grade() returned {float(result):g}")
+        return Grade(float(result), f"grade() returned {result!r}" if isinstance(result, bool) else
+                     f"grade() returned {float(result):g}")  # fmt: skip
 
 
 PIP_NAMES = {"sklearn": "scikit-learn", "yaml": "pyyaml", "PIL": "pillow", "cv2": "opencv-python"}

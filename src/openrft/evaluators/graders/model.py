@@ -118,9 +118,12 @@ def parse_score(answer: str, spec: ScoreModel) -> tuple[float, str]:
         score = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):
         score = math.nan
-    if math.isnan(score):
-        return 0.0, f"no number in the grader model's answer, so 0: {_short(answer)}"
     low, high = spec.range
+    if math.isnan(score):  # the lowest grade the range allows (0 for the default [0, 1])
+        return (
+            low,
+            f"no number in the grader model's answer, so the range's lowest, {low:g}: {_short(answer)}",
+        )
     if not low <= score <= high:
         clipped = min(max(score, low), high)
         return clipped, f"the grader model's score {score:g} clipped to the range [{low:g}, {high:g}]"

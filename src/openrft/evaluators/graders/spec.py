@@ -137,6 +137,7 @@ class Python(_Spec):
     type: Literal["python"]
     source: str
     image_tag: str | None = None  # OpenAI's sandbox image; here the grader runs in this Python
+    pass_threshold: float | None = None  # the evals API's python grader has one
 
 
 Leaf = Annotated[
@@ -223,8 +224,9 @@ def parse_grader(obj: dict[str, Any], *, where: str = "") -> GraderSpec:
 def _label(obj: dict[str, Any], where: str) -> str:
     if where:
         return where
-    name = obj.get("name")
-    return f"{obj.get('type', 'grader')} grader {name!r}" if name else f"{obj.get('type', 'the')} grader"
+    name, kind = obj.get("name"), obj.get("type")
+    kind = f"{kind} grader" if isinstance(kind, str) and kind else "grader"
+    return f"{kind} {name!r}" if name else f"the {kind}" if kind == "grader" else kind
 
 
 def _first_problem(exc: ValidationError) -> str:

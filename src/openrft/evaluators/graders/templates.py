@@ -77,10 +77,29 @@ def _environment() -> SandboxedEnvironment:
     )
 
 
+PLACEHOLDER_RE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+# item.reference-answer: a JSON-path-like name with a hyphen (Jinja would read a subtraction)
+HYPHEN_PATH_RE = re.compile(r"\b((?:item|sample)(?:\.[A-Za-z_][\w]*(?:-[\w]+)*)+)")
+
+
+def _json_paths(template: str) -> str:
+    """``template`` with each ``item.a-b`` inside ``{{ }}`` written as ``item["a-b"]`` (OpenAI's paths
+    take any field name; a hyphen between two names, without spaces, is part of the name)."""
+
+    def path(match: re.Match[str]) -> str:
+        head, *parts = match.group(1).split(".")
+        return head + "".join(f"[{json.dumps(p)}]" if "-" in p else f".{p}" for p in parts)
+
+    def placeholder(match: re.Match[str]) -> str:
+        return "{{" + HYPHEN_PATH_RE.sub(path, match.group(1)) + "}}"
+
+    return PLACEHOLDER_RE.sub(placeholder, template) if "-" in template else template
+
+
 @lru_cache(maxsize=512)
 def _compile(template: str) -> Any:
     try:
-        return _environment().from_string(template)
+        return _environment().from_string(_json_paths(template))
     except TemplateSyntaxError as exc:
         raise EvaluatorError(
             f"template {template!r} is not valid: {exc.message} (line {exc.lineno})"
