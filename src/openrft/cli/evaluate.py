@@ -74,7 +74,7 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     ev.add_argument(
         "--grader-endpoint",
         metavar="URL",
-        help="OpenAI-compatible server for score_model/label_model graders (API key from OPENAI_API_KEY).",
+        help="OpenAI-compatible server for score_model/label_model graders (API key from OPENRFT_GRADER_API_KEY, else OPENAI_API_KEY).",
     )
     ev.add_argument(
         "--grader-model", metavar="NAME", help="Model for model graders instead of the one their spec names."

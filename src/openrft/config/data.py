@@ -25,7 +25,7 @@ class DataConfig(Group):
         None,
         "Base URL of an OpenAI-compatible server for the score_model and label_model graders of an "
         "OpenAI grader spec (and the cosine metric's embeddings), e.g. http://localhost:8000/v1; the API "
-        "key is read from OPENAI_API_KEY.",
+        "key is read from OPENRFT_GRADER_API_KEY, else OPENAI_API_KEY.",
     )
     grader_model: str | None = field(
         None, "Model asked by score_model/label_model graders instead of the one their spec names."

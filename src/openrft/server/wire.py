@@ -163,13 +163,14 @@ def _wire_names(body: dict[str, Any]) -> dict[str, Any]:
 
     def camel(fields: dict[str, Any], where: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        spelt: dict[str, str] = {}
         for key, value in fields.items():
             head, *rest = key.split("_")
             proto = PROTO_NAME.fullmatch(key) is not None  # lora_rank; not _x, x_, x__y (refused as unknown)
             name = head + "".join(part[:1].upper() + part[1:] for part in rest) if proto else key
             if name in out:
-                raise bad(f"{where}{name}", f"given twice (as {name} and as {key})")
-            out[name] = value
+                raise bad(f"{where}{name}", f"given twice (as {spelt[name]} and as {key})")
+            out[name], spelt[name] = value, key
         return out
 
     out = camel(body, "")

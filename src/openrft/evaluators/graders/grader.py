@@ -119,7 +119,7 @@ class ModelGrader(Grader):
             raise EvaluatorError(
                 f"{label}: a {spec.type} grader needs a model endpoint",
                 hint="pass --grader-endpoint URL (an OpenAI-compatible server, e.g. `openrft serve`); "
-                "the API key is read from OPENAI_API_KEY",
+                "the API key is read from OPENRFT_GRADER_API_KEY, else OPENAI_API_KEY",
             )
 
     @property
