@@ -42,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction, rftj: argparse._SubParsersA
     p.add_argument("--wait", action="store_true", help="Wait until the job has stopped.")
     p.set_defaults(handler=pipe_safe(cmd_cancel))
 
-    p = rftj.add_parser("resume", help="Continue a failed job from its last checkpoint.")
+    p = rftj.add_parser(
+        "resume", help="Continue a failed job (or, with --force, a cancelled one) from its last checkpoint."
+    )
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--force", action="store_true", help="Resume even a cancelled job.")
     p.add_argument("--detach", action="store_true", help="Run it in a background process.")

@@ -13,12 +13,12 @@ class DataConfig(Group):
     dataset: str | None = field(
         None,
         "Training prompts: a JSONL file of {messages, ground_truth} rows, or a built-in task "
-        "('arithmetic'). Default: the evaluator's input_dataset, else 'arithmetic'.",
+        "('arithmetic', 'calculator'). Default: the evaluator's input_dataset, else 'arithmetic'.",
     )
     evaluator: str | None = field(
         None,
         "Scoring function: path/to/file.py::function, module:function, or a built-in "
-        "('arithmetic', 'gsm8k', 'math', 'code'; weights as options, e.g. 'arithmetic:partial_weight=0'), or an OpenAI "
+        "('arithmetic', 'calculator', 'gsm8k', 'math', 'code'; weights as options, e.g. 'arithmetic:partial_weight=0'), or an OpenAI "
         "grader spec (grader.json, grader.yaml or inline JSON). Default: the dataset's built-in evaluator.",
     )
     grader_endpoint: str | None = field(

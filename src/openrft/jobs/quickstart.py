@@ -4,8 +4,8 @@ The job trains a LoRA adapter on single-digit additions whose prompt asks for th
 answer inside ``<answer></answer>`` tags. The base model often gets the sum right
 but rarely puts a number inside the tags. Scores are graded:
 0.2 for one ``<answer>N</answer>`` pair with a number in it, +0.8 when that number is
-right; a bare right number earns nothing (with partial credit for it the policy settles on
-bare numbers before it discovers the tags). Responses stop at ``</answer>``, so nothing
+right, and 0.1 for a right number outside the tags (the built-in ``arithmetic`` evaluator's
+``partial_weight``). Responses stop at ``</answer>``, so nothing
 is sampled or trained after the answer (the measured before/after rates are in
 docs/benchmarks.md).
 
