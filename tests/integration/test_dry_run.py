@@ -204,7 +204,11 @@ CASES = [
         "--max-output-tokens: 4096 leaves no room for a prompt in the 4096-token",
     ),
     (["--optimizer-weight-decay", "nan"], "--optimizer-weight-decay: nan is not valid"),
-]
+    (["--rollout-engine", "endpoint", "--endpoint-url", "gpu-host:8000"],
+     "--endpoint-url: gpu-host:8000 is not valid; expected an http:// or https:// URL"),
+    (["--grader-endpoint", "ftp://judge"], "--grader-endpoint: ftp://judge is not valid"),
+    (["--mcp-server", "no-such-mcp-server --stdio"], "--mcp-server: the command 'no-such-mcp-server' is not found"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("flags", "first_line"), CASES)

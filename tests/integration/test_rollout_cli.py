@@ -112,6 +112,10 @@ def test_serve_and_rollout_refuse_a_bad_device_or_dtype(tiny_model_dir, capsys, 
         extra = ["--prompt", "x"] if command == "rollout" else []
         assert main([command, "--base-model", str(tiny_model_dir), *extra, *flags]) == 2
         assert message in capsys.readouterr().err
+    for port in ("99999", "-1"):  # refused by the parser, before any model loads (was uvicorn's traceback)
+        with pytest.raises(SystemExit):
+            main(["serve", "--base-model", str(tiny_model_dir), "--port", port])
+        assert "--port: " in capsys.readouterr().err
     if not torch.cuda.is_available():  # a GPU this machine lacks is named before any model loads
         assert main(["serve", "--base-model", str(tiny_model_dir), "--device", "cuda:3"]) != 0
         assert "cuda:3 is not available" in capsys.readouterr().err

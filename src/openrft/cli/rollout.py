@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from openrft import config as C
+from openrft.cli.evaluate import port_number
 from openrft.net import is_loopback
 from openrft.rollout import DEFAULT_MAX_CONCURRENT
 
@@ -81,7 +82,7 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     )
     _model_flags(sv)
     sv.add_argument("--host", default="127.0.0.1", help="Interface to listen on (default 127.0.0.1).")
-    sv.add_argument("--port", type=int, default=8000, help="Port to listen on (default 8000).")
+    sv.add_argument("--port", type=port_number, default=8000, help="Port to listen on (default 8000).")
     sv.add_argument("--served-model-name", help="Model name clients send (default: --base-model).")
     sv.add_argument(
         "--lora-modules", nargs="+", default=[], metavar="NAME=ADAPTER",

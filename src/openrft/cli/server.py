@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from openrft.cli.evaluate import positive_int
+from openrft.cli.evaluate import port_number, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction, rftj: argparse._SubParsersAction) -> None:
@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction, rftj: argparse._SubParsersA
         "It listens on 127.0.0.1 unless --host says otherwise; any other address needs an API key.",
     )
     p.add_argument("--host", default=None, help="Address to listen on (default: 127.0.0.1).")
-    p.add_argument("--port", type=positive_int, default=None, help="Port (default: 8321).")
+    p.add_argument("--port", type=port_number, default=None, help="Port (default: 8321).")
     p.add_argument(
         "--api-key",
         action="append",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import model_validator
 
-from openrft.config.fields import Group, field
+from openrft.config.fields import URL, Group, field
 
 
 class DataConfig(Group):
@@ -26,6 +26,8 @@ class DataConfig(Group):
         "Base URL of an OpenAI-compatible server for the score_model and label_model graders of an "
         "OpenAI grader spec (and the cosine metric's embeddings), e.g. http://localhost:8000/v1; the API "
         "key is read from OPENRFT_GRADER_API_KEY, else OPENAI_API_KEY.",
+        valid="an http:// or https:// URL",
+        pattern=URL,
     )
     grader_model: str | None = field(
         None, "Model asked by score_model/label_model graders instead of the one their spec names."

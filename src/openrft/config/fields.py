@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+URL = r"^https?://[^\s/]+\S*$"  # an http(s):// address with a host
+
 
 def field(
     default: Any, description: str, *, valid: str | None = None, flags: tuple[str, ...] = (), **kw: Any

@@ -24,7 +24,7 @@ from pydantic import (
 from openrft.algo.losses import LOSS_METHODS, KLBetaNotSupported, resolve_loss
 from openrft.config.agent import AgentConfig
 from openrft.config.data import DataConfig
-from openrft.config.fields import Group, field, parse_token_count, template_text
+from openrft.config.fields import URL, Group, field, parse_token_count, template_text
 from openrft.records import SamplingParams
 from openrft.settings import (
     AgentSettings,
@@ -363,10 +363,8 @@ class RolloutConfig(Group):
         "sampling has taken a minute, about what compiling costs; then each step runs several times faster. "
         "--no-compile keeps every step eager. Not used on a CPU.",
     )
-    endpoint_url: str | None = field(
-        None,
-        "Base URL of an OpenAI-compatible server for --rollout-engine endpoint (e.g. http://host:8000/v1).",
-    )
+    endpoint_url: str | None = field(None, "Base URL of an OpenAI-compatible server for --rollout-engine endpoint "
+                                     "(e.g. http://host:8000/v1).", valid="an http:// or https:// URL", pattern=URL)  # fmt: skip
     ray_address: str | None = field(
         None,
         "Run rollouts and evaluator calls on a Ray cluster: 'auto', HOST:PORT, ray://HOST:PORT or "

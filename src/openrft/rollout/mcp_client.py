@@ -19,6 +19,7 @@ import contextlib
 import copy
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -187,12 +188,18 @@ def _describe(exc: BaseException) -> str:
 def mcp_tools(server: str) -> McpToolset:
     """The tools of the MCP server at an ``http(s)://`` URL, or started by a stdio command line."""
     try:
-        if not shlex.split(server or ""):
+        argv = shlex.split(server or "")
+        if not argv:
             raise ValueError("it is empty")
     except ValueError as exc:
         raise ConfigError(
             f"--mcp-server: '{server}' is not an MCP server URL or command line: {exc}"
         ) from None
+    if not server.strip().startswith(("http://", "https://")) and shutil.which(argv[0]) is None:
+        raise ConfigError(
+            f"--mcp-server: the command '{argv[0]}' is not found (not a program on PATH, nor an executable file)",
+            hint="give the MCP server's command line as you would type it, or its http(s):// URL",
+        )
     return McpToolset(server.strip())
 
 
