@@ -31,7 +31,7 @@ from typing import Any
 
 from openrft.config import JobConfig
 from openrft.data import PromptSet, check_prompt_lengths, load_prompts, split_carveout
-from openrft.errors import ConfigError, EvaluatorError, OpenRFTError
+from openrft.errors import ConfigError, DataError, EvaluatorError, OpenRFTError
 from openrft.paths import OWNER_FILE, atomic_write_text, output_dir
 from openrft.records import Prompt
 from openrft.settings import JobSettings
@@ -93,6 +93,12 @@ def prepare(cfg: JobConfig, job_dir: Path | None = None) -> PreparedJob:
         settings, model=dataclasses.replace(settings.model, device=device, dtype=dtype)
     )
     seed, d = settings.schedule.seed, cfg.data
+    if d.dataset and not d.evaluator:  # the dataset would name the evaluator: first say that it is missing
+        from openrft.data import is_builtin
+
+        with _input("--dataset"):
+            if not is_builtin(d.dataset) and not Path(d.dataset).expanduser().exists():
+                raise DataError(f"{d.dataset}: no such file, nor a built-in task (arithmetic, calculator)")
     with _input("--evaluator"):
         evaluator = load_evaluator(
             d.evaluator, dataset=d.dataset, grader_endpoint=d.grader_endpoint, grader_model=d.grader_model
