@@ -484,6 +484,15 @@ def test_resume_from_a_folder_outside_the_store(fake, home, model_dir, capsys, t
     )  # never deletes a folder it does not own
     assert main(["rftj", "create", "--resume-from", str(tmp_path / "nothing")]) == 7
     assert "neither a job id in the store nor a job folder" in capsys.readouterr().err
+    # --dry-run checks the same, and accepts what a create would take: a folder with checkpoints, a job id
+    for target, code in (
+        (str(tmp_path / "nothing"), 7),
+        ("no-such-job", 7),
+        (str(folder), 0),
+        ("old-job", 7),
+    ):
+        assert main(["rftj", "create", "--resume-from", target, "--dry-run"]) == code, target
+        assert ("neither a job id" in capsys.readouterr().err) == (code == 7)
 
 
 def test_wandb_without_the_extra_fails_validation_with_a_hint(fake, home, model_dir, capsys, monkeypatch):

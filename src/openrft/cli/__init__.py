@@ -144,6 +144,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     cfg, sources = config_from_args(args)
     warn(C.advise(cfg))
     if args.dry_run:
+        if args.resume_from:
+            runner.check_resume_target(args.resume_from)
         prepared = None if args.resume_from else runner.validate(cfg)  # everything short of loading the model
         if prepared is not None:
             from openrft.cli.preflight import dry_run_warnings

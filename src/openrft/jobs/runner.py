@@ -34,7 +34,7 @@ from openrft.jobs.outcome import record_outcome, reserve_outcome
 from openrft.jobs.snapshot import absolute_paths, resumed_values, write_snapshot
 from openrft.jobs.states import OUTCOME_STATES, JobState
 from openrft.jobs.store import JobRecord, JobStore, config_values
-from openrft.paths import folder_in_use, folder_lock, output_dir
+from openrft.paths import folder_in_use, folder_lock, openrft_home, output_dir
 
 ERROR_LOG = "error.log"
 
@@ -174,10 +174,7 @@ def _resume_from(
     if record is None:
         job_dir = Path(target).expanduser()
         if not (job_dir / "checkpoints").is_dir():
-            raise JobError(
-                f"--resume-from {target}: neither a job id in the store nor a job folder with checkpoints",
-                hint="see the jobs with: openrft rftj list",
-            )
+            raise _no_resume_target(target)
         if folder_in_use(job_dir) is not None:
             raise JobError(f"--resume-from {target}: a process is training in that folder now",
                            hint="wait for it to end, or stop it first")  # fmt: skip
@@ -193,6 +190,18 @@ def _resume_from(
         store.update_config(record.id, merged)
         print(f"job {record.id}: continuing with changed {', '.join(changed)}", file=sys.stderr)
     return store.prepare_resume(record.id, force=True)
+
+
+def check_resume_target(target: str) -> None:
+    """``--dry-run``'s check (nothing written) that ``--resume-from`` names a stored job or checkpoints."""
+    stored = (openrft_home() / "jobs.db").is_file() and _find(JobStore(openrft_home()), target) is not None
+    if not stored and not (Path(target).expanduser() / "checkpoints").is_dir():
+        raise _no_resume_target(target)
+
+
+def _no_resume_target(target: str) -> JobError:
+    message = f"--resume-from {target}: neither a job id in the store nor a job folder with checkpoints"
+    return JobError(message, hint="see the jobs with: openrft rftj list")
 
 
 def _folder_config(job_dir: Path, config_file: str | None, flag_values: dict[str, Any]) -> JobConfig:
