@@ -284,6 +284,15 @@ def test_strict_tools_hold_the_models_calls_to_their_schemas_under_auto(tiny_mod
         assert reply.choices[0].message.content == "{}"
 
 
+def _call_checkers(tools, tokenizer, tiny_model):
+    """For the forced ("required") and the strict ("auto") call grammar of ``tools``: whether it accepts a text."""
+    model, _ = tiny_model
+    engine = LocalEngine(model, tokenizer)
+    checker = Constraints(tokenizer, engine.constraints.vocab_size, engine.stop_token_ids)
+    for grammar in (tool_call_grammar(tools, "required", None), strict_call_grammar(tools, None)):
+        yield lambda text, g=grammar: checker.matcher(g).consume_tokens(tokenizer(text)["input_ids"])
+
+
 def test_schemas_that_refer_to_their_own_root_are_held_as_written(client, tokenizer, tiny_model):
     from openrft.rollout.responses_api import chat_tools
 
@@ -299,12 +308,8 @@ def test_schemas_that_refer_to_their_own_root_are_held_as_written(client, tokeni
            "required": ["city"]}, "work": {"$ref": "#/properties/home"}}, "required": ["home", "work"]}  # fmt: skip
     tools = [{"type": "function", "function": {"name": n, "parameters": p, "strict": True}}
              for n, p in (("chain", tree), ("addr", zod))]  # fmt: skip
-    model, _ = tiny_model
-    engine = LocalEngine(model, tokenizer)
-    checker = Constraints(tokenizer, engine.constraints.vocab_size, engine.stop_token_ids)
     call = '<tool_call>\n{"name": "%s", "arguments": %s}\n</tool_call>'
-    for grammar in (tool_call_grammar(tools, "required", None), strict_call_grammar(tools, None)):
-        accepts = lambda text, g=grammar: checker.matcher(g).consume_tokens(tokenizer(text)["input_ids"])  # noqa: E731
+    for accepts in _call_checkers(tools, tokenizer, tiny_model):
         assert accepts(call % ("chain", '{"value": 1, "children": [{"value": 2, "children": []}]}'))
         assert not accepts(call % ("chain", '{"value": 1, "children": [{"name": "chain", "arguments": {}}]}'))
         assert accepts(call % ("addr", '{"home": {"city": "Rome"}, "work": {"city": "Oslo"}}'))
@@ -370,12 +375,8 @@ def test_references_keep_their_meaning_wherever_they_are_in_a_tool_schema(tokeni
     }  # fmt: skip
     tools = [{"type": "function", "function": {"name": n, "parameters": p, "strict": True}}
              for n, (p, _, _) in cases.items()]  # fmt: skip
-    model, _ = tiny_model
-    engine = LocalEngine(model, tokenizer)
-    checker = Constraints(tokenizer, engine.constraints.vocab_size, engine.stop_token_ids)
     call = '<tool_call>\n{"name": "%s", "arguments": %s}\n</tool_call>'
-    for grammar in (tool_call_grammar(tools, "required", None), strict_call_grammar(tools, None)):
-        accepts = lambda text, g=grammar: checker.matcher(g).consume_tokens(tokenizer(text)["input_ids"])  # noqa: E731
+    for accepts in _call_checkers(tools, tokenizer, tiny_model):
         for name, (_, good, bad) in cases.items():
             assert accepts(call % (name, good)), name
             assert not accepts(call % (name, bad)), name

@@ -31,6 +31,16 @@ def _sequences(model, tokenizer, lengths, advantages, temperature=0.7, seed=0):
     return seqs
 
 
+def _lora_off_zero(model, std):
+    """``model`` with a LoRA adapter whose B matrices are moved off zero, so a step is not trivially on the reference."""
+    model = attach_lora(model, rank=4, seed=0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, std)
+    return model
+
+
 def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
 
@@ -40,11 +50,7 @@ def _grads(model):
 )
 def test_micro_batches_give_the_whole_step_gradient(tiny_model, method, length_norm):
     model, tokenizer = tiny_model
-    model = attach_lora(model, rank=4, seed=0)
-    with torch.no_grad():  # move the adapter off zero so the step is not trivially on the reference
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
+    model = _lora_off_zero(model, 0.05)
     settings = StepLoss(*resolve_loss(method, 0.0, length_norm), 0.7)
     seqs = _sequences(model, tokenizer, [5, 9, 2, 7, 4, 6], [1.0, -0.5, 0.3, -1.2, 0.8, 0.0])
     results = {}
@@ -140,11 +146,7 @@ def test_collate_shares_prompts_and_aligns_old_logprobs():
 
 def test_shared_prompt_logprobs_equal_full_sequence_logprobs(tiny_model):
     model, tokenizer = tiny_model
-    model = attach_lora(model, rank=4, seed=0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
+    model = _lora_off_zero(model, 0.1)
     seqs = _sequences(model, tokenizer, [5, 3, 7, 2], [1.0, -1.0, 0.5, 0.2])
     seqs = [
         seqs[0],
@@ -229,11 +231,7 @@ def test_an_update_s_gradient_depends_on_its_sequences_only(tiny_model, method):
     on how the update's sequences fall into accumulated steps: one token-mean (or sequence mean) over
     the update, as TRL's and verl's losses are."""
     model, tokenizer = tiny_model
-    model = attach_lora(model, rank=4, seed=0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
+    model = _lora_off_zero(model, 0.05)
     # two prompts' groups; a zero-advantage sequence fills a micro-batch of its own at budget 16
     seqs = _sequences(model, tokenizer, [9, 8, 2, 2, 7, 3], [1.0, -0.5, 0.0, 0.0, -1.2, 0.6])
     whole, _ = _updates(model, [seqs], method, 10_000, 1)
