@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from urllib.parse import urlsplit
 
 
@@ -30,4 +31,24 @@ def foreign_host(header: str) -> bool:
     return bool(header) and not is_loopback(host_name(header))
 
 
-__all__ = ["is_loopback", "host_name", "foreign_host"]
+def listen_problem(host: str, port: int) -> str | None:
+    """Why a server could not listen on ``host:port``, as one line naming the flag (a name that does not
+    resolve, an address this machine does not have, a port in use), or None: checked before a model is
+    loaded, so that a typo does not fail minutes later."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # uvicorn's choice of socket
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]"), port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (OSError, UnicodeError) as exc:
+        return f"--host {host}: no such address or host name ({getattr(exc, 'strerror', None) or exc})"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})"
+    return None
+
+
+__all__ = ["is_loopback", "host_name", "foreign_host", "listen_problem"]

@@ -63,6 +63,21 @@ def temporary_beside(target: Path, suffix: str = ".tmp") -> tuple[int, str]:
     return fd, tmp
 
 
+def unwritable(target: Path) -> str | None:
+    """Why a file could not be written at ``target``, or None: checked before long work, creating
+    nothing (the writer itself makes the missing folders)."""
+    if target.is_dir():
+        return "a folder is there; give a file name"
+    for folder in target.parents:
+        if folder.is_dir():
+            return (
+                None if os.access(folder, os.W_OK | os.X_OK) else f"cannot be written ({folder} is read-only)"
+            )
+        if folder.exists() or folder.is_symlink():
+            return f"cannot be written ({folder} is a file)"
+    return None
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -201,5 +216,5 @@ def pid_alive(pid: int) -> bool:
 
 __all__ = [
     "atomic_directory", "atomic_replace", "atomic_write_text", "folder_in_use", "folder_lock", "pid_alive", "jobs_root", "make_parent", "openrft_home", "output_dir",
-    "OWNER_FILE", "readable_by_all", "recover_directory", "temporary_beside",
+    "OWNER_FILE", "readable_by_all", "recover_directory", "temporary_beside", "unwritable",
 ]  # fmt: skip

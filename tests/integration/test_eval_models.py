@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from openrft.cli import main
+from openrft.errors import ConfigError
 from openrft.jobs.model_eval import pass_at_k, pass_rates
 from openrft.records import Prompt, Score, ScoredGroup
 
@@ -92,6 +93,24 @@ def test_pass_rates_average_over_prompts_and_invalid_never_passes():
     assert pass_rates(groups, PassRule(), [1, 2]) == {"pass@1": 0.25, "pass@2": 0.5}
     assert pass_rates(groups, PassRule(0.9), [1]) == {"pass@1": 0.5}
     assert pass_rates(groups, PassRule(1.0, "ok"), [1]) == {"pass@1": 0.25}
+    PassRule(1.0, "ok").check(groups)  # one valid score carries it: fine
+    with pytest.raises(
+        ConfigError, match=r"--pass-metric nosuch: .*no metric of that name \(they have: ok\)"
+    ):
+        PassRule(1.0, "nosuch").check(groups)  # it would pass nothing, silently
+
+
+def test_eval_refuses_an_output_it_could_not_write_before_loading_anything(stub, tmp_path, capsys):
+    evaluator, data = stub
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine\n")
+    for output, reason in ((tmp_path, "a folder is there"), (blocker / "out.jsonl", f"{blocker} is a file")):
+        code, out, err = run(
+            capsys, "eval", "--dataset", data, "--evaluator", f"{evaluator}::stub",
+            "--base-model", tmp_path / "no_such_model", "--output", output,
+        )  # fmt: skip
+        assert code == 2 and f"--output {output}: " in err and reason in err, err
+    assert blocker.read_text() == "mine\n"
 
 
 def test_eval_base_and_adapter_side_by_side(tiny_model_dir, adapter, stub, tmp_path, capsys):

@@ -69,6 +69,12 @@ def test_missing_model_is_a_clean_error(capsys, tmp_path):
     assert "base model not found" in err and "hint:" in err
 
 
+@pytest.fixture(autouse=True)
+def _any_port(monkeypatch):
+    """These tests replace the server, which then listens nowhere: the default port need not be free."""
+    monkeypatch.setattr("openrft.cli.rollout.listen_problem", lambda host, port: None)
+
+
 def test_serve_flags_parse():
     args = build_parser().parse_args(["serve", "--base-model", "m", "--port", "9001", "--adapter", "a"])
     assert (args.base_model, args.port, args.adapter, args.host) == ("m", 9001, "a", "127.0.0.1")

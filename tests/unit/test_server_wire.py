@@ -151,6 +151,25 @@ def test_loopback_addresses():
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("myhost")
 
 
+def test_serve_and_server_refuse_an_address_they_cannot_listen_on_before_loading_anything(tmp_path, capsys):
+    import socket
+
+    from openrft.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        for flags, message in (
+            (["--host", "999.1.1.1"], "--host 999.1.1.1: no such address or host name"),
+            (["--port", str(taken)], f"--host 127.0.0.1 --port {taken}: cannot listen there"),
+        ):  # one line each (was uvicorn's log, for serve after loading the model)
+            assert main(["serve", "--base-model", str(tmp_path / "not-loaded"), *flags]) == 2
+            assert message in capsys.readouterr().err
+            assert main(["server", "--api-key", "k", *flags]) == 2
+            assert message in capsys.readouterr().err
+
+
 def test_a_jinja_template_travels_as_text_never_as_a_server_file(ctx, tmp_path):
     template = "{% for m in messages %}{{ m.content }}{% endfor %}"
     body = {"dataset": "arithmetic", "evaluator": "arithmetic", "trainingConfig": {"jinjaTemplate": template}}

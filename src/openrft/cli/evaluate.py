@@ -257,14 +257,18 @@ def _completion(prompt_id: str, index: int, text: str) -> Any:
 
 
 def refuse_output_over_inputs(output: str | None, *inputs: str | None) -> None:
-    """``--output`` may not name a file the command reads (it would be replaced by the results)."""
+    """``--output`` must be a file that can be written, checked before anything is sampled or scored,
+    and not one the command reads (it would be replaced by the results)."""
     from pathlib import Path
 
     from openrft.errors import ConfigError
+    from openrft.paths import unwritable
 
     if not output:
         return
     target = Path(output).expanduser().resolve()
+    if reason := unwritable(target):
+        raise ConfigError(f"--output {output}: {reason}")
     for given in inputs:
         source = Path(str(given).partition("::")[0]).expanduser() if given else None
         if source is not None and source.exists() and source.resolve() == target:

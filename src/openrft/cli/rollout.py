@@ -17,7 +17,7 @@ from typing import Any
 
 from openrft import config as C
 from openrft.cli.evaluate import port_number
-from openrft.net import is_loopback
+from openrft.net import is_loopback, listen_problem
 from openrft.rollout import DEFAULT_MAX_CONCURRENT
 
 ROLLOUT_DEFAULTS = {"response_candidates_count": 4, "max_output_tokens": 256}
@@ -198,9 +198,12 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from openrft.errors import ConfigError
     from openrft.rollout.server import serve
 
     rollout = _validated(args)
+    if problem := listen_problem(args.host, args.port):
+        raise ConfigError(problem)
     base, engine = _engine(args, rollout)
     short = Path(str(base).rstrip("/")).name or str(base)
     if args.adapter:  # policy = base + adapter, under the adapter's name; the base under its own

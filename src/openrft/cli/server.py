@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction, rftj: argparse._SubParsersA
 def cmd_server(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from openrft.errors import ConfigError
+    from openrft.net import listen_problem
     from openrft.server.app import create_app
     from openrft.server.settings import DEFAULT_HOST, DEFAULT_PORT, ServerSettings, keys_from_env
 
@@ -60,6 +62,8 @@ def cmd_server(args: argparse.Namespace) -> int:
         home=Path(os.environ["OPENRFT_HOME"]) if os.environ.get("OPENRFT_HOME") else None,
     )
     app = create_app(settings)  # refuses a public bind without a key (ConfigError, exit code 2)
+    if problem := listen_problem(settings.host, settings.port):
+        raise ConfigError(problem)
     auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API key (loopback only)"
     tls = _tls(args)
     print(f"openrft server on {'https' if tls else 'http'}://{settings.host}:{settings.port} ({auth}); "

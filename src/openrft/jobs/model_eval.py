@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openrft.errors import JobError
+from openrft.errors import ConfigError, JobError
 from openrft.evaluators.runner import SUMMARY_STATS
 from openrft.records import Prompt, SamplingParams, Score, ScoredGroup
 
@@ -74,6 +74,17 @@ class PassRule:
 
     def describe(self) -> str:
         return f"{self.metric or 'score'} >= {self.threshold:g}"
+
+    def check(self, groups: Sequence[ScoredGroup]) -> None:
+        """Refuse a ``--pass-metric`` that no valid score carries: it would pass nothing, silently."""
+        valid = [s for g in groups for s in g.scores if s.is_valid]
+        if not self.metric or not valid or any(self.metric in s.metrics for s in valid):
+            return
+        seen = sorted({name for s in valid for name in s.metrics})
+        raise ConfigError(
+            f"--pass-metric {self.metric}: the evaluator's scores have no metric of that name "
+            f"(they have: {', '.join(seen) or 'no metrics, only a score'})"
+        )
 
 
 @dataclass
@@ -256,6 +267,7 @@ def evaluate_model(
     engine = load(model, max_concurrent_rollouts=max_concurrent_rollouts, **options)
     timings: dict[str, float] = {}
     groups = sample_and_score(engine, score, prompts, params, RoundSettings(), timings)
+    rule.check(groups)
     stats = round_metrics(groups, len(groups))
     metrics = {
         "mean reward": stats["reward/mean"],
