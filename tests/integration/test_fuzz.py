@@ -274,3 +274,44 @@ def test_repair_leaves_a_healthy_store_alone_and_never_calls_a_cancelled_job_com
     code, out, _ = run(capsys, ["rftj", "list"])
     states = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:] if line.strip()}
     assert states["cancelled"] == "FAILED" and states["done"] == "COMPLETED"  # the first can be resumed
+
+
+# ----------------------------------------------------------------------------- empty values
+
+BLANK_FLAGS = ["--evaluator", "--dataset", "--evaluation-dataset", "--output-model", "--warm-start-from",
+               "--resume-from", "--tools", "--agent", "--config", "--reference-field", "--grader-model",
+               "--grader-endpoint", "--ray-address", "--wandb-project", "--wandb-api-key", "--stop", "--server"]  # fmt: skip
+BLANK_CASES = [
+    *((["rftj", "create", "--dry-run", flag, value], flag) for flag in BLANK_FLAGS for value in ("", " ")),
+    (["rftj", "create", "--dry-run", "--evaluator=", "--dataset", "arithmetic"], "--evaluator"),
+    (["rollout", "--prompt", ""], "--prompt"),
+    (["serve", "--api-key", " "], "--api-key"),
+    (["serve", "--served-model-name="], "--served-model-name"),
+    (["eval", "--dataset", "{u}/good.jsonl", "--pass-metric", ""], "--pass-metric"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"), BLANK_CASES, ids=[" ".join(a[2:] if a[0] == "rftj" else a)[:40] for a, _ in BLANK_CASES]
+)
+def test_an_empty_value_is_refused_never_taken_for_the_flag_left_out(user, capsys, argv, flag):
+    before = snapshot(user)
+    code, out, err = run(capsys, [a.format(u=user) for a in argv])
+    assert code == 2 and err.strip() == f"{flag}: an empty value; give one, or leave the flag out", err
+    assert snapshot(user) == before and out == ""
+
+
+PARSER_CASES = [
+    (["rftj", "rollouts", "a", "--limit", "-5"], "--limit: -5 is not valid; expected a whole number >= 1"),
+    (["rftj", "create", "--job-id", "-lead"], "--job-id: expected one argument (a value that starts with '-' goes as --job-id=VALUE)"),
+    (["rftj", "list", "-o", "yaml"], "-o/--output: invalid choice: 'yaml'"),
+    (["rollout"], "the following arguments are required: --prompt"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "first"), PARSER_CASES, ids=[" ".join(a)[:40] for a, _ in PARSER_CASES])
+def test_the_parser_s_refusals_are_one_line_and_a_hint_not_the_usage_block(user, capsys, argv, first):
+    code, out, err = run(capsys, argv)
+    command = " ".join(a for a in argv[:2] if not a.startswith("-") and a != "a")
+    assert code == 2 and out == "" and err.splitlines()[0].startswith(first), err
+    assert err.splitlines()[1:] == [f"hint: `openrft {command} --help` lists what it takes"], err

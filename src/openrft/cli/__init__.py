@@ -21,7 +21,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from openrft import config as C
 from openrft.console import quiet_known_warnings
@@ -189,8 +189,19 @@ def _optional(module: str, attr: str) -> Any:
 # ----------------------------------------------------------------------------- parser
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's refusals as one line naming the flag, and a hint, instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        line = message.removeprefix("argument ")
+        if line.endswith(": expected one argument"):  # `--job-id -lead`: argparse took the value for a flag
+            flag = line.split(":")[0].split("/")[-1]
+            line += f" (a value that starts with '-' goes as {flag}=VALUE)"
+        self.exit(2, f"{line}\nhint: `{self.prog} --help` lists what it takes\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="openrft",
         description="Self-hosted reinforcement fine-tuning (GRPO, DAPO, GSPO-token) of language models with LoRA.",
     )
@@ -246,6 +257,33 @@ def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
                 _no_abbreviations(child)
 
 
+def _value_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option, in any sub-command, that takes a value."""
+    flags: set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                flags |= _value_flags(child)
+        elif action.nargs != 0:
+            flags.update(o for o in action.option_strings if o.startswith("--"))
+    return flags
+
+
+def blank_value(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
+    """The refusal of a flag given an empty or blank value (``--evaluator ""``), or None: such a value
+    was taken for the flag left out, so a job ran with something other than what was typed."""
+    takes_value = _value_flags(parser)
+    for i, word in enumerate(argv):
+        flag, eq, value = word.partition("=")
+        if not eq and word in takes_value and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif not (eq and flag in takes_value):
+            continue
+        if not value.strip():
+            return f"{flag}: an empty value; give one, or leave the flag out"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # How idle OpenMP threads wait between parallel regions (docs/benchmarks.md, "defaults"):
     # sleeping (OMP_WAIT_POLICY=PASSIVE) pays a wake-up at every region, 1.6x the training time of a
@@ -260,7 +298,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(openrft_home() / "cache" / "inductor"))
     quiet_known_warnings()
     parser = build_parser()
-    args = parser.parse_args(attach_negative_values(list(sys.argv[1:] if argv is None else argv)))
+    words = attach_negative_values(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(words)
+    if blank := blank_value(parser, words):
+        print(blank, file=sys.stderr)
+        return 2
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
