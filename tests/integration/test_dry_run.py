@@ -207,6 +207,7 @@ CASES = [
     (["--rollout-engine", "endpoint", "--endpoint-url", "gpu-host:8000"],
      "--endpoint-url: gpu-host:8000 is not valid; expected an http:// or https:// URL"),
     (["--grader-endpoint", "ftp://judge"], "--grader-endpoint: ftp://judge is not valid"),
+    (["--grader-endpoint", "http://:8000/v1"], "--grader-endpoint: http://:8000/v1 is not valid"),  # no host
     (["--dataset", "{d}/no-such.jsonl"], "--dataset: {d}/no-such.jsonl: no such file"),  # (not "no evaluator")
     (["--mcp-server", "no-such-mcp-server --stdio"], "--mcp-server: the command 'no-such-mcp-server' is not found"),
 ]  # fmt: skip

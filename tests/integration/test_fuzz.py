@@ -219,6 +219,10 @@ OTHER_CASES = [
         "--max-concurrency",
     ),
     (["rftj", "rollouts", "a", "--limit", "-5"], "--limit"),
+    (
+        ["evaluate", "--dataset", "{u}/good.jsonl", "--evaluator", EVAL, "--grader-endpoint", "ftp://judge"],
+        "--grader-endpoint: ftp://judge is not valid; expected an http:// or https:// URL",
+    ),  # as job creation refuses it (every score was an invalid APIConnectionError)
     (["rftj", "get", "no-such-job"], "no job with id"),
     (["rftj", "plot", "no-such-job", "--out", "{u}/plot.png"], "no-such-job"),
     (["rftj", "plot", "{u}/run", "--out", "{u}/mine"], "{u}/mine: a folder is there"),

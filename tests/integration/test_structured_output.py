@@ -403,6 +403,9 @@ def test_schemas_whose_references_never_end_are_refused_and_recursion_that_can_s
         "missing": {"type": "object", "properties": {"x": {"$ref": "#/$defs/Gone"}}, "required": ["x"]},
         "escaped": {"type": "object", "properties": {"a": {"$ref": "#/$defs/a~1b"}}, "required": ["a"],
                     "$defs": {"a/b": {"type": "integer"}}},
+        "nullable": {"type": ["object", "null"], "properties": {"a": {"$ref": "#"}}, "required": ["a"]},  # OpenAI's
+        "untyped": {"properties": {"a": {"$ref": "#"}}, "required": ["a"]},  # any type: null ends it
+        "scalar": {"type": "string", "properties": {"a": {"$ref": "#"}}, "required": ["a"]},  # binds objects only
     }  # fmt: skip
     for name, schema in endless.items():
         with pytest.raises(ConstraintError, match="no finite value"):

@@ -215,3 +215,16 @@ def test_a_dataset_is_chunked_only_above_one_and_a_half_rounds():
     assert [schedule.prompts_per_round(n) for n in (10, 300, 301, 1000)] == [10, 300, 200, 200]
     whole = Schedule(epochs=1, chunk_size=-1, seed=0, eval_every=0, eval_candidates=1, checkpoint_every=1)
     assert whole.prompts_per_round(5000) == 5000
+
+
+def test_url_fields_take_http_addresses_with_a_host_only():
+    for url in (
+        "http://localhost:8000/v1",
+        "HTTPS://api.example.com/v1",
+        "http://[::1]:8000/v1",
+        "http://u:p@h:1/x?y",
+    ):
+        assert _build(grader_endpoint=url).flat()["grader_endpoint"] == url
+    for url in ("http://:8000/v1", "http:///v1", "http://", "ftp://x/v1", "localhost:8000", "http://a b/v1"):
+        with pytest.raises(ConfigError, match="expected an http:// or https:// URL"):
+            _build(endpoint_url=url)

@@ -207,6 +207,17 @@ def test_a_python_grader_may_return_a_bool_and_take_a_pass_threshold():
 
     scores = score_groups(evaluator, [(prompt, [completion("Paris"), completion("Rome")])], timeout=5)[0]
     assert [s.score for s in scores] == [1.0, 0.0] and all(s.is_valid for s in scores)
+    for result, value in (("np.isclose(1.0, 1.0)", 1.0), ("np.float32(0.25)", 0.25), ("np.array(0.5)", 0.5)):
+        spec = {
+            "type": "python",
+            "name": "np",
+            "source": f"import numpy as np\ndef grade(sample, item):\n    return {result}\n",
+        }
+        (score,) = score_groups(load_evaluator(json.dumps(spec)), [(prompt, [completion("a")])], timeout=5)[0]
+        assert score.is_valid and score.score == value, (result, score.reason)  # numpy's bool_ too
+    spec["source"] = "import numpy as np\ndef grade(sample, item):\n    return np.array([1.0])\n"
+    (score,) = score_groups(load_evaluator(json.dumps(spec)), [(prompt, [completion("a")])], timeout=5)[0]
+    assert not score.is_valid and "not a number" in score.reason
 
 
 def test_python_grader_that_hangs_times_out_and_one_that_raises_is_invalid(tmp_path):

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from openrft import config as C
-from openrft.cli.evaluate import positive_int, positive_seconds, refuse_output_over_inputs
-from openrft.cli.rollout import ROLLOUT_DEFAULTS, _help
+from openrft.cli.evaluate import field_help, positive_int, positive_seconds, refuse_output_over_inputs
+from openrft.cli.rollout import ROLLOUT_DEFAULTS
 from openrft.config.models import response_grammar
 
 # What a job's stored configuration lends to an evaluation (openrft.jobs.model_eval.SAMPLING_FIELDS).
@@ -49,7 +49,7 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
         help="path/to/file.py::function, module:function, or a built-in (arithmetic, gsm8k, math, code, calculator). "
         "Default: the first --job's evaluator, else the dataset's task.",
     )
-    ev.add_argument("--base-model", metavar="MODEL", help=_help("base_model"))
+    ev.add_argument("--base-model", metavar="MODEL", help=field_help("base_model"))
     ev.add_argument(
         "--adapter", dest="models", action="append", type=lambda v: ("adapter", v), metavar="DIR",
         help="LoRA adapter folder (PEFT format) to evaluate; repeat to compare several.",
@@ -73,11 +73,7 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
         "--pass-metric", metavar="NAME",
         help="Judge passes on this evaluator metric instead of the score (e.g. correct_in_tags).",
     )  # fmt: skip
-    ev.add_argument(
-        "--reference-field", metavar="NAME",
-        help="Take each row's ground truth from this row field, or a dotted path ('reward_model.ground_truth'); "
-        "a GSM8K solution gives the number after its last '####', a MATH solution its last \\boxed{} answer.",
-    )  # fmt: skip
+    ev.add_argument("--reference-field", metavar="NAME", help=field_help("reference_field"))
     ev.add_argument("--skip-bad-rows", action="store_true", help="Skip (and count) malformed dataset rows.")
     ev.add_argument("--output", metavar="FILE.jsonl", help="Write one JSON line per sample to FILE.")
     ev.add_argument(
@@ -103,15 +99,20 @@ def _sampling_flags(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     group.add_argument(
         "--max-output-tokens", dest="max_output_tokens", type=int, metavar="TOKENS", default=argparse.SUPPRESS,
-        help=_help("max_output_tokens", ROLLOUT_DEFAULTS["max_output_tokens"]),
+        help=field_help("max_output_tokens", ROLLOUT_DEFAULTS["max_output_tokens"]),
     )  # fmt: skip
     for name, kind in (("temperature", float), ("top_p", float), ("top_k", int)):
         group.add_argument(
             C.flag_name(name), dest=name, type=kind, default=argparse.SUPPRESS,
-            metavar=name.split("_")[-1].upper(), help=_help(name),
+            metavar=name.split("_")[-1].upper(), help=field_help(name),
         )  # fmt: skip
     group.add_argument(
-        "--stop", dest="stop", action="append", metavar="TEXT", default=argparse.SUPPRESS, help=_help("stop")
+        "--stop",
+        dest="stop",
+        action="append",
+        metavar="TEXT",
+        default=argparse.SUPPRESS,
+        help=field_help("stop"),
     )
     group.add_argument(
         "--max-concurrent-rollouts", dest="max_concurrent_rollouts", type=int, default=argparse.SUPPRESS,

@@ -30,6 +30,29 @@ evaluator cannot load or the rows lack what it reads, as job creation does.
 """
 
 
+def field_help(name: str, default: Any = None) -> str:
+    """A job parameter's ``--help`` text (its field description, accepted values and default), for the
+    commands that take the same flag."""
+    from openrft import config as C
+
+    info = C.field_info(name)
+    extra = info.json_schema_extra or {}
+    text = info.description or ""
+    if extra.get("valid"):
+        text += f" Valid: {extra['valid']}."
+    shown = default if default is not None else info.default
+    if "default" not in (info.description or "").lower():  # else the description says it
+        text += f" Default: {shown}."
+    return text.replace("%", "%%")
+
+
+def check_job_flags(args: argparse.Namespace, *names: str) -> None:
+    """Flags that are job parameters too, refused as job creation refuses them (ConfigError)."""
+    from openrft import config as C
+
+    C.build_config({}, {name: getattr(args, name) for name in names if getattr(args, name, None) is not None})
+
+
 def port_number(text: str) -> int:
     """An argparse type: a TCP port, 0 to 65535 (0: any free one)."""
     try:
@@ -82,14 +105,8 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
         help="path/to/file.py::function, module:function, a built-in (arithmetic, gsm8k, math, code), or an OpenAI "
         "grader spec (grader.json, grader.yaml or inline JSON).",
     )
-    ev.add_argument(
-        "--grader-endpoint",
-        metavar="URL",
-        help="OpenAI-compatible server for score_model/label_model graders (API key from OPENRFT_GRADER_API_KEY, else OPENAI_API_KEY).",
-    )
-    ev.add_argument(
-        "--grader-model", metavar="NAME", help="Model for model graders instead of the one their spec names."
-    )
+    ev.add_argument("--grader-endpoint", metavar="URL", help=field_help("grader_endpoint"))
+    ev.add_argument("--grader-model", metavar="NAME", help=field_help("grader_model"))
     ev.add_argument("--responses", metavar="FILE", help="Responses JSONL (see above).")
     ev.add_argument(
         "--timeout", type=positive_seconds, default=60.0, help="Seconds per evaluator call (default 60)."
@@ -102,12 +119,7 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
         action="store_true",
         help="Skip (and count) malformed dataset rows and malformed lines of the responses file.",
     )
-    ev.add_argument(
-        "--reference-field",
-        metavar="NAME",
-        help="Take each row's ground truth from this row field, or a dotted path ('reward_model.ground_truth'); "
-        "a GSM8K solution gives the number after its last '####', a MATH solution its last \\boxed{} answer.",
-    )
+    ev.add_argument("--reference-field", metavar="NAME", help=field_help("reference_field"))
     ev.add_argument("--output", metavar="FILE", help="Also write one JSON line per score to FILE.")
     ev.add_argument("--quiet", action="store_true", help="Print only the summary.")
     ev.set_defaults(handler=cmd_evaluate)
@@ -168,6 +180,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from openrft.evaluators.runner import SUMMARY_STATS, check_invalid_rate, summarize
     from openrft.train.job import check_evaluator_fits
 
+    check_job_flags(args, "grader_endpoint", "grader_model", "reference_field")
     refuse_output_over_inputs(args.output, args.dataset, args.responses, args.evaluator)
     try:  # an evaluator that cannot load is bad input (exit 2), as at job creation
         evaluator = load_evaluator(

@@ -16,23 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from openrft import config as C
-from openrft.cli.evaluate import port_number
+from openrft.cli.evaluate import field_help, port_number
 from openrft.net import is_loopback, listen_problem
 from openrft.rollout import DEFAULT_MAX_CONCURRENT
 
 ROLLOUT_DEFAULTS = {"response_candidates_count": 4, "max_output_tokens": 256}
-
-
-def _help(name: str, default: Any = None) -> str:
-    info = C.field_info(name)
-    extra = info.json_schema_extra or {}
-    text = info.description or ""
-    if extra.get("valid"):
-        text += f" Valid: {extra['valid']}."
-    shown = default if default is not None else info.default
-    if "default" not in (info.description or "").lower():  # else the description says it
-        text += f" Default: {shown}."
-    return text.replace("%", "%%")
 
 
 def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
@@ -51,20 +39,25 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     ro.add_argument(
         "--n", "--response-candidates-count", dest="response_candidates_count", type=int, metavar="N",
         default=ROLLOUT_DEFAULTS["response_candidates_count"],
-        help=_help("response_candidates_count", ROLLOUT_DEFAULTS["response_candidates_count"]),
+        help=field_help("response_candidates_count", ROLLOUT_DEFAULTS["response_candidates_count"]),
     )  # fmt: skip
     ro.add_argument(
         "--max-output-tokens", dest="max_output_tokens", type=int, metavar="TOKENS",
         default=ROLLOUT_DEFAULTS["max_output_tokens"],
-        help=_help("max_output_tokens", ROLLOUT_DEFAULTS["max_output_tokens"]),
+        help=field_help("max_output_tokens", ROLLOUT_DEFAULTS["max_output_tokens"]),
     )  # fmt: skip
     for name, kind in (("temperature", float), ("top_p", float), ("top_k", int)):
         ro.add_argument(
             C.flag_name(name), dest=name, type=kind, default=argparse.SUPPRESS, metavar=name.split("_")[-1].upper(),
-            help=_help(name),
+            help=field_help(name),
         )  # fmt: skip
     ro.add_argument(
-        "--stop", dest="stop", action="append", metavar="TEXT", default=argparse.SUPPRESS, help=_help("stop")
+        "--stop",
+        dest="stop",
+        action="append",
+        metavar="TEXT",
+        default=argparse.SUPPRESS,
+        help=field_help("stop"),
     )
     ro.add_argument("--seed", type=int, help="Sampling seed (default: random).")
     ro.add_argument(
@@ -108,7 +101,7 @@ def _system_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base-model", metavar="MODEL", default=None, help=_help("base_model"))
+    parser.add_argument("--base-model", metavar="MODEL", default=None, help=field_help("base_model"))
     parser.add_argument(
         "--adapter", metavar="DIR|JOB", help="LoRA adapter applied to the model: a folder (PEFT format), "
         "or a job id or job folder (its trained adapter)."
@@ -117,8 +110,8 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
         "--max-concurrent-rollouts", dest="max_concurrent_rollouts", type=int, default=argparse.SUPPRESS,
         metavar="N", help=f"Sequences decoded together (throughput only). Valid: a whole number >= 1. Default: {DEFAULT_MAX_CONCURRENT}.",
     )  # fmt: skip
-    parser.add_argument("--device", default=argparse.SUPPRESS, metavar="DEVICE", help=_help("device"))
-    parser.add_argument("--dtype", default=argparse.SUPPRESS, metavar="DTYPE", help=_help("dtype"))
+    parser.add_argument("--device", default=argparse.SUPPRESS, metavar="DEVICE", help=field_help("device"))
+    parser.add_argument("--dtype", default=argparse.SUPPRESS, metavar="DTYPE", help=field_help("dtype"))
 
 
 def _validated(args: argparse.Namespace) -> C.RolloutConfig:

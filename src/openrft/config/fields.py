@@ -8,7 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-URL = r"^https?://[^\s/]+\S*$"  # an http(s):// address with a host
+# an http(s):// address with a host (a name, an IPv4 or a bracketed IPv6 address), and maybe user, port, path
+URL = r"^(?i:https?)://(?:[^\s/?#@]*@)?(?:\[[0-9A-Fa-f:.]+\]|[^\s/?#@:\[\]]+)(?::\d{1,5})?(?:[/?#]\S*)?$"
 
 
 def field(

@@ -401,12 +401,19 @@ def _has_value(node: Any, finite: set[str], targets: dict[str, Any]) -> bool:
             and not any(_has_value(s, finite, targets) for s in node[key])
         ):
             return False
+    types = node.get("type")  # `required` binds objects only, `minItems` arrays only: e.g. null ends it
+    types = [types] if isinstance(types, str) else types if isinstance(types, list) else None
+    if types is None or any(t not in ("object", "array") for t in types):
+        return True
     properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
-    for name in node.get("required") or []:
-        if name in properties and not _has_value(properties[name], finite, targets):
-            return False
+    if "object" in types and all(
+        _has_value(properties[name], finite, targets)
+        for name in node.get("required") or []
+        if name in properties
+    ):
+        return True
     items = node.get("items")
-    return not (
+    return "array" in types and not (
         (node.get("minItems") or 0) >= 1
         and isinstance(items, dict)
         and not _has_value(items, finite, targets)

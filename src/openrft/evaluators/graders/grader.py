@@ -173,12 +173,14 @@ class PythonGrader(Grader):
 
     def grade(self, item: dict[str, Any], sample: Any) -> Grade:
         result = self._function()(dict(sample), item)
-        if not isinstance(
-            result, numbers.Real
-        ):  # numpy's numbers are Real; a bool is 1 or 0, as float() reads it
+        kind = getattr(getattr(result, "dtype", None), "kind", None)  # numpy's bool_ is not numbers.Real
+        if not isinstance(result, numbers.Real) and not (
+            kind in tuple("biuf") and getattr(result, "shape", 0) == ()
+        ):
             raise EvaluatorError(f"{self.label}: grade() returned {type(result).__name__}, not a number")
-        return Grade(float(result), f"grade() returned {result!r}" if isinstance(result, bool) else
-                     f"grade() returned {float(result):g}")  # fmt: skip
+        if isinstance(result, bool) or kind == "b":  # a bool is 1 or 0, as float() reads it
+            return Grade(float(result), f"grade() returned {bool(result)}")
+        return Grade(float(result), f"grade() returned {float(result):g}")
 
 
 PIP_NAMES = {"sklearn": "scikit-learn", "yaml": "pyyaml", "PIL": "pillow", "cv2": "opencv-python"}
