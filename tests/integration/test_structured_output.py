@@ -109,6 +109,11 @@ def test_the_responses_api_takes_text_format_and_a_flat_tool_choice(client):
     with pytest.raises(openai.BadRequestError) as caught:
         client.responses.create(model="tiny", input="x", text={"format": {"type": "xml"}})
     assert caught.value.param == "text.format.type"  # the Responses API's own field
+    endless = {"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}
+    with pytest.raises(openai.BadRequestError) as caught:  # its format is flat: no json_schema level
+        client.responses.create(model="tiny", input="x", text={"format": {"type": "json_schema", "name": "x",
+                                                                           "schema": endless}})  # fmt: skip
+    assert caught.value.param == "text.format.schema" and "json_schema" not in caught.value.message
     answer = client.responses.parse(
         model="tiny", input="Plan a trip.", text_format=Trip, max_output_tokens=40
     )

@@ -228,6 +228,18 @@ def test_a_reply_cut_off_inside_the_end_marker_s_text_is_closed_by_the_end_token
             assert gap[0] == end, tokenizer.convert_ids_to_tokens(gap[:6])
         assert tokenizer.decode(gap).endswith("Again<|im_end|>\n<|im_start|>assistant\n")
 
+    class Unlisted:  # the end token an added special token only, not in all_special_ids (as Phi-3's <|end|>)
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+        def __call__(self, *args, **kwargs):
+            return tokenizer(*args, **kwargs)
+
+        all_special_ids = [i for i in tokenizer.all_special_ids if i != end]
+
+    messages = [user, {"role": "assistant", "content": "Hi"}, again]
+    assert _encode(Unlisted(), messages, None, None, recorder, "r") == encoded  # one end token, not two
+
 
 def test_an_agent_s_replies_cut_at_the_token_limit_are_counted_whichever_turn_they_were():
     from openrft.records import Prompt

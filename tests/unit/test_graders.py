@@ -394,6 +394,12 @@ def test_a_field_name_with_a_hyphen_is_read_as_one_name():
     assert grade(nested, '{"final-answer": 3}', a={"b-c": 3})["score"] == 1.0
     with pytest.raises(EvaluatorError, match="refers to 'other-name'"):
         grade({**spec, "reference": "{{ item.other-name }}"}, "Paris", **{"reference-answer": "Paris"})
+    from openrft.evaluators.graders.templates import render
+
+    assert render("{{ item.n-1 }}", {"n": 5}, {}) == "4"  # a hyphen before a digit: still a subtraction
+    assert (
+        render("{{ 'item.a-b' ~ item.a-b }}", {"a-b": "!"}, {}) == "item.a-b!"
+    )  # string literals as written
 
 
 def check(template: str, text: str, expected: str, **row) -> None:

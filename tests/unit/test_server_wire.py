@@ -222,6 +222,15 @@ def test_null_means_the_default_and_proto_names_are_taken_as_the_json_ones(ctx):
             body_to_values({"dataset": "arithmetic", "trainingConfig": {stray: 8}}, ctx)
     with pytest.raises(ApiError, match="trainingConfig.loraRank: given twice"):
         body_to_values({"dataset": "arithmetic", "trainingConfig": {"loraRank": 8, "lora_rank": 16}}, ctx)
+    with pytest.raises(ApiError, match="openrftOptions.micro-batch-tokens: given twice"):
+        body_to_values(
+            {"dataset": "arithmetic", "openrftOptions": {"micro_batch_tokens": 3, "micro-batch-tokens": 4}},
+            ctx,
+        )
+    for section, stray in (("trainingConfig", "lora_rank2"), ("lossConfig", "kl_beta2"), ("", "chunk_size2")):
+        body = {"dataset": "arithmetic", **({section: {stray: 1}} if section else {stray: 1})}
+        with pytest.raises(ApiError, match=f"^{section}{'.' if section else ''}{stray}: unknown"):
+            body_to_values(body, ctx)  # named as sent (it said trainingConfig.loraRank2)
     with pytest.raises(ApiError, match="expected a whole number, got a boolean true$"):  # JSON, not Python
         body_to_values({"dataset": "arithmetic", "trainingConfig": {"loraRank": True}}, ctx)
 

@@ -257,6 +257,23 @@ def test_lora_goes_on_every_projection_but_not_on_a_mixture_of_experts_router():
     assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= set(targets)
     assert "shared_expert_gate" not in targets and "gate" not in targets and "lm_head" not in targets
 
+    class Block(torch.nn.Module):  # routers under other names: Llama-4's and Jamba's, DBRX's
+        def __init__(self):
+            super().__init__()
+            self.q_proj, self.router = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+            self.ffn = torch.nn.ModuleDict({"router": torch.nn.ModuleDict({"layer": torch.nn.Linear(4, 2)}),
+                                            "w1": torch.nn.Linear(4, 8)})  # fmt: skip
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers, self.lm_head = torch.nn.ModuleList([Block()]), torch.nn.Linear(4, 10)
+
+        def get_output_embeddings(self):
+            return self.lm_head
+
+    assert lora_target_modules(Model()) == ["q_proj", "w1"]
+
 
 def test_a_micro_batch_with_no_sampled_token_is_never_trained(tiny_model):
     """An agent sequence whose calls sampled nothing (mask all 0) alone in a micro-batch: kept for its KL
@@ -266,5 +283,5 @@ def test_a_micro_batch_with_no_sampled_token_is_never_trained(tiny_model):
     seqs = _sequences(model, tokenizer, [9, 3], [0.0, 1.0])
     seqs[0] = replace(seqs[0], completion=replace(seqs[0].completion, completion_mask=(0,) * 9))
     batches, dropped = plan_step(seqs, 14, tokenizer.pad_token_id, keep_zero_advantage=True)
-    assert dropped == 1 and [b.num_sequences for b in batches] == [1]
+    assert dropped == 0 and [b.num_sequences for b in batches] == [1]  # (dropped: zero advantage only)
     accumulate_gradients(model, batches, StepLoss(*resolve_loss("grpo"), 0.7))  # no error

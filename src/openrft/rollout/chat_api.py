@@ -313,7 +313,7 @@ def _encode(
         if full.startswith(head):
             # only an end token the model sampled ends its turn: a reply cut off after "<" or "<|im" did
             # not begin the template's end marker, which is one special token, still to be written whole
-            special = set(tokenizer.all_special_ids)
+            special = special_ids(tokenizer)
             ids = list(previous.completion_token_ids)
             wrote = len(ids) - next((i for i, t in enumerate(reversed(ids)) if t not in special), len(ids))
             sampled = tokenizer.decode(ids[wrote:], skip_special_tokens=False)
@@ -321,6 +321,15 @@ def _encode(
             new_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
             return [*previous.prompt_token_ids, *previous.completion_token_ids, *new_ids]
     return encode_chat(tokenizer, messages, tools, fmt)
+
+
+def special_ids(tokenizer: Any) -> set[int]:
+    """Ids of the tokenizer's special tokens: those it lists, and every added token marked special (an
+    end-of-turn token such as Phi-3's ``<|end|>`` may be only the latter)."""
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    return set(tokenizer.all_special_ids) | {
+        i for i, token in added.items() if getattr(token, "special", False)
+    }
 
 
 def _turn_end(tokenizer: Any) -> str:

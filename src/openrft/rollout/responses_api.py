@@ -320,10 +320,11 @@ def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | Non
 
 
 FLAT_TOOL = re.compile(r"(tools\[\d+\]\.)function\.")  # a Responses tool is flat: no "function" level
-RESPONSES_PARAMS = {
+RESPONSES_PARAMS = {  # chat's field -> the Responses API's (the longest first: text.format is flat)
+    "response_format.json_schema": "text.format",
     "response_format": "text.format",
     "messages": "input",
-}  # chat's field -> the Responses API's
+}
 
 
 async def _answer(

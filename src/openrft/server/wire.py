@@ -153,7 +153,10 @@ def body_to_values(body: Any, ctx: WireContext) -> Translated:
 
 
 PROTO_NAME = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)+")
-CAMEL_SECTIONS = ("trainingConfig", "inferenceParameters", "wandbConfig", "lossConfig")
+SECTION_NAMES = {  # each section's JSON field names
+    "trainingConfig": {*TRAINING}, "inferenceParameters": {*INFERENCE, "extraBody"}, "wandbConfig": {*WANDB, "url"},
+    "lossConfig": {"method", "klBeta"},
+}  # fmt: skip
 
 
 def _wire_names(body: dict[str, Any]) -> dict[str, Any]:
@@ -161,22 +164,23 @@ def _wire_names(body: dict[str, Any]) -> dict[str, Any]:
     and its JSON reader takes) in their JSON spelling (``lossConfig.klBeta``); a field given both ways is
     a 400."""
 
-    def camel(fields: dict[str, Any], where: str) -> dict[str, Any]:
+    def camel(fields: dict[str, Any], where: str, known: set[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         spelt: dict[str, str] = {}
         for key, value in fields.items():
             head, *rest = key.split("_")
             proto = PROTO_NAME.fullmatch(key) is not None  # lora_rank; not _x, x_, x__y (refused as unknown)
             name = head + "".join(part[:1].upper() + part[1:] for part in rest) if proto else key
+            name = name if name in known else key  # an unknown field is refused under the name it was sent as
             if name in out:
                 raise bad(f"{where}{name}", f"given twice (as {spelt[name]} and as {key})")
             out[name], spelt[name] = value, key
         return out
 
-    out = camel(body, "")
-    for section in CAMEL_SECTIONS:
+    out = camel(body, "", {*TOP, *SECTIONS, *SPECIAL, *OUTPUT_ONLY})
+    for section, known in SECTION_NAMES.items():
         if isinstance(out.get(section), dict):
-            out[section] = camel(out[section], f"{section}.")
+            out[section] = camel(out[section], f"{section}.", known)
     return out
 
 
@@ -263,11 +267,14 @@ def _loss(value: Any) -> dict[str, Any]:
 def _options(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise bad("openrftOptions", f"expected an object, got {_kind(value)}")
-    out = {}
+    out, spelt = {}, {}
     for key, item in value.items():
         name = C.normalise_key(key)
         if name not in OPTIONS:
             raise bad(f"openrftOptions.{key}", "not a parameter a request may set")
+        if name in spelt:
+            raise bad(f"openrftOptions.{key}", f"given twice (as {spelt[name]} and as {key})")
+        spelt[name] = key
         if item is not None:
             out[name] = _typed(f"openrftOptions.{key}", item, name)
     return out

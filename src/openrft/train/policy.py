@@ -28,15 +28,18 @@ REFERENCE = "reference"
 
 def lora_target_modules(model: torch.nn.Module) -> list[str]:
     """Names (suffixes) of every nn.Linear inside the transformer blocks but a mixture of experts' routers
-    (``gate``, ``shared_expert_gate``): they choose experts rather than project, and vLLM cannot load an
-    adapter on them."""
+    (Qwen's and Mixtral's ``gate``, ``shared_expert_gate``, Llama-4's and Jamba's ``router``, DBRX's
+    ``router.layer``): they choose experts rather than project, and vLLM cannot load an adapter on them."""
     head = model.get_output_embeddings()
-    names = {
-        name.rsplit(".", 1)[-1]
+    linears = [
+        name.split(".")
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) and module is not head
+    ]
+    routers = {
+        path[-1] for path in linears if path[-1].endswith("expert_gate") or {"gate", "router"} & set(path)
     }
-    names = {n for n in names if n != "gate" and not n.endswith("expert_gate")}
+    names = {path[-1] for path in linears} - routers
     if not names:
         raise ModelError(f"{type(model).__name__} has no linear layers to put a LoRA adapter on")
     return sorted(names)

@@ -65,7 +65,7 @@ def plan_step(
         kept, dropped = drop_zero_advantage_micro_batches(planned, [s.advantage for s in sequences])
     batches = [collate([sequences[i] for i in batch], pad_token_id) for batch in kept]
     trainable = [b for b in batches if bool(b.completion_mask_RC.any())]  # no sampled token: nothing to train
-    return trainable, dropped + len(batches) - len(trainable)
+    return trainable, dropped  # (the second: zero-advantage micro-batches only)
 
 
 def step_denominator_of(aggregation: str, sequences: Sequence[TrainSequence]) -> float:

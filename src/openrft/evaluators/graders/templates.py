@@ -78,8 +78,10 @@ def _environment() -> SandboxedEnvironment:
 
 
 PLACEHOLDER_RE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
-# item.reference-answer: a JSON-path-like name with a hyphen (Jinja would read a subtraction)
-HYPHEN_PATH_RE = re.compile(r"\b((?:item|sample)(?:\.[A-Za-z_][\w]*(?:-[\w]+)*)+)")
+# item.reference-answer: a JSON-path-like name with a hyphen before a letter (Jinja would read a
+# subtraction; `item.n-1` stays one), outside string literals
+HYPHEN_PATH_RE = re.compile(r"\b((?:item|sample)(?:\.[A-Za-z_]\w*(?:-[A-Za-z_]\w*)*)+)")
+STRING_RE = re.compile(r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
 
 
 def _json_paths(template: str) -> str:
@@ -91,7 +93,10 @@ def _json_paths(template: str) -> str:
         return head + "".join(f"[{json.dumps(p)}]" if "-" in p else f".{p}" for p in parts)
 
     def placeholder(match: re.Match[str]) -> str:
-        return "{{" + HYPHEN_PATH_RE.sub(path, match.group(1)) + "}}"
+        pieces = STRING_RE.split(match.group(1))  # odd pieces are string literals: kept as written
+        return (
+            "{{" + "".join(p if i % 2 else HYPHEN_PATH_RE.sub(path, p) for i, p in enumerate(pieces)) + "}}"
+        )
 
     return PLACEHOLDER_RE.sub(placeholder, template) if "-" in template else template
 
