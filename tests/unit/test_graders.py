@@ -463,3 +463,23 @@ def test_a_python_grader_importing_a_missing_package_is_refused_when_loaded():
         load_grader(json.dumps({**PYTHON, "source": source}))
     assert "pip install scikit-learn" in caught.value.hint
     assert load_grader(json.dumps({**PYTHON, "source": "import json, rapidfuzz.fuzz\n" + PYTHON["source"]}))
+
+
+def test_a_bad_grader_timeout_or_retry_count_is_refused_when_the_grader_loads(monkeypatch):
+    spec = {"type": "score_model", "name": "judge", "model": "m", "range": [0, 1],
+            "input": [{"role": "user", "content": "{{ sample.output_text }}"}]}  # fmt: skip
+    for name, value in (
+        ("OPENRFT_GRADER_TIMEOUT", "x"),
+        ("OPENRFT_GRADER_TIMEOUT", "0"),
+        ("OPENRFT_GRADER_RETRIES", "-1"),
+    ):
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            with pytest.raises(EvaluatorError, match=f"^{name}: '{value}' is not valid"):
+                load_grader(json.dumps(spec), endpoint="http://localhost:9/v1")
+    monkeypatch.setenv("OPENRFT_GRADER_TIMEOUT", "2.5")
+    monkeypatch.setenv("OPENRFT_GRADER_RETRIES", "0")
+    from openrft.evaluators.graders.model import Endpoint
+
+    client = Endpoint(url="http://localhost:9/v1").client
+    assert (client.timeout, client.max_retries) == (2.5, 0)

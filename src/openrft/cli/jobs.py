@@ -17,6 +17,7 @@ from typing import Any
 
 from openrft.cli.evaluate import positive_int
 from openrft.errors import JobError
+from openrft.jobs.states import age
 from openrft.tracking.turns import turn_label, turn_text
 
 
@@ -123,14 +124,6 @@ def _store():
     from openrft.jobs.store import JobStore
 
     return JobStore()
-
-
-def age(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def _stamp(at: float) -> str:
@@ -306,6 +299,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from openrft import config as C
     from openrft.tracking.compare import format_comparison, summarize_run
     from openrft.tracking.plots import plot_jobs
 
@@ -320,7 +314,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         summaries.append(
             summarize_run(label, path, state=state, wall_s=wall_time(record) if record else None)
         )
-    text, warnings = format_comparison([label for label, _, _ in runs], configs, summaries, config_defaults())
+    text, warnings = format_comparison(
+        [label for label, _, _ in runs], configs, summaries, C.config_defaults()
+    )
     print(text)
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
@@ -330,13 +326,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = plot_jobs([(label, path) for label, path, _ in runs], Path(args.out or default))
     print(f"\nplot: {out}")
     return 0
-
-
-def config_defaults() -> dict[str, Any]:
-    """Every parameter's default in this openrft version, JSON-ready (as stored configs hold them)."""
-    from openrft.config import JobConfig, flatten
-
-    return flatten(JobConfig().model_dump(mode="json"))
 
 
 def _folder_config(job_dir: Path) -> dict[str, Any]:

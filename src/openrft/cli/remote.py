@@ -242,7 +242,8 @@ def remote_create(remote: Remote, args: argparse.Namespace) -> int:
 
 
 def remote_list(remote: Remote, args: argparse.Namespace) -> int:
-    from openrft.cli.jobs import _table, age
+    from openrft.cli.jobs import _table
+    from openrft.jobs.states import age
 
     jobs = remote.jobs()
     if args.output == "json":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -193,6 +192,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from openrft.errors import ConfigError
     from openrft.rollout.server import serve
+    from openrft.server.settings import keys_from_env
 
     rollout = _validated(args)
     if problem := listen_problem(args.host, args.port):
@@ -211,10 +211,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         names["system_prompt"] = args.system
     if args.lora_modules:
         names["adapters"] = _lora_modules(args.lora_modules)
-    keys = [
-        *args.api_key,
-        *(k.strip() for k in os.environ.get("OPENRFT_API_KEYS", "").split(",") if k.strip()),
-    ]
+    keys = [*args.api_key, *keys_from_env()]
     if keys:
         names["api_keys"] = list(dict.fromkeys(keys))
     elif not is_loopback(args.host):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from openrft.cli.evaluate import port_number, positive_int
@@ -50,6 +49,7 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     from openrft.errors import ConfigError
     from openrft.net import listen_problem
+    from openrft.paths import openrft_home
     from openrft.server.app import create_app
     from openrft.server.settings import DEFAULT_HOST, DEFAULT_PORT, ServerSettings, keys_from_env
 
@@ -59,7 +59,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         api_keys=tuple(dict.fromkeys([*args.api_key, *keys_from_env()])),
         max_running_jobs=args.max_running_jobs,
         allow_local_paths=args.allow_local_paths,
-        home=Path(os.environ["OPENRFT_HOME"]) if os.environ.get("OPENRFT_HOME") else None,
+        home=openrft_home(),
     )
     app = create_app(settings)  # refuses a public bind without a key (ConfigError, exit code 2)
     if problem := listen_problem(settings.host, settings.port):

@@ -7,6 +7,7 @@ validated job into the typed settings the lower layers receive (:mod:`openrft.se
 from openrft.config.build import (
     advise,
     build_config,
+    config_defaults,
     field_info,
     flag_name,
     load_job_file,
@@ -46,6 +47,7 @@ __all__ = [
     "WandbConfig",
     "advise",
     "build_config",
+    "config_defaults",
     "field_info",
     "flag_name",
     "flatten",

@@ -15,8 +15,14 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from openrft.config.models import FIELD_GROUP, GROUPS, KL_BETA_ERRORS, JobConfig
+from openrft.config.models import FIELD_GROUP, GROUPS, KL_BETA_ERRORS, JobConfig, flatten
 from openrft.errors import ConfigError
+
+
+def config_defaults() -> dict[str, Any]:
+    """Every parameter's default in this openrft version, JSON-ready and flat, as stored configs hold
+    them (to fill what a job from an older openrft lacks)."""
+    return flatten(JobConfig().model_dump(mode="json"))
 
 
 def flag_name(field_name: str) -> str:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from openrft.algo.losses import LOSS_METHODS
 
 # an http(s):// address with a host (a name, an IPv4 or a bracketed IPv6 address), and maybe user, port, path
 URL = r"^(?i:https?)://(?:[^\s/?#@]*@)?(?:\[[0-9A-Fa-f:.]+\]|[^\s/?#@:\[\]]+)(?::\d{1,5})?(?:[/?#]\S*)?$"
@@ -18,6 +21,42 @@ def field(
     """A pydantic Field carrying the CLI metadata: accepted-values note and extra flag aliases."""
     extra = {"valid": valid, "flags": list(flags)}
     return Field(default, description=description, json_schema_extra=extra, **kw)
+
+
+def one_of(choices: Iterable[Any]) -> str:
+    """An accepted-values note: ``one of a, b, c``."""
+    return "one of " + ", ".join(str(c) for c in choices)
+
+
+SEQUENCE_RATIO = {"gspo-token"}  # methods whose importance ratio is the sequence's (GSPO)
+
+
+def loss_methods_help() -> str:
+    """``--rl-loss-method``'s help, each method's clip range, KL and aggregation read from its registered
+    defaults (so the text cannot drift from the losses)."""
+    parts = []
+    for name, method in LOSS_METHODS.items():
+        d = method.defaults
+        clip = f"clip 1-{_short(d.clip_low)}..1+{_short(d.clip_high)}" if d.clip_low < 0.01 else \
+            f"clip {1 - d.clip_low:g}-{1 + d.clip_high:g}"  # fmt: skip
+        kl = f"KL {d.kl_coef:g}" if d.kl_coef else "no KL"
+        parts.append(
+            f"{name} ({'sequence ratio, ' if name in SEQUENCE_RATIO else ''}{clip}, {kl}, {d.aggregation})"
+        )
+    return f"Policy loss: {', '.join(parts[:-1])} or {parts[-1]}."
+
+
+def _short(x: float) -> str:
+    return f"{x:.0e}".replace("e-0", "e-")  # 0.0003 -> 3e-4
+
+
+def kl_beta_help() -> str:
+    """``--rl-kl-beta``'s help: the methods that take it, and their built-in coefficient."""
+    tunable = [(n, m.defaults.kl_coef) for n, m in LOSS_METHODS.items() if m.tunable_kl]
+    rejected = [n for n, m in LOSS_METHODS.items() if not m.tunable_kl]
+    built_in = "; ".join(f"0 (the default) = {n}'s built-in {k:g}" for n, k in tunable)
+    return (f"KL penalty coefficient for {' and '.join(n for n, _ in tunable)}; {built_in}. "
+            f"Rejected for {' and '.join(rejected)}.")  # fmt: skip
 
 
 def parse_token_count(value: Any) -> Any:

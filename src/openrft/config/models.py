@@ -10,13 +10,12 @@ job files use the flag names) while the code reads ``cfg.rollout.temperature``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     field_validator,
     model_validator,
 )
@@ -24,7 +23,17 @@ from pydantic import (
 from openrft.algo.losses import LOSS_METHODS, KLBetaNotSupported, resolve_loss
 from openrft.config.agent import AgentConfig
 from openrft.config.data import DataConfig
-from openrft.config.fields import URL, Group, field, parse_token_count, template_text
+from openrft.config.fields import (  # fmt: skip
+    URL,
+    Group,
+    field,
+    kl_beta_help,
+    loss_methods_help,
+    one_of,
+    parse_token_count,
+    template_text,
+)
+from openrft.config.wandb import WandbConfig
 from openrft.records import SamplingParams
 from openrft.settings import (
     AgentSettings,
@@ -42,6 +51,7 @@ DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 LORA_RANKS = (4, 8, 16, 32)
 SEED_MAX = 2**32 - 1  # numpy's and torch's seeds both accept this range
 MAX_CHUNK_SIZE = 10_000  # the service's bound on chunkSize
+DType, RolloutEngineName = Literal["auto", "float32", "bfloat16"], Literal["local", "endpoint", "vllm"]
 
 
 def kl_beta_message(method: str) -> str:
@@ -83,7 +93,7 @@ class TrainingConfig(Group):
     learning_rate_warmup_steps: int = field(
         0, "Optimizer steps of linear learning-rate warm-up from 0.", valid="a whole number >= 0", ge=0
     )
-    lora_rank: int = field(8, "Rank of the LoRA adapter (trainable capacity).", valid="one of 4, 8, 16, 32")
+    lora_rank: int = field(8, "Rank of the LoRA adapter (trainable capacity).", valid=one_of(LORA_RANKS))
     lora_alpha: int | None = field(
         None, "LoRA scaling numerator alpha (default: 2 x rank).", valid="a whole number >= 1", ge=1
     )
@@ -121,7 +131,7 @@ class TrainingConfig(Group):
         200,
         "Prompts per rollout round (dataset chunking, used when the dataset holds more than 1.5 "
         "rounds' worth, e.g. more than 300 prompts at 200); -1 = the whole dataset in one round.",
-        valid="-1 or a whole number from 1 to 10000",
+        valid=f"-1 or a whole number from 1 to {MAX_CHUNK_SIZE}",
     )
     seed: int = field(
         42,
@@ -150,12 +160,12 @@ class TrainingConfig(Group):
         valid="auto, cpu, cuda or cuda:N",
         pattern=r"^(auto|cpu|cuda|cuda:\d+)$",
     )
-    dtype: Literal["auto", "float32", "bfloat16"] = field(
+    dtype: DType = field(
         "auto",
         "Precision of the base weights: auto (bfloat16 on a CUDA GPU that computes in it, Ampere or later; else "
         "float32), float32 or bfloat16. "
         "The LoRA weights, the optimizer state, log-probabilities and the loss stay float32.",
-        valid="one of auto, float32, bfloat16",
+        valid=one_of(get_args(DType)),
     )
     gradient_checkpointing: bool = field(
         False,
@@ -211,13 +221,12 @@ class LossConfig(Group):
 
     rl_loss_method: str = field(
         "grpo",
-        "Policy loss: grpo (clip 0.8-1.2, KL 0.001, token-mean), dapo (clip 0.8-1.28, no KL, "
-        "token-mean) or gspo-token (sequence ratio, clip 1-3e-4..1+4e-4, no KL, seq-mean-token-mean).",
-        valid="one of " + ", ".join(LOSS_METHODS),
+        loss_methods_help(),
+        valid=one_of(LOSS_METHODS),
     )
     rl_kl_beta: float = field(
         0.0,
-        "KL penalty coefficient for grpo; 0 (the default) = the method's built-in 0.001. Rejected for dapo and gspo-token.",
+        kl_beta_help(),
         valid="a number >= 0",
         ge=0,
     )
@@ -351,11 +360,11 @@ class RolloutConfig(Group):
         valid="a whole number >= 1",
         ge=1,
     )
-    rollout_engine: Literal["local", "endpoint", "vllm"] = field(
+    rollout_engine: RolloutEngineName = field(
         "local",
         "Where responses are sampled: local (in-process transformers), endpoint (an OpenAI-compatible "
         "server, see --endpoint-url) or vllm (in-process vLLM, GPU only).",
-        valid="one of local, endpoint, vllm",
+        valid=one_of(get_args(RolloutEngineName)),
     )
     compile: bool = field(
         True,
@@ -436,16 +445,6 @@ class RolloutConfig(Group):
                 "server: use --rollout-engine local (CPU actors) or vllm (GPU actors) with --ray-address"
             )
         return self
-
-
-class WandbConfig(Group):
-    """Weights & Biases tracking (optional extra)."""
-
-    wandb: bool = field(False, "Log the job to Weights & Biases (offline when no API key or network).")
-    wandb_project: str | None = field(None, "W&B project (default: openrft).")
-    wandb_entity: str | None = field(None, "W&B entity (team or user).")
-    wandb_api_key: SecretStr | None = field(None, "W&B API key (default: WANDB_API_KEY or offline mode).")
-    wandb_run_id: str | None = field(None, "W&B run id, to resume logging into an existing run.")
 
 
 GROUPS: dict[str, type[Group]] = {

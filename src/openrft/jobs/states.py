@@ -64,4 +64,13 @@ def can_transition(current: JobState, new: JobState) -> bool:
     return new in TRANSITIONS[current]
 
 
-__all__ = ["JobState", "ACTIVE", "TRANSITIONS", "OUTCOME_STATES", "DIED_MESSAGE", "can_transition"]
+def age(seconds: float) -> str:
+    """A duration as the job lists show it: ``42s``, ``5m``, ``3h``, ``2d``."""
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+__all__ = ["JobState", "ACTIVE", "TRANSITIONS", "OUTCOME_STATES", "DIED_MESSAGE", "can_transition", "age"]

@@ -31,7 +31,6 @@ from typing import Any
 
 from openrft.server.errors import ApiError
 
-COMPARATORS = ("<=", ">=", "!=", "=", "<", ">", ":")
 TOKEN_RE = re.compile(
     r'\s*(?:(\()|(\))|(<=|>=|!=|=|<|>|:)|"((?:[^"\\]|\\.)*)"|\'((?:[^\'\\]|\\.)*)\'|([^\s()<>=!:"\']+))'
 )

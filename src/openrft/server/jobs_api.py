@@ -95,7 +95,8 @@ def _store(request: Request) -> JobStore:
     return request.app.state.job_store
 
 
-def _wake(request: Request) -> None:
+def wake_queue(request: Request) -> None:
+    """Tell the server's queue (when it runs one) to look at the store now rather than at its next poll."""
     queue = getattr(request.app.state, "job_queue", None)
     if queue is not None:
         queue.wake()
@@ -155,7 +156,7 @@ async def create_job(request: Request, account: str) -> dict[str, Any]:
         raise ApiError(400, "the request body is not valid JSON") from None
     ctx = _context(request, account)
     record = await run_in_threadpool(_create, _store(request), body, ctx, job_id)
-    _wake(request)
+    wake_queue(request)
     return job_object(record, account)
 
 
@@ -233,7 +234,7 @@ def cancel_job(request: Request, account: str, job_id: str) -> dict[str, Any]:
         store.request_cancel(job_id)
     except JobError as exc:
         raise ApiError(400, exc.message, "FAILED_PRECONDITION") from None
-    _wake(request)
+    wake_queue(request)
     return {}
 
 
@@ -260,7 +261,7 @@ async def resume_job(request: Request, account: str, job_id: str) -> dict[str, A
     except JobError as exc:
         hint = ' (send {"force": true} to resume it anyway)' if "cancelled jobs" in exc.message else ""
         raise ApiError(400, exc.message + hint, "FAILED_PRECONDITION") from None
-    _wake(request)
+    wake_queue(request)
     return job_object(record, account)
 
 

@@ -24,14 +24,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Literal
 
 import torch
 
 from openrft.data import epoch_order
 from openrft.errors import EvaluatorError, JobError
-from openrft.records import Prompt, RolloutEngine
+from openrft.records import Prompt, RolloutEngine, ScoredGroup
 from openrft.settings import JobSettings
 from openrft.tracking.progress import ProgressBar
 from openrft.tracking.sinks import MetricsSink
@@ -192,9 +191,7 @@ def start_round(
     try:
         result = run_round(ctx.engine, ctx.score, prompts, params, settings.rounds, draw_more=draw_more)
     except EvaluatorError as exc:  # too many invalid scores fail the job: its rollouts stay to inspect
-        scored = [
-            SimpleNamespace(prompt=p, completions=cs, scores=ss) for p, cs, ss in getattr(exc, "scored", [])
-        ]
+        scored = [ScoredGroup(p, tuple(cs), tuple(ss)) for p, cs, ss in getattr(exc, "scored", [])]
         rollout_rows(ctx, state.step + 1, state.round_index + 1, scored, trained=False)
         raise
     state.round_index += 1

@@ -16,7 +16,7 @@ A closing system message tells the model the answer format: ``{"result": <number
 
 A score is read from that JSON object, else from an answer that is just a number. As OpenAI
 documents for ``score_model``, a score outside ``range`` is clipped to it and an answer with no
-number scores 0 (the reason says so). A label must be one of ``labels``; any other answer makes
+number scores the range's low end (the reason says so). A label must be one of ``labels``; any other answer makes
 the score invalid, as any unusable evaluator result does.
 """
 
@@ -26,7 +26,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -39,6 +39,20 @@ class UnparseableAnswer(EvaluatorError):
     """The grader model's answer holds no usable score or label."""
 
 
+def _env_number(name: str, default: str, kind: type, low: float) -> Any:
+    """``$name`` as a number >= ``low`` (read when the grader is built: a bad value fails at job creation,
+    naming the variable)."""
+    text = os.environ.get(name, default)
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not low <= value < math.inf:
+        what = "a whole number" if kind is int else "a number of seconds"
+        raise EvaluatorError(f"{name}: {text!r} is not valid; expected {what} >= {low:g}")
+    return value
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where model graders send their prompts (``--grader-endpoint``, ``--grader-model``)."""
@@ -46,6 +60,8 @@ class Endpoint:
     url: str | None = None
     model: str | None = None
     embedding_model: str = "text-embedding-3-large"
+    timeout: float = field(default_factory=lambda: _env_number("OPENRFT_GRADER_TIMEOUT", "30", float, 0.001))
+    retries: int = field(default_factory=lambda: _env_number("OPENRFT_GRADER_RETRIES", "3", int, 0))
 
     @cached_property
     def client(self) -> Any:
@@ -57,8 +73,8 @@ class Endpoint:
         return OpenAI(
             base_url=self.url,
             api_key=key,
-            timeout=float(os.environ.get("OPENRFT_GRADER_TIMEOUT", "30")),
-            max_retries=int(os.environ.get("OPENRFT_GRADER_RETRIES", "3")),
+            timeout=self.timeout,
+            max_retries=self.retries,
         )
 
     def chat(self, spec: ScoreModel | LabelModel, messages: list[dict[str, Any]]) -> str:

@@ -16,11 +16,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from openrft.jobs.states import JobState
+from openrft.jobs.states import JobState, age
 from openrft.jobs.store import JobRecord, JobStore
 from openrft.models import EMBEDDED, embedded_model_dir
 from openrft.tracking.compare import differing_parameters, summarize_run
-from openrft.tracking.jsonl_files import ROLLOUT_INDEX, Folded, rollouts_of_step
+from openrft.tracking.jsonl_files import Folded, rollouts_of_step
 from openrft.tracking.plots import PANELS
 from openrft.tracking.sinks import current_names
 from openrft.tracking.turns import turn_label, turn_text
@@ -30,15 +30,6 @@ STATES = [str(s) for s in JobState] + ["CANCELLING"]
 CHART_KEYS = tuple(dict.fromkeys(key for panel in PANELS for key, _, _ in panel.lines))
 TAIL_BYTES = 16384  # enough for the last line of metrics.jsonl
 PAGE_SIZE = 50  # jobs on one page of the job list
-
-
-def age(seconds: float) -> str:
-    """``42s``, ``5m``, ``3h``, ``2d``: as ``openrft rftj list`` shows it."""
-    seconds = max(0, int(seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def stamp(at: float) -> str:
@@ -216,10 +207,6 @@ def adapter_usage(record: JobRecord) -> dict[str, Any] | None:
 
 
 # ----------------------------------------------------------------------------- rollouts
-
-
-def rollout_steps(record: JobRecord) -> list[int]:
-    return sorted(ROLLOUT_INDEX.get(record.rollouts_path))
 
 
 def rollouts(record: JobRecord, step: int | None = None, order: str = "best") -> dict[str, Any]:

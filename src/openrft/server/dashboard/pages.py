@@ -27,8 +27,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
+from openrft.config import config_defaults
 from openrft.errors import JobError, OpenRFTError
 from openrft.jobs.store import JobStore
+from openrft.server import jobs_api
 from openrft.server.auth import server_keys
 from openrft.server.dashboard import data, forms
 from openrft.server.errors import ApiError
@@ -177,7 +179,7 @@ def cancel(request: Request, job_id: str) -> Response:
         job_store(request).request_cancel(job_id)
     except JobError:
         return _back_to_job(request, job_id, "cancel-refused")
-    wake_queue(request)
+    jobs_api.wake_queue(request)
     return _back_to_job(request, job_id, "cancel-requested")
 
 
@@ -185,15 +187,13 @@ def cancel(request: Request, job_id: str) -> Response:
 def resume(request: Request, job_id: str) -> Response:
     """Queue a stopped job again, continuing from its last checkpoint (as ``openrft rftj resume``; a
     cancelled one after the page's confirmation, as ``--force``)."""
-    from openrft.server.jobs_api import requeue
-
     if cross_site(request):
         return refused(request)
     try:
-        requeue(job_store(request), job_id, force=True, account=forms.DEFAULT_ACCOUNT)
+        jobs_api.requeue(job_store(request), job_id, force=True, account=forms.DEFAULT_ACCOUNT)
     except JobError:
         return _back_to_job(request, job_id, "resume-refused")
-    wake_queue(request)
+    jobs_api.wake_queue(request)
     return _back_to_job(request, job_id, "resumed")
 
 
@@ -239,13 +239,6 @@ def compare(request: Request, ids: list[str] = Query(default=[])) -> HTMLRespons
     )
 
 
-def config_defaults() -> dict[str, Any]:
-    """Every parameter's default, as stored configs hold them (a job from an older openrft lacks some)."""
-    from openrft.config import JobConfig, flatten
-
-    return flatten(JobConfig().model_dump(mode="json"))
-
-
 # ----------------------------------------------------------------------------- create
 
 
@@ -269,24 +262,15 @@ async def create_job(request: Request) -> HTMLResponse | RedirectResponse:
         except (OpenRFTError, ApiError, ValueError) as exc:
             forms.submission_error(result, exc)
         else:
-            wake_queue(request)
+            jobs_api.wake_queue(request)
             return RedirectResponse(str(request.url_for("job_page", job_id=record.id)), status_code=303)
     return render(request, "create.html", status_code=400, fields=forms.FIELDS, result=result)
 
 
 def _submit(store: JobStore, result: forms.FormResult):
     """Record the job PENDING for the server's queue (:func:`openrft.server.jobs_api.submit_job`)."""
-    from openrft.server.jobs_api import submit_job
-
-    return submit_job(store, result.config, job_id=result.config.training.job_id, meta=result.meta,
+    return jobs_api.submit_job(store, result.config, job_id=result.config.training.job_id, meta=result.meta,
                       cli_messages=True)  # fmt: skip
-
-
-def wake_queue(request: Request) -> None:
-    """Tell the server's queue (when it runs one) to look at the store now rather than at its next poll."""
-    queue = getattr(request.app.state, "job_queue", None)
-    if queue is not None:
-        queue.wake()
 
 
 __all__ = ["router", "templates", "vendored", "STATIC"]
