@@ -228,3 +228,51 @@ def test_url_fields_take_http_addresses_with_a_host_only():
     for url in ("http://:8000/v1", "http:///v1", "http://", "ftp://x/v1", "localhost:8000", "http://a b/v1"):
         with pytest.raises(ConfigError, match="expected an http:// or https:// URL"):
             _build(endpoint_url=url)
+
+
+# field -> where JobConfig.settings() puts it (what the stages read); the settings a field needs to matter
+SETTINGS_PATHS = {
+    "lora_rank": "model.lora_rank", "lora_alpha": "model.lora_alpha", "max_context_length": "model.max_context_length",
+    "device": "model.device", "dtype": "model.dtype", "gradient_checkpointing": "model.gradient_checkpointing",
+    "response_candidates_count": "sampling.n", "temperature": "sampling.temperature", "top_p": "sampling.top_p",
+    "top_k": "sampling.top_k", "max_output_tokens": "sampling.max_tokens", "batch_size": "batching.step_tokens",
+    "batch_size_samples": "batching.step_sequences", "micro_batch_tokens": "batching.micro_batch_tokens",
+    "gradient_accumulation_steps": "batching.accumulation_steps", "max_grad_norm": "batching.max_grad_norm",
+    "learning_rate": "optimizer.learning_rate", "optimizer_weight_decay": "optimizer.weight_decay",
+    "learning_rate_warmup_steps": "optimizer.warmup_steps", "epochs": "schedule.epochs",
+    "chunk_size": "schedule.chunk_size", "seed": "schedule.seed", "eval_every": "schedule.eval_every",
+    "eval_candidates": "schedule.eval_candidates", "checkpoint_every": "schedule.checkpoint_every",
+    "deterministic": "schedule.deterministic", "rl_kl_beta": "loss.kl_coef", "max_sampling_rounds":
+    "rounds.dynamic_sampling_rounds", "overlong_buffer": "rounds.overlong_buffer", "overlong_penalty_factor":
+    "rounds.overlong_factor", "rollout_is_cap": "rounds.rollout_is_cap", "rollout_engine": "engine.kind",
+    "max_concurrent_rollouts": "engine.max_concurrent_rollouts", "max_concurrent_evaluations":
+    "engine.max_concurrent_evaluations", "evaluator_timeout": "engine.evaluator_timeout",
+    "vllm_gpu_memory_utilization": "engine.vllm_gpu_memory_utilization", "compile": "engine.compile",
+    "rollout_workers": "engine.ray.workers", "max_staleness": "engine.ray.max_staleness",
+    "max_turns": "agent.max_turns", "tool_timeout": "agent.tool_timeout", "agent_timeout": "agent.agent_timeout",
+}  # fmt: skip
+NEEDS = {"max_sampling_rounds": {"dynamic_sampling": True}, "overlong_buffer": {"overlong_penalty": True},
+         "overlong_penalty_factor": {"overlong_penalty": True}, "rollout_workers": {"ray_address": "local"},
+         "max_staleness": {"ray_address": "local"}, "max_turns": {"tools": "calculator"},
+         "tool_timeout": {"tools": "calculator"}, "agent_timeout": {"tools": "calculator"}}  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "path"), SETTINGS_PATHS.items(), ids=list(SETTINGS_PATHS))
+def test_every_parameter_reaches_the_settings_the_job_runs_with(name, path):
+    """A value that is validated but never handed on would be silently ignored: each non-default value
+    given on the command line is the one the stages receive."""
+    row = next(r for r in TABLE if r[0] == name)
+    configs = (_build(**NEEDS.get(name, {}), **{name: value}) for value in row[2])
+    cfg = next(c for c in configs if c.flat()[name] != row[1])  # the first valid value that is not the default
+    got = cfg.settings()
+    for part in path.split("."):
+        got = getattr(got, part)
+    assert got == cfg.flat()[name] != row[1], (name, got)
+
+
+def test_stop_strings_the_loss_method_and_length_norm_reach_the_settings():
+    settings = _build(stop=["</answer>", "\n\n"], rl_loss_method="gspo-token").settings()
+    assert settings.sampling.stop == ("</answer>", "\n\n") and settings.loss.method == "gspo-token"
+    assert settings.loss.aggregation == "seq-mean-token-mean"
+    assert _build(length_norm=True).settings().loss.aggregation == "seq-mean-token-mean"
+    assert _build().settings().loss.aggregation == "token-mean"

@@ -200,7 +200,7 @@ class _Recorder:
         self.model.zero_grad(set_to_none=set_to_none)
 
 
-def _updates(model, steps, method, micro_batch_tokens, accumulation):
+def _updates(model, steps, method, micro_batch_tokens, accumulation, length_norm=False):
     """The gradient of each optimizer update when the loop trains ``steps`` (lists of sequences)."""
     from types import SimpleNamespace
 
@@ -217,7 +217,7 @@ def _updates(model, steps, method, micro_batch_tokens, accumulation):
                           sink=SimpleNamespace(log=lambda step, m: logged.append(m)),
                           publish_policy=lambda version: None, train_prompts=[])  # fmt: skip
     state = LoopState(pending=[list(s) for s in steps])
-    loss = StepLoss(*resolve_loss(method), 0.7)
+    loss = StepLoss(*resolve_loss(method, 0.0, length_norm), 0.7)
     model.zero_grad(set_to_none=True)
     while state.pending:
         train_step(ctx, state, loss)
@@ -243,6 +243,49 @@ def test_an_update_s_gradient_depends_on_its_sequences_only(tiny_model, method):
     for name, grad in whole[0].items():
         torch.testing.assert_close(small[0][name], grad, atol=1e-5, rtol=1e-3)  # float rounding; the
         torch.testing.assert_close(split[0][name], grad, atol=1e-5, rtol=1e-3)  # defects were 5-45% off
+
+
+@pytest.mark.parametrize(("method", "length_norm"), [("dapo", False), ("gspo-token", False), ("dapo", True)])
+def test_an_update_s_gradient_is_its_loss_s_own_by_autograd(tiny_model, method, length_norm):
+    """The absolute scale too (the split test above compares splits with each other): the loop's update
+    equals autograd of the registered loss over all the update's sequences at once, with agent-style
+    masks (a tool's tokens inside a completion are not the model's and count nowhere)."""
+    from openrft.algo.losses import policy_loss
+    from openrft.train.step import step_denominator_of
+
+    model, tokenizer = tiny_model
+    model = _lora_off_zero(model, 0.05)
+    seqs = _sequences(model, tokenizer, [9, 6, 4, 7], [1.0, -0.5, 0.7, -1.2])
+    tool = (1, 1, 0, 0, 0, 1, 1, 1, 1)  # three of the first sequence's tokens were a tool's answer
+    seqs[0] = replace(seqs[0], completion=replace(seqs[0].completion, completion_mask=tool))
+    spec = resolve_loss(method, 0.0, length_norm)[1]
+    assert step_denominator_of(spec.aggregation, seqs) == (
+        4 if length_norm or method == "gspo-token" else 6 + 6 + 4 + 7
+    )
+    logps, olds, masks = [], [], []
+    for s in seqs:
+        c = s.completion
+        ids = torch.tensor([c.prompt_token_ids + c.completion_token_ids])
+        prompt_mask = torch.tensor([[0] * len(c.prompt_token_ids) + [1] * len(c.completion_token_ids)])
+        logps.append(
+            sequence_logprobs(model, ids, torch.ones_like(ids), prompt_mask, 0.7)[
+                0, len(c.prompt_token_ids) :
+            ]
+        )
+        olds.append(torch.tensor(c.logprobs))
+        masks.append(
+            torch.tensor(c.completion_mask or (1,) * len(c.completion_token_ids), dtype=torch.float32)
+        )
+    pad = lambda rows: torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # noqa: E731
+    advantages_B = torch.tensor([s.advantage for s in seqs])
+    model.zero_grad(set_to_none=True)
+    loss, _ = policy_loss(spec, pad(logps), pad(olds), advantages_B, pad(masks))
+    loss.backward()
+    expected = _grads(model)
+    (update,), _ = _updates(model, [seqs], method, 10_000, 1, length_norm)
+    assert expected and update.keys() == expected.keys()
+    for name, grad in expected.items():
+        torch.testing.assert_close(update[name], grad, atol=1e-5, rtol=1e-3)  # a wrong scale is >= 10% off
 
 
 def test_lora_goes_on_every_projection_but_not_on_a_mixture_of_experts_router():
