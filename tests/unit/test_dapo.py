@@ -146,3 +146,26 @@ def test_dynamic_sampling_truncates_surplus_and_reads_scored_groups():
         dynamic_sampling(1, lambda n: [0], lambda ps: [{"x": 1}], max_rounds=0)
     with pytest.raises(ValueError):
         dynamic_sampling(-1, draw, sample, max_rounds=0)
+
+
+def test_a_round_applies_the_overlong_penalty_with_the_job_s_buffer_and_factor():
+    """The settings reach the round (a round that ignored --overlong-buffer or the factor passed before)."""
+    from openrft.records import SamplingParams
+    from openrft.settings import RoundSettings
+    from openrft.train.rounds import sample_and_score
+
+    class Engine:
+        def generate(self, prompts, params):
+            return [[Completion(p.prompt_id, i, (1,), tuple(range(n)), "x", (-0.1,) * n, "stop")
+                     for i, n in enumerate((2, 7, 8))] for p in prompts]  # fmt: skip
+
+    prompts = [Prompt("p", ({"role": "user", "content": "q"},))]
+    score = lambda ps, groups: [[Score(1.0) for _ in g] for g in groups]  # noqa: E731
+    params = SamplingParams(n=3, max_tokens=8)
+    groups = sample_and_score(
+        Engine(), score, prompts, params, RoundSettings(overlong_buffer=4, overlong_factor=0.5), {}
+    )
+    # 7 tokens: (8 - 4 - 7) / 4 x 0.5 = -0.375; 8 tokens: -1 x 0.5
+    assert [s.score for s in groups[0].scores] == pytest.approx([1.0, 0.625, 0.5])
+    plain = sample_and_score(Engine(), score, prompts, params, RoundSettings(), {})
+    assert [s.score for s in plain[0].scores] == [1.0, 1.0, 1.0]

@@ -266,6 +266,19 @@ def test_multi_documented_example_and_metrics():
     assert not scored.is_valid and "arguments" in scored.reason
 
 
+def test_multi_is_invalid_when_its_formula_is_not_a_finite_number():
+    """Never a valid 0 to train on (a sub-grader that is invalid: test_graders_model)."""
+    endless = {
+        "type": "python",
+        "name": "py",
+        "source": "def grade(sample, item):\n    return float('inf')\n",
+    }
+    spec = {"type": "multi", "name": "m", "graders": {"py": endless}, "calculate_output": "py"}
+    prompt = Prompt("1", [{"role": "user", "content": "q"}], {"label": "a"})
+    (score,) = score_groups(load_grader(json.dumps(spec)), [(prompt, [completion("a")])], timeout=5)[0]
+    assert not score.is_valid and score.score == 0.0 and "= inf" in score.reason
+
+
 def test_multi_accepts_a_single_sub_grader_as_the_sdk_types_it():
     spec = {
         "type": "multi",

@@ -145,11 +145,13 @@ def test_model_grader_gives_up_after_its_retries(stub):
 
 
 def test_label_model_documented_example(stub):
-    stub.script.extend(['{"result": "positive"}', "neutral", "Negative.", "ecstatic"])
+    stub.script.extend(['{"result": "positive"}', "neutral", "Negative.", "ecstatic", "POSITIVE"])
     evaluator = load_grader(json.dumps(LABEL_MODEL), endpoint=stub.url, model="local-judge")
-    results = [evaluator.fn("", {"response": "I love it"}) for _ in range(4)]
-    assert [r["score"] for r in results[:3]] == [1.0, 0.0, 0.0]
+    results = [evaluator.fn("", {"response": "I love it"}) for _ in range(5)]
+    assert [r["score"] for r in results] == [1.0, 0.0, 0.0, 0.0, 1.0]
     assert not results[3]["is_score_valid"] and "not one of the labels" in results[3]["reason"]
+    assert all(r["is_score_valid"] for r in (*results[:3], results[4]))  # labels match in any case
+    assert "'negative'" in results[2]["reason"]
     request = stub.requests[-1]
     assert request["model"] == "local-judge"  # --grader-model replaces the spec's model
     assert request["messages"][1] == {"role": "user", "content": "Statement: I love it"}
@@ -208,6 +210,15 @@ def test_multi_with_a_model_sub_grader_in_workers(stub, tmp_path):
     assert (
         score.is_valid and math.isclose(score.score, 0.75) and score.metrics == {"exact": 1.0, "judge": 0.5}
     )
+
+
+def test_multi_is_invalid_when_a_sub_grader_s_answer_is_unusable(stub):
+    """A judge whose answer holds none of the labels makes the whole score invalid, never a valid 0."""
+    spec = {"type": "multi", "name": "mix", "calculate_output": "0.5 * exact + 0.5 * judge",
+            "graders": {"exact": {**STRING_CHECK, "name": "exact"}, "judge": {**LABEL_MODEL, "name": "judge"}}}  # fmt: skip
+    stub.script.append("ecstatic")
+    result = load_grader(json.dumps(spec), endpoint=stub.url).fn("Paris", {"label": "Paris", "response": "x"})
+    assert not result["is_score_valid"] and result["reason"].startswith("judge: ") and result["score"] == 0.0
 
 
 def test_a_judges_result_is_its_last_json_object_with_one():
