@@ -205,6 +205,9 @@ def test_the_context_budget_ends_a_rollout_as_truncated(tiny_model, tokenizer):
         engine.close()
     (c,) = group
     assert c.agent_metrics["truncated"] == 1.0 and "context budget" in c.error
+    assert (
+        c.finish_reason == "length"
+    )  # cut, as one cut at --max-output-tokens (the overlong penalty, metrics)
 
 
 def test_a_job_with_the_example_openai_agent_trains_a_round(tiny_model_dir, tmp_path, capsys):

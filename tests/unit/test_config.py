@@ -263,7 +263,9 @@ def test_every_parameter_reaches_the_settings_the_job_runs_with(name, path):
     given on the command line is the one the stages receive."""
     row = next(r for r in TABLE if r[0] == name)
     configs = (_build(**NEEDS.get(name, {}), **{name: value}) for value in row[2])
-    cfg = next(c for c in configs if c.flat()[name] != row[1])  # the first valid value that is not the default
+    cfg = next(
+        c for c in configs if c.flat()[name] != row[1]
+    )  # the first valid value that is not the default
     got = cfg.settings()
     for part in path.split("."):
         got = getattr(got, part)

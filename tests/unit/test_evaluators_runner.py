@@ -266,6 +266,15 @@ def test_to_score_accepts_the_documented_shapes():
     assert to_score(result) == Score(0.9, reason="good") and to_score(result).metrics == {"a": 0.5}
 
 
+def test_to_score_refuses_what_would_break_the_group_statistics():
+    assert to_score(1e12) == Score(1e12)
+    for huge in (1e13, -1e13, float("inf"), float("nan")):
+        score = to_score({"score": huge})
+        assert not score.is_valid and score.score == 0.0, huge
+    with pytest.raises(TypeError, match="score must be a number, not bool"):
+        to_score({"score": True})  # (a bare True is the documented pass: 1.0)
+
+
 def test_score_groups_works_inside_a_running_event_loop():
     ev = Evaluator(name="len", fn=lambda completion: len(completion), kind="plain")
 

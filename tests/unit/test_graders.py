@@ -173,6 +173,12 @@ def test_meteor_uses_wordnet_synonyms():
 def test_cosine_needs_an_embedding_endpoint():
     with pytest.raises(EvaluatorError, match="cosine metric needs an embedding endpoint"):
         load_grader(json.dumps({**TEXT_SIMILARITY, "evaluation_metric": "cosine"}))
+    from openrft.evaluators.graders.text import cosine
+
+    assert cosine([0.0, 0.0], [1.0, 0.0]) == 0.0  # an empty embedding matches nothing, not everything
+    assert cosine([1.0, 1.0], [2.0, 2.0]) == pytest.approx(1.0) and cosine([1, 0], [-1, 0]) == pytest.approx(
+        -1.0
+    )
 
 
 # ----------------------------------------------------------------------------- python

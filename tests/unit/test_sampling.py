@@ -115,8 +115,16 @@ def test_row_streams_are_private_and_reproducible():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("n", 0), ("temperature", -0.1), ("top_k", -1), ("top_p", 1.5), ("max_tokens", 0)],
+    [("n", 0), ("temperature", -0.1), ("top_k", -1), ("top_p", 1.5), ("max_tokens", 0), ("stop", ("a", ""))],
 )
 def test_invalid_params_are_rejected(field, value):
-    with pytest.raises(ConfigError, match=field):
+    with pytest.raises(ConfigError, match=field if field != "stop" else "stop strings must be non-empty"):
         check_params(SamplingParams(**{field: value}))
+
+
+def test_text_is_cut_after_the_earliest_stop_string():
+    from openrft.rollout.sampling import cut_at_stop
+
+    assert cut_at_stop("a</b>c\n\nd", ("\n\n", "</b>")) == "a</b>"  # the earliest, whatever the order given
+    assert cut_at_stop("ab", ("x",)) == "ab" and cut_at_stop("ab", ()) == "ab"
+    assert cut_at_stop("x</b>", ("</b>",)) == "x</b>"  # the stop string itself is kept
