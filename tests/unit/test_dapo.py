@@ -169,3 +169,32 @@ def test_a_round_applies_the_overlong_penalty_with_the_job_s_buffer_and_factor()
     assert [s.score for s in groups[0].scores] == pytest.approx([1.0, 0.625, 0.5])
     plain = sample_and_score(Engine(), score, prompts, params, RoundSettings(), {})
     assert [s.score for s in plain[0].scores] == [1.0, 1.0, 1.0]
+
+
+def test_a_dynamic_sampling_round_counts_its_filter_once_over_every_group_sampled():
+    from openrft.records import SamplingParams
+    from openrft.settings import RoundSettings
+    from openrft.train.rounds import run_round
+
+    class Engine:
+        def generate(self, prompts, params):
+            return [[Completion(p.prompt_id, i, (1,), (5, 6), "x", (-0.1,) * 2, "stop") for i in range(2)]
+                    for p in prompts]  # fmt: skip
+
+    def prompts(*ids):
+        return [Prompt(i, ({"role": "user", "content": i},)) for i in ids]
+
+    def score(ps, groups):  # a prompt whose id starts with "z" scores the same for every candidate
+        return [[Score(1.0 if p.prompt_id.startswith("z") else float(i)) for i in range(len(g))]
+                for p, g in zip(ps, groups, strict=True)]  # fmt: skip
+
+    extra = iter([prompts("z2", "b"), prompts("c")])
+    result = run_round(Engine(), score, prompts("a", "z1", "z3"), SamplingParams(n=2, max_tokens=4),
+                       RoundSettings(dynamic_sampling_rounds=3), draw_more=lambda n: next(extra))  # fmt: skip
+    m = result.metrics
+    assert (m["filter/groups"], m["filter/zero_variance_groups"], m["filter/groups_kept"]) == (6, 3, 3)
+    assert (
+        m["filter/zero_variance_frac"] == 0.5
+        and m["sampling/rounds"] == 3
+        and m["sampling/groups_sampled"] == 6
+    )

@@ -101,9 +101,8 @@ class DynamicSamplingStats:
             "sampling/rounds": float(self.rounds),
             "sampling/extra_rounds": float(self.extra_rounds),
             "sampling/groups_sampled": float(self.groups_sampled),
-            "filter/zero_variance_groups": float(self.groups_dropped),
-            "filter/groups_kept": float(self.groups_kept),
-        }
+            "sampling/groups_surplus": float(self.groups_surplus),
+        }  # (the filter's counts are the round's: filter/*)
 
 
 def _scored_group_has_variance(group: Any) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from openrft.algo.advantages import scored_group_advantages
 from openrft.algo.dapo import apply_overlong_penalty, dynamic_sampling
-from openrft.algo.filtering import filter_scored_groups
+from openrft.algo.filtering import filter_scored_groups, group_has_variance
 from openrft.evaluators.runner import summarize
 from openrft.records import Prompt, RolloutEngine, SamplingParams, ScoredGroup
 from openrft.settings import RoundSettings
@@ -104,15 +104,17 @@ def round_metrics(groups: Sequence[ScoredGroup], groups_kept: int) -> dict[str, 
     """reward/* (the score summary), completion/*, filter/zero_variance_*, rollout/* of a round."""
     lengths = [c.sampled_tokens for g in groups for c in g.completions]
     truncated = [c.finish_reason == "length" for g in groups for c in g.completions]
+    zero = sum(not group_has_variance(g) for g in groups)  # (a surplus group DAPO discards is not one)
     return {
         **agent_metrics([c for g in groups for c in g.completions]),
         **summarize([g.scores for g in groups], prefix="reward"),
         "completion/mean_len": sum(lengths) / max(1, len(lengths)),
         "completion/max_len": float(max(lengths, default=0)),
         "completion/truncated_frac": sum(truncated) / max(1, len(truncated)),
-        "filter/zero_variance_groups": float(len(groups) - groups_kept),
-        "filter/zero_variance_frac": (len(groups) - groups_kept) / max(1, len(groups)),
+        "filter/zero_variance_groups": float(zero),
+        "filter/zero_variance_frac": zero / max(1, len(groups)),
         "filter/groups": float(len(groups)),
+        "filter/groups_kept": float(groups_kept),
         "rollout/completion_tokens": float(sum(lengths)),
     }
 
