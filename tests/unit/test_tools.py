@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from openai.types.chat import ChatCompletion
+from pydantic import BaseModel
 
 from openrft.errors import ConfigError
 from openrft.evaluators.protocol import EvaluationRow, Message
@@ -107,10 +108,30 @@ def test_schemas_from_signatures_and_docstrings(tmp_path):
         "name": {"type": "string"},
         "unit": {"type": "string", "enum": ["cm", "in"]},
         "tags": {"type": "array", "items": {"type": "string"}},
-        "extra": {"type": "object"},
-        "ratio": {"type": "number"},
+        "extra": {"anyOf": [{"type": "object", "additionalProperties": True}, {"type": "null"}]},
+        "ratio": {"anyOf": [{"type": "number"}, {"type": "null"}]},  # pydantic's schemas: None is allowed
         "flag": {"type": "boolean"},
     }
+
+
+class Point(BaseModel):
+    x: int
+    y: int = 0
+
+
+def move(to: Point, path: list[Point], note: object = None) -> str:
+    """Move."""
+    return ""
+
+
+def test_a_pydantic_model_parameter_keeps_its_definitions_at_the_parameters_root():
+    from openrft.rollout.tools import function_schema
+
+    parameters = function_schema(move)["function"]["parameters"]
+    assert parameters["properties"]["to"]["required"] == ["x"]  # a model at the top: inline
+    assert parameters["properties"]["path"] == {"type": "array", "items": {"$ref": "#/$defs/Point"}}
+    assert parameters["$defs"]["Point"]["required"] == ["x"] and parameters["required"] == ["to", "path"]
+    assert parameters["properties"]["note"] == {}  # what pydantic cannot describe: any value
 
 
 def test_calls_sync_and_async_tools(tmp_path):

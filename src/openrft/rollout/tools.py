@@ -30,7 +30,6 @@ import json
 import re
 import sys
 import threading
-import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -85,27 +84,16 @@ def _as_text(value: Any) -> str:
 
 
 def _type_schema(annotation: Any) -> dict[str, Any]:
-    """JSON schema of a type annotation; ``{}`` (any value) for what has no JSON equivalent."""
+    """JSON schema of a type annotation, as pydantic writes it (``{}``: any value, for what it cannot
+    describe); models' definitions stay under ``$defs`` for :func:`function_schema` to hoist."""
+    from pydantic import TypeAdapter
+
     if annotation is inspect.Parameter.empty or annotation is Any:
         return {}
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Literal:
-        kinds = {type(a) for a in args}
-        simple = {str: "string", int: "integer", float: "number", bool: "boolean"}
-        return {"type": simple[kinds.pop()], "enum": list(args)} if len(kinds) == 1 and kinds <= simple.keys() \
-            else {"enum": list(args)}  # fmt: skip
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in args if a is not type(None)]
-        return (
-            _type_schema(options[0]) if len(options) == 1 else {"anyOf": [_type_schema(a) for a in options]}
-        )
-    base = origin or annotation
-    if base in (list, tuple, set, frozenset, Sequence):
-        fixed_tuple = base is tuple and not (len(args) == 2 and args[1] is Ellipsis)
-        items = _type_schema(args[0]) if args and not fixed_tuple else {}
-        return {"type": "array", "items": items} if items else {"type": "array"}
-    names = {str: "string", bool: "boolean", int: "integer", float: "number", dict: "object"}
-    return {"type": names[base]} if base in names else {}
+    try:
+        return TypeAdapter(annotation).json_schema()
+    except Exception:  # a class pydantic has no schema for: described as any value, called as given
+        return {}
 
 
 _SECTION = re.compile(r"(Args|Arguments|Parameters|Returns?|Yields?|Raises|Examples?|Notes?):")
@@ -142,11 +130,13 @@ def function_schema(fn: Callable[..., Any]) -> dict[str, Any]:
         hints = {}
     description, documented = _parse_docstring(inspect.getdoc(fn) or "")
     properties: dict[str, Any] = {}
+    definitions: dict[str, Any] = {}
     required = []
     for name, param in inspect.signature(fn).parameters.items():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         prop = _type_schema(hints.get(name, param.annotation))
+        definitions.update(prop.pop("$defs", {}))  # refs are "#/$defs/...": from the parameters' root
         if name in documented:
             prop = {**prop, "description": documented[name]}
         if param.default is param.empty:
@@ -155,6 +145,8 @@ def function_schema(fn: Callable[..., Any]) -> dict[str, Any]:
     parameters: dict[str, Any] = {"type": "object", "properties": properties}
     if required:
         parameters["required"] = required
+    if definitions:
+        parameters["$defs"] = definitions
     function = {"name": fn.__name__, "description": description or fn.__name__, "parameters": parameters}
     return {"type": "function", "function": function}
 
