@@ -6,7 +6,7 @@ session. Every failure of a call (unknown name, arguments that do not fit, the t
 exception) is one :class:`ToolError` whose message can go back to the model as it is.
 
 :func:`python_tools` offers the public functions defined in a ``.py`` file; their schemas come
-from the signature (annotations -> JSON types, no default -> required) and the docstring (first
+from the signature (annotations -> JSON schema as pydantic writes it, no default -> required) and the docstring (first
 paragraph, Google-style ``Args:``); :mod:`openrft.rollout.mcp_client` offers an MCP server's.
 :func:`combine` joins toolsets whose names do not clash.
 
