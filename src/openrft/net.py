@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import socket
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -31,6 +34,31 @@ def foreign_host(header: str) -> bool:
     return bool(header) and not is_loopback(host_name(header))
 
 
+def bearer_token(scope: Any) -> str | None:
+    """The key of an ASGI request's ``Authorization: Bearer KEY`` header, if it has one."""
+    from fastapi.security.utils import get_authorization_scheme_param
+    from starlette.datastructures import Headers
+
+    scheme, token = get_authorization_scheme_param(Headers(scope=scope).get("authorization"))
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def cookie(scope: Any, name: str) -> str | None:
+    """The value of an ASGI request's cookie ``name``, if it carries one."""
+    from starlette.datastructures import Headers
+    from starlette.requests import cookie_parser
+
+    return cookie_parser(Headers(scope=scope).get("cookie", "")).get(name) or None
+
+
+def authorized(token: str | None, keys: Iterable[str]) -> bool:
+    """Whether ``token`` is one of ``keys``, compared in constant time (both servers' key check)."""
+    found = False
+    for key in keys if token is not None else ():
+        found |= hmac.compare_digest(token.encode(), key.encode())  # type: ignore[union-attr]
+    return found
+
+
 def listen_problem(host: str, port: int) -> str | None:
     """Why a server could not listen on ``host:port``, as one line naming the flag (a name that does not
     resolve, an address this machine does not have, a port in use), or None: checked before a model is
@@ -51,4 +79,12 @@ def listen_problem(host: str, port: int) -> str | None:
     return None
 
 
-__all__ = ["is_loopback", "host_name", "foreign_host", "listen_problem"]
+__all__ = [
+    "is_loopback",
+    "host_name",
+    "foreign_host",
+    "listen_problem",
+    "bearer_token",
+    "cookie",
+    "authorized",
+]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import threading
 import time
 import uuid
@@ -36,7 +35,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from openrft.errors import ConfigError, OpenRFTError
-from openrft.net import foreign_host, is_loopback
+from openrft.net import authorized, bearer_token, foreign_host, is_loopback
 from openrft.records import Completion, SamplingParams
 from openrft.rollout.batching import Batcher, Tokens
 from openrft.rollout.chat_api import HTTPError, add_chat_routes
@@ -280,16 +279,18 @@ class _BearerKeys:
     """Answers a ``/v1`` request without a valid ``Authorization: Bearer KEY`` with OpenAI's 401."""
 
     def __init__(self, app: Any, keys: tuple[str, ...]):
-        self.app, self.keys = app, tuple(k.encode() for k in keys)
+        self.app, self.keys = app, keys
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1"):
-            given = dict(scope.get("headers", [])).get(b"authorization", b"")
-            scheme, _, key = given.partition(b" ")
-            if scheme.lower() != b"bearer" or not any(hmac.compare_digest(key.strip(), k) for k in self.keys):
-                response = _error(401, "Incorrect API key provided: send 'Authorization: Bearer KEY' with a key "
-                                  "given to openrft serve --api-key", code="invalid_api_key")  # fmt: skip
-                return await response(scope, receive, send)
+        path = scope.get("path", "")
+        if (
+            scope["type"] == "http"
+            and path.startswith("/v1")
+            and not authorized(bearer_token(scope), self.keys)
+        ):
+            response = _error(401, "Incorrect API key provided: send 'Authorization: Bearer KEY' with a key "
+                              "given to openrft serve --api-key", code="invalid_api_key")  # fmt: skip
+            return await response(scope, receive, send)
         await self.app(scope, receive, send)
 
 

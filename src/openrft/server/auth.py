@@ -9,51 +9,18 @@ either is redirected to the login page, an API request gets the 401.
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from openrft.net import authorized, bearer_token, cookie
 from openrft.server.errors import ApiError
 from openrft.server.uploads import is_signed_upload
 
-
-def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The token of an ``Authorization: Bearer ...`` header, if there is one."""
-    for name, value in headers:
-        if name.lower() == b"authorization":
-            scheme, _, token = value.decode("latin-1").strip().partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-    return None
-
-
 COOKIE = "openrft_key"
 OPEN_PATHS = ("/login", "/dashboard/static/")  # reachable without a key: the login page and its styles
-
-
-def cookie_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The dashboard's key cookie, if the request carries it."""
-    for name, value in headers:
-        if name.lower() == b"cookie":
-            for part in value.decode("latin-1").split(";"):
-                key, _, token = part.strip().partition("=")
-                if key == COOKIE and token:
-                    return token
-    return None
-
-
-def authorized(token: str | None, keys: Iterable[str]) -> bool:
-    """Whether ``token`` is one of ``keys`` (compared in constant time)."""
-    if token is None:
-        return False
-    found = False
-    for key in keys:
-        found |= hmac.compare_digest(token.encode(), key.encode())
-    return found
 
 
 class BearerAuth:
@@ -66,16 +33,19 @@ class BearerAuth:
         if scope["type"] != "http" or not self.keys or is_signed_upload(scope):  # token checked by its route
             await self.app(scope, receive, send)
             return
-        headers = scope.get("headers", [])
-        token = bearer_token(headers)
+        token = bearer_token(scope)
         path = scope.get("path", "")
         # the dashboard's cookie opens its pages only: a page of another port of this host (same site
         # to a browser, so it sends the cookie) must not reach the API with it
-        cookie = cookie_token(headers) if not path.startswith("/v1/") else None
-        if authorized(token or cookie, self.keys) or path.startswith(OPEN_PATHS):
+        key_cookie = cookie(scope, COOKIE) if not path.startswith("/v1/") else None
+        if authorized(token or key_cookie, self.keys) or path.startswith(OPEN_PATHS):
             await self.app(scope, receive, send)
             return
-        to_login = _to_login(scope, dict(headers)) if token is None and not path.startswith("/v1/") else None
+        to_login = (
+            _to_login(scope, dict(scope.get("headers", [])))
+            if token is None and not path.startswith("/v1/")
+            else None
+        )
         if to_login is not None:
             await to_login(scope, receive, send)
             return
@@ -115,4 +85,4 @@ def _local(url: bytes) -> str:
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
-__all__ = ["BearerAuth", "authorized", "bearer_token", "cookie_token", "COOKIE", "OPEN_PATHS", "server_keys"]
+__all__ = ["BearerAuth", "COOKIE", "OPEN_PATHS", "server_keys"]

@@ -10,7 +10,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
-from openrft.server.auth import COOKIE, authorized, server_keys
+from openrft.net import authorized
+from openrft.server.auth import COOKIE, server_keys
 
 router = APIRouter(include_in_schema=False)
 
