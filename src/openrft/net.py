@@ -20,6 +20,17 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+def bare_host(host: str) -> str:
+    """``host`` as a server binds it: ``[::1]`` (as URLs write an IPv6 address) -> ``::1``."""
+    host = host.strip()
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 def host_name(header: str) -> str:
     """The name or address in a ``Host`` header (``[::1]:8321`` -> ``::1``)."""
     try:

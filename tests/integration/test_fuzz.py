@@ -38,6 +38,7 @@ FILES = {
     "job_bad.yaml": "epochs: [1, 2\n",
     "job_list.yaml": "- 1\n- 2\n",
     "job_unknown.yaml": "epoch: 2\n",
+    "job_blank.yaml": "evaluator: ''\nepochs: 2\n",
     "job.json": '{"epochs": 2, "epochs": 3}',
 }
 
@@ -109,6 +110,7 @@ FILE_CASES = [
     (["--config", "{u}/job_bad.yaml"], "--config: cannot parse"),
     (["--config", "{u}/job_list.yaml"], "must hold a mapping"),
     (["--config", "{u}/job_unknown.yaml"], "unknown parameter 'epoch'"),
+    (["--config", "{u}/job_blank.yaml"], "is empty; give a value or leave the key out"),
     (["--config", "{u}/nowhere.yaml"], "no such job file"),
     (["--dataset", "{u}/nowhere.jsonl", "--evaluator", EVAL], "--dataset: dataset file not found"),
     (["--dataset", "{u}/mine", "--evaluator", EVAL], "--dataset: "),
@@ -286,7 +288,12 @@ BLANK_FLAGS = ["--evaluator", "--dataset", "--evaluation-dataset", "--output-mod
                "--resume-from", "--tools", "--agent", "--config", "--reference-field", "--grader-model",
                "--grader-endpoint", "--ray-address", "--wandb-project", "--wandb-api-key", "--stop", "--server"]  # fmt: skip
 BLANK_CASES = [
-    *((["rftj", "create", "--dry-run", flag, value], flag) for flag in BLANK_FLAGS for value in ("", " ")),
+    *(
+        (["rftj", "create", "--dry-run", flag, value], flag)
+        for flag in BLANK_FLAGS
+        for value in ("", " ")
+        if not (value and flag == "--stop")  # whitespace is a stop string
+    ),
     (["rftj", "create", "--dry-run", "--evaluator=", "--dataset", "arithmetic"], "--evaluator"),
     (["rollout", "--prompt", ""], "--prompt"),
     (["serve", "--api-key", " "], "--api-key"),
@@ -305,9 +312,18 @@ def test_an_empty_value_is_refused_never_taken_for_the_flag_left_out(user, capsy
     assert snapshot(user) == before and out == ""
 
 
+def test_whitespace_is_a_value_where_it_is_text(capsys):
+    for stop in ("\n", " ", "\n\n"):  # a stop string of whitespace ends a reply there
+        code, out, err = run(
+            capsys, ["rftj", "create", "--dry-run", "--dataset", "arithmetic", "--stop", stop]
+        )
+        assert code == 0 and "stop" in out and repr(stop)[1:-1] in out, err
+
+
 PARSER_CASES = [
     (["rftj", "rollouts", "a", "--limit", "-5"], "--limit: -5 is not valid; expected a whole number >= 1"),
-    (["rftj", "create", "--job-id", "-lead"], "--job-id: expected one argument (a value that starts with '-' goes as --job-id=VALUE)"),
+    (["rftj", "create", "--job-id", "-lead"], "--job-id: expected a value (one that starts with '-' is written --job-id=VALUE)"),
+    (["rftj", "list", "--state", "x"], "unrecognized arguments: --state x"),  # the sub-command's help, not openrft's
     (["rftj", "list", "-o", "yaml"], "-o/--output: invalid choice: 'yaml'"),
     (["rollout"], "the following arguments are required: --prompt"),
 ]  # fmt: skip

@@ -398,6 +398,10 @@ def test_schemas_whose_references_never_end_are_refused_and_recursion_that_can_s
         "self": {"$ref": "#/$defs/S", "$defs": {"S": {"allOf": [{"$ref": "#/$defs/S"}]}}},
         "no_way_out": {"type": "object", "properties": {"n": {"anyOf": [{"$ref": "#"}, {"$ref": "#/properties/n"}]}},
                        "required": ["n"]},
+        "inherited": {"type": "object", "allOf": [{"properties": {"n": {"$ref": "#"}}, "required": ["n"]}]},  # object
+        "inherited_any": {"type": "object", "anyOf": [{"properties": {"n": {"$ref": "#"}}, "required": ["n"]}]},
+        "other_keys": {"type": "object", "required": ["x"], "additionalProperties": {"$ref": "#"}},
+        "prefix": {"type": "array", "prefixItems": [{"$ref": "#"}], "minItems": 1},
     }  # fmt: skip
     finite = {
         "tree": {"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#"}}},
@@ -411,6 +415,9 @@ def test_schemas_whose_references_never_end_are_refused_and_recursion_that_can_s
         "nullable": {"type": ["object", "null"], "properties": {"a": {"$ref": "#"}}, "required": ["a"]},  # OpenAI's
         "untyped": {"properties": {"a": {"$ref": "#"}}, "required": ["a"]},  # any type: null ends it
         "scalar": {"type": "string", "properties": {"a": {"$ref": "#"}}, "required": ["a"]},  # binds objects only
+        "untyped_def": {"$defs": {"A": {"properties": {"m": {"$ref": "#/$defs/A"}}, "required": ["m"]}}, "type": "object",
+                        "properties": {"a": {"type": "object", "allOf": [{"$ref": "#/$defs/A"}]}}, "required": ["a"]},
+        "prefix_then_none": {"type": "array", "prefixItems": [{"type": "integer"}], "items": {"$ref": "#"}, "minItems": 1},
     }  # fmt: skip
     for name, schema in endless.items():
         with pytest.raises(ConstraintError, match="no finite value"):

@@ -225,7 +225,16 @@ def test_url_fields_take_http_addresses_with_a_host_only():
         "http://u:p@h:1/x?y",
     ):
         assert _build(grader_endpoint=url).flat()["grader_endpoint"] == url
-    for url in ("http://:8000/v1", "http:///v1", "http://", "ftp://x/v1", "localhost:8000", "http://a b/v1"):
+    assert _build(endpoint_url="http://h:65535/v1").flat()["endpoint_url"] == "http://h:65535/v1"
+    for url in (
+        "http://:8000/v1",
+        "http:///v1",
+        "http://",
+        "ftp://x/v1",
+        "localhost:8000",
+        "http://a b/v1",
+        "http://h:65536/v1",
+    ):
         with pytest.raises(ConfigError, match="expected an http:// or https:// URL"):
             _build(endpoint_url=url)
 

@@ -496,9 +496,11 @@ def test_a_bad_grader_timeout_or_retry_count_is_refused_when_the_grader_loads(mo
             env.setenv(name, value)
             with pytest.raises(EvaluatorError, match=f"^{name}: '{value}' is not valid"):
                 load_grader(json.dumps(spec), endpoint="http://localhost:9/v1")
+    monkeypatch.setenv("OPENRFT_GRADER_TIMEOUT", "x")  # a grader that calls no model does not read it
+    load_grader(json.dumps(STRING_CHECK))
     monkeypatch.setenv("OPENRFT_GRADER_TIMEOUT", "2.5")
-    monkeypatch.setenv("OPENRFT_GRADER_RETRIES", "0")
+    monkeypatch.setenv("OPENRFT_GRADER_RETRIES", "")  # empty: the default
     from openrft.evaluators.graders.model import Endpoint
 
     client = Endpoint(url="http://localhost:9/v1").client
-    assert (client.timeout, client.max_retries) == (2.5, 0)
+    assert (client.timeout, client.max_retries) == (2.5, 3)

@@ -149,6 +149,10 @@ def test_loopback_addresses():
         and is_loopback("127.1.2.3")
     )
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("myhost")
+    from openrft.net import bare_host, url_host
+
+    assert bare_host(" [::1] ") == "::1" == bare_host("::1") and bare_host("localhost") == "localhost"
+    assert url_host("::1") == "[::1]" and url_host("127.0.0.1") == "127.0.0.1"
 
 
 def test_serve_and_server_refuse_an_address_they_cannot_listen_on_before_loading_anything(tmp_path, capsys):

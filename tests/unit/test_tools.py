@@ -124,6 +124,21 @@ def move(to: Point, path: list[Point], note: object = None) -> str:
     return ""
 
 
+def _other_point():
+    class Point(BaseModel):  # the same name, another model
+        label: str
+
+    return Point
+
+
+OtherPoint = _other_point()
+
+
+def mark(here: list[Point], there: list[OtherPoint]) -> str:
+    """Mark."""
+    return ""
+
+
 def test_a_pydantic_model_parameter_keeps_its_definitions_at_the_parameters_root():
     from openrft.rollout.tools import function_schema
 
@@ -132,6 +147,9 @@ def test_a_pydantic_model_parameter_keeps_its_definitions_at_the_parameters_root
     assert parameters["properties"]["path"] == {"type": "array", "items": {"$ref": "#/$defs/Point"}}
     assert parameters["$defs"]["Point"]["required"] == ["x"] and parameters["required"] == ["to", "path"]
     assert parameters["properties"]["note"] == {}  # what pydantic cannot describe: any value
+    two = function_schema(mark)["function"]["parameters"]  # two models named Point: both kept
+    assert two["properties"]["there"]["items"] == {"$ref": "#/$defs/Point_there"}
+    assert two["$defs"]["Point"]["required"] == ["x"] and two["$defs"]["Point_there"]["required"] == ["label"]
 
 
 def test_calls_sync_and_async_tools(tmp_path):

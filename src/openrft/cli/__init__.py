@@ -192,12 +192,26 @@ def _optional(module: str, attr: str) -> Any:
 class Parser(argparse.ArgumentParser):
     """argparse's refusals as one line naming the flag, and a hint, instead of the usage block."""
 
+    words: Sequence[str] = ()  # the command line being parsed (set by main), to name its sub-command
+
     def error(self, message: str) -> NoReturn:
         line = message.removeprefix("argument ")
         if line.endswith(": expected one argument"):  # `--job-id -lead`: argparse took the value for a flag
             flag = line.split(":")[0].split("/")[-1]
-            line += f" (a value that starts with '-' goes as {flag}=VALUE)"
-        self.exit(2, f"{line}\nhint: `{self.prog} --help` lists what it takes\n")
+            line = (
+                line.removesuffix("one argument")
+                + f"a value (one that starts with '-' is written {flag}=VALUE)"
+            )
+        self.exit(2, f"{line}\nhint: `{_command(self, self.words)} --help` lists what it takes\n")
+
+
+def _command(parser: argparse.ArgumentParser, words: Sequence[str]) -> str:
+    """The deepest sub-command ``words`` name (``openrft rftj list``), for a refusal's hint."""
+    for word in words:
+        children = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+        if word in children:
+            parser = children[word]
+    return parser.prog
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,9 +293,12 @@ def blank_value(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | N
             value = argv[i + 1]
         elif not (eq and flag in takes_value):
             continue
-        if not value.strip():
+        if not value.strip() and (not value or flag not in TEXT_FLAGS):
             return f"{flag}: an empty value; give one, or leave the flag out"
     return None
+
+
+TEXT_FLAGS = ("--stop", "--system", "--prompt")  # whitespace is text there ("\n" ends a reply)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -299,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_known_warnings()
     parser = build_parser()
     words = attach_negative_values(list(sys.argv[1:] if argv is None else argv))
+    Parser.words = words
     args = parser.parse_args(words)
     if blank := blank_value(parser, words):
         print(blank, file=sys.stderr)

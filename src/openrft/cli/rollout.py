@@ -16,7 +16,7 @@ from typing import Any
 
 from openrft import config as C
 from openrft.cli.evaluate import field_help, port_number
-from openrft.net import is_loopback, listen_problem
+from openrft.net import bare_host, is_loopback, listen_problem, url_host
 from openrft.rollout import DEFAULT_MAX_CONCURRENT
 
 ROLLOUT_DEFAULTS = {"response_candidates_count": 4, "max_output_tokens": 256}
@@ -195,6 +195,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from openrft.server.settings import keys_from_env
 
     rollout = _validated(args)
+    args.host = bare_host(args.host)
     if problem := listen_problem(args.host, args.port):
         raise ConfigError(problem)
     base, engine = _engine(args, rollout)
@@ -218,7 +219,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"openrft serve: listening on {args.host} with no API key: anyone who can reach it may use "
               "the model and load adapters from this machine's files (--api-key KEY)", file=sys.stderr)  # fmt: skip
     served = ", ".join(dict.fromkeys([name, *names["aliases"], *([short] if args.adapter else [])]))
-    print(f"openrft serve: {served} on http://{args.host}:{args.port}/v1", file=sys.stderr)
+    print(f"openrft serve: {served} on http://{url_host(args.host)}:{args.port}/v1", file=sys.stderr)
     serve(engine, name, args.host, args.port, **names)
     return 0
 

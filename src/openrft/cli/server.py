@@ -48,13 +48,13 @@ def cmd_server(args: argparse.Namespace) -> int:
     import uvicorn
 
     from openrft.errors import ConfigError
-    from openrft.net import listen_problem
+    from openrft.net import bare_host, listen_problem, url_host
     from openrft.paths import openrft_home
     from openrft.server.app import create_app
     from openrft.server.settings import DEFAULT_HOST, DEFAULT_PORT, ServerSettings, keys_from_env
 
     settings = ServerSettings(
-        host=args.host or DEFAULT_HOST,
+        host=bare_host(args.host or DEFAULT_HOST),
         port=args.port or DEFAULT_PORT,
         api_keys=tuple(dict.fromkeys([*args.api_key, *keys_from_env()])),
         max_running_jobs=args.max_running_jobs,
@@ -66,7 +66,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         raise ConfigError(problem)
     auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API key (loopback only)"
     tls = _tls(args)
-    print(f"openrft server on {'https' if tls else 'http'}://{settings.host}:{settings.port} ({auth}); "
+    print(f"openrft server on {'https' if tls else 'http'}://{url_host(settings.host)}:{settings.port} ({auth}); "
           f"jobs in {app.state.job_store.root}")  # fmt: skip
     # bounded: a TLS connection a client keeps alive would otherwise hold the shutdown open
     uvicorn.run(

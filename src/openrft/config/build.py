@@ -74,6 +74,9 @@ def load_job_file(path: str | Path) -> dict[str, Any]:
                 field=key,
             )
         spelled[key] = written
+        if isinstance(value, str) and not value.strip() and key != "stop":  # as on the command line
+            raise ConfigError(f"--config: '{written}' in {path} is empty; give a value or leave the key out",
+                              field=key)  # fmt: skip
         if value is not None:  # null: unset, the parameter keeps its default
             flat[key] = value
     for key in spelled:

@@ -383,8 +383,10 @@ def _resolve(schema: dict[str, Any], ref: str) -> Any:
     return node
 
 
-def _has_value(node: Any, finite: set[str], targets: dict[str, Any]) -> bool:
-    """Whether ``node`` surely has a finite value, given the references known to (``finite``)."""
+def _has_value(node: Any, finite: set[str], targets: dict[str, Any], inherited: list | None = None) -> bool:
+    """Whether ``node`` surely has a finite value, given the references known to (``finite``).
+    ``inherited``: the types an ``allOf``/``anyOf``/``oneOf`` member's parent allows (its own ``type``
+    wins); None, any type (``required`` binds objects only, ``minItems`` arrays only: null ends them)."""
     if isinstance(node, bool) or not isinstance(node, dict):
         return node is not False
     ref = node.get("$ref")
@@ -392,32 +394,44 @@ def _has_value(node: Any, finite: set[str], targets: dict[str, Any]) -> bool:
         isinstance(ref, str) and targets.get(ref) is not None and ref not in finite
     ):  # (a missing one: llguidance's)
         return False
-    if any(not _has_value(sub, finite, targets) for sub in node.get("allOf") or []):
+    own = node.get("type")
+    types = [own] if isinstance(own, str) else own if isinstance(own, list) else inherited
+    if any(not _has_value(sub, finite, targets, types) for sub in node.get("allOf") or []):
         return False
     for key in ("anyOf", "oneOf"):
+        members = node.get(key)
         if (
-            isinstance(node.get(key), list)
-            and node[key]
-            and not any(_has_value(s, finite, targets) for s in node[key])
+            isinstance(members, list)
+            and members
+            and not any(_has_value(s, finite, targets, types) for s in members)
         ):
             return False
-    types = node.get("type")  # `required` binds objects only, `minItems` arrays only: e.g. null ends it
-    types = [types] if isinstance(types, str) else types if isinstance(types, list) else None
     if types is None or any(t not in ("object", "array") for t in types):
         return True
-    properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
-    if "object" in types and all(
-        _has_value(properties[name], finite, targets)
-        for name in node.get("required") or []
-        if name in properties
-    ):
-        return True
-    items = node.get("items")
-    return "array" in types and not (
-        (node.get("minItems") or 0) >= 1
-        and isinstance(items, dict)
-        and not _has_value(items, finite, targets)
+    return ("object" in types and _object_has_value(node, finite, targets)) or (
+        "array" in types and _array_has_value(node, finite, targets)
     )
+
+
+def _object_has_value(node: dict[str, Any], finite: set[str], targets: dict[str, Any]) -> bool:
+    """Every required property can be given (one the properties do not list follows additionalProperties)."""
+    properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+    others = node.get("additionalProperties", True)
+    return all(
+        _has_value(properties.get(name, others), finite, targets)
+        for name in node.get("required") or []
+        if isinstance(name, str) and (name in properties or not node.get("patternProperties"))
+    )
+
+
+def _array_has_value(node: dict[str, Any], finite: set[str], targets: dict[str, Any]) -> bool:
+    """The first ``minItems`` items can be given (``prefixItems``, then ``items``)."""
+    prefix = node.get("prefixItems") if isinstance(node.get("prefixItems"), list) else []
+    items = node.get("items", True)
+    needed = node.get("minItems") or 0
+    needed = needed if isinstance(needed, int) else 0
+    firsts = [prefix[i] if i < len(prefix) else items for i in range(min(needed, len(prefix) + 1))]
+    return all(_has_value(item, finite, targets) for item in firsts)
 
 
 def blame_tool(tools: Sequence[dict[str, Any]] | None, error: ConstraintError) -> ConstraintError:

@@ -122,6 +122,21 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     return " ".join(" ".join(head).split()), params
 
 
+def _hoist_definitions(prop: dict[str, Any], definitions: dict[str, Any], param: str) -> dict[str, Any]:
+    """``prop`` without its ``$defs``, which join ``definitions``; a name another parameter already gave a
+    different definition is renamed (``Name_param``) with the refs to it."""
+    own = prop.pop("$defs", {})
+    clashes = {n: f"{n}_{param}" for n, d in own.items() if n in definitions and definitions[n] != d}
+    if clashes:
+        text = json.dumps({"prop": prop, "defs": own})
+        for old, new in clashes.items():
+            text = text.replace(json.dumps(f"#/$defs/{old}"), json.dumps(f"#/$defs/{new}"))
+        moved = json.loads(text)
+        prop, own = moved["prop"], {clashes.get(n, n): d for n, d in moved["defs"].items()}
+    definitions.update(own)
+    return prop
+
+
 def function_schema(fn: Callable[..., Any]) -> dict[str, Any]:
     """The OpenAI tool schema of a Python function (see the module docstring)."""
     try:
@@ -136,7 +151,9 @@ def function_schema(fn: Callable[..., Any]) -> dict[str, Any]:
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         prop = _type_schema(hints.get(name, param.annotation))
-        definitions.update(prop.pop("$defs", {}))  # refs are "#/$defs/...": from the parameters' root
+        prop = _hoist_definitions(
+            prop, definitions, name
+        )  # refs are "#/$defs/...": from the parameters' root
         if name in documented:
             prop = {**prop, "description": documented[name]}
         if param.default is param.empty:

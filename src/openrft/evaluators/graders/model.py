@@ -26,7 +26,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -40,9 +40,9 @@ class UnparseableAnswer(EvaluatorError):
 
 
 def _env_number(name: str, default: str, kind: type, low: float) -> Any:
-    """``$name`` as a number >= ``low`` (read when the grader is built: a bad value fails at job creation,
-    naming the variable)."""
-    text = os.environ.get(name, default)
+    """``$name`` as a number >= ``low``, naming the variable when it is not (a model grader reads it when
+    it is built, so a bad value fails at job creation)."""
+    text = os.environ.get(name, "").strip() or default  # empty: the default
     try:
         value = kind(text)
     except ValueError:
@@ -60,8 +60,14 @@ class Endpoint:
     url: str | None = None
     model: str | None = None
     embedding_model: str = "text-embedding-3-large"
-    timeout: float = field(default_factory=lambda: _env_number("OPENRFT_GRADER_TIMEOUT", "30", float, 0.001))
-    retries: int = field(default_factory=lambda: _env_number("OPENRFT_GRADER_RETRIES", "3", int, 0))
+
+    @property
+    def timeout(self) -> float:
+        return _env_number("OPENRFT_GRADER_TIMEOUT", "30", float, 0.001)
+
+    @property
+    def retries(self) -> int:
+        return _env_number("OPENRFT_GRADER_RETRIES", "3", int, 0)
 
     @cached_property
     def client(self) -> Any:
