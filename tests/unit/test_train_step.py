@@ -316,6 +316,13 @@ def test_lora_goes_on_every_projection_but_not_on_a_mixture_of_experts_router():
             return self.lm_head
 
     assert lora_target_modules(Model()) == ["q_proj", "w1"]
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16))
+    assert lora_target_modules(gpt2) == ["c_attn", "c_fc", "c_proj"]  # Conv1D, not nn.Linear
+    policy = attach_lora(gpt2, rank=2, seed=0)
+    policy(torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss.backward()
+    assert all(p.grad is not None for n, p in policy.named_parameters() if "lora_A" in n)
 
 
 def test_a_micro_batch_with_no_sampled_token_is_never_trained(tiny_model):

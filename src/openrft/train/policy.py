@@ -30,11 +30,13 @@ def lora_target_modules(model: torch.nn.Module) -> list[str]:
     """Names (suffixes) of every nn.Linear inside the transformer blocks but a mixture of experts' routers
     (Qwen's and Mixtral's ``gate``, ``shared_expert_gate``, Llama-4's and Jamba's ``router``, DBRX's
     ``router.layer``): they choose experts rather than project, and vLLM cannot load an adapter on them."""
+    from transformers.pytorch_utils import Conv1D  # GPT-2's projections: a linear layer stored transposed
+
     head = model.get_output_embeddings()
     linears = [
         name.split(".")
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and module is not head
+        if isinstance(module, torch.nn.Linear | Conv1D) and module is not head
     ]
     routers = {
         path[-1] for path in linears if path[-1].endswith("expert_gate") or {"gate", "router"} & set(path)
@@ -49,6 +51,8 @@ def attach_lora(model: torch.nn.Module, rank: int, alpha: int | None = None, see
     """Wrap ``model`` in a fresh trainable LoRA adapter (base weights frozen)."""
     from peft import LoraConfig, get_peft_model
 
+    from transformers.pytorch_utils import Conv1D
+
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha or 2 * rank,
@@ -56,6 +60,7 @@ def attach_lora(model: torch.nn.Module, rank: int, alpha: int | None = None, see
         target_modules=lora_target_modules(model),
         bias="none",
         task_type="CAUSAL_LM",
+        fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()),  # GPT-2's layout
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
