@@ -50,7 +50,6 @@ def lora_target_modules(model: torch.nn.Module) -> list[str]:
 def attach_lora(model: torch.nn.Module, rank: int, alpha: int | None = None, seed: int = 0):
     """Wrap ``model`` in a fresh trainable LoRA adapter (base weights frozen)."""
     from peft import LoraConfig, get_peft_model
-
     from transformers.pytorch_utils import Conv1D
 
     config = LoraConfig(
