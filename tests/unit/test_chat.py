@@ -251,3 +251,42 @@ def test_an_agent_s_replies_cut_at_the_token_limit_are_counted_whichever_turn_th
     log = RolloutLog(calls=[_call([user], cut, [1], [2, 3], "length"), _call([user], done, [1], [4], "stop")])
     c = agent_completion(Prompt("p", (user,)), 0, log, [user, cut, user, done], "")
     assert c.agent_metrics["cut_turns"] == 1.0
+
+
+def test_a_longer_call_that_does_not_continue_the_last_starts_its_own_sequence():
+    """Only an exact token prefix continues: an agent that rewrote its history sends a prompt the model
+    never saw as its context, however long it is."""
+    first = _call(
+        [{"role": "user", "content": "q"}], {"role": "assistant", "content": "a"}, [1, 2, 3], [4, 5]
+    )
+    rewritten = _call([], {"role": "assistant", "content": "c"}, [1, 9, 9, 9, 9, 9, 9, 9], [10, 11])
+    c = trajectory_completion("p", 0, RolloutLog(calls=[first, rewritten]), "c")
+    assert c.completion_token_ids == (4, 5) and len(c.continuations) == 1
+    assert c.continuations[0].prompt_token_ids == (1, 9, 9, 9, 9, 9, 9, 9)
+
+
+def test_a_rollout_s_finish_and_policy_version_come_from_its_whole_log():
+    from dataclasses import replace
+
+    first = replace(_call([{"role": "user", "content": "q"}], {"role": "assistant", "content": "a"}, [1], [2]),
+                    policy_version=1)  # fmt: skip
+    second = replace(_call([], {"role": "assistant", "content": "b"}, [1, 2, 3], [4]), policy_version=2)
+    c = trajectory_completion("p", 0, RolloutLog(calls=[first, second]), "b")
+    assert c.policy_version == 1 and c.finish_reason == "stop"  # the oldest policy that sampled any of it
+    cut = trajectory_completion("p", 0, RolloutLog(calls=[first, second], truncated=True), "b")
+    assert cut.finish_reason == "length"  # the context budget ended it
+
+
+def test_an_agent_s_completion_is_its_last_reply_and_its_row_names_the_prompt():
+    from openrft.records import Prompt
+    from openrft.rollout.agents import _row_fields, agent_completion
+
+    user = {"role": "user", "content": "q"}
+    call = {"role": "assistant", "content": None,
+            "tool_calls": [{"id": "a", "type": "function", "function": {"name": "add", "arguments": "{}"}}]}  # fmt: skip
+    answer = {"role": "assistant", "content": "<answer>4</answer>"}
+    log = RolloutLog(calls=[_call([user], call, [1], [2]), _call([], answer, [1, 2, 3], [5])])
+    messages = [user, call, {"role": "tool", "content": "4", "tool_call_id": "a"}, answer]
+    c = agent_completion(Prompt("p7", (user,)), 0, log, messages, "")
+    assert c.text == "<answer>4</answer>"  # what the evaluator scores: not the first reply (a tool call)
+    assert _row_fields(Prompt("p7", (user,)))["input_metadata"]["row_id"] == "p7"

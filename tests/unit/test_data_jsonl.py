@@ -325,3 +325,13 @@ def test_xlam_function_calling_rows_load_with_openai_tools_and_their_reference_c
     assert weather["parameters"] == {"type": "object", "required": ["city"], "properties": {
         "city": {"type": "string", "description": "City name."}, "days": {"type": "array", "description": "Days ahead."}}}  # fmt: skip
     assert prompt.row["tools"][0]["function"]["parameters"]["required"] == []  # a default: not required
+
+
+def test_skip_bad_rows_allows_up_to_half_of_the_file(tmp_path):
+    path = tmp_path / "half.jsonl"
+    path.write_text('{"messages": [{"role": "user", "content": "q"}]}\n{broken\n')
+    prompts = load_prompts(str(path), skip_bad_rows=True)
+    assert len(prompts) == 1 and prompts.skipped == 1
+    path.write_text('{"messages": [{"role": "user", "content": "q"}]}\n{broken\n{broken too\n')
+    with pytest.raises(DataError, match="2 of 3 rows are malformed"):
+        load_prompts(str(path), skip_bad_rows=True)  # more than half: the file, not a few rows, is wrong

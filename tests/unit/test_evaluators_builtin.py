@@ -38,6 +38,8 @@ def completion(text: str, index: int = 0) -> Completion:
         ("The answer is 7.", 0.1, 0, 0),  # partial: right last number, no tags
         ("<answer>8</answer> no wait, 7", 0.3, 0, 1),  # format + partial
         ("<answer>7</answer><answer>7</answer>", 0.8, 1, 0),  # correct but the tags twice
+        ("<answer>5</answer> no, <answer>7</answer>", 0.8, 1, 0),  # the last pair is the answer
+        ("<answer>7</answer> no, <answer>5</answer>", 0.0, 0, 0),  # ... even when an earlier one was right
         ("<answer>7", 0.1, 0, 0),  # unclosed tag: no format credit, last number right
         ("I do not know", 0.0, 0, 0),
         ("", 0.0, 0, 0),
@@ -80,6 +82,8 @@ def test_arithmetic_evaluator_on_generated_prompts_spreads_scores():
 def test_gsm8k_scores():
     assert score_gsm8k("so <answer>1,000</answer>", "1000").score == pytest.approx(1.0)
     assert score_gsm8k("#### $72", "72").score == pytest.approx(1.0)
+    assert score_gsm8k("#### 72", "72").metrics["correct_in_tags"].score == 0.0  # right, but not in tags
+    assert score_gsm8k("<answer>72</answer>", "72").metrics["correct_in_tags"].score == 1.0
     assert score_gsm8k("the result is 72.", "72").score == pytest.approx(0.9)
     assert score_gsm8k("<answer>71</answer>", "72").score == pytest.approx(0.1)
     result = score_gsm8k("nothing", "72")

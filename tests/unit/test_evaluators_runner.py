@@ -357,3 +357,21 @@ def test_too_many_invalid_candidates_from_failed_agent_runs_name_the_agent():
     assert "--max-context-length" in blamed.hint and "evaluate" not in blamed.hint
     assert _blame_agent(error, runs, 3) is error  # the evaluator's own invalid scores: its message stands
     assert _blame_agent(error, failed[:1] + runs[1:], 3) is error  # 1 agent failure of 3 invalid
+
+
+def test_a_plain_evaluator_gets_the_row_fields_it_names_and_never_a_second_completion():
+    from openrft.evaluators.runner import plain_kwargs, required_parameters
+
+    row = Prompt("p", ({"role": "user", "content": "q"},), {"completion": "ref", "ground_truth": 3, "x": 1})
+    taken = plain_kwargs(lambda completion, **fields: 0, row)  # TRL datasets have a `completion` column
+    assert "completion" not in taken and taken["ground_truth"] == 3 and taken["prompt_id"] == "p"
+
+    def keyword_only(completion, *, ground_truth):
+        return 0
+
+    assert plain_kwargs(keyword_only, row) == {"ground_truth": 3}
+
+    def optional(completion, ground_truth, bonus=1.0):
+        return 0
+
+    assert required_parameters(optional) == ("ground_truth",)  # a column with a default may be absent

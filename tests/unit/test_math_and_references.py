@@ -73,3 +73,25 @@ def test_reference_fields_follow_dotted_paths_and_refuse_objects():
         reference_value(row, "choices")
     with pytest.raises(ValueError, match="no reference answer in field 'reward_model.missing'"):
         reference_value(row, "reward_model.missing")
+    with pytest.raises(ValueError, match="no reference answer in field 'answer'"):
+        reference_value({"answer": "  "}, "answer")  # blank: nothing to score against
+    with pytest.raises(ValueError, match="no reference answer"):
+        reference_value({"x": ["1"]}, "x.1")  # past the list's end: a bad row, not a crash
+    assert reference_value({"a.b": "7", "a": {"b": "8"}}, "a.b") == "7"  # a key with a dot is read first
+    assert reference_value({"a": "step #### 5\nso #### 1,000"}, "a") == "1000"  # the last '####'
+
+
+def test_reference_fields_skip_bad_rows_counting_those_already_skipped(tmp_path):
+    from openrft.data.reference import with_reference_field
+
+    good = {"messages": [{"role": "user", "content": "q"}]}
+    lines = (
+        ["{not json", "{also not"]
+        + [json.dumps(good)] * 3
+        + [json.dumps({**good, "answer": str(i)}) for i in range(5)]
+    )
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    prompts = with_reference_field(load_prompts(str(path), skip_bad_rows=True), "answer", skip_bad_rows=True)
+    assert len(prompts) == 5 and prompts.skipped == 5  # 5 bad of 10: exactly half is still allowed
+    assert [p.row["ground_truth"] for p in prompts] == ["0", "1", "2", "3", "4"]
