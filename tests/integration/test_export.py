@@ -475,3 +475,17 @@ def test_a_modelfile_that_is_not_this_exports_is_never_overwritten(tmp_path):
     assert modelfile_path(gguf) == tmp_path / "b.gguf.Modelfile"  # another export's
     (tmp_path / "Modelfile").write_text("FROM llama3.2\nPARAMETER temperature 0.2\n")
     assert modelfile_path(gguf) == tmp_path / "b.gguf.Modelfile"  # the user's own
+
+
+def test_an_adapter_is_found_from_a_job_folder_or_named_as_it_is(tmp_path, monkeypatch):
+    from openrft.cli.export import resolve_adapter
+    from openrft.errors import JobError
+
+    monkeypatch.setenv("OPENRFT_HOME", str(tmp_path / "home"))
+    job_dir = tmp_path / "myjob"
+    (job_dir / "output").mkdir(parents=True)
+    (job_dir / "output" / "adapter_config.json").write_text("{}")
+    assert resolve_adapter(str(job_dir)) == job_dir / "output"  # a job folder: its output adapter
+    assert resolve_adapter(str(job_dir / "output")) == job_dir / "output"
+    with pytest.raises(JobError, match="no job with id 'nothing-here' and no folder"):
+        resolve_adapter("nothing-here")

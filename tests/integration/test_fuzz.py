@@ -275,8 +275,14 @@ def test_repair_leaves_a_healthy_store_alone_and_never_calls_a_cancelled_job_com
         (folder / "checkpoints" / "step-000004" / "state.json").write_text(
             json.dumps({"step": 4, "outcome": outcome})
         )
+        rows = [{"step": s, "loss/policy": 0.1, "reward/mean": s / 10} for s in (1, 2, 3)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     code, out, err = run(capsys, ["rftj", "repair", "--force"])
     assert code == 0 and "restored 2 jobs" in out, err
+    from openrft.jobs.store import JobStore
+
+    restored = JobStore(home).get("done")
+    assert (restored.steps, restored.last_reward) == (3, 0.3)  # the last trained step's progress
     code, out, _ = run(capsys, ["rftj", "list"])
     states = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:] if line.strip()}
     assert states["cancelled"] == "FAILED" and states["done"] == "COMPLETED"  # the first can be resumed

@@ -448,3 +448,11 @@ def test_a_tool_whose_schema_cannot_be_used_is_named(client):
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="tiny", messages=USER, tools=tools, max_tokens=4)
     assert caught.value.param == "tools[1].function.parameters" and "(broken)" in str(caught.value)
+
+
+def test_a_named_tool_choice_allows_one_call_and_required_several_unless_parallel_is_off():
+    named = tool_call_grammar(TOOLS, {"type": "function", "function": {"name": "add"}}, None)
+    assert named.startswith("start: call\n")  # exactly one call of the tool named
+    assert tool_call_grammar(TOOLS, "required", None).startswith('start: call ("\\n" call)*\n')
+    assert tool_call_grammar(TOOLS, "required", False).startswith("start: call\n")
+    assert tool_call_grammar(TOOLS, "auto", None) is None and tool_call_grammar(TOOLS, "none", None) is None

@@ -41,6 +41,13 @@ def test_plain_function_file_ignores_private_helpers():
     assert (ev.name, ev.kind, ev.mode) == ("reward", "plain", "pointwise")
 
 
+def test_a_function_the_file_imports_is_not_one_of_its_evaluators(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text("from openrft.evaluators.builtin import score_arithmetic\n\n"
+                    "def reward(completion, ground_truth=None):\n    return 1.0 if score_arithmetic(completion, ground_truth).score else 0.0\n")  # fmt: skip
+    assert load_evaluator(str(path)).name == "reward"  # (it said: 2 evaluators, name one)
+
+
 def test_module_colon_function(monkeypatch):
     monkeypatch.syspath_prepend(str(EVALS))
     ev = load_evaluator("two_plain:match_reward")

@@ -57,6 +57,7 @@ def test_a_full_body_maps_onto_the_flat_values_of_rftj_create(ctx):
         ({"dataset": "arithmetic", "awsS3Config": {}}, "awsS3Config: unknown or unsupported"),
         ({"dataset": "arithmetic", "state": "JOB_STATE_RUNNING"}, "state: is set by the server"),
         ({"dataset": "arithmetic", "evalAutoCarveout": "yes"}, "evalAutoCarveout: expected true or false"),
+        ({"dataset": "arithmetic", "nodeCount": 2}, "nodeCount: 2 is not supported: openrft trains on one node"),
         ({"dataset": "arithmetic", "trainingConfig": {"outputModel": "../x"}}, "outputModel: '../x' is not"),
         ({"dataset": "gsm8k.jsonl"}, "dataset: unknown dataset 'gsm8k.jsonl'"),
         ({"dataset": "arithmetic", "trainingConfig": {"warmStartFrom": "accounts/acme/models/gone"}},

@@ -47,6 +47,9 @@ def test_summary_final_and_best(tmp_path):
     assert (s.steps, s.final_reward, s.best_reward, s.best_reward_step) == (4, 0.5, 0.6, 2)
     assert (s.final_eval, s.best_eval) == (0.45, 0.5)
     assert (s.rounds, s.rounds_untrained) == (3, 1)
+    nan = summarize_run("n", write(tmp_path / "n.jsonl", [{"step": 1, "reward/mean": 0.1}, {"step": 2, "reward/mean": float("nan")},
+                                                           {"step": 3, "reward/mean": 0.3}]))  # fmt: skip
+    assert (nan.best_reward, nan.final_reward) == (0.3, 0.3)  # a line that is not a number is left out
     empty = summarize_run("b", tmp_path / "missing.jsonl")
     assert (empty.steps, empty.final_reward, empty.best_reward) == (0, None, None)
     text, warnings = format_comparison(["a", "b"], [{"seed": 1}, {"seed": 2}], [s, empty])
