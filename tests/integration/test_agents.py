@@ -351,3 +351,72 @@ def test_errors_and_refusals_are_shaped_as_openai_shapes_them(tokenizer):
         assert (
             body["error"]["type"] == "invalid_request_error" and "/no/such/route" in body["error"]["message"]
         )
+
+
+def _one_call_agent(row, client):
+    messages = [m.model_dump(exclude_none=True) for m in row.messages]
+    reply = client.chat.completions.create(model="policy", messages=messages, temperature=1.0)
+    row.messages = [*messages, reply.choices[0].message.model_dump(exclude_none=True)]
+    return row
+
+
+def test_a_reply_the_context_budget_cuts_ends_the_rollout_as_truncated(tiny_model, tokenizer):
+    """Room for 5 of the 12 tokens a reply may have: the reply stops at 5 and the rollout is marked cut
+    (the other context test's budget leaves no room at all)."""
+    model, _ = tiny_model
+    prompt = _prompts()[:1]
+    text = tokenizer.apply_chat_template(list(prompt[0].messages), add_generation_prompt=True, tokenize=False)
+    room = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    engine = AgentEngine(
+        LocalEngine(model, tokenizer), Agent(_one_call_agent, False, "t"), max_context=room + 5
+    )
+    try:
+        (group,) = engine.generate(
+            prompt, SamplingParams(n=1, temperature=1.0, top_k=0, max_tokens=12, seed=3)
+        )
+    finally:
+        engine.close()
+    (c,) = group
+    assert c.sampled_tokens == 5 and c.finish_reason == "length" and c.agent_metrics["truncated"] == 1.0
+    assert "--max-context-length" in c.error
+
+
+SEEN: list[str] = []
+ADD = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+
+
+async def _twin_calls_agent(row, client):
+    """Two calls at once with the same messages: each must sample with a seed of its own."""
+    import asyncio
+
+    messages = [m.model_dump(exclude_none=True) for m in row.messages]
+    replies = await asyncio.gather(*(client.chat.completions.create(
+        model="policy", messages=messages, max_tokens=6, temperature=1.0) for _ in range(2)))  # fmt: skip
+    SEEN[:] = [r.choices[0].message.content for r in replies]
+    row.messages = [*messages, replies[-1].choices[0].message.model_dump(exclude_none=True)]
+    return row
+
+
+def _none_tools_agent(row, client):
+    messages = [m.model_dump(exclude_none=True) for m in row.messages]
+    reply = client.chat.completions.create(model="policy", messages=messages, tools=ADD, tool_choice="none",
+                                           max_tokens=6, temperature=1.0)  # fmt: skip
+    row.messages = [*messages, reply.choices[0].message.model_dump(exclude_none=True)]
+    return row
+
+
+def test_calls_of_one_rollout_get_their_own_seeds_and_tool_choice_none_shows_no_tools(tiny_model, tokenizer):
+    model, _ = tiny_model
+    params = SamplingParams(n=1, temperature=1.0, top_k=0, max_tokens=6, seed=4)
+
+    def run(agent):
+        engine = AgentEngine(LocalEngine(model, tokenizer), agent, max_context=512)
+        try:
+            return engine.generate(_prompts()[:1], params)[0][0]
+        finally:
+            engine.close()
+
+    run(Agent(_twin_calls_agent, True, "t"))
+    assert len(SEEN) == 2 and SEEN[0] != SEEN[1]  # the same prompt twice, two different samples
+    no_tools, plain = run(Agent(_none_tools_agent, False, "t")), run(Agent(_one_call_agent, False, "t"))
+    assert no_tools.prompt_token_ids == plain.prompt_token_ids  # "none": the tools are not in the prompt
