@@ -435,3 +435,29 @@ def test_completions_stream_as_the_sdk_reads_them(served):
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens and not chunks[-1].choices
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model="tiny", prompt="Hi", stream_options={"include_usage": True})
+    for logprobs in (None, 1):  # streamed as sampled (no log-probs), or whole; no usage chunk unless asked
+        plain = list(client.completions.create(model="tiny", prompt=["Hi", "Bye"], n=2, max_tokens=5, seed=4,
+                                               logprobs=logprobs, stream=True))  # fmt: skip
+        assert all(len(c.choices) == 1 and c.usage is None for c in plain)
+        for choice in whole.choices:  # four choices, each its own index: texts never interleave
+            mine = "".join(c.choices[0].text for c in plain if c.choices[0].index == choice.index)
+            assert mine == choice.text, (logprobs, choice.index)
+
+
+def test_a_request_s_stop_token_ids_end_its_replies(served):
+    """``stop_token_ids`` (vLLM's extension): a token of a free sample, given as a stop id, ends the same
+    sample there, streamed or not, and its text stays out of the reply."""
+    import openai
+
+    url, _, tokenizer, _ = served
+    client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
+    ask = {"model": "tiny", "prompt": "Hi", "max_tokens": 8, "seed": 11, "temperature": 1.0}
+    free = client.completions.create(**ask, extra_body={"return_token_ids": True}).choices[0]
+    ids = free.model_extra["token_ids"]
+    k = next(i for i in range(1, len(ids)) if ids[i] not in ids[:i])  # a token not sampled before it
+    cut = client.completions.create(**ask, extra_body={"return_token_ids": True, "stop_token_ids": [ids[k]]})
+    choice = cut.choices[0]
+    assert choice.model_extra["token_ids"] == ids[: k + 1] and choice.finish_reason == "stop"
+    assert choice.text == tokenizer.decode(ids[:k], skip_special_tokens=True)
+    streamed = client.completions.create(**ask, stream=True, extra_body={"stop_token_ids": [ids[k]]})
+    assert "".join(c.choices[0].text for c in streamed) == choice.text

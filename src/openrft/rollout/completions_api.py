@@ -89,7 +89,9 @@ def add_completions_route(app: FastAPI, host: Any, batcher: Batcher) -> None:
         if request.stream and not request.logprobs and getattr(engine, "streams_tokens", False):
             task = asyncio.ensure_future(batcher.submit(key, prompts, (live := LiveReply()).push))
             settle(task)
-            events = _live_completion_events(live, task, request, shown, engine.tokenizer, stop_strings)
+            events = _live_completion_events(
+                live, task, request, shown, engine.tokenizer, stop_strings, stops
+            )
             return LiveStream(events, task)
         groups = await unless_disconnected(http, batcher.submit(key, prompts))
         choices = [
@@ -171,6 +173,7 @@ async def _live_completion_events(
     name: str,
     tokenizer: Any,
     stops: tuple[str, ...],
+    stop_ids: tuple[int, ...] = (),
 ) -> AsyncIterator[str]:
     """The completions stream as it is sampled: each choice's text as it grows, then once done its rest
     and finish reason, [usage] and [DONE]. Choice ``i * n + c`` is prompt ``i``'s candidate ``c``."""
@@ -188,7 +191,10 @@ async def _live_completion_events(
             index = prompt * request.n + candidate
             if index not in streams:
                 streams[index] = TextDeltas(
-                    tokenizer, stops=() if kept else stops, kept_stops=stops if kept else ()
+                    tokenizer,
+                    stops=() if kept else stops,
+                    kept_stops=stops if kept else (),
+                    stop_ids=stop_ids,
                 )
             if text := streams[index].push([token]):
                 yield chunk(index, text)

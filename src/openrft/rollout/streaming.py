@@ -12,7 +12,7 @@ non-streamed request gets.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 from fastapi.responses import StreamingResponse
@@ -25,7 +25,8 @@ class TextDeltas:
 
     ``stops`` end the text and are left out of it (OpenAI's stop strings); ``kept_stops`` end it and stay in
     it; ``markers`` end what is sent as text (the rest comes with the finished answer); ``trim`` holds back
-    trailing whitespace (text before a tool call loses it when the call is read out).
+    trailing whitespace (text before a tool call loses it when the call is read out). ``stop_ids``: the
+    tokens that end a reply, never part of its text (as in the answer sent whole).
     """
 
     def __init__(
@@ -36,8 +37,10 @@ class TextDeltas:
         kept_stops: tuple[str, ...] = (),
         markers: tuple[str, ...] = (),
         trim: bool = False,
+        stop_ids: Collection[int] = (),
     ):
         self.tokenizer, self.trim, self.stops = tokenizer, trim, tuple(s for s in stops if s)
+        self.stop_ids = frozenset(stop_ids)
         self.cuts = [(s, 0) for s in (*stops, *markers) if s] + [(s, len(s)) for s in kept_stops if s]
         self.held = [s for s in (*stops, *markers) if s]  # texts whose beginning is held back
         self.ids: list[int] = []
@@ -49,7 +52,7 @@ class TextDeltas:
 
     def push(self, token_ids: list[int]) -> str:
         """Take the newly sampled ``token_ids``; the text that may now be sent (often "")."""
-        self.ids.extend(token_ids)
+        self.ids.extend(t for t in token_ids if t not in self.stop_ids)
         decode = self.tokenizer.decode
         before = decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
         after = decode(self.ids[self.prefix :], skip_special_tokens=True)
