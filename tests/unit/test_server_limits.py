@@ -31,3 +31,37 @@ def test_an_alias_and_no_name_mean_the_served_policy_not_the_base():
     assert host.resolve("base") == "base"
     with pytest.raises(Exception, match="the model 'other' does not exist"):
         host.resolve("other")
+
+
+def test_a_cut_response_streams_as_incomplete():
+    from openrft.rollout.responses_stream import response_events
+
+    body = {"id": "resp_1", "object": "response", "status": "incomplete", "output": [],
+            "incomplete_details": {"reason": "max_output_tokens"}}  # fmt: skip
+    events = list(response_events(body))
+    assert events[0].startswith("event: response.created") and events[-1].startswith(
+        "event: response.incomplete"
+    )
+
+
+def test_an_engine_that_loads_adapter_files_moves_to_each_policy_and_lets_the_last_go():
+    from pathlib import Path
+
+    from openrft.rollout.adapters import LoadsAdapterFiles
+
+    class Engine(LoadsAdapterFiles):
+        def __init__(self):
+            self.loaded, self.unloaded, self.policy_version, self._policy_adapter = [], [], 0, None
+
+        def load_adapter(self, path, name):
+            self.loaded.append(name)
+
+        def unload_adapter(self, name):
+            self.unloaded.append(name)
+
+    engine = Engine()
+    engine.set_policy(3, Path("/ckpt/step-3"))
+    engine.set_policy(4, Path("/ckpt/step-4"))
+    assert (
+        engine.policy_version == 4 and engine.loaded == ["step-3", "step-4"] and engine.unloaded == ["step-3"]
+    )
