@@ -63,11 +63,10 @@ def cookie(scope: Any, name: str) -> str | None:
 
 
 def authorized(token: str | None, keys: Iterable[str]) -> bool:
-    """Whether ``token`` is one of ``keys``, compared in constant time (both servers' key check)."""
-    found = False
-    for key in keys if token is not None else ():
-        found |= hmac.compare_digest(token.encode(), key.encode())  # type: ignore[union-attr]
-    return found
+    """Whether ``token`` is one of ``keys``, compared in constant time with every key (both servers' check)."""
+    if token is None:
+        return False
+    return any([hmac.compare_digest(token.encode(), key.encode()) for key in keys])  # a list: no early exit
 
 
 def listen_problem(host: str, port: int) -> str | None:
@@ -77,7 +76,7 @@ def listen_problem(host: str, port: int) -> str | None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET  # uvicorn's choice of socket
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
-            host.strip("[]"), port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            bare_host(host), port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except (OSError, UnicodeError) as exc:
         return f"--host {host}: no such address or host name ({getattr(exc, 'strerror', None) or exc})"
@@ -92,6 +91,8 @@ def listen_problem(host: str, port: int) -> str | None:
 
 __all__ = [
     "is_loopback",
+    "bare_host",
+    "url_host",
     "host_name",
     "foreign_host",
     "listen_problem",

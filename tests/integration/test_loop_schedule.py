@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from test_learning import ListSink
 
 from openrft.config import build_config
 from openrft.records import Prompt, Score
@@ -20,17 +21,6 @@ from openrft.train.policy import attach_lora
 from openrft.train.setup import make_optimizer
 
 PROMPTS = [Prompt(f"p{i}", ({"role": "user", "content": f"Name a colour {i}."},)) for i in range(4)]
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.lines: list[dict[str, float]] = []
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        self.lines.append({"step": step, **metrics})
-
-    def log_rollouts(self, step, rows) -> None:
-        pass
 
 
 class CountingEngine(LocalEngine):
@@ -58,7 +48,7 @@ def run(tokenizer, tmp_path, score=by_candidate, should_stop=lambda: False, eval
     engine = CountingEngine(model, tokenizer)
     engine.asked = []
     optimizer, scheduler = make_optimizer(settings.optimizer, model)
-    sink = Sink()
+    sink = ListSink()
     ctx = TrainContext(
         settings=settings, model=model, pad_token_id=tokenizer.pad_token_id, engine=engine, score=score,
         train_prompts=PROMPTS, eval_prompts=list(eval_prompts), optimizer=optimizer, scheduler=scheduler,

@@ -192,7 +192,9 @@ def _optional(module: str, attr: str) -> Any:
 class Parser(argparse.ArgumentParser):
     """argparse's refusals as one line naming the flag, and a hint, instead of the usage block."""
 
-    words: Sequence[str] = ()  # the command line being parsed (set by main), to name its sub-command
+    words: Sequence[
+        str
+    ] = ()  # the root's: the command line being parsed (set by main), to name its sub-command
 
     def error(self, message: str) -> NoReturn:
         line = message.removeprefix("argument ")
@@ -214,7 +216,7 @@ def _command(parser: argparse.ArgumentParser, words: Sequence[str]) -> str:
     return parser.prog
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     parser = Parser(
         prog="openrft",
         description="Self-hosted reinforcement fine-tuning (GRPO, DAPO, GSPO-token) of language models with LoRA.",
@@ -316,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_known_warnings()
     parser = build_parser()
     words = attach_negative_values(list(sys.argv[1:] if argv is None else argv))
-    Parser.words = words
+    parser.words = words  # (a sub-command's parser names itself; the root's walks these to it)
     args = parser.parse_args(words)
     if blank := blank_value(parser, words):
         print(blank, file=sys.stderr)

@@ -13,7 +13,7 @@ from typing import Any
 
 from openrft import config as C
 from openrft.cli.evaluate import field_help, positive_int, positive_seconds, refuse_output_over_inputs
-from openrft.cli.rollout import ROLLOUT_DEFAULTS
+from openrft.cli.rollout import ROLLOUT_DEFAULTS, sampling_value_flags
 from openrft.config.models import response_grammar
 
 # What a job's stored configuration lends to an evaluation (openrft.jobs.model_eval.SAMPLING_FIELDS).
@@ -101,19 +101,7 @@ def _sampling_flags(parser: argparse.ArgumentParser) -> None:
         "--max-output-tokens", dest="max_output_tokens", type=int, metavar="TOKENS", default=argparse.SUPPRESS,
         help=field_help("max_output_tokens", ROLLOUT_DEFAULTS["max_output_tokens"]),
     )  # fmt: skip
-    for name, kind in (("temperature", float), ("top_p", float), ("top_k", int)):
-        group.add_argument(
-            C.flag_name(name), dest=name, type=kind, default=argparse.SUPPRESS,
-            metavar=name.split("_")[-1].upper(), help=field_help(name),
-        )  # fmt: skip
-    group.add_argument(
-        "--stop",
-        dest="stop",
-        action="append",
-        metavar="TEXT",
-        default=argparse.SUPPRESS,
-        help=field_help("stop"),
-    )
+    sampling_value_flags(group)
     group.add_argument(
         "--max-concurrent-rollouts", dest="max_concurrent_rollouts", type=int, default=argparse.SUPPRESS,
         metavar="N", help="Sequences decoded together (throughput only). Default: 64.",

@@ -45,19 +45,7 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
         default=ROLLOUT_DEFAULTS["max_output_tokens"],
         help=field_help("max_output_tokens", ROLLOUT_DEFAULTS["max_output_tokens"]),
     )  # fmt: skip
-    for name, kind in (("temperature", float), ("top_p", float), ("top_k", int)):
-        ro.add_argument(
-            C.flag_name(name), dest=name, type=kind, default=argparse.SUPPRESS, metavar=name.split("_")[-1].upper(),
-            help=field_help(name),
-        )  # fmt: skip
-    ro.add_argument(
-        "--stop",
-        dest="stop",
-        action="append",
-        metavar="TEXT",
-        default=argparse.SUPPRESS,
-        help=field_help("stop"),
-    )
+    sampling_value_flags(ro)
     ro.add_argument("--seed", type=int, help="Sampling seed (default: random).")
     ro.add_argument(
         "--json", action="store_true", help="Print one JSON record per completion instead of text."
@@ -88,6 +76,19 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     )  # fmt: skip
     _system_flag(sv)
     sv.set_defaults(handler=cmd_serve)
+
+
+def sampling_value_flags(parser: Any) -> None:
+    """``--temperature``, ``--top-p``, ``--top-k`` and ``--stop``, absent unless given (the job config's
+    checks and defaults apply): for ``rollout`` and ``eval``."""
+    for name, kind in (("temperature", float), ("top_p", float), ("top_k", int)):
+        parser.add_argument(
+            C.flag_name(name), dest=name, type=kind, default=argparse.SUPPRESS, metavar=name.split("_")[-1].upper(),
+            help=field_help(name),
+        )  # fmt: skip
+    parser.add_argument(
+        "--stop", dest="stop", action="append", metavar="TEXT", default=argparse.SUPPRESS, help=field_help("stop")
+    )  # fmt: skip
 
 
 def _system_flag(parser: argparse.ArgumentParser) -> None:
@@ -242,4 +243,4 @@ def _lora_modules(specs: list[str]) -> dict[str, str]:
     return adapters
 
 
-__all__ = ["register", "cmd_rollout", "cmd_serve"]
+__all__ = ["register", "cmd_rollout", "cmd_serve", "sampling_value_flags"]

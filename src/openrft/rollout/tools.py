@@ -151,9 +151,8 @@ def function_schema(fn: Callable[..., Any]) -> dict[str, Any]:
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         prop = _type_schema(hints.get(name, param.annotation))
-        prop = _hoist_definitions(
-            prop, definitions, name
-        )  # refs are "#/$defs/...": from the parameters' root
+        # refs are "#/$defs/...", read from the parameters' root: the definitions go there
+        prop = _hoist_definitions(prop, definitions, name)
         if name in documented:
             prop = {**prop, "description": documented[name]}
         if param.default is param.empty:

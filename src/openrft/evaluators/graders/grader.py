@@ -121,7 +121,7 @@ class ModelGrader(Grader):
                 hint="pass --grader-endpoint URL (an OpenAI-compatible server, e.g. `openrft serve`); "
                 "the API key is read from OPENRFT_GRADER_API_KEY, else OPENAI_API_KEY",
             )
-        endpoint.timeout, endpoint.retries  # noqa: B018 - a bad OPENRFT_GRADER_TIMEOUT/RETRIES fails now
+        endpoint.check()
 
     @property
     def contained(self) -> bool:

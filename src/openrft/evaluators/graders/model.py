@@ -69,6 +69,10 @@ class Endpoint:
     def retries(self) -> int:
         return _env_number("OPENRFT_GRADER_RETRIES", "3", int, 0)
 
+    def check(self) -> None:
+        """Refuse a bad ``OPENRFT_GRADER_TIMEOUT``/``RETRIES`` now (a model grader calls it when built)."""
+        _ = self.timeout, self.retries
+
     @cached_property
     def client(self) -> Any:
         if not self.url:
