@@ -78,7 +78,7 @@ def test_top_p_zero_is_sent_as_top_k_one_and_stays_greedy(served):
 
 
 def test_serve_api_surface(served):
-    url, _, tokenizer, _ = served
+    url, model, tokenizer, _ = served
     with httpx.Client(base_url=url) as client:
         assert [m["id"] for m in client.get("/models").json()["data"]] == ["tiny"]
         answer = client.post(
@@ -104,6 +104,11 @@ def test_serve_api_surface(served):
         assert infinite.status_code == 400 and "temperature" in infinite.json()["error"]["message"]
         too_long = client.post("/completions", json={"prompt": [1] * 100_000}).json()["error"]
         assert (too_long["code"], too_long["param"]) == ("context_length_exceeded", "prompt")
+        limit = model.config.max_position_embeddings  # a prompt must leave room for one token
+        full = client.post("/completions", json={"prompt": [1] * limit, "max_tokens": 1})
+        assert full.status_code == 400 and full.json()["error"]["code"] == "context_length_exceeded"
+        one_left = client.post("/completions", json={"prompt": [1] * (limit - 1), "max_tokens": 4})
+        assert one_left.status_code == 200 and one_left.json()["usage"]["completion_tokens"] == 1
         negative = client.post("/completions", json={"prompt": [1, 2], "stop_token_ids": [-5]})
         assert negative.status_code == 400 and "stop_token_ids" in negative.json()["error"]["message"]
 

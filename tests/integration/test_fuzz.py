@@ -304,6 +304,8 @@ BLANK_CASES = [
     (["rollout", "--prompt", ""], "--prompt"),
     (["serve", "--api-key", " "], "--api-key"),
     (["serve", "--served-model-name="], "--served-model-name"),
+    (["serve", "--lora-modules", "a={u}", ""], "--lora-modules"),  # every value of a several-valued flag
+    (["serve", "--lora-modules", "a={u}", " ", "--port", "1"], "--lora-modules"),
     (["eval", "--dataset", "{u}/good.jsonl", "--pass-metric", ""], "--pass-metric"),
 ]
 

@@ -350,6 +350,25 @@ def test_stop_strings_end_a_response_and_stay_in_its_text(tiny_model):
     assert hit.finish_reason == "stop" and len(hit.completion_token_ids) <= 4 and hit.text.endswith(stop)
 
 
+def test_a_stop_string_that_ends_inside_a_token_cuts_the_text_there(tiny_model):
+    """The token holding the stop's last character is kept (its id was sampled), its text is cut."""
+    model, tokenizer = tiny_model
+    engine = LocalEngine(model, tokenizer, stop_token_ids=[tokenizer.eos_token_id])
+    params = SamplingParams(n=4, temperature=1.0, top_k=50, max_tokens=12, seed=3)
+    free = engine.generate(make_prompts(2), params)
+    g, c = next((g, c) for g, group in enumerate(free) for c, sample in enumerate(group)
+                if len(tokenizer.decode(list(sample.completion_token_ids[3:4])).strip()) > 1)  # fmt: skip
+    sample = free[g][c]
+    whole = tokenizer.decode(list(sample.completion_token_ids[1:4]))
+    stop = whole[:-1]  # ends one character before the end of the sample's fourth token
+    assert stop.strip()
+    cut = engine.generate(make_prompts(2), SamplingParams(**{**params.__dict__, "stop": (stop,)}))
+    hit = cut[g][c]
+    text = tokenizer.decode(list(hit.completion_token_ids))
+    assert hit.finish_reason == "stop" and text.endswith(whole[-1]) and text.count(stop) == 1
+    assert hit.text == text[: text.index(stop) + len(stop)] and hit.text.endswith(stop)
+
+
 def test_stop_strings_checked_only_after_tokens_that_can_end_them(tiny_model):
     """The token-id prefilter skips the decoded-tail check without changing a single result."""
     from openrft.rollout.sampling import stop_string_enders

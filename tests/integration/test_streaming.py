@@ -418,6 +418,26 @@ def test_the_engine_ends_the_rows_of_an_abandoned_prompt_and_samples_the_rest_un
     ]  # what was sampled before the end is what the whole run sampled
 
 
+def test_an_abandoned_prompt_s_queued_candidates_are_never_sampled(tiny_model, tokenizer):
+    from openrft.records import SamplingParams
+
+    model, _ = tiny_model
+    engine = LocalEngine(model, tokenizer, stop_token_ids=[], max_concurrent_rollouts=2)
+    prompts = [("a", tokenizer("Hello there")["input_ids"]), ("b", tokenizer("Good night")["input_ids"])]
+    params = SamplingParams(n=4, temperature=1.0, max_tokens=12, seed=1)
+    sampled: set[tuple[int, int]] = set()
+
+    def on_tokens(pairs):
+        sampled.update(owner for owner, _ in pairs)
+
+    cut = engine.generate_from_ids(
+        prompts, params, on_tokens=on_tokens, cancelled=lambda: {0} if sampled else set()
+    )
+    assert {c for p, c in sampled if p == 0} == {0, 1}  # two in flight; the two queued never start
+    assert len(cut[0]) <= 2 and all(c.finish_reason == "length" for c in cut[0])
+    assert len(cut[1]) == 4 and {c for p, c in sampled if p == 1} == {0, 1, 2, 3}
+
+
 class SlowEngine:
     """Samples one token per 20 ms for up to 10 s, stopping early when its prompt is abandoned."""
 

@@ -198,3 +198,43 @@ def test_a_dynamic_sampling_round_counts_its_filter_once_over_every_group_sample
         and m["sampling/rounds"] == 3
         and m["sampling/groups_sampled"] == 6
     )
+
+
+def test_a_dynamic_sampling_round_s_time_counts_every_batch_it_sampled(monkeypatch):
+    """``time/rollout_s`` sums DAPO's extra batches (throughput/rollout_tokens_per_s divides by it)."""
+    from types import SimpleNamespace
+
+    from openrft.records import SamplingParams
+    from openrft.settings import RoundSettings
+    from openrft.train import rounds
+
+    clock = [0.0]  # a fake clock: each generate call takes 1 s, scoring none
+    monkeypatch.setattr(rounds, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    class Engine:
+        def generate(self, prompts, params):
+            clock[0] += 1.0
+            return [[Completion(p.prompt_id, i, (1,), (5, 6), "x", (-0.1,) * 2, "stop") for i in range(2)]
+                    for p in prompts]  # fmt: skip
+
+    def score(ps, groups):  # every group alike: DAPO samples all of its batches
+        return [[Score(1.0) for _ in g] for g in groups]
+
+    extra = iter([[Prompt(f"x{i}", ({"role": "user", "content": "q"},))] for i in range(5)])
+    result = rounds.run_round(Engine(), score, [Prompt("a", ({"role": "user", "content": "q"},))],
+                              SamplingParams(n=2, max_tokens=4), RoundSettings(dynamic_sampling_rounds=3),
+                              draw_more=lambda n: next(extra))  # fmt: skip
+    assert result.metrics["sampling/rounds"] == 4 and result.metrics["time/rollout_s"] == 4.0  # 1 + 3 more
+    assert result.metrics["time/score_s"] == 0.0
+
+
+def test_an_agent_round_s_failed_fraction_is_over_every_completion():
+    """A failed run usually has no agent metrics of its own; it still counts once among all runs."""
+    from openrft.train.rounds import agent_metrics
+
+    def run(error="", **metrics):
+        return Completion("p", 0, (1,), (2,), "x", (-0.1,), "stop", agent_metrics=metrics, error=error)
+
+    out = agent_metrics([run(turns=2.0), run(turns=4.0), run(error="tool server died"), run(turns=3.0)])
+    assert out["agent/failed_frac"] == 0.25 and out["agent/turns"] == 3.0  # turns: the runs that report
+    assert agent_metrics([run(), run(error="x")]) == {}  # no agent metrics at all: not an agent round

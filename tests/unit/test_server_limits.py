@@ -65,3 +65,42 @@ def test_an_engine_that_loads_adapter_files_moves_to_each_policy_and_lets_the_la
     assert (
         engine.policy_version == 4 and engine.loaded == ["step-3", "step-4"] and engine.unloaded == ["step-3"]
     )
+
+
+def test_an_upload_of_exactly_the_limit_is_kept_and_one_byte_more_is_refused(tmp_path):
+    import asyncio
+
+    from openrft.server.uploads import save_stream
+
+    async def chunks(sizes):
+        for size in sizes:
+            yield b"x" * size
+
+    assert asyncio.run(save_stream(chunks([600, 400]), tmp_path / "a.jsonl", 1000, "dataset")) == 1000
+    assert (tmp_path / "a.jsonl").stat().st_size == 1000
+    with pytest.raises(ApiError) as caught:
+        asyncio.run(save_stream(chunks([600, 401]), tmp_path / "b.jsonl", 1000, "dataset"))
+    assert caught.value.status_code == 413 and sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
+
+
+def test_server_errors_are_typed_as_such_in_openai_s_error_body():
+    import json
+
+    from openrft.rollout.server import _error
+
+    for status, kind in ((400, "invalid_request_error"), (404, "invalid_request_error"), (500, "server_error"),
+                         (503, "server_error")):  # fmt: skip
+        body = json.loads(_error(status, "x", code="c").body)
+        assert body == {"error": {"message": "x", "type": kind, "param": None, "code": "c"}}
+
+
+def test_the_progress_bar_counts_epochs_from_one():
+    from openrft.tracking.progress import ProgressBar
+
+    bar = ProgressBar(4)
+    try:
+        bar.update(rounds_done=1, step=3, epoch=0, metrics={"reward/mean": 0.5})
+        status = bar._progress.tasks[0].fields["status"]
+    finally:
+        bar.close()
+    assert status.split("  ")[:3] == ["step 3", "epoch 1", "reward 0.500"]

@@ -342,6 +342,15 @@ def test_builtin_agent_runs_the_loop(tmp_path):
     assert row.messages[2].content == "7"
 
 
+def test_builtin_agent_keeps_its_turn_limit_and_tool_timeout(tmp_path):
+    """``--max-turns`` and ``--tool-timeout`` reach the loop (the defaults are 8 turns and 30 s)."""
+    agent = builtin_agent(python_tools(write_tools(tmp_path)), max_turns=2, tool_timeout=0.2)
+    client = FakeClient([completion(None, [("slow", '{"seconds": 2}')])], repeat_last=True)
+    row = run(agent(question_row(), client))
+    assert len(client.requests) == 2
+    assert row.messages[2].content.startswith("error: slow did not finish within 0.2 s")
+
+
 # ----------------------------------------------------------------------------- MCP
 
 
@@ -425,16 +434,18 @@ def test_mcp_servers_see_the_jobs_environment_images_are_named_and_a_dead_server
         async with mcp_tools(f"{sys.executable} {MCP_SERVER.with_name('mcp_edge_cases.py')}") as tools:
             seen = await tools.call("environment", {})
             picture = await tools.call("picture", {})
+            structured = await tools.call("structured_only", {})
             for name in (
                 "crash",
                 "add",
             ):  # the call that kills it, then one to a server gone: each fails alone
                 with pytest.raises(ToolError, match=f"{name} failed"):
                     await asyncio.wait_for(tools.call(name, {"a": 1, "b": 2} if name == "add" else {}), 20)
-            return seen, picture
+            return seen, picture, structured
 
-    seen, picture = run(asyncio.wait_for(go(), 60))
+    seen, picture, structured = run(asyncio.wait_for(go(), 60))
     assert seen == "from-the-job" and picture == "[image (image/png, 4 bytes): not shown to this text model]"
+    assert json.loads(structured) == {"x": 1, "unit": "m"}  # no content blocks: the structured result
 
 
 def test_a_stdio_server_dies_with_the_thread_that_started_it():

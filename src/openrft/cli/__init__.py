@@ -20,7 +20,7 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from openrft import config as C
@@ -273,28 +273,39 @@ def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
                 _no_abbreviations(child)
 
 
-def _value_flags(parser: argparse.ArgumentParser) -> set[str]:
-    """Every option, in any sub-command, that takes a value."""
-    flags: set[str] = set()
+def _value_flags(parser: argparse.ArgumentParser) -> dict[str, bool]:
+    """Every option, in any sub-command, that takes a value: whether it takes several (``nargs="+"``)."""
+    flags: dict[str, bool] = {}
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in set(action.choices.values()):
                 flags |= _value_flags(child)
         elif action.nargs != 0:
-            flags.update(o for o in action.option_strings if o.startswith("--"))
+            several = action.nargs in ("+", "*") or isinstance(action.nargs, int) and action.nargs > 1
+            flags.update((o, several) for o in action.option_strings if o.startswith("--"))
     return flags
+
+
+def _flag_values(argv: Sequence[str], takes_value: dict[str, bool]) -> Iterator[tuple[str, str]]:
+    """``(flag, value)`` for every value given to a flag: ``--f=v``, ``--f v``, and each of a
+    several-valued flag's words up to the next option (``--lora-modules a=x b=y``)."""
+    for i, word in enumerate(argv):
+        flag, eq, value = word.partition("=")
+        if eq and flag in takes_value:
+            yield flag, value
+        elif not eq and word in takes_value and not takes_value[word]:
+            yield from ((word, later) for later in argv[i + 1 : i + 2])
+        elif not eq and word in takes_value:
+            for later in argv[i + 1 :]:
+                if later.startswith("-") and len(later) > 1:
+                    break
+                yield word, later
 
 
 def blank_value(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
     """The refusal of a flag given an empty or blank value (``--evaluator ""``), or None: such a value
     was taken for the flag left out, so a job ran with something other than what was typed."""
-    takes_value = _value_flags(parser)
-    for i, word in enumerate(argv):
-        flag, eq, value = word.partition("=")
-        if not eq and word in takes_value and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif not (eq and flag in takes_value):
-            continue
+    for flag, value in _flag_values(argv, _value_flags(parser)):
         if not value.strip() and (not value or flag not in TEXT_FLAGS):
             return f"{flag}: an empty value; give one, or leave the flag out"
     return None
