@@ -369,6 +369,22 @@ def test_a_stop_string_that_ends_inside_a_token_cuts_the_text_there(tiny_model):
     assert hit.text == text[: text.index(stop) + len(stop)] and hit.text.endswith(stop)
 
 
+def test_a_finished_row_s_idle_samples_never_change_its_finish_reason(tiny_model):
+    """Rows that ended stay in the batch until it is compacted and are sampled with the rest; an end
+    token drawn for such a row must not turn its "length" into "stop"."""
+    model, tokenizer = tiny_model
+    ends = list(range(0, len(tokenizer), 8))  # an eighth of the vocabulary ends a response
+    engine = LocalEngine(model, tokenizer, stop_token_ids=ends, max_concurrent_rollouts=32)
+    groups = engine.generate(make_prompts(4), SamplingParams(n=16, temperature=1.0, max_tokens=8, seed=5))
+    reasons = {"stop": 0, "length": 0}
+    for c in (c for g in groups for c in g):
+        reasons[c.finish_reason] += 1
+        ended_by_token = c.completion_token_ids[-1] in set(ends)
+        assert c.finish_reason == ("stop" if ended_by_token else "length"), c
+        assert c.finish_reason == "stop" or len(c.completion_token_ids) == 8
+    assert min(reasons.values()) >= 5  # both kinds, rows of different ages side by side
+
+
 def test_stop_strings_checked_only_after_tokens_that_can_end_them(tiny_model):
     """The token-id prefilter skips the decoded-tail check without changing a single result."""
     from openrft.rollout.sampling import stop_string_enders
