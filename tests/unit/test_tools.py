@@ -22,6 +22,7 @@ from openrft.rollout.tools import (
     Toolset,
     builtin_agent,
     combine,
+    function_schema,
     python_tools,
     tool_loop,
 )
@@ -332,6 +333,54 @@ def test_stops_after_max_turns(tmp_path):
     roles = [m["role"] for m in as_dicts(row)]
     assert roles == ["user", "assistant", "tool", "assistant", "tool", "assistant"]
     assert counters == {}
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        """Convert a length.
+
+        Args:
+            value: How long it is,
+                in the unit given.
+            *args: Ignored.
+        """,
+        """Convert a length.
+
+        Parameters
+        ----------
+        value : float
+            How long it is, in the unit given.
+        """,
+        """Convert a length.
+
+        :param value: How long it is, in the unit given.
+        :returns: The length in metres.
+        """,
+    ],
+    ids=["google", "numpy", "rest"],
+)
+def test_tool_descriptions_come_from_docstrings_in_any_common_style(doc):
+    def convert(value: float, unit: str = "cm") -> float:
+        return value
+
+    convert.__doc__ = doc
+    function = function_schema(convert)["function"]
+    assert function["description"] == "Convert a length."
+    assert function["parameters"]["properties"]["value"] == {
+        "type": "number", "description": "How long it is, in the unit given."}  # fmt: skip
+    assert "description" not in function["parameters"]["properties"]["unit"]
+
+
+def test_a_summary_that_runs_over_two_lines_is_one_description():
+    def search(query: str) -> str:
+        """Search the notes
+        for a phrase.
+
+        Returns the matching lines.
+        """
+
+    assert function_schema(search)["function"]["description"] == "Search the notes for a phrase."
 
 
 def test_builtin_agent_runs_the_loop(tmp_path):

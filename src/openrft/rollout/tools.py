@@ -7,7 +7,8 @@ exception) is one :class:`ToolError` whose message can go back to the model as i
 
 :func:`python_tools` offers the public functions defined in a ``.py`` file; their schemas come
 from the signature (annotations -> JSON schema as pydantic writes it, no default -> required) and the docstring (first
-paragraph, Google-style ``Args:``); :mod:`openrft.rollout.mcp_client` offers an MCP server's.
+paragraph, and the parameters of a Google, NumPy or reST docstring); :mod:`openrft.rollout.mcp_client` offers an MCP
+server's.
 :func:`combine` joins toolsets whose names do not clash.
 
 :func:`tool_loop` is the agent for users without agent code: ask the policy, run its tool calls,
@@ -25,9 +26,7 @@ import contextvars
 import copy
 import importlib.util
 import inspect
-import itertools
 import json
-import re
 import sys
 import threading
 import typing
@@ -96,29 +95,19 @@ def _type_schema(annotation: Any) -> dict[str, Any]:
         return {}
 
 
-_SECTION = re.compile(r"(Args|Arguments|Parameters|Returns?|Yields?|Raises|Examples?|Notes?):")
-_PARAM = re.compile(r"\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)")
-
-
 def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
-    """(description, {parameter: description}): the first paragraph, and the ``Args:`` entries."""
-    lines = inspect.cleandoc(doc).splitlines() if doc else []
-    head = itertools.takewhile(lambda line: line.strip() and not _SECTION.fullmatch(line.strip()), lines)
-    params: dict[str, str] = {}
-    in_args, current, current_indent = False, None, 0
-    for line in lines:
-        indent, text = len(line) - len(line.lstrip()), line.strip()
-        if not text:
-            continue
-        if indent == 0:  # a section header, or prose: only an Args-like header opens the list
-            in_args, current = bool(re.fullmatch(r"(Args|Arguments|Parameters):", text)), None
-            continue
-        match = _PARAM.fullmatch(text)
-        if in_args and match and (current is None or indent <= current_indent):
-            current, current_indent = match.group(1), indent
-            params[current] = match.group(2)
-        elif in_args and current is not None:  # a continuation line of the current entry
-            params[current] = f"{params[current]} {text}".strip()
+    """(description, {parameter: description}): the first paragraph, and the documented parameters.
+
+    Google (``Args:``), NumPy (``Parameters`` and dashes) and reST (``:param a:``) styles are read by
+    ``docstring_parser``; whitespace inside each text is folded to single spaces.
+    """
+    import docstring_parser
+
+    parsed = docstring_parser.parse(doc)
+    head = [parsed.short_description or ""]
+    if parsed.long_description and not parsed.blank_after_short_description:
+        head.append(parsed.long_description.split("\n\n")[0])  # the first paragraph runs on
+    params = {p.arg_name.lstrip("*"): " ".join((p.description or "").split()) for p in parsed.params}
     return " ".join(" ".join(head).split()), params
 
 
