@@ -23,7 +23,10 @@ quietly matching nothing. Every problem is an :class:`~openrft.server.errors.Api
 
 from __future__ import annotations
 
+import base64
 import fnmatch
+import hashlib
+import json
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -277,4 +280,31 @@ def masked(obj: dict[str, Any], read_mask: str | None, fields: Collection[str]) 
     return out
 
 
-__all__ = ["field_name", "holds", "lookup", "masked", "ordered", "parse", "select"]
+def page_token(offset: int, filter_: str | None, order_by: str | None) -> str:
+    """The opaque ``nextPageToken`` of a list call: where the next page starts, bound to its query."""
+    data = {"o": offset, "q": _query_key(filter_, order_by)}
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode()
+
+
+def page_start(token: str | None, filter_: str | None, order_by: str | None) -> int:
+    """Where the page a ``pageToken`` asks for starts (0 without one); a token this server did not
+    return, or one returned for another ``filter``/``orderBy``, is a 400."""
+    if not token:
+        return 0
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        offset, key = data["o"], data["q"]
+    except (ValueError, KeyError, TypeError):
+        raise ApiError(400, "pageToken: not a token this server returned") from None
+    if type(offset) is not int or offset < 0:
+        raise ApiError(400, "pageToken: not a token this server returned")
+    if key != _query_key(filter_, order_by):
+        raise ApiError(400, "pageToken: filter and orderBy must match the call that returned the token")
+    return offset
+
+
+def _query_key(filter_: str | None, order_by: str | None) -> str:
+    return hashlib.sha256(f"{filter_ or ''}\n{order_by or ''}".encode()).hexdigest()[:12]
+
+
+__all__ = ["field_name", "holds", "lookup", "masked", "ordered", "page_start", "page_token", "parse", "select"]

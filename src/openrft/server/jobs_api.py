@@ -14,8 +14,6 @@ The store is shared with the command line: every job in it is listed, whatever a
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 from typing import Any
@@ -193,13 +191,12 @@ def list_jobs(
     size = min(page_size or DEFAULT_PAGE, MAX_PAGE)
     jobs = [job_object(r, account) for r in _store(request).list() if _visible(r, account)]
     jobs = filtering.ordered(filtering.select(jobs, filter_, JOB_FIELDS), order_by, JOB_FIELDS)
-    query_key = hashlib.sha256(f"{filter_}\n{order_by}".encode()).hexdigest()[:12]
-    start = read_token(page_token, query_key)
+    start = filtering.page_start(page_token, filter_, order_by)
     page = jobs[start : start + size]
     more = start + size < len(jobs)
     return {
         "reinforcementFineTuningJobs": [filtering.masked(job, read_mask, JOB_FIELDS) for job in page],
-        "nextPageToken": make_token(start + size, query_key) if more else "",
+        "nextPageToken": filtering.page_token(start + size, filter_, order_by) if more else "",
         "totalSize": len(jobs),
     }
 
@@ -266,23 +263,6 @@ async def resume_job(request: Request, account: str, job_id: str) -> dict[str, A
 
 
 # ----------------------------------------------------------------------------- listing helpers
-
-
-def make_token(offset: int, query_key: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"o": offset, "q": query_key}).encode()).decode()
-
-
-def read_token(token: str, query_key: str) -> int:
-    if not token:
-        return 0
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        offset, key = int(data["o"]), data["q"]
-    except (ValueError, KeyError, TypeError):
-        raise ApiError(400, "pageToken: not a token this server returned") from None
-    if key != query_key or offset < 0:
-        raise ApiError(400, "pageToken: filter and orderBy must match the call that returned the token")
-    return offset
 
 
 __all__ = ["router", "requeue", "submit_job", "JOB_FIELDS"]

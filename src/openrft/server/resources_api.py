@@ -194,14 +194,11 @@ def page(items: list[dict[str, Any]], key: str, page_size: int | None, page_toke
     size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     if size < 1:
         raise ApiError(400, f"pageSize must be >= 1, not {page_size}")
-    try:
-        start = int(page_token or 0)
-    except ValueError:
-        raise ApiError(400, f"pageToken {page_token!r} is not valid") from None
+    start = filtering.page_start(page_token, filter, order_by)
     chosen = items[start : start + size]
     more = start + size < len(items)
     chosen = [filtering.masked(item, read_mask, fields) for item in chosen]
-    return {key: chosen, "nextPageToken": str(start + size) if more else "",
+    return {key: chosen, "nextPageToken": filtering.page_token(start + size, filter, order_by) if more else "",
             "totalSize": len(items)}  # fmt: skip
 
 
