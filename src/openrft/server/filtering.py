@@ -307,4 +307,14 @@ def _query_key(filter_: str | None, order_by: str | None) -> str:
     return hashlib.sha256(f"{filter_ or ''}\n{order_by or ''}".encode()).hexdigest()[:12]
 
 
-__all__ = ["field_name", "holds", "lookup", "masked", "ordered", "page_start", "page_token", "parse", "select"]
+__all__ = [
+    "field_name",
+    "holds",
+    "lookup",
+    "masked",
+    "ordered",
+    "page_start",
+    "page_token",
+    "parse",
+    "select",
+]
