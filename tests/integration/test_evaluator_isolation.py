@@ -105,12 +105,16 @@ def test_each_call_gets_its_own_copy_of_the_row(evaluators):
     assert [s.score for s in scores] == [1.0, 1.0, 1.0] and PROMPT.row == {"ground_truth": {"n": 1}}
 
 
-def test_an_evaluator_that_cannot_load_in_a_worker_scores_invalid(evaluators, tmp_path):
+def test_an_evaluator_that_cannot_load_in_a_worker_scores_invalid(evaluators, tmp_path, monkeypatch):
     evaluator = load_evaluator(f"{evaluators}::good")
     evaluators.write_text("raise ImportError('gone')\n")  # the file changed after validation
-    with EvaluatorPool(evaluator, workers=1, timeout=2.0) as pool:
-        scores = pool.score_groups([(PROMPT, COMPLETIONS)])[0]
-    assert not any(s.is_valid for s in scores) and "gone" in scores[0].reason
+    spawned = []
+    spawn = EvaluatorPool._spawn
+    monkeypatch.setattr(EvaluatorPool, "_spawn", lambda pool: spawned.append(1) or spawn(pool))
+    with EvaluatorPool(evaluator, workers=2, timeout=2.0) as pool:
+        scores = [pool.score_groups([(PROMPT, COMPLETIONS * 4)])[0] for _ in range(2)]
+    assert all(not s.is_valid and "gone" in s.reason for batch in scores for s in batch)
+    assert len(scores[0]) == 12 and len(spawned) == 4  # two starts a batch, not an interpreter per call
 
 
 def test_a_job_whose_evaluator_sometimes_dies_completes(evaluators, tiny_model_dir, tmp_path, capsys):

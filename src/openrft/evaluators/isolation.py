@@ -39,6 +39,7 @@ GRACE_S = 2.0  # beyond the evaluator timeout, before a silent worker is killed
 START_TIMEOUT_S = 120.0  # a worker imports the evaluator's module (and whatever it imports)
 
 Group = tuple[Prompt, Sequence[Completion]]
+WAIT = object()  # no worker is free yet: wait for a busy one
 
 
 def _worker_main(conn: Connection, spec: str, dataset: str | None, timeout: float) -> None:
@@ -100,13 +101,13 @@ class EvaluatorPool:
             (g, c) for g, (_, cs) in enumerate(groups) for c in range(len(cs))
         ]  # fmt: skip
         results: dict[tuple[int, int | None], list[Score]] = {}
+        self._start_error = ""  # each batch tries to start workers again (a start may fail for a while)
         self._grow(min(self.size, len(calls)))
         pending = deque(calls)
         busy: dict[Connection, tuple[_Worker, tuple[int, int | None], float]] = {}
         while pending or busy:
-            while pending and (self._idle or len(self._all) < self.size):
+            while pending and (worker := self._worker_for_next_call()) is not WAIT:
                 key = pending.popleft()
-                worker = self._idle.pop() if self._idle else self._start()
                 if worker is None:  # the evaluator cannot even be loaded in a worker
                     results[key] = self._invalid(groups, key, self._start_error)
                     continue
@@ -168,6 +169,16 @@ class EvaluatorPool:
             worker, key, _ = busy.pop(conn)
             results[key] = self._invalid(groups, key, f"timeout after {self.timeout:g}s")
             self._retire(worker)
+
+    def _worker_for_next_call(self) -> _Worker | None | object:
+        """An idle worker, else a new one while there is room; ``WAIT`` while every worker is busy.
+        ``None`` when no worker can take the call: the last start failed (the evaluator does not load
+        in a worker), and no more are started in this batch, or each call would start an interpreter."""
+        if self._idle:
+            return self._idle.pop()
+        if len(self._all) < self.size and not self._start_error:
+            return self._start()
+        return WAIT if self._all else None
 
     def _grow(self, count: int) -> None:
         """Start workers until ``count`` are alive, all at once (each loads the evaluator)."""
