@@ -117,6 +117,19 @@ def test_an_evaluator_that_cannot_load_in_a_worker_scores_invalid(evaluators, tm
     assert len(scores[0]) == 12 and len(spawned) == 4  # two starts a batch, not an interpreter per call
 
 
+def test_one_off_scoring_runs_a_pointwise_group_s_completions_side_by_side(evaluators, monkeypatch):
+    """``openrft evaluate`` of one group: its completions are separate calls, so up to one worker each."""
+    from openrft.evaluators.isolation import score_contained
+
+    sizes = []
+    init = EvaluatorPool.__init__
+    monkeypatch.setattr(EvaluatorPool, "__init__", lambda pool, ev, *, workers, timeout: sizes.append(workers)
+                        or init(pool, ev, workers=workers, timeout=timeout))  # fmt: skip
+    scores = score_contained(load_evaluator(f"{evaluators}::good"), [(PROMPT, COMPLETIONS)], max_concurrency=8,
+                             timeout=2.0)  # fmt: skip
+    assert [s.score for s in scores[0]] == [0.1, 0.1, 0.2] and sizes == [3]
+
+
 def test_a_job_whose_evaluator_sometimes_dies_completes(evaluators, tiny_model_dir, tmp_path, capsys):
     code = main([
         "rftj", "create", "--base-model", str(tiny_model_dir), "--dataset", "arithmetic:count=4",

@@ -257,7 +257,8 @@ def score_contained(
     if evaluator.run_inline or not evaluator.spec:
         return score_groups(evaluator, groups, max_concurrency=max_concurrency, timeout=timeout)
     workers = max_concurrency or evaluator.max_concurrent_evaluations or DEFAULT_CONCURRENCY
-    with EvaluatorPool(evaluator, workers=min(workers, max(1, len(groups))), timeout=timeout) as pool:
+    calls = len(groups) if evaluator.mode == "groupwise" else sum(len(cs) for _, cs in groups)
+    with EvaluatorPool(evaluator, workers=min(workers, max(1, calls)), timeout=timeout) as pool:
         return pool.score_groups(groups)
 
 
