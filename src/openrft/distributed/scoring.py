@@ -158,7 +158,8 @@ class RayScorer:
         while waiting or in_flight:
             while waiting and len(in_flight) < self.tasks:
                 batch, concurrency = waiting.pop(0)
-                calls = sum(len(groups[i][1]) for i in batch)
+                # a pointwise evaluator is called once per completion, a groupwise one once per group
+                calls = sum(len(groups[i][1]) for i in batch) if self.pointwise else len(batch)
                 deadline = time.monotonic() + self.timeout * math.ceil(calls / concurrency) + GRACE_S
                 batch_groups = [groups[i] for i in batch]
                 ref = self._remote.remote(
