@@ -1,0 +1,142 @@
+"""Dashboard contracts through the whole app: keys and the login page, cross-site writes, the create
+form's wiring to the server's settings, and the small promises of the job list, job page and compare."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from openrft.config import build_config
+from openrft.jobs.states import JobState
+from openrft.jobs.store import JobStore
+from openrft.server.app import create_app
+from openrft.server.dashboard import data, forms
+from openrft.server.errors import ApiError
+from openrft.server.settings import ServerSettings
+
+JOBS = "/v1/accounts/acme/reinforcementFineTuningJobs"
+
+
+def served(tmp_path, keys: tuple[str, ...] = ()) -> TestClient:
+    app = create_app(ServerSettings(home=tmp_path / "home", api_keys=keys, run_queue=False))
+    return TestClient(app, base_url="http://127.0.0.1", follow_redirects=False)
+
+
+def add_job(store: JobStore, job_id: str, finish: bool = False, **flags) -> None:
+    cfg, _ = build_config({}, {"dataset": "arithmetic", "job_id": job_id, **flags})
+    store.create(job_id, cfg)
+    store.transition(job_id, JobState.VALIDATING)
+    store.transition(job_id, JobState.RUNNING)
+    if finish:
+        store.transition(job_id, JobState.COMPLETED)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENRFT_HOME", str(tmp_path))
+    return JobStore(tmp_path)
+
+
+def test_a_keyed_server_keeps_the_job_table_behind_the_login_but_serves_its_styles(tmp_path):
+    with served(tmp_path, keys=("k",)) as browser:
+        table = browser.get("/dashboard/jobs-table")
+        assert table.status_code == 303 and table.headers["location"].startswith("/login")
+        style = browser.get("/dashboard/static/dashboard.css")
+        assert style.status_code == 200  # the login page needs its styles before any key
+        browser.cookies.set("openrft_key", "k")
+        assert browser.get("/dashboard/jobs-table").status_code == 200
+
+
+def test_a_page_request_with_a_wrong_bearer_key_is_refused_not_sent_to_log_in(tmp_path):
+    with served(tmp_path, keys=("k",)) as client:
+        wrong = client.get("/", headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "invalid API key" in wrong.json()["error"]["message"]
+        assert client.get("/", headers={"authorization": "Bearer k"}).status_code == 200
+
+
+def test_same_site_writes_and_cross_site_deletes_are_refused(tmp_path):
+    with served(tmp_path) as api:
+        # another port of this host is the same site to a browser, yet another origin
+        same_site = api.post(f"{JOBS}/any:cancel", headers={"sec-fetch-site": "same-site"})
+        assert same_site.status_code == 403
+        form = api.post("/create", data={"dataset": "arithmetic"}, headers={"sec-fetch-site": "same-site"})
+        assert form.status_code == 403
+        deleted = api.delete(f"{JOBS}/any", headers={"origin": "http://evil.example"})
+        assert deleted.status_code == 403
+        assert api.delete(f"{JOBS}/any").status_code == 404  # no Origin (the SDK): checked as usual
+
+
+def test_the_create_form_refuses_server_paths_unless_the_server_allows_them(tmp_path):
+    with served(tmp_path) as browser:
+        page = browser.post("/create", data={"base-model": "/tmp", "dataset": "/etc/hosts"})
+        assert page.status_code == 400
+        assert "/etc/hosts is a path on the server" in page.text and "--allow-local-paths" in page.text
+        assert "/tmp is a path on the server" in page.text
+        assert browser.get(JOBS).json().get("reinforcementFineTuningJobs", []) == []
+
+
+def test_a_browser_form_with_every_field_posted_blank_but_the_dataset_submits(tmp_path, monkeypatch):
+    import openrft.server.jobs_api as jobs_api
+
+    made = []
+
+    def fake_submit(store_, cfg, job_id=None, **_):
+        made.append(cfg)
+        add_job(store_, "posted")
+        return store_.get("posted")
+
+    monkeypatch.setattr(jobs_api, "submit_job", fake_submit)
+    posted = {f.name.replace("_", "-"): "" for f in forms.FIELDS}  # a browser sends every input
+    posted["dataset"] = "arithmetic"
+    with served(tmp_path) as browser:
+        done = browser.post("/create", data=posted)
+    assert done.status_code == 303, re.findall(r'class="error[^>]*>([^<]*)<', done.text)
+    assert done.headers["location"].endswith("/jobs/posted") and len(made) == 1
+
+
+def test_an_unknown_state_filter_shows_every_job(store, tmp_path):
+    add_job(store, "a")
+    add_job(store, "b", finish=True)
+    app = create_app(ServerSettings(home=tmp_path, run_queue=False))
+    with TestClient(app, base_url="http://127.0.0.1") as browser:
+        page = browser.get("/", params={"state": "BOGUS"}).text
+    assert set(re.findall(r'data-job="(\w+)"', page)) == {"a", "b"}
+
+
+def test_the_all_count_counts_every_job_while_a_state_is_chosen(store):
+    add_job(store, "a")
+    add_job(store, "b", finish=True)
+    add_job(store, "c", finish=True)
+    listing = data.job_list_page(store, "RUNNING")
+    assert [r["id"] for r in listing["rows"]] == ["a"]
+    assert listing["counts"][""] == 3 and listing["counts"]["COMPLETED"] == 2
+
+
+def test_progress_stays_within_zero_and_one(store):
+    add_job(store, "a", epochs=2)
+    record = store.get("a")
+    assert data.progress(record, {"train/epoch": 5.0}) == 1.0  # a longer last epoch than planned
+    assert data.progress(record, {"train/epoch": 1.0}) == 0.5
+    assert data.progress(record, {"train/epoch": -1.0}) == 0.0
+
+
+def test_the_job_page_marks_only_the_parameters_the_user_gave(store):
+    add_job(store, "a", learning_rate=2e-4)
+    given = {row["flag"] for row in data.parameters(store.get("a")) if row["given"]}
+    assert "--learning-rate" in given and "--lora-rank" not in given
+
+
+def test_compare_with_one_job_asks_for_another_instead_of_comparing(store, tmp_path):
+    add_job(store, "a")
+    app = create_app(ServerSettings(home=tmp_path, run_queue=False))
+    with TestClient(app, base_url="http://127.0.0.1") as browser:
+        page = browser.get("/compare", params={"ids": "a"}).text
+    assert "Pick at least two jobs." in page and "Parameters that differ" not in page
+
+
+def test_a_taken_job_id_is_reported_beside_the_job_id_field():
+    result = forms.FormResult({})
+    forms.submission_error(result, ApiError(409, "job 'x' already exists"))
+    assert result.errors == {"job_id": ["job 'x' already exists"]}

@@ -1,0 +1,81 @@
+"""Small server contracts: what a restart re-queues, upload limits and checks, ``field:*`` filters."""
+
+from __future__ import annotations
+
+import subprocess
+import tarfile
+
+import pytest
+
+from openrft.config import JobConfig
+from openrft.jobs.states import DIED_MESSAGE, JobState
+from openrft.jobs.store import JobStore
+from openrft.server.errors import ApiError
+from openrft.server.filtering import select
+from openrft.server.queue import JobQueue
+from openrft.server.uploads import MB, ArchiveError, UploadLimits, check_declared_sizes, extract_archive
+from openrft.server.wire import write_meta
+
+
+def test_a_restart_requeues_only_the_jobs_whose_process_died_not_those_that_failed_for_a_reason(tmp_path):
+    store = JobStore(tmp_path)
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a dead pid: the job looks like one a stopped server was running
+    store.create("died", JobConfig(), pid=gone.pid, detached=True)
+    store.create("broken", JobConfig())
+    store.transition("broken", JobState.VALIDATING)
+    store.transition("broken", JobState.FAILED, "evaluator raised ValueError")
+    for job_id in ("died", "broken"):
+        write_meta(store.job_dir(job_id), {"account": "acme", "refs": {}})
+    assert store.get("died").message == DIED_MESSAGE
+
+    assert JobQueue(store).recover() == ["died"]
+    # a job that failed for a real reason would only fail again, on every restart
+    broken = store.get("broken")
+    assert broken.state is JobState.FAILED and broken.message == "evaluator raised ValueError"
+    assert store.get("died").state is JobState.PENDING
+
+
+def test_upload_limits_from_the_environment_are_in_megabytes_and_members_are_a_count():
+    limits = UploadLimits.from_env(
+        {
+            "OPENRFT_SERVER_MAX_DATASET_MB": "2",
+            "OPENRFT_SERVER_MAX_ARCHIVE_MB": "0.5",
+            "OPENRFT_SERVER_MAX_ARCHIVE_MEMBERS": "7",
+        }
+    )
+    assert limits.max_dataset_bytes == 2 * MB
+    assert limits.max_archive_bytes == MB // 2
+    assert limits.max_archive_members == 7
+    assert UploadLimits.from_env({}) == UploadLimits()  # unset: the defaults
+
+
+@pytest.mark.parametrize("size", ["-1", "-5"])
+def test_a_negative_declared_upload_size_is_refused(size):
+    with pytest.raises(ApiError) as refused:
+        check_declared_sizes({"code.tar.gz": size}, 1000, "evaluator", (".tar.gz",), 1)
+    assert refused.value.status_code == 400 and "must be >= 0" in str(refused.value.message)
+
+
+def test_an_archive_of_folders_only_is_refused_as_holding_no_files(tmp_path):
+    packed = tmp_path / "code.tar.gz"
+    with tarfile.open(packed, "w:gz") as archive:
+        folder = tarfile.TarInfo("src")
+        folder.type = tarfile.DIRTYPE
+        archive.addfile(folder)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(ArchiveError, match="holds no files"):
+        extract_archive(packed, dest, UploadLimits())
+    assert not dest.exists()  # nothing half-extracted is left behind
+
+
+def test_a_field_has_any_value_filter_skips_empty_strings_lists_and_objects():
+    items = [
+        {"name": "blank", "x": ""},
+        {"name": "none", "x": None},
+        {"name": "list", "x": []},
+        {"name": "dict", "x": {}},
+        {"name": "set", "x": "v"},
+    ]
+    assert [i["name"] for i in select(items, "x:*", {"name", "x"})] == ["set"]
