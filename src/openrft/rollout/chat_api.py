@@ -434,7 +434,7 @@ def _response(
         choices.append(choice)
     prompt_tokens = len(completions[0].prompt_token_ids) if completions else 0
     completion_tokens = sum(len(c.completion_token_ids) for c in completions)
-    return {
+    body = {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
         "created": int(time.time()),
@@ -446,6 +446,9 @@ def _response(
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+    if request.return_token_ids and completions:  # where vLLM puts them (and on each choice, as before)
+        body["prompt_token_ids"] = list(completions[0].prompt_token_ids)
+    return body
 
 
 def _request_stops(request: ChatRequest) -> tuple[str, ...]:
