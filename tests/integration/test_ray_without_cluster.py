@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -57,13 +58,17 @@ def test_without_ray_a_job_with_an_address_says_how_to_install_it(monkeypatch, t
         make_scorer(settings.engine, evaluator)  # the job's scorer goes through Ray when an address is set
 
 
-def test_an_unreachable_cluster_is_a_config_error():
+def test_an_unreachable_cluster_is_a_config_error(monkeypatch):
     pytest.importorskip("ray")
     from openrft.distributed.cluster import connect
 
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "t" * 32)  # a cluster token at hand: the mode is set to send it
     with pytest.raises(ConfigError) as caught:
         connect("127.0.0.1:1")  # nothing listens there
     assert "cannot connect" in caught.value.message and "ray start --head" in caught.value.hint
+    # left set, a later --ray-address local in this process would fail with InvalidAuthToken
+    assert "RAY_AUTH_MODE" not in os.environ
 
 
 def test_a_port_that_does_not_speak_grpc_fails_at_once_naming_the_right_ports():

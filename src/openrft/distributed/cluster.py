@@ -65,13 +65,15 @@ def connect(address: str, *, num_cpus: int | None = None) -> Any:
         options = {"address": address, "logging_level": logging.WARNING}
     else:
         options["address"] = address
-    if address != "local" and "RAY_AUTH_MODE" not in os.environ and _token_available():
+    set_auth = address != "local" and "RAY_AUTH_MODE" not in os.environ and _token_available()
+    if set_auth:
         os.environ["RAY_AUTH_MODE"] = "token"  # as Ray does for 'auto' only: HOST:PORT needs the token too
     try:
-        if address != "local":
-            _check_reachable(ray, address)
-        with _keep_sigterm_handler():
-            ray.init(**options)
+        with _token_mode_kept_only_if_connected(set_auth):
+            if address != "local":
+                _check_reachable(ray, address)
+            with _keep_sigterm_handler():
+                ray.init(**options)
     except ray.exceptions.AuthenticationError as exc:
         raise ConfigError(
             f"--ray-address {address}: the cluster refused this machine's token ({str(exc).splitlines()[0]})",
@@ -87,6 +89,18 @@ def connect(address: str, *, num_cpus: int | None = None) -> Any:
             "to run Ray on this machine only",
         ) from None
     return ray
+
+
+@contextlib.contextmanager
+def _token_mode_kept_only_if_connected(set_here: bool) -> Iterator[None]:
+    """Undo the ``RAY_AUTH_MODE`` this module set when the connection fails: left behind, it makes a
+    later ``--ray-address local`` in the same process (a test, a notebook) fail with InvalidAuthToken."""
+    try:
+        yield
+    except BaseException:
+        if set_here:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        raise
 
 
 def _token_available() -> bool:
