@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import glob
+import importlib.machinery
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -214,7 +216,25 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+class _NoBytecodeLoader(importlib.machinery.SourceFileLoader):
+    """Python's loader for a source file, without the ``__pycache__`` it would write beside the file."""
+
+    def set_data(self, path: str, data: bytes, *, _mode: int = 0o666) -> None:
+        return None
+
+
+def user_module_spec(module_name: str, file: Path) -> importlib.machinery.ModuleSpec | None:
+    """The import spec of a user's Python file (an evaluator, tools, an agent), or None when it is not a
+    Python source file. Importing it leaves the user's folder as it was: no ``__pycache__`` is written
+    there (a ``--dry-run`` writes nothing of theirs)."""
+    if not str(file).endswith(tuple(importlib.machinery.SOURCE_SUFFIXES)):
+        return None
+    return importlib.util.spec_from_file_location(
+        module_name, file, loader=_NoBytecodeLoader(module_name, str(file))
+    )
+
+
 __all__ = [
     "atomic_directory", "atomic_replace", "atomic_write_text", "folder_in_use", "folder_lock", "pid_alive", "jobs_root", "make_parent", "openrft_home", "output_dir",
-    "OWNER_FILE", "readable_by_all", "recover_directory", "temporary_beside", "unwritable",
+    "OWNER_FILE", "readable_by_all", "recover_directory", "temporary_beside", "unwritable", "user_module_spec",
 ]  # fmt: skip

@@ -47,6 +47,7 @@ from openrft.errors import EvaluatorError, OpenRFTError
 from openrft.evaluators import builtin
 from openrft.evaluators.base import Evaluator, RolloutSpec
 from openrft.evaluators.protocol import HEADER_ATTR, MODES, EvaluatorHeader, check_row_signature
+from openrft.paths import user_module_spec
 
 PLAIN_FIRST_PARAMS = ("completion", "completions")
 EP_HINT = "install the optional extra: pip install 'openrft[eval-protocol]'"
@@ -183,7 +184,7 @@ def import_file(path: Path) -> ModuleType:
     resolved = path.resolve()
     digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
     module_name = f"_openrft_evaluator_{resolved.stem}_{digest}"
-    spec = importlib.util.spec_from_file_location(module_name, resolved)
+    spec = user_module_spec(module_name, resolved)
     if spec is None or spec.loader is None:
         raise EvaluatorError(f"cannot load {path} as a Python file")
     module = importlib.util.module_from_spec(spec)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from openrft.errors import ConfigError
+from openrft.paths import user_module_spec
 from openrft.records import Completion, Prompt, SamplingParams
 from openrft.rollout.trajectories import ROLLOUT_HEADER, RolloutLog, RolloutRecorder, trajectory_completion
 
@@ -72,7 +73,7 @@ def load_agent(spec: str) -> Agent:
     if not file.is_file():
         raise ConfigError(f"--agent: no such file: {file}")
     module_name = f"openrft_agent_{abs(hash(str(file.resolve())))}"
-    module_spec = importlib.util.spec_from_file_location(module_name, file)
+    module_spec = user_module_spec(module_name, file)
     if module_spec is None or module_spec.loader is None:
         raise ConfigError(f"--agent: cannot import {file}")
     module = importlib.util.module_from_spec(module_spec)

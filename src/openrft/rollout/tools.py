@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from openrft.errors import ConfigError
+from openrft.paths import user_module_spec
 from openrft.rollout.agents import POLICY_MODEL, count
 
 MALFORMED_CALL_HINT = (
@@ -256,7 +257,7 @@ def python_tools(path: str | Path) -> PythonToolset:
     if not file.is_file():
         raise ConfigError(f"--tools: no such file: {file}")
     module_name = f"openrft_tools_{abs(hash(str(file.resolve())))}"
-    spec = importlib.util.spec_from_file_location(module_name, file)
+    spec = user_module_spec(module_name, file)
     if spec is None or spec.loader is None:
         raise ConfigError(f"--tools: cannot import {file} (is it a .py file?)")
     module = importlib.util.module_from_spec(spec)
