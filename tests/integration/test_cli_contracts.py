@@ -68,3 +68,9 @@ def test_rollout_stop_strings_are_checked_and_reach_the_sampling_parameters():
 
     args = build_parser().parse_args(["rollout", "--prompt", "hi", "--stop", "</answer>", "--device", "cpu"])
     assert _validated(args).stop == ("</answer>",)
+
+
+def test_compare_needs_two_jobs_at_least(home, capsys):
+    code = main(["rftj", "compare", "only-one"])
+    err = capsys.readouterr().err
+    assert code != 0 and "compare needs at least two jobs" in err, err

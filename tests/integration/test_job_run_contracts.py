@@ -292,3 +292,25 @@ def test_a_fresh_adapter_scales_by_twice_its_rank_unless_lora_alpha_says_otherwi
         .lora_alpha
         == 3
     )
+
+
+@pytest.mark.parametrize("flag", [[], ["--deterministic"]])
+def test_deterministic_mode_is_set_before_the_model_is_built_only_when_asked(
+    tiny_model_dir, tmp_path, monkeypatch, flag
+):
+    from openrft.cli import main
+    from openrft.train import setup
+
+    monkeypatch.setenv("OPENRFT_HOME", str(tmp_path / "home"))
+    calls = []
+    monkeypatch.setattr(setup, "make_deterministic", lambda: calls.append("deterministic"))
+
+    def stop_here(*args, **kwargs):  # what comes before the model is all this test needs
+        calls.append("build_policy")
+        raise RuntimeError("stopped before the model")
+
+    monkeypatch.setattr(setup, "build_policy", stop_here)
+    main(["rftj", "create", "--base-model", str(tiny_model_dir), "--dataset", "arithmetic:count=4", "--n", "2",
+          "--max-output-tokens", "16", "--chunk-size", "2", "--quiet", "--output-model", str(tmp_path / "out"),
+          *flag])  # fmt: skip
+    assert calls == (["deterministic", "build_policy"] if flag else ["build_policy"])
