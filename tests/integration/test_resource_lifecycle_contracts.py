@@ -273,3 +273,22 @@ def test_an_evaluators_source_download_leaves_out_python_caches(api):
     ]
     with tarfile.open(fileobj=io.BytesIO(httpx.get(urls["src.tar.gz"]).content)) as tar:
         assert tar.getnames() == ["main.py"]
+
+
+def test_list_pages_follow_their_tokens_and_refuse_forged_ones(api):
+    for name in ("a", "b", "c"):
+        assert _create_dataset(api, name).status_code == 200
+    url, seen, token = f"/v1/accounts/{ACCOUNT}/datasets", [], ""
+    while True:
+        answer = api.get(url, params={"pageSize": 2, "pageToken": token}).json()
+        seen += [d["name"].rsplit("/", 1)[-1] for d in answer["datasets"]]
+        token = answer["nextPageToken"]
+        if not token:
+            break
+    assert seen == ["a", "b", "c"]
+    first = api.get(url, params={"pageSize": 1}).json()["nextPageToken"]
+    for forged in ("-1", "-2", "1", "abc", first[:-2]):  # a negative offset read the list from its end
+        answer = api.get(url, params={"pageSize": 1, "pageToken": forged})
+        assert answer.status_code == 400 and "pageToken" in answer.json()["error"]["message"], forged
+    other_order = api.get(url, params={"pageToken": first, "orderBy": "name desc"})
+    assert other_order.status_code == 400 and "orderBy" in other_order.json()["error"]["message"]
