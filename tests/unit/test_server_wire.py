@@ -8,8 +8,8 @@ import pytest
 
 from openrft.net import is_loopback
 from openrft.server.errors import ApiError
-from openrft.server.filtering import ordered, select
-from openrft.server.jobs_api import JOB_FIELDS, make_token, read_token
+from openrft.server.filtering import ordered, page_start, page_token, select
+from openrft.server.jobs_api import JOB_FIELDS
 from openrft.server.wire import WireContext, body_to_values, build, is_local_path, rename_flags
 
 
@@ -137,9 +137,9 @@ def test_filters_orders_and_page_tokens():
     assert [j["name"] for j in ordered(ranked, "training_config.lora_rank desc", JOB_FIELDS)] == ["y", "x"]
     with pytest.raises(ApiError, match="orderBy"):
         ordered(ranked, "rewards.mean", JOB_FIELDS)
-    assert read_token(make_token(5, "q"), "q") == 5 and read_token("", "q") == 0
+    assert page_start(page_token(5, "f", "o"), "f", "o") == 5 and page_start("", "f", "o") == 0
     with pytest.raises(ApiError, match="must match"):
-        read_token(make_token(5, "q"), "other")
+        page_start(page_token(5, "f", "o"), "other", "o")
 
 
 def test_loopback_addresses():
