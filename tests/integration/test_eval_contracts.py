@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from test_evaluate_cli import table
 
 from openrft.cli import build_parser, main
 from openrft.cli.eval_models import _models, _sampling
@@ -31,14 +32,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def scores(out: str) -> list[tuple[str, str]]:
     """``(prompt_id, score)`` of the printed table's rows."""
-    lines = out.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("prompt_id"))
-    rows = []
-    for line in lines[start + 1 :]:
-        if not line.strip():
-            break
-        rows.append((line.split()[0], line.split()[2]))
-    return rows
+    return [(row[0], row[2]) for row in table(out)]
 
 
 def test_evaluate_matches_a_numeric_prompt_id_to_the_datasets_id(capsys, tmp_path):

@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import json
 
-from openrft.rollout.chat import HermesFormat, render_chat
+from test_chat import TOOLS
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "calculator",
-            "description": "Evaluate an arithmetic expression.",
-            "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}},
-        },
-    }
-]
+from openrft.rollout.chat import HermesFormat, render_chat
 
 
 def _call(call_id: str, expression: str) -> dict:

@@ -192,9 +192,8 @@ def _optional(module: str, attr: str) -> Any:
 class Parser(argparse.ArgumentParser):
     """argparse's refusals as one line naming the flag, and a hint, instead of the usage block."""
 
-    words: Sequence[
-        str
-    ] = ()  # the root's: the command line being parsed (set by main), to name its sub-command
+    # the root's: the command line being parsed (set by main), to name its sub-command
+    words: Sequence[str] = ()
 
     def error(self, message: str) -> NoReturn:
         line = message.removeprefix("argument ")

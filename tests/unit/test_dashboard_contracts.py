@@ -5,38 +5,22 @@ from __future__ import annotations
 
 import re
 
-import pytest
+import test_dashboard
 from fastapi.testclient import TestClient
+from test_dashboard import add_job
 
-from openrft.config import build_config
-from openrft.jobs.states import JobState
-from openrft.jobs.store import JobStore
 from openrft.server.app import create_app
 from openrft.server.dashboard import data, forms
 from openrft.server.errors import ApiError
 from openrft.server.settings import ServerSettings
 
 JOBS = "/v1/accounts/acme/reinforcementFineTuningJobs"
+store = test_dashboard.store  # the job store fixture of the dashboard's own tests
 
 
 def served(tmp_path, keys: tuple[str, ...] = ()) -> TestClient:
     app = create_app(ServerSettings(home=tmp_path / "home", api_keys=keys, run_queue=False))
     return TestClient(app, base_url="http://127.0.0.1", follow_redirects=False)
-
-
-def add_job(store: JobStore, job_id: str, finish: bool = False, **flags) -> None:
-    cfg, _ = build_config({}, {"dataset": "arithmetic", "job_id": job_id, **flags})
-    store.create(job_id, cfg)
-    store.transition(job_id, JobState.VALIDATING)
-    store.transition(job_id, JobState.RUNNING)
-    if finish:
-        store.transition(job_id, JobState.COMPLETED)
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("OPENRFT_HOME", str(tmp_path))
-    return JobStore(tmp_path)
 
 
 def test_a_keyed_server_keeps_the_job_table_behind_the_login_but_serves_its_styles(tmp_path):
