@@ -10,6 +10,7 @@ turns these into a single clean line and an exit code instead of a traceback::
     ├── ModelError                5   a base model / adapter cannot be found or loaded
     │   └── ExportError               an adapter cannot be exported in the format asked for
     ├── RolloutError              6   the rollout engine or an inference endpoint failed
+    │   └── RolloutAborted            sampling stopped part-way for a cancel (not a failure)
     └── JobError                  7   a job id is unknown, or an operation is not allowed
         └── EarlyStopped              the job ended early on purpose (not a failure)
 """
@@ -67,6 +68,13 @@ class RolloutError(OpenRFTError):
     """Sampling failed: the local engine or a remote inference endpoint."""
 
     exit_code = 6
+
+
+class RolloutAborted(RolloutError):
+    """Sampling stopped part-way because the job is being cancelled: nothing of the round is kept."""
+
+    def __init__(self, message: str = "sampling stopped: the job is being cancelled"):
+        super().__init__(message)
 
 
 class JobError(OpenRFTError):

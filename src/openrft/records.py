@@ -143,6 +143,11 @@ class RolloutEngine(Protocol):
     after every optimizer update. Engines that sample the trainer's live model in this process
     (local, Ray snapshots of it) set ``needs_adapter_files = False``; engines that load the
     adapter from disk (an inference server, vLLM) set it True and get the adapter's folder.
+
+    An engine that can stop part-way has a ``should_abort`` attribute (None unless the trainer sets it
+    around a round): it asks it as it goes (between decoding steps, requests or waits) and, once it
+    answers True, raises :class:`openrft.errors.RolloutAborted`, so that a cancel need not wait for a
+    whole round of sampling.
     """
 
     needs_adapter_files: bool

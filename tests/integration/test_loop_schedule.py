@@ -62,9 +62,14 @@ def test_the_last_partial_update_is_applied_and_a_cancel_waits_for_the_update_s_
     # 16 candidates, at most 6 a step: 3 steps; 2 steps an update: the third is an update of its own
     outcome, engine, _ = run(tokenizer, tmp_path, gradient_accumulation_steps=2)
     assert outcome.status == "completed" and outcome.state.optimizer_step == 2 == engine.policy_version
-    steps = []
-    outcome, _, _ = run(tokenizer, tmp_path / "c", gradient_accumulation_steps=2,
-                        should_stop=lambda: steps.append(1) or len(steps) >= 2)  # asked again after the first step  # fmt: skip
+    scored = []
+
+    def score(prompts, completions):  # the cancel arrives once the round is scored, before its first step
+        scored.append(1)
+        return by_candidate(prompts, completions)
+
+    outcome, _, _ = run(tokenizer, tmp_path / "c", score=score, gradient_accumulation_steps=2,
+                        should_stop=lambda: bool(scored))  # fmt: skip
     assert (
         outcome.status == "cancelled" and outcome.state.step == 2 and outcome.message == "cancelled at step 2"
     )

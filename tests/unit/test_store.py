@@ -123,6 +123,20 @@ def test_active_job_whose_process_died_reads_as_failed(store, state):
     assert [t.state for t in store.get("j1").transitions].count(S.FAILED) == 1
 
 
+def test_a_job_whose_process_died_while_it_was_cancelling_ends_cancelled(store):
+    from openrft.jobs.store import CANCEL_DIED_MESSAGE
+
+    for job_id in ("asked", "not-asked"):
+        job_in(store, S.RUNNING, job_id)
+    store.request_cancel("asked")
+    for job_id in ("asked", "not-asked"):
+        store.set_process(job_id, dead_pid())
+    asked, not_asked = store.get("asked"), store.get("not-asked")
+    assert asked.state is S.CANCELLED and asked.message == CANCEL_DIED_MESSAGE
+    assert (asked.transitions[-1].state, asked.transitions[-1].message) == (S.CANCELLED, CANCEL_DIED_MESSAGE)
+    assert not_asked.state is S.FAILED and not_asked.message == DIED_MESSAGE
+
+
 def test_list_reconciles_dead_processes_and_leaves_live_and_finished_jobs(store):
     job_in(store, S.RUNNING, "alive")
     job_in(store, S.RUNNING, "dead")

@@ -35,10 +35,10 @@ import math
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from openrft.errors import ConfigError, OpenRFTError, RolloutError
+from openrft.errors import ConfigError, OpenRFTError, RolloutAborted, RolloutError
 from openrft.records import Completion, Prompt, SamplingParams
 from openrft.rollout import DEFAULT_MAX_CONCURRENT
 from openrft.rollout.prompts import encode_prompt
@@ -65,6 +65,8 @@ class RayEngine:
     options (resources); ``prompts_per_call`` fixes the parcel size (default: about
     ``PARCELS_PER_WORKER`` parcels per actor per call, see :func:`parcel_size`).
     """
+
+    should_abort: Callable[[], bool] | None = None  # asked at each wait for the actors (RolloutEngine)
 
     def __init__(
         self,
@@ -286,6 +288,8 @@ class _Dispatch:
                 self._submit()
                 probes = {ref: actor for actor, ref in self.engine._probes.items()}
                 ready, _ = ray.wait([*self.in_flight, *probes], num_returns=1, timeout=1.0)  # signals get in
+                if self.engine.should_abort is not None and self.engine.should_abort():
+                    raise RolloutAborted()
                 if not ready:
                     stalled_since = self._check_stalled(stalled_since)
                     continue

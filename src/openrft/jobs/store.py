@@ -70,6 +70,10 @@ CREATE TABLE IF NOT EXISTS transitions (
 CREATE INDEX IF NOT EXISTS transitions_job ON transitions(job_id, seq);
 """
 SECRETS_FILE = "secrets.json"
+CANCEL_DIED_MESSAGE = (
+    "cancelled: its process exited before it stopped at a step boundary (resume --force continues from "
+    "the last checkpoint)"
+)
 LOG_FILE = "job.log"
 
 
@@ -515,7 +519,8 @@ class JobStore:
         )
 
     def _reconcile(self, record: JobRecord) -> bool:
-        """Mark an active job whose process is gone as FAILED; True if it changed."""
+        """Mark an active job whose process is gone as FAILED (CANCELLED when a cancel had been asked for
+        and the process recorded no error); True if it changed."""
         if not record.state.is_active or process_alive(record.pid, record.pid_started):
             return False
         now = time.time()
@@ -523,14 +528,17 @@ class JobStore:
             row = db.execute("SELECT state, pid FROM jobs WHERE id = ?", (record.id,)).fetchone()
             if row is None or row["state"] != record.state.value or row["pid"] != record.pid:
                 return True  # someone else changed it meanwhile: re-read
-            message = read_outcome(record.job_dir) or DIED_MESSAGE  # what it could not record itself
+            outcome = read_outcome(record.job_dir)  # what it could not record itself
+            state, message = JobState.FAILED, outcome or DIED_MESSAGE
+            if outcome is None and record.cancel_requested:  # stopped (killed) while it was cancelling
+                state, message = JobState.CANCELLED, CANCEL_DIED_MESSAGE
             db.execute(
                 "UPDATE jobs SET state = ?, message = ?, updated_at = ? WHERE id = ?",
-                (JobState.FAILED.value, message, now, record.id),
+                (state.value, message, now, record.id),
             )
             db.execute(
                 "INSERT INTO transitions (job_id, state, at, message) VALUES (?,?,?,?)",
-                (record.id, JobState.FAILED.value, now, message),
+                (record.id, state.value, now, message),
             )
         return True
 

@@ -36,6 +36,7 @@ from typing import Any
 from openrft.errors import ConfigError
 from openrft.paths import user_module_spec
 from openrft.records import Completion, Prompt, SamplingParams
+from openrft.rollout.aborting import gather_or_abort
 from openrft.rollout.trajectories import ROLLOUT_HEADER, RolloutLog, RolloutRecorder, trajectory_completion
 
 POLICY_MODEL = "policy"
@@ -113,6 +114,19 @@ class AgentEngine:
         self.needs_adapter_files = getattr(inner, "needs_adapter_files", False)
         self.tokenizer = inner.tokenizer
         self._server: Any = None
+        self._should_abort: Callable[[], bool] | None = None
+
+    @property
+    def should_abort(self) -> Callable[[], bool] | None:
+        """Asked while the round's agent runs go (:class:`~openrft.records.RolloutEngine`); handed to the
+        inner engine too, so that the policy server stops decoding the runs' calls as well."""
+        return self._should_abort
+
+    @should_abort.setter
+    def should_abort(self, check: Callable[[], bool] | None) -> None:
+        self._should_abort = check
+        if hasattr(self.inner, "should_abort"):
+            self.inner.should_abort = check
 
     # the trainer reaches the model through the inner engine (samples_this_model, memory, ...)
     @property
@@ -167,7 +181,7 @@ class AgentEngine:
     ) -> list[list[Completion]]:
         semaphore = asyncio.Semaphore(self.max_concurrent)
         runs = [[self._run_one(p, k, url, semaphore) for k in range(params.n)] for p in prompts]
-        flat = await asyncio.gather(*[run for group in runs for run in group])
+        flat = await gather_or_abort([run for group in runs for run in group], self.should_abort)
         it = iter(flat)
         return [[next(it) for _ in range(params.n)] for _ in prompts]
 

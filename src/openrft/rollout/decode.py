@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from openrft.errors import RolloutError
+from openrft.errors import RolloutAborted, RolloutError
 from openrft.records import Completion, SamplingParams
 from openrft.rollout.sampling import Truncation, cut_at_stop, row_uniforms, sample_tokens, top_alternatives
 
@@ -159,6 +159,8 @@ class Run:
         # asked before each step: the prompts whose requests were abandoned (their rows end now)
         self.cancelled: Callable[[], set[int]] | None = None
         self.dropped: set[int] = set()
+        # asked before each step: True stops the whole call (RolloutAborted), nothing collected
+        self.abort: Callable[[], bool] | None = None
 
     def _limit(self, name: str, ids: list[int]) -> int:
         if not ids:
@@ -173,6 +175,8 @@ class Run:
 
     def execute(self) -> list[list[Completion]]:
         while self.queue or self._active():
+            if self.abort is not None and self.abort():
+                raise RolloutAborted()
             if self.cancelled is not None:
                 self._drop(self.cancelled() - self.dropped)
             self._schedule()

@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -45,6 +45,7 @@ import httpx
 from openrft.errors import RolloutError
 from openrft.models import end_token_ids
 from openrft.records import Completion, Prompt, SamplingParams
+from openrft.rollout.aborting import gather_or_abort
 from openrft.rollout.adapters import LoadsAdapterFiles
 from openrft.rollout.prompts import encode_prompt
 from openrft.rollout.sampling import check_params, row_seed, vllm_truncation
@@ -75,6 +76,8 @@ class EndpointEngine(LoadsAdapterFiles):
     ``model_name`` is the served model (or LoRA adapter) name. ``transport`` replaces
     the network (an ``httpx.AsyncBaseTransport``, for tests).
     """
+
+    should_abort: Callable[[], bool] | None = None  # asked while requests run (RolloutEngine)
 
     def __init__(
         self,
@@ -160,7 +163,7 @@ class EndpointEngine(LoadsAdapterFiles):
             ]
             flat = [t for group in tasks for t in group]
             try:
-                await asyncio.gather(*flat)
+                await gather_or_abort(flat, self.should_abort)
             except BaseException:
                 for task in flat:
                     task.cancel()

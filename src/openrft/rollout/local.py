@@ -97,6 +97,7 @@ class LocalEngine:
     constrained_decoding = True  # honours SamplingParams.grammar
     streams_tokens = True  # generate_from_ids(on_tokens=...) reports each step's tokens
     aborts_requests = True  # generate_from_ids(cancelled=...) ends abandoned prompts' rows
+    should_abort: Callable[[], bool] | None = None  # asked before each decoding step (RolloutEngine)
 
     def __init__(
         self,
@@ -184,7 +185,7 @@ class LocalEngine:
         compiled = run is not None
         if run is None:
             run = Run(settings, names, prompt_ids, params, stops)
-        run.on_tokens, run.cancelled = on_tokens, cancelled
+        run.on_tokens, run.cancelled, run.abort = on_tokens, cancelled, self.should_abort
         start = time.perf_counter()
         with self._lock if compiled else contextlib.nullcontext(), self._sampling_mode():
             if self.copy is not None:

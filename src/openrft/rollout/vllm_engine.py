@@ -53,11 +53,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from openrft.errors import OpenRFTError, RolloutError
+from openrft.errors import OpenRFTError, RolloutAborted, RolloutError
 from openrft.models import end_token_ids, resolve_model_dir
 from openrft.records import Completion, Prompt, SamplingParams
 from openrft.rollout.adapters import LoadsAdapterFiles
@@ -116,7 +116,12 @@ class VLLMEngine(LoadsAdapterFiles):
     ``model_name`` is the base model (a name openrft resolves, or a model directory);
     ``tokenizer`` renders prompts and decodes completions. ``llm_options`` go to
     ``vllm.LLM`` unchanged (``gpu_memory_utilization``, ``max_model_len``, ...).
+
+    A cancel (``should_abort``) is read before the round's one ``LLM.generate`` call and after it (before
+    scoring), not while vLLM samples.
     """
+
+    should_abort: Callable[[], bool] | None = None
 
     def __init__(
         self,
@@ -185,6 +190,8 @@ class VLLMEngine(LoadsAdapterFiles):
     ) -> list[list[Completion]]:
         """Like :meth:`generate` for prompts already tokenized: ``(prompt_id, token_ids)`` pairs."""
         check_params(params)
+        if self.should_abort is not None and self.should_abort():
+            raise RolloutAborted()
         self.wake()
         stops = tuple(stop_token_ids) if stop_token_ids else self.stop_token_ids
         version = self.policy_version

@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 
 from openrft.data import epoch_order
-from openrft.errors import EvaluatorError, JobError
+from openrft.errors import EvaluatorError, JobError, RolloutAborted
 from openrft.records import Prompt, RolloutEngine, ScoredGroup
 from openrft.settings import JobSettings
 from openrft.tracking.progress import ProgressBar
@@ -89,6 +89,7 @@ class TrainContext:
     publish_policy: Callable[[int], None]  # hands policy version N to the engine (engine.set_policy)
     sampler_is_trainer: bool = True  # the engine samples this very model (else: recompute, correct)
     should_stop: Callable[[], bool] = lambda: False  # a cancel request, checked at step boundaries
+    # (and while a round samples, where the engine can stop part-way)
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,8 @@ def train(ctx: TrainContext, state: LoopState) -> Outcome:
     while state.epoch < schedule.epochs:
         order = epoch_order(n_prompts, state.epoch, schedule.seed)
         while state.pending or state.cursor < n_prompts:
-            # ---- a cancel request: honoured between rounds and between steps, on an update boundary
+            # ---- a cancel request: honoured between rounds and steps (and part-way through a round's
+            #      sampling and scoring, the round then dropped), on an update boundary
             if ctx.should_stop() and at_update_boundary(state, accumulation):
                 checkpoint(ctx, state)
                 return Outcome("cancelled", state, f"cancelled at step {state.step}")
@@ -179,17 +181,28 @@ def start_round(
         state.cursor += len(picked)
         return picked
 
+    cursor = state.cursor
     prompts = draw(per_round)
     ctx.progress.round_started(state.round_index + 1, len(prompts), settings.sampling.n)
     params = dataclasses.replace(
         settings.sampling, seed=round_seed(settings.schedule.seed, state.round_index)
     )
 
+    def abort() -> bool:  # a cancel stops the round part-way when it would stop the loop right after
+        return ctx.should_stop() and at_update_boundary(state, settings.batching.accumulation_steps)
+
     def draw_more(n: int) -> list[Prompt]:  # DAPO's extra sampling batches stop at a cancel request
-        return [] if ctx.should_stop() else draw(n)  # (the round keeps what it has; the loop then stops)
+        if abort():  # the round is dropped, as when the cancel comes while a batch samples
+            raise RolloutAborted()
+        return [] if ctx.should_stop() else draw(n)  # (mid-update: the round keeps what it has)
 
     try:
-        result = run_round(ctx.engine, ctx.score, prompts, params, settings.rounds, draw_more=draw_more)
+        result = run_round(
+            ctx.engine, ctx.score, prompts, params, settings.rounds, draw_more=draw_more, abort=abort
+        )
+    except RolloutAborted:  # nothing of the round is kept: a resume samples the same prompts again
+        state.cursor = cursor
+        return {}
     except EvaluatorError as exc:  # too many invalid scores fail the job: its rollouts stay to inspect
         scored = [ScoredGroup(p, tuple(cs), tuple(ss)) for p, cs, ss in getattr(exc, "scored", [])]
         rollout_rows(ctx, state.step + 1, state.round_index + 1, scored, trained=False)

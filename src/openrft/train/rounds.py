@@ -6,20 +6,23 @@ the round's metrics. Nothing here touches gradients.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from openrft.algo.advantages import scored_group_advantages
 from openrft.algo.dapo import apply_overlong_penalty, dynamic_sampling
 from openrft.algo.filtering import filter_scored_groups, group_has_variance
+from openrft.errors import RolloutAborted
 from openrft.evaluators.runner import summarize
 from openrft.records import Prompt, RolloutEngine, SamplingParams, ScoredGroup
 from openrft.settings import RoundSettings
 from openrft.train.batching import TrainSequence
 
 Scorer = Callable[[Sequence[Prompt], list[list]], list[list]]
+ABORT_POLL_S = 0.5  # a cancel request is read at most this often while a round samples and scores
 
 
 @dataclass
@@ -41,6 +44,9 @@ def sample_and_score(
     start = time.perf_counter()
     completions = engine.generate(list(prompts), params)
     timings["time/rollout_s"] = timings.get("time/rollout_s", 0.0) + time.perf_counter() - start
+    abort = getattr(engine, "should_abort", None)
+    if abort is not None and abort():  # cancelled while sampling: not worth scoring
+        raise RolloutAborted()
     start = time.perf_counter()
     scores = score(prompts, completions)
     timings["time/score_s"] = timings.get("time/score_s", 0.0) + time.perf_counter() - start
@@ -61,8 +67,53 @@ def run_round(
     params: SamplingParams,
     settings: RoundSettings = RoundSettings(),
     draw_more: Callable[[int], Sequence[Prompt]] | None = None,
+    abort: Callable[[], bool] | None = None,
 ) -> RoundResult:
-    """Sample, score, filter zero-variance groups and compute group-relative advantages."""
+    """Sample, score, filter zero-variance groups and compute group-relative advantages.
+
+    ``abort``, when given, is asked as the round goes (by an engine that can stop part-way, see
+    :class:`RolloutEngine`, and before scoring); once it answers True the round raises
+    :class:`RolloutAborted` and nothing of it is kept.
+    """
+    with abortable(engine, abort):
+        return _run_round(engine, score, prompts, params, settings, draw_more)
+
+
+@contextlib.contextmanager
+def abortable(engine: RolloutEngine, abort: Callable[[], bool] | None) -> Iterator[None]:
+    """Hand ``abort`` (read at most every :data:`ABORT_POLL_S`) to ``engine`` for the block."""
+    if abort is None or not hasattr(engine, "should_abort"):
+        yield
+        return
+    engine.should_abort = polled(abort, ABORT_POLL_S)
+    try:
+        yield
+    finally:
+        engine.should_abort = None
+
+
+def polled(check: Callable[[], bool], every_s: float) -> Callable[[], bool]:
+    """``check``, asked at most once every ``every_s`` seconds (its last answer in between); once it has
+    answered True it is not asked again."""
+    last = [float("-inf"), False]
+
+    def answer() -> bool:
+        now = time.monotonic()
+        if not last[1] and now - last[0] >= every_s:
+            last[:] = [now, bool(check())]
+        return bool(last[1])
+
+    return answer
+
+
+def _run_round(
+    engine: RolloutEngine,
+    score: Scorer,
+    prompts: Sequence[Prompt],
+    params: SamplingParams,
+    settings: RoundSettings,
+    draw_more: Callable[[int], Sequence[Prompt]] | None,
+) -> RoundResult:
     timings: dict[str, float] = {}
     sampled: list[ScoredGroup] = []
 
