@@ -18,9 +18,10 @@ from typing import Any
 
 from openrft.errors import EvaluatorError
 
+# floats throughout: Python's exact integers would make 9 ^ 9 ^ 9 take hours
 FUNCTIONS: dict[str, Callable[..., float]] = {
-    "min": min, "max": max, "abs": abs, "floor": math.floor, "ceil": math.ceil,
-    "exp": math.exp, "sqrt": math.sqrt, "log": math.log,
+    "min": min, "max": max, "abs": abs, "floor": lambda x: float(math.floor(x)),
+    "ceil": lambda x: float(math.ceil(x)), "exp": math.exp, "sqrt": math.sqrt, "log": math.log,
 }  # fmt: skip
 ARITY = {"min": (2, 1 << 30), "max": (2, 1 << 30), "log": (1, 2)}  # (fewest, most); the others take one
 BINARY: dict[type, Callable[[float, float], float]] = {
@@ -50,7 +51,11 @@ class Formula:
             if isinstance(result, complex):  # a negative number to a fractional power
                 raise ValueError(f"the result {result} is not a real number")
             return float(result)
-        except (ArithmeticError, ValueError, TypeError) as exc:  # 1/0, sqrt(-1), log(0), overflow
+        except OverflowError:
+            raise EvaluatorError(
+                f"calculate_output {self.text!r}: a value is too large for a number (past 1.8e308)"
+            ) from None
+        except (ArithmeticError, ValueError, TypeError) as exc:  # 1/0, sqrt(-1), log(0)
             raise EvaluatorError(f"calculate_output {self.text!r}: {exc}") from None
 
     def _check(self, node: ast.AST) -> None:
@@ -93,7 +98,7 @@ class Formula:
 
     def _eval(self, node: Any, values: Mapping[str, float]) -> float:
         if isinstance(node, ast.Constant):
-            return node.value
+            return float(node.value)  # a float: a power overflows at once instead of growing exactly
         if isinstance(node, ast.Name):
             return values[node.id]
         if isinstance(node, ast.BinOp):

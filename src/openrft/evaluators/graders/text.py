@@ -51,7 +51,7 @@ def fuzzy_match(text: str, reference: str) -> float:
 def bleu(text: str, reference: str) -> float:
     import sacrebleu
 
-    return sacrebleu.sentence_bleu(text, [reference]).score / 100.0
+    return min(1.0, sacrebleu.sentence_bleu(text, [reference]).score / 100.0)  # (100.00000000000004 happens)
 
 
 def gleu(text: str, reference: str) -> float:
