@@ -13,6 +13,7 @@ import importlib.machinery
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -217,10 +218,25 @@ def pid_alive(pid: int) -> bool:
 
 
 class _NoBytecodeLoader(importlib.machinery.SourceFileLoader):
-    """Python's loader for a source file, without the ``__pycache__`` it would write beside the file."""
+    """Python's loader for a source file, without the ``__pycache__`` it would write beside the file, nor
+    beside the modules it imports from its own folder while it is imported."""
 
     def set_data(self, path: str, data: bytes, *, _mode: int = 0o666) -> None:
         return None
+
+    def exec_module(self, module: Any) -> None:
+        with no_bytecode():
+            super().exec_module(module)
+
+
+@contextmanager
+def no_bytecode() -> Iterator[None]:
+    """Imports in the block write no ``__pycache__`` (a user's modules: their folders stay as they were)."""
+    saved, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = saved
 
 
 def user_module_spec(module_name: str, file: Path) -> importlib.machinery.ModuleSpec | None:
@@ -236,5 +252,5 @@ def user_module_spec(module_name: str, file: Path) -> importlib.machinery.Module
 
 __all__ = [
     "atomic_directory", "atomic_replace", "atomic_write_text", "folder_in_use", "folder_lock", "pid_alive", "jobs_root", "make_parent", "openrft_home", "output_dir",
-    "OWNER_FILE", "readable_by_all", "recover_directory", "temporary_beside", "unwritable", "user_module_spec",
+    "no_bytecode", "OWNER_FILE", "readable_by_all", "recover_directory", "temporary_beside", "unwritable", "user_module_spec",
 ]  # fmt: skip

@@ -382,13 +382,15 @@ def prompts_from_rows(
     numbers: list[int] = []
     bad: list[tuple[int, str]] = []
     seen_ids: dict[str, int] = {}
+    # a row without an id is named by its line number, unless another row names itself so
+    explicit = {row_id(obj) for _, obj in numbered_rows if isinstance(obj, dict)} - {None}
     for number, obj in numbered_rows:
         try:
             if isinstance(obj, BadLine):
                 raise ValueError(str(obj))
             row = normalize_row(obj)
             messages = prompt_messages(row["messages"], open_ended=open_ended)
-            pid = row_id(row) or str(number)
+            pid = row_id(row) or (str(number) if str(number) not in explicit else f"{unit}-{number}")
             if pid in seen_ids:
                 raise ValueError(f"duplicate id {pid!r} (first used on {unit} {seen_ids[pid]})")
         except ValueError as exc:

@@ -202,7 +202,18 @@ def _plain(
 
     evaluate.__name__ = name
     return Evaluator(name=name, fn=evaluate, kind="plain", run_inline=inline, source="built-in",
-                     required_fields=("ground_truth",))  # fmt: skip
+                     required_fields=("ground_truth",), check_row=_check_answer_row)  # fmt: skip
+
+
+def _check_answer_row(row: dict[str, Any], where: str) -> None:
+    """A row's ``ground_truth`` must be an answer (a number or a text): an object, a list or a boolean
+    would be compared by the first number of its Python text, and every response scored wrong."""
+    value = row.get("ground_truth")
+    if isinstance(value, dict | list | bool):
+        kind = {dict: "an object", list: "a list", bool: "a boolean"}[type(value)]
+        keys = [k for k in ("answer", "ground_truth", "solution") if isinstance(value, dict) and k in value]
+        hint = f" (--reference-field ground_truth.{keys[0]} reads it)" if keys else ""
+        raise EvaluatorError(f"{where}: ground_truth holds {kind}, not an answer{hint}")
 
 
 def arithmetic_evaluator(**weights: float) -> Evaluator:

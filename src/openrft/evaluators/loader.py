@@ -47,7 +47,7 @@ from openrft.errors import EvaluatorError, OpenRFTError
 from openrft.evaluators import builtin
 from openrft.evaluators.base import Evaluator, RolloutSpec
 from openrft.evaluators.protocol import HEADER_ATTR, MODES, EvaluatorHeader, check_row_signature
-from openrft.paths import user_module_spec
+from openrft.paths import no_bytecode, user_module_spec
 
 PLAIN_FIRST_PARAMS = ("completion", "completions")
 EP_HINT = "install the optional extra: pip install 'openrft[eval-protocol]'"
@@ -210,7 +210,8 @@ def import_file(path: Path) -> ModuleType:
 def _import_module(module_name: str) -> ModuleType:
     _offline_env()
     try:
-        return importlib.import_module(module_name)
+        with no_bytecode():  # a user's module: its folder stays as it was
+            return importlib.import_module(module_name)
     except Exception as exc:
         raise _import_error(exc, module_name, None) from None
 

@@ -30,7 +30,14 @@ from openrft.evaluators.graders.spec import (
     StringCheck,
     TextSimilarity,
 )  # fmt: skip
-from openrft.evaluators.graders.templates import AnySample, MissingField, check_syntax, render
+from openrft.evaluators.graders.templates import (
+    SAMPLE_FIELDS,
+    AnySample,
+    MissingField,
+    UnknownSampleField,
+    check_syntax,
+    render,
+)
 
 
 @dataclass
@@ -63,6 +70,11 @@ class Grader:
         for template in self.templates():
             try:
                 render(template, item, AnySample())
+            except UnknownSampleField as exc:  # a misspelt sample field would render empty for every response
+                raise EvaluatorError(
+                    f"{self.label}: the template {template!r} refers to sample.{exc.field}, which no sample has "
+                    f"(a sample has {', '.join(SAMPLE_FIELDS)})"
+                ) from None
             except MissingField as exc:
                 raise EvaluatorError(
                     f"{self.label}: the template {template!r} refers to {exc.field!r}, which {where} does not have",

@@ -188,17 +188,37 @@ def tool_calls_in(text: str) -> list[dict[str, Any]]:
     return calls
 
 
+SAMPLE_FIELDS = ("output_text", "output_json", "output_tools", "output_audio", "choices")  # sample_of's
+
+
+class UnknownSampleField(EvaluatorError):
+    """A template reads a field of ``sample`` that no sample has (a misspelt ``sample.output_txt``)."""
+
+    def __init__(self, field: str):
+        super().__init__(f"sample has no field {field!r} (its fields: {', '.join(SAMPLE_FIELDS)})")
+        self.field = field
+
+
 class AnySample:
-    """A stand-in for ``sample`` when checking templates before any response exists: every field
-    of it is there (the response's fields are only known once it is sampled)."""
+    """A stand-in for ``sample`` when checking templates before any response exists: a sample's own
+    fields (:data:`SAMPLE_FIELDS`) are checked, and everything inside them is there (the response's
+    content is only known once it is sampled)."""
+
+    def __init__(self, top: bool = True):
+        self._top = top
+
+    def _field(self, name: Any) -> AnySample:
+        if self._top and name not in SAMPLE_FIELDS:
+            raise UnknownSampleField(str(name))
+        return AnySample(top=False)
 
     def __getattr__(self, name: str) -> AnySample:
         if name.startswith("_"):
             raise AttributeError(name)
-        return self
+        return self._field(name)
 
     def __getitem__(self, key: Any) -> AnySample:
-        return self
+        return self._field(key)
 
     def __str__(self) -> str:
         return ""
@@ -207,4 +227,7 @@ class AnySample:
         return iter(())
 
 
-__all__ = ["AnySample", "MissingField", "check_syntax", "render", "sample_of", "tool_calls_in"]
+__all__ = [
+    "AnySample", "MissingField", "SAMPLE_FIELDS", "UnknownSampleField", "check_syntax", "render", "sample_of",
+    "tool_calls_in",
+]  # fmt: skip

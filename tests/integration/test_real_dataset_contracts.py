@@ -1,0 +1,82 @@
+"""What a user converting a real dataset (GSM8K) trips on: a whole GSM8K solution as ``ground_truth``
+is scored by its final answer; an object, a list or a boolean there is refused when the job is created;
+rows with and without ids mix; and an evaluator's sibling modules are imported without a ``__pycache__``
+left in the user's folder (a ``--dry-run`` changes nothing of theirs), even where Python would write one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from openrft.cli import main
+from openrft.data.jsonl import prompts_from_rows
+from openrft.evaluators.builtin import score_gsm8k
+
+SOLUTION = "Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether.\n#### 72"
+
+
+def test_a_whole_gsm8k_solution_as_ground_truth_is_scored_by_its_final_answer():
+    right = score_gsm8k("She sold <answer>72</answer>", SOLUTION)
+    assert right.metrics["correct"].score == 1.0 and right.score == 1.0
+    assert score_gsm8k("She sold <answer>48</answer>", SOLUTION).metrics["correct"].score == 0.0
+    assert score_gsm8k("<answer>1000</answer>", "#### 1,000").metrics["correct"].score == 1.0
+
+
+def _rows(tmp_path, *ground_truths):
+    path = tmp_path / "rows.jsonl"
+    lines = [json.dumps({"messages": [{"role": "user", "content": f"q{i}"}], "ground_truth": g})
+             for i, g in enumerate(ground_truths)]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_ground_truth_that_is_no_answer_is_refused_at_creation(tmp_path, capsys):
+    for value, said in (({"unit": "boxes", "answer": "72"}, "holds an object, not an answer (--reference-field "
+                         "ground_truth.answer reads it)"), ([72, "72"], "holds a list"), (True, "holds a boolean")):  # fmt: skip
+        rows = _rows(tmp_path, SOLUTION, value)
+        code = main(["rftj", "create", "--dataset", str(rows), "--evaluator", "gsm8k", "--dry-run"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"rows.jsonl: ground_truth {said}" in err, err
+    assert main(["rftj", "create", "--dataset", str(_rows(tmp_path, SOLUTION, 7, "7")), "--evaluator", "gsm8k",
+                 "--dry-run"]) == 0  # fmt: skip
+
+
+def test_rows_without_an_id_never_take_one_another_row_names_itself_with():
+    message = {"messages": [{"role": "user", "content": "q"}]}
+    rows = [
+        (1, {"id": 3, **message}),
+        (2, message),
+        (3, message),
+        (4, {"id": "line-2", **message}),
+        (5, message),
+    ]
+    loaded = prompts_from_rows(rows, source="rows.jsonl")
+    assert [p.prompt_id for p in loaded] == ["3", "2", "line-3", "line-2", "5"]
+    assert not loaded.bad_rows
+
+
+EVALUATOR = """
+from helper_mod import answer
+
+
+def score(completion: str, **row) -> float:
+    return float(answer() in completion)
+"""
+
+
+def test_an_evaluators_sibling_module_leaves_no_pycache_even_where_python_would_write_one(tmp_path):
+    folder = tmp_path / "user"
+    folder.mkdir()
+    (folder / "my_eval.py").write_text(EVALUATOR)
+    (folder / "helper_mod.py").write_text("def answer():\n    return '4'\n")
+    before = sorted(p.name for p in folder.rglob("*"))
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["OPENRFT_HOME"] = str(tmp_path / "home")
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from openrft.cli import main; sys.exit(main(sys.argv[1:]))", "rftj", "create", "--dataset", "arithmetic:count=4",
+         "--evaluator", str(folder / "my_eval.py::score"), "--dry-run"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in folder.rglob("*")) == before  # no __pycache__/helper_mod.*.pyc
