@@ -141,7 +141,7 @@ def test_asking_again_for_a_datasets_upload_url_forgets_the_earlier_put(api):
     assert httpx.put(_signed_put_url(api, "again"), content=ROWS).status_code == 200
     _signed_put_url(api, "again")  # a new upload: the file must be PUT again
     validated = api.post(f"/v1/accounts/{ACCOUNT}/datasets/again:validateUpload", json={})
-    assert validated.status_code == 412 and "rows.jsonl" in validated.json()["error"]["message"]
+    assert validated.status_code == 400 and "rows.jsonl" in validated.json()["error"]["message"]
 
 
 def test_an_archive_with_several_test_files_and_no_entry_point_names_none(tmp_path):
@@ -222,7 +222,7 @@ def test_an_evaluators_entry_point_cannot_change_under_a_running_job(api, jobs):
 def test_a_dataset_without_its_file_has_no_download_url(api):
     assert _create_dataset(api, "empty").status_code == 200
     answer = api.get(f"/v1/accounts/{ACCOUNT}/datasets/empty:getDownloadEndpoint")
-    assert answer.status_code == 412 and "no uploaded file" in answer.json()["error"]["message"]
+    assert answer.status_code == 400 and "no uploaded file" in answer.json()["error"]["message"]
 
 
 def test_an_expired_download_url_is_refused(api, monkeypatch):
@@ -292,3 +292,33 @@ def test_list_pages_follow_their_tokens_and_refuse_forged_ones(api):
         assert answer.status_code == 400 and "pageToken" in answer.json()["error"]["message"], forged
     other_order = api.get(url, params={"pageToken": first, "orderBy": "name desc"})
     assert other_order.status_code == 400 and "orderBy" in other_order.json()["error"]["message"]
+
+
+def test_refusals_a_retry_cannot_change_say_so_and_a_failed_precondition_is_a_400(api):
+    """The service's SDK retries 409s (and 408, 429, 5xx) unless told not to; its gateway answers a failed
+    precondition with HTTP 400, which the SDK raises as BadRequestError."""
+    assert _create_dataset(api, "twice").status_code == 200
+    taken = _create_dataset(api, "twice")
+    assert taken.status_code == 409 and taken.headers["x-should-retry"] == "false"
+    early = api.post(f"/v1/accounts/{ACCOUNT}/datasets/twice:validateUpload", json={})
+    assert early.status_code == 400 and early.headers["x-should-retry"] == "false"
+    assert early.json()["error"] == {"code": 400, "status": "FAILED_PRECONDITION",
+                                     "message": early.json()["error"]["message"]}  # fmt: skip
+    assert api.get(f"/v1/accounts/{ACCOUNT}/datasets/none").headers["x-should-retry"] == "false"  # a 404
+
+
+def test_a_job_naming_a_dataset_not_uploaded_yet_is_refused_as_a_failed_precondition(tmp_path):
+    from openrft.server.errors import ApiError, precondition
+    from openrft.server.wire import WireContext, resolve_reference
+
+    def not_ready(account: str, dataset_id: str) -> str:
+        raise precondition(f"dataset: {dataset_id} has no uploaded file yet")
+
+    ctx = WireContext(account=ACCOUNT, home=tmp_path, dataset_path=not_ready)
+    with pytest.raises(ApiError) as refused:
+        resolve_reference("dataset", "prompts", "dataset", ctx)
+    assert refused.value.body()["error"] == {
+        "code": 400,
+        "status": "FAILED_PRECONDITION",
+        "message": "dataset: prompts has no uploaded file yet",
+    }

@@ -19,14 +19,14 @@ import fireworks
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from openrft.data import load_prompts
 from openrft.evaluators.loader import load_evaluator
 from openrft.evaluators.runner import score_groups
 from openrft.records import Completion, Prompt
 from openrft.server import resource_store, resource_updates_api
+from openrft.server.app import api_error
 from openrft.server.auth import BearerAuth
 from openrft.server.errors import ApiError
 from openrft.server.resources_api import configure_resources, dataset_path, evaluator_spec, router
@@ -64,9 +64,7 @@ def _app(home: Path) -> FastAPI:
     app.include_router(resource_updates_api.router)  # as create_app: before the "{id}" routes
     app.include_router(router)
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status_code)
+    app.add_exception_handler(ApiError, api_error)  # create_app's own
 
     app.add_middleware(BearerAuth, keys=(KEY,))
     configure_resources(app, home=home, limits=LIMITS)
@@ -187,9 +185,9 @@ def test_dataset_upload_get_list_resolve_delete(client, server):
     assert dataset_path(ACCOUNT, "prompts") == path
     assert [p.row["ground_truth"] for p in load_prompts(path)] == [4, 7]
 
-    with pytest.raises(fireworks.APIStatusError) as err:  # uploaded once: datasets are immutable
+    with pytest.raises(fireworks.BadRequestError) as err:  # uploaded once: datasets are immutable
         client.datasets.get_upload_endpoint("prompts", filename_to_size={"x.jsonl": "10"})
-    assert err.value.status_code == 412
+    assert err.value.status_code == 400 and err.value.body["error"]["status"] == "FAILED_PRECONDITION"
     client.datasets.delete("prompts")
     with pytest.raises(fireworks.NotFoundError):
         client.datasets.get("prompts")
@@ -211,7 +209,7 @@ def test_dataset_signed_url_flow(client, server):
     )
     with pytest.raises(ApiError) as err:  # not READY until validated
         dataset_path(ACCOUNT, "signed")
-    assert err.value.status_code == 412
+    assert err.value.status_code == 400 and err.value.grpc_status == "FAILED_PRECONDITION"
     client.datasets.validate_upload("signed", body={})
     assert client.datasets.get("signed").state == "READY"
     assert Path(dataset_path(ACCOUNT, "accounts/acct/datasets/signed")).read_bytes() == ROWS
@@ -227,9 +225,9 @@ def test_a_dataset_uploads_in_shards_as_the_sdk_helper_sends_them(client, server
     urls = client.datasets.get_upload_endpoint("shards", filename_to_size=sizes).filename_to_signed_urls
     assert sorted(urls) == sorted(sizes) and urls["part-0.jsonl"] != urls["part-1.jsonl"]
     assert httpx.put(urls["part-1.jsonl"], content=second).status_code == 200
-    with pytest.raises(fireworks.APIStatusError, match="part-0.jsonl") as missing:
+    with pytest.raises(fireworks.BadRequestError, match="part-0.jsonl") as missing:
         client.datasets.validate_upload("shards", body={})
-    assert missing.value.status_code == 412
+    assert missing.value.status_code == 400
     assert httpx.put(urls["part-1.jsonl"], content=first).status_code == 403  # its URL took one upload
     assert httpx.put(urls["part-0.jsonl"], content=second).status_code == 400  # not the declared size
     assert (
@@ -340,7 +338,7 @@ def test_broken_evaluator_is_build_failed_with_the_reason(client, server, files,
     assert built.state == "BUILD_FAILED" and reason in built.status.message, built.status
     with pytest.raises(ApiError) as err:
         evaluator_spec(ACCOUNT, "accounts/acct/evaluators/broken")
-    assert err.value.status_code == 412 and reason in err.value.message
+    assert err.value.status_code == 400 and reason in err.value.message
     assert sorted(p.name for p in _folder(server[1], "evaluators", "broken").iterdir()) == ["meta.json"]
 
 
@@ -447,7 +445,7 @@ def test_unknown_and_unready_resources(client, server):
     client.evaluators.create(evaluator_id="pending", evaluator={"entry_point": "main.py::evaluate"})
     with pytest.raises(ApiError) as err:
         evaluator_spec(ACCOUNT, "pending")
-    assert err.value.status_code == 412 and "STATE_UNSPECIFIED" in err.value.message
+    assert err.value.status_code == 400 and "STATE_UNSPECIFIED" in err.value.message
 
 
 def test_signed_upload_needs_no_api_key_but_everything_else_does(server):

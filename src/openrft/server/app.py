@@ -66,28 +66,27 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
 
 async def api_error(request: Request, exc: Any) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status_code)
+    return exc.response()
 
 
 async def validation_error(request: Request, exc: Any) -> JSONResponse:
     """FastAPI's 422 -> the service's 400, naming the parameter that could not be read."""
     first = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
-    error = ApiError(400, f"{where}: {first.get('msg', 'invalid value')}")
-    return JSONResponse(error.body(), status_code=400)
+    return ApiError(400, f"{where}: {first.get('msg', 'invalid value')}").response()
 
 
 async def http_error(request: Request, exc: Any) -> JSONResponse:
     """Starlette's own errors (unknown path, wrong method) in the service's shape."""
     message = {404: f"no such resource: {request.url.path}", 405: f"{request.method} is not allowed here"}
     error = ApiError(exc.status_code, message.get(exc.status_code, str(exc.detail)))
-    return JSONResponse(error.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    return error.response(headers=getattr(exc, "headers", None))
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     """An error no route expected, in the service's shape (the traceback goes to the server's log)."""
     error = ApiError(500, f"internal error ({type(exc).__name__}): see the server's log")
-    return JSONResponse(error.body(), status_code=500)
+    return error.response()
 
 
 __all__ = ["create_app", "ServerSettings"]

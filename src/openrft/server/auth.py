@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openrft.net import authorized, bearer_token, cookie
@@ -51,7 +51,7 @@ class BearerAuth:
             return
         why = "missing API key" if token is None else "invalid API key"
         error = ApiError(401, f"{why}: send the header 'Authorization: Bearer <key>'")
-        response = JSONResponse(error.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        response = error.response(headers={"WWW-Authenticate": "Bearer"})
         await response(scope, receive, send)
 
 

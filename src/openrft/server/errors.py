@@ -1,12 +1,17 @@
 """API errors in the managed service's shape: ``{"error": {"code": 400, "message": ..., "status": ...}}``.
 
 ``status`` is the gRPC code name (``INVALID_ARGUMENT``, ``NOT_FOUND``, ``UNAUTHENTICATED``, ...), as the
-service's REST gateway reports it; ``code`` the HTTP status.
+service's REST gateway reports it; ``code`` the HTTP status. A failed precondition (a dataset not
+uploaded yet, an evaluator not ACTIVE) is a 400 with status ``FAILED_PRECONDITION``, as the gateway maps
+it (:func:`precondition`), so SDK users catch it as ``BadRequestError``. A refusal that a retry cannot
+change carries ``x-should-retry: false``: the service's SDK retries 409s by default.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from starlette.responses import JSONResponse
 
 GRPC_NAMES = {
     400: "INVALID_ARGUMENT",
@@ -35,5 +40,16 @@ class ApiError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.status_code, "message": self.message, "status": self.grpc_status}}
 
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        """The error as the HTTP response sent to the client."""
+        final = 400 <= self.status_code < 500 and self.status_code not in (408, 429)  # a retry gets the same
+        extra = {"x-should-retry": "false"} if final else {}
+        return JSONResponse(self.body(), status_code=self.status_code, headers={**extra, **(headers or {})})
 
-__all__ = ["ApiError", "GRPC_NAMES"]
+
+def precondition(message: str) -> ApiError:
+    """A request the resource is not ready for (``FAILED_PRECONDITION``): HTTP 400, as the gateway maps it."""
+    return ApiError(400, message, "FAILED_PRECONDITION")
+
+
+__all__ = ["ApiError", "GRPC_NAMES", "precondition"]

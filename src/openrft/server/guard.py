@@ -23,7 +23,6 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openrft.net import foreign_host
@@ -47,7 +46,7 @@ class RequestGuard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         refusal = self._refusal(scope, headers)
         if refusal is not None:
-            await JSONResponse(refusal.body(), status_code=refusal.status_code)(scope, receive, send)
+            await refusal.response()(scope, receive, send)
             return
         own_limit = scope.get("method") == "POST" and OWN_LIMIT.fullmatch(str(scope.get("path", "")))
         if not is_signed_upload(scope) and not own_limit:
@@ -55,7 +54,7 @@ class RequestGuard:
             declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > limit:
                 error = too_large("the request body", limit)
-                await JSONResponse(error.body(), status_code=413)(scope, receive, send)
+                await error.response()(scope, receive, send)
                 return
             receive = limited_receive(receive, limit, "the request body")
         await self.app(scope, receive, send)

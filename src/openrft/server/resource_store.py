@@ -30,7 +30,7 @@ from typing import Any
 from openrft.data import prompts_from_rows, read_jsonl
 from openrft.errors import DataError
 from openrft.paths import atomic_directory, atomic_write_text, openrft_home
-from openrft.server.errors import ApiError
+from openrft.server.errors import ApiError, precondition
 from openrft.server.uploads import (
     ArchiveError,
     UploadLimits,
@@ -186,13 +186,13 @@ def upload_parts_dir(account: str, dataset_id: str) -> Path:
 def join_upload_parts(account: str, dataset_id: str) -> tuple[Path, str]:
     """The declared files of the pending upload joined, in their declared order, into the file
     ``validateUpload`` checks (a part without a final newline gets one); and the name to report.
-    A 412 names the files that were not PUT."""
+    A failed precondition (400) names the files that were not PUT."""
     meta = require_meta("datasets", account, dataset_id)
     files = list((meta.get("_upload") or {}).get("files") or {})
     parts = upload_parts_dir(account, dataset_id)
     missing = [name for name in files if not (parts / name).is_file()]
     if not files or missing:
-        raise ApiError(412, f"dataset {meta['name']} has no uploaded file to validate: PUT "
+        raise precondition(f"dataset {meta['name']} has no uploaded file to validate: PUT "
                        f"{', '.join(missing) or 'it'} to the signed URL")  # fmt: skip
     joined = pending_dataset_file(account, dataset_id, private=True)
     with open(joined, "wb") as out:
@@ -218,7 +218,7 @@ def accept_dataset_file(account: str, dataset_id: str, uploaded: Path, filename:
     try:
         meta = require_meta("datasets", account, dataset_id)
         if meta.get("state") == "READY":
-            raise ApiError(412, f"dataset {meta['name']} is already uploaded: delete it or create another")
+            raise precondition(f"dataset {meta['name']} is already uploaded: delete it or create another")
         try:
             prompts = prompts_from_rows(read_jsonl(uploaded), source=filename or "the uploaded file")
         except DataError as exc:
@@ -227,9 +227,7 @@ def accept_dataset_file(account: str, dataset_id: str, uploaded: Path, filename:
         with _lock:  # checked again: another upload may have finished meanwhile
             meta = require_meta("datasets", account, dataset_id)
             if meta.get("state") == "READY":
-                raise ApiError(
-                    412, f"dataset {meta['name']} is already uploaded: delete it or create another"
-                )
+                raise precondition(f"dataset {meta['name']} is already uploaded: delete it or create another")
             os.replace(uploaded, dataset_file(account, dataset_id))
             meta.pop("_upload", None)
             meta.update(state="READY", exampleCount=str(len(prompts)), status={"code": "OK", "message": ""})
@@ -271,8 +269,8 @@ def start_build(
     meta = require_meta("evaluators", account, evaluator_id)
     archive = archive_file(account, evaluator_id)
     if files is None and not archive.is_file():
-        raise ApiError(
-            412, f"evaluator {meta['name']} has no uploaded source: call getUploadEndpoint and PUT it"
+        raise precondition(
+            f"evaluator {meta['name']} has no uploaded source: call getUploadEndpoint and PUT it"
         )
     with _lock:
         if (account, evaluator_id) in _building:
@@ -307,7 +305,7 @@ def rebuild(account: str, evaluator_id: str) -> dict[str, Any]:
     meta = require_meta("evaluators", account, evaluator_id)
     code = code_dir(account, evaluator_id)
     if not code.is_dir():
-        raise ApiError(412, f"evaluator {meta['name']} has no built source to load again: upload one")
+        raise precondition(f"evaluator {meta['name']} has no built source to load again: upload one")
     with _lock:
         if (account, evaluator_id) in _building:
             raise ApiError(409, f"evaluator {meta['name']} is already being built")

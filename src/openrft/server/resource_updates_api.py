@@ -29,7 +29,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from openrft.server import resource_store as store
-from openrft.server.errors import ApiError
+from openrft.server.errors import ApiError, precondition
 from openrft.server.resources_api import DATASET_FORMATS, A, json_body, refuse_if_in_use
 from openrft.server.uploads import SIGNED_DOWNLOAD, check_texts
 
@@ -114,7 +114,7 @@ def _refuse_unknown(body: dict[str, Any], known: tuple[str, ...], what: str) -> 
 async def dataset_download_endpoint(account: str, dataset_id: str, request: Request) -> dict[str, Any]:
     meta = store.require_meta("datasets", account, dataset_id)
     if meta.get("state") != "READY":
-        raise ApiError(412, f"dataset {meta['name']} has no uploaded file yet (state {meta.get('state')})")
+        raise precondition(f"dataset {meta['name']} has no uploaded file yet (state {meta.get('state')})")
     return {"filenameToSignedUrls": {"data.jsonl": _signed(request, "datasets", account, dataset_id, "data")}}
 
 
@@ -122,7 +122,7 @@ async def dataset_download_endpoint(account: str, dataset_id: str, request: Requ
 async def evaluator_source_endpoint(account: str, evaluator_id: str, request: Request) -> dict[str, Any]:
     meta = store.require_meta("evaluators", account, evaluator_id)
     if not store.code_dir(account, evaluator_id).is_dir():
-        raise ApiError(412, f"evaluator {meta['name']} has no built source (state {meta.get('state')})")
+        raise precondition(f"evaluator {meta['name']} has no built source (state {meta.get('state')})")
     name = f"{evaluator_id}.tar.gz"
     return {"filenameToSignedUrls": {name: _signed(request, "evaluators", account, evaluator_id, "source")}}
 

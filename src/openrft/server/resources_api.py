@@ -31,7 +31,7 @@ from openrft.evaluators.builtin import BUILTINS
 from openrft.evaluators.loader import load_evaluator
 from openrft.server import filtering
 from openrft.server import resource_store as store
-from openrft.server.errors import ApiError
+from openrft.server.errors import ApiError, precondition
 from openrft.server.uploads import (
     ID_RE,
     SIGNED_UPLOAD,
@@ -82,7 +82,7 @@ def dataset_path(account: str, ref: str) -> str:
     ``accounts/{account}/datasets/{id}`` or a bare ``{id}`` of an uploaded, READY dataset gives the
     absolute path of its stored JSONL; a built-in task (``arithmetic``, ``arithmetic:count=50``,
     ``calculator``) gives its name. Anything else, a file path included, is a 400; an unknown id a
-    404; a dataset whose file is not uploaded yet a 412.
+    404; a dataset whose file is not uploaded yet a failed precondition (400).
     """
     check_id(account, "account id")
     ref = ref.strip() if isinstance(ref, str) else ""
@@ -95,7 +95,7 @@ def dataset_path(account: str, ref: str) -> str:
     if meta is None:
         raise ApiError(404, f"dataset: accounts/{account}/datasets/{dataset_id} not found")
     if meta.get("state") != "READY":
-        raise ApiError(412, f"dataset: {meta['name']} has no uploaded file yet (state {meta.get('state')})")
+        raise precondition(f"dataset: {meta['name']} has no uploaded file yet (state {meta.get('state')})")
     return str(store.dataset_file(account, dataset_id))
 
 
@@ -105,7 +105,7 @@ def evaluator_spec(account: str, ref: str) -> str:
     ``accounts/{account}/evaluators/{id}`` or a bare ``{id}`` of an uploaded, ACTIVE evaluator gives
     ``/abs/path/file.py::function`` inside its unpacked upload; a built-in (``gsm8k``,
     ``arithmetic:partial_weight=0``, ``calculator``, or ``accounts/{account}/evaluators/gsm8k``) gives
-    its name. Anything else is a 400; an unknown id a 404; one not ACTIVE (yet) a 412.
+    its name. Anything else is a 400; an unknown id a 404; one not ACTIVE (yet) a failed precondition (400).
     """
     check_id(account, "account id")
     ref = ref.strip() if isinstance(ref, str) else ""
@@ -120,8 +120,7 @@ def evaluator_spec(account: str, ref: str) -> str:
     meta = store.evaluator_state(account, evaluator_id)
     if meta.get("state") != "ACTIVE" or not meta.get("_spec"):
         message = (meta.get("status") or {}).get("message") or ""
-        raise ApiError(
-            412,
+        raise precondition(
             f"evaluator: {meta['name']} is {meta.get('state')}, not ACTIVE"
             + (f": {message}" if message else ""),
         )
@@ -365,7 +364,7 @@ async def _upload_endpoint(
 async def dataset_upload_endpoint(account: str, dataset_id: str, request: Request) -> dict[str, Any]:
     meta = store.require_meta("datasets", account, dataset_id)
     if meta.get("state") == "READY":
-        raise ApiError(412, f"dataset {meta['name']} is already uploaded: delete it or create another")
+        raise precondition(f"dataset {meta['name']} is already uploaded: delete it or create another")
     limit = upload_limits(request).max_dataset_bytes
     return await _upload_endpoint(request, "datasets", account, dataset_id, limit, "the dataset file")
 
@@ -384,7 +383,7 @@ async def put_dataset(account: str, dataset_id: str, request: Request) -> Respon
 async def validate_dataset(account: str, dataset_id: str) -> dict[str, Any]:
     meta = store.require_meta("datasets", account, dataset_id)
     if meta.get("state") == "READY":
-        raise ApiError(412, f"dataset {meta['name']} is already uploaded: delete it or create another")
+        raise precondition(f"dataset {meta['name']} is already uploaded: delete it or create another")
     pending, filename = await run_in_threadpool(store.join_upload_parts, account, dataset_id)
     meta = await run_in_threadpool(store.accept_dataset_file, account, dataset_id, pending, filename)
     return store.public(meta)

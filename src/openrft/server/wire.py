@@ -348,8 +348,9 @@ def resolve_reference(key: str, ref: str, kind: str, ctx: WireContext) -> str:
     if resolve is not None:  # an uploaded resource (accounts/A/datasets/ID, or its bare ID)
         try:
             return resolve(ctx.account, ref)
-        except ApiError as exc:  # the status stays: 404 for an unknown one, 412 for one not ready
-            raise ApiError(exc.status_code, f"{key}: {exc.message.removeprefix(f'{kind}: ')}") from None
+        except ApiError as exc:  # the status stays: 404 for an unknown one, a precondition for one not ready
+            message = f"{key}: {exc.message.removeprefix(f'{kind}: ')}"
+            raise ApiError(exc.status_code, message, exc.grpc_status) from None
     raise bad(key, f"unknown {kind} {ref!r}; name a registered {kind} (accounts/ACCOUNT/{kind}s/ID) "
                    "or a built-in")  # fmt: skip
 
