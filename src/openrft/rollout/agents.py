@@ -289,6 +289,8 @@ def conversation_of(row: Any) -> list[dict[str, Any]]:
 
 def agent_completion(prompt: Prompt, k: int, log: RolloutLog, messages: list[dict], error: str) -> Completion:
     """The run's recorded calls as a completion, with its conversation and ``agent/*`` counters."""
+    if error and log.refused:  # it did not get past a call refused for the context budget: it ran out
+        log.truncated = True
     if not error and not log.calls:
         error = "the agent made no call to the policy"
     if not error and log.truncated:

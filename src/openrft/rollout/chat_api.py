@@ -34,6 +34,7 @@ from openrft.errors import DataError
 from openrft.records import Completion
 from openrft.rollout.call_deltas import CallDeltas
 from openrft.rollout.chat import ParsedReply, encode_chat, render_chat, tool_format
+from openrft.rollout.chat_checks import MAX_STOP, HTTPError, check_messages, context_exceeded
 from openrft.rollout.constrained import ConstraintError, blame_tool, check_grammar, request_grammar
 from openrft.rollout.prompts import with_system
 from openrft.rollout.streaming import (
@@ -92,14 +93,6 @@ class Answer:
     name: str  # the model that answered
     completions: list[Completion]
     replies: list[ParsedReply]
-
-
-class HTTPError(Exception):
-    """An error answer: its status, message and, where OpenAI names them, its code and parameter."""
-
-    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
 
 
 def add_chat_routes(
@@ -179,16 +172,6 @@ def add_chat_routes(
     return complete
 
 
-ROLES = ("system", "developer", "user", "assistant", "tool")
-
-
-def context_exceeded(limit: int, tokens: int, where: str) -> str:
-    """OpenAI's (and vLLM's) words for a request longer than the context, which clients match on (litellm's
-    ContextWindowExceededError, and the context-window fallbacks of its router)."""
-    return (f"This model's maximum context length is {limit} tokens. However, your {where} resulted in "
-            f"{tokens} tokens, which leaves no room for a reply. Please reduce the length of the {where}.")  # fmt: skip
-
-
 def _live(request: ChatRequest, engine: Any, rollout_id: str | None) -> bool:
     """Whether a streamed reply is sent as it is sampled. It is sent whole once sampled for a training
     call (what the rollout records is the finished reply), with log-probs, and from an engine that
@@ -199,7 +182,7 @@ def _live(request: ChatRequest, engine: Any, rollout_id: str | None) -> bool:
 def _check_supported(request: ChatRequest, engine: Any) -> None:
     """Refuse what would otherwise be ignored: parameters openrft cannot honour, and requests OpenAI
     refuses (an unknown role, a tool result without its call's id, top_logprobs without logprobs)."""
-    _check_messages(request.messages)
+    check_messages(request.messages)
     if request.functions is not None or request.function_call is not None:
         param = "functions" if request.functions is not None else "function_call"
         raise HTTPError(400, f"'{param}' (deprecated by OpenAI) is not supported: describe the functions in "
@@ -266,19 +249,6 @@ def logprob_entries(
     ]
 
 
-def _check_messages(messages: list[dict[str, Any]]) -> None:
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            continue  # the renderer names what is wrong with it
-        role = message.get("role")
-        if role not in ROLES:
-            raise HTTPError(400, f"messages[{i}].role {json.dumps(role)} is not one of {', '.join(ROLES)}",
-                            param=f"messages[{i}].role")  # fmt: skip
-        if role == "tool" and not isinstance(message.get("tool_call_id"), str):
-            raise HTTPError(400, f"messages[{i}]: a 'tool' message needs the 'tool_call_id' of the call it "
-                            "answers", param=f"messages[{i}].tool_call_id")  # fmt: skip
-
-
 def _prompt_ids(
     tokenizer: Any,
     messages: list[dict[str, Any]],
@@ -291,7 +261,7 @@ def _prompt_ids(
     try:
         return _encode(tokenizer, messages, tools, fmt, recorder, rollout_id)
     except DataError as exc:  # a malformed message (or a part this model cannot read): the client's
-        raise HTTPError(400, f"invalid messages: {exc}") from None
+        raise HTTPError(400, f"invalid messages: {exc}", param="messages") from None
     except Exception as exc:  # a chat template refusing the conversation
         raise HTTPError(400, f"invalid messages: {type(exc).__name__}: {exc}") from None
 
@@ -360,7 +330,10 @@ def _sampling(
     stops = tuple(sorted(set(engine.stop_token_ids)))
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     if any(not s for s in stop):
-        raise HTTPError(400, "stop strings must be non-empty")
+        raise HTTPError(400, "stop strings must be non-empty", param="stop")
+    if len(stop) > MAX_STOP:
+        raise HTTPError(400, f"stop takes at most {MAX_STOP} strings (as OpenAI's API), not {len(stop)}",
+                        param="stop")  # fmt: skip
     limit = getattr(engine, "max_positions", 1 << 30)
     if rollout_id is None and prompt_len >= limit:
         raise HTTPError(400, context_exceeded(limit, prompt_len, "messages"), code="context_length_exceeded",
@@ -373,12 +346,13 @@ def _sampling(
         return key, f"seed:{seed}", None
     assert recorder is not None and recorder.params is not None
     if request.n != 1:
-        raise HTTPError(400, "n > 1 is refused for a training rollout: each rollout is one conversation")
+        raise HTTPError(400, "n > 1 is refused for a training rollout: each rollout is one conversation",
+                        param="n")  # fmt: skip
     p = recorder.params
     context = min(recorder.max_context or limit, limit)
     budget = min(p.max_tokens, context - prompt_len)
-    if budget < 1:
-        recorder.mark_truncated(rollout_id)
+    if budget < 1:  # refused, nothing sampled: an agent that catches it may go on with a shorter history
+        recorder.mark_refused(rollout_id)
         raise HTTPError(
             400,
             context_exceeded(context, prompt_len, "messages") + " (the rollout's context budget, "

@@ -16,6 +16,7 @@ with it. Sampling itself uses the masked distribution.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch
 
 # Compact, Python-style JSON (", " and ": "): what models see most, and no whitespace to loop on.
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ", "lenient": True}
+TOOL_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the function names OpenAI's API accepts
 
 
 class ConstraintError(ValueError):
@@ -171,6 +173,10 @@ def check_tools(tools: Sequence[dict[str, Any]] | None) -> None:
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(function, dict):
             continue
+        name = function.get("name")
+        if not isinstance(name, str) or not TOOL_NAME_RE.fullmatch(name):
+            raise ConstraintError(f"tools[{index}].function.name {json.dumps(name)} is not a valid function "
+                                  "name: 1 to 64 letters, digits, underscores or dashes", f"tools[{index}].function.name")  # fmt: skip
         parameters = function.get("parameters")
         if parameters is not None and not isinstance(parameters, dict):
             raise ConstraintError(f"tools[{index}].function.parameters must be a JSON schema object",

@@ -220,8 +220,10 @@ def input_items(
 
 
 def input_messages(items: list[dict[str, Any]], store: ResponseStore | None = None) -> list[dict[str, Any]]:
-    """Input items as chat messages: a ``function_call`` joins the assistant turn that made it, a
-    ``function_call_output`` is a tool message; reasoning items are left out."""
+    """Input items as chat messages: a ``function_call`` joins the assistant turn that made it, and so does
+    an assistant message right after a turn of calls only (a reply whose text came after its calls: this
+    server's output order for it); a ``function_call_output`` is a tool message; reasoning items are left
+    out."""
     messages: list[dict[str, Any]] = []
     for i, item in enumerate(items):
         kind = item.get("type", "message")
@@ -231,8 +233,12 @@ def input_messages(items: list[dict[str, Any]], store: ResponseStore | None = No
                 raise HTTPError(
                     400, f"input[{i}]: role {role!r} is not one of user, assistant, system, developer"
                 )
-            messages.append({"role": "system" if role == "developer" else role,
-                             "content": _text(item.get("content"), i)})  # fmt: skip
+            text = _text(item.get("content"), i)
+            last = messages[-1] if messages else {}
+            if role == "assistant" and last.get("role") == "assistant" and last.get("content") is None:
+                last["content"] = text  # the same reply as its calls: one assistant turn, as it was sampled
+                continue
+            messages.append({"role": "system" if role == "developer" else role, "content": text})
         elif kind == "function_call":
             call = {"id": item.get("call_id") or item.get("id"), "type": "function",
                     "function": {"name": item.get("name"), "arguments": item.get("arguments", "")}}  # fmt: skip

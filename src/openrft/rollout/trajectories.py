@@ -64,7 +64,8 @@ def tools_key(tools: Sequence[dict[str, Any]] | None) -> str:
 @dataclass
 class RolloutLog:
     calls: list[CallRecord] = field(default_factory=list)
-    truncated: bool = False  # a call was refused or cut short by the context budget
+    truncated: bool = False  # a call was cut short by the context budget (or refused, and the agent failed)
+    refused: bool = False  # a call was refused: the conversation no longer fitted the context budget
     notes: dict[str, float] = field(default_factory=dict)  # counters from the built-in tool loop
     started: int = 0  # calls begun: each call's index among the rollout's, given when it arrives
     seed_key: str = ""  # what names the rollout in its calls' seeds (the same in every rerun of the job)
@@ -115,6 +116,13 @@ class RolloutRecorder:
         log = self.log(rollout_id)
         if log is not None:
             log.truncated = True
+
+    def mark_refused(self, rollout_id: str) -> None:
+        """A call of the rollout was refused for the context budget: the run ran out of context if its
+        agent then fails; one that catches the refusal and goes on is judged on what it returns."""
+        log = self.log(rollout_id)
+        if log is not None:
+            log.refused = True
 
     def count(self, rollout_id: str, name: str, amount: float = 1.0) -> None:
         log = self.log(rollout_id)
