@@ -80,3 +80,37 @@ def test_an_evaluators_sibling_module_leaves_no_pycache_even_where_python_would_
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in folder.rglob("*")) == before  # no __pycache__/helper_mod.*.pyc
+
+
+def test_a_file_holding_one_reward_kit_or_verl_function_needs_no_name(tmp_path):
+    from openrft.evaluators.loader import load_evaluator
+
+    kit = tmp_path / "kit.py"
+    kit.write_text("def evaluate(messages, ground_truth=None, **kwargs):\n    return 1.0\n")
+    verl = tmp_path / "verl_reward.py"
+    verl.write_text(
+        "def my_reward(data_source, solution_str, ground_truth, extra_info=None):\n    return 1.0\n"
+    )
+    mixed = tmp_path / "mixed.py"
+    mixed.write_text(
+        "def score(completion, **row):\n    return 1.0\n\n\ndef tidy(messages):\n    return messages\n"
+    )
+    assert load_evaluator(str(kit)).name == "evaluate"
+    assert load_evaluator(str(verl)).name == "my_reward"
+    assert load_evaluator(str(mixed)).name == "score"  # f(completion, ...) is the evaluator; tidy a helper
+
+
+def test_eval_refuses_or_skips_a_prompt_longer_than_the_context_before_sampling(
+    tiny_model_dir, tmp_path, capsys
+):
+    rows = tmp_path / "rows.jsonl"
+    long = {"messages": [{"role": "user", "content": "word " * 6000}], "ground_truth": 1}
+    short = {"messages": [{"role": "user", "content": "1+1?"}], "ground_truth": 2}
+    rows.write_text("".join(json.dumps(r) + "\n" for r in (short, long, short)))
+    flags = ["eval", "--dataset", str(rows), "--evaluator", "gsm8k", "--base-model", str(tiny_model_dir),
+             "--n", "1", "--max-output-tokens", "16"]  # fmt: skip
+    assert main(flags) == 3
+    err = capsys.readouterr().err
+    assert "line 2: prompt is" in err and "longer than the 4080 allowed" in err, err
+    assert main([*flags, "--skip-bad-rows"]) == 0
+    assert "2 prompts x 1 samples" in capsys.readouterr().out

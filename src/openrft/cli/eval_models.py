@@ -130,6 +130,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from openrft.data.reference import with_reference_field
 
         prompts = with_reference_field(prompts, args.reference_field, skip_bad_rows=args.skip_bad_rows)
+    prompts = M.prompts_that_fit(models, prompts, params.max_tokens, skip_bad_rows=args.skip_bad_rows)
     rule = M.PassRule(args.pass_threshold, args.pass_metric)
     score = M.scorer(
         evaluator, max_concurrency=args.max_concurrent_evaluations, timeout=args.evaluator_timeout

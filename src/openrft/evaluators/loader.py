@@ -280,7 +280,8 @@ def _candidates(module: ModuleType) -> dict[str, Any]:
             seen.add(id(obj))
     if decorated:
         return decorated
-    plain = {}
+    plain: dict[str, Any] = {}
+    other: dict[str, Any] = {}  # reward-kit's f(messages, ...) and verl's f(..., solution_str, ...)
     for attr, obj in vars(module).items():
         if attr.startswith("_") or not inspect.isfunction(obj) or obj.__module__ != module.__name__:
             continue
@@ -289,7 +290,9 @@ def _candidates(module: ModuleType) -> dict[str, Any]:
             params[0] in PLAIN_FIRST_PARAMS or (attr == "compute_score" and "solution_str" in params)
         ):
             plain[attr] = obj  # verl names its reward function compute_score
-    return plain
+        elif params and (params[0] == "messages" or "solution_str" in params):
+            other[attr] = obj
+    return plain or other  # the other kinds only where the file has no f(completion, ...)
 
 
 def _first_parameter(fn: Callable[..., Any]) -> str | None:

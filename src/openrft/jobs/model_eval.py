@@ -190,6 +190,27 @@ def pass_rates(groups: Sequence[ScoredGroup], rule: PassRule, ks: Sequence[int])
 # ----------------------------------------------------------------------------- sampling and scoring
 
 
+def prompts_that_fit(
+    models: Sequence[EvalModel], prompts: Any, max_tokens: int, *, skip_bad_rows: bool
+) -> Any:
+    """``prompts`` (a :class:`~openrft.data.PromptSet`) checked against every model's context before any
+    model is loaded: a prompt longer than the context less ``max_tokens`` is a bad row of the dataset,
+    refused with its line (or left out with ``skip_bad_rows``), as when a job is created."""
+    from openrft.data import check_prompt_lengths
+    from openrft.models import load_config, load_tokenizer
+    from openrft.rollout.prompts import encode_prompt
+
+    for base, adapter in dict.fromkeys((m.base_model, m.adapter) for m in models):
+        tokenizer = load_tokenizer(base)
+        template = adapter_chat_template(adapter) if adapter is not None else None
+        if template:
+            tokenizer.chat_template = template
+        context = getattr(load_config(base), "max_position_embeddings", None) or 4096
+        prompts = check_prompt_lengths(prompts, lambda p, t=tokenizer: len(encode_prompt(t, p)),
+                                       context - max_tokens, skip_bad_rows=skip_bad_rows)  # fmt: skip
+    return prompts
+
+
 def load_engine(
     model: EvalModel,
     *,
