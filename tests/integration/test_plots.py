@@ -80,6 +80,13 @@ def test_single_job_reward_curve_still_works(tmp_path):
     assert count_colour(rgb, BLUE) > 100 and count_colour(rgb, ORANGE) > 10  # train line and eval point
 
 
+def test_a_one_step_job_shows_its_point(tmp_path):
+    metrics = write_metrics(tmp_path / "m.jsonl", [0.3])
+    rgb = pixels(plot_reward_curve(metrics, tmp_path / "curve.png", title="job"))
+    # a marker (the legend alone has ~64 blue pixels): a line through one point would draw nothing
+    assert count_colour(rgb, BLUE) > 120
+
+
 def test_replacing_an_existing_plot(tmp_path):
     metrics = write_metrics(tmp_path / "m.jsonl", [0.2, 0.4])
     out = tmp_path / "p.png"

@@ -114,3 +114,13 @@ def test_eval_refuses_or_skips_a_prompt_longer_than_the_context_before_sampling(
     assert "line 2: prompt is" in err and "longer than the 4080 allowed" in err, err
     assert main([*flags, "--skip-bad-rows"]) == 0
     assert "2 prompts x 1 samples" in capsys.readouterr().out
+
+
+def test_an_evaluator_may_return_numpy_numbers():
+    import numpy as np
+
+    from openrft.evaluators.runner import to_score
+
+    assert to_score(np.float32(0.5)).score == 0.5 and to_score(np.float32(0.5)).is_valid
+    assert to_score({"score": np.float16(0.25), "metrics": {"len": np.int64(3)}}).metrics == {"len": 3.0}
+    assert to_score((np.float64(1.0), "right")).reason == "right"

@@ -25,6 +25,7 @@ import functools
 import inspect
 import logging
 import math
+import numbers
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -421,9 +422,9 @@ def to_score(result: Any) -> Score:
         if result.evaluation_result is None:
             return Score(0.0, is_valid=False, reason="the evaluator set no evaluation_result on the row")
         result = result.evaluation_result
-    if isinstance(result, bool | int | float):
+    if isinstance(result, numbers.Real):
         return _checked(float(result), True, "", {})
-    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], bool | int | float):
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], numbers.Real):
         return _checked(float(result[0]), True, str(result[1]), {})
     if isinstance(result, dict) and "score" in result:
         reason = result.get("reason") or result.get("error") or ""
@@ -440,7 +441,7 @@ DICT_KEYS = ("score", "reason", "error", "is_score_valid")  # a result dict's ke
 
 
 def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # (numpy's numbers are Real)
         raise TypeError(f"score must be a number, not {type(value).__name__}")
     return float(value)
 
@@ -462,7 +463,7 @@ def _metrics(metrics: Any) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, value in (metrics or {}).items():
         raw = value.get("score") if isinstance(value, dict) else getattr(value, "score", value)
-        if isinstance(raw, bool | int | float) and math.isfinite(float(raw)):
+        if isinstance(raw, numbers.Real) and math.isfinite(float(raw)):
             out[str(key)] = float(raw)
     return out
 

@@ -59,7 +59,8 @@ def plot_reward_curve(metrics_path: Path, out: Path, title: str = "") -> Path:
         mean = [r["reward/mean"] for r in trained]
         low, high = zip(*(_band(r) for r in trained), strict=True)
         ax.fill_between(steps, low, high, alpha=0.15, color="tab:blue", linewidth=0)
-        ax.plot(steps, mean, color="tab:blue", label="train reward (mean)")
+        marker = "o" if len(steps) == 1 else None  # a line of one point draws nothing
+        ax.plot(steps, mean, color="tab:blue", marker=marker, label="train reward (mean)")
         skipped = [r for r in trained if r.get("filter/round_skipped")]
         if skipped:
             ax.plot(
