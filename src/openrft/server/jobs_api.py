@@ -206,9 +206,10 @@ def delete_job(request: Request, account: str, job_id: str) -> dict[str, Any]:
     store = _store(request)
     record = _get(store, job_id, account)
     if record.state.is_active:
+        first = "" if record.cancel_requested else "cancel it first and "  # (CANCELLING: it was)
         raise ApiError(
             400,
-            f"job {job_id} is {record.shown_state}; cancel it first and delete it once it has stopped",
+            f"job {job_id} is {record.shown_state}; {first}delete it once it has stopped",
             "FAILED_PRECONDITION",
         )
     try:

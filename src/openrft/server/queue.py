@@ -79,7 +79,12 @@ class JobQueue:
         queued = sorted((r for r in records if self.is_queued(r)), key=lambda r: (r.updated_at, r.id))
         for record in [r for r in queued if r.cancel_requested]:
             with contextlib.suppress(JobError):
-                self.store.transition(record.id, JobState.CANCELLED, "cancelled before it started")
+                again = record.resume or record.steps  # a resumed job: it had started once
+                self.store.transition(
+                    record.id,
+                    JobState.CANCELLED,
+                    "cancelled before it started again" if again else "cancelled before it started",
+                )
         queued = [r for r in queued if not r.cancel_requested]
         busy = sum(1 for r in records if r.state.is_active and not self.is_queued(r))
         # a worker whose job has ended but whose process has not (it still holds its memory and device)

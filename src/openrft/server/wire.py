@@ -441,6 +441,13 @@ def _mcp_server(value: Any, ctx: WireContext) -> list[str]:
     return texts
 
 
+def error_path(name: str) -> str | None:
+    """The request field a refusal of JobConfig field ``name`` names: :func:`wire_path`, down to the key of
+    ``extraBody``'s JSON that holds it (``stop``)."""
+    path = wire_path(name)
+    return f"{path}.stop" if name == "stop" and path else path
+
+
 def wire_path(name: str) -> str | None:
     """The request field that sets JobConfig field ``name`` (None when the body has none)."""
     for section, fields in SECTIONS.items():
@@ -473,7 +480,7 @@ def rename_flags(message: str) -> str:
     lines = []
     for line in message.splitlines():
         match = re.match(r"^(--[a-z0-9-]+)((?: / --[a-z0-9-]+)*)( [^\s:]+)?: ", line)
-        path = wire_path(match.group(1)[2:].replace("-", "_")) if match else None
+        path = error_path(match.group(1)[2:].replace("-", "_")) if match else None
         if match and path:
             line = f"{path}{match.group(3) or ''}: {line[match.end() :]}"
         lines.append(re.sub(r"(?<![\w-])--([a-z0-9-]+)", _field_in_text, line))
@@ -481,7 +488,7 @@ def rename_flags(message: str) -> str:
 
 
 def _field_in_text(match: re.Match[str]) -> str:
-    path = wire_path(match.group(1).replace("-", "_"))
+    path = error_path(match.group(1).replace("-", "_"))
     return f"'{path}'" if path else match.group(0)
 
 
