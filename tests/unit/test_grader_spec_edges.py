@@ -44,3 +44,32 @@ def test_a_misspelt_sample_field_is_refused_before_anything_is_scored():
         check("{{sample.output_txt}}")
     with pytest.raises(EvaluatorError, match="refers to sample.text"):
         check("{{ sample['text'] }}")
+
+
+def test_a_python_grader_that_cannot_take_sample_and_item_is_refused_at_load():
+    import json
+
+    from openrft.evaluators.graders import load_grader
+
+    def spec(source: str) -> str:
+        return json.dumps({"type": "python", "name": "p", "source": source})
+
+    for fine in ("def grade(sample, item):\n    return 1", "def grade(sample, item, scale=1):\n    return 1",
+                 "def grade(*args):\n    return 1", "def grade(sample, *rest, k=2):\n    return 1"):  # fmt: skip
+        load_grader(spec(fine))
+    for wrong in ("def grade(sample):\n    return 1", "def grade(a, b, c):\n    return 1",
+                  "def grade(sample, item, *, mode):\n    return 1"):  # fmt: skip
+        with pytest.raises(EvaluatorError, match=r"grade\(\) must take two arguments"):
+            load_grader(spec(wrong))
+
+
+def test_a_response_without_the_field_a_score_model_reads_gets_the_low_end_of_its_range():
+    import json
+
+    from openrft.evaluators.graders import load_grader
+
+    spec = {"type": "score_model", "name": "judge", "model": "m", "range": [1, 5],
+            "input": [{"role": "user", "content": "Rate {{sample.output_json.answer}} for {{item.q}}"}]}  # fmt: skip
+    evaluator = load_grader(json.dumps(spec), endpoint="http://127.0.0.1:9/v1", model="m")  # never called
+    result = evaluator.fn("not JSON at all", {"q": "x"})
+    assert result["score"] == 1.0 and result["is_score_valid"] and "so 1" in result["reason"]

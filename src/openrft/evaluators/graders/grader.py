@@ -57,6 +57,11 @@ class Grader:
     def templates(self) -> list[str]:
         return []
 
+    @property
+    def lowest(self) -> float:
+        """The lowest score this grader gives (a score model's range starts elsewhere)."""
+        return float(getattr(self.spec, "range", (0.0, 1.0))[0]) if self.spec.type == "score_model" else 0.0
+
     def grade(self, item: dict[str, Any], sample: Any) -> Grade:
         raise NotImplementedError
 
@@ -154,6 +159,18 @@ class ModelGrader(Grader):
         return Grade(float(passed), f"label {label!r} ({'passing' if passed else 'not passing'})")
 
 
+def _check_arity(fn: ast.FunctionDef | ast.AsyncFunctionDef, label: str) -> None:
+    """``grade`` is called with two arguments, ``grade(sample, item)``: read from the source, so that a
+    wrong signature is refused when the grader is loaded rather than on every response."""
+    args = fn.args
+    positional = len(args.posonlyargs) + len(args.args)
+    required = positional - len(args.defaults)
+    keyword_only = sum(default is None for default in args.kw_defaults)  # keyword-only without a default
+    if required > 2 or (positional < 2 and args.vararg is None) or keyword_only:
+        raise EvaluatorError(f"{label}: grade() must take two arguments, grade(sample, item), as OpenAI calls it "
+                             f"(line {fn.lineno})")  # fmt: skip
+
+
 class PythonGrader(Grader):
     """``grade(sample, item) -> float`` from the spec's source, run in a worker process."""
 
@@ -165,10 +182,14 @@ class PythonGrader(Grader):
             tree = ast.parse(spec.source, filename=f"<{label}>")
         except SyntaxError as exc:
             raise EvaluatorError(f"{label}: syntax error in source, line {exc.lineno}: {exc.msg}") from None
-        if not any(
-            isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == "grade" for n in tree.body
-        ):
+        grade = [
+            n
+            for n in tree.body
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == "grade"
+        ]
+        if not grade:
             raise EvaluatorError(f"{label}: the source defines no function grade(sample, item)")
+        _check_arity(grade[-1], label)
         _check_imports(tree, label)
         self._fn: Any = None
 
@@ -253,13 +274,16 @@ class MultiGrader(Grader):
 
 def graded(grader: Grader, item: dict[str, Any], sample: Any) -> Grade:
     """``grader.grade(item, sample)``; a template field the response lacks (no tool call to read, no
-    JSON) scores 0, as a wrong answer does, so a group still learns from it. A field the dataset row
-    lacks is an :class:`EvaluatorError` naming it (the data is at fault, not the response)."""
+    JSON) scores the grader's lowest score (0, or a score model's range's low end), as the worst answer
+    does, so a group still learns from it. A field the dataset row lacks is an :class:`EvaluatorError`
+    naming it (the data is at fault, not the response)."""
     try:
         return grader.grade(item, sample)
     except MissingField as exc:
         grader.check_item(item, "the row")
-        return Grade(0.0, f"the response has no {exc.field!r} for {exc.template!r}, so 0")
+        return Grade(
+            grader.lowest, f"the response has no {exc.field!r} for {exc.template!r}, so {grader.lowest:g}"
+        )
 
 
 def build(spec: GraderSpec, label: str, endpoint: model_graders.Endpoint) -> Grader:
