@@ -73,3 +73,25 @@ def test_a_response_without_the_field_a_score_model_reads_gets_the_low_end_of_it
     evaluator = load_grader(json.dumps(spec), endpoint="http://127.0.0.1:9/v1", model="m")  # never called
     result = evaluator.fn("not JSON at all", {"q": "x"})
     assert result["score"] == 1.0 and result["is_score_valid"] and "so 1" in result["reason"]
+
+
+def test_a_model_graders_sampling_params_are_checked_and_a_misnamed_field_is_named():
+    import json
+
+    from openrft.evaluators.graders import load_grader
+
+    base = {"type": "score_model", "name": "j", "model": "m",
+            "input": [{"role": "user", "content": "{{sample.output_text}}"}]}  # fmt: skip
+
+    def load(**extra):
+        return load_grader(json.dumps({**base, **extra}), endpoint="http://127.0.0.1:9/v1")
+
+    load(sampling_params={"temperature": 0.5, "top_p": 1, "max_completions_tokens": 64, "seed": 1})
+    with pytest.raises(
+        EvaluatorError, match="unknown field 'sampling_parameters' \\(the field is 'sampling_params'\\)"
+    ):
+        load(sampling_parameters={"temperature": 0})
+    for bad, field in (({"temperature": 5}, "temperature"), ({"top_p": 0}, "top_p"),
+                       ({"max_completions_tokens": -1}, "max_completions_tokens")):  # fmt: skip
+        with pytest.raises(EvaluatorError, match=f"sampling_params.{field}: "):
+            load(sampling_params=bad)

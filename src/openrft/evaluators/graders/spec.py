@@ -82,12 +82,12 @@ class Message(BaseModel):
 class SamplingParams(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    temperature: float | None = None
-    top_p: float | None = None
+    temperature: float | None = Field(None, ge=0, le=2)  # the ranges OpenAI's API accepts
+    top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = None
-    max_completions_tokens: int | None = None
-    max_completion_tokens: int | None = None  # the same limit as the chat API spells it
-    max_tokens: int | None = None  # as OpenAI's graders guide writes it in an example
+    max_completions_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)  # the same limit as the chat API spells it
+    max_tokens: int | None = Field(None, ge=1)  # as OpenAI's graders guide writes it in an example
     reasoning_effort: str | None = None  # sent only to the spec's own model (see graders.model)
 
     @property
@@ -229,12 +229,20 @@ def _label(obj: dict[str, Any], where: str) -> str:
     return f"{kind} {name!r}" if name else f"the {kind}" if kind == "grader" else kind
 
 
+MISSPELLINGS = {
+    "sampling_parameters": "sampling_params",
+    "metric": "evaluation_metric",
+    "formula": "calculate_output",
+}
+
+
 def _first_problem(exc: ValidationError) -> str:
     error = exc.errors()[0]
     loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith(("function-", "tagged-")))
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        return f"unknown field {loc!r}"
+        meant = MISSPELLINGS.get(str(error["loc"][-1]))
+        return f"unknown field {loc!r}" + (f" (the field is {meant!r})" if meant else "")
     if error["type"] == "missing":
         return f"missing field {loc!r}"
     got = f" (got {error['input']!r})" if error["type"] in ("literal_error", "enum") else ""
