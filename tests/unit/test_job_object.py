@@ -71,3 +71,11 @@ def test_the_list_s_pages_end_exactly_and_are_capped(tmp_path, monkeypatch):
         assert len(rest["reinforcementFineTuningJobs"]) == 3 and rest["nextPageToken"] == ""  # exactly full
         names = [j["name"] for page in (three, rest) for j in page["reinforcementFineTuningJobs"]]
         assert len(set(names)) == 6 and whole["totalSize"] == 6
+
+
+def test_the_openrft_options_a_job_was_given_are_echoed_and_no_others(store):
+    from openrft.server.job_object import job_object
+
+    given = job_object(_job(store, "opts", seed=7, lora_alpha=32, max_grad_norm=0.5), "local")
+    assert given["openrftOptions"] == {"lora_alpha": 32, "max_grad_norm": 0.5, "seed": 7}
+    assert "openrftOptions" not in job_object(_job(store, "plain"), "local")  # defaults are not echoed

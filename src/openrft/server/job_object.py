@@ -10,7 +10,7 @@ from typing import Any
 
 from openrft.jobs.states import DIED_MESSAGE, JobState
 from openrft.jobs.store import JobRecord
-from openrft.server.wire import SECTIONS, TOP, read_meta, rename_flags
+from openrft.server.wire import OPTIONS, SECTIONS, TOP, read_meta, rename_flags
 from openrft.tracking.jsonl_files import Folded
 from openrft.tracking.sinks import current_names
 
@@ -96,6 +96,11 @@ def _echo(flat: dict[str, Any], refs: dict[str, Any], record: JobRecord) -> dict
             servers if isinstance(servers, str) else servers[0] if len(servers) == 1 else list(servers)
         )
     out["nodeCount"] = 1
+    options = {
+        name: flat[name] for name in sorted(OPTIONS) if name in record.given and flat.get(name) is not None
+    }
+    if options:  # what the request (or the command line) set of openrft's own parameters, read back
+        out["openrftOptions"] = options
     return out
 
 
