@@ -83,7 +83,9 @@ def test_extra_body_carries_a_response_format_to_the_job_and_back(ctx):
     ).values
     assert json.loads(values["response_format"]) == response_format and values["stop"] == ["}"]
     assert build(values).settings().sampling.grammar is not None  # sampling is held to the schema
-    echoed = _echo({"stop": ["}"], "response_format": values["response_format"]}, {}, SimpleNamespace(id="j"))
+    echoed = _echo(
+        {"stop": ["}"], "response_format": values["response_format"]}, {}, SimpleNamespace(id="j", given={})
+    )
     assert json.loads(echoed["inferenceParameters"]["extraBody"]) == json.loads(extra)
     bad_schema = json.dumps({"response_format": {"type": "xml"}})
     with pytest.raises(ApiError) as caught:
@@ -245,7 +247,7 @@ def test_the_echo_names_the_wandb_run_and_its_url():
 
     from openrft.server.job_object import _echo
 
-    record = SimpleNamespace(id="job1")
+    record = SimpleNamespace(id="job1", given={})
     flat = {"wandb": True, "wandb_project": "p", "wandb_entity": "team", "wandb_api_key": "secret"}
     echoed = _echo(flat, {}, record)["wandbConfig"]
     assert echoed == {"enabled": True, "project": "p", "entity": "team", "runId": "job1",
