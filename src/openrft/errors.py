@@ -17,6 +17,9 @@ turns these into a single clean line and an exit code instead of a traceback::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class OpenRFTError(Exception):
     """Base class of every error openrft raises for something the user can fix."""
@@ -81,6 +84,19 @@ class JobError(OpenRFTError):
     """A job operation is impossible (unknown id, wrong state, ...)."""
 
     exit_code = 7
+
+
+@contextmanager
+def input_error(flag: str) -> Iterator[None]:
+    """Report a problem with an input (a dataset, an evaluator) as a configuration error naming its flag,
+    exit code 2, as a job's creation reports it."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except OpenRFTError as exc:
+        message = exc.message if exc.message.startswith("--") else f"{flag}: {exc.message}"
+        raise ConfigError(message, field=flag[2:].replace("-", "_"), hint=exc.hint) from None
 
 
 class EarlyStopped(JobError):

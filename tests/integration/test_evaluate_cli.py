@@ -188,7 +188,7 @@ def test_evaluate_reference_field_reads_a_gsm8k_answer(capsys, tmp_path):
     rows.append({"id": "d", "messages": [{"role": "user", "content": "None?"}]})
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     code, _, err = run(capsys, *argv, "--reference-field", "answer")
-    assert code == 3 and "line 4: no reference answer in field 'answer' (--reference-field)" in err
+    assert code == 2 and "line 4: no reference answer in field 'answer' (--reference-field)" in err
     code, out, err = run(capsys, *argv, "--reference-field", "answer", "--skip-bad-rows")
     assert code == 0, err
     assert "mean score 1.0000" in out and "1 malformed dataset rows were skipped" in out

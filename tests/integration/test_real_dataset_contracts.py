@@ -109,9 +109,10 @@ def test_eval_refuses_or_skips_a_prompt_longer_than_the_context_before_sampling(
     rows.write_text("".join(json.dumps(r) + "\n" for r in (short, long, short)))
     flags = ["eval", "--dataset", str(rows), "--evaluator", "gsm8k", "--base-model", str(tiny_model_dir),
              "--n", "1", "--max-output-tokens", "16"]  # fmt: skip
-    assert main(flags) == 3
+    assert main(flags) == 2  # bad input, named as at job creation
     err = capsys.readouterr().err
-    assert "line 2: prompt is" in err and "longer than the 4080 allowed" in err, err
+    assert err.startswith("--dataset: ") and "line 2: prompt is" in err, err
+    assert "longer than the 4080 allowed" in err
     assert main([*flags, "--skip-bad-rows"]) == 0
     assert "2 prompts x 1 samples" in capsys.readouterr().out
 

@@ -113,6 +113,7 @@ def _sampling_flags(parser: argparse.ArgumentParser) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from openrft.data import load_prompts, write_jsonl
+    from openrft.errors import input_error
     from openrft.evaluators.loader import load_evaluator
     from openrft.evaluators.runner import check_invalid_rate
     from openrft.jobs import model_eval as M
@@ -122,15 +123,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     evaluator_spec = args.evaluator or next((j.evaluator for j in jobs if j.evaluator), None)
     refuse_output_over_inputs(args.output, args.dataset, evaluator_spec)
     evaluator = load_evaluator(evaluator_spec, dataset=args.dataset)
-    prompts = load_prompts(
-        args.dataset, seed=args.seed, limit=args.limit, skip_bad_rows=args.skip_bad_rows,
-        adapter=evaluator.dataset_adapter, open_ended=evaluator.rollout is not None,
-    )  # fmt: skip
-    if args.reference_field:
-        from openrft.data.reference import with_reference_field
+    with input_error("--dataset"):  # exit 2, named as at job creation
+        prompts = load_prompts(
+            args.dataset, seed=args.seed, limit=args.limit, skip_bad_rows=args.skip_bad_rows,
+            adapter=evaluator.dataset_adapter, open_ended=evaluator.rollout is not None,
+        )  # fmt: skip
+        if args.reference_field:
+            from openrft.data.reference import with_reference_field
 
-        prompts = with_reference_field(prompts, args.reference_field, skip_bad_rows=args.skip_bad_rows)
-    prompts = M.prompts_that_fit(models, prompts, params.max_tokens, skip_bad_rows=args.skip_bad_rows)
+            prompts = with_reference_field(prompts, args.reference_field, skip_bad_rows=args.skip_bad_rows)
+        prompts = M.prompts_that_fit(models, prompts, params.max_tokens, skip_bad_rows=args.skip_bad_rows)
     rule = M.PassRule(args.pass_threshold, args.pass_metric)
     score = M.scorer(
         evaluator, max_concurrency=args.max_concurrent_evaluations, timeout=args.evaluator_timeout

@@ -174,7 +174,7 @@ def cmd_data_gsm8k(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from openrft.data import load_prompts, write_jsonl
-    from openrft.errors import ConfigError, DataError, EvaluatorError
+    from openrft.errors import ConfigError, DataError, EvaluatorError, input_error
     from openrft.evaluators.isolation import score_contained
     from openrft.evaluators.loader import load_evaluator
     from openrft.evaluators.runner import SUMMARY_STATS, check_invalid_rate, summarize
@@ -195,12 +195,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = args.dataset or evaluator.input_dataset
     if dataset is None:
         raise DataError("no --dataset given and the evaluator names no input_dataset")
-    prompts = load_prompts(dataset, skip_bad_rows=args.skip_bad_rows, adapter=evaluator.dataset_adapter,
-                           open_ended=evaluator.rollout is not None)  # fmt: skip
-    if args.reference_field:
-        from openrft.data.reference import with_reference_field
+    with input_error("--dataset"):  # exit 2, named as at job creation
+        prompts = load_prompts(dataset, skip_bad_rows=args.skip_bad_rows, adapter=evaluator.dataset_adapter,
+                               open_ended=evaluator.rollout is not None)  # fmt: skip
+        if args.reference_field:
+            from openrft.data.reference import with_reference_field
 
-        prompts = with_reference_field(prompts, args.reference_field, skip_bad_rows=args.skip_bad_rows)
+            prompts = with_reference_field(prompts, args.reference_field, skip_bad_rows=args.skip_bad_rows)
     check_evaluator_fits(evaluator, prompts)  # every row holds what the evaluator reads, as at job creation
     skipped: list[str] = []
     if args.responses:

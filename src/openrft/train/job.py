@@ -23,15 +23,14 @@ import inspect
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from openrft.config import JobConfig
 from openrft.data import PromptSet, check_prompt_lengths, load_prompts, split_carveout
-from openrft.errors import ConfigError, DataError, EvaluatorError, OpenRFTError
+from openrft.errors import ConfigError, DataError, EvaluatorError, OpenRFTError, input_error
 from openrft.paths import OWNER_FILE, atomic_write_text, output_dir
 from openrft.records import Prompt
 from openrft.settings import JobSettings
@@ -63,18 +62,6 @@ class PreparedJob:
         return list(dataset), []
 
 
-@contextmanager
-def _input(flag: str) -> Iterator[None]:
-    """Report a problem with an input as a configuration error naming its flag (exit code 2)."""
-    try:
-        yield
-    except ConfigError:
-        raise
-    except OpenRFTError as exc:
-        message = exc.message if exc.message.startswith("--") else f"{flag}: {exc.message}"
-        raise ConfigError(message, field=flag[2:].replace("-", "_"), hint=exc.hint) from None
-
-
 def prepare(cfg: JobConfig, job_dir: Path | None = None) -> PreparedJob:
     """Check every input a job needs before any model loads, and resolve its settings (``job_dir``: the
     folder of the job being resumed, None for a new one).
@@ -87,7 +74,7 @@ def prepare(cfg: JobConfig, job_dir: Path | None = None) -> PreparedJob:
     from openrft.models import check_model_available, resolve_device
 
     settings = cfg.settings()
-    with _input("--device"):
+    with input_error("--device"):
         device, dtype = resolve_device(settings.model.device, settings.model.dtype)
     settings = dataclasses.replace(
         settings, model=dataclasses.replace(settings.model, device=device, dtype=dtype)
@@ -96,52 +83,54 @@ def prepare(cfg: JobConfig, job_dir: Path | None = None) -> PreparedJob:
     if d.dataset and not d.evaluator:  # the dataset would name the evaluator: first say that it is missing
         from openrft.data import is_builtin
 
-        with _input("--dataset"):
+        with input_error("--dataset"):
             if not is_builtin(d.dataset) and not Path(d.dataset).expanduser().exists():
                 raise DataError(f"{d.dataset}: no such file, nor a built-in task (arithmetic, calculator)")
-    with _input("--evaluator"):
+    with input_error("--evaluator"):
         evaluator = load_evaluator(
             d.evaluator, dataset=d.dataset, grader_endpoint=d.grader_endpoint, grader_model=d.grader_model
         )
     source = d.dataset or evaluator.input_dataset or "arithmetic"
     open_ended = settings.agent is not None or evaluator.rollout is not None  # an agent takes the next turn
-    with _input("--dataset"):
+    with input_error("--dataset"):
         dataset = load_prompts(
             source, seed=seed, adapter=evaluator.dataset_adapter, skip_bad_rows=d.skip_bad_rows,
             open_ended=open_ended,
         )  # fmt: skip
-    with _input("--reference-field"):
+    with input_error("--reference-field"):
         dataset = _referenced(dataset, d.reference_field, d.skip_bad_rows)
     check_evaluator_fits(evaluator, dataset)
     _check_round_fits(settings, len(dataset))
     evaluation = None
     if d.evaluation_dataset:
-        with _input("--evaluation-dataset"):
+        with input_error("--evaluation-dataset"):
             evaluation = load_prompts(
                 d.evaluation_dataset, seed=seed + 1, skip_bad_rows=d.skip_bad_rows, open_ended=open_ended
             )
-        with _input("--reference-field"):
+        with input_error("--reference-field"):
             evaluation = _referenced(evaluation, d.reference_field, d.skip_bad_rows)
         check_evaluator_fits(evaluator, evaluation)  # its rows are scored too
     prepared = PreparedJob(cfg, _with_evaluator_defaults(settings, evaluator), evaluator, dataset, evaluation,
                            d.eval_auto_carveout)  # fmt: skip
-    with _input("--eval-auto-carveout"):
+    with input_error("--eval-auto-carveout"):
         prepared.split(dataset)
     m = settings.model
     if m.warm_start_from:
         check_adapter_folder(Path(m.warm_start_from))
     else:
-        with _input("--base-model"):
+        with input_error("--base-model"):
             check_model_available(m.base_model)
     _require_extras(cfg)
     if settings.agent is not None:
-        with _input("--agent" if settings.agent.agent else "--tools"):
+        with input_error("--agent" if settings.agent.agent else "--tools"):
             setup.agent_of(settings.agent)  # the file, the function, the tools' schemas
         if settings.agent.mcp_server and not settings.agent.agent:
             from openrft.rollout.mcp_client import check_server
             from openrft.rollout.tools import python_tools
 
-            with _input("--mcp-server"):  # it starts and lists its tools, and no name clashes with --tools
+            with input_error(
+                "--mcp-server"
+            ):  # it starts and lists its tools, and no name clashes with --tools
                 check_server(
                     settings.agent.mcp_server,
                     python_tools(settings.agent.tools) if settings.agent.tools else None,
@@ -163,7 +152,7 @@ def check_prompts_fit(prepared: PreparedJob) -> PreparedJob:
 
     settings = prepared.settings
     name = setup.base_model_name(settings.model)
-    with _input("--base-model"):
+    with input_error("--base-model"):
         config = load_config(name)
     context = settings.model.max_context_length or getattr(config, "max_position_embeddings", 4096)
     if settings.sampling.max_tokens >= context:
@@ -173,7 +162,7 @@ def check_prompts_fit(prepared: PreparedJob) -> PreparedJob:
             field="max_output_tokens",
             hint="lower --max-output-tokens (or raise --max-context-length, up to what the model supports)",
         )
-    with _input("--base-model"):
+    with input_error("--base-model"):
         tokenizer = load_tokenizer(name)
     if settings.model.chat_template:
         tokenizer.chat_template = settings.model.chat_template
@@ -189,12 +178,12 @@ def check_prompts_fit(prepared: PreparedJob) -> PreparedJob:
         return len(encode_prompt(tokenizer, prompt))
 
     skip = prepared.cfg.data.skip_bad_rows
-    with _input("--dataset"):
+    with input_error("--dataset"):
         dataset = check_prompt_lengths(prepared.dataset, count, context - settings.sampling.max_tokens,
                                        skip_bad_rows=skip)  # fmt: skip
     evaluation = prepared.evaluation_dataset
     if evaluation is not None:
-        with _input("--evaluation-dataset"):
+        with input_error("--evaluation-dataset"):
             evaluation = check_prompt_lengths(evaluation, count, context - settings.sampling.max_tokens,
                                               skip_bad_rows=skip)  # fmt: skip
     return dataclasses.replace(prepared, dataset=dataset, evaluation_dataset=evaluation)
@@ -205,7 +194,7 @@ def check_memory(settings: JobSettings):
     from openrft.models import load_config
     from openrft.train.memory import device_memory, estimate_memory
 
-    with _input("--base-model"):
+    with input_error("--base-model"):
         estimate = estimate_memory(load_config(setup.base_model_name(settings.model)), settings)
     available = device_memory(settings.model.device)
     if available is not None and estimate.total > available:
@@ -367,7 +356,7 @@ def _check_grader_rows(evaluator: Any, dataset: PromptSet) -> None:
             failed.append(exc)
     if failed:
         count = f" ({len(failed)} of {len(dataset)} rows fail this check)" if len(dataset) > 1 else ""
-        with _input("--evaluator"):
+        with input_error("--evaluator"):
             raise type(failed[0])(failed[0].message + count, hint=failed[0].hint)
 
 
@@ -407,18 +396,18 @@ def _require_extras(cfg: JobConfig) -> None:
     if cfg.wandb.wandb:
         from openrft.tracking.wandb_sink import check_mode, import_wandb
 
-        with _input("--wandb"):
+        with input_error("--wandb"):
             import_wandb()
             check_mode()
     if cfg.rollout.ray_address:
         from openrft.distributed import require_ray
 
-        with _input("--ray-address"):
+        with input_error("--ray-address"):
             require_ray()
     elif cfg.rollout.rollout_engine == "vllm":  # with Ray, vLLM runs on the actors' nodes instead
         from openrft.rollout.vllm_engine import import_vllm
 
-        with _input("--rollout-engine"):
+        with input_error("--rollout-engine"):
             import_vllm()
         if (
             "expandable_segments:true"
@@ -436,7 +425,7 @@ def _require_extras(cfg: JobConfig) -> None:
 def _require_eval_protocol_rollouts(evaluator: Any) -> None:
     """The evaluator file's rollout processor can run here (litellm routes its calls to the policy)."""
     spec = evaluator.rollout
-    with _input("--evaluator"):
+    with input_error("--evaluator"):
         if not callable(spec.processor):
             raise EvaluatorError(f"{evaluator.source}: rollout_processor {spec.name} is not callable")
         try:
