@@ -313,6 +313,28 @@ def blank_value(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | N
 TEXT_FLAGS = ("--stop", "--system", "--prompt")  # whitespace is text there ("\n" ends a reply)
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends a command as Ctrl-C does (its clean-up runs: an evaluator's worker processes are
+    stopped rather than left running), where nothing else handles it; a command that handles it (a job's
+    graceful stop, a server) installs its own handler inside."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    default = threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    )
+    previous = signal.signal(signal.SIGTERM, interrupt) if default else None
+    try:
+        yield
+    finally:
+        if default:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # How idle OpenMP threads wait between parallel regions (docs/benchmarks.md, "defaults"):
     # sleeping (OMP_WAIT_POLICY=PASSIVE) pays a wake-up at every region, 1.6x the training time of a
@@ -338,7 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(handler(args) or 0)
+        with terminate_as_interrupt():
+            return int(handler(args) or 0)
     except OpenRFTError as exc:
         print(exc.message, file=sys.stderr)
         if exc.hint:
