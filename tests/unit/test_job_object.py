@@ -79,3 +79,13 @@ def test_the_openrft_options_a_job_was_given_are_echoed_and_no_others(store):
     given = job_object(_job(store, "opts", seed=7, lora_alpha=32, max_grad_norm=0.5), "local")
     assert given["openrftOptions"] == {"lora_alpha": 32, "max_grad_norm": 0.5, "seed": 7}
     assert "openrftOptions" not in job_object(_job(store, "plain"), "local")  # defaults are not echoed
+
+
+def test_a_job_without_an_evaluator_shows_the_built_in_it_uses(store, tmp_path):
+    from openrft.server.job_object import job_object
+
+    assert job_object(_job(store, "builtin"), "local")["evaluator"] == "arithmetic"  # the dataset's own
+    rows = tmp_path / "gsm.jsonl"
+    rows.write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    assert job_object(_job(store, "gsm", dataset=str(rows)), "local")["evaluator"] == "gsm8k"
+    assert job_object(_job(store, "named", evaluator="gsm8k"), "local")["evaluator"] == "gsm8k"

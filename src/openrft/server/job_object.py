@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from openrft.errors import OpenRFTError
 from openrft.jobs.states import DIED_MESSAGE, JobState
 from openrft.jobs.store import JobRecord
 from openrft.server.wire import OPTIONS, SECTIONS, TOP, read_meta, rename_flags
@@ -56,7 +57,7 @@ def job_object(record: JobRecord, account: str) -> dict[str, Any]:
         "createTime": rfc3339(record.created_at),
         "completedTime": rfc3339(completed_at(record)),
         "dataset": refs.get("dataset") or flat.get("dataset") or "",
-        "evaluator": refs.get("evaluator") or flat.get("evaluator") or "",
+        "evaluator": refs.get("evaluator") or flat.get("evaluator") or _default_evaluator(flat),
     })  # fmt: skip
     if flat.get("evaluation_dataset"):
         obj["evaluationDataset"] = refs.get("evaluationDataset") or flat["evaluation_dataset"]
@@ -65,6 +66,16 @@ def job_object(record: JobRecord, account: str) -> dict[str, Any]:
     obj["jobProgress"] = job_progress(record, flat)
     obj["outputModelPath"] = str(record.output_dir) if record.output_dir else None
     return obj
+
+
+def _default_evaluator(flat: dict[str, Any]) -> str:
+    """The built-in evaluator a job without one uses (its dataset's), "" when that cannot be told now."""
+    from openrft.evaluators.loader import default_evaluator_name
+
+    try:
+        return default_evaluator_name(flat.get("dataset"))
+    except (OpenRFTError, OSError, ValueError):
+        return ""
 
 
 def _echo(flat: dict[str, Any], refs: dict[str, Any], record: JobRecord) -> dict[str, Any]:
