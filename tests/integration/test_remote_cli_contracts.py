@@ -170,3 +170,27 @@ def test_a_local_evaluation_dataset_is_uploaded_like_the_training_dataset(servic
     # the server never reads a client's path: the held-out file travels as its own resource
     assert out["evaluation_dataset"].startswith("accounts/local/datasets/held-")
     assert capsys.readouterr().err.count("as accounts/local/datasets/") == 2
+
+
+def test_create_checks_local_files_as_a_local_create_does_before_uploading_anything(
+    service, tmp_path, capsys
+):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"messages": [{"role": "user", "content": "Hi"}], "ground_truth": 1}\n{"messages": 3}\n')
+    broken = tmp_path / "broken.py"
+    broken.write_text("def score(completion, **row)\n    return 1.0\n")
+    scorer = tmp_path / "scorer.py"
+    scorer.write_text(SCORER)
+    for flags, said in (
+        (["--dataset", str(rows), "--evaluator", f"{scorer}::a"], "--dataset: "),
+        (["--dataset", "arithmetic", "--evaluator", str(broken)], "--evaluator: "),
+    ):
+        assert main(["rftj", "create", "--server", URL, *flags]) == 2  # as without --server
+        assert capsys.readouterr().err.startswith(said)
+    assert service.requests == []  # nothing was uploaded or created
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"messages": [{"role": "user", "content": "Hi"}], "ground_truth": 1}\n')
+    assert (
+        main(["rftj", "create", "--server", URL, "--dataset", str(good), "--evaluator", f"{scorer}::a"]) == 0
+    )
+    assert len(service.created_jobs) == 1

@@ -158,6 +158,29 @@ def upload_local_files(remote: Remote, values: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+def check_local_inputs(values: dict[str, Any]) -> None:
+    """The dataset and evaluator a create names, checked here as a local create checks them (the rows,
+    the evaluator's file and function, that each row holds what it reads), when every one of them is a
+    local file, a built-in or an inline grader; names of resources already on the server are the
+    server's to check."""
+    from openrft.config import build_config
+    from openrft.data import is_builtin
+    from openrft.evaluators.builtin import BUILTINS
+    from openrft.train.job import check_inputs
+
+    def here(field: str) -> bool:
+        value = values.get(field)
+        if not isinstance(value, str) or (field == "evaluator" and value.lstrip().startswith("{")):
+            return True  # not given, or an inline grader spec
+        if is_builtin(value) if field != "evaluator" else value.partition(":")[0] in BUILTINS:
+            return True
+        return Path(value.partition("::")[0]).expanduser().is_file()
+
+    if all(here(field) for field in ("dataset", "evaluation_dataset", "evaluator")):
+        cfg = build_config({}, values)[0]
+        check_inputs(cfg, cfg.settings())
+
+
 def resource_id(path: Path, data: bytes) -> str:
     stem = re.sub(r"[^A-Za-z0-9_-]+", "-", path.stem).strip("-_")[:40] or "file"
     return f"{stem}-{hashlib.sha256(data).hexdigest()[:10]}"
@@ -227,6 +250,7 @@ def remote_create(remote: Remote, args: argparse.Namespace) -> int:
         raise JobError("--dry-run and --resume-from work on the local store only, not with --server")
     values = _values(args)
     request_body(dict(values))  # fields the API has no place for are refused before anything is uploaded
+    check_local_inputs(values)  # a bad row or evaluator file: refused here, exit 2, nothing uploaded
     body, job_id = request_body(upload_local_files(remote, values))
     params = {"reinforcementFineTuningJobId": job_id} if job_id else {}
     job = remote.call("POST", remote.path(), json=body, params=params)

@@ -70,7 +70,6 @@ def prepare(cfg: JobConfig, job_dir: Path | None = None) -> PreparedJob:
     (file, JSON, rows), the carve-out, the base model or warm-start adapter, and the optional
     packages the job asks for (W&B, Ray). Any problem is a :class:`ConfigError` naming its flag.
     """
-    from openrft.evaluators import load_evaluator
     from openrft.models import check_model_available, resolve_device
 
     settings = cfg.settings()
@@ -79,37 +78,10 @@ def prepare(cfg: JobConfig, job_dir: Path | None = None) -> PreparedJob:
     settings = dataclasses.replace(
         settings, model=dataclasses.replace(settings.model, device=device, dtype=dtype)
     )
-    seed, d = settings.schedule.seed, cfg.data
-    if d.dataset and not d.evaluator:  # the dataset would name the evaluator: first say that it is missing
-        from openrft.data import is_builtin
-
-        with input_error("--dataset"):
-            if not is_builtin(d.dataset) and not Path(d.dataset).expanduser().exists():
-                raise DataError(f"{d.dataset}: no such file, nor a built-in task (arithmetic, calculator)")
-    with input_error("--evaluator"):
-        evaluator = load_evaluator(
-            d.evaluator, dataset=d.dataset, grader_endpoint=d.grader_endpoint, grader_model=d.grader_model
-        )
+    d = cfg.data
+    evaluator, dataset, evaluation = check_inputs(cfg, settings)
     source = d.dataset or evaluator.input_dataset or "arithmetic"
-    open_ended = settings.agent is not None or evaluator.rollout is not None  # an agent takes the next turn
-    with input_error("--dataset"):
-        dataset = load_prompts(
-            source, seed=seed, adapter=evaluator.dataset_adapter, skip_bad_rows=d.skip_bad_rows,
-            open_ended=open_ended,
-        )  # fmt: skip
-    with input_error("--reference-field"):
-        dataset = _referenced(dataset, d.reference_field, d.skip_bad_rows)
-    check_evaluator_fits(evaluator, dataset)
     _check_round_fits(settings, len(dataset))
-    evaluation = None
-    if d.evaluation_dataset:
-        with input_error("--evaluation-dataset"):
-            evaluation = load_prompts(
-                d.evaluation_dataset, seed=seed + 1, skip_bad_rows=d.skip_bad_rows, open_ended=open_ended
-            )
-        with input_error("--reference-field"):
-            evaluation = _referenced(evaluation, d.reference_field, d.skip_bad_rows)
-        check_evaluator_fits(evaluator, evaluation)  # its rows are scored too
     prepared = PreparedJob(cfg, _with_evaluator_defaults(settings, evaluator), evaluator, dataset, evaluation,
                            d.eval_auto_carveout)  # fmt: skip
     with input_error("--eval-auto-carveout"):
@@ -141,6 +113,45 @@ def prepare(cfg: JobConfig, job_dir: Path | None = None) -> PreparedJob:
         check_output_folder(Path(cfg.training.output_model), job_inputs(cfg, source), job_dir)
     prepared = check_prompts_fit(prepared)
     return dataclasses.replace(prepared, memory=check_memory(prepared.settings))
+
+
+def check_inputs(cfg: JobConfig, settings: Any) -> tuple[Any, PromptSet, PromptSet | None]:
+    """The evaluator and the datasets a job reads, loaded and checked against each other: the evaluator
+    (file, function, signature, imports), each dataset (file, JSON, rows, the reference field) and that
+    every row holds what the evaluator reads. Any problem is a :class:`ConfigError` naming its flag."""
+    from openrft.evaluators import load_evaluator
+
+    seed, d = settings.schedule.seed, cfg.data
+    if d.dataset and not d.evaluator:  # the dataset would name the evaluator: first say that it is missing
+        from openrft.data import is_builtin
+
+        with input_error("--dataset"):
+            if not is_builtin(d.dataset) and not Path(d.dataset).expanduser().exists():
+                raise DataError(f"{d.dataset}: no such file, nor a built-in task (arithmetic, calculator)")
+    with input_error("--evaluator"):
+        evaluator = load_evaluator(
+            d.evaluator, dataset=d.dataset, grader_endpoint=d.grader_endpoint, grader_model=d.grader_model
+        )
+    source = d.dataset or evaluator.input_dataset or "arithmetic"
+    open_ended = settings.agent is not None or evaluator.rollout is not None  # an agent takes the next turn
+    with input_error("--dataset"):
+        dataset = load_prompts(
+            source, seed=seed, adapter=evaluator.dataset_adapter, skip_bad_rows=d.skip_bad_rows,
+            open_ended=open_ended,
+        )  # fmt: skip
+    with input_error("--reference-field"):
+        dataset = _referenced(dataset, d.reference_field, d.skip_bad_rows)
+    check_evaluator_fits(evaluator, dataset)
+    evaluation = None
+    if d.evaluation_dataset:
+        with input_error("--evaluation-dataset"):
+            evaluation = load_prompts(
+                d.evaluation_dataset, seed=seed + 1, skip_bad_rows=d.skip_bad_rows, open_ended=open_ended
+            )
+        with input_error("--reference-field"):
+            evaluation = _referenced(evaluation, d.reference_field, d.skip_bad_rows)
+        check_evaluator_fits(evaluator, evaluation)  # its rows are scored too
+    return evaluator, dataset, evaluation
 
 
 def check_prompts_fit(prepared: PreparedJob) -> PreparedJob:
