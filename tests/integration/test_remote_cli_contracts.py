@@ -194,3 +194,21 @@ def test_create_checks_local_files_as_a_local_create_does_before_uploading_anyth
         main(["rftj", "create", "--server", URL, "--dataset", str(good), "--evaluator", f"{scorer}::a"]) == 0
     )
     assert len(service.created_jobs) == 1
+
+
+def test_a_refusal_of_a_value_exits_as_a_local_refusal_and_other_refusals_as_job_errors():
+    from openrft.errors import ConfigError, JobError
+
+    def answer(status: int, name: str):
+        body = {"error": {"code": status, "message": "no", "status": name}}
+        remote = remote_mod.Remote(URL)
+        remote.http = httpx.Client(
+            base_url=URL, transport=httpx.MockTransport(lambda r: httpx.Response(status, json=body))
+        )
+        return remote
+
+    with pytest.raises(ConfigError):  # exit 2: the request got a value wrong
+        answer(400, "INVALID_ARGUMENT").call("POST", "/x")
+    for status, name in ((400, "FAILED_PRECONDITION"), (409, "ALREADY_EXISTS"), (404, "NOT_FOUND")):
+        with pytest.raises(JobError):  # exit 7, as the same refusal of a local job
+            answer(status, name).call("POST", "/x")

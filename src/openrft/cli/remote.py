@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from openrft.errors import JobError
+from openrft.errors import ConfigError, JobError
 
 COMMANDS = ("create", "list", "get", "cancel", "resume", "delete")
 ACTIVE = {"JOB_STATE_PENDING", "JOB_STATE_VALIDATING", "JOB_STATE_RUNNING", "JOB_STATE_CANCELLING"}
@@ -78,10 +78,14 @@ class Remote:
             ) from None
         if response.is_success:
             return response.json() if response.content else {}
+        status = ""
         try:
-            message = response.json()["error"]["message"]
+            error = response.json()["error"]
+            message, status = error["message"], str(error.get("status") or "")
         except (ValueError, KeyError, TypeError):
             message = response.text.strip() or response.reason_phrase
+        if status == "INVALID_ARGUMENT":  # a value the request got wrong: exit 2, as without a server
+            raise ConfigError(f"server: {message} (HTTP {response.status_code})")
         raise JobError(f"server: {message} (HTTP {response.status_code})")
 
     def jobs(self) -> list[dict[str, Any]]:
