@@ -385,13 +385,15 @@ def _finish(
         raise ValueError(f"{spec.method} uses a KL penalty ({spec.kl_coef:g}) and needs ref_logprobs_BT")
     # truncated importance weights for a sampler that is not the trainer: they correct the policy term
     # (whose samples came from the sampler), not the KL to the reference, as in TRL and verl
-    per_token_BT, kl_BT = (pg_BT if x.weights_BT is None else pg_BT * x.weights_BT), None
+    weighted_BT = pg_BT if x.weights_BT is None else pg_BT * x.weights_BT
+    per_token_BT, kl_BT = weighted_BT, None
     if x.ref_BT is not None:
         kl_BT = k3_kl(x.logp_BT if spec.kl_coef > 0 else x.logp_BT.detach(), x.ref_BT)
         if spec.kl_coef > 0:
             per_token_BT = per_token_BT + spec.kl_coef * kl_BT
     loss = aggregate(per_token_BT, x.valid_BT, spec.aggregation, denominator)
-    return loss, loss_metrics(spec, x.valid_BT, ratio_BT, x.adv_B, pg_BT, kl_BT)
+    # loss/policy is the term optimised: with the weights (verl's pg_loss has them too)
+    return loss, loss_metrics(spec, x.valid_BT, ratio_BT, x.adv_B, weighted_BT, kl_BT)
 
 
 def loss_metrics(
