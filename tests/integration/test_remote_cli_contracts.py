@@ -212,3 +212,23 @@ def test_a_refusal_of_a_value_exits_as_a_local_refusal_and_other_refusals_as_job
     for status, name in ((400, "FAILED_PRECONDITION"), (409, "ALREADY_EXISTS"), (404, "NOT_FOUND")):
         with pytest.raises(JobError):  # exit 7, as the same refusal of a local job
             answer(status, name).call("POST", "/x")
+
+
+def test_an_evaluator_is_uploaded_with_the_modules_of_its_folder_it_imports(service, tmp_path, monkeypatch):
+    import io
+    import tarfile
+
+    (tmp_path / "helper_mod.py").write_text("import shared\n\n\ndef answer():\n    return shared.VALUE\n")
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "__init__.py").write_text("VALUE = '4'\n")
+    (tmp_path / "unrelated.py").write_text("raise SystemExit\n")
+    scorer = tmp_path / "scorer.py"
+    scorer.write_text("import json\nfrom helper_mod import answer\n\n\ndef score(completion, **row):\n"
+                      "    return float(answer() in completion)\n")  # fmt: skip
+    sent = []
+    monkeypatch.setattr(httpx, "put", lambda url, content, **kw: sent.append(content) or httpx.Response(200))
+    name = remote_mod.upload_evaluator(remote_mod.Remote(URL), scorer, "score")
+    with tarfile.open(fileobj=io.BytesIO(sent[0]), mode="r:gz") as archive:
+        assert sorted(archive.getnames()) == ["helper_mod.py", "scorer.py", "shared/__init__.py"]
+    (tmp_path / "helper_mod.py").write_text("def answer():\n    return '5'\n")  # a helper changed: a new id
+    assert remote_mod.upload_evaluator(remote_mod.Remote(URL), scorer, "score") != name

@@ -205,17 +205,50 @@ def upload_dataset(remote: Remote, path: Path) -> str:
     return name
 
 
+def local_modules(path: Path) -> list[Path]:
+    """An evaluator file and the modules of its own folder that it imports (and that they import, a
+    package whole): what it needs on the server, where its folder is on the import path as it is here."""
+    import ast
+
+    folder, files, todo = path.parent, [], [path]
+    while todo:
+        file = todo.pop(0)
+        if file in files:
+            continue
+        files.append(file)
+        try:
+            tree = ast.parse(file.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue  # the server's build names what is wrong with it
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                tops = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                tops = [node.module.split(".")[0]]
+            else:
+                continue
+            for top in tops:
+                if (folder / f"{top}.py").is_file():
+                    todo.append(folder / f"{top}.py")
+                elif (folder / top / "__init__.py").is_file():
+                    todo += sorted(p for p in (folder / top).rglob("*.py") if "__pycache__" not in p.parts)
+    return files
+
+
 def upload_evaluator(remote: Remote, path: Path, function: str) -> str:
     import httpx
 
-    data = path.read_bytes()
+    files = local_modules(path)
+    contents = [file.read_bytes() for file in files]
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        info = tarfile.TarInfo(path.name)
-        info.size = len(data)
-        archive.addfile(info, io.BytesIO(data))
+        for file, data in zip(files, contents, strict=True):
+            info = tarfile.TarInfo(file.relative_to(path.parent).as_posix())
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
     packed = buffer.getvalue()
-    evaluator_id = resource_id(path, data + function.encode())
+    names = b"".join(file.relative_to(path.parent).as_posix().encode() + b"\0" for file in files)
+    evaluator_id = resource_id(path, b"".join(contents) + names + function.encode())
     base = f"/v1/accounts/{remote.account}/evaluators"
     name = f"accounts/{remote.account}/evaluators/{evaluator_id}"
     try:
