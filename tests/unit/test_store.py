@@ -314,3 +314,16 @@ def test_a_disk_io_error_on_a_nearly_full_disk_is_called_full_not_damage(tmp_pat
         "damaged"
         in errors.store_error(tmp_path / "jobs.db", sqlite3.OperationalError("disk I/O error")).message
     )
+
+
+def test_a_job_missing_here_while_a_server_is_named_says_where_the_command_looked(store, monkeypatch):
+    monkeypatch.delenv("OPENRFT_SERVER", raising=False)
+    with pytest.raises(JobError) as plain:
+        store.get("elsewhere")
+    assert plain.value.hint == "see the jobs with: openrft rftj list"
+    monkeypatch.setenv("OPENRFT_SERVER", "http://127.0.0.1:8321")
+    with pytest.raises(JobError) as named:
+        store.get("elsewhere")
+    assert (
+        "reads this machine's jobs; OPENRFT_SERVER=http://127.0.0.1:8321 is used only by" in named.value.hint
+    )

@@ -157,6 +157,15 @@ class JobRecord:
 # ----------------------------------------------------------------------------- config values
 
 
+def missing_job_hint() -> str:
+    """Where to look for a job this machine's store does not hold."""
+    server = os.environ.get("OPENRFT_SERVER")
+    if server:  # the commands that reach a server are told so; the others read this machine's store
+        return (f"this command reads this machine's jobs; OPENRFT_SERVER={server} is used only by rftj "
+                "create, list, get, cancel, resume and delete (this machine's jobs: OPENRFT_SERVER= openrft rftj list)")  # fmt: skip
+    return "see the jobs with: openrft rftj list"
+
+
 def config_values(cfg) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
     """``(resolved, given, secrets)`` of a JobConfig: what the store keeps of it.
 
@@ -484,7 +493,7 @@ class JobStore:
     def _row(self, db: sqlite3.Connection, job_id: str) -> sqlite3.Row:
         row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
-            raise JobError(f"no job with id {job_id!r}", hint="see the jobs with: openrft rftj list")
+            raise JobError(f"no job with id {job_id!r}", hint=missing_job_hint())
         return row
 
     def _record(
