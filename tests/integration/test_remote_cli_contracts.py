@@ -232,3 +232,23 @@ def test_an_evaluator_is_uploaded_with_the_modules_of_its_folder_it_imports(serv
         assert sorted(archive.getnames()) == ["helper_mod.py", "scorer.py", "shared/__init__.py"]
     (tmp_path / "helper_mod.py").write_text("def answer():\n    return '5'\n")  # a helper changed: a new id
     assert remote_mod.upload_evaluator(remote_mod.Remote(URL), scorer, "score") != name
+
+
+def test_what_the_server_tells_an_http_client_to_send_is_said_as_this_command_does_it():
+    from openrft.errors import JobError
+
+    def refusal(status: int, message: str) -> str:
+        body = {"error": {"code": status, "message": message, "status": "UNAUTHENTICATED"}}
+        remote = remote_mod.Remote(URL)
+        remote.http = httpx.Client(
+            base_url=URL, transport=httpx.MockTransport(lambda r: httpx.Response(status, json=body))
+        )
+        with pytest.raises(JobError) as refused:
+            remote.call("GET", "/x")
+        return refused.value.message
+
+    assert "set OPENRFT_API_KEY" in refusal(401, "no API key: send the header 'Authorization: Bearer <key>'")
+    cancelled = (
+        'job j was cancelled; cancelled jobs are not resumed (send {"force": true} to resume it anyway)'
+    )
+    assert "(pass --force to resume it anyway)" in refusal(400, cancelled)

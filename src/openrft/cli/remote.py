@@ -84,6 +84,11 @@ class Remote:
             message, status = error["message"], str(error.get("status") or "")
         except (ValueError, KeyError, TypeError):
             message = response.text.strip() or response.reason_phrase
+        for (
+            http_words,
+            cli_words,
+        ) in CLI_WORDS:  # what the server tells an HTTP client, as this command does it
+            message = message.replace(http_words, cli_words)
         if status == "INVALID_ARGUMENT":  # a value the request got wrong: exit 2, as without a server
             raise ConfigError(f"server: {message} (HTTP {response.status_code})")
         raise JobError(f"server: {message} (HTTP {response.status_code})")
@@ -183,6 +188,15 @@ def check_local_inputs(values: dict[str, Any]) -> None:
     if all(here(field) for field in ("dataset", "evaluation_dataset", "evaluator")):
         cfg = build_config({}, values)[0]
         check_inputs(cfg, cfg.settings())
+
+
+CLI_WORDS = (
+    ('send {"force": true} to resume it anyway', "pass --force to resume it anyway"),
+    (
+        "send the header 'Authorization: Bearer <key>'",
+        "set OPENRFT_API_KEY to one of the server's --api-key values",
+    ),
+)
 
 
 def resource_id(path: Path, data: bytes) -> str:
