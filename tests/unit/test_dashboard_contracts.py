@@ -124,3 +124,13 @@ def test_a_taken_job_id_is_reported_beside_the_job_id_field():
     result = forms.FormResult({})
     forms.submission_error(result, ApiError(409, "job 'x' already exists"))
     assert result.errors == {"job_id": ["job 'x' already exists"]}
+
+
+def test_a_form_fields_help_is_its_first_whole_sentence_past_any_e_g():
+    from openrft.server.dashboard.forms import FIELDS, first_sentence
+
+    assert first_sentence("Use a file, e.g. my.py. Then more.") == "Use a file, e.g. my.py."
+    assert first_sentence("No full stop") == "No full stop."
+    helps = {f.name: f.help for f in FIELDS}
+    assert "e.g. 'arithmetic:partial_weight=0')" in helps["evaluator"]  # it was cut at "e.g."
+    assert "e.g. more than 300 prompts at 200)" in helps["chunk_size"]

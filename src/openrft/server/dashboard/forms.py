@@ -32,13 +32,27 @@ class FormField:
     def help(self) -> str:
         info = field_info(self.name)
         valid = (info.json_schema_extra or {}).get("valid")
-        text = (info.description or "").split(". ")[0].rstrip(".") + "."
+        text = first_sentence(info.description or "")
         return f"{text} Valid: {valid}." if valid else text
 
     @property
     def default(self) -> str:
         value = field_info(self.name).default
         return "" if value is None else str(value)
+
+
+ABBREVIATIONS = re.compile(r"\b(?:e\.g|i\.e|etc|vs|cf)\.$")  # a full stop that ends no sentence
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a field's description (its ``--help`` text), ended with a full stop; an
+    abbreviation such as "e.g." does not end it."""
+    end = 0
+    while (stop := text.find(". ", end)) != -1:
+        if not ABBREVIATIONS.search(text[: stop + 1]):
+            return text[:stop] + "."
+        end = stop + 2
+    return text.rstrip(".") + "."
 
 
 FIELDS = (
