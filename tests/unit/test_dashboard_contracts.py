@@ -134,3 +134,12 @@ def test_a_form_fields_help_is_its_first_whole_sentence_past_any_e_g():
     helps = {f.name: f.help for f in FIELDS}
     assert "e.g. 'arithmetic:partial_weight=0')" in helps["evaluator"]  # it was cut at "e.g."
     assert "e.g. more than 300 prompts at 200)" in helps["chunk_size"]
+
+
+def test_the_login_page_offers_no_log_out(tmp_path):
+    with served(tmp_path, keys=("k",)) as browser:
+        page = browser.get("/login")
+        assert page.status_code == 200 and 'id="logout"' not in page.text
+        assert 'id="logout"' not in browser.post("/login", data={"key": "wrong"}).text
+        browser.cookies.set("openrft_key", "k")
+        assert 'id="logout"' in browser.get("/").text  # logged in: it is there

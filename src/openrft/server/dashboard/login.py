@@ -30,7 +30,9 @@ def safe_next(target: str | None) -> str:
 async def login_form(request: Request, next: str = "/") -> Response:
     from openrft.server.dashboard.pages import render
 
-    return render(request, "login.html", next=safe_next(next), keys=bool(server_keys(request)))
+    return render(
+        request, "login.html", next=safe_next(next), keys=bool(server_keys(request)), can_log_out=False
+    )
 
 
 @router.post("/login")
@@ -40,7 +42,7 @@ async def login(request: Request, key: str = Form(""), next: str = Form("/")) ->
     keys = server_keys(request)
     if keys and not authorized(key.strip(), keys):
         return render(
-            request, "login.html", status_code=401, next=safe_next(next), keys=True,
+            request, "login.html", status_code=401, next=safe_next(next), keys=True, can_log_out=False,
             error="That key is not one of this server's API keys.",
         )  # fmt: skip
     response = RedirectResponse(safe_next(next), status_code=303)
