@@ -4,9 +4,9 @@ Every job folder holds its resolved configuration (``job.json``), its metrics an
 ended well, its output; the SQLite store is an index over them. When ``jobs.db`` is damaged
 (truncated, garbage, emptied: every store command then says so and points here), :func:`repair` moves it aside as ``jobs.db.broken-<time>`` (with
 its ``-wal``/``-shm`` files) and records every folder again: a folder whose last checkpoint says
-the job ended (completed or early-stopped) and that holds its output adapter as such, any other
-as FAILED (a cancelled job writes its adapter too), so that ``openrft rftj resume`` can continue
-it from its last checkpoint. It refuses to run while a job is training in its folder (that job keeps
+how the job ended (completed, stopped early, or cancelled) and that holds its output adapter as
+such, any other as FAILED, so that ``openrft rftj resume`` can continue it from its last checkpoint
+(a cancelled one with ``--force``, as before the repair). It refuses to run while a job is training in its folder (that job keeps
 writing to the store it opened). Nothing in the job folders is changed. A store that is not damaged
 (SQLite's quick check passes) is left alone unless forced: a full disk, for one, is no damage.
 """
@@ -118,24 +118,32 @@ def _restore(store: JobStore, folder: Path) -> None:
             store.set_process(record.id, pid)
         for state in (JobState.VALIDATING, JobState.RUNNING):
             store.transition(record.id, state, RESTORED + " while its process runs")
-    elif (out / "adapter_config.json").is_file() and _ended(folder):
+    elif (out / "adapter_config.json").is_file() and (ended := _ending(folder)) is not None:
         store.set_output(record.id, out)
-        for state in (JobState.VALIDATING, JobState.RUNNING, JobState.COMPLETED):
-            store.transition(record.id, state, RESTORED)
+        for state in (JobState.VALIDATING, JobState.RUNNING, ended[0]):
+            store.transition(record.id, state, RESTORED + ended[1])
     else:
         store.transition(
             record.id, JobState.FAILED, RESTORED + "; it had not finished (resume it to continue)"
         )
 
 
-def _ended(folder: Path) -> bool:
-    """Whether the job's last checkpoint was written as it ended (completed or early-stopped)."""
-    from openrft.train.checkpoint import latest_checkpoint
+def _ending(folder: Path) -> tuple[JobState, str] | None:
+    """How the job ended, as its last checkpoint says (written as it completed, stopped early, or
+    stopped for a cancel), with what to add to the restored message; None when it says none of these
+    (the job had not finished: FAILED)."""
+    from openrft.train.checkpoint import LoopState, latest_checkpoint
+    from openrft.train.loop import early_stop_message
 
     checkpoint = latest_checkpoint(folder / "checkpoints", tidy=False)
     if checkpoint is None:
-        return False
-    return bool(json.loads((checkpoint / "state.json").read_text()).get("outcome"))
+        return None
+    saved = json.loads((checkpoint / "state.json").read_text())
+    if saved.get("cancelled"):
+        return JobState.CANCELLED, f"; cancelled at step {saved.get('step', 0)}"
+    if saved.get("outcome") == "early_stopped":
+        return JobState.EARLY_STOPPED, f"; {early_stop_message(LoopState.from_json(saved))}"
+    return (JobState.COMPLETED, "") if saved.get("outcome") == "completed" else None
 
 
 __all__ = ["RepairReport", "rebuild", "repair"]

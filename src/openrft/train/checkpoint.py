@@ -51,6 +51,7 @@ class LoopState:
     log_position: dict[str, int] = dataclasses.field(default_factory=dict)  # lines logged when saved
     evaluated_version: int = -1  # the policy version (optimizer step) last evaluated and logged
     update_denominator: float = 0.0  # loss denominator of the steps accumulated since the last update
+    cancelled: bool = False  # this checkpoint was written as the job stopped for a cancel (repair reads it)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

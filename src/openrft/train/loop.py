@@ -117,6 +117,7 @@ def train(ctx: TrainContext, state: LoopState) -> Outcome:
 
     if state.outcome:  # resumed from the checkpoint written as the job ended: nothing is left to do
         return finished(state, state.outcome)
+    state.cancelled = False
     if state.step == 0 and state.evaluated_version != state.optimizer_step:  # (a resume may have logged it)
         log_eval(ctx, state)
     while state.epoch < schedule.epochs:
@@ -125,6 +126,7 @@ def train(ctx: TrainContext, state: LoopState) -> Outcome:
             # ---- a cancel request: honoured between rounds and steps (and part-way through a round's
             #      sampling and scoring, the round then dropped), on an update boundary
             if ctx.should_stop() and at_update_boundary(state, accumulation):
+                state.cancelled = True  # (a resume goes on from here: it clears the mark)
                 checkpoint(ctx, state)
                 return Outcome("cancelled", state, f"cancelled at step {state.step}")
             # ---- a new round: sample, score, advantages, filter, plan steps
