@@ -38,7 +38,10 @@ def register(subparsers: argparse._SubParsersAction, rftj: argparse._SubParsersA
     p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="Output format.")
     p.set_defaults(handler=pipe_safe(cmd_get))
 
-    p = rftj.add_parser("cancel", help="Stop a job at its next step boundary (it writes a checkpoint).")
+    p = rftj.add_parser(
+        "cancel",
+        help="Stop a job at its next step boundary, or part-way through a round being sampled (it writes a checkpoint).",
+    )
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--wait", action="store_true", help="Wait until the job has stopped.")
     p.set_defaults(handler=pipe_safe(cmd_cancel))
@@ -217,7 +220,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     if record.message:
         out.append(f"message:     {record.message}")
     if record.cancel_requested and record.state.is_active:
-        out.append("             (cancel requested: stops at the next step boundary)")
+        out.append("             (cancel requested: stops at the next step boundary or mid-sampling)")
     out += [
         f"base model:  {record.base_model}",
         f"method:      {record.method}",
@@ -262,7 +265,9 @@ def rounds_line(metrics: list[dict[str, Any]]) -> str:
 def cmd_cancel(args: argparse.Namespace) -> int:
     store = _store()
     record = store.request_cancel(args.job_id)
-    print(f"job {record.id}: cancel requested; it stops at the next step boundary and writes a checkpoint")
+    print(
+        f"job {record.id}: cancel requested; it stops at the next step boundary (a round being sampled is dropped) and writes a checkpoint"
+    )
     if args.wait:
         while record.state.is_active:
             time.sleep(0.5)

@@ -374,7 +374,9 @@ def remote_get(remote: Remote, args: argparse.Namespace) -> int:
 
 def remote_cancel(remote: Remote, args: argparse.Namespace) -> int:
     remote.call("POST", remote.path(args.job_id, "cancel"), json={})
-    print(f"job {args.job_id}: cancel requested; it stops at the next step boundary and writes a checkpoint")
+    print(
+        f"job {args.job_id}: cancel requested; a queued job stops at once, a running one at its next step boundary (a round being sampled is dropped) with a checkpoint"
+    )
     if args.wait:
         job = remote.call("GET", remote.path(args.job_id))
         while job.get("state") in ACTIVE:

@@ -534,8 +534,9 @@ class graceful_interrupt:
         self.flag[0] = True
         if self._on_stop is not None:
             threading.Thread(target=self._notify, name="record-cancel", daemon=True).start()
+        again = "Ctrl-C" if signum == signal.SIGINT else "another SIGTERM"  # (the signal that came)
         print(
-            "\nstopping at the next step boundary (a checkpoint is written); Ctrl-C again to abort",
+            f"\nstopping at the next step boundary (a checkpoint is written); {again} to abort",
             file=sys.stderr,
         )
 

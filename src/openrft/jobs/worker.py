@@ -29,7 +29,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def on_term(signum, frame) -> None:
         stop[0] = True
-        print("SIGTERM: stopping at the next step boundary", file=sys.stderr, flush=True)
+        print(
+            "SIGTERM: stopping at the next step boundary (a round being sampled is dropped)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     signal.signal(signal.SIGTERM, on_term)
     store = JobStore()

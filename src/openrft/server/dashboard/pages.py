@@ -63,7 +63,7 @@ def job_store(request: Request) -> JobStore:
 DONE_OUTCOMES = {
     "cancel-requested": (
         "note",
-        "Cancel requested: the job stops at its next step boundary and writes a checkpoint.",
+        "Cancel requested: the job stops at its next step boundary (a round being sampled is dropped) and writes a checkpoint.",
     ),
     "cancel-refused": ("error", "This job could not be cancelled: it is no longer queued or running."),
     "resumed": ("note", "Resumed: the job waits in the queue and continues from its last checkpoint."),
