@@ -327,3 +327,14 @@ def test_a_job_missing_here_while_a_server_is_named_says_where_the_command_looke
     assert (
         "reads this machine's jobs; OPENRFT_SERVER=http://127.0.0.1:8321 is used only by" in named.value.hint
     )
+
+
+def test_a_full_disk_reported_by_any_library_is_named_so():
+    from openrft.jobs.outcome import failure_message
+
+    for exc in (OSError(28, "No space left on device"), Exception("No space left on device (os error 28)"),
+                RuntimeError("SafetensorError: IoError: os error 28")):  # fmt: skip
+        assert "no space left on the disk holding the job" in failure_message(
+            exc
+        ) and "resume it" in failure_message(exc)
+    assert failure_message(ValueError("bad")) == "ValueError: bad"

@@ -5,6 +5,7 @@ space; the store reads it once it sees the job's process gone."""
 from __future__ import annotations
 
 import contextlib
+import errno
 from pathlib import Path
 
 OUTCOME_FILE = ".outcome"  # room a running job keeps for why it failed, should the store be unwritable
@@ -33,4 +34,16 @@ def read_outcome(job_dir: Path) -> str | None:
     return text or None
 
 
-__all__ = ["read_outcome", "record_outcome", "reserve_outcome"]
+def failure_message(exc: BaseException) -> str:
+    """What went wrong, in the user's terms where the cause is the disk (torch reports a full disk as
+    an ``inline_container`` position mismatch)."""
+    chain = [exc, exc.__cause__, exc.__context__]
+    text = " ".join(str(e) for e in chain if e is not None)  # safetensors' Rust says "os error 28"
+    if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain) or any(
+        words in text for words in ("unexpected pos", "No space left on device", "os error 28")
+    ):
+        return f"no space left on the disk holding the job ({type(exc).__name__}: {exc}); free space and resume it"
+    return f"{type(exc).__name__}: {exc}"
+
+
+__all__ = ["failure_message", "read_outcome", "record_outcome", "reserve_outcome"]

@@ -30,7 +30,7 @@ from typing import Any
 
 from openrft.config import JobConfig, build_config, flatten, load_job_file
 from openrft.errors import ConfigError, JobError, OpenRFTError
-from openrft.jobs.outcome import record_outcome, reserve_outcome
+from openrft.jobs.outcome import failure_message, record_outcome, reserve_outcome
 from openrft.jobs.snapshot import absolute_paths, resumed_values, write_snapshot
 from openrft.jobs.states import OUTCOME_STATES, JobState
 from openrft.jobs.store import JobRecord, JobStore, config_values
@@ -124,7 +124,7 @@ def resume_job(job_id: str, *, force: bool = False, detach: bool = False, quiet:
             _finish(store, job_id, JobState.FAILED, exc.message)
             raise
         except Exception as exc:  # a damaged file in the job folder: one line, the job left resumable
-            message = _failure_message(exc)
+            message = failure_message(exc)
             _finish(store, job_id, JobState.FAILED, message)
             raise JobError(f"job {job_id} cannot resume: {message}") from None
     return start(store, record, detach=detach, quiet=quiet)
@@ -310,7 +310,7 @@ def _run_locked(
         raise
     except Exception as exc:
         log = record.job_dir / ERROR_LOG
-        message = _failure_message(exc)
+        message = failure_message(exc)
         try:
             log.parent.mkdir(parents=True, exist_ok=True)
             log.write_text(traceback.format_exc())
@@ -323,15 +323,6 @@ def _run_locked(
         for sink in sinks:  # a W&B run ends as the job did
             getattr(sink, "job_ended", lambda _: None)(str(ended))
             sink.close()
-
-
-def _failure_message(exc: BaseException) -> str:
-    """What went wrong, in the user's terms where the cause is the disk (torch reports a full disk as
-    an ``inline_container`` position mismatch)."""
-    chain = [exc, exc.__cause__, exc.__context__]
-    if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain) or "unexpected pos" in str(exc):
-        return f"no space left on the disk holding the job ({type(exc).__name__}: {exc}); free space and resume it"
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _finish(store: JobStore, job_id: str, state: JobState, message: str, job_dir: Path | None = None) -> None:
