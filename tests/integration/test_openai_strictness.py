@@ -129,3 +129,31 @@ def test_a_reply_with_text_after_its_calls_continues_the_same_way_by_either_rout
         whole = [{"role": "user", "content": "Add twice."}, *[o.model_dump() for o in first.output], *outputs]
         by_items = client.responses.create(model="policy", input=whole, tools=tools)
         assert by_items.usage.input_tokens == by_id.usage.input_tokens  # the same prompt, token for token
+
+
+def test_explicit_nulls_are_defaults_and_completions_refuses_what_it_would_ignore(tokenizer):
+    import httpx
+
+    with BackgroundServer(create_app(ScriptedEngine(tokenizer, "Hello."), "policy")) as server:
+        base = server.url.rstrip("/")
+        chat = httpx.post(f"{base}/chat/completions", json={
+            "model": "policy", "messages": [{"role": "user", "content": "Hi"}], "temperature": None,
+            "top_p": None, "n": None, "max_tokens": None, "logprobs": None, "stream": None})  # fmt: skip
+        assert chat.status_code == 200, chat.text
+        plain = {"model": "policy", "prompt": "Hi", "max_tokens": 4}
+        nulls = httpx.post(
+            f"{base}/completions", json={**plain, "max_tokens": None, "temperature": None, "n": None}
+        )
+        assert nulls.status_code == 200, nulls.text
+        neutral = {
+            **plain,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "best_of": 1,
+        }  # the endpoint engine's
+        assert httpx.post(f"{base}/completions", json=neutral).status_code == 200
+        for extra, param in (({"frequency_penalty": 0.5}, "frequency_penalty"), ({"logit_bias": {"1": 5}}, "logit_bias"),
+                             ({"echo": True}, "echo"), ({"suffix": "x"}, "suffix"), ({"best_of": 3}, "best_of"),
+                             ({"temperature": 3}, "temperature")):  # fmt: skip
+            refused = httpx.post(f"{base}/completions", json={**plain, **extra})
+            assert refused.status_code == 400 and param in refused.text, (extra, refused.text)

@@ -28,13 +28,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from openrft.errors import DataError
 from openrft.records import Completion
 from openrft.rollout.call_deltas import CallDeltas
 from openrft.rollout.chat import ParsedReply, encode_chat, render_chat, tool_format
-from openrft.rollout.chat_checks import MAX_STOP, HTTPError, check_messages, context_exceeded
+from openrft.rollout.chat_checks import MAX_STOP, HTTPError, check_messages, context_exceeded, null_is_unset
 from openrft.rollout.constrained import ConstraintError, blame_tool, check_grammar, request_grammar
 from openrft.rollout.prompts import with_system
 from openrft.rollout.streaming import (
@@ -84,6 +84,8 @@ class ChatRequest(BaseModel):
     reasoning_effort: str | None = None
     functions: list[Any] | None = None  # OpenAI's deprecated form of tools: refused, never dropped
     function_call: str | dict[str, Any] | None = None
+
+    _nulls = model_validator(mode="before")(null_is_unset)  # "temperature": null is the default
 
 
 @dataclasses.dataclass

@@ -20,6 +20,12 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP = 4  # stop strings a request may give, as OpenAI's API allows
 
 
+def null_is_unset(data: Any) -> Any:
+    """A request body with its explicit ``null`` fields left out: OpenAI's API (and vLLM's) reads a null as
+    the field not given, and the openai SDK sends one for a parameter passed as None."""
+    return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+
 def context_exceeded(limit: int, tokens: int, where: str) -> str:
     """OpenAI's (and vLLM's) words for a request longer than the context, which clients match on (litellm's
     ContextWindowExceededError, and the context-window fallbacks of its router)."""
@@ -62,4 +68,4 @@ def _refuse_unanswered(waiting: dict[str, int]) -> None:
                         param=f"messages[{index}].tool_calls")  # fmt: skip
 
 
-__all__ = ["HTTPError", "MAX_STOP", "ROLES", "check_messages", "context_exceeded"]
+__all__ = ["HTTPError", "MAX_STOP", "ROLES", "check_messages", "context_exceeded", "null_is_unset"]

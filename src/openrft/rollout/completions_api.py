@@ -19,12 +19,13 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from openrft.records import Completion
 from openrft.rollout.batching import Batcher
 from openrft.rollout.chat_api import HTTPError as _HTTPError
 from openrft.rollout.chat_api import context_exceeded
+from openrft.rollout.chat_checks import null_is_unset
 from openrft.rollout.streaming import (
     LiveReply,
     LiveStream,
@@ -42,7 +43,7 @@ class CompletionRequest(BaseModel):
     prompt: str | list[int] | list[str] | list[list[int]]
     n: int = Field(1, ge=1, le=256)
     max_tokens: int = Field(16, ge=1)
-    temperature: float = Field(1.0, ge=0.0)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, ge=0.0, le=1.0)
     top_k: int = Field(-1, ge=-1)
     logprobs: int | None = Field(None, ge=0)
@@ -54,6 +55,25 @@ class CompletionRequest(BaseModel):
     return_token_ids: bool = False
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+    # OpenAI's parameters this server does not apply: refused unless left at their defaults, never ignored
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    _nulls = model_validator(mode="before")(null_is_unset)  # "max_tokens": null is the default
+
+
+def _check_unsupported(request: CompletionRequest) -> None:
+    """Refuse what would otherwise be ignored, as the chat route does."""
+    for param in ("frequency_penalty", "presence_penalty", "logit_bias", "echo", "suffix"):
+        if getattr(request, param):
+            raise _HTTPError(400, f"'{param}' is not supported: openrft samples from the model's own "
+                             "distribution and returns the completion only; leave it out", param=param)  # fmt: skip
+    if request.best_of not in (None, 1, request.n):
+        raise _HTTPError(400, "'best_of' is not supported: ask for n candidates instead", param="best_of")
 
 
 def add_completions_route(app: FastAPI, host: Any, batcher: Batcher) -> None:
@@ -63,6 +83,7 @@ def add_completions_route(app: FastAPI, host: Any, batcher: Batcher) -> None:
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest, http: Request) -> Any:
         name = host.resolve(request.model)
+        _check_unsupported(request)
         if request.stream_options is not None and not request.stream:
             raise _HTTPError(
                 400, "stream_options is only allowed with stream set to true", param="stream_options"
