@@ -107,7 +107,9 @@ def test_serve_api_surface(served):
         limit = model.config.max_position_embeddings  # a prompt must leave room for one token
         full = client.post("/completions", json={"prompt": [1] * limit, "max_tokens": 1})
         assert full.status_code == 400 and full.json()["error"]["code"] == "context_length_exceeded"
-        one_left = client.post("/completions", json={"prompt": [1] * (limit - 1), "max_tokens": 4})
+        over = client.post("/completions", json={"prompt": [1] * (limit - 1), "max_tokens": 4})
+        assert over.status_code == 400 and over.json()["error"]["param"] == "max_tokens"  # as vLLM: not cut
+        one_left = client.post("/completions", json={"prompt": [1] * (limit - 1), "max_tokens": 1})
         assert one_left.status_code == 200 and one_left.json()["usage"]["completion_tokens"] == 1
         negative = client.post("/completions", json={"prompt": [1, 2], "stop_token_ids": [-5]})
         assert negative.status_code == 400 and "stop_token_ids" in negative.json()["error"]["message"]

@@ -157,3 +157,27 @@ def test_explicit_nulls_are_defaults_and_completions_refuses_what_it_would_ignor
                              ({"temperature": 3}, "temperature")):  # fmt: skip
             refused = httpx.post(f"{base}/completions", json={**plain, **extra})
             assert refused.status_code == 400 and param in refused.text, (extra, refused.text)
+
+
+def test_a_reply_that_cannot_fit_the_context_is_refused_not_cut_and_the_listing_says_the_context(
+    tiny_model, tokenizer
+):
+    import httpx
+
+    model, _ = tiny_model
+    limit = model.config.max_position_embeddings
+    with BackgroundServer(create_app(LocalEngine(model, tokenizer), "policy")) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        assert {m.model_extra.get("max_model_len") for m in client.models.list().data} == {limit}
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model="policy", messages=[{"role": "user", "content": "Hi"}],
+                                           max_tokens=10**7)  # fmt: skip
+        assert refused.value.code == "context_length_exceeded" and refused.value.param == "max_tokens"
+        assert f"maximum context length is {limit} tokens" in refused.value.body["message"]
+        base = server.url.rstrip("/")
+        too_long = httpx.post(
+            f"{base}/completions", json={"model": "policy", "prompt": "Hi", "max_tokens": 10**7}
+        )
+        assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "max_tokens"
+        fits = client.completions.create(model="policy", prompt="Hi", max_tokens=3)
+        assert fits.usage.completion_tokens <= 3

@@ -34,7 +34,14 @@ from openrft.errors import DataError
 from openrft.records import Completion
 from openrft.rollout.call_deltas import CallDeltas
 from openrft.rollout.chat import ParsedReply, encode_chat, render_chat, tool_format
-from openrft.rollout.chat_checks import MAX_STOP, HTTPError, check_messages, context_exceeded, null_is_unset
+from openrft.rollout.chat_checks import (
+    MAX_STOP,
+    HTTPError,
+    check_messages,
+    context_exceeded,
+    null_is_unset,
+    reply_too_long,
+)
 from openrft.rollout.constrained import ConstraintError, blame_tool, check_grammar, request_grammar
 from openrft.rollout.prompts import with_system
 from openrft.rollout.streaming import (
@@ -342,7 +349,12 @@ def _sampling(
                         param="messages")  # fmt: skip
     if rollout_id is None:
         seed = request.seed if request.seed is not None else secrets.randbits(62)
-        max_tokens = request.max_completion_tokens or request.max_tokens or max(16, limit - prompt_len)
+        asked = request.max_completion_tokens or request.max_tokens
+        if asked and prompt_len + asked > limit:  # refused, as vLLM and OpenAI refuse it (never cut short)
+            param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+            raise HTTPError(400, reply_too_long(limit, prompt_len, asked, "messages"),
+                            code="context_length_exceeded", param=param)  # fmt: skip
+        max_tokens = asked or max(16, limit - prompt_len)
         key = (name, request.n, request.temperature, request.top_p, max(request.top_k, 0),
                min(max_tokens, max(1, limit - prompt_len)), stops, (*stop, *extra_stops), request.top_logprobs or 0)  # fmt: skip
         return key, f"seed:{seed}", None

@@ -26,6 +26,13 @@ def null_is_unset(data: Any) -> Any:
     return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
 
+def reply_too_long(limit: int, prompt: int, asked: int, where: str) -> str:
+    """vLLM's words for a request whose prompt and requested completion together pass the context."""
+    return (f"This model's maximum context length is {limit} tokens. However, you requested {prompt + asked} "
+            f"tokens ({prompt} in the {where}, {asked} in the completion). Please reduce the length of the "
+            f"{where} or completion.")  # fmt: skip
+
+
 def context_exceeded(limit: int, tokens: int, where: str) -> str:
     """OpenAI's (and vLLM's) words for a request longer than the context, which clients match on (litellm's
     ContextWindowExceededError, and the context-window fallbacks of its router)."""
@@ -68,4 +75,6 @@ def _refuse_unanswered(waiting: dict[str, int]) -> None:
                         param=f"messages[{index}].tool_calls")  # fmt: skip
 
 
-__all__ = ["HTTPError", "MAX_STOP", "ROLES", "check_messages", "context_exceeded", "null_is_unset"]
+__all__ = [
+    "HTTPError", "MAX_STOP", "ROLES", "check_messages", "context_exceeded", "null_is_unset", "reply_too_long",
+]  # fmt: skip

@@ -25,7 +25,7 @@ from openrft.records import Completion
 from openrft.rollout.batching import Batcher
 from openrft.rollout.chat_api import HTTPError as _HTTPError
 from openrft.rollout.chat_api import context_exceeded
-from openrft.rollout.chat_checks import null_is_unset
+from openrft.rollout.chat_checks import null_is_unset, reply_too_long
 from openrft.rollout.streaming import (
     LiveReply,
     LiveStream,
@@ -90,7 +90,9 @@ def add_completions_route(app: FastAPI, host: Any, batcher: Batcher) -> None:
             )
         shown = request.model or name  # the name asked for, as vLLM echoes it
         token_lists = _prompt_token_ids(engine.tokenizer, request.prompt)
-        _check_context(engine, token_lists)
+        _check_context(
+            engine, token_lists, request.max_tokens if "max_tokens" in request.model_fields_set else None
+        )
         seed = request.seed if request.seed is not None else secrets.randbits(62)
         stops = tuple(sorted(set(engine.stop_token_ids) | set(request.stop_token_ids or ())))
         stop_strings = _stop_strings(request)
@@ -160,13 +162,17 @@ def _stop_strings(request: CompletionRequest) -> tuple[str, ...]:
     return tuple(stop)
 
 
-def _check_context(engine: Any, token_lists: list[list[int]]) -> None:
-    """A prompt that leaves no room for one token is refused as OpenAI and vLLM refuse it."""
+def _check_context(engine: Any, token_lists: list[list[int]], asked: int | None) -> None:
+    """A prompt that leaves no room for one token, or for the ``max_tokens`` a request ``asked`` for, is
+    refused as OpenAI and vLLM refuse it (a reply is never cut short to fit)."""
     limit = getattr(engine, "max_positions", 1 << 30)
     longest = max((len(ids) for ids in token_lists), default=0)
     if longest >= limit:
         raise _HTTPError(400, context_exceeded(limit, longest, "prompt"), code="context_length_exceeded",
                          param="prompt")  # fmt: skip
+    if asked is not None and longest + asked > limit:
+        raise _HTTPError(400, reply_too_long(limit, longest, asked, "prompt"), code="context_length_exceeded",
+                         param="max_tokens")  # fmt: skip
 
 
 def _completion_events(body: dict[str, Any], request: CompletionRequest) -> Iterator[str]:

@@ -298,8 +298,11 @@ def _add_model_routes(app: FastAPI, host: ModelHost) -> None:
     """``GET /v1/models`` and ``GET /v1/models/{name}``, as OpenAI's model objects."""
     started = int(time.time())
 
+    context = getattr(getattr(host, "engine", None), "max_positions", None)
+
     def model_object(name: str) -> dict[str, Any]:
-        return {"id": name, "object": "model", "created": started, "owned_by": "openrft"}
+        card = {"id": name, "object": "model", "created": started, "owned_by": "openrft"}
+        return {**card, "max_model_len": context} if context else card  # as vLLM lists it
 
     @app.get("/v1/models")
     async def models() -> dict:
