@@ -84,10 +84,8 @@ class Remote:
             message, status = error["message"], str(error.get("status") or "")
         except (ValueError, KeyError, TypeError):
             message = response.text.strip() or response.reason_phrase
-        for (
-            http_words,
-            cli_words,
-        ) in CLI_WORDS:  # what the server tells an HTTP client, as this command does it
+        # what the server tells an HTTP client to send, said as this command does it
+        for http_words, cli_words in CLI_WORDS:
             message = message.replace(http_words, cli_words)
         if status == "INVALID_ARGUMENT":  # a value the request got wrong: exit 2, as without a server
             raise ConfigError(f"server: {message} (HTTP {response.status_code})")

@@ -2,12 +2,13 @@
 
 Every job folder holds its resolved configuration (``job.json``), its metrics and, once it
 ended well, its output; the SQLite store is an index over them. When ``jobs.db`` is damaged
-(truncated, garbage, emptied: every store command then says so and points here), :func:`repair` moves it aside as ``jobs.db.broken-<time>`` (with
-its ``-wal``/``-shm`` files) and records every folder again: a folder whose last checkpoint says
-how the job ended (completed, stopped early, or cancelled) and that holds its output adapter as
-such, any other as FAILED, so that ``openrft rftj resume`` can continue it from its last checkpoint
-(a cancelled one with ``--force``, as before the repair). It refuses to run while a job is training in its folder (that job keeps
-writing to the store it opened). Nothing in the job folders is changed. A store that is not damaged
+(truncated, garbage, emptied: every store command then says so and points here), :func:`repair`
+moves it aside as ``jobs.db.broken-<time>`` (with its ``-wal``/``-shm`` files) and records every
+folder again: a folder whose last checkpoint says how the job ended (completed, stopped early, or
+cancelled) and that holds its output adapter as such, any other as FAILED, so that ``openrft rftj
+resume`` can continue it from its last checkpoint (a cancelled one with ``--force``, as before the
+repair). It refuses to run while a job is training in its folder (that job keeps writing to the
+store it opened). Nothing in the job folders is changed. A store that is not damaged
 (SQLite's quick check passes) is left alone unless forced: a full disk, for one, is no damage.
 """
 

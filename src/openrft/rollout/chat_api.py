@@ -354,9 +354,9 @@ def _sampling(
             param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
             raise HTTPError(400, reply_too_long(limit, prompt_len, asked, "messages"),
                             code="context_length_exceeded", param=param)  # fmt: skip
-        max_tokens = asked or max(16, limit - prompt_len)
+        max_tokens = asked or limit - prompt_len  # (at least 1: the prompt left room, checked above)
         key = (name, request.n, request.temperature, request.top_p, max(request.top_k, 0),
-               min(max_tokens, max(1, limit - prompt_len)), stops, (*stop, *extra_stops), request.top_logprobs or 0)  # fmt: skip
+               max_tokens, stops, (*stop, *extra_stops), request.top_logprobs or 0)  # fmt: skip
         return key, f"seed:{seed}", None
     assert recorder is not None and recorder.params is not None
     if request.n != 1:

@@ -59,8 +59,8 @@ class Grader:
 
     @property
     def lowest(self) -> float:
-        """The lowest score this grader gives (a score model's range starts elsewhere)."""
-        return float(getattr(self.spec, "range", (0.0, 1.0))[0]) if self.spec.type == "score_model" else 0.0
+        """The lowest score this grader gives."""
+        return 0.0
 
     def grade(self, item: dict[str, Any], sample: Any) -> Grade:
         raise NotImplementedError
@@ -143,6 +143,10 @@ class ModelGrader(Grader):
     @property
     def contained(self) -> bool:
         return True
+
+    @property
+    def lowest(self) -> float:  # a score model's range may start above 0
+        return float(self.spec.range[0]) if isinstance(self.spec, ScoreModel) else 0.0
 
     def templates(self) -> list[str]:
         return [t for message in self.spec.input for t in message.texts()]

@@ -188,7 +188,7 @@ def tool_calls_in(text: str) -> list[dict[str, Any]]:
     return calls
 
 
-SAMPLE_FIELDS = ("output_text", "output_json", "output_tools", "output_audio", "choices")  # sample_of's
+SAMPLE_FIELDS = tuple(sample_of(""))  # the fields every sample has: output_text, output_json, ...
 
 
 class UnknownSampleField(EvaluatorError):
