@@ -5,6 +5,7 @@ came back COMPLETED, and a cancelled one FAILED); and a cancel writes that mark 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from openrft.cli import main
@@ -39,6 +40,20 @@ def test_repair_keeps_cancelled_and_early_stopped_jobs_as_they_ended(tmp_path, m
     capsys.readouterr()
     assert main(["rftj", "resume", "stopped"]) == 7  # a cancelled job still needs --force
     assert "--force" in capsys.readouterr().err
+
+
+def test_repair_keeps_when_each_job_was_created_and_their_order(tmp_path, monkeypatch, capsys):
+    home = tmp_path / "home"
+    monkeypatch.setenv("OPENRFT_HOME", str(home))
+    for name, made in (("older", 1_600_000_000), ("newer", 1_700_000_000)):
+        _folder(home, name, {"outcome": ""})
+        (home / "jobs" / name / "snapshot").mkdir()
+        (home / "jobs" / name / "snapshot" / "manifest.json").write_text("{}")
+        os.utime(home / "jobs" / name / "snapshot" / "manifest.json", (made, made))
+    assert main(["rftj", "repair", "--force"]) == 0, capsys.readouterr().err
+    store = JobStore(home)
+    assert [store.get(name).created_at for name in ("older", "newer")] == [1_600_000_000, 1_700_000_000]
+    assert [record.id for record in store.list()] == ["newer", "older"]
 
 
 def test_a_cancel_marks_the_checkpoint_it_writes_and_a_resume_clears_the_mark(tiny_model_dir, tmp_path):

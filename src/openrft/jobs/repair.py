@@ -14,6 +14,7 @@ store it opened). Nothing in the job folders is changed. A store that is not dam
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -107,7 +108,7 @@ def saved_values(folder: Path) -> dict[str, Any]:
 
 def _restore(store: JobStore, folder: Path) -> None:
     cfg, _ = build_config({}, saved_values(folder))
-    record = store.create(folder.name, cfg, job_dir=folder)
+    record = store.create(folder.name, cfg, job_dir=folder, created_at=_created_at(folder))
     out = output_dir(folder, cfg.training.output_model)
     metrics = read_metrics(folder / "metrics.jsonl")
     trained = [m for m in metrics if "loss/policy" in m]
@@ -127,6 +128,17 @@ def _restore(store: JobStore, folder: Path) -> None:
         store.transition(
             record.id, JobState.FAILED, RESTORED + "; it had not finished (resume it to continue)"
         )
+
+
+def _created_at(folder: Path) -> float | None:
+    """When the job was created, as near as its folder tells: the oldest of the files a job writes
+    once or first (each run rewrites ``job.json``, so a resumed job's is later), so that ``rftj list``
+    keeps its jobs in the order they were made."""
+    times = []
+    for name in ("snapshot/manifest.json", "job.json", "metrics.jsonl", "rollouts.jsonl"):
+        with contextlib.suppress(OSError):
+            times.append((folder / name).stat().st_mtime)
+    return min(times, default=None)
 
 
 def _ending(folder: Path) -> tuple[JobState, str] | None:

@@ -280,8 +280,10 @@ class JobStore:
         pid: int | None = None,
         detached: bool = False,
         resume: bool = False,
+        created_at: float | None = None,
     ) -> JobRecord:
-        """Record a new PENDING job (``JobError`` if the id is taken)."""
+        """Record a new PENDING job (``JobError`` if the id is taken); ``created_at`` for a job
+        recorded again (repair), else now."""
         resolved, given, secrets = config_values(cfg)
         job_dir = Path(job_dir) if job_dir else self.job_dir(job_id)
         now = time.time()
@@ -298,7 +300,7 @@ class JobStore:
                 (
                     job_id,
                     JobState.PENDING.value,
-                    now,
+                    now if created_at is None else created_at,
                     now,
                     str(job_dir),
                     json.dumps(resolved),
