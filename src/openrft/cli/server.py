@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from openrft.cli.evaluate import port_number, positive_int
@@ -48,19 +49,10 @@ def cmd_server(args: argparse.Namespace) -> int:
     import uvicorn
 
     from openrft.errors import ConfigError
-    from openrft.net import bare_host, listen_problem, url_host
-    from openrft.paths import openrft_home
+    from openrft.net import listen_problem, url_host
     from openrft.server.app import create_app
-    from openrft.server.settings import DEFAULT_HOST, DEFAULT_PORT, ServerSettings, keys_from_env
 
-    settings = ServerSettings(
-        host=bare_host(args.host or DEFAULT_HOST),
-        port=args.port or DEFAULT_PORT,
-        api_keys=tuple(dict.fromkeys([*args.api_key, *keys_from_env()])),
-        max_running_jobs=args.max_running_jobs,
-        allow_local_paths=args.allow_local_paths,
-        home=openrft_home(),
-    )
+    settings = server_settings(args)
     app = create_app(settings)  # refuses a public bind without a key (ConfigError, exit code 2)
     if problem := listen_problem(settings.host, settings.port):
         raise ConfigError(problem)
@@ -73,6 +65,27 @@ def cmd_server(args: argparse.Namespace) -> int:
         app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5, **tls
     )
     return 0
+
+
+def server_settings(args: argparse.Namespace):
+    """The server's settings from its flags and environment. The keys are then taken out of the
+    environment: the evaluators the server builds and runs (anyone's with a key) must not read them
+    there, so that one holder's key does not give away the others'."""
+    from openrft.net import bare_host
+    from openrft.paths import openrft_home
+    from openrft.server.settings import DEFAULT_HOST, DEFAULT_PORT, KEYS_ENV, ServerSettings, keys_from_env
+
+    settings = ServerSettings(
+        host=bare_host(args.host or DEFAULT_HOST),
+        port=args.port or DEFAULT_PORT,
+        api_keys=tuple(dict.fromkeys([*args.api_key, *keys_from_env()])),
+        max_running_jobs=args.max_running_jobs,
+        allow_local_paths=args.allow_local_paths,
+        home=openrft_home(),
+    )
+    for name in (KEYS_ENV, "OPENRFT_API_KEY"):  # the server's keys, and a client key of the same shell
+        os.environ.pop(name, None)
+    return settings
 
 
 def _tls(args: argparse.Namespace) -> dict[str, str]:

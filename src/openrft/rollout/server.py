@@ -206,6 +206,7 @@ def create_app(
     add_responses_routes(app, complete, engine.tokenizer)
     _add_model_routes(app, host)
     _add_request_ids(app)
+    app.add_middleware(_BodyLimit, limit=request_limit(getattr(engine, "max_positions", None)))
     if api_keys:
         app.add_middleware(_BearerKeys, keys=tuple(api_keys))
     if local_only:
@@ -292,6 +293,50 @@ class _BearerKeys:
                               "given to openrft serve --api-key", code="invalid_api_key")  # fmt: skip
             return await response(scope, receive, send)
         await self.app(scope, receive, send)
+
+
+def request_limit(context: int | None) -> int:
+    """The largest request body served: 64 bytes per token of context (far more than any text that
+    fits it, JSON escapes and tool schemas included), 4 MiB at least and 64 MiB at most. A body past
+    it could never fit the model; refused before it is read whole, it costs no tokenizing (which
+    takes about a hundred times the text's size in memory)."""
+    return min(max(4 << 20, 64 * (context or 1 << 30)), 64 << 20)
+
+
+class _BodyLimit:
+    """Refuses a request whose body passes ``limit`` bytes with a 413: by its ``Content-Length``, or,
+    sent in chunks, once that many bytes have arrived (the body is then read here and handed on)."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None:  # the server holds the client to it
+            if declared.isdigit() and int(declared) > self.limit:
+                return await self._refuse(scope, receive, send)
+            return await self.app(scope, receive, send)
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                return await self._refuse(scope, receive, send)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+
+        async def replay() -> Any:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:
+        message = (f"the request body is larger than this server's limit of {self.limit >> 20} MiB "
+                   "(64 bytes per token of the model's context)")  # fmt: skip
+        await _error(413, message, code="request_too_large")(scope, receive, send)
 
 
 def _add_model_routes(app: FastAPI, host: ModelHost) -> None:

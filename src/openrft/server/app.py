@@ -11,12 +11,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from openrft.jobs.store import JobStore
 from openrft.server import dashboard, jobs_api, resource_updates_api, resources_api
-from openrft.server.auth import BearerAuth
+from openrft.server.auth import BearerAuth, KeyFailures
 from openrft.server.errors import ApiError
 from openrft.server.guard import RequestGuard
 from openrft.server.queue import JobQueue
@@ -50,12 +51,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.job_store = store
     app.state.job_queue = None
-    app.add_middleware(BearerAuth, keys=settings.api_keys)
+    app.state.key_failures = KeyFailures()  # wrong keys by client, the API's and the login form's
+    app.add_middleware(BearerAuth, keys=settings.api_keys, failures=app.state.key_failures)
     limits = lambda: getattr(app.state, "upload_limits", None) or UploadLimits.from_env()  # noqa: E731
     app.add_middleware(RequestGuard, keys=settings.api_keys, limits=limits)  # added last: runs first
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, internal_error)  # anything else: a 500 in the same shape
     app.include_router(jobs_api.router)
     resources_api.configure_resources(app, home=settings.home)
@@ -81,6 +84,11 @@ async def http_error(request: Request, exc: Any) -> JSONResponse:
     message = {404: f"no such resource: {request.url.path}", 405: f"{request.method} is not allowed here"}
     error = ApiError(exc.status_code, message.get(exc.status_code, str(exc.detail)))
     return error.response(headers=getattr(exc, "headers", None))
+
+
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """A client that left mid-request (an upload cut off): nobody reads the answer, nothing to log."""
+    return Response(status_code=499)
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -5,10 +5,16 @@ without keys (allowed only on a loopback bind, see :class:`ServerSettings.check`
 A browser cannot send that header, so the dashboard's login page (``/login``) exchanges a key for an
 HttpOnly, SameSite=Strict cookie (:data:`COOKIE`) that is accepted instead; a page request without
 either is redirected to the login page, an API request gets the 401.
+
+Guessing is slowed down: a client (by address) that sent more than :data:`MAX_FAILURES` wrong keys
+in the last minute gets a 429 for any key, right or wrong, until its older failures leave that minute;
+other clients are not affected.
 """
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict, deque
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -23,11 +29,45 @@ COOKIE = "openrft_key"
 OPEN_PATHS = ("/login", "/dashboard/static/")  # reachable without a key: the login page and its styles
 
 
+MAX_FAILURES = 20  # wrong keys a client may send in a minute
+
+
+class KeyFailures:
+    """The wrong keys each client (by address) sent in the last minute: past :data:`MAX_FAILURES`,
+    every key it sends is refused until the oldest failures are a minute old."""
+
+    def __init__(self, window: float = 60.0, limit: int = MAX_FAILURES):
+        self.window, self.limit = window, limit
+        self.times: dict[str, deque[float]] = defaultdict(deque)
+
+    def wait(self, client: str) -> float:
+        """Seconds before ``client`` may try a key again (0: now)."""
+        times, now = self.times.get(client), time.monotonic()
+        while times and now - times[0] > self.window:
+            times.popleft()
+        return self.window - (now - times[0]) if times and len(times) >= self.limit else 0.0
+
+    def add(self, client: str) -> None:
+        self.times[client].append(time.monotonic())
+        if len(self.times) > 10_000:  # many addresses: forget the ones with nothing recent
+            for name in [k for k in self.times if self.wait(k) == 0.0 and not self.times[k]]:
+                del self.times[name]
+
+
+def client_address(scope: Scope) -> str:
+    return str((scope.get("client") or ("?",))[0])
+
+
+def too_many_failures(seconds: float) -> Response:
+    error = ApiError(429, f"too many wrong API keys from this address; try again in {int(seconds) + 1} s")
+    return error.response(headers={"Retry-After": str(int(seconds) + 1)})
+
+
 class BearerAuth:
     """ASGI middleware: a 401 ``UNAUTHENTICATED`` error for any HTTP request without a valid key."""
 
-    def __init__(self, app: ASGIApp, keys: tuple[str, ...]):
-        self.app, self.keys = app, keys
+    def __init__(self, app: ASGIApp, keys: tuple[str, ...], failures: KeyFailures | None = None):
+        self.app, self.keys, self.failures = app, keys, failures or KeyFailures()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.keys or is_signed_upload(scope):  # token checked by its route
@@ -38,6 +78,9 @@ class BearerAuth:
         # the dashboard's cookie opens its pages only: a page of another port of this host (same site
         # to a browser, so it sends the cookie) must not reach the API with it
         key_cookie = cookie(scope, COOKIE) if not path.startswith("/v1/") else None
+        if (token or key_cookie) and (wait := self.failures.wait(client_address(scope))):
+            await too_many_failures(wait)(scope, receive, send)
+            return
         if authorized(token or key_cookie, self.keys) or path.startswith(OPEN_PATHS):
             await self.app(scope, receive, send)
             return
@@ -49,6 +92,8 @@ class BearerAuth:
         if to_login is not None:
             await to_login(scope, receive, send)
             return
+        if token or key_cookie:
+            self.failures.add(client_address(scope))
         why = "missing API key" if token is None else "invalid API key"
         error = ApiError(401, f"{why}: send the header 'Authorization: Bearer <key>'")
         response = error.response(headers={"WWW-Authenticate": "Bearer"})
@@ -85,4 +130,4 @@ def _local(url: bytes) -> str:
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
-__all__ = ["BearerAuth", "COOKIE", "OPEN_PATHS", "server_keys"]
+__all__ = ["BearerAuth", "COOKIE", "KeyFailures", "OPEN_PATHS", "server_keys", "too_many_failures"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -47,6 +48,12 @@ JOB_FIELDS = frozenset({
 # ----------------------------------------------------------------------------- for the other modules
 
 
+# One job checked at a time: creates arrive on the thread pool, and the first check imports transformers,
+# whose lazy module fails an import that another thread started ("cannot import name 'AutoConfig'");
+# one at a time also bounds the memory concurrent checks take (each reads its dataset and tokenizer).
+VALIDATING = threading.Lock()
+
+
 def submit_job(
     store: JobStore,
     cfg: JobConfig,
@@ -74,7 +81,8 @@ def submit_job(
                            "an evaluator (accounts/ACCOUNT/evaluators/ID), a built-in one or a grader; only "
                            "the built-in tasks bring their own") from None  # fmt: skip
     try:
-        validate(cfg)
+        with VALIDATING:
+            validate(cfg)
     except OpenRFTError as exc:
         if cli_messages:  # the dashboard's form: its fields are the flags, each error goes beside its own
             raise

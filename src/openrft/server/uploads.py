@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import parse_qs
 
 from openrft.errors import ConfigError
 from openrft.server.errors import ApiError
@@ -38,18 +39,20 @@ SIGNED_UPLOAD = ":signedUpload"  # the custom method of the URLs getUploadEndpoi
 SIGNED_DOWNLOAD = ":signedDownload"  # ... and of the URLs the download endpoints hand out
 
 
+SIGNED_URL = re.compile(r"/v1/accounts/[^/]+/(?:datasets|evaluators)/[^/:]+(:signedUpload|:signedDownload)")
+
+
 def is_signed_upload(scope: MutableMapping[str, Any]) -> bool:
     """A PUT to a signed upload URL, or a GET of a signed download URL: it carries its own token
-    (checked by its route), not an API key, as a storage service's signed URL would."""
-    path = str(scope.get("path", ""))
-    method = scope.get("method")
+    (checked by its route), not an API key, as a storage service's signed URL would. Only those two
+    routes' whole paths, with a ``token`` parameter, count (another route never goes keyless)."""
+    signed = SIGNED_URL.fullmatch(str(scope.get("path", "")))
+    wanted = {SIGNED_UPLOAD: "PUT", SIGNED_DOWNLOAD: "GET"}
     return (
         scope.get("type") == "http"
-        and (
-            (method == "PUT" and path.endswith(SIGNED_UPLOAD))
-            or (method == "GET" and path.endswith(SIGNED_DOWNLOAD))
-        )
-        and b"token=" in scope.get("query_string", b"")
+        and signed is not None
+        and scope.get("method") == wanted[signed.group(1)]
+        and bool(parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token"))
     )
 
 

@@ -1,7 +1,8 @@
 """The dashboard's login: a server with API keys lets a browser in with a key kept in a cookie.
 
 ``GET /login`` shows a one-field form; ``POST /login`` checks the key against the server's keys and
-sets :data:`openrft.server.auth.COOKIE` (HttpOnly, SameSite=Strict, so other sites cannot send it);
+sets :data:`openrft.server.auth.COOKIE` (HttpOnly, SameSite=Strict, so other sites cannot send it;
+Secure on HTTPS); wrong keys count towards the client's limit as the API's do;
 ``POST /logout`` clears it. Without keys configured there is nothing to log in to.
 """
 
@@ -11,7 +12,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from openrft.net import authorized
-from openrft.server.auth import COOKIE, server_keys
+from openrft.server.auth import COOKIE, KeyFailures, server_keys, too_many_failures
 
 router = APIRouter(include_in_schema=False)
 
@@ -40,14 +41,20 @@ async def login(request: Request, key: str = Form(""), next: str = Form("/")) ->
     from openrft.server.dashboard.pages import render
 
     keys = server_keys(request)
+    failures = getattr(request.app.state, "key_failures", None) or KeyFailures()
+    client = request.client.host if request.client else "?"
+    if keys and (wait := failures.wait(client)):
+        return too_many_failures(wait)
     if keys and not authorized(key.strip(), keys):
+        failures.add(client)
         return render(
             request, "login.html", status_code=401, next=safe_next(next), keys=True, can_log_out=False,
             error="That key is not one of this server's API keys.",
         )  # fmt: skip
     response = RedirectResponse(safe_next(next), status_code=303)
     if keys:
-        response.set_cookie(COOKIE, key.strip(), httponly=True, samesite="strict", path="/")
+        secure = request.url.scheme == "https"  # served with --ssl-certfile: never sent in the clear
+        response.set_cookie(COOKIE, key.strip(), httponly=True, samesite="strict", path="/", secure=secure)
     return response
 
 

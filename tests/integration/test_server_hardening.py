@@ -1,0 +1,165 @@
+"""The servers under load and probing a security review tried: concurrent creates on a fresh server
+(the first check imports transformers, which fails when two threads import it at once), oversized
+chat requests to ``openrft serve``, key checks that a path suffix could skip, the server's keys in the
+environment its evaluators run in, and the dashboard's login cookie."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import httpx
+
+RACE = textwrap.dedent(
+    """
+    import collections, sys, threading
+    from fastapi.testclient import TestClient
+    from openrft.server.app import create_app
+    from openrft.server.settings import ServerSettings
+
+    assert "transformers" not in sys.modules  # the import the creates race for
+    app = create_app(ServerSettings(home=sys.argv[1], run_queue=False))
+    seen = collections.Counter()
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
+        def create(i):
+            reply = client.post("/v1/accounts/a/reinforcementFineTuningJobs",
+                                params={"reinforcementFineTuningJobId": f"r{i}"},
+                                json={"dataset": "arithmetic:count=8", "evaluator": "arithmetic"})
+            seen[reply.status_code] += 1
+        threads = [threading.Thread(target=create, args=(i,)) for i in range(6)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    print(dict(seen))
+    """
+)
+
+
+def test_concurrent_creates_on_a_fresh_server_are_all_accepted(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", RACE, str(tmp_path / "home")], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "{200: 6}", done.stderr[-2000:]
+
+
+def test_serve_refuses_a_body_past_its_limit_before_reading_it_and_takes_chunked_bodies(tokenizer):
+    from test_agents import ScriptedEngine
+
+    from openrft.rollout.server import BackgroundServer, create_app, request_limit
+
+    engine = ScriptedEngine(tokenizer, "Hello.")
+    engine.max_positions = 8192
+    assert request_limit(8192) == 4 << 20 and request_limit(None) == 64 << 20
+    chat = {"model": "policy", "max_tokens": 4, "messages": [{"role": "user", "content": "x" * (5 << 20)}]}
+    big = json.dumps(chat).encode()
+    small = json.dumps({**chat, "messages": [{"role": "user", "content": "Hi."}]}).encode()
+
+    def chunks(body: bytes):
+        yield from (body[i : i + 65536] for i in range(0, len(body), 65536))
+
+    with BackgroundServer(create_app(engine, "policy")) as server, httpx.Client(timeout=60) as client:
+        url = server.url + "/chat/completions"
+        for content in (big, chunks(big)):  # declared, then sent in chunks with no length
+            reply = client.post(url, content=content, headers={"content-type": "application/json"})
+            assert reply.status_code == 413, reply.text
+            assert reply.json()["error"]["code"] == "request_too_large" and "4 MiB" in reply.text
+        for content in (small, chunks(small)):
+            reply = client.post(url, content=content, headers={"content-type": "application/json"})
+            assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == "Hello."
+
+
+def _keyed(tmp_path):
+    from openrft.server.app import create_app
+    from openrft.server.settings import ServerSettings
+
+    return create_app(ServerSettings(home=tmp_path / "home", api_keys=("right-key",), run_queue=False))
+
+
+def test_a_path_ending_like_a_signed_url_still_needs_a_key(tmp_path):
+    from fastapi.testclient import TestClient
+
+    with TestClient(_keyed(tmp_path), base_url="http://127.0.0.1") as client:
+        api = client.get("/v1/accounts/a/reinforcementFineTuningJobs/anyjob:signedDownload?xtoken=1")
+        assert api.status_code == 401, api.text
+        page = client.get("/jobs/anyjob:signedDownload?token=1", follow_redirects=False)
+        assert page.status_code == 303 and page.headers["location"].startswith("/login")
+        # the real signed routes still go by their own token (a wrong one: 403, not 401)
+        signed = client.get("/v1/accounts/a/datasets/d1:signedDownload?token=forged&file=data.jsonl")
+        assert signed.status_code != 401, signed.text
+
+
+def test_wrong_keys_are_limited_per_client_and_the_login_cookie_is_secure_on_https(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from openrft.server.auth import MAX_FAILURES
+
+    app = _keyed(tmp_path)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        jobs = "/v1/accounts/a/reinforcementFineTuningJobs"
+        for _ in range(MAX_FAILURES // 2):
+            assert client.get(jobs, headers={"Authorization": "Bearer wrong"}).status_code == 401
+            assert client.post("/login", data={"key": "wrong"}).status_code == 401
+        for key in ("wrong", "right-key"):  # locked out: even the right key waits
+            reply = client.get(jobs, headers={"Authorization": f"Bearer {key}"})
+            assert reply.status_code == 429 and int(reply.headers["retry-after"]) >= 1, reply.text
+        assert client.post("/login", data={"key": "right-key"}).status_code == 429
+        other = TestClient(app, base_url="http://127.0.0.1", client=("10.0.0.9", 5000))
+        assert other.get(jobs, headers={"Authorization": "Bearer right-key"}).status_code == 200
+    with TestClient(_keyed(tmp_path / "tls"), base_url="https://127.0.0.1") as client:
+        cookie = client.post("/login", data={"key": "right-key"}, follow_redirects=False).headers
+        assert "secure" in cookie["set-cookie"].lower() and "httponly" in cookie["set-cookie"].lower()
+    with TestClient(_keyed(tmp_path / "plain"), base_url="http://127.0.0.1") as client:
+        cookie = client.post("/login", data={"key": "right-key"}, follow_redirects=False).headers
+        assert "secure" not in cookie["set-cookie"].lower()
+
+
+def test_the_server_takes_its_keys_out_of_the_environment_its_evaluators_see(monkeypatch):
+    import argparse
+
+    from openrft.cli.server import server_settings
+
+    monkeypatch.setenv("OPENRFT_API_KEYS", "k1,k2")
+    monkeypatch.setenv("OPENRFT_API_KEY", "k1")
+    args = argparse.Namespace(
+        host=None, port=None, api_key=["k0"], max_running_jobs=1, allow_local_paths=False
+    )
+    assert server_settings(args).api_keys == ("k0", "k1", "k2")
+    assert "OPENRFT_API_KEYS" not in os.environ and "OPENRFT_API_KEY" not in os.environ
+
+
+def test_an_upload_cut_off_by_its_client_is_not_logged_as_a_server_error(tmp_path):
+    import logging
+    import socket
+    import time
+
+    from test_server_resources import _serve
+
+    from openrft.server.app import create_app
+    from openrft.server.settings import ServerSettings
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level=logging.ERROR)
+    handler.emit = records.append
+    try:
+        app = create_app(ServerSettings(home=tmp_path / "home", run_queue=False))
+        with _serve(app) as base:
+            # added once it runs: uvicorn resets its loggers as it starts
+            logging.getLogger("uvicorn.error").addHandler(handler)
+            body = {"datasetId": "cut", "dataset": {"displayName": "cut", "format": "CHAT"}}
+            assert httpx.post(base + "/v1/accounts/a/datasets", json=body).status_code == 200
+            port = int(base.rsplit(":", 1)[1])
+            part = b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n{"messages": []}\n'
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(
+                    b"POST /v1/accounts/a/datasets/cut:upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Content-Type: multipart/form-data; boundary=B\r\nContent-Length: 100000\r\n\r\n" + part
+                )
+            time.sleep(1)
+            state = httpx.get(base + "/v1/accounts/a/datasets/cut").json()["state"]
+        assert state == "UPLOADING"  # nothing half-made
+        assert not records, [r.getMessage() for r in records]
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(handler)
