@@ -468,11 +468,23 @@ def _joined_datasets(paths: list[str | None]) -> str | None:
 SINGLE_TURN_PROCESSORS = ("NoOpRolloutProcessor", "SingleTurnRolloutProcessor")
 
 
+# Processors that roll out somewhere else (another service, a CI runner, a hosted sampler), whose
+# model calls never reach the job's policy server: nothing they return could be trained on.
+ELSEWHERE_PROCESSORS = ("RemoteRolloutProcessor", "GithubActionRolloutProcessor", "TinkerRolloutProcessor")
+
+
 def _rollout_spec(params: Any, name: str, origin: str, base_dir: Path | None) -> RolloutSpec | None:
     """The file's rollout processor, when its rollouts are more than one sampled reply."""
     processor = getattr(params, "rollout_processor", None)
     if processor is None or type(processor).__name__ in SINGLE_TURN_PROCESSORS:
         return None
+    if (kind := type(processor).__name__) in ELSEWHERE_PROCESSORS:
+        raise EvaluatorError(
+            f"{origin}: {name!r} rolls out with {kind}, which runs each rollout on another service whose "
+            "model calls never reach the policy being trained, so there is nothing to train on",
+            hint="use AgentRolloutProcessor (with mcp_config_path) or MCPGymRolloutProcessor, or write the "
+            "rollout as an --agent that calls the policy",
+        )
     config = getattr(params, "mcp_config_path", None)
     if config:
         config = _resolve_dataset(str(config), base_dir)

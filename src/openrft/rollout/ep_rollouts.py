@@ -35,11 +35,22 @@ API_KEY = "openrft"
 ROUTING_KEYS = ("model", "api_base", "base_url", "api_key", "extra_headers", "custom_llm_provider")
 
 
+class _LoggingWorkerNoise(logging.Filter):
+    """litellm's background logging worker is bound to the event loop it started on; each agent run
+    has a loop of its own, so it logs an error with a traceback per call ("cannot reuse already awaited
+    coroutine") about its own cost bookkeeping, never about the call. Those records are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.filename != "logging_worker.py"
+
+
 def processor_agent(spec: RolloutSpec) -> Agent:
     """An async agent ``fn(row, client)`` that runs ``spec.processor`` on the row (module docstring)."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-list download at import
     for name in ("LiteLLM", "LiteLLM Router", "httpx", "eval_protocol"):  # a line per call otherwise
         logging.getLogger(name).setLevel(logging.WARNING)
+    if not any(isinstance(f, _LoggingWorkerNoise) for f in logging.getLogger("LiteLLM").filters):
+        logging.getLogger("LiteLLM").addFilter(_LoggingWorkerNoise())
     # eval-protocol starts an MCP gym's server as `python SCRIPT`: this interpreter's, not whatever
     # `python` a shell without the virtual environment would find first
     bin_dir = os.path.dirname(sys.executable)

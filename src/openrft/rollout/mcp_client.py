@@ -6,8 +6,8 @@ dies with the thread that started it: with the conversation that owns it, or wit
 however that ends (a failure, a second Ctrl-C), so no server outlives a job and holds its terminal.
 A result reaches the model as text: text blocks and embedded text resources as they are, structured
 content as JSON, images, audio and links as a one-line note of what was there. A server that fails
-during a call (it crashed, its connection closed) fails that call only: the model is told, and the
-conversation goes on.
+during a call (it crashed, its connection closed, over stdio or HTTP) fails that call and the ones
+after it only: the model is told, and the conversation goes on.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from openrft.errors import ConfigError
+from openrft.rollout.constrained import TOOL_NAME_RE
 from openrft.rollout.tools import PythonToolset, ToolError, Toolset, _as_text, combine, python_tools
 
 MCP_STARTUP_TIMEOUT = 60.0  # seconds for an MCP server to start and list its tools
@@ -43,14 +44,21 @@ _GUARD = (
 
 
 class McpToolset(Toolset):
-    """The tools of one MCP server (:func:`mcp_tools`); usable only inside ``async with``."""
+    """The tools of one MCP server (:func:`mcp_tools`); usable only inside ``async with``.
+
+    The connection lives in a task of its own (:meth:`_hold`): a transport that fails (an HTTP server
+    gone) cancels the task that opened it, as anyio's task groups do, so it must not be the
+    conversation's. A call waits for its answer or for that task to end, whichever comes first.
+    """
 
     def __init__(self, server: str):
         self.server = server
         self.source = f"--mcp-server '{server}'"
-        self._stack: contextlib.AsyncExitStack | None = None
+        self._holder: asyncio.Task | None = None
+        self._closing: asyncio.Event | None = None
         self._session: Any = None
         self._schemas: list[dict[str, Any]] = []
+        self._lost = ""  # why the connection ended, once it has
 
     def clone(self) -> McpToolset:
         return McpToolset(self.server)
@@ -61,42 +69,73 @@ class McpToolset(Toolset):
         return copy.deepcopy(self._schemas)
 
     async def __aenter__(self) -> McpToolset:
-        if self._stack is not None:
+        if self._holder is not None:
             raise ToolError(f"the MCP session to '{self.server}' is already open (use clone())")
-        from mcp import ClientSession
-
+        self._closing, ready = asyncio.Event(), asyncio.get_running_loop().create_future()
+        self._holder = asyncio.create_task(self._hold(ready))
         try:
-            async with contextlib.AsyncExitStack() as stack:  # unwinds whatever was opened on failure
-                read, write = await stack.enter_async_context(_transport(self.server))
-                session = await stack.enter_async_context(ClientSession(read, write))
-                async with asyncio.timeout(MCP_STARTUP_TIMEOUT):
-                    await session.initialize()
-                    self._schemas = await _list_tool_schemas(session)
-                self._stack, self._session = stack.pop_all(), session
+            self._session, self._schemas = await ready
         except Exception as exc:
+            await self.__aexit__()
             inner = _innermost(exc)
             why = (
                 f"no answer in {MCP_STARTUP_TIMEOUT:g} s"
                 if isinstance(inner, TimeoutError)
+                else str(inner)
+                if isinstance(inner, _Refused)
                 else _describe(exc)
             )
+            if self.server.startswith("http") and ("405" in why or self.server.rstrip("/").endswith("/sse")):
+                why += " (only streamable HTTP is spoken over a URL, often .../mcp; SSE-only servers are not)"
             raise ConfigError(f"--mcp-server: cannot use the MCP server '{self.server}': {why}") from None
         return self
 
+    async def _hold(self, ready: asyncio.Future) -> None:
+        """Open the connection, hand over the session and its tools, keep it open until closed."""
+        from mcp import ClientSession
+
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                read, write = await stack.enter_async_context(_transport(self.server))
+                session = await stack.enter_async_context(ClientSession(read, write))
+                async with asyncio.timeout(MCP_STARTUP_TIMEOUT):
+                    await session.initialize()
+                    schemas = await _list_tool_schemas(session)
+                _check_names(schemas)
+                ready.set_result((session, schemas))
+                assert self._closing is not None
+                await self._closing.wait()
+            self._lost = "the MCP session is closed"
+        except BaseException as exc:  # noqa: BLE001 - the connection's end, whatever it was: told to callers
+            self._lost = _describe(exc) if not isinstance(_innermost(exc), asyncio.CancelledError) else (
+                "ClosedResourceError: the server closed the connection")  # fmt: skip
+            if not ready.done():
+                ready.set_exception(exc if isinstance(exc, Exception) else ConnectionError(self._lost))
+
     async def __aexit__(self, *exc_info: Any) -> None:
-        stack, self._stack, self._session = self._stack, None, None
-        if stack is not None:
-            with contextlib.suppress(Exception):  # a server that died already has nothing to close
-                await stack.aclose()
+        holder, self._holder, self._session = self._holder, None, None
+        if holder is not None and self._closing is not None:
+            self._closing.set()
+            with contextlib.suppress(BaseException):  # a server that died already has nothing to close
+                await holder
 
     async def call(self, name: str, arguments: dict[str, Any]) -> str:
         known = [s["function"]["name"] for s in self.schemas()]
         if name not in known:
             raise ToolError(f"unknown tool '{name}' (available: {', '.join(known)})")
+        holder = self._holder
+        if holder is None or holder.done():
+            raise ToolError(f"{name} failed: {self._lost or 'the server closed the connection'}")
+        request = asyncio.ensure_future(self._session.call_tool(name, arguments))
         try:
-            result = await self._session.call_tool(name, arguments)
-        except (TimeoutError, asyncio.CancelledError):
-            raise
+            await asyncio.wait({request, holder}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not request.done():
+                request.cancel()  # the caller's timeout, or the connection gone
+        if not request.done() or request.cancelled():
+            raise ToolError(f"{name} failed: {self._lost or 'the server closed the connection'}")
+        try:
+            result = request.result()
         except Exception as exc:  # McpError, and a server gone: a closed stream, an HTTP failure
             raise ToolError(f"{name} failed: {_describe(exc)}") from None
         text = "\n".join(filter(None, (_block_text(block) for block in result.content)))
@@ -167,6 +206,20 @@ async def _list_tool_schemas(session: Any) -> list[dict[str, Any]]:
         cursor = page.nextCursor
         if not cursor:
             return schemas
+
+
+class _Refused(Exception):
+    """A server that answers but cannot be used as it is (its message is the whole reason)."""
+
+
+def _check_names(schemas: list[dict[str, Any]]) -> None:
+    """Refuse a tool whose name no OpenAI-compatible server takes (the policy server refuses every
+    request that offers it): MCP allows dots and slashes, OpenAI's function names do not."""
+    for schema in schemas:
+        name = schema["function"]["name"]
+        if not TOOL_NAME_RE.fullmatch(name):
+            raise _Refused(f"its tool {name!r} cannot be offered to the model: a function name is 1 to 64 "
+                             "letters, digits, underscores or dashes (rename it in the server)")  # fmt: skip
 
 
 def _innermost(exc: BaseException) -> BaseException:
