@@ -403,6 +403,9 @@ def main() -> None:
     # every line out at once: a run cut short by its time limit keeps what it measured
     sys.stdout.reconfigure(line_buffering=True)
     device, dtype = args.device, torch.bfloat16
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("gpu_check: no CUDA GPU is visible here (torch.cuda.is_available() is False); "
+                 "on a CPU, check the script itself with --device cpu --tiny")  # fmt: skip
     sizes = ["tiny"] if args.tiny else args.sizes
     peak, bandwidth = matmul_peak(device, dtype), copy_bandwidth(device)
     print(f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}), "

@@ -104,6 +104,7 @@ def test_evaluate_failing_evaluator_reports_and_exits_nonzero(capsys, tmp_path):
     assert "invalid 4 (100.0%)" in out
     assert [r[3] for r in table(out)] == ["NO"] * 4
     assert "4 of 4 evaluator scores are invalid" in err and "ValueError: bad input" in err
+    assert "reason is in the table above" in err and "`openrft evaluate" not in err  # not itself again
 
 
 def test_evaluate_bad_responses_file_names_the_lines(capsys, tmp_path):

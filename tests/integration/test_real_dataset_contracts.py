@@ -125,3 +125,29 @@ def test_an_evaluator_may_return_numpy_numbers():
     assert to_score(np.float32(0.5)).score == 0.5 and to_score(np.float32(0.5)).is_valid
     assert to_score({"score": np.float16(0.25), "metrics": {"len": np.int64(3)}}).metrics == {"len": 3.0}
     assert to_score((np.float64(1.0), "right")).reason == "right"
+
+
+def test_a_trl_reward_needing_a_column_the_rows_lack_is_refused_at_creation(tmp_path, capsys):
+    (tmp_path / "rewards.py").write_text(
+        "def accuracy(completions, solution, **kwargs):\n"
+        "    return [float(s in c[0]['content']) for c, s in zip(completions, solution)]\n"
+    )
+    rows = _rows(tmp_path, "72")  # a ground_truth, no solution column
+    evaluator = f"{tmp_path / 'rewards.py'}::accuracy"
+    code = main(["rftj", "create", "--dataset", str(rows), "--evaluator", evaluator, "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and "accuracy() needs solution, which every row" in err and "TRL reward function" in err
+    responses = tmp_path / "responses.jsonl"
+    responses.write_text(json.dumps({"prompt_id": "1", "response": "72"}) + "\n")
+    assert (
+        main(["evaluate", "--dataset", str(rows), "--evaluator", evaluator, "--responses", str(responses)])
+        == 2
+    )
+    assert "needs solution" in capsys.readouterr().err
+    with_solution = tmp_path / "solved.jsonl"
+    with_solution.write_text(
+        json.dumps({"prompt": [{"role": "user", "content": "q"}], "solution": "72"}) + "\n"
+    )
+    assert (
+        main(["rftj", "create", "--dataset", str(with_solution), "--evaluator", evaluator, "--dry-run"]) == 0
+    )

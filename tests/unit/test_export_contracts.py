@@ -62,3 +62,9 @@ def test_the_gguf_adds_a_bos_token_only_when_the_tokenizer_does(exported, tokeni
     assert adds_bos is False  # SmolLM2 tokenizes without a BOS: llama.cpp must not prepend one
     field = fields.get("tokenizer.ggml.add_bos_token")
     assert field is None or bool(field.contents()) is adds_bos
+
+
+def test_a_modelfile_written_under_another_name_tells_ollama_that_name(tokenizer):
+    assert "ollama create my-model -f Modelfile &&" in render_modelfile("tiny.gguf", tokenizer)
+    beside = render_modelfile("tiny.gguf", tokenizer, file_name="tiny.gguf.Modelfile")
+    assert "ollama create my-model -f tiny.gguf.Modelfile &&" in beside

@@ -240,7 +240,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"  {name}: {value:.4f}")
     if args.output:
         print(f"scores written to {write_jsonl(args.output, records)}")
-    check_invalid_rate(scores, timeout_flag="--timeout")
+    shown = [*([] if args.quiet else ["in the table above"]), *([f"in {args.output}"] if args.output else [])]
+    where = " and ".join(shown) or "shown without --quiet"
+    check_invalid_rate(scores, timeout_flag="--timeout",
+                       advice=f"each invalid score's reason is {where}: fix the evaluator or the rows it reads")  # fmt: skip
     return 0
 
 

@@ -20,7 +20,7 @@ peft nor openrft:
 
   --merged OUT       a Hugging Face model folder (safetensors, tokenizer, chat template) for
                      transformers (AutoModelForCausalLM.from_pretrained) and `vllm serve OUT`
-  --gguf OUT.gguf    one GGUF file for llama.cpp and Ollama (Llama-family models), with an
+  --gguf OUT.gguf    one GGUF file for llama.cpp and Ollama (Llama-family and Qwen2 models), with an
                      Ollama Modelfile written beside it
 
 The adapter is a job id (see `openrft rftj list`) or an adapter folder; the base model is read

@@ -94,9 +94,12 @@ def check_invalid_rate(
     scores: Sequence[Score] | Sequence[Sequence[Score]],
     max_fraction: float = 0.5,
     timeout_flag: str = "--evaluator-timeout",
+    advice: str = "check the evaluator on a few responses with `openrft evaluate --dataset FILE --evaluator SPEC "
+    "--responses FILE`",
 ) -> None:
     """Raise EvaluatorError, with one example reason, when more than ``max_fraction`` of the scores are
-    invalid; the hint names ``timeout_flag`` (the command's own) only when calls timed out."""
+    invalid; the hint names ``timeout_flag`` (the command's own) when calls timed out, else gives
+    ``advice`` (the command's own: ``openrft evaluate`` need not suggest itself)."""
     flat = _flatten(scores)
     invalid = [s for s in flat if not s.is_valid]
     if flat and len(invalid) > max_fraction * len(flat):
@@ -106,8 +109,7 @@ def check_invalid_rate(
             f"{timeouts} of them timed out: raise {timeout_flag}, or make each call faster (a model grader's "
             "max_completions_tokens bounds how long its judge writes)"
             if timeouts
-            else "check the evaluator on a few responses with `openrft evaluate --dataset FILE --evaluator SPEC "
-            "--responses FILE`"
+            else advice
         )
         raise EvaluatorError(
             f"{len(invalid)} of {len(flat)} evaluator scores are invalid (more than {max_fraction:.0%}); "
@@ -283,10 +285,13 @@ def verl_kwargs(fn: Callable[..., Any], prompt: Prompt, completion: Completion) 
 
 def missing_fields(evaluator: Evaluator, prompt: Prompt) -> list[str]:
     """Fields ``prompt``'s row lacks for the evaluator (checked before training): required parameters of
-    a plain evaluator, and its ``required_fields`` (a built-in's ``ground_truth``), absent or null."""
+    a plain evaluator or a TRL reward function, and its ``required_fields`` (a built-in's ``ground_truth``), absent or null."""
     missing = [f for f in evaluator.required_fields if prompt.row.get(f) is None]
     if evaluator.kind == "verl" and verl_ground_truth(prompt.row) is None:
         missing.append("reward_model.ground_truth")
+    if evaluator.kind == "trl":  # every argument by keyword: its own four, then the row's columns
+        available = {*TRL_OWN, *prompt.row}
+        return [*missing, *(name for name in required_parameters(evaluator.fn, 0) if name not in available)]
     if evaluator.kind != "plain":
         return missing
     available = {*prompt.row, "messages", "prompt_id"}
@@ -294,9 +299,10 @@ def missing_fields(evaluator: Evaluator, prompt: Prompt) -> list[str]:
 
 
 @functools.cache
-def required_parameters(fn: Callable[..., Any]) -> tuple[str, ...]:
-    """The parameters after the completion that a plain evaluator's call must fill (no default)."""
-    params = list(inspect.signature(fn).parameters.values())[1:]
+def required_parameters(fn: Callable[..., Any], skip: int = 1) -> tuple[str, ...]:
+    """The parameters after the first ``skip`` (a plain evaluator's completion) that a call must fill
+    (no default)."""
+    params = list(inspect.signature(fn).parameters.values())[skip:]
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return tuple(p.name for p in params if p.kind in kinds and p.default is p.empty)
 

@@ -247,7 +247,8 @@ def export_adapter(
         )
         result.modelfile = modelfile_path(gguf)
         atomic_write_text(
-            result.modelfile, render_modelfile(gguf.name, tokenizer, job_stop_strings(adapter_dir))
+            result.modelfile,
+            render_modelfile(gguf.name, tokenizer, job_stop_strings(adapter_dir), result.modelfile.name),
         )
         result.modelfile.chmod(READABLE)
         result.seconds["gguf"] = time.perf_counter() - start

@@ -350,6 +350,9 @@ def check_evaluator_fits(evaluator: Any, dataset: PromptSet) -> None:
 def _fields_hint(evaluator: Any) -> str:
     if evaluator.kind == "verl":
         return "verl's compute_score reads each row's reward_model.ground_truth (or its ground_truth field)"
+    if evaluator.kind == "trl":
+        return ("add the columns to those rows or drop them; a TRL reward function receives each row "
+                "column by name (one value per completion), beside prompts, completions and completion_ids")  # fmt: skip
     hint = "add the fields to those rows or drop them, or take **row_fields"
     if evaluator.kind == "plain":  # a default would hide a signature that expects the response elsewhere
         first = next(iter(inspect.signature(evaluator.fn).parameters))

@@ -123,12 +123,14 @@ def _stop_lines(stops: Sequence[str]) -> list[str]:
 MODELFILE_HEADER = "# Ollama model definition written by `openrft export`.\n"
 
 
-def render_modelfile(gguf_name: str, tokenizer: Any, stops: Sequence[str] = ()) -> str:
-    """The Modelfile text for ``./gguf_name`` (a file in the same folder)."""
+def render_modelfile(
+    gguf_name: str, tokenizer: Any, stops: Sequence[str] = (), file_name: str = "Modelfile"
+) -> str:
+    """The Modelfile text for ``./gguf_name`` (a file in the same folder), written as ``file_name``."""
     fmt = chat_format(tokenizer)
     lines = [
         MODELFILE_HEADER.rstrip("\n"),
-        "# Create and run it: ollama create my-model -f Modelfile && ollama run my-model",
+        f"# Create and run it: ollama create my-model -f {file_name} && ollama run my-model",
         f"FROM ./{gguf_name}",
         "",
     ]
