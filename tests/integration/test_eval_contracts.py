@@ -138,3 +138,29 @@ def test_an_adapters_own_chat_template_is_used_when_it_is_evaluated(tmp_path, mo
     assert engine.tokenizer.chat_template == "{{ 'trained with this template' }}"
     plain = model_eval.load_engine(model_eval.EvalModel("base", "base"))  # no adapter: the base's own
     assert plain.tokenizer.chat_template == "base's"
+
+
+def test_eval_and_evaluate_refuse_bad_inputs_with_exit_2_naming_the_flag_before_sampling(
+    capsys, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(model_eval, "evaluate_model", lambda *a, **k: pytest.fail("a model was sampled"))
+    rows = write_jsonl(tmp_path / "rows.jsonl", [{"messages": [{"role": "user", "content": "2+2?"}]}])
+    quick = ["--n", "1", "--max-output-tokens", "16"]
+    cases = [
+        (["--dataset", "arithmetic", "--evaluator", str(tmp_path / "nosuch.py")], "--evaluator: "),
+        (["--dataset", "arithmetic", "--evaluator", "arithmetic:bogus=1"], "--evaluator: unknown option"),
+        (["--dataset", "arithmetic", "--job", "nosuchjob"], "--job nosuchjob: "),
+        (["--dataset", "arithmetic", "--base", "--adapter", str(tmp_path / "nosuchdir")], "--adapter "),
+        (["--dataset", "arithmetic", "--base-model", str(tmp_path / "nomodel")], "--base-model: "),
+        (["--dataset", str(rows), "--evaluator", "gsm8k"], "gsm8k() needs ground_truth"),
+    ]
+    for flags, said in cases:
+        code = main(["eval", *flags, *quick])
+        err = capsys.readouterr().err
+        assert code == 2 and said in err, (flags, err)
+    answered = write_jsonl(tmp_path / "answered.jsonl", [{"messages": [{"role": "user", "content": "q"}],
+                                                          "ground_truth": "4"}])  # fmt: skip
+    code = main(["evaluate", "--dataset", str(answered), "--evaluator", "gsm8k",
+                 "--responses", str(tmp_path / "missing.jsonl")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--responses: no such file" in err, err

@@ -178,6 +178,6 @@ def test_eval_a_job_uses_its_adapter_and_sampling_settings(
 
 def test_eval_unknown_job_and_bad_flags_are_one_line(capsys):
     code, _, err = run(capsys, "eval", "--dataset", "arithmetic", "--job", "nope")
-    assert code == 7 and err.startswith("--job nope: no job with id 'nope'")
+    assert code == 2 and err.startswith("--job nope: no job with id 'nope'")  # bad input
     code, _, err = run(capsys, "eval", "--dataset", "arithmetic", "--temperature", "9")
     assert code == 2 and "--temperature: 9.0 is not valid" in err

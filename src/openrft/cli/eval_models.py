@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from openrft import config as C
-from openrft.cli.evaluate import field_help, positive_int, positive_seconds, refuse_output_over_inputs
+from openrft.cli.evaluate import (
+    field_help,
+    positive_int,
+    positive_seconds,
+    refuse_output_over_inputs,
+    seed_value,
+)
 from openrft.cli.rollout import ROLLOUT_DEFAULTS, sampling_value_flags
 from openrft.config.models import response_grammar
 
@@ -62,7 +68,7 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     _sampling_flags(ev)
     ev.add_argument("--limit", type=positive_int, metavar="N", help="Use only the first N dataset rows.")
     ev.add_argument(
-        "--seed", type=int, default=0,
+        "--seed", type=seed_value, default=0,
         help="Seed of the sampling and of built-in task generation (default 0).",
     )  # fmt: skip
     ev.add_argument(
@@ -117,13 +123,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from openrft.evaluators.loader import load_evaluator
     from openrft.evaluators.runner import check_invalid_rate
     from openrft.jobs import model_eval as M
+    from openrft.train.job import check_evaluator_fits
 
     models, jobs = _models(args)
     params, concurrency = _sampling(args, jobs)
     evaluator_spec = args.evaluator or next((j.evaluator for j in jobs if j.evaluator), None)
     refuse_output_over_inputs(args.output, args.dataset, evaluator_spec)
-    evaluator = load_evaluator(evaluator_spec, dataset=args.dataset)
-    with input_error("--dataset"):  # exit 2, named as at job creation
+    M.check_models(models)  # every model and adapter before any is loaded: none fails after another ran
+    with input_error("--evaluator"):  # inputs are exit 2, each named by its flag, as at job creation
+        evaluator = load_evaluator(evaluator_spec, dataset=args.dataset)
+    with input_error("--dataset"):
         prompts = load_prompts(
             args.dataset, seed=args.seed, limit=args.limit, skip_bad_rows=args.skip_bad_rows,
             adapter=evaluator.dataset_adapter, open_ended=evaluator.rollout is not None,
@@ -133,6 +142,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
             prompts = with_reference_field(prompts, args.reference_field, skip_bad_rows=args.skip_bad_rows)
         prompts = M.prompts_that_fit(models, prompts, params.max_tokens, skip_bad_rows=args.skip_bad_rows)
+    check_evaluator_fits(evaluator, prompts)  # the rows hold what the evaluator reads
     rule = M.PassRule(args.pass_threshold, args.pass_metric)
     score = M.scorer(
         evaluator, max_concurrency=args.max_concurrent_evaluations, timeout=args.evaluator_timeout
@@ -178,7 +188,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     """The models to evaluate, in command-line order (the base first), and the jobs named."""
-    from openrft.errors import JobError
+    from openrft.errors import ConfigError, JobError
     from openrft.jobs.model_eval import EvalModel, job_source
     from openrft.models import adapter_base_model
 
@@ -189,7 +199,7 @@ def _models(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
                 job = job_source(value)
             except JobError as exc:
                 message = exc.message if exc.message.startswith("--job") else f"--job {value}: {exc.message}"
-                raise JobError(message, hint=exc.hint) from None
+                raise ConfigError(message, field="job", hint=exc.hint) from None  # bad input: exit 2
             jobs.append(job)
             models.append(EvalModel(job.job_id, args.base_model or job.base_model, job.adapter))
         else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 RESPONSE_KEYS = ("response", "text", "completion")
@@ -26,7 +27,8 @@ message is scored with that message as the response.
 
 Prints one line per response (score, validity, reason) and a summary; exits with
 code 4 when more than half of the scores are invalid, as a training job would, and with code 2 when the
-evaluator cannot load or the rows lack what it reads, as job creation does.
+evaluator cannot load, the rows lack what it reads, or a dataset or responses file is malformed, as job
+creation does.
 """
 
 
@@ -72,6 +74,21 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not valid; expected a whole number >= 1")
+    return value
+
+
+def seed_value(text: str) -> int:
+    """An argparse type: a seed, in the range a job's ``--seed`` takes."""
+    from openrft.config.models import SEED_MAX
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(
+            f"{value} is not valid; expected a whole number from 0 to {SEED_MAX}"
+        )
     return value
 
 
@@ -130,7 +147,7 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     ar = tasks.add_parser("arithmetic", help="Generated arithmetic problems (answers in <answer> tags).")
     ar.add_argument("--out", metavar="FILE", required=True, help="Output JSONL path.")
     ar.add_argument("--count", type=positive_int, default=500, help="Number of problems (default 500).")
-    ar.add_argument("--seed", type=int, default=0, help="Generator seed (default 0).")
+    ar.add_argument("--seed", type=seed_value, default=0, help="Generator seed (default 0).")
     ar.add_argument("--digits", type=int, default=1, help="Digits per operand (default 1).")
     ar.add_argument("--ops", default="+", help="Operations to draw from, e.g. '+-*' (default '+').")
     ar.add_argument(
@@ -205,7 +222,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check_evaluator_fits(evaluator, prompts)  # every row holds what the evaluator reads, as at job creation
     skipped: list[str] = []
     if args.responses:
-        groups = _groups_from_responses(prompts, args.responses, skip=args.skip_bad_rows, skipped=skipped)
+        with input_error("--responses"):
+            groups = _groups_from_responses(prompts, args.responses, skip=args.skip_bad_rows, skipped=skipped)
     else:
         groups = _groups_from_rows(prompts)
     scores = score_contained(evaluator, groups, max_concurrency=args.max_concurrency, timeout=args.timeout)
@@ -326,6 +344,10 @@ def _groups_from_responses(
     from openrft.data.jsonl import MAX_BAD_FRACTION, BadLine, read_jsonl
     from openrft.errors import DataError
 
+    if not Path(path).expanduser().is_file():
+        raise DataError(
+            f"no such file: {path}", hint='a JSONL file of {"prompt_id": ..., "response": ...} lines'
+        )
     by_id = {p.prompt_id: p for p in prompts}
     texts: dict[str, list[str]] = {}
     bad: list[str] = []

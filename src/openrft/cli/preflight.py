@@ -48,9 +48,9 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     prepared = validate(cfg)  # every check of `rftj create`; nothing is recorded
     warn(dry_run_warnings(prepared))
     s = prepared.settings.sampling
+    count = min(args.preflight_prompts, len(prepared.split(prepared.dataset)[0]))  # the training prompts
     print(
-        f"preflight: sampling up to {args.preflight_prompts} prompts x {s.n} candidates (no job is created, "
-        "nothing is trained) ...",
+        f"preflight: sampling {count} prompts x {s.n} candidates (no job is created, nothing is trained) ...",
         file=sys.stderr,
         flush=True,
     )

@@ -190,6 +190,21 @@ def pass_rates(groups: Sequence[ScoredGroup], rule: PassRule, ks: Sequence[int])
 # ----------------------------------------------------------------------------- sampling and scoring
 
 
+def check_models(models: Sequence[EvalModel]) -> None:
+    """Each base model and adapter can be found and read, before any is loaded: a ConfigError naming
+    ``--base-model`` or the adapter (exit 2), so that no model is sampled and scored for nothing."""
+    from openrft.errors import input_error
+    from openrft.models import load_config
+
+    for base, adapter in dict.fromkeys((m.base_model, m.adapter) for m in models):
+        with input_error("--base-model"):
+            load_config(base)
+        if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+            why = "is not a folder" if not Path(adapter).is_dir() else "holds no adapter_config.json"
+            raise ConfigError(f"--adapter {adapter}: {why} (a LoRA adapter folder, a job's output, is expected)",
+                              field="adapter")  # fmt: skip
+
+
 def prompts_that_fit(
     models: Sequence[EvalModel], prompts: Any, max_tokens: int, *, skip_bad_rows: bool
 ) -> Any:
