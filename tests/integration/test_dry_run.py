@@ -204,6 +204,7 @@ CASES = [
         "--max-output-tokens: 4096 leaves no room for a prompt in the 4096-token",
     ),
     (["--optimizer-weight-decay", "nan"], "--optimizer-weight-decay: nan is not valid"),
+    (["--max-context-length", "5000"], "--max-context-length: 5000 is more than"),  # the tiny model has 4096
     (["--rollout-engine", "endpoint", "--endpoint-url", "gpu-host:8000"],
      "--endpoint-url: gpu-host:8000 is not valid; expected an http:// or https:// URL"),
     (["--grader-endpoint", "ftp://judge"], "--grader-endpoint: ftp://judge is not valid"),
@@ -323,3 +324,14 @@ def test_verl_rows_and_reward_functions(files, tiny_model_dir, capsys):
     code, _, err = dry_run(capsys, tiny_model_dir, "--dataset", str(files / "verl.jsonl"), "--evaluator",
                            f"{files}/needs.py::score")  # fmt: skip
     assert code == 2 and "the first parameter (completion) receives the response" in err
+
+
+def test_a_context_stretched_by_rope_scaling_counts_as_the_models():
+    from types import SimpleNamespace
+
+    from openrft.train.job import model_context
+
+    assert model_context(SimpleNamespace(max_position_embeddings=4096, rope_scaling=None)) == 4096
+    yarn = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
+    assert model_context(SimpleNamespace(max_position_embeddings=32768, rope_scaling=yarn)) == 131072
+    assert model_context(SimpleNamespace()) is None

@@ -154,6 +154,17 @@ def check_inputs(cfg: JobConfig, settings: Any) -> tuple[Any, PromptSet, PromptS
     return evaluator, dataset, evaluation
 
 
+def model_context(config: Any) -> int | None:
+    """The longest context a model's config supports: its ``max_position_embeddings``, times the factor
+    of a rope scaling (YaRN, linear, dynamic) that stretches it, as vLLM derives it; None if unknown."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return None
+    scaling = getattr(config, "rope_scaling", None)
+    factor = scaling.get("factor") if isinstance(scaling, dict) else None
+    return int(positions * factor) if isinstance(factor, int | float) and factor > 1 else positions
+
+
 def check_prompts_fit(prepared: PreparedJob) -> PreparedJob:
     """Every prompt, rendered by the model's chat template, must leave ``--max-output-tokens`` of the
     context: checked here, before a job is recorded (and by ``--dry-run``), as the job checks it
@@ -166,6 +177,11 @@ def check_prompts_fit(prepared: PreparedJob) -> PreparedJob:
     with input_error("--base-model"):
         config = load_config(name)
     context = settings.model.max_context_length or getattr(config, "max_position_embeddings", 4096)
+    supported = model_context(config)
+    if settings.model.max_context_length and supported and settings.model.max_context_length > supported:
+        raise ConfigError(f"--max-context-length: {settings.model.max_context_length} is more than {name} "
+                          f"supports ({supported} tokens, from its config)", field="max_context_length",
+                          hint=f"leave it unset (the model's {supported}) or lower it")  # fmt: skip
     if settings.sampling.max_tokens >= context:
         raise ConfigError(
             f"--max-output-tokens: {settings.sampling.max_tokens} leaves no room for a prompt in the "
