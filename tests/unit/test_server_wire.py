@@ -242,22 +242,27 @@ def test_null_means_the_default_and_proto_names_are_taken_as_the_json_ones(ctx):
         body_to_values({"dataset": "arithmetic", "trainingConfig": {"loraRank": True}}, ctx)
 
 
-def test_the_echo_names_the_wandb_run_and_its_url():
+def test_the_echo_names_the_wandb_run_and_its_url_once_the_run_exists(tmp_path):
+    import json
     from types import SimpleNamespace
 
     from openrft.server.job_object import _echo
 
-    record = SimpleNamespace(id="job1", given={})
+    record = SimpleNamespace(id="job1", given={}, job_dir=tmp_path)
     flat = {"wandb": True, "wandb_project": "p", "wandb_entity": "team", "wandb_api_key": "secret"}
-    echoed = _echo(flat, {}, record)["wandbConfig"]
-    assert echoed == {"enabled": True, "project": "p", "entity": "team", "runId": "job1",
-                      "url": "https://wandb.ai/team/p/runs/job1"}  # fmt: skip
-    no_entity = _echo({**flat, "wandb_entity": None, "wandb_run_id": "r7"}, {}, record)["wandbConfig"]
-    assert no_entity == {
-        "enabled": True,
-        "project": "p",
-        "runId": "r7",
-    }  # the key's default entity: unknown here
+    # before it starts, the run's id is not drawn yet (the job id plus a random suffix): none is named
+    assert _echo(flat, {}, record)["wandbConfig"] == {"enabled": True, "project": "p", "entity": "team"}
+    (tmp_path / "wandb_run.json").write_text(
+        json.dumps({"id": "job1-a1b2c3", "project": "p", "entity": "team"})
+    )
+    assert _echo(flat, {}, record)["wandbConfig"] == {"enabled": True, "project": "p", "entity": "team",
+                                                      "runId": "job1-a1b2c3",
+                                                      "url": "https://wandb.ai/team/p/runs/job1-a1b2c3"}  # fmt: skip
+    given = _echo({**flat, "wandb_entity": None, "wandb_run_id": "r7"}, {}, record)["wandbConfig"]
+    assert given["runId"] == "r7"  # the id asked for wins
+    defaults = _echo({"wandb": True}, {}, record)["wandbConfig"]  # the project and entity the run went to
+    assert defaults == {"enabled": True, "project": "p", "entity": "team", "runId": "job1-a1b2c3",
+                        "url": "https://wandb.ai/team/p/runs/job1-a1b2c3"}  # fmt: skip
     assert "runId" not in _echo({"wandb": False}, {}, record)["wandbConfig"]
 
 

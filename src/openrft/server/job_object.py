@@ -86,8 +86,10 @@ def _echo(flat: dict[str, Any], refs: dict[str, Any], record: JobRecord) -> dict
     out["wandbConfig"].pop("apiKey", None)
     if flat.get("wandb"):
         wandb = out["wandbConfig"]
-        wandb.setdefault("runId", _run_id(record))  # the run the job's first start opened
-        if wandb.get("entity") and wandb.get("project"):
+        # the run the job's first start opened, once it has (before that, its id is not drawn yet)
+        for key, value in _run_identity(record).items():
+            wandb.setdefault(key, value)
+        if wandb.get("entity") and wandb.get("project") and wandb.get("runId"):
             wandb["url"] = f"https://wandb.ai/{wandb['entity']}/{wandb['project']}/runs/{wandb['runId']}"
     out["trainingConfig"]["outputModel"] = refs.get("outputModel") or flat.get("output_model") or record.id
     if refs.get("warmStartFrom"):
@@ -115,12 +117,21 @@ def _echo(flat: dict[str, Any], refs: dict[str, Any], record: JobRecord) -> dict
     return out
 
 
-def _run_id(record: Any) -> str:
-    """The id of the job's W&B run (recorded in its folder once it started), else the job id."""
+def _run_identity(record: Any) -> dict[str, str]:
+    """The W&B run the job opened (recorded in its folder once it started): ``runId`` and the
+    ``project`` and ``entity`` it went to, as the wire names them; nothing before it started."""
     try:
-        return str(json.loads((record.job_dir / "wandb_run.json").read_text())["id"])
-    except (AttributeError, OSError, ValueError, KeyError, TypeError):
-        return record.id
+        identity = json.loads((record.job_dir / "wandb_run.json").read_text())
+    except (AttributeError, OSError, ValueError):
+        return {}
+    if not isinstance(identity, dict):
+        return {}
+    names = {
+        "runId": identity.get("id"),
+        "project": identity.get("project"),
+        "entity": identity.get("entity"),
+    }
+    return {key: str(value) for key, value in names.items() if value}
 
 
 def completed_at(record: JobRecord) -> float | None:
