@@ -140,6 +140,32 @@ def test_trl_reward_functions_score_a_group_with_columns_as_lists():
     assert not any(s.is_valid for s in scores["wrong_count"]) and "one value per completion" in scores[
         "wrong_count"][0].reason  # fmt: skip
     assert load_evaluator(f"{path}::format_reward").mode == "groupwise"
+    # TRL passes every argument by keyword: its own examples that do not start with completions
+    mixed = Prompt("m", ({"role": "user", "content": "2+2?"},), row={"prompt": "2+2?", "task": "math"})
+    group = [(mixed, completions("m", *texts))]
+    assert [s.score for s in score_groups(load_evaluator(f"{path}::math_only"), group, timeout=5)[0]] == [
+        1.0, 0.0, 0.0]  # fmt: skip
+    assert [s.score for s in score_groups(load_evaluator(f"{path}::async_reward"), group, timeout=5)[0]] == [
+        1.0] * 3  # fmt: skip
+    by_tokens = score_groups(load_evaluator(f"{path}::by_token_count"), group, timeout=5)[0]
+    assert all(s.is_valid for s in by_tokens), by_tokens
+    assert all(load_evaluator(f"{path}::{name}").kind == "trl" for name in ("math_only", "async_reward",
+                                                                               "by_token_count"))  # fmt: skip
+
+
+def test_verl_compute_score_gets_a_dict_for_extra_info_as_verl_gives_it():
+    seen = []
+
+    def compute_score(data_source, solution_str, ground_truth, extra_info=None):
+        seen.append(extra_info)
+        return float(extra_info.get("split", "train") == "train")
+
+    evaluator = as_evaluator(compute_score, "compute_score")
+    assert evaluator.kind == "verl"
+    group = [
+        (Prompt("v", ({"role": "user", "content": "q"},), row={"ground_truth": "4"}), completions("v", "4"))
+    ]
+    assert score_groups(evaluator, group, timeout=5) == [[Score(1.0)]] and seen == [{}]
 
 
 def test_async_pointwise_and_concurrency_limit():

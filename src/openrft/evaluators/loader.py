@@ -156,7 +156,7 @@ def as_evaluator(obj: Any, name: str, *, origin: str = "", base_dir: Path | None
             dataset_adapter=header.dataset_adapter,
             source=origin,
         )
-    if callable(obj) and not isinstance(obj, type) and _first_parameter(obj) == "completions":
+    if callable(obj) and not isinstance(obj, type) and _is_trl_reward(obj):
         # TRL's reward function: f(completions, prompts=..., **columns) -> one float (or None) per completion
         return Evaluator(name=name, fn=obj, kind="trl", mode="groupwise", source=origin)
     if callable(obj) and not isinstance(obj, type) and "solution_str" in _parameters(obj):
@@ -295,11 +295,12 @@ def _candidates(module: ModuleType) -> dict[str, Any]:
     return plain or other  # the other kinds only where the file has no f(completion, ...)
 
 
-def _first_parameter(fn: Callable[..., Any]) -> str | None:
-    try:
-        return next(iter(inspect.signature(fn).parameters), None)
-    except (TypeError, ValueError):
-        return None
+def _is_trl_reward(fn: Callable[..., Any]) -> bool:
+    """TRL passes its reward functions every argument by keyword, in no order: one that names
+    ``completions`` anywhere, or starts with ``prompts`` or ``completion_ids`` (TRL's own examples
+    ``f(prompts, completions, ...)`` and ``f(completion_ids, **kwargs)``), is one."""
+    names = _parameters(fn)
+    return "completions" in names or bool(names) and names[0] in ("prompts", "completion_ids")
 
 
 def _takes_messages(fn: Callable[..., Any]) -> bool:

@@ -278,8 +278,9 @@ def verl_kwargs(fn: Callable[..., Any], prompt: Prompt, completion: Completion) 
     """The arguments verl's reward manager gives ``compute_score``, by keyword: ``data_source``,
     ``solution_str`` (the response), ``ground_truth`` and ``extra_info``, those that ``fn`` takes."""
     row = copy.deepcopy(prompt.row)
+    extra = row.get("extra_info")  # verl's reward manager always passes a dict (an empty one for none)
     fields = {"data_source": row.get("data_source"), "solution_str": completion.text,
-              "ground_truth": verl_ground_truth(row), "extra_info": row.get("extra_info")}  # fmt: skip
+              "ground_truth": verl_ground_truth(row), "extra_info": extra if extra is not None else {}}  # fmt: skip
     return _accepted(fn, fields)
 
 
