@@ -15,6 +15,7 @@ from openrft.evaluators import check_invalid_rate, load_evaluator, score_groups,
 from openrft.evaluators.base import Evaluator
 from openrft.evaluators.loader import as_evaluator
 from openrft.evaluators.protocol import EvaluateResult, EvaluationRow, evaluation_test
+from openrft.evaluators.runner import missing_fields
 from openrft.records import Completion, Prompt, Score
 
 EVALS = Path(__file__).parent.parent / "fixtures" / "evaluators"
@@ -153,6 +154,33 @@ def test_trl_reward_functions_score_a_group_with_columns_as_lists():
                                                                                "by_token_count"))  # fmt: skip
 
 
+def test_a_trl_reward_gets_the_columns_trl_passes():
+    seen = {}
+
+    def probe(completions, log_metric, **kwargs):  # TRL passes log_metric (openrft: None, as TRL allows)
+        seen.update(kwargs, log_metric=log_metric)
+        return [1.0] * len(completions)
+
+    evaluator = as_evaluator(probe, "probe")
+    text = Prompt("t", ({"role": "user", "content": "2+2?"},), row={"prompt": "2+2?", "messages": [
+        {"role": "user", "content": "2+2?"}], "solution": "4"})  # fmt: skip
+    assert missing_fields(evaluator, text) == []
+    assert all(s.is_valid for s in score_groups(evaluator, [(text, completions("t", "4"))], timeout=5)[0])
+    assert sorted(seen) == [
+        "completion_ids",
+        "log_extra",
+        "log_metric",
+        "prompts",
+        "solution",
+        "trainer_state",
+    ]
+    chat = Prompt(
+        "c", ({"role": "user", "content": "q"},), row={"messages": [{"role": "user", "content": "q"}]}
+    )
+    score_groups(evaluator, [(chat, completions("c", "4"))], timeout=5)
+    assert "messages" in seen  # a column of the user's: passed as TRL passes every column
+
+
 def test_verl_compute_score_gets_a_dict_for_extra_info_as_verl_gives_it():
     seen = []
 
@@ -166,6 +194,8 @@ def test_verl_compute_score_gets_a_dict_for_extra_info_as_verl_gives_it():
         (Prompt("v", ({"role": "user", "content": "q"},), row={"ground_truth": "4"}), completions("v", "4"))
     ]
     assert score_groups(evaluator, group, timeout=5) == [[Score(1.0)]] and seen == [{}]
+    with pytest.raises(TypeError, match="a dict without a 'score' key \\(its keys: reward\\)"):
+        to_score({"reward": 1.0})  # verl itself fails on it (KeyError: 'score')
 
 
 def test_async_pointwise_and_concurrency_limit():

@@ -197,7 +197,7 @@ def messages_kwargs(prompt: Prompt, completion: Completion) -> dict[str, Any]:
     return {**extras, "messages": messages, "ground_truth": row.get("ground_truth")}
 
 
-TRL_OWN = ("prompts", "completions", "completion_ids", "trainer_state")
+TRL_OWN = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")
 
 
 def trl_kwargs(fn: Callable[..., Any], prompt: Prompt, completions: Sequence[Completion]) -> dict[str, Any]:
@@ -215,12 +215,21 @@ def trl_kwargs(fn: Callable[..., Any], prompt: Prompt, completions: Sequence[Com
         if text_prompt is not None
         else [[{"role": "assistant", "content": t}] for t in texts],
         "completion_ids": [list(c.completion_token_ids) for c in completions],
-        "trainer_state": None,  # openrft has no trainer state to give, as TRL would
+        "trainer_state": None,  # openrft has no transformers Trainer whose state it could give
+        "log_extra": None,  # nor TRL's logging callbacks (TRL's own examples guard them: `if log_extra:`)
+        "log_metric": None,
     }
-    fields.update(
-        {k: [copy.deepcopy(v) for _ in range(n)] for k, v in prompt.row.items() if k not in TRL_OWN}
-    )
+    fields.update({k: [copy.deepcopy(v) for _ in range(n)] for k, v in trl_columns(prompt.row).items()})
     return _accepted(fn, fields)
+
+
+def trl_columns(row: dict[str, Any]) -> dict[str, Any]:
+    """The row's columns as TRL passes them: all but ``prompt`` (given as ``prompts``), and without the
+    ``messages`` openrft made of a ``prompt`` (no column of the user's)."""
+    prompt, messages = row.get("prompt"), row.get("messages")
+    derived = messages == ([{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt)
+    return {k: v for k, v in row.items()
+            if k not in TRL_OWN and k != "prompt" and not (derived and "prompt" in row and k == "messages")}  # fmt: skip
 
 
 def _as_list(result: Any, count: int) -> list[Any]:
@@ -291,7 +300,7 @@ def missing_fields(evaluator: Evaluator, prompt: Prompt) -> list[str]:
     if evaluator.kind == "verl" and verl_ground_truth(prompt.row) is None:
         missing.append("reward_model.ground_truth")
     if evaluator.kind == "trl":  # every argument by keyword: its own four, then the row's columns
-        available = {*TRL_OWN, *prompt.row}
+        available = {*TRL_OWN, *trl_columns(prompt.row)}
         return [*missing, *(name for name in required_parameters(evaluator.fn, 0) if name not in available)]
     if evaluator.kind != "plain":
         return missing
@@ -441,6 +450,10 @@ def to_score(result: Any) -> Score:
     if hasattr(result, "score") and hasattr(result, "is_score_valid"):
         reason = result.reason or getattr(result, "error", None) or ""
         return _checked(_number(result.score), bool(result.is_score_valid), reason, _metrics(result.metrics))
+    if isinstance(result, dict):
+        raise TypeError(
+            f"evaluator returned a dict without a 'score' key (its keys: {', '.join(map(str, result))})"
+        )
     raise TypeError(f"evaluator returned {type(result).__name__}, not a score, row or EvaluateResult")
 
 
