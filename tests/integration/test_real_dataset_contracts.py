@@ -151,3 +151,10 @@ def test_a_trl_reward_needing_a_column_the_rows_lack_is_refused_at_creation(tmp_
     assert (
         main(["rftj", "create", "--dataset", str(with_solution), "--evaluator", evaluator, "--dry-run"]) == 0
     )
+    (tmp_path / "ids.py").write_text(
+        "def by_ids(completion_ids, **kwargs):\n    return [len(i) for i in completion_ids]\n"
+    )
+    capsys.readouterr()
+    scored = main(["evaluate", "--dataset", str(rows), "--evaluator", f"{tmp_path / 'ids.py'}::by_ids",
+                   "--responses", str(responses)])  # fmt: skip
+    assert scored == 0 and "completion_ids are empty lists here" in capsys.readouterr().err

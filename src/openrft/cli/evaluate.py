@@ -6,6 +6,7 @@ The responses format is in :data:`EVALUATE_HELP`.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
             prompts = with_reference_field(prompts, args.reference_field, skip_bad_rows=args.skip_bad_rows)
     check_evaluator_fits(evaluator, prompts)  # every row holds what the evaluator reads, as at job creation
+    if evaluator.kind == "trl" and "completion_ids" in inspect.signature(evaluator.fn).parameters:
+        print("warning: completion_ids are empty lists here (there is no model, so no tokens); in a job they "
+              "are the sampled token ids", file=sys.stderr)  # fmt: skip
     skipped: list[str] = []
     if args.responses:
         with input_error("--responses"):
