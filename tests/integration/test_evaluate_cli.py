@@ -192,7 +192,8 @@ def test_evaluate_reference_field_reads_a_gsm8k_answer(capsys, tmp_path):
     assert code == 2 and "line 4: no reference answer in field 'answer' (--reference-field)" in err
     code, out, err = run(capsys, *argv, "--reference-field", "answer", "--skip-bad-rows")
     assert code == 0, err
-    assert "mean score 1.0000" in out and "1 malformed dataset rows were skipped" in out
+    assert "mean score 1.0000" in out and "1 malformed dataset rows were skipped:" in out
+    assert "  line 4: no reference answer in field 'answer'" in out  # each one listed, with its reason
 
 
 def test_evaluate_skip_bad_rows_also_skips_bad_response_lines(capsys, tmp_path):

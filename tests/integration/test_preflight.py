@@ -54,11 +54,14 @@ def test_gibberish_cut_off_at_the_limit_gives_no_signal(home, tiny_model_dir, ca
 
 
 def test_json_report(home, tiny_model_dir, capsys):
-    code, out, _ = preflight(capsys, tiny_model_dir, "--evaluator", "arithmetic", "--json")
+    code, out, err = preflight(capsys, tiny_model_dir, "--evaluator", "arithmetic", "--json", "--n", "2")
     report = json.loads(out)
     assert code == report["exit_code"] == NO_SIGNAL_EXIT_CODE
-    assert report["prompts"] == 4 and report["responses"] == 16 and report["truncated_frac"] == 1.0
-    assert report["zero_variance_frac"] == 1.0 and report["lengths"] == [16] * 16
+    warned = [line.removeprefix("warning: ") for line in err.splitlines() if line.startswith("warning: ")]
+    assert warned and report["notes"][: len(warned)] == warned  # what stderr warned of, in the JSON too
+    assert report["invalid"] == 0 and report["invalid_example"] is None
+    assert report["prompts"] == 4 and report["responses"] == 8 and report["truncated_frac"] == 1.0
+    assert report["zero_variance_frac"] == 1.0 and report["lengths"] == [16] * 8
     assert report["invalid_frac"] == 0.0 and report["latency_s"] >= 0
     timing = report["timing"]
     assert timing["prompts_per_round"] == 12 and timing["rounds_per_epoch"] == 1

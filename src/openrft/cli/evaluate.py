@@ -251,15 +251,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"mean score {stats.get('reward/mean', float('nan')):.4f}, "
         f"invalid {int(stats['reward/invalid_count'])} ({stats['reward/invalid_frac']:.1%})"
     )
-    if prompts.skipped:
-        print(f"{prompts.skipped} malformed dataset rows were skipped")
-    if skipped:
-        print(f"{len(skipped)} malformed response rows were skipped:")
-        print("\n".join(skipped[:5]) + (f"\n  ... and {len(skipped) - 5} more" if len(skipped) > 5 else ""))
     for key, value in stats.items():
         name = key.removeprefix("reward/")
         if name not in SUMMARY_STATS:  # the evaluator's own metrics
             print(f"  {name}: {value:.4f}")
+    rows = [f"  {prompts.unit} {number}: {why}" for number, why in prompts.bad_rows]
+    for what, lines in (("dataset", rows), ("response", skipped)):
+        if lines:
+            print(f"{len(lines)} malformed {what} rows were skipped:")
+            print("\n".join(lines[:5]) + (f"\n  ... and {len(lines) - 5} more" if len(lines) > 5 else ""))
     if args.output:
         print(f"scores written to {write_jsonl(args.output, records)}")
     shown = [*([] if args.quiet else ["in the table above"]), *([f"in {args.output}"] if args.output else [])]

@@ -44,9 +44,11 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     from openrft.train.preflight import run_preflight
 
     cfg, _ = config_from_args(args)
-    warn(C.advise(cfg))
+    notes = list(C.advise(cfg))
+    warn(notes)
     prepared = validate(cfg)  # every check of `rftj create`; nothing is recorded
-    warn(dry_run_warnings(prepared))
+    warn(checks := dry_run_warnings(prepared))
+    notes += checks
     s = prepared.settings.sampling
     count = min(args.preflight_prompts, len(prepared.split(prepared.dataset)[0]))  # the training prompts
     print(
@@ -55,6 +57,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         flush=True,
     )
     report = run_preflight(prepared, args.preflight_prompts)
+    report.notes = notes + report.notes  # the warnings printed above, in --json too
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

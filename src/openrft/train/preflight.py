@@ -129,7 +129,7 @@ def summarize_groups(groups: Sequence[ScoredGroup], settings: JobSettings, mode:
         zero_variance=zero, zero_variance_low=low, zero_variance_high=high, distinct_scores=valid[:12],
         lengths=[c.sampled_tokens for c in completions],
         truncated=sum(c.finish_reason == "length" for c in completions), scores=len(scores),
-        invalid=len(invalid), invalid_example=next((x.reason for x in invalid if x.reason), "no reason given"),
+        invalid=len(invalid), invalid_example=next((x.reason for x in invalid if x.reason), "no reason given" if invalid else None),
         calls=len(groups) if mode == "groupwise" else len(scores), latency_s=None, sample_wall_s=0.0,
         score_wall_s=0.0,
     )  # fmt: skip

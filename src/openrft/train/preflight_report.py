@@ -63,7 +63,7 @@ class PreflightReport:
     truncated: int  # responses that ended at the length limit
     scores: int  # scores returned
     invalid: int  # invalid scores
-    invalid_example: str
+    invalid_example: str | None  # None: no score was invalid
     calls: int  # evaluator calls in the scoring pass
     latency_s: float | None  # seconds per evaluator call, timed one call at a time
     sample_wall_s: float  # sampling the prompts here
