@@ -182,3 +182,15 @@ def test_ray_settings_without_a_cluster_are_refused(flag):
     with pytest.raises(ConfigError, match="applies to a Ray cluster: give --ray-address too"):
         build_config({}, flag)
     build_config({}, {**flag, "ray_address": "local"})  # with a cluster they are taken
+
+
+def test_an_unreachable_cluster_is_refused_at_creation_leaving_no_job(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    from openrft.cli import main
+
+    monkeypatch.setenv("OPENRFT_HOME", str(tmp_path / "home"))
+    flags = ["rftj", "create", "--dataset", "arithmetic:count=4", "--ray-address", "127.0.0.1:1"]
+    for extra in (["--dry-run"], ["--job-id", "typo"]):
+        assert main([*flags, *extra]) == 2
+        assert capsys.readouterr().err.startswith("--ray-address 127.0.0.1:1: cannot connect to a Ray cluster")
+    assert not (tmp_path / "home" / "jobs" / "typo").exists()

@@ -35,6 +35,7 @@ _LAZY = {
     "RayScorer": "openrft.distributed.scoring",
     "connect": "openrft.distributed.cluster",
     "require_ray": "openrft.distributed.cluster",
+    "check_address": "openrft.distributed.cluster",
     "WorkerSpec": "openrft.distributed.worker",
 }
 

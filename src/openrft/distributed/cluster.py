@@ -81,14 +81,31 @@ def connect(address: str, *, num_cpus: int | None = None) -> Any:
             hint="copy ~/.ray/auth_token from the head node to this machine (or set RAY_AUTH_TOKEN)",
         ) from None
     except (OSError, RuntimeError, ValueError) as exc:  # ConnectionError and TimeoutError included
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"--ray-address {address}: cannot connect to a Ray cluster ({first})",
-            field="ray_address",
-            hint="start one with `ray start --head` on the head node, or use --ray-address local "
-            "to run Ray on this machine only",
-        ) from None
+        raise _unreachable(address, exc) from None
     return ray
+
+
+def check_address(address: str) -> None:
+    """At job creation: a :class:`ConfigError` when nothing that speaks Ray's protocol answers at
+    ``address`` (checked again, and connected to, when the job starts), so that a typo leaves no job."""
+    address = address.strip()
+    if address == "local":
+        return
+    ray = require_ray()
+    try:
+        _check_reachable(ray, address)
+    except (OSError, ValueError) as exc:  # ConnectionError and TimeoutError included
+        raise _unreachable(address, exc) from None
+
+
+def _unreachable(address: str, exc: BaseException) -> ConfigError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ConfigError(
+        f"--ray-address {address}: cannot connect to a Ray cluster ({first})",
+        field="ray_address",
+        hint="start one with `ray start --head` on the head node, or use --ray-address local "
+        "to run Ray on this machine only",
+    )
 
 
 @contextlib.contextmanager
@@ -216,4 +233,4 @@ def check_capacity(ray: Any, workers: int, per_worker: dict[str, float]) -> None
             )
 
 
-__all__ = ["INSTALL_HINT", "check_capacity", "cluster_capacity", "connect", "require_ray"]
+__all__ = ["INSTALL_HINT", "check_address", "check_capacity", "cluster_capacity", "connect", "require_ray"]

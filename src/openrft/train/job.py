@@ -430,10 +430,11 @@ def _require_extras(cfg: JobConfig) -> None:
             import_wandb()
             check_mode()
     if cfg.rollout.ray_address:
-        from openrft.distributed import require_ray
+        from openrft.distributed import check_address, require_ray
 
         with input_error("--ray-address"):
             require_ray()
+            check_address(cfg.rollout.ray_address)
     elif cfg.rollout.rollout_engine == "vllm":  # with Ray, vLLM runs on the actors' nodes instead
         from openrft.rollout.vllm_engine import import_vllm
 
