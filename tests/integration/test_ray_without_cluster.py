@@ -192,5 +192,7 @@ def test_an_unreachable_cluster_is_refused_at_creation_leaving_no_job(tmp_path, 
     flags = ["rftj", "create", "--dataset", "arithmetic:count=4", "--ray-address", "127.0.0.1:1"]
     for extra in (["--dry-run"], ["--job-id", "typo"]):
         assert main([*flags, *extra]) == 2
-        assert capsys.readouterr().err.startswith("--ray-address 127.0.0.1:1: cannot connect to a Ray cluster")
+        assert capsys.readouterr().err.startswith(
+            "--ray-address 127.0.0.1:1: cannot connect to a Ray cluster"
+        )
     assert not (tmp_path / "home" / "jobs" / "typo").exists()
