@@ -111,6 +111,8 @@ class McpToolset(Toolset):
                 "ClosedResourceError: the server closed the connection")  # fmt: skip
             if not ready.done():
                 ready.set_exception(exc if isinstance(exc, Exception) else ConnectionError(self._lost))
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
 
     async def __aexit__(self, *exc_info: Any) -> None:
         holder, self._holder, self._session = self._holder, None, None
