@@ -314,6 +314,33 @@ def test_create_resume_from_keeps_the_stored_config_and_applies_new_flags(
     assert record.config["training"]["learning_rate"] == 2e-4
 
 
+def test_a_resume_refuses_what_its_checkpoints_fix_and_a_refused_one_changes_nothing(
+    fake, home, model_dir, capsys, monkeypatch
+):
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    create(capsys, model_dir, "--job-id", "a")
+    refused = [
+        (
+            ["--lora-rank", "16"],
+            "--lora-rank: a resumed job keeps the lora rank its checkpoints were made with (8)",
+        ),
+        (["--lora-alpha", "32"], "--lora-alpha: a resumed job keeps the lora alpha"),
+        (["--dataset", "arithmetic:count=12"], "--dataset: a resumed job keeps its dataset (arithmetic)"),
+        (["--job-id", "b"], "--job-id: a resumed job keeps the job id its checkpoints were made with (a)"),
+    ]
+    for flags, said in refused:
+        assert main(["rftj", "create", "--resume-from", "a", *flags, "--quiet"]) == 2
+        assert capsys.readouterr().err.startswith(said)
+    assert JobStore().get("a").state is S.FAILED  # nothing was changed or started
+    assert main(["rftj", "create", "--resume-from", "a", "--lora-alpha", "16", "--quiet"]) == 0  # 2 x rank
+    capsys.readouterr()
+    before = JobStore().get("a").config
+    code = main(["rftj", "create", "--resume-from", "a", "--learning-rate", "2e-4", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 7 and "nothing left to resume" in err and "continuing with changed" not in err
+    assert JobStore().get("a").config == before  # a refused resume leaves the job's record as it was
+
+
 def test_existing_id_is_refused(fake, home, model_dir, capsys):
     create(capsys, model_dir, "--job-id", "a")
     code, _, err = create(capsys, model_dir, "--job-id", "a")

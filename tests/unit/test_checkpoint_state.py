@@ -50,3 +50,18 @@ def test_the_warm_up_rises_linearly_and_a_resume_continues_the_schedule(tmp_path
     assert rates == pytest.approx([2e-5, 4e-5, 6e-5, 8e-5, 1e-4, 1e-4])  # then constant
     optimizer, _ = make_optimizer(OptimizerSettings(1e-4, 0.0, 0), policy)
     assert optimizer.param_groups[0]["lr"] == 1e-4  # no warm-up: the full rate from the first update
+
+
+def test_a_resume_takes_the_learning_rate_and_weight_decay_it_is_given_now(tmp_path, tiny_model):
+    model, _ = tiny_model
+    policy = attach_lora(model, 2, 4, seed=0)
+    optimizer, scheduler = make_optimizer(OptimizerSettings(1e-4, 0.0, 4), policy)
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    path = save_checkpoint(tmp_path, LoopState(step=2, optimizer_step=2), policy, optimizer, scheduler)
+    optimizer, scheduler = make_optimizer(OptimizerSettings(2e-4, 0.01, 4), policy)  # resumed with new values
+    load_checkpoint(path, policy, optimizer, scheduler)
+    group = optimizer.param_groups[0]
+    assert scheduler.last_epoch == 2 and group["weight_decay"] == 0.01
+    assert group["lr"] == pytest.approx(2e-4 * 3 / 5)  # the new rate, at the warm-up's third update

@@ -31,7 +31,7 @@ from typing import Any
 from openrft.config import JobConfig, build_config, flatten, load_job_file
 from openrft.errors import ConfigError, JobError, OpenRFTError
 from openrft.jobs.outcome import failure_message, record_outcome, reserve_outcome
-from openrft.jobs.snapshot import absolute_paths, resumed_values, write_snapshot
+from openrft.jobs.snapshot import absolute_paths, refuse_fixed_changes, resumed_values, write_snapshot
 from openrft.jobs.states import OUTCOME_STATES, JobState
 from openrft.jobs.store import JobRecord, JobStore, config_values
 from openrft.paths import folder_in_use, folder_lock, openrft_home, output_dir
@@ -179,17 +179,22 @@ def _resume_from(
             raise JobError(f"--resume-from {target}: a process is training in that folder now",
                            hint="wait for it to end, or stop it first")  # fmt: skip
         job_id = cfg.training.job_id or job_dir.name
-        cfg = _folder_config(job_dir, config_file, flag_values) if (job_dir / "job.json").is_file() else cfg
+        if (job_dir / "job.json").is_file():
+            saved, cfg = _folder_config(job_dir, config_file, flag_values)
+            refuse_fixed_changes(flatten(config_values(saved)[0]), flatten(config_values(cfg)[0]))
         cfg = with_absolute_paths(cfg)
         return store.create(job_id, cfg, job_dir=job_dir.resolve(), resume=True, detached=detach)
     file_values = absolute_paths(load_job_file(config_file) if config_file else {}, Path.cwd())
     base = {**record.given, **store.secrets(record.id)}
     merged, _ = build_config({**base, **file_values}, absolute_paths(flag_values, Path.cwd()))
     changed = _changed(record.flat_config(), config_values(merged)[0])
+    refuse_fixed_changes(record.flat_config(), flatten(config_values(merged)[0]))
+    resumed = store.prepare_resume(record.id, force=True)  # refused (and nothing changed) if it cannot
     if changed:
         store.update_config(record.id, merged)
         print(f"job {record.id}: continuing with changed {', '.join(changed)}", file=sys.stderr)
-    return store.prepare_resume(record.id, force=True)
+        resumed = store.get(record.id)
+    return resumed
 
 
 def check_resume_target(target: str) -> None:
@@ -204,10 +209,12 @@ def _no_resume_target(target: str) -> JobError:
     return JobError(message, hint="see the jobs with: openrft rftj list")
 
 
-def _folder_config(job_dir: Path, config_file: str | None, flag_values: dict[str, Any]) -> JobConfig:
-    """A job folder's own configuration (its ``job.json``), with a job file's and this command line's
-    values applied: the folder's job continues, not one rebuilt from defaults (a folder of checkpoints
-    alone takes the command line's job)."""
+def _folder_config(
+    job_dir: Path, config_file: str | None, flag_values: dict[str, Any]
+) -> tuple[JobConfig, JobConfig]:
+    """A job folder's own configuration (its ``job.json``), as saved and with a job file's and this
+    command line's values applied: the folder's job continues, not one rebuilt from defaults (a folder
+    of checkpoints alone takes the command line's job)."""
     from openrft.jobs.repair import saved_values
 
     try:
@@ -215,7 +222,8 @@ def _folder_config(job_dir: Path, config_file: str | None, flag_values: dict[str
     except ValueError as exc:
         raise JobError(f"--resume-from {job_dir}: its job.json cannot be read ({exc})") from None
     file_values = absolute_paths(load_job_file(config_file) if config_file else {}, Path.cwd())
-    return build_config({**base, **file_values}, absolute_paths(flag_values, Path.cwd()))[0]
+    saved = build_config({}, base)[0]
+    return saved, build_config({**base, **file_values}, absolute_paths(flag_values, Path.cwd()))[0]
 
 
 # ----------------------------------------------------------------------------- running

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from openrft.data import is_builtin
-from openrft.errors import JobError
+from openrft.errors import ConfigError, JobError
 from openrft.models import EMBEDDED
 from openrft.paths import atomic_write_text, temporary_beside
 
@@ -186,4 +186,56 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["absolute_paths", "write_snapshot", "resumed_values", "code_path", "sha256"]
+# What a job's checkpoints are made of or numbered by: a resume that changed one could not load them
+# (the adapter's shape, the weights under it) or would lose its place (the job's name).
+FIXED_ON_RESUME = ("base_model", "warm_start_from", "lora_rank", "lora_alpha", "job_id")
+
+
+def refuse_fixed_changes(before: dict[str, Any], after: dict[str, Any]) -> None:
+    """A ConfigError naming the first value a resume may not change: one its checkpoints fix, or the
+    dataset (its place in the data would be lost; the same file moved elsewhere is the same dataset)."""
+    before, after = _effective(before), _effective(after)
+    for name in FIXED_ON_RESUME:
+        if name in after and after[name] is not None and before.get(name) != after[name]:
+            was = (
+                f"its checkpoints were made with ({before[name]})"
+                if before.get(name) is not None
+                else "it has"
+            )
+            raise ConfigError(
+                f"--{name.replace('_', '-')}: a resumed job keeps the {name.replace('_', ' ')} {was}, "
+                f"not {after[name]}",
+                field=name,
+                hint="start a new job instead, with --warm-start-from on this job's output adapter",
+            )
+    old, new = before.get("dataset"), after.get("dataset")
+    if old != new and not _same_file(old, new):
+        raise ConfigError(
+            f"--dataset: a resumed job keeps its dataset ({old}), not {new}: its place in the data would be lost",
+            field="dataset",
+            hint="start a new job on the other data, with --warm-start-from on this job's output adapter",
+        )
+
+
+def _effective(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with an unset LoRA alpha as what it stands for (twice the rank)."""
+    rank = values.get("lora_rank")
+    alpha = values.get("lora_alpha") or (2 * rank if isinstance(rank, int) else None)
+    return {**values, "lora_alpha": alpha}
+
+
+def _same_file(a: Any, b: Any) -> bool:
+    try:
+        return Path(a).is_file() and Path(b).is_file() and sha256(Path(a)) == sha256(Path(b))
+    except (TypeError, OSError):
+        return False
+
+
+__all__ = [
+    "absolute_paths",
+    "write_snapshot",
+    "resumed_values",
+    "code_path",
+    "sha256",
+    "refuse_fixed_changes",
+]

@@ -147,8 +147,18 @@ def load_checkpoint(path: Path, peft_model, optimizer, scheduler) -> LoopState:
     # on the CPU: a GPU job's checkpoint resumes on another device or machine; load_state_dict moves the
     # optimizer's state to its parameters' device
     optim = torch.load(path / "optim.pt", weights_only=False, map_location="cpu")
+    # the hyperparameters the job has now (a resume may change them), not the checkpoint's: its moments
+    # and step count are restored, its learning rate and weight decay are not
+    wanted = [(group["initial_lr"], group["weight_decay"]) for group in optimizer.param_groups]
     optimizer.load_state_dict(optim["optimizer"])
     scheduler.load_state_dict(optim["scheduler"])
+    scheduler.base_lrs = [lr for lr, _ in wanted]
+    for group, (lr, decay) in zip(optimizer.param_groups, wanted, strict=True):
+        group.update(initial_lr=lr, weight_decay=decay)
+    for group, base, factor in zip(
+        optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
+        group["lr"] = base * factor(scheduler.last_epoch)
     _set_rng_state(torch.load(path / "rng.pt", weights_only=False, map_location="cpu"))
     return LoopState.from_json(json.loads((path / "state.json").read_text()))
 
