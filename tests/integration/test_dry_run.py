@@ -248,6 +248,9 @@ def test_an_earlier_output_folder_or_an_empty_one_is_accepted(files, tiny_model_
     earlier.mkdir()
     (earlier / "adapter_config.json").write_text("{}")
     (earlier / "job.json").write_text("{}")
+    (earlier / ".openrft-job").write_text(
+        f"{files / 'gone-job'}\nadapter_config.json\njob.json\n"
+    )  # its mark
     (files / "empty").mkdir()
     for out in (earlier, files / "empty", files / "new" / "deeper"):
         code, _, err = dry_run(capsys, tiny_model_dir, "--dataset", str(files / "good.jsonl"), "--evaluator",

@@ -21,7 +21,7 @@ from openrft.jobs.states import JobState as S
 from openrft.jobs.store import JobStore
 from openrft.paths import folder_in_use, folder_lock
 from openrft.train.checkpoint import latest_checkpoint
-from openrft.train.job import check_output_folder
+from openrft.train.output_folder import check_output_folder
 
 create = lifecycle.create
 fake, home, model_dir = lifecycle.fake, lifecycle.home, lifecycle.model_dir  # the fixtures
@@ -75,6 +75,27 @@ def test_an_output_folder_of_another_job_is_refused(tmp_path):
     check_output_folder(out, [], job_dir=owner)  # its own job, resumed, may write it again
     (owner / "job.json").unlink()  # that job is gone: the folder is an earlier output like any other
     check_output_folder(out, [])
+
+
+def test_an_earlier_output_with_files_of_the_users_added_or_without_openrfts_mark_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    written = ["adapter_config.json", "adapter_model.safetensors", "job.json", "README.md"]
+    for name in written:
+        (out / name).write_text("{}")
+    with pytest.raises(ConfigError, match="exists and is not an openrft output folder"):
+        check_output_folder(out, [])  # an adapter of the user's, job.json and all, but no mark
+    (out / ".openrft-job").write_text("".join(f"{line}\n" for line in [tmp_path / "gone", *written]))
+    check_output_folder(out, [])  # an earlier output: replaced whole
+    (out / "my_notes.txt").write_text("mine")
+    (out / "eval_results").mkdir()
+    with pytest.raises(
+        ConfigError, match=r"holds what openrft did not write there \(eval_results, my_notes.txt\)"
+    ):
+        check_output_folder(out, [])
+    (out / ".openrft-job").write_text(f"{tmp_path / 'gone'}\n")  # a mark from before it listed its files
+    with pytest.raises(ConfigError, match="eval_results, my_notes.txt"):
+        check_output_folder(out, [])
 
 
 def test_a_relative_output_folder_is_kept_absolute(fake, home, model_dir, capsys, monkeypatch, tmp_path):

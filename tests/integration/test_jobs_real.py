@@ -54,9 +54,9 @@ def test_real_job_runs_through_the_store(home, flags, capsys):
     assert steps and record.steps == steps[-1]["step"]
     assert record.last_reward == pytest.approx(steps[-1]["reward/mean"])
     assert (record.output_dir / "adapter_config.json").is_file()
-    assert (record.output_dir / ".openrft-job").read_text().strip() == str(
-        record.job_dir.resolve()
-    )  # its owner
+    owner, *written = (record.output_dir / ".openrft-job").read_text().strip().splitlines()
+    assert owner == str(record.job_dir.resolve())  # its owner, then what it wrote there
+    assert sorted(written) == sorted(p.name for p in record.output_dir.iterdir() if p.name != ".openrft-job")
     main(["rftj", "rollouts", "base", "--best", "--limit", "1", "-o", "json"])
     (best,) = json.loads(capsys.readouterr().out)
     rows = [r for r in read_jsonl(record.rollouts_path) if r["step"] == best["step"]]

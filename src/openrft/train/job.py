@@ -31,7 +31,7 @@ from typing import Any
 from openrft.config import JobConfig
 from openrft.data import PromptSet, check_prompt_lengths, load_prompts, split_carveout
 from openrft.errors import ConfigError, DataError, EvaluatorError, OpenRFTError, input_error
-from openrft.paths import OWNER_FILE, atomic_write_text, output_dir
+from openrft.paths import atomic_write_text, output_dir
 from openrft.records import Prompt
 from openrft.settings import JobSettings
 from openrft.tracking.progress import ProgressBar
@@ -39,6 +39,7 @@ from openrft.tracking.sinks import JsonlSink, MetricsSink, MultiSink
 from openrft.train import setup
 from openrft.train.checkpoint import LoopState, load_latest
 from openrft.train.loop import Outcome, TrainContext, train
+from openrft.train.output_folder import check_output_folder
 
 
 @dataclass(frozen=True)
@@ -250,55 +251,6 @@ def job_inputs(cfg: JobConfig, dataset: str) -> list[Path]:
         (d.evaluator or "").split("::")[0],
     ]
     return [Path(p).expanduser().resolve() for p in named if p and Path(p).expanduser().exists()]
-
-
-def check_output_folder(target: Path, inputs: Sequence[Path], job_dir: Path | None = None) -> None:
-    """Refuse an ``--output-model`` that would replace something the user made, or cannot be written.
-
-    Accepted: a folder that does not exist yet (in a writable place), an empty folder, or an
-    earlier openrft output folder (it holds ``adapter_config.json`` and ``job.json``) unless it is the
-    output of another job that still exists (``job_dir``: this job's folder, None for a new job).
-    """
-    target = target.expanduser().resolve()
-    flag = f"--output-model {target}"
-    for path in inputs:
-        if path == target or target in path.parents:
-            raise ConfigError(f"{flag}: this is an input of the job ({path}); choose another folder",
-                              field="output_model")  # fmt: skip
-    from openrft.paths import openrft_home
-
-    home = openrft_home().expanduser().resolve()
-    jobs = home / "jobs"
-    if target in (home, *home.parents) or target == jobs or jobs in target.parents:
-        raise ConfigError(f"{flag}: this is openrft's own job store ({jobs}), or holds it; choose a folder "
-                          "outside it", field="output_model")  # fmt: skip
-    if target.is_file() or (target.exists() and not target.is_dir()):
-        raise ConfigError(f"{flag}: a file is there; give a folder for the adapter", field="output_model")
-    earlier_output = (target / "adapter_config.json").is_file() and (target / "job.json").is_file()
-    owner = output_owner(target)
-    mine = job_dir is not None and owner == job_dir.resolve()
-    if owner is not None and not mine and (owner / "job.json").is_file():
-        raise ConfigError(
-            f"{flag}: the folder is the output of job {owner.name} ({owner}); nothing in it is replaced",
-            field="output_model", hint="give a new or empty folder (or delete that job first)",
-        )  # fmt: skip
-    if target.is_dir() and any(p.name != OWNER_FILE for p in target.iterdir()) and not earlier_output:
-        raise ConfigError(
-            f"{flag}: the folder exists and is not an openrft output folder; nothing in it is replaced",
-            field="output_model", hint="give a new or empty folder",
-        )  # fmt: skip
-    parent = next(p for p in [target, *target.parents] if p.exists())
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag}: {parent} is not a writable folder", field="output_model")
-
-
-def output_owner(folder: Path) -> Path | None:
-    """The folder of the job that wrote the output in ``folder`` (None if unknown)."""
-    try:
-        text = (folder / OWNER_FILE).read_text().strip()
-    except OSError:
-        return None
-    return Path(text) if text else None
 
 
 def check_adapter_folder(folder: Path) -> None:

@@ -295,12 +295,14 @@ def write_outputs(model: Any, job_dir: Path, target: Path, tokenizer: Any = None
     with atomic_directory(target) as tmp:
         P.save_adapter(model, tmp)
         shutil.copy(job_dir / "job.json", tmp / "job.json")
-        (tmp / OWNER_FILE).write_text(f"{job_dir.resolve()}\n")  # whose output this is
         if (job_dir / "metrics.jsonl").exists():
             shutil.copy(job_dir / "metrics.jsonl", tmp / "metrics.jsonl")
             plot_reward_curve(job_dir / "metrics.jsonl", tmp / "reward_curve.png", title=job_dir.name)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_model_card(tmp, target)  # replaces the empty template PEFT writes
+        # whose output this is, and what it wrote: a later job may replace these, never a file added since
+        names = sorted(p.name for p in tmp.iterdir())
+        (tmp / OWNER_FILE).write_text("".join(f"{line}\n" for line in [job_dir.resolve(), *names]))
         readable_by_all(tmp)
     return target
