@@ -338,3 +338,11 @@ def test_a_context_stretched_by_rope_scaling_counts_as_the_models():
     yarn = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
     assert model_context(SimpleNamespace(max_position_embeddings=32768, rope_scaling=yarn)) == 131072
     assert model_context(SimpleNamespace()) is None
+
+
+def test_a_warm_start_folder_that_is_not_there_is_named_so(files, capsys):
+    code = main(["rftj", "create", "--dataset", "arithmetic:count=4", "--dry-run",
+                 "--warm-start-from", str(files / "no-adapter-here")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"--warm-start-from {files / 'no-adapter-here'}: no such folder"), err
+    assert "jobs/JOB_ID/output" in err  # where a job's adapter is

@@ -68,3 +68,17 @@ def test_a_modelfile_written_under_another_name_tells_ollama_that_name(tokenizer
     assert "ollama create my-model -f Modelfile &&" in render_modelfile("tiny.gguf", tokenizer)
     beside = render_modelfile("tiny.gguf", tokenizer, file_name="tiny.gguf.Modelfile")
     assert "ollama create my-model -f tiny.gguf.Modelfile &&" in beside
+
+
+def test_the_model_card_gives_the_adapters_own_rank_for_a_warm_started_job(tmp_path):
+    import json
+
+    from openrft.train.model_card import write_model_card
+
+    training = {"lora_rank": 16, "base_model": "some/model", "job_id": "job1", "warm_start_from": "/a/peft"}
+    (tmp_path / "job.json").write_text(json.dumps({"training": training}))
+    (tmp_path / "adapter_config.json").write_text(
+        json.dumps({"r": 4, "lora_alpha": 8})
+    )  # the start adapter's
+    card = write_model_card(tmp_path).read_text()
+    assert "| LoRA rank / alpha | 4 / 8 |" in card and "--max-lora-rank 8 " in card

@@ -31,7 +31,7 @@ from typing import Any
 from openrft.config import JobConfig
 from openrft.data import PromptSet, check_prompt_lengths, load_prompts, split_carveout
 from openrft.errors import ConfigError, DataError, EvaluatorError, OpenRFTError, input_error
-from openrft.paths import atomic_write_text, output_dir
+from openrft.paths import atomic_write_text, openrft_home, output_dir
 from openrft.records import Prompt
 from openrft.settings import JobSettings
 from openrft.tracking.progress import ProgressBar
@@ -258,6 +258,10 @@ def check_adapter_folder(folder: Path) -> None:
     flag = f"--warm-start-from {folder}"
     hint = "give the folder of a PEFT LoRA adapter, e.g. an earlier job's output folder"
     config = folder / "adapter_config.json"
+    if not folder.is_dir():
+        raise ConfigError(f"{flag}: no such folder", field="warm_start_from",
+                          hint="give an adapter folder: a job's is its output folder, "
+                          f"{openrft_home() / 'jobs' / 'JOB_ID' / 'output'} (or its --output-model)")  # fmt: skip
     if not config.is_file():
         raise ConfigError(f"{flag}: no adapter_config.json there", field="warm_start_from", hint=hint)
     weights = folder / "adapter_model.safetensors"
