@@ -346,3 +346,30 @@ def test_a_warm_start_folder_that_is_not_there_is_named_so(files, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(f"--warm-start-from {files / 'no-adapter-here'}: no such folder"), err
     assert "jobs/JOB_ID/output" in err  # where a job's adapter is
+
+
+def test_a_warm_start_keeps_its_adapters_rank_and_a_differing_one_is_refused(files, tiny_model_dir, capsys):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapter = files / "peft-r4"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])).save_pretrained(
+        adapter
+    )
+    flags = [
+        "rftj",
+        "create",
+        "--dataset",
+        "arithmetic:count=4",
+        "--dry-run",
+        "--warm-start-from",
+        str(adapter),
+    ]
+    capsys.readouterr()  # (transformers' loading bar)
+    assert main([*flags, "--lora-rank", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "--lora-rank: 16 differs from the --warm-start-from adapter's (4), which it keeps"
+    ), err
+    assert main([*flags, "--lora-alpha", "8"]) == 0  # what the adapter has: accepted

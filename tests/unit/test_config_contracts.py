@@ -50,13 +50,3 @@ def test_an_own_agent_refuses_the_built_in_loops_tools_and_mcp_servers_alike(dri
     """--mcp-server (like --tools) configures the built-in agent loop; beside --agent it would be ignored."""
     with pytest.raises(ConfigError, match="--agent runs your own agent code; --tools and --mcp-server"):
         _build(agent="agent.py::run", **driver)
-
-
-def test_a_warm_start_keeps_its_adapters_rank_and_alpha():
-    from openrft.config import build_config
-    from openrft.errors import ConfigError
-
-    for flag in ({"lora_rank": 16}, {"lora_alpha": 32}):
-        with pytest.raises(ConfigError, match="the adapter keeps its own rank and alpha"):
-            build_config({}, {"warm_start_from": "/some/adapter", **flag})
-    build_config({}, {"warm_start_from": "/some/adapter"})

@@ -484,9 +484,6 @@ class JobConfig(BaseModel):
             raise ValueError(
                 "--warm-start-from and --base-model are mutually exclusive: the adapter already names its base model"
             )
-        if t.warm_start_from and (given := {"lora_rank", "lora_alpha"} & t.model_fields_set):
-            raise ValueError(f"--warm-start-from and --{min(given).replace('_', '-')} are mutually exclusive: "
-                             "the adapter keeps its own rank and alpha")  # fmt: skip
         if t.max_context_length is not None and r.max_output_tokens >= t.max_context_length:
             raise ValueError(
                 f"--max-output-tokens ({r.max_output_tokens}) must be smaller than --max-context-length "

@@ -90,6 +90,7 @@ def prepare(cfg: JobConfig, job_dir: Path | None = None) -> PreparedJob:
     m = settings.model
     if m.warm_start_from:
         check_adapter_folder(Path(m.warm_start_from))
+        check_adapter_shape(Path(m.warm_start_from), cfg)
     else:
         with input_error("--base-model"):
             check_model_available(m.base_model)
@@ -275,6 +276,19 @@ def check_adapter_folder(folder: Path) -> None:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"{flag}: {path.name} cannot be read: {first}", field="warm_start_from",
                               hint=hint) from None  # fmt: skip
+
+
+def check_adapter_shape(folder: Path, cfg: JobConfig) -> None:
+    """A warm-started job keeps its adapter's rank and alpha: a --lora-rank or --lora-alpha given that
+    differs from them is refused (one that agrees, as a client filling in every field sends, is not)."""
+    shape = json.loads((folder / "adapter_config.json").read_text())
+    given = cfg.training.model_fields_set
+    for name, key in (("lora_rank", "r"), ("lora_alpha", "lora_alpha")):
+        value, kept = getattr(cfg.training, name), shape.get(key)
+        if name in given and kept is not None and value != kept:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag}: {value} differs from the --warm-start-from adapter's ({kept}), which it "
+                              "keeps", field=name, hint=f"leave {flag} out (or give {kept})")  # fmt: skip
 
 
 def _open_weights(path: Path) -> None:
