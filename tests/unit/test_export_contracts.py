@@ -82,3 +82,21 @@ def test_the_model_card_gives_the_adapters_own_rank_for_a_warm_started_job(tmp_p
     )  # the start adapter's
     card = write_model_card(tmp_path).read_text()
     assert "| LoRA rank / alpha | 4 / 8 |" in card and "--max-lora-rank 8 " in card
+
+
+def test_a_cancelled_jobs_card_says_the_adapter_is_unfinished(tmp_path):
+    import json
+
+    from openrft.train.model_card import write_model_card
+
+    (tmp_path / "job.json").write_text(
+        json.dumps({"training": {"base_model": "some/model", "job_id": "job1"}})
+    )
+    card = write_model_card(tmp_path, unfinished="it was cancelled at step 3").read_text()
+    title = card.index("# job1: a LoRA adapter")
+    assert title < card.index("> **Unfinished:** it was cancelled at step 3.") < card.index("## Training")
+    assert "Unfinished" not in write_model_card(tmp_path).read_text()
+    (tmp_path / "job.json").write_text(
+        json.dumps({"training": {"job_id": "j"}, "data": {"dataset": "arithmetic"}})
+    )
+    assert "| evaluator | `arithmetic (built-in, the dataset's)` |" in write_model_card(tmp_path).read_text()

@@ -503,7 +503,9 @@ def run_training(
         jsonl.close()  # the caller's sinks are the caller's to close, once it knows how the job ended
         getattr(engine, "close", lambda: None)()  # e.g. Ray actors
         getattr(scorer, "close", lambda: None)()  # the evaluator's worker processes
-    setup.write_outputs(model, job_dir, output_dir(job_dir, cfg.training.output_model), tokenizer)
+    unfinished = (f"it was cancelled at step {outcome.state.step}, before its last epoch ended"
+                  if outcome.status == "cancelled" else None)  # fmt: skip
+    setup.write_outputs(model, job_dir, output_dir(job_dir, cfg.training.output_model), tokenizer, unfinished)
     return outcome
 
 

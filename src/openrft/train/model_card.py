@@ -78,7 +78,7 @@ def _parameters(cfg: dict[str, Any]) -> list[tuple[str, str]]:
         ("batch size (tokens per step)", _fmt(training.get("batch_size"))),
         ("prompts per round (chunk size)", _fmt(training.get("chunk_size"))),
         ("dataset", f"`{data.get('dataset')}`"),
-        ("evaluator", f"`{data.get('evaluator')}`"),
+        ("evaluator", f"`{data.get('evaluator') or _default_evaluator(data.get('dataset'))}`"),
         ("seed", _fmt(training.get("seed"))),
     ]
     if training.get("warm_start_from"):
@@ -99,6 +99,17 @@ def _results(summary: RunSummary | None) -> list[tuple[str, str]]:
     if summary.best_eval is not None:
         rows.append(("best held-out reward", f"{summary.best_eval:.4f}"))
     return rows
+
+
+def _default_evaluator(dataset: Any) -> str:
+    """The built-in evaluator a job without one used (its dataset's)."""
+    from openrft.errors import OpenRFTError
+    from openrft.evaluators.loader import default_evaluator_name
+
+    try:
+        return f"{default_evaluator_name(dataset)} (built-in, the dataset's)"
+    except (OpenRFTError, OSError):
+        return "the dataset's built-in one"
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -183,11 +194,12 @@ def render_model_card(
     return "\n\n".join(parts)
 
 
-def write_model_card(folder: Path, final_dir: Path | None = None) -> Path:
+def write_model_card(folder: Path, final_dir: Path | None = None, unfinished: str | None = None) -> Path:
     """Write ``folder/README.md`` from the ``job.json`` and ``metrics.jsonl`` in ``folder``.
 
     ``final_dir`` is where the folder will end up (it is usually written under a temporary
-    name first); the loading instructions name it.
+    name first); the loading instructions name it. ``unfinished`` says why the adapter is not a
+    finished run's (a cancel), said at the top of the card.
     """
     cfg = json.loads((folder / "job.json").read_text())
     training = cfg.get("training", {})
@@ -204,6 +216,11 @@ def write_model_card(folder: Path, final_dir: Path | None = None) -> Path:
         pass
     metrics = folder / "metrics.jsonl"
     text = render_model_card(cfg, metrics if metrics.is_file() else None, (final_dir or folder).resolve())
+    if unfinished:  # said under the title
+        front, title, rest = text.split("\n\n", 2)
+        note = (f"> **Unfinished:** {unfinished}. This adapter is where training had got to then; "
+                "`openrft rftj resume --force` continues the job.")  # fmt: skip
+        text = "\n\n".join([front, title, note, rest])
     atomic_write_text(folder / "README.md", text)
     (folder / "README.md").chmod(0o644)  # like the files PEFT writes beside it
     return folder / "README.md"

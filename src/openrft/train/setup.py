@@ -276,7 +276,9 @@ def make_scorer(
     return score
 
 
-def write_outputs(model: Any, job_dir: Path, target: Path, tokenizer: Any = None) -> Path:
+def write_outputs(
+    model: Any, job_dir: Path, target: Path, tokenizer: Any = None, unfinished: str | None = None
+) -> Path:
     """The final adapter, its tokenizer, config, metrics, reward curve and model card (README.md),
     replacing ``target`` atomically.
 
@@ -300,7 +302,7 @@ def write_outputs(model: Any, job_dir: Path, target: Path, tokenizer: Any = None
             plot_reward_curve(job_dir / "metrics.jsonl", tmp / "reward_curve.png", title=job_dir.name)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        write_model_card(tmp, target)  # replaces the empty template PEFT writes
+        write_model_card(tmp, target, unfinished)  # replaces the empty template PEFT writes
         # whose output this is, and what it wrote: a later job may replace these, never a file added since
         names = sorted(p.name for p in tmp.iterdir())
         (tmp / OWNER_FILE).write_text("".join(f"{line}\n" for line in [job_dir.resolve(), *names]))
