@@ -46,7 +46,7 @@ def flags(tiny_model_dir, tmp_path):
 
 def test_real_job_runs_through_the_store(home, flags, capsys):
     assert main(["rftj", "create", "--job-id", "base", *flags(4, "--batch-size", "2k")]) == 0
-    capsys.readouterr()
+    assert "Loading weights" not in capsys.readouterr().err  # --quiet: no bar, transformers' own included
     store = JobStore()
     record = store.get("base")
     assert [t.state for t in record.transitions] == [S.PENDING, S.VALIDATING, S.RUNNING, S.COMPLETED]

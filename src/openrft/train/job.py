@@ -454,6 +454,10 @@ def run_training(
     cfg, settings = prepared.cfg, prepared.settings
     if settings.schedule.deterministic:
         setup.make_deterministic()
+    if quiet:  # no bar at all: transformers draws its own while it loads the weights
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     job_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(job_dir / "job.json", json.dumps(cfg.to_dict(), indent=2))
     model, tokenizer = setup.build_policy(settings.model, settings.loss, settings.schedule.seed)
