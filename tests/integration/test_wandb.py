@@ -157,7 +157,9 @@ def run_end(run_dir):
     return exit_code, summary
 
 
-def test_a_resumed_job_sends_what_its_run_missed_once_and_the_run_ends_as_the_job(offline_env, tmp_path):
+def test_a_resumed_job_sends_what_its_run_missed_once_and_the_run_ends_as_the_job(
+    offline_env, tmp_path, capsys
+):
     from openrft.tracking.sinks import JsonlSink
 
     cfg, job = build_config({}, {"wandb": True})[0], tmp_path / "job"
@@ -174,6 +176,8 @@ def test_a_resumed_job_sends_what_its_run_missed_once_and_the_run_ends_as_the_jo
         cfg, job_id="job-3", job_dir=job, rollout_every=1, resuming=True, probe=lambda url: True
     )
     assert again.run.id == first.run.id and again.run.id.startswith("job-3-")  # the same run
+    said = "".join(capsys.readouterr())
+    assert f"`wandb sync {first.run_dir} {again.run_dir}`" in said  # both parts, in order: one run
     assert again.catch_up(lines.metrics_path) == 1  # the line it missed; not the two it holds
     for step in (2, 4):  # the job replays step 2 after its checkpoint, then goes on
         again.log_rollouts(step, [{"prompt": "p", "completion": "c", "score": 1.0, "valid": True}])

@@ -52,6 +52,15 @@ TABLE_COLUMNS = ("step", "prompt", "completion", "score", "valid", "reason")
 DEFAULT_PROJECT = "openrft"
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 IDENTITY_FILE = "wandb_run.json"  # in the job folder: the run a resume continues
+
+
+def offline_parts(run_dir: Path, run_id: str) -> list[Path]:
+    """Every offline folder of run ``run_id`` beside ``run_dir``, oldest first: a resumed job's run has
+    one per start, and ``wandb sync`` given them all uploads them in order as one run."""
+    parts = sorted(run_dir.parent.glob(f"offline-run-*-{run_id}"))
+    return parts if run_dir in parts else [*parts, run_dir]
+
+
 METRICS_STEP = "job/metrics_step"  # summary key: the last step whose metrics row was sent
 # what W&B itself reads from the environment for what a recorded identity already says
 IDENTITY_ENV = ("WANDB_RUN_ID", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_NAME", "WANDB_RUN_GROUP", "WANDB_TAGS",
@@ -234,10 +243,8 @@ class WandbSink:
         if mode == "disabled":
             print("W&B: disabled (WANDB_MODE=disabled); nothing is logged to it", file=out)
         elif mode == "offline":
-            print(
-                f"W&B: offline run ({why}) at {sink.run_dir}; upload it later with `wandb sync {sink.run_dir}`",
-                file=out,
-            )
+            print(f"W&B: offline run ({why}) at {sink.run_dir}; upload it later with "
+                  f"`wandb sync {' '.join(map(str, offline_parts(sink.run_dir, run.id)))}`", file=out)  # fmt: skip
         elif mode == "online":
             print(f"W&B: {run.url}", file=out)
         return sink
