@@ -605,3 +605,19 @@ def test_a_detached_resume_checks_the_inputs_before_going_to_the_background(
     assert "--dataset" in err and "running in the background" not in err
     record = JobStore().get("a")
     assert record.state is S.FAILED and record.transitions[-2].message == "resumed from FAILED"
+
+
+def test_delete_refuses_a_job_whose_adapter_another_resumable_job_starts_from(home, capsys):
+    from openrft.config import build_config
+
+    store = JobStore()
+    source = store.create("src", build_config({}, {})[0])
+    for state in (S.VALIDATING, S.RUNNING, S.COMPLETED):
+        store.transition("src", state, "")
+    start = build_config({}, {"warm_start_from": str(source.job_dir / "output")})[0]
+    store.create("wsk", start)
+    store.transition("wsk", S.FAILED, "killed")  # it can still resume, from src's adapter
+    assert main(["rftj", "delete", "src"]) == 7
+    err = capsys.readouterr().err
+    assert "is the --warm-start-from of job wsk" in err and "--force" in err and store.exists("src")
+    assert main(["rftj", "delete", "src", "--force"]) == 0 and not store.exists("src")
