@@ -55,6 +55,10 @@ def test_resume_from_a_folder_continues_that_folders_job(
     create(capsys, model_dir, "--job-id", "old", "--learning-rate", "3e-4", "--epochs", "2")
     folder = JobStore().get("old").job_dir
     monkeypatch.setenv("OPENRFT_HOME", str(tmp_path / "other-home"))
+    assert main(["rftj", "create", "--resume-from", str(folder), "--lora-rank", "16", "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "--lora-rank: a resumed job keeps the lora rank"
+    )  # as for a stored job
     code = main(["rftj", "create", "--resume-from", str(folder), "--epochs", "3", "--quiet"])
     assert code == 0, capsys.readouterr().err
     saved = json.loads((folder / "job.json").read_text())["training"]
