@@ -57,7 +57,7 @@ def test_resume_from_a_folder_continues_that_folders_job(
     monkeypatch.setenv("OPENRFT_HOME", str(tmp_path / "other-home"))
     assert main(["rftj", "create", "--resume-from", str(folder), "--lora-rank", "16", "--quiet"]) == 2
     assert capsys.readouterr().err.startswith(
-        "--lora-rank: a resumed job keeps the lora rank"
+        "--lora-rank: a resumed job keeps the LoRA rank"
     )  # as for a stored job
     code = main(["rftj", "create", "--resume-from", str(folder), "--epochs", "3", "--quiet"])
     assert code == 0, capsys.readouterr().err

@@ -322,9 +322,9 @@ def test_a_resume_refuses_what_its_checkpoints_fix_and_a_refused_one_changes_not
     refused = [
         (
             ["--lora-rank", "16"],
-            "--lora-rank: a resumed job keeps the lora rank its checkpoints were made with (8)",
+            "--lora-rank: a resumed job keeps the LoRA rank its checkpoints were made with (8)",
         ),
-        (["--lora-alpha", "32"], "--lora-alpha: a resumed job keeps the lora alpha"),
+        (["--lora-alpha", "32"], "--lora-alpha: a resumed job keeps the LoRA alpha"),
         (["--dataset", "arithmetic:count=12"], "--dataset: a resumed job keeps its dataset (arithmetic)"),
         (["--job-id", "b"], "--job-id: a resumed job keeps the job id its checkpoints were made with (a)"),
     ]
@@ -621,3 +621,50 @@ def test_delete_refuses_a_job_whose_adapter_another_resumable_job_starts_from(ho
     err = capsys.readouterr().err
     assert "is the --warm-start-from of job wsk" in err and "--force" in err and store.exists("src")
     assert main(["rftj", "delete", "src", "--force"]) == 0 and not store.exists("src")
+
+
+def test_a_job_whose_dataset_moved_resumes_from_the_file_where_it_is_now(
+    fake, home, model_dir, capsys, monkeypatch, tmp_path
+):
+    rows = "".join(json.dumps({"messages": [{"role": "user", "content": f"What is {i} + 1?"}],
+                               "ground_truth": i + 1, "task": "arithmetic"}) + "\n" for i in range(4))  # fmt: skip
+    first, moved = tmp_path / "rows.jsonl", tmp_path / "elsewhere" / "rows.jsonl"
+    first.write_text(rows)
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    create(capsys, model_dir, "--job-id", "a", "--dataset", str(first))
+    moved.parent.mkdir()
+    first.rename(moved)  # the same bytes, in another place: the same dataset
+    code = main(["rftj", "create", "--resume-from", "a", "--dataset", str(moved), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    moved.write_text(rows.replace("What is 0", "What is 9"))  # other bytes: another dataset
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    create(capsys, model_dir, "--job-id", "b", "--dataset", str(tmp_path / "elsewhere" / "rows.jsonl"))
+    other = tmp_path / "other.jsonl"
+    other.write_text(rows)
+    assert main(["rftj", "create", "--resume-from", "b", "--dataset", str(other), "--quiet"]) == 2
+    assert "--dataset: a resumed job keeps its dataset" in capsys.readouterr().err
+
+
+def test_a_resume_names_the_embedded_model_either_way_and_words_a_value_it_never_had():
+    from openrft.errors import ConfigError
+    from openrft.jobs.snapshot import refuse_fixed_changes
+    from openrft.models import EMBEDDED_MODEL, embedded_model_dir
+
+    before = {"base_model": EMBEDDED_MODEL, "lora_rank": 8, "warm_start_from": None, "dataset": "arithmetic"}
+    refuse_fixed_changes(before, {**before, "base_model": str(embedded_model_dir())})  # the same model
+    with pytest.raises(ConfigError, match=r"cannot take a warm-start adapter it did not start with \(/a\)"):
+        refuse_fixed_changes(before, {**before, "warm_start_from": "/a"})
+
+
+def test_a_dry_run_of_a_resume_shows_the_job_it_would_continue_and_refuses_as_it_would(
+    fake, home, model_dir, capsys, monkeypatch
+):
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    create(capsys, model_dir, "--job-id", "a", "--epochs", "3")
+    assert main(["rftj", "create", "--resume-from", "a", "--temperature", "0.9", "--dry-run"]) == 0
+    rows = {line.split()[1]: line.split()[2:] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["epochs"] == ["3", "the", "job"] and rows["temperature"] == ["0.9", "flag"]
+    assert rows["job-id"] == ["a", "the", "job"]
+    assert main(["rftj", "create", "--resume-from", "a", "--lora-rank", "16", "--dry-run"]) == 2
+    assert "--lora-rank: a resumed job keeps the LoRA rank" in capsys.readouterr().err
+    assert JobStore().get("a").state is S.FAILED  # nothing was written

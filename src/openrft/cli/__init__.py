@@ -144,8 +144,15 @@ def cmd_create(args: argparse.Namespace) -> int:
     cfg, sources = config_from_args(args)
     warn(C.advise(cfg))
     if args.dry_run:
-        if args.resume_from:
-            runner.check_resume_target(args.resume_from)
+        if (
+            args.resume_from
+        ):  # the job it would continue, with what the flags change (refused as a resume would)
+            from openrft.jobs.resume_from import resume_target_config
+
+            resumed = resume_target_config(args.resume_from, getattr(args, "config", None), flag_values(args))
+            if resumed is not None:
+                given = set(flag_values(args))
+                cfg, sources = resumed, {name: "flag" if name in given else "the job" for name in sources}
         prepared = None if args.resume_from else runner.validate(cfg)  # everything short of loading the model
         if prepared is not None:
             from openrft.cli.preflight import dry_run_warnings

@@ -28,13 +28,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from openrft.config import JobConfig, build_config, flatten, load_job_file
+from openrft.config import JobConfig, build_config
 from openrft.errors import ConfigError, JobError, OpenRFTError
 from openrft.jobs.outcome import failure_message, record_outcome, reserve_outcome
-from openrft.jobs.snapshot import absolute_paths, refuse_fixed_changes, resumed_values, write_snapshot
+from openrft.jobs.resume_from import (
+    changed_names,
+    find_job,
+    folder_resume_config,
+    no_resume_target,
+    stored_resume_config,
+)
+from openrft.jobs.snapshot import absolute_paths, resumed_values, write_snapshot
 from openrft.jobs.states import OUTCOME_STATES, JobState
 from openrft.jobs.store import JobRecord, JobStore, config_values
-from openrft.paths import folder_in_use, folder_lock, openrft_home, output_dir
+from openrft.paths import folder_in_use, folder_lock, output_dir
 
 ERROR_LOG = "error.log"
 
@@ -170,60 +177,25 @@ def _resume_from(
     detach: bool,
 ) -> JobRecord:
     """``create --resume-from ID_OR_DIR``: the earlier job continues, with any flags given now applied."""
-    record = _find(store, target)
+    record = find_job(store, target)
     if record is None:
         job_dir = Path(target).expanduser()
         if not (job_dir / "checkpoints").is_dir():
-            raise _no_resume_target(target)
+            raise no_resume_target(target)
         if folder_in_use(job_dir) is not None:
             raise JobError(f"--resume-from {target}: a process is training in that folder now",
                            hint="wait for it to end, or stop it first")  # fmt: skip
         job_id = cfg.training.job_id or job_dir.name
-        if (job_dir / "job.json").is_file():
-            saved, cfg = _folder_config(job_dir, config_file, flag_values)
-            refuse_fixed_changes(flatten(config_values(saved)[0]), flatten(config_values(cfg)[0]))
-        cfg = with_absolute_paths(cfg)
+        cfg = with_absolute_paths(folder_resume_config(job_dir, config_file, flag_values) or cfg)
         return store.create(job_id, cfg, job_dir=job_dir.resolve(), resume=True, detached=detach)
-    file_values = absolute_paths(load_job_file(config_file) if config_file else {}, Path.cwd())
-    base = {**record.given, **store.secrets(record.id)}
-    merged, _ = build_config({**base, **file_values}, absolute_paths(flag_values, Path.cwd()))
-    changed = _changed(record.flat_config(), config_values(merged)[0])
-    refuse_fixed_changes(record.flat_config(), flatten(config_values(merged)[0]))
+    merged = stored_resume_config(store, record, config_file, flag_values)
+    changed = changed_names(record.flat_config(), config_values(merged)[0])
     resumed = store.prepare_resume(record.id, force=True)  # refused (and nothing changed) if it cannot
     if changed:
         store.update_config(record.id, merged)
         print(f"job {record.id}: continuing with changed {', '.join(changed)}", file=sys.stderr)
         resumed = store.get(record.id)
     return resumed
-
-
-def check_resume_target(target: str) -> None:
-    """``--dry-run``'s check (nothing written) that ``--resume-from`` names a stored job or checkpoints."""
-    stored = (openrft_home() / "jobs.db").is_file() and _find(JobStore(openrft_home()), target) is not None
-    if not stored and not (Path(target).expanduser() / "checkpoints").is_dir():
-        raise _no_resume_target(target)
-
-
-def _no_resume_target(target: str) -> JobError:
-    message = f"--resume-from {target}: neither a job id in the store nor a job folder with checkpoints"
-    return JobError(message, hint="see the jobs with: openrft rftj list")
-
-
-def _folder_config(
-    job_dir: Path, config_file: str | None, flag_values: dict[str, Any]
-) -> tuple[JobConfig, JobConfig]:
-    """A job folder's own configuration (its ``job.json``), as saved and with a job file's and this
-    command line's values applied: the folder's job continues, not one rebuilt from defaults (a folder
-    of checkpoints alone takes the command line's job)."""
-    from openrft.jobs.repair import saved_values
-
-    try:
-        base = saved_values(job_dir)
-    except ValueError as exc:
-        raise JobError(f"--resume-from {job_dir}: its job.json cannot be read ({exc})") from None
-    file_values = absolute_paths(load_job_file(config_file) if config_file else {}, Path.cwd())
-    saved = build_config({}, base)[0]
-    return saved, build_config({**base, **file_values}, absolute_paths(flag_values, Path.cwd()))[0]
 
 
 # ----------------------------------------------------------------------------- running
@@ -354,7 +326,9 @@ def rebuild_config(store: JobStore, record: JobRecord) -> JobConfig:
     )
     cfg, _ = build_config({}, {**given, **store.secrets(record.id)})
     swapped = {name.replace("_", "-") for name in given if given[name] != record.given.get(name)}
-    changed = [name for name in _changed(record.flat_config(), config_values(cfg)[0]) if name not in swapped]
+    changed = [
+        name for name in changed_names(record.flat_config(), config_values(cfg)[0]) if name not in swapped
+    ]
     if changed:  # (a snapshot copy in place of a changed file was announced above, not a new resolution)
         print(
             f"warning: this openrft version resolves {', '.join(changed)} differently from when job "
@@ -563,25 +537,8 @@ def _is_terminal(stream: Any) -> bool:
         return False
 
 
-def _find(store: JobStore, target: str) -> JobRecord | None:
-    if store.exists(target):
-        return store.get(target)
-    path = Path(target).expanduser()
-    if path.is_dir():
-        resolved = path.resolve()
-        for record in store.list():
-            if record.job_dir.resolve() == resolved:
-                return record
-    return None
-
-
 def _has_checkpoint(job_dir: Path) -> bool:
     return any((job_dir / "checkpoints").glob("step-*/state.json"))
-
-
-def _changed(before: dict[str, Any], after_nested: dict[str, Any]) -> list[str]:
-    after = flatten(after_nested)
-    return [name.replace("_", "-") for name in after if name in before and before[name] != after[name]]
 
 
 __all__ = [

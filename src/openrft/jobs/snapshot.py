@@ -188,28 +188,29 @@ def sha256(path: Path) -> str:
 
 # What a job's checkpoints are made of or numbered by: a resume that changed one could not load them
 # (the adapter's shape, the weights under it) or would lose its place (the job's name).
-FIXED_ON_RESUME = ("base_model", "warm_start_from", "lora_rank", "lora_alpha", "job_id")
+FIXED_ON_RESUME = {"base_model": "base model", "warm_start_from": "warm-start adapter", "lora_rank": "LoRA rank",
+                   "lora_alpha": "LoRA alpha", "job_id": "job id"}  # fmt: skip
 
 
-def refuse_fixed_changes(before: dict[str, Any], after: dict[str, Any]) -> None:
+def refuse_fixed_changes(before: dict[str, Any], after: dict[str, Any], job_dir: Path | None = None) -> None:
     """A ConfigError naming the first value a resume may not change: one its checkpoints fix, or the
-    dataset (its place in the data would be lost; the same file moved elsewhere is the same dataset)."""
+    dataset (its place in the data would be lost). The same file moved elsewhere is the same dataset
+    (its SHA-256 is the one ``job_dir``'s snapshot recorded), and the embedded model named by its folder
+    is the same model."""
     before, after = _effective(before), _effective(after)
-    for name in FIXED_ON_RESUME:
-        if name in after and after[name] is not None and before.get(name) != after[name]:
-            was = (
-                f"its checkpoints were made with ({before[name]})"
-                if before.get(name) is not None
-                else "it has"
-            )
-            raise ConfigError(
-                f"--{name.replace('_', '-')}: a resumed job keeps the {name.replace('_', ' ')} {was}, "
-                f"not {after[name]}",
-                field=name,
-                hint="start a new job instead, with --warm-start-from on this job's output adapter",
-            )
+    for name, words in FIXED_ON_RESUME.items():
+        old, new = before.get(name), after.get(name)
+        if new is None or old == new or (name == "base_model" and _model_path(old) == _model_path(new)):
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        hint = "start a new job instead, with --warm-start-from on this job's output adapter"
+        if old is None:
+            raise ConfigError(f"{flag}: a resumed job cannot take a {words} it did not start with ({new})",
+                              field=name, hint=hint)  # fmt: skip
+        raise ConfigError(f"{flag}: a resumed job keeps the {words} its checkpoints were made with ({old}), "
+                          f"not {new}", field=name, hint=hint)  # fmt: skip
     old, new = before.get("dataset"), after.get("dataset")
-    if old != new and not _same_file(old, new):
+    if old != new and not _same_dataset(old, new, job_dir):
         raise ConfigError(
             f"--dataset: a resumed job keeps its dataset ({old}), not {new}: its place in the data would be lost",
             field="dataset",
@@ -224,10 +225,28 @@ def _effective(values: dict[str, Any]) -> dict[str, Any]:
     return {**values, "lora_alpha": alpha}
 
 
-def _same_file(a: Any, b: Any) -> bool:
+def _model_path(name: Any) -> Any:
+    """A base model as a folder where it is one (the embedded model's converted copy), else its name."""
+    from openrft.models import embedded_model_dir
+
+    if name in EMBEDDED:
+        return embedded_model_dir(name).resolve()
+    path = Path(str(name)).expanduser()
+    return path.resolve() if path.is_dir() else name
+
+
+def _same_dataset(old: Any, new: Any, job_dir: Path | None) -> bool:
+    """Whether ``new`` holds what ``old`` held: the same bytes as the file still there, or as the
+    snapshot recorded when the job started (the file has moved)."""
     try:
-        return Path(a).is_file() and Path(b).is_file() and sha256(Path(a)) == sha256(Path(b))
-    except (TypeError, OSError):
+        if new is None or not Path(new).is_file():
+            return False
+        digest = sha256(Path(new))
+        if Path(str(old)).is_file() and sha256(Path(str(old))) == digest:
+            return True
+        manifest = json.loads((job_dir / SNAPSHOT_DIR / "manifest.json").read_text()) if job_dir else {}
+        return (manifest.get("datasets", {}).get("dataset") or {}).get("sha256") == digest
+    except (TypeError, OSError, ValueError):
         return False
 
 

@@ -507,7 +507,8 @@ def run_training(
         jsonl.close()  # the caller's sinks are the caller's to close, once it knows how the job ended
         getattr(engine, "close", lambda: None)()  # e.g. Ray actors
         getattr(scorer, "close", lambda: None)()  # the evaluator's worker processes
-    unfinished = (f"it was cancelled at step {outcome.state.step}, before its last epoch ended"
+    unfinished = (f"it was cancelled at step {outcome.state.step}, before its last epoch ended; "
+                  f"`openrft rftj resume {job_dir.name} --force` continues it"
                   if outcome.status == "cancelled" else None)  # fmt: skip
     setup.write_outputs(model, job_dir, output_dir(job_dir, cfg.training.output_model), tokenizer, unfinished)
     return outcome

@@ -218,8 +218,7 @@ def write_model_card(folder: Path, final_dir: Path | None = None, unfinished: st
     text = render_model_card(cfg, metrics if metrics.is_file() else None, (final_dir or folder).resolve())
     if unfinished:  # said under the title
         front, title, rest = text.split("\n\n", 2)
-        note = (f"> **Unfinished:** {unfinished}. This adapter is where training had got to then; "
-                "`openrft rftj resume --force` continues the job.")  # fmt: skip
+        note = f"> **Unfinished:** {unfinished}. This adapter is where training had got to then."
         text = "\n\n".join([front, title, note, rest])
     atomic_write_text(folder / "README.md", text)
     (folder / "README.md").chmod(0o644)  # like the files PEFT writes beside it
