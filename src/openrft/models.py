@@ -67,6 +67,10 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 }
 
 
+# where each embedded model comes from on the Hugging Face Hub (its GGUF is a quantized copy of it)
+EMBEDDED_HUB_IDS = {EMBEDDED_MODEL: "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
 def embedded_model_dir(name: str = EMBEDDED_MODEL) -> Path:
     """Where the converted embedded model lives (it may not exist yet)."""
     return openrft_home() / "models" / name

@@ -373,3 +373,22 @@ def test_a_warm_start_keeps_its_adapters_rank_and_a_differing_one_is_refused(fil
         "--lora-rank: 16 differs from the --warm-start-from adapter's (4), which it keeps"
     ), err
     assert main([*flags, "--lora-alpha", "8"]) == 0  # what the adapter has: accepted
+    out = capsys.readouterr().out.splitlines()
+    rows = {line.split()[1]: line.split()[2:] for line in out if line.startswith("training ")}
+    assert rows["lora-rank"] == ["4", "warm-start", "adapter"] and rows["lora-alpha"] == [
+        "8",
+        "warm-start",
+        "adapter",
+    ]
+    assert rows["base-model"] == [str(tiny_model_dir), "warm-start", "adapter"]  # what peft recorded
+
+
+def test_an_adapter_made_on_the_hubs_copy_of_the_embedded_model_warm_starts_the_embedded_one(tmp_path):
+    import json
+
+    from openrft.train.policy import adapter_base_model
+
+    (tmp_path / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"})
+    )
+    assert adapter_base_model(tmp_path) == "smollm2-135m-instruct"

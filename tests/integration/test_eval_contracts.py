@@ -153,6 +153,10 @@ def test_eval_and_evaluate_refuse_bad_inputs_with_exit_2_naming_the_flag_before_
         (["--dataset", "arithmetic", "--base", "--adapter", str(tmp_path / "nosuchdir")], "--adapter "),
         (["--dataset", "arithmetic", "--base-model", str(tmp_path / "nomodel")], "--base-model: "),
         (["--dataset", str(rows), "--evaluator", "gsm8k"], "gsm8k() needs ground_truth"),
+        (
+            ["--dataset", str(tmp_path / "missing.jsonl")],
+            f"--dataset: {tmp_path / 'missing.jsonl'}: no such file",
+        ),
     ]
     for flags, said in cases:
         code = main(["eval", *flags, *quick])

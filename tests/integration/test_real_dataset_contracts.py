@@ -158,3 +158,14 @@ def test_a_trl_reward_needing_a_column_the_rows_lack_is_refused_at_creation(tmp_
     scored = main(["evaluate", "--dataset", str(rows), "--evaluator", f"{tmp_path / 'ids.py'}::by_ids",
                    "--responses", str(responses)])  # fmt: skip
     assert scored == 0 and "completion_ids are empty lists here" in capsys.readouterr().err
+
+
+def test_a_dry_run_warns_that_a_trl_rewards_trainer_state_is_none(tmp_path, capsys):
+    (tmp_path / "curriculum.py").write_text(
+        "def curriculum(completions, trainer_state, **kwargs):\n"
+        "    return [float(trainer_state.global_step > 10)] * len(completions)\n"
+    )
+    evaluator = f"{tmp_path / 'curriculum.py'}::curriculum"
+    rows = _rows(tmp_path, "72")
+    assert main(["rftj", "create", "--dataset", str(rows), "--evaluator", evaluator, "--dry-run"]) == 0
+    assert "curriculum() takes trainer_state, which openrft passes as None" in capsys.readouterr().err

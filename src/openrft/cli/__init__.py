@@ -21,6 +21,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from openrft import config as C
@@ -102,17 +103,21 @@ def print_resolved(
     cfg: C.JobConfig, sources: dict[str, str], out=None, inherited: dict[str, Any] | None = None
 ) -> None:
     """Every parameter with its value and where it came from (default, config file, flag, or, for
-    ``inherited`` values of parameters left unset, the evaluator's header)."""
+    ``inherited`` values of parameters left unset, the evaluator's header; a warm start's base model,
+    LoRA rank and alpha are its adapter's)."""
     from openrft.algo.losses import LOSS_METHODS
 
     out = out or sys.stdout
     masked = cfg.to_dict()
+    kept = _warm_start_shape(cfg.training.warm_start_from)
     rows = []
     for group in C.GROUPS:
         for name, value in masked[group].items():
             source = sources[name]
             if value is None and (inherited or {}).get(name) is not None:
                 value, source = inherited[name], "evaluator header"  # type: ignore[index]
+            if kept.get(name) is not None:
+                value, source = kept[name], "warm-start adapter"
             shown = "unset" if value is None else str(value)
             if name == "rl_kl_beta" and not value and cfg.loss.rl_loss_method == "grpo":
                 shown = f"{value} (grpo applies its built-in {LOSS_METHODS['grpo'].defaults.kl_coef:g})"
@@ -136,6 +141,22 @@ def warn(lines: Sequence[str]) -> None:
 def flag_values(args: argparse.Namespace) -> dict[str, Any]:
     """The job parameters set on this command line (unset flags are absent)."""
     return {name: getattr(args, name) for name in C.FIELD_GROUP if hasattr(args, name)}
+
+
+def _warm_start_shape(folder: str | None) -> dict[str, Any]:
+    """What a warm start takes from its adapter folder: its base model, LoRA rank and alpha."""
+    import json
+
+    if not folder:
+        return {}
+    try:
+        shape = json.loads((Path(folder) / "adapter_config.json").read_text())
+        from openrft.train.policy import adapter_base_model
+
+        base = adapter_base_model(folder)
+    except (OSError, ValueError, OpenRFTError):
+        return {}
+    return {"base_model": base, "lora_rank": shape.get("r"), "lora_alpha": shape.get("lora_alpha")}
 
 
 def cmd_create(args: argparse.Namespace) -> int:

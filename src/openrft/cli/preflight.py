@@ -8,6 +8,7 @@ time estimates and advice; exits with :data:`NO_SIGNAL_EXIT_CODE` when the job c
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 
@@ -75,7 +76,15 @@ def dry_run_warnings(prepared) -> list[str]:
     params = None
     if memory is not None:
         params = memory.weights // (2 if prepared.settings.model.dtype == "bfloat16" else 4)
-    return warnings_for(prepared.settings, len(prepared.dataset), params, os.cpu_count())
+    out = warnings_for(prepared.settings, len(prepared.dataset), params, os.cpu_count())
+    evaluator = prepared.evaluator
+    if (
+        getattr(evaluator, "kind", "") == "trl"
+        and "trainer_state" in inspect.signature(evaluator.fn).parameters
+    ):
+        out.append(f"{evaluator.name}() takes trainer_state, which openrft passes as None (it has no "
+                   "transformers Trainer): a reward that reads its step scores invalid")  # fmt: skip
+    return out
 
 
 def format_report(r, sampling) -> list[str]:

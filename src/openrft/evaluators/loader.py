@@ -43,7 +43,7 @@ from types import ModuleType
 from typing import Any
 
 from openrft.data.tasks.code import is_code_row
-from openrft.errors import EvaluatorError, OpenRFTError
+from openrft.errors import ConfigError, EvaluatorError, OpenRFTError
 from openrft.evaluators import builtin
 from openrft.evaluators.base import Evaluator, RolloutSpec
 from openrft.evaluators.protocol import HEADER_ATTR, MODES, EvaluatorHeader, check_row_signature
@@ -123,6 +123,8 @@ def default_evaluator_name(dataset: str | None) -> str:
 
     if dataset is None or is_builtin(dataset):
         return dataset.partition(":")[0] if dataset else "arithmetic"
+    if not Path(dataset).exists() and (Path(dataset).suffix or "/" in dataset):  # a file that is not there
+        raise ConfigError(f"--dataset: {dataset}: no such file", field="dataset")
     if Path(dataset).is_file():
         for _, row in read_jsonl(dataset)[:1]:
             if isinstance(row, dict):

@@ -176,7 +176,8 @@ def check_prompts_fit(prepared: PreparedJob) -> PreparedJob:
 
     settings = prepared.settings
     name = setup.base_model_name(settings.model)
-    with input_error("--base-model"):
+    flag = "--warm-start-from" if settings.model.warm_start_from else "--base-model"  # (its recorded base)
+    with input_error(flag):
         config = load_config(name)
     context = settings.model.max_context_length or getattr(config, "max_position_embeddings", 4096)
     supported = model_context(config)
@@ -191,7 +192,7 @@ def check_prompts_fit(prepared: PreparedJob) -> PreparedJob:
             field="max_output_tokens",
             hint="lower --max-output-tokens (or raise --max-context-length, up to what the model supports)",
         )
-    with input_error("--base-model"):
+    with input_error(flag):
         tokenizer = load_tokenizer(name)
     if settings.model.chat_template:
         tokenizer.chat_template = settings.model.chat_template

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from openrft.algo.losses import resolve_loss
-from openrft.models import EMBEDDED, adapter_base_model, embedded_model_dir
+from openrft.models import EMBEDDED, EMBEDDED_HUB_IDS, adapter_base_model, embedded_model_dir
 from openrft.paths import atomic_write_text
 from openrft.tracking.compare import RunSummary, summarize_run
 
 # Where the embedded models come from on the Hugging Face Hub (for the card's metadata only).
-HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+HUB_IDS = EMBEDDED_HUB_IDS
 
 METHOD_NAMES = {"grpo": "GRPO", "dapo": "DAPO", "gspo-token": "GSPO-token"}
 
