@@ -232,7 +232,7 @@ def _model_path(name: Any) -> Any:
     if name in EMBEDDED:
         return embedded_model_dir(name).resolve()
     path = Path(str(name)).expanduser()
-    return path.resolve() if path.is_dir() else name
+    return path.resolve() if path.is_absolute() or path.exists() else name
 
 
 def _same_dataset(old: Any, new: Any, job_dir: Path | None) -> bool:
