@@ -207,6 +207,7 @@ def test_foreground_job_goes_through_every_state_to_completed(fake, home, model_
     text = capsys.readouterr().out
     assert "state:       COMPLETED" in text and "latest metrics (step 4):" in text
     assert "reward/mean" in text and "learning-rate" in text
+    assert "pid:         -" in text  # its process has ended: no pid to look for
 
 
 @pytest.mark.parametrize(

@@ -231,7 +231,7 @@ def cmd_get(args: argparse.Namespace) -> int:
         f"last reward: {'-' if record.last_reward is None else f'{record.last_reward:.4f}'}",
         f"created:     {_stamp(record.created_at)} ({age(time.time() - record.created_at)} ago)",
         f"wall time:   {age(wall_time(record))}",
-        f"pid:         {record.pid or '-'}",
+        f"pid:         {record.pid if record.pid and record.state.is_active else '-'}",  # (its process ended)
         f"job folder:  {record.job_dir}",
         f"outputs:     {record.output_dir or '-'}",
     ]
