@@ -331,6 +331,19 @@ def adapter_base_model(adapter_dir: str | Path) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def adapter_shape(adapter_dir: str | Path) -> dict[str, Any]:
+    """An adapter's LoRA rank and alpha (``r`` and ``lora_alpha`` in its config), by the job's field
+    names, those it records; empty when its config cannot be read."""
+    try:
+        config = json.loads((Path(adapter_dir).expanduser() / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    shape = {"lora_rank": config.get("r"), "lora_alpha": config.get("lora_alpha")}
+    return {name: value for name, value in shape.items() if value is not None}
+
+
 def full_precision(model: Any) -> bool:
     """Whether every linear weight of ``model`` (base layers and adapter alike) is float32 or float64.
 

@@ -21,7 +21,6 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 from openrft import config as C
@@ -145,18 +144,15 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def _warm_start_shape(folder: str | None) -> dict[str, Any]:
     """What a warm start takes from its adapter folder: its base model, LoRA rank and alpha."""
-    import json
+    from openrft.models import adapter_shape
+    from openrft.train.policy import adapter_base_model
 
     if not folder:
         return {}
     try:
-        shape = json.loads((Path(folder) / "adapter_config.json").read_text())
-        from openrft.train.policy import adapter_base_model
-
-        base = adapter_base_model(folder)
-    except (OSError, ValueError, OpenRFTError):
+        return {"base_model": adapter_base_model(folder), **adapter_shape(folder)}
+    except OpenRFTError:  # no adapter there: the checks that follow say so
         return {}
-    return {"base_model": base, "lora_rank": shape.get("r"), "lora_alpha": shape.get("lora_alpha")}
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -165,9 +161,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     cfg, sources = config_from_args(args)
     warn(C.advise(cfg))
     if args.dry_run:
-        if (
-            args.resume_from
-        ):  # the job it would continue, with what the flags change (refused as a resume would)
+        if args.resume_from:
+            # the job it would continue, with what the flags change (refused as a resume would)
             from openrft.jobs.resume_from import resume_target_config
 
             resumed = resume_target_config(args.resume_from, getattr(args, "config", None), flag_values(args))

@@ -282,11 +282,12 @@ def check_adapter_folder(folder: Path) -> None:
 def check_adapter_shape(folder: Path, cfg: JobConfig) -> None:
     """A warm-started job keeps its adapter's rank and alpha: a --lora-rank or --lora-alpha given that
     differs from them is refused (one that agrees, as a client filling in every field sends, is not)."""
-    shape = json.loads((folder / "adapter_config.json").read_text())
+    from openrft.models import adapter_shape
+
     given = cfg.training.model_fields_set
-    for name, key in (("lora_rank", "r"), ("lora_alpha", "lora_alpha")):
-        value, kept = getattr(cfg.training, name), shape.get(key)
-        if name in given and kept is not None and value != kept:
+    for name, kept in adapter_shape(folder).items():
+        value = getattr(cfg.training, name)
+        if name in given and value != kept:
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{flag}: {value} differs from the --warm-start-from adapter's ({kept}), which it "
                               "keeps", field=name, hint=f"leave {flag} out (or give {kept})")  # fmt: skip

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from openrft.algo.losses import resolve_loss
-from openrft.models import EMBEDDED, EMBEDDED_HUB_IDS, adapter_base_model, embedded_model_dir
+from openrft.models import EMBEDDED, EMBEDDED_HUB_IDS, adapter_base_model, adapter_shape, embedded_model_dir
 from openrft.paths import atomic_write_text
 from openrft.tracking.compare import RunSummary, summarize_run
 
@@ -207,13 +207,8 @@ def write_model_card(folder: Path, final_dir: Path | None = None, unfinished: st
     if recorded:  # a warm-started job's base_model is only the default; the adapter records its base
         base = Path(recorded).name if Path(recorded).name in EMBEDDED else recorded
         cfg = {**cfg, "training": {**training, "base_model": base}}
-    try:  # the adapter's own shape: a warm-started job keeps its start adapter's rank, whatever --lora-rank says
-        shape = json.loads((folder / "adapter_config.json").read_text())
-        training = cfg.get("training", {})
-        cfg = {**cfg, "training": {**training, "lora_rank": shape.get("r", training.get("lora_rank")),
-                                   "lora_alpha": shape.get("lora_alpha", training.get("lora_alpha"))}}  # fmt: skip
-    except (OSError, ValueError, AttributeError):
-        pass
+    # the adapter's own shape: a warm-started job keeps its start adapter's rank, whatever --lora-rank says
+    cfg = {**cfg, "training": {**cfg.get("training", {}), **adapter_shape(folder)}}
     metrics = folder / "metrics.jsonl"
     text = render_model_card(cfg, metrics if metrics.is_file() else None, (final_dir or folder).resolve())
     if unfinished:  # said under the title
