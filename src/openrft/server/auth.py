@@ -130,4 +130,12 @@ def _local(url: bytes) -> str:
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
-__all__ = ["BearerAuth", "COOKIE", "KeyFailures", "OPEN_PATHS", "server_keys", "too_many_failures"]
+__all__ = [
+    "BearerAuth",
+    "COOKIE",
+    "KeyFailures",
+    "OPEN_PATHS",
+    "client_address",
+    "server_keys",
+    "too_many_failures",
+]

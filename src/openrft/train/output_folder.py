@@ -20,8 +20,9 @@ def check_output_folder(target: Path, inputs: Sequence[Path], job_dir: Path | No
     """Refuse an ``--output-model`` that would replace something the user made, or cannot be written.
 
     Accepted: a folder that does not exist yet (in a writable place), an empty folder, or an
-    earlier openrft output folder (it holds ``adapter_config.json`` and ``job.json``) unless it is the
-    output of another job that still exists (``job_dir``: this job's folder, None for a new job).
+    earlier openrft output folder (its mark names the job that wrote it, and it holds nothing the mark
+    does not list) unless it is the output of another job that still exists (``job_dir``: this job's
+    folder, None for a new job).
     """
     target = target.expanduser().resolve()
     flag = f"--output-model {target}"

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from openrft.net import authorized
-from openrft.server.auth import COOKIE, KeyFailures, server_keys, too_many_failures
+from openrft.server.auth import COOKIE, KeyFailures, client_address, server_keys, too_many_failures
 
 router = APIRouter(include_in_schema=False)
 
@@ -42,7 +42,7 @@ async def login(request: Request, key: str = Form(""), next: str = Form("/")) ->
 
     keys = server_keys(request)
     failures = getattr(request.app.state, "key_failures", None) or KeyFailures()
-    client = request.client.host if request.client else "?"
+    client = client_address(request.scope)
     if keys and (wait := failures.wait(client)):
         return too_many_failures(wait)
     if keys and not authorized(key.strip(), keys):
