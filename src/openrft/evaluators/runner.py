@@ -226,10 +226,10 @@ def trl_kwargs(fn: Callable[..., Any], prompt: Prompt, completions: Sequence[Com
 def trl_columns(row: dict[str, Any]) -> dict[str, Any]:
     """The row's columns as TRL passes them: all but ``prompt`` (given as ``prompts``), and without the
     ``messages`` openrft made of a ``prompt`` (no column of the user's)."""
-    prompt, messages = row.get("prompt"), row.get("messages")
-    derived = messages == ([{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt)
-    return {k: v for k, v in row.items()
-            if k not in TRL_OWN and k != "prompt" and not (derived and "prompt" in row and k == "messages")}  # fmt: skip
+    prompt = row.get("prompt")
+    made = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    dropped = {"prompt", *(["messages"] if "prompt" in row and row.get("messages") == made else [])}
+    return {k: v for k, v in row.items() if k not in TRL_OWN and k not in dropped}
 
 
 def _as_list(result: Any, count: int) -> list[Any]:
@@ -299,7 +299,7 @@ def missing_fields(evaluator: Evaluator, prompt: Prompt) -> list[str]:
     missing = [f for f in evaluator.required_fields if prompt.row.get(f) is None]
     if evaluator.kind == "verl" and verl_ground_truth(prompt.row) is None:
         missing.append("reward_model.ground_truth")
-    if evaluator.kind == "trl":  # every argument by keyword: its own four, then the row's columns
+    if evaluator.kind == "trl":  # every argument by keyword: TRL's own, then the row's columns
         available = {*TRL_OWN, *trl_columns(prompt.row)}
         return [*missing, *(name for name in required_parameters(evaluator.fn, 0) if name not in available)]
     if evaluator.kind != "plain":
