@@ -267,9 +267,13 @@ def test_a_server_with_keys_lets_a_browser_in_through_the_login_page(tmp_path):
             and "samesite=strict" in sent.headers["set-cookie"].lower()
         )
         assert browser.get("/").status_code == 200
+        assert "s3cret" not in sent.headers["set-cookie"]  # whoever reads the cookie does not get the key
         # the cookie opens the dashboard's pages only: the API wants the key itself (a page on another
         # port of this host is the same site to a browser, which would send it the cookie)
         assert browser.get("/v1/accounts/a/reinforcementFineTuningJobs").status_code == 401
+        other = TestClient(app, follow_redirects=False)
+        other.cookies.set("openrft_key", "s3cret")  # the key itself is not a session
+        assert other.get("/").status_code == 303
         for target in ("/\\evil.example/", "/\t/evil.example"):
             shown = browser.get("/login", params={"next": target}).text
             assert ("evil.example" in shown) is False, target

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from test_dashboard import add_job
 
 from openrft.server.app import create_app
+from openrft.server.auth import session_token
 from openrft.server.dashboard import data, forms
 from openrft.server.errors import ApiError
 from openrft.server.settings import ServerSettings
@@ -29,7 +30,7 @@ def test_a_keyed_server_keeps_the_job_table_behind_the_login_but_serves_its_styl
         assert table.status_code == 303 and table.headers["location"].startswith("/login")
         style = browser.get("/dashboard/static/dashboard.css")
         assert style.status_code == 200  # the login page needs its styles before any key
-        browser.cookies.set("openrft_key", "k")
+        browser.cookies.set("openrft_key", session_token("k"))
         assert browser.get("/dashboard/jobs-table").status_code == 200
 
 
@@ -141,5 +142,5 @@ def test_the_login_page_offers_no_log_out(tmp_path):
         page = browser.get("/login")
         assert page.status_code == 200 and 'id="logout"' not in page.text
         assert 'id="logout"' not in browser.post("/login", data={"key": "wrong"}).text
-        browser.cookies.set("openrft_key", "k")
+        browser.cookies.set("openrft_key", session_token("k"))
         assert 'id="logout"' in browser.get("/").text  # logged in: it is there

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from openrft.server.app import create_app
+from openrft.server.auth import session_token
 from openrft.server.settings import ServerSettings
 from openrft.server.uploads import UploadLimits
 
@@ -61,7 +62,7 @@ def test_a_keyless_server_answers_only_requests_addressed_to_this_machine(tmp_pa
 
 def test_the_dashboard_cookie_opens_pages_but_not_the_api(tmp_path):
     with client(tmp_path, keys=("k",)) as browser:
-        browser.cookies.set("openrft_key", "k")
+        browser.cookies.set("openrft_key", session_token("k"))
         assert browser.get("/").status_code == 200
         assert browser.get(JOBS).status_code == 401
         created = browser.post(EVALUATORS, content=SNIPPET, headers={"origin": "http://127.0.0.1:3000"})

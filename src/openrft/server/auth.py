@@ -3,8 +3,9 @@
 With keys configured, a request must carry ``Authorization: Bearer <key>`` with one of them;
 without keys (allowed only on a loopback bind, see :class:`ServerSettings.check`) nothing is checked.
 A browser cannot send that header, so the dashboard's login page (``/login``) exchanges a key for an
-HttpOnly, SameSite=Strict cookie (:data:`COOKIE`) that is accepted instead; a page request without
-either is redirected to the login page, an API request gets the 401.
+HttpOnly, SameSite=Strict cookie (:data:`COOKIE`) that is accepted instead, on the dashboard's pages
+only; a page request without either is redirected to the login page, an API request gets the 401.
+The cookie holds :func:`session_token` of the key, never the key: whoever reads it cannot call the API.
 
 Guessing is slowed down: a client (by address) that sent more than :data:`MAX_FAILURES` wrong keys
 in the last minute gets a 429 for any key, right or wrong, until its older failures leave that minute;
@@ -13,6 +14,8 @@ other clients are not affected.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from collections import defaultdict, deque
 from typing import Any
@@ -54,6 +57,13 @@ class KeyFailures:
                 del self.times[name]
 
 
+def session_token(key: str) -> str:
+    """What the dashboard's cookie holds for ``key``: an HMAC-SHA256 under the key of a fixed label. It
+    opens the dashboard's pages as long as the key is one of the server's (across restarts), and
+    neither is the key nor gives it back."""
+    return hmac.new(key.encode(), b"openrft dashboard session", hashlib.sha256).hexdigest()
+
+
 def client_address(scope: Scope) -> str:
     return str((scope.get("client") or ("?",))[0])
 
@@ -68,6 +78,7 @@ class BearerAuth:
 
     def __init__(self, app: ASGIApp, keys: tuple[str, ...], failures: KeyFailures | None = None):
         self.app, self.keys, self.failures = app, keys, failures or KeyFailures()
+        self.sessions = tuple(session_token(key) for key in keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.keys or is_signed_upload(scope):  # token checked by its route
@@ -81,7 +92,8 @@ class BearerAuth:
         if (token or key_cookie) and (wait := self.failures.wait(client_address(scope))):
             await too_many_failures(wait)(scope, receive, send)
             return
-        if authorized(token or key_cookie, self.keys) or path.startswith(OPEN_PATHS):
+        known = authorized(token, self.keys) if token else authorized(key_cookie, self.sessions)
+        if known or path.startswith(OPEN_PATHS):
             await self.app(scope, receive, send)
             return
         to_login = (
@@ -137,5 +149,6 @@ __all__ = [
     "OPEN_PATHS",
     "client_address",
     "server_keys",
+    "session_token",
     "too_many_failures",
 ]

@@ -1,7 +1,7 @@
 """The dashboard's login: a server with API keys lets a browser in with a key kept in a cookie.
 
 ``GET /login`` shows a one-field form; ``POST /login`` checks the key against the server's keys and
-sets :data:`openrft.server.auth.COOKIE` (HttpOnly, SameSite=Strict, so other sites cannot send it;
+sets :data:`openrft.server.auth.COOKIE` to the key's session token (HttpOnly, SameSite=Strict, so other sites cannot send it;
 Secure on HTTPS); wrong keys count towards the client's limit as the API's do;
 ``POST /logout`` clears it. Without keys configured there is nothing to log in to.
 """
@@ -12,7 +12,14 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from openrft.net import authorized
-from openrft.server.auth import COOKIE, KeyFailures, client_address, server_keys, too_many_failures
+from openrft.server.auth import (
+    COOKIE,
+    KeyFailures,
+    client_address,
+    server_keys,
+    session_token,
+    too_many_failures,
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -54,7 +61,8 @@ async def login(request: Request, key: str = Form(""), next: str = Form("/")) ->
     response = RedirectResponse(safe_next(next), status_code=303)
     if keys:
         secure = request.url.scheme == "https"  # served with --ssl-certfile: never sent in the clear
-        response.set_cookie(COOKIE, key.strip(), httponly=True, samesite="strict", path="/", secure=secure)
+        token = session_token(key.strip())  # not the key: the cookie cannot call the API
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/", secure=secure)
     return response
 
 
