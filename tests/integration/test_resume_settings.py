@@ -60,6 +60,25 @@ def test_a_resume_refuses_what_its_checkpoints_fix_and_a_refused_one_changes_not
     assert JobStore().get("a").config == before  # a refused resume leaves the job's record as it was
 
 
+def test_a_resume_with_fewer_epochs_than_the_job_has_begun_is_refused(
+    fake, home, model_dir, capsys, monkeypatch
+):
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    create(capsys, model_dir, "--job-id", "a", "--epochs", "6")
+    record = JobStore().get("a")
+    latest = record.job_dir / "checkpoints" / "LATEST"
+    state = latest.parent / latest.read_text().strip() / "state.json"
+    state.write_text(json.dumps({"step": 4, "epoch": 3, "cursor": 2}))  # in its 4th epoch
+    for run in (["--dry-run"], ["--quiet"]):
+        assert main(["rftj", "create", "--resume-from", "a", "--epochs", "3", *run]) == 2
+        err = capsys.readouterr().err
+        assert "\n--epochs 3: this job has already begun epoch 4 (its last checkpoint)" in err, err
+        assert "--epochs 4 or more" in err
+    assert JobStore().get("a").config["training"]["epochs"] == 6  # nothing changed
+    state.write_text(json.dumps({"step": 4, "epoch": 3, "cursor": 0}))  # 3 epochs done, none begun
+    assert main(["rftj", "create", "--resume-from", "a", "--epochs", "3", "--dry-run"]) == 0
+
+
 def test_delete_refuses_a_job_whose_adapter_another_resumable_job_starts_from(home, capsys):
     from openrft.config import build_config
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from openrft.config import JobConfig, build_config, flatten, load_job_file
 from openrft.errors import JobError
-from openrft.jobs.snapshot import absolute_paths, refuse_fixed_changes
+from openrft.jobs.snapshot import absolute_paths, refuse_fewer_epochs, refuse_fixed_changes
 from openrft.jobs.store import JobRecord, JobStore, config_values
 from openrft.paths import openrft_home
 
@@ -40,6 +40,7 @@ def stored_resume_config(
     base = {**record.given, **store.secrets(record.id)}
     merged, _ = build_config({**base, **file_values}, absolute_paths(flag_values, Path.cwd()))
     refuse_fixed_changes(record.flat_config(), flatten(config_values(merged)[0]), record.job_dir)
+    refuse_fewer_epochs(merged.training.epochs, record.job_dir)
     return merged
 
 
@@ -61,6 +62,7 @@ def folder_resume_config(
     saved = build_config({}, base)[0]
     cfg = build_config({**base, **file_values}, absolute_paths(flag_values, Path.cwd()))[0]
     refuse_fixed_changes(flatten(config_values(saved)[0]), flatten(config_values(cfg)[0]), job_dir)
+    refuse_fewer_epochs(cfg.training.epochs, job_dir)
     return cfg
 
 

@@ -218,6 +218,27 @@ def refuse_fixed_changes(before: dict[str, Any], after: dict[str, Any], job_dir:
         )
 
 
+def refuse_fewer_epochs(epochs: int, job_dir: Path) -> None:
+    """A ConfigError when a resume's ``--epochs`` is below the epochs the job has already begun (its
+    latest checkpoint's): the loop would end at once, calling a partly trained epoch complete and the
+    record would say fewer epochs than were trained. As many as it has finished stops it there."""
+    from openrft.train.checkpoint import latest_checkpoint
+
+    newest = latest_checkpoint(job_dir / "checkpoints", tidy=False)
+    try:
+        state = json.loads((newest / "state.json").read_text()) if newest is not None else {}
+    except (OSError, ValueError):
+        return  # (the resume itself names a damaged checkpoint)
+    done = int(state.get("epoch") or 0)
+    begun = done + (1 if state.get("cursor") or state.get("pending") else 0)
+    if epochs < begun:
+        raise ConfigError(
+            f"--epochs {epochs}: this job has already begun epoch {begun} (its last checkpoint), so it "
+            f"resumes with --epochs {begun} or more; fewer would call a partly trained epoch complete",
+            field="epochs",
+        )
+
+
 def _effective(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` with an unset LoRA alpha as what it stands for (twice the rank)."""
     rank = values.get("lora_rank")
