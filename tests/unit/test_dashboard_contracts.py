@@ -144,3 +144,22 @@ def test_the_login_page_offers_no_log_out(tmp_path):
         assert 'id="logout"' not in browser.post("/login", data={"key": "wrong"}).text
         browser.cookies.set("openrft_key", session_token("k"))
         assert 'id="logout"' in browser.get("/").text  # logged in: it is there
+
+
+def test_neither_the_api_nor_the_dashboard_deletes_a_job_another_job_still_starts_from(tmp_path):
+    from openrft.jobs.states import JobState
+    from openrft.jobs.store import JobStore
+
+    with served(tmp_path) as api:
+        store = JobStore(tmp_path / "home")
+        test_dashboard.add_job(store, "src", finish=True)
+        start = str(store.get("src").job_dir / "output")
+        test_dashboard.add_job(store, "wsk", warm_start_from=start)  # running: it may fail and resume
+        refused = api.delete(f"{JOBS}/src")
+        said = refused.json()["error"]["message"]
+        assert refused.status_code == 400 and "is the warmStartFrom of job wsk" in said, said
+        page = api.post("/jobs/src/delete")
+        assert "another job starts from its adapter" in api.get(page.headers["location"]).text
+        assert store.exists("src")
+        store.transition("wsk", JobState.COMPLETED)  # done with it
+        assert api.delete(f"{JOBS}/src").status_code == 200 and not store.exists("src")

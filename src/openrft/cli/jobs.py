@@ -285,12 +285,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    from openrft.jobs.resume_from import warm_started_from
+
     store = _store()
     needed = [] if args.force else warm_started_from(store, store.get(args.job_id))
     if needed:
         raise JobError(
-            f"job {args.job_id}'s adapter is the --warm-start-from of job {', '.join(needed)}, which can still "
-            "resume (it needs that adapter); nothing was deleted",
+            f"job {args.job_id}'s adapter is the --warm-start-from of job {', '.join(needed)}, which has yet to "
+            "finish or can still resume (it needs that adapter); nothing was deleted",
             hint=f"finish or delete that job first, or delete anyway with: openrft rftj delete {args.job_id} --force",
         )
     record = store.delete(args.job_id)
@@ -301,20 +303,6 @@ def cmd_delete(args: argparse.Namespace) -> int:
     if record.output_dir and not str(record.output_dir).startswith(str(record.job_dir)):
         print(f"its outputs in {record.output_dir} were kept", file=sys.stderr)
     return 0
-
-
-def warm_started_from(store: Any, record: Any) -> list[str]:
-    """The jobs that start from ``record``'s adapter (its folder or output) and can still resume."""
-    mine = [p.resolve() for p in (record.job_dir, record.output_dir) if p is not None]
-    needed = []
-    for other in store.list():
-        start = (other.config.get("training") or {}).get("warm_start_from")
-        if other.id == record.id or not start or other.state.value not in ("FAILED", "CANCELLED"):
-            continue
-        path = Path(start).expanduser().resolve()
-        if any(path == folder or folder in path.parents for folder in mine):
-            needed.append(other.id)
-    return needed
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

@@ -82,6 +82,21 @@ def resume_target_config(
     return folder_resume_config(job_dir, config_file, flag_values)
 
 
+def warm_started_from(store: JobStore, record: JobRecord) -> list[str]:
+    """The jobs that start from ``record``'s adapter (its folder or output) and may still need it: queued,
+    running, or stopped where they can resume. Deleting ``record`` would leave them unable to go on."""
+    mine = [p.resolve() for p in (record.job_dir, record.output_dir) if p is not None]
+    needed = []
+    for other in store.list():
+        start = (other.config.get("training") or {}).get("warm_start_from")
+        if other.id == record.id or not start or other.state.value in ("COMPLETED", "EARLY_STOPPED"):
+            continue
+        path = Path(start).expanduser().resolve()
+        if any(path == folder or folder in path.parents for folder in mine):
+            needed.append(other.id)
+    return needed
+
+
 def no_resume_target(target: str) -> JobError:
     message = f"--resume-from {target}: neither a job id in the store nor a job folder with checkpoints"
     return JobError(message, hint="see the jobs with: openrft rftj list")
@@ -94,4 +109,4 @@ def changed_names(before: dict[str, Any], after_nested: dict[str, Any]) -> list[
 
 
 __all__ = ["changed_names", "find_job", "folder_resume_config", "no_resume_target", "resume_target_config",
-           "stored_resume_config"]  # fmt: skip
+           "stored_resume_config", "warm_started_from"]  # fmt: skip

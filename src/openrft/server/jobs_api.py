@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from openrft.config import JobConfig
 from openrft.errors import JobError, OpenRFTError
 from openrft.evaluators.loader import default_evaluator_name
+from openrft.jobs.resume_from import warm_started_from
 from openrft.jobs.runner import new_job_id, validate, with_absolute_paths
 from openrft.jobs.snapshot import write_snapshot
 from openrft.jobs.store import JobRecord, JobStore, config_values
@@ -218,6 +219,13 @@ def delete_job(request: Request, account: str, job_id: str) -> dict[str, Any]:
         raise ApiError(
             400,
             f"job {job_id} is {record.shown_state}; {first}delete it once it has stopped",
+            "FAILED_PRECONDITION",
+        )
+    if needed := warm_started_from(store, record):
+        raise ApiError(
+            400,
+            f"job {job_id}'s adapter is the warmStartFrom of job {', '.join(needed)}, which has yet to finish "
+            "or can still resume (it needs that adapter); nothing was deleted: delete that job first",
             "FAILED_PRECONDITION",
         )
     try:

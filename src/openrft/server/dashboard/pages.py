@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 
 from openrft.config import config_defaults
 from openrft.errors import JobError, OpenRFTError
+from openrft.jobs.resume_from import warm_started_from
 from openrft.jobs.store import JobStore
 from openrft.server import jobs_api
 from openrft.server.auth import server_keys
@@ -71,6 +72,10 @@ DONE_OUTCOMES = {
     "delete-refused": (
         "error",
         "This job could not be deleted: cancel it first and delete it once it has stopped.",
+    ),
+    "delete-needed": (
+        "error",
+        "This job could not be deleted: another job starts from its adapter and has yet to finish or can still resume; delete that job first.",
     ),
 }
 
@@ -202,8 +207,11 @@ def delete(request: Request, job_id: str) -> Response:
     """Remove a stopped job and its folder (as ``openrft rftj delete``)."""
     if cross_site(request):
         return refused(request)
+    store = job_store(request)
     try:
-        job_store(request).delete(job_id)
+        if warm_started_from(store, store.get(job_id)):
+            return _back_to_job(request, job_id, "delete-needed")
+        store.delete(job_id)
     except JobError:
         return _back_to_job(request, job_id, "delete-refused")
     return RedirectResponse(str(request.url_for("job_list")), status_code=303)
