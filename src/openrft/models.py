@@ -344,6 +344,22 @@ def adapter_shape(adapter_dir: str | Path) -> dict[str, Any]:
     return {name: value for name, value in shape.items() if value is not None}
 
 
+WARM_START_KEPT = ("base_model", "lora_rank", "lora_alpha")  # a warm start's, from its adapter
+
+
+def warm_start_values(adapter_dir: str | Path | None) -> dict[str, Any]:
+    """What a warm start takes from its adapter rather than from its flags: the base model (the hub's
+    copy of the embedded model named as the embedded one) and the LoRA rank and alpha, those the
+    adapter records; empty without an adapter there."""
+    if not adapter_dir:
+        return {}
+    values = adapter_shape(adapter_dir)
+    if (base := adapter_base_model(adapter_dir)) is not None:
+        embedded = {hub.lower(): name for name, hub in EMBEDDED_HUB_IDS.items()}
+        values["base_model"] = embedded.get(base.lower(), base)
+    return values
+
+
 def full_precision(model: Any) -> bool:
     """Whether every linear weight of ``model`` (base layers and adapter alike) is float32 or float64.
 
@@ -397,6 +413,8 @@ __all__ = [
     "prepare_tokenizer",
     "load_model",
     "load_adapter",
+    "WARM_START_KEPT",
     "adapter_base_model",
+    "warm_start_values",
     "end_token_ids",
 ]

@@ -249,6 +249,28 @@ def test_config_values_keep_only_what_the_user_set():
     assert build_config({}, given)[0] == config
 
 
+def test_a_warm_started_job_records_the_base_model_and_lora_shape_of_its_adapter(tmp_path):
+    from openrft.config import flatten
+    from openrft.jobs.repair import saved_values
+    from openrft.jobs.snapshot import refuse_fixed_changes
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    shape = {"r": 4, "lora_alpha": 8, "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+    (adapter / "adapter_config.json").write_text(json.dumps(shape))
+    config = cfg(warm_start_from=str(adapter), temperature=1.0)
+    resolved, given, _ = config_values(config)
+    trained = {k: resolved["training"][k] for k in ("base_model", "lora_rank", "lora_alpha")}
+    assert trained == {"base_model": "smollm2-135m-instruct", "lora_rank": 4, "lora_alpha": 8}
+    assert given == {"warm_start_from": str(adapter), "temperature": 1.0}  # not flags the user gave
+    (tmp_path / "job.json").write_text(json.dumps(resolved))  # as the job writes it
+    assert build_config({}, saved_values(tmp_path))[0] == config  # a folder's job rebuilds (repair, resume)
+    again = flatten(config_values(build_config({}, given)[0])[0])
+    refuse_fixed_changes(flatten(resolved), again)  # a resume without flags changes nothing
+    (adapter / "adapter_config.json").unlink()  # gone: the resume fails on the adapter, not on its rank
+    refuse_fixed_changes(flatten(resolved), flatten(config_values(build_config({}, given)[0])[0]))
+
+
 CONCURRENT_WORKER = """
 import sys, time
 from openrft.config import build_config

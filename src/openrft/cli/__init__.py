@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 from openrft import config as C
 from openrft.console import quiet_known_warnings
 from openrft.errors import ConfigError, OpenRFTError
+from openrft.models import warm_start_values
 from openrft.paths import openrft_home
 
 RFTJ_ALIASES = ("rftj", "reinforcement-fine-tuning-job")
@@ -108,7 +109,7 @@ def print_resolved(
 
     out = out or sys.stdout
     masked = cfg.to_dict()
-    kept = _warm_start_shape(cfg.training.warm_start_from)
+    kept = warm_start_values(cfg.training.warm_start_from)
     rows = []
     for group in C.GROUPS:
         for name, value in masked[group].items():
@@ -140,19 +141,6 @@ def warn(lines: Sequence[str]) -> None:
 def flag_values(args: argparse.Namespace) -> dict[str, Any]:
     """The job parameters set on this command line (unset flags are absent)."""
     return {name: getattr(args, name) for name in C.FIELD_GROUP if hasattr(args, name)}
-
-
-def _warm_start_shape(folder: str | None) -> dict[str, Any]:
-    """What a warm start takes from its adapter folder: its base model, LoRA rank and alpha."""
-    from openrft.models import adapter_shape
-    from openrft.train.policy import adapter_base_model
-
-    if not folder:
-        return {}
-    try:
-        return {"base_model": adapter_base_model(folder), **adapter_shape(folder)}
-    except OpenRFTError:  # no adapter there: the checks that follow say so
-        return {}
 
 
 def cmd_create(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from openrft.config import build_config, flatten
 from openrft.errors import JobError, OpenRFTError
 from openrft.jobs.states import JobState
 from openrft.jobs.store import JobStore
+from openrft.models import WARM_START_KEPT
 from openrft.paths import folder_in_use, openrft_home, output_dir
 from openrft.tracking.sinks import read_metrics
 
@@ -103,6 +104,9 @@ def saved_values(folder: Path) -> dict[str, Any]:
     masked W&B key: the secret itself is in the folder's secrets.json)."""
     values = flatten(json.loads((folder / "job.json").read_text()))
     values.pop("wandb_api_key", None)
+    if values.get("warm_start_from"):  # these are its adapter's (recorded for the reader), not flags
+        for name in WARM_START_KEPT:
+            values.pop(name, None)
     return {k: v for k, v in values.items() if v is not None}
 
 

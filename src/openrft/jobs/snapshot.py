@@ -30,7 +30,7 @@ from typing import Any
 
 from openrft.data import is_builtin
 from openrft.errors import ConfigError, JobError
-from openrft.models import EMBEDDED
+from openrft.models import EMBEDDED, WARM_START_KEPT
 from openrft.paths import atomic_write_text, temporary_beside
 
 PATH_FIELDS = (
@@ -200,6 +200,8 @@ def refuse_fixed_changes(before: dict[str, Any], after: dict[str, Any], job_dir:
     before, after = _effective(before), _effective(after)
     for name, words in FIXED_ON_RESUME.items():
         old, new = before.get(name), after.get(name)
+        if name in WARM_START_KEPT and after.get("warm_start_from"):
+            continue  # the adapter's (a --warm-start-from change is refused below; job.py checks flags)
         if new is None or old == new or (name == "base_model" and _model_path(old) == _model_path(new)):
             continue
         flag = f"--{name.replace('_', '-')}"

@@ -37,6 +37,7 @@ from openrft.jobs.outcome import read_outcome
 from openrft.jobs.processes import process_alive, process_start_time
 from openrft.jobs.states import DIED_MESSAGE, JobState, can_transition
 from openrft.jobs.store_errors import store_error
+from openrft.models import warm_start_values
 from openrft.paths import folder_in_use, openrft_home
 
 SCHEMA = """
@@ -174,6 +175,7 @@ def config_values(cfg) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
     cross-field rules); ``secrets`` the values that must not be stored in the database.
     """
     resolved = cfg.to_dict()
+    resolved["training"].update(warm_start_values(cfg.training.warm_start_from))  # what it trains
     revealed = cfg.to_dict(reveal_secrets=True)
     given: dict[str, Any] = {}
     secrets: dict[str, str] = {}

@@ -31,6 +31,7 @@ from typing import Any
 from openrft.config import JobConfig
 from openrft.data import PromptSet, check_prompt_lengths, load_prompts, split_carveout
 from openrft.errors import ConfigError, DataError, EvaluatorError, OpenRFTError, input_error
+from openrft.models import warm_start_values
 from openrft.paths import atomic_write_text, openrft_home, output_dir
 from openrft.records import Prompt
 from openrft.settings import JobSettings
@@ -461,7 +462,9 @@ def run_training(
 
         hf_logging.disable_progress_bar()
     job_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(job_dir / "job.json", json.dumps(cfg.to_dict(), indent=2))
+    shown = cfg.to_dict()
+    shown["training"].update(warm_start_values(cfg.training.warm_start_from))  # what it trains
+    atomic_write_text(job_dir / "job.json", json.dumps(shown, indent=2))
     model, tokenizer = setup.build_policy(settings.model, settings.loss, settings.schedule.seed)
     train_prompts, eval_prompts = _prompts_that_fit(prepared, model, tokenizer)
     optimizer, scheduler = setup.make_optimizer(settings.optimizer, model)
