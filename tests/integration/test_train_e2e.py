@@ -45,6 +45,8 @@ def test_each_method_trains_and_writes_outputs(tiny_model_dir, tmp_path, method,
                 "train/round", "train/optimizer_step", "loss/tokens", "loss/sequences"):  # fmt: skip
         assert key in steps[0], key
     assert all(r["batch/tokens"] <= 160 or r["batch/sequences"] == 1 for r in steps)
+    epochs = [r["train/epoch"] for r in steps]  # a round's prompts count as its steps train them
+    assert all(a < b for a, b in zip(epochs, epochs[1:], strict=False)) and epochs[-1] == 1.0, epochs
     assert [r for r in rows if "eval/reward" in r][0]["step"] == 0  # evaluated before training
     modes = {f.name: f.stat().st_mode & 0o777 for f in out.iterdir() if f.is_file()}
     assert modes["adapter_model.safetensors"] == 0o644 and set(modes.values()) == {

@@ -79,3 +79,19 @@ def test_a_field_has_any_value_filter_skips_empty_strings_lists_and_objects():
         {"name": "set", "x": "v"},
     ]
     assert [i["name"] for i in select(items, "x:*", {"name", "x"})] == ["set"]
+
+
+def test_job_progress_names_the_epoch_under_way_or_the_one_a_stopped_job_stopped_in(tmp_path):
+    from openrft.config import build_config
+    from openrft.server.job_object import job_progress
+
+    store = JobStore(tmp_path)
+    store.create("j", build_config({}, {"epochs": 3})[0])
+    store.transition("j", JobState.VALIDATING)
+    store.transition("j", JobState.RUNNING)
+    record = store.get("j")
+    record.metrics_path.write_text('{"step": 4, "train/epoch": 1.0}\n')  # the first epoch just finished
+    assert job_progress(record, record.flat_config())["epoch"] == 2  # running: the second is under way
+    store.transition("j", JobState.EARLY_STOPPED, "no signal in epoch 1")
+    stopped = job_progress(store.get("j"), record.flat_config())
+    assert stopped["epoch"] == 1 and stopped["percent"] == 33  # it stopped in (after) the first

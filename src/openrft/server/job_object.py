@@ -4,6 +4,7 @@ and its configuration echoed in the request's nesting (:func:`job_object`)."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -162,8 +163,9 @@ TOTALS = Folded(
 
 
 def job_progress(record: JobRecord, flat: dict[str, Any]) -> dict[str, Any]:
-    """Percent and epoch (1-based: a finished one-epoch job reports 1, never 0) from the job's
-    metrics.jsonl; tokens and prompts summed over its rounds."""
+    """Percent and epoch from the job's metrics.jsonl: the epoch under way (1-based), or for a job that
+    has stopped the one it stopped in (a finished one-epoch job reports 1, never 0); tokens and
+    prompts summed over its rounds."""
     totals = TOTALS.get(record.metrics_path)
     epochs = max(1, int(flat.get("epochs") or 1))
     done = totals["epoch"]
@@ -171,7 +173,7 @@ def job_progress(record: JobRecord, flat: dict[str, Any]) -> dict[str, Any]:
         done = float(epochs) if record.state is JobState.COMPLETED else done
     return {
         "percent": int(min(100.0, 100.0 * done / epochs)),
-        "epoch": min(epochs, int(done) + 1),  # the epoch under way (1-based); the last one once finished
+        "epoch": min(epochs, int(done) + 1 if record.state.is_active else max(1, math.ceil(done))),
         "inputTokens": int(totals["trained"]),
         "outputTokens": int(totals["sampled"]),
         "totalProcessedRequests": int(totals["prompts"]),

@@ -40,6 +40,8 @@ class LoopState:
     step: int = 0  # training steps done
     optimizer_step: int = 0  # optimizer updates done (= policy version)
     pending: list[list[TrainSequence]] = dataclasses.field(default_factory=list)  # steps left in this round
+    round_start: int = 0  # the cursor before this round's prompts were drawn
+    round_steps: int = 0  # the steps this round was planned in (its progress: those of them done)
     round_metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # of the round being trained
     epoch_groups_with_signal: int = 0
     epoch_groups_total: int = 0

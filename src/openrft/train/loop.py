@@ -219,6 +219,7 @@ def start_round(
     sequences, mismatch = result.sequences, {}
     steps = plan_steps(sequences, settings.batching.step_tokens, settings.batching.step_sequences)
     state.pending = [[sequences[i] for i in step] for step in steps]
+    state.round_start, state.round_steps = cursor, len(state.pending)
     if ctx.sampler_is_trainer:  # measured on the round's first step, from its own forward pass
         state.measure_mismatch = True
     elif sequences:  # another engine sampled: the trainer's old log-probs, and the correction weights
@@ -249,8 +250,14 @@ def start_round(
 
 
 def epoch_progress(state: LoopState, n_prompts: int) -> float:
-    """Epochs done so far, fractional: 0.5 halfway through the first, 1.0 when it is finished."""
-    return state.epoch + state.cursor / max(1, n_prompts)
+    """Epochs trained so far, fractional: 0.5 halfway through the first, 1.0 when it is finished. A
+    round's prompts count as its steps are trained (a one-round epoch is not done at its first step)."""
+    done = float(state.cursor)
+    if state.pending and state.round_steps:
+        done = state.round_start + (state.cursor - state.round_start) * (
+            1 - len(state.pending) / state.round_steps
+        )
+    return state.epoch + done / max(1, n_prompts)
 
 
 def rollout_rows(ctx: TrainContext, step: int, round_index: int, groups, *, trained: bool) -> None:
