@@ -177,6 +177,31 @@ def _tokenizer_from_gguf(name: str):
     return cache
 
 
+def readable_by_older_transformers(folder: Path) -> None:
+    """Let a model folder that transformers 5 wrote load as the same model with transformers 4 (which
+    vLLM and other servers may be built on): the RoPE base and weight type under their older names
+    too (4 reads neither ``rope_parameters`` nor ``dtype`` and would take a RoPE base of 10000 without
+    a word), a tokenizer class 4 has, and none of the load-time options transformers 5 saves."""
+    config_path, tokenizer_path = folder / "config.json", folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else None
+    if isinstance(config, dict):
+        rope = config.get("rope_parameters")
+        if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in config:
+            config["rope_theta"] = rope["rope_theta"]
+            if rope.get("rope_type", "default") != "default" and config.get("rope_scaling") is None:
+                config["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+        if isinstance(config.get("dtype"), str):
+            config.setdefault("torch_dtype", config["dtype"])
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tokenizer = json.loads(tokenizer_path.read_text()) if tokenizer_path.is_file() else None
+    if isinstance(tokenizer, dict):
+        if tokenizer.get("tokenizer_class") == "TokenizersBackend":  # 5's name for the fast tokenizer
+            tokenizer["tokenizer_class"] = "PreTrainedTokenizerFast"
+        for option in ("is_local", "local_files_only"):
+            tokenizer.pop(option, None)
+        tokenizer_path.write_text(json.dumps(tokenizer, indent=2, ensure_ascii=False) + "\n")
+
+
 def _convert_embedded(name: str, target: Path) -> None:
     """Dequantise the embedded GGUF once into a safetensors model directory at ``target``."""
     with _file_lock(target.parent / f".{name}.lock"):
@@ -209,6 +234,7 @@ def _convert_embedded(name: str, target: Path) -> None:
         with atomic_directory(target) as tmp:
             plain.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+            readable_by_older_transformers(tmp)
             readable_by_all(tmp)
 
 
@@ -414,6 +440,7 @@ __all__ = [
     "load_model",
     "load_adapter",
     "WARM_START_KEPT",
+    "readable_by_older_transformers",
     "adapter_base_model",
     "warm_start_values",
     "end_token_ids",

@@ -74,6 +74,13 @@ def test_merged_model_matches_the_peft_model(adapter, merged, tiny_model_dir):
     assert {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= {
         p.name for p in folder.iterdir()
     }
+    # transformers 4 (vLLM may be built on it) reads the same model: RoPE base and weight type under its
+    # names too (without rope_theta it takes 10000, silently), a tokenizer class it has
+    config = json.loads((folder / "config.json").read_text())
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"]
+    assert config["torch_dtype"] == config["dtype"]
+    saved = json.loads((folder / "tokenizer_config.json").read_text())
+    assert saved["tokenizer_class"] == "PreTrainedTokenizerFast" and "local_files_only" not in saved
 
 
 def test_gguf_holds_every_tensor_under_llama_cpp_names(merged):

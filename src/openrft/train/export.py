@@ -31,6 +31,7 @@ from openrft.models import (
     load_model,
     load_tokenizer,
     prepare_tokenizer,
+    readable_by_older_transformers,
     resolve_model_dir,
 )
 from openrft.paths import atomic_directory, atomic_write_text
@@ -188,6 +189,7 @@ def save_merged(model: Any, tokenizer: Any, out: Path, dtype: str = "auto", conf
         finally:
             model.float()  # back to float32 for anything written after
         tokenizer.save_pretrained(tmp)
+        readable_by_older_transformers(tmp)  # vLLM may be built on transformers 4
         for path in tmp.iterdir():  # transformers writes the weights 0600; vLLM may run as another user
             if path.is_file():
                 path.chmod(READABLE)
