@@ -36,6 +36,20 @@ def test_fixture_rows_load_with_ids_fields_and_reference_answers_dropped():
     assert prompts[0].messages[0] == {"role": "system", "content": "Answer with one word."}
 
 
+def test_a_row_without_ground_truth_takes_its_last_trailing_assistant_message_as_reference(tmp_path):
+    ask = {"role": "user", "content": "What is 1 + 1?"}
+    rows = [
+        {"messages": [ask, {"role": "assistant", "content": "two"}, {"role": "assistant", "content": "2"}]},
+        {"messages": [ask, {"role": "assistant", "content": [{"type": "text", "text": "2"}]}]},
+        {"messages": [ask, {"role": "assistant", "content": "3"}], "ground_truth": "2"},  # its own wins
+        {"messages": [ask, {"role": "assistant", "content": None, "tool_calls": [{"id": "c"}]}]},
+        {"messages": [ask]},
+    ]
+    prompts = load_prompts(str(write_lines(tmp_path / "d.jsonl", rows)))
+    assert [p.row.get("ground_truth") for p in prompts] == ["2", "2", "2", [{"id": "c"}], None]
+    assert all(p.messages == (ask,) for p in prompts)
+
+
 def test_prompt_id_is_line_number_without_own_id_and_blank_lines_are_ignored(tmp_path):
     path = write_lines(tmp_path / "d.jsonl", [user("a"), "", "   ", user("b")])
     prompts = load_prompts(str(path))

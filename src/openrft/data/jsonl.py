@@ -9,7 +9,8 @@ Rows in the GSM8K format (``{"question", "answer"}``) are adapted on the fly, an
 TRL's prompt format: ``{"prompt": "text"}`` (one user message) or ``{"prompt": [messages]}``; the
 ``prompt`` field stays in the row for the evaluator.
 Blank lines and a UTF-8 byte-order mark are ignored. Trailing assistant messages are
-reference answers: they stay in ``Prompt.row`` but are not part of ``Prompt.messages``.
+reference answers: they stay in ``Prompt.row`` but are not part of ``Prompt.messages``, and the last
+one is the row's ``ground_truth`` when it has none (:func:`with_reference_answer`).
 
 The messages are those of OpenAI's chat and fine-tuning formats: roles ``system``,
 ``developer`` (sampled as a system message), ``user``, ``assistant`` and ``tool``; content a
@@ -348,6 +349,19 @@ def _prompt_message(message: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
+def with_reference_answer(row: dict[str, Any], kept: int) -> dict[str, Any]:
+    """``row`` with its last trailing assistant message (after the ``kept`` sampled from) as its
+    ``ground_truth`` when it has none: the reference the evaluator compares with (its text, or its
+    tool calls when it has no text)."""
+    dropped = [m for m in row["messages"][kept:] if m.get("role") == "assistant"]
+    if row.get("ground_truth") is not None or not dropped:
+        return row
+    last = dropped[-1]
+    text = "" if last.get("content") is None else content_text(last["content"])
+    reference = text if text or not last.get("tool_calls") else last["tool_calls"]
+    return {**row, "ground_truth": reference}
+
+
 def row_id(row: dict[str, Any]) -> str | None:
     """The row's own id: ``input_metadata.row_id``, else ``id``/``row_id``/``prompt_id``."""
     meta = row.get("input_metadata")
@@ -390,6 +404,7 @@ def prompts_from_rows(
                 raise ValueError(str(obj))
             row = normalize_row(obj)
             messages = prompt_messages(row["messages"], open_ended=open_ended)
+            row = with_reference_answer(row, len(messages))
             pid = row_id(row) or (str(number) if str(number) not in explicit else f"{unit}-{number}")
             if pid in seen_ids:
                 raise ValueError(f"duplicate id {pid!r} (first used on {unit} {seen_ids[pid]})")
