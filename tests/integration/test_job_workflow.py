@@ -88,6 +88,32 @@ def test_a_cancel_between_rounds_stops_before_the_next_round_is_sampled(tiny_mod
     assert {r["round"] for r in rollouts} == {1} and len(rollouts) == 2 * 2  # 2 prompts x 2, of 12 prompts
 
 
+def test_a_cancel_while_a_hung_evaluator_scores_stops_the_job_cancelled_not_failed(tiny_model_dir, tmp_path):
+    import time
+
+    from openrft.config import build_config
+    from openrft.train.job import prepare, run_training
+
+    hangs = tmp_path / "hangs.py"
+    hangs.write_text(
+        "import time\nfrom pathlib import Path\n\n"
+        "def hangs(completion, **row):\n"
+        f"    Path({str(tmp_path / 'scoring')!r}).write_text('')\n"
+        "    time.sleep(600)\n    return 1.0\n"
+    )
+    values = dict(
+        base_model=str(tiny_model_dir), dataset="arithmetic:count=4", evaluator=f"{hangs}::hangs",
+        response_candidates_count=2, max_output_tokens=16, chunk_size=4, temperature=1.0, evaluator_timeout=120,
+    )  # fmt: skip
+    cfg, _ = build_config({}, values)
+    started = time.monotonic()
+    outcome = run_training(
+        prepare(cfg), tmp_path / "job", quiet=True, should_stop=(tmp_path / "scoring").exists
+    )  # a cancel request arrives while every call hangs: no waiting for the 120 s timeouts
+    assert outcome.status == "cancelled" and outcome.state.step == 0 and outcome.state.cursor == 0
+    assert time.monotonic() - started < 60
+
+
 def test_output_that_is_not_a_terminal_gets_a_line_per_round_and_step(home, tiny_model_dir, capsys):
     assert main(["rftj", "create", "--job-id", "lines", *flags(tiny_model_dir, "spread", 4)]) == 0
     err = capsys.readouterr().err  # captured: not a terminal, so no progress bar

@@ -27,15 +27,16 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from openrft.errors import EvaluatorError
+from openrft.errors import EvaluatorError, RolloutAborted
 from openrft.evaluators.base import Evaluator
 from openrft.records import Completion, Prompt, Score
 
 GRACE_S = 2.0  # beyond the evaluator timeout, before a silent worker is killed
+ABORT_POLL_S = 0.5  # how often a cancel is looked for while calls run
 START_TIMEOUT_S = 120.0  # a worker imports the evaluator's module (and whatever it imports)
 
 Group = tuple[Prompt, Sequence[Completion]]
@@ -94,8 +95,12 @@ class EvaluatorPool:
 
     # ------------------------------------------------------------------------- public
 
-    def score_groups(self, groups: Sequence[Group]) -> list[list[Score]]:
-        """Scores for each group's completions, in order; same contract as the in-process runner."""
+    def score_groups(
+        self, groups: Sequence[Group], abort: Callable[[], bool] | None = None
+    ) -> list[list[Score]]:
+        """Scores for each group's completions, in order; same contract as the in-process runner.
+        ``abort`` is asked while calls run (at most every :data:`ABORT_POLL_S`): once it answers True,
+        the calls under way are stopped (their workers killed) and :class:`RolloutAborted` is raised."""
         groupwise = self.evaluator.mode == "groupwise"
         calls = [(g, None) for g in range(len(groups))] if groupwise else [
             (g, c) for g, (_, cs) in enumerate(groups) for c in range(len(cs))
@@ -120,7 +125,11 @@ class EvaluatorPool:
                     continue
                 busy[worker.conn] = (worker, key, time.monotonic() + self.timeout + GRACE_S)
             if busy:
-                self._collect(groups, busy, results)
+                self._collect(groups, busy, results, ABORT_POLL_S if abort is not None else None)
+            if abort is not None and abort():  # a cancel: no waiting for the calls' timeouts
+                for worker, _, _ in busy.values():
+                    self._retire(worker)
+                raise RolloutAborted()
         return [
             results[(g, None)] if groupwise else [results[(g, c)][0] for c in range(len(cs))]
             for g, (_, cs) in enumerate(groups)
@@ -148,10 +157,12 @@ class EvaluatorPool:
 
     # ------------------------------------------------------------------------- internals
 
-    def _collect(self, groups, busy, results) -> None:
-        """Wait for the first answer or deadline; settle what finished, kill what overran."""
+    def _collect(self, groups, busy, results, poll: float | None = None) -> None:
+        """Wait for the first answer or deadline (or ``poll`` seconds); settle what finished, kill
+        what overran."""
         soonest = min(deadline for _, _, deadline in busy.values())
-        for conn in wait(list(busy), timeout=max(0.0, soonest - time.monotonic())):
+        timeout = max(0.0, soonest - time.monotonic())
+        for conn in wait(list(busy), timeout=timeout if poll is None else min(timeout, poll)):
             worker, key, _ = busy.pop(conn)
             try:
                 kind, payload = conn.recv()

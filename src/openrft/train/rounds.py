@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +49,9 @@ def sample_and_score(
     if abort is not None and abort():  # cancelled while sampling: not worth scoring
         raise RolloutAborted()
     start = time.perf_counter()
-    scores = score(prompts, completions)
+    # a scorer that can stop its calls part-way (make_scorer's) is handed the cancel check too
+    takes_abort = abort is not None and "abort" in inspect.signature(score).parameters
+    scores = score(prompts, completions, abort=abort) if takes_abort else score(prompts, completions)
     timings["time/score_s"] = timings.get("time/score_s", 0.0) + time.perf_counter() - start
     groups = [
         ScoredGroup(p, tuple(c), tuple(s)) for p, c, s in zip(prompts, completions, scores, strict=True)

@@ -230,6 +230,7 @@ def make_scorer(
     stops the workers.
     """
     from openrft.evaluators import check_invalid_rate, score_groups
+    from openrft.evaluators.isolation import EvaluatorPool
     from openrft.evaluators.runner import DEFAULT_CONCURRENCY
 
     pool: Any = None
@@ -241,14 +242,18 @@ def make_scorer(
             max_concurrent_evaluations=settings.max_concurrent_evaluations, timeout=settings.evaluator_timeout,
         )  # fmt: skip
     elif not evaluator.run_inline:
-        from openrft.evaluators.isolation import EvaluatorPool
-
         workers = settings.max_concurrent_evaluations or DEFAULT_CONCURRENCY
         pool = EvaluatorPool(evaluator, workers=workers, timeout=settings.evaluator_timeout)
 
-    def score(prompts: Sequence[Prompt], completions: list[list[Completion]]) -> list[list[Score]]:
+    def score(
+        prompts: Sequence[Prompt],
+        completions: list[list[Completion]],
+        abort: Callable[[], bool] | None = None,
+    ) -> list[list[Score]]:
         groups = list(zip(prompts, completions, strict=True))
-        if pool is not None:
+        if isinstance(pool, EvaluatorPool):  # a cancel stops its calls (RolloutAborted)
+            scores = pool.score_groups(groups, abort=abort)
+        elif pool is not None:
             scores = pool.score_groups(groups)
         else:
             scores = score_groups(
