@@ -266,7 +266,9 @@ def test_jobs_queue_run_cancel_resume_and_delete_through_the_sdk(serve, job):
     assert wait(jobs, "long", lambda j: j.state not in ACTIVE).state == "JOB_STATE_CANCELLED"
     assert "resumed from CANCELLED" in [t.message for t in served.store.get("long").transitions]
 
-    for job_id in ("short", "long", "warm"):
+    with pytest.raises(fireworks.BadRequestError, match="is the warmStartFrom of job warm"):
+        jobs.delete("short")  # "warm" could still resume, from short's adapter
+    for job_id in ("warm", "short", "long"):
         jobs.delete(job_id)
         with pytest.raises(fireworks.NotFoundError):
             jobs.get(job_id)

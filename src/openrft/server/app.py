@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from openrft.jobs.store import JobStore
-from openrft.server import dashboard, jobs_api, resource_updates_api, resources_api
+from openrft.server import dashboard, jobs_api, models_api, resource_updates_api, resources_api
 from openrft.server.auth import BearerAuth, KeyFailures
 from openrft.server.errors import ApiError
 from openrft.server.guard import RequestGuard
@@ -62,6 +62,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, internal_error)  # anything else: a 500 in the same shape
     app.include_router(jobs_api.router)
     resources_api.configure_resources(app, home=settings.home)
+    app.include_router(models_api.router)  # first: its model downloads before the generic signed route
     app.include_router(resource_updates_api.router)  # first: its ":method" paths would match "{id}"
     app.include_router(resources_api.router)
     dashboard.install(app)

@@ -115,7 +115,7 @@ async def dataset_download_endpoint(account: str, dataset_id: str, request: Requ
     meta = store.require_meta("datasets", account, dataset_id)
     if meta.get("state") != "READY":
         raise precondition(f"dataset {meta['name']} has no uploaded file yet (state {meta.get('state')})")
-    return {"filenameToSignedUrls": {"data.jsonl": _signed(request, "datasets", account, dataset_id, "data")}}
+    return {"filenameToSignedUrls": {"data.jsonl": signed(request, "datasets", account, dataset_id, "data")}}
 
 
 @router.get(A + "/evaluators/{evaluator_id}:getSourceCodeSignedUrl")
@@ -124,20 +124,20 @@ async def evaluator_source_endpoint(account: str, evaluator_id: str, request: Re
     if not store.code_dir(account, evaluator_id).is_dir():
         raise precondition(f"evaluator {meta['name']} has no built source (state {meta.get('state')})")
     name = f"{evaluator_id}.tar.gz"
-    return {"filenameToSignedUrls": {name: _signed(request, "evaluators", account, evaluator_id, "source")}}
+    return {"filenameToSignedUrls": {name: signed(request, "evaluators", account, evaluator_id, "source")}}
 
 
 @router.get(A + "/evaluators/{evaluator_id}:getBuildLogEndpoint")
 async def evaluator_build_log_endpoint(account: str, evaluator_id: str, request: Request) -> dict[str, Any]:
     store.require_meta("evaluators", account, evaluator_id)
-    return {"buildLogSignedUri": _signed(request, "evaluators", account, evaluator_id, "log")}
+    return {"buildLogSignedUri": signed(request, "evaluators", account, evaluator_id, "log")}
 
 
 @router.get(A + "/{kind}/{resource_id}" + SIGNED_DOWNLOAD)
 async def signed_download(
     account: str, kind: str, resource_id: str, token: str = "", file: str = ""
 ) -> Response:
-    if kind not in ("datasets", "evaluators") or not _valid(token, kind, account, resource_id, file):
+    if kind not in ("datasets", "evaluators") or not valid_signature(token, kind, account, resource_id, file):
         raise ApiError(403, "the download URL is not valid or has expired: ask for a new one")
     store.require_meta(kind, account, resource_id)  # deleted since the URL was given: 404
     if file == "data":
@@ -151,16 +151,19 @@ async def signed_download(
     return Response(log, media_type="text/plain")
 
 
-def _signed(request: Request, kind: str, account: str, resource_id: str, file: str) -> str:
+def signed(request: Request, kind: str, account: str, resource_id: str, file: str) -> str:
+    """A URL of this server that hands out ``file`` of the resource for an hour, without a key."""
     expires = int(time.time()) + DOWNLOAD_TTL_S
     token = f"{expires}.{_mac(kind, account, resource_id, file, expires)}"
     base = str(request.base_url).rstrip("/")
     return f"{base}/v1/accounts/{account}/{kind}/{resource_id}{SIGNED_DOWNLOAD}?token={token}&file={file}"
 
 
-def _valid(token: str, kind: str, account: str, resource_id: str, file: str) -> bool:
+def valid_signature(token: str, kind: str, account: str, resource_id: str, file: str) -> bool:
+    """Whether ``token`` is :func:`signed`'s for this file, and not expired."""
     expires, _, mac = token.partition(".")
-    if not expires.isdigit() or int(expires) < time.time() or file not in ("data", "source", "log"):
+    named = file in ("data", "source", "log") or kind == "models"  # a model's files by their names
+    if not expires.isdigit() or int(expires) < time.time() or not named:
         return False
     return hmac.compare_digest(mac, _mac(kind, account, resource_id, file, int(expires)))
 
@@ -191,4 +194,4 @@ def _tar_gz(folder: Any) -> bytes:
     return buffer.getvalue()
 
 
-__all__ = ["router"]
+__all__ = ["router", "signed", "valid_signature"]

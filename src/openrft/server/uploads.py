@@ -39,7 +39,9 @@ SIGNED_UPLOAD = ":signedUpload"  # the custom method of the URLs getUploadEndpoi
 SIGNED_DOWNLOAD = ":signedDownload"  # ... and of the URLs the download endpoints hand out
 
 
-SIGNED_URL = re.compile(r"/v1/accounts/[^/]+/(?:datasets|evaluators)/[^/:]+(:signedUpload|:signedDownload)")
+SIGNED_URL = re.compile(
+    r"/v1/accounts/[^/]+/(?:datasets|evaluators|models)/[^/:]+(:signedUpload|:signedDownload)"
+)
 
 
 def is_signed_upload(scope: MutableMapping[str, Any]) -> bool:

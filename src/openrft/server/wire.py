@@ -382,7 +382,7 @@ def _training_paths(values: dict[str, Any], ctx: WireContext, meta: dict) -> Non
         if ctx.allow_local_paths and is_local_path(output):
             meta["refs"]["outputModel"] = output
             return
-        output = output.removeprefix(f"accounts/{ctx.account}/models/")
+        output = re.sub(r"^accounts/[A-Za-z0-9_\-]+/models/", "", output)  # the server's, whoever names it
         if not MODEL_NAME.fullmatch(output):
             raise bad("trainingConfig.outputModel", f"{values['output_model']!r} is not a model name (letters, "
                       f"digits, '.', '-', '_', or accounts/{ctx.account}/models/NAME)")  # fmt: skip
@@ -414,9 +414,11 @@ def model_folder(name: str, ctx: WireContext) -> Path | None:
 def warm_start_adapter(ref: str, ctx: WireContext) -> str:
     """``NAME`` or ``accounts/A/models/NAME`` (a model of this server) or
     ``accounts/A/reinforcementFineTuningJobs/ID`` (that job's trained adapter) -> the adapter's folder."""
-    kind, _, name = ref.removeprefix(f"accounts/{ctx.account}/").partition("/")
+    # a model is the server's whichever account names it; a job, its account's
+    local = re.sub(r"^accounts/[^/]+/models/", "models/", ref).removeprefix(f"accounts/{ctx.account}/")
+    kind, _, name = local.partition("/")
     if not name:
-        kind, name = "models", ref
+        kind, name = "models", local
     folder: Path | None = None
     if kind == "models" and MODEL_NAME.fullmatch(name):
         folder = model_folder(name, ctx)
