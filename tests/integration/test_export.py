@@ -290,6 +290,7 @@ def test_export_never_replaces_what_is_not_an_earlier_export(
         (adapter[0], "an input of the export"),
         (tiny_model_dir, "an input of the export"),
         (adapter[0] / "sub", "an input of the export"),
+        (tmp_path / "file" / "sub", f"{tmp_path / 'file'} is a file, not a folder to write in"),
     ]
     for out, message in cases:
         assert main(["export", str(adapter[0]), "--merged", str(out)]) == 5
@@ -305,6 +306,18 @@ def test_export_never_replaces_what_is_not_an_earlier_export(
     assert main(["export", str(adapter[0]), "--gguf", str(tmp_path / "precious.gguf")]) == 5
     assert "not an earlier export" in capsys.readouterr().err
     assert (tmp_path / "precious.gguf").read_bytes() == b"GGUF my own model"
+    same = tmp_path / "same.gguf"  # the two outputs on one path: refused before the merge, nothing written
+    assert main(["export", str(adapter[0]), "--merged", str(same), "--gguf", str(same)]) == 5
+    assert "the same path as --merged" in capsys.readouterr().err and not same.exists()
+
+
+def test_an_unwritable_target_is_refused_before_the_merge(adapter, tmp_path, monkeypatch, capsys):
+    import openrft.train.export as export
+
+    monkeypatch.setattr(export, "can_write_in", lambda folder: False)  # (root may write anywhere)
+    assert main(["export", str(adapter[0]), "--merged", str(tmp_path / "ro" / "m")]) == 5
+    err = capsys.readouterr().err
+    assert f"{tmp_path} cannot be written (read-only, or not yours)" in err and "hint:" in err
 
 
 def test_auto_dtype_keeps_the_base_models_stored_weight_type(adapter, tmp_path, tiny_model_dir):
@@ -471,6 +484,7 @@ def test_modelfile_stop_strings_read_back_exactly_in_ollama(tokenizer):
 
 
 def test_a_modelfile_that_is_not_this_exports_is_never_overwritten(tmp_path):
+    from openrft.errors import ModelError
     from openrft.train.export import modelfile_path
     from openrft.train.ollama import MODELFILE_HEADER
 
@@ -482,6 +496,11 @@ def test_a_modelfile_that_is_not_this_exports_is_never_overwritten(tmp_path):
     assert modelfile_path(gguf) == tmp_path / "b.gguf.Modelfile"  # another export's
     (tmp_path / "Modelfile").write_text("FROM llama3.2\nPARAMETER temperature 0.2\n")
     assert modelfile_path(gguf) == tmp_path / "b.gguf.Modelfile"  # the user's own
+    (tmp_path / "b.gguf.Modelfile").write_text(MODELFILE_HEADER + "FROM ./b.gguf\n")
+    assert modelfile_path(gguf) == tmp_path / "b.gguf.Modelfile"  # an earlier export's: replaced
+    (tmp_path / "b.gguf.Modelfile").write_text("FROM ./b.gguf\nPARAMETER temperature 0.2\n")
+    with pytest.raises(ModelError, match="holds a Modelfile and a b.gguf.Modelfile that an export did not"):
+        modelfile_path(gguf)  # both the user's: neither is replaced
 
 
 def test_an_adapter_is_found_from_a_job_folder_or_named_as_it_is(tmp_path, monkeypatch):

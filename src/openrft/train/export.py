@@ -16,6 +16,7 @@ records the folder it was loaded from.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,6 +162,13 @@ def check_export_target(out: Path, inputs: list[Path], *, folder: bool) -> None:
             raise ModelError(
                 f"{what} {out}: this is (or holds, or is inside) an input of the export, {source}"
             )
+    blocked = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise ModelError(f"{what} {out}: {blocked} is a file, not a folder to write in")
+    writable = next((p for p in [out, *out.parents] if p.is_dir()), None)
+    if writable is not None and not can_write_in(writable):
+        raise ModelError(f"{what} {out}: {writable} cannot be written (read-only, or not yours)",
+                         hint=f"give a {'folder' if folder else 'file'} somewhere you can write")  # fmt: skip
     if folder and out.is_file():
         raise ModelError(f"{what} {out}: a file is there; give a folder to create")
     if folder and out.is_dir() and any(out.iterdir()) and not (out / EXPORT_MARK).is_file():
@@ -225,6 +233,10 @@ def export_adapter(
         check_export_target(merged, inputs, folder=True)
     if gguf is not None:
         check_export_target(gguf, inputs, folder=False)
+        modelfile = modelfile_path(Path(gguf).expanduser())  # (refused now if both names are the user's)
+        if merged is not None and _overlaps(Path(gguf), Path(merged)):
+            raise ModelError(f"--gguf {gguf}: the same path as --merged {merged} (or a folder above it); "
+                             "give each its own (a GGUF file may go inside the merged folder)")  # fmt: skip
         check_supported(load_config(base))  # before the merge: fail fast on an unsupported model
         pre_tokenizer(base, check_tokenizer(load_tokenizer(base)))  # refused before the merge
     result = ExportResult(base_model=base)
@@ -247,7 +259,7 @@ def export_adapter(
             name=str(name),
             pre=pre_tokenizer(base, tokenizer),
         )
-        result.modelfile = modelfile_path(gguf)
+        result.modelfile = modelfile
         atomic_write_text(
             result.modelfile,
             render_modelfile(gguf.name, tokenizer, job_stop_strings(adapter_dir), result.modelfile.name),
@@ -259,16 +271,36 @@ def export_adapter(
 
 def modelfile_path(gguf: Path) -> Path:
     """``Modelfile`` beside the GGUF file, unless one is there that is not for this file (the user's
-    own, or another export's): then ``<gguf name>.Modelfile``, so that nothing is overwritten."""
+    own, or another export's): then ``<gguf name>.Modelfile``, so that nothing is overwritten (a
+    ``ModelError`` when that one is not an export's either)."""
     plain = gguf.parent / "Modelfile"
-    if not plain.exists():
+    if not plain.exists() or _our_modelfile(plain, gguf):
         return plain
+    named = gguf.parent / f"{gguf.name}.Modelfile"
+    if named.exists() and not _our_modelfile(named, gguf):
+        raise ModelError(
+            f"--gguf {gguf}: its folder holds a Modelfile and a {named.name} that an export did not write",
+            hint="give the GGUF file another name or folder; an export replaces only its own Modelfile",
+        )
+    return named
+
+
+def _our_modelfile(path: Path, gguf: Path) -> bool:
+    """Whether ``path`` is the Modelfile an export wrote for ``gguf``."""
     try:
-        text = plain.read_text(errors="replace")
+        text = path.read_text(errors="replace")
     except OSError:
-        text = ""
-    ours = text.startswith(MODELFILE_HEADER) and f"FROM ./{gguf.name}\n" in text
-    return plain if ours else gguf.parent / f"{gguf.name}.Modelfile"
+        return False
+    return text.startswith(MODELFILE_HEADER) and f"FROM ./{gguf.name}\n" in text
+
+
+def can_write_in(folder: Path) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)  # (a read-only file system too, even for root)
+
+
+def _overlaps(gguf: Path, merged: Path) -> bool:
+    gguf, merged = gguf.expanduser().resolve(), merged.expanduser().resolve()
+    return gguf == merged or merged.is_relative_to(gguf)
 
 
 __all__ = [
