@@ -292,3 +292,21 @@ def test_a_server_with_keys_lets_a_browser_in_through_the_login_page(tmp_path):
         assert posted.status_code == 303 and posted.headers["location"] == "/login?next=/jobs/x"
         back = browser.post("/login", data={"key": "s3cret", "next": "/?state=COMPLETED"})
         assert back.headers["location"] == "/?state=COMPLETED"
+
+
+def test_the_job_page_offers_the_adapters_files_and_the_jobs_logs_to_download(store, client):
+    add_job(store, "d", finish=True)
+    out = store.get("d").job_dir / "output"
+    out.mkdir()
+    (out / "adapter_config.json").write_text('{"r": 8}')
+    (out / "adapter_model.safetensors").write_bytes(b"\x00weights")
+    (out / ".openrft-output").write_text("a mark, not for download")
+    store.set_output("d", out)
+    page = client.get("/jobs/d").text
+    links = re.findall(r'href="[^"]*/jobs/d/files/([^"]+)" download', page)
+    assert links == ["adapter_config.json", "adapter_model.safetensors", "metrics.jsonl"]
+    got = client.get("/jobs/d/files/adapter_model.safetensors")
+    assert got.status_code == 200 and got.content == b"\x00weights"
+    assert "attachment" in got.headers["content-disposition"]
+    for name in (".openrft-output", "..%2Fjob.json", "nothing"):
+        assert client.get(f"/jobs/d/files/{name}").status_code == 404

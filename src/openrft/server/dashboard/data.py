@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -192,6 +193,7 @@ def adapter_usage(record: JobRecord) -> dict[str, Any] | None:
     adapter = str(folder)
     return {
         "folder": adapter,
+        "files": job_files(record)[0],
         "peft": (
             "from peft import PeftModel\n"
             "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
@@ -204,6 +206,25 @@ def adapter_usage(record: JobRecord) -> dict[str, Any] | None:
         ),
         "openrft": f"openrft serve --base-model {base_model} --adapter {adapter}",
     }
+
+
+JOB_FILES = ("metrics.jsonl", "rollouts.jsonl", "job.log")  # of the job's folder, beside its adapter's
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,200}")
+
+
+def job_files(record: JobRecord) -> tuple[list[str], dict[str, Path]]:
+    """What the job page offers to download: the adapter folder's files (at its top, no hidden marks)
+    and the job's metrics, rollouts and log; their names in order, and where each is."""
+    found: dict[str, Path] = {}
+    folder = record.output_dir
+    if folder is not None and (folder / "adapter_config.json").is_file():
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and not path.is_symlink() and FILE_NAME.fullmatch(path.name):
+                found[path.name] = path
+    for name in JOB_FILES:
+        if name not in found and (record.job_dir / name).is_file():
+            found[name] = record.job_dir / name
+    return list(found), found
 
 
 # ----------------------------------------------------------------------------- rollouts

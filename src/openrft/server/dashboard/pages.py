@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
@@ -149,6 +149,18 @@ def job_page(request: Request, job_id: str, step: int | None = None, order: str 
         charts=chart_config(request, [record.id]),
         done=DONE_OUTCOMES.get(request.query_params.get("done", "")),
     )
+
+
+@router.get("/jobs/{job_id}/files/{name}", response_model=None)
+def job_file(request: Request, job_id: str, name: str) -> Response:
+    """One file of the job's adapter folder, or its metrics, rollouts or log, as a download."""
+    try:
+        path = data.job_files(job_store(request).get(job_id))[1].get(name)
+    except JobError as exc:
+        return not_found(request, str(exc))
+    if path is None:
+        return not_found(request, f"job {job_id} has no file {name!r} to download")
+    return FileResponse(path, filename=name)
 
 
 @router.get("/jobs/{job_id}/metrics.json")
