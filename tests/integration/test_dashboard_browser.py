@@ -174,6 +174,17 @@ def test_job_list_shows_the_running_job_and_filters_by_state(site, browser, shot
     wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, count).text == "3")
 
 
+def test_a_stopped_jobs_page_shows_a_resume_made_elsewhere(site, browser):
+    url, store = site
+    make_job(store, "stopped", JobState.CANCELLED, [0.1])
+    browser.get(url + "/jobs/stopped")
+    assert browser.find_element(By.ID, "resume")  # its buttons are those of a cancelled job ...
+    store.transition("stopped", JobState.PENDING, "resumed from CANCELLED")  # ... until the CLI resumes it
+    wait(browser, lambda d: not d.find_elements(By.ID, "resume"), seconds=30)  # the page reloaded
+    assert browser.find_element(By.ID, "job-state").text == "PENDING"
+    assert browser.find_element(By.ID, "cancel")
+
+
 def test_the_curve_gains_a_point_without_a_reload(site, browser, shots):
     url, store = site
     browser.get(url + "/jobs/live-run")
@@ -185,6 +196,9 @@ def test_the_curve_gains_a_point_without_a_reload(site, browser, shots):
         handle.write(metrics_line(4, 0.45))
     wait(browser, lambda d: points(d) == "5")
     assert browser.execute_script("return window.stillTheSamePage") is True
+    store.record_progress("live-run", 4, 0.45)  # the facts above the curves follow them
+    wait(browser, lambda d: d.find_element(By.ID, "job-reward").text == "0.450")
+    assert browser.find_element(By.ID, "job-progress").text == "40%"
     steps, rewards = browser.execute_script(
         "var p = window.openrftCharts[0].plot; return [p.data[0], p.data[1]]"
     )

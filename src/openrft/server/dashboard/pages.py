@@ -84,7 +84,9 @@ def render(request: Request, name: str, status_code: int = 200, **context: Any) 
     context.setdefault("vendored", vendored())
     context.setdefault("can_log_out", bool(server_keys(request)))
     context.setdefault("poll_seconds", POLL_SECONDS)
-    return templates.TemplateResponse(request, name, context, status_code=status_code)
+    response = templates.TemplateResponse(request, name, context, status_code=status_code)
+    response.headers["Cache-Control"] = "no-store"  # Back shows the job as it is now (or gone), not as it was
+    return response
 
 
 def cross_site(request: Request) -> bool:
@@ -170,7 +172,9 @@ def job_metrics(request: Request, job_id: str, since: int = 0) -> JSONResponse:
     except JobError as exc:
         return JSONResponse(ApiError(404, str(exc)).body(), status_code=404)
     body = data.metric_points(record.metrics_path, since)
-    body.update(state=record.shown_state, active=record.state.is_active, steps=record.steps)
+    row = data.job_row(record, time.time())
+    body.update(state=record.shown_state, active=record.state.is_active, steps=record.steps,
+                progress=row["progress_text"], reward=row["last_reward"])  # fmt: skip
     return JSONResponse(body)
 
 

@@ -87,12 +87,18 @@
           var state = document.getElementById("job-state"), steps = document.getElementById("job-steps");
           if (state && body.state) { state.textContent = body.state; state.className = "state state-" + body.state.toLowerCase(); }
           if (steps && body.steps !== undefined) steps.textContent = String(body.steps);
+          ["progress", "reward"].forEach(function (name) {
+            var element = document.getElementById("job-" + name);
+            if (element && body[name] !== undefined) element.textContent = body[name];
+          });
+          if (job.shownState === undefined) job.shownState = state ? state.dataset.state : body.state;
         }
-        if (body.active) {
-          job.wasActive = true;
+        if (single && body.state !== job.shownState) {
+          window.location.reload(); // started, ended, or resumed elsewhere: its buttons and adapter change
+        } else if (body.active) {
           setTimeout(function () { poll(job, body.next, charts, seconds, single); }, seconds * 1000);
-        } else if (single && job.wasActive) {
-          window.location.reload(); // it has just ended: its buttons, rollouts and adapter change with it
+        } else if (single) { // a stopped job may be resumed from another tab, the CLI or the API
+          setTimeout(function () { poll(job, body.next, charts, seconds, single); }, seconds * 5000);
         }
       })
       .catch(function () { setTimeout(function () { poll(job, since, charts, seconds, single); }, seconds * 3000); });
