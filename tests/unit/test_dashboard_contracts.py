@@ -163,3 +163,20 @@ def test_neither_the_api_nor_the_dashboard_deletes_a_job_another_job_still_start
         assert store.exists("src")
         store.transition("wsk", JobState.COMPLETED)  # done with it
         assert api.delete(f"{JOBS}/src").status_code == 200 and not store.exists("src")
+
+
+def test_a_browser_gets_the_lockout_and_the_body_limit_as_a_page_the_api_as_json(tmp_path):
+    page = {"accept": "text/html,application/xhtml+xml"}
+    with served(tmp_path, keys=("k",)) as browser:
+        for n in range(21):
+            browser.post("/login", data={"key": f"wrong{n}"}, headers=page)
+        locked = browser.post("/login", data={"key": "k"}, headers=page)  # even the right key, for now
+        assert locked.status_code == 429 and locked.headers["retry-after"]
+        assert locked.headers["content-type"].startswith("text/html")
+        assert "too many wrong API keys from this address" in locked.text and '{"error"' not in locked.text
+        api = browser.get(JOBS, headers={"authorization": "Bearer k"})
+        assert api.status_code == 429 and api.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+    with served(tmp_path) as browser:
+        big = browser.post("/create", headers={**page, "content-length": str(10**9)}, content=b"")
+        assert big.status_code == 413 and big.headers["content-type"].startswith("text/html")
+        assert "larger than the server" in big.text

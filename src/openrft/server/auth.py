@@ -68,9 +68,10 @@ def client_address(scope: Scope) -> str:
     return str((scope.get("client") or ("?",))[0])
 
 
-def too_many_failures(seconds: float) -> Response:
+def too_many_failures(seconds: float, scope: Scope | None = None) -> Response:
+    """The 429 for a client past :data:`MAX_FAILURES` (a page for a browser, given the request's ``scope``)."""
     error = ApiError(429, f"too many wrong API keys from this address; try again in {int(seconds) + 1} s")
-    return error.response(headers={"Retry-After": str(int(seconds) + 1)})
+    return error.response_for(scope or {}, headers={"Retry-After": str(int(seconds) + 1)})
 
 
 class BearerAuth:
@@ -90,7 +91,7 @@ class BearerAuth:
         # to a browser, so it sends the cookie) must not reach the API with it
         key_cookie = cookie(scope, COOKIE) if not path.startswith("/v1/") else None
         if (token or key_cookie) and (wait := self.failures.wait(client_address(scope))):
-            await too_many_failures(wait)(scope, receive, send)
+            await too_many_failures(wait, scope)(scope, receive, send)
             return
         known = authorized(token, self.keys) if token else authorized(key_cookie, self.sessions)
         if known or path.startswith(OPEN_PATHS):

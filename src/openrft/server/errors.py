@@ -9,9 +9,10 @@ change carries ``x-should-retry: false``: the service's SDK retries 409s by defa
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 GRPC_NAMES = {
     400: "INVALID_ARGUMENT",
@@ -45,6 +46,21 @@ class ApiError(Exception):
         final = 400 <= self.status_code < 500 and self.status_code not in (408, 429)  # a retry gets the same
         extra = {"x-should-retry": "false"} if final else {}
         return JSONResponse(self.body(), status_code=self.status_code, headers={**extra, **(headers or {})})
+
+    def response_for(self, scope: Any, headers: dict[str, str] | None = None) -> Response:
+        """:meth:`response`, or for a browser asking for a page (not the ``/v1`` API) the same message
+        on a small page of its own, so that a person does not read raw JSON."""
+        sent = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if str(scope.get("path", "")).startswith("/v1/") or "text/html" not in sent.get("accept", ""):
+            return self.response(headers)
+        page = (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>openrft: '
+            f"{self.status_code}</title>"
+            '<link rel="stylesheet" href="/dashboard/static/dashboard.css"></head><body><main>'
+            f'<h1>{self.status_code}</h1><p class="error" role="alert">{html.escape(self.message)}</p>'
+            '<p><a href="/">Back to the jobs</a></p></main></body></html>'
+        )
+        return HTMLResponse(page, status_code=self.status_code, headers=headers)
 
 
 def precondition(message: str) -> ApiError:

@@ -46,7 +46,7 @@ class RequestGuard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         refusal = self._refusal(scope, headers)
         if refusal is not None:
-            await refusal.response()(scope, receive, send)
+            await refusal.response_for(scope)(scope, receive, send)
             return
         own_limit = scope.get("method") == "POST" and OWN_LIMIT.fullmatch(str(scope.get("path", "")))
         if not is_signed_upload(scope) and not own_limit:
@@ -54,7 +54,7 @@ class RequestGuard:
             declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > limit:
                 error = too_large("the request body", limit)
-                await error.response()(scope, receive, send)
+                await error.response_for(scope)(scope, receive, send)
                 return
             receive = limited_receive(receive, limit, "the request body")
         await self.app(scope, receive, send)

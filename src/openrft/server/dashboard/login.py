@@ -51,7 +51,7 @@ async def login(request: Request, key: str = Form(""), next: str = Form("/")) ->
     failures = getattr(request.app.state, "key_failures", None) or KeyFailures()
     client = client_address(request.scope)
     if keys and (wait := failures.wait(client)):
-        return too_many_failures(wait)
+        return too_many_failures(wait, request.scope)
     if keys and not authorized(key.strip(), keys):
         failures.add(client)
         return render(
