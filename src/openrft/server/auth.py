@@ -7,8 +7,8 @@ HttpOnly, SameSite=Strict cookie (:data:`COOKIE`) that is accepted instead, on t
 only; a page request without either is redirected to the login page, an API request gets the 401.
 The cookie holds :func:`session_token` of the key, never the key: whoever reads it cannot call the API.
 
-Guessing is slowed down: a client (by address) that sent more than :data:`MAX_FAILURES` wrong keys
-in the last minute gets a 429 for any key, right or wrong, until its older failures leave that minute;
+Guessing is slowed down: a client (by address) that has sent :data:`MAX_FAILURES` wrong keys within
+the last minute gets a 429 for any key, right or wrong, until its older failures leave that minute;
 other clients are not affected.
 """
 
