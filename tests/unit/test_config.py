@@ -287,3 +287,12 @@ def test_stop_strings_the_loss_method_and_length_norm_reach_the_settings():
     assert settings.loss.aggregation == "seq-mean-token-mean"
     assert _build(length_norm=True).settings().loss.aggregation == "seq-mean-token-mean"
     assert _build().settings().loss.aggregation == "token-mean"
+
+
+def test_batch_size_has_an_upper_bound_as_the_services_integer_field_does():
+    with pytest.raises(
+        ConfigError,
+        match="--batch-size: 9223372036854775808 is not valid; expected a whole number of tokens from 1 to 2147483647",
+    ):
+        C.build_config({}, {"batch_size": 2**63})
+    assert C.build_config({}, {"batch_size": 2**31 - 1})[0].training.batch_size == 2**31 - 1

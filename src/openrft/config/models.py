@@ -106,8 +106,9 @@ class TrainingConfig(Group):
     batch_size: int = field(
         32768,
         "Tokens (prompt + response) consumed per training step; '32k' and '64k' forms are accepted.",
-        valid="a whole number of tokens >= 1 (e.g. 32768 or 32k)",
+        valid="a whole number of tokens from 1 to 2147483647 (e.g. 32768 or 32k)",
         ge=1,
+        le=2**31 - 1,
     )
     batch_size_samples: int | None = field(
         None, "Optional cap on sequences per training step.", valid="a whole number >= 1", ge=1
