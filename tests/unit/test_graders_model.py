@@ -44,8 +44,11 @@ class StubServer:
             answer = self.script.popleft() if self.script else "no script left"
             if isinstance(answer, int):
                 return JSONResponse({"error": {"message": "scripted failure"}}, status_code=answer)
+            if isinstance(answer, tuple) and isinstance(answer[0], int):  # (status, message)
+                return JSONResponse({"error": {"message": answer[1]}}, status_code=answer[0])
+            answer, finish = answer if isinstance(answer, tuple) else (answer, "stop")  # (text, reason)
             return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
+                    "choices": [{"index": 0, "finish_reason": finish,
                                  "message": {"role": "assistant", "content": answer}}]}  # fmt: skip
 
         @app.post("/v1/embeddings")
@@ -126,6 +129,21 @@ def test_score_model_answer_without_a_number_scores_the_range_s_low_end_and_one_
     ranged = load_grader(json.dumps({**SCORE_MODEL, "range": [0, 10]}), endpoint=stub.url)
     stub.script.append('{"result": 7}')
     assert ranged.fn("a", {"label": "b"})["score"] == 7.0
+
+
+def test_a_token_limit_past_the_served_context_is_dropped_and_a_cut_answer_is_no_grade(stub):
+    spec = {**SCORE_MODEL, "sampling_params": {"max_completions_tokens": 32768}}  # as OpenAI's example
+    too_long = "This model's maximum context length is 8192 tokens. However, you requested 32869 tokens"
+    stub.script.extend([(400, too_long), '{"result": 0.5}'])
+    before = len(stub.requests)
+    result = load_grader(json.dumps(spec), endpoint=stub.url).fn("a", {"label": "a"})
+    assert result["score"] == 0.5 and result["is_score_valid"]
+    sent = stub.requests[before:]
+    assert sent[0]["max_completion_tokens"] == 32768 and "max_completion_tokens" not in sent[1]
+    stub.script.extend([("<think>Let me weigh every word of the", "length"), ('{"result": "y', "length")])
+    for grader in (SCORE_MODEL, LABEL_MODEL):
+        cut = load_grader(json.dumps(grader), endpoint=stub.url).fn("a", {"label": "a", "response": "b"})
+        assert not cut["is_score_valid"] and "cut off at its token limit" in cut["reason"], cut
 
 
 def test_model_grader_retries_after_a_500(stub):

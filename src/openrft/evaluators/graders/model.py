@@ -16,7 +16,9 @@ A closing system message tells the model the answer format: ``{"result": <number
 
 A score is read from that JSON object, else from an answer that is just a number. As OpenAI
 documents for ``score_model``, a score outside ``range`` is clipped to it and an answer with no
-number scores the range's low end (the reason says so). A label must be one of ``labels``; any other answer makes
+number scores the range's low end (the reason says so), unless the answer was cut off at its token
+limit: that is no grade, so the score is invalid and says why. A ``max_completions_tokens`` past what
+the served context has room for (OpenAI's examples ask 32768) is dropped and the request sent again. A label must be one of ``labels``; any other answer makes
 the score invalid, as any unusable evaluator result does.
 """
 
@@ -37,6 +39,24 @@ from openrft.evaluators.graders.templates import render
 
 class UnparseableAnswer(EvaluatorError):
     """The grader model's answer holds no usable score or label."""
+
+
+class Answer(str):
+    """A grader model's answer; ``cut`` when it stopped at its token limit (``finish_reason`` length)."""
+
+    cut: bool
+
+    def __new__(cls, text: str, cut: bool = False) -> Answer:
+        answer = super().__new__(cls, text)
+        answer.cut = cut
+        return answer
+
+
+def _cut_off(answer: str) -> UnparseableAnswer:
+    return UnparseableAnswer(
+        "the grader model's answer was cut off at its token limit before it gave a result (raise "
+        f"sampling_params.max_completions_tokens, or ask for the answer first): {_short(answer)}"
+    )
 
 
 def _env_number(name: str, default: str, kind: type, low: float) -> Any:
@@ -99,12 +119,25 @@ class Endpoint:
             if params.reasoning_effort is not None and not self.model:
                 extra["reasoning_effort"] = params.reasoning_effort
         try:
-            reply = self.client.chat.completions.create(
-                model=self.model or spec.model, messages=messages, **extra
-            )
+            try:
+                reply = self.client.chat.completions.create(
+                    model=self.model or spec.model, messages=messages, **extra
+                )
+            except Exception as exc:
+                # a limit written for OpenAI's models (32768) past a smaller served context: the
+                # server's own limit, the rest of its context, instead (vLLM and openrft serve refuse it)
+                if "max_completion_tokens" not in extra or "context length" not in str(exc):
+                    raise
+                extra.pop("max_completion_tokens")
+                reply = self.client.chat.completions.create(
+                    model=self.model or spec.model, messages=messages, **extra
+                )
         except Exception as exc:  # openai.APIError and its kinds, after the client's own retries
             raise EvaluatorError(f"grader endpoint {self.url}: {type(exc).__name__}: {exc}") from None
-        return (reply.choices[0].message.content or "") if reply.choices else ""
+        if not reply.choices:
+            return Answer("")
+        choice = reply.choices[0]
+        return Answer(choice.message.content or "", cut=choice.finish_reason == "length")
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         try:
@@ -145,6 +178,8 @@ def parse_score(answer: str, spec: ScoreModel) -> tuple[float, str]:
     except (TypeError, ValueError):
         score = math.nan
     low, high = spec.range
+    if math.isnan(score) and getattr(answer, "cut", False):  # not the judge's grade: invalid
+        raise _cut_off(answer)
     if math.isnan(score):  # the lowest grade the range allows (0 for the default [0, 1])
         return (
             low,
@@ -164,6 +199,8 @@ def parse_label(answer: str, spec: LabelModel) -> str:
     for label in spec.labels:
         if wanted.lower() == label.lower():
             return label
+    if getattr(answer, "cut", False):
+        raise _cut_off(answer)
     raise UnparseableAnswer(
         f"the grader model's answer is not one of the labels {spec.labels}: {_short(answer)}"
     )
@@ -195,4 +232,4 @@ def _short(answer: str) -> str:
     return repr(text[:120] + ("..." if len(text) > 120 else ""))
 
 
-__all__ = ["Endpoint", "UnparseableAnswer", "parse_label", "parse_score", "prompt"]
+__all__ = ["Answer", "Endpoint", "UnparseableAnswer", "parse_label", "parse_score", "prompt"]
