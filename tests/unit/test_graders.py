@@ -442,6 +442,11 @@ def test_sample_has_every_field_of_openai_sample():
     # the guide's arguments check holds for non-ASCII arguments written as they are
     row = {"name": "weather", "arguments": '{"city": "Zürich"}'}
     assert grade(MULTI, call, **row)["score"] == 1.0
+    # a path on into the arguments (a JSON string, as in chat completions) reads inside them, as
+    # OpenAI's tools cookbook writes it
+    deep = '<tool_call>{"name": "f", "arguments": {"symbols": [{"name": "Evals"}]}}</tool_call>'
+    check("{{ sample.output_tools[0].function.arguments.symbols[0].name }}", deep, "Evals")
+    check("{{ sample.output_tools[0].function.arguments['symbols'] }}", deep, '[{"name": "Evals"}]')
 
 
 def test_a_reply_cut_at_the_token_limit_finishes_with_length():

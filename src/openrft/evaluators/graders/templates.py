@@ -53,12 +53,27 @@ def _finalize(value: Any) -> Any:
 
 class _Environment(SandboxedEnvironment):
     """Dots into a JSON object read its fields (``item.items`` is the row's "items" field, never the
-    dict method), as the JSON-path-like syntax of OpenAI's templates means."""
+    dict method), as the JSON-path-like syntax of OpenAI's templates means. A path that goes on into
+    a string holding a JSON object or list (a tool call's ``function.arguments``) reads inside it."""
 
     def getattr(self, obj: Any, attribute: str) -> Any:
+        obj = _json_inside(obj)
         if isinstance(obj, dict):
             return obj[attribute] if attribute in obj else self.undefined(obj=obj, name=attribute)
         return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        return super().getitem(_json_inside(obj) if not isinstance(argument, slice) else obj, argument)
+
+
+def _json_inside(value: Any) -> Any:
+    """The object or list a string holds as JSON (``'{"symbols": [...]}'``), else the value itself."""
+    if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 @lru_cache(maxsize=1)
