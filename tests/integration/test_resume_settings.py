@@ -140,3 +140,7 @@ def test_a_dry_run_of_a_resume_shows_the_job_it_would_continue_and_refuses_as_it
     assert main(["rftj", "create", "--resume-from", "a", "--lora-rank", "16", "--dry-run"]) == 2
     assert "--lora-rank: a resumed job keeps the LoRA rank" in capsys.readouterr().err
     assert JobStore().get("a").state is S.FAILED  # nothing was written
+    assert main(["rftj", "create", "--resume-from", "a", "--quiet"]) == 0  # it completes ...
+    capsys.readouterr()
+    assert main(["rftj", "create", "--resume-from", "a", "--dry-run"]) == 7  # ... and the dry run says so
+    assert "job a is COMPLETED: there is nothing left to resume" in capsys.readouterr().err

@@ -74,3 +74,12 @@ def test_quickstart_datasets_leave_whole_rounds_after_the_carve_out():
         160,
         80,
     )  # 161 and 81 gave a 1-prompt round
+
+
+@pytest.mark.parametrize("rounds", ["0", "-3", "two"])
+def test_quickstart_refuses_rounds_that_are_not_a_whole_number_above_zero(rounds, capsys):
+    from openrft.cli import main
+
+    with pytest.raises(SystemExit) as stop:  # before anything is built (0 ran the full default job)
+        main(["quickstart", "--rounds", rounds])
+    assert stop.value.code == 2 and "--rounds" in capsys.readouterr().err

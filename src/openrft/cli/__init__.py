@@ -261,7 +261,11 @@ def build_parser() -> Parser:
         default="arithmetic",
         help="arithmetic: answers in tags (default); calculator: multi-turn, with a calculator tool.",
     )
-    quick.add_argument("--rounds", type=int, help="Rollout rounds to train (default: a 2-core budget).")
+    from openrft.cli.evaluate import positive_int
+
+    quick.add_argument(
+        "--rounds", type=positive_int, help="Rollout rounds to train, >= 1 (default: a 2-core budget)."
+    )
     quick.add_argument("--quiet", action="store_true", help="No progress bar.")
     quick.set_defaults(handler=cmd_quickstart)
 

@@ -97,7 +97,7 @@ def main(*, rounds: int | None = None, quiet: bool = False, task: str = "arithme
     from openrft.jobs.runner import create_and_run, new_job_id
 
     flags, default_rounds, options = TASKS[task]
-    rounds = rounds or default_rounds
+    rounds = default_rounds if rounds is None else rounds
     chunk = int(flags["chunk_size"])  # type: ignore[call-overload]
     count = dataset_rows(rounds * chunk, float(flags["eval_auto_carveout"]))  # type: ignore[arg-type]
     job_id = new_job_id().replace("rftj-", "quickstart-")

@@ -75,6 +75,11 @@ def resume_target_config(
     store = JobStore(openrft_home()) if (openrft_home() / "jobs.db").is_file() else None
     record = find_job(store, target) if store is not None else None
     if record is not None:
+        if record.state.value in ("COMPLETED", "EARLY_STOPPED"):  # as the resume itself refuses it
+            raise JobError(
+                f"--resume-from {target}: job {record.id} is {record.state}: there is nothing left to resume",
+                hint="start a new job instead, with --warm-start-from on this job's output adapter",
+            )
         return stored_resume_config(store, record, config_file, flag_values)
     job_dir = Path(target).expanduser()
     if not (job_dir / "checkpoints").is_dir():
