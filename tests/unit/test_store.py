@@ -335,7 +335,11 @@ def test_a_disk_io_error_on_a_nearly_full_disk_is_called_full_not_damage(tmp_pat
     assert (
         "damaged"
         in errors.store_error(tmp_path / "jobs.db", sqlite3.OperationalError("disk I/O error")).message
-    )
+    )  # (no file there to check)
+    JobStore(tmp_path)  # a sound store whose write was refused (ulimit -f): not damage, no repair
+    refused = errors.store_error(tmp_path / "jobs.db", sqlite3.OperationalError("disk I/O error"))
+    assert "could not be written (disk I/O error), though the file itself is sound" in refused.message
+    assert "ulimit -f" in refused.hint and "repair" not in refused.message
 
 
 def test_a_job_missing_here_while_a_server_is_named_says_where_the_command_looked(store, monkeypatch):

@@ -19,6 +19,15 @@ def _nearly_full(db_path: Path) -> bool:
         return False
 
 
+def _sound(db_path: Path) -> bool:
+    """Whether SQLite's own check, on a read-only connection, finds the database file intact."""
+    try:
+        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=2) as db:
+            return db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    except sqlite3.Error:
+        return False
+
+
 def store_error(db_path: Path, exc: sqlite3.Error) -> JobError:
     """One line for a database problem: what is wrong with which file, and what to do."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -38,6 +47,12 @@ def store_error(db_path: Path, exc: sqlite3.Error) -> JobError:
         return JobError(
             f"the disk holding the job store {db_path} is full ({text})",
             hint="free space there; the store itself is not damaged",
+        )
+    if "disk I/O error" in text and _sound(db_path):  # a write refused (a file-size limit), no damage
+        return JobError(
+            f"the job store {db_path} could not be written ({text}), though the file itself is sound",
+            hint="check the disk: free space, a file-size limit (ulimit -f), its errors in dmesg; nothing "
+            "needs repairing",
         )
     if isinstance(exc, sqlite3.OperationalError) and "unable to open" in text:
         return JobError(
