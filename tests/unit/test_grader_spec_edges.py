@@ -92,6 +92,23 @@ def test_a_model_graders_sampling_params_are_checked_and_a_misnamed_field_is_nam
     ):
         load(sampling_parameters={"temperature": 0})
     for bad, field in (({"temperature": 5}, "temperature"), ({"top_p": 0}, "top_p"),
-                       ({"max_completions_tokens": -1}, "max_completions_tokens")):  # fmt: skip
+                       ({"max_completions_tokens": -1}, "max_completions_tokens"),
+                       ({"reasoning_effort": "extreme"}, "reasoning_effort")):  # fmt: skip
         with pytest.raises(EvaluatorError, match=f"sampling_params.{field}: "):
             load(sampling_params=bad)
+    with pytest.raises(EvaluatorError, match="unknown field 'sampling_params.max_completion_token'"):
+        load(sampling_params={"max_completion_token": 32})  # misspelt: it would drop the limit
+    with pytest.raises(EvaluatorError, match=r"pass_threshold 5 is outside the range \[0, 1\]"):
+        load(pass_threshold=5)
+
+
+def test_a_sub_grader_may_have_a_name_python_reserves_and_a_bom_file_loads(tmp_path):
+    assert Formula("0.8 * pass + 0.2 * style", ["pass", "style"])({"pass": 1.0, "style": 0.5}) == 0.9
+    with pytest.raises(EvaluatorError, match="'pass' is not one of the sub-graders"):
+        Formula("0.8 * pass + 0.2 * style", ["style"])
+    from openrft.evaluators.graders import load_grader
+
+    spec = tmp_path / "g.json"  # as Windows PowerShell 5 writes it
+    spec.write_bytes(b'\xef\xbb\xbf{"type": "string_check", "name": "s", "operation": "eq", '
+                     b'"input": "{{ sample.output_text }}", "reference": "{{ item.answer }}"}')  # fmt: skip
+    assert load_grader(str(spec)).fn("4", {"answer": "4"})["score"] == 1.0

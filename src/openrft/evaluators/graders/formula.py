@@ -11,8 +11,10 @@ to ``eval``: the checked tree is walked here.
 from __future__ import annotations
 
 import ast
+import keyword
 import math
 import operator
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -36,11 +38,19 @@ class Formula:
 
     def __init__(self, text: str, names: Iterable[str]):
         self.text, self.names = text, set(names)
+        # a sub-grader may be called what Python reserves ("pass", "class"): it is read under an alias
+        self.aliases = {f"kw__{n}": n for n in self.names if keyword.iskeyword(n)}
+        source = text.strip().replace("^", "**")  # ^ is a power (strings are refused: no text changes)
+        for alias, name in self.aliases.items():
+            source = re.sub(rf"(?<![\w.]){name}(?!\w)", alias, source)
         try:
-            # ^ is a power, with a power's precedence (strings are refused, so no text is changed)
-            tree = ast.parse(text.strip().replace("^", "**"), mode="eval")
+            tree = ast.parse(source, mode="eval")
         except SyntaxError as exc:
-            raise EvaluatorError(f"calculate_output {text!r} is not a valid formula: {exc.msg}") from None
+            reserved = [w for w in re.findall(r"[A-Za-z_]\w*", source) if keyword.iskeyword(w)]
+            why = f" ({reserved[0]!r} is not one of the sub-graders)" if reserved else ""
+            raise EvaluatorError(
+                f"calculate_output {text!r} is not a valid formula: {exc.msg}{why}"
+            ) from None
         self._check(tree.body)
         self.tree = tree.body
 
@@ -62,6 +72,7 @@ class Formula:
         if isinstance(node, ast.Constant) and type(node.value) in (int, float):
             return
         if isinstance(node, ast.Name):
+            node.id = self.aliases.get(node.id, node.id)
             if node.id not in self.names:
                 known = ", ".join(sorted(self.names))
                 raise EvaluatorError(

@@ -80,7 +80,7 @@ class Message(BaseModel):
 
 
 class SamplingParams(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")  # a misspelt limit would drop the limit without a word
 
     temperature: float | None = Field(None, ge=0, le=2)  # the ranges OpenAI's API accepts
     top_p: float | None = Field(None, gt=0, le=1)
@@ -88,7 +88,8 @@ class SamplingParams(BaseModel):
     max_completions_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # the same limit as the chat API spells it
     max_tokens: int | None = Field(None, ge=1)  # as OpenAI's graders guide writes it in an example
-    reasoning_effort: str | None = None  # sent only to the spec's own model (see graders.model)
+    # sent only to the spec's own model (see graders.model); the values OpenAI's API takes
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
 
     @property
     def token_limit(self) -> int | None:
@@ -114,6 +115,10 @@ class ScoreModel(_Spec):
     def _range_order(self) -> ScoreModel:
         if not self.range[0] < self.range[1]:
             raise ValueError(f"range {list(self.range)} must be [low, high] with low < high")
+        low, high = self.range
+        if self.pass_threshold is not None and not low <= self.pass_threshold <= high:
+            raise ValueError(f"pass_threshold {self.pass_threshold:g} is outside the range [{low:g}, {high:g}]: "
+                             "no score could pass it")  # fmt: skip
         return self
 
 
@@ -176,7 +181,7 @@ def read_spec(spec: str) -> dict[str, Any]:
         path = Path(text).expanduser()
         if not path.is_file():
             raise EvaluatorError(f"grader file not found: {path}")
-        origin, content = str(path), path.read_text(encoding="utf-8")
+        origin, content = str(path), path.read_text(encoding="utf-8-sig")  # (a BOM, as Notepad writes)
     try:
         if text.lower().endswith((".yaml", ".yml")):
             import yaml
