@@ -123,3 +123,12 @@ def test_the_wandb_api_key_is_read_from_the_netrc_password(tmp_path, monkeypatch
     assert find_api_key("flag-key") == "flag-key"
     monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.com/")
     assert find_api_key(None) is None  # the key of another host is not this one's
+
+
+def test_a_step_line_counts_the_scores_the_evaluator_failed_on(capsys):
+    from openrft.jobs.runner import PrintSink
+
+    PrintSink().log(3, {"reward/mean": 0.5, "reward/invalid_count": 2.0, "reward/count": 8.0})
+    PrintSink().log(4, {"reward/mean": 0.5, "reward/invalid_count": 0.0, "reward/count": 8.0})
+    first, second = capsys.readouterr().err.splitlines()
+    assert "step 3" in first and "invalid scores 2/8" in first and "invalid" not in second

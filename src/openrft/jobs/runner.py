@@ -436,6 +436,10 @@ class PrintSink:
         parts = [f"{label} {metrics[key]:.4f}" for key, label in self.KEYS if metrics.get(key) is not None]
         if metrics.get("completion/truncated_frac") is not None:
             parts.append(f"truncated {100 * metrics['completion/truncated_frac']:.0f}%")
+        if metrics.get("reward/invalid_count"):  # the evaluator failed on some (see rollouts.jsonl's reason)
+            parts.append(
+                f"invalid scores {metrics['reward/invalid_count']:.0f}/{metrics.get('reward/count', 0):.0f}"
+            )
         if metrics.get("filter/groups") is not None:
             parts.append(
                 f"zero-variance groups {metrics.get('filter/zero_variance_groups', 0):.0f}"

@@ -55,6 +55,8 @@ class ProgressBar:
             parts.append(f"eval {metrics['eval/reward']:.3f}")
         if metrics.get("completion/truncated_frac"):
             parts.append(f"cut off {100 * metrics['completion/truncated_frac']:.0f}%")
+        if metrics.get("reward/invalid_count"):
+            parts.append(f"invalid {metrics['reward/invalid_count']:.0f}")
         if "filter/zero_variance_frac" in metrics:
             parts.append(f"filtered {100 * metrics['filter/zero_variance_frac']:.0f}%")
         if "throughput/rollout_tokens_per_s" in metrics:
