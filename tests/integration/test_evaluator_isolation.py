@@ -38,6 +38,11 @@ def mutates(completion, ground_truth=None, **row):
     ground_truth["seen"] = ground_truth.get("seen", 0) + 1
     return float(ground_truth["seen"])
 
+def chatty(completion, **row):
+    print("scoring", completion)
+    print("x" * 200_000, end="")
+    return 1.0
+
 def sometimes_dies(completion, **row):
     if sum(map(ord, completion)) % 7 == 0:
         os._exit(1)
@@ -154,3 +159,11 @@ def test_openrft_evaluate_contains_the_evaluator_too(evaluators, tmp_path, capsy
                  "--responses", str(responses)])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0 and "invalid 1 (33.3%)" in out and "exit code 9" in out
+
+
+def test_what_an_evaluator_prints_is_marked_as_its_own_and_capped(evaluators, capfd):
+    scores, _ = score(evaluators, "chatty")
+    assert [s.score for s in scores] == [1.0] * 3
+    out = capfd.readouterr().out
+    assert "[evaluator] scoring a\n" in out and "[evaluator] (more output left out" in out
+    assert len(out) < 2 * 70_000  # at most 64 KiB from each of the 2 workers, not 600 KB

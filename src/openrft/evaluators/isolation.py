@@ -36,6 +36,7 @@ from openrft.evaluators.base import Evaluator
 from openrft.records import Completion, Prompt, Score
 
 GRACE_S = 2.0  # beyond the evaluator timeout, before a silent worker is killed
+PRINT_LIMIT = 65536  # characters of the evaluator's own output kept from each worker (each stream)
 ABORT_POLL_S = 0.5  # how often a cancel is looked for while calls run
 START_TIMEOUT_S = 120.0  # a worker imports the evaluator's module (and whatever it imports)
 
@@ -43,10 +44,43 @@ Group = tuple[Prompt, Sequence[Completion]]
 WAIT = object()  # no worker is free yet: wait for a busy one
 
 
+class _Capped:
+    """What the evaluator prints, marked as its own (``[evaluator] `` before each line) and at most
+    :data:`PRINT_LIMIT` characters from each worker, so that a chatty evaluator cannot bury the job's
+    own lines or fill the disk under its log."""
+
+    def __init__(self, stream: Any, limit: int):
+        self.stream, self.left, self.at_line_start = stream, limit, True
+
+    def write(self, text: str) -> int:
+        if self.left <= 0 or not text:
+            return len(text)
+        kept, self.left = text[: self.left], self.left - len(text)
+        lines = kept.splitlines(keepends=True)
+        out = "".join(
+            ("[evaluator] " if self.at_line_start or i else "") + line for i, line in enumerate(lines)
+        )
+        self.at_line_start = kept.endswith("\n")
+        if self.left <= 0:
+            out += f"{'' if self.at_line_start else chr(10)}[evaluator] (more output left out: {PRINT_LIMIT} characters per worker)\n"
+        self.stream.write(out)
+        self.stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding: the stream's own
+        return getattr(self.stream, name)
+
+
 def _worker_main(conn: Connection, spec: str, dataset: str | None, timeout: float) -> None:
     """A worker process: load the evaluator, then score one call at a time until told to stop."""
     from openrft.evaluators.loader import load_evaluator
     from openrft.evaluators.runner import score_groups
+
+    sys.stdout = _Capped(sys.stdout, PRINT_LIMIT)  # type: ignore[assignment]
+    sys.stderr = _Capped(sys.stderr, PRINT_LIMIT)  # type: ignore[assignment]
 
     try:
         evaluator = dataclasses.replace(load_evaluator(spec, dataset=dataset), run_inline=True)
