@@ -95,3 +95,16 @@ def test_job_progress_names_the_epoch_under_way_or_the_one_a_stopped_job_stopped
     store.transition("j", JobState.EARLY_STOPPED, "no signal in epoch 1")
     stopped = job_progress(store.get("j"), record.flat_config())
     assert stopped["epoch"] == 1 and stopped["percent"] == 33  # it stopped in (after) the first
+
+
+def test_a_status_message_says_how_an_api_client_resumes_and_the_cli_says_it_its_way(tmp_path):
+    from openrft.cli.remote import cli_words
+    from openrft.jobs.store import CANCEL_DIED_MESSAGE
+    from openrft.server.job_object import status_of
+
+    store = JobStore(tmp_path)
+    store.create("j", JobConfig())
+    store.transition("j", JobState.CANCELLED, CANCEL_DIED_MESSAGE)
+    message = status_of(store.get("j"))["message"]
+    assert 'a :resume with {"force": true} continues' in message and "--force" not in message
+    assert "resume --force continues" in cli_words(message)

@@ -84,9 +84,7 @@ class Remote:
             message, status = error["message"], str(error.get("status") or "")
         except (ValueError, KeyError, TypeError):
             message = response.text.strip() or response.reason_phrase
-        # what the server tells an HTTP client to send, said as this command does it
-        for http_words, cli_words in CLI_WORDS:
-            message = message.replace(http_words, cli_words)
+        message = cli_words(message)
         if status == "INVALID_ARGUMENT":  # a value the request got wrong: exit 2, as without a server
             raise ConfigError(f"server: {message} (HTTP {response.status_code})")
         raise JobError(f"server: {message} (HTTP {response.status_code})")
@@ -188,8 +186,16 @@ def check_local_inputs(values: dict[str, Any]) -> None:
         check_inputs(cfg, cfg.settings())
 
 
+def cli_words(message: str) -> str:
+    """What the server tells an HTTP client to send, said as this command does it."""
+    for http_words, ours in CLI_WORDS:
+        message = message.replace(http_words, ours)
+    return message
+
+
 CLI_WORDS = (
     ('send {"force": true} to resume it anyway', "pass --force to resume it anyway"),
+    ('a :resume with {"force": true}', "resume --force"),
     (
         "send the header 'Authorization: Bearer <key>'",
         "set OPENRFT_API_KEY to one of the server's --api-key values",
@@ -348,7 +354,7 @@ def remote_get(remote: Remote, args: argparse.Namespace) -> int:
     reward = progress.get("lastReward")
     out = [f"id:          {job['name'].rsplit('/', 1)[-1]}", f"state:       {short(job.get('state', ''))}"]
     if status.get("message"):
-        out.append(f"message:     {status['message']}")
+        out.append(f"message:     {cli_words(status['message'])}")
     out += [
         f"base model:  {base_model(job)}",
         f"method:      {(job.get('lossConfig') or {}).get('method', '-')}",

@@ -41,7 +41,11 @@ def status_of(record: JobRecord) -> dict[str, str]:
     else:
         code = "OK"
     message = record.message or ("cancel requested" if record.shown_state == "CANCELLING" else "")
+    message = message.replace("resume --force", API_FORCE)  # as an API client asks for it
     return {"code": code, "message": rename_flags(message)}  # a failure at start names the body's fields
+
+
+API_FORCE = 'a :resume with {"force": true}'
 
 
 def job_object(record: JobRecord, account: str) -> dict[str, Any]:
