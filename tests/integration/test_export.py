@@ -515,3 +515,12 @@ def test_an_adapter_is_found_from_a_job_folder_or_named_as_it_is(tmp_path, monke
     assert resolve_adapter(str(job_dir / "output")) == job_dir / "output"
     with pytest.raises(JobError, match="no job with id 'nothing-here' and no folder"):
         resolve_adapter("nothing-here")
+    monkeypatch.setenv("OPENRFT_SERVER", "http://127.0.0.1:9")  # the job may be the server's
+    with pytest.raises(JobError) as remote:
+        resolve_adapter("nothing-here")
+    assert "models.get_download_endpoint" in remote.value.hint and "openrft rftj list)" in remote.value.hint
+    running = tmp_path / "running"
+    running.mkdir()
+    (running / "job.json").write_text("{}")  # a job folder whose job has not written its adapter yet
+    with pytest.raises(JobError, match="is a job folder without a trained adapter yet"):
+        resolve_adapter(str(running))

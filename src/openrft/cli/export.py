@@ -6,6 +6,7 @@ Registered by :mod:`openrft.cli`; the handler imports torch and transformers onl
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
 def resolve_adapter(target: str) -> Path:
     """The adapter folder of a job id, a job folder, or an adapter folder."""
     from openrft.jobs.states import JobState
-    from openrft.jobs.store import JobStore
+    from openrft.jobs.store import JobStore, missing_job_hint
     from openrft.paths import output_dir
 
     store = JobStore()
@@ -80,7 +81,13 @@ def resolve_adapter(target: str) -> Path:
     if not (path / "adapter_config.json").is_file() and (path / "output" / "adapter_config.json").is_file():
         return path / "output"  # a job folder
     if not path.exists():
-        raise JobError(f"no job with id {target!r} and no folder {target}", hint="openrft rftj list")
+        hint = missing_job_hint()
+        if os.environ.get("OPENRFT_SERVER"):  # a server's job: its adapter comes down as a model first
+            hint += "; a server's adapter is downloaded with the SDK's models.get_download_endpoint (docs/server.md)"
+        raise JobError(f"no job with id {target!r} and no folder {target}", hint=hint)
+    if (path / "job.json").is_file() and not (path / "adapter_config.json").is_file():
+        raise JobError(f"{path} is a job folder without a trained adapter yet (no output/adapter_config.json)",
+                       hint="export a job once it has COMPLETED, or pass an adapter folder")  # fmt: skip
     return path
 
 
