@@ -122,7 +122,11 @@ def _from_hf_cache(name: str) -> Path:
             f"hub id of a model in the local Hugging Face cache (e.g. Qwen/Qwen2.5-7B-Instruct, fetched "
             f"beforehand with `hf download`), a local model directory, or '{EMBEDDED_MODEL}'"
         )
-    if name.count("/") != 1 or name.startswith(("/", ".", "~")):
+    if name.startswith(("/", ".", "~")) or "\\" in name:  # a folder, not a hub id: no download to suggest
+        raise ModelError(f"base model not found: {name} (no such folder)",
+                         hint="give the folder that holds the model (its config.json), a hub id in the "
+                         f"local Hugging Face cache, or '{EMBEDDED_MODEL}'")  # fmt: skip
+    if name.count("/") != 1:
         raise ModelError(f"base model not found: {name}", hint=hint)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError

@@ -242,7 +242,10 @@ def test_validation_failure_never_starts_training(fake, home, model_dir, capsys)
 
 def test_missing_base_model_fails_validation(fake, home, tmp_path, capsys):
     code, _, err = create(capsys, tmp_path / "nowhere", "--job-id", "a")
-    assert code == 2 and err.startswith("--base-model: base model not found")
+    assert code == 2 and err.startswith(
+        f"--base-model: base model not found: {tmp_path / 'nowhere'} (no such"
+    )
+    assert "hf download" not in err  # a folder is not fetched from the hub
     assert not JobStore().exists("a")
 
 
