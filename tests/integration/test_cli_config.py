@@ -195,3 +195,15 @@ def test_an_openai_fine_tuning_job_body_is_recognised_and_mapped_in_the_hint(cap
     assert main(["rftj", "create", "--config", str(tmp_path / "openai_job.json"), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "is an OpenAI fine-tuning job body" in err and "--evaluator grader.json" in err
+
+
+def test_help_shows_no_python_values_and_one_setting_has_one_name_everywhere():
+    from openrft.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001
+    for name in ("rollout", "evaluate", "eval", "serve"):
+        text = commands[name].format_help()
+        assert "Default: ()" not in text and "Default: None" not in text, name
+    args = parser.parse_args(["evaluate", "--evaluator-timeout", "5", "--max-concurrent-evaluations", "2"])
+    assert (args.timeout, args.max_concurrency) == (5.0, 2)  # as a job's flags are spelt

@@ -75,6 +75,7 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
                     help_text += f" Default: {shown}."
                 if name == "eval_auto_carveout":
                     kwargs.update(nargs="?", const="0.1")
+                    help_text += " The flag alone carves out 0.1."
             group.add_argument(*flags, help=help_text.replace("%", "%%"), **kwargs)
 
 

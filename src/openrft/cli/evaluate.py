@@ -44,6 +44,8 @@ def field_help(name: str, default: Any = None) -> str:
     if extra.get("valid"):
         text += f" Valid: {extra['valid']}."
     shown = default if default is not None else info.default
+    if shown is None or shown == ():  # as rftj create says it, not Python's None or ()
+        shown = "none" if shown == () else "unset"
     if "default" not in (info.description or "").lower():  # else the description says it
         text += f" Default: {shown}."
     return text.replace("%", "%%")
@@ -127,11 +129,13 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     ev.add_argument("--grader-model", metavar="NAME", help=field_help("grader_model"))
     ev.add_argument("--responses", metavar="FILE", help="Responses JSONL (see above).")
     ev.add_argument(
-        "--timeout", type=positive_seconds, default=60.0, help="Seconds per evaluator call (default 60)."
-    )
+        "--timeout", "--evaluator-timeout", dest="timeout", type=positive_seconds, default=60.0, metavar="S",
+        help="Seconds per evaluator call, as a job's --evaluator-timeout (default 60).",
+    )  # fmt: skip
     ev.add_argument(
-        "--max-concurrency", type=positive_int, help="Parallel evaluator calls (default: the header's)."
-    )
+        "--max-concurrency", "--max-concurrent-evaluations", dest="max_concurrency", type=positive_int,
+        metavar="N", help="Parallel evaluator calls, as a job's --max-concurrent-evaluations (default: the header's).",
+    )  # fmt: skip
     ev.add_argument(
         "--skip-bad-rows",
         action="store_true",

@@ -63,7 +63,9 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     _model_flags(sv)
     sv.add_argument("--host", default="127.0.0.1", help="Interface to listen on (default 127.0.0.1).")
     sv.add_argument("--port", type=port_number, default=8000, help="Port to listen on (default 8000).")
-    sv.add_argument("--served-model-name", help="Model name clients send (default: --base-model).")
+    sv.add_argument(
+        "--served-model-name", metavar="NAME", help="Model name clients send (default: --base-model)."
+    )
     sv.add_argument(
         "--lora-modules", nargs="+", default=[], metavar="NAME=ADAPTER",
         help="More LoRA adapters served beside the model, each under its name (vLLM's flag): NAME=FOLDER or "
