@@ -349,3 +349,26 @@ def test_skip_bad_rows_allows_up_to_half_of_the_file(tmp_path):
     path.write_text('{"messages": [{"role": "user", "content": "q"}]}\n{broken\n{broken too\n')
     with pytest.raises(DataError, match="2 of 3 rows are malformed"):
         load_prompts(str(path), skip_bad_rows=True)  # more than half: the file, not a few rows, is wrong
+
+
+def test_files_in_the_wrong_form_say_what_they_are(tmp_path):
+    import gzip
+
+    row = {"messages": [{"role": "user", "content": "What is 1+1?"}], "ground_truth": "2"}
+    text = (json.dumps(row) + "\r\n") * 3
+    (tmp_path / "u16.jsonl").write_bytes(text.encode("utf-16"))  # as PowerShell's `>` writes it
+    assert len(load_prompts(str(tmp_path / "u16.jsonl"))) == 3
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(text.encode()))
+    with pytest.raises(DataError, match="is gzip-compressed") as packed:
+        load_prompts(str(tmp_path / "d.jsonl.gz"))
+    assert "gunzip" in packed.value.hint
+    (tmp_path / "cut.json").write_text("[\n" + ",\n".join([json.dumps(row)] * 3)[:-20] + "\n")
+    with pytest.raises(DataError, match="is one JSON array of rows, but it does not parse: .* at line 5"):
+        load_prompts(str(tmp_path / "cut.json"))  # not one error per line, as JSONL
+    lone = '{"messages": [{"role": "user", "content": "x \\ud800"}], "ground_truth": "2"}'
+    pair = '{"messages": [{"role": "user", "content": "ok \\ud83d\\ude00"}], "ground_truth": "2"}'
+    (tmp_path / "s.jsonl").write_text(f"{lone}\n{pair}\n")
+    with pytest.raises(DataError, match="line 1: invalid Unicode: a lone surrogate"):
+        load_prompts(str(tmp_path / "s.jsonl"))
+    (tmp_path / "s.jsonl").write_text(f"{pair}\n")
+    assert load_prompts(str(tmp_path / "s.jsonl"))[0].messages[0]["content"] == "ok \U0001f600"

@@ -101,14 +101,25 @@ def read_rows(path: str | os.PathLike[str]) -> tuple[list[tuple[int, Any | str]]
         raise DataError(f"cannot read dataset file {p}: {exc.strerror or exc}") from None
     if raw.startswith(b"PAR1"):
         return _parquet_rows(p), "row"
+    if raw.startswith(b"\x1f\x8b"):
+        raise DataError(f"dataset file {p} is gzip-compressed", hint=f"decompress it first: gunzip -k {p}")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16, as Windows PowerShell's `>` writes text
+        try:
+            raw = raw.decode("utf-16").encode("utf-8")
+        except UnicodeError:
+            raise DataError(f"dataset file {p} starts as UTF-16 text but does not decode as it") from None
     raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark (Notepad's, Excel's "UTF-8")
     if raw.lstrip().startswith(b"["):  # a JSON array of rows, rather than one row per line
         try:
             rows = json.loads(raw.decode("utf-8"))
-        except (ValueError, RecursionError):
-            rows = None
+        except (ValueError, RecursionError) as exc:
+            rows = exc
         if isinstance(rows, list):
             return list(enumerate(rows, start=1)), "row"
+        first = raw.lstrip().split(b"\n", 1)[0].strip()
+        if isinstance(rows, json.JSONDecodeError) and first in (b"[", b"[{"):  # an array, cut or broken
+            raise DataError(f"dataset file {p} is one JSON array of rows, but it does not parse: {rows.msg} "
+                            f"at line {rows.lineno} column {rows.colno}")  # fmt: skip
     return _lines(raw), "line"
 
 
@@ -133,7 +144,12 @@ def _lines(raw: bytes) -> list[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            out.append((number, json.loads(line.decode("utf-8"))))
+            row = json.loads(line.decode("utf-8"))
+            if b"\\ud" in line.lower():  # an escaped surrogate: a lone one is no character at all
+                json.dumps(row, ensure_ascii=False).encode("utf-8")
+            out.append((number, row))
+        except UnicodeEncodeError:
+            out.append((number, BadLine("invalid Unicode: a lone surrogate escape such as \\ud800")))
         except UnicodeDecodeError:
             out.append((number, BadLine("not valid UTF-8 text")))
         except json.JSONDecodeError as exc:
