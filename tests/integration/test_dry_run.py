@@ -392,3 +392,11 @@ def test_an_adapter_made_on_the_hubs_copy_of_the_embedded_model_warm_starts_the_
         json.dumps({"base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"})
     )
     assert adapter_base_model(tmp_path) == "smollm2-135m-instruct"
+
+
+def test_a_dry_run_names_the_rows_skip_bad_rows_leaves_out(files, tiny_model_dir, capsys):
+    good = '{"messages": [{"role": "user", "content": "2+2?"}], "ground_truth": 4}\n'
+    (files / "some_bad.jsonl").write_text(good * 3 + "this is not json\n")
+    code, _, err = dry_run(capsys, tiny_model_dir, "--dataset", str(files / "some_bad.jsonl"), "--evaluator",
+                           f"{files}/ev.py::score", "--skip-bad-rows")  # fmt: skip
+    assert code == 0 and "skipped 1 malformed rows (line 4: invalid JSON" in err, err

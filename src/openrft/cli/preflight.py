@@ -77,6 +77,8 @@ def dry_run_warnings(prepared) -> list[str]:
     if memory is not None:
         params = memory.weights // (2 if prepared.settings.model.dtype == "bfloat16" else 4)
     out = warnings_for(prepared.settings, len(prepared.dataset), params, os.cpu_count())
+    if note := getattr(prepared.dataset, "skipped_note", lambda: None)():  # --skip-bad-rows leaves these out
+        out.insert(0, note)
     evaluator = prepared.evaluator
     if (
         getattr(evaluator, "kind", "") == "trl"

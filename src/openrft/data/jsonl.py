@@ -77,6 +77,14 @@ class PromptSet(list):
     def skipped(self) -> int:
         return len(self.bad_rows)
 
+    def skipped_note(self, shown: int = 5) -> str | None:
+        """One line naming the rows ``--skip-bad-rows`` left out (the first few, with why), or None."""
+        if not self.bad_rows:
+            return None
+        rows = "; ".join(f"{self.unit} {n}: {why}" for n, why in self.bad_rows[:shown])
+        more = f"; and {self.skipped - shown} more" if self.skipped > shown else ""
+        return f"--dataset {self.source}: skipped {self.skipped} malformed rows ({rows}{more})"
+
 
 # ----------------------------------------------------------------------------- reading
 

@@ -568,10 +568,8 @@ def _prompts_that_fit(prepared: PreparedJob, model: Any, tokenizer: Any) -> tupl
         return len(encode_prompt(tokenizer, prompt))
 
     dataset = check_prompt_lengths(prepared.dataset, count_tokens, max_prompt, skip_bad_rows=skip)
-    if dataset.skipped:
-        print(
-            f"warning: --dataset {dataset.source}: skipped {dataset.skipped} malformed rows", file=sys.stderr
-        )
+    if note := dataset.skipped_note():
+        print(f"warning: {note}", file=sys.stderr)
     evaluation = prepared.evaluation_dataset
     if evaluation is not None:
         evaluation = check_prompt_lengths(evaluation, count_tokens, max_prompt, skip_bad_rows=skip)
