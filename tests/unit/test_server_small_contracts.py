@@ -108,3 +108,14 @@ def test_a_status_message_says_how_an_api_client_resumes_and_the_cli_says_it_its
     message = status_of(store.get("j"))["message"]
     assert 'a :resume with {"force": true} continues' in message and "--force" not in message
     assert "resume --force continues" in cli_words(message)
+
+
+def test_a_server_flag_that_is_not_a_url_is_a_flag_error(capsys, monkeypatch, tmp_path):
+    from openrft.cli import main
+
+    monkeypatch.setenv("OPENRFT_HOME", str(tmp_path))
+    assert main(["rftj", "list", "--server", "notaurl"]) == 2
+    assert capsys.readouterr().err.startswith("--server notaurl: not a server URL; expected http(s)://")
+    monkeypatch.setenv("OPENRFT_SERVER", "localhost:8000")
+    assert main(["rftj", "get", "x"]) == 2
+    assert capsys.readouterr().err.startswith("OPENRFT_SERVER localhost:8000: not a server URL")

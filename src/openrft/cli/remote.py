@@ -46,6 +46,11 @@ def _either(local, remote):
         url = getattr(args, "server", None) or os.environ.get("OPENRFT_SERVER")
         if not url:
             return local(args)
+        if not re.match(r"https?://[^/\s]+", url):
+            where = "--server" if getattr(args, "server", None) else "OPENRFT_SERVER"
+            raise ConfigError(
+                f"{where} {url}: not a server URL; expected http(s)://HOST:PORT, e.g. http://127.0.0.1:8000"
+            )
         return remote(Remote(url), args)
 
     return handler
