@@ -386,6 +386,8 @@ def warm_start_values(adapter_dir: str | Path | None) -> dict[str, Any]:
     values = adapter_shape(adapter_dir)
     if (base := adapter_base_model(adapter_dir)) is not None:
         embedded = {hub.lower(): name for name, hub in EMBEDDED_HUB_IDS.items()}
+        if Path(base).name in EMBEDDED and Path(base).parent.name == "models":  # its converted copy
+            base = Path(base).name
         values["base_model"] = embedded.get(base.lower(), base)
     return values
 

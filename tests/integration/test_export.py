@@ -524,3 +524,13 @@ def test_an_adapter_is_found_from_a_job_folder_or_named_as_it_is(tmp_path, monke
     (running / "job.json").write_text("{}")  # a job folder whose job has not written its adapter yet
     with pytest.raises(JobError, match="is a job folder without a trained adapter yet"):
         resolve_adapter(str(running))
+
+
+def test_an_adapter_from_another_machine_says_to_name_its_base_model_here(tmp_path):
+    from openrft.errors import ModelError
+    from openrft.train.export import find_base_model
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/srv/models/tiny"}))
+    with pytest.raises(ModelError) as missing:
+        find_base_model(tmp_path)
+    assert "/srv/models/tiny" in missing.value.message and "pass --base-model" in missing.value.hint

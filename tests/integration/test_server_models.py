@@ -4,6 +4,8 @@ model frees its name; a job's own output goes with its job). A real server and t
 
 from __future__ import annotations
 
+import shutil
+
 import httpx
 import pytest
 import test_server_jobs as server_jobs
@@ -46,6 +48,7 @@ def test_trained_adapters_are_models_the_sdk_lists_reads_downloads_and_deletes(s
 
     other = served.client(key="k", account="other").models
     assert other.get("adder").display_name == "adder"  # a named model is the server's
+    assert other.get("adder").fine_tuning_job == "accounts/acme/reinforcementFineTuningJobs/named"
     with pytest.raises(fireworks.NotFoundError):
         other.get("plain")  # a job's own output is seen where the job is
     with pytest.raises(fireworks.NotFoundError):
@@ -53,11 +56,16 @@ def test_trained_adapters_are_models_the_sdk_lists_reads_downloads_and_deletes(s
     with pytest.raises(fireworks.BadRequestError, match="delete the job to delete it"):
         models.delete("plain")
 
-    jobs.delete("named")  # the named model outlives its job ...
-    assert models.get("adder").fine_tuning_job is None
-    models.delete("adder")  # ... until it is deleted: its name is free again
+    saved = shutil.copytree(folder, served.store.root / "saved-adder")
+    models.delete("adder")  # while its job is still there: the name is free again
     assert not folder.exists() and "adder" not in {m.display_name for m in models.list()}
     again = jobs.create(
         **job(2, training_config={"base_model": str(tiny_model_dir), "output_model": "adder"})
     )
     jobs.cancel(again.name.rsplit("/", 1)[-1], body={})
+    shutil.copytree(saved, folder)  # another adapter under the same name: an old URL does not fetch it
+    assert httpx.get(urls["adapter_config.json"]).status_code == 403
+    for job_id in ("named", again.name.rsplit("/", 1)[-1]):
+        wait(jobs, job_id, lambda j: j.state not in ACTIVE)
+        jobs.delete(job_id)
+    assert models.get("adder").fine_tuning_job is None  # a named model outlives the jobs that named it

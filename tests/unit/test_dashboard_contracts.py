@@ -180,3 +180,20 @@ def test_a_browser_gets_the_lockout_and_the_body_limit_as_a_page_the_api_as_json
         big = browser.post("/create", headers={**page, "content-length": str(10**9)}, content=b"")
         assert big.status_code == 413 and big.headers["content-type"].startswith("text/html")
         assert "larger than the server" in big.text
+
+
+def test_a_download_link_without_the_cookie_goes_to_log_in_and_a_deleted_adapter_is_said_so(tmp_path):
+    from openrft.jobs.store import JobStore
+
+    with served(tmp_path, keys=("k",)) as browser:
+        store = JobStore(tmp_path / "home")
+        test_dashboard.add_job(store, "gone", finish=True)
+        store.set_output("gone", store.get("gone").job_dir / "output")  # a named model deleted since
+        link = browser.get("/jobs/gone/files/adapter_config.json")
+        assert link.status_code == 303 and link.headers["location"].startswith(
+            "/login?next=/jobs/gone/files/"
+        )
+        browser.cookies.set("openrft_key", session_token("k"))
+        page = browser.get("/jobs/gone").text
+        assert "it has been deleted since" in page and "No adapter yet" not in page
+        assert "/jobs/gone/files/metrics.jsonl" in page  # the job's own files still download

@@ -119,3 +119,20 @@ def test_a_server_flag_that_is_not_a_url_is_a_flag_error(capsys, monkeypatch, tm
     monkeypatch.setenv("OPENRFT_SERVER", "localhost:8000")
     assert main(["rftj", "get", "x"]) == 2
     assert capsys.readouterr().err.startswith("OPENRFT_SERVER localhost:8000: not a server URL")
+
+
+def test_a_finished_job_that_named_a_model_does_not_hold_the_name_once_the_model_is_gone(tmp_path):
+    from openrft.server import wire
+
+    store = JobStore(tmp_path)
+    for job_id, end in (("done", JobState.COMPLETED), ("failed", JobState.FAILED)):
+        store.create(job_id, JobConfig())
+        store.transition(job_id, JobState.VALIDATING)
+        store.transition(job_id, JobState.RUNNING)
+        store.transition(job_id, end)
+        write_meta(store.job_dir(job_id), {"account": "acme", "refs": {"outputModel": f"{job_id}-model"}})
+    ctx = wire.WireContext(account="acme", home=tmp_path)
+    assert wire.model_folder("done-model", ctx) is None  # deleted with models.delete: free again
+    assert (
+        wire.model_folder("failed-model", ctx) == tmp_path / "models" / "failed-model"
+    )  # may resume into it

@@ -267,6 +267,9 @@ def test_a_warm_started_job_records_the_base_model_and_lora_shape_of_its_adapter
     assert build_config({}, saved_values(tmp_path))[0] == config  # a folder's job rebuilds (repair, resume)
     again = flatten(config_values(build_config({}, given)[0])[0])
     refuse_fixed_changes(flatten(resolved), again)  # a resume without flags changes nothing
+    server = {**shape, "base_model_name_or_path": "/srv/openrft/models/smollm2-135m-instruct"}  # its copy
+    (adapter / "adapter_config.json").write_text(json.dumps(server))
+    assert config_values(config)[0]["training"]["base_model"] == "smollm2-135m-instruct"  # not a path there
     (adapter / "adapter_config.json").unlink()  # gone: the resume fails on the adapter, not on its rank
     refuse_fixed_changes(flatten(resolved), flatten(config_values(build_config({}, given)[0])[0]))
 

@@ -129,7 +129,9 @@ def _to_login(scope: Scope, headers: dict[bytes, bytes]) -> Response | None:
         return Response(status_code=401, headers={"HX-Redirect": f"/login?next={quote(back, safe='/')}"})
     if headers.get(b"content-type", b"").startswith((b"application/x-www-form", b"multipart/")):
         back = _local(headers.get(b"referer", b"/"))
-    elif scope.get("method") == "GET" and not scope.get("path", "").endswith(".json"):
+    elif scope.get("method") == "GET" and not scope.get("path", "").endswith(
+        "/metrics.json"
+    ):  # a page's poll
         query = scope.get("query_string", b"").decode("latin-1")
         back = scope.get("path", "/") + (f"?{query}" if query else "")
     else:

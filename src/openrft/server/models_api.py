@@ -56,7 +56,7 @@ def trained_models(store: JobStore, account: str) -> dict[str, tuple[Path, JobRe
     for folder in sorted(named.iterdir()) if named.is_dir() else ():
         if (folder / "adapter_config.json").is_file() and wire.MODEL_NAME.fullmatch(folder.name):
             found[folder.name] = (folder, None)  # its job deleted: the model stays
-    for record in store.list():
+    for record in sorted(store.list(), key=lambda r: r.created_at):  # the latest job of a name wins
         meta = wire.read_meta(record)
         refs = meta.get("refs", {})
         output = refs.get("outputModel")
@@ -101,9 +101,15 @@ def model_object(name: str, folder: Path, record: JobRecord | None, account: str
         },  # fmt: skip
         "description": f"LoRA adapter trained by openrft job {record.id}" if record else "LoRA adapter",
     }
-    if record is not None:
-        obj["fineTuningJob"] = f"accounts/{account}/reinforcementFineTuningJobs/{record.id}"
+    if record is not None:  # under the account the job belongs to (a command line's: the asker's)
+        owner = wire.read_meta(record).get("account") or account
+        obj["fineTuningJob"] = f"accounts/{owner}/reinforcementFineTuningJobs/{record.id}"
     return obj
+
+
+def _version(folder: Path) -> str:
+    """Which folder holds the model now (its inode: an adapter folder is replaced whole)."""
+    return f"#{folder.stat().st_ino}"
 
 
 def _files(folder: Path) -> list[str]:
@@ -141,14 +147,23 @@ def list_models(
 @router.get(BASE + "/{name}:getDownloadEndpoint")
 def model_download_endpoint(request: Request, account: str, name: str) -> dict[str, Any]:
     folder, _ = _model(_jobs(request), account, name)
-    return {"filenameToSignedUrls": {f: signed(request, "models", account, name, f) for f in _files(folder)}}
+    this = _version(folder)  # a URL stops working when the name is deleted and taken again
+    return {
+        "filenameToSignedUrls": {f: signed(request, "models", account, name, f, this) for f in _files(folder)}
+    }
 
 
 @router.get(BASE + "/{name}" + SIGNED_DOWNLOAD)
 def model_signed_download(request: Request, account: str, name: str, token: str = "", file: str = "") -> Any:
-    if not FILE_NAME.fullmatch(file) or not valid_signature(token, "models", account, name, file):
-        raise ApiError(403, "the download URL is not valid or has expired: ask for a new one")
-    folder, _ = _model(_jobs(request), account, name)  # deleted since the URL was given: 404
+    found = trained_models(_jobs(request), account).get(name)  # (no key here: a 403 either way)
+    this = name + _version(found[0]) if found else ""
+    if (
+        not found
+        or not FILE_NAME.fullmatch(file)
+        or not valid_signature(token, "models", account, this, file)
+    ):
+        raise ApiError(403, "the download URL is not valid, has expired or its model was deleted: ask again")
+    folder = found[0]
     if file not in _files(folder):
         raise ApiError(404, f"model {name!r} has no file {file!r} (it was trained again since)")
     return FileResponse(folder / file, filename=file)

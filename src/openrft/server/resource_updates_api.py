@@ -151,10 +151,11 @@ async def signed_download(
     return Response(log, media_type="text/plain")
 
 
-def signed(request: Request, kind: str, account: str, resource_id: str, file: str) -> str:
-    """A URL of this server that hands out ``file`` of the resource for an hour, without a key."""
+def signed(request: Request, kind: str, account: str, resource_id: str, file: str, version: str = "") -> str:
+    """A URL of this server that hands out ``file`` of the resource for an hour, without a key (and
+    only while the resource is ``version``, when given)."""
     expires = int(time.time()) + DOWNLOAD_TTL_S
-    token = f"{expires}.{_mac(kind, account, resource_id, file, expires)}"
+    token = f"{expires}.{_mac(kind, account, resource_id + version, file, expires)}"
     base = str(request.base_url).rstrip("/")
     return f"{base}/v1/accounts/{account}/{kind}/{resource_id}{SIGNED_DOWNLOAD}?token={token}&file={file}"
 

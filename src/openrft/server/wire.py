@@ -404,7 +404,8 @@ def model_folder(name: str, ctx: WireContext) -> Path | None:
     store = JobStore(ctx.home)
     for record in store.list():
         refs = read_meta(record).get("refs", {})
-        if refs.get("outputModel") == name:  # claimed by a job that has not started yet
+        finished = record.state.value in ("COMPLETED", "EARLY_STOPPED")  # (its model deleted since: free)
+        if refs.get("outputModel") == name and not finished:  # claimed by a job that may still write it
             return folder
         if record.id == name and "outputModel" not in refs:
             return Path(record.output_dir or record.job_dir / "output")

@@ -103,7 +103,9 @@ def find_base_model(adapter_dir: Path, override: str | None = None) -> str:
         except ModelError as exc:
             first_error = first_error or exc
     assert first_error is not None
-    raise first_error
+    raise ModelError(first_error.message, hint=f"{first_error.hint + '; ' if first_error.hint else ''}the adapter "
+                     "records the base model as the machine that trained it named it: pass --base-model NAME_OR_DIR "
+                     "for that model here")  # fmt: skip
 
 
 def check_adapter_dir(adapter_dir: Path) -> Path:

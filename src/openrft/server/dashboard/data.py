@@ -193,7 +193,6 @@ def adapter_usage(record: JobRecord) -> dict[str, Any] | None:
     adapter = str(folder)
     return {
         "folder": adapter,
-        "files": job_files(record)[0],
         "peft": (
             "from peft import PeftModel\n"
             "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"

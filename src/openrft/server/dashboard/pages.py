@@ -147,6 +147,7 @@ def job_page(request: Request, job_id: str, step: int | None = None, order: str 
         parameters=data.parameters(record),
         history=data.history(record),
         adapter=data.adapter_usage(record),
+        files=data.job_files(record)[0],
         browser=data.rollouts(record, step, _order(order)),
         charts=chart_config(request, [record.id]),
         done=DONE_OUTCOMES.get(request.query_params.get("done", "")),
