@@ -45,6 +45,10 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     from openrft.train.preflight import run_preflight
 
     cfg, _ = config_from_args(args)
+    if args.json or not sys.stderr.isatty():  # transformers' loading bar: noise in a script's output
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     notes = list(C.advise(cfg))
     warn(notes)
     prepared = validate(cfg)  # every check of `rftj create`; nothing is recorded
