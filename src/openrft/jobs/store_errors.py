@@ -22,7 +22,8 @@ def _nearly_full(db_path: Path) -> bool:
 def _sound(db_path: Path) -> bool:
     """Whether SQLite's own check, on a read-only connection, finds the database file intact."""
     try:
-        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=2) as db:
+        # immutable: no lock and no -shm file written, which the same limit would refuse
+        with sqlite3.connect(f"file:{db_path}?mode=ro&immutable=1", uri=True, timeout=2) as db:
             return db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
     except sqlite3.Error:
         return False
