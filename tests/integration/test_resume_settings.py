@@ -144,3 +144,6 @@ def test_a_dry_run_of_a_resume_shows_the_job_it_would_continue_and_refuses_as_it
     capsys.readouterr()
     assert main(["rftj", "create", "--resume-from", "a", "--dry-run"]) == 7  # ... and the dry run says so
     assert "job a is COMPLETED: there is nothing left to resume" in capsys.readouterr().err
+    for run in ("--dry-run", "--quiet"):  # whatever the flags, that is said first
+        assert main(["rftj", "create", "--resume-from", "a", "--epochs", "1", run]) == 7
+        assert "job a is COMPLETED: there is nothing left to resume" in capsys.readouterr().err

@@ -36,6 +36,11 @@ def stored_resume_config(
 ) -> JobConfig:
     """A stored job's configuration with the job file's and the flags' values applied (refused where
     a resume may not change it)."""
+    if record.state.value in ("COMPLETED", "EARLY_STOPPED"):  # said first, whatever the flags
+        raise JobError(
+            f"--resume-from {record.id}: job {record.id} is {record.state}: there is nothing left to resume",
+            hint="start a new job instead, with --warm-start-from on this job's output adapter",
+        )
     file_values = absolute_paths(load_job_file(config_file) if config_file else {}, Path.cwd())
     base = {**record.given, **store.secrets(record.id)}
     merged, _ = build_config({**base, **file_values}, absolute_paths(flag_values, Path.cwd()))
@@ -75,11 +80,6 @@ def resume_target_config(
     store = JobStore(openrft_home()) if (openrft_home() / "jobs.db").is_file() else None
     record = find_job(store, target) if store is not None else None
     if record is not None:
-        if record.state.value in ("COMPLETED", "EARLY_STOPPED"):  # as the resume itself refuses it
-            raise JobError(
-                f"--resume-from {target}: job {record.id} is {record.state}: there is nothing left to resume",
-                hint="start a new job instead, with --warm-start-from on this job's output adapter",
-            )
         return stored_resume_config(store, record, config_file, flag_values)
     job_dir = Path(target).expanduser()
     if not (job_dir / "checkpoints").is_dir():
