@@ -136,3 +136,11 @@ def test_a_finished_job_that_named_a_model_does_not_hold_the_name_once_the_model
     assert (
         wire.model_folder("failed-model", ctx) == tmp_path / "models" / "failed-model"
     )  # may resume into it
+
+
+def test_delete_force_through_a_server_says_it_does_not_apply(capsys, monkeypatch, tmp_path):
+    from openrft.cli import main
+
+    monkeypatch.setenv("OPENRFT_HOME", str(tmp_path))
+    assert main(["rftj", "delete", "j", "--force", "--server", "http://127.0.0.1:9"]) == 2
+    assert capsys.readouterr().err.startswith("--force deletes from this machine's store only")

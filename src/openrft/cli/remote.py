@@ -403,6 +403,9 @@ def remote_resume(remote: Remote, args: argparse.Namespace) -> int:
 
 
 def remote_delete(remote: Remote, args: argparse.Namespace) -> int:
+    if getattr(args, "force", False):  # the API has no force: what it refuses stays refused
+        raise ConfigError("--force deletes from this machine's store only; a server keeps a job another job "
+                          "still warm-starts from (delete that job first)")  # fmt: skip
     remote.call("DELETE", remote.path(args.job_id))
     print(f"deleted job {args.job_id} on {remote.url}")
     return 0
