@@ -174,6 +174,15 @@ def test_job_list_shows_the_running_job_and_filters_by_state(site, browser, shot
     wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, count).text == "3")
 
 
+def test_a_buttons_outcome_is_said_once(site, browser):
+    url, _ = site
+    browser.get(url + "/jobs/base-a?done=cancel-requested")
+    assert "Cancel requested" in browser.find_element(By.TAG_NAME, "main").text
+    wait(browser, lambda d: "done=" not in d.current_url)  # the address no longer carries it ...
+    browser.refresh()
+    assert "Cancel requested" not in browser.find_element(By.TAG_NAME, "main").text  # ... nor does a refresh
+
+
 def test_a_stopped_jobs_page_shows_a_resume_made_elsewhere(site, browser):
     url, store = site
     make_job(store, "stopped", JobState.CANCELLED, [0.1])

@@ -118,6 +118,15 @@
     });
   }
 
+  // Back to a page the browser kept in memory (a job deleted since, say): ask the server again
+  window.addEventListener("pageshow", function (event) { if (event.persisted) window.location.reload(); });
+  // a button's outcome (?done=...) is said once: a refresh or a later visit does not say it again
+  if (window.history.replaceState && /[?&]done=/.test(location.search)) {
+    var url = new URL(location.href);
+    url.searchParams.delete("done");
+    window.history.replaceState(null, "", url.pathname + url.search + url.hash);
+  }
+
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();
 })();
