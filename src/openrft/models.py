@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import importlib.util
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openrft.errors import ModelError
-from openrft.paths import atomic_directory, openrft_home, readable_by_all
+from openrft.paths import atomic_directory, atomic_write_text, openrft_home, readable_by_all
 
 if TYPE_CHECKING:
     import torch
@@ -89,6 +90,8 @@ def resolve_model_dir(name: str) -> Path:
         target = embedded_model_dir(name)
         if not (target / "config.json").is_file():
             _convert_embedded(name, target)
+        elif '"rope_theta"' not in (target / "config.json").read_text() and os.access(target, os.W_OK):
+            readable_by_older_transformers(target)  # converted by an earlier version: brought up to date
         return target
     path = Path(name).expanduser()
     if path.exists():
@@ -196,14 +199,14 @@ def readable_by_older_transformers(folder: Path) -> None:
                 config["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
         if isinstance(config.get("dtype"), str):
             config.setdefault("torch_dtype", config["dtype"])
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
     tokenizer = json.loads(tokenizer_path.read_text()) if tokenizer_path.is_file() else None
     if isinstance(tokenizer, dict):
         if tokenizer.get("tokenizer_class") == "TokenizersBackend":  # 5's name for the fast tokenizer
             tokenizer["tokenizer_class"] = "PreTrainedTokenizerFast"
         for option in ("is_local", "local_files_only"):
             tokenizer.pop(option, None)
-        tokenizer_path.write_text(json.dumps(tokenizer, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(tokenizer_path, json.dumps(tokenizer, indent=2, ensure_ascii=False) + "\n")
 
 
 def _convert_embedded(name: str, target: Path) -> None:

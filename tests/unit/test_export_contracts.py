@@ -100,3 +100,22 @@ def test_a_cancelled_jobs_card_says_the_adapter_is_unfinished(tmp_path):
         json.dumps({"training": {"job_id": "j"}, "data": {"dataset": "arithmetic"}})
     )
     assert "| evaluator | `arithmetic (built-in, the dataset's)` |" in write_model_card(tmp_path).read_text()
+
+
+def test_an_embedded_model_converted_by_an_earlier_version_is_brought_up_to_date(tmp_path, monkeypatch):
+    import json
+
+    from openrft.models import EMBEDDED_MODEL, resolve_model_dir
+
+    monkeypatch.setenv("OPENRFT_HOME", str(tmp_path))
+    folder = tmp_path / "models" / EMBEDDED_MODEL
+    folder.mkdir(parents=True)
+    config = {"model_type": "llama", "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}}
+    (folder / "config.json").write_text(json.dumps(config))  # transformers 5's names only
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "TokenizersBackend"}))
+    assert resolve_model_dir(EMBEDDED_MODEL) == folder
+    assert json.loads((folder / "config.json").read_text())["rope_theta"] == 100000.0  # 4 reads it too
+    assert (
+        json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"]
+        == "PreTrainedTokenizerFast"
+    )
