@@ -90,7 +90,7 @@ def resolve_model_dir(name: str) -> Path:
         target = embedded_model_dir(name)
         if not (target / "config.json").is_file():
             _convert_embedded(name, target)
-        elif '"rope_theta"' not in (target / "config.json").read_text() and os.access(target, os.W_OK):
+        elif _older_names_missing(target) and os.access(target, os.W_OK):
             readable_by_older_transformers(target)  # converted by an earlier version: brought up to date
         return target
     path = Path(name).expanduser()
@@ -182,6 +182,14 @@ def _tokenizer_from_gguf(name: str):
             with atomic_directory(cache) as tmp:
                 tokenizer.save_pretrained(tmp)
     return cache
+
+
+def _older_names_missing(folder: Path) -> bool:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "rope_parameters" in config and "rope_theta" not in config
 
 
 def readable_by_older_transformers(folder: Path) -> None:
