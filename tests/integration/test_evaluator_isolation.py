@@ -39,8 +39,8 @@ def mutates(completion, ground_truth=None, **row):
     return float(ground_truth["seen"])
 
 def chatty(completion, **row):
-    print("scoring", completion)
-    print("x" * 200_000, end="")
+    sys.stdout.write(f"scoring {completion}\\n")  # one write: two workers' lines do not interleave
+    sys.stdout.write("x" * 200_000)
     return 1.0
 
 def sometimes_dies(completion, **row):
