@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from openrft.cli import main
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -135,7 +137,8 @@ def test_data_gsm8k_converts_and_validates(capsys, tmp_path):
     )
     out_file = tmp_path / "rows.jsonl"
     code, _, err = run(capsys, "data", "gsm8k", "--input", source, "--out", out_file)
-    assert code == 3 and "line 6: GSM8K row: 'answer' has no '####'" in err and not out_file.exists()
+    assert code == 2 and err.startswith("--input: ")  # named by its flag, as rftj create names --dataset
+    assert "line 6: GSM8K row: 'answer' has no '####'" in err and not out_file.exists()
     code, out, _ = run(
         capsys, "data", "gsm8k", "--input", source, "--out", out_file, "--skip-bad-rows", "--limit", "4"
     )
@@ -225,3 +228,16 @@ def test_evaluate_skip_bad_rows_also_skips_bad_response_lines(capsys, tmp_path):
     )
     code, _, err = run(capsys, *argv, "--responses", responses, "--skip-bad-rows")
     assert code == 2 and "2 malformed response rows (too many to skip: more than half of the file)" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["arithmetic", "--digits", "0"], "--digits: digits must be from 1 to 9, not 0"),
+        (["arithmetic", "--ops", "%"], "--ops: ops must be made of"),
+        (["gsm8k", "--input", "/nowhere.jsonl"], "--input: dataset file not found: /nowhere.jsonl"),
+    ],
+)
+def test_a_data_commands_bad_value_names_its_flag(capsys, tmp_path, argv, said):
+    code, _, err = run(capsys, "data", *argv, "--out", tmp_path / "x.jsonl")
+    assert code == 2 and err.startswith(said), err

@@ -173,8 +173,17 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
 def cmd_data_arithmetic(args: argparse.Namespace) -> int:
     from openrft.data import write_jsonl
     from openrft.data.tasks.arithmetic import ArithmeticTask, generate_rows
+    from openrft.errors import ConfigError, DataError
 
-    task = ArithmeticTask(count=args.count, digits=args.digits, ops=args.ops, few_shot=args.few_shot)
+    try:
+        task = ArithmeticTask(count=args.count, digits=args.digits, ops=args.ops, few_shot=args.few_shot)
+    except DataError as exc:  # a flag's value: exit 2, naming the flag
+        flag = next(
+            (f"--{name}" for name in ("digits", "ops", "count") if f" {name} " in f" {exc.message} "), ""
+        )
+        raise ConfigError(
+            f"{flag}: {exc.message.removeprefix('arithmetic: ')}" if flag else exc.message
+        ) from None
     rows = generate_rows(task, seed=args.seed)
     path = write_jsonl(args.out, rows)
     print(f"wrote {len(rows)} arithmetic problems to {path}")
@@ -183,8 +192,10 @@ def cmd_data_arithmetic(args: argparse.Namespace) -> int:
 
 def cmd_data_gsm8k(args: argparse.Namespace) -> int:
     from openrft.data import load_prompts, write_jsonl
+    from openrft.errors import input_error
 
-    prompts = load_prompts(args.input, skip_bad_rows=args.skip_bad_rows, limit=args.limit)
+    with input_error("--input"):
+        prompts = load_prompts(args.input, skip_bad_rows=args.skip_bad_rows, limit=args.limit)
     path = write_jsonl(args.out, (p.row for p in prompts))
     skipped = f" ({prompts.skipped} malformed rows skipped)" if prompts.skipped else ""
     print(f"wrote {len(prompts)} GSM8K rows to {path}{skipped}")
