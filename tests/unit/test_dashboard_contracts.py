@@ -159,7 +159,8 @@ def test_neither_the_api_nor_the_dashboard_deletes_a_job_another_job_still_start
         said = refused.json()["error"]["message"]
         assert refused.status_code == 400 and "is the warmStartFrom of job wsk" in said, said
         page = api.post("/jobs/src/delete")
-        assert "another job starts from its adapter" in api.get(page.headers["location"]).text
+        said = api.get(page.headers["location"]).text
+        assert "another job starts from its adapter" in said and "The job that starts from it: wsk." in said
         assert store.exists("src")
         store.transition("wsk", JobState.COMPLETED)  # done with it
         assert api.delete(f"{JOBS}/src").status_code == 200 and not store.exists("src")

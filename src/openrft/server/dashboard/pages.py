@@ -150,8 +150,16 @@ def job_page(request: Request, job_id: str, step: int | None = None, order: str 
         files=data.job_files(record)[0],
         browser=data.rollouts(record, step, _order(order)),
         charts=chart_config(request, [record.id]),
-        done=DONE_OUTCOMES.get(request.query_params.get("done", "")),
+        done=_outcome(store, record, request.query_params.get("done", "")),
     )
+
+
+def _outcome(store: JobStore, record: Any, code: str) -> tuple[str, str] | None:
+    """What a button's outcome ``code`` says on the job page (looked up, never text from the URL)."""
+    said = DONE_OUTCOMES.get(code)
+    if said is not None and code == "delete-needed" and (needed := warm_started_from(store, record)):
+        said = (said[0], f"{said[1]} The job that starts from it: {', '.join(needed)}.")
+    return said
 
 
 @router.get("/jobs/{job_id}/files/{name}", response_model=None)
