@@ -139,7 +139,12 @@ def test_a_token_limit_past_the_served_context_is_dropped_and_a_cut_answer_is_no
     result = load_grader(json.dumps(spec), endpoint=stub.url).fn("a", {"label": "a"})
     assert result["score"] == 0.5 and result["is_score_valid"]
     sent = stub.requests[before:]
-    assert sent[0]["max_completion_tokens"] == 32768 and "max_completion_tokens" not in sent[1]
+    assert sent[0]["max_completion_tokens"] == 32768 and "max_completion_tokens" not in sent[1]  # unsaid
+    said = too_long + " (101 in the messages, 32768 in the completion)."  # as vLLM says it
+    stub.script.extend([(400, said), '{"result": 0.5}'])
+    before = len(stub.requests)
+    assert load_grader(json.dumps(spec), endpoint=stub.url).fn("a", {"label": "a"})["score"] == 0.5
+    assert stub.requests[before + 1]["max_completion_tokens"] == 8192 - 101  # the room left, still a bound
     stub.script.extend([("<think>Let me weigh every word of the", "length"), ('{"result": "y', "length")])
     for grader in (SCORE_MODEL, LABEL_MODEL):
         cut = load_grader(json.dumps(grader), endpoint=stub.url).fn("a", {"label": "a", "response": "b"})

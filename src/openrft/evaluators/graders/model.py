@@ -18,7 +18,8 @@ A score is read from that JSON object, else from an answer that is just a number
 documents for ``score_model``, a score outside ``range`` is clipped to it and an answer with no
 number scores the range's low end (the reason says so), unless the answer was cut off at its token
 limit: that is no grade, so the score is invalid and says why. A ``max_completions_tokens`` past what
-the served context has room for (OpenAI's examples ask 32768) is dropped and the request sent again. A label must be one of ``labels``; any other answer makes
+the served context has room for (OpenAI's examples ask 32768) is lowered to the room the server says
+is left (or dropped, when it does not say) and the request sent again. A label must be one of ``labels``; any other answer makes
 the score invalid, as any unusable evaluator result does.
 """
 
@@ -128,7 +129,11 @@ class Endpoint:
                 # server's own limit, the rest of its context, instead (vLLM and openrft serve refuse it)
                 if "max_completion_tokens" not in extra or "context length" not in str(exc):
                     raise
-                extra.pop("max_completion_tokens")
+                room = _room_left(str(exc))  # vLLM and openrft serve say how much there is
+                if room is not None and room > 0:
+                    extra["max_completion_tokens"] = min(extra["max_completion_tokens"], room)
+                else:
+                    extra.pop("max_completion_tokens")
                 reply = self.client.chat.completions.create(
                     model=self.model or spec.model, messages=messages, **extra
                 )
@@ -147,6 +152,13 @@ class Endpoint:
                 f"grader endpoint {self.url} (embeddings): {type(exc).__name__}: {exc}"
             ) from None
         return [d.embedding for d in reply.data]
+
+
+def _room_left(message: str) -> int | None:
+    """The tokens a refused request's context had left for the answer, from the server's message
+    ("maximum context length is 8192 tokens ... (101 in the messages, ...)"), if it says."""
+    found = re.search(r"maximum context length is (\d+) tokens.*?\((\d+) in the messages", message, re.DOTALL)
+    return int(found.group(1)) - int(found.group(2)) if found else None
 
 
 def prompt(spec: ScoreModel | LabelModel, item: dict[str, Any], sample: Any) -> list[dict[str, Any]]:
