@@ -38,7 +38,8 @@ def register(subparsers: Any, rftj_subparsers: Any = None) -> None:
     ro.add_argument(
         "--n", "--response-candidates-count", dest="response_candidates_count", type=int, metavar="N",
         default=ROLLOUT_DEFAULTS["response_candidates_count"],
-        help=field_help("response_candidates_count", ROLLOUT_DEFAULTS["response_candidates_count"]),
+        help=f"Responses sampled for each prompt. Valid: a whole number >= 2. "
+        f"Default: {ROLLOUT_DEFAULTS['response_candidates_count']}.",
     )  # fmt: skip
     ro.add_argument(
         "--max-output-tokens", dest="max_output_tokens", type=int, metavar="TOKENS",
@@ -112,8 +113,16 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
         "--max-concurrent-rollouts", dest="max_concurrent_rollouts", type=int, default=argparse.SUPPRESS,
         metavar="N", help=f"Sequences decoded together (throughput only). Valid: a whole number >= 1. Default: {DEFAULT_MAX_CONCURRENT}.",
     )  # fmt: skip
-    parser.add_argument("--device", default=argparse.SUPPRESS, metavar="DEVICE", help=field_help("device"))
-    parser.add_argument("--dtype", default=argparse.SUPPRESS, metavar="DTYPE", help=field_help("dtype"))
+    parser.add_argument(
+        "--device", default=argparse.SUPPRESS, metavar="DEVICE",
+        help="Where the model samples: auto (the first CUDA device when there is one, else the CPU), cpu, cuda "
+        "or cuda:N. Default: auto.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dtype", default=argparse.SUPPRESS, metavar="DTYPE",
+        help="Precision of the base weights: auto (bfloat16 on a CUDA GPU that computes in it, Ampere or later; "
+        "else float32), float32 or bfloat16. Default: auto.",
+    )  # fmt: skip
 
 
 def _validated(args: argparse.Namespace) -> C.RolloutConfig:
