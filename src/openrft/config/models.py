@@ -80,9 +80,9 @@ class TrainingConfig(Group):
     )
     job_id: str | None = field(
         None,
-        "Job id (letters, digits, '-', '_'; default: generated).",
+        "Job id (ASCII letters, digits, '-', '_'; default: generated).",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$",
-        valid="1-64 letters, digits, '-' or '_', starting with a letter or digit",
+        valid="1-64 ASCII letters, digits, '-' or '_', starting with a letter or digit",
     )
     epochs: int = field(
         1, "Passes over the training prompts.", valid="a whole number from 1 to 10", ge=1, le=10

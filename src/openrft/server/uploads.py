@@ -99,7 +99,7 @@ def check_id(value: str, what: str) -> str:
     if not isinstance(value, str) or not ID_RE.fullmatch(value):
         raise ApiError(
             400,
-            f"invalid {what} {value!r}: use 1-63 letters, digits, '-' or '_', starting with a letter or digit",
+            f"invalid {what} {value!r}: use 1-63 ASCII letters, digits, '-' or '_', starting with a letter or digit",
         )
     return value
 
