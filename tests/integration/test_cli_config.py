@@ -207,3 +207,13 @@ def test_help_shows_no_python_values_and_one_setting_has_one_name_everywhere():
         assert "Default: ()" not in text and "Default: None" not in text, name
     args = parser.parse_args(["evaluate", "--evaluator-timeout", "5", "--max-concurrent-evaluations", "2"])
     assert (args.timeout, args.max_concurrency) == (5.0, 2)  # as a job's flags are spelt
+
+
+def test_version_is_the_installed_packages(capsys):
+    from importlib.metadata import version
+
+    from openrft.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"openrft {version('openrft')}"

@@ -227,11 +227,21 @@ def _command(parser: argparse.ArgumentParser, words: Sequence[str]) -> str:
     return parser.prog
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("openrft")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "(not installed)"
+
+
 def build_parser() -> Parser:
     parser = Parser(
         prog="openrft",
         description="Self-hosted reinforcement fine-tuning (GRPO, DAPO, GSPO-token) of language models with LoRA.",
     )
+    parser.add_argument("--version", action="version", version=f"openrft {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     rftj = sub.add_parser(
