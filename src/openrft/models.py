@@ -396,11 +396,17 @@ def warm_start_values(adapter_dir: str | Path | None) -> dict[str, Any]:
         return {}
     values = adapter_shape(adapter_dir)
     if (base := adapter_base_model(adapter_dir)) is not None:
-        embedded = {hub.lower(): name for name, hub in EMBEDDED_HUB_IDS.items()}
-        if Path(base).name in EMBEDDED and Path(base).parent.name == "models":  # its converted copy
-            base = Path(base).name
-        values["base_model"] = embedded.get(base.lower(), base)
+        values["base_model"] = as_embedded(base)
     return values
+
+
+def as_embedded(base: str) -> str:
+    """An adapter's recorded base model, named as the embedded model when it is one: the hub's copy
+    (a plain-peft adapter) or its converted copy on some machine (``.../models/NAME``)."""
+    if Path(base).name in EMBEDDED and Path(base).parent.name == "models":
+        return Path(base).name
+    embedded = {hub.lower(): name for name, hub in EMBEDDED_HUB_IDS.items()}
+    return embedded.get(base.lower(), base)
 
 
 def full_precision(model: Any) -> bool:
@@ -460,5 +466,6 @@ __all__ = [
     "readable_by_older_transformers",
     "adapter_base_model",
     "warm_start_values",
+    "as_embedded",
     "end_token_ids",
 ]

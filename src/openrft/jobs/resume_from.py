@@ -88,13 +88,20 @@ def resume_target_config(
 
 
 def warm_started_from(store: JobStore, record: JobRecord) -> list[str]:
-    """The jobs that start from ``record``'s adapter (its folder or output) and may still need it: queued,
-    running, or stopped where they can resume. Deleting ``record`` would leave them unable to go on."""
-    mine = [p.resolve() for p in (record.job_dir, record.output_dir) if p is not None]
+    """The jobs that start from ``record``'s adapter (its folder or output) and may still need it.
+    Deleting ``record`` would leave them unable to go on."""
+    folders = [p for p in (record.job_dir, record.output_dir) if p is not None]
+    return jobs_starting_from(store, folders, but=record.id)
+
+
+def jobs_starting_from(store: JobStore, folders: list[Path], *, but: str | None = None) -> list[str]:
+    """The jobs (other than ``but``) whose warm start is one of ``folders`` or inside one, and that may
+    still need it: queued, running, or stopped where they can resume."""
+    mine = [Path(p).resolve() for p in folders]
     needed = []
     for other in store.list():
         start = (other.config.get("training") or {}).get("warm_start_from")
-        if other.id == record.id or not start or other.state.value in ("COMPLETED", "EARLY_STOPPED"):
+        if other.id == but or not start or other.state.value in ("COMPLETED", "EARLY_STOPPED"):
             continue
         path = Path(start).expanduser().resolve()
         if any(path == folder or folder in path.parents for folder in mine):
@@ -114,4 +121,4 @@ def changed_names(before: dict[str, Any], after_nested: dict[str, Any]) -> list[
 
 
 __all__ = ["changed_names", "find_job", "folder_resume_config", "no_resume_target", "resume_target_config",
-           "stored_resume_config", "warm_started_from"]  # fmt: skip
+           "jobs_starting_from", "stored_resume_config", "warm_started_from"]  # fmt: skip

@@ -303,6 +303,26 @@ def page_start(token: str | None, filter_: str | None, order_by: str | None) -> 
     return offset
 
 
+def list_page(
+    items: list[dict[str, Any]], key: str, fields: Collection[str], *, size: int, token: str,
+    filter_: str, order_by: str, read_mask: str, default: int = 50, most: int = 200,
+) -> dict[str, Any]:  # fmt: skip
+    """One page of a list answer in the service's shape, ``{key: [...], "nextPageToken", "totalSize"}``:
+    ``items`` filtered, ordered, cut at ``size`` (``pageSize``: ``default`` when 0, at most ``most``)
+    from where ``token`` (``pageToken``) says, each masked by ``readMask``."""
+    if size < 0:
+        raise ApiError(400, f"pageSize: {size} is not valid; expected a whole number >= 0")
+    size = min(size or default, most)
+    items = ordered(select(items, filter_, fields), order_by, fields)
+    start = page_start(token, filter_, order_by)
+    more = start + size < len(items)
+    return {
+        key: [masked(item, read_mask, fields) for item in items[start : start + size]],
+        "nextPageToken": page_token(start + size, filter_, order_by) if more else "",
+        "totalSize": len(items),
+    }
+
+
 def _query_key(filter_: str | None, order_by: str | None) -> str:
     return hashlib.sha256(f"{filter_ or ''}\n{order_by or ''}".encode()).hexdigest()[:12]
 
@@ -310,6 +330,7 @@ def _query_key(filter_: str | None, order_by: str | None) -> str:
 __all__ = [
     "field_name",
     "holds",
+    "list_page",
     "lookup",
     "masked",
     "ordered",

@@ -195,19 +195,11 @@ def list_jobs(
     order_by: str = Query("", alias="orderBy"),
     read_mask: str = Query("", alias="readMask"),
 ) -> dict[str, Any]:
-    if page_size < 0:
-        raise ApiError(400, f"pageSize: {page_size} is not valid; expected a whole number >= 0")
-    size = min(page_size or DEFAULT_PAGE, MAX_PAGE)
     jobs = [job_object(r, account) for r in _store(request).list() if _visible(r, account)]
-    jobs = filtering.ordered(filtering.select(jobs, filter_, JOB_FIELDS), order_by, JOB_FIELDS)
-    start = filtering.page_start(page_token, filter_, order_by)
-    page = jobs[start : start + size]
-    more = start + size < len(jobs)
-    return {
-        "reinforcementFineTuningJobs": [filtering.masked(job, read_mask, JOB_FIELDS) for job in page],
-        "nextPageToken": filtering.page_token(start + size, filter_, order_by) if more else "",
-        "totalSize": len(jobs),
-    }
+    return filtering.list_page(
+        jobs, "reinforcementFineTuningJobs", JOB_FIELDS, size=page_size, token=page_token, filter_=filter_,
+        order_by=order_by, read_mask=read_mask, default=DEFAULT_PAGE, most=MAX_PAGE,
+    )  # fmt: skip
 
 
 @router.delete(BASE + "/{job_id}")

@@ -26,6 +26,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
+from openrft.jobs.resume_from import jobs_starting_from
 from openrft.jobs.store import JobRecord, JobStore
 from openrft.models import warm_start_values
 from openrft.server import filtering, wire
@@ -41,7 +42,6 @@ MODEL_FIELDS = frozenset({
     "name", "displayName", "kind", "state", "createTime", "updateTime", "fineTuningJob", "peftDetails",
     "description",
 })  # fmt: skip
-FINISHED = ("COMPLETED", "EARLY_STOPPED")  # a job in another state may still need its warm start
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,200}")  # a file of an adapter folder, at its top
 
 
@@ -112,8 +112,9 @@ def _version(folder: Path) -> str:
     return f"#{folder.stat().st_ino}"
 
 
-def _files(folder: Path) -> list[str]:
-    """The files a download hands out: the adapter folder's own, at its top (no hidden marks)."""
+def adapter_files(folder: Path) -> list[str]:
+    """The files a download hands out: the adapter folder's own, at its top (no hidden marks); the API's
+    and the dashboard's."""
     return sorted(
         p.name for p in folder.iterdir() if p.is_file() and not p.is_symlink() and FILE_NAME.fullmatch(p.name)
     )
@@ -129,19 +130,12 @@ def list_models(
     order_by: str = Query("", alias="orderBy"),
     read_mask: str = Query("", alias="readMask"),
 ) -> dict[str, Any]:
-    if page_size < 0:
-        raise ApiError(400, f"pageSize: {page_size} is not valid; expected a whole number >= 0")
-    size = min(page_size or DEFAULT_PAGE, MAX_PAGE)
     found = trained_models(_jobs(request), account)
     models = [model_object(name, folder, record, account) for name, (folder, record) in found.items()]
-    models = filtering.ordered(filtering.select(models, filter_, MODEL_FIELDS), order_by, MODEL_FIELDS)
-    start = filtering.page_start(page_token, filter_, order_by)
-    more = start + size < len(models)
-    return {
-        "models": [filtering.masked(m, read_mask, MODEL_FIELDS) for m in models[start : start + size]],
-        "nextPageToken": filtering.page_token(start + size, filter_, order_by) if more else "",
-        "totalSize": len(models),
-    }
+    return filtering.list_page(
+        models, "models", MODEL_FIELDS, size=page_size, token=page_token, filter_=filter_, order_by=order_by,
+        read_mask=read_mask, default=DEFAULT_PAGE, most=MAX_PAGE,
+    )  # fmt: skip
 
 
 @router.get(BASE + "/{name}:getDownloadEndpoint")
@@ -149,7 +143,9 @@ def model_download_endpoint(request: Request, account: str, name: str) -> dict[s
     folder, _ = _model(_jobs(request), account, name)
     this = _version(folder)  # a URL stops working when the name is deleted and taken again
     return {
-        "filenameToSignedUrls": {f: signed(request, "models", account, name, f, this) for f in _files(folder)}
+        "filenameToSignedUrls": {
+            f: signed(request, "models", account, name, f, this) for f in adapter_files(folder)
+        }
     }
 
 
@@ -164,7 +160,7 @@ def model_signed_download(request: Request, account: str, name: str, token: str 
     ):
         raise ApiError(403, "the download URL is not valid, has expired or its model was deleted: ask again")
     folder = found[0]
-    if file not in _files(folder):
+    if file not in adapter_files(folder):
         raise ApiError(404, f"model {name!r} has no file {file!r} (it was trained again since)")
     return FileResponse(folder / file, filename=file)
 
@@ -187,17 +183,11 @@ def delete_model(request: Request, account: str, name: str) -> dict[str, Any]:
                            f"(DELETE /v1/accounts/{account}/reinforcementFineTuningJobs/{name})")  # fmt: skip
     if record is not None and record.state.is_active:
         raise precondition(f"model {name!r} is being trained by job {record.id} ({record.state})")
-    needed = [r.id for r in store.list() if r.state.value not in FINISHED and _starts_from(r, folder)]
-    if needed:
+    if needed := jobs_starting_from(store, [folder]):
         raise precondition(f"model {name!r} is the warmStartFrom of job {', '.join(needed)}, which has yet "
                            "to finish or can still resume (it needs this adapter); nothing was deleted")  # fmt: skip
     shutil.rmtree(folder)
     return {}
 
 
-def _starts_from(record: JobRecord, folder: Path) -> bool:
-    start = (record.config.get("training") or {}).get("warm_start_from")
-    return bool(start) and Path(start).expanduser().resolve() == folder.resolve()
-
-
-__all__ = ["model_object", "router", "trained_models"]
+__all__ = ["adapter_files", "model_object", "router", "trained_models"]

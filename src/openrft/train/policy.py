@@ -85,7 +85,7 @@ def load_adapter(model: torch.nn.Module, adapter_dir: str | Path, *, with_refere
 
 def adapter_base_model(adapter_dir: str | Path) -> str:
     """The base model an adapter was trained on (from its adapter_config.json)."""
-    from openrft.models import EMBEDDED_HUB_IDS
+    from openrft.models import as_embedded
 
     path = Path(adapter_dir) / "adapter_config.json"
     try:
@@ -93,8 +93,7 @@ def adapter_base_model(adapter_dir: str | Path) -> str:
     except (OSError, ValueError, KeyError):
         raise ModelError(f"--warm-start-from {adapter_dir}: cannot read the base model from {path}") from None
     # an adapter made with plain peft on the hub's copy of the embedded model trains on the embedded one
-    embedded = {hub.lower(): name for name, hub in EMBEDDED_HUB_IDS.items()}
-    return embedded.get(str(base).lower(), base)
+    return as_embedded(str(base))
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 from openrft.jobs.states import JobState, age
 from openrft.jobs.store import JobRecord, JobStore
 from openrft.models import EMBEDDED, embedded_model_dir
+from openrft.server.models_api import adapter_files
 from openrft.tracking.compare import differing_parameters, summarize_run
 from openrft.tracking.jsonl_files import Folded, rollouts_of_step
 from openrft.tracking.plots import PANELS
@@ -208,7 +208,6 @@ def adapter_usage(record: JobRecord) -> dict[str, Any] | None:
 
 
 JOB_FILES = ("metrics.jsonl", "rollouts.jsonl", "job.log")  # of the job's folder, beside its adapter's
-FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,200}")
 
 
 def job_files(record: JobRecord) -> tuple[list[str], dict[str, Path]]:
@@ -217,9 +216,7 @@ def job_files(record: JobRecord) -> tuple[list[str], dict[str, Path]]:
     found: dict[str, Path] = {}
     folder = record.output_dir
     if folder is not None and (folder / "adapter_config.json").is_file():
-        for path in sorted(folder.iterdir()):
-            if path.is_file() and not path.is_symlink() and FILE_NAME.fullmatch(path.name):
-                found[path.name] = path
+        found = {name: folder / name for name in adapter_files(folder)}
     for name in JOB_FILES:
         if name not in found and (record.job_dir / name).is_file():
             found[name] = record.job_dir / name
