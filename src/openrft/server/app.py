@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from openrft.jobs.store import JobStore
-from openrft.server import dashboard, jobs_api, models_api, resource_updates_api, resources_api
+from openrft.server import dashboard, graders_api, jobs_api, models_api, resource_updates_api, resources_api
 from openrft.server.auth import BearerAuth, KeyFailures
 from openrft.server.errors import ApiError
 from openrft.server.guard import RequestGuard
@@ -61,6 +61,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, internal_error)  # anything else: a 500 in the same shape
     app.include_router(jobs_api.router)
+    app.include_router(graders_api.router)  # OpenAI's grader test calls
     resources_api.configure_resources(app, home=settings.home)
     app.include_router(models_api.router)  # first: its model downloads before the generic signed route
     app.include_router(resource_updates_api.router)  # first: its ":method" paths would match "{id}"

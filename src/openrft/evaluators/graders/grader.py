@@ -109,7 +109,8 @@ class TextSimilarityGrader(Grader):
         if spec.evaluation_metric == "cosine" and not endpoint.url:
             raise EvaluatorError(
                 f"{label}: the cosine metric needs an embedding endpoint",
-                hint="pass --grader-endpoint URL (an OpenAI-compatible server with /v1/embeddings)",
+                hint="pass --grader-endpoint URL (an OpenAI-compatible server with /v1/embeddings), or set "
+                "OPENRFT_GRADER_ENDPOINT (for `openrft server`: in the server's environment)",
             )
 
     @property
@@ -135,8 +136,8 @@ class ModelGrader(Grader):
         if not endpoint.url:
             raise EvaluatorError(
                 f"{label}: a {spec.type} grader needs a model endpoint",
-                hint="pass --grader-endpoint URL (an OpenAI-compatible server, e.g. `openrft serve`); "
-                "the API key is read from OPENRFT_GRADER_API_KEY, else OPENAI_API_KEY",
+                hint="pass --grader-endpoint URL (an OpenAI-compatible server, e.g. `openrft serve`), or set "
+                "OPENRFT_GRADER_ENDPOINT (for `openrft server`: in the server's environment); the API key is read from OPENRFT_GRADER_API_KEY, else OPENAI_API_KEY",
             )
         endpoint.check()
 
