@@ -190,6 +190,7 @@ def test_foreground_job_goes_through_every_state_to_completed(fake, home, model_
     assert record.output_dir == home / "jobs" / "a" / "output"
     assert record.pid == os.getpid()
     assert "job a COMPLETED after 4 steps" in err
+    assert out == "a\n"  # the id alone on stdout, as --detach prints it
 
     code = main(["rftj", "list"])
     listing = capsys.readouterr().out.splitlines()

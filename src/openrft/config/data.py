@@ -45,7 +45,8 @@ class DataConfig(Group):
         None,
         "Take each row's ground_truth from this field, a dotted path into nested ones too "
         "('reward_model.ground_truth'); a GSM8K solution '... #### 42' gives 42, a MATH solution its last "
-        "\\boxed{} answer. In the training and evaluation datasets. Default: the rows' own ground_truth.",
+        "\\boxed{} answer. Every dataset the command reads takes it (a job's evaluation dataset too). Default: the "
+        "rows' own ground_truth.",
     )
 
     @model_validator(mode="after")
