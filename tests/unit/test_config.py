@@ -207,7 +207,9 @@ def test_stop_strings():
         assert str(err.value).startswith("--stop")
     with pytest.raises(ConfigError) as err:  # the values as typed, not a Python list
         C.build_config({}, {"stop": ["a"] * 8 + ['b"']})
-    assert str(err.value).startswith('--stop: 9 values ("a", "a", "a", "a", "a", "a", "a", "a", "b\\"") are not valid;')
+    assert str(err.value).startswith(
+        '--stop: 9 values ("a", "a", "a", "a", "a", "a", "a", "a", "b\\"") are not valid;'
+    )
 
 
 def test_a_dataset_is_chunked_only_above_one_and_a_half_rounds():

@@ -197,7 +197,9 @@ def _explain(exc: ValidationError, given: dict[str, Any]) -> str:
         valid = extra.get("valid") or _type_words(field_info(name).annotation)
         value = given.get(name, err.get("input"))
         if isinstance(value, list | tuple):  # a repeated flag: its values as typed, not a Python list
-            items = ", ".join(json.dumps(v, ensure_ascii=False) if isinstance(v, str) else str(v) for v in value)
+            items = ", ".join(
+                json.dumps(v, ensure_ascii=False) if isinstance(v, str) else str(v) for v in value
+            )
             lines.append(f"{flags}: {len(value)} values ({items}) are not valid; expected {valid}")
             continue
         shown = value if isinstance(value, str) and value.strip() else repr(value)

@@ -155,7 +155,9 @@ def start(store: JobStore, record: JobRecord, *, detach: bool, quiet: bool, prep
             file=sys.stderr,
         )
         return 0
-    print(record.id, flush=True)  # stdout holds the id alone, as with --detach: `JOB=$(openrft rftj create ...)`
+    print(
+        record.id, flush=True
+    )  # stdout holds the id alone, as with --detach: `JOB=$(openrft rftj create ...)`
     print(f"job {record.id}: {record.job_dir}", file=sys.stderr)
     with graceful_interrupt(on_stop=lambda: store.request_cancel(record.id)) as interrupted:
         final = run_job(store, record.id, quiet=quiet, local_stop=interrupted, prepared=prepared)
