@@ -121,6 +121,9 @@ def _usage(base_model: str, base_path: str, adapter_dir: str, rank: Any, name: s
 
 The folder holds a PEFT LoRA adapter (`adapter_config.json`, `adapter_model.safetensors`) and the
 tokenizer with its chat template. Prompts should be rendered with that chat template, as in training.
+The paths below are those of the machine that trained it: in a copy taken elsewhere (a download from
+a server), write your copy's folder for `{adapter_dir}` and where you keep the base model for
+`{base_path}` (`openrft export` then takes it as `--base-model`).
 
 With transformers and peft:
 

@@ -183,7 +183,7 @@ def job_metrics(request: Request, job_id: str, since: int = 0) -> JSONResponse:
     body = data.metric_points(record.metrics_path, since)
     row = data.job_row(record, time.time())
     body.update(state=record.shown_state, active=record.state.is_active, steps=record.steps,
-                progress=row["progress_text"], reward=row["last_reward"])  # fmt: skip
+                progress=row["progress_text"], reward=row["last_reward"], age=row["age"])  # fmt: skip
     return JSONResponse(body)
 
 

@@ -87,7 +87,7 @@
           var state = document.getElementById("job-state"), steps = document.getElementById("job-steps");
           if (state && body.state) { state.textContent = body.state; state.className = "state state-" + body.state.toLowerCase(); }
           if (steps && body.steps !== undefined) steps.textContent = String(body.steps);
-          ["progress", "reward"].forEach(function (name) {
+          ["progress", "reward", "age"].forEach(function (name) {
             var element = document.getElementById("job-" + name);
             if (element && body[name] !== undefined) element.textContent = body[name];
           });
