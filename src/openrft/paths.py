@@ -101,8 +101,10 @@ def atomic_replace(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # a write's error (EFBIG, EIO): say which file
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
 
 

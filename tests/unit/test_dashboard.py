@@ -86,7 +86,11 @@ def test_metrics_json_returns_only_new_lines(store, client):
     assert re.fullmatch(r"\d+[smhd]", body["age"])  # and "Created (N ago)" ticks
     assert client.get("/jobs/nope/metrics.json").status_code == 404
     page = client.get("/jobs/j")
-    assert 'id="job-progress">30%<' in page.text and 'id="job-age">' in page.text and 'data-state="RUNNING"' in page.text
+    assert (
+        'id="job-progress">30%<' in page.text
+        and 'id="job-age">' in page.text
+        and 'data-state="RUNNING"' in page.text
+    )
     assert page.headers["cache-control"] == "no-store"  # Back does not show a deleted job as it was
 
 

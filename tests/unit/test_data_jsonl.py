@@ -372,3 +372,14 @@ def test_files_in_the_wrong_form_say_what_they_are(tmp_path):
         load_prompts(str(tmp_path / "s.jsonl"))
     (tmp_path / "s.jsonl").write_text(f"{pair}\n")
     assert load_prompts(str(tmp_path / "s.jsonl"))[0].messages[0]["content"] == "ok \U0001f600"
+
+
+def test_a_refused_write_names_the_file_and_leaves_nothing(tmp_path):
+    """`ulimit -f` (or a full disk) fails a write with no file name: the error says which file."""
+    import subprocess
+
+    out = tmp_path / "rows.jsonl"
+    command = f"ulimit -f 1; exec {sys.executable} -m openrft.cli data arithmetic --count 2000 --out {out}"
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.strip() == f"{out}: File too large", done.stderr
+    assert list(tmp_path.iterdir()) == []  # no half-written file, no temporary left behind

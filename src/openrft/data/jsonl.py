@@ -180,8 +180,10 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> Path:
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # a write's error: say which file
+            raise OSError(exc.errno, exc.strerror, str(target)) from None
         raise
     return target
 
