@@ -30,7 +30,9 @@ class DataConfig(Group):
         pattern=URL,
     )
     grader_model: str | None = field(
-        None, "Model asked by score_model/label_model graders instead of the one their spec names."
+        None,
+        "Model asked by score_model/label_model graders instead of the one their spec names, and by the "
+        "cosine metric instead of text-embedding-3-large.",
     )
     evaluation_dataset: str | None = field(None, "JSONL prompts scored periodically, never trained on.")
     eval_auto_carveout: float | None = field(

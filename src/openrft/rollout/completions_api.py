@@ -89,7 +89,7 @@ def add_completions_route(app: FastAPI, host: Any, batcher: Batcher) -> None:
                 400, "stream_options is only allowed with stream set to true", param="stream_options"
             )
         shown = request.model or name  # the name asked for, as vLLM echoes it
-        token_lists = _prompt_token_ids(engine.tokenizer, request.prompt)
+        token_lists = prompt_token_ids(engine.tokenizer, request.prompt)
         _check_context(
             engine, token_lists, request.max_tokens if "max_tokens" in request.model_fields_set else None
         )
@@ -135,7 +135,8 @@ def add_completions_route(app: FastAPI, host: Any, batcher: Batcher) -> None:
         return body
 
 
-def _prompt_token_ids(tokenizer: Any, prompt: Any) -> list[list[int]]:
+def prompt_token_ids(tokenizer: Any, prompt: Any, what: str = "prompt") -> list[list[int]]:
+    """Token ids of each text or id list in ``prompt`` (a text, ids, or a list of either); 400s say ``what``."""
     if isinstance(prompt, str):
         prompts: list[Any] = [prompt]
     elif prompt and all(isinstance(t, int) for t in prompt):
@@ -143,14 +144,14 @@ def _prompt_token_ids(tokenizer: Any, prompt: Any) -> list[list[int]]:
     else:
         prompts = list(prompt)
     if not prompts:
-        raise _HTTPError(400, "prompt is empty")
+        raise _HTTPError(400, f"{what} is empty", param=what)
     token_lists = []
     for item in prompts:
         ids = tokenizer(item)["input_ids"] if isinstance(item, str) else list(item)
         if not ids:
-            raise _HTTPError(400, "a prompt has no tokens")
+            raise _HTTPError(400, f"a{'n' if what[0] in 'aeiou' else ''} {what} has no tokens", param=what)
         if any(not 0 <= t < len(tokenizer) for t in ids):
-            raise _HTTPError(400, f"prompt token ids must be in [0, {len(tokenizer)})")
+            raise _HTTPError(400, f"{what} token ids must be in [0, {len(tokenizer)})", param=what)
         token_lists.append(ids)
     return token_lists
 

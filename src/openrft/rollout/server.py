@@ -40,6 +40,7 @@ from openrft.records import Completion, SamplingParams
 from openrft.rollout.batching import Batcher, Tokens
 from openrft.rollout.chat_api import HTTPError, add_chat_routes
 from openrft.rollout.completions_api import add_completions_route
+from openrft.rollout.embeddings_api import add_embeddings_route
 from openrft.rollout.responses_api import add_responses_routes
 from openrft.rollout.streaming import ClientGone
 from openrft.rollout.trajectories import RolloutRecorder
@@ -217,6 +218,7 @@ def create_app(
         return {}
 
     add_completions_route(app, host, batcher)
+    add_embeddings_route(app, host)
     _add_adapter_routes(app, host)
     return app
 

@@ -146,7 +146,7 @@ class Endpoint:
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         try:
-            reply = self.client.embeddings.create(model=self.embedding_model, input=texts)
+            reply = self.client.embeddings.create(model=self.model or self.embedding_model, input=texts)
         except Exception as exc:
             raise EvaluatorError(
                 f"grader endpoint {self.url} (embeddings): {type(exc).__name__}: {exc}"
