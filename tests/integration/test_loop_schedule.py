@@ -60,8 +60,11 @@ def run(tokenizer, tmp_path, score=by_candidate, should_stop=lambda: False, eval
 
 def test_the_last_partial_update_is_applied_and_a_cancel_waits_for_the_update_s_end(tokenizer, tmp_path):
     # 16 candidates, at most 6 a step: 3 steps; 2 steps an update: the third is an update of its own
-    outcome, engine, _ = run(tokenizer, tmp_path, gradient_accumulation_steps=2)
+    outcome, engine, sink = run(tokenizer, tmp_path, gradient_accumulation_steps=2)
     assert outcome.status == "completed" and outcome.state.optimizer_step == 2 == engine.policy_version
+    assert outcome.state.step == 3  # no step is made up for the short last update
+    steps = [(m["step"], m.get("train/optimizer_step"), "grad/norm" in m) for m in sink.lines]
+    assert steps == [(1, 0.0, False), (2, 1.0, True), (3, 1.0, False), (3, 2.0, True)]  # its own line
     scored = []
 
     def score(prompts, completions):  # the cancel arrives once the round is scored, before its first step

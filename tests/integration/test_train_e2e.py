@@ -40,7 +40,7 @@ def test_each_method_trains_and_writes_outputs(tiny_model_dir, tmp_path, method,
     rows = read_jsonl(out / "metrics.jsonl")
     steps = [r for r in rows if "loss/policy" in r]
     assert len(steps) >= 2
-    for key in ("reward/mean", "loss/policy", "kl/mean", "clip/low_frac", "clip/high_frac", "ratio/mean",
+    for key in ("reward/mean", "loss/policy", "clip/low_frac", "clip/high_frac", "ratio/mean",
                 "filter/zero_variance_groups", "batch/tokens", "time/rollout_s", "train/lr", "train/epoch",
                 "train/round", "train/optimizer_step", "loss/tokens", "loss/sequences"):  # fmt: skip
         assert key in steps[0], key
@@ -57,7 +57,7 @@ def test_each_method_trains_and_writes_outputs(tiny_model_dir, tmp_path, method,
         assert steps[0]["kl/mean"] == pytest.approx(0.0, abs=1e-7)
         assert max(r["kl/mean"] for r in steps[1:]) > 0 and max(r["loss/kl"] for r in steps[1:]) > 0
     else:  # no KL term, and no reference pass
-        assert all(r["kl/coef"] == 0.0 and r["loss/kl"] == 0.0 and r["kl/mean"] == 0.0 for r in steps)
+        assert all(r["kl/coef"] == 0.0 and r["loss/kl"] == 0.0 and "kl/mean" not in r for r in steps)
     # the local engine samples this very model in float32: sampler and trainer agree (mismatch ~0)
     measured = [r for r in steps if "mismatch/kl" in r]
     assert measured and all(

@@ -425,15 +425,17 @@ def _loss_metrics(
     high_BT = valid_BT & (ratio_BT > spec.ratio_high) & (adv_BT > 0)
     valid_ratios = ratio_BT[valid_BT]
     policy = float(aggregate(pg_BT.detach(), valid_BT, spec.aggregation))
-    kl_mean = float(kl_BT.where(valid_BT, kl_BT.new_zeros(())).sum()) / n_tok if kl_BT is not None else 0.0
     kl_loss = 0.0
     if kl_BT is not None and spec.kl_coef > 0:
         kl_loss = spec.kl_coef * float(aggregate(kl_BT, valid_BT, spec.aggregation))
+    measured = {}  # the KL is only measured where the reference model is run (a KL term): never a made-up 0
+    if kl_BT is not None:
+        measured["kl/mean"] = float(kl_BT.where(valid_BT, kl_BT.new_zeros(())).sum()) / n_tok
     return {
         "loss/policy": policy,
         "loss/kl": kl_loss,
         "loss/total": policy + kl_loss,
-        "kl/mean": kl_mean,
+        **measured,
         "kl/coef": spec.kl_coef,
         "clip/low_frac": float(low_BT.sum()) / n_tok,
         "clip/high_frac": float(high_BT.sum()) / n_tok,

@@ -394,11 +394,15 @@ def checkpoint(ctx: TrainContext, state: LoopState) -> None:
 
 
 def flush_gradients(ctx: TrainContext, state: LoopState) -> None:
-    """Apply gradients still accumulating when the data runs out."""
-    accumulation = ctx.settings.batching.accumulation_steps
-    if not at_update_boundary(state, accumulation):
-        state.step += (-state.step) % accumulation
-        optimizer_update(ctx, state)
+    """Apply gradients still accumulating when the data runs out (an update of fewer steps than
+    --gradient-accumulation-steps), logged on a line of its own under the last step's number: no
+    step is added, as no batch was trained."""
+    if at_update_boundary(state, ctx.settings.batching.accumulation_steps) or state.update_denominator == 0:
+        return
+    metrics = optimizer_update(ctx, state)
+    metrics |= {"train/optimizer_step": float(state.optimizer_step),
+                "train/epoch": epoch_progress(state, len(ctx.train_prompts))}  # fmt: skip
+    ctx.sink.log(state.step, metrics)
 
 
 def run_eval(ctx: TrainContext) -> dict[str, float]:
