@@ -45,7 +45,15 @@ def test_summary_final_and_best(tmp_path):
     ]
     s = summarize_run("a", write(tmp_path / "m.jsonl", rows), state="COMPLETED", wall_s=75.0)
     assert (s.steps, s.final_reward, s.best_reward, s.best_reward_step) == (4, 0.5, 0.6, 2)
-    assert (s.final_eval, s.best_eval) == (0.45, 0.5)
+    assert (s.start_eval, s.final_eval, s.best_eval, s.best_eval_step) == (0.2, 0.45, 0.5, 2)
+    before = summarize_run(
+        "u", write(tmp_path / "u.jsonl", [{"step": 0, "eval/reward": 0.9}, {"step": 1, "reward/mean": 0.1}])
+    )
+    assert (before.start_eval, before.final_eval, before.best_eval) == (
+        0.9,
+        None,
+        None,
+    )  # never the untrained's
     assert (s.rounds, s.rounds_untrained) == (3, 1)
     nan = summarize_run("n", write(tmp_path / "n.jsonl", [{"step": 1, "reward/mean": 0.1}, {"step": 2, "reward/mean": float("nan")},
                                                            {"step": 3, "reward/mean": 0.3}]))  # fmt: skip
@@ -68,11 +76,14 @@ def test_summary_final_and_best(tmp_path):
         "0.600",
         "(step",
         "2)",
+        "0.200",
         "0.450",
         "0.500",
+        "(step",
+        "2)",
         "1m15s",
     ]
-    assert lines[-1].split() == ["b", "-", "0", "0", "-", "-", "-", "-", "-"]
+    assert lines[-1].split() == ["b", "-", "0", "0", "-", "-", "-", "-", "-", "-"]
 
 
 def test_metrics_written_before_namespaces_read_the_same(tmp_path):

@@ -101,8 +101,7 @@ class DynamicSamplingStats:
             "sampling/rounds": float(self.rounds),
             "sampling/extra_rounds": float(self.extra_rounds),
             "sampling/groups_sampled": float(self.groups_sampled),
-            "sampling/groups_surplus": float(self.groups_surplus),
-        }  # (the filter's counts are the round's: filter/*)
+        }  # (the filter's counts are the round's: filter/*; no surplus, as a round draws only the groups missing)
 
 
 def _scored_group_has_variance(group: Any) -> bool:

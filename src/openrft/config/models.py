@@ -91,7 +91,10 @@ class TrainingConfig(Group):
         1e-4, "AdamW step size for the LoRA weights.", valid="a number from 1e-5 to 5e-4", ge=1e-5, le=5e-4
     )
     learning_rate_warmup_steps: int = field(
-        0, "Optimizer steps of linear learning-rate warm-up from 0.", valid="a whole number >= 0", ge=0
+        0,
+        "Optimizer steps of linear learning-rate warm-up: update k (from 1) uses the rate x k/(N+1), full from update N+1.",
+        valid="a whole number >= 0",
+        ge=0,
     )
     lora_rank: int = field(8, "Rank of the LoRA adapter (trainable capacity).", valid=one_of(LORA_RANKS))
     lora_alpha: int | None = field(

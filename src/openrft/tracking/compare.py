@@ -34,11 +34,13 @@ class RunSummary:
     final_reward: float | None
     best_reward: float | None
     best_reward_step: int | None
-    final_eval: float | None
+    final_eval: float | None  # evaluations of a trained policy only (after step 0)
     best_eval: float | None
     wall_s: float | None
     rounds: int = 0  # rollout rounds sampled
     rounds_untrained: int = 0  # of which every group was filtered (no update)
+    best_eval_step: int | None = None
+    start_eval: float | None = None  # the evaluation before training (step 0)
 
 
 def _values(rows: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
@@ -55,7 +57,9 @@ def summarize_run(
     rows = read_metrics(Path(metrics_path))
     reward = _values(rows, "reward/mean")
     evals = _values(rows, "eval/reward")
+    trained = [p for p in evals if p[0] > 0]  # step 0's evaluation is of the policy before training
     best = max(reward, key=lambda p: p[1]) if reward else None
+    best_eval = max(trained, key=lambda p: p[1]) if trained else None
     return RunSummary(
         label=label,
         state=state,
@@ -63,8 +67,10 @@ def summarize_run(
         final_reward=reward[-1][1] if reward else None,
         best_reward=best[1] if best else None,
         best_reward_step=best[0] if best else None,
-        final_eval=evals[-1][1] if evals else None,
-        best_eval=max(v for _, v in evals) if evals else None,
+        final_eval=trained[-1][1] if trained else None,
+        best_eval=best_eval[1] if best_eval else None,
+        best_eval_step=best_eval[0] if best_eval else None,
+        start_eval=next((v for s, v in evals if s == 0), None),
         wall_s=wall_s,
         rounds=len({r["train/round"] for r in rows if r.get("train/round") is not None}),
         rounds_untrained=sum(1 for r in rows if r.get("filter/round_skipped")),
@@ -146,8 +152,9 @@ def format_comparison(
             f"{s.rounds} ({s.rounds_untrained} no update)" if s.rounds_untrained else str(s.rounds),
             _num(s.final_reward),
             f"{_num(s.best_reward)} (step {s.best_reward_step})" if s.best_reward is not None else "-",
+            _num(s.start_eval),
             _num(s.final_eval),
-            _num(s.best_eval),
+            f"{_num(s.best_eval)} (step {s.best_eval_step})" if s.best_eval is not None else "-",
             _duration(s.wall_s),
         ]
         for s in summaries
@@ -159,6 +166,7 @@ def format_comparison(
         "rounds",
         "final reward",
         "best reward",
+        "eval before",
         "final eval",
         "best eval",
         "wall time",

@@ -94,10 +94,12 @@ def _results(summary: RunSummary | None) -> list[tuple[str, str]]:
         rows.append(("final mean reward (last step)", f"{summary.final_reward:.4f}"))
     if summary.best_reward is not None:
         rows.append(("best mean reward", f"{summary.best_reward:.4f} (step {summary.best_reward_step})"))
+    if summary.start_eval is not None:
+        rows.append(("held-out reward before training", f"{summary.start_eval:.4f}"))
     if summary.final_eval is not None:
         rows.append(("final held-out reward", f"{summary.final_eval:.4f}"))
     if summary.best_eval is not None:
-        rows.append(("best held-out reward", f"{summary.best_eval:.4f}"))
+        rows.append(("best held-out reward", f"{summary.best_eval:.4f} (step {summary.best_eval_step})"))
     return rows
 
 

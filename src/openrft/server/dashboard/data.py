@@ -298,8 +298,11 @@ def _summary(summary) -> dict[str, Any]:
         "steps": summary.steps,
         "final_reward": num(summary.final_reward),
         "best_reward": best,
+        "start_eval": num(summary.start_eval),
         "final_eval": num(summary.final_eval),
-        "best_eval": num(summary.best_eval),
+        "best_eval": "-"
+        if summary.best_eval is None
+        else f"{summary.best_eval:.3f} (step {summary.best_eval_step})",
     }
 
 
