@@ -53,6 +53,11 @@ def test_more_than_four_stop_strings_and_a_bad_function_name_are_refused(tokeniz
             tools = [{"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}]
             _refused(client, "tools[0].function.name", messages=user, tools=tools)
         client.chat.completions.create(model="policy", max_tokens=4, messages=user, tools=ADD)
+        # a tool that is not a function is refused, never written into the prompt as it came
+        assert "only function tools" in _refused(
+            client, "tools[1].type", messages=user, tools=[*ADD, {"type": "web_search"}]
+        )
+        _refused(client, "tools[0].function", messages=user, tools=[{"type": "function"}])
 
 
 def test_a_reply_whose_text_came_after_its_calls_is_one_assistant_turn_again():

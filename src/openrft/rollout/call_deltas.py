@@ -204,6 +204,7 @@ class _Call:
         self.index: int | None = None
         self.sent = 0  # characters of the arguments sent
         self.name: str | None = None
+        self.closed = False  # its end tag was read: the reply reads this block as it is now
 
 
 class CallDeltas:
@@ -219,10 +220,11 @@ class CallDeltas:
 
     def update(self, text: str) -> list[dict[str, Any]]:
         """The deltas that ``text`` (the choice's text so far) adds: a header ``{"index", "id", "type",
-        "function": {"name", "arguments": ""}}`` for a call whose name was read, then its arguments. A
-        finished arguments object keeps its closing brace until the reply is read: a call that turns out
-        unreadable (cut short, a missing brace) leaves a client arguments that do not parse, so no
-        framework runs it."""
+        "function": {"name", "arguments": ""}}`` for a call whose name was read, then its arguments. An
+        arguments object keeps its closing brace until its block's end tag is read and the block reads as
+        a call (each block is read on its own), so a call that turns out unreadable (cut short, a missing
+        brace) leaves a client arguments that do not parse, and no framework runs it; a call is whole
+        before the next one's header, as OpenAI streams them (the SDK's stream helper relies on it)."""
         self._read(text)
         out = []
         for call in self.calls:
@@ -236,7 +238,8 @@ class CallDeltas:
                 header = {"name": call.name, "arguments": ""}
                 out.append({"index": call.index, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
                             "function": header})  # fmt: skip
-            shown = len(arguments or "") - call.json.done("arguments")
+            whole = call.closed and self._readable(call)
+            shown = len(arguments or "") - (0 if whole else call.json.done("arguments"))
             if shown > call.sent:
                 out.append({"index": call.index, "function": {"arguments": arguments[call.sent : shown]}})  # type: ignore[index]
                 call.sent = shown
@@ -306,6 +309,7 @@ class CallDeltas:
             end = text.find(self.end, self.at)
             if end >= 0:
                 self.calls[-1].json.feed(text[self.at : end])
+                self.calls[-1].closed = True
                 self.at, self.inside = end + len(self.end), False
                 continue
             upto = len(text)  # a tail that could still become the end tag waits

@@ -166,13 +166,20 @@ def request_grammar(
 
 
 def check_tools(tools: Sequence[dict[str, Any]] | None) -> None:
-    """Refuse what OpenAI refuses and a grammar would silently get wrong: a function's ``parameters``
-    that are not a JSON schema object, and two functions of the same name."""
+    """Refuse what OpenAI refuses and a grammar would silently get wrong: a tool that is not a function
+    (``web_search``, a missing ``function``), a function's ``parameters`` that are not a JSON schema
+    object, and two functions of the same name."""
     names: set[str] = set()
     for index, tool in enumerate(tools or []):
-        function = tool.get("function") if isinstance(tool, dict) else None
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind != "function":
+            what = f"type {json.dumps(kind)}" if isinstance(tool, dict) else "not an object"
+            raise ConstraintError(f"tools[{index}]: {what}; only function tools are supported "
+                                  '({"type": "function", "function": {...}})', f"tools[{index}].type")  # fmt: skip
+        function = tool.get("function")
         if not isinstance(function, dict):
-            continue
+            raise ConstraintError(f"tools[{index}].function is required: an object with the function's name "
+                                  "and parameters", f"tools[{index}].function")  # fmt: skip
         name = function.get("name")
         if not isinstance(name, str) or not TOOL_NAME_RE.fullmatch(name):
             raise ConstraintError(f"tools[{index}].function.name {json.dumps(name)} is not a valid function "
