@@ -186,3 +186,17 @@ def test_a_reply_that_cannot_fit_the_context_is_refused_not_cut_and_the_listing_
         assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "max_tokens"
         fits = client.completions.create(model="policy", prompt="Hi", max_tokens=3)
         assert fits.usage.completion_tokens <= 3
+
+
+def test_a_refusal_names_the_parameter_as_openai_does(tokenizer):
+    import httpx
+
+    with BackgroundServer(create_app(ScriptedEngine(tokenizer, "Hi."), "policy")) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        _refused(client, "stop", messages=[{"role": "user", "content": "Hi."}], stop=5)  # not "stop.str"
+        _refused(client, "messages[0].content", messages=[{"role": "user", "content": 5}])
+        broken = httpx.post(f"{server.url}/chat/completions", content=b'{"model": "policy", "messages": [}',
+                            headers={"content-type": "application/json"})  # fmt: skip
+        error = broken.json()["error"]
+        assert broken.status_code == 400 and error["param"] is None  # not the byte offset
+        assert error["message"].startswith("the request body is not valid JSON")

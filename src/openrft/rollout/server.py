@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 import time
 import uuid
@@ -372,7 +373,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        if first.get("type") == "json_invalid":  # its "loc" is a byte offset, not a field
+            return _error(400, f"the request body is not valid JSON: {first.get('msg', '')}")
+        where = field_path(first.get("loc", ()))
         return _error(400, f"invalid request: {where}: {first.get('msg', 'bad value')}", param=where or None)
 
     @app.exception_handler(OpenRFTError)
@@ -389,6 +392,23 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             return _error(404, f"no such endpoint: {request.method} {request.url.path}", code="unknown_url")
         return _error(exc.status_code, str(exc.detail))
+
+
+UNION_BRANCH = re.compile(r"[a-z_]+\[.*\]|str|int|float|bool|dict|list|none|[a-z]+-[a-z-]+(\[.*\])?")
+
+
+def field_path(loc: Sequence[Any]) -> str:
+    """A pydantic error's location as OpenAI names a parameter: ``messages[0].content``, without the
+    ``body`` root or the names pydantic gives a union's branches (``stop.str``, ``function-after[...]``)."""
+    path = ""
+    for part in loc:
+        if part == "body" and not path:
+            continue
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not UNION_BRANCH.fullmatch(str(part)):
+            path += f".{part}" if path else str(part)
+    return path
 
 
 def _error(status: int, message: str, *, code: str | None = None, param: str | None = None) -> JSONResponse:
