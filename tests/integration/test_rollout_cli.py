@@ -148,7 +148,7 @@ def test_serve_with_an_adapter_answers_chat_completions_under_short_names(
             answers["models"] = [m.id for m in client.models.list().data]
             ask = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "seed": 3}
             tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
-            for model_name in ("my-adapter", "policy", tiny_model_dir.name):
+            for model_name in ("my-adapter", "policy", tiny_model_dir.name, str(tmp_path / "my-adapter")):
                 reply = client.chat.completions.create(model=model_name, **ask)
                 answers[model_name] = reply.choices[0].message.content
             answers["tools"] = client.chat.completions.create(model="policy", tools=tools, **ask).choices[0]
@@ -158,6 +158,7 @@ def test_serve_with_an_adapter_answers_chat_completions_under_short_names(
     assert main(argv) == 0
     assert answers["models"][:2] == ["my-adapter", "policy"] and tiny_model_dir.name in answers["models"]
     assert answers["my-adapter"] == answers["policy"] != answers[tiny_model_dir.name]  # the base is the base
+    assert answers[str(tmp_path / "my-adapter")] == answers["policy"]  # the adapter's folder names it too
     assert answers["tools"].message.role == "assistant"
 
 

@@ -216,7 +216,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         folder = Path(args.adapter)
         # a job's adapter lives in its "output" folder: name it after the job instead
         name = args.served_model_name or (folder.parent.name if folder.name == "output" else folder.name)
-        names = {"base_adapter": "default", "aliases": ["policy"], "base_name": short}
+        names = {"base_adapter": "default", "aliases": ["policy", str(args.adapter)], "base_name": short}
     else:
         name = args.served_model_name or short
         names = {"aliases": ["policy", str(base)]}
