@@ -86,6 +86,13 @@ class JobError(OpenRFTError):
     exit_code = 7
 
 
+class DiskFullError(JobError):
+    """A job or the job store could not be written for want of space: exit code 1, as the machine's
+    problem rather than the job's (the README's exit codes)."""
+
+    exit_code = 1
+
+
 @contextmanager
 def input_error(flag: str) -> Iterator[None]:
     """Report a problem with an input (a dataset, an evaluator) as a configuration error naming its flag,

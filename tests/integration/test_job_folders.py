@@ -177,7 +177,7 @@ def test_a_snapshot_that_cannot_be_written_leaves_no_job(
 
     monkeypatch.setattr(snapshot.shutil, "copyfile", full)
     code, _, err = create(capsys, model_dir, "--job-id", "s", "--evaluator", f"{evaluator}::score")
-    assert code != 0 and "job s was not created" in err and "no space left" in err
+    assert code == 1 and "job s was not created" in err and "no space left" in err  # a full disk: exit 1
     assert not JobStore().exists("s") and not (JobStore().jobs_dir / "s").exists()
     assert not list(tmp_path.glob(".ev.py.*"))  # no half-written copy beside anything
 

@@ -334,6 +334,7 @@ def test_a_disk_io_error_on_a_nearly_full_disk_is_called_full_not_damage(tmp_pat
     monkeypatch.setattr(errors.shutil, "disk_usage", lambda _: usage(10 << 30, 10 << 30, 20 << 10))
     error = errors.store_error(tmp_path / "jobs.db", sqlite3.OperationalError("disk I/O error"))
     assert "is full" in error.message and "not damaged" in error.hint
+    assert error.exit_code == 1  # the README's code for a full disk, not a job's 7
     monkeypatch.setattr(errors.shutil, "disk_usage", lambda _: usage(10 << 30, 1 << 30, 9 << 30))
     assert (
         "damaged"

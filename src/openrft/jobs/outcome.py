@@ -34,6 +34,9 @@ def read_outcome(job_dir: Path) -> str | None:
     return text or None
 
 
+DISK_FULL = "no space left on the disk holding the job"
+
+
 def failure_message(exc: BaseException) -> str:
     """What went wrong, in the user's terms where the cause is the disk (torch reports a full disk as
     an ``inline_container`` position mismatch)."""
@@ -42,8 +45,8 @@ def failure_message(exc: BaseException) -> str:
     if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain) or any(
         words in text for words in ("unexpected pos", "No space left on device", "os error 28")
     ):
-        return f"no space left on the disk holding the job ({type(exc).__name__}: {exc}); free space and resume it"
+        return f"{DISK_FULL} ({type(exc).__name__}: {exc}); free space and resume it"
     return f"{type(exc).__name__}: {exc}"
 
 
-__all__ = ["failure_message", "read_outcome", "record_outcome", "reserve_outcome"]
+__all__ = ["DISK_FULL", "failure_message", "read_outcome", "record_outcome", "reserve_outcome"]

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from openrft.config import JobConfig, build_config
-from openrft.errors import ConfigError, JobError, OpenRFTError
-from openrft.jobs.outcome import failure_message, record_outcome, reserve_outcome
+from openrft.errors import ConfigError, DiskFullError, JobError, OpenRFTError
+from openrft.jobs.outcome import DISK_FULL, failure_message, record_outcome, reserve_outcome
 from openrft.jobs.resume_from import (
     changed_names,
     find_job,
@@ -115,8 +115,9 @@ def _snapshot_or_undo(store: JobStore, record: JobRecord, cfg: JobConfig) -> Non
         with contextlib.suppress(Exception):
             store.transition(record.id, JobState.FAILED, "its snapshot could not be written")
             store.delete(record.id)
-        disk = "no space left on the disk holding the job store" if exc.errno == errno.ENOSPC else str(exc)
-        raise JobError(f"job {record.id} was not created: its snapshot could not be written ({disk})",
+        full = exc.errno == errno.ENOSPC
+        disk = "no space left on the disk holding the job store" if full else str(exc)
+        raise (DiskFullError if full else JobError)(f"job {record.id} was not created: its snapshot could not be written ({disk})",
                        hint="free space (or set OPENRFT_HOME elsewhere) and create it again") from None  # fmt: skip
 
 
@@ -301,7 +302,8 @@ def _run_locked(
         except OSError:  # a full disk or a vanished folder: the job's state still gets recorded
             hint = "the traceback could not be written to the job folder"
         _finish(store, job_id, JobState.FAILED, message, record.job_dir)
-        raise JobError(f"job {job_id} failed: {message}", hint=hint) from None
+        kind = DiskFullError if message.startswith(DISK_FULL) else JobError
+        raise kind(f"job {job_id} failed: {message}", hint=hint) from None
     finally:
         for sink in sinks:  # a W&B run ends as the job did
             getattr(sink, "job_ended", lambda _: None)(str(ended))

@@ -7,7 +7,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from openrft.errors import JobError
+from openrft.errors import DiskFullError, JobError
 
 
 def _nearly_full(db_path: Path) -> bool:
@@ -45,7 +45,7 @@ def store_error(db_path: Path, exc: sqlite3.Error) -> JobError:
         or "disk is full" in text
         or _nearly_full(db_path)
     ):
-        return JobError(
+        return DiskFullError(
             f"the disk holding the job store {db_path} is full ({text})",
             hint="free space there; the store itself is not damaged",
         )
