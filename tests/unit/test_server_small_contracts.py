@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from openrft.config import JobConfig
-from openrft.jobs.states import DIED_MESSAGE, JobState
+from openrft.jobs.states import DIED_MESSAGE, SERVER_DIED_MESSAGE, JobState
 from openrft.jobs.store import JobStore
 from openrft.server.errors import ApiError
 from openrft.server.filtering import select
@@ -27,9 +27,20 @@ def test_a_restart_requeues_only_the_jobs_whose_process_died_not_those_that_fail
     store.transition("broken", JobState.FAILED, "evaluator raised ValueError")
     for job_id in ("died", "broken"):
         write_meta(store.job_dir(job_id), {"account": "acme", "refs": {}})
-    assert store.get("died").message == DIED_MESSAGE
+    assert store.get("died").message == DIED_MESSAGE  # (found dead before its server.json was written)
 
     assert JobQueue(store).recover() == ["died"]
+    server = subprocess.Popen(["sleep", "60"])
+    for job_id in ("zz-older", "aa-newer"):  # queued in this order by a server that then died
+        store.create(job_id, JobConfig(), pid=server.pid, detached=True)
+        write_meta(store.job_dir(job_id), {"account": "acme", "refs": {}})
+    server.kill()
+    server.wait()
+    assert store.get("aa-newer").message == SERVER_DIED_MESSAGE  # queued, never started: not a crash
+    assert JobQueue(store).recover() == ["zz-older", "aa-newer"]  # they keep their turn, not their names
+    assert (
+        store.get("zz-older").updated_at < store.get("aa-newer").updated_at
+    )  # the order tick() starts them in
     # a job that failed for a real reason would only fail again, on every restart
     broken = store.get("broken")
     assert broken.state is JobState.FAILED and broken.message == "evaluator raised ValueError"

@@ -58,6 +58,11 @@ OUTCOME_STATES = {
 }
 
 DIED_MESSAGE = "process exited unexpectedly"
+# a job queued by `openrft server` (its folder holds SERVER_FILE) whose server died before a worker took it
+SERVER_FILE = "server.json"
+SERVER_DIED_MESSAGE = (
+    "its server stopped before it started; `openrft server` queues it again when it restarts"
+)
 
 
 def can_transition(current: JobState, new: JobState) -> bool:

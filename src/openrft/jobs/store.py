@@ -35,7 +35,7 @@ from openrft.config import flatten
 from openrft.errors import JobError
 from openrft.jobs.outcome import read_outcome
 from openrft.jobs.processes import process_alive, process_start_time
-from openrft.jobs.states import DIED_MESSAGE, JobState, can_transition
+from openrft.jobs.states import DIED_MESSAGE, SERVER_DIED_MESSAGE, SERVER_FILE, JobState, can_transition
 from openrft.jobs.store_errors import store_error
 from openrft.models import warm_start_values
 from openrft.paths import folder_in_use, openrft_home
@@ -542,7 +542,8 @@ class JobStore:
             if row is None or row["state"] != record.state.value or row["pid"] != record.pid:
                 return True  # someone else changed it meanwhile: re-read
             outcome = read_outcome(record.job_dir)  # what it could not record itself
-            state, message = JobState.FAILED, outcome or DIED_MESSAGE
+            queued = record.state is JobState.PENDING and (record.job_dir / SERVER_FILE).is_file()
+            state, message = JobState.FAILED, outcome or (SERVER_DIED_MESSAGE if queued else DIED_MESSAGE)
             if outcome is None and record.cancel_requested:  # stopped (killed) while it was cancelling
                 state, message = JobState.CANCELLED, CANCEL_DIED_MESSAGE
             db.execute(

@@ -12,8 +12,9 @@ looks at the store about once a second and:
 - reaps the workers it started.
 
 Workers run in their own sessions, so they outlive a server restart. On start, the queue takes back
-what a previous server left: jobs it had queued (or whose worker died) show FAILED "process exited
-unexpectedly" in the store, and are put back to PENDING, resuming from their last checkpoint.
+what a previous server left: jobs it had queued show FAILED "its server stopped before it started" in
+the store (and those whose worker died "process exited unexpectedly"), and are put back to PENDING,
+resuming from their last checkpoint.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import threading
 
 from openrft.errors import JobError
 from openrft.jobs.runner import spawn_worker
-from openrft.jobs.states import DIED_MESSAGE, JobState
+from openrft.jobs.states import DIED_MESSAGE, SERVER_DIED_MESSAGE, JobState
 from openrft.jobs.store import JobRecord, JobStore
 from openrft.server.wire import SERVER_FILE
 
@@ -102,10 +103,10 @@ class JobQueue:
     def recover(self) -> list[str]:
         """Put back to PENDING the server's jobs whose process died (an earlier server, or its worker)."""
         resumed = []
-        for record in self.store.list():
+        for record in sorted(self.store.list(), key=lambda r: (r.created_at, r.id)):  # the oldest first again
             if not (record.job_dir / SERVER_FILE).is_file():
                 continue
-            if record.state is JobState.FAILED and record.message == DIED_MESSAGE:
+            if record.state is JobState.FAILED and record.message in (DIED_MESSAGE, SERVER_DIED_MESSAGE):
                 with contextlib.suppress(JobError):
                     self.store.prepare_resume(record.id, force=True, pid=os.getpid())
                     resumed.append(record.id)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from openrft import config as C
+from openrft.jobs.states import SERVER_FILE
 from openrft.jobs.store import JobRecord
 from openrft.server.errors import ApiError
 from openrft.server.uploads import check_texts
@@ -71,7 +72,7 @@ OPTIONS = frozenset({
 # extraBody's keys (OpenAI's request fields) -> JobConfig fields; response_format is an object, kept as
 # its JSON text (what --response-format takes inline), so it never names a file on this machine
 EXTRA_BODY_KEYS = {"stop": "stop", "response_format": "response_format"}
-SERVER_FILE = "server.json"  # in the job folder: how the server was asked for the job
+# SERVER_FILE (jobs.states), in the job folder: how the server was asked for the job
 RESOURCE_NAME = re.compile(r"accounts/[A-Za-z0-9_\-]+/[A-Za-z]+/(?!\.+$)[A-Za-z0-9_.\-]+")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 # The service's names for the job fields it reports; anything else in a body is refused.
