@@ -7,6 +7,7 @@ is written under a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import importlib.machinery
@@ -161,6 +162,22 @@ def recover_directory(target: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
+def remove_stale_temporaries(folder: Path, min_age_s: float = 60.0) -> int:
+    """Remove the temporary files (``.NAME.*.tmp``, :func:`temporary_beside`'s) that killed writers left
+    in ``folder``, those untouched for ``min_age_s`` (a live writer's is fresh); returns how many."""
+    removed, now = 0, time.time()
+    for leftover in folder.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            if (
+                leftover.is_file()
+                and not leftover.is_symlink()
+                and now - leftover.stat().st_mtime > min_age_s
+            ):
+                leftover.unlink()
+                removed += 1
+    return removed
+
+
 LOCK_NAME = ".running"
 OWNER_FILE = ".openrft-job"  # in an output folder: the folder of the job it belongs to
 
@@ -253,6 +270,6 @@ def user_module_spec(module_name: str, file: Path) -> importlib.machinery.Module
 
 
 __all__ = [
-    "atomic_directory", "atomic_replace", "atomic_write_text", "folder_in_use", "folder_lock", "pid_alive", "jobs_root", "make_parent", "openrft_home", "output_dir",
+    "atomic_directory", "atomic_replace", "remove_stale_temporaries", "atomic_write_text", "folder_in_use", "folder_lock", "pid_alive", "jobs_root", "make_parent", "openrft_home", "output_dir",
     "no_bytecode", "OWNER_FILE", "readable_by_all", "recover_directory", "temporary_beside", "unwritable", "user_module_spec",
 ]  # fmt: skip

@@ -195,6 +195,29 @@ def test_a_damaged_snapshot_record_is_named_on_resume(fake, home, model_dir, cap
     assert JobStore().get("d").state is S.FAILED  # still resumable once the file is put right
 
 
+def test_a_killed_runs_half_written_files_are_removed_when_the_job_runs_again(
+    fake, home, model_dir, capsys, monkeypatch
+):
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    create(capsys, model_dir, "--job-id", "t")
+    job_dir = JobStore().get("t").job_dir
+    (job_dir / "checkpoints").mkdir(exist_ok=True)
+    stale = [
+        job_dir / ".rollouts.jsonl.k1x9.tmp",
+        job_dir / ".job.json.a2b.tmp",
+        job_dir / "checkpoints" / ".LATEST.q.tmp",
+    ]
+    fresh = job_dir / ".metrics.jsonl.live.tmp"  # a writer's at work now: left alone
+    for path in [*stale, fresh]:
+        path.write_text("half")
+    for path in stale:
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    main(["rftj", "resume", "t"])
+    capsys.readouterr()
+    assert not any(p.exists() for p in stale) and fresh.exists()
+
+
 def test_a_full_disk_in_a_library_is_one_line(monkeypatch, capsys):
     import openrft.cli.export as export
 

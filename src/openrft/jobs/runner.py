@@ -41,7 +41,7 @@ from openrft.jobs.resume_from import (
 from openrft.jobs.snapshot import absolute_paths, resumed_values, write_snapshot
 from openrft.jobs.states import OUTCOME_STATES, JobState
 from openrft.jobs.store import JobRecord, JobStore, config_values
-from openrft.paths import folder_in_use, folder_lock, output_dir
+from openrft.paths import folder_in_use, folder_lock, output_dir, remove_stale_temporaries
 
 ERROR_LOG = "error.log"
 
@@ -226,6 +226,11 @@ def run_job(store: JobStore, job_id: str, **options: Any) -> JobRecord:
     record.job_dir.mkdir(parents=True, exist_ok=True)
     try:
         with folder_lock(record.job_dir):
+            for folder in (
+                record.job_dir,
+                record.job_dir / "checkpoints",
+            ):  # a killed run's half-written files
+                remove_stale_temporaries(folder)
             return _run_locked(store, record, **options)
     except BlockingIOError:
         raise JobError(
