@@ -90,12 +90,8 @@ class TrainingConfig(Group):
     learning_rate: float = field(
         1e-4, "AdamW step size for the LoRA weights.", valid="a number from 1e-5 to 5e-4", ge=1e-5, le=5e-4
     )
-    learning_rate_warmup_steps: int = field(
-        0,
-        "Optimizer steps of linear learning-rate warm-up: update k (from 1) uses the rate x k/(N+1), full from update N+1.",
-        valid="a whole number >= 0",
-        ge=0,
-    )
+    learning_rate_warmup_steps: int = field(0, "Optimizer steps N of linear learning-rate warm-up: update k (from 1) "
+                                                "uses k/(N+1) of the rate.", valid="a whole number >= 0", ge=0)  # fmt: skip
     lora_rank: int = field(8, "Rank of the LoRA adapter (trainable capacity).", valid=one_of(LORA_RANKS))
     lora_alpha: int | None = field(
         None, "LoRA scaling numerator alpha (default: 2 x rank).", valid="a whole number >= 1", ge=1
