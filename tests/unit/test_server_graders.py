@@ -5,6 +5,8 @@ in a worker process; a score_model grader asks the stub judge of test_graders_mo
 
 from __future__ import annotations
 
+import os
+
 import openai
 import pytest
 from fastapi.testclient import TestClient
@@ -65,6 +67,26 @@ def test_the_guides_python_grader_runs_in_a_worker_and_its_failure_is_flagged(se
     assert run.reward == 0.0 and run.metadata.errors.python_grader_runtime_error
     assert "ZeroDivisionError" in run.metadata.errors.python_grader_runtime_error_details
 
+    where = {
+        "type": "python",
+        "source": "import os\ndef grade(sample, item):\n    return float(os.getpid())\n",
+    }
+    assert graders(server).run(grader=where, model_sample="x").reward not in (
+        0.0,
+        float(os.getpid()),
+    )  # a worker
+    fatal = {"type": "python", "source": "import os\ndef grade(sample, item):\n    os._exit(3)\n"}
+    run = graders(server).run(grader=fatal, model_sample="x")  # kills its worker, not the server
+    assert run.reward == 0.0 and run.metadata.errors.python_grader_runtime_error
+    assert (
+        graders(server).run(grader=STRING_CHECK, model_sample="Paris", item={"label": "Paris"}).reward == 1.0
+    )
+
+    multi = {"type": "multi", "calculate_output": "p + s", "graders": {"p": broken, "s": STRING_CHECK}}
+    run = graders(server).run(grader=multi, model_sample="Paris", item={"label": "Paris"})
+    assert run.metadata.errors.python_grader_runtime_error and run.sub_rewards["s"] == 1.0
+    assert run.metadata.errors.python_grader_runtime_error_details.startswith("p: ZeroDivisionError")
+
 
 def test_a_multi_grader_reports_each_sub_grader_and_json_samples_are_read(server):
     multi = {
@@ -105,11 +127,18 @@ def test_bad_requests_are_400s_naming_the_field_and_the_key_is_required(server):
         graders(server).run(grader=SCORE_MODEL, model_sample="Paris", item={"label": "Paris"})
     for body, field in [({"grader": STRING_CHECK}, "model_sample"), ({"model_sample": "x"}, "grader"),
                         ({"grader": STRING_CHECK, "model_sample": "x", "item": [1]}, "item"),
-                        ({"grader": STRING_CHECK, "model_sample": 3}, "model_sample")]:  # fmt: skip
+                        ({"grader": STRING_CHECK, "model_sample": 3}, "model_sample"),
+                        ({"grader": STRING_CHECK, "model_sample": "x", "extra": 1}, "extra")]:  # fmt: skip
         answer = server.post(
             "/v1/fine_tuning/alpha/graders/run", json=body, headers={"Authorization": "Bearer k"}
         )
-        assert answer.status_code == 400 and answer.json()["error"]["message"].startswith(field)
+        error = answer.json()["error"]  # OpenAI's shape: the SDK reads param and type
+        assert (
+            answer.status_code == 400 and error["param"] == field and error["type"] == "invalid_request_error"
+        )
+    with pytest.raises(openai.BadRequestError) as refused:
+        graders(server).validate(grader=STRING_CHECK, extra_body={"x": 1})
+    assert refused.value.param == "x"
     with pytest.raises(openai.AuthenticationError):
         graders(server, key="wrong").validate(grader=STRING_CHECK)
 
@@ -128,3 +157,7 @@ def test_a_score_model_asks_the_servers_judge(tmp_path, monkeypatch):
             run = graders(http).run(grader=SCORE_MODEL, model_sample="Paris", item={"label": "Paris"})
             assert run.reward == 0.0 and run.metadata.errors.api_model_grader_server_error
             assert "503" in run.metadata.errors.api_model_grader_server_error_details
+            monkeypatch.setenv("OPENRFT_GRADER_MODEL", "judge")  # the model that answered is named
+            judge.script.append("0.5")
+            again = graders(http).run(grader=SCORE_MODEL, model_sample="P", item={"label": "P"})
+            assert again.metadata.sampled_model_name == "judge" and judge.requests[-1]["model"] == "judge"

@@ -31,8 +31,9 @@ from starlette.concurrency import run_in_threadpool
 
 from openrft.config.models import RolloutConfig
 from openrft.errors import OpenRFTError
-from openrft.evaluators.graders import ENDPOINT_ENV, load_grader
+from openrft.evaluators.graders import ENDPOINT_ENV, MODEL_ENV
 from openrft.evaluators.isolation import score_contained
+from openrft.evaluators.loader import load_evaluator
 from openrft.records import Completion, Prompt, Score
 from openrft.server.errors import ApiError
 from openrft.server.resources_api import json_body
@@ -50,36 +51,58 @@ MODEL_TYPES = ("score_model", "label_model")
 NO_ENDPOINT = "http://no-grader-endpoint.invalid/v1"  # validate checks a model grader's spec, calls nothing
 
 
+class OpenAIError(ApiError):
+    """A refusal in OpenAI's error shape (``message``, ``type``, ``param``, ``code``), as its SDK reads it."""
+
+    def __init__(self, message: str, param: str | None = None, status_code: int = 400):
+        super().__init__(status_code, message)
+        self.param = param
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": "invalid_request_error", "param": self.param,
+                          "code": None}}  # fmt: skip
+
+
 @router.post(f"{BASE}/validate")
 async def validate(request: Request) -> dict[str, Any]:
-    grader = _grader(await json_body(request))
+    grader = _grader(await _body(request, {"grader"}))
     await run_in_threadpool(_loaded, grader, spec_only=True)
     return {"grader": grader}
 
 
 @router.post(f"{BASE}/run")
 async def run(request: Request) -> dict[str, Any]:
-    body = await json_body(request)
+    body = await _body(request, {"grader", "model_sample", "item"})
     grader = _grader(body)
     sample = body.get("model_sample")
     if not isinstance(sample, str):
         problem = "is required" if sample is None else f"must be a string, not {type(sample).__name__}"
-        raise ApiError(400, f"model_sample {problem} (the response to grade, as text)")
+        raise OpenAIError(f"model_sample {problem} (the response to grade, as text)", "model_sample")
     item = body.get("item")
     item = {} if item is None else item
     if not isinstance(item, dict):
-        raise ApiError(400, f"item must be a JSON object (the dataset row), not {type(item).__name__}")
-    unknown = sorted(set(body) - {"grader", "model_sample", "item"})
-    if unknown:
-        raise ApiError(400, f"unknown field {unknown[0]!r} (a run takes grader, model_sample and item)")
+        raise OpenAIError(f"item must be a JSON object (the dataset row), not {type(item).__name__}", "item")
     return await run_in_threadpool(_run, grader, sample, item)
+
+
+async def _body(request: Request, fields: set[str]) -> dict[str, Any]:
+    try:
+        body = await json_body(request)
+    except ApiError as exc:
+        raise OpenAIError(exc.message) from None
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        raise OpenAIError(
+            f"unknown field {unknown[0]!r} (this call takes {', '.join(sorted(fields))})", unknown[0]
+        )
+    return body
 
 
 def _grader(body: dict[str, Any]) -> dict[str, Any]:
     grader = body.get("grader")
     if not isinstance(grader, dict):
         problem = "is required" if grader is None else f"must be a JSON object, not {type(grader).__name__}"
-        raise ApiError(400, f"grader {problem}")
+        raise OpenAIError(f"grader {problem}", "grader")
     return grader
 
 
@@ -87,10 +110,10 @@ def _loaded(grader: dict[str, Any], *, spec_only: bool = False) -> Any:
     """The evaluator for ``grader``, or a 400 with the loader's one line (and its hint). With
     ``spec_only`` (validate), a model grader is checked without needing the server's endpoint."""
     endpoint = os.environ.get(ENDPOINT_ENV) or (NO_ENDPOINT if spec_only else None)
-    try:
-        return load_grader(json.dumps(grader), endpoint=endpoint)
+    try:  # through the loader, so that the evaluator knows how to load itself again in a worker process
+        return load_evaluator(json.dumps(grader), grader_endpoint=endpoint)
     except OpenRFTError as exc:
-        raise ApiError(400, exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
+        raise OpenAIError(exc.message + (f" ({exc.hint})" if exc.hint else ""), "grader") from None
 
 
 def _run(grader: dict[str, Any], model_sample: str, item: dict[str, Any]) -> dict[str, Any]:
@@ -138,7 +161,9 @@ def _answer(grader: dict[str, Any], score: Score, seconds: float, flag: str | No
             errors[f"{flag}_details"] = score.reason
     kind = str(grader.get("type"))
     subs = {k: v for k, v in score.metrics.items() if k != "passed"} if kind == "multi" else {}
-    model = grader.get("model") if kind in MODEL_TYPES else None
+    model = (
+        (os.environ.get(MODEL_ENV) or grader.get("model")) if kind in MODEL_TYPES else None
+    )  # who answered
     return {
         "reward": score.score if score.is_valid else 0.0,
         "metadata": {

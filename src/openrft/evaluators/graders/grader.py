@@ -264,7 +264,7 @@ class MultiGrader(Grader):
             grader.check_item(item, where)
 
     def grade(self, item: dict[str, Any], sample: Any) -> Grade:
-        grades = {name: graded(g, item, sample) for name, g in self.graders.items()}
+        grades = {name: _sub_graded(g, item, sample) for name, g in self.graders.items()}
         metrics = {name: g.score for name, g in grades.items()}
         invalid = [f"{name}: {g.reason}" for name, g in grades.items() if not g.valid]
         if invalid:
@@ -275,6 +275,17 @@ class MultiGrader(Grader):
         valid = math.isfinite(score)
         reason = f"{self.spec.calculate_output} with {parts} = {score:g}" + (f" ({why})" if why else "")
         return Grade(score if valid else 0.0, reason, valid, metrics)
+
+
+def _sub_graded(grader: Grader, item: dict[str, Any], sample: Any) -> Grade:
+    """A multi grader's sub-grade: one that raises (a python sub-grader's error) is invalid, its reason
+    then named after the sub-grader by the multi grader, and the others' scores are kept."""
+    try:
+        return graded(grader, item, sample)
+    except EvaluatorError as exc:  # the data's or the judge's problem, said in one line
+        return Grade(0.0, exc.message, valid=False)
+    except Exception as exc:  # user code: any error is this sub-grade's
+        return Grade(0.0, f"{type(exc).__name__}: {exc}", valid=False)
 
 
 def graded(grader: Grader, item: dict[str, Any], sample: Any) -> Grade:
