@@ -7,8 +7,9 @@
 2. **Micro-batch level.** The trainer cuts the kept sequences into micro-batches. A micro-batch
    in which every sequence has advantage exactly 0 (e.g. only the invalid or tied candidates of
    a group ended up together) is dropped as well. Note that for grpo such a micro-batch would
-   still have contributed its KL term; dropping it is what the reference does. Compute the
-   step's loss denominator (:func:`openrft.algo.losses.step_denominator`) over the kept ones.
+   still have contributed its KL term; dropping it is what the reference does. The step's loss
+   denominator (:func:`openrft.train.step.step_denominator_of`) still counts the dropped ones'
+   tokens, so the policy term's gradient is unchanged.
 
 The counts are returned so that the trainer can log ``filter/zero_variance_groups``,
 ``filter/zero_advantage_micro_batches`` and the effective batch.

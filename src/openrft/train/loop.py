@@ -298,7 +298,6 @@ def train_step(ctx: TrainContext, state: LoopState, loss: StepLoss) -> dict[str,
     start = time.perf_counter()
     batches, dropped = plan_step(
         sequences, batching.micro_batch_tokens, ctx.pad_token_id, not loss.full_sequences,
-        keep_zero_advantage=loss.spec.kl_coef > 0,
     )  # fmt: skip
     # the loss sums over the update's tokens (or sequences): backpropagated unnormalised, it is divided by
     # the whole update's denominator at the update (optimizer_update), however its steps were split

@@ -48,21 +48,17 @@ def plan_step(
     micro_batch_tokens: int,
     pad_token_id: int,
     packed: bool = True,
-    keep_zero_advantage: bool = False,
 ) -> tuple[list[MicroBatch], int]:
     """Length-bucket a step into micro-batches and drop the ones with no advantage signal (the chunk-level
-    zero-variance filter), unless ``keep_zero_advantage``: with a KL penalty such a micro-batch still has a
-    gradient (toward the reference). Either way the dropped sequences stay in the loss's denominator
-    (:func:`step_denominator_of`), so the filter saves compute and never changes the gradient.
+    zero-variance filter, which the reference applies for every loss method: with grpo's KL penalty such a
+    micro-batch would only have pulled toward the reference). The dropped sequences stay in the loss's
+    denominator (:func:`step_denominator_of`), so without a KL term the filter never changes the gradient.
 
     ``packed``: the step runs with completions packed per prompt (not under gradient checkpointing).
     The recomputation of another engine's log-probs plans the same micro-batches
     (:func:`openrft.train.mismatch.recompute_old_logprobs`)."""
     planned = plan_micro_batches(sequences, micro_batch_tokens, packed)
-    if keep_zero_advantage:
-        kept, dropped = [list(batch) for batch in planned], 0
-    else:
-        kept, dropped = drop_zero_advantage_micro_batches(planned, [s.advantage for s in sequences])
+    kept, dropped = drop_zero_advantage_micro_batches(planned, [s.advantage for s in sequences])
     batches = [collate([sequences[i] for i in batch], pad_token_id) for batch in kept]
     trainable = [b for b in batches if bool(b.completion_mask_RC.any())]  # no sampled token: nothing to train
     return trainable, dropped  # (the second: zero-advantage micro-batches only)
