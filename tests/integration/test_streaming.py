@@ -551,3 +551,27 @@ def test_concurrent_streamed_whole_abandoned_and_timed_out_requests_leave_the_ot
     with BackgroundServer(create_app(engine, "tiny")) as server:
         together, alone = asyncio.run(main(server.url))
     assert together == alone and sum(r is not None for r in together) == 12
+
+
+def test_each_streamed_call_is_done_before_the_next_is_added(tokenizer):
+    """As OpenAI streams them, by either route: a call is whole (chat) and its item done (Responses)
+    before the next call begins, so the SDK's stream helpers close each call with its full arguments."""
+    call = '<tool_call>\n{{"name": "calculator", "arguments": {{"expression": "{}"}}}}\n</tool_call>\n'
+    engine = SteppedEngine(tokenizer, call.format("1 + 2") + call.format("3 * 4"))
+    engine.go_on.set()
+    with BackgroundServer(create_app(engine, "policy")) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        with client.responses.stream(model="policy", input="Two sums.", tools=FLAT_TOOLS) as events:
+            seen = [(e.type, getattr(e, "output_index", None)) for e in events if "output_item" in e.type]
+            final = events.get_final_response()
+        assert seen == [("response.output_item.added", 0), ("response.output_item.done", 0),
+                        ("response.output_item.added", 1), ("response.output_item.done", 1)]  # fmt: skip
+        assert [item.arguments for item in final.output] == [
+            '{"expression": "1 + 2"}',
+            '{"expression": "3 * 4"}',
+        ]
+        strict = [{**TOOLS[0], "function": {**TOOLS[0]["function"], "strict": True}}]
+        with client.chat.completions.stream(model="policy", messages=[{"role": "user", "content": "x"}],
+                                            tools=strict) as chat:  # fmt: skip
+            done = [e.arguments for e in chat if e.type == "tool_calls.function.arguments.done"]
+        assert done == ['{"expression": "1 + 2"}', '{"expression": "3 * 4"}']

@@ -275,6 +275,15 @@ class CallDeltas:
             out.append(Settled(mine.index, function["arguments"][len(sent) :] if goes_on else "", False))
         return out
 
+    def finished(self, index: int) -> tuple[str, str] | None:
+        """The name and whole arguments of the streamed call at ``index`` once it is done (its block closed,
+        readable and all sent), else None."""
+        for call in self.calls:
+            if call.index == index and call.closed and self._readable(call):
+                arguments = call.json.value_text("arguments") or ""
+                return (call.name or "", arguments) if call.sent == len(arguments) else None
+        return None
+
     def unreadable(self) -> list[tuple[int, str, str]]:
         """The streamed calls the reply could not read: (index, name, the arguments sent)."""
         return [(c.index, c.name or "", (c.json.value_text("arguments") or "")[: c.sent])

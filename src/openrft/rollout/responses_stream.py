@@ -91,6 +91,7 @@ async def live_response_events(
     stream = TextDeltas(tokenizer, markers=(fmt.call_start,) if tools else (), trim=tools)
     calls = CallDeltas(fmt.call_start, fmt.call_end) if tools else None
     opened = False  # the message item came first (its text did)
+    closed: set[int] = set()  # calls whose items are done: each is closed before the next is added
     async for step in live.steps(task):
         for _, token in step:
             if text := stream.push([token]):
@@ -100,6 +101,10 @@ async def live_response_events(
                 yield event("response.output_text.delta", item_id=ids[1], output_index=0, content_index=0,
                             delta=text, logprobs=[])  # fmt: skip
             for delta in calls.update(stream.text) if calls else ():
+                before = delta["index"] - 1
+                if "id" in delta and before >= 0 and (done := calls.finished(before)) is not None:  # type: ignore[union-attr]
+                    closed.add(before)
+                    yield "".join(_call_done(event, ids[0], int(opened) + before, before, *done))
                 yield "".join(_call_delta(event, ids[0], int(opened), delta))
     try:
         body = task.result()
@@ -108,7 +113,7 @@ async def live_response_events(
         yield event("error", code=error["code"], message=error["message"], param=error["param"])
         return
     if body is not None:
-        yield "".join(_items_end(event, body, ids[0], stream if opened else None, calls))
+        yield "".join(_items_end(event, body, ids[0], stream if opened else None, calls, closed))
         yield event(f"response.{body['status']}", response=body)
 
 
@@ -157,12 +162,25 @@ def _as_chat_calls(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def _call_done(
+    event: Callable[..., str], response_id: str, output_index: int, k: int, name: str, arguments: str
+) -> Iterator[str]:
+    """A streamed call's done events, sent as the next call's item is added (OpenAI closes each item first)."""
+    item_id, call_id = call_ids(response_id, k)
+    item = {"type": "function_call", "id": item_id, "call_id": call_id, "name": name, "status": "completed",
+            "arguments": arguments}  # fmt: skip
+    yield event("response.function_call_arguments.done", item_id=item_id, output_index=output_index, name=name,
+                arguments=arguments)  # fmt: skip
+    yield event("response.output_item.done", output_index=output_index, item=item)
+
+
 def _items_end(
     event: Callable[..., str],
     body: dict[str, Any],
     response_id: str,
     text: TextDeltas | None,
     calls: CallDeltas | None,
+    closed: set[int] = frozenset(),  # type: ignore[assignment]
 ) -> Iterator[str]:
     """The events that finish a live stream's items: a streamed call the reply could not read is closed
     as incomplete; then, in the response's order, the rest of the streamed message (``text``) and calls
@@ -197,6 +215,8 @@ def _items_end(
             yield from _item_events(event, index, item)
             continue
         index = offset + settled.index
+        if settled.index in closed:  # its done events went as the next call began
+            continue
         if settled.rest:
             yield event(
                 "response.function_call_arguments.delta", **at, output_index=index, delta=settled.rest
