@@ -400,3 +400,15 @@ def test_a_dry_run_names_the_rows_skip_bad_rows_leaves_out(files, tiny_model_dir
     code, _, err = dry_run(capsys, tiny_model_dir, "--dataset", str(files / "some_bad.jsonl"), "--evaluator",
                            f"{files}/ev.py::score", "--skip-bad-rows")  # fmt: skip
     assert code == 0 and "skipped 1 malformed rows (line 4: invalid JSON" in err, err
+
+
+def test_a_reply_longer_than_the_models_context_is_not_sent_to_a_flag_that_cannot_help(
+    files, tiny_model_dir, capsys
+):
+    """At the model's whole context, --max-context-length cannot make room: the hint says what can."""
+    code, _, err = dry_run(capsys, tiny_model_dir, "--max-output-tokens", "4096")
+    assert (
+        code == 2
+        and err.splitlines()[1]
+        == "hint: lower --max-output-tokens, or train a model with a longer context than 4096"
+    )
