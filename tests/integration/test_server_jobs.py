@@ -125,7 +125,7 @@ def wait(jobs, job_id: str, until, timeout: float = 120.0):
 
 REFUSED = [
     ({"training_config": {"epochs": "three"}}, "trainingConfig.epochs: expected a whole number"),
-    ({"loss_config": {"method": "DPO"}}, "lossConfig.method: DPO is not implemented by openrft"),
+    ({"loss_config": {"method": "DPO"}}, "lossConfig.method: DPO is not a loss method; use GRPO, DAPO or GSPO_TOKEN"),
     ({"dataset": ""}, "dataset: is required"),
     ({"extra_body": {"fooBar": 1}}, "fooBar: unknown or unsupported field"),
     ({"loss_config": {"method": "DAPO", "kl_beta": 0.1}}, "loss_config.kl_beta must be 0/unset when method is DAPO"),
