@@ -71,6 +71,31 @@ def test_an_unreachable_cluster_is_a_config_error(monkeypatch):
     assert "RAY_AUTH_MODE" not in os.environ
 
 
+def test_the_token_mode_reaches_ray_before_it_connects(monkeypatch):
+    """Ray reads RAY_AUTH_MODE when imported: set later, it must be read again, or a cluster started with
+    token authentication (Ray's default) never gets the token and refuses the connection."""
+    ray = pytest.importorskip("ray")
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    import openrft.distributed.cluster as cluster
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "t" * 32)
+    seen = []
+
+    def init(**options):
+        seen.append(get_authentication_mode())
+        raise ConnectionError("the head refused it")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(cluster, "_check_reachable", lambda ray, address: None)
+    with pytest.raises(ConfigError):
+        cluster.connect("127.0.0.1:6379")
+    assert seen == [AuthenticationMode.TOKEN]  # what ray.init sent with
+    assert get_authentication_mode() != AuthenticationMode.TOKEN  # and undone once it failed
+
+
 def test_a_port_that_does_not_speak_grpc_fails_at_once_naming_the_right_ports():
     pytest.importorskip("ray")
     import http.server

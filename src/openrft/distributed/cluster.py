@@ -68,6 +68,7 @@ def connect(address: str, *, num_cpus: int | None = None) -> Any:
     set_auth = address != "local" and "RAY_AUTH_MODE" not in os.environ and _token_available()
     if set_auth:
         os.environ["RAY_AUTH_MODE"] = "token"  # as Ray does for 'auto' only: HOST:PORT needs the token too
+        _reload_auth_config()  # Ray read its settings when imported: without this the token is never sent
     try:
         with _token_mode_kept_only_if_connected(set_auth):
             if address != "local":
@@ -117,7 +118,18 @@ def _token_mode_kept_only_if_connected(set_here: bool) -> Iterator[None]:
     except BaseException:
         if set_here:
             os.environ.pop("RAY_AUTH_MODE", None)
+            _reload_auth_config()
         raise
+
+
+def _reload_auth_config() -> None:
+    """Make Ray read ``RAY_AUTH_MODE`` (and the token) again: it reads them once, when imported."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # a Ray without token authentication: nothing to reload
+        return
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def _token_available() -> bool:
