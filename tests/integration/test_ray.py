@@ -377,3 +377,19 @@ def test_agent_rollouts_run_on_the_actors(engine, policy):
     runs = [c for g in groups for c in g]
     assert all(not c.error and c.agent_metrics["turns"] == 2 and 0 in c.completion_mask for c in runs)
     assert_trainer_logprobs_are_the_sampled_ones(model, runs, tokenizer.pad_token_id)
+
+
+def test_a_cancel_stops_the_wait_for_actors_that_cannot_start(cluster, policy, tiny_model_dir):
+    """Ctrl-C, SIGTERM or `rftj cancel` while the actors wait for CPUs the cluster has not got free: the
+    job stops at once (the wait used to run on until the actors started, up to its 15 minutes)."""
+    from openrft.errors import RolloutAborted
+
+    model, tokenizer = policy
+    spec = WorkerSpec(base_model=str(tiny_model_dir), lora_config=model.peft_config[P.TRAINABLE],
+                      stop_token_ids=end_token_ids(tokenizer, model), torch_threads=1)  # fmt: skip
+    asked = []
+    started = time.monotonic()
+    with pytest.raises(RolloutAborted, match="waiting for the rollout actors"):
+        RayEngine(model, tokenizer, spec, workers=1, actor_options={"num_cpus": 3}, start_timeout=120,
+                  stop_waiting=lambda: asked.append(1) or len(asked) >= 2)  # fmt: skip
+    assert time.monotonic() - started < 30 and len(asked) == 2

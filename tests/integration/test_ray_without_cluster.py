@@ -67,6 +67,7 @@ def test_an_unreachable_cluster_is_a_config_error(monkeypatch):
     with pytest.raises(ConfigError) as caught:
         connect("127.0.0.1:1")  # nothing listens there
     assert "cannot connect" in caught.value.message and "ray start --head" in caught.value.hint
+    assert "token" in caught.value.hint  # Ray reports a refused token as a failed connection
     # left set, a later --ray-address local in this process would fail with InvalidAuthToken
     assert "RAY_AUTH_MODE" not in os.environ
 

@@ -82,7 +82,7 @@ def connect(address: str, *, num_cpus: int | None = None) -> Any:
             hint="copy ~/.ray/auth_token from the head node to this machine (or set RAY_AUTH_TOKEN)",
         ) from None
     except (OSError, RuntimeError, ValueError) as exc:  # ConnectionError and TimeoutError included
-        raise _unreachable(address, exc) from None
+        raise _unreachable(address, exc, token=address != "local" and _token_available()) from None
     return ray
 
 
@@ -99,13 +99,16 @@ def check_address(address: str) -> None:
         raise _unreachable(address, exc) from None
 
 
-def _unreachable(address: str, exc: BaseException) -> ConfigError:
+def _unreachable(address: str, exc: BaseException, token: bool = False) -> ConfigError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # Ray reports a refused token as a failed connection, after its retries: the token may be the cause
+    refused = ("; if it runs, it may have refused this machine's token: copy ~/.ray/auth_token from the head "
+               "node (or set RAY_AUTH_TOKEN)") if token else ""  # fmt: skip
     return ConfigError(
         f"--ray-address {address}: cannot connect to a Ray cluster ({first})",
         field="ray_address",
         hint="start one with `ray start --head` on the head node, or use --ray-address local "
-        "to run Ray on this machine only",
+        f"to run Ray on this machine only{refused}",
     )
 
 

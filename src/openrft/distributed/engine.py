@@ -80,6 +80,7 @@ class RayEngine:
         prompts_per_call: int | None = None,
         actor_options: dict[str, Any] | None = None,
         start_timeout: float = START_TIMEOUT_S,
+        stop_waiting: Callable[[], bool] | None = None,
     ):
         if workers < 1 or max_staleness < 0 or max_restarts < 0:
             raise ConfigError(f"invalid Ray engine settings: {workers=}, {max_staleness=}, {max_restarts=}")
@@ -101,7 +102,7 @@ class RayEngine:
         self._incarnation = [0] * workers  # deaths seen per actor
         self._probes: dict[int, Any] = {}  # actor -> a call that returns once it has restarted
         self._finalizer = weakref.finalize(self, _kill_actors, self.ray, list(self.workers))
-        self._wait_until_started(start_timeout)
+        self._wait_until_started(start_timeout, stop_waiting)
 
     # ------------------------------------------------------------------------- public
 
@@ -192,7 +193,8 @@ class RayEngine:
 
     # ------------------------------------------------------------------------- internals
 
-    def _wait_until_started(self, timeout: float) -> None:
+    def _wait_until_started(self, timeout: float, stop: Callable[[], bool] | None = None) -> None:
+        """Until every actor answers; a cancel (Ctrl-C, SIGTERM, `rftj cancel`) stops the wait at once."""
         ray = self.ray
         try:
             refs, deadline = [w.info.remote() for w in self.workers], time.monotonic() + timeout
@@ -202,6 +204,9 @@ class RayEngine:
                 )
                 if not waiting:
                     break
+                if stop is not None and stop():
+                    self.close()
+                    raise RolloutAborted("stopped while waiting for the rollout actors to start")
                 if time.monotonic() >= deadline:
                     raise ray.exceptions.GetTimeoutError()
             ray.get(refs)
@@ -396,6 +401,7 @@ def ray_engine(
     base_model: str,
     concurrency: int | None,
     vllm_options: dict[str, Any] | None = None,
+    stop_waiting: Callable[[], bool] | None = None,
 ) -> RayEngine:
     """The job's rollout engine on the Ray cluster at ``settings.address``.
 
@@ -426,6 +432,7 @@ def ray_engine(
         workers=workers,
         max_staleness=settings.max_staleness,
         actor_options={"num_cpus": resources["CPU"], "num_gpus": resources["GPU"]},
+        stop_waiting=stop_waiting,
     )
 
 

@@ -198,3 +198,25 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+
+
+def restore_state(root: Path, peft_model: Any, optimizer: Any, scheduler: Any, logs: Any) -> LoopState:
+    """The loop's state at the newest checkpoint under ``root`` (loaded into the model and optimizer),
+    the job's ``logs`` (its JSONL sink) cut back to exactly the lines written before it was saved; a
+    fresh state when there is none yet."""
+    loaded = load_latest(root, peft_model, optimizer, scheduler)
+    if loaded is None:
+        return fresh_state(logs)
+    state = loaded[1]
+    if state.log_position:
+        logs.truncate_to(state.log_position)
+    else:
+        logs.truncate_after(state.step)
+    return state
+
+
+def fresh_state(logs: Any) -> LoopState:
+    """A new loop's state; an earlier start's lines (it left no checkpoint) are cleared from ``logs``."""
+    if logs.metrics_path.exists():
+        logs.truncate_after(-1)
+    return LoopState()

@@ -30,7 +30,7 @@ from typing import Any
 
 from openrft.config import JobConfig
 from openrft.data import PromptSet, check_prompt_lengths, load_prompts, split_carveout
-from openrft.errors import ConfigError, DataError, EvaluatorError, OpenRFTError, input_error
+from openrft.errors import ConfigError, DataError, EvaluatorError, OpenRFTError, RolloutAborted, input_error
 from openrft.models import warm_start_values
 from openrft.paths import atomic_write_text, openrft_home, output_dir
 from openrft.records import Prompt
@@ -38,7 +38,7 @@ from openrft.settings import JobSettings
 from openrft.tracking.progress import ProgressBar
 from openrft.tracking.sinks import JsonlSink, MetricsSink, MultiSink
 from openrft.train import setup
-from openrft.train.checkpoint import LoopState, load_latest
+from openrft.train.checkpoint import fresh_state, restore_state
 from openrft.train.loop import Outcome, TrainContext, train
 from openrft.train.output_folder import check_output_folder
 
@@ -473,20 +473,18 @@ def run_training(
     train_prompts, eval_prompts = _prompts_that_fit(prepared, model, tokenizer)
     optimizer, scheduler = setup.make_optimizer(settings.optimizer, model)
     jsonl = JsonlSink(job_dir)
-    state = LoopState()
-    loaded = load_latest(job_dir / "checkpoints", model, optimizer, scheduler) if resume else None
-    if loaded is not None:
-        state = loaded[1]
-        if state.log_position:
-            jsonl.truncate_to(state.log_position)  # exactly the lines written before it was saved
-        else:
-            jsonl.truncate_after(state.step)
-    elif jsonl.metrics_path.exists():
-        jsonl.truncate_after(-1)
+    checkpoints = job_dir / "checkpoints"
+    state = restore_state(checkpoints, model, optimizer, scheduler, jsonl) if resume else fresh_state(jsonl)
     if resume:  # a W&B run gets the lines it missed (a killed process's last ones), then skips what it has
         for sink in extra_sinks:
             getattr(sink, "catch_up", lambda _: None)(jsonl.metrics_path)
-    engine, needs_files = build_engine(prepared, model, tokenizer)
+    try:
+        engine, needs_files = build_engine(prepared, model, tokenizer, stop_waiting=should_stop)
+    except RolloutAborted:  # cancelled while Ray's actors waited for free CPUs
+        jsonl.close()
+        return Outcome(
+            "cancelled", state, f"cancelled at step {state.step}, before its rollout actors started"
+        )
     publish = setup.policy_publisher(engine, model, job_dir / "adapters" if needs_files else None)
     publish(state.optimizer_step)
     scorer = setup.make_scorer(settings.engine, prepared.evaluator)
@@ -531,7 +529,9 @@ def longest_prompt(prepared: PreparedJob, tokenizer: Any) -> int:
     return max((len(encode_prompt(tokenizer, p)) for p in prompts), default=1)
 
 
-def build_engine(prepared: PreparedJob, model: Any, tokenizer: Any) -> tuple[Any, bool]:
+def build_engine(
+    prepared: PreparedJob, model: Any, tokenizer: Any, stop_waiting: Callable[[], bool] | None = None
+) -> tuple[Any, bool]:
     """The job's rollout engine (wrapped for agent runs when it has an agent), and whether it loads
     adapters from disk."""
     settings = prepared.settings
@@ -545,7 +545,9 @@ def build_engine(prepared: PreparedJob, model: Any, tokenizer: Any) -> tuple[Any
             if agentic
             else min(context, longest_prompt(prepared, tokenizer) + settings.sampling.max_tokens)
         )
-    engine, needs_files = setup.make_engine(settings.engine, model, tokenizer, base_model, longest)
+    engine, needs_files = setup.make_engine(
+        settings.engine, model, tokenizer, base_model, longest, stop_waiting
+    )
     if agentic:
         engine = setup.with_agent(
             engine, settings.agent, settings.engine.max_concurrent_rollouts, context, base_model,

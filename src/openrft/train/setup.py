@@ -74,7 +74,12 @@ def make_optimizer(settings: OptimizerSettings, model: Any):
 
 
 def make_engine(
-    settings: EngineSettings, model: Any, tokenizer: Any, base_model: str, max_model_len: int | None = None
+    settings: EngineSettings,
+    model: Any,
+    tokenizer: Any,
+    base_model: str,
+    max_model_len: int | None = None,
+    stop_waiting: Callable[[], bool] | None = None,
 ) -> tuple[RolloutEngine, bool]:
     """The rollout engine, and whether it loads each policy's adapter from disk.
 
@@ -90,8 +95,8 @@ def make_engine(
     if settings.ray is not None:
         from openrft.distributed import ray_engine
 
-        engine: RolloutEngine = ray_engine(
-            settings.ray, settings.kind, model, tokenizer, base_model, concurrency, vllm_options
+        engine: RolloutEngine = ray_engine(  # (a cancel stops its wait for busy CPUs)
+            settings.ray, settings.kind, model, tokenizer, base_model, concurrency, vllm_options, stop_waiting
         )
     elif settings.kind == "endpoint":
         from openrft.rollout import EndpointEngine
