@@ -119,7 +119,9 @@ def request_body(values: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     for name, value in values.items():
         path = wire_path(name)
         if path is None:
-            raise JobError(f"{flag_name(name)} cannot be sent to a server; the job API has no field for it")
+            raise ConfigError(
+                f"{flag_name(name)} cannot be sent to a server; the job API has no field for it", field=name
+            )  # a flag: exit 2, as any flag refused before anything is sent
         if name == "stop":
             value = json.dumps({"stop": list(value)})
         elif name == "rl_loss_method":
