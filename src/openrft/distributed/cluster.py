@@ -63,8 +63,8 @@ def connect(address: str, *, num_cpus: int | None = None) -> Any:
     elif address.startswith("ray://"):
         _require_client()
         options = {"address": address, "logging_level": logging.WARNING}
-    else:
-        options["address"] = address
+    else:  # the actors' own output stays in the cluster's logs, as with `local`: the job's stderr is the job's
+        options.update(address=address, log_to_driver=False)
     set_auth = address != "local" and "RAY_AUTH_MODE" not in os.environ and _token_available()
     if set_auth:
         os.environ["RAY_AUTH_MODE"] = "token"  # as Ray does for 'auto' only: HOST:PORT needs the token too
