@@ -97,6 +97,24 @@ def test_the_token_mode_reaches_ray_before_it_connects(monkeypatch):
     assert get_authentication_mode() != AuthenticationMode.TOKEN  # and undone once it failed
 
 
+def test_a_cluster_that_wants_a_token_this_machine_lacks_says_so(monkeypatch, tmp_path):
+    ray = pytest.importorskip("ray")
+    import openrft.distributed.cluster as cluster
+
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "none"))  # no token anywhere
+
+    def init(**options):
+        raise ray.exceptions.AuthenticationError("Unauthenticated")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(cluster, "_check_reachable", lambda ray, address: None)
+    with pytest.raises(ConfigError, match="refused this machine, which has no token"):
+        cluster.connect("127.0.0.1:6379")
+
+
 def test_a_port_that_does_not_speak_grpc_fails_at_once_naming_the_right_ports():
     pytest.importorskip("ray")
     import http.server

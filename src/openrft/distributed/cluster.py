@@ -76,8 +76,9 @@ def connect(address: str, *, num_cpus: int | None = None) -> Any:
             with _keep_sigterm_handler():
                 ray.init(**options)
     except ray.exceptions.AuthenticationError as exc:
+        whose = "this machine's token" if _token_available() else "this machine, which has no token"
         raise ConfigError(
-            f"--ray-address {address}: the cluster refused this machine's token ({str(exc).splitlines()[0]})",
+            f"--ray-address {address}: the cluster refused {whose} ({str(exc).splitlines()[0]})",
             field="ray_address",
             hint="copy ~/.ray/auth_token from the head node to this machine (or set RAY_AUTH_TOKEN)",
         ) from None
