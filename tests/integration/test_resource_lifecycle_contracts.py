@@ -19,14 +19,18 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 class RunningJobs:
-    """The server's job store, as ``refuse_if_in_use`` reads it: ``active`` are flat configs of running jobs."""
+    """The server's job store, as ``refuse_if_in_use`` reads it: flat configs of jobs, ``active`` running,
+    ``stopped`` cancelled (they can resume), ``done`` completed."""
 
     def __init__(self) -> None:
         self.active: list[dict] = []
+        self.stopped: list[dict] = []
+        self.done: list[dict] = []
 
     def list(self) -> list[SimpleNamespace]:
-        return [SimpleNamespace(id=f"job-{i}", state=SimpleNamespace(is_active=True), flat_config=lambda c=c: c)
-                for i, c in enumerate(self.active)]  # fmt: skip
+        kinds = [("RUNNING", self.active), ("CANCELLED", self.stopped), ("COMPLETED", self.done)]
+        return [SimpleNamespace(id=f"{state.lower()}-{i}", state=SimpleNamespace(value=state), flat_config=lambda c=c: c)
+                for state, configs in kinds for i, c in enumerate(configs)]  # fmt: skip
 
 
 @pytest.fixture
@@ -214,9 +218,23 @@ def test_an_evaluators_entry_point_cannot_change_under_a_running_job(api, jobs):
     )
     jobs.active.append({"evaluator": resource_store.read_meta("evaluators", ACCOUNT, "used")["_spec"]})
     patched = api.patch(f"/v1/accounts/{ACCOUNT}/evaluators/used", json={"entryPoint": "main.py::other"})
-    assert patched.status_code == 400 and "job-0" in patched.json()["error"]["message"]
+    assert patched.status_code == 400 and "running-0" in patched.json()["error"]["message"]
     got = api.get(f"/v1/accounts/{ACCOUNT}/evaluators/used").json()
     assert got["state"] == "ACTIVE" and got["entryPoint"] != "main.py::other"
+
+
+def test_a_dataset_a_stopped_job_can_resume_with_is_kept(api, jobs):
+    """A cancelled job resumes from its dataset: deleting it made the resume fail (INTERNAL, naming the
+    server's path). A completed job's dataset may go."""
+    _ready_dataset(api, "kept")
+    path = str(resource_store.resource_dir("datasets", ACCOUNT, "kept") / "data.jsonl")
+    jobs.stopped.append({"dataset": path})
+    jobs.done.append({"dataset": path})
+    refused = api.delete(f"/v1/accounts/{ACCOUNT}/datasets/kept")
+    assert refused.status_code == 400 and "cancelled-0" in refused.json()["error"]["message"]
+    assert "completed-0" not in refused.json()["error"]["message"]
+    jobs.stopped.clear()
+    assert api.delete(f"/v1/accounts/{ACCOUNT}/datasets/kept").status_code == 200
 
 
 def test_a_dataset_without_its_file_has_no_download_url(api):

@@ -301,13 +301,14 @@ async def delete_dataset(account: str, dataset_id: str, request: Request) -> dic
 
 
 def refuse_if_in_use(request: Request, kind: str, account: str, resource_id: str, what: str) -> None:
-    """A 400 FAILED_PRECONDITION when a queued or running job reads this resource's files: deleting or
-    replacing them would make the job fail, or train on what it was not created with."""
+    """A 400 FAILED_PRECONDITION when a job that may still run reads this resource's files (queued,
+    running, or stopped where it can resume): deleting or replacing them would make the job (or its
+    resume) fail, or train on what it was not created with."""
     folder = store.resource_dir(kind, account, resource_id)
     job_store = getattr(request.app.state, "job_store", None)
     users = []
     for record in job_store.list() if job_store is not None else []:
-        if not record.state.is_active:
+        if record.state.value in ("COMPLETED", "EARLY_STOPPED"):
             continue
         flat = record.flat_config()
         paths = [
@@ -319,7 +320,8 @@ def refuse_if_in_use(request: Request, kind: str, account: str, resource_id: str
         raise ApiError(
             400,
             f"{kind[:-1]} accounts/{account}/{kind}/{resource_id} cannot be {what}: job(s) "
-            f"{', '.join(users)} use it; cancel them or wait until they finish",
+            f"{', '.join(users)} use it and may still run (queued, running, or stopped where they can "
+            "resume); wait until they finish, or delete them first",
             "FAILED_PRECONDITION",
         )
 
