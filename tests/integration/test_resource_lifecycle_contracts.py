@@ -340,3 +340,15 @@ def test_a_job_naming_a_dataset_not_uploaded_yet_is_refused_as_a_failed_precondi
         "status": "FAILED_PRECONDITION",
         "message": "dataset: prompts has no uploaded file yet",
     }
+
+
+def test_a_file_in_the_wrong_form_is_named_as_the_user_named_it(api):
+    """A gzip'd or undecodable UTF-16 upload: the refusal names the user's file, never the upload path."""
+    for dataset_id, content in [("zipped", b"\x1f\x8b\x08\x00rest"), ("utf16", b"\xff\xfe\x00\xd8")]:
+        assert _create_dataset(api, dataset_id).status_code == 200
+        got = api.post(f"/v1/accounts/{ACCOUNT}/datasets/{dataset_id}:getUploadEndpoint",
+                       json={"filenameToSize": {"rows.jsonl": str(len(content))}})  # fmt: skip
+        assert httpx.put(got.json()["filenameToSignedUrls"]["rows.jsonl"], content=content).status_code == 200
+        refused = api.post(f"/v1/accounts/{ACCOUNT}/datasets/{dataset_id}:validateUpload", json={})
+        message = refused.json()["error"]["message"]
+        assert refused.status_code == 400 and "rows.jsonl" in message and "upload" not in message, message

@@ -221,8 +221,9 @@ def accept_dataset_file(account: str, dataset_id: str, uploaded: Path, filename:
             raise precondition(f"dataset {meta['name']} is already uploaded: delete it or create another")
         try:
             prompts = prompts_from_rows(read_jsonl(uploaded), source=filename or "the uploaded file")
-        except DataError as exc:
-            raise ApiError(400, exc.message + (f"\n{exc.hint}" if exc.hint else "")) from None
+        except DataError as exc:  # the file as the user named it, never the server's upload path
+            text = exc.message + (f"\n{exc.hint}" if exc.hint else "")
+            raise ApiError(400, text.replace(str(uploaded), filename or "the uploaded file")) from None
         size = uploaded.stat().st_size
         with _lock:  # checked again: another upload may have finished meanwhile
             meta = require_meta("datasets", account, dataset_id)
