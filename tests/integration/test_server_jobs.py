@@ -361,6 +361,10 @@ def test_a_job_names_an_uploaded_dataset_and_the_echo_keeps_its_name(serve):
             evaluator="arithmetic",
             training_config={"output_model": "accounts/acme/models/sums-adapter"},
         )
+    taken = job.name.rsplit("/", 1)[-1]
+    with pytest.raises(fireworks.ConflictError, match=f"job {taken} already exists"):  # the id first
+        client.reinforcement_fine_tuning_jobs.create(reinforcement_fine_tuning_job_id=taken, dataset="sums",
+                                                     evaluator="arithmetic", training_config={"output_model": "sums-adapter"})  # fmt: skip
     other = client.reinforcement_fine_tuning_jobs.create(
         dataset="sums", evaluator="arithmetic", training_config={"output_model": "accounts/acme/models/other"}
     )

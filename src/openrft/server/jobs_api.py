@@ -69,9 +69,7 @@ def submit_job(
     id is taken. The server's queue starts the job when a slot is free.
     """
     job_id = job_id or cfg.training.job_id or new_job_id()
-    taken = store.exists(job_id) or (store.job_dir(job_id) / "job.json").exists()
-    if taken:
-        raise ApiError(409, f"job {job_id} already exists")
+    refuse_taken(store, job_id)
     cfg = with_absolute_paths(cfg)
     refs = (meta or {}).get("refs") or {}
     if not cfg.data.evaluator:
@@ -167,7 +165,15 @@ async def create_job(request: Request, account: str) -> dict[str, Any]:
     return job_object(record, account)
 
 
+def refuse_taken(store: JobStore, job_id: str) -> None:
+    """A 409 when ``job_id`` names a job (or a folder) already."""
+    if store.exists(job_id) or (store.job_dir(job_id) / "job.json").exists():
+        raise ApiError(409, f"job {job_id} already exists")
+
+
 def _create(store: JobStore, body: Any, ctx: wire.WireContext, job_id: str | None) -> JobRecord:
+    if job_id is not None and wire.MODEL_NAME.fullmatch(job_id):  # a well-formed id that is taken: said
+        refuse_taken(store, job_id)  # first, before the body's checks (a malformed one is refused by them)
     translated = wire.body_to_values(body, ctx)
     values = dict(translated.values)
     if job_id is not None:

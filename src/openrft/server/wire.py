@@ -255,7 +255,7 @@ def _loss(value: Any) -> dict[str, Any]:
             if name not in METHODS:
                 raise bad(
                     "lossConfig.method",
-                    f"{method} is not a loss method; use GRPO, DAPO or GSPO_TOKEN",
+                    f"{method or repr(method)} is not a loss method; use GRPO, DAPO or GSPO_TOKEN",
                 )
             out["rl_loss_method"] = METHODS[name]
         elif key == "klBeta":
