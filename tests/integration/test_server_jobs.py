@@ -125,7 +125,7 @@ def wait(jobs, job_id: str, until, timeout: float = 120.0):
 
 REFUSED = [
     ({"training_config": {"epochs": "three"}}, "trainingConfig.epochs: expected a whole number"),
-    ({"loss_config": {"method": "DPO"}}, "lossConfig.method: DPO is not a loss method; use GRPO, DAPO or GSPO_TOKEN"),
+    ({"loss_config": {"method": "DPO"}}, "lossConfig.method: DPO is not implemented by openrft; use GRPO, DAPO or GSPO_TOKEN"),
     ({"dataset": ""}, "dataset: is required"),
     ({"extra_body": {"fooBar": 1}}, "fooBar: unknown or unsupported field"),
     ({"loss_config": {"method": "DAPO", "kl_beta": 0.1}}, "loss_config.kl_beta must be 0/unset when method is DAPO"),
@@ -332,6 +332,8 @@ def test_queued_jobs_survive_a_restart_and_the_cli_drives_the_server(
         main(["rftj", "create", "--dataset", "/etc/hosts", "--tools", "t.py", *url]) == 2
     )  # a flag's refusal
     assert "--tools cannot be sent to a server" in capsys.readouterr().err
+    assert main(["rftj", "create", "--dataset", "accounts/acme/datasets/nosuch", *url]) == 2  # as locally
+    assert "nosuch not found" in capsys.readouterr().err
     assert main(["rftj", "delete", "cli", *url]) == 0 and not store.exists("cli")
     assert main(["rftj", "get", "cli", *url]) == JobError.exit_code
     assert "not found" in capsys.readouterr().err

@@ -39,6 +39,9 @@ def test_a_restart_requeues_only_the_jobs_whose_process_died_not_those_that_fail
     assert store.get("aa-newer").message == SERVER_DIED_MESSAGE  # queued, never started: not a crash
     assert JobQueue(store).recover() == ["zz-older", "aa-newer"]  # they keep their turn, not their names
     assert (
+        store.get("zz-older").message == "queued again as the server restarted"
+    )  # not "resumed from FAILED"
+    assert (
         store.get("zz-older").updated_at < store.get("aa-newer").updated_at
     )  # the order tick() starts them in
     # a job that failed for a real reason would only fail again, on every restart

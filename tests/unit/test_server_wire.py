@@ -46,7 +46,8 @@ def test_a_full_body_maps_onto_the_flat_values_of_rftj_create(ctx):
         ({"dataset": "arithmetic", "trainingConfig": 3}, "trainingConfig: expected an object"),
         ({"dataset": "arithmetic", "trainingConfig": {"region": "US_IOWA_1"}}, "trainingConfig.region: unknown"),
         ({"dataset": "arithmetic", "trainingConfig": {"loraRank": True}}, "loraRank: expected a whole number"),
-        ({"dataset": "arithmetic", "lossConfig": {"method": "ORPO"}}, "ORPO is not a loss method"),
+        ({"dataset": "arithmetic", "lossConfig": {"method": "ORPO"}}, "ORPO is not implemented by openrft"),
+        ({"dataset": "arithmetic", "lossConfig": {"method": "PPO"}}, "PPO is not a loss method"),  # not the service's
         ({"dataset": "arithmetic", "lossConfig": {"dpo": {}}}, "lossConfig.dpo: unknown"),
         ({"dataset": "arithmetic", "inferenceParameters": {"extraBody": "{"}}, "extraBody: is not valid JSON"),
         ({"dataset": "arithmetic", "inferenceParameters": {"extraBody": '{"seed": 1}'}}, "extraBody.seed"),

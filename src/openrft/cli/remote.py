@@ -90,8 +90,11 @@ class Remote:
         except (ValueError, KeyError, TypeError):
             message = response.text.strip() or response.reason_phrase
         message = cli_words(message)
-        if status == "INVALID_ARGUMENT":  # a value the request got wrong: exit 2, as without a server
-            raise ConfigError(f"server: {message} (HTTP {response.status_code})")
+        named = message.startswith(
+            ("--dataset", "--evaluation-dataset", "--evaluator", "dataset:", "evaluator:")
+        )
+        if status == "INVALID_ARGUMENT" or named:  # a value the request got wrong (an input the server has
+            raise ConfigError(f"server: {message} (HTTP {response.status_code})")  # not): exit 2, as locally
         raise JobError(f"server: {message} (HTTP {response.status_code})")
 
     def jobs(self) -> list[dict[str, Any]]:

@@ -442,7 +442,9 @@ class JobStore:
         with self._write() as db:
             db.execute("UPDATE jobs SET output_dir = ? WHERE id = ?", (str(output_dir), job_id))
 
-    def prepare_resume(self, job_id: str, *, force: bool = False, pid: int | None = None) -> JobRecord:
+    def prepare_resume(
+        self, job_id: str, *, force: bool = False, pid: int | None = None, why: str = ""
+    ) -> JobRecord:
         """Put a FAILED (or, with ``force``, CANCELLED) job back to PENDING, to continue from its checkpoint."""
         record = self.get(job_id)
         state = record.state
@@ -461,7 +463,7 @@ class JobStore:
         if folder_in_use(record.job_dir) is not None:  # the store says otherwise (rebuilt meanwhile)
             raise JobError(f"job {job_id} is recorded {state}, but a process is training in its folder now")
         pid = os.getpid() if pid is None else pid
-        now, message = time.time(), f"resumed from {state}"
+        now, message = time.time(), why or f"resumed from {state}"
         with self._write() as db:  # checked and claimed in one transaction: two resumes never both win
             current = JobState(self._row(db, job_id)["state"])
             if current is not state:

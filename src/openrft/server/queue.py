@@ -108,7 +108,9 @@ class JobQueue:
                 continue
             if record.state is JobState.FAILED and record.message in (DIED_MESSAGE, SERVER_DIED_MESSAGE):
                 with contextlib.suppress(JobError):
-                    self.store.prepare_resume(record.id, force=True, pid=os.getpid())
+                    why = ("queued again as the server restarted" if record.message == SERVER_DIED_MESSAGE
+                           else "queued again as the server restarted (its worker had stopped)")  # fmt: skip
+                    self.store.prepare_resume(record.id, force=True, pid=os.getpid(), why=why)
                     resumed.append(record.id)
         return resumed
 

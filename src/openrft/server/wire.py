@@ -252,10 +252,10 @@ def _loss(value: Any) -> dict[str, Any]:
         if key == "method":
             method = _string("lossConfig.method", item)
             name = method.strip().upper().replace("-", "_")  # the guide's spelling: grpo, dapo, gspo-token
-            if name not in METHODS:
+            if name not in METHODS:  # the service's own DPO and ORPO are not implemented here
+                what = "is not implemented by openrft" if name in ("DPO", "ORPO") else "is not a loss method"
                 raise bad(
-                    "lossConfig.method",
-                    f"{method or repr(method)} is not a loss method; use GRPO, DAPO or GSPO_TOKEN",
+                    "lossConfig.method", f"{method or repr(method)} {what}; use GRPO, DAPO or GSPO_TOKEN"
                 )
             out["rl_loss_method"] = METHODS[name]
         elif key == "klBeta":
