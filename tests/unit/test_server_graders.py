@@ -141,6 +141,9 @@ def test_bad_requests_are_400s_naming_the_field_and_the_key_is_required(server):
     assert refused.value.param == "x"
     with pytest.raises(openai.AuthenticationError):
         graders(server, key="wrong").validate(grader=STRING_CHECK)
+    for answer in (server.post("/v1/fine_tuning/alpha/graders/run", json={}), server.get("/v1/fine_tuning/alpha/graders/run",
+                   headers={"Authorization": "Bearer k"})):  # fmt: skip
+        assert answer.status_code in (401, 405) and answer.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_a_score_model_asks_the_servers_judge(tmp_path, monkeypatch):

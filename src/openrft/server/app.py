@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect
 from openrft.jobs.store import JobStore
 from openrft.server import dashboard, graders_api, jobs_api, models_api, resource_updates_api, resources_api
 from openrft.server.auth import BearerAuth, KeyFailures
-from openrft.server.errors import ApiError
+from openrft.server.errors import ApiError, error_for
 from openrft.server.guard import RequestGuard
 from openrft.server.queue import JobQueue
 from openrft.server.settings import ServerSettings
@@ -84,7 +84,7 @@ async def validation_error(request: Request, exc: Any) -> JSONResponse:
 async def http_error(request: Request, exc: Any) -> JSONResponse:
     """Starlette's own errors (unknown path, wrong method) in the service's shape."""
     message = {404: f"no such resource: {request.url.path}", 405: f"{request.method} is not allowed here"}
-    error = ApiError(exc.status_code, message.get(exc.status_code, str(exc.detail)))
+    error = error_for(request.url.path, exc.status_code, message.get(exc.status_code, str(exc.detail)))
     return error.response(headers=getattr(exc, "headers", None))
 
 

@@ -25,7 +25,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openrft.net import authorized, bearer_token, cookie
-from openrft.server.errors import ApiError
+from openrft.server.errors import ApiError, error_for
 from openrft.server.uploads import is_signed_upload
 
 COOKIE = "openrft_key"
@@ -108,7 +108,9 @@ class BearerAuth:
         if token or key_cookie:
             self.failures.add(client_address(scope))
         why = "missing API key" if token is None else "invalid API key"
-        error = ApiError(401, f"{why}: send the header 'Authorization: Bearer <key>'")
+        error = error_for(
+            str(scope.get("path", "")), 401, f"{why}: send the header 'Authorization: Bearer <key>'"
+        )
         response = error.response(headers={"WWW-Authenticate": "Bearer"})
         await response(scope, receive, send)
 

@@ -35,7 +35,7 @@ from openrft.evaluators.graders import ENDPOINT_ENV, MODEL_ENV
 from openrft.evaluators.isolation import score_contained
 from openrft.evaluators.loader import load_evaluator
 from openrft.records import Completion, Prompt, Score
-from openrft.server.errors import ApiError
+from openrft.server.errors import ApiError, OpenAIError
 from openrft.server.resources_api import json_body
 
 router = APIRouter()
@@ -49,18 +49,6 @@ ERROR_FLAGS = (
 )  # fmt: skip
 MODEL_TYPES = ("score_model", "label_model")
 NO_ENDPOINT = "http://no-grader-endpoint.invalid/v1"  # validate checks a model grader's spec, calls nothing
-
-
-class OpenAIError(ApiError):
-    """A refusal in OpenAI's error shape (``message``, ``type``, ``param``, ``code``), as its SDK reads it."""
-
-    def __init__(self, message: str, param: str | None = None, status_code: int = 400):
-        super().__init__(status_code, message)
-        self.param = param
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": "invalid_request_error", "param": self.param,
-                          "code": None}}  # fmt: skip
 
 
 @router.post(f"{BASE}/validate")
