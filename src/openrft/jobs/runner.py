@@ -156,9 +156,8 @@ def start(store: JobStore, record: JobRecord, *, detach: bool, quiet: bool, prep
             file=sys.stderr,
         )
         return 0
-    print(
-        record.id, flush=True
-    )  # stdout holds the id alone, as with --detach: `JOB=$(openrft rftj create ...)`
+    # stdout holds the id alone, as with --detach: `JOB=$(openrft rftj create ...)`
+    print(record.id, flush=True)
     print(f"job {record.id}: {record.job_dir}", file=sys.stderr)
     with graceful_interrupt(on_stop=lambda: store.request_cancel(record.id)) as interrupted:
         final = run_job(store, record.id, quiet=quiet, local_stop=interrupted, prepared=prepared)
@@ -226,10 +225,8 @@ def run_job(store: JobStore, job_id: str, **options: Any) -> JobRecord:
     record.job_dir.mkdir(parents=True, exist_ok=True)
     try:
         with folder_lock(record.job_dir):
-            for folder in (
-                record.job_dir,
-                record.job_dir / "checkpoints",
-            ):  # a killed run's half-written files
+            # a killed run's half-written files
+            for folder in (record.job_dir, record.job_dir / "checkpoints"):
                 remove_stale_temporaries(folder)
             return _run_locked(store, record, **options)
     except BlockingIOError:

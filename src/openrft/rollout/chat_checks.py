@@ -51,9 +51,8 @@ def check_messages(messages: list[dict[str, Any]]) -> None:
         if role not in ROLES:
             raise HTTPError(400, f"messages[{i}].role {json.dumps(role)} is not one of {', '.join(ROLES)}",
                             param=f"messages[{i}].role")  # fmt: skip
-        if role != "assistant" and not isinstance(
-            message.get("content"), str | list
-        ):  # (an assistant's may be null)
+        content = message.get("content")
+        if role != "assistant" and not isinstance(content, str | list):  # (an assistant's may be null)
             raise HTTPError(400, f"messages[{i}].content is required for a '{role}' message: text or a list of "
                             "content parts", param=f"messages[{i}].content")  # fmt: skip
         if role == "tool":

@@ -114,9 +114,7 @@ def _run(grader: dict[str, Any], model_sample: str, item: dict[str, Any]) -> dic
     completion = Completion("item", 0, (), (), model_sample, (), "stop")
     start = time.monotonic()
     with RUNS_AT_ONCE:
-        score = score_contained(evaluator, [(prompt, [completion])], max_concurrency=1, timeout=TIMEOUT_S)[0][
-            0
-        ]
+        [[score]] = score_contained(evaluator, [(prompt, [completion])], max_concurrency=1, timeout=TIMEOUT_S)
     return _answer(grader, score, time.monotonic() - start, None if score.is_valid else _flag(grader, score))
 
 
@@ -149,9 +147,8 @@ def _answer(grader: dict[str, Any], score: Score, seconds: float, flag: str | No
             errors[f"{flag}_details"] = score.reason
     kind = str(grader.get("type"))
     subs = {k: v for k, v in score.metrics.items() if k != "passed"} if kind == "multi" else {}
-    model = (
-        (os.environ.get(MODEL_ENV) or grader.get("model")) if kind in MODEL_TYPES else None
-    )  # who answered
+    asked = os.environ.get(MODEL_ENV) or grader.get("model")  # the model that answered
+    model = asked if kind in MODEL_TYPES else None
     return {
         "reward": score.score if score.is_valid else 0.0,
         "metadata": {

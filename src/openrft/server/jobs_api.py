@@ -32,6 +32,7 @@ from openrft.jobs.store import JobRecord, JobStore, config_values
 from openrft.server import filtering, wire
 from openrft.server.errors import ApiError
 from openrft.server.job_object import job_object
+from openrft.server.uploads import ID_RE
 
 router = APIRouter()
 BASE = "/v1/accounts/{account}/reinforcementFineTuningJobs"
@@ -172,8 +173,10 @@ def refuse_taken(store: JobStore, job_id: str) -> None:
 
 
 def _create(store: JobStore, body: Any, ctx: wire.WireContext, job_id: str | None) -> JobRecord:
-    if job_id is not None and wire.MODEL_NAME.fullmatch(job_id):  # a well-formed id that is taken: said
-        refuse_taken(store, job_id)  # first, before the body's checks (a malformed one is refused by them)
+    # a taken id is said first, before the body's checks; only a safe one path segment is looked up here
+    # (a malformed id is refused by those checks)
+    if job_id is not None and ID_RE.fullmatch(job_id):
+        refuse_taken(store, job_id)
     translated = wire.body_to_values(body, ctx)
     values = dict(translated.values)
     if job_id is not None:

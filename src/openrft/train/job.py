@@ -191,11 +191,7 @@ def check_prompts_fit(prepared: PreparedJob) -> PreparedJob:
             f"--max-output-tokens: {settings.sampling.max_tokens} leaves no room for a prompt in the "
             f"{context}-token context of {name}",
             field="max_output_tokens",
-            hint=(
-                f"lower --max-output-tokens (or raise --max-context-length, up to the model's {supported})"
-                if supported and context < supported
-                else f"lower --max-output-tokens, or train a model with a longer context than {context}"
-            ),
+            hint=f"lower --max-output-tokens, or train a model with a longer context than {context}",
         )
     with input_error(flag):
         tokenizer = load_tokenizer(name)
