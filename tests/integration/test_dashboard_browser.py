@@ -246,6 +246,23 @@ def test_the_rollouts_browser_opens_a_rollout(site, browser, shots):
     shots(browser, "rollouts", height=1400)
 
 
+def test_the_rollouts_browser_searches_and_its_choices_can_be_linked_and_gone_back_through(site, browser):
+    url, _ = site
+    browser.get(url + "/jobs/live-run#rollouts")
+    Select(browser.find_element(By.ID, "rollout-order")).select_by_value("worst")
+    wait(browser, lambda d: "order=worst" in d.current_url)  # the address follows the choice
+    search = browser.find_element(By.ID, "rollout-search")
+    search.send_keys("calculator")
+    search.submit()
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "details.rollout")) == 1)
+    assert "q=calculator" in browser.current_url and "1 of 3 rollouts" in browser.page_source
+    browser.back()
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "details.rollout")) == 3)
+    assert "order=worst" in browser.current_url and "q=" not in browser.current_url
+    browser.get(url + "/jobs/live-run?order=worst&q=calculator#rollouts")  # a link shows the same
+    assert len(browser.find_elements(By.CSS_SELECTOR, "details.rollout")) == 1
+
+
 def test_the_create_form_shows_the_error_next_to_the_field(site, browser, shots):
     url, store = site
     jobs = len(store.list())
@@ -289,3 +306,24 @@ def test_a_job_page_open_when_the_job_ends_shows_it_ended(site, browser, shots):
     wait(browser, lambda d: not d.find_elements(By.ID, "cancel"))  # reloaded: no Cancel for a finished job
     assert browser.execute_script("return window.stillTheSamePage") is None
     assert "COMPLETED" in browser.find_element(By.ID, "job-state").text
+
+
+@pytest.mark.parametrize("page", ["/jobs/long-story", "/compare?ids=base-a&ids=long-story", "/"])
+def test_a_phone_wide_window_never_scrolls_the_page_sideways(site, browser, page):
+    url, store = site
+    if "long-story" not in {record.id for record in store.list()}:
+        make_job(store, "long-story", None, [0.1, 0.2], stop=["</answer>", "</tool_call>"])
+        long_message = (
+            "evaluator failed: " + "/a/rather/long/path/to/the/evaluator/file/" * 4 + "evaluate.py::evaluate"
+        )
+        store.transition("long-story", JobState.FAILED, long_message)
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 375, "height": 812, "deviceScaleFactor": 1, "mobile": False},
+    )
+    try:
+        browser.get(url + page)
+        wide = browser.execute_script("return document.documentElement.scrollWidth")
+        assert wide <= browser.execute_script("return window.innerWidth"), f"{page} is {wide}px wide"
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

@@ -3,12 +3,15 @@ form's wiring to the server's settings, and the small promises of the job list, 
 
 from __future__ import annotations
 
+import json
 import re
 
 import test_dashboard
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from test_dashboard import add_job
 
+from openrft.server import dashboard
 from openrft.server.app import create_app
 from openrft.server.auth import session_token
 from openrft.server.dashboard import data, forms
@@ -198,3 +201,57 @@ def test_a_download_link_without_the_cookie_goes_to_log_in_and_a_deleted_adapter
         page = browser.get("/jobs/gone").text
         assert "it has been deleted since" in page and "No adapter yet" not in page
         assert "/jobs/gone/files/metrics.jsonl" in page  # the job's own files still download
+
+
+def test_a_mistyped_job_list_address_still_shows_the_list(tmp_path):
+    with served(tmp_path) as browser:
+        add_job(browser.app.state.job_store, "done", finish=True)
+        add_job(browser.app.state.job_store, "busy")
+        bad_page = browser.get("/", params={"page": "abc"})
+        assert bad_page.status_code == 200 and 'data-job="done"' in bad_page.text  # the first page
+        lower = browser.get("/", params={"state": "completed"}).text  # any case
+        assert 'data-job="done"' in lower and 'data-job="busy"' not in lower
+        unknown = browser.get("/", params={"state": "BOGUS"}).text
+        assert 'data-job="done"' in unknown and 'data-job="busy"' in unknown
+        assert "No job state is called BOGUS: all jobs are shown." in unknown
+        assert browser.get("/dashboard/jobs-table", params={"page": "²"}).status_code == 200
+
+
+def test_the_rollouts_browser_pages_searches_and_names_its_choice_in_the_address(store, monkeypatch):
+    monkeypatch.setattr(data, "ROLLOUTS_PAGE_SIZE", 2)
+    add_job(store, "j")
+    record = store.get("j")
+    rows = [{"step": 1, "score": i / 10, "prompt": f"question {i}", "completion": f"answer {i}",
+             "reason": "Apples" if i % 2 else "pears"} for i in range(5)]  # fmt: skip
+    record.rollouts_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    best = data.rollouts(record, None, "best", page=2)
+    assert [r["completion"] for r in best["items"]] == ["answer 2", "answer 1"]  # sorted, then paged
+    assert (best["page"], best["pages"], best["first"], best["total"], best["of_step"]) == (2, 3, 3, 5, 5)
+    found = data.rollouts(record, 1, "sampled", query="APPLES")
+    assert [r["completion"] for r in found["items"]] == ["answer 1", "answer 3"] and found["total"] == 2
+    assert data.rollouts(record, 1, "best", query="nothing like it")["items"] == []
+    app = FastAPI()
+    app.state.job_store = store
+    dashboard.install(app)
+    client = TestClient(app)
+    piece = client.get("/jobs/j/rollouts", params={"step": "1", "order": "worst", "q": "answer", "page": "2"})
+    assert piece.headers["hx-push-url"] == "/jobs/j?step=1&order=worst&q=answer&page=2#rollouts"
+    assert 'start="3"' in piece.text and "page 2 of 3" in piece.text
+    next_link = re.search(r'id="rollouts-next"\s+hx-get="([^"]+)"', piece.text).group(1)
+    assert next_link.endswith("?step=1&amp;order=worst&amp;q=answer&amp;page=3")
+    linked = client.get("/jobs/j", params={"step": "1", "order": "worst", "q": "answer", "page": "2"}).text
+    assert "answer 2" in linked and "answer 0" not in linked  # the address shows what the piece showed
+    assert client.get("/jobs/j", params={"step": "x", "page": "y"}).status_code == 200  # the latest step
+
+
+def test_the_form_sets_the_kl_beta_top_p_top_k_and_concurrency_of_the_guide(store):
+    policy = forms.Policy(store.root)
+    bad = forms.validate({"dataset": "arithmetic", "top-k": "101", "top-p": "2", "rl-kl-beta": "-1",
+                          "max-concurrent-rollouts": "0"}, policy)  # fmt: skip
+    assert set(bad.errors) == {"top_k", "top_p", "rl_kl_beta", "max_concurrent_rollouts"}
+    assert bad.errors["top_k"] == ["--top-k: 101 is not valid; expected a whole number from 0 to 100"]
+    good = forms.validate({"dataset": "arithmetic", "top-k": "20", "top-p": "0.9", "rl-kl-beta": "0.01",
+                           "max-concurrent-rollouts": "8"}, policy)  # fmt: skip
+    cfg = good.config
+    assert (cfg.rollout.top_k, cfg.rollout.top_p, cfg.loss.rl_kl_beta) == (20, 0.9, 0.01)
+    assert cfg.rollout.max_concurrent_rollouts == 8

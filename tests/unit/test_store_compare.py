@@ -19,6 +19,11 @@ def test_only_differing_learning_parameters_are_named():
     assert differing_parameters([a, dict(a)]) == {}
 
 
+def test_list_values_read_as_their_items_not_as_python_lists():
+    text, _ = format_comparison(["a", "b"], [{"stop": []}, {"stop": ["</answer>", "\n\n"]}], [])
+    assert text.splitlines()[2].split(None, 1) == ["stop", 'none  "</answer>", "\\n\\n"']
+
+
 def test_a_parameter_missing_from_an_older_job_takes_its_default():
     old = {"learning_rate": 1e-4}
     new = {"learning_rate": 1e-4, "eval_candidates": 1}

@@ -52,6 +52,20 @@ def test_an_old_checkpoint_keeps_the_lines_of_its_own_step(tmp_path):
     assert sink.position() == {"metrics": 2, "rollouts": 2}
 
 
+def test_a_start_that_failed_before_its_first_metrics_line_leaves_no_rollouts_to_its_resume(tmp_path):
+    from openrft.train.checkpoint import fresh_state
+
+    sink = JsonlSink(tmp_path)
+    sink.log_rollouts(
+        1, [{"completion": "first try"}, {"completion": "first try"}]
+    )  # then the scoring failed
+    resumed = JsonlSink(tmp_path)
+    fresh_state(resumed)  # no checkpoint: the resume starts over
+    resumed.log_rollouts(1, [{"completion": "second try"}])
+    assert [row["completion"] for _, _, row in iter_jsonl(resumed.rollouts_path)] == ["second try"]
+    assert resumed.position() == {"metrics": 0, "rollouts": 1}
+
+
 def test_the_wandb_run_id_is_not_a_parameter_that_differs():
     a = {"learning_rate": 1e-4, "wandb_run_id": "run-a", "wandb_api_key": None}
     b = {"learning_rate": 1e-4, "wandb_run_id": "run-b", "wandb_api_key": "secret"}

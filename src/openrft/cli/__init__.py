@@ -107,6 +107,7 @@ def print_resolved(
     ``inherited`` values of parameters left unset, the evaluator's header; a warm start's base model,
     LoRA rank and alpha are its adapter's)."""
     from openrft.algo.losses import LOSS_METHODS
+    from openrft.tracking.compare import shown_value
 
     out = out or sys.stdout
     masked = cfg.to_dict()
@@ -119,7 +120,7 @@ def print_resolved(
                 value, source = inherited[name], "evaluator header"  # type: ignore[index]
             if kept.get(name) is not None:
                 value, source = kept[name], "warm-start adapter"
-            shown = "unset" if value is None else str(value)
+            shown = shown_value(value)
             if name == "rl_kl_beta" and not value and cfg.loss.rl_loss_method == "grpo":
                 shown = f"{value} (grpo applies its built-in {LOSS_METHODS['grpo'].defaults.kl_coef:g})"
             if "\n" in shown:  # a chat template: its first characters, on one line

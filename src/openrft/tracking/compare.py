@@ -10,6 +10,7 @@ change explains the difference.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,16 @@ from openrft.tracking.sinks import read_metrics
 NOT_COMPARED = frozenset(
     {"job_id", "output_model", "wandb", "wandb_project", "wandb_entity", "wandb_api_key", "wandb_run_id"}
 )
+
+
+def shown_value(value: Any) -> str:
+    """A parameter's value as a person reads it: ``unset``, a list as its items (strings quoted, so that
+    a stop string's spaces and newlines show) or ``none`` when empty, anything else as itself."""
+    if value is None:
+        return "unset"
+    if isinstance(value, list | tuple):
+        return ", ".join(json.dumps(v) if isinstance(v, str) else str(v) for v in value) or "none"
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -133,8 +144,7 @@ def format_comparison(
     else:
         lines.append("Parameters that differ:")
         rows = [
-            [name.replace("_", "-"), *("unset" if v is None else str(v) for v in values)]
-            for name, values in differing.items()
+            [name.replace("_", "-"), *(shown_value(v) for v in values)] for name, values in differing.items()
         ]
         lines += ["  " + line for line in _table(["parameter", *labels], rows)]
         if len(differing) > 1:

@@ -216,7 +216,7 @@ def restore_state(root: Path, peft_model: Any, optimizer: Any, scheduler: Any, l
 
 
 def fresh_state(logs: Any) -> LoopState:
-    """A new loop's state; an earlier start's lines (it left no checkpoint) are cleared from ``logs``."""
-    if logs.metrics_path.exists():
-        logs.truncate_after(-1)
+    """A new loop's state; an earlier start's lines (it left no checkpoint) are cleared from ``logs``:
+    its rollouts too when it failed before its first metrics line."""
+    logs.truncate_after(-1)
     return LoopState()

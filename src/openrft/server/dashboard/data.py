@@ -20,7 +20,7 @@ from openrft.jobs.states import JobState, age
 from openrft.jobs.store import JobRecord, JobStore
 from openrft.models import EMBEDDED, embedded_model_dir
 from openrft.server.models_api import adapter_files
-from openrft.tracking.compare import differing_parameters, summarize_run
+from openrft.tracking.compare import differing_parameters, shown_value, summarize_run
 from openrft.tracking.jsonl_files import Folded, rollouts_of_step
 from openrft.tracking.plots import PANELS
 from openrft.tracking.sinks import current_names
@@ -31,6 +31,7 @@ STATES = [str(s) for s in JobState] + ["CANCELLING"]
 CHART_KEYS = tuple(dict.fromkeys(key for panel in PANELS for key, _, _ in panel.lines))
 TAIL_BYTES = 16384  # enough for the last line of metrics.jsonl
 PAGE_SIZE = 50  # jobs on one page of the job list
+ROLLOUTS_PAGE_SIZE = 50  # rollouts on one page of the rollouts browser (a step holds chunk x n of them)
 
 
 def stamp(at: float) -> str:
@@ -168,7 +169,7 @@ def parameters(record: JobRecord) -> list[dict[str, Any]]:
                 {
                     "group": group,
                     "flag": "--" + name.replace("_", "-"),
-                    "value": "unset" if value is None else value,
+                    "value": shown_value(value),
                     "given": name in record.given,
                 }
             )
@@ -226,17 +227,35 @@ def job_files(record: JobRecord) -> tuple[list[str], dict[str, Path]]:
 # ----------------------------------------------------------------------------- rollouts
 
 
-def rollouts(record: JobRecord, step: int | None = None, order: str = "best") -> dict[str, Any]:
-    """The rollouts of one step (default: the latest), best or worst first, each with its turns (only
-    that step's lines are read: the file holds every round's candidates)."""
+def rollouts(
+    record: JobRecord, step: int | None = None, order: str = "best", query: str = "", page: int = 1
+) -> dict[str, Any]:
+    """One page of the rollouts of one step (default: the latest), best or worst first, each with its
+    turns; with ``query``, only those whose prompt, answer, turns or reason hold it (any case). Only that
+    step's lines are read: the file holds every round's candidates."""
     steps, step, picked = rollouts_of_step(record.rollouts_path, step)
+    browser = {"steps": steps, "step": step, "order": order, "query": query, "page": 1, "pages": 1,
+               "of_step": len(picked), "total": 0, "first": 0, "items": []}  # fmt: skip
     if not steps:
-        return {"steps": [], "step": None, "order": order, "items": []}
+        return browser | {"step": None}
     if order in ("best", "worst"):
         picked.sort(
             key=lambda r: r["score"] if _finite(r.get("score")) else float("-inf"), reverse=order == "best"
         )
-    return {"steps": steps, "step": step, "order": order, "items": [_rollout(r) for r in picked]}
+    items = [_rollout(r) for r in picked]
+    if query.strip():
+        needle = query.strip().casefold()
+        items = [item for item in items if needle in _searched_text(item)]
+    pages = max(1, math.ceil(len(items) / ROLLOUTS_PAGE_SIZE))
+    page = min(max(1, page), pages)
+    first = (page - 1) * ROLLOUTS_PAGE_SIZE
+    shown = items[first : first + ROLLOUTS_PAGE_SIZE]
+    return browser | {"page": page, "pages": pages, "total": len(items), "first": first + 1, "items": shown}
+
+
+def _searched_text(item: dict[str, Any]) -> str:
+    texts = [item["prompt"], item["completion"], item["reason"], *(turn["text"] for turn in item["turns"])]
+    return "\n".join(texts).casefold()
 
 
 def _rollout(row: dict[str, Any]) -> dict[str, Any]:
@@ -277,7 +296,7 @@ def comparison(records: list[JobRecord], defaults: dict[str, Any]) -> dict[str, 
     return {
         "ids": [r.id for r in records],
         "differing": [
-            {"flag": "--" + name.replace("_", "-"), "values": ["unset" if v is None else v for v in values]}
+            {"flag": "--" + name.replace("_", "-"), "values": [shown_value(v) for v in values]}
             for name, values in differing.items()
         ],
         "summaries": [_summary(s) for s in summaries],

@@ -16,6 +16,7 @@ from typing import Any
 
 from openrft.config import FIELD_GROUP, build_config, field_info, normalise_key
 from openrft.errors import ConfigError, DataError, EvaluatorError, ModelError
+from openrft.rollout import DEFAULT_MAX_CONCURRENT
 from openrft.server import wire
 from openrft.server.errors import ApiError
 
@@ -61,14 +62,22 @@ FIELDS = (
     FormField("dataset", "--dataset", placeholder="accounts/ACCOUNT/datasets/ID, or arithmetic"),
     FormField("evaluator", "--evaluator", placeholder="accounts/ACCOUNT/evaluators/ID, or built-in"),
     FormField("rl_loss_method", "--rl-loss-method", "select", ("grpo", "dapo", "gspo-token")),
+    FormField("rl_kl_beta", "--rl-kl-beta"),
     FormField("learning_rate", "--learning-rate"),
     FormField("lora_rank", "--lora-rank"),
     FormField("epochs", "--epochs"),
     FormField("response_candidates_count", "--n"),
     FormField("max_output_tokens", "--max-output-tokens"),
     FormField("temperature", "--temperature"),
+    FormField("top_p", "--top-p"),
+    FormField("top_k", "--top-k"),
     FormField("batch_size", "--batch-size"),
     FormField("chunk_size", "--chunk-size"),
+    FormField(
+        "max_concurrent_rollouts",
+        "--max-concurrent-rollouts",
+        placeholder=f"the evaluator's, else {DEFAULT_MAX_CONCURRENT}",
+    ),  # fmt: skip
 )
 BY_NAME = {f.name: f for f in FIELDS}
 FLAG_PATTERN = re.compile(r"--[a-z][a-z-]*")

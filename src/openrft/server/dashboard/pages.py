@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -115,24 +116,39 @@ def not_found(request: Request, message: str) -> HTMLResponse:
 
 
 @router.get("/", response_class=HTMLResponse)
-def job_list(request: Request, state: str = "", page: int = 1) -> HTMLResponse:
-    state = state if state in data.STATES else ""
-    listing = data.job_list_page(job_store(request), state or None, page)
-    return render(request, "jobs.html", state=state, states=data.STATES, **listing)
+def job_list(request: Request, state: str = "", page: str = "1") -> HTMLResponse:
+    shown = _state(state)
+    listing = data.job_list_page(job_store(request), shown or None, _page(page))
+    unknown = state.strip() if state.strip() and not shown else None  # said above the list, never a 400
+    return render(request, "jobs.html", state=shown, states=data.STATES, unknown_state=unknown, **listing)
 
 
 @router.get("/dashboard/jobs-table", response_class=HTMLResponse)
-def job_table(request: Request, state: str = "", page: int = 1) -> HTMLResponse:
-    state = state if state in data.STATES else ""
-    listing = data.job_list_page(job_store(request), state or None, page)
-    return render(request, "jobs_refresh.html", state=state, states=data.STATES, **listing)
+def job_table(request: Request, state: str = "", page: str = "1") -> HTMLResponse:
+    shown = _state(state)
+    listing = data.job_list_page(job_store(request), shown or None, _page(page))
+    return render(request, "jobs_refresh.html", state=shown, states=data.STATES, **listing)
+
+
+def _state(state: str) -> str:
+    """A state filter as typed in an address (any case), or "" (every job) for a name that is none."""
+    state = state.strip().upper()
+    return state if state in data.STATES else ""
+
+
+def _page(page: str) -> int:
+    """A page number from an address; anything that is not one is the first page (as past the end is
+    the last), so a mistyped link still shows the list."""
+    return int(page) if page.strip().isdecimal() else 1
 
 
 # ----------------------------------------------------------------------------- one job
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(request: Request, job_id: str, step: int | None = None, order: str = "best") -> HTMLResponse:
+def job_page(
+    request: Request, job_id: str, step: str = "", order: str = "best", q: str = "", page: str = "1"
+) -> HTMLResponse:
     store = job_store(request)
     try:
         record = store.get(job_id)
@@ -148,7 +164,7 @@ def job_page(request: Request, job_id: str, step: int | None = None, order: str 
         history=data.history(record),
         adapter=data.adapter_usage(record),
         files=data.job_files(record)[0],
-        browser=data.rollouts(record, step, _order(order)),
+        browser=_browser(record, step, order, q, page),
         charts=chart_config(request, [record.id]),
         done=_outcome(store, record, request.query_params.get("done", "")),
     )
@@ -188,16 +204,40 @@ def job_metrics(request: Request, job_id: str, since: int = 0) -> JSONResponse:
 
 
 @router.get("/jobs/{job_id}/rollouts", response_class=HTMLResponse)
-def job_rollouts(request: Request, job_id: str, step: int | None = None, order: str = "best") -> HTMLResponse:
+def job_rollouts(
+    request: Request, job_id: str, step: str = "", order: str = "best", q: str = "", page: str = "1"
+) -> HTMLResponse:
+    """The browser alone, for htmx; the address bar then shows the job page with the same choice, so
+    that it can be linked, reloaded and gone back to."""
     try:
         record = job_store(request).get(job_id)
     except JobError as exc:
         return not_found(request, str(exc))
-    return render(request, "rollouts.html", job=record, browser=data.rollouts(record, step, _order(order)))
+    browser = _browser(record, step, order, q, page)
+    response = render(request, "rollouts.html", job=record, browser=browser)
+    response.headers["HX-Push-Url"] = browser_address(request, job_id, browser)
+    return response
 
 
-def _order(order: str) -> str:
-    return order if order in ("best", "worst", "sampled") else "best"
+def _browser(record: Any, step: str, order: str, query: str, page: str) -> dict[str, Any]:
+    step_number = int(step) if step.strip().isdecimal() else None  # else the latest step
+    order = order if order in ("best", "worst", "sampled") else "best"
+    browser = data.rollouts(record, step_number, order, query[:200], _page(page))
+    page_number = browser["page"]  # the pager's links: the same choice, another page
+    browser["previous"] = _browser_query(browser, page_number - 1) if page_number > 1 else None
+    browser["next"] = _browser_query(browser, page_number + 1) if page_number < browser["pages"] else None
+    return browser
+
+
+def _browser_query(browser: dict[str, Any], page: int) -> str:
+    params = {"step": browser["step"], "order": browser["order"], "q": browser["query"], "page": page}
+    return urlencode({k: v for k, v in params.items() if v not in (None, "") and (k, v) != ("page", 1)})
+
+
+def browser_address(request: Request, job_id: str, browser: dict[str, Any]) -> str:
+    """The job page's address showing ``browser``'s step, order, search and page."""
+    query = _browser_query(browser, browser["page"])
+    return f"{request.url_for('job_page', job_id=job_id).path}?{query}#rollouts"
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=None)
