@@ -6,6 +6,7 @@ recorded in the job store and no file of the user's changed.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -400,6 +401,34 @@ def test_a_dry_run_names_the_rows_skip_bad_rows_leaves_out(files, tiny_model_dir
     code, _, err = dry_run(capsys, tiny_model_dir, "--dataset", str(files / "some_bad.jsonl"), "--evaluator",
                            f"{files}/ev.py::score", "--skip-bad-rows")  # fmt: skip
     assert code == 0 and "skipped 1 malformed rows (line 4: invalid JSON" in err, err
+
+
+def test_a_dry_run_warns_of_rows_without_the_ground_truth_others_have_and_of_repeated_rows(
+    files, tiny_model_dir, capsys
+):
+    def row(question: str, truth: int | None, **more) -> str:
+        return json.dumps(
+            {"messages": [{"role": "user", "content": question}], "ground_truth": truth, **more}
+        )
+
+    lines = [
+        row("2+2?", 4, id="a"),
+        row("3+3?", None),
+        row("2+2?", 4, id="b"),
+        row("4+4?", 8),
+        row("4+4?", 8),
+    ]
+    (files / "mixed.jsonl").write_text("\n".join(lines) + "\n")
+    mixed = ["--dataset", str(files / "mixed.jsonl"), "--evaluator"]
+    code, _, err = dry_run(capsys, tiny_model_dir, *mixed, f"{files}/ev.py::score")
+    assert code == 0
+    assert "1 of 5 rows have no ground_truth (line 2) while the others have one" in err, err
+    assert "2 rows repeat an earlier row (line 3 repeats 1, 5 repeats 4)" in err, err
+    code, _, err = dry_run(capsys, tiny_model_dir, "--dataset", str(files / "good.jsonl"), "--evaluator",
+                           f"{files}/ev.py::score")  # fmt: skip
+    assert "ground_truth" not in err and "repeat" not in err
+    code, _, err = dry_run(capsys, tiny_model_dir, *mixed, "gsm8k")  # its own evaluator: no **row_fields
+    assert code == 2 and err.splitlines()[1] == "hint: add the fields to those rows or drop them", err
 
 
 def test_a_reply_longer_than_the_models_context_is_not_sent_to_a_flag_that_cannot_help(

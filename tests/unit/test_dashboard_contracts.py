@@ -255,3 +255,30 @@ def test_the_form_sets_the_kl_beta_top_p_top_k_and_concurrency_of_the_guide(stor
     cfg = good.config
     assert (cfg.rollout.top_k, cfg.rollout.top_p, cfg.loss.rl_kl_beta) == (20, 0.9, 0.01)
     assert cfg.rollout.max_concurrent_rollouts == 8
+
+
+def test_a_rows_system_message_is_kept_with_its_rollouts_and_shown(store, capsys):
+    from types import SimpleNamespace
+
+    from openrft.cli import main
+    from openrft.records import Completion, Prompt, Score
+    from openrft.train.loop import rollout_rows
+
+    add_job(store, "j")
+    sink = SimpleNamespace(rows=[], log_rollouts=lambda step, rows: sink.rows.extend(rows))
+    messages = ({"role": "system", "content": "Answer in French."}, {"role": "user", "content": "2+2?"})
+    group = SimpleNamespace(
+        prompt=Prompt("p", messages), completions=[Completion("p", 0, (), (), "quatre", (), "stop")],
+        scores=[Score(1.0, True, "right")],
+    )  # fmt: skip
+    plain = SimpleNamespace(
+        prompt=Prompt("q", messages[1:]), completions=group.completions, scores=group.scores
+    )
+    rollout_rows(SimpleNamespace(sink=sink), 1, 1, [group, plain], trained=True)
+    assert sink.rows[0]["system"] == "Answer in French." and "system" not in sink.rows[1]
+    record = store.get("j")
+    record.rollouts_path.write_text("".join(json.dumps({"step": 1, **row}) + "\n" for row in sink.rows))
+    shown = data.rollouts(record, 1, "sampled", query="french")["items"]
+    assert [item["system"] for item in shown] == ["Answer in French."]  # found by its system message too
+    assert main(["rftj", "rollouts", "j"]) == 0
+    assert "system:     Answer in French.\nprompt:     2+2?" in capsys.readouterr().out

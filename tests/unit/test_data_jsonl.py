@@ -147,6 +147,21 @@ def test_too_long_prompts_are_bad_rows(tmp_path):
     assert len(load_prompts(str(path), count_tokens=words, max_prompt_tokens=5)) == 2
 
 
+def test_malformed_and_too_long_rows_are_named_in_one_summary(tmp_path):
+    words = lambda prompt: sum(len(m["content"].split()) for m in prompt.messages)  # noqa: E731
+    rows = [user(f"question {i}") for i in range(8)]
+    rows[2] = user("a much longer question than the rest")
+    rows[5] = "{not json"
+    path = write_lines(tmp_path / "d.jsonl", rows)
+    with pytest.raises(DataError) as caught:
+        load_prompts(str(path), count_tokens=words, max_prompt_tokens=3)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: 2 of 8 rows are malformed:")
+    assert "line 3: prompt is 7 tokens" in message and "line 6:" in message
+    skipped = load_prompts(str(path), count_tokens=words, max_prompt_tokens=3, skip_bad_rows=True)
+    assert len(skipped) == 6 and [n for n, _ in skipped.bad_rows] == [3, 6]
+
+
 def test_a_chat_template_error_is_a_bad_row(tmp_path):
     def no_system(prompt):
         if prompt.messages[0]["role"] == "system":

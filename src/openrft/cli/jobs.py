@@ -381,6 +381,8 @@ def cmd_rollouts(args: argparse.Namespace) -> int:
         score = r.get("score")
         valid = "" if r.get("valid", True) else "  INVALID"
         print(f"--- prompt {r.get('prompt_id')}  score {score if score is None else f'{score:.3f}'}{valid}")
+        if r.get("system"):
+            print(f"system:     {_clip(turn_text({'content': r['system']}))}")
         print(f"prompt:     {_clip(r.get('prompt', ''))}")
         if r.get("conversation"):  # an agent's run: every turn after the prompt
             for m in r["conversation"][r.get("prompt_messages", 0) :]:

@@ -74,6 +74,7 @@ def dry_run_warnings(prepared) -> list[str]:
     """The preflight's cheap checks (nothing sampled), for ``rftj create --dry-run`` too."""
     import os
 
+    from openrft.data.notes import content_notes
     from openrft.train.preflight_report import dry_run_warnings as warnings_for
 
     memory = prepared.memory
@@ -81,8 +82,9 @@ def dry_run_warnings(prepared) -> list[str]:
     if memory is not None:
         params = memory.weights // (2 if prepared.settings.model.dtype == "bfloat16" else 4)
     out = warnings_for(prepared.settings, len(prepared.dataset), params, os.cpu_count())
-    if note := getattr(prepared.dataset, "skipped_note", lambda: None)():  # --skip-bad-rows leaves these out
-        out.insert(0, note)
+    skipped = getattr(prepared.dataset, "skipped_note", lambda: None)()  # --skip-bad-rows leaves these out
+    notes = content_notes(prepared.dataset)  # rows that load but look like mistakes
+    out = [*([skipped] if skipped else []), *notes, *out]
     evaluator = prepared.evaluator
     if (
         getattr(evaluator, "kind", "") == "trl"

@@ -443,10 +443,13 @@ def prompts_from_rows(
     total = len(numbered_rows)
     if total == 0:
         raise DataError(f"{source}: the dataset has no rows", hint="each line must hold one JSON object")
-    _raise_if_too_bad(source, bad, total, unit, skip_bad_rows, any_left=bool(prompts))
+    lengths = count_tokens is not None and max_prompt_tokens is not None
+    if not lengths or not prompts:  # else the rows too long are named in the same summary
+        _raise_if_too_bad(source, bad, total, unit, skip_bad_rows, any_left=bool(prompts))
     loaded = PromptSet(prompts, source=source, bad_rows=bad, numbers=numbers, unit=unit)
-    if count_tokens is not None and max_prompt_tokens is not None:
-        return check_prompt_lengths(loaded, count_tokens, max_prompt_tokens, skip_bad_rows=skip_bad_rows)
+    if lengths:
+        loaded = check_prompt_lengths(loaded, count_tokens, max_prompt_tokens, skip_bad_rows=skip_bad_rows)
+        _raise_if_too_bad(source, list(loaded.bad_rows), total, unit, skip_bad_rows, any_left=bool(loaded))
     return loaded
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from openrft.config import JobConfig
 from openrft.data import PromptSet, check_prompt_lengths, load_prompts, split_carveout
+from openrft.data.notes import content_notes
 from openrft.errors import ConfigError, DataError, EvaluatorError, OpenRFTError, RolloutAborted, input_error
 from openrft.models import warm_start_values
 from openrft.paths import atomic_write_text, openrft_home, output_dir
@@ -342,6 +343,10 @@ def _fields_hint(evaluator: Any) -> str:
     if evaluator.kind == "trl":
         return ("add the columns to those rows or drop them; a TRL reward function receives each row "
                 "column by name (one value per completion), beside prompts, completions and completion_ids")  # fmt: skip
+    from openrft.evaluators.builtin import BUILTINS
+
+    if evaluator.spec in BUILTINS:  # openrft's own: its signature is not the user's to change
+        return "add the fields to those rows or drop them"
     hint = "add the fields to those rows or drop them, or take **row_fields"
     if evaluator.kind == "plain":  # a default would hide a signature that expects the response elsewhere
         first = next(iter(inspect.signature(evaluator.fn).parameters))
@@ -570,8 +575,9 @@ def _prompts_that_fit(prepared: PreparedJob, model: Any, tokenizer: Any) -> tupl
         return len(encode_prompt(tokenizer, prompt))
 
     dataset = check_prompt_lengths(prepared.dataset, count_tokens, max_prompt, skip_bad_rows=skip)
-    if note := dataset.skipped_note():
-        print(f"warning: {note}", file=sys.stderr)
+    for note in [dataset.skipped_note(), *content_notes(dataset)]:
+        if note:
+            print(f"warning: {note}", file=sys.stderr)
     evaluation = prepared.evaluation_dataset
     if evaluation is not None:
         evaluation = check_prompt_lengths(evaluation, count_tokens, max_prompt, skip_bad_rows=skip)

@@ -264,6 +264,7 @@ def rollout_rows(ctx: TrainContext, step: int, round_index: int, groups, *, trai
     rows = []
     for g in groups:
         prompt = next((m["content"] for m in reversed(g.prompt.messages) if m.get("role") == "user"), "")
+        system = next((m.get("content") for m in g.prompt.messages if m.get("role") == "system"), None)
         for c, s in zip(g.completions, g.scores, strict=True):
             rows.append(
                 {
@@ -271,6 +272,7 @@ def rollout_rows(ctx: TrainContext, step: int, round_index: int, groups, *, trai
                     "trained": trained,
                     "prompt_id": g.prompt.prompt_id,
                     "prompt": prompt,
+                    **({"system": system} if system else {}),  # which instructions this row had
                     "completion": c.text,
                     "score": s.score,
                     "valid": s.is_valid,

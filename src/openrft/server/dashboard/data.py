@@ -254,7 +254,8 @@ def rollouts(
 
 
 def _searched_text(item: dict[str, Any]) -> str:
-    texts = [item["prompt"], item["completion"], item["reason"], *(turn["text"] for turn in item["turns"])]
+    texts = [item["system"], item["prompt"], item["completion"], item["reason"]]
+    texts += [turn["text"] for turn in item["turns"]]
     return "\n".join(texts).casefold()
 
 
@@ -268,6 +269,7 @@ def _rollout(row: dict[str, Any]) -> dict[str, Any]:
         "prompt_id": row.get("prompt_id"),
         "score": f"{score:.3f}" if _finite(score) else "-",
         "valid": row.get("valid", True),
+        "system": turn_text({"content": row["system"]}) if row.get("system") else "",
         "prompt": str(row.get("prompt", "")),
         "completion": str(row.get("completion", "")),
         "turns": turns,
