@@ -200,3 +200,27 @@ def test_a_refusal_names_the_parameter_as_openai_does(tokenizer):
         error = broken.json()["error"]
         assert broken.status_code == 400 and error["param"] is None  # not the byte offset
         assert error["message"].startswith("the request body is not valid JSON")
+
+
+def test_what_a_text_model_without_stored_objects_cannot_do_is_refused_not_ignored(tokenizer):
+    user = [{"role": "user", "content": "Hi."}]
+    with BackgroundServer(create_app(ScriptedEngine(tokenizer, "Hello."), "policy")) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+        assert "no reasoning settings" in _refused(
+            client, "reasoning_effort", messages=user, reasoning_effort="low"
+        )
+        assert "text only" in _refused(client, "modalities", messages=user, modalities=["text", "audio"])
+        _refused(client, "audio", messages=user, audio={"voice": "alloy", "format": "wav"})
+        _refused(client, "web_search_options", messages=user, web_search_options={})
+        client.chat.completions.create(model="policy", max_tokens=4, messages=user, modalities=["text"])
+        for param, request in (
+            ("prompt", {"prompt": {"id": "pmpt_123", "version": "2"}}),  # its instructions would go missing
+            ("background", {"background": True}),
+            ("include[1]", {"include": ["message.output_text.logprobs", "bogus.thing"]}),
+        ):
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.responses.create(model="policy", input="Hi.", max_output_tokens=4, **request)
+            assert refused.value.param == param, refused.value.message
+        kept = client.responses.create(model="policy", input="Hi.", max_output_tokens=4, background=False,
+                                       include=["reasoning.encrypted_content"])  # fmt: skip
+        assert kept.output_text == "Hello."

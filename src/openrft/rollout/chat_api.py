@@ -89,6 +89,9 @@ class ChatRequest(BaseModel):
     presence_penalty: float | None = None  # unless left at their defaults: the engine does not apply them
     logit_bias: dict[str, float] | None = None
     reasoning_effort: str | None = None
+    modalities: list[str] | None = None  # text only: audio output, audio and web search are refused
+    audio: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
     functions: list[Any] | None = None  # OpenAI's deprecated form of tools: refused, never dropped
     function_call: str | dict[str, Any] | None = None
 
@@ -196,7 +199,16 @@ def _check_supported(request: ChatRequest, engine: Any) -> None:
         param = "functions" if request.functions is not None else "function_call"
         raise HTTPError(400, f"'{param}' (deprecated by OpenAI) is not supported: describe the functions in "
                         "'tools' and read 'tool_calls'", param=param)  # fmt: skip
-    for param in ("frequency_penalty", "presence_penalty", "logit_bias", "reasoning_effort"):
+    if request.reasoning_effort:
+        raise HTTPError(400, "'reasoning_effort' is not supported: the model has no reasoning settings; "
+                        "leave it out", param="reasoning_effort")  # fmt: skip
+    if request.modalities is not None and set(request.modalities) - {"text"} or request.audio is not None:
+        param = "audio" if request.audio is not None else "modalities"
+        raise HTTPError(400, "audio output is not supported: the model answers in text only", param=param)
+    if request.web_search_options is not None:
+        raise HTTPError(400, "'web_search_options' is not supported: this server has no web search",
+                        param="web_search_options")  # fmt: skip
+    for param in ("frequency_penalty", "presence_penalty", "logit_bias"):
         if getattr(request, param):
             raise HTTPError(400, f"'{param}' is not supported: openrft samples from the model's own "
                             "distribution (temperature, top_p, top_k only); leave it out", param=param)  # fmt: skip

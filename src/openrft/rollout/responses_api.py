@@ -48,6 +48,13 @@ from openrft.rollout.streaming import (
 )
 
 LOGPROBS = "message.output_text.logprobs"
+# what OpenAI's ``include`` may name; all but the log-probs concern tools and inputs this server has
+# none of, so they add nothing to a reply
+INCLUDABLE = (
+    "file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+    "message.input_image.image_url", "computer_call_output.output.image_url", "code_interpreter_call.outputs",
+    "reasoning.encrypted_content", LOGPROBS,
+)  # fmt: skip
 TEXT_PARTS = ("input_text", "output_text", "text")
 
 
@@ -74,6 +81,8 @@ class ResponsesRequest(BaseModel):
     text: dict[str, Any] | None = None
     truncation: str | None = None
     conversation: Any = None
+    prompt: Any = None  # a stored prompt template: refused, as conversations are
+    background: bool | None = None  # refused when true
     stream: bool = False
 
 
@@ -186,9 +195,22 @@ def _chat_request(request: ResponsesRequest, conversation: list[dict[str, Any]])
 
 
 def _check_supported(request: ResponsesRequest) -> None:
+    """Refuse the server-side objects and modes this server does not keep, rather than answer without
+    them: a conversation, a stored prompt template (its instructions would silently go missing),
+    background mode, and ``include`` values OpenAI does not know."""
     if request.conversation is not None:
         raise HTTPError(400, "conversation objects are not supported: send the items, or use "
                         "previous_response_id", param="conversation")  # fmt: skip
+    if request.prompt is not None:
+        raise HTTPError(400, "stored prompt templates are not supported: send their text as 'instructions' "
+                        "and 'input'", param="prompt")  # fmt: skip
+    if request.background:
+        raise HTTPError(400, "background responses are not supported: leave 'background' out and wait for "
+                        "the reply, or stream it", param="background")  # fmt: skip
+    for i, value in enumerate(request.include or ()):
+        if value not in INCLUDABLE:
+            raise HTTPError(400, f"include[{i}] {json.dumps(value)} is not one of {', '.join(INCLUDABLE)}",
+                            param=f"include[{i}]")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- request -> chat
