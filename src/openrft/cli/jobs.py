@@ -17,7 +17,7 @@ from typing import Any
 
 from openrft.cli.evaluate import positive_int
 from openrft.errors import JobError
-from openrft.jobs.states import age
+from openrft.jobs.states import age, wall_time
 from openrft.tracking.turns import turn_label, turn_text
 
 
@@ -141,20 +141,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(
         "  ".join(f"{str(c):<{w}}" for c, w in zip(r, widths, strict=True)).rstrip() for r in lines
     )
-
-
-def wall_time(record) -> float:
-    """Seconds the job spent VALIDATING or RUNNING (over every attempt)."""
-    total, since = 0.0, None
-    for t in record.transitions:
-        if since is not None:
-            total += t.at - since
-            since = None
-        if t.state in ("VALIDATING", "RUNNING"):
-            since = t.at
-    if since is not None and record.state.is_active:
-        total += time.time() - since
-    return total
 
 
 def resolve_runs(store, targets: Sequence[str]) -> list[tuple[str, Path, Any]]:
@@ -315,9 +301,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from openrft import config as C
-    from openrft.tracking.compare import format_comparison, summarize_run
-    from openrft.tracking.plots import plot_jobs
+    from openrft.tracking.compare import summarize_run
 
     if len(args.job_ids) < 2:
         raise JobError("compare needs at least two jobs", hint="openrft rftj compare ID_A ID_B")
@@ -330,17 +314,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
         summaries.append(
             summarize_run(label, path, state=state, wall_s=wall_time(record) if record else None)
         )
-    text, warnings = format_comparison(
-        [label for label, _, _ in runs], configs, summaries, C.config_defaults()
-    )
+    return show_comparison([(label, path) for label, path, _ in runs], configs, summaries, args.out)
+
+
+def show_comparison(
+    runs: list[tuple[str, Path]], configs: list[dict], summaries: list, out: str | None
+) -> int:
+    """Print what differs and what each job reached (warnings on stderr), and plot the curves overlaid."""
+    from openrft import config as C
+    from openrft.tracking.compare import format_comparison
+    from openrft.tracking.plots import plot_jobs
+
+    text, warnings = format_comparison([label for label, _ in runs], configs, summaries, C.config_defaults())
     print(text)
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
     default = (
-        "compare-" + "-".join(label for label, _, _ in runs[:2]) + ("-etc" if len(runs) > 2 else "") + ".png"
+        "compare-" + "-".join(label for label, _ in runs[:2]) + ("-etc" if len(runs) > 2 else "") + ".png"
     )
-    out = plot_jobs([(label, path) for label, path, _ in runs], Path(args.out or default))
-    print(f"\nplot: {out}")
+    written = plot_jobs(runs, Path(out or default))
+    print(f"\nplot: {written}")
     return 0
 
 
@@ -354,7 +347,7 @@ def _folder_config(job_dir: Path) -> dict[str, Any]:
 
 
 def cmd_rollouts(args: argparse.Namespace) -> int:
-    from openrft.tracking.jsonl_files import rollouts_of_step
+    from openrft.tracking.jsonl_files import ordered_rollouts, rollouts_of_step
 
     record = _store().get(args.job_id)
     steps, step, picked = rollouts_of_step(record.rollouts_path, args.step)  # that step's lines only
@@ -362,21 +355,27 @@ def cmd_rollouts(args: argparse.Namespace) -> int:
         print(f"job {record.id} has no sampled rollouts yet ({record.rollouts_path})")
         return 0
     if args.step is not None and step != args.step:
-        raise JobError(
-            f"job {record.id} has no rollouts for step {args.step}",
-            hint=f"steps with rollouts: {', '.join(map(str, steps[-20:]))}",
-        )
-    if args.worst or args.best:
-        picked.sort(
-            key=lambda r: r.get("score") if r.get("score") is not None else float("-inf"), reverse=args.best
-        )
-    picked = picked[: max(0, args.limit)]
+        raise JobError(f"job {record.id} has no rollouts for step {args.step}", hint=steps_hint(steps))
+    picked = ordered_rollouts(picked, rollout_order(args))[: max(0, args.limit)]
+    return show_rollouts(record.id, step, picked, args)
+
+
+def rollout_order(args: argparse.Namespace) -> str:
+    return "worst" if args.worst else "best" if args.best else "sampled"
+
+
+def steps_hint(steps: Sequence[int]) -> str:
+    return f"steps with rollouts: {', '.join(map(str, steps[-20:]))}"
+
+
+def show_rollouts(job_id: str, step: int, picked: list[dict[str, Any]], args: argparse.Namespace) -> int:
+    """Print a step's chosen rollouts as ``rftj rollouts`` shows them (JSON with ``-o json``)."""
     if args.output == "json":
         print(json.dumps(picked, indent=2))
         return 0
-    order = "worst first" if args.worst else "best first" if args.best else "in sampling order"
+    order = {"worst": "worst first", "best": "best first"}.get(rollout_order(args), "in sampling order")
     noun = "rollout" if len(picked) == 1 else "rollouts"
-    print(f"job {record.id}: {len(picked)} {noun} of step {step} ({order})\n")
+    print(f"job {job_id}: {len(picked)} {noun} of step {step} ({order})\n")
     for r in picked:
         score = r.get("score")
         valid = "" if r.get("valid", True) else "  INVALID"

@@ -1,4 +1,5 @@
-"""``openrft rftj create|list|get|cancel|resume|delete --server URL``: the same commands, through a server.
+"""``openrft rftj create|list|get|cancel|resume|delete|rollouts|plot|compare --server URL``: the same
+commands, through a server.
 
 With ``--server`` (or ``OPENRFT_SERVER``) the command talks to ``openrft server`` (or anything that
 speaks the managed service's job API) instead of the local store; the key comes from
@@ -21,9 +22,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from openrft.cli.remote_runs import remote_compare, remote_plot, remote_rollouts
 from openrft.errors import ConfigError, JobError
 
-COMMANDS = ("create", "list", "get", "cancel", "resume", "delete")
+COMMANDS = ("create", "list", "get", "cancel", "resume", "delete", "rollouts", "plot", "compare")
 ACTIVE = {"JOB_STATE_PENDING", "JOB_STATE_VALIDATING", "JOB_STATE_RUNNING", "JOB_STATE_CANCELLING"}
 
 
@@ -423,6 +425,9 @@ HANDLERS = {
     "cancel": remote_cancel,
     "resume": remote_resume,
     "delete": remote_delete,
+    "rollouts": remote_rollouts,
+    "plot": remote_plot,
+    "compare": remote_compare,
 }
 
 

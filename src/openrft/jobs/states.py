@@ -14,7 +14,9 @@ EARLY_STOPPED jobs have nothing left to continue.
 
 from __future__ import annotations
 
+import time
 from enum import StrEnum
+from typing import Any
 
 
 class JobState(StrEnum):
@@ -37,6 +39,22 @@ class JobState(StrEnum):
 
 
 ACTIVE = frozenset({JobState.PENDING, JobState.VALIDATING, JobState.RUNNING})
+
+
+def wall_time(record: Any) -> float:
+    """Seconds a job (a :class:`~openrft.jobs.store.JobRecord`) spent VALIDATING or RUNNING, over every
+    attempt; an active one's current attempt counts up to now."""
+    total, since = 0.0, None
+    for t in record.transitions:
+        if since is not None:
+            total += t.at - since
+            since = None
+        if t.state in ("VALIDATING", "RUNNING"):
+            since = t.at
+    if since is not None and record.state.is_active:
+        total += time.time() - since
+    return total
+
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.PENDING: frozenset({JobState.VALIDATING, JobState.FAILED, JobState.CANCELLED}),

@@ -16,7 +16,15 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from openrft.jobs.store import JobStore
-from openrft.server import dashboard, graders_api, jobs_api, models_api, resource_updates_api, resources_api
+from openrft.server import (
+    dashboard,
+    graders_api,
+    job_files_api,
+    jobs_api,
+    models_api,
+    resource_updates_api,
+    resources_api,
+)
 from openrft.server.auth import BearerAuth, KeyFailures
 from openrft.server.errors import ApiError, error_for
 from openrft.server.guard import RequestGuard
@@ -60,6 +68,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, internal_error)  # anything else: a 500 in the same shape
+    app.include_router(job_files_api.router)  # first: its ":method" paths would match "{id}"
     app.include_router(jobs_api.router)
     app.include_router(graders_api.router)  # OpenAI's grader test calls
     resources_api.configure_resources(app, home=settings.home)

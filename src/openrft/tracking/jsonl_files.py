@@ -15,6 +15,7 @@ and ``metrics.jsonl`` with every step, so nothing here reads a whole file at onc
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -173,5 +174,19 @@ def rollouts_of_step(
     return steps, step, read_spans(path, index[step])
 
 
-__all__ = ["Folded", "ROLLOUT_INDEX", "count_lines", "cut_to", "iter_jsonl", "prefix_bytes",
-           "read_spans", "rollouts_of_step"]  # fmt: skip
+def ordered_rollouts(rows: list[dict[str, Any]], order: str) -> list[dict[str, Any]]:
+    """``rows`` best first (``best``), worst first (``worst``), or as sampled; a missing or non-finite
+    score (an invalid one) counts as the lowest."""
+    if order not in ("best", "worst"):
+        return list(rows)
+
+    def score(row: dict[str, Any]) -> float:
+        value = row.get("score")
+        finite = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return float(value) if finite else float("-inf")
+
+    return sorted(rows, key=score, reverse=order == "best")
+
+
+__all__ = ["Folded", "ROLLOUT_INDEX", "count_lines", "cut_to", "iter_jsonl", "ordered_rollouts",
+           "prefix_bytes", "read_spans", "rollouts_of_step"]  # fmt: skip

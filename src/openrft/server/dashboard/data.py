@@ -21,7 +21,7 @@ from openrft.jobs.store import JobRecord, JobStore
 from openrft.models import EMBEDDED, embedded_model_dir
 from openrft.server.models_api import adapter_files
 from openrft.tracking.compare import differing_parameters, shown_value, summarize_run
-from openrft.tracking.jsonl_files import Folded, rollouts_of_step
+from openrft.tracking.jsonl_files import Folded, ordered_rollouts, rollouts_of_step
 from openrft.tracking.plots import PANELS
 from openrft.tracking.sinks import current_names
 from openrft.tracking.turns import turn_label, turn_text
@@ -238,11 +238,7 @@ def rollouts(
                "of_step": len(picked), "total": 0, "first": 0, "items": []}  # fmt: skip
     if not steps:
         return browser | {"step": None}
-    if order in ("best", "worst"):
-        picked.sort(
-            key=lambda r: r["score"] if _finite(r.get("score")) else float("-inf"), reverse=order == "best"
-        )
-    items = [_rollout(r) for r in picked]
+    items = [_rollout(r) for r in ordered_rollouts(picked, order)]
     if query.strip():
         needle = query.strip().casefold()
         items = [item for item in items if needle in _searched_text(item)]
