@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy as copy_module
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -293,7 +294,9 @@ def test_export_never_replaces_what_is_not_an_earlier_export(
         (tmp_path / "file" / "sub", f"{tmp_path / 'file'} is a file, not a folder to write in"),
     ]
     for out, message in cases:
-        assert main(["export", str(adapter[0]), "--merged", str(out)]) == 5
+        assert (
+            main(["export", str(adapter[0]), "--merged", str(out)]) == 2
+        )  # a flag's value, as --output-model
         assert message in capsys.readouterr().err
     assert (mine / "notes.txt").read_text() == "keep me" and (tmp_path / "file").read_text() == "a file"
     assert (adapter[0] / "adapter_config.json").is_file() and (tiny_model_dir / "config.json").is_file()
@@ -303,11 +306,11 @@ def test_export_never_replaces_what_is_not_an_earlier_export(
     assert (earlier / "config.json").is_file()
     assert main(["export", str(adapter[0]), "--gguf", str(earlier / "m.gguf")]) == 0  # ours: replaced
     (tmp_path / "precious.gguf").write_bytes(b"GGUF my own model")
-    assert main(["export", str(adapter[0]), "--gguf", str(tmp_path / "precious.gguf")]) == 5
+    assert main(["export", str(adapter[0]), "--gguf", str(tmp_path / "precious.gguf")]) == 2
     assert "not an earlier export" in capsys.readouterr().err
     assert (tmp_path / "precious.gguf").read_bytes() == b"GGUF my own model"
     same = tmp_path / "same.gguf"  # the two outputs on one path: refused before the merge, nothing written
-    assert main(["export", str(adapter[0]), "--merged", str(same), "--gguf", str(same)]) == 5
+    assert main(["export", str(adapter[0]), "--merged", str(same), "--gguf", str(same)]) == 2
     assert "the same path as --merged" in capsys.readouterr().err and not same.exists()
 
 
@@ -315,7 +318,7 @@ def test_an_unwritable_target_is_refused_before_the_merge(adapter, tmp_path, mon
     import openrft.train.export as export
 
     monkeypatch.setattr(export, "can_write_in", lambda folder: False)  # (root may write anywhere)
-    assert main(["export", str(adapter[0]), "--merged", str(tmp_path / "ro" / "m")]) == 5
+    assert main(["export", str(adapter[0]), "--merged", str(tmp_path / "ro" / "m")]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path} cannot be written (read-only, or not yours)" in err and "hint:" in err
 
@@ -484,7 +487,7 @@ def test_modelfile_stop_strings_read_back_exactly_in_ollama(tokenizer):
 
 
 def test_a_modelfile_that_is_not_this_exports_is_never_overwritten(tmp_path):
-    from openrft.errors import ModelError
+    from openrft.errors import ConfigError
     from openrft.train.export import modelfile_path
     from openrft.train.ollama import MODELFILE_HEADER
 
@@ -499,7 +502,7 @@ def test_a_modelfile_that_is_not_this_exports_is_never_overwritten(tmp_path):
     (tmp_path / "b.gguf.Modelfile").write_text(MODELFILE_HEADER + "FROM ./b.gguf\n")
     assert modelfile_path(gguf) == tmp_path / "b.gguf.Modelfile"  # an earlier export's: replaced
     (tmp_path / "b.gguf.Modelfile").write_text("FROM ./b.gguf\nPARAMETER temperature 0.2\n")
-    with pytest.raises(ModelError, match="holds a Modelfile and a b.gguf.Modelfile that an export did not"):
+    with pytest.raises(ConfigError, match="holds a Modelfile and a b.gguf.Modelfile that an export did not"):
         modelfile_path(gguf)  # both the user's: neither is replaced
 
 
@@ -534,3 +537,61 @@ def test_an_adapter_from_another_machine_says_to_name_its_base_model_here(tmp_pa
     with pytest.raises(ModelError) as missing:
         find_base_model(tmp_path)
     assert "/srv/models/tiny" in missing.value.message and "pass --base-model" in missing.value.hint
+
+
+QA_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}Q: {{ m['content'] }}\n{% else %}A: {{ m['content'] }}\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}A:{% endif %}"
+)
+
+
+def test_a_running_jobs_checkpoint_exports_with_the_jobs_stops_template_and_name(
+    adapter, tmp_path, tiny_model_dir, capsys
+):
+    import gguf
+
+    from openrft.config import build_config
+
+    job = tmp_path / "jobs" / "nightly-7f3a"  # a generated id: job.json holds no --job-id
+    cfg, _ = build_config({}, {"dataset": "arithmetic", "base_model": str(tiny_model_dir),
+                               "stop": ["</answer>"], "chat_template": QA_TEMPLATE})  # fmt: skip
+    job.mkdir(parents=True)
+    (job / "job.json").write_text(json.dumps(cfg.to_dict()))
+    checkpoint = job / "checkpoints" / "step-000001" / "adapter"
+    shutil.copytree(adapter[0], checkpoint)
+    out = tmp_path / "out"
+    assert main(["export", str(checkpoint), "--merged", str(out / "m"), "--gguf", str(out / "m.gguf")]) == 0
+    modelfile = (out / "Modelfile").read_text()
+    assert 'PARAMETER stop "</answer>"' in modelfile
+    assert not [line for line in modelfile.splitlines() if line.startswith("TEMPLATE")]  # none to guess
+    assert "Ollama does not run the chat template stored in the GGUF file" in modelfile.replace("\n# ", " ")
+    assert "warning: Modelfile: the chat template is none it writes a TEMPLATE for" in capsys.readouterr().err
+    assert (out / "m" / "chat_template.jinja").read_text() == QA_TEMPLATE  # the job's, not the base model's
+    reader = gguf.GGUFReader(out / "m.gguf")
+    assert reader.fields["general.name"].contents() == "nightly-7f3a"
+    assert reader.fields["tokenizer.chat_template"].contents() == QA_TEMPLATE
+
+
+def test_a_stored_jobs_adapter_is_refused_or_warned_of_by_what_the_job_did(tmp_path, monkeypatch, capsys):
+    from openrft.cli.export import resolve_adapter
+    from openrft.config import build_config
+    from openrft.errors import JobError
+    from openrft.jobs.states import JobState
+    from openrft.jobs.store import JobStore
+
+    monkeypatch.setenv("OPENRFT_HOME", str(tmp_path / "home"))
+    store = JobStore()
+    for job_id, final in (("broke", JobState.FAILED), ("flat", JobState.EARLY_STOPPED)):
+        store.create(job_id, build_config({}, {"dataset": "arithmetic", "job_id": job_id})[0])
+        store.transition(job_id, JobState.VALIDATING)
+        store.transition(job_id, JobState.RUNNING)
+        store.transition(job_id, final)
+    with pytest.raises(JobError, match="job broke has no trained adapter \\(it is FAILED\\)") as failed:
+        resolve_adapter("broke")
+    assert "rftj resume" in failed.value.hint
+    output = store.get("flat").job_dir / "output"
+    output.mkdir()
+    (output / "adapter_config.json").write_text("{}")
+    store.set_output("flat", output)
+    assert resolve_adapter("flat") == output
+    assert "after 0 steps: its adapter is the untrained one" in capsys.readouterr().err

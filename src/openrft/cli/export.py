@@ -69,11 +69,21 @@ def resolve_adapter(target: str) -> Path:
         record = store.get(target)
         folder = record.output_dir or output_dir(record.job_dir, record.flat_config().get("output_model"))
         if not (folder / "adapter_config.json").is_file():
-            raise JobError(
-                f"job {target} has no trained adapter yet (state {record.state}; expected it in {folder})",
-                hint="export a job once it has COMPLETED, or pass an adapter folder",
-            )
-        if record.state not in (JobState.COMPLETED, JobState.EARLY_STOPPED):
+            if record.state.is_active:
+                said, hint = (
+                    "yet",
+                    "export it once it has COMPLETED, or pass one of its checkpoints' adapter folders",
+                )
+            else:
+                said, hint = (
+                    f"(it is {record.state})",
+                    "resume it (openrft rftj resume), or pass an adapter folder",
+                )
+            raise JobError(f"job {target} has no trained adapter {said}; expected it in {folder}", hint=hint)
+        if not record.steps:
+            print(f"warning: job {target} is {record.state} after 0 steps: its adapter is the untrained one, "
+                  "the base model's own answers", file=sys.stderr)  # fmt: skip
+        elif record.state not in (JobState.COMPLETED, JobState.EARLY_STOPPED):
             print(f"warning: job {target} is {record.state} after {record.steps} steps: its adapter is the one "
                   "it had then, not a finished training", file=sys.stderr)  # fmt: skip
         return folder
@@ -120,6 +130,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     if result.merged is not None:
         print(f"merged: {result.merged} ({result.seconds['merged']:.1f}s)")
+    for line in result.warnings:
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 

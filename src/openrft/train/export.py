@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openrft.errors import ModelError
+from openrft.errors import ConfigError, ModelError
 from openrft.models import (
     EMBEDDED,
     adapter_base_model,
@@ -46,7 +46,7 @@ from openrft.train.gguf_export import (
     write_gguf,
     written_by_openrft,
 )
-from openrft.train.ollama import MODELFILE_HEADER, render_modelfile
+from openrft.train.ollama import MODELFILE_HEADER, chat_format, render_modelfile
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -58,14 +58,41 @@ class ExportResult:
     gguf: GgufSummary | None = None
     modelfile: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def job_folder(adapter_dir: Path) -> Path | None:
+    """The folder holding the ``job.json`` of the job that wrote ``adapter_dir``: the adapter's own
+    (a job's output folder has a copy), or for a checkpoint (``JOB/checkpoints/step-N/adapter``, what a
+    running job has) its job's folder."""
+    if (adapter_dir / "job.json").is_file():
+        return adapter_dir
+    job = adapter_dir.parent.parent.parent
+    if adapter_dir.name == "adapter" and adapter_dir.parent.parent.name == "checkpoints":
+        return job if (job / "job.json").is_file() else None
+    return None
 
 
 def _job_config(adapter_dir: Path) -> dict[str, Any]:
+    folder = job_folder(adapter_dir)
     try:
-        value = json.loads((adapter_dir / "job.json").read_text())
+        value = json.loads((folder / "job.json").read_text()) if folder is not None else {}
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def job_name(adapter_dir: Path) -> str | None:
+    """The job's id: as given (``--job-id``), else its folder's name (a job in the store, or a checkpoint
+    of one); None for an adapter that no job folder holds."""
+    given = _job_config(adapter_dir).get("training", {}).get("job_id")
+    if given:
+        return str(given)
+    folder = job_folder(adapter_dir)
+    if folder is not None and folder != adapter_dir:  # a checkpoint's job
+        return folder.name
+    parent = adapter_dir.parent
+    return parent.name if adapter_dir.name == "output" and (parent / "job.json").is_file() else None
 
 
 def find_base_model(adapter_dir: Path, override: str | None = None) -> str:
@@ -121,7 +148,8 @@ def check_adapter_dir(adapter_dir: Path) -> Path:
 def merge_adapter(adapter_dir: Path, base_model: str) -> tuple[Any, Any]:
     """``(model, tokenizer)``: the base model in float32 with the adapter merged into its weights.
 
-    The tokenizer is the one saved with the adapter (the one training used), else the base model's.
+    The tokenizer is the one saved with the adapter (the one training used), else the base model's
+    with the job's ``--chat-template`` when it had one (a checkpoint's adapter has no tokenizer beside it).
     """
     import torch
 
@@ -133,6 +161,8 @@ def merge_adapter(adapter_dir: Path, base_model: str) -> tuple[Any, Any]:
         from transformers import AutoTokenizer
 
         tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(adapter_dir, local_files_only=True))
+    elif template := _job_config(adapter_dir).get("training", {}).get("chat_template"):
+        tokenizer.chat_template = template
     return merged, tokenizer
 
 
@@ -161,27 +191,27 @@ def check_export_target(out: Path, inputs: list[Path], *, folder: bool) -> None:
     for source in inputs:
         source = source.expanduser().resolve()
         if out == source or source.is_relative_to(out) or out.is_relative_to(source):
-            raise ModelError(
+            raise ConfigError(
                 f"{what} {out}: this is (or holds, or is inside) an input of the export, {source}"
             )
     blocked = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocked is not None:
-        raise ModelError(f"{what} {out}: {blocked} is a file, not a folder to write in")
+        raise ConfigError(f"{what} {out}: {blocked} is a file, not a folder to write in")
     writable = next((p for p in [out, *out.parents] if p.is_dir()), None)
     if writable is not None and not can_write_in(writable):
-        raise ModelError(f"{what} {out}: {writable} cannot be written (read-only, or not yours)",
+        raise ConfigError(f"{what} {out}: {writable} cannot be written (read-only, or not yours)",
                          hint=f"give a {'folder' if folder else 'file'} somewhere you can write")  # fmt: skip
     if folder and out.is_file():
-        raise ModelError(f"{what} {out}: a file is there; give a folder to create")
+        raise ConfigError(f"{what} {out}: a file is there; give a folder to create")
     if folder and out.is_dir() and any(out.iterdir()) and not (out / EXPORT_MARK).is_file():
-        raise ModelError(
+        raise ConfigError(
             f"{what} {out}: the folder exists and is not an earlier export; give a new folder",
             hint="an export replaces only a folder that an earlier export wrote",
         )
     if not folder and out.is_dir():
-        raise ModelError(f"{what} {out}: a folder is there; give a file name")
+        raise ConfigError(f"{what} {out}: a folder is there; give a file name")
     if not folder and out.exists() and not written_by_openrft(out):
-        raise ModelError(
+        raise ConfigError(
             f"{what} {out}: the file exists and is not an earlier export; give a new file name",
             hint="an export replaces only a GGUF file that an earlier export wrote",
         )
@@ -237,7 +267,7 @@ def export_adapter(
         check_export_target(gguf, inputs, folder=False)
         modelfile = modelfile_path(Path(gguf).expanduser())  # (refused now if both names are the user's)
         if merged is not None and _overlaps(Path(gguf), Path(merged)):
-            raise ModelError(f"--gguf {gguf}: the same path as --merged {merged} (or a folder above it); "
+            raise ConfigError(f"--gguf {gguf}: the same path as --merged {merged} (or a folder above it); "
                              "give each its own (a GGUF file may go inside the merged folder)")  # fmt: skip
         check_supported(load_config(base))  # before the merge: fail fast on an unsupported model
         pre_tokenizer(base, check_tokenizer(load_tokenizer(base)))  # refused before the merge
@@ -252,7 +282,7 @@ def export_adapter(
     if gguf is not None:
         start = time.perf_counter()
         gguf = Path(gguf).expanduser()
-        name = _job_config(adapter_dir).get("training", {}).get("job_id") or gguf.stem
+        name = job_name(adapter_dir) or gguf.stem
         result.gguf = write_gguf(
             model,
             tokenizer,
@@ -267,6 +297,12 @@ def export_adapter(
             render_modelfile(gguf.name, tokenizer, job_stop_strings(adapter_dir), result.modelfile.name),
         )
         result.modelfile.chmod(READABLE)
+        if chat_format(tokenizer) is None:
+            result.warnings.append(
+                f"{result.modelfile.name}: the chat template is none it writes a TEMPLATE for (ChatML, Llama 3, "
+                "Gemma), and Ollama does not run the one stored in the GGUF file; add a TEMPLATE in the "
+                "format the job trained with (llama.cpp uses the stored one)"
+            )
         result.seconds["gguf"] = time.perf_counter() - start
     return result
 
@@ -274,13 +310,13 @@ def export_adapter(
 def modelfile_path(gguf: Path) -> Path:
     """``Modelfile`` beside the GGUF file, unless one is there that is not for this file (the user's
     own, or another export's): then ``<gguf name>.Modelfile``, so that nothing is overwritten (a
-    ``ModelError`` when that one is not an export's either)."""
+    ``ConfigError`` when that one is not an export's either)."""
     plain = gguf.parent / "Modelfile"
     if not plain.exists() or _our_modelfile(plain, gguf):
         return plain
     named = gguf.parent / f"{gguf.name}.Modelfile"
     if named.exists() and not _our_modelfile(named, gguf):
-        raise ModelError(
+        raise ConfigError(
             f"--gguf {gguf}: its folder holds a Modelfile and a {named.name} that an export did not write",
             hint="give the GGUF file another name or folder; an export replaces only its own Modelfile",
         )
