@@ -10,8 +10,11 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import httpx
+import pytest
 
 RACE = textwrap.dedent(
     """
@@ -163,3 +166,36 @@ def test_an_upload_cut_off_by_its_client_is_not_logged_as_a_server_error(tmp_pat
         assert not records, [r.getMessage() for r in records]
     finally:
         logging.getLogger("uvicorn.error").removeHandler(handler)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc/PID/environ (Linux)")
+def test_keys_given_in_the_environment_never_stay_readable_in_the_servers_starting_environment(tmp_path):
+    """A process's starting environment is readable by every process of its user (an evaluator too)
+    however os.environ changes later: the server starts itself again without the keys."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OPENRFT_HOME": str(tmp_path / "home"), "OPENRFT_API_KEYS": "alice-key,bob-key",
+           "OPENRFT_API_KEY": "alice-key"}  # fmt: skip
+    server = subprocess.Popen([sys.executable, "-m", "openrft.cli", "server", "--port", str(port)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    jobs = f"http://127.0.0.1:{port}/v1/accounts/bob/reinforcementFineTuningJobs"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                answer = httpx.get(jobs, headers={"Authorization": "Bearer bob-key"})
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.time() < deadline, server.communicate()[0]
+                time.sleep(0.2)
+        assert answer.status_code == 200  # the keys reached the started-again server ...
+        assert httpx.get(jobs, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        environ = Path(f"/proc/{server.pid}/environ").read_bytes()  # ... and its environment holds none
+        assert b"alice-key" not in environ and b"bob-key" not in environ
+        assert b"OPENRFT_API_KEYS=" not in environ and b"OPENRFT_API_KEY=" not in environ
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

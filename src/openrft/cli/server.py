@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from openrft.cli.evaluate import port_number, positive_int
@@ -46,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction, rftj: argparse._SubParsersA
 
 
 def cmd_server(args: argparse.Namespace) -> int:
+    restart_without_keys()
     import uvicorn
 
     from openrft.errors import ConfigError
@@ -67,13 +69,41 @@ def cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
+KEY_NAMES = ("OPENRFT_API_KEYS", "OPENRFT_API_KEY")  # the server's keys, and a client key of the same shell
+
+
+def restart_without_keys() -> None:
+    """Run this same command again, in this same process, without the keys in its environment.
+
+    A process's starting environment stays readable for its whole life (``/proc/PID/environ``) by every
+    process of the same user, the evaluators the server builds and runs included, whatever is taken
+    out of ``os.environ`` later; so a holder of one key could read every other. The new program gets
+    the keys through a pipe (``OPENRFT_API_KEYS_FD``) and reads them once. Only for ``openrft server``
+    started as a program (not called from inside another one, such as a test runner)."""
+    given = [name for name in KEY_NAMES if name in os.environ]
+    program = Path(sys.argv[0]).as_posix() if sys.argv else ""
+    ours = Path(program).name == "openrft" or program.endswith("openrft/cli/__main__.py")
+    if not given or not ours or os.name != "posix":
+        return
+    from openrft.server.settings import KEYS_ENV, KEYS_FD_ENV
+
+    read, write = os.pipe()
+    os.write(write, os.environ.get(KEYS_ENV, "").encode())  # a few keys: well within a pipe's buffer
+    os.close(write)
+    os.set_inheritable(read, True)
+    environment = {k: v for k, v in os.environ.items() if k not in KEY_NAMES} | {KEYS_FD_ENV: str(read)}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, environment)
+
+
 def server_settings(args: argparse.Namespace):
     """The server's settings from its flags and environment. The keys are then taken out of the
     environment: the evaluators the server builds and runs (anyone's with a key) must not read them
     there, so that one holder's key does not give away the others'."""
     from openrft.net import bare_host
     from openrft.paths import openrft_home
-    from openrft.server.settings import DEFAULT_HOST, DEFAULT_PORT, KEYS_ENV, ServerSettings, keys_from_env
+    from openrft.server.settings import DEFAULT_HOST, DEFAULT_PORT, ServerSettings, keys_from_env
 
     settings = ServerSettings(
         host=bare_host(args.host or DEFAULT_HOST),
@@ -83,7 +113,7 @@ def server_settings(args: argparse.Namespace):
         allow_local_paths=args.allow_local_paths,
         home=openrft_home(),
     )
-    for name in (KEYS_ENV, "OPENRFT_API_KEY"):  # the server's keys, and a client key of the same shell
+    for name in KEY_NAMES:  # (kept out of the evaluators' environments too)
         os.environ.pop(name, None)
     return settings
 

@@ -48,9 +48,19 @@ class ServerSettings:
             )
 
 
+KEYS_FD_ENV = "OPENRFT_API_KEYS_FD"  # a pipe holding the keys, for a server started again without them
+
+
 def keys_from_env() -> tuple[str, ...]:
-    """API keys from ``OPENRFT_API_KEYS`` (comma-separated; blanks ignored)."""
-    return tuple(k.strip() for k in os.environ.get(KEYS_ENV, "").split(",") if k.strip())
+    """API keys from ``OPENRFT_API_KEYS`` (comma-separated; blanks ignored), or from the pipe that
+    ``OPENRFT_API_KEYS_FD`` names (read once: ``openrft server`` restarts itself that way)."""
+    fd = os.environ.pop(KEYS_FD_ENV, None)
+    if fd is not None and fd.isdigit():
+        with os.fdopen(int(fd)) as pipe:
+            text = pipe.read()
+    else:
+        text = os.environ.get(KEYS_ENV, "")
+    return tuple(k.strip() for k in text.split(",") if k.strip())
 
 
-__all__ = ["ServerSettings", "keys_from_env", "DEFAULT_HOST", "DEFAULT_PORT", "KEYS_ENV"]
+__all__ = ["ServerSettings", "keys_from_env", "DEFAULT_HOST", "DEFAULT_PORT", "KEYS_ENV", "KEYS_FD_ENV"]
