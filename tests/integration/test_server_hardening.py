@@ -199,3 +199,31 @@ def test_keys_given_in_the_environment_never_stay_readable_in_the_servers_starti
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_second_server_on_the_same_home_is_refused_and_names_the_first(tmp_path, monkeypatch, capsys):
+    import socket
+
+    from openrft.cli import main
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    env = {**os.environ, "OPENRFT_HOME": str(tmp_path / "home")}
+    first = subprocess.Popen([sys.executable, "-m", "openrft.cli", "server", "--port", str(ports[0])], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline, lock = time.time() + 60, tmp_path / "home" / "server.lock"
+        while not (lock.exists() and b"pid" in lock.read_bytes()):
+            assert first.poll() is None and time.time() < deadline, "the first server did not take the lock"
+            time.sleep(0.2)
+        monkeypatch.setenv("OPENRFT_HOME", str(tmp_path / "home"))
+        assert main(["server", "--port", str(ports[1])]) == 1
+        err = capsys.readouterr().err
+        assert f"another openrft server already serves {tmp_path / 'home'}: pid {first.pid} at " in err, err
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
+    assert "server.lock" in {p.name for p in (tmp_path / "home").iterdir()}  # left: a stale one locks nothing

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from openrft.cli.evaluate import port_number, positive_int
 
@@ -55,18 +56,48 @@ def cmd_server(args: argparse.Namespace) -> int:
     from openrft.server.app import create_app
 
     settings = server_settings(args)
+    tls = _tls(args)
+    url = f"{'https' if tls else 'http'}://{url_host(settings.host)}:{settings.port}"
+    lock = hold_server_lock(settings.home, url)  # before the app looks at (and re-queues) any job
     app = create_app(settings)  # refuses a public bind without a key (ConfigError, exit code 2)
     if problem := listen_problem(settings.host, settings.port):
         raise ConfigError(problem)
     auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API key (loopback only)"
-    tls = _tls(args)
-    print(f"openrft server on {'https' if tls else 'http'}://{url_host(settings.host)}:{settings.port} ({auth}); "
-          f"jobs in {app.state.job_store.root}")  # fmt: skip
+    app.state.server_lock = lock  # held while the server runs
+    print(f"openrft server on {url} ({auth}); jobs in {app.state.job_store.root}")
     # bounded: a TLS connection a client keeps alive would otherwise hold the shutdown open
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5, **tls
     )
     return 0
+
+
+LOCK_FILE = "server.lock"
+
+
+def hold_server_lock(home: Path, url: str) -> Any:
+    """The open lock file that makes this the one server of ``home``: two would each count the other's
+    queued jobs as running and start none, and re-queue the other's jobs at their start. Released when
+    the process ends, however it ends."""
+    import fcntl
+
+    from openrft.errors import OpenRFTError
+
+    home.mkdir(parents=True, exist_ok=True)
+    handle = open(home / LOCK_FILE, "a+")  # noqa: SIM115 (held open for the server's life)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise OpenRFTError(f"another openrft server already serves {home}: {holder}",
+                           hint="stop it, or give this one its own OPENRFT_HOME") from None  # fmt: skip
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} at {url}\n")
+    handle.flush()
+    return handle
 
 
 KEY_NAMES = ("OPENRFT_API_KEYS", "OPENRFT_API_KEY")  # the server's keys, and a client key of the same shell
