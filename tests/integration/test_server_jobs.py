@@ -20,6 +20,7 @@ from openrft.jobs.states import DIED_MESSAGE, JobState
 from openrft.jobs.store import JobStore
 from openrft.server import wire
 from openrft.server.app import create_app
+from openrft.server.errors import ApiError
 from openrft.server.settings import ServerSettings
 from openrft.server.wire import write_meta
 
@@ -241,6 +242,16 @@ def test_jobs_queue_run_cancel_resume_and_delete_through_the_sdk(serve, job):
     ctx = wire.WireContext(account="acme", home=served.store.root)
     for name in ("short", "accounts/acme/models/short"):
         assert wire.warm_start_adapter(name, ctx) == done.model_extra["outputModelPath"]
+    other = wire.WireContext(account="globex", home=served.store.root)  # the job, and its id's model,
+    for name in (
+        "short",
+        "accounts/globex/models/short",
+        "accounts/globex/reinforcementFineTuningJobs/short",
+    ):
+        with pytest.raises(ApiError, match="is not a trained adapter on this server"):  # are acme's only
+            wire.warm_start_adapter(name, other)
+    for name in ("accounts/acme/models/short", "accounts/acme/reinforcementFineTuningJobs/short"):
+        assert wire.warm_start_adapter(name, other) == done.model_extra["outputModelPath"]  # named in full
     with pytest.raises(fireworks.ConflictError, match="outputModel: model 'short' already exists"):
         jobs.create(**job(4, training_config={"output_model": "accounts/acme/models/short"}))
     jobs.cancel("warm", body={})  # still queued behind "long": it never starts

@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from openrft.config import JobConfig
-from openrft.jobs.states import DIED_MESSAGE, SERVER_DIED_MESSAGE, JobState
+from openrft.jobs.states import DIED_MESSAGE, SERVER_DIED_MESSAGE, SERVER_DIED_MESSAGES, JobState
 from openrft.jobs.store import JobStore
 from openrft.server.errors import ApiError
 from openrft.server.filtering import select
@@ -48,6 +48,11 @@ def test_a_restart_requeues_only_the_jobs_whose_process_died_not_those_that_fail
     broken = store.get("broken")
     assert broken.state is JobState.FAILED and broken.message == "evaluator raised ValueError"
     assert store.get("died").state is JobState.PENDING
+    assert "stopped while it waited in the queue" in SERVER_DIED_MESSAGE  # a resumed job had started once
+    store.create("old-words", JobConfig())  # left FAILED by a version that worded the message otherwise
+    write_meta(store.job_dir("old-words"), {"account": "acme", "refs": {}})
+    store.transition("old-words", JobState.FAILED, SERVER_DIED_MESSAGES[1])
+    assert JobQueue(store).recover() == ["old-words"]
 
 
 def test_upload_limits_from_the_environment_are_in_megabytes_and_members_are_a_count():

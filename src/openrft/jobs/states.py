@@ -79,8 +79,11 @@ DIED_MESSAGE = "process exited unexpectedly"
 # a job queued by `openrft server` (its folder holds SERVER_FILE) whose server died before a worker took it
 SERVER_FILE = "server.json"
 SERVER_DIED_MESSAGE = (
-    "its server stopped before it started; `openrft server` queues it again when it restarts"
+    "its server stopped while it waited in the queue; `openrft server` queues it again when it restarts"
 )
+# the same, as versions before 2026-12 worded it (a job resumed after it had run had not "not started")
+SERVER_DIED_MESSAGES = (SERVER_DIED_MESSAGE, "its server stopped before it started; `openrft server` queues "
+                        "it again when it restarts")  # fmt: skip
 
 
 def can_transition(current: JobState, new: JobState) -> bool:

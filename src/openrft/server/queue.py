@@ -12,7 +12,7 @@ looks at the store about once a second and:
 - reaps the workers it started.
 
 Workers run in their own sessions, so they outlive a server restart. On start, the queue takes back
-what a previous server left: jobs it had queued show FAILED "its server stopped before it started" in
+what a previous server left: jobs it had queued show FAILED "its server stopped while it waited in the queue" in
 the store (and those whose worker died "process exited unexpectedly"), and are put back to PENDING,
 resuming from their last checkpoint.
 """
@@ -26,7 +26,7 @@ import threading
 
 from openrft.errors import JobError
 from openrft.jobs.runner import spawn_worker
-from openrft.jobs.states import DIED_MESSAGE, SERVER_DIED_MESSAGE, JobState
+from openrft.jobs.states import DIED_MESSAGE, SERVER_DIED_MESSAGES, JobState
 from openrft.jobs.store import JobRecord, JobStore
 from openrft.server.wire import SERVER_FILE
 
@@ -106,9 +106,9 @@ class JobQueue:
         for record in sorted(self.store.list(), key=lambda r: (r.created_at, r.id)):  # the oldest first again
             if not (record.job_dir / SERVER_FILE).is_file():
                 continue
-            if record.state is JobState.FAILED and record.message in (DIED_MESSAGE, SERVER_DIED_MESSAGE):
+            if record.state is JobState.FAILED and record.message in (DIED_MESSAGE, *SERVER_DIED_MESSAGES):
                 with contextlib.suppress(JobError):
-                    why = ("queued again as the server restarted" if record.message == SERVER_DIED_MESSAGE
+                    why = ("queued again as the server restarted" if record.message in SERVER_DIED_MESSAGES
                            else "queued again as the server restarted (its worker had stopped)")  # fmt: skip
                     self.store.prepare_resume(record.id, force=True, pid=os.getpid(), why=why)
                     resumed.append(record.id)

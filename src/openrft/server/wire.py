@@ -394,9 +394,10 @@ def _training_paths(values: dict[str, Any], ctx: WireContext, meta: dict) -> Non
         values["output_model"] = str(ctx.home / "models" / output)
 
 
-def model_folder(name: str, ctx: WireContext) -> Path | None:
+def model_folder(name: str, ctx: WireContext, account: str | None = None) -> Path | None:
     """The folder of model ``name`` on this server (trained, or being trained), or None: an outputModel
-    folder under ``home/models``, or the output of the job whose id it is when that job named none."""
+    folder under ``home/models``, or the output of the job whose id it is when that job named none
+    (with ``account``: only a job that account sees, as the models API shows it)."""
     from openrft.jobs.store import JobStore
 
     folder = ctx.home / "models" / name
@@ -409,6 +410,8 @@ def model_folder(name: str, ctx: WireContext) -> Path | None:
         if refs.get("outputModel") == name and not finished:  # claimed by a job that may still write it
             return folder
         if record.id == name and "outputModel" not in refs:
+            if account is not None and read_meta(record).get("account") not in (None, account):
+                return None  # another account's job: its model is not seen under this one
             return Path(record.output_dir or record.job_dir / "output")
     return None
 
@@ -416,19 +419,20 @@ def model_folder(name: str, ctx: WireContext) -> Path | None:
 def warm_start_adapter(ref: str, ctx: WireContext) -> str:
     """``NAME`` or ``accounts/A/models/NAME`` (a model of this server) or
     ``accounts/A/reinforcementFineTuningJobs/ID`` (that job's trained adapter) -> the adapter's folder."""
-    # a model is the server's whichever account names it; a job, its account's
-    local = re.sub(r"^accounts/[^/]+/models/", "models/", ref).removeprefix(f"accounts/{ctx.account}/")
-    kind, _, name = local.partition("/")
-    if not name:
-        kind, name = "models", local
+    # a named model is the server's whichever account names it; a job (and the model named by its id)
+    # is seen under its own account, the one the name gives (NAME alone: the caller's)
+    named = re.fullmatch(r"accounts/([^/]+)/(models|reinforcementFineTuningJobs)/([^/]+)", ref)
+    account, kind, name = named.groups() if named else (ctx.account, "models", ref)
     folder: Path | None = None
     if kind == "models" and MODEL_NAME.fullmatch(name):
-        folder = model_folder(name, ctx)
+        folder = model_folder(name, ctx, account)
     elif kind == "reinforcementFineTuningJobs" and MODEL_NAME.fullmatch(name):
         from openrft.jobs.store import JobStore
 
         store = JobStore(ctx.home)
-        folder = store.get(name).output_dir if store.exists(name) else None
+        record = store.get(name) if store.exists(name) else None
+        seen = record is not None and read_meta(record).get("account") in (None, account)
+        folder = record.output_dir if seen else None
     if folder is None or not (Path(folder) / "adapter_config.json").is_file():
         raise bad("trainingConfig.warmStartFrom", f"{ref!r} is not a trained adapter on this server; name "
                   f"a model (NAME or accounts/{ctx.account}/models/NAME) or a job "
