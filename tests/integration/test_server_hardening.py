@@ -227,3 +227,32 @@ def test_a_second_server_on_the_same_home_is_refused_and_names_the_first(tmp_pat
         first.terminate()
         first.wait(timeout=30)
     assert "server.lock" in {p.name for p in (tmp_path / "home").iterdir()}  # left: a stale one locks nothing
+
+
+def test_a_forwarded_for_header_does_not_reset_the_wrong_key_limit_unless_a_proxy_is_named(tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OPENRFT_HOME": str(tmp_path / "home")}
+    server = subprocess.Popen([sys.executable, "-m", "openrft.cli", "server", "--port", str(port), "--api-key",
+                               "right"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    jobs = f"http://127.0.0.1:{port}/v1/accounts/x/reinforcementFineTuningJobs"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                httpx.get(jobs, headers={"Authorization": "Bearer right"})
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.time() < deadline, "the server did not start"
+                time.sleep(0.2)
+        for i in range(20):  # each posing as another client: still this connection's address
+            wrong = {"Authorization": "Bearer wrong", "X-Forwarded-For": f"10.0.0.{i}"}
+            assert httpx.get(jobs, headers=wrong).status_code == 401
+        posing = {"Authorization": "Bearer right", "X-Forwarded-For": "10.0.0.99"}
+        assert httpx.get(jobs, headers=posing).status_code == 429
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -44,6 +44,12 @@ def register(subparsers: argparse._SubParsersAction, rftj: argparse._SubParsersA
     p.add_argument("--ssl-certfile", metavar="PEM", help="Serve HTTPS with this certificate (with --ssl-keyfile); "
                    "signed upload URLs are then https, as the SDK's dataset_upload helper requires.")  # fmt: skip
     p.add_argument("--ssl-keyfile", metavar="PEM", help="The certificate's private key.")
+    p.add_argument(
+        "--forwarded-allow-ips", metavar="IPS", default=None,
+        help="Behind a reverse proxy: the proxy's addresses (comma-separated, or '*'), whose X-Forwarded-For "
+        "and X-Forwarded-Proto headers name the client (for the wrong-key limit, which counts per client, and "
+        "the URLs the server gives). Default: none, every address is the connection's own.",
+    )  # fmt: skip
     p.set_defaults(handler=cmd_server)
 
 
@@ -66,9 +72,13 @@ def cmd_server(args: argparse.Namespace) -> int:
     app.state.server_lock = lock  # held while the server runs
     print(f"openrft server on {url} ({auth}); jobs in {app.state.job_store.root}")
     # bounded: a TLS connection a client keeps alive would otherwise hold the shutdown open
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5, **tls
-    )
+    # forwarded headers only from the proxies named: else any local process could pose as any address
+    proxies = {
+        "proxy_headers": bool(args.forwarded_allow_ips),
+        "forwarded_allow_ips": args.forwarded_allow_ips,
+    }
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5,
+                **tls, **proxies)  # fmt: skip
     return 0
 
 
