@@ -53,6 +53,17 @@ def test_gibberish_cut_off_at_the_limit_gives_no_signal(home, tiny_model_dir, ca
     assert not (home / "jobs").exists() or not any((home / "jobs").iterdir())  # no job was created
 
 
+def test_the_sampling_line_says_how_long_it_may_take_on_a_slow_cpu(home, tiny_model_dir, capsys, monkeypatch):
+    import openrft.train.preflight_report as report
+
+    code, _, err = preflight(capsys, tiny_model_dir, "--evaluator", "arithmetic")
+    assert "preflight: sampling 4 prompts x 4 candidates (no job" in err  # quick: nothing said
+    monkeypatch.setattr(report, "CPU_TOKENS_PER_S", 1e-6)  # a model this CPU samples slowly
+    code, _, err = preflight(capsys, tiny_model_dir, "--evaluator", "arithmetic")
+    assert "preflight: sampling 4 prompts x 4 candidates, up to about " in err
+    assert " on this CPU at 16 tokens each (no job is created" in err
+
+
 def test_json_report(home, tiny_model_dir, capsys):
     code, out, err = preflight(capsys, tiny_model_dir, "--evaluator", "arithmetic", "--json", "--n", "2")
     report = json.loads(out)

@@ -139,3 +139,30 @@ def test_evaluator_file_can_import_a_sibling_module(tmp_path):
     )
     ev = load_evaluator(path)
     assert ev.fn("anything") == 0.25
+
+
+def test_a_decorated_evaluator_chosen_over_plain_ones_is_said_and_all_are_offered_by_name(tmp_path):
+    from openrft.evaluators.loader import passed_over_note
+
+    source = """
+        from openrft.evaluators import evaluation_test
+
+        @evaluation_test(mode="pointwise")
+        def exact(row):
+            return row
+
+        def reward(completion: str, **row) -> float:
+            return 1.0
+
+        def accuracy(completions, **columns):
+            return [1.0 for _ in completions]
+    """
+    path = write(tmp_path, "my_eval.py", textwrap.dedent(source))
+    chosen = load_evaluator(path)
+    assert chosen.name == "exact" and chosen.passed_over == ("accuracy", "reward")
+    note = passed_over_note(chosen)
+    assert note.startswith(f"--evaluator {path}: scoring with exact(), the file's decorated evaluator")
+    assert "(accuracy, reward) are not used" in note
+    with pytest.raises(EvaluatorError, match=r"evaluators found there: accuracy, exact, reward\)"):
+        load_evaluator(f"{path}::score")
+    assert passed_over_note(load_evaluator(f"{path}::reward")) is None  # named: nothing passed over

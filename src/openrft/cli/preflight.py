@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
 
 from openrft.cli.evaluate import positive_int
@@ -43,6 +44,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     from openrft.cli import config_from_args, warn
     from openrft.jobs.runner import validate
     from openrft.train.preflight import run_preflight
+    from openrft.train.preflight_report import cpu_round_seconds, duration
 
     cfg, _ = config_from_args(args)
     if args.json or not sys.stderr.isatty():  # transformers' loading bar: noise in a script's output
@@ -56,8 +58,14 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     notes += checks
     s = prepared.settings.sampling
     count = min(args.preflight_prompts, len(prepared.split(prepared.dataset)[0]))  # the training prompts
+    seconds = cpu_round_seconds(prepared.settings, count, base_params(prepared), os.cpu_count())
+    slow = (
+        f", up to about {duration(seconds)} on this CPU at {s.max_tokens} tokens each"
+        if seconds and seconds > 60
+        else ""
+    )
     print(
-        f"preflight: sampling {count} prompts x {s.n} candidates (no job is created, nothing is trained) ...",
+        f"preflight: sampling {count} prompts x {s.n} candidates{slow} (no job is created, nothing is trained) ...",
         file=sys.stderr,
         flush=True,
     )
@@ -70,21 +78,25 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def base_params(prepared) -> int | None:
+    """The base model's parameter count, from the job's memory estimate (None: no estimate)."""
+    memory = prepared.memory
+    if memory is None:
+        return None
+    return memory.weights // (2 if prepared.settings.model.dtype == "bfloat16" else 4)
+
+
 def dry_run_warnings(prepared) -> list[str]:
     """The preflight's cheap checks (nothing sampled), for ``rftj create --dry-run`` too."""
-    import os
-
     from openrft.data.notes import content_notes
+    from openrft.evaluators.loader import passed_over_note
     from openrft.train.preflight_report import dry_run_warnings as warnings_for
 
-    memory = prepared.memory
-    params = None
-    if memory is not None:
-        params = memory.weights // (2 if prepared.settings.model.dtype == "bfloat16" else 4)
-    out = warnings_for(prepared.settings, len(prepared.dataset), params, os.cpu_count())
+    out = warnings_for(prepared.settings, len(prepared.dataset), base_params(prepared), os.cpu_count())
     skipped = getattr(prepared.dataset, "skipped_note", lambda: None)()  # --skip-bad-rows leaves these out
     notes = content_notes(prepared.dataset)  # rows that load but look like mistakes
-    out = [*([skipped] if skipped else []), *notes, *out]
+    chosen = passed_over_note(prepared.evaluator) if prepared.evaluator is not None else None
+    out = [*([skipped] if skipped else []), *notes, *([chosen] if chosen else []), *out]
     evaluator = prepared.evaluator
     if (
         getattr(evaluator, "kind", "") == "trl"

@@ -73,6 +73,8 @@ class Evaluator:
     completion_params: dict[str, Any] = field(default_factory=dict, compare=False)
     # Checks one dataset row (and where it is, for the message) before training; raises EvaluatorError.
     check_row: Callable[[dict[str, Any], str], None] | None = field(default=None, compare=False)
+    # a file's other functions that could score, passed over because this one is decorated (said to the user)
+    passed_over: tuple[str, ...] = field(default=(), compare=False)
     required_fields: tuple[
         str, ...
     ] = ()  # row fields every row must hold, not null (a built-in's ground_truth)

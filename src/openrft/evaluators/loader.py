@@ -248,7 +248,7 @@ def _import_error(exc: Exception, origin: str, resolved: Path | None) -> Evaluat
 def _from_module(module: ModuleType, name: str | None, *, origin: str, base_dir: Path) -> Evaluator:
     if name:
         if not hasattr(module, name):
-            found = ", ".join(sorted(_candidates(module))) or "none"
+            found = ", ".join(sorted(_candidates(module, every=True))) or "none"
             raise EvaluatorError(
                 f"{origin} has no function {name!r} (evaluators found there: {found})",
             )
@@ -267,11 +267,24 @@ def _from_module(module: ModuleType, name: str | None, *, origin: str, base_dir:
             hint=f"e.g. --evaluator {origin}::{sorted(candidates)[0]}",
         )
     (only,) = candidates.items()
-    return as_evaluator(only[1], only[0], origin=origin, base_dir=base_dir)
+    evaluator = as_evaluator(only[1], only[0], origin=origin, base_dir=base_dir)
+    others = tuple(sorted(set(_candidates(module, every=True)) - {only[0]}))
+    return dataclasses.replace(evaluator, passed_over=others) if others else evaluator
 
 
-def _candidates(module: ModuleType) -> dict[str, Any]:
-    """Decorated evaluators in the module; if none, its public ``f(completion, ...)`` functions."""
+def passed_over_note(evaluator: Evaluator) -> str | None:
+    """One line when ``--evaluator FILE`` chose the file's decorated function over other ones it holds."""
+    if not evaluator.passed_over:
+        return None
+    origin = evaluator.spec.partition("::")[0] or evaluator.source
+    return (f"--evaluator {origin}: scoring with {evaluator.name}(), the file's decorated evaluator; its "
+            f"other functions that could score ({', '.join(evaluator.passed_over)}) are not used: pass "
+            f"{origin}::NAME to choose one")  # fmt: skip
+
+
+def _candidates(module: ModuleType, *, every: bool = False) -> dict[str, Any]:
+    """Decorated evaluators in the module; if none, its public ``f(completion, ...)`` functions (with
+    ``every``: all of these kinds together, what a ``::NAME`` may name)."""
     decorated: dict[str, Any] = {}
     seen: set[int] = set()
     for attr, obj in vars(module).items():
@@ -280,7 +293,7 @@ def _candidates(module: ModuleType) -> dict[str, Any]:
         if hasattr(obj, "__ep_params__") or isinstance(getattr(obj, HEADER_ATTR, None), EvaluatorHeader):
             decorated[attr] = obj
             seen.add(id(obj))
-    if decorated:
+    if decorated and not every:
         return decorated
     plain: dict[str, Any] = {}
     other: dict[str, Any] = {}  # reward-kit's f(messages, ...) and verl's f(..., solution_str, ...)
@@ -294,6 +307,8 @@ def _candidates(module: ModuleType) -> dict[str, Any]:
             plain[attr] = obj  # verl names its reward function compute_score
         elif params and (params[0] == "messages" or "solution_str" in params):
             other[attr] = obj
+    if every:
+        return {**decorated, **plain, **other}
     return plain or other  # the other kinds only where the file has no f(completion, ...)
 
 

@@ -471,7 +471,7 @@ def run_training(
     shown["training"].update(warm_start_values(cfg.training.warm_start_from))  # what it trains
     atomic_write_text(job_dir / "job.json", json.dumps(shown, indent=2))
     model, tokenizer = setup.build_policy(settings.model, settings.loss, settings.schedule.seed)
-    train_prompts, eval_prompts = _prompts_that_fit(prepared, model, tokenizer)
+    train_prompts, eval_prompts = _prompts_that_fit(prepared, model, tokenizer, say_notes=True)
     optimizer, scheduler = setup.make_optimizer(settings.optimizer, model)
     jsonl = JsonlSink(job_dir)
     checkpoints = job_dir / "checkpoints"
@@ -562,8 +562,12 @@ def prompts_that_fit(prepared: PreparedJob, model: Any, tokenizer: Any) -> tuple
     return _prompts_that_fit(prepared, model, tokenizer)
 
 
-def _prompts_that_fit(prepared: PreparedJob, model: Any, tokenizer: Any) -> tuple[list[Prompt], list[Prompt]]:
-    """Drop (with --skip-bad-rows) or refuse prompts too long for the context, then split."""
+def _prompts_that_fit(
+    prepared: PreparedJob, model: Any, tokenizer: Any, *, say_notes: bool = False
+) -> tuple[list[Prompt], list[Prompt]]:
+    """Drop (with --skip-bad-rows) or refuse prompts too long for the context, then split; with
+    ``say_notes`` (a job; a preflight has said them), the rows skipped and those that look wrong."""
+    from openrft.evaluators.loader import passed_over_note
     from openrft.rollout.prompts import encode_prompt
 
     settings = prepared.settings
@@ -575,8 +579,8 @@ def _prompts_that_fit(prepared: PreparedJob, model: Any, tokenizer: Any) -> tupl
         return len(encode_prompt(tokenizer, prompt))
 
     dataset = check_prompt_lengths(prepared.dataset, count_tokens, max_prompt, skip_bad_rows=skip)
-    for note in [dataset.skipped_note(), *content_notes(dataset)]:
-        if note:
+    for note in [dataset.skipped_note(), *content_notes(dataset), passed_over_note(prepared.evaluator)]:
+        if note and say_notes:
             print(f"warning: {note}", file=sys.stderr)
     evaluation = prepared.evaluation_dataset
     if evaluation is not None:
