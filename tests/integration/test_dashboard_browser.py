@@ -312,7 +312,8 @@ def test_a_job_page_open_when_the_job_ends_shows_it_ended(site, browser, shots):
 def test_a_phone_wide_window_never_scrolls_the_page_sideways(site, browser, page):
     url, store = site
     if "long-story" not in {record.id for record in store.list()}:
-        make_job(store, "long-story", None, [0.1, 0.2], stop=["</answer>", "</tool_call>"])
+        model = "/srv/models/" + "a_rather_long_folder_name/" * 4 + "SmolLM2-135M-Instruct"  # in the facts
+        make_job(store, "long-story", None, [0.1, 0.2], stop=["</answer>", "</tool_call>"], base_model=model)
         long_message = (
             "evaluator failed: " + "/a/rather/long/path/to/the/evaluator/file/" * 4 + "evaluate.py::evaluate"
         )

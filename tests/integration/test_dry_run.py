@@ -422,7 +422,7 @@ def test_a_dry_run_warns_of_rows_without_the_ground_truth_others_have_and_of_rep
     mixed = ["--dataset", str(files / "mixed.jsonl"), "--evaluator"]
     code, _, err = dry_run(capsys, tiny_model_dir, *mixed, f"{files}/ev.py::score")
     assert code == 0
-    assert "1 of 5 rows have no ground_truth (line 2) while the others have one" in err, err
+    assert "1 of 5 rows has no ground_truth (line 2) while the others have one" in err, err
     assert "2 rows repeat an earlier row (line 3 repeats 1, 5 repeats 4)" in err, err
     code, _, err = dry_run(capsys, tiny_model_dir, "--dataset", str(files / "good.jsonl"), "--evaluator",
                            f"{files}/ev.py::score")  # fmt: skip

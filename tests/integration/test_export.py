@@ -565,7 +565,10 @@ def test_a_running_jobs_checkpoint_exports_with_the_jobs_stops_template_and_name
     assert 'PARAMETER stop "</answer>"' in modelfile
     assert not [line for line in modelfile.splitlines() if line.startswith("TEMPLATE")]  # none to guess
     assert "Ollama does not run the chat template stored in the GGUF file" in modelfile.replace("\n# ", " ")
-    assert "warning: Modelfile: the chat template is none it writes a TEMPLATE for" in capsys.readouterr().err
+    assert (
+        "warning: Modelfile: the chat template is not one openrft writes a TEMPLATE for"
+        in capsys.readouterr().err
+    )
     assert (out / "m" / "chat_template.jinja").read_text() == QA_TEMPLATE  # the job's, not the base model's
     reader = gguf.GGUFReader(out / "m.gguf")
     assert reader.fields["general.name"].contents() == "nightly-7f3a"

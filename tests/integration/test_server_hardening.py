@@ -256,3 +256,16 @@ def test_a_forwarded_for_header_does_not_reset_the_wrong_key_limit_unless_a_prox
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_the_server_makes_its_memory_unreadable_to_its_users_other_processes():
+    probe = (
+        "import ctypes, ctypes.util\n"
+        "from openrft.cli.server import keep_memory_private\n"
+        "libc = ctypes.CDLL(ctypes.util.find_library('c'))\n"
+        "before = libc.prctl(3, 0, 0, 0, 0)\n"  # PR_GET_DUMPABLE
+        "print(before, keep_memory_private(), libc.prctl(3, 0, 0, 0, 0))\n"
+    )
+    said = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert said.split() == ["1", "True", "0"]  # /proc/PID/mem and ptrace closed to same-user processes

@@ -242,6 +242,10 @@ def test_the_rollouts_browser_pages_searches_and_names_its_choice_in_the_address
     linked = client.get("/jobs/j", params={"step": "1", "order": "worst", "q": "answer", "page": "2"}).text
     assert "answer 2" in linked and "answer 0" not in linked  # the address shows what the piece showed
     assert client.get("/jobs/j", params={"step": "x", "page": "y"}).status_code == 200  # the latest step
+    missing = client.get("/jobs/j/rollouts", params={"step": "99"}).text
+    assert "Step 99 has no rollouts: step 1 is shown." in missing
+    nothing = client.get("/jobs/j/rollouts", params={"q": "zzz"}).text
+    assert "0 of 5 rollouts of step 1 hold “zzz”." in nothing and "click one" not in nothing
 
 
 def test_the_form_sets_the_kl_beta_top_p_top_k_and_concurrency_of_the_guide(store):

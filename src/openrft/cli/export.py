@@ -122,14 +122,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         gguf_type=args.gguf_type,
     )
     print(f"base model: {result.base_model} (merged in {result.seconds['merge']:.1f}s)", file=sys.stderr)
+    if result.merged is not None:  # in the order they were written
+        print(f"merged: {result.merged} ({result.seconds['merged']:.1f}s)")
     if result.gguf is not None:
         size = result.gguf.bytes / 2**20
         print(
             f"gguf: {result.gguf.path} ({result.gguf.tensors} tensors, {result.gguf.out_type}, {size:.1f} MiB, "
             f"{result.seconds['gguf']:.1f}s); Ollama: {result.modelfile}"
         )
-    if result.merged is not None:
-        print(f"merged: {result.merged} ({result.seconds['merged']:.1f}s)")
     for line in result.warnings:
         print(f"warning: {line}", file=sys.stderr)
     return 0

@@ -55,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction, rftj: argparse._SubParsersA
 
 def cmd_server(args: argparse.Namespace) -> int:
     restart_without_keys()
+    keep_memory_private()
     import uvicorn
 
     from openrft.errors import ConfigError
@@ -108,6 +109,23 @@ def hold_server_lock(home: Path, url: str) -> Any:
     handle.write(f"pid {os.getpid()} at {url}\n")
     handle.flush()
     return handle
+
+
+def keep_memory_private() -> bool:
+    """Make this process non-dumpable (Linux ``prctl(PR_SET_DUMPABLE, 0)``): other processes of the same
+    user, the evaluators it builds and runs among them, can then neither read its memory
+    (``/proc/PID/mem``, where the keys are) nor attach a debugger to it. Its workers, new programs, are
+    not affected. A root process (or one with ``CAP_SYS_PTRACE``) still can. False where unsupported."""
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        return libc.prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE
+    except (OSError, AttributeError):
+        return False
 
 
 KEY_NAMES = ("OPENRFT_API_KEYS", "OPENRFT_API_KEY")  # the server's keys, and a client key of the same shell

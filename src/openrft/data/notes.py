@@ -17,7 +17,8 @@ def content_notes(prompts: PromptSet, shown: int = 5) -> list[str]:
     missing = [n for n, p in zip(prompts.numbers, prompts, strict=True) if p.row.get("ground_truth") is None]
     if missing and len(missing) < len(prompts):
         where = ", ".join(str(n) for n in missing[:shown]) + (" ..." if len(missing) > shown else "")
-        notes.append(f"--dataset {prompts.source}: {len(missing)} of {len(prompts)} rows have no ground_truth "
+        have = "rows has" if len(missing) == 1 else "rows have"
+        notes.append(f"--dataset {prompts.source}: {len(missing)} of {len(prompts)} {have} no ground_truth "
                      f"({unit} {where}) while the others have one; an evaluator that compares with it "
                      "cannot score those rows")  # fmt: skip
     first: dict[str, int] = {}
@@ -29,7 +30,8 @@ def content_notes(prompts: PromptSet, shown: int = 5) -> list[str]:
             repeats.append(f"{number} repeats {seen}")
     if repeats:
         where = ", ".join(repeats[:shown]) + (" ..." if len(repeats) > shown else "")
-        notes.append(f"--dataset {prompts.source}: {len(repeats)} rows repeat an earlier row ({unit} {where}); "
+        repeat = "row repeats" if len(repeats) == 1 else "rows repeat"
+        notes.append(f"--dataset {prompts.source}: {len(repeats)} {repeat} an earlier row ({unit} {where}); "
                      "each copy is sampled and trained on, as if it were weighted more")  # fmt: skip
     return notes
 

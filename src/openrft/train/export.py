@@ -299,7 +299,7 @@ def export_adapter(
         result.modelfile.chmod(READABLE)
         if chat_format(tokenizer) is None:
             result.warnings.append(
-                f"{result.modelfile.name}: the chat template is none it writes a TEMPLATE for (ChatML, Llama 3, "
+                f"{result.modelfile.name}: the chat template is not one openrft writes a TEMPLATE for (ChatML, Llama 3, "
                 "Gemma), and Ollama does not run the one stored in the GGUF file; add a TEMPLATE in the "
                 "format the job trained with (llama.cpp uses the stored one)"
             )

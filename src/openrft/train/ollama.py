@@ -136,7 +136,7 @@ def render_modelfile(
     ]
     if fmt is None:
         lines += [
-            "# The chat format is none openrft writes a TEMPLATE for (ChatML, Llama 3, Gemma). Ollama does not",
+            "# The chat format is not one openrft writes a TEMPLATE for (ChatML, Llama 3, Gemma). Ollama does not",
             "# run the chat template stored in the GGUF file: without a TEMPLATE it uses a built-in one only when",
             "# that template is nearly the same, else it sends the bare prompt. Write the training format here as",
             '# TEMPLATE """..."""',

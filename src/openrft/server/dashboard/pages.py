@@ -223,6 +223,7 @@ def _browser(record: Any, step: str, order: str, query: str, page: str) -> dict[
     step_number = int(step) if step.strip().isdecimal() else None  # else the latest step
     order = order if order in ("best", "worst", "sampled") else "best"
     browser = data.rollouts(record, step_number, order, query[:200], _page(page))
+    browser["asked"] = step_number if step_number not in (None, browser["step"]) else None  # (said so)
     page_number = browser["page"]  # the pager's links: the same choice, another page
     browser["previous"] = _browser_query(browser, page_number - 1) if page_number > 1 else None
     browser["next"] = _browser_query(browser, page_number + 1) if page_number < browser["pages"] else None
