@@ -51,12 +51,15 @@ def both(capsys, *command: str) -> tuple[str, str]:
 
 
 def test_rollouts_read_through_a_server_are_shown_as_on_its_machine(store, capsys):
-    here, there = both(capsys, "rftj", "rollouts", "base-a", "--worst", "--limit", "2")
-    assert there == here and "2 rollouts of step 3 (worst first)" in here
+    worst, there = both(capsys, "rftj", "rollouts", "base-a", "--worst", "--limit", "2")
+    assert there == worst and "2 rollouts of step 3 (worst first)" in worst
     here, there = both(capsys, "rftj", "rollouts", "base-a", "--best", "-o", "json")
     assert json.loads(there) == json.loads(here) and len(json.loads(here)) == 3
     assert main(["rftj", "rollouts", "base-a", "--step", "9", "--server", URL]) == 7
     assert "no rollouts for step 9 (steps with rollouts: 3)" in capsys.readouterr().err
+    full = "accounts/local/reinforcementFineTuningJobs/base-a"  # a job's name, as the API gives it
+    assert main(["rftj", "rollouts", full, "--worst", "--limit", "2", "--server", URL]) == 0
+    assert capsys.readouterr().out == worst
     assert main(["rftj", "rollouts", "try-b", "--server", URL]) == 0
     assert "has no sampled rollouts yet" in capsys.readouterr().out
 

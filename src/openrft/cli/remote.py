@@ -71,7 +71,11 @@ class Remote:
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=120.0)
 
     def path(self, job_id: str = "", action: str = "") -> str:
-        base = f"/v1/accounts/{self.account}/reinforcementFineTuningJobs"
+        """The job API's path for ``job_id`` (an id, or a job's full name, whose account it then uses)."""
+        account = self.account
+        if named := re.fullmatch(r"accounts/([^/]+)/reinforcementFineTuningJobs/([^/:]+)", job_id):
+            account, job_id = named.groups()
+        base = f"/v1/accounts/{account}/reinforcementFineTuningJobs"
         return base + (f"/{job_id}" if job_id else "") + (f":{action}" if action else "")
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
