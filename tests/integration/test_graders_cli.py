@@ -108,7 +108,7 @@ def test_the_readme_example_grader_scores_its_rows_and_passes_the_dry_run(tmp_pa
 
     example = Path(__file__).resolve().parents[2] / "examples" / "openai-rft"
     rows = read_jsonl(example / "rows.jsonl")
-    assert len(rows) == 48
+    assert len(rows) == 48 == len({row["messages"][0]["content"] for row in rows})  # no question twice
     answered = tmp_path / "answered.jsonl"  # the first rows, answered right, wrong and in a sentence
     answers = [rows[0]["reference_answer"], "0", f"The answer is {rows[2]['reference_answer']}."]
     answered.write_text(
@@ -127,7 +127,8 @@ def test_the_readme_example_grader_scores_its_rows_and_passes_the_dry_run(tmp_pa
              "--eval-every", "4"]  # fmt: skip
     code = main(["rftj", "create", "--dataset", str(example / "rows.jsonl"), "--evaluator", grader, *flags,
                  "--dry-run"])  # fmt: skip
-    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 0 and "repeat" not in err, err
 
 
 def test_a_job_with_a_response_format_samples_json_that_graders_read_as_output_json(

@@ -83,3 +83,33 @@ def test_quickstart_refuses_rounds_that_are_not_a_whole_number_above_zero(rounds
     with pytest.raises(SystemExit) as stop:  # before anything is built (0 ran the full default job)
         main(["quickstart", "--rounds", rounds])
     assert stop.value.code == 2 and "--rounds" in capsys.readouterr().err
+
+
+def test_a_question_asked_by_several_rows_is_held_out_whole_or_trained_on_whole():
+    asked = [
+        Prompt(prompt_id=f"r{i}", messages=({"role": "user", "content": f"{i % 7} + 1?"},)) for i in range(40)
+    ]
+    train, held = split_carveout(asked, 0.1, seed=7)
+    trained = {p.messages[0]["content"] for p in train}
+    assert trained.isdisjoint(p.messages[0]["content"] for p in held)  # never a trained question
+    assert len(held) in (5, 6) and len(train) + len(held) == 40  # one question's rows: 4 asked, 5 or 6 held
+    assert split_carveout(asked, 0.1, seed=7) == (train, held)
+    same = [Prompt(prompt_id=f"s{i}", messages=({"role": "user", "content": "hi"},)) for i in range(5)]
+    train, held = split_carveout(same, 0.2, seed=7)  # one question: only rows can be held out
+    assert (len(train), len(held)) == (4, 1)
+
+
+def test_the_quickstarts_held_out_problems_are_never_trained_on_and_its_rounds_stay_whole():
+    """Single-digit sums repeat (81 questions): the quickstart's count is found by splitting its rows."""
+    from openrft.data import load_prompts
+    from openrft.data.split import question
+    from openrft.jobs.quickstart import QUICKSTART_FLAGS, dataset_rows
+
+    def prompts_of(rows: int):
+        return load_prompts(f"arithmetic:digits=1,ops=+,count={rows}", seed=int(QUICKSTART_FLAGS["seed"]))
+
+    seed = int(QUICKSTART_FLAGS["seed"])
+    rows = dataset_rows(18 * 8, 0.1, prompts_of, seed=seed)
+    train, held = split_carveout(prompts_of(rows), float(QUICKSTART_FLAGS["eval_auto_carveout"]), seed=seed)
+    assert len(train) == 18 * 8 and len(held) >= 16
+    assert {question(p) for p in train}.isdisjoint(question(p) for p in held)

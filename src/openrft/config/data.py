@@ -37,7 +37,8 @@ class DataConfig(Group):
     evaluation_dataset: str | None = field(None, "JSONL prompts scored periodically, never trained on.")
     eval_auto_carveout: float | None = field(
         None,
-        "Hold out this fraction of the training prompts (seeded) as the evaluation set.",
+        "Hold out this fraction of the training prompts (seeded) as the evaluation set; rows that ask the "
+        "same question go together, so no held-out question is trained on.",
         valid="a fraction greater than 0 and at most 0.5",
         gt=0,
         le=0.5,

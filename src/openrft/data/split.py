@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+from collections import Counter
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -22,13 +24,23 @@ def carveout_size(rows: int, fraction: float) -> int:
     return min(rows - 1, max(1, round(fraction * rows)))
 
 
-def split_carveout(prompts: Sequence[P], fraction: float, seed: int) -> tuple[list[P], list[P]]:
-    """Hold out ``round(fraction * N)`` prompts (at least 1, leaving at least 1) for evaluation.
+def question(prompt: Prompt) -> str:
+    """What a prompt asks (its messages): rows asking the same thing are one question, whatever their ids."""
+    messages = getattr(prompt, "messages", None)
+    return json.dumps(messages, sort_keys=True, default=str) if messages else f"id:{prompt.prompt_id}"
 
-    Each prompt is ranked by a hash of ``(seed, prompt_id)`` and the lowest ranks are
-    held out, so the split depends only on the seed and the ids: it is the same on
-    every run and does not change for a row when other rows are added or removed
-    (beyond the size of the hold-out). Both parts keep the input order.
+
+def split_carveout(prompts: Sequence[P], fraction: float, seed: int) -> tuple[list[P], list[P]]:
+    """Hold out ``round(fraction * N)`` prompts (at least 1, leaving at least 1) for evaluation,
+    never a question that is also trained on.
+
+    Each prompt is ranked by a hash of ``(seed, prompt_id)``; going up the ranks, a prompt's question
+    (:func:`question`) is held out, with every row that asks it, until at least ``round(fraction * N)``
+    rows are. Rows that repeat a question therefore fall on one side, so the held-out rate measures
+    questions the policy never trained on, and the hold-out may be a few rows larger than asked. With
+    distinct questions the split depends only on the seed and the ids: it is the same on every run and
+    does not change for a row when other rows are added or removed (beyond the size of the hold-out).
+    Both parts keep the input order.
     """
     if not 0 < fraction < 1:
         raise DataError(f"eval carve-out fraction must be between 0 and 1, not {fraction}")
@@ -38,10 +50,23 @@ def split_carveout(prompts: Sequence[P], fraction: float, seed: int) -> tuple[li
             hint="use more training rows or pass --evaluation-dataset",
         )
     n_eval = carveout_size(len(prompts), fraction)
+    asks = [question(p) for p in prompts]
+    rows_of = Counter(asks)
     ranked = sorted(range(len(prompts)), key=lambda i: _key(seed, prompts[i].prompt_id))
-    held = set(ranked[:n_eval])
-    train = [p for i, p in enumerate(prompts) if i not in held]
-    evaluation = [p for i, p in enumerate(prompts) if i in held]
+    held_questions: set[str] = set()
+    held = 0
+    for i in ranked:
+        if held >= n_eval:
+            break
+        if asks[i] not in held_questions and held + rows_of[asks[i]] < len(prompts):  # one left to train
+            held_questions.add(asks[i])
+            held += rows_of[asks[i]]
+    if not held_questions:  # every row asks one question: rows are all there is to hold out
+        held_rows = set(ranked[:n_eval])
+        return ([p for i, p in enumerate(prompts) if i not in held_rows],
+                [p for i, p in enumerate(prompts) if i in held_rows])  # fmt: skip
+    train = [p for p, asked in zip(prompts, asks, strict=True) if asked not in held_questions]
+    evaluation = [p for p, asked in zip(prompts, asks, strict=True) if asked in held_questions]
     return train, evaluation
 
 
