@@ -77,5 +77,5 @@ def test_compare_and_plot_through_a_server_read_its_metrics_and_parameters(store
 def test_another_accounts_job_is_not_found_through_a_server(store, capsys):
     wire.write_meta(store.get("base-a").job_dir, {"account": "acme", "refs": {}})
     assert main(["rftj", "rollouts", "base-a", "--server", URL]) == 7
-    assert "not found" in capsys.readouterr().err
+    assert "job 'base-a' not found in account 'local'" in capsys.readouterr().err  # the account searched
     assert main(["rftj", "compare", "base-a", "try-b", "--server", URL]) == 7

@@ -126,7 +126,8 @@ def _get(store: JobStore, job_id: str, account: str) -> JobRecord:
             raise ApiError(500, exc.message) from None
         record = None
     if record is None or not _visible(record, account):
-        raise ApiError(404, f"reinforcement fine-tuning job {job_id!r} not found")
+        raise ApiError(404, f"reinforcement fine-tuning job {job_id!r} not found in account {account!r} "
+                       "(a job created through the API is seen under its own account only)")  # fmt: skip
     return record
 
 
