@@ -156,6 +156,9 @@ def test_a_decorated_evaluator_chosen_over_plain_ones_is_said_and_all_are_offere
 
         def accuracy(completions, **columns):
             return [1.0 for _ in completions]
+
+        def parse_answer(completion: str) -> int:  # a helper: it takes no row field
+            return int(completion)
     """
     path = write(tmp_path, "my_eval.py", textwrap.dedent(source))
     chosen = load_evaluator(path)
@@ -163,6 +166,8 @@ def test_a_decorated_evaluator_chosen_over_plain_ones_is_said_and_all_are_offere
     note = passed_over_note(chosen)
     assert note.startswith(f"--evaluator {path}: scoring with exact(), the file's decorated evaluator")
     assert "(accuracy, reward) are not used" in note
-    with pytest.raises(EvaluatorError, match=r"evaluators found there: accuracy, exact, reward\)"):
+    with pytest.raises(
+        EvaluatorError, match=r"evaluators found there: accuracy, exact, parse_answer, reward\)"
+    ):
         load_evaluator(f"{path}::score")
     assert passed_over_note(load_evaluator(f"{path}::reward")) is None  # named: nothing passed over

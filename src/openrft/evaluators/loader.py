@@ -268,7 +268,8 @@ def _from_module(module: ModuleType, name: str | None, *, origin: str, base_dir:
         )
     (only,) = candidates.items()
     evaluator = as_evaluator(only[1], only[0], origin=origin, base_dir=base_dir)
-    others = tuple(sorted(set(_candidates(module, every=True)) - {only[0]}))
+    found = _candidates(module, every=True)
+    others = tuple(sorted(name for name, fn in found.items() if name != only[0] and _takes_row(fn)))
     return dataclasses.replace(evaluator, passed_over=others) if others else evaluator
 
 
@@ -310,6 +311,16 @@ def _candidates(module: ModuleType, *, every: bool = False) -> dict[str, Any]:
     if every:
         return {**decorated, **plain, **other}
     return plain or other  # the other kinds only where the file has no f(completion, ...)
+
+
+def _takes_row(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` takes more than the response (row fields, by name or ``**``): an evaluator, where
+    ``parse(completion)`` is a helper."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return len(params) > 1 or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def _is_trl_reward(fn: Callable[..., Any]) -> bool:
