@@ -318,6 +318,8 @@ def test_a_phone_wide_window_never_scrolls_the_page_sideways(site, browser, page
             "evaluator failed: " + "/a/rather/long/path/to/the/evaluator/file/" * 4 + "evaluate.py::evaluate"
         )
         store.transition("long-story", JobState.FAILED, long_message)
+        word = {"step": 2, "prompt_id": "p9", "prompt": "Spell it.", "completion": "x" * 300, "score": 0.0}
+        store.get("long-story").rollouts_path.write_text(json.dumps(word) + "\n")  # one unbroken word
     browser.execute_cdp_cmd(
         "Emulation.setDeviceMetricsOverride",
         {"width": 375, "height": 812, "deviceScaleFactor": 1, "mobile": False},

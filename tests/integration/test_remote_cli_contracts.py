@@ -194,6 +194,13 @@ def test_create_checks_local_files_as_a_local_create_does_before_uploading_anyth
         main(["rftj", "create", "--server", URL, "--dataset", str(good), "--evaluator", f"{scorer}::a"]) == 0
     )
     assert len(service.created_jobs) == 1
+    capsys.readouterr()
+    twice = tmp_path / "twice.jsonl"  # what a local create warns of is said here too, before the upload
+    twice.write_text(good.read_text() * 2)
+    flags = ["--dataset", str(twice), "--evaluator", f"{scorer}::a", "--n", "2"]
+    assert main(["rftj", "create", "--server", URL, *flags]) == 0
+    err = capsys.readouterr().err
+    assert "1 row repeats an earlier row (line 2 repeats 1)" in err and "--response-candidates-count 2" in err
 
 
 def test_a_refusal_of_a_value_exits_as_a_local_refusal_and_other_refusals_as_job_errors():

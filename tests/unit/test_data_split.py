@@ -113,3 +113,16 @@ def test_the_quickstarts_held_out_problems_are_never_trained_on_and_its_rounds_s
     train, held = split_carveout(prompts_of(rows), float(QUICKSTART_FLAGS["eval_auto_carveout"]), seed=seed)
     assert len(train) == 18 * 8 and len(held) >= 16
     assert {question(p) for p in train}.isdisjoint(question(p) for p in held)
+
+
+def test_a_question_too_large_for_the_hold_out_is_passed_over_and_else_the_smallest_is_held():
+    def rows(counts):
+        return [Prompt(prompt_id=f"q{q}-{k}", messages=({"role": "user", "content": f"question {q}"},))
+                for q, count in enumerate(counts) for k in range(count)]  # fmt: skip
+
+    train, held = split_carveout(rows([30] + [1] * 10), 0.1, seed=7)  # asked 4 of 40
+    assert len(held) == 4 and {p.messages[0]["content"] for p in held}.isdisjoint(
+        p.messages[0]["content"] for p in train
+    )  # four single questions, never the one asked 30 times
+    train, held = split_carveout(rows([10, 10, 12, 8]), 0.1, seed=7)  # every question over 4 + 2 rows
+    assert len(held) == 8 and len(train) == 32  # the smallest question, whole

@@ -179,15 +179,18 @@ def upload_local_files(remote: Remote, values: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def check_local_inputs(values: dict[str, Any]) -> None:
+def check_local_inputs(values: dict[str, Any]) -> list[str]:
     """The dataset and evaluator a create names, checked here as a local create checks them (the rows,
     the evaluator's file and function, that each row holds what it reads), when every one of them is a
     local file, a built-in or an inline grader; names of resources already on the server are the
-    server's to check."""
-    from openrft.config import build_config
+    server's to check. Returns the warnings a local create would give about them and the settings."""
+    from openrft.config import advise, build_config
     from openrft.data import is_builtin
+    from openrft.data.notes import content_notes
     from openrft.evaluators.builtin import BUILTINS
+    from openrft.evaluators.loader import passed_over_note
     from openrft.train.job import check_inputs
+    from openrft.train.preflight_report import dry_run_warnings as settings_warnings
 
     def here(field: str) -> bool:
         value = values.get(field)
@@ -197,9 +200,15 @@ def check_local_inputs(values: dict[str, Any]) -> None:
             return True
         return Path(value.partition("::")[0]).expanduser().is_file()
 
+    cfg = build_config({}, values)[0]
+    notes = list(advise(cfg))
     if all(here(field) for field in ("dataset", "evaluation_dataset", "evaluator")):
-        cfg = build_config({}, values)[0]
-        check_inputs(cfg, cfg.settings())
+        evaluator, dataset, _ = check_inputs(cfg, cfg.settings())
+        notes += [*content_notes(dataset), *filter(None, [passed_over_note(evaluator)])]
+        notes += settings_warnings(
+            cfg.settings(), len(dataset), None, None
+        )  # (the server's hardware: unknown)
+    return notes
 
 
 def cli_words(message: str) -> str:
@@ -321,7 +330,9 @@ def remote_create(remote: Remote, args: argparse.Namespace) -> int:
         raise JobError("--dry-run and --resume-from work on the local store only, not with --server")
     values = _values(args)
     request_body(dict(values))  # fields the API has no place for are refused before anything is uploaded
-    check_local_inputs(values)  # a bad row or evaluator file: refused here, exit 2, nothing uploaded
+    notes = check_local_inputs(values)  # a bad row or evaluator file: refused here, exit 2, nothing uploaded
+    for line in notes:  # what a local create warns of, said before anything is uploaded
+        print(f"warning: {line}", file=sys.stderr)
     body, job_id = request_body(upload_local_files(remote, values))
     params = {"reinforcementFineTuningJobId": job_id} if job_id else {}
     job = remote.call("POST", remote.path(), json=body, params=params)

@@ -38,7 +38,7 @@ class DataConfig(Group):
     eval_auto_carveout: float | None = field(
         None,
         "Hold out this fraction of the training prompts (seeded) as the evaluation set; rows that ask the "
-        "same question go together, so no held-out question is trained on.",
+        "same question go together, so no held-out question is trained on (unless every row asks the same).",
         valid="a fraction greater than 0 and at most 0.5",
         gt=0,
         le=0.5,

@@ -36,8 +36,11 @@ def split_carveout(prompts: Sequence[P], fraction: float, seed: int) -> tuple[li
 
     Each prompt is ranked by a hash of ``(seed, prompt_id)``; going up the ranks, a prompt's question
     (:func:`question`) is held out, with every row that asks it, until at least ``round(fraction * N)``
-    rows are. Rows that repeat a question therefore fall on one side, so the held-out rate measures
-    questions the policy never trained on, and the hold-out may be a few rows larger than asked. With
+    rows are; a question whose rows would take the hold-out past half again that size (at least 2 rows
+    over) is passed over, and when every question is that large the smallest is held out. Rows that
+    repeat a question therefore fall on one side, so the held-out rate measures questions the policy
+    never trained on; the hold-out may be a few rows larger (or, when the questions left are large,
+    smaller) than asked. When every row asks the same question, single rows are held out. With
     distinct questions the split depends only on the seed and the ids: it is the same on every run and
     does not change for a row when other rows are added or removed (beyond the size of the hold-out).
     Both parts keep the input order.
@@ -53,14 +56,19 @@ def split_carveout(prompts: Sequence[P], fraction: float, seed: int) -> tuple[li
     asks = [question(p) for p in prompts]
     rows_of = Counter(asks)
     ranked = sorted(range(len(prompts)), key=lambda i: _key(seed, prompts[i].prompt_id))
+    limit = n_eval + max(2, n_eval // 2)  # a question that would take the hold-out past this is passed over
     held_questions: set[str] = set()
     held = 0
     for i in ranked:
         if held >= n_eval:
             break
-        if asks[i] not in held_questions and held + rows_of[asks[i]] < len(prompts):  # one left to train
+        size = rows_of[asks[i]]
+        if asks[i] not in held_questions and held + size <= limit and held + size < len(prompts):
             held_questions.add(asks[i])
-            held += rows_of[asks[i]]
+            held += size
+    if not held_questions and len(rows_of) > 1:  # every question is large: the smallest, whole
+        smallest = min((rows_of[asks[i]], rank) for rank, i in enumerate(ranked))[1]
+        held_questions.add(asks[ranked[smallest]])
     if not held_questions:  # every row asks one question: rows are all there is to hold out
         held_rows = set(ranked[:n_eval])
         return ([p for i, p in enumerate(prompts) if i not in held_rows],
