@@ -88,15 +88,11 @@ def base_params(prepared) -> int | None:
 
 def dry_run_warnings(prepared) -> list[str]:
     """The preflight's cheap checks (nothing sampled), for ``rftj create --dry-run`` too."""
-    from openrft.data.notes import content_notes
-    from openrft.evaluators.loader import passed_over_note
     from openrft.train.preflight_report import dry_run_warnings as warnings_for
+    from openrft.train.preflight_report import input_notes
 
     out = warnings_for(prepared.settings, len(prepared.dataset), base_params(prepared), os.cpu_count())
-    skipped = getattr(prepared.dataset, "skipped_note", lambda: None)()  # --skip-bad-rows leaves these out
-    notes = content_notes(prepared.dataset)  # rows that load but look like mistakes
-    chosen = passed_over_note(prepared.evaluator) if prepared.evaluator is not None else None
-    out = [*([skipped] if skipped else []), *notes, *([chosen] if chosen else []), *out]
+    out = [*input_notes(prepared.dataset, prepared.evaluator), *out]
     evaluator = prepared.evaluator
     if (
         getattr(evaluator, "kind", "") == "trl"

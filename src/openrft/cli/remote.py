@@ -186,11 +186,10 @@ def check_local_inputs(values: dict[str, Any]) -> list[str]:
     server's to check. Returns the warnings a local create would give about them and the settings."""
     from openrft.config import advise, build_config
     from openrft.data import is_builtin
-    from openrft.data.notes import content_notes
     from openrft.evaluators.builtin import BUILTINS
-    from openrft.evaluators.loader import passed_over_note
     from openrft.train.job import check_inputs
     from openrft.train.preflight_report import dry_run_warnings as settings_warnings
+    from openrft.train.preflight_report import input_notes
 
     def here(field: str) -> bool:
         value = values.get(field)
@@ -204,7 +203,7 @@ def check_local_inputs(values: dict[str, Any]) -> list[str]:
     notes = list(advise(cfg))
     if all(here(field) for field in ("dataset", "evaluation_dataset", "evaluator")):
         evaluator, dataset, _ = check_inputs(cfg, cfg.settings())
-        notes += [*content_notes(dataset), *filter(None, [passed_over_note(evaluator)])]
+        notes += input_notes(dataset, evaluator)
         notes += settings_warnings(
             cfg.settings(), len(dataset), None, None
         )  # (the server's hardware: unknown)

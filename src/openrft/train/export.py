@@ -67,8 +67,8 @@ def job_folder(adapter_dir: Path) -> Path | None:
     running job has) its job's folder."""
     if (adapter_dir / "job.json").is_file():
         return adapter_dir
-    job = adapter_dir.parent.parent.parent
     if adapter_dir.name == "adapter" and adapter_dir.parent.parent.name == "checkpoints":
+        job = adapter_dir.parent.parent.parent
         return job if (job / "job.json").is_file() else None
     return None
 

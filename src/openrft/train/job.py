@@ -30,7 +30,6 @@ from typing import Any
 
 from openrft.config import JobConfig
 from openrft.data import PromptSet, check_prompt_lengths, load_prompts, split_carveout
-from openrft.data.notes import content_notes
 from openrft.errors import ConfigError, DataError, EvaluatorError, OpenRFTError, RolloutAborted, input_error
 from openrft.models import warm_start_values
 from openrft.paths import atomic_write_text, openrft_home, output_dir
@@ -567,8 +566,8 @@ def _prompts_that_fit(
 ) -> tuple[list[Prompt], list[Prompt]]:
     """Drop (with --skip-bad-rows) or refuse prompts too long for the context, then split; with
     ``say_notes`` (a job; a preflight has said them), the rows skipped and those that look wrong."""
-    from openrft.evaluators.loader import passed_over_note
     from openrft.rollout.prompts import encode_prompt
+    from openrft.train.preflight_report import input_notes
 
     settings = prepared.settings
     context = settings.model.max_context_length or getattr(model.config, "max_position_embeddings", 4096)
@@ -579,9 +578,8 @@ def _prompts_that_fit(
         return len(encode_prompt(tokenizer, prompt))
 
     dataset = check_prompt_lengths(prepared.dataset, count_tokens, max_prompt, skip_bad_rows=skip)
-    for note in [dataset.skipped_note(), *content_notes(dataset), passed_over_note(prepared.evaluator)]:
-        if note and say_notes:
-            print(f"warning: {note}", file=sys.stderr)
+    for note in input_notes(dataset, prepared.evaluator) if say_notes else ():
+        print(f"warning: {note}", file=sys.stderr)
     evaluation = prepared.evaluation_dataset
     if evaluation is not None:
         evaluation = check_prompt_lengths(evaluation, count_tokens, max_prompt, skip_bad_rows=skip)

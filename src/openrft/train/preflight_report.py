@@ -253,6 +253,18 @@ def dry_run_warnings(
     return out
 
 
+def input_notes(dataset: Any, evaluator: Any) -> list[str]:
+    """What a job's inputs are warned of, wherever a job is checked (``--dry-run``, preflight, ``create
+    --server``, the job itself): the rows ``--skip-bad-rows`` leaves out, rows that load but look wrong,
+    and an evaluator file's functions passed over for its decorated one."""
+    from openrft.data.notes import content_notes
+    from openrft.evaluators.loader import passed_over_note
+
+    skipped = getattr(dataset, "skipped_note", lambda: None)()
+    chosen = passed_over_note(evaluator) if evaluator is not None else None
+    return [*filter(None, [skipped]), *content_notes(dataset), *filter(None, [chosen])]
+
+
 def cpu_round_seconds(
     settings: Any, num_prompts: int, base_params: int | None, cores: int | None
 ) -> float | None:
@@ -329,6 +341,7 @@ def duration(seconds: float) -> str:
 
 
 __all__ = [
+    "input_notes",
     "NO_SIGNAL_EXIT_CODE",
     "PreflightReport",
     "Timing",

@@ -238,15 +238,15 @@ def rollouts(
                "of_step": len(picked), "total": 0, "first": 0, "items": []}  # fmt: skip
     if not steps:
         return browser | {"step": None}
-    items = [_rollout(r) for r in ordered_rollouts(picked, order)]
-    if query.strip():
+    rows = ordered_rollouts(picked, order)
+    if query.strip():  # the search reads each rollout as shown (its turns' text)
         needle = query.strip().casefold()
-        items = [item for item in items if needle in _searched_text(item)]
-    pages = max(1, math.ceil(len(items) / ROLLOUTS_PAGE_SIZE))
+        rows = [row for row in rows if needle in _searched_text(_rollout(row))]
+    pages = max(1, math.ceil(len(rows) / ROLLOUTS_PAGE_SIZE))
     page = min(max(1, page), pages)
     first = (page - 1) * ROLLOUTS_PAGE_SIZE
-    shown = items[first : first + ROLLOUTS_PAGE_SIZE]
-    return browser | {"page": page, "pages": pages, "total": len(items), "first": first + 1, "items": shown}
+    shown = [_rollout(row) for row in rows[first : first + ROLLOUTS_PAGE_SIZE]]  # only the page is rendered
+    return browser | {"page": page, "pages": pages, "total": len(rows), "first": first + 1, "items": shown}
 
 
 def _searched_text(item: dict[str, Any]) -> str:
